@@ -1,0 +1,1 @@
+"""io layer; see docs/ and ../shared/DESIGN.md."""

@@ -1,0 +1,1 @@
+"""workers layer; see docs/ and ../shared/DESIGN.md."""
