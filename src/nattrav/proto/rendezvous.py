@@ -1,0 +1,589 @@
+"""Rendezvous protocol: frames, message schemas and the server state machine (sans-IO).
+
+Wire format: every frame is a 4-byte big-endian length followed by one msgpack map
+``{"v": 1, "t": <type>, ...}``. Requests from a client may carry an integer ``"id"``; the reply to a
+request echoes it, so a client can keep many requests in flight on one connection.
+
+The server state machine never touches a socket or a clock: the I/O layer feeds it bytes and the
+current time, and drains the list of actions (send this frame on that connection, close that
+connection). The same object therefore serves the Trio server, the tests and the benchmark.
+
+The server only exchanges node information. There is no message that carries payload from one peer
+to another except the size-limited node info, so it can never be used as a relay.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+import hmac
+import math
+import re
+import secrets
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import msgpack
+
+VERSION = 1
+HEADER = struct.Struct("!I")
+MAX_FRAME = 16 * 1024  # a whole frame body; node info is the only large field
+MAX_INFO = 8 * 1024  # packed size of a node info map
+MAX_DEPTH = 6  # nesting of a node info map
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+SECRET_MIN = 16
+SECRET_MAX = 128
+KEY_BYTES = 32
+
+
+class BadFrame(Exception):
+    """Anything malformed from the network: the one error type of every parser in this module."""
+
+
+class LocalProtocolError(Exception):
+    """The local side misused the state machine (a bug here, not the remote peer's fault)."""
+
+
+class ErrorCode(str, enum.Enum):
+    UNKNOWN_PEER = "unknown-peer"
+    OFFLINE = "offline"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    BAD_FRAME = "bad-frame"
+    NAME_TAKEN = "name-taken"
+    BAD_REQUEST = "bad-request"  # well-formed but not allowed now (e.g. connect before enroll)
+    UNKNOWN_OFFER = "unknown-offer"  # accept/refuse of an offer that ended or never existed
+    BUSY = "busy"  # a server limit (peers, pending offers) was reached
+
+
+class Role(str, enum.Enum):
+    FIRST = "first"  # sends the low-TTL packets first
+    SECOND = "second"
+
+
+# --- schemas -----------------------------------------------------------------------------------
+# A field spec is (python types, required). The tables make adding a message one line.
+
+_STR = (str,)
+_INT = (int,)
+_NUM = (int, float)
+_MAP = (dict,)
+_BYTES = (bytes,)
+
+CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "enroll": {"id": (_INT, False), "name": (_STR, False), "secret": (_STR, False), "info": (_MAP, False)},
+    "ping": {"id": (_INT, False)},
+    "info": {"id": (_INT, False), "info": (_MAP, True)},
+    "connect": {"id": (_INT, False), "target": (_STR, True), "timeout": (_NUM, False)},
+    "accept": {"id": (_INT, False), "offer": (_STR, True)},
+    "refuse": {"id": (_INT, False), "offer": (_STR, True)},
+}
+
+SERVER_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "enrolled": {
+        "id": (_INT, False), "peer": (_STR, True), "secret": (_STR, True), "keepalive": (_NUM, True),
+        "now": (_NUM, True), "observed": ((list,), True),
+    },
+    "pong": {"id": (_INT, False), "now": (_NUM, True)},
+    "ok": {"id": (_INT, False)},
+    "offer": {"offer": (_STR, True), "from": (_STR, True), "info": (_MAP, True), "expires": (_NUM, True)},
+    "cancel": {"offer": (_STR, True), "code": (_STR, True), "message": (_STR, True)},
+    "session": {
+        "id": (_INT, False), "session": (_STR, True), "peer": (_STR, True), "info": (_MAP, True),
+        "key": (_BYTES, True), "start_at": (_NUM, True), "now": (_NUM, True), "role": (_STR, True),
+    },
+    "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
+}
+
+
+def _check_shape(msg: Any, table: dict[str, dict[str, tuple[tuple[type, ...], bool]]]) -> dict:
+    if not isinstance(msg, dict):
+        raise BadFrame("frame is not a map")
+    if msg.get("v") != VERSION or type(msg.get("v")) is not int:
+        raise BadFrame(f"unsupported version {msg.get('v')!r}")
+    kind = msg.get("t")
+    if not isinstance(kind, str) or kind not in table:
+        raise BadFrame(f"unknown frame type {kind!r}")
+    spec = table[kind]
+    for key, value in msg.items():
+        if key in ("v", "t"):
+            continue
+        if key not in spec:
+            raise BadFrame(f"{kind}: unexpected field {key!r}")
+        types, _ = spec[key]
+        # bool is an int subclass; a flag where a number belongs is still malformed
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise BadFrame(f"{kind}: field {key!r} has type {type(value).__name__}")
+    for key, (_, required) in spec.items():
+        if required and key not in msg:
+            raise BadFrame(f"{kind}: missing field {key!r}")
+    if "id" in msg and not 0 <= msg["id"] < 2**63:
+        raise BadFrame(f"{kind}: id out of range")
+    if "info" in msg:
+        check_info(msg["info"])
+    return msg
+
+
+def check_info(info: Any) -> dict:
+    """Validate a node info map: str keys at the top, bounded depth and packed size."""
+    if not isinstance(info, dict):
+        raise BadFrame("node info is not a map")
+    if not all(isinstance(k, str) for k in info):
+        raise BadFrame("node info keys must be strings")
+    _check_depth(info, 0)
+    try:
+        size = len(msgpack.packb(info, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:  # values that came from msgpack pack back
+        raise BadFrame(f"node info cannot be packed: {exc}") from None
+    if size > MAX_INFO:
+        raise BadFrame(f"node info is {size} bytes, at most {MAX_INFO}")
+    return info
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BadFrame(f"node info nested deeper than {MAX_DEPTH}")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_depth(v, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_depth(v, depth + 1)
+
+
+def encode(msg: dict) -> bytes:
+    """Frame one message (the caller's own data: misuse is a LocalProtocolError)."""
+    body = msgpack.packb(msg, use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise LocalProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(body)) + body
+
+
+def make(kind: str, **fields: Any) -> dict:
+    msg = {"v": VERSION, "t": kind}
+    msg.update({k: v for k, v in fields.items() if v is not None})
+    return msg
+
+
+def _unpack_body(body: bytes) -> Any:
+    # Limits bound what one frame may allocate even though MAX_FRAME already bounds the body.
+    try:
+        return msgpack.unpackb(
+            body, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=MAX_FRAME, max_bin_len=MAX_FRAME, max_array_len=4096, max_map_len=1024,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types (ValueError, ExtraData, FormatError, ...)
+        raise BadFrame(f"undecodable msgpack: {type(exc).__name__}") from None
+
+
+class FrameDecoder:
+    """Incremental decoder of length-prefixed frames.
+
+    After a bad length header the byte stream cannot be resynchronised: the decoder is ``broken`` and
+    every later feed raises. A bad body with a sane header only loses that frame.
+    """
+
+    def __init__(self, table: dict = CLIENT_MESSAGES, max_frame: int = MAX_FRAME):
+        self._buf = bytearray()
+        self._table = table
+        self._max = max_frame
+        self.broken = False
+
+    def feed(self, data: bytes) -> None:
+        if self.broken:
+            raise BadFrame("stream already desynchronised")
+        self._buf += data
+        # Bounded: at most one header plus one maximal body is kept unless the peer floods us, and a
+        # flood beyond that is cut off by next_message() raising on the header.
+        if len(self._buf) > 64 * (self._max + HEADER.size):
+            self.broken = True
+            self._buf.clear()
+            raise BadFrame("too much unread data")
+
+    def next_message(self) -> dict | None:
+        """Return the next complete message, None when more bytes are needed; raise BadFrame."""
+        if self.broken:
+            raise BadFrame("stream already desynchronised")
+        if len(self._buf) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buf)
+        if length == 0 or length > self._max:
+            self.broken = True
+            self._buf.clear()
+            raise BadFrame(f"frame length {length} outside 1..{self._max}")
+        end = HEADER.size + length
+        if len(self._buf) < end:
+            return None
+        body = bytes(self._buf[HEADER.size:end])
+        del self._buf[:end]
+        return _check_shape(_unpack_body(body), self._table)
+
+    def __iter__(self) -> Iterator[dict]:
+        while (msg := self.next_message()) is not None:
+            yield msg
+
+
+def decode_one(frame: bytes, table: dict = CLIENT_MESSAGES) -> dict:
+    """Decode exactly one whole frame (tests, fuzzing); trailing bytes are malformed."""
+    dec = FrameDecoder(table)
+    dec.feed(frame)
+    msg = dec.next_message()
+    if msg is None or dec._buf:
+        raise BadFrame("not exactly one frame")
+    return msg
+
+
+# --- server state machine ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    conn: int
+    msg: dict
+
+
+@dataclass(frozen=True)
+class Close:
+    conn: int
+    reason: str
+
+
+@dataclass
+class _Peer:
+    peer_id: str
+    secret_hash: bytes
+    info: dict
+    observed: list
+    conn: int | None
+    last_seen: float
+    offline_since: float | None = None
+    keepalive_armed: bool = False
+    offers: set = field(default_factory=set)  # pending offer ids this peer is part of
+
+
+@dataclass
+class _Conn:
+    addr: list
+    opened: float
+    decoder: FrameDecoder
+    peer: str | None = None
+
+
+@dataclass
+class _Offer:
+    offer_id: str
+    initiator: str
+    target: str
+    request_id: int | None
+    expires: float
+
+
+def _hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class RendezvousServer:
+    """Registry of peers and the connect/offer/accept dance, driven by the I/O layer.
+
+    Call connection_made / receive_data / connection_lost / tick with the current time, then take the
+    resulting actions with ``actions()``. ``next_deadline()`` says when tick() next has work to do.
+    """
+
+    def __init__(
+        self,
+        *,
+        keepalive: float = 15.0,
+        keepalive_timeout: float = 45.0,
+        retain: float = 300.0,
+        enroll_timeout: float = 10.0,
+        offer_timeout: float = 10.0,
+        max_offer_timeout: float = 60.0,
+        start_margin: float = 0.5,
+        max_peers: int = 100_000,
+        max_offers_per_peer: int = 16,
+        token: Callable[[int], str] = secrets.token_urlsafe,
+        key: Callable[[int], bytes] = secrets.token_bytes,
+    ):
+        self.keepalive = keepalive
+        self.keepalive_timeout = keepalive_timeout
+        self.retain = retain
+        self.enroll_timeout = enroll_timeout
+        self.offer_timeout = offer_timeout
+        self.max_offer_timeout = max_offer_timeout
+        self.start_margin = start_margin
+        self.max_peers = max_peers
+        self.max_offers_per_peer = max_offers_per_peer
+        self._token = token
+        self._key = key
+        self.peers: dict[str, _Peer] = {}
+        self.conns: dict[int, _Conn] = {}
+        self.offers: dict[str, _Offer] = {}
+        self._out: list[Send | Close] = []
+        self._timers: list[tuple[float, str, Any]] = []  # lazy heap: entries re-checked when due
+        self.stats = {"enrolled": 0, "sessions": 0, "bad_frames": 0, "expired": 0}
+
+    # -- outputs --
+    def actions(self) -> list[Send | Close]:
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def _send(self, conn: int | None, kind: str, **fields: Any) -> None:
+        if conn is not None and conn in self.conns:
+            self._out.append(Send(conn, make(kind, **fields)))
+
+    def _error(self, conn: int, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+        self._send(conn, "error", id=request_id, code=code.value, message=message)
+
+    def _close(self, conn: int, reason: str, now: float) -> None:
+        if conn in self.conns:
+            self._out.append(Close(conn, reason))
+            self.connection_lost(conn, now)
+
+    def _timer(self, when: float, kind: str, key: Any) -> None:
+        heapq.heappush(self._timers, (when, kind, key))
+
+    # -- inputs --
+    def connection_made(self, conn: int, addr: tuple | list, now: float) -> None:
+        if conn in self.conns:
+            raise LocalProtocolError(f"connection {conn} already open")
+        self.conns[conn] = _Conn(list(addr[:2]), now, FrameDecoder(CLIENT_MESSAGES))
+        self._timer(now + self.enroll_timeout, "enroll", conn)
+
+    def connection_lost(self, conn: int, now: float) -> None:
+        c = self.conns.pop(conn, None)
+        if c is None or c.peer is None:
+            return
+        peer = self.peers.get(c.peer)
+        if peer is not None and peer.conn == conn:
+            self._go_offline(peer, now, "the peer disconnected")
+
+    def receive_data(self, conn: int, data: bytes, now: float) -> None:
+        c = self.conns.get(conn)
+        if c is None:
+            raise LocalProtocolError(f"data for unknown connection {conn}")
+        try:
+            c.decoder.feed(data)
+        except BadFrame as exc:
+            self._bad_frame(conn, c, exc, now)
+            return
+        while conn in self.conns:
+            try:
+                msg = c.decoder.next_message()
+            except BadFrame as exc:
+                self._bad_frame(conn, c, exc, now)
+                if c.decoder.broken:
+                    return
+                continue
+            if msg is None:
+                return
+            self._handle(conn, c, msg, now)
+
+    def _bad_frame(self, conn: int, c: _Conn, exc: BadFrame, now: float) -> None:
+        self.stats["bad_frames"] += 1
+        self._error(conn, ErrorCode.BAD_FRAME, str(exc))
+        if c.decoder.broken:
+            self._close(conn, f"bad frame: {exc}", now)
+
+    def tick(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, kind, key = heapq.heappop(self._timers)
+            if kind == "enroll":
+                c = self.conns.get(key)
+                if c is not None and c.peer is None and c.opened + self.enroll_timeout <= now:
+                    self._error(key, ErrorCode.TIMEOUT, "no enroll in time")
+                    self._close(key, "no enroll in time", now)
+            elif kind == "keepalive":
+                peer = self.peers.get(key)
+                if peer is None or peer.conn is None:
+                    if peer is not None:
+                        peer.keepalive_armed = False
+                    continue
+                due = peer.last_seen + self.keepalive_timeout
+                if due <= now:
+                    peer.keepalive_armed = False
+                    conn = peer.conn
+                    self._error(conn, ErrorCode.TIMEOUT, "keepalive timeout")
+                    self._close(conn, "keepalive timeout", now)
+                else:
+                    self._timer(due, "keepalive", key)
+            elif kind == "expire":
+                peer = self.peers.get(key)
+                if peer is not None and peer.conn is None and peer.offline_since is not None:
+                    if peer.offline_since + self.retain <= now:
+                        del self.peers[key]
+                        self.stats["expired"] += 1
+            elif kind == "offer":
+                offer = self.offers.get(key)
+                if offer is not None and offer.expires <= now:
+                    self._end_offer(offer, ErrorCode.TIMEOUT, f"{offer.target} did not answer in time")
+
+    # -- handlers --
+    def _handle(self, conn: int, c: _Conn, msg: dict, now: float) -> None:
+        kind = msg["t"]
+        rid = msg.get("id")
+        if kind == "enroll":
+            self._enroll(conn, c, msg, rid, now)
+            return
+        if c.peer is None:
+            self._error(conn, ErrorCode.BAD_REQUEST, f"{kind} before enroll", rid)
+            return
+        peer = self.peers[c.peer]
+        peer.last_seen = now
+        if kind == "ping":
+            self._send(conn, "pong", id=rid, now=now)
+        elif kind == "info":
+            peer.info = self._public_info(msg["info"], peer.observed)
+            self._send(conn, "ok", id=rid)
+        elif kind == "connect":
+            self._connect(conn, peer, msg, rid, now)
+        elif kind in ("accept", "refuse"):
+            self._answer(conn, peer, msg, rid, now)
+
+    @staticmethod
+    def _public_info(info: dict | None, observed: list) -> dict:
+        # The server's own observation wins over anything the peer wrote under that key.
+        out = dict(info or {})
+        out["observed"] = list(observed)
+        return out
+
+    def _enroll(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
+        if c.peer is not None:
+            self._error(conn, ErrorCode.BAD_REQUEST, "already enrolled on this connection", rid)
+            return
+        name, secret = msg.get("name"), msg.get("secret")
+        if secret is not None and not SECRET_MIN <= len(secret) <= SECRET_MAX:
+            self._error(conn, ErrorCode.BAD_REQUEST, f"secret must be {SECRET_MIN}..{SECRET_MAX} chars", rid)
+            return
+        if name is not None and not NAME_RE.match(name):
+            self._error(conn, ErrorCode.BAD_REQUEST, "name must be 1..64 of [A-Za-z0-9._-]", rid)
+            return
+        existing = self.peers.get(name) if name is not None else None
+        if existing is not None:
+            if secret is None or not hmac.compare_digest(existing.secret_hash, _hash_secret(secret)):
+                self._error(conn, ErrorCode.NAME_TAKEN, f"{name!r} belongs to another peer", rid)
+                return
+            # Ownership proven: this connection replaces the old one; what the old one had pending
+            # cannot be answered on this connection, so it ends.
+            for offer_id in list(existing.offers):
+                offer = self.offers.get(offer_id)
+                if offer is not None:
+                    self._end_offer(offer, ErrorCode.OFFLINE, f"{existing.peer_id} enrolled again")
+            if existing.conn is not None and existing.conn != conn:
+                old = existing.conn
+                existing.conn = None
+                self._error(old, ErrorCode.NAME_TAKEN, "the same peer enrolled again elsewhere")
+                self._close(old, "replaced by a new enrollment", now)
+            peer = existing
+            peer.offline_since = None
+        else:
+            if len(self.peers) >= self.max_peers:
+                self._error(conn, ErrorCode.BUSY, "too many peers", rid)
+                return
+            peer_id = name
+            while peer_id is None or peer_id in self.peers:
+                peer_id = self._token(16)
+            secret = secret if secret is not None else self._token(24)
+            peer = _Peer(peer_id, _hash_secret(secret), {}, c.addr, None, now)
+        peer.conn = conn
+        peer.last_seen = now
+        peer.observed = c.addr
+        peer.info = self._public_info(msg.get("info"), c.addr)
+        self.peers[peer.peer_id] = peer
+        c.peer = peer.peer_id
+        self.stats["enrolled"] += 1
+        if not peer.keepalive_armed:
+            peer.keepalive_armed = True
+            self._timer(now + self.keepalive_timeout, "keepalive", peer.peer_id)
+        self._send(conn, "enrolled", id=rid, peer=peer.peer_id, secret=secret, keepalive=self.keepalive,
+                   now=now, observed=list(c.addr))
+
+    def _connect(self, conn: int, peer: _Peer, msg: dict, rid: int | None, now: float) -> None:
+        target_id = msg["target"]
+        target = self.peers.get(target_id)
+        if target_id == peer.peer_id:
+            self._error(conn, ErrorCode.BAD_REQUEST, "cannot connect to yourself", rid)
+            return
+        if target is None:
+            self._error(conn, ErrorCode.UNKNOWN_PEER, f"no peer {target_id!r}", rid)
+            return
+        if target.conn is None:
+            self._error(conn, ErrorCode.OFFLINE, f"peer {target_id!r} is offline", rid)
+            return
+        if len(peer.offers) >= self.max_offers_per_peer or len(target.offers) >= self.max_offers_per_peer:
+            self._error(conn, ErrorCode.BUSY, "too many pending offers", rid)
+            return
+        timeout = msg.get("timeout", self.offer_timeout)
+        timeout = float(timeout)
+        if not math.isfinite(timeout):
+            timeout = self.offer_timeout
+        timeout = min(max(timeout, 0.0), self.max_offer_timeout)
+        offer_id = self._token(12)
+        while offer_id in self.offers:
+            offer_id = self._token(12)
+        offer = _Offer(offer_id, peer.peer_id, target_id, rid, now + timeout)
+        self.offers[offer_id] = offer
+        peer.offers.add(offer_id)
+        target.offers.add(offer_id)
+        self._timer(offer.expires, "offer", offer_id)
+        self._send(target.conn, "offer", offer=offer_id, **{"from": peer.peer_id}, info=peer.info,
+                   expires=offer.expires)
+
+    def _answer(self, conn: int, peer: _Peer, msg: dict, rid: int | None, now: float) -> None:
+        offer = self.offers.get(msg["offer"])
+        if offer is None or offer.target != peer.peer_id:
+            self._error(conn, ErrorCode.UNKNOWN_OFFER, "no such pending offer", rid)
+            return
+        self._drop_offer(offer)
+        initiator = self.peers.get(offer.initiator)
+        if msg["t"] == "refuse":
+            if initiator is not None:
+                self._error(initiator.conn, ErrorCode.REFUSED, f"{peer.peer_id} refused", offer.request_id)
+            self._send(conn, "ok", id=rid)
+            return
+        if initiator is None or initiator.conn is None:
+            self._error(conn, ErrorCode.OFFLINE, f"{offer.initiator} went offline", rid)
+            return
+        key = self._key(KEY_BYTES)
+        start_at = now + self.start_margin
+        self.stats["sessions"] += 1
+        common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
+        self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=peer.info,
+                   role=Role.FIRST.value, **common)
+        self._send(conn, "session", id=rid, peer=initiator.peer_id, info=initiator.info,
+                   role=Role.SECOND.value, **common)
+
+    # -- helpers --
+    def _drop_offer(self, offer: _Offer) -> None:
+        self.offers.pop(offer.offer_id, None)
+        for pid in (offer.initiator, offer.target):
+            p = self.peers.get(pid)
+            if p is not None:
+                p.offers.discard(offer.offer_id)
+
+    def _end_offer(self, offer: _Offer, code: ErrorCode, message: str) -> None:
+        self._drop_offer(offer)
+        initiator = self.peers.get(offer.initiator)
+        target = self.peers.get(offer.target)
+        if initiator is not None:
+            self._error(initiator.conn, code, message, offer.request_id)
+        if target is not None:
+            self._send(target.conn, "cancel", offer=offer.offer_id, code=code.value, message=message)
+
+    def _go_offline(self, peer: _Peer, now: float, why: str) -> None:
+        peer.conn = None
+        peer.offline_since = now
+        self._timer(now + self.retain, "expire", peer.peer_id)
+        for offer_id in list(peer.offers):
+            offer = self.offers.get(offer_id)
+            if offer is not None:
+                self._end_offer(offer, ErrorCode.OFFLINE, f"{peer.peer_id}: {why}")
+
+    # -- introspection for the I/O layer and tests --
+    def online(self) -> list[str]:
+        return [p.peer_id for p in self.peers.values() if p.conn is not None]
