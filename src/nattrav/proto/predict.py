@@ -1,0 +1,305 @@
+"""Port prediction for one socket behind a NAT, sans-IO.
+
+Model (Klinec & Matyáš 2014): a sequential NAT hands out ports with step Δ, while other hosts behind
+it consume ports at a rate λ (allocations per second). Between two of our own new mappings that are
+t seconds apart the port moves by Δ·(1 + N) with N ~ Poisson(λ·t). The k-th mapping the socket will
+create next therefore lands on last + (k + N)·Δ, wrapped inside the NAT's port range.
+
+Inputs are the STUN client's behaviour report (a plain dict, see `Observation.from_report`); output is
+a ranked window of candidate ports with the probability it covers. No sockets, no clock: the caller
+says how much time will pass before the mapping is created (`elapsed`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
+MAX_WINDOW = 65536
+# A step larger than this many Δ between two of our own back-to-back samples is not "sequential".
+MAX_STEPS_PER_SAMPLE = 256
+# A fitted step larger than this (and not stated by the report) is a coincidence of random ports.
+MAX_DELTA = 512
+
+
+class ReportError(ValueError):
+    """A behaviour report that cannot be understood (missing or malformed fields)."""
+
+
+class Allocation(str, enum.Enum):
+    PRESERVATION = "preservation"
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    # The mapping does not change per destination (EIM): Δ = 0.
+    FIXED = "fixed"
+
+
+_ALLOCATION_WORDS = {
+    "preservation": Allocation.PRESERVATION,
+    "port-preservation": Allocation.PRESERVATION,
+    "preserving": Allocation.PRESERVATION,
+    "sequential": Allocation.SEQUENTIAL,
+    "seq": Allocation.SEQUENTIAL,
+    "incremental": Allocation.SEQUENTIAL,
+    "random": Allocation.RANDOM,
+    "fixed": Allocation.FIXED,
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    port: int
+    t: float | None = None  # seconds, any origin; None when the report carries no times
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one socket's STUN exchanges showed: mapped ports in order, the allocation word, Δ."""
+
+    samples: tuple[Sample, ...]
+    allocation: Allocation | None = None
+    delta: int | None = None
+    port_range: tuple[int, int] = PORT_RANGE
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> Observation:
+        """Accept the STUN client's report dict.
+
+        Keys used: "samples" (list of ports, of [t, port] pairs, or of {"port": p, "t": t} maps, in
+        the order they were observed), "allocation" (preservation / sequential / random), "delta",
+        "port_range" ([lo, hi]). Unknown keys are ignored.
+        """
+        if not isinstance(report, Mapping):
+            raise ReportError(f"report must be a mapping, got {type(report).__name__}")
+        samples = tuple(_sample(s) for s in report.get("samples") or ())
+        allocation = report.get("allocation")
+        if allocation is not None:
+            word = str(allocation).strip().lower()
+            if word not in _ALLOCATION_WORDS:
+                raise ReportError(f"unknown port allocation {allocation!r}")
+            allocation = _ALLOCATION_WORDS[word]
+        delta = report.get("delta")
+        if delta is not None and (not isinstance(delta, int) or isinstance(delta, bool)):
+            raise ReportError(f"delta must be an int or None, got {delta!r}")
+        lo, hi = report.get("port_range") or PORT_RANGE
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 65535):
+            raise ReportError(f"bad port_range {report.get('port_range')!r}")
+        for s in samples:
+            if not lo <= s.port <= hi:
+                # The NAT's range is a guess; widen it rather than wrap a real port away.
+                lo, hi = min(lo, s.port), max(hi, s.port)
+        return cls(samples, allocation, delta, (lo, hi))
+
+
+def _sample(raw: Any) -> Sample:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        port, t = raw, None
+    elif isinstance(raw, Mapping):
+        port, t = raw.get("port"), raw.get("t")
+    elif isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) and len(raw) == 2:
+        t, port = raw
+    else:
+        raise ReportError(f"bad sample {raw!r}")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ReportError(f"bad sample port {port!r}")
+    if t is not None and (not isinstance(t, (int, float)) or not math.isfinite(t)):
+        raise ReportError(f"bad sample time {t!r}")
+    return Sample(port, None if t is None else float(t))
+
+
+class Kind(str, enum.Enum):
+    FIXED = "fixed"  # Δ = 0: the next mapping is the last one (EIM, or port preservation)
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    UNKNOWN = "unknown"  # not enough samples to say
+
+
+@dataclass(frozen=True)
+class Model:
+    """The fitted allocation model of one NAT as seen from one socket."""
+
+    kind: Kind
+    last: int | None  # the last mapped port observed
+    delta: int  # allocation step (0 for FIXED / RANDOM / UNKNOWN)
+    rate: float  # λ: extra allocations per second (per sample interval when samples carry no times)
+    per_second: bool  # whether `rate` is per second or per sample interval
+    port_range: tuple[int, int]
+
+    def advance(self, port: int, steps: int) -> int:
+        """`port` moved by steps·Δ inside the NAT's range (sequential NATs wrap to the bottom)."""
+        lo, hi = self.port_range
+        span = hi - lo + 1
+        return lo + (port - lo + steps * self.delta) % span
+
+    def expected_extra(self, elapsed: float, intervals: float = 1.0) -> float:
+        """Mean number of ports other hosts take before our next mapping (μ = λ·t)."""
+        return self.rate * (elapsed if self.per_second else intervals)
+
+
+def _forward_gap(a: int, b: int, port_range: tuple[int, int]) -> int:
+    lo, hi = port_range
+    return (b - a) % (hi - lo + 1)
+
+
+def fit(obs: Observation) -> Model:
+    """Estimate Δ and λ from the samples (λ is the Poisson MLE: extra steps / elapsed time)."""
+    ports = [s.port for s in obs.samples]
+    last = ports[-1] if ports else None
+    if obs.allocation is Allocation.RANDOM:
+        return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
+    if len(ports) < 2:
+        if obs.allocation is Allocation.FIXED or obs.delta == 0:
+            return Model(Kind.FIXED, last, 0, 0.0, False, obs.port_range)
+        if obs.delta and obs.delta > 0 and last is not None:
+            return Model(Kind.SEQUENTIAL, last, obs.delta, 0.0, False, obs.port_range)
+        return Model(Kind.UNKNOWN, last, 0, 0.0, False, obs.port_range)
+
+    gaps = [_forward_gap(a, b, obs.port_range) for a, b in zip(ports, ports[1:])]
+    if all(g == 0 for g in gaps):
+        return Model(Kind.FIXED, last, 0, 0.0, False, obs.port_range)
+    if any(g == 0 for g in gaps):
+        # Some pairs kept the port, others moved: no single Δ explains that.
+        return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
+    delta = obs.delta if obs.delta and obs.delta > 0 else 0
+    if not delta or any(g % delta for g in gaps):
+        # The smallest gap is Δ·(1+N) for the least-disturbed pair; the gcd removes the N's that
+        # share no factor. Trust it only if every gap is a small multiple of it.
+        delta = math.gcd(*gaps)
+    steps = [g // delta for g in gaps]
+    if max(steps) > MAX_STEPS_PER_SAMPLE or (delta > MAX_DELTA and delta != obs.delta):
+        return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
+
+    extra = sum(k - 1 for k in steps)
+    times = [s.t for s in obs.samples]
+    if all(t is not None for t in times) and times[-1] > times[0]:
+        rate = extra / (times[-1] - times[0])  # type: ignore[operator]
+        per_second = True
+    else:
+        rate = extra / len(gaps)
+        per_second = False
+    return Model(Kind.SEQUENTIAL, last, delta, rate, per_second, obs.port_range)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A ranked candidate window: ports[i] is where our next mapping lands with probability probs[i]."""
+
+    kind: Kind
+    ports: tuple[int, ...]
+    probs: tuple[float, ...]
+    offsets: tuple[int, ...]  # k: ports[i] == last + k·Δ (wrapped)
+    covered: float  # probability that the next mapping is in `ports`
+    model: Model
+    mean_extra: float = 0.0  # μ used for the window
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def next_port(self) -> int | None:
+        return self.ports[0] if self.ports else None
+
+
+def poisson_pmf(mu: float, n: int) -> float:
+    if n < 0:
+        return 0.0
+    if mu <= 0:
+        return 1.0 if n == 0 else 0.0
+    return math.exp(n * math.log(mu) - mu - math.lgamma(n + 1))
+
+
+def poisson_window(mu: float, target: float, max_size: int = MAX_WINDOW) -> list[tuple[int, float]]:
+    """The fewest values n of N ~ Poisson(μ), most probable first, whose total reaches `target`.
+
+    The pmf is unimodal, so the answer is a contiguous range grown around the mode; returned ranked
+    by probability (ties: the smaller n first).
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target!r}")
+    mode = int(math.floor(mu)) if mu > 0 else 0
+    lo = hi = mode
+    chosen = [(mode, poisson_pmf(mu, mode))]
+    total = chosen[0][1]
+    while total < target and len(chosen) < max_size:
+        left = poisson_pmf(mu, lo - 1) if lo > 0 else -1.0
+        right = poisson_pmf(mu, hi + 1)
+        if left >= right and left >= 0:
+            lo -= 1
+            chosen.append((lo, left))
+            total += left
+        else:
+            hi += 1
+            chosen.append((hi, right))
+            total += right
+        if left <= 0 and right <= 0:  # the pmf underflowed: nothing left to gain
+            break
+    chosen.sort(key=lambda item: (-item[1], item[0]))
+    return chosen
+
+
+def predict(
+    report: Mapping[str, Any] | Observation,
+    *,
+    elapsed: float = 1.0,
+    intervals: float = 1.0,
+    target: float = 0.999,
+    max_window: int = 4096,
+    min_extra: float = 0.0,
+) -> Prediction:
+    """Rank the ports the socket's NEXT new mapping will get.
+
+    elapsed: seconds between the last sample and the moment the mapping is created (used when the
+    samples carry times); intervals: the same gap counted in sample intervals (used when they do not).
+    min_extra: a floor for μ, so two samples that happened to show no background traffic do not
+    produce a one-port window that claims certainty.
+    """
+    obs = report if isinstance(report, Observation) else Observation.from_report(report)
+    model = fit(obs)
+    if model.kind is Kind.FIXED:
+        assert model.last is not None
+        return Prediction(Kind.FIXED, (model.last,), (1.0,), (0,), 1.0, model)
+    if model.kind in (Kind.RANDOM, Kind.UNKNOWN) or model.last is None:
+        lo, hi = model.port_range
+        return Prediction(model.kind, (), (), (), 0.0, model,
+                          notes=(f"no usable step: a port is a 1 in {hi - lo + 1} guess",))
+    mu = max(model.expected_extra(elapsed, intervals), min_extra)
+    ranked = poisson_window(mu, target, max_window)
+    span = model.port_range[1] - model.port_range[0] + 1
+    cycle = span // math.gcd(span, model.delta)  # distinct ports reachable with this Δ
+    ranked = [(n, p) for n, p in ranked if n + 1 <= cycle]
+    ports = tuple(model.advance(model.last, n + 1) for n, _ in ranked)
+    return Prediction(
+        Kind.SEQUENTIAL,
+        ports,
+        tuple(p for _, p in ranked),
+        tuple(n + 1 for n, _ in ranked),
+        min(1.0, sum(p for _, p in ranked)),
+        model,
+        mean_extra=mu,
+    )
+
+
+def extra_pmf(mu: float, target: float = 0.99999, limit: int = 4096) -> list[float]:
+    """pmf of N ~ Poisson(μ) for n = 0..n_max, where the tail beyond n_max is below 1 - target."""
+    out: list[float] = []
+    total = 0.0
+    n = 0
+    while n < limit and (total < target or n <= mu):
+        p = poisson_pmf(mu, n)
+        out.append(p)
+        total += p
+        n += 1
+    return out
+
+
+def ranked_ports(values: Iterable[int]) -> list[int]:
+    """Deduplicate while keeping the first (best-ranked) occurrence."""
+    seen: set[int] = set()
+    out = []
+    for v in values:
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return out
