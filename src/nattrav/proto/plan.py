@@ -1,0 +1,711 @@
+"""Choosing and sizing a punching strategy for a PAIR of NATs, sans-IO.
+
+Feasibility is a property of the pair, not of one NAT (Roverso et al., "NATCracker"): a symmetric
+NAT meets a full cone with one packet, a port-restricted cone with a predicted window, another
+sequential NAT with two interleaved scans, a random one only by luck. `plan()` takes both behaviour
+reports and returns the cheapest strategy that can work, its parameters for both sides, a sentence
+saying why (RFC 4787 words) and the odds. Both peers compute the same plan from the same two reports
+(the rendezvous role only breaks ties), so neither has to tell the other what it will do.
+
+Vocabulary used below: the side that "opens" sends first with a low TTL, so its packets create
+mappings and open its own filter but die before the peer's NAT; the other side then sends with a
+normal TTL and its packets are let in. "Consumes" means the NAT gives every new destination a new
+port (address-and-port-dependent mapping with sequential allocation), so each probe moves the port.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import predict as _predict
+from .predict import Kind, Prediction, ReportError
+
+FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every probe is a flow
+DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
+DEFAULT_TARGET = 0.999
+DEFAULT_HORIZON = 1.0  # seconds from the last STUN sample to the punch (rendezvous start margin + slack)
+MIN_EXTRA = 0.05  # floor for the expected background allocations (see predict.predict)
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
+ROLES = ("first", "second")
+
+
+class Mapping_(str, enum.Enum):
+    NONE = "none"  # no NAT: the host's own address is public
+    EIM = "endpoint-independent"
+    ADM = "address-dependent"
+    APDM = "address-and-port-dependent"
+
+
+class Filtering(str, enum.Enum):
+    NONE = "none"
+    EIF = "endpoint-independent"
+    ADF = "address-dependent"
+    APDF = "address-and-port-dependent"
+
+
+_MAPPING_WORDS = {
+    "none": Mapping_.NONE, "open": Mapping_.NONE, "no-nat": Mapping_.NONE, "public": Mapping_.NONE,
+    "endpoint-independent": Mapping_.EIM, "eim": Mapping_.EIM, "independent": Mapping_.EIM,
+    "address-dependent": Mapping_.ADM, "adm": Mapping_.ADM,
+    "address-and-port-dependent": Mapping_.APDM, "apdm": Mapping_.APDM,
+    "port-dependent": Mapping_.APDM, "symmetric": Mapping_.APDM,
+}
+_FILTERING_WORDS = {
+    "none": Filtering.NONE, "open": Filtering.NONE,
+    "endpoint-independent": Filtering.EIF, "eif": Filtering.EIF, "full-cone": Filtering.EIF,
+    "address-dependent": Filtering.ADF, "adf": Filtering.ADF, "restricted": Filtering.ADF,
+    "restricted-cone": Filtering.ADF,
+    "address-and-port-dependent": Filtering.APDF, "apdf": Filtering.APDF,
+    "port-restricted": Filtering.APDF, "port-restricted-cone": Filtering.APDF,
+}
+# Two tables: the enums are str-valued and share words, so one dict would merge their keys.
+_SHORT_MAPPING = {Mapping_.NONE: "no NAT", Mapping_.EIM: "EIM", Mapping_.ADM: "ADM", Mapping_.APDM: "APDM"}
+_SHORT_FILTERING = {Filtering.NONE: "no filter", Filtering.EIF: "EIF", Filtering.ADF: "ADF",
+                    Filtering.APDF: "APDF"}
+
+
+class Strategy(str, enum.Enum):
+    DIRECT = "direct"
+    SIMULTANEOUS = "simultaneous"
+    ADDRESS_OPEN = "address-open"
+    PREDICTED = "predicted"
+    BIRTHDAY = "birthday"
+    RANDOM_SEQUENTIAL = "random-sequential"
+    BEST_EFFORT = "best-effort"
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    cost: int  # rank: lower is cheaper; ties broken by packet count
+    burst: bool  # needs many sockets / the C burst core
+    summary: str
+
+
+STRATEGIES: dict[Strategy, StrategyInfo] = {
+    Strategy.DIRECT: StrategyInfo(0, False, "one packet each way to a publicly reachable endpoint"),
+    Strategy.SIMULTANEOUS: StrategyInfo(1, False, "both send from the STUN socket to the other's mapping"),
+    Strategy.ADDRESS_OPEN: StrategyInfo(2, False,
+                                        "the address-restricted side opens its filter to the peer's IP"),
+    Strategy.PREDICTED: StrategyInfo(3, False, "low-TTL to predicted ports, then normal TTL back"),
+    Strategy.BIRTHDAY: StrategyInfo(4, True, "many sockets on the random side, many probes from the other"),
+    Strategy.RANDOM_SEQUENTIAL: StrategyInfo(5, True,
+                                             "random side fires at the predicted window from many sockets"),
+    Strategy.BEST_EFFORT: StrategyInfo(6, True, "bounded random guessing on both sides; a relay is needed"),
+}
+
+
+class PlanError(ValueError):
+    """Local misuse of the planner (bad role, bad parameters)."""
+
+
+# --- one side -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """One peer as the planner sees it: behaviour words, public endpoint, port prediction."""
+
+    mapping: Mapping_
+    filtering: Filtering
+    ip: str
+    port: int  # the STUN socket's (last) mapped port
+    prediction: Prediction
+    port_range: tuple[int, int]
+
+    @property
+    def kind(self) -> Kind:
+        return self.prediction.kind
+
+    @property
+    def reachable(self) -> bool:
+        """Anyone can send to ip:port unasked: no NAT, or EIM with EIF (a "full cone")."""
+        if self.mapping is Mapping_.NONE:
+            return True
+        return self.mapping is Mapping_.EIM and self.filtering in (Filtering.EIF, Filtering.NONE)
+
+    @property
+    def fixed(self) -> bool:
+        """The mapping towards the peer is the one STUN saw (EIM, or Δ = 0)."""
+        return self.mapping in (Mapping_.NONE, Mapping_.EIM) or self.kind is Kind.FIXED
+
+    @property
+    def sequential(self) -> bool:
+        return not self.fixed and self.kind is Kind.SEQUENTIAL
+
+    @property
+    def random(self) -> bool:
+        return not self.fixed and self.kind in (Kind.RANDOM, Kind.UNKNOWN)
+
+    @property
+    def consumes(self) -> bool:
+        """Every probe to a new peer port takes the next port (APDM, sequential)."""
+        return self.sequential and self.mapping is Mapping_.APDM
+
+    @property
+    def span(self) -> int:
+        return self.port_range[1] - self.port_range[0] + 1
+
+    def next_port(self, k: int) -> int:
+        """The port of the k-th (0-based) new mapping after the last sample, with no noise."""
+        if self.fixed:
+            return self.port
+        return self.prediction.model.advance(self.port, k + 1)
+
+    def describe(self) -> str:
+        if self.mapping is Mapping_.NONE:
+            return "no NAT"
+        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={self.prediction.model.delta}",
+                 Kind.RANDOM: "random ports", Kind.UNKNOWN: "unpredictable ports"}[self.kind]
+        if self.mapping is Mapping_.EIM:
+            alloc = "port kept"
+        return (f"{self.mapping.value} mapping ({_SHORT_MAPPING[self.mapping]}, {alloc}), "
+                f"{self.filtering.value} filtering ({_SHORT_FILTERING[self.filtering]})")
+
+
+def _word(table: dict, value: Any, what: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, enum.Enum):
+        value = value.value
+    word = str(value).strip().lower().replace("_", "-").replace(" ", "-")
+    if word not in table:
+        raise ReportError(f"unknown {what} {value!r}")
+    return table[word]
+
+
+def _endpoint(report: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    for key in ("public", "mapped", "mapped_address", "endpoint"):
+        ep = report.get(key)
+        if isinstance(ep, (list, tuple)) and len(ep) == 2:
+            return str(ep[0]), int(ep[1])
+        if isinstance(ep, Mapping) and "ip" in ep:
+            return str(ep["ip"]), int(ep["port"]) if ep.get("port") is not None else None
+    ip = report.get("public_ip") or report.get("ip")
+    port = report.get("public_port")
+    if ip is None:
+        observed = report.get("observed")
+        if isinstance(observed, (list, tuple)) and observed:
+            last = observed[-1]
+            if isinstance(last, (list, tuple)) and len(last) == 2:
+                return str(last[0]), int(last[1])
+    return (str(ip) if ip is not None else None), (int(port) if port is not None else None)
+
+
+def side_from_report(
+    report: Mapping[str, Any], *, horizon: float = DEFAULT_HORIZON, target: float = DEFAULT_TARGET
+) -> Side:
+    """Normalise a behaviour report (STUN client's dict plus the public endpoint) into a Side.
+
+    Keys: "mapping" and "filtering" (RFC 4787 words or EIM/ADM/APDM, EIF/ADF/APDF, "none"),
+    "allocation", "delta", "samples", "port_range" (see predict.Observation.from_report), and the
+    public endpoint as "public": [ip, port] (or "mapped", or "public_ip"/"public_port").
+    """
+    if not isinstance(report, Mapping):
+        raise ReportError(f"report must be a mapping, got {type(report).__name__}")
+    obs = _predict.Observation.from_report(report)
+    mapping = _word(_MAPPING_WORDS, report.get("mapping"), "mapping")
+    filtering = _word(_FILTERING_WORDS, report.get("filtering"), "filtering")
+    prediction = _predict.predict(obs, elapsed=horizon, target=target, min_extra=MIN_EXTRA)
+    if mapping is None:
+        mapping = Mapping_.EIM if prediction.kind is Kind.FIXED else Mapping_.APDM
+    if filtering is None:
+        filtering = Filtering.NONE if mapping is Mapping_.NONE else Filtering.APDF
+    if mapping is Mapping_.EIM and prediction.kind is not Kind.FIXED:
+        # EIM keeps one mapping per socket whatever the samples suggest (they may come from
+        # different sockets); trust the mapping word.
+        prediction = replace(prediction, kind=Kind.FIXED)
+    ip, port = _endpoint(report)
+    if port is None and obs.samples:
+        port = obs.samples[-1].port
+    if not prediction.kind is Kind.FIXED and obs.samples:
+        port = obs.samples[-1].port  # predictions count from the LAST mapping seen
+    if ip is None or port is None:
+        raise ReportError("report has no public endpoint (public: [ip, port])")
+    if not 1 <= port <= 65535:
+        raise ReportError(f"bad public port {port!r}")
+    return Side(mapping, filtering, ip, port, prediction, obs.port_range)
+
+
+# --- what one side does -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One side's half of an attempt.
+
+    sockets: how many sockets send (1 = the STUN socket only; more = extra burst sockets, each
+    sending to every target). targets: the peer's ports, best first. random_probes: how many distinct
+    random ports of peer_range to probe in addition (the "guessing" side of a birthday burst).
+    opens: send first with `ttl` = the low TTL, never with a normal TTL to unverified ports.
+    delay: seconds after the agreed start. rounds/interval: resend the same packets (same flows).
+    """
+
+    peer_ip: str
+    targets: tuple[int, ...] = ()
+    random_probes: int = 0
+    peer_range: tuple[int, int] = _predict.PORT_RANGE
+    sockets: int = 1
+    opens: bool = False
+    delay: float = 0.0
+    interval: float = 0.2
+    rate: float = 0.0  # packets per second for the big bursts, 0 = as fast as possible
+
+    @property
+    def packets(self) -> int:
+        return self.sockets * len(self.targets) + self.random_probes
+
+    @property
+    def flows(self) -> int:
+        """New flows this part creates on its own NAT (every distinct 5-tuple is one)."""
+        return self.packets
+
+
+@dataclass(frozen=True)
+class Attempt:
+    strategy: Strategy
+    local: Part
+    remote: Part
+    odds: float
+    delay: float = 0.0  # happy-eyeballs start offset relative to the first attempt
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: Strategy
+    feasible: bool
+    reason: str
+    odds: float
+    role: str
+    local: Side
+    remote: Side
+    attempts: tuple[Attempt, ...]
+    timeout: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Attempt:
+        return self.attempts[0]
+
+    def failure_message(self) -> str:
+        return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
+                f"{self.strategy.value} had {self.odds:.2%} odds"
+                + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
+
+
+# --- odds -----------------------------------------------------------------------------------------
+
+
+def birthday_miss(span: int, holes: int, probes: int) -> float:
+    """P(none of `probes` distinct random ports out of `span` hits one of `holes` open ports).
+
+    Sampling without replacement: C(span - holes, probes) / C(span, probes)
+      = prod_{i < probes} (span - holes - i) / (span - i).
+    With replacement this is the familiar (1 - holes/span)^probes, slightly larger.
+    """
+    if holes <= 0 or probes <= 0:
+        return 1.0
+    if probes > span - holes:
+        return 0.0
+    log = (math.lgamma(span - holes + 1) - math.lgamma(span - holes - probes + 1)
+           - math.lgamma(span + 1) + math.lgamma(span - probes + 1))
+    return math.exp(log)
+
+
+def probes_for(span: int, holes: int, target: float, cap: int) -> int:
+    """The fewest distinct probes that hit one of `holes` ports with probability >= target (<= cap)."""
+    lo, hi = 1, max(1, min(cap, span - holes + 1))
+    if 1 - birthday_miss(span, holes, hi) < target:
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if 1 - birthday_miss(span, holes, mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _noise_pmf(side: Side) -> list[float]:
+    if not side.sequential:
+        return [1.0]
+    return _predict.extra_pmf(side.prediction.mean_extra)
+
+
+def needed(opener: Side, other: Side, u: int, v: int) -> tuple[int, int]:
+    """How many probes the opener and the other side need when their true noises are u and v.
+
+    The opener walks the other side's predicted ports one step at a time (targets other.next(i));
+    the other walks the opener's predicted ports with a stride of m steps (targets opener.next(m·j)),
+    m = 2 when both consume a port per probe (Klinec & Matyáš' giant step), else 1. A hit needs the
+    opener's i-th flow and the other's j-th flow to point at each other. Returns (i + 1, j + 1) for the
+    first hit. `simulate()` checks these closed forms by brute force.
+    """
+    if opener.fixed:
+        u = 0
+    if other.fixed:
+        v = 0
+    if opener.filtering in (Filtering.ADF, Filtering.EIF, Filtering.NONE):
+        # One low-TTL packet to the peer's IP opens an address filter for every port of it.
+        return 1, u + 1
+    fc, oc = opener.consumes, other.consumes
+    if fc and oc:
+        return u + 2 * v + 1, u + v + 1
+    if fc:
+        return v + 1, u + v + 1
+    if oc:
+        return u + v + 1, u + 1
+    return v + 1, u + 1
+
+
+def stride(opener: Side, other: Side) -> int:
+    return 2 if opener.consumes and other.consumes else 1
+
+
+def simulate(opener: Side, other: Side, n_open: int, n_other: int, u: int, v: int) -> bool:
+    """Brute-force model of two NATs for the PREDICTED strategy (used by tests to check `needed`)."""
+    m = stride(opener, other)
+    ports_open = _targets_for_opener(opener, other, n_open)
+    ports_other = [opener.next_port(m * j) for j in range(n_other)] if not opener.fixed else [opener.port]
+
+    def flows(side: Side, noise: int, dests: list[int]) -> list[tuple[int, int]]:
+        out, seen = [], {}
+        for d in dests:
+            if d not in seen:
+                if side.fixed:
+                    seen[d] = side.port
+                elif side.consumes:
+                    seen[d] = side.next_port(noise + len(seen))
+                else:
+                    seen[d] = side.next_port(noise)
+            out.append((seen[d], d))
+        return out
+
+    fo = flows(opener, 0 if opener.fixed else u, ports_open)
+    ft = flows(other, 0 if other.fixed else v, ports_other)
+    addr_filter = opener.filtering in (Filtering.ADF, Filtering.EIF, Filtering.NONE)
+    opener_srcs = {s for s, _ in fo}
+    for src_t, dst_t in ft:
+        if addr_filter:
+            if dst_t in opener_srcs:
+                return True
+        elif (dst_t, src_t) in fo:
+            return True
+    return False
+
+
+def _targets_for_opener(opener: Side, other: Side, n: int) -> list[int]:
+    if other.fixed:
+        return [other.port]
+    return [other.next_port(i) for i in range(n)]
+
+
+def size_predicted(opener: Side, other: Side, target: float, cap: int) -> tuple[int, int, float]:
+    """Probe counts (opener, other) reaching `target`, and the exact odds of those counts."""
+    pu, pv = _noise_pmf(opener), _noise_pmf(other)
+    cells = sorted(((pu[u] * pv[v], u, v) for u in range(len(pu)) for v in range(len(pv))),
+                   reverse=True)
+    n_open = n_other = 1
+    total = 0.0
+    for p, u, v in cells:
+        if total >= target:
+            break
+        a, b = needed(opener, other, u, v)
+        if a > cap or b > cap:
+            continue
+        n_open, n_other = max(n_open, a), max(n_other, b)
+        total += p
+    if opener.filtering in (Filtering.ADF, Filtering.EIF, Filtering.NONE) or other.fixed:
+        n_open = 1
+    if opener.fixed:
+        n_other = 1
+    odds = sum(pu[u] * pv[v] for u in range(len(pu)) for v in range(len(pv))
+               if _fits(needed(opener, other, u, v), n_open, n_other))
+    return n_open, n_other, min(1.0, odds)
+
+
+def _fits(need: tuple[int, int], n_open: int, n_other: int) -> bool:
+    return need[0] <= n_open and need[1] <= n_other
+
+
+def random_sequential_odds(rnd: Side, seq: Side, sockets: int, window: int, probes: int) -> float:
+    """The random side's `sockets` each send to seq.next(0..window-1); the sequential side sends
+    `probes` guesses at random ports of the random side.
+
+    Consuming sequential side: its j-th guess leaves from seq.next(v + j), so it can only meet the
+    random side's flows aimed at window slot v + j: `sockets` random ports, a sockets/span chance.
+    Otherwise every guess leaves from seq.next(v) and meets the `sockets` flows aimed at slot v.
+    """
+    span = rnd.span
+    odds = 0.0
+    for v, pv in enumerate(_noise_pmf(seq)):
+        if v >= window:
+            break
+        if seq.consumes:
+            useful = max(0, min(probes, window - v))
+            hit = 1 - (1 - sockets / span) ** useful
+        else:
+            hit = 1 - birthday_miss(span, sockets, probes)
+        odds += pv * hit
+    return min(1.0, odds)
+
+
+# --- the planner ------------------------------------------------------------------------------
+
+
+def plan(
+    local_report: Mapping[str, Any],
+    remote_report: Mapping[str, Any],
+    role: str,
+    *,
+    target: float = DEFAULT_TARGET,
+    horizon: float = DEFAULT_HORIZON,
+    flow_budget: int = DEFAULT_FLOW_BUDGET,
+    max_sockets: int = 1024,
+    birthday_sockets: int = 256,
+    max_window: int = 4096,
+    best_effort_flows: int = 4096,
+) -> Plan:
+    """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
+
+    role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
+    plan mirrored). horizon: seconds from the last STUN sample to the agreed start time.
+    """
+    role = getattr(role, "value", role)
+    if role not in ROLES:
+        raise PlanError(f"role must be one of {ROLES}, got {role!r}")
+    if not 0 < target < 1:
+        raise PlanError(f"target must be in (0, 1), got {target!r}")
+    local = side_from_report(local_report, horizon=horizon, target=target)
+    remote = side_from_report(remote_report, horizon=horizon, target=target)
+    first, second = (local, remote) if role == "first" else (remote, local)
+    attempts = _attempts(first, second, target=target, flow_budget=flow_budget,
+                         max_sockets=max_sockets, birthday_sockets=birthday_sockets,
+                         max_window=max_window, best_effort_flows=best_effort_flows)
+    if role == "second":
+        attempts = [replace(a, local=a.remote, remote=a.local) for a in attempts]
+    best = attempts[0]
+    feasible = best.strategy is not Strategy.BEST_EFFORT
+    reason = _reason(best.strategy, local, remote, best)
+    timeout = max(a.delay + a.timeout for a in attempts)
+    params = {
+        "strategy": best.strategy.value,
+        "local_packets": best.local.packets,
+        "remote_packets": best.remote.packets,
+        "local_sockets": best.local.sockets,
+        "remote_sockets": best.remote.sockets,
+        "local_opens": best.local.opens,
+        "local_targets": len(best.local.targets),
+        "local_random_probes": best.local.random_probes,
+        "remote_random_probes": best.remote.random_probes,
+        "local_flows": best.local.flows,
+        "remote_flows": best.remote.flows,
+        "odds": best.odds,
+        "attempts": [a.strategy.value for a in attempts],
+    }
+    return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
+                timeout, params)
+
+
+def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
+    """Every strategy that can work for the pair, cheapest first, as (first's part, second's part).
+
+    The happy-eyeballs race only adds attempts that cost no extra flow on a sequential NAT (they
+    would shift its predicted ports under the main attempt).
+    """
+    out: list[Attempt] = []
+    a_fixed, b_fixed = first.fixed, second.fixed
+
+    # DIRECT: one side is reachable unasked; the other just sends to it.
+    if first.reachable or second.reachable:
+        out.append(_direct(first, second))
+    # SIMULTANEOUS: both mappings known; the low-TTL packet goes first so that neither NAT sees an
+    # unsolicited packet (which could clash with the mapping it is about to create).
+    if a_fixed and b_fixed:
+        out.append(_simultaneous(first, second))
+    # ADDRESS_OPEN: an EIM side with an address-dependent filter opens it to the peer's whole IP.
+    for opener, other, swap in ((first, second, False), (second, first, True)):
+        if opener.fixed and opener.filtering is Filtering.ADF and not other.fixed:
+            out.append(_maybe_swap(_address_open(opener, other), swap))
+            break
+    if not out or not (a_fixed and b_fixed):
+        if not first.random and not second.random:
+            out.append(_predicted(first, second, kw["target"], kw["max_window"]))
+        elif first.random and second.random:
+            out.append(_best_effort(first, second, kw["best_effort_flows"]))
+        else:
+            rnd, other, swap = (first, second, False) if first.random else (second, first, True)
+            if other.fixed:
+                out.append(_maybe_swap(_birthday(rnd, other, kw["target"], kw["birthday_sockets"],
+                                                 kw["flow_budget"]), swap))
+            else:
+                out.append(_maybe_swap(_random_sequential(rnd, other, kw["target"], kw["flow_budget"],
+                                                          kw["max_sockets"]), swap))
+    out.sort(key=lambda a: (STRATEGIES[a.strategy].cost, a.local.packets + a.remote.packets))
+    # Later attempts race only when they are cheap and cost no extra flow on a NAT that consumes a
+    # port per flow (it would shift the ports the main attempt predicted).
+    consuming = first.consumes or second.consumes
+    raced: list[Attempt] = []
+    for a in out:
+        if raced and (consuming or STRATEGIES[a.strategy].burst
+                      or any(r.strategy is a.strategy for r in raced)):
+            continue
+        raced.append(replace(a, delay=HAPPY_EYEBALLS_DELAY * len(raced)))
+    return raced
+
+
+def _maybe_swap(a: Attempt, swap: bool) -> Attempt:
+    return replace(a, local=a.remote, remote=a.local) if swap else a
+
+
+def _direct(first: Side, second: Side) -> Attempt:
+    # The reachable side only answers (its first packets go out low-TTL so that a filtering peer NAT
+    # never sees them unasked); the other side's normal packet gets in and creates the return path.
+    reach_first = first.reachable
+    quiet = Part(second.ip, (second.port,), opens=True, interval=0.1)
+    talker = Part(first.ip, (first.port,), opens=False, delay=0.02, interval=0.1)
+    if reach_first:
+        return Attempt(Strategy.DIRECT, quiet, talker, odds=1.0, timeout=2.0)
+    return Attempt(Strategy.DIRECT,
+                   Part(second.ip, (second.port,), opens=False, delay=0.02, interval=0.1),
+                   Part(first.ip, (first.port,), opens=True, interval=0.1),
+                   odds=1.0, timeout=2.0)
+
+
+def _simultaneous(first: Side, second: Side) -> Attempt:
+    return Attempt(Strategy.SIMULTANEOUS,
+                   Part(second.ip, (second.port,), opens=True, interval=0.1),
+                   Part(first.ip, (first.port,), opens=False, delay=0.02, interval=0.1),
+                   odds=1.0, timeout=2.0)
+
+
+def _address_open(opener: Side, other: Side) -> Attempt:
+    # One low-TTL packet to any port of the peer's IP opens an ADF filter for every port of it; the
+    # peer then sends from its STUN socket, whatever port its NAT picks.
+    return Attempt(Strategy.ADDRESS_OPEN,
+                   Part(other.ip, (other.next_port(0),), opens=True, interval=0.1),
+                   Part(opener.ip, (opener.port,), opens=False, delay=0.02, interval=0.1),
+                   odds=1.0, timeout=2.0)
+
+
+def _predicted(first: Side, second: Side, target: float, max_window: int) -> Attempt:
+    choices = []
+    for opener, other, swap in ((first, second, False), (second, first, True)):
+        n_open, n_other, odds = size_predicted(opener, other, target, max_window)
+        m = stride(opener, other)
+        open_targets = tuple(_predict.ranked_ports(_targets_for_opener(opener, other, n_open)))
+        other_targets = ((opener.port,) if opener.fixed
+                         else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
+        a = Attempt(Strategy.PREDICTED,
+                    Part(other.ip, open_targets, opens=True, interval=0.25),
+                    Part(opener.ip, other_targets, opens=False, delay=0.05, interval=0.25),
+                    odds=odds, timeout=3.0)
+        # Cheaper first; then the plan that sends fewer packets to unopened ports (the opener's
+        # window should be the big one); then the rendezvous' "first" opens.
+        unsolicited = len(other_targets) - 1
+        choices.append(((-round(odds, 6), len(open_targets) + len(other_targets), unsolicited, swap),
+                        _maybe_swap(a, swap)))
+    choices.sort(key=lambda c: c[0])
+    return choices[0][1]
+
+
+def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) -> Attempt:
+    # The random side opens `sockets` mappings towards the EIM side's one endpoint with low-TTL
+    # packets; the EIM side then probes distinct random ports of the random side's IP. The chance
+    # that none of p probes hits one of s open ports among N is C(N-s, p) / C(N, p).
+    span = rnd.span
+    probes = probes_for(span, sockets, target, min(budget, span - sockets))
+    odds = 1 - birthday_miss(span, sockets, probes)
+    return Attempt(Strategy.BIRTHDAY,
+                   Part(eim.ip, (eim.port,), sockets=sockets, opens=True, interval=0.5),
+                   Part(rnd.ip, (), random_probes=probes, peer_range=rnd.port_range, opens=False,
+                        delay=0.1, interval=1.0, rate=20000.0),
+                   odds=odds, timeout=4.0)
+
+
+def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_sockets: int) -> Attempt:
+    # Every (socket, window slot) pair is a new flow on the random side's NAT, so sockets × window
+    # must stay under the flow budget; the sequential side's guesses are flows on its own NAT.
+    # Candidates are scored by odds (capped at the target), then by packets sent.
+    best: tuple[float, int, int, int, int] | None = None
+    need_window = max(1, len(_noise_pmf(seq)))
+    s = 64
+    while s <= max_sockets:
+        window = budget // s
+        if window >= 1:
+            if seq.consumes:
+                probes = window
+            else:
+                window = min(window, need_window)
+                probes = probes_for(rnd.span, s, target, min(budget, rnd.span - s))
+            odds = random_sequential_odds(rnd, seq, s, window, probes)
+            packets = s * window + probes
+            score = (min(odds, target), -packets)
+            if best is None or score > (min(best[0], target), -best[4]):
+                best = (odds, s, window, probes, packets)
+        s *= 2
+    assert best is not None
+    odds, s, window, probes, _ = best
+    targets = tuple(seq.next_port(k) for k in range(window))
+    return Attempt(Strategy.RANDOM_SEQUENTIAL,
+                   Part(seq.ip, targets, sockets=s, opens=True, interval=1.0),
+                   Part(rnd.ip, (), random_probes=probes, peer_range=rnd.port_range, opens=False,
+                        delay=0.3, interval=2.0, rate=50000.0),
+                   odds=odds, timeout=6.0)
+
+
+def _best_effort(first: Side, second: Side, flows: int) -> Attempt:
+    # Both sides guess: a hit needs first's flow i to aim at second's random port j AND second's
+    # flow j to aim at first's random port i, a 1/(N1·N2) chance per pair of flows, so about
+    # F1·F2/(N1·N2) hits are expected. Reaching 99.9% would need F ≈ 2.6·N flows per side, beyond
+    # the 262144-entry flow table and antisocial anyway: we try a little, then report.
+    sockets = 64
+    per = max(1, flows // sockets)
+    expected = (sockets * per) ** 2 / (first.span * second.span)
+    odds = 1 - math.exp(-expected)
+    return Attempt(Strategy.BEST_EFFORT,
+                   Part(second.ip, (), random_probes=per, peer_range=second.port_range, sockets=sockets,
+                        opens=True, interval=1.0),
+                   Part(first.ip, (), random_probes=per, peer_range=first.port_range, sockets=sockets,
+                        opens=False, delay=0.1, interval=1.0),
+                   odds=odds, timeout=2.0)
+
+
+def _reason(strategy: Strategy, local: Side, remote: Side, a: Attempt) -> str:
+    L, R = local.describe(), remote.describe()
+    if strategy is Strategy.DIRECT:
+        who = "the remote" if remote.reachable else "this"
+        return (f"{who} side is reachable unasked ({R if remote.reachable else L}): one packet each way "
+                "through the mapping the sender's own packet creates")
+    if strategy is Strategy.SIMULTANEOUS:
+        return (f"both mappings are endpoint-independent (local: {L}; remote: {R}): each side sends "
+                "from its STUN socket to the other's mapped endpoint, a low-TTL packet first")
+    if strategy is Strategy.ADDRESS_OPEN:
+        return (f"local: {L}; remote: {R}: the side with endpoint-independent mapping and "
+                "address-dependent filtering opens its filter to the peer's address with one low-TTL "
+                "packet, then the peer's packet gets in whatever port its NAT picks")
+    if strategy is Strategy.PREDICTED:
+        return (f"local: {L}; remote: {R}: ports are predictable, so one side sends low-TTL packets "
+                f"to {len(a.local.targets if a.local.opens else a.remote.targets)} predicted port(s) "
+                f"and the other answers with a normal TTL to "
+                f"{len(a.remote.targets if a.local.opens else a.local.targets)} port(s); "
+                f"odds {a.odds:.4%}")
+    if strategy is Strategy.BIRTHDAY:
+        s = max(a.local.sockets, a.remote.sockets)
+        p = max(a.local.random_probes, a.remote.random_probes)
+        return (f"local: {L}; remote: {R}: random allocation meets a fixed mapping, so the random side "
+                f"opens {s} mappings with low-TTL packets and the other probes {p} random ports; "
+                f"odds 1 - C(N-{s},{p})/C(N,{p}) = {a.odds:.4%}")
+    if strategy is Strategy.RANDOM_SEQUENTIAL:
+        opener = a.local if a.local.opens else a.remote
+        guesser = a.remote if a.local.opens else a.local
+        return (f"local: {L}; remote: {R}: the random side fires from {opener.sockets} sockets at "
+                f"{len(opener.targets)} predicted ports ({opener.flows} flows, under the "
+                f"{FLOW_TABLE_CAP}-entry flow table) and the sequential side sends {guesser.random_probes} "
+                f"guesses; odds {a.odds:.2%}")
+    return (f"local: {L}; remote: {R}: random allocation on both sides leaves a 1/(N·N) chance per "
+            f"pair of flows; a bounded try has {a.odds:.3%} odds, so a relay (TURN) is needed")
