@@ -1,0 +1,246 @@
+"""The on-path handshake, sans-IO: authenticated punch packets, hello/ack, keepalives, data frames.
+
+Every frame is MACed with a key derived from the rendezvous' session key and the SENDER's role, so a
+stray packet, an attacker without the key, or our own packet reflected back cannot win the race.
+Counters are per direction and checked against a sliding replay window (as IPsec/WireGuard do), so a
+captured frame cannot be replayed within the session either. The payload is authenticated, not
+encrypted.
+
+Wire format (big endian):
+    magic "nT" | version 1 | type 1 | counter 8 | body | tag 16 (HMAC-SHA256 over all before it)
+Bodies: HELLO nonce 8 + sender time 8; ACK echoed nonce 8 + echoed time 8; KEEPALIVE and CLOSE
+empty; DATA the payload (at most MAX_DATA bytes).
+
+A side sends HELLOs (the punch packets); whoever receives a valid HELLO answers with an ACK that echoes
+its nonce and time, and with a HELLO of its own to the same address. A valid ACK echoing OUR nonce
+proves the peer holds the key and sees our packets: the path is up and the echoed time gives the RTT.
+No clock here: callers pass `now` (any monotonic unit; RTT comes out in the same unit).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"nT"
+VERSION = 1
+TAG_LEN = 16
+NONCE_LEN = 8
+HEADER = struct.Struct(">2sBBQ")
+STAMP = struct.Struct(">8sQ")
+MAX_DATA = 1200  # keeps a frame under 1280 bytes: no fragmentation on any IPv6-capable path either
+MAX_FRAME = HEADER.size + MAX_DATA + TAG_LEN
+REPLAY_WINDOW = 1024
+ROLES = ("first", "second")
+KEY_MIN = 16
+
+
+class BadPacket(ValueError):
+    """Bytes that are not a well-formed punch frame, or that fail authentication. The one error
+    type for anything the network hands us."""
+
+
+class LocalProtocolError(ValueError):
+    """Local misuse: bad key, bad role, payload too large, sending before established."""
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    ACK = 2
+    KEEPALIVE = 3
+    DATA = 4
+    CLOSE = 5
+
+
+# Body size limits per type: (min, max).
+_BODY = {
+    FrameType.HELLO: (STAMP.size, STAMP.size),
+    FrameType.ACK: (STAMP.size, STAMP.size),
+    FrameType.KEEPALIVE: (0, 0),
+    FrameType.DATA: (0, MAX_DATA),
+    FrameType.CLOSE: (0, 0),
+}
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: FrameType
+    counter: int
+    body: bytes
+    signed: bytes  # header + body: what the tag covers
+    tag: bytes
+
+    @property
+    def stamp(self) -> tuple[bytes, int]:
+        nonce, t = STAMP.unpack(self.body)
+        return nonce, t
+
+
+def decode(data: bytes | bytearray | memoryview) -> Frame:
+    """Parse a frame's structure (not its tag). Raises BadPacket on anything malformed."""
+    try:
+        data = bytes(data)
+    except (TypeError, ValueError):
+        raise BadPacket("not bytes") from None
+    if len(data) < HEADER.size + TAG_LEN:
+        raise BadPacket(f"short frame ({len(data)} bytes)")
+    if len(data) > MAX_FRAME:
+        raise BadPacket(f"frame too long ({len(data)} bytes)")
+    magic, version, ftype, counter = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BadPacket("bad magic")
+    if version != VERSION:
+        raise BadPacket(f"unsupported version {version}")
+    try:
+        ftype = FrameType(ftype)
+    except ValueError:
+        raise BadPacket(f"unknown frame type {ftype}") from None
+    body = data[HEADER.size:-TAG_LEN]
+    lo, hi = _BODY[ftype]
+    if not lo <= len(body) <= hi:
+        raise BadPacket(f"{ftype.name} body of {len(body)} bytes")
+    return Frame(ftype, counter, body, data[:-TAG_LEN], data[-TAG_LEN:])
+
+
+def derive_key(session_key: bytes, role: str) -> bytes:
+    """The MAC key for frames SENT by `role`: one key per direction defeats reflection."""
+    return hmac.new(session_key, b"nattrav punch v1 " + role.encode(), hashlib.sha256).digest()
+
+
+def _tag(key: bytes, signed: bytes) -> bytes:
+    return hmac.new(key, signed, hashlib.sha256).digest()[:TAG_LEN]
+
+
+class ReplayWindow:
+    """Accept each counter at most once, and none older than the window behind the highest seen."""
+
+    def __init__(self, size: int = REPLAY_WINDOW) -> None:
+        self.size = size
+        self.top = -1
+        self.bits = 0  # bit i set: counter top - i was seen
+
+    def check(self, counter: int) -> bool:
+        if counter > self.top:
+            return True
+        back = self.top - counter
+        return back < self.size and not (self.bits >> back) & 1
+
+    def accept(self, counter: int) -> None:
+        if counter > self.top:
+            shift = counter - self.top
+            self.bits = ((self.bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.top = counter
+        else:
+            self.bits |= 1 << (self.top - counter)
+
+
+class Event(enum.Enum):
+    HELLO = "hello"  # the peer's punch packet reached us (answer with `replies`)
+    ESTABLISHED = "established"  # the peer acked our hello: the path works both ways
+    ACK = "ack"  # an ack after we were already established (RTT sample)
+    KEEPALIVE = "keepalive"
+    DATA = "data"
+    CLOSE = "close"
+
+
+@dataclass(frozen=True)
+class Received:
+    event: Event
+    replies: tuple[bytes, ...] = ()  # frames to send back to the sender's address, in order
+    rtt: int | None = None
+    payload: bytes = b""
+
+
+class PunchSession:
+    """One side of the handshake. Feed it every datagram; send what it returns."""
+
+    def __init__(self, key: bytes, role: str, nonce: bytes) -> None:
+        if not isinstance(key, (bytes, bytearray)) or len(key) < KEY_MIN:
+            raise LocalProtocolError(f"session key must be >= {KEY_MIN} bytes")
+        role = getattr(role, "value", role)
+        if role not in ROLES:
+            raise LocalProtocolError(f"role must be one of {ROLES}, got {role!r}")
+        if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_LEN:
+            raise LocalProtocolError(f"nonce must be {NONCE_LEN} bytes")
+        peer_role = ROLES[1 - ROLES.index(role)]
+        self.role = role
+        self.nonce = bytes(nonce)
+        self._send_key = derive_key(bytes(key), role)
+        self._recv_key = derive_key(bytes(key), peer_role)
+        self._counter = 0
+        self._replay = ReplayWindow()
+        self.established = False
+        self.closed = False
+        self.rtt: int | None = None
+        self.rejected = 0  # frames that failed structure, MAC or replay checks
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _frame(self, ftype: FrameType, body: bytes) -> bytes:
+        self._counter += 1
+        signed = HEADER.pack(MAGIC, VERSION, ftype, self._counter) + body
+        return signed + _tag(self._send_key, signed)
+
+    def hello(self, now: int) -> bytes:
+        """A punch packet. Each call uses a fresh counter; one frame may be sent from many sockets
+        (the first copy accepted wins, later copies are replays)."""
+        return self._frame(FrameType.HELLO, STAMP.pack(self.nonce, now & (2**64 - 1)))
+
+    def keepalive(self) -> bytes:
+        return self._frame(FrameType.KEEPALIVE, b"")
+
+    def data(self, payload: bytes) -> bytes:
+        payload = bytes(payload)
+        if len(payload) > MAX_DATA:
+            raise LocalProtocolError(f"payload of {len(payload)} bytes > {MAX_DATA}")
+        return self._frame(FrameType.DATA, payload)
+
+    def close(self) -> bytes:
+        self.closed = True
+        return self._frame(FrameType.CLOSE, b"")
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def authenticate(self, data: bytes | bytearray | memoryview) -> Frame:
+        """Structure, MAC and replay checks. Raises BadPacket; counts rejections."""
+        try:
+            frame = decode(data)
+            if not hmac.compare_digest(frame.tag, _tag(self._recv_key, frame.signed)):
+                raise BadPacket("bad MAC")
+            if not self._replay.check(frame.counter):
+                raise BadPacket(f"replayed counter {frame.counter}")
+        except BadPacket:
+            self.rejected += 1
+            raise
+        self._replay.accept(frame.counter)
+        return frame
+
+    def receive(self, data: bytes | bytearray | memoryview, now: int) -> Received:
+        """Handle one datagram. Raises BadPacket for anything not authentic (drop it and go on)."""
+        frame = self.authenticate(data)
+        if frame.type is FrameType.HELLO:
+            nonce, t = frame.stamp
+            ack = self._frame(FrameType.ACK, STAMP.pack(nonce, t))
+            # Our own hello follows so the peer's NAT sees an answer from exactly this address,
+            # and the peer can prove the path to us.
+            return Received(Event.HELLO, (ack,) if self.established else (ack, self.hello(now)))
+        if frame.type is FrameType.ACK:
+            nonce, t = frame.stamp
+            if not hmac.compare_digest(nonce, self.nonce):
+                self.rejected += 1
+                raise BadPacket("ack echoes a nonce that is not ours")
+            rtt = (now - t) & (2**64 - 1)
+            self.rtt = rtt
+            if self.established:
+                return Received(Event.ACK, rtt=rtt)
+            self.established = True
+            return Received(Event.ESTABLISHED, rtt=rtt)
+        if frame.type is FrameType.KEEPALIVE:
+            return Received(Event.KEEPALIVE)
+        if frame.type is FrameType.DATA:
+            return Received(Event.DATA, payload=frame.body)
+        self.closed = True
+        return Received(Event.CLOSE)
