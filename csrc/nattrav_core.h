@@ -13,6 +13,7 @@
 #define NT_POOL_REUSEADDR 1
 #define NT_POOL_REUSEPORT 2
 #define NT_POOL_BLOCKING 4
+#define NT_POOL_RECVERR 8
 
 /* Open `count` IPv4 UDP sockets bound to `ip_be` (network byte order, 0 = any) and, if `bind_ports`
  * is not NULL, to bind_ports[i] (0 = kernel's choice). Non-blocking unless NT_POOL_BLOCKING. If ttl > 0,
@@ -24,8 +25,86 @@ int nt_pool_open(int count, uint32_t ip_be, const uint16_t *bind_ports, int flag
 /* Close `count` descriptors; returns the number closed without error. */
 int nt_pool_close(const int *fds, int count);
 
-/* Set IP_TTL on one socket (1..255). */
+/* Set IP_TTL on one socket (1..255; -1 = back to the route's default). */
 int nt_set_ttl(int fd, int ttl);
+
+/* --- bursts (burst.c) --- */
+typedef struct {
+    int64_t planned;          /* packets of the plan whose socket is in this fd table */
+    int64_t sent;             /* handed to the kernel */
+    int64_t failed;           /* given up on; last_errno says why */
+    int64_t skipped;          /* packets for sockets of another worker */
+    int64_t icmp_errors;      /* pending ICMP errors met on send (the packet was retried) */
+    int64_t waits;            /* EAGAIN/ENOBUFS waits (POLLOUT or back-off) */
+    int64_t syscalls;
+    int64_t first_ns;         /* CLOCK_MONOTONIC of the first and last successful sendmmsg */
+    int64_t last_ns;
+    int64_t elapsed_ns;
+    int32_t last_errno;
+} nt_burst_stats;
+
+int64_t nt_now_ns(void);
+
+/* Send packet i from fdmap[src[i]] to ips[i] (4 bytes each, network order; or one address for all when
+ * ips_len == 4) port ports[i], payload payload[i*payload_len..] (or one payload for all when
+ * payload_buf_len == payload_len). Packets whose fdmap entry is < 0 belong to another worker and are
+ * skipped. rate_pps > 0 paces this table's share at rate_pps * share/n. ttl > 0 sets IP_TTL on the used
+ * sockets for the burst and restores it after. EAGAIN/ENOBUFS are waited out until timeout_ms. Returns
+ * packets sent (= st->sent) or -errno. */
+int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const uint8_t *ips,
+                  int ips_len, const uint16_t *ports, const uint8_t *payload, int payload_buf_len,
+                  int payload_len, double rate_pps, int ttl, int timeout_ms, nt_burst_stats *st);
+
+/* --- receive (recv.c) --- */
+typedef struct {
+    int64_t received;
+    int64_t rejected;         /* did not start with the expected prefix */
+    int64_t icmp_errors;      /* drained from error queues / reported by recv */
+    int64_t dropped_after_hit;
+    int64_t syscalls;
+} nt_recv_stats;
+
+/* An epoll set over fds (event data = index); returns the epoll fd or -errno. */
+int nt_recv_create(const int *fds, int count);
+int nt_recv_remove(int epfd, int fd);
+/* Wait for a datagram starting with match[0..match_len). Returns its length (copied to buf, at most
+ * buf_len) with *index_out, source address and port set; -ETIMEDOUT; -ECANCELED when wake_fd (if >= 0)
+ * became readable. Stats accumulate into *st. */
+int nt_recv_wait(int epfd, const int *fds, int count, int wake_fd, const uint8_t *match, int match_len,
+                 int timeout_ms, int32_t *index_out, uint32_t *src_ip_be_out, uint16_t *src_port_out,
+                 uint8_t *buf, int buf_len, nt_recv_stats *st);
+/* Drain every socket's error queue; returns the number of errors found. */
+int64_t nt_drain_errors(const int *fds, int count);
+
+/* ---- csrc/mmsg.c: single-socket batches (recvmmsg/sendmmsg) and the STUN server fast path ---- */
+/* family 4 or 6; port in host order; ip in network order (first 4 bytes for IPv4) */
+typedef struct { uint8_t family; uint8_t pad; uint16_t port; uint8_t ip[16]; } nt_addr;
+#define NT_BATCH_ANSWERED -1
+#define NT_BATCH_REPLAYED -2
+#define NT_BATCH_MALFORMED -3
+#define NT_BATCH_OVERSIZED -4
+#define NT_STAT_RECEIVED 0
+#define NT_STAT_ANSWERED 1
+#define NT_STAT_REPLAYED 2
+#define NT_STAT_MALFORMED 3
+#define NT_STAT_OVERSIZED 4
+#define NT_STAT_SEND_ERRORS 5
+#define NT_STAT_COUNT 6
+/* Receive up to n (<= 256) datagrams without blocking; datagram i at bufs + i*bufsize, lens[i] its
+ * length (-1 when cut because longer than bufsize). Returns the count, or -EAGAIN when none waits. */
+int nt_recv_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs);
+/* Send n datagrams in one sendmmsg; returns how many left (may be fewer than n) or -errno. */
+int nt_send_batch(int fd, const uint8_t *bufs, int bufsize, int n, const int *lens,
+                  const nt_addr *addrs);
+/* Bytes needed for a replay cache of `slots` (a power of two) entries. */
+int nt_replay_cache_size(int slots);
+/* Receive a batch; answer bare RFC 5389 Binding requests in C (header + XOR-MAPPED-ADDRESS + the
+ * constant `tail` attributes) with one sendmmsg. lens[i] becomes NT_BATCH_* for packets handled here
+ * and stays >= 0 for those Python must handle. stats[NT_STAT_*] are incremented. tail_len -1: answer
+ * nothing in C, only classify (malformed/replayed). */
+int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs,
+                        const uint8_t *tail, int tail_len, uint8_t *cache, int slots,
+                        int window_ms, uint64_t *stats);
 /* NATTRAV_CDEF_END */
 
 #endif

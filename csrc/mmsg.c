@@ -1,0 +1,262 @@
+/* Single-socket batches: recvmmsg/sendmmsg over a flat buffer, and the STUN server's fast path.
+ *
+ * Buffers are flat: datagram i lives at bufs + i * bufsize. Addresses travel as nt_addr (family 4 or 6,
+ * port in host order, IP in network order) so Python never builds a sockaddr. Every function returns
+ * >= 0 or -errno; lengths coming from Python are checked here again.
+ */
+#define _GNU_SOURCE
+#include "nattrav_core.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define MAX_BATCH 256
+
+static socklen_t to_sockaddr(const nt_addr *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (a->family == 4) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(a->port);
+        memcpy(&s4->sin_addr, a->ip, 4);
+        return sizeof *s4;
+    }
+    if (a->family == 6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(a->port);
+        memcpy(&s6->sin6_addr, a->ip, 16);
+        return sizeof *s6;
+    }
+    return 0;
+}
+
+static void from_sockaddr(const struct sockaddr_storage *ss, nt_addr *a)
+{
+    memset(a, 0, sizeof *a);
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+        a->family = 4;
+        a->port = ntohs(s4->sin_port);
+        memcpy(a->ip, &s4->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        a->family = 6;
+        a->port = ntohs(s6->sin6_port);
+        memcpy(a->ip, &s6->sin6_addr, 16);
+    }
+}
+
+static int check_batch(int fd, const void *bufs, int bufsize, int n)
+{
+    if (fd < 0 || bufs == NULL || bufsize <= 0 || n <= 0 || n > MAX_BATCH)
+        return -EINVAL;
+    return 0;
+}
+
+int nt_recv_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs)
+{
+    int rc = check_batch(fd, bufs, bufsize, n);
+    if (rc || lens == NULL || addrs == NULL)
+        return rc ? rc : -EINVAL;
+    struct mmsghdr msgs[MAX_BATCH];
+    struct iovec iov[MAX_BATCH];
+    struct sockaddr_storage ss[MAX_BATCH];
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = bufs + (size_t)i * bufsize;
+        iov[i].iov_len = (size_t)bufsize;
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &ss[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof ss[i];
+    }
+    int got = recvmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT, NULL);
+    if (got < 0)
+        return -errno;
+    for (int i = 0; i < got; i++) {
+        /* a datagram larger than the slot is cut: report it as oversized so the caller drops it */
+        lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
+        from_sockaddr(&ss[i], &addrs[i]);
+    }
+    return got;
+}
+
+int nt_send_batch(int fd, const uint8_t *bufs, int bufsize, int n, const int *lens,
+                  const nt_addr *addrs)
+{
+    int rc = check_batch(fd, bufs, bufsize, n);
+    if (rc || lens == NULL || addrs == NULL)
+        return rc ? rc : -EINVAL;
+    struct mmsghdr msgs[MAX_BATCH];
+    struct iovec iov[MAX_BATCH];
+    struct sockaddr_storage ss[MAX_BATCH];
+    for (int i = 0; i < n; i++) {
+        if (lens[i] < 0 || lens[i] > bufsize)
+            return -EINVAL;
+        socklen_t sl = to_sockaddr(&addrs[i], &ss[i]);
+        if (sl == 0)
+            return -EAFNOSUPPORT;
+        iov[i].iov_base = (void *)(bufs + (size_t)i * bufsize);
+        iov[i].iov_len = (size_t)lens[i];
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &ss[i];
+        msgs[i].msg_hdr.msg_namelen = sl;
+    }
+    int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT);
+    return sent < 0 ? -errno : sent;
+}
+
+/* ---- STUN fast path ------------------------------------------------------------------------- */
+
+#define STUN_HDR 20
+
+struct replay_slot {
+    uint8_t key[16];  /* header bytes 4..20: cookie + transaction ID, or the classic 128-bit ID */
+    nt_addr src;
+    int64_t at_ms;
+};
+
+int nt_replay_cache_size(int slots)
+{
+    if (slots <= 0 || slots > (1 << 20) || (slots & (slots - 1)))
+        return -EINVAL;
+    return (int)(slots * sizeof(struct replay_slot));
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint32_t fnv1a(const uint8_t *p, size_t n, uint32_t h)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+/* 1 when the same transaction key from the same source was seen less than window_ms ago. A
+ * direct-mapped table: a collision only forgets an old entry, it never reports a false replay. */
+static int seen_recently(uint8_t *cache, int slots, int window_ms, const uint8_t *key,
+                         const nt_addr *src, int64_t now)
+{
+    uint32_t h = fnv1a(key, 16, 2166136261u);
+    h = fnv1a(src->ip, 16, h);
+    h = fnv1a((const uint8_t *)&src->port, 2, h);
+    struct replay_slot *s = (struct replay_slot *)cache + (h & (uint32_t)(slots - 1));
+    int hit = memcmp(s->key, key, 16) == 0 && memcmp(&s->src, src, sizeof *src) == 0 &&
+              now - s->at_ms < window_ms;
+    memcpy(s->key, key, 16);
+    s->src = *src;
+    s->at_ms = now;
+    return hit;
+}
+
+static int put_xor_mapped(uint8_t *out, const nt_addr *src, const uint8_t *hdrkey)
+{
+    int alen = src->family == 4 ? 8 : 20;
+    out[0] = 0x00;
+    out[1] = 0x20;
+    out[2] = 0;
+    out[3] = (uint8_t)alen;
+    out[4] = 0;
+    out[5] = src->family == 4 ? 1 : 2;
+    out[6] = (uint8_t)(src->port >> 8) ^ hdrkey[0];
+    out[7] = (uint8_t)(src->port & 0xff) ^ hdrkey[1];
+    for (int i = 0; i < alen - 4; i++)
+        out[8 + i] = src->ip[i] ^ hdrkey[i];
+    return 4 + alen;
+}
+
+int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs,
+                        const uint8_t *tail, int tail_len, uint8_t *cache, int slots,
+                        int window_ms, uint64_t *stats)
+{
+    if (tail_len < -1 || tail_len > 512 || (tail_len > 0 && tail == NULL) || stats == NULL ||
+        (cache != NULL && (slots <= 0 || (slots & (slots - 1)))) || bufsize < 64)
+        return -EINVAL;
+    int got = nt_recv_batch(fd, bufs, bufsize, n, lens, addrs);
+    if (got <= 0)
+        return got;
+    static __thread uint8_t out[MAX_BATCH][STUN_HDR + 24 + 512];
+    int out_lens[MAX_BATCH];
+    nt_addr out_addrs[MAX_BATCH];
+    int nout = 0;
+    int64_t now = cache ? now_ms() : 0;
+    for (int i = 0; i < got; i++) {
+        const uint8_t *p = bufs + (size_t)i * bufsize;
+        int len = lens[i];
+        if (len < 0) { /* cut by the kernel: longer than any request we accept */
+            lens[i] = NT_BATCH_OVERSIZED;
+            stats[NT_STAT_OVERSIZED]++;
+            continue;
+        }
+        stats[NT_STAT_RECEIVED]++;
+        int declared = len >= 4 ? ((p[2] << 8) | p[3]) : -1;
+        if (len < STUN_HDR || (p[0] & 0xC0) || declared + STUN_HDR != len || (declared & 3)) {
+            lens[i] = NT_BATCH_MALFORMED;
+            stats[NT_STAT_MALFORMED]++;
+            continue;
+        }
+        if (cache && seen_recently(cache, slots, window_ms, p + 4, &addrs[i], now)) {
+            lens[i] = NT_BATCH_REPLAYED;
+            stats[NT_STAT_REPLAYED]++;
+            continue;
+        }
+        /* only the plain RFC 5389 Binding request (bare header) is answered here; the rest goes to
+         * Python, which knows every attribute */
+        int cookie = p[4] == 0x21 && p[5] == 0x12 && p[6] == 0xA4 && p[7] == 0x42;
+        if (tail_len < 0 || !(p[0] == 0x00 && p[1] == 0x01 && declared == 0 && cookie) ||
+            nout >= MAX_BATCH)
+            continue;
+        if (addrs[i].family != 4 && addrs[i].family != 6)
+            continue;
+        uint8_t *o = out[nout];
+        memcpy(o, p, STUN_HDR);
+        o[0] = 0x01;
+        o[1] = 0x01;
+        int body = put_xor_mapped(o + STUN_HDR, &addrs[i], p + 4);
+        memcpy(o + STUN_HDR + body, tail, (size_t)tail_len);
+        body += tail_len;
+        o[2] = (uint8_t)(body >> 8);
+        o[3] = (uint8_t)(body & 0xff);
+        out_lens[nout] = STUN_HDR + body;
+        out_addrs[nout] = addrs[i];
+        nout++;
+        lens[i] = NT_BATCH_ANSWERED;
+    }
+    int done = 0;
+    while (done < nout) {
+        struct mmsghdr msgs[MAX_BATCH];
+        struct iovec iov[MAX_BATCH];
+        struct sockaddr_storage ss[MAX_BATCH];
+        int k = nout - done;
+        for (int j = 0; j < k; j++) {
+            iov[j].iov_base = out[done + j];
+            iov[j].iov_len = (size_t)out_lens[done + j];
+            memset(&msgs[j], 0, sizeof msgs[j]);
+            msgs[j].msg_hdr.msg_iov = &iov[j];
+            msgs[j].msg_hdr.msg_iovlen = 1;
+            msgs[j].msg_hdr.msg_name = &ss[j];
+            msgs[j].msg_hdr.msg_namelen = to_sockaddr(&out_addrs[done + j], &ss[j]);
+        }
+        int sent = sendmmsg(fd, msgs, (unsigned)k, MSG_DONTWAIT);
+        if (sent <= 0) {
+            /* a full socket buffer or an ICMP error left on the socket: UDP may drop, but count */
+            stats[NT_STAT_SEND_ERRORS] += (uint64_t)(nout - done);
+            break;
+        }
+        stats[NT_STAT_ANSWERED] += (uint64_t)sent;
+        done += sent;
+    }
+    return got;
+}

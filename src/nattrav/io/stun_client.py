@@ -1,0 +1,329 @@
+"""Thin Trio driver for STUN: `binding()` runs one validated transaction on a caller's socket,
+`discover()` runs the RFC 5780 tests and returns a NatBehavior.
+
+The socket passed to binding() stays open and bound afterwards: the mapping it just learned belongs to
+that socket, and a punch must leave from it (a new socket gets a new mapping on most NATs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+import trio
+
+from ..proto.nat_behavior import (
+    BindingSample,
+    NatBehavior,
+    classify,
+)
+from ..proto.stun import Address, ErrorCode, binding_request
+from ..proto.stun_client import RC, RM, RTO, BindingResult, Transaction, expected_source
+
+
+class StunTimeout(TimeoutError):
+    """No valid reply before the transaction gave up. `discarded` says what arrived instead."""
+
+    def __init__(self, msg: str, discarded: Counter, unexpected_sources: list[Address]) -> None:
+        super().__init__(msg)
+        self.discarded = discarded
+        self.unexpected_sources = unexpected_sources
+
+
+class StunErrorResponse(Exception):
+    def __init__(self, error: ErrorCode, result: BindingResult) -> None:
+        super().__init__(f"STUN error {error.code} {error.reason}")
+        self.error = error
+        self.result = result
+
+
+async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> BindingResult:
+    """Drive one sans-IO transaction on `sock`; raises StunTimeout when it fails."""
+    await sock.sendto(tx.start(trio.current_time()), tx.dest)
+    while True:
+        assert tx.deadline is not None
+        with trio.move_on_at(tx.deadline):
+            try:
+                data, src = await sock.recvfrom(65536)
+            except OSError:
+                # an ICMP error left on the socket (port unreachable, TTL exceeded): not our answer
+                tx.discarded["icmp_error"] += 1
+                continue
+            result = tx.receive(data, src, trio.current_time())
+            if result is not None:
+                return result
+            continue
+        again = tx.timeout(trio.current_time())
+        if again is None:
+            raise StunTimeout(
+                f"no valid STUN reply from {tx.dest[0]}:{tx.dest[1]} after {tx.sent} requests",
+                tx.discarded,
+                tx.unexpected_sources,
+            )
+        try:
+            await sock.sendto(again, tx.dest)
+        except OSError:
+            tx.discarded["send_error"] += 1
+
+
+async def binding(
+    sock: trio.socket.SocketType,
+    server: Address,
+    *,
+    change_ip: bool = False,
+    change_port: bool = False,
+    timeout: float | None = None,
+    expect_from: Address | Iterable[Address] | None = None,
+    other_address: Address | None = None,
+    response_port: int | None = None,
+    classic: bool = False,
+    rto: float = RTO,
+    rc: int = RC,
+    rm: int = RM,
+    raise_on_error: bool = True,
+) -> BindingResult:
+    """One Binding transaction from `sock` (never closed here) to `server`.
+
+    The reply must carry our transaction ID and come from `server`, or -- with change_ip/change_port --
+    from the address the server announced (`expect_from`, or derived from `other_address`, the
+    OTHER-ADDRESS of an earlier reply). `timeout` caps the whole transaction (StunTimeout).
+    """
+    server = (server[0], int(server[1]))
+    if expect_from is None:
+        if change_ip or change_port:
+            exp = expected_source(server, other_address, change_ip, change_port)
+            if exp is None:
+                raise ValueError("a CHANGE-REQUEST needs expect_from or other_address to validate the reply")
+            accept = [exp]
+        else:
+            accept = [server]
+    elif isinstance(expect_from, tuple) and len(expect_from) == 2 and isinstance(expect_from[1], int):
+        accept = [expect_from]  # type: ignore[list-item]
+    else:
+        accept = list(expect_from)  # type: ignore[arg-type]
+    req = binding_request(
+        change_ip=change_ip, change_port=change_port, response_port=response_port, classic=classic
+    )
+    tx = Transaction(req, server, accept_from=accept, rto=rto, rc=rc, rm=rm)
+    try:
+        with trio.fail_after(timeout if timeout is not None else math.inf):
+            result = await run_transaction(sock, tx)
+    except trio.TooSlowError:
+        raise StunTimeout(
+            f"no valid STUN reply from {server[0]}:{server[1]} within {timeout}s",
+            tx.discarded,
+            tx.unexpected_sources,
+        ) from None
+    if result.error is not None and raise_on_error:
+        raise StunErrorResponse(result.error, result)
+    return result
+
+
+__all__ = [
+    "StunErrorResponse",
+    "StunTimeout",
+    "binding",
+    "discover",
+    "run_transaction",
+]
+
+
+
+# ---- discovery: the RFC 5780 tests, run from fresh sockets so no test pollutes another
+
+
+async def _open(local_ip: str | None, server: Address) -> trio.socket.SocketType:
+    family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
+    s = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+    await s.bind((local_ip or ("::" if family == trio.socket.AF_INET6 else "0.0.0.0"), 0))
+    return s
+
+
+async def _local_address(sock: trio.socket.SocketType, server: Address) -> Address:
+    # the bound address is 0.0.0.0; the address the kernel would use towards the server is what a
+    # "no NAT" comparison needs. A connect()ed twin socket tells it without sending anything.
+    ip, port = sock.getsockname()[:2]
+    if ip in ("0.0.0.0", "::"):
+        probe = trio.socket.socket(sock.family, trio.socket.SOCK_DGRAM)
+        try:
+            await probe.connect(server)
+            ip = probe.getsockname()[0]
+        finally:
+            probe.close()
+    return (ip, port)
+
+
+async def discover(
+    server: Address,
+    local_ip: str | None = None,
+    *,
+    fresh_sockets: int = 3,
+    hairpin: bool = True,
+    lifetime: bool = False,
+    lifetime_max: float = 120.0,
+    rto: float = 0.2,
+    rc: int = 4,
+    rm: int = 4,
+) -> NatBehavior:
+    """Find the NAT's mapping, filtering, port allocation (Δ), hairpinning (and optionally lifetime)
+    with the RFC 5780 tests against `server`, whose OTHER-ADDRESS names the second IP and port.
+
+    Retransmission defaults are shorter than RFC 8489's (rto 0.2 s, 4 sends): a negative filtering
+    test costs one whole transaction, and the lab and real servers answer in milliseconds.
+    """
+    server = (server[0], int(server[1]))
+    t0 = trio.current_time()
+    samples: list[BindingSample] = []
+    discarded: Counter[str] = Counter()
+    kw = dict(rto=rto, rc=rc, rm=rm)
+
+    async def sample(sock, idx: int, dest: Address) -> Address | None:
+        try:
+            r = await binding(sock, dest, **kw)
+        except StunTimeout as exc:
+            discarded.update(exc.discarded)
+            return None
+        except StunErrorResponse:
+            discarded["error_response"] += 1
+            return None
+        local = await _local_address(sock, dest)
+        samples.append(BindingSample(idx, local, dest, r.mapped, trio.current_time() - t0))
+        return r.mapped
+
+    main = await _open(local_ip, server)
+    try:
+        # test I, and the server's second address
+        try:
+            r1 = await binding(main, server, **kw)
+        except (StunTimeout, StunErrorResponse) as exc:
+            discarded.update(getattr(exc, "discarded", {}))
+            return classify(local=await _local_address(main, server), server=server, other_address=None,
+                            samples=[], test1=None, test2=None, test3=None,
+                            filter_change_both=None, filter_change_port=None, discarded=discarded)
+        local = await _local_address(main, server)
+        samples.append(BindingSample(0, local, server, r1.mapped, trio.current_time() - t0))
+        other = r1.other_address
+        # the same socket, the same destination, again: a NAT always reuses the mapping here, which
+        # is why one server address can never reveal APDM
+        m_repeat = await sample(main, 0, server)
+        repeat_same_port = None if m_repeat is None else m_repeat == r1.mapped
+        m2 = m3 = None
+        if other is not None:
+            m2 = await sample(main, 0, (other[0], server[1]))  # test II: other IP, same port
+            m3 = await sample(main, 0, other)  # test III: other IP, other port
+            await sample(main, 0, (server[0], other[1]))  # one more sample: same IP, other port
+
+        # filtering, from a socket that has talked only to (A, P)
+        f_both = f_port = None
+        ignored_change = False
+        if other is not None:
+            fsock = await _open(local_ip, server)
+            try:
+                await sample(fsock, 1, server)
+                f_both, ign1 = await _filter_test(fsock, server, other, True, True, kw, discarded)
+                f_port, ign2 = (None, False)
+                if f_both is False:
+                    f_port, ign2 = await _filter_test(fsock, server, other, False, True, kw, discarded)
+                ignored_change = ign1 or ign2
+                if ignored_change:
+                    f_both = f_port = None
+            finally:
+                fsock.close()
+
+        # port allocation from fresh sockets, each to (A, P)
+        for i in range(fresh_sockets):
+            s = await _open(local_ip, server)
+            try:
+                await sample(s, 2 + i, server)
+            finally:
+                s.close()
+
+        hp = await _hairpin_test(main, r1.mapped, server, local_ip, kw) if hairpin else None
+        life = await _lifetime_test(main, server, r1.mapped, lifetime_max, kw) if lifetime else None
+        # the filtering socket's sample is not a fresh-socket allocation sample for Δ purposes
+        alloc_samples = [s for s in samples if s.socket != 1]
+        report = classify(
+            local=local, server=server, other_address=other, samples=alloc_samples,
+            test1=r1.mapped, test2=m2, test3=m3,
+            filter_change_both=f_both, filter_change_port=f_port,
+            hairpin=hp, lifetime=life, server_ignored_change=ignored_change,
+            repeat_same_port=repeat_same_port, discarded=discarded,
+        )
+        if other is None:
+            report.findings.append("the server sent no OTHER-ADDRESS: mapping and filtering need a "
+                                   "server with a second IP and port (RFC 5780)")
+        return report
+    finally:
+        main.close()
+
+
+async def _filter_test(sock, server, other, change_ip, change_port, kw, discarded) -> tuple[bool, bool]:
+    """(answer arrived from the changed address, server answered from the unchanged one instead)."""
+    try:
+        await binding(sock, server, change_ip=change_ip, change_port=change_port,
+                      other_address=other, **kw)
+        return True, False
+    except StunTimeout as exc:
+        discarded.update(exc.discarded)
+        ignored = any(src == server for src in exc.unexpected_sources)
+        return False, ignored
+    except StunErrorResponse:
+        discarded["error_response"] += 1
+        return False, True
+
+
+async def _hairpin_test(main, mapped: Address, server: Address, local_ip, kw) -> bool | None:
+    """Send from a second socket to the main socket's public address; hairpinning works when the
+    main socket receives it. The main socket first sends to the second socket's public address so
+    an address-and-port-dependent filter lets the hairpinned packet in."""
+    helper = await _open(local_ip, server)
+    try:
+        try:
+            rh = await binding(helper, server, **kw)
+        except (StunTimeout, StunErrorResponse):
+            return None
+        probe = binding_request().encode()
+        opener = binding_request().encode()
+        got = False
+        with trio.move_on_after(kw["rto"] * 8):
+            for _ in range(3):
+                try:
+                    await main.sendto(opener, rh.mapped)
+                    await helper.sendto(probe, mapped)
+                except OSError:
+                    pass
+                with trio.move_on_after(kw["rto"] * 2):
+                    while True:
+                        try:
+                            data, _src = await main.recvfrom(2048)
+                        except OSError:
+                            continue
+                        if data == probe:
+                            got = True
+                            break
+                if got:
+                    break
+        return got
+    finally:
+        helper.close()
+
+
+async def _lifetime_test(main, server: Address, mapped: Address, limit: float, kw) -> float | None:
+    """Lower bound of the idle mapping lifetime: the longest idle wait after which the same socket
+    still got the same mapping (slow: waits up to `limit` seconds in total, doubling)."""
+    alive = 0.0
+    wait = 5.0
+    spent = 0.0
+    while spent + wait <= limit:
+        await trio.sleep(wait)
+        spent += wait
+        try:
+            r = await binding(main, server, **kw)
+        except (StunTimeout, StunErrorResponse):
+            break
+        if r.mapped != mapped:
+            break
+        alive = wait
+        wait *= 2
+    return alive

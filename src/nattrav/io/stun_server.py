@@ -1,0 +1,451 @@
+"""The integrated STUN server (Trio): RFC 5780 behaviour discovery, long-lived, stateless per request.
+
+Two layouts:
+- "rfc5780": one host owns both IPs; 2 IPs x 2 ports = 4 sockets. CHANGE-REQUEST is answered from
+  the socket of the requested address.
+- "two-host": this host owns one IP (2 ports); the other IP belongs to a peer host running the same
+  server. A request asking for change-IP is handed to the peer over a small UDP control link; the peer
+  answers from its own address. Both hosts are symmetric: each is the other's "alternate".
+With only one IP and no peer ("single"), change-IP requests get 420 and no OTHER-ADDRESS is sent.
+
+Bare Binding requests (the bulk of the load) are answered in C, in batches (recvmmsg/sendmmsg, see
+core/mmsg.py); everything else goes through `answer()`, which is pure and sans-IO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgpack
+import trio
+
+from ..core.mmsg import StunFastPath
+from ..proto.stun import (
+    Address,
+    Attr,
+    BadPacket,
+    Class,
+    ErrorCode,
+    Message,
+    Method,
+    parse,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3478
+DEFAULT_ALT_PORT = 3479
+DEFAULT_CONTROL_PORT = 3480
+SOFTWARE = "nattrav"
+MAX_PADDING = 1024
+CONTROL_MAC_LEN = 16
+
+
+@dataclass
+class StunServerConfig:
+    """Where the server listens and what its alternate address is.
+
+    ips[0] is this host's primary IP. ips[1], when given, is the alternate IP: owned by this host in
+    the rfc5780 layout, by `peer` in the two-host layout. ports = (primary, alternate); alternate 0 means
+    one port only (change-port gets 420).
+    """
+
+    ip: str = "127.0.0.1"
+    alt_ip: str | None = None
+    port: int = DEFAULT_PORT
+    alt_port: int = DEFAULT_ALT_PORT
+    # two-host layout: the alternate IP lives on a peer reached over the control link
+    peer: bool = False
+    control_port: int = DEFAULT_CONTROL_PORT
+    secret: bytes | None = None
+    software: str | None = SOFTWARE
+    fast_path: bool = True
+    batch: int = 64
+    replay_window_ms: int = 100
+
+    @property
+    def layout(self) -> str:
+        if self.alt_ip is None:
+            return "single"
+        return "two-host" if self.peer else "rfc5780"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port] + ([self.alt_port] if self.alt_port else [])
+
+    @property
+    def local_ips(self) -> list[str]:
+        if self.alt_ip is not None and not self.peer:
+            return [self.ip, self.alt_ip]
+        return [self.ip]
+
+    def other_ip(self, ip: str) -> str | None:
+        if self.alt_ip is None:
+            return None
+        return self.alt_ip if ip == self.ip else self.ip
+
+    def other_port(self, port: int) -> int | None:
+        if not self.alt_port:
+            return None
+        return self.alt_port if port == self.port else self.port
+
+    def other_address(self, at: Address) -> Address | None:
+        """RFC 5780 OTHER-ADDRESS for a request received at `at`: differs in both IP and port, so
+        it can never name the address the request came in on."""
+        ip, port = self.other_ip(at[0]), self.other_port(at[1])
+        return (ip, port) if ip is not None and port is not None else None
+
+
+# ---- the pure part: request in, response (or nothing) out
+
+
+@dataclass
+class Decision:
+    """What to do with one request: send `response` from `send_from` to `dest`, or drop it."""
+
+    response: bytes | None
+    send_from: Address | None = None
+    dest: Address | None = None
+    reason: str = "answered"
+
+
+def _error(req: Message, code: int, reason: str, extra: Iterable[tuple[int, object]] = ()) -> bytes:
+    resp = Message(req.method, Class.ERROR, req.transaction_id)
+    resp.add(Attr.ERROR_CODE, ErrorCode(code, reason))
+    for t, v in extra:
+        resp.add(t, v)
+    return resp.encode(fingerprint=not req.classic and Attr.FINGERPRINT in req)
+
+
+def decide(
+    req: Message,
+    src: Address,
+    recv_at: Address,
+    config: StunServerConfig,
+    *,
+    send_from: Address | None = None,
+) -> Decision:
+    """Answer one parsed request received at `recv_at` from `src`. `send_from` is forced when the
+    peer forwarded the request to us (it already decided which of our addresses answers)."""
+    if req.cls != Class.REQUEST:
+        return Decision(None, reason="not_request")
+    if req.method != Method.BINDING:
+        return Decision(_error(req, 400, "only Binding is served"), recv_at, src, "error_400")
+    unknown = req.unknown_required()
+    if unknown:
+        return Decision(
+            _error(req, 420, "Unknown Attribute", [(Attr.UNKNOWN_ATTRIBUTES, tuple(unknown))]),
+            recv_at, src, "error_420",
+        )
+    if send_from is None:
+        change = req.get(Attr.CHANGE_REQUEST)
+        ip, port = recv_at
+        if change is not None and change.ip:
+            other = config.other_ip(ip)
+            if other is None:
+                return Decision(_error(req, 420, "cannot change IP: no alternate address"),
+                                recv_at, src, "error_420")
+            ip = other
+        if change is not None and change.port:
+            other_port = config.other_port(port)
+            if other_port is None:
+                return Decision(_error(req, 420, "cannot change port: no alternate port"),
+                                recv_at, src, "error_420")
+            port = other_port
+        send_from = (ip, port)
+    dest = src
+    response_port = req.get(Attr.RESPONSE_PORT)
+    if response_port is not None and not req.classic:
+        if response_port == 0:
+            return Decision(_error(req, 400, "RESPONSE-PORT 0"), recv_at, src, "error_400")
+        dest = (src[0], response_port)
+    resp = Message(Method.BINDING, Class.SUCCESS, req.transaction_id)
+    other = config.other_address(recv_at)
+    if req.classic:
+        resp.add(Attr.MAPPED_ADDRESS, src)
+        resp.add(Attr.SOURCE_ADDRESS, send_from)
+        if other is not None:
+            resp.add(Attr.CHANGED_ADDRESS, other)
+    else:
+        resp.add(Attr.XOR_MAPPED_ADDRESS, src)
+        resp.add(Attr.RESPONSE_ORIGIN, send_from)
+        if other is not None:
+            resp.add(Attr.OTHER_ADDRESS, other)
+    if config.software:
+        resp.add(Attr.SOFTWARE, config.software)
+    padding = req.get(Attr.PADDING)
+    if isinstance(padding, bytes) and not req.classic:
+        # never larger than what the client sent: no amplification
+        resp.add(Attr.PADDING, b"\0" * min(len(padding), MAX_PADDING))
+    fingerprint = not req.classic and Attr.FINGERPRINT in req
+    return Decision(resp.encode(fingerprint=fingerprint), send_from, dest)
+
+
+def fast_tail(recv_at: Address, config: StunServerConfig) -> bytes:
+    """Attributes after XOR-MAPPED-ADDRESS for a bare request received at recv_at (constant per
+    socket), for the C fast path."""
+    m = Message(Method.BINDING, Class.SUCCESS, b"\0" * 12)
+    m.add(Attr.RESPONSE_ORIGIN, recv_at)
+    other = config.other_address(recv_at)
+    if other is not None:
+        m.add(Attr.OTHER_ADDRESS, other)
+    if config.software:
+        m.add(Attr.SOFTWARE, config.software)
+    return m.encode()[20:]
+
+
+# ---- control link frames (two-host layout): msgpack map + truncated HMAC when a secret is set
+
+
+def encode_forward(
+    send_from_port: int, recv_at: Address, src: Address, request: bytes, secret: bytes | None
+) -> bytes:
+    body = msgpack.packb(
+        {"v": 1, "t": "fwd", "port": send_from_port, "at": list(recv_at), "src": list(src),
+         "req": request},
+        use_bin_type=True,
+    )
+    return body + _mac(secret, body)
+
+
+def _mac(secret: bytes | None, body: bytes) -> bytes:
+    if not secret:
+        return b""
+    return hmac.new(secret, body, hashlib.sha256).digest()[:CONTROL_MAC_LEN]
+
+
+def _addr(value: object) -> Address:
+    if not isinstance(value, list) or len(value) != 2:
+        raise BadPacket("control: address must be [ip, port]")
+    ip, port = value
+    if not isinstance(ip, str) or not isinstance(port, int) or not 0 < port <= 65535:
+        raise BadPacket("control: bad address")
+    try:
+        return (str(ipaddress.ip_address(ip)), port)
+    except ValueError:
+        raise BadPacket("control: bad IP") from None
+
+
+def decode_forward(data: bytes, secret: bytes | None) -> tuple[int, Address, Address, bytes]:
+    """(send_from_port, recv_at, src, request bytes) from a control frame; BadPacket otherwise."""
+    if len(data) > 4096:
+        raise BadPacket("control frame too long")
+    if secret:
+        body, mac = data[:-CONTROL_MAC_LEN], data[-CONTROL_MAC_LEN:]
+        if len(data) <= CONTROL_MAC_LEN or not hmac.compare_digest(mac, _mac(secret, body)):
+            raise BadPacket("control frame: bad MAC")
+    else:
+        body = data
+    try:
+        obj = msgpack.unpackb(body, raw=False, max_bin_len=2048, max_str_len=256,
+                              max_array_len=4, max_map_len=8)
+    except Exception:
+        raise BadPacket("control frame is not msgpack") from None
+    if not isinstance(obj, dict) or obj.get("v") != 1 or obj.get("t") != "fwd":
+        raise BadPacket("control frame: unknown version or type")
+    port, req = obj.get("port"), obj.get("req")
+    if not isinstance(port, int) or not 0 < port <= 65535 or not isinstance(req, bytes):
+        raise BadPacket("control frame: bad port or request")
+    return port, _addr(obj.get("at")), _addr(obj.get("src")), req
+
+
+# ---- the Trio server
+
+
+@dataclass
+class StunServer:
+    """Handle given to task_status.started(): live counters and the bound addresses."""
+
+    config: StunServerConfig
+    addresses: list[Address] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
+    _socks: dict[Address, socket.socket] = field(default_factory=dict)
+    _fast: dict[Address, StunFastPath] = field(default_factory=dict)
+    _control: socket.socket | None = None
+
+    def counters(self) -> dict[str, int]:
+        out = Counter(self.stats)
+        for fp in self._fast.values():
+            for k, v in fp.stats.items():
+                out[k] += v
+        out["answered"] += out["answered_fast"]
+        return dict(out)
+
+    # -- per-datagram handling (synchronous: no request ever waits on another)
+
+    def handle(self, data: bytes, src: Address, recv_at: Address) -> None:
+        try:
+            req = parse(data)
+        except BadPacket:
+            self.stats["malformed"] += 1
+            return
+        d = decide(req, src, recv_at, self.config)
+        self._carry_out(d, data, src, recv_at)
+
+    def _carry_out(self, d: Decision, data: bytes, src: Address, recv_at: Address) -> None:
+        if d.response is None or d.send_from is None or d.dest is None:
+            self.stats[d.reason] += 1
+            return
+        if d.reason != "answered":
+            self.stats[d.reason] += 1
+        sock = self._socks.get(d.send_from)
+        if sock is not None:
+            self._send(sock, d.response, d.dest)
+            return
+        # the answering address is the peer's: hand the request over the control link
+        if self._control is None:
+            self.stats["send_errors"] += 1
+            return
+        frame = encode_forward(d.send_from[1], recv_at, src, data, self.config.secret)
+        try:
+            self._control.sendto(frame, (d.send_from[0], self.config.control_port))
+            self.stats["forwarded"] += 1
+        except OSError:
+            self.stats["send_errors"] += 1
+
+    def _send(self, sock: socket.socket, data: bytes, dest: Address) -> None:
+        try:
+            sock.sendto(data, dest)
+            self.stats["answered"] += 1
+        except OSError:
+            self.stats["send_errors"] += 1
+
+    def handle_control(self, data: bytes, src: Address) -> None:
+        peer_ip = self.config.alt_ip
+        if src[0] != peer_ip:
+            self.stats["control_rejected"] += 1
+            return
+        try:
+            port, recv_at, client, request = decode_forward(data, self.config.secret)
+            req = parse(request)
+        except BadPacket:
+            self.stats["control_rejected"] += 1
+            return
+        send_from = (self.config.ip, port)
+        if send_from not in self._socks or recv_at[0] != peer_ip:
+            self.stats["control_rejected"] += 1
+            return
+        self.stats["forwarded_in"] += 1
+        d = decide(req, client, recv_at, self.config, send_from=send_from)
+        if d.response is not None and d.dest is not None:
+            self._send(self._socks[send_from], d.response, d.dest)
+
+    # -- loops
+
+    async def _serve_socket(self, at: Address) -> None:
+        sock = self._socks[at]
+        fast = self._fast[at]
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(64):  # bounded, then yield: the other sockets get their turn
+                try:
+                    rest = fast.serve(sock)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.stats["recv_errors"] += 1
+                    break
+                for data, src in rest:
+                    self.handle(data, src, at)
+            await trio.lowlevel.checkpoint()
+
+    async def _serve_control(self) -> None:
+        sock = self._control
+        assert sock is not None
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    data, src = sock.recvfrom(4096)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.stats["recv_errors"] += 1
+                    break
+                self.handle_control(data, src[:2])
+            await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        if self._control is not None:
+            self._control.close()
+
+
+def _bind(ip: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.bind((ip, port))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def open_stun_server(config: StunServerConfig) -> StunServer:
+    """Bind every socket of the layout (synchronously, so errors surface before serving)."""
+    if config.peer and config.alt_ip is None:
+        raise ValueError("two-host layout needs alt_ip (the peer's address)")
+    if not 0 < config.port <= 65535 or not 0 <= config.alt_port <= 65535 or config.alt_port == config.port:
+        # OTHER-ADDRESS names the ports, so they must be known before binding: no ephemeral ports
+        raise ValueError(f"ports must be fixed and distinct, got {config.port}/{config.alt_port}")
+    srv = StunServer(config)
+    try:
+        for ip in config.local_ips:
+            for port in config.ports:
+                s = _bind(ip, port)
+                at = (ip, s.getsockname()[1])
+                srv._socks[at] = s
+                srv.addresses.append(at)
+                tail = fast_tail(at, config) if config.fast_path else None
+                srv._fast[at] = StunFastPath(
+                    tail, n=config.batch, replay_window_ms=config.replay_window_ms
+                )
+        if config.peer:
+            srv._control = _bind(config.ip, config.control_port)
+    except BaseException:
+        srv.close()
+        raise
+    return srv
+
+
+async def serve_stun(config: StunServerConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve forever. task_status.started() receives the StunServer (counters, addresses)."""
+    srv = open_stun_server(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            for at in srv.addresses:
+                nursery.start_soon(srv._serve_socket, at)
+            if srv._control is not None:
+                nursery.start_soon(srv._serve_control)
+            task_status.started(srv)
+    finally:
+        srv.close()
+
+
+__all__ = [
+    "DEFAULT_ALT_PORT",
+    "DEFAULT_CONTROL_PORT",
+    "DEFAULT_PORT",
+    "Decision",
+    "StunServer",
+    "StunServerConfig",
+    "decide",
+    "decode_forward",
+    "encode_forward",
+    "fast_tail",
+    "open_stun_server",
+    "serve_stun",
+]

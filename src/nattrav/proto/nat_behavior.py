@@ -1,0 +1,295 @@
+"""What a NAT does, in RFC 4787 words, computed from STUN test outcomes. Pure: no sockets, no clock.
+
+The Trio driver (io/stun_client.discover) runs the tests and hands the raw outcomes to `classify()`;
+everything that decides "EIM or APDM", "sequential with Δ = 2", "full cone" lives here so that tests
+can feed it any outcome.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MAPPINGS = ("EIM", "ADM", "APDM")
+FILTERINGS = ("EIF", "ADF", "APDF")
+ALLOCATIONS = ("preserve", "sequential", "random")
+# a "step" larger than this between two of our own back-to-back mappings is a coincidence of random ports
+MAX_SEQUENTIAL_STEP = 1000
+
+Address = tuple[str, int]
+
+
+@dataclass
+class BindingSample:
+    """One mapped endpoint seen: from which local socket, to which server address, at what time."""
+
+    socket: int  # 0 = the main socket (the one a puncher keeps); 1.. = fresh sockets
+    local: Address
+    server: Address
+    mapped: Address
+    t: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "socket": self.socket,
+            "local": list(self.local),
+            "server": list(self.server),
+            "mapped": list(self.mapped),
+            "t": self.t,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BindingSample:
+        return cls(
+            int(d["socket"]),
+            _addr(d["local"]),
+            _addr(d["server"]),
+            _addr(d["mapped"]),
+            float(d.get("t", 0.0)),
+        )
+
+
+def _addr(v: Any) -> Address:
+    ip, port = v
+    return (str(ip), int(port))
+
+
+@dataclass
+class NatBehavior:
+    """The report. to_dict()/from_dict() are JSON- and msgpack-safe (lists, str, int, float, None)."""
+
+    mapping: str | None = None  # EIM | ADM | APDM (None: could not tell)
+    filtering: str | None = None  # EIF | ADF | APDF
+    allocation: str | None = None  # preserve | sequential | random
+    delta: int | None = None  # port step between two new mappings (0 for EIM; None when random)
+    hairpin: bool | None = None
+    lifetime: float | None = None  # seconds a mapping survived idle (lower bound), when measured
+    nat: bool | None = None  # False: the mapped address is the local one (no NAT)
+    classic: str = "unknown"  # RFC 3489 name
+    public_ip: str | None = None
+    local: Address | None = None
+    server: Address | None = None
+    other_address: Address | None = None
+    # mapped ports seen from ONE socket to S1, S2, ... in order (the predictor's input)
+    one_socket_ports: list[int] = field(default_factory=list)
+    # (local port, mapped port) of fresh sockets, each to S1, in order
+    fresh_ports: list[tuple[int, int]] = field(default_factory=list)
+    samples: list[BindingSample] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    discarded: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["local"] = list(self.local) if self.local else None
+        d["server"] = list(self.server) if self.server else None
+        d["other_address"] = list(self.other_address) if self.other_address else None
+        d["fresh_ports"] = [list(p) for p in self.fresh_ports]
+        d["samples"] = [s.to_dict() for s in self.samples]
+        # the predictor reads the one-socket series as "samples"-like {"port", "t"} maps
+        main = [s for s in self.samples if s.socket == 0]
+        d["one_socket"] = [{"port": s.mapped[1], "t": s.t} for s in _distinct_by_server(main)]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NatBehavior:
+        def opt_addr(v: Any) -> Address | None:
+            return _addr(v) if v else None
+
+        return cls(
+            mapping=d.get("mapping"),
+            filtering=d.get("filtering"),
+            allocation=d.get("allocation"),
+            delta=d.get("delta"),
+            hairpin=d.get("hairpin"),
+            lifetime=d.get("lifetime"),
+            nat=d.get("nat"),
+            classic=d.get("classic", "unknown"),
+            public_ip=d.get("public_ip"),
+            local=opt_addr(d.get("local")),
+            server=opt_addr(d.get("server")),
+            other_address=opt_addr(d.get("other_address")),
+            one_socket_ports=[int(p) for p in d.get("one_socket_ports", [])],
+            fresh_ports=[(int(a), int(b)) for a, b in d.get("fresh_ports", [])],
+            samples=[BindingSample.from_dict(s) for s in d.get("samples", [])],
+            findings=[str(f) for f in d.get("findings", [])],
+            discarded={str(k): int(v) for k, v in d.get("discarded", {}).items()},
+        )
+
+
+def _distinct_by_server(samples: Sequence[BindingSample]) -> list[BindingSample]:
+    seen: set[Address] = set()
+    out = []
+    for s in samples:
+        if s.server not in seen:
+            seen.add(s.server)
+            out.append(s)
+    return out
+
+
+def classify_mapping(m1: Address, m2: Address | None, m3: Address | None) -> str | None:
+    """RFC 5780 §4.3: m1 to (A, P), m2 to (B, P), m3 to (B, P') -- all from one socket."""
+    if m2 is None:
+        return None
+    if m2 == m1:
+        return "EIM"
+    if m3 is None:
+        return None
+    return "ADM" if m3 == m2 else "APDM"
+
+
+def classify_filtering(change_both: bool | None, change_port: bool | None) -> str | None:
+    """RFC 5780 §4.4: did the answer to change-IP+port arrive? to change-port only?"""
+    if change_both is None:
+        return None
+    if change_both:
+        return "EIF"
+    if change_port is None:
+        return None
+    return "ADF" if change_port else "APDF"
+
+
+def _step(ports: Sequence[int]) -> int | None:
+    """The common difference of a port series, if most consecutive differences agree."""
+    diffs = [b - a for a, b in zip(ports, ports[1:])]
+    if not diffs:
+        return None
+    step, count = Counter(diffs).most_common(1)[0]
+    # one stray difference is tolerated (another host took a port in between), only with >= 3 diffs
+    needed = len(diffs) if len(diffs) < 3 else len(diffs) - 1
+    if count >= needed and step != 0 and abs(step) <= MAX_SEQUENTIAL_STEP:
+        return step
+    return None
+
+
+def classify_allocation(
+    mapping: str | None,
+    one_socket_ports: Sequence[int],
+    fresh_ports: Sequence[tuple[int, int]],
+) -> tuple[str | None, int | None]:
+    """(allocation, Δ). `one_socket_ports`: ports of the distinct mappings one socket created, in
+    order; `fresh_ports`: (local, mapped) of fresh sockets, each sending to the same server."""
+    if fresh_ports and all(local == mapped for local, mapped in fresh_ports):
+        return "preserve", 0 if mapping == "EIM" else None
+    if mapping == "EIM":
+        # one mapping per socket: Δ between servers is 0; how new sockets are numbered is separate
+        step = _step([m for _, m in fresh_ports])
+        return ("sequential" if step else "random" if len(fresh_ports) >= 3 else None), 0
+    series = list(one_socket_ports)
+    step = _step(series)
+    fresh_step = _step([m for _, m in fresh_ports])
+    if step is not None and (fresh_step is None or fresh_step == step or len(fresh_ports) < 3):
+        return "sequential", step
+    if step is None and fresh_step is not None and len(series) < 3:
+        return "sequential", fresh_step
+    if len(series) + len(fresh_ports) >= 3:
+        return "random", None
+    return None, None
+
+
+def classic_name(nat: bool | None, mapping: str | None, filtering: str | None, blocked: bool = False) -> str:
+    if blocked:
+        return "UDP blocked"
+    if nat is False:
+        return "open internet" if filtering == "EIF" else "symmetric UDP firewall"
+    if mapping in ("ADM", "APDM"):
+        return "symmetric"
+    if mapping == "EIM":
+        return {
+            "EIF": "full cone",
+            "ADF": "restricted cone",
+            "APDF": "port restricted cone",
+        }.get(filtering or "", "cone (filtering unknown)")
+    return "unknown"
+
+
+def findings_for(b: NatBehavior, *, server_ignored_change: bool, repeat_same_port: bool | None) -> list[str]:
+    """Plain-language notes answering "why did the external port (not) change?" for this NAT."""
+    out: list[str] = []
+    if b.mapping == "EIM" and b.allocation == "preserve":
+        out.append(
+            "external port == local port for every server: EIM with port preservation, the port "
+            "legitimately stays the same"
+        )
+    elif b.mapping == "EIM":
+        out.append("one socket keeps one external port for every destination (EIM): Δ = 0")
+    if b.mapping in ("ADM", "APDM") and repeat_same_port:
+        out.append(
+            f"the same socket to the same server address kept its port: that is mapping reuse and "
+            f"hides {b.mapping}; only a second server address shows the port move (Δ = {b.delta})"
+        )
+    if b.mapping in ("ADM", "APDM"):
+        out.append(
+            "mappings are per socket and per destination: punch from the very socket whose mapping "
+            "was learned (a new socket or a closed one loses it); predict the next port as last + kΔ"
+        )
+    if server_ignored_change:
+        out.append(
+            "the server answered CHANGE-REQUEST from the address we sent to: it ignores change "
+            "requests; accepting that reply unvalidated would make this NAT look like a full cone"
+        )
+    return out
+
+
+def classify(
+    *,
+    local: Address,
+    server: Address,
+    other_address: Address | None,
+    samples: Sequence[BindingSample],
+    test1: Address | None,
+    test2: Address | None,
+    test3: Address | None,
+    filter_change_both: bool | None,
+    filter_change_port: bool | None,
+    hairpin: bool | None = None,
+    lifetime: float | None = None,
+    server_ignored_change: bool = False,
+    repeat_same_port: bool | None = None,
+    discarded: Mapping[str, int] | None = None,
+) -> NatBehavior:
+    """Build the report from the raw outcomes of the RFC 5780 tests."""
+    b = NatBehavior(local=local, server=server, other_address=other_address, samples=list(samples))
+    b.discarded = dict(discarded or {})
+    b.hairpin = hairpin
+    b.lifetime = lifetime
+    if test1 is None:
+        b.classic = classic_name(None, None, None, blocked=True)
+        return b
+    b.public_ip = test1[0]
+    b.nat = test1 != local
+    b.mapping = classify_mapping(test1, test2, test3)
+    b.filtering = classify_filtering(filter_change_both, filter_change_port)
+    main = _distinct_by_server([s for s in samples if s.socket == 0])
+    b.one_socket_ports = [s.mapped[1] for s in main]
+    # distinct mappings only: with ADM, (B, P) and (B, P') share one
+    created: list[int] = []
+    seen_mapped: set[Address] = set()
+    for s in main:
+        if s.mapped not in seen_mapped:
+            seen_mapped.add(s.mapped)
+            created.append(s.mapped[1])
+    b.fresh_ports = [(s.local[1], s.mapped[1]) for s in samples if s.socket > 0]
+    if b.nat is False:
+        b.allocation, b.delta = "preserve", 0
+    else:
+        b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
+    b.classic = classic_name(b.nat, b.mapping, b.filtering)
+    b.findings = findings_for(b, server_ignored_change=server_ignored_change, repeat_same_port=repeat_same_port)
+    return b
+
+
+__all__ = [
+    "ALLOCATIONS",
+    "FILTERINGS",
+    "MAPPINGS",
+    "BindingSample",
+    "NatBehavior",
+    "classic_name",
+    "classify",
+    "classify_allocation",
+    "classify_filtering",
+    "classify_mapping",
+    "findings_for",
+]
