@@ -10,7 +10,7 @@
 
 int nt_set_ttl(int fd, int ttl)
 {
-    if (fd < 0 || ttl < 1 || ttl > 255)
+    if (fd < 0 || ttl == 0 || ttl < -1 || ttl > 255)
         return -EINVAL;
     if (setsockopt(fd, IPPROTO_IP, IP_TTL, &ttl, sizeof ttl) < 0)
         return -errno;
@@ -34,6 +34,10 @@ static int open_one(uint32_t ip_be, uint16_t port, int flags, int ttl, int *fd_o
         rc = set_flag(fd, SOL_SOCKET, SO_REUSEADDR);
     if (!rc && (flags & NT_POOL_REUSEPORT))
         rc = set_flag(fd, SOL_SOCKET, SO_REUSEPORT);
+    /* ICMP errors for low-TTL probes then queue on the socket (drained and counted) instead of
+     * surfacing as a bare errno on some later call */
+    if (!rc && (flags & NT_POOL_RECVERR))
+        rc = set_flag(fd, IPPROTO_IP, IP_RECVERR);
     if (!rc && ttl > 0)
         rc = nt_set_ttl(fd, ttl);
     struct sockaddr_in sa;

@@ -1,1 +1,6 @@
-"""workers layer; see docs/ and ../shared/DESIGN.md."""
+"""Worker processes for bursts: a Trio coordinator and msgpack over unix socketpairs."""
+
+from ..core.plan import Burst, BurstStats, Hit
+from .coordinator import Coordinator, WorkerDied, WorkerError, open_coordinator
+
+__all__ = ["Burst", "BurstStats", "Coordinator", "Hit", "WorkerDied", "WorkerError", "open_coordinator"]

@@ -1,0 +1,50 @@
+"""File-descriptor budget: a thousand-socket burst must not die half-way on EMFILE."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+
+# descriptors a process needs besides the pool (stdio, pipes, epoll, Python's own files)
+HEADROOM = 64
+
+
+class FdLimitError(OSError):
+    """Too few file descriptors even after raising the soft limit to the hard one."""
+
+
+def open_fd_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def ensure_fd_capacity(extra: int) -> int:
+    """Make room for `extra` more descriptors, raising RLIMIT_NOFILE's soft limit towards the hard
+    limit when needed. Returns the soft limit in force; raises FdLimitError when it cannot be done."""
+    if extra <= 0:
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = open_fd_count() + extra + HEADROOM
+    if need <= soft:
+        return soft
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if need > soft:
+        raise FdLimitError(
+            errno.EMFILE,
+            f"{extra} sockets need about {need} file descriptors but RLIMIT_NOFILE allows {soft} "
+            f"(hard limit {hard}); raise it, e.g. `ulimit -n {need}` in the shell, LimitNOFILE={need} "
+            f"in a systemd unit, or 'nofile' in /etc/security/limits.conf",
+        )
+    return soft
+
+
+__all__ = ["FdLimitError", "ensure_fd_capacity", "open_fd_count"]
