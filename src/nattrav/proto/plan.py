@@ -16,6 +16,7 @@ port (address-and-port-dependent mapping with sequential allocation), so each pr
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -182,22 +183,34 @@ def _endpoint(report: Mapping[str, Any]) -> tuple[str | None, int | None]:
         ep = report.get(key)
         if isinstance(ep, (list, tuple)) and len(ep) == 2:
             return str(ep[0]), int(ep[1])
-        if isinstance(ep, Mapping) and "ip" in ep:
-            return str(ep["ip"]), int(ep["port"]) if ep.get("port") is not None else None
-    ip = report.get("public_ip") or report.get("ip")
+    ip = report.get("public_ip")
     port = report.get("public_port")
     if ip is None:
+        for s in reversed(list(report.get("samples") or ())):
+            if isinstance(s, Mapping) and isinstance(s.get("mapped"), (list, tuple)):
+                ip = s["mapped"][0]
+                break
+    if ip is None:
+        # The rendezvous server's own observation of the peer (its TCP source): the IP only.
         observed = report.get("observed")
-        if isinstance(observed, (list, tuple)) and observed:
-            last = observed[-1]
-            if isinstance(last, (list, tuple)) and len(last) == 2:
-                return str(last[0]), int(last[1])
+        if isinstance(observed, (list, tuple)) and observed and isinstance(observed[0], str):
+            ip = observed[0]
     return (str(ip) if ip is not None else None), (int(port) if port is not None else None)
 
 
 def side_from_report(
     report: Mapping[str, Any], *, horizon: float = DEFAULT_HORIZON, target: float = DEFAULT_TARGET
 ) -> Side:
+    try:
+        return _side_from_report(report, horizon, target)
+    except ReportError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        # Reports come from the peer through the rendezvous: one error type for anything odd.
+        raise ReportError(f"malformed report: {exc}") from None
+
+
+def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) -> Side:
     """Normalise a behaviour report (STUN client's dict plus the public endpoint) into a Side.
 
     Keys: "mapping" and "filtering" (RFC 4787 words or EIM/ADM/APDM, EIF/ADF/APDF, "none"),
@@ -208,6 +221,8 @@ def side_from_report(
         raise ReportError(f"report must be a mapping, got {type(report).__name__}")
     obs = _predict.Observation.from_report(report)
     mapping = _word(_MAPPING_WORDS, report.get("mapping"), "mapping")
+    if report.get("nat") is False:
+        mapping = Mapping_.NONE
     filtering = _word(_FILTERING_WORDS, report.get("filtering"), "filtering")
     prediction = _predict.predict(obs, elapsed=horizon, target=target, min_extra=MIN_EXTRA)
     if mapping is None:
@@ -225,6 +240,7 @@ def side_from_report(
         port = obs.samples[-1].port  # predictions count from the LAST mapping seen
     if ip is None or port is None:
         raise ReportError("report has no public endpoint (public: [ip, port])")
+    ip = str(ipaddress.ip_address(ip))
     if not 1 <= port <= 65535:
         raise ReportError(f"bad public port {port!r}")
     return Side(mapping, filtering, ip, port, prediction, obs.port_range)

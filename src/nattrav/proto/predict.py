@@ -42,6 +42,7 @@ _ALLOCATION_WORDS = {
     "preservation": Allocation.PRESERVATION,
     "port-preservation": Allocation.PRESERVATION,
     "preserving": Allocation.PRESERVATION,
+    "preserve": Allocation.PRESERVATION,
     "sequential": Allocation.SEQUENTIAL,
     "seq": Allocation.SEQUENTIAL,
     "incremental": Allocation.SEQUENTIAL,
@@ -69,13 +70,14 @@ class Observation:
     def from_report(cls, report: Mapping[str, Any]) -> Observation:
         """Accept the STUN client's report dict.
 
-        Keys used: "samples" (list of ports, of [t, port] pairs, or of {"port": p, "t": t} maps, in
-        the order they were observed), "allocation" (preservation / sequential / random), "delta",
+        Keys used: "one_socket" (nat_behavior's series: {"port": p, "t": t} maps in the order they
+        were observed) or else "samples" (ports, [t, port] pairs, {"port", "t"} maps, or nat_behavior's
+        BindingSample maps, of which only socket 0 counts), or else "one_socket_ports", "allocation" (preservation / sequential / random), "delta",
         "port_range" ([lo, hi]). Unknown keys are ignored.
         """
         if not isinstance(report, Mapping):
             raise ReportError(f"report must be a mapping, got {type(report).__name__}")
-        samples = tuple(_sample(s) for s in report.get("samples") or ())
+        samples = tuple(_sample(s) for s in _series(report))
         allocation = report.get("allocation")
         if allocation is not None:
             word = str(allocation).strip().lower()
@@ -93,6 +95,28 @@ class Observation:
                 # The NAT's range is a guess; widen it rather than wrap a real port away.
                 lo, hi = min(lo, s.port), max(hi, s.port)
         return cls(samples, allocation, delta, (lo, hi))
+
+
+def _series(report: Mapping[str, Any]) -> list[Any]:
+    if report.get("one_socket"):
+        return list(report["one_socket"])
+    raw = report.get("samples")
+    if raw:
+        raw = list(raw)
+        if all(isinstance(s, Mapping) and "mapped" in s for s in raw):
+            # nat_behavior.BindingSample maps: keep the main socket, first answer per server
+            out, seen = [], set()
+            for s in raw:
+                server = tuple(s.get("server") or ())
+                if s.get("socket", 0) == 0 and server not in seen:
+                    seen.add(server)
+                    mapped = s["mapped"]
+                    if not isinstance(mapped, Sequence) or len(mapped) != 2:
+                        raise ReportError(f"bad mapped address {mapped!r}")
+                    out.append({"port": mapped[1], "t": s.get("t")})
+            return out
+        return raw
+    return list(report.get("one_socket_ports") or ())
 
 
 def _sample(raw: Any) -> Sample:

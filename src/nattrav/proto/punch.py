@@ -8,12 +8,13 @@ encrypted.
 
 Wire format (big endian):
     magic "nT" | version 1 | type 1 | counter 8 | body | tag 16 (HMAC-SHA256 over all before it)
-Bodies: HELLO nonce 8 + sender time 8; ACK echoed nonce 8 + echoed time 8; KEEPALIVE and CLOSE
-empty; DATA the payload (at most MAX_DATA bytes).
+A stamp is nonce 8 + sender time 8. Bodies: HELLO stamp; ACK echoed stamp + own stamp; CONFIRM echoed
+stamp; KEEPALIVE and CLOSE empty; DATA the payload (at most MAX_DATA bytes).
 
 A side sends HELLOs (the punch packets); whoever receives a valid HELLO answers with an ACK that echoes
-its nonce and time, and with a HELLO of its own to the same address. A valid ACK echoing OUR nonce
-proves the peer holds the key and sees our packets: the path is up and the echoed time gives the RTT.
+it and carries its own stamp; the ACK's receiver answers with a CONFIRM echoing that. A valid ACK or
+CONFIRM echoing OUR nonce proves the peer holds the key and sees our packets: the path is up both ways
+and the echoed time gives the RTT. Three packets from the first hello that gets through.
 No clock here: callers pass `now` (any monotonic unit; RTT comes out in the same unit).
 """
 
@@ -53,12 +54,14 @@ class FrameType(enum.IntEnum):
     KEEPALIVE = 3
     DATA = 4
     CLOSE = 5
+    CONFIRM = 6
 
 
 # Body size limits per type: (min, max).
 _BODY = {
     FrameType.HELLO: (STAMP.size, STAMP.size),
-    FrameType.ACK: (STAMP.size, STAMP.size),
+    FrameType.ACK: (2 * STAMP.size, 2 * STAMP.size),
+    FrameType.CONFIRM: (STAMP.size, STAMP.size),
     FrameType.KEEPALIVE: (0, 0),
     FrameType.DATA: (0, MAX_DATA),
     FrameType.CLOSE: (0, 0),
@@ -75,7 +78,13 @@ class Frame:
 
     @property
     def stamp(self) -> tuple[bytes, int]:
-        nonce, t = STAMP.unpack(self.body)
+        """The first stamp of the body (HELLO: the sender's; ACK, CONFIRM: the echoed one)."""
+        nonce, t = STAMP.unpack_from(self.body)
+        return nonce, t
+
+    @property
+    def second_stamp(self) -> tuple[bytes, int]:
+        nonce, t = STAMP.unpack_from(self.body, STAMP.size)
         return nonce, t
 
 
@@ -175,6 +184,7 @@ class PunchSession:
         self.established = False
         self.closed = False
         self.rtt: int | None = None
+        self._peer_stamp: bytes | None = None
         self.rejected = 0  # frames that failed structure, MAC or replay checks
 
     # -- sending --------------------------------------------------------------------------------
@@ -218,26 +228,38 @@ class PunchSession:
         self._replay.accept(frame.counter)
         return frame
 
+    def ack(self, now: int) -> bytes | None:
+        """A fresh ACK for the latest peer HELLO (to resend while no CONFIRM came), or None."""
+        if self._peer_stamp is None:
+            return None
+        return self._frame(FrameType.ACK, self._peer_stamp + STAMP.pack(self.nonce, now & (2**64 - 1)))
+
+    def _established(self, echo: tuple[bytes, int], now: int) -> int:
+        nonce, t = echo
+        if not hmac.compare_digest(nonce, self.nonce):
+            self.rejected += 1
+            raise BadPacket("echoes a nonce that is not ours")
+        rtt = (now - t) & (2**64 - 1)
+        self.rtt = rtt
+        return rtt
+
     def receive(self, data: bytes | bytearray | memoryview, now: int) -> Received:
         """Handle one datagram. Raises BadPacket for anything not authentic (drop it and go on)."""
         frame = self.authenticate(data)
         if frame.type is FrameType.HELLO:
-            nonce, t = frame.stamp
-            ack = self._frame(FrameType.ACK, STAMP.pack(nonce, t))
-            # Our own hello follows so the peer's NAT sees an answer from exactly this address,
-            # and the peer can prove the path to us.
-            return Received(Event.HELLO, (ack,) if self.established else (ack, self.hello(now)))
-        if frame.type is FrameType.ACK:
-            nonce, t = frame.stamp
-            if not hmac.compare_digest(nonce, self.nonce):
-                self.rejected += 1
-                raise BadPacket("ack echoes a nonce that is not ours")
-            rtt = (now - t) & (2**64 - 1)
-            self.rtt = rtt
+            self._peer_stamp = frame.body
+            ack = self.ack(now)
+            assert ack is not None
+            return Received(Event.HELLO, (ack,))
+        if frame.type in (FrameType.ACK, FrameType.CONFIRM):
+            rtt = self._established(frame.stamp, now)
+            replies: tuple[bytes, ...] = ()
+            if frame.type is FrameType.ACK:
+                replies = (self._frame(FrameType.CONFIRM, frame.body[STAMP.size:]),)
             if self.established:
-                return Received(Event.ACK, rtt=rtt)
+                return Received(Event.ACK, replies, rtt=rtt)
             self.established = True
-            return Received(Event.ESTABLISHED, rtt=rtt)
+            return Received(Event.ESTABLISHED, replies, rtt=rtt)
         if frame.type is FrameType.KEEPALIVE:
             return Received(Event.KEEPALIVE)
         if frame.type is FrameType.DATA:
