@@ -48,6 +48,27 @@ def _exit_reason(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+@asynccontextmanager
+async def _fan_out() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose failure surfaces as the one exception that matters (a WorkerError first), not a
+    group: callers of the coordinator catch WorkerDied, OSError, ValueError as such."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if not leaves:
+            raise
+        first = next((e for e in leaves if isinstance(e, WorkerError)), leaves[0])
+        raise first from None
+
+
 class _Worker:
     def __init__(self, index: int, proc: trio.Process, sock: trio.socket.SocketType) -> None:
         self.index, self.proc, self.sock = index, proc, sock
@@ -153,7 +174,7 @@ class Coordinator:
     # -- lifecycle -----------------------------------------------------------------------------
     async def _start(self, n: int, pin: bool, netns: str | None) -> None:
         cpus = sorted(os.sched_getaffinity(0))
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for i in range(n):
                 nursery.start_soon(self._start_one, i, cpus[i % len(cpus)] if pin else None, netns)
         self._workers.sort(key=lambda w: w.index)
@@ -200,7 +221,7 @@ class Coordinator:
             for fd in w.fds:
                 os.close(fd)
 
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for w in self._workers:
                 nursery.start_soon(stop, w)
 
@@ -256,12 +277,12 @@ class Coordinator:
             except (OSError, ValueError, WorkerError) as e:
                 errors.append(e)
 
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for i in range(n):
                 nursery.start_soon(one, i)
         if errors:
             # all or nothing: the workers that did open close theirs, so indices stay dense
-            async with trio.open_nursery() as nursery:
+            async with _fan_out() as nursery:
                 for i in got:
                     if shares[i]:
                         nursery.start_soon(self._close_quietly, i, bases[i], shares[i])
@@ -307,7 +328,7 @@ class Coordinator:
             msg, _ = await self._workers[i].request("fire", reply_timeout, plan=wire, timeout_ms=c_timeout_ms)
             total.add(BurstStats(**msg["stats"]))
 
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for i in involved:
                 nursery.start_soon(one, i)
         self.last_fire = total
@@ -336,7 +357,7 @@ class Coordinator:
                 cancel_all.cancel()
 
         try:
-            async with trio.open_nursery() as nursery:
+            async with _fan_out() as nursery:
                 for i in involved:
                     nursery.start_soon(one, i, nursery.cancel_scope)
         finally:
@@ -364,7 +385,7 @@ class Coordinator:
             if msg["done"] != len(idx):
                 raise WorkerError(i, self._workers[i].pid, f"set TTL on {msg['done']} of {len(idx)} sockets")
 
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for i, idx in by_worker.items():
                 nursery.start_soon(one, i, idx)
 
@@ -387,7 +408,7 @@ class Coordinator:
             msg, _ = await w.request("drain", self.reply_timeout)
             counts.append(msg["icmp_errors"])
 
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for w in self._workers:
                 nursery.start_soon(one, w)
         return sum(counts)
@@ -400,7 +421,7 @@ class Coordinator:
             for k, v in msg["recv"].items():
                 setattr(total, k, getattr(total, k) + v)
 
-        async with trio.open_nursery() as nursery:
+        async with _fan_out() as nursery:
             for w in self._workers:
                 nursery.start_soon(one, w)
         return total
