@@ -1,0 +1,279 @@
+"""The STUN server on loopback (127.0.0.0/8 addresses only): both layouts, CHANGE-REQUEST from the
+right address, OTHER-ADDRESS/RESPONSE-ORIGIN, RESPONSE-PORT, 420, and robustness counters."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+import trio
+
+from nattrav.io.stun_client import StunErrorResponse, binding, discover
+from nattrav.io.stun_server import (
+    StunServerConfig,
+    decode_forward,
+    encode_forward,
+    serve_stun,
+)
+from nattrav.proto.stun import Attr, BadPacket, Class, ErrorCode, binding_request, parse
+
+P, PALT = 3478, 3479
+
+
+def loopback_pair() -> tuple[str, str]:
+    # a private pair of loopback addresses per test, so parallel workers never share a port
+    x, y = random.randrange(1, 255), random.randrange(1, 255)
+    return f"127.{x}.{y}.1", f"127.{x}.{y}.2"
+
+
+async def udp(ip: str = "127.0.0.1"):
+    s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await s.bind((ip, 0))
+    return s
+
+
+async def raw_exchange(sock, data: bytes, dest, timeout: float = 1.0):
+    await sock.sendto(data, dest)
+    with trio.fail_after(timeout):
+        return await sock.recvfrom(4096)
+
+
+@pytest.fixture
+async def rfc5780(nursery):
+    a, b = loopback_pair()
+    srv = await nursery.start(serve_stun, StunServerConfig(ip=a, alt_ip=b, port=P, alt_port=PALT))
+    return srv, a, b
+
+
+async def test_binding_fills_mapped_origin_and_other(rfc5780):
+    srv, a, b = rfc5780
+    s = await udp()
+    r = await binding(s, (a, P), timeout=2)
+    assert r.mapped == s.getsockname()
+    assert r.response_origin == (a, P) and r.source == (a, P)
+    assert r.other_address == (b, PALT)
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "change_ip, change_port, expect",
+    [(True, True, "b:alt"), (True, False, "b:p"), (False, True, "a:alt")],
+)
+async def test_change_request_answered_from_the_right_address(rfc5780, change_ip, change_port, expect):
+    srv, a, b = rfc5780
+    where = {"b:alt": (b, PALT), "b:p": (b, P), "a:alt": (a, PALT)}[expect]
+    s = await udp()
+    r = await binding(s, (a, P), change_ip=change_ip, change_port=change_port,
+                      other_address=(b, PALT), timeout=2)
+    assert r.source == where and r.response_origin == where
+    s.close()
+
+
+async def test_other_address_never_names_the_receiving_address(rfc5780):
+    srv, a, b = rfc5780
+    s = await udp()
+    for dest in srv.addresses:
+        r = await binding(s, dest, timeout=2)
+        assert r.other_address is not None
+        assert r.other_address[0] != dest[0] and r.other_address[1] != dest[1]
+        assert r.response_origin == dest
+    s.close()
+
+
+async def test_response_port_sends_to_another_port(rfc5780):
+    srv, a, b = rfc5780
+    s, other = await udp(), await udp()
+    req = binding_request(response_port=other.getsockname()[1])
+    await s.sendto(req.encode(), (a, P))
+    with trio.fail_after(2):
+        data, src = await other.recvfrom(2048)
+    m = parse(data)
+    assert m.transaction_id == req.transaction_id and src == (a, P)
+    # the mapping reported is the requesting socket's, not the one the answer went to
+    assert m.mapped_address == s.getsockname()
+    s.close()
+    other.close()
+
+
+async def test_unknown_comprehension_required_gets_420(rfc5780):
+    srv, a, b = rfc5780
+    s = await udp()
+    req = binding_request(extra=[(0x0024, b"\x6e\x00\x01\xff"), (0xC0DE, b"ok to ignore")])
+    data, _ = await raw_exchange(s, req.encode(fingerprint=True), (a, P))
+    m = parse(data)
+    assert m.cls == Class.ERROR and m.get(Attr.ERROR_CODE).code == 420
+    assert m.get(Attr.UNKNOWN_ATTRIBUTES) == (0x0024,)
+    assert m.check_fingerprint()
+    s.close()
+
+
+async def test_fingerprint_and_padding_echoed(rfc5780):
+    srv, a, b = rfc5780
+    s = await udp()
+    req = binding_request(extra=[(Attr.PADDING, b"\xff" * 100)])
+    data, _ = await raw_exchange(s, req.encode(fingerprint=True), (a, P))
+    m = parse(data)
+    assert m.check_fingerprint() and len(m.get(Attr.PADDING)) == 100
+    s.close()
+
+
+async def test_classic_rfc3489_request(rfc5780):
+    srv, a, b = rfc5780
+    s = await udp()
+    req = binding_request(classic=True, change_ip=True, change_port=True)
+    data, src = await raw_exchange(s, req.encode(), (a, P))
+    m = parse(data)
+    assert src == (b, PALT) and m.classic
+    assert m.get(Attr.MAPPED_ADDRESS) == s.getsockname()
+    assert m.get(Attr.SOURCE_ADDRESS) == (b, PALT)
+    assert m.get(Attr.CHANGED_ADDRESS) == (b, PALT)
+    s.close()
+
+
+async def test_single_address_answers_420_to_change_ip(nursery):
+    a, _ = loopback_pair()
+    await nursery.start(serve_stun, StunServerConfig(ip=a, port=P, alt_port=PALT))
+    s = await udp()
+    r = await binding(s, (a, P), timeout=2)
+    assert r.other_address is None  # never an OTHER-ADDRESS it cannot serve
+    with pytest.raises(StunErrorResponse) as info:
+        await binding(s, (a, P), change_ip=True, expect_from=(a, P), timeout=2)
+    assert info.value.error.code == 420
+    r = await binding(s, (a, P), change_port=True, expect_from=(a, PALT), timeout=2)
+    assert r.source == (a, PALT)
+    s.close()
+
+
+async def test_bad_packets_are_dropped_counted_and_service_continues(rfc5780):
+    srv, a, b = rfc5780
+    s = await udp()
+    good = binding_request().encode()
+    junk = [
+        b"",  # empty
+        b"\x00\x01\x00",  # truncated header
+        good[:-4] if len(good) > 20 else good[:19],  # truncated
+        b"\x00\x01\x00\x08" + good[4:20] + b"\x00\x20\x00\x08\x00\x01",  # attribute past the end
+        b"\xff" * 20,  # top bits set
+        b"\x00\x01\x00\x04" + good[4:20] + b"\x80\x22\x00\x10",  # attr longer than the message
+    ]
+    oversized = b"\x00\x01" + (3000 - 20).to_bytes(2, "big") + good[4:20] + b"\0" * 2980
+    for j in junk:
+        await s.sendto(j, (a, P))
+    await s.sendto(oversized, (a, P))
+    # a replay: the same request twice in a row from the same source
+    replay = binding_request().encode()
+    await s.sendto(replay, (a, P))
+    await s.sendto(replay, (a, P))
+    with trio.fail_after(2):
+        first = parse((await s.recvfrom(2048))[0])
+    assert first.transaction_id == parse(replay).transaction_id
+    r = await binding(s, (a, P), timeout=2)  # still answering
+    assert r.mapped == s.getsockname()
+    c = srv.counters()
+    assert c["malformed"] >= 6, c
+    assert c["oversized"] == 1, c
+    assert c["replayed"] == 1, c
+    s.close()
+
+
+async def test_one_flooding_client_does_not_block_another(rfc5780):
+    srv, a, b = rfc5780
+    flooder, s = await udp(), await udp()
+
+    async def flood():
+        for i in range(3000):
+            try:
+                await flooder.sendto(b"\x00\x01\x00\x00" + i.to_bytes(16, "big"), (a, P))
+            except OSError:
+                pass
+            if i % 100 == 0:
+                await trio.sleep(0)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(flood)
+        for _ in range(20):
+            r = await binding(s, (a, P), timeout=2, rto=0.05)
+            assert r.mapped == s.getsockname()
+    flooder.close()
+    s.close()
+
+
+async def test_two_host_layout_hands_change_ip_to_the_peer(nursery):
+    a, b = loopback_pair()
+    key = b"k" * 16
+    ca = StunServerConfig(ip=a, alt_ip=b, peer=True, port=P, alt_port=PALT, secret=key)
+    cb = StunServerConfig(ip=b, alt_ip=a, peer=True, port=P, alt_port=PALT, secret=key)
+    sa = await nursery.start(serve_stun, ca)
+    sb = await nursery.start(serve_stun, cb)
+    assert sa.addresses == [(a, P), (a, PALT)]  # each host owns only its own IP
+    s = await udp()
+    r = await binding(s, (a, P), timeout=2)
+    assert r.other_address == (b, PALT) and r.response_origin == (a, P)
+    for ci, cp, where in [(True, True, (b, PALT)), (True, False, (b, P)), (False, True, (a, PALT))]:
+        r = await binding(s, (a, P), change_ip=ci, change_port=cp, other_address=(b, PALT), timeout=2)
+        assert r.source == where and r.response_origin == where
+        assert r.other_address == (b, PALT)  # computed for the address the request came in on
+    # and the other way round: the secondary hands change-IP back to the primary
+    r = await binding(s, (b, P), change_ip=True, change_port=True, other_address=(a, PALT), timeout=2)
+    assert r.source == (a, PALT)
+    assert sa.counters()["forwarded"] == 2 and sb.counters()["forwarded_in"] == 2
+    assert sb.counters()["forwarded"] == 1 and sa.counters()["forwarded_in"] == 1
+    # a forged control frame from a stranger is rejected
+    forged = encode_forward(P, (a, P), ("127.0.0.1", 9), binding_request().encode(), key)
+    stranger = await udp("127.0.0.1")
+    await stranger.sendto(forged, (b, ca.control_port))
+    await trio.sleep(0.1)
+    assert sb.counters()["control_rejected"] == 1
+    stranger.close()
+    s.close()
+
+
+def test_control_frames_parse_or_raise_bad_packet():
+    frame = encode_forward(3479, ("192.0.2.1", 3478), ("203.0.113.5", 1000), b"req", b"key")
+    assert decode_forward(frame, b"key") == (3479, ("192.0.2.1", 3478), ("203.0.113.5", 1000), b"req")
+    for bad in [frame[:-1] + bytes([frame[-1] ^ 1]), frame[:5], b"", b"\xc1" * 40]:
+        with pytest.raises(BadPacket):
+            decode_forward(bad, b"key")
+    with pytest.raises(BadPacket):
+        decode_forward(b"\x81\xa1v\x02", None)
+
+
+async def test_discover_on_loopback_reports_no_nat(rfc5780):
+    srv, a, b = rfc5780
+    rep = await discover((a, P), "127.0.0.1")
+    assert rep.nat is False and rep.classic == "open internet"
+    assert (rep.mapping, rep.filtering, rep.allocation, rep.delta) == ("EIM", "EIF", "preserve", 0)
+    assert rep.other_address == (b, PALT)
+
+
+async def test_discover_detects_a_server_that_ignores_change_request(nursery):
+    # a STUN server that answers everything from where it was asked, ignoring CHANGE-REQUEST, and
+    # still advertises an OTHER-ADDRESS (the seed's situation)
+    a, b = loopback_pair()
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind((a, P))
+    sock2 = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock2.bind((b, PALT))
+    sock3 = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock3.bind((b, P))
+    sock4 = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock4.bind((a, PALT))
+
+    async def lazy(s):
+        from nattrav.proto.stun import Message, Method
+
+        while True:
+            data, src = await s.recvfrom(2048)
+            req = parse(data)
+            resp = Message(Method.BINDING, Class.SUCCESS, req.transaction_id)
+            resp.add(Attr.XOR_MAPPED_ADDRESS, src).add(Attr.OTHER_ADDRESS, (b, PALT))
+            await s.sendto(resp.encode(), src)
+
+    for s in (sock, sock2, sock3, sock4):
+        nursery.start_soon(lazy, s)
+    rep = await discover((a, P), "127.0.0.1", hairpin=False, rto=0.05, rc=2, rm=2)
+    # unvalidated, the change-IP reply would have said "full cone"; validated, we cannot tell
+    assert rep.filtering is None
+    assert any("ignores" in f for f in rep.findings)
+    assert rep.discarded.get("wrong_source", 0) >= 1
