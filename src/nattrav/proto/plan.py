@@ -29,7 +29,6 @@ FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every pro
 DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
 DEFAULT_TARGET = 0.999
 DEFAULT_HORIZON = 1.0  # seconds from the last STUN sample to the punch (rendezvous start margin + slack)
-MIN_EXTRA = 0.05  # floor for the expected background allocations (see predict.predict)
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
 ROLES = ("first", "second")
 
@@ -224,7 +223,7 @@ def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) 
     if report.get("nat") is False:
         mapping = Mapping_.NONE
     filtering = _word(_FILTERING_WORDS, report.get("filtering"), "filtering")
-    prediction = _predict.predict(obs, elapsed=horizon, target=target, min_extra=MIN_EXTRA)
+    prediction = _predict.predict(obs, elapsed=horizon, target=target)
     if mapping is None:
         mapping = Mapping_.EIM if prediction.kind is Kind.FIXED else Mapping_.APDM
     if filtering is None:
@@ -349,7 +348,7 @@ def probes_for(span: int, holes: int, target: float, cap: int) -> int:
 def _noise_pmf(side: Side) -> list[float]:
     if not side.sequential:
         return [1.0]
-    return _predict.extra_pmf(side.prediction.mean_extra)
+    return list(side.prediction.noise)
 
 
 def needed(opener: Side, other: Side, u: int, v: int) -> tuple[int, int]:

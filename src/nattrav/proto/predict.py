@@ -149,9 +149,11 @@ class Model:
     kind: Kind
     last: int | None  # the last mapped port observed
     delta: int  # allocation step (0 for FIXED / RANDOM / UNKNOWN)
-    rate: float  # λ: extra allocations per second (per sample interval when samples carry no times)
-    per_second: bool  # whether `rate` is per second or per sample interval
+    rate: float  # λ MLE: extra allocations per second (per sample interval if samples carry no times)
+    per_second: bool  # whether `rate` / `exposure` count seconds or sample intervals
     port_range: tuple[int, int]
+    extra: int = 0  # allocations by others seen between our samples
+    exposure: float = 0.0  # the time (or intervals) over which `extra` was counted
 
     def advance(self, port: int, steps: int) -> int:
         """`port` moved by steps·Δ inside the NAT's range (sequential NATs wrap to the bottom)."""
@@ -160,7 +162,7 @@ class Model:
         return lo + (port - lo + steps * self.delta) % span
 
     def expected_extra(self, elapsed: float, intervals: float = 1.0) -> float:
-        """Mean number of ports other hosts take before our next mapping (μ = λ·t)."""
+        """Mean number of ports other hosts take before our next mapping (μ = λ·t, MLE)."""
         return self.rate * (elapsed if self.per_second else intervals)
 
 
@@ -190,8 +192,8 @@ def fit(obs: Observation) -> Model:
         return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
     delta = obs.delta if obs.delta and obs.delta > 0 else 0
     if not delta or any(g % delta for g in gaps):
-        # The smallest gap is Δ·(1+N) for the least-disturbed pair; the gcd removes the N's that
-        # share no factor. Trust it only if every gap is a small multiple of it.
+        # Each gap is Δ·(1+N); the gcd strips the N's unless they all share a factor. Trusted only
+        # if every gap is a small multiple of it.
         delta = math.gcd(*gaps)
     steps = [g // delta for g in gaps]
     if max(steps) > MAX_STEPS_PER_SAMPLE or (delta > MAX_DELTA and delta != obs.delta):
@@ -199,13 +201,22 @@ def fit(obs: Observation) -> Model:
 
     extra = sum(k - 1 for k in steps)
     times = [s.t for s in obs.samples]
-    if all(t is not None for t in times) and times[-1] > times[0]:
-        rate = extra / (times[-1] - times[0])  # type: ignore[operator]
+    if all(t is not None for t in times) and times[-1] > times[0]:  # type: ignore[operator]
+        exposure = float(times[-1] - times[0])  # type: ignore[operator]
         per_second = True
     else:
-        rate = extra / len(gaps)
+        exposure = float(len(gaps))
         per_second = False
-    return Model(Kind.SEQUENTIAL, last, delta, rate, per_second, obs.port_range)
+    return Model(Kind.SEQUENTIAL, last, delta, extra / exposure, per_second, obs.port_range,
+                 extra, exposure)
+
+
+# Prior on λ (allocations by other hosts per second): Gamma with mean PRIOR_RATE worth PRIOR_WEIGHT
+# seconds of observation. Two samples a few ms apart say almost nothing about λ; the prior keeps the
+# window finite, and a long or busy observation outweighs it.
+PRIOR_RATE = 0.4
+PRIOR_WEIGHT = 0.25
+TAIL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -218,7 +229,8 @@ class Prediction:
     offsets: tuple[int, ...]  # k: ports[i] == last + k·Δ (wrapped)
     covered: float  # probability that the next mapping is in `ports`
     model: Model
-    mean_extra: float = 0.0  # μ used for the window
+    mean_extra: float = 0.0  # expected allocations by others before our next mapping
+    noise: tuple[float, ...] = (1.0,)  # pmf of that number N, n = 0.. until the tail is < TAIL
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -234,33 +246,64 @@ def poisson_pmf(mu: float, n: int) -> float:
     return math.exp(n * math.log(mu) - mu - math.lgamma(n + 1))
 
 
-def poisson_window(mu: float, target: float, max_size: int = MAX_WINDOW) -> list[tuple[int, float]]:
-    """The fewest values n of N ~ Poisson(μ), most probable first, whose total reaches `target`.
+def negbin_pmf(r: float, p: float, n: int) -> float:
+    """P(N = n) for the Poisson-Gamma mixture: C(n + r - 1, n) p^r (1 - p)^n (r > 0, 0 < p <= 1)."""
+    if n < 0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0 if n == 0 else 0.0
+    return math.exp(math.lgamma(n + r) - math.lgamma(r) - math.lgamma(n + 1)
+                    + r * math.log(p) + n * math.log1p(-p))
 
-    The pmf is unimodal, so the answer is a contiguous range grown around the mode; returned ranked
-    by probability (ties: the smaller n first).
+
+def noise_pmf(model: Model, horizon: float, *, prior_rate: float = PRIOR_RATE,
+              prior_weight: float = PRIOR_WEIGHT, limit: int = MAX_WINDOW) -> list[float]:
+    """Predictive pmf of N, the allocations by others before our next mapping, `horizon` from now.
+
+    λ ~ Gamma(shape = prior_rate·prior_weight + extra, rate = prior_weight + exposure) after seeing
+    `extra` allocations in `exposure`; N | λ ~ Poisson(λ·horizon); so N is negative binomial with
+    r = shape and p = rate / (rate + horizon) (Klinec & Matyáš' Poisson model, with λ uncertain).
     """
+    shape = prior_rate * prior_weight + model.extra
+    rate = prior_weight + model.exposure
+    if horizon <= 0 or shape <= 0:
+        return [1.0]
+    p = rate / (rate + horizon)
+    out: list[float] = []
+    total = 0.0
+    n = 0
+    while n < limit and total < 1 - TAIL:
+        v = negbin_pmf(shape, p, n)
+        out.append(v)
+        total += v
+        n += 1
+    return out
+
+
+def ranked_window(pmf: Sequence[float], target: float, max_size: int = MAX_WINDOW) -> list[tuple[int, float]]:
+    """The fewest values n, most probable first, whose total probability reaches `target`."""
     if not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
-    mode = int(math.floor(mu)) if mu > 0 else 0
-    lo = hi = mode
-    chosen = [(mode, poisson_pmf(mu, mode))]
-    total = chosen[0][1]
-    while total < target and len(chosen) < max_size:
-        left = poisson_pmf(mu, lo - 1) if lo > 0 else -1.0
-        right = poisson_pmf(mu, hi + 1)
-        if left >= right and left >= 0:
-            lo -= 1
-            chosen.append((lo, left))
-            total += left
-        else:
-            hi += 1
-            chosen.append((hi, right))
-            total += right
-        if left <= 0 and right <= 0:  # the pmf underflowed: nothing left to gain
+    order = sorted(range(len(pmf)), key=lambda n: (-pmf[n], n))
+    chosen: list[tuple[int, float]] = []
+    total = 0.0
+    for n in order[:max_size]:
+        chosen.append((n, pmf[n]))
+        total += pmf[n]
+        if total >= target:
             break
-    chosen.sort(key=lambda item: (-item[1], item[0]))
     return chosen
+
+
+def poisson_window(mu: float, target: float, max_size: int = MAX_WINDOW) -> list[tuple[int, float]]:
+    """ranked_window for N ~ Poisson(μ) (known rate)."""
+    pmf, total, n = [], 0.0, 0
+    while n < max_size and (total < 1 - TAIL or n <= mu):
+        v = poisson_pmf(mu, n)
+        pmf.append(v)
+        total += v
+        n += 1
+    return ranked_window(pmf, target, max_size)
 
 
 def predict(
@@ -270,14 +313,14 @@ def predict(
     intervals: float = 1.0,
     target: float = 0.999,
     max_window: int = 4096,
-    min_extra: float = 0.0,
+    prior_rate: float = PRIOR_RATE,
+    prior_weight: float = PRIOR_WEIGHT,
 ) -> Prediction:
     """Rank the ports the socket's NEXT new mapping will get.
 
     elapsed: seconds between the last sample and the moment the mapping is created (used when the
-    samples carry times); intervals: the same gap counted in sample intervals (used when they do not).
-    min_extra: a floor for μ, so two samples that happened to show no background traffic do not
-    produce a one-port window that claims certainty.
+    samples carry times); intervals: the same gap counted in sample intervals (used when they do not;
+    the prior is then read per interval too).
     """
     obs = report if isinstance(report, Observation) else Observation.from_report(report)
     model = fit(obs)
@@ -288,8 +331,9 @@ def predict(
         lo, hi = model.port_range
         return Prediction(model.kind, (), (), (), 0.0, model,
                           notes=(f"no usable step: a port is a 1 in {hi - lo + 1} guess",))
-    mu = max(model.expected_extra(elapsed, intervals), min_extra)
-    ranked = poisson_window(mu, target, max_window)
+    horizon = elapsed if model.per_second else intervals
+    pmf = noise_pmf(model, horizon, prior_rate=prior_rate, prior_weight=prior_weight)
+    ranked = ranked_window(pmf, target, max_window)
     span = model.port_range[1] - model.port_range[0] + 1
     cycle = span // math.gcd(span, model.delta)  # distinct ports reachable with this Δ
     ranked = [(n, p) for n, p in ranked if n + 1 <= cycle]
@@ -301,21 +345,9 @@ def predict(
         tuple(n + 1 for n, _ in ranked),
         min(1.0, sum(p for _, p in ranked)),
         model,
-        mean_extra=mu,
+        mean_extra=sum(n * v for n, v in enumerate(pmf)),
+        noise=tuple(pmf),
     )
-
-
-def extra_pmf(mu: float, target: float = 0.99999, limit: int = 4096) -> list[float]:
-    """pmf of N ~ Poisson(μ) for n = 0..n_max, where the tail beyond n_max is below 1 - target."""
-    out: list[float] = []
-    total = 0.0
-    n = 0
-    while n < limit and (total < target or n <= mu):
-        p = poisson_pmf(mu, n)
-        out.append(p)
-        total += p
-        n += 1
-    return out
 
 
 def ranked_ports(values: Iterable[int]) -> list[int]:
