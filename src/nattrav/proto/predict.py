@@ -77,6 +77,16 @@ class Observation:
         """
         if not isinstance(report, Mapping):
             raise ReportError(f"report must be a mapping, got {type(report).__name__}")
+        try:
+            return cls._from_report(report)
+        except ReportError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            # The peer's report crosses the rendezvous: one error type for whatever is wrong in it.
+            raise ReportError(f"malformed report: {exc!r}") from None
+
+    @classmethod
+    def _from_report(cls, report: Mapping[str, Any]) -> Observation:
         samples = tuple(_sample(s) for s in _series(report))
         allocation = report.get("allocation")
         if allocation is not None:
@@ -177,6 +187,8 @@ def fit(obs: Observation) -> Model:
     last = ports[-1] if ports else None
     if obs.allocation is Allocation.RANDOM:
         return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
+    if last is None:
+        return Model(Kind.UNKNOWN, None, 0, 0.0, False, obs.port_range)
     if len(ports) < 2:
         if obs.allocation is Allocation.FIXED or obs.delta == 0:
             return Model(Kind.FIXED, last, 0, 0.0, False, obs.port_range)
