@@ -32,6 +32,7 @@ def send_packed(fdmap, nfd: int, plan: PackedPlan, timeout_ms: int = DEFAULT_TIM
         planned=st.planned, sent=st.sent, failed=st.failed, icmp_errors=st.icmp_errors,
         waits=st.waits, syscalls=st.syscalls, elapsed_s=st.elapsed_ns / 1e9,
         send_span_s=(st.last_ns - st.first_ns) / 1e9 if st.sent else 0.0, last_errno=st.last_errno,
+        last_ns=st.last_ns,
     )
 
 

@@ -10,7 +10,7 @@ import time
 from array import array
 from collections.abc import Sequence
 
-from .limits import ensure_fd_capacity
+from .limits import ensure_fd_capacity, limit_error
 from .plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
 from .pool import as_plan, validate_open_args
 from .recv import Woken
@@ -55,6 +55,8 @@ class PySocketPool:
         except OSError as e:
             for s in socks:
                 s.close()
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise limit_error(count) from None
             raise OSError(e.errno, f"opening {count} UDP sockets on {ip}: {e.strerror}") from None
         self._socks = socks
         self._ports = [s.getsockname()[1] for s in socks]
@@ -150,6 +152,7 @@ class PySocketPool:
             owned[j].setsockopt(socket.IPPROTO_IP, socket.IP_TTL, v)
         st.elapsed_s = time.perf_counter() - t0
         st.send_span_s = last - first
+        st.last_ns = time.monotonic_ns() if st.sent else 0  # perf_counter has no fixed epoch
         return st
 
     def _selector(self) -> selectors.BaseSelector:

@@ -160,6 +160,7 @@ class BurstStats:
     elapsed_s: float = 0.0
     send_span_s: float = 0.0  # first to last packet handed to the kernel
     last_errno: int = 0
+    last_ns: int = 0  # CLOCK_MONOTONIC (time.monotonic_ns) when the last packet went to the kernel
 
     def add(self, other: BurstStats) -> None:
         for k in ("planned", "sent", "failed", "icmp_errors", "waits", "syscalls"):
@@ -167,6 +168,7 @@ class BurstStats:
         self.elapsed_s = max(self.elapsed_s, other.elapsed_s)
         self.send_span_s = max(self.send_span_s, other.send_span_s)
         self.last_errno = other.last_errno or self.last_errno
+        self.last_ns = max(self.last_ns, other.last_ns)
 
 
 @dataclass(frozen=True)

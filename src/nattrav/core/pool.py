@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from collections.abc import Sequence
 
 from .._core import ffi, lib
 from .burst import DEFAULT_TIMEOUT_MS, send_packed
 from .errors import check
-from .limits import ensure_fd_capacity
+from .limits import ensure_fd_capacity, limit_error
 from .plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
 from .recv import Receiver
 
@@ -73,10 +74,10 @@ class SocketPool:
         self._fds = ffi.new("int[]", max(count, 1))
         self._ports = ffi.new("uint16_t[]", max(count, 1))
         bind_ports = ffi.new("uint16_t[]", ports) if ports else ffi.NULL
-        check(
-            lib.nt_pool_open(count, _ip_be(ip), bind_ports, flags, ttl or 0, self._fds, self._ports),
-            f"opening {count} UDP sockets on {ip}",
-        )
+        rc = lib.nt_pool_open(count, _ip_be(ip), bind_ports, flags, ttl or 0, self._fds, self._ports)
+        if rc in (-errno.EMFILE, -errno.ENFILE):
+            raise limit_error(count)
+        check(rc, f"opening {count} UDP sockets on {ip}")
         self.count = count
         self.ip = ip
         self._receiver: Receiver | None = None

@@ -101,7 +101,7 @@ class _Worker:
     async def next_message(self, doing: str) -> dict:
         while not self.inbox:
             try:
-                data, anc, _flags, _addr = await self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * MAX_FDS_PER_REPLY))
+                data, anc, _flags, _addr = await self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * MAX_FDS_PER_REPLY))
             except OSError:
                 data, anc = b"", []
             for level, kind, raw in anc:

@@ -33,8 +33,9 @@ class CEngine:
         if size <= self._nfd:
             return
         new = self._ffi.new("int[]", size)
-        for k in range(size):
-            new[k] = self._fdmap[k] if k < self._nfd else -1
+        self._ffi.buffer(new)[:] = array("i", [-1]).tobytes() * size
+        if self._nfd:
+            self._ffi.memmove(new, self._fdmap, self._nfd * self._ffi.sizeof("int"))
         self._fdmap, self._nfd = new, size
         self._reset_receiver()
 

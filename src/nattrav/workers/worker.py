@@ -56,7 +56,7 @@ class Worker:
         self.sock.sendall(encode(t, **fields))
 
     def read_more(self) -> bool:
-        data = self.sock.recv(1 << 20)
+        data = self.sock.recv(1 << 18)
         if not data:
             return False
         self.pending.extend(self.reader.feed(data))
