@@ -8,10 +8,10 @@ and, when the stream cannot be resynchronised, is disconnected. Nobody else noti
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field
 
 import trio
 
@@ -22,12 +22,46 @@ log = logging.getLogger("nattrav.rendezvous")
 READ_SIZE = 65536
 
 
-@dataclass
 class _ConnIO:
-    send: trio.MemorySendChannel
-    read_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    write_scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # cancelled: drop unsent frames
-    addr: tuple = ()
+    """Outbound frames of one connection, bounded in bytes.
+
+    A client's own requests are throttled by their replies: the reader stops reading while the queue
+    is above ``pause`` bytes. Frames caused by other peers (offers, cancels) cannot be throttled that
+    way, so past ``limit`` bytes the connection is dropped: a peer that does not read cannot make
+    the server hold memory for it.
+    """
+
+    def __init__(self, addr: tuple, pause: int, limit: int):
+        self.addr = addr
+        self.pause = pause
+        self.limit = limit
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued = 0
+        self.closing = False  # no more frames: the writer flushes, then ends
+        self.has_data = trio.Event()
+        self.below_pause = trio.Event()
+        self.below_pause.set()
+        self.read_scope = trio.CancelScope()
+        self.write_scope = trio.CancelScope()  # cancelled: unsent frames are dropped
+
+    def put(self, data: bytes) -> bool:
+        if self.queued + len(data) > self.limit:
+            return False
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.queued > self.pause:
+            self.below_pause = trio.Event() if self.below_pause.is_set() else self.below_pause
+        self.has_data.set()
+        return True
+
+    def taken(self, data: bytes) -> None:
+        self.queued -= len(data)
+        if self.queued <= self.pause:
+            self.below_pause.set()
+
+    def close(self) -> None:
+        self.closing = True
+        self.has_data.set()
 
 
 class _Dispatcher:
@@ -49,12 +83,8 @@ class _Dispatcher:
                         log.info("conn %d %s: error %s: %s", act.conn, io.addr, act.msg["code"], act.msg["message"])
                     elif kind in ("enrolled", "session"):
                         log.info("conn %d %s: %s %s", act.conn, io.addr, kind, act.msg.get("peer"))
-                    try:
-                        io.send.send_nowait(encode(act.msg))
-                    except trio.WouldBlock:
-                        self._drop(act.conn, io, "peer does not read its frames")
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self._drop(act.conn, io, "writer gone")
+                    if not io.closing and not io.put(encode(act.msg)):
+                        self._drop(act.conn, io, f"peer does not read its frames ({io.queued} bytes queued)")
                 elif isinstance(act, Close):
                     log.info("conn %d %s: closing: %s", act.conn, io.addr, act.reason)
                     io.read_scope.cancel()
@@ -66,6 +96,7 @@ class _Dispatcher:
         log.info("conn %d %s: dropping: %s", conn, io.addr, reason)
         io.read_scope.cancel()
         io.write_scope.cancel()
+        io.close()
         if conn in self.state.conns:
             self.state.connection_lost(conn, trio.current_time())
 
@@ -87,7 +118,8 @@ async def serve_rendezvous(
     task_status=trio.TASK_STATUS_IGNORED,
     state: RendezvousServer | None = None,
     max_connections: int = 10_000,
-    send_queue: int = 64,
+    pause_reading: int = 256 * 1024,
+    max_queued: int = 1024 * 1024,
     write_timeout: float = 10.0,
     **state_options,
 ) -> None:
@@ -102,16 +134,22 @@ async def serve_rendezvous(
     ids = itertools.count(1)
     listeners = await trio.open_tcp_listeners(port, host=host)
 
-    async def writer(conn: int, stream: trio.SocketStream, frames: trio.MemoryReceiveChannel, io: _ConnIO):
-        async with frames:
-            with io.write_scope:
-                try:
-                    async for data in frames:
+    async def writer(conn: int, stream: trio.SocketStream, io: _ConnIO):
+        with io.write_scope:
+            try:
+                while True:
+                    while io.queue:
+                        data = io.queue.popleft()
                         with trio.fail_after(write_timeout):
                             await stream.send_all(data)
-                except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    disp._drop(conn, io, f"write failed: {type(exc).__name__}")
-                    disp.run()
+                        io.taken(data)
+                    if io.closing:
+                        return
+                    io.has_data = trio.Event()
+                    await io.has_data.wait()
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                disp._drop(conn, io, f"write failed: {type(exc).__name__}")
+                disp.run()
 
     async def handler(stream: trio.SocketStream) -> None:
         conn = next(ids)
@@ -124,17 +162,17 @@ async def serve_rendezvous(
             log.warning("refusing %s: %d connections open", addr, len(disp.conns))
             await trio.aclose_forcefully(stream)
             return
-        send, frames = trio.open_memory_channel(send_queue)
-        io = _ConnIO(send, addr=tuple(addr))
+        io = _ConnIO(tuple(addr), pause_reading, max_queued)
         disp.conns[conn] = io
         try:
             state.connection_made(conn, addr, trio.current_time())
             disp.run()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(writer, conn, stream, frames, io)
+                nursery.start_soon(writer, conn, stream, io)
                 with io.read_scope:
                     try:
                         while True:
+                            await io.below_pause.wait()
                             data = await stream.receive_some(READ_SIZE)
                             if not data:
                                 break
@@ -147,7 +185,7 @@ async def serve_rendezvous(
                 if conn in state.conns:
                     state.connection_lost(conn, trio.current_time())
                     disp.run()
-                send.close()  # the writer flushes what is queued (a final error frame), then ends
+                io.close()  # the writer flushes what is queued (a final error frame), then ends
         finally:
             disp.conns.pop(conn, None)
             if conn in state.conns:  # cancelled from outside (server shutdown)

@@ -1,0 +1,257 @@
+"""Rendezvous server and client over real loopback TCP."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from nattrav.io.rendezvous_client import (
+    NameTaken,
+    PeerOffline,
+    Refused,
+    RendezvousError,
+    RendezvousTimeout,
+    ServerGone,
+    ServerUnreachable,
+    UnknownPeer,
+    open_rendezvous,
+)
+from nattrav.io.rendezvous_server import serve_rendezvous
+from nattrav.proto.rendezvous import SERVER_MESSAGES, FrameDecoder, RendezvousServer, encode, make
+
+
+async def start(nursery, **options):
+    state = RendezvousServer(**options)
+    addr = await nursery.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, state=state,
+                                                                    task_status=task_status))
+    return addr, state
+
+
+class Raw:
+    """A hand-driven client connection: send any bytes, read frames the server sends."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.dec = FrameDecoder(SERVER_MESSAGES)
+
+    @classmethod
+    async def open(cls, addr):
+        return cls(await trio.open_tcp_stream(*addr))
+
+    async def send(self, data: bytes):
+        await self.stream.send_all(data)
+
+    async def recv(self) -> dict | None:
+        while (msg := self.dec.next_message()) is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.dec.feed(data)
+        return msg
+
+
+async def test_connect_accept_end_to_end(nursery):
+    addr, state = await start(nursery, start_margin=0.3)
+    async with open_rendezvous(addr, info={"nat": "sym"}) as a, \
+            open_rendezvous(addr, name="bob", info={"nat": "cone"}) as b:
+        assert a.peer_id != b.peer_id and b.peer_id == "bob"
+        assert a.observed[0] == "127.0.0.1" and 0 < a.rtt < 1
+        got = {}
+
+        async def waiting_side():
+            offer = await b.next_offer()
+            assert offer.peer_id == a.peer_id and offer.peer_info["nat"] == "sym"
+            got["b"] = await b.accept(offer)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(waiting_side)
+            got["a"] = await a.connect("bob", timeout=5)
+        sa, sb = got["a"], got["b"]
+        assert sa.session_id == sb.session_id and sa.key == sb.key and len(sa.key) == 32
+        assert (sa.role, sb.role) == ("first", "second")
+        assert sa.peer_id == "bob" and sb.peer_id == a.peer_id
+        assert sa.peer_info["nat"] == "cone" and sa.peer_info["observed"][0] == "127.0.0.1"
+        assert abs(sa.start_at - sb.start_at) < 0.02
+        assert 0.1 < sa.start_in() <= 0.3
+        assert state.stats["sessions"] == 1
+
+
+async def test_errors_are_clear_exceptions(nursery):
+    addr, _ = await start(nursery, offer_timeout=5.0)
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        with pytest.raises(UnknownPeer, match="nobody"):
+            await a.connect("nobody")
+
+        async def refuse_one():
+            await b.refuse(await b.next_offer())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(refuse_one)
+            with pytest.raises(Refused):
+                await a.connect("bob")
+        with pytest.raises(NameTaken):
+            async with open_rendezvous(addr, name="bob"):
+                pass
+        async with open_rendezvous(addr, name="carol"):
+            pass
+        with pytest.raises(PeerOffline):
+            await a.connect("carol")
+        assert issubclass(PeerOffline, RendezvousError)
+
+
+async def test_offer_timeout_with_mock_clock(nursery, autojump_clock):
+    addr, _ = await start(nursery, offer_timeout=30.0)
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        t0 = trio.current_time()
+        with pytest.raises(RendezvousTimeout):
+            await a.connect("bob", timeout=20)  # bob never answers
+        assert 19.9 < trio.current_time() - t0 < 21
+        # the offer did reach bob, and its cancellation too: next_offer() skips it
+        assert len(b._cancelled) == 1
+        with trio.move_on_after(5) as idle:
+            await b.next_offer()
+        assert idle.cancelled_caught
+
+
+@pytest.fixture
+def slow_autojump_clock():
+    # Real loopback I/O runs under this clock: only jump after the loop has been idle a while.
+    return trio.testing.MockClock(autojump_threshold=0.1)
+
+
+async def test_silent_peer_expires_and_name_is_released(nursery, slow_autojump_clock):
+    addr, state = await start(nursery, keepalive=10.0, keepalive_timeout=30.0, retain=60.0)
+    raw = await Raw.open(addr)
+    await raw.send(encode(make("enroll", id=1, name="ghost")))
+    assert (await raw.recv())["t"] == "enrolled"
+    async with open_rendezvous(addr, name="alice") as a:
+        await trio.sleep(31)  # ghost never pings; the server closes it
+        err = await raw.recv()
+        assert err["code"] == "timeout" and "keepalive" in err["message"]
+        assert await raw.recv() is None
+        with pytest.raises(PeerOffline):
+            await a.connect("ghost")
+        await trio.sleep(61)  # alice's own keepalives keep her online meanwhile
+        with pytest.raises(UnknownPeer):
+            await a.connect("ghost")
+    assert "ghost" not in state.peers
+
+
+async def test_client_keepalive_keeps_it_online(nursery, slow_autojump_clock):
+    addr, state = await start(nursery, keepalive=5.0, keepalive_timeout=15.0)
+    async with open_rendezvous(addr, name="alice"), open_rendezvous(addr, name="bob") as b:
+        await trio.sleep(120)
+        assert sorted(state.online()) == ["alice", "bob"]
+        assert await b.ping() < 1
+
+
+async def test_garbage_and_vanishing_peers_do_not_disturb_others(nursery):
+    addr, state = await start(nursery, offer_timeout=5.0)
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        # recoverable garbage: a bad body under a sane length
+        raw = await Raw.open(addr)
+        await raw.send(b"\x00\x00\x00\x02\xc1\xc1")
+        err = await raw.recv()
+        assert err["code"] == "bad-frame"
+        await raw.send(encode(make("enroll", id=1)))
+        assert (await raw.recv())["t"] == "enrolled"
+        # unrecoverable garbage: the server answers, then hangs up
+        raw2 = await Raw.open(addr)
+        await raw2.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert (await raw2.recv())["code"] == "bad-frame"
+        assert await raw2.recv() is None
+        # a peer that vanishes with an offer pending: the initiator hears "offline"
+        victim = await Raw.open(addr)
+        await victim.send(encode(make("enroll", id=1, name="victim")))
+        assert (await victim.recv())["t"] == "enrolled"
+
+        async def vanish():
+            assert (await victim.recv())["t"] == "offer"
+            victim.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await victim.stream.aclose()  # RST
+
+        async with trio.open_nursery() as n:
+            n.start_soon(vanish)
+            with pytest.raises(PeerOffline, match="victim"):
+                await a.connect("victim")
+        # and the server still serves everyone else
+        async with trio.open_nursery() as n:
+            n.start_soon(lambda: _accept_next(b))
+            session = await a.connect("bob")
+        assert session.peer_id == "bob"
+        assert state.stats["bad_frames"] == 2
+
+
+async def _accept_next(rv):
+    await rv.accept(await rv.next_offer())
+
+
+async def test_peer_that_does_not_read_is_dropped(nursery):
+    addr, state = await start(nursery, offer_timeout=60.0, max_offers_per_peer=10_000)
+    # a client that enrolls, then never reads while others flood it with offers
+    sock = socket.create_connection(addr)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(encode(make("enroll", id=1, name="sink", info={"pad": "x" * 7000})))
+    async with open_rendezvous(addr, name="alice", info={"pad": "y" * 7000}) as a:
+        with trio.move_on_after(0.2):
+            while "sink" not in state.online():
+                await trio.sleep(0.01)
+        async with trio.open_nursery() as n:
+            for _ in range(400):
+                n.start_soon(_try_connect, a, "sink")
+            with trio.fail_after(20):
+                while "sink" in state.online():
+                    await trio.sleep(0.05)
+            n.cancel_scope.cancel()
+        assert await a.ping() < 1  # alice unaffected
+    sock.close()
+
+
+async def _try_connect(rv, target):
+    try:
+        await rv.connect(target, timeout=30)
+    except RendezvousError:
+        pass
+
+
+async def test_many_concurrent_sessions(nursery):
+    addr, state = await start(nursery)
+    n_pairs = 40
+
+    async def pair(i):
+        async with open_rendezvous(addr, name=f"t{i}") as t, open_rendezvous(addr) as c:
+            async with trio.open_nursery() as n:
+                n.start_soon(_accept_next, t)
+                s = await c.connect(f"t{i}")
+            assert s.peer_id == f"t{i}"
+
+    async with trio.open_nursery() as n:
+        for i in range(n_pairs):
+            n.start_soon(pair, i)
+    assert state.stats["sessions"] == n_pairs
+
+
+async def test_unreachable_server_and_server_going_away(nursery):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}"):
+        async with open_rendezvous(("127.0.0.1", port)):
+            pass
+    async with trio.open_nursery() as inner:
+        addr = await inner.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, task_status=task_status))
+        async with open_rendezvous(addr, name="alice") as a:
+            inner.cancel_scope.cancel()
+            with pytest.raises(ServerGone):
+                with trio.fail_after(5):
+                    await a.next_offer()
+
+
+def test_info_is_validated_locally():
+    with pytest.raises(ValueError, match="node info"):
+        trio.run(lambda: open_rendezvous(("127.0.0.1", 1), info={"x": "y" * 10_000}).__aenter__())
