@@ -694,8 +694,9 @@ def _reason(strategy: Strategy, local: Side, remote: Side, a: Attempt) -> str:
     L, R = local.describe(), remote.describe()
     if strategy is Strategy.DIRECT:
         who = "the remote" if remote.reachable else "this"
-        return (f"{who} side is reachable unasked ({R if remote.reachable else L}): one packet each way "
-                "through the mapping the sender's own packet creates")
+        return (f"local: {L}; remote: {R}: {who} side is reachable unasked (no NAT, or "
+                "endpoint-independent mapping and filtering), so the other side's packet gets in and "
+                "the answer goes back through the mapping that packet created")
     if strategy is Strategy.SIMULTANEOUS:
         return (f"both mappings are endpoint-independent (local: {L}; remote: {R}): each side sends "
                 "from its STUN socket to the other's mapped endpoint, a low-TTL packet first")

@@ -1,0 +1,277 @@
+"""Strategy planning for every pair of NAT classes: the cheapest strategy, its size, its odds."""
+
+import itertools
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nattrav.proto.plan import (
+    FLOW_TABLE_CAP,
+    STRATEGIES,
+    PlanError,
+    Strategy,
+    birthday_miss,
+    needed,
+    plan,
+    probes_for,
+    side_from_report,
+    simulate,
+)
+from nattrav.proto.predict import ReportError
+
+# One report per NAT class, shaped like the lab presets (samples: one socket to S1 then S2).
+CLASSES = {
+    "none": dict(nat=False, mapping="EIM", filtering="EIF", samples=[40000, 40000]),
+    "full-cone": dict(mapping="EIM", filtering="EIF", samples=[40000, 40000]),
+    "restricted-cone": dict(mapping="EIM", filtering="ADF", samples=[40000, 40000]),
+    "port-restricted": dict(mapping="EIM", filtering="APDF", samples=[40000, 40000]),
+    "symmetric-seq": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=1,
+                          one_socket=[{"port": 20000, "t": 0.0}, {"port": 20001, "t": 0.01}]),
+    "symmetric-seq-2": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=2,
+                            one_socket=[{"port": 20000, "t": 0.0}, {"port": 20002, "t": 0.01}]),
+    "symmetric-seq-7": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=7,
+                            one_socket=[{"port": 20000, "t": 0.0}, {"port": 20007, "t": 0.01}]),
+    "adm": dict(mapping="ADM", filtering="APDF", allocation="sequential", delta=1,
+                one_socket=[{"port": 20000, "t": 0.0}, {"port": 20001, "t": 0.01}]),
+    "symmetric-random": dict(mapping="APDM", filtering="APDF", allocation="random",
+                             samples=[31234, 5001]),
+}
+for i, (name, rep) in enumerate(CLASSES.items()):
+    rep["public_ip"] = f"203.0.113.{10 + i}"
+
+EXPECTED = {
+    # (first, second) class kinds -> strategy; "cone" = EIM with APDF, "rcone" = EIM with ADF
+    ("reach", "*"): Strategy.DIRECT,
+    ("rcone", "cone"): Strategy.SIMULTANEOUS,
+    ("rcone", "rcone"): Strategy.SIMULTANEOUS,
+    ("cone", "cone"): Strategy.SIMULTANEOUS,
+    ("rcone", "seq"): Strategy.ADDRESS_OPEN,
+    ("rcone", "random"): Strategy.ADDRESS_OPEN,
+    ("cone", "seq"): Strategy.PREDICTED,
+    ("seq", "seq"): Strategy.PREDICTED,
+    ("cone", "random"): Strategy.BIRTHDAY,
+    ("seq", "random"): Strategy.RANDOM_SEQUENTIAL,
+    ("random", "random"): Strategy.BEST_EFFORT,
+}
+KIND = {"none": "reach", "full-cone": "reach", "restricted-cone": "rcone", "port-restricted": "cone",
+        "symmetric-seq": "seq", "symmetric-seq-2": "seq", "symmetric-seq-7": "seq", "adm": "seq",
+        "symmetric-random": "random"}
+
+
+def expected(a: str, b: str) -> Strategy:
+    ka, kb = KIND[a], KIND[b]
+    if "reach" in (ka, kb):
+        return Strategy.DIRECT
+    return EXPECTED.get((ka, kb)) or EXPECTED[(kb, ka)]
+
+
+PAIRS = list(itertools.product(CLASSES, CLASSES))
+
+
+@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}~{b}" for a, b in PAIRS])
+def test_every_pair_gets_the_cheapest_strategy_and_both_sides_agree(a, b):
+    p1 = plan(CLASSES[a], CLASSES[b], "first")
+    p2 = plan(CLASSES[b], CLASSES[a], "second")
+    assert p1.strategy is expected(a, b)
+    # Both peers compute the same plan, mirrored: what I do is what the peer expects me to do.
+    assert p2.strategy is p1.strategy and p2.odds == p1.odds
+    assert [x.strategy for x in p1.attempts] == [x.strategy for x in p2.attempts]
+    for x, y in zip(p1.attempts, p2.attempts):
+        assert x.local == y.remote and x.remote == y.local
+    prim = p1.primary
+    # Exactly one side opens with a low TTL first in every strategy but best-effort's symmetric guess.
+    assert prim.local.opens != prim.remote.opens
+    assert p1.feasible == (p1.strategy is not Strategy.BEST_EFFORT)
+    if p1.feasible:
+        assert p1.odds >= 0.97
+        if p1.strategy not in (Strategy.RANDOM_SEQUENTIAL,):
+            assert p1.odds >= 0.999
+    # Every port a side sends to is a real port.
+    for part in (prim.local, prim.remote):
+        assert all(1 <= port <= 65535 for port in part.targets)
+        assert part.flows <= FLOW_TABLE_CAP
+    # The reason uses RFC 4787 words for both NATs.
+    assert "mapping" in p1.reason and "filtering" in p1.reason
+    assert p1.timeout > 0
+
+
+def test_cheap_strategies_cost_one_or_two_packets():
+    for a, b in [("full-cone", "symmetric-random"), ("port-restricted", "port-restricted"),
+                 ("restricted-cone", "symmetric-seq")]:
+        p = plan(CLASSES[a], CLASSES[b], "first")
+        assert p.primary.local.packets == 1 and p.primary.remote.packets == 1
+
+
+def test_cone_and_sequential_window_is_on_the_cone_side_with_low_ttl():
+    p = plan(CLASSES["port-restricted"], CLASSES["symmetric-seq"], "first")
+    me, peer = p.primary.local, p.primary.remote
+    # the paper's order: the cone side sends low-TTL packets to the predicted ports, the sequential
+    # side answers with a normal TTL to the cone's one known endpoint (no unsolicited packet at all)
+    assert me.opens and not peer.opens
+    assert me.targets[:3] == (20002, 20003, 20004)
+    assert peer.targets == (40000,)
+    assert p.local.prediction.covered == 1.0
+
+
+def test_step_seven_targets_move_by_seven():
+    p = plan(CLASSES["port-restricted"], CLASSES["symmetric-seq-7"], "first")
+    t = p.primary.local.targets
+    assert t[0] == 20014 and all((x - 20007) % 7 == 0 for x in t)
+
+
+def test_sequential_pair_uses_giant_step_two():
+    p = plan(CLASSES["symmetric-seq"], CLASSES["symmetric-seq"], "first")
+    opener = p.primary.local if p.primary.local.opens else p.primary.remote
+    other = p.primary.remote if p.primary.local.opens else p.primary.local
+    assert list(opener.targets[:4]) == [20002, 20003, 20004, 20005]  # baby steps over its peer
+    assert list(other.targets[:4]) == [20002, 20004, 20006, 20008]  # giant steps of 2Δ
+
+
+@pytest.mark.parametrize("op,ot", list(itertools.product(
+    ["symmetric-seq", "symmetric-seq-2", "adm", "port-restricted", "restricted-cone"],
+    ["symmetric-seq", "symmetric-seq-7", "adm", "port-restricted"])))
+def test_closed_form_needs_match_brute_force(op, ot):
+    opener, other = side_from_report(CLASSES[op]), side_from_report(CLASSES[ot])
+    for u, v in itertools.product(range(7), range(7)):
+        n_open, n_other = needed(opener, other, u, v)
+        assert simulate(opener, other, n_open, n_other, u, v)
+        # and they are the least: one probe fewer on either side misses
+        if n_open > 1:
+            assert not simulate(opener, other, n_open - 1, n_other, u, v)
+        if n_other > 1:
+            assert not simulate(opener, other, n_open, n_other - 1, u, v)
+
+
+@pytest.mark.parametrize("a,b", [("port-restricted", "symmetric-seq"), ("symmetric-seq", "symmetric-seq"),
+                                 ("symmetric-seq-7", "adm"), ("adm", "symmetric-seq-2")])
+def test_predicted_plan_works_in_a_simulated_pair_of_nats_at_the_stated_odds(a, b):
+    """Draw each NAT's background allocations from its predicted distribution, play the plan's
+    exact packets through two model NATs, count connections."""
+    p = plan(CLASSES[a], CLASSES[b], "first")
+    first, second = p.local, p.remote
+    prim = p.primary
+    rng = random.Random(7)
+    trials, ok = 3000, 0
+    for _ in range(trials):
+        u = _draw(rng, first.prediction.noise) if first.sequential else 0
+        v = _draw(rng, second.prediction.noise) if second.sequential else 0
+        fa = _flows(first, u, prim.local.targets)
+        fb = _flows(second, v, prim.remote.targets)
+        opener_flows, other_flows = (fa, fb) if prim.local.opens else (fb, fa)
+        ok += any((dst, src) in opener_flows for src, dst in other_flows)
+    assert ok / trials >= p.odds - 0.01
+
+
+def _draw(rng, pmf):
+    x, acc = rng.random(), 0.0
+    for n, q in enumerate(pmf):
+        acc += q
+        if x < acc:
+            return n
+    return len(pmf)
+
+
+def _flows(side, noise, dests):
+    out, seen = set(), {}
+    for d in dests:
+        if d not in seen:
+            if side.fixed:
+                seen[d] = side.port
+            elif side.consumes:
+                seen[d] = side.next_port(noise + len(seen))
+            else:
+                seen[d] = side.next_port(noise)
+        out.add((seen[d], d))
+    return out
+
+
+def test_birthday_formula_matches_known_numbers():
+    # Tailscale's figures: 256 sockets, 1024 probes ~ 98%; 2048 probes ~ 99.9% (N = 65536)
+    assert 1 - birthday_miss(65536, 256, 1024) == pytest.approx(0.982, abs=0.002)
+    assert 1 - birthday_miss(65536, 256, 2048) == pytest.approx(0.9997, abs=0.0003)
+    # without replacement is a little better than the (1 - s/N)^p approximation
+    assert birthday_miss(65536, 256, 1024) < (1 - 256 / 65536) ** 1024
+    p = probes_for(64512, 256, 0.999, 100000)
+    assert 1 - birthday_miss(64512, 256, p) >= 0.999 > 1 - birthday_miss(64512, 256, p - 1)
+
+
+def test_birthday_plan_sizes():
+    p = plan(CLASSES["symmetric-random"], CLASSES["port-restricted"], "first")
+    rnd, eim = p.primary.local, p.primary.remote
+    assert rnd.opens and rnd.sockets >= 256 and rnd.targets == (40000,)
+    assert eim.random_probes >= 1000 and not eim.opens
+    assert p.odds >= 0.999
+    assert "C(N-256" in p.reason
+
+
+def test_random_sequential_stays_under_the_flow_table_and_states_odds():
+    p = plan(CLASSES["symmetric-random"], CLASSES["symmetric-seq"], "first")
+    rnd, seq = p.primary.local, p.primary.remote
+    assert rnd.sockets * len(rnd.targets) <= FLOW_TABLE_CAP
+    assert seq.random_probes <= FLOW_TABLE_CAP
+    assert rnd.sockets >= 256 and rnd.opens
+    # ~1 - exp(-s·W/N) at the flow cap: about 97-98%, and the reason says so
+    assert 0.95 < p.odds < 0.99
+    assert f"{p.odds:.2%}" in p.reason
+    expected_odds = 1 - (1 - rnd.sockets / 64512) ** (len(rnd.targets) - 1)
+    assert p.odds == pytest.approx(expected_odds, abs=0.01)
+
+
+def test_random_pair_fails_fast_with_a_reason_naming_both_nats():
+    p = plan(CLASSES["symmetric-random"], CLASSES["symmetric-random"], "second")
+    assert not p.feasible and p.strategy is Strategy.BEST_EFFORT
+    msg = p.failure_message()
+    assert msg.count("address-and-port-dependent mapping") == 2 and "random ports" in msg
+    assert "relay" in msg and "%" in msg
+    assert p.odds < 0.01 and p.timeout <= 5
+
+
+def test_happy_eyeballs_order_is_by_cost():
+    p = plan(CLASSES["full-cone"], CLASSES["port-restricted"], "first")
+    assert [a.strategy for a in p.attempts] == [Strategy.DIRECT, Strategy.SIMULTANEOUS]
+    assert p.attempts[1].delay > p.attempts[0].delay
+    costs = [STRATEGIES[a.strategy].cost for a in p.attempts]
+    assert costs == sorted(costs)
+    # a consuming NAT never races a second attempt (it would move the predicted ports)
+    assert len(plan(CLASSES["port-restricted"], CLASSES["symmetric-seq"], "first").attempts) == 1
+
+
+def test_nat_behavior_report_with_binding_samples():
+    rep = {"mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
+           "public_ip": "203.0.113.10", "nat": True,
+           "samples": [{"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.1", 3478],
+                        "mapped": ["203.0.113.10", 41000], "t": 0.0},
+                       {"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.2", 3478],
+                        "mapped": ["203.0.113.10", 41001], "t": 0.01}]}
+    side = side_from_report(rep)
+    assert side.sequential and side.port == 41001 and side.next_port(0) == 41002
+
+
+def test_misuse_and_bad_reports():
+    with pytest.raises(PlanError):
+        plan(CLASSES["full-cone"], CLASSES["full-cone"], "third")
+    with pytest.raises(ReportError):
+        plan({"mapping": "EIM"}, CLASSES["full-cone"], "first")  # no endpoint
+    with pytest.raises(ReportError):
+        plan(dict(CLASSES["full-cone"], mapping="sideways"), CLASSES["full-cone"], "first")
+    with pytest.raises(ReportError):
+        plan(dict(CLASSES["full-cone"], public_ip="not-an-ip"), CLASSES["full-cone"], "first")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(["mapping", "filtering", "allocation", "delta", "samples", "public", "public_ip",
+                     "nat", "one_socket", "port_range"]),
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 70000), st.text(max_size=8),
+              st.sampled_from(["EIM", "APDM", "ADF", "random", "sequential", "203.0.113.9"]),
+              st.lists(st.one_of(st.integers(0, 70000), st.text(max_size=3)), max_size=4))))
+def test_any_peer_report_plans_or_raises_report_error(report):
+    try:
+        p = plan(CLASSES["port-restricted"], report, "first")
+    except ReportError:
+        return
+    assert 0.0 <= p.odds <= 1.0 and p.attempts
+    assert math.isfinite(p.timeout)
