@@ -1,0 +1,131 @@
+"""nattrav-server as a separate process: flags, exit codes, and clients in another process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from nattrav.io.rendezvous_client import open_rendezvous
+
+SERVER = [sys.executable, "-m", "nattrav.server_cli"]
+
+
+def run_cli(*args, timeout=20):
+    return subprocess.run([*SERVER, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--listen", "127.0.0.1:70000"], "bad port"),
+        (["--stun", "1.2.3"], "not an IPv4 address"),
+        (["--stun", "127.0.0.1,127.0.0.1"], "must differ"),
+        (["--stun-ports", "5,5"], "two distinct ports"),
+        (["--offer-timeout", "0"], "must be > 0"),
+        (["--nonsense"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(args, message):
+    cp = run_cli(*args)
+    assert cp.returncode == 2
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("nattrav-server: error:")
+
+
+def test_help_explains():
+    cp = run_cli("--help")
+    assert cp.returncode == 0
+    for word in ("--listen", "--stun", "never relays payload", "exit codes"):
+        assert word in cp.stdout
+
+
+def test_port_in_use_is_one_line_exit_1():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cp = run_cli("--listen", f"127.0.0.1:{port}")
+    assert cp.returncode == 1
+    assert cp.stderr.strip() == f"nattrav-server: cannot listen on rendezvous 127.0.0.1:{port}: Address already in use"
+
+
+def test_stun_on_a_foreign_address_is_one_line_exit_1():
+    cp = run_cli("--listen", "127.0.0.1:0", "--stun", "192.0.2.7,192.0.2.8")
+    assert cp.returncode == 1
+    assert "cannot start STUN on 192.0.2.7,192.0.2.8" in cp.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def server_process():
+    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--json-log", "-v", "--start-margin", "0.4"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = json.loads(p.stdout.readline())
+        host, port = line["address"].rsplit(":", 1)
+        yield p, (host, int(port))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+async def test_clients_across_processes_get_a_common_start_time(server_process):
+    proc, addr = server_process
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        # The server runs in another process with an unrelated Trio clock (trio adds a random
+        # offset per run): start_at is only right if the client mapped the server's clock.
+        got = {}
+
+        async def bob():
+            got["b"] = await b.accept(await b.next_offer())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(bob)
+            got["a"] = await a.connect("bob", timeout=5)
+        sa, sb = got["a"], got["b"]
+        assert sa.key == sb.key
+        assert abs(sa.start_at - sb.start_at) < 0.01
+        assert 0.2 < sa.start_in() <= 0.41
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    assert any("session" in rec["msg"] for rec in logs)
+    assert all({"ts", "level", "logger", "msg"} <= set(rec) for rec in logs)
+
+
+def test_stun_and_rendezvous_in_one_process():
+    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1", "--stun-ports", "0,0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.wait(20)
+    assert p.returncode == 2  # ports 0 are refused up front: STUN must know its ports to announce them
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    ports = f"{free},{free + 1 if free < 65535 else free - 1}"
+    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1", "--stun-ports", ports],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = p.stdout.readline(), p.stdout.readline()
+        if not second.startswith("stun"):
+            p.wait(10)
+            pytest.fail(f"no stun line: {first!r} {second!r} {p.stderr.read()}")
+        assert first.startswith("rendezvous listening")
+        # a bare STUN binding request gets an answer naming our address
+        req = bytes.fromhex("0001 0000 2112a442") + b"\x01" * 12
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(req, ("127.0.0.1", free))
+            data, _ = s.recvfrom(2048)
+        assert data[:2] == b"\x01\x01" and data[8:20] == b"\x01" * 12  # success response, same txid
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
