@@ -268,10 +268,11 @@ class Part:
     delay: float = 0.0
     interval: float = 0.2
     rate: float = 0.0  # packets per second for the big bursts, 0 = as fast as possible
+    spread: bool = False  # every socket sends its own random_probes (else only the STUN socket)
 
     @property
     def packets(self) -> int:
-        return self.sockets * len(self.targets) + self.random_probes
+        return self.sockets * len(self.targets) + self.random_probes * (self.sockets if self.spread else 1)
 
     @property
     def flows(self) -> int:
@@ -684,9 +685,9 @@ def _best_effort(first: Side, second: Side, flows: int) -> Attempt:
     odds = 1 - math.exp(-expected)
     return Attempt(Strategy.BEST_EFFORT,
                    Part(second.ip, (), random_probes=per, peer_range=second.port_range, sockets=sockets,
-                        opens=True, interval=1.0),
+                        opens=True, interval=1.0, spread=True),
                    Part(first.ip, (), random_probes=per, peer_range=first.port_range, sockets=sockets,
-                        opens=False, delay=0.1, interval=1.0),
+                        opens=False, delay=0.1, interval=1.0, spread=True),
                    odds=odds, timeout=2.0)
 
 

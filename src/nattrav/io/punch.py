@@ -1,0 +1,381 @@
+"""Trio executor of a punch Plan: send what the plan says, run the handshake, return the path.
+
+The socket whose mapping STUN learned is used as is (never closed or replaced before punching: its
+NAT mapping is the whole point). Bursts open extra sockets, here with the socket module (or, when a
+burst coordinator from nattrav.workers is given, in its worker processes). Attempts race the
+happy-eyeballs way in one nursery: each starts after its delay, the first authenticated ACK/CONFIRM
+wins, everything else is cancelled and every socket we opened that did not win is closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import resource
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..proto import punch as _proto
+from ..proto.plan import Attempt, Part, Plan, Strategy
+
+IGNORED_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
+RECV_SIZE = 2048
+MAX_LOW_TTL = 64
+CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confirmed
+
+
+class PunchFailed(Exception):
+    """No authenticated path within the plan's time. str() names both NAT behaviours and the odds."""
+
+    def __init__(self, message: str, plan: Plan | None = None) -> None:
+        super().__init__(message)
+        self.plan = plan
+
+
+@dataclass
+class Session:
+    """What the rendezvous gave both peers: the session key, our role, the agreed start (trio time)."""
+
+    key: bytes
+    role: str
+    start_at: float | None = None
+    nonce: bytes = field(default_factory=lambda: os.urandom(_proto.NONCE_LEN))
+
+    @classmethod
+    def from_rendezvous(cls, msg: Mapping[str, Any], received_at: float | None = None) -> Session:
+        """From the rendezvous "session" frame: its start_at is in the server's clock, so shift it by
+        the server's "now" to ours (one-way delay ignored: both peers are late by about the same)."""
+        if received_at is None:
+            received_at = trio.current_time()
+        start = msg.get("start_at")
+        now = msg.get("now")
+        local = received_at + (start - now) if start is not None and now is not None else None
+        return cls(bytes(msg["key"]), str(msg["role"]), local)
+
+
+def _as_session(session: Any) -> Session:
+    if isinstance(session, Session):
+        return session
+    if isinstance(session, Mapping):
+        return Session.from_rendezvous(session) if "now" in session else Session(
+            bytes(session["key"]), str(session["role"]), session.get("start_at"))
+    return Session(bytes(session.key), str(getattr(session.role, "value", session.role)),
+                   getattr(session, "start_at", None))
+
+
+def _now_ns() -> int:
+    return int(trio.current_time() * 1e9)
+
+
+class PunchedPath:
+    """An authenticated UDP path to the peer. Not thread-safe; one reader at a time."""
+
+    def __init__(self, sock: Any, peer_addr: tuple[str, int], rtt: float, strategy: Strategy,
+                 proto: _proto.PunchSession, stats: dict[str, Any] | None = None) -> None:
+        self.sock = sock
+        self.peer_addr = peer_addr
+        self.rtt = rtt  # seconds, from the handshake
+        self.strategy = strategy
+        self.proto = proto
+        self.stats = stats or {}
+        self.closed_by_peer = False
+
+    async def send(self, data: bytes) -> None:
+        """Send a payload; longer than MAX_DATA is split into several DATA frames."""
+        data = bytes(data)
+        for i in range(0, max(len(data), 1), _proto.MAX_DATA):
+            await self.sock.sendto(self.proto.data(data[i : i + _proto.MAX_DATA]), self.peer_addr)
+
+    async def send_keepalive(self) -> None:
+        await self.sock.sendto(self.proto.keepalive(), self.peer_addr)
+
+    async def serve_keepalives(self, interval: float = 15.0) -> None:
+        """Run forever (in the caller's nursery): keep both NATs' mappings alive."""
+        while True:
+            await trio.sleep(interval)
+            await self.send_keepalive()
+
+    async def receive(self) -> bytes:
+        """The next payload from the peer. Answers late handshake packets on the way; drops anything
+        unauthenticated or from another address. Returns b"" once the peer closed the path."""
+        while True:
+            if self.closed_by_peer:
+                return b""
+            try:
+                data, addr = await self.sock.recvfrom(RECV_SIZE)
+            except OSError as exc:
+                if exc.errno in IGNORED_ERRNOS:
+                    continue
+                raise
+            if tuple(addr[:2]) != self.peer_addr:
+                continue
+            try:
+                got = self.proto.receive(data, _now_ns())
+            except _proto.BadPacket:
+                continue
+            for reply in got.replies:
+                await self.sock.sendto(reply, self.peer_addr)
+            if got.event is _proto.Event.HELLO:
+                continue  # the peer missed our ACK/CONFIRM; replied above
+            if got.event is _proto.Event.DATA and got.payload:
+                return got.payload
+            if got.event is _proto.Event.CLOSE:
+                self.closed_by_peer = True
+                return b""
+
+    async def aclose(self) -> None:
+        try:
+            if not self.proto.closed:
+                with trio.move_on_after(0.5):
+                    await self.sock.sendto(self.proto.close(), self.peer_addr)
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+
+    async def __aenter__(self) -> PunchedPath:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+# --- the race -----------------------------------------------------------------------------------
+
+
+def _raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def _random_ports(part: Part, rng: random.Random) -> list[int]:
+    lo, hi = part.peer_range
+    span = hi - lo + 1
+    count = min(part.random_probes, span)
+    return [lo + i for i in rng.sample(range(span), count)]
+
+
+class _Race:
+    def __init__(self, sock: Any, plan: Plan, session: Session, low_ttl: int,
+                 coordinator: Any, rng: random.Random) -> None:
+        self.sock = sock
+        self.plan = plan
+        self.session = session
+        self.low_ttl = low_ttl
+        self.coordinator = coordinator
+        self.rng = rng
+        self.proto = _proto.PunchSession(session.key, session.role, session.nonce)
+        self.normal_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+        self.extra: list[socket.socket] = []  # burst sockets we opened (stdlib, non-blocking)
+        self.low: set[int] = set()  # ids of sockets currently at the low TTL
+        self.winner: tuple[Any, tuple[str, int], int, Strategy] | None = None
+        self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
+        self.stats: dict[str, Any] = {"sent": 0, "received": 0, "rejected": 0, "attempts": []}
+        self.strategy_of: dict[int, Strategy] = {}
+        self.done = trio.Event()
+
+    # sending ---------------------------------------------------------------------------------
+
+    def _set_ttl(self, s: Any, low: bool) -> None:
+        if (id(s) in self.low) == low:
+            return
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.low_ttl if low else self.normal_ttl)
+        if low:
+            self.low.add(id(s))
+        else:
+            self.low.discard(id(s))
+
+    async def _send_raw(self, s: socket.socket, frame: bytes, addr: tuple[str, int]) -> None:
+        while True:
+            try:
+                s.sendto(frame, addr)
+                self.stats["sent"] += 1
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(s)
+            except OSError as exc:
+                if exc.errno in IGNORED_ERRNOS or exc.errno == errno.EPERM:
+                    return  # ICMP error queued from an earlier packet, or a firewall: go on
+                raise
+
+    async def _send_many(self, socks: list[Any], frame: bytes, ip: str, ports: list[int],
+                         rate: float) -> None:
+        """Every socket sends the frame to every port; paced at `rate` packets/s when set."""
+        if not ports or not socks:
+            return
+        start = trio.current_time()
+        n = 0
+        for port in ports:
+            for s in socks:
+                if s is self.sock:
+                    try:
+                        await self.sock.sendto(frame, (ip, port))
+                        self.stats["sent"] += 1
+                    except OSError as exc:
+                        if exc.errno not in IGNORED_ERRNOS:
+                            raise
+                else:
+                    await self._send_raw(s, frame, (ip, port))
+                n += 1
+                if n % 256 == 0:
+                    if rate:
+                        await trio.sleep_until(start + n / rate)
+                    else:
+                        await trio.sleep(0)  # let receivers run during big bursts
+
+    async def _attempt(self, attempt: Attempt) -> None:
+        part = attempt.local
+        await trio.sleep(attempt.delay + part.delay)
+        self.stats["attempts"].append(attempt.strategy.value)
+        socks: list[Any] = [self.sock]
+        if part.sockets > 1:
+            socks = await self._open_burst(part.sockets - 1, attempt.strategy) + [self.sock]
+        for s in socks:
+            self.strategy_of.setdefault(id(s), attempt.strategy)
+        # Random guesses: from the STUN socket only, or (spread) a fresh sample per socket.
+        guessers = socks if part.spread else socks[-1:]
+        probes = {id(s): _random_ports(part, self.rng) for s in guessers} if part.random_probes else {}
+        deadline = trio.current_time() + attempt.timeout
+        # Small parts resend every interval (same flows, so no new mappings); big bursts go twice.
+        rounds = 1_000_000 if part.packets <= 4096 else 2
+        while trio.current_time() < deadline and rounds > 0:
+            rounds -= 1
+            # Openers send with the low TTL until a socket has heard the peer; a socket that heard
+            # the peer has answered at the normal TTL and is left alone.
+            fresh = [s for s in socks if id(s) not in self.heard]
+            for s in fresh:
+                self._set_ttl(s, part.opens)
+            frame = self.proto.hello(_now_ns())
+            await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate)
+            for s in fresh:
+                if id(s) in probes:
+                    await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate)
+            await trio.sleep(part.interval)
+
+    async def _open_burst(self, count: int, strategy: Strategy) -> list[socket.socket]:
+        _raise_fd_limit(len(self.extra) + count)
+        ip = self.sock.getsockname()[0]
+        opened = []
+        try:
+            for _ in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                opened.append(s)
+                s.setblocking(False)
+                s.bind((ip, 0))
+        except OSError:
+            for s in opened:
+                s.close()
+            raise
+        self.extra.extend(opened)
+        for s in opened:
+            self._nursery.start_soon(self._recv_loop, s)
+        return opened
+
+    # receiving -------------------------------------------------------------------------------
+
+    async def _recv_loop(self, s: Any) -> None:
+        trio_sock = s is self.sock
+        while True:
+            try:
+                if trio_sock:
+                    data, addr = await s.recvfrom(RECV_SIZE)
+                else:
+                    await trio.lowlevel.wait_readable(s)
+                    try:
+                        data, addr = s.recvfrom(RECV_SIZE)
+                    except BlockingIOError:
+                        continue
+            except OSError as exc:
+                if exc.errno in IGNORED_ERRNOS:
+                    continue  # the ICMP time-exceeded of our own low-TTL packet
+                raise
+            addr = (addr[0], addr[1])
+            self.stats["received"] += 1
+            try:
+                got = self.proto.receive(data, _now_ns())
+            except _proto.BadPacket:
+                self.stats["rejected"] += 1
+                continue
+            if got.replies or got.event is _proto.Event.HELLO:
+                # The peer's packet came in: our NAT's mapping and filter are open on this socket,
+                # so answers go out at the normal TTL from now on.
+                self._set_ttl(s, False)
+                self.heard[id(s)] = (s, addr)
+            for reply in got.replies:
+                if trio_sock:
+                    await s.sendto(reply, addr)
+                else:
+                    await self._send_raw(s, reply, addr)
+            if got.event is _proto.Event.HELLO and not self.proto.established:
+                self._nursery.start_soon(self._resend_ack, s, addr)
+            if got.event in (_proto.Event.ESTABLISHED, _proto.Event.ACK) and self.winner is None:
+                self.winner = (s, addr, got.rtt or 0, self.strategy_of.get(id(s), self.plan.strategy))
+                self.done.set()
+                return
+
+    async def _resend_ack(self, s: Any, addr: tuple[str, int]) -> None:
+        # Our ACK may be lost, or the peer's CONFIRM: ask again until a CONFIRM arrives.
+        while not self.proto.established:
+            await trio.sleep(CONFIRM_RESEND)
+            ack = self.proto.ack(_now_ns())
+            if ack is None or self.proto.established:
+                return
+            if s is self.sock:
+                await s.sendto(ack, addr)
+            else:
+                await self._send_raw(s, ack, addr)
+
+    async def run(self) -> PunchedPath:
+        if self.session.start_at is not None:
+            await trio.sleep_until(self.session.start_at)
+        with trio.move_on_after(self.plan.timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._recv_loop, self.sock)
+                for attempt in self.plan.attempts:
+                    nursery.start_soon(self._attempt, attempt)
+                await self.done.wait()
+                nursery.cancel_scope.cancel()
+        if self.winner is None:
+            self._close_extra(keep=None)
+            self._restore_ttl()
+            assert scope.cancelled_caught
+            raise PunchFailed(self.plan.failure_message(), self.plan)
+        s, addr, rtt, strategy = self.winner
+        self._close_extra(keep=s)
+        self._restore_ttl()
+        self.stats["rejected"] = self.proto.rejected
+        path_sock = s if s is self.sock else trio.socket.from_stdlib_socket(s)
+        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.proto, self.stats)
+
+    def _restore_ttl(self) -> None:
+        if id(self.sock) in self.low:
+            self._set_ttl(self.sock, False)
+
+    def _close_extra(self, keep: Any) -> None:
+        for s in self.extra:
+            if s is not keep:
+                s.close()
+        if keep is not None and keep is not self.sock:
+            self._set_ttl(keep, False)
+
+
+async def punch(sock: Any, plan: Plan, session: Any, *, low_ttl: int = 2, coordinator: Any = None,
+                rng: random.Random | None = None) -> PunchedPath:
+    """Run the plan's attempts on `sock` (a trio UDP socket, the one STUN used) and return the path.
+
+    session: a Session, the rendezvous' "session" map, or anything with .key and .role (and
+    .start_at in trio time). Raises PunchFailed (message naming both NATs and the odds) on timeout.
+    """
+    if not 1 <= low_ttl <= 255:
+        raise ValueError(f"low_ttl must be in 1..255, got {low_ttl!r}")
+    race = _Race(sock, plan, _as_session(session), low_ttl, coordinator, rng or random.SystemRandom())
+    return await race.run()

@@ -1,0 +1,227 @@
+"""The Trio punch executor over loopback: two sockets punching each other with a known session key."""
+
+import dataclasses
+import os
+import socket
+
+import psutil
+import pytest
+import trio
+
+from nattrav.io.punch import PunchFailed, Session, punch
+from nattrav.proto import punch as proto
+from nattrav.proto.plan import Strategy, plan, probes_for
+
+KEY = os.urandom(32)
+LO = "127.0.0.1"
+
+
+async def udp(port=0):
+    s = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await s.bind((LO, port))
+    return s
+
+
+def report(sock, **kw):
+    return dict(public=[LO, sock.getsockname()[1]], **kw)
+
+
+OPEN = dict(nat=False, mapping="none", filtering="none")
+CONE = dict(mapping="EIM", filtering="APDF")
+
+
+async def run_pair(sa, sb, plan_a, plan_b, *, key=KEY, delay=0.05):
+    start = trio.current_time() + delay
+    out = {}
+
+    async def side(name, sock, pl, role):
+        out[name] = await punch(sock, pl, Session(key, role, start))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(side, "a", sa, plan_a, "first")
+        n.start_soon(side, "b", sb, plan_b, "second")
+    return out["a"], out["b"]
+
+
+async def exchange(pa, pb):
+    await pa.send(b"ping from a")
+    assert await pb.receive() == b"ping from a"
+    await pb.send(b"pong from b" * 300)  # > MAX_DATA: split into several frames
+    got = b""
+    while len(got) < 11 * 300:
+        got += await pa.receive()
+    assert got == b"pong from b" * 300
+
+
+async def test_direct_path_carries_data_and_measures_rtt():
+    sa, sb = await udp(), await udp()
+    ra, rb = report(sa, **OPEN), report(sb, **OPEN)
+    pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
+    assert pa.peer_addr == sb.getsockname() and pb.peer_addr == sa.getsockname()
+    assert pa.strategy is Strategy.DIRECT
+    assert 0 < pa.rtt < 1 and 0 < pb.rtt < 1
+    await exchange(pa, pb)
+    await pa.aclose()
+    assert await pb.receive() == b""  # the peer's CLOSE
+    await pb.aclose()
+
+
+async def test_cone_pair_simultaneous_uses_the_stun_socket():
+    sa, sb = await udp(), await udp()
+    ra, rb = report(sa, **CONE), report(sb, **CONE)
+    pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
+    assert pa.strategy is Strategy.SIMULTANEOUS and pa.sock is sa and pb.sock is sb
+    # the opener's socket is back at the normal TTL once the path is up
+    assert sa.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) > 2
+    await exchange(pa, pb)
+    await pa.aclose()
+    await pb.aclose()
+
+
+def _without_opener_reaching(pl, decoy):
+    """Make the opener's low-TTL packets go to a dead port, as they die in the network for real."""
+    attempts = []
+    for a in pl.attempts:
+        if a.local.opens:
+            a = dataclasses.replace(a, local=dataclasses.replace(a.local, targets=(decoy,)))
+        else:
+            a = dataclasses.replace(a, remote=dataclasses.replace(a.remote, targets=(decoy,)))
+        attempts.append(a)
+    return dataclasses.replace(pl, attempts=tuple(attempts))
+
+
+async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
+    sa, sb = await udp(), await udp()
+    decoy_sock = await udp()  # a bound port that never answers
+    decoy = decoy_sock.getsockname()[1]
+    pb_port = sb.getsockname()[1]
+    ra = report(sa, **CONE)
+    # B's NAT "was seen" at pb-2, pb-1 with Δ = 1: the predicted next mapping is B's real port
+    rb = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="sequential", delta=1,
+              one_socket=[{"port": pb_port - 2, "t": 0.0}, {"port": pb_port - 1, "t": 0.01}])
+    plan_a, plan_b = plan(ra, rb, "first"), plan(rb, ra, "second")
+    assert plan_a.strategy is Strategy.PREDICTED and plan_a.primary.local.opens
+    assert pb_port in plan_a.primary.local.targets
+    plan_a = _without_opener_reaching(plan_a, decoy)
+    plan_b = _without_opener_reaching(plan_b, decoy)
+    pa, pb = await run_pair(sa, sb, plan_a, plan_b)
+    assert pa.peer_addr == sb.getsockname() and pb.peer_addr == sa.getsockname()
+    await exchange(pa, pb)
+    # the decoy only ever saw low-TTL hellos from A
+    with trio.move_on_after(0.1):
+        while True:
+            data, addr = await decoy_sock.recvfrom(2048)
+            assert addr == sa.getsockname() and proto.decode(data).type is proto.FrameType.HELLO
+    await pa.aclose()
+    await pb.aclose()
+    decoy_sock.close()
+
+
+async def test_stray_and_forged_packets_do_not_win():
+    sa, sb = await udp(), await udp()
+    mallory = await udp()
+    ra, rb = report(sa, **CONE), report(sb, **CONE)
+    evil = proto.PunchSession(os.urandom(32), "second", b"MMMMMMMM")
+    # a frame with the right key but for another session nonce, replayed later by mallory
+    stale = proto.PunchSession(KEY, "second", b"SSSSSSSS").hello(0)
+    stop = trio.Event()
+
+    async def flood():
+        while not stop.is_set():
+            for target in (sa.getsockname(), sb.getsockname()):
+                for junk in (b"\x00" * 40, b"nT\x01\x01" + b"\x00" * 40, evil.hello(0), stale):
+                    await mallory.sendto(junk, target)
+            await trio.sleep(0.002)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(flood)
+        await trio.sleep(0.02)
+        pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
+        stop.set()
+    assert pa.peer_addr == sb.getsockname() and pb.peer_addr == sa.getsockname()
+    assert pa.stats["rejected"] + pb.stats["rejected"] > 0
+    await exchange(pa, pb)
+    await pa.aclose()
+    await pb.aclose()
+    mallory.close()
+
+
+async def test_wrong_session_key_never_connects():
+    sa, sb = await udp(), await udp()
+    ra, rb = report(sa, **OPEN), report(sb, **OPEN)
+    pl_a = plan(ra, rb, "first")
+    pl_b = plan(rb, ra, "second")
+    start = trio.current_time() + 0.02
+    failures = []
+
+    async def side(sock, pl, key, role):
+        try:
+            await punch(sock, pl, Session(key, role, start))
+        except PunchFailed as exc:
+            failures.append(str(exc))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(side, sa, pl_a, KEY, "first")
+        n.start_soon(side, sb, pl_b, os.urandom(32), "second")
+    assert len(failures) == 2 and all("no path" in f for f in failures)
+    sa.close()
+    sb.close()
+
+
+def _ephemeral_range():
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        lo, hi = map(int, f.read().split())
+    return lo, hi
+
+
+async def test_birthday_burst_finds_one_of_many_sockets_and_closes_the_rest():
+    """The random side opens many sockets (kernel-chosen ports, like a random NAT); its low-TTL
+    packets die (decoy); the other side's random probes over the port range find one of them."""
+    sr, se = await udp(), await udp()
+    decoy_sock = await udp()
+    lo, hi = _ephemeral_range()
+    rr = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
+              one_socket=[lo + 11, lo + 5000], port_range=[lo, hi])
+    re_ = report(se, **CONE)
+    plan_r, plan_e = plan(rr, re_, "first", birthday_sockets=64, target=0.999999), \
+        plan(re_, rr, "second", birthday_sockets=64, target=0.999999)
+    assert plan_r.strategy is Strategy.BIRTHDAY
+    assert plan_e.primary.local.random_probes == probes_for(hi - lo + 1, 64, 0.999999, 10**6)
+    plan_r = _without_opener_reaching(plan_r, decoy_sock.getsockname()[1])
+    plan_e = _without_opener_reaching(plan_e, decoy_sock.getsockname()[1])
+    fds_before = psutil.Process().num_fds()
+    with trio.fail_after(10):
+        pr, pe = await run_pair(sr, se, plan_r, plan_e)
+    assert pr.strategy is Strategy.BIRTHDAY
+    assert pr.sock is not sr  # one of the burst sockets won...
+    assert pe.peer_addr == pr.sock.getsockname()
+    # ...and every other burst socket is closed: only the winner is new
+    assert psutil.Process().num_fds() == fds_before + 1
+    await exchange(pr, pe)
+    await pr.aclose()
+    await pe.aclose()
+    sr.close()
+    decoy_sock.close()
+
+
+async def test_random_pair_fails_fast_naming_both_nats():
+    sa, sb = await udp(), await udp()
+    rnd = lambda s: dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
+                         one_socket=[40000, 12345], port_range=[20000, 20100])  # nobody listens there
+    pl_a, pl_b = plan(rnd(sa), rnd(sb), "first"), plan(rnd(sb), rnd(sa), "second")
+    assert not pl_a.feasible
+    t0 = trio.current_time()
+    with pytest.raises(PunchFailed) as info:
+        await punch(sa, pl_a, Session(KEY, "first"))
+    assert trio.current_time() - t0 <= pl_a.timeout + 1.0
+    msg = str(info.value)
+    assert msg.count("address-and-port-dependent mapping") == 2 and "relay" in msg and "%" in msg
+    sa.close()
+    sb.close()
+
+
+async def test_session_from_rendezvous_frame_shifts_start_to_local_clock():
+    now = trio.current_time()
+    s = Session.from_rendezvous({"key": KEY, "role": "second", "start_at": 1000.5, "now": 1000.0},
+                                received_at=now)
+    assert s.role == "second" and s.start_at == pytest.approx(now + 0.5)
