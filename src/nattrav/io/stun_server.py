@@ -178,7 +178,9 @@ def decide(
         resp.add(Attr.RESPONSE_ORIGIN, send_from)
         if other is not None:
             resp.add(Attr.OTHER_ADDRESS, other)
-    if config.software:
+    # RFC 3489 clients (pystun3 among them) walk attributes without padding: give them only the
+    # 3489 attributes, all multiples of 4 bytes long
+    if config.software and not req.classic:
         resp.add(Attr.SOFTWARE, config.software)
     padding = req.get(Attr.PADDING)
     if isinstance(padding, bytes) and not req.classic:

@@ -1,0 +1,98 @@
+"""Shared helpers for the STUN lab tests: start our server in the lab's server namespaces (either
+layout), run a probe in node "a", and say what the probe should report for a preset."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+from nattrav.lab.lab import Lab
+from nattrav.lab.spec import effective
+
+STUN_CLI = [sys.executable, "-m", "nattrav.stun_cli"]
+SECRET = "6e617474726176"  # control-link key for the two-host layout
+
+
+def _wait_ready(proc: subprocess.Popen, what: str, timeout: float = 10.0) -> None:
+    """Block until the server prints its "serving" line (it binds before printing)."""
+    line: list[str] = []
+
+    def read() -> None:
+        line.append(proc.stdout.readline())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not line or "serving" not in line[0]:
+        proc.kill()
+        out = (line[0] if line else "") + (proc.stdout.read() if proc.poll() is not None else "")
+        raise RuntimeError(f"{what} did not start: {out!r}")
+
+
+@contextlib.contextmanager
+def stun_servers(lab: Lab, layout: str) -> Iterator[tuple[str, int]]:
+    """Start our server(s); yields the address a client should probe."""
+    if layout == "rfc5780":
+        argvs = [("server", STUN_CLI + ["serve", "--ip", lab.S1, "--alt-ip", lab.S2])]
+    elif layout == "two-host":
+        argvs = [
+            ("server", STUN_CLI + ["serve", "--ip", lab.S1, "--alt-ip", lab.S3, "--peer", "--secret", SECRET]),
+            ("server2", STUN_CLI + ["serve", "--ip", lab.S3, "--alt-ip", lab.S1, "--peer", "--secret", SECRET]),
+        ]
+    else:
+        raise ValueError(layout)
+    procs = []
+    try:
+        for node, argv in argvs:
+            p = lab.popen(node, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            procs.append(p)
+            _wait_ready(p, f"STUN server in {node}")
+        yield (lab.S1, 3478)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def probe(lab: Lab, server: tuple[str, int], *extra: str) -> dict:
+    r = lab.run("a", STUN_CLI + ["probe", f"{server[0]}:{server[1]}", "--json", "--rto", "0.1", *extra],
+                timeout=60)
+    assert r.returncode == 0, f"probe failed ({r.returncode}): {r.stdout}\n{r.stderr}"
+    return json.loads(r.stdout)
+
+
+def expected(lab: Lab) -> dict:
+    """What `nattrav-stun probe` from node "a" must report for the lab's left NAT."""
+    eff = effective(lab.spec("a"))
+    if eff is None:  # a public host
+        return {"nat": False, "mapping": "EIM", "filtering": "EIF", "allocation": "preserve", "delta": 0,
+                "classic": "open internet"}
+    names = {"EIF": "full cone", "ADF": "restricted cone", "APDF": "port restricted cone"}
+    return {
+        "nat": True,
+        "mapping": eff["mapping"],
+        "filtering": eff["filtering"],
+        "allocation": eff["allocation"],
+        "delta": None if eff["allocation"] == "random" else eff["delta"],
+        "hairpin": eff["hairpin"],
+        "classic": names[eff["filtering"]] if eff["mapping"] == "EIM" else "symmetric",
+    }
+
+
+# what pystun3 (RFC 3489 algorithm) must conclude for each classic type
+PYSTUN_NAMES = {
+    "open internet": "Open Internet",
+    "full cone": "Full Cone",
+    "restricted cone": "Restric NAT",
+    "port restricted cone": "Restric Port NAT",
+    "symmetric": "Symmetric NAT",
+}
