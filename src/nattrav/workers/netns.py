@@ -109,9 +109,10 @@ def sink_pair(prefix: str) -> Iterator[dict]:
         # no ARP needed: the sink never answers anything
         ip("neigh", "add", "198.51.100.2", "lladdr", mac, "dev", "s0", "nud", "permanent", ns=src)
         ip("link", "set", "s0", "txqueuelen", "10000", ns=src)
-        rules = ("table netdev sink { chain in { type filter hook ingress device k0 priority -500; "
-                 "policy drop; } }")
-        subprocess.run(["ip", "netns", "exec", sink, "nft", rules], check=True, timeout=30)
+        rules = ("table netdev sink {\n chain drop_all {\n"
+                 "  type filter hook ingress device k0 priority -500; policy drop;\n }\n}\n")
+        subprocess.run(["ip", "netns", "exec", sink, "nft", "-f", "-"], input=rules, text=True, check=True,
+                       timeout=30)
         yield {"src": src, "sink": sink, "src_ip": "198.51.100.1", "sink_ip": "198.51.100.2"}
 
 

@@ -65,8 +65,9 @@ class Worker:
     def serve(self) -> int:
         self.send("hello", pid=os.getpid(), impl=self.engine.impl)
         while True:
-            if not self.pending and not self.read_more():
-                return 0  # the coordinator went away
+            while not self.pending:  # a big plan arrives in many reads
+                if not self.read_more():
+                    return 0  # the coordinator went away
             msg = self.pending.popleft()
             t = msg["t"]
             if t == "cancel":
