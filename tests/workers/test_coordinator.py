@@ -198,3 +198,26 @@ async def test_bad_arguments():
             await coord.set_ttl([0], 300)
         with pytest.raises(ValueError):
             await coord.listen("str", 1)
+
+
+async def test_big_plan_arrives_whole_and_is_sent_exactly_once():
+    # a plan of ~700 kB crosses the socketpair in many reads; the worker must wait for all of it
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel drops; senders never wait
+    sink.bind(("127.0.0.1", 0))
+    n = 65536
+    async with open_coordinator(2) as coord:
+        await coord.open_sockets(64, "127.0.0.1")
+        plan = Burst([i % 64 for i in range(n)], "127.0.0.1", [sink.getsockname()[1]] * n,
+                     [b"%08d" % i for i in range(n)])
+        assert await coord.fire(plan) == n
+        st = coord.last_fire
+        assert (st.planned, st.sent, st.failed) == (n, n, 0)
+    sink.close()
+
+
+async def test_worker_that_cannot_start_says_why():
+    with pytest.raises(WorkerError) as info:
+        async with open_coordinator(1, netns="nt-no-such-namespace-x"):
+            pass
+    assert "worker start failed" in str(info.value) and "nt-no-such-namespace-x" in str(info.value)
