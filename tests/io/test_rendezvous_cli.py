@@ -63,7 +63,7 @@ def test_stun_on_a_foreign_address_is_one_line_exit_1():
 
 @pytest.fixture
 def server_process():
-    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--json-log", "-v", "--start-margin", "0.4"],
+    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--json-log", "-v", "--start-margin", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = json.loads(p.stdout.readline())
@@ -93,8 +93,8 @@ async def test_clients_across_processes_get_a_common_start_time(server_process):
             got["a"] = await a.connect("bob", timeout=5)
         sa, sb = got["a"], got["b"]
         assert sa.key == sb.key
-        assert abs(sa.start_at - sb.start_at) < 0.01
-        assert 0.2 < sa.start_in() <= 0.41
+        assert abs(sa.start_at - sb.start_at) < 0.02
+        assert 1.0 < sa.start_in() <= 2.02  # the mapping errs by at most half a round trip
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]

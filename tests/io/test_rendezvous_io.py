@@ -55,7 +55,7 @@ class Raw:
 
 
 async def test_connect_accept_end_to_end(nursery):
-    addr, state = await start(nursery, start_margin=0.3)
+    addr, state = await start(nursery, start_margin=2.0)
     async with open_rendezvous(addr, info={"nat": "sym"}) as a, \
             open_rendezvous(addr, name="bob", info={"nat": "cone"}) as b:
         assert a.peer_id != b.peer_id and b.peer_id == "bob"
@@ -76,7 +76,7 @@ async def test_connect_accept_end_to_end(nursery):
         assert sa.peer_id == "bob" and sb.peer_id == a.peer_id
         assert sa.peer_info["nat"] == "cone" and sa.peer_info["observed"][0] == "127.0.0.1"
         assert abs(sa.start_at - sb.start_at) < 0.02
-        assert 0.1 < sa.start_in() <= 0.3
+        assert 1.0 < sa.start_in() <= 2.0  # generous: CI machines stall
         assert state.stats["sessions"] == 1
 
 
@@ -255,3 +255,18 @@ async def test_unreachable_server_and_server_going_away(nursery):
 def test_info_is_validated_locally():
     with pytest.raises(ValueError, match="node info"):
         trio.run(lambda: open_rendezvous(("127.0.0.1", 1), info={"x": "y" * 10_000}).__aenter__())
+
+
+async def test_late_reply_to_a_cancelled_request_is_ignored(nursery):
+    addr, _ = await start(nursery)
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        with trio.move_on_after(0.2) as gave_up:
+            await a.connect("bob", timeout=5)  # bob does not answer in time for alice's patience
+        assert gave_up.cancelled_caught
+        await b.refuse(await b.next_offer())  # the "refused" error for the cancelled connect comes late
+        await trio.sleep(0.05)
+        assert await a.ping() < 1  # alice's connection is fine
+
+        async with trio.open_nursery() as n:
+            n.start_soon(_accept_next, b)
+            assert (await a.connect("bob")).peer_id == "bob"

@@ -37,9 +37,9 @@ def frame(body: bytes) -> bytes:
 
 
 @FUZZ
-@given(st.binary(max_size=300))
-def test_random_bytes_raise_only_badframe(data):
-    dec = FrameDecoder()
+@given(st.binary(max_size=300), st.sampled_from([CLIENT_MESSAGES, SERVER_MESSAGES]))
+def test_random_bytes_raise_only_badframe(data, table):
+    dec = FrameDecoder(table)
     try:
         dec.feed(data)
         for _ in dec:
@@ -49,10 +49,10 @@ def test_random_bytes_raise_only_badframe(data):
 
 
 @FUZZ
-@given(st.binary(max_size=300))
-def test_random_bodies_raise_only_badframe(body):
+@given(st.binary(max_size=300), st.sampled_from([CLIENT_MESSAGES, SERVER_MESSAGES]))
+def test_random_bodies_raise_only_badframe(body, table):
     try:
-        decode_one(frame(body))
+        decode_one(frame(body), table)
     except BadFrame:
         pass
 

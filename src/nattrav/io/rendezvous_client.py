@@ -205,6 +205,8 @@ class RendezvousClient:
             self._cancelled[msg["offer"]] = f"{msg['code']}: {msg['message']}"
             if len(self._cancelled) > 1024:
                 self._cancelled.pop(next(iter(self._cancelled)))
+        elif rid is not None:
+            pass  # a late reply to a request its caller gave up on (cancelled): nobody wants it
         elif kind == "error":
             # An error not tied to a request: the server is about to close this connection.
             self._fail(ServerGone(f"server: {msg['code']}: {msg['message']}"))
