@@ -238,11 +238,12 @@ class Lab:
                 ipr = iprs[name] = IPRoute()
                 ipr.link("set", index=1, state="up")
             # Distinct ifindexes on the two ends matter: the kernel treats a veth whose ifindex equals
-            # its peer's as a non-urgent link event and activates its queue up to a second later.
+            # its peer's as a non-urgent link event and activates its queue up to a second later. The
+            # peer keeps an automatic (small) index, so an explicit one >= 100 here always differs.
             for k, link in enumerate(plan.links):
                 iprs[link.a].link(
-                    "add", ifname=link.a_if, kind="veth", index=100 + 2 * k,
-                    peer={"ifname": link.b_if, "net_ns_fd": fds[link.b], "index": 101 + 2 * k},
+                    "add", ifname=link.a_if, kind="veth", index=100 + k,
+                    peer={"ifname": link.b_if, "net_ns_fd": fds[link.b]},
                 )
             index: dict[tuple[str, str], int] = {}
 
