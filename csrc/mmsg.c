@@ -260,3 +260,80 @@ int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt
     }
     return got;
 }
+
+/* ---- STUN load generator (bench/bench_stun.py): the same load for every server under test ---- */
+
+#include <poll.h>
+
+int nt_stun_load(int fd, const nt_addr *server, int inflight, int duration_ms, uint64_t *out)
+{
+    if (fd < 0 || server == NULL || out == NULL || inflight <= 0 || inflight > MAX_BATCH ||
+        duration_ms <= 0)
+        return -EINVAL;
+    struct sockaddr_storage dst;
+    socklen_t dlen = to_sockaddr(server, &dst);
+    if (dlen == 0)
+        return -EAFNOSUPPORT;
+    static __thread uint8_t req[MAX_BATCH][STUN_HDR];
+    static __thread uint8_t resp[MAX_BATCH][256];
+    struct mmsghdr msgs[MAX_BATCH];
+    struct iovec iov[MAX_BATCH];
+    uint64_t counter = 0, sent = 0, received = 0, stalls = 0;
+    int outstanding = 0;
+    int64_t end = now_ms() + duration_ms;
+    while (now_ms() < end) {
+        int k = inflight - outstanding;
+        if (k > 0) {
+            for (int i = 0; i < k; i++) {
+                uint8_t *r = req[i];
+                memset(r, 0, STUN_HDR);
+                r[1] = 0x01;
+                r[4] = 0x21; r[5] = 0x12; r[6] = 0xA4; r[7] = 0x42;
+                uint64_t c = ++counter; /* a fresh transaction ID every time: no replays */
+                memcpy(r + 8, &c, sizeof c);
+                iov[i].iov_base = r;
+                iov[i].iov_len = STUN_HDR;
+                memset(&msgs[i], 0, sizeof msgs[i]);
+                msgs[i].msg_hdr.msg_iov = &iov[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+                msgs[i].msg_hdr.msg_name = &dst;
+                msgs[i].msg_hdr.msg_namelen = dlen;
+            }
+            int n = sendmmsg(fd, msgs, (unsigned)k, MSG_DONTWAIT);
+            if (n > 0) {
+                sent += (uint64_t)n;
+                outstanding += n;
+            }
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, 20);
+        if (pr == 0) {
+            /* nothing for 20 ms: whatever was in flight is lost; start a fresh window */
+            outstanding = 0;
+            stalls++;
+            continue;
+        }
+        if (pr < 0 && errno != EINTR)
+            return -errno;
+        for (int i = 0; i < MAX_BATCH; i++) {
+            iov[i].iov_base = resp[i];
+            iov[i].iov_len = sizeof resp[i];
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int got = recvmmsg(fd, msgs, MAX_BATCH, MSG_DONTWAIT, NULL);
+        for (int i = 0; i < got; i++) {
+            const uint8_t *p = resp[i];
+            if (msgs[i].msg_len >= STUN_HDR && p[0] == 0x01 && p[1] == 0x01 && p[4] == 0x21) {
+                received++;
+                if (outstanding > 0)
+                    outstanding--;
+            }
+        }
+    }
+    out[0] = sent;
+    out[1] = received;
+    out[2] = stalls;
+    return 0;
+}

@@ -105,6 +105,9 @@ int nt_replay_cache_size(int slots);
 int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs,
                         const uint8_t *tail, int tail_len, uint8_t *cache, int slots,
                         int window_ms, uint64_t *stats);
+/* Load generator: keep `inflight` bare Binding requests (fresh IDs) outstanding towards `server` for
+ * duration_ms; out[0] = sent, out[1] = responses, out[2] = 20 ms stalls. */
+int nt_stun_load(int fd, const nt_addr *server, int inflight, int duration_ms, uint64_t *out);
 /* NATTRAV_CDEF_END */
 
 #endif

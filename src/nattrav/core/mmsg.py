@@ -168,4 +168,19 @@ class StunFastPath:
         return {name: int(self._stats[i]) for i, name in enumerate(STAT_NAMES)}
 
 
-__all__ = ["MAX_BATCH", "RecvBatch", "StunFastPath", "addr_from_c", "addr_to_c", "send_batch"]
+def stun_load(sock: object, server: Address, *, inflight: int = 64, duration: float = 1.0) -> dict[str, int]:
+    """Keep `inflight` bare Binding requests outstanding towards `server` for `duration` seconds (in C,
+    GIL released); returns {"sent", "received", "stalls"}. The bench's load generator."""
+    if not isinstance(inflight, int) or not 1 <= inflight <= MAX_BATCH:
+        raise ValueError(f"inflight must be 1..{MAX_BATCH}, got {inflight!r}")
+    ms = int(duration * 1000)
+    if not 1 <= ms <= 3_600_000:
+        raise ValueError(f"duration out of range: {duration!r}")
+    dst = ffi.new("nt_addr *")
+    addr_to_c(server, dst)
+    out = ffi.new("uint64_t[]", 3)
+    check(lib.nt_stun_load(_fd(sock), dst, inflight, ms, out), "STUN load")
+    return {"sent": int(out[0]), "received": int(out[1]), "stalls": int(out[2])}
+
+
+__all__ = ["MAX_BATCH", "RecvBatch", "StunFastPath", "addr_from_c", "addr_to_c", "send_batch", "stun_load"]
