@@ -244,7 +244,7 @@ def classify_mapping(local: int, own_ip: str, seen: list) -> tuple[bool, str]:
     if any(x is None for x in seen):
         return True, "unknown"
     if all(x[0] == own_ip and x[1] == local for x in seen):
-        return False, "EIM"
+        return False, "none"
     p1, p2, p3 = (x[1] for x in seen)
     if p1 == p2 == p3:
         return True, "EIM"

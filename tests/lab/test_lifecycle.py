@@ -1,0 +1,227 @@
+"""Bringing labs up and down: speed, isolation, cleanup on every kind of exit, the sweep, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import trio
+
+from nattrav.lab import Lab, LabError, preflight, sweep
+from nattrav.lab import lab as lab_module
+from nattrav.lab import netns, registry
+from nattrav.lab.probe import observe, start_responder
+from nattrav.lab.pytest_support import require_lab
+
+lab_test = pytest.mark.lab
+
+
+def ours(lab_id):
+    return netns.list_names(f"nt-{lab_id}-")
+
+
+def boom(x):
+    raise ValueError(f"boom {x}")
+
+
+def whoami(tag):
+    # runs inside the namespace: report the addresses this process sees
+    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    return tag, sorted(line.split()[3] for line in out.splitlines())
+
+
+@lab_test
+def test_up_and_down_are_fast_and_leave_nothing(need_lab):
+    lab = Lab("symmetric-seq", "port-restricted")
+    t0 = time.perf_counter()
+    lab.up()
+    t_up = time.perf_counter() - t0
+    lab_id = lab.id
+    names = ours(lab_id)
+    assert len(names) == 6 and all(n.startswith(f"nt-{lab_id}-") for n in names)
+    assert registry.read_state(lab_id)["pid"] == os.getpid()
+    sleeper = lab.popen("server", ["sleep", "60"])
+    t0 = time.perf_counter()
+    lab.down()
+    t_down = time.perf_counter() - t0
+    assert t_up < 2.0 and t_down < 2.0, (t_up, t_down)
+    assert ours(lab_id) == []
+    assert registry.read_state(lab_id) is None
+    assert sleeper.poll() is not None, "down() must stop the processes the lab started"
+    lab.down()  # idempotent
+    assert not lab.is_up
+
+
+@lab_test
+def test_with_block_cleans_up_on_exception(need_lab):
+    with pytest.raises(RuntimeError, match="inside"):
+        with Lab("full-cone", "none") as lab:
+            lab_id = lab.id
+            assert ours(lab_id)
+            raise RuntimeError("inside")
+    assert ours(lab_id) == []
+
+
+@lab_test
+def test_two_labs_at_once_are_isolated(need_lab):
+    with Lab("symmetric-seq", "none") as one, Lab("port-restricted", "none") as two:
+        assert one.id != two.id
+        assert set(ours(one.id)).isdisjoint(ours(two.id))
+        # same addresses in both, yet each answers only within its own lab
+        start_responder(one)
+        start_responder(two)
+        o1 = one.call("a", observe, [(one.S1, 7000), (one.S2, 7000)])
+        o2 = two.call("a", observe, [(two.S1, 7000), (two.S2, 7000)])
+        assert o1["seen"][1][1] - o1["seen"][0][1] == 1  # sequential in lab one
+        assert o2["seen"][0][1] == o2["seen"][1][1] == o2["local"]  # preserving in lab two
+
+
+@lab_test
+def test_run_call_and_popen_inside_namespaces(need_lab):
+    with Lab("port-restricted", "none", hosts_per_nat=2, second_server=True) as lab:
+        assert lab.ns("a") == f"nt-{lab.id}-a"
+        assert lab.ip("a2") == "10.0.1.3" and lab.wan_ip("a2") == "203.0.113.10"
+        cp = lab.run("server", ["ip", "-o", "-4", "addr"])
+        assert "198.51.100.1/32" in cp.stdout and "198.51.100.2/32" in cp.stdout
+        assert "198.51.100.3/32" in lab.run("server2", "ip -o -4 addr").stdout
+        assert lab.call("a", whoami, "x") == ("x", ["10.0.1.2/32", "127.0.0.1/8"])
+        with pytest.raises(ValueError, match="boom 7"):
+            lab.call("b", boom, 7)
+        with pytest.raises(LabError, match="picklable"):
+            lab.call("a", lambda: 1)
+        p = lab.popen("a", [sys.executable, "-c", "print('hi')"], stdout=subprocess.PIPE, text=True)
+        assert p.communicate(timeout=10)[0] == "hi\n"
+        assert lab.run("a", ["cat", "-"], input="piped").stdout == "piped"
+
+
+@lab_test
+async def test_trio_arun_and_acall(need_lab):
+    lab = Lab("symmetric-seq", "symmetric-seq")
+    await trio.to_thread.run_sync(lab.up)
+    try:
+        results = {}
+
+        async def one(host):
+            results[host] = await lab.acall(host, whoami, host)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(one, "a")
+            n.start_soon(one, "b")
+        assert results["a"][1][0] == "10.0.1.2/32" and results["b"][1][0] == "10.0.2.2/32"
+        cp = await lab.arun("nat_b", ["nft", "list", "tables"])
+        assert cp.returncode == 0 and "nattrav" in cp.stdout
+    finally:
+        await trio.to_thread.run_sync(lab.down)
+    assert ours(lab.id) == []
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from nattrav.lab import Lab
+    lab = Lab("symmetric-seq", "port-restricted").up()
+    lab.popen("server", ["sleep", "300"])
+    print(lab.id, flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def _spawn_lab_child():
+    p = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
+    lab_id = p.stdout.readline().strip()
+    assert lab_id and ours(lab_id), "child did not bring its lab up"
+    return p, lab_id
+
+
+@lab_test
+def test_sigterm_cleans_up(need_lab):
+    p, lab_id = _spawn_lab_child()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=10)
+    assert ours(lab_id) == []
+    assert registry.read_state(lab_id) is None
+
+
+@lab_test
+def test_ctrl_c_cleans_up(need_lab):
+    p, lab_id = _spawn_lab_child()
+    p.send_signal(signal.SIGINT)  # KeyboardInterrupt -> atexit
+    p.wait(timeout=10)
+    assert ours(lab_id) == []
+
+
+@lab_test
+def test_sweep_removes_a_crashed_run_only(need_lab):
+    p, dead_id = _spawn_lab_child()
+    p.kill()  # SIGKILL: no chance to clean up
+    p.wait(timeout=10)
+    assert ours(dead_id), "a killed run leaves its namespaces behind"
+    with Lab("none", "none") as alive:
+        removed = sweep()
+        assert set(ours(dead_id)) == set() and set(n for n in removed if f"-{dead_id}-" in n)
+        assert ours(alive.id), "sweep must not touch a live run"
+        assert registry.read_state(dead_id) is None
+
+
+@lab_test
+def test_failed_up_leaves_nothing_half_built(need_lab, monkeypatch):
+    monkeypatch.setattr(lab_module, "render", lambda spec, **kw: "this is not nftables\n")
+    lab = Lab("symmetric-seq", "none")
+    with pytest.raises(LabError, match="bringing the lab up failed: .*nft"):
+        lab.up()
+    assert lab.id and ours(lab.id) == [] and registry.read_state(lab.id) is None
+
+
+def test_not_root_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError) as ei:
+        preflight()
+    assert "needs root" in str(ei.value) and "\n" not in str(ei.value)
+    with pytest.raises(LabError, match="needs root"):
+        Lab().up()
+
+
+def test_missing_tool_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(lab_module, "_TOOL_PATH", "/nonexistent")
+    with pytest.raises(LabError) as ei:
+        preflight()
+    assert "`ip` not found" in str(ei.value) and "apt-get install iproute2" in str(ei.value)
+
+
+def test_cli_bad_input_is_one_line_without_traceback():
+    p = subprocess.Popen([sys.executable, "-m", "nattrav.lab.cli", "up", "--left", "symmetric-seq-5000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "out of range" in lines[0] and "Traceback" not in err
+    # nothing was built: no state file (hence no namespaces) was ever written by that process
+    assert not [st for st in registry.all_states().values() if st.get("pid") == p.pid]
+
+
+@lab_test
+def test_cli_up_exec_list_down(need_lab):
+    cli = [sys.executable, "-m", "nattrav.lab.cli"]
+    cp = subprocess.run([*cli, "up", "--left", "symmetric-seq-2", "--right", "cgnat", "--json"],
+                        capture_output=True, text=True, check=True)
+    info = json.loads(cp.stdout)
+    lab_id = info["id"]
+    try:
+        assert info["nodes"]["cgn_b"]["wan_ip"] == "203.0.113.20"
+        assert ours(lab_id), "a lab from `up` outlives the CLI process"
+        assert lab_id not in "".join(sweep()), "sweep leaves persistent labs alone"
+        listed = json.loads(subprocess.run([*cli, "list", "--json"], capture_output=True, text=True).stdout)
+        assert any(x["id"] == lab_id and x["persistent"] for x in listed["labs"])
+        cp = subprocess.run([*cli, "exec", "--lab", lab_id, "b", "--", "ip", "-o", "-4", "addr"],
+                            capture_output=True, text=True)
+        assert cp.returncode == 0 and "10.0.2.2/32" in cp.stdout
+    finally:
+        cp = subprocess.run([*cli, "down", lab_id, "--json"], capture_output=True, text=True)
+    assert cp.returncode == 0 and len(json.loads(cp.stdout)["removed"]) == 7
+    assert ours(lab_id) == []
