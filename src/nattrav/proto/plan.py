@@ -638,8 +638,9 @@ def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) ->
     odds = 1 - birthday_miss(span, sockets, probes)
     return Attempt(Strategy.BIRTHDAY,
                    Part(eim.ip, (eim.port,), sockets=sockets, opens=True, interval=0.5),
+                   # resending the same probes costs no new flow and catches mappings opened late
                    Part(rnd.ip, (), random_probes=probes, peer_range=rnd.port_range, opens=False,
-                        delay=0.1, interval=1.0, rate=20000.0),
+                        delay=0.1, interval=0.25, rate=20000.0),
                    odds=odds, timeout=4.0)
 
 
@@ -669,8 +670,10 @@ def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_soc
     targets = tuple(seq.next_port(k) for k in range(window))
     return Attempt(Strategy.RANDOM_SEQUENTIAL,
                    Part(seq.ip, targets, sockets=s, opens=True, interval=1.0),
+                   # the guesses repeat (same flows) while the random side's burst is still opening
+                   # the later window slots
                    Part(rnd.ip, (), random_probes=probes, peer_range=rnd.port_range, opens=False,
-                        delay=0.3, interval=2.0, rate=50000.0),
+                        delay=0.1, interval=0.1, rate=50000.0),
                    odds=odds, timeout=6.0)
 
 
