@@ -277,3 +277,22 @@ async def test_discover_detects_a_server_that_ignores_change_request(nursery):
     assert rep.filtering is None
     assert any("ignores" in f for f in rep.findings)
     assert rep.discarded.get("wrong_source", 0) >= 1
+
+
+async def test_ipv6_single_address(nursery):
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = random.randrange(20000, 30000)
+    srv = await nursery.start(serve_stun, StunServerConfig(ip="::1", port=port, alt_port=port + 1))
+    s = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
+    await s.bind(("::1", 0))
+    r = await binding(s, ("::1", port), timeout=2)
+    assert r.mapped == s.getsockname()[:2] and r.response_origin == ("::1", port)
+    r = await binding(s, ("::1", port), change_port=True, expect_from=("::1", port + 1), timeout=2)
+    assert r.source == ("::1", port + 1)
+    assert srv.counters()["answered_fast"] >= 1  # the bare request went through the C path
+    s.close()
