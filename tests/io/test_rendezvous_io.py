@@ -270,3 +270,93 @@ async def test_late_reply_to_a_cancelled_request_is_ignored(nursery):
         async with trio.open_nursery() as n:
             n.start_soon(_accept_next, b)
             assert (await a.connect("bob")).peer_id == "bob"
+
+
+async def _chaos_connection(addr, rng):
+    """One misbehaving client: garbage, half frames, absurd lengths, or enroll-connect-vanish."""
+    kind = rng.randrange(5)
+    try:
+        stream = await trio.open_tcp_stream(*addr)
+    except OSError:
+        return
+    try:
+        if kind == 0:
+            await stream.send_all(rng.randbytes(rng.randrange(1, 2000)))
+        elif kind == 1:
+            frame = encode(make("enroll", id=1, info={"x": "y" * 100}))
+            await stream.send_all(frame[: rng.randrange(1, len(frame))])
+        elif kind == 2:
+            await stream.send_all(struct.pack("!I", rng.randrange(70_000, 2**32)) + b"zz")
+        elif kind == 3:
+            await stream.send_all(encode({"v": 1, "t": "connect", "target": 5}) + encode([1, 2, 3]))
+        else:
+            await stream.send_all(encode(make("enroll", id=1)) + encode(make("connect", id=2, target="t0")))
+        await trio.sleep(rng.random() * 0.05)
+        if rng.random() < 0.5:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (trio.BrokenResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_chaos_does_not_disturb_well_behaved_peers(nursery):
+    import random
+
+    addr, state = await start(nursery, offer_timeout=5.0)
+    rng = random.Random(7)
+    pairs, rounds = 8, 3
+    done = []
+
+    async def well_behaved(i):
+        async with open_rendezvous(addr, name=f"t{i}") as t, open_rendezvous(addr) as c:
+            async def target():
+                while True:
+                    offer = await t.next_offer()
+                    if offer.peer_id == c.peer_id:
+                        await t.accept(offer)
+                    else:
+                        await t.refuse(offer)  # the chaos clients' connects
+
+            async with trio.open_nursery() as n:
+                n.start_soon(target)
+                for _ in range(rounds):
+                    s = await c.connect(f"t{i}", timeout=5)
+                    assert s.peer_id == f"t{i}" and len(s.key) == 32
+                    done.append(i)
+                n.cancel_scope.cancel()
+
+    async def chaos():
+        async with trio.open_nursery() as n:
+            for _ in range(150):
+                n.start_soon(_chaos_connection, addr, random.Random(rng.random()))
+                await trio.sleep(0.001)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(chaos)
+            for i in range(pairs):
+                n.start_soon(well_behaved, i)
+    assert len(done) == pairs * rounds
+    assert state.stats["bad_frames"] > 20
+    async with open_rendezvous(addr, name="late") as late:  # still serving
+        assert await late.ping() < 1
+
+
+class _Buggy(RendezvousServer):
+    def _handle(self, conn, c, msg, now):
+        if msg["t"] == "info" and msg["info"].get("boom"):
+            raise RuntimeError("a bug in the state machine")
+        super()._handle(conn, c, msg, now)
+
+
+async def test_an_internal_error_costs_one_connection_not_the_server(nursery):
+    state = _Buggy()
+    addr = await nursery.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, state=state,
+                                                                    task_status=task_status))
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        with pytest.raises(ServerGone):
+            await b.update_info({"boom": True})
+        assert await a.ping() < 1
+        with pytest.raises(PeerOffline):
+            await a.connect("bob")

@@ -107,7 +107,11 @@ class _Dispatcher:
                 self.timer_scope = scope
                 await trio.sleep_forever()
             self.timer_scope = None
-            self.state.tick(trio.current_time())
+            try:
+                self.state.tick(trio.current_time())
+            except Exception:
+                log.exception("internal error in the timer tick; carrying on")
+                await trio.sleep(0.1)  # a tick that keeps failing must not spin
             self.run()
 
 
@@ -178,7 +182,12 @@ async def serve_rendezvous(
                                 break
                             if conn not in state.conns:
                                 break
-                            state.receive_data(conn, data, trio.current_time())
+                            try:
+                                state.receive_data(conn, data, trio.current_time())
+                            except Exception:
+                                # A bug must cost one connection, never the server.
+                                log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
+                                break
                             disp.run()
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
