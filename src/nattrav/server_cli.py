@@ -24,6 +24,7 @@ from .io.rendezvous_server import serve_rendezvous
 from .proto.rendezvous import RendezvousServer
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
+log = logging.getLogger("nattrav.rendezvous")
 
 EPILOG = """\
 examples:
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default time a target has to accept a connect (default 10)")
     p.add_argument("--start-margin", type=float, default=0.5, metavar="S",
                    help="both peers start punching this long after the accept (default 0.5)")
+    p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
+                   help="log peer/session counters this often at -v (default 60; 0 = never)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return p
@@ -159,6 +162,17 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
                     return
 
         nursery.start_soon(on_signal)
+
+        async def report_stats():
+            # A long-lived server should say how it is doing without being asked.
+            while True:
+                await trio.sleep(args.stats_interval)
+                log.info("stats: %d peers online, %d known, %d pending offers, %s",
+                         len(state.online()), len(state.peers), len(state.offers),
+                         ", ".join(f"{k}={v}" for k, v in state.stats.items()))
+
+        if args.stats_interval > 0:
+            nursery.start_soon(report_stats)
         what = f"rendezvous {listen[0]}:{listen[1]}"
         try:
             bound = await nursery.start(lambda task_status: serve_rendezvous(
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 0
     if code == 0:
-        logging.getLogger("nattrav.rendezvous").info("stopped after %.1f s", time.monotonic() - started)
+        log.info("stopped after %.1f s", time.monotonic() - started)
     return code
 
 

@@ -368,3 +368,22 @@ def test_local_misuse_is_a_local_error():
         h.server.receive_data(999, b"x", h.now)
     with pytest.raises(LocalProtocolError):
         encode(make("info", info={"x": b"\0" * 70000}))
+
+
+def test_clock_map_keeps_the_tightest_sample():
+    from nattrav.proto.rendezvous import ClockMap
+
+    clock = ClockMap()
+    # server clock = ours + 5000; one-way delays 10 ms out, 10 ms back
+    clock.sample(100.0, 100.020, 5100.010)
+    assert clock.offset == pytest.approx(5000.0) and clock.rtt == pytest.approx(0.020)
+    # a slower, asymmetric sample (90 ms out, 10 ms back) would skew the offset by 40 ms: ignored
+    clock.sample(200.0, 200.100, 5200.090)
+    assert clock.offset == pytest.approx(5000.0)
+    # a tighter one wins
+    clock.sample(300.0, 300.002, 5300.001)
+    assert clock.rtt == pytest.approx(0.002) and clock.to_local(5301.0) == pytest.approx(301.0)
+    # nonsense samples change nothing
+    clock.sample(400.0, 399.0, 5400.0)
+    clock.sample(400.0, 400.001, float("nan"))
+    assert clock.rtt == pytest.approx(0.002) and clock.offset == pytest.approx(5000.0)

@@ -14,14 +14,13 @@ both peers fire at nearly the same moment even though their clocks are unrelated
 from __future__ import annotations
 
 import itertools
-import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import trio
 
-from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, check_info, make
+from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, ClockMap, check_info, make
 from .framing import FrameStream
 
 DEFAULT_PORT = 7000
@@ -130,8 +129,7 @@ class RendezvousClient:
         self.secret = ""
         self.observed: tuple[str, int] | None = None  # our address as the server sees it
         self.keepalive = 15.0
-        self.clock_offset = 0.0  # server clock minus ours
-        self.rtt = math.inf
+        self._clock = ClockMap()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Reply] = {}
         self._offers_send, self._offers = trio.open_memory_channel(32)
@@ -139,14 +137,21 @@ class RendezvousClient:
         self._gone: RendezvousError | None = None
 
     # -- clock --
+    @property
+    def clock_offset(self) -> float:
+        """Server clock minus ours."""
+        return self._clock.offset
+
+    @property
+    def rtt(self) -> float:
+        """The smallest round trip to the server seen so far (seconds)."""
+        return self._clock.rtt
+
     def _sample(self, sent: float, received: float, server_now: float) -> None:
-        rtt = received - sent
-        if rtt <= self.rtt:
-            self.rtt = rtt
-            self.clock_offset = server_now - (sent + received) / 2
+        self._clock.sample(sent, received, server_now)
 
     def to_local(self, server_time: float) -> float:
-        return server_time - self.clock_offset
+        return self._clock.to_local(server_time)
 
     # -- plumbing --
     async def _request(self, kind: str, **fields) -> dict:

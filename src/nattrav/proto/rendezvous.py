@@ -236,6 +236,29 @@ def decode_one(frame: bytes, table: dict = CLIENT_MESSAGES) -> dict:
     return msg
 
 
+class ClockMap:
+    """Maps the server's clock into ours, NTP-style, from request/reply pairs.
+
+    offset = server_now - (sent + received) / 2 assumes symmetric one-way delays; its error is at most
+    half the round trip, so the sample with the smallest round trip is kept.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.rtt = math.inf
+
+    def sample(self, sent: float, received: float, server_now: float) -> None:
+        rtt = received - sent
+        if not (math.isfinite(server_now) and 0 <= rtt):
+            return  # a clock that went backwards or a nonsense server time tells us nothing
+        if rtt <= self.rtt:
+            self.rtt = rtt
+            self.offset = server_now - (sent + received) / 2
+
+    def to_local(self, server_time: float) -> float:
+        return server_time - self.offset
+
+
 # --- server state machine ----------------------------------------------------------------------
 
 
