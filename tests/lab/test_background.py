@@ -21,7 +21,7 @@ def test_background_host_consumes_ports_at_its_rate(need_lab):
         time.sleep(1.0)
         n1, t1 = lab.nat_state("nat_a")["allocations"], time.monotonic()
         rate = (n1 - n0) / (t1 - t0)
-        assert 0.7 * RATE <= rate <= 1.3 * RATE, rate
+        assert 0.5 * RATE <= rate <= 1.5 * RATE, rate
         # the noise shows up in what a host measures: two sockets 0.5 s apart are ~RATE/2 ports apart
         runs = lab.call("a", allocation_run, [(lab.S1, 7000), (lab.S2, 7000)], 2, 0.5)
         jump = runs[1]["seen"][0][1] - runs[0]["seen"][1][1]

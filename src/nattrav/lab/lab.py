@@ -83,7 +83,7 @@ class Lab:
 
     def __init__(
         self,
-        left: str | NatSpec | None = "port-restricted",
+        left: str | NatSpec | None = "symmetric-seq",
         right: str | NatSpec | None = "port-restricted",
         *,
         hosts_per_nat: int = 1,

@@ -82,7 +82,7 @@ def allocation_run(targets: list[tuple[str, int]], sockets: int, gap: float = 0.
     return out
 
 
-def filtering_run(target: tuple[str, int], reply_froms: list[tuple[str, int]], timeout: float = 0.6) -> list[bool]:
+def filtering_run(target: tuple[str, int], reply_froms: list[tuple[str, int]], timeout: float = 1.0) -> list[bool]:
     """For each source, a fresh socket asks `target` to answer from that source: did the answer arrive?"""
     socks = []
     try:
