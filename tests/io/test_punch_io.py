@@ -225,3 +225,40 @@ async def test_session_from_rendezvous_frame_shifts_start_to_local_clock():
     s = Session.from_rendezvous({"key": KEY, "role": "second", "start_at": 1000.5, "now": 1000.0},
                                 received_at=now)
     assert s.role == "second" and s.start_at == pytest.approx(now + 0.5)
+
+
+async def test_birthday_burst_through_the_worker_coordinator():
+    """Same as above with the burst sockets in worker processes (C core): the winning socket is
+    taken over from its worker and carries the path."""
+    from nattrav.workers import open_coordinator
+
+    sr, se = await udp(), await udp()
+    decoy_sock = await udp()
+    lo, hi = _ephemeral_range()
+    rr = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
+              one_socket=[lo + 11, lo + 5000], port_range=[lo, hi])
+    re_ = report(se, **CONE)
+    kw = dict(birthday_sockets=128, target=0.999999)
+    plan_r = _without_opener_reaching(plan(rr, re_, "first", **kw), decoy_sock.getsockname()[1])
+    plan_e = _without_opener_reaching(plan(re_, rr, "second", **kw), decoy_sock.getsockname()[1])
+    async with open_coordinator(2) as coord:
+        start = trio.current_time() + 0.05
+        out = {}
+
+        async def side(name, sock, pl, role, c):
+            out[name] = await punch(sock, pl, Session(KEY, role, start), coordinator=c)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(side, "r", sr, plan_r, "first", coord)
+                n.start_soon(side, "e", se, plan_e, "second", None)
+        pr, pe = out["r"], out["e"]
+        assert coord.count == 127  # the burst sockets were opened in the workers
+        assert pr.sock is not sr and pr.strategy is Strategy.BIRTHDAY
+        assert pe.peer_addr == pr.sock.getsockname()
+        assert pr.stats["sent"] >= 127
+        await exchange(pr, pe)
+        await pr.aclose()
+        await pe.aclose()
+    sr.close()
+    decoy_sock.close()

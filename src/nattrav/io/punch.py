@@ -25,6 +25,7 @@ from ..proto.plan import Attempt, Part, Plan, Strategy
 
 IGNORED_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
 RECV_SIZE = 2048
+BURST_CHUNK = 16384  # packets per coordinator fire between looks for a hit
 MAX_LOW_TTL = 64
 CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confirmed
 
@@ -175,6 +176,8 @@ class _Race:
         self.proto = _proto.PunchSession(session.key, session.role, session.nonce)
         self.normal_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.extra: list[socket.socket] = []  # burst sockets we opened (stdlib, non-blocking)
+        self.taken: list[Any] = []  # trio sockets taken over from the coordinator's workers
+        self.coord_indices: list[int] = []
         self.low: set[int] = set()  # ids of sockets currently at the low TTL
         self.winner: tuple[Any, tuple[str, int], int, Strategy] | None = None
         self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
@@ -215,7 +218,7 @@ class _Race:
         n = 0
         for port in ports:
             for s in socks:
-                if s is self.sock:
+                if isinstance(s, trio.socket.SocketType):
                     try:
                         await self.sock.sendto(frame, (ip, port))
                         self.stats["sent"] += 1
@@ -235,6 +238,9 @@ class _Race:
         part = attempt.local
         await trio.sleep(attempt.delay + part.delay)
         self.stats["attempts"].append(attempt.strategy.value)
+        if part.sockets > 1 and self.coordinator is not None:
+            await self._attempt_with_coordinator(attempt)
+            return
         socks: list[Any] = [self.sock]
         if part.sockets > 1:
             socks = await self._open_burst(part.sockets - 1, attempt.strategy) + [self.sock]
@@ -260,6 +266,74 @@ class _Race:
                     await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate)
             await trio.sleep(part.interval)
 
+    async def _attempt_with_coordinator(self, attempt: Attempt) -> None:
+        """The burst half of an attempt in the worker processes (C core, sendmmsg): the STUN socket
+        does its part here as usual, the extra sockets live in the workers until one hears the peer
+        and is taken over (SCM_RIGHTS) to finish the handshake and become the path."""
+        from ..workers import Burst
+
+        part = attempt.local
+        coord = self.coordinator
+        self.strategy_of.setdefault(id(self.sock), attempt.strategy)
+        base = coord.count
+        await coord.open_sockets(part.sockets - 1, ip=self.sock.getsockname()[0])
+        indices = list(range(base, base + part.sockets - 1))
+        self.coord_indices.extend(indices)
+        rng_ports = ({i: _random_ports(part, self.rng) for i in indices} if part.random_probes and part.spread
+                     else {})
+        deadline = trio.current_time() + attempt.timeout
+        rounds = 1_000_000 if part.packets <= 4096 else 2
+        pending: list[tuple[list[int], list[int]]] = []  # burst chunks still to fire this round
+        while trio.current_time() < deadline:
+            if not pending and rounds > 0:
+                rounds -= 1
+                frame = self.proto.hello(_now_ns())
+                # slot-major: every socket covers the most likely ports first
+                src = [i for _ in part.targets for i in indices]
+                ports = [port for port in part.targets for _ in indices]
+                for i, own in rng_ports.items():
+                    src.extend([i] * len(own))
+                    ports.extend(own)
+                # Fire in chunks and look for a hit between them: a big burst is bounded by how fast
+                # the NAT creates flows, and the matching slot is usually an early one.
+                pending = [(src[k:k + BURST_CHUNK], ports[k:k + BURST_CHUNK])
+                           for k in range(0, len(src), BURST_CHUNK)]
+                # the STUN socket takes part too (sends its share at the same TTL rules)
+                self._set_ttl(self.sock, part.opens)
+                await self._send_many([self.sock], frame, part.peer_ip, list(part.targets), part.rate)
+            wait = min(part.interval, max(0.0, deadline - trio.current_time()))
+            if pending:
+                chunk_src, chunk_ports = pending.pop(0)
+                await coord.fire(Burst(chunk_src, part.peer_ip, chunk_ports, frame, rate=part.rate or None,
+                                       ttl=self.low_ttl if part.opens else None))
+                self.stats["sent"] += coord.last_fire.sent
+                wait = 0.0
+            hit = await coord.listen(match=_proto.MAGIC, timeout=wait)
+            if hit is None:
+                continue
+            self.stats["received"] += 1
+            try:
+                got = self.proto.receive(hit.payload, _now_ns())
+            except _proto.BadPacket:
+                self.stats["rejected"] += 1
+                continue
+            # This worker socket's mapping is the one that works: bring it here and go on with it.
+            tsock = await coord.take_socket(hit.index)
+            self.taken.append(tsock)
+            tsock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.normal_ttl)
+            self.strategy_of[id(tsock)] = attempt.strategy
+            self.heard[id(tsock)] = (tsock, hit.src)
+            for reply in got.replies:
+                await tsock.sendto(reply, hit.src)
+            if got.event is _proto.Event.HELLO and not self.proto.established:
+                self._nursery.start_soon(self._resend_ack, tsock, hit.src)
+            if got.event is _proto.Event.ESTABLISHED and self.winner is None:
+                self.winner = (tsock, hit.src, got.rtt or 0, attempt.strategy)
+                self.done.set()
+                return
+            self._nursery.start_soon(self._recv_loop, tsock)
+            return
+
     async def _open_burst(self, count: int, strategy: Strategy) -> list[socket.socket]:
         _raise_fd_limit(len(self.extra) + count)
         ip = self.sock.getsockname()[0]
@@ -282,7 +356,7 @@ class _Race:
     # receiving -------------------------------------------------------------------------------
 
     async def _recv_loop(self, s: Any) -> None:
-        trio_sock = s is self.sock
+        trio_sock = isinstance(s, trio.socket.SocketType)
         while True:
             try:
                 if trio_sock:
@@ -328,7 +402,7 @@ class _Race:
             ack = self.proto.ack(_now_ns())
             if ack is None or self.proto.established:
                 return
-            if s is self.sock:
+            if isinstance(s, trio.socket.SocketType):
                 await s.sendto(ack, addr)
             else:
                 await self._send_raw(s, ack, addr)
@@ -344,6 +418,7 @@ class _Race:
                     nursery.start_soon(self._attempt, attempt)
                 await self.done.wait()
                 nursery.cancel_scope.cancel()
+        # Worker sockets that did not win stay with the coordinator until the caller closes it.
         if self.winner is None:
             self._close_extra(keep=None)
             self._restore_ttl()
@@ -353,7 +428,7 @@ class _Race:
         self._close_extra(keep=s)
         self._restore_ttl()
         self.stats["rejected"] = self.proto.rejected
-        path_sock = s if s is self.sock else trio.socket.from_stdlib_socket(s)
+        path_sock = s if isinstance(s, trio.socket.SocketType) else trio.socket.from_stdlib_socket(s)
         return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.proto, self.stats)
 
     def _restore_ttl(self) -> None:
@@ -361,7 +436,7 @@ class _Race:
             self._set_ttl(self.sock, False)
 
     def _close_extra(self, keep: Any) -> None:
-        for s in self.extra:
+        for s in self.extra + self.taken:
             if s is not keep:
                 s.close()
         if keep is not None and keep is not self.sock:
