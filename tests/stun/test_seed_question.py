@@ -141,3 +141,15 @@ def test_server_ignoring_change_request_fakes_a_full_cone_unless_replies_are_val
     with stun_servers(lab, "rfc5780") as server:
         honest = probe(lab, server, "--no-hairpin")
     assert (honest["filtering"], honest["classic"]) == ("APDF", "port restricted cone")
+
+
+@pytest.mark.parametrize("preset", ["port-restricted", "symmetric-seq"])
+def test_mapping_lifetime_is_measured(lab_for, preset):
+    from nattrav.lab.spec import resolve
+
+    lab = lab_for(resolve(preset).with_timeout(3))
+    with stun_servers(lab, "rfc5780") as server:
+        got = probe(lab, server, "--no-hairpin", "--lifetime", "--lifetime-max", "8")
+    # the NAT forgets idle mappings after 3 s: alive after 2 s idle, gone after 4 s
+    assert got["lifetime"] == 2.0, got["findings"]
+    assert any("at least 2 s and was gone after 4 s" in f for f in got["findings"])

@@ -296,3 +296,32 @@ async def test_ipv6_single_address(nursery):
     assert r.source == ("::1", port + 1)
     assert srv.counters()["answered_fast"] >= 1  # the bare request went through the C path
     s.close()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from nattrav.io.stun_server import decide  # noqa: E402
+from nattrav.proto.stun import Message  # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=20, max_size=300), st.booleans(), st.booleans())
+def test_decide_never_raises_on_any_parsable_request(data, classic_hdr, two_ips):
+    # turn arbitrary bytes into something parse() accepts often: a valid header over random attributes
+    body = data[20:][: (len(data) - 20) // 4 * 4]
+    hdr = (b"\x00\x01" + len(body).to_bytes(2, "big")
+           + (data[4:20] if classic_hdr else b"\x21\x12\xa4\x42" + data[8:20]))
+    try:
+        req = parse(hdr + body)
+    except BadPacket:
+        return
+    config = StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2" if two_ips else None)
+    d = decide(req, ("203.0.113.7", 4242), ("192.0.2.1", 3478), config)
+    if d.response is not None:
+        resp = parse(d.response)
+        assert isinstance(resp, Message) and resp.transaction_id == req.transaction_id
+        # answers leave only from addresses this layout owns, and go only to the requester's IP
+        assert d.send_from[0] in ("192.0.2.1", "192.0.2.2") and d.dest[0] == "203.0.113.7"
+        if not two_ips:
+            assert d.send_from[0] == "192.0.2.1"

@@ -240,16 +240,22 @@ async def discover(
                 s.close()
 
         hp = await _hairpin_test(main, r1.mapped, server, local_ip, kw) if hairpin else None
-        life = await _lifetime_test(main, server, r1.mapped, lifetime_max, kw) if lifetime else None
+        life = await _lifetime_test(server, local_ip, lifetime_max, kw) if lifetime else None
         # the filtering socket's sample is not a fresh-socket allocation sample for Δ purposes
         alloc_samples = [s for s in samples if s.socket != 1]
         report = classify(
             local=local, server=server, other_address=other, samples=alloc_samples,
             test1=r1.mapped, test2=m2, test3=m3,
             filter_change_both=f_both, filter_change_port=f_port,
-            hairpin=hp, lifetime=life, server_ignored_change=ignored_change,
+            hairpin=hp, lifetime=None if life is None else life[0], server_ignored_change=ignored_change,
             repeat_same_port=repeat_same_port, discarded=discarded,
         )
+        if life is not None:
+            alive, expired = life
+            report.findings.append(
+                f"an idle mapping lived at least {alive:g} s"
+                + (f" and was gone after {expired:g} s" if expired is not None else f" (tested up to {lifetime_max:g} s)")
+            )
         if other is None:
             report.findings.append("the server sent no OTHER-ADDRESS: mapping and filtering need a "
                                    "server with a second IP and port (RFC 5780)")
@@ -309,21 +315,44 @@ async def _hairpin_test(main, mapped: Address, server: Address, local_ip, kw) ->
         helper.close()
 
 
-async def _lifetime_test(main, server: Address, mapped: Address, limit: float, kw) -> float | None:
-    """Lower bound of the idle mapping lifetime: the longest idle wait after which the same socket
-    still got the same mapping (slow: waits up to `limit` seconds in total, doubling)."""
-    alive = 0.0
-    wait = 5.0
-    spent = 0.0
-    while spent + wait <= limit:
-        await trio.sleep(wait)
-        spent += wait
+async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw) -> tuple[float, float | None] | None:
+    """Idle mapping lifetime (RFC 5780 §4.6), as (alive, expired): the longest idle time after which
+    a mapping still let the server's answer in, and the first one after which it did not (None if it
+    never expired within `limit`). Each trial uses a new socket X: X learns its mapping M from S1, stays
+    idle for t seconds, then a helper socket asks S1 to answer to M's port (RESPONSE-PORT). The answer
+    reaches X only if M is still alive; nothing X sends refreshes M meanwhile. Waits 1, 2, 4, ... s."""
+    alive, wait = 0.0, 1.0
+    while wait <= limit:
+        x = await _open(local_ip, server)
+        helper = await _open(local_ip, server)
         try:
-            r = await binding(main, server, **kw)
-        except (StunTimeout, StunErrorResponse):
-            break
-        if r.mapped != mapped:
-            break
+            try:
+                m = (await binding(x, server, **kw)).mapped
+            except (StunTimeout, StunErrorResponse):
+                return None
+            await trio.sleep(wait)
+            req = binding_request(response_port=m[1])
+            wire = req.encode()
+            got = False
+            for _ in range(kw["rc"]):
+                try:
+                    await helper.sendto(wire, server)
+                except OSError:
+                    pass
+                with trio.move_on_after(kw["rto"] * 2):
+                    while not got:
+                        try:
+                            data, src = await x.recvfrom(2048)
+                        except OSError:
+                            continue
+                        got = (src[0], src[1]) == server and data[8:20] == req.transaction_id
+                if got:
+                    break
+        finally:
+            x.close()
+            helper.close()
+        if not got:
+            return alive, wait
         alive = wait
         wait *= 2
-    return alive
+    return alive, None

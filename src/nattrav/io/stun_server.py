@@ -355,7 +355,12 @@ class StunServer:
                     self.stats["recv_errors"] += 1
                     break
                 for data, src in rest:
-                    self.handle(data, src, at)
+                    try:
+                        self.handle(data, src, at)
+                    except Exception:
+                        # a bug on one odd request must not stop the service for everyone else
+                        self.stats["internal_error"] += 1
+                        log.exception("STUN request from %s:%s", *src)
             await trio.lowlevel.checkpoint()
 
     async def _serve_control(self) -> None:
@@ -371,7 +376,11 @@ class StunServer:
                 except OSError:
                     self.stats["recv_errors"] += 1
                     break
-                self.handle_control(data, src[:2])
+                try:
+                    self.handle_control(data, src[:2])
+                except Exception:
+                    self.stats["internal_error"] += 1
+                    log.exception("control frame from %s:%s", *src[:2])
             await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
