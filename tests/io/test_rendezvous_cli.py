@@ -102,28 +102,38 @@ async def test_clients_across_processes_get_a_common_start_time(server_process):
     assert all({"ts", "level", "logger", "msg"} <= set(rec) for rec in logs)
 
 
+def _free_udp_pair() -> tuple[int, int]:
+    """Two free UDP ports on loopback (held only for the check: another process may still race us)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return a.getsockname()[1], b.getsockname()[1]
+
+
 def test_stun_and_rendezvous_in_one_process():
-    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1", "--stun-ports", "0,0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    p.wait(20)
-    assert p.returncode == 2  # ports 0 are refused up front: STUN must know its ports to announce them
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
-    ports = f"{free},{free + 1 if free < 65535 else free - 1}"
-    p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1", "--stun-ports", ports],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    cp = run_cli("--listen", "127.0.0.1:0", "--stun", "127.0.0.1", "--stun-ports", "0,0")
+    assert cp.returncode == 2  # ports 0 are refused up front: STUN must know its ports to announce them
+    for attempt in range(3):
+        port, alt = _free_udp_pair()
+        p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1",
+                              "--stun-ports", f"{port},{alt}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first, second = p.stdout.readline(), p.stdout.readline()
-        if not second.startswith("stun"):
-            p.wait(10)
-            pytest.fail(f"no stun line: {first!r} {second!r} {p.stderr.read()}")
+        if second.startswith("stun"):
+            break
+        p.wait(10)
+        err = p.stderr.read()
+        assert p.returncode == 1 and "Address already in use" in err, (first, second, err)
+    else:
+        pytest.fail("three port pairs taken by others in a row")
+    try:
         assert first.startswith("rendezvous listening")
+        assert second.strip() == f"stun listening addresses=127.0.0.1:{port},127.0.0.1:{alt}"
         # a bare STUN binding request gets an answer naming our address
         req = bytes.fromhex("0001 0000 2112a442") + b"\x01" * 12
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
-            s.sendto(req, ("127.0.0.1", free))
+            s.sendto(req, ("127.0.0.1", alt))
             data, _ = s.recvfrom(2048)
         assert data[:2] == b"\x01\x01" and data[8:20] == b"\x01" * 12  # success response, same txid
     finally:
