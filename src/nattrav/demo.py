@@ -1,28 +1,160 @@
-"""The main job: the most complete end-to-end run nattrav has so far.
+"""The main job: two peers behind symmetric NATs connect through our own servers, in the NAT lab.
 
-Now: the C core opens a pool of sockets, sets a low TTL on them and reports the bound ports and the
-time it took. The lab demo (two peers behind symmetric NATs) replaces this when the lab and the
-rendezvous server land.
+A lab comes up (host a behind nat_a, host b behind nat_b, both sequential symmetric NATs by default;
+our rendezvous + two-address STUN server on 198.51.100.1/.2), `nattrav-server --stun` starts there,
+b runs `nattrav-fast` and waits, a runs `nattrav-fast -d <b's ID>`, each pipes a line to the other.
+Every phase each peer reports is shown; the lab is torn down at the end, also on error or Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import queue
+import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
-from .core import SocketPool
+from .lab import Lab, LabError
+
+SERVER_PORT = 7000
+
+
+def _reader(stream: Any, sink: queue.Queue, tag: str) -> None:
+    for line in iter(stream.readline, b""):
+        sink.put((tag, line.decode(errors="replace").rstrip("\n")))
+    sink.put((tag, None))
+
+
+def _events(proc: subprocess.Popen, tag: str, sink: queue.Queue) -> threading.Thread:
+    t = threading.Thread(target=_reader, args=(proc.stderr, sink, tag), daemon=True)
+    t.start()
+    return t
+
+
+def _show(tag: str, ev: dict[str, Any]) -> str | None:
+    kind = ev.get("event")
+    if kind == "discovery-done":
+        d = ev.get("delta")
+        return (f"[{tag}] discovery : {ev.get('mapping')} mapping, {ev.get('filtering')} filtering, "
+                f"{ev.get('allocation')} ports" + (f", Δ={d}" if d else "") + f"  ({ev.get('classic')})")
+    if kind == "mapping":
+        return (f"[{tag}] prediction: punch socket seen by S1, S2 as ports {ev['ports']} "
+                f"-> public {ev['public'][0]}:{ev['public'][1]}, Δ={ev['delta']}")
+    if kind == "enrolled":
+        return f"[{tag}] rendezvous: enrolled as {ev['peer_id']}"
+    if kind == "rendezvous-connect":
+        return f"[{tag}] rendezvous: asking for peer {ev['peer']}"
+    if kind == "offer":
+        return f"[{tag}] rendezvous: offer from {ev['from']}, accepted"
+    if kind == "plan":
+        return f"[{tag}] plan      : {ev['strategy']} as the {ev['role']} side, odds {ev['odds']:.4f}: {ev['reason']}"
+    if kind == "punch":
+        return f"[{tag}] burst     : firing in {ev['start_in']:.2f} s"
+    if kind == "connected":
+        return (f"[{tag}] handshake : authenticated path to {ev['peer'][0]}:{ev['peer'][1]} "
+                f"by {ev['strategy']}, RTT {ev['rtt_ms']} ms")
+    if kind == "error":
+        return f"[{tag}] ERROR     : {ev.get('message')}"
+    return None
+
+
+def _wait_for_server(lab: Lab, deadline: float) -> None:
+    probe = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('{lab.S1}',{SERVER_PORT}),timeout=0.5)\n"
+    )
+    while time.monotonic() < deadline:
+        if lab.run("a", [sys.executable, "-c", probe], timeout=5).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the rendezvous server did not come up")
+
+
+def run_demo(left: str, right: str, timeout: float = 60.0, out=print) -> bool:
+    """Run the demo; True when both peers received each other's line."""
+    out(f"nattrav demo: peer a behind a '{left}' NAT, peer b behind a '{right}' NAT")
+    t0 = time.monotonic()
+    with Lab(left=left, right=right) as lab:
+        out(f"lab up in {time.monotonic() - t0:.2f} s: a={lab.ip('a')} behind {lab.wan_ip('a')}, "
+            f"b={lab.ip('b')} behind {lab.wan_ip('b')}, servers {lab.S1} and {lab.S2}")
+        py = sys.executable
+        lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+                             "--stun", f"{lab.S1},{lab.S2}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_server(lab, time.monotonic() + 10)
+        out(f"servers up: rendezvous {lab.S1}:{SERVER_PORT}, STUN {lab.S1}:3478 + {lab.S2}:3479")
+        fast = [py, "-m", "nattrav.fast_cli", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
+                "--timeout", str(timeout), "--linger", "2"]
+        events: queue.Queue = queue.Queue()
+        b = lab.popen("b", fast, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _events(b, "b", events)
+        peer_id = None
+        a = None
+        got: dict[str, bytes] = {}
+        done = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < (2 if a else 1) and time.monotonic() < deadline:
+            try:
+                tag, line = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                done.add(tag)
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                out(f"[{tag}] {line}")
+                continue
+            shown = _show(tag, ev)
+            if shown:
+                out(shown)
+            if ev.get("event") == "enrolled" and a is None:
+                peer_id = ev["peer_id"]
+                a = lab.popen("a", fast + ["-d", peer_id], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                _events(a, "a", events)
+                a.stdin.write(b"hello from a\n")
+                a.stdin.close()
+            if ev.get("event") == "connected" and tag == "b":
+                b.stdin.write(b"hello from b\n")
+                b.stdin.close()
+        for tag, proc in (("a", a), ("b", b)):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            got[tag] = proc.stdout.read()
+        ok = got.get("a") == b"hello from b\n" and got.get("b") == b"hello from a\n"
+        out(f"[a] received: {got.get('a', b'')!r}")
+        out(f"[b] received: {got.get('b', b'')!r}")
+    out(f"lab torn down; total {time.monotonic() - t0:.1f} s")
+    out("RESULT: " + ("the two peers behind symmetric NATs connected directly through our servers"
+                      if ok else "the peers did NOT connect (see the errors above)"))
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
-    count = 1024
-    t0 = time.perf_counter()
-    with SocketPool(count, "127.0.0.1", ttl=2) as pool:
-        elapsed = time.perf_counter() - t0
-        ports = pool.ports
-    print(f"C core: opened, bound and set TTL=2 on {count} UDP sockets in {elapsed * 1e3:.1f} ms")
-    print(f"  ports {min(ports)}..{max(ports)}, all distinct: {len(set(ports)) == count}")
-    print("The NAT lab demo (peers behind symmetric NATs) is not built yet; this is the C core only.")
-    return 0
+    p = argparse.ArgumentParser(prog="nattrav-demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--left", default="symmetric-seq", help="NAT preset in front of peer a")
+    p.add_argument("--right", default="symmetric-seq", help="NAT preset in front of peer b")
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args(argv)
+    try:
+        return 0 if run_demo(args.left, args.right, args.timeout) else 1
+    except LabError as exc:
+        print(f"nattrav-demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nattrav-demo: interrupted; lab torn down", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,286 @@
+"""The embeddable puncher: `connect()` to a peer by ID, or `listen()` for peers, through our servers.
+
+Both run the same phases, reported through an optional `on_event(phase, detail)` callback:
+  discovery  -- the NAT's behaviour (RFC 5780 tests) against our STUN server;
+  mapping    -- the punch socket asks S1 and then S2 what public port it has (the paper's phase 1-2);
+  rendezvous -- node info goes to the rendezvous server, the peer's comes back with a session key;
+  plan       -- the cheapest strategy for this pair of NATs, with its odds (phase 3);
+  punch      -- low-TTL opening packets, bursts, and the authenticated handshake (phase 4).
+
+The punch socket is opened once and kept: its mapping is what the peer aims at, and a new socket
+would get a new mapping (the reason a tool that closes its STUN socket before punching fails).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .io import rendezvous_client as rv
+from .io.punch import PunchedPath, PunchFailed, punch
+from .io.stun_client import StunErrorResponse, StunTimeout, binding, discover
+from .proto.nat_behavior import NatBehavior
+from .proto.plan import Plan, plan
+
+STUN_PORT = 3478
+RENDEZVOUS_PORT = rv.DEFAULT_PORT
+
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+class ConnectError(Exception):
+    """A connection attempt failed for a reason a user can act on; str() is the one-line reason."""
+
+
+def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """"host", "host:port" or "[v6]:port" -> (host, port); ValueError with a readable message."""
+    host, sep, port = text.rpartition(":")
+    if not sep or ("]" not in text and text.count(":") > 1):
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad port in {text!r} (1..65535)")
+    return host, int(port)
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        raise ConnectError(f"cannot resolve {host!r}") from None
+
+
+@dataclass
+class Endpoint:
+    """What this side learned about itself before meeting the peer."""
+
+    sock: Any  # the trio UDP punch socket (kept open)
+    behavior: NatBehavior
+    report: dict[str, Any]  # behaviour report + the punch socket's own mappings, as sent to the peer
+
+
+async def open_endpoint(
+    stun: tuple[str, int],
+    *,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    on_event: EventHook | None = None,
+) -> Endpoint:
+    """Discover the NAT's behaviour, then learn the punch socket's mappings from S1 and S2."""
+    emit = on_event or (lambda phase, detail: None)
+    stun = (_resolve(stun[0]), stun[1])
+    emit("discovery", {"stun": list(stun)})
+    try:
+        behavior = await discover(stun, src_ip, hairpin=False)
+    except OSError as exc:
+        raise ConnectError(f"STUN discovery against {stun[0]}:{stun[1]} failed: {exc.strerror or exc}") from None
+    if behavior.public_ip is None:
+        raise ConnectError(f"no answer from the STUN server {stun[0]}:{stun[1]} (is it running? is UDP blocked?)")
+    emit("discovery-done", behavior.to_dict())
+
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    try:
+        try:
+            await sock.bind((src_ip or "0.0.0.0", src_port))
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
+            ) from None
+        targets = [stun] + ([behavior.other_address] if behavior.other_address else [])
+        report = await _learn_mappings(sock, targets, behavior, emit)
+    except BaseException:
+        sock.close()
+        raise
+    return Endpoint(sock, behavior, report)
+
+
+async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> dict[str, Any]:
+    """Sample the punch socket's mappings again right before a session: other hosts behind the NAT
+    may have taken ports since. The same socket to the same server address would reuse its old
+    mapping and show nothing new, so the refresh asks the two server addresses this socket has not
+    used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
+    assert ep.behavior.server is not None
+    s1, s2 = ep.behavior.server, ep.behavior.other_address
+    if s2 is None:
+        return ep.report
+    ep.report = await _learn_mappings(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.behavior,
+                                      on_event or (lambda phase, detail: None), ep.report)
+    return ep.report
+
+
+async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: NatBehavior,
+                          emit: EventHook, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    # With APDM each new server address is a new mapping; the difference between consecutive ones
+    # is the step Δ the next mapping will take, and the last one is where prediction starts.
+    series = list(previous["one_socket"]) if previous else []
+    # sample times count from this socket's first sample (the peer's predictor reads them as ages)
+    t0 = previous["one_socket_t0"] if previous else trio.current_time()
+    new = []
+    for dest in targets:
+        try:
+            r = await binding(sock, dest, timeout=3.0)
+        except (StunTimeout, StunErrorResponse) as exc:
+            raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {exc}") from None
+        new.append({"port": r.mapped[1], "t": trio.current_time() - t0})
+        public = [r.mapped[0], r.mapped[1]]
+    series += new
+    report = behavior.to_dict()
+    # keep the info small (the rendezvous caps node info at 8 KiB) and current
+    for key in ("samples", "findings", "discarded"):
+        report.pop(key, None)
+    report["one_socket"] = series
+    report["one_socket_t0"] = t0
+    report["public"] = public
+    report["local"] = list(sock.getsockname()[:2])
+    ports = [s["port"] for s in new]
+    emit("mapping", {"ports": ports, "public": public,
+                     "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
+    return report
+
+
+async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: EventHook,
+                 coordinator: Any = None) -> PunchedPath:
+    peer_report = session.peer_info.get("report") if isinstance(session.peer_info, dict) else None
+    if not isinstance(peer_report, dict):
+        raise ConnectError(f"peer {session.peer_id} published no NAT report")
+    p: Plan = plan(ep.report, peer_report, session.role)
+    emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
+                  "reason": p.reason, "role": session.role, "params": p.params})
+    if not p.feasible:
+        # still try the bounded best effort: the odds are small, not zero
+        pass
+    emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
+    try:
+        path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
+    except PunchFailed as exc:
+        raise ConnectError(str(exc)) from None
+    emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
+                       "strategy": path.strategy.value})
+    return path
+
+
+def _info(ep: Endpoint) -> dict[str, Any]:
+    return {"report": ep.report}
+
+
+@asynccontextmanager
+async def connect(
+    server: str | tuple[str, int],
+    peer_id: str,
+    *,
+    stun: str | tuple[str, int] | None = None,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    ttl: int | None = None,
+    timeout: float = 30.0,
+    on_event: EventHook | None = None,
+    coordinator: Any = None,
+) -> AsyncIterator[PunchedPath]:
+    """Connect to `peer_id` through the rendezvous `server`; yields the authenticated path."""
+    emit = on_event or (lambda phase, detail: None)
+    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    stun_ep = _stun_endpoint(stun, server_ep)
+    with trio.fail_after(timeout):
+        async with rv.open_rendezvous(server_ep) as client:
+            emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+            ep = await open_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit)
+            try:
+                await client.update_info(_info(ep))
+                emit("rendezvous-connect", {"peer": peer_id})
+                session = await client.connect(peer_id, timeout=timeout)
+                path = await _punch(ep, session, ttl, emit, coordinator)
+            except BaseException:
+                ep.sock.close()
+                raise
+    async with path:
+        yield path
+
+
+class Listener:
+    """Enrolled with the rendezvous server; `accept()` waits for a peer and punches to it."""
+
+    def __init__(self, client: rv.RendezvousClient, stun: tuple[str, int], src_ip: str | None,
+                 src_port: int, ttl: int | None, emit: EventHook, coordinator: Any) -> None:
+        self._client = client
+        self._stun = stun
+        self._src = (src_ip, src_port)
+        self._ttl = ttl
+        self._emit = emit
+        self._coordinator = coordinator
+        self.endpoint: Endpoint | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return self._client.peer_id
+
+    async def _prepare(self) -> None:
+        self.endpoint = await open_endpoint(self._stun, src_ip=self._src[0], src_port=self._src[1],
+                                            on_event=self._emit)
+        await self._client.update_info(_info(self.endpoint))
+
+    @asynccontextmanager
+    async def accept(self) -> AsyncIterator[PunchedPath]:
+        """The next peer that asks for us: fresh mappings, accept, punch; yields the path."""
+        offer = await self._client.next_offer()
+        self._emit("offer", {"from": offer.peer_id})
+        if self.endpoint is None:
+            await self._prepare()
+        ep = self.endpoint
+        assert ep is not None
+        self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
+        try:
+            await refresh_mappings(ep, self._emit)
+            await self._client.update_info(_info(ep))
+            session = await self._client.accept(offer)
+            path = await _punch(ep, session, self._ttl, self._emit, self._coordinator)
+        except BaseException:
+            ep.sock.close()
+            raise
+        async with path:
+            yield path
+
+
+@asynccontextmanager
+async def listen(
+    server: str | tuple[str, int],
+    *,
+    name: str | None = None,
+    secret: str | None = None,
+    stun: str | tuple[str, int] | None = None,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    ttl: int | None = None,
+    on_event: EventHook | None = None,
+    coordinator: Any = None,
+) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server and publish our NAT report; yields a Listener."""
+    emit = on_event or (lambda phase, detail: None)
+    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    stun_ep = _stun_endpoint(stun, server_ep)
+    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
+        listener = Listener(client, stun_ep, src_ip, src_port, ttl, emit, coordinator)
+        await listener._prepare()
+        emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
+        try:
+            yield listener
+        finally:
+            if listener.endpoint is not None:
+                listener.endpoint.sock.close()
+
+
+def _stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) -> tuple[str, int]:
+    if stun is None:
+        return (server[0], STUN_PORT)
+    if isinstance(stun, str):
+        return parse_endpoint(stun, STUN_PORT)
+    return stun
+
+
+__all__ = ["ConnectError", "Endpoint", "Listener", "connect", "listen", "open_endpoint", "parse_endpoint"]

@@ -1,0 +1,200 @@
+"""nattrav-fast: punch a UDP path to a peer through our rendezvous and STUN servers, then pipe
+stdin/stdout over it (netcat-like).
+
+Progress goes to stderr (one line a phase, or JSON lines with --json); stdout carries only what the
+peer sends, so `nattrav-fast ... > file` stores the peer's bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import trio
+
+from . import __version__
+from .api import ConnectError, connect, listen, parse_endpoint
+from .io import rendezvous_client as rv
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_SERVER = 3  # rendezvous server unreachable, gone, or protocol trouble
+EXIT_PEER = 4  # unknown peer, offline, refused
+EXIT_PUNCH = 5  # no path: the NAT pair is infeasible or the punch timed out
+EXIT_TIMEOUT = 6
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+examples:
+  nattrav-fast -s 198.51.100.1                 enroll, print our peer ID, wait for one peer
+  nattrav-fast -s 198.51.100.1 -d PEER_ID      connect to that peer
+  echo hi | nattrav-fast -s rv.example:7000 -H stun.example:3478 -d PEER_ID
+
+exit codes: 0 connected and done, 2 bad usage, 3 rendezvous server trouble, 4 unknown/offline/refusing
+peer, 5 no path (the message names both NAT behaviours and the odds), 6 timeout, 130 interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nattrav-fast",
+        description="Connect to a peer behind any NAT (symmetric ones included) through a nattrav "
+        "rendezvous server: STUN discovery, two-server port prediction, low-TTL punching, "
+        "an authenticated handshake, then stdin/stdout over the path.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-s", "--server", required=True, metavar="SERVER[:PORT]",
+                   help="rendezvous server (default port %d)" % rv.DEFAULT_PORT)
+    p.add_argument("-d", "--dest", metavar="PEER_ID",
+                   help="peer to connect to; without it, enroll, print our ID and wait for a peer")
+    p.add_argument("-H", "--stun", metavar="STUN[:PORT]",
+                   help="STUN server (default: the rendezvous server's host, port 3478)")
+    p.add_argument("-i", "--src-ip", metavar="IP", help="local IP to send from (default: any)")
+    p.add_argument("-p", "--src-port", type=int, default=0, metavar="PORT",
+                   help="local UDP port of the punch socket (default: any free port)")
+    p.add_argument("-t", "--ttl", type=int, metavar="TTL",
+                   help="TTL of the opening packets: enough to leave our NAT(s), too small to reach "
+                   "the peer's (default 2: one router between the NATs)")
+    p.add_argument("-n", "--name", help="enroll under this name instead of a random ID")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up connecting after this long (default 30)")
+    p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
+                   help="after stdin ends, wait this long for the peer's data before closing (default 1)")
+    p.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail in progress lines")
+    p.add_argument("--version", action="version", version=f"nattrav {__version__}")
+    return p
+
+
+class Reporter:
+    def __init__(self, as_json: bool, verbose: bool) -> None:
+        self.as_json = as_json
+        self.verbose = verbose
+
+    def __call__(self, phase: str, detail: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps({"event": phase, **detail}, default=str), file=sys.stderr, flush=True)
+            return
+        line = self._human(phase, detail)
+        if line:
+            print(f"nattrav-fast: {line}", file=sys.stderr, flush=True)
+
+    def _human(self, phase: str, d: dict[str, Any]) -> str | None:
+        if phase == "discovery":
+            return f"discovery: asking STUN server {d['stun'][0]}:{d['stun'][1]} how our NAT behaves"
+        if phase == "discovery-done":
+            delta = d.get("delta")
+            words = f"{d.get('mapping')} mapping, {d.get('filtering')} filtering, {d.get('allocation')} ports"
+            if delta not in (None, 0):
+                words += f" (step Δ={delta})"
+            return f"discovery: {words} — {d.get('classic')}" + (
+                f"; findings: {'; '.join(d.get('findings') or [])}" if self.verbose and d.get("findings") else "")
+        if phase == "mapping":
+            return (f"mapping: the punch socket is {d['public'][0]}:{d['public'][1]} "
+                    f"(ports seen by S1, S2: {d['ports']}, Δ={d['delta']})")
+        if phase == "rendezvous":
+            return f"rendezvous: connected to {d['server'][0]}:{d['server'][1]}"
+        if phase == "enrolled":
+            return f"enrolled: our peer ID is {d['peer_id']} — waiting for a peer"
+        if phase == "offer":
+            return f"rendezvous: peer {d['from']} asks for us; accepting"
+        if phase == "rendezvous-connect":
+            return f"rendezvous: asking for peer {d['peer']}"
+        if phase == "plan":
+            extra = f" {d['params']}" if self.verbose else ""
+            return (f"plan: {d['strategy']} (we are {d['role']}), odds {d['odds']:.4f} — "
+                    f"{d['reason']}{extra}")
+        if phase == "punch":
+            return f"punch: firing in {d['start_in']:.2f} s (give up after {d['timeout']:.1f} s)"
+        if phase == "connected":
+            return (f"connected to {d['peer'][0]}:{d['peer'][1]} by {d['strategy']}, "
+                    f"RTT {d['rtt_ms']} ms")
+        return f"{phase}: {d}" if self.verbose else None
+
+
+async def _pipe(path: Any, linger: float) -> None:
+    """stdin -> peer, peer -> stdout, until the peer closes, or stdin ends and `linger` passes."""
+    out = sys.stdout.buffer
+
+    async with trio.open_nursery() as nursery:
+
+        async def from_peer() -> None:
+            while True:
+                data = await path.receive()
+                if not data:  # the peer closed the path
+                    nursery.cancel_scope.cancel()
+                    return
+                out.write(data)
+                out.flush()
+
+        async def to_peer() -> None:
+            while True:
+                data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
+                if not data:
+                    break
+                await path.send(data)
+            await trio.sleep(linger)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(from_peer)
+        nursery.start_soon(to_peer)
+        nursery.start_soon(path.serve_keepalives)
+
+
+async def run(args: argparse.Namespace, report: Reporter) -> int:
+    server = parse_endpoint(args.server, rv.DEFAULT_PORT)
+    common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
+    if args.dest:
+        async with connect(server, args.dest, timeout=args.timeout, **common) as path:
+            await _pipe(path, args.linger)
+    else:
+        async with listen(server, name=args.name, **common) as listener:
+            async with listener.accept() as path:
+                await _pipe(path, args.linger)
+    return EXIT_OK
+
+
+def _fail(code: int, message: str, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"event": "error", "code": code, "message": message}), file=sys.stderr)
+    else:
+        print(f"nattrav-fast: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_endpoint(args.server, rv.DEFAULT_PORT)
+        if args.stun:
+            parse_endpoint(args.stun, 3478)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not 0 <= args.src_port <= 65535:
+        parser.error("-p/--src-port must be in 0..65535")
+    if args.ttl is not None and not 1 <= args.ttl <= 64:
+        parser.error("-t/--ttl must be in 1..64")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    report = Reporter(args.json, args.verbose)
+    try:
+        return trio.run(run, args, report)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted", args.json)
+    except (rv.UnknownPeer, rv.PeerOffline, rv.Refused, rv.OfferGone, rv.NameTaken) as exc:
+        return _fail(EXIT_PEER, str(exc), args.json)
+    except (rv.RendezvousTimeout, trio.TooSlowError) as exc:
+        return _fail(EXIT_TIMEOUT, str(exc) or f"gave up after {args.timeout:g} s", args.json)
+    except rv.RendezvousError as exc:
+        return _fail(EXIT_SERVER, str(exc), args.json)
+    except ConnectError as exc:
+        return _fail(EXIT_PUNCH, str(exc), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
