@@ -225,3 +225,16 @@ def test_cli_up_exec_list_down(need_lab):
         cp = subprocess.run([*cli, "down", lab_id, "--json"], capture_output=True, text=True)
     assert cp.returncode == 0 and len(json.loads(cp.stdout)["removed"]) == 7
     assert ours(lab_id) == []
+
+
+@lab_test
+def test_a_forked_child_exiting_does_not_tear_down_the_parents_lab(need_lab):
+    with Lab("symmetric-seq", "none") as lab:
+        pid = os.fork()
+        if pid == 0:  # child: what atexit / SIGTERM cleanup would do
+            try:
+                registry._down_all()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert len(ours(lab.id)) == 5 and lab.is_up

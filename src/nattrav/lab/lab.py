@@ -104,6 +104,7 @@ class Lab:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.RLock()
         self._is_up = False
+        self.owner_pid: int | None = None
         self.timings: dict[str, float] = {}
 
     # ----- naming -------------------------------------------------------------------------------
@@ -186,12 +187,12 @@ class Lab:
             preflight()
             t0 = time.perf_counter()
             taken = {registry.lab_id_of(n) for n in netns.list_names(registry.PREFIX)}
-            taken |= set(registry.all_states())
             while True:
                 self.id = secrets.token_hex(2)
-                if self.id not in taken:
+                # the O_EXCL state file makes the id ours even against a run starting right now
+                if self.id not in taken and registry.claim(self.id, self._state()):
                     break
-            registry.write_state(self.id, self._state())
+            self.owner_pid = os.getpid()
             registry.register(self)
             self._is_up = True
             try:

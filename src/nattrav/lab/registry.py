@@ -55,6 +55,18 @@ def state_path(lab_id: str) -> str:
     return os.path.join(STATE_DIR, f"{lab_id}.json")
 
 
+def claim(lab_id: str, state: dict) -> bool:
+    """Create the state file for a new id; False if another run already holds that id."""
+    os.makedirs(STATE_DIR, exist_ok=True)
+    try:
+        fd = os.open(state_path(lab_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    return True
+
+
 def write_state(lab_id: str, state: dict) -> None:
     os.makedirs(STATE_DIR, exist_ok=True)
     tmp = state_path(lab_id) + ".tmp"
@@ -174,6 +186,8 @@ def unregister(lab: Lab) -> None:
 
 def _down_all() -> None:
     for lab in list(_live):
+        if getattr(lab, "owner_pid", None) != os.getpid():
+            continue  # a forked child must not tear down its parent's lab
         try:
             lab.down()
         except Exception:
