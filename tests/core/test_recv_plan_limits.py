@@ -83,7 +83,7 @@ def test_plan_packs_to_arrays_and_survives_the_wire():
 
 
 @settings(max_examples=200, deadline=None)
-@given(hs.dictionaries(hs.sampled_from(["n", "src", "ips", "ports", "payload", "plen", "rate", "ttl"]),
+@given(hs.dictionaries(hs.sampled_from(["n", "src", "ips", "ports", "payload", "plen", "rate", "ttl", "lo", "hi"]),
                        hs.one_of(hs.integers(-5, 1 << 30), hs.binary(max_size=64), hs.floats(), hs.none())))
 def test_wire_plans_raise_only_value_error(m):
     try:

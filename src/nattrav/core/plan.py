@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 MAX_PACKETS = 1 << 24
 MAX_PAYLOAD = 65507  # largest UDP payload over IPv4
+MAX_INDEX = 1 << 20  # socket indices a plan may name (a worker sizes its fd table by them)
 
 
 def _ip4(ip: str) -> bytes:
@@ -49,6 +50,7 @@ class PackedPlan:
         return {
             "n": self.n, "src": self.src, "ips": self.ips, "ports": self.ports,
             "payload": self.payload, "plen": self.payload_len, "rate": self.rate, "ttl": self.ttl,
+            "lo": self.src_min, "hi": self.src_max,
         }
 
     @classmethod
@@ -58,7 +60,8 @@ class PackedPlan:
             n, plen = int(m["n"]), int(m["plen"])
             src, ips, ports, payload = (bytes(m[k]) for k in ("src", "ips", "ports", "payload"))
             rate, ttl = float(m["rate"]), int(m["ttl"])
-        except (KeyError, TypeError, ValueError) as e:
+            lo, hi = int(m["lo"]), int(m["hi"])
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"bad plan: {e}") from None
         if not 0 <= n <= MAX_PACKETS or not 0 <= plen <= MAX_PAYLOAD:
             raise ValueError("bad plan: n or payload length out of range")
@@ -68,8 +71,10 @@ class PackedPlan:
             raise ValueError("bad plan: payload length does not match")
         if not (rate == 0 or (math.isfinite(rate) and 0 < rate <= 1e9)) or not 0 <= ttl <= 255:
             raise ValueError("bad plan: rate or ttl out of range")
-        arr = array("i", src)
-        lo, hi = (min(arr), max(arr)) if n else (0, -1)
+        # the index range is taken as declared (scanning 16M indices in Python would cost more than
+        # sending them); the C core refuses the whole plan if any index lies outside its table
+        if n and not 0 <= lo <= hi < MAX_INDEX or not n and (lo, hi) != (0, -1):
+            raise ValueError("bad plan: index range")
         return cls(n, src, ips, ports, payload, plen, rate, ttl, lo, hi)
 
 
@@ -142,8 +147,8 @@ class Burst:
                 raise ValueError(f"ttl must be in 1..255, got {self.ttl!r}")
             ttl = self.ttl
         lo, hi = (min(src), max(src)) if n else (0, -1)
-        if lo < 0:
-            raise ValueError(f"negative socket index {lo}")
+        if lo < 0 or hi >= MAX_INDEX:
+            raise ValueError(f"socket indices must be in 0..{MAX_INDEX - 1}, got {lo}..{hi}")
         return PackedPlan(n, src.tobytes(), ips, ports.tobytes(), payload, plen, rate, ttl, lo, hi)
 
 
