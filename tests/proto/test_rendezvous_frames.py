@@ -164,3 +164,20 @@ def test_deeply_nested_msgpack_is_rejected_not_recursed():
     body = b"\x91" * 100_00 + b"\x01"  # 10k nested one-element arrays
     with pytest.raises(BadFrame):
         decode_one(frame(body))
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        make("session", session="s", peer="p", info={}, key=b"k" * 31, start_at=1.0, now=0.0, role="first"),
+        make("session", session="s", peer="p", info={}, key=b"k" * 32, start_at=1.0, now=0.0, role="third"),
+        make("session", session="s", peer="p", info={}, key=b"k" * 32, start_at=float("nan"), now=0.0,
+             role="first"),
+        make("enrolled", peer="p", secret="s", keepalive=0, now=0.0, observed=["1.2.3.4", 5]),
+        make("enrolled", peer="p", secret="s", keepalive=5, now=0.0, observed=["1.2.3.4"]),
+        make("pong", now=float("inf")),
+    ],
+)
+def test_server_frames_with_values_a_client_relies_on_out_of_range(msg):
+    with pytest.raises(BadFrame, match="out of range"):
+        decode_one(encode(msg), SERVER_MESSAGES)

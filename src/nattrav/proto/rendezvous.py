@@ -123,7 +123,26 @@ def _check_shape(msg: Any, table: dict[str, dict[str, tuple[tuple[type, ...], bo
         raise BadFrame(f"{kind}: id out of range")
     if "info" in msg:
         check_info(msg["info"])
+    extra = _EXTRA_CHECKS.get(kind)
+    if extra is not None and not extra(msg):
+        raise BadFrame(f"{kind}: field values out of range")
     return msg
+
+
+def _finite(x: Any) -> bool:
+    return math.isfinite(x)
+
+
+# Checks beyond types, for fields whose values the receiver relies on.
+_EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
+    "session": lambda m: len(m["key"]) == KEY_BYTES and m["role"] in ("first", "second")
+    and _finite(m["start_at"]) and _finite(m["now"]),
+    "enrolled": lambda m: len(m["observed"]) == 2 and isinstance(m["observed"][0], str)
+    and isinstance(m["observed"][1], int) and _finite(m["now"]) and _finite(m["keepalive"])
+    and m["keepalive"] > 0,
+    "pong": lambda m: _finite(m["now"]),
+    "offer": lambda m: _finite(m["expires"]),
+}
 
 
 def check_info(info: Any) -> dict:
