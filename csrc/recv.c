@@ -146,43 +146,51 @@ int nt_recv_wait(int epfd, const int *fds, int count, int wake_fd, const uint8_t
                 st->icmp_errors += drain_errqueue(fd);
             if (!(evs[k].events & EPOLLIN))
                 continue;
-            for (int j = 0; j < RECV_BATCH; j++) {
-                iov[j].iov_base = bufs + (size_t)j * buf_len;
-                iov[j].iov_len = buf_len;
-                memset(&msgs[j].msg_hdr, 0, sizeof msgs[j].msg_hdr);
-                msgs[j].msg_hdr.msg_name = &from[j];
-                msgs[j].msg_hdr.msg_namelen = sizeof from[j];
-                msgs[j].msg_hdr.msg_iov = &iov[j];
-                msgs[j].msg_hdr.msg_iovlen = 1;
-            }
-            st->syscalls++;
-            int r = recvmmsg(fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
-            if (r < 0) {
-                int e = errno;
-                if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
-                    /* sk_err from an ICMP error; the error queue holds its record (if any) */
-                    int64_t q = drain_errqueue(fd);
-                    st->icmp_errors += q ? q : 1;
+            /* One datagram first: a socket whose first datagram wins keeps the ones behind it in
+             * the kernel, for the session that takes the socket over. Only a socket that has shown
+             * noise is read in batches (and then a winner's followers in that batch are dropped). */
+            int vlen = 1;
+            for (int rounds = 0; rounds < 8; rounds++) {
+                for (int j = 0; j < vlen; j++) {
+                    iov[j].iov_base = bufs + (size_t)j * buf_len;
+                    iov[j].iov_len = buf_len;
+                    memset(&msgs[j].msg_hdr, 0, sizeof msgs[j].msg_hdr);
+                    msgs[j].msg_hdr.msg_name = &from[j];
+                    msgs[j].msg_hdr.msg_namelen = sizeof from[j];
+                    msgs[j].msg_hdr.msg_iov = &iov[j];
+                    msgs[j].msg_hdr.msg_iovlen = 1;
                 }
-                continue;
-            }
-            for (int j = 0; j < r; j++) {
-                st->received++;
-                unsigned len = msgs[j].msg_len;
-                if (len > (unsigned)buf_len)
-                    len = buf_len; /* truncated (MSG_TRUNC): only buf_len bytes exist */
-                if ((int)len < match_len || memcmp(iov[j].iov_base, match, match_len) != 0) {
-                    st->rejected++;
-                    continue;
+                st->syscalls++;
+                int r = recvmmsg(fd, msgs, vlen, MSG_DONTWAIT, NULL);
+                if (r < 0) {
+                    int e = errno;
+                    if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
+                        /* sk_err from an ICMP error; the error queue holds its record (if any) */
+                        int64_t q = drain_errqueue(fd);
+                        st->icmp_errors += q ? q : 1;
+                    }
+                    break;
                 }
-                memcpy(buf, iov[j].iov_base, len);
-                *index_out = (int32_t)idx;
-                *src_ip_be_out = from[j].sin_addr.s_addr;
-                *src_port_out = ntohs(from[j].sin_port);
-                /* datagrams after the winner in this batch are dropped: the attempt is over */
-                st->dropped_after_hit += r - j - 1;
-                rc = (int)len;
-                goto out;
+                for (int j = 0; j < r; j++) {
+                    st->received++;
+                    unsigned len = msgs[j].msg_len;
+                    if (len > (unsigned)buf_len)
+                        len = buf_len; /* truncated (MSG_TRUNC): only buf_len bytes exist */
+                    if ((int)len < match_len || memcmp(iov[j].iov_base, match, match_len) != 0) {
+                        st->rejected++;
+                        continue;
+                    }
+                    memcpy(buf, iov[j].iov_base, len);
+                    *index_out = (int32_t)idx;
+                    *src_ip_be_out = from[j].sin_addr.s_addr;
+                    *src_port_out = ntohs(from[j].sin_port);
+                    st->dropped_after_hit += r - j - 1;
+                    rc = (int)len;
+                    goto out;
+                }
+                if (r < vlen)
+                    break; /* emptied */
+                vlen = RECV_BATCH;
             }
         }
     }
