@@ -221,3 +221,37 @@ async def test_worker_that_cannot_start_says_why():
         async with open_coordinator(1, netns="nt-no-such-namespace-x"):
             pass
     assert "worker start failed" in str(info.value) and "nt-no-such-namespace-x" in str(info.value)
+
+
+def test_no_orphans_when_the_coordinator_process_is_killed():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, trio
+        from nattrav.workers import open_coordinator
+        async def main():
+            async with open_coordinator(2) as coord:
+                await coord.open_sockets(8, "127.0.0.1")
+                print(*coord.worker_pids, flush=True)
+                await trio.sleep(60)
+        trio.run(main)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        proc.kill()
+        proc.wait(10)
+        procs = []
+        for p in pids:
+            try:
+                procs.append(psutil.Process(p))
+            except psutil.NoSuchProcess:
+                pass
+        gone, alive = psutil.wait_procs(procs, timeout=5)
+        assert not alive, f"orphaned workers: {alive}"
+    finally:
+        proc.kill()
+        proc.wait()
