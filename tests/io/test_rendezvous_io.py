@@ -360,3 +360,15 @@ async def test_an_internal_error_costs_one_connection_not_the_server(nursery):
         assert await a.ping() < 1
         with pytest.raises(PeerOffline):
             await a.connect("bob")
+
+
+async def test_cancelled_requests_never_cut_a_frame(nursery):
+    addr, state = await start(nursery)
+    big = {"pad": "z" * 7500}  # frames large enough that a write can be interrupted
+    async with open_rendezvous(addr, name="alice") as a:
+        for i in range(200):
+            with trio.move_on_after(0 if i % 2 else 1e-4):
+                await a.update_info(big)
+        assert await a.ping() < 1
+        await a.update_info({"fine": True})
+    assert state.stats["bad_frames"] == 0

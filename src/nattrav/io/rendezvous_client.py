@@ -24,6 +24,7 @@ from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, ClockMap, check_info, 
 from .framing import FrameStream
 
 DEFAULT_PORT = 7000
+SEND_TIMEOUT = 10.0
 
 
 class RendezvousError(Exception):
@@ -154,21 +155,35 @@ class RendezvousClient:
         return self._clock.to_local(server_time)
 
     # -- plumbing --
+    def _gone_error(self) -> RendezvousError:
+        gone = self._gone or ServerGone("connection closed")
+        return type(gone)(str(gone))  # a fresh instance per raise: tracebacks must not pile up
+
+    async def _send(self, msg: dict) -> None:
+        # A frame cut in half by a cancellation would desynchronise the stream for every later
+        # request, so the write is shielded; its own deadline covers a server that stopped reading.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT) as stuck:
+                try:
+                    await self._frames.send(msg)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._fail(ServerGone(f"lost the server connection: {exc}"))
+            if stuck.cancelled_caught:
+                self._fail(ServerGone(f"the server has not read our frames for {SEND_TIMEOUT:g} s"))
+                await trio.aclose_forcefully(self._frames.stream)
+
     async def _request(self, kind: str, **fields) -> dict:
         if self._gone is not None:
-            raise self._gone
+            raise self._gone_error()
         rid = next(self._ids)
         reply = self._pending[rid] = _Reply()
         try:
-            try:
-                await self._frames.send(make(kind, id=rid, **fields))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._fail(ServerGone(f"lost the server connection: {exc}"))
+            await self._send(make(kind, id=rid, **fields))
             await reply.event.wait()
         finally:
             self._pending.pop(rid, None)
         if reply.msg is None:
-            raise self._gone or ServerGone("connection closed")
+            raise self._gone_error()
         if reply.msg["t"] == "error":
             raise error_from(reply.msg)
         return reply.msg
@@ -275,7 +290,7 @@ class RendezvousClient:
             try:
                 offer = await self._offers.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._gone or ServerGone("connection closed") from None
+                raise self._gone_error() from None
             if offer.offer_id not in self._cancelled:
                 return offer
 
