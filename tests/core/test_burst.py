@@ -171,8 +171,9 @@ def test_noise_is_read_in_batches_and_the_winner_found():
     tx.close()
 
 
-def test_taken_socket_leaves_the_pool():
-    with SocketPool(3, "127.0.0.1") as pool:
+@pytest.mark.parametrize("cls", POOLS)
+def test_taken_socket_leaves_the_pool(cls):
+    with cls(3, "127.0.0.1") as pool:
         port = pool.ports[1]
         fd = pool.take(1)
         s = socket.socket(fileno=fd)
@@ -180,7 +181,7 @@ def test_taken_socket_leaves_the_pool():
         with pytest.raises(IndexError):
             pool.set_ttl(1, 5)
         with pytest.raises(IndexError):
-            pool.send_burst(Burst([1], "127.0.0.1", [9], b"x"))
+            pool.send_burst(Burst([0, 1, 2], "127.0.0.1", [9, 9, 9], b"x"))
     # closing the pool did not close the taken socket
     assert s.getsockname() == ("127.0.0.1", port)
     s.close()

@@ -101,6 +101,8 @@ class PySocketPool:
             if p.n and p.src_max >= self.count:
                 raise IndexError(f"socket index {p.src_max} out of range 0..{self.count - 1}")
             owned = {i: s for i, s in enumerate(socks) if s is not None}
+            if len(owned) < self.count and not set(owned).issuperset(src):
+                raise IndexError("the plan names sockets that were handed away")
         mine = [i for i in range(p.n) if src[i] in owned]
         st.planned = len(mine)
         used = {src[i] for i in mine}

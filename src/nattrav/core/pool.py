@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from array import array
 from collections.abc import Sequence
 
 from .._core import ffi, lib
@@ -81,6 +82,7 @@ class SocketPool:
         self.count = count
         self.ip = ip
         self._receiver: Receiver | None = None
+        self._taken: set[int] = set()
 
     @property
     def fds(self) -> list[int]:
@@ -114,8 +116,8 @@ class SocketPool:
         packed = as_plan(plan)
         if packed.n and packed.src_max >= self.count:
             raise IndexError(f"socket index {packed.src_max} out of range 0..{self.count - 1}")
-        for i in {packed.src_min, packed.src_max} if packed.n else ():
-            self._index(i)
+        if self._taken and self._taken.intersection(array("i", packed.src)):
+            raise IndexError(f"the plan names sockets that were handed away: {sorted(self._taken)[:5]}")
         return send_packed(self._fds, self.count, packed, int(timeout * 1000))
 
     def _recv(self) -> Receiver:
@@ -142,6 +144,7 @@ class SocketPool:
         if self._receiver is not None:
             self._receiver.forget(fd)
         self._fds[index] = -1
+        self._taken.add(index)
         return fd
 
     def close(self) -> None:

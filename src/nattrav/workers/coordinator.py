@@ -344,6 +344,9 @@ class Coordinator:
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 <= timeout <= 86400):
             raise ValueError(f"timeout must be 0..86400 s, got {timeout!r}")
         involved = sorted(set(self._owner))
+        if not involved:
+            await trio.sleep(timeout)  # no socket, so nothing can arrive
+            return None
         winner: list[Hit] = []
         listening = set(involved)
 
