@@ -238,3 +238,19 @@ def test_a_forked_child_exiting_does_not_tear_down_the_parents_lab(need_lab):
                 os._exit(0)
         os.waitpid(pid, 0)
         assert len(ours(lab.id)) == 5 and lab.is_up
+
+
+@lab_test
+def test_cli_probe_json_and_sweep(need_lab):
+    cli = [sys.executable, "-m", "nattrav.lab.cli"]
+    cp = subprocess.run([*cli, "probe", "symmetric-seq-2", "--json", "--loss-count", "200"],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    for key in ("mapping", "filtering", "allocation", "delta", "hairpin", "tcp_unsolicited"):
+        assert out["measured"][key] == out["expected"][key], key
+    assert out["measured"]["delta"] == 2
+    cp = subprocess.run([*cli, "probe", "symmetric-seq-2"], capture_output=True, text=True, timeout=60)
+    assert "delta            2                2" in cp.stdout
+    cp = subprocess.run([*cli, "sweep", "--json"], capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0 and isinstance(json.loads(cp.stdout)["removed"], list)
