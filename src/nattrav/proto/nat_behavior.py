@@ -207,7 +207,9 @@ def classic_name(nat: bool | None, mapping: str | None, filtering: str | None, b
 def findings_for(b: NatBehavior, *, server_ignored_change: bool, repeat_same_port: bool | None) -> list[str]:
     """Plain-language notes answering "why did the external port (not) change?" for this NAT."""
     out: list[str] = []
-    if b.mapping == "EIM" and b.allocation == "preserve":
+    if b.nat is False:
+        out.append("no NAT on the path: the server saw this socket's own address and port")
+    elif b.mapping == "EIM" and b.allocation == "preserve":
         out.append(
             "external port == local port for every server: EIM with port preservation, the port "
             "legitimately stays the same"
