@@ -351,13 +351,20 @@ async def open_rendezvous(
             raise ProtocolViolation(f"malformed frame from the server: {exc}") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ServerGone(f"lost the server connection during enroll: {exc}") from None
+        # The caller's own exception leaves unwrapped: raised inside the nursery it would come out
+        # as an ExceptionGroup, and callers could no longer `except ConnectError`.
+        body_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
             nursery.start_soon(client._keepalive_loop)
             try:
                 yield client
+            except BaseException as exc:
+                body_error = exc
             finally:
                 nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
     finally:
         client._fail(ServerGone("rendezvous client closed"))
         await trio.aclose_forcefully(stream)
