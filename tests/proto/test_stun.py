@@ -307,3 +307,27 @@ def test_mutated_vectors_give_a_message_or_bad_packet(prefix, pos, value, cut):
     # integrity checks on a mutated message never raise either
     m.check_integrity(PASSWORD)
     m.check_fingerprint()
+
+
+# RFC 8489 Appendix B.1: long-term auth with MESSAGE-INTEGRITY-SHA256, PASSWORD-ALGORITHM, USERHASH
+SAMPLE_SHA256 = bytes.fromhex(
+    "000100902112a44278ad3433c6ad72c029da412e"
+    "001e00204a3cf38fef6992bda952c6780417da0f24819415569e60b205c46e41407f1704"
+    "001500296f624d61744a6f733241414143662f2f3439396b39353464364f4c33346f4c394653547679363473410000"
+    "00"
+    "0014000b6578616d706c652e6f726700"
+    "001d000400020000"
+    "001c0020b5c7bf005b6c52a21c51c5e892f81924136296cb927c43149309278cc6518e65"
+)
+
+
+def test_rfc8489_sha256_vector():
+    import hashlib
+
+    m = parse(SAMPLE_SHA256)
+    user = "\u30de\u30c8\u30ea\u30c3\u30af\u30b9"
+    assert m.get(Attr.NONCE) == "obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA"
+    assert m.get(Attr.USERHASH) == hashlib.sha256(f"{user}:example.org".encode()).digest()
+    assert m.get(Attr.PASSWORD_ALGORITHM) == bytes.fromhex("00020000")  # SHA-256, no parameters
+    assert m.check_integrity_sha256(long_term_key(user, "example.org", "TheMatrIX", sha256=True))
+    assert not m.check_integrity_sha256(long_term_key(user, "example.org", "TheMatrIx", sha256=True))
