@@ -11,11 +11,9 @@ import time
 import pytest
 import trio
 
-from nattrav.lab import Lab, LabError, preflight, sweep
+from nattrav.lab import Lab, LabError, netns, preflight, registry, sweep
 from nattrav.lab import lab as lab_module
-from nattrav.lab import netns, registry
 from nattrav.lab.probe import observe, start_responder
-from nattrav.lab.pytest_support import require_lab
 
 lab_test = pytest.mark.lab
 

@@ -37,7 +37,10 @@ def test_preserving_cone_is_plain_snat_without_allocator():
 
 def test_full_cone_dnats_through_the_public_port_map():
     text = r(PRESETS["full-cone"])
-    assert 'iifname "wan" ip daddr 203.0.113.10 meta l4proto { tcp, udp } dnat ip addr . port to meta l4proto . th dport map @pub' in text
+    assert (
+        'iifname "wan" ip daddr 203.0.113.10 meta l4proto { tcp, udp } '
+        "dnat ip addr . port to meta l4proto . th dport map @pub"
+    ) in text
     assert "update @pub" in text and "@adf" not in text
 
 

@@ -30,7 +30,8 @@ _TOOLS = {"ip": "iproute2", "nft": "nftables", "conntrack": "conntrack"}
 def tool(name: str) -> str:
     found = shutil.which(name, path=_TOOL_PATH)
     if not found:
-        raise LabError(f"`{name}` not found: install it (apt-get install {_TOOLS.get(name, name)}) or run bash .ci/install")
+        pkg = _TOOLS.get(name, name)
+        raise LabError(f"`{name}` not found: install it (apt-get install {pkg}) or run bash .ci/install")
     return found
 
 
