@@ -16,6 +16,27 @@ from nattrav.io.rendezvous_client import open_rendezvous
 SERVER = [sys.executable, "-m", "nattrav.server_cli"]
 
 
+def readline(proc, timeout: float = 20.0) -> str:
+    """One line of a child's stdout, or fail instead of hanging when it prints nothing."""
+    import os
+    import select
+    import time
+
+    # Byte by byte from the fd: a buffered readline could swallow the next line where select
+    # cannot see it.
+    fd, out, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while not out.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output line from {proc.args} within {timeout} s (got {out!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        out += byte
+    return out.decode()
+
+
 def run_cli(*args, timeout=20):
     return subprocess.run([*SERVER, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -66,7 +87,7 @@ def server_process():
     p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--json-log", "-v", "--start-margin", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = json.loads(p.stdout.readline())
+        line = json.loads(readline(p))
         host, port = line["address"].rsplit(":", 1)
         yield p, (host, int(port))
     finally:
@@ -118,7 +139,7 @@ def test_stun_and_rendezvous_in_one_process():
         p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1",
                               "--stun-ports", f"{port},{alt}"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first, second = p.stdout.readline(), p.stdout.readline()
+        first, second = readline(p), readline(p)
         if second.startswith("stun"):
             break
         p.wait(10)

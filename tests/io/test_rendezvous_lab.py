@@ -22,6 +22,27 @@ pytestmark = pytest.mark.lab
 PORT = 7000
 
 
+def readline(proc, timeout: float = 20.0) -> str:
+    """One line of a child's stdout, or fail instead of hanging when it prints nothing."""
+    import os
+    import select
+    import time
+
+    # Byte by byte from the fd: a buffered readline could swallow the next line where select
+    # cannot see it.
+    fd, out, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while not out.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output line from {proc.args} within {timeout} s (got {out!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        out += byte
+    return out.decode()
+
+
 # --- run inside the namespaces (module-level so lab.call can pickle them) -------------------------
 
 def _summary(rv, session) -> dict:
@@ -94,7 +115,7 @@ async def test_peers_behind_nats_meet_through_the_server(sym_lab, tmp_path):
                                   "--stun", f"{lab.S1},{lab.S2}", "--json-log", "-v"],
                        stdout=subprocess.PIPE, stderr=log, text=True)
     try:
-        lines = [json.loads(server.stdout.readline()) for _ in range(2)]
+        lines = [json.loads(readline(server)) for _ in range(2)]
         assert [rec["service"] for rec in lines] == ["rendezvous", "stun"], lines
         name = f"bob-{secrets.token_hex(3)}"
         got = {}
