@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 
 import trio
@@ -142,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     from .io.stun_client import discover
 
     server = parse_endpoint(args.server)
+    try:
+        # replies are checked against the address we sent to: resolve a host name to it first
+        server = (socket.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)[0][4][0], server[1])
+    except socket.gaierror as exc:
+        print(f"nattrav-stun: cannot resolve {server[0]}: {exc}", file=sys.stderr)
+        return 1
     report = trio.run(
         lambda: discover(
             server,

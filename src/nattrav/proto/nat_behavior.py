@@ -258,6 +258,7 @@ def classify(
     b.lifetime = lifetime
     if test1 is None:
         b.classic = classic_name(None, None, None, blocked=True)
+        b.findings = ["no valid STUN answer: the server is down or elsewhere, or UDP is blocked"]
         return b
     b.public_ip = test1[0]
     b.nat = test1 != local
