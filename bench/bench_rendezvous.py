@@ -8,7 +8,8 @@ Three numbers and their ratios:
 - echo baseline: a Trio server in another process that only decodes and re-encodes frames (the same
   framing, no registry), round trips per second with the same client load;
 - nattrav-server in another process: concurrent enroll of 2*pairs peers, then every pair runs
-  `rounds` connect+accept sessions at once, and everyone pings; requests per second.
+  `rounds` connect+accept sessions at once, and everyone pings; requests per second; and the
+  connect-to-session latency one pair sees on an idle server.
 Bounded: at most 2*pairs connections and one request in flight per connection."""
 
 from __future__ import annotations
@@ -132,6 +133,25 @@ async def rendezvous_load(port: int, pairs: int, rounds: int, pings: int) -> dic
     return result
 
 
+async def session_latency(port: int, sessions: int) -> list[float]:
+    """connect() to session on an otherwise idle server: what a traversal waits for the rendezvous."""
+    addr = ("127.0.0.1", port)
+    times = []
+    async with open_rendezvous(addr, name="lat-t") as t, open_rendezvous(addr) as c:
+        async def target():
+            while True:
+                await t.accept(await t.next_offer())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(target)
+            for _ in range(sessions):
+                t0 = time.perf_counter()
+                await c.connect("lat-t")
+                times.append(time.perf_counter() - t0)
+            n.cancel_scope.cancel()
+    return sorted(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=200, help="peer pairs (2x connections), default 200")
@@ -155,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "--json-log"])
     try:
         port = int(json.loads(line)["address"].rsplit(":", 1)[1])
+        lat = trio.run(session_latency, port, 300)
         load = trio.run(rendezvous_load, port, args.pairs, args.rounds, args.pings)
     finally:
         server.terminate()
@@ -172,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "sessions_per_s": round(load["sessions"] / load["work_s"]),
         "requests_per_s": round(rv_rps),
         "ratio_requests_vs_echo": round(rv_rps / echo_rps, 3),
+        "session_latency_ms_median": round(lat[len(lat) // 2] * 1e3, 3),
+        "session_latency_ms_p99": round(lat[int(len(lat) * 0.99)] * 1e3, 3),
     }
     print(f"rendezvous bench: {out['connections']} connections on loopback, {os.cpu_count()} CPUs "
           "(client load and server share them)")
@@ -182,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  connect+accept sessions        {out['sessions_per_s']:>9,} sessions/s ({out['sessions']} in all)")
     print(f"  rendezvous requests            {out['requests_per_s']:>9,} requests/s "
           f"= {out['ratio_requests_vs_echo']:.2f} x the echo baseline")
+    print(f"  connect -> session, idle server {out['session_latency_ms_median']:>9.2f} ms median, "
+          f"{out['session_latency_ms_p99']:.2f} ms p99 (2 round trips through the server)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
