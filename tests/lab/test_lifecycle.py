@@ -252,3 +252,13 @@ def test_cli_probe_json_and_sweep(need_lab):
     assert "delta            2                2" in cp.stdout
     cp = subprocess.run([*cli, "sweep", "--json"], capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0 and isinstance(json.loads(cp.stdout)["removed"], list)
+
+
+@pytest.mark.parametrize("argv", [["up"], ["probe", "full-cone"], ["sweep"], ["down"], ["exec", "a", "--", "true"]])
+def test_cli_without_root_says_so_in_one_line(monkeypatch, capsys, argv):
+    from nattrav.lab import cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs root" in err[0]

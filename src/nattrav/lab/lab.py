@@ -198,7 +198,7 @@ class Lab:
             self._is_up = True
             try:
                 netns.prepare()
-                netns.in_thread(self._build)
+                netns.in_thread(self._build, started=lambda t: setattr(self, "_builder", t))
                 self._start_background()
             except BaseException as exc:
                 self.down()
@@ -300,6 +300,11 @@ class Lab:
             if not self._is_up:
                 return
             t0 = time.perf_counter()
+            # SIGTERM / Ctrl-C can land while up() waits for the builder: let it finish, or the
+            # namespaces it creates after this point would outlive the lab
+            builder = getattr(self, "_builder", None)
+            if builder is not None and builder is not threading.current_thread():
+                builder.join(10)
             for p in self._procs:
                 if p.poll() is None:
                     try:

@@ -115,8 +115,9 @@ def pids_in(inodes: set[int]) -> list[int]:
     return found
 
 
-def in_thread(fn: Callable[[], T]) -> T:
-    """Run fn in a fresh thread (which may unshare/setns freely) and return its result or raise."""
+def in_thread(fn: Callable[[], T], started: Callable[[threading.Thread], None] | None = None) -> T:
+    """Run fn in a fresh thread (which may unshare/setns freely) and return its result or raise.
+    `started` receives the thread, so a cleanup that interrupts the wait can still join it."""
     box: dict = {}
 
     def runner() -> None:
@@ -127,6 +128,8 @@ def in_thread(fn: Callable[[], T]) -> T:
 
     t = threading.Thread(target=runner, name="nattrav-lab-netns", daemon=True)
     t.start()
+    if started is not None:
+        started(t)
     t.join()
     if "error" in box:
         raise box["error"]
