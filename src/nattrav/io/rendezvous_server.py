@@ -197,8 +197,9 @@ async def serve_rendezvous(
                 io.close()  # the writer flushes what is queued (a final error frame), then ends
         finally:
             disp.conns.pop(conn, None)
-            if conn in state.conns:  # cancelled from outside (server shutdown)
+            if conn in state.conns:  # cancelled from outside, or an unexpected error
                 state.connection_lost(conn, trio.current_time())
+                disp.run()  # tell the others now (their pending offers with this peer end)
             await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as nursery:
