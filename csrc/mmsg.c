@@ -155,9 +155,12 @@ static int seen_recently(uint8_t *cache, int slots, int window_ms, const uint8_t
     struct replay_slot *s = (struct replay_slot *)cache + (h & (uint32_t)(slots - 1));
     int hit = memcmp(s->key, key, 16) == 0 && memcmp(&s->src, src, sizeof *src) == 0 &&
               now - s->at_ms < window_ms;
-    memcpy(s->key, key, 16);
-    s->src = *src;
-    s->at_ms = now;
+    /* a hit does not extend the window: a replayed packet is answered at most once per window */
+    if (!hit) {
+        memcpy(s->key, key, 16);
+        s->src = *src;
+        s->at_ms = now;
+    }
     return hit;
 }
 

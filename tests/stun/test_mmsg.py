@@ -136,3 +136,48 @@ def test_load_generator_against_the_fast_path():
         server.close()
     assert r["received"] > 100 and r["received"] <= r["sent"]
     assert fp.stats["answered_fast"] >= r["received"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from nattrav.proto.stun import BadPacket  # noqa: E402
+
+COOKIE = bytes.fromhex("2112a442")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["random", "header", "bare"]),
+    body=st.binary(max_size=120),
+    tid=st.binary(min_size=12, max_size=12),
+)
+def test_c_fast_path_agrees_with_the_python_parser(kind, body, tid):
+    """Whatever C answers is a bare Binding request; whatever C calls malformed, parse() rejects too;
+    what C hands back, parse() sees first."""
+    if kind == "random":
+        data = body
+    elif kind == "header":  # a consistent header over random attributes
+        body = body[: len(body) // 4 * 4]
+        data = b"\x00\x01" + len(body).to_bytes(2, "big") + COOKIE + tid + body
+    else:
+        data = b"\x00\x01\x00\x00" + COOKIE + tid
+    server, client = udp(), udp()
+    try:
+        fp = StunFastPath(b"", n=4, replay_slots=0)
+        client.sendto(data, server.getsockname())
+        wait_readable(server)
+        rest = fp.serve(server)
+        st_ = fp.stats
+        if st_["answered_fast"]:
+            assert data[:4] == b"\x00\x01\x00\x00" and data[4:8] == COOKIE and len(data) == 20
+            wait_readable(client)
+            assert parse(client.recv(2048)).get(Attr.XOR_MAPPED_ADDRESS) == client.getsockname()
+        elif st_["malformed"]:
+            with pytest.raises(BadPacket):
+                parse(data)
+        else:
+            assert rest == [(data, client.getsockname())]
+    finally:
+        server.close()
+        client.close()

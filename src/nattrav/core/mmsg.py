@@ -126,7 +126,7 @@ class StunFastPath:
         n: int = 64,
         bufsize: int = 2048,
         replay_slots: int = 4096,
-        replay_window_ms: int = 100,
+        replay_window_ms: int = 50,
     ) -> None:
         _check_sizes(n, bufsize)
         # tail None: answer nothing in C, only drop malformed/replayed datagrams

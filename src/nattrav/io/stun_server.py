@@ -68,7 +68,7 @@ class StunServerConfig:
     software: str | None = SOFTWARE
     fast_path: bool = True
     batch: int = 64
-    replay_window_ms: int = 100
+    replay_window_ms: int = 50
 
     @property
     def layout(self) -> str:
