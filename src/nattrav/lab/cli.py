@@ -63,7 +63,7 @@ def cmd_up(a) -> int:
 
 def cmd_exec(a) -> int:
     lab = _pick(a.lab)
-    argv = list(a.cmd)
+    argv = list(a.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD")
     p.add_argument("--lab", help="lab id (default: the only one up)")
     p.add_argument("node")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
     p.set_defaults(fn=cmd_exec)
 
     p = sub.add_parser("probe", help="bring a preset up behind host a, measure it, print the table")
