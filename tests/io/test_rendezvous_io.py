@@ -372,3 +372,20 @@ async def test_cancelled_requests_never_cut_a_frame(nursery):
         assert await a.ping() < 1
         await a.update_info({"fine": True})
     assert state.stats["bad_frames"] == 0
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("198.51.100.1", ("198.51.100.1", 7000)),
+        ("198.51.100.1:7001", ("198.51.100.1", 7001)),
+        ("rv.example:80", ("rv.example", 80)),
+        ("::1", ("::1", 7000)),
+        ("[::1]:7002", ("::1", 7002)),
+        ("[::1]", ("::1", 7000)),
+    ],
+)
+def test_server_address_forms(text, want):
+    from nattrav.io.rendezvous_client import parse_server
+
+    assert parse_server(text) == want

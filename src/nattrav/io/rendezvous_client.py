@@ -311,9 +311,11 @@ class RendezvousClient:
 def parse_server(server: str | tuple[str, int], default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     if isinstance(server, tuple):
         return server
+    if server.count(":") > 1 and not server.startswith("["):
+        return server, default_port  # a bare IPv6 address; with a port it must be [addr]:port
     host, sep, port = server.rpartition(":")
     if not sep or not port.isdigit():
-        return server, default_port
+        return server.strip("[]"), default_port
     return host.strip("[]"), int(port)
 
 
