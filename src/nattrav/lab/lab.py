@@ -158,6 +158,10 @@ class Lab:
         return self.low_ttl
 
     # ----- lifecycle ------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        sides = " | ".join("none" if s is None else s.name for s in (self.left, self.right))
+        return f"<Lab {self.id or '(down)'} {sides} {'up' if self._is_up else 'down'}>"
+
     def __enter__(self) -> Lab:
         return self.up()
 
@@ -186,6 +190,7 @@ class Lab:
             if self._is_up:
                 return self
             preflight()
+            _sweep_once()
             t0 = time.perf_counter()
             taken = {registry.lab_id_of(n) for n in netns.list_names(registry.PREFIX)}
             while True:
@@ -499,6 +504,21 @@ class Lab:
         return out
 
 
+_swept = False
+
+
+def _sweep_once() -> None:
+    """The first lab of a process clears what crashed runs left behind (owner gone), best effort."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        registry.sweep()
+    except OSError:
+        pass
+
+
 def _wait_carrier(iprs: dict, timeout: float) -> None:
     """Until every veth reports operstate UP: before that its queue may still drop packets."""
     deadline = time.monotonic() + timeout
@@ -519,8 +539,13 @@ def _wait_carrier(iprs: dict, timeout: float) -> None:
 def _write_sysctls(settings: dict[str, str]) -> None:
     # /proc/sys/net resolves against the calling thread's namespace, so this thread's setns applies
     for key, value in settings.items():
-        with open(f"/proc/sys/{key}", "w") as f:
-            f.write(value)
+        try:
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if key.startswith("net/ipv6/"):
+                continue  # a kernel booted without IPv6: nothing to switch off
+            raise LabError(f"/proc/sys/{key} is missing: this kernel lacks a feature the lab needs") from None
 
 
 _CT_FIELDS = re.compile(r"(src|dst|sport|dport)=(\S+)")

@@ -200,11 +200,11 @@ def start_responder(lab, ports: tuple[int, ...] = PORTS, timeout: float = 5.0) -
     proc = lab.popen(
         "server",
         [sys.executable, "-m", "nattrav.lab.responder", *[f"{ip}:{p}" for ip, p in endpoints]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
     )
     line = _readline(proc.stdout, timeout)
     if line.strip() != b"ready":
-        err = proc.stderr.read1(4000) if proc.poll() is not None else b""
+        err = proc.stderr.read(4000) if proc.poll() is not None else b""
         from .errors import LabError
 
         raise LabError(f"the probe responder did not start: {line!r} {err.decode(errors='replace')}")
@@ -333,7 +333,8 @@ def measure_hairpin(lab, host: str, wait: float = 1.0) -> tuple[bool | None, lis
     argv = [sys.executable, "-c",
             "import sys; from nattrav.lab.probe import hairpin_listen_main as m; "
             f"m(({lab.S1!r}, {PORTS[0]}), {wait + 1.0})"]
-    proc = lab.popen(peer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # unbuffered: select() must see every line that is not yet read
+    proc = lab.popen(peer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     try:
         first = json.loads(_readline(proc.stdout, 5.0) or b"{}")
         public = first.get("public")
