@@ -74,3 +74,10 @@ def test_parse_conntrack_both_directions():
         (("10.0.1.2", 40000), ("203.0.113.10", 20000), ("198.51.100.1", 7000)),
         (("10.0.1.3", 40001), ("203.0.113.10", 40001), ("198.51.100.2", 7000)),
     ]
+
+
+def test_mappings_unpack_as_tuples():
+    text = ("udp      17 29 src=10.0.1.2 dst=198.51.100.1 sport=1 dport=2 src=198.51.100.1 "
+            "dst=203.0.113.10 sport=2 dport=3 mark=0 use=1\n")
+    [(proto, inside, outside, remote)] = parse_conntrack(text, lan_net="10.0.1.0/24")
+    assert (proto, inside, outside, remote) == ("udp", ("10.0.1.2", 1), ("203.0.113.10", 3), ("198.51.100.1", 2))

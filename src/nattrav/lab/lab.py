@@ -14,8 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from . import netns, registry
 from .errors import LabError
@@ -45,9 +44,9 @@ def preflight() -> None:
         tool(name)
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One NAT translation seen in conntrack (RFC 4787 words: inside endpoint -> public endpoint)."""
+class Mapping(NamedTuple):
+    """One NAT translation seen in conntrack (RFC 4787 words: inside endpoint -> public endpoint).
+    A tuple, so `for proto, inside, outside, remote in lab.mappings("nat_a")` works too."""
 
     proto: str
     inside: tuple[str, int]
