@@ -134,10 +134,10 @@ def test_window_hit_rate_matches_claimed_coverage(delta, rate, seed):
         claimed.append(p.covered)
         hits += true_next in p.ports
     assert min(claimed) >= 0.99
-    # λ is estimated from eight samples, so an unlucky quiet observation of a busy NAT (no extra
-    # allocation seen in 1.75 s at 2/s happens 3% of the time) under-sizes the window: the claim
-    # holds on average over the prior, per true rate it can be a few points short.
-    assert hits / trials >= 0.93
+    # λ is estimated from eight samples, so an unlucky quiet observation of a busy NAT under-sizes
+    # the window now and then: per true rate the real coverage may be a little short of the claim
+    # (simulated: 0.992-1.0 for these rates with 1500 trials).
+    assert hits / trials >= 0.96
 
 
 def test_predictive_pmf_is_a_distribution_and_widens_with_less_evidence():
@@ -147,7 +147,7 @@ def test_predictive_pmf_is_a_distribution_and_widens_with_less_evidence():
     for m in (busy, quiet, unseen):
         assert sum(noise_pmf(m, 1.0)) == pytest.approx(1.0, abs=1e-5)
     mean = lambda m: sum(n * v for n, v in enumerate(noise_pmf(m, 1.0)))
-    assert mean(busy) == pytest.approx((40 + 0.1) / 10.25, rel=0.01)  # posterior mean λ·t
+    assert mean(busy) == pytest.approx((40 + 6.0 * 0.05) / 10.05, rel=0.01)  # posterior mean λ·t
     assert len(noise_pmf(quiet, 1.0)) < len(noise_pmf(unseen, 1.0))
     assert negbin_pmf(1.0, 0.5, 2) == pytest.approx(0.125)
 
