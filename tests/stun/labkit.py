@@ -64,7 +64,7 @@ def stun_servers(lab: Lab, layout: str) -> Iterator[tuple[str, int]]:
 
 
 def probe(lab: Lab, server: tuple[str, int], *extra: str) -> dict:
-    r = lab.run("a", STUN_CLI + ["probe", f"{server[0]}:{server[1]}", "--json", "--rto", "0.1", *extra],
+    r = lab.run("a", STUN_CLI + ["probe", f"{server[0]}:{server[1]}", "--json", *extra],
                 timeout=60)
     assert r.returncode == 0, f"probe failed ({r.returncode}): {r.stdout}\n{r.stderr}"
     return json.loads(r.stdout)

@@ -112,7 +112,7 @@ import json, socket, sys
 import stun
 ip, server = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(0.3)
+s.settimeout(0.5)
 s.bind((ip, 0))
 print(json.dumps(stun.get_nat_type(s, ip, s.getsockname()[1], stun_host=server)[0]))
 """
