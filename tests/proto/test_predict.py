@@ -85,6 +85,10 @@ def test_nat_behavior_report_shape():
     ]
     obs = Observation.from_report({"samples": samples})
     assert [s.port for s in obs.samples] == [41000, 41002]
+    # the fresh socket's mapping (41001) is ours, not background traffic
+    assert [s.own for s in obs.samples] == [0, 1]
+    m = fit(obs)
+    assert m.delta == 1 and m.extra == 0
 
 
 @pytest.mark.parametrize("bad", [

@@ -55,6 +55,9 @@ _ALLOCATION_WORDS = {
 class Sample:
     port: int
     t: float | None = None  # seconds, any origin; None when the report carries no times
+    # new mappings our OTHER sockets made since the previous sample (the STUN client's fresh-socket
+    # tests): known consumption, not background traffic
+    own: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,32 +111,51 @@ class Observation:
 
 
 def _series(report: Mapping[str, Any]) -> list[Any]:
+    raw = report.get("samples")
+    if raw and isinstance(raw, Sequence) and all(isinstance(x, Mapping) and "mapped" in x for x in raw):
+        return _binding_series(list(raw))
     if report.get("one_socket"):
         return list(report["one_socket"])
-    raw = report.get("samples")
     if raw:
-        raw = list(raw)
-        if all(isinstance(s, Mapping) and "mapped" in s for s in raw):
-            # nat_behavior.BindingSample maps: keep the main socket, first answer per server
-            out, seen = [], set()
-            for s in raw:
-                server = tuple(s.get("server") or ())
-                if s.get("socket", 0) == 0 and server not in seen:
-                    seen.add(server)
-                    mapped = s["mapped"]
-                    if not isinstance(mapped, Sequence) or len(mapped) != 2:
-                        raise ReportError(f"bad mapped address {mapped!r}")
-                    out.append({"port": mapped[1], "t": s.get("t")})
-            return out
-        return raw
+        return list(raw)
     return list(report.get("one_socket_ports") or ())
 
 
+def _binding_series(raw: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """nat_behavior.BindingSample maps, in the order taken: the main socket's first answer per
+    server, each with the count of new mappings other sockets made since the previous one."""
+    out: list[dict[str, Any]] = []
+    seen_main: set[tuple] = set()
+    seen_other: set[tuple] = set()
+    own = 0
+    for x in raw:
+        server = tuple(x.get("server") or ())
+        sock = x.get("socket", 0)
+        if sock != 0:
+            if (sock, server) not in seen_other:
+                seen_other.add((sock, server))
+                own += 1
+            continue
+        if server in seen_main:
+            continue
+        seen_main.add(server)
+        mapped = x["mapped"]
+        if not isinstance(mapped, Sequence) or len(mapped) != 2:
+            raise ReportError(f"bad mapped address {mapped!r}")
+        out.append({"port": mapped[1], "t": x.get("t"), "own": own if out else 0})
+        own = 0
+    return out
+
+
 def _sample(raw: Any) -> Sample:
+    own = 0
     if isinstance(raw, int) and not isinstance(raw, bool):
         port, t = raw, None
     elif isinstance(raw, Mapping):
         port, t = raw.get("port"), raw.get("t")
+        own = raw.get("own", 0)
+        if not isinstance(own, int) or isinstance(own, bool) or not 0 <= own <= 65535:
+            raise ReportError(f"bad own-allocation count {own!r}")
     elif isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) and len(raw) == 2:
         t, port = raw
     else:
@@ -142,7 +164,7 @@ def _sample(raw: Any) -> Sample:
         raise ReportError(f"bad sample port {port!r}")
     if t is not None and (not isinstance(t, (int, float)) or not math.isfinite(t)):
         raise ReportError(f"bad sample time {t!r}")
-    return Sample(port, None if t is None else float(t))
+    return Sample(port, None if t is None else float(t), own)
 
 
 class Kind(str, enum.Enum):
@@ -207,11 +229,17 @@ def fit(obs: Observation) -> Model:
         # Each gap is Δ·(1+N); the gcd strips the N's unless they all share a factor. Trusted only
         # if every gap is a small multiple of it.
         delta = math.gcd(*gaps)
+        # A gap spans at least 1 + own steps (our other sockets' mappings sit in it): Δ is the
+        # largest divisor of the gcd that fits in every gap that many times.
+        bound = min(g // (1 + smp.own) for g, smp in zip(gaps, obs.samples[1:]))
+        if delta > bound:
+            delta = max((d for d in range(1, bound + 1) if delta % d == 0), default=1)
     steps = [g // delta for g in gaps]
     if max(steps) > MAX_STEPS_PER_SAMPLE or (delta > MAX_DELTA and delta != obs.delta):
         return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
 
-    extra = sum(k - 1 for k in steps)
+    # what the gaps show beyond our own mappings is the background
+    extra = sum(max(0, k - 1 - smp.own) for k, smp in zip(steps, obs.samples[1:]))
     times = [s.t for s in obs.samples]
     if all(t is not None for t in times) and times[-1] > times[0]:  # type: ignore[operator]
         exposure = float(times[-1] - times[0])  # type: ignore[operator]
