@@ -276,6 +276,7 @@ def classify(
     b.fresh_ports = [(s.local[1], s.mapped[1]) for s in samples if s.socket > 0]
     if b.nat is False:
         b.allocation, b.delta = "preserve", 0
+        b.hairpin = None  # a NAT property: with no NAT there is nothing to hairpin through
     else:
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
     b.classic = classic_name(b.nat, b.mapping, b.filtering)
