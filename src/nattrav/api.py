@@ -72,18 +72,15 @@ async def open_endpoint(
     src_ip: str | None = None,
     src_port: int = 0,
     on_event: EventHook | None = None,
+    behavior: NatBehavior | None = None,
 ) -> Endpoint:
-    """Discover the NAT's behaviour, then learn the punch socket's mappings from S1 and S2."""
+    """Discover the NAT's behaviour (unless a recent `behavior` report is given: a NAT's behaviour
+    does not change between sessions, its mappings do), then learn the punch socket's mappings
+    from S1 and S2."""
     emit = on_event or (lambda phase, detail: None)
     stun = (_resolve(stun[0]), stun[1])
-    emit("discovery", {"stun": list(stun)})
-    try:
-        behavior = await discover(stun, src_ip, hairpin=False)
-    except OSError as exc:
-        raise ConnectError(f"STUN discovery against {stun[0]}:{stun[1]} failed: {exc.strerror or exc}") from None
-    if behavior.public_ip is None:
-        raise ConnectError(f"no answer from the STUN server {stun[0]}:{stun[1]} (is it running? is UDP blocked?)")
-    emit("discovery-done", behavior.to_dict())
+    if behavior is None:
+        behavior = await discover_behavior(stun, src_ip, emit)
 
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
@@ -99,6 +96,21 @@ async def open_endpoint(
         sock.close()
         raise
     return Endpoint(sock, behavior, report)
+
+
+async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
+                            on_event: EventHook | None = None) -> NatBehavior:
+    """The RFC 5780 behaviour tests against our STUN server; ConnectError when it does not answer."""
+    emit = on_event or (lambda phase, detail: None)
+    emit("discovery", {"stun": list(stun)})
+    try:
+        behavior = await discover(stun, src_ip, hairpin=False)
+    except OSError as exc:
+        raise ConnectError(f"STUN discovery against {stun[0]}:{stun[1]} failed: {exc.strerror or exc}") from None
+    if behavior.public_ip is None:
+        raise ConnectError(f"no answer from the STUN server {stun[0]}:{stun[1]} (is it running? is UDP blocked?)")
+    emit("discovery-done", behavior.to_dict())
+    return behavior
 
 
 async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> dict[str, Any]:
@@ -151,11 +163,12 @@ async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: Event
     if not isinstance(peer_report, dict):
         raise ConnectError(f"peer {session.peer_id} published no NAT report")
     p: Plan = plan(ep.report, peer_report, session.role)
+    # the peer ports the first attempt aims at, so a caller can check the prediction against where
+    # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
+    # runs its bounded best effort, whose odds are small but not zero
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
-                  "reason": p.reason, "role": session.role, "params": p.params})
-    if not p.feasible:
-        # still try the bounded best effort: the odds are small, not zero
-        pass
+                  "reason": p.reason, "role": session.role, "params": p.params,
+                  "peer_targets": list(p.attempts[0].local.targets[:4096])})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:
         path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
@@ -182,6 +195,7 @@ async def connect(
     timeout: float = 30.0,
     on_event: EventHook | None = None,
     coordinator: Any = None,
+    behavior: NatBehavior | None = None,
 ) -> AsyncIterator[PunchedPath]:
     """Connect to `peer_id` through the rendezvous `server`; yields the authenticated path."""
     emit = on_event or (lambda phase, detail: None)
@@ -190,7 +204,8 @@ async def connect(
     with trio.fail_after(timeout):
         async with rv.open_rendezvous(server_ep) as client:
             emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-            ep = await open_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit)
+            ep = await open_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit,
+                                     behavior=behavior)
             try:
                 await client.update_info(_info(ep))
                 emit("rendezvous-connect", {"peer": peer_id})
@@ -207,7 +222,9 @@ class Listener:
     """Enrolled with the rendezvous server; `accept()` waits for a peer and punches to it."""
 
     def __init__(self, client: rv.RendezvousClient, stun: tuple[str, int], src_ip: str | None,
-                 src_port: int, ttl: int | None, emit: EventHook, coordinator: Any) -> None:
+                 src_port: int, ttl: int | None, emit: EventHook, coordinator: Any,
+                 behavior: NatBehavior | None = None) -> None:
+        self._behavior = behavior
         self._client = client
         self._stun = stun
         self._src = (src_ip, src_port)
@@ -222,7 +239,8 @@ class Listener:
 
     async def _prepare(self) -> None:
         self.endpoint = await open_endpoint(self._stun, src_ip=self._src[0], src_port=self._src[1],
-                                            on_event=self._emit)
+                                            on_event=self._emit, behavior=self._behavior)
+        self._behavior = self.endpoint.behavior
         await self._client.update_info(_info(self.endpoint))
 
     @asynccontextmanager
@@ -259,13 +277,14 @@ async def listen(
     ttl: int | None = None,
     on_event: EventHook | None = None,
     coordinator: Any = None,
+    behavior: NatBehavior | None = None,
 ) -> AsyncIterator[Listener]:
     """Enroll with the rendezvous server and publish our NAT report; yields a Listener."""
     emit = on_event or (lambda phase, detail: None)
     server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
     stun_ep = _stun_endpoint(stun, server_ep)
     async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = Listener(client, stun_ep, src_ip, src_port, ttl, emit, coordinator)
+        listener = Listener(client, stun_ep, src_ip, src_port, ttl, emit, coordinator, behavior)
         await listener._prepare()
         emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
         try:
@@ -283,4 +302,7 @@ def _stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) 
     return stun
 
 
-__all__ = ["ConnectError", "Endpoint", "Listener", "connect", "listen", "open_endpoint", "parse_endpoint"]
+__all__ = [
+    "ConnectError", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
+    "parse_endpoint",
+]

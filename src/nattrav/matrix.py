@@ -1,0 +1,262 @@
+"""Connection trials over pairs of lab NATs: the matrix test and bench/matrix.py share this.
+
+For one ordered pair (left NAT in front of host a, right NAT in front of host b) a lab comes up with
+our servers; an agent process in b listens and an agent in a connects, `trials` times, each trial a
+fresh punch socket and a fresh rendezvous session. Discovery runs once per agent (the NAT's behaviour
+is fixed; its mappings are not, and are sampled again every trial). Each agent prints one JSON line
+per trial; the driver joins them into TrialResult rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import trio
+
+SERVER_PORT = 7000
+MATRIX_PRESETS = (
+    "none", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq", "symmetric-seq-7",
+    "symmetric-random", "cgnat",
+)
+
+
+def expectation(left: str, right: str) -> str:
+    """Ground truth from the lab's descriptions, not from the planner: "feasible", "probabilistic"
+    (random allocation facing sequential allocation: a guess by nature) or "infeasible" (random
+    allocation on both sides with address-and-port-dependent behaviour)."""
+    from .lab import resolve
+
+    def kind(name: str) -> str:
+        spec = resolve(name)
+        if spec is None:
+            return "open"
+        while spec.outer is not None and spec.allocation != "random":
+            spec = spec.outer
+        if spec.mapping == "EIM":
+            return "open" if spec.filtering == "EIF" else "cone"
+        return "random" if spec.allocation == "random" else "sequential"
+
+    kinds = {kind(left), kind(right)}
+    if kinds == {"random"}:
+        return "infeasible"
+    if kinds == {"random", "sequential"}:
+        return "probabilistic"
+    return "feasible"
+
+
+@dataclass
+class TrialResult:
+    left: str
+    right: str
+    trial: int
+    ok: bool
+    strategy: str | None = None
+    seconds: float | None = None  # from the agreed start time to the authenticated path
+    rtt_ms: float | None = None
+    odds: float | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the agent: runs inside a lab host ---------------------------------------------------------
+
+
+async def _agent(args: argparse.Namespace) -> None:
+    from .api import ConnectError, connect, discover_behavior, listen, parse_endpoint
+    from .io import rendezvous_client as rv
+
+    server = parse_endpoint(args.server, SERVER_PORT)
+    stun = (server[0], 3478)
+    behavior = await discover_behavior(stun)
+
+    def emit_line(d: dict[str, Any]) -> None:
+        print(json.dumps(d, default=str), flush=True)
+
+    emit_line({"event": "behavior", **{k: behavior.to_dict()[k] for k in
+                                       ("mapping", "filtering", "allocation", "delta", "classic")}})
+    for i in range(args.trials):
+        marks: dict[str, Any] = {}
+
+        def on_event(phase: str, d: dict[str, Any]) -> None:
+            if phase == "punch":
+                marks["start"] = trio.current_time() + d["start_in"]
+            elif phase == "plan":
+                marks["plan"] = d
+
+        row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False}
+        name = f"{args.name}-{i}"
+        try:
+            with trio.fail_after(args.trial_timeout):
+                if args.role == "listen":
+                    async with listen(server, name=name, behavior=behavior, ttl=args.ttl,
+                                      on_event=on_event) as lst:
+                        emit_line({"event": "ready", "trial": i})
+                        async with lst.accept() as path:
+                            row.update(_connected(path, marks))
+                            await path.send(b"ping %d" % i)
+                            row["echo"] = (await path.receive()).decode(errors="replace")
+                else:
+                    while True:
+                        try:
+                            async with connect(server, name, behavior=behavior, ttl=args.ttl,
+                                               on_event=on_event, timeout=args.trial_timeout) as path:
+                                row.update(_connected(path, marks))
+                                got = await path.receive()
+                                await path.send(got)
+                                row["echo"] = got.decode(errors="replace")
+                            break
+                        except rv.UnknownPeer:
+                            await trio.sleep(0.05)  # the listener has not enrolled this trial yet
+            row["ok"] = row.get("echo") == f"ping {i}"
+        except ConnectError as exc:
+            row["reason"] = str(exc)
+        except trio.TooSlowError:
+            row["reason"] = f"trial timed out after {args.trial_timeout:g} s"
+        except (rv.RendezvousError, OSError) as exc:
+            row["reason"] = f"{type(exc).__name__}: {exc}"
+        plan = marks.get("plan") or {}
+        row["strategy"] = row.get("strategy") or plan.get("strategy")
+        row["odds"] = plan.get("odds")
+        row.setdefault("plan_reason", plan.get("reason"))
+        emit_line(row)
+        await trio.sleep(0.2)  # lets the peer read its close before the next trial
+
+
+def _connected(path: Any, marks: dict[str, Any]) -> dict[str, Any]:
+    start = marks.get("start")
+    targets = (marks.get("plan") or {}).get("peer_targets") or []
+    return {
+        "strategy": path.strategy.value,
+        "rtt_ms": round(path.rtt * 1e3, 3),
+        "seconds": None if start is None else round(max(0.0, trio.current_time() - start), 4),
+        # ground truth: the port the peer's NAT really used for this flow, seen on the wire
+        "peer_port": path.peer_addr[1],
+        "predicted": bool(targets),
+        "prediction_hit": path.peer_addr[1] in targets if targets else None,
+        "prediction_rank": targets.index(path.peer_addr[1]) if path.peer_addr[1] in targets else None,
+    }
+
+
+# --- the driver: runs in the root namespace, owns the lab --------------------------------------
+
+
+def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
+    for line in iter(proc.stdout.readline, b""):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+
+
+def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
+             background: float | None = None) -> list[TrialResult]:
+    """Bring up a lab for (left, right), run `trials` connection trials, tear it down."""
+    from .lab import Lab
+
+    bg = {"left": background, "right": background} if background else None
+    with Lab(left=left, right=right, background=bg) as lab:
+        py = sys.executable
+        lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+                             "--stun", f"{lab.S1},{lab.S2}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 10)
+        name = f"m{time.monotonic_ns() % 10**9}"
+        common = ["-m", "nattrav.matrix", "agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
+                  "--trials", str(trials), "--trial-timeout", str(trial_timeout)]
+        procs, rows = {}, {"a": [], "b": []}
+        threads = []
+        for node, role in (("b", "listen"), ("a", "connect")):
+            ttl = lab.low_ttl_from(node)
+            procs[node] = lab.popen(node, [py, *common, "--role", role, "--ttl", str(ttl)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            t = threading.Thread(target=_collect, args=(procs[node], rows[node]), daemon=True)
+            t.start()
+            threads.append(t)
+        limit = 15 + trials * (trial_timeout + 1)
+        deadline = time.monotonic() + limit
+        errors = {}
+        for node, proc in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode:
+                errors[node] = proc.stderr.read().decode(errors="replace")[-2000:]
+        for t in threads:
+            t.join(timeout=2)
+    return _join(left, right, trials, rows, errors)
+
+
+def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dict[str, str]) -> list[TrialResult]:
+    by_trial = {node: {r["trial"]: r for r in rows[node] if r.get("event") == "trial"} for node in rows}
+    out = []
+    for i in range(trials):
+        a, b = by_trial["a"].get(i, {}), by_trial["b"].get(i, {})
+        ok = bool(a.get("ok") and b.get("ok"))
+        reason = a.get("reason") or b.get("reason")
+        if not a or not b:
+            missing = [n for n, r in (("a", a), ("b", b)) if not r]
+            reason = reason or f"agent(s) {missing} reported nothing: {errors}"
+        secs = [x for x in (a.get("seconds"), b.get("seconds")) if x is not None]
+        out.append(TrialResult(
+            left, right, i, ok, strategy=a.get("strategy") or b.get("strategy"),
+            seconds=max(secs) if ok and secs else None, rtt_ms=a.get("rtt_ms"), odds=a.get("odds"),
+            reason=None if ok else reason,
+            extra={"prediction_a": _prediction(a), "prediction_b": _prediction(b),
+                   "behavior_a": next((r for r in rows["a"] if r.get("event") == "behavior"), None),
+                   "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None)},
+        ))
+    return out
+
+
+def _prediction(row: dict[str, Any]) -> dict[str, Any] | None:
+    if not row.get("predicted"):
+        return None
+    return {"hit": row.get("prediction_hit"), "rank": row.get("prediction_rank"), "port": row.get("peer_port")}
+
+
+def _wait_tcp(lab: Any, ip: str, port: int, deadline: float) -> None:
+    probe = f"import socket\nsocket.create_connection(('{ip}', {port}), timeout=0.5).close()\n"
+    while time.monotonic() < deadline:
+        if lab.run("a", [sys.executable, "-c", probe], timeout=5).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the rendezvous server {ip}:{port} did not come up")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nattrav.matrix")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ag = sub.add_parser("agent", help="(inside a lab host) run trials as one side")
+    ag.add_argument("--role", choices=("listen", "connect"), required=True)
+    ag.add_argument("--server", required=True)
+    ag.add_argument("--name", required=True)
+    ag.add_argument("--trials", type=int, default=3)
+    ag.add_argument("--trial-timeout", type=float, default=20.0)
+    ag.add_argument("--ttl", type=int, default=2)
+    pair = sub.add_parser("pair", help="run trials for one ordered pair of presets")
+    pair.add_argument("left")
+    pair.add_argument("right")
+    pair.add_argument("--trials", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.cmd == "agent":
+        trio.run(_agent, args)
+        return 0
+    for r in run_pair(args.left, args.right, args.trials):
+        print(json.dumps(r.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

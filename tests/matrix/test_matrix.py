@@ -1,0 +1,56 @@
+"""The UDP matrix: every ordered pair of lab NAT presets, a few trials each, through our own servers
+(rendezvous + STUN) with the real nattrav puncher. Feasible pairs must connect every trial; the
+infeasible pair must fail fast with a reason naming both NAT behaviours; random-vs-sequential pairs
+are probabilistic by nature, so their success rate is reported and their failures must be clean.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import time
+
+import pytest
+
+from nattrav.lab.pytest_support import require_lab
+from nattrav.matrix import MATRIX_PRESETS, expectation, run_pair
+
+TRIALS = int(os.environ.get("NATTRAV_MATRIX_TRIALS", "3"))
+TRIAL_TIMEOUT = 15.0
+PAIRS = list(itertools.product(MATRIX_PRESETS, repeat=2))
+REPORT = pathlib.Path(os.environ.get("NATTRAV_MATRIX_REPORT", "/tmp/nattrav-matrix-udp.jsonl"))
+
+# words the failure message must use for each side's NAT (RFC 4787 vocabulary)
+BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("left", "right"), PAIRS, ids=[f"{l}->{r}" for l, r in PAIRS])
+def test_pair(left, right):
+    require_lab()
+    expect = expectation(left, right)
+    t0 = time.monotonic()
+    results = run_pair(left, right, TRIALS, trial_timeout=TRIAL_TIMEOUT)
+    elapsed = time.monotonic() - t0
+    with REPORT.open("a") as f:
+        for r in results:
+            f.write(json.dumps({"expect": expect, **r.to_dict()}) + "\n")
+    assert len(results) == TRIALS
+    ok = [r for r in results if r.ok]
+    summary = "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
+    if expect == "feasible":
+        assert len(ok) == TRIALS, f"{left}->{right} is feasible but: {summary}"
+        assert all(r.seconds is not None and r.seconds < 5.0 for r in ok), summary
+    elif expect == "infeasible":
+        assert not ok, f"{left}->{right} connected though both sides allocate randomly: {summary}"
+        for r in results:
+            assert "relay" in r.reason and all(w in r.reason for w in BEHAVIOUR_WORDS), r.reason
+        # fails fast: well inside the trial timeout, for every trial
+        assert elapsed < TRIALS * TRIAL_TIMEOUT, summary
+    else:  # probabilistic: report the rate; every failure must be a clean, explained one
+        print(f"{left}->{right}: {len(ok)}/{TRIALS} trials connected ({summary})")
+        for r in results:
+            if not r.ok:
+                assert r.reason, "a failed trial must say why"
