@@ -163,8 +163,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
     """Bring up a lab for (left, right), run `trials` connection trials, tear it down."""
     from .lab import Lab
 
-    bg = {"left": background, "right": background} if background else None
-    with Lab(left=left, right=right, background=bg) as lab:
+    with Lab(left=left, right=right, background=background or None) as lab:
         py = sys.executable
         lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],
