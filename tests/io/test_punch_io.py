@@ -262,3 +262,23 @@ async def test_birthday_burst_through_the_worker_coordinator():
         await pe.aclose()
     sr.close()
     decoy_sock.close()
+
+
+async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
+    sa, sb = await udp(), await udp()
+    ra, rb = report(sa, **OPEN), report(sb, **OPEN)
+    pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
+    await pa.send_keepalive()
+    # a late punch packet from the peer (it missed our CONFIRM): answered, not returned as data
+    await sa.sendto(pa.proto.hello(0), pa.peer_addr)
+    await pa.send(b"after")
+    with trio.fail_after(2):
+        assert await pb.receive() == b"after"
+    async with trio.open_nursery() as n:
+        n.start_soon(pa.serve_keepalives, 0.01)
+        with trio.fail_after(2):
+            data, _ = await sb.recvfrom(2048)  # pb is not reading: see the raw keepalive
+        assert pb.proto.receive(data, 0).event is proto.Event.KEEPALIVE
+        n.cancel_scope.cancel()
+    await pa.aclose()
+    await pb.aclose()
