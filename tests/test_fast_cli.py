@@ -1,0 +1,139 @@
+"""nattrav-fast as a user runs it: flags, exit codes, one-line errors, and a real connection (over
+loopback, where there is no NAT: the lab matrix covers the NATs)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nattrav import fast_cli
+
+FAST = [sys.executable, "-m", "nattrav.fast_cli"]
+SERVER = [sys.executable, "-m", "nattrav.server_cli"]
+
+
+def run_fast(*args, timeout=30, input=b""):
+    return subprocess.run([*FAST, *args], capture_output=True, timeout=timeout, input=input)
+
+
+def one_error_line(cp) -> str:
+    """Progress lines may come first; the error is exactly one line, the last, with no traceback."""
+    text = cp.stderr.decode()
+    lines = text.strip().splitlines()
+    errors = [x for x in lines if x.startswith("nattrav-fast: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    assert "Traceback" not in text
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: -s/--server"),
+        (["-s", "host:99999"], "bad port"),
+        (["-s", "127.0.0.1", "-p", "70000"], "-p/--src-port must be in 0..65535"),
+        (["-s", "127.0.0.1", "-t", "0"], "-t/--ttl must be in 1..64"),
+        (["-s", "127.0.0.1", "--timeout", "-1"], "--timeout must be positive"),
+        (["-s", "127.0.0.1", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args, message):
+    cp = run_fast(*args)
+    assert cp.returncode == fast_cli.EXIT_USAGE
+    last = cp.stderr.decode().strip().splitlines()[-1]
+    assert message in last and "Traceback" not in cp.stderr.decode()
+
+
+def test_help_explains_flags_and_exit_codes():
+    cp = run_fast("--help")
+    out = cp.stdout.decode()
+    assert cp.returncode == 0
+    for flag in ("-s SERVER[:PORT]", "-d PEER_ID", "-H STUN[:PORT]", "-i IP", "-p PORT", "-t TTL", "--json", "exit codes"):
+        assert flag in out, flag
+
+
+def _closed_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_one_line_exit_3():
+    port = _closed_tcp_port()
+    cp = run_fast("-s", f"127.0.0.1:{port}", "-d", "someone")
+    assert cp.returncode == fast_cli.EXIT_SERVER
+    line = one_error_line(cp)
+    assert f"cannot reach rendezvous server 127.0.0.1:{port}" in line
+
+
+def _free_udp_pair() -> tuple[int, int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return a.getsockname()[1], b.getsockname()[1]
+
+
+@pytest.fixture
+def servers():
+    """nattrav-server with the two-address STUN server on 127.0.0.1 and 127.0.0.2."""
+    for _ in range(3):
+        port, alt = _free_udp_pair()
+        p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
+                              "--stun-ports", f"{port},{alt}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first, second = p.stdout.readline(), p.stdout.readline()
+        if second.startswith("stun"):
+            break
+        p.wait(10)
+    else:
+        pytest.fail("could not start nattrav-server on loopback")
+    rv_port = int(first.split()[-1].rsplit(":", 1)[1])
+    try:
+        yield {"server": f"127.0.0.1:{rv_port}", "stun": f"127.0.0.1:{port}"}
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+
+
+def test_unknown_peer_is_one_line_exit_4(servers):
+    cp = run_fast("-s", servers["server"], "-H", servers["stun"], "-d", "no-such-peer")
+    assert cp.returncode == fast_cli.EXIT_PEER
+    assert "unknown" in one_error_line(cp).lower()
+
+
+def test_two_peers_connect_and_pipe_both_ways(servers):
+    common = ["-s", servers["server"], "-H", servers["stun"], "--json", "--linger", "1"]
+    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        peer_id = None
+        deadline = time.monotonic() + 20
+        while peer_id is None and time.monotonic() < deadline:
+            line = b.stderr.readline()
+            assert line, "listener exited before enrolling"
+            ev = json.loads(line)
+            if ev["event"] == "enrolled":
+                peer_id = ev["peer_id"]
+        assert peer_id
+        b.stdin.write(b"from b\n")
+        b.stdin.close()
+        a = run_fast(*common, "-d", peer_id, input=b"from a\n")
+        b_out = b.stdout.read()
+        assert b.wait(20) == 0
+        assert a.returncode == 0, a.stderr.decode()
+        assert a.stdout == b"from b\n" and b_out == b"from a\n"
+        events = [json.loads(x) for x in a.stderr.decode().splitlines()]
+        kinds = [e["event"] for e in events]
+        for phase in ("discovery", "discovery-done", "mapping", "rendezvous", "plan", "punch", "connected"):
+            assert phase in kinds, (phase, kinds)
+        connected = next(e for e in events if e["event"] == "connected")
+        assert connected["strategy"] == "direct" and connected["rtt_ms"] >= 0
+    finally:
+        if b.poll() is None:
+            b.kill()
