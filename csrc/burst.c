@@ -170,7 +170,10 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
             msgs[cnt].msg_hdr.msg_iovlen = 1;
         }
         st->syscalls++;
-        int r = sendmmsg(fd, msgs, cnt, 0);
+        /* one message (many sockets x 1 packet): sendto skips sendmmsg's per-call header copying */
+        int r = cnt == 1 ? (sendto(fd, iov[0].iov_base, iov[0].iov_len, 0, (struct sockaddr *)&sa[0],
+                                   sizeof sa[0]) >= 0 ? 1 : -1)
+                         : sendmmsg(fd, msgs, cnt, 0);
         if (r > 0) {
             int64_t now = nt_now_ns();
             if (!st->sent)

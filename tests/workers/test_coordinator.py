@@ -255,3 +255,16 @@ def test_no_orphans_when_the_coordinator_process_is_killed():
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_workers_outlive_trios_idle_helper_threads():
+    # Trio retires an idle helper thread after 10 s; a worker forked from one would get its
+    # parent-death signal then. Workers are forked from the coordinator's own thread instead.
+    sink = make_sink()
+    async with open_coordinator(2) as coord:
+        await coord.open_sockets(2, "127.0.0.1")
+        await trio.to_thread.run_sync(time.sleep, 0.01)  # a helper thread exists and goes idle
+        await trio.sleep(11)
+        assert all(psutil.pid_exists(p) for p in coord.worker_pids)
+        assert await coord.fire(Burst([0, 1], "127.0.0.1", [sink.getsockname()[1]] * 2, b"alive")) == 2
+    sink.close()

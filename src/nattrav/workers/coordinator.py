@@ -48,6 +48,49 @@ def _exit_reason(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+class _Process:
+    """A worker process spawned from the Trio thread itself.
+
+    trio.lowlevel.open_process forks from a helper thread, and PR_SET_PDEATHSIG (the worker's guard
+    against orphaning) fires when the *thread* that forked it exits: Trio retires idle helper threads
+    after 10 s, which would SIGKILL healthy workers. Forking here ties the guard to the thread that
+    runs the coordinator. Exit is awaited through a pidfd, so waiting never blocks the loop."""
+
+    def __init__(self, cmd: list[str], pass_fds: tuple[int, ...]) -> None:
+        self._popen = subprocess.Popen(cmd, pass_fds=pass_fds, stdin=subprocess.DEVNULL)
+        self.pid = self._popen.pid
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        while self._popen.poll() is None:
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:
+                await trio.sleep(0.01)
+        self.close()
+        return self._popen.returncode
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            try:
+                self._popen.kill()
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
@@ -70,7 +113,7 @@ async def _fan_out() -> AsyncIterator[trio.Nursery]:
 
 
 class _Worker:
-    def __init__(self, index: int, proc: trio.Process, sock: trio.socket.SocketType) -> None:
+    def __init__(self, index: int, proc: _Process, sock: trio.socket.SocketType) -> None:
         self.index, self.proc, self.sock = index, proc, sock
         self.pid = proc.pid
         self.reader = MessageReader()
@@ -187,7 +230,10 @@ class Coordinator:
         if netns:
             cmd += ["--netns", netns]
         try:
-            proc = await trio.lowlevel.open_process(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            proc = _Process(cmd, (theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         w = _Worker(i, proc, trio.socket.from_stdlib_socket(ours))
