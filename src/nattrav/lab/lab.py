@@ -208,8 +208,9 @@ class Lab:
                 self.down()
                 if isinstance(exc, subprocess.CalledProcessError):
                     raise LabError(f"bringing the lab up failed: {exc.cmd[0]} said: {exc.stderr!s:.300}") from exc
-                if isinstance(exc, OSError):
-                    raise LabError(f"bringing the lab up failed: {exc}") from exc
+                if isinstance(exc, Exception) and not isinstance(exc, LabError):
+                    # netlink, OS and nft failures: one line, the lab already removed
+                    raise LabError(f"bringing the lab up failed: {type(exc).__name__}: {exc}") from exc
                 raise
             self.timings["up"] = time.perf_counter() - t0
             return self
