@@ -262,3 +262,26 @@ def test_cli_without_root_says_so_in_one_line(monkeypatch, capsys, argv):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs root" in err[0]
+
+
+def _root_view():
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        fwd = f.read().strip()
+    with open("/proc/sys/net/netfilter/nf_conntrack_udp_timeout") as f:
+        udp_timeout = f.read().strip()
+    return names, tables, fwd, udp_timeout
+
+
+@lab_test
+def test_root_namespace_is_never_touched(need_lab):
+    names0, tables0, fwd0, t0 = _root_view()
+    # short timeouts: the per-namespace conntrack sysctls must not leak into the root namespace
+    with Lab(PRESETS["symmetric-seq"].with_timeout(5), PRESETS["full-cone"].with_timeout(5), hosts_per_nat=2) as lab:
+        names1, tables1, fwd1, t1 = _root_view()
+        ifnames = {x for link in lab.plan.links for x in (link.a_if, link.b_if)}
+        assert not (ifnames & (names1 - names0)), "a lab interface appeared in the root namespace"
+        assert "nattrav" not in tables1 and (fwd1, t1) == (fwd0, t0)
+    assert _root_view()[1:] == (tables0, fwd0, t0)
