@@ -389,3 +389,13 @@ def test_server_address_forms(text, want):
     from nattrav.io.rendezvous_client import parse_server
 
     assert parse_server(text) == want
+
+
+async def test_the_body_exception_leaves_unwrapped(nursery):
+    addr, state = await start(nursery)
+    with pytest.raises(KeyError, match="mine"):
+        async with open_rendezvous(addr, name="alice"):
+            raise KeyError("mine")  # not an ExceptionGroup: callers can `except` their own errors
+    with trio.fail_after(5):
+        while state.online():
+            await trio.sleep(0.01)  # and the connection was closed
