@@ -11,7 +11,7 @@ import time
 import pytest
 import trio
 
-from nattrav.lab import Lab, LabError, netns, preflight, registry, sweep
+from nattrav.lab import PRESETS, Lab, LabError, netns, preflight, registry, sweep
 from nattrav.lab import lab as lab_module
 from nattrav.lab.probe import observe, start_responder
 
@@ -279,7 +279,8 @@ def _root_view():
 def test_root_namespace_is_never_touched(need_lab):
     names0, tables0, fwd0, t0 = _root_view()
     # short timeouts: the per-namespace conntrack sysctls must not leak into the root namespace
-    with Lab(PRESETS["symmetric-seq"].with_timeout(5), PRESETS["full-cone"].with_timeout(5), hosts_per_nat=2) as lab:
+    left, right = PRESETS["symmetric-seq"].with_timeout(5), PRESETS["full-cone"].with_timeout(5)
+    with Lab(left, right, hosts_per_nat=2) as lab:
         names1, tables1, fwd1, t1 = _root_view()
         ifnames = {x for link in lab.plan.links for x in (link.a_if, link.b_if)}
         assert not (ifnames & (names1 - names0)), "a lab interface appeared in the root namespace"
