@@ -14,6 +14,7 @@ from nattrav.proto.plan import Strategy, plan, probes_for
 
 KEY = os.urandom(32)
 LO = "127.0.0.1"
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)  # Linux value; Python does not export it
 
 
 async def udp(port=0):
@@ -93,6 +94,7 @@ def _without_opener_reaching(pl, decoy):
 async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
     sa, sb = await udp(), await udp()
     decoy_sock = await udp()  # a bound port that never answers
+    decoy_sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
     decoy = decoy_sock.getsockname()[1]
     pb_port = sb.getsockname()[1]
     ra = report(sa, **CONE)
@@ -107,11 +109,16 @@ async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
     pa, pb = await run_pair(sa, sb, plan_a, plan_b)
     assert pa.peer_addr == sb.getsockname() and pb.peer_addr == sa.getsockname()
     await exchange(pa, pb)
-    # the decoy only ever saw low-TTL hellos from A
+    # the decoy only ever saw hellos from A, and every one of them left A with the low TTL
+    seen = 0
     with trio.move_on_after(0.1):
         while True:
-            data, addr = await decoy_sock.recvfrom(2048)
+            data, anc, _, addr = await decoy_sock.recvmsg(2048, socket.CMSG_SPACE(4))
             assert addr == sa.getsockname() and proto.decode(data).type is proto.FrameType.HELLO
+            ttl = [int.from_bytes(d[:4], "little") for lvl, typ, d in anc if typ == socket.IP_TTL]
+            assert ttl == [2]
+            seen += 1
+    assert seen >= 1
     await pa.aclose()
     await pb.aclose()
     decoy_sock.close()

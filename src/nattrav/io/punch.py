@@ -210,17 +210,21 @@ class _Race:
                 raise
 
     async def _send_many(self, socks: list[Any], frame: bytes, ip: str, ports: list[int],
-                         rate: float) -> None:
-        """Every socket sends the frame to every port; paced at `rate` packets/s when set."""
+                         rate: float, low: bool) -> None:
+        """Every socket sends the frame to every port; paced at `rate` packets/s when set.
+
+        The TTL is (re)set right before each packet: raced attempts share the STUN socket, and one
+        may have switched it between two of our packets."""
         if not ports or not socks:
             return
         start = trio.current_time()
         n = 0
         for port in ports:
             for s in socks:
+                self._set_ttl(s, low)
                 if isinstance(s, trio.socket.SocketType):
                     try:
-                        await self.sock.sendto(frame, (ip, port))
+                        await s.sendto(frame, (ip, port))
                         self.stats["sent"] += 1
                     except OSError as exc:
                         if exc.errno not in IGNORED_ERRNOS:
@@ -257,13 +261,11 @@ class _Race:
             # Openers send with the low TTL until a socket has heard the peer; a socket that heard
             # the peer has answered at the normal TTL and is left alone.
             fresh = [s for s in socks if id(s) not in self.heard]
-            for s in fresh:
-                self._set_ttl(s, part.opens)
             frame = self.proto.hello(_now_ns())
-            await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate)
+            await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, part.opens)
             for s in fresh:
                 if id(s) in probes:
-                    await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate)
+                    await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate, part.opens)
             await trio.sleep(part.interval)
 
     async def _attempt_with_coordinator(self, attempt: Attempt) -> None:
@@ -299,8 +301,8 @@ class _Race:
                 pending = [(src[k:k + BURST_CHUNK], ports[k:k + BURST_CHUNK])
                            for k in range(0, len(src), BURST_CHUNK)]
                 # the STUN socket takes part too (sends its share at the same TTL rules)
-                self._set_ttl(self.sock, part.opens)
-                await self._send_many([self.sock], frame, part.peer_ip, list(part.targets), part.rate)
+                await self._send_many([self.sock], frame, part.peer_ip, list(part.targets), part.rate,
+                                      part.opens)
             wait = min(part.interval, max(0.0, deadline - trio.current_time()))
             if pending:
                 chunk_src, chunk_ports = pending.pop(0)
@@ -320,10 +322,11 @@ class _Race:
             # This worker socket's mapping is the one that works: bring it here and go on with it.
             tsock = await coord.take_socket(hit.index)
             self.taken.append(tsock)
-            tsock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.normal_ttl)
+            tsock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.normal_ttl)  # the burst's TTL was per packet
             self.strategy_of[id(tsock)] = attempt.strategy
             self.heard[id(tsock)] = (tsock, hit.src)
             for reply in got.replies:
+                self._set_ttl(tsock, False)
                 await tsock.sendto(reply, hit.src)
             if got.event is _proto.Event.HELLO and not self.proto.established:
                 self._nursery.start_soon(self._resend_ack, tsock, hit.src)
@@ -384,6 +387,7 @@ class _Race:
                 self._set_ttl(s, False)
                 self.heard[id(s)] = (s, addr)
             for reply in got.replies:
+                self._set_ttl(s, False)
                 if trio_sock:
                     await s.sendto(reply, addr)
                 else:
@@ -402,6 +406,7 @@ class _Race:
             ack = self.proto.ack(_now_ns())
             if ack is None or self.proto.established:
                 return
+            self._set_ttl(s, False)
             if isinstance(s, trio.socket.SocketType):
                 await s.sendto(ack, addr)
             else:
