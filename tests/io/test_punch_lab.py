@@ -175,7 +175,9 @@ def test_punch_through_lab_nats(case):
         if trial:
             lab.flush_conntrack()
         t0 = time.monotonic()
+        before = {h: lab.counter(lab.nats(h)[0], "wan_in_udp") for h in "ab"}
         reports, res = punch_once(lab, workers, spaced=bool(background))
+        arrived = {h: lab.counter(lab.nats(h)[0], "wan_in_udp") - before[h] for h in "ab"}
         a, b = res["a"], res["b"]
         assert a["plan"]["strategy"] == b["plan"]["strategy"] == strategy
         assert time.monotonic() - t0 < 20
@@ -190,6 +192,11 @@ def test_punch_through_lab_nats(case):
             # the port the sequential NAT really used was inside the predicted window
             opener, other = (a, b) if a["plan"]["local_opens"] else (b, a)
             assert opener["peer"][1] in opener["local_targets"]
+            # the paper's point: the opener's low-TTL packets die before the peer's NAT, which
+            # only sees its STUN answers and the handshake and data (a handful), not the window
+            quiet = "b" if opener is a else "a"
+            if not background:
+                assert arrived[quiet] < 20, (arrived, len(opener["local_targets"]))
         # 0.3 s of it is the agreed start delay; random~seq waits for the random side's burst (up
         # to 235k packets) to reach the window slot that matches
         limit = 6.5 if strategy == "random-sequential" else 1.3
