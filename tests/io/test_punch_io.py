@@ -31,12 +31,12 @@ OPEN = dict(nat=False, mapping="none", filtering="none")
 CONE = dict(mapping="EIM", filtering="APDF")
 
 
-async def run_pair(sa, sb, plan_a, plan_b, *, key=KEY, delay=0.05):
+async def run_pair(sa, sb, plan_a, plan_b, *, key=KEY, delay=0.05, on_event=None):
     start = trio.current_time() + delay
     out = {}
 
     async def side(name, sock, pl, role):
-        out[name] = await punch(sock, pl, Session(key, role, start))
+        out[name] = await punch(sock, pl, Session(key, role, start), on_event=on_event)
 
     async with trio.open_nursery() as n:
         n.start_soon(side, "a", sa, plan_a, "first")
@@ -70,7 +70,13 @@ async def test_direct_path_carries_data_and_measures_rtt():
 async def test_cone_pair_simultaneous_uses_the_stun_socket():
     sa, sb = await udp(), await udp()
     ra, rb = report(sa, **CONE), report(sb, **CONE)
-    pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
+    events = []
+    pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"),
+                            on_event=lambda what, info: events.append((what, info)))
+    kinds = [w for w, _ in events]
+    assert "attempt" in kinds and "established" in kinds
+    assert kinds.index("attempt") < kinds.index("established")
+    assert dict(events)["attempt"]["strategy"] == "simultaneous"
     assert pa.strategy is Strategy.SIMULTANEOUS and pa.sock is sa and pb.sock is sb
     # the opener's socket is back at the normal TTL once the path is up
     assert sa.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) > 2

@@ -98,6 +98,18 @@ def test_every_pair_gets_the_cheapest_strategy_and_both_sides_agree(a, b):
     assert p1.timeout > 0
 
 
+@pytest.mark.parametrize("a,b", [("symmetric-seq", "port-restricted"), ("symmetric-random", "symmetric-seq"),
+                                 ("symmetric-random", "symmetric-random"), ("none", "full-cone")])
+def test_summary_is_json_safe_and_complete(a, b):
+    import json
+
+    p = plan(CLASSES[a], CLASSES[b], "first")
+    s = json.loads(json.dumps(p.summary()))
+    assert s["strategy"] == p.strategy.value and s["odds"] == p.odds and s["reason"] == p.reason
+    assert s["attempts"][0]["local"]["packets"] == p.primary.local.packets
+    assert s["local"]["behaviour"] == p.local.describe()
+
+
 def test_cheap_strategies_cost_one_or_two_packets():
     for a, b in [("full-cone", "symmetric-random"), ("port-restricted", "port-restricted"),
                  ("restricted-cone", "symmetric-seq")]:

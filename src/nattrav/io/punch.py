@@ -166,7 +166,8 @@ def _random_ports(part: Part, rng: random.Random) -> list[int]:
 
 class _Race:
     def __init__(self, sock: Any, plan: Plan, session: Session, low_ttl: int,
-                 coordinator: Any, rng: random.Random) -> None:
+                 coordinator: Any, rng: random.Random, on_event: Any = None) -> None:
+        self.on_event = on_event
         self.sock = sock
         self.plan = plan
         self.session = session
@@ -184,6 +185,14 @@ class _Race:
         self.stats: dict[str, Any] = {"sent": 0, "received": 0, "rejected": 0, "attempts": []}
         self.strategy_of: dict[int, Strategy] = {}
         self.done = trio.Event()
+
+    def _event(self, what: str, **info: Any) -> None:
+        """Progress for the CLI/demo (phases: attempt, burst, hello, established); never raises."""
+        if self.on_event is not None:
+            try:
+                self.on_event(what, info)
+            except Exception:  # a display callback must not break the punch
+                pass
 
     # sending ---------------------------------------------------------------------------------
 
@@ -242,6 +251,9 @@ class _Race:
         part = attempt.local
         await trio.sleep(attempt.delay + part.delay)
         self.stats["attempts"].append(attempt.strategy.value)
+        self._event("attempt", strategy=attempt.strategy.value, opens=part.opens, sockets=part.sockets,
+                    targets=len(part.targets), random_probes=part.random_probes,
+                    ttl=self.low_ttl if part.opens else self.normal_ttl)
         if part.sockets > 1 and self.coordinator is not None:
             await self._attempt_with_coordinator(attempt)
             return
@@ -256,16 +268,21 @@ class _Race:
         deadline = trio.current_time() + attempt.timeout
         # Small parts resend every interval (same flows, so no new mappings); big bursts go twice.
         rounds = 1_000_000 if part.packets <= 4096 else 2
+        first_round = True
         while trio.current_time() < deadline and rounds > 0:
             rounds -= 1
             # Openers send with the low TTL until a socket has heard the peer; a socket that heard
             # the peer has answered at the normal TTL and is left alone.
             fresh = [s for s in socks if id(s) not in self.heard]
             frame = self.proto.hello(_now_ns())
+            sent0 = self.stats["sent"]
             await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, part.opens)
             for s in fresh:
                 if id(s) in probes:
                     await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate, part.opens)
+            if part.packets > 1 and first_round:
+                self._event("burst", strategy=attempt.strategy.value, sent=self.stats["sent"] - sent0)
+            first_round = False
             await trio.sleep(part.interval)
 
     async def _attempt_with_coordinator(self, attempt: Attempt) -> None:
@@ -332,6 +349,8 @@ class _Race:
                 self._nursery.start_soon(self._resend_ack, tsock, hit.src)
             if got.event is _proto.Event.ESTABLISHED and self.winner is None:
                 self.winner = (tsock, hit.src, got.rtt or 0, attempt.strategy)
+                self._event("established", peer=list(hit.src), rtt=(got.rtt or 0) / 1e9,
+                            strategy=attempt.strategy.value)
                 self.done.set()
                 return
             self._nursery.start_soon(self._recv_loop, tsock)
@@ -381,6 +400,8 @@ class _Race:
             except _proto.BadPacket:
                 self.stats["rejected"] += 1
                 continue
+            if got.event is _proto.Event.HELLO and id(s) not in self.heard:
+                self._event("hello", peer=list(addr))
             if got.replies or got.event is _proto.Event.HELLO:
                 # The peer's packet came in: our NAT's mapping and filter are open on this socket,
                 # so answers go out at the normal TTL from now on.
@@ -396,6 +417,8 @@ class _Race:
                 self._nursery.start_soon(self._resend_ack, s, addr)
             if got.event in (_proto.Event.ESTABLISHED, _proto.Event.ACK) and self.winner is None:
                 self.winner = (s, addr, got.rtt or 0, self.strategy_of.get(id(s), self.plan.strategy))
+                self._event("established", peer=list(addr), rtt=(got.rtt or 0) / 1e9,
+                            strategy=self.winner[3].value)
                 self.done.set()
                 return
 
@@ -449,13 +472,15 @@ class _Race:
 
 
 async def punch(sock: Any, plan: Plan, session: Any, *, low_ttl: int = 2, coordinator: Any = None,
-                rng: random.Random | None = None) -> PunchedPath:
+                rng: random.Random | None = None, on_event: Any = None) -> PunchedPath:
     """Run the plan's attempts on `sock` (a trio UDP socket, the one STUN used) and return the path.
 
     session: a Session, the rendezvous' "session" map, or anything with .key and .role (and
     .start_at in trio time). Raises PunchFailed (message naming both NATs and the odds) on timeout.
+    on_event(what, info): optional progress callback ("attempt", "burst", "hello", "established").
     """
     if not 1 <= low_ttl <= 255:
         raise ValueError(f"low_ttl must be in 1..255, got {low_ttl!r}")
-    race = _Race(sock, plan, _as_session(session), low_ttl, coordinator, rng or random.SystemRandom())
+    race = _Race(sock, plan, _as_session(session), low_ttl, coordinator, rng or random.SystemRandom(),
+                 on_event)
     return await race.run()

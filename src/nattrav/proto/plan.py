@@ -308,6 +308,27 @@ class Plan:
     def primary(self) -> Attempt:
         return self.attempts[0]
 
+    def summary(self) -> dict[str, Any]:
+        """A JSON/msgpack-safe view for --json output, logs and the demo."""
+
+        def part(p: Part) -> dict[str, Any]:
+            return {"peer_ip": p.peer_ip, "opens_low_ttl": p.opens, "sockets": p.sockets,
+                    "targets": len(p.targets), "first_targets": list(p.targets[:8]),
+                    "random_probes": p.random_probes, "packets": p.packets, "delay": p.delay}
+
+        def side(x: Side) -> dict[str, Any]:
+            pr = x.prediction
+            return {"behaviour": x.describe(), "public": [x.ip, x.port], "kind": pr.kind.value,
+                    "delta": pr.model.delta, "rate": round(pr.model.rate, 3),
+                    "window": len(pr.ports), "covered": round(pr.covered, 6),
+                    "next_port": pr.next_port}
+
+        return {"strategy": self.strategy.value, "feasible": self.feasible, "odds": self.odds,
+                "reason": self.reason, "role": self.role, "timeout": self.timeout,
+                "local": side(self.local), "remote": side(self.remote),
+                "attempts": [{"strategy": a.strategy.value, "delay": a.delay, "odds": a.odds,
+                              "local": part(a.local), "remote": part(a.remote)} for a in self.attempts]}
+
     def failure_message(self) -> str:
         return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
                 f"{self.strategy.value} had {self.odds:.2%} odds"
