@@ -92,6 +92,17 @@ def test_wire_plans_raise_only_value_error(m):
         pass
 
 
+def test_wire_plan_with_a_count_where_bytes_belong_allocates_nothing():
+    good = Burst([0], "192.0.2.1", [1], b"x").pack().to_wire()
+    for key in ("src", "ips", "ports", "payload"):
+        with pytest.raises(ValueError, match=key):
+            PackedPlan.from_wire({**good, key: 1 << 40})
+    with pytest.raises(ValueError):
+        PackedPlan.from_wire({**good, "n": True})
+    with pytest.raises(ValueError):
+        PackedPlan.from_wire({**good, "hi": 1 << 30, "lo": 0})
+
+
 def test_fd_exhaustion_gives_the_clear_error():
     code = textwrap.dedent("""
         import resource, sys

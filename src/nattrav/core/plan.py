@@ -56,13 +56,17 @@ class PackedPlan:
     @classmethod
     def from_wire(cls, m: dict) -> PackedPlan:
         """Rebuild from a worker message; every length is checked again (the bytes crossed a pipe)."""
-        try:
-            n, plen = int(m["n"]), int(m["plen"])
-            src, ips, ports, payload = (bytes(m[k]) for k in ("src", "ips", "ports", "payload"))
-            rate, ttl = float(m["rate"]), int(m["ttl"])
-            lo, hi = int(m["lo"]), int(m["hi"])
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise ValueError(f"bad plan: {e}") from None
+        if not isinstance(m, dict):
+            raise ValueError("bad plan: not a map")
+        kinds = {"n": int, "plen": int, "ttl": int, "lo": int, "hi": int, "rate": (int, float),
+                 "src": bytes, "ips": bytes, "ports": bytes, "payload": bytes}
+        for key, kind in kinds.items():
+            # exact types: bytes(some_int) would allocate that many bytes, bool is no count
+            if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
+                raise ValueError(f"bad plan: {key!r} missing or of type {type(m.get(key)).__name__}")
+        n, plen, ttl, lo, hi = m["n"], m["plen"], m["ttl"], m["lo"], m["hi"]
+        src, ips, ports, payload = m["src"], m["ips"], m["ports"], m["payload"]
+        rate = float(m["rate"])
         if not 0 <= n <= MAX_PACKETS or not 0 <= plen <= MAX_PAYLOAD:
             raise ValueError("bad plan: n or payload length out of range")
         if len(src) != 4 * n or len(ports) != 2 * n or len(ips) not in (4, 4 * n):

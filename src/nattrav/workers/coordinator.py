@@ -191,7 +191,9 @@ class _Worker:
                 raise ValueError(f"worker {self.index}: {text}")
             if kind == "IndexError":
                 raise IndexError(f"worker {self.index}: {text}")
-            raise OSError(code, f"worker {self.index}: {text}")
+            if code > 0:
+                raise OSError(code, f"worker {self.index}: {text}")
+            raise WorkerError(self.index, self.pid, f"failed {t!r}: {text}")
         return msg, fd
 
     def kill(self) -> None:

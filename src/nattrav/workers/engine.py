@@ -60,11 +60,10 @@ class CEngine:
 
     def close_range(self, base: int, count: int) -> None:
         pools = set()
-        for g in range(base, base + count):
-            if g in self._where:
-                pool, _ = self._where.pop(g)
-                self._fdmap[g] = -1
-                pools.add(pool)
+        for g in [g for g in self._where if base <= g < base + count]:
+            pool, _ = self._where.pop(g)
+            self._fdmap[g] = -1
+            pools.add(pool)
         self._reset_receiver()
         for pool in pools:
             if not any(p is pool for p, _ in self._where.values()):
@@ -141,10 +140,8 @@ class PyEngine:
             self._sel = None
 
     def close_range(self, base: int, count: int) -> None:
-        for g in range(base, base + count):
-            s = self._socks.pop(g, None)
-            if s is not None:
-                s.close()
+        for g in [g for g in self._socks if base <= g < base + count]:
+            self._socks.pop(g).close()
         self._sel_reset()
 
     def fire(self, plan: PackedPlan, timeout_ms: int) -> BurstStats:

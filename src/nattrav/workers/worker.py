@@ -15,7 +15,7 @@ import socket
 import sys
 from array import array
 
-from ..core.plan import PackedPlan
+from ..core.plan import MAX_INDEX, PackedPlan
 from ..core.recv import Woken
 from .engine import ENGINES
 from .messages import BadMessage, MessageReader, encode
@@ -83,9 +83,13 @@ class Worker:
                 code = e.errno if isinstance(e, OSError) and e.errno else (
                     errno.EINVAL if isinstance(e, ValueError) else errno.ERANGE)
                 self.send("error", id=rid, errno=code, kind=type(e).__name__, msg=str(e))
+            except Exception as e:  # noqa: BLE001 - a bug here fails one request, not the worker
+                self.send("error", id=rid, errno=0, kind=type(e).__name__, msg=f"{type(e).__name__}: {e}")
 
     def handle(self, t: str, rid: int, msg: dict) -> None:
         eng = self.engine
+        if t in ("open", "close") and not (0 <= msg["base"] < MAX_INDEX and 0 <= msg["count"] <= MAX_INDEX - msg["base"]):
+            raise ValueError(f"socket range {msg['base']}+{msg['count']} outside 0..{MAX_INDEX - 1}")
         if t == "open":
             ports = list(array("H", msg["ports"])) if msg["ports"] is not None else None
             got = eng.open(msg["count"], msg["ip"], msg["ttl"], ports, msg["base"], msg["reuse_port"])
