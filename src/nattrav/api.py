@@ -302,7 +302,201 @@ def _stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) 
     return stun
 
 
+# --- TCP (issue 8): the same phases, TCP mappings measured with TCP probes, the winner a trio Stream
+
+
+@dataclass
+class TcpEndpoint:
+    """The shared local TCP port (held by the listener socket) and its TCP report for the peer."""
+
+    listener: Any  # stdlib socket listening on the shared port; closed by the punch
+    behavior: NatBehavior
+    report: dict[str, Any]
+
+
+async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: EventHook) -> dict[str, Any]:
+    from .io.stun_tcp import StunTcpError, tcp_mappings
+
+    s1, s2 = behavior.server, behavior.other_address
+    assert s1 is not None
+    # three endpoints, so a sequential NAT shows two equal steps (and a random one does not)
+    servers = [s1] if s2 is None else [s1, (s2[0], s1[1]), (s1[0], s2[1])]
+    try:
+        samples = await tcp_mappings(local, [tuple(x) for x in servers])
+    except StunTcpError as exc:
+        raise ConnectError(f"TCP mapping probe failed: {exc.strerror or exc} (does the server serve STUN "
+                           "over TCP?)") from None
+    report = {"local": [samples[0]["local_ip"], local[1]], "samples": samples,
+              # what the UDP tests measured: TCP filtering is assumed to follow it (true of the lab)
+              "filtering": behavior.filtering if behavior.mapping == "EIM" else "APDF",
+              "public": [samples[-1]["ip"], samples[-1]["port"]]}
+    ports = [x["port"] for x in samples]
+    emit("tcp-mapping", {"ports": ports, "local": list(local),
+                         "steps": [b - a for a, b in zip(ports, ports[1:])]})
+    return report
+
+
+async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
+                            on_event: EventHook | None = None,
+                            behavior: NatBehavior | None = None) -> TcpEndpoint:
+    """Discovery (UDP, unless `behavior` is given), then the TCP mappings of one shared local port."""
+    from .io.tcp_punch import open_listener
+
+    emit = on_event or (lambda phase, detail: None)
+    stun = (_resolve(stun[0]), stun[1])
+    if behavior is None:
+        behavior = await discover_behavior(stun, src_ip, emit)
+    if behavior.server is None:
+        raise ConnectError("the STUN discovery named no server address for the TCP probes")
+    try:
+        listener = open_listener((src_ip or "0.0.0.0", src_port))
+    except OSError as exc:
+        raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}") from None
+    try:
+        report = await _tcp_report(listener.getsockname()[:2], behavior, emit)
+    except BaseException:
+        listener.close()
+        raise
+    return TcpEndpoint(listener, behavior, report)
+
+
+async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, timeout: float,
+                     emit: EventHook) -> Any:
+    from .io.tcp_punch import TcpPunchFailed, tcp_punch
+    from .proto.tcp_plan import BadReport
+    from .proto.tcp_plan import plan as tcp_plan
+
+    peer = session.peer_info.get("tcp") if isinstance(session.peer_info, dict) else None
+    if not isinstance(peer, dict):
+        ep.listener.close()
+        raise ConnectError(f"peer {session.peer_id} published no TCP report (is it listening with TCP?)")
+    try:
+        p = tcp_plan(ep.report, peer, session.role)
+    except BadReport as exc:
+        ep.listener.close()
+        raise ConnectError(f"our own TCP report is unusable: {exc}") from None
+    emit("plan", {**p.to_dict(), "odds": 1.0 if p.feasible else 0.0,
+                  "peer_targets": [t[1] for t in p.targets]})
+    emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
+    try:
+        stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or 2,
+                                 timeout=timeout)
+    except TcpPunchFailed as exc:
+        raise ConnectError(str(exc)) from None
+    emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
+                       "strategy": stream.strategy.value, "via": stream.via})
+    return stream
+
+
+@asynccontextmanager
+async def connect_tcp(
+    server: str | tuple[str, int],
+    peer_id: str,
+    *,
+    stun: str | tuple[str, int] | None = None,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    ttl: int | None = None,
+    timeout: float = 30.0,
+    punch_timeout: float = 10.0,
+    on_event: EventHook | None = None,
+    behavior: NatBehavior | None = None,
+) -> AsyncIterator[Any]:
+    """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream
+    (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy)."""
+    emit = on_event or (lambda phase, detail: None)
+    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    stun_ep = _stun_endpoint(stun, server_ep)
+    with trio.fail_after(timeout):
+        async with rv.open_rendezvous(server_ep) as client:
+            emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+            ep = await open_tcp_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit,
+                                         behavior=behavior)
+            try:
+                await client.update_info({"tcp": ep.report})
+                emit("rendezvous-connect", {"peer": peer_id})
+                session = await client.connect(peer_id, timeout=timeout)
+            except BaseException:
+                ep.listener.close()
+                raise
+            stream = await _tcp_punch(ep, session, ttl, punch_timeout, emit)
+    async with stream:
+        yield stream
+
+
+class TcpListener:
+    """Enrolled with the rendezvous server; `accept()` waits for a peer and punches TCP to it."""
+
+    def __init__(self, client: rv.RendezvousClient, stun: tuple[str, int], src: tuple[str | None, int],
+                 ttl: int | None, punch_timeout: float, emit: EventHook,
+                 behavior: NatBehavior | None) -> None:
+        self._client, self._stun, self._src, self._ttl = client, stun, src, ttl
+        self._punch_timeout, self._emit, self._behavior = punch_timeout, emit, behavior
+        self.endpoint: TcpEndpoint | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return self._client.peer_id
+
+    async def _prepare(self) -> None:
+        self.endpoint = await open_tcp_endpoint(self._stun, src_ip=self._src[0], src_port=self._src[1],
+                                                on_event=self._emit, behavior=self._behavior)
+        self._behavior = self.endpoint.behavior
+        await self._client.update_info({"tcp": self.endpoint.report})
+
+    @asynccontextmanager
+    async def accept(self) -> AsyncIterator[Any]:
+        """The next peer that asks for us: fresh TCP mappings, accept, punch; yields the stream."""
+        offer = await self._client.next_offer()
+        self._emit("offer", {"from": offer.peer_id})
+        if self.endpoint is None:
+            await self._prepare()
+        ep = self.endpoint
+        assert ep is not None
+        self.endpoint = None  # this port now belongs to the session; the next peer gets a new one
+        try:
+            # the mappings may be stale (other flows since enrolment): measure the same port again
+            ep.report = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, self._emit)
+            await self._client.update_info({"tcp": ep.report})
+            session = await self._client.accept(offer)
+        except BaseException:
+            ep.listener.close()
+            raise
+        stream = await _tcp_punch(ep, session, self._ttl, self._punch_timeout, self._emit)
+        async with stream:
+            yield stream
+
+
+@asynccontextmanager
+async def listen_tcp(
+    server: str | tuple[str, int],
+    *,
+    name: str | None = None,
+    secret: str | None = None,
+    stun: str | tuple[str, int] | None = None,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    ttl: int | None = None,
+    punch_timeout: float = 10.0,
+    on_event: EventHook | None = None,
+    behavior: NatBehavior | None = None,
+) -> AsyncIterator[TcpListener]:
+    """Enroll with the rendezvous server and publish our TCP report; yields a TcpListener."""
+    emit = on_event or (lambda phase, detail: None)
+    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    stun_ep = _stun_endpoint(stun, server_ep)
+    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
+        listener = TcpListener(client, stun_ep, (src_ip, src_port), ttl, punch_timeout, emit, behavior)
+        await listener._prepare()
+        emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
+        try:
+            yield listener
+        finally:
+            if listener.endpoint is not None:
+                listener.endpoint.listener.close()
+
+
 __all__ = [
     "ConnectError", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
-    "parse_endpoint",
+    "parse_endpoint", "TcpEndpoint", "TcpListener", "connect_tcp", "listen_tcp", "open_tcp_endpoint",
 ]

@@ -205,6 +205,14 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
                                     f"{stun_ports[0]},{stun_ports[1]}: {reason}"))
                 nursery.cancel_scope.cancel()
                 return 1
+            # the same endpoints over TCP: TCP traversal measures its own mappings (io/stun_tcp.py)
+            from .io.stun_tcp import serve_stun_tcp
+            try:
+                await nursery.start(serve_stun_tcp, config, list(srv.addresses))
+            except OSError as exc:
+                failed.append(_fail(f"cannot start STUN over TCP on {','.join(stun_ips)}: {exc.strerror or exc}"))
+                nursery.cancel_scope.cancel()
+                return 1
             _announce("stun", args.json_log,
                       addresses=",".join(f"{ip}:{port}" for ip, port in srv.addresses))
     return failed[0] if failed else 0

@@ -1,0 +1,230 @@
+"""STUN Binding over TCP (RFC 5389 §7.2.2 framing: messages back to back on the stream), both ends.
+
+Why TCP at all: a NAT may allocate TCP ports unlike UDP ones (another counter, another range), so a
+TCP traversal must measure its TCP mappings with TCP probes. The client opens several connections
+from ONE local port (SO_REUSEADDR + SO_REUSEPORT) to different server endpoints; for an APDM NAT each
+is a new mapping, and the differences between them give the TCP allocation step Δ.
+
+The server side answers Binding requests on the same IPs and ports as the UDP server. CHANGE-REQUEST
+means nothing on a stream (the answer must come back on the connection), so it gets a 400.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import trio
+
+from ..proto.stun import HEADER_LEN, Address, Attr, BadPacket, Class, Message, Method, parse
+from .stun_server import StunServerConfig, _error, decide
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 10.0  # a client that says nothing for this long is dropped
+MAX_MESSAGE = 2048  # a Binding exchange is far smaller; a longer length field is garbage
+MAX_CONNECTIONS = 512  # beyond this, new connections are closed at once (no unbounded memory)
+
+
+class StunTcpError(OSError):
+    """A TCP Binding did not produce a mapped address (refused, timed out, malformed answer)."""
+
+
+def reuse_socket(family: int = socket.AF_INET) -> socket.socket:
+    """A non-blocking TCP socket that may share its local port with the punch's other sockets."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.setblocking(False)
+    return s
+
+
+async def read_message(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes | None:
+    """One STUN message off a stream (None at a clean EOF between messages). BadPacket on a header
+    no STUN message can have; never buffers more than MAX_MESSAGE bytes."""
+    while True:
+        if len(buf) >= HEADER_LEN:
+            mtype, length = struct.unpack_from("!HH", buf)
+            if mtype & 0xC000 or length % 4 or HEADER_LEN + length > MAX_MESSAGE:
+                raise BadPacket("not a STUN header on the stream")
+            if len(buf) >= HEADER_LEN + length:
+                msg = bytes(buf[:HEADER_LEN + length])
+                del buf[:HEADER_LEN + length]
+                return msg
+        chunk = await stream.receive_some(MAX_MESSAGE)
+        if not chunk:
+            if buf:
+                raise BadPacket("stream ended inside a STUN message")
+            return None
+        buf += chunk
+
+
+# ---- server
+
+
+@dataclass
+class StunTcpServer:
+    config: StunServerConfig
+    addresses: list[Address] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
+    active: int = 0
+
+    def answer(self, data: bytes, src: Address, recv_at: Address) -> bytes | None:
+        """The response to one request read at `recv_at` from `src` (None: say nothing)."""
+        try:
+            req = parse(data)
+        except BadPacket:
+            self.stats["malformed"] += 1
+            return None
+        change = req.get(Attr.CHANGE_REQUEST)
+        if req.cls == Class.REQUEST and change is not None and (change.ip or change.port):
+            self.stats["error_400"] += 1
+            return _error(req, 400, "CHANGE-REQUEST is not served over TCP")
+        d = decide(req, src, recv_at, self.config)
+        if d.response is None:
+            self.stats[d.reason] += 1
+            return None
+        self.stats["answered" if d.reason == "answered" else d.reason] += 1
+        return d.response
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        if self.active >= MAX_CONNECTIONS:
+            self.stats["refused_busy"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self.active += 1
+        try:
+            src = stream.socket.getpeername()[:2]
+            at = stream.socket.getsockname()[:2]
+            buf = bytearray()
+            while True:
+                with trio.move_on_after(IDLE_TIMEOUT):
+                    data = await read_message(stream, buf)
+                    if data is None:
+                        return
+                    out = self.answer(data, src, at)
+                    if out is not None:
+                        await stream.send_all(out)
+                    continue
+                self.stats["idle_closed"] += 1
+                return
+        except BadPacket:
+            self.stats["malformed"] += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.stats["broken"] += 1
+        finally:
+            self.active -= 1
+            await trio.aclose_forcefully(stream)
+
+
+def _listener(ip: str) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    s = trio.socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return s
+
+
+async def serve_stun_tcp(config: StunServerConfig, addresses: list[Address], *,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve STUN over TCP on each of `addresses` (the UDP server's) forever; task_status gets the
+    StunTcpServer (counters)."""
+    srv = StunTcpServer(config)
+    listeners = []
+    try:
+        for ip, port in addresses:
+            s = _listener(ip)
+            try:
+                await s.bind((ip, port))
+                s.listen(128)
+            except OSError:
+                s.close()
+                raise
+            listeners.append(trio.SocketListener(s))
+            srv.addresses.append((ip, port))
+        async with trio.open_nursery() as nursery:
+            for lst in listeners:
+                nursery.start_soon(trio.serve_listeners, srv.handle, [lst])
+            task_status.started(srv)
+    finally:
+        for lst in listeners:
+            await trio.aclose_forcefully(lst)
+
+
+# ---- client
+
+
+class TcpBinding(NamedTuple):
+    mapped: Address  # our address as the server saw it
+    local: Address  # the address the connection left from (the kernel's choice of source IP)
+
+
+async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float = 3.0) -> TcpBinding:
+    """Our public (ip, port) as `server` sees a TCP connection from `local` (port shared). The
+    connection is closed with an RST (SO_LINGER 0): no TIME_WAIT pins the 4-tuple, so the same
+    server can be asked again from the same port."""
+    s = reuse_socket()
+    try:
+        s.bind(local)
+        tsock = trio.socket.from_stdlib_socket(s)
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await tsock.connect(server)
+            except OSError as exc:
+                raise StunTcpError(exc.errno or errno.ECONNREFUSED,
+                                   f"TCP connect from {local[1]} to {server[0]}:{server[1]}: "
+                                   f"{exc.strerror or exc}") from None
+            stream = trio.SocketStream(tsock)
+            req = Message(Method.BINDING, Class.REQUEST)
+            await stream.send_all(req.encode(fingerprint=True))
+            buf = bytearray()
+            while True:
+                try:
+                    data = await read_message(stream, buf)
+                except BadPacket as exc:
+                    raise StunTcpError(errno.EPROTO, f"bad STUN stream from {server[0]}:{server[1]}: {exc}") from None
+                if data is None:
+                    raise StunTcpError(errno.ECONNRESET, f"{server[0]}:{server[1]} closed without an answer")
+                try:
+                    resp = parse(data)
+                except BadPacket:
+                    continue
+                if resp.transaction_id != req.transaction_id:
+                    continue
+                mapped = resp.mapped_address if resp.cls == Class.SUCCESS else None
+                if mapped is None:
+                    raise StunTcpError(errno.EPROTO, f"{server[0]}:{server[1]} answered without a mapped address")
+                src = tsock.getsockname()[:2]
+                return TcpBinding((str(mapped[0]), int(mapped[1])), (str(src[0]), int(src[1])))
+        assert scope.cancelled_caught
+        raise StunTcpError(errno.ETIMEDOUT, f"no TCP STUN answer from {server[0]}:{server[1]} in {timeout:g} s")
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise StunTcpError(errno.ECONNRESET, f"TCP STUN to {server[0]}:{server[1]}: {exc}") from None
+    finally:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        s.close()
+
+
+async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeout: float = 3.0,
+                       clock=None) -> list[dict]:
+    """One TCP Binding per server, in order, all from the same local port: [{"dest", "port", "ip", "t"}].
+    In order on purpose: for a sequential NAT the order of new flows is the order of its ports."""
+    now = clock or trio.current_time
+    t0 = now()
+    out = []
+    for server in servers:
+        b = await tcp_binding(local, server, timeout=timeout)
+        out.append({"dest": [server[0], server[1]], "ip": b.mapped[0], "port": b.mapped[1],
+                    "local_ip": b.local[0], "t": round(now() - t0, 4)})
+    return out
+
+
+__all__ = ["StunTcpError", "StunTcpServer", "TcpBinding", "read_message", "reuse_socket", "serve_stun_tcp",
+           "tcp_binding", "tcp_mappings"]

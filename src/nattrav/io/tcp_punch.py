@@ -1,0 +1,256 @@
+"""TCP traversal on Trio: low-TTL SYN, simultaneous open, authentication; the winner as a Stream.
+
+Every socket of a traversal shares ONE local port (SO_REUSEADDR + SO_REUSEPORT): the port the TCP
+STUN probes measured, a listener, the low-TTL SYN sockets and the connect() sockets. The listener
+catches SYNs that arrive when no connect() socket for that 4-tuple is waiting (an open peer, or a
+peer SYN that beat ours), so no early SYN is answered with our own host's RST.
+
+Timing against the agreed start time T (see proto/tcp_plan.py for who does what):
+  T          the first side sends its low-TTL SYNs: its NAT now maps exactly those flows, and the
+             SYNs die one hop short of the peer's NAT (which never sees them, so never resets)
+  T + 0.1 s  the second side connect()s: its SYN finds the first side's NAT open
+  T + 0.3 s  the first side connect()s too (same 4-tuple as its low-TTL SYN, so the same mapping):
+             by now the second side's NAT has its mapping, and either SYN completing is enough.
+Errors from the probes (RST -> ECONNREFUSED, ICMP -> EHOSTUNREACH, a 4-tuple the listener already
+owns -> EADDRINUSE/EADDRNOTAVAIL, ETIMEDOUT) are counted and retried within the window.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..proto.punch import BadPacket
+from ..proto.tcp_auth import StreamAuth
+from ..proto.tcp_plan import TcpPlan, TcpStrategy
+from .stun_tcp import reuse_socket
+
+SECOND_DELAY = 0.1
+FIRST_CONNECT_DELAY = 0.3
+RETRY_PAUSE = 0.2
+TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
+             errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET, errno.ECONNABORTED}
+
+
+class TcpPunchFailed(Exception):
+    """No authenticated TCP connection within the time; str() says why (with the probe errors)."""
+
+
+class PunchedStream(trio.abc.HalfCloseableStream):
+    """The winning connection: a trio.SocketStream (as `socket_stream`) plus what the punch learned.
+    Bytes the peer sent right behind the handshake come out of the first receive_some()."""
+
+    def __init__(self, stream: trio.SocketStream, *, peer_addr: tuple[str, int], rtt: float,
+                 strategy: TcpStrategy, via: str, leftover: bytes = b"") -> None:
+        self.socket_stream = stream
+        self.peer_addr = peer_addr
+        self.local_addr = tuple(stream.socket.getsockname()[:2])
+        self.rtt = rtt
+        self.strategy = strategy
+        self.via = via  # "connect" or "listener": which socket won
+        self._leftover = leftover
+
+    async def send_all(self, data) -> None:
+        await self.socket_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.socket_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.socket_stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._leftover:
+            n = len(self._leftover) if max_bytes is None else max_bytes
+            out, self._leftover = self._leftover[:n], self._leftover[n:]
+            await trio.lowlevel.checkpoint()
+            return out
+        return await self.socket_stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.socket_stream.aclose()
+
+
+@dataclass
+class _Race:
+    plan: TcpPlan
+    key: bytes
+    nonce: bytes
+    deadline: float
+    errors: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    winner: PunchedStream | None = None
+    claimed: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    authenticated: list = field(default_factory=list)
+
+    def error(self, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+    def summary(self) -> str:
+        errs = ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) or "none"
+        return (f"{self.attempts} connect attempts, {self.accepted} accepted, {self.rejected} failed "
+                f"authentication; errors: {errs}")
+
+
+def _now_ns() -> int:
+    return int(trio.current_time() * 1e9)
+
+
+def _abort(sock: socket.socket) -> None:
+    # RST on close: a dead attempt must not leave a TIME_WAIT that pins the shared port's 4-tuple
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def open_listener(local: tuple[str, int]) -> socket.socket:
+    """The listener on the shared local port (bound first: it also holds the port)."""
+    s = reuse_socket()
+    try:
+        s.bind(local)
+        s.listen(16)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def send_low_ttl_syn(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> None:
+    """One SYN from `local` to `dest` with IP TTL `ttl`. The kernel sends it inside connect(); the
+    socket is closed at once (a SYN_SENT socket closes silently), so no retransmission with a
+    normal TTL can follow and reach the peer's NAT unasked."""
+    s = reuse_socket()
+    try:
+        s.bind(local)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        rc = s.connect_ex(dest)
+        if rc not in (0, errno.EINPROGRESS):
+            raise OSError(rc, os.strerror(rc))
+    finally:
+        s.close()
+
+
+async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> None:
+    stream = trio.SocketStream(sock)
+    peer = tuple(sock.getpeername()[:2])
+    auth = StreamAuth(race.key, race.plan.role, race.nonce)
+    try:
+        await stream.send_all(auth.opening(_now_ns()))
+        while not auth.done:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise BadPacket("connection closed during the handshake")
+            reply = auth.feed(data, _now_ns())
+            if reply:
+                await stream.send_all(reply)
+        if race.claimed:
+            raise BadPacket("another connection already won")
+        race.claimed = True  # before any await: two connections finishing together cannot both win
+        if race.plan.role == "first":
+            await stream.send_all(auth.select())
+        rtt = (auth.rtt or 0) / 1e9
+        race.winner = PunchedStream(stream, peer_addr=peer, rtt=rtt, strategy=race.plan.strategy, via=via,
+                                    leftover=auth.leftover)
+        race.done.set()
+    except BadPacket:
+        race.rejected += 1
+        _abort(sock._sock)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        if isinstance(exc, OSError):
+            race.error(exc)
+        _abort(sock._sock)
+    except BaseException:
+        if race.winner is None or race.winner.socket_stream is not stream:
+            _abort(sock._sock)
+        raise
+
+
+async def _accept_loop(race: _Race, listener: socket.socket, nursery: trio.Nursery) -> None:
+    lst = trio.socket.from_stdlib_socket(listener)
+    while True:
+        conn, _ = await lst.accept()
+        race.accepted += 1
+        nursery.start_soon(_authenticate, race, conn, "listener")
+
+
+async def _connect_loop(race: _Race, local: tuple[str, int], dest: tuple[str, int], start: float,
+                        nursery: trio.Nursery) -> None:
+    await trio.sleep_until(start)
+    while trio.current_time() < race.deadline:
+        s = reuse_socket()
+        try:
+            s.bind(local)
+        except OSError as exc:
+            race.error(exc)
+            s.close()
+            await trio.sleep(RETRY_PAUSE)
+            continue
+        sock = trio.socket.from_stdlib_socket(s)
+        race.attempts += 1
+        try:
+            await sock.connect(dest)
+        except OSError as exc:
+            race.error(exc)
+            _abort(s)
+            if exc.errno not in TOLERATED:
+                raise
+            await trio.sleep(RETRY_PAUSE)
+            continue
+        except BaseException:
+            _abort(s)
+            raise
+        # the authentication runs in the race's nursery so this loop can stop waiting for it
+        nursery.start_soon(_authenticate, race, sock, "connect")
+        return
+
+
+async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at: float, *,
+                    low_ttl: int = 2, timeout: float = 10.0) -> PunchedStream:
+    """Run the plan from the listener's local port; returns the authenticated winner. The listener
+    is closed when this returns (the winner's socket is independent of it)."""
+    if not plan.feasible:
+        listener.close()
+        raise TcpPunchFailed(plan.reason)
+    local = listener.getsockname()[:2]
+    race = _Race(plan, bytes(key), os.urandom(8), start_at + timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_accept_loop, race, listener, nursery)
+            if plan.low_ttl and plan.targets:
+                await trio.sleep_until(start_at)
+                for dest in plan.targets:
+                    try:
+                        send_low_ttl_syn(local, dest, low_ttl)
+                    except OSError as exc:
+                        race.error(exc)
+            if plan.targets:
+                if plan.strategy is TcpStrategy.SIMULTANEOUS:
+                    delay = FIRST_CONNECT_DELAY if plan.role == "first" else SECOND_DELAY
+                else:
+                    delay = 0.0
+                for dest in plan.targets:
+                    nursery.start_soon(_connect_loop, race, local, dest, start_at + delay, nursery)
+            with trio.move_on_at(race.deadline):
+                await race.done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+    if race.winner is None:
+        raise TcpPunchFailed(f"no authenticated TCP connection within {timeout:g} s "
+                             f"({plan.strategy.value}; {plan.reason}); {race.summary()}")
+    return race.winner
+
+
+__all__ = ["PunchedStream", "TcpPunchFailed", "open_listener", "send_low_ttl_syn", "tcp_punch"]

@@ -1,0 +1,188 @@
+"""TCP traversal planning, sans-IO: what a side's TCP mappings say about its NAT, and who does what.
+
+Input is each side's TCP report (TCP Bindings from ONE local port to several server endpoints, in
+order, plus the filtering the UDP discovery measured). Output is a TcpPlan: which peer ports to
+connect() to, whether to open our own NAT first with a low-TTL SYN, or a reason why it cannot work.
+
+Why TCP is stricter than UDP here: a SYN that reaches a NAT before that NAT has a mapping for it is
+dropped or answered with a RST, and a RST (or a retried SYN after one) makes conntrack forget the
+flow, so the next attempt gets a NEW port. There is no cheap "burst of many sockets" either. So:
+- a side that accepts unsolicited SYNs ("open": no NAT, or an EIM/EIF full cone) is simply connected
+  to; its peer may be anything, even random;
+- otherwise both mappings must be predictable (EIM, or sequential with a measured step Δ): the
+  "first" side sends SYNs with a TTL that dies between the NATs towards the peer's predicted port(s),
+  which opens its own NAT for exactly that flow, then both connect() (simultaneous open);
+- a random-allocation side facing a side that filters is infeasible for this planner (it would need
+  a birthday attack with hundreds of TCP connections per side; not built) and says so.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_SAMPLES = 16
+MAX_WINDOW = 64
+# A sequential NAT's measured steps may differ when other hosts' flows slip in between the probes;
+# steps up to this size that disagree are still read as "sequential, with noise".
+NOISY_STEP_MAX = 64
+
+
+class BadReport(ValueError):
+    """A peer's TCP report that is not well formed (the one error for untrusted report input)."""
+
+
+class Kind(str, enum.Enum):
+    OPEN = "open"  # unsolicited SYNs reach the host: no NAT, or EIM + EIF
+    CONE = "cone"  # EIM: the same public port for every destination
+    SEQUENTIAL = "sequential"  # a new port per destination, base + k·Δ
+    RANDOM = "random"  # a new port per destination, no pattern
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TcpStrategy(str, enum.Enum):
+    DIRECT = "tcp-direct"  # one side accepts unsolicited SYNs: the other just connects
+    SIMULTANEOUS = "tcp-simultaneous"  # low-TTL SYN from the first side, then both connect()
+    NONE = "tcp-none"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TcpMapping:
+    """One side's TCP NAT as its report shows it."""
+
+    kind: Kind
+    public_ip: str
+    last_port: int
+    delta: int = 0
+    ports: tuple[int, ...] = ()
+    filtering: str | None = None
+
+    def predict(self, k: int) -> int:
+        """The public port this NAT gives the side's k-th new flow after its last sample (k >= 1)."""
+        if self.kind is Kind.SEQUENTIAL:
+            return (self.last_port + self.delta * k - 1) % 65535 + 1
+        return self.last_port
+
+    def describe(self) -> str:
+        ports = ",".join(map(str, self.ports))
+        if self.kind is Kind.OPEN:
+            what = "no NAT" if self.filtering is None else f"full cone (EIM/{self.filtering})"
+            return f"{what}, TCP port {self.last_port}"
+        if self.kind is Kind.CONE:
+            return f"cone (EIM/{self.filtering or '?'}), TCP port {self.last_port}"
+        if self.kind is Kind.SEQUENTIAL:
+            return f"symmetric sequential (APDM, TCP step {self.delta:+d}; ports {ports})"
+        return f"symmetric random (APDM, random TCP ports {ports})"
+
+
+def _int(v: Any, lo: int, hi: int, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadReport(f"{what}: {v!r} is not an integer in {lo}..{hi}")
+    return v
+
+
+def _str(v: Any, what: str, limit: int = 64) -> str:
+    if not isinstance(v, str) or len(v) > limit:
+        raise BadReport(f"{what}: not a short string")
+    return v
+
+
+def classify(report: Any) -> TcpMapping:
+    """Read a TCP report (possibly the peer's: untrusted). Raises BadReport, and only BadReport."""
+    if not isinstance(report, dict):
+        raise BadReport("TCP report is not a map")
+    samples = report.get("samples")
+    if not isinstance(samples, list) or not 1 <= len(samples) <= MAX_SAMPLES:
+        raise BadReport(f"TCP report needs 1..{MAX_SAMPLES} samples")
+    local = report.get("local")
+    if not isinstance(local, list) or len(local) != 2:
+        raise BadReport("TCP report: local is not [ip, port]")
+    local_ip = _str(local[0], "local ip")
+    local_port = _int(local[1], 1, 65535, "local port")
+    filtering = report.get("filtering")
+    if filtering is not None and filtering not in ("EIF", "ADF", "APDF"):
+        raise BadReport(f"TCP report: unknown filtering {filtering!r}")
+    ports, ips = [], set()
+    for s in samples:
+        if not isinstance(s, dict):
+            raise BadReport("TCP sample is not a map")
+        ports.append(_int(s.get("port"), 1, 65535, "sample port"))
+        ips.add(_str(s.get("ip"), "sample ip"))
+    if len(ips) != 1:
+        # several public addresses (a NAT pool): no prediction can name the address to aim at
+        return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering)
+    public_ip = ips.pop()
+    steps = [b - a for a, b in zip(ports, ports[1:])]
+    if public_ip == local_ip and all(p == local_port for p in ports):
+        return TcpMapping(Kind.OPEN, public_ip, ports[-1], 0, tuple(ports), None)
+    if all(d == 0 for d in steps):
+        kind = Kind.OPEN if filtering == "EIF" else Kind.CONE
+        return TcpMapping(kind, public_ip, ports[-1], 0, tuple(ports), filtering or "APDF")
+    if steps and all(d == steps[0] for d in steps):
+        return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], steps[0], tuple(ports), filtering)
+    if steps and all(0 < d <= NOISY_STEP_MAX for d in steps):
+        # other flows took ports between our probes: the smallest step is the NAT's own
+        return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], min(steps), tuple(ports), filtering)
+    return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering)
+
+
+@dataclass(frozen=True)
+class TcpPlan:
+    strategy: TcpStrategy
+    feasible: bool
+    reason: str
+    role: str
+    targets: tuple[tuple[str, int], ...] = ()  # peer endpoints to connect() to, in this order
+    low_ttl: bool = False  # send the low-TTL opening SYNs to `targets` first
+    mine: TcpMapping | None = None
+    peer: TcpMapping | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
+                "role": self.role, "targets": [list(t) for t in self.targets], "low_ttl": self.low_ttl,
+                "mine": self.mine.describe() if self.mine else None,
+                "peer": self.peer.describe() if self.peer else None}
+
+
+def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = 1) -> TcpPlan:
+    """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
+    both agree on who connects and on the ports without talking again."""
+    if role not in ("first", "second"):
+        raise ValueError(f"role must be 'first' or 'second', got {role!r}")
+    if not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be 1..{MAX_WINDOW}")
+    mine = classify(mine_report)
+    try:
+        peer = classify(peer_report)
+    except BadReport as exc:
+        return TcpPlan(TcpStrategy.NONE, False, f"the peer's TCP report is malformed: {exc}", role, mine=mine)
+    pair = f"this side: {mine.describe()}; peer: {peer.describe()}"
+    if peer.kind is Kind.OPEN and (mine.kind is not Kind.OPEN or role == "second"):
+        return TcpPlan(TcpStrategy.DIRECT, True, f"the peer accepts unsolicited SYNs: connect to it ({pair})",
+                       role, ((peer.public_ip, peer.last_port),), False, mine, peer)
+    if mine.kind is Kind.OPEN:
+        return TcpPlan(TcpStrategy.DIRECT, True, f"this side accepts unsolicited SYNs: the peer connects ({pair})",
+                       role, (), False, mine, peer)
+    unpredictable = [who for who, m in (("this side", mine), ("the peer", peer)) if m.kind is Kind.RANDOM]
+    if unpredictable:
+        return TcpPlan(
+            TcpStrategy.NONE, False,
+            f"TCP infeasible: {' and '.join(unpredictable)} allocate(s) TCP ports at random and neither side "
+            f"accepts unsolicited SYNs, so no SYN can be aimed at a mapping that will exist ({pair})",
+            role, mine=mine, peer=peer)
+    ks = range(1, (window if peer.kind is Kind.SEQUENTIAL or mine.kind is Kind.SEQUENTIAL else 1) + 1)
+    targets = tuple((peer.public_ip, peer.predict(k)) for k in ks)
+    return TcpPlan(TcpStrategy.SIMULTANEOUS, True,
+                   f"both TCP mappings are predictable: low-TTL SYN from the first side, then simultaneous "
+                   f"open ({pair})", role, targets, role == "first", mine, peer,
+                   {"own_predicted": [mine.predict(k) for k in ks]})
+
+
+__all__ = ["BadReport", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "classify", "plan"]
