@@ -268,3 +268,10 @@ async def test_workers_outlive_trios_idle_helper_threads():
         assert all(psutil.pid_exists(p) for p in coord.worker_pids)
         assert await coord.fire(Burst([0, 1], "127.0.0.1", [sink.getsockname()[1]] * 2, b"alive")) == 2
     sink.close()
+
+
+async def test_pinned_workers_run_on_one_cpu_each():
+    cpus = sorted(os.sched_getaffinity(0))
+    async with open_coordinator(2, pin=True) as coord:
+        got = [psutil.Process(p).cpu_affinity() for p in coord.worker_pids]
+    assert got == [[cpus[0]], [cpus[1 % len(cpus)]]]
