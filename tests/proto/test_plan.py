@@ -39,7 +39,7 @@ CLASSES = {
     "symmetric-random": dict(mapping="APDM", filtering="APDF", allocation="random",
                              samples=[31234, 5001]),
 }
-for i, (name, rep) in enumerate(CLASSES.items()):
+for i, rep in enumerate(CLASSES.values()):
     rep["public_ip"] = f"203.0.113.{10 + i}"
 
 EXPECTED = {

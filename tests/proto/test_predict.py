@@ -150,7 +150,10 @@ def test_predictive_pmf_is_a_distribution_and_widens_with_less_evidence():
     unseen = Model(Kind.SEQUENTIAL, 1000, 1, 0.0, True, (1024, 65535), extra=0, exposure=0.01)
     for m in (busy, quiet, unseen):
         assert sum(noise_pmf(m, 1.0)) == pytest.approx(1.0, abs=1e-5)
-    mean = lambda m: sum(n * v for n, v in enumerate(noise_pmf(m, 1.0)))
+
+    def mean(m):
+        return sum(n * v for n, v in enumerate(noise_pmf(m, 1.0)))
+
     assert mean(busy) == pytest.approx((40 + 6.0 * 0.05) / 10.05, rel=0.01)  # posterior mean λ·t
     assert len(noise_pmf(quiet, 1.0)) < len(noise_pmf(unseen, 1.0))
     assert negbin_pmf(1.0, 0.5, 2) == pytest.approx(0.125)

@@ -236,7 +236,7 @@ def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) 
     ip, port = _endpoint(report)
     if port is None and obs.samples:
         port = obs.samples[-1].port
-    if not prediction.kind is Kind.FIXED and obs.samples:
+    if prediction.kind is not Kind.FIXED and obs.samples:
         port = obs.samples[-1].port  # predictions count from the LAST mapping seen
     if ip is None or port is None:
         raise ReportError("report has no public endpoint (public: [ip, port])")

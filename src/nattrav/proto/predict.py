@@ -73,10 +73,12 @@ class Observation:
     def from_report(cls, report: Mapping[str, Any]) -> Observation:
         """Accept the STUN client's report dict.
 
-        Keys used: "one_socket" (nat_behavior's series: {"port": p, "t": t} maps in the order they
-        were observed) or else "samples" (ports, [t, port] pairs, {"port", "t"} maps, or nat_behavior's
-        BindingSample maps, of which only socket 0 counts), or else "one_socket_ports", "allocation" (preservation / sequential / random), "delta",
-        "port_range" ([lo, hi]). Unknown keys are ignored.
+        The mapped ports, in the order observed, from the first of: "samples" as nat_behavior's
+        BindingSample maps (socket 0's first answer per server; mappings our other sockets made in
+        between are counted as known steps); "one_socket" ({"port": p, "t": t} maps); "samples" as
+        ports, [t, port] pairs or {"port", "t"} maps; "one_socket_ports". Also "allocation"
+        (preservation / sequential / random), "delta", "port_range" ([lo, hi]). Unknown keys are
+        ignored.
         """
         if not isinstance(report, Mapping):
             raise ReportError(f"report must be a mapping, got {type(report).__name__}")
