@@ -287,3 +287,18 @@ def test_any_peer_report_plans_or_raises_report_error(report):
         return
     assert 0.0 <= p.odds <= 1.0 and p.attempts
     assert math.isfinite(p.timeout)
+
+
+@pytest.mark.parametrize("port_range", [[1000, 1000], [1000, 1010], [1000, 1511], [1024, 3071]])
+def test_small_port_blocks_plan_without_error(port_range):
+    """A CGNAT hands each subscriber a block of a few hundred ports: the sizes shrink to fit."""
+    rnd = dict(CLASSES["symmetric-random"], samples=[port_range[0], port_range[1]], port_range=port_range)
+    for other in ("port-restricted", "symmetric-seq", "symmetric-random"):
+        p = plan(rnd, CLASSES[other], "first")
+        span = port_range[1] - port_range[0] + 1
+        assert 0 <= p.odds <= 1
+        opener = p.primary.local
+        assert opener.sockets <= max(1, span) or p.strategy is Strategy.BEST_EFFORT
+        if p.strategy is Strategy.BEST_EFFORT:
+            # tiny blocks make guessing on both sides feasible; big ones do not
+            assert p.feasible == (p.odds >= 0.999)

@@ -512,7 +512,7 @@ def random_sequential_odds(rnd: Side, seq: Side, sockets: int, window: int, prob
             break
         if seq.consumes:
             useful = max(0, min(probes, window - v))
-            hit = 1 - (1 - sockets / span) ** useful
+            hit = 1 - (1 - min(sockets, span) / span) ** useful
         else:
             hit = 1 - birthday_miss(span, sockets, probes)
         odds += pv * hit
@@ -554,7 +554,9 @@ def plan(
     if role == "second":
         attempts = [replace(a, local=a.remote, remote=a.local) for a in attempts]
     best = attempts[0]
-    feasible = best.strategy is not Strategy.BEST_EFFORT
+    # Guessing on both sides only works in tiny port ranges (a CGNAT's port block); then it is
+    # feasible on its odds.
+    feasible = best.strategy is not Strategy.BEST_EFFORT or best.odds >= target
     reason = _reason(best.strategy, local, remote, best)
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
@@ -683,7 +685,8 @@ def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) ->
     # packets; the EIM side then probes distinct random ports of the random side's IP. The chance
     # that none of p probes hits one of s open ports among N is C(N-s, p) / C(N, p).
     span = rnd.span
-    probes = probes_for(span, sockets, target, min(budget, span - sockets))
+    sockets = max(1, min(sockets, span // 2))  # a small port block (CGNAT) holds fewer mappings
+    probes = probes_for(span, sockets, target, max(1, min(budget, span - sockets)))
     odds = 1 - birthday_miss(span, sockets, probes)
     return Attempt(Strategy.BIRTHDAY,
                    Part(eim.ip, (eim.port,), sockets=sockets, opens=True, interval=0.5),
@@ -699,12 +702,21 @@ def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_soc
     # Candidates are scored by odds (capped at the target), then by packets sent.
     best: tuple[tuple[float, int, int], float, int, int, int] | None = None
     need_window = max(1, len(_noise_pmf(seq)))
-    s = 64
-    while s <= max_sockets:
+    candidates = sorted({max(1, min(c, rnd.span // 2)) for c in (64, 128, 256, 512, 1024, 2048, 4096)
+                         if c <= max_sockets} or {1})
+    for s in candidates:
         window = budget // s
         if window >= 1:
             if seq.consumes:
-                probes = window
+                # the shortest window (= guesses) that reaches the target, else the longest allowed
+                lo, hi = 1, window
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if random_sequential_odds(rnd, seq, s, mid, mid) >= target:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                window = probes = lo
             else:
                 window = min(window, need_window)
                 probes = probes_for(rnd.span, s, target, min(budget, rnd.span - s))
@@ -715,7 +727,6 @@ def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_soc
             score = (round(min(odds, target), 3), s, -packets)
             if best is None or score > best[0]:
                 best = (score, odds, s, window, probes)
-        s *= 2
     assert best is not None
     _, odds, s, window, probes = best
     targets = tuple(seq.next_port(k) for k in range(window))
@@ -734,7 +745,7 @@ def _best_effort(first: Side, second: Side, flows: int) -> Attempt:
     # F1·F2/(N1·N2) hits are expected. Reaching 99.9% would need F ≈ 2.6·N flows per side, beyond
     # the 262144-entry flow table and antisocial anyway: we try a little, then report.
     sockets = 64
-    per = max(1, flows // sockets)
+    per = max(1, min(flows // sockets, first.span, second.span))
     expected = (sockets * per) ** 2 / (first.span * second.span)
     odds = 1 - math.exp(-expected)
     return Attempt(Strategy.BEST_EFFORT,

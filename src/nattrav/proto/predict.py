@@ -20,6 +20,7 @@ from typing import Any
 
 PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
 MAX_WINDOW = 65536
+MAX_SAMPLES = 256
 # A step larger than this many Δ between two of our own back-to-back samples is not "sequential".
 MAX_STEPS_PER_SAMPLE = 256
 # A fitted step larger than this (and not stated by the report) is a coincidence of random ports.
@@ -92,7 +93,8 @@ class Observation:
 
     @classmethod
     def _from_report(cls, report: Mapping[str, Any]) -> Observation:
-        samples = tuple(_sample(s) for s in _series(report))
+        # the last MAX_SAMPLES are plenty, and a peer's report must not cost unbounded CPU
+        samples = tuple(_sample(s) for s in _series(report)[-MAX_SAMPLES:])
         allocation = report.get("allocation")
         if allocation is not None:
             word = str(allocation).strip().lower()
