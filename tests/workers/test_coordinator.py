@@ -275,3 +275,15 @@ async def test_pinned_workers_run_on_one_cpu_each():
     async with open_coordinator(2, pin=True) as coord:
         got = [psutil.Process(p).cpu_affinity() for p in coord.worker_pids]
     assert got == [[cpus[0]], [cpus[1 % len(cpus)]]]
+
+
+async def test_take_right_after_a_cancelled_listen_gets_its_socket():
+    # the stale listen reply and the take reply (with its descriptor) may come in one read
+    async with open_coordinator(1) as coord:
+        ports = await coord.open_sockets(20, "127.0.0.1")
+        for i in range(20):
+            with trio.move_on_after(0.005):
+                await coord.listen(b"never", timeout=10)
+            s = await coord.take_socket(i)
+            assert s.getsockname()[1] == ports[i]
+            s.close()

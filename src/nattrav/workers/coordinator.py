@@ -167,17 +167,27 @@ class _Worker:
         async with self.req_lock:
             self.next_id += 1
             rid = self.next_id
-            try:
-                await self.send(encode(t, id=rid, **fields))
-            except OSError:
-                raise await self._died(t) from None
+            data = encode(t, id=rid, **fields)
+            # half a message would wreck the stream for good: a request goes out whole or the worker
+            # counts as hung, whatever cancellation arrives meanwhile
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(wait) as send_scope:
+                    try:
+                        await self.send(data)
+                    except OSError:
+                        raise await self._died(t) from None
+            if send_scope.cancelled_caught:
+                self.kill()
+                self.broken = WorkerError(self.index, self.pid, f"did not take {t!r} within {wait:.1f} s; killed it")
+                raise self.broken
             with trio.move_on_after(wait) as scope:
                 while True:
                     msg = await self.next_message(t)
-                    fd = self.fds.pop(0) if self.fds else None
+                    # descriptors come only with 'take' results, in order
+                    fd = self.fds.pop(0) if msg.get("fd") is True and self.fds else None
                     if msg.get("id") == rid:
                         break
-                    if fd is not None:  # a reply to a request we stopped waiting for
+                    if fd is not None:  # a reply to a take we stopped waiting for
                         os.close(fd)
             if scope.cancelled_caught:
                 self.kill()

@@ -111,7 +111,7 @@ class Worker:
         elif t == "take":
             fd = eng.take(msg["index"])
             try:
-                socket.send_fds(self.sock, [encode("result", id=rid, index=msg["index"])], [fd])
+                socket.send_fds(self.sock, [encode("result", id=rid, index=msg["index"], fd=True)], [fd])
             finally:
                 os.close(fd)
         elif t == "drain":
