@@ -51,6 +51,30 @@ def expectation(left: str, right: str) -> str:
     return "feasible"
 
 
+def tcp_expectation(left: str, right: str) -> str:
+    """TCP ground truth from the lab's descriptions: a SYN can be aimed only at a mapping that can be
+    predicted (EIM or sequential), unless the other side takes unsolicited SYNs (no NAT, or EIM+EIF).
+    "infeasible" when a random-allocation NAT faces a NAT that filters: that needs a birthday attack
+    with hundreds of TCP connections, which the TCP puncher does not attempt."""
+    from .lab import resolve
+
+    def kind(name: str) -> str:
+        spec = resolve(name)
+        if spec is None:
+            return "open"
+        layers = [spec] + ([spec.outer] if spec.outer is not None else [])
+        if any(x.allocation == "random" for x in layers):
+            return "random"
+        if all(x.mapping == "EIM" for x in layers):
+            return "open" if all(x.filtering == "EIF" for x in layers) else "cone"
+        return "sequential"
+
+    kinds = (kind(left), kind(right))
+    if "open" in kinds or "random" not in kinds:
+        return "feasible"
+    return "infeasible"
+
+
 @dataclass
 class TrialResult:
     left: str
@@ -73,6 +97,9 @@ class TrialResult:
 
 async def _agent(args: argparse.Namespace) -> None:
     from .api import ConnectError, connect, discover_behavior, listen, parse_endpoint
+    if args.tcp:
+        from .api import connect_tcp as connect  # noqa: F811
+        from .api import listen_tcp as listen  # noqa: F811
     from .io import rendezvous_client as rv
 
     server = parse_endpoint(args.server, SERVER_PORT)
@@ -102,6 +129,7 @@ async def _agent(args: argparse.Namespace) -> None:
                                       on_event=on_event) as lst:
                         emit_line({"event": "ready", "trial": i})
                         async with lst.accept() as path:
+                            path = _LineStream(path) if args.tcp else path
                             row.update(_connected(path, marks))
                             await path.send(b"ping %d" % i)
                             row["echo"] = (await path.receive()).decode(errors="replace")
@@ -110,6 +138,7 @@ async def _agent(args: argparse.Namespace) -> None:
                         try:
                             async with connect(server, name, behavior=behavior, ttl=args.ttl,
                                                on_event=on_event, timeout=args.trial_timeout) as path:
+                                path = _LineStream(path) if args.tcp else path
                                 row.update(_connected(path, marks))
                                 got = await path.receive()
                                 await path.send(got)
@@ -130,6 +159,27 @@ async def _agent(args: argparse.Namespace) -> None:
         row.setdefault("plan_reason", plan.get("reason"))
         emit_line(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
+
+
+class _LineStream:
+    """The TCP matrix's view of a punched stream: the send()/receive() of a UDP path, one message a
+    line (a stream has no datagram boundaries)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self._buf = stream, b""
+        self.strategy, self.rtt, self.peer_addr = stream.strategy, stream.rtt, stream.peer_addr
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data + b"\n")
+
+    async def receive(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = await self.stream.receive_some(4096)
+            if not chunk:
+                raise OSError("the peer closed the TCP stream")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
 
 
 def _connected(path: Any, marks: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +209,7 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
 
 
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
-             background: float | None = None) -> list[TrialResult]:
+             background: float | None = None, tcp: bool = False) -> list[TrialResult]:
     """Bring up a lab for (left, right), run `trials` connection trials, tear it down."""
     from .lab import Lab
 
@@ -171,7 +221,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
         _wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 10)
         name = f"m{time.monotonic_ns() % 10**9}"
         common = ["-m", "nattrav.matrix", "agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
-                  "--trials", str(trials), "--trial-timeout", str(trial_timeout)]
+                  "--trials", str(trials), "--trial-timeout", str(trial_timeout)] + (["--tcp"] if tcp else [])
         procs, rows = {}, {"a": [], "b": []}
         threads = []
         for node, role in (("b", "listen"), ("a", "connect")):
@@ -244,15 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--trials", type=int, default=3)
     ag.add_argument("--trial-timeout", type=float, default=20.0)
     ag.add_argument("--ttl", type=int, default=2)
+    ag.add_argument("--tcp", action="store_true", help="TCP traversal (connect_tcp/listen_tcp)")
     pair = sub.add_parser("pair", help="run trials for one ordered pair of presets")
     pair.add_argument("left")
     pair.add_argument("right")
     pair.add_argument("--trials", type=int, default=3)
+    pair.add_argument("--tcp", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "agent":
         trio.run(_agent, args)
         return 0
-    for r in run_pair(args.left, args.right, args.trials):
+    for r in run_pair(args.left, args.right, args.trials, tcp=args.tcp):
         print(json.dumps(r.to_dict()))
     return 0
 

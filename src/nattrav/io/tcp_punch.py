@@ -1,18 +1,26 @@
 """TCP traversal on Trio: low-TTL SYN, simultaneous open, authentication; the winner as a Stream.
 
 Every socket of a traversal shares ONE local port (SO_REUSEADDR + SO_REUSEPORT): the port the TCP
-STUN probes measured, a listener, the low-TTL SYN sockets and the connect() sockets. The listener
-catches SYNs that arrive when no connect() socket for that 4-tuple is waiting (an open peer, or a
-peer SYN that beat ours), so no early SYN is answered with our own host's RST.
+STUN probes measured (held meanwhile by a listening socket), the low-TTL SYN sockets and the
+connect() sockets.
 
-Timing against the agreed start time T (see proto/tcp_plan.py for who does what):
-  T          the first side sends its low-TTL SYNs: its NAT now maps exactly those flows, and the
-             SYNs die one hop short of the peer's NAT (which never sees them, so never resets)
-  T + 0.1 s  the second side connect()s: its SYN finds the first side's NAT open
-  T + 0.3 s  the first side connect()s too (same 4-tuple as its low-TTL SYN, so the same mapping):
-             by now the second side's NAT has its mapping, and either SYN completing is enough.
-Errors from the probes (RST -> ECONNREFUSED, ICMP -> EHOSTUNREACH, a 4-tuple the listener already
-owns -> EADDRINUSE/EADDRNOTAVAIL, ETIMEDOUT) are counted and retried within the window.
+Simultaneous open, against the agreed start time T (see proto/tcp_plan.py for who does what):
+  T           the first side sends its low-TTL SYNs and closes those sockets at once: its NAT now
+              maps exactly those flows, and the SYNs die one hop short of the peer's NAT.
+  T + 0.03 s  the first side connect()s on the same 4-tuples (same conntrack entry, same mapping).
+  T + 0.1 s   the second side connect()s: its SYN passes the first side's NAT and meets the waiting
+              SYN_SENT socket, which answers with a SYN-ACK: simultaneous open.
+Why the first side cannot simply keep its low-TTL socket: on Linux the ICMP time-exceeded that the
+low-TTL SYN provokes destroys a SYN_SENT socket (EHOSTUNREACH). The fresh connect() socket survives
+that ICMP (it quotes the old socket's sequence number: out of window, ignored), and its own SYN, sent
+with a normal TTL, reaches the peer's NAT before the peer has a mapping and is dropped there.
+Against a NAT that answers such a SYN with a RST instead, this stays a best effort (see docs/tcp.md).
+Why no listener during a simultaneous open: a peer SYN taken by a listener is answered with a new
+initial sequence number that the first side's conntrack (which saw our SYN) rejects as out of window,
+and the half-open request then owns the 4-tuple (connect() gets EADDRNOTAVAIL). The listener is kept
+only on a side the plan says the peer connects to (no NAT, or a full cone).
+Errors from the probes (RST -> ECONNREFUSED, ICMP -> EHOSTUNREACH, EADDRINUSE/EADDRNOTAVAIL,
+ETIMEDOUT) are counted and retried within the window.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from ..proto.tcp_plan import TcpPlan, TcpStrategy
 from .stun_tcp import reuse_socket
 
 SECOND_DELAY = 0.1
-FIRST_CONNECT_DELAY = 0.3
+FIRST_CONNECT_DELAY = 0.03
 RETRY_PAUSE = 0.2
 TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
              errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET, errno.ECONNABORTED}
@@ -92,8 +100,10 @@ class _Race:
     done: trio.Event = field(default_factory=trio.Event)
     authenticated: list = field(default_factory=list)
 
-    def error(self, exc: OSError) -> None:
+    def error(self, exc: OSError, dest: tuple[str, int] | None = None) -> None:
         name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        if dest is not None:
+            name += f" from {dest[0]}:{dest[1]}"
         self.errors[name] = self.errors.get(name, 0) + 1
 
     def summary(self) -> str:
@@ -202,7 +212,7 @@ async def _connect_loop(race: _Race, local: tuple[str, int], dest: tuple[str, in
         try:
             await sock.connect(dest)
         except OSError as exc:
-            race.error(exc)
+            race.error(exc, dest)
             _abort(s)
             if exc.errno not in TOLERATED:
                 raise
@@ -227,7 +237,10 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
     race = _Race(plan, bytes(key), os.urandom(8), start_at + timeout)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_accept_loop, race, listener, nursery)
+            if plan.accept:
+                nursery.start_soon(_accept_loop, race, listener, nursery)
+            else:
+                listener.close()
             if plan.low_ttl and plan.targets:
                 await trio.sleep_until(start_at)
                 for dest in plan.targets:

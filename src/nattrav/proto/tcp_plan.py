@@ -144,9 +144,15 @@ class TcpPlan:
     peer: TcpMapping | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def accept(self) -> bool:
+        """Whether this side waits for the peer's connect() on a listening socket."""
+        return self.strategy is TcpStrategy.DIRECT and self.mine is not None and self.mine.kind is Kind.OPEN
+
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
                 "role": self.role, "targets": [list(t) for t in self.targets], "low_ttl": self.low_ttl,
+                "accept": self.accept,
                 "mine": self.mine.describe() if self.mine else None,
                 "peer": self.peer.describe() if self.peer else None}
 
