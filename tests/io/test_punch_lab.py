@@ -69,6 +69,7 @@ async def host(cfg, coord):
            "remote_targets": list(pl.primary.remote.targets), "reason": pl.reason,
            "local_port": sock.getsockname()[1]}
     t1 = trio.current_time()
+    out["sample_age_at_start"] = session.start_at - (t0 + samples[-1]["t"])  # vs the plan's horizon
     try:
         path = await punch(sock, pl, session, low_ttl=cfg["low_ttl"], coordinator=coord)
     except PunchFailed as exc:
@@ -127,7 +128,10 @@ def punch_once(lab, workers=0, *, spaced=False):
         p = lab.popen(host, [sys.executable, "-c", HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE)
         cfg = {"servers": servers, "words": words(lab, host), "role": role, "low_ttl": lab.low_ttl_from(host),
-               "workers": workers, "spacing": 0.2, "horizon": 1.0}
+               "workers": workers, "spacing": 0.2,
+               # the time from the last sample to the start must stay under the horizon both plan
+               # with (about 0.5 s here); busy NATs get more slack for a loaded CI machine
+               "horizon": 1.5 if spaced else 1.0}
         p.stdin.write((json.dumps(cfg) + "\n").encode())
         p.stdin.flush()
         procs[host] = p
@@ -171,6 +175,7 @@ def case(request):
 def test_punch_through_lab_nats(case):
     lab, (strategy, trials, must, workers, background) = case
     connected = 0
+    misses = []
     for trial in range(trials):
         if trial:
             lab.flush_conntrack()
@@ -182,6 +187,8 @@ def test_punch_through_lab_nats(case):
         assert a["plan"]["strategy"] == b["plan"]["strategy"] == strategy
         assert time.monotonic() - t0 < 20
         if not (a["ok"] and b["ok"]):
+            misses.append({h: {k: r.get(k) for k in ("error", "sample_age_at_start", "plan")}
+                           for h, r in res.items()})
             continue
         connected += 1
         assert a["strategy"] == b["strategy"] == strategy
@@ -204,7 +211,7 @@ def test_punch_through_lab_nats(case):
         if background:
             assert max(len(a["local_targets"]), len(b["local_targets"])) > 100  # it saw the traffic
         assert 0 < a["rtt"] < 0.5
-    assert connected >= must, f"{connected}/{trials} trials connected"
+    assert connected >= must, f"{connected}/{trials} trials connected; misses: {misses}"
 
 
 def test_random_pair_fails_fast_with_reason():
