@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
                    help="after stdin ends, wait this long for the peer's data before closing (default 1)")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
+    p.add_argument("--tcp", action="store_true",
+                   help="TCP instead of UDP: TCP mappings, low-TTL SYN and simultaneous open; stdin EOF "
+                   "half-closes the stream, and we exit when the peer has closed its side too")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail in progress lines")
     p.add_argument("--version", action="version", version=f"nattrav {__version__}")
     return p
@@ -145,9 +148,49 @@ async def _pipe(path: Any, linger: float) -> None:
         nursery.start_soon(path.serve_keepalives)
 
 
+async def _pipe_tcp(stream: Any, linger: float) -> None:
+    """stdin -> peer until EOF (then half-close), peer -> stdout until the peer's EOF; after that,
+    our stdin gets `linger` seconds to finish."""
+    out = sys.stdout.buffer
+    sent = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+
+        async def to_peer() -> None:
+            while True:
+                data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
+                if not data:
+                    break
+                await stream.send_all(data)
+            await stream.send_eof()
+            sent.set()
+
+        nursery.start_soon(to_peer)
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            out.write(data)
+            out.flush()
+        with trio.move_on_after(linger):
+            await sent.wait()
+        nursery.cancel_scope.cancel()  # the peer is done; our stdin may never end (a terminal)
+
+
 async def run(args: argparse.Namespace, report: Reporter) -> int:
     server = parse_endpoint(args.server, rv.DEFAULT_PORT)
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
+    if args.tcp:
+        from .api import connect_tcp, listen_tcp
+
+        if args.dest:
+            async with connect_tcp(server, args.dest, timeout=args.timeout, **common) as stream:
+                await _pipe_tcp(stream, args.linger)
+        else:
+            async with listen_tcp(server, name=args.name, **common) as tlistener:
+                async with tlistener.accept() as stream:
+                    await _pipe_tcp(stream, args.linger)
+        return EXIT_OK
     if args.dest:
         async with connect(server, args.dest, timeout=args.timeout, **common) as path:
             await _pipe(path, args.linger)

@@ -147,7 +147,7 @@ class TcpPlan:
     @property
     def accept(self) -> bool:
         """Whether this side waits for the peer's connect() on a listening socket."""
-        return self.strategy is TcpStrategy.DIRECT and self.mine is not None and self.mine.kind is Kind.OPEN
+        return self.strategy is TcpStrategy.DIRECT and not self.targets
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
@@ -178,10 +178,11 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = 1) -> T
                        role, (), False, mine, peer)
     unpredictable = [who for who, m in (("this side", mine), ("the peer", peer)) if m.kind is Kind.RANDOM]
     if unpredictable:
+        who = "both sides allocate" if len(unpredictable) == 2 else f"{unpredictable[0]} allocates"
         return TcpPlan(
             TcpStrategy.NONE, False,
-            f"TCP infeasible: {' and '.join(unpredictable)} allocate(s) TCP ports at random and neither side "
-            f"accepts unsolicited SYNs, so no SYN can be aimed at a mapping that will exist ({pair})",
+            f"TCP infeasible: {who} TCP ports at random and neither side accepts unsolicited SYNs, so no "
+            f"SYN can be aimed at a mapping that will exist ({pair})",
             role, mine=mine, peer=peer)
     ks = range(1, (window if peer.kind is Kind.SEQUENTIAL or mine.kind is Kind.SEQUENTIAL else 1) + 1)
     targets = tuple((peer.public_ip, peer.predict(k)) for k in ks)

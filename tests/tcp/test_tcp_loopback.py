@@ -1,0 +1,242 @@
+"""TCP traversal pieces over loopback (no NAT, no root): STUN over TCP, the punch executor's
+authentication, connect_tcp()/listen_tcp() through a real nattrav-server, and nattrav-fast --tcp."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+
+from nattrav.api import connect_tcp, listen_tcp
+from nattrav.io.stun_server import StunServerConfig
+from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
+from nattrav.io.tcp_punch import PunchedStream, TcpPunchFailed, open_listener, tcp_punch
+from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
+from nattrav.proto.tcp_plan import TcpStrategy, plan
+
+SERVER = [sys.executable, "-m", "nattrav.server_cli"]
+FAST = [sys.executable, "-m", "nattrav.fast_cli"]
+
+
+def _free_port_pair() -> tuple[int, int]:
+    """Two ports free for both UDP and TCP on 127.0.0.1 (the STUN server binds both)."""
+    socks = []
+    try:
+        while True:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind(("127.0.0.1", 0))
+            t = socket.socket()
+            try:
+                t.bind(("127.0.0.1", u.getsockname()[1]))
+            except OSError:
+                u.close()
+                t.close()
+                continue
+            socks += [u, t]
+            if len(socks) == 4:
+                return socks[0].getsockname()[1], socks[2].getsockname()[1]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def _stun_tcp(nursery):
+    port, alt = _free_port_pair()
+    cfg = StunServerConfig(ip="127.0.0.1", port=port, alt_port=alt)
+    srv = await nursery.start(serve_stun_tcp, cfg, [("127.0.0.1", port), ("127.0.0.1", alt)])
+    return srv, port, alt
+
+
+async def test_stun_over_tcp_maps_the_shared_port_for_every_server():
+    async with trio.open_nursery() as nursery:
+        srv, port, alt = await _stun_tcp(nursery)
+        holder = open_listener(("127.0.0.1", 0))  # holds the port, as a punch endpoint does
+        local = holder.getsockname()
+        try:
+            servers = [("127.0.0.1", port), ("127.0.0.1", alt), ("127.0.0.1", port)]
+            samples = await tcp_mappings(local, servers)
+        finally:
+            holder.close()
+        # no NAT on loopback: every connection left from, and was seen at, the one shared port
+        assert [s["port"] for s in samples] == [local[1]] * 3
+        assert all(s["ip"] == "127.0.0.1" == s["local_ip"] for s in samples)
+        assert srv.stats["answered"] == 3
+        nursery.cancel_scope.cancel()
+
+
+async def _raw_exchange(port: int, data: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        got = b""
+        with trio.move_on_after(2):
+            while True:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                got += chunk
+                if len(got) >= 20 and len(got) >= 20 + struct.unpack_from("!H", got, 2)[0]:
+                    break
+        return got
+
+
+async def test_stun_tcp_server_refuses_change_request_and_drops_garbage():
+    async with trio.open_nursery() as nursery:
+        srv, port, _ = await _stun_tcp(nursery)
+        req = Message(Method.BINDING, Class.REQUEST).add(Attr.CHANGE_REQUEST, ChangeRequest(True, False))
+        resp = parse(await _raw_exchange(port, req.encode()))
+        assert resp.cls == Class.ERROR and resp.get(Attr.ERROR_CODE).code == 400
+        # a length no STUN message has: the connection is closed without an answer
+        assert await _raw_exchange(port, b"\x00\x01\xff\xff" + b"\x00" * 16) == b""
+        assert srv.stats["malformed"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_binding_to_closed_port_is_a_clean_error():
+    port, _ = _free_port_pair()
+    with pytest.raises(OSError) as info:
+        await tcp_binding(("127.0.0.1", 0), ("127.0.0.1", port), timeout=2)
+    assert str(port) in str(info.value)
+
+
+def _open_report(sock) -> dict:
+    ip, port = sock.getsockname()[:2]
+    return {"local": [ip, port], "filtering": None, "samples": [{"ip": ip, "port": port}] * 2}
+
+
+async def _punch_pair(key_a: bytes, key_b: bytes, timeout: float = 3.0):
+    la, lb = open_listener(("127.0.0.1", 0)), open_listener(("127.0.0.1", 0))
+    ra, rb = _open_report(la), _open_report(lb)
+    pa, pb = plan(ra, rb, "first"), plan(rb, ra, "second")
+    assert pa.accept and pb.targets  # both open: the second side connects to the first's listener
+    start = trio.current_time() + 0.05
+    results = {}
+
+    async def side(name, lst, p, key):
+        try:
+            results[name] = await tcp_punch(lst, p, key, start, timeout=timeout)
+        except TcpPunchFailed as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", la, pa, key_a)
+        nursery.start_soon(side, "b", lb, pb, key_b)
+    return results
+
+
+async def test_punch_hands_over_an_authenticated_stream_with_trailing_bytes_intact():
+    key = os.urandom(32)
+    r = await _punch_pair(key, key)
+    a, b = r["a"], r["b"]
+    assert isinstance(a, PunchedStream) and isinstance(b, PunchedStream)
+    assert isinstance(a, trio.abc.HalfCloseableStream)
+    assert a.strategy is TcpStrategy.DIRECT and (a.via, b.via) == ("listener", "connect")
+    assert a.peer_addr == b.local_addr and b.peer_addr == a.local_addr
+    async with a, b:
+        await b.send_all(b"hello over tcp")
+        await b.send_eof()
+        got = b""
+        while chunk := await a.receive_some(3):
+            got += chunk
+        assert got == b"hello over tcp"
+
+
+async def test_punch_with_the_wrong_key_fails_with_a_reason():
+    r = await _punch_pair(os.urandom(32), os.urandom(32), timeout=1.0)
+    for side in ("a", "b"):
+        assert isinstance(r[side], TcpPunchFailed), r[side]
+    assert "failed authentication" in str(r["a"]) and "tcp-direct" in str(r["a"])
+
+
+@pytest.fixture
+def servers():
+    """nattrav-server with STUN (UDP and TCP) on 127.0.0.1 and 127.0.0.2."""
+    for _ in range(5):
+        port, alt = _free_port_pair()
+        p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
+                              "--stun-ports", f"{port},{alt}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first, second = p.stdout.readline(), p.stdout.readline()
+        if second.startswith("stun"):
+            break
+        p.wait(10)
+    else:
+        pytest.fail("could not start nattrav-server on loopback")
+    rv_port = int(first.split()[-1].rsplit(":", 1)[1])
+    try:
+        yield {"server": ("127.0.0.1", rv_port), "stun": ("127.0.0.1", port)}
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+
+
+async def test_connect_tcp_and_listen_tcp_move_a_megabyte_each_way(servers):
+    blob_a, blob_b = os.urandom(1 << 20), os.urandom(1 << 20)
+    events: list[str] = []
+    got: dict[str, bytes] = {}
+
+    async def exchange(stream, blob, name):
+        async def reader():
+            buf = bytearray()
+            while chunk := await stream.receive_some(65536):
+                buf += chunk
+            got[name] = bytes(buf)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await stream.send_all(blob)
+            await stream.send_eof()
+
+    with trio.fail_after(30):
+        async with listen_tcp(servers["server"], stun=servers["stun"],
+                              on_event=lambda ph, d: events.append(ph)) as lst:
+            async with trio.open_nursery() as nursery:
+
+                async def listener_side():
+                    async with lst.accept() as s:
+                        await exchange(s, blob_b, "b")
+
+                nursery.start_soon(listener_side)
+                async with connect_tcp(servers["server"], lst.peer_id, stun=servers["stun"]) as s:
+                    assert s.strategy is TcpStrategy.DIRECT and s.rtt >= 0
+                    await exchange(s, blob_a, "a")
+    assert hashlib.sha256(got["b"]).digest() == hashlib.sha256(blob_a).digest()
+    assert hashlib.sha256(got["a"]).digest() == hashlib.sha256(blob_b).digest()
+    for phase in ("tcp-mapping", "enrolled", "offer", "plan", "punch", "connected"):
+        assert phase in events, (phase, events)
+
+
+def test_nattrav_fast_tcp_pipes_both_ways(servers):
+    host, port = servers["server"]
+    common = ["-s", f"{host}:{port}", "-H", f"{servers['stun'][0]}:{servers['stun'][1]}", "--json", "--tcp"]
+    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        peer_id = None
+        deadline = time.monotonic() + 20
+        while peer_id is None and time.monotonic() < deadline:
+            line = b.stderr.readline()
+            assert line, "listener exited before enrolling"
+            ev = json.loads(line)
+            if ev["event"] == "enrolled":
+                peer_id = ev["peer_id"]
+        b.stdin.write(b"from b\n")
+        b.stdin.close()
+        a = subprocess.run([*FAST, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30)
+        assert a.returncode == 0, a.stderr.decode()
+        assert b.wait(20) == 0
+        assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
+        events = [json.loads(x) for x in a.stderr.decode().splitlines()]
+        connected = next(e for e in events if e["event"] == "connected")
+        assert connected["strategy"] == "tcp-direct"
+    finally:
+        if b.poll() is None:
+            b.kill()

@@ -1,0 +1,112 @@
+"""proto/tcp_plan: classification of TCP reports and the plan both sides derive from them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nattrav.proto.tcp_plan import BadReport, Kind, TcpStrategy, classify, plan
+
+
+def report(ports, *, public="203.0.113.10", local=("10.0.1.2", 40000), filtering="APDF"):
+    return {"local": list(local), "filtering": filtering,
+            "samples": [{"dest": ["198.51.100.1", 3478], "ip": public, "port": p, "t": 0.0} for p in ports]}
+
+
+NO_NAT = report([40000, 40000, 40000], public="10.0.1.2")
+FULL_CONE = report([40000] * 3, filtering="EIF")
+CONE = report([40000] * 3)
+SEQ = report([20010, 20011, 20012])
+SEQ7 = report([20091, 20098, 20105], public="203.0.113.20", local=("10.0.2.2", 41000))
+RANDOM = report([8586, 64041, 35105])
+
+
+def test_classify_kinds():
+    assert classify(NO_NAT).kind is Kind.OPEN
+    assert classify(FULL_CONE).kind is Kind.OPEN
+    assert classify(CONE).kind is Kind.CONE
+    seq = classify(SEQ7)
+    assert (seq.kind, seq.delta, seq.last_port) == (Kind.SEQUENTIAL, 7, 20105)
+    assert [seq.predict(k) for k in (1, 2)] == [20112, 20119]
+    assert classify(RANDOM).kind is Kind.RANDOM
+    # other hosts' flows between the probes: unequal small steps, the smallest is the NAT's
+    noisy = classify(report([20010, 20012, 20013]))
+    assert (noisy.kind, noisy.delta) == (Kind.SEQUENTIAL, 1)
+    # a pool of public addresses cannot be aimed at
+    pool = report([1000, 1000])
+    pool["samples"][1]["ip"] = "203.0.113.99"
+    assert classify(pool).kind is Kind.RANDOM
+
+
+def test_predict_wraps_inside_port_range():
+    m = classify(report([65533, 65534, 65535]))
+    assert 1 <= m.predict(1) <= 65535
+
+
+def test_simultaneous_plans_mirror_each_other():
+    a = plan(SEQ, SEQ7, "first")
+    b = plan(SEQ7, SEQ, "second")
+    assert a.strategy is b.strategy is TcpStrategy.SIMULTANEOUS
+    assert a.feasible and b.feasible
+    assert a.low_ttl and not b.low_ttl
+    assert not a.accept and not b.accept
+    # each side aims at the port the other side's NAT will give its next flow
+    assert a.targets == (("203.0.113.20", 20112),)
+    assert b.targets == (("203.0.113.10", 20013),)
+    assert a.params["own_predicted"] == [b.targets[0][1]]
+
+
+def test_window_lists_consecutive_predictions():
+    p = plan(SEQ, SEQ7, "first", window=3)
+    assert [t[1] for t in p.targets] == [20112, 20119, 20126]
+    # EIM on both sides: one port, whatever the window
+    assert len(plan(CONE, CONE, "first", window=5).targets) == 1
+
+
+def test_open_side_is_connected_to():
+    a = plan(RANDOM, FULL_CONE, "first")
+    b = plan(FULL_CONE, RANDOM, "second")
+    assert a.strategy is b.strategy is TcpStrategy.DIRECT
+    assert a.targets == (("203.0.113.10", 40000),) and not a.accept
+    assert b.targets == () and b.accept
+    # both open: exactly one of them connects
+    x, y = plan(NO_NAT, FULL_CONE, "first"), plan(FULL_CONE, NO_NAT, "second")
+    assert (bool(x.targets), bool(y.targets)) == (False, True)
+    assert x.accept and not y.accept
+
+
+@pytest.mark.parametrize("mine, peer, names", [
+    (RANDOM, CONE, ("symmetric random", "cone (EIM/APDF)")),
+    (SEQ, RANDOM, ("symmetric sequential", "symmetric random")),
+    (RANDOM, RANDOM, ("symmetric random", "symmetric random")),
+])
+def test_random_facing_filtering_is_infeasible_with_both_behaviours_named(mine, peer, names):
+    for role in ("first", "second"):
+        p = plan(mine, peer, role)
+        assert not p.feasible and p.strategy is TcpStrategy.NONE and p.targets == ()
+        assert "infeasible" in p.reason and "this side:" in p.reason and "peer:" in p.reason
+        assert all(n in p.reason for n in names), p.reason
+
+
+def test_bad_peer_report_is_a_failed_plan_not_a_crash():
+    p = plan(SEQ, {"samples": "nope"}, "first")
+    assert not p.feasible and "malformed" in p.reason
+    with pytest.raises(BadReport):
+        classify({"local": ["x", 0], "samples": [{"ip": "a", "port": 1}]})
+    with pytest.raises(ValueError):
+        plan(SEQ, SEQ, "third")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=True),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
+        st.sampled_from(["local", "samples", "filtering", "ip", "port", "x"]), inner, max_size=4),
+    max_leaves=20))
+def test_any_untrusted_report_raises_only_badreport(data):
+    try:
+        m = classify(data)
+    except BadReport:
+        return
+    assert m.kind in Kind
