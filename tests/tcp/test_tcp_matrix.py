@@ -1,0 +1,71 @@
+"""The TCP matrix: every ordered pair of the UDP matrix's lab presets, a few trials each, through our
+own servers (rendezvous + STUN over UDP and TCP) with connect_tcp()/listen_tcp().
+
+Expectations come from the lab's descriptions (matrix.tcp_expectation), not from the TCP planner:
+a pair is feasible when one side takes unsolicited SYNs (no NAT, full cone) or both sides' TCP
+mappings are predictable (EIM or sequential). A random-allocation NAT facing a NAT that filters is
+infeasible for TCP here (it would take a birthday attack with hundreds of TCP connections per side,
+which the puncher does not attempt): those trials must fail fast, with a reason naming both NATs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import time
+
+import pytest
+
+from nattrav.lab.pytest_support import require_lab
+from nattrav.matrix import MATRIX_PRESETS, run_pair, tcp_expectation
+
+TRIALS = int(os.environ.get("NATTRAV_TCP_MATRIX_TRIALS", "3"))
+TRIAL_TIMEOUT = 15.0
+PAIRS = list(itertools.product(MATRIX_PRESETS, repeat=2))
+REPORT = pathlib.Path(os.environ.get("NATTRAV_TCP_MATRIX_REPORT", "/tmp/nattrav-matrix-tcp.jsonl"))
+
+
+def test_expectations_follow_the_lab_descriptions():
+    assert tcp_expectation("symmetric-seq", "symmetric-seq-7") == "feasible"
+    assert tcp_expectation("symmetric-random", "full-cone") == "feasible"
+    assert tcp_expectation("none", "symmetric-random") == "feasible"
+    assert tcp_expectation("cgnat", "port-restricted") == "feasible"
+    for other in ("restricted-cone", "port-restricted", "symmetric-seq", "symmetric-random", "cgnat"):
+        assert tcp_expectation("symmetric-random", other) == "infeasible"
+        assert tcp_expectation(other, "symmetric-random") == "infeasible"
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("left", "right"), PAIRS, ids=[f"{l}->{r}" for l, r in PAIRS])
+def test_tcp_pair(left, right):
+    require_lab()
+    expect = tcp_expectation(left, right)
+    t0 = time.monotonic()
+    results = run_pair(left, right, TRIALS, trial_timeout=TRIAL_TIMEOUT, tcp=True)
+    elapsed = time.monotonic() - t0
+    with REPORT.open("a") as f:
+        for r in results:
+            f.write(json.dumps({"expect": expect, **r.to_dict()}) + "\n")
+    assert len(results) == TRIALS
+    ok = [r for r in results if r.ok]
+    summary = "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
+    if expect == "feasible":
+        assert len(ok) == TRIALS, f"{left}->{right} is feasible for TCP but: {summary}"
+        assert all(r.strategy in ("tcp-direct", "tcp-simultaneous") for r in ok), summary
+        assert all(r.seconds is not None and r.seconds < 3.0 for r in ok), summary
+        # the predicted simultaneous open hit the port the peer's NAT really used
+        for r in ok:
+            if r.strategy == "tcp-simultaneous":
+                for side in ("prediction_a", "prediction_b"):
+                    assert r.extra[side] and r.extra[side]["hit"], (side, r.extra)
+    else:
+        assert not ok, f"{left}->{right} connected over TCP though expected infeasible: {summary}"
+        for r in results:
+            assert r.strategy == "tcp-none", r
+            reason = r.reason or ""
+            assert "TCP infeasible" in reason and "symmetric random" in reason, reason
+            assert "this side:" in reason and "peer:" in reason, reason  # both NATs named
+        # fails fast: no trial waits for a punch that cannot work
+        assert elapsed < 15 + TRIALS * 3, f"{elapsed:.1f} s: {summary}"
