@@ -4,6 +4,7 @@ background traffic on the NATs, written as a markdown table and JSON.
     .venv/bin/python bench/matrix.py                       # all pairs, 50 trials, 5 ports/s background
     .venv/bin/python bench/matrix.py --trials 10 --pairs symmetric-seq:symmetric-seq-7 cgnat:none
     .venv/bin/python bench/matrix.py --jobs 2 --out bench/results/matrix-udp
+    .venv/bin/python bench/matrix.py --tcp --trials 10      # TCP traversal -> bench/results/matrix-tcp.*
 
 Per pair: success rate (with the expectation from the lab's own descriptions), the strategy used,
 median and 95th-percentile time from the agreed start to the authenticated path, and the
@@ -22,7 +23,10 @@ import statistics
 import sys
 import time
 
-from nattrav.matrix import MATRIX_PRESETS, expectation, run_pair
+from nattrav.matrix import MATRIX_PRESETS, expectation, run_pair, tcp_expectation
+
+
+TCP = False  # set from --tcp: which expectation (UDP or TCP ground truth) the table shows
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -39,7 +43,8 @@ def summarise(left: str, right: str, rows: list) -> dict:
     hits = [p for p in preds if p.get("hit")]
     strategies = sorted({r.strategy for r in rows if r.strategy})
     return {
-        "left": left, "right": right, "expect": expectation(left, right), "trials": len(rows),
+        "left": left, "right": right, "expect": (tcp_expectation if TCP else expectation)(left, right),
+        "trials": len(rows),
         "connected": len(ok), "success": len(ok) / len(rows) if rows else 0.0,
         "strategies": strategies, "median_s": statistics.median(secs) if secs else None,
         "p95_s": _pct(secs, 0.95), "median_rtt_ms": statistics.median([r.rtt_ms for r in ok if r.rtt_ms])
@@ -52,7 +57,7 @@ def summarise(left: str, right: str, rows: list) -> dict:
 
 
 def markdown(table: list[dict], meta: dict) -> str:
-    out = [f"# nattrav UDP matrix — {meta['trials']} trials a pair, background {meta['background']} ports/s "
+    out = [f"# nattrav {'TCP' if meta.get('tcp') else 'UDP'} matrix — {meta['trials']} trials a pair, background {meta['background']} ports/s "
            f"a NAT, {meta['date']}", "",
            "| A's NAT → B's NAT | expected | connected | strategy | median s | p95 s | planner odds | "
            "prediction hits |", "|---|---|---|---|---|---|---|---|"]
@@ -76,20 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", nargs="*", help="LEFT:RIGHT pairs (default: every ordered pair)")
     p.add_argument("--jobs", type=int, default=2, help="pairs run at once (each its own lab)")
     p.add_argument("--trial-timeout", type=float, default=15.0)
-    p.add_argument("--out", default="bench/results/matrix-udp", help="path prefix for .md and .json")
+    p.add_argument("--out", help="path prefix for .md and .json (default bench/results/matrix-udp, "
+                   "with --tcp bench/results/matrix-tcp)")
+    p.add_argument("--tcp", action="store_true", help="TCP traversal (low-TTL SYN, simultaneous open)")
     args = p.parse_args(argv)
+    global TCP
+    TCP = args.tcp
+    args.out = args.out or ("bench/results/matrix-tcp" if args.tcp else "bench/results/matrix-udp")
     pairs = [tuple(x.split(":", 1)) for x in args.pairs] if args.pairs else list(itertools.product(MATRIX_PRESETS, repeat=2))
     t0 = time.monotonic()
     table = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_pair, l, r, args.trials, trial_timeout=args.trial_timeout,
-                               background=args.background or None): (l, r) for l, r in pairs}
+                               background=args.background or None, tcp=args.tcp): (l, r) for l, r in pairs}
         for fut in concurrent.futures.as_completed(futures):
             l, r = futures[fut]
             try:
                 row = summarise(l, r, fut.result())
             except Exception as exc:  # one broken pair must not lose the others' numbers
-                row = {"left": l, "right": r, "expect": expectation(l, r), "trials": 0, "connected": 0,
+                row = {"left": l, "right": r, "expect": (tcp_expectation if TCP else expectation)(l, r), "trials": 0, "connected": 0,
                        "success": 0.0, "strategies": [], "median_s": None, "p95_s": None, "odds": None,
                        "predictions": 0, "prediction_hits": 0, "median_rank": None, "failures": [repr(exc)]}
             table.append(row)
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
     order = {pair: i for i, pair in enumerate(pairs)}
     table.sort(key=lambda t: order[(t["left"], t["right"])])
-    meta = {"trials": args.trials, "background": args.background,
+    meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0)}
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,8 @@ def test_predict_wraps_inside_port_range():
 
 
 def test_simultaneous_plans_mirror_each_other():
-    a = plan(SEQ, SEQ7, "first")
-    b = plan(SEQ7, SEQ, "second")
+    a = plan(SEQ, SEQ7, "first", window=1)
+    b = plan(SEQ7, SEQ, "second", window=1)
     assert a.strategy is b.strategy is TcpStrategy.SIMULTANEOUS
     assert a.feasible and b.feasible
     assert a.low_ttl and not b.low_ttl
@@ -55,13 +55,54 @@ def test_simultaneous_plans_mirror_each_other():
     assert a.targets == (("203.0.113.20", 20112),)
     assert b.targets == (("203.0.113.10", 20013),)
     assert a.params["own_predicted"] == [b.targets[0][1]]
+    assert b.params["own_predicted"] == [a.targets[0][1]]
 
 
-def test_window_lists_consecutive_predictions():
-    p = plan(SEQ, SEQ7, "first", window=3)
-    assert [t[1] for t in p.targets] == [20112, 20119, 20126]
-    # EIM on both sides: one port, whatever the window
-    assert len(plan(CONE, CONE, "first", window=5).targets) == 1
+def test_window_shapes():
+    # both sequential: the first side opens 2W-1 candidates, the second bets on odd indices
+    assert [t[1] for t in plan(SEQ, SEQ7, "first", window=3).targets] == [20112, 20119, 20126, 20133, 20140]
+    assert [t[1] for t in plan(SEQ7, SEQ, "second", window=3).targets] == [20013, 20015, 20017]
+    # a cone peer: its one port, whatever the window
+    assert len(plan(SEQ, CONE, "first", window=5).targets) == 1
+    assert len(plan(CONE, CONE, "second", window=5).targets) == 1
+    assert [t[1] for t in plan(CONE, SEQ, "second", window=3).targets] == [20013, 20014, 20015]
+
+
+def _simulate(first_report, second_report, shift_first, shift_second, window):
+    """Play both plans against NATs whose other hosts took `shift` ports before the punch; return
+    the (first flow, second connect) pairs whose SYNs meet (each NAT passes the other's SYN)."""
+    pf = plan(first_report, second_report, "first", window=window)
+    ps = plan(second_report, first_report, "second", window=window)
+    mf, ms = classify(first_report), classify(second_report)
+
+    def nat(m, index):  # public port of the side's index-th new flow
+        return m.predict(index) if m.kind is Kind.SEQUENTIAL else m.last_port
+
+    first_flows = [(nat(mf, k + shift_first), dest[1]) for k, (_, dest) in enumerate(
+        [(None, t) for t in pf.targets], start=1)]
+    met = []
+    for j, (_, port) in enumerate(ps.targets, start=1):
+        src = nat(ms, j + shift_second)
+        for k, (mapped, dest_port) in enumerate(first_flows, start=1):
+            if mapped == port and dest_port == src:
+                met.append((k, j))
+    return met
+
+
+@pytest.mark.parametrize("first, second", [(SEQ, SEQ7), (SEQ7, SEQ), (SEQ, CONE), (CONE, SEQ7), (CONE, CONE)])
+@pytest.mark.parametrize("window", [1, 4, 8])
+def test_window_covers_every_shift_it_promises(first, second, window):
+    both = classify(first).kind is classify(second).kind is Kind.SEQUENTIAL
+    for sf in range(window + 2):
+        for ss in range(window + 2):
+            covered = (sf + ss <= window - 1) if both else (
+                (classify(first).kind is not Kind.SEQUENTIAL or sf <= window - 1)
+                and (classify(second).kind is not Kind.SEQUENTIAL or ss <= window - 1))
+            met = _simulate(first, second, sf, ss, window)
+            if covered:
+                assert met, (sf, ss)
+            if not both and not covered:
+                assert not met, (sf, ss)
 
 
 def test_open_side_is_connected_to():

@@ -195,35 +195,46 @@ async def _accept_loop(race: _Race, listener: socket.socket, nursery: trio.Nurse
         nursery.start_soon(_authenticate, race, conn, "listener")
 
 
-async def _connect_loop(race: _Race, local: tuple[str, int], dest: tuple[str, int], start: float,
-                        nursery: trio.Nursery) -> None:
-    await trio.sleep_until(start)
-    while trio.current_time() < race.deadline:
-        s = reuse_socket()
-        try:
-            s.bind(local)
-        except OSError as exc:
-            race.error(exc)
-            s.close()
-            await trio.sleep(RETRY_PAUSE)
-            continue
-        sock = trio.socket.from_stdlib_socket(s)
+def _start_connect(race: _Race, local: tuple[str, int], dest: tuple[str, int]) -> socket.socket | None:
+    """Bind to the shared port and send the SYN now (non-blocking): callers fire several in a fixed
+    order, because a sequential NAT numbers new flows in the order their first packets arrive."""
+    s = reuse_socket()
+    try:
+        s.bind(local)
         race.attempts += 1
-        try:
-            await sock.connect(dest)
-        except OSError as exc:
-            race.error(exc, dest)
-            _abort(s)
-            if exc.errno not in TOLERATED:
+        rc = s.connect_ex(dest)
+        if rc not in (0, errno.EINPROGRESS):
+            raise OSError(rc, os.strerror(rc))
+    except OSError as exc:
+        race.error(exc, dest)
+        _abort(s)
+        return None
+    return s
+
+
+async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int], dest: tuple[str, int],
+                   nursery: trio.Nursery) -> None:
+    """Wait for one connect() to finish; on a tolerated error try again until the deadline."""
+    while trio.current_time() < race.deadline:
+        if s is not None:
+            sock = trio.socket.from_stdlib_socket(s)
+            try:
+                await trio.lowlevel.wait_writable(s)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err == 0:
+                    # authentication runs in the race's nursery, so this task can end here
+                    nursery.start_soon(_authenticate, race, sock, "connect")
+                    return
+                exc = OSError(err, os.strerror(err))
+                race.error(exc, dest)
+                _abort(s)
+                if err not in TOLERATED:
+                    return
+            except BaseException:
+                _abort(s)
                 raise
-            await trio.sleep(RETRY_PAUSE)
-            continue
-        except BaseException:
-            _abort(s)
-            raise
-        # the authentication runs in the race's nursery so this loop can stop waiting for it
-        nursery.start_soon(_authenticate, race, sock, "connect")
-        return
+        await trio.sleep(RETRY_PAUSE)
+        s = _start_connect(race, local, dest)
 
 
 async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at: float, *,
@@ -253,8 +264,9 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
                     delay = FIRST_CONNECT_DELAY if plan.role == "first" else SECOND_DELAY
                 else:
                     delay = 0.0
+                await trio.sleep_until(start_at + delay)
                 for dest in plan.targets:
-                    nursery.start_soon(_connect_loop, race, local, dest, start_at + delay, nursery)
+                    nursery.start_soon(_connect, race, _start_connect(race, local, dest), local, dest, nursery)
             with trio.move_on_at(race.deadline):
                 await race.done.wait()
             nursery.cancel_scope.cancel()

@@ -14,6 +14,18 @@ flow, so the next attempt gets a NEW port. There is no cheap "burst of many sock
   which opens its own NAT for exactly that flow, then both connect() (simultaneous open);
 - a random-allocation side facing a side that filters is infeasible for this planner (it would need
   a birthday attack with hundreds of TCP connections per side; not built) and says so.
+
+The window (other hosts behind a sequential NAT take ports between our last probe and the punch, so
+its next port is last + Δ·(k + s) for an unknown shift s >= 0). Let W be the window:
+- facing a cone peer, the one flow to its fixed port is enough on our side; the peer covers our shift
+  by aiming at W of our candidate ports (its cone NAT gives all of them one public port);
+- a cone first side opens its NAT with low-TTL SYNs towards W candidates of a sequential peer, whose
+  single connect() lands on one of them;
+- both sequential: the first side's k-th low-TTL SYN goes to the peer's candidate k (k = 1..2W-1) and
+  gets our port index k + s_first; the second side's j-th connect() leaves from its index j + s_second,
+  i.e. towards our flow k = j + s_second, whose port has index j + s_second + s_first. Not knowing the
+  sum, the j-th connect() bets on sum = j-1 and aims at our index 2j-1: W connects cover sums 0..W-1.
+  The second side must fire its connects in this order (its NAT numbers them in order).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from typing import Any
 
 MAX_SAMPLES = 16
 MAX_WINDOW = 64
+DEFAULT_WINDOW = 8
 # A sequential NAT's measured steps may differ when other hosts' flows slip in between the probes;
 # steps up to this size that disagree are still read as "sequential, with noise".
 NOISY_STEP_MAX = 64
@@ -157,7 +170,17 @@ class TcpPlan:
                 "peer": self.peer.describe() if self.peer else None}
 
 
-def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = 1) -> TcpPlan:
+def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list[int]:
+    """The peer ports this side aims at, in firing order (see the module docstring)."""
+    if peer.kind is not Kind.SEQUENTIAL:
+        return [peer.last_port]
+    both = mine.kind is Kind.SEQUENTIAL
+    if role == "first":
+        return [peer.predict(k) for k in range(1, (2 * window - 1 if both else window) + 1)]
+    return [peer.predict(2 * j - 1 if both else j) for j in range(1, window + 1)]
+
+
+def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT_WINDOW) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again."""
     if role not in ("first", "second"):
@@ -184,12 +207,13 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = 1) -> T
             f"TCP infeasible: {who} TCP ports at random and neither side accepts unsolicited SYNs, so no "
             f"SYN can be aimed at a mapping that will exist ({pair})",
             role, mine=mine, peer=peer)
-    ks = range(1, (window if peer.kind is Kind.SEQUENTIAL or mine.kind is Kind.SEQUENTIAL else 1) + 1)
-    targets = tuple((peer.public_ip, peer.predict(k)) for k in ks)
+    targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
+    other = "second" if role == "first" else "first"
+    own = _targets(peer, mine, other, window)  # what the peer aims at: our candidate ports
     return TcpPlan(TcpStrategy.SIMULTANEOUS, True,
                    f"both TCP mappings are predictable: low-TTL SYN from the first side, then simultaneous "
                    f"open ({pair})", role, targets, role == "first", mine, peer,
-                   {"own_predicted": [mine.predict(k) for k in ks]})
+                   {"window": window, "own_predicted": own})
 
 
 __all__ = ["BadReport", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "classify", "plan"]
