@@ -224,9 +224,12 @@ async def test_random_pair_fails_fast_naming_both_nats():
     pl_a = plan(rnd, rnd, "first")
     assert not pl_a.feasible
     t0 = trio.current_time()
+    fds = psutil.Process().num_fds()
     with pytest.raises(PunchFailed) as info:
         await punch(sa, pl_a, Session(KEY, "first"))
     assert trio.current_time() - t0 <= pl_a.timeout + 1.0
+    assert psutil.Process().num_fds() == fds  # its 63 burst sockets are closed again
+    assert sa.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) > 2  # and the STUN socket's TTL restored
     msg = str(info.value)
     assert msg.count("address-and-port-dependent mapping") == 2 and "relay" in msg and "%" in msg
     sa.close()
@@ -295,3 +298,15 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
         n.cancel_scope.cancel()
     await pa.aclose()
     await pb.aclose()
+
+
+async def test_cancelled_punch_closes_its_burst_sockets():
+    sa = await udp()
+    rnd = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
+               one_socket=[40000, 12345], port_range=[20000, 20100])
+    pl = plan(rnd, rnd, "first")
+    fds = psutil.Process().num_fds()
+    with trio.move_on_after(0.3):
+        await punch(sa, pl, Session(KEY, "first"))
+    assert psutil.Process().num_fds() == fds
+    sa.close()

@@ -436,21 +436,26 @@ class _Race:
                 await self._send_raw(s, ack, addr)
 
     async def run(self) -> PunchedPath:
-        if self.session.start_at is not None:
-            await trio.sleep_until(self.session.start_at)
-        with trio.move_on_after(self.plan.timeout) as scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._recv_loop, self.sock)
-                for attempt in self.plan.attempts:
-                    nursery.start_soon(self._attempt, attempt)
-                await self.done.wait()
-                nursery.cancel_scope.cancel()
+        try:
+            if self.session.start_at is not None:
+                await trio.sleep_until(self.session.start_at)
+            with trio.move_on_after(self.plan.timeout):
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._recv_loop, self.sock)
+                    for attempt in self.plan.attempts:
+                        nursery.start_soon(self._attempt, attempt)
+                    await self.done.wait()
+                    nursery.cancel_scope.cancel()
+        except BaseException:
+            # cancelled from outside or an unexpected error: nothing we opened may outlive us
+            self._close_extra(keep=None)
+            self._restore_ttl()
+            raise
         # Worker sockets that did not win stay with the coordinator until the caller closes it.
         if self.winner is None:
             self._close_extra(keep=None)
             self._restore_ttl()
-            assert scope.cancelled_caught
             raise PunchFailed(self.plan.failure_message(), self.plan)
         s, addr, rtt, strategy = self.winner
         self._close_extra(keep=s)
