@@ -178,7 +178,6 @@ class _Race:
         self.normal_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.extra: list[socket.socket] = []  # burst sockets we opened (stdlib, non-blocking)
         self.taken: list[Any] = []  # trio sockets taken over from the coordinator's workers
-        self.coord_indices: list[int] = []
         self.low: set[int] = set()  # ids of sockets currently at the low TTL
         self.winner: tuple[Any, tuple[str, int], int, Strategy] | None = None
         self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
@@ -297,7 +296,6 @@ class _Race:
         base = coord.count
         await coord.open_sockets(part.sockets - 1, ip=self.sock.getsockname()[0])
         indices = list(range(base, base + part.sockets - 1))
-        self.coord_indices.extend(indices)
         rng_ports = ({i: _random_ports(part, self.rng) for i in indices} if part.random_probes and part.spread
                      else {})
         deadline = trio.current_time() + attempt.timeout
