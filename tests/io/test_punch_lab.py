@@ -206,7 +206,7 @@ def test_punch_through_lab_nats(case):
                 assert arrived[quiet] < 20, (arrived, len(opener["local_targets"]))
         # 0.3 s of it is the agreed start delay; random~seq waits for the random side's burst (up
         # to 235k packets) to reach the window slot that matches
-        limit = 6.5 if strategy == "random-sequential" else 1.3
+        limit = 10.5 if strategy == "random-sequential" else 1.3
         assert a["connect_s"] < limit and b["connect_s"] < limit, (a["connect_s"], b["connect_s"])
         if background:
             assert max(len(a["local_targets"]), len(b["local_targets"])) > 100  # it saw the traffic
