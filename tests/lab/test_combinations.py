@@ -3,7 +3,7 @@ non-preset combinations (sequential/random allocators under EIM and ADM, hairpin
 NAT, RST for unsolicited SYNs) measures as described."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nattrav.lab import LabError, NatSpec, effective
@@ -46,6 +46,9 @@ def checker():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.filter_too_much])
 @given(spec=specs)
+@example(spec=NatSpec(loss_percent=100.0))
+@example(spec=NatSpec(loss_percent=0.001))
+@example(spec=NatSpec("ADM", "ADF", "sequential", delta=1000, udp_timeout=3600))
 def test_every_valid_spec_renders_to_a_ruleset_nft_accepts(checker, spec):
     text = render(spec, wan_ip="203.0.113.10", lan_net="10.0.1.0/24")
     cp = checker.run("router", ["nft", "-c", "-f", "-"], input=text)

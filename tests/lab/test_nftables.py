@@ -91,3 +91,11 @@ def test_render_validates_first():
 
     with pytest.raises(LabError):
         r(NatSpec(mapping="APDM"))
+
+
+def test_loss_extremes_render_valid_rules():
+    # found by the hypothesis property in test_combinations.py: "< 10000" is out of nft's range
+    all_lost = r(dataclasses.replace(PRESETS["port-restricted"], loss_percent=99.999))
+    assert 'iifname "wan" drop' in all_lost and "numgen random" not in all_lost
+    tiny = r(dataclasses.replace(PRESETS["port-restricted"], loss_percent=0.001))
+    assert "numgen random" not in tiny and 'iifname "wan" drop' not in tiny

@@ -99,9 +99,11 @@ def render(spec: NatSpec, *, wan_ip: str, lan_net: str) -> str:
     out.append("  }")
 
     loss = []
-    if spec.loss_percent > 0:
-        # per ten thousand, so fractional percentages are honoured
-        cut = round(spec.loss_percent * 100)
+    # per ten thousand, so fractional percentages are honoured; nft refuses a bound equal to the modulus
+    cut = round(spec.loss_percent * 100)
+    if cut >= 10000:
+        loss = [f'    iifname "{WAN_IF}" drop', f'    oifname "{WAN_IF}" drop']
+    elif cut > 0:
         loss = [
             f'    iifname "{WAN_IF}" numgen random mod 10000 < {cut} drop',
             f'    oifname "{WAN_IF}" numgen random mod 10000 < {cut} drop',
