@@ -296,8 +296,8 @@ def main() -> int:
         print("burst_ratios: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
     reps = 2 if args.quick else 5
-    r: dict = {"workers": args.workers}
-    with tempfile.TemporaryDirectory() as tmp, sink_pair(f"nt-bench-{os.getpid()}") as net:
+    r: dict = {"workers": args.workers, "netns_prefix": f"nt-bench-{os.getpid()}"}
+    with tempfile.TemporaryDirectory() as tmp, sink_pair(r["netns_prefix"]) as net:
         exe = build_bare(tmp)
         enter(net["src"])
         if "1" in args.only:
