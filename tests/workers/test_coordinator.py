@@ -117,7 +117,7 @@ async def test_paced_burst_across_workers_adds_up_to_the_rate():
         t = time.perf_counter()
         assert await coord.fire(plan) == 1000
         took = time.perf_counter() - t
-        assert 0.18 < took < 0.5  # 1000 packets at 5000/s is 0.2 s, whichever worker sends them
+        assert 0.18 < took < 1.0  # 1000 packets at 5000/s is 0.2 s, whichever worker sends them
     sink.close()
 
 
