@@ -45,12 +45,12 @@ async def host(cfg, coord):
             await trio.sleep(cfg["spacing"])  # pairs back-to-back give Δ, the gaps between them λ
         ans = None
         for _ in range(5):
-            await sock.sendto(json.dumps({"op": "echo", "id": n}).encode(), tuple(server))
+            await sock.sendto(json.dumps({"op": "echo", "id": f"s{n}"}).encode(), tuple(server))
             with trio.move_on_after(0.3):
                 while True:
                     data, _ = await sock.recvfrom(2048)
                     msg = json.loads(data)
-                    if msg.get("id") == n:
+                    if msg.get("id") == f"s{n}":
                         ans = msg
                         break
             if ans:

@@ -34,12 +34,12 @@ def observe_then_map(servers, spacing, horizon, new_dst):
             time.sleep(spacing)
         msg = None
         for _ in range(5):
-            s.sendto(json.dumps({"op": "echo", "id": i}).encode(), tuple(server))
+            s.sendto(json.dumps({"op": "echo", "id": f"s{i}"}).encode(), tuple(server))
             try:
                 got = json.loads(s.recvfrom(2048)[0])
             except (socket.timeout, ValueError):
                 continue
-            if got.get("id") == i:
+            if got.get("id") == f"s{i}":
                 msg = got
                 break
         samples.append({"port": msg["saw"][1], "t": time.monotonic() - t0})
