@@ -383,8 +383,12 @@ class Coordinator:
         total = BurstStats()
 
         async def one(i: int) -> None:
-            msg, _ = await self._workers[i].request("fire", reply_timeout, plan=wire, timeout_ms=c_timeout_ms)
-            total.add(BurstStats(**msg["stats"]))
+            w = self._workers[i]
+            msg, _ = await w.request("fire", reply_timeout, plan=wire, timeout_ms=c_timeout_ms)
+            try:
+                total.add(BurstStats(**msg["stats"]))
+            except (KeyError, TypeError) as e:
+                raise WorkerError(i, w.pid, f"answered 'fire' with malformed stats: {e}") from None
 
         async with _fan_out() as nursery:
             for i in involved:
