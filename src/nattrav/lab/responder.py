@@ -23,6 +23,46 @@ import time
 from collections import Counter
 
 MAX_DELAY = 60.0
+OPS = ("echo", "reply", "count", "stats")
+
+
+class BadRequest(ValueError):
+    """Any datagram the responder cannot act on."""
+
+
+def parse_request(data: bytes, default_from: tuple[str, int]) -> dict:
+    """Untrusted bytes -> {"op", "id", "tag", "from": (ip, port), "delay"}; BadRequest on anything else."""
+    if len(data) > 1024:
+        raise BadRequest("too long")
+    try:
+        req = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"not JSON: {exc}") from None
+    if not isinstance(req, dict) or req.get("op") not in OPS:
+        raise BadRequest("not a request")
+    src = req.get("from") or default_from
+    if not isinstance(src, (list, tuple)) or len(src) != 2 or not isinstance(src[0], str) \
+            or not isinstance(src[1], int) or isinstance(src[1], bool):
+        raise BadRequest("bad 'from'")
+    delay = req.get("delay", 0.0)
+    if not isinstance(delay, (int, float)) or isinstance(delay, bool):
+        raise BadRequest("bad 'delay'")
+    try:
+        delay = float(delay)
+    except OverflowError:
+        raise BadRequest("bad 'delay'") from None
+    if delay != delay:
+        raise BadRequest("bad 'delay'")
+    rid = req.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise BadRequest("bad 'id'")
+    return {
+        "op": req["op"],
+        "id": rid,
+        "tag": str(req.get("tag"))[:64],
+        "from": (src[0], src[1]),
+        "delay": min(MAX_DELAY, max(0.0, delay)),
+    }
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -58,29 +98,28 @@ def serve(endpoints: list[tuple[str, int]]) -> None:
                 except OSError:
                     break  # ICMP errors surfacing on the socket: not ours to handle
                 try:
-                    req = json.loads(data)
-                    if not isinstance(req, dict):
-                        continue
-                    op = req.get("op")
-                    if op == "count":
-                        counts[str(req.get("tag"))] += 1
-                        continue
-                    answer = {"id": req.get("id"), "saw": list(addr), "at": list(key.data)}
+                    req = parse_request(data, key.data)
+                except BadRequest:
+                    continue
+                op = req["op"]
+                if op == "count":
+                    counts[req["tag"]] += 1
+                    continue
+                answer = {"id": req["id"], "saw": list(addr), "at": list(key.data)}
+                try:
                     if op == "stats":
-                        answer["count"] = counts[str(req.get("tag"))]
+                        answer["count"] = counts[req["tag"]]
                         s.sendto(json.dumps(answer).encode(), addr)
                     elif op == "echo":
                         s.sendto(json.dumps(answer).encode(), addr)
-                    elif op == "reply":
-                        src = tuple(req.get("from") or key.data)
-                        src = (str(src[0]), int(src[1]))
-                        if src not in socks:
-                            continue
-                        answer["at"] = list(src)
-                        delay = min(MAX_DELAY, max(0.0, float(req.get("delay", 0.0))))
+                    elif op == "reply" and req["from"] in socks:
+                        answer["at"] = list(req["from"])
                         seq += 1
-                        heapq.heappush(later, (time.monotonic() + delay, seq, src, json.dumps(answer).encode(), addr))
-                except (ValueError, TypeError, IndexError, OSError):
+                        heapq.heappush(
+                            later,
+                            (time.monotonic() + req["delay"], seq, req["from"], json.dumps(answer).encode(), addr),
+                        )
+                except OSError:
                     continue
         now = time.monotonic()
         while later and later[0][0] <= now:
