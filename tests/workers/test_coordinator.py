@@ -287,3 +287,28 @@ async def test_take_right_after_a_cancelled_listen_gets_its_socket():
             s = await coord.take_socket(i)
             assert s.getsockname()[1] == ports[i]
             s.close()
+
+
+def test_fd_limit_in_a_worker_arrives_as_fd_limit_error():
+    import subprocess
+    import sys
+    import textwrap
+
+    # workers inherit the coordinator's limits; run in a child whose hard limit is low
+    code = textwrap.dedent("""
+        import resource, trio
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+        from nattrav.core import FdLimitError
+        from nattrav.workers import open_coordinator
+        async def main():
+            async with open_coordinator(1) as coord:
+                try:
+                    await coord.open_sockets(1000, "127.0.0.1")
+                except FdLimitError as e:
+                    print("FdLimitError", e.errno, "ulimit -n" in str(e))
+                print("after", len(await coord.open_sockets(10, "127.0.0.1")))
+        trio.run(main)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["FdLimitError", "24", "True", "after", "10"]

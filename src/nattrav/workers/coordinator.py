@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import psutil
 import trio
 
+from ..core.limits import FdLimitError
 from ..core.plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
 from ..core.pool import validate_open_args
 from .messages import BadMessage, MessageReader, encode
@@ -201,6 +202,8 @@ class _Worker:
                 raise ValueError(f"worker {self.index}: {text}")
             if kind == "IndexError":
                 raise IndexError(f"worker {self.index}: {text}")
+            if kind == "FdLimitError":
+                raise FdLimitError(code, f"worker {self.index}: {text}")
             if code > 0:
                 raise OSError(code, f"worker {self.index}: {text}")
             raise WorkerError(self.index, self.pid, f"failed {t!r}: {text}")

@@ -80,8 +80,10 @@ class Worker:
                     return 0
                 self.handle(t, rid, msg)
             except (OSError, ValueError, IndexError) as e:
-                code = e.errno if isinstance(e, OSError) and e.errno else (
-                    errno.EINVAL if isinstance(e, ValueError) else errno.ERANGE)
+                if isinstance(e, OSError):
+                    code = e.errno or errno.EIO
+                else:
+                    code = errno.EINVAL if isinstance(e, ValueError) else errno.ERANGE
                 self.send("error", id=rid, errno=code, kind=type(e).__name__, msg=str(e))
             except Exception as e:  # noqa: BLE001 - a bug here fails one request, not the worker
                 self.send("error", id=rid, errno=0, kind=type(e).__name__, msg=f"{type(e).__name__}: {e}")
