@@ -52,6 +52,8 @@ def test_up_and_down_are_fast_and_leave_nothing(need_lab):
     assert sleeper.poll() is not None, "down() must stop the processes the lab started"
     lab.down()  # idempotent
     assert not lab.is_up
+    with pytest.raises(LabError, match="not up"):
+        lab.run("a", ["true"])
 
 
 @lab_test

@@ -116,7 +116,7 @@ class Lab:
 
     def ns(self, node: str) -> str:
         self._node(node)
-        if self.id is None:
+        if self.id is None or not self._is_up:
             raise LabError("the lab is not up: call lab.up() (or use `with Lab(...) as lab:`) first")
         return f"{registry.PREFIX}{self.id}-{node}"
 
@@ -497,7 +497,7 @@ class Lab:
         out = {"id": self.id, "nodes": {}, "S1": S1, "S2": S2, "low_ttl": self.low_ttl}
         for name, node in self.plan.nodes.items():
             out["nodes"][name] = {
-                "kind": node.kind, "ns": self.ns(name) if self.id else None, "ip": node.ip,
+                "kind": node.kind, "ns": self.ns(name) if self._is_up else None, "ip": node.ip,
                 "ips": node.ips, "wan_ip": node.wan_ip,
                 "spec": None if node.spec is None else node.spec.name,
             }
