@@ -211,9 +211,12 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False) -> list[TrialResult]:
     """Bring up a lab for (left, right), run `trials` connection trials, tear it down."""
-    from .lab import Lab
+    from .lab import Lab, resolve
 
-    with Lab(left=left, right=right, background=background or None) as lab:
+    # background traffic needs a NAT to consume ports on: a public host ("none") gets none
+    rates = {side: background for side, preset in (("a", left), ("b", right))
+             if background and resolve(preset) is not None}
+    with Lab(left=left, right=right, background=rates or None) as lab:
         py = sys.executable
         lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],

@@ -23,17 +23,22 @@ seq_lab = lab_fixture("symmetric-seq", "symmetric-seq-7")
 # --- run inside the lab hosts (lab.acall) -----------------------------------------------------
 
 
-def _low_ttl_syn(dest: tuple[str, int], ttl: int) -> int:
-    from nattrav.io.tcp_punch import open_listener, send_low_ttl_syn
+def _low_ttl_syn(dest: tuple[str, int], ttl: int) -> tuple[int, int, int]:
+    import socket
+
+    from nattrav.io.tcp_punch import low_ttl_connect, open_listener
 
     holder = open_listener(("0.0.0.0", 0))
     port = holder.getsockname()[1]
     try:
-        send_low_ttl_syn(("0.0.0.0", port), dest, ttl)
-        time.sleep(0.3)  # the ICMP time-exceeded comes back meanwhile; nothing else may leave
+        s = low_ttl_connect(("0.0.0.0", port), dest, ttl)
+        time.sleep(0.3)  # the ICMP time-exceeded comes back meanwhile (< 1 s: no retransmission yet)
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]  # tcpi_state
+        s.close()
     finally:
         holder.close()
-    return port
+    return port, err, state
 
 
 def _bulk_listen(server: tuple[str, int], name: str, ttl: int) -> dict:
@@ -87,11 +92,28 @@ def test_low_ttl_syn_opens_our_nat_and_never_reaches_the_peers(seq_lab):
     lab = seq_lab
     dest = (lab.wan_ip("b"), 20777)
     before = lab.counter("nat_b", "wan_in")
-    port = lab.call("a", _low_ttl_syn, dest, lab.low_ttl_from("a"))
+    port, err, state = lab.call("a", _low_ttl_syn, dest, lab.low_ttl_from("a"))
+    # the ICMP time-exceeded did not kill the socket: still SYN_SENT (2), no pending error
+    assert (err, state) == (0, 2)
     tcp = [m for m in lab.mappings("nat_a", "tcp") if m.inside[1] == port]
     assert tcp, f"no TCP mapping for local port {port} on nat_a: {lab.mappings('nat_a')}"
     assert tuple(tcp[0].remote) == dest
     assert lab.counter("nat_b", "wan_in") == before, "the low-TTL SYN reached the peer's NAT"
+
+
+@pytest.mark.lab
+def test_simultaneous_open_between_nats_that_reset_unsolicited_syns():
+    """NATs answering an early SYN with a RST (instead of dropping it) are what the low-TTL SYN is
+    for: the peer's NAT must see nothing from us before its own host's SYN went out."""
+    from nattrav.lab import NatSpec
+    from nattrav.matrix import run_pair
+
+    rst = NatSpec("APDM", "APDF", "sequential", delta=3, hairpin=False, tcp_unsolicited="rst", name="seq-rst")
+    cone = NatSpec("EIM", "APDF", "preserve", tcp_unsolicited="rst", name="cone-rst")
+    for left, right in ((rst, rst), (cone, rst)):
+        results = run_pair(left, right, 2, trial_timeout=15, tcp=True)
+        summary = [(r.ok, r.strategy, r.reason) for r in results]
+        assert all(r.ok and r.strategy == "tcp-simultaneous" for r in results), summary
 
 
 @pytest.mark.lab

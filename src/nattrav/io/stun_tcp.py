@@ -12,7 +12,6 @@ means nothing on a stream (the answer must come back on the connection), so it g
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 from collections import Counter
@@ -23,8 +22,6 @@ import trio
 
 from ..proto.stun import HEADER_LEN, Address, Attr, BadPacket, Class, Message, Method, parse
 from .stun_server import StunServerConfig, _error, decide
-
-log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 10.0  # a client that says nothing for this long is dropped
 MAX_MESSAGE = 2048  # a Binding exchange is far smaller; a longer length field is garbage

@@ -5,16 +5,17 @@ STUN probes measured (held meanwhile by a listening socket), the low-TTL SYN soc
 connect() sockets.
 
 Simultaneous open, against the agreed start time T (see proto/tcp_plan.py for who does what):
-  T           the first side sends its low-TTL SYNs and closes those sockets at once: its NAT now
-              maps exactly those flows, and the SYNs die one hop short of the peer's NAT.
-  T + 0.03 s  the first side connect()s on the same 4-tuples (same conntrack entry, same mapping).
-  T + 0.1 s   the second side connect()s: its SYN passes the first side's NAT and meets the waiting
-              SYN_SENT socket, which answers with a SYN-ACK: simultaneous open.
-Why the first side cannot simply keep its low-TTL socket: on Linux the ICMP time-exceeded that the
-low-TTL SYN provokes destroys a SYN_SENT socket (EHOSTUNREACH). The fresh connect() socket survives
-that ICMP (it quotes the old socket's sequence number: out of window, ignored), and its own SYN, sent
-with a normal TTL, reaches the peer's NAT before the peer has a mapping and is dropped there.
-Against a NAT that answers such a SYN with a RST instead, this stays a best effort (see docs/tcp.md).
+  T           the first side connect()s with a low IP TTL: the SYN leaves its NAT (which now maps
+              exactly that flow) and dies one hop short of the peer's NAT, which never sees it.
+              The TTL is restored at once, so the SYN-ACK and any retransmission go out normally.
+  T + 0.1 s   the second side connect()s: its SYN passes the first side's opened NAT and meets the
+              socket still in SYN_SENT, which answers with a SYN-ACK: simultaneous open.
+The low-TTL socket must survive the ICMP time-exceeded its SYN provokes: Linux turns that ICMP into
+EHOSTUNREACH and destroys a SYN_SENT socket. IP_MINTTL=2 on the socket makes TCP drop ICMP errors
+whose quoted header carries a TTL below 2 (an expired packet is quoted with TTL 1, or 0), while real
+segments from the peer arrive with TTLs far above 2. So the first side's NAT opens and its socket
+waits, and the peer's NAT sees nothing before the peer's own SYN: this works even against NATs that
+answer unsolicited SYNs with a RST.
 Why no listener during a simultaneous open: a peer SYN taken by a listener is answered with a new
 initial sequence number that the first side's conntrack (which saw our SYN) rejects as out of window,
 and the half-open request then owns the 4-tuple (connect() gets EADDRNOTAVAIL). The listener is kept
@@ -30,7 +31,6 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -40,7 +40,7 @@ from ..proto.tcp_plan import TcpPlan, TcpStrategy
 from .stun_tcp import reuse_socket
 
 SECOND_DELAY = 0.1
-FIRST_CONNECT_DELAY = 0.03
+IP_MINTTL = getattr(socket, "IP_MINTTL", 21)  # Linux <netinet/in.h>; Python does not export it
 RETRY_PAUSE = 0.2
 TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
              errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET, errno.ECONNABORTED}
@@ -137,19 +137,24 @@ def open_listener(local: tuple[str, int]) -> socket.socket:
     return s
 
 
-def send_low_ttl_syn(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> None:
-    """One SYN from `local` to `dest` with IP TTL `ttl`. The kernel sends it inside connect(); the
-    socket is closed at once (a SYN_SENT socket closes silently), so no retransmission with a
-    normal TTL can follow and reach the peer's NAT unasked."""
+def low_ttl_connect(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> socket.socket:
+    """A non-blocking connect() from `local` to `dest` whose SYN carries IP TTL `ttl`; the socket
+    stays in SYN_SENT (the ICMP time-exceeded is dropped by IP_MINTTL) with its TTL restored.
+    The caller owns the socket."""
     s = reuse_socket()
     try:
         s.bind(local)
+        normal = s.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+        s.setsockopt(socket.IPPROTO_IP, IP_MINTTL, 2)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-        rc = s.connect_ex(dest)
+        rc = s.connect_ex(dest)  # the SYN is sent inside this call
         if rc not in (0, errno.EINPROGRESS):
             raise OSError(rc, os.strerror(rc))
-    finally:
-        s.close()
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, normal)
+    except BaseException:
+        _abort(s)
+        raise
+    return s
 
 
 async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> None:
@@ -195,21 +200,28 @@ async def _accept_loop(race: _Race, listener: socket.socket, nursery: trio.Nurse
         nursery.start_soon(_authenticate, race, conn, "listener")
 
 
-def _start_connect(race: _Race, local: tuple[str, int], dest: tuple[str, int]) -> socket.socket | None:
-    """Bind to the shared port and send the SYN now (non-blocking): callers fire several in a fixed
-    order, because a sequential NAT numbers new flows in the order their first packets arrive."""
-    s = reuse_socket()
+def _start_connect(race: _Race, local: tuple[str, int], dest: tuple[str, int],
+                   ttl: int | None = None) -> socket.socket | None:
+    """Bind to the shared port and send the SYN now (non-blocking; low TTL when `ttl` is given):
+    callers fire several in a fixed order, because a sequential NAT numbers new flows in the order
+    their first packets arrive."""
+    race.attempts += 1
     try:
-        s.bind(local)
-        race.attempts += 1
-        rc = s.connect_ex(dest)
-        if rc not in (0, errno.EINPROGRESS):
-            raise OSError(rc, os.strerror(rc))
+        if ttl is not None:
+            return low_ttl_connect(local, dest, ttl)
+        s = reuse_socket()
+        try:
+            s.bind(local)
+            rc = s.connect_ex(dest)
+            if rc not in (0, errno.EINPROGRESS):
+                raise OSError(rc, os.strerror(rc))
+        except BaseException:
+            _abort(s)
+            raise
+        return s
     except OSError as exc:
         race.error(exc, dest)
-        _abort(s)
         return None
-    return s
 
 
 async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int], dest: tuple[str, int],
@@ -222,6 +234,7 @@ async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int],
                 await trio.lowlevel.wait_writable(s)
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err == 0:
+                    s.setsockopt(socket.IPPROTO_IP, IP_MINTTL, 0)  # ICMP errors matter again
                     # authentication runs in the race's nursery, so this task can end here
                     nursery.start_soon(_authenticate, race, sock, "connect")
                     return
@@ -252,21 +265,13 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
                 nursery.start_soon(_accept_loop, race, listener, nursery)
             else:
                 listener.close()
-            if plan.low_ttl and plan.targets:
-                await trio.sleep_until(start_at)
-                for dest in plan.targets:
-                    try:
-                        send_low_ttl_syn(local, dest, low_ttl)
-                    except OSError as exc:
-                        race.error(exc)
             if plan.targets:
-                if plan.strategy is TcpStrategy.SIMULTANEOUS:
-                    delay = FIRST_CONNECT_DELAY if plan.role == "first" else SECOND_DELAY
-                else:
-                    delay = 0.0
-                await trio.sleep_until(start_at + delay)
-                for dest in plan.targets:
-                    nursery.start_soon(_connect, race, _start_connect(race, local, dest), local, dest, nursery)
+                late = plan.strategy is TcpStrategy.SIMULTANEOUS and not plan.low_ttl
+                await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
+                ttl = low_ttl if plan.low_ttl else None
+                for dest in plan.targets:  # in order, synchronously: see _start_connect
+                    sock = _start_connect(race, local, dest, ttl)
+                    nursery.start_soon(_connect, race, sock, local, dest, nursery)
             with trio.move_on_at(race.deadline):
                 await race.done.wait()
             nursery.cancel_scope.cancel()
@@ -278,4 +283,4 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
     return race.winner
 
 
-__all__ = ["PunchedStream", "TcpPunchFailed", "open_listener", "send_low_ttl_syn", "tcp_punch"]
+__all__ = ["PunchedStream", "TcpPunchFailed", "low_ttl_connect", "open_listener", "tcp_punch"]
