@@ -206,10 +206,10 @@ async def test_birthday_burst_finds_one_of_many_sockets_and_closes_the_rest():
     with trio.fail_after(10):
         pr, pe = await run_pair(sr, se, plan_r, plan_e)
     assert pr.strategy is Strategy.BIRTHDAY
-    assert pr.sock is not sr  # one of the burst sockets won...
     assert pe.peer_addr == pr.sock.getsockname()
-    # ...and every other burst socket is closed: only the winner is new
-    assert psutil.Process().num_fds() == fds_before + 1
+    # one of the 256 sockets won (the STUN socket is one of them, a 1 in 256 chance), and every
+    # other burst socket is closed: only a winning burst socket is new
+    assert psutil.Process().num_fds() == fds_before + (pr.sock is not sr)
     await exchange(pr, pe)
     await pr.aclose()
     await pe.aclose()
@@ -270,7 +270,7 @@ async def test_birthday_burst_through_the_worker_coordinator():
                 n.start_soon(side, "e", se, plan_e, "second", None)
         pr, pe = out["r"], out["e"]
         assert coord.count == 127  # the burst sockets were opened in the workers
-        assert pr.sock is not sr and pr.strategy is Strategy.BIRTHDAY
+        assert pr.strategy is Strategy.BIRTHDAY  # won by a worker socket, or (1 in 128) the STUN one
         assert pe.peer_addr == pr.sock.getsockname()
         assert pr.stats["sent"] >= 127
         await exchange(pr, pe)
