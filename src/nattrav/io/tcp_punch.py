@@ -98,7 +98,6 @@ class _Race:
     winner: PunchedStream | None = None
     claimed: bool = False
     done: trio.Event = field(default_factory=trio.Event)
-    authenticated: list = field(default_factory=list)
 
     def error(self, exc: OSError, dest: tuple[str, int] | None = None) -> None:
         name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
