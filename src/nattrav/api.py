@@ -26,8 +26,10 @@ from .io.punch import PunchedPath, PunchFailed, punch
 from .io.stun_client import StunErrorResponse, StunTimeout, binding, discover
 from .proto.nat_behavior import NatBehavior
 from .proto.plan import Plan, plan
+from .workers import open_coordinator
 
 STUN_PORT = 3478
+WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 RENDEZVOUS_PORT = rv.DEFAULT_PORT
 
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -171,12 +173,22 @@ async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: Event
                   "peer_targets": list(p.attempts[0].local.targets[:4096])})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:
-        path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
+        if coordinator is None and _needs_workers(p):
+            # bursts of hundreds of sockets go to the C core in worker processes (one per core);
+            # the winning socket is handed back to us, so the coordinator can go once punch returns
+            async with open_coordinator() as coord:
+                path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coord)
+        else:
+            path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
     except PunchFailed as exc:
         raise ConnectError(str(exc)) from None
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
                        "strategy": path.strategy.value})
     return path
+
+
+def _needs_workers(p: Plan) -> bool:
+    return any(a.local.sockets >= WORKER_SOCKETS for a in p.attempts)
 
 
 def _info(ep: Endpoint) -> dict[str, Any]:
