@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from .events import describe
 from .lab import Lab, LabError
 
 SERVER_PORT = 7000
@@ -35,30 +36,10 @@ def _events(proc: subprocess.Popen, tag: str, sink: queue.Queue) -> threading.Th
 
 
 def _show(tag: str, ev: dict[str, Any]) -> str | None:
-    kind = ev.get("event")
-    if kind == "discovery-done":
-        d = ev.get("delta")
-        return (f"[{tag}] discovery : {ev.get('mapping')} mapping, {ev.get('filtering')} filtering, "
-                f"{ev.get('allocation')} ports" + (f", Δ={d}" if d else "") + f"  ({ev.get('classic')})")
-    if kind == "mapping":
-        return (f"[{tag}] prediction: punch socket seen by S1, S2 as ports {ev['ports']} "
-                f"-> public {ev['public'][0]}:{ev['public'][1]}, Δ={ev['delta']}")
-    if kind == "enrolled":
-        return f"[{tag}] rendezvous: enrolled as {ev['peer_id']}"
-    if kind == "rendezvous-connect":
-        return f"[{tag}] rendezvous: asking for peer {ev['peer']}"
-    if kind == "offer":
-        return f"[{tag}] rendezvous: offer from {ev['from']}, accepted"
-    if kind == "plan":
-        return f"[{tag}] plan      : {ev['strategy']} as the {ev['role']} side, odds {ev['odds']:.4f}: {ev['reason']}"
-    if kind == "punch":
-        return f"[{tag}] burst     : firing in {ev['start_in']:.2f} s"
-    if kind == "connected":
-        return (f"[{tag}] handshake : authenticated path to {ev['peer'][0]}:{ev['peer'][1]} "
-                f"by {ev['strategy']}, RTT {ev['rtt_ms']} ms")
-    if kind == "error":
-        return f"[{tag}] ERROR     : {ev.get('message')}"
-    return None
+    if ev.get("event") == "error":
+        return f"[{tag}] ERROR: {ev.get('message')}"
+    line = describe(ev.get("event", ""), ev)
+    return None if line is None else f"[{tag}] {line}"
 
 
 def _wait_for_server(lab: Lab, deadline: float) -> None:

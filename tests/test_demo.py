@@ -1,0 +1,19 @@
+"""The README's main job: two peers behind sequential symmetric NATs connect through our servers."""
+
+import pytest
+
+from nattrav.demo import run_demo
+from nattrav.lab.pytest_support import require_lab
+
+
+@pytest.mark.lab
+def test_demo_connects_two_peers_behind_symmetric_nats():
+    require_lab()
+    lines = []
+    assert run_demo("symmetric-seq", "symmetric-seq", timeout=60, out=lines.append), "\n".join(lines)
+    text = "\n".join(lines)
+    # every phase is shown for both peers
+    for tag in ("[a]", "[b]"):
+        for phase in ("discovery: APDM mapping", "mapping: the punch socket", "plan: predicted", "connected to"):
+            assert f"{tag} {phase}" in text, (tag, phase, text)
+    assert "[a] received: b'hello from b\\n'" in text and "[b] received: b'hello from a\\n'" in text
