@@ -15,6 +15,8 @@ import time
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nattrav.api import connect_tcp, listen_tcp
 from nattrav.io.stun_server import StunServerConfig
@@ -240,3 +242,48 @@ def test_nattrav_fast_tcp_pipes_both_ways(servers):
     finally:
         if b.poll() is None:
             b.kill()
+
+
+class _Chunks(trio.abc.ReceiveStream):
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+
+    async def receive_some(self, max_bytes=None):
+        await trio.lowlevel.checkpoint()
+        return self.chunks.pop(0) if self.chunks else b""
+
+    async def aclose(self):
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=600), max_size=8))
+def test_stun_stream_reader_raises_only_badpacket_and_stays_bounded(chunks):
+    from nattrav.io.stun_tcp import MAX_MESSAGE, read_message
+    from nattrav.proto.stun import BadPacket
+
+    async def main():
+        stream, buf = _Chunks(chunks), bytearray()
+        for _ in range(20):
+            try:
+                msg = await read_message(stream, buf)
+            except BadPacket:
+                return
+            if msg is None:
+                return
+            assert 20 <= len(msg) <= MAX_MESSAGE
+        assert len(buf) <= MAX_MESSAGE + 600
+
+    trio.run(main)
+
+
+async def test_stun_stream_reader_splits_back_to_back_messages():
+    from nattrav.io.stun_tcp import read_message
+
+    a = Message(Method.BINDING, Class.REQUEST).encode(fingerprint=True)
+    b = Message(Method.BINDING, Class.REQUEST).encode()
+    wire = a + b
+    stream, buf = _Chunks([wire[:5], wire[5:30], wire[30:]]), bytearray()
+    assert await read_message(stream, buf) == a
+    assert await read_message(stream, buf) == b
+    assert await read_message(stream, buf) is None
