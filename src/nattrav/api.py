@@ -375,7 +375,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
 async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, timeout: float,
                      emit: EventHook) -> Any:
     from .io.tcp_punch import TcpPunchFailed, tcp_punch
-    from .proto.tcp_plan import BadReport
+    from .proto.tcp_plan import BadReport, agreed_window
     from .proto.tcp_plan import plan as tcp_plan
 
     peer = session.peer_info.get("tcp") if isinstance(session.peer_info, dict) else None
@@ -383,7 +383,7 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
         ep.listener.close()
         raise ConnectError(f"peer {session.peer_id} published no TCP report (is it listening with TCP?)")
     try:
-        p = tcp_plan(ep.report, peer, session.role)
+        p = tcp_plan(ep.report, peer, session.role, window=agreed_window(ep.report, peer))
     except BadReport as exc:
         ep.listener.close()
         raise ConnectError(f"our own TCP report is unusable: {exc}") from None
@@ -411,6 +411,7 @@ async def connect_tcp(
     ttl: int | None = None,
     timeout: float = 30.0,
     punch_timeout: float = 10.0,
+    window: int = 8,
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
 ) -> AsyncIterator[Any]:
@@ -424,6 +425,7 @@ async def connect_tcp(
             emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
             ep = await open_tcp_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit,
                                          behavior=behavior)
+            ep.report["window"] = window  # how many predicted ports to cover (proto/tcp_plan.py)
             try:
                 await client.update_info({"tcp": ep.report})
                 emit("rendezvous-connect", {"peer": peer_id})
@@ -441,8 +443,9 @@ class TcpListener:
 
     def __init__(self, client: rv.RendezvousClient, stun: tuple[str, int], src: tuple[str | None, int],
                  ttl: int | None, punch_timeout: float, emit: EventHook,
-                 behavior: NatBehavior | None) -> None:
+                 behavior: NatBehavior | None, window: int = 8) -> None:
         self._client, self._stun, self._src, self._ttl = client, stun, src, ttl
+        self._window = window
         self._punch_timeout, self._emit, self._behavior = punch_timeout, emit, behavior
         self.endpoint: TcpEndpoint | None = None
 
@@ -454,6 +457,7 @@ class TcpListener:
         self.endpoint = await open_tcp_endpoint(self._stun, src_ip=self._src[0], src_port=self._src[1],
                                                 on_event=self._emit, behavior=self._behavior)
         self._behavior = self.endpoint.behavior
+        self.endpoint.report["window"] = self._window
         await self._client.update_info({"tcp": self.endpoint.report})
 
     @asynccontextmanager
@@ -469,6 +473,7 @@ class TcpListener:
         try:
             # the mappings may be stale (other flows since enrolment): measure the same port again
             ep.report = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, self._emit)
+            ep.report["window"] = self._window
             await self._client.update_info({"tcp": ep.report})
             session = await self._client.accept(offer)
         except BaseException:
@@ -490,6 +495,7 @@ async def listen_tcp(
     src_port: int = 0,
     ttl: int | None = None,
     punch_timeout: float = 10.0,
+    window: int = 8,
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
 ) -> AsyncIterator[TcpListener]:
@@ -498,7 +504,7 @@ async def listen_tcp(
     server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
     stun_ep = _stun_endpoint(stun, server_ep)
     async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = TcpListener(client, stun_ep, (src_ip, src_port), ttl, punch_timeout, emit, behavior)
+        listener = TcpListener(client, stun_ep, (src_ip, src_port), ttl, punch_timeout, emit, behavior, window)
         await listener._prepare()
         emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
         try:

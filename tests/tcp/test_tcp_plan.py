@@ -151,3 +151,18 @@ def test_any_untrusted_report_raises_only_badreport(data):
     except BadReport:
         return
     assert m.kind in Kind
+
+
+def test_agreed_window_is_the_larger_published_one_clamped():
+    from nattrav.proto.tcp_plan import DEFAULT_WINDOW, MAX_WINDOW, agreed_window
+
+    assert agreed_window({"window": 3}, {"window": 12}) == 12
+    assert agreed_window({"window": 3}, {}) == DEFAULT_WINDOW
+    assert agreed_window({"window": 2}, {"window": 10**9}) == MAX_WINDOW
+    assert agreed_window({"window": 2}, {"window": True}) == DEFAULT_WINDOW
+    assert agreed_window(None, "junk") == DEFAULT_WINDOW
+    # both sides derive mirrored plans from it
+    w = agreed_window({**SEQ, "window": 2}, {**SEQ7, "window": 5})
+    a, b = plan(SEQ, SEQ7, "first", window=w), plan(SEQ7, SEQ, "second", window=w)
+    assert [t[1] for t in b.targets] == a.params["own_predicted"]
+    assert [t[1] for t in a.targets] == b.params["own_predicted"]

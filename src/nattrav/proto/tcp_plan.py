@@ -170,6 +170,16 @@ class TcpPlan:
                 "peer": self.peer.describe() if self.peer else None}
 
 
+def agreed_window(mine_report: Any, peer_report: Any) -> int:
+    """The window both sides use: the larger of the two published ones (clamped), so the two plans
+    still mirror each other when the users chose different windows."""
+    def one(r: Any) -> int:
+        w = r.get("window") if isinstance(r, dict) else None
+        ok = isinstance(w, int) and not isinstance(w, bool)
+        return min(max(w, 1), MAX_WINDOW) if ok else DEFAULT_WINDOW
+    return max(one(mine_report), one(peer_report))
+
+
 def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list[int]:
     """The peer ports this side aims at, in firing order (see the module docstring)."""
     if peer.kind is not Kind.SEQUENTIAL:
@@ -216,4 +226,4 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
                    {"window": window, "own_predicted": own})
 
 
-__all__ = ["BadReport", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "classify", "plan"]
+__all__ = ["BadReport", "DEFAULT_WINDOW", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan"]
