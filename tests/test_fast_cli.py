@@ -137,3 +137,13 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
     finally:
         if b.poll() is None:
             b.kill()
+
+
+def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
+    from nattrav.events import describe
+
+    assert describe("tcp-mapping", {"ports": [20000, 20001], "local": ["10.0.1.2", 4000], "steps": [1]}).startswith(
+        "TCP mapping: local port 4000")
+    assert describe("plan", {"strategy": "predicted"}) == "plan: {'strategy': 'predicted'}"
+    assert describe("something-new", {"x": 1}) is None
+    assert describe("something-new", {"x": 1}, verbose=True) == "something-new: {'x': 1}"

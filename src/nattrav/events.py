@@ -8,6 +8,14 @@ from typing import Any
 
 def describe(phase: str, d: dict[str, Any], *, verbose: bool = False) -> str | None:
     """The line for event `phase` with details `d`, or None for events shown only with verbose."""
+    try:
+        return _describe(phase, d, verbose)
+    except (KeyError, IndexError, TypeError, ValueError):
+        # an event with fields this table does not know yet is shown raw, never a crash mid-connect
+        return f"{phase}: {d}"
+
+
+def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
     if phase == "discovery":
         return f"discovery: asking STUN server {d['stun'][0]}:{d['stun'][1]} how our NAT behaves"
     if phase == "discovery-done":
@@ -20,6 +28,9 @@ def describe(phase: str, d: dict[str, Any], *, verbose: bool = False) -> str | N
     if phase == "mapping":
         return (f"mapping: the punch socket is {d['public'][0]}:{d['public'][1]} "
                 f"(ports the two servers saw from it: {d['ports']}, Δ={d['delta']})")
+    if phase == "tcp-mapping":
+        return (f"TCP mapping: local port {d['local'][1]} seen by the servers as ports {d['ports']} "
+                f"(steps {d['steps']})")
     if phase == "rendezvous":
         return f"rendezvous: connected to {d['server'][0]}:{d['server'][1]}"
     if phase == "enrolled":
