@@ -147,3 +147,38 @@ def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
     assert describe("plan", {"strategy": "predicted"}) == "plan: {'strategy': 'predicted'}"
     assert describe("something-new", {"x": 1}) is None
     assert describe("something-new", {"x": 1}, verbose=True) == "something-new: {'x': 1}"
+
+
+TARGET = """
+import sys, trio
+from nattrav.io.rendezvous_client import open_rendezvous, parse_server
+
+async def main(server, name, mode):
+    async with open_rendezvous(parse_server(server), name=name, info={"report": {}}) as rv:
+        print("ready", flush=True)
+        while True:
+            offer = await rv.next_offer()
+            if mode == "refuse":
+                await rv.refuse(offer)
+
+trio.run(main, *sys.argv[1:4])
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, code, words",
+    [("refuse", fast_cli.EXIT_PEER, "refused"), ("ignore", fast_cli.EXIT_TIMEOUT, "timeout")],
+)
+def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
+    """A peer that refuses, or never answers the offer, ends the connect with one clear line."""
+    name = f"target-{mode}"
+    target = subprocess.Popen([sys.executable, "-c", TARGET, servers["server"], name, mode],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert target.stdout.readline() == b"ready\n"
+        cp = run_fast("-s", servers["server"], "-H", servers["stun"], "-d", name, "--timeout", "3")
+        assert cp.returncode == code, cp.stderr.decode()
+        assert words in one_error_line(cp).lower()
+    finally:
+        target.kill()
+        target.wait()

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except (rv.UnknownPeer, rv.PeerOffline, rv.Refused, rv.OfferGone, rv.NameTaken) as exc:
         return _fail(EXIT_PEER, str(exc), args.json)
     except (rv.RendezvousTimeout, trio.TooSlowError) as exc:
-        return _fail(EXIT_TIMEOUT, str(exc) or f"gave up after {args.timeout:g} s", args.json)
+        return _fail(EXIT_TIMEOUT, str(exc) or f"timeout: gave up after {args.timeout:g} s (see --timeout)", args.json)
     except rv.RendezvousError as exc:
         return _fail(EXIT_SERVER, str(exc), args.json)
     except ConnectError as exc:
