@@ -195,117 +195,6 @@ def _info(ep: Endpoint) -> dict[str, Any]:
     return {"report": ep.report}
 
 
-@asynccontextmanager
-async def connect(
-    server: str | tuple[str, int],
-    peer_id: str,
-    *,
-    stun: str | tuple[str, int] | None = None,
-    src_ip: str | None = None,
-    src_port: int = 0,
-    ttl: int | None = None,
-    timeout: float = 30.0,
-    on_event: EventHook | None = None,
-    coordinator: Any = None,
-    behavior: NatBehavior | None = None,
-) -> AsyncIterator[PunchedPath]:
-    """Connect to `peer_id` through the rendezvous `server`; yields the authenticated path."""
-    emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-    stun_ep = _stun_endpoint(stun, server_ep)
-    with trio.fail_after(timeout):
-        async with rv.open_rendezvous(server_ep) as client:
-            emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-            ep = await open_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit,
-                                     behavior=behavior)
-            try:
-                await client.update_info(_info(ep))
-                emit("rendezvous-connect", {"peer": peer_id})
-                session = await client.connect(peer_id, timeout=timeout)
-                path = await _punch(ep, session, ttl, emit, coordinator)
-            except BaseException:
-                ep.sock.close()
-                raise
-    async with path:
-        yield path
-
-
-class Listener:
-    """Enrolled with the rendezvous server; `accept()` waits for a peer and punches to it."""
-
-    def __init__(self, client: rv.RendezvousClient, stun: tuple[str, int], src_ip: str | None,
-                 src_port: int, ttl: int | None, emit: EventHook, coordinator: Any,
-                 behavior: NatBehavior | None = None) -> None:
-        self._behavior = behavior
-        self._client = client
-        self._stun = stun
-        self._src = (src_ip, src_port)
-        self._ttl = ttl
-        self._emit = emit
-        self._coordinator = coordinator
-        self.endpoint: Endpoint | None = None
-
-    @property
-    def peer_id(self) -> str:
-        return self._client.peer_id
-
-    async def _prepare(self) -> None:
-        self.endpoint = await open_endpoint(self._stun, src_ip=self._src[0], src_port=self._src[1],
-                                            on_event=self._emit, behavior=self._behavior)
-        self._behavior = self.endpoint.behavior
-        await self._client.update_info(_info(self.endpoint))
-
-    @asynccontextmanager
-    async def accept(self) -> AsyncIterator[PunchedPath]:
-        """The next peer that asks for us: fresh mappings, accept, punch; yields the path."""
-        offer = await self._client.next_offer()
-        self._emit("offer", {"from": offer.peer_id})
-        if self.endpoint is None:
-            await self._prepare()
-        ep = self.endpoint
-        assert ep is not None
-        self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
-        try:
-            await refresh_mappings(ep, self._emit)
-            await self._client.update_info(_info(ep))
-            session = await self._client.accept(offer)
-            path = await _punch(ep, session, self._ttl, self._emit, self._coordinator)
-        except BaseException:
-            ep.sock.close()
-            raise
-        async with path:
-            yield path
-
-
-@asynccontextmanager
-async def listen(
-    server: str | tuple[str, int],
-    *,
-    name: str | None = None,
-    secret: str | None = None,
-    stun: str | tuple[str, int] | None = None,
-    src_ip: str | None = None,
-    src_port: int = 0,
-    ttl: int | None = None,
-    on_event: EventHook | None = None,
-    coordinator: Any = None,
-    behavior: NatBehavior | None = None,
-) -> AsyncIterator[Listener]:
-    """Enroll with the rendezvous server and publish our NAT report; yields a Listener."""
-    emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-    stun_ep = _stun_endpoint(stun, server_ep)
-    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = Listener(client, stun_ep, src_ip, src_port, ttl, emit, coordinator, behavior)
-        await listener._prepare()
-        emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
-        try:
-            yield listener
-        finally:
-            if listener.endpoint is not None:
-                listener.endpoint.sock.close()
-
-
 def _stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) -> tuple[str, int]:
     if stun is None:
         return (server[0], STUN_PORT)
@@ -400,6 +289,102 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
     return stream
 
 
+# --- the session flow, shared by UDP and TCP: what differs is the transport
+
+
+class _Udp:
+    """UDP: the punch socket, its report under "report", the planner and the UDP puncher."""
+
+    info_key = "report"
+
+    def __init__(self, coordinator: Any = None) -> None:
+        self.coordinator = coordinator
+
+    async def open(self, stun, src_ip, src_port, emit, behavior) -> Endpoint:
+        return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+
+    async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
+        await refresh_mappings(ep, emit)
+
+    async def punch(self, ep: Endpoint, session: rv.Session, ttl: int | None, emit: EventHook) -> Any:
+        return await _punch(ep, session, ttl, emit, self.coordinator)
+
+    @staticmethod
+    def close(ep: Endpoint) -> None:
+        ep.sock.close()
+
+
+class _Tcp:
+    """TCP: one shared local port, its TCP mappings under "tcp", low-TTL SYN + simultaneous open."""
+
+    info_key = "tcp"
+
+    def __init__(self, punch_timeout: float = 10.0, window: int = 8) -> None:
+        self.punch_timeout = punch_timeout
+        self.window = window  # how many predicted ports to cover (proto/tcp_plan.py)
+
+    async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
+        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+        ep.report["window"] = self.window
+        return ep
+
+    async def refresh(self, ep: TcpEndpoint, emit: EventHook) -> None:
+        # the mappings may be stale (other flows since enrolment): measure the same port again
+        ep.report = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
+        ep.report["window"] = self.window
+
+    async def punch(self, ep: TcpEndpoint, session: rv.Session, ttl: int | None, emit: EventHook) -> Any:
+        return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
+
+    @staticmethod
+    def close(ep: TcpEndpoint) -> None:
+        ep.listener.close()
+
+
+@asynccontextmanager
+async def _connect(transport: Any, server: str | tuple[str, int], peer_id: str, *,
+                   stun: str | tuple[str, int] | None, src_ip: str | None, src_port: int,
+                   ttl: int | None, timeout: float, on_event: EventHook | None,
+                   behavior: NatBehavior | None) -> AsyncIterator[Any]:
+    emit = on_event or (lambda phase, detail: None)
+    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    stun_ep = _stun_endpoint(stun, server_ep)
+    with trio.fail_after(timeout):
+        async with rv.open_rendezvous(server_ep) as client:
+            emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+            ep = await transport.open(stun_ep, src_ip, src_port, emit, behavior)
+            try:
+                await client.update_info({transport.info_key: ep.report})
+                emit("rendezvous-connect", {"peer": peer_id})
+                session = await client.connect(peer_id, timeout=timeout)
+                path = await transport.punch(ep, session, ttl, emit)
+            except BaseException:
+                transport.close(ep)
+                raise
+    async with path:
+        yield path
+
+
+@asynccontextmanager
+async def connect(
+    server: str | tuple[str, int],
+    peer_id: str,
+    *,
+    stun: str | tuple[str, int] | None = None,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    ttl: int | None = None,
+    timeout: float = 30.0,
+    on_event: EventHook | None = None,
+    coordinator: Any = None,
+    behavior: NatBehavior | None = None,
+) -> AsyncIterator[PunchedPath]:
+    """Connect to `peer_id` through the rendezvous `server`; yields the authenticated UDP path."""
+    async with _connect(_Udp(coordinator), server, peer_id, stun=stun, src_ip=src_ip, src_port=src_port,
+                        ttl=ttl, timeout=timeout, on_event=on_event, behavior=behavior) as path:
+        yield path
+
+
 @asynccontextmanager
 async def connect_tcp(
     server: str | tuple[str, int],
@@ -417,71 +402,96 @@ async def connect_tcp(
 ) -> AsyncIterator[Any]:
     """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream
     (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy)."""
-    emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-    stun_ep = _stun_endpoint(stun, server_ep)
-    with trio.fail_after(timeout):
-        async with rv.open_rendezvous(server_ep) as client:
-            emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-            ep = await open_tcp_endpoint(stun_ep, src_ip=src_ip, src_port=src_port, on_event=emit,
-                                         behavior=behavior)
-            ep.report["window"] = window  # how many predicted ports to cover (proto/tcp_plan.py)
-            try:
-                await client.update_info({"tcp": ep.report})
-                emit("rendezvous-connect", {"peer": peer_id})
-                session = await client.connect(peer_id, timeout=timeout)
-            except BaseException:
-                ep.listener.close()
-                raise
-            stream = await _tcp_punch(ep, session, ttl, punch_timeout, emit)
-    async with stream:
+    async with _connect(_Tcp(punch_timeout, window), server, peer_id, stun=stun, src_ip=src_ip,
+                        src_port=src_port, ttl=ttl, timeout=timeout, on_event=on_event,
+                        behavior=behavior) as stream:
         yield stream
 
 
-class TcpListener:
-    """Enrolled with the rendezvous server; `accept()` waits for a peer and punches TCP to it."""
+class Listener:
+    """Enrolled with the rendezvous server; `accept()` waits for a peer and punches to it."""
 
-    def __init__(self, client: rv.RendezvousClient, stun: tuple[str, int], src: tuple[str | None, int],
-                 ttl: int | None, punch_timeout: float, emit: EventHook,
-                 behavior: NatBehavior | None, window: int = 8) -> None:
-        self._client, self._stun, self._src, self._ttl = client, stun, src, ttl
-        self._window = window
-        self._punch_timeout, self._emit, self._behavior = punch_timeout, emit, behavior
-        self.endpoint: TcpEndpoint | None = None
+    def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
+                 src: tuple[str | None, int], ttl: int | None, emit: EventHook,
+                 behavior: NatBehavior | None = None) -> None:
+        self._client, self._transport, self._stun, self._src = client, transport, stun, src
+        self._ttl, self._emit, self._behavior = ttl, emit, behavior
+        self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
 
     @property
     def peer_id(self) -> str:
         return self._client.peer_id
 
     async def _prepare(self) -> None:
-        self.endpoint = await open_tcp_endpoint(self._stun, src_ip=self._src[0], src_port=self._src[1],
-                                                on_event=self._emit, behavior=self._behavior)
+        self.endpoint = await self._transport.open(self._stun, self._src[0], self._src[1], self._emit,
+                                                   self._behavior)
         self._behavior = self.endpoint.behavior
-        self.endpoint.report["window"] = self._window
-        await self._client.update_info({"tcp": self.endpoint.report})
+        await self._client.update_info({self._transport.info_key: self.endpoint.report})
+
+    def _close(self) -> None:
+        if self.endpoint is not None:
+            self._transport.close(self.endpoint)
+            self.endpoint = None
 
     @asynccontextmanager
     async def accept(self) -> AsyncIterator[Any]:
-        """The next peer that asks for us: fresh TCP mappings, accept, punch; yields the stream."""
+        """The next peer that asks for us: fresh mappings, accept, punch; yields the path/stream."""
         offer = await self._client.next_offer()
         self._emit("offer", {"from": offer.peer_id})
         if self.endpoint is None:
             await self._prepare()
         ep = self.endpoint
-        assert ep is not None
-        self.endpoint = None  # this port now belongs to the session; the next peer gets a new one
+        self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
-            # the mappings may be stale (other flows since enrolment): measure the same port again
-            ep.report = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, self._emit)
-            ep.report["window"] = self._window
-            await self._client.update_info({"tcp": ep.report})
+            await self._transport.refresh(ep, self._emit)
+            await self._client.update_info({self._transport.info_key: ep.report})
             session = await self._client.accept(offer)
+            path = await self._transport.punch(ep, session, self._ttl, self._emit)
         except BaseException:
-            ep.listener.close()
+            self._transport.close(ep)
             raise
-        stream = await _tcp_punch(ep, session, self._ttl, self._punch_timeout, self._emit)
-        async with stream:
-            yield stream
+        async with path:
+            yield path
+
+
+TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP transport
+
+
+@asynccontextmanager
+async def _listen(transport: Any, server: str | tuple[str, int], *, name: str | None, secret: str | None,
+                  stun: str | tuple[str, int] | None, src_ip: str | None, src_port: int, ttl: int | None,
+                  on_event: EventHook | None, behavior: NatBehavior | None) -> AsyncIterator[Listener]:
+    emit = on_event or (lambda phase, detail: None)
+    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    stun_ep = _stun_endpoint(stun, server_ep)
+    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
+        listener = Listener(client, transport, stun_ep, (src_ip, src_port), ttl, emit, behavior)
+        try:
+            await listener._prepare()
+            emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
+            yield listener
+        finally:
+            listener._close()
+
+
+@asynccontextmanager
+async def listen(
+    server: str | tuple[str, int],
+    *,
+    name: str | None = None,
+    secret: str | None = None,
+    stun: str | tuple[str, int] | None = None,
+    src_ip: str | None = None,
+    src_port: int = 0,
+    ttl: int | None = None,
+    on_event: EventHook | None = None,
+    coordinator: Any = None,
+    behavior: NatBehavior | None = None,
+) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server and publish our NAT report; yields a Listener (UDP)."""
+    async with _listen(_Udp(coordinator), server, name=name, secret=secret, stun=stun, src_ip=src_ip,
+                       src_port=src_port, ttl=ttl, on_event=on_event, behavior=behavior) as listener:
+        yield listener
 
 
 @asynccontextmanager
@@ -498,20 +508,12 @@ async def listen_tcp(
     window: int = 8,
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
-) -> AsyncIterator[TcpListener]:
-    """Enroll with the rendezvous server and publish our TCP report; yields a TcpListener."""
-    emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-    stun_ep = _stun_endpoint(stun, server_ep)
-    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = TcpListener(client, stun_ep, (src_ip, src_port), ttl, punch_timeout, emit, behavior, window)
-        await listener._prepare()
-        emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
-        try:
-            yield listener
-        finally:
-            if listener.endpoint is not None:
-                listener.endpoint.listener.close()
+) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP)."""
+    async with _listen(_Tcp(punch_timeout, window), server, name=name, secret=secret, stun=stun,
+                       src_ip=src_ip, src_port=src_port, ttl=ttl, on_event=on_event,
+                       behavior=behavior) as listener:
+        yield listener
 
 
 __all__ = [
