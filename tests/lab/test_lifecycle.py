@@ -131,8 +131,17 @@ _CHILD = textwrap.dedent(
 )
 
 
+def _default_signals() -> None:
+    # A shell that starts a job in the background (`cmd &`, as CI runners and nohup do) gives it
+    # SIGINT ignored, and children inherit that: Ctrl-C would never reach the lab. Start the child as
+    # a terminal would, with the default dispositions, so the test measures the lab's own handling.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _spawn_lab_child():
-    p = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=_default_signals)
     lab_id = p.stdout.readline().strip()
     assert lab_id and ours(lab_id), "child did not bring its lab up"
     return p, lab_id
