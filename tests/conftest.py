@@ -3,3 +3,58 @@ import sys
 
 # build_ext.py lives at the project root; tests import it to check the cdef comes from the header
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+
+import signal
+import socket
+import subprocess
+
+import pytest
+
+SERVER_CLI = [sys.executable, "-m", "nattrav.server_cli"]
+
+
+def free_port_pair() -> tuple[int, int]:
+    """Two ports free for both UDP and TCP on 127.0.0.1 (the STUN server binds both)."""
+    socks = []
+    try:
+        while True:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind(("127.0.0.1", 0))
+            t = socket.socket()
+            try:
+                t.bind(("127.0.0.1", u.getsockname()[1]))
+            except OSError:
+                u.close()
+                t.close()
+                continue
+            socks += [u, t]
+            if len(socks) == 4:
+                return socks[0].getsockname()[1], socks[2].getsockname()[1]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def servers():
+    """nattrav-server (rendezvous + STUN over UDP and TCP) on 127.0.0.1 and 127.0.0.2. Yields the
+    addresses as tuples ("server", "stun") and as command-line words ("server_arg", "stun_arg")."""
+    for _ in range(5):
+        port, alt = free_port_pair()
+        p = subprocess.Popen([*SERVER_CLI, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
+                              "--stun-ports", f"{port},{alt}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first, second = p.stdout.readline(), p.stdout.readline()
+        if second.startswith("stun"):
+            break
+        p.wait(10)  # a port was taken between the check and the bind: try another pair
+    else:
+        pytest.fail("could not start nattrav-server on loopback")
+    rv_port = int(first.split()[-1].rsplit(":", 1)[1])
+    try:
+        yield {"server": ("127.0.0.1", rv_port), "stun": ("127.0.0.1", port),
+               "server_arg": f"127.0.0.1:{rv_port}", "stun_arg": f"127.0.0.1:{port}"}
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)

@@ -4,7 +4,6 @@ loopback, where there is no NAT: the lab matrix covers the NATs)."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import pytest
 from nattrav import fast_cli
 
 FAST = [sys.executable, "-m", "nattrav.fast_cli"]
-SERVER = [sys.executable, "-m", "nattrav.server_cli"]
 
 
 def run_fast(*args, timeout=30, input=b""):
@@ -72,43 +70,14 @@ def test_unreachable_server_is_one_line_exit_3():
     assert f"cannot reach rendezvous server 127.0.0.1:{port}" in line
 
 
-def _free_udp_pair() -> tuple[int, int]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        return a.getsockname()[1], b.getsockname()[1]
-
-
-@pytest.fixture
-def servers():
-    """nattrav-server with the two-address STUN server on 127.0.0.1 and 127.0.0.2."""
-    for _ in range(3):
-        port, alt = _free_udp_pair()
-        p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
-                              "--stun-ports", f"{port},{alt}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first, second = p.stdout.readline(), p.stdout.readline()
-        if second.startswith("stun"):
-            break
-        p.wait(10)
-    else:
-        pytest.fail("could not start nattrav-server on loopback")
-    rv_port = int(first.split()[-1].rsplit(":", 1)[1])
-    try:
-        yield {"server": f"127.0.0.1:{rv_port}", "stun": f"127.0.0.1:{port}"}
-    finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(10)
-
-
 def test_unknown_peer_is_one_line_exit_4(servers):
-    cp = run_fast("-s", servers["server"], "-H", servers["stun"], "-d", "no-such-peer")
+    cp = run_fast("-s", servers["server_arg"], "-H", servers["stun_arg"], "-d", "no-such-peer")
     assert cp.returncode == fast_cli.EXIT_PEER
     assert "unknown" in one_error_line(cp).lower()
 
 
 def test_two_peers_connect_and_pipe_both_ways(servers):
-    common = ["-s", servers["server"], "-H", servers["stun"], "--json", "--linger", "1"]
+    common = ["-s", servers["server_arg"], "-H", servers["stun_arg"], "--json", "--linger", "1"]
     b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
@@ -172,11 +141,11 @@ trio.run(main, *sys.argv[1:4])
 def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
     """A peer that refuses, or never answers the offer, ends the connect with one clear line."""
     name = f"target-{mode}"
-    target = subprocess.Popen([sys.executable, "-c", TARGET, servers["server"], name, mode],
+    target = subprocess.Popen([sys.executable, "-c", TARGET, servers["server_arg"], name, mode],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert target.stdout.readline() == b"ready\n"
-        cp = run_fast("-s", servers["server"], "-H", servers["stun"], "-d", name, "--timeout", "3")
+        cp = run_fast("-s", servers["server_arg"], "-H", servers["stun_arg"], "-d", name, "--timeout", "3")
         assert cp.returncode == code, cp.stderr.decode()
         assert words in one_error_line(cp).lower()
     finally:

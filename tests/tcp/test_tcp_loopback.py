@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -24,35 +22,13 @@ from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, TcpPunchFailed, open_listener, tcp_punch
 from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
 from nattrav.proto.tcp_plan import TcpStrategy, plan
+from tests.conftest import free_port_pair
 
-SERVER = [sys.executable, "-m", "nattrav.server_cli"]
 FAST = [sys.executable, "-m", "nattrav.fast_cli"]
 
 
-def _free_port_pair() -> tuple[int, int]:
-    """Two ports free for both UDP and TCP on 127.0.0.1 (the STUN server binds both)."""
-    socks = []
-    try:
-        while True:
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            u.bind(("127.0.0.1", 0))
-            t = socket.socket()
-            try:
-                t.bind(("127.0.0.1", u.getsockname()[1]))
-            except OSError:
-                u.close()
-                t.close()
-                continue
-            socks += [u, t]
-            if len(socks) == 4:
-                return socks[0].getsockname()[1], socks[2].getsockname()[1]
-    finally:
-        for s in socks:
-            s.close()
-
-
 async def _stun_tcp(nursery):
-    port, alt = _free_port_pair()
+    port, alt = free_port_pair()
     cfg = StunServerConfig(ip="127.0.0.1", port=port, alt_port=alt)
     srv = await nursery.start(serve_stun_tcp, cfg, [("127.0.0.1", port), ("127.0.0.1", alt)])
     return srv, port, alt
@@ -104,7 +80,7 @@ async def test_stun_tcp_server_refuses_change_request_and_drops_garbage():
 
 
 async def test_tcp_binding_to_closed_port_is_a_clean_error():
-    port, _ = _free_port_pair()
+    port, _ = free_port_pair()
     with pytest.raises(OSError) as info:
         await tcp_binding(("127.0.0.1", 0), ("127.0.0.1", port), timeout=2)
     assert str(port) in str(info.value)
@@ -157,28 +133,6 @@ async def test_punch_with_the_wrong_key_fails_with_a_reason():
     for side in ("a", "b"):
         assert isinstance(r[side], TcpPunchFailed), r[side]
     assert "failed authentication" in str(r["a"]) and "tcp-direct" in str(r["a"])
-
-
-@pytest.fixture
-def servers():
-    """nattrav-server with STUN (UDP and TCP) on 127.0.0.1 and 127.0.0.2."""
-    for _ in range(5):
-        port, alt = _free_port_pair()
-        p = subprocess.Popen([*SERVER, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
-                              "--stun-ports", f"{port},{alt}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first, second = p.stdout.readline(), p.stdout.readline()
-        if second.startswith("stun"):
-            break
-        p.wait(10)
-    else:
-        pytest.fail("could not start nattrav-server on loopback")
-    rv_port = int(first.split()[-1].rsplit(":", 1)[1])
-    try:
-        yield {"server": ("127.0.0.1", rv_port), "stun": ("127.0.0.1", port)}
-    finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(10)
 
 
 async def test_connect_tcp_and_listen_tcp_move_a_megabyte_each_way(servers):
