@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .api import ConnectError, connect, listen, parse_endpoint
+from .api import ConnectError, connect, connect_tcp, listen, listen_tcp, parse_endpoint
 from .events import describe
 from .io import rendezvous_client as rv
 
@@ -153,23 +153,16 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
     server = parse_endpoint(args.server, rv.DEFAULT_PORT)
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
     if args.tcp:
-        from .api import connect_tcp, listen_tcp
-
-        if args.dest:
-            async with connect_tcp(server, args.dest, timeout=args.timeout, **common) as stream:
-                await _pipe_tcp(stream, args.linger)
-        else:
-            async with listen_tcp(server, name=args.name, **common) as tlistener:
-                async with tlistener.accept() as stream:
-                    await _pipe_tcp(stream, args.linger)
-        return EXIT_OK
-    if args.dest:
-        async with connect(server, args.dest, timeout=args.timeout, **common) as path:
-            await _pipe(path, args.linger)
+        connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
     else:
-        async with listen(server, name=args.name, **common) as listener:
+        connect_, listen_, pipe = connect, listen, _pipe
+    if args.dest:
+        async with connect_(server, args.dest, timeout=args.timeout, **common) as path:
+            await pipe(path, args.linger)
+    else:
+        async with listen_(server, name=args.name, **common) as listener:
             async with listener.accept() as path:
-                await _pipe(path, args.linger)
+                await pipe(path, args.linger)
     return EXIT_OK
 
 
