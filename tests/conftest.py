@@ -79,3 +79,24 @@ def run_matrix_pair(left: str, right: str, trials: int, trial_timeout: float, re
     ok = [r for r in results if r.ok]
     summary = "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
     return results, ok, summary, elapsed
+
+
+def readline(proc, timeout: float = 20.0) -> str:
+    """One line of a child's stdout, or fail instead of hanging when it prints nothing."""
+    import os
+    import select
+    import time
+
+    # Byte by byte from the fd: a buffered readline could swallow the next line where select
+    # cannot see it.
+    fd, out, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while not out.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output line from {proc.args} within {timeout} s (got {out!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        out += byte
+    return out.decode()
