@@ -276,7 +276,7 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
     except BadReport as exc:
         ep.listener.close()
         raise ConnectError(f"our own TCP report is unusable: {exc}") from None
-    emit("plan", {**p.to_dict(), "odds": 1.0 if p.feasible else 0.0, "params": p.params,
+    emit("plan", {**p.to_dict(), "params": p.params,
                   "peer_targets": [t[1] for t in p.targets]})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
     try:

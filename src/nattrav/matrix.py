@@ -54,8 +54,9 @@ def expectation(left: str, right: str) -> str:
 def tcp_expectation(left: str, right: str) -> str:
     """TCP ground truth from the lab's descriptions: a SYN can be aimed only at a mapping that can be
     predicted (EIM or sequential), unless the other side takes unsolicited SYNs (no NAT, or EIM+EIF).
-    "infeasible" when a random-allocation NAT faces a NAT that filters: that needs a birthday attack
-    with hundreds of TCP connections, which the TCP puncher does not attempt."""
+    A random-allocation NAT facing a cone (EIM with a filter) is met by the TCP birthday attack;
+    facing a sequential NAT or another random one it is "infeasible": each probe there can meet only
+    flows aimed at its own new port, which takes far more TCP connections than a flow table holds."""
     from .lab import resolve
 
     def kind(name: str) -> str:
@@ -69,8 +70,8 @@ def tcp_expectation(left: str, right: str) -> str:
             return "open" if all(x.filtering == "EIF" for x in layers) else "cone"
         return "sequential"
 
-    kinds = (kind(left), kind(right))
-    if "open" in kinds or "random" not in kinds:
+    kinds = {kind(left), kind(right)}
+    if "open" in kinds or "random" not in kinds or kinds == {"random", "cone"}:
         return "feasible"
     return "infeasible"
 
@@ -259,7 +260,8 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
         reason = a.get("reason") or b.get("reason")
         if not a or not b:
             missing = [n for n, r in (("a", a), ("b", b)) if not r]
-            reason = reason or f"agent(s) {missing} reported nothing: {errors}"
+            # the crash behind a missing row matters more than the survivor's "timed out"
+            reason = f"agent(s) {missing} reported nothing: {errors}" + (f" ({reason})" if reason else "")
         secs = [x for x in (a.get("seconds"), b.get("seconds")) if x is not None]
         out.append(TrialResult(
             left, right, i, ok, strategy=a.get("strategy") or b.get("strategy"),

@@ -117,6 +117,23 @@ def test_simultaneous_open_between_nats_that_reset_unsolicited_syns():
 
 
 @pytest.mark.lab
+def test_birthday_between_a_random_nat_and_a_cone_that_both_reset_unsolicited_syns():
+    """The TCP birthday against NATs that answer a SYN they have no mapping for with a RST: the
+    random side's thousand SYNs must die before the cone's NAT (a RST would close those very flows),
+    and the cone side's hundreds of wrong guesses come back as RSTs it shrugs off."""
+    from nattrav.lab import NatSpec
+    from nattrav.matrix import run_pair
+
+    rnd = NatSpec("APDM", "APDF", "random", hairpin=False, tcp_unsolicited="rst", name="random-rst")
+    cone = NatSpec("EIM", "APDF", "preserve", tcp_unsolicited="rst", name="cone-rst")
+    for left, right in ((rnd, cone), (cone, rnd)):
+        results = run_pair(left, right, 2, trial_timeout=15, tcp=True)
+        summary = [(r.ok, r.strategy, r.seconds, r.reason) for r in results]
+        assert all(r.ok and r.strategy == "tcp-birthday" for r in results), summary
+        assert all(r.odds >= 0.99999 and r.seconds < 3.0 for r in results), summary
+
+
+@pytest.mark.lab
 async def test_bulk_transfer_over_punched_tcp_stream_arrives_intact(seq_lab):
     lab = seq_lab
     lab.flush_conntrack()

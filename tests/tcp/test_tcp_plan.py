@@ -118,16 +118,64 @@ def test_open_side_is_connected_to():
 
 
 @pytest.mark.parametrize("mine, peer, names", [
-    (RANDOM, CONE, ("symmetric random", "cone (EIM/APDF)")),
-    (SEQ, RANDOM, ("symmetric sequential", "symmetric random")),
-    (RANDOM, RANDOM, ("symmetric random", "symmetric random")),
+    (SEQ, RANDOM, ("symmetric sequential", "symmetric random", "UDP reaches")),
+    (RANDOM, SEQ7, ("symmetric random", "symmetric sequential", "flow table")),
+    (RANDOM, RANDOM, ("symmetric random", "1/(N·N)")),
 ])
-def test_random_facing_filtering_is_infeasible_with_both_behaviours_named(mine, peer, names):
+def test_random_facing_sequential_or_random_is_infeasible_with_both_behaviours_named(mine, peer, names):
     for role in ("first", "second"):
         p = plan(mine, peer, role)
-        assert not p.feasible and p.strategy is TcpStrategy.NONE and p.targets == ()
+        assert not p.feasible and p.strategy is TcpStrategy.NONE and p.targets == () and p.odds == 0.0
         assert "infeasible" in p.reason and "this side:" in p.reason and "peer:" in p.reason
         assert all(n in p.reason for n in names), p.reason
+        assert not p.sockets and not p.random_probes
+
+
+@pytest.mark.parametrize("role", ["first", "second"])
+def test_random_facing_a_cone_is_a_birthday_both_sides_size_alike(role):
+    from nattrav.proto.tcp_plan import BIRTHDAY_TARGET, birthday_size
+
+    other = "second" if role == "first" else "first"
+    rnd, cone = plan(RANDOM, CONE, role), plan(CONE, RANDOM, other)
+    assert rnd.strategy is cone.strategy is TcpStrategy.BIRTHDAY
+    assert rnd.feasible and cone.feasible and not rnd.accept and not cone.accept
+    # the random side opens its own NAT towards the cone's one port, whatever the rendezvous role
+    assert rnd.low_ttl and rnd.targets == (("203.0.113.10", 40000),) and rnd.random_probes == 0
+    # the cone side guesses among the random side's ports
+    assert not cone.low_ttl and cone.targets == () and cone.sockets == 0
+    assert cone.peer_range == (1024, 65535)
+    sockets, probes, odds = birthday_size(64512)
+    assert (rnd.sockets, cone.random_probes) == (sockets, probes)
+    assert rnd.odds == cone.odds == odds >= BIRTHDAY_TARGET
+    assert str(sockets) in rnd.reason and str(probes) in rnd.reason and "cone (EIM/APDF)" in rnd.reason
+
+
+def test_birthday_odds_match_a_simulated_random_nat():
+    import random
+
+    from nattrav.proto.tcp_plan import birthday_size
+
+    span, rng = 1000, random.Random(7)
+    sockets, probes, odds = birthday_size(span, sockets=20, target=0.9)
+    assert sockets == 20 and 0.9 <= odds < 0.95
+    trials = 4000
+    hits = 0
+    for _ in range(trials):
+        opened = set(rng.sample(range(span), sockets))  # the random NAT's ports for our connects
+        hits += any(p in opened for p in rng.sample(range(span), probes))  # the cone's guesses
+    sigma = (odds * (1 - odds) / trials) ** 0.5
+    assert abs(hits / trials - odds) < 4 * sigma, (hits / trials, odds)
+
+
+def test_a_small_port_block_takes_fewer_connects_and_guesses():
+    small = {**RANDOM, "port_range": [40000, 40999]}
+    p = plan(small, CONE, "first")
+    q = plan(CONE, small, "second")
+    assert p.strategy is TcpStrategy.BIRTHDAY and p.sockets == 500  # half the block at most
+    assert q.peer_range == (40000, 40999) and q.random_probes < 50 and q.odds == p.odds
+    for bad in ([1, 2, 3], [5000, 4000], [0, 10], "1-2", [True, 9]):
+        with pytest.raises(BadReport):
+            classify({**RANDOM, "port_range": bad})
 
 
 def test_bad_peer_report_is_a_failed_plan_not_a_crash():

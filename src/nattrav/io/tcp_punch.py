@@ -28,18 +28,24 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 import struct
 from dataclasses import dataclass, field
 
 import trio
 
+from ..core.limits import FdLimitError, ensure_fd_capacity
 from ..proto.punch import BadPacket
 from ..proto.tcp_auth import StreamAuth
 from ..proto.tcp_plan import TcpPlan, TcpStrategy
 from .stun_tcp import reuse_socket
 
 SECOND_DELAY = 0.1
+# The cone side's guesses leave after the random side's low-TTL burst (a thousand connects take tens of
+# ms); a guess that arrives before its mapping exists is dropped and its SYN retransmitted a second
+# later on the same flow, so being early costs time, not the hit.
+BIRTHDAY_DELAY = 0.15
 IP_MINTTL = getattr(socket, "IP_MINTTL", 21)  # Linux <netinet/in.h>; Python does not export it
 RETRY_PAUSE = 0.2
 TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
@@ -101,7 +107,7 @@ class _Race:
 
     def error(self, exc: OSError, dest: tuple[str, int] | None = None) -> None:
         name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        if dest is not None:
+        if dest is not None and self.plan.strategy is not TcpStrategy.BIRTHDAY:  # hundreds of ports
             name += f" from {dest[0]}:{dest[1]}"
         self.errors[name] = self.errors.get(name, 0) + 1
 
@@ -139,9 +145,10 @@ def open_listener(local: tuple[str, int]) -> socket.socket:
 def low_ttl_connect(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> socket.socket:
     """A non-blocking connect() from `local` to `dest` whose SYN carries IP TTL `ttl`; the socket
     stays in SYN_SENT (the ICMP time-exceeded is dropped by IP_MINTTL) with its TTL restored.
-    The caller owns the socket."""
-    s = reuse_socket()
+    Port 0 in `local` means a fresh port of its own (no port sharing). The caller owns the socket."""
+    s = reuse_socket() if local[1] else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        s.setblocking(False)
         s.bind(local)
         normal = s.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         s.setsockopt(socket.IPPROTO_IP, IP_MINTTL, 2)
@@ -158,9 +165,9 @@ def low_ttl_connect(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> 
 
 async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> None:
     stream = trio.SocketStream(sock)
-    peer = tuple(sock.getpeername()[:2])
     auth = StreamAuth(race.key, race.plan.role, race.nonce)
     try:
+        peer = tuple(sock.getpeername()[:2])  # ENOTCONN when a RST beat us here
         await stream.send_all(auth.opening(_now_ns()))
         while not auth.done:
             data = await stream.receive_some(4096)
@@ -224,8 +231,9 @@ def _start_connect(race: _Race, local: tuple[str, int], dest: tuple[str, int],
 
 
 async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int], dest: tuple[str, int],
-                   nursery: trio.Nursery) -> None:
-    """Wait for one connect() to finish; on a tolerated error try again until the deadline."""
+                   nursery: trio.Nursery, retry: bool = True) -> None:
+    """Wait for one connect() to finish; on a tolerated error try again until the deadline (unless
+    `retry` is off: a birthday probe that failed was a miss, and a retry would not be low-TTL)."""
     while trio.current_time() < race.deadline:
         if s is not None:
             sock = trio.socket.from_stdlib_socket(s)
@@ -240,13 +248,45 @@ async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int],
                 exc = OSError(err, os.strerror(err))
                 race.error(exc, dest)
                 _abort(s)
-                if err not in TOLERATED:
+                if err not in TOLERATED or not retry:
                     return
             except BaseException:
                 _abort(s)
                 raise
         await trio.sleep(RETRY_PAUSE)
         s = _start_connect(race, local, dest)
+
+
+async def _birthday(race: _Race, local: tuple[str, int], start_at: float, low_ttl: int,
+                    nursery: trio.Nursery) -> None:
+    """The TCP birthday attack (proto/tcp_plan.py): the random side opens `plan.sockets` mappings with
+    low-TTL connects from fresh ports at the start time; the cone side, a little later, connect()s
+    from the shared port to `plan.random_probes` distinct random ports of the peer's range. No probe
+    is retried: its SYN is retransmitted by the kernel on the same flow, which is what a late hit
+    needs, and a new socket would be a new, unopened flow."""
+    plan = race.plan
+    if plan.low_ttl:
+        await trio.sleep_until(start_at)
+        dest = plan.targets[0]
+        fresh = (local[0], 0)
+        for i in range(plan.sockets):
+            sock = _start_connect(race, fresh, dest, low_ttl)
+            if sock is not None:
+                nursery.start_soon(_connect, race, sock, fresh, dest, nursery, False)
+            if i % 64 == 63:
+                await trio.lowlevel.checkpoint()  # let early winners authenticate meanwhile
+        return
+    await trio.sleep_until(start_at + BIRTHDAY_DELAY)
+    lo, hi = plan.peer_range
+    ip = plan.peer.public_ip if plan.peer else None
+    assert ip is not None
+    for i, port in enumerate(random.SystemRandom().sample(range(lo, hi + 1), plan.random_probes)):
+        dest = (ip, port)
+        sock = _start_connect(race, local, dest)
+        if sock is not None:
+            nursery.start_soon(_connect, race, sock, local, dest, nursery, False)
+        if i % 64 == 63:
+            await trio.lowlevel.checkpoint()
 
 
 async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at: float, *,
@@ -257,6 +297,11 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
         listener.close()
         raise TcpPunchFailed(plan.reason)
     local = listener.getsockname()[:2]
+    try:
+        ensure_fd_capacity(plan.sockets + plan.random_probes)
+    except FdLimitError as exc:
+        listener.close()
+        raise TcpPunchFailed(f"{plan.strategy.value}: {exc.strerror}") from None
     race = _Race(plan, bytes(key), os.urandom(8), start_at + timeout)
     try:
         async with trio.open_nursery() as nursery:
@@ -264,7 +309,9 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
                 nursery.start_soon(_accept_loop, race, listener, nursery)
             else:
                 listener.close()
-            if plan.targets:
+            if plan.strategy is TcpStrategy.BIRTHDAY:
+                await _birthday(race, local, start_at, low_ttl, nursery)
+            elif plan.targets:
                 late = plan.strategy is TcpStrategy.SIMULTANEOUS and not plan.low_ttl
                 await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
                 ttl = low_ttl if plan.low_ttl else None

@@ -12,8 +12,18 @@ flow, so the next attempt gets a NEW port. There is no cheap "burst of many sock
 - otherwise both mappings must be predictable (EIM, or sequential with a measured step Δ): the
   "first" side sends SYNs with a TTL that dies between the NATs towards the peer's predicted port(s),
   which opens its own NAT for exactly that flow, then both connect() (simultaneous open);
-- a random-allocation side facing a side that filters is infeasible for this planner (it would need
-  a birthday attack with hundreds of TCP connections per side; not built) and says so.
+- a random-allocation side facing a cone (EIM with a filter) is met by a TCP birthday attack: the
+  random side connect()s from many fresh local ports to the cone's one public port with low-TTL SYNs
+  (each opens one random mapping on its NAT and dies short of the cone's NAT), then the cone side
+  connect()s from its one shared port to many distinct random ports of the random side's address.
+  A guess that names one of the open mappings arrives from exactly the endpoint that flow expects,
+  meets a socket in SYN_SENT, and the two finish a simultaneous open. Sized like the UDP birthday
+  (proto/plan.birthday_miss), to a higher target: a TCP miss costs a whole new session.
+- a random side facing a sequential NAT stays infeasible for TCP: the sequential side's every guess
+  leaves from a new port, so it can only meet the random side's connections aimed at that one port;
+  K connections give about K/N odds for N possible ports. UDP pays for this with ~235k flows sent from
+  a few hundred sockets; TCP needs a socket per flow, and that many do not fit the flow table (nor
+  the descriptor limit). Random on both sides is a 1/(N·N) guess per pair of flows. Both say so.
 
 The window (other hosts behind a sequential NAT take ports between our last probe and the punch, so
 its next port is last + Δ·(k + s) for an unknown shift s >= 0). Let W be the window:
@@ -31,8 +41,12 @@ its next port is last + Δ·(k + s) for an unknown shift s >= 0). Let W be the w
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .plan import FLOW_TABLE_CAP, birthday_miss, probes_for
+from .predict import PORT_RANGE
 
 MAX_SAMPLES = 16
 MAX_WINDOW = 64
@@ -40,6 +54,12 @@ DEFAULT_WINDOW = 8
 # A sequential NAT's measured steps may differ when other hosts' flows slip in between the probes;
 # steps up to this size that disagree are still read as "sequential, with noise".
 NOISY_STEP_MAX = 64
+# The TCP birthday: the random side's low-TTL connects (one fresh local port and one descriptor
+# each), sized so that the cone side's guesses stay about as many; the odds it aims for (a miss costs
+# a new session, SYNs are cheap: 1e-5 takes ~750 guesses against 1024 open mappings of 64512).
+BIRTHDAY_SOCKETS = 1024
+BIRTHDAY_TARGET = 0.99999
+MAX_BIRTHDAY_PROBES = 8192
 
 
 class BadReport(ValueError):
@@ -59,6 +79,7 @@ class Kind(str, enum.Enum):
 class TcpStrategy(str, enum.Enum):
     DIRECT = "tcp-direct"  # one side accepts unsolicited SYNs: the other just connects
     SIMULTANEOUS = "tcp-simultaneous"  # low-TTL SYN from the first side, then both connect()
+    BIRTHDAY = "tcp-birthday"  # random side: many low-TTL connects; cone side: many guesses
     NONE = "tcp-none"
 
     def __str__(self) -> str:
@@ -75,6 +96,11 @@ class TcpMapping:
     delta: int = 0
     ports: tuple[int, ...] = ()
     filtering: str | None = None
+    port_range: tuple[int, int] = PORT_RANGE  # where a random NAT draws its ports from
+
+    @property
+    def span(self) -> int:
+        return self.port_range[1] - self.port_range[0] + 1
 
     def predict(self, k: int) -> int:
         """The public port this NAT gives the side's k-th new flow after its last sample (k >= 1)."""
@@ -121,6 +147,12 @@ def classify(report: Any) -> TcpMapping:
     filtering = report.get("filtering")
     if filtering is not None and filtering not in ("EIF", "ADF", "APDF"):
         raise BadReport(f"TCP report: unknown filtering {filtering!r}")
+    port_range = report.get("port_range", PORT_RANGE)
+    if not isinstance(port_range, (list, tuple)) or len(port_range) != 2:
+        raise BadReport("TCP report: port_range is not [low, high]")
+    lo, hi = (_int(x, 1, 65535, "port_range bound") for x in port_range)
+    if hi - lo < 1:
+        raise BadReport(f"TCP report: port_range {lo}..{hi} holds fewer than two ports")
     ports, ips = [], set()
     for s in samples:
         if not isinstance(s, dict):
@@ -129,7 +161,7 @@ def classify(report: Any) -> TcpMapping:
         ips.add(_str(s.get("ip"), "sample ip"))
     if len(ips) != 1:
         # several public addresses (a NAT pool): no prediction can name the address to aim at
-        return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering)
+        return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering, (lo, hi))
     public_ip = ips.pop()
     steps = [b - a for a, b in zip(ports, ports[1:])]
     if public_ip == local_ip and all(p == local_port for p in ports):
@@ -142,7 +174,7 @@ def classify(report: Any) -> TcpMapping:
     if steps and all(0 < d <= NOISY_STEP_MAX for d in steps):
         # other flows took ports between our probes: the smallest step is the NAT's own
         return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], min(steps), tuple(ports), filtering)
-    return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering)
+    return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
 
 
 @dataclass(frozen=True)
@@ -156,6 +188,10 @@ class TcpPlan:
     mine: TcpMapping | None = None
     peer: TcpMapping | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    odds: float = 0.0  # the chance the plan connects, as far as the reports let us judge
+    sockets: int = 0  # birthday, random side: low-TTL connects, each from a fresh local port
+    random_probes: int = 0  # birthday, cone side: distinct random ports of peer_range to connect() to
+    peer_range: tuple[int, int] = PORT_RANGE
 
     @property
     def accept(self) -> bool:
@@ -165,7 +201,8 @@ class TcpPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
                 "role": self.role, "targets": [list(t) for t in self.targets], "low_ttl": self.low_ttl,
-                "accept": self.accept,
+                "accept": self.accept, "odds": self.odds, "sockets": self.sockets,
+                "random_probes": self.random_probes,
                 "mine": self.mine.describe() if self.mine else None,
                 "peer": self.peer.describe() if self.peer else None}
 
@@ -205,25 +242,61 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
     pair = f"this side: {mine.describe()}; peer: {peer.describe()}"
     if peer.kind is Kind.OPEN and (mine.kind is not Kind.OPEN or role == "second"):
         return TcpPlan(TcpStrategy.DIRECT, True, f"the peer accepts unsolicited SYNs: connect to it ({pair})",
-                       role, ((peer.public_ip, peer.last_port),), False, mine, peer)
+                       role, ((peer.public_ip, peer.last_port),), False, mine, peer, odds=1.0)
     if mine.kind is Kind.OPEN:
         return TcpPlan(TcpStrategy.DIRECT, True, f"this side accepts unsolicited SYNs: the peer connects ({pair})",
-                       role, (), False, mine, peer)
-    unpredictable = [who for who, m in (("this side", mine), ("the peer", peer)) if m.kind is Kind.RANDOM]
-    if unpredictable:
-        who = "both sides allocate" if len(unpredictable) == 2 else f"{unpredictable[0]} allocates"
-        return TcpPlan(
-            TcpStrategy.NONE, False,
-            f"TCP infeasible: {who} TCP ports at random and neither side accepts unsolicited SYNs, so no "
-            f"SYN can be aimed at a mapping that will exist ({pair})",
-            role, mine=mine, peer=peer)
+                       role, (), False, mine, peer, odds=1.0)
+    if Kind.RANDOM in (mine.kind, peer.kind):
+        return _random_plan(mine, peer, role, pair)
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
     other = "second" if role == "first" else "first"
     own = _targets(peer, mine, other, window)  # what the peer aims at: our candidate ports
+    # The window covers every shift it promises (tests/tcp/test_tcp_plan.py); how likely other hosts
+    # stay inside it is not measured for TCP, so the odds say "covered", not a probability.
     return TcpPlan(TcpStrategy.SIMULTANEOUS, True,
                    f"both TCP mappings are predictable: low-TTL SYN from the first side, then simultaneous "
                    f"open ({pair})", role, targets, role == "first", mine, peer,
-                   {"window": window, "own_predicted": own})
+                   {"window": window, "own_predicted": own}, odds=1.0)
 
 
-__all__ = ["BadReport", "DEFAULT_WINDOW", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan"]
+def birthday_size(span: int, sockets: int = BIRTHDAY_SOCKETS, target: float = BIRTHDAY_TARGET,
+                  cap: int = MAX_BIRTHDAY_PROBES) -> tuple[int, int, float]:
+    """(random side's connects, cone side's guesses, odds) for a random NAT drawing from `span` ports."""
+    sockets = max(1, min(sockets, span // 2))  # a small port block holds fewer mappings
+    probes = probes_for(span, sockets, target, max(1, min(cap, span - sockets)))
+    return sockets, probes, 1 - birthday_miss(span, sockets, probes)
+
+
+def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> TcpPlan:
+    """A random-allocation side: the birthday attack against a cone, else a reason with numbers."""
+    rnd, other = (mine, peer) if mine.kind is Kind.RANDOM else (peer, mine)
+    who = "this side" if rnd is mine else "the peer"
+    if other.kind is Kind.CONE:
+        sockets, probes, odds = birthday_size(rnd.span)
+        reason = (f"TCP birthday: {who} allocates TCP ports at random and the other side keeps one TCP port "
+                  f"for every destination (EIM), so the random side connect()s from {sockets} fresh ports "
+                  f"to that port with low-TTL SYNs and the cone side connect()s to {probes} random ports "
+                  f"of its {rnd.span}; odds 1 - C(N-{sockets},{probes})/C(N,{probes}) = {odds:.5%} ({pair})")
+        params = {"sockets": sockets, "probes": probes, "span": rnd.span}
+        if rnd is mine:
+            return TcpPlan(TcpStrategy.BIRTHDAY, True, reason, role, ((peer.public_ip, peer.last_port),), True,
+                           mine, peer, params, odds=odds, sockets=sockets)
+        return TcpPlan(TcpStrategy.BIRTHDAY, True, reason, role, (), False, mine, peer, params, odds=odds,
+                       random_probes=probes, peer_range=peer.port_range)
+    if other.kind is Kind.RANDOM:
+        why = ("both sides allocate TCP ports at random and neither accepts unsolicited SYNs: a SYN meets a "
+               "mapping only when each side guesses the other's random port, a 1/(N·N) chance per pair of "
+               "connections")
+    else:
+        # each guess of the sequential side meets only the random side's connections aimed at the
+        # port that guess leaves from: about K/N for K connections in all, 1 - e^(-K/N) at best
+        need = math.ceil(rnd.span * math.log(1 / (1 - 0.999)))
+        why = (f"{who} allocates TCP ports at random and the other side's sequential NAT gives each of its "
+               f"SYNs a new port, so every guess can meet only the random side's connections aimed at that "
+               f"one port: 99.9% odds would take about {need} TCP connections (a socket each), beyond the "
+               f"{FLOW_TABLE_CAP}-entry flow table; UDP reaches this pair with a random-sequential burst")
+    return TcpPlan(TcpStrategy.NONE, False, f"TCP infeasible: {why}; a relay is needed for TCP ({pair})",
+                   role, mine=mine, peer=peer)
+
+
+__all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "BadReport", "DEFAULT_WINDOW", "birthday_size", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan"]
