@@ -54,9 +54,10 @@ def _wait_for_server(lab: Lab, deadline: float) -> None:
     raise RuntimeError("the rendezvous server did not come up")
 
 
-def run_demo(left: str, right: str, timeout: float = 60.0, out=print) -> bool:
-    """Run the demo; True when both peers received each other's line."""
-    out(f"nattrav demo: peer a behind a '{left}' NAT, peer b behind a '{right}' NAT")
+def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bool = False) -> bool:
+    """Run the demo (over TCP with `tcp`); True when both peers received each other's line."""
+    proto = "TCP" if tcp else "UDP"
+    out(f"nattrav demo ({proto}): peer a behind a '{left}' NAT, peer b behind a '{right}' NAT")
     t0 = time.monotonic()
     with Lab(left=left, right=right) as lab:
         out(f"lab up in {time.monotonic() - t0:.2f} s: a={lab.ip('a')} behind {lab.wan_ip('a')}, "
@@ -68,7 +69,7 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print) -> bool:
         _wait_for_server(lab, time.monotonic() + 10)
         out(f"servers up: rendezvous {lab.S1}:{SERVER_PORT}, STUN {lab.S1}:3478 + {lab.S2}:3479")
         fast = [py, "-m", "nattrav.fast_cli", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
-                "--timeout", str(timeout), "--linger", "2"]
+                "--timeout", str(timeout), "--linger", "2"] + (["--tcp"] if tcp else [])
         events: queue.Queue = queue.Queue()
         b = lab.popen("b", fast, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _events(b, "b", events)
@@ -116,8 +117,8 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print) -> bool:
         out(f"[a] received: {got.get('a', b'')!r}")
         out(f"[b] received: {got.get('b', b'')!r}")
     out(f"lab torn down; total {time.monotonic() - t0:.1f} s")
-    out("RESULT: " + ("the two peers behind symmetric NATs connected directly through our servers"
-                      if ok else "the peers did NOT connect (see the errors above)"))
+    out("RESULT: " + (f"the two peers behind '{left}' and '{right}' NATs connected directly ({proto}) "
+                      "through our servers" if ok else "the peers did NOT connect (see the errors above)"))
     return ok
 
 
@@ -127,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--left", default="symmetric-seq", help="NAT preset in front of peer a")
     p.add_argument("--right", default="symmetric-seq", help="NAT preset in front of peer b")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--tcp", action="store_true", help="connect over TCP (nattrav-fast --tcp)")
     args = p.parse_args(argv)
     try:
-        return 0 if run_demo(args.left, args.right, args.timeout) else 1
+        return 0 if run_demo(args.left, args.right, args.timeout, tcp=args.tcp) else 1
     except LabError as exc:
         print(f"nattrav-demo: {exc}", file=sys.stderr)
         return 2

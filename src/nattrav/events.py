@@ -41,7 +41,7 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
         return f"rendezvous: asking for peer {d['peer']}"
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
-        return (f"plan: {d['strategy']} (we are {d['role']}), odds {d['odds']:.4f} — "
+        return (f"plan: {d['strategy']} (we are {d['role']}), odds {100 * d['odds']:.6g}% — "
                 f"{d['reason']}{extra}")
     if phase == "punch":
         return f"punch: firing in {d['start_in']:.2f} s (give up after {d['timeout']:.1f} s)"
