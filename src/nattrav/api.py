@@ -213,15 +213,19 @@ class TcpEndpoint:
     listener: Any  # stdlib socket listening on the shared port; closed by the punch
     behavior: NatBehavior
     report: dict[str, Any]
+    measured_at: float = 0.0  # trio time the report's sample times count from
 
 
-async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: EventHook) -> dict[str, Any]:
+async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
+                      emit: EventHook) -> tuple[dict[str, Any], float]:
+    """The TCP report, and the trio time its samples' "t" count from."""
     from .io.stun_tcp import StunTcpError, tcp_mappings
 
     s1, s2 = behavior.server, behavior.other_address
     assert s1 is not None
     # three endpoints, so a sequential NAT shows two equal steps (and a random one does not)
     servers = [s1] if s2 is None else [s1, (s2[0], s1[1]), (s1[0], s2[1])]
+    started = trio.current_time()
     try:
         samples = await tcp_mappings(local, [tuple(x) for x in servers])
     except StunTcpError as exc:
@@ -234,7 +238,7 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: Event
     ports = [x["port"] for x in samples]
     emit("tcp-mapping", {"ports": ports, "local": list(local),
                          "steps": [b - a for a, b in zip(ports, ports[1:])]})
-    return report
+    return report, started
 
 
 async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
@@ -254,11 +258,11 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
     except OSError as exc:
         raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}") from None
     try:
-        report = await _tcp_report(listener.getsockname()[:2], behavior, emit)
+        report, started = await _tcp_report(listener.getsockname()[:2], behavior, emit)
     except BaseException:
         listener.close()
         raise
-    return TcpEndpoint(listener, behavior, report)
+    return TcpEndpoint(listener, behavior, report, started)
 
 
 async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, timeout: float,
@@ -329,8 +333,16 @@ class _Tcp:
         return ep
 
     async def refresh(self, ep: TcpEndpoint, emit: EventHook) -> None:
-        # the mappings may be stale (other flows since enrolment): measure the same port again
-        ep.report = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
+        # the mappings may be stale (other flows since enrolment): measure the same port again; the
+        # flows others took in between tell the window planner the NAT's rate over that whole wait
+        from .proto.tcp_plan import history
+
+        old, old_at = ep.report, ep.measured_at
+        ep.report, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
+        seen = history(old, ep.report, ep.measured_at + ep.report["samples"][0]["t"]
+                       - old_at - old["samples"][-1]["t"])
+        if seen is not None:
+            ep.report["history"] = seen
         ep.report["window"] = self.window
 
     async def punch(self, ep: TcpEndpoint, session: rv.Session, ttl: int | None, emit: EventHook) -> Any:

@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from nattrav.proto.tcp_plan import BadReport, Kind, TcpStrategy, classify, plan
 
 
-def report(ports, *, public="203.0.113.10", local=("10.0.1.2", 40000), filtering="APDF"):
-    return {"local": list(local), "filtering": filtering,
-            "samples": [{"dest": ["198.51.100.1", 3478], "ip": public, "port": p, "t": 0.0} for p in ports]}
+def report(ports, *, public="203.0.113.10", local=("10.0.1.2", 40000), filtering="APDF", times=None, **extra):
+    times = times or [0.0] * len(ports)
+    return {"local": list(local), "filtering": filtering, **extra,
+            "samples": [{"dest": ["198.51.100.1", 3478], "ip": public, "port": p, "t": t}
+                        for p, t in zip(ports, times)]}
 
 
 NO_NAT = report([40000, 40000, 40000], public="10.0.1.2")
@@ -45,8 +47,8 @@ def test_predict_wraps_inside_port_range():
 
 
 def test_simultaneous_plans_mirror_each_other():
-    a = plan(SEQ, SEQ7, "first", window=1)
-    b = plan(SEQ7, SEQ, "second", window=1)
+    a = plan(SEQ, SEQ7, "first", window=1, target=None)
+    b = plan(SEQ7, SEQ, "second", window=1, target=None)
     assert a.strategy is b.strategy is TcpStrategy.SIMULTANEOUS
     assert a.feasible and b.feasible
     assert a.low_ttl and not b.low_ttl
@@ -60,20 +62,26 @@ def test_simultaneous_plans_mirror_each_other():
 
 def test_window_shapes():
     # both sequential: the first side opens 2W-1 candidates, the second bets on odd indices
-    assert [t[1] for t in plan(SEQ, SEQ7, "first", window=3).targets] == [20112, 20119, 20126, 20133, 20140]
-    assert [t[1] for t in plan(SEQ7, SEQ, "second", window=3).targets] == [20013, 20015, 20017]
+    fixed = {"target": None}  # W = the given window, not sized by the shift model
+    assert [t[1] for t in plan(SEQ, SEQ7, "first", window=3, **fixed).targets] == [20112, 20119, 20126, 20133,
+                                                                                    20140]
+    assert [t[1] for t in plan(SEQ7, SEQ, "second", window=3, **fixed).targets] == [20013, 20015, 20017]
     # a cone peer: its one port, whatever the window
     assert len(plan(SEQ, CONE, "first", window=5).targets) == 1
     assert len(plan(CONE, CONE, "second", window=5).targets) == 1
-    assert [t[1] for t in plan(CONE, SEQ, "second", window=3).targets] == [20013, 20014, 20015]
+    assert [t[1] for t in plan(CONE, SEQ, "second", window=3, **fixed).targets] == [20013, 20014, 20015]
 
 
 def _simulate(first_report, second_report, shift_first, shift_second, window):
     """Play both plans against NATs whose other hosts took `shift` ports before the punch; return
     the (first flow, second connect) pairs whose SYNs meet (each NAT passes the other's SYN)."""
-    pf = plan(first_report, second_report, "first", window=window)
-    ps = plan(second_report, first_report, "second", window=window)
-    mf, ms = classify(first_report), classify(second_report)
+    pf = plan(first_report, second_report, "first", window=window, target=None)
+    ps = plan(second_report, first_report, "second", window=window, target=None)
+    return _meet(pf, ps, shift_first, shift_second)
+
+
+def _meet(pf, ps, shift_first, shift_second):
+    mf, ms = pf.mine, ps.mine
 
     def nat(m, index):  # public port of the side's index-th new flow
         return m.predict(index) if m.kind is Kind.SEQUENTIAL else m.last_port
@@ -191,7 +199,8 @@ def test_bad_peer_report_is_a_failed_plan_not_a_crash():
 @given(st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=True),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
-        st.sampled_from(["local", "samples", "filtering", "ip", "port", "x"]), inner, max_size=4),
+        st.sampled_from(["local", "samples", "filtering", "ip", "port", "t", "horizon", "history", "extra",
+                         "exposure", "x"]), inner, max_size=4),
     max_leaves=20))
 def test_any_untrusted_report_raises_only_badreport(data):
     try:
@@ -214,3 +223,180 @@ def test_agreed_window_is_the_larger_published_one_clamped():
     a, b = plan(SEQ, SEQ7, "first", window=w), plan(SEQ7, SEQ, "second", window=w)
     assert [t[1] for t in b.targets] == a.params["own_predicted"]
     assert [t[1] for t in a.targets] == b.params["own_predicted"]
+
+
+# --- the window sized from each sequential NAT's shift (proto/predict.py's noise model) ------------
+
+def _quiet_seq(public="203.0.113.10", **kw):
+    """A sequential NAT watched for 10 s without a foreign flow: its rate is known to be low."""
+    return report([20010, 20011, 20012], public=public, times=[0.0, 5.0, 10.0], **kw)
+
+
+def _busy_seq(foreign, public="203.0.113.20"):
+    """The same 10 s, with `foreign` flows of other hosts between the second and third probe."""
+    return report([20010, 20011, 20012 + foreign], public=public, times=[0.0, 5.0, 10.0])
+
+
+@pytest.mark.parametrize("peer", [CONE, _quiet_seq("203.0.113.30")])
+def test_window_grows_with_a_busier_nat(peer):
+    from nattrav.proto.tcp_plan import DEFAULT_WINDOW, WINDOW_TARGET
+
+    windows = []
+    # foreign flows seen in 10 s between our probes, and a NAT seen taking 60 a second for 10 s
+    for busy in (_busy_seq(0), _busy_seq(10), _busy_seq(30), _busy_seq(60),
+                 {**_busy_seq(0), "history": {"extra": 600, "exposure": 10.0}}):
+        p = plan(busy, peer, "first")
+        assert p.strategy is TcpStrategy.SIMULTANEOUS and p.odds >= WINDOW_TARGET
+        assert f"window {p.params['window']} " in p.reason and "odds 99.99" in p.reason, p.reason
+        windows.append(p.params["window"])
+    assert windows[0] == DEFAULT_WINDOW  # a quiet NAT needs no more than the published floor
+    assert windows == sorted(set(windows)) and windows[-1] > 5 * DEFAULT_WINDOW, windows
+
+
+def test_fresh_samples_alone_say_little_so_the_window_is_wide():
+    from nattrav.proto.tcp_plan import WINDOW_TARGET
+
+    # three probes 2 ms apart: the Gamma prior (mean 6 flows/s, heavy tail) decides, for 1 s
+    fresh = report([20010, 20011, 20012], times=[0.0, 0.002, 0.004])
+    cone_seq = plan(CONE, fresh, "first")
+    seq_seq = plan(fresh, SEQ7, "first")
+    assert 100 < cone_seq.params["window"] < seq_seq.params["window"] < 256
+    assert cone_seq.odds >= WINDOW_TARGET and seq_seq.odds >= WINDOW_TARGET
+    # a shorter horizon (the publisher knows the punch is near) narrows it
+    soon = plan(CONE, {**fresh, "horizon": 0.2}, "first")
+    assert soon.params["window"] < cone_seq.params["window"]
+
+
+def _model_pmf(m, n):
+    """The shift pmf written out from the model's definition (Gamma(a, b) prior on the rate,
+    Poisson(rate * horizon) shift), independently of proto/predict.py."""
+    import math
+
+    if m.kind is not Kind.SEQUENTIAL:
+        return [1.0] + [0.0] * (n - 1)
+    (a, b), h = _gamma_posterior(m), m.horizon
+    return [math.exp(math.lgamma(a + k) - math.lgamma(a) - math.lgamma(k + 1) + a * math.log(b / (b + h))
+                     + k * math.log(h / (b + h))) for k in range(n)]
+
+
+@pytest.mark.parametrize("first, second, window", [
+    (_busy_seq(3), _quiet_seq(), 2),
+    (report([20010, 20011, 20012], times=[0, 0.002, 0.004]), SEQ7, 20),
+    (CONE, _busy_seq(20), 3),
+    (_busy_seq(8), CONE, 2),
+])
+def test_odds_are_the_simulated_nats_coverage_under_the_model(first, second, window):
+    """Brute force: play the two plans against NATs for every pair of shifts (the NAT simulation
+    above), weigh each pair by the model's probability; and a Monte-Carlo draw of rates and shifts."""
+    import math
+    import random
+
+    p = plan(first, second, "first", window=window, target=None)
+    q = plan(second, first, "second", window=window, target=None)
+    assert p.params["window"] == window
+    mf, ms = classify(first), classify(second)
+    n = 2 * window + 2  # beyond this no pair of shifts can meet (the targets stop at 2W-1)
+    pf, ps = _model_pmf(mf, n), _model_pmf(ms, n)
+    met = {(a, b): bool(_meet(p, q, a, b)) for a in range(n) for b in range(n) if pf[a] and ps[b]}
+    exact = sum(pf[a] * ps[b] for (a, b), hit in met.items() if hit)
+    assert p.odds == pytest.approx(exact, abs=1e-9)
+    assert 0.05 < p.odds < 0.9999  # a window small enough that the check means something
+
+    rng, trials, hits = random.Random(11), 20000, 0
+
+    def draw(m):
+        if m.kind is not Kind.SEQUENTIAL:
+            return 0
+        a, b = _gamma_posterior(m)
+        mu = rng.gammavariate(a, 1 / b) * m.horizon
+        k, term, u = 0, math.exp(-mu), rng.random()  # Poisson by inversion
+        cdf = term
+        while u > cdf and k < 10**5:
+            k += 1
+            term *= mu / k
+            cdf += term
+        return k
+
+    for _ in range(trials):
+        a, b = draw(mf), draw(ms)
+        hits += met.get((a, b), False)
+    sigma = (p.odds * (1 - p.odds) / trials) ** 0.5
+    assert abs(hits / trials - p.odds) < 4 * sigma + 1e-4, (hits / trials, p.odds)
+
+
+def _gamma_posterior(m):
+    """(shape, rate) of the rate's Gamma posterior: the prior plus the flows seen over the exposure."""
+    from nattrav.proto.predict import PRIOR_RATE, PRIOR_WEIGHT
+
+    return PRIOR_RATE * PRIOR_WEIGHT + m.extra, PRIOR_WEIGHT + m.exposure
+
+
+@pytest.mark.parametrize("a, b", [
+    (_busy_seq(7), _quiet_seq()),
+    (report([20010, 20011, 20012], times=[0, 0.002, 0.004], horizon=0.4), _busy_seq(2, "203.0.113.9")),
+    ({**SEQ, "history": {"extra": 30, "exposure": 12.5}, "window": 3}, {**SEQ7, "window": 11}),
+    (CONE, _busy_seq(40)),
+])
+def test_both_sides_derive_the_same_window_and_odds(a, b):
+    from nattrav.proto.tcp_plan import agreed_window
+
+    for first, second in ((a, b), (b, a)):
+        x = plan(first, second, "first", window=agreed_window(first, second))
+        y = plan(second, first, "second", window=agreed_window(second, first))
+        assert x.params["window"] == y.params["window"] and x.odds == y.odds and x.reason != ""
+        assert [t[1] for t in y.targets] == x.params["own_predicted"]
+        assert [t[1] for t in x.targets] == y.params["own_predicted"]
+
+
+def test_window_caps_and_floors():
+    from nattrav.proto.tcp_plan import MAX_WINDOW, WINDOW_TARGET
+
+    # thousands of foreign flows a second: the cap bites and the odds say so
+    frantic = {**SEQ, "history": {"extra": 200, "exposure": 1.0}}
+    p = plan(frantic, SEQ7, "first")
+    assert p.params["window"] == MAX_WINDOW and len(p.targets) == 2 * MAX_WINDOW - 1
+    assert 0 < p.odds < WINDOW_TARGET and f"capped at {MAX_WINDOW}" in p.reason
+    q = plan(CONE, frantic, "second")
+    assert q.params["window"] == MAX_WINDOW and len(q.targets) == MAX_WINDOW and 0 < q.odds < WINDOW_TARGET
+    assert plan({**SEQ, "history": {"extra": 5000, "exposure": 1.0}}, SEQ7, "first").odds < 1e-6
+    # a user's explicit window is a floor, even where the model would take fewer
+    assert plan(_quiet_seq(), CONE, "first", window=20).params["window"] == 20
+    assert plan(_quiet_seq(), CONE, "first", window=MAX_WINDOW).params["window"] == MAX_WINDOW
+    with pytest.raises(ValueError):
+        plan(SEQ, SEQ7, "first", window=MAX_WINDOW + 1)
+    # two cones need no window: their odds are 1
+    assert plan(CONE, CONE, "first").odds == 1.0
+
+
+def test_old_reports_still_plan_and_new_fields_are_validated():
+    old = {k: v for k, v in SEQ.items()}
+    old["samples"] = [{k: v for k, v in x.items() if k != "t"} for x in SEQ["samples"]]
+    p = plan(old, SEQ7, "first")
+    assert p.feasible and p.odds > 0.99 and p.params["horizon"] == [1.0, 1.0]  # plan.DEFAULT_HORIZON
+    for bad in ({"horizon": -1}, {"horizon": float("nan")}, {"horizon": True}, {"horizon": 1e9},
+                {"history": [1, 2]}, {"history": {"extra": -1, "exposure": 1}},
+                {"history": {"extra": 1, "exposure": float("inf")}}, {"history": {"exposure": 1}}):
+        with pytest.raises(BadReport):
+            classify({**SEQ, **bad})
+    bad_t = report([1, 2, 3], times=[0, float("nan"), 1])
+    with pytest.raises(BadReport):
+        classify(bad_t)
+    assert not plan(SEQ, {**SEQ7, "horizon": "soon"}, "first").feasible
+
+
+def test_history_counts_the_flows_others_took_while_a_listener_waited():
+    from nattrav.proto.tcp_plan import history
+
+    enrolled = report([20010, 20011, 20012], times=[0, 0.002, 0.004])
+    later = report([20043, 20044, 20045], times=[0, 0.002, 0.004])  # 30 foreign flows in between
+    h = history(enrolled, later, 15.0)
+    assert h == {"extra": 30, "exposure": pytest.approx(15.004)}
+    assert classify({**later, "history": h}).extra == 30
+    # a step-7 NAT counts in steps of 7; another Δ, address or a cone is not one counter
+    assert history(SEQ7, report([20126, 20133, 20140], public="203.0.113.20"), 2.0)["extra"] == 2
+    assert history(SEQ, SEQ7, 1.0) is None
+    assert history(SEQ, CONE, 1.0) is None
+    assert history(SEQ, report([20010 + 40000, 20011 + 40000, 20012 + 40000]), 1.0) is None  # wrapped?
+    assert history({"samples": 1}, SEQ, 1.0) is None
+    # the listener's wait pins its rate down: the window shrinks to the floor
+    assert plan(CONE, {**later, "history": h}, "first").params["window"] < plan(CONE, later, "first").params["window"]

@@ -36,6 +36,12 @@ its next port is last + Δ·(k + s) for an unknown shift s >= 0). Let W be the w
   i.e. towards our flow k = j + s_second, whose port has index j + s_second + s_first. Not knowing the
   sum, the j-th connect() bets on sum = j-1 and aims at our index 2j-1: W connects cover sums 0..W-1.
   The second side must fire its connects in this order (its NAT numbers them in order).
+W is sized like the UDP planner's window (proto/predict.py, Klinec & Matyáš): each sequential side's
+shift has a negative-binomial pmf fitted on its own TCP samples (foreign flows seen between them, over
+the seconds they span, under a Gamma prior on the rate), for the horizon from its last sample to the
+punch. Both schemes above cover the TOTAL shift 0..W-1 (a cone side's shift is 0), so W is the
+WINDOW_TARGET quantile of the convolution of the two pmfs, and the plan's odds are P(total <= W-1).
+The sizing reads only the two reports, in (first, second) order, so both sides derive the same W.
 """
 
 from __future__ import annotations
@@ -45,12 +51,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .plan import FLOW_TABLE_CAP, birthday_miss, probes_for
+from . import predict as _predict
+from .plan import DEFAULT_HORIZON, FLOW_TABLE_CAP, birthday_miss, probes_for
 from .predict import PORT_RANGE
 
 MAX_SAMPLES = 16
-MAX_WINDOW = 64
+# The first side opens 2W-1 flows, one socket each: 511 descriptors stay under the common 1024 limit.
+MAX_WINDOW = 256
 DEFAULT_WINDOW = 8
+# The coverage the window is sized for: a TCP miss costs a whole new session and SYNs are cheap, so
+# the same 1e-5 as the birthday (a quiet pair of sequential NATs takes W ~ 190 for a 1 s horizon).
+WINDOW_TARGET = 0.99999
+# A report's own claims (seconds until the punch, seconds of earlier observation) beyond these are
+# nonsense rather than information.
+MAX_HORIZON = 600.0
+MAX_EXPOSURE = 86400.0
 # A sequential NAT's measured steps may differ when other hosts' flows slip in between the probes;
 # steps up to this size that disagree are still read as "sequential, with noise".
 NOISY_STEP_MAX = 64
@@ -97,6 +112,20 @@ class TcpMapping:
     ports: tuple[int, ...] = ()
     filtering: str | None = None
     port_range: tuple[int, int] = PORT_RANGE  # where a random NAT draws its ports from
+    # the rate evidence: foreign flows seen between our own, over `exposure` seconds (0: no times)
+    extra: int = 0
+    exposure: float = 0.0
+    horizon: float = DEFAULT_HORIZON  # seconds from the last sample to the punch
+
+    def shift_pmf(self) -> list[float]:
+        """pmf of the shift s (foreign flows before our first punch flow), s = 0..MAX_WINDOW-1 at most:
+        a window never looks further. Only a sequential NAT shifts."""
+        if self.kind is not Kind.SEQUENTIAL:
+            return [1.0]
+        rate = self.extra / self.exposure if self.exposure else 0.0
+        model = _predict.Model(_predict.Kind.SEQUENTIAL, self.last_port, self.delta, rate, True,
+                               self.port_range, self.extra, self.exposure)
+        return _predict.noise_pmf(model, self.horizon, limit=MAX_WINDOW)
 
     @property
     def span(self) -> int:
@@ -132,6 +161,27 @@ def _str(v: Any, what: str, limit: int = 64) -> str:
     return v
 
 
+def _seconds(v: Any, limit: float, what: str) -> float | None:
+    """An optional duration: None if absent, else a finite number of seconds in 0..limit."""
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= limit:
+        raise BadReport(f"{what}: {v!r} is not a number of seconds in 0..{limit:g}")
+    return float(v)
+
+
+def _history(v: Any) -> tuple[int, float]:
+    """Earlier rate evidence the side publishes (a listener's enrolment-to-refresh gap): {"extra":
+    foreign flows, "exposure": seconds}. A false claim only moves the shared W within 1..MAX_WINDOW."""
+    if v is None:
+        return 0, 0.0
+    if not isinstance(v, dict):
+        raise BadReport("TCP report: history is not a map")
+    extra = _int(v.get("extra"), 0, 65535, "history extra")
+    exposure = _seconds(v.get("exposure"), MAX_EXPOSURE, "history exposure")
+    return extra, exposure or 0.0
+
+
 def classify(report: Any) -> TcpMapping:
     """Read a TCP report (possibly the peer's: untrusted). Raises BadReport, and only BadReport."""
     if not isinstance(report, dict):
@@ -153,12 +203,15 @@ def classify(report: Any) -> TcpMapping:
     lo, hi = (_int(x, 1, 65535, "port_range bound") for x in port_range)
     if hi - lo < 1:
         raise BadReport(f"TCP report: port_range {lo}..{hi} holds fewer than two ports")
-    ports, ips = [], set()
+    ports, ips, times = [], set(), []
     for s in samples:
         if not isinstance(s, dict):
             raise BadReport("TCP sample is not a map")
         ports.append(_int(s.get("port"), 1, 65535, "sample port"))
         ips.add(_str(s.get("ip"), "sample ip"))
+        times.append(_seconds(s.get("t"), MAX_EXPOSURE, "sample t"))
+    horizon = _seconds(report.get("horizon"), MAX_HORIZON, "horizon")
+    extra, exposure = _history(report.get("history"))
     if len(ips) != 1:
         # several public addresses (a NAT pool): no prediction can name the address to aim at
         return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering, (lo, hi))
@@ -169,11 +222,15 @@ def classify(report: Any) -> TcpMapping:
     if all(d == 0 for d in steps):
         kind = Kind.OPEN if filtering == "EIF" else Kind.CONE
         return TcpMapping(kind, public_ip, ports[-1], 0, tuple(ports), filtering or "APDF")
-    if steps and all(d == steps[0] for d in steps):
-        return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], steps[0], tuple(ports), filtering)
-    if steps and all(0 < d <= NOISY_STEP_MAX for d in steps):
-        # other flows took ports between our probes: the smallest step is the NAT's own
-        return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], min(steps), tuple(ports), filtering)
+    sequential = steps and (all(d == steps[0] for d in steps) or all(0 < d <= NOISY_STEP_MAX for d in steps))
+    if sequential:
+        # unequal steps: other flows took ports between our probes, and the smallest step is the NAT's
+        delta = steps[0] if len(set(steps)) == 1 else min(steps)
+        extra += sum(abs(d) // abs(delta) - 1 for d in steps)
+        if None not in times:
+            exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
+        return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], delta, tuple(ports), filtering, (lo, hi),
+                          extra, exposure, DEFAULT_HORIZON if horizon is None else horizon)
     return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
 
 
@@ -207,6 +264,27 @@ class TcpPlan:
                 "peer": self.peer.describe() if self.peer else None}
 
 
+def history(old_report: Any, new_report: Any, seconds: float) -> dict[str, Any] | None:
+    """The rate evidence between two measurements of one port `seconds` apart (old's last sample to
+    new's first): the flows a sequential NAT gave others in between, plus what the old one had. A
+    listener waits long between enrolment and a peer, so this is what pins its rate down; the few
+    milliseconds between fresh probes say almost nothing. None when the two do not read as one
+    sequential counter (another Δ or address) or the counter may have wrapped (can't count)."""
+    try:
+        old, new = classify(old_report), classify(new_report)
+    except BadReport:
+        return None
+    if not (old.kind is new.kind is Kind.SEQUENTIAL and old.delta == new.delta
+            and old.public_ip == new.public_ip and old.port_range == new.port_range and 0 <= seconds):
+        return None
+    lo, hi = new.port_range
+    gap = (new.ports[0] - old.last_port) * (1 if new.delta > 0 else -1) % (hi - lo + 1)
+    steps, rest = divmod(gap, abs(new.delta))
+    if rest or not 1 <= steps <= (hi - lo + 1) // abs(new.delta) // 2:
+        return None
+    return {"extra": min(65535, old.extra + steps - 1), "exposure": min(MAX_EXPOSURE, old.exposure + seconds)}
+
+
 def agreed_window(mine_report: Any, peer_report: Any) -> int:
     """The window both sides use: the larger of the two published ones (clamped), so the two plans
     still mirror each other when the users chose different windows."""
@@ -227,13 +305,40 @@ def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list
     return [peer.predict(2 * j - 1 if both else j) for j in range(1, window + 1)]
 
 
-def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT_WINDOW) -> TcpPlan:
+def shift_cdf(first: TcpMapping, second: TcpMapping) -> list[float]:
+    """P(total shift <= w) for w = 0..MAX_WINDOW-1: the convolution of the two sides' shift pmfs,
+    summed in (first, second) order so that both sides get the same floats."""
+    a, b = first.shift_pmf(), second.shift_pmf()
+    out, total = [], 0.0
+    for w in range(min(MAX_WINDOW, len(a) + len(b) - 1)):
+        total += sum(a[i] * b[w - i] for i in range(max(0, w - len(b) + 1), min(w, len(a) - 1) + 1))
+        out.append(min(total, 1.0))
+    return out
+
+
+def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WINDOW,
+                target: float | None = WINDOW_TARGET) -> tuple[int, float]:
+    """(W, odds): the smallest W >= floor whose window covers the total shift with `target`
+    probability (capped at MAX_WINDOW), and that probability. target=None keeps W = floor."""
+    cdf = shift_cdf(first, second)
+    window = floor
+    if target is not None and cdf[min(floor, len(cdf)) - 1] < target:
+        window = next((w + 1 for w, c in enumerate(cdf) if c >= target), MAX_WINDOW)
+    window = min(window, MAX_WINDOW)
+    return window, cdf[min(window, len(cdf)) - 1]
+
+
+def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT_WINDOW,
+         target: float | None = WINDOW_TARGET) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
-    both agree on who connects and on the ports without talking again."""
+    both agree on who connects and on the ports without talking again. `window` is the smallest W
+    (the users' choice, see agreed_window); the shift model may widen it to reach `target`."""
     if role not in ("first", "second"):
         raise ValueError(f"role must be 'first' or 'second', got {role!r}")
     if not 1 <= window <= MAX_WINDOW:
         raise ValueError(f"window must be 1..{MAX_WINDOW}")
+    if target is not None and not 0 < target < 1:
+        raise ValueError(f"target must be in (0, 1), got {target!r}")
     mine = classify(mine_report)
     try:
         peer = classify(peer_report)
@@ -248,15 +353,29 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
                        role, (), False, mine, peer, odds=1.0)
     if Kind.RANDOM in (mine.kind, peer.kind):
         return _random_plan(mine, peer, role, pair)
+    first, second = (mine, peer) if role == "first" else (peer, mine)
+    window, odds = size_window(first, second, window, target)
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
     other = "second" if role == "first" else "first"
     own = _targets(peer, mine, other, window)  # what the peer aims at: our candidate ports
-    # The window covers every shift it promises (tests/tcp/test_tcp_plan.py); how likely other hosts
-    # stay inside it is not measured for TCP, so the odds say "covered", not a probability.
     return TcpPlan(TcpStrategy.SIMULTANEOUS, True,
                    f"both TCP mappings are predictable: low-TTL SYN from the first side, then simultaneous "
-                   f"open ({pair})", role, targets, role == "first", mine, peer,
-                   {"window": window, "own_predicted": own}, odds=1.0)
+                   f"open; {_window_words(first, second, window, odds)} ({pair})", role, targets,
+                   role == "first", mine, peer,
+                   {"window": window, "own_predicted": own, "target": target,
+                    "horizon": [first.horizon, second.horizon]}, odds=odds)
+
+
+def _window_words(first: TcpMapping, second: TcpMapping, window: int, odds: float) -> str:
+    seq = [m for m in (first, second) if m.kind is Kind.SEQUENTIAL]
+    if not seq:
+        return "both ports are fixed, no window needed: odds 100%"
+    whose = "the total shift of both sequential NATs" if len(seq) == 2 else "the sequential NAT's shift"
+    seen = " and ".join(f"{m.extra} foreign flow(s) in {m.exposure:.3g} s, {m.horizon:.3g} s to the punch"
+                        for m in seq)
+    capped = f" (capped at {MAX_WINDOW})" if window == MAX_WINDOW and odds < WINDOW_TARGET else ""
+    return (f"window {window}{capped} covers {whose} of 0..{window - 1} foreign flows ({seen}): "
+            f"odds {odds:.5%}")
 
 
 def birthday_size(span: int, sockets: int = BIRTHDAY_SOCKETS, target: float = BIRTHDAY_TARGET,
@@ -299,4 +418,6 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
                    role, mine=mine, peer=peer)
 
 
-__all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "BadReport", "DEFAULT_WINDOW", "birthday_size", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan"]
+__all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "BadReport", "DEFAULT_WINDOW", "MAX_WINDOW", "WINDOW_TARGET",
+           "birthday_size", "history", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan",
+           "shift_cdf", "size_window"]
