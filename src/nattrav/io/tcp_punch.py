@@ -298,7 +298,7 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
         raise TcpPunchFailed(plan.reason)
     local = listener.getsockname()[:2]
     try:
-        ensure_fd_capacity(plan.sockets + plan.random_probes)
+        ensure_fd_capacity(plan.sockets + plan.random_probes + len(plan.targets))
     except FdLimitError as exc:
         listener.close()
         raise TcpPunchFailed(f"{plan.strategy.value}: {exc.strerror}") from None
