@@ -56,6 +56,11 @@ def summarise(left: str, right: str, rows: list) -> dict:
     }
 
 
+def _odds(x: float | None) -> str:
+    # the digits that matter: 99.999% and 100% must not both print as 1.000
+    return "—" if x is None else f"{100 * x:.6g}%"
+
+
 def markdown(table: list[dict], meta: dict) -> str:
     out = [f"# nattrav {'TCP' if meta.get('tcp') else 'UDP'} matrix — {meta['trials']} trials a pair, background {meta['background']} ports/s "
            f"a NAT, {meta['date']}", "",
@@ -66,7 +71,7 @@ def markdown(table: list[dict], meta: dict) -> str:
         pred = f"{t['prediction_hits']}/{t['predictions']}" if t["predictions"] else "—"
         out.append(f"| {t['left']} → {t['right']} | {t['expect']} | {t['connected']}/{t['trials']} "
                    f"({100 * t['success']:.1f}%) | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
-                   f"{f(t['p95_s'])} | {f(t['odds'])} | {pred} |")
+                   f"{f(t['p95_s'])} | {_odds(t['odds'])} | {pred} |")
     feas = [t for t in table if t["expect"] == "feasible"]
     n = sum(t["trials"] for t in feas)
     c = sum(t["connected"] for t in feas)
