@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--server", required=True, metavar="SERVER[:PORT]",
                    help="rendezvous server (default port %d)" % rv.DEFAULT_PORT)
     p.add_argument("-d", "--dest", metavar="PEER_ID",
-                   help="peer to connect to; without it, enroll, print our ID and wait for a peer")
+                   help="peer to connect to; without it, enroll, print our ID and wait for a peer "
+                        "(an ID starting with '-', from an older server, is given as -d=ID)")
     p.add_argument("-H", "--stun", metavar="STUN[:PORT]",
                    help="STUN server (default: the rendezvous server's host, port 3478)")
     p.add_argument("-i", "--src-ip", metavar="IP", help="local IP to send from (default: any)")

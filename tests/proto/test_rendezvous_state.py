@@ -89,6 +89,13 @@ def test_enroll_gives_unique_unguessable_ids_and_secrets():
     assert len(ids) == 50 and len(secrets_) == 50
 
 
+def test_minted_ids_never_start_with_a_dash():
+    # an ID is typed after `nattrav-fast -d`; "-e9sE..." would be read as an option
+    tokens = iter(["-e9sEQKk5KFc5AYC", "_x9sEQKk5KFc5AYC", "AG7ktVjYWESymWBI", "secret" * 4])
+    h = Harness(token=lambda n: next(tokens))
+    assert h.enroll(h.open())["peer"] == "AG7ktVjYWESymWBI"
+
+
 def test_observed_address_is_put_into_node_info_and_wins_over_the_peer():
     h = Harness()
     a = h.open(("203.0.113.10", 41000))

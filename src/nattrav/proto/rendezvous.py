@@ -528,7 +528,9 @@ class RendezvousServer:
                 self._error(conn, ErrorCode.BUSY, "too many peers", rid)
                 return
             peer_id = name
-            while peer_id is None or peer_id in self.peers:
+            # minted IDs follow the names' rule: an ID is typed after `-d` on a command line, and one
+            # starting with "-" (1 in 64 of token_urlsafe's) would read as an option
+            while peer_id is None or peer_id in self.peers or not NAME_RE.match(peer_id):
                 peer_id = self._token(16)
             secret = secret if secret is not None else self._token(24)
             peer = _Peer(peer_id, _hash_secret(secret), {}, c.addr, None, now)
