@@ -16,7 +16,7 @@ from nattrav.io.stun_server import (
     encode_forward,
     serve_stun,
 )
-from nattrav.proto.stun import Attr, BadPacket, Class, ErrorCode, binding_request, parse
+from nattrav.proto.stun import Attr, BadPacket, Class, binding_request, parse
 
 P, PALT = 3478, 3479
 
