@@ -83,14 +83,16 @@ def _simulate(first_report, second_report, shift_first, shift_second, window):
 def _meet(pf, ps, shift_first, shift_second):
     mf, ms = pf.mine, ps.mine
 
-    def nat(m, index):  # public port of the side's index-th new flow
-        return m.predict(index) if m.kind is Kind.SEQUENTIAL else m.last_port
+    def nat(m, index, shift):  # public port of the side's index-th new flow to the peer
+        if m.kind is not Kind.SEQUENTIAL:
+            return m.last_port
+        return m.predict(1 + shift if m.per_address else index + shift)  # ADM: one port per address
 
-    first_flows = [(nat(mf, k + shift_first), dest[1]) for k, (_, dest) in enumerate(
+    first_flows = [(nat(mf, k, shift_first), dest[1]) for k, (_, dest) in enumerate(
         [(None, t) for t in pf.targets], start=1)]
     met = []
     for j, (_, port) in enumerate(ps.targets, start=1):
-        src = nat(ms, j + shift_second)
+        src = nat(ms, j, shift_second)
         for k, (mapped, dest_port) in enumerate(first_flows, start=1):
             if mapped == port and dest_port == src:
                 met.append((k, j))
@@ -111,6 +113,53 @@ def test_window_covers_every_shift_it_promises(first, second, window):
                 assert met, (sf, ss)
             if not both and not covered:
                 assert not met, (sf, ss)
+
+
+def _adm_report(ports, public="203.0.113.30"):
+    # probes to S1, S2, S1 again (as api._tcp_report makes them): an ADM NAT reuses S1's port
+    dests = ["198.51.100.1", "198.51.100.2", "198.51.100.1"]
+    return {"local": ["10.0.3.2", 42000], "filtering": "APDF",
+            "samples": [{"dest": [d, 3478], "ip": public, "port": p, "t": 0.0} for p, d in zip(ports, dests)]}
+
+
+ADM = _adm_report([30010, 30011, 30010])
+ADM3 = _adm_report([31000, 31003, 31000], public="203.0.113.40")
+
+
+def test_address_dependent_mapping_is_read_from_the_destinations():
+    m = classify(ADM3)
+    assert (m.kind, m.per_address, m.delta, m.last_port) == (Kind.SEQUENTIAL, True, 3, 31003)
+    assert "address-dependent" in m.describe() and "ADM" in m.describe()
+    # the same address with ANOTHER port (APDM), or no repeated address: not ADM
+    assert not classify(SEQ).per_address
+    apdm = _adm_report([30010, 30011, 30012])
+    assert classify(apdm).kind is Kind.SEQUENTIAL and not classify(apdm).per_address
+    assert classify(_adm_report([30010, 30011, 30999])).kind is Kind.RANDOM
+
+
+@pytest.mark.parametrize("first, second", [(ADM, SEQ7), (SEQ7, ADM), (ADM, ADM3), (ADM, CONE), (CONE, ADM3)])
+@pytest.mark.parametrize("window", [1, 3, 6])
+def test_window_with_an_address_dependent_nat_covers_exactly_what_it_promises(first, second, window):
+    mf, ms = classify(first), classify(second)
+
+    def covered(sf, ss):
+        if mf.kind is Kind.SEQUENTIAL and not mf.per_address:  # APDM first: the sum is bet on
+            return sf + ss <= window - 1 if ms.kind is Kind.SEQUENTIAL else sf <= window - 1
+        ok_first = mf.kind is not Kind.SEQUENTIAL or sf <= window - 1  # ADM first: its one port
+        if ms.kind is not Kind.SEQUENTIAL:
+            return ok_first
+        reach = sf + ss <= 2 * window - 2 if not ms.per_address else ss <= window - 1
+        return ok_first and (reach if mf.kind is Kind.SEQUENTIAL else ss <= window - 1)
+
+    for sf in range(2 * window + 1):
+        for ss in range(2 * window + 1):
+            assert bool(_simulate(first, second, sf, ss, window)) == covered(sf, ss), (sf, ss)
+
+
+def test_random_facing_an_address_dependent_nat_states_the_spread_odds():
+    p = plan(RANDOM, ADM, "first")
+    assert not p.feasible and p.strategy is TcpStrategy.NONE
+    assert "address-dependent" in p.reason and "% odds" in p.reason and "symmetric random" in p.reason
 
 
 def test_open_side_is_connected_to():

@@ -116,6 +116,9 @@ class TcpMapping:
     extra: int = 0
     exposure: float = 0.0
     horizon: float = DEFAULT_HORIZON  # seconds from the last sample to the punch
+    # sequential per destination ADDRESS (ADM): every flow to the peer's address shares the port of
+    # the first one, so only one index is ever consumed towards the peer
+    per_address: bool = False
 
     def shift_pmf(self) -> list[float]:
         """pmf of the shift s (foreign flows before our first punch flow), s = 0..MAX_WINDOW-1 at most:
@@ -144,6 +147,8 @@ class TcpMapping:
             return f"{what}, TCP port {self.last_port}"
         if self.kind is Kind.CONE:
             return f"cone (EIM/{self.filtering or '?'}), TCP port {self.last_port}"
+        if self.kind is Kind.SEQUENTIAL and self.per_address:
+            return f"address-dependent sequential (ADM, TCP step {self.delta:+d} per address; ports {ports})"
         if self.kind is Kind.SEQUENTIAL:
             return f"symmetric sequential (APDM, TCP step {self.delta:+d}; ports {ports})"
         return f"symmetric random (APDM, random TCP ports {ports})"
@@ -203,13 +208,15 @@ def classify(report: Any) -> TcpMapping:
     lo, hi = (_int(x, 1, 65535, "port_range bound") for x in port_range)
     if hi - lo < 1:
         raise BadReport(f"TCP report: port_range {lo}..{hi} holds fewer than two ports")
-    ports, ips, times = [], set(), []
+    ports, ips, times, dests = [], set(), [], []
     for s in samples:
         if not isinstance(s, dict):
             raise BadReport("TCP sample is not a map")
         ports.append(_int(s.get("port"), 1, 65535, "sample port"))
         ips.add(_str(s.get("ip"), "sample ip"))
         times.append(_seconds(s.get("t"), MAX_EXPOSURE, "sample t"))
+        dest = s.get("dest")
+        dests.append(_str(dest[0], "sample dest ip") if isinstance(dest, (list, tuple)) and dest else None)
     horizon = _seconds(report.get("horizon"), MAX_HORIZON, "horizon")
     extra, exposure = _history(report.get("history"))
     if len(ips) != 1:
@@ -222,6 +229,16 @@ def classify(report: Any) -> TcpMapping:
     if all(d == 0 for d in steps):
         kind = Kind.OPEN if filtering == "EIF" else Kind.CONE
         return TcpMapping(kind, public_ip, ports[-1], 0, tuple(ports), filtering or "APDF")
+    adm = _per_address_ports(ports, dests)
+    if adm is not None:
+        ports_, steps = adm, [b - a for a, b in zip(adm, adm[1:])]
+        if all(0 < d <= NOISY_STEP_MAX for d in steps):
+            delta = min(steps)
+            extra += sum(d // delta - 1 for d in steps)
+            if None not in times:
+                exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
+            return TcpMapping(Kind.SEQUENTIAL, public_ip, ports_[-1], delta, tuple(ports), filtering, (lo, hi),
+                              extra, exposure, DEFAULT_HORIZON if horizon is None else horizon, True)
     sequential = steps and (all(d == steps[0] for d in steps) or all(0 < d <= NOISY_STEP_MAX for d in steps))
     if sequential:
         # unequal steps: other flows took ports between our probes, and the smallest step is the NAT's
@@ -232,6 +249,24 @@ def classify(report: Any) -> TcpMapping:
         return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], delta, tuple(ports), filtering, (lo, hi),
                           extra, exposure, DEFAULT_HORIZON if horizon is None else horizon)
     return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
+
+
+def _per_address_ports(ports: list[int], dests: list[str | None]) -> list[int] | None:
+    """The ports of an address-dependent NAT in allocation order (one per new destination address),
+    or None unless the samples show that pattern: probes to the same address share a port while a
+    new address gets a new one (an APDM NAT gives the same address a new port per destination port)."""
+    if None in dests or len(set(dests)) < 2 or len(set(dests)) == len(dests):
+        return None  # without a repeated address there is nothing to tell ADM from APDM by
+    seen: dict[str | None, int] = {}
+    order: list[int] = []
+    for port, dest in zip(ports, dests):
+        if dest in seen:
+            if seen[dest] != port:
+                return None
+        else:
+            seen[dest] = port
+            order.append(port)
+    return order if len(set(order)) == len(order) else None
 
 
 @dataclass(frozen=True)
@@ -275,6 +310,7 @@ def history(old_report: Any, new_report: Any, seconds: float) -> dict[str, Any] 
     except BadReport:
         return None
     if not (old.kind is new.kind is Kind.SEQUENTIAL and old.delta == new.delta
+            and not (old.per_address or new.per_address)
             and old.public_ip == new.public_ip and old.port_range == new.port_range and 0 <= seconds):
         return None
     lo, hi = new.port_range
@@ -299,9 +335,14 @@ def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list
     """The peer ports this side aims at, in firing order (see the module docstring)."""
     if peer.kind is not Kind.SEQUENTIAL:
         return [peer.last_port]
-    both = mine.kind is Kind.SEQUENTIAL
     if role == "first":
-        return [peer.predict(k) for k in range(1, (2 * window - 1 if both else window) + 1)]
+        # the second side's j-th connect leaves from its index j + s (per flow, APDM) only when it
+        # fires W of them (we are sequential too); an ADM second side uses one index, 1 + s
+        per_flow = mine.kind is Kind.SEQUENTIAL and not peer.per_address
+        return [peer.predict(k) for k in range(1, (2 * window - 1 if per_flow else window) + 1)]
+    # our flows to the first side: its matching flow has index (our index) + its shift when it is
+    # APDM, so the sum is bet on (stride 2); an ADM first side has ONE port, 1 + its shift (stride 1)
+    both = mine.kind is Kind.SEQUENTIAL and not mine.per_address and not peer.per_address
     return [peer.predict(2 * j - 1 if both else j) for j in range(1, window + 1)]
 
 
@@ -406,6 +447,16 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
         why = ("both sides allocate TCP ports at random and neither accepts unsolicited SYNs: a SYN meets a "
                "mapping only when each side guesses the other's random port, a 1/(N·N) chance per pair of "
                "connections")
+    elif other.per_address:
+        # every guess leaves from ONE port, but which one depends on the other hosts' flows: the
+        # random side would spread its connects over the window, each candidate getting a share
+        window, covered = size_window(other, rnd, DEFAULT_WINDOW)
+        share = max(1, BIRTHDAY_SOCKETS // window)
+        odds = covered * (1 - birthday_miss(rnd.span, share, MAX_BIRTHDAY_PROBES))
+        why = (f"{who} allocates TCP ports at random and the other side's address-dependent NAT gives all its "
+               f"SYNs to our address one port, known only within {window} candidates (other hosts' flows "
+               f"shift it): {BIRTHDAY_SOCKETS} connects spread over them against {MAX_BIRTHDAY_PROBES} guesses "
+               f"would have {odds:.1%} odds, too low to attempt")
     else:
         # each guess of the sequential side meets only the random side's connections aimed at the
         # port that guess leaves from: about K/N for K connections in all, 1 - e^(-K/N) at best
