@@ -232,8 +232,9 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
         raise ConnectError(f"TCP mapping probe failed: {exc.strerror or exc} (does the server serve STUN "
                            "over TCP?)") from None
     report = {"local": [samples[0]["local_ip"], local[1]], "samples": samples,
-              # what the UDP tests measured: TCP filtering is assumed to follow it (true of the lab)
-              "filtering": behavior.filtering if behavior.mapping == "EIM" else "APDF",
+              # what the UDP tests measured: TCP filtering is assumed to follow it (true of the lab);
+              # unknown reads as the strictest
+              "filtering": behavior.filtering or "APDF",
               "public": [samples[-1]["ip"], samples[-1]["port"]]}
     ports = [x["port"] for x in samples]
     emit("tcp-mapping", {"ports": ports, "local": list(local),

@@ -54,9 +54,11 @@ def expectation(left: str, right: str) -> str:
 def tcp_expectation(left: str, right: str) -> str:
     """TCP ground truth from the lab's descriptions: a SYN can be aimed only at a mapping that can be
     predicted (EIM or sequential), unless the other side takes unsolicited SYNs (no NAT, or EIM+EIF).
-    A random-allocation NAT facing a cone (EIM with a filter) is met by the TCP birthday attack;
-    facing a sequential NAT or another random one it is "infeasible": each probe there can meet only
-    flows aimed at its own new port, which takes far more TCP connections than a flow table holds."""
+    A side whose every layer filters by address only (ADF) and allocates predictably opens its filter
+    to the peer's address, so then anything goes. A random-allocation NAT facing a cone (EIM with a
+    filter) is met by the TCP birthday attack; facing a sequential NAT or another random one it is
+    "infeasible": each probe there can meet only flows aimed at its own new port, which takes far more
+    TCP connections than a flow table holds."""
     from .lab import resolve
 
     def kind(name: str) -> str:
@@ -70,8 +72,14 @@ def tcp_expectation(left: str, right: str) -> str:
             return "open" if all(x.filtering == "EIF" for x in layers) else "cone"
         return "sequential"
 
+    def address_open(name: str) -> bool:
+        spec = resolve(name)
+        layers = [] if spec is None else [spec] + ([spec.outer] if spec.outer is not None else [])
+        return bool(layers) and kind(name) != "random" and all(x.filtering in ("ADF", "EIF") for x in layers)
+
     kinds = {kind(left), kind(right)}
-    if "open" in kinds or "random" not in kinds or kinds == {"random", "cone"}:
+    if ("open" in kinds or "random" not in kinds or kinds == {"random", "cone"}
+            or address_open(left) or address_open(right)):
         return "feasible"
     return "infeasible"
 

@@ -134,6 +134,23 @@ def test_birthday_between_a_random_nat_and_a_cone_that_both_reset_unsolicited_sy
 
 
 @pytest.mark.lab
+def test_an_address_dependent_nat_opens_its_filter_to_a_random_nat():
+    """The lab's "adm" preset (address-dependent mapping and filtering, sequential) against a random
+    NAT: no SYN can be aimed at the random side, but the ADM side's one low-TTL SYN to its address
+    opens the filter for every port of it, and the random side's connect() to the ADM side's
+    predicted window is accepted."""
+    from nattrav.matrix import run_pair
+
+    for left, right in (("adm", "symmetric-random"), ("symmetric-random", "adm")):
+        results = run_pair(left, right, 2, trial_timeout=15, tcp=True)
+        summary = [(r.ok, r.strategy, r.seconds, r.reason) for r in results]
+        assert all(r.ok and r.strategy == "tcp-address-open" for r in results), summary
+        # the random side's window held the port the ADM NAT really gave the opener's flow
+        side = "prediction_b" if left == "adm" else "prediction_a"
+        assert all(r.extra[side] and r.extra[side]["hit"] for r in results), summary
+
+
+@pytest.mark.lab
 async def test_bulk_transfer_over_punched_tcp_stream_arrives_intact(seq_lab):
     lab = seq_lab
     lab.flush_conntrack()

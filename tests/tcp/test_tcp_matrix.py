@@ -3,8 +3,9 @@ own servers (rendezvous + STUN over UDP and TCP) with connect_tcp()/listen_tcp()
 
 Expectations come from the lab's descriptions (matrix.tcp_expectation), not from the TCP planner:
 a pair is feasible when one side takes unsolicited SYNs (no NAT, full cone), both sides' TCP
-mappings are predictable (EIM or sequential), or a random-allocation NAT faces a cone (the TCP
-birthday attack, sized for 99.999%: 1024 low-TTL connects against ~716 guesses). A random NAT facing
+mappings are predictable (EIM or sequential), one side filters by address only (it opens its
+filter to the peer's address), or a random-allocation NAT faces a cone (the TCP birthday attack,
+sized for 99.999%: 1024 low-TTL connects against ~716 guesses). A random NAT facing
 a sequential or random one is infeasible for TCP (each guess meets only the flows aimed at its own
 new port: hundreds of thousands of TCP connections): those trials must fail fast, naming both NATs.
 """
@@ -35,6 +36,7 @@ def test_expectations_follow_the_lab_descriptions():
     for other in ("restricted-cone", "port-restricted", "cgnat"):  # the birthday attack
         assert tcp_expectation("symmetric-random", other) == "feasible"
         assert tcp_expectation(other, "symmetric-random") == "feasible"
+    assert tcp_expectation("adm", "symmetric-random") == "feasible"  # ADF: the filter opens to an address
     for other in ("symmetric-seq", "symmetric-seq-7", "symmetric-random"):
         assert tcp_expectation("symmetric-random", other) == "infeasible"
         assert tcp_expectation(other, "symmetric-random") == "infeasible"
@@ -49,7 +51,8 @@ def test_tcp_pair(left, right):
                                                     expect=expect)
     if expect == "feasible":
         assert len(ok) == TRIALS, f"{left}->{right} is feasible for TCP but: {summary}"
-        assert all(r.strategy in ("tcp-direct", "tcp-simultaneous", "tcp-birthday") for r in ok), summary
+        assert all(r.strategy in ("tcp-direct", "tcp-address-open", "tcp-simultaneous", "tcp-birthday")
+                   for r in ok), summary
         assert all(r.odds is not None and r.odds >= 0.99999 for r in ok), summary
         assert all(r.seconds is not None and r.seconds < 3.0 for r in ok), summary
         # the predicted simultaneous open hit the port the peer's NAT really used

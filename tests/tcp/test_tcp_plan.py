@@ -162,6 +162,43 @@ def test_random_facing_an_address_dependent_nat_states_the_spread_odds():
     assert "address-dependent" in p.reason and "% odds" in p.reason and "symmetric random" in p.reason
 
 
+RC = report([40000] * 3, filtering="ADF", public="203.0.113.50")  # restricted cone: EIM + ADF
+ADM_ADF = {**ADM, "filtering": "ADF"}
+
+
+@pytest.mark.parametrize("role", ["first", "second"])
+@pytest.mark.parametrize("other", [RANDOM, SEQ, CONE, ADM])
+def test_an_address_filtering_cone_opens_to_the_peer_and_accepts(role, other):
+    peer_role = "second" if role == "first" else "first"
+    o, p = plan(RC, other, role), plan(other, RC, peer_role)
+    assert o.strategy is p.strategy is TcpStrategy.ADDRESS_OPEN and o.feasible and p.feasible
+    # the opener: one low-TTL SYN to the peer's address, then its listener accepts
+    assert o.low_ttl and o.accept and len(o.targets) == 1 and o.targets[0][0] == classify(other).public_ip
+    # the peer connects to the opener's one port, whatever its own NAT does with its ports
+    assert not p.low_ttl and not p.accept and p.targets == (("203.0.113.50", 40000),)
+    assert o.odds == p.odds == 1.0 and "ADF" in o.reason
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_sequential_opener_is_aimed_at_within_its_window(window):
+    o, p = plan(ADM_ADF, RANDOM, "second", window=window, target=None), plan(RANDOM, ADM_ADF, "first",
+                                                                             window=window, target=None)
+    assert o.strategy is p.strategy is TcpStrategy.ADDRESS_OPEN and o.accept and not p.accept
+    m = classify(ADM_ADF)
+    assert [t[1] for t in p.targets] == o.params["own_predicted"] == [m.predict(j) for j in range(1, window + 1)]
+    for shift in range(window + 3):
+        # the opener's one SYN to the peer's address takes the port after `shift` foreign flows
+        assert (m.predict(1 + shift) in {t[1] for t in p.targets}) == (shift <= window - 1)
+
+
+def test_address_open_sizes_the_window_from_the_openers_shift_only():
+    sized, fixed = plan(RANDOM, ADM_ADF, "first"), plan(RANDOM, ADM_ADF, "first", target=None)
+    assert len(sized.targets) > len(fixed.targets) == 8 and sized.odds >= 0.99999 > fixed.odds
+    # a cone opener beats a sequential one (no window), whichever role each has
+    for role in ("first", "second"):
+        assert plan(RC, ADM_ADF, role).accept and not plan(ADM_ADF, RC, role).accept
+
+
 def test_open_side_is_connected_to():
     a = plan(RANDOM, FULL_CONE, "first")
     b = plan(FULL_CONE, RANDOM, "second")

@@ -312,7 +312,8 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
             if plan.strategy is TcpStrategy.BIRTHDAY:
                 await _birthday(race, local, start_at, low_ttl, nursery)
             elif plan.targets:
-                late = plan.strategy is TcpStrategy.SIMULTANEOUS and not plan.low_ttl
+                # the side that does not open waits for the opener's low-TTL SYN to leave first
+                late = plan.strategy in (TcpStrategy.SIMULTANEOUS, TcpStrategy.ADDRESS_OPEN) and not plan.low_ttl
                 await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
                 ttl = low_ttl if plan.low_ttl else None
                 for dest in plan.targets:  # in order, synchronously: see _start_connect

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import predict as _predict
@@ -95,6 +95,7 @@ class TcpStrategy(str, enum.Enum):
     DIRECT = "tcp-direct"  # one side accepts unsolicited SYNs: the other just connects
     SIMULTANEOUS = "tcp-simultaneous"  # low-TTL SYN from the first side, then both connect()
     BIRTHDAY = "tcp-birthday"  # random side: many low-TTL connects; cone side: many guesses
+    ADDRESS_OPEN = "tcp-address-open"  # an address-filtering side opens to the peer's IP and accepts
     NONE = "tcp-none"
 
     def __str__(self) -> str:
@@ -288,6 +289,8 @@ class TcpPlan:
     @property
     def accept(self) -> bool:
         """Whether this side waits for the peer's connect() on a listening socket."""
+        if self.strategy is TcpStrategy.ADDRESS_OPEN:
+            return self.low_ttl  # the opener: its filter now admits any port of the peer's address
         return self.strategy is TcpStrategy.DIRECT and not self.targets
 
     def to_dict(self) -> dict[str, Any]:
@@ -392,9 +395,12 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
     if mine.kind is Kind.OPEN:
         return TcpPlan(TcpStrategy.DIRECT, True, f"this side accepts unsolicited SYNs: the peer connects ({pair})",
                        role, (), False, mine, peer, odds=1.0)
+    first, second = (mine, peer) if role == "first" else (peer, mine)
+    opener = _address_opener(first, second)
+    if opener is not None:
+        return _address_open_plan(mine, peer, role, opener is mine, window, target, pair)
     if Kind.RANDOM in (mine.kind, peer.kind):
         return _random_plan(mine, peer, role, pair)
-    first, second = (mine, peer) if role == "first" else (peer, mine)
     window, odds = size_window(first, second, window, target)
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
     other = "second" if role == "first" else "first"
@@ -405,6 +411,40 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
                    role == "first", mine, peer,
                    {"window": window, "own_predicted": own, "target": target,
                     "horizon": [first.horizon, second.horizon]}, odds=odds)
+
+
+def _address_opener(first: TcpMapping, second: TcpMapping) -> TcpMapping | None:
+    """The side whose address-dependent filter (ADF) can be opened to the peer's whole address,
+    provided its own port for that address can be named (EIM, or sequential within a window):
+    a fixed port first (no window), then the rendezvous' first."""
+    able = [m for m in (first, second) if m.filtering in ("ADF", "EIF") and m.kind in (Kind.CONE, Kind.SEQUENTIAL)]
+    able.sort(key=lambda m: m.kind is not Kind.CONE)  # stable: ties keep the first side first
+    return able[0] if able else None
+
+
+def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: bool, window: int,
+                       target: float | None, pair: str) -> TcpPlan:
+    """The opener sends ONE low-TTL SYN from the shared port to the peer's address (creating its
+    mapping for that address and opening its filter to every port of it) and accepts on its listener;
+    the peer connect()s to the opener's port, or to its W candidates when that port is sequential.
+    The peer's own ports never matter, so it may even allocate at random: cheaper than any window
+    or birthday, hence tried first."""
+    opener, other = (mine, peer) if opening else (peer, mine)
+    window, odds = size_window(opener, replace(other, kind=Kind.CONE), window, target)
+    ports = ([opener.last_port] if opener.kind is Kind.CONE
+             else [opener.predict(j) for j in range(1, window + 1)])
+    words = ("its one port" if opener.kind is Kind.CONE
+             else _window_words(opener, replace(other, kind=Kind.CONE), window, odds))
+    who = "this side" if opening else "the peer"
+    reason = (f"{who} filters by address only (ADF): one low-TTL SYN to the other's address opens it to "
+              f"every port of that address, then the other side connect()s to {words} and is accepted "
+              f"({pair})")
+    params = {"window": window if opener.kind is Kind.SEQUENTIAL else 1, "target": target}
+    if opening:
+        return TcpPlan(TcpStrategy.ADDRESS_OPEN, True, reason, role, ((peer.public_ip, peer.last_port),), True,
+                       mine, peer, {**params, "own_predicted": ports}, odds=odds)
+    return TcpPlan(TcpStrategy.ADDRESS_OPEN, True, reason, role, tuple((peer.public_ip, p) for p in ports),
+                   False, mine, peer, params, odds=odds)
 
 
 def _window_words(first: TcpMapping, second: TcpMapping, window: int, odds: float) -> str:
