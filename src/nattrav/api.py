@@ -282,7 +282,8 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
         ep.listener.close()
         raise ConnectError(f"our own TCP report is unusable: {exc}") from None
     emit("plan", {**p.to_dict(), "params": p.params,
-                  "peer_targets": [t[1] for t in p.targets]})
+                  # the peer ports we bet on (an address-open opener aims at an address, not a port)
+                  "peer_targets": [] if p.accept else [t[1] for t in p.targets]})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
     try:
         stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or 2,
