@@ -218,7 +218,7 @@ def test_punch_through_lab_nats(case):
     assert connected >= must, f"{connected}/{trials} trials connected; misses: {misses}"
 
 
-def test_random_pair_fails_fast_with_reason():
+def test_random_pair_is_a_small_bounded_try_that_fails_fast_with_reason():
     lab = lab_or_skip("symmetric-random", "symmetric-random")
     try:
         start_responder(lab)
@@ -226,8 +226,10 @@ def test_random_pair_fails_fast_with_reason():
         _, res = punch_once(lab)
         assert time.monotonic() - t0 < 10
         for r in res.values():
-            assert not r["ok"]
-            assert r["error"].count("address-and-port-dependent mapping (APDM, random ports)") == 2
-            assert "relay" in r["error"] and "%" in r["error"]
+            # the plan says how small its chance is; a lucky hit is part of those odds (CI saw one)
+            assert r["plan"]["strategy"] == "best-effort" and 0 < r["plan"]["odds"] < 0.05, r["plan"]
+            if not r["ok"]:
+                assert r["error"].count("address-and-port-dependent mapping (APDM, random ports)") == 2
+                assert "relay" in r["error"] and "%" in r["error"]
     finally:
         lab.down()
