@@ -61,21 +61,22 @@ def tcp_expectation(left: str, right: str) -> str:
     TCP connections than a flow table holds."""
     from .lab import resolve
 
-    def kind(name: str) -> str:
+    def layers(name: str) -> list:
         spec = resolve(name)
-        if spec is None:
+        return [] if spec is None else [spec] + ([spec.outer] if spec.outer is not None else [])
+
+    def kind(name: str) -> str:
+        nat = layers(name)
+        if not nat:
             return "open"
-        layers = [spec] + ([spec.outer] if spec.outer is not None else [])
-        if any(x.allocation == "random" for x in layers):
+        if any(x.allocation == "random" for x in nat):
             return "random"
-        if all(x.mapping == "EIM" for x in layers):
-            return "open" if all(x.filtering == "EIF" for x in layers) else "cone"
+        if all(x.mapping == "EIM" for x in nat):
+            return "open" if all(x.filtering == "EIF" for x in nat) else "cone"
         return "sequential"
 
     def address_open(name: str) -> bool:
-        spec = resolve(name)
-        layers = [] if spec is None else [spec] + ([spec.outer] if spec.outer is not None else [])
-        return bool(layers) and kind(name) != "random" and all(x.filtering in ("ADF", "EIF") for x in layers)
+        return kind(name) in ("cone", "sequential") and all(x.filtering in ("ADF", "EIF") for x in layers(name))
 
     kinds = {kind(left), kind(right)}
     if ("open" in kinds or "random" not in kinds or kinds == {"random", "cone"}

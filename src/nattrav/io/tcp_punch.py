@@ -107,8 +107,8 @@ class _Race:
 
     def error(self, exc: OSError, dest: tuple[str, int] | None = None) -> None:
         name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        if dest is not None and self.plan.strategy is not TcpStrategy.BIRTHDAY:  # hundreds of ports
-            name += f" from {dest[0]}:{dest[1]}"
+        if dest is not None:  # by address: a window or a birthday aims at hundreds of ports
+            name += f" from {dest[0]}"
         self.errors[name] = self.errors.get(name, 0) + 1
 
     def summary(self) -> str:
@@ -266,27 +266,21 @@ async def _birthday(race: _Race, local: tuple[str, int], start_at: float, low_tt
     needs, and a new socket would be a new, unopened flow."""
     plan = race.plan
     if plan.low_ttl:
-        await trio.sleep_until(start_at)
-        dest = plan.targets[0]
-        fresh = (local[0], 0)
-        for i in range(plan.sockets):
-            sock = _start_connect(race, fresh, dest, low_ttl)
-            if sock is not None:
-                nursery.start_soon(_connect, race, sock, fresh, dest, nursery, False)
-            if i % 64 == 63:
-                await trio.lowlevel.checkpoint()  # let early winners authenticate meanwhile
-        return
-    await trio.sleep_until(start_at + BIRTHDAY_DELAY)
-    lo, hi = plan.peer_range
-    ip = plan.peer.public_ip if plan.peer else None
-    assert ip is not None
-    for i, port in enumerate(random.SystemRandom().sample(range(lo, hi + 1), plan.random_probes)):
-        dest = (ip, port)
-        sock = _start_connect(race, local, dest)
+        at, ttl, local = start_at, low_ttl, (local[0], 0)  # port 0: a fresh port per connect
+        dests = [plan.targets[0]] * plan.sockets
+    else:
+        assert plan.peer is not None
+        lo, hi = plan.peer_range
+        at, ttl = start_at + BIRTHDAY_DELAY, None
+        ports = random.SystemRandom().sample(range(lo, hi + 1), plan.random_probes)
+        dests = [(plan.peer.public_ip, port) for port in ports]
+    await trio.sleep_until(at)
+    for i, dest in enumerate(dests):
+        sock = _start_connect(race, local, dest, ttl)
         if sock is not None:
             nursery.start_soon(_connect, race, sock, local, dest, nursery, False)
         if i % 64 == 63:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()  # let early winners authenticate meanwhile
 
 
 async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at: float, *,

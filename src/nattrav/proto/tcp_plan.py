@@ -224,31 +224,27 @@ def classify(report: Any) -> TcpMapping:
         # several public addresses (a NAT pool): no prediction can name the address to aim at
         return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering, (lo, hi))
     public_ip = ips.pop()
-    steps = [b - a for a, b in zip(ports, ports[1:])]
     if public_ip == local_ip and all(p == local_port for p in ports):
         return TcpMapping(Kind.OPEN, public_ip, ports[-1], 0, tuple(ports), None)
-    if all(d == 0 for d in steps):
+    if len(set(ports)) == 1:
         kind = Kind.OPEN if filtering == "EIF" else Kind.CONE
         return TcpMapping(kind, public_ip, ports[-1], 0, tuple(ports), filtering or "APDF")
+    # the NAT's allocations in order: one per sample, or one per new address for an ADM NAT
     adm = _per_address_ports(ports, dests)
-    if adm is not None:
-        ports_, steps = adm, [b - a for a, b in zip(adm, adm[1:])]
-        if all(0 < d <= NOISY_STEP_MAX for d in steps):
-            delta = min(steps)
-            extra += sum(d // delta - 1 for d in steps)
-            if None not in times:
-                exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
-            return TcpMapping(Kind.SEQUENTIAL, public_ip, ports_[-1], delta, tuple(ports), filtering, (lo, hi),
-                              extra, exposure, DEFAULT_HORIZON if horizon is None else horizon, True)
-    sequential = steps and (all(d == steps[0] for d in steps) or all(0 < d <= NOISY_STEP_MAX for d in steps))
+    allocated = ports if adm is None else adm
+    steps = [b - a for a, b in zip(allocated, allocated[1:])]
+    # equal steps (any sign) say "sequential" only with a sample per flow; an ADM NAT's one or two
+    # steps must also look like a counter moving up
+    sequential = steps and ((adm is None and all(d == steps[0] for d in steps))
+                            or all(0 < d <= NOISY_STEP_MAX for d in steps))
     if sequential:
         # unequal steps: other flows took ports between our probes, and the smallest step is the NAT's
         delta = steps[0] if len(set(steps)) == 1 else min(steps)
         extra += sum(abs(d) // abs(delta) - 1 for d in steps)
         if None not in times:
             exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
-        return TcpMapping(Kind.SEQUENTIAL, public_ip, ports[-1], delta, tuple(ports), filtering, (lo, hi),
-                          extra, exposure, DEFAULT_HORIZON if horizon is None else horizon)
+        return TcpMapping(Kind.SEQUENTIAL, public_ip, allocated[-1], delta, tuple(ports), filtering, (lo, hi),
+                          extra, exposure, DEFAULT_HORIZON if horizon is None else horizon, adm is not None)
     return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
 
 
