@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -21,7 +22,7 @@ from nattrav.io.rendezvous_client import (
     open_rendezvous,
 )
 from nattrav.io.rendezvous_server import serve_rendezvous
-from nattrav.proto.rendezvous import SERVER_MESSAGES, FrameDecoder, RendezvousServer, encode, make
+from nattrav.proto.rendezvous import SERVER_MESSAGES, FrameDecoder, RendezvousServer, Send, encode, make
 
 
 async def start(nursery, **options):
@@ -399,3 +400,35 @@ async def test_the_body_exception_leaves_unwrapped(nursery):
     with trio.fail_after(5):
         while state.online():
             await trio.sleep(0.01)  # and the connection was closed
+
+
+async def test_a_frame_whose_error_reply_would_be_huge_costs_nothing(nursery):
+    # The reply to a bad version used to echo the value with !r (a NUL becomes 4 characters): a 5 KB
+    # frame asked for a 20 KB error frame, encode() refused it, and the exception killed the server.
+    addr, state = await start(nursery)
+    raw = await Raw.open(addr)
+    body = msgpack.packb({"v": "\x00" * 5000, "t": "ping"}, use_bin_type=True)
+    await raw.send(struct.pack("!I", len(body)) + body)
+    reply = await raw.recv()
+    assert reply["t"] == "error" and reply["code"] == "bad-frame" and len(reply["message"]) < 300
+    async with open_rendezvous(addr, name="alice") as a:
+        assert await a.ping() < 1
+    assert state.stats["bad_frames"] == 1
+
+
+class _Loud(RendezvousServer):
+    def _handle(self, conn, c, msg, now):
+        if msg["t"] == "info" and msg["info"].get("loud"):
+            self._out.append(Send(conn, make("error", code="bad-request", message="x" * 20_000)))
+            return
+        super()._handle(conn, c, msg, now)
+
+
+async def test_a_reply_that_cannot_be_framed_costs_one_connection(nursery):
+    state = _Loud()
+    addr = await nursery.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, state=state,
+                                                                    task_status=task_status))
+    async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
+        with pytest.raises((ServerGone, RendezvousError)):
+            await b.update_info({"loud": True})
+        assert await a.ping() < 1

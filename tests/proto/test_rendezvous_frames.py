@@ -181,3 +181,18 @@ def test_deeply_nested_msgpack_is_rejected_not_recursed():
 def test_server_frames_with_values_a_client_relies_on_out_of_range(msg):
     with pytest.raises(BadFrame, match="out of range"):
         decode_one(encode(msg), SERVER_MESSAGES)
+
+
+@pytest.mark.parametrize("body", [
+    {"v": "\x00" * 5000, "t": "ping"},
+    {"v": 1, "t": "\x01" * 5000},
+    {"v": 1, "t": "ping", "\x02" * 5000: 1},
+])
+def test_errors_echo_only_a_short_cut_of_attacker_data(body):
+    server = RendezvousServer()
+    server.connection_made(1, ("192.0.2.1", 1), 0.0)
+    packed = msgpack.packb(body, use_bin_type=True)
+    server.receive_data(1, struct.pack("!I", len(packed)) + packed, 0.0)
+    (act,) = server.actions()
+    assert act.msg["t"] == "error" and len(act.msg["message"]) <= 200
+    encode(act.msg)  # fits a frame

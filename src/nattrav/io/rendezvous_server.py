@@ -15,7 +15,7 @@ import math
 
 import trio
 
-from ..proto.rendezvous import Close, RendezvousServer, Send, encode
+from ..proto.rendezvous import Close, LocalProtocolError, RendezvousServer, Send, encode
 
 log = logging.getLogger("nattrav.rendezvous")
 
@@ -83,7 +83,15 @@ class _Dispatcher:
                         log.info("conn %d %s: error %s: %s", act.conn, io.addr, act.msg["code"], act.msg["message"])
                     elif kind in ("enrolled", "session"):
                         log.info("conn %d %s: %s %s", act.conn, io.addr, kind, act.msg.get("peer"))
-                    if not io.closing and not io.put(encode(act.msg)):
+                    if io.closing:
+                        continue
+                    try:
+                        frame = encode(act.msg)
+                    except LocalProtocolError as exc:  # a bug: it costs this connection only
+                        log.error("conn %d %s: cannot frame a %s reply: %s", act.conn, io.addr, kind, exc)
+                        self._drop(act.conn, io, "internal error")
+                        continue
+                    if not io.put(frame):
                         self._drop(act.conn, io, f"peer does not read its frames ({io.queued} bytes queued)")
                 elif isinstance(act, Close):
                     log.info("conn %d %s: closing: %s", act.conn, io.addr, act.reason)
@@ -195,6 +203,9 @@ async def serve_rendezvous(
                     state.connection_lost(conn, trio.current_time())
                     disp.run()
                 io.close()  # the writer flushes what is queued (a final error frame), then ends
+        except Exception:
+            # Whatever went wrong belongs to this connection: it ends, the server carries on.
+            log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
         finally:
             disp.conns.pop(conn, None)
             if conn in state.conns:  # cancelled from outside, or an unexpected error

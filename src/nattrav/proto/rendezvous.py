@@ -36,6 +36,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 SECRET_MIN = 16
 SECRET_MAX = 128
 KEY_BYTES = 32
+MAX_MESSAGE = 200  # characters of an error message; they quote attacker data, so they are cut
 
 
 class BadFrame(Exception):
@@ -98,27 +99,35 @@ SERVER_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 
 
+def cut(value: Any, limit: int = 40) -> str:
+    """repr() of an untrusted value, at most ``limit`` characters: errors may quote, never echo."""
+    if isinstance(value, (str, bytes)):
+        value = value[:limit]
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _check_shape(msg: Any, table: dict[str, dict[str, tuple[tuple[type, ...], bool]]]) -> dict:
     if not isinstance(msg, dict):
         raise BadFrame("frame is not a map")
     if msg.get("v") != VERSION or type(msg.get("v")) is not int:
-        raise BadFrame(f"unsupported version {msg.get('v')!r}")
+        raise BadFrame(f"unsupported version {cut(msg.get('v'))}")
     kind = msg.get("t")
     if not isinstance(kind, str) or kind not in table:
-        raise BadFrame(f"unknown frame type {kind!r}")
+        raise BadFrame(f"unknown frame type {cut(kind)}")
     spec = table[kind]
     for key, value in msg.items():
         if key in ("v", "t"):
             continue
         if key not in spec:
-            raise BadFrame(f"{kind}: unexpected field {key!r}")
+            raise BadFrame(f"{kind}: unexpected field {cut(key)}")
         types, _ = spec[key]
         # bool is an int subclass; a flag where a number belongs is still malformed
         if isinstance(value, bool) or not isinstance(value, types):
-            raise BadFrame(f"{kind}: field {key!r} has type {type(value).__name__}")
+            raise BadFrame(f"{kind}: field {cut(key)} has type {type(value).__name__}")
     for key, (_, required) in spec.items():
         if required and key not in msg:
-            raise BadFrame(f"{kind}: missing field {key!r}")
+            raise BadFrame(f"{kind}: missing field {cut(key)}")
     if "id" in msg and not 0 <= msg["id"] < 2**63:
         raise BadFrame(f"{kind}: id out of range")
     if "info" in msg:
@@ -380,6 +389,8 @@ class RendezvousServer:
             self._out.append(Send(conn, make(kind, **fields)))
 
     def _error(self, conn: int, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
         self._send(conn, "error", id=request_id, code=code.value, message=message)
 
     def _close(self, conn: int, reason: str, now: float) -> None:
@@ -508,7 +519,7 @@ class RendezvousServer:
         existing = self.peers.get(name) if name is not None else None
         if existing is not None:
             if secret is None or not hmac.compare_digest(existing.secret_hash, _hash_secret(secret)):
-                self._error(conn, ErrorCode.NAME_TAKEN, f"{name!r} belongs to another peer", rid)
+                self._error(conn, ErrorCode.NAME_TAKEN, f"{cut(name)} belongs to another peer", rid)
                 return
             # Ownership proven: this connection replaces the old one; what the old one had pending
             # cannot be answered on this connection, so it ends.
@@ -554,10 +565,10 @@ class RendezvousServer:
             self._error(conn, ErrorCode.BAD_REQUEST, "cannot connect to yourself", rid)
             return
         if target is None:
-            self._error(conn, ErrorCode.UNKNOWN_PEER, f"no peer {target_id!r}", rid)
+            self._error(conn, ErrorCode.UNKNOWN_PEER, f"no peer {cut(target_id)}", rid)
             return
         if target.conn is None:
-            self._error(conn, ErrorCode.OFFLINE, f"peer {target_id!r} is offline", rid)
+            self._error(conn, ErrorCode.OFFLINE, f"peer {cut(target_id)} is offline", rid)
             return
         if len(peer.offers) >= self.max_offers_per_peer or len(target.offers) >= self.max_offers_per_peer:
             self._error(conn, ErrorCode.BUSY, "too many pending offers", rid)
