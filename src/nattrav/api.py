@@ -13,6 +13,7 @@ would get a new mapping (the reason a tool that closes its STUN socket before pu
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,8 +26,9 @@ from .io import rendezvous_client as rv
 from .io.punch import PunchedPath, PunchFailed, punch
 from .io.stun_client import StunErrorResponse, StunTimeout, binding, discover
 from .proto.nat_behavior import NatBehavior
-from .proto.plan import Plan, plan
-from .workers import open_coordinator
+from .proto.plan import Plan, PlanError, plan
+from .proto.predict import ReportError
+from .workers import WorkerError, open_coordinator
 
 STUN_PORT = 3478
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
@@ -159,12 +161,35 @@ async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: N
     return report
 
 
+def _peer_report(session: rv.Session, key: str, what: str) -> tuple[dict[str, Any], str]:
+    """The peer's report and the one address we may aim at: where the rendezvous server saw the
+    peer. The report is the peer's own word; the server's observation is not."""
+    info = session.peer_info if isinstance(session.peer_info, dict) else {}
+    report = info.get(key)
+    if not isinstance(report, dict):
+        raise ConnectError(f"peer {session.peer_id} published no {what}")
+    observed = info.get("observed")
+    try:
+        ip = str(ipaddress.ip_address(observed[0]))  # type: ignore[index]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ConnectError(f"the rendezvous server did not say where it saw {session.peer_id}") from None
+    return report, ip
+
+
+def _emit_address(emit: EventHook, params: dict[str, Any], ip: str) -> None:
+    reported = params.get("reported_peer_ip")
+    if reported is not None:
+        emit("peer-address", {"observed": ip, "reported": reported})
+
+
 async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: EventHook,
                  coordinator: Any = None) -> PunchedPath:
-    peer_report = session.peer_info.get("report") if isinstance(session.peer_info, dict) else None
-    if not isinstance(peer_report, dict):
-        raise ConnectError(f"peer {session.peer_id} published no NAT report")
-    p: Plan = plan(ep.report, peer_report, session.role)
+    peer_report, peer_ip = _peer_report(session, "report", "NAT report")
+    try:
+        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip)
+    except (ReportError, PlanError) as exc:
+        raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
+    _emit_address(emit, p.params, peer_ip)
     # the peer ports the first attempt aims at, so a caller can check the prediction against where
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
     # runs its bounded best effort, whose odds are small but not zero
@@ -182,6 +207,8 @@ async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: Event
             path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
     except PunchFailed as exc:
         raise ConnectError(str(exc)) from None
+    except WorkerError as exc:
+        raise ConnectError(f"the burst's worker processes failed: {exc}") from None
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
                        "strategy": path.strategy.value})
     return path
@@ -272,15 +299,17 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
     from .proto.tcp_plan import BadReport, agreed_window
     from .proto.tcp_plan import plan as tcp_plan
 
-    peer = session.peer_info.get("tcp") if isinstance(session.peer_info, dict) else None
-    if not isinstance(peer, dict):
-        ep.listener.close()
-        raise ConnectError(f"peer {session.peer_id} published no TCP report (is it listening with TCP?)")
     try:
-        p = tcp_plan(ep.report, peer, session.role, window=agreed_window(ep.report, peer))
-    except BadReport as exc:
+        peer, peer_ip = _peer_report(session, "tcp", "TCP report (is it listening with TCP?)")
+    except ConnectError:
+        ep.listener.close()
+        raise
+    try:
+        p = tcp_plan(ep.report, peer, session.role, window=agreed_window(ep.report, peer), peer_ip=peer_ip)
+    except BadReport as exc:  # a peer's malformed report is a plan that says so; this one is ours
         ep.listener.close()
         raise ConnectError(f"our own TCP report is unusable: {exc}") from None
+    _emit_address(emit, p.params, peer_ip)
     emit("plan", {**p.to_dict(), "params": p.params,
                   # the peer ports we bet on (an address-open opener aims at an address, not a port)
                   "peer_targets": [] if p.accept else [t[1] for t in p.targets]})
@@ -422,14 +451,43 @@ async def connect_tcp(
         yield stream
 
 
+class AcceptPolicy:
+    """Which offers a listener takes. Every accepted offer makes us send packets (a birthday burst
+    is thousands) towards whoever asked, so acceptance is rate-limited by default: a token bucket of
+    `burst` sessions refilled at `per_minute`; `allow(offer)` can refuse by peer ID or node info."""
+
+    def __init__(self, allow: Callable[[rv.Offer], bool] | None = None, *, per_minute: float = 30.0,
+                 burst: int = 10) -> None:
+        if per_minute < 0 or burst < 1:
+            raise ValueError("per_minute must be >= 0 and burst >= 1")
+        self.allow = allow
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def admits(self, offer: rv.Offer, now: float) -> str | None:
+        """None when the offer may be accepted (and takes a token), else why not."""
+        if self.allow is not None and not self.allow(offer):
+            return "not allowed by the listener's policy"
+        if self._at is not None:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return "too many sessions: the listener's rate limit"
+        self._tokens -= 1.0
+        return None
+
+
 class Listener:
     """Enrolled with the rendezvous server; `accept()` waits for a peer and punches to it."""
 
     def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
                  src: tuple[str | None, int], ttl: int | None, emit: EventHook,
-                 behavior: NatBehavior | None = None) -> None:
+                 behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None) -> None:
         self._client, self._transport, self._stun, self._src = client, transport, stun, src
         self._ttl, self._emit, self._behavior = ttl, emit, behavior
+        self.policy = policy if policy is not None else AcceptPolicy()
         self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
 
     @property
@@ -449,9 +507,16 @@ class Listener:
 
     @asynccontextmanager
     async def accept(self) -> AsyncIterator[Any]:
-        """The next peer that asks for us: fresh mappings, accept, punch; yields the path/stream."""
-        offer = await self._client.next_offer()
-        self._emit("offer", {"from": offer.peer_id})
+        """The next peer that asks for us and that the policy admits (others are refused): fresh
+        mappings, accept, punch; yields the path/stream."""
+        while True:
+            offer = await self._client.next_offer()
+            self._emit("offer", {"from": offer.peer_id})
+            why = self.policy.admits(offer, trio.current_time())
+            if why is None:
+                break
+            self._emit("refused", {"from": offer.peer_id, "reason": why})
+            await self._client.refuse(offer)
         if self.endpoint is None:
             await self._prepare()
         ep = self.endpoint
@@ -474,12 +539,13 @@ TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP 
 @asynccontextmanager
 async def _listen(transport: Any, server: str | tuple[str, int], *, name: str | None, secret: str | None,
                   stun: str | tuple[str, int] | None, src_ip: str | None, src_port: int, ttl: int | None,
-                  on_event: EventHook | None, behavior: NatBehavior | None) -> AsyncIterator[Listener]:
+                  on_event: EventHook | None, behavior: NatBehavior | None,
+                  policy: AcceptPolicy | None) -> AsyncIterator[Listener]:
     emit = on_event or (lambda phase, detail: None)
     server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
     stun_ep = _stun_endpoint(stun, server_ep)
     async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = Listener(client, transport, stun_ep, (src_ip, src_port), ttl, emit, behavior)
+        listener = Listener(client, transport, stun_ep, (src_ip, src_port), ttl, emit, behavior, policy)
         try:
             await listener._prepare()
             emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
@@ -501,10 +567,13 @@ async def listen(
     on_event: EventHook | None = None,
     coordinator: Any = None,
     behavior: NatBehavior | None = None,
+    policy: AcceptPolicy | None = None,
 ) -> AsyncIterator[Listener]:
-    """Enroll with the rendezvous server and publish our NAT report; yields a Listener (UDP)."""
+    """Enroll with the rendezvous server and publish our NAT report; yields a Listener (UDP).
+    `policy` decides which offers accept() takes (default: AcceptPolicy(), rate-limited)."""
     async with _listen(_Udp(coordinator), server, name=name, secret=secret, stun=stun, src_ip=src_ip,
-                       src_port=src_port, ttl=ttl, on_event=on_event, behavior=behavior) as listener:
+                       src_port=src_port, ttl=ttl, on_event=on_event, behavior=behavior,
+                       policy=policy) as listener:
         yield listener
 
 
@@ -522,15 +591,16 @@ async def listen_tcp(
     window: int = 8,
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
+    policy: AcceptPolicy | None = None,
 ) -> AsyncIterator[Listener]:
     """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP)."""
     async with _listen(_Tcp(punch_timeout, window), server, name=name, secret=secret, stun=stun,
                        src_ip=src_ip, src_port=src_port, ttl=ttl, on_event=on_event,
-                       behavior=behavior) as listener:
+                       behavior=behavior, policy=policy) as listener:
         yield listener
 
 
 __all__ = [
-    "ConnectError", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
+    "AcceptPolicy", "ConnectError", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
     "parse_endpoint", "TcpEndpoint", "TcpListener", "connect_tcp", "listen_tcp", "open_tcp_endpoint",
 ]

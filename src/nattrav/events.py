@@ -36,7 +36,12 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
     if phase == "enrolled":
         return f"enrolled: our peer ID is {d['peer_id']} — waiting for a peer"
     if phase == "offer":
-        return f"rendezvous: peer {d['from']} asks for us; accepting"
+        return f"rendezvous: peer {d['from']} asks for us"
+    if phase == "refused":
+        return f"rendezvous: refused peer {d['from']}: {d['reason']}"
+    if phase == "peer-address":
+        return (f"warning: the peer's report names {d['reported']}, but the server saw it at "
+                f"{d['observed']}: aiming at {d['observed']} only")
     if phase == "rendezvous-connect":
         return f"rendezvous: asking for peer {d['peer']}"
     if phase == "plan":

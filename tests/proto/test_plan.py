@@ -302,3 +302,16 @@ def test_small_port_blocks_plan_without_error(port_range):
         if p.strategy is Strategy.BEST_EFFORT:
             # tiny blocks make guessing on both sides feasible; big ones do not
             assert p.feasible == (p.odds >= 0.999)
+
+
+def test_every_part_aims_at_the_observed_peer_address_not_the_reported_one():
+    # a port-restricted cone facing a "random" report that names a third party's address
+    mine = dict(CLASSES["port-restricted"])
+    theirs = {**CLASSES["symmetric-random"], "public_ip": "192.0.2.99"}
+    for role in ("first", "second"):
+        p = plan(mine, theirs, role, peer_ip="203.0.113.77")
+        assert p.remote.ip == "203.0.113.77" and p.params["reported_peer_ip"] == "192.0.2.99"
+        for a in p.attempts:
+            assert a.local.peer_ip == "203.0.113.77"
+    same = plan(mine, {**theirs, "public_ip": "203.0.113.77"}, "first", peer_ip="203.0.113.77")
+    assert "reported_peer_ip" not in same.params

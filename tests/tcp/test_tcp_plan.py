@@ -486,3 +486,21 @@ def test_history_counts_the_flows_others_took_while_a_listener_waited():
     assert history({"samples": 1}, SEQ, 1.0) is None
     # the listener's wait pins its rate down: the window shrinks to the floor
     assert plan(CONE, {**later, "history": h}, "first").params["window"] < plan(CONE, later, "first").params["window"]
+
+
+def test_connects_go_to_the_observed_peer_address_only():
+    fake = report([40000, 40000, 40000], public="192.0.2.99", local=("192.0.2.99", 40000))
+    p = plan(CONE, fake, "first", peer_ip="203.0.113.77")
+    assert {ip for ip, _ in p.targets} <= {"203.0.113.77"} and p.params["reported_peer_ip"] == "192.0.2.99"
+    assert p.peer.public_ip == "203.0.113.77"
+
+
+@pytest.mark.parametrize("where", ["ip", "local"])
+def test_a_hostname_in_a_tcp_report_is_malformed(where):
+    bad = report([40000, 40000, 40000])
+    if where == "ip":
+        bad["samples"][0]["ip"] = "victim.example"
+    else:
+        bad["local"][0] = "localhost"
+    with pytest.raises(BadReport, match="not an IP"):
+        classify(bad)

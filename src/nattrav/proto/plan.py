@@ -534,11 +534,15 @@ def plan(
     birthday_sockets: int = 256,
     max_window: int = 4096,
     best_effort_flows: int = 4096,
+    peer_ip: str | None = None,
 ) -> Plan:
     """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
 
     role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
     plan mirrored). horizon: seconds from the last STUN sample to the agreed start time.
+    peer_ip: where the rendezvous server saw the peer. A report is only the peer's word: aimed at the
+    address it names, a made-up report could turn our bursts on a third party, so every packet goes
+    to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim).
     """
     role = getattr(role, "value", role)
     if role not in ROLES:
@@ -547,6 +551,9 @@ def plan(
         raise PlanError(f"target must be in (0, 1), got {target!r}")
     local = side_from_report(local_report, horizon=horizon, target=target)
     remote = side_from_report(remote_report, horizon=horizon, target=target)
+    reported = None
+    if peer_ip is not None and remote.ip != peer_ip:
+        reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(peer_ip)))
     first, second = (local, remote) if role == "first" else (remote, local)
     attempts = _attempts(first, second, target=target, flow_budget=flow_budget,
                          max_sockets=max_sockets, birthday_sockets=birthday_sockets,
@@ -574,6 +581,8 @@ def plan(
         "odds": best.odds,
         "attempts": [a.strategy.value for a in attempts],
     }
+    if reported is not None:
+        params["reported_peer_ip"] = reported
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
                 timeout, params)
 

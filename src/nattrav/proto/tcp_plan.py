@@ -47,6 +47,7 @@ The sizing reads only the two reports, in (first, second) order, so both sides d
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -167,6 +168,14 @@ def _str(v: Any, what: str, limit: int = 64) -> str:
     return v
 
 
+def _ip(v: Any, what: str) -> str:
+    # an IP literal only: a name would need a (blocking) lookup, and resolves wherever its owner likes
+    try:
+        return str(ipaddress.ip_address(_str(v, what)))
+    except ValueError:
+        raise BadReport(f"{what}: {v!r} is not an IP address") from None
+
+
 def _seconds(v: Any, limit: float, what: str) -> float | None:
     """An optional duration: None if absent, else a finite number of seconds in 0..limit."""
     if v is None:
@@ -198,7 +207,7 @@ def classify(report: Any) -> TcpMapping:
     local = report.get("local")
     if not isinstance(local, list) or len(local) != 2:
         raise BadReport("TCP report: local is not [ip, port]")
-    local_ip = _str(local[0], "local ip")
+    local_ip = _ip(local[0], "local ip")
     local_port = _int(local[1], 1, 65535, "local port")
     filtering = report.get("filtering")
     if filtering is not None and filtering not in ("EIF", "ADF", "APDF"):
@@ -214,7 +223,7 @@ def classify(report: Any) -> TcpMapping:
         if not isinstance(s, dict):
             raise BadReport("TCP sample is not a map")
         ports.append(_int(s.get("port"), 1, 65535, "sample port"))
-        ips.add(_str(s.get("ip"), "sample ip"))
+        ips.add(_ip(s.get("ip"), "sample ip"))
         times.append(_seconds(s.get("t"), MAX_EXPOSURE, "sample t"))
         dest = s.get("dest")
         dests.append(_str(dest[0], "sample dest ip") if isinstance(dest, (list, tuple)) and dest else None)
@@ -369,10 +378,12 @@ def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WIND
 
 
 def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT_WINDOW,
-         target: float | None = WINDOW_TARGET) -> TcpPlan:
+         target: float | None = WINDOW_TARGET, peer_ip: str | None = None) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again. `window` is the smallest W
-    (the users' choice, see agreed_window); the shift model may widen it to reach `target`."""
+    (the users' choice, see agreed_window); the shift model may widen it to reach `target`.
+    `peer_ip`: where the rendezvous server saw the peer; every connect() goes there, never to an
+    address the peer's report names (see proto/plan.py's plan())."""
     if role not in ("first", "second"):
         raise ValueError(f"role must be 'first' or 'second', got {role!r}")
     if not 1 <= window <= MAX_WINDOW:
@@ -384,6 +395,14 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
         peer = classify(peer_report)
     except BadReport as exc:
         return TcpPlan(TcpStrategy.NONE, False, f"the peer's TCP report is malformed: {exc}", role, mine=mine)
+    if peer_ip is None or peer.public_ip == peer_ip:
+        return _plan_pair(mine, peer, role, window, target)
+    reported, peer = peer.public_ip, replace(peer, public_ip=str(ipaddress.ip_address(peer_ip)))
+    p = _plan_pair(mine, peer, role, window, target)
+    return replace(p, params={**p.params, "reported_peer_ip": reported})
+
+
+def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None) -> TcpPlan:
     pair = f"this side: {mine.describe()}; peer: {peer.describe()}"
     if peer.kind is Kind.OPEN and (mine.kind is not Kind.OPEN or role == "second"):
         return TcpPlan(TcpStrategy.DIRECT, True, f"the peer accepts unsolicited SYNs: connect to it ({pair})",

@@ -1,0 +1,157 @@
+"""A peer cannot aim a listener's packets at a third party (issue 14, item 2).
+
+The attacker enrolls, publishes a made-up report that names a victim's address, and asks for the
+listener. The listener must aim only at the address the rendezvous server observed for the attacker
+(here 127.0.0.1), never at the one the report names (the "victim", 127.0.0.3 on loopback).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from nattrav.api import AcceptPolicy, ConnectError, listen, listen_tcp
+from nattrav.io import rendezvous_client as rv
+
+VICTIM_IP = "127.0.0.3"
+
+
+def _udp_victim() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((VICTIM_IP, 0))
+    s.setblocking(False)
+    return s
+
+
+def _received(s: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            s.recv(2048)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def _udp_report(victim_port: int) -> dict:
+    # "no NAT at the victim's address": a listener would send its opening packets straight there
+    return {"nat": False, "mapping": "EIM", "filtering": "EIF", "public": [VICTIM_IP, victim_port],
+            "one_socket": [{"port": victim_port, "t": 0.0}, {"port": victim_port, "t": 0.01}],
+            "local": [VICTIM_IP, victim_port]}
+
+
+def _tcp_report(victim_port: int) -> dict:
+    return {"local": [VICTIM_IP, victim_port], "filtering": "EIF",
+            "samples": [{"dest": ["127.0.0.1", 3478], "ip": VICTIM_IP, "port": victim_port, "t": 0.0}] * 3}
+
+
+async def _attack(servers, listener_id: str, info: dict) -> None:
+    async with rv.open_rendezvous(servers["server"]) as attacker:
+        await attacker.update_info(info)
+        await attacker.connect(listener_id, timeout=5)
+        await trio.sleep(3)  # the listener punches meanwhile; the attacker never answers
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers, transport):
+    if transport == "udp":
+        victim = _udp_victim()
+        info = {"report": _udp_report(victim.getsockname()[1])}
+        listen_ = listen
+    else:
+        victim = socket.socket()
+        victim.bind((VICTIM_IP, 0))
+        victim.listen(64)
+        victim.setblocking(False)
+        info = {"tcp": _tcp_report(victim.getsockname()[1])}
+        listen_ = listen_tcp
+    events: list[tuple[str, dict]] = []
+    with victim, trio.fail_after(40):
+        async with listen_(servers["server"], stun=servers["stun"],
+                           on_event=lambda ph, d: events.append((ph, d))) as lst:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_attack, servers, lst.peer_id, info)
+                with pytest.raises(ConnectError):
+                    async with lst.accept():
+                        pass
+        if transport == "udp":
+            hits = _received(victim)
+        else:
+            hits = 0
+            while True:
+                try:
+                    victim.accept()[0].close()
+                except BlockingIOError:
+                    break
+                hits += 1
+    assert hits == 0, f"the listener sent {hits} packets/connections to the victim"
+    plans = [d for ph, d in events if ph == "plan"]
+    assert plans, events
+    # the plan names the observed address, and says it ignored the one in the report
+    warned = [d for ph, d in events if ph == "peer-address"]
+    assert warned and warned[0]["observed"] == "127.0.0.1" and warned[0]["reported"] == VICTIM_IP
+
+
+async def test_a_hostname_in_a_peer_report_is_never_resolved(servers):
+    info = {"report": {**_udp_report(4000), "public": ["victim.example", 4000]}}
+    with trio.fail_after(40):
+        async with listen(servers["server"], stun=servers["stun"]) as lst:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_attack, servers, lst.peer_id, info)
+                with pytest.raises(ConnectError, match="malformed|not an IP"):
+                    async with lst.accept():
+                        pass
+
+
+async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
+    refused: list[dict] = []
+
+    def on_event(phase, detail):
+        if phase == "refused":
+            refused.append(detail)
+
+    policy = AcceptPolicy(lambda offer: offer.peer_info.get("friend") is True, per_minute=0.0, burst=1)
+    with trio.fail_after(40):
+        async with listen(servers["server"], stun=servers["stun"], policy=policy, on_event=on_event) as lst:
+            async with trio.open_nursery() as nursery:
+
+                async def take_one():
+                    with pytest.raises(ConnectError):  # the friend never punches back
+                        async with lst.accept():
+                            pass
+
+                nursery.start_soon(take_one)
+                async with rv.open_rendezvous(servers["server"]) as stranger:
+                    await stranger.update_info({"friend": False})
+                    with pytest.raises(rv.Refused):
+                        await stranger.connect(lst.peer_id, timeout=5)
+                async with rv.open_rendezvous(servers["server"]) as friend:
+                    await friend.update_info({"friend": True, "report": _udp_report(4000)})
+                    await friend.connect(lst.peer_id, timeout=5)  # accepted: a session
+            # the bucket is empty now (burst 1, no refill): the next friend is refused
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: _accept_nothing(lst))
+                async with rv.open_rendezvous(servers["server"]) as friend2:
+                    await friend2.update_info({"friend": True})
+                    with pytest.raises(rv.Refused):
+                        await friend2.connect(lst.peer_id, timeout=5)
+                nursery.cancel_scope.cancel()
+    assert [r["reason"] for r in refused] == ["not allowed by the listener's policy",
+                                              "too many sessions: the listener's rate limit"]
+
+
+async def _accept_nothing(lst):
+    async with lst.accept():
+        raise AssertionError("the policy should have refused every offer")
+
+
+def test_accept_policy_token_bucket_refills():
+    offer = rv.Offer("o", "p", {}, 0.0)
+    policy = AcceptPolicy(per_minute=60.0, burst=2)
+    assert [policy.admits(offer, 0.0) for _ in range(3)] == [None, None, "too many sessions: the listener's rate limit"]
+    assert policy.admits(offer, 0.5) is not None  # half a token back
+    assert policy.admits(offer, 1.6) is None
+    with pytest.raises(ValueError):
+        AcceptPolicy(burst=0)
