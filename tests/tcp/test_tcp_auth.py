@@ -87,3 +87,44 @@ def test_garbage_raises_only_badpacket_and_never_buffers_unbounded(data):
     except BadPacket:
         return
     assert len(b._buf) <= 2 + 1300
+
+
+def _record(a, b):
+    """Run a handshake and return every byte the first side sent, in order (an on-path capture)."""
+    sent = a.opening(100)
+    wire_b = b.opening(200)
+    sent_log = [sent]
+    wire_a = a.feed(wire_b + b.feed(sent, 250), 300)
+    sent_log.append(wire_a)
+    b.feed(wire_a, 350)
+    sel = a.select()
+    sent_log.append(sel)
+    b.feed(sel, 400)
+    assert b.state is State.SELECTED
+    return b"".join(sent_log)
+
+
+def test_a_captured_handshake_does_not_complete_on_another_connection():
+    # The attacker captured everything the first side sent on one connection of a race and plays it
+    # to the second side on another connection of the same race.
+    capture = _record(StreamAuth(KEY, "first"), StreamAuth(KEY, "second"))
+    victim = StreamAuth(KEY, "second")  # a new connection: a nonce of its own
+    victim.opening(500)
+    with pytest.raises(BadPacket, match="nonce"):
+        victim.feed(capture, 600)
+    assert victim.state is not State.SELECTED
+
+
+def test_why_the_nonce_is_per_connection():
+    # With one nonce for the whole race (as before), the same capture completed on the other
+    # connection and the second side would take the attacker's connection as the session stream.
+    nonce = os.urandom(8)
+    capture = _record(StreamAuth(KEY, "first", os.urandom(8)), StreamAuth(KEY, "second", nonce))
+    victim = StreamAuth(KEY, "second", nonce)
+    victim.opening(500)
+    victim.feed(capture, 600)
+    assert victim.state is State.SELECTED
+
+
+def test_every_connection_draws_its_own_nonce():
+    assert len({StreamAuth(KEY, "first").session.nonce for _ in range(64)}) == 64

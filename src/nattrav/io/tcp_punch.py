@@ -95,7 +95,6 @@ class PunchedStream(trio.abc.HalfCloseableStream):
 class _Race:
     plan: TcpPlan
     key: bytes
-    nonce: bytes
     deadline: float
     errors: dict[str, int] = field(default_factory=dict)
     attempts: int = 0
@@ -165,7 +164,7 @@ def low_ttl_connect(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> 
 
 async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> None:
     stream = trio.SocketStream(sock)
-    auth = StreamAuth(race.key, race.plan.role, race.nonce)
+    auth = StreamAuth(race.key, race.plan.role)  # a fresh nonce per connection
     try:
         peer = tuple(sock.getpeername()[:2])  # ENOTCONN when a RST beat us here
         await stream.send_all(auth.opening(_now_ns()))
@@ -296,7 +295,7 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
     except FdLimitError as exc:
         listener.close()
         raise TcpPunchFailed(f"{plan.strategy.value}: {exc.strerror}") from None
-    race = _Race(plan, bytes(key), os.urandom(8), start_at + timeout)
+    race = _Race(plan, bytes(key), start_at + timeout)
     try:
         async with trio.open_nursery() as nursery:
             if plan.accept:

@@ -16,9 +16,10 @@ for the user to trip over; bytes that follow in the same read are handed back as
 from __future__ import annotations
 
 import enum
+import secrets
 import struct
 
-from .punch import MAX_FRAME, BadPacket, Event, LocalProtocolError, PunchSession
+from .punch import MAX_FRAME, NONCE_LEN, BadPacket, Event, LocalProtocolError, PunchSession
 
 LENGTH = struct.Struct(">H")
 SELECT = b"nattrav tcp select v1"
@@ -33,8 +34,12 @@ class State(enum.Enum):
 class StreamAuth:
     """One connection's handshake. `opening()` first, then `feed()` what the stream delivers."""
 
-    def __init__(self, key: bytes, role: str, nonce: bytes) -> None:
-        self.session = PunchSession(key, role, nonce)
+    def __init__(self, key: bytes, role: str, nonce: bytes | None = None) -> None:
+        # A nonce per CONNECTION, never per race: the peer's ACK echoes it, so frames captured on one
+        # connection of a race cannot complete the handshake on another (the replay window is per
+        # connection too). The 4-tuple cannot be bound instead: behind NATs the two sides never see
+        # the same one.
+        self.session = PunchSession(key, role, secrets.token_bytes(NONCE_LEN) if nonce is None else nonce)
         self.role = self.session.role
         self.state = State.HANDSHAKE
         self.rtt: int | None = None
