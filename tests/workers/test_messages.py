@@ -54,3 +54,20 @@ def test_any_bytes_give_messages_or_bad_message(data):
             assert m["v"] == VERSION
     except BadMessage:
         pass
+
+
+def test_the_coordinator_reads_worker_replies_with_a_small_bound():
+    # a broken or hostile worker must not make the coordinator buffer hundreds of MB
+    from types import SimpleNamespace
+
+    from nattrav.workers.coordinator import _Worker
+
+    def reader():
+        return _Worker(0, SimpleNamespace(pid=1), None).reader
+
+    big, r = encode("result", id=1, ports=b"\x00" * (5 << 20)), reader()
+    with pytest.raises(BadMessage):
+        for i in range(0, len(big), 1 << 16):
+            r.feed(big[i:i + (1 << 16)])
+    # the largest real reply (the ports of 2**20 sockets) still fits
+    assert reader().feed(encode("result", id=2, ports=b"\x00" * (2 << 20)))[0]["id"] == 2

@@ -20,7 +20,7 @@ import trio
 from ..core.limits import FdLimitError
 from ..core.plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
 from ..core.pool import validate_open_args
-from .messages import BadMessage, MessageReader, encode
+from .messages import MAX_REPLY, BadMessage, MessageReader, encode
 
 START_TIMEOUT = 20.0
 MAX_FDS_PER_REPLY = 4
@@ -117,7 +117,7 @@ class _Worker:
     def __init__(self, index: int, proc: _Process, sock: trio.socket.SocketType) -> None:
         self.index, self.proc, self.sock = index, proc, sock
         self.pid = proc.pid
-        self.reader = MessageReader()
+        self.reader = MessageReader(MAX_REPLY)
         self.inbox: list[dict] = []
         self.fds: list[int] = []
         self.send_lock = trio.Lock()

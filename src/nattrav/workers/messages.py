@@ -10,6 +10,9 @@ import msgpack
 
 VERSION = 1
 MAX_MESSAGE = 256 << 20  # a 16M-packet plan is ~170 MB; anything bigger is an error, not a plan
+# What a worker sends back is small: the largest reply is the ports of an "open" of MAX_INDEX sockets
+# (2 MiB). The coordinator reads with this bound, so a broken worker cannot make it buffer 256 MB.
+MAX_REPLY = 4 << 20
 
 _int, _num, _bin, _str = (int,), (int, float), (bytes,), (str,)
 _opt_int = (int, type(None))
@@ -87,4 +90,4 @@ class MessageReader:
             raise BadMessage(f"undecodable message: {type(e).__name__}: {e}") from None
 
 
-__all__ = ["BadMessage", "MessageReader", "SCHEMA", "VERSION", "encode", "validate"]
+__all__ = ["BadMessage", "MAX_MESSAGE", "MAX_REPLY", "MessageReader", "SCHEMA", "VERSION", "encode", "validate"]
