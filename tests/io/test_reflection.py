@@ -155,3 +155,20 @@ def test_accept_policy_token_bucket_refills():
     assert policy.admits(offer, 1.6) is None
     with pytest.raises(ValueError):
         AcceptPolicy(burst=0)
+
+
+async def test_a_worker_failure_is_a_connect_error_not_a_traceback(servers, monkeypatch):
+    import nattrav.api as api
+    from nattrav.workers import WorkerDied
+
+    async def broken_punch(*args, **kwargs):
+        raise WorkerDied(0, 1, "killed by SIGKILL")
+
+    monkeypatch.setattr(api, "punch", broken_punch)
+    with trio.fail_after(40):
+        async with listen(servers["server"], stun=servers["stun"]) as lst:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_attack, servers, lst.peer_id, {"report": _udp_report(4000)})
+                with pytest.raises(ConnectError, match="worker processes failed: worker 0"):
+                    async with lst.accept():
+                        pass
