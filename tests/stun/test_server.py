@@ -325,3 +325,43 @@ def test_decide_never_raises_on_any_parsable_request(data, classic_hdr, two_ips)
         assert d.send_from[0] in ("192.0.2.1", "192.0.2.2") and d.dest[0] == "203.0.113.7"
         if not two_ips:
             assert d.send_from[0] == "192.0.2.1"
+
+
+# ---- the shared event loop is never frozen by a flood (issue 14, item 4)
+
+
+def _hostile_request(i: int) -> bytes:
+    # a request the C path hands to Python: 30 unknown comprehension-required attributes (a 420)
+    return binding_request(extra=[(0x4000 + k, b"") for k in range(30)]).encode()
+
+
+async def test_serving_yields_to_the_event_loop_by_time_not_by_count(nursery):
+    a, b = loopback_pair()
+    config = StunServerConfig(ip=a, alt_ip=b, port=P, alt_port=PALT)
+    srv = await nursery.start(serve_stun, config)
+    # a deterministic clock: every request handled in Python costs exactly 1 ms of it
+    now = [0.0]
+    srv.clock = lambda: now[0]
+    handle = srv.handle
+
+    def costly_handle(data, src, at):
+        now[0] += 0.001
+        return handle(data, src, at)
+
+    srv.handle = costly_handle
+    n = 600
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flooder.bind(("127.0.0.1", 0))
+    for i in range(n):  # all queued before the server task runs again: no await in this loop
+        flooder.sendto(_hostile_request(i), (a, P))
+    handled = lambda: srv.stats["error_420"]  # noqa: E731
+    gaps, last = [], handled()
+    with trio.fail_after(20):
+        while handled() < n:
+            await trio.lowlevel.checkpoint()  # this task gets a turn whenever the server yields
+            gaps.append(handled() - last)
+            last = handled()
+    # between two turns of ours the server ran at most twice, each time for one budget of work
+    per_turn = int(config.turn_budget / 0.001) + 1
+    assert max(gaps) <= 2 * per_turn, (max(gaps), per_turn)
+    flooder.close()

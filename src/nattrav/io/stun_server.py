@@ -19,8 +19,9 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections import Counter
-from collections.abc import Iterable
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -69,6 +70,9 @@ class StunServerConfig:
     fast_path: bool = True
     batch: int = 64
     replay_window_ms: int = 50
+    # the longest a socket keeps the (shared) event loop before yielding, in seconds: work is
+    # bounded by time, not by a count of requests whose cost an attacker chooses
+    turn_budget: float = 0.002
 
     @property
     def layout(self) -> str:
@@ -271,6 +275,7 @@ class StunServer:
     _socks: dict[Address, socket.socket] = field(default_factory=dict)
     _fast: dict[Address, StunFastPath] = field(default_factory=dict)
     _control: socket.socket | None = None
+    clock: Callable[[], float] = time.monotonic
 
     def counters(self) -> dict[str, int]:
         out = Counter(self.stats)
@@ -341,47 +346,69 @@ class StunServer:
 
     # -- loops
 
-    async def _serve_socket(self, at: Address) -> None:
-        sock = self._socks[at]
-        fast = self._fast[at]
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(64):  # bounded, then yield: the other sockets get their turn
-                try:
-                    rest = fast.serve(sock)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self.stats["recv_errors"] += 1
-                    break
-                for data, src in rest:
-                    try:
-                        self.handle(data, src, at)
-                    except Exception:
-                        # a bug on one odd request must not stop the service for everyone else
-                        self.stats["internal_error"] += 1
-                        log.exception("STUN request from %s:%s", *src)
-            await trio.lowlevel.checkpoint()
+    def _handle_safely(self, data: bytes, src: Address, at: Address) -> None:
+        try:
+            self.handle(data, src, at)
+        except Exception:
+            # a bug on one odd request must not stop the service for everyone else
+            self.stats["internal_error"] += 1
+            log.exception("STUN request from %s:%s", *src)
 
-    async def _serve_control(self) -> None:
+    def serve_turn(self, at: Address, pending: deque) -> None:
+        """One turn on the event loop for the socket at `at`: batches until it is drained or the
+        time budget is spent. Datagrams received but not yet handled wait in `pending` (at most one
+        batch) for the next turn."""
+        sock, fast = self._socks[at], self._fast[at]
+        deadline = self.clock() + self.config.turn_budget
+        while True:
+            while pending:
+                self._handle_safely(*pending.popleft(), at)
+                if self.clock() >= deadline:
+                    return
+            try:
+                pending.extend(fast.serve(sock))
+            except BlockingIOError:
+                return
+            except OSError:
+                self.stats["recv_errors"] += 1
+                return
+            if self.clock() >= deadline:
+                return
+
+    async def _serve_socket(self, at: Address) -> None:
+        pending: deque = deque()
+        while True:
+            if pending:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(self._socks[at])
+            self.serve_turn(at, pending)
+
+    def control_turn(self) -> None:
+        """Control frames until none waits or the time budget is spent (the peer's IP can be
+        spoofed: a flood of frames must not hold the loop either)."""
         sock = self._control
         assert sock is not None
+        deadline = self.clock() + self.config.turn_budget
+        while self.clock() < deadline:
+            try:
+                data, src = sock.recvfrom(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.stats["recv_errors"] += 1
+                return
+            try:
+                self.handle_control(data, src[:2])
+            except Exception:
+                self.stats["internal_error"] += 1
+                log.exception("control frame from %s:%s", *src[:2])
+
+    async def _serve_control(self) -> None:
+        assert self._control is not None
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            while True:
-                try:
-                    data, src = sock.recvfrom(4096)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self.stats["recv_errors"] += 1
-                    break
-                try:
-                    self.handle_control(data, src[:2])
-                except Exception:
-                    self.stats["internal_error"] += 1
-                    log.exception("control frame from %s:%s", *src[:2])
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.wait_readable(self._control)
+            self.control_turn()
 
     def close(self) -> None:
         for s in self._socks.values():
