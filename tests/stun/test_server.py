@@ -179,7 +179,7 @@ async def test_bad_packets_are_dropped_counted_and_service_continues(rfc5780):
 
 async def test_one_flooding_client_does_not_block_another(rfc5780):
     srv, a, b = rfc5780
-    flooder, s = await udp(), await udp()
+    flooder, s = await udp("127.0.0.1"), await udp(a)  # two sources: each has its own budget
 
     async def flood():
         for i in range(3000):
@@ -337,7 +337,7 @@ def _hostile_request(i: int) -> bytes:
 
 async def test_serving_yields_to_the_event_loop_by_time_not_by_count(nursery):
     a, b = loopback_pair()
-    config = StunServerConfig(ip=a, alt_ip=b, port=P, alt_port=PALT)
+    config = StunServerConfig(ip=a, alt_ip=b, port=P, alt_port=PALT, rate_limit=0)
     srv = await nursery.start(serve_stun, config)
     # a deterministic clock: every request handled in Python costs exactly 1 ms of it
     now = [0.0]
@@ -365,3 +365,62 @@ async def test_serving_yields_to_the_event_loop_by_time_not_by_count(nursery):
     per_turn = int(config.turn_budget / 0.001) + 1
     assert max(gaps) <= 2 * per_turn, (max(gaps), per_turn)
     flooder.close()
+
+
+# ---- per-source budget and amplification (issue 14, items 4 and 7)
+
+
+def _drain(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
+    """Every datagram that arrives until the socket has been quiet for `quiet` seconds."""
+    import select
+
+    got = []
+    while select.select([sock], [], [], quiet)[0]:
+        got.append(sock.recv(4096))
+    return got
+
+
+async def _flood(sock: socket.socket, reqs: list[bytes], dest) -> list[bytes]:
+    for r in reqs:
+        sock.sendto(r, dest)
+    return await trio.to_thread.run_sync(_drain, sock)
+
+
+async def test_one_source_is_held_to_its_byte_budget(nursery):
+    a, b = loopback_pair()
+    exchange = (20 + 28) + (68 + 28)  # a bare request and our 68-byte answer, IPv4 + UDP headers
+    config = StunServerConfig(ip=a, alt_ip=b, port=P, alt_port=PALT, rate_limit=1, rate_burst=10 * exchange)
+    srv = await nursery.start(serve_stun, config)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    replies = await _flood(s, [binding_request().encode() for _ in range(50)], (a, P))
+    assert len(replies) == 10  # the C fast path charged each answer with its request
+    # the Python path shares the same bucket: the same IP, another port, other requests
+    s2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s2.bind(("127.0.0.1", 0))
+    assert await _flood(s2, [binding_request(change_port=True).encode() for _ in range(5)], (a, P)) == []
+    # another source is not affected
+    other = await udp(a)
+    r = await binding(other, (a, P), timeout=2)
+    assert r.mapped == other.getsockname()
+    c = srv.counters()
+    assert c["answered_fast"] == 11 and c["rate_limited"] == 45, c
+    for x in (s, s2, other):
+        x.close()
+
+
+async def test_replies_are_never_more_than_three_times_what_a_source_sent(nursery):
+    # a long SOFTWARE makes every answer 460 bytes: 10x a bare request on the wire, an amplifier on main
+    a, b = loopback_pair()
+    config = StunServerConfig(ip=a, alt_ip=b, port=P, alt_port=PALT, software="x" * 400)
+    srv = await nursery.start(serve_stun, config)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    reqs = [binding_request().encode() for _ in range(40)] + [
+        binding_request(change_port=True).encode() for _ in range(40)]
+    replies = await _flood(s, reqs, (a, P))
+    sent = sum(len(r) + 28 for r in reqs)
+    received = sum(len(r) + 28 for r in replies)
+    assert 0 < received <= 3 * sent, (received, sent)
+    assert srv.counters()["amplification_limited"] > 0
+    s.close()

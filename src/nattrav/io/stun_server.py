@@ -9,7 +9,10 @@ Two layouts:
 With only one IP and no peer ("single"), change-IP requests get 420 and no OTHER-ADDRESS is sent.
 
 Bare Binding requests (the bulk of the load) are answered in C, in batches (recvmmsg/sendmmsg, see
-core/mmsg.py); everything else goes through `answer()`, which is pure and sans-IO.
+core/mmsg.py); everything else goes through `decide()`, which is pure and sans-IO. Every request is
+first charged to its source (core/mmsg.SourceLimiter, in C): a byte budget per source IP and a cap on
+reply bytes per request byte, so the server can be neither taken over nor used as an amplifier by one
+source.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 import msgpack
 import trio
 
-from ..core.mmsg import StunFastPath
+from ..core.mmsg import SourceLimiter, StunFastPath
 from ..proto.stun import (
     Address,
     Attr,
@@ -47,6 +50,11 @@ DEFAULT_CONTROL_PORT = 3480
 SOFTWARE = "nattrav"
 MAX_PADDING = 1024
 CONTROL_MAC_LEN = 16
+# per source IP (IPv6: /64), both directions, IP+UDP headers included: ~900 bare Binding exchanges at
+# once, then ~900/s. Far above what a client needs (a full probe is ~20 requests), and an address
+# whose IP is spoofed receives at most this much from us.
+DEFAULT_RATE_LIMIT = 128 * 1024
+DEFAULT_MAX_AMPLIFICATION = 3.0
 
 
 @dataclass
@@ -73,6 +81,11 @@ class StunServerConfig:
     # the longest a socket keeps the (shared) event loop before yielding, in seconds: work is
     # bounded by time, not by a count of requests whose cost an attacker chooses
     turn_budget: float = 0.002
+    # per-source limits (bytes/s and bytes; 0 = no limiter) and the reply/request byte ratio cap
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_LIMIT
+    max_amplification: float = DEFAULT_MAX_AMPLIFICATION
+    limiter_slots: int = 65536
 
     @property
     def layout(self) -> str:
@@ -275,6 +288,7 @@ class StunServer:
     _socks: dict[Address, socket.socket] = field(default_factory=dict)
     _fast: dict[Address, StunFastPath] = field(default_factory=dict)
     _control: socket.socket | None = None
+    limiter: SourceLimiter | None = None
     clock: Callable[[], float] = time.monotonic
 
     def counters(self) -> dict[str, int]:
@@ -283,6 +297,9 @@ class StunServer:
             for k, v in fp.stats.items():
                 out[k] += v
         out["answered"] += out["answered_fast"]
+        if self.limiter is not None:
+            for k, v in self.limiter.stats.items():
+                out["limiter_shared" if k == "shared" else k] += v
         return dict(out)
 
     # -- per-datagram handling (synchronous: no request ever waits on another)
@@ -302,6 +319,10 @@ class StunServer:
             return
         if d.reason != "answered":
             self.stats[d.reason] += 1
+        # the request was charged to its source in C; the reply is charged here, whoever sends it
+        # (a forwarded request is answered by the peer without charging again)
+        if self.limiter is not None and not self.limiter.reply(d.dest, len(d.response)):
+            return
         sock = self._socks.get(d.send_from)
         if sock is not None:
             self._send(sock, d.response, d.dest)
@@ -439,7 +460,13 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
     if not 0 < config.port <= 65535 or not 0 <= config.alt_port <= 65535 or config.alt_port == config.port:
         # OTHER-ADDRESS names the ports, so they must be known before binding: no ephemeral ports
         raise ValueError(f"ports must be fixed and distinct, got {config.port}/{config.alt_port}")
+    if config.rate_limit < 0 or (config.rate_limit and config.rate_burst <= 0):
+        raise ValueError("rate_limit must be >= 0 (0: off) and rate_burst > 0")
     srv = StunServer(config)
+    if config.rate_limit:
+        srv.limiter = SourceLimiter(config.rate_limit, config.rate_burst,
+                                    max_amplification=config.max_amplification,
+                                    slots=config.limiter_slots)
     try:
         for ip in config.local_ips:
             for port in config.ports:
@@ -449,7 +476,8 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
                 srv.addresses.append(at)
                 tail = fast_tail(at, config) if config.fast_path else None
                 srv._fast[at] = StunFastPath(
-                    tail, n=config.batch, replay_window_ms=config.replay_window_ms
+                    tail, n=config.batch, replay_window_ms=config.replay_window_ms,
+                    limiter=srv.limiter,
                 )
         if config.peer:
             srv._control = _bind(config.ip, config.control_port)
