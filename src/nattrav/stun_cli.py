@@ -121,9 +121,14 @@ def format_table(b: NatBehavior) -> str:
     return "\n".join(lines)
 
 
-async def _serve(config: StunServerConfig, stats_interval: float) -> None:
+async def _serve(config: StunServerConfig, stats_interval: float) -> int:
+    """Serve until SIGINT/SIGTERM (0), or say in one line why it cannot start (1)."""
     async with trio.open_nursery() as nursery:
-        srv = await nursery.start(serve_stun, config)
+        try:
+            srv = await nursery.start(serve_stun, config)
+        except (OSError, ValueError) as exc:  # address not local, port in use, bad ports
+            print(f"nattrav-stun: cannot serve: {exc}", file=sys.stderr)
+            return 1
         addrs = ", ".join(f"{ip}:{port}" for ip, port in srv.addresses)
         print(f"nattrav-stun: serving ({config.layout}) on {addrs}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -138,20 +143,8 @@ async def _serve(config: StunServerConfig, stats_interval: float) -> None:
             async for _ in signals:
                 print(json.dumps(srv.counters()), flush=True)
                 nursery.cancel_scope.cancel()
-                return
-
-
-def _startup_error(exc: BaseException) -> BaseException | None:
-    """The OSError/ValueError (address not local, port in use, bad ports) inside a Trio nursery's
-    exception group: what the user must be told, in one line."""
-    if isinstance(exc, (OSError, ValueError)):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = _startup_error(sub)
-            if found is not None:
-                return found
-    return None
+                return 0
+    return 0
 
 
 def _serve_config(args: argparse.Namespace) -> StunServerConfig:
@@ -229,15 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"nattrav-stun: error: {exc}", file=sys.stderr)
             return 2
-        try:
-            trio.run(_serve, config, args.stats_interval)
-        except (OSError, ValueError, BaseExceptionGroup) as exc:
-            cause = _startup_error(exc)
-            if cause is None:
-                raise
-            print(f"nattrav-stun: cannot serve: {cause}", file=sys.stderr)
-            return 1
-        return 0
+        return trio.run(_serve, config, args.stats_interval)
 
     from .io.stun_client import discover
 

@@ -158,3 +158,8 @@ def test_nattrav_server_checks_its_stun_rate_limit():
     r = subprocess.run([sys.executable, "-m", "nattrav.server_cli", "--stun", "127.0.0.1",
                         "--stun-rate-limit", "100"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "--stun-rate-limit" in r.stderr
+
+
+def test_an_address_that_is_not_local_is_one_line_not_a_traceback():
+    r = _serve(["--ip", "192.0.2.77"])  # TEST-NET-1: on no interface of this machine
+    assert r.returncode == 1 and "cannot serve" in r.stderr and "Traceback" not in r.stderr
