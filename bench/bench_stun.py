@@ -3,7 +3,7 @@
 work one hostile request costs.
 
     .venv/bin/python bench/bench_stun.py [--seconds 3] [--rounds 3] [--inflight 64] [--json FILE]
-                                         [--compare-src DIR] [--hostile-only]
+                                         [--compare-src DIR] [--in-process]
 
 One C load generator (core.mmsg.stun_load: sendmmsg/recvmmsg, `inflight` bare Binding requests with
 fresh transaction IDs kept outstanding, all from ONE source address) is pointed in turn at:
@@ -19,10 +19,12 @@ fresh transaction IDs kept outstanding, all from ONE source address) is pointed 
 Each server runs in its own process; rounds alternate between them so drift hits all alike. The best
 round of each is reported, and the ratios printed. Loopback only.
 
-Then, in this process, the CPU one request costs on the Python path (parse + decide + encode, no
+Then, in this process: the C fast path's cost per request with and without the limiter (batches of 64
+interleaved, medians: the limiter's cost without the noise of a whole server), and the CPU one request
+costs on the Python path (parse + decide + encode, no
 sockets): a bare request, one with 30 unknown comprehension-required attributes (the most a request
 may carry now), and the 2 KB request with 500 of them from issue 14 (~2.5 ms on main). Runs on any
-tree: `PYTHONPATH=DIR python bench/bench_stun.py --hostile-only` measures another one.
+tree: `PYTHONPATH=DIR python bench/bench_stun.py --in-process` measures another one.
 """
 
 from __future__ import annotations
@@ -96,6 +98,65 @@ def hostile_costs(repeat: int = 200) -> dict[str, float]:
     return out
 
 
+def fastpath_costs(rounds: int = 3000, n: int = 64) -> dict[str, float]:
+    """Nanoseconds per bare request inside one C batch (recvmmsg, answer, sendmmsg), with and
+    without the per-source limiter, interleaved batch by batch so that the machine's drift hits
+    both alike; the median of each. The limiter's limits are out of the way: it is charged, never
+    refuses."""
+    import statistics
+
+    from nattrav.core.mmsg import RecvBatch, SourceLimiter, StunFastPath, send_batch
+    from nattrav.io.stun_server import StunServerConfig, fast_tail
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sk in (server, client):
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sk.bind(("127.0.0.1", 0))
+        sk.setblocking(False)
+    at = server.getsockname()
+    tail = fast_tail(at, StunServerConfig(ip="127.0.0.1", alt_ip="127.0.0.2", port=at[1], alt_port=at[1] + 1))
+    paths = {"limiter off": StunFastPath(tail, n=n),
+             "limiter on": StunFastPath(tail, n=n, limiter=SourceLimiter(1 << 40, 1 << 40))}
+    sink = RecvBatch(n=n, bufsize=256)
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    head = bytes.fromhex("000100002112a442")
+    counter = 0
+    try:
+        for r in range(rounds):
+            for name in (list(paths) if r % 2 else list(paths)[::-1]):
+                reqs = []
+                for _ in range(n):  # fresh transaction IDs: the replay cache must not drop them
+                    counter += 1
+                    reqs.append((head + counter.to_bytes(12, "big"), at))
+                send_batch(client, reqs)
+                t0 = time.perf_counter_ns()
+                paths[name].serve(server)
+                times[name].append((time.perf_counter_ns() - t0) / n)
+                while True:
+                    try:
+                        sink.recv(client)
+                    except BlockingIOError:
+                        break
+    finally:
+        server.close()
+        client.close()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def print_fastpath() -> dict[str, float]:
+    try:
+        from nattrav.core.mmsg import SourceLimiter  # noqa: F401
+    except ImportError:
+        print("\nC fast path: this tree has no per-source limiter to compare")
+        return {}
+    costs = fastpath_costs()
+    off, on = costs["limiter off"], costs["limiter on"]
+    print("\nC fast path, in this process (batches of 64 bare requests, median ns per request):")
+    print(f"  limiter off {off:8.0f} ns   limiter on {on:8.0f} ns   ratio on/off {on / off:.3f}x")
+    return costs
+
+
 def print_hostile() -> dict[str, float]:
     costs = hostile_costs()
     print("\nCPU per request on the Python path (parse + decide + encode, best of 5):")
@@ -139,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--compare-src", metavar="DIR",
                     help="also run the fast-path server from this source tree (its PYTHONPATH)")
-    ap.add_argument("--hostile-only", action="store_true", help="only the per-request CPU costs")
+    ap.add_argument("--in-process", action="store_true",
+                    help="only the in-process measurements (fast path with/without the limiter, "
+                         "Python path per request)")
     args = ap.parse_args(argv)
-    if args.hostile_only:
+    if args.in_process:
+        print_fastpath()
         print_hostile()
         return 0
 
@@ -205,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if "coturn" in best:
             print(f"ratio compare-src / coturn      = {best['nattrav-compare'] / best['coturn']:.2f}x")
     print(f"one source at the default limit = {best['nattrav-default']:,.0f} responses/s (held to its budget)")
+    summary["fastpath_ns"] = print_fastpath()
     summary["hostile_us"] = print_hostile()
     if args.json:
         with open(args.json, "w") as f:
