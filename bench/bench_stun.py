@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio nattrav-python / coturn   = {best['nattrav-python'] / best['coturn']:.2f}x")
     print(f"ratio C fast path / Python path = {best['nattrav'] / best['nattrav-python']:.2f}x")
     print(f"ratio limiter on / off          = {best['nattrav'] / best['nattrav-nolimit']:.3f}x"
-          "  (the per-source limiter's cost on the fast path)")
+          "  (whole servers, noisy: the in-process line below is the measure)")
     if "nattrav-compare" in best:
         # the same round's numbers are measured seconds apart: their ratio drifts less than the bests
         per_round = sorted(a["per_second"] / b["per_second"]
