@@ -180,9 +180,195 @@ static int put_xor_mapped(uint8_t *out, const nt_addr *src, const uint8_t *hdrke
     return 4 + alen;
 }
 
+/* ---- per-source limiter --------------------------------------------------------------------
+ *
+ * One token bucket in bytes per source: IPv4 address, or IPv6 /64 (one host holds a whole /64). Both
+ * directions are charged, IP and UDP headers included, so the bucket bounds what one source costs us
+ * and what we send towards it. A second counter, `credit`, bounds amplification: every admitted
+ * request earns factor x its bytes of reply, capped at `bank`; a reply spends it. So the reply bytes
+ * aimed at any address never exceed factor x the request bytes sent from it, plus the bank.
+ *
+ * The table is direct-mapped with a keyed hash. A source takes over a slot only when the occupant's
+ * bucket has refilled completely: that state is exactly a new entry's, so nothing is forgotten. Until
+ * then the newcomer shares the occupant's bucket (and is limited with it): a flood of spoofed sources
+ * can slow legitimate ones down, never reset anyone's budget. */
+
+struct limiter_head {
+    int64_t rate;       /* bytes per second */
+    int64_t burst;      /* bytes */
+    int64_t factor_pct; /* replies <= factor_pct / 100 x requests */
+    int64_t bank;       /* reply credit a source may save up, bytes */
+    uint64_t k0, k1;
+    int64_t slots;
+    uint64_t stats[NT_LIMIT_STAT_COUNT];
+};
+
+struct limiter_slot {
+    uint8_t key[16]; /* [0] family 4/6 (0: free), then the IPv4 address or the IPv6 /64 */
+    int64_t last_ms;
+    int64_t tokens; /* milli-bytes: rate (bytes/s) x elapsed ms, no division */
+    int64_t credit; /* centi-bytes: in x factor_pct */
+};
+
+int nt_limiter_size(int slots)
+{
+    if (slots <= 0 || slots > (1 << 22) || (slots & (slots - 1)))
+        return -EINVAL;
+    return (int)(sizeof(struct limiter_head) + (size_t)slots * sizeof(struct limiter_slot));
+}
+
+int nt_limiter_init(uint8_t *mem, int slots, int64_t rate, int64_t burst, int factor_pct,
+                    int64_t bank, const uint8_t *key16)
+{
+    if (mem == NULL || key16 == NULL || nt_limiter_size(slots) < 0 || rate <= 0 ||
+        rate > ((int64_t)1 << 40) || burst <= 0 || burst > ((int64_t)1 << 40) ||
+        factor_pct < 100 || factor_pct > 100000 || bank < 0 || bank > ((int64_t)1 << 40))
+        return -EINVAL;
+    memset(mem, 0, (size_t)nt_limiter_size(slots));
+    struct limiter_head *h = (struct limiter_head *)mem;
+    h->rate = rate;
+    h->burst = burst;
+    h->factor_pct = factor_pct;
+    h->bank = bank;
+    memcpy(&h->k0, key16, 8);
+    memcpy(&h->k1, key16 + 8, 8);
+    h->slots = slots;
+    return 0;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int wire_overhead(const nt_addr *a)
+{
+    return a->family == 6 ? 48 : 28; /* IPv6 40 / IPv4 20, + UDP 8 */
+}
+
+/* The source's slot, refilled to `now`; claims it when free or as good as new. */
+static struct limiter_slot *limiter_slot(uint8_t *mem, const nt_addr *src, int64_t now)
+{
+    struct limiter_head *h = (struct limiter_head *)mem;
+    uint8_t key[16] = {0};
+    key[0] = src->family;
+    memcpy(key + 1, src->ip, src->family == 6 ? 8 : 4);
+    uint64_t w0, w1;
+    memcpy(&w0, key, 8);
+    memcpy(&w1, key + 8, 8);
+    uint64_t hash = mix64(mix64(w0 ^ h->k0) ^ w1 ^ h->k1);
+    struct limiter_slot *s =
+        (struct limiter_slot *)(mem + sizeof *h) + (hash & (uint64_t)(h->slots - 1));
+    int64_t full = h->burst * 1000;
+    if (s->key[0] != 0) {
+        int64_t elapsed = now - s->last_ms;
+        if (elapsed > 0) {
+            /* clamp first: rate x elapsed must not overflow after days of silence */
+            if (elapsed > full / h->rate + 1)
+                elapsed = full / h->rate + 1;
+            s->tokens += h->rate * elapsed;
+            if (s->tokens > full)
+                s->tokens = full;
+            s->last_ms = now;
+        }
+    }
+    if (memcmp(s->key, key, sizeof key) == 0)
+        return s;
+    if (s->key[0] == 0 || s->tokens >= full) {
+        memcpy(s->key, key, sizeof key);
+        s->tokens = full;
+        s->credit = 0;
+        s->last_ms = now;
+    } else {
+        h->stats[NT_LIMIT_SHARED]++;
+    }
+    return s;
+}
+
+static int64_t limiter_now(int64_t now_ms_arg)
+{
+    return now_ms_arg >= 0 ? now_ms_arg : now_ms();
+}
+
+static int bad_limiter_args(const uint8_t *mem, const nt_addr *src, int bytes)
+{
+    return mem == NULL || src == NULL || (src->family != 4 && src->family != 6) || bytes < 0 ||
+           bytes > 65535;
+}
+
+/* 1: admit both a request of `in` bytes and its reply of `out` bytes, charged now; 0: neither. */
+static int limiter_exchange(uint8_t *mem, const nt_addr *src, int in, int out, int64_t now)
+{
+    struct limiter_head *h = (struct limiter_head *)mem;
+    struct limiter_slot *s = limiter_slot(mem, src, now);
+    int64_t win = in + wire_overhead(src), wout = out > 0 ? out + wire_overhead(src) : 0;
+    if (s->tokens < (win + wout) * 1000) {
+        h->stats[NT_LIMIT_RATE]++;
+        return 0;
+    }
+    /* saved credit (never above the bank) plus what this request earns */
+    int64_t credit = s->credit + win * h->factor_pct;
+    if (credit < wout * 100) {
+        h->stats[NT_LIMIT_AMPLIFICATION]++;
+        return 0;
+    }
+    s->tokens -= (win + wout) * 1000;
+    s->credit = credit - wout * 100;
+    if (s->credit > h->bank * 100)
+        s->credit = h->bank * 100;
+    return 1;
+}
+
+int nt_limiter_exchange(uint8_t *mem, const nt_addr *src, int in, int out, int64_t now_ms_arg)
+{
+    if (bad_limiter_args(mem, src, in) || out < 0 || out > 65535)
+        return -EINVAL;
+    return limiter_exchange(mem, src, in, out, limiter_now(now_ms_arg));
+}
+
+int nt_limiter_request(uint8_t *mem, const nt_addr *src, int bytes, int64_t now_ms_arg)
+{
+    if (bad_limiter_args(mem, src, bytes))
+        return -EINVAL;
+    return limiter_exchange(mem, src, bytes, 0, limiter_now(now_ms_arg));
+}
+
+int nt_limiter_reply(uint8_t *mem, const nt_addr *src, int bytes, int64_t now_ms_arg)
+{
+    if (bad_limiter_args(mem, src, bytes))
+        return -EINVAL;
+    struct limiter_head *h = (struct limiter_head *)mem;
+    struct limiter_slot *s = limiter_slot(mem, src, limiter_now(now_ms_arg));
+    int64_t w = bytes + wire_overhead(src);
+    if (s->credit < w * 100) {
+        h->stats[NT_LIMIT_AMPLIFICATION]++;
+        return 0;
+    }
+    if (s->tokens < w * 1000) {
+        h->stats[NT_LIMIT_RATE]++;
+        return 0;
+    }
+    s->credit -= w * 100;
+    s->tokens -= w * 1000;
+    return 1;
+}
+
+int nt_limiter_stats(const uint8_t *mem, uint64_t *out)
+{
+    if (mem == NULL || out == NULL)
+        return -EINVAL;
+    memcpy(out, ((const struct limiter_head *)mem)->stats, sizeof(uint64_t) * NT_LIMIT_STAT_COUNT);
+    return 0;
+}
+
 int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs,
                         const uint8_t *tail, int tail_len, uint8_t *cache, int slots,
-                        int window_ms, uint64_t *stats)
+                        int window_ms, uint8_t *limiter, uint64_t *stats)
 {
     if (tail_len < -1 || tail_len > 512 || (tail_len > 0 && tail == NULL) || stats == NULL ||
         (cache != NULL && (slots <= 0 || (slots & (slots - 1)))) || bufsize < 64)
@@ -194,7 +380,7 @@ int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt
     int out_lens[MAX_BATCH];
     nt_addr out_addrs[MAX_BATCH];
     int nout = 0;
-    int64_t now = cache ? now_ms() : 0;
+    int64_t now = (cache || limiter) ? now_ms() : 0;
     for (int i = 0; i < got; i++) {
         const uint8_t *p = bufs + (size_t)i * bufsize;
         int len = lens[i];
@@ -218,10 +404,20 @@ int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt
         /* only the plain RFC 5389 Binding request (bare header) is answered here; the rest goes to
          * Python, which knows every attribute */
         int cookie = p[4] == 0x21 && p[5] == 0x12 && p[6] == 0xA4 && p[7] == 0x42;
-        if (tail_len < 0 || !(p[0] == 0x00 && p[1] == 0x01 && declared == 0 && cookie) ||
-            nout >= MAX_BATCH)
-            continue;
-        if (addrs[i].family != 4 && addrs[i].family != 6)
+        int family_ok = addrs[i].family == 4 || addrs[i].family == 6;
+        int bare = tail_len >= 0 && p[0] == 0x00 && p[1] == 0x01 && declared == 0 && cookie &&
+                   nout < MAX_BATCH && family_ok;
+        if (limiter) {
+            /* a bare request is charged with its answer; any other with itself only (Python
+             * charges the reply it builds) */
+            int out_len = bare ? STUN_HDR + 4 + (addrs[i].family == 4 ? 8 : 20) + tail_len : 0;
+            if (!family_ok || !limiter_exchange(limiter, &addrs[i], len, out_len, now)) {
+                lens[i] = NT_BATCH_LIMITED;
+                stats[NT_STAT_LIMITED]++;
+                continue;
+            }
+        }
+        if (!bare)
             continue;
         uint8_t *o = out[nout];
         memcpy(o, p, STUN_HDR);

@@ -83,13 +83,15 @@ typedef struct { uint8_t family; uint8_t pad; uint16_t port; uint8_t ip[16]; } n
 #define NT_BATCH_REPLAYED -2
 #define NT_BATCH_MALFORMED -3
 #define NT_BATCH_OVERSIZED -4
+#define NT_BATCH_LIMITED -5
 #define NT_STAT_RECEIVED 0
 #define NT_STAT_ANSWERED 1
 #define NT_STAT_REPLAYED 2
 #define NT_STAT_MALFORMED 3
 #define NT_STAT_OVERSIZED 4
 #define NT_STAT_SEND_ERRORS 5
-#define NT_STAT_COUNT 6
+#define NT_STAT_LIMITED 6
+#define NT_STAT_COUNT 7
 /* Receive up to n (<= 256) datagrams without blocking; datagram i at bufs + i*bufsize, lens[i] its
  * length (-1 when cut because longer than bufsize). Returns the count, or -EAGAIN when none waits. */
 int nt_recv_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs);
@@ -98,13 +100,35 @@ int nt_send_batch(int fd, const uint8_t *bufs, int bufsize, int n, const int *le
                   const nt_addr *addrs);
 /* Bytes needed for a replay cache of `slots` (a power of two) entries. */
 int nt_replay_cache_size(int slots);
+/* Per-source limiter: a byte token bucket per source IP (IPv6: per /64) in a bounded table, and an
+ * amplification cap (reply bytes <= factor x request bytes). Byte counts are UDP payloads; the IP and
+ * UDP headers are added here. now_ms < 0: the monotonic clock. */
+#define NT_LIMIT_RATE 0
+#define NT_LIMIT_AMPLIFICATION 1
+#define NT_LIMIT_SHARED 2
+#define NT_LIMIT_STAT_COUNT 3
+/* Bytes for a limiter of `slots` (a power of two) entries. */
+int nt_limiter_size(int slots);
+/* rate bytes/s and burst bytes per source; factor_pct >= 100 (300: replies <= 3x requests); bank: the
+ * most reply credit a source may save up, bytes; key16: 16 random bytes keying the slot hash. */
+int nt_limiter_init(uint8_t *mem, int slots, int64_t rate, int64_t burst, int factor_pct,
+                    int64_t bank, const uint8_t *key16);
+/* 1: a request of `in` bytes and its reply of `out` bytes are admitted and charged; 0: neither. */
+int nt_limiter_exchange(uint8_t *mem, const nt_addr *src, int in, int out, int64_t now_ms);
+/* 1: a request is admitted and charged (it earns reply credit); 0: refused. */
+int nt_limiter_request(uint8_t *mem, const nt_addr *src, int bytes, int64_t now_ms);
+/* 1: a reply of `bytes` towards src may go (charged); 0: it must not. */
+int nt_limiter_reply(uint8_t *mem, const nt_addr *src, int bytes, int64_t now_ms);
+/* out[NT_LIMIT_*] = counters. */
+int nt_limiter_stats(const uint8_t *mem, uint64_t *out);
 /* Receive a batch; answer bare RFC 5389 Binding requests in C (header + XOR-MAPPED-ADDRESS + the
  * constant `tail` attributes) with one sendmmsg. lens[i] becomes NT_BATCH_* for packets handled here
  * and stays >= 0 for those Python must handle. stats[NT_STAT_*] are incremented. tail_len -1: answer
- * nothing in C, only classify (malformed/replayed). */
+ * nothing in C, only classify (malformed/replayed/limited). `limiter` (may be NULL): every request
+ * that reaches it is charged; a bare one with its answer. */
 int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs,
                         const uint8_t *tail, int tail_len, uint8_t *cache, int slots,
-                        int window_ms, uint64_t *stats);
+                        int window_ms, uint8_t *limiter, uint64_t *stats);
 /* Load generator: keep `inflight` bare Binding requests (fresh IDs) outstanding towards `server` for
  * duration_ms; out[0] = sent, out[1] = responses, out[2] = 20 ms stalls. */
 int nt_stun_load(int fd, const nt_addr *server, int inflight, int duration_ms, uint64_t *out);

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "answered from the other IP/port); one IP alone answers change-IP with 420")
     p.add_argument("--stun-ports", default="3478,3479", metavar="PORT,ALT_PORT",
                    help="STUN ports on each IP (default 3478,3479)")
+    p.add_argument("--stun-rate-limit", type=int, default=128 * 1024, metavar="BYTES",
+                   help="STUN: bytes/s per source IP (IPv6: /64), both directions, also the burst; "
+                        "replies never exceed 3x a source's request bytes (default 131072; 0: no limit)")
     p.add_argument("--keepalive-timeout", type=float, default=45.0, metavar="S",
                    help="a peer silent this long is offline (default 45)")
     p.add_argument("--retain", type=float, default=300.0, metavar="S",
@@ -193,7 +196,8 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
                 nursery.cancel_scope.cancel()
                 return 1
             config = StunServerConfig(ip=stun_ips[0], alt_ip=stun_ips[1] if len(stun_ips) > 1 else None,
-                                      port=stun_ports[0], alt_port=stun_ports[1])
+                                      port=stun_ports[0], alt_port=stun_ports[1],
+                                      rate_limit=args.stun_rate_limit, rate_burst=args.stun_rate_limit)
             try:
                 srv = await nursery.start(serve_stun, config)
             except BaseException as exc:
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         ports = [p.strip() for p in args.stun_ports.split(",")]
         if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in ports) or ports[0] == ports[1]:
             raise UsageError(f"--stun-ports wants two distinct ports 1..65535, got {args.stun_ports!r}")
+        if not (args.stun_rate_limit == 0 or args.stun_rate_limit >= 1024):
+            raise UsageError("--stun-rate-limit must be 0 (no limit) or at least 1024 bytes/s")
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):
             if not getattr(args, name) > 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
+import stat
 import sys
 
 import trio
@@ -14,11 +16,59 @@ import trio
 from .io.stun_server import (
     DEFAULT_ALT_PORT,
     DEFAULT_CONTROL_PORT,
+    DEFAULT_MAX_AMPLIFICATION,
     DEFAULT_PORT,
+    DEFAULT_RATE_LIMIT,
     StunServerConfig,
     serve_stun,
 )
 from .proto.nat_behavior import NatBehavior
+from .proto.stun_control import MIN_SECRET
+
+SECRET_ENV = "NATTRAV_STUN_SECRET"
+SECRET_ON_ARGV = (
+    "--secret on the command line is readable by every local user (ps, /proc/PID/cmdline); put the "
+    f"key in a file and pass --secret-file FILE, or set {SECRET_ENV}"
+)
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit 2."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes: "131072", "128k", "1M" (k = 1024). For the rate-limit options."""
+    t = text.strip().lower()
+    mult = {"k": 1024, "m": 1024 * 1024, "g": 1024**3}.get(t[-1:], 1)
+    digits = t[:-1] if mult > 1 else t
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 131072, 128k, 1M)")
+    return int(digits) * mult
+
+
+def read_secret(path: str | None, environ: dict[str, str] | None = None) -> bytes | None:
+    """The control-link key: the file's bytes (surrounding whitespace removed), else the environment
+    variable, else None. Never from argv."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                secret = f.read(4097).strip()
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise UsageError(f"--secret-file {path}: {exc.strerror or exc}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(f"nattrav-stun: warning: {path} is readable by other users (chmod 600 it)",
+                  file=sys.stderr)
+        where = f"--secret-file {path}"
+    elif env.get(SECRET_ENV):
+        secret, where = env[SECRET_ENV].strip().encode(), SECRET_ENV
+    else:
+        return None
+    if len(secret) < MIN_SECRET or len(secret) > 4096:
+        raise UsageError(f"{where}: the key must be {MIN_SECRET}..4096 bytes, got {len(secret)} "
+                         f"(e.g. `openssl rand -hex 32 > key`)")
+    return secret
 
 
 def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -71,9 +121,14 @@ def format_table(b: NatBehavior) -> str:
     return "\n".join(lines)
 
 
-async def _serve(config: StunServerConfig, stats_interval: float) -> None:
+async def _serve(config: StunServerConfig, stats_interval: float) -> int:
+    """Serve until SIGINT/SIGTERM (0), or say in one line why it cannot start (1)."""
     async with trio.open_nursery() as nursery:
-        srv = await nursery.start(serve_stun, config)
+        try:
+            srv = await nursery.start(serve_stun, config)
+        except (OSError, ValueError) as exc:  # address not local, port in use, bad ports
+            print(f"nattrav-stun: cannot serve: {exc}", file=sys.stderr)
+            return 1
         addrs = ", ".join(f"{ip}:{port}" for ip, port in srv.addresses)
         print(f"nattrav-stun: serving ({config.layout}) on {addrs}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -88,7 +143,36 @@ async def _serve(config: StunServerConfig, stats_interval: float) -> None:
             async for _ in signals:
                 print(json.dumps(srv.counters()), flush=True)
                 nursery.cancel_scope.cancel()
-                return
+                return 0
+    return 0
+
+
+def _serve_config(args: argparse.Namespace) -> StunServerConfig:
+    if args.secret is not None:
+        raise UsageError(SECRET_ON_ARGV)
+    secret = read_secret(args.secret_file)
+    if args.peer and secret is None:
+        raise UsageError(f"--peer needs the control-link key: --secret-file FILE or {SECRET_ENV} "
+                         f"(at least {MIN_SECRET} bytes, the same on both hosts)")
+    if args.max_amplification < 1:
+        raise UsageError("--max-amplification must be >= 1")
+    burst = args.rate_limit if args.rate_burst is None else args.rate_burst
+    if args.rate_limit and burst < 1024:
+        raise UsageError("--rate-burst must be at least 1k (one large request and its answer)")
+    return StunServerConfig(
+        ip=args.ip,
+        alt_ip=args.alt_ip,
+        port=args.port,
+        alt_port=args.alt_port,
+        peer=args.peer,
+        control_port=args.control_port,
+        secret=secret,
+        software=args.software or None,
+        fast_path=not args.no_fast_path,
+        rate_limit=args.rate_limit,
+        rate_burst=burst,
+        max_amplification=args.max_amplification,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--peer", action="store_true",
                     help="two-host layout: --alt-ip belongs to a peer running `serve --peer` too")
     sv.add_argument("--control-port", type=int, default=DEFAULT_CONTROL_PORT)
-    sv.add_argument("--secret", help="hex key authenticating the control link (both hosts)")
+    sv.add_argument("--secret-file", metavar="FILE",
+                    help=f"key authenticating the control link, the same on both hosts (required with "
+                         f"--peer; >= {MIN_SECRET} bytes, e.g. `openssl rand -hex 32`); or set {SECRET_ENV}")
+    sv.add_argument("--secret", help=argparse.SUPPRESS)  # refused with a clear message, see SECRET_ON_ARGV
+    sv.add_argument("--rate-limit", type=parse_size, default=DEFAULT_RATE_LIMIT, metavar="BYTES",
+                    help="per source IP (IPv6: per /64): bytes per second in both directions, headers "
+                         f"included (default {DEFAULT_RATE_LIMIT // 1024}k, ~900 Binding exchanges/s; 0: no limit)")
+    sv.add_argument("--rate-burst", type=parse_size, default=None, metavar="BYTES",
+                    help="bytes a source may use at once (default: the --rate-limit value)")
+    sv.add_argument("--max-amplification", type=float, default=DEFAULT_MAX_AMPLIFICATION, metavar="X",
+                    help="reply bytes a source receives never exceed X times the request bytes it sent "
+                         f"(default {DEFAULT_MAX_AMPLIFICATION:g}; >= 1)")
     sv.add_argument("--software", default="nattrav", help="SOFTWARE attribute ('' for none)")
     sv.add_argument("--no-fast-path", action="store_true", help="answer everything in Python")
     sv.add_argument("--stats-interval", type=float, default=0.0, help="print counters every N s")
@@ -122,23 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     if args.cmd == "serve":
-        config = StunServerConfig(
-            ip=args.ip,
-            alt_ip=args.alt_ip,
-            port=args.port,
-            alt_port=args.alt_port,
-            peer=args.peer,
-            control_port=args.control_port,
-            secret=bytes.fromhex(args.secret) if args.secret else None,
-            software=args.software or None,
-            fast_path=not args.no_fast_path,
-        )
         try:
-            trio.run(_serve, config, args.stats_interval)
-        except OSError as exc:
-            print(f"nattrav-stun: cannot serve: {exc}", file=sys.stderr)
-            return 1
-        return 0
+            config = _serve_config(args)
+        except UsageError as exc:
+            print(f"nattrav-stun: error: {exc}", file=sys.stderr)
+            return 2
+        return trio.run(_serve, config, args.stats_interval)
 
     from .io.stun_client import discover
 

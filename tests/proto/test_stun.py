@@ -331,3 +331,53 @@ def test_rfc8489_sha256_vector():
     assert m.get(Attr.PASSWORD_ALGORITHM) == bytes.fromhex("00020000")  # SHA-256, no parameters
     assert m.check_integrity_sha256(long_term_key(user, "example.org", "TheMatrIX", sha256=True))
     assert not m.check_integrity_sha256(long_term_key(user, "example.org", "TheMatrIx", sha256=True))
+
+
+# ---- hostile requests: bounded work (issue 14, item 4)
+
+
+def _many_unknown_attributes(k: int) -> bytes:
+    """A Binding request with k distinct comprehension-required unknown attributes, empty values:
+    4 bytes each, so ~500 of them fit a 2 KB datagram."""
+    import struct
+
+    body = b"".join(struct.pack("!HH", 0x4000 + i, 0) for i in range(k))
+    return b"\x00\x01" + len(body).to_bytes(2, "big") + b"\x21\x12\xa4\x42" + TXN + body
+
+
+def test_a_request_with_hundreds_of_attributes_is_malformed():
+    from nattrav.proto.stun import MAX_ATTRIBUTES
+
+    assert 16 <= MAX_ATTRIBUTES <= 64  # room for ICE's ~10 attributes, nothing like 500
+    data = _many_unknown_attributes(500)
+    assert len(data) <= 2048
+    with pytest.raises(BadPacket, match="attributes"):
+        parse(data)
+    # the limit itself is fine
+    assert len(parse(_many_unknown_attributes(MAX_ATTRIBUTES)).attributes) == MAX_ATTRIBUTES
+    with pytest.raises(BadPacket):
+        parse(_many_unknown_attributes(MAX_ATTRIBUTES + 1))
+
+
+class _CountingType(int):
+    """An attribute type that counts equality tests: the work of a de-duplication, exactly."""
+
+    eq_calls = 0
+
+    def __eq__(self, other):
+        _CountingType.eq_calls += 1
+        return int.__eq__(self, other)
+
+    __hash__ = int.__hash__
+
+
+def test_unknown_required_is_linear_in_the_attribute_count():
+    # a Message built in memory is not capped by parse(): the de-duplication itself must be O(k)
+    k = 2000
+    attrs = [(_CountingType(0x4000 + i % (k // 2)), b"") for i in range(k)]  # every type twice
+    m = Message(attributes=attrs)
+    _CountingType.eq_calls = 0
+    unknown = m.unknown_required()
+    assert unknown == [0x4000 + i for i in range(k // 2)]  # wire order, each once
+    # a list-based de-duplication does ~k²/4 = 1,000,000 comparisons here; a set/dict about k
+    assert _CountingType.eq_calls <= 2 * k, _CountingType.eq_calls

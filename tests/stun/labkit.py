@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -14,7 +16,7 @@ from nattrav.lab.lab import Lab
 from nattrav.lab.spec import effective
 
 STUN_CLI = [sys.executable, "-m", "nattrav.stun_cli"]
-SECRET = "6e617474726176"  # control-link key for the two-host layout
+SECRET = b"nattrav-lab-control-link-key"  # control-link key for the two-host layout (>= 16 bytes)
 
 
 def _wait_ready(proc: subprocess.Popen, what: str, timeout: float = 10.0) -> None:
@@ -39,9 +41,13 @@ def stun_servers(lab: Lab, layout: str) -> Iterator[tuple[str, int]]:
     if layout == "rfc5780":
         argvs = [("server", STUN_CLI + ["serve", "--ip", lab.S1, "--alt-ip", lab.S2])]
     elif layout == "two-host":
+        # the key travels in a file, never on the command line (namespaces share the filesystem)
+        fd, key_file = tempfile.mkstemp(prefix="nt-stun-key-")
+        os.write(fd, SECRET)
+        os.close(fd)
         argvs = [
-            ("server", STUN_CLI + ["serve", "--ip", lab.S1, "--alt-ip", lab.S3, "--peer", "--secret", SECRET]),
-            ("server2", STUN_CLI + ["serve", "--ip", lab.S3, "--alt-ip", lab.S1, "--peer", "--secret", SECRET]),
+            ("server", STUN_CLI + ["serve", "--ip", lab.S1, "--alt-ip", lab.S3, "--peer", "--secret-file", key_file]),
+            ("server2", STUN_CLI + ["serve", "--ip", lab.S3, "--alt-ip", lab.S1, "--peer", "--secret-file", key_file]),
         ]
     else:
         raise ValueError(layout)
@@ -61,6 +67,8 @@ def stun_servers(lab: Lab, layout: str) -> Iterator[tuple[str, int]]:
                 p.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if layout == "two-host":
+            os.unlink(key_file)
 
 
 def probe(lab: Lab, server: tuple[str, int], *extra: str) -> dict:

@@ -56,3 +56,110 @@ def test_probe_with_no_server_says_blocked(capsys):
     assert main(["probe", f"{a}:3478", "--rto", "0.02", "--no-hairpin"]) == 2
     assert "UDP blocked" in capsys.readouterr().out
     assert time.monotonic() - t0 < 5
+
+
+# ---- the control-link key never on the command line (issue 14, item 7)
+
+STUN_CLI = [sys.executable, "-m", "nattrav.stun_cli"]
+
+
+def _serve(args: list[str], env: dict | None = None, timeout: float = 10) -> subprocess.CompletedProcess:
+    """A `serve` expected to stop by itself (refusing its command line): at most `timeout` s."""
+    return subprocess.run(STUN_CLI + ["serve"] + args, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def test_secret_on_the_command_line_is_refused_with_a_clear_error():
+    a, b = loopback_pair()
+    r = _serve(["--ip", a, "--alt-ip", b, "--peer", "--secret", "6b6579" * 8])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--secret-file" in r.stderr and "NATTRAV_STUN_SECRET" in r.stderr
+
+
+def test_peer_without_a_key_or_with_a_short_one_is_refused(tmp_path):
+    import os
+
+    a, b = loopback_pair()
+    env = {k: v for k, v in os.environ.items() if k != "NATTRAV_STUN_SECRET"}
+    r = _serve(["--ip", a, "--alt-ip", b, "--peer"], env=env)
+    assert r.returncode == 2 and "--secret-file" in r.stderr and "Traceback" not in r.stderr
+    short = tmp_path / "key"
+    short.write_bytes(b"short\n")
+    r = _serve(["--ip", a, "--alt-ip", b, "--peer", "--secret-file", str(short)], env=env)
+    assert r.returncode == 2 and "16" in r.stderr
+    r = _serve(["--ip", a, "--alt-ip", b, "--peer", "--secret-file", str(tmp_path / "missing")], env=env)
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_read_secret_from_file_or_environment(tmp_path, capsys):
+    from nattrav.stun_cli import SECRET_ENV, UsageError, read_secret
+
+    key = tmp_path / "key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    key.chmod(0o600)
+    assert read_secret(str(key), environ={}) == b"0123456789abcdef0123456789abcdef"
+    assert capsys.readouterr().err == ""
+    key.chmod(0o644)
+    read_secret(str(key), environ={})
+    assert "readable by other users" in capsys.readouterr().err
+    assert read_secret(None, environ={SECRET_ENV: "from-the-environment-16+"}) == b"from-the-environment-16+"
+    assert read_secret(None, environ={}) is None
+    with pytest.raises(UsageError):
+        read_secret(None, environ={SECRET_ENV: "short"})
+
+
+def test_two_host_layout_runs_with_a_key_file_and_the_environment(tmp_path):
+    import os
+
+    import trio
+
+    from nattrav.io.stun_client import binding
+
+    a, b = loopback_pair()
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    key.chmod(0o600)
+    p1 = subprocess.Popen(STUN_CLI + ["serve", "--ip", a, "--alt-ip", b, "--peer", "--secret-file", str(key)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p2 = subprocess.Popen(STUN_CLI + ["serve", "--ip", b, "--alt-ip", a, "--peer"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "NATTRAV_STUN_SECRET": key.read_text()})
+    try:
+        for p in (p1, p2):
+            line = p.stdout.readline()
+            assert "serving (two-host)" in line, line
+
+        async def change_ip() -> tuple[str, int]:
+            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            await s.bind(("127.0.0.1", 0))
+            r = await binding(s, (a, 3478), change_ip=True, change_port=True, other_address=(b, 3479),
+                              timeout=3)
+            s.close()
+            return r.source
+
+        assert trio.run(change_ip) == (b, 3479)  # answered by the peer: the link authenticated
+    finally:
+        for p in (p1, p2):
+            p.terminate()
+            p.wait(timeout=5)
+
+
+def test_rate_limit_options_are_checked():
+    from nattrav.stun_cli import parse_size
+
+    assert parse_size("131072") == 131072 and parse_size("128k") == 131072 and parse_size("1M") == 1 << 20
+    a, _ = loopback_pair()
+    for bad in (["--rate-limit", "lots"], ["--max-amplification", "0.5"], ["--rate-burst", "10"]):
+        r = _serve(["--ip", a] + bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_nattrav_server_checks_its_stun_rate_limit():
+    r = subprocess.run([sys.executable, "-m", "nattrav.server_cli", "--stun", "127.0.0.1",
+                        "--stun-rate-limit", "100"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "--stun-rate-limit" in r.stderr
+
+
+def test_an_address_that_is_not_local_is_one_line_not_a_traceback():
+    r = _serve(["--ip", "192.0.2.77"])  # TEST-NET-1: on no interface of this machine
+    assert r.returncode == 1 and "cannot serve" in r.stderr and "Traceback" not in r.stderr

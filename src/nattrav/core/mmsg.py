@@ -7,6 +7,7 @@ errors.check, so "nothing to read" is a BlockingIOError (EAGAIN) like a non-bloc
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 
 from .._core import ffi, lib
@@ -107,7 +108,68 @@ def send_batch(sock: object, datagrams: Sequence[tuple[bytes, Address]], bufsize
     return total
 
 
-STAT_NAMES = ("received", "answered_fast", "replayed", "malformed", "oversized", "send_errors")
+STAT_NAMES = ("received", "answered_fast", "replayed", "malformed", "oversized", "send_errors",
+              "rate_limited_fast")
+LIMIT_STAT_NAMES = ("rate_limited", "amplification_limited", "shared")
+
+
+def wire_bytes(payload: int, family: int) -> int:
+    """What a UDP datagram of `payload` bytes occupies on the wire: the limiter's unit."""
+    return payload + (48 if family == 6 else 28)
+
+
+class SourceLimiter:
+    """Per-source limits in C (csrc/mmsg.c), shared by every socket of a server: a token bucket of
+    `rate` bytes/s and `burst` bytes per source IP (IPv6: per /64), both directions counted; replies
+    never more than `max_amplification` x the request bytes a source sent (plus at most `bank` bytes
+    saved up). The table has `slots` entries whatever the number of sources.
+
+    `now_ms` (tests) replaces the monotonic clock."""
+
+    def __init__(
+        self,
+        rate: int,
+        burst: int,
+        *,
+        max_amplification: float = 3.0,
+        bank: int = 4096,
+        slots: int = 65536,
+        key: bytes | None = None,
+    ) -> None:
+        key = os.urandom(16) if key is None else key
+        if not isinstance(key, bytes) or len(key) != 16:
+            raise ValueError("limiter key must be 16 bytes")
+        if not 1.0 <= max_amplification <= 1000.0:
+            raise ValueError(f"max_amplification must be 1..1000, got {max_amplification!r}")
+        if not isinstance(slots, int) or slots <= 0 or slots & (slots - 1) or slots > 1 << 22:
+            raise ValueError(f"slots must be a power of two up to 2**22, got {slots!r}")
+        if not 0 < rate <= 1 << 40 or not 0 < burst <= 1 << 40 or not 0 <= bank <= 1 << 40:
+            raise ValueError(f"rate and burst must be > 0 (got {rate!r}, {burst!r}), bank >= 0")
+        self.nbytes = check(lib.nt_limiter_size(slots), "limiter size")
+        self._mem = ffi.new("uint8_t[]", self.nbytes)
+        check(lib.nt_limiter_init(self._mem, slots, int(rate), int(burst),
+                                  round(max_amplification * 100), int(bank), key), "limiter init")
+        self._addr = ffi.new("nt_addr *")
+        self._out = ffi.new("uint64_t[]", lib.NT_LIMIT_STAT_COUNT)
+
+    def _call(self, fn, src: Address, *sizes: int, now_ms: int | None) -> bool:
+        addr_to_c(src, self._addr)
+        return bool(check(fn(self._mem, self._addr, *sizes, -1 if now_ms is None else now_ms), "limiter"))
+
+    def exchange(self, src: Address, request: int, reply: int, *, now_ms: int | None = None) -> bool:
+        """A request and its reply, admitted (and charged) together or not at all."""
+        return self._call(lib.nt_limiter_exchange, src, request, reply, now_ms=now_ms)
+
+    def request(self, src: Address, size: int, *, now_ms: int | None = None) -> bool:
+        return self._call(lib.nt_limiter_request, src, size, now_ms=now_ms)
+
+    def reply(self, dest: Address, size: int, *, now_ms: int | None = None) -> bool:
+        return self._call(lib.nt_limiter_reply, dest, size, now_ms=now_ms)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        check(lib.nt_limiter_stats(self._mem, self._out), "limiter stats")
+        return {name: int(self._out[i]) for i, name in enumerate(LIMIT_STAT_NAMES)}
 
 
 class StunFastPath:
@@ -127,8 +189,11 @@ class StunFastPath:
         bufsize: int = 2048,
         replay_slots: int = 4096,
         replay_window_ms: int = 50,
+        limiter: SourceLimiter | None = None,
     ) -> None:
         _check_sizes(n, bufsize)
+        self.limiter = limiter
+        self._limiter = limiter._mem if limiter is not None else ffi.NULL
         # tail None: answer nothing in C, only drop malformed/replayed datagrams
         if tail is not None and (len(tail) > 512 or len(tail) % 4):
             raise ValueError("tail must be a whole number of attributes, at most 512 bytes")
@@ -150,7 +215,8 @@ class StunFastPath:
         b._count = check(
             lib.nt_stun_serve_batch(
                 _fd(sock), b._bufs, b.bufsize, b.n, b._lens, b._addrs,
-                self._tail, self._tail_len, self._cache, self._slots, self._window, self._stats,
+                self._tail, self._tail_len, self._cache, self._slots, self._window, self._limiter,
+                self._stats,
             ),
             "STUN batch",
         )
@@ -183,4 +249,5 @@ def stun_load(sock: object, server: Address, *, inflight: int = 64, duration: fl
     return {"sent": int(out[0]), "received": int(out[1]), "stalls": int(out[2])}
 
 
-__all__ = ["MAX_BATCH", "RecvBatch", "StunFastPath", "addr_from_c", "addr_to_c", "send_batch", "stun_load"]
+__all__ = ["MAX_BATCH", "RecvBatch", "SourceLimiter", "StunFastPath", "addr_from_c", "addr_to_c", "send_batch",
+           "stun_load", "wire_bytes"]

@@ -18,7 +18,7 @@ from ..proto.nat_behavior import (
     NatBehavior,
     classify,
 )
-from ..proto.stun import Address, ErrorCode, binding_request
+from ..proto.stun import Address, Attr, BadPacket, Class, ErrorCode, binding_request, parse
 from ..proto.stun_client import RC, RM, RTO, BindingResult, Transaction, expected_source
 
 
@@ -333,6 +333,56 @@ async def _hairpin_test(main, mapped: Address, server: Address, local_ip, kw) ->
         helper.close()
 
 
+async def _response_port_reaches(x, helper, server: Address, port: int, kw) -> bool:
+    """Ask `server`, from `helper`, to answer at `port` (RESPONSE-PORT); True when the answer reaches
+    `x`. A server that wants proof that we receive at our IP answers `helper` with 438 and a cookie
+    in NONCE (ours does, io/stun_server.py); the request is then repeated with it."""
+    cookie: str | None = None
+    for _ in range(kw["rc"]):
+        extra = [(Attr.NONCE, cookie)] if cookie else []
+        req = binding_request(response_port=port, extra=extra)
+        try:
+            await helper.sendto(req.encode(), server)
+        except OSError:
+            pass
+        outcome: list[object] = []
+        async with trio.open_nursery() as nursery:
+
+            async def answer_at_x() -> None:
+                while True:
+                    try:
+                        data, src = await x.recvfrom(2048)
+                    except OSError:
+                        continue
+                    if (src[0], src[1]) == server and data[8:20] == req.transaction_id:
+                        outcome.append(True)
+                        nursery.cancel_scope.cancel()
+
+            async def cookie_at_helper() -> None:
+                while True:
+                    try:
+                        data, src = await helper.recvfrom(2048)
+                        m = parse(data)
+                    except (OSError, BadPacket):
+                        continue
+                    err = m.get(Attr.ERROR_CODE)
+                    nonce = m.get(Attr.NONCE)
+                    if (m.transaction_id == req.transaction_id and m.cls == Class.ERROR
+                            and err is not None and err.code == 438 and isinstance(nonce, str)):
+                        outcome.append(nonce)
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(answer_at_x)
+            nursery.start_soon(cookie_at_helper)
+            await trio.sleep(kw["rto"] * 2)
+            nursery.cancel_scope.cancel()
+        if True in outcome:
+            return True
+        if outcome:
+            cookie = str(outcome[0])
+    return False
+
+
 async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw) -> tuple[float, float | None] | None:
     """Idle mapping lifetime (RFC 5780 §4.6), as (alive, expired): the longest idle time after which
     a mapping still let the server's answer in, and the first one after which it did not (None if it
@@ -349,23 +399,7 @@ async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw
             except (StunTimeout, StunErrorResponse):
                 return None
             await trio.sleep(wait)
-            req = binding_request(response_port=m[1])
-            wire = req.encode()
-            got = False
-            for _ in range(kw["rc"]):
-                try:
-                    await helper.sendto(wire, server)
-                except OSError:
-                    pass
-                with trio.move_on_after(kw["rto"] * 2):
-                    while not got:
-                        try:
-                            data, src = await x.recvfrom(2048)
-                        except OSError:
-                            continue
-                        got = (src[0], src[1]) == server and data[8:20] == req.transaction_id
-                if got:
-                    break
+            got = await _response_port_reaches(x, helper, server, m[1], kw)
         finally:
             x.close()
             helper.close()

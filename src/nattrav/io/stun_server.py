@@ -9,24 +9,25 @@ Two layouts:
 With only one IP and no peer ("single"), change-IP requests get 420 and no OTHER-ADDRESS is sent.
 
 Bare Binding requests (the bulk of the load) are answered in C, in batches (recvmmsg/sendmmsg, see
-core/mmsg.py); everything else goes through `answer()`, which is pure and sans-IO.
+core/mmsg.py); everything else goes through `decide()`, which is pure and sans-IO. Every request is
+first charged to its source (core/mmsg.SourceLimiter, in C): a byte budget per source IP and a cap on
+reply bytes per request byte, so the server can be neither taken over nor used as an amplifier by one
+source.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import logging
+import os
 import socket
-from collections import Counter
-from collections.abc import Iterable
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import msgpack
 import trio
 
-from ..core.mmsg import StunFastPath
+from ..core.mmsg import SourceLimiter, StunFastPath
 from ..proto.stun import (
     Address,
     Attr,
@@ -37,6 +38,8 @@ from ..proto.stun import (
     Method,
     parse,
 )
+from ..proto.stun_control import ControlReceiver, ControlSender, derive_key
+from ..proto.stun_cookie import check_cookie, make_cookie
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,11 @@ DEFAULT_ALT_PORT = 3479
 DEFAULT_CONTROL_PORT = 3480
 SOFTWARE = "nattrav"
 MAX_PADDING = 1024
-CONTROL_MAC_LEN = 16
+# per source IP (IPv6: /64), both directions, IP+UDP headers included: ~900 bare Binding exchanges at
+# once, then ~900/s. Far above what a client needs (a full probe is ~20 requests), and an address
+# whose IP is spoofed receives at most this much from us.
+DEFAULT_RATE_LIMIT = 128 * 1024
+DEFAULT_MAX_AMPLIFICATION = 3.0
 
 
 @dataclass
@@ -61,14 +68,30 @@ class StunServerConfig:
     alt_ip: str | None = None
     port: int = DEFAULT_PORT
     alt_port: int = DEFAULT_ALT_PORT
-    # two-host layout: the alternate IP lives on a peer reached over the control link
+    # two-host layout: the alternate IP lives on a peer reached over the control link, which is
+    # authenticated with `secret` (required, >= 16 bytes, the same on both hosts)
     peer: bool = False
     control_port: int = DEFAULT_CONTROL_PORT
     secret: bytes | None = None
+    # keys the RESPONSE-PORT cookies; derived from `secret` when there is one, so that both hosts of
+    # the two-host layout accept each other's cookies
+    cookie_key: bytes | None = None
     software: str | None = SOFTWARE
     fast_path: bool = True
     batch: int = 64
     replay_window_ms: int = 50
+    # the longest a socket keeps the (shared) event loop before yielding, in seconds: work is
+    # bounded by time, not by a count of requests whose cost an attacker chooses
+    turn_budget: float = 0.002
+    # per-source limits (bytes/s and bytes; 0 = no limiter) and the reply/request byte ratio cap
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_LIMIT
+    max_amplification: float = DEFAULT_MAX_AMPLIFICATION
+    limiter_slots: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.cookie_key is None:
+            self.cookie_key = derive_key(self.secret, b"cookie v1") if self.secret else os.urandom(32)
 
     @property
     def layout(self) -> str:
@@ -131,9 +154,12 @@ def decide(
     config: StunServerConfig,
     *,
     send_from: Address | None = None,
+    now: float | None = None,
 ) -> Decision:
     """Answer one parsed request received at `recv_at` from `src`. `send_from` is forced when the
-    peer forwarded the request to us (it already decided which of our addresses answers)."""
+    peer forwarded the request to us (it already decided which of our addresses answers, and checked
+    the RESPONSE-PORT cookie). `now`: wall-clock seconds, for the cookies."""
+    forwarded = send_from is not None
     if req.cls != Class.REQUEST:
         return Decision(None, reason="not_request")
     if req.method != Method.BINDING:
@@ -165,6 +191,14 @@ def decide(
     if response_port is not None and not req.classic:
         if response_port == 0:
             return Decision(_error(req, 400, "RESPONSE-PORT 0"), recv_at, src, "error_400")
+        if Attr.PADDING in req:  # RFC 5780 §6.1: a padded answer must not go elsewhere
+            return Decision(_error(req, 400, "PADDING with RESPONSE-PORT"), recv_at, src, "error_400")
+        t = time.time() if now is None else now
+        if not forwarded and not check_cookie(config.cookie_key, src[0], req.get(Attr.NONCE), t):
+            # answered where it came from, with a cookie only a receiver at that IP gets to see
+            cookie = make_cookie(config.cookie_key, src[0], t)
+            return Decision(_error(req, 438, "use this NONCE", [(Attr.NONCE, cookie)]),
+                            recv_at, src, "error_438")
         dest = (src[0], response_port)
     resp = Message(Method.BINDING, Class.SUCCESS, req.transaction_id)
     other = config.other_address(recv_at)
@@ -203,61 +237,6 @@ def fast_tail(recv_at: Address, config: StunServerConfig) -> bytes:
     return m.encode()[20:]
 
 
-# ---- control link frames (two-host layout): msgpack map + truncated HMAC when a secret is set
-
-
-def encode_forward(
-    send_from_port: int, recv_at: Address, src: Address, request: bytes, secret: bytes | None
-) -> bytes:
-    body = msgpack.packb(
-        {"v": 1, "t": "fwd", "port": send_from_port, "at": list(recv_at), "src": list(src),
-         "req": request},
-        use_bin_type=True,
-    )
-    return body + _mac(secret, body)
-
-
-def _mac(secret: bytes | None, body: bytes) -> bytes:
-    if not secret:
-        return b""
-    return hmac.new(secret, body, hashlib.sha256).digest()[:CONTROL_MAC_LEN]
-
-
-def _addr(value: object) -> Address:
-    if not isinstance(value, list) or len(value) != 2:
-        raise BadPacket("control: address must be [ip, port]")
-    ip, port = value
-    if not isinstance(ip, str) or not isinstance(port, int) or not 0 < port <= 65535:
-        raise BadPacket("control: bad address")
-    try:
-        return (str(ipaddress.ip_address(ip)), port)
-    except ValueError:
-        raise BadPacket("control: bad IP") from None
-
-
-def decode_forward(data: bytes, secret: bytes | None) -> tuple[int, Address, Address, bytes]:
-    """(send_from_port, recv_at, src, request bytes) from a control frame; BadPacket otherwise."""
-    if len(data) > 4096:
-        raise BadPacket("control frame too long")
-    if secret:
-        body, mac = data[:-CONTROL_MAC_LEN], data[-CONTROL_MAC_LEN:]
-        if len(data) <= CONTROL_MAC_LEN or not hmac.compare_digest(mac, _mac(secret, body)):
-            raise BadPacket("control frame: bad MAC")
-    else:
-        body = data
-    try:
-        obj = msgpack.unpackb(body, raw=False, max_bin_len=2048, max_str_len=256,
-                              max_array_len=4, max_map_len=8)
-    except Exception:
-        raise BadPacket("control frame is not msgpack") from None
-    if not isinstance(obj, dict) or obj.get("v") != 1 or obj.get("t") != "fwd":
-        raise BadPacket("control frame: unknown version or type")
-    port, req = obj.get("port"), obj.get("req")
-    if not isinstance(port, int) or not 0 < port <= 65535 or not isinstance(req, bytes):
-        raise BadPacket("control frame: bad port or request")
-    return port, _addr(obj.get("at")), _addr(obj.get("src")), req
-
-
 # ---- the Trio server
 
 
@@ -271,6 +250,11 @@ class StunServer:
     _socks: dict[Address, socket.socket] = field(default_factory=dict)
     _fast: dict[Address, StunFastPath] = field(default_factory=dict)
     _control: socket.socket | None = None
+    _control_tx: ControlSender | None = None
+    _control_rx: ControlReceiver | None = None
+    limiter: SourceLimiter | None = None
+    clock: Callable[[], float] = time.monotonic  # the turn budget
+    wall_clock: Callable[[], float] = time.time  # cookies and control-frame freshness
 
     def counters(self) -> dict[str, int]:
         out = Counter(self.stats)
@@ -278,6 +262,9 @@ class StunServer:
             for k, v in fp.stats.items():
                 out[k] += v
         out["answered"] += out["answered_fast"]
+        if self.limiter is not None:
+            for k, v in self.limiter.stats.items():
+                out["limiter_shared" if k == "shared" else k] += v
         return dict(out)
 
     # -- per-datagram handling (synchronous: no request ever waits on another)
@@ -288,7 +275,7 @@ class StunServer:
         except BadPacket:
             self.stats["malformed"] += 1
             return
-        d = decide(req, src, recv_at, self.config)
+        d = decide(req, src, recv_at, self.config, now=self.wall_clock())
         self._carry_out(d, data, src, recv_at)
 
     def _carry_out(self, d: Decision, data: bytes, src: Address, recv_at: Address) -> None:
@@ -297,15 +284,19 @@ class StunServer:
             return
         if d.reason != "answered":
             self.stats[d.reason] += 1
+        # the request was charged to its source in C; the reply is charged here, whoever sends it
+        # (a forwarded request is answered by the peer without charging again)
+        if self.limiter is not None and not self.limiter.reply(d.dest, len(d.response)):
+            return
         sock = self._socks.get(d.send_from)
         if sock is not None:
             self._send(sock, d.response, d.dest)
             return
         # the answering address is the peer's: hand the request over the control link
-        if self._control is None:
+        if self._control is None or self._control_tx is None:
             self.stats["send_errors"] += 1
             return
-        frame = encode_forward(d.send_from[1], recv_at, src, data, self.config.secret)
+        frame = self._control_tx.forward(d.send_from[1], recv_at, src, data, self.wall_clock())
         try:
             self._control.sendto(frame, (d.send_from[0], self.config.control_port))
             self.stats["forwarded"] += 1
@@ -321,67 +312,89 @@ class StunServer:
 
     def handle_control(self, data: bytes, src: Address) -> None:
         peer_ip = self.config.alt_ip
-        if src[0] != peer_ip:
+        if src[0] != peer_ip or self._control_rx is None:
             self.stats["control_rejected"] += 1
             return
         try:
-            port, recv_at, client, request = decode_forward(data, self.config.secret)
-            req = parse(request)
+            fwd = self._control_rx.accept(data, self.wall_clock())
+            req = parse(fwd.request)
         except BadPacket:
             self.stats["control_rejected"] += 1
             return
-        send_from = (self.config.ip, port)
-        if send_from not in self._socks or recv_at[0] != peer_ip:
+        send_from = (self.config.ip, fwd.port)
+        if send_from not in self._socks or fwd.recv_at[0] != peer_ip:
             self.stats["control_rejected"] += 1
             return
         self.stats["forwarded_in"] += 1
-        d = decide(req, client, recv_at, self.config, send_from=send_from)
+        d = decide(req, fwd.src, fwd.recv_at, self.config, send_from=send_from, now=self.wall_clock())
         if d.response is not None and d.dest is not None:
             self._send(self._socks[send_from], d.response, d.dest)
 
     # -- loops
 
-    async def _serve_socket(self, at: Address) -> None:
-        sock = self._socks[at]
-        fast = self._fast[at]
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(64):  # bounded, then yield: the other sockets get their turn
-                try:
-                    rest = fast.serve(sock)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self.stats["recv_errors"] += 1
-                    break
-                for data, src in rest:
-                    try:
-                        self.handle(data, src, at)
-                    except Exception:
-                        # a bug on one odd request must not stop the service for everyone else
-                        self.stats["internal_error"] += 1
-                        log.exception("STUN request from %s:%s", *src)
-            await trio.lowlevel.checkpoint()
+    def _handle_safely(self, data: bytes, src: Address, at: Address) -> None:
+        try:
+            self.handle(data, src, at)
+        except Exception:
+            # a bug on one odd request must not stop the service for everyone else
+            self.stats["internal_error"] += 1
+            log.exception("STUN request from %s:%s", *src)
 
-    async def _serve_control(self) -> None:
+    def serve_turn(self, at: Address, pending: deque) -> None:
+        """One turn on the event loop for the socket at `at`: batches until it is drained or the
+        time budget is spent. Datagrams received but not yet handled wait in `pending` (at most one
+        batch) for the next turn."""
+        sock, fast = self._socks[at], self._fast[at]
+        deadline = self.clock() + self.config.turn_budget
+        while True:
+            while pending:
+                self._handle_safely(*pending.popleft(), at)
+                if self.clock() >= deadline:
+                    return
+            try:
+                pending.extend(fast.serve(sock))
+            except BlockingIOError:
+                return
+            except OSError:
+                self.stats["recv_errors"] += 1
+                return
+            if self.clock() >= deadline:
+                return
+
+    async def _serve_socket(self, at: Address) -> None:
+        pending: deque = deque()
+        while True:
+            if pending:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(self._socks[at])
+            self.serve_turn(at, pending)
+
+    def control_turn(self) -> None:
+        """Control frames until none waits or the time budget is spent (the peer's IP can be
+        spoofed: a flood of frames must not hold the loop either)."""
         sock = self._control
         assert sock is not None
+        deadline = self.clock() + self.config.turn_budget
+        while self.clock() < deadline:
+            try:
+                data, src = sock.recvfrom(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.stats["recv_errors"] += 1
+                return
+            try:
+                self.handle_control(data, src[:2])
+            except Exception:
+                self.stats["internal_error"] += 1
+                log.exception("control frame from %s:%s", *src[:2])
+
+    async def _serve_control(self) -> None:
+        assert self._control is not None
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            while True:
-                try:
-                    data, src = sock.recvfrom(4096)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self.stats["recv_errors"] += 1
-                    break
-                try:
-                    self.handle_control(data, src[:2])
-                except Exception:
-                    self.stats["internal_error"] += 1
-                    log.exception("control frame from %s:%s", *src[:2])
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.wait_readable(self._control)
+            self.control_turn()
 
     def close(self) -> None:
         for s in self._socks.values():
@@ -409,10 +422,20 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
     """Bind every socket of the layout (synchronously, so errors surface before serving)."""
     if config.peer and config.alt_ip is None:
         raise ValueError("two-host layout needs alt_ip (the peer's address)")
+    # both raise ControlKeyError (a ValueError) without a usable secret: no unauthenticated link
+    control = (ControlSender(config.secret, config.alt_ip, start=time.time()),
+               ControlReceiver(config.secret, config.ip)) if config.peer else (None, None)
     if not 0 < config.port <= 65535 or not 0 <= config.alt_port <= 65535 or config.alt_port == config.port:
         # OTHER-ADDRESS names the ports, so they must be known before binding: no ephemeral ports
         raise ValueError(f"ports must be fixed and distinct, got {config.port}/{config.alt_port}")
+    if config.rate_limit < 0 or (config.rate_limit and config.rate_burst <= 0):
+        raise ValueError("rate_limit must be >= 0 (0: off) and rate_burst > 0")
     srv = StunServer(config)
+    srv._control_tx, srv._control_rx = control
+    if config.rate_limit:
+        srv.limiter = SourceLimiter(config.rate_limit, config.rate_burst,
+                                    max_amplification=config.max_amplification,
+                                    slots=config.limiter_slots)
     try:
         for ip in config.local_ips:
             for port in config.ports:
@@ -422,7 +445,8 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
                 srv.addresses.append(at)
                 tail = fast_tail(at, config) if config.fast_path else None
                 srv._fast[at] = StunFastPath(
-                    tail, n=config.batch, replay_window_ms=config.replay_window_ms
+                    tail, n=config.batch, replay_window_ms=config.replay_window_ms,
+                    limiter=srv.limiter,
                 )
         if config.peer:
             srv._control = _bind(config.ip, config.control_port)
@@ -454,8 +478,6 @@ __all__ = [
     "StunServer",
     "StunServerConfig",
     "decide",
-    "decode_forward",
-    "encode_forward",
     "fast_tail",
     "open_stun_server",
     "serve_stun",

@@ -12,6 +12,8 @@ means nothing on a stream (the answer must come back on the connection), so it g
 from __future__ import annotations
 
 import errno
+import ipaddress
+import logging
 import socket
 import struct
 from collections import Counter
@@ -20,12 +22,21 @@ from typing import NamedTuple
 
 import trio
 
+from ..core.limits import HEADROOM, FdLimitError, ensure_fd_capacity, open_fd_count
 from ..proto.stun import HEADER_LEN, Address, Attr, BadPacket, Class, Message, Method, parse
 from .stun_server import StunServerConfig, _error, decide
 
-IDLE_TIMEOUT = 10.0  # a client that says nothing for this long is dropped
+log = logging.getLogger(__name__)
+
+# A client connects, sends one Binding request, reads the answer and closes (tcp_binding). Slots are
+# the scarce resource (each holds a descriptor), so a connection holds one only as long as that takes:
+FIRST_REQUEST_TIMEOUT = 5.0  # from accept to the first request
+IDLE_AFTER_ANSWER = 2.0  # after an answer, the next request must come this soon
+MAX_LIFETIME = 30.0  # whatever it does, a connection is closed after this long
 MAX_MESSAGE = 2048  # a Binding exchange is far smaller; a longer length field is garbage
 MAX_CONNECTIONS = 512  # beyond this, new connections are closed at once (no unbounded memory)
+MAX_PER_SOURCE = 8  # per source IP (IPv6: per /64): one source cannot take the slots of everyone
+MIN_CONNECTIONS = 16  # the least we serve with, however low the descriptor limit
 
 
 class StunTcpError(OSError):
@@ -64,12 +75,43 @@ async def read_message(stream: trio.abc.ReceiveStream, buf: bytearray) -> bytes 
 # ---- server
 
 
+def source_key(ip: str) -> str:
+    """What one source is, for the per-source cap: its IPv4 address, or its IPv6 /64 (one host can
+    use a whole /64)."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:  # a dual-stack socket's view of an IPv4 client
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
+def connection_cap(wanted: int, listeners: int) -> int:
+    """How many connections the process can hold open: `wanted`, after raising RLIMIT_NOFILE's soft
+    limit towards the hard one if needed; fewer when even the hard limit does not leave room (then
+    accept() would fail with EMFILE for everyone, and starve the rest of the process)."""
+    try:
+        ensure_fd_capacity(wanted + listeners)
+        return wanted
+    except FdLimitError:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        room = soft - open_fd_count() - listeners - HEADROOM
+        cap = max(MIN_CONNECTIONS, min(wanted, room))
+        log.warning("STUN over TCP: RLIMIT_NOFILE %d leaves room for %d connections, not %d; raise it "
+                    "(ulimit -n, LimitNOFILE=)", soft, cap, wanted)
+        return cap
+
+
 @dataclass
 class StunTcpServer:
     config: StunServerConfig
     addresses: list[Address] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
     active: int = 0
+    max_connections: int = MAX_CONNECTIONS
+    per_source: Counter = field(default_factory=Counter)
 
     def answer(self, data: bytes, src: Address, recv_at: Address) -> bytes | None:
         """The response to one request read at `recv_at` from `src` (None: say nothing)."""
@@ -90,23 +132,40 @@ class StunTcpServer:
         return d.response
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        if self.active >= MAX_CONNECTIONS:
-            self.stats["refused_busy"] += 1
-            await trio.aclose_forcefully(stream)
-            return
-        self.active += 1
         try:
             src = stream.socket.getpeername()[:2]
             at = stream.socket.getsockname()[:2]
+        except OSError:  # reset before we looked
+            self.stats["broken"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        await self.serve_connection(stream, src, at)
+
+    async def serve_connection(self, stream: trio.abc.Stream, src: Address, at: Address) -> None:
+        key = source_key(src[0])
+        if self.active >= self.max_connections:
+            self.stats["refused_busy"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        if self.per_source[key] >= MAX_PER_SOURCE:
+            self.stats["refused_per_source"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self.active += 1
+        self.per_source[key] += 1
+        try:
             buf = bytearray()
+            end = trio.current_time() + MAX_LIFETIME
+            wait = FIRST_REQUEST_TIMEOUT
             while True:
-                with trio.move_on_after(IDLE_TIMEOUT):
+                with trio.move_on_at(min(trio.current_time() + wait, end)):
                     data = await read_message(stream, buf)
                     if data is None:
                         return
                     out = self.answer(data, src, at)
                     if out is not None:
                         await stream.send_all(out)
+                    wait = IDLE_AFTER_ANSWER
                     continue
                 self.stats["idle_closed"] += 1
                 return
@@ -116,6 +175,9 @@ class StunTcpServer:
             self.stats["broken"] += 1
         finally:
             self.active -= 1
+            self.per_source[key] -= 1
+            if not self.per_source[key]:
+                del self.per_source[key]  # the table holds live sources only
             await trio.aclose_forcefully(stream)
 
 
@@ -130,7 +192,7 @@ async def serve_stun_tcp(config: StunServerConfig, addresses: list[Address], *,
                          task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve STUN over TCP on each of `addresses` (the UDP server's) forever; task_status gets the
     StunTcpServer (counters)."""
-    srv = StunTcpServer(config)
+    srv = StunTcpServer(config, max_connections=connection_cap(MAX_CONNECTIONS, len(addresses)))
     listeners = []
     try:
         for ip, port in addresses:
@@ -223,5 +285,5 @@ async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeou
     return out
 
 
-__all__ = ["StunTcpError", "StunTcpServer", "TcpBinding", "read_message", "reuse_socket", "serve_stun_tcp",
-           "tcp_binding", "tcp_mappings"]
+__all__ = ["StunTcpError", "StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
+           "serve_stun_tcp", "source_key", "tcp_binding", "tcp_mappings"]
