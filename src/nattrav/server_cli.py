@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -82,6 +83,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+def _count(text: str) -> int:
+    # argparse names the option in its message; the one line says what is wanted
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("must be an integer >= 1")
+    return int(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not the whole usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -110,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default time a target has to accept a connect (default 10)")
     p.add_argument("--start-margin", type=float, default=0.5, metavar="S",
                    help="both peers start punching this long after the accept (default 0.5)")
+    p.add_argument("--max-connections", type=_count, default=10_000, metavar="N",
+                   help="rendezvous connections at once (default 10000); lowered, with a warning, to what "
+                        "the file-descriptor limit allows once its soft value is raised to the hard one")
+    p.add_argument("--max-per-source", type=_count, default=128, metavar="N",
+                   help="connections from one IPv4 address or IPv6 /64 (default 128); more get a busy "
+                        "error. Peers behind one carrier-grade NAT share an address: raise it for them")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
@@ -152,7 +166,7 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
     failed: list[int] = []
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
-                             start_margin=args.start_margin)
+                             start_margin=args.start_margin, max_conns_per_source=args.max_per_source)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
         async def on_signal():
@@ -175,8 +189,11 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
             nursery.start_soon(report_stats)
         what = f"rendezvous {listen[0]}:{listen[1]}"
         try:
+            # the STUN server's TCP slots and sockets share the descriptor limit
+            reserve = 64 + (600 if stun_ips is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
-                listen[0], listen[1], state=state, task_status=task_status))
+                listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
+                task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:
@@ -233,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in ports) or ports[0] == ports[1]:
             raise UsageError(f"--stun-ports wants two distinct ports 1..65535, got {args.stun_ports!r}")
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):
-            if not getattr(args, name) > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be > 0")
+            if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0")
+        if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
+            raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     _setup_logging(args.json_log, args.verbose)

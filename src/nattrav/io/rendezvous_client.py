@@ -327,6 +327,7 @@ async def open_rendezvous(
     name: str | None = None,
     secret: str | None = None,
     connect_timeout: float = 10.0,
+    local_address: str | None = None,
 ) -> AsyncIterator[RendezvousClient]:
     """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``)."""
     host, port = parse_server(server)
@@ -337,7 +338,7 @@ async def open_rendezvous(
             raise ValueError(f"node info rejected: {exc}") from None
     try:
         with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     except (OSError, trio.TooSlowError) as exc:
         reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
         raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None

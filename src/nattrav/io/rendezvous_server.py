@@ -12,14 +12,48 @@ import collections
 import itertools
 import logging
 import math
+import resource
 
 import trio
 
-from ..proto.rendezvous import Close, LocalProtocolError, RendezvousServer, Send, encode
+from ..core.limits import HEADROOM, FdLimitError, ensure_fd_capacity, open_fd_count
+from ..proto.rendezvous import Close, ErrorCode, LocalProtocolError, RendezvousServer, Send, encode, make
 
 log = logging.getLogger("nattrav.rendezvous")
 
 READ_SIZE = 65536
+
+
+def fit_connections(wanted: int, reserve: int = 64) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one and return how many connections fit.
+
+    Many systems start services with a soft limit of 1,024: left alone, accept() fails with EMFILE
+    long before ``max_connections``. ``reserve`` keeps descriptors for everything else in the process
+    (listeners, the STUN server's sockets, log files)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = soft
+    if hard == resource.RLIM_INFINITY:
+        try:
+            soft = ensure_fd_capacity(wanted + reserve)
+        except FdLimitError:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    elif soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = soft - open_fd_count() - HEADROOM - reserve
+    if room < wanted:
+        fit = max(room, 16)
+        log.warning("RLIMIT_NOFILE %d (hard %s) leaves room for %d connections, not %d: serving at most %d "
+                    "(raise it with `ulimit -n`, LimitNOFILE= in a systemd unit, or 'nofile' in "
+                    "/etc/security/limits.conf)", soft, hard, room, wanted, fit)
+        return fit
+    log.info("RLIMIT_NOFILE %d (was %d): room for the %d connections asked for", soft, before, wanted)
+    return wanted
 
 
 class _ConnIO:
@@ -130,6 +164,7 @@ async def serve_rendezvous(
     task_status=trio.TASK_STATUS_IGNORED,
     state: RendezvousServer | None = None,
     max_connections: int = 10_000,
+    fd_reserve: int = 64,
     pause_reading: int = 256 * 1024,
     max_queued: int = 1024 * 1024,
     write_timeout: float = 10.0,
@@ -139,9 +174,15 @@ async def serve_rendezvous(
 
     ``task_status.started`` gets the bound (host, port) of the first listener. ``state`` lets a
     caller (tests, benchmarks) keep a handle on the registry; otherwise one is built from
-    ``state_options`` (keepalive_timeout, offer_timeout, start_margin, ... of RendezvousServer).
+    ``state_options`` (keepalive_timeout, offer_timeout, start_margin, max_conns_per_source, ... of
+    RendezvousServer). ``max_connections`` is lowered to what the file-descriptor limit allows once
+    its soft value is raised to the hard one (``fd_reserve`` descriptors are left for the rest of the
+    process); a connection beyond it gets a ``busy`` error and is closed.
     """
     state = state if state is not None else RendezvousServer(**state_options)
+    max_connections = fit_connections(max_connections, fd_reserve)
+    full = encode(make("error", code=ErrorCode.BUSY.value,
+                       message=f"the server is full ({max_connections} connections)"))
     disp = _Dispatcher(state)
     ids = itertools.count(1)
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -172,6 +213,11 @@ async def serve_rendezvous(
             return
         if len(disp.conns) >= max_connections:
             log.warning("refusing %s: %d connections open", addr, len(disp.conns))
+            with trio.move_on_after(1):  # a fresh socket's send buffer is empty: this does not block
+                try:
+                    await stream.send_all(full)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
             await trio.aclose_forcefully(stream)
             return
         io = _ConnIO(tuple(addr), pause_reading, max_queued)
