@@ -252,13 +252,25 @@ async def test_unreachable_server_and_server_going_away(nursery):
     with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}"):
         async with open_rendezvous(("127.0.0.1", port)):
             pass
-    async with trio.open_nursery() as inner:
-        addr = await inner.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, task_status=task_status))
-        async with open_rendezvous(addr, name="alice") as a:
-            inner.cancel_scope.cancel()
-            with pytest.raises(ServerGone):
-                with trio.fail_after(5):
-                    await a.next_offer()
+    scope = trio.CancelScope()
+
+    async def server(task_status):
+        with scope:
+            await serve_rendezvous("127.0.0.1", 0, task_status=task_status)
+
+    addr = await nursery.start(server)
+    async with open_rendezvous(addr, name="alice", reconnect=False) as a, \
+            open_rendezvous(addr, name="bob") as b:
+        scope.cancel()  # the server goes away; the clients are outside its scope
+        with pytest.raises(ServerGone):
+            with trio.fail_after(5):
+                await a.next_offer()
+        # a client that reconnects (the default) keeps waiting for offers while it tries again
+        with trio.move_on_after(1) as waiting:
+            await b.next_offer()
+        assert waiting.cancelled_caught and not b.connected and b.enrollments == 1
+        with pytest.raises(ServerGone, match="enrolling again"):
+            await b.ping()
 
 
 def test_info_is_validated_locally():

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import random
 import re
 import secrets
 import struct
@@ -334,6 +335,21 @@ class ClockMap:
 
     def to_local(self, server_time: float) -> float:
         return server_time - self.offset
+
+
+def reconnect_delay(attempt: int, *, cap: float, first: float = 0.25,
+                    rng: Callable[[], float] = random.random) -> float:
+    """Seconds a client waits before re-enroll attempt `attempt` (0 = right after the loss).
+
+    The first attempt is immediate (a restart or a blip is over soon); then the wait doubles from
+    `first` up to `cap`, drawn from its upper half: thousands of peers that lost the same server must
+    not all come back in the same millisecond, and none should wait much longer than `cap` (the
+    client caps it at its keepalive, so a peer is reachable again within one keepalive of the
+    server's return)."""
+    if attempt <= 0:
+        return 0.0
+    ceiling = min(cap, first * 2 ** min(attempt - 1, 32))
+    return ceiling * (0.5 + 0.5 * rng())
 
 
 # --- server state machine ----------------------------------------------------------------------
