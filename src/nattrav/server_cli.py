@@ -21,6 +21,7 @@ import time
 
 import trio
 
+from .io.logsink import LogSink
 from .io.rendezvous_server import serve_rendezvous
 from .proto.rendezvous import RendezvousServer
 
@@ -80,6 +81,8 @@ class JsonFormatter(logging.Formatter):
                "msg": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already where it was logged (io.logsink)
+            out["exc"] = record.exc_text
         return json.dumps(out)
 
 
@@ -131,14 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(json_log: bool, verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_log else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def _setup_logging(json_log: bool, verbose: int) -> LogSink:
+    # a writer thread: a stalled or full log destination costs log lines, never the event loop
+    sink = LogSink(sys.stderr, JsonFormatter() if json_log else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")).start()
     root = logging.getLogger("nattrav")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [sink]
     root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
     root.propagate = False
+    return sink
 
 
 def _first_oserror(exc: BaseException) -> OSError | None:
@@ -154,10 +158,13 @@ def _first_oserror(exc: BaseException) -> OSError | None:
 
 def _announce(what: str, json_log: bool, **fields) -> None:
     if json_log:
-        print(json.dumps({"event": "listening", "service": what, **fields}), flush=True)
+        line = json.dumps({"event": "listening", "service": what, **fields})
     else:
-        where = " ".join(f"{k}={v}" for k, v in fields.items())
-        print(f"{what} listening {where}", flush=True)
+        line = f"{what} listening " + " ".join(f"{k}={v}" for k, v in fields.items())
+    try:
+        print(line, flush=True)
+    except OSError as exc:  # stdout on a full disk or a closed pipe: the service still runs
+        log.warning("could not print %r: %s", line, exc.strerror or exc)
 
 
 async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
@@ -236,7 +243,10 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
 
 
 def _fail(message: str) -> int:
-    print(f"nattrav-server: {message}", file=sys.stderr)
+    try:
+        print(f"nattrav-server: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the exit code still says it
     return 1
 
 
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    _setup_logging(args.json_log, args.verbose)
+    sink = _setup_logging(args.json_log, args.verbose)
     started = time.monotonic()
     try:
         code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])))
@@ -264,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     if code == 0:
         log.info("stopped after %.1f s", time.monotonic() - started)
+    if sink.dropped:
+        log.warning("%d log records were dropped (the log destination was full, failing or not read)",
+                    sink.dropped)
+    sink.stop()
     return code
 
 
