@@ -21,6 +21,7 @@ import time
 
 import trio
 
+from .io.gc_policy import keep_collections_short
 from .io.logsink import LogSink
 from .io.rendezvous_server import serve_rendezvous
 from .proto.rendezvous import RendezvousServer
@@ -194,6 +195,7 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
 
         if args.stats_interval > 0:
             nursery.start_soon(report_stats)
+        nursery.start_soon(keep_collections_short)
         what = f"rendezvous {listen[0]}:{listen[1]}"
         try:
             # the STUN server's TCP slots and sockets share the descriptor limit

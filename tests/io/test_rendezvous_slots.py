@@ -7,16 +7,18 @@ limit at start and sizes its connection table to what the limit allows."""
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import signal
+import socket
 import subprocess
 
 import pytest
 import trio
 
-from nattrav.io.rendezvous_client import ServerBusy, open_rendezvous
+from nattrav.io.rendezvous_client import RendezvousError, ServerBusy, open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
-from nattrav.proto.rendezvous import RendezvousServer
+from nattrav.proto.rendezvous import RendezvousServer, encode, make
 from tests.conftest import SERVER_CLI, readline
 from tests.io.test_rendezvous_io import Raw
 
@@ -114,3 +116,36 @@ async def test_server_sizes_its_connection_table_to_the_fd_limit():
     assert busy >= 50
     sized = [rec["msg"] for rec in logs if "RLIMIT_NOFILE" in rec["msg"]]
     assert sized and "200" in sized[0], logs
+
+
+async def test_a_write_that_stalls_is_cut_after_the_write_timeout(nursery, caplog):
+    caplog.set_level(logging.INFO, logger="nattrav.rendezvous")
+    # the queue stays below its byte limit, but the peer reads nothing: the watchdog ends the write
+    state = RendezvousServer(offer_timeout=60.0, max_offers_per_source=100, max_conns_per_source=100)
+    addr = await nursery.start(lambda task_status: serve_rendezvous(
+        "127.0.0.1", 0, state=state, write_timeout=1.0, max_queued=64 * 1024 * 1024, task_status=task_status))
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sink.connect(addr)
+    sink.sendall(encode(make("enroll", id=1, name="sink")))
+    with trio.fail_after(5):
+        while "sink" not in state.online():
+            await trio.sleep(0.01)
+    async def ask():
+        async with open_rendezvous(addr, info={"pad": "z" * 7000}) as c:
+            try:
+                await c.connect("sink", timeout=30)
+            except RendezvousError:
+                pass
+
+    t0 = trio.current_time()
+    async with trio.open_nursery() as n:
+        for _ in range(60):  # ~420 KB of offers: more than the socket buffers hold
+            n.start_soon(ask)
+        with trio.fail_after(15):
+            while "sink" in state.online():
+                await trio.sleep(0.05)
+        n.cancel_scope.cancel()
+    assert trio.current_time() - t0 < 14
+    assert any("a write took more than 1 s" in r.getMessage() for r in caplog.records)
+    sink.close()

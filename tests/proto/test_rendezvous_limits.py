@@ -181,3 +181,17 @@ def test_ipv6_sources_count_per_64():
 def test_limits_must_be_positive(option):
     with pytest.raises(ValueError, match=option):
         RendezvousServer(**{option: 0})
+
+
+def test_a_wave_of_timeouts_can_be_handled_in_batches():
+    # 1,000 slowloris connections opened together time out together; the I/O layer serves others
+    # between batches instead of stalling for the whole wave
+    h = Harness(enroll_timeout=10)
+    conns = [h.open((f"198.18.{i // 100}.1", i)) for i in range(1000)]
+    h.now += 10
+    batches = 1
+    while h.server.tick(h.now, limit=64):
+        batches += 1
+    h._collect()
+    assert batches == 16 and all(c in h.closed for c in conns)
+    assert not h.server.tick(h.now, limit=64)

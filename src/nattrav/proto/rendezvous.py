@@ -559,8 +559,14 @@ class RendezvousServer:
         if c.decoder.broken:
             self._close(conn, f"bad frame: {exc}", now)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, limit: int | None = None) -> bool:
+        """Fire the deadlines due at `now`, at most `limit` of them; True when more are due.
+
+        A limit lets the I/O layer serve other connections between batches: a thousand slowloris
+        connections opened together all reach their enroll timeout in the same instant."""
+        fired = 0
         while (due := self._timers.pop_due(now)) is not None:
+            fired += 1
             kind, key = due
             if kind == "conn":
                 c = self.conns.get(key)
@@ -584,6 +590,10 @@ class RendezvousServer:
                 offer = self.offers.get(key)
                 if offer is not None:
                     self._end_offer(offer, ErrorCode.TIMEOUT, f"{offer.target} did not answer in time")
+            if limit is not None and fired >= limit:
+                deadline = self._timers.next_deadline()
+                return deadline is not None and deadline <= now
+        return False
 
     # -- handlers --
     def _handle(self, conn: int, c: _Conn, msg: dict, now: float) -> None:
