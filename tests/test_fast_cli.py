@@ -89,6 +89,8 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
             ev = json.loads(line)
             if ev["event"] == "enrolled":
                 peer_id = ev["peer_id"]
+                # the name-ownership secret is no progress information: logs must not leak it
+                assert "secret" not in ev, ev
         assert peer_id
         b.stdin.write(b"from b\n")
         b.stdin.close()

@@ -548,7 +548,7 @@ async def _listen(transport: Any, server: str | tuple[str, int], *, name: str | 
         listener = Listener(client, transport, stun_ep, (src_ip, src_port), ttl, emit, behavior, policy)
         try:
             await listener._prepare()
-            emit("enrolled", {"peer_id": client.peer_id, "secret": client.secret})
+            emit("enrolled", {"peer_id": client.peer_id})
             yield listener
         finally:
             listener._close()

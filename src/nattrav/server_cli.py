@@ -14,12 +14,15 @@ import argparse
 import ipaddress
 import json
 import logging
+import math
 import signal
 import sys
 import time
 
 import trio
 
+from .io.gc_policy import keep_collections_short
+from .io.logsink import LogSink
 from .io.rendezvous_server import serve_rendezvous
 from .proto.rendezvous import RendezvousServer
 
@@ -79,7 +82,16 @@ class JsonFormatter(logging.Formatter):
                "msg": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already where it was logged (io.logsink)
+            out["exc"] = record.exc_text
         return json.dumps(out)
+
+
+def _count(text: str) -> int:
+    # argparse names the option in its message; the one line says what is wanted
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("must be an integer >= 1")
+    return int(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default time a target has to accept a connect (default 10)")
     p.add_argument("--start-margin", type=float, default=0.5, metavar="S",
                    help="both peers start punching this long after the accept (default 0.5)")
+    p.add_argument("--max-connections", type=_count, default=10_000, metavar="N",
+                   help="rendezvous connections at once (default 10000); lowered, with a warning, to what "
+                        "the file-descriptor limit allows once its soft value is raised to the hard one")
+    p.add_argument("--max-per-source", type=_count, default=128, metavar="N",
+                   help="connections from one IPv4 address or IPv6 /64 (default 128); more get a busy "
+                        "error. Peers behind one carrier-grade NAT share an address: raise it for them")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
@@ -120,14 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(json_log: bool, verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_log else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def _setup_logging(json_log: bool, verbose: int) -> LogSink:
+    # a writer thread: a stalled or full log destination costs log lines, never the event loop
+    sink = LogSink(sys.stderr, JsonFormatter() if json_log else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")).start()
     root = logging.getLogger("nattrav")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [sink]
     root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
     root.propagate = False
+    return sink
 
 
 def _first_oserror(exc: BaseException) -> OSError | None:
@@ -143,10 +162,13 @@ def _first_oserror(exc: BaseException) -> OSError | None:
 
 def _announce(what: str, json_log: bool, **fields) -> None:
     if json_log:
-        print(json.dumps({"event": "listening", "service": what, **fields}), flush=True)
+        line = json.dumps({"event": "listening", "service": what, **fields})
     else:
-        where = " ".join(f"{k}={v}" for k, v in fields.items())
-        print(f"{what} listening {where}", flush=True)
+        line = f"{what} listening " + " ".join(f"{k}={v}" for k, v in fields.items())
+    try:
+        print(line, flush=True)
+    except OSError as exc:  # stdout on a full disk or a closed pipe: the service still runs
+        log.warning("could not print %r: %s", line, exc.strerror or exc)
 
 
 async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
@@ -155,7 +177,7 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
     failed: list[int] = []
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
-                             start_margin=args.start_margin)
+                             start_margin=args.start_margin, max_conns_per_source=args.max_per_source)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
         async def on_signal():
@@ -176,10 +198,14 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
 
         if args.stats_interval > 0:
             nursery.start_soon(report_stats)
+        nursery.start_soon(keep_collections_short)
         what = f"rendezvous {listen[0]}:{listen[1]}"
         try:
+            # the STUN server's TCP slots and sockets share the descriptor limit
+            reserve = 64 + (600 if stun_ips is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
-                listen[0], listen[1], state=state, task_status=task_status))
+                listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
+                task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:
@@ -223,7 +249,10 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
 
 
 def _fail(message: str) -> int:
-    print(f"nattrav-server: {message}", file=sys.stderr)
+    try:
+        print(f"nattrav-server: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the exit code still says it
     return 1
 
 
@@ -239,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.stun_rate_limit == 0 or args.stun_rate_limit >= 1024):
             raise UsageError("--stun-rate-limit must be 0 (no limit) or at least 1024 bytes/s")
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):
-            if not getattr(args, name) > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be > 0")
+            if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0")
+        if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
+            raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    _setup_logging(args.json_log, args.verbose)
+    sink = _setup_logging(args.json_log, args.verbose)
     started = time.monotonic()
     try:
         code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])))
@@ -251,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     if code == 0:
         log.info("stopped after %.1f s", time.monotonic() - started)
+    if sink.dropped:
+        log.warning("%d log records were dropped (the log destination was full, failing or not read)",
+                    sink.dropped)
+    sink.stop()
     return code
 
 

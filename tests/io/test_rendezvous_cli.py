@@ -28,8 +28,17 @@ def run_cli(*args, timeout=20):
         (["--stun", "1.2.3"], "not an IPv4 address"),
         (["--stun", "127.0.0.1,127.0.0.1"], "must differ"),
         (["--stun-ports", "5,5"], "two distinct ports"),
-        (["--offer-timeout", "0"], "must be > 0"),
+        (["--offer-timeout", "0"], "--offer-timeout must be a finite number > 0"),
         (["--nonsense"], "unrecognized arguments"),
+        # non-finite times would reach clients as "keepalive inf" / "start_at inf" and break them all
+        (["--keepalive-timeout", "inf"], "--keepalive-timeout must be a finite number > 0"),
+        (["--retain", "nan"], "--retain must be a finite number > 0"),
+        (["--start-margin", "1e400"], "--start-margin must be a finite number > 0"),
+        (["--stats-interval", "nan"], "--stats-interval must be a finite number >= 0"),
+        (["--keepalive-timeout", "soon"], "invalid float value"),
+        (["--max-connections", "0"], "--max-connections: must be an integer >= 1"),
+        (["--max-per-source", "-3"], "--max-per-source: must be an integer >= 1"),
+        (["--max-per-source", "many"], "--max-per-source: must be an integer >= 1"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(args, message):

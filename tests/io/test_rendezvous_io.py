@@ -192,18 +192,26 @@ async def _accept_next(rv):
 
 
 async def test_peer_that_does_not_read_is_dropped(nursery):
-    addr, state = await start(nursery, offer_timeout=60.0, max_offers_per_peer=10_000)
-    # a client that enrolls, then never reads while others flood it with offers
+    state = RendezvousServer(offer_timeout=60.0)
+    addr = await nursery.start(lambda task_status: serve_rendezvous(
+        "127.0.0.1", 0, state=state, max_queued=128 * 1024, pause_reading=32 * 1024, task_status=task_status))
+    # a client that enrolls, then never reads while others flood it with offers (one each: a
+    # target's slots are shared out per initiator, so the flood takes many initiators)
     sock = socket.create_connection(addr)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.sendall(encode(make("enroll", id=1, name="sink", info={"pad": "x" * 7000})))
+    with trio.move_on_after(1):
+        while "sink" not in state.online():
+            await trio.sleep(0.01)
+    state.max_offers_per_source = state.max_offers_per_peer = 10_000
     async with open_rendezvous(addr, name="alice", info={"pad": "y" * 7000}) as a:
-        with trio.move_on_after(0.2):
-            while "sink" not in state.online():
-                await trio.sleep(0.01)
+        async def initiator():
+            async with open_rendezvous(addr, info={"pad": "z" * 7000}) as c:
+                await _try_connect(c, "sink")
+
         async with trio.open_nursery() as n:
-            for _ in range(400):
-                n.start_soon(_try_connect, a, "sink")
+            for _ in range(60):
+                n.start_soon(initiator)
             with trio.fail_after(20):
                 while "sink" in state.online():
                     await trio.sleep(0.05)
@@ -244,13 +252,25 @@ async def test_unreachable_server_and_server_going_away(nursery):
     with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}"):
         async with open_rendezvous(("127.0.0.1", port)):
             pass
-    async with trio.open_nursery() as inner:
-        addr = await inner.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, task_status=task_status))
-        async with open_rendezvous(addr, name="alice") as a:
-            inner.cancel_scope.cancel()
-            with pytest.raises(ServerGone):
-                with trio.fail_after(5):
-                    await a.next_offer()
+    scope = trio.CancelScope()
+
+    async def server(task_status):
+        with scope:
+            await serve_rendezvous("127.0.0.1", 0, task_status=task_status)
+
+    addr = await nursery.start(server)
+    async with open_rendezvous(addr, name="alice", reconnect=False) as a, \
+            open_rendezvous(addr, name="bob") as b:
+        scope.cancel()  # the server goes away; the clients are outside its scope
+        with pytest.raises(ServerGone):
+            with trio.fail_after(5):
+                await a.next_offer()
+        # a client that reconnects (the default) keeps waiting for offers while it tries again
+        with trio.move_on_after(1) as waiting:
+            await b.next_offer()
+        assert waiting.cancelled_caught and not b.connected and b.enrollments == 1
+        with pytest.raises(ServerGone, match="enrolling again"):
+            await b.ping()
 
 
 def test_info_is_validated_locally():

@@ -201,7 +201,10 @@ def test_connect_timeout_is_capped_and_sanitised():
     h.enroll(a, name="alice")
     h.enroll(b, name="bob")
     h.send(a, "connect", target="bob", timeout=1e9)
-    assert h.one(b, "offer")["expires"] == h.now + 20
+    offer = h.one(b, "offer")
+    assert offer["expires"] == h.now + 20
+    h.send(b, "refuse", offer=offer["offer"])  # one pending offer per initiator and target
+    h.pop(b)
     h.send(a, "connect", target="bob", timeout=float("nan"))
     assert h.one(b, "offer")["expires"] == h.now + 10
 
@@ -356,14 +359,21 @@ def test_frames_split_at_every_byte_boundary_are_reassembled():
 
 
 def test_pending_offers_per_peer_are_bounded():
-    h = Harness(max_offers_per_peer=3)
-    a, b = h.open(), h.open()
+    h = Harness(max_offers_per_peer=3, max_offers_per_source=10)
+    a = h.open()
     h.enroll(a, name="alice")
-    h.enroll(b, name="bob")
-    for i in range(4):
-        h.send(a, "connect", id=i, target="bob")
+    targets = [h.open() for _ in range(4)]
+    for i, t in enumerate(targets):
+        h.enroll(t, name=f"t{i}")
+        h.send(a, "connect", id=i, target=f"t{i}")  # as initiator
     assert [m["code"] for m in h.pop(a)] == ["busy"]
-    assert len(h.pop(b)) == 3
+    assert [len(h.pop(t)) for t in targets] == [1, 1, 1, 0]
+    initiators = [h.open() for _ in range(4)]
+    for i, c in enumerate(initiators):
+        h.enroll(c, name=f"i{i}")
+        h.send(c, "connect", id=1, target="t3")  # as target
+    assert [m["code"] for c in initiators for m in h.pop(c)] == ["busy"]
+    assert len(h.pop(targets[3])) == 3
 
 
 def test_local_misuse_is_a_local_error():

@@ -9,22 +9,32 @@ A Session carries the other peer's node info, a fresh 32-byte key, the session i
 start time in *this process's* Trio clock: the server's clock is mapped through an offset estimated
 NTP-style from the enroll reply and every keepalive (the sample with the smallest round trip wins), so
 both peers fire at nearly the same moment even though their clocks are unrelated.
+
+The client stays enrolled by itself: it pings every keepalive and gives a ping a bounded time, so a
+server that vanished without a FIN or RST is noticed in about two keepalives, not after the ~15
+minutes TCP takes to give up; it then enrolls again (same peer ID and secret, its latest info) with
+capped, jittered backoff. Requests made while it is reconnecting fail at once with ServerGone;
+next_offer() simply keeps waiting, so a listener is reachable again without doing anything.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import trio
 
-from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, ClockMap, check_info, make
+from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, ClockMap, check_info, make, reconnect_delay
 from .framing import FrameStream
 
 DEFAULT_PORT = 7000
 SEND_TIMEOUT = 10.0
+MIN_PING_TIMEOUT = 2.0  # a busy server may take a while to answer; a vanished one never does
+
+log = logging.getLogger("nattrav.rendezvous.client")
 
 
 class RendezvousError(Exception):
@@ -122,20 +132,46 @@ class _Reply:
         self.msg: dict | None = None
 
 
+class _Link:
+    """One TCP connection to the server and the requests waiting for replies on it."""
+
+    def __init__(self, stream: trio.SocketStream, frames: FrameStream):
+        self.stream = stream
+        self.frames = frames
+        self.pending: dict[int, _Reply] = {}
+        self.gone: RendezvousError | None = None
+        self.final = False  # the server ended us for good: enrolling again would fight the new owner
+        self.lost = trio.Event()
+
+    def fail(self, exc: RendezvousError, *, final: bool = False) -> None:
+        if self.gone is not None:
+            return
+        self.gone, self.final = exc, final
+        for reply in self.pending.values():
+            reply.event.set()
+        self.lost.set()
+
+
 class RendezvousClient:
-    def __init__(self, frames: FrameStream, server: tuple[str, int]):
-        self._frames = frames
+    def __init__(self, server: tuple[str, int], *, info: dict | None = None, connect_timeout: float = 10.0,
+                 local_address: str | None = None, reconnect: bool = True, ping_timeout: float | None = None):
         self.server = server
         self.peer_id = ""
         self.secret = ""
         self.observed: tuple[str, int] | None = None  # our address as the server sees it
         self.keepalive = 15.0
+        self.enrollments = 0  # 1 after open_rendezvous(); more each time it enrolled again by itself
+        self._info = info  # what an enrollment publishes: the latest info given
+        self._connect_timeout = connect_timeout
+        self._local_address = local_address
+        self._reconnect = reconnect
+        self._ping_timeout = ping_timeout
         self._clock = ClockMap()
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Reply] = {}
+        self._link: _Link | None = None
         self._offers_send, self._offers = trio.open_memory_channel(32)
         self._cancelled: dict[str, str] = {}
-        self._gone: RendezvousError | None = None
+        self._closed: RendezvousError | None = None
 
     # -- clock --
     @property
@@ -148,71 +184,81 @@ class RendezvousClient:
         """The smallest round trip to the server seen so far (seconds)."""
         return self._clock.rtt
 
-    def _sample(self, sent: float, received: float, server_now: float) -> None:
-        self._clock.sample(sent, received, server_now)
-
     def to_local(self, server_time: float) -> float:
         return self._clock.to_local(server_time)
 
-    # -- plumbing --
-    def _gone_error(self) -> RendezvousError:
-        gone = self._gone or ServerGone("connection closed")
-        return type(gone)(str(gone))  # a fresh instance per raise: tracebacks must not pile up
+    @property
+    def connected(self) -> bool:
+        """Enrolled on a live connection now (False while enrolling again)."""
+        return self._link is not None and self._link.gone is None
 
-    async def _send(self, msg: dict) -> None:
-        # A frame cut in half by a cancellation would desynchronise the stream for every later
-        # request, so the write is shielded; its own deadline covers a server that stopped reading.
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(SEND_TIMEOUT) as stuck:
-                try:
-                    await self._frames.send(msg)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self._fail(ServerGone(f"lost the server connection: {exc}"))
-            if stuck.cancelled_caught:
-                self._fail(ServerGone(f"the server has not read our frames for {SEND_TIMEOUT:g} s"))
-                await trio.aclose_forcefully(self._frames.stream)
-
-    async def _request(self, kind: str, **fields) -> dict:
-        if self._gone is not None:
-            raise self._gone_error()
-        rid = next(self._ids)
-        reply = self._pending[rid] = _Reply()
+    # -- one connection --
+    async def _open_link(self, name: str | None, secret: str | None) -> _Link:
+        """Connect and enroll; raises the RendezvousError that says why not."""
+        host, port = self.server
         try:
-            await self._send(make(kind, id=rid, **fields))
-            await reply.event.wait()
+            with trio.fail_after(self._connect_timeout):
+                stream = await trio.open_tcp_stream(host, port, local_address=self._local_address)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
+            raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
+        link = _Link(stream, FrameStream(stream, SERVER_MESSAGES))
+        enrolled = False
+        try:
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    await self._enroll(link, name, secret)
+            except trio.TooSlowError:
+                raise RendezvousTimeout(f"timeout: {host}:{port} did not answer the enroll") from None
+            except BadFrame as exc:
+                raise ProtocolViolation(f"malformed frame from the server: {exc}") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ServerGone(f"lost the server connection during enroll: {exc}") from None
+            enrolled = True
+            return link
         finally:
-            self._pending.pop(rid, None)
-        if reply.msg is None:
-            raise self._gone_error()
-        if reply.msg["t"] == "error":
-            raise error_from(reply.msg)
-        return reply.msg
+            if not enrolled:
+                await trio.aclose_forcefully(stream)
 
-    def _fail(self, exc: RendezvousError) -> None:
-        if self._gone is None:
-            self._gone = exc
-        for reply in self._pending.values():
-            reply.event.set()
-        self._offers_send.close()
+    async def _enroll(self, link: _Link, name: str | None, secret: str | None) -> None:
+        sent = trio.current_time()
+        await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret))
+        msg = await link.frames.receive()
+        if msg is None:
+            raise ServerGone("the server closed the connection during enroll")
+        if msg["t"] == "error":
+            raise error_from(msg)
+        if msg["t"] != "enrolled":
+            raise ProtocolViolation(f"expected enrolled, got {msg['t']}")
+        if self.enrollments and msg["peer"] != self.peer_id:
+            raise ProtocolViolation(f"enrolled again as {msg['peer']!r}, not {self.peer_id!r}")
+        clock = ClockMap()  # a restarted server is a new process with a new clock: start over
+        clock.sample(sent, trio.current_time(), msg["now"])
+        self._clock = clock
+        self.peer_id, self.secret = msg["peer"], msg["secret"]
+        self.keepalive = float(msg["keepalive"])
+        obs = msg["observed"]
+        self.observed = (str(obs[0]), int(obs[1])) if len(obs) == 2 else None
+        self.enrollments += 1
 
-    async def _reader(self) -> None:
+    async def _reader(self, link: _Link) -> None:
         try:
             while True:
-                msg = await self._frames.receive()
+                msg = await link.frames.receive()
                 if msg is None:
-                    self._fail(ServerGone("the server closed the connection"))
+                    link.fail(ServerGone("the server closed the connection"))
                     return
-                self._dispatch(msg)
+                self._dispatch(link, msg)
         except BadFrame as exc:
-            self._fail(ProtocolViolation(f"malformed frame from the server: {exc}"))
+            link.fail(ProtocolViolation(f"malformed frame from the server: {exc}"))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(ServerGone(f"lost the server connection: {exc}"))
+            link.fail(ServerGone(f"lost the server connection: {exc}"))
 
-    def _dispatch(self, msg: dict) -> None:
+    def _dispatch(self, link: _Link, msg: dict) -> None:
         kind = msg["t"]
         rid = msg.get("id")
-        if rid is not None and rid in self._pending:
-            reply = self._pending[rid]
+        if rid is not None and rid in link.pending:
+            reply = link.pending[rid]
             reply.msg = msg
             reply.event.set()
         elif kind == "offer":
@@ -228,36 +274,118 @@ class RendezvousClient:
         elif rid is not None:
             pass  # a late reply to a request its caller gave up on (cancelled): nobody wants it
         elif kind == "error":
-            # An error not tied to a request: the server is about to close this connection.
-            self._fail(ServerGone(f"server: {msg['code']}: {msg['message']}"))
+            # An error not tied to a request: the server is about to close this connection. Our own
+            # name enrolled elsewhere means another process took over: it must not be taken back.
+            if msg["code"] == NameTaken.code:
+                link.fail(NameTaken(f"{msg['code']}: {msg['message']}"), final=True)
+            else:
+                link.fail(ServerGone(f"server: {msg['code']}: {msg['message']}"))
+
+    async def _keepalive_loop(self, link: _Link) -> None:
+        while True:
+            await trio.sleep(self.keepalive)
+            timeout = self._ping_timeout or max(self.keepalive, MIN_PING_TIMEOUT)
+            with trio.move_on_after(timeout) as waited:
+                try:
+                    await self.ping()
+                except RendezvousError:
+                    return  # the link failed: the reader or the sender said why
+            if waited.cancelled_caught:
+                link.fail(ServerGone(f"the server did not answer a ping within {timeout:g} s"))
+                return
+
+    # -- staying enrolled --
+    async def _run(self, link: _Link) -> None:
+        """Serve `link` until it fails, then enroll again, for as long as the client is open."""
+        while True:
+            self._link = link
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, link)
+                nursery.start_soon(self._keepalive_loop, link)
+                await link.lost.wait()
+                nursery.cancel_scope.cancel()
+            self._link = None
+            await trio.aclose_forcefully(link.stream)
+            self._drop_queued_offers()
+            if link.final or not self._reconnect:
+                self._close(link.gone)
+                return
+            log.info("lost the rendezvous server %s:%d (%s); enrolling again as %s",
+                     *self.server, link.gone, self.peer_id)
+            link = await self._enroll_again()
+            if link is None:
+                return
+            log.info("enrolled again as %s with %s:%d", self.peer_id, *self.server)
+
+    async def _enroll_again(self) -> _Link | None:
+        attempt = 0
+        while True:
+            await trio.sleep(reconnect_delay(attempt, cap=max(1.0, self.keepalive)))
+            attempt += 1
+            try:
+                return await self._open_link(self.peer_id, self.secret)
+            except (NameTaken, BadRequest) as exc:
+                # our name went to someone else after the server forgot us: nothing to retry
+                self._close(exc)
+                return None
+            except RendezvousError as exc:
+                log.debug("enroll attempt %d with %s:%d failed: %s", attempt, *self.server, exc)
+
+    def _drop_queued_offers(self) -> None:
+        # offers that came on a lost connection ended with it (the server cancels them)
+        while True:
+            try:
+                self._offers.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    def _close(self, exc: RendezvousError | None) -> None:
+        if self._closed is None:
+            self._closed = exc or ServerGone("connection closed")
+        self._offers_send.close()
+        if self._link is not None:
+            self._link.fail(self._closed)
+
+    # -- plumbing --
+    def _gone_error(self, link: _Link | None) -> RendezvousError:
+        gone = self._closed or (link.gone if link is not None else None)
+        if gone is None:
+            gone = ServerGone(f"not connected to the rendezvous server {self.server[0]}:{self.server[1]} "
+                              "(enrolling again)")
+        return type(gone)(str(gone))  # a fresh instance per raise: tracebacks must not pile up
+
+    async def _send(self, link: _Link, msg: dict) -> None:
+        # A frame cut in half by a cancellation would desynchronise the stream for every later
+        # request, so the write is shielded; its own deadline covers a server that stopped reading.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT) as stuck:
+                try:
+                    await link.frames.send(msg)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    link.fail(ServerGone(f"lost the server connection: {exc}"))
+            if stuck.cancelled_caught:
+                link.fail(ServerGone(f"the server has not read our frames for {SEND_TIMEOUT:g} s"))
+
+    async def _request(self, kind: str, **fields) -> dict:
+        link = self._link
+        if self._closed is not None or link is None or link.gone is not None:
+            raise self._gone_error(link)
+        rid = next(self._ids)
+        reply = link.pending[rid] = _Reply()
+        try:
+            await self._send(link, make(kind, id=rid, **fields))
+            await reply.event.wait()
+        finally:
+            link.pending.pop(rid, None)
+        if reply.msg is None:
+            raise self._gone_error(link)
+        if reply.msg["t"] == "error":
+            raise error_from(reply.msg)
+        return reply.msg
 
     def _session(self, msg: dict) -> Session:
         return Session(msg["session"], msg["peer"], msg["info"], msg["key"], self.to_local(msg["start_at"]),
                        msg["role"])
-
-    async def _enroll(self, info: dict | None, name: str | None, secret: str | None) -> None:
-        sent = trio.current_time()
-        await self._frames.send(make("enroll", id=0, info=info, name=name, secret=secret))
-        msg = await self._frames.receive()
-        if msg is None:
-            raise ServerGone("the server closed the connection during enroll")
-        if msg["t"] == "error":
-            raise error_from(msg)
-        if msg["t"] != "enrolled":
-            raise ProtocolViolation(f"expected enrolled, got {msg['t']}")
-        self._sample(sent, trio.current_time(), msg["now"])
-        self.peer_id, self.secret = msg["peer"], msg["secret"]
-        self.keepalive = float(msg["keepalive"])
-        obs = msg["observed"]
-        self.observed = (str(obs[0]), int(obs[1])) if len(obs) == 2 else None
-
-    async def _keepalive_loop(self) -> None:
-        while self._gone is None:
-            await trio.sleep(self.keepalive)
-            try:
-                await self.ping()
-            except RendezvousError:
-                return
 
     # -- public API --
     async def ping(self) -> float:
@@ -265,14 +393,16 @@ class RendezvousClient:
         sent = trio.current_time()
         msg = await self._request("ping")
         received = trio.current_time()
-        self._sample(sent, received, msg["now"])
+        self._clock.sample(sent, received, msg["now"])
         return received - sent
 
     async def update_info(self, info: dict) -> None:
+        """Publish new node info (also what the client publishes when it enrolls again)."""
         try:
             check_info(info)
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
+        self._info = info
         await self._request("info", info=info)
 
     async def connect(self, peer_id: str, timeout: float = 10.0) -> Session:
@@ -285,12 +415,15 @@ class RendezvousClient:
         return self._session(msg)
 
     async def next_offer(self) -> Offer:
-        """Wait for the next peer that wants a session with us (offers cancelled meanwhile are skipped)."""
+        """Wait for the next peer that wants a session with us (offers cancelled meanwhile are skipped).
+
+        Keeps waiting while the client enrolls again after losing the server; raises only once the
+        client is closed for good (NameTaken: our name enrolled elsewhere; ServerGone otherwise)."""
         while True:
             try:
                 offer = await self._offers.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._gone_error() from None
+                raise self._gone_error(None) from None
             if offer.offer_id not in self._cancelled:
                 return offer
 
@@ -327,38 +460,32 @@ async def open_rendezvous(
     name: str | None = None,
     secret: str | None = None,
     connect_timeout: float = 10.0,
+    local_address: str | None = None,
+    reconnect: bool = True,
+    ping_timeout: float | None = None,
 ) -> AsyncIterator[RendezvousClient]:
-    """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``)."""
+    """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``).
+
+    The first enrollment's failure is raised here. Later losses are handled inside: with
+    ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
+    server's keepalive, at least 2 s) is how long an unanswered ping may take before the connection
+    counts as lost."""
     host, port = parse_server(server)
     if info is not None:
         try:
             check_info(info)
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
+    client = RendezvousClient((host, port), info=info, connect_timeout=connect_timeout,
+                              local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout)
+    link = await client._open_link(name, secret)
+    client._link = link
     try:
-        with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(host, port)
-    except (OSError, trio.TooSlowError) as exc:
-        reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
-        raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
-    frames = FrameStream(stream, SERVER_MESSAGES)
-    client = RendezvousClient(frames, (host, port))
-    try:
-        try:
-            with trio.fail_after(connect_timeout):
-                await client._enroll(info, name, secret)
-        except trio.TooSlowError:
-            raise RendezvousTimeout(f"timeout: {host}:{port} did not answer the enroll") from None
-        except BadFrame as exc:
-            raise ProtocolViolation(f"malformed frame from the server: {exc}") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ServerGone(f"lost the server connection during enroll: {exc}") from None
         # The caller's own exception leaves unwrapped: raised inside the nursery it would come out
         # as an ExceptionGroup, and callers could no longer `except ConnectError`.
         body_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._reader)
-            nursery.start_soon(client._keepalive_loop)
+            nursery.start_soon(client._run, link)
             try:
                 yield client
             except BaseException as exc:
@@ -368,5 +495,6 @@ async def open_rendezvous(
         if body_error is not None:
             raise body_error
     finally:
-        client._fail(ServerGone("rendezvous client closed"))
-        await trio.aclose_forcefully(stream)
+        client._close(ServerGone("rendezvous client closed"))
+        current = client._link or link
+        await trio.aclose_forcefully(current.stream)

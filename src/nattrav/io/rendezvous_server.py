@@ -12,67 +12,111 @@ import collections
 import itertools
 import logging
 import math
+import os
+import resource
 
 import trio
 
-from ..proto.rendezvous import Close, LocalProtocolError, RendezvousServer, Send, encode
+from ..core.limits import HEADROOM, FdLimitError, ensure_fd_capacity, open_fd_count
+from ..proto.rendezvous import Close, ErrorCode, LocalProtocolError, RendezvousServer, Send, encode, make
 
 log = logging.getLogger("nattrav.rendezvous")
 
 READ_SIZE = 65536
+TICK_BATCH = 64  # deadlines handled between two turns of the event loop
+
+
+def fit_connections(wanted: int, reserve: int = 64) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one and return how many connections fit.
+
+    Many systems start services with a soft limit of 1,024: left alone, accept() fails with EMFILE
+    long before ``max_connections``. ``reserve`` keeps descriptors for everything else in the process
+    (listeners, the STUN server's sockets, log files)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = soft
+    if hard == resource.RLIM_INFINITY:
+        try:
+            soft = ensure_fd_capacity(wanted + reserve)
+        except FdLimitError:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    elif soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = soft - open_fd_count() - HEADROOM - reserve
+    if room < wanted:
+        fit = max(room, 16)
+        log.warning("RLIMIT_NOFILE %d (hard %s) leaves room for %d connections, not %d: serving at most %d "
+                    "(raise it with `ulimit -n`, LimitNOFILE= in a systemd unit, or 'nofile' in "
+                    "/etc/security/limits.conf)", soft, hard, room, wanted, fit)
+        return fit
+    log.info("RLIMIT_NOFILE %d (was %d): room for the %d connections asked for", soft, before, wanted)
+    return wanted
 
 
 class _ConnIO:
-    """Outbound frames of one connection, bounded in bytes.
+    """Outbound side of one connection, bounded in bytes.
 
-    A client's own requests are throttled by their replies: the reader stops reading while the queue
-    is above ``pause`` bytes. Frames caused by other peers (offers, cancels) cannot be throttled that
-    way, so past ``limit`` bytes the connection is dropped: a peer that does not read cannot make
-    the server hold memory for it.
+    Frames are written inline with one non-blocking send when nothing is queued (the common case:
+    no task switch, one syscall for everything a single event produced); only what the socket does
+    not take at once goes to a writer task. A client's own requests are throttled by their replies:
+    the reader stops reading while more than ``pause`` bytes wait. Frames caused by other peers
+    (offers, cancels) cannot be throttled that way, so past ``limit`` bytes the connection is
+    dropped: a peer that does not read cannot make the server hold memory for it.
     """
 
-    def __init__(self, addr: tuple, pause: int, limit: int):
+    __slots__ = ("addr", "stream", "fd", "pause", "limit", "queue", "queued", "writing", "write_since",
+                 "idle", "below_pause", "read_scope", "write_scope")
+
+    def __init__(self, stream: trio.SocketStream, addr: tuple, pause: int, limit: int):
         self.addr = addr
+        self.stream = stream
+        self.fd = stream.socket.fileno()
         self.pause = pause
         self.limit = limit
         self.queue: collections.deque[bytes] = collections.deque()
-        self.queued = 0
-        self.closing = False  # no more frames: the writer flushes, then ends
-        self.has_data = trio.Event()
-        self.below_pause = trio.Event()
-        self.below_pause.set()
+        self.queued = 0  # bytes waiting for the writer task, including the write in progress
+        self.writing = False  # a writer task owns the sending side
+        self.write_since: float | None = None  # when the write in progress started (the watchdog reads it)
+        self.idle: trio.Event | None = None  # set when the writer task ends
+        self.below_pause: trio.Event | None = None  # None: not paused
         self.read_scope = trio.CancelScope()
         self.write_scope = trio.CancelScope()  # cancelled: unsent frames are dropped
 
-    def put(self, data: bytes) -> bool:
+    def queue_more(self, data: bytes) -> bool:
         if self.queued + len(data) > self.limit:
             return False
         self.queue.append(data)
         self.queued += len(data)
-        if self.queued > self.pause:
-            self.below_pause = trio.Event() if self.below_pause.is_set() else self.below_pause
-        self.has_data.set()
+        if self.queued > self.pause and self.below_pause is None:
+            self.below_pause = trio.Event()
         return True
 
-    def taken(self, data: bytes) -> None:
-        self.queued -= len(data)
-        if self.queued <= self.pause:
+    def taken(self, n: int) -> None:
+        self.queued -= n
+        if self.queued <= self.pause and self.below_pause is not None:
             self.below_pause.set()
-
-    def close(self) -> None:
-        self.closing = True
-        self.has_data.set()
+            self.below_pause = None
 
 
 class _Dispatcher:
-    def __init__(self, state: RendezvousServer):
+    def __init__(self, state: RendezvousServer, write_timeout: float):
         self.state = state
+        self.write_timeout = write_timeout
         self.conns: dict[int, _ConnIO] = {}
+        self.writers: dict[int, _ConnIO] = {}  # connections whose writer task is running
         self.timer_scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
 
     def run(self) -> None:
         """Carry out everything the state machine asked for (which may ask for more)."""
         while actions := self.state.actions():
+            out: dict[int, list[bytes]] = {}
+            closes: list[Close] = []
             for act in actions:
                 io = self.conns.get(act.conn)
                 if io is None:
@@ -83,30 +127,85 @@ class _Dispatcher:
                         log.info("conn %d %s: error %s: %s", act.conn, io.addr, act.msg["code"], act.msg["message"])
                     elif kind in ("enrolled", "session"):
                         log.info("conn %d %s: %s %s", act.conn, io.addr, kind, act.msg.get("peer"))
-                    if io.closing:
-                        continue
                     try:
                         frame = encode(act.msg)
                     except LocalProtocolError as exc:  # a bug: it costs this connection only
                         log.error("conn %d %s: cannot frame a %s reply: %s", act.conn, io.addr, kind, exc)
                         self._drop(act.conn, io, "internal error")
                         continue
-                    if not io.put(frame):
-                        self._drop(act.conn, io, f"peer does not read its frames ({io.queued} bytes queued)")
-                elif isinstance(act, Close):
+                    out.setdefault(act.conn, []).append(frame)
+                else:
+                    closes.append(act)
+            for conn, frames in out.items():
+                io = self.conns.get(conn)
+                if io is not None:
+                    self._deliver(conn, io, frames[0] if len(frames) == 1 else b"".join(frames))
+            for act in closes:  # after their final frames went out (or were queued)
+                io = self.conns.get(act.conn)
+                if io is not None:
                     log.info("conn %d %s: closing: %s", act.conn, io.addr, act.reason)
                     io.read_scope.cancel()
         deadline = self.state.next_deadline()
         if deadline is not None and self.timer_scope is not None and deadline < self.timer_scope.deadline:
             self.timer_scope.deadline = deadline
 
+    def _deliver(self, conn: int, io: _ConnIO, data: bytes) -> None:
+        if io.writing:
+            if not io.queue_more(data):
+                self._drop(conn, io, f"peer does not read its frames ({io.queued} bytes queued)")
+            return
+        try:
+            sent = os.write(io.fd, data)  # a non-blocking socket: takes what fits, never waits
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # reset or gone: the reader sees it too
+            self._drop(conn, io, f"write failed: {exc.strerror or exc}")
+            return
+        if sent < len(data):
+            io.writing = True
+            io.idle = trio.Event()
+            io.queue_more(data[sent:])
+            self.writers[conn] = io
+            self.nursery.start_soon(self._writer, conn, io)
+
+    async def _writer(self, conn: int, io: _ConnIO) -> None:
+        try:
+            with io.write_scope:
+                while io.queue:
+                    data = io.queue.popleft() if len(io.queue) == 1 else b"".join(io.queue)
+                    io.queue.clear()
+                    io.write_since = trio.current_time()
+                    await io.stream.send_all(data)
+                    io.write_since = None
+                    io.taken(len(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._drop(conn, io, f"write failed: {type(exc).__name__}")
+            self.run()
+        finally:
+            io.writing = False
+            io.write_since = None
+            self.writers.pop(conn, None)
+            io.idle.set()
+
     def _drop(self, conn: int, io: _ConnIO, reason: str) -> None:
         log.info("conn %d %s: dropping: %s", conn, io.addr, reason)
         io.read_scope.cancel()
         io.write_scope.cancel()
-        io.close()
         if conn in self.state.conns:
             self.state.connection_lost(conn, trio.current_time())
+
+    async def write_watchdog(self) -> None:
+        # One sweep over the connections that are mid-write replaces a deadline per write (a cancel
+        # scope with a deadline costs more than the send itself when there are thousands of them).
+        while True:
+            await trio.sleep(max(self.write_timeout / 4, 0.05))
+            now = trio.current_time()
+            stuck = [(conn, io) for conn, io in self.writers.items()
+                     if io.write_since is not None and now - io.write_since > self.write_timeout]
+            for conn, io in stuck:
+                self._drop(conn, io, f"a write took more than {self.write_timeout:g} s")
+            if stuck:
+                self.run()
 
     async def timer_loop(self) -> None:
         while True:
@@ -115,12 +214,17 @@ class _Dispatcher:
                 self.timer_scope = scope
                 await trio.sleep_forever()
             self.timer_scope = None
-            try:
-                self.state.tick(trio.current_time())
-            except Exception:
-                log.exception("internal error in the timer tick; carrying on")
-                await trio.sleep(0.1)  # a tick that keeps failing must not spin
-            self.run()
+            more = True
+            while more:
+                try:
+                    more = self.state.tick(trio.current_time(), TICK_BATCH)
+                except Exception:
+                    log.exception("internal error in the timer tick; carrying on")
+                    await trio.sleep(0.1)  # a tick that keeps failing must not spin
+                    more = False
+                self.run()
+                if more:
+                    await trio.sleep(0)  # let the connections that are ready go first
 
 
 async def serve_rendezvous(
@@ -130,6 +234,7 @@ async def serve_rendezvous(
     task_status=trio.TASK_STATUS_IGNORED,
     state: RendezvousServer | None = None,
     max_connections: int = 10_000,
+    fd_reserve: int = 64,
     pause_reading: int = 256 * 1024,
     max_queued: int = 1024 * 1024,
     write_timeout: float = 10.0,
@@ -139,29 +244,18 @@ async def serve_rendezvous(
 
     ``task_status.started`` gets the bound (host, port) of the first listener. ``state`` lets a
     caller (tests, benchmarks) keep a handle on the registry; otherwise one is built from
-    ``state_options`` (keepalive_timeout, offer_timeout, start_margin, ... of RendezvousServer).
+    ``state_options`` (keepalive_timeout, offer_timeout, start_margin, max_conns_per_source, ... of
+    RendezvousServer). ``max_connections`` is lowered to what the file-descriptor limit allows once
+    its soft value is raised to the hard one (``fd_reserve`` descriptors are left for the rest of the
+    process); a connection beyond it gets a ``busy`` error and is closed.
     """
     state = state if state is not None else RendezvousServer(**state_options)
-    disp = _Dispatcher(state)
+    max_connections = fit_connections(max_connections, fd_reserve)
+    full = encode(make("error", code=ErrorCode.BUSY.value,
+                       message=f"the server is full ({max_connections} connections)"))
+    disp = _Dispatcher(state, write_timeout)
     ids = itertools.count(1)
     listeners = await trio.open_tcp_listeners(port, host=host)
-
-    async def writer(conn: int, stream: trio.SocketStream, io: _ConnIO):
-        with io.write_scope:
-            try:
-                while True:
-                    while io.queue:
-                        data = io.queue.popleft()
-                        with trio.fail_after(write_timeout):
-                            await stream.send_all(data)
-                        io.taken(data)
-                    if io.closing:
-                        return
-                    io.has_data = trio.Event()
-                    await io.has_data.wait()
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                disp._drop(conn, io, f"write failed: {type(exc).__name__}")
-                disp.run()
 
     async def handler(stream: trio.SocketStream) -> None:
         conn = next(ids)
@@ -171,50 +265,57 @@ async def serve_rendezvous(
             await trio.aclose_forcefully(stream)
             return
         if len(disp.conns) >= max_connections:
-            log.warning("refusing %s: %d connections open", addr, len(disp.conns))
+            log.info("refusing %s: %d connections open", addr, len(disp.conns))
+            state.stats["refused"] += 1
+            try:
+                os.write(stream.socket.fileno(), full)  # a fresh socket's send buffer takes it whole
+            except OSError:
+                pass
             await trio.aclose_forcefully(stream)
             return
-        io = _ConnIO(tuple(addr), pause_reading, max_queued)
+        io = _ConnIO(stream, tuple(addr), pause_reading, max_queued)
         disp.conns[conn] = io
         try:
             state.connection_made(conn, addr, trio.current_time())
             disp.run()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(writer, conn, stream, io)
-                with io.read_scope:
-                    try:
-                        while True:
+            with io.read_scope:
+                try:
+                    while True:
+                        if io.below_pause is not None:
                             await io.below_pause.wait()
-                            data = await stream.receive_some(READ_SIZE)
-                            if not data:
-                                break
-                            if conn not in state.conns:
-                                break
-                            try:
-                                state.receive_data(conn, data, trio.current_time())
-                            except Exception:
-                                # A bug must cost one connection, never the server.
-                                log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
-                                break
-                            disp.run()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
-                if conn in state.conns:
-                    state.connection_lost(conn, trio.current_time())
-                    disp.run()
-                io.close()  # the writer flushes what is queued (a final error frame), then ends
+                        data = await stream.receive_some(READ_SIZE)
+                        if not data or conn not in state.conns:
+                            break
+                        try:
+                            state.receive_data(conn, data, trio.current_time())
+                        except Exception:
+                            # A bug must cost one connection, never the server.
+                            log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
+                            break
+                        disp.run()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+            if conn in state.conns:
+                state.connection_lost(conn, trio.current_time())
+                disp.run()
+            if io.writing:  # a final error frame still on its way: give it the write timeout
+                with trio.move_on_after(write_timeout):
+                    await io.idle.wait()
         except Exception:
             # Whatever went wrong belongs to this connection: it ends, the server carries on.
             log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
         finally:
             disp.conns.pop(conn, None)
+            io.write_scope.cancel()
             if conn in state.conns:  # cancelled from outside, or an unexpected error
                 state.connection_lost(conn, trio.current_time())
                 disp.run()  # tell the others now (their pending offers with this peer end)
             await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as nursery:
+        disp.nursery = nursery
         nursery.start_soon(disp.timer_loop)
+        nursery.start_soon(disp.write_watchdog)
         await nursery.start(trio.serve_listeners, handler, listeners)
         sockname = listeners[0].socket.getsockname()[:2]
         log.info("rendezvous server listening on %s:%d", *sockname)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import heapq
 import hmac
+import ipaddress
 import math
+import random
 import re
 import secrets
 import struct
@@ -27,11 +28,14 @@ from typing import Any, Callable, Iterator
 
 import msgpack
 
+from .timers import Timers
+
 VERSION = 1
 HEADER = struct.Struct("!I")
 MAX_FRAME = 16 * 1024  # a whole frame body; node info is the only large field
 MAX_INFO = 8 * 1024  # packed size of a node info map
 MAX_DEPTH = 6  # nesting of a node info map
+MAX_INFO_OBJECTS = 1024  # keys + values + containers of a node info map (a real report has ~100)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 SECRET_MIN = 16
 SECRET_MAX = 128
@@ -155,12 +159,16 @@ _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
 
 
 def check_info(info: Any) -> dict:
-    """Validate a node info map: str keys at the top, bounded depth and packed size."""
+    """Validate a node info map: str keys at the top, bounded depth, object count and packed size.
+
+    Bytes alone do not bound memory: 8 KB of empty arrays unpack into ~8,000 list objects (~0.5 MB),
+    so every key, value and container counts against MAX_INFO_OBJECTS."""
     if not isinstance(info, dict):
         raise BadFrame("node info is not a map")
     if not all(isinstance(k, str) for k in info):
         raise BadFrame("node info keys must be strings")
-    _check_depth(info, 0)
+    if _count_objects(info) > MAX_INFO_OBJECTS:
+        raise BadFrame(f"node info has more than {MAX_INFO_OBJECTS} objects")
     try:
         size = len(msgpack.packb(info, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:  # values that came from msgpack pack back
@@ -170,20 +178,62 @@ def check_info(info: Any) -> dict:
     return info
 
 
-def _check_depth(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise BadFrame(f"node info nested deeper than {MAX_DEPTH}")
-    if isinstance(value, dict):
-        for v in value.values():
-            _check_depth(v, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _check_depth(v, depth + 1)
+def _count_objects(info: dict) -> int:
+    """Keys, values and containers under `info` (stops counting once past the cap); raises BadFrame
+    when anything sits deeper than MAX_DEPTH. Iterative: the depth is attacker-chosen."""
+    count = 1
+    stack: list[tuple[Any, int]] = [(info, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if not value:
+            continue
+        if depth >= MAX_DEPTH:
+            raise BadFrame(f"node info nested deeper than {MAX_DEPTH}")
+        if isinstance(value, dict):
+            count += 2 * len(value)
+            children = value.values()
+        else:
+            count += len(value)
+            children = value
+        if count > MAX_INFO_OBJECTS:
+            return count
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list, tuple)))
+    return count
+
+
+class Packed:
+    """A field value that is already msgpack: encode() splices its bytes into the frame unchanged.
+
+    The registry keeps each peer's node info packed (its wire size, a few KB) rather than as the
+    Python objects it unpacks into (up to ~70 times more), and never has to unpack it to forward it.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def unpack(self) -> Any:
+        return msgpack.unpackb(self.data, raw=False)
+
+    def __repr__(self) -> str:
+        return f"Packed({len(self.data)} bytes)"
+
+
+def _map_header(n: int) -> bytes:
+    return bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack("!H", n)
 
 
 def encode(msg: dict) -> bytes:
     """Frame one message (the caller's own data: misuse is a LocalProtocolError)."""
-    body = msgpack.packb(msg, use_bin_type=True)
+    if type(msg) is dict and any(type(v) is Packed for v in msg.values()):
+        parts = [_map_header(len(msg))]
+        for k, v in msg.items():
+            parts.append(msgpack.packb(k, use_bin_type=True))
+            parts.append(v.data if type(v) is Packed else msgpack.packb(v, use_bin_type=True))
+        body = b"".join(parts)
+    else:
+        body = msgpack.packb(msg, use_bin_type=True)
     if len(body) > MAX_FRAME:
         raise LocalProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(body)) + body
@@ -287,6 +337,21 @@ class ClockMap:
         return server_time - self.offset
 
 
+def reconnect_delay(attempt: int, *, cap: float, first: float = 0.25,
+                    rng: Callable[[], float] = random.random) -> float:
+    """Seconds a client waits before re-enroll attempt `attempt` (0 = right after the loss).
+
+    The first attempt is immediate (a restart or a blip is over soon); then the wait doubles from
+    `first` up to `cap`, drawn from its upper half: thousands of peers that lost the same server must
+    not all come back in the same millisecond, and none should wait much longer than `cap` (the
+    client caps it at its keepalive, so a peer is reachable again within one keepalive of the
+    server's return)."""
+    if attempt <= 0:
+        return 0.0
+    ceiling = min(cap, first * 2 ** min(attempt - 1, 32))
+    return ceiling * (0.5 + 0.5 * rng())
+
+
 # --- server state machine ----------------------------------------------------------------------
 
 
@@ -302,32 +367,33 @@ class Close:
     reason: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Peer:
     peer_id: str
     secret_hash: bytes
-    info: dict
+    info: bytes  # packed public node info (the peer's map plus "observed"), forwarded as is
     observed: list
+    source: str
     conn: int | None
     last_seen: float
     offline_since: float | None = None
-    keepalive_armed: bool = False
     offers: set = field(default_factory=set)  # pending offer ids this peer is part of
 
 
-@dataclass
+@dataclass(slots=True)
 class _Conn:
     addr: list
-    opened: float
+    source: str
     decoder: FrameDecoder
     peer: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Offer:
     offer_id: str
     initiator: str
     target: str
+    source: str  # the initiator's source: a target's slots are shared out per source
     request_id: int | None
     expires: float
 
@@ -336,11 +402,31 @@ def _hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def source_key(addr: tuple | list) -> str:
+    """Whom a connection counts against in per-source limits: its IPv4 address, or its IPv6 /64
+    (one subscriber gets a whole /64, so single IPv6 addresses would cost an attacker nothing)."""
+    text = str(addr[0])
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class RendezvousServer:
     """Registry of peers and the connect/offer/accept dance, driven by the I/O layer.
 
     Call connection_made / receive_data / connection_lost / tick with the current time, then take the
     resulting actions with ``actions()``. ``next_deadline()`` says when tick() next has work to do.
+
+    What one source (an IPv4 address or IPv6 /64) can hold is bounded: ``max_conns_per_source``
+    connections, ``max_peers_per_source`` registered peers (its own oldest disconnected peer makes
+    room first), and ``max_offers_per_source`` of a target's ``max_offers_per_peer`` pending-offer
+    slots, one per initiator; a full registry forgets its oldest disconnected peer before it says busy.
     """
 
     def __init__(
@@ -354,10 +440,19 @@ class RendezvousServer:
         max_offer_timeout: float = 60.0,
         start_margin: float = 0.5,
         max_peers: int = 100_000,
+        max_peers_per_source: int = 256,
+        max_conns_per_source: int = 128,
         max_offers_per_peer: int = 16,
+        max_offers_per_source: int = 2,
         token: Callable[[int], str] = secrets.token_urlsafe,
         key: Callable[[int], bytes] = secrets.token_bytes,
     ):
+        limits = dict(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
+                      max_conns_per_source=max_conns_per_source, max_offers_per_peer=max_offers_per_peer,
+                      max_offers_per_source=max_offers_per_source)
+        for name, value in limits.items():
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.keepalive = keepalive
         self.keepalive_timeout = keepalive_timeout
         self.retain = retain
@@ -366,15 +461,23 @@ class RendezvousServer:
         self.max_offer_timeout = max_offer_timeout
         self.start_margin = start_margin
         self.max_peers = max_peers
+        self.max_peers_per_source = max_peers_per_source
+        self.max_conns_per_source = max_conns_per_source
         self.max_offers_per_peer = max_offers_per_peer
+        self.max_offers_per_source = max_offers_per_source
         self._token = token
         self._key = key
         self.peers: dict[str, _Peer] = {}
         self.conns: dict[int, _Conn] = {}
         self.offers: dict[str, _Offer] = {}
         self._out: list[Send | Close] = []
-        self._timers: list[tuple[float, str, Any]] = []  # lazy heap: entries re-checked when due
-        self.stats = {"enrolled": 0, "sessions": 0, "bad_frames": 0, "expired": 0}
+        # one deadline per connection (enroll), per peer (keepalive, then expiry) and per offer
+        self._timers = Timers()
+        self._conns_of: dict[str, int] = {}  # source -> open connections
+        self._peers_of: dict[str, dict[str, None]] = {}  # source -> its peer ids, oldest first
+        self._offline: dict[str, None] = {}  # disconnected peer ids, longest offline first
+        self.stats = {"enrolled": 0, "sessions": 0, "bad_frames": 0, "expired": 0, "evicted": 0,
+                      "refused": 0}
 
     # -- outputs --
     def actions(self) -> list[Send | Close]:
@@ -382,7 +485,7 @@ class RendezvousServer:
         return out
 
     def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        return self._timers.next_deadline()
 
     def _send(self, conn: int | None, kind: str, **fields: Any) -> None:
         if conn is not None and conn in self.conns:
@@ -398,19 +501,32 @@ class RendezvousServer:
             self._out.append(Close(conn, reason))
             self.connection_lost(conn, now)
 
-    def _timer(self, when: float, kind: str, key: Any) -> None:
-        heapq.heappush(self._timers, (when, kind, key))
-
     # -- inputs --
     def connection_made(self, conn: int, addr: tuple | list, now: float) -> None:
         if conn in self.conns:
             raise LocalProtocolError(f"connection {conn} already open")
-        self.conns[conn] = _Conn(list(addr[:2]), now, FrameDecoder(CLIENT_MESSAGES))
-        self._timer(now + self.enroll_timeout, "enroll", conn)
+        source = source_key(addr)
+        self.conns[conn] = _Conn(list(addr[:2]), source, FrameDecoder(CLIENT_MESSAGES))
+        count = self._conns_of[source] = self._conns_of.get(source, 0) + 1
+        if count > self.max_conns_per_source:
+            self.stats["refused"] += 1
+            self._error(conn, ErrorCode.BUSY,
+                        f"too many connections from {source} (at most {self.max_conns_per_source})")
+            self._close(conn, "too many connections from one source", now)
+            return
+        self._timers.set(("conn", conn), now + self.enroll_timeout)
 
     def connection_lost(self, conn: int, now: float) -> None:
         c = self.conns.pop(conn, None)
-        if c is None or c.peer is None:
+        if c is None:
+            return
+        self._timers.cancel(("conn", conn))
+        left = self._conns_of[c.source] - 1
+        if left:
+            self._conns_of[c.source] = left
+        else:
+            del self._conns_of[c.source]
+        if c.peer is None:
             return
         peer = self.peers.get(c.peer)
         if peer is not None and peer.conn == conn:
@@ -443,38 +559,41 @@ class RendezvousServer:
         if c.decoder.broken:
             self._close(conn, f"bad frame: {exc}", now)
 
-    def tick(self, now: float) -> None:
-        while self._timers and self._timers[0][0] <= now:
-            _, kind, key = heapq.heappop(self._timers)
-            if kind == "enroll":
+    def tick(self, now: float, limit: int | None = None) -> bool:
+        """Fire the deadlines due at `now`, at most `limit` of them; True when more are due.
+
+        A limit lets the I/O layer serve other connections between batches: a thousand slowloris
+        connections opened together all reach their enroll timeout in the same instant."""
+        fired = 0
+        while (due := self._timers.pop_due(now)) is not None:
+            fired += 1
+            kind, key = due
+            if kind == "conn":
                 c = self.conns.get(key)
-                if c is not None and c.peer is None and c.opened + self.enroll_timeout <= now:
+                if c is not None and c.peer is None:
                     self._error(key, ErrorCode.TIMEOUT, "no enroll in time")
                     self._close(key, "no enroll in time", now)
-            elif kind == "keepalive":
+            elif kind == "peer":
                 peer = self.peers.get(key)
-                if peer is None or peer.conn is None:
-                    if peer is not None:
-                        peer.keepalive_armed = False
+                if peer is None:
                     continue
-                due = peer.last_seen + self.keepalive_timeout
-                if due <= now:
-                    peer.keepalive_armed = False
+                if peer.conn is None:
+                    self._forget(peer)  # its retention is over
+                    self.stats["expired"] += 1
+                elif peer.last_seen + self.keepalive_timeout <= now:
                     conn = peer.conn
                     self._error(conn, ErrorCode.TIMEOUT, "keepalive timeout")
                     self._close(conn, "keepalive timeout", now)
-                else:
-                    self._timer(due, "keepalive", key)
-            elif kind == "expire":
-                peer = self.peers.get(key)
-                if peer is not None and peer.conn is None and peer.offline_since is not None:
-                    if peer.offline_since + self.retain <= now:
-                        del self.peers[key]
-                        self.stats["expired"] += 1
+                else:  # heard from since: check again when its silence could be long enough
+                    self._timers.set(due, peer.last_seen + self.keepalive_timeout)
             elif kind == "offer":
                 offer = self.offers.get(key)
-                if offer is not None and offer.expires <= now:
+                if offer is not None:
                     self._end_offer(offer, ErrorCode.TIMEOUT, f"{offer.target} did not answer in time")
+            if limit is not None and fired >= limit:
+                deadline = self._timers.next_deadline()
+                return deadline is not None and deadline <= now
+        return False
 
     # -- handlers --
     def _handle(self, conn: int, c: _Conn, msg: dict, now: float) -> None:
@@ -499,11 +618,11 @@ class RendezvousServer:
             self._answer(conn, peer, msg, rid, now)
 
     @staticmethod
-    def _public_info(info: dict | None, observed: list) -> dict:
+    def _public_info(info: dict | None, observed: list) -> bytes:
         # The server's own observation wins over anything the peer wrote under that key.
         out = dict(info or {})
         out["observed"] = list(observed)
-        return out
+        return msgpack.packb(out, use_bin_type=True)
 
     def _enroll(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
         if c.peer is not None:
@@ -521,6 +640,14 @@ class RendezvousServer:
             if secret is None or not hmac.compare_digest(existing.secret_hash, _hash_secret(secret)):
                 self._error(conn, ErrorCode.NAME_TAKEN, f"{cut(name)} belongs to another peer", rid)
                 return
+            if existing.source != c.source:
+                refusal = self._make_room(c.source, new_peer=False)
+                if refusal is not None:
+                    self._error(conn, ErrorCode.BUSY, refusal, rid)
+                    return
+                self._unregister(existing)
+                existing.source = c.source
+                self._peers_of.setdefault(c.source, {})[existing.peer_id] = None
             # Ownership proven: this connection replaces the old one; what the old one had pending
             # cannot be answered on this connection, so it ends.
             for offer_id in list(existing.offers):
@@ -534,9 +661,11 @@ class RendezvousServer:
                 self._close(old, "replaced by a new enrollment", now)
             peer = existing
             peer.offline_since = None
+            self._offline.pop(peer.peer_id, None)
         else:
-            if len(self.peers) >= self.max_peers:
-                self._error(conn, ErrorCode.BUSY, "too many peers", rid)
+            refusal = self._make_room(c.source, new_peer=True)
+            if refusal is not None:
+                self._error(conn, ErrorCode.BUSY, refusal, rid)
                 return
             peer_id = name
             # minted IDs follow the names' rule: an ID is typed after `-d` on a command line, and one
@@ -544,19 +673,36 @@ class RendezvousServer:
             while peer_id is None or peer_id in self.peers or not NAME_RE.match(peer_id):
                 peer_id = self._token(16)
             secret = secret if secret is not None else self._token(24)
-            peer = _Peer(peer_id, _hash_secret(secret), {}, c.addr, None, now)
+            peer = _Peer(peer_id, _hash_secret(secret), b"", c.addr, c.source, None, now)
+            self.peers[peer_id] = peer
+            self._peers_of.setdefault(c.source, {})[peer_id] = None
         peer.conn = conn
         peer.last_seen = now
         peer.observed = c.addr
         peer.info = self._public_info(msg.get("info"), c.addr)
-        self.peers[peer.peer_id] = peer
         c.peer = peer.peer_id
         self.stats["enrolled"] += 1
-        if not peer.keepalive_armed:
-            peer.keepalive_armed = True
-            self._timer(now + self.keepalive_timeout, "keepalive", peer.peer_id)
+        self._timers.cancel(("conn", conn))
+        self._timers.set(("peer", peer.peer_id), now + self.keepalive_timeout)
         self._send(conn, "enrolled", id=rid, peer=peer.peer_id, secret=secret, keepalive=self.keepalive,
                    now=now, observed=list(c.addr))
+
+    def _make_room(self, source: str, *, new_peer: bool) -> str | None:
+        """Make room for one more peer of `source` by forgetting disconnected ones (the source's own
+        first, then the longest offline); the reason to refuse when only online peers are left."""
+        mine = self._peers_of.get(source, {})
+        if len(mine) >= self.max_peers_per_source:
+            victim = next((pid for pid in mine if self.peers[pid].conn is None), None)
+            if victim is None:
+                return f"too many peers from {source} (at most {self.max_peers_per_source})"
+            self._forget(self.peers[victim])
+            self.stats["evicted"] += 1
+        if new_peer and len(self.peers) >= self.max_peers:
+            if not self._offline:
+                return "too many peers"
+            self._forget(self.peers[next(iter(self._offline))])
+            self.stats["evicted"] += 1
+        return None
 
     def _connect(self, conn: int, peer: _Peer, msg: dict, rid: int | None, now: float) -> None:
         target_id = msg["target"]
@@ -570,8 +716,9 @@ class RendezvousServer:
         if target.conn is None:
             self._error(conn, ErrorCode.OFFLINE, f"peer {cut(target_id)} is offline", rid)
             return
-        if len(peer.offers) >= self.max_offers_per_peer or len(target.offers) >= self.max_offers_per_peer:
-            self._error(conn, ErrorCode.BUSY, "too many pending offers", rid)
+        busy = self._offer_refusal(peer, target)
+        if busy is not None:
+            self._error(conn, ErrorCode.BUSY, busy, rid)
             return
         timeout = msg.get("timeout", self.offer_timeout)
         timeout = float(timeout)
@@ -581,13 +728,30 @@ class RendezvousServer:
         offer_id = self._token(12)
         while offer_id in self.offers:
             offer_id = self._token(12)
-        offer = _Offer(offer_id, peer.peer_id, target_id, rid, now + timeout)
+        offer = _Offer(offer_id, peer.peer_id, target_id, peer.source, rid, now + timeout)
         self.offers[offer_id] = offer
         peer.offers.add(offer_id)
         target.offers.add(offer_id)
-        self._timer(offer.expires, "offer", offer_id)
-        self._send(target.conn, "offer", offer=offer_id, **{"from": peer.peer_id}, info=peer.info,
+        self._timers.set(("offer", offer_id), offer.expires)
+        self._send(target.conn, "offer", offer=offer_id, **{"from": peer.peer_id}, info=Packed(peer.info),
                    expires=offer.expires)
+
+    def _offer_refusal(self, peer: _Peer, target: _Peer) -> str | None:
+        """Why this connect may not add a pending offer (None: it may). A target's slots are shared
+        out per initiator and per source, so no single source can make a target unreachable."""
+        if len(peer.offers) >= self.max_offers_per_peer:
+            return f"you have {len(peer.offers)} pending offers (at most {self.max_offers_per_peer})"
+        from_source = 0
+        for offer_id in target.offers:
+            offer = self.offers[offer_id]
+            if offer.initiator == peer.peer_id:
+                return f"already asking {target.peer_id}: wait for its answer"
+            from_source += offer.source == peer.source
+        if from_source >= self.max_offers_per_source:
+            return f"{from_source} offers to {target.peer_id} from {peer.source} are pending"
+        if len(target.offers) >= self.max_offers_per_peer:
+            return f"{target.peer_id} has too many pending offers"
+        return None
 
     def _answer(self, conn: int, peer: _Peer, msg: dict, rid: int | None, now: float) -> None:
         offer = self.offers.get(msg["offer"])
@@ -608,14 +772,15 @@ class RendezvousServer:
         start_at = now + self.start_margin
         self.stats["sessions"] += 1
         common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
-        self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=peer.info,
+        self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=Packed(peer.info),
                    role=Role.FIRST.value, **common)
-        self._send(conn, "session", id=rid, peer=initiator.peer_id, info=initiator.info,
+        self._send(conn, "session", id=rid, peer=initiator.peer_id, info=Packed(initiator.info),
                    role=Role.SECOND.value, **common)
 
     # -- helpers --
     def _drop_offer(self, offer: _Offer) -> None:
         self.offers.pop(offer.offer_id, None)
+        self._timers.cancel(("offer", offer.offer_id))
         for pid in (offer.initiator, offer.target):
             p = self.peers.get(pid)
             if p is not None:
@@ -633,11 +798,26 @@ class RendezvousServer:
     def _go_offline(self, peer: _Peer, now: float, why: str) -> None:
         peer.conn = None
         peer.offline_since = now
-        self._timer(now + self.retain, "expire", peer.peer_id)
+        self._offline[peer.peer_id] = None
+        self._timers.set(("peer", peer.peer_id), now + self.retain)
         for offer_id in list(peer.offers):
             offer = self.offers.get(offer_id)
             if offer is not None:
                 self._end_offer(offer, ErrorCode.OFFLINE, f"{peer.peer_id}: {why}")
+
+    def _unregister(self, peer: _Peer) -> None:
+        mine = self._peers_of.get(peer.source)
+        if mine is not None:
+            mine.pop(peer.peer_id, None)
+            if not mine:
+                del self._peers_of[peer.source]
+
+    def _forget(self, peer: _Peer) -> None:
+        """Drop a disconnected peer from the registry (its name is free again)."""
+        del self.peers[peer.peer_id]
+        self._offline.pop(peer.peer_id, None)
+        self._timers.cancel(("peer", peer.peer_id))
+        self._unregister(peer)
 
     # -- introspection for the I/O layer and tests --
     def online(self) -> list[str]:
