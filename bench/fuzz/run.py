@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,12 @@ def child(name: str, out: Path, libfuzzer_args: list[str]) -> None:
         elif runner.inputs & 255 == 0 or state["dirty"]:
             flush()
 
-    atheris.Setup([sys.argv[0], *libfuzzer_args], one)
+    # libFuzzer re-executes argv[0] with its flags for -merge (and -jobs): make that this child again
+    wrapper = out / "child.sh"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))}"
+                       f" --child {shlex.quote(name)} --out {shlex.quote(str(out))} -- \"$@\"\n")
+    wrapper.chmod(0o755)
+    atheris.Setup([str(wrapper), *libfuzzer_args], one)
     atheris.Fuzz()
 
 

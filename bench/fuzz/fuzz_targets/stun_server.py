@@ -130,6 +130,11 @@ def seeds() -> dict[str, bytes]:
     ind = stun.Message(stun.Method.BINDING, stun.Class.INDICATION, TXN).encode()
     other = stun.Message(0x003, stun.Class.REQUEST, TXN).add(Attr.CHANGE_REQUEST, ChangeRequest(True, True))
     reqs["indication"], reqs["method-3"] = ind, other.encode()
+    # issue 14 finding 4: distinct unknown comprehension-required attributes, deduplicated in O(k^2)
+    many = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, TXN)
+    for i in range(500):
+        many.add(0x4000 + i, b"")
+    reqs["many-unknown-attributes"] = many.encode()
     out = {}
     for i, (name, req) in enumerate(sorted(reqs.items())):
         cfg_i = i % len(CONFIGS)
