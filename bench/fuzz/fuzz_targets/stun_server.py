@@ -10,10 +10,8 @@ request handed to the peer goes to the peer's control port as a frame the peer c
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
-from nattrav.io.stun_server import StunServer, StunServerConfig, decode_forward, encode_forward
+from nattrav.io.stun_server import StunServer, StunServerConfig
+from nattrav.proto.stun_control import ControlReceiver, ControlSender, _mac, control_key
 from nattrav.io.stun_tcp import StunTcpServer
 from nattrav.proto import stun
 from nattrav.proto.stun import Attr, ChangeRequest
@@ -22,11 +20,11 @@ from fuzz_harness import Target, Violation, timed
 from fuzz_targets.stun_codec import TXN, seeds as codec_seeds
 
 SECRET = b"fuzz-control-secret-0123"
+NOW = 1.7e9  # the servers' wall clock: control frames and cookies are checked against it
 CONFIGS = (
     StunServerConfig(ip="192.0.2.1", port=3478, alt_port=3479),
     StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2", port=3478, alt_port=3479),
     StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2", port=3478, alt_port=3479, peer=True, secret=SECRET),
-    StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2", port=3478, alt_port=3479, peer=True),
     StunServerConfig(ip="2001:db8::1", alt_ip="2001:db8::2", port=3478, alt_port=0),
     StunServerConfig(ip="192.0.2.1", port=3478, alt_port=0, software=None),
 )
@@ -48,12 +46,15 @@ class FakeSock:
 
 def _server(cfg: StunServerConfig) -> StunServer:
     srv = StunServer(cfg)
+    srv.wall_clock = lambda: NOW
     for ip in cfg.local_ips:
         for port in cfg.ports:
             srv._socks[(ip, port)] = FakeSock((ip, port))
             srv.addresses.append((ip, port))
     if cfg.peer:
         srv._control = FakeSock((cfg.ip, cfg.control_port))
+        srv._control_tx = ControlSender(cfg.secret, cfg.alt_ip, start=NOW)
+        srv._control_rx = ControlReceiver(cfg.secret, cfg.ip)
     return srv
 
 
@@ -80,8 +81,8 @@ def _check_sends(srv: StunServer, request: bytes, client: tuple[str, int], *, fo
                 raise Violation("a forwarded request was forwarded again")
             if dest != (cfg.alt_ip, cfg.control_port):
                 raise Violation(f"control frame aimed at {dest}, not the peer")
-            try:
-                decode_forward(frame, cfg.secret)
+            try:  # the peer's view: addressed to it, fresh, authentic
+                ControlReceiver(cfg.secret, cfg.alt_ip).accept(frame, NOW)
             except stun.BadPacket as exc:
                 raise Violation(f"the peer cannot decode our control frame: {exc}") from None
 
@@ -109,13 +110,13 @@ def run(data: bytes) -> None:
         srv = _server(cfg)
         frame = body
         if b & 0x10 and cfg.secret:  # a frame from a peer that holds the secret
-            frame = body + hmac.new(cfg.secret, body, hashlib.sha256).digest()[:16]
+            frame = body + _mac(control_key(cfg.secret), body)
         peer = (cfg.alt_ip or "192.0.2.2", cfg.control_port) if not b & 0x20 else src
         with timed():
             srv.handle_control(frame, peer)
         if srv.stats.get("forwarded_in"):
-            _, _, client, request = decode_forward(frame, cfg.secret)
-            _check_sends(srv, request, client, forwarded=True)
+            fwd = ControlReceiver(cfg.secret, cfg.ip).accept(frame, NOW)
+            _check_sends(srv, fwd.request, fwd.src, forwarded=True)
 
 
 def seeds() -> dict[str, bytes]:
@@ -140,10 +141,11 @@ def seeds() -> dict[str, bytes]:
         cfg_i = i % len(CONFIGS)
         out[f"udp-{name}"] = bytes([cfg_i | (i % 8) << 5, i]) + req
         out[f"tcp-{name}"] = bytes([cfg_i | 2 << 3, i]) + req
-    fwd = encode_forward(3478, ("192.0.2.2", 3478), ("203.0.113.10", 40000), reqs["change-ip"], None)
-    out["control-signed"] = bytes([2 | 3 << 3, 0x10]) + fwd
-    out["control-open"] = bytes([3 | 3 << 3, 0]) + fwd
-    out["control-stranger"] = bytes([3 | 3 << 3, 0x20]) + fwd
+    fwd = ControlSender(SECRET, "192.0.2.1", start=NOW).forward(
+        3478, ("192.0.2.2", 3478), ("203.0.113.10", 40000), reqs["change-ip"], NOW)
+    out["control-signed"] = bytes([2 | 3 << 3, 0x10]) + fwd[:-16]  # the harness signs it
+    out["control-whole"] = bytes([2 | 3 << 3, 0]) + fwd
+    out["control-stranger"] = bytes([2 | 3 << 3, 0x20]) + fwd
     return out
 
 
