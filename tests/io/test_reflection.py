@@ -18,11 +18,25 @@ from nattrav.io import rendezvous_client as rv
 VICTIM_IP = "127.0.0.3"
 
 
-def _udp_victim() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((VICTIM_IP, 0))
-    s.setblocking(False)
-    return s
+def _bound_pair(kind: int) -> tuple[socket.socket, socket.socket]:
+    """The victim on VICTIM_IP and a sink of ours on the same port of 127.0.0.1, the address the
+    server observes for the attacker: the listener's packets land in the sink, never in a socket of
+    another test running in parallel."""
+    while True:
+        victim = socket.socket(socket.AF_INET, kind)
+        victim.bind((VICTIM_IP, 0))
+        sink = socket.socket(socket.AF_INET, kind)
+        try:
+            sink.bind(("127.0.0.1", victim.getsockname()[1]))
+        except OSError:
+            victim.close()
+            sink.close()
+            continue
+        for s in (victim, sink):
+            if kind == socket.SOCK_STREAM:
+                s.listen(64)
+            s.setblocking(False)
+        return victim, sink
 
 
 def _received(s: socket.socket) -> int:
@@ -57,18 +71,15 @@ async def _attack(servers, listener_id: str, info: dict) -> None:
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers, transport):
     if transport == "udp":
-        victim = _udp_victim()
+        victim, sink = _bound_pair(socket.SOCK_DGRAM)
         info = {"report": _udp_report(victim.getsockname()[1])}
         listen_ = listen
     else:
-        victim = socket.socket()
-        victim.bind((VICTIM_IP, 0))
-        victim.listen(64)
-        victim.setblocking(False)
+        victim, sink = _bound_pair(socket.SOCK_STREAM)
         info = {"tcp": _tcp_report(victim.getsockname()[1])}
         listen_ = listen_tcp
     events: list[tuple[str, dict]] = []
-    with victim, trio.fail_after(40):
+    with victim, sink, trio.fail_after(40):
         async with listen_(servers["server"], stun=servers["stun"],
                            on_event=lambda ph, d: events.append((ph, d))) as lst:
             async with trio.open_nursery() as nursery:
@@ -113,7 +124,9 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
             refused.append(detail)
 
     policy = AcceptPolicy(lambda offer: offer.peer_info.get("friend") is True, per_minute=0.0, burst=1)
-    with trio.fail_after(40):
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # where the accepted friend's punch lands
+    sink.bind(("127.0.0.1", 0))
+    with sink, trio.fail_after(40):
         async with listen(servers["server"], stun=servers["stun"], policy=policy, on_event=on_event) as lst:
             async with trio.open_nursery() as nursery:
 
@@ -128,7 +141,7 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
                     with pytest.raises(rv.Refused):
                         await stranger.connect(lst.peer_id, timeout=5)
                 async with rv.open_rendezvous(servers["server"]) as friend:
-                    await friend.update_info({"friend": True, "report": _udp_report(4000)})
+                    await friend.update_info({"friend": True, "report": _udp_report(sink.getsockname()[1])})
                     await friend.connect(lst.peer_id, timeout=5)  # accepted: a session
             # the bucket is empty now (burst 1, no refill): the next friend is refused
             async with trio.open_nursery() as nursery:
