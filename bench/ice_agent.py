@@ -1,0 +1,148 @@
+"""A plain ICE agent (aioice, RFC 8445; STUN only, no TURN) as the baseline beside nattrav.
+
+It meets its peer through OUR rendezvous server (the ICE credentials and candidates travel in the
+node info, as SDP lines would through a signalling server) and uses OUR STUN server for its
+server-reflexive candidates, so the only difference from a nattrav trial is how the path is found.
+Runs where a nattrav matrix agent would (inside a lab host) and prints the same JSON lines:
+{"event": "ready"} for the listener, then one {"event": "trial", ...} per trial.
+
+aioice runs on asyncio in a thread of its own; the rendezvous client runs on Trio in the main
+thread. Time per trial: from the start of the trial (candidate gathering) to ICE's connect() done and
+one authenticated data round trip, the same "cold" span a nattrav trial measures.
+
+    python bench/ice_agent.py --server 198.51.100.1:7000 --role listen --name n1 --trials 3
+    python bench/ice_agent.py --server 198.51.100.1:7000 --role connect --name n1 --trials 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import trio
+
+import aioice
+from nattrav.io import rendezvous_client as rv
+
+STUN_PORT = 3478  # the server default; --stun-port for a test server
+
+
+class AsyncioThread:
+    """An asyncio loop in a daemon thread; `run(coro)` awaits a coroutine on it from Trio."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    async def run(self, coro) -> Any:
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
+        except trio.Cancelled:
+            fut.cancel()
+            raise
+
+
+def _describe(conn: aioice.Connection) -> dict[str, Any]:
+    return {"ufrag": conn.local_username, "pwd": conn.local_password,
+            "candidates": [c.to_sdp() for c in conn.local_candidates]}
+
+
+async def _remote(conn: aioice.Connection, info: dict[str, Any]) -> None:
+    conn.remote_username = info["ufrag"]
+    conn.remote_password = info["pwd"]
+    for line in info["candidates"]:
+        await conn.add_remote_candidate(aioice.Candidate.from_sdp(line))
+    await conn.add_remote_candidate(None)  # end of candidates
+
+
+async def _gather(conn: aioice.Connection) -> None:
+    await conn.gather_candidates()
+
+
+async def _connect_and_echo(conn: aioice.Connection, info: dict[str, Any], controlling: bool) -> str:
+    await _remote(conn, info)
+    await conn.connect()
+    # one data round trip over the chosen pair: ICE's connectivity checks are authenticated
+    # (MESSAGE-INTEGRITY with the peer's password), the data path is what a user gets
+    if controlling:
+        await conn.send(b"ping")
+        got = await asyncio.wait_for(conn.recv(), 5)
+    else:
+        got = await asyncio.wait_for(conn.recv(), 5)
+        await conn.send(b"pong")
+    pair = conn._nominated.get(1) if hasattr(conn, "_nominated") else None
+    kind = getattr(getattr(pair, "remote_candidate", None), "type", None)
+    return f"{got.decode(errors='replace')}:{kind or 'unknown'}"
+
+
+async def _close(conn: aioice.Connection) -> None:
+    await conn.close()
+
+
+async def agent(args: argparse.Namespace) -> None:
+    aio = AsyncioThread()
+    server = rv.parse_server(args.server)
+    stun = (server[0], args.stun_port)
+
+    def line(d: dict[str, Any]) -> None:
+        print(json.dumps(d, default=str), flush=True)
+
+    for i in range(args.trials):
+        name = f"{args.name}-{i}"
+        row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False, "strategy": "ice"}
+        conn = aioice.Connection(ice_controlling=args.role == "connect", stun_server=stun, use_ipv6=False)
+        t0 = time.monotonic()
+        try:
+            with trio.fail_after(args.trial_timeout):
+                if args.role == "listen":
+                    async with rv.open_rendezvous(server, name=name) as client:
+                        line({"event": "ready", "trial": i})
+                        offer = await client.next_offer()
+                        t0 = time.monotonic()  # the trial starts when the peer asks
+                        await aio.run(_gather(conn))
+                        await client.update_info({"ice": _describe(conn)})
+                        await client.accept(offer)
+                        got = await aio.run(_connect_and_echo(conn, offer.peer_info["ice"], False))
+                else:
+                    await aio.run(_gather(conn))
+                    async with rv.open_rendezvous(server, info={"ice": _describe(conn)}) as client:
+                        while True:
+                            asked = time.monotonic()
+                            try:
+                                session = await client.connect(name, timeout=args.trial_timeout)
+                                break
+                            except rv.UnknownPeer:  # the listener has not enrolled this trial yet
+                                await trio.sleep(0.05)
+                                t0 += time.monotonic() - asked  # waiting for it is not ICE's time
+                        got = await aio.run(_connect_and_echo(conn, session.peer_info["ice"], True))
+            row.update(ok=True, seconds=round(time.monotonic() - t0, 4), pair=got.split(":", 1)[1])
+        except (trio.TooSlowError, rv.RendezvousError, ConnectionError, asyncio.TimeoutError, KeyError,
+                TypeError, ValueError) as exc:
+            row["reason"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            row["seconds"] = round(time.monotonic() - t0, 4)
+        finally:
+            try:
+                await aio.run(_close(conn))
+            except Exception:  # a connection that never came up may fail to close; the trial is over
+                pass
+        line(row)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", required=True, help="rendezvous server HOST:PORT (STUN on its port 3478)")
+    p.add_argument("--role", choices=("listen", "connect"), required=True)
+    p.add_argument("--name", required=True, help="the listener's name prefix (trial i uses NAME-i)")
+    p.add_argument("--stun-port", type=int, default=STUN_PORT)
+    p.add_argument("--trials", type=int, default=1)
+    p.add_argument("--trial-timeout", type=float, default=15.0)
+    trio.run(agent, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
