@@ -47,7 +47,12 @@ _PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExten
                  x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)
 
 
-class PeerAuthError(Exception):
+class HandshakeFailed(Exception):
+    """A secure handshake (TLS over TCP, QUIC over UDP) did not give an authenticated session: no
+    answer in time, the peer refused us, no common protocol. str() is the one-line reason."""
+
+
+class PeerAuthError(HandshakeFailed):
     """The peer's certificate does not prove the identity we expected: forged, another peer's,
     expired, malformed. The one error type for whatever a peer's certificate holds. `expected` and
     `got` are the peer IDs involved, where known (`got` only once its signature checked)."""
