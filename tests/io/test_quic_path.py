@@ -5,6 +5,7 @@ buffering for a reader that does not read, and a failure never passing for a cle
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -226,6 +227,7 @@ async def test_forged_replayed_and_foreign_datagrams_are_dropped_and_counted():
         while len(relay.recorded) < 200:
             await trio.sleep(0.01)
         before = dict(path.drops)
+        discarded = path.stats.get("discarded", 0)
         victims = relay.recorded[50:150]
         for data in victims:
             await relay.inject(data, relay.b)  # replayed, from the peer's own address
@@ -242,9 +244,11 @@ async def test_forged_replayed_and_foreign_datagrams_are_dropped_and_counted():
         injected["before"] = before
         await trio.sleep(0.3)
         injected["after"] = dict(path.drops)
+        injected["discarded"] = path.stats.get("discarded", 0) - discarded
         injected["foreign"] = path.stats.get("foreign", 0)
 
-    out, expected, stats, relay = await transfer(3 * 1000 * 1000, relay_kwargs={}, during=attack)
+    out, expected, stats, relay = await transfer(3 * 1000 * 1000, relay_kwargs={}, during=attack,
+                                                 settings=dataclasses.replace(FAST, drop_reasons=True))
     assert out == expected  # the attack changed nothing the application saw
     before, after = injected["before"], injected["after"]
     grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
@@ -253,7 +257,11 @@ async def test_forged_replayed_and_foreign_datagrams_are_dropped_and_counted():
     assert grew.get("duplicate", 0) + grew.get("payload_decrypt_error", 0) >= 100 + 40
     assert grew.get("payload_decrypt_error", 0) >= 40
     assert sum(grew.values()) >= 100 + 40 + 40 - 5  # a few noise datagrams may hide in one packet
+    # the always-on count (no reasons): every datagram of which QUIC accepted no packet
+    assert injected["discarded"] >= 100 + 40 + 40 - 5
     assert injected["foreign"] == 25
+    assert stats["server"]["drop_reasons"] == injected["after"] or \
+        sum(stats["server"]["drop_reasons"].values()) >= sum(injected["after"].values())
 
 
 async def test_unreliable_datagrams_both_ways():
