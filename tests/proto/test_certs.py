@@ -160,6 +160,15 @@ def test_caller_mistakes_are_value_errors_not_peer_errors():
         issue_certificate(ALICE, NOW, lifetime=dt.timedelta(days=30))
 
 
+def test_non_positive_serial_is_malformed_not_a_warning():
+    der = build(ALICE, ALICE.private_key)
+    # serial 7 is encoded 02 01 07 right after the version; make it -7 (0xf9)
+    at = der.index(bytes([0x02, 0x01, 0x07]))
+    bad = der[:at + 2] + b"\xf9" + der[at + 3:]
+    with pytest.raises(PeerAuthError, match="malformed"):
+        verify_peer_certificate(bad, ALICE.peer_id, NOW)
+
+
 def test_oversized_certificate_is_not_parsed():
     with pytest.raises(PeerAuthError, match="bytes"):
         verify_peer_certificate(b"\x30" * (certs.MAX_CERT_BYTES + 1), None, NOW)

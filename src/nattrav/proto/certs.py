@@ -22,12 +22,14 @@ before any application byte is delivered or sent. Both paths run `verify_peer_ce
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from ..identity import BadPeerId, Identity, PeerId
@@ -149,10 +151,13 @@ def verify_peer_certificate(cert: bytes | x509.Certificate, expected: PeerId | s
         except BadPeerId as exc:
             raise ValueError(f"expected peer: {exc}") from None  # our caller's mistake, not the peer's
     try:
-        return _verify(cert, want, now)
+        with warnings.catch_warnings():
+            # what cryptography only warns about today (a serial number <= 0) is malformed too
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            return _verify(cert, want, now)
     except PeerAuthError:
         raise
-    except _PARSE_ERRORS as exc:
+    except (*_PARSE_ERRORS, CryptographyDeprecationWarning) as exc:
         # cryptography parses certificate fields lazily, so a malformed field can surface anywhere
         raise PeerAuthError(f"malformed peer certificate ({exc})", expected=want) from None
 
