@@ -559,6 +559,14 @@ async def test_late_punch_packets_go_to_the_intercept_hook_not_to_quic():
     assert seen == [b"nT late hello"] * 3
 
 
+async def test_without_kernel_gso_it_falls_back_to_one_send_per_packet(monkeypatch):
+    """A kernel that refuses the UDP_SEGMENT message (here: an option number it does not know)."""
+    monkeypatch.setattr(quic_path, "UDP_SEGMENT", 9999)
+    out, expected, stats, _ = await transfer(1_000_000)
+    assert out == expected
+    assert stats["client"]["gso_disabled"] == 1 and stats["server"]["gso_disabled"] == 1
+
+
 def test_settings_and_roles_are_checked():
     with pytest.raises(ValueError, match="keepalive"):
         QuicSettings(idle_timeout=10, keepalive_interval=10)
