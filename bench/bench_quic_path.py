@@ -230,6 +230,8 @@ def where_time_goes(path: str) -> list[tuple[str, float]]:
     total = 0.0
     by: dict[str, float] = {}
     for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        if "epoll" in name:
+            continue  # waiting for packets or timers: idle, not CPU
         total += tottime
         key = f"{filename} {name}"
         label = next((lbl for lbl, sub in GROUPS if sub in key), "other (builtins, bytes copies, ...)")
