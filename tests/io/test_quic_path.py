@@ -580,6 +580,9 @@ async def test_bad_role_or_peer_id_is_refused_before_any_packet():
     with pytest.raises(ValueError, match="role"):
         async with open_quic_path(sa, sb.getsockname(), ALICE, BOB.peer_id, role="first"):
             pass
+    with pytest.raises(ValueError, match="IP address"):
+        async with open_quic_path(sa, ("localhost", 1), ALICE, BOB.peer_id, role="client"):
+            pass
     from nattrav.identity import BadPeerId
     with pytest.raises(BadPeerId):
         async with open_quic_path(sa, sb.getsockname(), ALICE, "bob", role="client"):

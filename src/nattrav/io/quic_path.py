@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import ipaddress
 import math
 import os
 import re
@@ -243,7 +244,11 @@ class QuicPath:
                  intercept: Callable[[bytes], list[bytes] | None] | None) -> None:
         if role not in ("client", "server"):
             raise ValueError(f"role must be 'client' or 'server' (rendezvous {ROLE_OF}), not {role!r}")
-        self.peer_addr = (str(peer_addr[0]), int(peer_addr[1]))
+        try:
+            # the text recvfrom() gives back, so the address filter compares like with like
+            self.peer_addr = (str(ipaddress.ip_address(peer_addr[0])), int(peer_addr[1]))
+        except ValueError:
+            raise ValueError(f"peer address must be an IP address (the punched one), not {peer_addr[0]!r}") from None
         self.peer_id = expected
         self.role = role
         self.settings = settings
