@@ -214,12 +214,13 @@ def transfer(kind: str, size: int, keys: list[str], profile: list[str] | None = 
 
 GROUPS = [  # (label, substring of the profiled function's file or name), first match wins
     ("kernel: sendto/recvfrom", "method 'sendto'"), ("kernel: sendto/recvfrom", "method 'recvfrom'"),
-    ("crypto: AEAD + header protection", "aioquic/_crypto"), ("crypto: AEAD + header protection", "cryptography"),
+    ("kernel: sendto/recvfrom", "method 'sendmsg'"),
+    ("crypto: AEAD + header protection", "aioquic/_crypto"), ("crypto: AEAD + header protection", "aioquic/quic/crypto"), ("crypto: AEAD + header protection", "cryptography"),
     ("crypto: AEAD + header protection", "method 'encrypt"), ("crypto: AEAD + header protection", "method 'decrypt"),
     ("aioquic: packet building", "packet_builder"), ("aioquic: loss recovery / congestion", "recovery"),
     ("aioquic: loss recovery / congestion", "congestion"), ("aioquic: range sets", "rangeset"),
     ("aioquic: streams", "aioquic/quic/stream"), ("aioquic: connection (frames, acks)", "aioquic/quic/connection"),
-    ("aioquic: packets/buffers", "aioquic/quic/packet"), ("aioquic: packets/buffers", "aioquic/buffer"),
+    ("aioquic: packets/buffers", "aioquic/quic/packet"), ("aioquic: packets/buffers", "aioquic/buffer"), ("aioquic: packets/buffers", "aioquic._buffer"),
     ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav quic_path (the Trio driver)", "quic_path"),
     ("trio scheduler", "trio/"), ("hashing the payload (bench)", "sha256"), ("bench harness", "bench_quic_path"),
 ]
