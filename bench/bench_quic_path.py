@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Goodput of the QUIC path against the plain datagram path, on loopback, in the same run.
+
+    .venv/bin/python bench/bench_quic_path.py [--mb 50] [--rounds 3] [--profile] [--json FILE]
+
+Each transfer is one-way, sender and receiver in two processes (two cores, like two hosts):
+- udp: bare trio sendto/recvfrom of 1200-byte datagrams, no protocol at all (the floor);
+- datagram: the product's punched datagram path today (io/punch.PunchedPath after a real punch on
+  loopback): HMAC-authenticated frames, no encryption, no loss recovery, no congestion control;
+- quic: io/quic_path over the same kind of socket: TLS 1.3 encryption, loss recovery, congestion
+  and flow control, the byte stream, sha256 checked at the end;
+- quic-reasons: the same, also counting dropped packets by reason (aioquic reports reasons only to
+  a qlog trace, which costs); quic-1452: with 1452-byte packets (a 1500-byte MTU path) instead of
+  the safe default 1232, to show how much the per-packet cost weighs.
+Goodput = bytes the receiver got / time from its first to its last byte. The datagram paths have no
+flow control, so the sender may outrun the receiver: their loss is printed. Rounds are interleaved
+and the median is reported; the goal (issue 15) is quic >= 0.5 x datagram. --profile runs one more
+QUIC transfer under cProfile in both processes and prints where the time goes, by module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import json
+import os
+import pstats
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import trio
+
+LO = "127.0.0.1"
+CHUNK = 64 * 1024
+DGRAM = 1200
+KEY = bytes(range(32))  # the bench's session key for the datagram path (loopback only)
+
+
+def free_udp_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind((LO, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+async def bound(port: int):
+    s = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await s.bind((LO, port))
+    return s
+
+
+_CPU_MARK = [0.0]
+
+
+def mark() -> None:
+    """The data phase starts: CPU from here on is what a transfer costs (not start-up, not setup)."""
+    _CPU_MARK[0] = time.process_time()
+
+
+def payload(size: int) -> bytes:
+    block = os.urandom(1 << 20)
+    return (block * (size // len(block) + 1))[:size]
+
+
+# --- the child processes -----------------------------------------------------------------------
+
+async def child_udp(role: str, me: int, peer: int, size: int) -> dict:
+    sock = await bound(me)
+    if role == "send":
+        await trio.sleep(0.3)  # the receiver is bound by then
+        data = payload(size)
+        mark()
+        for i in range(0, size, DGRAM):
+            await sock.sendto(data[i:i + DGRAM], (LO, peer))
+        for _ in range(5):
+            await sock.sendto(b"", (LO, peer))  # end marker
+        return {}
+    h, got, first, last = hashlib.sha256(), 0, None, None
+    mark()
+    while True:
+        with trio.move_on_after(2.0 if first is not None else 30.0) as quiet:
+            data, _ = await sock.recvfrom(65536)
+        if quiet.cancelled_caught or not data:
+            break
+        last = time.perf_counter()
+        first = first or last
+        got += len(data)
+        h.update(data)  # every receiver hashes what it got, so CPU compares like for like
+    return {"bytes": got, "seconds": (last - first) if first else None}
+
+
+async def child_datagram(role: str, me: int, peer: int, size: int) -> dict:
+    from nattrav.io.punch import Session, punch
+    from nattrav.proto.plan import plan
+
+    sock = await bound(me)
+    mine = dict(public=[LO, me], nat=False, mapping="none", filtering="none")
+    theirs = dict(public=[LO, peer], nat=False, mapping="none", filtering="none")
+    punch_role = "first" if role == "send" else "second"
+    path = await punch(sock, plan(mine, theirs, punch_role), Session(KEY, punch_role, None))
+    if role == "send":
+        data = payload(size)
+        mark()
+        for i in range(0, size, CHUNK):
+            await path.send(data[i:i + CHUNK])
+        await path.aclose()
+        return {}
+    h, got, first, last = hashlib.sha256(), 0, None, None
+    mark()
+    while True:
+        with trio.move_on_after(2.0 if first is not None else 30.0) as quiet:
+            data = await path.receive()
+        if quiet.cancelled_caught or not data:
+            break
+        last = time.perf_counter()
+        first = first or last
+        got += len(data)
+        h.update(data)  # every receiver hashes what it got, so CPU compares like for like
+    return {"bytes": got, "seconds": (last - first) if first else None}
+
+
+VARIANTS = {"quic": {}, "quic-nogso": {"gso": False}, "quic-reasons": {"drop_reasons": True},
+            "quic-1452": {"max_datagram_size": 1452}}
+
+
+async def child_quic(role: str, me: int, peer: int, size: int, keys: list[str], variant: str) -> dict:
+    from nattrav.identity import load_identity
+    from nattrav.io.quic_path import QuicSettings, open_quic_path
+
+    ids = [load_identity(k) for k in keys]
+    mine, theirs = (ids[0], ids[1]) if role == "send" else (ids[1], ids[0])
+    sock = await bound(me)
+    settings = QuicSettings(**VARIANTS[variant])
+    quic_role = "client" if role == "send" else "server"
+    async with open_quic_path(sock, (LO, peer), mine, theirs.peer_id, role=quic_role,
+                              settings=settings) as path:
+        if role == "send":
+            data = payload(size)
+            mark()
+            for i in range(0, size, CHUNK):
+                await path.stream.send_all(data[i:i + CHUNK])
+            await path.stream.send_eof()
+            assert await path.stream.receive_some() == b""
+            return {"stats": path.stats, "sha256": hashlib.sha256(data).hexdigest()}
+        h, got, first, last = hashlib.sha256(), 0, None, None
+        mark()
+        while chunk := await path.stream.receive_some(CHUNK):
+            last = time.perf_counter()
+            first = first or last
+            h.update(chunk)
+            got += len(chunk)
+        await path.stream.send_eof()
+        return {"bytes": got, "seconds": (last - first) if first else None, "sha256": h.hexdigest(),
+                "stats": path.stats}
+
+
+def child_main(args: argparse.Namespace) -> None:
+    kind, role, me, peer, size = args.child
+    me, peer, size = int(me), int(peer), int(size)
+    if kind == "udp":
+        run = lambda: trio.run(child_udp, role, me, peer, size)  # noqa: E731
+    elif kind == "datagram":
+        run = lambda: trio.run(child_datagram, role, me, peer, size)  # noqa: E731
+    else:
+        run = lambda: trio.run(child_quic, role, me, peer, size, args.keys, kind)  # noqa: E731
+    if args.profile_to:
+        prof = cProfile.Profile()
+        result = prof.runcall(run)
+        prof.dump_stats(args.profile_to)
+    else:
+        result = run()
+    result["cpu"] = time.process_time() - _CPU_MARK[0]
+    print(json.dumps(result, default=str), flush=True)
+
+
+# --- the parent --------------------------------------------------------------------------------
+
+def transfer(kind: str, size: int, keys: list[str], profile: list[str] | None = None) -> dict:
+    send_port, recv_port = free_udp_ports(2)
+    procs = {}
+    for role, me, peer in (("recv", recv_port, send_port), ("send", send_port, recv_port)):
+        cmd = [sys.executable, __file__, "--child", kind, role, str(me), str(peer), str(size),
+               "--keys", *keys]
+        if profile:
+            cmd += ["--profile-to", profile[0 if role == "send" else 1]]
+        procs[role] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = {}
+    for role, p in procs.items():
+        stdout, _ = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise SystemExit(f"{kind} {role} failed (exit {p.returncode})")
+        out[role] = json.loads(stdout.strip().splitlines()[-1])
+    recv = out["recv"]
+    result = {"kind": kind, "bytes": recv["bytes"], "seconds": recv["seconds"],
+              "mb_s": recv["bytes"] / recv["seconds"] / 1e6 if recv["seconds"] else 0.0,
+              "delivered": recv["bytes"] / size,
+              # CPU seconds per MB sent / received: what the load of other processes cannot inflate much
+              "send_cpu_mb": out["send"]["cpu"] / (size / 1e6),
+              "recv_cpu_mb": recv["cpu"] / (recv["bytes"] / 1e6)}
+    if kind.startswith("quic"):
+        result["intact"] = recv["sha256"] == out["send"]["sha256"]
+        result["sender_stats"] = out["send"]["stats"]
+        result["receiver_stats"] = recv["stats"]
+    return result
+
+
+GROUPS = [  # (label, substring of the profiled function's file or name), first match wins
+    ("kernel: sendto/recvfrom", "method 'sendto'"), ("kernel: sendto/recvfrom", "method 'recvfrom'"),
+    ("kernel: sendto/recvfrom", "method 'sendmsg'"),
+    ("crypto: AEAD + header protection", "aioquic/_crypto"), ("crypto: AEAD + header protection", "aioquic/quic/crypto"), ("crypto: AEAD + header protection", "cryptography"),
+    ("crypto: AEAD + header protection", "method 'encrypt"), ("crypto: AEAD + header protection", "method 'decrypt"),
+    ("aioquic: packet building", "packet_builder"), ("aioquic: loss recovery / congestion", "recovery"),
+    ("aioquic: loss recovery / congestion", "congestion"), ("aioquic: range sets", "rangeset"),
+    ("aioquic: streams", "aioquic/quic/stream"), ("aioquic: connection (frames, acks)", "aioquic/quic/connection"),
+    ("aioquic: packets/buffers", "aioquic/quic/packet"), ("aioquic: packets/buffers", "aioquic/buffer"), ("aioquic: packets/buffers", "aioquic._buffer"),
+    ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav quic_path (the Trio driver)", "quic_path"),
+    ("trio scheduler", "trio/"), ("hashing the payload (bench)", "sha256"), ("bench harness", "bench_quic_path"),
+]
+
+
+def where_time_goes(path: str) -> list[tuple[str, float]]:
+    stats = pstats.Stats(path)
+    total = 0.0
+    by: dict[str, float] = {}
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        if "epoll" in name:
+            continue  # waiting for packets or timers: idle, not CPU
+        total += tottime
+        key = f"{filename} {name}"
+        label = next((lbl for lbl, sub in GROUPS if sub in key), "other (builtins, bytes copies, ...)")
+        by[label] = by.get(label, 0.0) + tottime
+    return sorted(((k, v / total) for k, v in by.items()), key=lambda kv: -kv[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=50.0, help="megabytes per transfer (default 50)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--profile", action="store_true", help="one more QUIC transfer under cProfile")
+    ap.add_argument("--kinds", default="all",
+                    help="comma-separated subset of udp,datagram," + ",".join(VARIANTS) + " (default all)")
+    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--keys", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-to", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child_main(args)
+    if args.mb <= 0 or args.rounds < 1:
+        ap.error("--mb must be > 0 and --rounds >= 1")
+
+    from nattrav.identity import create_identity
+
+    size = int(args.mb * 1e6)
+    kinds = ["udp", "datagram", *VARIANTS]
+    if args.kinds != "all":
+        unknown = set(args.kinds.split(",")) - set(kinds)
+        if unknown:
+            ap.error(f"unknown kinds: {', '.join(sorted(unknown))}")
+        kinds = [k for k in kinds if k in args.kinds.split(",")]
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = [os.path.join(tmp, "a.pem"), os.path.join(tmp, "b.pem")]
+        for k in keys:
+            create_identity(k)
+        for r in range(args.rounds):
+            for kind in kinds:
+                res = transfer(kind, size, keys)
+                results[kind].append(res)
+                extra = f" intact={res['intact']}" if "intact" in res else f" delivered={res['delivered']:.1%}"
+                print(f"round {r + 1} {kind:13s} {res['mb_s']:7.1f} MB/s{extra}  CPU ms/MB: sender "
+                      f"{res['send_cpu_mb'] * 1e3:.1f}, receiver {res['recv_cpu_mb'] * 1e3:.1f}", flush=True)
+        profile = None
+        if args.profile:
+            paths = [os.path.join(tmp, "send.prof"), os.path.join(tmp, "recv.prof")]
+            transfer("quic", size, keys, profile=paths)
+            profile = {"sender": where_time_goes(paths[0]), "receiver": where_time_goes(paths[1])}
+
+    med = {k: statistics.median(r["mb_s"] for r in v) for k, v in results.items()}
+    print(f"\none-way goodput on loopback, {args.mb:g} MB, median of {args.rounds} (sender and receiver in two processes):")
+    for kind in kinds:
+        lost = 1 - statistics.median(r["delivered"] for r in results[kind])
+        note = f"  lost {lost:.1%}" if lost > 0.0005 else ""
+        cpu = [statistics.median(r[k] for r in results[kind]) * 1e3 for k in ("send_cpu_mb", "recv_cpu_mb")]
+        print(f"  {kind:13s} {med[kind]:7.1f} MB/s   CPU ms per MB sent {cpu[0]:5.1f}, received {cpu[1]:5.1f}{note}")
+    ratio = None
+    if "quic" in med and "datagram" in med:
+        ratio = med["quic"] / med["datagram"]
+        # rounds are interleaved, so the per-round ratio drifts less with the machine's load
+        per_round = statistics.median(q["mb_s"] / d["mb_s"] for q, d in zip(results["quic"], results["datagram"]))
+        print(f"  quic / datagram path    = {ratio:.2f}x  (median of per-round ratios {per_round:.2f}x; goal >= 0.5x)")
+    if "quic" in med and "datagram" in med:
+        cpu_ratio = max(statistics.median(r[k] for r in results["datagram"]) for k in ("send_cpu_mb", "recv_cpu_mb")) / \
+            max(statistics.median(r[k] for r in results["quic"]) for k in ("send_cpu_mb", "recv_cpu_mb"))
+        print(f"  busier side's CPU/MB, datagram / quic = {cpu_ratio:.2f}x  (the goodput ratio a quiet machine "
+              "with a core per side would show, if the busier side is the limit)")
+    if "quic" in med and "udp" in med:
+        print(f"  quic / bare udp         = {med['quic'] / med['udp']:.2f}x")
+    if "quic" in med and "quic-reasons" in med:
+        print(f"  drop reasons cost       = {1 - med['quic-reasons'] / med['quic']:.1%} of quic")
+    if "quic" in med and "quic-1452" in med:
+        print(f"  1452-byte packets       = {med['quic-1452'] / med['quic']:.2f}x quic")
+    if "quic" in results:
+        s = results["quic"][-1]
+        print(f"  quic packets: sent {s['sender_stats'].get('datagrams_out')}, received "
+              f"{s['receiver_stats'].get('datagrams_in')}, receiver discarded "
+              f"{s['receiver_stats'].get('discarded', 0)}")
+    if profile:
+        for side, groups in profile.items():
+            print(f"\nwhere the QUIC {side}'s CPU time goes (cProfile tottime share):")
+            for label, share in groups:
+                if share >= 0.01:
+                    print(f"  {share:6.1%}  {label}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mb": args.mb, "median_mb_s": med, "ratio_quic_datagram": ratio, "rounds": results,
+                       "profile": profile}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
