@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_lab.py [--rounds 10]          # prints times and ratios (root)
     .venv/bin/python -m pytest bench/bench_lab.py --benchmark-only
 
-The baseline builds the very same plan (namespaces, veths, addresses, routes, sysctls, rulesets) the
+The baseline builds the very same topology (namespaces, veths, addresses, routes, sysctls, rulesets) the
 common way, one `ip` / `sysctl` / `nft` subprocess per step, in the same run; the ratio says what
 doing it over netlink from setns'ed threads buys.
 """
@@ -21,7 +21,7 @@ import pytest
 
 from nattrav.lab import Lab
 from nattrav.lab.nftables import render, sysctls
-from nattrav.lab.topology import build_plan
+from nattrav.lab.topology import build_topology
 
 PAIR = ("symmetric-seq", "port-restricted")
 
@@ -39,37 +39,37 @@ def lab_cycle(left=PAIR[0], right=PAIR[1], **kw) -> tuple[float, float]:
 def baseline_cycle(left=PAIR[0], right=PAIR[1]) -> tuple[float, float]:
     """The same topology with one subprocess per step (what a shell script would do)."""
     probe = Lab(left, right)
-    plan = build_plan(probe.left, probe.right)
+    topo = build_topology(probe.left, probe.right)
     prefix = f"nt-bench{os.getpid()}-"
-    ns = {name: prefix + name for name in plan.nodes}
+    ns = {name: prefix + name for name in topo.nodes}
 
     def sh(*argv, input=None):
         subprocess.run(argv, check=True, capture_output=True, text=True, input=input)
 
     t0 = time.perf_counter()
     try:
-        for name in plan.nodes:
+        for name in topo.nodes:
             sh("ip", "netns", "add", ns[name])
             sh("ip", "-n", ns[name], "link", "set", "lo", "up")
             sh("ip", "netns", "exec", ns[name], "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-            if plan.nodes[name].forwarding:
+            if topo.nodes[name].forwarding:
                 sh("ip", "netns", "exec", ns[name], "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for k, link in enumerate(plan.links):
+        for k, link in enumerate(topo.links):
             sh("ip", "-n", ns[link.a], "link", "add", link.a_if, "index", str(100 + k), "type", "veth",
                "peer", "name", link.b_if, "netns", ns[link.b])
-        for a in plan.addrs:
+        for a in topo.addrs:
             sh("ip", "-n", ns[a.node], "addr", "add", f"{a.address}/32", "dev", a.ifname)
-        for link in plan.links:
+        for link in topo.links:
             sh("ip", "-n", ns[link.a], "link", "set", link.a_if, "up")
             sh("ip", "-n", ns[link.b], "link", "set", link.b_if, "up")
-        for r in plan.routes:
+        for r in topo.routes:
             if r.blackhole:
                 sh("ip", "-n", ns[r.node], "route", "add", "blackhole", r.dst)
             elif r.gateway:
                 sh("ip", "-n", ns[r.node], "route", "add", r.dst, "via", r.gateway, "dev", r.ifname)
             else:
                 sh("ip", "-n", ns[r.node], "route", "add", r.dst, "dev", r.ifname, "scope", "link")
-        for node in plan.nats():
+        for node in topo.nats():
             sh("ip", "netns", "exec", ns[node.name], "nft", "-f", "-",
                input=render(node.spec, wan_ip=node.wan_ip, lan_net=node.lan_net))
             for key, value in sysctls(node.spec).items():
@@ -77,7 +77,7 @@ def baseline_cycle(left=PAIR[0], right=PAIR[1]) -> tuple[float, float]:
         t1 = time.perf_counter()
     finally:
         t_del = time.perf_counter()
-        for name in plan.nodes:
+        for name in topo.nodes:
             subprocess.run(["ip", "netns", "del", ns[name]], capture_output=True)
         t2 = time.perf_counter()
     return t1 - t0, t2 - t_del

@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 
-from nattrav.matrix import MATRIX_PRESETS, expectation, run_pair, tcp_expectation
+from nattrav.lab.matrix import MATRIX_PRESETS, expectation, run_pair, tcp_expectation
 
 
 TCP = False  # set from --tcp: which expectation (UDP or TCP ground truth) the table shows

@@ -67,7 +67,7 @@ def run_matrix_pair(left: str, right: str, trials: int, trial_timeout: float, re
     import json
     import time
 
-    from nattrav.matrix import run_pair
+    from nattrav.lab.matrix import run_pair
 
     t0 = time.monotonic()
     results = run_pair(left, right, trials, trial_timeout=trial_timeout, tcp=tcp)

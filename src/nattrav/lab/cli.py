@@ -19,7 +19,8 @@ import sys
 
 from . import netns, registry
 from .errors import LabError
-from .lab import Lab, preflight
+from .lab import Lab
+from .tools import preflight
 from .spec import PRESETS, effective, resolve
 
 EXIT_USAGE = 2

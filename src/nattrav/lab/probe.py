@@ -195,7 +195,7 @@ def start_responder(lab, ports: tuple[int, ...] = PORTS, timeout: float = 5.0) -
     """Start responder.py on the server namespace (both public IPs x ports); return its endpoints."""
     if getattr(lab, "_responder", None):
         return lab._responder
-    ips = list(lab.plan.nodes["server"].ips)
+    ips = list(lab.topology.nodes["server"].ips)
     endpoints = [(ip, p) for ip in ips for p in ports]
     proc = lab.popen(
         "server",
@@ -323,9 +323,9 @@ def measure(
 def measure_hairpin(lab, host: str, wait: float = 1.0) -> tuple[bool | None, list | None]:
     """host sends to the public endpoint of a second host behind the same NAT: does it arrive, and
     from which source? (None, None) when the lab has no second host there."""
-    side = lab.plan.nodes[host].side
+    side = lab.topology.nodes[host].side
     peer = next(
-        (n.name for n in lab.plan.hosts() if n.side == side and n.name != host and not n.name.startswith("bg_")),
+        (n.name for n in lab.topology.hosts() if n.side == side and n.name != host and not n.name.startswith("bg_")),
         None,
     )
     if peer is None:

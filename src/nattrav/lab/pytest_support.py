@@ -21,7 +21,8 @@ import pytest
 
 from . import netns
 from .errors import LabError
-from .lab import Lab, preflight
+from .lab import Lab
+from .tools import preflight
 from .registry import PREFIX, sweep
 
 

@@ -1,6 +1,6 @@
 """The lab's wiring as data: which namespaces, veth links, addresses and routes a pair of NATs needs.
 
-Pure (no syscalls) so the plan is unit-tested without root. Every link is point-to-point with /32
+Pure (no syscalls) so the topology is unit-tested without root. Every link is point-to-point with /32
 addresses and on-link gateways, so each namespace on the path is a real IP hop: a packet from a host
 behind one NAT layer with TTL 2 leaves its NAT and dies in the router, never reaching the peer's NAT.
 
@@ -65,7 +65,7 @@ class Route:
 
 
 @dataclass
-class Plan:
+class Topology:
     nodes: dict[str, Node]
     links: list[Link]
     addrs: list[Addr]
@@ -82,14 +82,14 @@ def host_names(side: str, count: int) -> list[str]:
     return [side] + [f"{side}{k}" for k in range(2, count + 1)]
 
 
-def build_plan(
+def build_topology(
     left: NatSpec | None,
     right: NatSpec | None,
     *,
     hosts_per_nat: int = 1,
     background: dict[str, float] | None = None,
     second_server: bool = False,
-) -> Plan:
+) -> Topology:
     if not isinstance(hosts_per_nat, int) or not 1 <= hosts_per_nat <= MAX_HOSTS_PER_NAT:
         raise LabError(f"hosts_per_nat={hosts_per_nat!r}: choose an int in 1..{MAX_HOSTS_PER_NAT}")
     background = background or {}
@@ -185,13 +185,13 @@ def build_plan(
         for n, ifname in ((link.a, link.a_if), (link.b, link.b_if)):
             if len(ifname) > 15:
                 raise LabError(f"interface name {ifname!r} on {n} is longer than Linux allows (15)")
-    return Plan(nodes, links, addrs, routes)
+    return Topology(nodes, links, addrs, routes)
 
 
-def nat_chain(plan: Plan, host: str) -> list[str]:
+def nat_chain(topo: Topology, host: str) -> list[str]:
     """NAT namespaces a host's packets cross, inside first."""
-    node = plan.nodes[host]
+    node = topo.nodes[host]
     if node.kind != "host" or node.side is None:
         return []
     side = node.side
-    return [n for n in (f"nat_{side}", f"cgn_{side}") if n in plan.nodes]
+    return [n for n in (f"nat_{side}", f"cgn_{side}") if n in topo.nodes]

@@ -31,7 +31,7 @@ def expectation(left: str, right: str) -> str:
     """Ground truth from the lab's descriptions, not from the planner: "feasible", "probabilistic"
     (random allocation facing sequential allocation: a guess by nature) or "infeasible" (random
     allocation on both sides with address-and-port-dependent behaviour)."""
-    from .lab import resolve
+    from .spec import resolve
 
     def kind(name: str) -> str:
         spec = resolve(name)
@@ -59,7 +59,7 @@ def tcp_expectation(left: str, right: str) -> str:
     filter) is met by the TCP birthday attack; facing a sequential NAT or another random one it is
     "infeasible": each probe there can meet only flows aimed at its own new port, which takes far more
     TCP connections than a flow table holds."""
-    from .lab import resolve
+    from .spec import resolve
 
     def layers(name: str) -> list:
         spec = resolve(name)
@@ -106,11 +106,11 @@ class TrialResult:
 
 
 async def _agent(args: argparse.Namespace) -> None:
-    from .api import ConnectError, connect, discover_behavior, listen, parse_endpoint
+    from ..api import ConnectError, connect, discover_behavior, listen, parse_endpoint
     if args.tcp:
-        from .api import connect_tcp as connect  # noqa: F811
-        from .api import listen_tcp as listen  # noqa: F811
-    from .io import rendezvous_client as rv
+        from ..api import connect_tcp as connect  # noqa: F811
+        from ..api import listen_tcp as listen  # noqa: F811
+    from ..io import rendezvous_client as rv
 
     server = parse_endpoint(args.server, SERVER_PORT)
     stun = (server[0], 3478)
@@ -221,7 +221,8 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False) -> list[TrialResult]:
     """Bring up a lab for (left, right), run `trials` connection trials, tear it down."""
-    from .lab import Lab, resolve
+    from .lab import Lab
+    from .spec import resolve
 
     # background traffic needs a NAT to consume ports on: a public host ("none") gets none
     rates = {side: background for side, preset in (("a", left), ("b", right))
@@ -233,7 +234,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 10)
         name = f"m{time.monotonic_ns() % 10**9}"
-        common = ["-m", "nattrav.matrix", "agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
+        common = ["-m", "nattrav.lab.matrix", "agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
                   "--trials", str(trials), "--trial-timeout", str(trial_timeout)] + (["--tcp"] if tcp else [])
         procs, rows = {}, {"a": [], "b": []}
         threads = []
@@ -299,7 +300,7 @@ def _wait_tcp(lab: Any, ip: str, port: int, deadline: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nattrav.matrix")
+    p = argparse.ArgumentParser(prog="python -m nattrav.lab.matrix")
     sub = p.add_subparsers(dest="cmd", required=True)
     ag = sub.add_parser("agent", help="(inside a lab host) run trials as one side")
     ag.add_argument("--role", choices=("listen", "connect"), required=True)

@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Any
 
-from .events import describe
-from .lab import Lab, LabError
+from ..events import describe
+from .errors import LabError
+from .lab import Lab
 
 SERVER_PORT = 7000
 

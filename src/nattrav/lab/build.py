@@ -1,0 +1,126 @@
+"""Bringing a Topology into being: namespaces, veth pairs, addresses, routes, sysctls and rulesets.
+
+One throwaway thread does it all (netns.in_thread): it unshares/setns'es freely, so the caller's threads
+never change namespace. Netlink goes through pyroute2 sockets opened inside each namespace, each NAT's
+ruleset is one `nft -f -` transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Any, Callable
+
+from . import netns
+from .errors import LabError
+from .nftables import render, sysctls
+from .tools import tool
+from .topology import Topology
+
+BASE_SYSCTLS = {
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+    "net/ipv4/conf/all/accept_redirects": "0",
+    "net/ipv4/conf/default/accept_redirects": "0",
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+}
+FORWARDING_SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv4/conf/all/send_redirects": "0",
+    "net/ipv4/conf/default/send_redirects": "0",
+}
+
+
+def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
+    """Create every namespace, link, address, route and ruleset of `topo`. Call from a throwaway
+    thread (netns.in_thread); on error the caller removes what exists."""
+    from pyroute2 import IPRoute
+
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    fds: dict[str, int] = {}
+    iprs: dict[str, Any] = {}
+    try:
+        for name, node in topo.nodes.items():
+            nsname = ns_of(name)
+            netns.create_here(nsname)
+            fds[name] = os.open(netns.path(nsname), os.O_RDONLY)
+            write_sysctls({**BASE_SYSCTLS, **(FORWARDING_SYSCTLS if node.forwarding else {})})
+            ipr = iprs[name] = IPRoute()
+            ipr.link("set", index=1, state="up")
+        # Distinct ifindexes on the two ends matter: the kernel treats a veth whose ifindex equals
+        # its peer's as a non-urgent link event and activates its queue up to a second later. The
+        # peer keeps an automatic (small) index, so an explicit one >= 100 here always differs.
+        for k, link in enumerate(topo.links):
+            iprs[link.a].link(
+                "add", ifname=link.a_if, kind="veth", index=100 + k,
+                peer={"ifname": link.b_if, "net_ns_fd": fds[link.b]},
+            )
+        index: dict[tuple[str, str], int] = {}
+
+        def idx(node: str, ifname: str) -> int:
+            key = (node, ifname)
+            if key not in index:
+                index[key] = iprs[node].link_lookup(ifname=ifname)[0]
+            return index[key]
+
+        for a in topo.addrs:
+            iprs[a.node].addr("add", index=idx(a.node, a.ifname), address=a.address, prefixlen=32)
+        for link in topo.links:
+            iprs[link.a].link("set", index=idx(link.a, link.a_if), state="up")
+            iprs[link.b].link("set", index=idx(link.b, link.b_if), state="up")
+        wait_carrier(iprs, timeout=2.0)
+        for r in topo.routes:
+            ipr = iprs[r.node]
+            dst = "0.0.0.0/0" if r.dst == "default" else r.dst
+            if r.blackhole:
+                ipr.route("add", dst=dst, type="blackhole")
+            elif r.gateway:
+                ipr.route("add", dst=dst, gateway=r.gateway, oif=idx(r.node, r.ifname))
+            else:
+                ipr.route("add", dst=dst, oif=idx(r.node, r.ifname), scope=253)
+        nft = tool("nft")
+        for node in topo.nats():
+            netns.enter(fds[node.name])
+            ruleset = render(node.spec, wan_ip=node.wan_ip, lan_net=node.lan_net)
+            subprocess.run([nft, "-f", "-"], input=ruleset, text=True, check=True, capture_output=True)
+            write_sysctls(sysctls(node.spec))
+    finally:
+        for ipr in iprs.values():
+            ipr.close()
+        for fd in fds.values():
+            os.close(fd)
+        try:
+            netns.enter(home)
+        finally:
+            os.close(home)
+
+
+def wait_carrier(iprs: dict, timeout: float) -> None:
+    """Until every veth reports operstate UP: before that its queue may still drop packets."""
+    deadline = time.monotonic() + timeout
+    while True:
+        down = [
+            f"{node}:{link.get_attr('IFLA_IFNAME')}"
+            for node, ipr in iprs.items()
+            for link in ipr.get_links()
+            if link.get_attr("IFLA_IFNAME") != "lo" and link.get_attr("IFLA_OPERSTATE") != "UP"
+        ]
+        if not down:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"links did not come up within {timeout}s: {', '.join(down)}")
+        time.sleep(0.005)
+
+
+def write_sysctls(settings: dict[str, str]) -> None:
+    # /proc/sys/net resolves against the calling thread's namespace, so this thread's setns applies
+    for key, value in settings.items():
+        try:
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if key.startswith("net/ipv6/"):
+                continue  # a kernel booted without IPv6: nothing to switch off
+            raise LabError(f"/proc/sys/{key} is missing: this kernel lacks a feature the lab needs") from None
