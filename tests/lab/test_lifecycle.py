@@ -173,7 +173,9 @@ def test_sweep_removes_a_crashed_run_only(need_lab):
     assert ours(dead_id), "a killed run leaves its namespaces behind"
     with Lab("none", "none") as alive:
         removed = sweep()
-        assert set(ours(dead_id)) == set() and set(n for n in removed if f"-{dead_id}-" in n)
+        # under xdist another process's first lab may have swept the dead run a moment earlier
+        assert set(ours(dead_id)) == set()
+        assert any(f"-{dead_id}-" in n for n in removed) or registry.read_state(dead_id) is None
         assert ours(alive.id), "sweep must not touch a live run"
         assert registry.read_state(dead_id) is None
 

@@ -19,7 +19,7 @@ def test_two_nat_plan_addresses():
         assert len(link.a_if) <= 15 and len(link.b_if) <= 15
     # every address the topology hands out is in a documentation range or 10/8
     for a in p.addrs:
-        assert a.address.startswith(("10.", "192.0.2.", "198.51.100.", "203.0.113."))
+        assert a.address.startswith(("10.", "100.64.", "192.0.2.", "198.51.100.", "203.0.113."))
 
 
 def test_public_host_and_second_server():
@@ -34,7 +34,7 @@ def test_cgnat_has_two_layers_and_public_ip_on_the_outer():
     p = build_topology(PRESETS["cgnat"], None)
     assert nat_chain(p, "a") == ["nat_a", "cgn_a"]
     assert p.nodes["cgn_a"].wan_ip == "203.0.113.10"
-    assert p.nodes["nat_a"].wan_ip == "10.64.1.2"
+    assert p.nodes["nat_a"].wan_ip == "100.64.1.2"  # RFC 6598 shared address space between the layers
     assert p.nodes["a"].wan_ip == "203.0.113.10"
     assert p.nodes["cgn_a"].spec is PRESETS["cgnat"].outer
 

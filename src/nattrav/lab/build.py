@@ -18,6 +18,8 @@ from .nftables import render, sysctls
 from .tools import tool
 from .topology import Topology
 
+WIRE_LEFT, WIRE_RIGHT = "l", "r"  # a wire namespace's two interfaces
+
 BASE_SYSCTLS = {
     "net/ipv6/conf/all/disable_ipv6": "1",
     "net/ipv6/conf/default/disable_ipv6": "1",
@@ -52,11 +54,16 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
         # Distinct ifindexes on the two ends matter: the kernel treats a veth whose ifindex equals
         # its peer's as a non-urgent link event and activates its queue up to a second later. The
         # peer keeps an automatic (small) index, so an explicit one >= 100 here always differs.
+        ends: list[tuple[str, str]] = []  # every (node, ifname) to bring up
         for k, link in enumerate(topo.links):
-            iprs[link.a].link(
-                "add", ifname=link.a_if, kind="veth", index=100 + k,
-                peer={"ifname": link.b_if, "net_ns_fd": fds[link.b]},
-            )
+            if link.wire is None:
+                _veth(iprs, fds, link.a, link.a_if, link.b, link.b_if, 100 + k)
+                ends += [(link.a, link.a_if), (link.b, link.b_if)]
+            else:
+                # an impaired link: a -- (l) wire (r) -- b, the delay line forwards between l and r
+                _veth(iprs, fds, link.a, link.a_if, link.wire, WIRE_LEFT, 100 + k)
+                _veth(iprs, fds, link.wire, WIRE_RIGHT, link.b, link.b_if, 1000 + k)
+                ends += [(link.a, link.a_if), (link.wire, WIRE_LEFT), (link.wire, WIRE_RIGHT), (link.b, link.b_if)]
         index: dict[tuple[str, str], int] = {}
 
         def idx(node: str, ifname: str) -> int:
@@ -65,11 +72,16 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
                 index[key] = iprs[node].link_lookup(ifname=ifname)[0]
             return index[key]
 
+        for br in topo.bridges:
+            ipr = iprs[br.node]
+            ipr.link("add", ifname=br.name, kind="bridge")
+            for port in br.ports:
+                ipr.link("set", index=idx(br.node, port), master=idx(br.node, br.name))
+            ends.append((br.node, br.name))
         for a in topo.addrs:
-            iprs[a.node].addr("add", index=idx(a.node, a.ifname), address=a.address, prefixlen=32)
-        for link in topo.links:
-            iprs[link.a].link("set", index=idx(link.a, link.a_if), state="up")
-            iprs[link.b].link("set", index=idx(link.b, link.b_if), state="up")
+            iprs[a.node].addr("add", index=idx(a.node, a.ifname), address=a.address, prefixlen=a.prefixlen)
+        for node, ifname in ends:
+            iprs[node].link("set", index=idx(node, ifname), state="up")
         wait_carrier(iprs, timeout=2.0)
         for r in topo.routes:
             ipr = iprs[r.node]
@@ -83,7 +95,7 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
         nft = tool("nft")
         for node in topo.nats():
             netns.enter(fds[node.name])
-            ruleset = render(node.spec, wan_ip=node.wan_ip, lan_net=node.lan_net)
+            ruleset = render(node.spec, wan_ip=node.wan_ip, lan_net=node.lan_net, wan_ips=node.wan_ips)
             subprocess.run([nft, "-f", "-"], input=ruleset, text=True, check=True, capture_output=True)
             write_sysctls(sysctls(node.spec))
     finally:
@@ -95,6 +107,10 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
             netns.enter(home)
         finally:
             os.close(home)
+
+
+def _veth(iprs: dict, fds: dict, a: str, a_if: str, b: str, b_if: str, index: int) -> None:
+    iprs[a].link("add", ifname=a_if, kind="veth", index=index, peer={"ifname": b_if, "net_ns_fd": fds[b]})
 
 
 def wait_carrier(iprs: dict, timeout: float) -> None:

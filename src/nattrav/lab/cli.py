@@ -1,6 +1,7 @@
 """nattrav-lab: bring NAT labs up and down, run commands inside them, measure a preset.
 
-    nattrav-lab up --left symmetric-seq --right port-restricted [--json]
+    nattrav-lab up --left symmetric-seq --right port-restricted [--shape wan50] [--json]
+    nattrav-lab up --left 'port-restricted+cgn-random' --right 'symmetric-seq,public_ips=4' 
     nattrav-lab exec a -- python3 -c 'print(1)'
     nattrav-lab probe symmetric-seq-7 [--json]
     nattrav-lab list [--presets] [--json]
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -21,6 +23,7 @@ from . import netns, registry
 from .errors import LabError
 from .lab import Lab
 from .tools import preflight
+from .shape import SHAPES
 from .spec import PRESETS, effective, resolve
 
 EXIT_USAGE = 2
@@ -46,7 +49,7 @@ def cmd_up(a) -> int:
     if a.background:
         background = {side: a.background for side, p in (("a", a.left), ("b", a.right)) if p != "none"}
     lab = Lab(a.left, a.right, hosts_per_nat=a.hosts_per_nat, background=background,
-              second_server=a.second_server)
+              second_server=a.second_server, shape=a.shape)
     lab.up()
     lab.detach()
     info = lab.describe()
@@ -116,18 +119,26 @@ def cmd_list(a) -> int:
             "namespaces": registry.namespaces_of(lab_id),
         })
     presets = {name: (None if s is None else s.describe()) for name, s in PRESETS.items()}
+    shapes = {name: s.describe() for name, s in SHAPES.items()}
     if a.json:
-        _print_json({"labs": labs, "presets": presets} if a.presets else {"labs": labs})
+        _print_json({"labs": labs, "presets": presets, "shapes": shapes} if a.presets else {"labs": labs})
         return 0
     if a.presets:
-        print(f"{'preset':18} {'mapping':7} {'filter':6} {'allocation':10} {'delta':5} hairpin layers")
+        print(f"{'preset':20} {'mapping':7} {'filter':6} {'allocation':10} {'delta':5} hairpin layers")
         for name, s in PRESETS.items():
             if s is None:
-                print(f"{name:18} public host (no NAT)")
+                print(f"{name:20} public host (no NAT)")
             else:
-                print(f"{name:18} {s.mapping:7} {s.filtering:6} {s.allocation:10} {s.delta:<5} "
-                      f"{str(s.hairpin):7} {s.layers}")
-        print("symmetric-seq-N    any delta N in 1..1000")
+                print(f"{name:20} {s.mapping:7} {s.filtering:6} {s.allocation:10} {s.delta:<5} "
+                      f"{str(s.hairpin):7} {s.layers}  {_extras(s)}".rstrip())
+        print("symmetric-seq-N      any delta N in 1..1000")
+        print("layers: INNER+OUTER[+OUTER] (e.g. port-restricted+cgn-random); changes: NAME,field=value,...")
+        print(f"\n{'shape':10} routers a/b  access links")
+        for name, sh in SHAPES.items():
+            link = sh.link("a")
+            desc = "-" if link is None else (f"{link.delay_ms:g} ms ±{link.jitter_ms:g} ({link.distribution}), "
+                                             f"{link.loss_percent:g}% loss" + (f", {link.rate_mbit:g} Mbit/s" if link.rate_mbit else ""))
+            print(f"{name:10} {sh.routers_a}/{sh.routers_b:<9} {desc}" + ("  switched LAN" if sh.lan == "switched" else ""))
     if not labs:
         print("no labs")
     for lab in labs:
@@ -138,6 +149,20 @@ def cmd_list(a) -> int:
     if others and not a.json:
         print(f"(other nt-* namespaces, not made by nattrav-lab: {len(others)})")
     return 0
+
+
+def _extras(s) -> str:
+    """What a preset adds beyond the RFC 4787 triple, in a few words."""
+    out = []
+    if s.tcp is not None:
+        out.append(f"TCP {s.tcp.mapping}/{s.tcp.filtering}/{s.tcp.allocation}")
+    if s.public_ips > 1:
+        out.append(f"{s.public_ips} addresses {s.pooling}")
+    if s.max_flows:
+        out.append(f"{s.max_flows} flows")
+    if s.flows_per_host:
+        out.append(f"{s.flows_per_host} flows/host")
+    return ", ".join(out)
 
 
 _ROWS = ("mapping", "filtering", "allocation", "delta", "hairpin", "tcp_unsolicited", "loss_percent", "udp_timeout")
@@ -187,11 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", help="bring a lab up and leave it running")
-    p.add_argument("--left", default="symmetric-seq", help="preset for host a's NAT (default symmetric-seq)")
+    p.add_argument("--left", default="symmetric-seq",
+                   help="NAT for host a (default symmetric-seq): a preset, PRESET,field=value, or INNER+OUTER layers")
     p.add_argument("--right", default="port-restricted", help="preset for host b's NAT (default port-restricted)")
     p.add_argument("--hosts-per-nat", type=int, default=1)
     p.add_argument("--background", type=float, default=0.0, help="ports/s consumed by a helper host per NAT")
     p.add_argument("--second-server", action="store_true")
+    p.add_argument("--shape", default="flat", help="routers, impaired links, LAN kind (list --presets shows them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_up)
 
@@ -240,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nattrav-lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nattrav-lab list | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class Inspect:
 
 
 # the ruleset's dynamic maps and sets: what flush_conntrack() empties besides conntrack
-DYNAMIC = ("emap", "pub", "adf", "subs")
+DYNAMIC = ("emap", "emap_tcp", "pub", "adf", "subs")
 
 _CT_FIELDS = re.compile(r"(src|dst|sport|dport)=(\S+)")
 

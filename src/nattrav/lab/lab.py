@@ -19,9 +19,13 @@ from .build import build
 from .errors import LabError
 from .exec import Exec
 from .inspection import Inspect
+from .shape import Shape, resolve_shape, shape_from_dict
 from .spec import NatSpec, from_dict, resolve
 from .tools import preflight
-from .topology import S1, S2, S3, Topology, build_topology, nat_chain
+from .topology import S1, S2, S3, Topology, build_topology, nat_chain, path_routers
+
+WIRE_READY_TIMEOUT = 10.0
+WIRE_MODULE = "nattrav.lab.wire"  # the delay line's process (a test swaps it to prove cleanup)
 
 
 def _background_rates(background) -> dict[str, float]:
@@ -59,7 +63,9 @@ class Lab(Exec, Inspect):
         hosts_per_nat: int = 1,
         background: float | dict | None = None,
         second_server: bool = False,
+        shape: str | Shape | None = None,
     ) -> None:
+        self.shape = resolve_shape(shape)
         self.left = resolve("none" if left is None else left)
         self.right = resolve("none" if right is None else right)
         self.background = _background_rates(background)
@@ -67,7 +73,7 @@ class Lab(Exec, Inspect):
         self.second_server = second_server
         self.topology: Topology = build_topology(
             self.left, self.right, hosts_per_nat=hosts_per_nat, background=self.background,
-            second_server=second_server,
+            second_server=second_server, shape=self.shape,
         )
         self.id: str | None = None
         self.persistent = False
@@ -96,6 +102,14 @@ class Lab(Exec, Inspect):
     def wan_ip(self, node: str) -> str:
         return self._node(node).wan_ip
 
+    def wan_ips(self, node: str) -> list[str]:
+        """Every public address a host's (or NAT's) traffic may leave with: the outermost pool."""
+        n = self._node(node)
+        if n.kind == "nat":
+            return list(n.wan_ips)
+        chain = nat_chain(self.topology, node)
+        return list(self.topology.nodes[chain[-1]].wan_ips) if chain else [n.wan_ip]
+
     def nodes(self) -> list[str]:
         return list(self.topology.nodes)
 
@@ -109,8 +123,9 @@ class Lab(Exec, Inspect):
 
     # ----- TTL: the lab's own knowledge, for lab tests; never handed to the product under test ----
     def hops(self, src: str, dst: str) -> int:
-        """Forwarding namespaces (IP hops) between two hosts."""
-        return len(nat_chain(self.topology, src)) + 1 + len(nat_chain(self.topology, dst))
+        """Forwarding namespaces (IP hops) between two hosts on opposite sides."""
+        routers = path_routers(self.topology, self._node(src).side, self._node(dst).side)
+        return len(nat_chain(self.topology, src)) + len(routers) + len(nat_chain(self.topology, dst))
 
     def low_ttl_from(self, host: str) -> int:
         """The TTL with which a packet from `host` leaves all of its own NATs but dies in the router,
@@ -152,6 +167,7 @@ class Lab(Exec, Inspect):
             "hosts_per_nat": self.hosts_per_nat,
             "background": self.background,
             "second_server": self.second_server,
+            "shape": self.shape.describe(),
         }
 
     def up(self) -> Lab:
@@ -174,6 +190,7 @@ class Lab(Exec, Inspect):
                 netns.prepare()
                 netns.in_thread(lambda: build(self.topology, self.ns),
                                 started=lambda t: setattr(self, "_builder", t))
+                self._start_wires()
                 self._start_background()
             except BaseException as exc:
                 self.down()
@@ -185,6 +202,22 @@ class Lab(Exec, Inspect):
                 raise
             self.timings["up"] = time.perf_counter() - t0
             return self
+
+    def _start_wires(self) -> None:
+        """One delay line per impaired link; up() returns once each has its sockets bound."""
+        import json
+        import select
+
+        for node in self.topology.wires():
+            link = json.dumps(node.link.describe())
+            p = self.popen(node.name, [sys.executable, "-m", WIRE_MODULE, "--left", "l", "--right", "r",
+                                       "--link", link], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            ready, _, _ = select.select([p.stdout], [], [], WIRE_READY_TIMEOUT)
+            line = p.stdout.readline() if ready else b""
+            if line.strip() != b"ready":
+                err = p.stderr.read(2000).decode(errors="replace").strip() if p.poll() is not None else ""
+                last = err.splitlines()[-1] if err else repr(line)
+                raise LabError(f"the delay line on {node.name} did not start: {last}")
 
     def _start_background(self) -> None:
         for side, rate in self.background.items():
@@ -223,7 +256,7 @@ class Lab(Exec, Inspect):
         lab = cls(
             from_dict(st["left"]) or "none", from_dict(st["right"]) or "none",
             hosts_per_nat=st["hosts_per_nat"], background=st["background"] or None,
-            second_server=st["second_server"],
+            second_server=st["second_server"], shape=shape_from_dict(st.get("shape")),
         )
         lab.id = lab_id
         lab.persistent = bool(st.get("persistent"))

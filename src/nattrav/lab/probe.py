@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 PORTS = (7000, 7001)
+TCP_PORTS = (7100, 7101)  # the responder's TCP side (probe_nat.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,9 +198,10 @@ def start_responder(lab, ports: tuple[int, ...] = PORTS, timeout: float = 5.0) -
         return lab._responder
     ips = list(lab.topology.nodes["server"].ips)
     endpoints = [(ip, p) for ip in ips for p in ports]
+    tcp = [f"--tcp={ip}:{p}" for ip in ips for p in TCP_PORTS]
     proc = lab.popen(
         "server",
-        [sys.executable, "-m", "nattrav.lab.responder", *[f"{ip}:{p}" for ip, p in endpoints]],
+        [sys.executable, "-m", "nattrav.lab.responder", *[f"{ip}:{p}" for ip, p in endpoints], *tcp],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
     )
     line = _readline(proc.stdout, timeout)
