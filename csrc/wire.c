@@ -36,6 +36,9 @@
 #define BATCH 64
 #define RECV_ROUNDS 8         /* batches read per wake-up before due frames get their turn */
 #define VNET_F_DATA_VALID 2   /* receive-only flag: must not go back out */
+/* A frame due within this much is sent now: under load the line wakes every few frames instead of
+ * once per frame (netem's timers have the same slack), and 20 us is far below any delay asked for. */
+#define SEND_EARLY_NS 20000
 
 int nt_wire_open(int ifindex, int bufsize)
 {
@@ -112,8 +115,8 @@ typedef struct {
     nt_wire_dir cfg;
     nt_wire_stats *st;
     int in_fd, out_fd;
-    item *heap;
-    int n, cap;
+    item *heap; /* a min-heap when frames may reorder, else a ring in arrival (= due) order */
+    int n, cap, head;
     uint8_t *slots;
     int32_t *free_slots;
     int nfree;
@@ -167,6 +170,44 @@ static item heap_pop(dir_t *d)
     return top;
 }
 
+/* The queue: a heap when reordering is allowed, otherwise a ring, whose due times only grow. */
+static void q_push(dir_t *d, item it)
+{
+    if (d->cfg.reorder) {
+        heap_push(d, it);
+        return;
+    }
+    d->heap[(d->head + d->n) % d->cap] = it;
+    d->n++;
+}
+
+static item q_pop(dir_t *d)
+{
+    if (d->cfg.reorder)
+        return heap_pop(d);
+    item it = d->heap[d->head];
+    d->head = (d->head + 1) % d->cap;
+    d->n--;
+    return it;
+}
+
+/* Put back a frame just popped (the egress said EAGAIN): it keeps its place in the order. */
+static void q_unpop(dir_t *d, item it)
+{
+    if (d->cfg.reorder) {
+        heap_push(d, it);
+        return;
+    }
+    d->head = (d->head - 1 + d->cap) % d->cap;
+    d->heap[d->head] = it;
+    d->n++;
+}
+
+static const item *q_top(const dir_t *d)
+{
+    return d->n > 0 ? &d->heap[d->cfg.reorder ? 0 : d->head] : NULL;
+}
+
 static void release(dir_t *d, item *it)
 {
     if (it->slot >= 0)
@@ -202,7 +243,7 @@ static int dir_init(dir_t *d, const nt_wire_dir *cfg, nt_wire_stats *st, int in_
 static void dir_free(dir_t *d)
 {
     while (d->n > 0) {
-        item it = heap_pop(d);
+        item it = q_pop(d);
         release(d, &it);
     }
     free(d->heap);
@@ -227,12 +268,17 @@ static int64_t draw_delay(const nt_wire_dir *c, uint64_t *rng)
 static void admit(dir_t *d, item it, int64_t now, uint64_t *rng)
 {
     nt_wire_stats *st = d->st;
+    if (d->n >= d->cap) { /* only possible with oversized frames, which hold no slot */
+        st->overflow++;
+        release(d, &it);
+        return;
+    }
     int ipv4 = it.len >= VNET_LEN + 14 && it.buf[VNET_LEN + 12] == 0x08 && it.buf[VNET_LEN + 13] == 0x00;
     if (!ipv4) {
         st->passed++;
         it.due = now;
         it.seq = d->seq++;
-        heap_push(d, it);
+        q_push(d, it);
         return;
     }
     if (d->cfg.loss_ppm > 0 && (int64_t)(rng_next(rng) % 1000000) < d->cfg.loss_ppm) {
@@ -256,7 +302,7 @@ static void admit(dir_t *d, item it, int64_t now, uint64_t *rng)
     }
     it.due = due;
     it.seq = d->seq++;
-    heap_push(d, it);
+    q_push(d, it);
     if (d->n > st->held_max)
         st->held_max = d->n;
 }
@@ -339,10 +385,11 @@ static void send_due(dir_t *d, int64_t now)
     struct iovec iov[BATCH];
     item out[BATCH];
     d->blocked = 0;
-    while (d->n > 0 && d->heap[0].due <= now) {
+    int64_t horizon = now + SEND_EARLY_NS;
+    while (d->n > 0 && q_top(d)->due <= horizon) {
         int k = 0;
-        while (k < BATCH && d->n > 0 && d->heap[0].due <= now) {
-            out[k] = heap_pop(d);
+        while (k < BATCH && d->n > 0 && q_top(d)->due <= horizon) {
+            out[k] = q_pop(d);
             iov[k].iov_base = out[k].buf;
             iov[k].iov_len = (size_t)out[k].len;
             memset(&msgs[k], 0, sizeof msgs[k]);
@@ -369,8 +416,8 @@ static void send_due(dir_t *d, int64_t now)
                 continue;
             if (err == EAGAIN || err == EWOULDBLOCK) {
                 /* put the rest back (same due times and sequence numbers: order is kept) */
-                for (int i = done; i < k; i++)
-                    heap_push(d, out[i]);
+                for (int i = k - 1; i >= done; i--)
+                    q_unpop(d, out[i]);
                 d->blocked = 1;
                 return;
             }
@@ -414,8 +461,8 @@ int nt_wire_run(int fd_a, int fd_b, const nt_wire_dir *ab, const nt_wire_dir *ba
         send_due(&d[1], now);
         int64_t next = -1;
         for (int i = 0; i < 2; i++) {
-            if (d[i].n > 0 && !d[i].blocked && (next < 0 || d[i].heap[0].due < next))
-                next = d[i].heap[0].due;
+            if (d[i].n > 0 && !d[i].blocked && (next < 0 || q_top(&d[i])->due < next))
+                next = q_top(&d[i])->due;
         }
         struct pollfd pfd[3] = {
             {.fd = fd_a, .events = POLLIN | (d[1].blocked ? POLLOUT : 0)},
@@ -424,7 +471,7 @@ int nt_wire_run(int fd_a, int fd_b, const nt_wire_dir *ab, const nt_wire_dir *ba
         };
         struct timespec ts, *tsp = NULL;
         if (next >= 0) {
-            int64_t wait = next - now_ns();
+            int64_t wait = next - SEND_EARLY_NS - now_ns();
             if (wait < 0)
                 wait = 0;
             ts.tv_sec = wait / 1000000000;

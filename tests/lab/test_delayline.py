@@ -125,7 +125,7 @@ def test_counters_of_the_line_agree_with_what_crossed():
     lab = _lab(LinkSpec(loss_percent=10.0))
     try:
         res = lab.call("a", loss_run, S1P, 5000, timeout=60)
-        wire = next(p for p in lab._procs if "nattrav.lab.wire" in " ".join(p.args))
+        wire = lab.delay_lines["w_a"]
         wire.terminate()
         out, _ = wire.communicate(timeout=10)
     finally:

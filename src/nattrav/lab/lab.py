@@ -78,6 +78,7 @@ class Lab(Exec, Inspect):
         self.id: str | None = None
         self.persistent = False
         self._procs: list[subprocess.Popen] = []
+        self.delay_lines: dict[str, subprocess.Popen] = {}  # wire node -> its delay line process
         self._lock = threading.RLock()
         self._is_up = False
         self.owner_pid: int | None = None
@@ -212,6 +213,7 @@ class Lab(Exec, Inspect):
             link = json.dumps(node.link.describe())
             p = self.popen(node.name, [sys.executable, "-m", WIRE_MODULE, "--left", "l", "--right", "r",
                                        "--link", link], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.delay_lines[node.name] = p
             ready, _, _ = select.select([p.stdout], [], [], WIRE_READY_TIMEOUT)
             line = p.stdout.readline() if ready else b""
             if line.strip() != b"ready":
@@ -240,6 +242,7 @@ class Lab(Exec, Inspect):
                 builder.join(10)
             _stop(self._procs)
             self._procs.clear()
+            self.delay_lines.clear()
             if self.id is not None:
                 registry.destroy(registry.namespaces_of(self.id))
                 registry.drop_state(self.id)
