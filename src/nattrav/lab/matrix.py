@@ -1,16 +1,20 @@
-"""Connection trials over pairs of lab NATs: the matrix test and bench/matrix.py share this.
+"""Connection trials over pairs of lab NATs: the matrix tests and bench/matrix.py share this.
 
-For one ordered pair (left NAT in front of host a, right NAT in front of host b) a lab comes up with
-our servers; an agent process in b listens and an agent in a connects, `trials` times, each trial a
-fresh punch socket and a fresh rendezvous session. Discovery runs once per agent (the NAT's behaviour
-is fixed; its mappings are not, and are sampled again every trial). Each agent prints one JSON line
-per trial; the driver joins them into TrialResult rows.
+For one case — left NAT in front of host a, right NAT in front of host b (or both peers behind the
+left NAT: `same_nat`), over a Shape (delay, jitter, loss, routers) — a lab comes up with our servers;
+an agent (agent.py) in the listening host and one in the connecting host run `trials` trials, each a
+fresh punch socket and a fresh rendezvous session. The agents get only what a user would type: the
+server's address. The driver joins their JSON lines into TrialResult rows.
+
+Expectations come from the lab's descriptions (effective()), never from the planner; summarise() sets
+the planner's stated odds against the measured rate with a Wilson interval.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import statistics
 import subprocess
 import sys
 import threading
@@ -18,32 +22,37 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import trio
+from .agent import SERVER_PORT
 
-SERVER_PORT = 7000
 MATRIX_PRESETS = (
     "none", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq", "symmetric-seq-7",
     "symmetric-random", "cgnat",
 )
+SAME_NAT = "same-NAT"  # the right side of a case whose two peers share the left NAT
+
+
+def _kind(name: str, proto: str = "udp") -> str:
+    """open | cone | sequential | random, for what a peer behind `name` shows the outside world."""
+    from .spec import effective, resolve
+
+    e = effective(resolve(name), proto)
+    if e is None:
+        return "open"
+    if e["public_ips"] > 1 and e["pooling"] == "arbitrary" and e["mapping"] != "EIM":
+        return "random"  # a new address per flow: no port window can name it
+    if e["mapping"] == "EIM":
+        return "open" if e["filtering"] == "EIF" else "cone"
+    return "random" if e["allocation"] == "random" else "sequential"
 
 
 def expectation(left: str, right: str) -> str:
-    """Ground truth from the lab's descriptions, not from the planner: "feasible", "probabilistic"
-    (random allocation facing sequential allocation: a guess by nature) or "infeasible" (random
-    allocation on both sides with address-and-port-dependent behaviour)."""
-    from .spec import resolve
-
-    def kind(name: str) -> str:
-        spec = resolve(name)
-        if spec is None:
-            return "open"
-        while spec.outer is not None and spec.allocation != "random":
-            spec = spec.outer
-        if spec.mapping == "EIM":
-            return "open" if spec.filtering == "EIF" else "cone"
-        return "random" if spec.allocation == "random" else "sequential"
-
-    kinds = {kind(left), kind(right)}
+    """UDP ground truth from the lab's descriptions: "feasible", "probabilistic" (random allocation
+    facing sequential allocation: a guess by nature) or "infeasible" (random allocation on both sides
+    with address-and-port-dependent behaviour). Peers behind one NAT can always reach each other
+    (the LAN, or the NAT's hairpin): feasible."""
+    if right == SAME_NAT:
+        return "feasible"
+    kinds = {_kind(left), _kind(right)}
     if kinds == {"random"}:
         return "infeasible"
     if kinds == {"random", "sequential"}:
@@ -52,33 +61,23 @@ def expectation(left: str, right: str) -> str:
 
 
 def tcp_expectation(left: str, right: str) -> str:
-    """TCP ground truth from the lab's descriptions: a SYN can be aimed only at a mapping that can be
-    predicted (EIM or sequential), unless the other side takes unsolicited SYNs (no NAT, or EIM+EIF).
-    A side whose every layer filters by address only (ADF) and allocates predictably opens its filter
-    to the peer's address, so then anything goes. A random-allocation NAT facing a cone (EIM with a
-    filter) is met by the TCP birthday attack; facing a sequential NAT or another random one it is
-    "infeasible": each probe there can meet only flows aimed at its own new port, which takes far more
-    TCP connections than a flow table holds."""
-    from .spec import resolve
+    """TCP ground truth from the lab's descriptions (TCP's own behaviour where a NAT has one): a SYN
+    can be aimed only at a mapping that can be predicted (EIM or sequential), unless the other side
+    takes unsolicited SYNs (no NAT, or EIM+EIF). A side that filters by address only (ADF) and
+    allocates predictably opens its filter to the peer's address, so then anything goes. A random
+    NAT facing a cone is met by the TCP birthday attack; facing a sequential NAT or another random one
+    it is "infeasible": each probe there can meet only flows aimed at its own new port, which takes
+    far more TCP connections than a flow table holds."""
+    from .spec import effective, resolve
 
-    def layers(name: str) -> list:
-        spec = resolve(name)
-        return [] if spec is None else [spec] + ([spec.outer] if spec.outer is not None else [])
-
-    def kind(name: str) -> str:
-        nat = layers(name)
-        if not nat:
-            return "open"
-        if any(x.allocation == "random" for x in nat):
-            return "random"
-        if all(x.mapping == "EIM" for x in nat):
-            return "open" if all(x.filtering == "EIF" for x in nat) else "cone"
-        return "sequential"
+    if right == SAME_NAT:
+        return "feasible"
 
     def address_open(name: str) -> bool:
-        return kind(name) in ("cone", "sequential") and all(x.filtering in ("ADF", "EIF") for x in layers(name))
+        e = effective(resolve(name), "tcp")
+        return _kind(name, "tcp") in ("cone", "sequential") and e["filtering"] in ("ADF", "EIF")
 
-    kinds = {kind(left), kind(right)}
+    kinds = {_kind(left, "tcp"), _kind(right, "tcp")}
     if ("open" in kinds or "random" not in kinds or kinds == {"random", "cone"}
             or address_open(left) or address_open(right)):
         return "feasible"
@@ -96,115 +95,11 @@ class TrialResult:
     rtt_ms: float | None = None
     odds: float | None = None
     reason: str | None = None
+    shape: str = "flat"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --- the agent: runs inside a lab host ---------------------------------------------------------
-
-
-async def _agent(args: argparse.Namespace) -> None:
-    from ..api import ConnectError, connect, discover_behavior, listen, parse_endpoint
-    if args.tcp:
-        from ..api import connect_tcp as connect  # noqa: F811
-        from ..api import listen_tcp as listen  # noqa: F811
-    from ..io import rendezvous_client as rv
-
-    server = parse_endpoint(args.server, SERVER_PORT)
-    stun = (server[0], 3478)
-    behavior = await discover_behavior(stun)
-
-    def emit_line(d: dict[str, Any]) -> None:
-        print(json.dumps(d, default=str), flush=True)
-
-    emit_line({"event": "behavior", **{k: behavior.to_dict()[k] for k in
-                                       ("mapping", "filtering", "allocation", "delta", "classic")}})
-    for i in range(args.trials):
-        marks: dict[str, Any] = {}
-
-        def on_event(phase: str, d: dict[str, Any]) -> None:
-            if phase == "punch":
-                marks["start"] = trio.current_time() + d["start_in"]
-            elif phase == "plan":
-                marks["plan"] = d
-
-        row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False}
-        name = f"{args.name}-{i}"
-        try:
-            with trio.fail_after(args.trial_timeout):
-                if args.role == "listen":
-                    async with listen(server, name=name, behavior=behavior, ttl=args.ttl,
-                                      on_event=on_event) as lst:
-                        emit_line({"event": "ready", "trial": i})
-                        async with lst.accept() as path:
-                            path = _LineStream(path) if args.tcp else path
-                            row.update(_connected(path, marks))
-                            await path.send(b"ping %d" % i)
-                            row["echo"] = (await path.receive()).decode(errors="replace")
-                else:
-                    while True:
-                        try:
-                            async with connect(server, name, behavior=behavior, ttl=args.ttl,
-                                               on_event=on_event, timeout=args.trial_timeout) as path:
-                                path = _LineStream(path) if args.tcp else path
-                                row.update(_connected(path, marks))
-                                got = await path.receive()
-                                await path.send(got)
-                                row["echo"] = got.decode(errors="replace")
-                            break
-                        except rv.UnknownPeer:
-                            await trio.sleep(0.05)  # the listener has not enrolled this trial yet
-            row["ok"] = row.get("echo") == f"ping {i}"
-        except ConnectError as exc:
-            row["reason"] = str(exc)
-        except trio.TooSlowError:
-            row["reason"] = f"trial timed out after {args.trial_timeout:g} s"
-        except (rv.RendezvousError, OSError) as exc:
-            row["reason"] = f"{type(exc).__name__}: {exc}"
-        plan = marks.get("plan") or {}
-        row["strategy"] = row.get("strategy") or plan.get("strategy")
-        row["odds"] = plan.get("odds")
-        row.setdefault("plan_reason", plan.get("reason"))
-        emit_line(row)
-        await trio.sleep(0.2)  # lets the peer read its close before the next trial
-
-
-class _LineStream:
-    """The TCP matrix's view of a punched stream: the send()/receive() of a UDP path, one message a
-    line (a stream has no datagram boundaries)."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self._buf = stream, b""
-        self.strategy, self.rtt, self.peer_addr = stream.strategy, stream.rtt, stream.peer_addr
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data + b"\n")
-
-    async def receive(self) -> bytes:
-        while b"\n" not in self._buf:
-            chunk = await self.stream.receive_some(4096)
-            if not chunk:
-                raise OSError("the peer closed the TCP stream")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line
-
-
-def _connected(path: Any, marks: dict[str, Any]) -> dict[str, Any]:
-    start = marks.get("start")
-    targets = (marks.get("plan") or {}).get("peer_targets") or []
-    return {
-        "strategy": path.strategy.value,
-        "rtt_ms": round(path.rtt * 1e3, 3),
-        "seconds": None if start is None else round(max(0.0, trio.current_time() - start), 4),
-        # ground truth: the port the peer's NAT really used for this flow, seen on the wire
-        "peer_port": path.peer_addr[1],
-        "predicted": bool(targets),
-        "prediction_hit": path.peer_addr[1] in targets if targets else None,
-        "prediction_rank": targets.index(path.peer_addr[1]) if path.peer_addr[1] in targets else None,
-    }
 
 
 # --- the driver: runs in the root namespace, owns the lab --------------------------------------
@@ -219,49 +114,54 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
 
 
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
-             background: float | None = None, tcp: bool = False) -> list[TrialResult]:
-    """Bring up a lab for (left, right), run `trials` connection trials, tear it down."""
+             background: float | None = None, tcp: bool = False, shape: Any = None) -> list[TrialResult]:
+    """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
+    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2)."""
     from .lab import Lab
     from .spec import resolve
 
+    same = right == SAME_NAT
+    peers = {"connect": "a", "listen": "a2" if same else "b"}
     # background traffic needs a NAT to consume ports on: a public host ("none") gets none
-    rates = {side: background for side, preset in (("a", left), ("b", right))
+    rates = {side: background for side, preset in (("a", left), ("b", "none" if same else right))
              if background and resolve(preset) is not None}
-    with Lab(left=left, right=right, background=rates or None) as lab:
+    with Lab(left=left, right="none" if same else right, background=rates or None, shape=shape,
+             hosts_per_nat=2 if same else 1) as lab:
+        shape_name = lab.shape.name
         py = sys.executable
         lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 10)
+        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
         name = f"m{time.monotonic_ns() % 10**9}"
-        common = ["-m", "nattrav.lab.matrix", "agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
+        # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
+        common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
                   "--trials", str(trials), "--trial-timeout", str(trial_timeout)] + (["--tcp"] if tcp else [])
         procs, rows = {}, {"a": [], "b": []}
         threads = []
-        for node, role in (("b", "listen"), ("a", "connect")):
-            ttl = lab.low_ttl_from(node)
-            procs[node] = lab.popen(node, [py, *common, "--role", role, "--ttl", str(ttl)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            t = threading.Thread(target=_collect, args=(procs[node], rows[node]), daemon=True)
+        for role, key in (("listen", "b"), ("connect", "a")):
+            procs[key] = lab.popen(peers[role], [py, *common, "--role", role],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            t = threading.Thread(target=_collect, args=(procs[key], rows[key]), daemon=True)
             t.start()
             threads.append(t)
-        limit = 15 + trials * (trial_timeout + 1)
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + 30 + trials * (trial_timeout + 1)
         errors = {}
-        for node, proc in procs.items():
+        for key, proc in procs.items():
             try:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
             if proc.returncode:
-                errors[node] = proc.stderr.read().decode(errors="replace")[-2000:]
+                errors[key] = proc.stderr.read().decode(errors="replace")[-2000:]
         for t in threads:
             t.join(timeout=2)
-    return _join(left, right, trials, rows, errors)
+    return _join(left, right, trials, rows, errors, shape_name)
 
 
-def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dict[str, str]) -> list[TrialResult]:
+def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dict[str, str],
+          shape: str = "flat") -> list[TrialResult]:
     by_trial = {node: {r["trial"]: r for r in rows[node] if r.get("event") == "trial"} for node in rows}
     out = []
     for i in range(trials):
@@ -276,7 +176,7 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
         out.append(TrialResult(
             left, right, i, ok, strategy=a.get("strategy") or b.get("strategy"),
             seconds=max(secs) if ok and secs else None, rtt_ms=a.get("rtt_ms"), odds=a.get("odds"),
-            reason=None if ok else reason,
+            reason=None if ok else reason, shape=shape,
             extra={"prediction_a": _prediction(a), "prediction_b": _prediction(b),
                    "behavior_a": next((r for r in rows["a"] if r.get("event") == "behavior"), None),
                    "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None)},
@@ -290,37 +190,83 @@ def _prediction(row: dict[str, Any]) -> dict[str, Any] | None:
     return {"hit": row.get("prediction_hit"), "rank": row.get("prediction_rank"), "port": row.get("peer_port")}
 
 
-def _wait_tcp(lab: Any, ip: str, port: int, deadline: float) -> None:
-    probe = f"import socket\nsocket.create_connection(('{ip}', {port}), timeout=0.5).close()\n"
+def wait_tcp(lab: Any, ip: str, port: int, deadline: float) -> None:
+    probe = f"import socket\nsocket.create_connection(('{ip}', {port}), timeout=1.0).close()\n"
     while time.monotonic() < deadline:
         if lab.run("a", [sys.executable, "-c", probe], timeout=5).returncode == 0:
             return
         time.sleep(0.1)
-    raise RuntimeError(f"the rendezvous server {ip}:{port} did not come up")
+    from .errors import LabError
+
+    raise LabError(f"the rendezvous server {ip}:{port} did not come up in the lab")
+
+
+_wait_tcp = wait_tcp  # the name older tests import
+
+
+# --- summaries ------------------------------------------------------------------------------------
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) for a success rate measured as successes/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
+    """Per case: success rate, time to connect (median, p95), strategies, and the planner's stated
+    odds against the measured rate with its Wilson interval."""
+    left, right = rows[0].left, rows[0].right
+    ok = [r for r in rows if r.ok]
+    secs = [r.seconds for r in ok if r.seconds is not None]
+    preds = [p for r in rows for p in (r.extra.get("prediction_a"), r.extra.get("prediction_b")) if p]
+    hits = [p for p in preds if p.get("hit")]
+    odds = [r.odds for r in rows if r.odds is not None]
+    lo, hi = wilson(len(ok), len(rows))
+    stated = statistics.median(odds) if odds else None
+    return {
+        "left": left, "right": right, "shape": rows[0].shape,
+        "expect": (tcp_expectation if tcp else expectation)(left, right),
+        "trials": len(rows), "connected": len(ok), "success": len(ok) / len(rows),
+        "wilson": [round(lo, 4), round(hi, 4)],
+        "odds": stated,
+        "odds_agree": None if stated is None else lo <= stated <= hi,
+        "strategies": sorted({r.strategy for r in rows if r.strategy}),
+        "median_s": statistics.median(secs) if secs else None, "p95_s": percentile(secs, 0.95),
+        "median_rtt_ms": statistics.median(rtts) if (rtts := [r.rtt_ms for r in ok if r.rtt_ms]) else None,
+        "predictions": len(preds), "prediction_hits": len(hits),
+        "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
+        "failures": sorted({(r.reason or "")[:200] for r in rows if not r.ok})[:3],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nattrav.lab.matrix")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    ag = sub.add_parser("agent", help="(inside a lab host) run trials as one side")
-    ag.add_argument("--role", choices=("listen", "connect"), required=True)
-    ag.add_argument("--server", required=True)
-    ag.add_argument("--name", required=True)
-    ag.add_argument("--trials", type=int, default=3)
-    ag.add_argument("--trial-timeout", type=float, default=20.0)
-    ag.add_argument("--ttl", type=int, default=2)
-    ag.add_argument("--tcp", action="store_true", help="TCP traversal (connect_tcp/listen_tcp)")
-    pair = sub.add_parser("pair", help="run trials for one ordered pair of presets")
-    pair.add_argument("left")
-    pair.add_argument("right")
-    pair.add_argument("--trials", type=int, default=3)
-    pair.add_argument("--tcp", action="store_true")
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m nattrav.lab.matrix",
+                                description="run connection trials for one pair of lab NATs")
+    p.add_argument("left")
+    p.add_argument("right", help=f"a NAT, or {SAME_NAT} for two peers behind the left one")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--shape", default="flat")
+    p.add_argument("--tcp", action="store_true")
     args = p.parse_args(argv)
-    if args.cmd == "agent":
-        trio.run(_agent, args)
-        return 0
-    for r in run_pair(args.left, args.right, args.trials, tcp=args.tcp):
+    rows = run_pair(args.left, args.right, args.trials, tcp=args.tcp, shape=args.shape)
+    for r in rows:
         print(json.dumps(r.to_dict()))
+    print(json.dumps(summarise(rows, tcp=args.tcp)))
     return 0
 
 
