@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from nattrav.lab import LabError, NatSpec, effective
 from nattrav.lab.nftables import render
 from nattrav.lab.spec import TcpSpec
-from nattrav.lab.probe import measure, start_responder
-from nattrav.lab.pytest_support import lab_or_skip
+from nattrav.lab.probe import measure
+from nattrav.lab.pytest_support import running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -51,11 +51,8 @@ specs = st.builds(
 
 @pytest.fixture(scope="module")
 def checker():
-    lab = lab_or_skip("none", "none")
-    try:
+    with running_lab("none", "none") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -86,12 +83,8 @@ PAIRS = [("eim-seq3-eif", "eim-random-adf"), ("adm-random-apdf", "apdm-seq2-hair
 @pytest.fixture(scope="module", params=PAIRS, ids=["-vs-".join(p) for p in PAIRS])
 def combo_lab(request):
     left, right = request.param
-    lab = lab_or_skip(COMBOS[left], COMBOS[right], hosts_per_nat=2)
-    try:
-        start_responder(lab)
+    with running_lab(COMBOS[left], COMBOS[right], hosts_per_nat=2, responder=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.mark.parametrize("side", ["a", "b"])

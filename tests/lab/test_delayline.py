@@ -9,31 +9,24 @@ import json
 
 import pytest
 
-from nattrav.lab import Lab
-from nattrav.lab.probe import loss_run, start_responder
+from nattrav.lab.probe import loss_run
 from nattrav.lab.probe_path import burst_run, rtt_run, rtt_summary
-from nattrav.lab.pytest_support import lab_or_skip
+from nattrav.lab.pytest_support import running_lab
 from nattrav.lab.shape import SHAPES, LinkSpec, Shape
 
 pytestmark = pytest.mark.lab
 S1P = ("198.51.100.1", 7000)
 
 
-def _lab(link: LinkSpec, **kw) -> Lab:
-    lab = lab_or_skip("none", "none", shape=Shape(link_a=link, name="test"), **kw)
-    start_responder(lab)
-    return lab
+def _lab(link: LinkSpec):
+    return running_lab("none", "none", shape=Shape(link_a=link, name="test"), responder=True)
 
 
 @pytest.fixture(scope="module")
 def profile_lab():
     """The CI profile (wan50) on a NAT'ed side: 50 ms ±10 ms one way, 1 % loss, 12 routers."""
-    lab = lab_or_skip("port-restricted", "none", shape="wan50")
-    try:
-        start_responder(lab)
+    with running_lab("port-restricted", "none", shape="wan50", responder=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_profile_rtt_matches_its_description(profile_lab):
@@ -56,11 +49,8 @@ def test_profile_loss_matches_its_description(profile_lab):
 @pytest.mark.parametrize("dist", ["uniform", "normal"])
 def test_jitter_distribution_with_reordering(dist):
     link = LinkSpec(delay_ms=40, jitter_ms=8, distribution=dist, reorder=True)
-    lab = _lab(link)
-    try:
+    with _lab(link) as lab:
         s = rtt_summary(lab.call("a", rtt_run, S1P, 1000, 0.002, timeout=60))
-    finally:
-        lab.down()
     assert abs(s["mean_ms"] - 80) <= 8, s
     # two independent draws per round trip; their sum's interquartile range: triangular on ±2j for
     # uniform draws (2·2j·(1 - 1/√2)), normal with sd √2·j (1.349·√2·j)
@@ -73,33 +63,24 @@ def test_jitter_distribution_with_reordering(dist):
 
 
 def test_in_order_line_never_reorders_and_stays_within_its_bounds():
-    lab = _lab(LinkSpec(delay_ms=30, jitter_ms=10))
-    try:
+    with _lab(LinkSpec(delay_ms=30, jitter_ms=10)) as lab:
         s = rtt_summary(lab.call("a", rtt_run, S1P, 800, 0.002, timeout=60))
-    finally:
-        lab.down()
     assert s["inversions"] == 0 and s["loss"] == 0.0, s
     # a frame waits for the one before it, never below delay - jitter each way
     assert s["min_ms"] >= 40 - 0.5 and s["mean_ms"] >= 60, s
 
 
 def test_loss_rate_matches_within_ten_percent():
-    lab = _lab(LinkSpec(loss_percent=5.0))
-    try:
+    with _lab(LinkSpec(loss_percent=5.0)) as lab:
         res = lab.call("a", loss_run, S1P, 40_000, timeout=120)
-    finally:
-        lab.down()
     loss = 100.0 * (1 - res["received"] / res["sent"])
     assert abs(loss - 5.0) <= 0.5, (loss, res)
 
 
 def test_rate_limit_paces_a_burst():
     link = LinkSpec(rate_mbit=20, limit=5000)
-    lab = _lab(link)
-    try:
+    with _lab(link) as lab:
         res = lab.call("a", burst_run, S1P, 3000, 1000, timeout=60)
-    finally:
-        lab.down()
     st = res["stats"]
     assert st["count"] == 3000, res  # the queue held the whole burst: nothing dropped
     frame_bits = (res["size"] + 8 + 20 + 14 + 24) * 8  # UDP, IP, Ethernet and the line's framing
@@ -110,11 +91,8 @@ def test_rate_limit_paces_a_burst():
 
 
 def test_a_full_line_drops_the_excess():
-    lab = _lab(LinkSpec(rate_mbit=5, limit=200))
-    try:
+    with _lab(LinkSpec(rate_mbit=5, limit=200)) as lab:
         res = lab.call("a", burst_run, S1P, 2000, 1000, timeout=60)
-    finally:
-        lab.down()
     got = res["stats"]["count"]
     # the line holds 200 frames and lets ~590 frames/s out while the burst lasts (milliseconds)
     assert 200 <= got <= 400, res
@@ -122,14 +100,11 @@ def test_a_full_line_drops_the_excess():
 
 def test_counters_of_the_line_agree_with_what_crossed():
     """The line's own accounting (printed on exit) against the responder's count."""
-    lab = _lab(LinkSpec(loss_percent=10.0))
-    try:
+    with _lab(LinkSpec(loss_percent=10.0)) as lab:
         res = lab.call("a", loss_run, S1P, 5000, timeout=60)
         wire = lab.delay_lines["w_a"]
         wire.terminate()
         out, _ = wire.communicate(timeout=10)
-    finally:
-        lab.down()
     ab = json.loads(out.decode().strip().splitlines()[-1])["ab"]
     impaired = ab["received"] - ab["passed"]  # IPv4 frames: the datagrams and the stats requests
     assert impaired >= res["sent"] and ab["forwarded"] - ab["passed"] >= res["received"]

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from nattrav.lab import effective, resolve
-from nattrav.lab.probe import PORTS, lifetime_run, measure, start_responder
+from nattrav.lab.probe import PORTS, lifetime_run, measure
 from nattrav.lab.probe_nat import TCP_PORTS, measure_tcp, open_flows, pool_run, tcp_lifetime_run
-from nattrav.lab.pytest_support import lab_or_skip
+from nattrav.lab.pytest_support import running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -17,12 +17,9 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def proto_lab():
     """a: UDP full cone whose TCP stays port-restricted; b: UDP cone whose TCP is symmetric."""
-    lab = lab_or_skip("udp-full-cone", "port-restricted,tcp_mapping=APDM,tcp_allocation=sequential,tcp_delta=3")
-    try:
-        start_responder(lab)
+    with running_lab("udp-full-cone", "port-restricted,tcp_mapping=APDM,tcp_allocation=sequential,tcp_delta=3",
+                     responder=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.mark.parametrize("side", ["a", "b"])
@@ -43,12 +40,9 @@ def test_udp_and_tcp_behave_as_described_on_one_nat(proto_lab, side):
 # ----- address pools ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pool_lab():
-    lab = lab_or_skip("symmetric-seq,public_ips=4", "full-cone,public_ips=3,pooling=arbitrary", hosts_per_nat=3)
-    try:
-        start_responder(lab)
+    with running_lab("symmetric-seq,public_ips=4", "full-cone,public_ips=3,pooling=arbitrary", hosts_per_nat=3,
+                     responder=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_paired_pooling_gives_each_host_one_address(pool_lab):
@@ -80,12 +74,8 @@ def test_arbitrary_pooling_spreads_mappings_over_the_pool(pool_lab):
 
 
 def test_arbitrary_pooling_of_a_symmetric_nat_picks_per_flow():
-    lab = lab_or_skip("symmetric-random,public_ips=4,pooling=arbitrary", "none")
-    try:
-        start_responder(lab)
+    with running_lab("symmetric-random,public_ips=4,pooling=arbitrary", "none", responder=True) as lab:
         seen = lab.call("a", pool_run, [(lab.S1, PORTS[0]), (lab.S2, PORTS[0])], 6)
-    finally:
-        lab.down()
     ips = {x[0] for obs in seen for x in obs}
     assert len(ips) >= 2 and ips <= {f"203.0.113.{10 + k}" for k in range(4)}, seen
 
@@ -98,9 +88,8 @@ def _passed(lab, nat: str, host: str, count: int, first_port: int) -> tuple[int,
 
 
 def test_full_flow_table_drops_new_flows_until_mappings_expire():
-    lab = lab_or_skip("port-restricted,max_flows=200,udp_timeout=3", "port-restricted,flows_per_host=100,udp_timeout=3",
-                      hosts_per_nat=2)
-    try:
+    with running_lab("port-restricted,max_flows=200,udp_timeout=3", "port-restricted,flows_per_host=100,udp_timeout=3",
+                     hosts_per_nat=2) as lab:
         # the whole table: a fills it, a2 finds it full too
         assert _passed(lab, "nat_a", "a", 260, 2000) == (200, 60)
         assert _passed(lab, "nat_a", "a2", 50, 4000) == (0, 50)
@@ -111,38 +100,25 @@ def test_full_flow_table_drops_new_flows_until_mappings_expire():
         # (ct count collects a few stale entries per new flow), so the table fills to its cap again
         assert _passed(lab, "nat_a", "a2", 600, 6000)[0] == 200
         assert _passed(lab, "nat_b", "b", 300, 6000)[0] == 100
-    finally:
-        lab.down()
 
 
 def test_cgn_preset_caps_ports_per_subscriber_behind_a_home_nat():
-    lab = lab_or_skip("port-restricted+cgn-random", "none")
     cap = resolve("cgn-random").flows_per_host
-    try:
+    with running_lab("port-restricted+cgn-random", "none") as lab:
         passed, refused = _passed(lab, "cgn_a", "a", cap + 300, 2000)
-    finally:
-        lab.down()
     assert (passed, refused) == (cap, 300)
 
 
 # ----- lifetimes per protocol -------------------------------------------------------------------------
 def test_udp_and_tcp_mapping_lifetimes_are_separate():
-    lab = lab_or_skip("port-restricted,udp_timeout=3,tcp_timeout=6", "none")
-    try:
-        start_responder(lab)
+    with running_lab("port-restricted,udp_timeout=3,tcp_timeout=6", "none", responder=True) as lab:
         udp = lab.call("a", lifetime_run, (lab.S1, PORTS[0]), [2.0, 4.5])
         tcp = lab.call("a", tcp_lifetime_run, (lab.S1, TCP_PORTS[0]), [4.5, 8.0], timeout=60)
-    finally:
-        lab.down()
     assert udp == {"2.0": True, "4.5": False}, udp
     assert tcp == {"4.5": True, "8.0": False}, tcp  # a UDP-short silence keeps a TCP mapping
 
 
 def test_ten_second_udp_mapping():
-    lab = lab_or_skip("symmetric-seq,udp_timeout=10", "none")
-    try:
-        start_responder(lab)
+    with running_lab("symmetric-seq,udp_timeout=10", "none", responder=True) as lab:
         got = lab.call("a", lifetime_run, (lab.S1, PORTS[0]), [8.5, 11.5], timeout=60)
-    finally:
-        lab.down()
     assert got == {"8.5": True, "11.5": False}, got

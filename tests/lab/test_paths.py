@@ -11,8 +11,8 @@ import pytest
 
 from nattrav.lab import effective
 from nattrav.lab.probe import PORTS, measure, start_responder
-from nattrav.lab.probe_path import recv_ttl_main, send_once, trace_run  # noqa: F401  (recv_ttl_main runs in a child)
-from nattrav.lab.pytest_support import lab_or_skip
+from nattrav.lab.probe_path import send_once, trace_run
+from nattrav.lab.pytest_support import running_lab
 from nattrav.lab.shape import Shape
 from nattrav.lab.topology import expected_trace
 
@@ -23,12 +23,9 @@ SHARED = ipaddress.ip_network("100.64.0.0/10")
 @pytest.fixture(scope="module")
 def long_path():
     """A home NAT behind a CGN on a, three layers on b, 3 + 1 + 5 routers between them."""
-    lab = lab_or_skip("port-restricted+cgn", "full-cone+symmetric-seq+cgn-random",
-                      shape=Shape(routers_a=3, routers_b=5, name="asym"))
-    try:
+    with running_lab("port-restricted+cgn", "full-cone+symmetric-seq+cgn-random",
+                     shape=Shape(routers_a=3, routers_b=5, name="asym")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.mark.parametrize("side", ["a", "b"])
@@ -65,12 +62,8 @@ LAYERED = {
 
 @pytest.fixture(scope="module", params=list(LAYERED), ids=list(LAYERED))
 def layered(request):
-    lab = lab_or_skip(LAYERED[request.param], "none", hosts_per_nat=2)
-    try:
-        start_responder(lab)
+    with running_lab(LAYERED[request.param], "none", hosts_per_nat=2, responder=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_layered_nat_measures_as_its_layers_fold(layered):
@@ -100,24 +93,18 @@ def _ttl_seen(lab, sender: str, receiver: str) -> dict:
 
 @pytest.mark.parametrize("lan", ["switched", "routed"])
 def test_same_lan_segment_is_direct_and_routed_lan_is_one_hop(lan):
-    lab = lab_or_skip("symmetric-seq", "none", hosts_per_nat=2, shape=Shape(lan=lan, name=lan))
-    try:
+    with running_lab("symmetric-seq", "none", hosts_per_nat=2, shape=Shape(lan=lan, name=lan),
+                     responder=True) as lab:
         got = _ttl_seen(lab, "a", "a2")
-        start_responder(lab)
         hairpin = measure(lab, "a", checks=("hairpin",)).hairpin
-    finally:
-        lab.down()
     assert got["from"][0] == lab.ip("a"), got  # never translated: same NAT, inside addresses
     assert got["ttl"] == (64 if lan == "switched" else 63), got
     assert hairpin is False  # symmetric-seq does not hairpin, whatever the LAN
 
 
 def test_switched_lan_with_hairpinning():
-    lab = lab_or_skip("port-restricted", "none", hosts_per_nat=3, shape=Shape(lan="switched", name="sw"))
-    try:
-        start_responder(lab)
+    with running_lab("port-restricted", "none", hosts_per_nat=3, shape=Shape(lan="switched", name="sw"),
+                     responder=True) as lab:
         m = measure(lab, "a", checks=("hairpin", "mapping"))
-    finally:
-        lab.down()
     assert m.hairpin is True and m.hairpin_source[0] == "203.0.113.10", m
     assert m.mapping == "EIM", m

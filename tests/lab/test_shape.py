@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nattrav.lab import PRESETS, LabError, NatSpec, effective, resolve
+from nattrav.lab import PRESETS, LabError, effective, resolve
 from nattrav.lab.nftables import render, sysctls
 from nattrav.lab.shape import SHAPES, LinkSpec, Shape, resolve_shape, shape_from_dict
 from nattrav.lab.spec import TcpSpec, from_dict

@@ -25,11 +25,11 @@ def _emit(d: dict[str, Any]) -> None:
 
 
 async def run_agent(args: argparse.Namespace) -> None:
-    from ..api import ConnectError, connect, discover_behavior, listen, parse_endpoint
-    if args.tcp:
-        from ..api import connect_tcp as connect  # noqa: F811
-        from ..api import listen_tcp as listen  # noqa: F811
+    from .. import api
+    from ..api import ConnectError, discover_behavior, parse_endpoint
     from ..io import rendezvous_client as rv
+
+    connect, listen = (api.connect_tcp, api.listen_tcp) if args.tcp else (api.connect, api.listen)
 
     server = parse_endpoint(args.server, SERVER_PORT)
     try:

@@ -4,6 +4,7 @@
     nattrav-lab up --left 'port-restricted+cgn-random' --right 'symmetric-seq,public_ips=4' 
     nattrav-lab exec a -- python3 -c 'print(1)'
     nattrav-lab probe symmetric-seq-7 [--json]
+    nattrav-lab path wan50 [--json]          # measure a shape: RTT, loss, who answers an expiring packet
     nattrav-lab list [--presets] [--json]
     nattrav-lab down [ID | --all]
     nattrav-lab sweep [--json]
@@ -207,6 +208,44 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def cmd_path(a) -> int:
+    """Bring a shape up (host a behind a port-restricted NAT, b public), measure it from a, compare."""
+    from .probe import loss_run, start_responder
+    from .probe_path import rtt_run, rtt_summary, trace_run
+    from .shape import resolve_shape
+    from .topology import expected_trace
+
+    shape = resolve_shape(a.shape)
+    with Lab("port-restricted", "none", shape=shape) as lab:
+        start_responder(lab)
+        s1 = (lab.S1, 7000)
+        # spaced wider than any jitter range, so in-order delivery never holds a reply back
+        want_trace = expected_trace(lab.topology, "a", "b")
+        trace = lab.call("a", trace_run, (lab.wan_ip("b"), 33434), len(want_trace), 2.0, timeout=600)
+        rtt = rtt_summary(lab.call("a", rtt_run, s1, a.pings, a.gap, timeout=600))
+        # last: a rate-limited link may still be draining this burst for a while
+        loss = lab.call("a", loss_run, s1, a.loss_count, timeout=600)
+    link = shape.link("a")
+    base = (link.delay_ms if link else 0.0)
+    lost = None if loss["received"] is None else 100.0 * (1 - loss["received"] / loss["sent"])
+    out = {"shape": shape.describe(), "rtt": rtt, "one_way_loss_percent": lost, "loss_sent": loss["sent"],
+           "trace": trace, "trace_expected": want_trace,
+           "expected": {"rtt_ms": 2 * base, "loss_percent": link.loss_percent if link else 0.0}}
+    if a.json:
+        _print_json(out)
+        return 0
+    print(f"shape {shape.name}: host a behind a port-restricted NAT, measured towards S1 and host b")
+    print(f"  {'':22} {'configured':>12} {'measured':>12}")
+    print(f"  {'RTT mean (ms)':22} {2 * base:12.2f} {rtt['mean_ms']:12.2f}   ({a.pings} echoes, min "
+          f"{rtt['min_ms']:.2f}, max {rtt['max_ms']:.2f}, IQR {rtt['iqr_ms']:.2f})")
+    print(f"  {'one-way loss (%)':22} {out['expected']['loss_percent']:12.3f} "
+          f"{'n/a' if lost is None else f'{lost:12.3f}'}   ({loss['sent']} datagrams)")
+    ok = trace == want_trace
+    print(f"  time-exceeded from    {len(want_trace)} hops, {'all answered' if ok else 'MISMATCH'}: "
+          f"{' '.join(x or '*' for x in trace)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nattrav-lab", description="NAT lab: RFC 4787 NATs in network namespaces")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -235,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-count", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("path", help="bring a shape up and measure its delay, loss and hops against it")
+    p.add_argument("shape", help="a shape name (list --presets shows them)")
+    p.add_argument("--pings", type=int, default=200)
+    p.add_argument("--gap", type=float, default=0.025, help="seconds between echoes (default 0.025)")
+    p.add_argument("--loss-count", type=int, default=100_000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_path)
 
     p = sub.add_parser("down", help="remove a lab started with `up`")
     p.add_argument("id", nargs="?")

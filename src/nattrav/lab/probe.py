@@ -143,11 +143,14 @@ def send_ttl(dst: tuple[str, int], ttl: int | None, count: int) -> int:
         return s.getsockname()[1]
 
 
-def tcp_unsolicited_run(dst: tuple[str, int], timeout: float = 1.0) -> str:
-    """Connect to a public address with no mapping: 'rst' (refused), 'drop' (silence) or 'open'."""
+def tcp_dial(dst: tuple[str, int], src: tuple[str, int] | None = None, timeout: float = 1.0) -> str:
+    """Connect to dst (from src, if given): "open", "rst" (refused), "drop" (silence) or "error:N"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
+            if src is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(tuple(src))
             s.connect(tuple(dst))
         except ConnectionRefusedError:
             return "rst"
@@ -156,6 +159,11 @@ def tcp_unsolicited_run(dst: tuple[str, int], timeout: float = 1.0) -> str:
         except OSError as exc:
             return f"error:{exc.errno}"
         return "open"
+
+
+def tcp_unsolicited_run(dst: tuple[str, int], timeout: float = 1.0) -> str:
+    """Connect to a public address with no mapping: 'rst' (refused), 'drop' (silence) or 'open'."""
+    return tcp_dial(dst, None, timeout)
 
 
 def hairpin_send(dst: tuple[str, int], count: int = 3) -> int:

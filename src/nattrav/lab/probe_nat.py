@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from .probe import TCP_PORTS, _udp, classify_filtering, classify_mapping, start_responder
+from .probe import TCP_PORTS, _udp, classify_filtering, classify_mapping, start_responder, tcp_dial
 from .topology import SINK_NET
 
 
@@ -84,25 +84,6 @@ def tcp_hold_main(target: tuple[str, int], hold: float) -> None:
         print(json.dumps({"from": list(addr)}), flush=True)
     else:
         print(json.dumps({"from": None}), flush=True)
-
-
-def tcp_dial(dst: tuple[str, int], src: tuple[str, int], timeout: float = 1.5) -> str:
-    """From src, connect to dst: "open", "rst" or "drop"."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(tuple(src))
-        s.settimeout(timeout)
-        s.connect(tuple(dst))
-        return "open"
-    except ConnectionRefusedError:
-        return "rst"
-    except (socket.timeout, TimeoutError):
-        return "drop"
-    except OSError as exc:
-        return f"error:{exc.errno}"
-    finally:
-        s.close()
 
 
 def tcp_lifetime_run(target: tuple[str, int], delays: list[float]) -> dict[str, bool]:
@@ -188,7 +169,7 @@ def _inbound_tcp(lab, host: str, target: tuple[str, int], src_ip: str) -> bool |
         public = first.get("public")
         if not public:
             return None
-        lab.call("server", tcp_dial, tuple(public), (src_ip, 0))
+        lab.call("server", tcp_dial, tuple(public), (src_ip, 0), 1.5)
         last = json.loads(_line(proc, 8.0) or b"{}")
         return last.get("from") is not None
     finally:
