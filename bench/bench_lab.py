@@ -8,7 +8,8 @@ and how many packets a second the delay line carries (goal: >= 200 k/s), against
 Delay line: host a (a public host) fires UDP bursts with the C core (sendmmsg, 28-byte payloads) at
 an address the router would blackhole; a netdev ingress rule on the router counts and drops them on
 arrival. The same lab without the line (a plain veth from a to the router) is the baseline, in the
-same run: bursts paced at 100-400 k packets/s and one unpaced, each packet counted where it lands.
+same run: bursts paced at 100-400 k packets/s and one unpaced, each packet counted where it lands. The
+sender runs on CPU 0 and the line on CPU 1 (--no-pin leaves it to the scheduler).
 
 The baseline builds the very same topology (namespaces, veths, addresses, routes, sysctls, rulesets) the
 common way, one `ip` / `sysctl` / `nft` subprocess per step, in the same run; the ratio says what
@@ -134,16 +135,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def delay_line_runs(link: LinkSpec | None, bursts: list[tuple[int, float | None]]) -> list[dict]:
+def delay_line_runs(link: LinkSpec | None, bursts: list[tuple[int, float | None]], pin: bool) -> list[dict]:
     shape = Shape(link_a=link, name="bench") if link is not None else None
     with Lab("none", "none", shape=shape) as lab:
         lab.run("router", ["nft", "-f", "-"], input=COUNT_RULES, check=True)
         line = lab.delay_lines.get("w_a")
+        if line is not None and pin:
+            os.sched_setaffinity(line.pid, {1})  # the line on one core, the sender on the other
         out = []
         for count, rate in bursts:
             before = _arrived(lab)
             cpu0 = _cpu_seconds(line.pid) if line else 0.0
-            got = lab.call("a", c_burst, SINK, count, rate, timeout=120)
+            got = lab.call("a", c_burst, SINK, count, rate, 0 if pin else None, timeout=120)
             time.sleep(0.3 + (link.delay_ms / 1e3 if link else 0))  # let the line drain
             got["arrived"] = _arrived(lab) - before
             got["line_cpu"] = _cpu_seconds(line.pid) - cpu0 if line else None
@@ -152,7 +155,7 @@ def delay_line_runs(link: LinkSpec | None, bursts: list[tuple[int, float | None]
         return out
 
 
-def delay_line_main(rounds: int) -> int:
+def delay_line_main(rounds: int, pin: bool = True) -> int:
     bursts = [(100_000, 100e3), (200_000, 200e3), (300_000, 300e3), (400_000, 400e3), (400_000, None)]
     setups = {
         "plain veth (baseline)": None,
@@ -162,9 +165,9 @@ def delay_line_main(rounds: int) -> int:
     results: dict[str, list[list[dict]]] = {name: [] for name in setups}
     for _ in range(rounds):  # interleaved, so load from others hits every setup alike
         for name, link in setups.items():
-            results[name].append(delay_line_runs(link, bursts))
+            results[name].append(delay_line_runs(link, bursts, pin))
     print(f"delay line vs plain veth: C bursts of 28-byte UDP payloads from host a, counted on arrival "
-          f"at the router; median of {rounds} rounds")
+          f"at the router; median of {rounds} rounds" + ("; sender on CPU 0, line on CPU 1" if pin else ""))
     head = "".join(f"{'%dk/s' % (r / 1e3) if r else 'unpaced':>17}" for _, r in bursts)
     print(f"{'':26}{head}")
     delivered = {}
@@ -196,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--delay-line", action="store_true", help="the delay line's throughput vs a plain veth")
+    ap.add_argument("--no-pin", action="store_true", help="let the scheduler place sender and line (default: "
+                    "sender on CPU 0, line on CPU 1)")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_lab: needs root (network namespaces)", file=sys.stderr)
         return 2
     if a.delay_line:
-        return delay_line_main(max(1, min(a.rounds, 5)) if a.rounds != 10 else 3)
+        return delay_line_main(max(1, min(a.rounds, 5)) if a.rounds != 10 else 3, pin=not a.no_pin)
     lab_cycle()  # warm caches (modules, pyroute2 import)
     rows = {
         "lab (netlink, setns threads)": [lab_cycle() for _ in range(a.rounds)],

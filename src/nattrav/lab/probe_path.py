@@ -169,11 +169,13 @@ def send_once(dst: tuple[str, int], count: int = 3) -> int:
         return s.getsockname()[1]
 
 
-def c_burst(dst: str, count: int, rate: float | None) -> dict:
+def c_burst(dst: str, count: int, rate: float | None, cpu: int | None = None) -> dict:
     """`count` 28-byte datagrams to dst:9 from the C core's sendmmsg (paced at `rate` packets/s, or as
-    fast as the kernel takes them): how many left and over how long."""
+    fast as the kernel takes them; on CPU `cpu` if given): how many left and over how long."""
     from ..core import Burst, SocketPool
 
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     with SocketPool(1) as pool:
         st = pool.send_burst(Burst.one_to_many(0, dst, [9] * count, b"x" * 28, rate=rate), timeout=60)
     return {"sent": st.sent, "span": st.send_span_s}

@@ -18,7 +18,7 @@ import sys
 from .errors import LabError
 from .shape import LinkSpec
 
-SOCKET_BUFFER = 8 << 20
+SOCKET_BUFFER = 32 << 20  # ~40 k small frames: rides out a few scheduler stalls on a loaded machine
 STAT_FIELDS = ("received", "forwarded", "lost", "overflow", "send_errors", "passed", "held_max", "late_max_ns",
                "last_errno")
 
