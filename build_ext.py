@@ -36,6 +36,7 @@ ffibuilder.set_source(
     '#include "nattrav_core.h"',
     sources=c_sources(),
     include_dirs=[CSRC],
+    libraries=["m"],  # the delay line draws jitter with sqrt/log/cos
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
 )
 

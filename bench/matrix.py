@@ -1,15 +1,22 @@
-"""The connection matrix as a measurement: many trials per ordered pair of lab NAT presets, with
-background traffic on the NATs, written as a markdown table and JSON.
+"""The connection matrix as a measurement: many trials per case, written as a markdown table and JSON.
 
-    .venv/bin/python bench/matrix.py                       # all pairs, 50 trials, 5 ports/s background
-    .venv/bin/python bench/matrix.py --trials 10 --pairs symmetric-seq:symmetric-seq-7 cgnat:none
-    .venv/bin/python bench/matrix.py --jobs 2 --out bench/results/matrix-udp
+A case is a pair of lab NATs (left in front of peer a, right in front of peer b, or `same-NAT`: both
+peers behind the left one) over a shape (delay/jitter/loss on each access link, routers between the
+NATs). NAT names take the lab's grammar, so layers, pools and flow caps are just names:
+`port-restricted+cgn` (a home NAT behind a carrier-grade NAT), `symmetric-seq,public_ips=4,
+pooling=arbitrary`, `symmetric-random,max_flows=4096`.
+
+    .venv/bin/python bench/matrix.py                       # all 64 preset pairs, 50 trials, flat
+    .venv/bin/python bench/matrix.py --realism --trials 10 # the new axes (layers, pools, caps,
+                                                           #   same-NAT, TCP≠UDP) over flat and wan50
+    .venv/bin/python bench/matrix.py --pairs 'port-restricted+cgn:symmetric-seq' --shapes flat wan50
+    .venv/bin/python bench/matrix.py --same-nat symmetric-seq port-restricted
     .venv/bin/python bench/matrix.py --tcp --trials 10      # TCP traversal -> bench/results/matrix-tcp.*
 
-Per pair: success rate (with the expectation from the lab's own descriptions), the strategy used,
-median and 95th-percentile time from the agreed start to the authenticated path, and the
-predictor's hit rate: how often the port the peer's NAT really used for the winning flow (seen on
-the wire) was in the predicted window, and its median rank there. Needs root (the lab).
+Per case: success rate with its Wilson 95 % interval, the planner's stated odds (median over trials)
+and whether they fall inside that interval, the strategy, median and 95th-percentile time from the
+agreed start to the authenticated path, and the predictor's hit rate. The agents are given only
+what a user would type (the server address): no TTL, nothing the lab knows. Needs root (the lab).
 """
 
 from __future__ import annotations
@@ -19,63 +26,76 @@ import concurrent.futures
 import itertools
 import json
 import pathlib
-import statistics
 import sys
 import time
 
-from nattrav.matrix import MATRIX_PRESETS, expectation, run_pair, tcp_expectation
+from nattrav.lab.matrix import MATRIX_PRESETS, SAME_NAT, expectation, run_pair, summarise, tcp_expectation
+
+# The new axes, each case (left, right, tcp): layers (a home NAT behind a CGN, one pair per UDP
+# strategy; three layers; a CGN of another kind), address pools, flow caps, same-NAT peers and a
+# NAT whose cone applies to UDP only, tried over TCP.
+REALISM = [
+    ("port-restricted+cgn", "none", False),                  # direct
+    ("port-restricted+cgn", "port-restricted", False),       # simultaneous
+    ("restricted-cone", "symmetric-seq+cgn", False),         # address-open
+    ("port-restricted+cgn", "symmetric-seq", False),         # predicted
+    ("port-restricted+cgn", "symmetric-random", False),      # birthday
+    ("symmetric-random+cgn", "symmetric-seq", False),        # random-sequential
+    ("symmetric-random+cgn", "symmetric-random", False),     # best effort (infeasible)
+    ("full-cone+symmetric-seq+cgn", "port-restricted", False),  # three layers
+    ("port-restricted+cgn-random", "full-cone", False),      # a random CGN behind a home cone
+    ("symmetric-seq,public_ips=4", "port-restricted", False),                 # paired pool
+    ("symmetric-seq,public_ips=4,pooling=arbitrary", "port-restricted", False),  # arbitrary pool
+    ("port-restricted,public_ips=4,pooling=arbitrary", "symmetric-seq", False),
+    ("symmetric-random", "port-restricted,max_flows=4096", False),           # birthday into a small table
+    ("symmetric-random,max_flows=4096", "symmetric-seq", False),             # random-sequential, small table
+    ("symmetric-seq", SAME_NAT, False),                       # no hairpinning
+    ("port-restricted", SAME_NAT, False),                     # hairpinning
+    ("symmetric-random", SAME_NAT, False),
+    ("udp-full-cone", "symmetric-random", True),              # UDP-only cone, over TCP
+    ("udp-restricted-cone", "symmetric-seq-2", True),
+]
+REALISM_SHAPES = ("flat", "wan50")
 
 
-TCP = False  # set from --tcp: which expectation (UDP or TCP ground truth) the table shows
+def _row_for_error(left: str, right: str, shape: str, tcp: bool, exc: Exception) -> dict:
+    return {"left": left, "right": right, "shape": shape, "tcp": tcp,
+            "expect": (tcp_expectation if tcp else expectation)(left, right), "trials": 0, "connected": 0,
+            "success": 0.0, "wilson": [0.0, 1.0], "odds": None, "odds_agree": None, "strategies": [],
+            "median_s": None, "p95_s": None, "predictions": 0, "prediction_hits": 0, "median_rank": None,
+            "failures": [repr(exc)[:200]]}
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def summarise(left: str, right: str, rows: list) -> dict:
-    ok = [r for r in rows if r.ok]
-    secs = [r.seconds for r in ok if r.seconds is not None]
-    preds = [p for r in rows for p in (r.extra.get("prediction_a"), r.extra.get("prediction_b")) if p]
-    hits = [p for p in preds if p.get("hit")]
-    strategies = sorted({r.strategy for r in rows if r.strategy})
-    return {
-        "left": left, "right": right, "expect": (tcp_expectation if TCP else expectation)(left, right),
-        "trials": len(rows),
-        "connected": len(ok), "success": len(ok) / len(rows) if rows else 0.0,
-        "strategies": strategies, "median_s": statistics.median(secs) if secs else None,
-        "p95_s": _pct(secs, 0.95), "median_rtt_ms": statistics.median([r.rtt_ms for r in ok if r.rtt_ms])
-        if ok else None,
-        "predictions": len(preds), "prediction_hits": len(hits),
-        "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
-        "odds": statistics.median([r.odds for r in rows if r.odds is not None]) if any(r.odds is not None for r in rows) else None,
-        "failures": sorted({(r.reason or "")[:160] for r in rows if not r.ok})[:3],
-    }
-
-
-def _odds(x: float | None) -> str:
+def _pct(x: float | None) -> str:
     # the digits that matter: 99.999% and 100% must not both print as 1.000
     return "—" if x is None else f"{100 * x:.6g}%"
 
 
 def markdown(table: list[dict], meta: dict) -> str:
-    out = [f"# nattrav {'TCP' if meta.get('tcp') else 'UDP'} matrix — {meta['trials']} trials a pair, background {meta['background']} ports/s "
-           f"a NAT, {meta['date']}", "",
-           "| A's NAT → B's NAT | expected | connected | strategy | median s | p95 s | planner odds | "
-           "prediction hits |", "|---|---|---|---|---|---|---|---|"]
+    f = (lambda x: "—" if x is None else f"{x:.3f}")  # noqa: E731
+    out = [f"# nattrav matrix — {meta['trials']} trials a case, background {meta['background']} ports/s a NAT, "
+           f"{meta['date']} ({meta['seconds']} s)", "",
+           "Shapes: " + "; ".join(f"`{k}` {v}" for k, v in meta["shapes"].items()), "",
+           "| proto | A's NAT → B's NAT | shape | expected | connected | Wilson 95% | planner odds | odds in "
+           "interval | strategy | median s | p95 s | prediction hits |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
-        f = (lambda x: "—" if x is None else f"{x:.3f}")
         pred = f"{t['prediction_hits']}/{t['predictions']}" if t["predictions"] else "—"
-        out.append(f"| {t['left']} → {t['right']} | {t['expect']} | {t['connected']}/{t['trials']} "
-                   f"({100 * t['success']:.1f}%) | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
-                   f"{f(t['p95_s'])} | {_odds(t['odds'])} | {pred} |")
-    feas = [t for t in table if t["expect"] == "feasible"]
-    n = sum(t["trials"] for t in feas)
-    c = sum(t["connected"] for t in feas)
-    out += ["", f"Feasible pairs: {c}/{n} trials connected ({100 * c / n:.2f}%)." if n else ""]
+        agree = {True: "yes", False: "**no**", None: "—"}[t["odds_agree"]]
+        lo, hi = t["wilson"]
+        out.append(f"| {'TCP' if t.get('tcp') else 'UDP'} | {t['left']} → {t['right']} | {t['shape']} | {t['expect']} | "
+                   f"{t['connected']}/{t['trials']} ({100 * t['success']:.0f}%) | {100 * lo:.0f}–{100 * hi:.0f}% | "
+                   f"{_pct(t['odds'])} | {agree} | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
+                   f"{f(t['p95_s'])} | {pred} |")
+    failing = [t for t in table if t["expect"] == "feasible" and t["connected"] < t["trials"]]
+    out += ["", "## Feasible cases that did not always connect", ""]
+    out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}): "
+            f"{t['connected']}/{t['trials']}; {t['failures'][0] if t['failures'] else ''}" for t in failing] or ["- none"]
+    wrong = [t for t in table if t["odds_agree"] is False]
+    out += ["", "## Stated odds outside the measured interval", ""]
+    out += [f"- {t['left']} → {t['right']} ({t['shape']}): stated {_pct(t['odds'])}, measured "
+            f"{t['connected']}/{t['trials']} (Wilson {100 * t['wilson'][0]:.0f}–{100 * t['wilson'][1]:.0f}%)"
+            for t in wrong] or ["- none"]
     return "\n".join(out) + "\n"
 
 
@@ -83,45 +103,78 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--background", type=float, default=5.0, help="ports/s consumed by a helper host behind each NAT")
-    p.add_argument("--pairs", nargs="*", help="LEFT:RIGHT pairs (default: every ordered pair)")
-    p.add_argument("--jobs", type=int, default=2, help="pairs run at once (each its own lab)")
+    p.add_argument("--pairs", nargs="*", help="LEFT:RIGHT pairs (default: every ordered pair of the presets)")
+    p.add_argument("--same-nat", nargs="*", default=[], metavar="NAT", help="also: two peers behind one NAT")
+    p.add_argument("--shapes", nargs="*", default=None, help="lab shapes to run every case over (default flat)")
+    p.add_argument("--realism", action="store_true", help="the new axes: layers, pools, flow caps, same-NAT, "
+                   "TCP through UDP-only cones, over the shapes flat and wan50")
+    p.add_argument("--jobs", type=int, default=2, help="cases run at once (each its own lab)")
     p.add_argument("--trial-timeout", type=float, default=15.0)
     p.add_argument("--out", help="path prefix for .md and .json (default bench/results/matrix-udp, "
-                   "with --tcp bench/results/matrix-tcp)")
+                   "-tcp with --tcp, matrix-realism with --realism)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (low-TTL SYN, simultaneous open)")
     args = p.parse_args(argv)
-    global TCP
-    TCP = args.tcp
-    args.out = args.out or ("bench/results/matrix-tcp" if args.tcp else "bench/results/matrix-udp")
-    pairs = [tuple(x.split(":", 1)) for x in args.pairs] if args.pairs else list(itertools.product(MATRIX_PRESETS, repeat=2))
+    from nattrav.lab import LabError
+    from nattrav.lab.presets import resolve
+    from nattrav.lab.shape import resolve_shape
+
+    if args.realism:
+        cases = list(REALISM)
+        shapes = args.shapes or list(REALISM_SHAPES)
+        default_out = "bench/results/matrix-realism"
+    else:
+        pairs = [tuple(x.split(":", 1)) for x in args.pairs] if args.pairs else list(
+            itertools.product(MATRIX_PRESETS, repeat=2))
+        cases = [(left, right, args.tcp) for left, right in pairs] + [(n, SAME_NAT, args.tcp) for n in args.same_nat]
+        shapes = args.shapes or ["flat"]
+        default_out = "bench/results/matrix-tcp" if args.tcp else "bench/results/matrix-udp"
+    try:  # bad names: one line, before any lab comes up
+        for left, right, _ in cases:
+            resolve(left)
+            if right != SAME_NAT:
+                resolve(right)
+        shape_info = {s: resolve_shape(s).describe() for s in shapes}
+    except LabError as exc:
+        print(f"matrix: {exc}", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out or default_out)
+    runs = [(left, right, tcp, shape) for left, right, tcp in cases for shape in shapes]
     t0 = time.monotonic()
     table = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_pair, l, r, args.trials, trial_timeout=args.trial_timeout,
-                               background=args.background or None, tcp=args.tcp): (l, r) for l, r in pairs}
+        futures = {pool.submit(run_pair, left, right, args.trials, trial_timeout=args.trial_timeout,
+                               background=args.background or None, tcp=tcp, shape=shape): (left, right, tcp, shape)
+                   for left, right, tcp, shape in runs}
         for fut in concurrent.futures.as_completed(futures):
-            l, r = futures[fut]
+            left, right, tcp, shape = futures[fut]
             try:
-                row = summarise(l, r, fut.result())
-            except Exception as exc:  # one broken pair must not lose the others' numbers
-                row = {"left": l, "right": r, "expect": (tcp_expectation if TCP else expectation)(l, r), "trials": 0, "connected": 0,
-                       "success": 0.0, "strategies": [], "median_s": None, "p95_s": None, "odds": None,
-                       "predictions": 0, "prediction_hits": 0, "median_rank": None, "failures": [repr(exc)]}
+                row = {**summarise(fut.result(), tcp=tcp), "tcp": tcp}
+            except Exception as exc:  # one broken case must not lose the others' numbers
+                row = _row_for_error(left, right, shape, tcp, exc)
             table.append(row)
-            print(f"[{len(table)}/{len(pairs)} {time.monotonic() - t0:.0f}s] {l} -> {r}: "
-                  f"{row['connected']}/{row['trials']} {row['strategies']} median {row['median_s']}",
+            print(f"[{len(table)}/{len(runs)} {time.monotonic() - t0:.0f}s] {'TCP' if tcp else 'UDP'} {left} -> "
+                  f"{right} @{shape}: {row['connected']}/{row['trials']} {row['strategies']} median {row['median_s']}",
                   file=sys.stderr, flush=True)
-    order = {pair: i for i, pair in enumerate(pairs)}
-    table.sort(key=lambda t: order[(t["left"], t["right"])])
+    order = {run: i for i, run in enumerate(runs)}
+    table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"])])
     meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0)}
-    out = pathlib.Path(args.out)
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0),
+            "shapes": {name: _shape_words(info) for name, info in shape_info.items()}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "pairs": table}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cases": table}, indent=1))
     md = markdown(table, meta)
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0
+
+
+def _shape_words(info: dict) -> str:
+    link = info.get("link_a")
+    words = f"{info['routers_a']}+1+{info['routers_b']} routers between the NATs"
+    if link:
+        words += (f", each access link {link['delay_ms']:g} ms ±{link['jitter_ms']:g} ms ({link['distribution']}) "
+                  f"one way, {link['loss_percent']:g}% loss")
+    return words
 
 
 if __name__ == "__main__":

@@ -132,6 +132,40 @@ int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt
 /* Load generator: keep `inflight` bare Binding requests (fresh IDs) outstanding towards `server` for
  * duration_ms; out[0] = sent, out[1] = responses, out[2] = 20 ms stalls. */
 int nt_stun_load(int fd, const nt_addr *server, int inflight, int duration_ms, uint64_t *out);
+/* ---- csrc/wire.c: the NAT lab's delay line (frames between two interfaces, impaired) ---- */
+#define NT_WIRE_UNIFORM 0
+#define NT_WIRE_NORMAL 1
+#define NT_WIRE_MAX_LIMIT 262144
+/* One direction of the line. */
+typedef struct {
+    int64_t delay_ns;         /* fixed one-way delay */
+    int64_t jitter_ns;        /* UNIFORM: delay +- jitter; NORMAL: standard deviation (cut at 0) */
+    int64_t rate_bps;         /* 0: unlimited; else a frame takes (len + 24) * 8 / rate to cross */
+    int32_t distribution;     /* NT_WIRE_UNIFORM or NT_WIRE_NORMAL */
+    int32_t loss_ppm;         /* IPv4 frames dropped at random, per million */
+    int32_t reorder;          /* 0: frames leave in arrival order; 1: each at its own drawn time */
+    int32_t limit;            /* frames held at most (64..NT_WIRE_MAX_LIMIT); more are dropped */
+} nt_wire_dir;
+typedef struct {
+    int64_t received;         /* frames read from the ingress interface */
+    int64_t forwarded;        /* frames handed to the egress interface */
+    int64_t lost;             /* dropped by the configured loss */
+    int64_t overflow;         /* dropped because the line already held `limit` frames */
+    int64_t send_errors;      /* refused by the egress interface (last_errno) or malformed */
+    int64_t passed;           /* non-IPv4 frames (ARP) forwarded at once, unimpaired */
+    int64_t held_max;         /* most frames held at once */
+    int64_t late_max_ns;      /* worst lateness of a send against its due time */
+    int32_t last_errno;
+    int32_t pad;
+} nt_wire_stats;
+/* An AF_PACKET socket on interface `ifindex` for the delay line: virtio-net headers, its own frames
+ * ignored, qdisc bypassed, promiscuous, non-blocking; bufsize > 0 sets both socket buffers. Returns
+ * the fd or -errno. */
+int nt_wire_open(int ifindex, int bufsize);
+/* Forward frames fd_a -> fd_b as `ab` says and fd_b -> fd_a as `ba` says until stop_fd is readable
+ * (returns 0) or a socket fails (-errno). seed 0: seeded from the clock. Stats are updated live. */
+int nt_wire_run(int fd_a, int fd_b, const nt_wire_dir *ab, const nt_wire_dir *ba, uint64_t seed,
+                int stop_fd, nt_wire_stats *st_ab, nt_wire_stats *st_ba);
 /* NATTRAV_CDEF_END */
 
 #endif

@@ -61,16 +61,16 @@ def servers():
 
 
 def run_matrix_pair(left: str, right: str, trials: int, trial_timeout: float, report_path, *, tcp: bool = False,
-                    expect: str):
+                    expect: str, shape: str | None = None):
     """Run one matrix pair in the lab, append its rows to report_path (JSON lines) and return
     (results, connected results, one-line summary, seconds taken)."""
     import json
     import time
 
-    from nattrav.matrix import run_pair
+    from nattrav.lab.matrix import run_pair
 
     t0 = time.monotonic()
-    results = run_pair(left, right, trials, trial_timeout=trial_timeout, tcp=tcp)
+    results = run_pair(left, right, trials, trial_timeout=trial_timeout, tcp=tcp, shape=shape)
     elapsed = time.monotonic() - t0
     with open(report_path, "a") as f:
         for r in results:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nattrav.demo import run_demo
+from nattrav.lab.demo import run_demo
 from nattrav.lab.pytest_support import require_lab
 
 

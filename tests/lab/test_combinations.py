@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from nattrav.lab import LabError, NatSpec, effective
 from nattrav.lab.nftables import render
-from nattrav.lab.probe import measure, start_responder
-from nattrav.lab.pytest_support import lab_or_skip
+from nattrav.lab.spec import TcpSpec
+from nattrav.lab.probe import measure
+from nattrav.lab.pytest_support import running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -21,6 +22,14 @@ def _valid(**kw):
         return None
 
 
+tcp_specs = st.builds(
+    TcpSpec,
+    mapping=st.sampled_from(["EIM", "ADM", "APDM"]),
+    filtering=st.sampled_from(["EIF", "ADF", "APDF"]),
+    allocation=st.sampled_from(["preserve", "sequential", "random"]),
+    delta=st.integers(1, 1000),
+)
+
 specs = st.builds(
     lambda **kw: _valid(**kw),
     mapping=st.sampled_from(["EIM", "ADM", "APDM"]),
@@ -31,16 +40,19 @@ specs = st.builds(
     udp_timeout=st.integers(1, 3600),
     tcp_unsolicited=st.sampled_from(["drop", "rst"]),
     loss_percent=st.floats(0, 100, allow_nan=False),
+    tcp=st.none() | tcp_specs,
+    tcp_timeout=st.integers(1, 432_000),
+    public_ips=st.integers(1, 8),
+    pooling=st.sampled_from(["paired", "arbitrary"]),
+    max_flows=st.none() | st.integers(16, 262_144),
+    flows_per_host=st.none() | st.integers(16, 262_144),
 ).filter(lambda s: s is not None)
 
 
 @pytest.fixture(scope="module")
 def checker():
-    lab = lab_or_skip("none", "none")
-    try:
+    with running_lab("none", "none") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -49,8 +61,11 @@ def checker():
 @example(spec=NatSpec(loss_percent=100.0))
 @example(spec=NatSpec(loss_percent=0.001))
 @example(spec=NatSpec("ADM", "ADF", "sequential", delta=1000, udp_timeout=3600))
+@example(spec=NatSpec("ADM", "ADF", "random", public_ips=8, pooling="arbitrary", hairpin=True,
+                      tcp=TcpSpec("APDM", "APDF", "sequential", 7), max_flows=16, flows_per_host=16))
 def test_every_valid_spec_renders_to_a_ruleset_nft_accepts(checker, spec):
-    text = render(spec, wan_ip="203.0.113.10", lan_net="10.0.1.0/24")
+    pool = [f"203.0.113.{10 + k}" for k in range(spec.public_ips)]
+    text = render(spec, wan_ip=pool[0], lan_net="10.0.1.0/24", wan_ips=pool)
     cp = checker.run("router", ["nft", "-c", "-f", "-"], input=text)
     assert cp.returncode == 0, cp.stderr
 
@@ -68,12 +83,8 @@ PAIRS = [("eim-seq3-eif", "eim-random-adf"), ("adm-random-apdf", "apdm-seq2-hair
 @pytest.fixture(scope="module", params=PAIRS, ids=["-vs-".join(p) for p in PAIRS])
 def combo_lab(request):
     left, right = request.param
-    lab = lab_or_skip(COMBOS[left], COMBOS[right], hosts_per_nat=2)
-    try:
-        start_responder(lab)
+    with running_lab(COMBOS[left], COMBOS[right], hosts_per_nat=2, responder=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.mark.parametrize("side", ["a", "b"])

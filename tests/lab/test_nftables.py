@@ -83,6 +83,7 @@ def test_timeouts_reach_sets_and_conntrack():
     assert sysctls(s) == {
         "net/netfilter/nf_conntrack_udp_timeout": "7",
         "net/netfilter/nf_conntrack_udp_timeout_stream": "7",
+        "net/netfilter/nf_conntrack_tcp_timeout_established": "7440",
     }
 
 

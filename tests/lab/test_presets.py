@@ -174,7 +174,7 @@ def test_low_ttl_leaves_own_nat_but_never_reaches_the_peer_nat(labs, pair, side)
     before = lab.counter(peer_nat, "wan_in_udp")
     port = lab.call(side, send_ttl, dst, ttl, 5)
     # the mapping exists on every NAT layer of the sender ...
-    for nat in [n for n in (f"nat_{side}", f"cgn_{side}") if n in lab.plan.nodes]:
+    for nat in [n for n in (f"nat_{side}", f"cgn_{side}") if n in lab.topology.nodes]:
         remotes = [mp.remote for mp in lab.mappings(nat, "udp")]
         assert dst in remotes, (nat, remotes)
     inner = [mp for mp in lab.mappings(f"nat_{side}", "udp") if mp.inside == (lab.ip(side), port)]

@@ -81,9 +81,10 @@ def test_contradictions_raise_one_line_with_a_fix(kw, words):
     assert "\n" not in str(ei.value)
 
 
-def test_three_layers_are_refused():
-    inner = NatSpec(outer=NatSpec(outer=NatSpec()))
-    with pytest.raises(LabError, match="at most two NAT layers"):
+def test_four_layers_are_refused():
+    assert NatSpec(outer=NatSpec(outer=NatSpec())).validate().layers == 3
+    inner = NatSpec(outer=NatSpec(outer=NatSpec(outer=NatSpec())))
+    with pytest.raises(LabError, match="at most 3 NAT layers"):
         inner.validate()
 
 

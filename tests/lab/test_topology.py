@@ -1,13 +1,13 @@
-"""The wiring plan is pure: addresses, names and hop counts without root."""
+"""The wiring (Topology) is pure: addresses, names and hop counts without root."""
 
 import pytest
 
 from nattrav.lab import PRESETS, Lab, LabError, parse_conntrack
-from nattrav.lab.topology import build_plan, nat_chain
+from nattrav.lab.topology import build_topology, nat_chain
 
 
 def test_two_nat_plan_addresses():
-    p = build_plan(PRESETS["symmetric-seq"], PRESETS["port-restricted"], hosts_per_nat=2)
+    p = build_topology(PRESETS["symmetric-seq"], PRESETS["port-restricted"], hosts_per_nat=2)
     n = p.nodes
     assert (n["a"].ip, n["a2"].ip, n["b"].ip, n["b2"].ip) == ("10.0.1.2", "10.0.1.3", "10.0.2.2", "10.0.2.3")
     assert (n["nat_a"].wan_ip, n["nat_b"].wan_ip) == ("203.0.113.10", "203.0.113.20")
@@ -17,13 +17,13 @@ def test_two_nat_plan_addresses():
     assert {"router", "server", "nat_a", "nat_b"} <= set(n)
     for link in p.links:
         assert len(link.a_if) <= 15 and len(link.b_if) <= 15
-    # every address the plan hands out is in a documentation range or 10/8
+    # every address the topology hands out is in a documentation range or 10/8
     for a in p.addrs:
-        assert a.address.startswith(("10.", "192.0.2.", "198.51.100.", "203.0.113."))
+        assert a.address.startswith(("10.", "100.64.", "192.0.2.", "198.51.100.", "203.0.113."))
 
 
 def test_public_host_and_second_server():
-    p = build_plan(None, PRESETS["full-cone"], second_server=True)
+    p = build_topology(None, PRESETS["full-cone"], second_server=True)
     assert p.nodes["a"].ip == "203.0.113.10" and p.nodes["a"].wan_ip == "203.0.113.10"
     assert "nat_a" not in p.nodes
     assert p.nodes["server2"].ips == ["198.51.100.3"]
@@ -31,10 +31,10 @@ def test_public_host_and_second_server():
 
 
 def test_cgnat_has_two_layers_and_public_ip_on_the_outer():
-    p = build_plan(PRESETS["cgnat"], None)
+    p = build_topology(PRESETS["cgnat"], None)
     assert nat_chain(p, "a") == ["nat_a", "cgn_a"]
     assert p.nodes["cgn_a"].wan_ip == "203.0.113.10"
-    assert p.nodes["nat_a"].wan_ip == "10.64.1.2"
+    assert p.nodes["nat_a"].wan_ip == "100.64.1.2"  # RFC 6598 shared address space between the layers
     assert p.nodes["a"].wan_ip == "203.0.113.10"
     assert p.nodes["cgn_a"].spec is PRESETS["cgnat"].outer
 
@@ -49,7 +49,7 @@ def test_low_ttl_counts_nat_layers():
 
 def test_background_host_and_bad_arguments():
     lab = Lab("symmetric-seq", "port-restricted", background={"a": 50})
-    assert "bg_a" in lab.plan.nodes and "bg_b" not in lab.plan.nodes
+    assert "bg_a" in lab.topology.nodes and "bg_b" not in lab.topology.nodes
     with pytest.raises(LabError, match="needs a NAT"):
         Lab("none", "none", background=10)
     with pytest.raises(LabError, match="hosts_per_nat"):

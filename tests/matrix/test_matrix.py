@@ -14,11 +14,23 @@ import pytest
 
 from nattrav.lab.pytest_support import require_lab
 from tests.conftest import run_matrix_pair
-from nattrav.matrix import MATRIX_PRESETS, expectation
+from nattrav.lab.matrix import MATRIX_PRESETS, expectation
 
 TRIALS = int(os.environ.get("NATTRAV_MATRIX_TRIALS", "3"))
 TRIAL_TIMEOUT = 15.0
-PAIRS = list(itertools.product(MATRIX_PRESETS, repeat=2))
+# Trials get only what a user would type, so no TTL computed from the lab's topology any more. The
+# product's default TTL (2) dies at a carrier-grade NAT's second layer before it opens anything there;
+# these pairs (each 0/3 since, deterministic: the role decides who opens first) wait for the TTL the
+# product will measure itself. strict: the day they connect, CI says so and the mark comes off.
+NEEDS_MEASURED_TTL = {
+    ("cgnat", "restricted-cone"), ("cgnat", "port-restricted"), ("cgnat", "symmetric-seq"),
+    ("cgnat", "symmetric-seq-7"), ("cgnat", "cgnat"), ("symmetric-seq", "cgnat"), ("symmetric-seq-7", "cgnat"),
+}
+PAIRS = [
+    pytest.param(left, right, id=f"{left}->{right}", marks=[pytest.mark.xfail(
+        strict=True, reason="needs measured TTL (issue 13)")] if (left, right) in NEEDS_MEASURED_TTL else [])
+    for left, right in itertools.product(MATRIX_PRESETS, repeat=2)
+]
 REPORT = pathlib.Path(os.environ.get("NATTRAV_MATRIX_REPORT", "/tmp/nattrav-matrix-udp.jsonl"))
 
 # words the failure message must use for each side's NAT (RFC 4787 vocabulary)
@@ -26,7 +38,7 @@ BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize(("left", "right"), PAIRS, ids=[f"{l}->{r}" for l, r in PAIRS])
+@pytest.mark.parametrize(("left", "right"), PAIRS)
 def test_pair(left, right):
     require_lab()
     expect = expectation(left, right)

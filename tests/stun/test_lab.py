@@ -50,8 +50,9 @@ def test_probe_reports_the_configured_nat(make_lab, preset, layout):
     assert got["other_address"] == [other_ip, 3479]
     assert got["discarded"].get("wrong_source", 0) == 0
     if want["nat"]:
-        # the outermost NAT's WAN address (the only one on the router's 203.0.113.0/24)
-        wans = [lab.wan_ip(n) for n in lab.nats("a")]
+        # the outermost NAT's WAN address (the only one on the router's 203.0.113.0/24), or any of
+        # its pool's for a NAT with several
+        wans = [ip for n in lab.nats("a") for ip in lab.wan_ips(n)]
         assert got["public_ip"] in wans and got["public_ip"].startswith("203.0.113.")
     # the predictor's input: one socket, S1 then S2 (and more), Δ apart for a sequential APDM
     ports = [s["port"] for s in got["one_socket"]]

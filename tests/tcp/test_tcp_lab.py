@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from nattrav.lab.pytest_support import lab_fixture
-from nattrav.matrix import SERVER_PORT, _wait_tcp
+from nattrav.lab.matrix import SERVER_PORT, _wait_tcp
 
 BULK = 5 * 1024 * 1024
 SEED = 8
@@ -106,7 +106,7 @@ def test_simultaneous_open_between_nats_that_reset_unsolicited_syns():
     """NATs answering an early SYN with a RST (instead of dropping it) are what the low-TTL SYN is
     for: the peer's NAT must see nothing from us before its own host's SYN went out."""
     from nattrav.lab import NatSpec
-    from nattrav.matrix import run_pair
+    from nattrav.lab.matrix import run_pair
 
     rst = NatSpec("APDM", "APDF", "sequential", delta=3, hairpin=False, tcp_unsolicited="rst", name="seq-rst")
     cone = NatSpec("EIM", "APDF", "preserve", tcp_unsolicited="rst", name="cone-rst")
@@ -122,7 +122,7 @@ def test_birthday_between_a_random_nat_and_a_cone_that_both_reset_unsolicited_sy
     random side's thousand SYNs must die before the cone's NAT (a RST would close those very flows),
     and the cone side's hundreds of wrong guesses come back as RSTs it shrugs off."""
     from nattrav.lab import NatSpec
-    from nattrav.matrix import run_pair
+    from nattrav.lab.matrix import run_pair
 
     rnd = NatSpec("APDM", "APDF", "random", hairpin=False, tcp_unsolicited="rst", name="random-rst")
     cone = NatSpec("EIM", "APDF", "preserve", tcp_unsolicited="rst", name="cone-rst")
@@ -139,7 +139,7 @@ def test_an_address_dependent_nat_opens_its_filter_to_a_random_nat():
     NAT: no SYN can be aimed at the random side, but the ADM side's one low-TTL SYN to its address
     opens the filter for every port of it, and the random side's connect() to the ADM side's
     predicted window is accepted."""
-    from nattrav.matrix import run_pair
+    from nattrav.lab.matrix import run_pair
 
     for left, right in (("adm", "symmetric-random"), ("symmetric-random", "adm")):
         results = run_pair(left, right, 2, trial_timeout=15, tcp=True)

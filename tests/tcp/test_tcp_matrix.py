@@ -20,7 +20,7 @@ import pytest
 
 from nattrav.lab.pytest_support import require_lab
 from tests.conftest import run_matrix_pair
-from nattrav.matrix import MATRIX_PRESETS, tcp_expectation
+from nattrav.lab.matrix import MATRIX_PRESETS, tcp_expectation
 
 TRIALS = int(os.environ.get("NATTRAV_TCP_MATRIX_TRIALS", "3"))
 TRIAL_TIMEOUT = 15.0

@@ -8,7 +8,9 @@ See docs/lab.md.
 """
 
 from .errors import LabError
-from .lab import Lab, Mapping, parse_conntrack, preflight
+from .inspection import Mapping, parse_conntrack
+from .lab import Lab
+from .tools import preflight
 from .registry import sweep
 from .spec import PRESETS, NatSpec, effective, resolve
 

@@ -1,8 +1,10 @@
 """nattrav-lab: bring NAT labs up and down, run commands inside them, measure a preset.
 
-    nattrav-lab up --left symmetric-seq --right port-restricted [--json]
+    nattrav-lab up --left symmetric-seq --right port-restricted [--shape wan50] [--json]
+    nattrav-lab up --left 'port-restricted+cgn-random' --right 'symmetric-seq,public_ips=4' 
     nattrav-lab exec a -- python3 -c 'print(1)'
     nattrav-lab probe symmetric-seq-7 [--json]
+    nattrav-lab path wan50 [--json]          # measure a shape: RTT, loss, who answers an expiring packet
     nattrav-lab list [--presets] [--json]
     nattrav-lab down [ID | --all]
     nattrav-lab sweep [--json]
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
 from . import netns, registry
 from .errors import LabError
-from .lab import Lab, preflight
+from .lab import Lab
+from .tools import preflight
+from .shape import SHAPES
 from .spec import PRESETS, effective, resolve
 
 EXIT_USAGE = 2
@@ -45,7 +50,7 @@ def cmd_up(a) -> int:
     if a.background:
         background = {side: a.background for side, p in (("a", a.left), ("b", a.right)) if p != "none"}
     lab = Lab(a.left, a.right, hosts_per_nat=a.hosts_per_nat, background=background,
-              second_server=a.second_server)
+              second_server=a.second_server, shape=a.shape)
     lab.up()
     lab.detach()
     info = lab.describe()
@@ -115,18 +120,26 @@ def cmd_list(a) -> int:
             "namespaces": registry.namespaces_of(lab_id),
         })
     presets = {name: (None if s is None else s.describe()) for name, s in PRESETS.items()}
+    shapes = {name: s.describe() for name, s in SHAPES.items()}
     if a.json:
-        _print_json({"labs": labs, "presets": presets} if a.presets else {"labs": labs})
+        _print_json({"labs": labs, "presets": presets, "shapes": shapes} if a.presets else {"labs": labs})
         return 0
     if a.presets:
-        print(f"{'preset':18} {'mapping':7} {'filter':6} {'allocation':10} {'delta':5} hairpin layers")
+        print(f"{'preset':20} {'mapping':7} {'filter':6} {'allocation':10} {'delta':5} hairpin layers")
         for name, s in PRESETS.items():
             if s is None:
-                print(f"{name:18} public host (no NAT)")
+                print(f"{name:20} public host (no NAT)")
             else:
-                print(f"{name:18} {s.mapping:7} {s.filtering:6} {s.allocation:10} {s.delta:<5} "
-                      f"{str(s.hairpin):7} {s.layers}")
-        print("symmetric-seq-N    any delta N in 1..1000")
+                print(f"{name:20} {s.mapping:7} {s.filtering:6} {s.allocation:10} {s.delta:<5} "
+                      f"{str(s.hairpin):7} {s.layers}  {_extras(s)}".rstrip())
+        print("symmetric-seq-N      any delta N in 1..1000")
+        print("layers: INNER+OUTER[+OUTER] (e.g. port-restricted+cgn-random); changes: NAME,field=value,...")
+        print(f"\n{'shape':10} routers a/b  access links")
+        for name, sh in SHAPES.items():
+            link = sh.link("a")
+            desc = "-" if link is None else (f"{link.delay_ms:g} ms ±{link.jitter_ms:g} ({link.distribution}), "
+                                             f"{link.loss_percent:g}% loss" + (f", {link.rate_mbit:g} Mbit/s" if link.rate_mbit else ""))
+            print(f"{name:10} {sh.routers_a}/{sh.routers_b:<9} {desc}" + ("  switched LAN" if sh.lan == "switched" else ""))
     if not labs:
         print("no labs")
     for lab in labs:
@@ -137,6 +150,20 @@ def cmd_list(a) -> int:
     if others and not a.json:
         print(f"(other nt-* namespaces, not made by nattrav-lab: {len(others)})")
     return 0
+
+
+def _extras(s) -> str:
+    """What a preset adds beyond the RFC 4787 triple, in a few words."""
+    out = []
+    if s.tcp is not None:
+        out.append(f"TCP {s.tcp.mapping}/{s.tcp.filtering}/{s.tcp.allocation}")
+    if s.public_ips > 1:
+        out.append(f"{s.public_ips} addresses {s.pooling}")
+    if s.max_flows:
+        out.append(f"{s.max_flows} flows")
+    if s.flows_per_host:
+        out.append(f"{s.flows_per_host} flows/host")
+    return ", ".join(out)
 
 
 _ROWS = ("mapping", "filtering", "allocation", "delta", "hairpin", "tcp_unsolicited", "loss_percent", "udp_timeout")
@@ -181,16 +208,56 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def cmd_path(a) -> int:
+    """Bring a shape up (host a behind a port-restricted NAT, b public), measure it from a, compare."""
+    from .probe import loss_run, start_responder
+    from .probe_path import rtt_run, rtt_summary, trace_run
+    from .shape import resolve_shape
+    from .topology import expected_trace
+
+    shape = resolve_shape(a.shape)
+    with Lab("port-restricted", "none", shape=shape) as lab:
+        start_responder(lab)
+        s1 = (lab.S1, 7000)
+        # spaced wider than any jitter range, so in-order delivery never holds a reply back
+        want_trace = expected_trace(lab.topology, "a", "b")
+        trace = lab.call("a", trace_run, (lab.wan_ip("b"), 33434), len(want_trace), 2.0, timeout=600)
+        rtt = rtt_summary(lab.call("a", rtt_run, s1, a.pings, a.gap, timeout=600))
+        # last: a rate-limited link may still be draining this burst for a while
+        loss = lab.call("a", loss_run, s1, a.loss_count, timeout=600)
+    link = shape.link("a")
+    base = (link.delay_ms if link else 0.0)
+    lost = None if loss["received"] is None else 100.0 * (1 - loss["received"] / loss["sent"])
+    out = {"shape": shape.describe(), "rtt": rtt, "one_way_loss_percent": lost, "loss_sent": loss["sent"],
+           "trace": trace, "trace_expected": want_trace,
+           "expected": {"rtt_ms": 2 * base, "loss_percent": link.loss_percent if link else 0.0}}
+    if a.json:
+        _print_json(out)
+        return 0
+    print(f"shape {shape.name}: host a behind a port-restricted NAT, measured towards S1 and host b")
+    print(f"  {'':22} {'configured':>12} {'measured':>12}")
+    print(f"  {'RTT mean (ms)':22} {2 * base:12.2f} {rtt['mean_ms']:12.2f}   ({a.pings} echoes, min "
+          f"{rtt['min_ms']:.2f}, max {rtt['max_ms']:.2f}, IQR {rtt['iqr_ms']:.2f})")
+    print(f"  {'one-way loss (%)':22} {out['expected']['loss_percent']:12.3f} "
+          f"{'n/a' if lost is None else f'{lost:12.3f}'}   ({loss['sent']} datagrams)")
+    ok = trace == want_trace
+    print(f"  time-exceeded from    {len(want_trace)} hops, {'all answered' if ok else 'MISMATCH'}: "
+          f"{' '.join(x or '*' for x in trace)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nattrav-lab", description="NAT lab: RFC 4787 NATs in network namespaces")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", help="bring a lab up and leave it running")
-    p.add_argument("--left", default="symmetric-seq", help="preset for host a's NAT (default symmetric-seq)")
+    p.add_argument("--left", default="symmetric-seq",
+                   help="NAT for host a (default symmetric-seq): a preset, PRESET,field=value, or INNER+OUTER layers")
     p.add_argument("--right", default="port-restricted", help="preset for host b's NAT (default port-restricted)")
     p.add_argument("--hosts-per-nat", type=int, default=1)
     p.add_argument("--background", type=float, default=0.0, help="ports/s consumed by a helper host per NAT")
     p.add_argument("--second-server", action="store_true")
+    p.add_argument("--shape", default="flat", help="routers, impaired links, LAN kind (list --presets shows them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_up)
 
@@ -207,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-count", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("path", help="bring a shape up and measure its delay, loss and hops against it")
+    p.add_argument("shape", help="a shape name (list --presets shows them)")
+    p.add_argument("--pings", type=int, default=200)
+    p.add_argument("--gap", type=float, default=0.025, help="seconds between echoes (default 0.025)")
+    p.add_argument("--loss-count", type=int, default=100_000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_path)
 
     p = sub.add_parser("down", help="remove a lab started with `up`")
     p.add_argument("id", nargs="?")
@@ -239,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nattrav-lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nattrav-lab list | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 PORTS = (7000, 7001)
+TCP_PORTS = (7100, 7101)  # the responder's TCP side (probe_nat.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,11 +143,14 @@ def send_ttl(dst: tuple[str, int], ttl: int | None, count: int) -> int:
         return s.getsockname()[1]
 
 
-def tcp_unsolicited_run(dst: tuple[str, int], timeout: float = 1.0) -> str:
-    """Connect to a public address with no mapping: 'rst' (refused), 'drop' (silence) or 'open'."""
+def tcp_dial(dst: tuple[str, int], src: tuple[str, int] | None = None, timeout: float = 1.0) -> str:
+    """Connect to dst (from src, if given): "open", "rst" (refused), "drop" (silence) or "error:N"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
+            if src is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(tuple(src))
             s.connect(tuple(dst))
         except ConnectionRefusedError:
             return "rst"
@@ -155,6 +159,11 @@ def tcp_unsolicited_run(dst: tuple[str, int], timeout: float = 1.0) -> str:
         except OSError as exc:
             return f"error:{exc.errno}"
         return "open"
+
+
+def tcp_unsolicited_run(dst: tuple[str, int], timeout: float = 1.0) -> str:
+    """Connect to a public address with no mapping: 'rst' (refused), 'drop' (silence) or 'open'."""
+    return tcp_dial(dst, None, timeout)
 
 
 def hairpin_send(dst: tuple[str, int], count: int = 3) -> int:
@@ -195,11 +204,12 @@ def start_responder(lab, ports: tuple[int, ...] = PORTS, timeout: float = 5.0) -
     """Start responder.py on the server namespace (both public IPs x ports); return its endpoints."""
     if getattr(lab, "_responder", None):
         return lab._responder
-    ips = list(lab.plan.nodes["server"].ips)
+    ips = list(lab.topology.nodes["server"].ips)
     endpoints = [(ip, p) for ip in ips for p in ports]
+    tcp = [f"--tcp={ip}:{p}" for ip in ips for p in TCP_PORTS]
     proc = lab.popen(
         "server",
-        [sys.executable, "-m", "nattrav.lab.responder", *[f"{ip}:{p}" for ip, p in endpoints]],
+        [sys.executable, "-m", "nattrav.lab.responder", *[f"{ip}:{p}" for ip, p in endpoints], *tcp],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
     )
     line = _readline(proc.stdout, timeout)
@@ -323,9 +333,9 @@ def measure(
 def measure_hairpin(lab, host: str, wait: float = 1.0) -> tuple[bool | None, list | None]:
     """host sends to the public endpoint of a second host behind the same NAT: does it arrive, and
     from which source? (None, None) when the lab has no second host there."""
-    side = lab.plan.nodes[host].side
+    side = lab.topology.nodes[host].side
     peer = next(
-        (n.name for n in lab.plan.hosts() if n.side == side and n.name != host and not n.name.startswith("bg_")),
+        (n.name for n in lab.topology.hosts() if n.side == side and n.name != host and not n.name.startswith("bg_")),
         None,
     )
     if peer is None:

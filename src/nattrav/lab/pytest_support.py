@@ -14,14 +14,16 @@ that silently skipped every lab test would prove nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from . import netns
 from .errors import LabError
-from .lab import Lab, preflight
+from .lab import Lab
+from .tools import preflight
 from .registry import PREFIX, sweep
 
 
@@ -44,6 +46,21 @@ def lab_or_skip(*args: Any, **kwargs: Any) -> Lab:
     """An up Lab, or skip/fail as require_lab() does. The caller owns down()."""
     require_lab()
     return Lab(*args, **kwargs).up()
+
+
+@contextlib.contextmanager
+def running_lab(*args: Any, responder: bool = False, **kwargs: Any) -> Iterator[Lab]:
+    """`with running_lab(...) as lab:` an up Lab (skip/fail as require_lab() does), with the probes'
+    responder on the server when `responder`, and down() however the block ends."""
+    lab = lab_or_skip(*args, **kwargs)
+    try:
+        if responder:
+            from .probe import start_responder
+
+            start_responder(lab)
+        yield lab
+    finally:
+        lab.down()
 
 
 def lab_fixture(left="port-restricted", right="port-restricted", *, scope: str = "module", **kwargs: Any):

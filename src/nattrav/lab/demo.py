@@ -17,10 +17,12 @@ import threading
 import time
 from typing import Any
 
-from .events import describe
-from .lab import Lab, LabError
+from ..events import describe
+from .errors import LabError
+from .lab import Lab
+from .matrix import wait_tcp
 
-SERVER_PORT = 7000
+from .agent import SERVER_PORT  # noqa: E402  (one place for the lab server port)
 
 
 def _reader(stream: Any, sink: queue.Queue, tag: str) -> None:
@@ -42,31 +44,22 @@ def _show(tag: str, ev: dict[str, Any]) -> str | None:
     return None if line is None else f"[{tag}] {line}"
 
 
-def _wait_for_server(lab: Lab, deadline: float) -> None:
-    probe = (
-        "import socket,sys\n"
-        f"s=socket.create_connection(('{lab.S1}',{SERVER_PORT}),timeout=0.5)\n"
-    )
-    while time.monotonic() < deadline:
-        if lab.run("a", [sys.executable, "-c", probe], timeout=5).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError("the rendezvous server did not come up")
-
-
-def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bool = False) -> bool:
-    """Run the demo (over TCP with `tcp`); True when both peers received each other's line."""
+def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bool = False,
+             shape: str | None = None) -> bool:
+    """Run the demo (over TCP with `tcp`, over a lab shape such as "wan50"); True when both peers
+    received each other's line."""
     proto = "TCP" if tcp else "UDP"
-    out(f"nattrav demo ({proto}): peer a behind a '{left}' NAT, peer b behind a '{right}' NAT")
+    out(f"nattrav demo ({proto}): peer a behind a '{left}' NAT, peer b behind a '{right}' NAT"
+        + (f", shape '{shape}'" if shape else ""))
     t0 = time.monotonic()
-    with Lab(left=left, right=right) as lab:
+    with Lab(left=left, right=right, shape=shape) as lab:
         out(f"lab up in {time.monotonic() - t0:.2f} s: a={lab.ip('a')} behind {lab.wan_ip('a')}, "
             f"b={lab.ip('b')} behind {lab.wan_ip('b')}, servers {lab.S1} and {lab.S2}")
         py = sys.executable
         lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_server(lab, time.monotonic() + 10)
+        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
         out(f"servers up: rendezvous {lab.S1}:{SERVER_PORT}, STUN {lab.S1}:3478 + {lab.S2}:3479")
         fast = [py, "-m", "nattrav.fast_cli", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
                 "--timeout", str(timeout), "--linger", "2"] + (["--tcp"] if tcp else [])
@@ -129,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--right", default="symmetric-seq", help="NAT preset in front of peer b")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--tcp", action="store_true", help="connect over TCP (nattrav-fast --tcp)")
+    p.add_argument("--shape", help="lab shape: delay, loss and routers between the NATs (e.g. wan50; "
+                   "`nattrav-lab list --presets` lists them)")
     args = p.parse_args(argv)
     try:
-        return 0 if run_demo(args.left, args.right, args.timeout, tcp=args.tcp) else 1
+        return 0 if run_demo(args.left, args.right, args.timeout, tcp=args.tcp, shape=args.shape) else 1
     except LabError as exc:
         print(f"nattrav-demo: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,141 @@
+"""The matrix agent: one side of a connection trial, run inside a lab host by matrix.run_pair.
+
+It is given only what a user would type — the rendezvous server and a name — and uses the product's
+public API (nattrav.api) with its defaults: no TTL, no topology, nothing the lab knows. Behaviour
+discovery runs once per agent (the product's own discovery; the NAT's behaviour is fixed, its mappings
+are not and are sampled again every trial). One JSON line per trial on stdout.
+
+    python -m nattrav.lab.agent --role listen --server 198.51.100.1:7000 --name m1 --trials 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import trio
+
+SERVER_PORT = 7000
+
+
+def _emit(d: dict[str, Any]) -> None:
+    print(json.dumps(d, default=str), flush=True)
+
+
+async def run_agent(args: argparse.Namespace) -> None:
+    from .. import api
+    from ..api import ConnectError, discover_behavior, parse_endpoint
+    from ..io import rendezvous_client as rv
+
+    connect, listen = (api.connect_tcp, api.listen_tcp) if args.tcp else (api.connect, api.listen)
+
+    server = parse_endpoint(args.server, SERVER_PORT)
+    try:
+        behavior = await discover_behavior((server[0], 3478))
+        _emit({"event": "behavior", **{k: behavior.to_dict()[k] for k in
+                                       ("mapping", "filtering", "allocation", "delta", "classic")}})
+    except ConnectError as exc:
+        # what a user would meet too: every connect then runs its own discovery
+        behavior = None
+        _emit({"event": "behavior", "error": str(exc)})
+    for i in range(args.trials):
+        marks: dict[str, Any] = {}
+
+        def on_event(phase: str, d: dict[str, Any]) -> None:
+            if phase == "punch":
+                marks["start"] = trio.current_time() + d["start_in"]
+            elif phase == "plan":
+                marks["plan"] = d
+
+        row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False}
+        name = f"{args.name}-{i}"
+        try:
+            with trio.fail_after(args.trial_timeout):
+                if args.role == "listen":
+                    async with listen(server, name=name, behavior=behavior, on_event=on_event) as lst:
+                        _emit({"event": "ready", "trial": i})
+                        async with lst.accept() as path:
+                            path = LineStream(path) if args.tcp else path
+                            row.update(connected(path, marks))
+                            await path.send(b"ping %d" % i)
+                            row["echo"] = (await path.receive()).decode(errors="replace")
+                else:
+                    while True:
+                        try:
+                            async with connect(server, name, behavior=behavior, on_event=on_event,
+                                               timeout=args.trial_timeout) as path:
+                                path = LineStream(path) if args.tcp else path
+                                row.update(connected(path, marks))
+                                got = await path.receive()
+                                await path.send(got)
+                                row["echo"] = got.decode(errors="replace")
+                            break
+                        except rv.UnknownPeer:
+                            await trio.sleep(0.05)  # the listener has not enrolled this trial yet
+            row["ok"] = row.get("echo") == f"ping {i}"
+        except ConnectError as exc:
+            row["reason"] = str(exc)
+        except trio.TooSlowError:
+            row["reason"] = f"trial timed out after {args.trial_timeout:g} s"
+        except (rv.RendezvousError, OSError) as exc:
+            row["reason"] = f"{type(exc).__name__}: {exc}"
+        plan = marks.get("plan") or {}
+        row["strategy"] = row.get("strategy") or plan.get("strategy")
+        row["odds"] = plan.get("odds")
+        row.setdefault("plan_reason", plan.get("reason"))
+        _emit(row)
+        await trio.sleep(0.2)  # lets the peer read its close before the next trial
+
+
+class LineStream:
+    """The TCP matrix's view of a punched stream: the send()/receive() of a UDP path, one message a
+    line (a stream has no datagram boundaries)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self._buf = stream, b""
+        self.strategy, self.rtt, self.peer_addr = stream.strategy, stream.rtt, stream.peer_addr
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data + b"\n")
+
+    async def receive(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = await self.stream.receive_some(4096)
+            if not chunk:
+                raise OSError("the peer closed the TCP stream")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+
+def connected(path: Any, marks: dict[str, Any]) -> dict[str, Any]:
+    start = marks.get("start")
+    targets = (marks.get("plan") or {}).get("peer_targets") or []
+    return {
+        "strategy": path.strategy.value,
+        "rtt_ms": round(path.rtt * 1e3, 3),
+        "seconds": None if start is None else round(max(0.0, trio.current_time() - start), 4),
+        # ground truth: the port the peer's NAT really used for this flow, seen on the wire
+        "peer_port": path.peer_addr[1],
+        "predicted": bool(targets),
+        "prediction_hit": path.peer_addr[1] in targets if targets else None,
+        "prediction_rank": targets.index(path.peer_addr[1]) if path.peer_addr[1] in targets else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nattrav.lab.agent", description=__doc__.splitlines()[0])
+    p.add_argument("--role", choices=("listen", "connect"), required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--trial-timeout", type=float, default=20.0)
+    p.add_argument("--tcp", action="store_true", help="TCP traversal (connect_tcp/listen_tcp)")
+    trio.run(run_agent, p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

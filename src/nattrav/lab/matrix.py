@@ -1,0 +1,274 @@
+"""Connection trials over pairs of lab NATs: the matrix tests and bench/matrix.py share this.
+
+For one case — left NAT in front of host a, right NAT in front of host b (or both peers behind the
+left NAT: `same_nat`), over a Shape (delay, jitter, loss, routers) — a lab comes up with our servers;
+an agent (agent.py) in the listening host and one in the connecting host run `trials` trials, each a
+fresh punch socket and a fresh rendezvous session. The agents get only what a user would type: the
+server's address. The driver joins their JSON lines into TrialResult rows.
+
+Expectations come from the lab's descriptions (effective()), never from the planner; summarise() sets
+the planner's stated odds against the measured rate with a Wilson interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .agent import SERVER_PORT
+
+MATRIX_PRESETS = (
+    "none", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq", "symmetric-seq-7",
+    "symmetric-random", "cgnat",
+)
+SAME_NAT = "same-NAT"  # the right side of a case whose two peers share the left NAT
+
+
+def _kind(name: str, proto: str = "udp") -> str:
+    """open | cone | sequential | random, for what a peer behind `name` shows the outside world."""
+    from .spec import effective, resolve
+
+    e = effective(resolve(name), proto)
+    if e is None:
+        return "open"
+    if e["public_ips"] > 1 and e["pooling"] == "arbitrary" and e["mapping"] != "EIM":
+        return "random"  # a new address per flow: no port window can name it
+    if e["mapping"] == "EIM":
+        return "open" if e["filtering"] == "EIF" else "cone"
+    return "random" if e["allocation"] == "random" else "sequential"
+
+
+def expectation(left: str, right: str) -> str:
+    """UDP ground truth from the lab's descriptions: "feasible", "probabilistic" (random allocation
+    facing sequential allocation: a guess by nature) or "infeasible" (random allocation on both sides
+    with address-and-port-dependent behaviour). Peers behind one NAT can always reach each other
+    (the LAN, or the NAT's hairpin): feasible."""
+    if right == SAME_NAT:
+        return "feasible"
+    kinds = {_kind(left), _kind(right)}
+    if kinds == {"random"}:
+        return "infeasible"
+    if kinds == {"random", "sequential"}:
+        return "probabilistic"
+    return "feasible"
+
+
+def tcp_expectation(left: str, right: str) -> str:
+    """TCP ground truth from the lab's descriptions (TCP's own behaviour where a NAT has one): a SYN
+    can be aimed only at a mapping that can be predicted (EIM or sequential), unless the other side
+    takes unsolicited SYNs (no NAT, or EIM+EIF). A side that filters by address only (ADF) and
+    allocates predictably opens its filter to the peer's address, so then anything goes. A random
+    NAT facing a cone is met by the TCP birthday attack; facing a sequential NAT or another random one
+    it is "infeasible": each probe there can meet only flows aimed at its own new port, which takes
+    far more TCP connections than a flow table holds."""
+    from .spec import effective, resolve
+
+    if right == SAME_NAT:
+        return "feasible"
+
+    def address_open(name: str) -> bool:
+        e = effective(resolve(name), "tcp")
+        return _kind(name, "tcp") in ("cone", "sequential") and e["filtering"] in ("ADF", "EIF")
+
+    kinds = {_kind(left, "tcp"), _kind(right, "tcp")}
+    if ("open" in kinds or "random" not in kinds or kinds == {"random", "cone"}
+            or address_open(left) or address_open(right)):
+        return "feasible"
+    return "infeasible"
+
+
+@dataclass
+class TrialResult:
+    left: str
+    right: str
+    trial: int
+    ok: bool
+    strategy: str | None = None
+    seconds: float | None = None  # from the agreed start time to the authenticated path
+    rtt_ms: float | None = None
+    odds: float | None = None
+    reason: str | None = None
+    shape: str = "flat"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the driver: runs in the root namespace, owns the lab --------------------------------------
+
+
+def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
+    for line in iter(proc.stdout.readline, b""):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+
+
+def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
+             background: float | None = None, tcp: bool = False, shape: Any = None) -> list[TrialResult]:
+    """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
+    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2)."""
+    from .lab import Lab
+    from .spec import resolve
+
+    same = right == SAME_NAT
+    peers = {"connect": "a", "listen": "a2" if same else "b"}
+    # background traffic needs a NAT to consume ports on: a public host ("none") gets none
+    rates = {side: background for side, preset in (("a", left), ("b", "none" if same else right))
+             if background and resolve(preset) is not None}
+    with Lab(left=left, right="none" if same else right, background=rates or None, shape=shape,
+             hosts_per_nat=2 if same else 1) as lab:
+        shape_name = lab.shape.name
+        py = sys.executable
+        lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+                             "--stun", f"{lab.S1},{lab.S2}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+        name = f"m{time.monotonic_ns() % 10**9}"
+        # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
+        common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
+                  "--trials", str(trials), "--trial-timeout", str(trial_timeout)] + (["--tcp"] if tcp else [])
+        procs, rows = {}, {"a": [], "b": []}
+        threads = []
+        for role, key in (("listen", "b"), ("connect", "a")):
+            procs[key] = lab.popen(peers[role], [py, *common, "--role", role],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            t = threading.Thread(target=_collect, args=(procs[key], rows[key]), daemon=True)
+            t.start()
+            threads.append(t)
+        deadline = time.monotonic() + 30 + trials * (trial_timeout + 1)
+        errors = {}
+        for key, proc in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode:
+                errors[key] = proc.stderr.read().decode(errors="replace")[-2000:]
+        for t in threads:
+            t.join(timeout=2)
+    return _join(left, right, trials, rows, errors, shape_name)
+
+
+def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dict[str, str],
+          shape: str = "flat") -> list[TrialResult]:
+    by_trial = {node: {r["trial"]: r for r in rows[node] if r.get("event") == "trial"} for node in rows}
+    out = []
+    for i in range(trials):
+        a, b = by_trial["a"].get(i, {}), by_trial["b"].get(i, {})
+        ok = bool(a.get("ok") and b.get("ok"))
+        reason = a.get("reason") or b.get("reason")
+        if not a or not b:
+            missing = [n for n, r in (("a", a), ("b", b)) if not r]
+            # the crash behind a missing row matters more than the survivor's "timed out"
+            reason = f"agent(s) {missing} reported nothing: {errors}" + (f" ({reason})" if reason else "")
+        secs = [x for x in (a.get("seconds"), b.get("seconds")) if x is not None]
+        out.append(TrialResult(
+            left, right, i, ok, strategy=a.get("strategy") or b.get("strategy"),
+            seconds=max(secs) if ok and secs else None, rtt_ms=a.get("rtt_ms"), odds=a.get("odds"),
+            reason=None if ok else reason, shape=shape,
+            extra={"prediction_a": _prediction(a), "prediction_b": _prediction(b),
+                   "behavior_a": next((r for r in rows["a"] if r.get("event") == "behavior"), None),
+                   "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None)},
+        ))
+    return out
+
+
+def _prediction(row: dict[str, Any]) -> dict[str, Any] | None:
+    if not row.get("predicted"):
+        return None
+    return {"hit": row.get("prediction_hit"), "rank": row.get("prediction_rank"), "port": row.get("peer_port")}
+
+
+def wait_tcp(lab: Any, ip: str, port: int, deadline: float) -> None:
+    probe = f"import socket\nsocket.create_connection(('{ip}', {port}), timeout=1.0).close()\n"
+    while time.monotonic() < deadline:
+        if lab.run("a", [sys.executable, "-c", probe], timeout=5).returncode == 0:
+            return
+        time.sleep(0.1)
+    from .errors import LabError
+
+    raise LabError(f"the rendezvous server {ip}:{port} did not come up in the lab")
+
+
+_wait_tcp = wait_tcp  # the name older tests import
+
+
+# --- summaries ------------------------------------------------------------------------------------
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) for a success rate measured as successes/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
+    """Per case: success rate, time to connect (median, p95), strategies, and the planner's stated
+    odds against the measured rate with its Wilson interval."""
+    left, right = rows[0].left, rows[0].right
+    ok = [r for r in rows if r.ok]
+    secs = [r.seconds for r in ok if r.seconds is not None]
+    preds = [p for r in rows for p in (r.extra.get("prediction_a"), r.extra.get("prediction_b")) if p]
+    hits = [p for p in preds if p.get("hit")]
+    odds = [r.odds for r in rows if r.odds is not None]
+    lo, hi = wilson(len(ok), len(rows))
+    stated = statistics.median(odds) if odds else None
+    return {
+        "left": left, "right": right, "shape": rows[0].shape,
+        "expect": (tcp_expectation if tcp else expectation)(left, right),
+        "trials": len(rows), "connected": len(ok), "success": len(ok) / len(rows),
+        "wilson": [round(lo, 4), round(hi, 4)],
+        "odds": stated,
+        "odds_agree": None if stated is None else lo <= stated <= hi,
+        "strategies": sorted({r.strategy for r in rows if r.strategy}),
+        "median_s": statistics.median(secs) if secs else None, "p95_s": percentile(secs, 0.95),
+        "median_rtt_ms": statistics.median(rtts) if (rtts := [r.rtt_ms for r in ok if r.rtt_ms]) else None,
+        "predictions": len(preds), "prediction_hits": len(hits),
+        "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
+        "failures": sorted({(r.reason or "")[:200] for r in rows if not r.ok})[:3],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m nattrav.lab.matrix",
+                                description="run connection trials for one pair of lab NATs")
+    p.add_argument("left")
+    p.add_argument("right", help=f"a NAT, or {SAME_NAT} for two peers behind the left one")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--shape", default="flat")
+    p.add_argument("--tcp", action="store_true")
+    args = p.parse_args(argv)
+    rows = run_pair(args.left, args.right, args.trials, tcp=args.tcp, shape=args.shape)
+    for r in rows:
+        print(json.dumps(r.to_dict()))
+    print(json.dumps(summarise(rows, tcp=args.tcp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

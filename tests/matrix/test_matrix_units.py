@@ -1,0 +1,52 @@
+"""The matrix's pure parts: expectations from the lab's descriptions for the new axes, the Wilson
+interval, and the summary that sets the planner's odds against the measured rate. No root."""
+
+import pytest
+
+from nattrav.lab.matrix import SAME_NAT, TrialResult, _kind, expectation, summarise, tcp_expectation, wilson
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
+    lo, hi = wilson(10, 10)
+    assert lo == pytest.approx(0.7225, abs=1e-3) and hi == 1.0
+    lo, hi = wilson(45, 50)
+    assert lo == pytest.approx(0.7864, abs=1e-3) and hi == pytest.approx(0.9565, abs=1e-3)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_expectations_fold_layers_pools_and_protocols():
+    # layers: what the outermost behaviour says, whatever sits inside
+    assert expectation("port-restricted+cgn", "symmetric-seq") == "feasible"
+    assert expectation("port-restricted+cgn-random", "symmetric-random") == "infeasible"
+    assert expectation("symmetric-random+cgn-seq", "symmetric-random") == "probabilistic"
+    # an arbitrary pool on a symmetric NAT names a new address per flow: as unpredictable as random
+    assert expectation("symmetric-seq,public_ips=4,pooling=arbitrary", "symmetric-random") == "infeasible"
+    assert expectation("symmetric-seq,public_ips=4", "symmetric-random") == "probabilistic"
+    # peers behind one NAT can always meet
+    assert expectation("symmetric-random", SAME_NAT) == "feasible" == tcp_expectation("symmetric-random", SAME_NAT)
+    # TCP reads TCP's own behaviour: a UDP-only full cone is a port-restricted cone for TCP
+    assert _kind("udp-full-cone") == "open" and _kind("udp-full-cone", "tcp") == "cone"
+    assert tcp_expectation("udp-full-cone", "symmetric-random") == "feasible"  # the birthday, not direct
+    assert tcp_expectation("udp-restricted-cone", "symmetric-random") == "feasible"  # TCP APDF: birthday too
+    assert tcp_expectation("port-restricted,tcp_allocation=sequential,tcp_mapping=APDM", "symmetric-random") \
+        == "infeasible"
+    # the presets keep the expectations the recorded matrices used
+    assert expectation("symmetric-random", "symmetric-seq") == "probabilistic"
+    assert expectation("cgnat", "symmetric-random") == "feasible"
+
+
+def _row(ok, odds, seconds=None, shape="wan50"):
+    return TrialResult("port-restricted", "symmetric-seq", 0, ok, strategy="predicted", seconds=seconds, odds=odds, shape=shape,
+                       reason=None if ok else "no path")
+
+
+def test_summary_sets_stated_odds_against_the_measured_rate():
+    rows = [_row(True, 0.95, 0.2), _row(True, 0.95, 0.4), _row(False, 0.95)] + [_row(True, 0.95, 0.3)] * 7
+    s = summarise(rows)
+    assert s["shape"] == "wan50" and s["connected"] == 9 and s["trials"] == 10
+    assert s["median_s"] == 0.3 and s["p95_s"] == 0.4
+    assert s["wilson"][0] < 0.9 < s["wilson"][1] and s["odds_agree"] is True
+    bad = summarise([_row(False, 0.999)] * 10)
+    assert bad["odds_agree"] is False and bad["failures"] == ["no path"]
