@@ -118,16 +118,20 @@ def _offender(s: socket.socket, timeout: float) -> str | None:
         return None
 
 
-def burst_run(target: tuple[str, int], count: int, size: int) -> dict:
-    """`count` datagrams of `size` bytes as fast as the socket takes them, then the responder's count,
-    bytes and first/last arrival times for them (the rate a link lets through)."""
+def burst_run(target: tuple[str, int], count: int, size: int, pace_pps: float | None = None) -> dict:
+    """`count` datagrams of `size` bytes as fast as the socket takes them (or at `pace_pps`), then the
+    responder's count, bytes and first/last arrival times for them (the rate a link lets through)."""
     tag = os.urandom(6).hex()
     head = json.dumps({"op": "count", "tag": tag}).encode()
     payload = head + b" " * max(0, size - len(head))
     with _udp() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         t0 = time.monotonic()
-        for _ in range(count):
+        for i in range(count):
+            if pace_pps:
+                ahead = t0 + i / pace_pps - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             while True:
                 try:
                     s.sendto(payload, tuple(target))
