@@ -103,7 +103,8 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     """Enroll peers first..first+count-1 and keep them enrolled. mode "answer": they accept every
     offer (the targets); "connect": on "go" each asks peer i+count (its target, in another process)
     for a session, all at once, then paced; "hold": they only stay enrolled."""
-    from nattrav.io.rendezvous_client import RendezvousError, open_rendezvous
+    from nattrav.errors import RendezvousError
+    from nattrav.io.rendezvous_client import open_rendezvous
 
     addr = ("127.0.0.1", port)
     clients: dict[int, object] = {}

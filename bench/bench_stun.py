@@ -71,8 +71,9 @@ def start_ours(ip: str, alt: str, port: int, extra: list[str], src: str | None =
 def hostile_costs(repeat: int = 200) -> dict[str, float]:
     """Microseconds of CPU for one request on the Python path: parse, decide, encode (BadPacket
     counts as handled: that is what the server does with it)."""
+    from nattrav.errors import BadPacket
     from nattrav.io.stun_server import StunServerConfig, decide
-    from nattrav.proto.stun import BadPacket, binding_request, parse
+    from nattrav.proto.stun import binding_request, parse
 
     config = StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2")
     tid = os.urandom(12)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from nattrav import fast_cli
+from nattrav.cli import exits
 
 FAST = [sys.executable, "-m", "nattrav.fast_cli"]
 
@@ -43,7 +43,7 @@ def one_error_line(cp) -> str:
 )
 def test_bad_flags_exit_2_with_one_line(args, message):
     cp = run_fast(*args)
-    assert cp.returncode == fast_cli.EXIT_USAGE
+    assert cp.returncode == exits.EXIT_USAGE
     last = cp.stderr.decode().strip().splitlines()[-1]
     assert message in last and "Traceback" not in cp.stderr.decode()
 
@@ -65,14 +65,14 @@ def _closed_tcp_port() -> int:
 def test_unreachable_server_is_one_line_exit_3():
     port = _closed_tcp_port()
     cp = run_fast("-s", f"127.0.0.1:{port}", "-d", "someone")
-    assert cp.returncode == fast_cli.EXIT_SERVER
+    assert cp.returncode == exits.EXIT_SERVER
     line = one_error_line(cp)
     assert f"cannot reach rendezvous server 127.0.0.1:{port}" in line
 
 
 def test_unknown_peer_is_one_line_exit_4(servers):
     cp = run_fast("-s", servers["server_arg"], "-H", servers["stun_arg"], "-d", "no-such-peer")
-    assert cp.returncode == fast_cli.EXIT_PEER
+    assert cp.returncode == exits.EXIT_PEER
     assert "unknown" in one_error_line(cp).lower()
 
 
@@ -138,7 +138,7 @@ trio.run(main, *sys.argv[1:4])
 
 @pytest.mark.parametrize(
     "mode, code, words",
-    [("refuse", fast_cli.EXIT_PEER, "refused"), ("ignore", fast_cli.EXIT_TIMEOUT, "timeout")],
+    [("refuse", exits.EXIT_PEER, "refused"), ("ignore", exits.EXIT_TIMEOUT, "timeout")],
 )
 def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
     """A peer that refuses, or never answers the offer, ends the connect with one clear line."""

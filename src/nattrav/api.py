@@ -22,23 +22,27 @@ from typing import Any
 
 import trio
 
+from .errors import (
+    BadReport,
+    ConnectError,
+    PlanError,
+    StunErrorResponse,
+    StunTcpError,
+    StunTimeout,
+    WorkerError,
+)
 from .io import rendezvous_client as rv
-from .io.punch import PunchedPath, PunchFailed, punch
-from .io.stun_client import StunErrorResponse, StunTimeout, binding, discover
+from .io.punch import PunchedPath, punch
+from .io.stun_client import binding, discover
 from .proto.nat_behavior import NatBehavior
-from .proto.plan import Plan, PlanError, plan
-from .proto.predict import ReportError
-from .workers import WorkerError, open_coordinator
+from .proto.plan import Plan, plan
+from .workers import open_coordinator
 
 STUN_PORT = 3478
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 RENDEZVOUS_PORT = rv.DEFAULT_PORT
 
 EventHook = Callable[[str, dict[str, Any]], None]
-
-
-class ConnectError(Exception):
-    """A connection attempt failed for a reason a user can act on; str() is the one-line reason."""
 
 
 def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
@@ -187,7 +191,7 @@ async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: Event
     peer_report, peer_ip = _peer_report(session, "report", "NAT report")
     try:
         p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip)
-    except (ReportError, PlanError) as exc:
+    except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     _emit_address(emit, p.params, peer_ip)
     # the peer ports the first attempt aims at, so a caller can check the prediction against where
@@ -205,8 +209,6 @@ async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: Event
                 path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coord)
         else:
             path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
-    except PunchFailed as exc:
-        raise ConnectError(str(exc)) from None
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
@@ -246,7 +248,7 @@ class TcpEndpoint:
 async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
                       emit: EventHook) -> tuple[dict[str, Any], float]:
     """The TCP report, and the trio time its samples' "t" count from."""
-    from .io.stun_tcp import StunTcpError, tcp_mappings
+    from .io.stun_tcp import tcp_mappings
 
     s1, s2 = behavior.server, behavior.other_address
     assert s1 is not None
@@ -295,9 +297,8 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
 
 async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, timeout: float,
                      emit: EventHook) -> Any:
-    from .io.tcp_punch import TcpPunchFailed, tcp_punch
-    from .proto.tcp_plan import BadReport, agreed_window
-    from .proto.tcp_plan import plan as tcp_plan
+    from .io.tcp_punch import tcp_punch
+    from .proto.tcp_plan import agreed_window, plan as tcp_plan
 
     try:
         peer, peer_ip = _peer_report(session, "tcp", "TCP report (is it listening with TCP?)")
@@ -314,11 +315,7 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
                   # the peer ports we bet on (an address-open opener aims at an address, not a port)
                   "peer_targets": [] if p.accept else [t[1] for t in p.targets]})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
-    try:
-        stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or 2,
-                                 timeout=timeout)
-    except TcpPunchFailed as exc:
-        raise ConnectError(str(exc)) from None
+    stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or 2, timeout=timeout)
     emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
                        "strategy": stream.strategy.value, "via": stream.via})
     return stream
@@ -601,6 +598,6 @@ async def listen_tcp(
 
 
 __all__ = [
-    "AcceptPolicy", "ConnectError", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
+    "AcceptPolicy", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
     "parse_endpoint", "TcpEndpoint", "TcpListener", "connect_tcp", "listen_tcp", "open_tcp_endpoint",
 ]

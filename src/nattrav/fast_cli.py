@@ -16,17 +16,10 @@ from typing import Any
 import trio
 
 from . import __version__
-from .api import ConnectError, connect, connect_tcp, listen, listen_tcp, parse_endpoint
+from .api import connect, connect_tcp, listen, listen_tcp, parse_endpoint
+from .cli.exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 from .events import describe
 from .io import rendezvous_client as rv
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_SERVER = 3  # rendezvous server unreachable, gone, or protocol trouble
-EXIT_PEER = 4  # unknown peer, offline, refused
-EXIT_PUNCH = 5  # no path: the NAT pair is infeasible or the punch timed out
-EXIT_TIMEOUT = 6
-EXIT_INTERRUPTED = 130
 
 EPILOG = """\
 examples:
@@ -193,16 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     report = Reporter(args.json, args.verbose)
     try:
         return trio.run(run, args, report)
-    except KeyboardInterrupt:
-        return _fail(EXIT_INTERRUPTED, "interrupted", args.json)
-    except (rv.UnknownPeer, rv.PeerOffline, rv.Refused, rv.OfferGone, rv.NameTaken) as exc:
-        return _fail(EXIT_PEER, str(exc), args.json)
-    except (rv.RendezvousTimeout, trio.TooSlowError) as exc:
-        return _fail(EXIT_TIMEOUT, str(exc) or f"timeout: gave up after {args.timeout:g} s (see --timeout)", args.json)
-    except rv.RendezvousError as exc:
-        return _fail(EXIT_SERVER, str(exc), args.json)
-    except ConnectError as exc:
-        return _fail(EXIT_PUNCH, str(exc), args.json)
+    except HANDLED as exc:
+        code = exit_code(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        elif code == EXIT_TIMEOUT:
+            message = str(exc) or f"timeout: gave up after {args.timeout:g} s (see --timeout)"
+        else:
+            message = str(exc) or type(exc).__name__
+        return _fail(code, message, args.json)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 
 import trio
 
+from .errors import UsageError
 from .io.gc_policy import keep_collections_short
 from .io.logsink import LogSink
 from .io.rendezvous_server import serve_rendezvous
@@ -41,10 +42,6 @@ The rendezvous server only exchanges node information (public endpoints, NAT beh
 addresses) and session keys between peers; it never relays payload.
 exit codes: 0 stopped by a signal, 1 could not serve (port in use, address not on this host), 2 bad flags
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 def parse_hostport(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:

@@ -13,6 +13,7 @@ import sys
 
 import trio
 
+from .errors import UsageError
 from .io.stun_server import (
     DEFAULT_ALT_PORT,
     DEFAULT_CONTROL_PORT,
@@ -30,10 +31,6 @@ SECRET_ON_ARGV = (
     "--secret on the command line is readable by every local user (ps, /proc/PID/cmdline); put the "
     f"key in a file and pass --secret-file FILE, or set {SECRET_ENV}"
 )
-
-
-class UsageError(Exception):
-    """A mistake on the command line: one line on stderr, exit 2."""
 
 
 def parse_size(text: str) -> int:

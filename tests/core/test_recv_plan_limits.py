@@ -107,8 +107,9 @@ def test_fd_exhaustion_gives_the_clear_error():
     code = textwrap.dedent("""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-        from nattrav.core import SocketPool, FdLimitError
+        from nattrav.core import SocketPool
         from nattrav.core.fallback import PySocketPool
+        from nattrav.errors import FdLimitError
         for cls in (SocketPool, PySocketPool):
             try:
                 cls(500, "127.0.0.1")

@@ -8,7 +8,8 @@ import psutil
 import pytest
 import trio
 
-from nattrav.io.punch import PunchFailed, Session, punch
+from nattrav.errors import PunchFailed
+from nattrav.io.punch import Session, punch
 from nattrav.proto import punch as proto
 from nattrav.proto.plan import Strategy, plan, probes_for
 

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.lab
 
 HOST = r'''
 import contextlib, json, socket, sys, trio
-from nattrav.io.punch import PunchFailed, Session, punch
+from nattrav.errors import PunchFailed
+from nattrav.io.punch import Session, punch
 from nattrav.proto.plan import plan
 
 async def main():

@@ -12,7 +12,8 @@ import socket
 import pytest
 import trio
 
-from nattrav.api import AcceptPolicy, ConnectError, listen, listen_tcp
+from nattrav.api import AcceptPolicy, listen, listen_tcp
+from nattrav.errors import ConnectError, Refused
 from nattrav.io import rendezvous_client as rv
 
 VICTIM_IP = "127.0.0.3"
@@ -125,7 +126,7 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
                 nursery.start_soon(take_one)
                 async with rv.open_rendezvous(servers["server"]) as stranger:
                     await stranger.update_info({"friend": False})
-                    with pytest.raises(rv.Refused):
+                    with pytest.raises(Refused):
                         await stranger.connect(lst.peer_id, timeout=5)
                 async with rv.open_rendezvous(servers["server"]) as friend:
                     await friend.update_info({"friend": True, "report": _udp_report(4000)})
@@ -135,7 +136,7 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
                 nursery.start_soon(lambda: _accept_nothing(lst))
                 async with rv.open_rendezvous(servers["server"]) as friend2:
                     await friend2.update_info({"friend": True})
-                    with pytest.raises(rv.Refused):
+                    with pytest.raises(Refused):
                         await friend2.connect(lst.peer_id, timeout=5)
                 nursery.cancel_scope.cancel()
     assert [r["reason"] for r in refused] == ["not allowed by the listener's policy",
@@ -159,7 +160,7 @@ def test_accept_policy_token_bucket_refills():
 
 async def test_a_worker_failure_is_a_connect_error_not_a_traceback(servers, monkeypatch):
     import nattrav.api as api
-    from nattrav.workers import WorkerDied
+    from nattrav.errors import WorkerDied
 
     async def broken_punch(*args, **kwargs):
         raise WorkerDied(0, 1, "killed by SIGKILL")

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from nattrav.io.rendezvous_client import (
+from nattrav.errors import (
     NameTaken,
     PeerOffline,
     Refused,
@@ -19,8 +19,8 @@ from nattrav.io.rendezvous_client import (
     ServerGone,
     ServerUnreachable,
     UnknownPeer,
-    open_rendezvous,
 )
+from nattrav.io.rendezvous_client import open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto.rendezvous import SERVER_MESSAGES, FrameDecoder, RendezvousServer, Send, encode, make
 

@@ -52,7 +52,8 @@ def wait_and_accept(server: str, name: str, local_ip: str) -> dict:
 
 
 def connect_when_there(server: str, target: str, local_ip: str) -> dict:
-    from nattrav.io.rendezvous_client import UnknownPeer, open_rendezvous
+    from nattrav.errors import UnknownPeer
+    from nattrav.io.rendezvous_client import open_rendezvous
 
     async def main():
         async with open_rendezvous((server, PORT), info={"local": [local_ip]}) as rv:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import BadReport, PlanError
 from nattrav.proto.plan import (
     FLOW_TABLE_CAP,
     STRATEGIES,
-    PlanError,
     Strategy,
     birthday_miss,
     needed,
@@ -20,7 +20,6 @@ from nattrav.proto.plan import (
     side_from_report,
     simulate,
 )
-from nattrav.proto.predict import ReportError
 
 # One report per NAT class, shaped like the lab presets (samples: one socket to S1 then S2).
 CLASSES = {
@@ -265,11 +264,11 @@ def test_nat_behavior_report_with_binding_samples():
 def test_misuse_and_bad_reports():
     with pytest.raises(PlanError):
         plan(CLASSES["full-cone"], CLASSES["full-cone"], "third")
-    with pytest.raises(ReportError):
+    with pytest.raises(BadReport):
         plan({"mapping": "EIM"}, CLASSES["full-cone"], "first")  # no endpoint
-    with pytest.raises(ReportError):
+    with pytest.raises(BadReport):
         plan(dict(CLASSES["full-cone"], mapping="sideways"), CLASSES["full-cone"], "first")
-    with pytest.raises(ReportError):
+    with pytest.raises(BadReport):
         plan(dict(CLASSES["full-cone"], public_ip="not-an-ip"), CLASSES["full-cone"], "first")
 
 
@@ -283,7 +282,7 @@ def test_misuse_and_bad_reports():
 def test_any_peer_report_plans_or_raises_report_error(report):
     try:
         p = plan(CLASSES["port-restricted"], report, "first")
-    except ReportError:
+    except BadReport:
         return
     assert 0.0 <= p.odds <= 1.0 and p.attempts
     assert math.isfinite(p.timeout)

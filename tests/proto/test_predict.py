@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import BadReport
 from nattrav.proto.predict import (
     Kind,
     Model,
+    Observation,
+    fit,
     negbin_pmf,
     noise_pmf,
-    Observation,
-    ReportError,
-    fit,
     poisson_pmf,
     poisson_window,
     predict,
@@ -96,7 +96,7 @@ def test_nat_behavior_report_shape():
     {"allocation": "zigzag"}, {"port_range": [10, 5]}, {"samples": [[float("nan"), 100]]},
 ])
 def test_bad_reports_raise_report_error(bad):
-    with pytest.raises(ReportError):
+    with pytest.raises(BadReport):
         predict(bad)
 
 
@@ -181,7 +181,7 @@ def _poisson(rng, mu):
 def test_any_report_either_predicts_or_raises_report_error(report):
     try:
         p = predict(report)
-    except ReportError:
+    except BadReport:
         return
     lo, hi = p.model.port_range
     assert all(lo <= x <= hi for x in p.ports)

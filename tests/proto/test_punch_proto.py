@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import BadPacket, LocalProtocolError
 from nattrav.proto import punch as p
-from nattrav.proto.punch import BadPacket, Event, LocalProtocolError, PunchSession
+from nattrav.proto.punch import Event, PunchSession
 
 KEY = bytes(range(32))
 

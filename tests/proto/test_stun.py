@@ -8,13 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import BadPacket, LocalProtocolError
 from nattrav.proto.stun import (
     Attr,
-    BadPacket,
     ChangeRequest,
     Class,
     ErrorCode,
-    LocalProtocolError,
     Message,
     Method,
     binding_request,

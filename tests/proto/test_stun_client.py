@@ -7,7 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from nattrav.io.stun_client import StunErrorResponse, StunTimeout, binding
+from nattrav.errors import StunErrorResponse, StunTimeout
+from nattrav.io.stun_client import binding
 from nattrav.proto.stun import Attr, Class, ErrorCode, Message, Method, binding_request, parse
 from nattrav.proto.stun_client import State, Transaction, expected_source
 

@@ -92,7 +92,8 @@ def test_peer_without_a_key_or_with_a_short_one_is_refused(tmp_path):
 
 
 def test_read_secret_from_file_or_environment(tmp_path, capsys):
-    from nattrav.stun_cli import SECRET_ENV, UsageError, read_secret
+    from nattrav.errors import UsageError
+    from nattrav.stun_cli import SECRET_ENV, read_secret
 
     key = tmp_path / "key"
     key.write_bytes(b"0123456789abcdef0123456789abcdef\n")

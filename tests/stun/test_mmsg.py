@@ -141,7 +141,7 @@ def test_load_generator_against_the_fast_path():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from nattrav.proto.stun import BadPacket  # noqa: E402
+from nattrav.errors import BadPacket  # noqa: E402
 
 COOKIE = bytes.fromhex("2112a442")
 

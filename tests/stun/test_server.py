@@ -10,13 +10,10 @@ import time
 import pytest
 import trio
 
-from nattrav.io.stun_client import StunErrorResponse, StunTimeout, binding, discover
-from nattrav.io.stun_server import (
-    StunServerConfig,
-    open_stun_server,
-    serve_stun,
-)
-from nattrav.proto.stun import Attr, BadPacket, Class, binding_request, parse
+from nattrav.errors import BadPacket, StunErrorResponse, StunTimeout
+from nattrav.io.stun_client import binding, discover
+from nattrav.io.stun_server import StunServerConfig, open_stun_server, serve_stun
+from nattrav.proto.stun import Attr, Class, binding_request, parse
 
 P, PALT = 3478, 3479
 

@@ -61,7 +61,7 @@ def _bulk_listen(server: tuple[str, int], name: str, ttl: int) -> dict:
 
 def _bulk_connect(server: tuple[str, int], name: str, ttl: int, size: int, seed: int) -> dict:
     from nattrav.api import connect_tcp
-    from nattrav.io.rendezvous_client import UnknownPeer
+    from nattrav.errors import UnknownPeer
 
     blob = random.Random(seed).randbytes(size)
 

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.api import connect_tcp, listen_tcp
+from nattrav.errors import TcpPunchFailed
 from nattrav.io.stun_server import StunServerConfig
 from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
-from nattrav.io.tcp_punch import PunchedStream, TcpPunchFailed, open_listener, tcp_punch
+from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
 from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
 from nattrav.proto.tcp_plan import TcpStrategy, plan
 from tests.conftest import free_port_pair
@@ -213,8 +214,8 @@ class _Chunks(trio.abc.ReceiveStream):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=600), max_size=8))
 def test_stun_stream_reader_raises_only_badpacket_and_stays_bounded(chunks):
+    from nattrav.errors import BadPacket
     from nattrav.io.stun_tcp import MAX_MESSAGE, read_message
-    from nattrav.proto.stun import BadPacket
 
     async def main():
         stream, buf = _Chunks(chunks), bytearray()

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.tcp_plan import BadReport, Kind, TcpStrategy, classify, plan
+from nattrav.errors import BadReport
+from nattrav.proto.tcp_plan import Kind, TcpStrategy, classify, plan
 
 
 def report(ports, *, public="203.0.113.10", local=("10.0.1.2", 40000), filtering="APDF", times=None, **extra):

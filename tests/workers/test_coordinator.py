@@ -10,7 +10,8 @@ import psutil
 import pytest
 import trio
 
-from nattrav.workers import Burst, WorkerDied, WorkerError, open_coordinator
+from nattrav.errors import WorkerDied, WorkerError
+from nattrav.workers import Burst, open_coordinator
 
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 
@@ -298,7 +299,7 @@ def test_fd_limit_in_a_worker_arrives_as_fd_limit_error():
     code = textwrap.dedent("""
         import resource, trio
         resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
-        from nattrav.core import FdLimitError
+        from nattrav.errors import FdLimitError
         from nattrav.workers import open_coordinator
         async def main():
             async with open_coordinator(1) as coord:

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from nattrav.workers.messages import VERSION, BadMessage, MessageReader, encode
+from nattrav.errors import BadMessage
+from nattrav.workers.messages import VERSION, MessageReader, encode
 
 
 def test_roundtrip_in_pieces():

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from ..errors import BadPacket, PunchFailed
 from ..proto import punch as _proto
 from ..proto.plan import Attempt, Part, Plan, Strategy
 
@@ -28,14 +29,6 @@ RECV_SIZE = 2048
 BURST_CHUNK = 16384  # packets per coordinator fire between looks for a hit
 MAX_LOW_TTL = 64
 CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confirmed
-
-
-class PunchFailed(Exception):
-    """No authenticated path within the plan's time. str() names both NAT behaviours and the odds."""
-
-    def __init__(self, message: str, plan: Plan | None = None) -> None:
-        super().__init__(message)
-        self.plan = plan
 
 
 @dataclass
@@ -117,7 +110,7 @@ class PunchedPath:
                 continue
             try:
                 got = self.proto.receive(data, _now_ns())
-            except _proto.BadPacket:
+            except BadPacket:
                 continue
             for reply in got.replies:
                 await self.sock.sendto(reply, self.peer_addr)
@@ -331,7 +324,7 @@ class _Race:
             self.stats["received"] += 1
             try:
                 got = self.proto.receive(hit.payload, _now_ns())
-            except _proto.BadPacket:
+            except BadPacket:
                 self.stats["rejected"] += 1
                 continue
             # This worker socket's mapping is the one that works: bring it here and go on with it.
@@ -395,7 +388,7 @@ class _Race:
             self.stats["received"] += 1
             try:
                 got = self.proto.receive(data, _now_ns())
-            except _proto.BadPacket:
+            except BadPacket:
                 self.stats["rejected"] += 1
                 continue
             if got.event is _proto.Event.HELLO and id(s) not in self.heard:

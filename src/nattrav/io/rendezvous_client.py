@@ -27,7 +27,22 @@ from typing import AsyncIterator
 
 import trio
 
-from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, ClockMap, check_info, make, reconnect_delay
+from ..errors import (
+    BadFrame,
+    BadRequest,
+    NameTaken,
+    OfferGone,
+    PeerOffline,
+    ProtocolViolation,
+    Refused,
+    RendezvousError,
+    RendezvousTimeout,
+    ServerBusy,
+    ServerGone,
+    ServerUnreachable,
+    UnknownPeer,
+)
+from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from .framing import FrameStream
 
 DEFAULT_PORT = 7000
@@ -35,61 +50,6 @@ SEND_TIMEOUT = 10.0
 MIN_PING_TIMEOUT = 2.0  # a busy server may take a while to answer; a vanished one never does
 
 log = logging.getLogger("nattrav.rendezvous.client")
-
-
-class RendezvousError(Exception):
-    """Base of every error the rendezvous client raises; ``code`` is the server's error code."""
-
-    code = "error"
-
-
-class UnknownPeer(RendezvousError):
-    code = "unknown-peer"
-
-
-class PeerOffline(RendezvousError):
-    code = "offline"
-
-
-class Refused(RendezvousError):
-    code = "refused"
-
-
-class RendezvousTimeout(RendezvousError):
-    code = "timeout"
-
-
-class NameTaken(RendezvousError):
-    code = "name-taken"
-
-
-class BadRequest(RendezvousError):
-    code = "bad-request"
-
-
-class OfferGone(RendezvousError):
-    code = "unknown-offer"
-
-
-class ServerBusy(RendezvousError):
-    code = "busy"
-
-
-class ProtocolViolation(RendezvousError):
-    """A malformed frame, from the server (or the server says ours was)."""
-
-    code = "bad-frame"
-
-
-class ServerUnreachable(RendezvousError):
-    code = "unreachable"
-
-
-class ServerGone(RendezvousError):
-    """The connection to the server ended; every pending request fails with this."""
-
-    code = "gone"
-
 
 ERRORS: dict[str, type[RendezvousError]] = {
     cls.code: cls

@@ -13,29 +13,10 @@ from collections.abc import Iterable
 
 import trio
 
-from ..proto.nat_behavior import (
-    BindingSample,
-    NatBehavior,
-    classify,
-)
-from ..proto.stun import Address, Attr, BadPacket, Class, ErrorCode, binding_request, parse
+from ..errors import BadPacket, StunErrorResponse, StunTimeout
+from ..proto.nat_behavior import BindingSample, NatBehavior, classify
+from ..proto.stun import Address, Attr, Class, binding_request, parse
 from ..proto.stun_client import RC, RM, RTO, BindingResult, Transaction, expected_source
-
-
-class StunTimeout(TimeoutError):
-    """No valid reply before the transaction gave up. `discarded` says what arrived instead."""
-
-    def __init__(self, msg: str, discarded: Counter, unexpected_sources: list[Address]) -> None:
-        super().__init__(msg)
-        self.discarded = discarded
-        self.unexpected_sources = unexpected_sources
-
-
-class StunErrorResponse(Exception):
-    def __init__(self, error: ErrorCode, result: BindingResult) -> None:
-        super().__init__(f"STUN error {error.code} {error.reason}")
-        self.error = error
-        self.result = result
 
 
 async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> BindingResult:

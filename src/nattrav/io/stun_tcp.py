@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 import trio
 
-from ..core.limits import HEADROOM, FdLimitError, ensure_fd_capacity, open_fd_count
-from ..proto.stun import HEADER_LEN, Address, Attr, BadPacket, Class, Message, Method, parse
+from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
+from ..errors import BadPacket, FdLimitError, StunTcpError
+from ..proto.stun import HEADER_LEN, Address, Attr, Class, Message, Method, parse
 from .stun_server import StunServerConfig, _error, decide
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ MAX_MESSAGE = 2048  # a Binding exchange is far smaller; a longer length field i
 MAX_CONNECTIONS = 512  # beyond this, new connections are closed at once (no unbounded memory)
 MAX_PER_SOURCE = 8  # per source IP (IPv6: per /64): one source cannot take the slots of everyone
 MIN_CONNECTIONS = 16  # the least we serve with, however low the descriptor limit
-
-
-class StunTcpError(OSError):
-    """A TCP Binding did not produce a mapped address (refused, timed out, malformed answer)."""
 
 
 def reuse_socket(family: int = socket.AF_INET) -> socket.socket:
@@ -285,5 +282,5 @@ async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeou
     return out
 
 
-__all__ = ["StunTcpError", "StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
+__all__ = ["StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
            "serve_stun_tcp", "source_key", "tcp_binding", "tcp_mappings"]

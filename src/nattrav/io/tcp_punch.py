@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..core.limits import FdLimitError, ensure_fd_capacity
-from ..proto.punch import BadPacket
+from ..core.limits import ensure_fd_capacity
+from ..errors import BadPacket, FdLimitError, TcpPunchFailed
 from ..proto.tcp_auth import StreamAuth
 from ..proto.tcp_plan import TcpPlan, TcpStrategy
 from .stun_tcp import reuse_socket
@@ -50,10 +50,6 @@ IP_MINTTL = getattr(socket, "IP_MINTTL", 21)  # Linux <netinet/in.h>; Python doe
 RETRY_PAUSE = 0.2
 TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
              errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET, errno.ECONNABORTED}
-
-
-class TcpPunchFailed(Exception):
-    """No authenticated TCP connection within the time; str() says why (with the probe errors)."""
 
 
 class PunchedStream(trio.abc.HalfCloseableStream):

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..errors import BadReport, PlanError
 from . import predict as _predict
-from .predict import Kind, Prediction, ReportError
+from .predict import Kind, Prediction
 
 FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every probe is a flow
 DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
@@ -99,10 +100,6 @@ STRATEGIES: dict[Strategy, StrategyInfo] = {
 }
 
 
-class PlanError(ValueError):
-    """Local misuse of the planner (bad role, bad parameters)."""
-
-
 # --- one side -----------------------------------------------------------------------------------
 
 
@@ -174,7 +171,7 @@ def _word(table: dict, value: Any, what: str) -> Any:
         value = value.value
     word = str(value).strip().lower().replace("_", "-").replace(" ", "-")
     if word not in table:
-        raise ReportError(f"unknown {what} {value!r}")
+        raise BadReport(f"unknown {what} {value!r}")
     return table[word]
 
 
@@ -203,11 +200,11 @@ def side_from_report(
 ) -> Side:
     try:
         return _side_from_report(report, horizon, target)
-    except ReportError:
+    except BadReport:
         raise
     except (TypeError, ValueError, KeyError, IndexError) as exc:
         # Reports come from the peer through the rendezvous: one error type for anything odd.
-        raise ReportError(f"malformed report: {exc}") from None
+        raise BadReport(f"malformed report: {exc}") from None
 
 
 def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) -> Side:
@@ -218,7 +215,7 @@ def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) 
     public endpoint as "public": [ip, port] (or "mapped", or "public_ip"/"public_port").
     """
     if not isinstance(report, Mapping):
-        raise ReportError(f"report must be a mapping, got {type(report).__name__}")
+        raise BadReport(f"report must be a mapping, got {type(report).__name__}")
     obs = _predict.Observation.from_report(report)
     mapping = _word(_MAPPING_WORDS, report.get("mapping"), "mapping")
     if report.get("nat") is False:
@@ -239,10 +236,10 @@ def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) 
     if prediction.kind is not Kind.FIXED and obs.samples:
         port = obs.samples[-1].port  # predictions count from the LAST mapping seen
     if ip is None or port is None:
-        raise ReportError("report has no public endpoint (public: [ip, port])")
+        raise BadReport("report has no public endpoint (public: [ip, port])")
     ip = str(ipaddress.ip_address(ip))
     if not 1 <= port <= 65535:
-        raise ReportError(f"bad public port {port!r}")
+        raise BadReport(f"bad public port {port!r}")
     return Side(mapping, filtering, ip, port, prediction, obs.port_range)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BadReport
+
 PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
 MAX_WINDOW = 65536
 MAX_SAMPLES = 256
@@ -25,10 +27,6 @@ MAX_SAMPLES = 256
 MAX_STEPS_PER_SAMPLE = 256
 # A fitted step larger than this (and not stated by the report) is a coincidence of random ports.
 MAX_DELTA = 512
-
-
-class ReportError(ValueError):
-    """A behaviour report that cannot be understood (missing or malformed fields)."""
 
 
 class Allocation(str, enum.Enum):
@@ -82,14 +80,14 @@ class Observation:
         ignored.
         """
         if not isinstance(report, Mapping):
-            raise ReportError(f"report must be a mapping, got {type(report).__name__}")
+            raise BadReport(f"report must be a mapping, got {type(report).__name__}")
         try:
             return cls._from_report(report)
-        except ReportError:
+        except BadReport:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             # The peer's report crosses the rendezvous: one error type for whatever is wrong in it.
-            raise ReportError(f"malformed report: {exc!r}") from None
+            raise BadReport(f"malformed report: {exc!r}") from None
 
     @classmethod
     def _from_report(cls, report: Mapping[str, Any]) -> Observation:
@@ -99,14 +97,14 @@ class Observation:
         if allocation is not None:
             word = str(allocation).strip().lower()
             if word not in _ALLOCATION_WORDS:
-                raise ReportError(f"unknown port allocation {allocation!r}")
+                raise BadReport(f"unknown port allocation {allocation!r}")
             allocation = _ALLOCATION_WORDS[word]
         delta = report.get("delta")
         if delta is not None and (not isinstance(delta, int) or isinstance(delta, bool)):
-            raise ReportError(f"delta must be an int or None, got {delta!r}")
+            raise BadReport(f"delta must be an int or None, got {delta!r}")
         lo, hi = report.get("port_range") or PORT_RANGE
         if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 65535):
-            raise ReportError(f"bad port_range {report.get('port_range')!r}")
+            raise BadReport(f"bad port_range {report.get('port_range')!r}")
         for s in samples:
             if not lo <= s.port <= hi:
                 # The NAT's range is a guess; widen it rather than wrap a real port away.
@@ -145,7 +143,7 @@ def _binding_series(raw: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         seen_main.add(server)
         mapped = x["mapped"]
         if not isinstance(mapped, Sequence) or len(mapped) != 2:
-            raise ReportError(f"bad mapped address {mapped!r}")
+            raise BadReport(f"bad mapped address {mapped!r}")
         out.append({"port": mapped[1], "t": x.get("t"), "own": own if out else 0})
         own = 0
     return out
@@ -159,15 +157,15 @@ def _sample(raw: Any) -> Sample:
         port, t = raw.get("port"), raw.get("t")
         own = raw.get("own", 0)
         if not isinstance(own, int) or isinstance(own, bool) or not 0 <= own <= 65535:
-            raise ReportError(f"bad own-allocation count {own!r}")
+            raise BadReport(f"bad own-allocation count {own!r}")
     elif isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) and len(raw) == 2:
         t, port = raw
     else:
-        raise ReportError(f"bad sample {raw!r}")
+        raise BadReport(f"bad sample {raw!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ReportError(f"bad sample port {port!r}")
+        raise BadReport(f"bad sample port {port!r}")
     if t is not None and (not isinstance(t, (int, float)) or not math.isfinite(t)):
-        raise ReportError(f"bad sample time {t!r}")
+        raise BadReport(f"bad sample time {t!r}")
     return Sample(port, None if t is None else float(t), own)
 
 

@@ -26,6 +26,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 
+from ..errors import BadPacket, LocalProtocolError
+
 MAGIC = b"nT"
 VERSION = 1
 TAG_LEN = 16
@@ -37,15 +39,6 @@ MAX_FRAME = HEADER.size + MAX_DATA + TAG_LEN
 REPLAY_WINDOW = 1024
 ROLES = ("first", "second")
 KEY_MIN = 16
-
-
-class BadPacket(ValueError):
-    """Bytes that are not a well-formed punch frame, or that fail authentication. The one error
-    type for anything the network hands us."""
-
-
-class LocalProtocolError(ValueError):
-    """Local misuse: bad key, bad role, payload too large, sending before established."""
 
 
 class FrameType(enum.IntEnum):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import msgpack
 
+from ..errors import BadFrame, LocalProtocolError
 from .timers import Timers
 
 VERSION = 1
@@ -41,14 +42,6 @@ SECRET_MIN = 16
 SECRET_MAX = 128
 KEY_BYTES = 32
 MAX_MESSAGE = 200  # characters of an error message; they quote attacker data, so they are cut
-
-
-class BadFrame(Exception):
-    """Anything malformed from the network: the one error type of every parser in this module."""
-
-
-class LocalProtocolError(Exception):
-    """The local side misused the state machine (a bug here, not the remote peer's fault)."""
 
 
 class ErrorCode(str, enum.Enum):

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..errors import BadPacket, LocalProtocolError
+
 MAGIC_COOKIE = 0x2112A442
 MAGIC_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 FINGERPRINT_XOR = 0x5354554E
@@ -36,14 +38,6 @@ MAX_USERNAME_BYTES = 513
 # A Binding exchange carries a handful of attributes (ICE checks ~10). Hundreds in one datagram are
 # an attack on whoever walks them, not a message: refused as malformed.
 MAX_ATTRIBUTES = 32
-
-
-class BadPacket(ValueError):
-    """The bytes are not a well-formed STUN message. The only exception parse() raises."""
-
-
-class LocalProtocolError(ValueError):
-    """Local misuse: asked to encode something that is not a valid STUN message."""
 
 
 class Method(enum.IntEnum):
@@ -569,13 +563,11 @@ __all__ = [
     "ATTRIBUTE_CODECS",
     "Address",
     "Attr",
-    "BadPacket",
     "ChangeRequest",
     "Class",
     "ErrorCode",
     "HEADER_LEN",
     "KNOWN_ATTRIBUTES",
-    "LocalProtocolError",
     "MAGIC_COOKIE",
     "MAX_ATTRIBUTES",
     "MAX_MESSAGE",

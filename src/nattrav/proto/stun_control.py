@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import msgpack
 
+from ..errors import BadPacket, ControlKeyError
 from .punch import ReplayWindow
-from .stun import Address, BadPacket
+from .stun import Address
 
 VERSION = 2
 MAC_LEN = 16
@@ -36,10 +37,6 @@ MIN_SECRET = 16
 MAX_FRAME = 4096
 MAX_SKEW = 10.0
 COUNTER_SHIFT = 20
-
-
-class ControlKeyError(ValueError):
-    """The shared secret is missing or too short to authenticate the control link."""
 
 
 def derive_key(secret: bytes, purpose: bytes) -> bytes:
@@ -141,7 +138,6 @@ class ControlReceiver:
 
 
 __all__ = [
-    "ControlKeyError",
     "ControlReceiver",
     "ControlSender",
     "Forward",

@@ -19,7 +19,8 @@ import enum
 import secrets
 import struct
 
-from .punch import MAX_FRAME, NONCE_LEN, BadPacket, Event, LocalProtocolError, PunchSession
+from ..errors import BadPacket, LocalProtocolError
+from .punch import MAX_FRAME, NONCE_LEN, Event, PunchSession
 
 LENGTH = struct.Struct(">H")
 SELECT = b"nattrav tcp select v1"

@@ -52,6 +52,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..errors import BadReport, PlanError
 from . import predict as _predict
 from .plan import DEFAULT_HORIZON, FLOW_TABLE_CAP, birthday_miss, probes_for
 from .predict import PORT_RANGE
@@ -76,10 +77,6 @@ NOISY_STEP_MAX = 64
 BIRTHDAY_SOCKETS = 1024
 BIRTHDAY_TARGET = 0.99999
 MAX_BIRTHDAY_PROBES = 8192
-
-
-class BadReport(ValueError):
-    """A peer's TCP report that is not well formed (the one error for untrusted report input)."""
 
 
 class Kind(str, enum.Enum):
@@ -385,11 +382,11 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
     `peer_ip`: where the rendezvous server saw the peer; every connect() goes there, never to an
     address the peer's report names (see proto/plan.py's plan())."""
     if role not in ("first", "second"):
-        raise ValueError(f"role must be 'first' or 'second', got {role!r}")
+        raise PlanError(f"role must be 'first' or 'second', got {role!r}")
     if not 1 <= window <= MAX_WINDOW:
-        raise ValueError(f"window must be 1..{MAX_WINDOW}")
+        raise PlanError(f"window must be 1..{MAX_WINDOW}")
     if target is not None and not 0 < target < 1:
-        raise ValueError(f"target must be in (0, 1), got {target!r}")
+        raise PlanError(f"target must be in (0, 1), got {target!r}")
     mine = classify(mine_report)
     try:
         peer = classify(peer_report)
@@ -524,6 +521,6 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
                    role, mine=mine, peer=peer)
 
 
-__all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "BadReport", "DEFAULT_WINDOW", "MAX_WINDOW", "WINDOW_TARGET",
+__all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "DEFAULT_WINDOW", "MAX_WINDOW", "WINDOW_TARGET",
            "birthday_size", "history", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan",
            "shift_cdf", "size_window"]

@@ -17,25 +17,13 @@ from contextlib import asynccontextmanager
 import psutil
 import trio
 
-from ..core.limits import FdLimitError
 from ..core.plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
 from ..core.pool import validate_open_args
-from .messages import MAX_REPLY, BadMessage, MessageReader, encode
+from ..errors import BadMessage, FdLimitError, WorkerDied, WorkerError
+from .messages import MAX_REPLY, MessageReader, encode
 
 START_TIMEOUT = 20.0
 MAX_FDS_PER_REPLY = 4
-
-
-class WorkerError(RuntimeError):
-    """A worker failed the attempt: it hung, broke the protocol, or could not start."""
-
-    def __init__(self, worker: int, pid: int | None, reason: str) -> None:
-        super().__init__(f"worker {worker} (pid {pid}): {reason}")
-        self.worker, self.pid, self.reason = worker, pid, reason
-
-
-class WorkerDied(WorkerError):
-    """A worker process exited (crash, kill) while the coordinator needed it."""
 
 
 def _exit_reason(code: int | None) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgpack
 
+from ..errors import BadMessage
+
 VERSION = 1
 MAX_MESSAGE = 256 << 20  # a 16M-packet plan is ~170 MB; anything bigger is an error, not a plan
 # What a worker sends back is small: the largest reply is the ports of an "open" of MAX_INDEX sockets
@@ -37,10 +39,6 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "result": {"id": _int},
     "error": {"id": _opt_int, "errno": _int, "kind": _str, "msg": _str},
 }
-
-
-class BadMessage(Exception):
-    """A malformed, unknown or mis-versioned message (the peer is broken, not the caller)."""
 
 
 def encode(t: str, **fields) -> bytes:
@@ -90,4 +88,4 @@ class MessageReader:
             raise BadMessage(f"undecodable message: {type(e).__name__}: {e}") from None
 
 
-__all__ = ["BadMessage", "MAX_MESSAGE", "MAX_REPLY", "MessageReader", "SCHEMA", "VERSION", "encode", "validate"]
+__all__ = ["MAX_MESSAGE", "MAX_REPLY", "MessageReader", "SCHEMA", "VERSION", "encode", "validate"]

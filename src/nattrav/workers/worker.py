@@ -17,8 +17,9 @@ from array import array
 
 from ..core.plan import MAX_INDEX, PackedPlan
 from ..core.recv import Woken
+from ..errors import BadMessage
 from .engine import ENGINES
-from .messages import BadMessage, MessageReader, encode
+from .messages import MessageReader, encode
 
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
