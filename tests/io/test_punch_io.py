@@ -11,7 +11,8 @@ import trio
 from nattrav.errors import PunchFailed
 from nattrav.io.punch import Session, punch
 from nattrav.proto import punch as proto
-from nattrav.proto.plan import Strategy, plan, probes_for
+from nattrav.proto.plan import plan, probes_for
+from nattrav.proto.vocab import Strategy
 
 KEY = os.urandom(32)
 LO = "127.0.0.1"
@@ -28,7 +29,7 @@ def report(sock, **kw):
     return dict(public=[LO, sock.getsockname()[1]], **kw)
 
 
-OPEN = dict(nat=False, mapping="none", filtering="none")
+OPEN = dict(nat=False, mapping="none")  # no NAT: nothing filters
 CONE = dict(mapping="EIM", filtering="APDF")
 
 

@@ -102,7 +102,7 @@ def words(lab, side):
     """The behaviour words a STUN client would report, hand-fed from the lab's description."""
     spec = lab.spec(side)
     if spec is None:
-        return {"nat": False, "mapping": "none", "filtering": "none"}
+        return {"nat": False, "mapping": "none"}
     return {"mapping": spec.mapping, "filtering": spec.filtering, "allocation": spec.allocation}
 
 

@@ -12,7 +12,6 @@ from nattrav.errors import BadReport, PlanError
 from nattrav.proto.plan import (
     FLOW_TABLE_CAP,
     STRATEGIES,
-    Strategy,
     birthday_miss,
     needed,
     plan,
@@ -20,6 +19,7 @@ from nattrav.proto.plan import (
     side_from_report,
     simulate,
 )
+from nattrav.proto.vocab import Strategy
 
 # One report per NAT class, shaped like the lab presets (samples: one socket to S1 then S2).
 CLASSES = {

@@ -22,7 +22,8 @@ from nattrav.io.stun_server import StunServerConfig
 from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
 from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
-from nattrav.proto.tcp_plan import TcpStrategy, plan
+from nattrav.proto.tcp_plan import plan
+from nattrav.proto.vocab import TcpStrategy
 from tests.conftest import free_port_pair
 
 FAST = [sys.executable, "-m", "nattrav.fast_cli"]

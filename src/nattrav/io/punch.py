@@ -22,7 +22,8 @@ import trio
 
 from ..errors import BadPacket, PunchFailed
 from ..proto import punch as _proto
-from ..proto.plan import Attempt, Part, Plan, Strategy
+from ..proto.plan import Attempt, Part, Plan
+from ..proto.vocab import Strategy
 
 IGNORED_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
 RECV_SIZE = 2048

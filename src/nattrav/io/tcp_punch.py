@@ -38,7 +38,8 @@ import trio
 from ..core.limits import ensure_fd_capacity
 from ..errors import BadPacket, FdLimitError, TcpPunchFailed
 from ..proto.tcp_auth import StreamAuth
-from ..proto.tcp_plan import TcpPlan, TcpStrategy
+from ..proto.tcp_plan import TcpPlan
+from ..proto.vocab import TcpStrategy
 from .stun_tcp import reuse_socket
 
 SECOND_DELAY = 0.1

@@ -16,70 +16,22 @@ port (address-and-port-dependent mapping with sequential allocation), so each pr
 from __future__ import annotations
 
 import bisect
-import enum
 import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BadReport, PlanError
 from . import predict as _predict
 from .predict import Kind, Prediction
+from .vocab import Filtering, Mapping, Role, Strategy
 
 FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every probe is a flow
 DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
 DEFAULT_TARGET = 0.999
 DEFAULT_HORIZON = 1.0  # seconds from the last STUN sample to the punch (rendezvous start margin + slack)
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
-ROLES = ("first", "second")
-
-
-class Mapping_(str, enum.Enum):
-    NONE = "none"  # no NAT: the host's own address is public
-    EIM = "endpoint-independent"
-    ADM = "address-dependent"
-    APDM = "address-and-port-dependent"
-
-
-class Filtering(str, enum.Enum):
-    NONE = "none"
-    EIF = "endpoint-independent"
-    ADF = "address-dependent"
-    APDF = "address-and-port-dependent"
-
-
-_MAPPING_WORDS = {
-    "none": Mapping_.NONE, "open": Mapping_.NONE, "no-nat": Mapping_.NONE, "public": Mapping_.NONE,
-    "endpoint-independent": Mapping_.EIM, "eim": Mapping_.EIM, "independent": Mapping_.EIM,
-    "address-dependent": Mapping_.ADM, "adm": Mapping_.ADM,
-    "address-and-port-dependent": Mapping_.APDM, "apdm": Mapping_.APDM,
-    "port-dependent": Mapping_.APDM, "symmetric": Mapping_.APDM,
-}
-_FILTERING_WORDS = {
-    "none": Filtering.NONE, "open": Filtering.NONE,
-    "endpoint-independent": Filtering.EIF, "eif": Filtering.EIF, "full-cone": Filtering.EIF,
-    "address-dependent": Filtering.ADF, "adf": Filtering.ADF, "restricted": Filtering.ADF,
-    "restricted-cone": Filtering.ADF,
-    "address-and-port-dependent": Filtering.APDF, "apdf": Filtering.APDF,
-    "port-restricted": Filtering.APDF, "port-restricted-cone": Filtering.APDF,
-}
-# Two tables: the enums are str-valued and share words, so one dict would merge their keys.
-_SHORT_MAPPING = {Mapping_.NONE: "no NAT", Mapping_.EIM: "EIM", Mapping_.ADM: "ADM", Mapping_.APDM: "APDM"}
-_SHORT_FILTERING = {Filtering.NONE: "no filter", Filtering.EIF: "EIF", Filtering.ADF: "ADF",
-                    Filtering.APDF: "APDF"}
-
-
-class Strategy(str, enum.Enum):
-    DIRECT = "direct"
-    SIMULTANEOUS = "simultaneous"
-    ADDRESS_OPEN = "address-open"
-    PREDICTED = "predicted"
-    BIRTHDAY = "birthday"
-    RANDOM_SEQUENTIAL = "random-sequential"
-    BEST_EFFORT = "best-effort"
-
-
 @dataclass(frozen=True)
 class StrategyInfo:
     cost: int  # rank: lower is cheaper; ties broken by packet count
@@ -107,8 +59,8 @@ STRATEGIES: dict[Strategy, StrategyInfo] = {
 class Side:
     """One peer as the planner sees it: behaviour words, public endpoint, port prediction."""
 
-    mapping: Mapping_
-    filtering: Filtering
+    mapping: Mapping
+    filtering: Filtering  # EIF for no NAT whose filtering was not measured: nothing filters
     ip: str
     port: int  # the STUN socket's (last) mapped port
     prediction: Prediction
@@ -121,14 +73,14 @@ class Side:
     @property
     def reachable(self) -> bool:
         """Anyone can send to ip:port unasked: no NAT, or EIM with EIF (a "full cone")."""
-        if self.mapping is Mapping_.NONE:
+        if self.mapping is Mapping.NONE:
             return True
-        return self.mapping is Mapping_.EIM and self.filtering in (Filtering.EIF, Filtering.NONE)
+        return self.mapping is Mapping.EIM and self.filtering is Filtering.EIF
 
     @property
     def fixed(self) -> bool:
         """The mapping towards the peer is the one STUN saw (EIM, or Δ = 0)."""
-        return self.mapping in (Mapping_.NONE, Mapping_.EIM) or self.kind is Kind.FIXED
+        return self.mapping in (Mapping.NONE, Mapping.EIM) or self.kind is Kind.FIXED
 
     @property
     def sequential(self) -> bool:
@@ -141,7 +93,7 @@ class Side:
     @property
     def consumes(self) -> bool:
         """Every probe to a new peer port takes the next port (APDM, sequential)."""
-        return self.sequential and self.mapping is Mapping_.APDM
+        return self.sequential and self.mapping is Mapping.APDM
 
     @property
     def span(self) -> int:
@@ -154,28 +106,25 @@ class Side:
         return self.prediction.model.advance(self.port, k + 1)
 
     def describe(self) -> str:
-        if self.mapping is Mapping_.NONE:
+        if self.mapping is Mapping.NONE:
             return "no NAT"
         alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={self.prediction.model.delta}",
                  Kind.RANDOM: "random ports", Kind.UNKNOWN: "unpredictable ports"}[self.kind]
-        if self.mapping is Mapping_.EIM:
+        if self.mapping is Mapping.EIM:
             alloc = "port kept"
-        return (f"{self.mapping.value} mapping ({_SHORT_MAPPING[self.mapping]}, {alloc}), "
-                f"{self.filtering.value} filtering ({_SHORT_FILTERING[self.filtering]})")
+        return (f"{self.mapping.words} mapping ({self.mapping.short}, {alloc}), "
+                f"{self.filtering.words} filtering ({self.filtering})")
 
 
-def _word(table: dict, value: Any, what: str) -> Any:
+def _word(kind: type, value: Any, what: str) -> Any:
     if value is None:
         return None
-    if isinstance(value, enum.Enum):
-        value = value.value
-    word = str(value).strip().lower().replace("_", "-").replace(" ", "-")
-    if word not in table:
+    if not isinstance(value, str) or value not in set(kind):
         raise BadReport(f"unknown {what} {value!r}")
-    return table[word]
+    return kind(value)
 
 
-def _endpoint(report: Mapping[str, Any]) -> tuple[str | None, int | None]:
+def _endpoint(report: MappingABC[str, Any]) -> tuple[str | None, int | None]:
     for key in ("public", "mapped", "mapped_address", "endpoint"):
         ep = report.get(key)
         if isinstance(ep, (list, tuple)) and len(ep) == 2:
@@ -184,7 +133,7 @@ def _endpoint(report: Mapping[str, Any]) -> tuple[str | None, int | None]:
     port = report.get("public_port")
     if ip is None:
         for s in reversed(list(report.get("samples") or ())):
-            if isinstance(s, Mapping) and isinstance(s.get("mapped"), (list, tuple)):
+            if isinstance(s, MappingABC) and isinstance(s.get("mapped"), (list, tuple)):
                 ip = s["mapped"][0]
                 break
     if ip is None:
@@ -196,7 +145,7 @@ def _endpoint(report: Mapping[str, Any]) -> tuple[str | None, int | None]:
 
 
 def side_from_report(
-    report: Mapping[str, Any], *, horizon: float = DEFAULT_HORIZON, target: float = DEFAULT_TARGET
+    report: MappingABC[str, Any], *, horizon: float = DEFAULT_HORIZON, target: float = DEFAULT_TARGET
 ) -> Side:
     try:
         return _side_from_report(report, horizon, target)
@@ -207,26 +156,26 @@ def side_from_report(
         raise BadReport(f"malformed report: {exc}") from None
 
 
-def _side_from_report(report: Mapping[str, Any], horizon: float, target: float) -> Side:
+def _side_from_report(report: MappingABC[str, Any], horizon: float, target: float) -> Side:
     """Normalise a behaviour report (STUN client's dict plus the public endpoint) into a Side.
 
     Keys: "mapping" and "filtering" (RFC 4787 words or EIM/ADM/APDM, EIF/ADF/APDF, "none"),
     "allocation", "delta", "samples", "port_range" (see predict.Observation.from_report), and the
     public endpoint as "public": [ip, port] (or "mapped", or "public_ip"/"public_port").
     """
-    if not isinstance(report, Mapping):
+    if not isinstance(report, MappingABC):
         raise BadReport(f"report must be a mapping, got {type(report).__name__}")
     obs = _predict.Observation.from_report(report)
-    mapping = _word(_MAPPING_WORDS, report.get("mapping"), "mapping")
+    mapping = _word(Mapping, report.get("mapping"), "mapping")
     if report.get("nat") is False:
-        mapping = Mapping_.NONE
-    filtering = _word(_FILTERING_WORDS, report.get("filtering"), "filtering")
+        mapping = Mapping.NONE
+    filtering = _word(Filtering, report.get("filtering"), "filtering")
     prediction = _predict.predict(obs, elapsed=horizon, target=target)
     if mapping is None:
-        mapping = Mapping_.EIM if prediction.kind is Kind.FIXED else Mapping_.APDM
+        mapping = Mapping.EIM if prediction.kind is Kind.FIXED else Mapping.APDM
     if filtering is None:
-        filtering = Filtering.NONE if mapping is Mapping_.NONE else Filtering.APDF
-    if mapping is Mapping_.EIM and prediction.kind is not Kind.FIXED:
+        filtering = Filtering.EIF if mapping is Mapping.NONE else Filtering.APDF
+    if mapping is Mapping.EIM and prediction.kind is not Kind.FIXED:
         # EIM keeps one mapping per socket whatever the samples suggest (they may come from
         # different sockets); trust the mapping word.
         prediction = replace(prediction, kind=Kind.FIXED)
@@ -384,7 +333,7 @@ def needed(opener: Side, other: Side, u: int, v: int) -> tuple[int, int]:
         u = 0
     if other.fixed:
         v = 0
-    if opener.filtering in (Filtering.ADF, Filtering.EIF, Filtering.NONE):
+    if opener.filtering.by_address:
         # One low-TTL packet to the peer's IP opens an address filter for every port of it.
         return 1, u + 1
     fc, oc = opener.consumes, other.consumes
@@ -422,7 +371,7 @@ def simulate(opener: Side, other: Side, n_open: int, n_other: int, u: int, v: in
 
     fo = flows(opener, 0 if opener.fixed else u, ports_open)
     ft = flows(other, 0 if other.fixed else v, ports_other)
-    addr_filter = opener.filtering in (Filtering.ADF, Filtering.EIF, Filtering.NONE)
+    addr_filter = opener.filtering.by_address
     opener_srcs = {s for s, _ in fo}
     for src_t, dst_t in ft:
         if addr_filter:
@@ -520,8 +469,8 @@ def random_sequential_odds(rnd: Side, seq: Side, sockets: int, window: int, prob
 
 
 def plan(
-    local_report: Mapping[str, Any],
-    remote_report: Mapping[str, Any],
+    local_report: MappingABC[str, Any],
+    remote_report: MappingABC[str, Any],
     role: str,
     *,
     target: float = DEFAULT_TARGET,
@@ -541,9 +490,9 @@ def plan(
     address it names, a made-up report could turn our bursts on a third party, so every packet goes
     to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim).
     """
-    role = getattr(role, "value", role)
-    if role not in ROLES:
-        raise PlanError(f"role must be one of {ROLES}, got {role!r}")
+    if role not in tuple(Role):
+        raise PlanError(f"role must be one of {[r.value for r in Role]}, got {role!r}")
+    role = Role(role)
     if not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
     local = side_from_report(local_report, horizon=horizon, target=target)

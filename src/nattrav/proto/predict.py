@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadReport
+from .vocab import Allocation
 
 PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
 MAX_WINDOW = 65536
@@ -27,27 +28,6 @@ MAX_SAMPLES = 256
 MAX_STEPS_PER_SAMPLE = 256
 # A fitted step larger than this (and not stated by the report) is a coincidence of random ports.
 MAX_DELTA = 512
-
-
-class Allocation(str, enum.Enum):
-    PRESERVATION = "preservation"
-    SEQUENTIAL = "sequential"
-    RANDOM = "random"
-    # The mapping does not change per destination (EIM): Δ = 0.
-    FIXED = "fixed"
-
-
-_ALLOCATION_WORDS = {
-    "preservation": Allocation.PRESERVATION,
-    "port-preservation": Allocation.PRESERVATION,
-    "preserving": Allocation.PRESERVATION,
-    "preserve": Allocation.PRESERVATION,
-    "sequential": Allocation.SEQUENTIAL,
-    "seq": Allocation.SEQUENTIAL,
-    "incremental": Allocation.SEQUENTIAL,
-    "random": Allocation.RANDOM,
-    "fixed": Allocation.FIXED,
-}
 
 
 @dataclass(frozen=True)
@@ -95,10 +75,9 @@ class Observation:
         samples = tuple(_sample(s) for s in _series(report)[-MAX_SAMPLES:])
         allocation = report.get("allocation")
         if allocation is not None:
-            word = str(allocation).strip().lower()
-            if word not in _ALLOCATION_WORDS:
+            if allocation not in set(Allocation):
                 raise BadReport(f"unknown port allocation {allocation!r}")
-            allocation = _ALLOCATION_WORDS[word]
+            allocation = Allocation(allocation)
         delta = report.get("delta")
         if delta is not None and (not isinstance(delta, int) or isinstance(delta, bool)):
             raise BadReport(f"delta must be an int or None, got {delta!r}")
@@ -169,7 +148,11 @@ def _sample(raw: Any) -> Sample:
     return Sample(port, None if t is None else float(t), own)
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
+    """The kind of a PREDICTION: what the predictor can say about the next mapping's port. Not a NAT
+    behaviour word (those are proto/vocab.py's): EIM and a sequential NAT with Δ = 0 both predict
+    FIXED, and UNKNOWN is about our evidence, not about the NAT."""
+
     FIXED = "fixed"  # Δ = 0: the next mapping is the last one (EIM, or port preservation)
     SEQUENTIAL = "sequential"
     RANDOM = "random"
@@ -214,7 +197,7 @@ def fit(obs: Observation) -> Model:
     if last is None:
         return Model(Kind.UNKNOWN, None, 0, 0.0, False, obs.port_range)
     if len(ports) < 2:
-        if obs.allocation is Allocation.FIXED or obs.delta == 0:
+        if obs.delta == 0:
             return Model(Kind.FIXED, last, 0, 0.0, False, obs.port_range)
         if obs.delta and obs.delta > 0 and last is not None:
             return Model(Kind.SEQUENTIAL, last, obs.delta, 0.0, False, obs.port_range)

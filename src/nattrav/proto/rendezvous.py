@@ -30,6 +30,7 @@ import msgpack
 
 from ..errors import BadFrame, LocalProtocolError
 from .timers import Timers
+from .vocab import Role
 
 VERSION = 1
 HEADER = struct.Struct("!I")
@@ -54,11 +55,6 @@ class ErrorCode(str, enum.Enum):
     BAD_REQUEST = "bad-request"  # well-formed but not allowed now (e.g. connect before enroll)
     UNKNOWN_OFFER = "unknown-offer"  # accept/refuse of an offer that ended or never existed
     BUSY = "busy"  # a server limit (peers, pending offers) was reached
-
-
-class Role(str, enum.Enum):
-    FIRST = "first"  # sends the low-TTL packets first
-    SECOND = "second"
 
 
 # --- schemas -----------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ The sizing reads only the two reports, in (first, second) order, so both sides d
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
@@ -56,6 +55,7 @@ from ..errors import BadReport, PlanError
 from . import predict as _predict
 from .plan import DEFAULT_HORIZON, FLOW_TABLE_CAP, birthday_miss, probes_for
 from .predict import PORT_RANGE
+from .vocab import Allocation, Filtering, Mapping, TcpStrategy
 
 MAX_SAMPLES = 16
 # The first side opens 2W-1 flows, one socket each: 511 descriptors stay under the common 1024 limit.
@@ -79,50 +79,53 @@ BIRTHDAY_TARGET = 0.99999
 MAX_BIRTHDAY_PROBES = 8192
 
 
-class Kind(str, enum.Enum):
-    OPEN = "open"  # unsolicited SYNs reach the host: no NAT, or EIM + EIF
-    CONE = "cone"  # EIM: the same public port for every destination
-    SEQUENTIAL = "sequential"  # a new port per destination, base + k·Δ
-    RANDOM = "random"  # a new port per destination, no pattern
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class TcpStrategy(str, enum.Enum):
-    DIRECT = "tcp-direct"  # one side accepts unsolicited SYNs: the other just connects
-    SIMULTANEOUS = "tcp-simultaneous"  # low-TTL SYN from the first side, then both connect()
-    BIRTHDAY = "tcp-birthday"  # random side: many low-TTL connects; cone side: many guesses
-    ADDRESS_OPEN = "tcp-address-open"  # an address-filtering side opens to the peer's IP and accepts
-    NONE = "tcp-none"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 @dataclass(frozen=True)
 class TcpMapping:
-    """One side's TCP NAT as its report shows it."""
+    """One side's TCP NAT as its report shows it, in the vocabulary's words."""
 
-    kind: Kind
+    mapping: Mapping  # NONE (no NAT), EIM (one port for every destination), ADM or APDM
+    allocation: Allocation | None  # SEQUENTIAL or RANDOM for a port per destination, else None
     public_ip: str
     last_port: int
     delta: int = 0
     ports: tuple[int, ...] = ()
-    filtering: str | None = None
+    filtering: Filtering | None = None
     port_range: tuple[int, int] = PORT_RANGE  # where a random NAT draws its ports from
     # the rate evidence: foreign flows seen between our own, over `exposure` seconds (0: no times)
     extra: int = 0
     exposure: float = 0.0
     horizon: float = DEFAULT_HORIZON  # seconds from the last sample to the punch
-    # sequential per destination ADDRESS (ADM): every flow to the peer's address shares the port of
-    # the first one, so only one index is ever consumed towards the peer
-    per_address: bool = False
+
+    @property
+    def reachable(self) -> bool:
+        """Unsolicited SYNs reach the host: no NAT, or EIM + EIF."""
+        return self.mapping is Mapping.NONE or (self.mapping is Mapping.EIM and self.filtering is Filtering.EIF)
+
+    @property
+    def cone(self) -> bool:
+        """EIM behind a filter: the same public port for every destination."""
+        return self.mapping is Mapping.EIM and not self.reachable
+
+    @property
+    def sequential(self) -> bool:
+        """A new port per destination, base + k·Δ."""
+        return self.allocation is Allocation.SEQUENTIAL
+
+    @property
+    def random(self) -> bool:
+        """A new port per destination, no pattern (or several public addresses)."""
+        return self.allocation is Allocation.RANDOM
+
+    @property
+    def per_address(self) -> bool:
+        """Sequential per destination ADDRESS (ADM): every flow to the peer's address shares the port
+        of the first one, so only one index is ever consumed towards the peer."""
+        return self.mapping is Mapping.ADM
 
     def shift_pmf(self) -> list[float]:
         """pmf of the shift s (foreign flows before our first punch flow), s = 0..MAX_WINDOW-1 at most:
         a window never looks further. Only a sequential NAT shifts."""
-        if self.kind is not Kind.SEQUENTIAL:
+        if not self.sequential:
             return [1.0]
         rate = self.extra / self.exposure if self.exposure else 0.0
         model = _predict.Model(_predict.Kind.SEQUENTIAL, self.last_port, self.delta, rate, True,
@@ -135,22 +138,29 @@ class TcpMapping:
 
     def predict(self, k: int) -> int:
         """The public port this NAT gives the side's k-th new flow after its last sample (k >= 1)."""
-        if self.kind is Kind.SEQUENTIAL:
+        if self.sequential:
             return (self.last_port + self.delta * k - 1) % 65535 + 1
         return self.last_port
 
     def describe(self) -> str:
         ports = ",".join(map(str, self.ports))
-        if self.kind is Kind.OPEN:
-            what = "no NAT" if self.filtering is None else f"full cone (EIM/{self.filtering})"
-            return f"{what}, TCP port {self.last_port}"
-        if self.kind is Kind.CONE:
+        if self.mapping is Mapping.NONE:
+            return f"no NAT, TCP port {self.last_port}"
+        if self.reachable:
+            return f"full cone (EIM/{self.filtering}), TCP port {self.last_port}"
+        if self.cone:
             return f"cone (EIM/{self.filtering or '?'}), TCP port {self.last_port}"
-        if self.kind is Kind.SEQUENTIAL and self.per_address:
+        if self.sequential and self.per_address:
             return f"address-dependent sequential (ADM, TCP step {self.delta:+d} per address; ports {ports})"
-        if self.kind is Kind.SEQUENTIAL:
+        if self.sequential:
             return f"symmetric sequential (APDM, TCP step {self.delta:+d}; ports {ports})"
         return f"symmetric random (APDM, random TCP ports {ports})"
+
+
+def _as_cone(m: TcpMapping) -> TcpMapping:
+    """`m` with its port taken as fixed: an address-open plan sizes its window on the opener's shift
+    alone (the other side's port never matters there)."""
+    return replace(m, mapping=Mapping.EIM, allocation=None)
 
 
 def _int(v: Any, lo: int, hi: int, what: str) -> int:
@@ -209,6 +219,7 @@ def classify(report: Any) -> TcpMapping:
     filtering = report.get("filtering")
     if filtering is not None and filtering not in ("EIF", "ADF", "APDF"):
         raise BadReport(f"TCP report: unknown filtering {filtering!r}")
+    filtering = None if filtering is None else Filtering(filtering)
     port_range = report.get("port_range", PORT_RANGE)
     if not isinstance(port_range, (list, tuple)) or len(port_range) != 2:
         raise BadReport("TCP report: port_range is not [low, high]")
@@ -228,13 +239,13 @@ def classify(report: Any) -> TcpMapping:
     extra, exposure = _history(report.get("history"))
     if len(ips) != 1:
         # several public addresses (a NAT pool): no prediction can name the address to aim at
-        return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering, (lo, hi))
+        return TcpMapping(Mapping.APDM, Allocation.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering,
+                          (lo, hi))
     public_ip = ips.pop()
     if public_ip == local_ip and all(p == local_port for p in ports):
-        return TcpMapping(Kind.OPEN, public_ip, ports[-1], 0, tuple(ports), None)
+        return TcpMapping(Mapping.NONE, None, public_ip, ports[-1], 0, tuple(ports), None)
     if len(set(ports)) == 1:
-        kind = Kind.OPEN if filtering == "EIF" else Kind.CONE
-        return TcpMapping(kind, public_ip, ports[-1], 0, tuple(ports), filtering or "APDF")
+        return TcpMapping(Mapping.EIM, None, public_ip, ports[-1], 0, tuple(ports), filtering or Filtering.APDF)
     # the NAT's allocations in order: one per sample, or one per new address for an ADM NAT
     adm = _per_address_ports(ports, dests)
     allocated = ports if adm is None else adm
@@ -249,9 +260,10 @@ def classify(report: Any) -> TcpMapping:
         extra += sum(abs(d) // abs(delta) - 1 for d in steps)
         if None not in times:
             exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
-        return TcpMapping(Kind.SEQUENTIAL, public_ip, allocated[-1], delta, tuple(ports), filtering, (lo, hi),
-                          extra, exposure, DEFAULT_HORIZON if horizon is None else horizon, adm is not None)
-    return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
+        return TcpMapping(Mapping.APDM if adm is None else Mapping.ADM, Allocation.SEQUENTIAL, public_ip,
+                          allocated[-1], delta, tuple(ports), filtering, (lo, hi), extra, exposure,
+                          DEFAULT_HORIZON if horizon is None else horizon)
+    return TcpMapping(Mapping.APDM, Allocation.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
 
 
 def _per_address_ports(ports: list[int], dests: list[str | None]) -> list[int] | None:
@@ -314,7 +326,7 @@ def history(old_report: Any, new_report: Any, seconds: float) -> dict[str, Any] 
         old, new = classify(old_report), classify(new_report)
     except BadReport:
         return None
-    if not (old.kind is new.kind is Kind.SEQUENTIAL and old.delta == new.delta
+    if not (old.sequential and new.sequential and old.delta == new.delta
             and not (old.per_address or new.per_address)
             and old.public_ip == new.public_ip and old.port_range == new.port_range and 0 <= seconds):
         return None
@@ -338,16 +350,16 @@ def agreed_window(mine_report: Any, peer_report: Any) -> int:
 
 def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list[int]:
     """The peer ports this side aims at, in firing order (see the module docstring)."""
-    if peer.kind is not Kind.SEQUENTIAL:
+    if not peer.sequential:
         return [peer.last_port]
     if role == "first":
         # the second side's j-th connect leaves from its index j + s (per flow, APDM) only when it
         # fires W of them (we are sequential too); an ADM second side uses one index, 1 + s
-        per_flow = mine.kind is Kind.SEQUENTIAL and not peer.per_address
+        per_flow = mine.sequential and not peer.per_address
         return [peer.predict(k) for k in range(1, (2 * window - 1 if per_flow else window) + 1)]
     # our flows to the first side: its matching flow has index (our index) + its shift when it is
     # APDM, so the sum is bet on (stride 2); an ADM first side has ONE port, 1 + its shift (stride 1)
-    both = mine.kind is Kind.SEQUENTIAL and not mine.per_address and not peer.per_address
+    both = mine.sequential and not mine.per_address and not peer.per_address
     return [peer.predict(2 * j - 1 if both else j) for j in range(1, window + 1)]
 
 
@@ -401,17 +413,17 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
 
 def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None) -> TcpPlan:
     pair = f"this side: {mine.describe()}; peer: {peer.describe()}"
-    if peer.kind is Kind.OPEN and (mine.kind is not Kind.OPEN or role == "second"):
+    if peer.reachable and (not mine.reachable or role == "second"):
         return TcpPlan(TcpStrategy.DIRECT, True, f"the peer accepts unsolicited SYNs: connect to it ({pair})",
                        role, ((peer.public_ip, peer.last_port),), False, mine, peer, odds=1.0)
-    if mine.kind is Kind.OPEN:
+    if mine.reachable:
         return TcpPlan(TcpStrategy.DIRECT, True, f"this side accepts unsolicited SYNs: the peer connects ({pair})",
                        role, (), False, mine, peer, odds=1.0)
     first, second = (mine, peer) if role == "first" else (peer, mine)
     opener = _address_opener(first, second)
     if opener is not None:
         return _address_open_plan(mine, peer, role, opener is mine, window, target, pair)
-    if Kind.RANDOM in (mine.kind, peer.kind):
+    if mine.random or peer.random:
         return _random_plan(mine, peer, role, pair)
     window, odds = size_window(first, second, window, target)
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
@@ -429,8 +441,9 @@ def _address_opener(first: TcpMapping, second: TcpMapping) -> TcpMapping | None:
     """The side whose address-dependent filter (ADF) can be opened to the peer's whole address,
     provided its own port for that address can be named (EIM, or sequential within a window):
     a fixed port first (no window), then the rendezvous' first."""
-    able = [m for m in (first, second) if m.filtering in ("ADF", "EIF") and m.kind in (Kind.CONE, Kind.SEQUENTIAL)]
-    able.sort(key=lambda m: m.kind is not Kind.CONE)  # stable: ties keep the first side first
+    able = [m for m in (first, second)
+            if m.filtering is not None and m.filtering.by_address and (m.cone or m.sequential)]
+    able.sort(key=lambda m: not m.cone)  # stable: ties keep the first side first
     return able[0] if able else None
 
 
@@ -442,16 +455,15 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
     The peer's own ports never matter, so it may even allocate at random: cheaper than any window
     or birthday, hence tried first."""
     opener, other = (mine, peer) if opening else (peer, mine)
-    window, odds = size_window(opener, replace(other, kind=Kind.CONE), window, target)
-    ports = ([opener.last_port] if opener.kind is Kind.CONE
+    window, odds = size_window(opener, _as_cone(other), window, target)
+    ports = ([opener.last_port] if opener.cone
              else [opener.predict(j) for j in range(1, window + 1)])
-    words = ("its one port" if opener.kind is Kind.CONE
-             else _window_words(opener, replace(other, kind=Kind.CONE), window, odds))
+    words = ("its one port" if opener.cone else _window_words(opener, _as_cone(other), window, odds))
     who = "this side" if opening else "the peer"
     reason = (f"{who} filters by address only (ADF): one low-TTL SYN to the other's address opens it to "
               f"every port of that address, then the other side connect()s to {words} and is accepted "
               f"({pair})")
-    params = {"window": window if opener.kind is Kind.SEQUENTIAL else 1, "target": target}
+    params = {"window": window if opener.sequential else 1, "target": target}
     if opening:
         return TcpPlan(TcpStrategy.ADDRESS_OPEN, True, reason, role, ((peer.public_ip, peer.last_port),), True,
                        mine, peer, {**params, "own_predicted": ports}, odds=odds)
@@ -460,7 +472,7 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
 
 
 def _window_words(first: TcpMapping, second: TcpMapping, window: int, odds: float) -> str:
-    seq = [m for m in (first, second) if m.kind is Kind.SEQUENTIAL]
+    seq = [m for m in (first, second) if m.sequential]
     if not seq:
         return "both ports are fixed, no window needed: odds 100%"
     whose = "the total shift of both sequential NATs" if len(seq) == 2 else "the sequential NAT's shift"
@@ -481,9 +493,9 @@ def birthday_size(span: int, sockets: int = BIRTHDAY_SOCKETS, target: float = BI
 
 def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> TcpPlan:
     """A random-allocation side: the birthday attack against a cone, else a reason with numbers."""
-    rnd, other = (mine, peer) if mine.kind is Kind.RANDOM else (peer, mine)
+    rnd, other = (mine, peer) if mine.random else (peer, mine)
     who = "this side" if rnd is mine else "the peer"
-    if other.kind is Kind.CONE:
+    if other.cone:
         sockets, probes, odds = birthday_size(rnd.span)
         reason = (f"TCP birthday: {who} allocates TCP ports at random and the other side keeps one TCP port "
                   f"for every destination (EIM), so the random side connect()s from {sockets} fresh ports "
@@ -495,7 +507,7 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
                            mine, peer, params, odds=odds, sockets=sockets)
         return TcpPlan(TcpStrategy.BIRTHDAY, True, reason, role, (), False, mine, peer, params, odds=odds,
                        random_probes=probes, peer_range=peer.port_range)
-    if other.kind is Kind.RANDOM:
+    if other.random:
         why = ("both sides allocate TCP ports at random and neither accepts unsolicited SYNs: a SYN meets a "
                "mapping only when each side guesses the other's random port, a 1/(N·N) chance per pair of "
                "connections")
@@ -522,5 +534,5 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
 
 
 __all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "DEFAULT_WINDOW", "MAX_WINDOW", "WINDOW_TARGET",
-           "birthday_size", "history", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan",
+           "birthday_size", "history", "TcpMapping", "TcpPlan", "agreed_window", "classify", "plan",
            "shift_cdf", "size_window"]
