@@ -17,7 +17,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -36,6 +36,8 @@ from .io.punch import PunchedPath, punch
 from .io.stun_client import binding, discover
 from .proto.nat_behavior import NatBehavior
 from .proto.plan import Plan, plan
+from .proto.report import MAX_WINDOW, NatReport, Sample, TcpReport, TcpSample
+from .proto.vocab import Filtering, Mapping
 from .workers import open_coordinator
 
 STUN_PORT = 3478
@@ -71,7 +73,8 @@ class Endpoint:
 
     sock: Any  # the trio UDP punch socket (kept open)
     behavior: NatBehavior
-    report: dict[str, Any]  # behaviour report + the punch socket's own mappings, as sent to the peer
+    report: NatReport  # the NAT's words + the punch socket's own mappings, as sent to the peer
+    t0: float = 0.0  # trio time of the punch socket's first sample (the samples' "t" count from it)
 
 
 async def open_endpoint(
@@ -99,11 +102,12 @@ async def open_endpoint(
                 f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
             ) from None
         targets = [stun] + ([behavior.other_address] if behavior.other_address else [])
-        report = await _learn_mappings(sock, targets, behavior, emit)
+        t0 = trio.current_time()
+        report = await _learn_mappings(sock, targets, behavior, emit, t0)
     except BaseException:
         sock.close()
         raise
-    return Endpoint(sock, behavior, report)
+    return Endpoint(sock, behavior, report, t0)
 
 
 async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
@@ -121,7 +125,7 @@ async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
     return behavior
 
 
-async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> dict[str, Any]:
+async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
     """Sample the punch socket's mappings again right before a session: other hosts behind the NAT
     may have taken ports since. The same socket to the same server address would reuse its old
     mapping and show nothing new, so the refresh asks the two server addresses this socket has not
@@ -131,47 +135,47 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> d
     if s2 is None:
         return ep.report
     ep.report = await _learn_mappings(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.behavior,
-                                      on_event or (lambda phase, detail: None), ep.report)
+                                      on_event or (lambda phase, detail: None), ep.t0, ep.report)
     return ep.report
 
 
+def _words(behavior: NatBehavior, **fields: Any) -> NatReport:
+    """A report in the vocabulary's words: no NAT is Mapping.NONE for the planners."""
+    mapping = Mapping.NONE if behavior.nat is False else behavior.mapping
+    return NatReport(mapping=mapping, filtering=behavior.filtering, allocation=behavior.allocation,
+                     delta=behavior.delta, **fields)
+
+
 async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: NatBehavior,
-                          emit: EventHook, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+                          emit: EventHook, t0: float, previous: NatReport | None = None) -> NatReport:
     # With APDM each new server address is a new mapping; the difference between consecutive ones
     # is the step Δ the next mapping will take, and the last one is where prediction starts.
-    series = list(previous["one_socket"]) if previous else []
-    # sample times count from this socket's first sample (the peer's predictor reads them as ages)
-    t0 = previous["one_socket_t0"] if previous else trio.current_time()
     new = []
     for dest in targets:
         try:
             r = await binding(sock, dest, timeout=3.0)
         except (StunTimeout, StunErrorResponse) as exc:
             raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {exc}") from None
-        new.append({"port": r.mapped[1], "t": trio.current_time() - t0})
-        public = [r.mapped[0], r.mapped[1]]
-    series += new
-    report = behavior.to_dict()
-    # keep the info small (the rendezvous caps node info at 8 KiB) and current
-    for key in ("samples", "findings", "discarded"):
-        report.pop(key, None)
-    report["one_socket"] = series
-    report["one_socket_t0"] = t0
-    report["public"] = public
-    report["local"] = list(sock.getsockname()[:2])
-    ports = [s["port"] for s in new]
-    emit("mapping", {"ports": ports, "public": public,
+        # sample times count from this socket's first sample (the peer's predictor reads them as ages)
+        new.append(Sample(r.mapped[1], trio.current_time() - t0))
+        public = (str(r.mapped[0]), r.mapped[1])
+    series = (previous.samples if previous else ()) + tuple(new)
+    ports = [s.port for s in new]
+    emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
-    return report
+    return _words(behavior, public=public, samples=series)
 
 
-def _peer_report(session: rv.Session, key: str, what: str) -> tuple[dict[str, Any], str]:
+def _peer_report(session: rv.Session) -> tuple[NatReport, str]:
     """The peer's report and the one address we may aim at: where the rendezvous server saw the
     peer. The report is the peer's own word; the server's observation is not."""
     info = session.peer_info if isinstance(session.peer_info, dict) else {}
-    report = info.get(key)
-    if not isinstance(report, dict):
-        raise ConnectError(f"peer {session.peer_id} published no {what}")
+    if "report" not in info:
+        raise ConnectError(f"peer {session.peer_id} published no NAT report")
+    try:
+        report = NatReport.from_wire(info["report"])
+    except BadReport as exc:
+        raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     observed = info.get("observed")
     try:
         ip = str(ipaddress.ip_address(observed[0]))  # type: ignore[index]
@@ -188,7 +192,9 @@ def _emit_address(emit: EventHook, params: dict[str, Any], ip: str) -> None:
 
 async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: EventHook,
                  coordinator: Any = None) -> PunchedPath:
-    peer_report, peer_ip = _peer_report(session, "report", "NAT report")
+    peer_report, peer_ip = _peer_report(session)
+    if peer_report.public is None:
+        raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
         p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip)
     except (BadReport, PlanError) as exc:
@@ -220,10 +226,6 @@ def _needs_workers(p: Plan) -> bool:
     return any(a.local.sockets >= WORKER_SOCKETS for a in p.attempts)
 
 
-def _info(ep: Endpoint) -> dict[str, Any]:
-    return {"report": ep.report}
-
-
 def _stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) -> tuple[str, int]:
     if stun is None:
         return (server[0], STUN_PORT)
@@ -241,12 +243,12 @@ class TcpEndpoint:
 
     listener: Any  # stdlib socket listening on the shared port; closed by the punch
     behavior: NatBehavior
-    report: dict[str, Any]
+    report: NatReport  # its TCP part holds the TCP mappings
     measured_at: float = 0.0  # trio time the report's sample times count from
 
 
 async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
-                      emit: EventHook) -> tuple[dict[str, Any], float]:
+                      emit: EventHook) -> tuple[NatReport, float]:
     """The TCP report, and the trio time its samples' "t" count from."""
     from .io.stun_tcp import tcp_mappings
 
@@ -260,15 +262,15 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
     except StunTcpError as exc:
         raise ConnectError(f"TCP mapping probe failed: {exc.strerror or exc} (does the server serve STUN "
                            "over TCP?)") from None
-    report = {"local": [samples[0]["local_ip"], local[1]], "samples": samples,
-              # what the UDP tests measured: TCP filtering is assumed to follow it (true of the lab);
-              # unknown reads as the strictest
-              "filtering": behavior.filtering or "APDF",
-              "public": [samples[-1]["ip"], samples[-1]["port"]]}
+    tcp = TcpReport(local=(samples[0]["local_ip"], local[1]),
+                    samples=tuple(TcpSample(x["ip"], x["port"], x["t"], tuple(x["dest"])) for x in samples),
+                    # what the UDP tests measured: TCP filtering is assumed to follow it (true of the
+                    # lab); unknown reads as the strictest
+                    filtering=behavior.filtering or Filtering.APDF)
     ports = [x["port"] for x in samples]
     emit("tcp-mapping", {"ports": ports, "local": list(local),
                          "steps": [b - a for a, b in zip(ports, ports[1:])]})
-    return report, started
+    return _words(behavior, tcp=tcp), started
 
 
 async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
@@ -301,15 +303,15 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
     from .proto.tcp_plan import agreed_window, plan as tcp_plan
 
     try:
-        peer, peer_ip = _peer_report(session, "tcp", "TCP report (is it listening with TCP?)")
+        peer_report, peer_ip = _peer_report(session)
+        if peer_report.tcp is None:
+            raise ConnectError(f"peer {session.peer_id} published no TCP report (is it listening with TCP?)")
     except ConnectError:
         ep.listener.close()
         raise
-    try:
-        p = tcp_plan(ep.report, peer, session.role, window=agreed_window(ep.report, peer), peer_ip=peer_ip)
-    except BadReport as exc:  # a peer's malformed report is a plan that says so; this one is ours
-        ep.listener.close()
-        raise ConnectError(f"our own TCP report is unusable: {exc}") from None
+    mine, peer = ep.report.tcp, peer_report.tcp
+    assert mine is not None
+    p = tcp_plan(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip)
     _emit_address(emit, p.params, peer_ip)
     emit("plan", {**p.to_dict(), "params": p.params,
                   # the peer ports we bet on (an address-open opener aims at an address, not a port)
@@ -325,9 +327,7 @@ async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, time
 
 
 class _Udp:
-    """UDP: the punch socket, its report under "report", the planner and the UDP puncher."""
-
-    info_key = "report"
+    """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
     def __init__(self, coordinator: Any = None) -> None:
         self.coordinator = coordinator
@@ -347,9 +347,8 @@ class _Udp:
 
 
 class _Tcp:
-    """TCP: one shared local port, its TCP mappings under "tcp", low-TTL SYN + simultaneous open."""
-
-    info_key = "tcp"
+    """TCP: one shared local port, its TCP mappings in the report's TCP part, low-TTL SYN +
+    simultaneous open."""
 
     def __init__(self, punch_timeout: float = 10.0, window: int = 8) -> None:
         self.punch_timeout = punch_timeout
@@ -357,21 +356,25 @@ class _Tcp:
 
     async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
         ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
-        ep.report["window"] = self.window
+        ep.report = self._windowed(ep.report)
         return ep
+
+    def _windowed(self, report: NatReport, **tcp: Any) -> NatReport:
+        assert report.tcp is not None
+        window = min(max(self.window, 1), MAX_WINDOW)
+        return replace(report, tcp=replace(report.tcp, window=window, **tcp))
 
     async def refresh(self, ep: TcpEndpoint, emit: EventHook) -> None:
         # the mappings may be stale (other flows since enrolment): measure the same port again; the
         # flows others took in between tell the window planner the NAT's rate over that whole wait
         from .proto.tcp_plan import history
 
-        old, old_at = ep.report, ep.measured_at
-        ep.report, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
-        seen = history(old, ep.report, ep.measured_at + ep.report["samples"][0]["t"]
-                       - old_at - old["samples"][-1]["t"])
-        if seen is not None:
-            ep.report["history"] = seen
-        ep.report["window"] = self.window
+        old, old_at = ep.report.tcp, ep.measured_at
+        new, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
+        assert old is not None and new.tcp is not None
+        seen = history(old, new.tcp, ep.measured_at + (new.tcp.samples[0].t or 0.0)
+                       - old_at - (old.samples[-1].t or 0.0))
+        ep.report = self._windowed(new, history=seen)
 
     async def punch(self, ep: TcpEndpoint, session: rv.Session, ttl: int | None, emit: EventHook) -> Any:
         return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
@@ -394,7 +397,7 @@ async def _connect(transport: Any, server: str | tuple[str, int], peer_id: str, 
             emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
             ep = await transport.open(stun_ep, src_ip, src_port, emit, behavior)
             try:
-                await client.update_info({transport.info_key: ep.report})
+                await client.update_info({"report": ep.report.to_wire()})
                 emit("rendezvous-connect", {"peer": peer_id})
                 session = await client.connect(peer_id, timeout=timeout)
                 path = await transport.punch(ep, session, ttl, emit)
@@ -495,7 +498,7 @@ class Listener:
         self.endpoint = await self._transport.open(self._stun, self._src[0], self._src[1], self._emit,
                                                    self._behavior)
         self._behavior = self.endpoint.behavior
-        await self._client.update_info({self._transport.info_key: self.endpoint.report})
+        await self._client.update_info({"report": self.endpoint.report.to_wire()})
 
     def _close(self) -> None:
         if self.endpoint is not None:
@@ -520,7 +523,7 @@ class Listener:
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
             await self._transport.refresh(ep, self._emit)
-            await self._client.update_info({self._transport.info_key: ep.report})
+            await self._client.update_info({"report": ep.report.to_wire()})
             session = await self._client.accept(offer)
             path = await self._transport.punch(ep, session, self._ttl, self._emit)
         except BaseException:

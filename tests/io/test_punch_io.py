@@ -13,6 +13,7 @@ from nattrav.io.punch import Session, punch
 from nattrav.proto import punch as proto
 from nattrav.proto.plan import plan, probes_for
 from nattrav.proto.vocab import Strategy
+from tests.reports import udp as udp_report
 
 KEY = os.urandom(32)
 LO = "127.0.0.1"
@@ -26,10 +27,10 @@ async def udp(port=0):
 
 
 def report(sock, **kw):
-    return dict(public=[LO, sock.getsockname()[1]], **kw)
+    return udp_report(public=(LO, sock.getsockname()[1]), **kw)
 
 
-OPEN = dict(nat=False, mapping="none")  # no NAT: nothing filters
+OPEN = dict(mapping=None, filtering=None, nat=False)  # no NAT: nothing filters
 CONE = dict(mapping="EIM", filtering="APDF")
 
 
@@ -107,8 +108,8 @@ async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
     pb_port = sb.getsockname()[1]
     ra = report(sa, **CONE)
     # B's NAT "was seen" at pb-2, pb-1 with Δ = 1: the predicted next mapping is B's real port
-    rb = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="sequential", delta=1,
-              one_socket=[{"port": pb_port - 2, "t": 0.0}, {"port": pb_port - 1, "t": 0.01}])
+    rb = udp_report("APDM", "APDF", [pb_port - 2, pb_port - 1], times=[0.0, 0.01], ip=LO, allocation="sequential",
+                    delta=1)
     plan_a, plan_b = plan(ra, rb, "first"), plan(rb, ra, "second")
     assert plan_a.strategy is Strategy.PREDICTED and plan_a.primary.local.opens
     assert pb_port in plan_a.primary.local.targets
@@ -195,8 +196,8 @@ async def test_birthday_burst_finds_one_of_many_sockets_and_closes_the_rest():
     sr, se = await udp(), await udp()
     decoy_sock = await udp()
     lo, hi = _ephemeral_range()
-    rr = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-              one_socket=[lo + 11, lo + 5000], port_range=[lo, hi])
+    rr = udp_report("APDM", "APDF", [lo + 11, lo + 5000], ip=LO, allocation="random",
+              port_range=(lo, hi))
     re_ = report(se, **CONE)
     plan_r, plan_e = plan(rr, re_, "first", birthday_sockets=64, target=0.999999), \
         plan(re_, rr, "second", birthday_sockets=64, target=0.999999)
@@ -221,8 +222,8 @@ async def test_birthday_burst_finds_one_of_many_sockets_and_closes_the_rest():
 
 async def test_random_pair_fails_fast_naming_both_nats():
     sa, sb = await udp(), await udp()
-    rnd = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-               one_socket=[40000, 12345], port_range=[20000, 20100])  # nobody listens there
+    rnd = udp_report("APDM", "APDF", [40000, 12345], ip=LO, allocation="random",
+               port_range=(20000, 20100))  # nobody listens there
     pl_a = plan(rnd, rnd, "first")
     assert not pl_a.feasible
     t0 = trio.current_time()
@@ -253,8 +254,8 @@ async def test_birthday_burst_through_the_worker_coordinator():
     sr, se = await udp(), await udp()
     decoy_sock = await udp()
     lo, hi = _ephemeral_range()
-    rr = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-              one_socket=[lo + 11, lo + 5000], port_range=[lo, hi])
+    rr = udp_report("APDM", "APDF", [lo + 11, lo + 5000], ip=LO, allocation="random",
+              port_range=(lo, hi))
     re_ = report(se, **CONE)
     kw = dict(birthday_sockets=128, target=0.999999)
     plan_r = _without_opener_reaching(plan(rr, re_, "first", **kw), decoy_sock.getsockname()[1])
@@ -304,8 +305,8 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
 
 async def test_cancelled_punch_closes_its_burst_sockets():
     sa = await udp()
-    rnd = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-               one_socket=[40000, 12345], port_range=[20000, 20100])
+    rnd = udp_report("APDM", "APDF", [40000, 12345], ip=LO, allocation="random",
+               port_range=(20000, 20100))
     pl = plan(rnd, rnd, "first")
     fds = psutil.Process().num_fds()
     with trio.move_on_after(0.3):

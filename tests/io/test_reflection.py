@@ -15,6 +15,8 @@ import trio
 from nattrav.api import AcceptPolicy, listen, listen_tcp
 from nattrav.errors import ConnectError, Refused
 from nattrav.io import rendezvous_client as rv
+from nattrav.proto.report import NatReport
+from tests.reports import tcp, udp, wire
 
 VICTIM_IP = "127.0.0.3"
 
@@ -38,14 +40,13 @@ def _received(s: socket.socket) -> int:
 
 def _udp_report(victim_port: int) -> dict:
     # "no NAT at the victim's address": a listener would send its opening packets straight there
-    return {"nat": False, "mapping": "EIM", "filtering": "EIF", "public": [VICTIM_IP, victim_port],
-            "one_socket": [{"port": victim_port, "t": 0.0}, {"port": victim_port, "t": 0.01}],
-            "local": [VICTIM_IP, victim_port]}
+    return wire(udp("EIM", "EIF", [victim_port, victim_port], times=[0.0, 0.01], nat=False, ip=VICTIM_IP))
 
 
 def _tcp_report(victim_port: int) -> dict:
-    return {"local": [VICTIM_IP, victim_port], "filtering": "EIF",
-            "samples": [{"dest": ["127.0.0.1", 3478], "ip": VICTIM_IP, "port": victim_port, "t": 0.0}] * 3}
+    report = tcp([victim_port] * 3, public=VICTIM_IP, local=(VICTIM_IP, victim_port), filtering="EIF",
+                 dests=["127.0.0.1"] * 3)
+    return wire(NatReport(tcp=report))
 
 
 async def _attack(servers, listener_id: str, info: dict) -> None:
@@ -66,7 +67,7 @@ async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers
         victim.bind((VICTIM_IP, 0))
         victim.listen(64)
         victim.setblocking(False)
-        info = {"tcp": _tcp_report(victim.getsockname()[1])}
+        info = {"report": _tcp_report(victim.getsockname()[1])}
         listen_ = listen_tcp
     events: list[tuple[str, dict]] = []
     with victim, trio.fail_after(40):
@@ -96,7 +97,7 @@ async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers
 
 
 async def test_a_hostname_in_a_peer_report_is_never_resolved(servers):
-    info = {"report": {**_udp_report(4000), "public": ["victim.example", 4000]}}
+    info = {"report": {**_udp_report(4000), "public": ["victim.example", 4000]}}  # from_wire must refuse it
     with trio.fail_after(40):
         async with listen(servers["server"], stun=servers["stun"]) as lst:
             async with trio.open_nursery() as nursery:

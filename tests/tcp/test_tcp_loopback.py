@@ -21,6 +21,7 @@ from nattrav.errors import TcpPunchFailed
 from nattrav.io.stun_server import StunServerConfig
 from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
+from nattrav.proto.report import TcpReport, TcpSample
 from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
 from nattrav.proto.tcp_plan import plan
 from nattrav.proto.vocab import TcpStrategy
@@ -88,9 +89,9 @@ async def test_tcp_binding_to_closed_port_is_a_clean_error():
     assert str(port) in str(info.value)
 
 
-def _open_report(sock) -> dict:
+def _open_report(sock) -> TcpReport:
     ip, port = sock.getsockname()[:2]
-    return {"local": [ip, port], "filtering": None, "samples": [{"ip": ip, "port": port}] * 2}
+    return TcpReport(local=(ip, port), samples=(TcpSample(ip, port),) * 2)
 
 
 async def _punch_pair(key_a: bytes, key_b: bytes, timeout: float = 3.0):

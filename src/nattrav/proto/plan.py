@@ -18,13 +18,13 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import math
-from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BadReport, PlanError
 from . import predict as _predict
 from .predict import Kind, Prediction
+from .report import PORT_RANGE, NatReport
 from .vocab import Filtering, Mapping, Role, Strategy
 
 FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every probe is a flow
@@ -116,60 +116,12 @@ class Side:
                 f"{self.filtering.words} filtering ({self.filtering})")
 
 
-def _word(kind: type, value: Any, what: str) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, str) or value not in set(kind):
-        raise BadReport(f"unknown {what} {value!r}")
-    return kind(value)
-
-
-def _endpoint(report: MappingABC[str, Any]) -> tuple[str | None, int | None]:
-    for key in ("public", "mapped", "mapped_address", "endpoint"):
-        ep = report.get(key)
-        if isinstance(ep, (list, tuple)) and len(ep) == 2:
-            return str(ep[0]), int(ep[1])
-    ip = report.get("public_ip")
-    port = report.get("public_port")
-    if ip is None:
-        for s in reversed(list(report.get("samples") or ())):
-            if isinstance(s, MappingABC) and isinstance(s.get("mapped"), (list, tuple)):
-                ip = s["mapped"][0]
-                break
-    if ip is None:
-        # The rendezvous server's own observation of the peer (its TCP source): the IP only.
-        observed = report.get("observed")
-        if isinstance(observed, (list, tuple)) and observed and isinstance(observed[0], str):
-            ip = observed[0]
-    return (str(ip) if ip is not None else None), (int(port) if port is not None else None)
-
-
-def side_from_report(
-    report: MappingABC[str, Any], *, horizon: float = DEFAULT_HORIZON, target: float = DEFAULT_TARGET
-) -> Side:
-    try:
-        return _side_from_report(report, horizon, target)
-    except BadReport:
-        raise
-    except (TypeError, ValueError, KeyError, IndexError) as exc:
-        # Reports come from the peer through the rendezvous: one error type for anything odd.
-        raise BadReport(f"malformed report: {exc}") from None
-
-
-def _side_from_report(report: MappingABC[str, Any], horizon: float, target: float) -> Side:
-    """Normalise a behaviour report (STUN client's dict plus the public endpoint) into a Side.
-
-    Keys: "mapping" and "filtering" (RFC 4787 words or EIM/ADM/APDM, EIF/ADF/APDF, "none"),
-    "allocation", "delta", "samples", "port_range" (see predict.Observation.from_report), and the
-    public endpoint as "public": [ip, port] (or "mapped", or "public_ip"/"public_port").
-    """
-    if not isinstance(report, MappingABC):
-        raise BadReport(f"report must be a mapping, got {type(report).__name__}")
+def side_from_report(report: NatReport, *, horizon: float = DEFAULT_HORIZON,
+                     target: float = DEFAULT_TARGET) -> Side:
+    """One peer as the planner sees it. BadReport when the report names no public endpoint (a report
+    published for TCP only); everything else was checked by its schema (proto/report.py)."""
     obs = _predict.Observation.from_report(report)
-    mapping = _word(Mapping, report.get("mapping"), "mapping")
-    if report.get("nat") is False:
-        mapping = Mapping.NONE
-    filtering = _word(Filtering, report.get("filtering"), "filtering")
+    mapping, filtering = report.mapping, report.filtering
     prediction = _predict.predict(obs, elapsed=horizon, target=target)
     if mapping is None:
         mapping = Mapping.EIM if prediction.kind is Kind.FIXED else Mapping.APDM
@@ -179,16 +131,11 @@ def _side_from_report(report: MappingABC[str, Any], horizon: float, target: floa
         # EIM keeps one mapping per socket whatever the samples suggest (they may come from
         # different sockets); trust the mapping word.
         prediction = replace(prediction, kind=Kind.FIXED)
-    ip, port = _endpoint(report)
-    if port is None and obs.samples:
-        port = obs.samples[-1].port
+    if report.public is None:
+        raise BadReport("report has no public endpoint (it was published for TCP)")
+    ip, port = report.public
     if prediction.kind is not Kind.FIXED and obs.samples:
         port = obs.samples[-1].port  # predictions count from the LAST mapping seen
-    if ip is None or port is None:
-        raise BadReport("report has no public endpoint (public: [ip, port])")
-    ip = str(ipaddress.ip_address(ip))
-    if not 1 <= port <= 65535:
-        raise BadReport(f"bad public port {port!r}")
     return Side(mapping, filtering, ip, port, prediction, obs.port_range)
 
 
@@ -209,7 +156,7 @@ class Part:
     peer_ip: str
     targets: tuple[int, ...] = ()
     random_probes: int = 0
-    peer_range: tuple[int, int] = _predict.PORT_RANGE
+    peer_range: tuple[int, int] = PORT_RANGE
     sockets: int = 1
     opens: bool = False
     delay: float = 0.0
@@ -469,8 +416,8 @@ def random_sequential_odds(rnd: Side, seq: Side, sockets: int, window: int, prob
 
 
 def plan(
-    local_report: MappingABC[str, Any],
-    remote_report: MappingABC[str, Any],
+    local_report: NatReport,
+    remote_report: NatReport,
     role: str,
     *,
     target: float = DEFAULT_TARGET,

@@ -51,23 +51,18 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import BadReport, PlanError
+from ..errors import PlanError
 from . import predict as _predict
 from .plan import DEFAULT_HORIZON, FLOW_TABLE_CAP, birthday_miss, probes_for
-from .predict import PORT_RANGE
+from .report import MAX_AGE, MAX_WINDOW, PORT_RANGE, History, TcpReport
 from .vocab import Allocation, Filtering, Mapping, TcpStrategy
 
-MAX_SAMPLES = 16
-# The first side opens 2W-1 flows, one socket each: 511 descriptors stay under the common 1024 limit.
-MAX_WINDOW = 256
+# MAX_WINDOW (proto/report.py, part of the schema): the first side opens 2W-1 flows, one socket
+# each, so 511 descriptors stay under the common 1024 limit.
 DEFAULT_WINDOW = 8
 # The coverage the window is sized for: a TCP miss costs a whole new session and SYNs are cheap, so
 # the same 1e-5 as the birthday (a quiet pair of sequential NATs takes W ~ 190 for a 1 s horizon).
 WINDOW_TARGET = 0.99999
-# A report's own claims (seconds until the punch, seconds of earlier observation) beyond these are
-# nonsense rather than information.
-MAX_HORIZON = 600.0
-MAX_EXPOSURE = 86400.0
 # A sequential NAT's measured steps may differ when other hosts' flows slip in between the probes;
 # steps up to this size that disagree are still read as "sequential, with noise".
 NOISY_STEP_MAX = 64
@@ -163,86 +158,21 @@ def _as_cone(m: TcpMapping) -> TcpMapping:
     return replace(m, mapping=Mapping.EIM, allocation=None)
 
 
-def _int(v: Any, lo: int, hi: int, what: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise BadReport(f"{what}: {v!r} is not an integer in {lo}..{hi}")
-    return v
-
-
-def _str(v: Any, what: str, limit: int = 64) -> str:
-    if not isinstance(v, str) or len(v) > limit:
-        raise BadReport(f"{what}: not a short string")
-    return v
-
-
-def _ip(v: Any, what: str) -> str:
-    # an IP literal only: a name would need a (blocking) lookup, and resolves wherever its owner likes
-    try:
-        return str(ipaddress.ip_address(_str(v, what)))
-    except ValueError:
-        raise BadReport(f"{what}: {v!r} is not an IP address") from None
-
-
-def _seconds(v: Any, limit: float, what: str) -> float | None:
-    """An optional duration: None if absent, else a finite number of seconds in 0..limit."""
-    if v is None:
-        return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= limit:
-        raise BadReport(f"{what}: {v!r} is not a number of seconds in 0..{limit:g}")
-    return float(v)
-
-
-def _history(v: Any) -> tuple[int, float]:
-    """Earlier rate evidence the side publishes (a listener's enrolment-to-refresh gap): {"extra":
-    foreign flows, "exposure": seconds}. A false claim only moves the shared W within 1..MAX_WINDOW."""
-    if v is None:
-        return 0, 0.0
-    if not isinstance(v, dict):
-        raise BadReport("TCP report: history is not a map")
-    extra = _int(v.get("extra"), 0, 65535, "history extra")
-    exposure = _seconds(v.get("exposure"), MAX_EXPOSURE, "history exposure")
-    return extra, exposure or 0.0
-
-
-def classify(report: Any) -> TcpMapping:
-    """Read a TCP report (possibly the peer's: untrusted). Raises BadReport, and only BadReport."""
-    if not isinstance(report, dict):
-        raise BadReport("TCP report is not a map")
-    samples = report.get("samples")
-    if not isinstance(samples, list) or not 1 <= len(samples) <= MAX_SAMPLES:
-        raise BadReport(f"TCP report needs 1..{MAX_SAMPLES} samples")
-    local = report.get("local")
-    if not isinstance(local, list) or len(local) != 2:
-        raise BadReport("TCP report: local is not [ip, port]")
-    local_ip = _ip(local[0], "local ip")
-    local_port = _int(local[1], 1, 65535, "local port")
-    filtering = report.get("filtering")
-    if filtering is not None and filtering not in ("EIF", "ADF", "APDF"):
-        raise BadReport(f"TCP report: unknown filtering {filtering!r}")
-    filtering = None if filtering is None else Filtering(filtering)
-    port_range = report.get("port_range", PORT_RANGE)
-    if not isinstance(port_range, (list, tuple)) or len(port_range) != 2:
-        raise BadReport("TCP report: port_range is not [low, high]")
-    lo, hi = (_int(x, 1, 65535, "port_range bound") for x in port_range)
-    if hi - lo < 1:
-        raise BadReport(f"TCP report: port_range {lo}..{hi} holds fewer than two ports")
-    ports, ips, times, dests = [], set(), [], []
-    for s in samples:
-        if not isinstance(s, dict):
-            raise BadReport("TCP sample is not a map")
-        ports.append(_int(s.get("port"), 1, 65535, "sample port"))
-        ips.add(_ip(s.get("ip"), "sample ip"))
-        times.append(_seconds(s.get("t"), MAX_EXPOSURE, "sample t"))
-        dest = s.get("dest")
-        dests.append(_str(dest[0], "sample dest ip") if isinstance(dest, (list, tuple)) and dest else None)
-    horizon = _seconds(report.get("horizon"), MAX_HORIZON, "horizon")
-    extra, exposure = _history(report.get("history"))
+def classify(report: TcpReport) -> TcpMapping:
+    """What one side's TCP report says about its NAT (the schema checked the report: proto/report.py)."""
+    lo, hi = report.port_range
+    filtering = report.filtering
+    ports = [s.port for s in report.samples]
+    ips = {s.ip for s in report.samples}
+    times = [s.t for s in report.samples]
+    dests = [s.dest[0] if s.dest else None for s in report.samples]
+    extra, exposure = (report.history.extra, report.history.exposure) if report.history else (0, 0.0)
     if len(ips) != 1:
         # several public addresses (a NAT pool): no prediction can name the address to aim at
         return TcpMapping(Mapping.APDM, Allocation.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering,
                           (lo, hi))
     public_ip = ips.pop()
-    if public_ip == local_ip and all(p == local_port for p in ports):
+    if public_ip == report.local[0] and all(p == report.local[1] for p in ports):
         return TcpMapping(Mapping.NONE, None, public_ip, ports[-1], 0, tuple(ports), None)
     if len(set(ports)) == 1:
         return TcpMapping(Mapping.EIM, None, public_ip, ports[-1], 0, tuple(ports), filtering or Filtering.APDF)
@@ -262,7 +192,7 @@ def classify(report: Any) -> TcpMapping:
             exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
         return TcpMapping(Mapping.APDM if adm is None else Mapping.ADM, Allocation.SEQUENTIAL, public_ip,
                           allocated[-1], delta, tuple(ports), filtering, (lo, hi), extra, exposure,
-                          DEFAULT_HORIZON if horizon is None else horizon)
+                          DEFAULT_HORIZON if report.horizon is None else report.horizon)
     return TcpMapping(Mapping.APDM, Allocation.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
 
 
@@ -316,16 +246,13 @@ class TcpPlan:
                 "peer": self.peer.describe() if self.peer else None}
 
 
-def history(old_report: Any, new_report: Any, seconds: float) -> dict[str, Any] | None:
+def history(old_report: TcpReport, new_report: TcpReport, seconds: float) -> History | None:
     """The rate evidence between two measurements of one port `seconds` apart (old's last sample to
     new's first): the flows a sequential NAT gave others in between, plus what the old one had. A
     listener waits long between enrolment and a peer, so this is what pins its rate down; the few
     milliseconds between fresh probes say almost nothing. None when the two do not read as one
     sequential counter (another Δ or address) or the counter may have wrapped (can't count)."""
-    try:
-        old, new = classify(old_report), classify(new_report)
-    except BadReport:
-        return None
+    old, new = classify(old_report), classify(new_report)
     if not (old.sequential and new.sequential and old.delta == new.delta
             and not (old.per_address or new.per_address)
             and old.public_ip == new.public_ip and old.port_range == new.port_range and 0 <= seconds):
@@ -335,16 +262,14 @@ def history(old_report: Any, new_report: Any, seconds: float) -> dict[str, Any] 
     steps, rest = divmod(gap, abs(new.delta))
     if rest or not 1 <= steps <= (hi - lo + 1) // abs(new.delta) // 2:
         return None
-    return {"extra": min(65535, old.extra + steps - 1), "exposure": min(MAX_EXPOSURE, old.exposure + seconds)}
+    return History(min(65535, old.extra + steps - 1), min(MAX_AGE, old.exposure + seconds))
 
 
-def agreed_window(mine_report: Any, peer_report: Any) -> int:
+def agreed_window(mine_report: TcpReport, peer_report: TcpReport) -> int:
     """The window both sides use: the larger of the two published ones (clamped), so the two plans
     still mirror each other when the users chose different windows."""
-    def one(r: Any) -> int:
-        w = r.get("window") if isinstance(r, dict) else None
-        ok = isinstance(w, int) and not isinstance(w, bool)
-        return min(max(w, 1), MAX_WINDOW) if ok else DEFAULT_WINDOW
+    def one(r: TcpReport) -> int:
+        return DEFAULT_WINDOW if r.window is None else min(max(r.window, 1), MAX_WINDOW)
     return max(one(mine_report), one(peer_report))
 
 
@@ -386,7 +311,7 @@ def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WIND
     return window, cdf[min(window, len(cdf)) - 1]
 
 
-def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT_WINDOW,
+def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
          target: float | None = WINDOW_TARGET, peer_ip: str | None = None) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again. `window` is the smallest W
@@ -399,11 +324,7 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
         raise PlanError(f"window must be 1..{MAX_WINDOW}")
     if target is not None and not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
-    mine = classify(mine_report)
-    try:
-        peer = classify(peer_report)
-    except BadReport as exc:
-        return TcpPlan(TcpStrategy.NONE, False, f"the peer's TCP report is malformed: {exc}", role, mine=mine)
+    mine, peer = classify(mine_report), classify(peer_report)
     if peer_ip is None or peer.public_ip == peer_ip:
         return _plan_pair(mine, peer, role, window, target)
     reported, peer = peer.public_ip, replace(peer, public_ip=str(ipaddress.ip_address(peer_ip)))
