@@ -1,7 +1,7 @@
 /* Bursts: hand many datagrams to the kernel with sendmmsg, optionally paced, and account for each.
  *
- * The plan is global (every worker gets the same arrays); fdmap[src] < 0 marks a socket that lives in
- * another worker, so each worker sends exactly its share and the shares add up to the plan.
+ * The burst is global (every worker gets the same arrays); fdmap[src] < 0 marks a socket that lives in
+ * another worker, so each worker sends exactly its share and the shares add up to the burst.
  */
 #define _GNU_SOURCE
 #include "nattrav_core.h"
@@ -56,7 +56,7 @@ static int ttl_of(int fd)
     return v;
 }
 
-/* Set (ttl > 0) or restore (from saved) IP_TTL on every socket the plan uses. */
+/* Set (ttl > 0) or restore (from saved) IP_TTL on every socket the burst uses. */
 static int apply_ttl(const int *fdmap, const uint8_t *used, int nfd, int ttl, int *saved, int restore)
 {
     int rc = 0;

@@ -122,10 +122,11 @@ def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
 
 TARGET = """
 import sys, trio
-from nattrav.io.rendezvous_client import open_rendezvous, parse_server
+from nattrav.hostport import parse_hostport
+from nattrav.io.rendezvous_client import open_rendezvous
 
 async def main(server, name, mode):
-    async with open_rendezvous(parse_server(server), name=name, info={"report": {}}) as rv:
+    async with open_rendezvous(parse_hostport(server, 7000), name=name, info={"report": {}}) as rv:
         print("ready", flush=True)
         while True:
             offer = await rv.next_offer()

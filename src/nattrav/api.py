@@ -31,8 +31,10 @@ from .errors import (
     StunTimeout,
     WorkerError,
 )
+from .hostport import parse_hostport
 from .io import rendezvous_client as rv
 from .io.punch import PunchedPath, punch
+from .io.session import Session
 from .io.stun_client import binding, discover
 from .proto.nat_behavior import NatBehavior
 from .proto.plan import Plan, plan
@@ -45,19 +47,6 @@ WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker proc
 RENDEZVOUS_PORT = rv.DEFAULT_PORT
 
 EventHook = Callable[[str, dict[str, Any]], None]
-
-
-def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
-    """"host", "host:port" or "[v6]:port" -> (host, port); ValueError with a readable message."""
-    host, sep, port = text.rpartition(":")
-    if not sep or ("]" not in text and text.count(":") > 1):
-        host, port = text, str(default_port)
-    host = host.strip("[]")
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"bad port in {text!r} (1..65535)")
-    return host, int(port)
 
 
 def _resolve(host: str) -> str:
@@ -166,7 +155,7 @@ async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: N
     return _words(behavior, public=public, samples=series)
 
 
-def _peer_report(session: rv.Session) -> tuple[NatReport, str]:
+def _peer_report(session: Session) -> tuple[NatReport, str]:
     """The peer's report and the one address we may aim at: where the rendezvous server saw the
     peer. The report is the peer's own word; the server's observation is not."""
     info = session.peer_info if isinstance(session.peer_info, dict) else {}
@@ -190,7 +179,7 @@ def _emit_address(emit: EventHook, params: dict[str, Any], ip: str) -> None:
         emit("peer-address", {"observed": ip, "reported": reported})
 
 
-async def _punch(ep: Endpoint, session: rv.Session, ttl: int | None, emit: EventHook,
+async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                  coordinator: Any = None) -> PunchedPath:
     peer_report, peer_ip = _peer_report(session)
     if peer_report.public is None:
@@ -230,7 +219,7 @@ def _stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) 
     if stun is None:
         return (server[0], STUN_PORT)
     if isinstance(stun, str):
-        return parse_endpoint(stun, STUN_PORT)
+        return parse_hostport(stun, STUN_PORT)
     return stun
 
 
@@ -297,7 +286,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
     return TcpEndpoint(listener, behavior, report, started)
 
 
-async def _tcp_punch(ep: TcpEndpoint, session: rv.Session, ttl: int | None, timeout: float,
+async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
                      emit: EventHook) -> Any:
     from .io.tcp_punch import tcp_punch
     from .proto.tcp_plan import agreed_window, plan as tcp_plan
@@ -338,7 +327,7 @@ class _Udp:
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
 
-    async def punch(self, ep: Endpoint, session: rv.Session, ttl: int | None, emit: EventHook) -> Any:
+    async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
         return await _punch(ep, session, ttl, emit, self.coordinator)
 
     @staticmethod
@@ -376,7 +365,7 @@ class _Tcp:
                        - old_at - (old.samples[-1].t or 0.0))
         ep.report = self._windowed(new, history=seen)
 
-    async def punch(self, ep: TcpEndpoint, session: rv.Session, ttl: int | None, emit: EventHook) -> Any:
+    async def punch(self, ep: TcpEndpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
         return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
 
     @staticmethod
@@ -390,7 +379,7 @@ async def _connect(transport: Any, server: str | tuple[str, int], peer_id: str, 
                    ttl: int | None, timeout: float, on_event: EventHook | None,
                    behavior: NatBehavior | None) -> AsyncIterator[Any]:
     emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
     stun_ep = _stun_endpoint(stun, server_ep)
     with trio.fail_after(timeout):
         async with rv.open_rendezvous(server_ep) as client:
@@ -542,7 +531,7 @@ async def _listen(transport: Any, server: str | tuple[str, int], *, name: str | 
                   on_event: EventHook | None, behavior: NatBehavior | None,
                   policy: AcceptPolicy | None) -> AsyncIterator[Listener]:
     emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_endpoint(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+    server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
     stun_ep = _stun_endpoint(stun, server_ep)
     async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
         listener = Listener(client, transport, stun_ep, (src_ip, src_port), ttl, emit, behavior, policy)
@@ -602,5 +591,5 @@ async def listen_tcp(
 
 __all__ = [
     "AcceptPolicy", "Endpoint", "Listener", "connect", "discover_behavior", "listen", "open_endpoint",
-    "parse_endpoint", "TcpEndpoint", "TcpListener", "connect_tcp", "listen_tcp", "open_tcp_endpoint",
+    "TcpEndpoint", "TcpListener", "connect_tcp", "listen_tcp", "open_tcp_endpoint",
 ]

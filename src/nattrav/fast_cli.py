@@ -16,9 +16,10 @@ from typing import Any
 import trio
 
 from . import __version__
-from .api import connect, connect_tcp, listen, listen_tcp, parse_endpoint
+from .api import connect, connect_tcp, listen, listen_tcp
 from .cli.exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 from .events import describe
+from .hostport import parse_hostport
 from .io import rendezvous_client as rv
 
 EPILOG = """\
@@ -144,7 +145,7 @@ async def _pipe_tcp(stream: Any, linger: float) -> None:
 
 
 async def run(args: argparse.Namespace, report: Reporter) -> int:
-    server = parse_endpoint(args.server, rv.DEFAULT_PORT)
+    server = parse_hostport(args.server, rv.DEFAULT_PORT)
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
     if args.tcp:
         connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
@@ -172,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        parse_endpoint(args.server, rv.DEFAULT_PORT)
+        parse_hostport(args.server, rv.DEFAULT_PORT)
         if args.stun:
-            parse_endpoint(args.stun, 3478)
+            parse_hostport(args.stun, 3478)
     except ValueError as exc:
         parser.error(str(exc))
     if not 0 <= args.src_port <= 65535:

@@ -22,6 +22,7 @@ import time
 import trio
 
 from .errors import UsageError
+from .hostport import parse_hostport
 from .io.gc_policy import keep_collections_short
 from .io.logsink import LogSink
 from .io.rendezvous_server import serve_rendezvous
@@ -42,21 +43,6 @@ The rendezvous server only exchanges node information (public endpoints, NAT beh
 addresses) and session keys between peers; it never relays payload.
 exit codes: 0 stopped by a signal, 1 could not serve (port in use, address not on this host), 2 bad flags
 """
-
-
-def parse_hostport(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"bad port in {text!r}: want HOST:PORT with PORT 0..65535")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not host.replace("-", "").replace(".", "").isalnum():
-            raise UsageError(f"bad host in {text!r}") from None
-    return host, int(port)
 
 
 def parse_stun(text: str) -> list[str]:
@@ -257,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        listen = parse_hostport(args.listen)
+        listen = parse_hostport(args.listen, default_host="0.0.0.0", port_zero=True)
         stun_ips = parse_stun(args.stun) if args.stun is not None else None
         ports = [p.strip() for p in args.stun_ports.split(",")]
         if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in ports) or ports[0] == ports[1]:

@@ -14,6 +14,7 @@ import sys
 import trio
 
 from .errors import UsageError
+from .hostport import parse_hostport
 from .io.stun_server import (
     DEFAULT_ALT_PORT,
     DEFAULT_CONTROL_PORT,
@@ -66,21 +67,6 @@ def read_secret(path: str | None, environ: dict[str, str] | None = None) -> byte
         raise UsageError(f"{where}: the key must be {MIN_SECRET}..4096 bytes, got {len(secret)} "
                          f"(e.g. `openssl rand -hex 32 > key`)")
     return secret
-
-
-def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """"198.51.100.1", "198.51.100.1:3478", "[2001:db8::1]:3478" or "2001:db8::1"."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, port_s = text.split(":")
-        port = int(port_s)
-    else:
-        host, port = text, default_port
-    if not 0 < port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host, port
 
 
 def format_table(b: NatBehavior) -> str:
@@ -223,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .io.stun_client import discover
 
-    server = parse_endpoint(args.server)
+    try:
+        server = parse_hostport(args.server, DEFAULT_PORT)
+    except UsageError as exc:
+        print(f"nattrav-stun: error: {exc}", file=sys.stderr)
+        return 2
     try:
         # replies are checked against the address we sent to: resolve a host name to it first
         server = (socket.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)[0][4][0], server[1])

@@ -9,8 +9,9 @@ import pytest
 import trio
 
 from nattrav.errors import PunchFailed
-from nattrav.io.punch import Session, punch
-from nattrav.proto import punch as proto
+from nattrav.io.punch import punch
+from nattrav.io.session import Session
+from nattrav.proto import handshake
 from nattrav.proto.plan import plan, probes_for
 from nattrav.proto.vocab import Strategy
 from tests.reports import udp as udp_report
@@ -123,7 +124,7 @@ async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
     with trio.move_on_after(0.1):
         while True:
             data, anc, _, addr = await decoy_sock.recvmsg(2048, socket.CMSG_SPACE(4))
-            assert addr == sa.getsockname() and proto.decode(data).type is proto.FrameType.HELLO
+            assert addr == sa.getsockname() and handshake.decode(data).type is handshake.FrameType.HELLO
             ttl = [int.from_bytes(d[:4], "little") for lvl, typ, d in anc if typ == socket.IP_TTL]
             assert ttl == [2]
             seen += 1
@@ -137,9 +138,9 @@ async def test_stray_and_forged_packets_do_not_win():
     sa, sb = await udp(), await udp()
     mallory = await udp()
     ra, rb = report(sa, **CONE), report(sb, **CONE)
-    evil = proto.PunchSession(os.urandom(32), "second", b"MMMMMMMM")
+    evil = handshake.Handshake(os.urandom(32), "second", b"MMMMMMMM")
     # a frame with the right key but for another session nonce, replayed later by mallory
-    stale = proto.PunchSession(KEY, "second", b"SSSSSSSS").hello(0)
+    stale = handshake.Handshake(KEY, "second", b"SSSSSSSS").hello(0)
     stop = trio.Event()
 
     async def flood():
@@ -241,9 +242,11 @@ async def test_random_pair_fails_fast_naming_both_nats():
 
 async def test_session_from_rendezvous_frame_shifts_start_to_local_clock():
     now = trio.current_time()
-    s = Session.from_rendezvous({"key": KEY, "role": "second", "start_at": 1000.5, "now": 1000.0},
-                                received_at=now)
-    assert s.role == "second" and s.start_at == pytest.approx(now + 0.5)
+    frame = {"key": KEY, "role": "second", "start_at": 1000.5, "now": 1000.0, "session": "s1", "peer": "alice",
+             "info": {"report": {}}}
+    s = Session.from_frame(frame, lambda server_time: server_time - 1000.0 + now)  # the client's clock map
+    assert s.role == "second" and s.start_at == pytest.approx(now + 0.5) and s.start_in() == pytest.approx(0.5, abs=0.1)
+    assert (s.session_id, s.peer_id, s.peer_info) == ("s1", "alice", {"report": {}})
 
 
 async def test_birthday_burst_through_the_worker_coordinator():
@@ -289,7 +292,7 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
     pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
     await pa.send_keepalive()
     # a late punch packet from the peer (it missed our CONFIRM): answered, not returned as data
-    await sa.sendto(pa.proto.hello(0), pa.peer_addr)
+    await sa.sendto(pa.handshake.hello(0), pa.peer_addr)
     await pa.send(b"after")
     with trio.fail_after(2):
         assert await pb.receive() == b"after"
@@ -297,7 +300,7 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
         n.start_soon(pa.serve_keepalives, 0.01)
         with trio.fail_after(2):
             data, _ = await sb.recvfrom(2048)  # pb is not reading: see the raw keepalive
-        assert pb.proto.receive(data, 0).event is proto.Event.KEEPALIVE
+        assert pb.handshake.receive(data, 0).event is handshake.Event.KEEPALIVE
         n.cancel_scope.cancel()
     await pa.aclose()
     await pb.aclose()

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.lab
 HOST = r'''
 import contextlib, json, socket, sys, trio
 from nattrav.errors import PunchFailed
-from nattrav.io.punch import Session, punch
+from nattrav.io.punch import punch
+from nattrav.io.session import Session
 from nattrav.proto.plan import plan
 from nattrav.proto.report import NatReport, Sample
 from nattrav.proto.vocab import Allocation, Filtering, Mapping

@@ -407,9 +407,9 @@ async def test_cancelled_requests_never_cut_a_frame(nursery):
     ],
 )
 def test_server_address_forms(text, want):
-    from nattrav.io.rendezvous_client import parse_server
+    from nattrav.hostport import parse_hostport
 
-    assert parse_server(text) == want
+    assert parse_hostport(text, 7000) == want
 
 
 async def test_the_body_exception_leaves_unwrapped(nursery):

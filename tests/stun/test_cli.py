@@ -9,16 +9,18 @@ import time
 
 import pytest
 
-from nattrav.stun_cli import main, parse_endpoint
+from nattrav.hostport import parse_hostport
+
+from nattrav.stun_cli import main
 
 from .test_server import loopback_pair
 
 
 def test_parse_endpoint():
-    assert parse_endpoint("198.51.100.1") == ("198.51.100.1", 3478)
-    assert parse_endpoint("198.51.100.1:3479") == ("198.51.100.1", 3479)
-    assert parse_endpoint("[2001:db8::1]:5000") == ("2001:db8::1", 5000)
-    assert parse_endpoint("2001:db8::1") == ("2001:db8::1", 3478)
+    assert parse_hostport("198.51.100.1", 3478) == ("198.51.100.1", 3478)
+    assert parse_hostport("198.51.100.1:3479", 3478) == ("198.51.100.1", 3479)
+    assert parse_hostport("[2001:db8::1]:5000", 3478) == ("2001:db8::1", 5000)
+    assert parse_hostport("2001:db8::1", 3478) == ("2001:db8::1", 3478)
 
 
 @pytest.fixture

@@ -114,9 +114,9 @@ async def test_paced_burst_across_workers_adds_up_to_the_rate():
     sink = make_sink()
     async with open_coordinator(2) as coord:
         await coord.open_sockets(2, "127.0.0.1")
-        plan = Burst([0, 1] * 500, "127.0.0.1", [sink.getsockname()[1]] * 1000, b"p", rate=5000)
+        burst = Burst([0, 1] * 500, "127.0.0.1", [sink.getsockname()[1]] * 1000, b"p", rate=5000)
         t = time.perf_counter()
-        assert await coord.fire(plan) == 1000
+        assert await coord.fire(burst) == 1000
         took = time.perf_counter() - t
         assert 0.18 < took < 1.0  # 1000 packets at 5000/s is 0.2 s, whichever worker sends them
     sink.close()

@@ -26,6 +26,8 @@ def test_roundtrip_in_pieces():
         {"v": VERSION, "t": "drain"},
         {"v": VERSION, "t": "take", "id": 1, "index": "3"},
         {"v": VERSION, "t": "take", "id": 1, "index": True},
+        {"v": VERSION, "t": "drain", "id": 1, "extra": 1},  # a field the schema does not name
+        {"v": VERSION, "t": "result", "id": 1, "hit": "x"},
         [1, 2, 3],
     ],
 )

@@ -2,8 +2,8 @@
 
 from .errors import check
 from .limits import ensure_fd_capacity
-from .plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
+from .packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
 from .pool import SocketPool
 
-__all__ = ["Burst", "BurstStats", "Hit", "PackedPlan", "RecvStats", "SocketPool",
+__all__ = ["Burst", "BurstStats", "Hit", "PackedBurst", "RecvStats", "SocketPool",
            "check", "ensure_fd_capacity"]

@@ -42,8 +42,10 @@ from ..errors import (
     ServerUnreachable,
     UnknownPeer,
 )
+from ..hostport import parse_hostport
 from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from .framing import FrameStream
+from .session import Session
 
 DEFAULT_PORT = 7000
 SEND_TIMEOUT = 10.0
@@ -61,19 +63,6 @@ ERRORS: dict[str, type[RendezvousError]] = {
 def error_from(msg: dict) -> RendezvousError:
     cls = ERRORS.get(msg["code"], RendezvousError)
     return cls(f"{msg['code']}: {msg['message']}")
-
-
-@dataclass(frozen=True)
-class Session:
-    session_id: str
-    peer_id: str
-    peer_info: dict
-    key: bytes
-    start_at: float  # trio.current_time() of this process
-    role: str  # "first" sends the low-TTL packets first
-
-    def start_in(self) -> float:
-        return self.start_at - trio.current_time()
 
 
 @dataclass(frozen=True)
@@ -344,8 +333,7 @@ class RendezvousClient:
         return reply.msg
 
     def _session(self, msg: dict) -> Session:
-        return Session(msg["session"], msg["peer"], msg["info"], msg["key"], self.to_local(msg["start_at"]),
-                       msg["role"])
+        return Session.from_frame(msg, self.to_local)
 
     # -- public API --
     async def ping(self) -> float:
@@ -401,17 +389,6 @@ class RendezvousClient:
             pass
 
 
-def parse_server(server: str | tuple[str, int], default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    if isinstance(server, tuple):
-        return server
-    if server.count(":") > 1 and not server.startswith("["):
-        return server, default_port  # a bare IPv6 address; with a port it must be [addr]:port
-    host, sep, port = server.rpartition(":")
-    if not sep or not port.isdigit():
-        return server.strip("[]"), default_port
-    return host.strip("[]"), int(port)
-
-
 @asynccontextmanager
 async def open_rendezvous(
     server: str | tuple[str, int],
@@ -430,7 +407,7 @@ async def open_rendezvous(
     ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
     server's keepalive, at least 2 s) is how long an unanswered ping may take before the connection
     counts as lost."""
-    host, port = parse_server(server)
+    host, port = server if isinstance(server, tuple) else parse_hostport(server, DEFAULT_PORT)
     if info is not None:
         try:
             check_info(info)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..core.errors import ICMP_ERRNOS
 from ..core.limits import ensure_fd_capacity
 from ..errors import BadPacket, FdLimitError, TcpPunchFailed
 from ..proto.tcp_auth import StreamAuth
@@ -49,8 +50,9 @@ SECOND_DELAY = 0.1
 BIRTHDAY_DELAY = 0.15
 IP_MINTTL = getattr(socket, "IP_MINTTL", 21)  # Linux <netinet/in.h>; Python does not export it
 RETRY_PAUSE = 0.2
-TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
-             errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET, errno.ECONNABORTED}
+# a probe that met an ICMP error, a RST, a timeout or a 4-tuple still in use: try again
+TOLERATED = ICMP_ERRNOS | {errno.ETIMEDOUT, errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET,
+                           errno.ECONNABORTED}
 
 
 class PunchedStream(trio.abc.HalfCloseableStream):

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import msgpack
 
 from ..errors import BadFrame, LocalProtocolError
+from .schema import Spec, check_map, cut
 from .timers import Timers
 from .vocab import Role
 
@@ -57,7 +58,7 @@ class ErrorCode(str, enum.Enum):
     BUSY = "busy"  # a server limit (peers, pending offers) was reached
 
 
-# --- schemas -----------------------------------------------------------------------------------
+# --- schemas (proto/schema.py checks them) -------------------------------------------------------
 # A field spec is (python types, required). The tables make adding a message one line.
 
 _STR = (str,)
@@ -66,7 +67,7 @@ _NUM = (int, float)
 _MAP = (dict,)
 _BYTES = (bytes,)
 
-CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+CLIENT_MESSAGES: dict[str, Spec] = {
     "enroll": {"id": (_INT, False), "name": (_STR, False), "secret": (_STR, False), "info": (_MAP, False)},
     "ping": {"id": (_INT, False)},
     "info": {"id": (_INT, False), "info": (_MAP, True)},
@@ -75,7 +76,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "refuse": {"id": (_INT, False), "offer": (_STR, True)},
 }
 
-SERVER_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+SERVER_MESSAGES: dict[str, Spec] = {
     "enrolled": {
         "id": (_INT, False), "peer": (_STR, True), "secret": (_STR, True), "keepalive": (_NUM, True),
         "now": (_NUM, True), "observed": ((list,), True),
@@ -92,35 +93,9 @@ SERVER_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 
 
-def cut(value: Any, limit: int = 40) -> str:
-    """repr() of an untrusted value, at most ``limit`` characters: errors may quote, never echo."""
-    if isinstance(value, (str, bytes)):
-        value = value[:limit]
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _check_shape(msg: Any, table: dict[str, dict[str, tuple[tuple[type, ...], bool]]]) -> dict:
-    if not isinstance(msg, dict):
-        raise BadFrame("frame is not a map")
-    if msg.get("v") != VERSION or type(msg.get("v")) is not int:
-        raise BadFrame(f"unsupported version {cut(msg.get('v'))}")
-    kind = msg.get("t")
-    if not isinstance(kind, str) or kind not in table:
-        raise BadFrame(f"unknown frame type {cut(kind)}")
-    spec = table[kind]
-    for key, value in msg.items():
-        if key in ("v", "t"):
-            continue
-        if key not in spec:
-            raise BadFrame(f"{kind}: unexpected field {cut(key)}")
-        types, _ = spec[key]
-        # bool is an int subclass; a flag where a number belongs is still malformed
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise BadFrame(f"{kind}: field {cut(key)} has type {type(value).__name__}")
-    for key, (_, required) in spec.items():
-        if required and key not in msg:
-            raise BadFrame(f"{kind}: missing field {cut(key)}")
+def _check_shape(msg: Any, table: dict[str, Spec]) -> dict:
+    check_map(msg, table, version=VERSION, error=BadFrame, what="frame")
+    kind = msg["t"]
     if "id" in msg and not 0 <= msg["id"] < 2**63:
         raise BadFrame(f"{kind}: id out of range")
     if "info" in msg:

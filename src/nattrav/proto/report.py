@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import BadReport
+from .schema import cut
 from .vocab import Allocation, Filtering, Mapping
 
 VERSION = 1
@@ -170,7 +171,7 @@ def _guarded(reader: Any, wire: Any) -> Any:
 def _from_wire(w: Any) -> NatReport:
     _exact(w, _KEYS, "report")
     if type(w["v"]) is not int or w["v"] != VERSION:
-        raise BadReport(f"report version {_cut(w['v'])}, this side reads {VERSION}")
+        raise BadReport(f"report version {cut(w['v'])}, this side reads {VERSION}")
     samples = _list(w["samples"], MAX_SAMPLES, "samples")
     return NatReport(
         mapping=_word(Mapping, w["mapping"], "mapping"),
@@ -232,7 +233,7 @@ def _exact(w: Any, keys: set[str], what: str) -> None:
     if w.keys() != keys:
         extra = [k for k in w if k not in keys]
         missing = sorted(keys - w.keys())
-        raise BadReport(f"{what}: unknown key {_cut(extra[0])}" if extra else f"{what}: missing {missing[0]!r}")
+        raise BadReport(f"{what}: unknown key {cut(extra[0])}" if extra else f"{what}: missing {missing[0]!r}")
 
 
 def _list(v: Any, limit: int, what: str) -> list:
@@ -245,13 +246,13 @@ def _list(v: Any, limit: int, what: str) -> list:
 
 def _int(v: Any, lo: int, hi: int, what: str) -> int:
     if type(v) is not int or not lo <= v <= hi:
-        raise BadReport(f"{what}: {_cut(v)} is not an integer in {lo}..{hi}")
+        raise BadReport(f"{what}: {cut(v)} is not an integer in {lo}..{hi}")
     return v
 
 
 def _seconds(v: Any, limit: float, what: str) -> float:
     if type(v) not in (int, float) or not (math.isfinite(v) and 0 <= v <= limit):
-        raise BadReport(f"{what}: {_cut(v)} is not a number of seconds in 0..{limit:g}")
+        raise BadReport(f"{what}: {cut(v)} is not a number of seconds in 0..{limit:g}")
     return float(v)
 
 
@@ -261,7 +262,7 @@ def _ip(v: Any, what: str) -> str:
     try:
         return str(ipaddress.ip_address(v))
     except ValueError:
-        raise BadReport(f"{what}: {_cut(v)} is not an IP address") from None
+        raise BadReport(f"{what}: {cut(v)} is not an IP address") from None
 
 
 def _endpoint(v: Any, what: str) -> Endpoint:
@@ -285,18 +286,12 @@ def _word(kind: type, v: Any, what: str) -> Any:
     if v is None:
         return None
     if type(v) is not str or v not in kind._value2member_map_:
-        raise BadReport(f"unknown {what} {_cut(v)}")
+        raise BadReport(f"unknown {what} {cut(v)}")
     return kind(v)
 
 
 def _value(v: Any) -> Any:
     return None if v is None else v.value
-
-
-def _cut(v: Any, limit: int = 40) -> str:
-    """repr() of an untrusted value, at most `limit` characters: errors may quote, never echo."""
-    text = repr(v[:limit] if isinstance(v, (str, bytes)) else v)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 __all__ = ["History", "MAX_SAMPLES", "MAX_TCP_SAMPLES", "NatReport", "PORT_RANGE", "Sample", "TcpReport",

@@ -8,7 +8,7 @@ it likes, so every frame is:
 - addressed: it names the receiving host's IP, so a frame cannot be reflected back to its sender;
 - fresh: it carries the sender's wall-clock time, refused more than MAX_SKEW seconds away from the
   receiver's (both hosts need NTP);
-- unique: it carries a counter, checked against a sliding replay window (proto.punch.ReplayWindow).
+- unique: it carries a counter, checked against a sliding replay window (proto.handshake.ReplayWindow).
   The counter starts at the sender's start time in ms, shifted left 20 bits, and counts up by one a
   frame, so a restarted sender still counts above its previous life (unless it sent more than 2^20
   frames per ms of uptime). A receiver that restarts forgets its window: a frame captured in the last
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import msgpack
 
 from ..errors import BadPacket, ControlKeyError
-from .punch import ReplayWindow
+from .handshake import ReplayWindow
 from .stun import Address
 
 VERSION = 2

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import psutil
 import trio
 
-from ..core.plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
+from ..core.packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
 from ..core.pool import validate_open_args
 from ..errors import BadMessage, FdLimitError, WorkerDied, WorkerError
 from .messages import MAX_REPLY, MessageReader, encode
@@ -349,15 +349,15 @@ class Coordinator:
         except (OSError, WorkerError):
             pass
 
-    def _fire_timeout(self, plan: PackedPlan) -> tuple[int, float]:
-        send_s = plan.n / plan.rate if plan.rate else plan.n * 20e-6
+    def _fire_timeout(self, burst: PackedBurst) -> tuple[int, float]:
+        send_s = burst.n / burst.rate if burst.rate else burst.n * 20e-6
         c_timeout_ms = int(min(3_600_000, 5_000 + 2_000 * send_s))
         return c_timeout_ms, c_timeout_ms / 1000 + self.reply_timeout
 
-    async def fire(self, plan: Burst | PackedPlan) -> int:
-        """Send every packet of the plan from the workers that own its sockets; returns packets sent.
-        self.last_fire has the accounting (sent + failed == planned == len(plan))."""
-        packed = plan if isinstance(plan, PackedPlan) else plan.pack()
+    async def fire(self, burst: Burst | PackedBurst) -> int:
+        """Send every packet of the burst from the workers that own its sockets; returns packets sent.
+        self.last_fire has the accounting (sent + failed == planned == len(burst))."""
+        packed = burst if isinstance(burst, PackedBurst) else burst.pack()
         if packed.n == 0:
             self.last_fire = BurstStats()
             return 0
@@ -375,7 +375,7 @@ class Coordinator:
 
         async def one(i: int) -> None:
             w = self._workers[i]
-            msg, _ = await w.request("fire", reply_timeout, plan=wire, timeout_ms=c_timeout_ms)
+            msg, _ = await w.request("fire", reply_timeout, burst=wire, timeout_ms=c_timeout_ms)
             try:
                 total.add(BurstStats(**msg["stats"]))
             except (KeyError, TypeError) as e:

@@ -156,7 +156,7 @@ class Received:
     payload: bytes = b""
 
 
-class PunchSession:
+class Handshake:
     """One side of the handshake. Feed it every datagram; send what it returns."""
 
     def __init__(self, key: bytes, role: str, nonce: bytes) -> None:
