@@ -37,7 +37,7 @@ from .io.punch import PunchedPath, punch
 from .io.session import Session
 from .io.stun_client import binding, discover
 from .proto.nat_behavior import NatBehavior
-from .proto.plan import Plan, plan
+from .proto.planner.udp import Plan, plan
 from .proto.report import MAX_WINDOW, NatReport, Sample, TcpReport, TcpSample
 from .proto.vocab import Filtering, Mapping
 from .workers import open_coordinator
@@ -289,7 +289,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
 async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
                      emit: EventHook) -> Any:
     from .io.tcp_punch import tcp_punch
-    from .proto.tcp_plan import agreed_window, plan as tcp_plan
+    from .proto.planner.tcp import agreed_window, plan as tcp_plan
 
     try:
         peer_report, peer_ip = _peer_report(session)
@@ -341,7 +341,7 @@ class _Tcp:
 
     def __init__(self, punch_timeout: float = 10.0, window: int = 8) -> None:
         self.punch_timeout = punch_timeout
-        self.window = window  # how many predicted ports to cover (proto/tcp_plan.py)
+        self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
 
     async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
         ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
@@ -356,7 +356,7 @@ class _Tcp:
     async def refresh(self, ep: TcpEndpoint, emit: EventHook) -> None:
         # the mappings may be stale (other flows since enrolment): measure the same port again; the
         # flows others took in between tell the window planner the NAT's rate over that whole wait
-        from .proto.tcp_plan import history
+        from .proto.planner.tcp_mapping import history
 
         old, old_at = ep.report.tcp, ep.measured_at
         new, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)

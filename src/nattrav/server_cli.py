@@ -199,7 +199,8 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
         _announce("rendezvous", args.json_log, address=f"{bound[0]}:{bound[1]}")
         if stun_ips is not None:
             try:
-                from .io.stun_server import StunServerConfig, serve_stun
+                from .io.stun_server import serve_stun
+                from .proto.stun_server import StunServerConfig
             except ImportError as exc:  # the STUN server is a separate module; say so if it is missing
                 failed.append(_fail(f"--stun: the integrated STUN server is not available: {exc}"))
                 nursery.cancel_scope.cancel()

@@ -15,17 +15,17 @@ import trio
 
 from .errors import UsageError
 from .hostport import parse_hostport
-from .io.stun_server import (
+from .io.stun_server import serve_stun
+from .proto.nat_behavior import NatBehavior
+from .proto.stun_control import MIN_SECRET
+from .proto.stun_server import (
     DEFAULT_ALT_PORT,
     DEFAULT_CONTROL_PORT,
     DEFAULT_MAX_AMPLIFICATION,
     DEFAULT_PORT,
     DEFAULT_RATE_LIMIT,
     StunServerConfig,
-    serve_stun,
 )
-from .proto.nat_behavior import NatBehavior
-from .proto.stun_control import MIN_SECRET
 
 SECRET_ENV = "NATTRAV_STUN_SECRET"
 SECRET_ON_ARGV = (

@@ -12,7 +12,8 @@ from nattrav.errors import PunchFailed
 from nattrav.io.punch import punch
 from nattrav.io.session import Session
 from nattrav.proto import handshake
-from nattrav.proto.plan import plan, probes_for
+from nattrav.proto.planner.odds import probes_for
+from nattrav.proto.planner.udp import plan
 from nattrav.proto.vocab import Strategy
 from tests.reports import udp as udp_report
 

@@ -27,7 +27,7 @@ import contextlib, json, socket, sys, trio
 from nattrav.errors import PunchFailed
 from nattrav.io.punch import punch
 from nattrav.io.session import Session
-from nattrav.proto.plan import plan
+from nattrav.proto.planner.udp import plan
 from nattrav.proto.report import NatReport, Sample
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
 

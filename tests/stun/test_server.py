@@ -12,8 +12,9 @@ import trio
 
 from nattrav.errors import BadPacket, StunErrorResponse, StunTimeout
 from nattrav.io.stun_client import binding, discover
-from nattrav.io.stun_server import StunServerConfig, open_stun_server, serve_stun
+from nattrav.io.stun_server import open_stun_server, serve_stun
 from nattrav.proto.stun import Attr, Class, binding_request, parse
+from nattrav.proto.stun_server import StunServerConfig
 
 P, PALT = 3478, 3479
 
@@ -321,7 +322,7 @@ async def test_ipv6_single_address(nursery):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from nattrav.io.stun_server import decide  # noqa: E402
+from nattrav.proto.stun_server import decide  # noqa: E402
 from nattrav.proto.stun import Message  # noqa: E402
 
 
@@ -337,7 +338,7 @@ def test_decide_never_raises_on_any_parsable_request(data, classic_hdr, two_ips)
     except BadPacket:
         return
     config = StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2" if two_ips else None)
-    d = decide(req, ("203.0.113.7", 4242), ("192.0.2.1", 3478), config)
+    d = decide(req, ("203.0.113.7", 4242), ("192.0.2.1", 3478), config, now=1_700_000_000.0)
     if d.response is not None:
         resp = parse(d.response)
         assert isinstance(resp, Message) and resp.transaction_id == req.transaction_id

@@ -20,7 +20,7 @@ import trio
 from ..core.errors import ICMP_ERRNOS
 from ..errors import BadPacket, PunchFailed
 from ..proto.handshake import MAGIC, MAX_DATA, Event, Handshake
-from ..proto.plan import Attempt, Part, Plan
+from ..proto.planner.udp import Attempt, Part, Plan
 from ..proto.vocab import Strategy
 from .session import Session
 

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -25,7 +26,7 @@ import trio
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
 from ..errors import BadPacket, FdLimitError, StunTcpError
 from ..proto.stun import HEADER_LEN, Address, Attr, Class, Message, Method, parse
-from .stun_server import StunServerConfig, _error, decide
+from ..proto.stun_server import StunServerConfig, decide, error_response
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,8 @@ class StunTcpServer:
         change = req.get(Attr.CHANGE_REQUEST)
         if req.cls == Class.REQUEST and change is not None and (change.ip or change.port):
             self.stats["error_400"] += 1
-            return _error(req, 400, "CHANGE-REQUEST is not served over TCP")
-        d = decide(req, src, recv_at, self.config)
+            return error_response(req, 400, "CHANGE-REQUEST is not served over TCP")
+        d = decide(req, src, recv_at, self.config, now=time.time())
         if d.response is None:
             self.stats[d.reason] += 1
             return None

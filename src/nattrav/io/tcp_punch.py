@@ -4,7 +4,7 @@ Every socket of a traversal shares ONE local port (SO_REUSEADDR + SO_REUSEPORT):
 STUN probes measured (held meanwhile by a listening socket), the low-TTL SYN sockets and the
 connect() sockets.
 
-Simultaneous open, against the agreed start time T (see proto/tcp_plan.py for who does what):
+Simultaneous open, against the agreed start time T (see proto/planner/tcp.py for who does what):
   T           the first side connect()s with a low IP TTL: the SYN leaves its NAT (which now maps
               exactly that flow) and dies one hop short of the peer's NAT, which never sees it.
               The TTL is restored at once, so the SYN-ACK and any retransmission go out normally.
@@ -38,8 +38,8 @@ import trio
 from ..core.errors import ICMP_ERRNOS
 from ..core.limits import ensure_fd_capacity
 from ..errors import BadPacket, FdLimitError, TcpPunchFailed
+from ..proto.planner.tcp import TcpPlan
 from ..proto.tcp_auth import StreamAuth
-from ..proto.tcp_plan import TcpPlan
 from ..proto.vocab import TcpStrategy
 from .stun_tcp import reuse_socket
 
@@ -257,7 +257,7 @@ async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int],
 
 async def _birthday(race: _Race, local: tuple[str, int], start_at: float, low_ttl: int,
                     nursery: trio.Nursery) -> None:
-    """The TCP birthday attack (proto/tcp_plan.py): the random side opens `plan.sockets` mappings with
+    """The TCP birthday attack (proto/planner/tcp.py): the random side opens `plan.sockets` mappings with
     low-TTL connects from fresh ports at the start time; the cone side, a little later, connect()s
     from the shared port to `plan.random_probes` distinct random ports of the peer's range. No probe
     is retried: its SYN is retransmitted by the kernel on the same flow, which is what a late hit

@@ -15,128 +15,30 @@ port (address-and-port-dependent mapping with sequential allocation), so each pr
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import BadReport, PlanError
-from . import predict as _predict
-from .predict import Kind, Prediction
-from .report import PORT_RANGE, NatReport
-from .vocab import Filtering, Mapping, Role, Strategy
+from ...errors import PlanError
+from .. import predict as _predict
+from ..report import PORT_RANGE, NatReport
+from ..vocab import Filtering, Role, Strategy
+from .odds import (
+    FLOW_TABLE_CAP,
+    birthday_miss,
+    noise_pmf,
+    opener_targets,
+    probes_for,
+    random_sequential_odds,
+    size_predicted,
+    stride,
+)
+from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
+from .strategies import STRATEGIES, explain
 
-FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every probe is a flow
 DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
-DEFAULT_TARGET = 0.999
-DEFAULT_HORIZON = 1.0  # seconds from the last STUN sample to the punch (rendezvous start margin + slack)
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
-@dataclass(frozen=True)
-class StrategyInfo:
-    cost: int  # rank: lower is cheaper; ties broken by packet count
-    burst: bool  # needs many sockets / the C burst core
-    summary: str
-
-
-STRATEGIES: dict[Strategy, StrategyInfo] = {
-    Strategy.DIRECT: StrategyInfo(0, False, "one packet each way to a publicly reachable endpoint"),
-    Strategy.SIMULTANEOUS: StrategyInfo(1, False, "both send from the STUN socket to the other's mapping"),
-    Strategy.ADDRESS_OPEN: StrategyInfo(2, False,
-                                        "the address-restricted side opens its filter to the peer's IP"),
-    Strategy.PREDICTED: StrategyInfo(3, False, "low-TTL to predicted ports, then normal TTL back"),
-    Strategy.BIRTHDAY: StrategyInfo(4, True, "many sockets on the random side, many probes from the other"),
-    Strategy.RANDOM_SEQUENTIAL: StrategyInfo(5, True,
-                                             "random side fires at the predicted window from many sockets"),
-    Strategy.BEST_EFFORT: StrategyInfo(6, True, "bounded random guessing on both sides; a relay is needed"),
-}
-
-
-# --- one side -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Side:
-    """One peer as the planner sees it: behaviour words, public endpoint, port prediction."""
-
-    mapping: Mapping
-    filtering: Filtering  # EIF for no NAT whose filtering was not measured: nothing filters
-    ip: str
-    port: int  # the STUN socket's (last) mapped port
-    prediction: Prediction
-    port_range: tuple[int, int]
-
-    @property
-    def kind(self) -> Kind:
-        return self.prediction.kind
-
-    @property
-    def reachable(self) -> bool:
-        """Anyone can send to ip:port unasked: no NAT, or EIM with EIF (a "full cone")."""
-        if self.mapping is Mapping.NONE:
-            return True
-        return self.mapping is Mapping.EIM and self.filtering is Filtering.EIF
-
-    @property
-    def fixed(self) -> bool:
-        """The mapping towards the peer is the one STUN saw (EIM, or Δ = 0)."""
-        return self.mapping in (Mapping.NONE, Mapping.EIM) or self.kind is Kind.FIXED
-
-    @property
-    def sequential(self) -> bool:
-        return not self.fixed and self.kind is Kind.SEQUENTIAL
-
-    @property
-    def random(self) -> bool:
-        return not self.fixed and self.kind in (Kind.RANDOM, Kind.UNKNOWN)
-
-    @property
-    def consumes(self) -> bool:
-        """Every probe to a new peer port takes the next port (APDM, sequential)."""
-        return self.sequential and self.mapping is Mapping.APDM
-
-    @property
-    def span(self) -> int:
-        return self.port_range[1] - self.port_range[0] + 1
-
-    def next_port(self, k: int) -> int:
-        """The port of the k-th (0-based) new mapping after the last sample, with no noise."""
-        if self.fixed:
-            return self.port
-        return self.prediction.model.advance(self.port, k + 1)
-
-    def describe(self) -> str:
-        if self.mapping is Mapping.NONE:
-            return "no NAT"
-        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={self.prediction.model.delta}",
-                 Kind.RANDOM: "random ports", Kind.UNKNOWN: "unpredictable ports"}[self.kind]
-        if self.mapping is Mapping.EIM:
-            alloc = "port kept"
-        return (f"{self.mapping.words} mapping ({self.mapping.short}, {alloc}), "
-                f"{self.filtering.words} filtering ({self.filtering})")
-
-
-def side_from_report(report: NatReport, *, horizon: float = DEFAULT_HORIZON,
-                     target: float = DEFAULT_TARGET) -> Side:
-    """One peer as the planner sees it. BadReport when the report names no public endpoint (a report
-    published for TCP only); everything else was checked by its schema (proto/report.py)."""
-    obs = _predict.Observation.from_report(report)
-    mapping, filtering = report.mapping, report.filtering
-    prediction = _predict.predict(obs, elapsed=horizon, target=target)
-    if mapping is None:
-        mapping = Mapping.EIM if prediction.kind is Kind.FIXED else Mapping.APDM
-    if filtering is None:
-        filtering = Filtering.EIF if mapping is Mapping.NONE else Filtering.APDF
-    if mapping is Mapping.EIM and prediction.kind is not Kind.FIXED:
-        # EIM keeps one mapping per socket whatever the samples suggest (they may come from
-        # different sockets); trust the mapping word.
-        prediction = replace(prediction, kind=Kind.FIXED)
-    if report.public is None:
-        raise BadReport("report has no public endpoint (it was published for TCP)")
-    ip, port = report.public
-    if prediction.kind is not Kind.FIXED and obs.samples:
-        port = obs.samples[-1].port  # predictions count from the LAST mapping seen
-    return Side(mapping, filtering, ip, port, prediction, obs.port_range)
 
 
 # --- what one side does -------------------------------------------------------------------------
@@ -228,193 +130,6 @@ class Plan:
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
-# --- odds -----------------------------------------------------------------------------------------
-
-
-def birthday_miss(span: int, holes: int, probes: int) -> float:
-    """P(none of `probes` distinct random ports out of `span` hits one of `holes` open ports).
-
-    Sampling without replacement: C(span - holes, probes) / C(span, probes)
-      = prod_{i < probes} (span - holes - i) / (span - i).
-    With replacement this is the familiar (1 - holes/span)^probes, slightly larger.
-    """
-    if holes <= 0 or probes <= 0:
-        return 1.0
-    if probes > span - holes:
-        return 0.0
-    log = (math.lgamma(span - holes + 1) - math.lgamma(span - holes - probes + 1)
-           - math.lgamma(span + 1) + math.lgamma(span - probes + 1))
-    return math.exp(log)
-
-
-def probes_for(span: int, holes: int, target: float, cap: int) -> int:
-    """The fewest distinct probes that hit one of `holes` ports with probability >= target (<= cap)."""
-    lo, hi = 1, max(1, min(cap, span - holes + 1))
-    if 1 - birthday_miss(span, holes, hi) < target:
-        return hi
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if 1 - birthday_miss(span, holes, mid) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _noise_pmf(side: Side) -> list[float]:
-    if not side.sequential:
-        return [1.0]
-    return list(side.prediction.noise)
-
-
-def needed(opener: Side, other: Side, u: int, v: int) -> tuple[int, int]:
-    """How many probes the opener and the other side need when their true noises are u and v.
-
-    The opener walks the other side's predicted ports one step at a time (targets other.next(i));
-    the other walks the opener's predicted ports with a stride of m steps (targets opener.next(m·j)),
-    m = 2 when both consume a port per probe (Klinec & Matyáš' giant step), else 1. A hit needs the
-    opener's i-th flow and the other's j-th flow to point at each other. Returns (i + 1, j + 1) for the
-    first hit. `simulate()` checks these closed forms by brute force.
-    """
-    if opener.fixed:
-        u = 0
-    if other.fixed:
-        v = 0
-    if opener.filtering.by_address:
-        # One low-TTL packet to the peer's IP opens an address filter for every port of it.
-        return 1, u + 1
-    fc, oc = opener.consumes, other.consumes
-    if fc and oc:
-        return u + 2 * v + 1, u + v + 1
-    if fc:
-        return v + 1, u + v + 1
-    if oc:
-        return u + v + 1, u + 1
-    return v + 1, u + 1
-
-
-def stride(opener: Side, other: Side) -> int:
-    return 2 if opener.consumes and other.consumes else 1
-
-
-def simulate(opener: Side, other: Side, n_open: int, n_other: int, u: int, v: int) -> bool:
-    """Brute-force model of two NATs for the PREDICTED strategy (used by tests to check `needed`)."""
-    m = stride(opener, other)
-    ports_open = _targets_for_opener(opener, other, n_open)
-    ports_other = [opener.next_port(m * j) for j in range(n_other)] if not opener.fixed else [opener.port]
-
-    def flows(side: Side, noise: int, dests: list[int]) -> list[tuple[int, int]]:
-        out, seen = [], {}
-        for d in dests:
-            if d not in seen:
-                if side.fixed:
-                    seen[d] = side.port
-                elif side.consumes:
-                    seen[d] = side.next_port(noise + len(seen))
-                else:
-                    seen[d] = side.next_port(noise)
-            out.append((seen[d], d))
-        return out
-
-    fo = flows(opener, 0 if opener.fixed else u, ports_open)
-    ft = flows(other, 0 if other.fixed else v, ports_other)
-    addr_filter = opener.filtering.by_address
-    opener_srcs = {s for s, _ in fo}
-    for src_t, dst_t in ft:
-        if addr_filter:
-            if dst_t in opener_srcs:
-                return True
-        elif (dst_t, src_t) in fo:
-            return True
-    return False
-
-
-def _targets_for_opener(opener: Side, other: Side, n: int) -> list[int]:
-    if other.fixed:
-        return [other.port]
-    return [other.next_port(i) for i in range(n)]
-
-
-def size_predicted(opener: Side, other: Side, target: float, cap: int) -> tuple[int, int, float]:
-    """Probe counts (opener, other) reaching `target`, and the exact odds of those counts.
-
-    `needed` grows with u and v, so covering every (u, v) in the rectangle [0, uq] x [0, vq] takes
-    needed(uq, vq) probes and succeeds with probability >= F_u(uq)·F_v(vq). The cheapest rectangle
-    reaching the target is found by walking uq and bisecting vq: O(n log n) in the pmf lengths, so
-    wide windows on busy NATs plan in milliseconds.
-    """
-    pu, pv = _noise_pmf(opener), _noise_pmf(other)
-    fu, fv = _cdf(pu), _cdf(pv)
-    best: tuple[int, int, int] | None = None
-    for uq in range(len(pu)):
-        if fu[uq] < target:
-            continue
-        vq = bisect.bisect_left(fv, target / fu[uq])
-        if vq >= len(fv):
-            continue
-        a, b = needed(opener, other, uq, vq)
-        if a <= cap and b <= cap and (best is None or a + b < best[0]):
-            best = (a + b, a, b)
-    if best is None:  # the target is out of reach under the cap: do what the cap allows
-        best = (2 * cap, cap, cap)
-    _, n_open, n_other = best
-    return n_open, n_other, _predicted_odds(opener, other, pu, fv, n_open, n_other)
-
-
-def _cdf(pmf: list[float]) -> list[float]:
-    out, total = [], 0.0
-    for p in pmf:
-        total += p
-        out.append(min(total, 1.0))
-    return out
-
-
-def _predicted_odds(opener: Side, other: Side, pu: list[float], fv: list[float],
-                    n_open: int, n_other: int) -> float:
-    """Σ_u P(u) · P(v <= the largest v the counts still cover for this u)."""
-    odds = 0.0
-    for u, p in enumerate(pu):
-        lo, hi = 0, len(fv)  # first v that does NOT fit (needed grows with v)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _fits(needed(opener, other, u, mid), n_open, n_other):
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo:
-            odds += p * fv[lo - 1]
-    return min(1.0, odds)
-
-
-def _fits(need: tuple[int, int], n_open: int, n_other: int) -> bool:
-    return need[0] <= n_open and need[1] <= n_other
-
-
-def random_sequential_odds(rnd: Side, seq: Side, sockets: int, window: int, probes: int) -> float:
-    """The random side's `sockets` each send to seq.next(0..window-1); the sequential side sends
-    `probes` guesses at random ports of the random side.
-
-    Consuming sequential side: its j-th guess leaves from seq.next(v + j), so it can only meet the
-    random side's flows aimed at window slot v + j: `sockets` random ports, a sockets/span chance.
-    Otherwise every guess leaves from seq.next(v) and meets the `sockets` flows aimed at slot v.
-    """
-    span = rnd.span
-    odds = 0.0
-    for v, pv in enumerate(_noise_pmf(seq)):
-        if v >= window:
-            break
-        if seq.consumes:
-            useful = max(0, min(probes, window - v))
-            hit = 1 - (1 - min(sockets, span) / span) ** useful
-        else:
-            hit = 1 - birthday_miss(span, sockets, probes)
-        odds += pv * hit
-    return min(1.0, odds)
-
-
-# --- the planner ------------------------------------------------------------------------------
-
-
 def plan(
     local_report: NatReport,
     remote_report: NatReport,
@@ -457,7 +172,7 @@ def plan(
     # Guessing on both sides only works in tiny port ranges (a CGNAT's port block); then it is
     # feasible on its odds.
     feasible = best.strategy is not Strategy.BEST_EFFORT or best.odds >= target
-    reason = _reason(best.strategy, local, remote, best)
+    reason = explain(best.strategy, local, remote, best)
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
         "strategy": best.strategy.value,
@@ -566,7 +281,7 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
     for opener, other, swap in ((first, second, False), (second, first, True)):
         n_open, n_other, odds = size_predicted(opener, other, target, max_window)
         m = stride(opener, other)
-        open_targets = tuple(_predict.ranked_ports(_targets_for_opener(opener, other, n_open)))
+        open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
         other_targets = ((opener.port,) if opener.fixed
                          else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
         a = Attempt(Strategy.PREDICTED,
@@ -601,7 +316,7 @@ def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) ->
 def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_sockets: int) -> Attempt:
     # Every (socket, window slot) pair is a new flow on the random side's NAT, so sockets × window
     # must stay under the flow budget; the sequential side's guesses are flows on its own NAT.
-    need_window = max(1, len(_noise_pmf(seq)))
+    need_window = max(1, len(noise_pmf(seq)))
     candidates = sorted({max(1, min(c, rnd.span // 2)) for c in (64, 128, 256, 512, 1024, 2048, 4096)
                          if c <= max_sockets} or {1})
     options: list[tuple[float, int, int, int]] = []  # (odds, sockets, window, probes)
@@ -657,40 +372,3 @@ def _best_effort(first: Side, second: Side, flows: int) -> Attempt:
                    Part(first.ip, (), random_probes=per, peer_range=first.port_range, sockets=sockets,
                         opens=False, delay=0.1, interval=1.0, spread=True),
                    odds=odds, timeout=2.0)
-
-
-def _reason(strategy: Strategy, local: Side, remote: Side, a: Attempt) -> str:
-    L, R = local.describe(), remote.describe()
-    if strategy is Strategy.DIRECT:
-        who = "the remote" if remote.reachable else "this"
-        return (f"local: {L}; remote: {R}: {who} side is reachable unasked (no NAT, or "
-                "endpoint-independent mapping and filtering), so the other side's packet gets in and "
-                "the answer goes back through the mapping that packet created")
-    if strategy is Strategy.SIMULTANEOUS:
-        return (f"both mappings are endpoint-independent (local: {L}; remote: {R}): each side sends "
-                "from its STUN socket to the other's mapped endpoint, a low-TTL packet first")
-    if strategy is Strategy.ADDRESS_OPEN:
-        return (f"local: {L}; remote: {R}: the side with endpoint-independent mapping and "
-                "address-dependent filtering opens its filter to the peer's address with one low-TTL "
-                "packet, then the peer's packet gets in whatever port its NAT picks")
-    if strategy is Strategy.PREDICTED:
-        return (f"local: {L}; remote: {R}: ports are predictable, so one side sends low-TTL packets "
-                f"to {len(a.local.targets if a.local.opens else a.remote.targets)} predicted port(s) "
-                f"and the other answers with a normal TTL to "
-                f"{len(a.remote.targets if a.local.opens else a.local.targets)} port(s); "
-                f"odds {a.odds:.4%}")
-    if strategy is Strategy.BIRTHDAY:
-        s = max(a.local.sockets, a.remote.sockets)
-        p = max(a.local.random_probes, a.remote.random_probes)
-        return (f"local: {L}; remote: {R}: random allocation meets a fixed mapping, so the random side "
-                f"opens {s} mappings with low-TTL packets and the other probes {p} random ports; "
-                f"odds 1 - C(N-{s},{p})/C(N,{p}) = {a.odds:.4%}")
-    if strategy is Strategy.RANDOM_SEQUENTIAL:
-        opener = a.local if a.local.opens else a.remote
-        guesser = a.remote if a.local.opens else a.local
-        return (f"local: {L}; remote: {R}: the random side fires from {opener.sockets} sockets at "
-                f"{len(opener.targets)} predicted ports ({opener.flows} flows, under the "
-                f"{FLOW_TABLE_CAP}-entry flow table) and the sequential side sends {guesser.random_probes} "
-                f"guesses; odds {a.odds:.2%}")
-    return (f"local: {L}; remote: {R}: random allocation on both sides leaves a 1/(N·N) chance per "
-            f"pair of flows; a bounded try has {a.odds:.3%} odds, so a relay (TURN) is needed")

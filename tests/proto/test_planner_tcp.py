@@ -1,4 +1,5 @@
-"""proto/tcp_plan: classification of TCP reports and the plan both sides derive from them."""
+"""proto/planner/tcp.py and tcp_mapping.py: classification of TCP reports and the plan both sides derive from
+them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from hypothesis import strategies as st
 from dataclasses import replace
 
 from nattrav.errors import BadReport
+from nattrav.proto.planner.tcp import plan
+from nattrav.proto.planner.tcp_mapping import classify
 from nattrav.proto.report import History, TcpReport
-from nattrav.proto.tcp_plan import classify, plan
 from nattrav.proto.vocab import Filtering, TcpStrategy
 from tests.reports import tcp as report
 
@@ -224,7 +226,7 @@ def test_random_facing_sequential_or_random_is_infeasible_with_both_behaviours_n
 
 @pytest.mark.parametrize("role", ["first", "second"])
 def test_random_facing_a_cone_is_a_birthday_both_sides_size_alike(role):
-    from nattrav.proto.tcp_plan import BIRTHDAY_TARGET, birthday_size
+    from nattrav.proto.planner.tcp import BIRTHDAY_TARGET, birthday_size
 
     other = "second" if role == "first" else "first"
     rnd, cone = plan(RANDOM, CONE, role), plan(CONE, RANDOM, other)
@@ -244,7 +246,7 @@ def test_random_facing_a_cone_is_a_birthday_both_sides_size_alike(role):
 def test_birthday_odds_match_a_simulated_random_nat():
     import random
 
-    from nattrav.proto.tcp_plan import birthday_size
+    from nattrav.proto.planner.tcp import birthday_size
 
     span, rng = 1000, random.Random(7)
     sockets, probes, odds = birthday_size(span, sockets=20, target=0.9)
@@ -298,7 +300,8 @@ def test_any_untrusted_report_raises_only_badreport(data):
 
 
 def test_agreed_window_is_the_larger_published_one_clamped():
-    from nattrav.proto.tcp_plan import DEFAULT_WINDOW, MAX_WINDOW, agreed_window
+    from nattrav.proto.planner.tcp import DEFAULT_WINDOW, agreed_window
+    from nattrav.proto.report import MAX_WINDOW
 
     assert agreed_window(replace(SEQ, window=3), replace(SEQ, window=12)) == 12
     assert agreed_window(replace(SEQ, window=3), SEQ) == DEFAULT_WINDOW
@@ -327,7 +330,7 @@ def _busy_seq(foreign, public="203.0.113.20"):
 
 @pytest.mark.parametrize("peer", [CONE, _quiet_seq("203.0.113.30")])
 def test_window_grows_with_a_busier_nat(peer):
-    from nattrav.proto.tcp_plan import DEFAULT_WINDOW, WINDOW_TARGET
+    from nattrav.proto.planner.tcp import DEFAULT_WINDOW, WINDOW_TARGET
 
     windows = []
     # foreign flows seen in 10 s between our probes, and a NAT seen taking 60 a second for 10 s
@@ -342,7 +345,7 @@ def test_window_grows_with_a_busier_nat(peer):
 
 
 def test_fresh_samples_alone_say_little_so_the_window_is_wide():
-    from nattrav.proto.tcp_plan import WINDOW_TARGET
+    from nattrav.proto.planner.tcp import WINDOW_TARGET
 
     # three probes 2 ms apart: the Gamma prior (mean 6 flows/s, heavy tail) decides, for 1 s
     fresh = report([20010, 20011, 20012], times=[0.0, 0.002, 0.004])
@@ -426,7 +429,7 @@ def _gamma_posterior(m):
     (CONE, _busy_seq(40)),
 ])
 def test_both_sides_derive_the_same_window_and_odds(a, b):
-    from nattrav.proto.tcp_plan import agreed_window
+    from nattrav.proto.planner.tcp import agreed_window
 
     for first, second in ((a, b), (b, a)):
         x = plan(first, second, "first", window=agreed_window(first, second))
@@ -437,7 +440,8 @@ def test_both_sides_derive_the_same_window_and_odds(a, b):
 
 
 def test_window_caps_and_floors():
-    from nattrav.proto.tcp_plan import MAX_WINDOW, WINDOW_TARGET
+    from nattrav.proto.planner.tcp import WINDOW_TARGET
+    from nattrav.proto.report import MAX_WINDOW
 
     # thousands of foreign flows a second: the cap bites and the odds say so
     frantic = replace(SEQ, history=History(200, 1.0))
@@ -471,7 +475,7 @@ def test_old_reports_still_plan_and_new_fields_are_validated():
 
 
 def test_history_counts_the_flows_others_took_while_a_listener_waited():
-    from nattrav.proto.tcp_plan import history
+    from nattrav.proto.planner.tcp_mapping import history
 
     enrolled = report([20010, 20011, 20012], times=[0, 0.002, 0.004])
     later = report([20043, 20044, 20045], times=[0, 0.002, 0.004])  # 30 foreign flows in between

@@ -11,16 +11,10 @@ from hypothesis import strategies as st
 
 from nattrav.errors import BadReport, PlanError
 from nattrav.proto.nat_behavior import BindingSample
-from nattrav.proto.plan import (
-    FLOW_TABLE_CAP,
-    STRATEGIES,
-    birthday_miss,
-    needed,
-    plan,
-    probes_for,
-    side_from_report,
-    simulate,
-)
+from nattrav.proto.planner.odds import FLOW_TABLE_CAP, birthday_miss, needed, probes_for, simulate
+from nattrav.proto.planner.side import side_from_report
+from nattrav.proto.planner.strategies import STRATEGIES
+from nattrav.proto.planner.udp import plan
 from nattrav.proto.report import NatReport, samples_from_bindings
 from nattrav.proto.vocab import Allocation, Filtering, Mapping, Strategy
 from tests.reports import udp, wire
