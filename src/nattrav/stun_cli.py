@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return trio.run(_serve, config, args.stats_interval)
 
-    from .io.stun_client import discover
+    from .io.stun_discover import discover
 
     try:
         server = parse_hostport(args.server, DEFAULT_PORT)

@@ -160,13 +160,13 @@ def test_accept_policy_token_bucket_refills():
 
 
 async def test_a_worker_failure_is_a_connect_error_not_a_traceback(servers, monkeypatch):
-    import nattrav.api as api
+    import nattrav.api.udp as udp_api
     from nattrav.errors import WorkerDied
 
     async def broken_punch(*args, **kwargs):
         raise WorkerDied(0, 1, "killed by SIGKILL")
 
-    monkeypatch.setattr(api, "punch", broken_punch)
+    monkeypatch.setattr(udp_api, "punch", broken_punch)
     with trio.fail_after(40):
         async with listen(servers["server"], stun=servers["stun"]) as lst:
             async with trio.open_nursery() as nursery:

@@ -9,18 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nattrav.errors import BadPacket, LocalProtocolError
-from nattrav.proto.stun import (
-    Attr,
-    ChangeRequest,
-    Class,
-    ErrorCode,
-    Message,
-    Method,
-    binding_request,
-    is_stun,
-    long_term_key,
-    parse,
-)
+from nattrav.proto.stun import Message, binding_request, is_stun, long_term_key, parse
+from nattrav.proto.stun_attrs import Attr, ChangeRequest, Class, ErrorCode, Method
 
 PASSWORD = b"VOkJxbRl1RmTxUk/WvJxBt"
 TXN = bytes.fromhex("b7e7a701bc34d686fa87dfae")

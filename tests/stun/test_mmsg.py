@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from nattrav.core.mmsg import RecvBatch, StunFastPath, send_batch, stun_load
-from nattrav.proto.stun import Attr, Class, binding_request, parse
+from nattrav.proto.stun import binding_request, parse
+from nattrav.proto.stun_attrs import Attr, Class
 
 
 def udp(ip: str = "127.0.0.1") -> socket.socket:

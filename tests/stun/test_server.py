@@ -11,9 +11,11 @@ import pytest
 import trio
 
 from nattrav.errors import BadPacket, StunErrorResponse, StunTimeout
-from nattrav.io.stun_client import binding, discover
+from nattrav.io.stun_client import binding
+from nattrav.io.stun_discover import discover
 from nattrav.io.stun_server import open_stun_server, serve_stun
-from nattrav.proto.stun import Attr, Class, binding_request, parse
+from nattrav.proto.stun import binding_request, parse
+from nattrav.proto.stun_attrs import Attr, Class
 from nattrav.proto.stun_server import StunServerConfig
 
 P, PALT = 3478, 3479
@@ -282,7 +284,8 @@ async def test_discover_detects_a_server_that_ignores_change_request(nursery):
     await sock4.bind((a, PALT))
 
     async def lazy(s):
-        from nattrav.proto.stun import Message, Method
+        from nattrav.proto.stun import Message
+        from nattrav.proto.stun_attrs import Method
 
         while True:
             data, src = await s.recvfrom(2048)

@@ -11,7 +11,8 @@ import trio
 import trio.testing
 
 from nattrav.io.stun_tcp import StunTcpServer, serve_stun_tcp, source_key
-from nattrav.proto.stun import Class, binding_request, parse
+from nattrav.proto.stun import binding_request, parse
+from nattrav.proto.stun_attrs import Class
 from nattrav.proto.stun_server import StunServerConfig
 
 from .test_server import loopback_pair

@@ -22,7 +22,8 @@ from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
 from nattrav.proto.planner.tcp import plan
 from nattrav.proto.report import TcpReport, TcpSample
-from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
+from nattrav.proto.stun import Message, parse
+from nattrav.proto.stun_attrs import Attr, ChangeRequest, Class, Method
 from nattrav.proto.stun_server import StunServerConfig
 from nattrav.proto.vocab import TcpStrategy
 from tests.conftest import free_port_pair

@@ -63,10 +63,10 @@ def test_the_coordinator_reads_worker_replies_with_a_small_bound():
     # a broken or hostile worker must not make the coordinator buffer hundreds of MB
     from types import SimpleNamespace
 
-    from nattrav.workers.coordinator import _Worker
+    from nattrav.workers.channel import WorkerChannel
 
     def reader():
-        return _Worker(0, SimpleNamespace(pid=1), None).reader
+        return WorkerChannel(0, SimpleNamespace(pid=1), None).reader
 
     big, r = encode("result", id=1, ports=b"\x00" * (5 << 20)), reader()
     with pytest.raises(BadMessage):

@@ -19,95 +19,15 @@ import trio
 
 from ..core.errors import ICMP_ERRNOS
 from ..errors import BadPacket, PunchFailed
-from ..proto.handshake import MAGIC, MAX_DATA, Event, Handshake
+from ..proto.handshake import MAGIC, Event, Handshake
 from ..proto.planner.udp import Attempt, Part, Plan
 from ..proto.vocab import Strategy
+from .path import RECV_SIZE, PunchedPath, now_ns
 from .session import Session
 
-RECV_SIZE = 2048
 BURST_CHUNK = 16384  # packets per coordinator fire between looks for a hit
 MAX_LOW_TTL = 64
 CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confirmed
-
-
-def _now_ns() -> int:
-    return int(trio.current_time() * 1e9)
-
-
-class PunchedPath:
-    """An authenticated UDP path to the peer. Not thread-safe; one reader at a time."""
-
-    def __init__(self, sock: Any, peer_addr: tuple[str, int], rtt: float, strategy: Strategy,
-                 handshake: Handshake, stats: dict[str, Any] | None = None) -> None:
-        self.sock = sock
-        self.peer_addr = peer_addr
-        self.rtt = rtt  # seconds, from the handshake
-        self.strategy = strategy
-        self.handshake = handshake
-        self.stats = stats or {}
-        self.closed_by_peer = False
-
-    async def send(self, data: bytes) -> None:
-        """Send a payload; longer than MAX_DATA is split into several DATA frames."""
-        data = bytes(data)
-        for i in range(0, max(len(data), 1), MAX_DATA):
-            await self.sock.sendto(self.handshake.data(data[i : i + MAX_DATA]), self.peer_addr)
-
-    async def send_keepalive(self) -> None:
-        await self.sock.sendto(self.handshake.keepalive(), self.peer_addr)
-
-    async def serve_keepalives(self, interval: float = 15.0) -> None:
-        """Run forever (in the caller's nursery): keep both NATs' mappings alive."""
-        while True:
-            await trio.sleep(interval)
-            await self.send_keepalive()
-
-    async def receive(self) -> bytes:
-        """The next payload from the peer. Answers late handshake packets on the way; drops anything
-        unauthenticated or from another address. Returns b"" once the peer closed the path."""
-        while True:
-            if self.closed_by_peer:
-                return b""
-            try:
-                data, addr = await self.sock.recvfrom(RECV_SIZE)
-            except OSError as exc:
-                if exc.errno in ICMP_ERRNOS:
-                    continue
-                raise
-            if tuple(addr[:2]) != self.peer_addr:
-                continue
-            try:
-                got = self.handshake.receive(data, _now_ns())
-            except BadPacket:
-                continue
-            for reply in got.replies:
-                await self.sock.sendto(reply, self.peer_addr)
-            if got.event is Event.HELLO:
-                continue  # the peer missed our ACK/CONFIRM; replied above
-            if got.event is Event.DATA and got.payload:
-                return got.payload
-            if got.event is Event.CLOSE:
-                self.closed_by_peer = True
-                return b""
-
-    async def aclose(self) -> None:
-        try:
-            if not self.handshake.closed:
-                with trio.move_on_after(0.5):
-                    await self.sock.sendto(self.handshake.close(), self.peer_addr)
-        except OSError:
-            pass
-        finally:
-            self.sock.close()
-
-    async def __aenter__(self) -> PunchedPath:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-# --- the race -----------------------------------------------------------------------------------
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -234,7 +154,7 @@ class _Race:
             # Openers send with the low TTL until a socket has heard the peer; a socket that heard
             # the peer has answered at the normal TTL and is left alone.
             fresh = [s for s in socks if id(s) not in self.heard]
-            frame = self.handshake.hello(_now_ns())
+            frame = self.handshake.hello(now_ns())
             sent0 = self.stats["sent"]
             await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, part.opens)
             for s in fresh:
@@ -265,7 +185,7 @@ class _Race:
         while trio.current_time() < deadline:
             if not pending and rounds > 0:
                 rounds -= 1
-                frame = self.handshake.hello(_now_ns())
+                frame = self.handshake.hello(now_ns())
                 # slot-major: every socket covers the most likely ports first
                 src = [i for _ in part.targets for i in indices]
                 ports = [port for port in part.targets for _ in indices]
@@ -291,7 +211,7 @@ class _Race:
                 continue
             self.stats["received"] += 1
             try:
-                got = self.handshake.receive(hit.payload, _now_ns())
+                got = self.handshake.receive(hit.payload, now_ns())
             except BadPacket:
                 self.stats["rejected"] += 1
                 continue
@@ -355,7 +275,7 @@ class _Race:
             addr = (addr[0], addr[1])
             self.stats["received"] += 1
             try:
-                got = self.handshake.receive(data, _now_ns())
+                got = self.handshake.receive(data, now_ns())
             except BadPacket:
                 self.stats["rejected"] += 1
                 continue
@@ -385,7 +305,7 @@ class _Race:
         # Our ACK may be lost, or the peer's CONFIRM: ask again until a CONFIRM arrives.
         while not self.handshake.established:
             await trio.sleep(CONFIRM_RESEND)
-            ack = self.handshake.ack(_now_ns())
+            ack = self.handshake.ack(now_ns())
             if ack is None or self.handshake.established:
                 return
             self._set_ttl(s, False)

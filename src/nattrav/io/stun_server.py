@@ -29,7 +29,8 @@ import trio
 
 from ..core.mmsg import SourceLimiter, StunFastPath
 from ..errors import BadPacket
-from ..proto.stun import Address, parse
+from ..proto.stun import parse
+from ..proto.stun_attrs import Address
 from ..proto.stun_control import ControlReceiver, ControlSender
 from ..proto.stun_server import Decision, StunServerConfig, decide, fast_tail
 

@@ -25,7 +25,8 @@ import trio
 
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
 from ..errors import BadPacket, FdLimitError, StunTcpError
-from ..proto.stun import HEADER_LEN, Address, Attr, Class, Message, Method, parse
+from ..proto.stun import HEADER_LEN, Message, parse
+from ..proto.stun_attrs import Address, Attr, Class, Method
 from ..proto.stun_server import StunServerConfig, decide, error_response
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import BadPacket
-from .stun import Address, Attr, Class, ErrorCode, Message, parse
+from .stun import Message, parse
+from .stun_attrs import Address, Attr, Class, ErrorCode
 
 RTO = 0.5  # RFC 8489: initial retransmission timeout, seconds
 RC = 7  # requests sent in all

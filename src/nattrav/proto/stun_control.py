@@ -29,7 +29,7 @@ import msgpack
 
 from ..errors import BadPacket, ControlKeyError
 from .handshake import ReplayWindow
-from .stun import Address
+from .stun_attrs import Address
 
 VERSION = 2
 MAC_LEN = 16

@@ -9,7 +9,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .stun import Address, Attr, Class, ErrorCode, Message, Method
+from .stun import Message
+from .stun_attrs import Address, Attr, Class, ErrorCode, Method
 from .stun_control import derive_key
 from .stun_cookie import check_cookie, make_cookie
 

@@ -20,7 +20,7 @@ from ...errors import BadFrame, LocalProtocolError
 from ..schema import cut
 from ..timers import Timers
 from .offers import Offers
-from .records import Close, Send, _Conn, _hash_secret, _Peer, source_key
+from .records import Close, Send, _Conn, _hash_secret, _Offer, _Peer, source_key
 from .wire import CLIENT_MESSAGES, MAX_MESSAGE, NAME_RE, SECRET_MAX, SECRET_MIN, ErrorCode, FrameDecoder, make
 
 
