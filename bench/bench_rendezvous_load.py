@@ -363,7 +363,7 @@ def run(args) -> dict:
         raise SystemExit(f"RLIMIT_NOFILE {fd_soft} < {need} descriptors this run needs per process; "
                          f"raise the hard limit (ulimit -Hn) or use fewer --peers")
     server = subprocess.Popen(
-        [sys.executable, "-m", "nattrav.server_cli", "--listen", "127.0.0.1:0", "--json-log",
+        [sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
          "--max-connections", str(need + 2000), "--stats-interval", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(

@@ -62,7 +62,7 @@ def wait_udp(addr: tuple[str, int], timeout: float = 30.0) -> None:
 
 
 def start_ours(ip: str, alt: str, port: int, extra: list[str], src: str | None = None) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "nattrav.stun_cli", "serve", "--ip", ip, "--alt-ip", alt,
+    argv = [sys.executable, "-m", "nattrav.cli.stun", "serve", "--ip", ip, "--alt-ip", alt,
             "--port", str(port), "--alt-port", str(port + 1)] + extra
     env = dict(os.environ, PYTHONPATH=src) if src else None
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

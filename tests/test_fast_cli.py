@@ -13,7 +13,7 @@ import pytest
 
 from nattrav.cli import exits
 
-FAST = [sys.executable, "-m", "nattrav.fast_cli"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
 
 def run_fast(*args, timeout=30, input=b""):
@@ -111,7 +111,7 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
 
 
 def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
-    from nattrav.events import describe
+    from nattrav.cli.events import describe
 
     assert describe("tcp-mapping", {"ports": [20000, 20001], "local": ["10.0.1.2", 4000], "steps": [1]}).startswith(
         "TCP mapping: local port 4000")

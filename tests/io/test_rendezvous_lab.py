@@ -92,7 +92,7 @@ def sym_lab(request):
 async def test_peers_behind_nats_meet_through_the_server(sym_lab, tmp_path):
     lab = sym_lab
     log = open(tmp_path / "server.log", "w")  # a file, not a pipe nobody drains
-    server = lab.popen("server", [sys.executable, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{PORT}",
+    server = lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{PORT}",
                                   "--stun", f"{lab.S1},{lab.S2}", "--json-log", "-v"],
                        stdout=subprocess.PIPE, stderr=log, text=True)
     try:

@@ -155,7 +155,7 @@ async def test_bulk_transfer_over_punched_tcp_stream_arrives_intact(seq_lab):
     lab = seq_lab
     lab.flush_conntrack()
     py = sys.executable
-    server = lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+    server = lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
                                   "--stun", f"{lab.S1},{lab.S2}"])
     try:
         await trio.to_thread.run_sync(_wait_tcp, lab, lab.S1, SERVER_PORT, time.monotonic() + 10)

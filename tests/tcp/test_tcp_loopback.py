@@ -28,7 +28,7 @@ from nattrav.proto.stun_server import StunServerConfig
 from nattrav.proto.vocab import TcpStrategy
 from tests.conftest import free_port_pair
 
-FAST = [sys.executable, "-m", "nattrav.fast_cli"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
 
 async def _stun_tcp(nursery):

@@ -13,12 +13,12 @@ import sys
 
 import trio
 
-from .errors import UsageError
-from .hostport import parse_hostport
-from .io.stun_server import serve_stun
-from .proto.nat_behavior import NatBehavior
-from .proto.stun_control import MIN_SECRET
-from .proto.stun_server import (
+from ..errors import UsageError
+from ..hostport import parse_hostport
+from ..io.stun_server import serve_stun
+from ..proto.nat_behavior import NatBehavior
+from ..proto.stun_control import MIN_SECRET
+from ..proto.stun_server import (
     DEFAULT_ALT_PORT,
     DEFAULT_CONTROL_PORT,
     DEFAULT_MAX_AMPLIFICATION,
@@ -26,6 +26,7 @@ from .proto.stun_server import (
     DEFAULT_RATE_LIMIT,
     StunServerConfig,
 )
+from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 SECRET_ENV = "NATTRAV_STUN_SECRET"
 SECRET_ON_ARGV = (
@@ -111,7 +112,7 @@ async def _serve(config: StunServerConfig, stats_interval: float) -> int:
             srv = await nursery.start(serve_stun, config)
         except (OSError, ValueError) as exc:  # address not local, port in use, bad ports
             print(f"nattrav-stun: cannot serve: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         addrs = ", ".join(f"{ip}:{port}" for ip, port in srv.addresses)
         print(f"nattrav-stun: serving ({config.layout}) on {addrs}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -126,8 +127,8 @@ async def _serve(config: StunServerConfig, stats_interval: float) -> int:
             async for _ in signals:
                 print(json.dumps(srv.counters()), flush=True)
                 nursery.cancel_scope.cancel()
-                return 0
-    return 0
+                return EXIT_OK
+    return EXIT_OK
 
 
 def _serve_config(args: argparse.Namespace) -> StunServerConfig:
@@ -204,22 +205,22 @@ def main(argv: list[str] | None = None) -> int:
             config = _serve_config(args)
         except UsageError as exc:
             print(f"nattrav-stun: error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return trio.run(_serve, config, args.stats_interval)
 
-    from .io.stun_discover import discover
+    from ..io.stun_discover import discover
 
     try:
         server = parse_hostport(args.server, DEFAULT_PORT)
     except UsageError as exc:
         print(f"nattrav-stun: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         # replies are checked against the address we sent to: resolve a host name to it first
         server = (socket.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)[0][4][0], server[1])
     except socket.gaierror as exc:
         print(f"nattrav-stun: cannot resolve {server[0]}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     report = trio.run(
         lambda: discover(
             server,
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_table(report))
-    return 0 if report.public_ip is not None else 2
+    # no STUN answer at all: 2, as before the exit-code table (scripts test for it)
+    return EXIT_OK if report.public_ip is not None else 2
 
 
 if __name__ == "__main__":

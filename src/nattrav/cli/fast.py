@@ -15,12 +15,12 @@ from typing import Any
 
 import trio
 
-from . import __version__
-from .api import connect, connect_tcp, listen, listen_tcp
-from .cli.exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
+from .. import __version__
+from ..api import connect, connect_tcp, listen, listen_tcp
+from ..hostport import parse_hostport
+from ..io import rendezvous_client as rv
 from .events import describe
-from .hostport import parse_hostport
-from .io import rendezvous_client as rv
+from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 
 EPILOG = """\
 examples:
