@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "nattrav_core.h"
+#include "msg.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -161,13 +162,8 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
             sa[cnt].sin_family = AF_INET;
             memcpy(&sa[cnt].sin_addr.s_addr, ip, 4);
             sa[cnt].sin_port = htons(ports[j]);
-            iov[cnt].iov_base = (void *)(payload + (size_t)stride * j);
-            iov[cnt].iov_len = payload_len;
-            memset(&msgs[cnt].msg_hdr, 0, sizeof msgs[cnt].msg_hdr);
-            msgs[cnt].msg_hdr.msg_name = &sa[cnt];
-            msgs[cnt].msg_hdr.msg_namelen = sizeof sa[cnt];
-            msgs[cnt].msg_hdr.msg_iov = &iov[cnt];
-            msgs[cnt].msg_hdr.msg_iovlen = 1;
+            nt_msg_slot(&msgs[cnt], &iov[cnt], (void *)(payload + (size_t)stride * j), payload_len, &sa[cnt],
+                        sizeof sa[cnt]);
         }
         st->syscalls++;
         /* one message (many sockets x 1 packet): sendto skips sendmmsg's per-call header copying */

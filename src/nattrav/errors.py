@@ -118,57 +118,60 @@ class RendezvousError(NattravError):
 
     code = "error"
 
+    def __init_subclass__(cls, code: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if code is not None:
+            cls.code = code
+
 
 class PeerError(RendezvousError):
     """The peer cannot be had: unknown, offline, refusing, its offer ended, or our name is taken."""
 
 
-class UnknownPeer(PeerError):
-    code = "unknown-peer"
+class UnknownPeer(PeerError, code="unknown-peer"):
+    """No peer is enrolled under that ID or name."""
 
 
-class PeerOffline(PeerError):
-    code = "offline"
+class PeerOffline(PeerError, code="offline"):
+    """The peer is enrolled but its connection to the server is gone (the server keeps it for a
+    while, so that it can come back under the same ID)."""
 
 
-class Refused(PeerError):
-    code = "refused"
+class Refused(PeerError, code="refused"):
+    """The peer said no: its listener's policy (api.AcceptPolicy) did not admit us."""
 
 
-class OfferGone(PeerError):
-    code = "unknown-offer"
+class OfferGone(PeerError, code="unknown-offer"):
+    """The offer we answer ended before our answer did (it timed out, or the initiator left)."""
 
 
-class NameTaken(PeerError):
-    code = "name-taken"
+class NameTaken(PeerError, code="name-taken"):
+    """Another peer holds that name (and we cannot prove with its secret that it is ours), or our
+    own name enrolled again elsewhere and took over."""
 
 
-class RendezvousTimeout(RendezvousError, NattravTimeout):
-    code = "timeout"
+class RendezvousTimeout(RendezvousError, NattravTimeout, code="timeout"):
+    """The server did not answer in time, or says the other side did not."""
 
 
-class BadRequest(RendezvousError):
-    code = "bad-request"
+class BadRequest(RendezvousError, code="bad-request"):
+    """Well formed but not allowed now (a connect before enrolling, a short secret, ...)."""
 
 
-class ServerBusy(RendezvousError):
-    code = "busy"
+class ServerBusy(RendezvousError, code="busy"):
+    """A server limit was reached: too many peers, connections or pending offers (from one source)."""
 
 
-class ProtocolViolation(RendezvousError):
+class ProtocolViolation(RendezvousError, code="bad-frame"):
     """A malformed frame, from the server (or the server says ours was)."""
 
-    code = "bad-frame"
+
+class ServerUnreachable(RendezvousError, code="unreachable"):
+    """No connection to the server could be made."""
 
 
-class ServerUnreachable(RendezvousError):
-    code = "unreachable"
-
-
-class ServerGone(RendezvousError):
+class ServerGone(RendezvousError, code="gone"):
     """The connection to the server ended; every pending request fails with this."""
-
-    code = "gone"
 
 
 # --- STUN ----------------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ would get a new mapping (the reason a tool that closes its STUN socket before pu
 """
 
 from .endpoint import EventHook, discover_behavior
-from .session import AcceptPolicy, Listener, TcpListener, connect, connect_tcp, listen, listen_tcp
+from .session import AcceptPolicy, Listener, SessionOptions, TcpListener, connect, connect_tcp, listen, listen_tcp
 from .tcp import TcpEndpoint, open_tcp_endpoint
 from .udp import Endpoint, open_endpoint, refresh_mappings
 
 __all__ = [
-    "AcceptPolicy", "Endpoint", "EventHook", "Listener", "TcpEndpoint", "TcpListener", "connect", "connect_tcp",
-    "discover_behavior", "listen", "listen_tcp", "open_endpoint", "open_tcp_endpoint", "refresh_mappings",
+    "AcceptPolicy", "Endpoint", "EventHook", "Listener", "SessionOptions", "TcpEndpoint", "TcpListener", "connect",
+    "connect_tcp", "discover_behavior", "listen", "listen_tcp", "open_endpoint", "open_tcp_endpoint",
+    "refresh_mappings",
 ]

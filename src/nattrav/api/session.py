@@ -1,10 +1,12 @@
 """The session flow both transports share: connect() to a peer by ID, or listen() and accept() the
-peers an AcceptPolicy admits. What differs is the transport (udp.py, tcp.py)."""
+peers an AcceptPolicy admits. What differs is the transport (udp.py, tcp.py); the keywords all four
+take are SessionOptions' fields."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -17,24 +19,44 @@ from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
 from .tcp import TcpTransport
 from .udp import UdpTransport
 
+Server = str | tuple[str, int]  # "host[:port]" (default port 7000) or (host, port)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The keywords connect(), connect_tcp(), listen() and listen_tcp() share (an unknown one is a
+    TypeError, as in any call)."""
+
+    stun: Server | None = None  # STUN server "host[:port]" (default: the rendezvous host, port 3478)
+    src_ip: str | None = None  # local IP to send from (default: any)
+    src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
+    ttl: int | None = None  # TTL of the opening packets (default 2: one router between the NATs)
+    on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
+    behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
+
+    def emit(self, phase: str, detail: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(phase, detail)
+
+    def endpoints(self, server: Server) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(rendezvous server, STUN server) as (host, port) pairs."""
+        server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+        return server_ep, stun_endpoint(self.stun, server_ep)
+
 
 @asynccontextmanager
-async def _connect(transport: Any, server: str | tuple[str, int], peer_id: str, *,
-                   stun: str | tuple[str, int] | None, src_ip: str | None, src_port: int,
-                   ttl: int | None, timeout: float, on_event: EventHook | None,
-                   behavior: NatBehavior | None) -> AsyncIterator[Any]:
-    emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-    stun_ep = stun_endpoint(stun, server_ep)
+async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
+                   o: SessionOptions) -> AsyncIterator[Any]:
+    server_ep, stun_ep = o.endpoints(server)
     with trio.fail_after(timeout):
         async with rv.open_rendezvous(server_ep) as client:
-            emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-            ep = await transport.open(stun_ep, src_ip, src_port, emit, behavior)
+            o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+            ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
             try:
                 await client.update_info({"report": ep.report.to_wire()})
-                emit("rendezvous-connect", {"peer": peer_id})
+                o.emit("rendezvous-connect", {"peer": peer_id})
                 session = await client.connect(peer_id, timeout=timeout)
-                path = await transport.punch(ep, session, ttl, emit)
+                path = await transport.punch(ep, session, o.ttl, o.emit)
             except BaseException:
                 transport.close(ep)
                 raise
@@ -43,45 +65,23 @@ async def _connect(transport: Any, server: str | tuple[str, int], peer_id: str, 
 
 
 @asynccontextmanager
-async def connect(
-    server: str | tuple[str, int],
-    peer_id: str,
-    *,
-    stun: str | tuple[str, int] | None = None,
-    src_ip: str | None = None,
-    src_port: int = 0,
-    ttl: int | None = None,
-    timeout: float = 30.0,
-    on_event: EventHook | None = None,
-    coordinator: Any = None,
-    behavior: NatBehavior | None = None,
-) -> AsyncIterator[PunchedPath]:
-    """Connect to `peer_id` through the rendezvous `server`; yields the authenticated UDP path."""
-    async with _connect(UdpTransport(coordinator), server, peer_id, stun=stun, src_ip=src_ip, src_port=src_port,
-                        ttl=ttl, timeout=timeout, on_event=on_event, behavior=behavior) as path:
+async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordinator: Any = None,
+                  **options: Any) -> AsyncIterator[PunchedPath]:
+    """Connect to `peer_id` through the rendezvous `server` within `timeout` seconds; yields the
+    authenticated UDP path. `coordinator`: a running burst coordinator (nattrav.workers) to use
+    instead of starting one for a big burst; `options`: SessionOptions' keywords."""
+    async with _connect(UdpTransport(coordinator), server, peer_id, timeout, SessionOptions(**options)) as path:
         yield path
 
 
 @asynccontextmanager
-async def connect_tcp(
-    server: str | tuple[str, int],
-    peer_id: str,
-    *,
-    stun: str | tuple[str, int] | None = None,
-    src_ip: str | None = None,
-    src_port: int = 0,
-    ttl: int | None = None,
-    timeout: float = 30.0,
-    punch_timeout: float = 10.0,
-    window: int = 8,
-    on_event: EventHook | None = None,
-    behavior: NatBehavior | None = None,
-) -> AsyncIterator[Any]:
+async def connect_tcp(server: Server, peer_id: str, *, timeout: float = 30.0, punch_timeout: float = 10.0,
+                      window: int = 8, **options: Any) -> AsyncIterator[Any]:
     """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream
-    (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy)."""
-    async with _connect(TcpTransport(punch_timeout, window), server, peer_id, stun=stun, src_ip=src_ip,
-                        src_port=src_port, ttl=ttl, timeout=timeout, on_event=on_event,
-                        behavior=behavior) as stream:
+    (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
+    fewest predicted ports to cover (proto/planner/tcp.py); `options`: SessionOptions' keywords."""
+    transport = TcpTransport(punch_timeout, window)
+    async with _connect(transport, server, peer_id, timeout, SessionOptions(**options)) as stream:
         yield stream
 
 
@@ -171,64 +171,37 @@ TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP 
 
 
 @asynccontextmanager
-async def _listen(transport: Any, server: str | tuple[str, int], *, name: str | None, secret: str | None,
-                  stun: str | tuple[str, int] | None, src_ip: str | None, src_port: int, ttl: int | None,
-                  on_event: EventHook | None, behavior: NatBehavior | None,
-                  policy: AcceptPolicy | None) -> AsyncIterator[Listener]:
-    emit = on_event or (lambda phase, detail: None)
-    server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-    stun_ep = stun_endpoint(stun, server_ep)
+async def _listen(transport: Any, server: Server, name: str | None, secret: str | None,
+                  policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
+    server_ep, stun_ep = o.endpoints(server)
     async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = Listener(client, transport, stun_ep, (src_ip, src_port), ttl, emit, behavior, policy)
+        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy)
         try:
             await listener._prepare()
-            emit("enrolled", {"peer_id": client.peer_id})
+            o.emit("enrolled", {"peer_id": client.peer_id})
             yield listener
         finally:
             listener._close()
 
 
 @asynccontextmanager
-async def listen(
-    server: str | tuple[str, int],
-    *,
-    name: str | None = None,
-    secret: str | None = None,
-    stun: str | tuple[str, int] | None = None,
-    src_ip: str | None = None,
-    src_port: int = 0,
-    ttl: int | None = None,
-    on_event: EventHook | None = None,
-    coordinator: Any = None,
-    behavior: NatBehavior | None = None,
-    policy: AcceptPolicy | None = None,
-) -> AsyncIterator[Listener]:
-    """Enroll with the rendezvous server and publish our NAT report; yields a Listener (UDP).
-    `policy` decides which offers accept() takes (default: AcceptPolicy(), rate-limited)."""
-    async with _listen(UdpTransport(coordinator), server, name=name, secret=secret, stun=stun, src_ip=src_ip,
-                       src_port=src_port, ttl=ttl, on_event=on_event, behavior=behavior,
-                       policy=policy) as listener:
+async def listen(server: Server, *, name: str | None = None, secret: str | None = None,
+                 policy: AcceptPolicy | None = None, coordinator: Any = None,
+                 **options: Any) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server (under `name`, proving it with `secret`, if given) and
+    publish our NAT report; yields a Listener (UDP). `policy` decides which offers accept() takes
+    (default: AcceptPolicy(), rate-limited); `options`: SessionOptions' keywords."""
+    transport = UdpTransport(coordinator)
+    async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
         yield listener
 
 
 @asynccontextmanager
-async def listen_tcp(
-    server: str | tuple[str, int],
-    *,
-    name: str | None = None,
-    secret: str | None = None,
-    stun: str | tuple[str, int] | None = None,
-    src_ip: str | None = None,
-    src_port: int = 0,
-    ttl: int | None = None,
-    punch_timeout: float = 10.0,
-    window: int = 8,
-    on_event: EventHook | None = None,
-    behavior: NatBehavior | None = None,
-    policy: AcceptPolicy | None = None,
-) -> AsyncIterator[Listener]:
-    """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP)."""
-    async with _listen(TcpTransport(punch_timeout, window), server, name=name, secret=secret, stun=stun,
-                       src_ip=src_ip, src_port=src_port, ttl=ttl, on_event=on_event,
-                       behavior=behavior, policy=policy) as listener:
+async def listen_tcp(server: Server, *, name: str | None = None, secret: str | None = None,
+                     policy: AcceptPolicy | None = None, punch_timeout: float = 10.0, window: int = 8,
+                     **options: Any) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP).
+    Keywords as listen()'s, with connect_tcp()'s punch_timeout and window instead of coordinator."""
+    transport = TcpTransport(punch_timeout, window)
+    async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
         yield listener

@@ -15,9 +15,27 @@ def describe(phase: str, d: dict[str, Any], *, verbose: bool = False) -> str | N
         return f"{phase}: {d}"
 
 
+# The line of each plain event: str.format fields name the event's details.
+_LINES = {
+    "discovery": "discovery: asking STUN server {stun[0]}:{stun[1]} how our NAT behaves",
+    "mapping": ("mapping: the punch socket is {public[0]}:{public[1]} "
+                "(ports the two servers saw from it: {ports}, Δ={delta})"),
+    "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",
+    "rendezvous": "rendezvous: connected to {server[0]}:{server[1]}",
+    "enrolled": "enrolled: our peer ID is {peer_id} — waiting for a peer",
+    "offer": "rendezvous: peer {from} asks for us",
+    "refused": "rendezvous: refused peer {from}: {reason}",
+    "peer-address": ("warning: the peer's report names {reported}, but the server saw it at {observed}: "
+                     "aiming at {observed} only"),
+    "rendezvous-connect": "rendezvous: asking for peer {peer}",
+    "punch": "punch: firing in {start_in:.2f} s (give up after {timeout:.1f} s)",
+    "connected": "connected to {peer[0]}:{peer[1]} by {strategy}, RTT {rtt_ms} ms",
+}
+
+
 def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
-    if phase == "discovery":
-        return f"discovery: asking STUN server {d['stun'][0]}:{d['stun'][1]} how our NAT behaves"
+    if phase in _LINES:
+        return _LINES[phase].format_map(d)
     if phase == "discovery-done":
         delta = d.get("delta")
         words = f"{d.get('mapping')} mapping, {d.get('filtering')} filtering, {d.get('allocation')} ports"
@@ -25,32 +43,8 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
             words += f" (step Δ={delta})"
         return f"discovery: {words} — {d.get('classic')}" + (
             f"; findings: {'; '.join(d.get('findings') or [])}" if verbose and d.get("findings") else "")
-    if phase == "mapping":
-        return (f"mapping: the punch socket is {d['public'][0]}:{d['public'][1]} "
-                f"(ports the two servers saw from it: {d['ports']}, Δ={d['delta']})")
-    if phase == "tcp-mapping":
-        return (f"TCP mapping: local port {d['local'][1]} seen by the servers as ports {d['ports']} "
-                f"(steps {d['steps']})")
-    if phase == "rendezvous":
-        return f"rendezvous: connected to {d['server'][0]}:{d['server'][1]}"
-    if phase == "enrolled":
-        return f"enrolled: our peer ID is {d['peer_id']} — waiting for a peer"
-    if phase == "offer":
-        return f"rendezvous: peer {d['from']} asks for us"
-    if phase == "refused":
-        return f"rendezvous: refused peer {d['from']}: {d['reason']}"
-    if phase == "peer-address":
-        return (f"warning: the peer's report names {d['reported']}, but the server saw it at "
-                f"{d['observed']}: aiming at {d['observed']} only")
-    if phase == "rendezvous-connect":
-        return f"rendezvous: asking for peer {d['peer']}"
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
         return (f"plan: {d['strategy']} (we are {d['role']}), odds {100 * d['odds']:.6g}% — "
                 f"{d['reason']}{extra}")
-    if phase == "punch":
-        return f"punch: firing in {d['start_in']:.2f} s (give up after {d['timeout']:.1f} s)"
-    if phase == "connected":
-        return (f"connected to {d['peer'][0]}:{d['peer'][1]} by {d['strategy']}, "
-                f"RTT {d['rtt_ms']} ms")
     return f"{phase}: {d}" if verbose else None

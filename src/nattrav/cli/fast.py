@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -86,27 +87,32 @@ class Reporter:
         return describe(phase, d, verbose=self.verbose)
 
 
+async def _read_stdin(send: Callable[[bytes], Awaitable[None]]) -> None:
+    """Hand everything read from stdin to `send`, until stdin ends."""
+    while True:
+        data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
+        if not data:
+            return
+        await send(data)
+
+
+def _write_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
 async def _pipe(path: Any, linger: float) -> None:
     """stdin -> peer, peer -> stdout, until the peer closes, or stdin ends and `linger` passes."""
-    out = sys.stdout.buffer
-
     async with trio.open_nursery() as nursery:
 
         async def from_peer() -> None:
-            while True:
-                data = await path.receive()
-                if not data:  # the peer closed the path
-                    nursery.cancel_scope.cancel()
-                    return
-                out.write(data)
-                out.flush()
+            while data := await path.receive():
+                _write_stdout(data)
+            nursery.cancel_scope.cancel()  # b"": the peer closed the path
 
         async def to_peer() -> None:
-            while True:
-                data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
-                if not data:
-                    break
-                await path.send(data)
+            await _read_stdin(path.send)
             await trio.sleep(linger)
             nursery.cancel_scope.cancel()
 
@@ -118,27 +124,18 @@ async def _pipe(path: Any, linger: float) -> None:
 async def _pipe_tcp(stream: Any, linger: float) -> None:
     """stdin -> peer until EOF (then half-close), peer -> stdout until the peer's EOF; after that,
     our stdin gets `linger` seconds to finish."""
-    out = sys.stdout.buffer
     sent = trio.Event()
 
     async with trio.open_nursery() as nursery:
 
         async def to_peer() -> None:
-            while True:
-                data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
-                if not data:
-                    break
-                await stream.send_all(data)
+            await _read_stdin(stream.send_all)
             await stream.send_eof()
             sent.set()
 
         nursery.start_soon(to_peer)
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            out.write(data)
-            out.flush()
+        while data := await stream.receive_some(65536):
+            _write_stdout(data)
         with trio.move_on_after(linger):
             await sent.wait()
         nursery.cancel_scope.cancel()  # the peer is done; our stdin may never end (a terminal)

@@ -191,10 +191,12 @@ class Hit:
 
 @dataclass
 class RecvStats:
+    """What the receive side of a pool saw (recv.c's counters, summed over the workers)."""
+
     received: int = 0
-    rejected: int = 0
-    icmp_errors: int = 0
-    dropped_after_hit: int = 0
+    rejected: int = 0  # datagrams that did not start with the expected bytes
+    icmp_errors: int = 0  # drained from the sockets' error queues
+    dropped_after_hit: int = 0  # read in the same call after the hit
 
 
 __all__ = ["Burst", "BurstStats", "Hit", "PackedBurst", "RecvStats", "MAX_PACKETS", "MAX_PAYLOAD"]

@@ -239,30 +239,30 @@ def encode_raw(value: Any, _hdr: bytes) -> bytes:
 Decoder = Callable[[bytes, bytes], Any]
 Encoder = Callable[[Any, bytes], bytes]
 
+
+def _text(limit: int) -> tuple[Decoder, Encoder]:
+    return _dec_text(limit), _enc_text(limit)
+
+
+_ADDRESS = (_dec_address, _enc_address)
+_XOR_ADDRESS = (_dec_xor_address, _enc_xor_address)
+
 ATTRIBUTE_CODECS: dict[int, tuple[Decoder, Encoder]] = {
-    Attr.MAPPED_ADDRESS: (_dec_address, _enc_address),
-    Attr.RESPONSE_ADDRESS: (_dec_address, _enc_address),
+    **dict.fromkeys([Attr.MAPPED_ADDRESS, Attr.RESPONSE_ADDRESS, Attr.SOURCE_ADDRESS, Attr.CHANGED_ADDRESS,
+                     Attr.REFLECTED_FROM, Attr.ALTERNATE_SERVER, Attr.RESPONSE_ORIGIN, Attr.OTHER_ADDRESS], _ADDRESS),
+    **dict.fromkeys([Attr.XOR_MAPPED_ADDRESS, Attr.XOR_MAPPED_ADDRESS_OLD], _XOR_ADDRESS),
+    **dict.fromkeys([Attr.PASSWORD, Attr.PADDING], (_raw, encode_raw)),
+    Attr.USERNAME: _text(MAX_USERNAME_BYTES),
+    Attr.REALM: _text(763),
+    Attr.NONCE: _text(763),
+    Attr.SOFTWARE: _text(MAX_SOFTWARE_BYTES),
     Attr.CHANGE_REQUEST: (_dec_change_request, _enc_change_request),
-    Attr.SOURCE_ADDRESS: (_dec_address, _enc_address),
-    Attr.CHANGED_ADDRESS: (_dec_address, _enc_address),
-    Attr.USERNAME: (_dec_text(MAX_USERNAME_BYTES), _enc_text(MAX_USERNAME_BYTES)),
-    Attr.PASSWORD: (_raw, encode_raw),
     Attr.MESSAGE_INTEGRITY: (_dec_fixed(20, 20), encode_raw),
+    Attr.MESSAGE_INTEGRITY_SHA256: (_dec_fixed(16, 32), encode_raw),
     Attr.ERROR_CODE: (_dec_error_code, _enc_error_code),
     Attr.UNKNOWN_ATTRIBUTES: (_dec_unknown_attributes, _enc_unknown_attributes),
-    Attr.REFLECTED_FROM: (_dec_address, _enc_address),
-    Attr.REALM: (_dec_text(763), _enc_text(763)),
-    Attr.NONCE: (_dec_text(763), _enc_text(763)),
-    Attr.MESSAGE_INTEGRITY_SHA256: (_dec_fixed(16, 32), encode_raw),
-    Attr.XOR_MAPPED_ADDRESS: (_dec_xor_address, _enc_xor_address),
-    Attr.XOR_MAPPED_ADDRESS_OLD: (_dec_xor_address, _enc_xor_address),
-    Attr.PADDING: (_raw, encode_raw),
     Attr.RESPONSE_PORT: (_dec_response_port, _enc_response_port),
-    Attr.SOFTWARE: (_dec_text(MAX_SOFTWARE_BYTES), _enc_text(MAX_SOFTWARE_BYTES)),
-    Attr.ALTERNATE_SERVER: (_dec_address, _enc_address),
     Attr.FINGERPRINT: (_dec_u32, _enc_u32),
-    Attr.RESPONSE_ORIGIN: (_dec_address, _enc_address),
-    Attr.OTHER_ADDRESS: (_dec_address, _enc_address),
 }
 KNOWN_ATTRIBUTES = frozenset(ATTRIBUTE_CODECS)
 

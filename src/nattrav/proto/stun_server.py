@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .stun import Message
-from .stun_attrs import Address, Attr, Class, ErrorCode, Method
+from .stun_attrs import Address, Attr, ChangeRequest, Class, ErrorCode, Method
 from .stun_control import derive_key
 from .stun_cookie import check_cookie, make_cookie
 
@@ -90,6 +90,20 @@ class StunServerConfig:
             return None
         return self.alt_port if port == self.port else self.port
 
+    def answering(self, at: Address, change: ChangeRequest | None) -> tuple[Address | None, str]:
+        """The address that answers a request received at `at` asking for `change` (RFC 5780's
+        CHANGE-REQUEST), or (None, why not) when this layout has none."""
+        ip, port = at
+        if change is not None and change.ip:
+            ip = self.other_ip(ip)
+            if ip is None:
+                return None, "cannot change IP: no alternate address"
+        if change is not None and change.port:
+            port = self.other_port(port)
+            if port is None:
+                return None, "cannot change port: no alternate port"
+        return (ip, port), ""
+
     def other_address(self, at: Address) -> Address | None:
         """RFC 5780 OTHER-ADDRESS for a request received at `at`: differs in both IP and port, so
         it can never name the address the request came in on."""
@@ -142,21 +156,9 @@ def decide(
             recv_at, src, "error_420",
         )
     if send_from is None:
-        change = req.get(Attr.CHANGE_REQUEST)
-        ip, port = recv_at
-        if change is not None and change.ip:
-            other = config.other_ip(ip)
-            if other is None:
-                return Decision(error_response(req, 420, "cannot change IP: no alternate address"),
-                                recv_at, src, "error_420")
-            ip = other
-        if change is not None and change.port:
-            other_port = config.other_port(port)
-            if other_port is None:
-                return Decision(error_response(req, 420, "cannot change port: no alternate port"),
-                                recv_at, src, "error_420")
-            port = other_port
-        send_from = (ip, port)
+        send_from, why = config.answering(recv_at, req.get(Attr.CHANGE_REQUEST))
+        if send_from is None:
+            return Decision(error_response(req, 420, why), recv_at, src, "error_420")
     dest = src
     response_port = req.get(Attr.RESPONSE_PORT)
     if response_port is not None and not req.classic:

@@ -130,20 +130,10 @@ class Plan:
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
-def plan(
-    local_report: NatReport,
-    remote_report: NatReport,
-    role: str,
-    *,
-    target: float = DEFAULT_TARGET,
-    horizon: float = DEFAULT_HORIZON,
-    flow_budget: int = DEFAULT_FLOW_BUDGET,
-    max_sockets: int = 1024,
-    birthday_sockets: int = 256,
-    max_window: int = 4096,
-    best_effort_flows: int = 4096,
-    peer_ip: str | None = None,
-) -> Plan:
+def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target: float = DEFAULT_TARGET,
+         horizon: float = DEFAULT_HORIZON, flow_budget: int = DEFAULT_FLOW_BUDGET, max_sockets: int = 1024,
+         birthday_sockets: int = 256, max_window: int = 4096, best_effort_flows: int = 4096,
+         peer_ip: str | None = None) -> Plan:
     """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
 
     role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same

@@ -37,22 +37,16 @@ class RendezvousServer(Offers):
     """
 
     def __init__(
-        self,
-        *,
-        keepalive: float = 15.0,
-        keepalive_timeout: float = 45.0,
-        retain: float = 300.0,
-        enroll_timeout: float = 10.0,
-        offer_timeout: float = 10.0,
-        max_offer_timeout: float = 60.0,
+        self, *,
+        # seconds
+        keepalive: float = 15.0, keepalive_timeout: float = 45.0, retain: float = 300.0,
+        enroll_timeout: float = 10.0, offer_timeout: float = 10.0, max_offer_timeout: float = 60.0,
         start_margin: float = 0.5,
-        max_peers: int = 100_000,
-        max_peers_per_source: int = 256,
-        max_conns_per_source: int = 128,
-        max_offers_per_peer: int = 16,
-        max_offers_per_source: int = 2,
-        token: Callable[[int], str] = secrets.token_urlsafe,
-        key: Callable[[int], bytes] = secrets.token_bytes,
+        # what the registry and one source may hold
+        max_peers: int = 100_000, max_peers_per_source: int = 256, max_conns_per_source: int = 128,
+        max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
+        # randomness (tests pass deterministic ones)
+        token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
     ):
         limits = dict(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
                       max_conns_per_source=max_conns_per_source, max_offers_per_peer=max_offers_per_peer,
