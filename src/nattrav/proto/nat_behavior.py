@@ -1,6 +1,6 @@
 """What a NAT does, in RFC 4787 words, computed from STUN test outcomes. Pure: no sockets, no clock.
 
-The Trio driver (io/stun_client.discover) runs the tests and hands the raw outcomes to `classify()`;
+The Trio driver (io/stun_discover.discover) runs the tests and hands the raw outcomes to `classify()`;
 everything that decides "EIM or APDM", "sequential with Δ = 2", "full cone" lives here so that tests
 can feed it any outcome.
 """
