@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # every client comes from 127.0.0.1 here: lift the per-address cap (bench_rendezvous_load.py
     # spreads its peers over many loopback addresses instead)
-    server, line = start_process([sys.executable, "-m", "nattrav.server_cli", "--listen", "127.0.0.1:0",
+    server, line = start_process([sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0",
                                   "--json-log", "--max-per-source", str(4 * args.pairs + 10)])
     try:
         port = int(json.loads(line)["address"].rsplit(":", 1)[1])

@@ -64,20 +64,12 @@ def peer_address(i: int) -> str:
 def node_info(i: int, pad: int = 0) -> dict:
     """A node info shaped like what api.listen() publishes for a symmetric NAT (a real report), with
     `pad` more bytes (to measure the worst case: 8 KiB packed is the server's limit)."""
-    from nattrav.proto.nat_behavior import NatBehavior
+    from nattrav.proto.report import NatReport, Sample
+    from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
-    b = NatBehavior(mapping="APDM", filtering="APDF", allocation="sequential", delta=1, hairpin=False,
-                    nat=True, classic="symmetric", public_ip=f"203.0.{i // 250 % 250}.{i % 250 + 1}",
-                    local=("10.0.1.2", 40000 + i % 20000), server=("198.51.100.1", 3478),
-                    other_address=("198.51.100.2", 3479), one_socket_ports=[20000, 20001],
-                    fresh_ports=[(40001 + k, 20002 + k) for k in range(6)])
-    report = b.to_dict()
-    for key in ("samples", "findings", "discarded"):
-        report.pop(key, None)
-    report["one_socket"] = [{"port": 20000 + k, "t": 0.01 * k} for k in range(4)]
-    report["one_socket_t0"] = 1000.0
-    report["public"] = [report["public_ip"], 20003]
-    report["local"] = ["10.0.1.2", 40000 + i % 20000]
+    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1,
+                       public=(f"203.0.{i // 250 % 250}.{i % 250 + 1}", 20003),
+                       samples=tuple(Sample(20000 + k, 0.01 * k) for k in range(4))).to_wire()
     return {"report": report, "pad": "x" * pad} if pad else {"report": report}
 
 
@@ -103,7 +95,8 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     """Enroll peers first..first+count-1 and keep them enrolled. mode "answer": they accept every
     offer (the targets); "connect": on "go" each asks peer i+count (its target, in another process)
     for a session, all at once, then paced; "hold": they only stay enrolled."""
-    from nattrav.io.rendezvous_client import RendezvousError, open_rendezvous
+    from nattrav.errors import RendezvousError
+    from nattrav.io.rendezvous_client import open_rendezvous
 
     addr = ("127.0.0.1", port)
     clients: dict[int, object] = {}
@@ -370,7 +363,7 @@ def run(args) -> dict:
         raise SystemExit(f"RLIMIT_NOFILE {fd_soft} < {need} descriptors this run needs per process; "
                          f"raise the hard limit (ulimit -Hn) or use fewer --peers")
     server = subprocess.Popen(
-        [sys.executable, "-m", "nattrav.server_cli", "--listen", "127.0.0.1:0", "--json-log",
+        [sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
          "--max-connections", str(need + 2000), "--stats-interval", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(

@@ -62,7 +62,7 @@ def wait_udp(addr: tuple[str, int], timeout: float = 30.0) -> None:
 
 
 def start_ours(ip: str, alt: str, port: int, extra: list[str], src: str | None = None) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "nattrav.stun_cli", "serve", "--ip", ip, "--alt-ip", alt,
+    argv = [sys.executable, "-m", "nattrav.cli.stun", "serve", "--ip", ip, "--alt-ip", alt,
             "--port", str(port), "--alt-port", str(port + 1)] + extra
     env = dict(os.environ, PYTHONPATH=src) if src else None
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -71,8 +71,9 @@ def start_ours(ip: str, alt: str, port: int, extra: list[str], src: str | None =
 def hostile_costs(repeat: int = 200) -> dict[str, float]:
     """Microseconds of CPU for one request on the Python path: parse, decide, encode (BadPacket
     counts as handled: that is what the server does with it)."""
-    from nattrav.io.stun_server import StunServerConfig, decide
-    from nattrav.proto.stun import BadPacket, binding_request, parse
+    from nattrav.errors import BadPacket
+    from nattrav.proto.stun import binding_request, parse
+    from nattrav.proto.stun_server import StunServerConfig, decide
 
     config = StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2")
     tid = os.urandom(12)
@@ -90,7 +91,7 @@ def hostile_costs(repeat: int = 200) -> dict[str, float]:
             t0 = time.perf_counter()
             for _ in range(repeat):
                 try:
-                    decide(parse(data), ("198.51.100.7", 4000), ("192.0.2.1", 3478), config)
+                    decide(parse(data), ("198.51.100.7", 4000), ("192.0.2.1", 3478), config, now=time.time())
                 except BadPacket:
                     pass
             best = min(best, (time.perf_counter() - t0) / repeat * 1e6)
@@ -106,7 +107,7 @@ def fastpath_costs(rounds: int = 3000, n: int = 64) -> dict[str, float]:
     import statistics
 
     from nattrav.core.mmsg import RecvBatch, SourceLimiter, StunFastPath, send_batch
-    from nattrav.io.stun_server import StunServerConfig, fast_tail
+    from nattrav.proto.stun_server import StunServerConfig, fast_tail
 
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -10,7 +10,6 @@ Prints one table of measured numbers and ratios; --json FILE also writes them.""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import pathlib
@@ -29,21 +28,11 @@ import trio
 from nattrav.core import Burst, SocketPool
 from nattrav.core.fallback import PySocketPool
 from nattrav.workers import open_coordinator
-from nattrav.workers.netns import sink_pair
-from nattrav.workers.worker import CLONE_NEWNET
+from nattrav.workers.netns import enter_named, sink_pair
 
 HERE = pathlib.Path(__file__).resolve().parent
 PAYLOAD = b"nattrav-burst-probe-28bytes!"
 assert len(PAYLOAD) == 28
-
-
-def enter(ns: str) -> None:
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET):
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-    finally:
-        os.close(fd)
 
 
 def build_bare(tmp: str) -> str:
@@ -299,7 +288,7 @@ def main() -> int:
     r: dict = {"workers": args.workers, "netns_prefix": f"nt-bench-{os.getpid()}"}
     with tempfile.TemporaryDirectory() as tmp, sink_pair(r["netns_prefix"]) as net:
         exe = build_bare(tmp)
-        enter(net["src"])
+        enter_named(net["src"])
         if "1" in args.only:
             goal_open(exe, net["src_ip"], r, 7 if args.quick else 21)
         if set("234") & set(args.only):

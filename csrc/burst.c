@@ -1,10 +1,11 @@
 /* Bursts: hand many datagrams to the kernel with sendmmsg, optionally paced, and account for each.
  *
- * The plan is global (every worker gets the same arrays); fdmap[src] < 0 marks a socket that lives in
- * another worker, so each worker sends exactly its share and the shares add up to the plan.
+ * The burst is global (every worker gets the same arrays); fdmap[src] < 0 marks a socket that lives in
+ * another worker, so each worker sends exactly its share and the shares add up to the burst.
  */
 #define _GNU_SOURCE
 #include "nattrav_core.h"
+#include "msg.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -56,7 +57,7 @@ static int ttl_of(int fd)
     return v;
 }
 
-/* Set (ttl > 0) or restore (from saved) IP_TTL on every socket the plan uses. */
+/* Set (ttl > 0) or restore (from saved) IP_TTL on every socket the burst uses. */
 static int apply_ttl(const int *fdmap, const uint8_t *used, int nfd, int ttl, int *saved, int restore)
 {
     int rc = 0;
@@ -161,13 +162,8 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
             sa[cnt].sin_family = AF_INET;
             memcpy(&sa[cnt].sin_addr.s_addr, ip, 4);
             sa[cnt].sin_port = htons(ports[j]);
-            iov[cnt].iov_base = (void *)(payload + (size_t)stride * j);
-            iov[cnt].iov_len = payload_len;
-            memset(&msgs[cnt].msg_hdr, 0, sizeof msgs[cnt].msg_hdr);
-            msgs[cnt].msg_hdr.msg_name = &sa[cnt];
-            msgs[cnt].msg_hdr.msg_namelen = sizeof sa[cnt];
-            msgs[cnt].msg_hdr.msg_iov = &iov[cnt];
-            msgs[cnt].msg_hdr.msg_iovlen = 1;
+            nt_msg_slot(&msgs[cnt], &iov[cnt], (void *)(payload + (size_t)stride * j), payload_len, &sa[cnt],
+                        sizeof sa[cnt]);
         }
         st->syscalls++;
         /* one message (many sockets x 1 packet): sendto skips sendmmsg's per-call header copying */

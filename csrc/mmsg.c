@@ -6,31 +6,42 @@
  */
 #define _GNU_SOURCE
 #include "nattrav_core.h"
+#include "msg.h"
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #define MAX_BATCH 256
 
+/* Where each family's sockaddr keeps its port and its address: one table for both directions. */
+static const struct {
+    uint8_t family; /* nt_addr's */
+    sa_family_t af;
+    socklen_t len;
+    size_t port_at, ip_at, ip_len;
+} FAMILIES[] = {
+    {4, AF_INET, sizeof(struct sockaddr_in), offsetof(struct sockaddr_in, sin_port),
+     offsetof(struct sockaddr_in, sin_addr), 4},
+    {6, AF_INET6, sizeof(struct sockaddr_in6), offsetof(struct sockaddr_in6, sin6_port),
+     offsetof(struct sockaddr_in6, sin6_addr), 16},
+};
+#define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])
+
 static socklen_t to_sockaddr(const nt_addr *a, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof *ss);
-    if (a->family == 4) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(a->port);
-        memcpy(&s4->sin_addr, a->ip, 4);
-        return sizeof *s4;
-    }
-    if (a->family == 6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(a->port);
-        memcpy(&s6->sin6_addr, a->ip, 16);
-        return sizeof *s6;
+    for (size_t i = 0; i < N_FAMILIES; i++) {
+        if (a->family != FAMILIES[i].family)
+            continue;
+        uint16_t port = htons(a->port);
+        ss->ss_family = FAMILIES[i].af;
+        memcpy((uint8_t *)ss + FAMILIES[i].port_at, &port, sizeof port);
+        memcpy((uint8_t *)ss + FAMILIES[i].ip_at, a->ip, FAMILIES[i].ip_len);
+        return FAMILIES[i].len;
     }
     return 0;
 }
@@ -38,50 +49,46 @@ static socklen_t to_sockaddr(const nt_addr *a, struct sockaddr_storage *ss)
 static void from_sockaddr(const struct sockaddr_storage *ss, nt_addr *a)
 {
     memset(a, 0, sizeof *a);
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
-        a->family = 4;
-        a->port = ntohs(s4->sin_port);
-        memcpy(a->ip, &s4->sin_addr, 4);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-        a->family = 6;
-        a->port = ntohs(s6->sin6_port);
-        memcpy(a->ip, &s6->sin6_addr, 16);
+    for (size_t i = 0; i < N_FAMILIES; i++) {
+        if (ss->ss_family != FAMILIES[i].af)
+            continue;
+        uint16_t port;
+        memcpy(&port, (const uint8_t *)ss + FAMILIES[i].port_at, sizeof port);
+        a->family = FAMILIES[i].family;
+        a->port = ntohs(port);
+        memcpy(a->ip, (const uint8_t *)ss + FAMILIES[i].ip_at, FAMILIES[i].ip_len);
     }
 }
 
-static int check_batch(int fd, const void *bufs, int bufsize, int n)
+/* The vectors one batch call hands the kernel. */
+struct batch {
+    struct mmsghdr msgs[MAX_BATCH];
+    struct iovec iov[MAX_BATCH];
+    struct sockaddr_storage ss[MAX_BATCH];
+};
+
+static int check_batch(int fd, const void *bufs, int bufsize, int n, const int *lens, const nt_addr *addrs)
 {
-    if (fd < 0 || bufs == NULL || bufsize <= 0 || n <= 0 || n > MAX_BATCH)
+    if (fd < 0 || bufs == NULL || lens == NULL || addrs == NULL || bufsize <= 0 || n <= 0 || n > MAX_BATCH)
         return -EINVAL;
     return 0;
 }
 
 int nt_recv_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr *addrs)
 {
-    int rc = check_batch(fd, bufs, bufsize, n);
-    if (rc || lens == NULL || addrs == NULL)
-        return rc ? rc : -EINVAL;
-    struct mmsghdr msgs[MAX_BATCH];
-    struct iovec iov[MAX_BATCH];
-    struct sockaddr_storage ss[MAX_BATCH];
-    for (int i = 0; i < n; i++) {
-        iov[i].iov_base = bufs + (size_t)i * bufsize;
-        iov[i].iov_len = (size_t)bufsize;
-        memset(&msgs[i], 0, sizeof msgs[i]);
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &ss[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof ss[i];
-    }
-    int got = recvmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT, NULL);
+    int rc = check_batch(fd, bufs, bufsize, n, lens, addrs);
+    if (rc)
+        return rc;
+    struct batch b;
+    for (int i = 0; i < n; i++)
+        nt_msg_slot(&b.msgs[i], &b.iov[i], bufs + (size_t)i * bufsize, (size_t)bufsize, &b.ss[i], sizeof b.ss[i]);
+    int got = recvmmsg(fd, b.msgs, (unsigned)n, MSG_DONTWAIT, NULL);
     if (got < 0)
         return -errno;
     for (int i = 0; i < got; i++) {
         /* a datagram larger than the slot is cut: report it as oversized so the caller drops it */
-        lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
-        from_sockaddr(&ss[i], &addrs[i]);
+        lens[i] = (b.msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)b.msgs[i].msg_len;
+        from_sockaddr(&b.ss[i], &addrs[i]);
     }
     return got;
 }
@@ -89,27 +96,19 @@ int nt_recv_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt_addr 
 int nt_send_batch(int fd, const uint8_t *bufs, int bufsize, int n, const int *lens,
                   const nt_addr *addrs)
 {
-    int rc = check_batch(fd, bufs, bufsize, n);
-    if (rc || lens == NULL || addrs == NULL)
-        return rc ? rc : -EINVAL;
-    struct mmsghdr msgs[MAX_BATCH];
-    struct iovec iov[MAX_BATCH];
-    struct sockaddr_storage ss[MAX_BATCH];
+    int rc = check_batch(fd, bufs, bufsize, n, lens, addrs);
+    if (rc)
+        return rc;
+    struct batch b;
     for (int i = 0; i < n; i++) {
         if (lens[i] < 0 || lens[i] > bufsize)
             return -EINVAL;
-        socklen_t sl = to_sockaddr(&addrs[i], &ss[i]);
+        socklen_t sl = to_sockaddr(&addrs[i], &b.ss[i]);
         if (sl == 0)
             return -EAFNOSUPPORT;
-        iov[i].iov_base = (void *)(bufs + (size_t)i * bufsize);
-        iov[i].iov_len = (size_t)lens[i];
-        memset(&msgs[i], 0, sizeof msgs[i]);
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &ss[i];
-        msgs[i].msg_hdr.msg_namelen = sl;
+        nt_msg_slot(&b.msgs[i], &b.iov[i], (void *)(bufs + (size_t)i * bufsize), (size_t)lens[i], &b.ss[i], sl);
     }
-    int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT);
+    int sent = sendmmsg(fd, b.msgs, (unsigned)n, MSG_DONTWAIT);
     return sent < 0 ? -errno : sent;
 }
 
@@ -435,20 +434,13 @@ int nt_stun_serve_batch(int fd, uint8_t *bufs, int bufsize, int n, int *lens, nt
     }
     int done = 0;
     while (done < nout) {
-        struct mmsghdr msgs[MAX_BATCH];
-        struct iovec iov[MAX_BATCH];
-        struct sockaddr_storage ss[MAX_BATCH];
+        struct batch b;
         int k = nout - done;
         for (int j = 0; j < k; j++) {
-            iov[j].iov_base = out[done + j];
-            iov[j].iov_len = (size_t)out_lens[done + j];
-            memset(&msgs[j], 0, sizeof msgs[j]);
-            msgs[j].msg_hdr.msg_iov = &iov[j];
-            msgs[j].msg_hdr.msg_iovlen = 1;
-            msgs[j].msg_hdr.msg_name = &ss[j];
-            msgs[j].msg_hdr.msg_namelen = to_sockaddr(&out_addrs[done + j], &ss[j]);
+            socklen_t sl = to_sockaddr(&out_addrs[done + j], &b.ss[j]);
+            nt_msg_slot(&b.msgs[j], &b.iov[j], out[done + j], (size_t)out_lens[done + j], &b.ss[j], sl);
         }
-        int sent = sendmmsg(fd, msgs, (unsigned)k, MSG_DONTWAIT);
+        int sent = sendmmsg(fd, b.msgs, (unsigned)k, MSG_DONTWAIT);
         if (sent <= 0) {
             /* a full socket buffer or an ICMP error left on the socket: UDP may drop, but count */
             stats[NT_STAT_SEND_ERRORS] += (uint64_t)(nout - done);
@@ -490,13 +482,7 @@ int nt_stun_load(int fd, const nt_addr *server, int inflight, int duration_ms, u
                 r[4] = 0x21; r[5] = 0x12; r[6] = 0xA4; r[7] = 0x42;
                 uint64_t c = ++counter; /* a fresh transaction ID every time: no replays */
                 memcpy(r + 8, &c, sizeof c);
-                iov[i].iov_base = r;
-                iov[i].iov_len = STUN_HDR;
-                memset(&msgs[i], 0, sizeof msgs[i]);
-                msgs[i].msg_hdr.msg_iov = &iov[i];
-                msgs[i].msg_hdr.msg_iovlen = 1;
-                msgs[i].msg_hdr.msg_name = &dst;
-                msgs[i].msg_hdr.msg_namelen = dlen;
+                nt_msg_slot(&msgs[i], &iov[i], r, STUN_HDR, &dst, dlen);
             }
             int n = sendmmsg(fd, msgs, (unsigned)k, MSG_DONTWAIT);
             if (n > 0) {
@@ -514,13 +500,8 @@ int nt_stun_load(int fd, const nt_addr *server, int inflight, int duration_ms, u
         }
         if (pr < 0 && errno != EINTR)
             return -errno;
-        for (int i = 0; i < MAX_BATCH; i++) {
-            iov[i].iov_base = resp[i];
-            iov[i].iov_len = sizeof resp[i];
-            memset(&msgs[i], 0, sizeof msgs[i]);
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
+        for (int i = 0; i < MAX_BATCH; i++)
+            nt_msg_slot(&msgs[i], &iov[i], resp[i], sizeof resp[i], NULL, 0);
         int got = recvmmsg(fd, msgs, MAX_BATCH, MSG_DONTWAIT, NULL);
         for (int i = 0; i < got; i++) {
             const uint8_t *p = resp[i];

@@ -30,7 +30,7 @@ int nt_set_ttl(int fd, int ttl);
 
 /* --- bursts (burst.c) --- */
 typedef struct {
-    int64_t planned;          /* packets of the plan whose socket is in this fd table */
+    int64_t planned;          /* packets of the burst whose socket is in this fd table */
     int64_t sent;             /* handed to the kernel */
     int64_t failed;           /* given up on; last_errno says why */
     int64_t skipped;          /* packets for sockets of another worker */

@@ -3,6 +3,7 @@
  * bring back (IP_RECVERR) are drained from the error queues and counted, never fatal. */
 #define _GNU_SOURCE
 #include "nattrav_core.h"
+#include "msg.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -151,15 +152,8 @@ int nt_recv_wait(int epfd, const int *fds, int count, int wake_fd, const uint8_t
              * noise is read in batches (and then a winner's followers in that batch are dropped). */
             int vlen = 1;
             for (int rounds = 0; rounds < 8; rounds++) {
-                for (int j = 0; j < vlen; j++) {
-                    iov[j].iov_base = bufs + (size_t)j * buf_len;
-                    iov[j].iov_len = buf_len;
-                    memset(&msgs[j].msg_hdr, 0, sizeof msgs[j].msg_hdr);
-                    msgs[j].msg_hdr.msg_name = &from[j];
-                    msgs[j].msg_hdr.msg_namelen = sizeof from[j];
-                    msgs[j].msg_hdr.msg_iov = &iov[j];
-                    msgs[j].msg_hdr.msg_iovlen = 1;
-                }
+                for (int j = 0; j < vlen; j++)
+                    nt_msg_slot(&msgs[j], &iov[j], bufs + (size_t)j * buf_len, buf_len, &from[j], sizeof from[j]);
                 st->syscalls++;
                 int r = recvmmsg(fd, msgs, vlen, MSG_DONTWAIT, NULL);
                 if (r < 0) {

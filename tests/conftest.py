@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-SERVER_CLI = [sys.executable, "-m", "nattrav.server_cli"]
+SERVER_CLI = [sys.executable, "-m", "nattrav.cli.server"]
 
 
 def free_port_pair() -> tuple[int, int]:

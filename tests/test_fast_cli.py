@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from nattrav import fast_cli
+from nattrav.cli import exits
 
-FAST = [sys.executable, "-m", "nattrav.fast_cli"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
 
 def run_fast(*args, timeout=30, input=b""):
@@ -43,7 +43,7 @@ def one_error_line(cp) -> str:
 )
 def test_bad_flags_exit_2_with_one_line(args, message):
     cp = run_fast(*args)
-    assert cp.returncode == fast_cli.EXIT_USAGE
+    assert cp.returncode == exits.EXIT_USAGE
     last = cp.stderr.decode().strip().splitlines()[-1]
     assert message in last and "Traceback" not in cp.stderr.decode()
 
@@ -65,14 +65,14 @@ def _closed_tcp_port() -> int:
 def test_unreachable_server_is_one_line_exit_3():
     port = _closed_tcp_port()
     cp = run_fast("-s", f"127.0.0.1:{port}", "-d", "someone")
-    assert cp.returncode == fast_cli.EXIT_SERVER
+    assert cp.returncode == exits.EXIT_SERVER
     line = one_error_line(cp)
     assert f"cannot reach rendezvous server 127.0.0.1:{port}" in line
 
 
 def test_unknown_peer_is_one_line_exit_4(servers):
     cp = run_fast("-s", servers["server_arg"], "-H", servers["stun_arg"], "-d", "no-such-peer")
-    assert cp.returncode == fast_cli.EXIT_PEER
+    assert cp.returncode == exits.EXIT_PEER
     assert "unknown" in one_error_line(cp).lower()
 
 
@@ -111,7 +111,7 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
 
 
 def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
-    from nattrav.events import describe
+    from nattrav.cli.events import describe
 
     assert describe("tcp-mapping", {"ports": [20000, 20001], "local": ["10.0.1.2", 4000], "steps": [1]}).startswith(
         "TCP mapping: local port 4000")
@@ -122,10 +122,11 @@ def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
 
 TARGET = """
 import sys, trio
-from nattrav.io.rendezvous_client import open_rendezvous, parse_server
+from nattrav.hostport import parse_hostport
+from nattrav.io.rendezvous_client import open_rendezvous
 
 async def main(server, name, mode):
-    async with open_rendezvous(parse_server(server), name=name, info={"report": {}}) as rv:
+    async with open_rendezvous(parse_hostport(server, 7000), name=name, info={"report": {}}) as rv:
         print("ready", flush=True)
         while True:
             offer = await rv.next_offer()
@@ -138,7 +139,7 @@ trio.run(main, *sys.argv[1:4])
 
 @pytest.mark.parametrize(
     "mode, code, words",
-    [("refuse", fast_cli.EXIT_PEER, "refused"), ("ignore", fast_cli.EXIT_TIMEOUT, "timeout")],
+    [("refuse", exits.EXIT_PEER, "refused"), ("ignore", exits.EXIT_TIMEOUT, "timeout")],
 )
 def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
     """A peer that refuses, or never answers the offer, ends the connect with one clear line."""

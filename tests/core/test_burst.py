@@ -36,7 +36,7 @@ def test_many_sockets_one_packet_each_exactly_once_intact(cls, sink):
         got = settle(rx, 200)
         assert len(got) == 200
         assert sorted(d for d, _, _ in got) == sorted(tokens)
-        # each token came from the socket the plan named
+        # each token came from the socket the burst named
         by_port = {p: i for i, p in enumerate(pool.ports)}
         for data, src, _ in got:
             assert data == tokens[by_port[src[1]]]
@@ -45,8 +45,8 @@ def test_many_sockets_one_packet_each_exactly_once_intact(cls, sink):
 @pytest.mark.parametrize("cls", POOLS)
 def test_one_socket_many_ports_and_many_to_one(cls):
     with cls(8, "127.0.0.1") as rx, cls(3, "127.0.0.1") as tx:
-        plan = Burst.one_to_many(1, "127.0.0.1", rx.ports * 4, b"probe")
-        st = tx.send_burst(plan)
+        burst = Burst.one_to_many(1, "127.0.0.1", rx.ports * 4, b"probe")
+        st = tx.send_burst(burst)
         assert st.sent == 32 and st.failed == 0
         counts = collections.Counter()
         while (h := rx.recv(b"probe", 0.3)) is not None:

@@ -1,4 +1,4 @@
-"""Property: for any small plan, the C core and the Python fallback deliver exactly the planned
+"""Property: for any small burst, the C core and the Python fallback deliver exactly the planned
 (payload, source socket, destination) multiset: nothing lost, nothing doubled, nothing altered."""
 
 import collections
@@ -14,7 +14,7 @@ from nattrav.core.fallback import PySocketPool
 SENDERS = 6
 RECEIVERS = 3
 
-plans = hs.lists(
+bursts = hs.lists(
     hs.tuples(hs.integers(0, SENDERS - 1), hs.integers(0, RECEIVERS - 1), hs.binary(min_size=4, max_size=4)),
     min_size=1, max_size=60,
 )
@@ -53,20 +53,20 @@ def collect(rxs, expect):
 
 
 @settings(max_examples=40, deadline=None)
-@given(plan=plans, per_packet=hs.booleans())
-def test_any_plan_arrives_exactly_as_planned(plan, per_packet):
+@given(spec=bursts, per_packet=hs.booleans())
+def test_any_burst_arrives_exactly_as_planned(spec, per_packet):
     rxs = receivers()
     try:
         ports = [s.getsockname()[1] for s in rxs]
         for cls in (SocketPool, PySocketPool):
             with cls(SENDERS, "127.0.0.1") as pool:
-                payload = [tok for _, _, tok in plan] if per_packet else b"same"
-                burst = Burst([s for s, _, _ in plan], "127.0.0.1", [ports[r] for _, r, _ in plan], payload)
+                payload = [tok for _, _, tok in spec] if per_packet else b"same"
+                burst = Burst([s for s, _, _ in spec], "127.0.0.1", [ports[r] for _, r, _ in spec], payload)
                 st = pool.send_burst(burst)
-                assert (st.planned, st.sent, st.failed) == (len(plan), len(plan), 0)
+                assert (st.planned, st.sent, st.failed) == (len(spec), len(spec), 0)
                 want = collections.Counter(
-                    (tok if per_packet else b"same", pool.ports[s], r) for s, r, tok in plan)
-                assert collect(rxs, len(plan)) == want, cls.__name__
+                    (tok if per_packet else b"same", pool.ports[s], r) for s, r, tok in spec)
+                assert collect(rxs, len(spec)) == want, cls.__name__
     finally:
         for s in rxs:
             s.close()

@@ -8,9 +8,14 @@ import psutil
 import pytest
 import trio
 
-from nattrav.io.punch import PunchFailed, Session, punch
-from nattrav.proto import punch as proto
-from nattrav.proto.plan import Strategy, plan, probes_for
+from nattrav.errors import PunchFailed
+from nattrav.io.punch import punch
+from nattrav.io.session import Session
+from nattrav.proto import handshake
+from nattrav.proto.planner.odds import probes_for
+from nattrav.proto.planner.udp import plan
+from nattrav.proto.vocab import Strategy
+from tests.reports import udp as udp_report
 
 KEY = os.urandom(32)
 LO = "127.0.0.1"
@@ -24,10 +29,10 @@ async def udp(port=0):
 
 
 def report(sock, **kw):
-    return dict(public=[LO, sock.getsockname()[1]], **kw)
+    return udp_report(public=(LO, sock.getsockname()[1]), **kw)
 
 
-OPEN = dict(nat=False, mapping="none", filtering="none")
+OPEN = dict(mapping=None, filtering=None, nat=False)  # no NAT: nothing filters
 CONE = dict(mapping="EIM", filtering="APDF")
 
 
@@ -105,8 +110,8 @@ async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
     pb_port = sb.getsockname()[1]
     ra = report(sa, **CONE)
     # B's NAT "was seen" at pb-2, pb-1 with Δ = 1: the predicted next mapping is B's real port
-    rb = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="sequential", delta=1,
-              one_socket=[{"port": pb_port - 2, "t": 0.0}, {"port": pb_port - 1, "t": 0.01}])
+    rb = udp_report("APDM", "APDF", [pb_port - 2, pb_port - 1], times=[0.0, 0.01], ip=LO, allocation="sequential",
+                    delta=1)
     plan_a, plan_b = plan(ra, rb, "first"), plan(rb, ra, "second")
     assert plan_a.strategy is Strategy.PREDICTED and plan_a.primary.local.opens
     assert pb_port in plan_a.primary.local.targets
@@ -120,7 +125,7 @@ async def test_predicted_sequential_side_gets_in_when_low_ttl_packets_die():
     with trio.move_on_after(0.1):
         while True:
             data, anc, _, addr = await decoy_sock.recvmsg(2048, socket.CMSG_SPACE(4))
-            assert addr == sa.getsockname() and proto.decode(data).type is proto.FrameType.HELLO
+            assert addr == sa.getsockname() and handshake.decode(data).type is handshake.FrameType.HELLO
             ttl = [int.from_bytes(d[:4], "little") for lvl, typ, d in anc if typ == socket.IP_TTL]
             assert ttl == [2]
             seen += 1
@@ -134,9 +139,9 @@ async def test_stray_and_forged_packets_do_not_win():
     sa, sb = await udp(), await udp()
     mallory = await udp()
     ra, rb = report(sa, **CONE), report(sb, **CONE)
-    evil = proto.PunchSession(os.urandom(32), "second", b"MMMMMMMM")
+    evil = handshake.Handshake(os.urandom(32), "second", b"MMMMMMMM")
     # a frame with the right key but for another session nonce, replayed later by mallory
-    stale = proto.PunchSession(KEY, "second", b"SSSSSSSS").hello(0)
+    stale = handshake.Handshake(KEY, "second", b"SSSSSSSS").hello(0)
     stop = trio.Event()
 
     async def flood():
@@ -193,8 +198,8 @@ async def test_birthday_burst_finds_one_of_many_sockets_and_closes_the_rest():
     sr, se = await udp(), await udp()
     decoy_sock = await udp()
     lo, hi = _ephemeral_range()
-    rr = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-              one_socket=[lo + 11, lo + 5000], port_range=[lo, hi])
+    rr = udp_report("APDM", "APDF", [lo + 11, lo + 5000], ip=LO, allocation="random",
+              port_range=(lo, hi))
     re_ = report(se, **CONE)
     plan_r, plan_e = plan(rr, re_, "first", birthday_sockets=64, target=0.999999), \
         plan(re_, rr, "second", birthday_sockets=64, target=0.999999)
@@ -219,8 +224,8 @@ async def test_birthday_burst_finds_one_of_many_sockets_and_closes_the_rest():
 
 async def test_random_pair_fails_fast_naming_both_nats():
     sa, sb = await udp(), await udp()
-    rnd = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-               one_socket=[40000, 12345], port_range=[20000, 20100])  # nobody listens there
+    rnd = udp_report("APDM", "APDF", [40000, 12345], ip=LO, allocation="random",
+               port_range=(20000, 20100))  # nobody listens there
     pl_a = plan(rnd, rnd, "first")
     assert not pl_a.feasible
     t0 = trio.current_time()
@@ -238,9 +243,11 @@ async def test_random_pair_fails_fast_naming_both_nats():
 
 async def test_session_from_rendezvous_frame_shifts_start_to_local_clock():
     now = trio.current_time()
-    s = Session.from_rendezvous({"key": KEY, "role": "second", "start_at": 1000.5, "now": 1000.0},
-                                received_at=now)
-    assert s.role == "second" and s.start_at == pytest.approx(now + 0.5)
+    frame = {"key": KEY, "role": "second", "start_at": 1000.5, "now": 1000.0, "session": "s1", "peer": "alice",
+             "info": {"report": {}}}
+    s = Session.from_frame(frame, lambda server_time: server_time - 1000.0 + now)  # the client's clock map
+    assert s.role == "second" and s.start_at == pytest.approx(now + 0.5) and s.start_in() == pytest.approx(0.5, abs=0.1)
+    assert (s.session_id, s.peer_id, s.peer_info) == ("s1", "alice", {"report": {}})
 
 
 async def test_birthday_burst_through_the_worker_coordinator():
@@ -251,8 +258,8 @@ async def test_birthday_burst_through_the_worker_coordinator():
     sr, se = await udp(), await udp()
     decoy_sock = await udp()
     lo, hi = _ephemeral_range()
-    rr = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-              one_socket=[lo + 11, lo + 5000], port_range=[lo, hi])
+    rr = udp_report("APDM", "APDF", [lo + 11, lo + 5000], ip=LO, allocation="random",
+              port_range=(lo, hi))
     re_ = report(se, **CONE)
     kw = dict(birthday_sockets=128, target=0.999999)
     plan_r = _without_opener_reaching(plan(rr, re_, "first", **kw), decoy_sock.getsockname()[1])
@@ -286,7 +293,7 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
     pa, pb = await run_pair(sa, sb, plan(ra, rb, "first"), plan(rb, ra, "second"))
     await pa.send_keepalive()
     # a late punch packet from the peer (it missed our CONFIRM): answered, not returned as data
-    await sa.sendto(pa.proto.hello(0), pa.peer_addr)
+    await sa.sendto(pa.handshake.hello(0), pa.peer_addr)
     await pa.send(b"after")
     with trio.fail_after(2):
         assert await pb.receive() == b"after"
@@ -294,7 +301,7 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
         n.start_soon(pa.serve_keepalives, 0.01)
         with trio.fail_after(2):
             data, _ = await sb.recvfrom(2048)  # pb is not reading: see the raw keepalive
-        assert pb.proto.receive(data, 0).event is proto.Event.KEEPALIVE
+        assert pb.handshake.receive(data, 0).event is handshake.Event.KEEPALIVE
         n.cancel_scope.cancel()
     await pa.aclose()
     await pb.aclose()
@@ -302,8 +309,8 @@ async def test_keepalives_and_late_hellos_are_absorbed_by_receive():
 
 async def test_cancelled_punch_closes_its_burst_sockets():
     sa = await udp()
-    rnd = dict(public_ip=LO, mapping="APDM", filtering="APDF", allocation="random",
-               one_socket=[40000, 12345], port_range=[20000, 20100])
+    rnd = udp_report("APDM", "APDF", [40000, 12345], ip=LO, allocation="random",
+               port_range=(20000, 20100))
     pl = plan(rnd, rnd, "first")
     fds = psutil.Process().num_fds()
     with trio.move_on_after(0.3):

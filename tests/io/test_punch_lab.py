@@ -24,8 +24,12 @@ pytestmark = pytest.mark.lab
 
 HOST = r'''
 import contextlib, json, socket, sys, trio
-from nattrav.io.punch import PunchFailed, Session, punch
-from nattrav.proto.plan import plan
+from nattrav.errors import PunchFailed
+from nattrav.io.punch import punch
+from nattrav.io.session import Session
+from nattrav.proto.planner.udp import plan
+from nattrav.proto.report import NatReport, Sample
+from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
 async def main():
     cfg = json.loads(sys.stdin.readline())
@@ -58,20 +62,23 @@ async def host(cfg, coord):
             if ans:
                 break
         ip = ans["saw"][0]
-        samples.append({"port": ans["saw"][1], "t": trio.current_time() - t0})
-    delta = samples[-1]["port"] - samples[0]["port"]
-    report = dict(cfg["words"], public_ip=ip, one_socket=samples)
-    if report.get("allocation") != "random":
-        report["delta"] = delta
-    print(json.dumps(report), flush=True)
+        samples.append(Sample(ans["saw"][1], trio.current_time() - t0))
+    words = cfg["words"]
+    allocation = words.get("allocation")
+    report = NatReport(mapping=Mapping(words["mapping"]),
+                       filtering=Filtering(words["filtering"]) if words.get("filtering") else None,
+                       allocation=Allocation(allocation) if allocation else None,
+                       delta=None if allocation == "random" else samples[-1].port - samples[0].port,
+                       public=(ip, samples[-1].port), samples=tuple(samples))
+    print(json.dumps(report.to_wire()), flush=True)
     peer = json.loads(await trio.to_thread.run_sync(sys.stdin.readline))
-    pl = plan(report, peer["report"], cfg["role"], horizon=cfg["horizon"])
+    pl = plan(report, NatReport.from_wire(peer["report"]), cfg["role"], horizon=cfg["horizon"])
     session = Session(bytes.fromhex(peer["key"]), cfg["role"], trio.current_time() + peer["delay"])
     out = {"plan": pl.params, "local_targets": list(pl.primary.local.targets),
            "remote_targets": list(pl.primary.remote.targets), "reason": pl.reason,
            "local_port": sock.getsockname()[1]}
     t1 = trio.current_time()
-    out["sample_age_at_start"] = session.start_at - (t0 + samples[-1]["t"])  # vs the plan's horizon
+    out["sample_age_at_start"] = session.start_at - (t0 + samples[-1].t)  # vs the plan's horizon
     try:
         path = await punch(sock, pl, session, low_ttl=cfg["low_ttl"], coordinator=coord)
     except PunchFailed as exc:
@@ -101,7 +108,7 @@ def words(lab, side):
     """The behaviour words a STUN client would report, hand-fed from the lab's description."""
     spec = lab.spec(side)
     if spec is None:
-        return {"nat": False, "mapping": "none", "filtering": "none"}
+        return {"mapping": "none"}  # no NAT
     return {"mapping": spec.mapping, "filtering": spec.filtering, "allocation": spec.allocation}
 
 

@@ -11,6 +11,7 @@ import pytest
 from nattrav.lab.probe import PORTS, start_responder
 from nattrav.lab.pytest_support import lab_or_skip
 from nattrav.proto.predict import Kind, predict
+from tests.reports import udp
 
 pytestmark = pytest.mark.lab
 
@@ -63,8 +64,9 @@ def test_predicted_window_holds_the_port_the_nat_really_gives():
             truth = [m.outside[1] for m in lab.mappings(nat, "udp")
                      if m.inside[1] == obs["local_port"] and list(m.remote) == dst]
             assert len(truth) == 1, truth
-            p = predict({"one_socket": obs["samples"], "mapping": "APDM", "allocation": "sequential"},
-                        elapsed=obs["elapsed"], target=0.999)
+            report = udp("APDM", None, [x["port"] for x in obs["samples"]], times=[x["t"] for x in obs["samples"]],
+                         allocation="sequential")
+            p = predict(report, elapsed=obs["elapsed"], target=0.999)
             assert p.kind is Kind.SEQUENTIAL and p.model.delta == 2
             # the fitted rate sees the background host (about 50 ports/s)
             assert 25 < p.model.rate < 100, p.model

@@ -12,8 +12,11 @@ import socket
 import pytest
 import trio
 
-from nattrav.api import AcceptPolicy, ConnectError, listen, listen_tcp
+from nattrav.api import AcceptPolicy, listen, listen_tcp
+from nattrav.errors import ConnectError, Refused
 from nattrav.io import rendezvous_client as rv
+from nattrav.proto.report import NatReport
+from tests.reports import tcp, udp, wire
 
 VICTIM_IP = "127.0.0.3"
 
@@ -51,14 +54,13 @@ def _received(s: socket.socket) -> int:
 
 def _udp_report(victim_port: int) -> dict:
     # "no NAT at the victim's address": a listener would send its opening packets straight there
-    return {"nat": False, "mapping": "EIM", "filtering": "EIF", "public": [VICTIM_IP, victim_port],
-            "one_socket": [{"port": victim_port, "t": 0.0}, {"port": victim_port, "t": 0.01}],
-            "local": [VICTIM_IP, victim_port]}
+    return wire(udp("EIM", "EIF", [victim_port, victim_port], times=[0.0, 0.01], nat=False, ip=VICTIM_IP))
 
 
 def _tcp_report(victim_port: int) -> dict:
-    return {"local": [VICTIM_IP, victim_port], "filtering": "EIF",
-            "samples": [{"dest": ["127.0.0.1", 3478], "ip": VICTIM_IP, "port": victim_port, "t": 0.0}] * 3}
+    report = tcp([victim_port] * 3, public=VICTIM_IP, local=(VICTIM_IP, victim_port), filtering="EIF",
+                 dests=["127.0.0.1"] * 3)
+    return wire(NatReport(tcp=report))
 
 
 async def _attack(servers, listener_id: str, info: dict) -> None:
@@ -76,7 +78,7 @@ async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers
         listen_ = listen
     else:
         victim, sink = _bound_pair(socket.SOCK_STREAM)
-        info = {"tcp": _tcp_report(victim.getsockname()[1])}
+        info = {"report": _tcp_report(victim.getsockname()[1])}
         listen_ = listen_tcp
     events: list[tuple[str, dict]] = []
     with victim, sink, trio.fail_after(40):
@@ -106,7 +108,7 @@ async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers
 
 
 async def test_a_hostname_in_a_peer_report_is_never_resolved(servers):
-    info = {"report": {**_udp_report(4000), "public": ["victim.example", 4000]}}
+    info = {"report": {**_udp_report(4000), "public": ["victim.example", 4000]}}  # from_wire must refuse it
     with trio.fail_after(40):
         async with listen(servers["server"], stun=servers["stun"]) as lst:
             async with trio.open_nursery() as nursery:
@@ -138,7 +140,7 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
                 nursery.start_soon(take_one)
                 async with rv.open_rendezvous(servers["server"]) as stranger:
                     await stranger.update_info({"friend": False})
-                    with pytest.raises(rv.Refused):
+                    with pytest.raises(Refused):
                         await stranger.connect(lst.peer_id, timeout=5)
                 async with rv.open_rendezvous(servers["server"]) as friend:
                     await friend.update_info({"friend": True, "report": _udp_report(sink.getsockname()[1])})
@@ -148,7 +150,7 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
                 nursery.start_soon(lambda: _accept_nothing(lst))
                 async with rv.open_rendezvous(servers["server"]) as friend2:
                     await friend2.update_info({"friend": True})
-                    with pytest.raises(rv.Refused):
+                    with pytest.raises(Refused):
                         await friend2.connect(lst.peer_id, timeout=5)
                 nursery.cancel_scope.cancel()
     assert [r["reason"] for r in refused] == ["not allowed by the listener's policy",
@@ -171,13 +173,13 @@ def test_accept_policy_token_bucket_refills():
 
 
 async def test_a_worker_failure_is_a_connect_error_not_a_traceback(servers, monkeypatch):
-    import nattrav.api as api
-    from nattrav.workers import WorkerDied
+    import nattrav.api.udp as udp_api
+    from nattrav.errors import WorkerDied
 
     async def broken_punch(*args, **kwargs):
         raise WorkerDied(0, 1, "killed by SIGKILL")
 
-    monkeypatch.setattr(api, "punch", broken_punch)
+    monkeypatch.setattr(udp_api, "punch", broken_punch)
     with trio.fail_after(40):
         async with listen(servers["server"], stun=servers["stun"]) as lst:
             async with trio.open_nursery() as nursery:

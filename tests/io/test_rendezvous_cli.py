@@ -14,7 +14,7 @@ import trio
 from nattrav.io.rendezvous_client import open_rendezvous
 from tests.conftest import readline
 
-SERVER = [sys.executable, "-m", "nattrav.server_cli"]
+SERVER = [sys.executable, "-m", "nattrav.cli.server"]
 
 
 def run_cli(*args, timeout=20):

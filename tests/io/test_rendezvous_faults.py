@@ -14,7 +14,8 @@ import sys
 import pytest
 import trio
 
-from nattrav.io.rendezvous_client import RendezvousError, open_rendezvous
+from nattrav.errors import RendezvousError
+from nattrav.io.rendezvous_client import open_rendezvous
 from nattrav.lab.pytest_support import in_ci
 from tests.conftest import SERVER_CLI, readline
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from nattrav.io.rendezvous_client import (
+from nattrav.errors import (
     NameTaken,
     PeerOffline,
     Refused,
@@ -19,8 +19,8 @@ from nattrav.io.rendezvous_client import (
     ServerGone,
     ServerUnreachable,
     UnknownPeer,
-    open_rendezvous,
 )
+from nattrav.io.rendezvous_client import open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto.rendezvous import SERVER_MESSAGES, FrameDecoder, RendezvousServer, Send, encode, make
 
@@ -407,9 +407,9 @@ async def test_cancelled_requests_never_cut_a_frame(nursery):
     ],
 )
 def test_server_address_forms(text, want):
-    from nattrav.io.rendezvous_client import parse_server
+    from nattrav.hostport import parse_hostport
 
-    assert parse_server(text) == want
+    assert parse_hostport(text, 7000) == want
 
 
 async def test_the_body_exception_leaves_unwrapped(nursery):

@@ -52,7 +52,8 @@ def wait_and_accept(server: str, name: str, local_ip: str) -> dict:
 
 
 def connect_when_there(server: str, target: str, local_ip: str) -> dict:
-    from nattrav.io.rendezvous_client import UnknownPeer, open_rendezvous
+    from nattrav.errors import UnknownPeer
+    from nattrav.io.rendezvous_client import open_rendezvous
 
     async def main():
         async with open_rendezvous((server, PORT), info={"local": [local_ip]}) as rv:
@@ -91,7 +92,7 @@ def sym_lab(request):
 async def test_peers_behind_nats_meet_through_the_server(sym_lab, tmp_path):
     lab = sym_lab
     log = open(tmp_path / "server.log", "w")  # a file, not a pipe nobody drains
-    server = lab.popen("server", [sys.executable, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{PORT}",
+    server = lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{PORT}",
                                   "--stun", f"{lab.S1},{lab.S2}", "--json-log", "-v"],
                        stdout=subprocess.PIPE, stderr=log, text=True)
     try:

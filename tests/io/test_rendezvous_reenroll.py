@@ -9,7 +9,8 @@ import random
 import pytest
 import trio
 
-from nattrav.io.rendezvous_client import NameTaken, ServerGone, open_rendezvous
+from nattrav.errors import NameTaken, ServerGone
+from nattrav.io.rendezvous_client import open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto import rendezvous as rvp
 from nattrav.proto.rendezvous import RendezvousServer

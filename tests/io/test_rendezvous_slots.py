@@ -16,7 +16,8 @@ import subprocess
 import pytest
 import trio
 
-from nattrav.io.rendezvous_client import RendezvousError, ServerBusy, open_rendezvous
+from nattrav.errors import RendezvousError, ServerBusy
+from nattrav.io.rendezvous_client import open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto.rendezvous import RendezvousServer, encode, make
 from tests.conftest import SERVER_CLI, readline

@@ -7,22 +7,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import BadReport
+from nattrav.proto.nat_behavior import BindingSample
 from nattrav.proto.predict import (
     Kind,
     Model,
+    Observation,
+    fit,
     negbin_pmf,
     noise_pmf,
-    Observation,
-    ReportError,
-    fit,
     poisson_pmf,
     poisson_window,
     predict,
 )
+from nattrav.proto.report import NatReport, samples_from_bindings
+from tests.reports import udp, wire
 
 
 def test_paper_example_700_701_predicts_702():
-    p = predict({"samples": [700, 701], "port_range": [1, 65535]})
+    p = predict(udp(None, None, [700, 701], port_range=(1, 65535)))
     assert p.kind is Kind.SEQUENTIAL
     assert p.model.delta == 1
     assert p.next_port == 702
@@ -31,59 +34,53 @@ def test_paper_example_700_701_predicts_702():
 
 
 def test_delta_from_report_and_step_of_seven():
-    p = predict({"samples": [20000, 20007], "delta": 7})
+    p = predict(udp(None, None, [20000, 20007], delta=7))
     assert p.model.delta == 7
     assert p.ports[:3] == (20014, 20021, 20028)
     assert p.covered >= 0.999
 
 
 def test_fixed_mapping_delta_zero():
-    p = predict({"samples": [4000, 4000, 4000]})
+    p = predict(udp(None, None, [4000, 4000, 4000]))
     assert p.kind is Kind.FIXED
     assert p.ports == (4000,)
     assert p.covered == 1.0
 
 
 def test_random_allocation_gives_no_window():
-    p = predict({"samples": [31234, 5001, 60123]})
+    p = predict(udp(None, None, [31234, 5001, 60123]))
     assert p.kind is Kind.RANDOM and p.ports == () and p.covered == 0.0
-    assert predict({"samples": [100, 101], "allocation": "random"}).kind is Kind.RANDOM
+    assert predict(udp(None, None, [100, 101], allocation="random")).kind is Kind.RANDOM
 
 
 def test_large_coincidental_step_is_random():
     # gaps 10000 and 20000 share a gcd of 10000: no real NAT steps like that
-    assert fit(Observation.from_report({"samples": [10000, 20000, 40000]})).kind is Kind.RANDOM
+    assert fit(Observation.from_report(udp(None, None, [10000, 20000, 40000]))).kind is Kind.RANDOM
 
 
 def test_rate_is_poisson_mle_from_timed_samples():
     # Δ = 2; in 2 s the port moved 5 steps for 2 of our own mappings: 3 extra allocations
-    m = fit(Observation.from_report({"samples": [[0.0, 1000], [1.0, 1004], [2.0, 1010]]}))
+    m = fit(Observation.from_report(udp(None, None, [1000, 1004, 1010], times=[0.0, 1.0, 2.0])))
     assert m.delta == 2
     assert m.per_second and m.rate == pytest.approx(1.5)
 
 
 def test_wraparound_inside_port_range():
-    p = predict({"samples": [65533, 65534], "port_range": [1024, 65535]})
+    p = predict(udp(None, None, [65533, 65534], port_range=(1024, 65535)))
     # last + 1 = 65535, last + 2 wraps to 1024
     assert 65535 in p.ports and 1024 in p.ports
     assert all(1024 <= x <= 65535 for x in p.ports)
 
 
 def test_nat_behavior_report_shape():
-    report = {
-        "mapping": "APDM", "allocation": "sequential", "delta": 1,
-        "one_socket": [{"port": 30000, "t": 0.0}, {"port": 30001, "t": 0.05}],
-    }
+    report = udp("APDM", None, [30000, 30001], times=[0.0, 0.05], allocation="sequential", delta=1)
     assert predict(report).next_port == 30002
-    samples = [
-        {"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.1", 3478],
-         "mapped": ["203.0.113.10", 41000], "t": 0.0},
-        {"socket": 1, "local": ["10.0.1.2", 5001], "server": ["198.51.100.1", 3478],
-         "mapped": ["203.0.113.10", 41001], "t": 0.01},
-        {"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.2", 3478],
-         "mapped": ["203.0.113.10", 41002], "t": 0.02},
+    bindings = [
+        BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.1", 3478), ("203.0.113.10", 41000), 0.0),
+        BindingSample(1, ("10.0.1.2", 5001), ("198.51.100.1", 3478), ("203.0.113.10", 41001), 0.01),
+        BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.2", 3478), ("203.0.113.10", 41002), 0.02),
     ]
-    obs = Observation.from_report({"samples": samples})
+    obs = Observation.from_report(NatReport(samples=samples_from_bindings(bindings)))
     assert [s.port for s in obs.samples] == [41000, 41002]
     # the fresh socket's mapping (41001) is ours, not background traffic
     assert [s.own for s in obs.samples] == [0, 1]
@@ -92,12 +89,14 @@ def test_nat_behavior_report_shape():
 
 
 @pytest.mark.parametrize("bad", [
-    {"samples": ["x"]}, {"samples": [70000]}, {"samples": [[0, 1]], "delta": "2"},
-    {"allocation": "zigzag"}, {"port_range": [10, 5]}, {"samples": [[float("nan"), 100]]},
+    {"samples": ["x"]}, {"samples": [[70000, None, 0]]}, {"samples": [[1, 0.0, 0]], "delta": "2"},
+    {"allocation": "zigzag"}, {"port_range": [10, 5]}, {"samples": [[100, float("nan"), 0]]},
+    {"samples": [[100, 0.0]]}, {"samples": [[100, -1.0, 0]]}, {"samples": [[100, None, True]]},
+    {"delta": 70000}, {"v": 2}, {"extra": 1},
 ])
-def test_bad_reports_raise_report_error(bad):
-    with pytest.raises(ReportError):
-        predict(bad)
+def test_bad_reports_raise_bad_report(bad):
+    with pytest.raises(BadReport):
+        predict(NatReport.from_wire({**wire(NatReport()), **bad}))
 
 
 def test_poisson_window_reaches_target_and_is_minimal():
@@ -131,10 +130,11 @@ def test_window_hit_rate_matches_claimed_coverage(delta, rate, seed):
         for i in range(8):  # eight STUN samples 0.25 s apart
             if i:
                 port += delta * (1 + _poisson(rng, rate * 0.25))
-            samples.append([i * 0.25, port])
+            samples.append(port)
         elapsed = 0.5
         true_next = port + delta * (1 + _poisson(rng, rate * elapsed))
-        p = predict({"samples": samples, "delta": delta}, elapsed=elapsed, target=0.99)
+        report = udp(None, None, samples, times=[i * 0.25 for i in range(8)], delta=delta)
+        p = predict(report, elapsed=elapsed, target=0.99)
         claimed.append(p.covered)
         hits += true_next in p.ports
     assert min(claimed) >= 0.99
@@ -174,14 +174,15 @@ def _poisson(rng, mu):
 @given(st.dictionaries(st.sampled_from(["samples", "delta", "allocation", "port_range", "one_socket"]),
                        st.one_of(st.none(), st.integers(-5, 70000), st.text(max_size=5),
                                  st.lists(st.one_of(st.integers(-1, 70000), st.floats(),
-                                                    st.lists(st.integers(0, 70000), max_size=3),
+                                                    st.lists(st.one_of(st.none(), st.integers(-1, 70000),
+                                                                       st.floats()), max_size=3),
                                                     st.dictionaries(st.sampled_from(["port", "t"]),
                                                                     st.integers(-1, 70000))),
                                           max_size=6))))
-def test_any_report_either_predicts_or_raises_report_error(report):
+def test_any_report_either_predicts_or_raises_bad_report(fields):
     try:
-        p = predict(report)
-    except ReportError:
+        p = predict(NatReport.from_wire({**wire(NatReport()), **fields}))
+    except BadReport:
         return
     lo, hi = p.model.port_range
     assert all(lo <= x <= hi for x in p.ports)

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import BadFrame
 from nattrav.proto.rendezvous import (
     CLIENT_MESSAGES,
     MAX_FRAME,
     MAX_INFO,
     SERVER_MESSAGES,
-    BadFrame,
     FrameDecoder,
     RendezvousServer,
     decode_one,

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
+from nattrav.errors import LocalProtocolError
 from nattrav.proto.rendezvous import (
     SERVER_MESSAGES,
     Close,
     FrameDecoder,
-    LocalProtocolError,
     RendezvousServer,
     Send,
     encode,

@@ -8,20 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.stun import (
-    Attr,
-    BadPacket,
-    ChangeRequest,
-    Class,
-    ErrorCode,
-    LocalProtocolError,
-    Message,
-    Method,
-    binding_request,
-    is_stun,
-    long_term_key,
-    parse,
-)
+from nattrav.errors import BadPacket, LocalProtocolError
+from nattrav.proto.stun import Message, binding_request, is_stun, long_term_key, parse
+from nattrav.proto.stun_attrs import Attr, ChangeRequest, Class, ErrorCode, Method
 
 PASSWORD = b"VOkJxbRl1RmTxUk/WvJxBt"
 TXN = bytes.fromhex("b7e7a701bc34d686fa87dfae")

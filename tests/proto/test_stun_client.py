@@ -7,8 +7,10 @@ import pytest
 import trio
 import trio.testing
 
-from nattrav.io.stun_client import StunErrorResponse, StunTimeout, binding
-from nattrav.proto.stun import Attr, Class, ErrorCode, Message, Method, binding_request, parse
+from nattrav.errors import StunErrorResponse, StunTimeout
+from nattrav.io.stun_client import binding
+from nattrav.proto.stun import Message, binding_request, parse
+from nattrav.proto.stun_attrs import Attr, Class, ErrorCode, Method
 from nattrav.proto.stun_client import State, Transaction, expected_source
 
 SERVER = ("198.51.100.1", 3478)

@@ -7,14 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.stun import BadPacket
-from nattrav.proto.stun_control import (
-    MAX_SKEW,
-    ControlKeyError,
-    ControlReceiver,
-    ControlSender,
-    Forward,
-)
+from nattrav.errors import BadPacket, ControlKeyError
+from nattrav.proto.stun_control import MAX_SKEW, ControlReceiver, ControlSender, Forward
 from nattrav.proto.stun_cookie import EPOCH, check_cookie, make_cookie
 
 KEY = b"0123456789abcdef0123"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from nattrav.lab.lab import Lab
 from nattrav.lab.spec import effective
 
-STUN_CLI = [sys.executable, "-m", "nattrav.stun_cli"]
+STUN_CLI = [sys.executable, "-m", "nattrav.cli.stun"]
 SECRET = b"nattrav-lab-control-link-key"  # control-link key for the two-host layout (>= 16 bytes)
 
 

@@ -9,22 +9,24 @@ import time
 
 import pytest
 
-from nattrav.stun_cli import main, parse_endpoint
+from nattrav.hostport import parse_hostport
+
+from nattrav.cli.stun import main
 
 from .test_server import loopback_pair
 
 
 def test_parse_endpoint():
-    assert parse_endpoint("198.51.100.1") == ("198.51.100.1", 3478)
-    assert parse_endpoint("198.51.100.1:3479") == ("198.51.100.1", 3479)
-    assert parse_endpoint("[2001:db8::1]:5000") == ("2001:db8::1", 5000)
-    assert parse_endpoint("2001:db8::1") == ("2001:db8::1", 3478)
+    assert parse_hostport("198.51.100.1", 3478) == ("198.51.100.1", 3478)
+    assert parse_hostport("198.51.100.1:3479", 3478) == ("198.51.100.1", 3479)
+    assert parse_hostport("[2001:db8::1]:5000", 3478) == ("2001:db8::1", 5000)
+    assert parse_hostport("2001:db8::1", 3478) == ("2001:db8::1", 3478)
 
 
 @pytest.fixture
 def served():
     a, b = loopback_pair()
-    p = subprocess.Popen([sys.executable, "-m", "nattrav.stun_cli", "serve", "--ip", a, "--alt-ip", b],
+    p = subprocess.Popen([sys.executable, "-m", "nattrav.cli.stun", "serve", "--ip", a, "--alt-ip", b],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = p.stdout.readline()
     assert "serving (rfc5780)" in line, line
@@ -60,7 +62,7 @@ def test_probe_with_no_server_says_blocked(capsys):
 
 # ---- the control-link key never on the command line (issue 14, item 7)
 
-STUN_CLI = [sys.executable, "-m", "nattrav.stun_cli"]
+STUN_CLI = [sys.executable, "-m", "nattrav.cli.stun"]
 
 
 def _serve(args: list[str], env: dict | None = None, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -92,7 +94,8 @@ def test_peer_without_a_key_or_with_a_short_one_is_refused(tmp_path):
 
 
 def test_read_secret_from_file_or_environment(tmp_path, capsys):
-    from nattrav.stun_cli import SECRET_ENV, UsageError, read_secret
+    from nattrav.errors import UsageError
+    from nattrav.cli.stun import SECRET_ENV, read_secret
 
     key = tmp_path / "key"
     key.write_bytes(b"0123456789abcdef0123456789abcdef\n")
@@ -145,7 +148,7 @@ def test_two_host_layout_runs_with_a_key_file_and_the_environment(tmp_path):
 
 
 def test_rate_limit_options_are_checked():
-    from nattrav.stun_cli import parse_size
+    from nattrav.cli.stun import parse_size
 
     assert parse_size("131072") == 131072 and parse_size("128k") == 131072 and parse_size("1M") == 1 << 20
     a, _ = loopback_pair()
@@ -155,7 +158,7 @@ def test_rate_limit_options_are_checked():
 
 
 def test_nattrav_server_checks_its_stun_rate_limit():
-    r = subprocess.run([sys.executable, "-m", "nattrav.server_cli", "--stun", "127.0.0.1",
+    r = subprocess.run([sys.executable, "-m", "nattrav.cli.server", "--stun", "127.0.0.1",
                         "--stun-rate-limit", "100"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "--stun-rate-limit" in r.stderr
 

@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from nattrav.core.mmsg import RecvBatch, StunFastPath, send_batch, stun_load
-from nattrav.proto.stun import Attr, Class, binding_request, parse
+from nattrav.proto.stun import binding_request, parse
+from nattrav.proto.stun_attrs import Attr, Class
 
 
 def udp(ip: str = "127.0.0.1") -> socket.socket:
@@ -141,7 +142,7 @@ def test_load_generator_against_the_fast_path():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from nattrav.proto.stun import BadPacket  # noqa: E402
+from nattrav.errors import BadPacket  # noqa: E402
 
 COOKIE = bytes.fromhex("2112a442")
 

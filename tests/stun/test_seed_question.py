@@ -82,7 +82,8 @@ IGNORING_SERVER = r"""
 # answers every Binding request from the socket it came in on, ignoring CHANGE-REQUEST, yet announces a
 # second address (CHANGED-ADDRESS / OTHER-ADDRESS): the misbehaving server of the seed's question
 import socket, select, sys
-from nattrav.proto.stun import Attr, Class, Message, Method, parse
+from nattrav.proto.stun import Message, parse
+from nattrav.proto.stun_attrs import Attr, Class, Method
 a, b = sys.argv[1], sys.argv[2]
 socks = []
 for ip in (a, b):

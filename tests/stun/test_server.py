@@ -10,13 +10,13 @@ import time
 import pytest
 import trio
 
-from nattrav.io.stun_client import StunErrorResponse, StunTimeout, binding, discover
-from nattrav.io.stun_server import (
-    StunServerConfig,
-    open_stun_server,
-    serve_stun,
-)
-from nattrav.proto.stun import Attr, BadPacket, Class, binding_request, parse
+from nattrav.errors import BadPacket, StunErrorResponse, StunTimeout
+from nattrav.io.stun_client import binding
+from nattrav.io.stun_discover import discover
+from nattrav.io.stun_server import open_stun_server, serve_stun
+from nattrav.proto.stun import binding_request, parse
+from nattrav.proto.stun_attrs import Attr, Class
+from nattrav.proto.stun_server import StunServerConfig
 
 P, PALT = 3478, 3479
 
@@ -293,7 +293,8 @@ async def test_discover_detects_a_server_that_ignores_change_request(nursery):
     await sock4.bind((a, PALT))
 
     async def lazy(s):
-        from nattrav.proto.stun import Message, Method
+        from nattrav.proto.stun import Message
+        from nattrav.proto.stun_attrs import Method
 
         while True:
             data, src = await s.recvfrom(2048)
@@ -333,7 +334,7 @@ async def test_ipv6_single_address(nursery):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from nattrav.io.stun_server import decide  # noqa: E402
+from nattrav.proto.stun_server import decide  # noqa: E402
 from nattrav.proto.stun import Message  # noqa: E402
 
 
@@ -349,7 +350,7 @@ def test_decide_never_raises_on_any_parsable_request(data, classic_hdr, two_ips)
     except BadPacket:
         return
     config = StunServerConfig(ip="192.0.2.1", alt_ip="192.0.2.2" if two_ips else None)
-    d = decide(req, ("203.0.113.7", 4242), ("192.0.2.1", 3478), config)
+    d = decide(req, ("203.0.113.7", 4242), ("192.0.2.1", 3478), config, now=1_700_000_000.0)
     if d.response is not None:
         resp = parse(d.response)
         assert isinstance(resp, Message) and resp.transaction_id == req.transaction_id

@@ -10,9 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from nattrav.io.stun_server import StunServerConfig
 from nattrav.io.stun_tcp import StunTcpServer, serve_stun_tcp, source_key
-from nattrav.proto.stun import Class, binding_request, parse
+from nattrav.proto.stun import binding_request, parse
+from nattrav.proto.stun_attrs import Class
+from nattrav.proto.stun_server import StunServerConfig
 
 from .test_server import loopback_pair
 
@@ -152,8 +153,8 @@ async def test_over_real_sockets_the_ninth_connection_from_one_ip_is_closed(nurs
 
 _FD_SCRIPT = """
 import json, resource, sys, trio
-from nattrav.io.stun_server import StunServerConfig
 from nattrav.io.stun_tcp import serve_stun_tcp
+from nattrav.proto.stun_server import StunServerConfig
 soft, hard = int(sys.argv[1]), int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 async def main():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.punch import BadPacket
+from nattrav.errors import BadPacket
 from nattrav.proto.tcp_auth import State, StreamAuth
 
 KEY = os.urandom(32)

@@ -61,7 +61,7 @@ def _bulk_listen(server: tuple[str, int], name: str, ttl: int) -> dict:
 
 def _bulk_connect(server: tuple[str, int], name: str, ttl: int, size: int, seed: int) -> dict:
     from nattrav.api import connect_tcp
-    from nattrav.io.rendezvous_client import UnknownPeer
+    from nattrav.errors import UnknownPeer
 
     blob = random.Random(seed).randbytes(size)
 
@@ -155,7 +155,7 @@ async def test_bulk_transfer_over_punched_tcp_stream_arrives_intact(seq_lab):
     lab = seq_lab
     lab.flush_conntrack()
     py = sys.executable
-    server = lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+    server = lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
                                   "--stun", f"{lab.S1},{lab.S2}"])
     try:
         await trio.to_thread.run_sync(_wait_tcp, lab, lab.S1, SERVER_PORT, time.monotonic() + 10)

@@ -17,14 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.api import connect_tcp, listen_tcp
-from nattrav.io.stun_server import StunServerConfig
+from nattrav.errors import TcpPunchFailed
 from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
-from nattrav.io.tcp_punch import PunchedStream, TcpPunchFailed, open_listener, tcp_punch
-from nattrav.proto.stun import Attr, ChangeRequest, Class, Message, Method, parse
-from nattrav.proto.tcp_plan import TcpStrategy, plan
+from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
+from nattrav.proto.planner.tcp import plan
+from nattrav.proto.report import TcpReport, TcpSample
+from nattrav.proto.stun import Message, parse
+from nattrav.proto.stun_attrs import Attr, ChangeRequest, Class, Method
+from nattrav.proto.stun_server import StunServerConfig
+from nattrav.proto.vocab import TcpStrategy
 from tests.conftest import free_port_pair
 
-FAST = [sys.executable, "-m", "nattrav.fast_cli"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
 
 async def _stun_tcp(nursery):
@@ -86,9 +90,9 @@ async def test_tcp_binding_to_closed_port_is_a_clean_error():
     assert str(port) in str(info.value)
 
 
-def _open_report(sock) -> dict:
+def _open_report(sock) -> TcpReport:
     ip, port = sock.getsockname()[:2]
-    return {"local": [ip, port], "filtering": None, "samples": [{"ip": ip, "port": port}] * 2}
+    return TcpReport(local=(ip, port), samples=(TcpSample(ip, port),) * 2)
 
 
 async def _punch_pair(key_a: bytes, key_b: bytes, timeout: float = 3.0):
@@ -213,8 +217,8 @@ class _Chunks(trio.abc.ReceiveStream):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=600), max_size=8))
 def test_stun_stream_reader_raises_only_badpacket_and_stays_bounded(chunks):
+    from nattrav.errors import BadPacket
     from nattrav.io.stun_tcp import MAX_MESSAGE, read_message
-    from nattrav.proto.stun import BadPacket
 
     async def main():
         stream, buf = _Chunks(chunks), bytearray()

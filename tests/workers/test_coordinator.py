@@ -10,7 +10,8 @@ import psutil
 import pytest
 import trio
 
-from nattrav.workers import Burst, WorkerDied, WorkerError, open_coordinator
+from nattrav.errors import WorkerDied, WorkerError
+from nattrav.workers import Burst, open_coordinator
 
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 
@@ -113,9 +114,9 @@ async def test_paced_burst_across_workers_adds_up_to_the_rate():
     sink = make_sink()
     async with open_coordinator(2) as coord:
         await coord.open_sockets(2, "127.0.0.1")
-        plan = Burst([0, 1] * 500, "127.0.0.1", [sink.getsockname()[1]] * 1000, b"p", rate=5000)
+        burst = Burst([0, 1] * 500, "127.0.0.1", [sink.getsockname()[1]] * 1000, b"p", rate=5000)
         t = time.perf_counter()
-        assert await coord.fire(plan) == 1000
+        assert await coord.fire(burst) == 1000
         took = time.perf_counter() - t
         assert 0.18 < took < 1.0  # 1000 packets at 5000/s is 0.2 s, whichever worker sends them
     sink.close()
@@ -298,7 +299,7 @@ def test_fd_limit_in_a_worker_arrives_as_fd_limit_error():
     code = textwrap.dedent("""
         import resource, trio
         resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
-        from nattrav.core import FdLimitError
+        from nattrav.errors import FdLimitError
         from nattrav.workers import open_coordinator
         async def main():
             async with open_coordinator(1) as coord:

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from nattrav.workers.messages import VERSION, BadMessage, MessageReader, encode
+from nattrav.errors import BadMessage
+from nattrav.workers.messages import VERSION, MessageReader, encode
 
 
 def test_roundtrip_in_pieces():
@@ -25,6 +26,8 @@ def test_roundtrip_in_pieces():
         {"v": VERSION, "t": "drain"},
         {"v": VERSION, "t": "take", "id": 1, "index": "3"},
         {"v": VERSION, "t": "take", "id": 1, "index": True},
+        {"v": VERSION, "t": "drain", "id": 1, "extra": 1},  # a field the schema does not name
+        {"v": VERSION, "t": "result", "id": 1, "hit": "x"},
         [1, 2, 3],
     ],
 )
@@ -60,10 +63,10 @@ def test_the_coordinator_reads_worker_replies_with_a_small_bound():
     # a broken or hostile worker must not make the coordinator buffer hundreds of MB
     from types import SimpleNamespace
 
-    from nattrav.workers.coordinator import _Worker
+    from nattrav.workers.channel import WorkerChannel
 
     def reader():
-        return _Worker(0, SimpleNamespace(pid=1), None).reader
+        return WorkerChannel(0, SimpleNamespace(pid=1), None).reader
 
     big, r = encode("result", id=1, ports=b"\x00" * (5 << 20)), reader()
     with pytest.raises(BadMessage):

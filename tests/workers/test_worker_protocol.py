@@ -43,8 +43,8 @@ def test_refused_requests_get_errors_and_the_worker_lives(worker):
     assert (r["t"], r["id"], r["kind"]) == ("error", 1, "ValueError")
     r = ask(encode("close", id=2, base=0, count=1 << 60))
     assert (r["t"], r["kind"]) == ("error", "ValueError")
-    r = ask(encode("fire", id=3, plan={"n": 1, "src": 5}, timeout_ms=10))
-    assert (r["t"], r["kind"]) == ("error", "ValueError") and "bad plan" in r["msg"]
+    r = ask(encode("fire", id=3, burst={"n": 1, "src": 5}, timeout_ms=10))
+    assert (r["t"], r["kind"]) == ("error", "ValueError") and "bad burst" in r["msg"]
     r = ask(encode("open", id=4, count=2, ip="127.0.0.1", ttl=None, ports=b"\x01", base=0, reuse_port=False))
     assert r["t"] == "error"
     r = ask(encode("take", id=5, index=7))

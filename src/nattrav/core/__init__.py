@@ -1,9 +1,9 @@
 """Python face of the cffi-built C core (nattrav._core)."""
 
 from .errors import check
-from .limits import FdLimitError, ensure_fd_capacity
-from .plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
+from .limits import ensure_fd_capacity
+from .packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
 from .pool import SocketPool
 
-__all__ = ["Burst", "BurstStats", "FdLimitError", "Hit", "PackedPlan", "RecvStats", "SocketPool",
+__all__ = ["Burst", "BurstStats", "Hit", "PackedBurst", "RecvStats", "SocketPool",
            "check", "ensure_fd_capacity"]

@@ -10,12 +10,12 @@ import time
 from array import array
 from collections.abc import Sequence
 
+from .errors import ICMP_ERRNOS
 from .limits import ensure_fd_capacity, limit_error
-from .plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
-from .pool import as_plan, validate_open_args
+from .packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
+from .pool import as_packed, validate_open_args
 from .recv import Woken
 
-_ICMP_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EPROTO}
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 
 
@@ -87,10 +87,10 @@ class PySocketPool:
             raise ValueError(f"ttl must be in 1..255, got {ttl!r}")
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, -1 if ttl is None else ttl)
 
-    def send_burst(self, plan: Burst | PackedPlan, timeout: float = 10.0, *, owned=None) -> BurstStats:
-        """owned: optional map global index -> socket (a worker's view of a larger plan); packets of
+    def send_burst(self, burst: Burst | PackedBurst, timeout: float = 10.0, *, owned=None) -> BurstStats:
+        """owned: optional map global index -> socket (a worker's view of a larger burst); packets of
         other indices are skipped, as fdmap entries < 0 are in C."""
-        p = as_plan(plan)
+        p = as_packed(burst)
         src = array("i", p.src)
         ports = array("H", p.ports)
         ips = [p.ip_of(0)] * p.n if len(p.ips) == 4 else [p.ip_of(i) for i in range(p.n)]
@@ -102,7 +102,7 @@ class PySocketPool:
                 raise IndexError(f"socket index {p.src_max} out of range 0..{self.count - 1}")
             owned = {i: s for i, s in enumerate(socks) if s is not None}
             if len(owned) < self.count and not set(owned).issuperset(src):
-                raise IndexError("the plan names sockets that were handed away")
+                raise IndexError("the burst names sockets that were handed away")
         mine = [i for i in range(p.n) if src[i] in owned]
         st.planned = len(mine)
         used = {src[i] for i in mine}
@@ -143,7 +143,7 @@ class PySocketPool:
                         st.waits += 1
                         time.sleep(5e-5)
                         continue
-                    if e.errno in _ICMP_ERRNOS and not retried:
+                    if e.errno in ICMP_ERRNOS and not retried:
                         st.icmp_errors += 1
                         retried = True
                         continue

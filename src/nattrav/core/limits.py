@@ -6,12 +6,10 @@ import errno
 import os
 import resource
 
+from ..errors import FdLimitError
+
 # descriptors a process needs besides the pool (stdio, pipes, epoll, Python's own files)
 HEADROOM = 64
-
-
-class FdLimitError(OSError):
-    """Too few file descriptors even after raising the soft limit to the hard one."""
 
 
 def open_fd_count() -> int:

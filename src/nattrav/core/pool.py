@@ -11,7 +11,7 @@ from .._core import ffi, lib
 from .burst import DEFAULT_TIMEOUT_MS, send_packed
 from .errors import check
 from .limits import ensure_fd_capacity, limit_error
-from .plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
+from .packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
 from .recv import Receiver
 
 MAX_SOCKETS = 65536
@@ -41,8 +41,8 @@ def validate_open_args(count, ip, ports, ttl) -> list[int] | None:
     return ports
 
 
-def as_plan(plan: Burst | PackedPlan) -> PackedPlan:
-    return plan if isinstance(plan, PackedPlan) else plan.pack()
+def as_packed(burst: Burst | PackedBurst) -> PackedBurst:
+    return burst if isinstance(burst, PackedBurst) else burst.pack()
 
 
 class SocketPool:
@@ -111,13 +111,13 @@ class SocketPool:
             raise ValueError(f"ttl must be in 1..255, got {ttl!r}")
         check(lib.nt_set_ttl(fd, -1 if ttl is None else ttl), f"setting TTL {ttl} on socket {index}")
 
-    def send_burst(self, plan: Burst | PackedPlan, timeout: float = DEFAULT_TIMEOUT_MS / 1000) -> BurstStats:
-        """Send every packet of the plan (indices are this pool's); returns the accounting."""
-        packed = as_plan(plan)
+    def send_burst(self, burst: Burst | PackedBurst, timeout: float = DEFAULT_TIMEOUT_MS / 1000) -> BurstStats:
+        """Send every packet of the burst (indices are this pool's); returns the accounting."""
+        packed = as_packed(burst)
         if packed.n and packed.src_max >= self.count:
             raise IndexError(f"socket index {packed.src_max} out of range 0..{self.count - 1}")
         if self._taken and self._taken.intersection(array("i", packed.src)):
-            raise IndexError(f"the plan names sockets that were handed away: {sorted(self._taken)[:5]}")
+            raise IndexError(f"the burst names sockets that were handed away: {sorted(self._taken)[:5]}")
         return send_packed(self._fds, self.count, packed, int(timeout * 1000))
 
     def _recv(self) -> Receiver:

@@ -10,7 +10,7 @@ import sys
 
 from .._core import ffi, lib
 from .errors import check
-from .plan import Hit, RecvStats
+from .packed import Hit, RecvStats
 
 MAX_MATCH = 1024
 MAX_BUF = 65536

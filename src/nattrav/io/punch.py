@@ -10,143 +10,24 @@ wins, everything else is cancelled and every socket we opened that did not win i
 from __future__ import annotations
 
 import errno
-import os
 import random
 import resource
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from ..proto import punch as _proto
-from ..proto.plan import Attempt, Part, Plan, Strategy
+from ..core.errors import ICMP_ERRNOS
+from ..errors import BadPacket, PunchFailed
+from ..proto.handshake import MAGIC, Event, Handshake
+from ..proto.planner.udp import Attempt, Part, Plan
+from ..proto.vocab import Strategy
+from .path import RECV_SIZE, PunchedPath, now_ns
+from .session import Session
 
-IGNORED_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
-RECV_SIZE = 2048
 BURST_CHUNK = 16384  # packets per coordinator fire between looks for a hit
 MAX_LOW_TTL = 64
 CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confirmed
-
-
-class PunchFailed(Exception):
-    """No authenticated path within the plan's time. str() names both NAT behaviours and the odds."""
-
-    def __init__(self, message: str, plan: Plan | None = None) -> None:
-        super().__init__(message)
-        self.plan = plan
-
-
-@dataclass
-class Session:
-    """What the rendezvous gave both peers: the session key, our role, the agreed start (trio time)."""
-
-    key: bytes
-    role: str
-    start_at: float | None = None
-    nonce: bytes = field(default_factory=lambda: os.urandom(_proto.NONCE_LEN))
-
-    @classmethod
-    def from_rendezvous(cls, msg: Mapping[str, Any], received_at: float | None = None) -> Session:
-        """From the rendezvous "session" frame: its start_at is in the server's clock, so shift it by
-        the server's "now" to ours (one-way delay ignored: both peers are late by about the same)."""
-        if received_at is None:
-            received_at = trio.current_time()
-        start = msg.get("start_at")
-        now = msg.get("now")
-        local = received_at + (start - now) if start is not None and now is not None else None
-        return cls(bytes(msg["key"]), str(msg["role"]), local)
-
-
-def _as_session(session: Any) -> Session:
-    if isinstance(session, Session):
-        return session
-    if isinstance(session, Mapping):
-        return Session.from_rendezvous(session) if "now" in session else Session(
-            bytes(session["key"]), str(session["role"]), session.get("start_at"))
-    return Session(bytes(session.key), str(getattr(session.role, "value", session.role)),
-                   getattr(session, "start_at", None))
-
-
-def _now_ns() -> int:
-    return int(trio.current_time() * 1e9)
-
-
-class PunchedPath:
-    """An authenticated UDP path to the peer. Not thread-safe; one reader at a time."""
-
-    def __init__(self, sock: Any, peer_addr: tuple[str, int], rtt: float, strategy: Strategy,
-                 proto: _proto.PunchSession, stats: dict[str, Any] | None = None) -> None:
-        self.sock = sock
-        self.peer_addr = peer_addr
-        self.rtt = rtt  # seconds, from the handshake
-        self.strategy = strategy
-        self.proto = proto
-        self.stats = stats or {}
-        self.closed_by_peer = False
-
-    async def send(self, data: bytes) -> None:
-        """Send a payload; longer than MAX_DATA is split into several DATA frames."""
-        data = bytes(data)
-        for i in range(0, max(len(data), 1), _proto.MAX_DATA):
-            await self.sock.sendto(self.proto.data(data[i : i + _proto.MAX_DATA]), self.peer_addr)
-
-    async def send_keepalive(self) -> None:
-        await self.sock.sendto(self.proto.keepalive(), self.peer_addr)
-
-    async def serve_keepalives(self, interval: float = 15.0) -> None:
-        """Run forever (in the caller's nursery): keep both NATs' mappings alive."""
-        while True:
-            await trio.sleep(interval)
-            await self.send_keepalive()
-
-    async def receive(self) -> bytes:
-        """The next payload from the peer. Answers late handshake packets on the way; drops anything
-        unauthenticated or from another address. Returns b"" once the peer closed the path."""
-        while True:
-            if self.closed_by_peer:
-                return b""
-            try:
-                data, addr = await self.sock.recvfrom(RECV_SIZE)
-            except OSError as exc:
-                if exc.errno in IGNORED_ERRNOS:
-                    continue
-                raise
-            if tuple(addr[:2]) != self.peer_addr:
-                continue
-            try:
-                got = self.proto.receive(data, _now_ns())
-            except _proto.BadPacket:
-                continue
-            for reply in got.replies:
-                await self.sock.sendto(reply, self.peer_addr)
-            if got.event is _proto.Event.HELLO:
-                continue  # the peer missed our ACK/CONFIRM; replied above
-            if got.event is _proto.Event.DATA and got.payload:
-                return got.payload
-            if got.event is _proto.Event.CLOSE:
-                self.closed_by_peer = True
-                return b""
-
-    async def aclose(self) -> None:
-        try:
-            if not self.proto.closed:
-                with trio.move_on_after(0.5):
-                    await self.sock.sendto(self.proto.close(), self.peer_addr)
-        except OSError:
-            pass
-        finally:
-            self.sock.close()
-
-    async def __aenter__(self) -> PunchedPath:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-# --- the race -----------------------------------------------------------------------------------
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -174,7 +55,7 @@ class _Race:
         self.low_ttl = low_ttl
         self.coordinator = coordinator
         self.rng = rng
-        self.proto = _proto.PunchSession(session.key, session.role, session.nonce)
+        self.handshake = Handshake(session.key, session.role, session.nonce)
         self.normal_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.extra: list[socket.socket] = []  # burst sockets we opened (stdlib, non-blocking)
         self.taken: list[Any] = []  # trio sockets taken over from the coordinator's workers
@@ -213,7 +94,7 @@ class _Race:
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(s)
             except OSError as exc:
-                if exc.errno in IGNORED_ERRNOS or exc.errno == errno.EPERM:
+                if exc.errno in ICMP_ERRNOS or exc.errno == errno.EPERM:
                     return  # ICMP error queued from an earlier packet, or a firewall: go on
                 raise
 
@@ -235,7 +116,7 @@ class _Race:
                         await s.sendto(frame, (ip, port))
                         self.stats["sent"] += 1
                     except OSError as exc:
-                        if exc.errno not in IGNORED_ERRNOS:
+                        if exc.errno not in ICMP_ERRNOS:
                             raise
                 else:
                     await self._send_raw(s, frame, (ip, port))
@@ -273,7 +154,7 @@ class _Race:
             # Openers send with the low TTL until a socket has heard the peer; a socket that heard
             # the peer has answered at the normal TTL and is left alone.
             fresh = [s for s in socks if id(s) not in self.heard]
-            frame = self.proto.hello(_now_ns())
+            frame = self.handshake.hello(now_ns())
             sent0 = self.stats["sent"]
             await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, part.opens)
             for s in fresh:
@@ -304,7 +185,7 @@ class _Race:
         while trio.current_time() < deadline:
             if not pending and rounds > 0:
                 rounds -= 1
-                frame = self.proto.hello(_now_ns())
+                frame = self.handshake.hello(now_ns())
                 # slot-major: every socket covers the most likely ports first
                 src = [i for _ in part.targets for i in indices]
                 ports = [port for port in part.targets for _ in indices]
@@ -325,13 +206,13 @@ class _Race:
                                        ttl=self.low_ttl if part.opens else None))
                 self.stats["sent"] += coord.last_fire.sent
                 wait = 0.0
-            hit = await coord.listen(match=_proto.MAGIC, timeout=wait)
+            hit = await coord.listen(match=MAGIC, timeout=wait)
             if hit is None:
                 continue
             self.stats["received"] += 1
             try:
-                got = self.proto.receive(hit.payload, _now_ns())
-            except _proto.BadPacket:
+                got = self.handshake.receive(hit.payload, now_ns())
+            except BadPacket:
                 self.stats["rejected"] += 1
                 continue
             # This worker socket's mapping is the one that works: bring it here and go on with it.
@@ -343,9 +224,9 @@ class _Race:
             for reply in got.replies:
                 self._set_ttl(tsock, False)
                 await tsock.sendto(reply, hit.src)
-            if got.event is _proto.Event.HELLO and not self.proto.established:
+            if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, tsock, hit.src)
-            if got.event is _proto.Event.ESTABLISHED and self.winner is None:
+            if got.event is Event.ESTABLISHED and self.winner is None:
                 self.winner = (tsock, hit.src, got.rtt or 0, attempt.strategy)
                 self._event("established", peer=list(hit.src), rtt=(got.rtt or 0) / 1e9,
                             strategy=attempt.strategy.value)
@@ -388,19 +269,19 @@ class _Race:
                     except BlockingIOError:
                         continue
             except OSError as exc:
-                if exc.errno in IGNORED_ERRNOS:
+                if exc.errno in ICMP_ERRNOS:
                     continue  # the ICMP time-exceeded of our own low-TTL packet
                 raise
             addr = (addr[0], addr[1])
             self.stats["received"] += 1
             try:
-                got = self.proto.receive(data, _now_ns())
-            except _proto.BadPacket:
+                got = self.handshake.receive(data, now_ns())
+            except BadPacket:
                 self.stats["rejected"] += 1
                 continue
-            if got.event is _proto.Event.HELLO and id(s) not in self.heard:
+            if got.event is Event.HELLO and id(s) not in self.heard:
                 self._event("hello", peer=list(addr))
-            if got.replies or got.event is _proto.Event.HELLO:
+            if got.replies or got.event is Event.HELLO:
                 # The peer's packet came in: our NAT's mapping and filter are open on this socket,
                 # so answers go out at the normal TTL from now on.
                 self._set_ttl(s, False)
@@ -411,9 +292,9 @@ class _Race:
                     await s.sendto(reply, addr)
                 else:
                     await self._send_raw(s, reply, addr)
-            if got.event is _proto.Event.HELLO and not self.proto.established:
+            if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, s, addr)
-            if got.event in (_proto.Event.ESTABLISHED, _proto.Event.ACK) and self.winner is None:
+            if got.event in (Event.ESTABLISHED, Event.ACK) and self.winner is None:
                 self.winner = (s, addr, got.rtt or 0, self.strategy_of.get(id(s), self.plan.strategy))
                 self._event("established", peer=list(addr), rtt=(got.rtt or 0) / 1e9,
                             strategy=self.winner[3].value)
@@ -422,10 +303,10 @@ class _Race:
 
     async def _resend_ack(self, s: Any, addr: tuple[str, int]) -> None:
         # Our ACK may be lost, or the peer's CONFIRM: ask again until a CONFIRM arrives.
-        while not self.proto.established:
+        while not self.handshake.established:
             await trio.sleep(CONFIRM_RESEND)
-            ack = self.proto.ack(_now_ns())
-            if ack is None or self.proto.established:
+            ack = self.handshake.ack(now_ns())
+            if ack is None or self.handshake.established:
                 return
             self._set_ttl(s, False)
             if isinstance(s, trio.socket.SocketType):
@@ -458,9 +339,9 @@ class _Race:
         s, addr, rtt, strategy = self.winner
         self._close_extra(keep=s)
         self._restore_ttl()
-        self.stats["rejected"] = self.proto.rejected
+        self.stats["rejected"] = self.handshake.rejected
         path_sock = s if isinstance(s, trio.socket.SocketType) else trio.socket.from_stdlib_socket(s)
-        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.proto, self.stats)
+        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.handshake, self.stats)
 
     def _restore_ttl(self) -> None:
         if id(self.sock) in self.low:
@@ -474,16 +355,15 @@ class _Race:
             self._set_ttl(keep, False)
 
 
-async def punch(sock: Any, plan: Plan, session: Any, *, low_ttl: int = 2, coordinator: Any = None,
+async def punch(sock: Any, plan: Plan, session: Session, *, low_ttl: int = 2, coordinator: Any = None,
                 rng: random.Random | None = None, on_event: Any = None) -> PunchedPath:
     """Run the plan's attempts on `sock` (a trio UDP socket, the one STUN used) and return the path.
 
-    session: a Session, the rendezvous' "session" map, or anything with .key and .role (and
-    .start_at in trio time). Raises PunchFailed (message naming both NATs and the odds) on timeout.
+    session: what the rendezvous gave both peers (io/session.py). Raises PunchFailed (message naming both NATs and the odds) on timeout.
     on_event(what, info): optional progress callback ("attempt", "burst", "hello", "established").
     """
     if not 1 <= low_ttl <= 255:
         raise ValueError(f"low_ttl must be in 1..255, got {low_ttl!r}")
-    race = _Race(sock, plan, _as_session(session), low_ttl, coordinator, rng or random.SystemRandom(),
+    race = _Race(sock, plan, session, low_ttl, coordinator, rng or random.SystemRandom(),
                  on_event)
     return await race.run()

@@ -27,8 +27,22 @@ from typing import AsyncIterator
 
 import trio
 
-from ..proto.rendezvous import SERVER_MESSAGES, BadFrame, ClockMap, check_info, make, reconnect_delay
+from ..errors import (
+    BadFrame,
+    BadRequest,
+    NameTaken,
+    OfferGone,
+    ProtocolViolation,
+    RendezvousError,
+    RendezvousTimeout,
+    ServerGone,
+    ServerUnreachable,
+)
+from ..hostport import parse_hostport
+from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from .framing import FrameStream
+from .rendezvous_link import Link, Reply, error_from
+from .session import Session
 
 DEFAULT_PORT = 7000
 SEND_TIMEOUT = 10.0
@@ -36,120 +50,12 @@ MIN_PING_TIMEOUT = 2.0  # a busy server may take a while to answer; a vanished o
 
 log = logging.getLogger("nattrav.rendezvous.client")
 
-
-class RendezvousError(Exception):
-    """Base of every error the rendezvous client raises; ``code`` is the server's error code."""
-
-    code = "error"
-
-
-class UnknownPeer(RendezvousError):
-    code = "unknown-peer"
-
-
-class PeerOffline(RendezvousError):
-    code = "offline"
-
-
-class Refused(RendezvousError):
-    code = "refused"
-
-
-class RendezvousTimeout(RendezvousError):
-    code = "timeout"
-
-
-class NameTaken(RendezvousError):
-    code = "name-taken"
-
-
-class BadRequest(RendezvousError):
-    code = "bad-request"
-
-
-class OfferGone(RendezvousError):
-    code = "unknown-offer"
-
-
-class ServerBusy(RendezvousError):
-    code = "busy"
-
-
-class ProtocolViolation(RendezvousError):
-    """A malformed frame, from the server (or the server says ours was)."""
-
-    code = "bad-frame"
-
-
-class ServerUnreachable(RendezvousError):
-    code = "unreachable"
-
-
-class ServerGone(RendezvousError):
-    """The connection to the server ended; every pending request fails with this."""
-
-    code = "gone"
-
-
-ERRORS: dict[str, type[RendezvousError]] = {
-    cls.code: cls
-    for cls in (UnknownPeer, PeerOffline, Refused, RendezvousTimeout, NameTaken, BadRequest, OfferGone,
-                ServerBusy, ProtocolViolation)
-}
-
-
-def error_from(msg: dict) -> RendezvousError:
-    cls = ERRORS.get(msg["code"], RendezvousError)
-    return cls(f"{msg['code']}: {msg['message']}")
-
-
-@dataclass(frozen=True)
-class Session:
-    session_id: str
-    peer_id: str
-    peer_info: dict
-    key: bytes
-    start_at: float  # trio.current_time() of this process
-    role: str  # "first" sends the low-TTL packets first
-
-    def start_in(self) -> float:
-        return self.start_at - trio.current_time()
-
-
 @dataclass(frozen=True)
 class Offer:
     offer_id: str
     peer_id: str
     peer_info: dict
     expires: float  # trio.current_time() of this process
-
-
-class _Reply:
-    __slots__ = ("event", "msg")
-
-    def __init__(self):
-        self.event = trio.Event()
-        self.msg: dict | None = None
-
-
-class _Link:
-    """One TCP connection to the server and the requests waiting for replies on it."""
-
-    def __init__(self, stream: trio.SocketStream, frames: FrameStream):
-        self.stream = stream
-        self.frames = frames
-        self.pending: dict[int, _Reply] = {}
-        self.gone: RendezvousError | None = None
-        self.final = False  # the server ended us for good: enrolling again would fight the new owner
-        self.lost = trio.Event()
-
-    def fail(self, exc: RendezvousError, *, final: bool = False) -> None:
-        if self.gone is not None:
-            return
-        self.gone, self.final = exc, final
-        for reply in self.pending.values():
-            reply.event.set()
-        self.lost.set()
 
 
 class RendezvousClient:
@@ -168,7 +74,7 @@ class RendezvousClient:
         self._ping_timeout = ping_timeout
         self._clock = ClockMap()
         self._ids = itertools.count(1)
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._offers_send, self._offers = trio.open_memory_channel(32)
         self._cancelled: dict[str, str] = {}
         self._closed: RendezvousError | None = None
@@ -193,7 +99,7 @@ class RendezvousClient:
         return self._link is not None and self._link.gone is None
 
     # -- one connection --
-    async def _open_link(self, name: str | None, secret: str | None) -> _Link:
+    async def _open_link(self, name: str | None, secret: str | None) -> Link:
         """Connect and enroll; raises the RendezvousError that says why not."""
         host, port = self.server
         try:
@@ -202,7 +108,7 @@ class RendezvousClient:
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
-        link = _Link(stream, FrameStream(stream, SERVER_MESSAGES))
+        link = Link(stream, FrameStream(stream, SERVER_MESSAGES))
         enrolled = False
         try:
             try:
@@ -220,7 +126,7 @@ class RendezvousClient:
             if not enrolled:
                 await trio.aclose_forcefully(stream)
 
-    async def _enroll(self, link: _Link, name: str | None, secret: str | None) -> None:
+    async def _enroll(self, link: Link, name: str | None, secret: str | None) -> None:
         sent = trio.current_time()
         await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret))
         msg = await link.frames.receive()
@@ -241,7 +147,7 @@ class RendezvousClient:
         self.observed = (str(obs[0]), int(obs[1])) if len(obs) == 2 else None
         self.enrollments += 1
 
-    async def _reader(self, link: _Link) -> None:
+    async def _reader(self, link: Link) -> None:
         try:
             while True:
                 msg = await link.frames.receive()
@@ -254,7 +160,7 @@ class RendezvousClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             link.fail(ServerGone(f"lost the server connection: {exc}"))
 
-    def _dispatch(self, link: _Link, msg: dict) -> None:
+    def _dispatch(self, link: Link, msg: dict) -> None:
         kind = msg["t"]
         rid = msg.get("id")
         if rid is not None and rid in link.pending:
@@ -281,7 +187,7 @@ class RendezvousClient:
             else:
                 link.fail(ServerGone(f"server: {msg['code']}: {msg['message']}"))
 
-    async def _keepalive_loop(self, link: _Link) -> None:
+    async def _keepalive_loop(self, link: Link) -> None:
         while True:
             await trio.sleep(self.keepalive)
             timeout = self._ping_timeout or max(self.keepalive, MIN_PING_TIMEOUT)
@@ -295,7 +201,7 @@ class RendezvousClient:
                 return
 
     # -- staying enrolled --
-    async def _run(self, link: _Link) -> None:
+    async def _run(self, link: Link) -> None:
         """Serve `link` until it fails, then enroll again, for as long as the client is open."""
         while True:
             self._link = link
@@ -317,7 +223,7 @@ class RendezvousClient:
                 return
             log.info("enrolled again as %s with %s:%d", self.peer_id, *self.server)
 
-    async def _enroll_again(self) -> _Link | None:
+    async def _enroll_again(self) -> Link | None:
         attempt = 0
         while True:
             await trio.sleep(reconnect_delay(attempt, cap=max(1.0, self.keepalive)))
@@ -347,14 +253,14 @@ class RendezvousClient:
             self._link.fail(self._closed)
 
     # -- plumbing --
-    def _gone_error(self, link: _Link | None) -> RendezvousError:
+    def _gone_error(self, link: Link | None) -> RendezvousError:
         gone = self._closed or (link.gone if link is not None else None)
         if gone is None:
             gone = ServerGone(f"not connected to the rendezvous server {self.server[0]}:{self.server[1]} "
                               "(enrolling again)")
         return type(gone)(str(gone))  # a fresh instance per raise: tracebacks must not pile up
 
-    async def _send(self, link: _Link, msg: dict) -> None:
+    async def _send(self, link: Link, msg: dict) -> None:
         # A frame cut in half by a cancellation would desynchronise the stream for every later
         # request, so the write is shielded; its own deadline covers a server that stopped reading.
         with trio.CancelScope(shield=True):
@@ -371,7 +277,7 @@ class RendezvousClient:
         if self._closed is not None or link is None or link.gone is not None:
             raise self._gone_error(link)
         rid = next(self._ids)
-        reply = link.pending[rid] = _Reply()
+        reply = link.pending[rid] = Reply()
         try:
             await self._send(link, make(kind, id=rid, **fields))
             await reply.event.wait()
@@ -384,8 +290,7 @@ class RendezvousClient:
         return reply.msg
 
     def _session(self, msg: dict) -> Session:
-        return Session(msg["session"], msg["peer"], msg["info"], msg["key"], self.to_local(msg["start_at"]),
-                       msg["role"])
+        return Session.from_frame(msg, self.to_local)
 
     # -- public API --
     async def ping(self) -> float:
@@ -441,17 +346,6 @@ class RendezvousClient:
             pass
 
 
-def parse_server(server: str | tuple[str, int], default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    if isinstance(server, tuple):
-        return server
-    if server.count(":") > 1 and not server.startswith("["):
-        return server, default_port  # a bare IPv6 address; with a port it must be [addr]:port
-    host, sep, port = server.rpartition(":")
-    if not sep or not port.isdigit():
-        return server.strip("[]"), default_port
-    return host.strip("[]"), int(port)
-
-
 @asynccontextmanager
 async def open_rendezvous(
     server: str | tuple[str, int],
@@ -470,7 +364,7 @@ async def open_rendezvous(
     ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
     server's keepalive, at least 2 s) is how long an unanswered ping may take before the connection
     counts as lost."""
-    host, port = parse_server(server)
+    host, port = server if isinstance(server, tuple) else parse_hostport(server, DEFAULT_PORT)
     if info is not None:
         try:
             check_info(info)

@@ -17,8 +17,9 @@ import resource
 
 import trio
 
-from ..core.limits import HEADROOM, FdLimitError, ensure_fd_capacity, open_fd_count
-from ..proto.rendezvous import Close, ErrorCode, LocalProtocolError, RendezvousServer, Send, encode, make
+from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
+from ..errors import FdLimitError, LocalProtocolError
+from ..proto.rendezvous import Close, ErrorCode, RendezvousServer, Send, encode, make
 
 log = logging.getLogger("nattrav.rendezvous")
 

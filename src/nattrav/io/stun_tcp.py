@@ -16,15 +16,18 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import trio
 
-from ..core.limits import HEADROOM, FdLimitError, ensure_fd_capacity, open_fd_count
-from ..proto.stun import HEADER_LEN, Address, Attr, BadPacket, Class, Message, Method, parse
-from .stun_server import StunServerConfig, _error, decide
+from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
+from ..errors import BadPacket, FdLimitError, StunTcpError
+from ..proto.stun import HEADER_LEN, Message, parse
+from ..proto.stun_attrs import Address, Attr, Class, Method
+from ..proto.stun_server import StunServerConfig, decide, error_response
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,6 @@ MAX_MESSAGE = 2048  # a Binding exchange is far smaller; a longer length field i
 MAX_CONNECTIONS = 512  # beyond this, new connections are closed at once (no unbounded memory)
 MAX_PER_SOURCE = 8  # per source IP (IPv6: per /64): one source cannot take the slots of everyone
 MIN_CONNECTIONS = 16  # the least we serve with, however low the descriptor limit
-
-
-class StunTcpError(OSError):
-    """A TCP Binding did not produce a mapped address (refused, timed out, malformed answer)."""
 
 
 def reuse_socket(family: int = socket.AF_INET) -> socket.socket:
@@ -123,8 +122,8 @@ class StunTcpServer:
         change = req.get(Attr.CHANGE_REQUEST)
         if req.cls == Class.REQUEST and change is not None and (change.ip or change.port):
             self.stats["error_400"] += 1
-            return _error(req, 400, "CHANGE-REQUEST is not served over TCP")
-        d = decide(req, src, recv_at, self.config)
+            return error_response(req, 400, "CHANGE-REQUEST is not served over TCP")
+        d = decide(req, src, recv_at, self.config, now=time.time())
         if d.response is None:
             self.stats[d.reason] += 1
             return None
@@ -285,5 +284,5 @@ async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeou
     return out
 
 
-__all__ = ["StunTcpError", "StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
+__all__ = ["StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
            "serve_stun_tcp", "source_key", "tcp_binding", "tcp_mappings"]

@@ -4,7 +4,7 @@ Every socket of a traversal shares ONE local port (SO_REUSEADDR + SO_REUSEPORT):
 STUN probes measured (held meanwhile by a listening socket), the low-TTL SYN sockets and the
 connect() sockets.
 
-Simultaneous open, against the agreed start time T (see proto/tcp_plan.py for who does what):
+Simultaneous open, against the agreed start time T (see proto/planner/tcp.py for who does what):
   T           the first side connect()s with a low IP TTL: the SYN leaves its NAT (which now maps
               exactly that flow) and dies one hop short of the peer's NAT, which never sees it.
               The TTL is restored at once, so the SYN-ACK and any retransmission go out normally.
@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..core.limits import FdLimitError, ensure_fd_capacity
-from ..proto.punch import BadPacket
+from ..core.errors import ICMP_ERRNOS
+from ..core.limits import ensure_fd_capacity
+from ..errors import BadPacket, FdLimitError, TcpPunchFailed
+from ..proto.planner.tcp import TcpPlan
 from ..proto.tcp_auth import StreamAuth
-from ..proto.tcp_plan import TcpPlan, TcpStrategy
+from ..proto.vocab import TcpStrategy
 from .stun_tcp import reuse_socket
 
 SECOND_DELAY = 0.1
@@ -48,12 +50,9 @@ SECOND_DELAY = 0.1
 BIRTHDAY_DELAY = 0.15
 IP_MINTTL = getattr(socket, "IP_MINTTL", 21)  # Linux <netinet/in.h>; Python does not export it
 RETRY_PAUSE = 0.2
-TOLERATED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
-             errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET, errno.ECONNABORTED}
-
-
-class TcpPunchFailed(Exception):
-    """No authenticated TCP connection within the time; str() says why (with the probe errors)."""
+# a probe that met an ICMP error, a RST, a timeout or a 4-tuple still in use: try again
+TOLERATED = ICMP_ERRNOS | {errno.ETIMEDOUT, errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ECONNRESET,
+                           errno.ECONNABORTED}
 
 
 class PunchedStream(trio.abc.HalfCloseableStream):
@@ -258,7 +257,7 @@ async def _connect(race: _Race, s: socket.socket | None, local: tuple[str, int],
 
 async def _birthday(race: _Race, local: tuple[str, int], start_at: float, low_ttl: int,
                     nursery: trio.Nursery) -> None:
-    """The TCP birthday attack (proto/tcp_plan.py): the random side opens `plan.sockets` mappings with
+    """The TCP birthday attack (proto/planner/tcp.py): the random side opens `plan.sockets` mappings with
     low-TTL connects from fresh ports at the start time; the cone side, a little later, connect()s
     from the shared port to `plan.random_probes` distinct random ports of the peer's range. No probe
     is retried: its SYN is retransmitted by the kernel on the same flow, which is what a late hit

@@ -26,12 +26,13 @@ def _emit(d: dict[str, Any]) -> None:
 
 async def run_agent(args: argparse.Namespace) -> None:
     from .. import api
-    from ..api import ConnectError, discover_behavior, parse_endpoint
-    from ..io import rendezvous_client as rv
+    from ..api import discover_behavior
+    from ..errors import ConnectError, RendezvousError, UnknownPeer
+    from ..hostport import parse_hostport
 
     connect, listen = (api.connect_tcp, api.listen_tcp) if args.tcp else (api.connect, api.listen)
 
-    server = parse_endpoint(args.server, SERVER_PORT)
+    server = parse_hostport(args.server, SERVER_PORT)
     try:
         behavior = await discover_behavior((server[0], 3478))
         _emit({"event": "behavior", **{k: behavior.to_dict()[k] for k in
@@ -72,14 +73,14 @@ async def run_agent(args: argparse.Namespace) -> None:
                                 await path.send(got)
                                 row["echo"] = got.decode(errors="replace")
                             break
-                        except rv.UnknownPeer:
+                        except UnknownPeer:
                             await trio.sleep(0.05)  # the listener has not enrolled this trial yet
             row["ok"] = row.get("echo") == f"ping {i}"
         except ConnectError as exc:
             row["reason"] = str(exc)
         except trio.TooSlowError:
             row["reason"] = f"trial timed out after {args.trial_timeout:g} s"
-        except (rv.RendezvousError, OSError) as exc:
+        except (RendezvousError, OSError) as exc:
             row["reason"] = f"{type(exc).__name__}: {exc}"
         plan = marks.get("plan") or {}
         row["strategy"] = row.get("strategy") or plan.get("strategy")

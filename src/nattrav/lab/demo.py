@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from ..events import describe
+from ..cli.events import describe
 from .errors import LabError
 from .lab import Lab
 from .matrix import wait_tcp
@@ -56,12 +56,12 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bo
         out(f"lab up in {time.monotonic() - t0:.2f} s: a={lab.ip('a')} behind {lab.wan_ip('a')}, "
             f"b={lab.ip('b')} behind {lab.wan_ip('b')}, servers {lab.S1} and {lab.S2}")
         py = sys.executable
-        lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+        lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
         out(f"servers up: rendezvous {lab.S1}:{SERVER_PORT}, STUN {lab.S1}:3478 + {lab.S2}:3479")
-        fast = [py, "-m", "nattrav.fast_cli", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
+        fast = [py, "-m", "nattrav.cli.fast", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
                 "--timeout", str(timeout), "--linger", "2"] + (["--tcp"] if tcp else [])
         events: queue.Queue = queue.Queue()
         b = lab.popen("b", fast, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -129,7 +129,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
              hosts_per_nat=2 if same else 1) as lab:
         shape_name = lab.shape.name
         py = sys.executable
-        lab.popen("server", [py, "-m", "nattrav.server_cli", "--listen", f"{lab.S1}:{SERVER_PORT}",
+        lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)

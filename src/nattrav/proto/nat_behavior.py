@@ -1,6 +1,6 @@
 """What a NAT does, in RFC 4787 words, computed from STUN test outcomes. Pure: no sockets, no clock.
 
-The Trio driver (io/stun_client.discover) runs the tests and hands the raw outcomes to `classify()`;
+The Trio driver (io/stun_discover.discover) runs the tests and hands the raw outcomes to `classify()`;
 everything that decides "EIM or APDM", "sequential with Δ = 2", "full cone" lives here so that tests
 can feed it any outcome.
 """
@@ -8,13 +8,11 @@ can feed it any outcome.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MAPPINGS = ("EIM", "ADM", "APDM")
-FILTERINGS = ("EIF", "ADF", "APDF")
-ALLOCATIONS = ("preserve", "sequential", "random")
+from .vocab import Allocation, Filtering, Mapping
 # a "step" larger than this between two of our own back-to-back mappings is a coincidence of random ports
 MAX_SEQUENTIAL_STEP = 1000
 
@@ -41,7 +39,7 @@ class BindingSample:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BindingSample:
+    def from_dict(cls, d: dict[str, Any]) -> BindingSample:
         return cls(
             int(d["socket"]),
             _addr(d["local"]),
@@ -60,9 +58,10 @@ def _addr(v: Any) -> Address:
 class NatBehavior:
     """The report. to_dict()/from_dict() are JSON- and msgpack-safe (lists, str, int, float, None)."""
 
-    mapping: str | None = None  # EIM | ADM | APDM (None: could not tell)
-    filtering: str | None = None  # EIF | ADF | APDF
-    allocation: str | None = None  # preserve | sequential | random
+    # EIM with nat=False when there is no NAT: the measurement, not the planner's Mapping.NONE
+    mapping: Mapping | None = None  # None: could not tell
+    filtering: Filtering | None = None
+    allocation: Allocation | None = None
     delta: int | None = None  # port step between two new mappings (0 for EIM; None when random)
     hairpin: bool | None = None
     lifetime: float | None = None  # seconds a mapping survived idle (lower bound), when measured
@@ -93,14 +92,17 @@ class NatBehavior:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> NatBehavior:
+    def from_dict(cls, d: dict[str, Any]) -> NatBehavior:
         def opt_addr(v: Any) -> Address | None:
             return _addr(v) if v else None
 
+        def opt(kind: type, v: Any) -> Any:
+            return None if v is None else kind(v)
+
         return cls(
-            mapping=d.get("mapping"),
-            filtering=d.get("filtering"),
-            allocation=d.get("allocation"),
+            mapping=opt(Mapping, d.get("mapping")),
+            filtering=opt(Filtering, d.get("filtering")),
+            allocation=opt(Allocation, d.get("allocation")),
             delta=d.get("delta"),
             hairpin=d.get("hairpin"),
             lifetime=d.get("lifetime"),
@@ -128,26 +130,26 @@ def _distinct_by_server(samples: Sequence[BindingSample]) -> list[BindingSample]
     return out
 
 
-def classify_mapping(m1: Address, m2: Address | None, m3: Address | None) -> str | None:
+def classify_mapping(m1: Address, m2: Address | None, m3: Address | None) -> Mapping | None:
     """RFC 5780 §4.3: m1 to (A, P), m2 to (B, P), m3 to (B, P') -- all from one socket."""
     if m2 is None:
         return None
     if m2 == m1:
-        return "EIM"
+        return Mapping.EIM
     if m3 is None:
         return None
-    return "ADM" if m3 == m2 else "APDM"
+    return Mapping.ADM if m3 == m2 else Mapping.APDM
 
 
-def classify_filtering(change_both: bool | None, change_port: bool | None) -> str | None:
+def classify_filtering(change_both: bool | None, change_port: bool | None) -> Filtering | None:
     """RFC 5780 §4.4: did the answer to change-IP+port arrive? to change-port only?"""
     if change_both is None:
         return None
     if change_both:
-        return "EIF"
+        return Filtering.EIF
     if change_port is None:
         return None
-    return "ADF" if change_port else "APDF"
+    return Filtering.ADF if change_port else Filtering.APDF
 
 
 def _step(ports: Sequence[int]) -> int | None:
@@ -164,43 +166,44 @@ def _step(ports: Sequence[int]) -> int | None:
 
 
 def classify_allocation(
-    mapping: str | None,
+    mapping: Mapping | None,
     one_socket_ports: Sequence[int],
     fresh_ports: Sequence[tuple[int, int]],
-) -> tuple[str | None, int | None]:
+) -> tuple[Allocation | None, int | None]:
     """(allocation, Δ). `one_socket_ports`: ports of the distinct mappings one socket created, in
     order; `fresh_ports`: (local, mapped) of fresh sockets, each sending to the same server."""
     if fresh_ports and all(local == mapped for local, mapped in fresh_ports):
-        return "preserve", 0 if mapping == "EIM" else None
-    if mapping == "EIM":
+        return Allocation.PRESERVE, 0 if mapping == Mapping.EIM else None
+    if mapping == Mapping.EIM:
         # one mapping per socket: Δ between servers is 0; how new sockets are numbered is separate
         step = _step([m for _, m in fresh_ports])
-        return ("sequential" if step else "random" if len(fresh_ports) >= 3 else None), 0
+        return (Allocation.SEQUENTIAL if step else Allocation.RANDOM if len(fresh_ports) >= 3 else None), 0
     series = list(one_socket_ports)
     step = _step(series)
     fresh_step = _step([m for _, m in fresh_ports])
     if step is not None and (fresh_step is None or fresh_step == step or len(fresh_ports) < 3):
-        return "sequential", step
+        return Allocation.SEQUENTIAL, step
     if step is None and fresh_step is not None and len(series) < 3:
-        return "sequential", fresh_step
+        return Allocation.SEQUENTIAL, fresh_step
     if len(series) + len(fresh_ports) >= 3:
-        return "random", None
+        return Allocation.RANDOM, None
     return None, None
 
 
-def classic_name(nat: bool | None, mapping: str | None, filtering: str | None, blocked: bool = False) -> str:
+def classic_name(nat: bool | None, mapping: Mapping | None, filtering: Filtering | None,
+                 blocked: bool = False) -> str:
     if blocked:
         return "UDP blocked"
     if nat is False:
-        return "open internet" if filtering == "EIF" else "symmetric UDP firewall"
-    if mapping in ("ADM", "APDM"):
+        return "open internet" if filtering == Filtering.EIF else "symmetric UDP firewall"
+    if mapping in (Mapping.ADM, Mapping.APDM):
         return "symmetric"
-    if mapping == "EIM":
+    if mapping == Mapping.EIM:
         return {
-            "EIF": "full cone",
-            "ADF": "restricted cone",
-            "APDF": "port restricted cone",
-        }.get(filtering or "", "cone (filtering unknown)")
+            Filtering.EIF: "full cone",
+            Filtering.ADF: "restricted cone",
+            Filtering.APDF: "port restricted cone",
+        }.get(filtering, "cone (filtering unknown)")
     return "unknown"
 
 
@@ -209,19 +212,20 @@ def findings_for(b: NatBehavior, *, server_ignored_change: bool, repeat_same_por
     out: list[str] = []
     if b.nat is False:
         out.append("no NAT on the path: the server saw this socket's own address and port")
-    elif b.mapping == "EIM" and b.allocation == "preserve":
+    elif b.mapping == Mapping.EIM and b.allocation == Allocation.PRESERVE:
         out.append(
             "external port == local port for every server: EIM with port preservation, the port "
             "legitimately stays the same"
         )
-    elif b.mapping == "EIM":
+    elif b.mapping == Mapping.EIM:
         out.append("one socket keeps one external port for every destination (EIM): Δ = 0")
-    if b.mapping in ("ADM", "APDM") and repeat_same_port:
+    symmetric = b.mapping in (Mapping.ADM, Mapping.APDM)
+    if symmetric and repeat_same_port:
         out.append(
             f"the same socket to the same server address kept its port: that is mapping reuse and "
             f"hides {b.mapping}; only a second server address shows the port move (Δ = {b.delta})"
         )
-    if b.mapping in ("ADM", "APDM"):
+    if symmetric:
         out.append(
             "mappings are per socket and per destination: punch from the very socket whose mapping "
             "was learned (a new socket or a closed one loses it); predict the next port as last + kΔ"
@@ -249,7 +253,7 @@ def classify(
     lifetime: float | None = None,
     server_ignored_change: bool = False,
     repeat_same_port: bool | None = None,
-    discarded: Mapping[str, int] | None = None,
+    discarded: dict[str, int] | None = None,
 ) -> NatBehavior:
     """Build the report from the raw outcomes of the RFC 5780 tests."""
     b = NatBehavior(local=local, server=server, other_address=other_address, samples=list(samples))
@@ -275,7 +279,7 @@ def classify(
             created.append(s.mapped[1])
     b.fresh_ports = [(s.local[1], s.mapped[1]) for s in samples if s.socket > 0]
     if b.nat is False:
-        b.allocation, b.delta = "preserve", 0
+        b.allocation, b.delta = Allocation.PRESERVE, 0
         b.hairpin = None  # a NAT property: with no NAT there is nothing to hairpin through
     else:
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
@@ -285,9 +289,6 @@ def classify(
 
 
 __all__ = [
-    "ALLOCATIONS",
-    "FILTERINGS",
-    "MAPPINGS",
     "BindingSample",
     "NatBehavior",
     "classic_name",

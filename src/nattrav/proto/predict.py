@@ -5,7 +5,7 @@ it consume ports at a rate λ (allocations per second). Between two of our own n
 t seconds apart the port moves by Δ·(1 + N) with N ~ Poisson(λ·t). The k-th mapping the socket will
 create next therefore lands on last + (k + N)·Δ, wrapped inside the NAT's port range.
 
-Inputs are the STUN client's behaviour report (a plain dict, see `Observation.from_report`); output is
+Input is a peer's NatReport (proto/report.py: the punch socket's samples, Δ, the allocation); output is
 a ranked window of candidate ports with the probability it covers. No sockets, no clock: the caller
 says how much time will pass before the mapping is created (`elapsed`).
 """
@@ -14,51 +14,17 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
+from .report import MAX_SAMPLES, PORT_RANGE, NatReport, Sample
+from .vocab import Allocation
+
 MAX_WINDOW = 65536
-MAX_SAMPLES = 256
 # A step larger than this many Δ between two of our own back-to-back samples is not "sequential".
 MAX_STEPS_PER_SAMPLE = 256
 # A fitted step larger than this (and not stated by the report) is a coincidence of random ports.
 MAX_DELTA = 512
-
-
-class ReportError(ValueError):
-    """A behaviour report that cannot be understood (missing or malformed fields)."""
-
-
-class Allocation(str, enum.Enum):
-    PRESERVATION = "preservation"
-    SEQUENTIAL = "sequential"
-    RANDOM = "random"
-    # The mapping does not change per destination (EIM): Δ = 0.
-    FIXED = "fixed"
-
-
-_ALLOCATION_WORDS = {
-    "preservation": Allocation.PRESERVATION,
-    "port-preservation": Allocation.PRESERVATION,
-    "preserving": Allocation.PRESERVATION,
-    "preserve": Allocation.PRESERVATION,
-    "sequential": Allocation.SEQUENTIAL,
-    "seq": Allocation.SEQUENTIAL,
-    "incremental": Allocation.SEQUENTIAL,
-    "random": Allocation.RANDOM,
-    "fixed": Allocation.FIXED,
-}
-
-
-@dataclass(frozen=True)
-class Sample:
-    port: int
-    t: float | None = None  # seconds, any origin; None when the report carries no times
-    # new mappings our OTHER sockets made since the previous sample (the STUN client's fresh-socket
-    # tests): known consumption, not background traffic
-    own: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,107 +37,23 @@ class Observation:
     port_range: tuple[int, int] = PORT_RANGE
 
     @classmethod
-    def from_report(cls, report: Mapping[str, Any]) -> Observation:
-        """Accept the STUN client's report dict.
-
-        The mapped ports, in the order observed, from the first of: "samples" as nat_behavior's
-        BindingSample maps (socket 0's first answer per server; mappings our other sockets made in
-        between are counted as known steps); "one_socket" ({"port": p, "t": t} maps); "samples" as
-        ports, [t, port] pairs or {"port", "t"} maps; "one_socket_ports". Also "allocation"
-        (preservation / sequential / random), "delta", "port_range" ([lo, hi]). Unknown keys are
-        ignored.
-        """
-        if not isinstance(report, Mapping):
-            raise ReportError(f"report must be a mapping, got {type(report).__name__}")
-        try:
-            return cls._from_report(report)
-        except ReportError:
-            raise
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-            # The peer's report crosses the rendezvous: one error type for whatever is wrong in it.
-            raise ReportError(f"malformed report: {exc!r}") from None
-
-    @classmethod
-    def _from_report(cls, report: Mapping[str, Any]) -> Observation:
-        # the last MAX_SAMPLES are plenty, and a peer's report must not cost unbounded CPU
-        samples = tuple(_sample(s) for s in _series(report)[-MAX_SAMPLES:])
-        allocation = report.get("allocation")
-        if allocation is not None:
-            word = str(allocation).strip().lower()
-            if word not in _ALLOCATION_WORDS:
-                raise ReportError(f"unknown port allocation {allocation!r}")
-            allocation = _ALLOCATION_WORDS[word]
-        delta = report.get("delta")
-        if delta is not None and (not isinstance(delta, int) or isinstance(delta, bool)):
-            raise ReportError(f"delta must be an int or None, got {delta!r}")
-        lo, hi = report.get("port_range") or PORT_RANGE
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 65535):
-            raise ReportError(f"bad port_range {report.get('port_range')!r}")
+    def from_report(cls, report: NatReport) -> Observation:
+        """The punch socket's samples, the allocation word and Δ of a report (its schema checked
+        everything else: proto/report.py)."""
+        samples = report.samples[-MAX_SAMPLES:]
+        lo, hi = report.port_range
         for s in samples:
             if not lo <= s.port <= hi:
                 # The NAT's range is a guess; widen it rather than wrap a real port away.
                 lo, hi = min(lo, s.port), max(hi, s.port)
-        return cls(samples, allocation, delta, (lo, hi))
+        return cls(tuple(samples), report.allocation, report.delta, (lo, hi))
 
 
-def _series(report: Mapping[str, Any]) -> list[Any]:
-    raw = report.get("samples")
-    if raw and isinstance(raw, Sequence) and all(isinstance(x, Mapping) and "mapped" in x for x in raw):
-        return _binding_series(list(raw))
-    if report.get("one_socket"):
-        return list(report["one_socket"])
-    if raw:
-        return list(raw)
-    return list(report.get("one_socket_ports") or ())
+class Kind(enum.StrEnum):
+    """The kind of a PREDICTION: what the predictor can say about the next mapping's port. Not a NAT
+    behaviour word (those are proto/vocab.py's): EIM and a sequential NAT with Δ = 0 both predict
+    FIXED, and UNKNOWN is about our evidence, not about the NAT."""
 
-
-def _binding_series(raw: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """nat_behavior.BindingSample maps, in the order taken: the main socket's first answer per
-    server, each with the count of new mappings other sockets made since the previous one."""
-    out: list[dict[str, Any]] = []
-    seen_main: set[tuple] = set()
-    seen_other: set[tuple] = set()
-    own = 0
-    for x in raw:
-        server = tuple(x.get("server") or ())
-        sock = x.get("socket", 0)
-        if sock != 0:
-            if (sock, server) not in seen_other:
-                seen_other.add((sock, server))
-                own += 1
-            continue
-        if server in seen_main:
-            continue
-        seen_main.add(server)
-        mapped = x["mapped"]
-        if not isinstance(mapped, Sequence) or len(mapped) != 2:
-            raise ReportError(f"bad mapped address {mapped!r}")
-        out.append({"port": mapped[1], "t": x.get("t"), "own": own if out else 0})
-        own = 0
-    return out
-
-
-def _sample(raw: Any) -> Sample:
-    own = 0
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        port, t = raw, None
-    elif isinstance(raw, Mapping):
-        port, t = raw.get("port"), raw.get("t")
-        own = raw.get("own", 0)
-        if not isinstance(own, int) or isinstance(own, bool) or not 0 <= own <= 65535:
-            raise ReportError(f"bad own-allocation count {own!r}")
-    elif isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) and len(raw) == 2:
-        t, port = raw
-    else:
-        raise ReportError(f"bad sample {raw!r}")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ReportError(f"bad sample port {port!r}")
-    if t is not None and (not isinstance(t, (int, float)) or not math.isfinite(t)):
-        raise ReportError(f"bad sample time {t!r}")
-    return Sample(port, None if t is None else float(t), own)
-
-
-class Kind(str, enum.Enum):
     FIXED = "fixed"  # Δ = 0: the next mapping is the last one (EIM, or port preservation)
     SEQUENTIAL = "sequential"
     RANDOM = "random"
@@ -216,7 +98,7 @@ def fit(obs: Observation) -> Model:
     if last is None:
         return Model(Kind.UNKNOWN, None, 0, 0.0, False, obs.port_range)
     if len(ports) < 2:
-        if obs.allocation is Allocation.FIXED or obs.delta == 0:
+        if obs.delta == 0:
             return Model(Kind.FIXED, last, 0, 0.0, False, obs.port_range)
         if obs.delta and obs.delta > 0 and last is not None:
             return Model(Kind.SEQUENTIAL, last, obs.delta, 0.0, False, obs.port_range)
@@ -354,7 +236,7 @@ def poisson_window(mu: float, target: float, max_size: int = MAX_WINDOW) -> list
 
 
 def predict(
-    report: Mapping[str, Any] | Observation,
+    report: NatReport | Observation,
     *,
     elapsed: float = 1.0,
     intervals: float = 1.0,

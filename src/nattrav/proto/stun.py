@@ -6,23 +6,34 @@ its work is linear in len(data) (the datagram is capped at MAX_MESSAGE bytes bef
 bounded by MAX_ATTRIBUTES attributes.
 `Message.encode()` builds the bytes, optionally with MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT.
 
-Attributes live in a table (`ATTRIBUTE_CODECS`): one line maps a type to its decoder and encoder, so
-adding an attribute is one line. Unknown attributes are kept as raw bytes so a server can answer
+Attributes live in a table (proto/stun_attrs.py's `ATTRIBUTE_CODECS`): one line maps a type to its
+decoder and encoder, so adding an attribute is one line. Unknown attributes are kept as raw bytes so a server can answer
 comprehension-required unknowns with 420 and a relay can pass them on.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
-import ipaddress
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
+
+from ..errors import BadPacket, LocalProtocolError
+from .stun_attrs import (
+    ATTRIBUTE_CODECS,
+    KNOWN_ATTRIBUTES,
+    Address,
+    Attr,
+    ChangeRequest,
+    Class,
+    Method,
+    comprehension_required,
+    encode_raw,
+)
 
 MAGIC_COOKIE = 0x2112A442
 MAGIC_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
@@ -30,269 +41,9 @@ FINGERPRINT_XOR = 0x5354554E
 HEADER_LEN = 20
 # a STUN message over UDP must fit one datagram; anything larger is not ours to parse
 MAX_MESSAGE = 65535 + HEADER_LEN
-MAX_SOFTWARE_BYTES = 763
-MAX_REASON_BYTES = 763
-MAX_USERNAME_BYTES = 513
 # A Binding exchange carries a handful of attributes (ICE checks ~10). Hundreds in one datagram are
 # an attack on whoever walks them, not a message: refused as malformed.
 MAX_ATTRIBUTES = 32
-
-
-class BadPacket(ValueError):
-    """The bytes are not a well-formed STUN message. The only exception parse() raises."""
-
-
-class LocalProtocolError(ValueError):
-    """Local misuse: asked to encode something that is not a valid STUN message."""
-
-
-class Method(enum.IntEnum):
-    BINDING = 0x001
-    SHARED_SECRET = 0x002  # RFC 3489 only
-
-
-class Class(enum.IntEnum):
-    REQUEST = 0b00
-    INDICATION = 0b01
-    SUCCESS = 0b10
-    ERROR = 0b11
-
-
-class Attr(enum.IntEnum):
-    MAPPED_ADDRESS = 0x0001
-    RESPONSE_ADDRESS = 0x0002  # RFC 3489
-    CHANGE_REQUEST = 0x0003  # RFC 3489, RFC 5780
-    SOURCE_ADDRESS = 0x0004  # RFC 3489
-    CHANGED_ADDRESS = 0x0005  # RFC 3489
-    USERNAME = 0x0006
-    PASSWORD = 0x0007  # RFC 3489
-    MESSAGE_INTEGRITY = 0x0008
-    ERROR_CODE = 0x0009
-    UNKNOWN_ATTRIBUTES = 0x000A
-    REFLECTED_FROM = 0x000B  # RFC 3489
-    REALM = 0x0014
-    NONCE = 0x0015
-    MESSAGE_INTEGRITY_SHA256 = 0x001C
-    PASSWORD_ALGORITHM = 0x001D
-    USERHASH = 0x001E
-    XOR_MAPPED_ADDRESS = 0x0020
-    PADDING = 0x0026  # RFC 5780
-    RESPONSE_PORT = 0x0027  # RFC 5780
-    XOR_MAPPED_ADDRESS_OLD = 0x8020  # pre-RFC 5389 drafts; still sent by some servers
-    SOFTWARE = 0x8022
-    ALTERNATE_SERVER = 0x8023
-    FINGERPRINT = 0x8028
-    RESPONSE_ORIGIN = 0x802B  # RFC 5780
-    OTHER_ADDRESS = 0x802C  # RFC 5780
-
-
-class ChangeRequest(NamedTuple):
-    ip: bool = False
-    port: bool = False
-
-
-class ErrorCode(NamedTuple):
-    code: int
-    reason: str = ""
-
-
-Address = tuple[str, int]
-
-FAMILY_V4 = 0x01
-FAMILY_V6 = 0x02
-
-
-def comprehension_required(attr_type: int) -> bool:
-    return attr_type < 0x8000
-
-
-# ---- attribute value codecs. Decoders get (value bytes, header bytes 4..20) and raise BadPacket.
-
-
-def _dec_address(value: bytes, _hdr: bytes) -> Address:
-    if len(value) < 4:
-        raise BadPacket("address attribute shorter than 4 bytes")
-    family = value[1]
-    port = int.from_bytes(value[2:4], "big")
-    if family == FAMILY_V4 and len(value) == 8:
-        return (str(ipaddress.IPv4Address(value[4:8])), port)
-    if family == FAMILY_V6 and len(value) == 20:
-        return (str(ipaddress.IPv6Address(value[4:20])), port)
-    raise BadPacket(f"address attribute: family {family} with {len(value)} bytes")
-
-
-def _enc_address(addr: Address, _hdr: bytes) -> bytes:
-    ip, port = _check_address(addr)
-    if ip.version == 4:
-        return struct.pack("!BBH", 0, FAMILY_V4, port) + ip.packed
-    return struct.pack("!BBH", 0, FAMILY_V6, port) + ip.packed
-
-
-def _xor(data: bytes, key: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, key))
-
-
-# The XOR key is header bytes 4..20 (cookie + transaction ID in RFC 5389). For a classic 128-bit ID
-# those same bytes are the first part of the ID, which is what pre-5389 servers that sent 0x8020 used.
-def _dec_xor_address(value: bytes, hdr: bytes) -> Address:
-    if len(value) < 4:
-        raise BadPacket("address attribute shorter than 4 bytes")
-    head = value[:2] + _xor(value[2:4], hdr[:2])
-    return _dec_address(head + _xor(value[4:], hdr), hdr)
-
-
-def _enc_xor_address(addr: Address, hdr: bytes) -> bytes:
-    plain = _enc_address(addr, hdr)
-    return plain[:2] + _xor(plain[2:4], hdr[:2]) + _xor(plain[4:], hdr)
-
-
-def _check_address(addr: Any) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    try:
-        ip_s, port = addr
-        ip = ipaddress.ip_address(ip_s)
-    except (TypeError, ValueError):
-        raise LocalProtocolError(f"not an (ip, port) address: {addr!r}") from None
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise LocalProtocolError(f"port out of range: {port!r}")
-    return ip, port
-
-
-def _dec_change_request(value: bytes, _hdr: bytes) -> ChangeRequest:
-    if len(value) != 4:
-        raise BadPacket("CHANGE-REQUEST must be 4 bytes")
-    flags = value[3]
-    return ChangeRequest(ip=bool(flags & 0x04), port=bool(flags & 0x02))
-
-
-def _enc_change_request(cr: Any, _hdr: bytes) -> bytes:
-    ip, port = cr
-    return struct.pack("!I", (0x04 if ip else 0) | (0x02 if port else 0))
-
-
-def _dec_text(limit: int) -> Callable[[bytes, bytes], str]:
-    def dec(value: bytes, _hdr: bytes) -> str:
-        if len(value) > limit:
-            raise BadPacket(f"text attribute longer than {limit} bytes")
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadPacket("text attribute is not UTF-8") from None
-
-    return dec
-
-
-def _enc_text(limit: int) -> Callable[[Any, bytes], bytes]:
-    def enc(text: Any, _hdr: bytes) -> bytes:
-        if not isinstance(text, str):
-            raise LocalProtocolError(f"text attribute must be str, got {type(text).__name__}")
-        data = text.encode("utf-8")
-        if len(data) > limit:
-            raise LocalProtocolError(f"text attribute longer than {limit} bytes")
-        return data
-
-    return enc
-
-
-def _dec_error_code(value: bytes, _hdr: bytes) -> ErrorCode:
-    if len(value) < 4 or len(value) > 4 + MAX_REASON_BYTES:
-        raise BadPacket("ERROR-CODE length")
-    klass, number = value[2] & 0x07, value[3]
-    if not 3 <= klass <= 6 or number > 99:
-        raise BadPacket(f"ERROR-CODE {klass}{number:02d} out of range")
-    try:
-        reason = value[4:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadPacket("ERROR-CODE reason is not UTF-8") from None
-    return ErrorCode(klass * 100 + number, reason)
-
-
-def _enc_error_code(err: Any, _hdr: bytes) -> bytes:
-    code, reason = err
-    if not isinstance(code, int) or not 300 <= code <= 699:
-        raise LocalProtocolError(f"error code out of range: {code!r}")
-    return struct.pack("!HBB", 0, code // 100, code % 100) + _enc_text(MAX_REASON_BYTES)(reason, b"")
-
-
-def _dec_unknown_attributes(value: bytes, _hdr: bytes) -> tuple[int, ...]:
-    if len(value) % 2:
-        raise BadPacket("UNKNOWN-ATTRIBUTES length is odd")
-    return tuple(int.from_bytes(value[i : i + 2], "big") for i in range(0, len(value), 2))
-
-
-def _enc_unknown_attributes(types: Any, _hdr: bytes) -> bytes:
-    return b"".join(int(t).to_bytes(2, "big") for t in types)
-
-
-def _dec_response_port(value: bytes, _hdr: bytes) -> int:
-    if len(value) != 4:
-        raise BadPacket("RESPONSE-PORT must be 4 bytes")
-    return int.from_bytes(value[:2], "big")
-
-
-def _enc_response_port(port: Any, _hdr: bytes) -> bytes:
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise LocalProtocolError(f"RESPONSE-PORT out of range: {port!r}")
-    return struct.pack("!HH", port, 0)
-
-
-def _dec_fixed(size_min: int, size_max: int) -> Callable[[bytes, bytes], bytes]:
-    def dec(value: bytes, _hdr: bytes) -> bytes:
-        if not size_min <= len(value) <= size_max:
-            raise BadPacket(f"attribute must be {size_min}..{size_max} bytes, got {len(value)}")
-        return value
-
-    return dec
-
-
-def _dec_u32(value: bytes, _hdr: bytes) -> int:
-    if len(value) != 4:
-        raise BadPacket("32-bit attribute must be 4 bytes")
-    return int.from_bytes(value, "big")
-
-
-def _enc_u32(v: Any, _hdr: bytes) -> bytes:
-    return int(v).to_bytes(4, "big")
-
-
-def _raw(value: bytes, _hdr: bytes) -> bytes:
-    return bytes(value)
-
-
-def _enc_raw(value: Any, _hdr: bytes) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise LocalProtocolError(f"raw attribute must be bytes, got {type(value).__name__}")
-    return bytes(value)
-
-
-Decoder = Callable[[bytes, bytes], Any]
-Encoder = Callable[[Any, bytes], bytes]
-
-ATTRIBUTE_CODECS: dict[int, tuple[Decoder, Encoder]] = {
-    Attr.MAPPED_ADDRESS: (_dec_address, _enc_address),
-    Attr.RESPONSE_ADDRESS: (_dec_address, _enc_address),
-    Attr.CHANGE_REQUEST: (_dec_change_request, _enc_change_request),
-    Attr.SOURCE_ADDRESS: (_dec_address, _enc_address),
-    Attr.CHANGED_ADDRESS: (_dec_address, _enc_address),
-    Attr.USERNAME: (_dec_text(MAX_USERNAME_BYTES), _enc_text(MAX_USERNAME_BYTES)),
-    Attr.PASSWORD: (_raw, _enc_raw),
-    Attr.MESSAGE_INTEGRITY: (_dec_fixed(20, 20), _enc_raw),
-    Attr.ERROR_CODE: (_dec_error_code, _enc_error_code),
-    Attr.UNKNOWN_ATTRIBUTES: (_dec_unknown_attributes, _enc_unknown_attributes),
-    Attr.REFLECTED_FROM: (_dec_address, _enc_address),
-    Attr.REALM: (_dec_text(763), _enc_text(763)),
-    Attr.NONCE: (_dec_text(763), _enc_text(763)),
-    Attr.MESSAGE_INTEGRITY_SHA256: (_dec_fixed(16, 32), _enc_raw),
-    Attr.XOR_MAPPED_ADDRESS: (_dec_xor_address, _enc_xor_address),
-    Attr.XOR_MAPPED_ADDRESS_OLD: (_dec_xor_address, _enc_xor_address),
-    Attr.PADDING: (_raw, _enc_raw),
-    Attr.RESPONSE_PORT: (_dec_response_port, _enc_response_port),
-    Attr.SOFTWARE: (_dec_text(MAX_SOFTWARE_BYTES), _enc_text(MAX_SOFTWARE_BYTES)),
-    Attr.ALTERNATE_SERVER: (_dec_address, _enc_address),
-    Attr.FINGERPRINT: (_dec_u32, _enc_u32),
-    Attr.RESPONSE_ORIGIN: (_dec_address, _enc_address),
-    Attr.OTHER_ADDRESS: (_dec_address, _enc_address),
-}
-KNOWN_ATTRIBUTES = frozenset(ATTRIBUTE_CODECS)
 
 
 def new_transaction_id(classic: bool = False) -> bytes:
@@ -459,7 +210,7 @@ def _attr_bytes(attr_type: int, value: Any, hdr: bytes) -> bytes:
         raise LocalProtocolError(f"attribute type out of range: {attr_type!r}")
     codec = ATTRIBUTE_CODECS.get(attr_type)
     try:
-        data = codec[1](value, hdr) if codec else _enc_raw(value, hdr)
+        data = codec[1](value, hdr) if codec else encode_raw(value, hdr)
     except LocalProtocolError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -565,27 +316,5 @@ def binding_request(
     return msg
 
 
-__all__ = [
-    "ATTRIBUTE_CODECS",
-    "Address",
-    "Attr",
-    "BadPacket",
-    "ChangeRequest",
-    "Class",
-    "ErrorCode",
-    "HEADER_LEN",
-    "KNOWN_ATTRIBUTES",
-    "LocalProtocolError",
-    "MAGIC_COOKIE",
-    "MAX_ATTRIBUTES",
-    "MAX_MESSAGE",
-    "Message",
-    "Method",
-    "binding_request",
-    "comprehension_required",
-    "is_stun",
-    "long_term_key",
-    "new_transaction_id",
-    "parse",
-    "short_term_key",
-]
+__all__ = ["HEADER_LEN", "MAGIC_COOKIE", "MAX_ATTRIBUTES", "MAX_MESSAGE", "Message", "binding_request", "is_stun",
+           "long_term_key", "new_transaction_id", "parse", "short_term_key"]

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .stun import Address, Attr, BadPacket, Class, ErrorCode, Message, parse
+from ..errors import BadPacket
+from .stun import Message, parse
+from .stun_attrs import Address, Attr, Class, ErrorCode
 
 RTO = 0.5  # RFC 8489: initial retransmission timeout, seconds
 RC = 7  # requests sent in all

@@ -8,7 +8,7 @@ it likes, so every frame is:
 - addressed: it names the receiving host's IP, so a frame cannot be reflected back to its sender;
 - fresh: it carries the sender's wall-clock time, refused more than MAX_SKEW seconds away from the
   receiver's (both hosts need NTP);
-- unique: it carries a counter, checked against a sliding replay window (proto.punch.ReplayWindow).
+- unique: it carries a counter, checked against a sliding replay window (proto.handshake.ReplayWindow).
   The counter starts at the sender's start time in ms, shifted left 20 bits, and counts up by one a
   frame, so a restarted sender still counts above its previous life (unless it sent more than 2^20
   frames per ms of uptime). A receiver that restarts forgets its window: a frame captured in the last
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import msgpack
 
-from .punch import ReplayWindow
-from .stun import Address, BadPacket
+from ..errors import BadPacket, ControlKeyError
+from .handshake import ReplayWindow
+from .stun_attrs import Address
 
 VERSION = 2
 MAC_LEN = 16
@@ -36,10 +37,6 @@ MIN_SECRET = 16
 MAX_FRAME = 4096
 MAX_SKEW = 10.0
 COUNTER_SHIFT = 20
-
-
-class ControlKeyError(ValueError):
-    """The shared secret is missing or too short to authenticate the control link."""
 
 
 def derive_key(secret: bytes, purpose: bytes) -> bytes:
@@ -141,7 +138,6 @@ class ControlReceiver:
 
 
 __all__ = [
-    "ControlKeyError",
     "ControlReceiver",
     "ControlSender",
     "Forward",

@@ -2,7 +2,7 @@
 
 A TCP traversal may end with several connections (the listener and connect() can both win, a window
 of predicted ports can connect more than once), and any host that guesses our port can connect to
-us. So each connection runs the punch handshake of proto/punch.py over the stream: HELLO, then an
+us. So each connection runs the punch handshake of proto/handshake.py over the stream: HELLO, then an
 ACK that echoes the peer's nonce. Both directions are MACed with per-role keys from the rendezvous
 session key, so a stranger, or our own bytes reflected, never pass. Then the "first" side picks one
 authenticated connection and says so with a SELECT frame; the "second" side takes the connection the
@@ -19,7 +19,8 @@ import enum
 import secrets
 import struct
 
-from .punch import MAX_FRAME, NONCE_LEN, BadPacket, Event, LocalProtocolError, PunchSession
+from ..errors import BadPacket, LocalProtocolError
+from .handshake import MAX_FRAME, NONCE_LEN, Event, Handshake
 
 LENGTH = struct.Struct(">H")
 SELECT = b"nattrav tcp select v1"
@@ -39,7 +40,7 @@ class StreamAuth:
         # connection of a race cannot complete the handshake on another (the replay window is per
         # connection too). The 4-tuple cannot be bound instead: behind NATs the two sides never see
         # the same one.
-        self.session = PunchSession(key, role, secrets.token_bytes(NONCE_LEN) if nonce is None else nonce)
+        self.session = Handshake(key, role, secrets.token_bytes(NONCE_LEN) if nonce is None else nonce)
         self.role = self.session.role
         self.state = State.HANDSHAKE
         self.rtt: int | None = None

@@ -1,14 +1,13 @@
-"""The coordinator: a Trio object that owns N worker processes, splits the socket pool among them and
-fans plans out. Every wait on a worker has a deadline and notices its exit, so a dead or hung worker
-turns into WorkerDied / WorkerError instead of a hang, and closing the coordinator reaps every worker."""
+"""The coordinator: a Trio object that owns N worker processes (process.py, each behind a channel.py
+channel), splits the socket pool among them and fans bursts out. Every wait on a worker has a
+deadline and notices its exit, so a dead or hung worker turns into WorkerDied / WorkerError instead
+of a hang, and closing the coordinator reaps every worker."""
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
-import subprocess
 import sys
 from array import array
 from collections.abc import AsyncIterator, Sequence
@@ -17,204 +16,14 @@ from contextlib import asynccontextmanager
 import psutil
 import trio
 
-from ..core.limits import FdLimitError
-from ..core.plan import Burst, BurstStats, Hit, PackedPlan, RecvStats
+from ..core.packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
 from ..core.pool import validate_open_args
-from .messages import MAX_REPLY, BadMessage, MessageReader, encode
+from ..errors import WorkerDied, WorkerError
+from .channel import WorkerChannel
+from .messages import encode
+from .process import WorkerProcess, fan_out
 
 START_TIMEOUT = 20.0
-MAX_FDS_PER_REPLY = 4
-
-
-class WorkerError(RuntimeError):
-    """A worker failed the attempt: it hung, broke the protocol, or could not start."""
-
-    def __init__(self, worker: int, pid: int | None, reason: str) -> None:
-        super().__init__(f"worker {worker} (pid {pid}): {reason}")
-        self.worker, self.pid, self.reason = worker, pid, reason
-
-
-class WorkerDied(WorkerError):
-    """A worker process exited (crash, kill) while the coordinator needed it."""
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-class _Process:
-    """A worker process spawned from the Trio thread itself.
-
-    trio.lowlevel.open_process forks from a helper thread, and PR_SET_PDEATHSIG (the worker's guard
-    against orphaning) fires when the *thread* that forked it exits: Trio retires idle helper threads
-    after 10 s, which would SIGKILL healthy workers. Forking here ties the guard to the thread that
-    runs the coordinator. Exit is awaited through a pidfd, so waiting never blocks the loop."""
-
-    def __init__(self, cmd: list[str], pass_fds: tuple[int, ...]) -> None:
-        self._popen = subprocess.Popen(cmd, pass_fds=pass_fds, stdin=subprocess.DEVNULL)
-        self.pid = self._popen.pid
-        try:
-            self._pidfd: int | None = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.poll()
-
-    async def wait(self) -> int:
-        while self._popen.poll() is None:
-            if self._pidfd is not None:
-                await trio.lowlevel.wait_readable(self._pidfd)
-            else:
-                await trio.sleep(0.01)
-        self.close()
-        return self._popen.returncode
-
-    def kill(self) -> None:
-        if self._popen.poll() is None:
-            try:
-                self._popen.kill()
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        if self._pidfd is not None:
-            trio.lowlevel.notify_closing(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
-@asynccontextmanager
-async def _fan_out() -> AsyncIterator[trio.Nursery]:
-    """A nursery whose failure surfaces as the one exception that matters (a WorkerError first), not a
-    group: callers of the coordinator catch WorkerDied, OSError, ValueError as such."""
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if not leaves:
-            raise
-        first = next((e for e in leaves if isinstance(e, WorkerError)), leaves[0])
-        raise first from None
-
-
-class _Worker:
-    def __init__(self, index: int, proc: _Process, sock: trio.socket.SocketType) -> None:
-        self.index, self.proc, self.sock = index, proc, sock
-        self.pid = proc.pid
-        self.reader = MessageReader(MAX_REPLY)
-        self.inbox: list[dict] = []
-        self.fds: list[int] = []
-        self.send_lock = trio.Lock()
-        self.req_lock = trio.Lock()
-        self.next_id = 0
-        self.broken: WorkerError | None = None
-
-    async def _died(self, doing: str) -> WorkerDied:
-        with trio.move_on_after(2):
-            await self.proc.wait()
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        err = WorkerDied(self.index, self.pid, f"{_exit_reason(self.proc.returncode)} during {doing!r}")
-        self.broken = err
-        return err
-
-    async def send(self, data: bytes) -> None:
-        async with self.send_lock:
-            view = memoryview(data)
-            while view:
-                sent = await self.sock.send(view)
-                view = view[sent:]
-
-    async def next_message(self, doing: str) -> dict:
-        while not self.inbox:
-            try:
-                data, anc, _flags, _addr = await self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * MAX_FDS_PER_REPLY))
-            except OSError:
-                data, anc = b"", []
-            for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    self.fds.extend(array("i", raw[: len(raw) - len(raw) % 4]))
-            if not data:
-                raise await self._died(doing)
-            try:
-                self.inbox.extend(self.reader.feed(data))
-            except BadMessage as e:
-                self.kill()
-                self.broken = WorkerError(self.index, self.pid, f"broke the protocol during {doing!r}: {e}")
-                raise self.broken from None
-        return self.inbox.pop(0)
-
-    async def request(self, t: str, wait: float, /, **fields) -> tuple[dict, int | None]:
-        """One request, its one reply (and a descriptor, when the reply carried one)."""
-        if self.broken is not None:
-            raise type(self.broken)(self.index, self.pid, f"unusable since: {self.broken.reason}")
-        async with self.req_lock:
-            self.next_id += 1
-            rid = self.next_id
-            data = encode(t, id=rid, **fields)
-            # half a message would wreck the stream for good: a request goes out whole or the worker
-            # counts as hung, whatever cancellation arrives meanwhile
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(wait) as send_scope:
-                    try:
-                        await self.send(data)
-                    except OSError:
-                        raise await self._died(t) from None
-            if send_scope.cancelled_caught:
-                self.kill()
-                self.broken = WorkerError(self.index, self.pid, f"did not take {t!r} within {wait:.1f} s; killed it")
-                raise self.broken
-            with trio.move_on_after(wait) as scope:
-                while True:
-                    msg = await self.next_message(t)
-                    # descriptors come only with 'take' results, in order
-                    fd = self.fds.pop(0) if msg.get("fd") is True and self.fds else None
-                    if msg.get("id") == rid:
-                        break
-                    if fd is not None:  # a reply to a take we stopped waiting for
-                        os.close(fd)
-            if scope.cancelled_caught:
-                self.kill()
-                self.broken = WorkerError(self.index, self.pid, f"did not answer {t!r} within {wait:.1f} s; killed it")
-                raise self.broken
-        if msg["t"] == "error":
-            if fd is not None:
-                os.close(fd)
-            kind, code, text = msg["kind"], msg["errno"], msg["msg"]
-            if kind == "ValueError":
-                raise ValueError(f"worker {self.index}: {text}")
-            if kind == "IndexError":
-                raise IndexError(f"worker {self.index}: {text}")
-            if kind == "FdLimitError":
-                raise FdLimitError(code, f"worker {self.index}: {text}")
-            if code > 0:
-                raise OSError(code, f"worker {self.index}: {text}")
-            raise WorkerError(self.index, self.pid, f"failed {t!r}: {text}")
-        return msg, fd
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
 
 
 class Coordinator:
@@ -223,7 +32,7 @@ class Coordinator:
     def __init__(self, impl: str, reply_timeout: float) -> None:
         self.impl = impl
         self.reply_timeout = reply_timeout
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerChannel] = []
         self._owner = array("i")  # global index -> worker
         self._ports = array("H")
         self._taken: set[int] = set()
@@ -232,7 +41,7 @@ class Coordinator:
     # -- lifecycle -----------------------------------------------------------------------------
     async def _start(self, n: int, pin: bool, netns: str | None) -> None:
         cpus = sorted(os.sched_getaffinity(0))
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for i in range(n):
                 nursery.start_soon(self._start_one, i, cpus[i % len(cpus)] if pin else None, netns)
         self._workers.sort(key=lambda w: w.index)
@@ -245,13 +54,13 @@ class Coordinator:
         if netns:
             cmd += ["--netns", netns]
         try:
-            proc = _Process(cmd, (theirs.fileno(),))
+            proc = WorkerProcess(cmd, (theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        w = _Worker(i, proc, trio.socket.from_stdlib_socket(ours))
+        w = WorkerChannel(i, proc, trio.socket.from_stdlib_socket(ours))
         self._workers.append(w)
         with trio.move_on_after(START_TIMEOUT):
             hello = await w.next_message("start")
@@ -266,7 +75,7 @@ class Coordinator:
         raise WorkerError(i, w.pid, f"did not start within {START_TIMEOUT} s")
 
     async def _shutdown(self) -> None:
-        async def stop(w: _Worker) -> None:
+        async def stop(w: WorkerChannel) -> None:
             if w.broken is None and w.proc.returncode is None:
                 with trio.move_on_after(2):
                     try:
@@ -282,7 +91,7 @@ class Coordinator:
             for fd in w.fds:
                 os.close(fd)
 
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for w in self._workers:
                 nursery.start_soon(stop, w)
 
@@ -338,12 +147,12 @@ class Coordinator:
             except (OSError, ValueError, WorkerError) as e:
                 errors.append(e)
 
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for i in range(n):
                 nursery.start_soon(one, i)
         if errors:
             # all or nothing: the workers that did open close theirs, so indices stay dense
-            async with _fan_out() as nursery:
+            async with fan_out() as nursery:
                 for i in got:
                     if shares[i]:
                         nursery.start_soon(self._close_quietly, i, bases[i], shares[i])
@@ -361,15 +170,15 @@ class Coordinator:
         except (OSError, WorkerError):
             pass
 
-    def _fire_timeout(self, plan: PackedPlan) -> tuple[int, float]:
-        send_s = plan.n / plan.rate if plan.rate else plan.n * 20e-6
+    def _fire_timeout(self, burst: PackedBurst) -> tuple[int, float]:
+        send_s = burst.n / burst.rate if burst.rate else burst.n * 20e-6
         c_timeout_ms = int(min(3_600_000, 5_000 + 2_000 * send_s))
         return c_timeout_ms, c_timeout_ms / 1000 + self.reply_timeout
 
-    async def fire(self, plan: Burst | PackedPlan) -> int:
-        """Send every packet of the plan from the workers that own its sockets; returns packets sent.
-        self.last_fire has the accounting (sent + failed == planned == len(plan))."""
-        packed = plan if isinstance(plan, PackedPlan) else plan.pack()
+    async def fire(self, burst: Burst | PackedBurst) -> int:
+        """Send every packet of the burst from the workers that own its sockets; returns packets sent.
+        self.last_fire has the accounting (sent + failed == planned == len(burst))."""
+        packed = burst if isinstance(burst, PackedBurst) else burst.pack()
         if packed.n == 0:
             self.last_fire = BurstStats()
             return 0
@@ -387,13 +196,13 @@ class Coordinator:
 
         async def one(i: int) -> None:
             w = self._workers[i]
-            msg, _ = await w.request("fire", reply_timeout, plan=wire, timeout_ms=c_timeout_ms)
+            msg, _ = await w.request("fire", reply_timeout, burst=wire, timeout_ms=c_timeout_ms)
             try:
                 total.add(BurstStats(**msg["stats"]))
             except (KeyError, TypeError) as e:
                 raise WorkerError(i, w.pid, f"answered 'fire' with malformed stats: {e}") from None
 
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for i in involved:
                 nursery.start_soon(one, i)
         self.last_fire = total
@@ -425,7 +234,7 @@ class Coordinator:
                 cancel_all.cancel()
 
         try:
-            async with _fan_out() as nursery:
+            async with fan_out() as nursery:
                 for i in involved:
                     nursery.start_soon(one, i, nursery.cancel_scope)
         finally:
@@ -453,7 +262,7 @@ class Coordinator:
             if msg["done"] != len(idx):
                 raise WorkerError(i, self._workers[i].pid, f"set TTL on {msg['done']} of {len(idx)} sockets")
 
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for i, idx in by_worker.items():
                 nursery.start_soon(one, i, idx)
 
@@ -472,11 +281,11 @@ class Coordinator:
         """Empty the ICMP error queues of every socket; returns how many errors were there."""
         counts = []
 
-        async def one(w: _Worker) -> None:
+        async def one(w: WorkerChannel) -> None:
             msg, _ = await w.request("drain", self.reply_timeout)
             counts.append(msg["icmp_errors"])
 
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for w in self._workers:
                 nursery.start_soon(one, w)
         return sum(counts)
@@ -484,12 +293,12 @@ class Coordinator:
     async def recv_stats(self) -> RecvStats:
         total = RecvStats()
 
-        async def one(w: _Worker) -> None:
+        async def one(w: WorkerChannel) -> None:
             msg, _ = await w.request("stats", self.reply_timeout)
             for k, v in msg["recv"].items():
                 setattr(total, k, getattr(total, k) + v)
 
-        async with _fan_out() as nursery:
+        async with fan_out() as nursery:
             for w in self._workers:
                 nursery.start_soon(one, w)
         return total

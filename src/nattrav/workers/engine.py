@@ -10,7 +10,7 @@ from array import array
 
 from ..core.burst import send_packed
 from ..core.fallback import PySocketPool, drain, select_recv
-from ..core.plan import BurstStats, Hit, PackedPlan, RecvStats
+from ..core.packed import BurstStats, Hit, PackedBurst, RecvStats
 from ..core.pool import SocketPool
 from ..core.recv import Receiver
 
@@ -69,11 +69,11 @@ class CEngine:
             if not any(p is pool for p, _ in self._where.values()):
                 pool.close()
 
-    def fire(self, plan: PackedPlan, timeout_ms: int) -> BurstStats:
-        if plan.n and plan.src_max >= self._nfd:
+    def fire(self, burst: PackedBurst, timeout_ms: int) -> BurstStats:
+        if burst.n and burst.src_max >= self._nfd:
             # indices past this worker's table belong to the others: widen with -1 entries
-            self._grow(plan.src_max + 1)
-        return send_packed(self._fdmap, self._nfd, plan, timeout_ms)
+            self._grow(burst.src_max + 1)
+        return send_packed(self._fdmap, self._nfd, burst, timeout_ms)
 
     def listen(self, match: bytes, timeout: float, wake_fd: int) -> Hit | None:
         if self._receiver is None:
@@ -144,11 +144,11 @@ class PyEngine:
             self._socks.pop(g).close()
         self._sel_reset()
 
-    def fire(self, plan: PackedPlan, timeout_ms: int) -> BurstStats:
+    def fire(self, burst: PackedBurst, timeout_ms: int) -> BurstStats:
         if not self._pools:
             st = BurstStats()
             return st
-        return self._pools[0].send_burst(plan, timeout_ms / 1000, owned=self._socks)
+        return self._pools[0].send_burst(burst, timeout_ms / 1000, owned=self._socks)
 
     def listen(self, match: bytes, timeout: float, wake_fd: int) -> Hit | None:
         if self._sel is None:

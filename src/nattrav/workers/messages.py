@@ -1,46 +1,52 @@
 """Coordinator <-> worker messages: small msgpack maps {"v": VERSION, "t": type, ...}, streamed over a
-unix socketpair. Bulk data (port and index lists, plans) travel as packed arrays in bin fields.
+unix socketpair. Bulk data (port and index lists, bursts) travel as packed arrays in bin fields.
 
 Both directions go through MessageReader, which raises BadMessage (and only that) on anything that is
-not a well-formed message of a known type with fields of the expected types."""
+not a well-formed message of a known type with exactly its fields, of the expected types
+(proto/schema.py, the checker the rendezvous frames use too)."""
 
 from __future__ import annotations
 
 import msgpack
 
+from ..errors import BadMessage
+from ..proto.schema import Spec, check_map
+
 VERSION = 1
-MAX_MESSAGE = 256 << 20  # a 16M-packet plan is ~170 MB; anything bigger is an error, not a plan
+MAX_MESSAGE = 256 << 20  # a 16M-packet burst is ~170 MB; anything bigger is an error, not a burst
 # What a worker sends back is small: the largest reply is the ports of an "open" of MAX_INDEX sockets
 # (2 MiB). The coordinator reads with this bound, so a broken worker cannot make it buffer 256 MB.
 MAX_REPLY = 4 << 20
 
-_int, _num, _bin, _str = (int,), (int, float), (bytes,), (str,)
+_int, _num, _bin, _str, _bool = (int,), (int, float), (bytes,), (str,), (bool,)
 _opt_int = (int, type(None))
 _opt_bin = (bytes, type(None))
 
-# type -> {field: allowed python types}; "id" pairs a request with its one reply
-SCHEMA: dict[str, dict[str, tuple]] = {
+
+def _required(**fields: tuple) -> Spec:
+    return {name: (types, True) for name, types in fields.items()}
+
+
+# type -> its fields (proto/schema.py: exactly these, no more); "id" pairs a request with its reply
+SCHEMA: dict[str, Spec] = {
     # coordinator -> worker
-    "open": {"id": _int, "count": _int, "ip": _str, "ttl": _opt_int, "ports": _opt_bin, "base": _int,
-             "reuse_port": (bool,)},
-    "close": {"id": _int, "base": _int, "count": _int},
-    "fire": {"id": _int, "plan": (dict,), "timeout_ms": _int},
-    "listen": {"id": _int, "match": _bin, "timeout": _num},
+    "open": _required(id=_int, count=_int, ip=_str, ttl=_opt_int, ports=_opt_bin, base=_int, reuse_port=_bool),
+    "close": _required(id=_int, base=_int, count=_int),
+    "fire": _required(id=_int, burst=(dict,), timeout_ms=_int),
+    "listen": _required(id=_int, match=_bin, timeout=_num),
     "cancel": {},
-    "set_ttl": {"id": _int, "indices": _bin, "ttl": _opt_int},
-    "take": {"id": _int, "index": _int},
-    "drain": {"id": _int},
-    "stats": {"id": _int},
-    "shutdown": {"id": _int},
-    # worker -> coordinator
-    "hello": {"pid": _int, "impl": _str},
-    "result": {"id": _int},
-    "error": {"id": _opt_int, "errno": _int, "kind": _str, "msg": _str},
+    "set_ttl": _required(id=_int, indices=_bin, ttl=_opt_int),
+    "take": _required(id=_int, index=_int),
+    "drain": _required(id=_int),
+    "stats": _required(id=_int),
+    "shutdown": _required(id=_int),
+    # worker -> coordinator; a result carries what its request asked for
+    "hello": _required(pid=_int, impl=_str),
+    "result": {"id": (_int, True), "ports": (_bin, False), "stats": ((dict,), False), "done": (_int, False),
+               "index": (_int, False), "fd": (_bool, False), "icmp_errors": (_int, False),
+               "recv": ((dict,), False), "hit": ((list, type(None)), False), "cancelled": (_bool, False)},
+    "error": _required(id=_opt_int, errno=_int, kind=_str, msg=_str),
 }
-
-
-class BadMessage(Exception):
-    """A malformed, unknown or mis-versioned message (the peer is broken, not the caller)."""
 
 
 def encode(t: str, **fields) -> bytes:
@@ -52,22 +58,7 @@ def encode(t: str, **fields) -> bytes:
 
 
 def validate(msg: object) -> dict:
-    if not isinstance(msg, dict):
-        raise BadMessage(f"message is a {type(msg).__name__}, not a map")
-    if msg.get("v") != VERSION:
-        raise BadMessage(f"message version {msg.get('v')!r}, this side speaks {VERSION}")
-    t = msg.get("t")
-    schema = SCHEMA.get(t) if isinstance(t, str) else None
-    if schema is None:
-        raise BadMessage(f"unknown message type {t!r}")
-    for name, types in schema.items():
-        if name not in msg:
-            raise BadMessage(f"{t!r} message without {name!r}")
-        value = msg[name]
-        # bool is an int in Python; a field that wants an int must not take True
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise BadMessage(f"{t!r} field {name!r} has type {type(value).__name__}")
-    return msg
+    return check_map(msg, SCHEMA, version=VERSION, error=BadMessage)
 
 
 class MessageReader:
@@ -90,4 +81,4 @@ class MessageReader:
             raise BadMessage(f"undecodable message: {type(e).__name__}: {e}") from None
 
 
-__all__ = ["BadMessage", "MAX_MESSAGE", "MAX_REPLY", "MessageReader", "SCHEMA", "VERSION", "encode", "validate"]
+__all__ = ["MAX_MESSAGE", "MAX_REPLY", "MessageReader", "SCHEMA", "VERSION", "encode", "validate"]

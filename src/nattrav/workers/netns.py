@@ -1,20 +1,20 @@
 """Small network-namespace testbeds for the burst core: a routed pair (sender - router - receiver) for
 TTL checks and a sink pair (sender - veth - a namespace that drops at ingress) for send-rate runs.
 
-Both ends always live in namespaces made here (never the root namespace's addresses or routes), names
-start with `nt-`, and the context managers delete them on the way out, also on error."""
+The namespaces themselves are made, entered and removed with the lab's primitives (lab/netns.py:
+unshare + bind mount, setns in a thread); links, addresses and routes are `ip` commands. Both ends
+always live in namespaces made here (never the root namespace's addresses or routes), names start
+with `nt-`, and the context managers delete them on the way out, also on error."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from .worker import CLONE_NEWNET
+from ..lab import netns as _ns
 
 T = TypeVar("T")
 
@@ -27,50 +27,50 @@ def ip(*args: str, ns: str | None = None) -> str:
     return out.stdout
 
 
-def sysctl(ns: str, key: str, value: str) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"], check=True, timeout=30)
-
-
-def remove(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+def enter_named(name: str) -> None:
+    """Move the calling thread (the whole process, while it has one thread) into /run/netns/<name>."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"bad namespace name {name!r}")
+    fd = os.open(_ns.path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _ns.enter(fd)
+    finally:
+        os.close(fd)
 
 
 def run_in(name: str, fn: Callable[[], T]) -> T:
     """Call fn in a thread that entered namespace `name` (setns moves only the calling thread), so a
     socket made there stays in that namespace while the rest of the process stays where it was."""
-    box: dict = {}
+    def inside() -> T:
+        enter_named(name)
+        return fn()
 
-    def body() -> None:
-        try:
-            fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, f"setns {name}: {os.strerror(e)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
+    return _ns.in_thread(inside)
 
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+
+def sysctl(ns: str, key: str, value: str) -> None:
+    def write() -> None:
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:  # the namespace of the writing thread
+            f.write(value)
+
+    run_in(ns, write)
+
+
+def remove(name: str) -> None:
+    _ns.remove(name)
 
 
 @contextlib.contextmanager
 def _namespaces(names: list[str]) -> Iterator[None]:
+    _ns.prepare()
     try:
         for n in names:
-            ip("netns", "add", n)
+            _ns.in_thread(lambda n=n: _ns.create_here(n))
             ip("link", "set", "lo", "up", ns=n)
         yield
     finally:
         for n in names:
-            remove(n)
+            _ns.remove(n)
 
 
 def _veth(ns1: str, if1: str, ns2: str, if2: str) -> None:
@@ -116,4 +116,4 @@ def sink_pair(prefix: str) -> Iterator[dict]:
         yield {"src": src, "sink": sink, "src_ip": "198.51.100.1", "sink_ip": "198.51.100.2"}
 
 
-__all__ = ["ip", "remove", "routed_pair", "run_in", "sink_pair", "sysctl"]
+__all__ = ["enter_named", "ip", "remove", "routed_pair", "run_in", "sink_pair", "sysctl"]

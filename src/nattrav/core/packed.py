@@ -1,4 +1,4 @@
-"""A burst plan: which socket sends what to where. Validated and packed once, here, before any C call
+"""A burst: which socket sends what to where. Validated and packed once, here, before any C call
 or worker message sees it; packed arrays travel to the workers as bytes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 MAX_PACKETS = 1 << 24
 MAX_PAYLOAD = 65507  # largest UDP payload over IPv4
-MAX_INDEX = 1 << 20  # socket indices a plan may name (a worker sizes its fd table by them)
+MAX_INDEX = 1 << 20  # socket indices a burst may name (a worker sizes its fd table by them)
 
 
 def _ip4(ip: str) -> bytes:
@@ -22,7 +22,7 @@ def _ip4(ip: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class PackedPlan:
+class PackedBurst:
     """The C-ready form: src int32[n], ips 4 bytes (one for all) or 4*n, ports uint16[n], payload of
     payload_len bytes (one for all) or n*payload_len."""
 
@@ -54,31 +54,31 @@ class PackedPlan:
         }
 
     @classmethod
-    def from_wire(cls, m: dict) -> PackedPlan:
+    def from_wire(cls, m: dict) -> PackedBurst:
         """Rebuild from a worker message; every length is checked again (the bytes crossed a pipe)."""
         if not isinstance(m, dict):
-            raise ValueError("bad plan: not a map")
+            raise ValueError("bad burst: not a map")
         kinds = {"n": int, "plen": int, "ttl": int, "lo": int, "hi": int, "rate": (int, float),
                  "src": bytes, "ips": bytes, "ports": bytes, "payload": bytes}
         for key, kind in kinds.items():
             # exact types: bytes(some_int) would allocate that many bytes, bool is no count
             if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
-                raise ValueError(f"bad plan: {key!r} missing or of type {type(m.get(key)).__name__}")
+                raise ValueError(f"bad burst: {key!r} missing or of type {type(m.get(key)).__name__}")
         n, plen, ttl, lo, hi = m["n"], m["plen"], m["ttl"], m["lo"], m["hi"]
         src, ips, ports, payload = m["src"], m["ips"], m["ports"], m["payload"]
         rate = float(m["rate"])
         if not 0 <= n <= MAX_PACKETS or not 0 <= plen <= MAX_PAYLOAD:
-            raise ValueError("bad plan: n or payload length out of range")
+            raise ValueError("bad burst: n or payload length out of range")
         if len(src) != 4 * n or len(ports) != 2 * n or len(ips) not in (4, 4 * n):
-            raise ValueError("bad plan: array lengths do not match n")
+            raise ValueError("bad burst: array lengths do not match n")
         if len(payload) not in (plen, plen * n):
-            raise ValueError("bad plan: payload length does not match")
+            raise ValueError("bad burst: payload length does not match")
         if not (rate == 0 or (math.isfinite(rate) and 0 < rate <= 1e9)) or not 0 <= ttl <= 255:
-            raise ValueError("bad plan: rate or ttl out of range")
+            raise ValueError("bad burst: rate or ttl out of range")
         # the index range is taken as declared (scanning 16M indices in Python would cost more than
-        # sending them); the C core refuses the whole plan if any index lies outside its table
+        # sending them); the C core refuses the whole burst if any index lies outside its table
         if n and not 0 <= lo <= hi < MAX_INDEX or not n and (lo, hi) != (0, -1):
-            raise ValueError("bad plan: index range")
+            raise ValueError("bad burst: index range")
         return cls(n, src, ips, ports, payload, plen, rate, ttl, lo, hi)
 
 
@@ -106,7 +106,7 @@ class Burst:
         """Many sockets each sending one packet to the same address (opening many mappings)."""
         return cls(indices, ip, array("H", [port]) * len(indices), payload, **kw)
 
-    def pack(self) -> PackedPlan:
+    def pack(self) -> PackedBurst:
         try:
             src = self.src_indices if isinstance(self.src_indices, array) and self.src_indices.typecode == "i" else array("i", self.src_indices)
         except (TypeError, OverflowError):
@@ -153,7 +153,7 @@ class Burst:
         lo, hi = (min(src), max(src)) if n else (0, -1)
         if lo < 0 or hi >= MAX_INDEX:
             raise ValueError(f"socket indices must be in 0..{MAX_INDEX - 1}, got {lo}..{hi}")
-        return PackedPlan(n, src.tobytes(), ips, ports.tobytes(), payload, plen, rate, ttl, lo, hi)
+        return PackedBurst(n, src.tobytes(), ips, ports.tobytes(), payload, plen, rate, ttl, lo, hi)
 
 
 @dataclass
@@ -191,10 +191,12 @@ class Hit:
 
 @dataclass
 class RecvStats:
+    """What the receive side of a pool saw (recv.c's counters, summed over the workers)."""
+
     received: int = 0
-    rejected: int = 0
-    icmp_errors: int = 0
-    dropped_after_hit: int = 0
+    rejected: int = 0  # datagrams that did not start with the expected bytes
+    icmp_errors: int = 0  # drained from the sockets' error queues
+    dropped_after_hit: int = 0  # read in the same call after the hit
 
 
-__all__ = ["Burst", "BurstStats", "Hit", "PackedPlan", "RecvStats", "MAX_PACKETS", "MAX_PAYLOAD"]
+__all__ = ["Burst", "BurstStats", "Hit", "PackedBurst", "RecvStats", "MAX_PACKETS", "MAX_PAYLOAD"]

@@ -1,4 +1,5 @@
-"""proto/tcp_plan: classification of TCP reports and the plan both sides derive from them."""
+"""proto/planner/tcp.py and tcp_mapping.py: classification of TCP reports and the plan both sides derive from
+them."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.tcp_plan import BadReport, Kind, TcpStrategy, classify, plan
+from dataclasses import replace
 
-
-def report(ports, *, public="203.0.113.10", local=("10.0.1.2", 40000), filtering="APDF", times=None, **extra):
-    times = times or [0.0] * len(ports)
-    return {"local": list(local), "filtering": filtering, **extra,
-            "samples": [{"dest": ["198.51.100.1", 3478], "ip": public, "port": p, "t": t}
-                        for p, t in zip(ports, times)]}
+from nattrav.errors import BadReport
+from nattrav.proto.planner.tcp import plan
+from nattrav.proto.planner.tcp_mapping import classify
+from nattrav.proto.report import History, TcpReport
+from nattrav.proto.vocab import Filtering, TcpStrategy
+from tests.reports import tcp as report
 
 
 NO_NAT = report([40000, 40000, 40000], public="10.0.1.2")
@@ -25,20 +26,19 @@ RANDOM = report([8586, 64041, 35105])
 
 
 def test_classify_kinds():
-    assert classify(NO_NAT).kind is Kind.OPEN
-    assert classify(FULL_CONE).kind is Kind.OPEN
-    assert classify(CONE).kind is Kind.CONE
+    assert classify(NO_NAT).reachable
+    assert classify(FULL_CONE).reachable
+    assert classify(CONE).cone
     seq = classify(SEQ7)
-    assert (seq.kind, seq.delta, seq.last_port) == (Kind.SEQUENTIAL, 7, 20105)
+    assert (seq.sequential, seq.delta, seq.last_port) == (True, 7, 20105)
     assert [seq.predict(k) for k in (1, 2)] == [20112, 20119]
-    assert classify(RANDOM).kind is Kind.RANDOM
+    assert classify(RANDOM).random
     # other hosts' flows between the probes: unequal small steps, the smallest is the NAT's
     noisy = classify(report([20010, 20012, 20013]))
-    assert (noisy.kind, noisy.delta) == (Kind.SEQUENTIAL, 1)
+    assert (noisy.sequential, noisy.delta) == (True, 1)
     # a pool of public addresses cannot be aimed at
-    pool = report([1000, 1000])
-    pool["samples"][1]["ip"] = "203.0.113.99"
-    assert classify(pool).kind is Kind.RANDOM
+    pool = report([1000, 1000], public=["203.0.113.10", "203.0.113.99"])
+    assert classify(pool).random
 
 
 def test_predict_wraps_inside_port_range():
@@ -84,7 +84,7 @@ def _meet(pf, ps, shift_first, shift_second):
     mf, ms = pf.mine, ps.mine
 
     def nat(m, index, shift):  # public port of the side's index-th new flow to the peer
-        if m.kind is not Kind.SEQUENTIAL:
+        if not m.sequential:
             return m.last_port
         return m.predict(1 + shift if m.per_address else index + shift)  # ADM: one port per address
 
@@ -102,12 +102,12 @@ def _meet(pf, ps, shift_first, shift_second):
 @pytest.mark.parametrize("first, second", [(SEQ, SEQ7), (SEQ7, SEQ), (SEQ, CONE), (CONE, SEQ7), (CONE, CONE)])
 @pytest.mark.parametrize("window", [1, 4, 8])
 def test_window_covers_every_shift_it_promises(first, second, window):
-    both = classify(first).kind is classify(second).kind is Kind.SEQUENTIAL
+    both = classify(first).sequential and classify(second).sequential
     for sf in range(window + 2):
         for ss in range(window + 2):
             covered = (sf + ss <= window - 1) if both else (
-                (classify(first).kind is not Kind.SEQUENTIAL or sf <= window - 1)
-                and (classify(second).kind is not Kind.SEQUENTIAL or ss <= window - 1))
+                (not classify(first).sequential or sf <= window - 1)
+                and (not classify(second).sequential or ss <= window - 1))
             met = _simulate(first, second, sf, ss, window)
             if covered:
                 assert met, (sf, ss)
@@ -118,8 +118,7 @@ def test_window_covers_every_shift_it_promises(first, second, window):
 def _adm_report(ports, public="203.0.113.30"):
     # probes to S1, S2, S1 again (as api._tcp_report makes them): an ADM NAT reuses S1's port
     dests = ["198.51.100.1", "198.51.100.2", "198.51.100.1"]
-    return {"local": ["10.0.3.2", 42000], "filtering": "APDF",
-            "samples": [{"dest": [d, 3478], "ip": public, "port": p, "t": 0.0} for p, d in zip(ports, dests)]}
+    return report(ports, public=public, local=("10.0.3.2", 42000), dests=dests)
 
 
 ADM = _adm_report([30010, 30011, 30010])
@@ -128,13 +127,13 @@ ADM3 = _adm_report([31000, 31003, 31000], public="203.0.113.40")
 
 def test_address_dependent_mapping_is_read_from_the_destinations():
     m = classify(ADM3)
-    assert (m.kind, m.per_address, m.delta, m.last_port) == (Kind.SEQUENTIAL, True, 3, 31003)
+    assert (m.sequential, m.per_address, m.delta, m.last_port) == (True, True, 3, 31003)
     assert "address-dependent" in m.describe() and "ADM" in m.describe()
     # the same address with ANOTHER port (APDM), or no repeated address: not ADM
     assert not classify(SEQ).per_address
     apdm = _adm_report([30010, 30011, 30012])
-    assert classify(apdm).kind is Kind.SEQUENTIAL and not classify(apdm).per_address
-    assert classify(_adm_report([30010, 30011, 30999])).kind is Kind.RANDOM
+    assert classify(apdm).sequential and not classify(apdm).per_address
+    assert classify(_adm_report([30010, 30011, 30999])).random
 
 
 @pytest.mark.parametrize("first, second", [(ADM, SEQ7), (SEQ7, ADM), (ADM, ADM3), (ADM, CONE), (CONE, ADM3)])
@@ -143,13 +142,13 @@ def test_window_with_an_address_dependent_nat_covers_exactly_what_it_promises(fi
     mf, ms = classify(first), classify(second)
 
     def covered(sf, ss):
-        if mf.kind is Kind.SEQUENTIAL and not mf.per_address:  # APDM first: the sum is bet on
-            return sf + ss <= window - 1 if ms.kind is Kind.SEQUENTIAL else sf <= window - 1
-        ok_first = mf.kind is not Kind.SEQUENTIAL or sf <= window - 1  # ADM first: its one port
-        if ms.kind is not Kind.SEQUENTIAL:
+        if mf.sequential and not mf.per_address:  # APDM first: the sum is bet on
+            return sf + ss <= window - 1 if ms.sequential else sf <= window - 1
+        ok_first = not mf.sequential or sf <= window - 1  # ADM first: its one port
+        if not ms.sequential:
             return ok_first
         reach = sf + ss <= 2 * window - 2 if not ms.per_address else ss <= window - 1
-        return ok_first and (reach if mf.kind is Kind.SEQUENTIAL else ss <= window - 1)
+        return ok_first and (reach if mf.sequential else ss <= window - 1)
 
     for sf in range(2 * window + 1):
         for ss in range(2 * window + 1):
@@ -163,7 +162,7 @@ def test_random_facing_an_address_dependent_nat_states_the_spread_odds():
 
 
 RC = report([40000] * 3, filtering="ADF", public="203.0.113.50")  # restricted cone: EIM + ADF
-ADM_ADF = {**ADM, "filtering": "ADF"}
+ADM_ADF = replace(ADM, filtering=Filtering.ADF)
 
 
 @pytest.mark.parametrize("role", ["first", "second"])
@@ -227,7 +226,7 @@ def test_random_facing_sequential_or_random_is_infeasible_with_both_behaviours_n
 
 @pytest.mark.parametrize("role", ["first", "second"])
 def test_random_facing_a_cone_is_a_birthday_both_sides_size_alike(role):
-    from nattrav.proto.tcp_plan import BIRTHDAY_TARGET, birthday_size
+    from nattrav.proto.planner.tcp import BIRTHDAY_TARGET, birthday_size
 
     other = "second" if role == "first" else "first"
     rnd, cone = plan(RANDOM, CONE, role), plan(CONE, RANDOM, other)
@@ -247,7 +246,7 @@ def test_random_facing_a_cone_is_a_birthday_both_sides_size_alike(role):
 def test_birthday_odds_match_a_simulated_random_nat():
     import random
 
-    from nattrav.proto.tcp_plan import birthday_size
+    from nattrav.proto.planner.tcp import birthday_size
 
     span, rng = 1000, random.Random(7)
     sockets, probes, odds = birthday_size(span, sockets=20, target=0.9)
@@ -262,21 +261,23 @@ def test_birthday_odds_match_a_simulated_random_nat():
 
 
 def test_a_small_port_block_takes_fewer_connects_and_guesses():
-    small = {**RANDOM, "port_range": [40000, 40999]}
+    small = replace(RANDOM, port_range=(40000, 40999))
     p = plan(small, CONE, "first")
     q = plan(CONE, small, "second")
     assert p.strategy is TcpStrategy.BIRTHDAY and p.sockets == 500  # half the block at most
     assert q.peer_range == (40000, 40999) and q.random_probes < 50 and q.odds == p.odds
-    for bad in ([1, 2, 3], [5000, 4000], [0, 10], "1-2", [True, 9]):
+    for bad in ([1, 2, 3], [5000, 4000], [0, 10], "1-2", [True, 9], [7, 7]):
         with pytest.raises(BadReport):
-            classify({**RANDOM, "port_range": bad})
+            TcpReport.from_wire({**RANDOM.to_wire(), "port_range": bad})
 
 
-def test_bad_peer_report_is_a_failed_plan_not_a_crash():
-    p = plan(SEQ, {"samples": "nope"}, "first")
-    assert not p.feasible and "malformed" in p.reason
+def test_a_malformed_peer_report_never_reaches_the_planner():
+    for bad in ({"samples": "nope"}, {"samples": []}, {"local": ["x", 0]}, {"samples": [["a", 1, None, None]]},
+                {"samples": [["203.0.113.10", 1, None]]}, {"window": 0}, {"filtering": "none"}, {"x": 1}):
+        with pytest.raises(BadReport):
+            TcpReport.from_wire({**SEQ.to_wire(), **bad})
     with pytest.raises(BadReport):
-        classify({"local": ["x", 0], "samples": [{"ip": "a", "port": 1}]})
+        TcpReport.from_wire({k: v for k, v in SEQ.to_wire().items() if k != "window"})  # every key, always
     with pytest.raises(ValueError):
         plan(SEQ, SEQ, "third")
 
@@ -285,27 +286,31 @@ def test_bad_peer_report_is_a_failed_plan_not_a_crash():
 @given(st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=True),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
-        st.sampled_from(["local", "samples", "filtering", "ip", "port", "t", "horizon", "history", "extra",
-                         "exposure", "x"]), inner, max_size=4),
+        st.sampled_from(["local", "samples", "filtering", "port_range", "window", "horizon", "history", "ip",
+                         "port", "t", "x"]), inner, max_size=4),
     max_leaves=20))
 def test_any_untrusted_report_raises_only_badreport(data):
-    try:
-        m = classify(data)
-    except BadReport:
-        return
-    assert m.kind in Kind
+    # alone, and over a valid report (so that most fields but the changed ones pass)
+    for candidate in (data, {**SEQ.to_wire(), **data} if isinstance(data, dict) else data):
+        try:
+            m = classify(TcpReport.from_wire(candidate))
+        except BadReport:
+            continue
+        assert [m.reachable, m.cone, m.sequential, m.random].count(True) == 1
 
 
 def test_agreed_window_is_the_larger_published_one_clamped():
-    from nattrav.proto.tcp_plan import DEFAULT_WINDOW, MAX_WINDOW, agreed_window
+    from nattrav.proto.planner.tcp import DEFAULT_WINDOW, agreed_window
+    from nattrav.proto.report import MAX_WINDOW
 
-    assert agreed_window({"window": 3}, {"window": 12}) == 12
-    assert agreed_window({"window": 3}, {}) == DEFAULT_WINDOW
-    assert agreed_window({"window": 2}, {"window": 10**9}) == MAX_WINDOW
-    assert agreed_window({"window": 2}, {"window": True}) == DEFAULT_WINDOW
-    assert agreed_window(None, "junk") == DEFAULT_WINDOW
+    assert agreed_window(replace(SEQ, window=3), replace(SEQ, window=12)) == 12
+    assert agreed_window(replace(SEQ, window=3), SEQ) == DEFAULT_WINDOW
+    assert agreed_window(replace(SEQ, window=2), replace(SEQ, window=10**9)) == MAX_WINDOW  # ours, unchecked
+    for bad in (10**9, True, "8"):  # a peer's is checked
+        with pytest.raises(BadReport):
+            TcpReport.from_wire({**SEQ.to_wire(), "window": bad})
     # both sides derive mirrored plans from it
-    w = agreed_window({**SEQ, "window": 2}, {**SEQ7, "window": 5})
+    w = agreed_window(replace(SEQ, window=2), replace(SEQ7, window=5))
     a, b = plan(SEQ, SEQ7, "first", window=w), plan(SEQ7, SEQ, "second", window=w)
     assert [t[1] for t in b.targets] == a.params["own_predicted"]
     assert [t[1] for t in a.targets] == b.params["own_predicted"]
@@ -325,12 +330,12 @@ def _busy_seq(foreign, public="203.0.113.20"):
 
 @pytest.mark.parametrize("peer", [CONE, _quiet_seq("203.0.113.30")])
 def test_window_grows_with_a_busier_nat(peer):
-    from nattrav.proto.tcp_plan import DEFAULT_WINDOW, WINDOW_TARGET
+    from nattrav.proto.planner.tcp import DEFAULT_WINDOW, WINDOW_TARGET
 
     windows = []
     # foreign flows seen in 10 s between our probes, and a NAT seen taking 60 a second for 10 s
     for busy in (_busy_seq(0), _busy_seq(10), _busy_seq(30), _busy_seq(60),
-                 {**_busy_seq(0), "history": {"extra": 600, "exposure": 10.0}}):
+                 replace(_busy_seq(0), history=History(600, 10.0))):
         p = plan(busy, peer, "first")
         assert p.strategy is TcpStrategy.SIMULTANEOUS and p.odds >= WINDOW_TARGET
         assert f"window {p.params['window']} " in p.reason and "odds 99.99" in p.reason, p.reason
@@ -340,7 +345,7 @@ def test_window_grows_with_a_busier_nat(peer):
 
 
 def test_fresh_samples_alone_say_little_so_the_window_is_wide():
-    from nattrav.proto.tcp_plan import WINDOW_TARGET
+    from nattrav.proto.planner.tcp import WINDOW_TARGET
 
     # three probes 2 ms apart: the Gamma prior (mean 6 flows/s, heavy tail) decides, for 1 s
     fresh = report([20010, 20011, 20012], times=[0.0, 0.002, 0.004])
@@ -349,7 +354,7 @@ def test_fresh_samples_alone_say_little_so_the_window_is_wide():
     assert 100 < cone_seq.params["window"] < seq_seq.params["window"] < 256
     assert cone_seq.odds >= WINDOW_TARGET and seq_seq.odds >= WINDOW_TARGET
     # a shorter horizon (the publisher knows the punch is near) narrows it
-    soon = plan(CONE, {**fresh, "horizon": 0.2}, "first")
+    soon = plan(CONE, replace(fresh, horizon=0.2), "first")
     assert soon.params["window"] < cone_seq.params["window"]
 
 
@@ -358,7 +363,7 @@ def _model_pmf(m, n):
     Poisson(rate * horizon) shift), independently of proto/predict.py."""
     import math
 
-    if m.kind is not Kind.SEQUENTIAL:
+    if not m.sequential:
         return [1.0] + [0.0] * (n - 1)
     (a, b), h = _gamma_posterior(m), m.horizon
     return [math.exp(math.lgamma(a + k) - math.lgamma(a) - math.lgamma(k + 1) + a * math.log(b / (b + h))
@@ -391,7 +396,7 @@ def test_odds_are_the_simulated_nats_coverage_under_the_model(first, second, win
     rng, trials, hits = random.Random(11), 20000, 0
 
     def draw(m):
-        if m.kind is not Kind.SEQUENTIAL:
+        if not m.sequential:
             return 0
         a, b = _gamma_posterior(m)
         mu = rng.gammavariate(a, 1 / b) * m.horizon
@@ -420,11 +425,11 @@ def _gamma_posterior(m):
 @pytest.mark.parametrize("a, b", [
     (_busy_seq(7), _quiet_seq()),
     (report([20010, 20011, 20012], times=[0, 0.002, 0.004], horizon=0.4), _busy_seq(2, "203.0.113.9")),
-    ({**SEQ, "history": {"extra": 30, "exposure": 12.5}, "window": 3}, {**SEQ7, "window": 11}),
+    (replace(SEQ, history=History(30, 12.5), window=3), replace(SEQ7, window=11)),
     (CONE, _busy_seq(40)),
 ])
 def test_both_sides_derive_the_same_window_and_odds(a, b):
-    from nattrav.proto.tcp_plan import agreed_window
+    from nattrav.proto.planner.tcp import agreed_window
 
     for first, second in ((a, b), (b, a)):
         x = plan(first, second, "first", window=agreed_window(first, second))
@@ -435,16 +440,17 @@ def test_both_sides_derive_the_same_window_and_odds(a, b):
 
 
 def test_window_caps_and_floors():
-    from nattrav.proto.tcp_plan import MAX_WINDOW, WINDOW_TARGET
+    from nattrav.proto.planner.tcp import WINDOW_TARGET
+    from nattrav.proto.report import MAX_WINDOW
 
     # thousands of foreign flows a second: the cap bites and the odds say so
-    frantic = {**SEQ, "history": {"extra": 200, "exposure": 1.0}}
+    frantic = replace(SEQ, history=History(200, 1.0))
     p = plan(frantic, SEQ7, "first")
     assert p.params["window"] == MAX_WINDOW and len(p.targets) == 2 * MAX_WINDOW - 1
     assert 0 < p.odds < WINDOW_TARGET and f"capped at {MAX_WINDOW}" in p.reason
     q = plan(CONE, frantic, "second")
     assert q.params["window"] == MAX_WINDOW and len(q.targets) == MAX_WINDOW and 0 < q.odds < WINDOW_TARGET
-    assert plan({**SEQ, "history": {"extra": 5000, "exposure": 1.0}}, SEQ7, "first").odds < 1e-6
+    assert plan(replace(SEQ, history=History(5000, 1.0)), SEQ7, "first").odds < 1e-6
     # a user's explicit window is a floor, even where the model would take fewer
     assert plan(_quiet_seq(), CONE, "first", window=20).params["window"] == 20
     assert plan(_quiet_seq(), CONE, "first", window=MAX_WINDOW).params["window"] == MAX_WINDOW
@@ -455,37 +461,34 @@ def test_window_caps_and_floors():
 
 
 def test_old_reports_still_plan_and_new_fields_are_validated():
-    old = {k: v for k, v in SEQ.items()}
-    old["samples"] = [{k: v for k, v in x.items() if k != "t"} for x in SEQ["samples"]]
-    p = plan(old, SEQ7, "first")
+    untimed = replace(SEQ, samples=tuple(replace(x, t=None) for x in SEQ.samples))
+    p = plan(TcpReport.from_wire(untimed.to_wire()), SEQ7, "first")
     assert p.feasible and p.odds > 0.99 and p.params["horizon"] == [1.0, 1.0]  # plan.DEFAULT_HORIZON
     for bad in ({"horizon": -1}, {"horizon": float("nan")}, {"horizon": True}, {"horizon": 1e9},
-                {"history": [1, 2]}, {"history": {"extra": -1, "exposure": 1}},
-                {"history": {"extra": 1, "exposure": float("inf")}}, {"history": {"exposure": 1}}):
+                {"horizon": "soon"}, {"history": {"extra": 1, "exposure": 2}}, {"history": [-1, 1]},
+                {"history": [1, float("inf")]}, {"history": [1]}, {"history": [True, 1.0]}):
         with pytest.raises(BadReport):
-            classify({**SEQ, **bad})
+            TcpReport.from_wire({**SEQ.to_wire(), **bad})
     bad_t = report([1, 2, 3], times=[0, float("nan"), 1])
     with pytest.raises(BadReport):
-        classify(bad_t)
-    assert not plan(SEQ, {**SEQ7, "horizon": "soon"}, "first").feasible
+        TcpReport.from_wire(bad_t.to_wire())
 
 
 def test_history_counts_the_flows_others_took_while_a_listener_waited():
-    from nattrav.proto.tcp_plan import history
+    from nattrav.proto.planner.tcp_mapping import history
 
     enrolled = report([20010, 20011, 20012], times=[0, 0.002, 0.004])
     later = report([20043, 20044, 20045], times=[0, 0.002, 0.004])  # 30 foreign flows in between
     h = history(enrolled, later, 15.0)
-    assert h == {"extra": 30, "exposure": pytest.approx(15.004)}
-    assert classify({**later, "history": h}).extra == 30
+    assert h.extra == 30 and h.exposure == pytest.approx(15.004)
+    assert classify(replace(later, history=h)).extra == 30
     # a step-7 NAT counts in steps of 7; another Δ, address or a cone is not one counter
-    assert history(SEQ7, report([20126, 20133, 20140], public="203.0.113.20"), 2.0)["extra"] == 2
+    assert history(SEQ7, report([20126, 20133, 20140], public="203.0.113.20"), 2.0).extra == 2
     assert history(SEQ, SEQ7, 1.0) is None
     assert history(SEQ, CONE, 1.0) is None
     assert history(SEQ, report([20010 + 40000, 20011 + 40000, 20012 + 40000]), 1.0) is None  # wrapped?
-    assert history({"samples": 1}, SEQ, 1.0) is None
     # the listener's wait pins its rate down: the window shrinks to the floor
-    assert plan(CONE, {**later, "history": h}, "first").params["window"] < plan(CONE, later, "first").params["window"]
+    assert plan(CONE, replace(later, history=h), "first").params["window"] < plan(CONE, later, "first").params["window"]
 
 
 def test_connects_go_to_the_observed_peer_address_only():
@@ -497,10 +500,10 @@ def test_connects_go_to_the_observed_peer_address_only():
 
 @pytest.mark.parametrize("where", ["ip", "local"])
 def test_a_hostname_in_a_tcp_report_is_malformed(where):
-    bad = report([40000, 40000, 40000])
+    bad = report([40000, 40000, 40000]).to_wire()
     if where == "ip":
-        bad["samples"][0]["ip"] = "victim.example"
+        bad["samples"][0][0] = "victim.example"
     else:
         bad["local"][0] = "localhost"
     with pytest.raises(BadReport, match="not an IP"):
-        classify(bad)
+        TcpReport.from_wire(bad)

@@ -26,6 +26,9 @@ import hmac
 import struct
 from dataclasses import dataclass
 
+from ..errors import BadPacket, LocalProtocolError
+from .vocab import Role
+
 MAGIC = b"nT"
 VERSION = 1
 TAG_LEN = 16
@@ -35,17 +38,7 @@ STAMP = struct.Struct(">8sQ")
 MAX_DATA = 1200  # keeps a frame under 1280 bytes: no fragmentation on any IPv6-capable path either
 MAX_FRAME = HEADER.size + MAX_DATA + TAG_LEN
 REPLAY_WINDOW = 1024
-ROLES = ("first", "second")
 KEY_MIN = 16
-
-
-class BadPacket(ValueError):
-    """Bytes that are not a well-formed punch frame, or that fail authentication. The one error
-    type for anything the network hands us."""
-
-
-class LocalProtocolError(ValueError):
-    """Local misuse: bad key, bad role, payload too large, sending before established."""
 
 
 class FrameType(enum.IntEnum):
@@ -163,18 +156,18 @@ class Received:
     payload: bytes = b""
 
 
-class PunchSession:
+class Handshake:
     """One side of the handshake. Feed it every datagram; send what it returns."""
 
     def __init__(self, key: bytes, role: str, nonce: bytes) -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) < KEY_MIN:
             raise LocalProtocolError(f"session key must be >= {KEY_MIN} bytes")
-        role = getattr(role, "value", role)
-        if role not in ROLES:
-            raise LocalProtocolError(f"role must be one of {ROLES}, got {role!r}")
+        if role not in tuple(Role):
+            raise LocalProtocolError(f"role must be one of {[r.value for r in Role]}, got {role!r}")
+        role = Role(role)
         if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_LEN:
             raise LocalProtocolError(f"nonce must be {NONCE_LEN} bytes")
-        peer_role = ROLES[1 - ROLES.index(role)]
+        peer_role = role.other
         self.role = role
         self.nonce = bytes(nonce)
         self._send_key = derive_key(bytes(key), role)

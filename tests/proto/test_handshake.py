@@ -4,14 +4,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto import punch as p
-from nattrav.proto.punch import BadPacket, Event, LocalProtocolError, PunchSession
+from nattrav.errors import BadPacket, LocalProtocolError
+from nattrav.proto import handshake as p
+from nattrav.proto.handshake import Event, Handshake
 
 KEY = bytes(range(32))
 
 
 def pair(key=KEY):
-    return PunchSession(key, "first", b"AAAAAAAA"), PunchSession(key, "second", b"BBBBBBBB")
+    return Handshake(key, "first", b"AAAAAAAA"), Handshake(key, "second", b"BBBBBBBB")
 
 
 def test_three_packet_handshake_measures_rtt_on_both_sides():
@@ -36,7 +37,7 @@ def test_crossing_hellos_establish_both():
 
 def test_wrong_key_stray_and_reflection_are_rejected():
     a, b = pair()
-    mallory = PunchSession(b"x" * 32, "second", b"MMMMMMMM")
+    mallory = Handshake(b"x" * 32, "second", b"MMMMMMMM")
     for bad in (mallory.hello(0), b"garbage", b"", a.hello(0)):  # last: our own packet reflected
         with pytest.raises(BadPacket):
             a.receive(bad, 0)
@@ -65,7 +66,7 @@ def test_counter_far_behind_the_window_is_rejected():
 
 def test_ack_for_someone_elses_nonce_does_not_establish():
     a, b = pair()
-    c = PunchSession(KEY, "first", b"CCCCCCCC")  # same key, other nonce (an old attempt)
+    c = Handshake(KEY, "first", b"CCCCCCCC")  # same key, other nonce (an old attempt)
     ack_for_c = b.receive(c.hello(0), 1).replies[0]
     with pytest.raises(BadPacket, match="nonce"):
         a.receive(ack_for_c, 2)
@@ -103,7 +104,7 @@ def test_tampered_payload_fails_mac():
                                              (KEY, "first", b"A")])
 def test_local_misuse(key, role, nonce):
     with pytest.raises(LocalProtocolError):
-        PunchSession(key, role, nonce)
+        Handshake(key, role, nonce)
 
 
 @settings(max_examples=1000, deadline=None)

@@ -11,22 +11,17 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from . import __version__
-from .api import ConnectError, connect, connect_tcp, listen, listen_tcp, parse_endpoint
+from .. import __version__
+from ..api import connect, connect_tcp, listen, listen_tcp
+from ..hostport import parse_hostport
+from ..io import rendezvous_client as rv
 from .events import describe
-from .io import rendezvous_client as rv
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_SERVER = 3  # rendezvous server unreachable, gone, or protocol trouble
-EXIT_PEER = 4  # unknown peer, offline, refused
-EXIT_PUNCH = 5  # no path: the NAT pair is infeasible or the punch timed out
-EXIT_TIMEOUT = 6
-EXIT_INTERRUPTED = 130
+from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 
 EPILOG = """\
 examples:
@@ -92,27 +87,32 @@ class Reporter:
         return describe(phase, d, verbose=self.verbose)
 
 
+async def _read_stdin(send: Callable[[bytes], Awaitable[None]]) -> None:
+    """Hand everything read from stdin to `send`, until stdin ends."""
+    while True:
+        data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
+        if not data:
+            return
+        await send(data)
+
+
+def _write_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
 async def _pipe(path: Any, linger: float) -> None:
     """stdin -> peer, peer -> stdout, until the peer closes, or stdin ends and `linger` passes."""
-    out = sys.stdout.buffer
-
     async with trio.open_nursery() as nursery:
 
         async def from_peer() -> None:
-            while True:
-                data = await path.receive()
-                if not data:  # the peer closed the path
-                    nursery.cancel_scope.cancel()
-                    return
-                out.write(data)
-                out.flush()
+            while data := await path.receive():
+                _write_stdout(data)
+            nursery.cancel_scope.cancel()  # b"": the peer closed the path
 
         async def to_peer() -> None:
-            while True:
-                data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
-                if not data:
-                    break
-                await path.send(data)
+            await _read_stdin(path.send)
             await trio.sleep(linger)
             nursery.cancel_scope.cancel()
 
@@ -124,34 +124,25 @@ async def _pipe(path: Any, linger: float) -> None:
 async def _pipe_tcp(stream: Any, linger: float) -> None:
     """stdin -> peer until EOF (then half-close), peer -> stdout until the peer's EOF; after that,
     our stdin gets `linger` seconds to finish."""
-    out = sys.stdout.buffer
     sent = trio.Event()
 
     async with trio.open_nursery() as nursery:
 
         async def to_peer() -> None:
-            while True:
-                data = await trio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
-                if not data:
-                    break
-                await stream.send_all(data)
+            await _read_stdin(stream.send_all)
             await stream.send_eof()
             sent.set()
 
         nursery.start_soon(to_peer)
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            out.write(data)
-            out.flush()
+        while data := await stream.receive_some(65536):
+            _write_stdout(data)
         with trio.move_on_after(linger):
             await sent.wait()
         nursery.cancel_scope.cancel()  # the peer is done; our stdin may never end (a terminal)
 
 
 async def run(args: argparse.Namespace, report: Reporter) -> int:
-    server = parse_endpoint(args.server, rv.DEFAULT_PORT)
+    server = parse_hostport(args.server, rv.DEFAULT_PORT)
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
     if args.tcp:
         connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
@@ -179,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        parse_endpoint(args.server, rv.DEFAULT_PORT)
+        parse_hostport(args.server, rv.DEFAULT_PORT)
         if args.stun:
-            parse_endpoint(args.stun, 3478)
+            parse_hostport(args.stun, 3478)
     except ValueError as exc:
         parser.error(str(exc))
     if not 0 <= args.src_port <= 65535:
@@ -193,16 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     report = Reporter(args.json, args.verbose)
     try:
         return trio.run(run, args, report)
-    except KeyboardInterrupt:
-        return _fail(EXIT_INTERRUPTED, "interrupted", args.json)
-    except (rv.UnknownPeer, rv.PeerOffline, rv.Refused, rv.OfferGone, rv.NameTaken) as exc:
-        return _fail(EXIT_PEER, str(exc), args.json)
-    except (rv.RendezvousTimeout, trio.TooSlowError) as exc:
-        return _fail(EXIT_TIMEOUT, str(exc) or f"timeout: gave up after {args.timeout:g} s (see --timeout)", args.json)
-    except rv.RendezvousError as exc:
-        return _fail(EXIT_SERVER, str(exc), args.json)
-    except ConnectError as exc:
-        return _fail(EXIT_PUNCH, str(exc), args.json)
+    except HANDLED as exc:
+        code = exit_code(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        elif code == EXIT_TIMEOUT:
+            message = str(exc) or f"timeout: gave up after {args.timeout:g} s (see --timeout)"
+        else:
+            message = str(exc) or type(exc).__name__
+        return _fail(code, message, args.json)
 
 
 if __name__ == "__main__":

@@ -13,27 +13,26 @@ import sys
 
 import trio
 
-from .io.stun_server import (
+from ..errors import UsageError
+from ..hostport import parse_hostport
+from ..io.stun_server import serve_stun
+from ..proto.nat_behavior import NatBehavior
+from ..proto.stun_control import MIN_SECRET
+from ..proto.stun_server import (
     DEFAULT_ALT_PORT,
     DEFAULT_CONTROL_PORT,
     DEFAULT_MAX_AMPLIFICATION,
     DEFAULT_PORT,
     DEFAULT_RATE_LIMIT,
     StunServerConfig,
-    serve_stun,
 )
-from .proto.nat_behavior import NatBehavior
-from .proto.stun_control import MIN_SECRET
+from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 SECRET_ENV = "NATTRAV_STUN_SECRET"
 SECRET_ON_ARGV = (
     "--secret on the command line is readable by every local user (ps, /proc/PID/cmdline); put the "
     f"key in a file and pass --secret-file FILE, or set {SECRET_ENV}"
 )
-
-
-class UsageError(Exception):
-    """A mistake on the command line: one line on stderr, exit 2."""
 
 
 def parse_size(text: str) -> int:
@@ -69,21 +68,6 @@ def read_secret(path: str | None, environ: dict[str, str] | None = None) -> byte
         raise UsageError(f"{where}: the key must be {MIN_SECRET}..4096 bytes, got {len(secret)} "
                          f"(e.g. `openssl rand -hex 32 > key`)")
     return secret
-
-
-def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """"198.51.100.1", "198.51.100.1:3478", "[2001:db8::1]:3478" or "2001:db8::1"."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, port_s = text.split(":")
-        port = int(port_s)
-    else:
-        host, port = text, default_port
-    if not 0 < port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host, port
 
 
 def format_table(b: NatBehavior) -> str:
@@ -128,7 +112,7 @@ async def _serve(config: StunServerConfig, stats_interval: float) -> int:
             srv = await nursery.start(serve_stun, config)
         except (OSError, ValueError) as exc:  # address not local, port in use, bad ports
             print(f"nattrav-stun: cannot serve: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         addrs = ", ".join(f"{ip}:{port}" for ip, port in srv.addresses)
         print(f"nattrav-stun: serving ({config.layout}) on {addrs}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -143,8 +127,8 @@ async def _serve(config: StunServerConfig, stats_interval: float) -> int:
             async for _ in signals:
                 print(json.dumps(srv.counters()), flush=True)
                 nursery.cancel_scope.cancel()
-                return 0
-    return 0
+                return EXIT_OK
+    return EXIT_OK
 
 
 def _serve_config(args: argparse.Namespace) -> StunServerConfig:
@@ -221,18 +205,22 @@ def main(argv: list[str] | None = None) -> int:
             config = _serve_config(args)
         except UsageError as exc:
             print(f"nattrav-stun: error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return trio.run(_serve, config, args.stats_interval)
 
-    from .io.stun_client import discover
+    from ..io.stun_discover import discover
 
-    server = parse_endpoint(args.server)
+    try:
+        server = parse_hostport(args.server, DEFAULT_PORT)
+    except UsageError as exc:
+        print(f"nattrav-stun: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         # replies are checked against the address we sent to: resolve a host name to it first
         server = (socket.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)[0][4][0], server[1])
     except socket.gaierror as exc:
         print(f"nattrav-stun: cannot resolve {server[0]}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     report = trio.run(
         lambda: discover(
             server,
@@ -248,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_table(report))
-    return 0 if report.public_ip is not None else 2
+    # no STUN answer at all: 2, as before the exit-code table (scripts test for it)
+    return EXIT_OK if report.public_ip is not None else 2
 
 
 if __name__ == "__main__":

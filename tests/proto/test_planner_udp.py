@@ -3,44 +3,39 @@
 import itertools
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.plan import (
-    FLOW_TABLE_CAP,
-    STRATEGIES,
-    PlanError,
-    Strategy,
-    birthday_miss,
-    needed,
-    plan,
-    probes_for,
-    side_from_report,
-    simulate,
-)
-from nattrav.proto.predict import ReportError
+from nattrav.errors import BadReport, PlanError
+from nattrav.proto.nat_behavior import BindingSample
+from nattrav.proto.planner.odds import FLOW_TABLE_CAP, birthday_miss, needed, probes_for, simulate
+from nattrav.proto.planner.side import side_from_report
+from nattrav.proto.planner.strategies import STRATEGIES
+from nattrav.proto.planner.udp import plan
+from nattrav.proto.report import NatReport, samples_from_bindings
+from nattrav.proto.vocab import Allocation, Filtering, Mapping, Strategy
+from tests.reports import udp, wire
 
 # One report per NAT class, shaped like the lab presets (samples: one socket to S1 then S2).
-CLASSES = {
-    "none": dict(nat=False, mapping="EIM", filtering="EIF", samples=[40000, 40000]),
-    "full-cone": dict(mapping="EIM", filtering="EIF", samples=[40000, 40000]),
-    "restricted-cone": dict(mapping="EIM", filtering="ADF", samples=[40000, 40000]),
-    "port-restricted": dict(mapping="EIM", filtering="APDF", samples=[40000, 40000]),
+_CLASSES = {
+    "none": dict(nat=False, mapping="EIM", filtering="EIF", ports=[40000, 40000]),
+    "full-cone": dict(mapping="EIM", filtering="EIF", ports=[40000, 40000]),
+    "restricted-cone": dict(mapping="EIM", filtering="ADF", ports=[40000, 40000]),
+    "port-restricted": dict(mapping="EIM", filtering="APDF", ports=[40000, 40000]),
     "symmetric-seq": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=1,
-                          one_socket=[{"port": 20000, "t": 0.0}, {"port": 20001, "t": 0.01}]),
+                          ports=[20000, 20001], times=[0.0, 0.01]),
     "symmetric-seq-2": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=2,
-                            one_socket=[{"port": 20000, "t": 0.0}, {"port": 20002, "t": 0.01}]),
+                            ports=[20000, 20002], times=[0.0, 0.01]),
     "symmetric-seq-7": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=7,
-                            one_socket=[{"port": 20000, "t": 0.0}, {"port": 20007, "t": 0.01}]),
+                            ports=[20000, 20007], times=[0.0, 0.01]),
     "adm": dict(mapping="ADM", filtering="APDF", allocation="sequential", delta=1,
-                one_socket=[{"port": 20000, "t": 0.0}, {"port": 20001, "t": 0.01}]),
-    "symmetric-random": dict(mapping="APDM", filtering="APDF", allocation="random",
-                             samples=[31234, 5001]),
+                ports=[20000, 20001], times=[0.0, 0.01]),
+    "symmetric-random": dict(mapping="APDM", filtering="APDF", allocation="random", ports=[31234, 5001]),
 }
-for i, rep in enumerate(CLASSES.values()):
-    rep["public_ip"] = f"203.0.113.{10 + i}"
+CLASSES = {name: udp(ip=f"203.0.113.{10 + i}", **kw) for i, (name, kw) in enumerate(_CLASSES.items())}
 
 EXPECTED = {
     # (first, second) class kinds -> strategy; "cone" = EIM with APDF, "rcone" = EIM with ADF
@@ -252,12 +247,10 @@ def test_happy_eyeballs_order_is_by_cost():
 
 
 def test_nat_behavior_report_with_binding_samples():
-    rep = {"mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
-           "public_ip": "203.0.113.10", "nat": True,
-           "samples": [{"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.1", 3478],
-                        "mapped": ["203.0.113.10", 41000], "t": 0.0},
-                       {"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.2", 3478],
-                        "mapped": ["203.0.113.10", 41001], "t": 0.01}]}
+    bindings = [BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.1", 3478), ("203.0.113.10", 41000), 0.0),
+                BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.2", 3478), ("203.0.113.10", 41001), 0.01)]
+    rep = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1,
+                    public=("203.0.113.10", 41001), samples=samples_from_bindings(bindings))
     side = side_from_report(rep)
     assert side.sequential and side.port == 41001 and side.next_port(0) == 41002
 
@@ -265,25 +258,29 @@ def test_nat_behavior_report_with_binding_samples():
 def test_misuse_and_bad_reports():
     with pytest.raises(PlanError):
         plan(CLASSES["full-cone"], CLASSES["full-cone"], "third")
-    with pytest.raises(ReportError):
-        plan({"mapping": "EIM"}, CLASSES["full-cone"], "first")  # no endpoint
-    with pytest.raises(ReportError):
-        plan(dict(CLASSES["full-cone"], mapping="sideways"), CLASSES["full-cone"], "first")
-    with pytest.raises(ReportError):
-        plan(dict(CLASSES["full-cone"], public_ip="not-an-ip"), CLASSES["full-cone"], "first")
+    with pytest.raises(BadReport):
+        plan(NatReport(mapping=Mapping.EIM), CLASSES["full-cone"], "first")  # no endpoint
+    with pytest.raises(BadReport):
+        NatReport.from_wire({**wire(CLASSES["full-cone"]), "mapping": "sideways"})
+    with pytest.raises(BadReport):
+        NatReport.from_wire({**wire(CLASSES["full-cone"]), "public": ["not-an-ip", 40000]})
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(
-    st.sampled_from(["mapping", "filtering", "allocation", "delta", "samples", "public", "public_ip",
-                     "nat", "one_socket", "port_range"]),
+    st.sampled_from(["v", "mapping", "filtering", "allocation", "delta", "samples", "public", "port_range",
+                     "tcp", "nat"]),
     st.one_of(st.none(), st.booleans(), st.integers(-3, 70000), st.text(max_size=8),
-              st.sampled_from(["EIM", "APDM", "ADF", "random", "sequential", "203.0.113.9"]),
-              st.lists(st.one_of(st.integers(0, 70000), st.text(max_size=3)), max_size=4))))
-def test_any_peer_report_plans_or_raises_report_error(report):
+              st.sampled_from(["EIM", "APDM", "ADF", "random", "sequential", "203.0.113.9", "none"]),
+              st.lists(st.one_of(st.integers(0, 70000), st.text(max_size=3),
+                                 st.lists(st.one_of(st.none(), st.integers(-1, 70000), st.floats()), max_size=3)),
+                       max_size=4))),
+    st.sampled_from(sorted(CLASSES)))
+def test_any_peer_report_plans_or_raises_bad_report(fields, base):
     try:
+        report = NatReport.from_wire({**wire(CLASSES[base]), **fields})
         p = plan(CLASSES["port-restricted"], report, "first")
-    except ReportError:
+    except BadReport:
         return
     assert 0.0 <= p.odds <= 1.0 and p.attempts
     assert math.isfinite(p.timeout)
@@ -292,7 +289,7 @@ def test_any_peer_report_plans_or_raises_report_error(report):
 @pytest.mark.parametrize("port_range", [[1000, 1000], [1000, 1010], [1000, 1511], [1024, 3071]])
 def test_small_port_blocks_plan_without_error(port_range):
     """A CGNAT hands each subscriber a block of a few hundred ports: the sizes shrink to fit."""
-    rnd = dict(CLASSES["symmetric-random"], samples=[port_range[0], port_range[1]], port_range=port_range)
+    rnd = udp("APDM", "APDF", [port_range[0], port_range[1]], allocation="random", port_range=port_range)
     for other in ("port-restricted", "symmetric-seq", "symmetric-random"):
         p = plan(rnd, CLASSES[other], "first")
         span = port_range[1] - port_range[0] + 1
@@ -306,12 +303,12 @@ def test_small_port_blocks_plan_without_error(port_range):
 
 def test_every_part_aims_at_the_observed_peer_address_not_the_reported_one():
     # a port-restricted cone facing a "random" report that names a third party's address
-    mine = dict(CLASSES["port-restricted"])
-    theirs = {**CLASSES["symmetric-random"], "public_ip": "192.0.2.99"}
+    mine = CLASSES["port-restricted"]
+    theirs = replace(CLASSES["symmetric-random"], public=("192.0.2.99", 5001))
     for role in ("first", "second"):
         p = plan(mine, theirs, role, peer_ip="203.0.113.77")
         assert p.remote.ip == "203.0.113.77" and p.params["reported_peer_ip"] == "192.0.2.99"
         for a in p.attempts:
             assert a.local.peer_ip == "203.0.113.77"
-    same = plan(mine, {**theirs, "public_ip": "203.0.113.77"}, "first", peer_ip="203.0.113.77")
+    same = plan(mine, replace(theirs, public=("203.0.113.77", 5001)), "first", peer_ip="203.0.113.77")
     assert "reported_peer_ip" not in same.params

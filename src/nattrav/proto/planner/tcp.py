@@ -18,7 +18,7 @@ flow, so the next attempt gets a NEW port. There is no cheap "burst of many sock
   connect()s from its one shared port to many distinct random ports of the random side's address.
   A guess that names one of the open mappings arrives from exactly the endpoint that flow expects,
   meets a socket in SYN_SENT, and the two finish a simultaneous open. Sized like the UDP birthday
-  (proto/plan.birthday_miss), to a higher target: a TCP miss costs a whole new session.
+  (planner/odds.birthday_miss), to a higher target: a TCP miss costs a whole new session.
 - a random side facing a sequential NAT stays infeasible for TCP: the sequential side's every guess
   leaves from a new port, so it can only meet the random side's connections aimed at that one port;
   K connections give about K/N odds for N possible ports. UDP pays for this with ~235k flows sent from
@@ -46,233 +46,29 @@ The sizing reads only the two reports, in (first, second) order, so both sides d
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import predict as _predict
-from .plan import DEFAULT_HORIZON, FLOW_TABLE_CAP, birthday_miss, probes_for
-from .predict import PORT_RANGE
+from ...errors import PlanError
+from ..report import MAX_WINDOW, PORT_RANGE, TcpReport
+from ..vocab import TcpStrategy
+from .odds import FLOW_TABLE_CAP, birthday_miss, probes_for
+from .tcp_mapping import TcpMapping, as_cone, classify
 
-MAX_SAMPLES = 16
-# The first side opens 2W-1 flows, one socket each: 511 descriptors stay under the common 1024 limit.
-MAX_WINDOW = 256
+# MAX_WINDOW (proto/report.py, part of the schema): the first side opens 2W-1 flows, one socket
+# each, so 511 descriptors stay under the common 1024 limit.
 DEFAULT_WINDOW = 8
 # The coverage the window is sized for: a TCP miss costs a whole new session and SYNs are cheap, so
 # the same 1e-5 as the birthday (a quiet pair of sequential NATs takes W ~ 190 for a 1 s horizon).
 WINDOW_TARGET = 0.99999
-# A report's own claims (seconds until the punch, seconds of earlier observation) beyond these are
-# nonsense rather than information.
-MAX_HORIZON = 600.0
-MAX_EXPOSURE = 86400.0
-# A sequential NAT's measured steps may differ when other hosts' flows slip in between the probes;
-# steps up to this size that disagree are still read as "sequential, with noise".
-NOISY_STEP_MAX = 64
 # The TCP birthday: the random side's low-TTL connects (one fresh local port and one descriptor
 # each), sized so that the cone side's guesses stay about as many; the odds it aims for (a miss costs
 # a new session, SYNs are cheap: 1e-5 takes ~750 guesses against 1024 open mappings of 64512).
 BIRTHDAY_SOCKETS = 1024
 BIRTHDAY_TARGET = 0.99999
 MAX_BIRTHDAY_PROBES = 8192
-
-
-class BadReport(ValueError):
-    """A peer's TCP report that is not well formed (the one error for untrusted report input)."""
-
-
-class Kind(str, enum.Enum):
-    OPEN = "open"  # unsolicited SYNs reach the host: no NAT, or EIM + EIF
-    CONE = "cone"  # EIM: the same public port for every destination
-    SEQUENTIAL = "sequential"  # a new port per destination, base + k·Δ
-    RANDOM = "random"  # a new port per destination, no pattern
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class TcpStrategy(str, enum.Enum):
-    DIRECT = "tcp-direct"  # one side accepts unsolicited SYNs: the other just connects
-    SIMULTANEOUS = "tcp-simultaneous"  # low-TTL SYN from the first side, then both connect()
-    BIRTHDAY = "tcp-birthday"  # random side: many low-TTL connects; cone side: many guesses
-    ADDRESS_OPEN = "tcp-address-open"  # an address-filtering side opens to the peer's IP and accepts
-    NONE = "tcp-none"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class TcpMapping:
-    """One side's TCP NAT as its report shows it."""
-
-    kind: Kind
-    public_ip: str
-    last_port: int
-    delta: int = 0
-    ports: tuple[int, ...] = ()
-    filtering: str | None = None
-    port_range: tuple[int, int] = PORT_RANGE  # where a random NAT draws its ports from
-    # the rate evidence: foreign flows seen between our own, over `exposure` seconds (0: no times)
-    extra: int = 0
-    exposure: float = 0.0
-    horizon: float = DEFAULT_HORIZON  # seconds from the last sample to the punch
-    # sequential per destination ADDRESS (ADM): every flow to the peer's address shares the port of
-    # the first one, so only one index is ever consumed towards the peer
-    per_address: bool = False
-
-    def shift_pmf(self) -> list[float]:
-        """pmf of the shift s (foreign flows before our first punch flow), s = 0..MAX_WINDOW-1 at most:
-        a window never looks further. Only a sequential NAT shifts."""
-        if self.kind is not Kind.SEQUENTIAL:
-            return [1.0]
-        rate = self.extra / self.exposure if self.exposure else 0.0
-        model = _predict.Model(_predict.Kind.SEQUENTIAL, self.last_port, self.delta, rate, True,
-                               self.port_range, self.extra, self.exposure)
-        return _predict.noise_pmf(model, self.horizon, limit=MAX_WINDOW)
-
-    @property
-    def span(self) -> int:
-        return self.port_range[1] - self.port_range[0] + 1
-
-    def predict(self, k: int) -> int:
-        """The public port this NAT gives the side's k-th new flow after its last sample (k >= 1)."""
-        if self.kind is Kind.SEQUENTIAL:
-            return (self.last_port + self.delta * k - 1) % 65535 + 1
-        return self.last_port
-
-    def describe(self) -> str:
-        ports = ",".join(map(str, self.ports))
-        if self.kind is Kind.OPEN:
-            what = "no NAT" if self.filtering is None else f"full cone (EIM/{self.filtering})"
-            return f"{what}, TCP port {self.last_port}"
-        if self.kind is Kind.CONE:
-            return f"cone (EIM/{self.filtering or '?'}), TCP port {self.last_port}"
-        if self.kind is Kind.SEQUENTIAL and self.per_address:
-            return f"address-dependent sequential (ADM, TCP step {self.delta:+d} per address; ports {ports})"
-        if self.kind is Kind.SEQUENTIAL:
-            return f"symmetric sequential (APDM, TCP step {self.delta:+d}; ports {ports})"
-        return f"symmetric random (APDM, random TCP ports {ports})"
-
-
-def _int(v: Any, lo: int, hi: int, what: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise BadReport(f"{what}: {v!r} is not an integer in {lo}..{hi}")
-    return v
-
-
-def _str(v: Any, what: str, limit: int = 64) -> str:
-    if not isinstance(v, str) or len(v) > limit:
-        raise BadReport(f"{what}: not a short string")
-    return v
-
-
-def _ip(v: Any, what: str) -> str:
-    # an IP literal only: a name would need a (blocking) lookup, and resolves wherever its owner likes
-    try:
-        return str(ipaddress.ip_address(_str(v, what)))
-    except ValueError:
-        raise BadReport(f"{what}: {v!r} is not an IP address") from None
-
-
-def _seconds(v: Any, limit: float, what: str) -> float | None:
-    """An optional duration: None if absent, else a finite number of seconds in 0..limit."""
-    if v is None:
-        return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= limit:
-        raise BadReport(f"{what}: {v!r} is not a number of seconds in 0..{limit:g}")
-    return float(v)
-
-
-def _history(v: Any) -> tuple[int, float]:
-    """Earlier rate evidence the side publishes (a listener's enrolment-to-refresh gap): {"extra":
-    foreign flows, "exposure": seconds}. A false claim only moves the shared W within 1..MAX_WINDOW."""
-    if v is None:
-        return 0, 0.0
-    if not isinstance(v, dict):
-        raise BadReport("TCP report: history is not a map")
-    extra = _int(v.get("extra"), 0, 65535, "history extra")
-    exposure = _seconds(v.get("exposure"), MAX_EXPOSURE, "history exposure")
-    return extra, exposure or 0.0
-
-
-def classify(report: Any) -> TcpMapping:
-    """Read a TCP report (possibly the peer's: untrusted). Raises BadReport, and only BadReport."""
-    if not isinstance(report, dict):
-        raise BadReport("TCP report is not a map")
-    samples = report.get("samples")
-    if not isinstance(samples, list) or not 1 <= len(samples) <= MAX_SAMPLES:
-        raise BadReport(f"TCP report needs 1..{MAX_SAMPLES} samples")
-    local = report.get("local")
-    if not isinstance(local, list) or len(local) != 2:
-        raise BadReport("TCP report: local is not [ip, port]")
-    local_ip = _ip(local[0], "local ip")
-    local_port = _int(local[1], 1, 65535, "local port")
-    filtering = report.get("filtering")
-    if filtering is not None and filtering not in ("EIF", "ADF", "APDF"):
-        raise BadReport(f"TCP report: unknown filtering {filtering!r}")
-    port_range = report.get("port_range", PORT_RANGE)
-    if not isinstance(port_range, (list, tuple)) or len(port_range) != 2:
-        raise BadReport("TCP report: port_range is not [low, high]")
-    lo, hi = (_int(x, 1, 65535, "port_range bound") for x in port_range)
-    if hi - lo < 1:
-        raise BadReport(f"TCP report: port_range {lo}..{hi} holds fewer than two ports")
-    ports, ips, times, dests = [], set(), [], []
-    for s in samples:
-        if not isinstance(s, dict):
-            raise BadReport("TCP sample is not a map")
-        ports.append(_int(s.get("port"), 1, 65535, "sample port"))
-        ips.add(_ip(s.get("ip"), "sample ip"))
-        times.append(_seconds(s.get("t"), MAX_EXPOSURE, "sample t"))
-        dest = s.get("dest")
-        dests.append(_str(dest[0], "sample dest ip") if isinstance(dest, (list, tuple)) and dest else None)
-    horizon = _seconds(report.get("horizon"), MAX_HORIZON, "horizon")
-    extra, exposure = _history(report.get("history"))
-    if len(ips) != 1:
-        # several public addresses (a NAT pool): no prediction can name the address to aim at
-        return TcpMapping(Kind.RANDOM, sorted(ips)[0], ports[-1], 0, tuple(ports), filtering, (lo, hi))
-    public_ip = ips.pop()
-    if public_ip == local_ip and all(p == local_port for p in ports):
-        return TcpMapping(Kind.OPEN, public_ip, ports[-1], 0, tuple(ports), None)
-    if len(set(ports)) == 1:
-        kind = Kind.OPEN if filtering == "EIF" else Kind.CONE
-        return TcpMapping(kind, public_ip, ports[-1], 0, tuple(ports), filtering or "APDF")
-    # the NAT's allocations in order: one per sample, or one per new address for an ADM NAT
-    adm = _per_address_ports(ports, dests)
-    allocated = ports if adm is None else adm
-    steps = [b - a for a, b in zip(allocated, allocated[1:])]
-    # equal steps (any sign) say "sequential" only with a sample per flow; an ADM NAT's one or two
-    # steps must also look like a counter moving up
-    sequential = steps and ((adm is None and all(d == steps[0] for d in steps))
-                            or all(0 < d <= NOISY_STEP_MAX for d in steps))
-    if sequential:
-        # unequal steps: other flows took ports between our probes, and the smallest step is the NAT's
-        delta = steps[0] if len(set(steps)) == 1 else min(steps)
-        extra += sum(abs(d) // abs(delta) - 1 for d in steps)
-        if None not in times:
-            exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
-        return TcpMapping(Kind.SEQUENTIAL, public_ip, allocated[-1], delta, tuple(ports), filtering, (lo, hi),
-                          extra, exposure, DEFAULT_HORIZON if horizon is None else horizon, adm is not None)
-    return TcpMapping(Kind.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
-
-
-def _per_address_ports(ports: list[int], dests: list[str | None]) -> list[int] | None:
-    """The ports of an address-dependent NAT in allocation order (one per new destination address),
-    or None unless the samples show that pattern: probes to the same address share a port while a
-    new address gets a new one (an APDM NAT gives the same address a new port per destination port)."""
-    if None in dests or len(set(dests)) < 2 or len(set(dests)) == len(dests):
-        return None  # without a repeated address there is nothing to tell ADM from APDM by
-    seen: dict[str | None, int] = {}
-    order: list[int] = []
-    for port, dest in zip(ports, dests):
-        if dest in seen:
-            if seen[dest] != port:
-                return None
-        else:
-            seen[dest] = port
-            order.append(port)
-    return order if len(set(order)) == len(order) else None
 
 
 @dataclass(frozen=True)
@@ -307,50 +103,26 @@ class TcpPlan:
                 "peer": self.peer.describe() if self.peer else None}
 
 
-def history(old_report: Any, new_report: Any, seconds: float) -> dict[str, Any] | None:
-    """The rate evidence between two measurements of one port `seconds` apart (old's last sample to
-    new's first): the flows a sequential NAT gave others in between, plus what the old one had. A
-    listener waits long between enrolment and a peer, so this is what pins its rate down; the few
-    milliseconds between fresh probes say almost nothing. None when the two do not read as one
-    sequential counter (another Δ or address) or the counter may have wrapped (can't count)."""
-    try:
-        old, new = classify(old_report), classify(new_report)
-    except BadReport:
-        return None
-    if not (old.kind is new.kind is Kind.SEQUENTIAL and old.delta == new.delta
-            and not (old.per_address or new.per_address)
-            and old.public_ip == new.public_ip and old.port_range == new.port_range and 0 <= seconds):
-        return None
-    lo, hi = new.port_range
-    gap = (new.ports[0] - old.last_port) * (1 if new.delta > 0 else -1) % (hi - lo + 1)
-    steps, rest = divmod(gap, abs(new.delta))
-    if rest or not 1 <= steps <= (hi - lo + 1) // abs(new.delta) // 2:
-        return None
-    return {"extra": min(65535, old.extra + steps - 1), "exposure": min(MAX_EXPOSURE, old.exposure + seconds)}
-
-
-def agreed_window(mine_report: Any, peer_report: Any) -> int:
+def agreed_window(mine_report: TcpReport, peer_report: TcpReport) -> int:
     """The window both sides use: the larger of the two published ones (clamped), so the two plans
     still mirror each other when the users chose different windows."""
-    def one(r: Any) -> int:
-        w = r.get("window") if isinstance(r, dict) else None
-        ok = isinstance(w, int) and not isinstance(w, bool)
-        return min(max(w, 1), MAX_WINDOW) if ok else DEFAULT_WINDOW
+    def one(r: TcpReport) -> int:
+        return DEFAULT_WINDOW if r.window is None else min(max(r.window, 1), MAX_WINDOW)
     return max(one(mine_report), one(peer_report))
 
 
 def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list[int]:
     """The peer ports this side aims at, in firing order (see the module docstring)."""
-    if peer.kind is not Kind.SEQUENTIAL:
+    if not peer.sequential:
         return [peer.last_port]
     if role == "first":
         # the second side's j-th connect leaves from its index j + s (per flow, APDM) only when it
         # fires W of them (we are sequential too); an ADM second side uses one index, 1 + s
-        per_flow = mine.kind is Kind.SEQUENTIAL and not peer.per_address
+        per_flow = mine.sequential and not peer.per_address
         return [peer.predict(k) for k in range(1, (2 * window - 1 if per_flow else window) + 1)]
     # our flows to the first side: its matching flow has index (our index) + its shift when it is
     # APDM, so the sum is bet on (stride 2); an ADM first side has ONE port, 1 + its shift (stride 1)
-    both = mine.kind is Kind.SEQUENTIAL and not mine.per_address and not peer.per_address
+    both = mine.sequential and not mine.per_address and not peer.per_address
     return [peer.predict(2 * j - 1 if both else j) for j in range(1, window + 1)]
 
 
@@ -377,24 +149,20 @@ def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WIND
     return window, cdf[min(window, len(cdf)) - 1]
 
 
-def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT_WINDOW,
+def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
          target: float | None = WINDOW_TARGET, peer_ip: str | None = None) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again. `window` is the smallest W
     (the users' choice, see agreed_window); the shift model may widen it to reach `target`.
     `peer_ip`: where the rendezvous server saw the peer; every connect() goes there, never to an
-    address the peer's report names (see proto/plan.py's plan())."""
+    address the peer's report names (see planner/udp.py's plan())."""
     if role not in ("first", "second"):
-        raise ValueError(f"role must be 'first' or 'second', got {role!r}")
+        raise PlanError(f"role must be 'first' or 'second', got {role!r}")
     if not 1 <= window <= MAX_WINDOW:
-        raise ValueError(f"window must be 1..{MAX_WINDOW}")
+        raise PlanError(f"window must be 1..{MAX_WINDOW}")
     if target is not None and not 0 < target < 1:
-        raise ValueError(f"target must be in (0, 1), got {target!r}")
-    mine = classify(mine_report)
-    try:
-        peer = classify(peer_report)
-    except BadReport as exc:
-        return TcpPlan(TcpStrategy.NONE, False, f"the peer's TCP report is malformed: {exc}", role, mine=mine)
+        raise PlanError(f"target must be in (0, 1), got {target!r}")
+    mine, peer = classify(mine_report), classify(peer_report)
     if peer_ip is None or peer.public_ip == peer_ip:
         return _plan_pair(mine, peer, role, window, target)
     reported, peer = peer.public_ip, replace(peer, public_ip=str(ipaddress.ip_address(peer_ip)))
@@ -404,17 +172,17 @@ def plan(mine_report: Any, peer_report: Any, role: str, *, window: int = DEFAULT
 
 def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None) -> TcpPlan:
     pair = f"this side: {mine.describe()}; peer: {peer.describe()}"
-    if peer.kind is Kind.OPEN and (mine.kind is not Kind.OPEN or role == "second"):
+    if peer.reachable and (not mine.reachable or role == "second"):
         return TcpPlan(TcpStrategy.DIRECT, True, f"the peer accepts unsolicited SYNs: connect to it ({pair})",
                        role, ((peer.public_ip, peer.last_port),), False, mine, peer, odds=1.0)
-    if mine.kind is Kind.OPEN:
+    if mine.reachable:
         return TcpPlan(TcpStrategy.DIRECT, True, f"this side accepts unsolicited SYNs: the peer connects ({pair})",
                        role, (), False, mine, peer, odds=1.0)
     first, second = (mine, peer) if role == "first" else (peer, mine)
     opener = _address_opener(first, second)
     if opener is not None:
         return _address_open_plan(mine, peer, role, opener is mine, window, target, pair)
-    if Kind.RANDOM in (mine.kind, peer.kind):
+    if mine.random or peer.random:
         return _random_plan(mine, peer, role, pair)
     window, odds = size_window(first, second, window, target)
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
@@ -432,8 +200,9 @@ def _address_opener(first: TcpMapping, second: TcpMapping) -> TcpMapping | None:
     """The side whose address-dependent filter (ADF) can be opened to the peer's whole address,
     provided its own port for that address can be named (EIM, or sequential within a window):
     a fixed port first (no window), then the rendezvous' first."""
-    able = [m for m in (first, second) if m.filtering in ("ADF", "EIF") and m.kind in (Kind.CONE, Kind.SEQUENTIAL)]
-    able.sort(key=lambda m: m.kind is not Kind.CONE)  # stable: ties keep the first side first
+    able = [m for m in (first, second)
+            if m.filtering is not None and m.filtering.by_address and (m.cone or m.sequential)]
+    able.sort(key=lambda m: not m.cone)  # stable: ties keep the first side first
     return able[0] if able else None
 
 
@@ -445,16 +214,15 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
     The peer's own ports never matter, so it may even allocate at random: cheaper than any window
     or birthday, hence tried first."""
     opener, other = (mine, peer) if opening else (peer, mine)
-    window, odds = size_window(opener, replace(other, kind=Kind.CONE), window, target)
-    ports = ([opener.last_port] if opener.kind is Kind.CONE
+    window, odds = size_window(opener, as_cone(other), window, target)
+    ports = ([opener.last_port] if opener.cone
              else [opener.predict(j) for j in range(1, window + 1)])
-    words = ("its one port" if opener.kind is Kind.CONE
-             else _window_words(opener, replace(other, kind=Kind.CONE), window, odds))
+    words = ("its one port" if opener.cone else _window_words(opener, as_cone(other), window, odds))
     who = "this side" if opening else "the peer"
     reason = (f"{who} filters by address only (ADF): one low-TTL SYN to the other's address opens it to "
               f"every port of that address, then the other side connect()s to {words} and is accepted "
               f"({pair})")
-    params = {"window": window if opener.kind is Kind.SEQUENTIAL else 1, "target": target}
+    params = {"window": window if opener.sequential else 1, "target": target}
     if opening:
         return TcpPlan(TcpStrategy.ADDRESS_OPEN, True, reason, role, ((peer.public_ip, peer.last_port),), True,
                        mine, peer, {**params, "own_predicted": ports}, odds=odds)
@@ -463,7 +231,7 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
 
 
 def _window_words(first: TcpMapping, second: TcpMapping, window: int, odds: float) -> str:
-    seq = [m for m in (first, second) if m.kind is Kind.SEQUENTIAL]
+    seq = [m for m in (first, second) if m.sequential]
     if not seq:
         return "both ports are fixed, no window needed: odds 100%"
     whose = "the total shift of both sequential NATs" if len(seq) == 2 else "the sequential NAT's shift"
@@ -484,9 +252,9 @@ def birthday_size(span: int, sockets: int = BIRTHDAY_SOCKETS, target: float = BI
 
 def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> TcpPlan:
     """A random-allocation side: the birthday attack against a cone, else a reason with numbers."""
-    rnd, other = (mine, peer) if mine.kind is Kind.RANDOM else (peer, mine)
+    rnd, other = (mine, peer) if mine.random else (peer, mine)
     who = "this side" if rnd is mine else "the peer"
-    if other.kind is Kind.CONE:
+    if other.cone:
         sockets, probes, odds = birthday_size(rnd.span)
         reason = (f"TCP birthday: {who} allocates TCP ports at random and the other side keeps one TCP port "
                   f"for every destination (EIM), so the random side connect()s from {sockets} fresh ports "
@@ -498,7 +266,7 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
                            mine, peer, params, odds=odds, sockets=sockets)
         return TcpPlan(TcpStrategy.BIRTHDAY, True, reason, role, (), False, mine, peer, params, odds=odds,
                        random_probes=probes, peer_range=peer.port_range)
-    if other.kind is Kind.RANDOM:
+    if other.random:
         why = ("both sides allocate TCP ports at random and neither accepts unsolicited SYNs: a SYN meets a "
                "mapping only when each side guesses the other's random port, a 1/(N·N) chance per pair of "
                "connections")
@@ -522,8 +290,3 @@ def _random_plan(mine: TcpMapping, peer: TcpMapping, role: str, pair: str) -> Tc
                f"{FLOW_TABLE_CAP}-entry flow table; UDP reaches this pair with a random-sequential burst")
     return TcpPlan(TcpStrategy.NONE, False, f"TCP infeasible: {why}; a relay is needed for TCP ({pair})",
                    role, mine=mine, peer=peer)
-
-
-__all__ = ["BIRTHDAY_SOCKETS", "BIRTHDAY_TARGET", "BadReport", "DEFAULT_WINDOW", "MAX_WINDOW", "WINDOW_TARGET",
-           "birthday_size", "history", "Kind", "TcpMapping", "TcpPlan", "TcpStrategy", "agreed_window", "classify", "plan",
-           "shift_cdf", "size_window"]

@@ -1,4 +1,4 @@
-"""Receive across a pool, plan validation, and the file-descriptor budget."""
+"""Receive across a pool, burst validation, and the file-descriptor budget."""
 
 import os
 import socket
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from nattrav.core import Burst, PackedPlan, SocketPool
+from nattrav.core import Burst, PackedBurst, SocketPool
 from nattrav.core.fallback import PySocketPool
 from nattrav.core.recv import Woken
 
@@ -68,47 +68,48 @@ def test_recv_wakes_on_the_control_descriptor(cls):
         Burst(["a"], "1.2.3.4", [1], b"x"),
     ],
 )
-def test_bad_plans_are_refused_with_value_error(burst):
+def test_bad_bursts_are_refused_with_value_error(burst):
     with pytest.raises(ValueError):
         burst.pack()
 
 
-def test_plan_packs_to_arrays_and_survives_the_wire():
+def test_burst_packs_to_arrays_and_survives_the_wire():
     p = Burst([3, 1, 2], ["192.0.2.1", "192.0.2.2", "192.0.2.3"], [7, 8, 9], [b"a1", b"b2", b"c3"],
               rate=500, ttl=2).pack()
     assert (p.n, p.src_min, p.src_max, p.payload_len) == (3, 1, 3, 2)
     assert p.ip_of(1) == "192.0.2.2" and p.payload_of(2) == b"c3"
-    q = PackedPlan.from_wire(p.to_wire())
+    q = PackedBurst.from_wire(p.to_wire())
     assert q == p
 
 
 @settings(max_examples=200, deadline=None)
 @given(hs.dictionaries(hs.sampled_from(["n", "src", "ips", "ports", "payload", "plen", "rate", "ttl", "lo", "hi"]),
                        hs.one_of(hs.integers(-5, 1 << 30), hs.binary(max_size=64), hs.floats(), hs.none())))
-def test_wire_plans_raise_only_value_error(m):
+def test_wire_bursts_raise_only_value_error(m):
     try:
-        PackedPlan.from_wire(m)
+        PackedBurst.from_wire(m)
     except ValueError:
         pass
 
 
-def test_wire_plan_with_a_count_where_bytes_belong_allocates_nothing():
+def test_wire_burst_with_a_count_where_bytes_belong_allocates_nothing():
     good = Burst([0], "192.0.2.1", [1], b"x").pack().to_wire()
     for key in ("src", "ips", "ports", "payload"):
         with pytest.raises(ValueError, match=key):
-            PackedPlan.from_wire({**good, key: 1 << 40})
+            PackedBurst.from_wire({**good, key: 1 << 40})
     with pytest.raises(ValueError):
-        PackedPlan.from_wire({**good, "n": True})
+        PackedBurst.from_wire({**good, "n": True})
     with pytest.raises(ValueError):
-        PackedPlan.from_wire({**good, "hi": 1 << 30, "lo": 0})
+        PackedBurst.from_wire({**good, "hi": 1 << 30, "lo": 0})
 
 
 def test_fd_exhaustion_gives_the_clear_error():
     code = textwrap.dedent("""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-        from nattrav.core import SocketPool, FdLimitError
+        from nattrav.core import SocketPool
         from nattrav.core.fallback import PySocketPool
+        from nattrav.errors import FdLimitError
         for cls in (SocketPool, PySocketPool):
             try:
                 cls(500, "127.0.0.1")

@@ -21,10 +21,13 @@ import time
 
 import trio
 
-from .io.gc_policy import keep_collections_short
-from .io.logsink import LogSink
-from .io.rendezvous_server import serve_rendezvous
-from .proto.rendezvous import RendezvousServer
+from ..errors import UsageError
+from ..hostport import parse_hostport
+from ..io.gc_policy import keep_collections_short
+from ..io.logsink import LogSink
+from ..io.rendezvous_server import serve_rendezvous
+from ..proto.rendezvous import RendezvousServer
+from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
 log = logging.getLogger("nattrav.rendezvous")
@@ -41,25 +44,6 @@ The rendezvous server only exchanges node information (public endpoints, NAT beh
 addresses) and session keys between peers; it never relays payload.
 exit codes: 0 stopped by a signal, 1 could not serve (port in use, address not on this host), 2 bad flags
 """
-
-
-class UsageError(Exception):
-    pass
-
-
-def parse_hostport(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"bad port in {text!r}: want HOST:PORT with PORT 0..65535")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not host.replace("-", "").replace(".", "").isalnum():
-            raise UsageError(f"bad host in {text!r}") from None
-    return host, int(port)
 
 
 def parse_stun(text: str) -> list[str]:
@@ -96,7 +80,7 @@ def _count(text: str) -> int:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not the whole usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,15 +196,16 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
                 raise
             failed.append(_fail(f"cannot listen on {what}: {err.strerror or err}"))
             nursery.cancel_scope.cancel()
-            return 1
+            return EXIT_FAILURE
         _announce("rendezvous", args.json_log, address=f"{bound[0]}:{bound[1]}")
         if stun_ips is not None:
             try:
-                from .io.stun_server import StunServerConfig, serve_stun
+                from ..io.stun_server import serve_stun
+                from ..proto.stun_server import StunServerConfig
             except ImportError as exc:  # the STUN server is a separate module; say so if it is missing
                 failed.append(_fail(f"--stun: the integrated STUN server is not available: {exc}"))
                 nursery.cancel_scope.cancel()
-                return 1
+                return EXIT_FAILURE
             config = StunServerConfig(ip=stun_ips[0], alt_ip=stun_ips[1] if len(stun_ips) > 1 else None,
                                       port=stun_ports[0], alt_port=stun_ports[1],
                                       rate_limit=args.stun_rate_limit, rate_burst=args.stun_rate_limit)
@@ -234,18 +219,18 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
                 failed.append(_fail(f"cannot start STUN on {','.join(stun_ips)} ports "
                                     f"{stun_ports[0]},{stun_ports[1]}: {reason}"))
                 nursery.cancel_scope.cancel()
-                return 1
+                return EXIT_FAILURE
             # the same endpoints over TCP: TCP traversal measures its own mappings (io/stun_tcp.py)
-            from .io.stun_tcp import serve_stun_tcp
+            from ..io.stun_tcp import serve_stun_tcp
             try:
                 await nursery.start(serve_stun_tcp, config, list(srv.addresses))
             except OSError as exc:
                 failed.append(_fail(f"cannot start STUN over TCP on {','.join(stun_ips)}: {exc.strerror or exc}"))
                 nursery.cancel_scope.cancel()
-                return 1
+                return EXIT_FAILURE
             _announce("stun", args.json_log,
                       addresses=",".join(f"{ip}:{port}" for ip, port in srv.addresses))
-    return failed[0] if failed else 0
+    return failed[0] if failed else EXIT_OK
 
 
 def _fail(message: str) -> int:
@@ -253,14 +238,14 @@ def _fail(message: str) -> int:
         print(f"nattrav-server: {message}", file=sys.stderr, flush=True)
     except OSError:
         pass  # the exit code still says it
-    return 1
+    return EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        listen = parse_hostport(args.listen)
+        listen = parse_hostport(args.listen, default_host="0.0.0.0", port_zero=True)
         stun_ips = parse_stun(args.stun) if args.stun is not None else None
         ports = [p.strip() for p in args.stun_ports.split(",")]
         if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in ports) or ports[0] == ports[1]:
@@ -279,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])))
     except KeyboardInterrupt:
-        code = 0
+        code = EXIT_OK
     if code == 0:
         log.info("stopped after %.1f s", time.monotonic() - started)
     if sink.dropped:

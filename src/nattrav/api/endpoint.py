@@ -1,0 +1,85 @@
+"""What both transports share before the punch: the STUN server's address, the NAT's behaviour
+(RFC 5780 discovery), this side's report in the vocabulary's words, and the peer's report with the
+one address we may aim at (where the rendezvous server saw the peer)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import BadReport, ConnectError
+from ..hostport import parse_hostport
+from ..io import rendezvous_client as rv
+from ..io.session import Session
+from ..io.stun_discover import discover
+from ..proto.nat_behavior import NatBehavior
+from ..proto.report import NatReport
+from ..proto.vocab import Mapping
+
+STUN_PORT = 3478
+RENDEZVOUS_PORT = rv.DEFAULT_PORT
+
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+def resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        raise ConnectError(f"cannot resolve {host!r}") from None
+
+
+def stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) -> tuple[str, int]:
+    if stun is None:
+        return (server[0], STUN_PORT)
+    if isinstance(stun, str):
+        return parse_hostport(stun, STUN_PORT)
+    return stun
+
+
+async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
+                            on_event: EventHook | None = None) -> NatBehavior:
+    """The RFC 5780 behaviour tests against our STUN server; ConnectError when it does not answer."""
+    emit = on_event or (lambda phase, detail: None)
+    emit("discovery", {"stun": list(stun)})
+    try:
+        behavior = await discover(stun, src_ip, hairpin=False)
+    except OSError as exc:
+        raise ConnectError(f"STUN discovery against {stun[0]}:{stun[1]} failed: {exc.strerror or exc}") from None
+    if behavior.public_ip is None:
+        raise ConnectError(f"no answer from the STUN server {stun[0]}:{stun[1]} (is it running? is UDP blocked?)")
+    emit("discovery-done", behavior.to_dict())
+    return behavior
+
+
+def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:
+    """A report in the vocabulary's words: no NAT is Mapping.NONE for the planners."""
+    mapping = Mapping.NONE if behavior.nat is False else behavior.mapping
+    return NatReport(mapping=mapping, filtering=behavior.filtering, allocation=behavior.allocation,
+                     delta=behavior.delta, **fields)
+
+
+def read_peer_report(session: Session) -> tuple[NatReport, str]:
+    """The peer's report and the one address we may aim at: where the rendezvous server saw the
+    peer. The report is the peer's own word; the server's observation is not."""
+    info = session.peer_info if isinstance(session.peer_info, dict) else {}
+    if "report" not in info:
+        raise ConnectError(f"peer {session.peer_id} published no NAT report")
+    try:
+        report = NatReport.from_wire(info["report"])
+    except BadReport as exc:
+        raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
+    observed = info.get("observed")
+    try:
+        ip = str(ipaddress.ip_address(observed[0]))  # type: ignore[index]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ConnectError(f"the rendezvous server did not say where it saw {session.peer_id}") from None
+    return report, ip
+
+
+def emit_address(emit: EventHook, params: dict[str, Any], ip: str) -> None:
+    reported = params.get("reported_peer_ip")
+    if reported is not None:
+        emit("peer-address", {"observed": ip, "reported": reported})

@@ -1,0 +1,207 @@
+"""The session flow both transports share: connect() to a peer by ID, or listen() and accept() the
+peers an AcceptPolicy admits. What differs is the transport (udp.py, tcp.py); the keywords all four
+take are SessionOptions' fields."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..hostport import parse_hostport
+from ..io import rendezvous_client as rv
+from ..io.path import PunchedPath
+from ..proto.nat_behavior import NatBehavior
+from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
+from .tcp import TcpTransport
+from .udp import UdpTransport
+
+Server = str | tuple[str, int]  # "host[:port]" (default port 7000) or (host, port)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The keywords connect(), connect_tcp(), listen() and listen_tcp() share (an unknown one is a
+    TypeError, as in any call)."""
+
+    stun: Server | None = None  # STUN server "host[:port]" (default: the rendezvous host, port 3478)
+    src_ip: str | None = None  # local IP to send from (default: any)
+    src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
+    ttl: int | None = None  # TTL of the opening packets (default 2: one router between the NATs)
+    on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
+    behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
+
+    def emit(self, phase: str, detail: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(phase, detail)
+
+    def endpoints(self, server: Server) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(rendezvous server, STUN server) as (host, port) pairs."""
+        server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
+        return server_ep, stun_endpoint(self.stun, server_ep)
+
+
+@asynccontextmanager
+async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
+                   o: SessionOptions) -> AsyncIterator[Any]:
+    server_ep, stun_ep = o.endpoints(server)
+    with trio.fail_after(timeout):
+        async with rv.open_rendezvous(server_ep) as client:
+            o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+            ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
+            try:
+                await client.update_info({"report": ep.report.to_wire()})
+                o.emit("rendezvous-connect", {"peer": peer_id})
+                session = await client.connect(peer_id, timeout=timeout)
+                path = await transport.punch(ep, session, o.ttl, o.emit)
+            except BaseException:
+                transport.close(ep)
+                raise
+    async with path:
+        yield path
+
+
+@asynccontextmanager
+async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordinator: Any = None,
+                  **options: Any) -> AsyncIterator[PunchedPath]:
+    """Connect to `peer_id` through the rendezvous `server` within `timeout` seconds; yields the
+    authenticated UDP path. `coordinator`: a running burst coordinator (nattrav.workers) to use
+    instead of starting one for a big burst; `options`: SessionOptions' keywords."""
+    async with _connect(UdpTransport(coordinator), server, peer_id, timeout, SessionOptions(**options)) as path:
+        yield path
+
+
+@asynccontextmanager
+async def connect_tcp(server: Server, peer_id: str, *, timeout: float = 30.0, punch_timeout: float = 10.0,
+                      window: int = 8, **options: Any) -> AsyncIterator[Any]:
+    """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream
+    (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
+    fewest predicted ports to cover (proto/planner/tcp.py); `options`: SessionOptions' keywords."""
+    transport = TcpTransport(punch_timeout, window)
+    async with _connect(transport, server, peer_id, timeout, SessionOptions(**options)) as stream:
+        yield stream
+
+
+class AcceptPolicy:
+    """Which offers a listener takes. Every accepted offer makes us send packets (a birthday burst
+    is thousands) towards whoever asked, so acceptance is rate-limited by default: a token bucket of
+    `burst` sessions refilled at `per_minute`; `allow(offer)` can refuse by peer ID or node info."""
+
+    def __init__(self, allow: Callable[[rv.Offer], bool] | None = None, *, per_minute: float = 30.0,
+                 burst: int = 10) -> None:
+        if per_minute < 0 or burst < 1:
+            raise ValueError("per_minute must be >= 0 and burst >= 1")
+        self.allow = allow
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def admits(self, offer: rv.Offer, now: float) -> str | None:
+        """None when the offer may be accepted (and takes a token), else why not."""
+        if self.allow is not None and not self.allow(offer):
+            return "not allowed by the listener's policy"
+        if self._at is not None:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return "too many sessions: the listener's rate limit"
+        self._tokens -= 1.0
+        return None
+
+
+class Listener:
+    """Enrolled with the rendezvous server; `accept()` waits for a peer and punches to it."""
+
+    def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
+                 src: tuple[str | None, int], ttl: int | None, emit: EventHook,
+                 behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None) -> None:
+        self._client, self._transport, self._stun, self._src = client, transport, stun, src
+        self._ttl, self._emit, self._behavior = ttl, emit, behavior
+        self.policy = policy if policy is not None else AcceptPolicy()
+        self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
+
+    @property
+    def peer_id(self) -> str:
+        return self._client.peer_id
+
+    async def _prepare(self) -> None:
+        self.endpoint = await self._transport.open(self._stun, self._src[0], self._src[1], self._emit,
+                                                   self._behavior)
+        self._behavior = self.endpoint.behavior
+        await self._client.update_info({"report": self.endpoint.report.to_wire()})
+
+    def _close(self) -> None:
+        if self.endpoint is not None:
+            self._transport.close(self.endpoint)
+            self.endpoint = None
+
+    @asynccontextmanager
+    async def accept(self) -> AsyncIterator[Any]:
+        """The next peer that asks for us and that the policy admits (others are refused): fresh
+        mappings, accept, punch; yields the path/stream."""
+        while True:
+            offer = await self._client.next_offer()
+            self._emit("offer", {"from": offer.peer_id})
+            why = self.policy.admits(offer, trio.current_time())
+            if why is None:
+                break
+            self._emit("refused", {"from": offer.peer_id, "reason": why})
+            await self._client.refuse(offer)
+        if self.endpoint is None:
+            await self._prepare()
+        ep = self.endpoint
+        self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
+        try:
+            await self._transport.refresh(ep, self._emit)
+            await self._client.update_info({"report": ep.report.to_wire()})
+            session = await self._client.accept(offer)
+            path = await self._transport.punch(ep, session, self._ttl, self._emit)
+        except BaseException:
+            self._transport.close(ep)
+            raise
+        async with path:
+            yield path
+
+
+TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP transport
+
+
+@asynccontextmanager
+async def _listen(transport: Any, server: Server, name: str | None, secret: str | None,
+                  policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
+    server_ep, stun_ep = o.endpoints(server)
+    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
+        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy)
+        try:
+            await listener._prepare()
+            o.emit("enrolled", {"peer_id": client.peer_id})
+            yield listener
+        finally:
+            listener._close()
+
+
+@asynccontextmanager
+async def listen(server: Server, *, name: str | None = None, secret: str | None = None,
+                 policy: AcceptPolicy | None = None, coordinator: Any = None,
+                 **options: Any) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server (under `name`, proving it with `secret`, if given) and
+    publish our NAT report; yields a Listener (UDP). `policy` decides which offers accept() takes
+    (default: AcceptPolicy(), rate-limited); `options`: SessionOptions' keywords."""
+    transport = UdpTransport(coordinator)
+    async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
+        yield listener
+
+
+@asynccontextmanager
+async def listen_tcp(server: Server, *, name: str | None = None, secret: str | None = None,
+                     policy: AcceptPolicy | None = None, punch_timeout: float = 10.0, window: int = 8,
+                     **options: Any) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP).
+    Keywords as listen()'s, with connect_tcp()'s punch_timeout and window instead of coordinator."""
+    transport = TcpTransport(punch_timeout, window)
+    async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
+        yield listener

@@ -1,0 +1,135 @@
+"""TCP (issue 8): the same phases, TCP mappings of one shared local port measured with TCP probes,
+the TCP planner, and the winner a trio Stream (low-TTL SYN, simultaneous open, birthday)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from ..errors import ConnectError, StunTcpError
+from ..io.session import Session
+from ..io.stun_tcp import tcp_mappings
+from ..io.tcp_punch import open_listener, tcp_punch
+from ..proto.nat_behavior import NatBehavior
+from ..proto.planner.tcp import agreed_window, plan as tcp_plan
+from ..proto.planner.tcp_mapping import history
+from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
+from ..proto.vocab import Filtering
+from .endpoint import EventHook, discover_behavior, emit_address, nat_report, read_peer_report, resolve
+
+
+@dataclass
+class TcpEndpoint:
+    """The shared local TCP port (held by the listener socket) and its TCP report for the peer."""
+
+    listener: Any  # stdlib socket listening on the shared port; closed by the punch
+    behavior: NatBehavior
+    report: NatReport  # its TCP part holds the TCP mappings
+    measured_at: float = 0.0  # trio time the report's sample times count from
+
+
+async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
+                      emit: EventHook) -> tuple[NatReport, float]:
+    """The TCP report, and the trio time its samples' "t" count from."""
+    s1, s2 = behavior.server, behavior.other_address
+    assert s1 is not None
+    # three endpoints, so a sequential NAT shows two equal steps (and a random one does not)
+    servers = [s1] if s2 is None else [s1, (s2[0], s1[1]), (s1[0], s2[1])]
+    started = trio.current_time()
+    try:
+        samples = await tcp_mappings(local, [tuple(x) for x in servers])
+    except StunTcpError as exc:
+        raise ConnectError(f"TCP mapping probe failed: {exc.strerror or exc} (does the server serve STUN "
+                           "over TCP?)") from None
+    tcp = TcpReport(local=(samples[0]["local_ip"], local[1]),
+                    samples=tuple(TcpSample(x["ip"], x["port"], x["t"], tuple(x["dest"])) for x in samples),
+                    # what the UDP tests measured: TCP filtering is assumed to follow it (true of the
+                    # lab); unknown reads as the strictest
+                    filtering=behavior.filtering or Filtering.APDF)
+    ports = [x["port"] for x in samples]
+    emit("tcp-mapping", {"ports": ports, "local": list(local),
+                         "steps": [b - a for a, b in zip(ports, ports[1:])]})
+    return nat_report(behavior, tcp=tcp), started
+
+
+async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
+                            on_event: EventHook | None = None,
+                            behavior: NatBehavior | None = None) -> TcpEndpoint:
+    """Discovery (UDP, unless `behavior` is given), then the TCP mappings of one shared local port."""
+    emit = on_event or (lambda phase, detail: None)
+    stun = (resolve(stun[0]), stun[1])
+    if behavior is None:
+        behavior = await discover_behavior(stun, src_ip, emit)
+    if behavior.server is None:
+        raise ConnectError("the STUN discovery named no server address for the TCP probes")
+    try:
+        listener = open_listener((src_ip or "0.0.0.0", src_port))
+    except OSError as exc:
+        raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}") from None
+    try:
+        report, started = await _tcp_report(listener.getsockname()[:2], behavior, emit)
+    except BaseException:
+        listener.close()
+        raise
+    return TcpEndpoint(listener, behavior, report, started)
+
+
+async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
+                     emit: EventHook) -> Any:
+    try:
+        peer_report, peer_ip = read_peer_report(session)
+        if peer_report.tcp is None:
+            raise ConnectError(f"peer {session.peer_id} published no TCP report (is it listening with TCP?)")
+    except ConnectError:
+        ep.listener.close()
+        raise
+    mine, peer = ep.report.tcp, peer_report.tcp
+    assert mine is not None
+    p = tcp_plan(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip)
+    emit_address(emit, p.params, peer_ip)
+    emit("plan", {**p.to_dict(), "params": p.params,
+                  # the peer ports we bet on (an address-open opener aims at an address, not a port)
+                  "peer_targets": [] if p.accept else [t[1] for t in p.targets]})
+    emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
+    stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or 2, timeout=timeout)
+    emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
+                       "strategy": stream.strategy.value, "via": stream.via})
+    return stream
+
+
+class TcpTransport:
+    """TCP: one shared local port, its TCP mappings in the report's TCP part, low-TTL SYN +
+    simultaneous open."""
+
+    def __init__(self, punch_timeout: float = 10.0, window: int = 8) -> None:
+        self.punch_timeout = punch_timeout
+        self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
+
+    async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
+        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+        ep.report = self._windowed(ep.report)
+        return ep
+
+    def _windowed(self, report: NatReport, **tcp: Any) -> NatReport:
+        assert report.tcp is not None
+        window = min(max(self.window, 1), MAX_WINDOW)
+        return replace(report, tcp=replace(report.tcp, window=window, **tcp))
+
+    async def refresh(self, ep: TcpEndpoint, emit: EventHook) -> None:
+        # the mappings may be stale (other flows since enrolment): measure the same port again; the
+        # flows others took in between tell the window planner the NAT's rate over that whole wait
+        old, old_at = ep.report.tcp, ep.measured_at
+        new, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
+        assert old is not None and new.tcp is not None
+        seen = history(old, new.tcp, ep.measured_at + (new.tcp.samples[0].t or 0.0)
+                       - old_at - (old.samples[-1].t or 0.0))
+        ep.report = self._windowed(new, history=seen)
+
+    async def punch(self, ep: TcpEndpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
+        return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
+
+    @staticmethod
+    def close(ep: TcpEndpoint) -> None:
+        ep.listener.close()

@@ -1,0 +1,50 @@
+"""One line of human text for each progress event that connect()/listen() report (nattrav-fast and
+the lab demo both print them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe(phase: str, d: dict[str, Any], *, verbose: bool = False) -> str | None:
+    """The line for event `phase` with details `d`, or None for events shown only with verbose."""
+    try:
+        return _describe(phase, d, verbose)
+    except (KeyError, IndexError, TypeError, ValueError):
+        # an event with fields this table does not know yet is shown raw, never a crash mid-connect
+        return f"{phase}: {d}"
+
+
+# The line of each plain event: str.format fields name the event's details.
+_LINES = {
+    "discovery": "discovery: asking STUN server {stun[0]}:{stun[1]} how our NAT behaves",
+    "mapping": ("mapping: the punch socket is {public[0]}:{public[1]} "
+                "(ports the two servers saw from it: {ports}, Δ={delta})"),
+    "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",
+    "rendezvous": "rendezvous: connected to {server[0]}:{server[1]}",
+    "enrolled": "enrolled: our peer ID is {peer_id} — waiting for a peer",
+    "offer": "rendezvous: peer {from} asks for us",
+    "refused": "rendezvous: refused peer {from}: {reason}",
+    "peer-address": ("warning: the peer's report names {reported}, but the server saw it at {observed}: "
+                     "aiming at {observed} only"),
+    "rendezvous-connect": "rendezvous: asking for peer {peer}",
+    "punch": "punch: firing in {start_in:.2f} s (give up after {timeout:.1f} s)",
+    "connected": "connected to {peer[0]}:{peer[1]} by {strategy}, RTT {rtt_ms} ms",
+}
+
+
+def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
+    if phase in _LINES:
+        return _LINES[phase].format_map(d)
+    if phase == "discovery-done":
+        delta = d.get("delta")
+        words = f"{d.get('mapping')} mapping, {d.get('filtering')} filtering, {d.get('allocation')} ports"
+        if delta not in (None, 0):
+            words += f" (step Δ={delta})"
+        return f"discovery: {words} — {d.get('classic')}" + (
+            f"; findings: {'; '.join(d.get('findings') or [])}" if verbose and d.get("findings") else "")
+    if phase == "plan":
+        extra = f" {d['params']}" if verbose else ""
+        return (f"plan: {d['strategy']} (we are {d['role']}), odds {100 * d['odds']:.6g}% — "
+                f"{d['reason']}{extra}")
+    return f"{phase}: {d}" if verbose else None

@@ -1,0 +1,39 @@
+"""Exit codes of the command-line tools, from the error family (nattrav.errors), in one table."""
+
+from __future__ import annotations
+
+import trio
+
+from ..errors import ConnectError, NattravError, NattravTimeout, PeerError, RendezvousError, UsageError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # could not do the job: a port in use, an address not on this host, ...
+EXIT_USAGE = 2
+EXIT_SERVER = 3  # rendezvous server unreachable, gone, or protocol trouble
+EXIT_PEER = 4  # unknown peer, offline, refused
+EXIT_PUNCH = 5  # no path: the NAT pair is infeasible or the punch timed out
+EXIT_TIMEOUT = 6
+EXIT_INTERRUPTED = 130
+
+# The first family an error belongs to decides; more specific families first.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (UsageError, EXIT_USAGE),
+    (PeerError, EXIT_PEER),
+    (NattravTimeout, EXIT_TIMEOUT),
+    (trio.TooSlowError, EXIT_TIMEOUT),
+    (RendezvousError, EXIT_SERVER),
+    (ConnectError, EXIT_PUNCH),
+    (NattravError, EXIT_FAILURE),
+)
+# What the CLIs turn into one line and an exit code instead of a traceback.
+HANDLED = tuple(cls for cls, _ in EXIT_CODES)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for `exc` (EXIT_FAILURE for anything the table does not name)."""
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_FAILURE)
+
+
+__all__ = ["EXIT_CODES", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PEER", "EXIT_PUNCH",
+           "EXIT_SERVER", "EXIT_TIMEOUT", "EXIT_USAGE", "HANDLED", "exit_code"]

@@ -1,0 +1,97 @@
+"""The punched UDP path: the winning socket and the peer's address, carrying authenticated DATA
+frames (the handshake's keys and replay window), answering the peer's late punch packets and
+keepalives on the way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ..core.errors import ICMP_ERRNOS
+from ..errors import BadPacket
+from ..proto.handshake import MAX_DATA, Event, Handshake
+from ..proto.vocab import Strategy
+
+RECV_SIZE = 2048
+
+
+def now_ns() -> int:
+    """The handshake's clock: trio time in nanoseconds (its stamps and RTT)."""
+    return int(trio.current_time() * 1e9)
+
+
+class PunchedPath:
+    """An authenticated UDP path to the peer. Not thread-safe; one reader at a time."""
+
+    def __init__(self, sock: Any, peer_addr: tuple[str, int], rtt: float, strategy: Strategy,
+                 handshake: Handshake, stats: dict[str, Any] | None = None) -> None:
+        self.sock = sock
+        self.peer_addr = peer_addr
+        self.rtt = rtt  # seconds, from the handshake
+        self.strategy = strategy
+        self.handshake = handshake
+        self.stats = stats or {}
+        self.closed_by_peer = False
+
+    async def send(self, data: bytes) -> None:
+        """Send a payload; longer than MAX_DATA is split into several DATA frames."""
+        data = bytes(data)
+        for i in range(0, max(len(data), 1), MAX_DATA):
+            await self.sock.sendto(self.handshake.data(data[i : i + MAX_DATA]), self.peer_addr)
+
+    async def send_keepalive(self) -> None:
+        await self.sock.sendto(self.handshake.keepalive(), self.peer_addr)
+
+    async def serve_keepalives(self, interval: float = 15.0) -> None:
+        """Run forever (in the caller's nursery): keep both NATs' mappings alive."""
+        while True:
+            await trio.sleep(interval)
+            await self.send_keepalive()
+
+    async def receive(self) -> bytes:
+        """The next payload from the peer. Answers late handshake packets on the way; drops anything
+        unauthenticated or from another address. Returns b"" once the peer closed the path."""
+        while True:
+            if self.closed_by_peer:
+                return b""
+            try:
+                data, addr = await self.sock.recvfrom(RECV_SIZE)
+            except OSError as exc:
+                if exc.errno in ICMP_ERRNOS:
+                    continue
+                raise
+            if tuple(addr[:2]) != self.peer_addr:
+                continue
+            try:
+                got = self.handshake.receive(data, now_ns())
+            except BadPacket:
+                continue
+            for reply in got.replies:
+                await self.sock.sendto(reply, self.peer_addr)
+            if got.event is Event.HELLO:
+                continue  # the peer missed our ACK/CONFIRM; replied above
+            if got.event is Event.DATA and got.payload:
+                return got.payload
+            if got.event is Event.CLOSE:
+                self.closed_by_peer = True
+                return b""
+
+    async def aclose(self) -> None:
+        try:
+            if not self.handshake.closed:
+                with trio.move_on_after(0.5):
+                    await self.sock.sendto(self.handshake.close(), self.peer_addr)
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+
+    async def __aenter__(self) -> PunchedPath:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = ["PunchedPath", "now_ns"]

@@ -1,0 +1,40 @@
+"""The one Session type: what the rendezvous gives both peers for a session. The rendezvous client
+makes it from the server's "session" frame; the punch (io/punch.py, io/tcp_punch.py via the API)
+and the API read it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..proto.handshake import NONCE_LEN
+from ..proto.vocab import Role
+
+
+@dataclass(frozen=True)
+class Session:
+    key: bytes  # the session key both peers' handshakes derive their MAC keys from
+    role: Role  # FIRST sends the low-TTL packets first
+    start_at: float | None = None  # when both start punching, in this process's trio clock (None: now)
+    session_id: str = ""
+    peer_id: str = ""
+    peer_info: dict[str, Any] = field(default_factory=dict)  # the peer's node info (its report, ...)
+    nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_LEN))  # ours, for the handshake
+
+    @classmethod
+    def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float]) -> Session:
+        """From the rendezvous' (schema-checked) "session" frame; `to_local` maps the server's clock
+        to ours (io/rendezvous_client.py's ClockMap)."""
+        return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
+                   msg["info"])
+
+    def start_in(self) -> float:
+        """Seconds until the agreed start (negative once it passed)."""
+        return 0.0 if self.start_at is None else self.start_at - trio.current_time()
+
+
+__all__ = ["Session"]

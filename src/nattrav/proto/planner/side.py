@@ -1,0 +1,99 @@
+"""One peer as the UDP planner sees it: its report's behaviour words, public endpoint and port
+prediction, and the properties the strategies are chosen by (reachable, fixed, sequential, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ...errors import BadReport
+from .. import predict as _predict
+from ..predict import Kind, Prediction
+from ..report import NatReport
+from ..vocab import Filtering, Mapping
+
+DEFAULT_TARGET = 0.999
+DEFAULT_HORIZON = 1.0  # seconds from the last STUN sample to the punch (rendezvous start margin + slack)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One peer as the planner sees it: behaviour words, public endpoint, port prediction."""
+
+    mapping: Mapping
+    filtering: Filtering  # EIF for no NAT whose filtering was not measured: nothing filters
+    ip: str
+    port: int  # the STUN socket's (last) mapped port
+    prediction: Prediction
+    port_range: tuple[int, int]
+
+    @property
+    def kind(self) -> Kind:
+        return self.prediction.kind
+
+    @property
+    def reachable(self) -> bool:
+        """Anyone can send to ip:port unasked: no NAT, or EIM with EIF (a "full cone")."""
+        if self.mapping is Mapping.NONE:
+            return True
+        return self.mapping is Mapping.EIM and self.filtering is Filtering.EIF
+
+    @property
+    def fixed(self) -> bool:
+        """The mapping towards the peer is the one STUN saw (EIM, or Δ = 0)."""
+        return self.mapping in (Mapping.NONE, Mapping.EIM) or self.kind is Kind.FIXED
+
+    @property
+    def sequential(self) -> bool:
+        return not self.fixed and self.kind is Kind.SEQUENTIAL
+
+    @property
+    def random(self) -> bool:
+        return not self.fixed and self.kind in (Kind.RANDOM, Kind.UNKNOWN)
+
+    @property
+    def consumes(self) -> bool:
+        """Every probe to a new peer port takes the next port (APDM, sequential)."""
+        return self.sequential and self.mapping is Mapping.APDM
+
+    @property
+    def span(self) -> int:
+        return self.port_range[1] - self.port_range[0] + 1
+
+    def next_port(self, k: int) -> int:
+        """The port of the k-th (0-based) new mapping after the last sample, with no noise."""
+        if self.fixed:
+            return self.port
+        return self.prediction.model.advance(self.port, k + 1)
+
+    def describe(self) -> str:
+        if self.mapping is Mapping.NONE:
+            return "no NAT"
+        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={self.prediction.model.delta}",
+                 Kind.RANDOM: "random ports", Kind.UNKNOWN: "unpredictable ports"}[self.kind]
+        if self.mapping is Mapping.EIM:
+            alloc = "port kept"
+        return (f"{self.mapping.words} mapping ({self.mapping.short}, {alloc}), "
+                f"{self.filtering.words} filtering ({self.filtering})")
+
+
+def side_from_report(report: NatReport, *, horizon: float = DEFAULT_HORIZON,
+                     target: float = DEFAULT_TARGET) -> Side:
+    """One peer as the planner sees it. BadReport when the report names no public endpoint (a report
+    published for TCP only); everything else was checked by its schema (proto/report.py)."""
+    obs = _predict.Observation.from_report(report)
+    mapping, filtering = report.mapping, report.filtering
+    prediction = _predict.predict(obs, elapsed=horizon, target=target)
+    if mapping is None:
+        mapping = Mapping.EIM if prediction.kind is Kind.FIXED else Mapping.APDM
+    if filtering is None:
+        filtering = Filtering.EIF if mapping is Mapping.NONE else Filtering.APDF
+    if mapping is Mapping.EIM and prediction.kind is not Kind.FIXED:
+        # EIM keeps one mapping per socket whatever the samples suggest (they may come from
+        # different sockets); trust the mapping word.
+        prediction = replace(prediction, kind=Kind.FIXED)
+    if report.public is None:
+        raise BadReport("report has no public endpoint (it was published for TCP)")
+    ip, port = report.public
+    if prediction.kind is not Kind.FIXED and obs.samples:
+        port = obs.samples[-1].port  # predictions count from the LAST mapping seen
+    return Side(mapping, filtering, ip, port, prediction, obs.port_range)

@@ -1,0 +1,364 @@
+"""Choosing and sizing a punching strategy for a PAIR of NATs, sans-IO.
+
+Feasibility is a property of the pair, not of one NAT (Roverso et al., "NATCracker"): a symmetric
+NAT meets a full cone with one packet, a port-restricted cone with a predicted window, another
+sequential NAT with two interleaved scans, a random one only by luck. `plan()` takes both behaviour
+reports and returns the cheapest strategy that can work, its parameters for both sides, a sentence
+saying why (RFC 4787 words) and the odds. Both peers compute the same plan from the same two reports
+(the rendezvous role only breaks ties), so neither has to tell the other what it will do.
+
+Vocabulary used below: the side that "opens" sends first with a low TTL, so its packets create
+mappings and open its own filter but die before the peer's NAT; the other side then sends with a
+normal TTL and its packets are let in. "Consumes" means the NAT gives every new destination a new
+port (address-and-port-dependent mapping with sequential allocation), so each probe moves the port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ...errors import PlanError
+from .. import predict as _predict
+from ..report import PORT_RANGE, NatReport
+from ..vocab import Filtering, Role, Strategy
+from .odds import (
+    FLOW_TABLE_CAP,
+    birthday_miss,
+    noise_pmf,
+    opener_targets,
+    probes_for,
+    random_sequential_odds,
+    size_predicted,
+    stride,
+)
+from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
+from .strategies import STRATEGIES, explain
+
+DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
+
+
+# --- what one side does -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One side's half of an attempt.
+
+    sockets: how many sockets send (1 = the STUN socket only; more = extra burst sockets, each
+    sending to every target). targets: the peer's ports, best first. random_probes: how many distinct
+    random ports of peer_range to probe in addition (the "guessing" side of a birthday burst).
+    opens: send first with `ttl` = the low TTL, never with a normal TTL to unverified ports.
+    delay: seconds after the agreed start. rounds/interval: resend the same packets (same flows).
+    """
+
+    peer_ip: str
+    targets: tuple[int, ...] = ()
+    random_probes: int = 0
+    peer_range: tuple[int, int] = PORT_RANGE
+    sockets: int = 1
+    opens: bool = False
+    delay: float = 0.0
+    interval: float = 0.2
+    rate: float = 0.0  # packets per second for the big bursts, 0 = as fast as possible
+    spread: bool = False  # every socket sends its own random_probes (else only the STUN socket)
+
+    @property
+    def packets(self) -> int:
+        return self.sockets * len(self.targets) + self.random_probes * (self.sockets if self.spread else 1)
+
+    @property
+    def flows(self) -> int:
+        """New flows this part creates on its own NAT (every distinct 5-tuple is one)."""
+        return self.packets
+
+
+@dataclass(frozen=True)
+class Attempt:
+    strategy: Strategy
+    local: Part
+    remote: Part
+    odds: float
+    delay: float = 0.0  # happy-eyeballs start offset relative to the first attempt
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: Strategy
+    feasible: bool
+    reason: str
+    odds: float
+    role: str
+    local: Side
+    remote: Side
+    attempts: tuple[Attempt, ...]
+    timeout: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Attempt:
+        return self.attempts[0]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON/msgpack-safe view for --json output, logs and the demo."""
+
+        def part(p: Part) -> dict[str, Any]:
+            return {"peer_ip": p.peer_ip, "opens_low_ttl": p.opens, "sockets": p.sockets,
+                    "targets": len(p.targets), "first_targets": list(p.targets[:8]),
+                    "random_probes": p.random_probes, "packets": p.packets, "delay": p.delay}
+
+        def side(x: Side) -> dict[str, Any]:
+            pr = x.prediction
+            return {"behaviour": x.describe(), "public": [x.ip, x.port], "kind": pr.kind.value,
+                    "delta": pr.model.delta, "rate": round(pr.model.rate, 3),
+                    "window": len(pr.ports), "covered": round(pr.covered, 6),
+                    "next_port": pr.next_port}
+
+        return {"strategy": self.strategy.value, "feasible": self.feasible, "odds": self.odds,
+                "reason": self.reason, "role": self.role, "timeout": self.timeout,
+                "local": side(self.local), "remote": side(self.remote),
+                "attempts": [{"strategy": a.strategy.value, "delay": a.delay, "odds": a.odds,
+                              "local": part(a.local), "remote": part(a.remote)} for a in self.attempts]}
+
+    def failure_message(self) -> str:
+        return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
+                f"{self.strategy.value} had {self.odds:.2%} odds"
+                + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
+
+
+def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target: float = DEFAULT_TARGET,
+         horizon: float = DEFAULT_HORIZON, flow_budget: int = DEFAULT_FLOW_BUDGET, max_sockets: int = 1024,
+         birthday_sockets: int = 256, max_window: int = 4096, best_effort_flows: int = 4096,
+         peer_ip: str | None = None) -> Plan:
+    """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
+
+    role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
+    plan mirrored). horizon: seconds from the last STUN sample to the agreed start time.
+    peer_ip: where the rendezvous server saw the peer. A report is only the peer's word: aimed at the
+    address it names, a made-up report could turn our bursts on a third party, so every packet goes
+    to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim).
+    """
+    if role not in tuple(Role):
+        raise PlanError(f"role must be one of {[r.value for r in Role]}, got {role!r}")
+    role = Role(role)
+    if not 0 < target < 1:
+        raise PlanError(f"target must be in (0, 1), got {target!r}")
+    local = side_from_report(local_report, horizon=horizon, target=target)
+    remote = side_from_report(remote_report, horizon=horizon, target=target)
+    reported = None
+    if peer_ip is not None and remote.ip != peer_ip:
+        reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(peer_ip)))
+    first, second = (local, remote) if role == "first" else (remote, local)
+    attempts = _attempts(first, second, target=target, flow_budget=flow_budget,
+                         max_sockets=max_sockets, birthday_sockets=birthday_sockets,
+                         max_window=max_window, best_effort_flows=best_effort_flows)
+    if role == "second":
+        attempts = [replace(a, local=a.remote, remote=a.local) for a in attempts]
+    best = attempts[0]
+    # Guessing on both sides only works in tiny port ranges (a CGNAT's port block); then it is
+    # feasible on its odds.
+    feasible = best.strategy is not Strategy.BEST_EFFORT or best.odds >= target
+    reason = explain(best.strategy, local, remote, best)
+    timeout = max(a.delay + a.timeout for a in attempts)
+    params = {
+        "strategy": best.strategy.value,
+        "local_packets": best.local.packets,
+        "remote_packets": best.remote.packets,
+        "local_sockets": best.local.sockets,
+        "remote_sockets": best.remote.sockets,
+        "local_opens": best.local.opens,
+        "local_targets": len(best.local.targets),
+        "local_random_probes": best.local.random_probes,
+        "remote_random_probes": best.remote.random_probes,
+        "local_flows": best.local.flows,
+        "remote_flows": best.remote.flows,
+        "odds": best.odds,
+        "attempts": [a.strategy.value for a in attempts],
+    }
+    if reported is not None:
+        params["reported_peer_ip"] = reported
+    return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
+                timeout, params)
+
+
+def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
+    """Every strategy that can work for the pair, cheapest first, as (first's part, second's part).
+
+    The happy-eyeballs race only adds attempts that cost no extra flow on a sequential NAT (they
+    would shift its predicted ports under the main attempt).
+    """
+    out: list[Attempt] = []
+    a_fixed, b_fixed = first.fixed, second.fixed
+
+    # DIRECT: one side is reachable unasked; the other just sends to it.
+    if first.reachable or second.reachable:
+        out.append(_direct(first, second))
+    # SIMULTANEOUS: both mappings known; the low-TTL packet goes first so that neither NAT sees an
+    # unsolicited packet (which could clash with the mapping it is about to create).
+    if a_fixed and b_fixed:
+        out.append(_simultaneous(first, second))
+    # ADDRESS_OPEN: an EIM side with an address-dependent filter opens it to the peer's whole IP.
+    for opener, other, swap in ((first, second, False), (second, first, True)):
+        if opener.fixed and opener.filtering is Filtering.ADF and not other.fixed:
+            out.append(_maybe_swap(_address_open(opener, other), swap))
+            break
+    if not out or not (a_fixed and b_fixed):
+        if not first.random and not second.random:
+            out.append(_predicted(first, second, kw["target"], kw["max_window"]))
+        elif first.random and second.random:
+            out.append(_best_effort(first, second, kw["best_effort_flows"]))
+        else:
+            rnd, other, swap = (first, second, False) if first.random else (second, first, True)
+            if other.fixed:
+                out.append(_maybe_swap(_birthday(rnd, other, kw["target"], kw["birthday_sockets"],
+                                                 kw["flow_budget"]), swap))
+            else:
+                out.append(_maybe_swap(_random_sequential(rnd, other, kw["target"], kw["flow_budget"],
+                                                          kw["max_sockets"]), swap))
+    out.sort(key=lambda a: (STRATEGIES[a.strategy].cost, a.local.packets + a.remote.packets))
+    # Later attempts race only when they are cheap and cost no extra flow on a NAT that consumes a
+    # port per flow (it would shift the ports the main attempt predicted).
+    consuming = first.consumes or second.consumes
+    raced: list[Attempt] = []
+    for a in out:
+        if raced and (consuming or STRATEGIES[a.strategy].burst
+                      or any(r.strategy is a.strategy for r in raced)):
+            continue
+        raced.append(replace(a, delay=HAPPY_EYEBALLS_DELAY * len(raced)))
+    return raced
+
+
+def _maybe_swap(a: Attempt, swap: bool) -> Attempt:
+    return replace(a, local=a.remote, remote=a.local) if swap else a
+
+
+def _direct(first: Side, second: Side) -> Attempt:
+    # The reachable side only answers (its first packets go out low-TTL so that a filtering peer NAT
+    # never sees them unasked); the other side's normal packet gets in and creates the return path.
+    reach_first = first.reachable
+    quiet = Part(second.ip, (second.port,), opens=True, interval=0.1)
+    talker = Part(first.ip, (first.port,), opens=False, delay=0.02, interval=0.1)
+    if reach_first:
+        return Attempt(Strategy.DIRECT, quiet, talker, odds=1.0, timeout=2.0)
+    return Attempt(Strategy.DIRECT,
+                   Part(second.ip, (second.port,), opens=False, delay=0.02, interval=0.1),
+                   Part(first.ip, (first.port,), opens=True, interval=0.1),
+                   odds=1.0, timeout=2.0)
+
+
+def _simultaneous(first: Side, second: Side) -> Attempt:
+    return Attempt(Strategy.SIMULTANEOUS,
+                   Part(second.ip, (second.port,), opens=True, interval=0.1),
+                   Part(first.ip, (first.port,), opens=False, delay=0.02, interval=0.1),
+                   odds=1.0, timeout=2.0)
+
+
+def _address_open(opener: Side, other: Side) -> Attempt:
+    # One low-TTL packet to any port of the peer's IP opens an ADF filter for every port of it; the
+    # peer then sends from its STUN socket, whatever port its NAT picks.
+    return Attempt(Strategy.ADDRESS_OPEN,
+                   Part(other.ip, (other.next_port(0),), opens=True, interval=0.1),
+                   Part(opener.ip, (opener.port,), opens=False, delay=0.02, interval=0.1),
+                   odds=1.0, timeout=2.0)
+
+
+def _predicted(first: Side, second: Side, target: float, max_window: int) -> Attempt:
+    choices = []
+    for opener, other, swap in ((first, second, False), (second, first, True)):
+        n_open, n_other, odds = size_predicted(opener, other, target, max_window)
+        m = stride(opener, other)
+        open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
+        other_targets = ((opener.port,) if opener.fixed
+                         else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
+        a = Attempt(Strategy.PREDICTED,
+                    Part(other.ip, open_targets, opens=True, interval=0.25),
+                    Part(opener.ip, other_targets, opens=False, delay=0.05, interval=0.25),
+                    odds=odds, timeout=3.0)
+        # Cheaper first; then the plan that sends fewer packets to unopened ports (the opener's
+        # window should be the big one); then the rendezvous' "first" opens.
+        unsolicited = len(other_targets) - 1
+        choices.append(((-round(odds, 6), len(open_targets) + len(other_targets), unsolicited, swap),
+                        _maybe_swap(a, swap)))
+    choices.sort(key=lambda c: c[0])
+    return choices[0][1]
+
+
+def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) -> Attempt:
+    # The random side opens `sockets` mappings towards the EIM side's one endpoint with low-TTL
+    # packets; the EIM side then probes distinct random ports of the random side's IP. The chance
+    # that none of p probes hits one of s open ports among N is C(N-s, p) / C(N, p).
+    span = rnd.span
+    sockets = max(1, min(sockets, span // 2))  # a small port block (CGNAT) holds fewer mappings
+    probes = probes_for(span, sockets, target, max(1, min(budget, span - sockets)))
+    odds = 1 - birthday_miss(span, sockets, probes)
+    return Attempt(Strategy.BIRTHDAY,
+                   Part(eim.ip, (eim.port,), sockets=sockets, opens=True, interval=0.5),
+                   # resending the same probes costs no new flow and catches mappings opened late
+                   Part(rnd.ip, (), random_probes=probes, peer_range=rnd.port_range, opens=False,
+                        delay=0.1, interval=0.25, rate=20000.0),
+                   odds=odds, timeout=4.0)
+
+
+def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_sockets: int) -> Attempt:
+    # Every (socket, window slot) pair is a new flow on the random side's NAT, so sockets × window
+    # must stay under the flow budget; the sequential side's guesses are flows on its own NAT.
+    need_window = max(1, len(noise_pmf(seq)))
+    candidates = sorted({max(1, min(c, rnd.span // 2)) for c in (64, 128, 256, 512, 1024, 2048, 4096)
+                         if c <= max_sockets} or {1})
+    options: list[tuple[float, int, int, int]] = []  # (odds, sockets, window, probes)
+    for s in candidates:
+        window = budget // s
+        if window < 1:
+            continue
+        if seq.consumes:
+            # the shortest window (= guesses) that reaches the target, else the longest allowed
+            lo, hi = 1, window
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if random_sequential_odds(rnd, seq, s, mid, mid) >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            window = probes = lo
+        else:
+            window = min(window, need_window)
+            probes = probes_for(rnd.span, s, target, min(budget, rnd.span - s))
+        options.append((random_sequential_odds(rnd, seq, s, window, probes), s, window, probes))
+    assert options
+    # Odds within 0.2 point of the best count as equal (at the flow cap every split gives about
+    # 1 - e^(-budget/N)); then the most sockets win: the shortest window, so the matching slot comes
+    # early in the burst and the plan leans least on the predicted Δ and on the NAT's port range.
+    top = max(min(o[0], target) for o in options)
+    odds, s, window, probes = max((o for o in options if min(o[0], target) >= top - 0.002),
+                                  key=lambda o: (o[1], -(o[1] * o[2] + o[3])))
+    targets = tuple(seq.next_port(k) for k in range(window))
+    return Attempt(Strategy.RANDOM_SEQUENTIAL,
+                   Part(seq.ip, targets, sockets=s, opens=True, interval=1.0),
+                   # the guesses repeat (same flows) while the random side's burst is still opening
+                   # the later window slots
+                   Part(rnd.ip, (), random_probes=probes, peer_range=rnd.port_range, opens=False,
+                        delay=0.1, interval=0.1, rate=50000.0),
+                   # the burst is paced by how fast the random side's NAT creates 235k flows, which a
+                   # loaded 2-core machine can stretch past 5 s (seen in the matrix)
+                   odds=odds, timeout=10.0)
+
+
+def _best_effort(first: Side, second: Side, flows: int) -> Attempt:
+    # Both sides guess: a hit needs first's flow i to aim at second's random port j AND second's
+    # flow j to aim at first's random port i, a 1/(N1·N2) chance per pair of flows, so about
+    # F1·F2/(N1·N2) hits are expected. Reaching 99.9% would need F ≈ 2.6·N flows per side, beyond
+    # the 262144-entry flow table and antisocial anyway: we try a little, then report.
+    sockets = 64
+    per = max(1, min(flows // sockets, first.span, second.span))
+    expected = (sockets * per) ** 2 / (first.span * second.span)
+    odds = 1 - math.exp(-expected)
+    return Attempt(Strategy.BEST_EFFORT,
+                   Part(second.ip, (), random_probes=per, peer_range=second.port_range, sockets=sockets,
+                        opens=True, interval=1.0, spread=True),
+                   Part(first.ip, (), random_probes=per, peer_range=first.port_range, sockets=sockets,
+                        opens=False, delay=0.1, interval=1.0, spread=True),
+                   odds=odds, timeout=2.0)

@@ -1,0 +1,298 @@
+"""The report a peer publishes about its NAT, and the one schema that reads it.
+
+A peer's report crosses the rendezvous as node info: it is the most important untrusted input, so
+it gets the strictest schema in the package. `NatReport.from_wire()` accepts exactly what
+`to_wire()` writes and nothing else: the version, every key (no more, no fewer), the type of every
+value, bounds on every number and list, IP literals only for addresses (a name would need a lookup,
+and resolves wherever its owner likes). Anything else is BadReport, and nothing else escapes it.
+
+    {"v": 1, "mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
+     "public": ["203.0.113.10", 20003], "samples": [[20000, 0.0, 0], [20001, 0.01, 0], ...],
+     "port_range": [1024, 65535], "tcp": null}
+
+A sample is [port, seconds since the socket's first sample (or null), mappings our OTHER sockets made
+since the previous sample]; the TCP part's samples are [public ip, port, seconds or null, [server ip,
+server port] or null]. The dataclasses are what every consumer reads (the predictor, both planners);
+`public` and the samples are the peer's own word, which is why the planners aim at the address the
+rendezvous server observed instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import BadReport
+from .schema import cut
+from .vocab import Allocation, Filtering, Mapping
+
+VERSION = 1
+PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
+MAX_SAMPLES = 64  # the punch socket's mappings (api sends four)
+MAX_TCP_SAMPLES = 16
+MAX_DELTA = 65534
+MAX_AGE = 86400.0  # seconds a TCP measurement or a rate observation may span
+# a UDP sample's time counts from the punch socket's first sample, and a listener may keep that
+# socket for a long time before a peer comes (its refreshed samples then carry the wait)
+MAX_SAMPLE_AGE = 366 * 86400.0
+MAX_HORIZON = 600.0  # seconds from the last sample to the punch a report may claim
+MAX_WINDOW = 256  # the TCP planner's largest window (511 descriptors for the first side)
+MAX_COUNT = 65535  # foreign or own flows counted between samples
+
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One mapped port the punch socket got, in order."""
+
+    port: int
+    t: float | None = None  # seconds since the socket's first sample; None when not timed
+    # new mappings our OTHER sockets made since the previous sample (the STUN client's fresh-socket
+    # tests): known consumption, not background traffic
+    own: int = 0
+
+
+@dataclass(frozen=True)
+class TcpSample:
+    """One TCP Binding from the shared local port: the public endpoint a server saw, in order."""
+
+    ip: str
+    port: int
+    t: float | None = None
+    dest: Endpoint | None = None  # the server endpoint asked (tells ADM from APDM)
+
+
+@dataclass(frozen=True)
+class History:
+    """Earlier rate evidence for a sequential TCP NAT (a listener's enrolment-to-refresh gap)."""
+
+    extra: int  # flows other hosts took
+    exposure: float  # over this many seconds
+
+
+@dataclass(frozen=True)
+class TcpReport:
+    """The TCP part: TCP mappings of ONE local port (the listener's) to several server endpoints."""
+
+    local: Endpoint
+    samples: tuple[TcpSample, ...]
+    # the filtering assumed for TCP (the UDP measurement's; unknown reads as the strictest)
+    filtering: Filtering | None = None
+    port_range: tuple[int, int] = PORT_RANGE
+    window: int | None = None  # the smallest window this side's user asked for
+    horizon: float | None = None  # seconds from the last sample to the punch, when known
+    history: History | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"local": list(self.local),
+                "samples": [[s.ip, s.port, s.t, list(s.dest) if s.dest else None] for s in self.samples],
+                "filtering": _value(self.filtering), "port_range": list(self.port_range),
+                "window": self.window, "horizon": self.horizon,
+                "history": None if self.history is None else [self.history.extra, self.history.exposure]}
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> TcpReport:
+        return _guarded(_tcp_from_wire, wire)
+
+
+@dataclass(frozen=True)
+class NatReport:
+    """What a peer publishes before a session: its NAT in the vocabulary's words and the punch
+    socket's mappings (UDP), or the TCP part (TCP). Frozen; `from_wire` is the only way in from the
+    network."""
+
+    VERSION: ClassVar[int] = VERSION
+
+    mapping: Mapping | None = None  # NONE: no NAT; None: not measured
+    filtering: Filtering | None = None
+    allocation: Allocation | None = None
+    delta: int | None = None  # the port step of new mappings, when sequential
+    public: Endpoint | None = None  # the punch socket's last mapped endpoint (UDP)
+    samples: tuple[Sample, ...] = ()  # the punch socket's mapped ports, in order (UDP)
+    port_range: tuple[int, int] = PORT_RANGE  # where the NAT draws its ports from (a guess)
+    tcp: TcpReport | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack- and JSON-safe map (plain str, int, float, list, None)."""
+        return {"v": VERSION, "mapping": _value(self.mapping), "filtering": _value(self.filtering),
+                "allocation": _value(self.allocation), "delta": self.delta,
+                "public": None if self.public is None else list(self.public),
+                "samples": [[s.port, s.t, s.own] for s in self.samples],
+                "port_range": list(self.port_range),
+                "tcp": None if self.tcp is None else self.tcp.to_wire()}
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> NatReport:
+        """Read a report from the network. Raises BadReport, and only BadReport."""
+        return _guarded(_from_wire, wire)
+
+
+def samples_from_bindings(bindings: Iterable[Any]) -> tuple[Sample, ...]:
+    """The punch socket's series from nat_behavior's BindingSamples, in the order taken: socket 0's
+    first answer per server, each with the count of new mappings other sockets made since the
+    previous one (known consumption, which the predictor must not read as background traffic)."""
+    out: list[Sample] = []
+    seen_main: set[Endpoint] = set()
+    seen_other: set[tuple[int, Endpoint]] = set()
+    own = 0
+    for b in bindings:
+        if b.socket != 0:
+            if (b.socket, b.server) not in seen_other:
+                seen_other.add((b.socket, b.server))
+                own += 1
+            continue
+        if b.server in seen_main:
+            continue
+        seen_main.add(b.server)
+        out.append(Sample(b.mapped[1], b.t, own if out else 0))
+        own = 0
+    return tuple(out)
+
+
+# --- the schema ----------------------------------------------------------------------------------
+
+_KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "tcp"}
+_TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history"}
+
+
+def _guarded(reader: Any, wire: Any) -> Any:
+    try:
+        return reader(wire)
+    except BadReport:
+        raise
+    except Exception as exc:  # a reader bug must still surface as the one documented error
+        raise BadReport(f"malformed report: {type(exc).__name__}") from None
+
+
+def _from_wire(w: Any) -> NatReport:
+    _exact(w, _KEYS, "report")
+    if type(w["v"]) is not int or w["v"] != VERSION:
+        raise BadReport(f"report version {cut(w['v'])}, this side reads {VERSION}")
+    samples = _list(w["samples"], MAX_SAMPLES, "samples")
+    return NatReport(
+        mapping=_word(Mapping, w["mapping"], "mapping"),
+        filtering=_word(Filtering, w["filtering"], "filtering"),
+        allocation=_word(Allocation, w["allocation"], "allocation"),
+        delta=None if w["delta"] is None else _int(w["delta"], -MAX_DELTA, MAX_DELTA, "delta"),
+        public=None if w["public"] is None else _endpoint(w["public"], "public"),
+        samples=tuple(_sample(s) for s in samples),
+        port_range=_port_range(w["port_range"], 1),
+        tcp=None if w["tcp"] is None else _tcp_from_wire(w["tcp"]),
+    )
+
+
+def _tcp_from_wire(w: Any) -> TcpReport:
+    _exact(w, _TCP_KEYS, "TCP report")
+    samples = _list(w["samples"], MAX_TCP_SAMPLES, "TCP samples")
+    if not samples:
+        raise BadReport("TCP report has no samples")
+    history = w["history"]
+    if history is not None:
+        history = _list(history, 2, "history")
+        if len(history) != 2:
+            raise BadReport("history is not [extra, exposure]")
+        # a false claim only moves the shared window within 1..MAX_WINDOW
+        history = History(_int(history[0], 0, MAX_COUNT, "history extra"),
+                          _seconds(history[1], MAX_AGE, "history exposure"))
+    return TcpReport(
+        local=_endpoint(w["local"], "local"),
+        samples=tuple(_tcp_sample(s) for s in samples),
+        filtering=_word(Filtering, w["filtering"], "TCP filtering"),
+        # two ports at least: a random NAT's birthday is sized on the span
+        port_range=_port_range(w["port_range"], 2),
+        window=None if w["window"] is None else _int(w["window"], 1, MAX_WINDOW, "window"),
+        horizon=None if w["horizon"] is None else _seconds(w["horizon"], MAX_HORIZON, "horizon"),
+        history=history,
+    )
+
+
+def _sample(v: Any) -> Sample:
+    v = _list(v, 3, "sample")
+    if len(v) != 3:
+        raise BadReport("a sample is [port, t, own]")
+    t = None if v[1] is None else _seconds(v[1], MAX_SAMPLE_AGE, "sample t")
+    return Sample(_int(v[0], 1, 65535, "sample port"), t, _int(v[2], 0, MAX_COUNT, "sample own"))
+
+
+def _tcp_sample(v: Any) -> TcpSample:
+    v = _list(v, 4, "TCP sample")
+    if len(v) != 4:
+        raise BadReport("a TCP sample is [ip, port, t, dest]")
+    t = None if v[2] is None else _seconds(v[2], MAX_AGE, "TCP sample t")
+    dest = None if v[3] is None else _endpoint(v[3], "TCP sample dest")
+    return TcpSample(_ip(v[0], "TCP sample ip"), _int(v[1], 1, 65535, "TCP sample port"), t, dest)
+
+
+def _exact(w: Any, keys: set[str], what: str) -> None:
+    if type(w) is not dict:
+        raise BadReport(f"{what} is not a map")
+    if w.keys() != keys:
+        extra = [k for k in w if k not in keys]
+        missing = sorted(keys - w.keys())
+        raise BadReport(f"{what}: unknown key {cut(extra[0])}" if extra else f"{what}: missing {missing[0]!r}")
+
+
+def _list(v: Any, limit: int, what: str) -> list:
+    if type(v) is not list:
+        raise BadReport(f"{what} is not a list")
+    if len(v) > limit:
+        raise BadReport(f"{what}: {len(v)} items, at most {limit}")
+    return v
+
+
+def _int(v: Any, lo: int, hi: int, what: str) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise BadReport(f"{what}: {cut(v)} is not an integer in {lo}..{hi}")
+    return v
+
+
+def _seconds(v: Any, limit: float, what: str) -> float:
+    if type(v) not in (int, float) or not (math.isfinite(v) and 0 <= v <= limit):
+        raise BadReport(f"{what}: {cut(v)} is not a number of seconds in 0..{limit:g}")
+    return float(v)
+
+
+def _ip(v: Any, what: str) -> str:
+    if type(v) is not str or len(v) > 45:
+        raise BadReport(f"{what}: not an IP address")
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise BadReport(f"{what}: {cut(v)} is not an IP address") from None
+
+
+def _endpoint(v: Any, what: str) -> Endpoint:
+    v = _list(v, 2, what)
+    if len(v) != 2:
+        raise BadReport(f"{what} is not [ip, port]")
+    return _ip(v[0], f"{what} ip"), _int(v[1], 1, 65535, f"{what} port")
+
+
+def _port_range(v: Any, least: int) -> tuple[int, int]:
+    v = _list(v, 2, "port_range")
+    if len(v) != 2:
+        raise BadReport("port_range is not [low, high]")
+    lo, hi = (_int(x, 1, 65535, "port_range bound") for x in v)
+    if hi - lo + 1 < least:
+        raise BadReport(f"port_range {lo}..{hi} holds fewer than {least} port(s)")
+    return lo, hi
+
+
+def _word(kind: type, v: Any, what: str) -> Any:
+    if v is None:
+        return None
+    if type(v) is not str or v not in kind._value2member_map_:
+        raise BadReport(f"unknown {what} {cut(v)}")
+    return kind(v)
+
+
+def _value(v: Any) -> Any:
+    return None if v is None else v.value
+
+
+__all__ = ["History", "MAX_SAMPLES", "MAX_TCP_SAMPLES", "NatReport", "PORT_RANGE", "Sample", "TcpReport",
+           "TcpSample", "VERSION", "samples_from_bindings"]

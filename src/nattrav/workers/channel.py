@@ -1,0 +1,123 @@
+"""One worker as the coordinator talks to it: msgpack messages over a socketpair, each request with
+a deadline, a dead or hung worker turned into WorkerDied / WorkerError instead of a hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+from array import array
+
+import trio
+
+from ..errors import BadMessage, FdLimitError, WorkerDied, WorkerError
+from .messages import MAX_REPLY, MessageReader, encode
+from .process import WorkerProcess, exit_reason
+
+MAX_FDS_PER_REPLY = 4
+
+
+class WorkerChannel:
+    """The message channel to one worker process (a unix socketpair): requests with a deadline and a
+    watch on the process, replies (with descriptors passed over SCM_RIGHTS), and the reason it broke."""
+
+    def __init__(self, index: int, proc: WorkerProcess, sock: trio.socket.SocketType) -> None:
+        self.index, self.proc, self.sock = index, proc, sock
+        self.pid = proc.pid
+        self.reader = MessageReader(MAX_REPLY)
+        self.inbox: list[dict] = []
+        self.fds: list[int] = []
+        self.send_lock = trio.Lock()
+        self.req_lock = trio.Lock()
+        self.next_id = 0
+        self.broken: WorkerError | None = None
+
+    async def _died(self, doing: str) -> WorkerDied:
+        with trio.move_on_after(2):
+            await self.proc.wait()
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        err = WorkerDied(self.index, self.pid, f"{exit_reason(self.proc.returncode)} during {doing!r}")
+        self.broken = err
+        return err
+
+    async def send(self, data: bytes) -> None:
+        async with self.send_lock:
+            view = memoryview(data)
+            while view:
+                sent = await self.sock.send(view)
+                view = view[sent:]
+
+    async def next_message(self, doing: str) -> dict:
+        while not self.inbox:
+            try:
+                data, anc, _flags, _addr = await self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * MAX_FDS_PER_REPLY))
+            except OSError:
+                data, anc = b"", []
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    self.fds.extend(array("i", raw[: len(raw) - len(raw) % 4]))
+            if not data:
+                raise await self._died(doing)
+            try:
+                self.inbox.extend(self.reader.feed(data))
+            except BadMessage as e:
+                self.kill()
+                self.broken = WorkerError(self.index, self.pid, f"broke the protocol during {doing!r}: {e}")
+                raise self.broken from None
+        return self.inbox.pop(0)
+
+    async def request(self, t: str, wait: float, /, **fields) -> tuple[dict, int | None]:
+        """One request, its one reply (and a descriptor, when the reply carried one)."""
+        if self.broken is not None:
+            raise type(self.broken)(self.index, self.pid, f"unusable since: {self.broken.reason}")
+        async with self.req_lock:
+            self.next_id += 1
+            rid = self.next_id
+            data = encode(t, id=rid, **fields)
+            # half a message would wreck the stream for good: a request goes out whole or the worker
+            # counts as hung, whatever cancellation arrives meanwhile
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(wait) as send_scope:
+                    try:
+                        await self.send(data)
+                    except OSError:
+                        raise await self._died(t) from None
+            if send_scope.cancelled_caught:
+                self.kill()
+                self.broken = WorkerError(self.index, self.pid, f"did not take {t!r} within {wait:.1f} s; killed it")
+                raise self.broken
+            with trio.move_on_after(wait) as scope:
+                while True:
+                    msg = await self.next_message(t)
+                    # descriptors come only with 'take' results, in order
+                    fd = self.fds.pop(0) if msg.get("fd") is True and self.fds else None
+                    if msg.get("id") == rid:
+                        break
+                    if fd is not None:  # a reply to a take we stopped waiting for
+                        os.close(fd)
+            if scope.cancelled_caught:
+                self.kill()
+                self.broken = WorkerError(self.index, self.pid, f"did not answer {t!r} within {wait:.1f} s; killed it")
+                raise self.broken
+        if msg["t"] == "error":
+            if fd is not None:
+                os.close(fd)
+            kind, code, text = msg["kind"], msg["errno"], msg["msg"]
+            if kind == "ValueError":
+                raise ValueError(f"worker {self.index}: {text}")
+            if kind == "IndexError":
+                raise IndexError(f"worker {self.index}: {text}")
+            if kind == "FdLimitError":
+                raise FdLimitError(code, f"worker {self.index}: {text}")
+            if code > 0:
+                raise OSError(code, f"worker {self.index}: {text}")
+            raise WorkerError(self.index, self.pid, f"failed {t!r}: {text}")
+        return msg, fd
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,101 @@
+"""proto/report.py: the peer report's one encoding and its strict schema."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nattrav.errors import BadReport
+from nattrav.proto.nat_behavior import BindingSample
+from nattrav.proto.report import MAX_SAMPLES, NatReport, Sample, samples_from_bindings
+from nattrav.proto.vocab import Mapping
+from tests.reports import tcp, udp
+
+SEQ = udp("APDM", "APDF", [20000, 20001, 20003], times=[0.0, 0.01, 0.5], allocation="sequential", delta=1)
+WITH_TCP = replace(SEQ, tcp=tcp([20010, 20011, 20012], times=[0.0, 0.002, 0.004], window=12, horizon=0.5,
+                                history=(3, 9.5)))
+
+
+@pytest.mark.parametrize("report", [SEQ, WITH_TCP, NatReport(), udp(None, None, [4000], nat=False)])
+def test_the_wire_form_round_trips_through_json_and_msgpack(report):
+    w = report.to_wire()
+    assert NatReport.from_wire(json.loads(json.dumps(w))) == report
+    assert NatReport.from_wire(msgpack.unpackb(msgpack.packb(w))) == report
+    # plain types only: the enums travel as their words
+    assert type(json.loads(json.dumps(w))["mapping"]) in (str, type(None))
+
+
+def test_exact_keys_and_version():
+    w = SEQ.to_wire()
+    with pytest.raises(BadReport, match="unknown key"):
+        NatReport.from_wire({**w, "one_socket": []})
+    with pytest.raises(BadReport, match="missing"):
+        NatReport.from_wire({k: v for k, v in w.items() if k != "tcp"})
+    for v in (2, 0, "1", 1.0, True, None):
+        with pytest.raises(BadReport, match="version"):
+            NatReport.from_wire({**w, "v": v})
+    tw = WITH_TCP.to_wire()
+    with pytest.raises(BadReport, match="unknown key"):
+        NatReport.from_wire({**tw, "tcp": {**tw["tcp"], "public": ["203.0.113.10", 1]}})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("mapping", "symmetric"), ("mapping", "eim"), ("filtering", "none"), ("allocation", "preservation"),
+    ("delta", 70000), ("delta", True), ("delta", 1.0),
+    ("public", ["localhost", 4000]), ("public", ["203.0.113.10", 0]), ("public", ["203.0.113.10"]),
+    ("public", "203.0.113.10:4000"),
+    ("samples", [[70000, 0.0, 0]]), ("samples", [[100, -0.5, 0]]), ("samples", [[100, float("inf"), 0]]),
+    ("samples", [[100, None, -1]]), ("samples", [[100, None]]), ("samples", [{"port": 100, "t": 0.0}]),
+    ("samples", [100]), ("samples", [[100, None, 0]] * (MAX_SAMPLES + 1)),
+    ("port_range", [5000, 4000]), ("port_range", [0, 10]), ("port_range", (1, 2)), ("tcp", {}),
+])
+def test_every_field_is_bounded(field, value):
+    with pytest.raises(BadReport):
+        NatReport.from_wire({**SEQ.to_wire(), field: value})
+
+
+def test_ip_literals_are_normalised_and_names_refused():
+    r = NatReport.from_wire({**SEQ.to_wire(), "public": ["2001:db8:0::1", 4000]})
+    assert r.public == ("2001:db8::1", 4000)
+    with pytest.raises(BadReport, match="not an IP"):
+        NatReport.from_wire({**SEQ.to_wire(), "public": ["victim.example", 4000]})
+
+
+def test_binding_samples_count_our_other_sockets_as_known_steps():
+    b = [BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.1", 3478), ("203.0.113.10", 41000), 0.0),
+         BindingSample(1, ("10.0.1.2", 5001), ("198.51.100.1", 3478), ("203.0.113.10", 41001), 0.01),
+         BindingSample(2, ("10.0.1.2", 5002), ("198.51.100.1", 3478), ("203.0.113.10", 41002), 0.015),
+         BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.1", 3478), ("203.0.113.10", 41000), 0.018),
+         BindingSample(0, ("10.0.1.2", 5000), ("198.51.100.2", 3478), ("203.0.113.10", 41003), 0.02)]
+    # the repeated server is mapping reuse, not a new sample
+    assert samples_from_bindings(b) == (Sample(41000, 0.0, 0), Sample(41003, 0.02, 2))
+
+
+def test_no_nat_is_the_none_mapping():
+    assert udp("EIM", "EIF", [4000], nat=False).mapping is Mapping.NONE
+    assert NatReport.from_wire({**SEQ.to_wire(), "mapping": "none"}).mapping is Mapping.NONE
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 70000) | st.floats() | st.text(max_size=6)
+    | st.sampled_from(["EIM", "APDM", "EIF", "sequential", "203.0.113.9", "::1"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["v", "mapping", "samples", "public", "port_range", "tcp", "local", "window",
+                         "history", "x"]), inner, max_size=4),
+    max_leaves=16)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ANY, st.sampled_from([SEQ, WITH_TCP]))
+def test_anything_from_the_network_parses_or_raises_bad_report_only(data, base):
+    for candidate in (data, {**base.to_wire(), **data} if isinstance(data, dict) else data):
+        try:
+            report = NatReport.from_wire(candidate)
+        except BadReport:
+            continue
+        assert NatReport.from_wire(report.to_wire()) == report
