@@ -27,6 +27,7 @@ import contextlib, json, socket, sys, trio
 from nattrav.errors import PunchFailed
 from nattrav.io.punch import punch
 from nattrav.io.session import Session
+from nattrav.proto.planner.odds import FLOW_TABLE_CAP
 from nattrav.proto.planner.udp import plan
 from nattrav.proto.report import NatReport, Sample
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
@@ -72,7 +73,10 @@ async def host(cfg, coord):
                        public=(ip, samples[-1].port), samples=tuple(samples))
     print(json.dumps(report.to_wire()), flush=True)
     peer = json.loads(await trio.to_thread.run_sync(sys.stdin.readline))
-    pl = plan(report, NatReport.from_wire(peer["report"]), cfg["role"], horizon=cfg["horizon"])
+    # the lab's NATs hold the machine's whole flow table: the big-burst cases test the burst
+    # machinery at the size that reaches their odds (a home router's default budget would not)
+    pl = plan(report, NatReport.from_wire(peer["report"]), cfg["role"], horizon=cfg["horizon"],
+              flow_budget=int(FLOW_TABLE_CAP * 0.9))
     session = Session(bytes.fromhex(peer["key"]), cfg["role"], trio.current_time() + peer["delay"])
     out = {"plan": pl.params, "local_targets": list(pl.primary.local.targets),
            "remote_targets": list(pl.primary.remote.targets), "reason": pl.reason,

@@ -18,19 +18,10 @@ from nattrav.lab.matrix import MATRIX_PRESETS, expectation
 
 TRIALS = int(os.environ.get("NATTRAV_MATRIX_TRIALS", "3"))
 TRIAL_TIMEOUT = 15.0
-# Trials get only what a user would type, so no TTL computed from the lab's topology any more. The
-# product's default TTL (2) dies at a carrier-grade NAT's second layer before it opens anything there;
-# these pairs (each 0/3 since, deterministic: the role decides who opens first) wait for the TTL the
-# product will measure itself. strict: the day they connect, CI says so and the mark comes off.
-NEEDS_MEASURED_TTL = {
-    ("cgnat", "restricted-cone"), ("cgnat", "port-restricted"), ("cgnat", "symmetric-seq"),
-    ("cgnat", "symmetric-seq-7"), ("cgnat", "cgnat"), ("symmetric-seq", "cgnat"), ("symmetric-seq-7", "cgnat"),
-}
-PAIRS = [
-    pytest.param(left, right, id=f"{left}->{right}", marks=[pytest.mark.xfail(
-        strict=True, reason="needs measured TTL (issue 13)")] if (left, right) in NEEDS_MEASURED_TTL else [])
-    for left, right in itertools.product(MATRIX_PRESETS, repeat=2)
-]
+# Trials get only what a user would type: no TTL computed from the lab's topology (the product traces
+# its own NAT layers, proto/hops.py; the cgnat pairs need 3).
+PAIRS = [pytest.param(left, right, id=f"{left}->{right}")
+         for left, right in itertools.product(MATRIX_PRESETS, repeat=2)]
 REPORT = pathlib.Path(os.environ.get("NATTRAV_MATRIX_REPORT", "/tmp/nattrav-matrix-udp.jsonl"))
 
 # words the failure message must use for each side's NAT (RFC 4787 vocabulary)

@@ -2,10 +2,10 @@
 on each access link, 12 routers between the NATs), a home NAT behind a carrier-grade NAT for every UDP
 strategy, peers behind one NAT, a UDP-only full cone crossed over TCP, and address pools.
 
-Each trial gets only what a user would type. Where the product lacks what issue 13 adds (a TTL it
-measures instead of assuming one router between the NATs, LAN and hairpin candidates, TCP filtering
-measured for TCP, a ladder that falls back), the case is xfail(strict=True) with that reason: it
-fails today, and CI turns red the day it passes, so the mark comes off with issue 13.
+Each trial gets only what a user would type (the product traces its own NAT layers for the low TTL).
+Where the product lacks what issue 13 adds (LAN and hairpin candidates, TCP filtering measured for
+TCP), the case is xfail(strict=True) with that reason: it fails today, and CI turns red the day it
+passes, so the mark comes off.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ TRIAL_TIMEOUT = 12.0
 REPORT = pathlib.Path(os.environ.get("NATTRAV_REALISM_REPORT", "/tmp/nattrav-matrix-realism.jsonl"))
 BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
 
-TTL = "needs measured TTL (issue 13)"
 LAN = "needs LAN and hairpin candidates for peers behind one NAT (issue 13)"
 TCP_FILTER = "needs TCP filtering measured for TCP, not taken from UDP (issue 13)"
 
@@ -45,11 +44,11 @@ CASES = [
     # a home NAT behind a carrier-grade NAT (100.64.0.0/10 between them), one pair per UDP strategy;
     # the failing ones fail every trial (0/6..0/16 in bench runs): the role decides who must open
     case("port-restricted+cgn", "none", strategy="direct"),
-    case("port-restricted+cgn", "port-restricted", strategy="simultaneous", xfail=TTL),
+    case("port-restricted+cgn", "port-restricted", strategy="simultaneous"),
     case("restricted-cone", "symmetric-seq+cgn", strategy="address-open"),
-    case("port-restricted+cgn", "symmetric-seq", strategy="predicted", xfail=TTL),
-    case("symmetric-random+cgn", "port-restricted", strategy="birthday", xfail=TTL),
-    case("symmetric-random+cgn", "symmetric-seq", strategy="random-sequential", xfail=TTL),
+    case("port-restricted+cgn", "symmetric-seq", strategy="predicted"),
+    case("symmetric-random+cgn", "port-restricted", strategy="birthday"),
+    case("symmetric-random+cgn", "symmetric-seq", strategy="random-sequential"),
     case("symmetric-random+cgn", "symmetric-random", strategy="best-effort"),
     # peers behind one NAT: with hairpinning, and without (they can only meet on their LAN)
     case("port-restricted", SAME_NAT),

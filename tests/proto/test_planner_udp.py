@@ -14,7 +14,7 @@ from nattrav.proto.nat_behavior import BindingSample
 from nattrav.proto.planner.odds import FLOW_TABLE_CAP, birthday_miss, needed, probes_for, simulate
 from nattrav.proto.planner.side import side_from_report
 from nattrav.proto.planner.strategies import STRATEGIES
-from nattrav.proto.planner.udp import plan
+from nattrav.proto.planner.udp import DEFAULT_FLOW_BUDGET, plan
 from nattrav.proto.report import NatReport, samples_from_bindings
 from nattrav.proto.vocab import Allocation, Filtering, Mapping, Strategy
 from tests.reports import udp, wire
@@ -66,10 +66,14 @@ def expected(a: str, b: str) -> Strategy:
 PAIRS = list(itertools.product(CLASSES, CLASSES))
 
 
+LAB_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # the lab machine's whole flow table, less a margin
+
+
 @pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}~{b}" for a, b in PAIRS])
 def test_every_pair_gets_the_cheapest_strategy_and_both_sides_agree(a, b):
-    p1 = plan(CLASSES[a], CLASSES[b], "first")
-    p2 = plan(CLASSES[b], CLASSES[a], "second")
+    # with the lab's whole flow table to spend (the default budget is a home router's: see below)
+    p1 = plan(CLASSES[a], CLASSES[b], "first", flow_budget=LAB_BUDGET)
+    p2 = plan(CLASSES[b], CLASSES[a], "second", flow_budget=LAB_BUDGET)
     assert p1.strategy is expected(a, b)
     # Both peers compute the same plan, mirrored: what I do is what the peer expects me to do.
     assert p2.strategy is p1.strategy and p2.odds == p1.odds
@@ -206,7 +210,7 @@ def test_birthday_formula_matches_known_numbers():
 
 
 def test_birthday_plan_sizes():
-    p = plan(CLASSES["symmetric-random"], CLASSES["port-restricted"], "first")
+    p = plan(CLASSES["symmetric-random"], CLASSES["port-restricted"], "first", flow_budget=LAB_BUDGET)
     rnd, eim = p.primary.local, p.primary.remote
     assert rnd.opens and rnd.sockets >= 256 and rnd.targets == (40000,)
     assert eim.random_probes >= 1000 and not eim.opens
@@ -214,8 +218,35 @@ def test_birthday_plan_sizes():
     assert "C(N-256" in p.reason
 
 
-def test_random_sequential_stays_under_the_flow_table_and_states_odds():
+def test_the_default_flow_budget_is_a_home_routers_and_the_birthday_fits_it():
+    # 256 mappings would need ~1,740 probes (flows on the cone's NAT) for 99.9%: past a CGN
+    # subscriber's 1024-2048 ports; the random side opens more mappings instead
+    p = plan(CLASSES["symmetric-random"], CLASSES["port-restricted"], "first")
+    rnd, eim = p.primary.local, p.primary.remote
+    assert p.strategy is Strategy.BIRTHDAY and p.odds >= 0.999 and p.feasible
+    assert rnd.flows <= DEFAULT_FLOW_BUDGET and eim.flows <= DEFAULT_FLOW_BUDGET
+    assert rnd.sockets > 256 and p.params["flow_budget"] == DEFAULT_FLOW_BUDGET
+    # a budget too small for the target is spent whole, and the odds say what it buys
+    small = plan(CLASSES["symmetric-random"], CLASSES["port-restricted"], "first", flow_budget=200)
+    assert small.primary.local.flows <= 200 and small.primary.remote.flows <= 200
+    assert small.odds == pytest.approx(1 - birthday_miss(64512, small.primary.local.sockets,
+                                                         small.primary.remote.random_probes))
+    assert small.odds < 0.999
+    with pytest.raises(PlanError):
+        plan(CLASSES["symmetric-random"], CLASSES["port-restricted"], "first", flow_budget=0)
+
+
+def test_random_sequential_at_the_default_budget_is_not_called_feasible():
+    # a home router cannot hold the ~235k flows this pair needs: the plan says so with its odds and
+    # how to raise the budget, instead of promising a connection
     p = plan(CLASSES["symmetric-random"], CLASSES["symmetric-seq"], "first")
+    assert p.strategy is Strategy.RANDOM_SEQUENTIAL and not p.feasible and p.odds < 0.05
+    assert all(part.flows <= DEFAULT_FLOW_BUDGET for part in (p.primary.local, p.primary.remote))
+    assert "--max-flows" in p.reason and "relay" in p.failure_message()
+
+
+def test_random_sequential_stays_under_the_flow_table_and_states_odds():
+    p = plan(CLASSES["symmetric-random"], CLASSES["symmetric-seq"], "first", flow_budget=LAB_BUDGET)
     rnd, seq = p.primary.local, p.primary.remote
     assert rnd.sockets * len(rnd.targets) <= FLOW_TABLE_CAP
     assert seq.random_probes <= FLOW_TABLE_CAP

@@ -9,11 +9,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from ..errors import BadReport, ConnectError
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..io.session import Session
 from ..io.stun_discover import discover
+from ..io.trace import MAX_TTL, trace_hops
+from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.report import NatReport
 from ..proto.vocab import Mapping
@@ -52,6 +56,36 @@ async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
         raise ConnectError(f"no answer from the STUN server {stun[0]}:{stun[1]} (is it running? is UDP blocked?)")
     emit("discovery-done", behavior.to_dict())
     return behavior
+
+
+async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook) -> HopReading:
+    """How many hops our own NATs span, traced on the way to the STUN server: the low TTL that
+    opens every layer of ours and dies before the peer's NAT (proto/hops.py). Never fails: a
+    trace that cannot run or sees no hop reads as the default, and says so."""
+    try:
+        reading = await trace_hops(stun, src_ip=src_ip)
+    except OSError:
+        reading = read_trace({}, None, MAX_TTL)
+    emit("hops", reading.to_dict())
+    return reading
+
+
+async def discover_with_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook,
+                             behavior: NatBehavior | None) -> tuple[NatBehavior, HopReading]:
+    """Behaviour discovery (unless `behavior` is given) and the hop trace, side by side."""
+    out: dict[str, Any] = {"behavior": behavior}
+
+    async def discovery() -> None:
+        out["behavior"] = await discover_behavior(stun, src_ip, emit)
+
+    async def trace() -> None:
+        out["hops"] = await measure_hops(stun, src_ip, emit)
+
+    async with trio.open_nursery() as nursery:
+        if behavior is None:
+            nursery.start_soon(discovery)
+        nursery.start_soon(trace)
+    return out["behavior"], out["hops"]
 
 
 def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:

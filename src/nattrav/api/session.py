@@ -17,6 +17,7 @@ from ..io.path import PunchedPath
 from ..proto.nat_behavior import NatBehavior
 from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
 from .tcp import TcpTransport
+from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .udp import UdpTransport
 
 Server = str | tuple[str, int]  # "host[:port]" (default port 7000) or (host, port)
@@ -30,7 +31,8 @@ class SessionOptions:
     stun: Server | None = None  # STUN server "host[:port]" (default: the rendezvous host, port 3478)
     src_ip: str | None = None  # local IP to send from (default: any)
     src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
-    ttl: int | None = None  # TTL of the opening packets (default 2: one router between the NATs)
+    ttl: int | None = None  # TTL of the opening packets (default: measured, see proto/hops.py)
+    max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
 
@@ -70,7 +72,8 @@ async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordi
     """Connect to `peer_id` through the rendezvous `server` within `timeout` seconds; yields the
     authenticated UDP path. `coordinator`: a running burst coordinator (nattrav.workers) to use
     instead of starting one for a big burst; `options`: SessionOptions' keywords."""
-    async with _connect(UdpTransport(coordinator), server, peer_id, timeout, SessionOptions(**options)) as path:
+    o = SessionOptions(**options)
+    async with _connect(UdpTransport(coordinator, o.max_flows), server, peer_id, timeout, o) as path:
         yield path
 
 
@@ -191,8 +194,8 @@ async def listen(server: Server, *, name: str | None = None, secret: str | None 
     """Enroll with the rendezvous server (under `name`, proving it with `secret`, if given) and
     publish our NAT report; yields a Listener (UDP). `policy` decides which offers accept() takes
     (default: AcceptPolicy(), rate-limited); `options`: SessionOptions' keywords."""
-    transport = UdpTransport(coordinator)
-    async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
+    o = SessionOptions(**options)
+    async with _listen(UdpTransport(coordinator, o.max_flows), server, name, secret, policy, o) as listener:
         yield listener
 
 

@@ -17,7 +17,8 @@ from ..proto.planner.tcp import agreed_window, plan as tcp_plan
 from ..proto.planner.tcp_mapping import history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
-from .endpoint import EventHook, discover_behavior, emit_address, nat_report, read_peer_report, resolve
+from ..proto.hops import DEFAULT_HOPS, HopReading
+from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TcpEndpoint:
     behavior: NatBehavior
     report: NatReport  # its TCP part holds the TCP mappings
     measured_at: float = 0.0  # trio time the report's sample times count from
+    hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL of the opening SYNs
 
 
 async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
@@ -60,8 +62,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
     """Discovery (UDP, unless `behavior` is given), then the TCP mappings of one shared local port."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
-    if behavior is None:
-        behavior = await discover_behavior(stun, src_ip, emit)
+    behavior, hops = await discover_with_hops(stun, src_ip, emit, behavior)
     if behavior.server is None:
         raise ConnectError("the STUN discovery named no server address for the TCP probes")
     try:
@@ -73,7 +74,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
     except BaseException:
         listener.close()
         raise
-    return TcpEndpoint(listener, behavior, report, started)
+    return TcpEndpoint(listener, behavior, report, started, hops)
 
 
 async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
@@ -93,7 +94,8 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
                   # the peer ports we bet on (an address-open opener aims at an address, not a port)
                   "peer_targets": [] if p.accept else [t[1] for t in p.targets]})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
-    stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or 2, timeout=timeout)
+    stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or ep.hops.low_ttl,
+                             timeout=timeout)
     emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
                        "strategy": stream.strategy.value, "via": stream.via})
     return stream

@@ -15,10 +15,12 @@ from ..io.punch import punch
 from ..io.session import Session
 from ..io.stun_client import binding
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.udp import Plan, plan
+from ..proto.planner.odds import FLOW_TABLE_CAP
+from ..proto.planner.udp import DEFAULT_FLOW_BUDGET, Plan, plan
 from ..proto.report import NatReport, Sample
 from ..workers import open_coordinator
-from .endpoint import EventHook, discover_behavior, emit_address, nat_report, read_peer_report, resolve
+from ..proto.hops import DEFAULT_HOPS, HopReading
+from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 
@@ -31,6 +33,7 @@ class Endpoint:
     behavior: NatBehavior
     report: NatReport  # the NAT's words + the punch socket's own mappings, as sent to the peer
     t0: float = 0.0  # trio time of the punch socket's first sample (the samples' "t" count from it)
+    hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL
 
 
 async def open_endpoint(
@@ -46,8 +49,7 @@ async def open_endpoint(
     from S1 and S2."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
-    if behavior is None:
-        behavior = await discover_behavior(stun, src_ip, emit)
+    behavior, hops = await discover_with_hops(stun, src_ip, emit, behavior)
 
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
@@ -63,7 +65,7 @@ async def open_endpoint(
     except BaseException:
         sock.close()
         raise
-    return Endpoint(sock, behavior, report, t0)
+    return Endpoint(sock, behavior, report, t0, hops)
 
 
 async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
@@ -101,12 +103,12 @@ async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: N
 
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
-                 coordinator: Any = None) -> PunchedPath:
+                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> PunchedPath:
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
-        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip)
+        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows)
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     emit_address(emit, p.params, peer_ip)
@@ -122,9 +124,9 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
             # bursts of hundreds of sockets go to the C core in worker processes (one per core);
             # the winning socket is handed back to us, so the coordinator can go once punch returns
             async with open_coordinator() as coord:
-                path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coord)
+                path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coord)
         else:
-            path = await punch(ep.sock, p, session, low_ttl=ttl or 2, coordinator=coordinator)
+            path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coordinator)
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
@@ -139,8 +141,11 @@ def _needs_workers(p: Plan) -> bool:
 class UdpTransport:
     """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
-    def __init__(self, coordinator: Any = None) -> None:
+    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> None:
+        if not 1 <= max_flows <= FLOW_TABLE_CAP:
+            raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
         self.coordinator = coordinator
+        self.max_flows = max_flows
 
     async def open(self, stun, src_ip, src_port, emit, behavior) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
@@ -149,7 +154,7 @@ class UdpTransport:
         await refresh_mappings(ep, emit)
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator)
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows)
 
     @staticmethod
     def close(ep: Endpoint) -> None:

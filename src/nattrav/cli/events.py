@@ -43,6 +43,12 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
             words += f" (step Δ={delta})"
         return f"discovery: {words} — {d.get('classic')}" + (
             f"; findings: {'; '.join(d.get('findings') or [])}" if verbose and d.get("findings") else "")
+    if phase == "hops":
+        if not d["measured"]:
+            return f"hops: no hop on the way to the STUN server answered; opening TTL {d['low_ttl']} (a guess)"
+        inside = [ip for _, ip in d["hops"][:d["low_ttl"] - 1]]
+        return (f"hops: {d['inside_hops']} hop(s) inside our NAT(s) ({', '.join(ip or '*' for ip in inside)}); "
+                f"opening TTL {d['low_ttl']}")
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
         return (f"plan: {d['strategy']} (we are {d['role']}), odds {100 * d['odds']:.6g}% — "

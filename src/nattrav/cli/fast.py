@@ -20,6 +20,8 @@ from .. import __version__
 from ..api import connect, connect_tcp, listen, listen_tcp
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
+from ..proto.planner.odds import FLOW_TABLE_CAP
+from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .events import describe
 from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 
@@ -55,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local UDP port of the punch socket (default: any free port)")
     p.add_argument("-t", "--ttl", type=int, metavar="TTL",
                    help="TTL of the opening packets: enough to leave our NAT(s), too small to reach "
-                   "the peer's (default 2: one router between the NATs)")
+                   "the peer's (default: measured by tracing the path to the STUN server)")
+    p.add_argument("--max-flows", type=int, default=DEFAULT_FLOW_BUDGET, metavar="N",
+                   help="new flows a UDP burst may open on our NAT(s) (default %(default)s: a carrier-grade "
+                   "NAT gives a subscriber 1024-2048, a home router holds 4k-16k in all); more raises the "
+                   "odds of the random-port strategies where the NATs can hold them")
     p.add_argument("-n", "--name", help="enroll under this name instead of a random ID")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up connecting after this long (default 30)")
@@ -143,7 +149,8 @@ async def _pipe_tcp(stream: Any, linger: float) -> None:
 
 async def run(args: argparse.Namespace, report: Reporter) -> int:
     server = parse_hostport(args.server, rv.DEFAULT_PORT)
-    common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
+    common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl,
+                  max_flows=args.max_flows, on_event=report)
     if args.tcp:
         connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
     else:
@@ -181,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-t/--ttl must be in 1..64")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if not 1 <= args.max_flows <= FLOW_TABLE_CAP:
+        parser.error(f"--max-flows must be in 1..{FLOW_TABLE_CAP}")
     report = Reporter(args.json, args.verbose)
     try:
         return trio.run(run, args, report)

@@ -84,4 +84,6 @@ def read_trace(answers: Mapping[int, str], server_ttl: int | None, max_ttl: int)
     return HopReading(low, True, len(inside_ttls), server_ttl, hops)
 
 
-__all__ = ["DEFAULT_LOW_TTL", "HopReading", "INSIDE_NETS", "inside", "read_trace"]
+DEFAULT_HOPS = HopReading(DEFAULT_LOW_TTL, False, 0, None, ())
+
+__all__ = ["DEFAULT_HOPS", "DEFAULT_LOW_TTL", "HopReading", "INSIDE_NETS", "inside", "read_trace"]

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..vocab import Strategy
-from .odds import FLOW_TABLE_CAP
 from .side import Side
 
 if TYPE_CHECKING:
@@ -64,8 +63,8 @@ def explain(strategy: Strategy, local: Side, remote: Side, a: Attempt) -> str:
         opener = a.local if a.local.opens else a.remote
         guesser = a.remote if a.local.opens else a.local
         return (f"local: {L}; remote: {R}: the random side fires from {opener.sockets} sockets at "
-                f"{len(opener.targets)} predicted ports ({opener.flows} flows, under the "
-                f"{FLOW_TABLE_CAP}-entry flow table) and the sequential side sends {guesser.random_probes} "
-                f"guesses; odds {a.odds:.2%}")
+                f"{len(opener.targets)} predicted ports ({opener.flows} flows, within the flow budget: "
+                f"--max-flows raises it where the NATs' tables allow) and the sequential side sends "
+                f"{guesser.random_probes} guesses; odds {a.odds:.2%}")
     return (f"local: {L}; remote: {R}: random allocation on both sides leaves a 1/(N·N) chance per "
             f"pair of flows; a bounded try has {a.odds:.3%} odds, so a relay (TURN) is needed")

@@ -37,7 +37,11 @@ from .odds import (
 from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
 from .strategies import STRATEGIES, explain
 
-DEFAULT_FLOW_BUDGET = int(FLOW_TABLE_CAP * 0.9)  # leave room for everyone else behind that NAT
+# New flows one side's burst may create on its own NATs. Real ones are small: home routers hold 4k-16k
+# flows in all, carrier-grade NATs give a subscriber 1024-2048 ports, and a table that is full drops
+# every new flow (the next STUN request too) until old ones expire. So the default stays inside the
+# smallest of those; max_flows= (nattrav-fast --max-flows) raises it where the NATs are known to cope.
+DEFAULT_FLOW_BUDGET = 1024
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
 
 
@@ -147,6 +151,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     role = Role(role)
     if not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
+    if not 1 <= flow_budget <= FLOW_TABLE_CAP:
+        raise PlanError(f"flow_budget must be in 1..{FLOW_TABLE_CAP}, got {flow_budget!r}")
     local = side_from_report(local_report, horizon=horizon, target=target)
     remote = side_from_report(remote_report, horizon=horizon, target=target)
     reported = None
@@ -159,13 +165,15 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     if role == "second":
         attempts = [replace(a, local=a.remote, remote=a.local) for a in attempts]
     best = attempts[0]
-    # Guessing on both sides only works in tiny port ranges (a CGNAT's port block); then it is
-    # feasible on its odds.
-    feasible = best.strategy is not Strategy.BEST_EFFORT or best.odds >= target
+    # Feasible means "expected to connect": the strategies that guess are so only on their odds at
+    # this flow budget (guessing on both sides works only in tiny port ranges, a CGNAT's port block;
+    # random-sequential needs far more flows than a home router holds).
+    feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best)
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
         "strategy": best.strategy.value,
+        "flow_budget": flow_budget,
         "local_packets": best.local.packets,
         "remote_packets": best.remote.packets,
         "local_sockets": best.local.sockets,
@@ -210,7 +218,7 @@ def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
         if not first.random and not second.random:
             out.append(_predicted(first, second, kw["target"], kw["max_window"]))
         elif first.random and second.random:
-            out.append(_best_effort(first, second, kw["best_effort_flows"]))
+            out.append(_best_effort(first, second, min(kw["best_effort_flows"], kw["flow_budget"])))
         else:
             rnd, other, swap = (first, second, False) if first.random else (second, first, True)
             if other.fixed:
@@ -290,11 +298,18 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
 def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) -> Attempt:
     # The random side opens `sockets` mappings towards the EIM side's one endpoint with low-TTL
     # packets; the EIM side then probes distinct random ports of the random side's IP. The chance
-    # that none of p probes hits one of s open ports among N is C(N-s, p) / C(N, p).
+    # that none of p probes hits one of s open ports among N is C(N-s, p) / C(N, p). Both counts are
+    # flows on their own side's NAT: each stays within the budget, so when `sockets` alone would
+    # need more probes than that, the random side opens more mappings (s·p ≈ N·ln(1/miss)).
     span = rnd.span
-    sockets = max(1, min(sockets, span // 2))  # a small port block (CGNAT) holds fewer mappings
-    probes = probes_for(span, sockets, target, max(1, min(budget, span - sockets)))
-    odds = 1 - birthday_miss(span, sockets, probes)
+    cap = max(1, min(budget, span // 2))  # a small port block (CGNAT) holds fewer mappings
+    sockets = max(1, min(sockets, cap))
+    while True:
+        probes = probes_for(span, sockets, target, max(1, min(budget, span - sockets)))
+        odds = 1 - birthday_miss(span, sockets, probes)
+        if odds >= target or sockets >= cap:
+            break
+        sockets = min(cap, sockets * 2)
     return Attempt(Strategy.BIRTHDAY,
                    Part(eim.ip, (eim.port,), sockets=sockets, opens=True, interval=0.5),
                    # resending the same probes costs no new flow and catches mappings opened late
