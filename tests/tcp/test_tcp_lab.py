@@ -41,11 +41,11 @@ def _low_ttl_syn(dest: tuple[str, int], ttl: int) -> tuple[int, int, int]:
     return port, err, state
 
 
-def _bulk_listen(server: tuple[str, int], name: str, ttl: int) -> dict:
+def _bulk_listen(server: tuple[str, int], name: str) -> dict:
     from nattrav.api import listen_tcp
 
     async def main() -> dict:
-        async with listen_tcp(server, name=name, ttl=ttl) as lst:
+        async with listen_tcp(server, name=name) as lst:  # the opening TTL is the product's own
             async with lst.accept() as stream:
                 h, n = hashlib.sha256(), 0
                 while chunk := await stream.receive_some(1 << 16):
@@ -59,7 +59,7 @@ def _bulk_listen(server: tuple[str, int], name: str, ttl: int) -> dict:
     return trio.run(main)
 
 
-def _bulk_connect(server: tuple[str, int], name: str, ttl: int, size: int, seed: int) -> dict:
+def _bulk_connect(server: tuple[str, int], name: str, size: int, seed: int) -> dict:
     from nattrav.api import connect_tcp
     from nattrav.errors import UnknownPeer
 
@@ -68,7 +68,7 @@ def _bulk_connect(server: tuple[str, int], name: str, ttl: int, size: int, seed:
     async def main() -> dict:
         while True:
             try:
-                async with connect_tcp(server, name, ttl=ttl, timeout=20) as stream:
+                async with connect_tcp(server, name, timeout=20) as stream:
                     t0 = trio.current_time()
                     await stream.send_all(blob)
                     await stream.send_eof()
@@ -167,8 +167,8 @@ async def test_bulk_transfer_over_punched_tcp_stream_arrives_intact(seq_lab):
             out[node] = await lab.acall(node, fn, *args, timeout=60)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(side, "b", _bulk_listen, rv, name, lab.low_ttl_from("b"))
-            nursery.start_soon(side, "a", _bulk_connect, rv, name, lab.low_ttl_from("a"), BULK, SEED)
+            nursery.start_soon(side, "b", _bulk_listen, rv, name)
+            nursery.start_soon(side, "a", _bulk_connect, rv, name, BULK, SEED)
     finally:
         server.terminate()
         server.wait(10)
