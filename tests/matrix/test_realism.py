@@ -3,8 +3,8 @@ on each access link, 12 routers between the NATs), a home NAT behind a carrier-g
 strategy, peers behind one NAT, a UDP-only full cone crossed over TCP, and address pools.
 
 Each trial gets only what a user would type (the product traces its own NAT layers for the low TTL).
-Where the product lacks what issue 13 adds (LAN and hairpin candidates, TCP filtering measured for
-TCP), the case is xfail(strict=True) with that reason: it fails today, and CI turns red the day it
+Where the product lacks what issue 13 adds (LAN and hairpin candidates), the case is
+xfail(strict=True) with that reason: it fails today, and CI turns red the day it
 passes, so the mark comes off.
 """
 
@@ -25,7 +25,6 @@ REPORT = pathlib.Path(os.environ.get("NATTRAV_REALISM_REPORT", "/tmp/nattrav-mat
 BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
 
 LAN = "needs LAN and hairpin candidates for peers behind one NAT (issue 13)"
-TCP_FILTER = "needs TCP filtering measured for TCP, not taken from UDP (issue 13)"
 
 
 def case(left, right, shape="flat", tcp=False, xfail=None, strategy=None):
@@ -53,8 +52,10 @@ CASES = [
     # peers behind one NAT: with hairpinning, and without (they can only meet on their LAN)
     case("port-restricted", SAME_NAT),
     case("symmetric-seq", SAME_NAT, xfail=LAN),
-    # a router whose "full cone" is for UDP only, crossed over TCP
-    case("udp-full-cone", "symmetric-random", tcp=True, xfail=TCP_FILTER),
+    # routers whose "full cone" / "restricted cone" is for UDP only, crossed over TCP: the TCP
+    # ladder tries what the UDP word allows, then the strict TCP plan
+    case("udp-full-cone", "symmetric-random", tcp=True, strategy="tcp-birthday"),
+    case("udp-restricted-cone", "symmetric-seq-2", tcp=True, strategy="tcp-simultaneous"),
     # a NAT with a pool of four public addresses, paired (one per inside host)
     case("symmetric-seq,public_ips=4", "port-restricted", strategy="predicted"),
 ]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from dataclasses import replace
 
 from nattrav.errors import BadReport
-from nattrav.proto.planner.tcp import plan
+from nattrav.proto.planner.tcp import ladder, plan
 from nattrav.proto.planner.tcp_mapping import classify
 from nattrav.proto.report import History, TcpReport
 from nattrav.proto.vocab import Filtering, TcpStrategy
@@ -507,3 +507,60 @@ def test_a_hostname_in_a_tcp_report_is_malformed(where):
         bad["local"][0] = "localhost"
     with pytest.raises(BadReport, match="not an IP"):
         TcpReport.from_wire(bad)
+
+
+# --- the ladder: the UDP filtering word is only a hypothesis for TCP --------------------------------
+
+RCONE = report([40000] * 3, filtering="ADF")
+RSEQ = report([30010, 30012, 30014], filtering="ADF", public="203.0.113.30", local=("10.0.3.2", 42000))
+
+
+def _both(a, b, **kw):
+    return ladder(a, b, "first", **kw), ladder(b, a, "second", **kw)
+
+
+def test_a_udp_full_cone_is_tried_direct_then_by_birthday():
+    la, lb = _both(FULL_CONE, RANDOM, timeout=10.0)
+    assert [r.plan.strategy for r in la] == [TcpStrategy.DIRECT, TcpStrategy.BIRTHDAY]
+    assert [r.plan.strategy for r in lb] == [r.plan.strategy for r in la]
+    # both sides derive the same slots, inside the punch timeout
+    assert [(r.start, r.budget) for r in la] == [(r.start, r.budget) for r in lb]
+    assert la[0].start == 0.0 and la[1].start >= la[0].budget and la[1].start + la[1].budget <= 10.0
+    # the second rung assumes the strictest TCP filtering
+    assert la[1].plan.mine.filtering is None and la[1].plan.peer.filtering is None
+
+
+def test_a_udp_restricted_cone_opens_its_address_then_falls_back_to_simultaneous_open():
+    la, lb = _both(RCONE, SEQ)
+    assert [r.plan.strategy for r in la] == [TcpStrategy.ADDRESS_OPEN, TcpStrategy.SIMULTANEOUS]
+    # the sequential side's first-rung connect went to the cone's one port, where its second-rung
+    # connect goes again: the same flow, the same port, so its prediction does not move
+    assert lb[1].plan.mine.last_port == classify(SEQ).last_port
+    # the cone side's window aims at the sequential side's next ports
+    assert la[1].plan.targets[0] == ("203.0.113.10", classify(SEQ).predict(1))
+
+
+def test_a_sequential_opener_is_moved_past_the_ports_its_first_rung_took():
+    la, lb = _both(RSEQ, SEQ7)
+    assert [r.plan.strategy for r in la] == [TcpStrategy.ADDRESS_OPEN, TcpStrategy.SIMULTANEOUS]
+    opener = classify(RSEQ)
+    # its one low-TTL SYN to the peer took the next port; the second rung aims at new peer ports
+    assert la[1].plan.mine.last_port == opener.predict(1)
+    # and the peer connected to the opener's W candidates in the first rung: W ports further on
+    w = la[0].plan.params["window"]
+    assert lb[1].plan.mine.last_port == classify(SEQ7).predict(w)
+    assert la[1].plan.mine.horizon > opener.horizon  # the later start is in the horizon
+
+
+@pytest.mark.parametrize("a,b", [(CONE, SEQ), (SEQ, SEQ7), (CONE, RANDOM), (NO_NAT, RANDOM), (RANDOM, RANDOM)])
+def test_no_ladder_when_the_filtering_word_changes_nothing(a, b):
+    (rung,) = ladder(a, b, "first", timeout=7.0)
+    assert (rung.start, rung.budget) == (0.0, 7.0)
+    assert rung.plan == plan(a, b, "first")
+
+
+def test_no_fallback_that_cannot_work():
+    # an ADF sequential side meets a random one only by opening its address; under the strict
+    # assumption the pair is infeasible, so the one plan gets the whole time
+    (rung,) = ladder(RSEQ, RANDOM, "first", timeout=9.0)
+    assert rung.plan.strategy is TcpStrategy.ADDRESS_OPEN and rung.budget == 9.0

@@ -8,12 +8,13 @@ from typing import Any
 
 import trio
 
-from ..errors import ConnectError, StunTcpError
+from ..errors import ConnectError, StunTcpError, TcpPunchFailed
 from ..io.session import Session
 from ..io.stun_tcp import tcp_mappings
 from ..io.tcp_punch import open_listener, tcp_punch
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.tcp import agreed_window, plan as tcp_plan
+from ..proto.planner.tcp import agreed_window
+from ..proto.planner.tcp import ladder as tcp_ladder
 from ..proto.planner.tcp_mapping import history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
@@ -47,8 +48,9 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
                            "over TCP?)") from None
     tcp = TcpReport(local=(samples[0]["local_ip"], local[1]),
                     samples=tuple(TcpSample(x["ip"], x["port"], x["t"], tuple(x["dest"])) for x in samples),
-                    # what the UDP tests measured: TCP filtering is assumed to follow it (true of the
-                    # lab); unknown reads as the strictest
+                    # what the UDP tests measured (no STUN test measures TCP filtering): a hypothesis
+                    # for TCP that the planner's ladder tries first and falls back from
+                    # (proto/planner/tcp.py ladder()); unknown reads as the strictest
                     filtering=behavior.filtering or Filtering.APDF)
     ports = [x["port"] for x in samples]
     emit("tcp-mapping", {"ports": ports, "local": list(local),
@@ -88,17 +90,40 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
         raise
     mine, peer = ep.report.tcp, peer_report.tcp
     assert mine is not None
-    p = tcp_plan(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip)
-    emit_address(emit, p.params, peer_ip)
-    emit("plan", {**p.to_dict(), "params": p.params,
-                  # the peer ports we bet on (an address-open opener aims at an address, not a port)
-                  "peer_targets": [] if p.accept else [t[1] for t in p.targets]})
-    emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
-    stream = await tcp_punch(ep.listener, p, session.key, session.start_at, low_ttl=ttl or ep.hops.low_ttl,
-                             timeout=timeout)
-    emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
-                       "strategy": stream.strategy.value, "via": stream.via})
-    return stream
+    rungs = tcp_ladder(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip,
+                       timeout=timeout)
+    local = ep.listener.getsockname()[:2]
+    low_ttl = ttl or ep.hops.low_ttl
+    failures = []
+    for i, rung in enumerate(rungs):
+        p = rung.plan
+        if i == 0:
+            emit_address(emit, p.params, peer_ip)
+            emit("plan", {**p.to_dict(), "params": p.params,
+                          # the peer ports we bet on (an address-open opener aims at an address, not a port)
+                          "peer_targets": [] if p.accept else [t[1] for t in p.targets],
+                          "rungs": [r.plan.strategy.value for r in rungs]})
+            emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
+            listener = ep.listener
+        else:
+            emit("rung", {"strategy": p.strategy.value, "reason": p.reason, "after": failures[-1]})
+            try:  # the same shared port: its mapping (or its place in a sequential NAT) is the plan's
+                listener = open_listener(local)
+            except OSError as exc:
+                failures.append(f"{p.strategy.value}: cannot listen on {local[0]}:{local[1]} again: {exc.strerror}")
+                break
+        try:
+            stream = await tcp_punch(listener, p, session.key, session.start_at + rung.start, low_ttl=low_ttl,
+                                     timeout=rung.budget)
+        except TcpPunchFailed as exc:
+            failures.append(str(exc))
+            continue
+        emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
+                           "strategy": stream.strategy.value, "via": stream.via})
+        return stream
+    if len(failures) == 1:
+        raise TcpPunchFailed(failures[0])
+    raise TcpPunchFailed("; then ".join(f"rung {i + 1}: {f}" for i, f in enumerate(failures)))
 
 
 class TcpTransport:

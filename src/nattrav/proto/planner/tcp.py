@@ -53,7 +53,7 @@ from typing import Any
 
 from ...errors import PlanError
 from ..report import MAX_WINDOW, PORT_RANGE, TcpReport
-from ..vocab import TcpStrategy
+from ..vocab import Mapping, TcpStrategy
 from .odds import FLOW_TABLE_CAP, birthday_miss, probes_for
 from .tcp_mapping import TcpMapping, as_cone, classify
 
@@ -66,6 +66,10 @@ WINDOW_TARGET = 0.99999
 # The TCP birthday: the random side's low-TTL connects (one fresh local port and one descriptor
 # each), sized so that the cone side's guesses stay about as many; the odds it aims for (a miss costs
 # a new session, SYNs are cheap: 1e-5 takes ~750 guesses against 1024 open mappings of 64512).
+# A ladder's first rung, when it leans on the UDP filtering word (see ladder()): direct and
+# address-open finish in a round trip or two, or a SYN retransmission (1 s) when one is lost.
+FIRST_RUNG = 3.0
+RUNG_GAP = 0.3  # the first rung's sockets are gone on both sides before the next one starts
 BIRTHDAY_SOCKETS = 1024
 BIRTHDAY_TARGET = 0.99999
 MAX_BIRTHDAY_PROBES = 8192
@@ -162,12 +166,66 @@ def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: i
         raise PlanError(f"window must be 1..{MAX_WINDOW}")
     if target is not None and not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
-    mine, peer = classify(mine_report), classify(peer_report)
+    return _planned(classify(mine_report), classify(peer_report), role, window, target, peer_ip)
+
+
+def _planned(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None,
+             peer_ip: str | None) -> TcpPlan:
     if peer_ip is None or peer.public_ip == peer_ip:
         return _plan_pair(mine, peer, role, window, target)
     reported, peer = peer.public_ip, replace(peer, public_ip=str(ipaddress.ip_address(peer_ip)))
     p = _plan_pair(mine, peer, role, window, target)
     return replace(p, params={**p.params, "reported_peer_ip": reported})
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One plan of a ladder, and its time slot counted from the agreed start."""
+
+    plan: TcpPlan
+    start: float
+    budget: float
+
+
+def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
+           target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
+           timeout: float = 10.0) -> list[Rung]:
+    """The plans to try in turn within `timeout` seconds, each in a slot both sides derive alike.
+
+    No STUN test measures TCP filtering: the reports carry what the UDP tests measured, and a
+    router's "full cone" setting often covers UDP only, TCP staying address-and-port-dependent. So a
+    plan that leans on that word (connect straight to an EIF side, or let an ADF side open its filter
+    to an address) is only the first rung, with a short slot; the plan that assumes the strictest TCP
+    filtering follows, on the sequential NATs' ports as the first rung leaves them (its connects took
+    ports there) and with its later start in their horizons."""
+    if not 0 < timeout <= 3600:
+        raise PlanError(f"timeout must be in (0, 3600], got {timeout!r}")
+    mine, peer = classify(mine_report), classify(peer_report)
+    first = _planned(mine, peer, role, window, target, peer_ip)
+    strict_mine, strict_peer = replace(mine, filtering=None), replace(peer, filtering=None)
+    if not first.feasible or (strict_mine, strict_peer) == (mine, peer):
+        return [Rung(first, 0.0, timeout)]
+    strict = _planned(strict_mine, strict_peer, role, window, target, peer_ip)
+    if not strict.feasible or strict.strategy is first.strategy:
+        return [Rung(first, 0.0, timeout)]
+    slot = min(FIRST_RUNG, timeout / 3)
+    later = slot + RUNG_GAP
+    other = "second" if role == "first" else "first"
+    peer_flows = len(_planned(peer, mine, other, window, target, None).targets)
+    strict = _planned(_moved_on(strict_mine, strict_peer, len(first.targets), later),
+                      _moved_on(strict_peer, strict_mine, peer_flows, later), role, window, target, peer_ip)
+    return [Rung(first, 0.0, slot), Rung(strict, later, timeout - later)]
+
+
+def _moved_on(m: TcpMapping, other: TcpMapping, flows: int, seconds: float) -> TcpMapping:
+    """`m` after its side's `flows` connects of the first rung and `seconds` more. A per-flow
+    sequential NAT gave each of them the next port, and the next rung's connects (to new predicted
+    ports of the other side) come after them; but connects to an `other` side whose port is fixed
+    go to the same endpoint as before, whose mapping the NAT still holds (an ADM NAT likewise keeps
+    the one port it gave the other's address)."""
+    if m.sequential and not m.per_address and flows and other.mapping not in (Mapping.NONE, Mapping.EIM):
+        m = replace(m, last_port=m.predict(flows))
+    return replace(m, horizon=m.horizon + seconds)
 
 
 def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None) -> TcpPlan:
