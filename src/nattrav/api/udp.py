@@ -124,9 +124,11 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
             # bursts of hundreds of sockets go to the C core in worker processes (one per core);
             # the winning socket is handed back to us, so the coordinator can go once punch returns
             async with open_coordinator() as coord:
-                path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coord)
+                path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coord,
+                                   on_event=emit)
         else:
-            path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coordinator)
+            path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coordinator,
+                               on_event=emit)
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),

@@ -30,6 +30,7 @@ _LINES = {
     "rendezvous-connect": "rendezvous: asking for peer {peer}",
     "punch": "punch: firing in {start_in:.2f} s (give up after {timeout:.1f} s)",
     "rung": "punch: next rung, {strategy} — {reason} (after: {after})",
+    "ttl": "punch: {strategy}: opening TTL now {ttl} ({why})",
     "connected": "connected to {peer[0]}:{peer[1]} by {strategy}, RTT {rtt_ms} ms",
 }
 

@@ -28,6 +28,11 @@ from .session import Session
 BURST_CHUNK = 16384  # packets per coordinator fire between looks for a hit
 MAX_LOW_TTL = 64
 CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confirmed
+# An opening that hears nothing from the peer for this long may have died inside our own NATs (a
+# trace that missed a silent NAT layer, or no trace at all): its resends go one hop further, twice
+# at most. They resend the same flows, so no new mapping is made on the way.
+ESCALATE_AFTER = 1.0
+MAX_ESCALATION = 2
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -59,7 +64,7 @@ class _Race:
         self.normal_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.extra: list[socket.socket] = []  # burst sockets we opened (stdlib, non-blocking)
         self.taken: list[Any] = []  # trio sockets taken over from the coordinator's workers
-        self.low: set[int] = set()  # ids of sockets currently at the low TTL
+        self.ttl_now: dict[int, int] = {}  # id(sock) -> the TTL it is set to now, when not normal
         self.winner: tuple[Any, tuple[str, int], int, Strategy] | None = None
         self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
         self.stats: dict[str, Any] = {"sent": 0, "received": 0, "rejected": 0, "attempts": []}
@@ -76,14 +81,15 @@ class _Race:
 
     # sending ---------------------------------------------------------------------------------
 
-    def _set_ttl(self, s: Any, low: bool) -> None:
-        if (id(s) in self.low) == low:
+    def _set_ttl(self, s: Any, ttl: int | None) -> None:
+        """`ttl` for an opening packet, None for the normal TTL."""
+        if self.ttl_now.get(id(s)) == ttl:
             return
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.low_ttl if low else self.normal_ttl)
-        if low:
-            self.low.add(id(s))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.normal_ttl if ttl is None else ttl)
+        if ttl is None:
+            self.ttl_now.pop(id(s), None)
         else:
-            self.low.discard(id(s))
+            self.ttl_now[id(s)] = ttl
 
     async def _send_raw(self, s: socket.socket, frame: bytes, addr: tuple[str, int]) -> None:
         while True:
@@ -99,7 +105,7 @@ class _Race:
                 raise
 
     async def _send_many(self, socks: list[Any], frame: bytes, ip: str, ports: list[int],
-                         rate: float, low: bool) -> None:
+                         rate: float, low: int | None) -> None:
         """Every socket sends the frame to every port; paced at `rate` packets/s when set.
 
         The TTL is (re)set right before each packet: raced attempts share the STUN socket, and one
@@ -130,7 +136,9 @@ class _Race:
     async def _attempt(self, attempt: Attempt) -> None:
         part = attempt.local
         await trio.sleep(attempt.delay + part.delay)
-        self.stats["attempts"].append(attempt.strategy.value)
+        tried = {"strategy": attempt.strategy.value, "opens": part.opens, "sent": 0,
+                 "ttl": [self.low_ttl] if part.opens else []}
+        self.stats["attempts"].append(tried)
         self._event("attempt", strategy=attempt.strategy.value, opens=part.opens, sockets=part.sockets,
                     targets=len(part.targets), random_probes=part.random_probes,
                     ttl=self.low_ttl if part.opens else self.normal_ttl)
@@ -145,21 +153,31 @@ class _Race:
         # Random guesses: from the STUN socket only, or (spread) a fresh sample per socket.
         guessers = socks if part.spread else socks[-1:]
         probes = {id(s): _random_ports(part, self.rng) for s in guessers} if part.random_probes else {}
-        deadline = trio.current_time() + attempt.timeout
+        began = trio.current_time()
+        deadline = began + attempt.timeout
         # Small parts resend every interval (same flows, so no new mappings); big bursts go twice.
         rounds = 1_000_000 if part.packets <= 4096 else 2
         first_round = True
+        ttl = self.low_ttl
         while trio.current_time() < deadline and rounds > 0:
             rounds -= 1
+            if (part.opens and not self.heard and ttl < min(self.low_ttl + MAX_ESCALATION, MAX_LOW_TTL)
+                    and trio.current_time() - began >= ESCALATE_AFTER * len(tried["ttl"])):
+                ttl += 1
+                tried["ttl"].append(ttl)
+                self._event("ttl", strategy=attempt.strategy.value, ttl=ttl,
+                            why=f"nothing from the peer for {trio.current_time() - began:.1f} s")
             # Openers send with the low TTL until a socket has heard the peer; a socket that heard
             # the peer has answered at the normal TTL and is left alone.
             fresh = [s for s in socks if id(s) not in self.heard]
             frame = self.handshake.hello(now_ns())
             sent0 = self.stats["sent"]
-            await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, part.opens)
+            low = ttl if part.opens else None
+            await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, low)
             for s in fresh:
                 if id(s) in probes:
-                    await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate, part.opens)
+                    await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate, low)
+            tried["sent"] += self.stats["sent"] - sent0
             if part.packets > 1 and first_round:
                 self._event("burst", strategy=attempt.strategy.value, sent=self.stats["sent"] - sent0)
             first_round = False
@@ -173,6 +191,9 @@ class _Race:
 
         part = attempt.local
         coord = self.coordinator
+        tried = {"strategy": attempt.strategy.value, "opens": part.opens, "sent": 0,
+                 "ttl": [self.low_ttl] if part.opens else []}
+        self.stats["attempts"].append(tried)
         self.strategy_of.setdefault(id(self.sock), attempt.strategy)
         base = coord.count
         await coord.open_sockets(part.sockets - 1, ip=self.sock.getsockname()[0])
@@ -198,13 +219,14 @@ class _Race:
                            for k in range(0, len(src), BURST_CHUNK)]
                 # the STUN socket takes part too (sends its share at the same TTL rules)
                 await self._send_many([self.sock], frame, part.peer_ip, list(part.targets), part.rate,
-                                      part.opens)
+                                      self.low_ttl if part.opens else None)
             wait = min(part.interval, max(0.0, deadline - trio.current_time()))
             if pending:
                 chunk_src, chunk_ports = pending.pop(0)
                 await coord.fire(Burst(chunk_src, part.peer_ip, chunk_ports, frame, rate=part.rate or None,
                                        ttl=self.low_ttl if part.opens else None))
                 self.stats["sent"] += coord.last_fire.sent
+                tried["sent"] += coord.last_fire.sent
                 wait = 0.0
             hit = await coord.listen(match=MAGIC, timeout=wait)
             if hit is None:
@@ -222,7 +244,7 @@ class _Race:
             self.strategy_of[id(tsock)] = attempt.strategy
             self.heard[id(tsock)] = (tsock, hit.src)
             for reply in got.replies:
-                self._set_ttl(tsock, False)
+                self._set_ttl(tsock, None)
                 await tsock.sendto(reply, hit.src)
             if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, tsock, hit.src)
@@ -284,10 +306,10 @@ class _Race:
             if got.replies or got.event is Event.HELLO:
                 # The peer's packet came in: our NAT's mapping and filter are open on this socket,
                 # so answers go out at the normal TTL from now on.
-                self._set_ttl(s, False)
+                self._set_ttl(s, None)
                 self.heard[id(s)] = (s, addr)
             for reply in got.replies:
-                self._set_ttl(s, False)
+                self._set_ttl(s, None)
                 if trio_sock:
                     await s.sendto(reply, addr)
                 else:
@@ -308,7 +330,7 @@ class _Race:
             ack = self.handshake.ack(now_ns())
             if ack is None or self.handshake.established:
                 return
-            self._set_ttl(s, False)
+            self._set_ttl(s, None)
             if isinstance(s, trio.socket.SocketType):
                 await s.sendto(ack, addr)
             else:
@@ -335,7 +357,7 @@ class _Race:
         if self.winner is None:
             self._close_extra(keep=None)
             self._restore_ttl()
-            raise PunchFailed(self.plan.failure_message(), self.plan)
+            raise PunchFailed(f"{self.plan.failure_message()}; tried: {self._evidence()}", self.plan)
         s, addr, rtt, strategy = self.winner
         self._close_extra(keep=s)
         self._restore_ttl()
@@ -343,16 +365,27 @@ class _Race:
         path_sock = s if isinstance(s, trio.socket.SocketType) else trio.socket.from_stdlib_socket(s)
         return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.handshake, self.stats)
 
+    def _evidence(self) -> str:
+        """What each attempt did, for the failure message: which assumption may have broken."""
+        heard = bool(self.heard) or self.stats["received"] > self.stats["rejected"]
+        out = []
+        for t in self.stats["attempts"]:
+            ttl = f", opening TTL {'→'.join(map(str, t['ttl']))}" if t["ttl"] else ""
+            out.append(f"{t['strategy']} ({t['sent']} packets{ttl})")
+        return (", ".join(out) or "nothing (cancelled before the start)") + (
+            "; the peer's packets reached us, ours did not reach it" if heard
+            else "; nothing authentic came back from the peer")
+
     def _restore_ttl(self) -> None:
-        if id(self.sock) in self.low:
-            self._set_ttl(self.sock, False)
+        if id(self.sock) in self.ttl_now:
+            self._set_ttl(self.sock, None)
 
     def _close_extra(self, keep: Any) -> None:
         for s in self.extra + self.taken:
             if s is not keep:
                 s.close()
         if keep is not None and keep is not self.sock:
-            self._set_ttl(keep, False)
+            self._set_ttl(keep, None)
 
 
 async def punch(sock: Any, plan: Plan, session: Session, *, low_ttl: int = 2, coordinator: Any = None,
