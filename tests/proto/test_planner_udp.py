@@ -343,3 +343,27 @@ def test_every_part_aims_at_the_observed_peer_address_not_the_reported_one():
             assert a.local.peer_ip == "203.0.113.77"
     same = plan(mine, replace(theirs, public=("203.0.113.77", 5001)), "first", peer_ip="203.0.113.77")
     assert "reported_peer_ip" not in same.params
+
+
+def test_unknown_is_not_worst():
+    # a single-address STUN server: one sample, no mapping word (issue 13: two port-restricted cones
+    # behind it were refused with "best-effort had 0.40% odds")
+    a = udp(None, "APDF", [40000], ip="203.0.113.10")
+    b = udp(None, "APDF", [41000], ip="203.0.113.20")
+    p1, p2 = plan(a, b, "first"), plan(b, a, "second")
+    assert [x.strategy for x in p1.attempts][0] is Strategy.SIMULTANEOUS
+    assert p1.feasible and p1.strategy is Strategy.SIMULTANEOUS
+    # the worst case follows once the cheap one had its time, and both sides agree on all of it
+    assert p1.attempts[-1].strategy is Strategy.BEST_EFFORT
+    assert p1.attempts[-1].delay >= p1.attempts[0].delay + p1.attempts[0].timeout
+    assert [(x.strategy, x.delay) for x in p1.attempts] == [(x.strategy, x.delay) for x in p2.attempts]
+    for x, y in zip(p1.attempts, p2.attempts):
+        assert x.local == y.remote and x.remote == y.local
+    assert "unmeasured" in p1.reason and "best-effort" in p1.reason
+    # one unknown side facing a measured cone: cheap first, then the birthday
+    cone = udp("EIM", "APDF", [42000, 42000], ip="203.0.113.30")
+    p = plan(a, cone, "first")
+    assert [x.strategy for x in p.attempts] == [Strategy.SIMULTANEOUS, Strategy.BIRTHDAY]
+    # a measured random NAT is not "unknown": no cheap guess for it
+    rnd = udp("APDM", "APDF", [31234, 5001], ip="203.0.113.40", allocation="random")
+    assert plan(rnd, cone, "first").attempts[0].strategy is Strategy.BIRTHDAY

@@ -23,7 +23,8 @@ from typing import Any
 from ...errors import PlanError
 from .. import predict as _predict
 from ..report import PORT_RANGE, NatReport
-from ..vocab import Filtering, Role, Strategy
+from ..predict import Kind
+from ..vocab import Filtering, Mapping, Role, Strategy
 from .odds import (
     FLOW_TABLE_CAP,
     birthday_miss,
@@ -159,17 +160,28 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     if peer_ip is not None and remote.ip != peer_ip:
         reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(peer_ip)))
     first, second = (local, remote) if role == "first" else (remote, local)
-    attempts = _attempts(first, second, target=target, flow_budget=flow_budget,
-                         max_sockets=max_sockets, birthday_sockets=birthday_sockets,
-                         max_window=max_window, best_effort_flows=best_effort_flows)
+    kw = dict(target=target, flow_budget=flow_budget, max_sockets=max_sockets, birthday_sockets=birthday_sockets,
+              max_window=max_window, best_effort_flows=best_effort_flows)
+    attempts = _attempts(first, second, **kw)
+    guessed = [x for x, r in ((local, local_report), (remote, remote_report)) if _unmeasured(x, r)]
+    if guessed:
+        # Unknown is not worst: a NAT the tests could not read (one sample, no mapping word: a
+        # single-address server, lost replies) is first taken to keep its port, the cheapest case;
+        # the plan for the worst case follows once that had its time.
+        hopeful = _attempts(_as_fixed(first, guessed), _as_fixed(second, guessed), **kw)
+        later = max(a.delay + a.timeout for a in hopeful)
+        attempts = hopeful + [replace(a, delay=later + a.delay) for a in attempts
+                              if a.strategy not in {h.strategy for h in hopeful}]
     if role == "second":
         attempts = [replace(a, local=a.remote, remote=a.local) for a in attempts]
     best = attempts[0]
+    assumed = ("; it assumes that the unmeasured NAT keeps one port per socket, then falls back to "
+               + ", ".join(a.strategy.value for a in attempts[1:])) if guessed and len(attempts) > 1 else ""
     # Feasible means "expected to connect": the strategies that guess are so only on their odds at
     # this flow budget (guessing on both sides works only in tiny port ranges, a CGNAT's port block;
     # random-sequential needs far more flows than a home router holds).
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
-    reason = explain(best.strategy, local, remote, best)
+    reason = explain(best.strategy, local, remote, best) + assumed
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
         "strategy": best.strategy.value,
@@ -238,6 +250,17 @@ def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
             continue
         raced.append(replace(a, delay=HAPPY_EYEBALLS_DELAY * len(raced)))
     return raced
+
+
+def _unmeasured(side: Side, report: NatReport) -> bool:
+    """Nothing tells how this NAT maps: no mapping word and too few samples to see a step."""
+    return report.mapping is None and side.kind is Kind.UNKNOWN
+
+
+def _as_fixed(side: Side, guessed: list[Side]) -> Side:
+    if not any(side is g for g in guessed):
+        return side
+    return replace(side, mapping=Mapping.EIM, prediction=replace(side.prediction, kind=Kind.FIXED))
 
 
 def _maybe_swap(a: Attempt, swap: bool) -> Attempt:
