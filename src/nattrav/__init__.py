@@ -24,16 +24,20 @@ from .errors import (
     BadFrame,
     BadMessage,
     BadPacket,
+    BadPeerId,
     BadReport,
     BadRequest,
     ConnectError,
     ControlKeyError,
     FdLimitError,
+    HandshakeFailed,
+    IdentityError,
     LocalProtocolError,
     NameTaken,
     NattravError,
     NattravTimeout,
     OfferGone,
+    PeerAuthError,
     PeerError,
     PeerOffline,
     PlanError,
@@ -56,6 +60,7 @@ from .errors import (
     UsageError,
     WorkerDied,
     WorkerError,
+    WrongPeer,
 )
 
 _LAZY = {
@@ -80,12 +85,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "AcceptPolicy", "Allocation", "BadFrame", "BadMessage", "BadPacket", "BadReport", "BadRequest",
-    "ConnectError", "ControlKeyError", "FdLimitError", "Filtering", "Listener", "LocalProtocolError",
-    "Mapping", "NameTaken", "NatBehavior", "NatReport", "NattravError", "NattravTimeout", "OfferGone",
-    "PeerError", "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
+    "AcceptPolicy", "Allocation", "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport",
+    "BadRequest", "ConnectError", "ControlKeyError", "FdLimitError", "Filtering", "HandshakeFailed",
+    "IdentityError", "Listener", "LocalProtocolError", "Mapping", "NameTaken", "NatBehavior", "NatReport",
+    "NattravError", "NattravTimeout", "OfferGone", "PeerAuthError", "PeerError",
+    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "Role", "ServerBusy", "ServerGone",
     "ServerUnreachable", "Strategy", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout",
     "TcpPunchFailed", "TcpReport", "TcpStrategy", "UnknownPeer", "UsageError", "WorkerDied", "WorkerError",
-    "__version__", "connect", "connect_tcp", "listen", "listen_tcp",
+    "WrongPeer", "__version__", "connect", "connect_tcp", "listen", "listen_tcp",
 ]

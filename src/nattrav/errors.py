@@ -8,13 +8,19 @@
     │       ├── BadPacket           a datagram: STUN message, punch/handshake frame, STUN control frame
     │       ├── BadFrame            a rendezvous frame
     │       ├── BadReport           a peer's NAT report
-    │       └── BadMessage          a coordinator <-> worker message
+    │       ├── BadMessage          a coordinator <-> worker message
+    │       ├── WrongPeer           a key or signature is another peer's than the one expected
+    │       └── PeerAuthError       a peer's certificate proves no expected identity (also a HandshakeFailed)
     ├── UsageError                  a mistake in what a user typed (also a ValueError)
-    │   └── ControlKeyError         the STUN control link's secret is missing or short
+    │   ├── ControlKeyError         the STUN control link's secret is missing or short
+    │   └── BadPeerId               text that is not a peer ID
+    ├── IdentityError               our identity key file cannot be used (missing, unsafe, not Ed25519)
     ├── NattravTimeout              gave up waiting (also a TimeoutError)
     ├── ConnectError                no path to the peer, for a reason the user can act on
-    │   └── PunchFailed             the plan's attempts found no authenticated path
-    │       └── TcpPunchFailed
+    │   ├── PunchFailed             the plan's attempts found no authenticated path
+    │   │   └── TcpPunchFailed
+    │   └── HandshakeFailed         TLS (over TCP) or QUIC (over UDP) gave no authenticated session
+    │       └── PeerAuthError       (also a RemoteProtocolError)
     ├── RendezvousError             the rendezvous server said no, or went away (`code`: its error code)
     │   ├── PeerError               the peer cannot be had: unknown, offline, refusing, ... name taken
     │   └── RendezvousTimeout       (also a NattravTimeout)
@@ -79,6 +85,11 @@ class BadMessage(RemoteProtocolError):
     broken, not the caller)."""
 
 
+class WrongPeer(RemoteProtocolError):
+    """A key or signature belongs to another peer than the one expected: what the other side
+    showed is not authentic for the peer ID we hold."""
+
+
 # --- what a user typed ---------------------------------------------------------------------------
 
 
@@ -88,6 +99,16 @@ class UsageError(NattravError, ValueError):
 
 class ControlKeyError(UsageError):
     """The shared secret is missing or too short to authenticate the STUN control link."""
+
+
+class BadPeerId(UsageError):
+    """Text that is not a peer ID. Typed by a user, it is their mistake; a peer ID a peer sends is
+    checked where it arrives (a certificate's issuer: PeerAuthError)."""
+
+
+class IdentityError(NattravError):
+    """Our identity key file cannot be used: missing, unsafe (readable by others, owned by another
+    user), or not an Ed25519 key. str() names the file and says how to fix it."""
 
 
 # --- waiting, connecting, the rendezvous ---------------------------------------------------------
@@ -111,6 +132,24 @@ class PunchFailed(ConnectError):
 
 class TcpPunchFailed(PunchFailed):
     """No authenticated TCP connection within the time; str() says why (with the probe errors)."""
+
+
+class HandshakeFailed(ConnectError):
+    """A secure handshake (TLS over TCP, QUIC over UDP) did not give an authenticated session: no
+    answer in time, the peer refused us, no common protocol. str() is the one-line reason."""
+
+
+class PeerAuthError(HandshakeFailed, RemoteProtocolError):
+    """The peer's certificate does not prove the identity we expected: forged, another peer's,
+    expired, malformed. The one error type for whatever a peer's certificate holds, so a remote
+    protocol error (certificate checks are a parser of untrusted bytes); and the handshake it ends
+    failed, so a HandshakeFailed for whoever waits on the connection. `expected` and `got` are the
+    peer IDs involved, where known (`got` only once its signature checked)."""
+
+    def __init__(self, message: str, *, expected: Any = None, got: Any = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
 
 
 class RendezvousError(NattravError):
@@ -223,10 +262,11 @@ class FdLimitError(NattravError, OSError):
 
 
 __all__ = [
-    "BadFrame", "BadMessage", "BadPacket", "BadReport", "BadRequest", "ConnectError", "ControlKeyError",
-    "FdLimitError", "LocalProtocolError", "NameTaken", "NattravError", "NattravTimeout", "OfferGone",
-    "PeerError", "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
+    "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport", "BadRequest", "ConnectError",
+    "ControlKeyError", "FdLimitError", "HandshakeFailed", "IdentityError", "LocalProtocolError", "NameTaken",
+    "NattravError", "NattravTimeout", "OfferGone", "PeerAuthError", "PeerError",
+    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "ServerBusy", "ServerGone",
     "ServerUnreachable", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout", "TcpPunchFailed",
-    "UnknownPeer", "UsageError", "WorkerDied", "WorkerError",
+    "UnknownPeer", "UsageError", "WorkerDied", "WorkerError", "WrongPeer",
 ]

@@ -19,7 +19,7 @@ from nattrav.identity import Identity
 from nattrav.io import quic_path
 from nattrav.io.quic_path import PathDead, QuicSettings, open_quic_path
 from nattrav.proto import certs
-from nattrav.proto.certs import HandshakeFailed, PeerAuthError
+from nattrav.errors import HandshakeFailed, PeerAuthError
 
 ALICE = Identity.generate()  # the rendezvous' first side: QUIC client
 BOB = Identity.generate()  # second side: QUIC server
@@ -583,7 +583,7 @@ async def test_bad_role_or_peer_id_is_refused_before_any_packet():
     with pytest.raises(ValueError, match="IP address"):
         async with open_quic_path(sa, ("localhost", 1), ALICE, BOB.peer_id, role="client"):
             pass
-    from nattrav.identity import BadPeerId
+    from nattrav.errors import BadPeerId
     with pytest.raises(BadPeerId):
         async with open_quic_path(sa, sb.getsockname(), ALICE, "bob", role="client"):
             pass

@@ -51,8 +51,9 @@ from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.logger import QuicLogger, QuicLoggerTrace
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, pull_quic_header
 
+from ..errors import HandshakeFailed, PeerAuthError
 from ..identity import Identity, PeerId
-from ..proto.certs import HandshakeFailed, PeerAuthError, issue_certificate, verify_peer_certificate
+from ..proto.certs import issue_certificate, verify_peer_certificate
 
 ALPN = "nattrav/1"
 ROLE_OF = {"first": "client", "second": "server"}  # rendezvous role -> QUIC role
