@@ -221,7 +221,7 @@ GROUPS = [  # (label, substring of the profiled function's file or name), first 
     ("aioquic: loss recovery / congestion", "congestion"), ("aioquic: range sets", "rangeset"),
     ("aioquic: streams", "aioquic/quic/stream"), ("aioquic: connection (frames, acks)", "aioquic/quic/connection"),
     ("aioquic: packets/buffers", "aioquic/quic/packet"), ("aioquic: packets/buffers", "aioquic/buffer"), ("aioquic: packets/buffers", "aioquic._buffer"),
-    ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav quic_path (the Trio driver)", "quic_path"),
+    ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav io/quic_* (the Trio driver)", "nattrav/io/quic_"),
     ("trio scheduler", "trio/"), ("hashing the payload (bench)", "sha256"), ("bench harness", "bench_quic_path"),
 ]
 

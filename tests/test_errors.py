@@ -48,6 +48,12 @@ def test_identity_and_secure_path_errors_join_the_family_where_their_callers_loo
     # reason the connection failed
     assert issubclass(errors.PeerAuthError, errors.RemoteProtocolError)
     assert issubclass(errors.PeerAuthError, errors.HandshakeFailed) and issubclass(errors.HandshakeFailed, errors.ConnectError)
+    # a dead QUIC path keeps trio's Stream contract (BrokenResourceError) and is found from nattrav.errors,
+    # which loads its trio base only then
+    from nattrav.io.quic_path import PathDead
+    assert errors.PathDead is PathDead and issubclass(PathDead, errors.PathError)
+    assert issubclass(PathDead, trio.BrokenResourceError)
     assert exits.exit_code(errors.BadPeerId("x")) == exits.EXIT_USAGE
     assert exits.exit_code(errors.PeerAuthError("forged")) == exits.EXIT_PUNCH
     assert exits.exit_code(errors.IdentityError("mode 0644")) == exits.EXIT_FAILURE
+    assert exits.exit_code(PathDead("idle timeout")) == exits.EXIT_FAILURE

@@ -37,6 +37,7 @@ from .errors import (
     NattravError,
     NattravTimeout,
     OfferGone,
+    PathError,
     PeerAuthError,
     PeerError,
     PeerOffline,
@@ -68,6 +69,7 @@ _LAZY = {
     **dict.fromkeys(["NatReport", "TcpReport"], "nattrav.proto.report"),
     **dict.fromkeys(["Allocation", "Filtering", "Mapping", "Role", "Strategy", "TcpStrategy"], "nattrav.proto.vocab"),
     "NatBehavior": "nattrav.proto.nat_behavior",
+    "PathDead": "nattrav.errors",  # its trio base loads on first use (see nattrav.errors)
 }
 
 
@@ -88,7 +90,7 @@ __all__ = [
     "AcceptPolicy", "Allocation", "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport",
     "BadRequest", "ConnectError", "ControlKeyError", "FdLimitError", "Filtering", "HandshakeFailed",
     "IdentityError", "Listener", "LocalProtocolError", "Mapping", "NameTaken", "NatBehavior", "NatReport",
-    "NattravError", "NattravTimeout", "OfferGone", "PeerAuthError", "PeerError",
+    "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
     "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "Role", "ServerBusy", "ServerGone",
     "ServerUnreachable", "Strategy", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout",

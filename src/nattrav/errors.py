@@ -21,6 +21,9 @@
     │   │   └── TcpPunchFailed
     │   └── HandshakeFailed         TLS (over TCP) or QUIC (over UDP) gave no authenticated session
     │       └── PeerAuthError       (also a RemoteProtocolError)
+    ├── PathError                   a path that was made broke afterwards
+    │   └── PathDead                the QUIC path ended: silence, a close with an error, a reset
+    │                               (also a trio.BrokenResourceError; lives in io/quic_stream.py)
     ├── RendezvousError             the rendezvous server said no, or went away (`code`: its error code)
     │   ├── PeerError               the peer cannot be had: unknown, offline, refusing, ... name taken
     │   └── RendezvousTimeout       (also a NattravTimeout)
@@ -35,6 +38,10 @@
 Parsers of untrusted bytes raise one RemoteProtocolError subclass and nothing else; the CLIs map the
 families to exit codes in one table (nattrav.cli.exits). The lab keeps its own LabError: it is a
 test bench, not the product.
+
+Importing the family loads nothing else (no trio): `import nattrav` and the sans-IO layer stay
+light. PathDead is the one member with a trio base, so it is defined beside the stream it breaks
+(io/quic_stream.py) and `nattrav.errors.PathDead` loads it on first use.
 """
 
 from __future__ import annotations
@@ -152,6 +159,13 @@ class PeerAuthError(HandshakeFailed, RemoteProtocolError):
         self.got = got
 
 
+# --- an established path -------------------------------------------------------------------------
+
+
+class PathError(NattravError):
+    """A path to the peer that was made (punched, authenticated) broke afterwards."""
+
+
 class RendezvousError(NattravError):
     """Base of every error the rendezvous client raises; ``code`` is the server's error code."""
 
@@ -261,10 +275,18 @@ class FdLimitError(NattravError, OSError):
     """Too few file descriptors even after raising the soft limit to the hard one."""
 
 
+def __getattr__(name: str) -> Any:
+    if name == "PathDead":  # see the module docstring: its trio base stays out of this import
+        from .io.quic_stream import PathDead
+
+        return PathDead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport", "BadRequest", "ConnectError",
     "ControlKeyError", "FdLimitError", "HandshakeFailed", "IdentityError", "LocalProtocolError", "NameTaken",
-    "NattravError", "NattravTimeout", "OfferGone", "PeerAuthError", "PeerError",
+    "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
     "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "ServerBusy", "ServerGone",
     "ServerUnreachable", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout", "TcpPunchFailed",
