@@ -5,7 +5,7 @@
 
 Each transfer is one-way, sender and receiver in two processes (two cores, like two hosts):
 - udp: bare trio sendto/recvfrom of 1200-byte datagrams, no protocol at all (the floor);
-- datagram: the product's punched datagram path today (io/punch.PunchedPath after a real punch on
+- datagram: the product's punched datagram path today (io/path.PunchedPath after a real punch on
   loopback): HMAC-authenticated frames, no encryption, no loss recovery, no congestion control;
 - quic: io/quic_path over the same kind of socket: TLS 1.3 encryption, loss recovery, congestion
   and flow control, the byte stream, sha256 checked at the end;
@@ -98,14 +98,18 @@ async def child_udp(role: str, me: int, peer: int, size: int) -> dict:
 
 
 async def child_datagram(role: str, me: int, peer: int, size: int) -> dict:
-    from nattrav.io.punch import Session, punch
-    from nattrav.proto.plan import plan
+    from nattrav.io.punch import punch
+    from nattrav.io.session import Session
+    from nattrav.proto.planner.udp import plan
+    from nattrav.proto.report import NatReport
+    from nattrav.proto.vocab import Mapping, Role
 
     sock = await bound(me)
-    mine = dict(public=[LO, me], nat=False, mapping="none", filtering="none")
-    theirs = dict(public=[LO, peer], nat=False, mapping="none", filtering="none")
-    punch_role = "first" if role == "send" else "second"
-    path = await punch(sock, plan(mine, theirs, punch_role), Session(KEY, punch_role, None))
+    # loopback: no NAT on either side, each reachable where it is bound
+    mine = NatReport(mapping=Mapping.NONE, public=(LO, me))
+    theirs = NatReport(mapping=Mapping.NONE, public=(LO, peer))
+    punch_role = Role.FIRST if role == "send" else Role.SECOND
+    path = await punch(sock, plan(mine, theirs, punch_role, peer_ip=LO), Session(KEY, punch_role))
     if role == "send":
         data = payload(size)
         mark()
@@ -221,7 +225,7 @@ GROUPS = [  # (label, substring of the profiled function's file or name), first 
     ("aioquic: loss recovery / congestion", "congestion"), ("aioquic: range sets", "rangeset"),
     ("aioquic: streams", "aioquic/quic/stream"), ("aioquic: connection (frames, acks)", "aioquic/quic/connection"),
     ("aioquic: packets/buffers", "aioquic/quic/packet"), ("aioquic: packets/buffers", "aioquic/buffer"), ("aioquic: packets/buffers", "aioquic._buffer"),
-    ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav quic_path (the Trio driver)", "quic_path"),
+    ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav io/quic_* (the Trio driver)", "nattrav/io/quic_"),
     ("trio scheduler", "trio/"), ("hashing the payload (bench)", "sha256"), ("bench harness", "bench_quic_path"),
 ]
 

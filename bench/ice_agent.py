@@ -12,6 +12,8 @@ one authenticated data round trip, the same "cold" span a nattrav trial measures
 
     python bench/ice_agent.py --server 198.51.100.1:7000 --role listen --name n1 --trials 3
     python bench/ice_agent.py --server 198.51.100.1:7000 --role connect --name n1 --trials 3
+
+It needs aioice (`.venv/bin/python -m pip install aioice`), which nattrav itself does not.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 import trio
 
 import aioice
+from nattrav.errors import RendezvousError, UnknownPeer, UsageError
+from nattrav.hostport import parse_hostport
 from nattrav.io import rendezvous_client as rv
 
 STUN_PORT = 3478  # the server default; --stun-port for a test server
@@ -86,7 +90,7 @@ async def _close(conn: aioice.Connection) -> None:
 
 async def agent(args: argparse.Namespace) -> None:
     aio = AsyncioThread()
-    server = rv.parse_server(args.server)
+    server = args.server
     stun = (server[0], args.stun_port)
 
     def line(d: dict[str, Any]) -> None:
@@ -116,12 +120,12 @@ async def agent(args: argparse.Namespace) -> None:
                             try:
                                 session = await client.connect(name, timeout=args.trial_timeout)
                                 break
-                            except rv.UnknownPeer:  # the listener has not enrolled this trial yet
+                            except UnknownPeer:  # the listener has not enrolled this trial yet
                                 await trio.sleep(0.05)
                                 t0 += time.monotonic() - asked  # waiting for it is not ICE's time
                         got = await aio.run(_connect_and_echo(conn, session.peer_info["ice"], True))
             row.update(ok=True, seconds=round(time.monotonic() - t0, 4), pair=got.split(":", 1)[1])
-        except (trio.TooSlowError, rv.RendezvousError, ConnectionError, asyncio.TimeoutError, KeyError,
+        except (trio.TooSlowError, RendezvousError, ConnectionError, asyncio.TimeoutError, KeyError,
                 TypeError, ValueError) as exc:
             row["reason"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             row["seconds"] = round(time.monotonic() - t0, 4)
@@ -135,13 +139,19 @@ async def agent(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--server", required=True, help="rendezvous server HOST:PORT (STUN on its port 3478)")
+    p.add_argument("--server", required=True,
+                   help=f"rendezvous server HOST[:PORT] (default port {rv.DEFAULT_PORT}); STUN on the same host")
     p.add_argument("--role", choices=("listen", "connect"), required=True)
     p.add_argument("--name", required=True, help="the listener's name prefix (trial i uses NAME-i)")
     p.add_argument("--stun-port", type=int, default=STUN_PORT)
     p.add_argument("--trials", type=int, default=1)
     p.add_argument("--trial-timeout", type=float, default=15.0)
-    trio.run(agent, p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        args.server = parse_hostport(args.server, rv.DEFAULT_PORT)
+    except UsageError as exc:
+        p.error(f"--server: {exc}")
+    trio.run(agent, args)
 
 
 if __name__ == "__main__":

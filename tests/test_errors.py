@@ -38,3 +38,22 @@ def test_exit_codes_follow_the_families_most_specific_first():
         assert exits.exit_code(exc) == code, exc
         assert isinstance(exc, exits.HANDLED)
     assert not isinstance(RuntimeError("a bug"), exits.HANDLED)  # bugs still show their traceback
+
+
+def test_identity_and_secure_path_errors_join_the_family_where_their_callers_look():
+    # a peer ID typed wrong is the user's mistake (exit 2); a foreign key or signature is the peer's
+    assert issubclass(errors.BadPeerId, errors.UsageError) and issubclass(errors.BadPeerId, ValueError)
+    assert issubclass(errors.WrongPeer, errors.RemoteProtocolError)
+    # a certificate that proves no expected peer: the one error of a parser of peer bytes, and the
+    # reason the connection failed
+    assert issubclass(errors.PeerAuthError, errors.RemoteProtocolError)
+    assert issubclass(errors.PeerAuthError, errors.HandshakeFailed) and issubclass(errors.HandshakeFailed, errors.ConnectError)
+    # a dead QUIC path keeps trio's Stream contract (BrokenResourceError) and is found from nattrav.errors,
+    # which loads its trio base only then
+    from nattrav.io.quic_path import PathDead
+    assert errors.PathDead is PathDead and issubclass(PathDead, errors.PathError)
+    assert issubclass(PathDead, trio.BrokenResourceError)
+    assert exits.exit_code(errors.BadPeerId("x")) == exits.EXIT_USAGE
+    assert exits.exit_code(errors.PeerAuthError("forged")) == exits.EXIT_PUNCH
+    assert exits.exit_code(errors.IdentityError("mode 0644")) == exits.EXIT_FAILURE
+    assert exits.exit_code(PathDead("idle timeout")) == exits.EXIT_FAILURE

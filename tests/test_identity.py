@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav import identity as idm
-from nattrav.identity import (BadPeerId, Identity, IdentityError, PeerId, WrongPeer, check_peer_id,
-                              create_identity, identity_path, load_identity, load_or_create_identity)
+from nattrav.errors import BadPeerId, IdentityError, WrongPeer
+from nattrav.identity import (Identity, PeerId, check_peer_id, create_identity, identity_path, load_identity,
+                              load_or_create_identity)
 from nattrav.proto.rendezvous import NAME_RE
 
 # From the libp2p TLS spec's test vector 1: the Ed25519 key in the certificate and its peer ID.

@@ -24,16 +24,21 @@ from .errors import (
     BadFrame,
     BadMessage,
     BadPacket,
+    BadPeerId,
     BadReport,
     BadRequest,
     ConnectError,
     ControlKeyError,
     FdLimitError,
+    HandshakeFailed,
+    IdentityError,
     LocalProtocolError,
     NameTaken,
     NattravError,
     NattravTimeout,
     OfferGone,
+    PathError,
+    PeerAuthError,
     PeerError,
     PeerOffline,
     PlanError,
@@ -56,6 +61,7 @@ from .errors import (
     UsageError,
     WorkerDied,
     WorkerError,
+    WrongPeer,
 )
 
 _LAZY = {
@@ -63,6 +69,7 @@ _LAZY = {
     **dict.fromkeys(["NatReport", "TcpReport"], "nattrav.proto.report"),
     **dict.fromkeys(["Allocation", "Filtering", "Mapping", "Role", "Strategy", "TcpStrategy"], "nattrav.proto.vocab"),
     "NatBehavior": "nattrav.proto.nat_behavior",
+    "PathDead": "nattrav.errors",  # its trio base loads on first use (see nattrav.errors)
 }
 
 
@@ -80,12 +87,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "AcceptPolicy", "Allocation", "BadFrame", "BadMessage", "BadPacket", "BadReport", "BadRequest",
-    "ConnectError", "ControlKeyError", "FdLimitError", "Filtering", "Listener", "LocalProtocolError",
-    "Mapping", "NameTaken", "NatBehavior", "NatReport", "NattravError", "NattravTimeout", "OfferGone",
-    "PeerError", "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
+    "AcceptPolicy", "Allocation", "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport",
+    "BadRequest", "ConnectError", "ControlKeyError", "FdLimitError", "Filtering", "HandshakeFailed",
+    "IdentityError", "Listener", "LocalProtocolError", "Mapping", "NameTaken", "NatBehavior", "NatReport",
+    "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
+    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "Role", "ServerBusy", "ServerGone",
     "ServerUnreachable", "Strategy", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout",
     "TcpPunchFailed", "TcpReport", "TcpStrategy", "UnknownPeer", "UsageError", "WorkerDied", "WorkerError",
-    "__version__", "connect", "connect_tcp", "listen", "listen_tcp",
+    "WrongPeer", "__version__", "connect", "connect_tcp", "listen", "listen_tcp",
 ]

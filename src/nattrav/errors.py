@@ -8,13 +8,22 @@
     │       ├── BadPacket           a datagram: STUN message, punch/handshake frame, STUN control frame
     │       ├── BadFrame            a rendezvous frame
     │       ├── BadReport           a peer's NAT report
-    │       └── BadMessage          a coordinator <-> worker message
+    │       ├── BadMessage          a coordinator <-> worker message
+    │       ├── WrongPeer           a key or signature is another peer's than the one expected
+    │       └── PeerAuthError       a peer's certificate proves no expected identity (also a HandshakeFailed)
     ├── UsageError                  a mistake in what a user typed (also a ValueError)
-    │   └── ControlKeyError         the STUN control link's secret is missing or short
+    │   ├── ControlKeyError         the STUN control link's secret is missing or short
+    │   └── BadPeerId               text that is not a peer ID
+    ├── IdentityError               our identity key file cannot be used (missing, unsafe, not Ed25519)
     ├── NattravTimeout              gave up waiting (also a TimeoutError)
     ├── ConnectError                no path to the peer, for a reason the user can act on
-    │   └── PunchFailed             the plan's attempts found no authenticated path
-    │       └── TcpPunchFailed
+    │   ├── PunchFailed             the plan's attempts found no authenticated path
+    │   │   └── TcpPunchFailed
+    │   └── HandshakeFailed         TLS (over TCP) or QUIC (over UDP) gave no authenticated session
+    │       └── PeerAuthError       (also a RemoteProtocolError)
+    ├── PathError                   a path that was made broke afterwards
+    │   └── PathDead                the QUIC path ended: silence, a close with an error, a reset
+    │                               (also a trio.BrokenResourceError; lives in io/quic_stream.py)
     ├── RendezvousError             the rendezvous server said no, or went away (`code`: its error code)
     │   ├── PeerError               the peer cannot be had: unknown, offline, refusing, ... name taken
     │   └── RendezvousTimeout       (also a NattravTimeout)
@@ -29,6 +38,10 @@
 Parsers of untrusted bytes raise one RemoteProtocolError subclass and nothing else; the CLIs map the
 families to exit codes in one table (nattrav.cli.exits). The lab keeps its own LabError: it is a
 test bench, not the product.
+
+Importing the family loads nothing else (no trio): `import nattrav` and the sans-IO layer stay
+light. PathDead is the one member with a trio base, so it is defined beside the stream it breaks
+(io/quic_stream.py) and `nattrav.errors.PathDead` loads it on first use.
 """
 
 from __future__ import annotations
@@ -79,6 +92,11 @@ class BadMessage(RemoteProtocolError):
     broken, not the caller)."""
 
 
+class WrongPeer(RemoteProtocolError):
+    """A key or signature belongs to another peer than the one expected: what the other side
+    showed is not authentic for the peer ID we hold."""
+
+
 # --- what a user typed ---------------------------------------------------------------------------
 
 
@@ -88,6 +106,16 @@ class UsageError(NattravError, ValueError):
 
 class ControlKeyError(UsageError):
     """The shared secret is missing or too short to authenticate the STUN control link."""
+
+
+class BadPeerId(UsageError):
+    """Text that is not a peer ID. Typed by a user, it is their mistake; a peer ID a peer sends is
+    checked where it arrives (a certificate's issuer: PeerAuthError)."""
+
+
+class IdentityError(NattravError):
+    """Our identity key file cannot be used: missing, unsafe (readable by others, owned by another
+    user), or not an Ed25519 key. str() names the file and says how to fix it."""
 
 
 # --- waiting, connecting, the rendezvous ---------------------------------------------------------
@@ -111,6 +139,31 @@ class PunchFailed(ConnectError):
 
 class TcpPunchFailed(PunchFailed):
     """No authenticated TCP connection within the time; str() says why (with the probe errors)."""
+
+
+class HandshakeFailed(ConnectError):
+    """A secure handshake (TLS over TCP, QUIC over UDP) did not give an authenticated session: no
+    answer in time, the peer refused us, no common protocol. str() is the one-line reason."""
+
+
+class PeerAuthError(HandshakeFailed, RemoteProtocolError):
+    """The peer's certificate does not prove the identity we expected: forged, another peer's,
+    expired, malformed. The one error type for whatever a peer's certificate holds, so a remote
+    protocol error (certificate checks are a parser of untrusted bytes); and the handshake it ends
+    failed, so a HandshakeFailed for whoever waits on the connection. `expected` and `got` are the
+    peer IDs involved, where known (`got` only once its signature checked)."""
+
+    def __init__(self, message: str, *, expected: Any = None, got: Any = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+# --- an established path -------------------------------------------------------------------------
+
+
+class PathError(NattravError):
+    """A path to the peer that was made (punched, authenticated) broke afterwards."""
 
 
 class RendezvousError(NattravError):
@@ -222,11 +275,20 @@ class FdLimitError(NattravError, OSError):
     """Too few file descriptors even after raising the soft limit to the hard one."""
 
 
+def __getattr__(name: str) -> Any:
+    if name == "PathDead":  # see the module docstring: its trio base stays out of this import
+        from .io.quic_stream import PathDead
+
+        return PathDead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "BadFrame", "BadMessage", "BadPacket", "BadReport", "BadRequest", "ConnectError", "ControlKeyError",
-    "FdLimitError", "LocalProtocolError", "NameTaken", "NattravError", "NattravTimeout", "OfferGone",
-    "PeerError", "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
+    "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport", "BadRequest", "ConnectError",
+    "ControlKeyError", "FdLimitError", "HandshakeFailed", "IdentityError", "LocalProtocolError", "NameTaken",
+    "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
+    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "ServerBusy", "ServerGone",
     "ServerUnreachable", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout", "TcpPunchFailed",
-    "UnknownPeer", "UsageError", "WorkerDied", "WorkerError",
+    "UnknownPeer", "UsageError", "WorkerDied", "WorkerError", "WrongPeer",
 ]

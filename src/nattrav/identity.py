@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from .errors import BadPeerId, IdentityError, WrongPeer
+
 ENV_VAR = "NATTRAV_IDENTITY"
 DEFAULT_FILE = "identity.pem"
 KEY_LEN = 32
@@ -35,18 +37,6 @@ _ID_BYTES = len(_ID_PREFIX) + KEY_LEN
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
 _ID_TEXT_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,64}\Z")
-
-
-class IdentityError(Exception):
-    """The identity key file cannot be used. str() names the file and says how to fix it."""
-
-
-class BadPeerId(ValueError):
-    """Text that is not a peer ID (typed by a user or sent by a peer)."""
-
-
-class WrongPeer(Exception):
-    """A key or signature belongs to another peer than the one expected."""
 
 
 # --- base58btc (Bitcoin alphabet), as multibase 'z' without the prefix --------------------------

@@ -16,10 +16,10 @@ import trio
 from cryptography import x509
 
 from nattrav.identity import Identity
-from nattrav.io import quic_path
+from nattrav.io import quic_conn, quic_path, quic_wire
 from nattrav.io.quic_path import PathDead, QuicSettings, open_quic_path
 from nattrav.proto import certs
-from nattrav.proto.certs import HandshakeFailed, PeerAuthError
+from nattrav.errors import HandshakeFailed, PeerAuthError
 
 ALICE = Identity.generate()  # the rendezvous' first side: QUIC client
 BOB = Identity.generate()  # second side: QUIC server
@@ -203,7 +203,7 @@ async def test_forged_certificate_claiming_the_expected_peer_is_refused(monkeypa
                 .sign(MALLORY.private_key, None))
         return certs.KeyBoundCertificate(cert, made.private_key, BOB.peer_id)
 
-    monkeypatch.setattr(quic_path, "issue_certificate", forge)
+    monkeypatch.setattr(quic_conn, "issue_certificate", forge)
     out = await handshake(ALICE, BOB.peer_id, MALLORY, ALICE.peer_id)
     assert isinstance(out["client"], PeerAuthError) and "forged" in str(out["client"])
 
@@ -402,11 +402,11 @@ async def test_a_lost_close_is_repeated_so_the_other_side_still_learns_its_data_
 
     def drop(datagram):
         path = out.get("alice_path")
-        if path is None or not path._rx_eof:
+        if path is None or not path.stream.rx_eof:
             return False
-        if path._close_datagrams is None:
+        if path._driver.close_datagrams is None:
             return True  # her acknowledgements of Bob's data
-        if not state["close_dropped"] and datagram in path._close_datagrams:
+        if not state["close_dropped"] and datagram in path._driver.close_datagrams:
             state["close_dropped"] = True
             return True  # her first CONNECTION_CLOSE
         return False
@@ -468,7 +468,7 @@ async def test_a_reader_that_does_not_read_holds_the_sender_back():
         async with open_quic_path(sb, sa.getsockname(), BOB, ALICE.peer_id, role="server",
                                   settings=settings) as path:
             await trio.sleep(1.5)
-            seen["buffered"] = len(path._rx)
+            seen["buffered"] = len(path.stream.rx)
             total = 0
             while chunk := await path.stream.receive_some():
                 total += len(chunk)
@@ -561,7 +561,7 @@ async def test_late_punch_packets_go_to_the_intercept_hook_not_to_quic():
 
 async def test_without_kernel_gso_it_falls_back_to_one_send_per_packet(monkeypatch):
     """A kernel that refuses the UDP_SEGMENT message (here: an option number it does not know)."""
-    monkeypatch.setattr(quic_path, "UDP_SEGMENT", 9999)
+    monkeypatch.setattr(quic_wire, "UDP_SEGMENT", 9999)
     out, expected, stats, _ = await transfer(1_000_000)
     assert out == expected
     assert stats["client"]["gso_disabled"] == 1 and stats["server"]["gso_disabled"] == 1
@@ -583,7 +583,7 @@ async def test_bad_role_or_peer_id_is_refused_before_any_packet():
     with pytest.raises(ValueError, match="IP address"):
         async with open_quic_path(sa, ("localhost", 1), ALICE, BOB.peer_id, role="client"):
             pass
-    from nattrav.identity import BadPeerId
+    from nattrav.errors import BadPeerId
     with pytest.raises(BadPeerId):
         async with open_quic_path(sa, sb.getsockname(), ALICE, "bob", role="client"):
             pass

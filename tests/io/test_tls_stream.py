@@ -16,7 +16,7 @@ from nattrav.identity import Identity
 from nattrav.io import tls_stream
 from nattrav.io.tls_stream import ALPN, open_tls_stream, ssl_context
 from nattrav.proto import certs
-from nattrav.proto.certs import HandshakeFailed, PeerAuthError
+from nattrav.errors import HandshakeFailed, PeerAuthError
 
 ALICE = Identity.generate()  # the initiator: TLS client
 BOB = Identity.generate()  # the listener: TLS server

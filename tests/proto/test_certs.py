@@ -15,9 +15,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nattrav.errors import PeerAuthError
 from nattrav.identity import Identity
 from nattrav.proto import certs
-from nattrav.proto.certs import PeerAuthError, issue_certificate, trust_anchor, verify_peer_certificate
+from nattrav.proto.certs import issue_certificate, trust_anchor, verify_peer_certificate
 
 NOW = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 ALICE = Identity.generate()

@@ -1,5 +1,6 @@
-"""UDP punch frames (proto/punch.PunchSession.receive): raw datagrams from anyone, and frames that
-carry a valid MAC (a peer that holds the session key is still not trusted to be well-behaved).
+"""UDP punch frames (proto/handshake.Handshake.receive, the authenticated punch handshake): raw
+datagrams from anyone, and frames that carry a valid MAC (a peer that holds the session key is
+still not trusted to be well-behaved).
 
 Input: a script of records (fuzz_harness.records). Byte 0 of the input picks our role. Record op:
 bit 0 set: the payload is [type][counter, 8 bytes][body] and the driver frames and MACs it with the
@@ -16,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from nattrav.proto import punch
-from nattrav.proto.punch import BadPacket, PunchSession
+from nattrav.errors import BadPacket
+from nattrav.proto import handshake as hs
+from nattrav.proto.handshake import Handshake
 
 from fuzz_harness import Target, Violation, record, records, timed
 
@@ -33,8 +35,8 @@ def forge(payload: bytes, sender: str, nonce: bytes | None) -> bytes:
     body = payload[9:]
     if nonce is not None:
         body = nonce + body[len(nonce):]
-    signed = punch.HEADER.pack(punch.MAGIC, punch.VERSION, ftype, counter) + body
-    return signed + hmac.new(punch.derive_key(KEY, sender), signed, hashlib.sha256).digest()[:punch.TAG_LEN]
+    signed = hs.HEADER.pack(hs.MAGIC, hs.VERSION, ftype, counter) + body
+    return signed + hmac.new(hs.derive_key(KEY, sender), signed, hashlib.sha256).digest()[:hs.TAG_LEN]
 
 
 def roles(data: bytes) -> tuple[str, str]:
@@ -45,8 +47,8 @@ def run(data: bytes) -> None:
     if not data:
         return
     mine, theirs = roles(data)
-    session = PunchSession(KEY, mine, NONCE)
-    peer = PunchSession(KEY, theirs, PEER_NONCE)
+    session = Handshake(KEY, mine, NONCE)
+    peer = Handshake(KEY, theirs, PEER_NONCE)
     now = 1_000_000
     for op, payload in records(data[1:]):
         now += (op >> 2) ** 3 * 1000
@@ -71,24 +73,24 @@ def frame_payload(ftype: int, counter: int, body: bytes = b"") -> bytes:
 
 
 def seeds() -> dict[str, bytes]:
-    stamp = punch.STAMP.pack(PEER_NONCE, 999_000)
-    echo = punch.STAMP.pack(b"\0" * 8, 999_500)  # the nonce is filled in by op bit 1
+    stamp = hs.STAMP.pack(PEER_NONCE, 999_000)
+    echo = hs.STAMP.pack(b"\0" * 8, 999_500)  # the nonce is filled in by op bit 1
     out = {}
     for first in (0, 1):
-        hello = record(1 | 4, frame_payload(punch.FrameType.HELLO, 1, stamp))
-        ack = record(3 | 8, frame_payload(punch.FrameType.ACK, 2, echo + stamp))
-        confirm = record(3, frame_payload(punch.FrameType.CONFIRM, 3, echo))
-        rest = (record(1, frame_payload(punch.FrameType.KEEPALIVE, 4))
-                + record(1, frame_payload(punch.FrameType.DATA, 5, b"hello"))
-                + record(1, frame_payload(punch.FrameType.DATA, 5, b"replay"))
-                + record(1, frame_payload(punch.FrameType.CLOSE, 2000)))
+        hello = record(1 | 4, frame_payload(hs.FrameType.HELLO, 1, stamp))
+        ack = record(3 | 8, frame_payload(hs.FrameType.ACK, 2, echo + stamp))
+        confirm = record(3, frame_payload(hs.FrameType.CONFIRM, 3, echo))
+        rest = (record(1, frame_payload(hs.FrameType.KEEPALIVE, 4))
+                + record(1, frame_payload(hs.FrameType.DATA, 5, b"hello"))
+                + record(1, frame_payload(hs.FrameType.DATA, 5, b"replay"))
+                + record(1, frame_payload(hs.FrameType.CLOSE, 2000)))
         out[f"handshake-{first}"] = bytes([first]) + hello + ack + rest
         out[f"confirm-{first}"] = bytes([first]) + hello + confirm + record(0, b"nT\x01\x01" + b"\0" * 40)
-    real = PunchSession(KEY, "second", PEER_NONCE)
+    real = Handshake(KEY, "second", PEER_NONCE)
     out["real-frames"] = bytes([0]) + b"".join(record(0, f) for f in (
         real.hello(5), real.keepalive(), real.data(b"x" * 1200), real.close()))
     return out
 
 
 TARGET = Target("punch", run, (BadPacket,), seeds, max_len=8192,
-                what="PunchSession.receive: raw datagrams and frames MACed with the peer's key")
+                what="Handshake.receive: raw datagrams and frames MACed with the peer's key")

@@ -1,4 +1,4 @@
-"""Rendezvous frames (proto/rendezvous.py): decode_one, and FrameDecoder fed the same bytes in
+"""Rendezvous frames (proto/rendezvous/wire.py): decode_one, and FrameDecoder fed the same bytes in
 chunks, with the client table (what the server reads) or the server table (what a client reads).
 
 Input: byte 0 picks the table (bit 0) and the chunk size (bits 1-3); the rest is the stream.
@@ -11,8 +11,9 @@ maximal body. Every message it returns has the shape of its table (version 1, a 
 
 from __future__ import annotations
 
+from nattrav.errors import BadFrame
 from nattrav.proto import rendezvous as rv
-from nattrav.proto.rendezvous import BadFrame, FrameDecoder
+from nattrav.proto.rendezvous import FrameDecoder
 
 from fuzz_harness import Target, Violation, timed
 

@@ -1,4 +1,4 @@
-"""The rendezvous server state machine (proto/rendezvous.RendezvousServer) fed arbitrary bytes on
+"""The rendezvous server state machine (proto/rendezvous/server.py RendezvousServer) fed arbitrary bytes on
 four connections while time moves, driven the way io/rendezvous_server drives it (tick() whenever
 next_deadline() has passed, a Close ends the connection, a closed slot is reopened as a new one).
 
@@ -21,8 +21,9 @@ import itertools
 
 import msgpack
 
+from nattrav.errors import BadFrame, LocalProtocolError
 from nattrav.proto import rendezvous as rv
-from nattrav.proto.rendezvous import BadFrame, Close, RendezvousServer, Send
+from nattrav.proto.rendezvous import Close, RendezvousServer, Send
 
 from fuzz_harness import Target, Violation, record, records, timed
 from fuzz_targets.rv_frames import frames
@@ -90,7 +91,7 @@ class Driver:
             assert isinstance(act, Send)
             try:
                 frame = rv.encode(act.msg)
-            except rv.LocalProtocolError as exc:
+            except LocalProtocolError as exc:
                 raise Violation(f"the server cannot frame its own {act.msg.get('t')!r}: {exc}") from None
             try:
                 rv.decode_one(frame, rv.SERVER_MESSAGES)

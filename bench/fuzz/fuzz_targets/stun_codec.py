@@ -8,8 +8,10 @@ handed any datagram either takes it as its reply or discards it, never raising.
 
 from __future__ import annotations
 
+from nattrav.errors import BadPacket, LocalProtocolError
 from nattrav.proto import stun
-from nattrav.proto.stun import Attr, BadPacket, ChangeRequest, Class, ErrorCode, Message, Method
+from nattrav.proto.stun import Message
+from nattrav.proto.stun_attrs import Attr, ChangeRequest, Class, ErrorCode, Method
 from nattrav.proto.stun_client import Transaction
 
 from fuzz_harness import Target, Violation, timed
@@ -63,7 +65,7 @@ def run(data: bytes) -> None:
         msg.check_integrity_sha256(KEY)
     try:
         again = stun.parse(msg.encode())
-    except (stun.LocalProtocolError, BadPacket) as exc:
+    except (LocalProtocolError, BadPacket) as exc:
         raise Violation(f"a parsed message does not encode and parse back: {exc}") from None
     if (again.method, again.cls, again.transaction_id, again.attributes) != (
             msg.method, msg.cls, msg.transaction_id, msg.attributes):

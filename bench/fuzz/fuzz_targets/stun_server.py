@@ -10,11 +10,13 @@ request handed to the peer goes to the peer's control port as a frame the peer c
 
 from __future__ import annotations
 
-from nattrav.io.stun_server import StunServer, StunServerConfig
-from nattrav.proto.stun_control import ControlReceiver, ControlSender, _mac, control_key
+from nattrav.errors import BadPacket
+from nattrav.io.stun_server import StunServer
 from nattrav.io.stun_tcp import StunTcpServer
 from nattrav.proto import stun
-from nattrav.proto.stun import Attr, ChangeRequest
+from nattrav.proto.stun_attrs import Attr, ChangeRequest, Class, Method
+from nattrav.proto.stun_control import ControlReceiver, ControlSender, _mac, control_key
+from nattrav.proto.stun_server import StunServerConfig
 
 from fuzz_harness import Target, Violation, timed
 from fuzz_targets.stun_codec import TXN, seeds as codec_seeds
@@ -61,10 +63,10 @@ def _server(cfg: StunServerConfig) -> StunServer:
 def _check_reply(reply: bytes, request: bytes) -> None:
     try:
         msg = stun.parse(reply)
-    except stun.BadPacket as exc:
+    except BadPacket as exc:
         raise Violation(f"the server sent a malformed STUN message: {exc}") from None
     req = stun.parse(request)
-    if msg.transaction_id != req.transaction_id or msg.cls not in (stun.Class.SUCCESS, stun.Class.ERROR):
+    if msg.transaction_id != req.transaction_id or msg.cls not in (Class.SUCCESS, Class.ERROR):
         raise Violation("a reply that is not a response to the request")
 
 
@@ -83,7 +85,7 @@ def _check_sends(srv: StunServer, request: bytes, client: tuple[str, int], *, fo
                 raise Violation(f"control frame aimed at {dest}, not the peer")
             try:  # the peer's view: addressed to it, fresh, authentic
                 ControlReceiver(cfg.secret, cfg.alt_ip).accept(frame, NOW)
-            except stun.BadPacket as exc:
+            except BadPacket as exc:
                 raise Violation(f"the peer cannot decode our control frame: {exc}") from None
 
 
@@ -120,7 +122,7 @@ def run(data: bytes) -> None:
 
 
 def seeds() -> dict[str, bytes]:
-    reqs = {k: v for k, v in codec_seeds().items() if stun.parse(v).cls == stun.Class.REQUEST}
+    reqs = {k: v for k, v in codec_seeds().items() if stun.parse(v).cls == Class.REQUEST}
     reqs["change-ip"] = stun.binding_request(change_ip=True, transaction_id=TXN).encode()
     reqs["change-both-padding"] = stun.binding_request(
         change_ip=True, change_port=True, transaction_id=TXN,
@@ -128,11 +130,11 @@ def seeds() -> dict[str, bytes]:
     reqs["response-port"] = stun.binding_request(response_port=5000, transaction_id=TXN).encode()
     reqs["classic-change"] = stun.binding_request(change_ip=True, change_port=True, classic=True,
                                                   transaction_id=bytes(range(16))).encode()
-    ind = stun.Message(stun.Method.BINDING, stun.Class.INDICATION, TXN).encode()
-    other = stun.Message(0x003, stun.Class.REQUEST, TXN).add(Attr.CHANGE_REQUEST, ChangeRequest(True, True))
+    ind = stun.Message(Method.BINDING, Class.INDICATION, TXN).encode()
+    other = stun.Message(0x003, Class.REQUEST, TXN).add(Attr.CHANGE_REQUEST, ChangeRequest(True, True))
     reqs["indication"], reqs["method-3"] = ind, other.encode()
     # issue 14 finding 4: distinct unknown comprehension-required attributes, deduplicated in O(k^2)
-    many = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, TXN)
+    many = stun.Message(Method.BINDING, Class.REQUEST, TXN)
     for i in range(500):
         many.add(0x4000 + i, b"")
     reqs["many-unknown-attributes"] = many.encode()

@@ -13,6 +13,7 @@ is None, an EOF inside one is BadPacket.
 
 from __future__ import annotations
 
+from nattrav.errors import BadPacket
 from nattrav.io import stun_tcp
 from nattrav.proto import stun
 
@@ -80,5 +81,5 @@ def seeds() -> dict[str, bytes]:
     return out
 
 
-TARGET = Target("stun_tcp_stream", run, (stun.BadPacket,), seeds, max_len=8192,
+TARGET = Target("stun_tcp_stream", run, (BadPacket,), seeds, max_len=8192,
                 what="io/stun_tcp.read_message over chunked stream bytes")

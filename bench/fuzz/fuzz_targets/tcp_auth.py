@@ -3,9 +3,9 @@ may be anyone (raw bytes) or a key holder (length-prefixed frames MACed with the
 
 Input: byte 0 picks our role; then a script of records (fuzz_harness.records). Record op: bit 0
 set: the payload is [type][counter][body] and the driver frames, MACs and length-prefixes it
-(punch.forge); clear: the payload goes on the stream as is. Bit 1: our nonce into the body (an ACK
-that echoes it). Bit 2: after this record, the first side selects the connection if it may. Bits
-3-7: how far the clock moves first.
+(the punch target's forge); clear: the payload goes on the stream as is. Bit 1: our nonce into
+the body (an ACK that echoes it). Bit 2: after this record, the first side selects the connection
+if it may. Bits 3-7: how far the clock moves first.
 
 Contract: feed() raises BadPacket and only that (the caller drops the connection). Between calls
 it holds at most one length prefix plus one maximal frame; once done it keeps nothing (the rest is
@@ -15,15 +15,16 @@ authenticates.
 
 from __future__ import annotations
 
-from nattrav.proto import punch, tcp_auth
-from nattrav.proto.punch import BadPacket, PunchSession
+from nattrav.errors import BadPacket
+from nattrav.proto import handshake as hs, tcp_auth
+from nattrav.proto.handshake import MAX_FRAME, Handshake
 from nattrav.proto.tcp_auth import LENGTH, StreamAuth
 
 from fuzz_harness import Target, Violation, record, records, timed
 from fuzz_targets.punch import KEY, NONCE, PEER_NONCE, forge, frame_payload, roles
 
 
-def _check_out(out: bytes, peer: PunchSession) -> None:
+def _check_out(out: bytes, peer: Handshake) -> None:
     i = 0
     while i < len(out):
         (n,) = LENGTH.unpack_from(out, i)
@@ -42,7 +43,7 @@ def run(data: bytes) -> None:
         return
     mine, theirs = roles(data)
     auth = StreamAuth(KEY, mine, nonce=NONCE)
-    peer = PunchSession(KEY, theirs, PEER_NONCE)
+    peer = Handshake(KEY, theirs, PEER_NONCE)
     now = 1_000_000
     _check_out(auth.opening(now), peer)
     for op, payload in records(data[1:]):
@@ -58,20 +59,20 @@ def run(data: bytes) -> None:
         if auth.done:
             if auth._buf:
                 raise Violation("a finished handshake still buffers bytes")
-        elif len(auth._buf) > LENGTH.size + punch.MAX_FRAME:
+        elif len(auth._buf) > LENGTH.size + MAX_FRAME:
             raise Violation(f"the handshake buffers {len(auth._buf)} bytes")
         if op & 4 and auth.role == "first" and auth.state is tcp_auth.State.AUTHENTICATED:
             _check_out(auth.select(), peer)
 
 
 def seeds() -> dict[str, bytes]:
-    stamp = punch.STAMP.pack(PEER_NONCE, 999_000)
-    echo = punch.STAMP.pack(b"\0" * 8, 999_500)
+    stamp = hs.STAMP.pack(PEER_NONCE, 999_000)
+    echo = hs.STAMP.pack(b"\0" * 8, 999_500)
     out = {}
     for first in (0, 1):
-        hello = record(1 | 8, frame_payload(punch.FrameType.HELLO, 1, stamp))
-        ack = record(3 | 4 | 16, frame_payload(punch.FrameType.ACK, 2, echo + stamp))
-        select = record(1, frame_payload(punch.FrameType.DATA, 3, tcp_auth.SELECT))
+        hello = record(1 | 8, frame_payload(hs.FrameType.HELLO, 1, stamp))
+        ack = record(3 | 4 | 16, frame_payload(hs.FrameType.ACK, 2, echo + stamp))
+        select = record(1, frame_payload(hs.FrameType.DATA, 3, tcp_auth.SELECT))
         out[f"handshake-{first}"] = bytes([first]) + hello + ack + select + record(0, b"user bytes")
         out[f"ack-first-{first}"] = bytes([first]) + ack + hello
     # a real peer's bytes, one byte at a time

@@ -1,16 +1,19 @@
-"""The UDP planner's reading of a peer's report (proto/plan.py side_from_report, plan) with our
-own report fixed and the peer's fuzzed.
+"""A peer's report in its wire form (proto/report.py NatReport.from_wire), then the UDP planner
+(proto/planner/udp.py plan(), planner/side.py side_from_report) on what the schema accepted, with
+our own report fixed.
 
 Input: byte 0 picks our report (LOCALS) and the role (bit 7); the rest is the peer's report as
-msgpack, decoded the way a client decodes the rendezvous frame that carries it, and kept only if
-the server would have relayed it (check_info of {"report": ...}). A report that is not a map never
-reaches plan() (api._peer_report refuses it), but side_from_report gets it too.
+msgpack, decoded the way a client decodes the rendezvous frame that carries it
+(proto/rendezvous/wire.py), and kept only if the server would have relayed it (check_info of
+{"report": ...}). What the schema accepts is planned on the way api/udp.py does: a report with no
+public endpoint (published for TCP) is refused before plan() (side_from_report's BadReport).
 
-Contract: side_from_report and plan raise ReportError and only that (PlanError is the caller's
-misuse: never here). A plan aims every packet of ours at the address the server observed, never at
-one the report names; our part stays within our own limits (flows <= the flow budget, sockets <=
-max_sockets) whatever the peer claims; odds in [0, 1], a finite timeout, and its summary (printed
-with --json, sent as an event) packs.
+Contract: from_wire raises BadReport and only that, and what it accepts writes back (to_wire) to a
+map it reads as the same report; plan() of an accepted report with a public endpoint raises
+nothing (PlanError is the caller's misuse, BadReport the schema's job). A plan aims every packet of
+ours at the address the server observed, never at one the report names; our part stays within our
+own limits (flows <= the flow budget, sockets <= max_sockets) whatever the peer claims; odds in
+[0, 1], a finite timeout, and its summary (printed with --json, sent as an event) packs.
 """
 
 from __future__ import annotations
@@ -19,34 +22,58 @@ import math
 
 import msgpack
 
-from nattrav.proto import rendezvous as rv
-from nattrav.proto.plan import DEFAULT_FLOW_BUDGET, plan, side_from_report
-from nattrav.proto.predict import ReportError
+from nattrav.errors import BadFrame, BadReport
+from nattrav.proto.planner.side import side_from_report
+from nattrav.proto.planner.udp import DEFAULT_FLOW_BUDGET, plan
+from nattrav.proto.rendezvous.wire import _unpack_body, check_info
+from nattrav.proto.report import NatReport, Sample, TcpReport, TcpSample
+from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
 from fuzz_harness import Target, Violation, timed
 
 PEER_IP = "203.0.113.77"
 MAX_SOCKETS = 1024
+EIM, ADM, APDM, NONE = Mapping.EIM, Mapping.ADM, Mapping.APDM, Mapping.NONE
+EIF, ADF, APDF = Filtering.EIF, Filtering.ADF, Filtering.APDF
+SEQ, RANDOM = Allocation.SEQUENTIAL, Allocation.RANDOM
+
+
+def udp(mapping: Mapping | None, filtering: Filtering | None, ports: list[int], ip: str, *,
+        times: list[float] | None = None, own: list[int] | None = None, **kw) -> NatReport:
+    """A UDP report: the punch socket's mapped `ports` in order, its public endpoint `ip` with the
+    last of them."""
+    samples = tuple(Sample(p, None if times is None else times[i], 0 if own is None else own[i])
+                    for i, p in enumerate(ports))
+    return NatReport(mapping=mapping, filtering=filtering, public=(ip, ports[-1]), samples=samples, **kw)
+
+
 LOCALS = (
-    dict(mapping="EIM", filtering="APDF", samples=[40000, 40000], public_ip="198.51.100.10"),
-    dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=1, public_ip="198.51.100.11",
-         one_socket=[{"port": 20000, "t": 0.0}, {"port": 20001, "t": 0.01}]),
-    dict(mapping="APDM", filtering="APDF", allocation="random", samples=[31234, 5001], public_ip="198.51.100.12"),
-    dict(mapping="EIM", filtering="ADF", samples=[40000, 40000], public_ip="198.51.100.13"),
-    dict(nat=False, mapping="EIM", filtering="EIF", samples=[40000, 40000], public_ip="198.51.100.14"),
-    dict(mapping="ADM", filtering="APDF", allocation="sequential", delta=7, public_ip="198.51.100.15",
-         one_socket=[{"port": 20000, "t": 0.0}, {"port": 20007, "t": 0.5}, {"port": 20021, "t": 1.0}]),
+    udp(EIM, APDF, [40000, 40000], "198.51.100.10"),
+    udp(APDM, APDF, [20000, 20001], "198.51.100.11", times=[0.0, 0.01], allocation=SEQ, delta=1),
+    udp(APDM, APDF, [31234, 5001], "198.51.100.12", allocation=RANDOM),
+    udp(EIM, ADF, [40000, 40000], "198.51.100.13"),
+    udp(NONE, EIF, [40000, 40000], "198.51.100.14"),
+    udp(ADM, APDF, [20000, 20007, 20021], "198.51.100.15", times=[0.0, 0.5, 1.0], allocation=SEQ, delta=7),
 )
 
 
-def peer_report(body: bytes) -> object | None:
-    """The report as it reaches the planner, or None when the rendezvous would not carry it."""
+def peer_wire(body: bytes) -> object | None:
+    """The report's wire form as it reaches the schema, or None when the rendezvous would not carry it."""
     try:
-        obj = rv._unpack_body(body)
-        rv.check_info({"report": obj})
-    except rv.BadFrame:
+        obj = _unpack_body(body)
+        check_info({"report": obj})
+    except BadFrame:
         return None
     return obj
+
+
+def accept(wire: object) -> NatReport:
+    """from_wire, timed, and its round trip: what the schema lets in is what to_wire writes."""
+    with timed():
+        report = NatReport.from_wire(wire)
+    if NatReport.from_wire(report.to_wire()) != report:
+        raise Violation("an accepted report does not read back the same through to_wire()")
+    return report
 
 
 def run(data: bytes) -> None:
@@ -54,16 +81,17 @@ def run(data: bytes) -> None:
         return
     local = LOCALS[(data[0] & 0x7F) % len(LOCALS)]
     role = "second" if data[0] & 0x80 else "first"
-    report = peer_report(data[1:])
-    if report is None:
+    wire = peer_wire(data[1:])
+    if wire is None:
         return
-    try:
-        with timed():
+    report = accept(wire)
+    if report.public is None:
+        # published for TCP: the API refuses it before planning, side_from_report says BadReport
+        try:
             side_from_report(report)
-    except ReportError:
-        pass
-    if not isinstance(report, dict):
-        return
+        except BadReport:
+            return
+        raise Violation("side_from_report took a report with no public endpoint")
     with timed():
         p = plan(local, report, role, peer_ip=PEER_IP)
     if p.remote.ip != PEER_IP:
@@ -79,33 +107,34 @@ def run(data: bytes) -> None:
     p.failure_message()
 
 
+def encode(role_byte: int, report: NatReport) -> bytes:
+    return bytes([role_byte]) + msgpack.packb(report.to_wire(), use_bin_type=True)
+
+
 def seeds() -> dict[str, bytes]:
+    at = PEER_IP
     remotes = {
-        "cone": dict(mapping="EIM", filtering="APDF", samples=[40000, 40000], public=["203.0.113.77", 40000]),
-        "seq": dict(LOCALS[1], public_ip="203.0.113.77"),
-        "seq-binding-samples": {
-            "mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1, "nat": True,
-            "public_ip": "203.0.113.77", "samples": [
-                {"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.1", 3478],
-                 "mapped": ["203.0.113.77", 41000], "t": 0.0},
-                {"socket": 1, "local": ["10.0.1.2", 5001], "server": ["198.51.100.1", 3478],
-                 "mapped": ["203.0.113.77", 41001], "t": 0.005},
-                {"socket": 0, "local": ["10.0.1.2", 5000], "server": ["198.51.100.2", 3478],
-                 "mapped": ["203.0.113.77", 41002], "t": 0.01}]},
-        "random": dict(LOCALS[2], public_ip="192.0.2.99"),
-        "random-cgnat-block": dict(LOCALS[2], samples=[1000, 1511], port_range=[1000, 1511]),
-        "adf": dict(LOCALS[3], public=["203.0.113.77", 40000]),
-        "no-nat": dict(LOCALS[4], public_ip="203.0.113.77"),
-        "busy-seq": dict(mapping="APDM", filtering="APDF", allocation="sequential", public_ip="203.0.113.77",
-                         one_socket=[{"port": 20000 + 3 * i, "t": i * 0.001} for i in range(12)],
-                         one_socket_ports=[1, 2]),
-        "pairs": {"samples": [[0.0, 30000], [0.5, 30002], [1.0, 30004]], "mapped": ["203.0.113.77", 30004]},
+        "cone": udp(EIM, APDF, [40000, 40000], at),
+        "full-cone": udp(EIM, EIF, [40000, 40000], at),
+        "seq": udp(APDM, APDF, [20000, 20001], at, times=[0.0, 0.01], allocation=SEQ, delta=1),
+        # the punch socket's samples with the fresh sockets' mappings in between (api's four samples)
+        "seq-own": udp(APDM, APDF, [41000, 41002, 41004, 41006], at, times=[0.0, 0.005, 0.01, 0.015],
+                       own=[0, 1, 1, 1], allocation=SEQ, delta=1),
+        "seq-unmeasured": udp(None, None, [30000, 30002, 30004], at, times=[0.0, 0.5, 1.0]),
+        "random": udp(APDM, APDF, [31234, 5001], "192.0.2.99", allocation=RANDOM),
+        "random-cgnat-block": udp(APDM, APDF, [1000, 1511], at, allocation=RANDOM, port_range=(1000, 1511)),
+        "adf": udp(EIM, ADF, [40000, 40000], at),
+        "no-nat": udp(NONE, EIF, [40000, 40000], at),
+        "adm-seq7": udp(ADM, APDF, [20000, 20007, 20021], at, times=[0.0, 0.5, 1.0], allocation=SEQ, delta=7),
+        # a busy sequential NAT: twelve samples three ports apart (the old corpus's slowest plan)
+        "busy-seq": udp(APDM, APDF, [20000 + 3 * i for i in range(12)], at, times=[i * 0.001 for i in range(12)],
+                        allocation=SEQ),
+        "long-wait": udp(APDM, APDF, [20000, 20001, 20900], at, times=[0.0, 0.01, 3600.0], allocation=SEQ, delta=1),
+        "tcp-only": NatReport(mapping=APDM, filtering=APDF, tcp=TcpReport(
+            local=("10.0.2.2", 41000), samples=(TcpSample(at, 30000, 0.0, ("198.51.100.1", 3478)),))),
     }
-    out = {}
-    for i, (name, rep) in enumerate(remotes.items()):
-        out[name] = bytes([i % len(LOCALS) | (0x80 if i % 2 else 0)]) + msgpack.packb(rep, use_bin_type=True)
-    return out
+    return {name: encode(i % len(LOCALS) | (0x80 if i % 2 else 0), rep) for i, (name, rep) in enumerate(remotes.items())}
 
 
-TARGET = Target("udp_report", run, (ReportError,), seeds, max_len=8192,
-                what="plan.side_from_report / plan(fixed local report, fuzzed peer report)")
+TARGET = Target("udp_report", run, (BadReport,), seeds, max_len=8192,
+                what="NatReport.from_wire, then planner/udp.plan(fixed local report, the accepted one)")

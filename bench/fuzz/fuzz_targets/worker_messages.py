@@ -10,7 +10,8 @@ returns passes validate() (a known type with the schema's field types).
 from __future__ import annotations
 
 from nattrav.workers import messages
-from nattrav.workers.messages import BadMessage, MessageReader
+from nattrav.errors import BadMessage
+from nattrav.workers.messages import MessageReader
 
 from fuzz_harness import Target, Violation, timed
 

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from ..errors import HandshakeFailed, PeerAuthError
 from ..identity import Identity, PeerId
-from ..proto.certs import (HandshakeFailed, PeerAuthError, issue_certificate, trust_anchor,
-                           verify_peer_certificate)
+from ..proto.certs import issue_certificate, trust_anchor, verify_peer_certificate
 
 ALPN = "nattrav/1"
 HANDSHAKE_TIMEOUT = 10.0

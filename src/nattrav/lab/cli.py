@@ -91,19 +91,19 @@ def cmd_down(a) -> int:
         registry.destroy(names, grace=1.0)
         registry.drop_state(lab_id)
         removed += names
-    if a.json:
-        _print_json({"removed": removed})
-    else:
-        print(f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed else ""))
-    return 0
+    return _print_removed(a, removed, "removed {} namespaces")
 
 
 def cmd_sweep(a) -> int:
-    removed = registry.sweep(include_persistent=a.all)
+    return _print_removed(a, registry.sweep(include_persistent=a.all), "swept {} leftover namespaces")
+
+
+def _print_removed(a, removed: list[str], what: str) -> int:
+    """The namespaces a command removed, as JSON or as `what` (with their count) and their names."""
     if a.json:
         _print_json({"removed": removed})
     else:
-        print(f"swept {len(removed)} leftover namespaces" + (f": {' '.join(removed)}" if removed else ""))
+        print(what.format(len(removed)) + (f": {' '.join(removed)}" if removed else ""))
     return 0
 
 

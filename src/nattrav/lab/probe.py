@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 PORTS = (7000, 7001)
@@ -227,6 +229,26 @@ def _readline(stream, timeout: float) -> bytes:
     return stream.readline() if r else b""
 
 
+@contextmanager
+def helper_process(lab, host: str, argv: list[str]) -> Iterator[subprocess.Popen]:
+    """A helper that prints JSON lines, run in `host`; killed and reaped on the way out. Unbuffered:
+    select() must see every line that is not yet read."""
+    proc = lab.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def read_json_line(proc: subprocess.Popen, timeout: float) -> dict:
+    """The helper's next JSON line, or {} when none came within `timeout`."""
+    return json.loads(_readline(proc.stdout, timeout) or b"{}")
+
+
 @dataclass
 class Measured:
     """One side's measured behaviour; None where a check was not run or cannot apply."""
@@ -343,20 +365,10 @@ def measure_hairpin(lab, host: str, wait: float = 1.0) -> tuple[bool | None, lis
     argv = [sys.executable, "-c",
             "import sys; from nattrav.lab.probe import hairpin_listen_main as m; "
             f"m(({lab.S1!r}, {PORTS[0]}), {wait + 1.0})"]
-    # unbuffered: select() must see every line that is not yet read
-    proc = lab.popen(peer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    try:
-        first = json.loads(_readline(proc.stdout, 5.0) or b"{}")
-        public = first.get("public")
+    with helper_process(lab, peer, argv) as proc:
+        public = read_json_line(proc, 5.0).get("public")
         if not public:
             return None, None
         lab.call(host, hairpin_send, tuple(public))
-        last = json.loads(_readline(proc.stdout, wait + 3.0) or b"{}")
-        src = last.get("from")
+        src = read_json_line(proc, wait + 3.0).get("from")
         return src is not None, src
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()

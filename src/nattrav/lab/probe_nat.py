@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import select
 import socket
-import subprocess
 import sys
 import time
 
-from .probe import TCP_PORTS, _udp, classify_filtering, classify_mapping, start_responder, tcp_dial
+from .probe import (TCP_PORTS, _udp, classify_filtering, classify_mapping, helper_process, read_json_line,
+                    start_responder, tcp_dial)
 from .topology import SINK_NET
 
 
@@ -159,27 +159,11 @@ def measure_tcp(lab, host: str) -> dict:
 
 
 def _inbound_tcp(lab, host: str, target: tuple[str, int], src_ip: str) -> bool | None:
-    import json
-
     argv = [sys.executable, "-c", "from nattrav.lab.probe_nat import tcp_hold_main as m; "
             f"m(({target[0]!r}, {target[1]}), 6.0)"]
-    proc = lab.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    try:
-        first = json.loads(_line(proc, 8.0) or b"{}")
-        public = first.get("public")
+    with helper_process(lab, host, argv) as proc:
+        public = read_json_line(proc, 8.0).get("public")
         if not public:
             return None
         lab.call("server", tcp_dial, tuple(public), (src_ip, 0), 1.5)
-        last = json.loads(_line(proc, 8.0) or b"{}")
-        return last.get("from") is not None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-
-
-def _line(proc, timeout: float) -> bytes:
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    return proc.stdout.readline() if r else b""
+        return read_json_line(proc, 8.0).get("from") is not None

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from ..identity import BadPeerId, Identity, PeerId
+from ..errors import BadPeerId, PeerAuthError
+from ..identity import Identity, PeerId
 
 ISSUER_ORG = "nattrav peer"
 SUBJECT_UNIT = "tls key"
@@ -47,22 +48,6 @@ _KNOWN_CRITICAL = {x509.BasicConstraints.oid, x509.KeyUsage.oid, x509.ExtendedKe
 # What cryptography raises on malformed certificate bytes (several are not ValueErrors).
 _PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension,
                  x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)
-
-
-class HandshakeFailed(Exception):
-    """A secure handshake (TLS over TCP, QUIC over UDP) did not give an authenticated session: no
-    answer in time, the peer refused us, no common protocol. str() is the one-line reason."""
-
-
-class PeerAuthError(HandshakeFailed):
-    """The peer's certificate does not prove the identity we expected: forged, another peer's,
-    expired, malformed. The one error type for whatever a peer's certificate holds. `expected` and
-    `got` are the peer IDs involved, where known (`got` only once its signature checked)."""
-
-    def __init__(self, message: str, *, expected: PeerId | None = None, got: PeerId | None = None):
-        super().__init__(message)
-        self.expected = expected
-        self.got = got
 
 
 @dataclass(frozen=True)
@@ -149,7 +134,7 @@ def verify_peer_certificate(cert: bytes | x509.Certificate, expected: PeerId | s
         try:
             want = expected if isinstance(expected, PeerId) else PeerId.parse(expected)
         except BadPeerId as exc:
-            raise ValueError(f"expected peer: {exc}") from None  # our caller's mistake, not the peer's
+            raise BadPeerId(f"expected peer: {exc}") from None  # our caller's mistake, not the peer's
     try:
         with warnings.catch_warnings():
             # what cryptography only warns about today (a serial number <= 0) is malformed too
