@@ -261,7 +261,8 @@ def predict(
         return Prediction(model.kind, (), (), (), 0.0, model,
                           notes=(f"no usable step: a port is a 1 in {hi - lo + 1} guess",))
     horizon = elapsed if model.per_second else intervals
-    pmf = noise_pmf(model, horizon, prior_rate=prior_rate, prior_weight=prior_weight)
+    # no window ever looks past max_window: the pmf's tail beyond it is probability not covered
+    pmf = noise_pmf(model, horizon, prior_rate=prior_rate, prior_weight=prior_weight, limit=max_window)
     ranked = ranked_window(pmf, target, max_window)
     span = model.port_range[1] - model.port_range[0] + 1
     cycle = span // math.gcd(span, model.delta)  # distinct ports reachable with this Δ

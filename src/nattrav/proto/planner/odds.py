@@ -57,21 +57,33 @@ def needed(opener: Side, other: Side, u: int, v: int) -> tuple[int, int]:
     opener's i-th flow and the other's j-th flow to point at each other. Returns (i + 1, j + 1) for the
     first hit. `simulate()` checks these closed forms by brute force.
     """
-    if opener.fixed:
-        u = 0
-    if other.fixed:
-        v = 0
-    if opener.filtering.by_address:
-        # One low-TTL packet to the peer's IP opens an address filter for every port of it.
-        return 1, u + 1
+    return needs(opener, other)(u, v)
+
+
+def needs(opener: Side, other: Side):
+    """`needed` for one pair of sides as a function of (u, v): the sides' properties are read once
+    (the odds below call it for every pair of noises a window may meet)."""
+    fixed_u, fixed_v = opener.fixed, other.fixed
+    by_address = opener.filtering.by_address
     fc, oc = opener.consumes, other.consumes
-    if fc and oc:
-        return u + 2 * v + 1, u + v + 1
-    if fc:
-        return v + 1, u + v + 1
-    if oc:
-        return u + v + 1, u + 1
-    return v + 1, u + 1
+
+    def need(u: int, v: int) -> tuple[int, int]:
+        if fixed_u:
+            u = 0
+        if fixed_v:
+            v = 0
+        if by_address:
+            # One low-TTL packet to the peer's IP opens an address filter for every port of it.
+            return 1, u + 1
+        if fc and oc:
+            return u + 2 * v + 1, u + v + 1
+        if fc:
+            return v + 1, u + v + 1
+        if oc:
+            return u + v + 1, u + 1
+        return v + 1, u + 1
+
+    return need
 
 
 def stride(opener: Side, other: Side) -> int:
@@ -126,6 +138,7 @@ def size_predicted(opener: Side, other: Side, target: float, cap: int) -> tuple[
     """
     pu, pv = noise_pmf(opener), noise_pmf(other)
     fu, fv = _cdf(pu), _cdf(pv)
+    need = needs(opener, other)
     best: tuple[int, int, int] | None = None
     for uq in range(len(pu)):
         if fu[uq] < target:
@@ -133,7 +146,7 @@ def size_predicted(opener: Side, other: Side, target: float, cap: int) -> tuple[
         vq = bisect.bisect_left(fv, target / fu[uq])
         if vq >= len(fv):
             continue
-        a, b = needed(opener, other, uq, vq)
+        a, b = need(uq, vq)
         if a <= cap and b <= cap and (best is None or a + b < best[0]):
             best = (a + b, a, b)
     if best is None:  # the target is out of reach under the cap: do what the cap allows
@@ -152,18 +165,20 @@ def _cdf(pmf: list[float]) -> list[float]:
 
 def _predicted_odds(opener: Side, other: Side, pu: list[float], fv: list[float],
                     n_open: int, n_other: int) -> float:
-    """Σ_u P(u) · P(v <= the largest v the counts still cover for this u)."""
+    """Σ_u P(u) · P(v <= the largest v the counts still cover for this u).
+
+    `needed` grows with u and with v, so the first v that does not fit can only move down as u
+    grows: one walk down from the top serves every u (linear, where a search per u was n log n;
+    a hostile report's busy NAT gives windows of thousands)."""
+    need = needs(opener, other)
     odds = 0.0
+    lo = len(fv)  # first v that does NOT fit, for the current u
     for u, p in enumerate(pu):
-        lo, hi = 0, len(fv)  # first v that does NOT fit (needed grows with v)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _fits(needed(opener, other, u, mid), n_open, n_other):
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo:
-            odds += p * fv[lo - 1]
+        while lo and not _fits(need(u, lo - 1), n_open, n_other):
+            lo -= 1
+        if not lo:
+            break
+        odds += p * fv[lo - 1]
     return min(1.0, odds)
 
 

@@ -77,12 +77,12 @@ class Side:
 
 
 def side_from_report(report: NatReport, *, horizon: float = DEFAULT_HORIZON,
-                     target: float = DEFAULT_TARGET) -> Side:
+                     target: float = DEFAULT_TARGET, max_window: int = 4096) -> Side:
     """One peer as the planner sees it. BadReport when the report names no public endpoint (a report
     published for TCP only); everything else was checked by its schema (proto/report.py)."""
     obs = _predict.Observation.from_report(report)
     mapping, filtering = report.mapping, report.filtering
-    prediction = _predict.predict(obs, elapsed=horizon, target=target)
+    prediction = _predict.predict(obs, elapsed=horizon, target=target, max_window=max_window)
     if mapping is None:
         mapping = Mapping.EIM if prediction.kind is Kind.FIXED else Mapping.APDM
     if filtering is None:

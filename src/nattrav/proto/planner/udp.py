@@ -154,8 +154,10 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         raise PlanError(f"target must be in (0, 1), got {target!r}")
     if not 1 <= flow_budget <= FLOW_TABLE_CAP:
         raise PlanError(f"flow_budget must be in 1..{FLOW_TABLE_CAP}, got {flow_budget!r}")
-    local = side_from_report(local_report, horizon=horizon, target=target)
-    remote = side_from_report(remote_report, horizon=horizon, target=target)
+    # no burst probes past the flow budget, so no prediction needs to look further either
+    window = min(max_window, flow_budget)
+    local = side_from_report(local_report, horizon=horizon, target=target, max_window=window)
+    remote = side_from_report(remote_report, horizon=horizon, target=target, max_window=window)
     reported = None
     if peer_ip is not None and remote.ip != peer_ip:
         reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(peer_ip)))
@@ -228,7 +230,8 @@ def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
             break
     if not out or not (a_fixed and b_fixed):
         if not first.random and not second.random:
-            out.append(_predicted(first, second, kw["target"], kw["max_window"]))
+            # each probe of a window is a flow on the prober's NAT: the window stays in the budget
+            out.append(_predicted(first, second, kw["target"], min(kw["max_window"], kw["flow_budget"])))
         elif first.random and second.random:
             out.append(_best_effort(first, second, min(kw["best_effort_flows"], kw["flow_budget"])))
         else:
