@@ -113,6 +113,11 @@ def read_peer_report(session: Session) -> tuple[NatReport, str]:
     return report, ip
 
 
+def own_ip(session: Session) -> str | None:
+    """Where the rendezvous server saw us (it decides with the peer's whether we share a network)."""
+    return session.observed[0] if session.observed else None
+
+
 def emit_address(emit: EventHook, params: dict[str, Any], ip: str) -> None:
     reported = params.get("reported_peer_ip")
     if reported is not None:

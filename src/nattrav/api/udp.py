@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from ..errors import BadReport, ConnectError, PlanError, StunErrorResponse, StunTimeout, WorkerError
+from ..io.interfaces import host_candidates
 from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
@@ -20,7 +21,7 @@ from ..proto.planner.udp import DEFAULT_FLOW_BUDGET, Plan, plan
 from ..proto.report import NatReport, Sample
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
-from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
+from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report, resolve
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 
@@ -99,7 +100,8 @@ async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: N
     ports = [s.port for s in new]
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
-    return nat_report(behavior, public=public, samples=series)
+    # the host candidates are read again at every refresh: a listener's interfaces may change
+    return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()))
 
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
@@ -108,7 +110,8 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
-        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows)
+        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows,
+                       own_ip=own_ip(session))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     emit_address(emit, p.params, peer_ip)

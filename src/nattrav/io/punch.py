@@ -69,6 +69,9 @@ class _Race:
         self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
         self.stats: dict[str, Any] = {"sent": 0, "received": 0, "rejected": 0, "attempts": []}
         self.strategy_of: dict[int, Strategy] = {}
+        # LAN attempts share the punch socket with the planned one: their win is told by the address
+        self.lan_addrs = {(a.local.peer_ip, port) for a in plan.attempts if a.strategy is Strategy.LAN
+                          for port in a.local.targets}
         self.done = trio.Event()
 
     def _event(self, what: str, **info: Any) -> None:
@@ -135,6 +138,8 @@ class _Race:
 
     async def _attempt(self, attempt: Attempt) -> None:
         part = attempt.local
+        if attempt.strategy is Strategy.LAN and not part.targets:
+            return  # the peer has more candidates than we: its extra attempts have no twin here
         await trio.sleep(attempt.delay + part.delay)
         tried = {"strategy": attempt.strategy.value, "opens": part.opens, "sent": 0,
                  "ttl": [self.low_ttl] if part.opens else []}
@@ -148,8 +153,9 @@ class _Race:
         socks: list[Any] = [self.sock]
         if part.sockets > 1:
             socks = await self._open_burst(part.sockets - 1, attempt.strategy) + [self.sock]
-        for s in socks:
-            self.strategy_of.setdefault(id(s), attempt.strategy)
+        if attempt.strategy is not Strategy.LAN:
+            for s in socks:
+                self.strategy_of.setdefault(id(s), attempt.strategy)
         # Random guesses: from the STUN socket only, or (spread) a fresh sample per socket.
         guessers = socks if part.spread else socks[-1:]
         probes = {id(s): _random_ports(part, self.rng) for s in guessers} if part.random_probes else {}
@@ -317,7 +323,9 @@ class _Race:
             if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, s, addr)
             if got.event in (Event.ESTABLISHED, Event.ACK) and self.winner is None:
-                self.winner = (s, addr, got.rtt or 0, self.strategy_of.get(id(s), self.plan.strategy))
+                strategy = (Strategy.LAN if addr in self.lan_addrs
+                            else self.strategy_of.get(id(s), self.plan.strategy))
+                self.winner = (s, addr, got.rtt or 0, strategy)
                 self._event("established", peer=list(addr), rtt=(got.rtt or 0) / 1e9,
                             strategy=self.winner[3].value)
                 self.done.set()

@@ -290,7 +290,7 @@ class RendezvousClient:
         return reply.msg
 
     def _session(self, msg: dict) -> Session:
-        return Session.from_frame(msg, self.to_local)
+        return Session.from_frame(msg, self.to_local, self.observed)
 
     # -- public API --
     async def ping(self) -> float:
