@@ -319,6 +319,28 @@ async def _birthday(race: _Race, local: tuple[str, int], start_at: float, low_tt
             await trio.lowlevel.checkpoint()  # let early winners authenticate meanwhile
 
 
+async def _strategy(race: _Race, local: tuple[str, int], start_at: float, low_ttl: int,
+                    nursery: trio.Nursery) -> None:
+    """The plan's own connects (an infeasible plan, which only the LAN can connect, has none)."""
+    plan = race.plan
+    if plan.strategy is TcpStrategy.BIRTHDAY:
+        await _birthday(race, local, start_at, low_ttl, nursery)
+    elif plan.targets:
+        # the side that does not open waits for the opener's low-TTL SYN to leave first
+        late = plan.strategy in (TcpStrategy.SIMULTANEOUS, TcpStrategy.ADDRESS_OPEN) and not plan.low_ttl
+        await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
+        ttl = low_ttl if plan.low_ttl else None
+        for dest in plan.targets:  # in order, synchronously: see _start_connect
+            sock = _start_connect(race, local, dest, ttl)
+            nursery.start_soon(_connect, race, sock, local, dest, nursery)
+
+
+async def _lan(race: _Race, src_ip: str, start_at: float, nursery: trio.Nursery) -> None:
+    await trio.sleep_until(start_at)
+    for dest in race.plan.lan:
+        nursery.start_soon(_lan_connect, race, src_ip, dest, nursery)
+
+
 async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at: float, *,
                     low_ttl: int = 2, timeout: float = 10.0,
                     lan_listener: socket.socket | None = None) -> PunchedStream:
@@ -351,22 +373,11 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
             if lan:
                 assert lan_listener is not None
                 nursery.start_soon(_accept_loop, race, lan_listener, nursery, TcpStrategy.LAN)
-                await trio.sleep_until(start_at)
-                for dest in lan:
-                    nursery.start_soon(_lan_connect, race, lan_listener.getsockname()[0], dest, nursery)
+                nursery.start_soon(_lan, race, lan_listener.getsockname()[0], start_at, nursery)
             elif lan_listener is not None:
                 lan_listener.close()
-            # an infeasible plan (only the LAN can connect the pair) has no targets of its own
-            if plan.strategy is TcpStrategy.BIRTHDAY:
-                await _birthday(race, local, start_at, low_ttl, nursery)
-            elif plan.targets:
-                # the side that does not open waits for the opener's low-TTL SYN to leave first
-                late = plan.strategy in (TcpStrategy.SIMULTANEOUS, TcpStrategy.ADDRESS_OPEN) and not plan.low_ttl
-                await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
-                ttl = low_ttl if plan.low_ttl else None
-                for dest in plan.targets:  # in order, synchronously: see _start_connect
-                    sock = _start_connect(race, local, dest, ttl)
-                    nursery.start_soon(_connect, race, sock, local, dest, nursery)
+            # a task, so that a LAN winner does not wait for the strategy's own start
+            nursery.start_soon(_strategy, race, local, start_at, low_ttl, nursery)
             with trio.move_on_at(race.deadline):
                 await race.done.wait()
             nursery.cancel_scope.cancel()
