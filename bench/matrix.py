@@ -11,6 +11,7 @@ pooling=arbitrary`, `symmetric-random,max_flows=4096`.
                                                            #   same-NAT, TCP≠UDP) over flat and wan50
     .venv/bin/python bench/matrix.py --pairs 'port-restricted+cgn:symmetric-seq' --shapes flat wan50
     .venv/bin/python bench/matrix.py --same-nat symmetric-seq port-restricted
+    .venv/bin/python bench/matrix.py --realism --only same-NAT --trials 8 --out bench/results/matrix-same-nat
     .venv/bin/python bench/matrix.py --tcp --trials 10      # TCP traversal -> bench/results/matrix-tcp.*
 
 Per case: success rate with its Wilson 95 % interval, the planner's stated odds (median over trials)
@@ -52,6 +53,9 @@ REALISM = [
     ("symmetric-seq", SAME_NAT, False),                       # no hairpinning
     ("port-restricted", SAME_NAT, False),                     # hairpinning
     ("symmetric-random", SAME_NAT, False),
+    ("symmetric-seq", SAME_NAT, True),                        # the same three over TCP
+    ("port-restricted", SAME_NAT, True),
+    ("symmetric-random", SAME_NAT, True),
     ("udp-full-cone", "symmetric-random", True),              # UDP-only cone, over TCP
     ("udp-restricted-cone", "symmetric-seq-2", True),
 ]
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="path prefix for .md and .json (default bench/results/matrix-udp, "
                    "-tcp with --tcp, matrix-realism with --realism)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (low-TTL SYN, simultaneous open)")
+    p.add_argument("--only", metavar="TEXT", help="keep only the cases whose 'LEFT RIGHT' contains TEXT "
+                   "(e.g. same-NAT)")
     args = p.parse_args(argv)
     from nattrav.lab import LabError
     from nattrav.lab.presets import resolve
@@ -128,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         cases = [(left, right, args.tcp) for left, right in pairs] + [(n, SAME_NAT, args.tcp) for n in args.same_nat]
         shapes = args.shapes or ["flat"]
         default_out = "bench/results/matrix-tcp" if args.tcp else "bench/results/matrix-udp"
+    if args.only:
+        cases = [c for c in cases if args.only in f"{c[0]} {c[1]}"]
+        if not cases:
+            print(f"matrix: no case matches --only {args.only!r}", file=sys.stderr)
+            return 2
     try:  # bad names: one line, before any lab comes up
         for left, right, _ in cases:
             resolve(left)

@@ -12,6 +12,7 @@ import socket
 import trio
 
 from nattrav.errors import PunchFailed
+from nattrav.io.path import PunchedPath
 from nattrav.io.punch import punch
 from nattrav.io.session import Session
 from nattrav.io.tcp_punch import open_listener, tcp_punch
@@ -115,6 +116,22 @@ async def test_a_dead_candidate_breaks_nothing_and_costs_a_handful_of_packets():
                for d, addr in got)
     cand.close()
     lone.close()
+
+
+async def test_a_path_takes_the_peers_frames_from_every_address_it_authenticated_from():
+    """With a LAN and a hairpin both working, A may win on B's LAN address while B wins on A's
+    public one: each side's path must take the peer's frames from both."""
+    mine, lan_b, hairpin_b, stranger = [await udp_sock() for _ in range(4)]
+    peer = handshake.Handshake(KEY, "second", b"BBBBBBBB")
+    path = PunchedPath(mine, lan_b.getsockname(), 0.001, Strategy.LAN,
+                       handshake.Handshake(KEY, "first", b"AAAAAAAA"), also=frozenset({hairpin_b.getsockname()}))
+    for sock, payload in ((stranger, b"not the peer's address"), (hairpin_b, b"via the hairpin"),
+                          (lan_b, b"over the LAN")):
+        await sock.sendto(peer.data(payload), mine.getsockname())
+    assert await path.receive() == b"via the hairpin"
+    assert await path.receive() == b"over the LAN"
+    for s in (mine, lan_b, hairpin_b, stranger):
+        s.close()
 
 
 def _tcp_plan(role, lan):

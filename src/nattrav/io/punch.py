@@ -33,6 +33,7 @@ CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confi
 # at most. They resend the same flows, so no new mapping is made on the way.
 ESCALATE_AFTER = 1.0
 MAX_ESCALATION = 2
+MAX_PEER_ADDRS = 16  # addresses a socket remembers the peer authenticating from (path.also)
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -67,6 +68,7 @@ class _Race:
         self.ttl_now: dict[int, int] = {}  # id(sock) -> the TTL it is set to now, when not normal
         self.winner: tuple[Any, tuple[str, int], int, Strategy] | None = None
         self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
+        self.peer_addrs: dict[int, set[tuple[str, int]]] = {}  # id(sock) -> every address that authenticated
         self.stats: dict[str, Any] = {"sent": 0, "received": 0, "rejected": 0, "attempts": []}
         self.strategy_of: dict[int, Strategy] = {}
         # LAN attempts share the punch socket with the planned one: their win is told by the address
@@ -307,6 +309,9 @@ class _Race:
             except BadPacket:
                 self.stats["rejected"] += 1
                 continue
+            known = self.peer_addrs.setdefault(id(s), set())
+            if len(known) < MAX_PEER_ADDRS:
+                known.add(addr)
             if got.event is Event.HELLO and id(s) not in self.heard:
                 self._event("hello", peer=list(addr))
             if got.replies or got.event is Event.HELLO:
@@ -371,7 +376,8 @@ class _Race:
         self._restore_ttl()
         self.stats["rejected"] = self.handshake.rejected
         path_sock = s if isinstance(s, trio.socket.SocketType) else trio.socket.from_stdlib_socket(s)
-        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.handshake, self.stats)
+        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.handshake, self.stats,
+                           also=frozenset(self.peer_addrs.get(id(s), ())) - {addr})
 
     def _evidence(self) -> str:
         """What each attempt did, for the failure message: which assumption may have broken."""

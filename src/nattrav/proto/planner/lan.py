@@ -15,10 +15,10 @@ the session) and the two published candidate lists.
   loopback one (then the server and both peers share one host, and the observed address already
   reaches the peer). One public address for both means one NAT in front of both (a home or office
   router, or one carrier-grade NAT address two subscribers share).
-  LAN attempts: only when the two are in the same network and both published candidates; each side
-  then aims at those of the peer's candidates that are not globally routable (RFC 1918, 100.64/10,
-  link-local, the documentation ranges) and are not the observed address itself, LAN_ROUNDS
-  authenticated HELLOs (UDP) or LAN_CONNECTS connect()s (TCP) each, from the first moment of the punch.
+  LAN attempts: only when the two are in the same network and each published a candidate the other
+  may aim at: one that is not globally routable (RFC 1918, 100.64/10, link-local, the documentation
+  ranges) and is not the observed address itself. Each side aims at every such candidate of the
+  peer: LAN_ROUNDS authenticated HELLOs (UDP) or LAN_CONNECTS connect()s (TCP) each, from the start.
 
 Equality and "not global" are symmetric facts, so both sides decide alike. A peer that shares our
 public address could still name hosts of our own network as its candidates; what it gets is a
@@ -38,6 +38,9 @@ from ..report import Endpoint
 LAN_INTERVAL = 0.2  # seconds between a UDP candidate's HELLOs
 LAN_ROUNDS = 5  # HELLOs per UDP candidate: a lost one is resent, a dead candidate costs five packets
 LAN_CONNECTS = 3  # connect()s per TCP candidate, LAN_INTERVAL apart after a refusal
+# the UDP planned attempts' later start beside LAN attempts (RFC 8445's pacing, Ta): a LAN answers
+# well within it, so both sides pick the LAN path where it works
+LAN_HEAD_START = 0.05
 
 
 def same_network(own_ip: str | None, peer_ip: str | None) -> bool:
@@ -75,4 +78,4 @@ def lan_targets(own_ip: str | None, own_hosts: Sequence[Endpoint], peer_ip: str 
     return ours if theirs else ()
 
 
-__all__ = ["LAN_CONNECTS", "LAN_INTERVAL", "LAN_ROUNDS", "aimable", "lan_targets", "same_network"]
+__all__ = ["LAN_CONNECTS", "LAN_HEAD_START", "LAN_INTERVAL", "LAN_ROUNDS", "aimable", "lan_targets", "same_network"]

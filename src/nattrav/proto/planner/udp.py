@@ -35,7 +35,7 @@ from .odds import (
     size_predicted,
     stride,
 )
-from .lan import LAN_INTERVAL, LAN_ROUNDS, lan_targets
+from .lan import LAN_HEAD_START, LAN_INTERVAL, LAN_ROUNDS, lan_targets
 from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
 from .strategies import STRATEGIES, explain
 
@@ -189,7 +189,11 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best) + assumed
     lan = _lan_attempts(own_ip, local_report.host, peer_ip, remote_report.host)
-    attempts += lan
+    if lan:
+        # host candidates first, as ICE's priorities order them: the planned attempts start a little
+        # later on both sides alike, so where the LAN works it wins on both, and a NAT that consumes a
+        # port per flow sees none of the planned flows
+        attempts = [replace(a, delay=a.delay + LAN_HEAD_START) for a in attempts] + lan
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
         "strategy": best.strategy.value,
