@@ -75,6 +75,7 @@ def test_both_sides_decide_alike_and_mirror_each_other(preset):
     assert all(x.delay >= LAN_HEAD_START for x in pa.attempts if x.strategy is not Strategy.LAN)
     assert pa.odds == plain_a.odds and pa.feasible == plain_a.feasible
     assert pa.params["lan_targets"] == [list(h) for h in HOST_B]
+    assert "LAN address(es) 10.0.1.3:41000 did not answer" in pa.failure_message()
 
 
 def test_different_networks_never_aim_at_lan_addresses():

@@ -131,8 +131,11 @@ class Plan:
                               "local": part(a.local), "remote": part(a.remote)} for a in self.attempts]}
 
     def failure_message(self) -> str:
+        lan = self.params.get("lan_targets")
         return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
                 f"{self.strategy.value} had {self.odds:.2%} odds"
+                + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
+                   if lan else "")
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
