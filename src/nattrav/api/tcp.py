@@ -17,7 +17,8 @@ from ..proto.planner.tcp import agreed_window, plan as tcp_plan
 from ..proto.planner.tcp_mapping import history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
-from .endpoint import EventHook, discover_behavior, emit_address, nat_report, read_peer_report, resolve
+from .behavior_cache import BehaviorCache
+from .endpoint import CacheUse, EventHook, emit_address, nat_report, read_peer_report, resolve, resolve_behavior
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TcpEndpoint:
     behavior: NatBehavior
     report: NatReport  # its TCP part holds the TCP mappings
     measured_at: float = 0.0  # trio time the report's sample times count from
+    cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
 
 
 async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
@@ -56,12 +58,15 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
 
 async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
                             on_event: EventHook | None = None,
-                            behavior: NatBehavior | None = None) -> TcpEndpoint:
-    """Discovery (UDP, unless `behavior` is given), then the TCP mappings of one shared local port."""
+                            behavior: NatBehavior | None = None,
+                            cache: BehaviorCache | None = None) -> TcpEndpoint:
+    """Discovery (UDP, unless `behavior` is given or `cache` knows this network), then the TCP
+    mappings of one shared local port."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
+    cached = None
     if behavior is None:
-        behavior = await discover_behavior(stun, src_ip, emit)
+        behavior, cached = await resolve_behavior(stun, src_ip, emit, cache)
     if behavior.server is None:
         raise ConnectError("the STUN discovery named no server address for the TCP probes")
     try:
@@ -73,7 +78,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
     except BaseException:
         listener.close()
         raise
-    return TcpEndpoint(listener, behavior, report, started)
+    return TcpEndpoint(listener, behavior, report, started, cached)
 
 
 async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
@@ -107,8 +112,9 @@ class TcpTransport:
         self.punch_timeout = punch_timeout
         self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
 
-    async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
-        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> TcpEndpoint:
+        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
+                                     cache=cache)
         ep.report = self._windowed(ep.report)
         return ep
 

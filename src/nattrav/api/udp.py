@@ -9,18 +9,27 @@ from typing import Any
 
 import trio
 
-from ..errors import BadReport, ConnectError, PlanError, StunErrorResponse, StunTimeout, WorkerError
+from ..errors import BadReport, ConnectError, PlanError, WorkerError
 from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
-from ..io.stun_client import binding
+from ..io.stun_client import run_transactions
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.udp import Plan, plan
 from ..proto.report import NatReport, Sample
+from ..proto.stun import binding_request
+from ..proto.stun_client import Transaction
+from ..proto.vocab import Mapping
 from ..workers import open_coordinator
-from .endpoint import EventHook, discover_behavior, emit_address, nat_report, read_peer_report, resolve
+from .behavior_cache import BehaviorCache
+from .endpoint import CacheUse, EventHook, emit_address, nat_report, read_peer_report, resolve, resolve_behavior
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
+# An EIM mapping is the same for every destination: sampling it again before a session shows nothing
+# new unless it may have expired meanwhile (home routers keep idle UDP mappings 30 s or more).
+EIM_SAMPLES_FRESH = 20.0
+# the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
+SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
 
 
 @dataclass
@@ -31,6 +40,8 @@ class Endpoint:
     behavior: NatBehavior
     report: NatReport  # the NAT's words + the punch socket's own mappings, as sent to the peer
     t0: float = 0.0  # trio time of the punch socket's first sample (the samples' "t" count from it)
+    sampled_at: float = 0.0  # trio time of the latest mapping samples
+    cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
 
 
 async def open_endpoint(
@@ -40,14 +51,16 @@ async def open_endpoint(
     src_port: int = 0,
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
+    cache: BehaviorCache | None = None,
 ) -> Endpoint:
-    """Discover the NAT's behaviour (unless a recent `behavior` report is given: a NAT's behaviour
-    does not change between sessions, its mappings do), then learn the punch socket's mappings
-    from S1 and S2."""
+    """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
+    this network: a NAT's behaviour does not change between sessions, its mappings do), then learn
+    the punch socket's mappings from S1 and S2."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
+    cached = None
     if behavior is None:
-        behavior = await discover_behavior(stun, src_ip, emit)
+        behavior, cached = await resolve_behavior(stun, src_ip, emit, cache)
 
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
@@ -63,7 +76,7 @@ async def open_endpoint(
     except BaseException:
         sock.close()
         raise
-    return Endpoint(sock, behavior, report, t0)
+    return Endpoint(sock, behavior, report, t0, trio.current_time(), cached)
 
 
 async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
@@ -75,23 +88,29 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     s1, s2 = ep.behavior.server, ep.behavior.other_address
     if s2 is None:
         return ep.report
+    if ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH:
+        return ep.report
     ep.report = await _learn_mappings(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.behavior,
                                       on_event or (lambda phase, detail: None), ep.t0, ep.report)
+    ep.sampled_at = trio.current_time()
     return ep.report
 
 
 async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: NatBehavior,
                           emit: EventHook, t0: float, previous: NatReport | None = None) -> NatReport:
     # With APDM each new server address is a new mapping; the difference between consecutive ones
-    # is the step Δ the next mapping will take, and the last one is where prediction starts.
+    # is the step Δ the next mapping will take, and the last one is where prediction starts. The
+    # requests leave together, in order (the NAT numbers the mappings in the order they arrive).
+    jobs = [(sock, Transaction(binding_request(), dest, rto=SAMPLE_RTO, rc=SAMPLE_RC, rm=SAMPLE_RM))
+            for dest in targets]
+    results = await run_transactions(jobs, stagger=0.001)
     new = []
-    for dest in targets:
-        try:
-            r = await binding(sock, dest, timeout=3.0)
-        except (StunTimeout, StunErrorResponse) as exc:
-            raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {exc}") from None
+    for dest, (_, tx), r in zip(targets, jobs, results):
+        if r is None or not r.ok:
+            why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
+            raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {why}")
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
-        new.append(Sample(r.mapped[1], trio.current_time() - t0))
+        new.append(Sample(r.mapped[1], r.received_at - t0))
         public = (str(r.mapped[0]), r.mapped[1])
     series = (previous.samples if previous else ()) + tuple(new)
     ports = [s.port for s in new]
@@ -142,8 +161,9 @@ class UdpTransport:
     def __init__(self, coordinator: Any = None) -> None:
         self.coordinator = coordinator
 
-    async def open(self, stun, src_ip, src_port, emit, behavior) -> Endpoint:
-        return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
+        return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
+                                   cache=cache)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)

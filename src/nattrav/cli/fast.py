@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TTL of the opening packets: enough to leave our NAT(s), too small to reach "
                    "the peer's (default 2: one router between the NATs)")
     p.add_argument("-n", "--name", help="enroll under this name instead of a random ID")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure the NAT's behaviour every time and keep nothing (default: kept per network "
+                        "in $XDG_CACHE_HOME/nattrav/behavior.json, so a later run skips the RFC 5780 tests)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up connecting after this long (default 30)")
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
@@ -143,7 +146,8 @@ async def _pipe_tcp(stream: Any, linger: float) -> None:
 
 async def run(args: argparse.Namespace, report: Reporter) -> int:
     server = parse_hostport(args.server, rv.DEFAULT_PORT)
-    common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report)
+    common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl, on_event=report,
+                  cache=not args.no_cache)
     if args.tcp:
         connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
     else:
