@@ -36,6 +36,10 @@ class Job(Generic[T]):
     def done(self) -> bool:
         return self._done.is_set()
 
+    async def wait(self) -> None:
+        """Until fn has returned or raised (without taking its result)."""
+        await self._done.wait()
+
     async def result(self) -> T:
         await self._done.wait()
         self.claimed = True

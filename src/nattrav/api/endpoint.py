@@ -63,9 +63,12 @@ async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
 
 
 async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_event: EventHook | None = None,
-                           cache: BehaviorCache | None = None) -> tuple[NatBehavior, CacheUse | None]:
+                           cache: BehaviorCache | None = None,
+                           mapped: Callable[[tuple[str, int] | None], None] | None = None,
+                           ) -> tuple[NatBehavior, CacheUse | None]:
     """The NAT's behaviour: from `cache` when it knows this network (one STUN binding tells the
-    public address that names it), else the RFC 5780 tests, whose result is then cached."""
+    public address that names it), else the RFC 5780 tests, whose result is then cached.
+    `mapped`: discover()'s hook, called once the tests have made their mappings."""
     emit = on_event or (lambda phase, detail: None)
     found: list[CacheUse] = []
 
@@ -88,7 +91,8 @@ async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_
     if cache is None:
         emit("discovery", {"stun": list(stun)})
     try:
-        behavior = await discover(stun, src_ip, hairpin=False, known=known if cache is not None else None)
+        behavior = await discover(stun, src_ip, hairpin=False, known=known if cache is not None else None,
+                                  mapped=mapped)
     except OSError as exc:
         raise ConnectError(f"STUN discovery against {stun[0]}:{stun[1]} failed: {exc.strerror or exc}") from None
     if behavior.public_ip is None:

@@ -21,6 +21,7 @@ from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
 from ..proto.vocab import Mapping
 from ..workers import open_coordinator
+from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import CacheUse, EventHook, emit_address, nat_report, read_peer_report, resolve, resolve_behavior
 
@@ -54,14 +55,11 @@ async def open_endpoint(
     cache: BehaviorCache | None = None,
 ) -> Endpoint:
     """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
-    this network: a NAT's behaviour does not change between sessions, its mappings do), then learn
-    the punch socket's mappings from S1 and S2."""
+    this network: a NAT's behaviour does not change between sessions, its mappings do), and learn
+    the punch socket's mappings from S1 and S2 -- as soon as discovery's tests have made their own
+    mappings, while its filtering tests still wait for answers that may never come."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
-    cached = None
-    if behavior is None:
-        behavior, cached = await resolve_behavior(stun, src_ip, emit, cache)
-
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
         try:
@@ -70,13 +68,48 @@ async def open_endpoint(
             raise ConnectError(
                 f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
             ) from None
-        targets = [stun] + ([behavior.other_address] if behavior.other_address else [])
-        t0 = trio.current_time()
-        report = await _learn_mappings(sock, targets, behavior, emit, t0)
+        cached = sampled = None
+        if behavior is None:
+            (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache)
+        if sampled is None:
+            t0 = trio.current_time()
+            sampled = (t0, *await _sample(sock, _targets(stun, behavior.other_address), t0))
+        t0, new, public = sampled
+        report = _report(behavior, new, public, emit)
     except BaseException:
         sock.close()
         raise
     return Endpoint(sock, behavior, report, t0, trio.current_time(), cached)
+
+
+def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple[str, int]]:
+    return [stun] + ([other] if other else [])
+
+
+async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | None, emit: EventHook,
+                                cache: BehaviorCache | None) -> tuple[Any, Any]:
+    """resolve_behavior(), with the punch socket's samples taken once the tests' mappings are made
+    (None when discovery never got that far: the cache answered, or the server did not)."""
+    made = trio.Event()
+    other: list[tuple[str, int] | None] = []
+
+    def mapped(other_address: tuple[str, int] | None) -> None:
+        other.append(other_address)
+        made.set()
+
+    async with running(resolve_behavior, stun, src_ip, emit, cache, mapped) as job:
+        async with trio.open_nursery() as nursery:
+            async def first(wait: Any) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, made.wait)
+            nursery.start_soon(first, job.wait)
+        sampled = None
+        if made.is_set():
+            t0 = trio.current_time()
+            sampled = (t0, *await _sample(sock, _targets(stun, other[0]), t0))
+        return await job.result(), sampled
 
 
 async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
@@ -90,17 +123,17 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
         return ep.report
     if ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH:
         return ep.report
-    ep.report = await _learn_mappings(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.behavior,
-                                      on_event or (lambda phase, detail: None), ep.t0, ep.report)
+    new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
+    ep.report = _report(ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
     ep.sampled_at = trio.current_time()
     return ep.report
 
 
-async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: NatBehavior,
-                          emit: EventHook, t0: float, previous: NatReport | None = None) -> NatReport:
-    # With APDM each new server address is a new mapping; the difference between consecutive ones
-    # is the step Δ the next mapping will take, and the last one is where prediction starts. The
-    # requests leave together, in order (the NAT numbers the mappings in the order they arrive).
+async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float) -> tuple[list[Sample], tuple[str, int]]:
+    """The punch socket's mappings seen by `targets`, and the last public address. With APDM each
+    new server address is a new mapping; the difference between consecutive ones is the step Δ the
+    next mapping will take, and the last one is where prediction starts. The requests leave
+    together, in order (the NAT numbers the mappings in the order they arrive)."""
     jobs = [(sock, Transaction(binding_request(), dest, rto=SAMPLE_RTO, rc=SAMPLE_RC, rm=SAMPLE_RM))
             for dest in targets]
     results = await run_transactions(jobs, stagger=0.001)
@@ -112,6 +145,11 @@ async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: N
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
         new.append(Sample(r.mapped[1], r.received_at - t0))
         public = (str(r.mapped[0]), r.mapped[1])
+    return new, public
+
+
+def _report(behavior: NatBehavior, new: list[Sample], public: tuple[str, int], emit: EventHook,
+            previous: NatReport | None = None) -> NatReport:
     series = (previous.samples if previous else ()) + tuple(new)
     ports = [s.port for s in new]
     emit("mapping", {"ports": ports, "public": list(public),

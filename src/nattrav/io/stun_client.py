@@ -8,7 +8,7 @@ that socket, and a punch must leave from it (a new socket gets a new mapping on 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -48,12 +48,13 @@ async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> Bind
 
 
 async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transaction]], *,
-                           stagger: float = 0.0) -> list[BindingResult | None]:
+                           stagger: float = 0.0, sent: Callable[[], None] | None = None) -> list[BindingResult | None]:
     """Run many transactions at once, on one socket or several: each (socket, transaction) pair's
     result in order, None for one that failed. First requests leave in the list's order, `stagger`
     seconds apart: a NAT numbers new flows in the order their first packets reach it, so the order
     of the list is the order of the mappings. One reader per socket hands each reply to the
-    transaction whose ID it carries; each transaction keeps its own retransmission schedule."""
+    transaction whose ID it carries; each transaction keeps its own retransmission schedule.
+    `sent()` is called once every first request has left."""
     for i, (sock, tx) in enumerate(jobs):
         if i and stagger > 0:
             await trio.sleep(stagger)
@@ -61,6 +62,8 @@ async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transact
             await sock.sendto(tx.start(trio.current_time()), tx.dest)
         except OSError:
             tx.discarded["send_error"] += 1  # retransmitted on schedule
+    if sent is not None:
+        sent()
     per_socket: dict[int, tuple[trio.socket.SocketType, list[Transaction]]] = {}
     for sock, tx in jobs:
         per_socket.setdefault(id(sock), (sock, []))[1].append(tx)

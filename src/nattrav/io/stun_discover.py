@@ -41,9 +41,10 @@ async def _local_address(sock: trio.socket.SocketType, server: Address) -> Addre
 
 # Retransmission schedules, from the RTT test I measured. A test that expects an answer ends when it
 # comes, so its schedule matters only under loss; a test that may get no answer (filtering) costs its
-# whole schedule, so that one is a few RTTs, not seconds: 3 x 1.5 RTT covers jitter of half an RTT
-# and one lost packet. MIN_RTO keeps a 1 ms path from declaring silence before a busy machine has
-# scheduled the server's answer.
+# whole schedule, so that one is a few RTTs, not seconds: two requests 1.25 RTT apart and an answer
+# accepted until 3.75 RTT cover jitter of a quarter RTT with one packet lost (a lost answer reads as
+# "filters", the cautious side: the plan then opens the filter itself). MIN_RTO keeps a 1 ms path
+# from declaring silence before a busy machine has scheduled the server's answer.
 FIRST_RTO = 0.2  # test I: nothing measured yet
 MIN_RTO = 0.04
 MAX_RTO = 1.0
@@ -64,7 +65,7 @@ def schedules_for(rtt: float) -> tuple[Schedule, Schedule]:
     """(for tests that expect an answer, for tests that may get none) from a measured RTT."""
     rtt = max(0.0, rtt)
     answered = Schedule(min(MAX_RTO, max(MIN_RTO, 2.0 * rtt)), 4, 4)
-    silent = Schedule(min(MAX_RTO, max(MIN_RTO, 1.5 * rtt)), 2, 2)
+    silent = Schedule(min(MAX_RTO, max(MIN_RTO, 1.25 * rtt)), 2, 2)
     return answered, silent
 
 
@@ -84,6 +85,7 @@ async def discover(
     rm: int = 4,
     stagger: float = 0.001,
     known: Known | None = None,
+    mapped: Callable[[Address | None], None] | None = None,
 ) -> NatBehavior:
     """Find the NAT's mapping, filtering, port allocation (Δ), hairpinning (and optionally lifetime)
     with the RFC 5780 tests against `server`, whose OTHER-ADDRESS names the second IP and port.
@@ -97,7 +99,9 @@ async def discover(
 
     `known(local, mapped)`, called after test I with this socket's local and mapped address, may
     name a behaviour the caller already measured on this network (the behaviour cache): it is
-    returned and no other test runs.
+    returned and no other test runs. `mapped(other_address)` is called once every test has made its
+    mappings (their first packets left; what is left is waiting for answers): from then on a
+    caller's own new mappings no longer land among the tests'.
     """
     server = (server[0], int(server[1]))
     t0 = trio.current_time()
@@ -148,7 +152,7 @@ async def discover(
             socks.append(await _open(local_ip, server))
             fresh.append(socks[-1])
             jobs.append((socks[-1], tx(server, answered)))
-        results = await run_transactions(jobs, stagger=stagger)
+        results = await run_transactions(jobs, stagger=stagger, sent=None if mapped is None else lambda: mapped(other))
         for _, job in jobs:
             discarded.update(job.discarded)
 

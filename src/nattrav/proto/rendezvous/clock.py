@@ -62,8 +62,8 @@ def start_margin(rtts: Iterable[float | None], *, default: float, floor: float, 
                  ceiling: float) -> float:
     """Seconds between the accept and the agreed start. Each peer gets the session frame half its
     round trip after the server sends it, so the larger round trip times `factor` (> 0.5: jitter,
-    the client's own work before it can punch) covers both, never less than `floor` nor more than
-    `ceiling`. When a peer did not say its round trip (an older client) the old fixed `default`."""
+    the client's own work before it can punch; the server's default is 1, twice the one-way delay)
+    covers both, never less than `floor` nor more than `ceiling`. When a peer did not say its round trip (an older client) the old fixed `default`."""
     known = list(rtts)
     if not known or any(r is None for r in known):
         return default
