@@ -125,7 +125,9 @@ async def discover(
                 return cached
         samples = [BindingSample(0, local, server, r1.mapped, trio.current_time() - t0)]
         other = r1.other_address
-        answered, silent = (first, first) if rto is not None else schedules_for(r1.rtt)
+        # after a retransmission the answer may be to either request (Karn): count from the first
+        rtt = r1.rtt if r1.attempts == 1 else r1.received_at - t0
+        answered, silent = (first, first) if rto is not None else schedules_for(rtt)
 
         def tx(dest: Address, schedule: Schedule, **change: bool) -> Transaction:
             accept = [expected_source(server, other, change.get("change_ip", False),
