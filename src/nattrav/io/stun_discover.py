@@ -4,6 +4,7 @@ test pollutes another, and hands the raw outcomes to proto/nat_behavior.classify
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,14 +41,19 @@ async def _local_address(sock: trio.socket.SocketType, server: Address) -> Addre
 
 
 # Retransmission schedules, from the RTT test I measured. A test that expects an answer ends when it
-# comes, so its schedule matters only under loss; a test that may get no answer (filtering) costs its
-# whole schedule, so that one is a few RTTs, not seconds: two requests 1.25 RTT apart and an answer
-# accepted until 3.75 RTT cover jitter of a quarter RTT with one packet lost (a lost answer reads as
-# "filters", the cautious side: the plan then opens the filter itself). MIN_RTO keeps a 1 ms path
-# from declaring silence before a busy machine has scheduled the server's answer.
+# comes, so its schedule matters only under loss: it retransmits after 2 RTT. A test that may get no
+# answer (filtering) costs its whole schedule, so it does not wait for a retransmission timer: its
+# request goes twice, DUPLICATE_GAP apart (one lost packet costs nothing), and the answer is awaited
+# 1.5 RTT + SILENCE_SLACK more (jitter of half an RTT), never less than MIN_SILENCE: a 1 ms path must
+# not declare silence before a busy machine has scheduled the server's answer. A lost answer reads as
+# "filters", the cautious side.
 FIRST_RTO = 0.2  # test I: nothing measured yet
 MIN_RTO = 0.04
 MAX_RTO = 1.0
+DUPLICATE_GAP = 0.005
+SILENCE_SLACK = 0.02
+MIN_SILENCE = 0.05
+MAX_SILENCE = 3.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ def schedules_for(rtt: float) -> tuple[Schedule, Schedule]:
     """(for tests that expect an answer, for tests that may get none) from a measured RTT."""
     rtt = max(0.0, rtt)
     answered = Schedule(min(MAX_RTO, max(MIN_RTO, 2.0 * rtt)), 4, 4)
-    silent = Schedule(min(MAX_RTO, max(MIN_RTO, 1.25 * rtt)), 2, 2)
+    silence = min(MAX_SILENCE, max(MIN_SILENCE, 1.5 * rtt + SILENCE_SLACK))
+    silent = Schedule(DUPLICATE_GAP, 2, max(1, math.ceil(silence / DUPLICATE_GAP)))
     return answered, silent
 
 
