@@ -12,7 +12,7 @@ from nattrav.proto.rendezvous import reported_rtt, start_margin
 
 from tests.proto.test_rendezvous_state import Harness
 
-BOUNDS = dict(default=0.5, floor=0.05, factor=1.0, ceiling=2.0)
+BOUNDS = dict(default=0.5, floor=0.02, factor=1.0, ceiling=2.0)
 
 
 def session_margin(h: Harness, info_a: dict | None, info_b: dict | None, *, via_info_update: bool = False) -> float:
@@ -44,7 +44,7 @@ def test_margin_follows_the_larger_round_trip():
 
 def test_margin_has_a_floor_on_a_fast_path():
     h = Harness()
-    assert session_margin(h, {"rtt": 0.0004}, {"rtt": 0.001}) == pytest.approx(0.05)
+    assert session_margin(h, {"rtt": 0.0004}, {"rtt": 0.001}) == pytest.approx(0.02)
 
 
 def test_margin_has_a_ceiling_whatever_a_peer_claims():
@@ -84,7 +84,7 @@ def test_start_margin_is_pure():
     assert start_margin([0.1, 0.3], **BOUNDS) == pytest.approx(0.3)
     assert start_margin([0.3, None], **BOUNDS) == 0.5
     assert start_margin([], **BOUNDS) == 0.5
-    assert start_margin([0.0, 0.0], **BOUNDS) == 0.05
+    assert start_margin([0.0, 0.0], **BOUNDS) == 0.02
     assert start_margin([10.0, 0.1], **BOUNDS) == 2.0
 
 

@@ -42,7 +42,7 @@ class RendezvousServer(Offers):
         # seconds
         keepalive: float = 15.0, keepalive_timeout: float = 45.0, retain: float = 300.0,
         enroll_timeout: float = 10.0, offer_timeout: float = 10.0, max_offer_timeout: float = 60.0,
-        start_margin: float = 0.5, min_start_margin: float = 0.05, start_margin_factor: float = 1.0,
+        start_margin: float = 0.5, min_start_margin: float = 0.02, start_margin_factor: float = 1.0,
         max_start_margin: float = 2.0,
         # what the registry and one source may hold
         max_peers: int = 100_000, max_peers_per_source: int = 256, max_conns_per_source: int = 128,
