@@ -86,6 +86,7 @@ async def run_agent(args: argparse.Namespace) -> None:
         plan = marks.get("plan") or {}
         row["strategy"] = row.get("strategy") or plan.get("strategy")
         row["odds"] = plan.get("odds")
+        row["odds_floor"] = bool(plan.get("odds_floor"))
         row.setdefault("plan_reason", plan.get("reason"))
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
