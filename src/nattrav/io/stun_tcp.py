@@ -222,7 +222,7 @@ class TcpBinding(NamedTuple):
     local: Address  # the address the connection left from (the kernel's choice of source IP)
 
 
-def _close_with_rst(s: socket.socket) -> None:
+def close_with_rst(s: socket.socket) -> None:
     # SO_LINGER 0: no TIME_WAIT pins the 4-tuple, so the same server can be asked again from the port
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -287,7 +287,7 @@ async def _binding_on(s: socket.socket, local: tuple[str, int], server: Address,
         raise StunTcpError(getattr(exc, "errno", None) or errno.ECONNRESET,
                            f"TCP STUN to {server[0]}:{server[1]}: {exc}") from None
     finally:
-        _close_with_rst(s)
+        close_with_rst(s)
 
 
 async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float = 3.0) -> TcpBinding:
@@ -318,7 +318,7 @@ async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeou
             started.append((_connecting(local, server), round(now() - t0, 4)))
     except BaseException:
         for s, _ in started:
-            _close_with_rst(s)
+            close_with_rst(s)
         raise
     out: list[dict | None] = [None] * len(servers)
     failed: list[StunTcpError] = []
@@ -342,5 +342,5 @@ async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeou
     return [x for x in out if x is not None]
 
 
-__all__ = ["StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
+__all__ = ["StunTcpServer", "TcpBinding", "close_with_rst", "connection_cap", "read_message", "reuse_socket",
            "serve_stun_tcp", "source_key", "tcp_binding", "tcp_mappings"]
