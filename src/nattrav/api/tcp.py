@@ -20,7 +20,9 @@ from ..proto.planner.tcp_mapping import history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
-from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report, resolve
+from .behavior_cache import BehaviorCache
+from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report,
+                       resolve)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class TcpEndpoint:
     behavior: NatBehavior
     report: NatReport  # its TCP part holds the TCP mappings
     measured_at: float = 0.0  # trio time the report's sample times count from
+    cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
     hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL of the opening SYNs
     # a listener on a port of its own for peers on the same network (the report's host candidates);
     # closed by the punch
@@ -70,18 +73,20 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: Event
 
 async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
                             on_event: EventHook | None = None,
-                            behavior: NatBehavior | None = None) -> TcpEndpoint:
-    """Discovery (UDP, unless `behavior` is given), then the TCP mappings of one shared local port."""
+                            behavior: NatBehavior | None = None,
+                            cache: BehaviorCache | None = None) -> TcpEndpoint:
+    """Discovery (UDP, unless `behavior` is given or `cache` knows this network), then the TCP
+    mappings of one shared local port."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
-    behavior, hops = await discover_with_hops(stun, src_ip, emit, behavior)
+    behavior, cached, hops = await discover_with_hops(stun, src_ip, emit, behavior, cache)
     if behavior.server is None:
         raise ConnectError("the STUN discovery named no server address for the TCP probes")
     try:
         listener = open_listener((src_ip or "0.0.0.0", src_port))
     except OSError as exc:
         raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}") from None
-    ep = TcpEndpoint(listener, behavior, NatReport(), hops=hops)
+    ep = TcpEndpoint(listener, behavior, NatReport(), cached=cached, hops=hops)
     try:
         try:
             ep.lan_listener = open_listener((src_ip or "0.0.0.0", 0))
@@ -151,8 +156,9 @@ class TcpTransport:
         self.punch_timeout = punch_timeout
         self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
 
-    async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
-        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> TcpEndpoint:
+        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
+                                     cache=cache)
         ep.report = self._windowed(ep.report)
         return ep
 
