@@ -60,7 +60,7 @@ def _last_json(proc: subprocess.Popen, out: dict[str, Any]) -> None:
             out["row"] = d
 
 
-def _run_pair(lab: Any, cmds: dict[str, list[str]], timeout: float) -> tuple[dict, dict, dict[str, str]]:
+def run_hosts(lab: Any, cmds: dict[str, list[str]], timeout: float) -> tuple[dict, dict, dict[str, str]]:
     """Start the receiving/listening host's command first, then the other's; both rows and errors."""
     procs, rows, threads, errors = {}, {"a": {}, "b": {}}, [], {}
     for host in ("b", "a"):
@@ -93,7 +93,7 @@ def punched_trial(lab: Any, name: str, options: dict[str, Any], traffic: dict[st
     if traffic:
         common += ["--traffic", json.dumps(traffic)]
     t_budget = timeout + 15 + float((traffic or {}).get("time", 0)) * 2
-    a, b, errors = _run_pair(lab, {"a": [py, *common, "--role", "connect"],
+    a, b, errors = run_hosts(lab, {"a": [py, *common, "--role", "connect"],
                                    "b": [py, *common, "--role", "listen"]}, t_budget)
     ok = bool(a.get("ok") and b.get("ok"))
     reason = a.get("reason") or b.get("reason") or (f"agent errors: {errors}" if errors else None)
@@ -125,7 +125,7 @@ def direct_trial(lab: Any, traffic: dict[str, Any]) -> dict[str, Any]:
             "-T", str(traffic.get("time", 2)), "-i", str(traffic.get("interval", 1)), "--json"]
     load += ["--tcp"] if traffic.get("tcp") else []
     b_ip = lab.ip("b")
-    a, b, errors = _run_pair(lab, {
+    a, b, errors = run_hosts(lab, {
         "b": [py, "-m", "nattrav.cli.perf", "--direct-listen", f"{b_ip}:{DIRECT_PORT}", *load],
         "a": [py, "-m", "nattrav.cli.perf", "--direct", f"{b_ip}:{DIRECT_PORT}", *load]},
         float(traffic.get("time", 2)) * 2 + 20)

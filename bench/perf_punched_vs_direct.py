@@ -1,0 +1,84 @@
+"""Goodput over a punched UDP path against a direct path at the same rate, in the same run (issue 17).
+
+Two labs are up side by side with the same shape: one with the NAT pair (hosts a and b punch through
+our servers, then nattrav-perf's UDP load runs over the punched path as authenticated DATA frames),
+one whose hosts have no NAT (the same load over plain sockets: the direct path). Measurements
+alternate between them, `--repeats` times per rate; the ratio is punched goodput / direct goodput,
+each the receiver's figure. Goal: >= 0.9 at every rate.
+
+    .venv/bin/python bench/perf_punched_vs_direct.py --rates 20M,100M --time 3 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from nattrav.experiment.runner import run_metadata
+from nattrav.experiment.trial import Case, direct_trial, open_case, punched_trial
+
+GOAL = 0.9
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--left", default="symmetric-seq")
+    p.add_argument("--right", default="port-restricted")
+    p.add_argument("--shape", default="flat")
+    p.add_argument("--rates", default="20M,100M", help="comma-separated payload rates (bits/s)")
+    p.add_argument("--size", type=int, default=1200)
+    p.add_argument("--time", type=float, default=3.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="bench/results/perf-punched-vs-direct.jsonl")
+    args = p.parse_args(argv)
+    meta = run_metadata(seed=0, profile=args.shape)
+    rows = []
+    with open_case(Case(args.left, args.right, args.shape)) as nat_lab, \
+            open_case(Case("none", "none", args.shape), server=False) as open_lab:
+        for rate in args.rates.split(","):
+            load = {"rate": rate, "size": args.size, "time": args.time, "interval": 1.0}
+            for rep in range(args.repeats):
+                for kind in (("direct", "punched") if rep % 2 == 0 else ("punched", "direct")):
+                    if kind == "direct":
+                        r = direct_trial(open_lab, load)
+                    else:
+                        r = punched_trial(nat_lab, f"perf{time.monotonic_ns() % 10**9}", {}, load)
+                    rx = ((r.get("traffic") or {}).get("receiver") or {})
+                    row = {"kind": kind, "rate": rate, "repeat": rep, "ok": r["ok"], "pair": [args.left, args.right],
+                           "shape": args.shape, "goodput_bps": rx.get("goodput_bps"), "loss": rx.get("loss"),
+                           "owd_ms": rx.get("owd_ms"), "rtt_ms": (r.get("traffic") or {}).get("rtt_ms"),
+                           "strategy": r.get("strategy"), "reason": r.get("reason"), "meta": meta}
+                    rows.append(row)
+                    print(json.dumps({k: row[k] for k in ("kind", "rate", "repeat", "goodput_bps", "loss")}),
+                          file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    worst = None
+    print(f"{'rate':>6} {'direct Mbit/s':>14} {'punched Mbit/s':>15} {'ratio':>6} {'loss d/p':>14} "
+          f"{'owd p50 d/p ms':>16} {'rtt p50 d/p ms':>16}")
+    for rate in args.rates.split(","):
+        def med(kind: str, key: str, sub: str | None = None) -> float | None:
+            vals = [(r[key] or {}).get(sub) if sub else r[key] for r in rows if r["rate"] == rate and r["kind"] == kind]
+            vals = [v for v in vals if v is not None]
+            return statistics.median(vals) if vals else None
+        d, pu = med("direct", "goodput_bps"), med("punched", "goodput_bps")
+        ratio = pu / d if d and pu else None
+        worst = ratio if worst is None or (ratio is not None and ratio < worst) else worst
+        print(f"{rate:>6} {d / 1e6 if d else float('nan'):14.3f} {pu / 1e6 if pu else float('nan'):15.3f} "
+              f"{ratio if ratio else float('nan'):6.3f} {med('direct', 'loss') or 0:6.4f}/{med('punched', 'loss') or 0:6.4f} "
+              f"{med('direct', 'owd_ms', 'p50') or 0:7.3f}/{med('punched', 'owd_ms', 'p50') or 0:7.3f} "
+              f"{med('direct', 'rtt_ms', 'p50') or 0:7.3f}/{med('punched', 'rtt_ms', 'p50') or 0:7.3f}")
+    verdict = "meets" if worst is not None and worst >= GOAL else "misses"
+    print(f"punched/direct goodput, worst rate: {worst if worst is None else round(worst, 3)} ({verdict} the goal >= {GOAL})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Pictures of recorded experiments, from the JSON lines only (nothing is re-run): the NAT matrix as
+heat maps of success rate and time to connect, success rate against the number of probes beside the
+birthday-paradox curve, the predictor's hit rate against background traffic beside the planner's
+stated odds, and goodput/RTT of punched against direct paths. Rates carry Wilson 95 % intervals.
+Each figure is written as PNG and SVG. Needs matplotlib (pip install 'nattrav[experiment]')."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..lab.matrix import wilson
+from ..proto.planner.odds import birthday_miss
+from ..proto.report import PORT_RANGE
+
+
+def load(*paths: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every JSON object of the files' lines (a line that does not parse is skipped)."""
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(d, dict):
+                    rows.append(d)
+    return rows
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in ("png", "svg"):
+        p = out_dir / f"{name}.{ext}"
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+        written.append(p)
+    _plt().close(fig)
+    return written
+
+
+def _trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if "case" in r and "result" in r]
+
+
+def _rate(oks: list[bool]) -> tuple[float, float, float]:
+    k, n = sum(oks), len(oks)
+    lo, hi = wilson(k, n)
+    return (k / n if n else 0.0), lo, hi
+
+
+def matrix_heatmaps(rows: list[dict[str, Any]], out_dir: Path, name: str = "matrix") -> list[Path]:
+    """Two heat maps over (left NAT, right NAT): success rate (cell text: k/n and the Wilson
+    interval) and median time to connect."""
+    plt = _plt()
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in _trials(rows):
+        cells[(r["case"]["left"], r["case"]["right"])].append(r["result"])
+    if not cells:
+        return []
+    order = list(dict.fromkeys([k[0] for k in cells] + [k[1] for k in cells]))
+    n = len(order)
+    written = []
+    for metric in ("success", "seconds"):
+        fig, ax = plt.subplots(figsize=(1.3 * n + 2.5, 1.0 * n + 1.8))
+        grid = [[float("nan")] * n for _ in range(n)]
+        for (left, right), res in cells.items():
+            i, j = order.index(left), order.index(right)
+            if metric == "success":
+                rate, lo, hi = _rate([bool(x.get("ok")) for x in res])
+                grid[i][j] = rate
+                text = f"{sum(bool(x.get('ok')) for x in res)}/{len(res)}\n[{lo:.2f}–{hi:.2f}]"
+            else:
+                secs = [x["seconds"] for x in res if x.get("ok") and x.get("seconds") is not None]
+                grid[i][j] = statistics.median(secs) if secs else float("nan")
+                text = f"{grid[i][j] * 1e3:.0f} ms" if secs else "—"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+        cmap = "RdYlGn" if metric == "success" else "viridis_r"
+        im = ax.imshow(grid, cmap=cmap, vmin=0 if metric == "success" else None,
+                       vmax=1 if metric == "success" else None)
+        ax.set_xticks(range(n), order, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), order, fontsize=8)
+        ax.set_xlabel("B's NAT (listens)")
+        ax.set_ylabel("A's NAT (connects)")
+        title = ("success rate (cell: connected/trials, Wilson 95 %)" if metric == "success"
+                 else "median time to connect, agreed start → authenticated path")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="success rate" if metric == "success" else "seconds")
+        written += _save(fig, out_dir, f"{name}-{metric}")
+    return written
+
+
+def _by(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        k = key(r)
+        if k is not None:
+            out[k].append(r)
+    return dict(sorted(out.items()))
+
+
+def _errorbar(ax: Any, xs: list, groups: list[list[bool]], **kw: Any) -> None:
+    rates = [_rate(g) for g in groups]
+    ax.errorbar(xs, [r for r, _, _ in rates], yerr=[[r - lo for r, lo, _ in rates], [hi - r for r, _, hi in rates]],
+                fmt="o", capsize=4, **kw)
+
+
+def success_vs_probes(rows: list[dict[str, Any]], out_dir: Path, name: str = "success-vs-probes") -> list[Path]:
+    """Birthday trials: measured success rate against the guessing side's probes, beside the
+    birthday-paradox curve for the opener's socket count (and the planner's stated odds)."""
+    plt = _plt()
+    trials = [r for r in _trials(rows) if (r["result"].get("plan") or {}).get("local_random_probes") is not None
+              and r["result"].get("strategy") == "birthday"]
+
+    def probes(r: dict[str, Any]) -> int:
+        p = r["result"]["plan"]
+        return max(p.get("local_random_probes") or 0, p.get("remote_random_probes") or 0)
+
+    groups = _by(trials, probes)
+    if not groups:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = list(groups)
+    _errorbar(ax, xs, [[bool(r["result"].get("ok")) for r in g] for g in groups.values()],
+              label="measured (Wilson 95 %)", color="C0")
+    odds = [statistics.median([r["result"]["odds"] for r in g if r["result"].get("odds") is not None] or [0])
+            for g in groups.values()]
+    ax.plot(xs, odds, "x", color="C3", label="planner's stated odds")
+    holes = statistics.median([max(r["result"]["plan"].get("local_sockets") or 1,
+                                   r["result"]["plan"].get("remote_sockets") or 1) for r in trials])
+    span = PORT_RANGE[1] - PORT_RANGE[0] + 1
+    top = max(xs) * 1.3
+    grid = [int(1 + i * top / 200) for i in range(201)]
+    ax.plot(grid, [1 - birthday_miss(span, int(holes), p) for p in grid], "-", color="C1", alpha=0.7,
+            label=f"birthday curve: {int(holes)} open mappings of {span} ports")
+    ax.set_xlabel("random probes of the guessing side")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("birthday strategy: success vs probes", fontsize=10)
+    return _save(fig, out_dir, name)
+
+
+def hit_rate_vs_background(rows: list[dict[str, Any]], out_dir: Path, name: str = "hit-rate-vs-background") -> list[Path]:
+    """The predictor's hit rate (the peer's real port among the predicted ones) against the NATs'
+    background traffic, beside the planner's stated odds for those trials."""
+    plt = _plt()
+    trials = [r for r in _trials(rows) if any((r["result"].get("prediction") or {}).values())]
+    groups = _by(trials, lambda r: r["case"]["background"])
+    if not groups:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = list(groups)
+    hits = [[bool(p["hit"]) for r in g for p in (r["result"]["prediction"] or {}).values() if p] for g in groups.values()]
+    _errorbar(ax, xs, hits, label="prediction hit rate (Wilson 95 %)", color="C0")
+    model = [statistics.median([r["result"]["odds"] for r in g if r["result"].get("odds") is not None] or [0])
+             for g in groups.values()]
+    ax.plot(xs, model, "s--", color="C3", label="planner's stated odds (model)")
+    ax.set_xlabel("background: other hosts' new flows per second behind each NAT")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("port prediction vs background traffic", fontsize=10)
+    return _save(fig, out_dir, name)
+
+
+def two_params(rows: list[dict[str, Any]], out_dir: Path, x: str, series: str,
+               name: str = "sweep") -> list[Path]:
+    """Success rate (Wilson) and median time to connect against option `x`, one line per value of
+    option (or case field) `series`."""
+    plt = _plt()
+    trials = _trials(rows)
+
+    def get(r: dict[str, Any], k: str) -> Any:
+        return r["options"].get(k, r["case"].get(k))
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for n, (s, group) in enumerate(_by(trials, lambda r: get(r, series)).items()):
+        by_x = _by(group, lambda r: get(r, x))
+        xs = list(by_x)
+        _errorbar(a1, xs, [[bool(r["result"].get("ok")) for r in g] for g in by_x.values()],
+                  label=f"{series}={s}", color=f"C{n}")
+        secs = [statistics.median([r["result"]["seconds"] for r in g if r["result"].get("seconds") is not None] or [float("nan")])
+                for g in by_x.values()]
+        a2.plot(xs, secs, "o-", color=f"C{n}", label=f"{series}={s}")
+    values = [get(r, x) for r in trials if isinstance(get(r, x), (int, float))]
+    for ax, lab in ((a1, "success rate"), (a2, "median seconds to connect")):
+        ax.set_xlabel(x)
+        if values and min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_xscale("log")  # budgets and rates are swept in powers
+        ax.set_ylabel(lab)
+        ax.legend(fontsize=8)
+    a1.set_ylim(-0.05, 1.05)
+    return _save(fig, out_dir, name)
+
+
+def punched_vs_direct(rows: list[dict[str, Any]], out_dir: Path, name: str = "punched-vs-direct") -> list[Path]:
+    """Goodput and RTT, punched against direct, per offered rate (rows of bench/perf_punched_vs_direct.py)."""
+    plt = _plt()
+    rows = [r for r in rows if r.get("kind") in ("direct", "punched") and r.get("goodput_bps")]
+    if not rows:
+        return []
+    rates = list(dict.fromkeys(r["rate"] for r in rows))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.38
+    for n, kind in enumerate(("direct", "punched")):
+        good = [[r["goodput_bps"] / 1e6 for r in rows if r["rate"] == rate and r["kind"] == kind] for rate in rates]
+        rtt = [[(r.get("rtt_ms") or {}).get("p50") for r in rows if r["rate"] == rate and r["kind"] == kind] for rate in rates]
+        xs = [i + (n - 0.5) * width for i in range(len(rates))]
+        med = [statistics.median(g) if g else 0 for g in good]
+        a1.bar(xs, med, width, label=kind, color=f"C{n}",
+               yerr=[[m - min(g) if g else 0 for m, g in zip(med, good)], [max(g) - m if g else 0 for m, g in zip(med, good)]],
+               capsize=3)
+        rmed = [statistics.median([v for v in g if v is not None] or [0]) for g in rtt]
+        a2.bar(xs, rmed, width, label=kind, color=f"C{n}")
+    for ax, lab in ((a1, "goodput, Mbit/s (median, min–max)"), (a2, "RTT median, ms")):
+        ax.set_xticks(range(len(rates)), [f"{r}bit/s offered" for r in rates])
+        ax.set_ylabel(lab)
+        ax.legend(fontsize=8)
+    a1.set_title("UDP goodput: punched path vs direct path, same hosts' lab shape, same run", fontsize=9)
+    return _save(fig, out_dir, name)
+
+
+def all_plots(rows: list[dict[str, Any]], out_dir: str | os.PathLike, prefix: str = "") -> list[Path]:
+    """Every figure the rows have data for."""
+    out = Path(out_dir)
+    written = []
+    written += matrix_heatmaps(rows, out, prefix + "matrix")
+    written += success_vs_probes(rows, out, prefix + "success-vs-probes")
+    written += hit_rate_vs_background(rows, out, prefix + "hit-rate-vs-background")
+    written += punched_vs_direct(rows, out, prefix + "punched-vs-direct")
+    return written
