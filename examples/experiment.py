@@ -75,7 +75,7 @@ def trial(lab, t, spec) -> dict:
     a, b, errors = run_hosts(lab, {"a": me + ["--role", "connect"], "b": me + ["--role", "listen"]}, 60)
     ok = bool(a.get("ok") and b.get("ok"))
     timings = ((a.get("path") or {}).get("timings") or {}).get("spans", {})
-    # the punch as both sides saw it: from each side's first packet to its authenticated path
+    # the punch as both sides saw it: from the plan firing (the agreed start's wait included) to the path
     punch = [((r.get("path") or {}).get("timings") or {}).get("spans", {}).get("punch") for r in (a, b)]
     rx = (a.get("traffic") or {}).get("receiver") or {}
     return {"ok": ok, "strategy": (a.get("path") or {}).get("strategy"), "seconds": max((x for x in punch if x is not None), default=None),

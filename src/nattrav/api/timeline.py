@@ -18,8 +18,9 @@ SPANS = (
     ("discovery", "discovery", "discovery-done"),
     ("mapping", "discovery-done", "mapping"),
     ("rendezvous", "rendezvous-connect", "plan"),
+    ("punch", "punch", "connected"),  # the plan fired (the agreed start's wait included) to the path
     ("wait_start", "punch", "attempt"),
-    ("punch", "attempt", "connected"),
+    ("first_attempt", "attempt", "connected"),  # our first packet to the path (absent when the peer's came first)
     ("total", "start", "connected"),
 )
 

@@ -119,6 +119,13 @@ def run_sweep(spec: dict[str, Any], out: str | os.PathLike, *, trial_fn: TrialFn
     skipped = sum(1 for _, ts in cases for t in ts if t.key in done)
     progress = _Progress(total, skipped, live)
     ran = ok = 0
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:  # a line a crash cut short: the next record starts on a line of its own
+            with path.open("a") as f:
+                f.write("\n")
     try:
         with path.open("a") as f:
             for case, trials in cases:
