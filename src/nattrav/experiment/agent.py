@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ..lab.agent import connected
+from ..lab.agent import FAILURES, connected, failure_reason, marking, note_plan
 
 USER_OPTIONS = {"ttl", "max_flows", "target", "horizon", "max_sockets", "birthday_sockets", "max_window",
                 "best_effort_flows", "workers"}
@@ -51,7 +51,7 @@ async def _traffic(path: Any, spec: dict[str, Any], role: str) -> dict[str, Any]
 
 async def run_agent(args: argparse.Namespace) -> None:
     from .. import api
-    from ..errors import ConnectError, RendezvousError, UnknownPeer
+    from ..errors import UnknownPeer
     from ..hostport import parse_hostport
 
     options = check_options(json.loads(args.options))
@@ -61,13 +61,7 @@ async def run_agent(args: argparse.Namespace) -> None:
     tcp = bool(spec and spec.get("tcp"))
     connect, listen = (api.connect_tcp, api.listen_tcp) if tcp else (api.connect, api.listen)
     server = parse_hostport(args.server, 7000)
-    marks: dict[str, Any] = {}
-
-    def on_event(phase: str, d: dict[str, Any]) -> None:
-        if phase == "punch":
-            marks["start"] = trio.current_time() + d["start_in"]
-        elif phase == "plan":
-            marks["plan"] = d
+    marks, on_event = marking()
 
     row: dict[str, Any] = {"event": "trial", "role": args.role, "ok": False}
 
@@ -96,15 +90,9 @@ async def run_agent(args: argparse.Namespace) -> None:
                         break
                     except UnknownPeer:
                         await trio.sleep(0.05)  # the listener has not enrolled yet
-    except ConnectError as exc:
-        row["reason"] = str(exc)
-    except trio.TooSlowError:
-        row["reason"] = f"trial timed out after {args.timeout:g} s"
-    except (RendezvousError, OSError) as exc:
-        row["reason"] = f"{type(exc).__name__}: {exc}"
-    plan = marks.get("plan") or {}
-    row["strategy"] = row.get("strategy") or plan.get("strategy")
-    row["odds"] = plan.get("odds")
+    except FAILURES as exc:
+        row["reason"] = failure_reason(exc, args.timeout)
+    plan = note_plan(row, marks)
     row["plan"] = {k: plan.get("params", {}).get(k) for k in (
         "local_packets", "remote_packets", "local_sockets", "remote_sockets", "local_random_probes",
         "remote_random_probes", "local_flows", "remote_flows", "flow_budget")} if plan else None

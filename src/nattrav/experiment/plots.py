@@ -119,6 +119,22 @@ def _errorbar(ax: Any, xs: list, groups: list[list[bool]], **kw: Any) -> None:
                 fmt="o", capsize=4, **kw)
 
 
+def _stated_odds(groups: dict[Any, list[dict[str, Any]]]) -> list[float]:
+    """The planner's odds (median over a group's trials) for each group."""
+    return [statistics.median([r["result"]["odds"] for r in g if r["result"].get("odds") is not None] or [0])
+            for g in groups.values()]
+
+
+def _rate_figure(fig: Any, ax: Any, out_dir: Path, name: str, xlabel: str, ylabel: str, title: str,
+                 legend: str) -> list[Path]:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8, loc=legend)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, out_dir, name)
+
+
 def success_vs_probes(rows: list[dict[str, Any]], out_dir: Path, name: str = "success-vs-probes") -> list[Path]:
     """Birthday trials: measured success rate against the guessing side's probes, beside the
     birthday-paradox curve for the opener's socket count (and the planner's stated odds)."""
@@ -137,9 +153,7 @@ def success_vs_probes(rows: list[dict[str, Any]], out_dir: Path, name: str = "su
     xs = list(groups)
     _errorbar(ax, xs, [[bool(r["result"].get("ok")) for r in g] for g in groups.values()],
               label="measured (Wilson 95 %)", color="C0")
-    odds = [statistics.median([r["result"]["odds"] for r in g if r["result"].get("odds") is not None] or [0])
-            for g in groups.values()]
-    ax.plot(xs, odds, "x", color="C3", label="planner's stated odds")
+    ax.plot(xs, _stated_odds(groups), "x", color="C3", label="planner's stated odds")
     holes = statistics.median([max(r["result"]["plan"].get("local_sockets") or 1,
                                    r["result"]["plan"].get("remote_sockets") or 1) for r in trials])
     span = PORT_RANGE[1] - PORT_RANGE[0] + 1
@@ -147,12 +161,8 @@ def success_vs_probes(rows: list[dict[str, Any]], out_dir: Path, name: str = "su
     grid = [int(1 + i * top / 200) for i in range(201)]
     ax.plot(grid, [1 - birthday_miss(span, int(holes), p) for p in grid], "-", color="C1", alpha=0.7,
             label=f"birthday curve: {int(holes)} open mappings of {span} ports")
-    ax.set_xlabel("random probes of the guessing side")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("birthday strategy: success vs probes", fontsize=10)
-    return _save(fig, out_dir, name)
+    return _rate_figure(fig, ax, out_dir, name, "random probes of the guessing side", "success rate",
+                        "birthday strategy: success vs probes", "lower right")
 
 
 def hit_rate_vs_background(rows: list[dict[str, Any]], out_dir: Path, name: str = "hit-rate-vs-background") -> list[Path]:
@@ -167,15 +177,9 @@ def hit_rate_vs_background(rows: list[dict[str, Any]], out_dir: Path, name: str 
     xs = list(groups)
     hits = [[bool(p["hit"]) for r in g for p in (r["result"]["prediction"] or {}).values() if p] for g in groups.values()]
     _errorbar(ax, xs, hits, label="prediction hit rate (Wilson 95 %)", color="C0")
-    model = [statistics.median([r["result"]["odds"] for r in g if r["result"].get("odds") is not None] or [0])
-             for g in groups.values()]
-    ax.plot(xs, model, "s--", color="C3", label="planner's stated odds (model)")
-    ax.set_xlabel("background: other hosts' new flows per second behind each NAT")
-    ax.set_ylabel("rate")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title("port prediction vs background traffic", fontsize=10)
-    return _save(fig, out_dir, name)
+    ax.plot(xs, _stated_odds(groups), "s--", color="C3", label="planner's stated odds (model)")
+    return _rate_figure(fig, ax, out_dir, name, "background: other hosts' new flows per second behind each NAT",
+                        "rate", "port prediction vs background traffic", "lower left")
 
 
 def two_params(rows: list[dict[str, Any]], out_dir: Path, x: str, series: str,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..lab.agent import SERVER_PORT
-from ..lab.matrix import wait_tcp
+from ..lab.matrix import reap, wait_tcp
 
 DIRECT_PORT = 5201
 
@@ -62,7 +62,7 @@ def _last_json(proc: subprocess.Popen, out: dict[str, Any]) -> None:
 
 def run_hosts(lab: Any, cmds: dict[str, list[str]], timeout: float) -> tuple[dict, dict, dict[str, str]]:
     """Start the receiving/listening host's command first, then the other's; both rows and errors."""
-    procs, rows, threads, errors = {}, {"a": {}, "b": {}}, [], {}
+    procs, rows, threads = {}, {"a": {}, "b": {}}, []
     for host in ("b", "a"):
         procs[host] = lab.popen(host, cmds[host], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         t = threading.Thread(target=_last_json, args=(procs[host], rows[host]), daemon=True)
@@ -70,17 +70,7 @@ def run_hosts(lab: Any, cmds: dict[str, list[str]], timeout: float) -> tuple[dic
         threads.append(t)
         if host == "b":
             time.sleep(0.3)  # the receiver binds or enrolls first
-    deadline = time.monotonic() + timeout
-    for host, proc in procs.items():
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.returncode:
-            errors[host] = proc.stderr.read().decode(errors="replace")[-1500:]
-    for t in threads:
-        t.join(timeout=2)
+    errors = reap(procs, threads, time.monotonic() + timeout)
     return rows["a"].get("row", {}), rows["b"].get("row", {}), errors
 
 
