@@ -7,6 +7,7 @@ Each figure is written as PNG and SVG. Needs matplotlib (pip install 'nattrav[ex
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -115,7 +116,7 @@ def _by(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]
 
 def _errorbar(ax: Any, xs: list, groups: list[list[bool]], **kw: Any) -> None:
     rates = [_rate(g) for g in groups]
-    ax.errorbar(xs, [r for r, _, _ in rates], yerr=[[r - lo for r, lo, _ in rates], [hi - r for r, _, hi in rates]],
+    ax.errorbar(xs, [r for r, _, _ in rates], yerr=[[max(0.0, r - lo) for r, lo, _ in rates], [max(0.0, hi - r) for r, _, hi in rates]],
                 fmt="o", capsize=4, **kw)
 
 
@@ -136,50 +137,62 @@ def _rate_figure(fig: Any, ax: Any, out_dir: Path, name: str, xlabel: str, ylabe
 
 
 def success_vs_probes(rows: list[dict[str, Any]], out_dir: Path, name: str = "success-vs-probes") -> list[Path]:
-    """Birthday trials: measured success rate against the guessing side's probes, beside the
-    birthday-paradox curve for the opener's socket count (and the planner's stated odds)."""
+    """Birthday trials: measured success rate against the expected number of meetings λ = s·p/N (s
+    mappings opened, p random probes, N ports), beside the birthday-paradox curve 1 - e^-λ and the
+    planner's exact odds for those counts (without replacement)."""
     plt = _plt()
-    trials = [r for r in _trials(rows) if (r["result"].get("plan") or {}).get("local_random_probes") is not None
-              and r["result"].get("strategy") == "birthday"]
+    trials = [r for r in _trials(rows) if r["result"].get("strategy") == "birthday" and r["result"].get("plan")]
+    span = PORT_RANGE[1] - PORT_RANGE[0] + 1
 
-    def probes(r: dict[str, Any]) -> int:
+    def counts(r: dict[str, Any]) -> tuple[int, int]:
         p = r["result"]["plan"]
-        return max(p.get("local_random_probes") or 0, p.get("remote_random_probes") or 0)
+        probes = max(p.get("local_random_probes") or 0, p.get("remote_random_probes") or 0)
+        opened = p["local_sockets"] if (p.get("local_random_probes") or 0) == 0 else p["remote_sockets"]
+        return int(opened or 1), int(probes)
 
-    groups = _by(trials, probes)
+    groups = _by(trials, counts)
     if not groups:
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = list(groups)
+    xs = [s * p / span for s, p in groups]
     _errorbar(ax, xs, [[bool(r["result"].get("ok")) for r in g] for g in groups.values()],
               label="measured (Wilson 95 %)", color="C0")
-    ax.plot(xs, _stated_odds(groups), "x", color="C3", label="planner's stated odds")
-    holes = statistics.median([max(r["result"]["plan"].get("local_sockets") or 1,
-                                   r["result"]["plan"].get("remote_sockets") or 1) for r in trials])
-    span = PORT_RANGE[1] - PORT_RANGE[0] + 1
-    top = max(xs) * 1.3
-    grid = [int(1 + i * top / 200) for i in range(201)]
-    ax.plot(grid, [1 - birthday_miss(span, int(holes), p) for p in grid], "-", color="C1", alpha=0.7,
-            label=f"birthday curve: {int(holes)} open mappings of {span} ports")
-    return _rate_figure(fig, ax, out_dir, name, "random probes of the guessing side", "success rate",
-                        "birthday strategy: success vs probes", "lower right")
+    ax.plot(xs, [1 - birthday_miss(span, s, p) for s, p in groups], "x", color="C3", markersize=9,
+            label="planner's odds for those counts")
+    for x, (s, p) in zip(xs, groups):
+        ax.annotate(f"{s}×{p}", (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
+    top = max(xs) * 1.2
+    grid = [top * i / 300 for i in range(301)]
+    ax.plot(grid, [1 - math.exp(-x) for x in grid], "-", color="C1", alpha=0.7, label="birthday curve 1 − e^−λ")
+    ax.set_xscale("symlog", linthresh=0.01)
+    return _rate_figure(fig, ax, out_dir, name, f"λ = mappings opened × probes / {span} ports", "success rate",
+                        "birthday strategy: success vs probes", "upper left")
 
 
 def hit_rate_vs_background(rows: list[dict[str, Any]], out_dir: Path, name: str = "hit-rate-vs-background") -> list[Path]:
-    """The predictor's hit rate (the peer's real port among the predicted ones) against the NATs'
-    background traffic, beside the planner's stated odds for those trials."""
+    """Trials the planner gave to port prediction, per NAT pair, against the NATs' background
+    traffic: the success rate (Wilson 95 %) beside the planner's stated odds (the model), and the
+    predictor's hit rate on the connected ones (the peer's real port among the predicted ports)."""
     plt = _plt()
-    trials = [r for r in _trials(rows) if any((r["result"].get("prediction") or {}).values())]
-    groups = _by(trials, lambda r: r["case"]["background"])
-    if not groups:
+    trials = [r for r in _trials(rows) if r["result"].get("strategy") == "predicted"]
+    pairs = _by(trials, lambda r: f"{r['case']['left']}↔{r['case']['right']}")
+    if not pairs:
         return []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = list(groups)
-    hits = [[bool(p["hit"]) for r in g for p in (r["result"]["prediction"] or {}).values() if p] for g in groups.values()]
-    _errorbar(ax, xs, hits, label="prediction hit rate (Wilson 95 %)", color="C0")
-    ax.plot(xs, _stated_odds(groups), "s--", color="C3", label="planner's stated odds (model)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for n, (pair, group) in enumerate(pairs.items()):
+        groups = _by(group, lambda r: r["case"]["background"])
+        xs = [x * (1 + 0.06 * n) + 0.4 * n for x in groups]  # pairs side by side, not on top of each other
+        _errorbar(ax, xs, [[bool(r["result"].get("ok")) for r in g] for g in groups.values()],
+                  label=f"{pair}: connected", color=f"C{n}")
+        ax.plot(xs, _stated_odds(groups), "s--", color=f"C{n}", alpha=0.6, label=f"{pair}: stated odds")
+        hits = [[bool(p["hit"]) for r in g for p in (r["result"].get("prediction") or {}).values() if p]
+                for g in groups.values()]
+        ax.plot(xs, [sum(h) / len(h) if h else float("nan") for h in hits], "^", color=f"C{n}", alpha=0.5,
+                label=f"{pair}: prediction hits (connected)")
+    ax.set_xscale("symlog", linthresh=10)
     return _rate_figure(fig, ax, out_dir, name, "background: other hosts' new flows per second behind each NAT",
-                        "rate", "port prediction vs background traffic", "lower left")
+                        "rate", "port prediction vs background traffic (trials planned as 'predicted')",
+                        "lower left")
 
 
 def two_params(rows: list[dict[str, Any]], out_dir: Path, x: str, series: str,
