@@ -76,3 +76,14 @@ def test_the_run_command_refuses_a_bad_spec(tmp_path, capsys):
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "unknown axes" in capsys.readouterr().err
     assert cli.main(["run", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o.jsonl")]) == 2
+
+
+def test_the_table_summarises_each_case_with_its_interval(tmp_path, capsys):
+    src = tmp_path / "rows.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in _rows()))
+    assert cli.main(["table", str(src), "--title", "T"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# T\n")
+    # none -> none: 2 of 3 connected; the planner said 99 %, outside the interval [0.21, 0.94]
+    row = next(line for line in out.splitlines() if line.startswith("| none → none |"))
+    assert "2/3 [0.21–0.94]" in row and "| 99% | **no** |" in row and "0.040" in row

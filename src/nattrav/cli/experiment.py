@@ -3,6 +3,7 @@
     nattrav-experiment run sweep.toml --out results.jsonl      # resumes: recorded trials are skipped
     nattrav-experiment plot results.jsonl --out-dir plots/     # PNG + SVG from the JSON lines only
     nattrav-experiment plot results.jsonl --x max_flows --series background
+    nattrav-experiment table results.jsonl --title "UDP matrix" > results.md   # per case, Wilson intervals
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--prefix", default="")
     pl.add_argument("--x", help="an option to put on the x axis of a two-parameter plot")
     pl.add_argument("--series", help="an option or case field (background, shape) for its lines")
+    tb = sub.add_parser("table", help="a markdown table per case (success, Wilson interval, odds, times)")
+    tb.add_argument("files", nargs="+")
+    tb.add_argument("--title", default="nattrav experiment")
     return p
 
 
@@ -56,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = plots.load(*args.files)
         except OSError as exc:
             raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        if args.cmd == "table":
+            from ..experiment.tables import markdown
+
+            print(markdown(rows, args.title), end="")
+            return EXIT_OK
         written = plots.all_plots(rows, args.out_dir, args.prefix)
         if args.x and args.series:
             written += plots.two_params(rows, plots.Path(args.out_dir), args.x, args.series,
