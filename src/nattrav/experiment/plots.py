@@ -79,6 +79,7 @@ def matrix_heatmaps(rows: list[dict[str, Any]], out_dir: Path, name: str = "matr
     for metric in ("success", "seconds"):
         fig, ax = plt.subplots(figsize=(1.3 * n + 2.5, 1.0 * n + 1.8))
         grid = [[float("nan")] * n for _ in range(n)]
+        texts = []
         for (left, right), res in cells.items():
             i, j = order.index(left), order.index(right)
             if metric == "success":
@@ -89,10 +90,18 @@ def matrix_heatmaps(rows: list[dict[str, Any]], out_dir: Path, name: str = "matr
                 secs = [x["seconds"] for x in res if x.get("ok") and x.get("seconds") is not None]
                 grid[i][j] = statistics.median(secs) if secs else float("nan")
                 text = f"{grid[i][j] * 1e3:.0f} ms" if secs else "—"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
-        cmap = "RdYlGn" if metric == "success" else "viridis_r"
-        im = ax.imshow(grid, cmap=cmap, vmin=0 if metric == "success" else None,
-                       vmax=1 if metric == "success" else None)
+            texts.append((i, j, text))
+        if metric == "success":
+            im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1)
+        else:
+            from matplotlib.colors import LogNorm  # from tens of ms (one packet) to seconds (bursts)
+
+            im = ax.imshow(grid, cmap="viridis_r", norm=LogNorm())
+        for i, j, text in texts:
+            # white on the dark ends of each colour map
+            v = grid[i][j]
+            dark = (v > 0.85 or v < 0.15) if metric == "success" else v > 0.3
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(n), order, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n), order, fontsize=8)
         ax.set_xlabel("B's NAT (listens)")
