@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     results = out / "trials.jsonl"
     counts = run_sweep(SMALL if args.small else SWEEP, results, trial_fn=trial)
     rows = plots.load(results)
-    written = plots.two_params(rows, out, "max_flows", "background", "flows-x-background")
+    try:
+        written = plots.two_params(rows, out, "max_flows", "background", "flows-x-background")
+    except ImportError:
+        print("the plots need matplotlib: pip install -e '.[experiment]' (the JSON lines are written)", file=sys.stderr)
+        written = []
     goodput = [r for r in rows if r["result"].get("goodput_bps")]
     print(json.dumps({**counts, "plots": [str(w) for w in written],
                       "goodput_mbps": sorted(round(r["result"]["goodput_bps"] / 1e6, 3) for r in goodput)}))

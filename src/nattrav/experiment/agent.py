@@ -21,7 +21,7 @@ from ..lab.agent import FAILURES, connected, failure_reason, marking, note_plan
 
 USER_OPTIONS = {"ttl", "max_flows", "target", "horizon", "max_sockets", "birthday_sockets", "max_window",
                 "best_effort_flows", "workers"}
-TRAFFIC_KEYS = {"rate", "size", "time", "interval", "tcp"}
+TRAFFIC_KEYS = {"rate", "size", "time", "interval", "tcp", "raw"}
 
 
 def _emit(d: dict[str, Any]) -> None:
@@ -42,7 +42,9 @@ async def _traffic(path: Any, spec: dict[str, Any], role: str) -> dict[str, Any]
         if role == "connect":
             return await traffic.run_tcp_sender(path, duration=float(spec.get("time", 2)))
         return {"receiver": await traffic.serve_tcp_receiver(path, interval=float(spec.get("interval", 1)))}
-    ch = traffic.PathChannel(path)
+    # raw: plain datagrams over the punched socket and the peer's mapping (the same hops and NAT
+    # mappings, without the path's framing): what nattrav's own DATA frames cost, measured apart
+    ch = traffic.RawChannel(path.sock, path.peer_addr) if spec.get("raw") else traffic.PathChannel(path)
     if role == "connect":
         return await traffic.run_udp_sender(ch, rate_bps=measure.parse_rate(spec.get("rate", "10M")),
                                             size=int(spec.get("size", 1200)), duration=float(spec.get("time", 2)))

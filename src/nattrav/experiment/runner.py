@@ -47,7 +47,9 @@ def run_metadata(*, seed: int, profile: str | None = None, sweep: str | None = N
     """What a trial's numbers depend on besides its parameters."""
     return {"commit": _commit(), "nattrav": __version__, "kernel": platform.release(), "cpu": _cpu(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "seed": seed, "lab_profile": profile,
-            "sweep": sweep, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "sweep": sweep, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            # the machine is shared: a timing is only comparable with others taken under a like load
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def done_keys(path: Path) -> set[str]:
