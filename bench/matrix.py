@@ -76,7 +76,7 @@ REALISM_SHAPES = ("flat", "wan50")
 def _row_for_error(left: str, right: str, shape: str, tcp: bool, exc: Exception) -> dict:
     return {"left": left, "right": right, "shape": shape, "tcp": tcp,
             "expect": (tcp_expectation if tcp else expectation)(left, right), "trials": 0, "connected": 0,
-            "success": 0.0, "wilson": [0.0, 1.0], "odds": None, "odds_agree": None, "strategies": [],
+            "success": 0.0, "wilson": [0.0, 1.0], "odds": None, "odds_floor": False, "odds_agree": None, "strategies": [],
             "median_s": None, "p95_s": None, "predictions": 0, "prediction_hits": 0, "median_rank": None,
             "failures": [repr(exc)[:200]]}
 
@@ -100,7 +100,7 @@ def markdown(table: list[dict], meta: dict) -> str:
         lo, hi = t["wilson"]
         out.append(f"| {'TCP' if t.get('tcp') else 'UDP'} | {t['left']} → {t['right']} | {t['shape']} | {t['expect']} | "
                    f"{t['connected']}/{t['trials']} ({100 * t['success']:.0f}%) | {100 * lo:.0f}–{100 * hi:.0f}% | "
-                   f"{_pct(t['odds'])} | {agree} | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
+                   f"{'≥ ' if t.get('odds_floor') else ''}{_pct(t['odds'])} | {agree} | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
                    f"{f(t['p95_s'])} | {pred} |")
     failing = [t for t in table if t["expect"] == "feasible" and t["connected"] < t["trials"]]
     out += ["", "## Feasible cases that did not always connect", ""]
@@ -108,7 +108,8 @@ def markdown(table: list[dict], meta: dict) -> str:
             f"{t['connected']}/{t['trials']}; {t['failures'][0] if t['failures'] else ''}" for t in failing] or ["- none"]
     wrong = [t for t in table if t["odds_agree"] is False]
     out += ["", "## Stated odds outside the measured interval", ""]
-    out += [f"- {t['left']} → {t['right']} ({t['shape']}): stated {_pct(t['odds'])}, measured "
+    out += [f"- {t['left']} → {t['right']} ({t['shape']}): stated {'≥ ' if t.get('odds_floor') else ''}"
+            f"{_pct(t['odds'])}, measured "
             f"{t['connected']}/{t['trials']} (Wilson {100 * t['wilson'][0]:.0f}–{100 * t['wilson'][1]:.0f}%)"
             for t in wrong] or ["- none"]
     return "\n".join(out) + "\n"

@@ -74,6 +74,8 @@ def test_both_sides_decide_alike_and_mirror_each_other(preset):
     assert planned(pa) == list(plain_a.attempts)
     assert all(x.delay >= LAN_HEAD_START for x in pa.attempts if x.strategy is not Strategy.LAN)
     assert pa.odds == plain_a.odds and pa.feasible == plain_a.feasible
+    # the LAN attempts' chance is not counted: the odds are a floor, and the summary says so
+    assert pa.odds_floor and pa.summary()["odds_floor"] and not plain_a.odds_floor
     assert pa.params["lan_targets"] == [list(h) for h in HOST_B]
     assert "LAN address(es) 10.0.1.3:41000 did not answer" in pa.failure_message()
 
@@ -137,6 +139,8 @@ def test_tcp_plans_carry_the_peers_lan_listeners_even_when_infeasible():
     assert pa.strategy is TcpStrategy.NONE and not pa.feasible  # random on both sides
     assert pa.lan == (("10.0.1.3", 43000),) and pb.lan == (("10.0.1.2", 42000),)
     assert pa.to_dict()["lan"] == [["10.0.1.3", 43000]]
+    assert pa.to_dict()["odds_floor"] is True  # 0% without the LAN, but the LAN may answer
+    assert tcp_planner.plan(a, b, "first", peer_ip=PUBLIC).to_dict()["odds_floor"] is False
     assert not tcp_planner.plan(a, b, "first", peer_ip=OTHER, own_ip=PUBLIC).lan
     assert not tcp_planner.plan(a, b, "first", peer_ip=PUBLIC).lan
     assert not tcp_planner.plan(a, replace(b, host=()), "first", peer_ip=PUBLIC, own_ip=PUBLIC).lan

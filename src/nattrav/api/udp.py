@@ -182,7 +182,7 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
     # runs its bounded best effort, whose odds are small but not zero
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
-                  "reason": p.reason, "role": session.role, "params": p.params,
+                  "odds_floor": p.odds_floor, "reason": p.reason, "role": session.role, "params": p.params,
                   "peer_targets": list(p.attempts[0].local.targets[:4096])})
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:

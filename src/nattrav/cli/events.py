@@ -55,6 +55,7 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
                 f"opening TTL {d['low_ttl']}")
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
-        return (f"plan: {d['strategy']} (we are {d['role']}), odds {100 * d['odds']:.6g}% — "
+        floor = "at least " if d.get("odds_floor") else ""  # the LAN attempts' chance is not counted
+        return (f"plan: {d['strategy']} (we are {d['role']}), odds {floor}{100 * d['odds']:.6g}% — "
                 f"{d['reason']}{extra}")
     return f"{phase}: {d}" if verbose else None

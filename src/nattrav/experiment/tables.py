@@ -21,7 +21,8 @@ def case_rows(rows: list[dict[str, Any]]) -> dict[tuple, list[TrialResult]]:
         key = (c["left"], c["right"], c["shape"], c["background"], tuple(sorted(r.get("options", {}).items())))
         out[key].append(TrialResult(c["left"], c["right"], r.get("repeat", 0), bool(res.get("ok")),
                                     strategy=res.get("strategy"), seconds=res.get("seconds"),
-                                    rtt_ms=res.get("rtt_ms"), odds=res.get("odds"), reason=res.get("reason"),
+                                    rtt_ms=res.get("rtt_ms"), odds=res.get("odds"),
+                                    odds_floor=bool(res.get("odds_floor")), reason=res.get("reason"),
                                     shape=c["shape"], extra={"prediction_a": pred.get("a"), "prediction_b": pred.get("b")}))
     return dict(out)
 
@@ -44,7 +45,7 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
         lo, hi = s["wilson"]
         lines.append(
             f"| {left} → {right} | {shape} | {bg:g} | {' '.join(f'{k}={v}' for k, v in opts) or '—'} | {s['expect']} | "
-            f"{s['connected']}/{s['trials']} [{lo:.2f}–{hi:.2f}] | {_pct(s['odds'])} | "
+            f"{s['connected']}/{s['trials']} [{lo:.2f}–{hi:.2f}] | {'≥ ' if s['odds_floor'] else ''}{_pct(s['odds'])} | "
             f"{'—' if s['odds_agree'] is None else ('yes' if s['odds_agree'] else '**no**')} | "
             f"{', '.join(s['strategies'])} | {_secs(s['median_s'])} | {_secs(s['p95_s'])} | "
             f"{s['prediction_hits']}/{s['predictions']} |")

@@ -96,6 +96,7 @@ def punched_trial(lab: Any, name: str, options: dict[str, Any], traffic: dict[st
     return {
         "ok": ok, "strategy": a.get("strategy") or b.get("strategy"),
         "seconds": max(secs) if ok and secs else None, "rtt_ms": a.get("rtt_ms"), "odds": a.get("odds"),
+        "odds_floor": bool(a.get("odds_floor")),
         "plan": a.get("plan"), "reason": None if ok else reason,
         "prediction": {"a": _prediction(a), "b": _prediction(b)},
         "path": {"a": a.get("path"), "b": b.get("path")}, "traffic": traffic_res,

@@ -126,6 +126,7 @@ def note_plan(row: dict[str, Any], marks: dict[str, Any]) -> dict[str, Any]:
     plan = marks.get("plan") or {}
     row["strategy"] = row.get("strategy") or plan.get("strategy")
     row["odds"] = plan.get("odds")
+    row["odds_floor"] = bool(plan.get("odds_floor"))
     return plan
 
 

@@ -109,6 +109,13 @@ class Plan:
     def primary(self) -> Attempt:
         return self.attempts[0]
 
+    @property
+    def odds_floor(self) -> bool:
+        """Whether `odds` is only a floor: the LAN attempts race the plan, and nothing measured the
+        path between the two hosts, so their chance is not counted (the matrix compares a floor with
+        the upper end of the measured interval only)."""
+        return any(a.strategy is Strategy.LAN for a in self.attempts)
+
     def summary(self) -> dict[str, Any]:
         """A JSON/msgpack-safe view for --json output, logs and the demo."""
 
@@ -125,7 +132,7 @@ class Plan:
                     "next_port": pr.next_port}
 
         return {"strategy": self.strategy.value, "feasible": self.feasible, "odds": self.odds,
-                "reason": self.reason, "role": self.role, "timeout": self.timeout,
+                "odds_floor": self.odds_floor, "reason": self.reason, "role": self.role, "timeout": self.timeout,
                 "local": side(self.local), "remote": side(self.remote),
                 "attempts": [{"strategy": a.strategy.value, "delay": a.delay, "odds": a.odds,
                               "local": part(a.local), "remote": part(a.remote)} for a in self.attempts]}
