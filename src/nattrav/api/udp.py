@@ -167,13 +167,14 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
 
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
-                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> PunchedPath:
+                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET,
+                 plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> PunchedPath:
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
         p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows,
-                       own_ip=own_ip(session))
+                       own_ip=own_ip(session), **(plan_knobs or {}))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     emit_address(emit, p.params, peer_ip)
@@ -188,7 +189,7 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
         if coordinator is None and _needs_workers(p):
             # bursts of hundreds of sockets go to the C core in worker processes (one per core);
             # the winning socket is handed back to us, so the coordinator can go once punch returns
-            async with open_coordinator() as coord:
+            async with open_coordinator(workers) as coord:
                 path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coord,
                                    on_event=emit)
         else:
@@ -208,11 +209,16 @@ def _needs_workers(p: Plan) -> bool:
 class UdpTransport:
     """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
-    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> None:
+    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET, *,
+                 plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> None:
         if not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
+        if workers is not None and not (isinstance(workers, int) and 1 <= workers <= 256):
+            raise ValueError(f"workers must be 1..256 or None, got {workers!r}")
         self.coordinator = coordinator
         self.max_flows = max_flows
+        self.plan_knobs = dict(plan_knobs or {})
+        self.workers = workers
 
     async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
@@ -222,7 +228,8 @@ class UdpTransport:
         await refresh_mappings(ep, emit)
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows)
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows, self.plan_knobs,
+                            self.workers)
 
     @staticmethod
     def close(ep: Endpoint) -> None:
