@@ -22,7 +22,6 @@ from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import RENDEZVOUS_PORT, EventHook, node_info, refresh_cached, stun_endpoint
 from .tcp import TcpTransport
-from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .udp import UdpTransport
 
 Server = str | tuple[str, int]  # "host[:port]" (default port 7000) or (host, port)
@@ -37,7 +36,9 @@ class SessionOptions:
     src_ip: str | None = None  # local IP to send from (default: any)
     src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
     ttl: int | None = None  # TTL of the opening packets (default: measured, see proto/hops.py)
-    max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
+    # new flows our UDP bursts may hold open on our own NATs (default: a home router's share, less
+    # behind a carrier-grade NAT: proto/planner/budget.py); an explicit number always wins
+    max_flows: int | None = None
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
     # the NAT behaviour cached per network (api/behavior_cache.py): True for the default file, a
