@@ -25,7 +25,7 @@ from .. import predict as _predict
 from ..report import PORT_RANGE, NatReport
 from ..predict import Kind
 from ..vocab import Filtering, Mapping, Role, Strategy
-from .budget import DEFAULT_FLOW_BUDGET, FLOW_TABLE_CAP
+from .budget import DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP
 from .odds import (
     birthday_miss,
     noise_pmf,
@@ -139,6 +139,7 @@ class Plan:
         lan = self.params.get("lan_targets")
         return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
                 f"{self.strategy.value} had {self.odds:.2%} odds"
+                + (f" {_budgets(self.local, self.remote)}" if STRATEGIES[self.strategy].burst else "")
                 + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
                    if lan else "")
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
@@ -203,6 +204,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     # random-sequential needs far more flows than a home router holds).
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best) + assumed
+    if best.odds < target and STRATEGIES[best.strategy].burst:
+        reason += "; " + _budgets(local, remote)
     lan = _lan_attempts(own_ip, local_report.host, peer_ip, remote_report.host)
     if lan:
         # host candidates first, as ICE's priorities order them: the planned attempts start a little
@@ -233,6 +236,11 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         params["lan_targets"] = [[a.local.peer_ip, a.local.targets[0]] for a in lan if a.local.targets]
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
                 timeout, params)
+
+
+def _budgets(local: Side, remote: Side) -> str:
+    return (f"at the flow budgets the sides published: local {local.budget}, remote {remote.budget} new flows "
+            f"(--max-flows; a side's bursts of the last {FLOW_LINGER:g} s count against its own)")
 
 
 def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
