@@ -24,7 +24,6 @@ from .endpoint import RENDEZVOUS_PORT, EventHook, node_info, refresh_cached, stu
 from .tcp import TcpTransport
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
-from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .timeline import Timeline
 from .udp import UdpTransport
 
@@ -40,7 +39,9 @@ class SessionOptions:
     src_ip: str | None = None  # local IP to send from (default: any)
     src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
     ttl: int | None = None  # TTL of the opening packets (default: measured, see proto/hops.py)
-    max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
+    # new flows our UDP bursts may hold open on our own NATs (default: a home router's share, less
+    # behind a carrier-grade NAT: proto/planner/budget.py); an explicit number always wins
+    max_flows: int | None = None
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
     # The UDP planner's knobs (proto/planner/udp.plan). Both peers derive the plan from the same two
@@ -71,7 +72,7 @@ class SessionOptions:
             raise UsageError(f"workers must be 1..256 or None, got {self.workers!r}")
 
     def plan_knobs(self) -> dict[str, Any]:
-        """The planner's keywords, as plan() takes them (flow_budget is max_flows)."""
+        """The planner's keywords, as plan() takes them (the flow budgets come from the reports)."""
         return {"target": self.target, "horizon": self.horizon, "max_sockets": self.max_sockets,
                 "birthday_sockets": self.birthday_sockets, "max_window": self.max_window,
                 "best_effort_flows": self.best_effort_flows}

@@ -4,7 +4,10 @@ bursts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -16,12 +19,13 @@ from ..io.punch import punch
 from ..io.session import Session
 from ..io.stun_client import run_transactions
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.odds import FLOW_TABLE_CAP
-from ..proto.planner.udp import DEFAULT_FLOW_BUDGET, Plan, plan
+from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
+                                    default_flow_budget)
+from ..proto.planner.udp import Plan, plan
 from ..proto.report import NatReport, Sample
 from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
-from ..proto.vocab import Mapping
+from ..proto.vocab import Mapping, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .background import running
@@ -35,6 +39,9 @@ WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker proc
 EIM_SAMPLES_FRESH = 20.0
 # the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
 SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
+# Our bursts of this process by local address, in time.monotonic() (the behaviour cache file keeps
+# them across processes, in unix time): what they opened is not ours to spend again until it expires.
+LEDGER = FlowLedger()
 
 
 @dataclass
@@ -48,6 +55,25 @@ class Endpoint:
     sampled_at: float = 0.0  # trio time of the latest mapping samples
     cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
     hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL
+    budget: int = DEFAULT_FLOW_BUDGET  # new flows our bursts may have open on our NATs (before the ledger)
+    local_ip: str = "0.0.0.0"  # where our bursts leave from: the ledger's key
+
+    def flows_held(self) -> int:
+        """Flows our recent bursts opened that our NATs may still hold: this process's, or every
+        process's that shares the behaviour cache file (the larger; the file may be unwritable)."""
+        held = LEDGER.held(self.local_ip, time.monotonic())
+        if self.cached is not None:
+            held = max(held, self.cached.cache.flows_held(self.local_ip))
+        return held
+
+    def publish_flows(self, emit: EventHook | None = None) -> NatReport:
+        """Our report with the flow budget our NATs have left now (NatReport.flows)."""
+        held = self.flows_held()
+        self.report = replace(self.report, flows=budget_left(self.budget, held))
+        if emit is not None:
+            emit("flow-budget", {"flows": self.report.flows, "budget": self.budget, "held": held,
+                                 "cgn": self.hops.cgn})
+        return self.report
 
 
 async def open_endpoint(
@@ -58,11 +84,14 @@ async def open_endpoint(
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
     cache: BehaviorCache | None = None,
+    max_flows: int | None = None,
 ) -> Endpoint:
     """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
     this network: a NAT's behaviour does not change between sessions, its mappings do), and learn
     the punch socket's mappings from S1 and S2 -- as soon as discovery's tests have made their own
-    mappings, while its filtering tests still wait for answers that may never come."""
+    mappings, while its filtering tests still wait for answers that may never come.
+    max_flows: our flow budget (default: a home router's, smaller when the trace shows a
+    carrier-grade NAT: proto/planner/budget.py); the report publishes it less our recent bursts."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
@@ -87,7 +116,12 @@ async def open_endpoint(
     except BaseException:
         sock.close()
         raise
-    return Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops)
+    if max_flows is None:
+        max_flows = default_flow_budget(hops, (ip for ip, _ in report.host))
+    local_ip = behavior.local[0] if behavior.local else sock.getsockname()[0]
+    ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip))
+    ep.publish_flows(emit)
+    return ep
 
 
 def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple[str, int]]:
@@ -127,14 +161,13 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
     assert ep.behavior.server is not None
     s1, s2 = ep.behavior.server, ep.behavior.other_address
-    if s2 is None:
-        return ep.report
-    if ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH:
-        return ep.report
-    new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
-    ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
-    ep.sampled_at = trio.current_time()
-    return ep.report
+    fresh = ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH
+    if s2 is not None and not fresh:
+        new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
+        ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
+        ep.sampled_at = trio.current_time()
+    # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
+    return ep.publish_flows(on_event)
 
 
 async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float) -> tuple[list[Sample], tuple[str, int]]:
@@ -163,20 +196,49 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
     # the host candidates are read again at every refresh: a listener's interfaces may change
-    return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()))
+    return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()),
+                      **({"flows": previous.flows} if previous else {}))
 
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
-                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET,
-                 plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> PunchedPath:
+                 coordinator: Any = None, plan_knobs: dict[str, Any] | None = None,
+                 workers: int | None = None) -> PunchedPath:
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
-        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows,
-                       own_ip=own_ip(session), **(plan_knobs or {}))
+        # each side's part within the budget its own report published (ours: ep.report.flows)
+        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, own_ip=own_ip(session),
+                       **(plan_knobs or {}))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
+    with _ledgered(ep, p, session):
+        return await _punch_plan(ep, p, session, ttl, emit, coordinator, peer_ip, workers)
+
+
+def burst_flows(p: Plan) -> int:
+    """The new flows our side of `p` may open on our NATs: every attempt that leaves through them
+    (LAN packets stay inside the network)."""
+    return sum(a.local.flows for a in p.attempts if a.strategy is not Strategy.LAN)
+
+
+@contextmanager
+def _ledgered(ep: Endpoint, p: Plan, session: Session) -> Iterator[None]:
+    """The plan's flows in the ledger from the moment they may leave until FLOW_LINGER after the
+    punch ends (at first: after its timeout, for a session that plans meanwhile)."""
+    flows = burst_flows(p)
+    burst = LEDGER.record(ep.local_ip, flows, time.monotonic() + max(0.0, session.start_in()) + p.timeout
+                          + FLOW_LINGER)
+    try:
+        yield
+    finally:
+        LEDGER.settle(burst, time.monotonic() + FLOW_LINGER)
+        if ep.cached is not None and flows:
+            ep.cached.cache.record_flows(ep.local_ip, flows, time.time() + FLOW_LINGER)
+
+
+async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, emit: EventHook,
+                      coordinator: Any, peer_ip: str, workers: int | None = None) -> PunchedPath:
     emit_address(emit, p.params, peer_ip)
     # the peer ports the first attempt aims at, so a caller can check the prediction against where
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
@@ -209,9 +271,9 @@ def _needs_workers(p: Plan) -> bool:
 class UdpTransport:
     """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
-    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET, *,
+    def __init__(self, coordinator: Any = None, max_flows: int | None = None, *,
                  plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> None:
-        if not 1 <= max_flows <= FLOW_TABLE_CAP:
+        if max_flows is not None and not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
         if workers is not None and not (isinstance(workers, int) and 1 <= workers <= 256):
             raise ValueError(f"workers must be 1..256 or None, got {workers!r}")
@@ -222,14 +284,13 @@ class UdpTransport:
 
     async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
-                                   cache=cache)
+                                   cache=cache, max_flows=self.max_flows)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows, self.plan_knobs,
-                            self.workers)
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers)
 
     @staticmethod
     def close(ep: Endpoint) -> None:

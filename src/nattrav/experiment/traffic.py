@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import time
 from array import array
 from collections.abc import Callable
