@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,11 +43,26 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_bound(port: int, proc: subprocess.Popen, limit: float = 30.0) -> None:
+    """Until the listener holds the port (our own bind fails): a sender that starts first loses
+    its datagrams on a busy machine."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the listener never bound its port")
+
+
 def test_a_direct_measurement_on_loopback():
     port = _free_udp_port()
     rx = subprocess.Popen([*PERF, "--direct-listen", f"127.0.0.1:{port}", "--json"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
     try:
+        _wait_bound(port, rx)
         tx = subprocess.run([*PERF, "--direct", f"127.0.0.1:{port}", "-b", "2M", "-l", "400", "-T", "0.5",
                              "--json"], capture_output=True, text=True, timeout=60)
         out, _ = rx.communicate(timeout=30)
