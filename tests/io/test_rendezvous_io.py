@@ -299,7 +299,9 @@ async def _chaos_connection(addr, rng):
     """One misbehaving client: garbage, half frames, absurd lengths, or enroll-connect-vanish."""
     kind = rng.randrange(5)
     try:
-        stream = await trio.open_tcp_stream(*addr)
+        # from an address of their own: the server limits pending offers per source address, and the
+        # well-behaved peers must not share that allowance with the attackers
+        stream = await trio.open_tcp_stream(*addr, local_address="127.0.0.2")
     except OSError:
         return
     try:

@@ -67,6 +67,8 @@ async def run_agent(args: argparse.Namespace) -> None:
                                 got = await path.receive()
                                 await path.send(got)
                                 row["echo"] = got.decode(errors="replace")
+                                if not args.tcp:
+                                    await _echo_repeats(path)
                             break
                         except UnknownPeer:
                             await trio.sleep(0.05)  # the listener has not enrolled this trial yet
@@ -77,6 +79,20 @@ async def run_agent(args: argparse.Namespace) -> None:
         row.setdefault("plan_reason", plan.get("reason"))
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
+
+
+async def _echo_repeats(path: Any) -> None:
+    """An echo may be lost on the way back: answer the listener's repeated pings until it closes the
+    path (b"") or stays quiet for a few of its retry periods (its close may be lost too), so a retry
+    meets an echo, not our close."""
+    while True:
+        with trio.move_on_after(4 * ECHO_WAIT):
+            again = await path.receive()
+            if not again:
+                return
+            await path.send(again)
+            continue
+        return
 
 
 async def _ping(path: Any, ping: bytes, *, tries: int) -> str | None:
