@@ -189,12 +189,12 @@ for _, v in ipairs(out) do reply[#reply + 1] = v end
 return reply
 """
 
-# ARGV[A..]: id inst conn info -> 1 | 0
+# ARGV[A..]: id inst conn info -> {1} | {0} (a list: every script answers one)
 PUBLISH_INFO = PRELUDE + r"""
 local ok = at(ARGV[A], ARGV[A + 1], ARGV[A + 2])
-if not ok then return 0 end
+if not ok then return {0} end
 redis.call('HSET', pk(ARGV[A]), 'info', ARGV[A + 3])
-return 1
+return {1}
 """
 
 # ARGV[A..]: id inst conn -> {ended...}
