@@ -62,6 +62,13 @@ def check_url(url: str) -> str:
     return url
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, from the first leaf of the exception groups coredis' task groups make."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         try:
@@ -177,7 +184,7 @@ class RedisRegistry:
             raise RegistryUnavailable(f"Redis did not answer within {self.op_timeout:g} s") from None
         except Exception as exc:  # coredis' RedisError family, OSError, anyio's stream errors
             self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis: {type(exc).__name__}: {str(exc)[:120]}") from None
+            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
         if not isinstance(reply, list):
             raise RegistryUnavailable(f"malformed reply from Redis to {name}")
         return reply
@@ -289,28 +296,34 @@ class RedisRegistry:
         except trio.TooSlowError:
             raise RegistryUnavailable(f"Redis did not take notices within {self.op_timeout:g} s") from None
         except Exception as exc:
-            raise RegistryUnavailable(f"Redis: {type(exc).__name__}: {str(exc)[:120]}") from None
+            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
 
     async def serve_notices(self, deliver: Callable[[bytes], None], *,
                             task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Hand every notice published for this instance to `deliver`, forever; resubscribe after a
         loss with backoff. `task_status.started()` once the first subscription is in place."""
+        from coredis.retry import NoRetryPolicy
+
         started = False
         wait = BACKOFF[0]
         while True:
             try:
-                async with self.client.pubsub(channels=[self.channel], ignore_subscribe_messages=True) as ps:
+                # coredis' own retries back off to 16 s between attempts: ours are capped at BACKOFF[1]
+                async with self.client.pubsub(channels=[self.channel], ignore_subscribe_messages=True,
+                                              retry_policy=NoRetryPolicy(), max_idle_seconds=5) as ps:
                     if not started:
                         task_status.started()
                         started = True
+                    elif wait > BACKOFF[0]:
+                        log.warning("notice subscription to Redis is back")
                     wait = BACKOFF[0]
                     async for message in ps:
                         data = message.get("data") if isinstance(message, dict) else None
                         if isinstance(data, bytes):
                             deliver(data)
             except Exception as exc:  # the subscription broke: notices meanwhile are lost (peers time out)
-                log.warning("notice subscription to Redis lost (%s: %s); again in %.1f s",
-                            type(exc).__name__, str(exc)[:120], wait)
+                (log.warning if wait == BACKOFF[0] else log.debug)(
+                    "notice subscription to Redis lost (%s); again in %.1f s", _reason(exc), wait)
             await trio.sleep(wait)
             wait = min(wait * 2, BACKOFF[1])
 
@@ -328,6 +341,9 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
     options.setdefault("clock_offset", time.time() - trio.current_time())
     client = coredis.Redis.from_url(url, decode_responses=False, connect_timeout=OP_TIMEOUT,
                                     stream_timeout=OP_TIMEOUT, retry_policy=NoRetryPolicy())
+    # coredis runs its connections in a task group: whatever leaves the block comes out of it as an
+    # ExceptionGroup; the caller gets its own exception (or the startup failure) back unwrapped
+    failure: BaseException | None = None
     async with client:
         registry = RedisRegistry(client, **options)
         deadline = trio.current_time() + wait
@@ -337,6 +353,13 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
                 break
             except RegistryUnavailable as exc:
                 if trio.current_time() >= deadline:
-                    raise RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}") from None
+                    failure = RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}")
+                    break
                 await trio.sleep(0.2)
-        yield registry
+        if failure is None:
+            try:
+                yield registry
+            except BaseException as exc:
+                failure = exc
+    if failure is not None:
+        raise failure
