@@ -360,6 +360,14 @@ class RendezvousClient:
             pass
 
 
+def parse_servers(server: str | tuple[str, int] | list) -> list[tuple[str, int]]:
+    """The servers of one tier: "HOST[:PORT][,HOST[:PORT]...]", a (host, port) or a list of either."""
+    if isinstance(server, str):
+        server = server.split(",")
+    items = server if isinstance(server, list) else [server]
+    return [s if isinstance(s, tuple) else parse_hostport(s, DEFAULT_PORT) for s in items]
+
+
 @asynccontextmanager
 async def open_rendezvous(
     server: str | tuple[str, int] | list,
@@ -379,10 +387,7 @@ async def open_rendezvous(
     server's keepalive, at least 2 s) is how long an unanswered ping may take before the connection
     counts as lost. ``server`` may be a list of servers of one tier, or "HOST:PORT,HOST:PORT,...":
     the first is enrolled with, the others take over when it is lost (see the module's doc)."""
-    if isinstance(server, str):
-        server = [parse_hostport(s, DEFAULT_PORT) for s in server.split(",")]
-    servers = [s if isinstance(s, tuple) else parse_hostport(s, DEFAULT_PORT) for s in
-               (server if isinstance(server, list) else [server])]
+    servers = parse_servers(server)
     if info is not None:
         try:
             check_info(info)
