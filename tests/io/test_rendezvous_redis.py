@@ -14,7 +14,7 @@ import trio
 from nattrav.errors import RendezvousError, RendezvousTimeout, ServerBusy, ServerGone
 from nattrav.io.rendezvous_client import open_rendezvous
 from tests.instances import SERVER, instances
-from tests.redisd import RedisServer, free_port, require_redis, running_redis
+from tests.redisd import free_port, running_redis
 
 KEEPALIVE_TIMEOUT = 3.0  # the peers' keepalive is a third of it: 1 s
 
@@ -107,7 +107,7 @@ async def test_a_redis_outage_is_busy_then_over(redisd):
             assert i1.proc.poll() is None and i2.proc.poll() is None
             # Redis returns empty (no persistence): every instance finds its entries gone, ends its
             # peers' connections, and they enroll again under their names
-            RedisServer(redisd.port, redisd.dir).start().wait()
+            redisd.start().wait()  # same port, same object: the fixture stops this one
             await _until(lambda: a.enrollments >= 2 and b.enrollments >= 2 and a.connected and b.connected,
                          20)
             # the first tries may meet an instance that has not noticed yet, or an offer published
@@ -126,3 +126,39 @@ async def test_a_redis_outage_is_busy_then_over(redisd):
     msgs = [rec["msg"] for rec in logs]
     assert any("registry is unreachable" in m for m in msgs) and any("registry is back" in m for m in msgs)
     assert not any(rec["level"] in ("error", "critical") for rec in logs), logs
+
+
+async def test_a_silent_instance_is_reaped_and_a_late_one_drops_its_peers(redisd):
+    """Registry level (fake clock, no processes): instance B stops heartbeating; after dead_after,
+    A's housekeeping takes B's peers offline and ends their offers (alice hears it); B, coming back
+    late, finds itself reaped and ends its peers' connections so that they enroll again."""
+    import coredis
+
+    from tests.proto.tier import redis_tier
+
+    async with coredis.Redis.from_url(redisd.url, decode_responses=False) as client:
+        async with redis_tier(client, dead_after=15.0) as t:
+            a, b = await t.open("A", ("203.0.113.10", 1)), await t.open("B", ("203.0.113.20", 2))
+            await t.enroll(a, name="alice")
+            secret = (await t.enroll(b, name="bob"))["secret"]
+            await t.send(a, "connect", id=4, target="bob", timeout=60.0)
+            t.one(b, "offer")
+            await t.advance(14)
+            await t.fronts["A"].amaintain(t.now)  # B is late but not dead yet
+            t._collect()
+            assert t.pop(a) == [] and t.pop(b) == []
+            await t.advance(2)
+            await t.fronts["A"].amaintain(t.now)  # now it is: bob goes offline, alice's offer ends
+            t._collect()
+            err = t.one(a, "error")
+            assert (err["code"], err["id"]) == ("offline", 4)
+            await t.send(a, "connect", id=5, target="bob")
+            assert t.one(a, "error")["code"] == "offline"
+            await t.fronts["B"].amaintain(t.now)  # B wakes up: it was taken for dead
+            t._collect()
+            assert b in t.closed
+            assert [(m["t"], m["code"]) for m in t.pop(b)] == [("error", "busy")]
+            again = await t.open("B", ("203.0.113.20", 3))  # bob enrolls again, is reachable again
+            assert (await t.enroll(again, name="bob", secret=secret))["peer"] == "bob"
+            await t.send(a, "connect", id=6, target="bob")
+            assert t.one(again, "offer")["from"] == "alice"

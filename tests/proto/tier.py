@@ -102,10 +102,11 @@ async def redis_tier(client, instances=("A", "B"), **options):
     from nattrav.io.redis_registry import RedisRegistry
 
     reg_options, front_options = _split(options)
+    dead_after = front_options.pop("dead_after", 1e9)  # by default no instance ever dies
     prefix = f"t{secrets.token_hex(4)}:"
     fronts = {}
     for name in instances:
-        registry = RedisRegistry(client, instance=name, prefix=prefix, dead_after=1e9, **reg_options)
+        registry = RedisRegistry(client, instance=name, prefix=prefix, dead_after=dead_after, **reg_options)
         await registry.maintain(1000.0)  # its first heartbeat: the instance is alive
         fronts[name] = RendezvousServer(registry=registry, instance=name, **front_options)
     yield Tier(fronts)

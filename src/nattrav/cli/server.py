@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-source", type=_count, default=128, metavar="N",
                    help="connections from one IPv4 address or IPv6 /64 (default 128); more get a busy "
                         "error. Peers behind one carrier-grade NAT share an address: raise it for them")
+    p.add_argument("--max-peers", type=_count, default=100_000, metavar="N",
+                   help="peers the registry holds, online or offline (default 100000); when full, the "
+                        "longest offline one is forgotten, and with none offline new peers get busy. With "
+                        "--registry, the limit of the whole tier (give every instance the same)")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
@@ -218,7 +222,7 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
         return await _serve(args, listen, stun_ips, stun_ports, None)
     from ..io.redis_registry import open_redis_registry
     try:
-        async with open_redis_registry(url, instance=args.instance, retain=args.retain,
+        async with open_redis_registry(url, instance=args.instance, retain=args.retain, max_peers=args.max_peers,
                                        lease=max(600.0, 4 * args.keepalive_timeout)) as registry:
             log.info("registry %s, instance %s", url, registry.instance)
             return await _serve(args, listen, stun_ips, stun_ports, registry)
@@ -233,7 +237,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
                              start_margin=args.start_margin, max_conns_per_source=args.max_per_source,
-                             stun=_stun_for_peers(args, stun_ips, stun_ports), **shared)
+                             max_peers=args.max_peers, stun=_stun_for_peers(args, stun_ips, stun_ports), **shared)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
         async def on_signal():

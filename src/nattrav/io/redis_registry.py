@@ -40,6 +40,11 @@ SCHEMES = ("redis", "rediss", "unix")
 OP_TIMEOUT = 2.0  # seconds one registry call may take before the peer is told busy
 NOTICE_BATCH = 256  # notices published in one pipeline
 BACKOFF = (0.1, 2.0)  # reconnect waits of the subscription: first, at most
+# An instance whose heartbeat (every second) is this old is dead and its peers are reaped. Generous:
+# its peers enroll again elsewhere on their own the moment its process dies (their TCP connections
+# break), so reaping is only cleanup, while an instance taken for dead too early (an overloaded one
+# that missed a few beats) must end all its connections: a late heartbeat must not cause that.
+DEAD_AFTER = 15.0
 
 
 def check_url(url: str) -> str:
@@ -145,7 +150,7 @@ class RedisRegistry:
     """
 
     def __init__(self, client: Any, *, instance: str | None = None, prefix: str = "nattrav:",
-                 retain: float = 300.0, lease: float = 600.0, dead_after: float = 5.0,
+                 retain: float = 300.0, lease: float = 600.0, dead_after: float = DEAD_AFTER,
                  max_peers: int = 100_000, max_peers_per_source: int = 256, max_offers_per_peer: int = 16,
                  max_offers_per_source: int = 2, clock_offset: float = 0.0, op_timeout: float = OP_TIMEOUT,
                  token: Callable[[int], str] = secrets.token_urlsafe):
