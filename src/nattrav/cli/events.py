@@ -18,6 +18,8 @@ def describe(phase: str, d: dict[str, Any], *, verbose: bool = False) -> str | N
 # The line of each plain event: str.format fields name the event's details.
 _LINES = {
     "discovery": "discovery: asking STUN server {stun[0]}:{stun[1]} how our NAT behaves",
+    "behavior-cached": ("discovery: this network ({public_ip}) was measured {age_s:.0f} s ago: {mapping} mapping, "
+                        "{filtering} filtering, {allocation} ports — {classic} (--no-cache measures again)"),
     "mapping": ("mapping: the punch socket is {public[0]}:{public[1]} "
                 "(ports the two servers saw from it: {ports}, Δ={delta})"),
     "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",

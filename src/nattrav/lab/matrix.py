@@ -114,9 +114,12 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
 
 
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
-             background: float | None = None, tcp: bool = False, shape: Any = None) -> list[TrialResult]:
+             background: float | None = None, tcp: bool = False, shape: Any = None,
+             prepare: Any = None) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
-    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2)."""
+    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `prepare(lab)`: called
+    once the lab is up, before the server starts (a test that changes the lab's world, never the
+    product's arguments)."""
     from .lab import Lab
     from .spec import resolve
 
@@ -128,6 +131,8 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
     with Lab(left=left, right="none" if same else right, background=rates or None, shape=shape,
              hosts_per_nat=2 if same else 1) as lab:
         shape_name = lab.shape.name
+        if prepare is not None:
+            prepare(lab)
         py = sys.executable
         lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
                              "--stun", f"{lab.S1},{lab.S2}"],

@@ -1,7 +1,7 @@
 """The rendezvous protocol, sans-IO.
 
     wire.py     frames and message schemas (encode, FrameDecoder, check_info, ...)
-    clock.py    the client's clock mapping and re-enroll backoff
+    clock.py    the client's clock mapping and re-enroll backoff, the server's start margin
     server.py   one instance's front (RendezvousServer): connections, frames, keepalives, offer deadlines
     registry.py what the front asks of the registry of peers and offers (shared by instances, or not)
     memory.py   the in-memory registry (the default), with offers.py; records.py the records and actions
@@ -10,7 +10,7 @@
 This package's public names are re-exported here: `from nattrav.proto.rendezvous import encode`.
 """
 
-from .clock import ClockMap, reconnect_delay
+from .clock import ClockMap, reconnect_delay, reported_rtt, start_margin
 from .memory import MemoryRegistry
 from .notices import notice, pack_notice, unpack_notice
 from .records import Close, Relay, Send, hash_secret, source_key
@@ -43,7 +43,7 @@ __all__ = [
     "CLIENT_MESSAGES", "HEADER", "KEY_BYTES", "MAX_DEPTH", "MAX_FRAME", "MAX_INFO", "MAX_INFO_OBJECTS",
     "MAX_MESSAGE", "NAME_RE", "SECRET_MAX", "SECRET_MIN", "SERVER_MESSAGES", "VERSION", "ClockMap", "Close",
     "ErrorCode", "FrameDecoder", "Packed", "RendezvousServer", "Send", "check_info", "decode_one", "encode",
-    "make", "reconnect_delay", "source_key",
+    "make", "reconnect_delay", "reported_rtt", "source_key", "start_margin",
     "Answered", "Ended", "Enrolled", "Home", "MemoryRegistry", "Offered", "Refusal", "Registry", "Relay",
     "hash_secret", "notice", "pack_notice", "unpack_notice",
 ]

@@ -25,6 +25,7 @@ import msgpack
 from ...errors import BadFrame, LocalProtocolError, RegistryUnavailable
 from ..timers import Timers
 from ..vocab import Role
+from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
 from .records import Close, Relay, Send, _Conn, source_key
@@ -67,7 +68,8 @@ class RendezvousServer:
         # seconds
         keepalive: float = 15.0, keepalive_timeout: float = 45.0, retain: float = 300.0,
         enroll_timeout: float = 10.0, offer_timeout: float = 10.0, max_offer_timeout: float = 60.0,
-        start_margin: float = 0.5,
+        start_margin: float = 0.5, min_start_margin: float = 0.02, start_margin_factor: float = 1.0,
+        max_start_margin: float = 2.0,
         # what one source may hold (the registry's limits go to the in-memory registry it builds)
         max_conns_per_source: int = 128, max_peers: int = 100_000, max_peers_per_source: int = 256,
         max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
@@ -87,7 +89,13 @@ class RendezvousServer:
         self.enroll_timeout = enroll_timeout
         self.offer_timeout = offer_timeout
         self.max_offer_timeout = max_offer_timeout
+        # start = accept + margin: start_margin_factor x the larger of the two peers' round trips to
+        # us (as their node info says), within [min_start_margin, max_start_margin]; start_margin
+        # when either peer did not say (an older client)
         self.start_margin = start_margin
+        self.min_start_margin = min_start_margin
+        self.start_margin_factor = start_margin_factor
+        self.max_start_margin = max_start_margin
         self.max_conns_per_source = max_conns_per_source
         self.stun = [[str(h), int(p)] for h, p in stun] if stun else None
         self._stun_turn = 0
@@ -436,7 +444,7 @@ class RendezvousServer:
 
     def _session(self, conn: int, peer_id: str, got: Answered, rid: int | None, now: float) -> None:
         key = self._key(KEY_BYTES)
-        start_in = self.start_margin
+        start_in = self.margin_for(got.initiator_info, got.info)
         self.stats["sessions"] += 1
         self._notify(got.initiator_home, notice("session", got.initiator, got.initiator_home.conn,
                                                 id=got.request_id, session=got.offer_id, key=key,
@@ -444,3 +452,16 @@ class RendezvousServer:
                                                 start_in=start_in), now)
         self._send(conn, "session", id=rid, session=got.offer_id, key=key, start_at=now + start_in, now=now,
                    peer=got.initiator, info=Packed(got.initiator_info), role=Role.SECOND.value)
+
+    def margin_for(self, *infos: bytes) -> float:
+        """Seconds from an accept to the agreed start for a session of the peers with these packed
+        node infos: from the round trips they say they have to us (the registry keeps only the info,
+        which the front packed itself; a registry in Redis checked it on the way back)."""
+        rtts = []
+        for info in infos:
+            try:
+                rtts.append(reported_rtt(msgpack.unpackb(info, raw=False)))
+            except Exception:  # msgpack's many error types; a missing round trip means the default
+                rtts.append(None)
+        return start_margin(rtts, default=self.start_margin, floor=self.min_start_margin,
+                            factor=self.start_margin_factor, ceiling=self.max_start_margin)
