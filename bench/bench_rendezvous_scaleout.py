@@ -102,6 +102,7 @@ async def peers_role(servers: list[tuple[str, int]], first: int, count: int, con
     all_enrolled = trio.Event()
     answered = [0]
     retries = [0]
+    accept_errors: dict[str, int] = {}
     finished = [0]
     round_done = trio.Event()
     mine = [i for i in range(first, first + count) if i < connects]
@@ -167,6 +168,8 @@ async def peers_role(servers: list[tuple[str, int]], first: int, count: int, con
                     one_finished()
                 elif kind == "session":
                     answered[0] += 1
+                elif kind == "error" and msg.get("id") == 2:  # our accept failed: its initiator times out
+                    accept_errors[msg["code"]] = accept_errors.get(msg["code"], 0) + 1
                 elif kind == "error" and msg.get("id") == 3:
                     errors[msg["code"]] = errors.get(msg["code"], 0) + 1
                     one_finished()
@@ -199,7 +202,9 @@ async def peers_role(servers: list[tuple[str, int]], first: int, count: int, con
                     with trio.move_on_after(120):
                         await round_done.wait()
                 latencies.sort()
+                await trio.sleep(0.5)  # the last accepts' errors
                 emit({"phase": "connects", "asked": len(mine), "ok": len(latencies), "errors": errors,
+                      "accept_errors": accept_errors,
                       "latencies": latencies, "seconds": time.perf_counter() - t1})
             elif command == "answered":
                 await trio.sleep(1.0)
@@ -338,9 +343,12 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
         connect_wall = time.perf_counter() - t1
         lat = sorted(x for r in results for x in r["latencies"])
         errors: dict[str, int] = {}
+        accept_errors: dict[str, int] = {}
         for r in results:
             for k, v in r["errors"].items():
                 errors[k] = errors.get(k, 0) + v
+            for k, v in r["accept_errors"].items():
+                accept_errors[k] = accept_errors.get(k, 0) + v
         alive = all(p.poll() is None for p, _ in instances)
         for c in clients:
             send(c, "quit")
@@ -350,7 +358,7 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
     return {
         "tier": name, "instances": n_instances, "peers": peers, "enrolled": enrolled, "client_processes": n_clients,
         "enroll_failures": failures, "enroll_busy_retries": retries, "enroll_s": round(enroll_s, 2), "enroll_with_startup_s": round(started_s, 2), "enrolls_per_s": round(enrolled / enroll_s),
-        "connects": connects, "sessions": len(lat), "connect_errors": errors,
+        "connects": connects, "sessions": len(lat), "connect_errors": errors, "accept_errors": accept_errors,
         "connect_wall_s": round(connect_wall, 2),
         "p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
         "max_ms": round(pct(lat, 1.0) * 1e3, 1),
@@ -440,7 +448,8 @@ def report(out: dict) -> None:
               f"{t['enroll_s']} s = {t['enrolls_per_s']:,}/s; {t['sessions']}/{t['connects']} connects "
               f"p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms max {t['max_ms']} ms "
               f"(enroll failures {t['enroll_failures'] or 'none'} after {t['enroll_busy_retries']} busy retries, "
-              f"connect errors {t['connect_errors'] or 'none'})")
+              f"connect errors {t['connect_errors'] or 'none'}, the targets' accept errors "
+              f"{t['accept_errors'] or 'none'})")
         if t["redis_bytes_per_peer"] is not None:
             print(f"         Redis used_memory +{t['redis_used_memory_bytes'] / 2**20:.1f} MiB = "
                   f"{t['redis_bytes_per_peer']} B per peer ({t['redis_keys']} keys)")
