@@ -236,3 +236,35 @@ async def test_an_info_update_is_seen_by_later_connects_from_any_instance(make_t
         await t.send(b, "accept", offer=t.one(b, "offer")["offer"])
         assert t.one(a, "session")["info"] == {"endpoints": [["203.0.113.20", 700]], "delta": 1,
                                                "observed": list(A2)}
+
+
+async def test_an_offer_deadline_the_registry_missed_is_tried_again():
+    """The initiator's instance runs the offer's deadline; a registry away at that moment must not
+    leave the initiator waiting forever (a raw client has no guard of its own)."""
+    from nattrav.errors import RegistryUnavailable
+    from nattrav.proto.rendezvous import MemoryRegistry, RendezvousServer
+    from tests.proto.tier import Tier
+
+    class AwayAtTheDeadline(MemoryRegistry):
+        misses = 2
+
+        async def expire_offer(self, offer_id, now):
+            if self.misses:
+                self.misses -= 1
+                raise RegistryUnavailable("Redis did not answer within 2 s")
+            return await super().expire_offer(offer_id, now)
+
+    registry = AwayAtTheDeadline()
+    t = Tier({name: RendezvousServer(registry=registry, instance=name) for name in "AB"})
+    a, b = await t.open("A", A1), await t.open("B", A2)
+    await t.enroll(a, name="alice")
+    await t.enroll(b, name="bob")
+    await t.send(a, "connect", id=5, target="bob", timeout=3.0)
+    offer = t.one(b, "offer")
+    await t.advance(3.1)
+    await t.advance(1.0)
+    assert t.pop(a) == [] and registry.misses == 0  # missed twice
+    await t.advance(1.0)
+    err = t.one(a, "error")
+    assert (err["code"], err["id"]) == ("timeout", 5)
+    assert t.one(b, "cancel")["offer"] == offer["offer"]

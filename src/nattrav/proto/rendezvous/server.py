@@ -331,7 +331,10 @@ class RendezvousServer:
                 try:
                     ended = await self.registry.expire_offer(key, now)
                 except RegistryUnavailable:
-                    ended = None  # its TTL ends it in the registry; the initiator's own guard fires
+                    # again in a second: the initiator must hear the timeout (a raw client has no
+                    # guard of its own); bounded, as the registry forgets the offer a minute on
+                    self._timers.set(due, now + 1.0)
+                    ended = None
                 if ended is not None:
                     self._tell_ended(ended, ErrorCode.TIMEOUT, f"{ended.target} did not answer in time", now)
             if limit is not None and fired >= limit:
