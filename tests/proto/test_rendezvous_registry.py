@@ -268,3 +268,32 @@ async def test_an_offer_deadline_the_registry_missed_is_tried_again():
     err = t.one(a, "error")
     assert (err["code"], err["id"]) == ("timeout", 5)
     assert t.one(b, "cancel")["offer"] == offer["offer"]
+
+
+async def test_an_enroll_whose_answer_was_lost_does_not_keep_the_name():
+    """The registry ran an enroll but its answer never came (a timeout): the peer heard busy and
+    never got its minted secret. Once the registry answers again the name is free, not held by a
+    connection that is not enrolled."""
+    from nattrav.errors import RegistryUnavailable
+    from nattrav.proto.rendezvous import MemoryRegistry, RendezvousServer
+    from tests.proto.tier import Tier
+
+    class AnswerLost(MemoryRegistry):
+        lose = 1
+
+        async def enroll(self, *args, **kwargs):
+            got = await super().enroll(*args, **kwargs)
+            if self.lose:
+                self.lose -= 1
+                raise RegistryUnavailable("Redis did not answer within 2 s")
+            return got
+
+    t = Tier({"A": RendezvousServer(registry=AnswerLost(), instance="A")})
+    c = await t.open("A", A1)
+    await t.send(c, "enroll", id=1, name="alice")
+    assert t.one(c, "error")["code"] == "busy"
+    await t.fronts["A"].amaintain(t.now)  # the registry is back: the name goes offline there
+    await t.lose(c)
+    await t.advance(301)  # offline, then forgotten after retention: the name is free
+    again = await t.open("A", A2)
+    assert (await t.enroll(again, name="alice"))["peer"] == "alice"

@@ -390,11 +390,21 @@ class RendezvousServer:
             self._error(conn, ErrorCode.BAD_REQUEST, "name must be 1..64 of [A-Za-z0-9._-]", rid)
             return
         home = self._home(conn)
-        got = await self.registry.enroll(home, c.source, c.addr, self._public_info(msg.get("info"), c.addr),
-                                         name, secret, now)
+        try:
+            got = await self.registry.enroll(home, c.source, c.addr, self._public_info(msg.get("info"), c.addr),
+                                             name, secret, now)
+        except RegistryUnavailable:
+            # It may have run all the same (a reply lost or late): the name would then stay online
+            # at a connection that is not enrolled here, and without the secret it never got, its
+            # owner could not take it back. Take it offline there once the registry answers (a
+            # minted ID nobody knows just waits for its lease).
+            if name is not None:
+                self._owe(name, conn)
+            raise
         if isinstance(got, Refusal):
             self._error(conn, got.code, got.message, rid)
             return
+        self._owed.pop(got.peer_id, None)  # enrolled after all: nothing to take back
         for ended in got.ended:
             self._tell_ended(ended, ErrorCode.OFFLINE, f"{got.peer_id} enrolled again", now)
         if got.replaced is not None:
