@@ -37,7 +37,10 @@ from .redis_scripts import SCRIPTS
 log = logging.getLogger("nattrav.rendezvous.redis")
 
 SCHEMES = ("redis", "rediss", "unix")
-OP_TIMEOUT = 2.0  # seconds one registry call may take before the peer is told busy
+# Seconds one registry call may take before the peer is told busy. An unreachable Redis fails at
+# once (connection refused); this bounds a slow one, and an overloaded instance's own queue: a call
+# cut off may have run all the same, and its work is lost and must be undone, so not too short.
+OP_TIMEOUT = 5.0
 NOTICE_BATCH = 256  # notices published in one pipeline
 BACKOFF = (0.1, 2.0)  # reconnect waits of the subscription: first, at most
 # An instance whose heartbeat (every second) is this old is dead and its peers are reaped. Generous:
