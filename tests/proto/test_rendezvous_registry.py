@@ -64,9 +64,7 @@ async def test_connect_errors(make_tier, setup, target, code):
 
 async def test_a_refusal_reaches_the_initiator_on_its_instance(make_tier):
     async with make_tier() as t:
-        a, b = await t.open("A", A1), await t.open("B", A2)
-        await t.enroll(a, name="alice")
-        await t.enroll(b, name="bob")
+        a, b = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"))
         await t.send(a, "connect", id=5, target="bob")
         await t.send(b, "refuse", id=6, offer=t.one(b, "offer")["offer"])
         assert t.one(b, "ok")["id"] == 6
@@ -76,9 +74,7 @@ async def test_a_refusal_reaches_the_initiator_on_its_instance(make_tier):
 
 async def test_an_unanswered_offer_times_out_on_both_instances(make_tier):
     async with make_tier(offer_timeout=10) as t:
-        a, b = await t.open("A", A1), await t.open("B", A2)
-        await t.enroll(a, name="alice")
-        await t.enroll(b, name="bob")
+        a, b = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"))
         await t.send(a, "connect", id=5, target="bob", timeout=3.0)
         offer = t.one(b, "offer")
         await t.advance(2.9)
@@ -92,10 +88,7 @@ async def test_an_unanswered_offer_times_out_on_both_instances(make_tier):
 
 async def test_vanishing_peers_end_their_offers_across_instances(make_tier):
     async with make_tier() as t:
-        a, b, c = await t.open("A", A1), await t.open("B", A2), await t.open("A", A3)
-        await t.enroll(a, name="alice")
-        await t.enroll(b, name="bob")
-        await t.enroll(c, name="carol")
+        a, b, c = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"), ("A", A3, "carol"))
         await t.send(a, "connect", id=1, target="bob")
         offer = t.one(b, "offer")
         await t.lose(a)
@@ -111,10 +104,7 @@ async def test_vanishing_peers_end_their_offers_across_instances(make_tier):
 
 async def test_only_the_target_may_answer(make_tier):
     async with make_tier() as t:
-        a, b, c = await t.open("A", A1), await t.open("B", A2), await t.open("B", A3)
-        await t.enroll(a, name="alice")
-        await t.enroll(b, name="bob")
-        await t.enroll(c, name="mallory")
+        a, b, c = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"), ("B", A3, "mallory"))
         await t.send(a, "connect", id=1, target="bob")
         offer = t.one(b, "offer")
         await t.send(c, "accept", id=2, offer=offer["offer"])
@@ -150,9 +140,7 @@ async def test_a_name_moves_to_another_instance_only_with_its_secret(make_tier):
 
 async def test_offline_peers_are_forgotten_after_retention(make_tier):
     async with make_tier(retain=60, keepalive_timeout=1000) as t:
-        a, b = await t.open("A", A1), await t.open("B", A2)
-        await t.enroll(a, name="alice")
-        await t.enroll(b, name="bob")
+        a, b = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"))
         await t.lose(b)
         await t.advance(59)
         await t.send(a, "connect", id=2, target="bob")
@@ -227,9 +215,7 @@ async def test_pending_offers_are_bounded_per_peer_and_per_source(make_tier):
 
 async def test_an_info_update_is_seen_by_later_connects_from_any_instance(make_tier):
     async with make_tier() as t:
-        a, b = await t.open("A", A1), await t.open("B", A2)
-        await t.enroll(a, name="alice")
-        await t.enroll(b, name="bob")
+        a, b = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"))
         await t.send(b, "info", id=1, info={"endpoints": [["203.0.113.20", 700]], "delta": 1})
         assert t.one(b, "ok")["id"] == 1
         await t.send(a, "connect", id=2, target="bob")
@@ -256,9 +242,7 @@ async def test_an_offer_deadline_the_registry_missed_is_tried_again():
 
     registry = AwayAtTheDeadline()
     t = Tier({name: RendezvousServer(registry=registry, instance=name) for name in "AB"})
-    a, b = await t.open("A", A1), await t.open("B", A2)
-    await t.enroll(a, name="alice")
-    await t.enroll(b, name="bob")
+    a, b = await t.enrolled(("A", A1, "alice"), ("B", A2, "bob"))
     await t.send(a, "connect", id=5, target="bob", timeout=3.0)
     offer = t.one(b, "offer")
     await t.advance(3.1)

@@ -83,6 +83,14 @@ class Tier:
         await self.send(conn, "enroll", id=1, **fields)
         return self.one(conn, "enrolled")
 
+    async def enrolled(self, *peers: tuple[str, tuple, str]) -> list[int]:
+        """A connection per (instance, address, name), enrolled under that name."""
+        conns = []
+        for instance, addr, name in peers:
+            conns.append(await self.open(instance, addr))
+            await self.enroll(conns[-1], name=name)
+        return conns
+
 
 def _split(options: dict) -> tuple[dict, dict]:
     reg = {k: v for k, v in options.items() if k in REGISTRY_OPTIONS}
