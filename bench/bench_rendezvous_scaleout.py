@@ -47,31 +47,18 @@ import time
 import trio
 
 HERE = os.path.abspath(__file__)
-PER_ADDRESS = 100
+sys.path.insert(0, os.path.dirname(HERE))
+# the peers' addresses and node info, percentiles, and the orchestration of child processes are the
+# load bench's (issue 14): the two benches' numbers stay comparable
+from bench_rendezvous_load import PER_ADDRESS, emit, expect, node_info, pct, peer_address, rss_kb, send  # noqa: E402
 
 
-def peer_address(i: int) -> str:
-    a = i // PER_ADDRESS
-    return f"127.1.{a // 250}.{a % 250 + 1}"
 
 
-def node_info(i: int) -> dict:
-    """What api.listen() publishes for a symmetric NAT (a real report), so sizes are realistic."""
-    from nattrav.proto.report import NatReport, Sample
-    from nattrav.proto.vocab import Allocation, Filtering, Mapping
-
-    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1,
-                       public=(f"203.0.{i // 250 % 250}.{i % 250 + 1}", 20003),
-                       samples=tuple(Sample(20000 + k, 0.01 * k) for k in range(4))).to_wire()
-    return {"report": report}
 
 
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def emit(obj: dict) -> None:
-    print(json.dumps(obj), flush=True)
 
 
 def raise_fd_limit(want: int) -> int:
@@ -223,26 +210,8 @@ def child(args: list[str]) -> subprocess.Popen:
                             text=True, bufsize=1)
 
 
-def send(p: subprocess.Popen, command: str) -> None:
-    p.stdin.write(command + "\n")
-    p.stdin.flush()
 
 
-def expect(p: subprocess.Popen, phase: str, timeout: float) -> dict:
-    import select
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = p.stdout.readline()
-        if not line:
-            raise RuntimeError(f"a client exited (code {p.wait()}) before {phase}")
-        msg = json.loads(line)
-        if msg.get("phase") == phase:
-            return msg
-    raise RuntimeError(f"no {phase} from a client within {timeout} s")
 
 
 def free_port() -> int:
@@ -270,12 +239,6 @@ def redis_info(port: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in redis_cmd(port, "INFO", "memory").splitlines() if ":" in line)
 
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def start_instances(n: int, peers: int, registry: str | None) -> list[tuple[subprocess.Popen, tuple[str, int]]]:
