@@ -33,6 +33,7 @@
     │   └── StunTcpError            over TCP (also an OSError: it carries an errno)
     ├── WorkerError                 a burst worker process hung, broke the protocol or could not start
     │   └── WorkerDied
+    ├── RegistryUnavailable         the server's shared registry (Redis) is unreachable or answered nonsense
     └── FdLimitError                too few file descriptors (also an OSError, EMFILE)
 
 Parsers of untrusted bytes raise one RemoteProtocolError subclass and nothing else; the CLIs map the
@@ -271,6 +272,11 @@ class WorkerDied(WorkerError):
     """A worker process exited (crash, kill) while the coordinator needed it."""
 
 
+class RegistryUnavailable(NattravError):
+    """The rendezvous server's shared registry (Redis) cannot be reached, timed out or answered
+    something malformed. The server answers its peers `busy` meanwhile and retries; never a crash."""
+
+
 class FdLimitError(NattravError, OSError):
     """Too few file descriptors even after raising the soft limit to the hard one."""
 
@@ -287,7 +293,7 @@ __all__ = [
     "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport", "BadRequest", "ConnectError",
     "ControlKeyError", "FdLimitError", "HandshakeFailed", "IdentityError", "LocalProtocolError", "NameTaken",
     "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
-    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
+    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused", "RegistryUnavailable",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "ServerBusy", "ServerGone",
     "ServerUnreachable", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout", "TcpPunchFailed",
     "UnknownPeer", "UsageError", "WorkerDied", "WorkerError", "WrongPeer",

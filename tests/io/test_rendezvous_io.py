@@ -205,7 +205,7 @@ async def test_peer_that_does_not_read_is_dropped(nursery):
     with trio.move_on_after(1):
         while "sink" not in state.online():
             await trio.sleep(0.01)
-    state.max_offers_per_source = state.max_offers_per_peer = 10_000
+    state.registry.max_offers_per_source = state.registry.max_offers_per_peer = 10_000
     async with open_rendezvous(addr, name="alice", info={"pad": "y" * 7000}) as a:
         async def initiator():
             async with open_rendezvous(addr, info={"pad": "z" * 7000}) as c:
@@ -369,10 +369,10 @@ async def test_chaos_does_not_disturb_well_behaved_peers(nursery):
 
 
 class _Buggy(RendezvousServer):
-    def _handle(self, conn, c, msg, now):
+    async def _dispatch(self, conn, c, msg, now):
         if msg["t"] == "info" and msg["info"].get("boom"):
             raise RuntimeError("a bug in the state machine")
-        super()._handle(conn, c, msg, now)
+        await super()._dispatch(conn, c, msg, now)
 
 
 async def test_an_internal_error_costs_one_connection_not_the_server(nursery):
@@ -441,11 +441,11 @@ async def test_a_frame_whose_error_reply_would_be_huge_costs_nothing(nursery):
 
 
 class _Loud(RendezvousServer):
-    def _handle(self, conn, c, msg, now):
+    async def _dispatch(self, conn, c, msg, now):
         if msg["t"] == "info" and msg["info"].get("loud"):
             self._out.append(Send(conn, make("error", code="bad-request", message="x" * 20_000)))
             return
-        super()._handle(conn, c, msg, now)
+        await super()._dispatch(conn, c, msg, now)
 
 
 async def test_a_reply_that_cannot_be_framed_costs_one_connection(nursery):

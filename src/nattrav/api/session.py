@@ -13,21 +13,20 @@ from typing import Any
 import trio
 
 from ..errors import ConnectError, UsageError
-from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..io.path import PunchedPath
 from ..io.session import Session
 from ..proto.nat_behavior import NatBehavior
 from .background import running
 from .behavior_cache import BehaviorCache
-from .endpoint import RENDEZVOUS_PORT, EventHook, node_info, refresh_cached, stun_endpoint
+from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
 from .tcp import TcpTransport
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
 from .timeline import Timeline
 from .udp import UdpTransport
 
-Server = str | tuple[str, int]  # "host[:port]" (default port 7000) or (host, port)
+Server = str | tuple[str, int]  # "host[:port]" (default port 7000; several: "h1:p1,h2:p2") or (host, port)
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,12 @@ class SessionOptions:
         if self.on_event is not None:
             self.on_event(phase, detail)
 
-    def endpoints(self, server: Server) -> tuple[tuple[str, int], tuple[str, int]]:
-        """(rendezvous server, STUN server) as (host, port) pairs."""
-        server_ep = parse_hostport(server, RENDEZVOUS_PORT) if isinstance(server, str) else server
-        return server_ep, stun_endpoint(self.stun, server_ep)
+    def endpoints(self, server: Server) -> tuple[Any, tuple[str, int]]:
+        """(rendezvous server, STUN server) as (host, port) pairs; "HOST:PORT,HOST:PORT,..." (the
+        instances of one tier, io/rendezvous_client.py) gives a list of them as the server, and the
+        first one's host is the STUN default."""
+        servers = rv.parse_servers(server)
+        return (servers if len(servers) > 1 else servers[0]), stun_endpoint(self.stun, servers[0])
 
 
 async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook) -> Any:

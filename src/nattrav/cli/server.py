@@ -4,6 +4,9 @@ Runs the rendezvous server (TCP, msgpack frames) and, with --stun, the integrate
 server in the same Trio nursery. Prints one "listening" line per service on stdout (so scripts can
 read a port picked with :0), logs to stderr.
 
+With --registry redis://HOST:PORT/DB (or NATTRAV_REGISTRY) several instances share one registry in
+Redis (io/redis_registry.py, docs/scale-out.md): a peer enrolled at one is reachable from the others.
+
 Exit codes: 0 stopped by SIGINT/SIGTERM, 1 runtime failure (port in use, address not local, ...),
 2 bad command line.
 """
@@ -15,18 +18,20 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
 
 import trio
 
-from ..errors import UsageError
+from ..errors import RegistryUnavailable, UsageError
 from ..hostport import parse_hostport
 from ..io.gc_policy import keep_collections_short
 from ..io.logsink import LogSink
 from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
+from ..proto.rendezvous.wire import MAX_STUN
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
@@ -39,11 +44,43 @@ examples:
                                                   rendezvous plus RFC 5780 STUN on both IPs
                                                   (ports 3478 and 3479 on each)
   nattrav-server --listen 127.0.0.1:0             pick a free port; the first stdout line names it
+  nattrav-server --registry redis://10.0.0.5:6379/0 --stun-servers stun1.example:3478,stun2.example:3478
+                                                  one of several instances sharing a Redis registry;
+                                                  enrolled peers are told these STUN servers
+
+environment:
+  NATTRAV_REGISTRY   the registry URL when --registry is not given (empty or "memory": in-process)
 
 The rendezvous server only exchanges node information (public endpoints, NAT behaviour, local
 addresses) and session keys between peers; it never relays payload.
 exit codes: 0 stopped by a signal, 1 could not serve (port in use, address not on this host), 2 bad flags
 """
+
+
+def parse_stun_servers(text: str) -> list[tuple[str, int]]:
+    """HOST:PORT[,HOST:PORT...]: the STUN servers enrolled peers are told (any host, any number)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            host, port = parse_hostport(part, 3478)
+        except UsageError as exc:
+            raise UsageError(f"--stun-servers: {exc}") from None
+        out.append((host, port))
+    if not 1 <= len(out) <= MAX_STUN:
+        raise UsageError(f"--stun-servers wants 1 to {MAX_STUN} HOST:PORT entries, got {len(out)}")
+    return out
+
+
+def registry_url(given: str | None) -> str | None:
+    """The registry URL from --registry, else NATTRAV_REGISTRY; None for the in-process registry."""
+    url = given if given is not None else os.environ.get("NATTRAV_REGISTRY", "")
+    url = url.strip()
+    if url in ("", "memory"):
+        return None
+    from ..io.redis_registry import check_url  # imports no Redis client: a bad URL is told without one
+    return check_url(url)
 
 
 def parse_stun(text: str) -> list[str]:
@@ -101,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stun-rate-limit", type=int, default=128 * 1024, metavar="BYTES",
                    help="STUN: bytes/s per source IP (IPv6: /64), both directions, also the burst; "
                         "replies never exceed 3x a source's request bytes (default 131072; 0: no limit)")
+    p.add_argument("--stun-servers", metavar="HOST:PORT,...",
+                   help="STUN servers named to peers in the enroll reply, rotated per peer (default: the "
+                        "ones --stun runs, if any); STUN then scales apart from the rendezvous instances")
+    p.add_argument("--registry", metavar="URL",
+                   help="shared registry of peers and offers: redis://HOST:PORT/DB, rediss://... or "
+                        "unix:///path/redis.sock (default: $NATTRAV_REGISTRY, else this process's memory)")
+    p.add_argument("--instance", metavar="NAME",
+                   help="this instance's name in the shared registry (default: random per start; two "
+                        "live instances must never share one)")
     p.add_argument("--keepalive-timeout", type=float, default=45.0, metavar="S",
                    help="a peer silent this long is offline (default 45)")
     p.add_argument("--retain", type=float, default=300.0, metavar="S",
@@ -117,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-source", type=_count, default=128, metavar="N",
                    help="connections from one IPv4 address or IPv6 /64 (default 128); more get a busy "
                         "error. Peers behind one carrier-grade NAT share an address: raise it for them")
+    p.add_argument("--max-peers", type=_count, default=100_000, metavar="N",
+                   help="peers the registry holds, online or offline (default 100000); when full, the "
+                        "longest offline one is forgotten, and with none offline new peers get busy. With "
+                        "--registry, the limit of the whole tier (give every instance the same)")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
@@ -157,13 +207,39 @@ def _announce(what: str, json_log: bool, **fields) -> None:
         log.warning("could not print %r: %s", line, exc.strerror or exc)
 
 
+def _stun_for_peers(args: argparse.Namespace, stun_ips: list[str] | None,
+                    stun_ports: tuple[int, int]) -> list[tuple[str, int]] | None:
+    if args.stun_servers is not None:
+        return parse_stun_servers(args.stun_servers)
+    if stun_ips is not None and stun_ips[0] != "0.0.0.0":
+        return [(stun_ips[0], stun_ports[0])]
+    return None
+
+
 async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
               stun_ports: tuple[int, int]) -> int:
     """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1)."""
+    url = registry_url(args.registry)
+    if url is None:
+        return await _serve(args, listen, stun_ips, stun_ports, None)
+    from ..io.redis_registry import open_redis_registry
+    try:
+        async with open_redis_registry(url, instance=args.instance, retain=args.retain, max_peers=args.max_peers,
+                                       lease=max(600.0, 4 * args.keepalive_timeout)) as registry:
+            log.info("registry %s, instance %s", url, registry.instance)
+            return await _serve(args, listen, stun_ips, stun_ports, registry)
+    except RegistryUnavailable as exc:
+        return _fail(str(exc))
+
+
+async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
+                 stun_ports: tuple[int, int], registry) -> int:
     failed: list[int] = []
+    shared = {} if registry is None else {"registry": registry, "instance": registry.instance}
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
-                             start_margin=args.start_margin, max_conns_per_source=args.max_per_source)
+                             start_margin=args.start_margin, max_conns_per_source=args.max_per_source,
+                             max_peers=args.max_peers, stun=_stun_for_peers(args, stun_ips, stun_ports), **shared)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
         async def on_signal():
@@ -178,9 +254,17 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
             # A long-lived server should say how it is doing without being asked.
             while True:
                 await trio.sleep(args.stats_interval)
-                log.info("stats: %d peers online, %d known, %d pending offers, %s",
-                         len(state.online()), len(state.peers), len(state.offers),
-                         ", ".join(f"{k}={v}" for k, v in state.stats.items()))
+                counters = ", ".join(f"{k}={v}" for k, v in state.stats.items())
+                if registry is None:
+                    log.info("stats: %d peers online, %d known, %d pending offers, %s",
+                             len(state.online()), len(state.peers), len(state.offers), counters)
+                    continue
+                try:
+                    counts = await registry.counts()
+                except RegistryUnavailable as exc:
+                    counts = {"registry": str(exc)}
+                log.info("stats: %d peers online here; registry %s; %s", len(state.online()),
+                         ", ".join(f"{k}={v}" for k, v in counts.items()), counters)
 
         if args.stats_interval > 0:
             nursery.start_soon(report_stats)
@@ -257,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):
             if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0")
+        if args.stun_servers is not None:
+            parse_stun_servers(args.stun_servers)
+        registry_url(args.registry)
+        if args.instance is not None and not (0 < len(args.instance) <= 64 and args.instance.isprintable()
+                                              and " " not in args.instance):
+            raise UsageError("--instance must be 1..64 printable characters without spaces")
         if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
             raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
     except UsageError as exc:

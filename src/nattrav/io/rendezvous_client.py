@@ -15,12 +15,18 @@ server that vanished without a FIN or RST is noticed in about two keepalives, no
 minutes TCP takes to give up; it then enrolls again (same peer ID and secret, its latest info) with
 capped, jittered backoff. Requests made while it is reconnecting fail at once with ServerGone;
 next_offer() simply keeps waiting, so a listener is reachable again without doing anything.
+
+A scaled-out tier (several instances on one shared registry, docs/scale-out.md) is reached by one
+name with several addresses (each attempt resolves it again: trio tries every address it gets) or
+by a list of servers: the first attempt after a loss goes to the same server (a blip), later ones
+each to a randomly chosen other one, so the peers of an instance that died spread over the rest.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import random
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -59,9 +65,14 @@ class Offer:
 
 
 class RendezvousClient:
-    def __init__(self, server: tuple[str, int], *, info: dict | None = None, connect_timeout: float = 10.0,
-                 local_address: str | None = None, reconnect: bool = True, ping_timeout: float | None = None):
-        self.server = server
+    def __init__(self, server: tuple[str, int] | list[tuple[str, int]], *, info: dict | None = None,
+                 connect_timeout: float = 10.0, local_address: str | None = None, reconnect: bool = True,
+                 ping_timeout: float | None = None):
+        self.servers = list(server) if isinstance(server, list) else [server]
+        if not self.servers:
+            raise ValueError("no rendezvous server given")
+        self.server = self.servers[0]  # the one enrolled with (or being tried)
+        self.stun: list[tuple[str, int]] = []  # STUN servers the tier named in the enroll reply
         self.peer_id = ""
         self.secret = ""
         self.observed: tuple[str, int] | None = None  # our address as the server sees it
@@ -143,6 +154,7 @@ class RendezvousClient:
         self._clock = clock
         self.peer_id, self.secret = msg["peer"], msg["secret"]
         self.keepalive = float(msg["keepalive"])
+        self.stun = [(str(h), int(p)) for h, p in msg.get("stun", [])]
         obs = msg["observed"]
         self.observed = (str(obs[0]), int(obs[1])) if len(obs) == 2 else None
         self.enrollments += 1
@@ -227,6 +239,8 @@ class RendezvousClient:
         attempt = 0
         while True:
             await trio.sleep(reconnect_delay(attempt, cap=max(1.0, self.keepalive)))
+            if attempt and len(self.servers) > 1:
+                self.server = random.choice([s for s in self.servers if s != self.server])
             attempt += 1
             try:
                 return await self._open_link(self.peer_id, self.secret)
@@ -368,9 +382,17 @@ class RendezvousClient:
             pass
 
 
+def parse_servers(server: str | tuple[str, int] | list) -> list[tuple[str, int]]:
+    """The servers of one tier: "HOST[:PORT][,HOST[:PORT]...]", a (host, port) or a list of either."""
+    if isinstance(server, str):
+        server = server.split(",")
+    items = server if isinstance(server, list) else [server]
+    return [s if isinstance(s, tuple) else parse_hostport(s, DEFAULT_PORT) for s in items]
+
+
 @asynccontextmanager
 async def open_rendezvous(
-    server: str | tuple[str, int],
+    server: str | tuple[str, int] | list,
     *,
     info: dict | None = None,
     name: str | None = None,
@@ -385,14 +407,15 @@ async def open_rendezvous(
     The first enrollment's failure is raised here. Later losses are handled inside: with
     ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
     server's keepalive, at least 2 s) is how long an unanswered ping may take before the connection
-    counts as lost."""
-    host, port = server if isinstance(server, tuple) else parse_hostport(server, DEFAULT_PORT)
+    counts as lost. ``server`` may be a list of servers of one tier, or "HOST:PORT,HOST:PORT,...":
+    the first is enrolled with, the others take over when it is lost (see the module's doc)."""
+    servers = parse_servers(server)
     if info is not None:
         try:
             check_info(info)
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
-    client = RendezvousClient((host, port), info=info, connect_timeout=connect_timeout,
+    client = RendezvousClient(servers if len(servers) > 1 else servers[0], info=info, connect_timeout=connect_timeout,
                               local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout)
     link = await client._open_link(name, secret)
     client._link = link

@@ -1,5 +1,11 @@
 """The rendezvous server on Trio: one task per connection around the sans-IO RendezvousServer.
 
+With a shared registry (io/redis_registry.py) three more tasks run: the subscription that turns
+notices relayed by other instances into frames, the publisher of this instance's notices for
+theirs, and the registry's housekeeping every second (heartbeat, leases, dead instances' peers).
+A registry call is shielded from the connection's cancellation (each is bounded by its own
+timeout): an enroll cut off after Redis ran it would leave a peer online on a connection that is gone.
+
 Every connection has a reader (feeds bytes into the state machine) and a writer (drains a bounded
 queue of frames). A peer that does not read its frames fast enough is disconnected rather than
 allowed to hold server memory or block anyone else; a peer that sends garbage gets a bad-frame error
@@ -14,17 +20,20 @@ import logging
 import math
 import os
 import resource
+import time
 
 import trio
 
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
-from ..errors import FdLimitError, LocalProtocolError
-from ..proto.rendezvous import Close, ErrorCode, RendezvousServer, Send, encode, make
+from ..errors import BadMessage, FdLimitError, LocalProtocolError, RegistryUnavailable
+from ..proto.rendezvous import Close, ErrorCode, Relay, RendezvousServer, Send, encode, make, pack_notice, unpack_notice
 
 log = logging.getLogger("nattrav.rendezvous")
 
 READ_SIZE = 65536
 TICK_BATCH = 64  # deadlines handled between two turns of the event loop
+MAINTAIN_EVERY = 1.0  # seconds between two rounds of the registry's housekeeping
+RELAY_QUEUE = 65536  # notices for other instances waiting to be published; more are dropped
 
 
 def fit_connections(wanted: int, reserve: int = 64) -> int:
@@ -112,6 +121,9 @@ class _Dispatcher:
         self.writers: dict[int, _ConnIO] = {}  # connections whose writer task is running
         self.timer_scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
+        # a registry that can suspend (Redis) gets its calls shielded; the in-memory one never does
+        self.shared = hasattr(state.registry, "serve_notices")
+        self.relay_in, self.relay_out = trio.open_memory_channel(RELAY_QUEUE)
 
     def run(self) -> None:
         """Carry out everything the state machine asked for (which may ask for more)."""
@@ -119,6 +131,9 @@ class _Dispatcher:
             out: dict[int, list[bytes]] = {}
             closes: list[Close] = []
             for act in actions:
+                if type(act) is Relay:
+                    self._relay(act)
+                    continue
                 io = self.conns.get(act.conn)
                 if io is None:
                     continue
@@ -149,6 +164,65 @@ class _Dispatcher:
         deadline = self.state.next_deadline()
         if deadline is not None and self.timer_scope is not None and deadline < self.timer_scope.deadline:
             self.timer_scope.deadline = deadline
+
+    def _relay(self, act: Relay) -> None:
+        try:
+            self.relay_in.send_nowait((act.instance, pack_notice(act.notice, time.time())))
+        except trio.WouldBlock:  # Redis is not keeping up: this peer times out instead
+            self.state.stats["relay_dropped"] = self.state.stats.get("relay_dropped", 0) + 1
+
+    async def relay_loop(self) -> None:
+        """Publish this instance's notices for the others, as many per pipeline as are waiting."""
+        async for first in self.relay_out:
+            batch = [first]
+            while len(batch) < 256:
+                try:
+                    batch.append(self.relay_out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.state.registry.publish(batch)
+            except RegistryUnavailable as exc:
+                self.state.stats["relay_dropped"] = self.state.stats.get("relay_dropped", 0) + len(batch)
+                log.warning("could not relay %d notices: %s", len(batch), exc)
+
+    def on_notice(self, data: bytes) -> None:
+        """A notice another instance relayed for one of our connections."""
+        try:
+            note = unpack_notice(data, time.time())
+        except BadMessage as exc:
+            self.state.stats["bad_notices"] = self.state.stats.get("bad_notices", 0) + 1
+            log.warning("dropped a malformed notice from the registry: %s", exc)
+            return
+        self.state.deliver(note, trio.current_time())
+        self.run()
+
+    async def maintain_loop(self) -> None:
+        down_since: float | None = None
+        while True:
+            await trio.sleep(MAINTAIN_EVERY)
+            try:
+                await self.call(self.state.amaintain(trio.current_time()))
+            except RegistryUnavailable as exc:
+                if down_since is None:
+                    down_since = trio.current_time()
+                    log.warning("the registry is unreachable (%s): peers get busy until it is back", exc)
+                continue
+            except Exception:
+                log.exception("internal error in the registry's housekeeping; carrying on")
+                continue
+            finally:
+                self.run()
+            if down_since is not None:
+                log.warning("the registry is back after %.1f s", trio.current_time() - down_since)
+                down_since = None
+
+    async def call(self, coro):
+        """Await a state machine coroutine; shielded when the registry can suspend (see above)."""
+        if not self.shared:
+            return await coro
+        with trio.CancelScope(shield=True):
+            return await coro
 
     def _deliver(self, conn: int, io: _ConnIO, data: bytes) -> None:
         if io.writing:
@@ -193,6 +267,8 @@ class _Dispatcher:
         io.read_scope.cancel()
         io.write_scope.cancel()
         if conn in self.state.conns:
+            if self.shared:  # the connection's own task tells the registry (it may take a round trip)
+                return
             self.state.connection_lost(conn, trio.current_time())
 
     async def write_watchdog(self) -> None:
@@ -218,7 +294,7 @@ class _Dispatcher:
             more = True
             while more:
                 try:
-                    more = self.state.tick(trio.current_time(), TICK_BATCH)
+                    more = await self.call(self.state.atick(trio.current_time(), TICK_BATCH))
                 except Exception:
                     log.exception("internal error in the timer tick; carrying on")
                     await trio.sleep(0.1)  # a tick that keeps failing must not spin
@@ -288,7 +364,7 @@ async def serve_rendezvous(
                         if not data or conn not in state.conns:
                             break
                         try:
-                            state.receive_data(conn, data, trio.current_time())
+                            await disp.call(state.areceive_data(conn, data, trio.current_time()))
                         except Exception:
                             # A bug must cost one connection, never the server.
                             log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
@@ -297,7 +373,7 @@ async def serve_rendezvous(
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
             if conn in state.conns:
-                state.connection_lost(conn, trio.current_time())
+                await disp.call(state.aconnection_lost(conn, trio.current_time()))
                 disp.run()
             if io.writing:  # a final error frame still on its way: give it the write timeout
                 with trio.move_on_after(write_timeout):
@@ -309,7 +385,8 @@ async def serve_rendezvous(
             disp.conns.pop(conn, None)
             io.write_scope.cancel()
             if conn in state.conns:  # cancelled from outside, or an unexpected error
-                state.connection_lost(conn, trio.current_time())
+                with trio.CancelScope(shield=True):
+                    await state.aconnection_lost(conn, trio.current_time())
                 disp.run()  # tell the others now (their pending offers with this peer end)
             await trio.aclose_forcefully(stream)
 
@@ -317,6 +394,10 @@ async def serve_rendezvous(
         disp.nursery = nursery
         nursery.start_soon(disp.timer_loop)
         nursery.start_soon(disp.write_watchdog)
+        if disp.shared:  # subscribed before the first peer can be offered anything
+            await nursery.start(state.registry.serve_notices, disp.on_notice)
+            nursery.start_soon(disp.relay_loop)
+            nursery.start_soon(disp.maintain_loop)
         await nursery.start(trio.serve_listeners, handler, listeners)
         sockname = listeners[0].socket.getsockname()[:2]
         log.info("rendezvous server listening on %s:%d", *sockname)

@@ -2,13 +2,19 @@
 
     wire.py     frames and message schemas (encode, FrameDecoder, check_info, ...)
     clock.py    the client's clock mapping and re-enroll backoff, the server's start margin
-    server.py   the server state machine (RendezvousServer), with offers.py and records.py
+    server.py   one instance's front (RendezvousServer): connections, frames, keepalives, offer deadlines
+    registry.py what the front asks of the registry of peers and offers (shared by instances, or not)
+    memory.py   the in-memory registry (the default), with offers.py; records.py the records and actions
+    notices.py  what one instance tells a peer connected to another (relayed through the registry)
 
 This package's public names are re-exported here: `from nattrav.proto.rendezvous import encode`.
 """
 
 from .clock import ClockMap, reconnect_delay, reported_rtt, start_margin
-from .records import Close, Send, source_key
+from .memory import MemoryRegistry
+from .notices import notice, pack_notice, unpack_notice
+from .records import Close, Relay, Send, hash_secret, source_key
+from .registry import Answered, Ended, Enrolled, Home, Offered, Refusal, Registry
 from .server import RendezvousServer
 from .wire import (
     CLIENT_MESSAGES,
@@ -38,4 +44,6 @@ __all__ = [
     "MAX_MESSAGE", "NAME_RE", "SECRET_MAX", "SECRET_MIN", "SERVER_MESSAGES", "VERSION", "ClockMap", "Close",
     "ErrorCode", "FrameDecoder", "Packed", "RendezvousServer", "Send", "check_info", "decode_one", "encode",
     "make", "reconnect_delay", "reported_rtt", "source_key", "start_margin",
+    "Answered", "Ended", "Enrolled", "Home", "MemoryRegistry", "Offered", "Refusal", "Registry", "Relay",
+    "hash_secret", "notice", "pack_notice", "unpack_notice",
 ]

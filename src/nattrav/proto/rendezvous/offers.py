@@ -1,58 +1,50 @@
-"""The connect / offer / accept dance of the rendezvous server: an initiator's connect becomes an
-offer to the target (bounded per initiator and per source), the target's accept becomes a session
-(a fresh key, roles, a common start time) for both, a refusal or a timeout ends it."""
+"""The in-memory registry's offers: a connect becomes a pending offer to the target (bounded per
+initiator, per target and per source), an answer or a deadline takes it away again."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from ..schema import cut
-from ..vocab import Role
 from .records import _Offer, _Peer
-from .wire import KEY_BYTES, ErrorCode, Packed
+from .registry import Answered, Ended, Home, Offered, Refusal
+from .wire import ErrorCode
 
 if TYPE_CHECKING:
-    from .server import RendezvousServer
+    from .memory import MemoryRegistry
 
 
-class Offers:
-    """The offer handling RendezvousServer mixes in (it works on the server's registry, timers and
-    outputs)."""
+def home_of(peer: _Peer | None) -> Home | None:
+    return None if peer is None or peer.conn is None else Home(peer.instance, peer.conn)
 
-    def _connect(self: RendezvousServer, conn: int, peer: _Peer, msg: dict, rid: int | None, now: float) -> None:
-        target_id = msg["target"]
+
+class OfferBook:
+    """The offer half MemoryRegistry mixes in (it works on the registry's peers and offers)."""
+
+    async def connect(self: MemoryRegistry, peer_id: str, home: Home, target_id: str, timeout: float,
+                      request_id: int | None, now: float) -> Offered | Refusal:
+        peer = self._at(peer_id, home)
+        if peer is None:
+            return Refusal(ErrorCode.NAME_TAKEN, "this peer enrolled again elsewhere")
+        if target_id == peer_id:
+            return Refusal(ErrorCode.BAD_REQUEST, "cannot connect to yourself")
         target = self.peers.get(target_id)
-        if target_id == peer.peer_id:
-            self._error(conn, ErrorCode.BAD_REQUEST, "cannot connect to yourself", rid)
-            return
         if target is None:
-            self._error(conn, ErrorCode.UNKNOWN_PEER, f"no peer {cut(target_id)}", rid)
-            return
+            return Refusal(ErrorCode.UNKNOWN_PEER, f"no peer {cut(target_id)}")
         if target.conn is None:
-            self._error(conn, ErrorCode.OFFLINE, f"peer {cut(target_id)} is offline", rid)
-            return
+            return Refusal(ErrorCode.OFFLINE, f"peer {cut(target_id)} is offline")
         busy = self._offer_refusal(peer, target)
         if busy is not None:
-            self._error(conn, ErrorCode.BUSY, busy, rid)
-            return
-        timeout = msg.get("timeout", self.offer_timeout)
-        timeout = float(timeout)
-        if not math.isfinite(timeout):
-            timeout = self.offer_timeout
-        timeout = min(max(timeout, 0.0), self.max_offer_timeout)
+            return Refusal(ErrorCode.BUSY, busy)
         offer_id = self._token(12)
         while offer_id in self.offers:
             offer_id = self._token(12)
-        offer = _Offer(offer_id, peer.peer_id, target_id, peer.source, rid, now + timeout)
-        self.offers[offer_id] = offer
+        self.offers[offer_id] = _Offer(offer_id, peer_id, target_id, peer.source, request_id, now + timeout)
         peer.offers.add(offer_id)
         target.offers.add(offer_id)
-        self._timers.set(("offer", offer_id), offer.expires)
-        self._send(target.conn, "offer", offer=offer_id, **{"from": peer.peer_id}, info=Packed(peer.info),
-                   expires=offer.expires)
+        return Offered(offer_id, home_of(target), peer.info, timeout)
 
-    def _offer_refusal(self: RendezvousServer, peer: _Peer, target: _Peer) -> str | None:
+    def _offer_refusal(self: MemoryRegistry, peer: _Peer, target: _Peer) -> str | None:
         """Why this connect may not add a pending offer (None: it may). A target's slots are shared
         out per initiator and per source, so no single source can make a target unreachable."""
         if len(peer.offers) >= self.max_offers_per_peer:
@@ -69,43 +61,31 @@ class Offers:
             return f"{target.peer_id} has too many pending offers"
         return None
 
-    def _answer(self: RendezvousServer, conn: int, peer: _Peer, msg: dict, rid: int | None, now: float) -> None:
-        offer = self.offers.get(msg["offer"])
-        if offer is None or offer.target != peer.peer_id:
-            self._error(conn, ErrorCode.UNKNOWN_OFFER, "no such pending offer", rid)
-            return
+    async def answer(self: MemoryRegistry, peer_id: str, home: Home, offer_id: str, accept: bool,
+                     now: float) -> Answered | Refusal:
+        peer = self._at(peer_id, home)
+        offer = self.offers.get(offer_id)
+        if peer is None or offer is None or offer.target != peer_id:
+            return Refusal(ErrorCode.UNKNOWN_OFFER, "no such pending offer")
         self._drop_offer(offer)
         initiator = self.peers.get(offer.initiator)
-        if msg["t"] == "refuse":
-            if initiator is not None:
-                self._error(initiator.conn, ErrorCode.REFUSED, f"{peer.peer_id} refused", offer.request_id)
-            self._send(conn, "ok", id=rid)
-            return
-        if initiator is None or initiator.conn is None:
-            self._error(conn, ErrorCode.OFFLINE, f"{offer.initiator} went offline", rid)
-            return
-        key = self._key(KEY_BYTES)
-        start_at = now + self.margin_for(initiator, peer)
-        self.stats["sessions"] += 1
-        common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
-        self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=Packed(peer.info),
-                   role=Role.FIRST.value, **common)
-        self._send(conn, "session", id=rid, peer=initiator.peer_id, info=Packed(initiator.info),
-                   role=Role.SECOND.value, **common)
+        return Answered(offer_id, offer.initiator, home_of(initiator), offer.request_id,
+                        initiator.info if initiator is not None else b"", peer.info)
 
-    def _drop_offer(self: RendezvousServer, offer: _Offer) -> None:
+    async def expire_offer(self: MemoryRegistry, offer_id: str, now: float) -> Ended | None:
+        offer = self.offers.get(offer_id)
+        return None if offer is None else self._end(offer)
+
+    def _drop_offer(self: MemoryRegistry, offer: _Offer) -> None:
         self.offers.pop(offer.offer_id, None)
-        self._timers.cancel(("offer", offer.offer_id))
         for pid in (offer.initiator, offer.target):
             p = self.peers.get(pid)
             if p is not None:
                 p.offers.discard(offer.offer_id)
 
-    def _end_offer(self: RendezvousServer, offer: _Offer, code: ErrorCode, message: str) -> None:
+    def _end(self: MemoryRegistry, offer: _Offer) -> Ended:
+        initiator, target = self.peers.get(offer.initiator), self.peers.get(offer.target)
+        ended = Ended(offer.offer_id, offer.initiator, home_of(initiator), offer.request_id,
+                      offer.target, home_of(target))
         self._drop_offer(offer)
-        initiator = self.peers.get(offer.initiator)
-        target = self.peers.get(offer.target)
-        if initiator is not None:
-            self._error(initiator.conn, code, message, offer.request_id)
-        if target is not None:
-            self._send(target.conn, "cancel", offer=offer.offer_id, code=code.value, message=message)
+        return ended

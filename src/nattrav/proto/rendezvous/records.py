@@ -1,5 +1,6 @@
-"""What the rendezvous server keeps and emits: its actions (Send, Close), its records of peers,
-connections and pending offers, and whom a connection counts against in per-source limits."""
+"""What the rendezvous server keeps and emits: its actions (Send, Close, Relay), the in-memory
+registry's records of peers and pending offers, the front's record of a connection, and whom a
+connection counts against in per-source limits."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ class Close:
     reason: str
 
 
+@dataclass(frozen=True)
+class Relay:
+    """A notice for a peer connected to another instance (the I/O layer publishes it there)."""
+
+    instance: str
+    notice: dict
+
+
 @dataclass(slots=True)
 class _Peer:
     peer_id: str
@@ -29,11 +38,10 @@ class _Peer:
     info: bytes  # packed public node info (the peer's map plus "observed"), forwarded as is
     observed: list
     source: str
-    conn: int | None
-    last_seen: float
+    conn: int | None  # the connection at `instance`; None: offline
+    instance: str = ""
     offline_since: float | None = None
     offers: set = field(default_factory=set)  # pending offer ids this peer is part of
-    rtt: float | None = None  # its round trip to us, as its node info says (None: not said)
 
 
 @dataclass(slots=True)
@@ -42,6 +50,8 @@ class _Conn:
     source: str
     decoder: FrameDecoder
     peer: str | None = None
+    last_seen: float = 0.0
+    busy: bool = False  # an enroll is waiting for the registry
 
 
 @dataclass(slots=True)
@@ -54,7 +64,7 @@ class _Offer:
     expires: float
 
 
-def _hash_secret(secret: str) -> bytes:
+def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 

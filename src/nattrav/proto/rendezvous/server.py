@@ -1,8 +1,14 @@
-"""The rendezvous server as a sans-IO state machine: a registry of peers (bounded per source) and the
-connect/offer/accept dance (offers.py). It never touches a socket or a clock: the I/O layer
+"""The rendezvous server as a sans-IO state machine: the front of one server instance (its
+connections, frames, keepalives, per-source connection caps and offer deadlines) over a registry of
+peers and offers (registry.py) that is either this process's own (memory.py, the default) or shared
+by several instances (io/redis_registry.py). It never touches a socket or a clock: the I/O layer
 (io/rendezvous_server.py) feeds it bytes and the current time, and drains the list of actions (send
-this frame on that connection, close that connection). The same object therefore serves the Trio
-server, the tests and the benchmark.
+this frame on that connection, close that connection, relay this notice to that instance).
+
+Two ways to drive it. The async methods (areceive_data, aconnection_lost, atick) await the
+registry and serve any registry. The synchronous ones (receive_data, connection_lost, tick) run the
+same coroutines inline, which works because the in-memory registry never suspends: the tests, the
+fuzzer and the benchmark drive it like that, with no event loop at all.
 
 The server only exchanges node information. There is no message that carries payload from one peer
 to another except the size-limited node info, so it can never be used as a relay.
@@ -10,55 +16,76 @@ to another except the size-limited node info, so it can never be used as a relay
 
 from __future__ import annotations
 
-import hmac
+import math
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 import msgpack
 
-from ...errors import BadFrame, LocalProtocolError
-from ..schema import cut
+from ...errors import BadFrame, LocalProtocolError, RegistryUnavailable
 from ..timers import Timers
+from ..vocab import Role
 from .clock import reported_rtt, start_margin
-from .offers import Offers
-from .records import Close, Send, _Conn, _hash_secret, _Offer, _Peer, source_key
-from .wire import CLIENT_MESSAGES, MAX_MESSAGE, NAME_RE, SECRET_MAX, SECRET_MIN, ErrorCode, FrameDecoder, make
+from .memory import MemoryRegistry, check_limits
+from .notices import notice
+from .records import Close, Relay, Send, _Conn, source_key
+from .registry import Answered, Ended, Home, Refusal, Registry
+from .wire import (
+    CLIENT_MESSAGES, KEY_BYTES, MAX_MESSAGE, NAME_RE, SECRET_MAX, SECRET_MIN, ErrorCode, FrameDecoder, Packed,
+    make,
+)
 
 
-class RendezvousServer(Offers):
-    """Registry of peers and the connect/offer/accept dance, driven by the I/O layer.
+MAX_OWED = 100_000  # offline reports kept for a registry that is away
 
-    Call connection_made / receive_data / connection_lost / tick with the current time, then take the
-    resulting actions with ``actions()``. ``next_deadline()`` says when tick() next has work to do.
 
-    What one source (an IPv4 address or IPv6 /64) can hold is bounded: ``max_conns_per_source``
-    connections, ``max_peers_per_source`` registered peers (its own oldest disconnected peer makes
-    room first), and ``max_offers_per_source`` of a target's ``max_offers_per_peer`` pending-offer
-    slots, one per initiator; a full registry forgets its oldest disconnected peer before it says busy.
+def run_now(coro: Coroutine) -> Any:
+    """Run a coroutine that never suspends (one over the in-memory registry) to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise LocalProtocolError("the registry suspended: drive this server through its async methods "
+                             "(areceive_data, aconnection_lost, atick), as io/rendezvous_server.py does")
+
+
+class RendezvousServer:
+    """One instance's front, driven by the I/O layer.
+
+    Call connection_made / receive_data / connection_lost / tick (or their async twins) with the
+    current time, then take the resulting actions with ``actions()``; ``deliver()`` takes a notice
+    relayed from another instance. ``next_deadline()`` says when tick() next has work to do.
+
+    A source (an IPv4 address or IPv6 /64) may hold ``max_conns_per_source`` connections; what it
+    may hold in the registry is the registry's limits (memory.py). ``stun`` is the list of STUN
+    servers (host, port) handed to peers in ``enrolled``, rotated per enrollment to spread them.
     """
 
     def __init__(
         self, *,
+        registry: Registry | None = None, instance: str = "local",
         # seconds
         keepalive: float = 15.0, keepalive_timeout: float = 45.0, retain: float = 300.0,
         enroll_timeout: float = 10.0, offer_timeout: float = 10.0, max_offer_timeout: float = 60.0,
         start_margin: float = 0.5, min_start_margin: float = 0.02, start_margin_factor: float = 1.0,
         max_start_margin: float = 2.0,
-        # what the registry and one source may hold
-        max_peers: int = 100_000, max_peers_per_source: int = 256, max_conns_per_source: int = 128,
+        # what one source may hold (the registry's limits go to the in-memory registry it builds)
+        max_conns_per_source: int = 128, max_peers: int = 100_000, max_peers_per_source: int = 256,
         max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
+        stun: list[tuple[str, int]] | None = None,
         # randomness (tests pass deterministic ones)
         token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
     ):
-        limits = dict(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
-                      max_conns_per_source=max_conns_per_source, max_offers_per_peer=max_offers_per_peer,
-                      max_offers_per_source=max_offers_per_source)
-        for name, value in limits.items():
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_limits(max_conns_per_source=max_conns_per_source)
+        if registry is None:
+            registry = MemoryRegistry(retain=retain, max_peers=max_peers, max_peers_per_source=max_peers_per_source,
+                                      max_offers_per_peer=max_offers_per_peer,
+                                      max_offers_per_source=max_offers_per_source, token=token)
+        self.registry = registry
+        self.instance = instance
         self.keepalive = keepalive
         self.keepalive_timeout = keepalive_timeout
-        self.retain = retain
         self.enroll_timeout = enroll_timeout
         self.offer_timeout = offer_timeout
         self.max_offer_timeout = max_offer_timeout
@@ -69,32 +96,44 @@ class RendezvousServer(Offers):
         self.min_start_margin = min_start_margin
         self.start_margin_factor = start_margin_factor
         self.max_start_margin = max_start_margin
-        self.max_peers = max_peers
-        self.max_peers_per_source = max_peers_per_source
         self.max_conns_per_source = max_conns_per_source
-        self.max_offers_per_peer = max_offers_per_peer
-        self.max_offers_per_source = max_offers_per_source
-        self._token = token
+        self.stun = [[str(h), int(p)] for h, p in stun] if stun else None
+        self._stun_turn = 0
         self._key = key
-        self.peers: dict[str, _Peer] = {}
         self.conns: dict[int, _Conn] = {}
-        self.offers: dict[str, _Offer] = {}
-        self._out: list[Send | Close] = []
-        # one deadline per connection (enroll), per peer (keepalive, then expiry) and per offer
+        self._out: list[Send | Close | Relay] = []
+        # one deadline per connection (enroll, then keepalive) and per offer one of our peers made
         self._timers = Timers()
         self._conns_of: dict[str, int] = {}  # source -> open connections
-        self._peers_of: dict[str, dict[str, None]] = {}  # source -> its peer ids, oldest first
-        self._offline: dict[str, None] = {}  # disconnected peer ids, longest offline first
-        self.stats = {"enrolled": 0, "sessions": 0, "bad_frames": 0, "expired": 0, "evicted": 0,
-                      "refused": 0}
+        # peers whose going offline the registry could not take (it was unreachable): told later
+        self._owed: dict[str, int] = {}
+        self.stats = registry.stats
+        for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed"):
+            self.stats.setdefault(name, 0)
+
+    # -- the in-memory registry's tables (tests, stats) --
+    @property
+    def peers(self) -> dict:
+        return self.registry.peers
+
+    @property
+    def offers(self) -> dict:
+        return self.registry.offers
+
+    def online(self) -> list[str]:
+        """Peers connected to this instance."""
+        return [c.peer for c in self.conns.values() if c.peer is not None]
 
     # -- outputs --
-    def actions(self) -> list[Send | Close]:
+    def actions(self) -> list[Send | Close | Relay]:
         out, self._out = self._out, []
         return out
 
     def next_deadline(self) -> float | None:
-        return self._timers.next_deadline()
+        mine, theirs = self._timers.next_deadline(), self.registry.next_deadline()
+        if mine is None or theirs is None:
+            return theirs if mine is None else mine
+        return min(mine, theirs)
 
     def _send(self, conn: int | None, kind: str, **fields: Any) -> None:
         if conn is not None and conn in self.conns:
@@ -105,127 +144,232 @@ class RendezvousServer(Offers):
             message = message[: MAX_MESSAGE - 1] + "…"
         self._send(conn, "error", id=request_id, code=code.value, message=message)
 
-    def _close(self, conn: int, reason: str, now: float) -> None:
-        if conn in self.conns:
-            self._out.append(Close(conn, reason))
-            self.connection_lost(conn, now)
+    def _home(self, conn: int) -> Home:
+        return Home(self.instance, conn)
+
+    # -- notices: to a peer here, or relayed to its instance --
+    def _notify(self, home: Home | None, note: dict, now: float) -> None:
+        if home is None:
+            return
+        if home.instance == self.instance:
+            self.deliver(note, now)
+        else:
+            self.stats["relayed"] += 1
+            self._out.append(Relay(home.instance, note))
+
+    def deliver(self, note: dict, now: float) -> None:
+        """Turn a notice for one of this instance's connections into its frame (or its close)."""
+        kind = note["t"]
+        if "ends" in note:
+            self._timers.cancel(("offer", note["ends"]))
+        elif kind == "session":
+            self._timers.cancel(("offer", note["session"]))
+        conn = note["conn"]
+        c = self.conns.get(conn)
+        if c is None or c.peer != note["to"]:
+            return  # that connection ended, or is someone else's now
+        if kind == "offer":
+            self._send(conn, "offer", offer=note["offer"], **{"from": note["from"]}, info=note["info"],
+                       expires=now + note["expires_in"])
+        elif kind == "session":
+            self._send(conn, "session", id=note.get("id"), session=note["session"], key=note["key"],
+                       start_at=now + note["start_in"], now=now, peer=note["peer"], info=note["info"],
+                       role=note["role"])
+        elif kind == "error":
+            self._error(conn, ErrorCode(note["code"]), note["message"], note.get("id"))
+        elif kind == "cancel":
+            self._send(conn, "cancel", offer=note["offer"], code=note["code"], message=note["message"])
+        elif kind == "evict":
+            # the registry already moved the peer to its new connection: this one just ends
+            self._error(conn, ErrorCode.NAME_TAKEN, "the same peer enrolled again elsewhere")
+            c.peer = None
+            self._out.append(Close(conn, "replaced by a new enrollment"))
+            self._forget_conn(conn)
+
+    def _tell_ended(self, ended: Ended, code: ErrorCode, message: str, now: float) -> None:
+        self._timers.cancel(("offer", ended.offer_id))
+        message = message[:MAX_MESSAGE]
+        if ended.initiator_home is not None:
+            self._notify(ended.initiator_home, notice("error", ended.initiator, ended.initiator_home.conn,
+                                                      id=ended.request_id, code=code.value, message=message,
+                                                      ends=ended.offer_id), now)
+        if ended.target_home is not None:
+            self._notify(ended.target_home, notice("cancel", ended.target, ended.target_home.conn,
+                                                   offer=ended.offer_id, code=code.value, message=message), now)
 
     # -- inputs --
     def connection_made(self, conn: int, addr: tuple | list, now: float) -> None:
         if conn in self.conns:
             raise LocalProtocolError(f"connection {conn} already open")
         source = source_key(addr)
-        self.conns[conn] = _Conn(list(addr[:2]), source, FrameDecoder(CLIENT_MESSAGES))
+        self.conns[conn] = _Conn(list(addr[:2]), source, FrameDecoder(CLIENT_MESSAGES), last_seen=now)
         count = self._conns_of[source] = self._conns_of.get(source, 0) + 1
         if count > self.max_conns_per_source:
             self.stats["refused"] += 1
             self._error(conn, ErrorCode.BUSY,
                         f"too many connections from {source} (at most {self.max_conns_per_source})")
-            self._close(conn, "too many connections from one source", now)
+            self._out.append(Close(conn, "too many connections from one source"))
+            self._forget_conn(conn)
             return
         self._timers.set(("conn", conn), now + self.enroll_timeout)
 
-    def connection_lost(self, conn: int, now: float) -> None:
-        c = self.conns.pop(conn, None)
-        if c is None:
-            return
-        self._timers.cancel(("conn", conn))
-        left = self._conns_of[c.source] - 1
-        if left:
-            self._conns_of[c.source] = left
-        else:
-            del self._conns_of[c.source]
-        if c.peer is None:
-            return
-        peer = self.peers.get(c.peer)
-        if peer is not None and peer.conn == conn:
-            self._go_offline(peer, now, "the peer disconnected")
-
     def receive_data(self, conn: int, data: bytes, now: float) -> None:
-        c = self.conns.get(conn)
-        if c is None:
-            raise LocalProtocolError(f"data for unknown connection {conn}")
-        try:
-            c.decoder.feed(data)
-        except BadFrame as exc:
-            self._bad_frame(conn, c, exc, now)
-            return
-        while conn in self.conns:
-            try:
-                msg = c.decoder.next_message()
-            except BadFrame as exc:
-                self._bad_frame(conn, c, exc, now)
-                if c.decoder.broken:
-                    return
-                continue
-            if msg is None:
-                return
-            self._handle(conn, c, msg, now)
+        run_now(self.areceive_data(conn, data, now))
 
-    def _bad_frame(self, conn: int, c: _Conn, exc: BadFrame, now: float) -> None:
-        self.stats["bad_frames"] += 1
-        self._error(conn, ErrorCode.BAD_FRAME, str(exc))
-        if c.decoder.broken:
-            self._close(conn, f"bad frame: {exc}", now)
+    def connection_lost(self, conn: int, now: float) -> None:
+        run_now(self.aconnection_lost(conn, now))
 
     def tick(self, now: float, limit: int | None = None) -> bool:
         """Fire the deadlines due at `now`, at most `limit` of them; True when more are due.
 
         A limit lets the I/O layer serve other connections between batches: a thousand slowloris
         connections opened together all reach their enroll timeout in the same instant."""
+        return run_now(self.atick(now, limit))
+
+    def _forget_conn(self, conn: int):
+        c = self.conns.pop(conn, None)
+        if c is None:
+            return None
+        self._timers.cancel(("conn", conn))
+        left = self._conns_of[c.source] - 1
+        if left:
+            self._conns_of[c.source] = left
+        else:
+            del self._conns_of[c.source]
+        return c
+
+    async def aconnection_lost(self, conn: int, now: float) -> None:
+        c = self._forget_conn(conn)
+        if c is not None and c.peer is not None:
+            await self._offline(c.peer, conn, now)
+
+    async def _offline(self, peer_id: str, conn: int, now: float) -> None:
+        try:
+            ended = await self.registry.offline(peer_id, self._home(conn), now)
+        except RegistryUnavailable:
+            self._owe(peer_id, conn)
+            return
+        for e in ended:
+            self._tell_ended(e, ErrorCode.OFFLINE, f"{peer_id}: the peer disconnected", now)
+
+    def _owe(self, peer_id: str, conn: int) -> None:
+        # bounded: a registry that stays away long enough lets the oldest go (their leases expire)
+        self._owed[peer_id] = conn
+        if len(self._owed) > MAX_OWED:
+            self._owed.pop(next(iter(self._owed)))
+
+    async def amaintain(self, now: float, batch: int = 256) -> None:
+        """The registry's housekeeping (io/ calls it every second or so; RegistryUnavailable when
+        the registry cannot be reached). Tells whom the offers of reaped peers concern, retries the
+        offline reports the registry missed, and, if the registry took this instance for dead (or
+        lost its data), ends every enrolled connection here: those peers enroll again by themselves."""
+        ended, lost = await self.registry.maintain(now)
+        for e in ended:
+            self._tell_ended(e, ErrorCode.OFFLINE, "a peer's server instance stopped", now)
+        if lost:
+            self._owed.clear()
+            for conn, c in list(self.conns.items()):
+                if c.peer is not None:
+                    c.peer = None  # the registry no longer has it here: nothing to take offline
+                    self._error(conn, ErrorCode.BUSY, "this server lost its registry entries: enroll again")
+                    await self._close(conn, "registry entries lost", now)
+            return
+        for peer_id in list(self._owed)[:batch]:
+            conn = self._owed.pop(peer_id)
+            await self._offline(peer_id, conn, now)
+
+    async def _close(self, conn: int, reason: str, now: float) -> None:
+        if conn in self.conns:
+            self._out.append(Close(conn, reason))
+            await self.aconnection_lost(conn, now)
+
+    async def areceive_data(self, conn: int, data: bytes, now: float) -> None:
+        c = self.conns.get(conn)
+        if c is None:
+            raise LocalProtocolError(f"data for unknown connection {conn}")
+        try:
+            c.decoder.feed(data)
+        except BadFrame as exc:
+            await self._bad_frame(conn, c, exc, now)
+            return
+        while conn in self.conns:
+            try:
+                msg = c.decoder.next_message()
+            except BadFrame as exc:
+                await self._bad_frame(conn, c, exc, now)
+                if c.decoder.broken:
+                    return
+                continue
+            if msg is None:
+                return
+            await self._handle(conn, c, msg, now)
+
+    async def _bad_frame(self, conn: int, c: _Conn, exc: BadFrame, now: float) -> None:
+        self.stats["bad_frames"] += 1
+        self._error(conn, ErrorCode.BAD_FRAME, str(exc))
+        if c.decoder.broken:
+            await self._close(conn, f"bad frame: {exc}", now)
+
+    async def atick(self, now: float, limit: int | None = None) -> bool:
         fired = 0
         while (due := self._timers.pop_due(now)) is not None:
             fired += 1
             kind, key = due
-            if kind == "conn":
+            if kind == "conn":  # a connection's enroll deadline, then its keepalive
                 c = self.conns.get(key)
-                if c is not None and c.peer is None:
-                    self._error(key, ErrorCode.TIMEOUT, "no enroll in time")
-                    self._close(key, "no enroll in time", now)
-            elif kind == "peer":
-                peer = self.peers.get(key)
-                if peer is None:
+                if c is None:
                     continue
-                if peer.conn is None:
-                    self._forget(peer)  # its retention is over
-                    self.stats["expired"] += 1
-                elif peer.last_seen + self.keepalive_timeout <= now:
-                    conn = peer.conn
-                    self._error(conn, ErrorCode.TIMEOUT, "keepalive timeout")
-                    self._close(conn, "keepalive timeout", now)
+                if c.peer is None:
+                    self._error(key, ErrorCode.TIMEOUT, "no enroll in time")
+                    await self._close(key, "no enroll in time", now)
+                elif c.last_seen + self.keepalive_timeout <= now:
+                    self._error(key, ErrorCode.TIMEOUT, "keepalive timeout")
+                    await self._close(key, "keepalive timeout", now)
                 else:  # heard from since: check again when its silence could be long enough
-                    self._timers.set(due, peer.last_seen + self.keepalive_timeout)
+                    self._timers.set(due, c.last_seen + self.keepalive_timeout)
             elif kind == "offer":
-                offer = self.offers.get(key)
-                if offer is not None:
-                    self._end_offer(offer, ErrorCode.TIMEOUT, f"{offer.target} did not answer in time")
+                try:
+                    ended = await self.registry.expire_offer(key, now)
+                except RegistryUnavailable:
+                    # again in a second: the initiator must hear the timeout (a raw client has no
+                    # guard of its own); bounded, as the registry forgets the offer a minute on
+                    self._timers.set(due, now + 1.0)
+                    ended = None
+                if ended is not None:
+                    self._tell_ended(ended, ErrorCode.TIMEOUT, f"{ended.target} did not answer in time", now)
             if limit is not None and fired >= limit:
                 deadline = self._timers.next_deadline()
                 return deadline is not None and deadline <= now
-        return False
+        return await self.registry.tick(now, None if limit is None else max(limit - fired, 1))
 
     # -- handlers --
-    def _handle(self, conn: int, c: _Conn, msg: dict, now: float) -> None:
+    async def _handle(self, conn: int, c: _Conn, msg: dict, now: float) -> None:
+        try:
+            await self._dispatch(conn, c, msg, now)
+        except RegistryUnavailable:
+            # the peer hears why and retries; the registry's adapter logs and counts the failure
+            self._error(conn, ErrorCode.BUSY, "the server's registry is unreachable: try again shortly",
+                        msg.get("id"))
+
+    async def _dispatch(self, conn: int, c: _Conn, msg: dict, now: float) -> None:
         kind = msg["t"]
         rid = msg.get("id")
         if kind == "enroll":
-            self._enroll(conn, c, msg, rid, now)
+            await self._enroll(conn, c, msg, rid, now)
             return
         if c.peer is None:
             self._error(conn, ErrorCode.BAD_REQUEST, f"{kind} before enroll", rid)
             return
-        peer = self.peers[c.peer]
-        peer.last_seen = now
+        c.last_seen = now
         if kind == "ping":
             self._send(conn, "pong", id=rid, now=now)
         elif kind == "info":
-            peer.info = self._public_info(msg["info"], peer.observed)
-            peer.rtt = reported_rtt(msg["info"])
+            await self.registry.publish_info(c.peer, self._home(conn), self._public_info(msg["info"], c.addr), now)
             self._send(conn, "ok", id=rid)
         elif kind == "connect":
-            self._connect(conn, peer, msg, rid, now)
+            await self._connect(conn, c.peer, msg, rid, now)
         elif kind in ("accept", "refuse"):
-            self._answer(conn, peer, msg, rid, now)
+            await self._answer(conn, c.peer, msg, rid, now)
 
     @staticmethod
     def _public_info(info: dict | None, observed: list) -> bytes:
@@ -234,7 +378,7 @@ class RendezvousServer(Offers):
         out["observed"] = list(observed)
         return msgpack.packb(out, use_bin_type=True)
 
-    def _enroll(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
+    async def _enroll(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
         if c.peer is not None:
             self._error(conn, ErrorCode.BAD_REQUEST, "already enrolled on this connection", rid)
             return
@@ -245,105 +389,92 @@ class RendezvousServer(Offers):
         if name is not None and not NAME_RE.match(name):
             self._error(conn, ErrorCode.BAD_REQUEST, "name must be 1..64 of [A-Za-z0-9._-]", rid)
             return
-        existing = self.peers.get(name) if name is not None else None
-        if existing is not None:
-            if secret is None or not hmac.compare_digest(existing.secret_hash, _hash_secret(secret)):
-                self._error(conn, ErrorCode.NAME_TAKEN, f"{cut(name)} belongs to another peer", rid)
-                return
-            if existing.source != c.source:
-                refusal = self._make_room(c.source, new_peer=False)
-                if refusal is not None:
-                    self._error(conn, ErrorCode.BUSY, refusal, rid)
-                    return
-                self._unregister(existing)
-                existing.source = c.source
-                self._peers_of.setdefault(c.source, {})[existing.peer_id] = None
-            # Ownership proven: this connection replaces the old one; what the old one had pending
-            # cannot be answered on this connection, so it ends.
-            for offer_id in list(existing.offers):
-                offer = self.offers.get(offer_id)
-                if offer is not None:
-                    self._end_offer(offer, ErrorCode.OFFLINE, f"{existing.peer_id} enrolled again")
-            if existing.conn is not None and existing.conn != conn:
-                old = existing.conn
-                existing.conn = None
-                self._error(old, ErrorCode.NAME_TAKEN, "the same peer enrolled again elsewhere")
-                self._close(old, "replaced by a new enrollment", now)
-            peer = existing
-            peer.offline_since = None
-            self._offline.pop(peer.peer_id, None)
-        else:
-            refusal = self._make_room(c.source, new_peer=True)
-            if refusal is not None:
-                self._error(conn, ErrorCode.BUSY, refusal, rid)
-                return
-            peer_id = name
-            # minted IDs follow the names' rule: an ID is typed after `-d` on a command line, and one
-            # starting with "-" (1 in 64 of token_urlsafe's) would read as an option
-            while peer_id is None or peer_id in self.peers or not NAME_RE.match(peer_id):
-                peer_id = self._token(16)
-            secret = secret if secret is not None else self._token(24)
-            peer = _Peer(peer_id, _hash_secret(secret), b"", c.addr, c.source, None, now)
-            self.peers[peer_id] = peer
-            self._peers_of.setdefault(c.source, {})[peer_id] = None
-        peer.conn = conn
-        peer.last_seen = now
-        peer.observed = c.addr
-        peer.info = self._public_info(msg.get("info"), c.addr)
-        peer.rtt = reported_rtt(msg.get("info"))
-        c.peer = peer.peer_id
+        home = self._home(conn)
+        try:
+            got = await self.registry.enroll(home, c.source, c.addr, self._public_info(msg.get("info"), c.addr),
+                                             name, secret, now)
+        except RegistryUnavailable:
+            # It may have run all the same (a reply lost or late): the name would then stay online
+            # at a connection that is not enrolled here, and without the secret it never got, its
+            # owner could not take it back. Take it offline there once the registry answers (a
+            # minted ID nobody knows just waits for its lease).
+            if name is not None:
+                self._owe(name, conn)
+            raise
+        if isinstance(got, Refusal):
+            self._error(conn, got.code, got.message, rid)
+            return
+        self._owed.pop(got.peer_id, None)  # enrolled after all: nothing to take back
+        for ended in got.ended:
+            self._tell_ended(ended, ErrorCode.OFFLINE, f"{got.peer_id} enrolled again", now)
+        if got.replaced is not None:
+            self._notify(got.replaced, notice("evict", got.peer_id, got.replaced.conn), now)
+        if conn not in self.conns:  # the connection ended while the registry was asked
+            await self._offline(got.peer_id, conn, now)
+            return
+        c.peer = got.peer_id
+        c.last_seen = now
         self.stats["enrolled"] += 1
-        self._timers.cancel(("conn", conn))
-        self._timers.set(("peer", peer.peer_id), now + self.keepalive_timeout)
-        self._send(conn, "enrolled", id=rid, peer=peer.peer_id, secret=secret, keepalive=self.keepalive,
-                   now=now, observed=list(c.addr))
+        self._timers.set(("conn", conn), now + self.keepalive_timeout)
+        fields = {}
+        if self.stun:
+            turn = self._stun_turn = (self._stun_turn + 1) % len(self.stun)
+            fields["stun"] = self.stun[turn:] + self.stun[:turn]
+        self._send(conn, "enrolled", id=rid, peer=got.peer_id, secret=got.secret, keepalive=self.keepalive,
+                   now=now, observed=list(c.addr), **fields)
 
-    def _make_room(self, source: str, *, new_peer: bool) -> str | None:
-        """Make room for one more peer of `source` by forgetting disconnected ones (the source's own
-        first, then the longest offline); the reason to refuse when only online peers are left."""
-        mine = self._peers_of.get(source, {})
-        if len(mine) >= self.max_peers_per_source:
-            victim = next((pid for pid in mine if self.peers[pid].conn is None), None)
-            if victim is None:
-                return f"too many peers from {source} (at most {self.max_peers_per_source})"
-            self._forget(self.peers[victim])
-            self.stats["evicted"] += 1
-        if new_peer and len(self.peers) >= self.max_peers:
-            if not self._offline:
-                return "too many peers"
-            self._forget(self.peers[next(iter(self._offline))])
-            self.stats["evicted"] += 1
-        return None
+    async def _connect(self, conn: int, peer_id: str, msg: dict, rid: int | None, now: float) -> None:
+        timeout = float(msg.get("timeout", self.offer_timeout))
+        if not math.isfinite(timeout):
+            timeout = self.offer_timeout
+        timeout = min(max(timeout, 0.0), self.max_offer_timeout)
+        got = await self.registry.connect(peer_id, self._home(conn), msg["target"], timeout, rid, now)
+        if isinstance(got, Refusal):
+            self._error(conn, got.code, got.message, rid)
+            return
+        self._timers.set(("offer", got.offer_id), now + got.timeout)
+        self._notify(got.target_home, notice("offer", msg["target"], got.target_home.conn, offer=got.offer_id,
+                                             info=Packed(got.info), expires_in=got.timeout,
+                                             **{"from": peer_id}), now)
 
-    def _go_offline(self, peer: _Peer, now: float, why: str) -> None:
-        peer.conn = None
-        peer.offline_since = now
-        self._offline[peer.peer_id] = None
-        self._timers.set(("peer", peer.peer_id), now + self.retain)
-        for offer_id in list(peer.offers):
-            offer = self.offers.get(offer_id)
-            if offer is not None:
-                self._end_offer(offer, ErrorCode.OFFLINE, f"{peer.peer_id}: {why}")
+    async def _answer(self, conn: int, peer_id: str, msg: dict, rid: int | None, now: float) -> None:
+        got = await self.registry.answer(peer_id, self._home(conn), msg["offer"], msg["t"] == "accept", now)
+        if isinstance(got, Refusal):
+            self._error(conn, got.code, got.message, rid)
+            return
+        self._timers.cancel(("offer", got.offer_id))
+        if msg["t"] == "refuse":
+            if got.initiator_home is not None:
+                self._notify(got.initiator_home, notice("error", got.initiator, got.initiator_home.conn,
+                                                        id=got.request_id, code=ErrorCode.REFUSED.value,
+                                                        message=f"{peer_id} refused", ends=got.offer_id), now)
+            self._send(conn, "ok", id=rid)
+            return
+        if got.initiator_home is None:
+            self._error(conn, ErrorCode.OFFLINE, f"{got.initiator} went offline", rid)
+            return
+        self._session(conn, peer_id, got, rid, now)
 
-    def _unregister(self, peer: _Peer) -> None:
-        mine = self._peers_of.get(peer.source)
-        if mine is not None:
-            mine.pop(peer.peer_id, None)
-            if not mine:
-                del self._peers_of[peer.source]
+    def _session(self, conn: int, peer_id: str, got: Answered, rid: int | None, now: float) -> None:
+        key = self._key(KEY_BYTES)
+        start_in = self.margin_for(got.initiator_info, got.info)
+        self.stats["sessions"] += 1
+        self._notify(got.initiator_home, notice("session", got.initiator, got.initiator_home.conn,
+                                                id=got.request_id, session=got.offer_id, key=key,
+                                                peer=peer_id, info=Packed(got.info), role=Role.FIRST.value,
+                                                start_in=start_in), now)
+        self._send(conn, "session", id=rid, session=got.offer_id, key=key, start_at=now + start_in, now=now,
+                   peer=got.initiator, info=Packed(got.initiator_info), role=Role.SECOND.value)
 
-    def _forget(self, peer: _Peer) -> None:
-        """Drop a disconnected peer from the registry (its name is free again)."""
-        del self.peers[peer.peer_id]
-        self._offline.pop(peer.peer_id, None)
-        self._timers.cancel(("peer", peer.peer_id))
-        self._unregister(peer)
-
-    def margin_for(self, *peers: _Peer) -> float:
-        """Seconds from an accept to the agreed start for a session of `peers`."""
-        return start_margin((p.rtt for p in peers), default=self.start_margin, floor=self.min_start_margin,
+    def margin_for(self, *infos: bytes) -> float:
+        """Seconds from an accept to the agreed start for a session of the peers with these packed
+        node infos: from the round trips they say they have to us (the registry keeps only the info,
+        which the front packed itself; a registry in Redis checked it on the way back)."""
+        rtts = []
+        for info in infos:
+            try:
+                rtts.append(reported_rtt(msgpack.unpackb(info, raw=False)))
+            except Exception:  # msgpack's many error types; a missing round trip means the default
+                rtts.append(None)
+        return start_margin(rtts, default=self.start_margin, floor=self.min_start_margin,
                             factor=self.start_margin_factor, ceiling=self.max_start_margin)
-
-    # -- introspection for the I/O layer and tests --
-    def online(self) -> list[str]:
-        return [p.peer_id for p in self.peers.values() if p.conn is not None]

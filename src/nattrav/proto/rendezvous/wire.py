@@ -62,7 +62,7 @@ CLIENT_MESSAGES: dict[str, Spec] = {
 SERVER_MESSAGES: dict[str, Spec] = {
     "enrolled": {
         "id": (_INT, False), "peer": (_STR, True), "secret": (_STR, True), "keepalive": (_NUM, True),
-        "now": (_NUM, True), "observed": ((list,), True),
+        "now": (_NUM, True), "observed": ((list,), True), "stun": ((list,), False),
     },
     "pong": {"id": (_INT, False), "now": (_NUM, True)},
     "ok": {"id": (_INT, False)},
@@ -93,13 +93,23 @@ def _finite(x: Any) -> bool:
     return math.isfinite(x)
 
 
+MAX_STUN = 8  # STUN servers an enrolled frame may name
+
+
+def _stun_list(servers: list) -> bool:
+    """The STUN servers the tier hands out: at most MAX_STUN [host, port] pairs."""
+    return len(servers) <= MAX_STUN and all(
+        type(s) is list and len(s) == 2 and type(s[0]) is str and 0 < len(s[0]) <= 255
+        and type(s[1]) is int and 0 < s[1] < 65536 for s in servers)
+
+
 # Checks beyond types, for fields whose values the receiver relies on.
 _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
     "session": lambda m: len(m["key"]) == KEY_BYTES and m["role"] in ("first", "second")
     and _finite(m["start_at"]) and _finite(m["now"]),
     "enrolled": lambda m: len(m["observed"]) == 2 and isinstance(m["observed"][0], str)
     and isinstance(m["observed"][1], int) and _finite(m["now"]) and _finite(m["keepalive"])
-    and m["keepalive"] > 0,
+    and m["keepalive"] > 0 and _stun_list(m.get("stun", [])),
     "pong": lambda m: _finite(m["now"]),
     "offer": lambda m: _finite(m["expires"]),
 }

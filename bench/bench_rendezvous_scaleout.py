@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""The rendezvous tier scaled out (issue 18): numbers, not asserts.
+
+    .venv/bin/python bench/bench_rendezvous_scaleout.py [--peers 100000] [--connects 10000] [--json FILE]
+
+Two tiers in one run, on loopback:
+- baseline: one nattrav-server with its in-memory registry;
+- scaled: --instances nattrav-server instances (3 by default) on one redis-server (started here, a
+  temporary directory, no persistence); peer i enrolls at instance i % N, and with --connects not a
+  multiple of N every initiator's target sits at another instance, so every offer and every accept
+  crosses instances through Redis pub/sub.
+
+Every enrolled peer holds one TCP connection, so one descriptor in its instance: a process may hold
+RLIMIT_NOFILE's hard limit (20,000 on the machine this was written on, without CAP_SYS_RESOURCE to
+raise it). The baseline then gets at most that many peers (and as many connects per peer as the
+scaled tier), measured at the same size as the scaled tier too (`--equal`), and 100,000 peers need
+6 instances: that one process cannot hold them is the point of scaling out.
+
+Peers are raw protocol clients (one TCP connection each, enroll with a real node info, answer every
+offer), spread over --clients processes and over 127.1.x.y source addresses (100 per address: under
+the per-source caps). Phases: enroll every peer (at most --parallel in flight per process) ->
+enrolls/s; then every initiator asks its target at once (--connects pairs) -> p50/p99/max latency
+from the connect frame to the session frame, and how many got one. Redis memory per peer: INFO
+memory's used_memory after the enrolls minus before, over the peers enrolled.
+
+The machine has two cores shared by every process (instances, Redis, clients): compare the two tiers
+within one run, not with other runs. Needs root (or a high hard RLIMIT_NOFILE): one descriptor per
+connection on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import trio
+
+HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.dirname(HERE))
+# the peers' addresses and node info, percentiles, and the orchestration of child processes are the
+# load bench's (issue 14): the two benches' numbers stay comparable
+from bench_rendezvous_load import PER_ADDRESS, emit, expect, node_info, pct, peer_address, rss_kb, send  # noqa: E402
+
+
+
+
+
+
+
+
+
+
+def raise_fd_limit(want: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise the hard limit
+        else:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, hard)), hard))
+    except (ValueError, OSError):
+        pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- a client process: raw peers ---------------------------------------------------------------------
+
+
+async def peers_role(servers: list[tuple[str, int]], first: int, count: int, connects: int, parallel: int) -> None:
+    from nattrav.proto.rendezvous import SERVER_MESSAGES, FrameDecoder, encode, make
+
+    conns: dict[int, trio.SocketStream] = {}
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    enrolling = trio.Semaphore(parallel)
+    done = [0]
+    all_enrolled = trio.Event()
+    answered = [0]
+    retries = [0]
+    accept_errors: dict[str, int] = {}
+    finished = [0]
+    round_done = trio.Event()
+    mine = [i for i in range(first, first + count) if i < connects]
+
+    def one_finished():
+        finished[0] += 1
+        if finished[0] == len(mine):
+            round_done.set()
+
+    def enrolled_one():
+        done[0] += 1
+        if done[0] == count:
+            all_enrolled.set()
+
+    async def peer(i: int):
+        addr = servers[i % len(servers)]
+        dec = FrameDecoder(SERVER_MESSAGES)
+
+        async def next_msg(stream):
+            while (msg := dec.next_message()) is None:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise EOFError("closed by the server")
+                dec.feed(data)
+            return msg
+
+        for attempt in range(8):
+            async with enrolling:
+                try:
+                    sock = trio.socket.socket()
+                    await sock.bind((peer_address(i), 0))
+                    await sock.connect(addr)
+                    stream = trio.SocketStream(sock)
+                    # a name comes with its secret, as names do in use: a retry after a lost answer
+                    # (busy after Redis ran the enroll) proves ownership instead of meeting name-taken
+                    await stream.send_all(encode(make("enroll", id=1, info=node_info(i), name=f"p{i}",
+                                                      secret=f"bench-secret-{i:012d}")))
+                    msg = await next_msg(stream)
+                    if msg["t"] == "enrolled":
+                        break
+                    reason = f"{msg['t']}: {msg.get('code')}"
+                except (OSError, EOFError) as exc:
+                    reason = str(exc)[:60]
+                sock.close()
+            if not reason.endswith("busy"):
+                break
+            # busy: the tier is overloaded (a registry call ran out of time); a real client retries
+            retries[0] += 1
+            await trio.sleep(min(2.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+        else:
+            reason = "busy 8 times"
+        if msg.get("t") != "enrolled":
+            failures[reason] = failures.get(reason, 0) + 1
+            enrolled_one()
+            return
+        conns[i] = stream
+        enrolled_one()
+        try:
+            while True:
+                msg = await next_msg(stream)
+                kind = msg["t"]
+                if kind == "offer":
+                    await stream.send_all(encode(make("accept", id=2, offer=msg["offer"])))
+                elif kind == "session" and msg.get("id") == 3:
+                    latencies.append(time.perf_counter() - sent_at[i])
+                    one_finished()
+                elif kind == "session":
+                    answered[0] += 1
+                elif kind == "error" and msg.get("id") == 2:  # our accept failed: its initiator times out
+                    accept_errors[msg["code"]] = accept_errors.get(msg["code"], 0) + 1
+                elif kind == "error" and msg.get("id") == 3:
+                    errors[msg["code"]] = errors.get(msg["code"], 0) + 1
+                    one_finished()
+        except (OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def ask(i: int):
+        sent_at[i] = time.perf_counter()
+        try:
+            await conns[i].send_all(encode(make("connect", id=3, target=f"p{i + connects}", timeout=60.0)))
+        except (KeyError, OSError, trio.BrokenResourceError):
+            errors["not enrolled"] = errors.get("not enrolled", 0) + 1
+            one_finished()
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(first, first + count):
+            nursery.start_soon(peer, i)
+        await all_enrolled.wait()
+        gc.collect()
+        gc.freeze()  # this process stands in for many machines: no full collections over all of them
+        emit({"phase": "enrolled", "peers": len(conns), "failures": failures, "retries": retries[0],
+              "seconds": time.perf_counter() - t0})
+        while (command := (await trio.to_thread.run_sync(sys.stdin.readline)).strip()) not in ("quit", ""):
+            if command == "go":
+                t1 = time.perf_counter()
+                if mine:
+                    for i in mine:
+                        nursery.start_soon(ask, i)
+                    with trio.move_on_after(120):
+                        await round_done.wait()
+                latencies.sort()
+                await trio.sleep(0.5)  # the last accepts' errors
+                emit({"phase": "connects", "asked": len(mine), "ok": len(latencies), "errors": errors,
+                      "accept_errors": accept_errors,
+                      "latencies": latencies, "seconds": time.perf_counter() - t1})
+            elif command == "answered":
+                await trio.sleep(1.0)
+                emit({"phase": "answered", "answered": answered[0]})
+        nursery.cancel_scope.cancel()
+
+
+# -- the orchestrator --------------------------------------------------------------------------------
+
+
+def child(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, HERE, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, bufsize=1)
+
+
+
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_cmd(port: int, *words: str) -> str:
+    """One command over RESP, the reply's text (bulk strings and integers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
+        buf = b""
+        while True:
+            buf += s.recv(1 << 16)
+            if buf.startswith((b":", b"+", b"-")) and buf.endswith(b"\r\n"):
+                return buf[1:-2].decode()
+            if buf.startswith(b"$"):
+                head, _, rest = buf.partition(b"\r\n")
+                if len(rest) >= int(head[1:]) + 2:
+                    return rest[:int(head[1:])].decode()
+
+
+def redis_info(port: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in redis_cmd(port, "INFO", "memory").splitlines() if ":" in line)
+
+
+
+
+def start_instances(n: int, peers: int, registry: str | None) -> list[tuple[subprocess.Popen, tuple[str, int]]]:
+    out = []
+    for _ in range(n):
+        argv = [sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
+                "--stats-interval", "0", "--keepalive-timeout", "3600", "--retain", "3600",
+                "--max-connections", str(peers + 1000), "--max-per-source", str(PER_ADDRESS + 10),
+                "--max-peers", str(peers + 1000)]
+        if registry:
+            argv += ["--registry", registry]
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        host, port = json.loads(p.stdout.readline())["address"].rsplit(":", 1)
+        out.append((p, (host, int(port))))
+    return out
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port: int | None, peers: int,
+             connects: int) -> dict:
+    if redis_port:
+        redis_cmd(redis_port, "FLUSHALL")
+    instances = start_instances(n_instances, peers, registry)
+    servers = [addr for _, addr in instances]
+    clients: list[subprocess.Popen] = []
+    try:
+        time.sleep(0.5)
+        mem0 = int(redis_info(redis_port)["used_memory"]) if redis_port else 0
+        rss0 = sum(rss_kb(p.pid) for p, _ in instances)
+        n_clients = max(args.clients, -(-peers // args.cap))
+        per = -(-peers // n_clients)
+        t0 = time.perf_counter()
+        for c in range(n_clients):
+            first = c * per
+            count = min(per, peers - first)
+            clients.append(child(["--role", "peers", "--servers", ",".join(f"{h}:{p}" for h, p in servers),
+                                  "--first", str(first), "--count", str(count), "--connects", str(connects),
+                                  "--parallel", str(args.parallel)]))
+        reports = [expect(c, "enrolled", 3600) for c in clients]
+        # from the first enroll to the last, as the clients saw it (their start-up is not the tier's)
+        enroll_s = max(r["seconds"] for r in reports)
+        started_s = time.perf_counter() - t0
+        enrolled = sum(r["peers"] for r in reports)
+        failures: dict[str, int] = {}
+        retries = sum(r["retries"] for r in reports)
+        for r in reports:
+            for k, v in r["failures"].items():
+                failures[k] = failures.get(k, 0) + v
+        time.sleep(2.0)  # leases, heartbeats settle
+        mem1 = int(redis_info(redis_port)["used_memory"]) if redis_port else 0
+        keys = int(redis_cmd(redis_port, "DBSIZE")) if redis_port else 0
+        rss1 = sum(rss_kb(p.pid) for p, _ in instances)
+        t1 = time.perf_counter()
+        for c in clients:
+            send(c, "go")
+        results = [expect(c, "connects", 600) for c in clients]
+        connect_wall = time.perf_counter() - t1
+        lat = sorted(x for r in results for x in r["latencies"])
+        errors: dict[str, int] = {}
+        accept_errors: dict[str, int] = {}
+        for r in results:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+            for k, v in r["accept_errors"].items():
+                accept_errors[k] = accept_errors.get(k, 0) + v
+        alive = all(p.poll() is None for p, _ in instances)
+        for c in clients:
+            send(c, "quit")
+    finally:
+        stop(clients)
+        stop([p for p, _ in instances])
+    return {
+        "tier": name, "instances": n_instances, "peers": peers, "enrolled": enrolled, "client_processes": n_clients,
+        "enroll_failures": failures, "enroll_busy_retries": retries, "enroll_s": round(enroll_s, 2), "enroll_with_startup_s": round(started_s, 2), "enrolls_per_s": round(enrolled / enroll_s),
+        "connects": connects, "sessions": len(lat), "connect_errors": errors, "accept_errors": accept_errors,
+        "connect_wall_s": round(connect_wall, 2),
+        "p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
+        "max_ms": round(pct(lat, 1.0) * 1e3, 1),
+        "instances_rss_per_peer_kb": round((rss1 - rss0) / max(1, enrolled), 2),
+        "redis_used_memory_bytes": mem1 - mem0 if redis_port else None,
+        "redis_bytes_per_peer": round((mem1 - mem0) / max(1, enrolled)) if redis_port else None,
+        "redis_keys": keys if redis_port else None, "instances_alive": alive,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--role", default="run", choices=["run", "peers"])
+    ap.add_argument("--peers", type=int, default=100_000)
+    ap.add_argument("--connects", type=int, default=10_000)
+    ap.add_argument("--clients", type=int, default=4, help="client processes")
+    ap.add_argument("--parallel", type=int, default=64, help="enrolls in flight per client process")
+    ap.add_argument("--instances", type=int, default=3, help="instances of the scaled tier")
+    ap.add_argument("--equal", action="store_true",
+                    help="also run the scaled tier at the baseline's size (when the baseline had to be smaller)")
+    ap.add_argument("--only", choices=["memory", "redis"], help="run one tier only")
+    ap.add_argument("--json", metavar="FILE")
+    # the client role's own
+    ap.add_argument("--servers", default="")
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--count", type=int, default=0)
+    args = ap.parse_args()
+    if args.role == "peers":
+        raise_fd_limit(args.count + 1000)
+        servers = [(h, int(p)) for h, p in (s.rsplit(":", 1) for s in args.servers.split(","))]
+        trio.run(peers_role, servers, args.first, args.count, args.connects, args.parallel)
+        return
+    if args.connects * 2 > args.peers:
+        raise SystemExit("--connects must be at most half of --peers (each initiator has its own target)")
+    fd_limit = raise_fd_limit(args.peers + 2000)
+    args.cap = fd_limit - 1500  # peers one process (an instance, a client) can hold
+    if -(-args.peers // args.instances) > args.cap:
+        raise SystemExit(f"{args.peers} peers over {args.instances} instances is more than {args.cap} connections "
+                         f"an instance can hold (RLIMIT_NOFILE {fd_limit}): use --instances "
+                         f"{-(-args.peers // args.cap)} or more")
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    base_peers = min(args.peers, args.cap)
+    base_connects = min(args.connects, args.connects * base_peers // args.peers)
+    out = {"cpus": os.cpu_count(), "fd_limit": fd_limit, "tiers": []}
+    if args.only != "redis":
+        out["tiers"].append(run_tier("memory", 1, args, None, None, base_peers, base_connects))
+        print(json.dumps(out["tiers"][-1]), flush=True)
+    if args.only != "memory":
+        with tempfile.TemporaryDirectory(prefix="nattrav-bench-redis-") as d:
+            port = free_port()
+            redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", d, "--maxclients", "10000"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        redis_cmd(port, "PING")
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise SystemExit("redis-server did not start")
+                        time.sleep(0.05)
+                out["redis_version"] = redis_info(port).get("redis_version") or redis_cmd(port, "INFO", "server").split(
+                    "redis_version:")[1].split()[0]
+                url = f"redis://127.0.0.1:{port}/0"
+                if args.equal and base_peers < args.peers:
+                    out["tiers"].append(run_tier("redis", args.instances, args, url, port, base_peers,
+                                                 base_connects))
+                    print(json.dumps(out["tiers"][-1]), flush=True)
+                out["tiers"].append(run_tier("redis", args.instances, args, url, port, args.peers, args.connects))
+                print(json.dumps(out["tiers"][-1]), flush=True)
+            finally:
+                stop([redis])
+    report(out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def report(out: dict) -> None:
+    print(f"\nrendezvous scale-out: {out['cpus']} CPUs shared by every process (RLIMIT_NOFILE {out['fd_limit']} each)")
+    for t in out["tiers"]:
+        print(f"  {t['tier']:<6} {t['instances']} instance(s), {t['client_processes']} client processes: "
+              f"{t['enrolled']}/{t['peers']} enrolled in "
+              f"{t['enroll_s']} s = {t['enrolls_per_s']:,}/s; {t['sessions']}/{t['connects']} connects "
+              f"p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms max {t['max_ms']} ms "
+              f"(enroll failures {t['enroll_failures'] or 'none'} after {t['enroll_busy_retries']} busy retries, "
+              f"connect errors {t['connect_errors'] or 'none'}, the targets' accept errors "
+              f"{t['accept_errors'] or 'none'})")
+        if t["redis_bytes_per_peer"] is not None:
+            print(f"         Redis used_memory +{t['redis_used_memory_bytes'] / 2**20:.1f} MiB = "
+                  f"{t['redis_bytes_per_peer']} B per peer ({t['redis_keys']} keys)")
+    base = next((t for t in out["tiers"] if t["tier"] == "memory"), None)
+    for t in out["tiers"]:
+        if base is not None and t is not base:
+            print(f"  redis ({t['peers']} peers) / memory ({base['peers']} peers): enrolls/s "
+                  f"{t['enrolls_per_s'] / base['enrolls_per_s']:.2f}x, p99 connect {t['p99_ms'] / base['p99_ms']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""The rendezvous registry in Redis, shared by every nattrav-server instance that names the same URL.
+
+It implements proto/rendezvous/registry.py's interface (the in-memory registry's twin; one test
+suite runs on both): each operation is one Lua script (io/redis_scripts.py), atomic inside Redis and
+one round trip. Notices for peers connected to other instances travel by Redis pub/sub, one channel
+per instance (`P n:INSTANCE`); a notice lost while an instance's subscription is down costs that
+peer a timeout, never a wrong session. Every instance heartbeats, keeps the leases of its own
+online peers fresh, and takes the peers of a dead instance offline in batches (`maintain`).
+
+The client is coredis: it runs on anyio, so under Trio without a bridge, and it can speak to a
+Redis Cluster. Scripts are never retried by the client (a timed-out connect may have run; its
+retry would make a second offer): a failed call raises RegistryUnavailable, the front answers the
+peer `busy`, and the peer retries. Replies are checked (trusted, but validated): anything
+malformed is a RegistryUnavailable too, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+import msgpack
+import trio
+
+from ..errors import BadFrame, RegistryUnavailable, UsageError
+from ..proto.rendezvous import Answered, Ended, Enrolled, Home, Offered, Refusal, check_info, hash_secret
+from ..proto.rendezvous.memory import check_limits
+from ..proto.rendezvous.wire import MAX_INFO, MAX_MESSAGE, NAME_RE, ErrorCode
+from ..proto.schema import cut
+from .redis_scripts import SCRIPTS
+
+log = logging.getLogger("nattrav.rendezvous.redis")
+
+SCHEMES = ("redis", "rediss", "unix")
+# Seconds one registry call may take before the peer is told busy. An unreachable Redis fails at
+# once (connection refused); this bounds a slow one, and an overloaded instance's own queue: a call
+# cut off may have run all the same, and its work is lost and must be undone, so not too short.
+OP_TIMEOUT = 5.0
+NOTICE_BATCH = 256  # notices published in one pipeline
+BACKOFF = (0.1, 2.0)  # reconnect waits of the subscription: first, at most
+# An instance whose heartbeat (every second) is this old is dead and its peers are reaped. Generous:
+# its peers enroll again elsewhere on their own the moment its process dies (their TCP connections
+# break), so reaping is only cleanup, while an instance taken for dead too early (an overloaded one
+# that missed a few beats) must end all its connections: a late heartbeat must not cause that.
+DEAD_AFTER = 15.0
+
+
+def check_url(url: str) -> str:
+    """The registry URL as typed, or a UsageError saying what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise UsageError(f"registry URL {cut(url, 80)}: the scheme must be redis://, rediss:// or unix://")
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            raise UsageError(f"registry URL {cut(url, 80)}: no host (redis://HOST:PORT/DB)")
+        try:
+            parts.port
+        except ValueError:
+            raise UsageError(f"registry URL {cut(url, 80)}: the port must be 1..65535") from None
+        db = parts.path.strip("/")
+        if db and not (db.isdigit() and int(db) < 16384):
+            raise UsageError(f"registry URL {cut(url, 80)}: the database must be a number (redis://HOST:PORT/DB)")
+    elif not parts.path:
+        raise UsageError(f"registry URL {cut(url, 80)}: no socket path (unix:///path/to/redis.sock)")
+    return url
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, from the first leaf of the exception groups coredis' task groups make."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    elif isinstance(value, str):
+        return value
+    raise RegistryUnavailable(f"malformed reply from Redis: {cut(value)}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = _text(value)
+    if not text.lstrip("-").isdigit():
+        raise RegistryUnavailable(f"malformed number from Redis: {cut(text)}")
+    return int(text)
+
+
+def _home(inst: Any, conn: Any) -> Home | None:
+    inst = _text(inst)
+    return None if inst == "" else Home(inst, _int(conn))
+
+
+def _info(value: Any) -> bytes:
+    """Node info as Redis holds it: the packed map, checked before it goes into anybody's frame."""
+    if not isinstance(value, bytes) or len(value) > MAX_INFO + 64:
+        raise RegistryUnavailable("malformed node info in Redis")
+    try:
+        check_info(msgpack.unpackb(value, raw=False, strict_map_key=True, max_ext_len=0))
+    except BadFrame as exc:
+        raise RegistryUnavailable(f"node info in Redis fails its schema: {exc}") from None
+    except Exception as exc:  # msgpack raises a zoo of types
+        raise RegistryUnavailable(f"undecodable node info in Redis: {type(exc).__name__}") from None
+    return value
+
+
+def _ended(items: list) -> tuple[Ended, ...]:
+    if len(items) % 8:
+        raise RegistryUnavailable("malformed list of ended offers from Redis")
+    out = []
+    for i in range(0, len(items), 8):
+        oid, ini, ii, ic, rid, tgt, ti, tc = items[i:i + 8]
+        rid = _text(rid)
+        out.append(Ended(_text(oid), _text(ini), _home(ii, ic), _int(rid) if rid else None, _text(tgt),
+                         _home(ti, tc)))
+    return tuple(out)
+
+
+def _refusal(reply: list, **quote: str) -> Refusal:
+    """A script's refusal; messages that quote the request say it the in-memory registry's way."""
+    try:
+        code = ErrorCode(_text(reply[1]))
+    except ValueError:
+        raise RegistryUnavailable(f"unknown error code from Redis: {cut(reply[1])}") from None
+    message = _text(reply[2])
+    if code is ErrorCode.NAME_TAKEN and "name" in quote:
+        message = f"{cut(quote['name'])} belongs to another peer"
+    elif code is ErrorCode.UNKNOWN_PEER:
+        message = f"no peer {cut(quote['target'])}"
+    elif code is ErrorCode.OFFLINE and "target" in quote:
+        message = f"peer {cut(quote['target'])} is offline"
+    return Refusal(code, message[:MAX_MESSAGE])
+
+
+class RedisRegistry:
+    """The registry for one instance (`instance` names it in Redis; a fresh random one by default:
+    a restarted instance must not receive its predecessor's notices).
+
+    ``clock_offset`` maps the front's clock into the registry's timeline, which all instances
+    share: wall-clock seconds (their clocks must agree to well under ``dead_after``, as NTP keeps
+    them). ``lease``: how long an online peer's record outlives its instance's last refresh.
+    """
+
+    def __init__(self, client: Any, *, instance: str | None = None, prefix: str = "nattrav:",
+                 retain: float = 300.0, lease: float = 600.0, dead_after: float = DEAD_AFTER,
+                 max_peers: int = 100_000, max_peers_per_source: int = 256, max_offers_per_peer: int = 16,
+                 max_offers_per_source: int = 2, clock_offset: float = 0.0, op_timeout: float = OP_TIMEOUT,
+                 token: Callable[[int], str] = secrets.token_urlsafe):
+        check_limits(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
+                     max_offers_per_peer=max_offers_per_peer, max_offers_per_source=max_offers_per_source)
+        for name, value in (("retain", retain), ("lease", lease), ("dead_after", dead_after)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        self.client = client
+        self.instance = instance or secrets.token_hex(6)
+        self.prefix = prefix
+        self.channel = f"{prefix}n:{self.instance}"
+        self.retain, self.lease, self.dead_after = retain, lease, dead_after
+        self.clock_offset = clock_offset
+        self.op_timeout = op_timeout
+        self._limits = [str(max_peers), str(max_peers_per_source), str(max_offers_per_peer),
+                        str(max_offers_per_source)]
+        self._token = token
+        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self._cursor = "0"
+        self._beaten = False  # a heartbeat got through once: a missing one later means we were reaped
+        self.stats = {"expired": 0, "evicted": 0, "registry_errors": 0, "reaped": 0}
+
+    def peer_channel(self, instance: str) -> str:
+        return f"{self.prefix}n:{instance}"
+
+    # -- plumbing --
+    async def _run(self, name: str, now: float, *args: str | bytes) -> list:
+        argv = [self.prefix, repr(now + self.clock_offset), repr(self.lease), repr(self.retain),
+                repr(self.dead_after), *self._limits, *args]
+        try:
+            with trio.fail_after(self.op_timeout):
+                reply = await self._scripts[name](keys=[], args=argv)
+        except trio.TooSlowError:
+            self.stats["registry_errors"] += 1
+            raise RegistryUnavailable(f"Redis did not answer within {self.op_timeout:g} s") from None
+        except Exception as exc:  # coredis' RedisError family, OSError, anyio's stream errors
+            self.stats["registry_errors"] += 1
+            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
+        if not isinstance(reply, list):
+            raise RegistryUnavailable(f"malformed reply from Redis to {name}")
+        return reply
+
+    def _fresh_id(self) -> str:
+        while True:  # the names' rule: an ID is typed after `-d`, so none may start with "-"
+            peer_id = self._token(16)
+            if NAME_RE.match(peer_id):
+                return peer_id
+
+    # -- the Registry interface --
+    async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
+                     secret: str | None, now: float) -> Enrolled | Refusal:
+        given = hash_secret(secret) if secret is not None else b""
+        obs = msgpack.packb(list(observed), use_bin_type=True)
+        for _ in range(8):
+            minted = self._token(24)
+            reply = await self._run("enroll", now, home.instance, str(home.conn), source, obs, info, name or "",
+                                    given, self._fresh_id(), hash_secret(minted))
+            kind = _text(reply[0]) if reply else ""
+            if kind == "again":
+                continue
+            if kind == "no" and len(reply) == 3:
+                return _refusal(reply, name=name or "")
+            if kind != "ok" or len(reply) < 5:
+                raise RegistryUnavailable("malformed reply from Redis to enroll")
+            self.stats["evicted"] += _int(reply[2])
+            return Enrolled(_text(reply[1]), secret if secret is not None else minted, _home(reply[3], reply[4]),
+                            _ended(reply[5:]))
+        raise RegistryUnavailable("could not mint an unused peer ID")
+
+    async def publish_info(self, peer_id: str, home: Home, info: bytes, now: float) -> None:
+        await self._run("publish_info", now, peer_id, home.instance, str(home.conn), info)
+
+    async def offline(self, peer_id: str, home: Home, now: float) -> tuple[Ended, ...]:
+        return _ended(await self._run("offline", now, peer_id, home.instance, str(home.conn)))
+
+    async def connect(self, peer_id: str, home: Home, target: str, timeout: float, request_id: int | None,
+                      now: float) -> Offered | Refusal:
+        for _ in range(8):
+            offer_id = self._token(12)
+            reply = await self._run("connect", now, peer_id, home.instance, str(home.conn), target, repr(timeout),
+                                    "" if request_id is None else str(request_id), offer_id)
+            kind = _text(reply[0]) if reply else ""
+            if kind == "again":
+                continue
+            if kind == "no" and len(reply) == 3:
+                return _refusal(reply, target=target)
+            if kind != "ok" or len(reply) != 4:
+                raise RegistryUnavailable("malformed reply from Redis to connect")
+            target_home = _home(reply[1], reply[2])
+            if target_home is None:
+                raise RegistryUnavailable("Redis offered to a peer with no connection")
+            return Offered(offer_id, target_home, _info(reply[3]), timeout)
+        raise RegistryUnavailable("could not mint an unused offer ID")
+
+    async def answer(self, peer_id: str, home: Home, offer_id: str, accept: bool, now: float) -> Answered | Refusal:
+        reply = await self._run("answer", now, peer_id, home.instance, str(home.conn), offer_id)
+        kind = _text(reply[0]) if reply else ""
+        if kind == "no" and len(reply) == 3:
+            return _refusal(reply)
+        if kind != "ok" or len(reply) != 7:
+            raise RegistryUnavailable("malformed reply from Redis to answer")
+        rid = _text(reply[4])
+        initiator_home = _home(reply[2], reply[3])
+        initiator_info = _info(reply[5]) if initiator_home is not None else b""
+        return Answered(offer_id, _text(reply[1]), initiator_home, _int(rid) if rid else None, initiator_info,
+                        _info(reply[6]))
+
+    async def expire_offer(self, offer_id: str, now: float) -> Ended | None:
+        ended = _ended(await self._run("expire_offer", now, offer_id))
+        return ended[0] if ended else None
+
+    def next_deadline(self) -> float | None:
+        return None  # retention is Redis's TTLs (and a lazy check of the caller's clock)
+
+    async def tick(self, now: float, limit: int | None = None) -> bool:
+        return False
+
+    async def maintain(self, now: float, batch: int = 1000) -> tuple[tuple[Ended, ...], bool]:
+        """One round: heartbeat, refresh a batch of our peers' leases, reap a batch of a dead
+        instance's peers. Returns the offers the reaped peers had (to be told) and whether this
+        instance was itself taken for dead (its peers must enroll again)."""
+        reply = await self._run("maintain", now, self.instance, self._cursor, str(batch))
+        if len(reply) < 3:
+            raise RegistryUnavailable("malformed reply from Redis to maintain")
+        before, self._cursor, reaped = _text(reply[0]), _text(reply[1]), _text(reply[2])
+        ended = _ended(reply[3:])
+        registry_now = now + self.clock_offset
+        lost = self._beaten and (before == "" or float(before) < registry_now - self.dead_after)
+        self._beaten = True
+        if reaped:
+            self.stats["reaped"] += 1
+            log.info("instance %s stopped heartbeating: its peers go offline", cut(reaped))
+        return ended, lost
+
+    async def counts(self) -> dict[str, int]:
+        reply = await self._run("counts", 0.0)
+        return {"peers": _int(reply[0]), "offline": _int(reply[1]), "instances": _int(reply[2])}
+
+    # -- notices between instances --
+    async def publish(self, notes: list[tuple[str, bytes]]) -> None:
+        """Publish (instance, packed notice) pairs, one pipeline."""
+        try:
+            with trio.fail_after(self.op_timeout):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for instance, data in notes:
+                        pipe.publish(self.peer_channel(instance), data)
+        except trio.TooSlowError:
+            raise RegistryUnavailable(f"Redis did not take notices within {self.op_timeout:g} s") from None
+        except Exception as exc:
+            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
+
+    async def serve_notices(self, deliver: Callable[[bytes], None], *,
+                            task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hand every notice published for this instance to `deliver`, forever; resubscribe after a
+        loss with backoff. `task_status.started()` once the first subscription is in place."""
+        from coredis.retry import NoRetryPolicy
+
+        started = False
+        wait = BACKOFF[0]
+        while True:
+            try:
+                # coredis' own retries back off to 16 s between attempts: ours are capped at BACKOFF[1]
+                async with self.client.pubsub(channels=[self.channel], ignore_subscribe_messages=True,
+                                              retry_policy=NoRetryPolicy(), max_idle_seconds=5) as ps:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    elif wait > BACKOFF[0]:
+                        log.warning("notice subscription to Redis is back")
+                    wait = BACKOFF[0]
+                    async for message in ps:
+                        data = message.get("data") if isinstance(message, dict) else None
+                        if isinstance(data, bytes):
+                            deliver(data)
+            except Exception as exc:  # the subscription broke: notices meanwhile are lost (peers time out)
+                (log.warning if wait == BACKOFF[0] else log.debug)(
+                    "notice subscription to Redis lost (%s); again in %.1f s", _reason(exc), wait)
+            await trio.sleep(wait)
+            wait = min(wait * 2, BACKOFF[1])
+
+
+@asynccontextmanager
+async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -> AsyncIterator[RedisRegistry]:
+    """A RedisRegistry on `url` (redis://HOST:PORT/DB, rediss://..., unix:///path); its first
+    heartbeat must get through within `wait` seconds (a wrong URL fails here, with the reason),
+    later outages are survived. `options` go to RedisRegistry; the registry's timeline is the wall
+    clock (clock_offset maps trio's clock into it)."""
+    import coredis
+    from coredis.retry import NoRetryPolicy
+
+    check_url(url)
+    options.setdefault("clock_offset", time.time() - trio.current_time())
+    client = coredis.Redis.from_url(url, decode_responses=False, connect_timeout=OP_TIMEOUT,
+                                    stream_timeout=OP_TIMEOUT, retry_policy=NoRetryPolicy())
+    # coredis runs its connections in a task group: whatever leaves the block comes out of it as an
+    # ExceptionGroup; the caller gets its own exception (or the startup failure) back unwrapped
+    failure: BaseException | None = None
+    async with client:
+        registry = RedisRegistry(client, **options)
+        deadline = trio.current_time() + wait
+        while True:
+            try:
+                await registry.maintain(trio.current_time())
+                break
+            except RegistryUnavailable as exc:
+                if trio.current_time() >= deadline:
+                    failure = RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}")
+                    break
+                await trio.sleep(0.2)
+        if failure is None:
+            try:
+                yield registry
+            except BaseException as exc:
+                failure = exc
+    if failure is not None:
+        raise failure
