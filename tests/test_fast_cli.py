@@ -4,9 +4,11 @@ loopback, where there is no NAT: the lab matrix covers the NATs)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -16,8 +18,16 @@ from nattrav.cli import exits
 FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
 
-def run_fast(*args, timeout=30, input=b""):
-    return subprocess.run([*FAST, *args], capture_output=True, timeout=timeout, input=input)
+def fresh_identity_env() -> dict:
+    """An environment whose NATTRAV_IDENTITY is a new key file (made by nattrav-fast on first use):
+    two processes of one test are two peers, and no test touches the user's own key."""
+    where = tempfile.mkdtemp(prefix="nattrav-id-")
+    return {**os.environ, "NATTRAV_IDENTITY": os.path.join(where, "identity.pem")}
+
+
+def run_fast(*args, timeout=30, input=b"", env=None):
+    return subprocess.run([*FAST, *args], capture_output=True, timeout=timeout, input=input,
+                          env=env or fresh_identity_env())
 
 
 def one_error_line(cp) -> str:
@@ -79,7 +89,7 @@ def test_unknown_peer_is_one_line_exit_4(servers):
 def test_two_peers_connect_and_pipe_both_ways(servers):
     common = ["-s", servers["server_arg"], "-H", servers["stun_arg"], "--json", "--linger", "1"]
     b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, env=fresh_identity_env())
     try:
         peer_id = None
         deadline = time.monotonic() + 20
@@ -101,8 +111,15 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
         assert a.stdout == b"from b\n" and b_out == b"from a\n"
         events = [json.loads(x) for x in a.stderr.decode().splitlines()]
         kinds = [e["event"] for e in events]
-        for phase in ("discovery", "discovery-done", "mapping", "rendezvous", "plan", "punch", "connected"):
+        for phase in ("identity", "discovery", "discovery-done", "mapping", "rendezvous", "plan", "punch",
+                      "connected", "secure", "delivered"):
             assert phase in kinds, (phase, kinds)
+        # the listener's ID is its key's, and the initiator's QUIC handshake verified exactly that key
+        assert peer_id.startswith("12D3KooW") and len(peer_id) == 52
+        secure = next(e for e in events if e["event"] == "secure")
+        assert secure == {"event": "secure", "protocol": "quic", "peer_id": peer_id, "keepalive": 5.0}
+        assert next(e for e in events if e["event"] == "delivered") == {"event": "delivered", "sent": 7,
+                                                                         "received": 7}
         connected = next(e for e in events if e["event"] == "connected")
         assert connected["strategy"] == "direct" and connected["rtt_ms"] >= 0
     finally:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.api import connect_tcp, listen_tcp
+from tests.test_fast_cli import fresh_identity_env
 from nattrav.errors import TcpPunchFailed
 from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
@@ -167,7 +168,9 @@ async def test_connect_tcp_and_listen_tcp_move_a_megabyte_each_way(servers):
 
                 nursery.start_soon(listener_side)
                 async with connect_tcp(servers["server"], lst.peer_id, stun=servers["stun"]) as s:
-                    assert s.strategy is TcpStrategy.DIRECT and s.rtt >= 0
+                    # TLS by default: the stream under it is the punched one
+                    assert s.punched.strategy is TcpStrategy.DIRECT and s.punched.rtt >= 0
+                    assert s.peer_id.text == lst.peer_id and s.peer_key == s.peer_id.key_bytes
                     await exchange(s, blob_a, "a")
     assert hashlib.sha256(got["b"]).digest() == hashlib.sha256(blob_a).digest()
     assert hashlib.sha256(got["a"]).digest() == hashlib.sha256(blob_b).digest()
@@ -178,7 +181,8 @@ async def test_connect_tcp_and_listen_tcp_move_a_megabyte_each_way(servers):
 def test_nattrav_fast_tcp_pipes_both_ways(servers):
     host, port = servers["server"]
     common = ["-s", f"{host}:{port}", "-H", f"{servers['stun'][0]}:{servers['stun'][1]}", "--json", "--tcp"]
-    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=fresh_identity_env())
     try:
         peer_id = None
         deadline = time.monotonic() + 20
@@ -190,13 +194,16 @@ def test_nattrav_fast_tcp_pipes_both_ways(servers):
                 peer_id = ev["peer_id"]
         b.stdin.write(b"from b\n")
         b.stdin.close()
-        a = subprocess.run([*FAST, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30)
+        a = subprocess.run([*FAST, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30,
+                           env=fresh_identity_env())
         assert a.returncode == 0, a.stderr.decode()
         assert b.wait(20) == 0
         assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
         events = [json.loads(x) for x in a.stderr.decode().splitlines()]
         connected = next(e for e in events if e["event"] == "connected")
         assert connected["strategy"] == "tcp-direct"
+        assert next(e for e in events if e["event"] == "secure") == {"event": "secure", "protocol": "tls",
+                                                                     "peer_id": peer_id}
     finally:
         if b.poll() is None:
             b.kill()

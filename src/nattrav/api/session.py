@@ -13,9 +13,11 @@ import trio
 
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
-from ..io.path import PunchedPath
+from ..errors import PeerAuthError, WrongPeer
+from ..identity import Identity, PeerId
 from ..proto.nat_behavior import NatBehavior
 from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
+from .secure import expected_peer
 from .tcp import TcpTransport
 from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .udp import UdpTransport
@@ -35,6 +37,11 @@ class SessionOptions:
     max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
+    identity: Identity | None = None  # our key (identity.py); None: a fresh one for this call only
+    secure: bool = True  # QUIC (UDP) or TLS (TCP) authenticated by the keys; False: the raw punched path
+
+    def the_identity(self) -> Identity:
+        return self.identity if self.identity is not None else Identity.generate()
 
     def emit(self, phase: str, detail: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -50,38 +57,66 @@ class SessionOptions:
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
     server_ep, stun_ep = o.endpoints(server)
+    identity = o.the_identity()
+    if o.secure:
+        as_peer_id_or_name(peer_id)
     with trio.fail_after(timeout):
-        async with rv.open_rendezvous(server_ep) as client:
+        async with rv.open_rendezvous(server_ep, identity=identity) as client:
             o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
             ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
             try:
                 await client.update_info({"report": ep.report.to_wire()})
                 o.emit("rendezvous-connect", {"peer": peer_id})
                 session = await client.connect(peer_id, timeout=timeout)
+                # before any packet: a server that names another key for a peer ID is not followed
+                expected = expected_peer(peer_id, session) if o.secure else None
                 path = await transport.punch(ep, session, o.ttl, o.emit)
             except BaseException:
                 transport.close(ep)
                 raise
+    async with _secured(transport, ep, path, session, identity, expected, o.emit) as secured:
+        yield secured
+
+
+@asynccontextmanager
+async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: Identity,
+                   expected: PeerId | None, emit: EventHook) -> AsyncIterator[Any]:
     async with path:
-        yield path
+        if expected is None:
+            yield path
+        else:
+            async with transport.secure(ep, path, session, identity, expected, emit) as secured:
+                yield secured
+
+
+def as_peer_id_or_name(text: str) -> None:
+    """A UsageError for what looks like a peer ID but is not a valid one (a typo in a key)."""
+    if isinstance(text, str) and text.startswith("12D3KooW"):
+        PeerId.parse(text)
 
 
 @asynccontextmanager
 async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordinator: Any = None,
-                  **options: Any) -> AsyncIterator[PunchedPath]:
-    """Connect to `peer_id` through the rendezvous `server` within `timeout` seconds; yields the
-    authenticated UDP path. `coordinator`: a running burst coordinator (nattrav.workers) to use
-    instead of starting one for a big burst; `options`: SessionOptions' keywords."""
+                  quic: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[Any]:
+    """Connect to `peer_id` (a peer ID, or a name the server binds to a key) through the rendezvous
+    `server` within `timeout` seconds; yields a QuicPath (io/quic_path.py: `stream`, datagrams,
+    `peer_id` and `peer_key` verified), or with secure=False the raw PunchedPath (authenticated
+    datagrams, not encrypted). `coordinator`: a running burst coordinator (nattrav.workers) to use
+    instead of starting one for a big burst; `quic`: QuicSettings fields to override;
+    `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _connect(UdpTransport(coordinator, o.max_flows), server, peer_id, timeout, o) as path:
+    transport = UdpTransport(coordinator, o.max_flows, quic)
+    async with _connect(transport, server, peer_id, timeout, o) as path:
         yield path
 
 
 @asynccontextmanager
 async def connect_tcp(server: Server, peer_id: str, *, timeout: float = 30.0, punch_timeout: float = 10.0,
                       window: int = 8, **options: Any) -> AsyncIterator[Any]:
-    """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream
-    (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
+    """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream: TLS
+    1.3 authenticated by the keys, framed for half-close and delivery confirmation
+    (io/tls_frames.py's FramedTls: `peer_id`, `peer_key`, `punched`), or with secure=False the
+    plain io.tcp_punch.PunchedStream (a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
     fewest predicted ports to cover (proto/planner/tcp.py); `options`: SessionOptions' keywords."""
     transport = TcpTransport(punch_timeout, window)
     async with _connect(transport, server, peer_id, timeout, SessionOptions(**options)) as stream:
@@ -121,10 +156,13 @@ class Listener:
 
     def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
                  src: tuple[str | None, int], ttl: int | None, emit: EventHook,
-                 behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None) -> None:
+                 behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None,
+                 identity: Identity | None = None, secure: bool = False) -> None:
         self._client, self._transport, self._stun, self._src = client, transport, stun, src
         self._ttl, self._emit, self._behavior = ttl, emit, behavior
         self.policy = policy if policy is not None else AcceptPolicy()
+        self.identity = identity
+        self.secure = secure and identity is not None
         self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
 
     @property
@@ -149,7 +187,13 @@ class Listener:
         while True:
             offer = await self._client.next_offer()
             self._emit("offer", {"from": offer.peer_id})
-            why = self.policy.admits(offer, trio.current_time())
+            expected = None
+            try:
+                # whom the handshake must meet; an initiator that proved no key cannot be met securely
+                expected = expected_peer(None, offer) if self.secure else None
+                why = self.policy.admits(offer, trio.current_time())
+            except (PeerAuthError, WrongPeer) as exc:
+                why = str(exc)
             if why is None:
                 break
             self._emit("refused", {"from": offer.peer_id, "reason": why})
@@ -162,12 +206,14 @@ class Listener:
             await self._transport.refresh(ep, self._emit)
             await self._client.update_info({"report": ep.report.to_wire()})
             session = await self._client.accept(offer)
+            if expected is not None and expected_peer(None, session) != expected:
+                raise WrongPeer(f"the rendezvous server offered {expected} but made a session with another key")
             path = await self._transport.punch(ep, session, self._ttl, self._emit)
         except BaseException:
             self._transport.close(ep)
             raise
-        async with path:
-            yield path
+        async with _secured(self._transport, ep, path, session, self.identity, expected, self._emit) as secured:
+            yield secured
 
 
 TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP transport
@@ -177,8 +223,10 @@ TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP 
 async def _listen(transport: Any, server: Server, name: str | None, secret: str | None,
                   policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
     server_ep, stun_ep = o.endpoints(server)
-    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy)
+    identity = o.the_identity()
+    async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity) as client:
+        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy,
+                            identity, o.secure)
         try:
             await listener._prepare()
             o.emit("enrolled", {"peer_id": client.peer_id})
@@ -190,12 +238,14 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
 @asynccontextmanager
 async def listen(server: Server, *, name: str | None = None, secret: str | None = None,
                  policy: AcceptPolicy | None = None, coordinator: Any = None,
-                 **options: Any) -> AsyncIterator[Listener]:
-    """Enroll with the rendezvous server (under `name`, proving it with `secret`, if given) and
-    publish our NAT report; yields a Listener (UDP). `policy` decides which offers accept() takes
-    (default: AcceptPolicy(), rate-limited); `options`: SessionOptions' keywords."""
+                 quic: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server under our identity's peer ID (or under `name`, which the
+    server binds to our key on first claim; `secret` only for a client without a key) and publish
+    our NAT report; yields a Listener (UDP) whose accept() yields what connect() does. `policy`
+    decides which offers accept() takes (default: AcceptPolicy(), rate-limited); `quic`:
+    QuicSettings fields to override; `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _listen(UdpTransport(coordinator, o.max_flows), server, name, secret, policy, o) as listener:
+    async with _listen(UdpTransport(coordinator, o.max_flows, quic), server, name, secret, policy, o) as listener:
         yield listener
 
 

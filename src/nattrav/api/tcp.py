@@ -20,6 +20,7 @@ from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
+from .secure import secure_tcp
 
 
 @dataclass
@@ -156,6 +157,11 @@ class TcpTransport:
 
     async def punch(self, ep: TcpEndpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
         return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
+
+    @staticmethod
+    def secure(ep: TcpEndpoint, stream: Any, session: Session, identity: Any, expected: Any,
+               emit: EventHook) -> Any:
+        return secure_tcp(stream, session, identity, expected, emit)
 
     @staticmethod
     def close(ep: TcpEndpoint) -> None:

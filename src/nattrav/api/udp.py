@@ -21,6 +21,7 @@ from ..proto.report import NatReport, Sample
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
+from .secure import quic_settings, secure_udp
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 
@@ -143,11 +144,20 @@ def _needs_workers(p: Plan) -> bool:
 class UdpTransport:
     """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
-    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> None:
+    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET,
+                 quic: dict[str, Any] | None = None) -> None:
         if not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
         self.coordinator = coordinator
         self.max_flows = max_flows
+        self.quic = dict(quic or {})  # QuicSettings fields over secure.quic_settings()'s
+        quic_settings(**self.quic)  # a bad field is the caller's TypeError/ValueError now, not after a punch
+
+    def secure(self, ep: Endpoint, path: PunchedPath, session: Session, identity: Any, expected: Any,
+               emit: EventHook) -> Any:
+        """QUIC over the punched socket, keepalives sized from our NAT's mapping lifetime."""
+        settings = quic_settings(ep.behavior.lifetime, **self.quic)
+        return secure_udp(path, session, identity, expected, settings, emit)
 
     async def open(self, stun, src_ip, src_port, emit, behavior) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)

@@ -25,8 +25,10 @@ from ..errors import UsageError
 from ..hostport import parse_hostport
 from ..io.gc_policy import keep_collections_short
 from ..io.logsink import LogSink
+from ..io.name_store import load_bindings
 from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
+from ..proto.rendezvous.names import NameBindings
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
@@ -117,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "error. Peers behind one carrier-grade NAT share an address: raise it for them")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep which identity key owns which name here (names.json), so a name stays its "
+                   "first key's across restarts (default: in memory only; peer-ID names need no state)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return p
@@ -156,12 +161,13 @@ def _announce(what: str, json_log: bool, **fields) -> None:
 
 
 async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
-              stun_ports: tuple[int, int]) -> int:
+              stun_ports: tuple[int, int], names: NameBindings | None = None) -> int:
     """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1)."""
     failed: list[int] = []
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
-                             start_margin=args.start_margin, max_conns_per_source=args.max_per_source)
+                             start_margin=args.start_margin, max_conns_per_source=args.max_per_source,
+                             names=names)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
         async def on_signal():
@@ -257,12 +263,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0")
         if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
             raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
+        names = load_bindings(args.state_dir) if args.state_dir else None
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     sink = _setup_logging(args.json_log, args.verbose)
     started = time.monotonic()
     try:
-        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])))
+        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])), names)
     except KeyboardInterrupt:
         code = EXIT_OK
     if code == 0:

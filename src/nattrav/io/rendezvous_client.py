@@ -39,6 +39,8 @@ from ..errors import (
     ServerUnreachable,
 )
 from ..hostport import parse_hostport
+from ..identity import Identity
+from ..proto.rendezvous.names import enroll_proof
 from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from .framing import FrameStream
 from .rendezvous_link import Link, Reply, error_from
@@ -56,12 +58,15 @@ class Offer:
     peer_id: str
     peer_info: dict
     expires: float  # trio.current_time() of this process
+    peer_key: bytes | None = None  # the identity key the initiator proved to the server, if any
 
 
 class RendezvousClient:
     def __init__(self, server: tuple[str, int], *, info: dict | None = None, connect_timeout: float = 10.0,
-                 local_address: str | None = None, reconnect: bool = True, ping_timeout: float | None = None):
+                 local_address: str | None = None, reconnect: bool = True, ping_timeout: float | None = None,
+                 identity: Identity | None = None):
         self.server = server
+        self.identity = identity  # enroll by proving this key (proto/rendezvous/names.py)
         self.peer_id = ""
         self.secret = ""
         self.observed: tuple[str, int] | None = None  # our address as the server sees it
@@ -127,8 +132,23 @@ class RendezvousClient:
                 await trio.aclose_forcefully(stream)
 
     async def _enroll(self, link: Link, name: str | None, secret: str | None) -> None:
+        proof: dict = {}
+        if self.identity is not None:
+            # a name (ours, or our key's peer ID) claimed by signing this connection's challenge
+            name = name or self.identity.peer_id.text
+            await link.frames.send(make("challenge", id=0))
+            msg = await link.frames.receive()
+            if msg is None:
+                raise ServerGone("the server closed the connection during enroll")
+            if msg["t"] == "error":
+                raise error_from(msg)
+            if msg["t"] != "challenge" or "nonce" not in msg:
+                raise ProtocolViolation(f"expected challenge, got {msg['t']}")
+            proof = {"key": self.identity.peer_id.key_bytes,
+                     "sig": self.identity.sign(enroll_proof(msg["nonce"], name))}
+            secret = None
         sent = trio.current_time()
-        await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret))
+        await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret, **proof))
         msg = await link.frames.receive()
         if msg is None:
             raise ServerGone("the server closed the connection during enroll")
@@ -168,7 +188,8 @@ class RendezvousClient:
             reply.msg = msg
             reply.event.set()
         elif kind == "offer":
-            offer = Offer(msg["offer"], msg["from"], msg["info"], self.to_local(msg["expires"]))
+            offer = Offer(msg["offer"], msg["from"], msg["info"], self.to_local(msg["expires"]),
+                          msg.get("from_key"))
             try:
                 self._offers_send.send_nowait(offer)
             except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -357,8 +378,10 @@ async def open_rendezvous(
     local_address: str | None = None,
     reconnect: bool = True,
     ping_timeout: float | None = None,
+    identity: Identity | None = None,
 ) -> AsyncIterator[RendezvousClient]:
-    """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``).
+    """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``,
+    or with ``identity``: then the name defaults to its peer ID and is proven by a signature).
 
     The first enrollment's failure is raised here. Later losses are handled inside: with
     ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
@@ -371,7 +394,8 @@ async def open_rendezvous(
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
     client = RendezvousClient((host, port), info=info, connect_timeout=connect_timeout,
-                              local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout)
+                              local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout,
+                              identity=identity)
     link = await client._open_link(name, secret)
     client._link = link
     try:

@@ -24,13 +24,15 @@ class Session:
     peer_id: str = ""
     peer_info: dict[str, Any] = field(default_factory=dict)  # the peer's node info (its report, ...)
     nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_LEN))  # ours, for the handshake
+    peer_key: bytes | None = None  # the identity key the server says the peer proved (not trusted alone)
 
     @classmethod
     def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float]) -> Session:
         """From the rendezvous' (schema-checked) "session" frame; `to_local` maps the server's clock
         to ours (io/rendezvous_client.py's ClockMap)."""
+        key = msg.get("peer_key")
         return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
-                   msg["info"])
+                   msg["info"], peer_key=bytes(key) if key is not None else None)
 
     def start_in(self) -> float:
         """Seconds until the agreed start (negative once it passed)."""

@@ -50,7 +50,7 @@ class Offers:
         target.offers.add(offer_id)
         self._timers.set(("offer", offer_id), offer.expires)
         self._send(target.conn, "offer", offer=offer_id, **{"from": peer.peer_id}, info=Packed(peer.info),
-                   expires=offer.expires)
+                   expires=offer.expires, from_key=peer.key)
 
     def _offer_refusal(self: RendezvousServer, peer: _Peer, target: _Peer) -> str | None:
         """Why this connect may not add a pending offer (None: it may). A target's slots are shared
@@ -88,10 +88,12 @@ class Offers:
         start_at = now + self.start_margin
         self.stats["sessions"] += 1
         common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
+        # each side learns the key the other proved at enroll (None: it enrolled without one); a side
+        # still checks it against what it asked for: the server only introduces
         self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=Packed(peer.info),
-                   role=Role.FIRST.value, **common)
+                   role=Role.FIRST.value, peer_key=peer.key, **common)
         self._send(conn, "session", id=rid, peer=initiator.peer_id, info=Packed(initiator.info),
-                   role=Role.SECOND.value, **common)
+                   role=Role.SECOND.value, peer_key=initiator.key, **common)
 
     def _drop_offer(self: RendezvousServer, offer: _Offer) -> None:
         self.offers.pop(offer.offer_id, None)

@@ -33,6 +33,7 @@ class _Peer:
     last_seen: float
     offline_since: float | None = None
     offers: set = field(default_factory=set)  # pending offer ids this peer is part of
+    key: bytes | None = None  # the identity key it proved at enroll (names.py), if it used one
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class _Conn:
     source: str
     decoder: FrameDecoder
     peer: str | None = None
+    challenge: bytes | None = None  # the nonce an enroll with a key must sign (one use)
 
 
 @dataclass(slots=True)

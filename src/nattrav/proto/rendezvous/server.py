@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 import msgpack
 
-from ...errors import BadFrame, LocalProtocolError
+from ...errors import BadFrame, LocalProtocolError, WrongPeer
 from ..schema import cut
 from ..timers import Timers
+from .names import CHALLENGE_BYTES, NameBindings, verify_enroll
 from .offers import Offers
 from .records import Close, Send, _Conn, _hash_secret, _Offer, _Peer, source_key
 from .wire import CLIENT_MESSAGES, MAX_MESSAGE, NAME_RE, SECRET_MAX, SECRET_MIN, ErrorCode, FrameDecoder, make
@@ -47,6 +48,8 @@ class RendezvousServer(Offers):
         max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
         # randomness (tests pass deterministic ones)
         token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
+        # which key holds which name (names.py); the I/O layer passes one that persists
+        names: NameBindings | None = None,
     ):
         limits = dict(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
                       max_conns_per_source=max_conns_per_source, max_offers_per_peer=max_offers_per_peer,
@@ -68,6 +71,7 @@ class RendezvousServer(Offers):
         self.max_offers_per_source = max_offers_per_source
         self._token = token
         self._key = key
+        self.names = names if names is not None else NameBindings()
         self.peers: dict[str, _Peer] = {}
         self.conns: dict[int, _Conn] = {}
         self.offers: dict[str, _Offer] = {}
@@ -203,6 +207,10 @@ class RendezvousServer(Offers):
         if kind == "enroll":
             self._enroll(conn, c, msg, rid, now)
             return
+        if kind == "challenge":
+            c.challenge = self._key(CHALLENGE_BYTES)
+            self._send(conn, "challenge", id=rid, nonce=c.challenge)
+            return
         if c.peer is None:
             self._error(conn, ErrorCode.BAD_REQUEST, f"{kind} before enroll", rid)
             return
@@ -236,9 +244,34 @@ class RendezvousServer(Offers):
         if name is not None and not NAME_RE.match(name):
             self._error(conn, ErrorCode.BAD_REQUEST, "name must be 1..64 of [A-Za-z0-9._-]", rid)
             return
+        key = msg.get("key")
+        if key is not None:
+            # a claim by key: the name defaults to the key's own peer ID
+            challenge, c.challenge = c.challenge, None  # one use
+            try:
+                pid = verify_enroll(challenge, name if name is not None else "", key, msg["sig"])
+            except WrongPeer as exc:
+                self._error(conn, ErrorCode.BAD_REQUEST, f"enroll refused: {exc}", rid)
+                return
+            if name is None:
+                self._error(conn, ErrorCode.BAD_REQUEST, f"enroll with a key names itself ({pid})", rid)
+                return
         existing = self.peers.get(name) if name is not None else None
+        if existing is not None and existing.key is not None:
+            proven = key is not None and hmac.compare_digest(existing.key, key)
+        elif existing is not None:
+            proven = secret is not None and hmac.compare_digest(existing.secret_hash, _hash_secret(secret))
+        if name is not None and (existing is None or proven):
+            try:
+                why = self.names.claim(name, key)
+            except OSError as exc:
+                self._error(conn, ErrorCode.BUSY, f"cannot store the name binding: {exc}", rid)
+                return
+            if why is not None:
+                self._error(conn, ErrorCode.NAME_TAKEN, cut(why), rid)
+                return
         if existing is not None:
-            if secret is None or not hmac.compare_digest(existing.secret_hash, _hash_secret(secret)):
+            if not proven:
                 self._error(conn, ErrorCode.NAME_TAKEN, f"{cut(name)} belongs to another peer", rid)
                 return
             if existing.source != c.source:
@@ -261,6 +294,7 @@ class RendezvousServer(Offers):
                 self._error(old, ErrorCode.NAME_TAKEN, "the same peer enrolled again elsewhere")
                 self._close(old, "replaced by a new enrollment", now)
             peer = existing
+            peer.key = key if key is not None else peer.key
             peer.offline_since = None
             self._offline.pop(peer.peer_id, None)
         else:
@@ -274,7 +308,7 @@ class RendezvousServer(Offers):
             while peer_id is None or peer_id in self.peers or not NAME_RE.match(peer_id):
                 peer_id = self._token(16)
             secret = secret if secret is not None else self._token(24)
-            peer = _Peer(peer_id, _hash_secret(secret), b"", c.addr, c.source, None, now)
+            peer = _Peer(peer_id, _hash_secret(secret), b"", c.addr, c.source, None, now, key=key)
             self.peers[peer_id] = peer
             self._peers_of.setdefault(c.source, {})[peer_id] = None
         peer.conn = conn
