@@ -70,11 +70,11 @@ class NameBindings:
         pid = as_peer_id(name)
         if pid is not None:
             if key is None:
-                return f"{name} is a peer ID: only its key can enroll under it"
-            return None if pid.key_bytes == key else f"{name} is another key's peer ID"
+                return "that name is a peer ID: only its key can enroll under it"
+            return None if pid.key_bytes == key else "that name is another key's peer ID"
         bound = self._bound.get(name)
         if bound is not None:
-            return None if key == bound else f"{name} is bound to another key"
+            return None if key == bound else "that name is bound to another key"
         if key is not None:
             self._bound[name] = bytes(key)
             if self._persist is not None:
