@@ -171,3 +171,47 @@ def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
     finally:
         target.kill()
         target.wait()
+
+
+def _wait_event(proc, kind: str, deadline: float) -> dict:
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, f"exited before {kind!r}"
+        ev = json.loads(line)
+        if ev["event"] == kind:
+            return ev
+    raise AssertionError(f"no {kind!r} event in time")
+
+
+def test_a_peer_that_vanishes_mid_transfer_is_exit_7_not_silence(servers):
+    """Data that could not be delivered is never an exit 0: the listener is killed once the secure
+    path is up, and the sender learns it from the path's silence (its idle timeout)."""
+    common = ["-s", servers["server_arg"], "-H", servers["stun_arg"], "--json", "--idle-timeout", "3"]
+    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=fresh_identity_env())
+    a = None
+    try:
+        peer_id = _wait_event(b, "enrolled", time.monotonic() + 20)["peer_id"]
+        a = subprocess.Popen([*FAST, *common, "-d", peer_id], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env=fresh_identity_env())
+        _wait_event(a, "secure", time.monotonic() + 20)  # the initiator's handshake is done last
+        b.kill()
+        try:
+            for _ in range(400):  # 400 x 64 KB: far more than the windows hold, so the sender blocks
+                a.stdin.write(b"\0" * 65536)
+        except BrokenPipeError:
+            pass  # the sender gave up (exit below) while we were still writing
+        try:
+            a.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = a.wait(30)
+        err = a.stderr.read()
+        assert code == exits.EXIT_UNDELIVERED, err.decode()[-2000:]
+        last = json.loads(err.decode().strip().splitlines()[-1])  # --json: the error is a JSON line
+        assert last["event"] == "error" and last["code"] == exits.EXIT_UNDELIVERED
+        assert "no packet from the peer for 3 s" in last["message"] or "not been delivered" in last["message"]
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()

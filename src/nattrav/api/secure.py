@@ -42,9 +42,12 @@ def keepalive_interval(lifetime: float | None) -> float:
 
 
 def quic_settings(lifetime: float | None = None, **overrides: Any) -> QuicSettings:
-    """The path's QUIC settings: keepalives sized from the mapping lifetime."""
-    options: dict[str, Any] = {"keepalive_interval": keepalive_interval(lifetime), "idle_timeout": IDLE_TIMEOUT}
+    """The path's QUIC settings: keepalives sized from the mapping lifetime (and below a third of
+    the idle timeout, so the peer's silence means a dead path, not a quiet one)."""
+    options: dict[str, Any] = {"idle_timeout": IDLE_TIMEOUT}
     options.update(overrides)
+    if "keepalive_interval" not in overrides:
+        options["keepalive_interval"] = min(keepalive_interval(lifetime), options["idle_timeout"] / 3)
     return QuicSettings(**options)
 
 

@@ -19,6 +19,7 @@ import trio
 
 from .. import __version__
 from ..api import connect, connect_tcp, listen, listen_tcp
+from ..api.secure import IDLE_TIMEOUT, MIN_KEEPALIVE
 from ..errors import BadPeerId
 from ..hostport import parse_hostport
 from ..identity import PeerId, identity_path, load_or_create_identity
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up connecting after this long (default 30)")
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
                    help="after stdin ends, wait this long for the peer's data before closing (default 1)")
+    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
+                   help="UDP: declare the path dead (exit 7) after this long without a packet from the peer; "
+                   "keepalives keep a live but quiet path well inside it (default %(default)g)")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
     p.add_argument("--tcp", action="store_true",
                    help="TCP instead of UDP: TCP mappings, low-TTL SYN and simultaneous open; stdin EOF "
@@ -210,6 +214,7 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
     else:
         connect_, listen_ = connect, listen
         pipe = _pipe if args.raw else _pipe_secure
+        common["quic"] = {"idle_timeout": args.idle_timeout}
 
     async def use(path: Any) -> None:
         if args.raw:
@@ -225,6 +230,14 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
             async with listener.accept() as path:
                 await use(path)
     return EXIT_OK
+
+
+def _first_handled(group: BaseExceptionGroup) -> BaseException | None:
+    for exc in group.exceptions:
+        found = _first_handled(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, HANDLED):
+            return found
+    return None
 
 
 def _fail(code: int, message: str, as_json: bool) -> int:
@@ -250,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-t/--ttl must be in 1..64")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if not 2 * MIN_KEEPALIVE < args.idle_timeout <= 3600:
+        parser.error(f"--idle-timeout must be in {2 * MIN_KEEPALIVE:g}..3600 seconds")
     if not 1 <= args.max_flows <= FLOW_TABLE_CAP:
         parser.error(f"--max-flows must be in 1..{FLOW_TABLE_CAP}")
     if args.dest and args.dest.startswith("12D3KooW"):
@@ -259,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"-d: {exc}")
     report = Reporter(args.json, args.verbose)
     try:
-        return trio.run(run, args, report)
+        try:
+            return trio.run(run, args, report)
+        except BaseExceptionGroup as group:
+            # both pipe directions meet the same broken path: one line for the first of them
+            raise _first_handled(group) or group from None
     except HANDLED as exc:
         code = exit_code(exc)
         if isinstance(exc, KeyboardInterrupt):
