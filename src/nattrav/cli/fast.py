@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up connecting after this long (default 30)")
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
-                   help="after stdin ends, wait this long for the peer's data before closing (default 1)")
+                   help="raw UDP path: after stdin ends, wait this long for the peer's data before closing; "
+                   "QUIC/TLS: once the peer has ended, how long a terminal stdin may go on (a file or a "
+                   "pipe is always sent whole) (default 1)")
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
                    help="UDP: declare the path dead (exit 7) after this long without a packet from the peer; "
                    "keepalives keep a live but quiet path well inside it (default %(default)g)")
@@ -169,7 +172,7 @@ async def _pipe_tcp(stream: Any, linger: float) -> None:
         nursery.cancel_scope.cancel()  # the peer is done; our stdin may never end (a terminal)
 
 
-async def _pipe_secure(stream: Any, linger: float, report: Reporter) -> None:
+async def _pipe_secure(stream: Any, linger: float, report: Reporter, path: Any = None) -> None:
     """stdin -> peer then our end of data, peer -> stdout until its end; leaving the block confirms
     delivery (QUIC: every byte acknowledged; TLS: the peer's DONE). PathDead when it cannot."""
     counts = {"sent": 0, "received": 0}
@@ -190,12 +193,15 @@ async def _pipe_secure(stream: Any, linger: float, report: Reporter) -> None:
         while data := await stream.receive_some(65536):
             counts["received"] += len(data)
             _write_stdout(data)
-        with trio.move_on_after(linger):
+        # the peer is done; a terminal may never end our stdin, so it gets `linger` seconds, but a
+        # file or a pipe is sent to its end: cutting it would lose data without saying so
+        with trio.move_on_after(linger if os.isatty(0) else math.inf):
             await sent.wait()
-        nursery.cancel_scope.cancel()  # the peer is done; our stdin may never end (a terminal)
+        nursery.cancel_scope.cancel()
     if sent.is_set() and hasattr(stream, "wait_delivered"):
         await stream.wait_delivered(DELIVERY_TIMEOUT)  # TLS; QUIC confirms as the path closes
-    report("delivered", counts)
+    stats = getattr(path, "stats", None)  # QUIC: what reached the socket and what was dropped
+    report("delivered", {**counts, **({"stats": stats} if stats is not None else {})})
 
 
 DELIVERY_TIMEOUT = 10.0
@@ -220,7 +226,7 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
         if args.raw:
             await pipe(path, args.linger)
         else:
-            await pipe(path.stream if hasattr(path, "stream") else path, args.linger, report)
+            await pipe(path.stream if hasattr(path, "stream") else path, args.linger, report, path)
 
     if args.dest:
         async with connect_(server, args.dest, timeout=args.timeout, **common) as path:
