@@ -93,3 +93,102 @@ def start_pair(lab: Any, keys: Path, server: str, *, b_args: list[str] = (), a_a
     peer_id = b.wait_event("enrolled", 30)["peer_id"]
     a = start_fast(lab, "a", keys, ["-s", server, "-d", peer_id, *a_args], stdin=a_stdin)
     return a, b, peer_id
+
+
+# --- what an observer on the path sees, and what it can inject --------------------------------------
+
+PACKET_OUTGOING = 4  # sockaddr_ll pkttype of a frame this namespace sent (forwarded, for a router)
+_RECORD = "!HBI"  # interface name length, pkttype, frame length
+
+
+def capture_main(out_path: str) -> None:
+    """Record every frame on every interface of this namespace (AF_PACKET) into `out_path` until
+    SIGTERM; prints "ready" once listening."""
+    import signal
+    import socket
+    import struct
+
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    sock.settimeout(0.2)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024 * 1024)
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print("ready", flush=True)
+    with open(out_path, "wb") as out:
+        while not stop:
+            try:
+                data, addr = sock.recvfrom(262144)
+            except (socket.timeout, InterruptedError):
+                continue
+            name = addr[0].encode()
+            out.write(struct.pack(_RECORD, len(name), addr[2], len(data)) + name + data)
+
+
+def read_capture(path: str) -> list[tuple[str, int, bytes]]:
+    import struct
+
+    raw = Path(path).read_bytes()
+    out, i = [], 0
+    head = struct.calcsize(_RECORD)
+    while i + head <= len(raw):
+        n, pkttype, size = struct.unpack_from(_RECORD, raw, i)
+        i += head
+        name = raw[i:i + n].decode()
+        i += n
+        out.append((name, pkttype, raw[i:i + size]))
+        i += size
+    return out
+
+
+def udp_frames_to(frames: list[tuple[str, int, bytes]], dst_ip: str, src_ip: str) -> list[tuple[str, bytes]]:
+    """Ethernet/IPv4/UDP frames from `src_ip` this namespace sent on towards `dst_ip` (at most one
+    MTU each)."""
+    import socket
+
+    want, src = socket.inet_aton(dst_ip), socket.inet_aton(src_ip)
+    picked = []
+    for name, pkttype, frame in frames:
+        if pkttype != PACKET_OUTGOING or len(frame) < 42 or len(frame) > 1514 or frame[12:14] != b"\x08\x00":
+            continue
+        if frame[23] == 17 and frame[30:34] == want and frame[26:30] == src:
+            picked.append((name, frame))
+    return picked
+
+
+def forge(frame: bytes, nth: int = 0) -> bytes:
+    """The same frame with its `nth` last payload byte flipped (0: none, a pure replay) and no UDP
+    checksum (valid for IPv4), so the kernel delivers it and only the receiver's own check can
+    refuse it. (A frame captured as it crossed veths may still carry an offloaded, unfinished
+    checksum, which the next hop would drop: not what is being tested.)"""
+    ihl = (frame[14] & 0x0F) * 4
+    udp = 14 + ihl
+    body = bytearray(frame)
+    body[udp + 6:udp + 8] = b"\0\0"
+    if nth:
+        body[-nth] ^= 0xFF
+    return bytes(body)
+
+
+def inject(frames: list[tuple[str, bytes]]) -> int:
+    """Send `frames` as they are on their interfaces (run in the router's namespace)."""
+    import socket
+
+    sent = 0
+    socks: dict[str, socket.socket] = {}
+    try:
+        for name, frame in frames:
+            if name not in socks:
+                socks[name] = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                socks[name].bind((name, 0))
+            socks[name].send(frame)
+            sent += 1
+            time.sleep(0.002)
+    finally:
+        for s in socks.values():
+            s.close()
+    return sent
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["capture"]:
+        capture_main(sys.argv[2])

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -77,3 +79,70 @@ def test_an_idle_path_outlives_the_nats_mapping_timeout(tmp_path):
     assert r["b_got"] == b"after the idle spell\n"
     assert r["keepalive"] < 8 / 1.5  # several keepalives inside one mapping lifetime
     assert r["b_delivered"]["received"] == len(b"after the idle spell\n")
+
+
+MARKER = b"NATTRAV-PLAINTEXT-MARKER-"
+
+
+def _observed_transfer(lab, tmp_path, server: str, name: str, args: list[str], repeat: int):
+    """One a -> b transfer of marked bytes while the router records every frame; (a, b, frames, out)
+    with a's stdin still open."""
+    from tests.secure_lab import read_capture
+
+    cap_file = tmp_path / f"{name}.cap"
+    cap = lab.popen("router", [sys.executable, "-m", "tests.secure_lab", "capture", str(cap_file)],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert cap.stdout.readline() == b"ready\n"
+    out = tmp_path / f"{name}.out"
+    dst = open(out, "wb")
+    a, b, _ = start_pair(lab, tmp_path / "keys", server, a_args=args, b_args=args, b_stdout=dst)
+    a.wait_event("connected", 60)
+    payload = MARKER * repeat
+    a.proc.stdin.write(payload)
+    a.proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while out.stat().st_size < len(payload) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cap.send_signal(signal.SIGTERM)
+    cap.wait(10)
+    return a, b, read_capture(str(cap_file)), out, dst, payload
+
+
+@pytest.mark.lab
+def test_an_observer_between_the_nats_sees_no_payload_and_what_it_injects_is_dropped_and_counted(tmp_path):
+    from nattrav.identity import load_identity
+    from tests.secure_lab import forge, inject, udp_frames_to
+
+    with running_lab("port-restricted", "symmetric-seq") as lab:
+        server = start_server(lab)
+        # the control: on the raw path the same capture does see the payload
+        a, b, frames, out, dst, payload = _observed_transfer(lab, tmp_path, server, "raw", ["--raw"], 200)
+        a.proc.stdin.close()
+        b.proc.stdin.close()
+        a.finish(30), b.finish(30)
+        dst.close()
+        assert any(MARKER in f for _, _, f in frames), "the capture missed the raw path's payload"
+
+        a, b, frames, out, dst, payload = _observed_transfer(lab, tmp_path, server, "quic", [], 40000)
+        assert out.read_bytes() == payload
+        seen = b"".join(f for _, _, f in frames)
+        assert len(frames) > 150 and MARKER not in seen  # QUIC: encrypted on the wire
+        seeds = [load_identity(tmp_path / "keys" / f"{h}.pem").private_key.private_bytes_raw() for h in "ab"]
+        assert not any(seed in seen for seed in seeds)
+        # an on-path attacker replays b's last datagrams to a (its acknowledgements: a's data crosses
+        # the router as GSO trains), each 3 times, and forges 3 more from each (a byte flipped)
+        to_a = udp_frames_to(frames, lab.wan_ip("a"), lab.wan_ip("b"))[-20:]
+        assert len(to_a) >= 10, len(to_a)
+        attack = [(name, forge(f, k)) for k in (0, 0, 0, 1, 2, 3) for name, f in to_a]
+        assert lab.call("router", inject, attack) == len(attack)
+        time.sleep(1.0)
+        a.proc.stdin.write(b"the end\n")
+        a.proc.stdin.close()
+        b.proc.stdin.close()
+        codes = (a.finish(30), b.finish(30))
+        dst.close()
+    assert codes == (0, 0), (a.lines[-3:], b.lines[-3:])
+    assert out.read_bytes() == payload + b"the end\n"  # nothing injected reached the application
+    stats = a.event("delivered")["stats"]
+    print(f"a after {len(attack) // 2} replayed + {len(attack) // 2} forged datagrams: {stats}")
+    assert stats.get("discarded", 0) >= len(attack)  # each refused by QUIC (duplicate, failed AEAD) and counted

@@ -114,3 +114,13 @@ def test_a_binding_that_cannot_be_stored_is_not_made():
     reply = key_enroll(h, h.open(), Identity.generate(), "alice")
     assert reply["code"] == "busy" and "No space left" in reply["message"]
     assert len(h.server.names) == 0
+
+
+def test_the_same_key_enrolls_again_and_replaces_its_old_connection():
+    h = Harness()
+    alice = Identity.generate()
+    first = h.open()
+    key_enroll(h, first, alice)
+    again = key_enroll(h, h.open(), alice)
+    assert again["t"] == "enrolled" and again["peer"] == alice.peer_id.text and len(again["secret"]) >= 30
+    assert first in h.closed

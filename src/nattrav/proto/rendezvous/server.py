@@ -294,7 +294,11 @@ class RendezvousServer(Offers):
                 self._error(old, ErrorCode.NAME_TAKEN, "the same peer enrolled again elsewhere")
                 self._close(old, "replaced by a new enrollment", now)
             peer = existing
-            peer.key = key if key is not None else peer.key
+            if key is not None:
+                # a key proves it each time; the secret (for key-less clients) is only renewed
+                peer.key = key
+                secret = self._token(24)
+                peer.secret_hash = _hash_secret(secret)
             peer.offline_since = None
             self._offline.pop(peer.peer_id, None)
         else:
