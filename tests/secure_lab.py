@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from nattrav.lab.matrix import SERVER_PORT, wait_tcp
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--plain"]  # our test servers have no certificate
 
 
 @dataclass
@@ -93,6 +93,31 @@ def start_pair(lab: Any, keys: Path, server: str, *, b_args: list[str] = (), a_a
     peer_id = b.wait_event("enrolled", 30)["peer_id"]
     a = start_fast(lab, "a", keys, ["-s", server, "-d", peer_id, *a_args], stdin=a_stdin)
     return a, b, peer_id
+
+
+def idle_path_survives(tmp_path, nat_timeout: int, idle: float) -> dict:
+    """Connect through NATs whose UDP mappings die after `nat_timeout` s idle, say nothing for `idle`
+    s, then send a line each way: both must arrive (and both exit 0)."""
+    nat = f"port-restricted,udp_timeout={nat_timeout}"
+    seq = f"symmetric-seq,udp_timeout={nat_timeout}"
+    from nattrav.lab.pytest_support import running_lab
+
+    with running_lab(nat, seq) as lab:
+        server = start_server(lab)
+        out = tmp_path / "b.out"
+        with open(out, "wb") as dst:
+            a, b, _ = start_pair(lab, tmp_path / "keys", server, b_stdout=dst)
+            a.wait_event("secure", 60)
+            keepalive = a.event("secure")["keepalive"]
+            time.sleep(idle)
+            a.proc.stdin.write(b"after the idle spell\n")
+            a.proc.stdin.close()
+            b.proc.stdin.write(b"still here\n")
+            b.proc.stdin.close()
+            a_out = a.proc.stdout.read() if a.proc.stdout else b""
+            codes = (a.finish(60), b.finish(60))
+        return {"codes": codes, "b_got": out.read_bytes(), "keepalive": keepalive, "a_lines": a.lines[-3:],
+                "b_delivered": b.event("delivered"), "a_out": a_out}
 
 
 # --- what an observer on the path sees, and what it can inject --------------------------------------

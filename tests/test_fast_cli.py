@@ -15,7 +15,7 @@ import pytest
 
 from nattrav.cli import exits
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--plain"]  # our test servers have no certificate
 
 
 def fresh_identity_env() -> dict:

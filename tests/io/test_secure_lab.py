@@ -15,7 +15,7 @@ import pytest
 
 from nattrav.lab.pytest_support import running_lab
 from nattrav.lab.shape import LinkSpec, Shape
-from tests.secure_lab import start_pair, start_server
+from tests.secure_lab import idle_path_survives, start_pair, start_server
 
 BIG = 50 * 1024 * 1024
 # 2 % loss each way on a's access link, and a jittered delay line that lets packets overtake
@@ -45,29 +45,6 @@ def test_50_mb_over_quic_through_loss_and_reordering_arrives_whole(tmp_path):
     print(f"50 MB through 2% loss + reordering in {seconds:.1f} s ({BIG / seconds / 1e6:.2f} MB/s); "
           f"receiver: {delivered['stats']}")
     assert a.event("delivered")["sent"] == BIG and delivered["received"] == BIG
-
-
-def idle_path_survives(tmp_path, nat_timeout: int, idle: float) -> dict:
-    """Connect through NATs whose UDP mappings die after `nat_timeout` s idle, say nothing for `idle`
-    s, then send a line each way: both must arrive (and both exit 0)."""
-    nat = f"port-restricted,udp_timeout={nat_timeout}"
-    seq = f"symmetric-seq,udp_timeout={nat_timeout}"
-    with running_lab(nat, seq) as lab:
-        server = start_server(lab)
-        out = tmp_path / "b.out"
-        with open(out, "wb") as dst:
-            a, b, _ = start_pair(lab, tmp_path / "keys", server, b_stdout=dst)
-            a.wait_event("secure", 60)
-            keepalive = a.event("secure")["keepalive"]
-            time.sleep(idle)
-            a.proc.stdin.write(b"after the idle spell\n")
-            a.proc.stdin.close()
-            b.proc.stdin.write(b"still here\n")
-            b.proc.stdin.close()
-            a_out = a.proc.stdout.read() if a.proc.stdout else b""
-            codes = (a.finish(60), b.finish(60))
-        return {"codes": codes, "b_got": out.read_bytes(), "keepalive": keepalive, "a_lines": a.lines[-3:],
-                "b_delivered": b.event("delivered"), "a_out": a_out}
 
 
 @pytest.mark.lab

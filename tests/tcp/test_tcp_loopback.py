@@ -29,7 +29,7 @@ from nattrav.proto.stun_server import StunServerConfig
 from nattrav.proto.vocab import TcpStrategy
 from tests.conftest import free_port_pair
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--plain"]  # our test servers have no certificate
 
 
 async def _stun_tcp(nursery):

@@ -4,6 +4,7 @@ take are SessionOptions' fields."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class SessionOptions:
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
     identity: Identity | None = None  # our key (identity.py); None: a fresh one for this call only
     secure: bool = True  # QUIC (UDP) or TLS (TCP) authenticated by the keys; False: the raw punched path
+    server_tls: ssl.SSLContext | None = None  # TLS to the rendezvous server (io/rendezvous_tls.py); None: plain
 
     def the_identity(self) -> Identity:
         return self.identity if self.identity is not None else Identity.generate()
@@ -61,7 +63,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     if o.secure:
         as_peer_id_or_name(peer_id)
     with trio.fail_after(timeout):
-        async with rv.open_rendezvous(server_ep, identity=identity) as client:
+        async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
             o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
             ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
             try:
@@ -224,7 +226,8 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
                   policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
     server_ep, stun_ep = o.endpoints(server)
     identity = o.the_identity()
-    async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity) as client:
+    async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
+                                  tls=o.server_tls) as client:
         listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy,
                             identity, o.secure)
         try:

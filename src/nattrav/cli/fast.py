@@ -25,6 +25,7 @@ from ..errors import BadPeerId
 from ..hostport import parse_hostport
 from ..identity import PeerId, identity_path, load_or_create_identity
 from ..io import rendezvous_client as rv
+from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .events import describe
@@ -32,8 +33,10 @@ from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 
 EPILOG = """\
 examples:
-  nattrav-fast -s 198.51.100.1                 enroll, print our peer ID, wait for one peer
-  nattrav-fast -s 198.51.100.1 -d PEER_ID      connect to that peer
+  nattrav-fast -s rv.example                   enroll (TLS to the server), print our peer ID, wait
+  nattrav-fast -s rv.example -d PEER_ID        connect to that peer
+  nattrav-fast -s 198.51.100.1 --server-cert rv.pem -d PEER_ID   a server with a self-signed cert
+  nattrav-fast -s 198.51.100.1 --plain         a lab's plain server
   echo hi | nattrav-fast -s rv.example:7000 -H stun.example:3478 -d PEER_ID
 
   NATTRAV_IDENTITY=~/bob.pem nattrav-fast -s 198.51.100.1 -n bob   a second identity, a bound name
@@ -80,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", metavar="FILE",
                    help="our identity key (default: $NATTRAV_IDENTITY, else ~/.config/nattrav/identity.pem; "
                    "created on first use, mode 0600)")
+    p.add_argument("--server-cert", metavar="PEM",
+                   help="talk TLS to the rendezvous server and trust exactly this certificate (a pin; "
+                   "default: TLS checked against the system's CAs and the server's name)")
+    p.add_argument("--plain", action="store_true",
+                   help="a plain (unencrypted) rendezvous link: anyone on the way can read and rewrite "
+                   "the introductions (peer keys are still checked end to end); for labs and tests")
     p.add_argument("--raw", action="store_true",
                    help="no QUIC/TLS: the raw punched path (UDP: datagrams authenticated with the "
                    "server-given session key, not encrypted, not retransmitted; TCP: the plain stream)")
@@ -213,7 +222,8 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
     report("identity", {"peer_id": identity.peer_id.text, "path": str(identity_path(args.identity)),
                         "created": ", new" if created else ""})
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl,
-                  max_flows=args.max_flows, on_event=report, identity=identity, secure=not args.raw)
+                  max_flows=args.max_flows, on_event=report, identity=identity, secure=not args.raw,
+                  server_tls=None if args.plain else client_context(args.server_cert))
     if args.tcp:
         connect_, listen_ = connect_tcp, listen_tcp
         pipe = _pipe_tcp if args.raw else _pipe_secure
@@ -273,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--idle-timeout must be in {2 * MIN_KEEPALIVE:g}..3600 seconds")
     if not 1 <= args.max_flows <= FLOW_TABLE_CAP:
         parser.error(f"--max-flows must be in 1..{FLOW_TABLE_CAP}")
+    if args.plain and args.server_cert:
+        parser.error("--plain and --server-cert contradict each other")
     if args.dest and args.dest.startswith("12D3KooW"):
         try:
             PeerId.parse(args.dest)

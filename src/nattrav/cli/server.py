@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import signal
+import ssl
 import sys
 import time
 
@@ -26,6 +27,7 @@ from ..hostport import parse_hostport
 from ..io.gc_policy import keep_collections_short
 from ..io.logsink import LogSink
 from ..io.name_store import load_bindings
+from ..io.rendezvous_tls import server_context
 from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
 from ..proto.rendezvous.names import NameBindings
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "error. Peers behind one carrier-grade NAT share an address: raise it for them")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve the rendezvous over TLS with this certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--state-dir", metavar="DIR",
                    help="keep which identity key owns which name here (names.json), so a name stays its "
                    "first key's across restarts (default: in memory only; peer-ID names need no state)")
@@ -161,7 +165,8 @@ def _announce(what: str, json_log: bool, **fields) -> None:
 
 
 async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
-              stun_ports: tuple[int, int], names: NameBindings | None = None) -> int:
+              stun_ports: tuple[int, int], names: NameBindings | None = None,
+              tls: ssl.SSLContext | None = None) -> int:
     """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1)."""
     failed: list[int] = []
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
@@ -195,7 +200,7 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
             reserve = 64 + (600 if stun_ips is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
                 listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
-                task_status=task_status))
+                ssl_context=tls, task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:
@@ -203,7 +208,7 @@ async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[
             failed.append(_fail(f"cannot listen on {what}: {err.strerror or err}"))
             nursery.cancel_scope.cancel()
             return EXIT_FAILURE
-        _announce("rendezvous", args.json_log, address=f"{bound[0]}:{bound[1]}")
+        _announce("rendezvous", args.json_log, tls="yes" if tls else "no", address=f"{bound[0]}:{bound[1]}")
         if stun_ips is not None:
             try:
                 from ..io.stun_server import serve_stun
@@ -264,12 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
             raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
         names = load_bindings(args.state_dir) if args.state_dir else None
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     sink = _setup_logging(args.json_log, args.verbose)
     started = time.monotonic()
     try:
-        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])), names)
+        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])), names, tls)
     except KeyboardInterrupt:
         code = EXIT_OK
     if code == 0:

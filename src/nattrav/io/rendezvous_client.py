@@ -20,6 +20,7 @@ next_offer() simply keeps waiting, so a listener is reachable again without doin
 from __future__ import annotations
 
 import itertools
+import ssl
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ class Offer:
 class RendezvousClient:
     def __init__(self, server: tuple[str, int], *, info: dict | None = None, connect_timeout: float = 10.0,
                  local_address: str | None = None, reconnect: bool = True, ping_timeout: float | None = None,
-                 identity: Identity | None = None):
+                 identity: Identity | None = None, tls: ssl.SSLContext | None = None):
         self.server = server
+        self.tls = tls  # None: a plain link (io/rendezvous_tls.py makes the contexts)
         self.identity = identity  # enroll by proving this key (proto/rendezvous/names.py)
         self.peer_id = ""
         self.secret = ""
@@ -113,6 +115,8 @@ class RendezvousClient:
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
+        if self.tls is not None:
+            stream = await self._start_tls(stream)
         link = Link(stream, FrameStream(stream, SERVER_MESSAGES))
         enrolled = False
         try:
@@ -130,6 +134,24 @@ class RendezvousClient:
         finally:
             if not enrolled:
                 await trio.aclose_forcefully(stream)
+
+    async def _start_tls(self, stream: trio.SocketStream) -> trio.SSLStream:
+        host, port = self.server
+        tls = trio.SSLStream(stream, self.tls, server_hostname=host, https_compatible=False)
+        try:
+            with trio.fail_after(self._connect_timeout):
+                await tls.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+            await trio.aclose_forcefully(tls)
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                why = f"its certificate does not verify ({cause.verify_message})"
+            elif isinstance(exc, trio.TooSlowError):
+                why = "no TLS handshake in time"
+            else:
+                why = f"the TLS handshake failed ({cause or exc}); is it a plain server? (--plain, for a lab)"
+            raise ServerUnreachable(f"rendezvous server {host}:{port}: {why}") from None
+        return tls
 
     async def _enroll(self, link: Link, name: str | None, secret: str | None) -> None:
         proof: dict = {}
@@ -379,6 +401,7 @@ async def open_rendezvous(
     reconnect: bool = True,
     ping_timeout: float | None = None,
     identity: Identity | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RendezvousClient]:
     """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``,
     or with ``identity``: then the name defaults to its peer ID and is proven by a signature).
@@ -395,7 +418,7 @@ async def open_rendezvous(
             raise ValueError(f"node info rejected: {exc}") from None
     client = RendezvousClient((host, port), info=info, connect_timeout=connect_timeout,
                               local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout,
-                              identity=identity)
+                              identity=identity, tls=tls)
     link = await client._open_link(name, secret)
     client._link = link
     try:

@@ -64,7 +64,7 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bo
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
         out(f"servers up: rendezvous {lab.S1}:{SERVER_PORT}, STUN {lab.S1}:3478 + {lab.S2}:3479")
-        fast = [py, "-m", "nattrav.cli.fast", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
+        fast = [py, "-m", "nattrav.cli.fast", "-s", f"{lab.S1}:{SERVER_PORT}", "--plain", "--json",
                 "--timeout", str(timeout), "--linger", "2"] + (["--tcp"] if tcp else [])
         events: queue.Queue = queue.Queue()
         b = lab.popen("b", fast + ["--identity", os.path.join(keys, "b.pem")], stdin=subprocess.PIPE,

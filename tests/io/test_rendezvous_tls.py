@@ -1,0 +1,112 @@
+"""The rendezvous link over TLS (issue 15): nattrav-server --tls-cert/--tls-key, nattrav-fast checks
+the server (system CAs, or a pinned certificate) and talks plain only when told --plain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from nattrav.cli import exits
+from tests.conftest import SERVER_CLI, free_port_pair
+from tests.test_fast_cli import fresh_identity_env
+
+FAST = [sys.executable, "-m", "nattrav.cli.fast"]
+
+
+def self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    cert, key = self_signed(tmp_path, "rv")
+    port, alt = free_port_pair()
+    p = subprocess.Popen([*SERVER_CLI, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
+                          "--stun-ports", f"{port},{alt}", "--tls-cert", cert, "--tls-key", key],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    assert "tls=yes" in first, first + p.stderr.read()
+    p.stdout.readline()
+    rv_port = int(first.split()[-1].rsplit(":", 1)[1])
+    try:
+        yield {"server_arg": f"127.0.0.1:{rv_port}", "stun_arg": f"127.0.0.1:{port}", "cert": cert}
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+
+
+def test_peers_meet_through_a_pinned_tls_server(tls_server):
+    common = ["-s", tls_server["server_arg"], "-H", tls_server["stun_arg"], "--json",
+              "--server-cert", tls_server["cert"]]
+    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=fresh_identity_env())
+    try:
+        peer_id = None
+        deadline = time.monotonic() + 20
+        while peer_id is None and time.monotonic() < deadline:
+            line = b.stderr.readline()
+            assert line, "listener exited before enrolling"
+            ev = json.loads(line)
+            if ev["event"] == "enrolled":
+                peer_id = ev["peer_id"]
+        b.stdin.write(b"from b\n")
+        b.stdin.close()
+        a = subprocess.run([*FAST, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30,
+                           env=fresh_identity_env())
+        assert a.returncode == 0, a.stderr.decode()
+        assert b.wait(20) == 0
+        assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
+    finally:
+        if b.poll() is None:
+            b.kill()
+
+
+def _last_error(cp) -> str:
+    text = cp.stderr.decode()
+    assert "Traceback" not in text
+    return text.strip().splitlines()[-1]
+
+
+def test_a_server_the_client_cannot_verify_is_refused(tls_server, tmp_path):
+    other, _ = self_signed(tmp_path, "someone-else")
+    base = ["-s", tls_server["server_arg"], "-H", tls_server["stun_arg"], "-d", "anyone"]
+    for extra, words in ((["--server-cert", other], "does not verify"),  # pinned to another certificate
+                         ([], "does not verify"),  # the system's CAs do not know a self-signed one
+                         (["--plain"], "enroll")):  # plain words to a TLS server: it hangs up
+        cp = subprocess.run([*FAST, *base, *extra, "--timeout", "5"], capture_output=True, timeout=30,
+                            env=fresh_identity_env())
+        assert cp.returncode == exits.EXIT_SERVER, (extra, cp.stderr.decode())
+        assert words in _last_error(cp), (extra, _last_error(cp))
+
+
+def test_tls_to_a_plain_server_says_what_to_do(servers):
+    cp = subprocess.run([*FAST, "-s", servers["server_arg"], "-d", "anyone", "--timeout", "5"],
+                        capture_output=True, timeout=30, env=fresh_identity_env())
+    assert cp.returncode == exits.EXIT_SERVER
+    assert "--plain" in _last_error(cp)
