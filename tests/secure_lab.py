@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from nattrav.lab.matrix import SERVER_PORT, wait_tcp
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast", "--plain"]  # our test servers have no certificate
+FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
 
 @dataclass
@@ -70,17 +70,46 @@ class Side:
             raise AssertionError(f"still running after {timeout:g} s: {self.lines[-5:]}") from None
 
 
-def start_server(lab: Any, extra: list[str] | None = None) -> str:
-    lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
-                         "--stun", f"{lab.S1},{lab.S2}", *(extra or [])],
+def start_server(lab: Any, extra: list[str] | None = None, port: int = SERVER_PORT,
+                 stun: bool = True) -> str:
+    stun_args = ["--stun", f"{lab.S1},{lab.S2}"] if stun else []
+    lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{port}",
+                         *stun_args, *(extra or [])],
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
-    return f"{lab.S1}:{SERVER_PORT}"
+    wait_tcp(lab, lab.S1, port, time.monotonic() + 20)
+    return f"{lab.S1}:{port}"
+
+
+def self_signed(tmp_path, name: str, ip: str = "127.0.0.1") -> tuple[str, str]:
+    """A self-signed certificate for `ip` and its key, as PEM files in `tmp_path`."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
 
 
 def start_fast(lab: Any, host: str, keys: Path, args: list[str], *, stdin: IO | int = subprocess.PIPE,
                stdout: IO | int = subprocess.DEVNULL) -> Side:
-    argv = [*FAST, "--json", "--identity", str(keys / f"{host}.pem"), *args]
+    plain = [] if "--server-cert" in args else ["--plain"]  # the lab's server has no certificate
+    argv = [*FAST, "--json", *plain, "--identity", str(keys / f"{host}.pem"), *args]
     return Side(lab.popen(host, argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE))
 
 

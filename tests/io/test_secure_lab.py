@@ -15,7 +15,8 @@ import pytest
 
 from nattrav.lab.pytest_support import running_lab
 from nattrav.lab.shape import LinkSpec, Shape
-from tests.secure_lab import idle_path_survives, start_pair, start_server
+from nattrav.lab.matrix import SERVER_PORT
+from tests.secure_lab import idle_path_survives, self_signed, start_pair, start_server
 
 BIG = 50 * 1024 * 1024
 # 2 % loss each way on a's access link, and a jittered delay line that lets packets overtake
@@ -59,9 +60,11 @@ def test_an_idle_path_outlives_the_nats_mapping_timeout(tmp_path):
 
 
 MARKER = b"NATTRAV-PLAINTEXT-MARKER-"
+SESSION_FRAME = b"\xa1t\xa7session"  # msgpack {"t": "session", ...}: the rendezvous' session frame
 
 
 def _observed_transfer(lab, tmp_path, server: str, name: str, args: list[str], repeat: int):
+    """(a, b, frames, out file, its handle, payload); a's stdin still open."""
     """One a -> b transfer of marked bytes while the router records every frame; (a, b, frames, out)
     with a's stdin still open."""
     from tests.secure_lab import read_capture
@@ -92,18 +95,24 @@ def test_an_observer_between_the_nats_sees_no_payload_and_what_it_injects_is_dro
 
     with running_lab("port-restricted", "symmetric-seq") as lab:
         server = start_server(lab)
-        # the control: on the raw path the same capture does see the payload
+        cert, key = self_signed(tmp_path, "rv", lab.S1)
+        tls_server = start_server(lab, ["--tls-cert", cert, "--tls-key", key], port=SERVER_PORT + 1, stun=False)
+        # the control: a plain server and the raw path, where the same capture sees the payload and
+        # the session frame that carries the punch's session key
         a, b, frames, out, dst, payload = _observed_transfer(lab, tmp_path, server, "raw", ["--raw"], 200)
         a.proc.stdin.close()
         b.proc.stdin.close()
         a.finish(30), b.finish(30)
         dst.close()
-        assert any(MARKER in f for _, _, f in frames), "the capture missed the raw path's payload"
+        seen = b"".join(f for _, _, f in frames)
+        assert MARKER in seen and SESSION_FRAME in seen, "the capture missed what the plain paths carry"
 
-        a, b, frames, out, dst, payload = _observed_transfer(lab, tmp_path, server, "quic", [], 40000)
+        a, b, frames, out, dst, payload = _observed_transfer(lab, tmp_path, tls_server, "quic",
+                                                             ["--server-cert", cert], 40000)
         assert out.read_bytes() == payload
         seen = b"".join(f for _, _, f in frames)
         assert len(frames) > 150 and MARKER not in seen  # QUIC: encrypted on the wire
+        assert SESSION_FRAME not in seen  # TLS to the server: the introduction is not readable either
         seeds = [load_identity(tmp_path / "keys" / f"{h}.pem").private_key.private_bytes_raw() for h in "ab"]
         assert not any(seed in seen for seed in seeds)
         # an on-path attacker replays b's last datagrams to a (its acknowledgements: a's data crosses
