@@ -4,6 +4,7 @@ take are SessionOptions' fields."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,12 +13,15 @@ from typing import Any
 
 import trio
 
+from ..errors import ConnectError, PeerAuthError, WrongPeer
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
-from ..errors import PeerAuthError, WrongPeer
 from ..identity import Identity, PeerId
+from ..io.session import Session
 from ..proto.nat_behavior import NatBehavior
-from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
+from .background import running
+from .behavior_cache import BehaviorCache
+from .endpoint import RENDEZVOUS_PORT, EventHook, node_info, refresh_cached, stun_endpoint
 from .secure import expected_peer
 from .tcp import TcpTransport
 from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
@@ -38,12 +42,24 @@ class SessionOptions:
     max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
+    # the NAT behaviour cached per network (api/behavior_cache.py): True for the default file, a
+    # path or a BehaviorCache for another, False to measure every time and keep nothing
+    cache: bool | str | os.PathLike | BehaviorCache = True
     identity: Identity | None = None  # our key (identity.py); None: a fresh one for this call only
     secure: bool = True  # QUIC (UDP) or TLS (TCP) authenticated by the keys; False: the raw punched path
     server_tls: ssl.SSLContext | None = None  # TLS to the rendezvous server (io/rendezvous_tls.py); None: plain
 
     def the_identity(self) -> Identity:
         return self.identity if self.identity is not None else Identity.generate()
+
+    def behavior_cache(self) -> BehaviorCache | None:
+        if self.cache is True:
+            return BehaviorCache()
+        if self.cache is False or self.cache is None:
+            return None
+        if isinstance(self.cache, BehaviorCache):
+            return self.cache
+        return BehaviorCache(self.cache)
 
     def emit(self, phase: str, detail: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -55,6 +71,25 @@ class SessionOptions:
         return server_ep, stun_endpoint(self.stun, server_ep)
 
 
+async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook) -> Any:
+    try:
+        return await transport.punch(ep, session, ttl, emit)
+    except ConnectError:
+        if ep.cached is not None and ep.cached.age is not None:
+            ep.cached.cache.forget(ep.cached.key)  # the next connect measures again
+        raise
+
+
+@asynccontextmanager
+async def _refreshing(ep: Any, stun: tuple[str, int], src_ip: str | None) -> AsyncIterator[None]:
+    """While a session is up: measure again a cached behaviour that is getting old."""
+    if ep.cached is None or not ep.cached.stale:
+        yield
+        return
+    async with running(refresh_cached, stun, src_ip, ep.cached):
+        yield
+
+
 @asynccontextmanager
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
@@ -63,20 +98,24 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     if o.secure:
         as_peer_id_or_name(peer_id)
     with trio.fail_after(timeout):
-        async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
-            o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-            ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
-            try:
-                await client.update_info({"report": ep.report.to_wire()})
-                o.emit("rendezvous-connect", {"peer": peer_id})
-                session = await client.connect(peer_id, timeout=timeout)
-                # before any packet: a server that names another key for a peer ID is not followed
-                expected = expected_peer(peer_id, session) if o.secure else None
-                path = await transport.punch(ep, session, o.ttl, o.emit)
-            except BaseException:
-                transport.close(ep)
-                raise
-    async with _secured(transport, ep, path, session, identity, expected, o.emit) as secured:
+        # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
+        # rendezvous connection comes up
+        async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior,
+                           o.behavior_cache(), unclaimed=transport.close) as opening:
+            async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
+                o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                ep = await opening.result()
+                try:
+                    o.emit("rendezvous-connect", {"peer": peer_id})
+                    session = await client.connect(peer_id, timeout=timeout, info=node_info(ep.report, client.rtt))
+                    # before any packet: a server that names another key for a peer ID is not followed
+                    expected = expected_peer(peer_id, session) if o.secure else None
+                    path = await _punch(transport, ep, session, o.ttl, o.emit)
+                except BaseException:
+                    transport.close(ep)
+                    raise
+    async with _secured(transport, ep, path, session, identity, expected, o.emit) as secured, \
+            _refreshing(ep, stun_ep, o.src_ip):
         yield secured
 
 
@@ -159,9 +198,10 @@ class Listener:
     def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
                  src: tuple[str | None, int], ttl: int | None, emit: EventHook,
                  behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None,
-                 identity: Identity | None = None, secure: bool = False) -> None:
+                 cache: BehaviorCache | None = None, identity: Identity | None = None,
+                 secure: bool = False) -> None:
         self._client, self._transport, self._stun, self._src = client, transport, stun, src
-        self._ttl, self._emit, self._behavior = ttl, emit, behavior
+        self._ttl, self._emit, self._behavior, self._cache = ttl, emit, behavior, cache
         self.policy = policy if policy is not None else AcceptPolicy()
         self.identity = identity
         self.secure = secure and identity is not None
@@ -171,11 +211,15 @@ class Listener:
     def peer_id(self) -> str:
         return self._client.peer_id
 
-    async def _prepare(self) -> None:
-        self.endpoint = await self._transport.open(self._stun, self._src[0], self._src[1], self._emit,
-                                                   self._behavior)
-        self._behavior = self.endpoint.behavior
-        await self._client.update_info({"report": self.endpoint.report.to_wire()})
+    async def _open(self) -> Any:
+        return await self._transport.open(self._stun, self._src[0], self._src[1], self._emit, self._behavior,
+                                          self._cache)
+
+    async def _publish(self, ep: Any) -> None:
+        """`ep` is the endpoint for the next peer: its report goes to the server."""
+        self.endpoint = ep
+        self._behavior = ep.behavior  # later endpoints skip discovery and the cache
+        await self._client.update_info(node_info(ep.report, self._client.rtt))
 
     def _close(self) -> None:
         if self.endpoint is not None:
@@ -200,21 +244,19 @@ class Listener:
                 break
             self._emit("refused", {"from": offer.peer_id, "reason": why})
             await self._client.refuse(offer)
-        if self.endpoint is None:
-            await self._prepare()
-        ep = self.endpoint
+        ep = self.endpoint if self.endpoint is not None else await self._open()
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
             await self._transport.refresh(ep, self._emit)
-            await self._client.update_info({"report": ep.report.to_wire()})
-            session = await self._client.accept(offer)
+            session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
             if expected is not None and expected_peer(None, session) != expected:
                 raise WrongPeer(f"the rendezvous server offered {expected} but made a session with another key")
-            path = await self._transport.punch(ep, session, self._ttl, self._emit)
+            path = await _punch(self._transport, ep, session, self._ttl, self._emit)
         except BaseException:
             self._transport.close(ep)
             raise
-        async with _secured(self._transport, ep, path, session, self.identity, expected, self._emit) as secured:
+        async with _secured(self._transport, ep, path, session, self.identity, expected, self._emit) as secured, \
+                _refreshing(ep, self._stun, self._src[0]):
             yield secured
 
 
@@ -225,17 +267,21 @@ TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP 
 async def _listen(transport: Any, server: Server, name: str | None, secret: str | None,
                   policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
     server_ep, stun_ep = o.endpoints(server)
+    cache = o.behavior_cache()
     identity = o.the_identity()
-    async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
-                                  tls=o.server_tls) as client:
-        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy,
-                            identity, o.secure)
-        try:
-            await listener._prepare()
-            o.emit("enrolled", {"peer_id": client.peer_id})
-            yield listener
-        finally:
-            listener._close()
+    # our endpoint is made while we enroll
+    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache,
+                       unclaimed=transport.close) as opening:
+        async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
+                                      tls=o.server_tls) as client:
+            listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
+                                policy, cache, identity, o.secure)
+            try:
+                await listener._publish(await opening.result())
+                o.emit("enrolled", {"peer_id": client.peer_id})
+                yield listener
+            finally:
+                listener._close()
 
 
 @asynccontextmanager

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true",
                    help="no QUIC/TLS: the raw punched path (UDP: datagrams authenticated with the "
                    "server-given session key, not encrypted, not retransmitted; TCP: the plain stream)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure the NAT's behaviour every time and keep nothing (default: kept per network "
+                        "in $XDG_CACHE_HOME/nattrav/behavior.json, so a later run skips the RFC 5780 tests)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up connecting after this long (default 30)")
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
@@ -222,8 +225,8 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
     report("identity", {"peer_id": identity.peer_id.text, "path": str(identity_path(args.identity)),
                         "created": ", new" if created else ""})
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl,
-                  max_flows=args.max_flows, on_event=report, identity=identity, secure=not args.raw,
-                  server_tls=None if args.plain else client_context(args.server_cert))
+                  max_flows=args.max_flows, on_event=report, cache=not args.no_cache, identity=identity,
+                  secure=not args.raw, server_tls=None if args.plain else client_context(args.server_cert))
     if args.tcp:
         connect_, listen_ = connect_tcp, listen_tcp
         pipe = _pipe_tcp if args.raw else _pipe_secure

@@ -45,6 +45,7 @@ class BindingResult:
     rtt: float
     attempts: int
     message: Message = field(repr=False)
+    received_at: float = 0.0  # the driver's clock when the reply arrived
 
     @property
     def ok(self) -> bool:
@@ -153,6 +154,7 @@ class Transaction:
             rtt=now - self._last_sent_at,
             attempts=self.sent,
             message=msg,
+            received_at=now,
         )
         if msg.cls == Class.SUCCESS and self.result.mapped is None:
             self.discarded["no_mapped_address"] += 1

@@ -85,7 +85,7 @@ class Offers:
             self._error(conn, ErrorCode.OFFLINE, f"{offer.initiator} went offline", rid)
             return
         key = self._key(KEY_BYTES)
-        start_at = now + self.start_margin
+        start_at = now + self.margin_for(initiator, peer)
         self.stats["sessions"] += 1
         common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
         # each side learns the key the other proved at enroll (None: it enrolled without one); a side

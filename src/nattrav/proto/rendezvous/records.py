@@ -34,6 +34,7 @@ class _Peer:
     offline_since: float | None = None
     offers: set = field(default_factory=set)  # pending offer ids this peer is part of
     key: bytes | None = None  # the identity key it proved at enroll (names.py), if it used one
+    rtt: float | None = None  # its round trip to us, as its node info says (None: not said)
 
 
 @dataclass(slots=True)
