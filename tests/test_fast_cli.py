@@ -174,7 +174,27 @@ def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
         target.wait()
 
 
-def _wait_event(proc, kind: str, deadline: float) -> dict:
+def pipe_pair(fast: list[str], common: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    """A listener (b) and an initiator (a) of `fast` with `common` flags, each with its own key:
+    their lines must cross and both exit 0. (a's run, b's peer ID)."""
+    b = subprocess.Popen([*fast, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=fresh_identity_env())
+    try:
+        peer_id = wait_event(b, "enrolled", time.monotonic() + 20)["peer_id"]
+        b.stdin.write(b"from b\n")
+        b.stdin.close()
+        a = subprocess.run([*fast, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30,
+                           env=fresh_identity_env())
+        assert a.returncode == 0, a.stderr.decode()
+        assert b.wait(20) == 0
+        assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
+        return a, peer_id
+    finally:
+        if b.poll() is None:
+            b.kill()
+
+
+def wait_event(proc, kind: str, deadline: float) -> dict:
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         assert line, f"exited before {kind!r}"
@@ -192,10 +212,10 @@ def test_a_peer_that_vanishes_mid_transfer_is_exit_7_not_silence(servers):
                          stderr=subprocess.PIPE, env=fresh_identity_env())
     a = None
     try:
-        peer_id = _wait_event(b, "enrolled", time.monotonic() + 20)["peer_id"]
+        peer_id = wait_event(b, "enrolled", time.monotonic() + 20)["peer_id"]
         a = subprocess.Popen([*FAST, *common, "-d", peer_id], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, env=fresh_identity_env())
-        _wait_event(a, "secure", time.monotonic() + 20)  # the initiator's handshake is done last
+        wait_event(a, "secure", time.monotonic() + 20)  # the initiator's handshake is done last
         b.kill()
         try:
             for _ in range(400):  # 400 x 64 KB: far more than the windows hold, so the sender blocks

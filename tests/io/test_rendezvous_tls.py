@@ -3,7 +3,6 @@ the server (system CAs, or a pinned certificate) and talks plain only when told 
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from nattrav.cli import exits
 from tests.conftest import SERVER_CLI, free_port_pair
 from tests.secure_lab import self_signed
-from tests.test_fast_cli import fresh_identity_env
+from tests.test_fast_cli import fresh_identity_env, pipe_pair
 
 FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 
@@ -38,29 +37,8 @@ def tls_server(tmp_path):
 
 
 def test_peers_meet_through_a_pinned_tls_server(tls_server):
-    common = ["-s", tls_server["server_arg"], "-H", tls_server["stun_arg"], "--json",
-              "--server-cert", tls_server["cert"]]
-    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=fresh_identity_env())
-    try:
-        peer_id = None
-        deadline = time.monotonic() + 20
-        while peer_id is None and time.monotonic() < deadline:
-            line = b.stderr.readline()
-            assert line, "listener exited before enrolling"
-            ev = json.loads(line)
-            if ev["event"] == "enrolled":
-                peer_id = ev["peer_id"]
-        b.stdin.write(b"from b\n")
-        b.stdin.close()
-        a = subprocess.run([*FAST, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30,
-                           env=fresh_identity_env())
-        assert a.returncode == 0, a.stderr.decode()
-        assert b.wait(20) == 0
-        assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
-    finally:
-        if b.poll() is None:
-            b.kill()
+    pipe_pair(FAST, ["-s", tls_server["server_arg"], "-H", tls_server["stun_arg"], "--json",
+                     "--server-cert", tls_server["cert"]])
 
 
 def _last_error(cp) -> str:
