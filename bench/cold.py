@@ -26,6 +26,7 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -174,8 +175,11 @@ def _nattrav_trial(lab: Any, host: str, server: str, peer: str, listener_trial: 
         row.reason = "the nattrav listener was not ready"
         return row
     t0 = time.monotonic()
+    # the lab's server is plain, the matrix agent listens on the raw path (it measures traversal); the
+    # initiator's identity key lives beside the trial, not in $HOME
+    key = os.path.join(tempfile.gettempdir(), f"nattrav-cold-{host}.pem")
     p = lab.popen(host, [sys.executable, "-m", "nattrav.cli.fast", "--json", "--linger", "0.3", "--timeout",
-                         str(timeout), "-s", server, "-d", peer],
+                         str(timeout), "--plain", "--raw", "--identity", key, "-s", server, "-d", peer],
                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     events = _Lines(p.stderr)
 

@@ -54,6 +54,11 @@ def test_identity_and_secure_path_errors_join_the_family_where_their_callers_loo
     assert errors.PathDead is PathDead and issubclass(PathDead, errors.PathError)
     assert issubclass(PathDead, trio.BrokenResourceError)
     assert exits.exit_code(errors.BadPeerId("x")) == exits.EXIT_USAGE
-    assert exits.exit_code(errors.PeerAuthError("forged")) == exits.EXIT_PUNCH
+    # not the peer asked for (its certificate, or the server's word about its key): a peer problem
+    assert exits.exit_code(errors.PeerAuthError("forged")) == exits.EXIT_PEER
+    assert exits.exit_code(errors.WrongPeer("swapped")) == exits.EXIT_PEER
+    assert exits.exit_code(errors.HandshakeFailed("no answer")) == exits.EXIT_PUNCH
     assert exits.exit_code(errors.IdentityError("mode 0644")) == exits.EXIT_FAILURE
-    assert exits.exit_code(PathDead("idle timeout")) == exits.EXIT_FAILURE
+    # data that may not have arrived has its own code
+    assert exits.exit_code(PathDead("idle timeout")) == exits.EXIT_UNDELIVERED
+    assert exits.exit_code(trio.BrokenResourceError("reset")) == exits.EXIT_UNDELIVERED

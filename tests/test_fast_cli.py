@@ -4,20 +4,30 @@ loopback, where there is no NAT: the lab matrix covers the NATs)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from nattrav.cli import exits
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--plain"]  # our test servers have no certificate
 
 
-def run_fast(*args, timeout=30, input=b""):
-    return subprocess.run([*FAST, *args], capture_output=True, timeout=timeout, input=input)
+def fresh_identity_env() -> dict:
+    """An environment whose NATTRAV_IDENTITY is a new key file (made by nattrav-fast on first use):
+    two processes of one test are two peers, and no test touches the user's own key."""
+    where = tempfile.mkdtemp(prefix="nattrav-id-")
+    return {**os.environ, "NATTRAV_IDENTITY": os.path.join(where, "identity.pem")}
+
+
+def run_fast(*args, timeout=30, input=b"", env=None):
+    return subprocess.run([*FAST, *args], capture_output=True, timeout=timeout, input=input,
+                          env=env or fresh_identity_env())
 
 
 def one_error_line(cp) -> str:
@@ -79,7 +89,7 @@ def test_unknown_peer_is_one_line_exit_4(servers):
 def test_two_peers_connect_and_pipe_both_ways(servers):
     common = ["-s", servers["server_arg"], "-H", servers["stun_arg"], "--json", "--linger", "1"]
     b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, env=fresh_identity_env())
     try:
         peer_id = None
         deadline = time.monotonic() + 20
@@ -102,8 +112,15 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
         assert a.stdout == b"from b\n" and b_out == b"from a\n"
         events = [json.loads(x) for x in a.stderr.decode().splitlines()]
         kinds = [e["event"] for e in events]
-        for phase in ("discovery", "discovery-done", "mapping", "rendezvous", "plan", "punch", "connected"):
+        for phase in ("identity", "discovery", "discovery-done", "mapping", "rendezvous", "plan", "punch",
+                      "connected", "secure", "delivered"):
             assert phase in kinds, (phase, kinds)
+        # the listener's ID is its key's, and the initiator's QUIC handshake verified exactly that key
+        assert peer_id.startswith("12D3KooW") and len(peer_id) == 52
+        secure = next(e for e in events if e["event"] == "secure")
+        assert secure == {"event": "secure", "protocol": "quic", "peer_id": peer_id, "keepalive": 5.0}
+        delivered = next(e for e in events if e["event"] == "delivered")
+        assert (delivered["sent"], delivered["received"]) == (7, 7) and delivered["stats"]["datagrams_in"] > 0
         connected = next(e for e in events if e["event"] == "connected")
         assert connected["strategy"] == "direct" and connected["rtt_ms"] >= 0
     finally:
@@ -155,3 +172,67 @@ def test_refusing_or_silent_peer_is_one_line(servers, mode, code, words):
     finally:
         target.kill()
         target.wait()
+
+
+def pipe_pair(fast: list[str], common: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    """A listener (b) and an initiator (a) of `fast` with `common` flags, each with its own key:
+    their lines must cross and both exit 0. (a's run, b's peer ID)."""
+    b = subprocess.Popen([*fast, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=fresh_identity_env())
+    try:
+        peer_id = wait_event(b, "enrolled", time.monotonic() + 20)["peer_id"]
+        b.stdin.write(b"from b\n")
+        b.stdin.close()
+        a = subprocess.run([*fast, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30,
+                           env=fresh_identity_env())
+        assert a.returncode == 0, a.stderr.decode()
+        assert b.wait(20) == 0
+        assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
+        return a, peer_id
+    finally:
+        if b.poll() is None:
+            b.kill()
+
+
+def wait_event(proc, kind: str, deadline: float) -> dict:
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, f"exited before {kind!r}"
+        ev = json.loads(line)
+        if ev["event"] == kind:
+            return ev
+    raise AssertionError(f"no {kind!r} event in time")
+
+
+def test_a_peer_that_vanishes_mid_transfer_is_exit_7_not_silence(servers):
+    """Data that could not be delivered is never an exit 0: the listener is killed once the secure
+    path is up, and the sender learns it from the path's silence (its idle timeout)."""
+    common = ["-s", servers["server_arg"], "-H", servers["stun_arg"], "--json", "--idle-timeout", "3"]
+    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=fresh_identity_env())
+    a = None
+    try:
+        peer_id = wait_event(b, "enrolled", time.monotonic() + 20)["peer_id"]
+        a = subprocess.Popen([*FAST, *common, "-d", peer_id], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env=fresh_identity_env())
+        wait_event(a, "secure", time.monotonic() + 20)  # the initiator's handshake is done last
+        b.kill()
+        try:
+            for _ in range(400):  # 400 x 64 KB: far more than the windows hold, so the sender blocks
+                a.stdin.write(b"\0" * 65536)
+        except BrokenPipeError:
+            pass  # the sender gave up (exit below) while we were still writing
+        try:
+            a.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = a.wait(30)
+        err = a.stderr.read()
+        assert code == exits.EXIT_UNDELIVERED, err.decode()[-2000:]
+        last = json.loads(err.decode().strip().splitlines()[-1])  # --json: the error is a JSON line
+        assert last["event"] == "error" and last["code"] == exits.EXIT_UNDELIVERED
+        assert "no packet from the peer for 3 s" in last["message"] or "not been delivered" in last["message"]
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()

@@ -70,6 +70,7 @@ _LAZY = {
     **dict.fromkeys(["NatReport", "TcpReport"], "nattrav.proto.report"),
     **dict.fromkeys(["Allocation", "Filtering", "Mapping", "Role", "Strategy", "TcpStrategy"], "nattrav.proto.vocab"),
     "NatBehavior": "nattrav.proto.nat_behavior",
+    **dict.fromkeys(["Identity", "PeerId", "load_or_create_identity"], "nattrav.identity"),
     "PathDead": "nattrav.errors",  # its trio base loads on first use (see nattrav.errors)
 }
 
@@ -90,11 +91,13 @@ def __dir__() -> list[str]:
 __all__ = [
     "AcceptPolicy", "Allocation", "BadFrame", "BadMessage", "BadPacket", "BadPeerId", "BadReport",
     "BadRequest", "ConnectError", "ControlKeyError", "FdLimitError", "Filtering", "HandshakeFailed",
-    "IdentityError", "Listener", "LocalProtocolError", "Mapping", "NameTaken", "NatBehavior", "NatReport",
+    "Identity", "IdentityError", "Listener", "LocalProtocolError", "Mapping", "NameTaken", "NatBehavior", "NatReport",
     "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
-    "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
-    "RegistryUnavailable", "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "Role", "ServerBusy", "ServerGone",
+    "PeerId", "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused",
+    "RegistryUnavailable", "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "Role", "ServerBusy",
+    "ServerGone",
     "ServerUnreachable", "Strategy", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout",
     "TcpPunchFailed", "TcpReport", "TcpStrategy", "UnknownPeer", "UsageError", "WorkerDied", "WorkerError",
     "WrongPeer", "__version__", "connect", "connect_tcp", "listen", "listen_tcp",
+    "load_or_create_identity",
 ]

@@ -22,13 +22,13 @@ async def _session(servers, cache) -> tuple[list[str], list[str]]:
             async with trio.open_nursery() as nursery:
 
                 async def listener_side():
-                    async with lst.accept() as path:
-                        assert await path.receive() == b"hi"
+                    async with lst.accept() as path:  # QUIC, the default
+                        assert await path.stream.receive_some() == b"hi"
 
                 nursery.start_soon(listener_side)
                 async with connect(servers["server"], lst.peer_id, stun=servers["stun"], cache=cache,
                                    on_event=lambda ph, d: a_events.append(ph)) as path:
-                    await path.send(b"hi")
+                    await path.stream.send_all(b"hi")
     return a_events, b_events
 
 

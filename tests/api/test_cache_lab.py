@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -17,7 +18,9 @@ from nattrav.lab.pytest_support import running_lab
 
 pytestmark = pytest.mark.lab
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast", "--json", "--timeout", "20", "--linger", "0.5"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--json", "--timeout", "20", "--linger", "0.5",
+        "--plain"]  # the lab's server has no certificate
+KEYS = tempfile.mkdtemp(prefix="nattrav-cache-lab-")  # each side its own identity key, not the user's
 
 
 def _events(stderr: str) -> list[dict]:
@@ -32,7 +35,8 @@ def _events(stderr: str) -> list[dict]:
 
 def _connect(lab, server: str, name: str) -> list[dict]:
     """One listener in b (enrolled as `name`), one fresh `nattrav-fast -d name` in a; a's events."""
-    listener = lab.popen("b", [*FAST, "-s", server, "-n", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    listener = lab.popen("b", [*FAST, "--identity", f"{KEYS}/b.pem", "-s", server, "-n", name],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -43,7 +47,8 @@ def _connect(lab, server: str, name: str) -> list[dict]:
                 break
         listener.stdin.write(b"from b\n")
         listener.stdin.close()
-        a = lab.run("a", [*FAST, "-s", server, "-d", name], input="from a\n", timeout=40)
+        a = lab.run("a", [*FAST, "--identity", f"{KEYS}/a.pem", "-s", server, "-d", name], input="from a\n",
+                    timeout=40)
         assert listener.wait(30) == 0
         assert a.returncode == 0, a.stderr[-2000:]
         assert a.stdout == "from b\n" and listener.stdout.read() == b"from a\n"

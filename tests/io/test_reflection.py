@@ -82,7 +82,7 @@ async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers
         listen_ = listen_tcp
     events: list[tuple[str, dict]] = []
     with victim, sink, trio.fail_after(40):
-        async with listen_(servers["server"], stun=servers["stun"],
+        async with listen_(servers["server"], stun=servers["stun"], secure=False,
                            on_event=lambda ph, d: events.append((ph, d))) as lst:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_attack, servers, lst.peer_id, info)
@@ -110,7 +110,7 @@ async def test_a_made_up_report_cannot_aim_the_listener_at_a_third_party(servers
 async def test_a_hostname_in_a_peer_report_is_never_resolved(servers):
     info = {"report": {**_udp_report(4000), "public": ["victim.example", 4000]}}  # from_wire must refuse it
     with trio.fail_after(40):
-        async with listen(servers["server"], stun=servers["stun"]) as lst:
+        async with listen(servers["server"], stun=servers["stun"], secure=False) as lst:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_attack, servers, lst.peer_id, info)
                 with pytest.raises(ConnectError, match="malformed|not an IP"):
@@ -129,7 +129,8 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # where the accepted friend's punch lands
     sink.bind(("127.0.0.1", 0))
     with sink, trio.fail_after(40):
-        async with listen(servers["server"], stun=servers["stun"], policy=policy, on_event=on_event) as lst:
+        async with listen(servers["server"], stun=servers["stun"], policy=policy, on_event=on_event,
+                          secure=False) as lst:
             async with trio.open_nursery() as nursery:
 
                 async def take_one():
@@ -181,7 +182,7 @@ async def test_a_worker_failure_is_a_connect_error_not_a_traceback(servers, monk
 
     monkeypatch.setattr(udp_api, "punch", broken_punch)
     with trio.fail_after(40):
-        async with listen(servers["server"], stun=servers["stun"]) as lst:
+        async with listen(servers["server"], stun=servers["stun"], secure=False) as lst:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_attack, servers, lst.peer_id, {"report": _udp_report(4000)})
                 with pytest.raises(ConnectError, match="worker processes failed: worker 0"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from nattrav.identity import Identity
+from nattrav.proto.rendezvous.names import enroll_proof
 from tests.proto.tier import memory_tier, redis_tier
 from tests.redisd import redis_server  # noqa: F401  (a fixture)
 
@@ -136,6 +138,40 @@ async def test_a_name_moves_to_another_instance_only_with_its_secret(make_tier):
         # alice is reachable at B now
         await t.send(x, "connect", id=5, target="alice")
         assert t.one(again, "offer")["from"] == "xavier"
+
+
+async def _key_enroll(t, conn: int, ident: Identity, name: str, **fields) -> dict:
+    await t.send(conn, "challenge", id=1)
+    nonce = t.one(conn, "challenge")["nonce"]
+    await t.send(conn, "enroll", id=2, name=name, key=ident.peer_id.key_bytes,
+                 sig=ident.sign(enroll_proof(nonce, name)), **fields)
+    return t.pop(conn)[0]
+
+
+async def test_keys_proved_at_enroll_travel_with_offers_and_sessions_across_instances(make_tier):
+    alice, mallory = Identity.generate(), Identity.generate()
+    async with make_tier() as t:
+        a, b = await t.open("A", A1), await t.open("B", A2)
+        assert (await _key_enroll(t, a, alice, "alice"))["t"] == "enrolled"
+        await t.enroll(b, name="bob")  # no key: sessions tell its peer none
+        await t.send(a, "connect", id=4, target="bob")
+        offer = t.one(b, "offer")
+        assert offer["from_key"] == alice.peer_id.key_bytes
+        await t.send(b, "accept", id=5, offer=offer["offer"])
+        sa, sb = t.one(a, "session"), t.one(b, "session")
+        assert sb["peer_key"] == alice.peer_id.key_bytes and "peer_key" not in sa
+        # the name is held by the key: neither another key nor a secret takes it, on either instance
+        await t.lose(a)
+        other = await t.open("B", A3)
+        reply = await _key_enroll(t, other, mallory, "alice")
+        assert (reply["t"], reply["code"]) == ("error", "name-taken")
+        await t.send(other, "enroll", id=3, name="alice", secret="x" * 32)
+        assert t.one(other, "error")["code"] == "name-taken"
+        back = await t.open("B", ("203.0.113.99", 5))
+        reply = await _key_enroll(t, back, alice, "alice")
+        assert reply["t"] == "enrolled" and reply["peer"] == "alice"
+        await t.send(b, "connect", id=6, target="alice")
+        assert "from_key" not in t.one(back, "offer")
 
 
 async def test_offline_peers_are_forgotten_after_retention(make_tier):

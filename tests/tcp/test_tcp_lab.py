@@ -53,8 +53,8 @@ def _bulk_listen(server: tuple[str, int], name: str) -> dict:
                     n += len(chunk)
                 await stream.send_all(h.hexdigest().encode())
                 await stream.send_eof()
-                return {"sha256": h.hexdigest(), "bytes": n, "strategy": stream.strategy.value,
-                        "peer": list(stream.peer_addr)}
+                return {"sha256": h.hexdigest(), "bytes": n, "strategy": stream.punched.strategy.value,
+                        "peer": list(stream.punched.peer_addr)}
 
     return trio.run(main)
 
@@ -76,8 +76,8 @@ def _bulk_connect(server: tuple[str, int], name: str, size: int, seed: int) -> d
                     while chunk := await stream.receive_some(1024):
                         echo += chunk
                     return {"sha256": hashlib.sha256(blob).hexdigest(), "echo": echo.decode(),
-                            "seconds": trio.current_time() - t0, "strategy": stream.strategy.value,
-                            "peer": list(stream.peer_addr)}
+                            "seconds": trio.current_time() - t0, "strategy": stream.punched.strategy.value,
+                            "peer": list(stream.punched.peer_addr)}
             except UnknownPeer:
                 await trio.sleep(0.05)  # the listener has not enrolled yet
 

@@ -7,9 +7,7 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
 import sys
-import time
 
 import pytest
 import trio
@@ -17,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.api import connect_tcp, listen_tcp
+from tests.test_fast_cli import pipe_pair
 from nattrav.errors import LocalProtocolError, TcpPunchFailed
 from nattrav.io.stun_tcp import StunTcpServer, read_message, serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
@@ -28,7 +27,7 @@ from nattrav.proto.stun_server import StunServerConfig
 from nattrav.proto.vocab import TcpStrategy
 from tests.conftest import free_port_pair
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast"]
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--plain"]  # our test servers have no certificate
 
 
 async def _stun_tcp(nursery):
@@ -207,7 +206,9 @@ async def test_connect_tcp_and_listen_tcp_move_a_megabyte_each_way(servers):
 
                 nursery.start_soon(listener_side)
                 async with connect_tcp(servers["server"], lst.peer_id, stun=servers["stun"]) as s:
-                    assert s.strategy is TcpStrategy.DIRECT and s.rtt >= 0
+                    # TLS by default: the stream under it is the punched one
+                    assert s.punched.strategy is TcpStrategy.DIRECT and s.punched.rtt >= 0
+                    assert s.peer_id.text == lst.peer_id and s.peer_key == s.peer_id.key_bytes
                     await exchange(s, blob_a, "a")
     assert hashlib.sha256(got["b"]).digest() == hashlib.sha256(blob_a).digest()
     assert hashlib.sha256(got["a"]).digest() == hashlib.sha256(blob_b).digest()
@@ -218,28 +219,12 @@ async def test_connect_tcp_and_listen_tcp_move_a_megabyte_each_way(servers):
 def test_nattrav_fast_tcp_pipes_both_ways(servers):
     host, port = servers["server"]
     common = ["-s", f"{host}:{port}", "-H", f"{servers['stun'][0]}:{servers['stun'][1]}", "--json", "--tcp"]
-    b = subprocess.Popen([*FAST, *common], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        peer_id = None
-        deadline = time.monotonic() + 20
-        while peer_id is None and time.monotonic() < deadline:
-            line = b.stderr.readline()
-            assert line, "listener exited before enrolling"
-            ev = json.loads(line)
-            if ev["event"] == "enrolled":
-                peer_id = ev["peer_id"]
-        b.stdin.write(b"from b\n")
-        b.stdin.close()
-        a = subprocess.run([*FAST, *common, "-d", peer_id], input=b"from a\n", capture_output=True, timeout=30)
-        assert a.returncode == 0, a.stderr.decode()
-        assert b.wait(20) == 0
-        assert a.stdout == b"from b\n" and b.stdout.read() == b"from a\n"
-        events = [json.loads(x) for x in a.stderr.decode().splitlines()]
-        connected = next(e for e in events if e["event"] == "connected")
-        assert connected["strategy"] == "tcp-direct"
-    finally:
-        if b.poll() is None:
-            b.kill()
+    a, peer_id = pipe_pair(FAST, common)
+    events = [json.loads(x) for x in a.stderr.decode().splitlines()]
+    connected = next(e for e in events if e["event"] == "connected")
+    assert connected["strategy"] == "tcp-direct"
+    assert next(e for e in events if e["event"] == "secure") == {"event": "secure", "protocol": "tls",
+                                                                 "peer_id": peer_id}
 
 
 class _Chunks(trio.abc.ReceiveStream):

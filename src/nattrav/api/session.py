@@ -5,6 +5,7 @@ take are SessionOptions' fields."""
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,14 +13,15 @@ from typing import Any
 
 import trio
 
-from ..errors import ConnectError, UsageError
+from ..errors import ConnectError, PeerAuthError, UsageError, WrongPeer
 from ..io import rendezvous_client as rv
-from ..io.path import PunchedPath
+from ..identity import Identity, PeerId
 from ..io.session import Session
 from ..proto.nat_behavior import NatBehavior
 from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
+from .secure import expected_peer
 from .tcp import TcpTransport
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
@@ -56,6 +58,12 @@ class SessionOptions:
     # the NAT behaviour cached per network (api/behavior_cache.py): True for the default file, a
     # path or a BehaviorCache for another, False to measure every time and keep nothing
     cache: bool | str | os.PathLike | BehaviorCache = True
+    identity: Identity | None = None  # our key (identity.py); None: a fresh one for this call only
+    secure: bool = True  # QUIC (UDP) or TLS (TCP) authenticated by the keys; False: the raw punched path
+    server_tls: ssl.SSLContext | None = None  # TLS to the rendezvous server (io/rendezvous_tls.py); None: plain
+
+    def the_identity(self) -> Identity:
+        return self.identity if self.identity is not None else Identity.generate()
 
     def __post_init__(self) -> None:
         # a bad knob is the caller's mistake: say so now, not as a plan error once the peer is found
@@ -122,46 +130,77 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     server_ep, stun_ep = o.endpoints(server)
     clock = Timeline(o.emit)
     emit = clock.emit
+    identity = o.the_identity()
+    if o.secure:
+        as_peer_id_or_name(peer_id)
     with trio.fail_after(timeout):
         # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
         # rendezvous connection comes up
         async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
                            o.behavior_cache(), unclaimed=transport.close) as opening:
-            async with rv.open_rendezvous(server_ep) as client:
+            async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
                 emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
                 ep = await opening.result()
                 try:
                     emit("rendezvous-connect", {"peer": peer_id})
                     session = await client.connect(peer_id, timeout=timeout, info=node_info(ep.report, client.rtt))
+                    # before any packet: a server that names another key for a peer ID is not followed
+                    expected = expected_peer(peer_id, session) if o.secure else None
                     path = await _punch(transport, ep, session, o.ttl, emit)
                 except BaseException:
                     transport.close(ep)
                     raise
-    clock.attach(path)
-    async with path, _refreshing(ep, stun_ep, o.src_ip):
-        yield path
+    async with _secured(transport, ep, path, session, identity, expected, clock) as secured, \
+            _refreshing(ep, stun_ep, o.src_ip):
+        yield secured
 
 
-def _udp(coordinator: Any, o: SessionOptions) -> UdpTransport:
-    return UdpTransport(coordinator, o.max_flows, plan_knobs=o.plan_knobs(), workers=o.workers)
+@asynccontextmanager
+async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: Identity,
+                   expected: PeerId | None, clock: Timeline) -> AsyncIterator[Any]:
+    async with path:
+        if expected is None:
+            clock.attach(path)
+            yield path
+        else:
+            async with transport.secure(ep, path, session, identity, expected, clock.emit) as secured:
+                # the timings cover the handshake too; the raw path's summary() carries them as well
+                clock.attach(path)
+                clock.attach(secured)
+                yield secured
+
+
+def as_peer_id_or_name(text: str) -> None:
+    """A UsageError for what looks like a peer ID but is not a valid one (a typo in a key)."""
+    if isinstance(text, str) and text.startswith("12D3KooW"):
+        PeerId.parse(text)
+
+
+def _udp(coordinator: Any, o: SessionOptions, quic: dict[str, Any] | None) -> UdpTransport:
+    return UdpTransport(coordinator, o.max_flows, quic, plan_knobs=o.plan_knobs(), workers=o.workers)
 
 
 @asynccontextmanager
 async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordinator: Any = None,
-                  **options: Any) -> AsyncIterator[PunchedPath]:
-    """Connect to `peer_id` through the rendezvous `server` within `timeout` seconds; yields the
-    authenticated UDP path. `coordinator`: a running burst coordinator (nattrav.workers) to use
-    instead of starting one for a big burst; `options`: SessionOptions' keywords."""
+                  quic: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[Any]:
+    """Connect to `peer_id` (a peer ID, or a name the server binds to a key) through the rendezvous
+    `server` within `timeout` seconds; yields a QuicPath (io/quic_path.py: `stream`, datagrams,
+    `peer_id` and `peer_key` verified), or with secure=False the raw PunchedPath (authenticated
+    datagrams, not encrypted). `coordinator`: a running burst coordinator (nattrav.workers) to use
+    instead of starting one for a big burst; `quic`: QuicSettings fields to override;
+    `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _connect(_udp(coordinator, o), server, peer_id, timeout, o) as path:
+    async with _connect(_udp(coordinator, o, quic), server, peer_id, timeout, o) as path:
         yield path
 
 
 @asynccontextmanager
 async def connect_tcp(server: Server, peer_id: str, *, timeout: float = 30.0, punch_timeout: float = 10.0,
                       window: int = 8, **options: Any) -> AsyncIterator[Any]:
-    """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream
-    (io.tcp_punch.PunchedStream: a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
+    """Connect to `peer_id` over TCP through the rendezvous `server`; yields a trio.abc.Stream: TLS
+    1.3 authenticated by the keys, framed for half-close and delivery confirmation
+    (io/tls_frames.py's FramedTls: `peer_id`, `peer_key`, `punched`), or with secure=False the
+    plain io.tcp_punch.PunchedStream (a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
     fewest predicted ports to cover (proto/planner/tcp.py); `options`: SessionOptions' keywords."""
     transport = TcpTransport(punch_timeout, window)
     async with _connect(transport, server, peer_id, timeout, SessionOptions(**options)) as stream:
@@ -202,10 +241,13 @@ class Listener:
     def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
                  src: tuple[str | None, int], ttl: int | None, emit: EventHook,
                  behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None,
-                 cache: BehaviorCache | None = None) -> None:
+                 cache: BehaviorCache | None = None, identity: Identity | None = None,
+                 secure: bool = False) -> None:
         self._client, self._transport, self._stun, self._src = client, transport, stun, src
         self._ttl, self._emit, self._behavior, self._cache = ttl, emit, behavior, cache
         self.policy = policy if policy is not None else AcceptPolicy()
+        self.identity = identity
+        self.secure = secure and identity is not None
         self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
 
     @property
@@ -236,7 +278,13 @@ class Listener:
         while True:
             offer = await self._client.next_offer()
             emit("offer", {"from": offer.peer_id})
-            why = self.policy.admits(offer, trio.current_time())
+            expected = None
+            try:
+                # whom the handshake must meet; an initiator that proved no key cannot be met securely
+                expected = expected_peer(None, offer) if self.secure else None
+                why = self.policy.admits(offer, trio.current_time())
+            except (PeerAuthError, WrongPeer) as exc:
+                why = str(exc)
             if why is None:
                 break
             emit("refused", {"from": offer.peer_id, "reason": why})
@@ -246,13 +294,15 @@ class Listener:
         try:
             await self._transport.refresh(ep, emit)
             session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
+            if expected is not None and expected_peer(None, session) != expected:
+                raise WrongPeer(f"the rendezvous server offered {expected} but made a session with another key")
             path = await _punch(self._transport, ep, session, self._ttl, emit)
         except BaseException:
             self._transport.close(ep)
             raise
-        clock.attach(path)
-        async with path, _refreshing(ep, self._stun, self._src[0]):
-            yield path
+        async with _secured(self._transport, ep, path, session, self.identity, expected, clock) as secured, \
+                _refreshing(ep, self._stun, self._src[0]):
+            yield secured
 
 
 TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP transport
@@ -263,12 +313,14 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
                   policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
     server_ep, stun_ep = o.endpoints(server)
     cache = o.behavior_cache()
+    identity = o.the_identity()
     # our endpoint is made while we enroll
     async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache,
                        unclaimed=transport.close) as opening:
-        async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
+        async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
+                                      tls=o.server_tls) as client:
             listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
-                                policy, cache)
+                                policy, cache, identity, o.secure)
             try:
                 await listener._publish(await opening.result())
                 o.emit("enrolled", {"peer_id": client.peer_id})
@@ -280,12 +332,14 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
 @asynccontextmanager
 async def listen(server: Server, *, name: str | None = None, secret: str | None = None,
                  policy: AcceptPolicy | None = None, coordinator: Any = None,
-                 **options: Any) -> AsyncIterator[Listener]:
-    """Enroll with the rendezvous server (under `name`, proving it with `secret`, if given) and
-    publish our NAT report; yields a Listener (UDP). `policy` decides which offers accept() takes
-    (default: AcceptPolicy(), rate-limited); `options`: SessionOptions' keywords."""
+                 quic: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[Listener]:
+    """Enroll with the rendezvous server under our identity's peer ID (or under `name`, which the
+    server binds to our key on first claim; `secret` only for a client without a key) and publish
+    our NAT report; yields a Listener (UDP) whose accept() yields what connect() does. `policy`
+    decides which offers accept() takes (default: AcceptPolicy(), rate-limited); `quic`:
+    QuicSettings fields to override; `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _listen(_udp(coordinator, o), server, name, secret, policy, o) as listener:
+    async with _listen(_udp(coordinator, o, quic), server, name, secret, policy, o) as listener:
         yield listener
 
 

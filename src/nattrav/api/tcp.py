@@ -23,6 +23,7 @@ from ..proto.hops import DEFAULT_HOPS, HopReading
 from .behavior_cache import BehaviorCache
 from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report,
                        resolve)
+from .secure import secure_tcp
 
 
 @dataclass
@@ -180,6 +181,11 @@ class TcpTransport:
 
     async def punch(self, ep: TcpEndpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
         return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
+
+    @staticmethod
+    def secure(ep: TcpEndpoint, stream: Any, session: Session, identity: Any, expected: Any,
+               emit: EventHook) -> Any:
+        return secure_tcp(stream, session, identity, expected, emit)
 
     @staticmethod
     def close(ep: TcpEndpoint) -> None:

@@ -32,6 +32,7 @@ from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, read_peer_report,
                        resolve, resolve_behavior)
+from .secure import quic_settings, secure_udp
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 # An EIM mapping is the same for every destination: sampling it again before a session shows nothing
@@ -271,7 +272,8 @@ def _needs_workers(p: Plan) -> bool:
 class UdpTransport:
     """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
-    def __init__(self, coordinator: Any = None, max_flows: int | None = None, *,
+    def __init__(self, coordinator: Any = None, max_flows: int | None = None,
+                 quic: dict[str, Any] | None = None, *,
                  plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> None:
         if max_flows is not None and not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
@@ -281,6 +283,14 @@ class UdpTransport:
         self.max_flows = max_flows
         self.plan_knobs = dict(plan_knobs or {})
         self.workers = workers
+        self.quic = dict(quic or {})  # QuicSettings fields over secure.quic_settings()'s
+        quic_settings(**self.quic)  # a bad field is the caller's TypeError/ValueError now, not after a punch
+
+    def secure(self, ep: Endpoint, path: PunchedPath, session: Session, identity: Any, expected: Any,
+               emit: EventHook) -> Any:
+        """QUIC over the punched socket, keepalives sized from our NAT's mapping lifetime."""
+        settings = quic_settings(ep.behavior.lifetime, **self.quic)
+        return secure_udp(path, session, identity, expected, settings, emit)
 
     async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,

@@ -34,6 +34,9 @@ _LINES = {
     "rung": "punch: next rung, {strategy} — {reason} (after: {after})",
     "ttl": "punch: {strategy}: opening TTL now {ttl} ({why})",
     "connected": "connected to {peer[0]}:{peer[1]} by {strategy}, RTT {rtt_ms} ms",
+    "secure": "secure: {protocol} with {peer_id}, its key verified",
+    "identity": "identity: {peer_id} (key {path}{created})",
+    "delivered": "closed: {sent} bytes sent and acknowledged, {received} received",
 }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from ..errors import ConnectError, NattravError, NattravTimeout, PeerError, RendezvousError, UsageError
+from ..errors import (ConnectError, NattravError, NattravTimeout, PathError, PeerAuthError, PeerError,
+                      RendezvousError, UsageError, WrongPeer)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # could not do the job: a port in use, an address not on this host, ...
@@ -13,13 +14,18 @@ EXIT_SERVER = 3  # rendezvous server unreachable, gone, or protocol trouble
 EXIT_PEER = 4  # unknown peer, offline, refused
 EXIT_PUNCH = 5  # no path: the NAT pair is infeasible or the punch timed out
 EXIT_TIMEOUT = 6
+EXIT_UNDELIVERED = 7  # the path broke, or data could not be confirmed delivered
 EXIT_INTERRUPTED = 130
 
 # The first family an error belongs to decides; more specific families first.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (KeyboardInterrupt, EXIT_INTERRUPTED),
     (UsageError, EXIT_USAGE),
+    (PathError, EXIT_UNDELIVERED),
+    (trio.BrokenResourceError, EXIT_UNDELIVERED),  # a plain stream that broke (--raw --tcp)
     (PeerError, EXIT_PEER),
+    (WrongPeer, EXIT_PEER),  # not the key asked for: the server's word or the peer's certificate
+    (PeerAuthError, EXIT_PEER),
     (NattravTimeout, EXIT_TIMEOUT),
     (trio.TooSlowError, EXIT_TIMEOUT),
     (RendezvousError, EXIT_SERVER),
@@ -36,4 +42,4 @@ def exit_code(exc: BaseException) -> int:
 
 
 __all__ = ["EXIT_CODES", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PEER", "EXIT_PUNCH",
-           "EXIT_SERVER", "EXIT_TIMEOUT", "EXIT_USAGE", "HANDLED", "exit_code"]
+           "EXIT_SERVER", "EXIT_TIMEOUT", "EXIT_UNDELIVERED", "EXIT_USAGE", "HANDLED", "exit_code"]

@@ -1,5 +1,6 @@
 """nattrav-fast: punch a UDP path to a peer through our rendezvous and STUN servers, then pipe
-stdin/stdout over it (netcat-like).
+stdin/stdout over it (netcat-like): over a QUIC stream on the punched socket by default (reliable,
+encrypted, both keys verified), TLS 1.3 on the punched stream with --tcp, the raw path with --raw.
 
 Progress goes to stderr (one line a phase, or JSON lines with --json); stdout carries only what the
 peer sends, so `nattrav-fast ... > file` stores the peer's bytes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,8 +20,12 @@ import trio
 
 from .. import __version__
 from ..api import connect, connect_tcp, listen, listen_tcp
+from ..api.secure import IDLE_TIMEOUT, MIN_KEEPALIVE
+from ..errors import BadPeerId
 from ..hostport import parse_hostport
+from ..identity import PeerId, identity_path, load_or_create_identity
 from ..io import rendezvous_client as rv
+from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER
 from .events import describe
@@ -27,12 +33,22 @@ from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 
 EPILOG = """\
 examples:
-  nattrav-fast -s 198.51.100.1                 enroll, print our peer ID, wait for one peer
-  nattrav-fast -s 198.51.100.1 -d PEER_ID      connect to that peer
+  nattrav-fast -s rv.example                   enroll (TLS to the server), print our peer ID, wait
+  nattrav-fast -s rv.example -d PEER_ID        connect to that peer
+  nattrav-fast -s 198.51.100.1 --server-cert rv.pem -d PEER_ID   a server with a self-signed cert
+  nattrav-fast -s 198.51.100.1 --plain         a lab's plain server
   echo hi | nattrav-fast -s rv.example:7000 -H stun.example:3478 -d PEER_ID
 
-exit codes: 0 connected and done, 2 bad usage, 3 rendezvous server trouble, 4 unknown/offline/refusing
-peer, 5 no path (the message names both NAT behaviours and the odds), 6 timeout, 130 interrupted.
+  NATTRAV_IDENTITY=~/bob.pem nattrav-fast -s 198.51.100.1 -n bob   a second identity, a bound name
+
+identity: our Ed25519 key lives in --identity FILE, else $NATTRAV_IDENTITY, else
+$XDG_CONFIG_HOME/nattrav/identity.pem (made on first use, mode 0600). Our peer ID is derived from it
+(12D3KooW...); -d with a peer ID connects only to the holder of that key, whatever the server says.
+
+exit codes: 0 connected, all data delivered and confirmed, 2 bad usage, 3 rendezvous server trouble,
+4 unknown/offline/refusing peer, or a peer whose key is not the one asked for, 5 no path (the message
+names both NAT behaviours and the odds), 6 timeout, 7 the path broke or our data could not be
+confirmed delivered, 130 interrupted.
 """
 
 
@@ -48,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--server", required=True, metavar="SERVER[:PORT]",
                    help="rendezvous server (default port %d)" % rv.DEFAULT_PORT)
     p.add_argument("-d", "--dest", metavar="PEER_ID",
-                   help="peer to connect to; without it, enroll, print our ID and wait for a peer "
-                        "(an ID starting with '-', from an older server, is given as -d=ID)")
+                   help="peer to connect to: its peer ID (12D3KooW..., the key it must prove) or a name "
+                        "the server binds to a key; without -d, enroll, print our ID and wait for a peer")
     p.add_argument("-H", "--stun", metavar="STUN[:PORT]",
                    help="STUN server (default: the rendezvous server's host, port 3478)")
     p.add_argument("-i", "--src-ip", metavar="IP", help="local IP to send from (default: any)")
@@ -64,14 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
                    f"shows a carrier-grade NAT, whose subscriber gets 1024-2048 in all; less what our bursts of "
                    f"the last {FLOW_LINGER:g} s still hold); more raises the odds of the random-port strategies "
                    f"where the NATs can hold them")
-    p.add_argument("-n", "--name", help="enroll under this name instead of a random ID")
+    p.add_argument("-n", "--name", help="also enroll under this name (the server binds it to our key on "
+                   "first claim; later claims need the same key)")
+    p.add_argument("--identity", metavar="FILE",
+                   help="our identity key (default: $NATTRAV_IDENTITY, else ~/.config/nattrav/identity.pem; "
+                   "created on first use, mode 0600)")
+    p.add_argument("--server-cert", metavar="PEM",
+                   help="talk TLS to the rendezvous server and trust exactly this certificate (a pin; "
+                   "default: TLS checked against the system's CAs and the server's name)")
+    p.add_argument("--plain", action="store_true",
+                   help="a plain (unencrypted) rendezvous link: anyone on the way can read and rewrite "
+                   "the introductions (peer keys are still checked end to end); for labs and tests")
+    p.add_argument("--raw", action="store_true",
+                   help="no QUIC/TLS: the raw punched path (UDP: datagrams authenticated with the "
+                   "server-given session key, not encrypted, not retransmitted; TCP: the plain stream)")
     p.add_argument("--no-cache", action="store_true",
                    help="measure the NAT's behaviour every time and keep nothing (default: kept per network "
                         "in $XDG_CACHE_HOME/nattrav/behavior.json, so a later run skips the RFC 5780 tests)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up connecting after this long (default 30)")
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
-                   help="after stdin ends, wait this long for the peer's data before closing (default 1)")
+                   help="raw UDP path: after stdin ends, wait this long for the peer's data before closing; "
+                   "QUIC/TLS: once the peer has ended, how long a terminal stdin may go on (a file or a "
+                   "pipe is always sent whole) (default 1)")
+    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
+                   help="UDP: declare the path dead (exit 7) after this long without a packet from the peer; "
+                   "keepalives keep a live but quiet path well inside it (default %(default)g)")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
     p.add_argument("--tcp", action="store_true",
                    help="TCP instead of UDP: TCP mappings, low-TTL SYN and simultaneous open; stdin EOF "
@@ -152,22 +186,79 @@ async def _pipe_tcp(stream: Any, linger: float) -> None:
         nursery.cancel_scope.cancel()  # the peer is done; our stdin may never end (a terminal)
 
 
+async def _pipe_secure(stream: Any, linger: float, report: Reporter, path: Any = None) -> None:
+    """stdin -> peer then our end of data, peer -> stdout until its end; leaving the block confirms
+    delivery (QUIC: every byte acknowledged; TLS: the peer's DONE). PathDead when it cannot."""
+    counts = {"sent": 0, "received": 0}
+
+    async def send(data: bytes) -> None:
+        await stream.send_all(data)
+        counts["sent"] += len(data)
+
+    sent = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def to_peer() -> None:
+            await _read_stdin(send)
+            await stream.send_eof()
+            sent.set()
+
+        nursery.start_soon(to_peer)
+        while data := await stream.receive_some(65536):
+            counts["received"] += len(data)
+            _write_stdout(data)
+        # the peer is done; a terminal may never end our stdin, so it gets `linger` seconds, but a
+        # file or a pipe is sent to its end: cutting it would lose data without saying so
+        with trio.move_on_after(linger if os.isatty(0) else math.inf):
+            await sent.wait()
+        nursery.cancel_scope.cancel()
+    if sent.is_set() and hasattr(stream, "wait_delivered"):
+        await stream.wait_delivered(DELIVERY_TIMEOUT)  # TLS; QUIC confirms as the path closes
+    stats = getattr(path, "stats", None)  # QUIC: what reached the socket and what was dropped
+    report("delivered", {**counts, **({"stats": stats} if stats is not None else {})})
+
+
+DELIVERY_TIMEOUT = 10.0
+
+
 async def run(args: argparse.Namespace, report: Reporter) -> int:
     server = parse_hostport(args.server, rv.DEFAULT_PORT)
+    identity, created = load_or_create_identity(args.identity)
+    report("identity", {"peer_id": identity.peer_id.text, "path": str(identity_path(args.identity)),
+                        "created": ", new" if created else ""})
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl,
-                  max_flows=args.max_flows, on_event=report, cache=not args.no_cache)
+                  max_flows=args.max_flows, on_event=report, cache=not args.no_cache, identity=identity,
+                  secure=not args.raw, server_tls=None if args.plain else client_context(args.server_cert))
     if args.tcp:
-        connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
+        connect_, listen_ = connect_tcp, listen_tcp
+        pipe = _pipe_tcp if args.raw else _pipe_secure
     else:
-        connect_, listen_, pipe = connect, listen, _pipe
+        connect_, listen_ = connect, listen
+        pipe = _pipe if args.raw else _pipe_secure
+        common["quic"] = {"idle_timeout": args.idle_timeout}
+
+    async def use(path: Any) -> None:
+        if args.raw:
+            await pipe(path, args.linger)
+        else:
+            await pipe(path.stream if hasattr(path, "stream") else path, args.linger, report, path)
+
     if args.dest:
         async with connect_(server, args.dest, timeout=args.timeout, **common) as path:
-            await pipe(path, args.linger)
+            await use(path)
     else:
         async with listen_(server, name=args.name, **common) as listener:
             async with listener.accept() as path:
-                await pipe(path, args.linger)
+                await use(path)
     return EXIT_OK
+
+
+def _first_handled(group: BaseExceptionGroup) -> BaseException | None:
+    for exc in group.exceptions:
+        found = _first_handled(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, HANDLED):
+            return found
+    return None
 
 
 def _fail(code: int, message: str, as_json: bool) -> int:
@@ -193,11 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-t/--ttl must be in 1..64")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if not 2 * MIN_KEEPALIVE < args.idle_timeout <= 3600:
+        parser.error(f"--idle-timeout must be in {2 * MIN_KEEPALIVE:g}..3600 seconds")
     if args.max_flows is not None and not 1 <= args.max_flows <= FLOW_TABLE_CAP:
         parser.error(f"--max-flows must be in 1..{FLOW_TABLE_CAP}")
+    if args.plain and args.server_cert:
+        parser.error("--plain and --server-cert contradict each other")
+    if args.dest and args.dest.startswith("12D3KooW"):
+        try:
+            PeerId.parse(args.dest)
+        except BadPeerId as exc:
+            parser.error(f"-d: {exc}")
     report = Reporter(args.json, args.verbose)
     try:
-        return trio.run(run, args, report)
+        try:
+            return trio.run(run, args, report)
+        except BaseExceptionGroup as group:
+            # both pipe directions meet the same broken path: one line for the first of them
+            raise _first_handled(group) or group from None
     except HANDLED as exc:
         code = exit_code(exc)
         if isinstance(exc, KeyboardInterrupt):

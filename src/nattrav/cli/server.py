@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import time
 
@@ -29,8 +30,11 @@ from ..errors import RegistryUnavailable, UsageError
 from ..hostport import parse_hostport
 from ..io.gc_policy import keep_collections_short
 from ..io.logsink import LogSink
+from ..io.name_store import load_bindings
+from ..io.rendezvous_tls import server_context
 from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
+from ..proto.rendezvous.names import NameBindings
 from ..proto.rendezvous.wire import MAX_STUN
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
@@ -169,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--registry, the limit of the whole tier (give every instance the same)")
     p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve the rendezvous over TLS with this certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep which identity key owns which name here (names.json), so a name stays its "
+                   "first key's across restarts (default: in memory only; peer-ID names need no state)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return p
@@ -217,29 +226,32 @@ def _stun_for_peers(args: argparse.Namespace, stun_ips: list[str] | None,
 
 
 async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
-              stun_ports: tuple[int, int]) -> int:
+              stun_ports: tuple[int, int], names: NameBindings | None = None,
+              tls: ssl.SSLContext | None = None) -> int:
     """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1)."""
     url = registry_url(args.registry)
     if url is None:
-        return await _serve(args, listen, stun_ips, stun_ports, None)
+        return await _serve(args, listen, stun_ips, stun_ports, None, names, tls)
     from ..io.redis_registry import open_redis_registry
     try:
         async with open_redis_registry(url, instance=args.instance, retain=args.retain, max_peers=args.max_peers,
                                        lease=max(600.0, 4 * args.keepalive_timeout)) as registry:
             log.info("registry %s, instance %s", url, registry.instance)
-            return await _serve(args, listen, stun_ips, stun_ports, registry)
+            return await _serve(args, listen, stun_ips, stun_ports, registry, names, tls)
     except RegistryUnavailable as exc:
         return _fail(str(exc))
 
 
 async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
-                 stun_ports: tuple[int, int], registry) -> int:
+                 stun_ports: tuple[int, int], registry, names: NameBindings | None,
+                 tls: ssl.SSLContext | None) -> int:
     failed: list[int] = []
     shared = {} if registry is None else {"registry": registry, "instance": registry.instance}
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
                              start_margin=args.start_margin, max_conns_per_source=args.max_per_source,
-                             max_peers=args.max_peers, stun=_stun_for_peers(args, stun_ips, stun_ports), **shared)
+                             max_peers=args.max_peers, stun=_stun_for_peers(args, stun_ips, stun_ports),
+                             names=names, **shared)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
         async def on_signal():
@@ -275,7 +287,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
             reserve = 64 + (600 if stun_ips is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
                 listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
-                task_status=task_status))
+                ssl_context=tls, task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:
@@ -283,7 +295,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
             failed.append(_fail(f"cannot listen on {what}: {err.strerror or err}"))
             nursery.cancel_scope.cancel()
             return EXIT_FAILURE
-        _announce("rendezvous", args.json_log, address=f"{bound[0]}:{bound[1]}")
+        _announce("rendezvous", args.json_log, tls="yes" if tls else "no", address=f"{bound[0]}:{bound[1]}")
         if stun_ips is not None:
             try:
                 from ..io.stun_server import serve_stun
@@ -349,12 +361,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--instance must be 1..64 printable characters without spaces")
         if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
             raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
+        names = load_bindings(args.state_dir) if args.state_dir else None
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     sink = _setup_logging(args.json_log, args.verbose)
     started = time.monotonic()
     try:
-        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])))
+        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])), names, tls)
     except KeyboardInterrupt:
         code = EXIT_OK
     if code == 0:

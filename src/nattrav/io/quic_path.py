@@ -59,7 +59,8 @@ class QuicPath:
             self.peer_addr = (str(ipaddress.ip_address(peer_addr[0])), int(peer_addr[1]))
         except ValueError:
             raise ValueError(f"peer address must be an IP address (the punched one), not {peer_addr[0]!r}") from None
-        self.peer_id = expected
+        self.peer_id = expected  # verified by the handshake before any data flows
+        self.punched: Any = None  # the punched path under it, when the API made it (strategy, rtt)
         self.role = role
         self.settings = settings
         self.stream = QuicStream(self, rx_id=3 if role == "client" else 2)
@@ -85,6 +86,11 @@ class QuicPath:
             out["drop_reasons"] = dict(self.drops)
         out["rtt"] = self._conn.smoothed_rtt() if self._conn is not None else None
         return out
+
+    @property
+    def peer_key(self) -> bytes:
+        """The peer's verified Ed25519 public key (raw 32 bytes)."""
+        return self.peer_id.key_bytes
 
     @property
     def rtt(self) -> float | None:

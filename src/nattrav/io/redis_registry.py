@@ -115,6 +115,15 @@ def _info(value: Any) -> bytes:
     return value
 
 
+def _key(value: Any) -> bytes | None:
+    """An identity key as Redis holds it ('' or absent: the peer enrolled without one)."""
+    if value is None or value == b"" or value == "":
+        return None
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise RegistryUnavailable("malformed identity key in Redis")
+    return value
+
+
 def _ended(items: list) -> tuple[Ended, ...]:
     if len(items) % 8:
         raise RegistryUnavailable("malformed list of ended offers from Redis")
@@ -205,23 +214,24 @@ class RedisRegistry:
 
     # -- the Registry interface --
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
-                     secret: str | None, now: float) -> Enrolled | Refusal:
+                     secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:
         given = hash_secret(secret) if secret is not None else b""
         obs = msgpack.packb(list(observed), use_bin_type=True)
         for _ in range(8):
             minted = self._token(24)
             reply = await self._run("enroll", now, home.instance, str(home.conn), source, obs, info, name or "",
-                                    given, self._fresh_id(), hash_secret(minted))
+                                    given, self._fresh_id(), hash_secret(minted), key or b"")
             kind = _text(reply[0]) if reply else ""
             if kind == "again":
                 continue
             if kind == "no" and len(reply) == 3:
                 return _refusal(reply, name=name or "")
-            if kind != "ok" or len(reply) < 5:
+            if kind != "ok" or len(reply) < 6:
                 raise RegistryUnavailable("malformed reply from Redis to enroll")
             self.stats["evicted"] += _int(reply[2])
-            return Enrolled(_text(reply[1]), secret if secret is not None else minted, _home(reply[3], reply[4]),
-                            _ended(reply[5:]))
+            renewed = _text(reply[5]) == "1"
+            return Enrolled(_text(reply[1]), secret if secret is not None and not renewed else minted,
+                            _home(reply[3], reply[4]), _ended(reply[6:]))
         raise RegistryUnavailable("could not mint an unused peer ID")
 
     async def publish_info(self, peer_id: str, home: Home, info: bytes, now: float) -> None:
@@ -241,12 +251,12 @@ class RedisRegistry:
                 continue
             if kind == "no" and len(reply) == 3:
                 return _refusal(reply, target=target)
-            if kind != "ok" or len(reply) != 4:
+            if kind != "ok" or len(reply) != 5:
                 raise RegistryUnavailable("malformed reply from Redis to connect")
             target_home = _home(reply[1], reply[2])
             if target_home is None:
                 raise RegistryUnavailable("Redis offered to a peer with no connection")
-            return Offered(offer_id, target_home, _info(reply[3]), timeout)
+            return Offered(offer_id, target_home, _info(reply[3]), timeout, _key(reply[4]))
         raise RegistryUnavailable("could not mint an unused offer ID")
 
     async def answer(self, peer_id: str, home: Home, offer_id: str, accept: bool, now: float) -> Answered | Refusal:
@@ -254,13 +264,13 @@ class RedisRegistry:
         kind = _text(reply[0]) if reply else ""
         if kind == "no" and len(reply) == 3:
             return _refusal(reply)
-        if kind != "ok" or len(reply) != 7:
+        if kind != "ok" or len(reply) != 9:
             raise RegistryUnavailable("malformed reply from Redis to answer")
         rid = _text(reply[4])
         initiator_home = _home(reply[2], reply[3])
         initiator_info = _info(reply[5]) if initiator_home is not None else b""
         return Answered(offer_id, _text(reply[1]), initiator_home, _int(rid) if rid else None, initiator_info,
-                        _info(reply[6]))
+                        _info(reply[6]), _key(reply[7]), _key(reply[8]))
 
     async def expire_offer(self, offer_id: str, now: float) -> Ended | None:
         ended = _ended(await self._run("expire_offer", now, offer_id))

@@ -4,7 +4,8 @@ that enroll, connect and answer at the same moment never see half an operation, 
 They follow the in-memory registry (proto/rendezvous/memory.py) rule for rule; one test suite
 (tests/proto/test_rendezvous_registry.py) runs on both. Keys (P is the prefix, "nattrav:" by default):
 
-    P p:ID      hash of a peer: sh (SHA-256 of its secret), info (packed node info), obs, src, inst and
+    P p:ID      hash of a peer: sh (SHA-256 of its secret), key (the identity key it proved at
+                enroll; absent or empty: none), info (packed node info), obs, src, inst and
                 conn (where it is connected; empty: offline), off (offline since). TTL: its lease while
                 online (refreshed by its instance), `retain` once offline
     P s:SRC     zset: the peers registered from one source, oldest first (per-source cap)
@@ -54,10 +55,10 @@ local function forget(id)
   if f[2] and f[2] ~= '' then redis.call('SREM', P .. 'i:' .. f[2], id) end
 end
 
--- A peer's record (sh, src, inst, conn, off), nil when unknown; an offline peer whose retention is
--- over by the caller's clock is forgotten here (Redis's own TTL may not have fired yet).
+-- A peer's record (sh, src, inst, conn, off, key), nil when unknown; an offline peer whose retention
+-- is over by the caller's clock is forgotten here (Redis's own TTL may not have fired yet).
 local function peer(id)
-  local f = redis.call('HMGET', pk(id), 'sh', 'src', 'inst', 'conn', 'off')
+  local f = redis.call('HMGET', pk(id), 'sh', 'src', 'inst', 'conn', 'off', 'key')
   if not f[1] then return nil end
   if f[3] == '' and f[5] and f[5] ~= '' and tonumber(f[5]) + retain <= now then
     forget(id)
@@ -111,11 +112,13 @@ local function at(id, inst, conn)
 end
 """
 
-# ARGV[A..]: inst conn source observed info name secret_hash candidate_id candidate_hash
-# -> {'ok', id, evicted, replaced_inst, replaced_conn, ended...} | {'no', code, message} | {'again'}
+# ARGV[A..]: inst conn source observed info name secret_hash candidate_id candidate_hash key
+# -> {'ok', id, evicted, replaced_inst, replaced_conn, renewed, ended...} | {'no', code, message} | {'again'}
+# (renewed '1': the peer's secret is now candidate_hash's: a peer with a key proved it by the key)
 ENROLL = PRELUDE + r"""
 local inst, conn, src, obs, info = ARGV[A], ARGV[A + 1], ARGV[A + 2], ARGV[A + 3], ARGV[A + 4]
-local name, sh, cand, cand_sh = ARGV[A + 5], ARGV[A + 6], ARGV[A + 7], ARGV[A + 8]
+local name, sh, cand, cand_sh, key = ARGV[A + 5], ARGV[A + 6], ARGV[A + 7], ARGV[A + 8], ARGV[A + 9]
+local renewed = '0'
 local evicted = 0
 
 local function make_room(new_peer)
@@ -154,8 +157,19 @@ local id, out = nil, {}
 local rinst, rconn = '', ''
 local existing = name ~= '' and peer(name) or nil
 if existing then
-  if sh == '' or existing[1] ~= sh then return {'no', 'name-taken', 'belongs to another peer'} end
+  local proven
+  if existing[6] and existing[6] ~= '' then
+    proven = key ~= '' and existing[6] == key
+  else
+    proven = sh ~= '' and existing[1] == sh
+  end
+  if not proven then return {'no', 'name-taken', 'belongs to another peer'} end
   id = name
+  if key ~= '' then
+    -- a key proves it each time; the secret (for key-less clients) is only renewed
+    redis.call('HSET', pk(id), 'key', key, 'sh', cand_sh)
+    renewed = '1'
+  end
   if existing[2] ~= src then
     local refusal = make_room(false)
     if refusal then return {'no', 'busy', refusal} end
@@ -175,7 +189,7 @@ else
   if refusal then return {'no', 'busy', refusal} end
   id = name ~= '' and name or cand
   if redis.call('EXISTS', pk(id)) == 1 then return {'again'} end
-  redis.call('HSET', pk(id), 'sh', sh ~= '' and sh or cand_sh)
+  redis.call('HSET', pk(id), 'sh', sh ~= '' and sh or cand_sh, 'key', key)
   redis.call('ZADD', P .. 's:' .. src, num(now), id)
 end
 redis.call('HSET', pk(id), 'src', src, 'inst', inst, 'conn', conn, 'obs', obs, 'info', info, 'off', '')
@@ -184,7 +198,7 @@ redis.call('PEXPIRE', P .. 's:' .. src, ms(math.max(lease, retain)))
 redis.call('ZADD', P .. 'all', num(now + lease), id)
 redis.call('SADD', P .. 'i:' .. inst, id)
 redis.call('PEXPIRE', P .. 'i:' .. inst, ms(lease))
-local reply = {'ok', id, tostring(evicted), rinst, rconn}
+local reply = {'ok', id, tostring(evicted), rinst, rconn, renewed}
 for _, v in ipairs(out) do reply[#reply + 1] = v end
 return reply
 """
@@ -206,7 +220,7 @@ return out
 """
 
 # ARGV[A..]: id inst conn target timeout rid offer_id
-# -> {'ok', target_inst, target_conn, info} | {'no', code, message} | {'again'}
+# -> {'ok', target_inst, target_conn, info, key} | {'no', code, message} | {'again'}
 CONNECT = PRELUDE + r"""
 local id, inst, conn, target = ARGV[A], ARGV[A + 1], ARGV[A + 2], ARGV[A + 3]
 local timeout, rid, oid = tonumber(ARGV[A + 4]), ARGV[A + 5], ARGV[A + 6]
@@ -239,11 +253,11 @@ for _, p in ipairs({id, target}) do
   redis.call('SADD', P .. 'po:' .. p, oid)
   redis.call('PEXPIRE', P .. 'po:' .. p, ms(math.max(lease, retain)))
 end
-return {'ok', t[3], t[4], redis.call('HGET', pk(id), 'info')}
+return {'ok', t[3], t[4], redis.call('HGET', pk(id), 'info'), redis.call('HGET', pk(id), 'key') or ''}
 """
 
 # ARGV[A..]: id inst conn offer_id
-# -> {'ok', initiator, ini_inst, ini_conn, rid, ini_info, info} | {'no', code, message}
+# -> {'ok', initiator, ini_inst, ini_conn, rid, ini_info, info, ini_key, key} | {'no', code, message}
 ANSWER = PRELUDE + r"""
 local id, oid = ARGV[A], ARGV[A + 3]
 local ok = at(id, ARGV[A + 1], ARGV[A + 2])
@@ -255,7 +269,8 @@ redis.call('SREM', P .. 'po:' .. f[1], oid)
 redis.call('SREM', P .. 'po:' .. id, oid)
 local ii, ic = home(f[1])
 local ini_info = redis.call('HGET', pk(f[1]), 'info') or ''
-return {'ok', f[1], ii or '', ic or '', f[3] or '', ini_info, redis.call('HGET', pk(id), 'info')}
+return {'ok', f[1], ii or '', ic or '', f[3] or '', ini_info, redis.call('HGET', pk(id), 'info'),
+        redis.call('HGET', pk(f[1]), 'key') or '', redis.call('HGET', pk(id), 'key') or ''}
 """
 
 # ARGV[A..]: offer_id -> {ended...} (empty when it had ended already)

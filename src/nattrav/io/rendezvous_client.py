@@ -25,6 +25,7 @@ each to a randomly chosen other one, so the peers of an instance that died sprea
 from __future__ import annotations
 
 import itertools
+import ssl
 import logging
 import random
 from contextlib import asynccontextmanager
@@ -45,6 +46,8 @@ from ..errors import (
     ServerUnreachable,
 )
 from ..hostport import parse_hostport
+from ..identity import Identity
+from ..proto.rendezvous.names import enroll_proof
 from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from .framing import FrameStream
 from .rendezvous_link import Link, Reply, error_from
@@ -62,17 +65,21 @@ class Offer:
     peer_id: str
     peer_info: dict
     expires: float  # trio.current_time() of this process
+    peer_key: bytes | None = None  # the identity key the initiator proved to the server, if any
 
 
 class RendezvousClient:
     def __init__(self, server: tuple[str, int] | list[tuple[str, int]], *, info: dict | None = None,
                  connect_timeout: float = 10.0, local_address: str | None = None, reconnect: bool = True,
-                 ping_timeout: float | None = None):
+                 ping_timeout: float | None = None, identity: Identity | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.servers = list(server) if isinstance(server, list) else [server]
         if not self.servers:
             raise ValueError("no rendezvous server given")
         self.server = self.servers[0]  # the one enrolled with (or being tried)
         self.stun: list[tuple[str, int]] = []  # STUN servers the tier named in the enroll reply
+        self.tls = tls  # None: a plain link (io/rendezvous_tls.py makes the contexts)
+        self.identity = identity  # enroll by proving this key (proto/rendezvous/names.py)
         self.peer_id = ""
         self.secret = ""
         self.observed: tuple[str, int] | None = None  # our address as the server sees it
@@ -119,6 +126,8 @@ class RendezvousClient:
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
+        if self.tls is not None:
+            stream = await self._start_tls(stream)
         link = Link(stream, FrameStream(stream, SERVER_MESSAGES))
         enrolled = False
         try:
@@ -137,9 +146,42 @@ class RendezvousClient:
             if not enrolled:
                 await trio.aclose_forcefully(stream)
 
+    async def _start_tls(self, stream: trio.SocketStream) -> trio.SSLStream:
+        host, port = self.server
+        tls = trio.SSLStream(stream, self.tls, server_hostname=host, https_compatible=False)
+        try:
+            with trio.fail_after(self._connect_timeout):
+                await tls.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+            await trio.aclose_forcefully(tls)
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                why = f"its certificate does not verify ({cause.verify_message})"
+            elif isinstance(exc, trio.TooSlowError):
+                why = "no TLS handshake in time"
+            else:
+                why = f"the TLS handshake failed ({cause or exc}); is it a plain server? (--plain, for a lab)"
+            raise ServerUnreachable(f"rendezvous server {host}:{port}: {why}") from None
+        return tls
+
     async def _enroll(self, link: Link, name: str | None, secret: str | None) -> None:
+        proof: dict = {}
+        if self.identity is not None:
+            # a name (ours, or our key's peer ID) claimed by signing this connection's challenge
+            name = name or self.identity.peer_id.text
+            await link.frames.send(make("challenge", id=0))
+            msg = await link.frames.receive()
+            if msg is None:
+                raise ServerGone("the server closed the connection during enroll")
+            if msg["t"] == "error":
+                raise error_from(msg)
+            if msg["t"] != "challenge" or "nonce" not in msg:
+                raise ProtocolViolation(f"expected challenge, got {msg['t']}")
+            proof = {"key": self.identity.peer_id.key_bytes,
+                     "sig": self.identity.sign(enroll_proof(msg["nonce"], name))}
+            secret = None
         sent = trio.current_time()
-        await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret))
+        await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret, **proof))
         msg = await link.frames.receive()
         if msg is None:
             raise ServerGone("the server closed the connection during enroll")
@@ -180,7 +222,8 @@ class RendezvousClient:
             reply.msg = msg
             reply.event.set()
         elif kind == "offer":
-            offer = Offer(msg["offer"], msg["from"], msg["info"], self.to_local(msg["expires"]))
+            offer = Offer(msg["offer"], msg["from"], msg["info"], self.to_local(msg["expires"]),
+                          msg.get("from_key"))
             try:
                 self._offers_send.send_nowait(offer)
             except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -401,8 +444,11 @@ async def open_rendezvous(
     local_address: str | None = None,
     reconnect: bool = True,
     ping_timeout: float | None = None,
+    identity: Identity | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RendezvousClient]:
-    """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``).
+    """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``,
+    or with ``identity``: then the name defaults to its peer ID and is proven by a signature).
 
     The first enrollment's failure is raised here. Later losses are handled inside: with
     ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
@@ -416,7 +462,8 @@ async def open_rendezvous(
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
     client = RendezvousClient(servers if len(servers) > 1 else servers[0], info=info, connect_timeout=connect_timeout,
-                              local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout)
+                              local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout,
+                              identity=identity, tls=tls)
     link = await client._open_link(name, secret)
     client._link = link
     try:

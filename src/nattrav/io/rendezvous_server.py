@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import os
+import ssl
 import resource
 import time
 
@@ -80,12 +81,12 @@ class _ConnIO:
     """
 
     __slots__ = ("addr", "stream", "fd", "pause", "limit", "queue", "queued", "writing", "write_since",
-                 "idle", "below_pause", "read_scope", "write_scope")
+                 "idle", "below_pause", "read_scope", "write_scope", "running_scope")
 
-    def __init__(self, stream: trio.SocketStream, addr: tuple, pause: int, limit: int):
+    def __init__(self, stream: trio.abc.Stream, addr: tuple, pause: int, limit: int, fd: int | None):
         self.addr = addr
         self.stream = stream
-        self.fd = stream.socket.fileno()
+        self.fd = fd  # None over TLS: every write goes through the stream (the writer task)
         self.pause = pause
         self.limit = limit
         self.queue: collections.deque[bytes] = collections.deque()
@@ -96,6 +97,13 @@ class _ConnIO:
         self.below_pause: trio.Event | None = None  # None: not paused
         self.read_scope = trio.CancelScope()
         self.write_scope = trio.CancelScope()  # cancelled: unsent frames are dropped
+        self.running_scope: trio.CancelScope | None = None  # the writer task's, while it runs
+
+    def cancel_writes(self) -> None:
+        """Drop what is unsent, now and from now on (the running writer's scope and the next)."""
+        self.write_scope.cancel()
+        if self.running_scope is not None:
+            self.running_scope.cancel()
 
     def queue_more(self, data: bytes) -> bool:
         if self.queued + len(data) > self.limit:
@@ -230,7 +238,8 @@ class _Dispatcher:
                 self._drop(conn, io, f"peer does not read its frames ({io.queued} bytes queued)")
             return
         try:
-            sent = os.write(io.fd, data)  # a non-blocking socket: takes what fits, never waits
+            # a non-blocking socket: takes what fits, never waits (TLS: all of it to the writer)
+            sent = os.write(io.fd, data) if io.fd is not None else 0
         except BlockingIOError:
             sent = 0
         except OSError as exc:  # reset or gone: the reader sees it too
@@ -244,8 +253,14 @@ class _Dispatcher:
             self.nursery.start_soon(self._writer, conn, io)
 
     async def _writer(self, conn: int, io: _ConnIO) -> None:
+        scope = io.write_scope  # a scope is entered once; a TLS connection runs a writer per burst
+        if not scope.cancel_called:
+            io.write_scope = trio.CancelScope()
         try:
-            with io.write_scope:
+            if scope.cancel_called:
+                return  # the connection was dropped: its unsent frames go with it
+            io.running_scope = scope
+            with scope:
                 while io.queue:
                     data = io.queue.popleft() if len(io.queue) == 1 else b"".join(io.queue)
                     io.queue.clear()
@@ -257,6 +272,7 @@ class _Dispatcher:
             self._drop(conn, io, f"write failed: {type(exc).__name__}")
             self.run()
         finally:
+            io.running_scope = None
             io.writing = False
             io.write_since = None
             self.writers.pop(conn, None)
@@ -265,7 +281,7 @@ class _Dispatcher:
     def _drop(self, conn: int, io: _ConnIO, reason: str) -> None:
         log.info("conn %d %s: dropping: %s", conn, io.addr, reason)
         io.read_scope.cancel()
-        io.write_scope.cancel()
+        io.cancel_writes()
         if conn in self.state.conns:
             if self.shared:  # the connection's own task tells the registry (it may take a round trip)
                 return
@@ -315,6 +331,7 @@ async def serve_rendezvous(
     pause_reading: int = 256 * 1024,
     max_queued: int = 1024 * 1024,
     write_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
     **state_options,
 ) -> None:
     """Run the rendezvous server forever on host:port (port 0 picks one).
@@ -324,7 +341,8 @@ async def serve_rendezvous(
     ``state_options`` (keepalive_timeout, offer_timeout, start_margin, max_conns_per_source, ... of
     RendezvousServer). ``max_connections`` is lowered to what the file-descriptor limit allows once
     its soft value is raised to the hard one (``fd_reserve`` descriptors are left for the rest of the
-    process); a connection beyond it gets a ``busy`` error and is closed.
+    process); a connection beyond it gets a ``busy`` error and is closed. ``ssl_context``: serve
+    over TLS (io/rendezvous_tls.py's server_context).
     """
     state = state if state is not None else RendezvousServer(**state_options)
     max_connections = fit_connections(max_connections, fd_reserve)
@@ -350,7 +368,12 @@ async def serve_rendezvous(
                 pass
             await trio.aclose_forcefully(stream)
             return
-        io = _ConnIO(stream, tuple(addr), pause_reading, max_queued)
+        if ssl_context is not None:
+            # the handshake runs on the first read, inside the enroll deadline the state machine keeps
+            stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=False)
+            io = _ConnIO(stream, tuple(addr), pause_reading, max_queued, None)
+        else:
+            io = _ConnIO(stream, tuple(addr), pause_reading, max_queued, stream.socket.fileno())
         disp.conns[conn] = io
         try:
             state.connection_made(conn, addr, trio.current_time())
@@ -370,8 +393,8 @@ async def serve_rendezvous(
                             log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
                             break
                         disp.run()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
+                    pass  # (a failed TLS handshake arrives as BrokenResourceError)
             if conn in state.conns:
                 await disp.call(state.aconnection_lost(conn, trio.current_time()))
                 disp.run()
@@ -383,7 +406,7 @@ async def serve_rendezvous(
             log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
         finally:
             disp.conns.pop(conn, None)
-            io.write_scope.cancel()
+            io.cancel_writes()
             if conn in state.conns:  # cancelled from outside, or an unexpected error
                 with trio.CancelScope(shield=True):
                     await state.aconnection_lost(conn, trio.current_time())

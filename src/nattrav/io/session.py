@@ -24,6 +24,7 @@ class Session:
     peer_id: str = ""
     peer_info: dict[str, Any] = field(default_factory=dict)  # the peer's node info (its report, ...)
     nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_LEN))  # ours, for the handshake
+    peer_key: bytes | None = None  # the identity key the server says the peer proved (not trusted alone)
     # OUR address as the rendezvous server saw it (the peer's is in peer_info["observed"]): the two
     # decide whether the peers share a network (proto/planner/lan.py)
     observed: tuple[str, int] | None = None
@@ -33,8 +34,9 @@ class Session:
                    observed: tuple[str, int] | None = None) -> Session:
         """From the rendezvous' (schema-checked) "session" frame; `to_local` maps the server's clock
         to ours (io/rendezvous_client.py's ClockMap); `observed`: where the server saw us."""
+        key = msg.get("peer_key")
         return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
-                   msg["info"], observed=observed)
+                   msg["info"], observed=observed, peer_key=bytes(key) if key is not None else None)
 
     def start_in(self) -> float:
         """Seconds until the agreed start (negative once it passed)."""

@@ -51,7 +51,9 @@ async def run_agent(args: argparse.Namespace) -> None:
         try:
             with trio.fail_after(args.trial_timeout + (args.wait if args.role == "listen" else 0.0)):
                 if args.role == "listen":
-                    async with listen(server, name=name, behavior=behavior, on_event=on_event) as lst:
+                    # the raw punched path: the matrix measures traversal, not QUIC/TLS
+                    async with listen(server, name=name, behavior=behavior, on_event=on_event,
+                                      secure=False) as lst:
                         _emit({"event": "ready", "trial": i})
                         async with lst.accept() as path:
                             path = LineStream(path) if args.tcp else path
@@ -61,7 +63,7 @@ async def run_agent(args: argparse.Namespace) -> None:
                     while True:
                         try:
                             async with connect(server, name, behavior=behavior, on_event=on_event,
-                                               timeout=args.trial_timeout) as path:
+                                               timeout=args.trial_timeout, secure=False) as path:
                                 path = LineStream(path) if args.tcp else path
                                 row.update(connected(path, marks))
                                 got = await path.receive()

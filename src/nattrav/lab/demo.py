@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -52,7 +54,8 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bo
     out(f"nattrav demo ({proto}): peer a behind a '{left}' NAT, peer b behind a '{right}' NAT"
         + (f", shape '{shape}'" if shape else ""))
     t0 = time.monotonic()
-    with Lab(left=left, right=right, shape=shape) as lab:
+    # each peer its own identity key: the lab's hosts share one disk
+    with Lab(left=left, right=right, shape=shape) as lab, tempfile.TemporaryDirectory(prefix="nattrav-demo-") as keys:
         out(f"lab up in {time.monotonic() - t0:.2f} s: a={lab.ip('a')} behind {lab.wan_ip('a')}, "
             f"b={lab.ip('b')} behind {lab.wan_ip('b')}, servers {lab.S1} and {lab.S2}")
         py = sys.executable
@@ -61,10 +64,11 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bo
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
         out(f"servers up: rendezvous {lab.S1}:{SERVER_PORT}, STUN {lab.S1}:3478 + {lab.S2}:3479")
-        fast = [py, "-m", "nattrav.cli.fast", "-s", f"{lab.S1}:{SERVER_PORT}", "--json",
+        fast = [py, "-m", "nattrav.cli.fast", "-s", f"{lab.S1}:{SERVER_PORT}", "--plain", "--json",
                 "--timeout", str(timeout), "--linger", "2"] + (["--tcp"] if tcp else [])
         events: queue.Queue = queue.Queue()
-        b = lab.popen("b", fast, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        b = lab.popen("b", fast + ["--identity", os.path.join(keys, "b.pem")], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _events(b, "b", events)
         peer_id = None
         a = None
@@ -89,7 +93,7 @@ def run_demo(left: str, right: str, timeout: float = 60.0, out=print, *, tcp: bo
                 out(shown)
             if ev.get("event") == "enrolled" and a is None:
                 peer_id = ev["peer_id"]
-                a = lab.popen("a", fast + ["-d", peer_id], stdin=subprocess.PIPE,
+                a = lab.popen("a", fast + ["--identity", os.path.join(keys, "a.pem"), "-d", peer_id], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 _events(a, "a", events)
                 a.stdin.write(b"hello from a\n")

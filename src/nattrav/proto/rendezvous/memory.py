@@ -56,11 +56,15 @@ class MemoryRegistry(OfferBook):
         return peer
 
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
-                     secret: str | None, now: float) -> Enrolled | Refusal:
+                     secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:
         existing = self.peers.get(name) if name is not None else None
         replaced, ended = None, ()
         if existing is not None:
-            if secret is None or not hmac.compare_digest(existing.secret_hash, hash_secret(secret)):
+            if existing.key is not None:
+                proven = key is not None and hmac.compare_digest(existing.key, key)
+            else:
+                proven = secret is not None and hmac.compare_digest(existing.secret_hash, hash_secret(secret))
+            if not proven:
                 return Refusal(ErrorCode.NAME_TAKEN, f"{cut(name)} belongs to another peer")
             if existing.source != source:
                 refusal = self._make_room(source, new_peer=False)
@@ -75,6 +79,11 @@ class MemoryRegistry(OfferBook):
             old = home_of(existing)
             replaced = old if old is not None and old != home else None
             peer = existing
+            if key is not None:
+                # a key proves it each time; the secret (for key-less clients) is only renewed
+                peer.key = key
+                secret = self._token(24)
+                peer.secret_hash = hash_secret(secret)
             peer.offline_since = None
             self._offline.pop(peer.peer_id, None)
             self._timers.cancel(("peer", peer.peer_id))
@@ -88,7 +97,7 @@ class MemoryRegistry(OfferBook):
             while peer_id is None or peer_id in self.peers or not NAME_RE.match(peer_id):
                 peer_id = self._token(16)
             secret = secret if secret is not None else self._token(24)
-            peer = _Peer(peer_id, hash_secret(secret), b"", observed, source, None)
+            peer = _Peer(peer_id, hash_secret(secret), b"", observed, source, None, key=key)
             self.peers[peer_id] = peer
             self._peers_of.setdefault(source, {})[peer_id] = None
         peer.conn, peer.instance = home.conn, home.instance

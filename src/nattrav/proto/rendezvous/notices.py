@@ -30,10 +30,11 @@ _STR, _INT, _NUM, _BYTES = (str,), (int,), (int, float), (bytes,)
 
 NOTICES: dict[str, Spec] = {
     "offer": {"to": (_STR, True), "conn": (_INT, True), "sent": (_NUM, True), "offer": (_STR, True),
-              "from": (_STR, True), "info": (_BYTES, True), "expires_in": (_NUM, True)},
+              "from": (_STR, True), "info": (_BYTES, True), "expires_in": (_NUM, True),
+              "from_key": (_BYTES, False)},
     "session": {"to": (_STR, True), "conn": (_INT, True), "sent": (_NUM, True), "id": (_INT, False),
                 "session": (_STR, True), "peer": (_STR, True), "info": (_BYTES, True), "key": (_BYTES, True),
-                "role": (_STR, True), "start_in": (_NUM, True)},
+                "role": (_STR, True), "start_in": (_NUM, True), "peer_key": (_BYTES, False)},
     "error": {"to": (_STR, True), "conn": (_INT, True), "sent": (_NUM, True), "id": (_INT, False),
               "code": (_STR, True), "message": (_STR, True), "ends": (_STR, False)},
     "cancel": {"to": (_STR, True), "conn": (_INT, True), "sent": (_NUM, True), "offer": (_STR, True),
@@ -79,6 +80,8 @@ def unpack_notice(data: bytes, wall: float) -> dict:
         note["info"] = Packed(note["info"])
     if note["t"] == "session" and (len(note["key"]) != 32 or note["role"] not in ("first", "second")):
         raise BadMessage("notice: bad session key or role")
+    if any(len(note.get(k, b"0" * 32)) != 32 for k in ("from_key", "peer_key")):
+        raise BadMessage("notice: an identity key is not 32 bytes")
     transit = min(max(wall - note["sent"], 0.0), MAX_TRANSIT)
     for key in ("expires_in", "start_in"):
         if key in note:

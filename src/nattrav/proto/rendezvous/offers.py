@@ -42,7 +42,7 @@ class OfferBook:
         self.offers[offer_id] = _Offer(offer_id, peer_id, target_id, peer.source, request_id, now + timeout)
         peer.offers.add(offer_id)
         target.offers.add(offer_id)
-        return Offered(offer_id, home_of(target), peer.info, timeout)
+        return Offered(offer_id, home_of(target), peer.info, timeout, peer.key)
 
     def _offer_refusal(self: MemoryRegistry, peer: _Peer, target: _Peer) -> str | None:
         """Why this connect may not add a pending offer (None: it may). A target's slots are shared
@@ -70,7 +70,8 @@ class OfferBook:
         self._drop_offer(offer)
         initiator = self.peers.get(offer.initiator)
         return Answered(offer_id, offer.initiator, home_of(initiator), offer.request_id,
-                        initiator.info if initiator is not None else b"", peer.info)
+                        initiator.info if initiator is not None else b"", peer.info,
+                        initiator.key if initiator is not None else None, peer.key)
 
     async def expire_offer(self: MemoryRegistry, offer_id: str, now: float) -> Ended | None:
         offer = self.offers.get(offer_id)

@@ -42,6 +42,7 @@ class _Peer:
     instance: str = ""
     offline_since: float | None = None
     offers: set = field(default_factory=set)  # pending offer ids this peer is part of
+    key: bytes | None = None  # the identity key it proved at enroll (names.py), if it used one
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class _Conn:
     peer: str | None = None
     last_seen: float = 0.0
     busy: bool = False  # an enroll is waiting for the registry
+    challenge: bytes | None = None  # the nonce an enroll with a key must sign (one use)
 
 
 @dataclass(slots=True)

@@ -63,6 +63,7 @@ class Offered:
     target_home: Home
     info: bytes  # the initiator's packed node info, for the offer frame
     timeout: float  # seconds the target has
+    key: bytes | None = None  # the identity key the initiator proved at enroll (None: it used none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,10 @@ class Answered:
     request_id: int | None
     initiator_info: bytes
     info: bytes  # the answering peer's packed node info
+    # the identity keys the two proved at enroll (None: enrolled without one); each side is told the
+    # other's, and still checks it against what it asked for: the server only introduces
+    initiator_key: bytes | None = None
+    key: bytes | None = None
 
 
 class Registry(Protocol):
@@ -84,7 +89,10 @@ class Registry(Protocol):
     stats: dict[str, int]
 
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
-                     secret: str | None, now: float) -> Enrolled | Refusal: ...
+                     secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:
+        """`key`: the identity key the front checked the peer's proof of (names.py). A peer that
+        enrolled with a key must show it again to take its name back (its secret is then renewed);
+        one without a key shows its secret."""
 
     async def publish_info(self, peer_id: str, home: Home, info: bytes, now: float) -> None: ...
 

@@ -22,12 +22,14 @@ from typing import Any, Callable, Coroutine
 
 import msgpack
 
-from ...errors import BadFrame, LocalProtocolError, RegistryUnavailable
+from ...errors import BadFrame, LocalProtocolError, RegistryUnavailable, WrongPeer
+from ..schema import cut
 from ..timers import Timers
 from ..vocab import Role
 from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
+from .names import CHALLENGE_BYTES, NameBindings, verify_enroll
 from .records import Close, Relay, Send, _Conn, source_key
 from .registry import Answered, Ended, Home, Refusal, Registry
 from .wire import (
@@ -76,6 +78,8 @@ class RendezvousServer:
         stun: list[tuple[str, int]] | None = None,
         # randomness (tests pass deterministic ones)
         token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
+        # which key holds which name (names.py); the I/O layer passes one that persists
+        names: NameBindings | None = None,
     ):
         check_limits(max_conns_per_source=max_conns_per_source)
         if registry is None:
@@ -100,6 +104,7 @@ class RendezvousServer:
         self.stun = [[str(h), int(p)] for h, p in stun] if stun else None
         self._stun_turn = 0
         self._key = key
+        self.names = names if names is not None else NameBindings()
         self.conns: dict[int, _Conn] = {}
         self._out: list[Send | Close | Relay] = []
         # one deadline per connection (enroll, then keepalive) and per offer one of our peers made
@@ -170,11 +175,11 @@ class RendezvousServer:
             return  # that connection ended, or is someone else's now
         if kind == "offer":
             self._send(conn, "offer", offer=note["offer"], **{"from": note["from"]}, info=note["info"],
-                       expires=now + note["expires_in"])
+                       expires=now + note["expires_in"], from_key=note.get("from_key"))
         elif kind == "session":
             self._send(conn, "session", id=note.get("id"), session=note["session"], key=note["key"],
                        start_at=now + note["start_in"], now=now, peer=note["peer"], info=note["info"],
-                       role=note["role"])
+                       role=note["role"], peer_key=note.get("peer_key"))
         elif kind == "error":
             self._error(conn, ErrorCode(note["code"]), note["message"], note.get("id"))
         elif kind == "cancel":
@@ -357,6 +362,10 @@ class RendezvousServer:
         if kind == "enroll":
             await self._enroll(conn, c, msg, rid, now)
             return
+        if kind == "challenge":
+            c.challenge = self._key(CHALLENGE_BYTES)
+            self._send(conn, "challenge", id=rid, nonce=c.challenge)
+            return
         if c.peer is None:
             self._error(conn, ErrorCode.BAD_REQUEST, f"{kind} before enroll", rid)
             return
@@ -389,10 +398,29 @@ class RendezvousServer:
         if name is not None and not NAME_RE.match(name):
             self._error(conn, ErrorCode.BAD_REQUEST, "name must be 1..64 of [A-Za-z0-9._-]", rid)
             return
+        key = msg.get("key")
+        if key is not None:
+            # a claim by key: the proof is this connection's, so the front checks it, not the registry
+            challenge, c.challenge = c.challenge, None  # one use
+            try:
+                pid = verify_enroll(challenge, name if name is not None else "", key, msg["sig"])
+            except WrongPeer as exc:
+                self._error(conn, ErrorCode.BAD_REQUEST, f"enroll refused: {exc}", rid)
+                return
+            if name is None:
+                self._error(conn, ErrorCode.BAD_REQUEST, f"enroll with a key names itself ({pid})", rid)
+                return
+        if name is not None:
+            # checked before the registry takes the name: an entry made for a claimant the bindings
+            # refuse would hold the name against its key's owner until its retention ends
+            why = self.names.check(name, key)
+            if why is not None:
+                self._error(conn, ErrorCode.NAME_TAKEN, cut(why), rid)
+                return
         home = self._home(conn)
         try:
             got = await self.registry.enroll(home, c.source, c.addr, self._public_info(msg.get("info"), c.addr),
-                                             name, secret, now)
+                                             name, secret, now, key=key)
         except RegistryUnavailable:
             # It may have run all the same (a reply lost or late): the name would then stay online
             # at a connection that is not enrolled here, and without the secret it never got, its
@@ -409,7 +437,10 @@ class RendezvousServer:
             self._tell_ended(ended, ErrorCode.OFFLINE, f"{got.peer_id} enrolled again", now)
         if got.replaced is not None:
             self._notify(got.replaced, notice("evict", got.peer_id, got.replaced.conn), now)
-        if conn not in self.conns:  # the connection ended while the registry was asked
+        refusal = self._bind_name(name, key) if key is not None else None
+        if conn not in self.conns or refusal is not None:  # the connection ended while the registry was asked
+            if refusal is not None:
+                self._error(conn, refusal.code, refusal.message, rid)
             await self._offline(got.peer_id, conn, now)
             return
         c.peer = got.peer_id
@@ -423,6 +454,15 @@ class RendezvousServer:
         self._send(conn, "enrolled", id=rid, peer=got.peer_id, secret=got.secret, keepalive=self.keepalive,
                    now=now, observed=list(c.addr), **fields)
 
+    def _bind_name(self, name: str, key: bytes) -> Refusal | None:
+        """Bind `name` to `key` once the registry took the enrollment (its proof of ownership came
+        first); None when bound, else why not (a race with another key, or the store failed)."""
+        try:
+            why = self.names.claim(name, key)
+        except OSError as exc:
+            return Refusal(ErrorCode.BUSY, f"cannot store the name binding: {exc}")
+        return None if why is None else Refusal(ErrorCode.NAME_TAKEN, cut(why))
+
     async def _connect(self, conn: int, peer_id: str, msg: dict, rid: int | None, now: float) -> None:
         timeout = float(msg.get("timeout", self.offer_timeout))
         if not math.isfinite(timeout):
@@ -435,7 +475,7 @@ class RendezvousServer:
         self._timers.set(("offer", got.offer_id), now + got.timeout)
         self._notify(got.target_home, notice("offer", msg["target"], got.target_home.conn, offer=got.offer_id,
                                              info=Packed(got.info), expires_in=got.timeout,
-                                             **{"from": peer_id}), now)
+                                             from_key=got.key, **{"from": peer_id}), now)
 
     async def _answer(self, conn: int, peer_id: str, msg: dict, rid: int | None, now: float) -> None:
         got = await self.registry.answer(peer_id, self._home(conn), msg["offer"], msg["t"] == "accept", now)
@@ -462,9 +502,10 @@ class RendezvousServer:
         self._notify(got.initiator_home, notice("session", got.initiator, got.initiator_home.conn,
                                                 id=got.request_id, session=got.offer_id, key=key,
                                                 peer=peer_id, info=Packed(got.info), role=Role.FIRST.value,
-                                                start_in=start_in), now)
+                                                start_in=start_in, peer_key=got.key), now)
         self._send(conn, "session", id=rid, session=got.offer_id, key=key, start_at=now + start_in, now=now,
-                   peer=got.initiator, info=Packed(got.initiator_info), role=Role.SECOND.value)
+                   peer=got.initiator, info=Packed(got.initiator_info), role=Role.SECOND.value,
+                   peer_key=got.initiator_key)
 
     def margin_for(self, *infos: bytes) -> float:
         """Seconds from an accept to the agreed start for a session of the peers with these packed

@@ -51,7 +51,9 @@ _MAP = (dict,)
 _BYTES = (bytes,)
 
 CLIENT_MESSAGES: dict[str, Spec] = {
-    "enroll": {"id": (_INT, False), "name": (_STR, False), "secret": (_STR, False), "info": (_MAP, False)},
+    "enroll": {"id": (_INT, False), "name": (_STR, False), "secret": (_STR, False), "info": (_MAP, False),
+               "key": (_BYTES, False), "sig": (_BYTES, False)},  # identity: names.py
+    "challenge": {"id": (_INT, False)},
     "ping": {"id": (_INT, False)},
     "info": {"id": (_INT, False), "info": (_MAP, True)},
     "connect": {"id": (_INT, False), "target": (_STR, True), "timeout": (_NUM, False)},
@@ -66,11 +68,14 @@ SERVER_MESSAGES: dict[str, Spec] = {
     },
     "pong": {"id": (_INT, False), "now": (_NUM, True)},
     "ok": {"id": (_INT, False)},
-    "offer": {"offer": (_STR, True), "from": (_STR, True), "info": (_MAP, True), "expires": (_NUM, True)},
+    "offer": {"offer": (_STR, True), "from": (_STR, True), "info": (_MAP, True), "expires": (_NUM, True),
+              "from_key": (_BYTES, False)},  # the key the initiator proved, when it enrolled with one
+    "challenge": {"id": (_INT, False), "nonce": (_BYTES, True)},
     "cancel": {"offer": (_STR, True), "code": (_STR, True), "message": (_STR, True)},
     "session": {
         "id": (_INT, False), "session": (_STR, True), "peer": (_STR, True), "info": (_MAP, True),
         "key": (_BYTES, True), "start_at": (_NUM, True), "now": (_NUM, True), "role": (_STR, True),
+        "peer_key": (_BYTES, False),  # the identity key the peer proved at enroll (names.py)
     },
     "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
 }
@@ -106,12 +111,15 @@ def _stun_list(servers: list) -> bool:
 # Checks beyond types, for fields whose values the receiver relies on.
 _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
     "session": lambda m: len(m["key"]) == KEY_BYTES and m["role"] in ("first", "second")
-    and _finite(m["start_at"]) and _finite(m["now"]),
+    and _finite(m["start_at"]) and _finite(m["now"]) and len(m.get("peer_key", b"0" * 32)) == 32,
+    "enroll": lambda m: len(m.get("key", b"0" * 32)) == 32 and len(m.get("sig", b"0" * 64)) == 64
+    and ("key" in m) == ("sig" in m),
     "enrolled": lambda m: len(m["observed"]) == 2 and isinstance(m["observed"][0], str)
     and isinstance(m["observed"][1], int) and _finite(m["now"]) and _finite(m["keepalive"])
     and m["keepalive"] > 0 and _stun_list(m.get("stun", [])),
     "pong": lambda m: _finite(m["now"]),
-    "offer": lambda m: _finite(m["expires"]),
+    "challenge": lambda m: "nonce" not in m or len(m["nonce"]) == 32,
+    "offer": lambda m: _finite(m["expires"]) and len(m.get("from_key", b"0" * 32)) == 32,
 }
 
 

@@ -1,0 +1,107 @@
+"""The secure layer over a punched path: whom to expect, and QUIC (UDP) or TLS (TCP) with
+certificates bound to identity keys.
+
+The rendezvous server only introduces. What it says about the peer's key (the session's peer_key)
+is checked against what the user asked for: a peer ID is a key, so a server that names another key
+for it is caught before a packet is sent; a plain name is only as good as the server's binding
+(the one thing a name trusts the server for). Whatever the server said, the peer must then prove
+the expected key in the QUIC or TLS handshake, so a server that swaps addresses (or gives the
+session key to someone else) meets a handshake the impostor cannot finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..errors import BadPacket, PeerAuthError, WrongPeer
+from ..identity import Identity, PeerId
+from ..io.path import PunchedPath, now_ns
+from ..io.quic_conn import QuicSettings
+from ..io.quic_path import ROLE_OF, QuicPath, open_quic_path
+from ..io.session import Session
+from ..io.tls_frames import FramedTls
+from ..io.tls_stream import open_tls_stream
+from ..proto.rendezvous.names import as_peer_id
+from .endpoint import EventHook
+
+# A NAT forgets an idle UDP mapping after its lifetime: RFC 4787 asks for 2 minutes at least, but
+# home routers and CGNs are seen at 30 s and below (the lab's tests run 20 s and 8 s). Without a
+# measured lifetime the keepalive assumes 10 s, half of that; a PING is ~50 bytes.
+ASSUMED_LIFETIME = 10.0
+MIN_KEEPALIVE = 1.0
+IDLE_TIMEOUT = 30.0  # silence from the peer (keepalives included) after which the path is dead
+
+
+def keepalive_interval(lifetime: float | None) -> float:
+    """Seconds between keepalives for a mapping that lives `lifetime` seconds idle (None: unknown):
+    half of it, so one lost keepalive does not lose the mapping."""
+    known = lifetime if lifetime is not None and lifetime > 0 else ASSUMED_LIFETIME
+    return max(MIN_KEEPALIVE, min(known, ASSUMED_LIFETIME) / 2)
+
+
+def quic_settings(lifetime: float | None = None, **overrides: Any) -> QuicSettings:
+    """The path's QUIC settings: keepalives sized from the mapping lifetime (and below a third of
+    the idle timeout, so the peer's silence means a dead path, not a quiet one)."""
+    options: dict[str, Any] = {"idle_timeout": IDLE_TIMEOUT}
+    options.update(overrides)
+    if "keepalive_interval" not in overrides:
+        options["keepalive_interval"] = min(keepalive_interval(lifetime), options["idle_timeout"] / 3)
+    return QuicSettings(**options)
+
+
+def expected_peer(asked: str | None, session: Session) -> PeerId:
+    """The key the peer must prove. `asked` is what the initiator asked for (None on the listener's
+    side, which expects whoever the session names). WrongPeer when the server's word contradicts a
+    peer ID; PeerAuthError when nothing says which key to expect."""
+    named = as_peer_id(asked if asked is not None else session.peer_id)
+    told = PeerId.from_public_key(session.peer_key) if session.peer_key is not None else None
+    if named is not None:
+        if told is not None and told != named:
+            raise WrongPeer(f"the rendezvous server introduced {told} as {named}: refusing (a server that "
+                            "swaps keys is not to be followed)")
+        return named
+    if told is None:
+        who = asked if asked is not None else session.peer_id
+        raise PeerAuthError(f"{who} has no identity key at the server (an old client?): cannot "
+                            "authenticate it; connect by peer ID, or use the raw datagram path")
+    return told
+
+
+@asynccontextmanager
+async def secure_udp(path: PunchedPath, session: Session, identity: Identity, expected: PeerId,
+                     settings: QuicSettings, emit: EventHook) -> AsyncIterator[QuicPath]:
+    """QUIC over the punched socket, authenticated both ways; late punch packets are answered."""
+
+    def late_punch(data: bytes) -> list[bytes] | None:
+        try:
+            got = path.handshake.receive(data, now_ns())
+        except BadPacket:
+            return None  # not ours: QUIC's
+        return list(got.replies)
+
+    async with open_quic_path(path.sock, path.peer_addr, identity, expected, role=ROLE_OF[session.role.value],
+                              settings=settings, intercept=late_punch) as quic:
+        quic.punched = path
+        emit("secure", {"protocol": "quic", "peer_id": expected.text, "keepalive": settings.keepalive_interval})
+        yield quic
+
+
+@asynccontextmanager
+async def secure_tcp(stream: Any, session: Session, identity: Identity, expected: PeerId,
+                     emit: EventHook) -> AsyncIterator[FramedTls]:
+    """TLS 1.3 over the punched TCP stream, authenticated both ways, framed for half-close and
+    delivery confirmation (io/tls_frames.py)."""
+    tls = await open_tls_stream(stream, identity, expected, server_side=ROLE_OF[session.role.value] == "server")
+    framed = FramedTls(tls)
+    framed.peer_id, framed.punched = expected, stream
+    emit("secure", {"protocol": "tls", "peer_id": expected.text})
+    try:
+        yield framed
+    finally:
+        await framed.aclose()
+
+
+__all__ = ["ASSUMED_LIFETIME", "expected_peer", "keepalive_interval", "quic_settings", "secure_tcp",
+           "secure_udp"]

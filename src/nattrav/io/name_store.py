@@ -1,0 +1,72 @@
+"""The rendezvous server's name bindings on disk (--state-dir): one small JSON file, rewritten whole
+and atomically (write a temporary file, fsync, rename, fsync the directory) on every new binding, so
+a crash leaves the old file or the new one, never half of either. A few thousand names stay well
+under a megabyte; a bigger deployment would put proto/rendezvous/names.py's NameBindings on a
+database instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from ..identity import KEY_LEN
+from ..proto.rendezvous.names import NameBindings
+
+FILE_NAME = "names.json"
+VERSION = 1
+
+
+def load_bindings(state_dir: str | os.PathLike[str]) -> NameBindings:
+    """The bindings kept in `state_dir` (created 0700 if missing), persisting every new one there.
+    UsageError when the directory or the file cannot be used (a user's mistake, said in one line)."""
+    directory = Path(state_dir)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--state-dir {directory}: {exc.strerror or exc}") from None
+    path = directory / FILE_NAME
+    bindings: dict[str, bytes] = {}
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        raw = None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if raw is not None:
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != VERSION or not isinstance(doc.get("names"), dict):
+                raise ValueError("not a nattrav name file")
+            for name, hexkey in doc["names"].items():
+                key = bytes.fromhex(hexkey)
+                if not isinstance(name, str) or len(key) != KEY_LEN:
+                    raise ValueError(f"bad entry {name!r}")
+                bindings[name] = key
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise UsageError(f"{path} is damaged ({exc}); it holds which key owns which name, so it "
+                             "is not replaced silently: restore it or move it away") from None
+    return NameBindings(bindings, persist=lambda b: save_bindings(path, b))
+
+
+def save_bindings(path: Path, bindings: dict[str, bytes]) -> None:
+    """Write `bindings` to `path` atomically; OSError when it could not be stored."""
+    doc = {"version": VERSION, "names": {n: k.hex() for n, k in sorted(bindings.items())}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(doc, indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+__all__ = ["FILE_NAME", "load_bindings", "save_bindings"]
