@@ -28,7 +28,7 @@ async def test_knobs_reach_the_planner_and_the_path_carries_events_timings_and_c
     events = {"a": [], "b": []}
     out = {}
     with trio.fail_after(40):
-        async with listen(servers["server"], stun=servers["stun"], cache=False, **KNOBS,
+        async with listen(servers["server"], stun=servers["stun"], cache=False, secure=False, **KNOBS,
                           on_event=lambda ph, d: events["b"].append(ph)) as lst:
             async with trio.open_nursery() as nursery:
                 async def listener_side():
@@ -36,7 +36,7 @@ async def test_knobs_reach_the_planner_and_the_path_carries_events_timings_and_c
                         out["rx"] = await traffic.serve_udp_receiver(traffic.PathChannel(path), timeout=20)
                         out["b"] = path
                 nursery.start_soon(listener_side)
-                async with connect(servers["server"], lst.peer_id, stun=servers["stun"], cache=False, **KNOBS,
+                async with connect(servers["server"], lst.peer_id, stun=servers["stun"], cache=False, secure=False, **KNOBS,
                                    on_event=lambda ph, d: events["a"].append(ph)) as path:
                     out["tx"] = await traffic.run_udp_sender(traffic.PathChannel(path), rate_bps=1e6, size=600,
                                                              duration=0.3)

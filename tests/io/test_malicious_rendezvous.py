@@ -26,11 +26,11 @@ class SwappingServer(RendezvousServer):
         self.victim = self.impostor = ""
         self.fooled: set[int] = set()  # connections of initiators that asked for the victim
 
-    def _handle(self, conn, c, msg, now):
+    async def _handle(self, conn, c, msg, now):
         if msg["t"] == "connect" and msg["target"] == self.victim:
             msg = {**msg, "target": self.impostor}
             self.fooled.add(conn)
-        super()._handle(conn, c, msg, now)
+        await super()._handle(conn, c, msg, now)
 
     def _send(self, conn, kind, **fields):
         if kind == "session" and conn in self.fooled:

@@ -79,14 +79,15 @@ async def run_agent(args: argparse.Namespace) -> None:
     try:
         with trio.fail_after(args.timeout):
             if args.role == "listen":
-                async with listen(server, name=args.name, cache=False, on_event=on_event, **options) as lst:
+                async with listen(server, name=args.name, cache=False, on_event=on_event, secure=False,
+                                  **options) as lst:
                     _emit({"event": "ready"})
                     async with lst.accept() as path:
                         await use(path)
             else:
                 while True:
                     try:
-                        async with connect(server, args.name, cache=False, on_event=on_event,
+                        async with connect(server, args.name, cache=False, on_event=on_event, secure=False,
                                            timeout=args.timeout, **options) as path:
                             await use(path)
                         break
