@@ -171,9 +171,11 @@ class QuicStream(trio.abc.HalfCloseableStream):
         return f"{BYE} {self.rx_total} {int(self.rx_eof)}"
 
     def on_bye(self, reason: str | None) -> None:
-        """The peer closed gracefully with `reason`: it may say it got all we wrote and our end."""
+        """The peer closed gracefully with `reason`: it may say it got all we wrote and our end.
+        Our end counts as delivered too when we had written nothing it lacks: a peer that closes
+        while our (empty) end is in flight has all our data, and nothing is missing."""
         got = _BYE_RE.match(reason or "")
-        if got and self.tx_fin and int(got[1]) == self.tx_written and got[2] == "1":
+        if got and self.tx_fin and int(got[1]) == self.tx_written and (got[2] == "1" or self.tx_written == 0):
             self.tx_delivered = True
 
     def _credit(self, n: int) -> None:
