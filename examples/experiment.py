@@ -46,14 +46,15 @@ async def peer(role: str, server: str, name: str, max_flows: int) -> None:
     try:
         with trio.fail_after(30):
             if role == "listen":
-                async with nattrav.listen(server, name=name, max_flows=max_flows, cache=False) as lst:
+                async with nattrav.listen(server, name=name, max_flows=max_flows, cache=False, secure=False) as lst:
                     async with lst.accept() as path:
                         out["traffic"] = {"receiver": await traffic.serve_udp_receiver(traffic.PathChannel(path))}
                         out["path"] = path.statistics()
             else:
                 while True:
                     try:
-                        async with nattrav.connect(server, name, max_flows=max_flows, cache=False) as path:
+                        async with nattrav.connect(server, name, max_flows=max_flows, cache=False,
+                                                   secure=False) as path:
                             out["traffic"] = await traffic.run_udp_sender(
                                 traffic.PathChannel(path), rate_bps=RATE_BPS, duration=SECONDS)
                             out["path"] = path.statistics()
