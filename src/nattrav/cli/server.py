@@ -28,6 +28,7 @@ from ..io.logsink import LogSink
 from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .version import add_version_flag
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
 log = logging.getLogger("nattrav.rendezvous")
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log peer/session counters this often at -v (default 60; 0 = never)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    add_version_flag(p)
     return p
 
 

@@ -27,6 +27,7 @@ from ..proto.stun_server import (
     StunServerConfig,
 )
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .version import add_version_flag
 
 SECRET_ENV = "NATTRAV_STUN_SECRET"
 SECRET_ON_ARGV = (
@@ -161,6 +162,7 @@ def _serve_config(args: argparse.Namespace) -> StunServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nattrav-stun", description=__doc__)
+    add_version_flag(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sv = sub.add_parser("serve", help="run the STUN server (RFC 5780 or two-host layout)")

@@ -13,7 +13,6 @@ from array import array
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-import psutil
 import trio
 
 from ..core.packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
@@ -307,14 +306,16 @@ class Coordinator:
 @asynccontextmanager
 async def open_coordinator(workers: int | None = None, *, pin: bool = False, impl: str = "c",
                            netns: str | None = None, reply_timeout: float = 10.0) -> AsyncIterator[Coordinator]:
-    """Start `workers` worker processes (None = one per core) and yield the Coordinator; on exit every
+    """Start `workers` worker processes (None = one per CPU this process may use) and yield the Coordinator; on exit every
     socket is closed and every worker is gone.
 
     pin: bind worker i to CPU i (mod the CPUs this process may use). impl: "c" (the C core) or "py"
     (socket module, the baseline). netns: a /run/netns name the workers enter before opening sockets.
     reply_timeout: seconds a worker may take beyond the expected time before it counts as hung."""
     if workers is None:
-        workers = psutil.cpu_count(logical=True) or 1
+        # the CPUs this process may run on (taskset, a cgroup cpuset, a container's share), not every
+        # CPU of the machine as psutil.cpu_count() says: a worker beyond those only competes for them
+        workers = len(os.sched_getaffinity(0)) or 1
     if not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, got {workers!r}")
     if impl not in ("c", "py"):
