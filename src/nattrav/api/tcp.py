@@ -40,6 +40,7 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
     assert s1 is not None
     # three endpoints, so a sequential NAT shows two equal steps (and a random one does not)
     servers = [s1] if s2 is None else [s1, (s2[0], s1[1]), (s1[0], s2[1])]
+    servers = list(dict.fromkeys(servers))  # one server IP: its two ports, once each
     started = trio.current_time()
     try:
         samples = await tcp_mappings(local, [tuple(x) for x in servers])

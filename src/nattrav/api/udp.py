@@ -75,7 +75,7 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
     assert ep.behavior.server is not None
     s1, s2 = ep.behavior.server, ep.behavior.other_address
-    if s2 is None:
+    if s2 is None or s2[0] == s1[0]:  # one server IP: both its ports are old flows already
         return ep.report
     ep.report = await _learn_mappings(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.behavior,
                                       on_event or (lambda phase, detail: None), ep.t0, ep.report)

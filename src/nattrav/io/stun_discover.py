@@ -86,23 +86,30 @@ async def discover(
         local = await _local_address(main, server)
         samples.append(BindingSample(0, local, server, r1.mapped, trio.current_time() - t0))
         other = r1.other_address
+        # a server with one IP names its second port instead (OTHER-PORT): a second port is a
+        # second destination too, enough to see APDM and port-dependent filtering
+        one_ip = other is None and r1.other_port is not None and r1.other_port != server[1]
+        if one_ip:
+            other = (server[0], r1.other_port)
         # the same socket, the same destination, again: a NAT always reuses the mapping here, which
         # is why one server address can never reveal APDM
         m_repeat = await sample(main, 0, server)
         repeat_same_port = None if m_repeat is None else m_repeat == r1.mapped
         m2 = m3 = None
-        if other is not None:
+        if one_ip:
+            m3 = await sample(main, 0, other)  # same IP, other port
+        elif other is not None:
             m2 = await sample(main, 0, (other[0], server[1]))  # test II: other IP, same port
             m3 = await sample(main, 0, other)  # test III: other IP, other port
             await sample(main, 0, (server[0], other[1]))  # one more sample: same IP, other port
 
         # filtering: two sockets that have talked only to (A, P) -- one asks for change IP+port, the
-        # other for change port. Their mappings are made now, before the fresh-socket series, so the
-        # allocation sample stays a clean run of back-to-back new mappings.
+        # other for change port (one IP: only the latter). Their mappings are made now, before the
+        # fresh-socket series, so the allocation sample stays a clean run of back-to-back new mappings.
         fsocks: list = []
         try:
             if other is not None:
-                for _ in range(2):
+                for _ in range(1 if one_ip else 2):
                     fsocks.append(await _open(local_ip, server))
                     await sample(fsocks[-1], 1, server)
 
@@ -127,6 +134,8 @@ async def discover(
                 if len(fsocks) == 2:
                     nursery.start_soon(run_filter, "both", fsocks[0], True)
                     nursery.start_soon(run_filter, "port", fsocks[1], False)
+                elif len(fsocks) == 1:
+                    nursery.start_soon(run_filter, "port", fsocks[0], False)
                 if hairpin:
                     nursery.start_soon(run_hairpin)
         finally:
@@ -148,7 +157,7 @@ async def discover(
             test1=r1.mapped, test2=m2, test3=m3,
             filter_change_both=f_both, filter_change_port=f_port,
             hairpin=hp, lifetime=None if life is None else life[0], server_ignored_change=ignored_change,
-            repeat_same_port=repeat_same_port, discarded=discarded,
+            repeat_same_port=repeat_same_port, discarded=discarded, one_ip=one_ip,
         )
         if life is not None:
             alive, expired = life
@@ -157,8 +166,9 @@ async def discover(
                 + (f" and was gone after {expired:g} s" if expired is not None else f" (tested up to {lifetime_max:g} s)")
             )
         if other is None:
-            report.findings.append("the server sent no OTHER-ADDRESS: mapping and filtering need a "
-                                   "server with a second IP and port (RFC 5780)")
+            report.findings.append("the server sent no OTHER-ADDRESS (nor OTHER-PORT): mapping and "
+                                   "filtering need a server with a second port, or a second IP and port "
+                                   "(RFC 5780)")
         return report
     finally:
         main.close()

@@ -29,6 +29,9 @@ MATRIX_PRESETS = (
     "symmetric-random", "cgnat",
 )
 SAME_NAT = "same-NAT"  # the right side of a case whose two peers share the left NAT
+# How our servers are deployed for a case (issue 16): one host with two addresses (RFC 5780), one
+# host with ONE address (the common cloud VM: two ports), or two hosts with one address each.
+SERVER_LAYOUTS = ("two-address", "one-address", "two-host")
 
 
 def _kind(name: str, proto: str = "udp") -> str:
@@ -97,6 +100,7 @@ class TrialResult:
     reason: str | None = None
     shape: str = "flat"
     extra: dict[str, Any] = field(default_factory=dict)
+    server: str = "two-address"  # the servers' layout (SERVER_LAYOUTS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,26 +117,61 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
             pass
 
 
+def start_servers(lab: Any, layout: str = "two-address") -> list[str]:
+    """Start nattrav-server in the lab in `layout` (SERVER_LAYOUTS), rendezvous on S1:SERVER_PORT in
+    every layout, and wait for it; returns temporary files to remove once the lab is down."""
+    import os
+    import tempfile
+
+    py = sys.executable
+    server = [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}"]
+    files: list[str] = []
+    if layout == "two-address":
+        lab.popen("server", [*server, "--stun", f"{lab.S1},{lab.S2}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif layout == "one-address":
+        lab.popen("server", [*server, "--stun", lab.S1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif layout == "two-host":
+        # the control link's key travels in a file, as on two real hosts (the namespaces share /tmp)
+        fd, key = tempfile.mkstemp(prefix="nt-matrix-stun-")
+        os.write(fd, os.urandom(16).hex().encode())
+        os.close(fd)
+        files.append(key)
+        lab.popen("server", [*server, "--stun", lab.S1, "--stun-peer", lab.S3, "--stun-secret-file", key],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.popen("server2", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S3}:{SERVER_PORT}",
+                              "--stun", lab.S3, "--stun-peer", lab.S1, "--stun-secret-file", key],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        raise ValueError(f"server layout must be one of {SERVER_LAYOUTS}, got {layout!r}")
+    wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+    return files
+
+
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
-             background: float | None = None, tcp: bool = False, shape: Any = None) -> list[TrialResult]:
+             background: float | None = None, tcp: bool = False, shape: Any = None,
+             server_layout: str = "two-address") -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
-    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2)."""
+    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
+    servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way."""
+    import os
+
     from .lab import Lab
     from .spec import resolve
 
+    if server_layout not in SERVER_LAYOUTS:
+        raise ValueError(f"server layout must be one of {SERVER_LAYOUTS}, got {server_layout!r}")
     same = right == SAME_NAT
     peers = {"connect": "a", "listen": "a2" if same else "b"}
     # background traffic needs a NAT to consume ports on: a public host ("none") gets none
     rates = {side: background for side, preset in (("a", left), ("b", "none" if same else right))
              if background and resolve(preset) is not None}
+    files: list[str] = []
     with Lab(left=left, right="none" if same else right, background=rates or None, shape=shape,
-             hosts_per_nat=2 if same else 1) as lab:
+             hosts_per_nat=2 if same else 1, second_server=server_layout == "two-host") as lab:
         shape_name = lab.shape.name
         py = sys.executable
-        lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
-                             "--stun", f"{lab.S1},{lab.S2}"],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+        files = start_servers(lab, server_layout)
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
@@ -157,7 +196,12 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
                 errors[key] = proc.stderr.read().decode(errors="replace")[-2000:]
         for t in threads:
             t.join(timeout=2)
-    return _join(left, right, trials, rows, errors, shape_name)
+    for f in files:
+        os.unlink(f)
+    rows_out = _join(left, right, trials, rows, errors, shape_name)
+    for r in rows_out:
+        r.server = server_layout
+    return rows_out
 
 
 def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dict[str, str],
@@ -237,7 +281,7 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
     lo, hi = wilson(len(ok), len(rows))
     stated = statistics.median(odds) if odds else None
     return {
-        "left": left, "right": right, "shape": rows[0].shape,
+        "left": left, "right": right, "shape": rows[0].shape, "server": rows[0].server,
         "expect": (tcp_expectation if tcp else expectation)(left, right),
         "trials": len(rows), "connected": len(ok), "success": len(ok) / len(rows),
         "wilson": [round(lo, 4), round(hi, 4)],
@@ -262,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--shape", default="flat")
     p.add_argument("--tcp", action="store_true")
+    p.add_argument("--server", choices=SERVER_LAYOUTS, default="two-address", help="how our servers are deployed")
     args = p.parse_args(argv)
-    rows = run_pair(args.left, args.right, args.trials, tcp=args.tcp, shape=args.shape)
+    rows = run_pair(args.left, args.right, args.trials, tcp=args.tcp, shape=args.shape, server_layout=args.server)
     for r in rows:
         print(json.dumps(r.to_dict()))
     print(json.dumps(summarise(rows, tcp=args.tcp)))

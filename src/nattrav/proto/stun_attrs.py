@@ -56,6 +56,11 @@ class Attr(enum.IntEnum):
     FINGERPRINT = 0x8028
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
     OTHER_ADDRESS = 0x802C  # RFC 5780
+    # nattrav's own, comprehension-optional (unregistered, in the Expert Review range): a server with
+    # ONE IP names its second port here. It cannot send OTHER-ADDRESS, which must differ in IP too:
+    # an RFC 5780 client would then run test II against the primary address itself and call every
+    # NAT endpoint-independent. Other clients ignore this attribute and see a server without RFC 5780.
+    OTHER_PORT = 0xC4E1
 
 
 class ChangeRequest(NamedTuple):
@@ -261,7 +266,7 @@ ATTRIBUTE_CODECS: dict[int, tuple[Decoder, Encoder]] = {
     Attr.MESSAGE_INTEGRITY_SHA256: (_dec_fixed(16, 32), encode_raw),
     Attr.ERROR_CODE: (_dec_error_code, _enc_error_code),
     Attr.UNKNOWN_ATTRIBUTES: (_dec_unknown_attributes, _enc_unknown_attributes),
-    Attr.RESPONSE_PORT: (_dec_response_port, _enc_response_port),
+    **dict.fromkeys([Attr.RESPONSE_PORT, Attr.OTHER_PORT], (_dec_response_port, _enc_response_port)),
     Attr.FINGERPRINT: (_dec_u32, _enc_u32),
 }
 KNOWN_ATTRIBUTES = frozenset(ATTRIBUTE_CODECS)

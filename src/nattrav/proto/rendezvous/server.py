@@ -5,7 +5,8 @@ this frame on that connection, close that connection). The same object therefore
 server, the tests and the benchmark.
 
 The server only exchanges node information. There is no message that carries payload from one peer
-to another except the size-limited node info, so it can never be used as a relay.
+to another except the size-limited node info, so it can never be used as a relay itself; when a TURN
+server is configured, each session hands both peers their own short-lived credentials for it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class RendezvousServer(Offers):
         max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
         # randomness (tests pass deterministic ones)
         token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
+        # a relay grant (TURN credentials, proto/turn_rest.py) for a peer ID, sent with each session;
+        # the I/O layer supplies it (it reads the wall clock the credentials' expiry is written in)
+        relay: Callable[[str], dict] | None = None,
     ):
         limits = dict(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
                       max_conns_per_source=max_conns_per_source, max_offers_per_peer=max_offers_per_peer,
@@ -68,6 +72,7 @@ class RendezvousServer(Offers):
         self.max_offers_per_source = max_offers_per_source
         self._token = token
         self._key = key
+        self._relay = relay
         self.peers: dict[str, _Peer] = {}
         self.conns: dict[int, _Conn] = {}
         self.offers: dict[str, _Offer] = {}

@@ -71,6 +71,7 @@ SERVER_MESSAGES: dict[str, Spec] = {
     "session": {
         "id": (_INT, False), "session": (_STR, True), "peer": (_STR, True), "info": (_MAP, True),
         "key": (_BYTES, True), "start_at": (_NUM, True), "now": (_NUM, True), "role": (_STR, True),
+        "relay": (_MAP, False),  # TURN credentials for this peer (proto/turn_rest.py checks them)
     },
     "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
 }
