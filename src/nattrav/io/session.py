@@ -11,9 +11,7 @@ from typing import Any
 
 import trio
 
-from ..errors import BadFrame
 from ..proto.handshake import NONCE_LEN
-from ..proto.turn_rest import RelayGrant
 from ..proto.vocab import Role
 
 
@@ -26,21 +24,13 @@ class Session:
     peer_id: str = ""
     peer_info: dict[str, Any] = field(default_factory=dict)  # the peer's node info (its report, ...)
     nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_LEN))  # ours, for the handshake
-    relay: RelayGrant | None = None  # TURN credentials the server granted us for this session
-    relay_problem: str | None = None  # why a grant that came is unusable (malformed)
 
     @classmethod
     def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float]) -> Session:
         """From the rendezvous' (schema-checked) "session" frame; `to_local` maps the server's clock
         to ours (io/rendezvous_client.py's ClockMap)."""
-        relay, problem = None, None
-        if "relay" in msg:
-            try:
-                relay = RelayGrant.from_wire(msg["relay"])
-            except BadFrame as exc:  # the session stands; only the relay is out
-                problem = f"the server's relay grant is malformed: {exc}"
         return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
-                   msg["info"], relay=relay, relay_problem=problem)
+                   msg["info"])
 
     def start_in(self) -> float:
         """Seconds until the agreed start (negative once it passed)."""

@@ -88,11 +88,10 @@ class Offers:
         start_at = now + self.start_margin
         self.stats["sessions"] += 1
         common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
-        relay = self._relay or (lambda _peer: None)
         self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=Packed(peer.info),
-                   role=Role.FIRST.value, relay=relay(initiator.peer_id), **common)
+                   role=Role.FIRST.value, **common)
         self._send(conn, "session", id=rid, peer=initiator.peer_id, info=Packed(initiator.info),
-                   role=Role.SECOND.value, relay=relay(peer.peer_id), **common)
+                   role=Role.SECOND.value, **common)
 
     def _drop_offer(self: RendezvousServer, offer: _Offer) -> None:
         self.offers.pop(offer.offer_id, None)

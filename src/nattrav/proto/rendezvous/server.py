@@ -6,7 +6,7 @@ server, the tests and the benchmark.
 
 The server only exchanges node information. There is no message that carries payload from one peer
 to another except the size-limited node info, so it can never be used as a relay itself; when a TURN
-server is configured, each session hands both peers their own short-lived credentials for it.
+server is configured, each enrollment hands the peer its own short-lived credentials for it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class RendezvousServer(Offers):
         max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
         # randomness (tests pass deterministic ones)
         token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
-        # a relay grant (TURN credentials, proto/turn_rest.py) for a peer ID, sent with each session;
+        # a relay grant (TURN credentials, proto/turn_rest.py) for a peer ID, sent with its enrollment;
         # the I/O layer supplies it (it reads the wall clock the credentials' expiry is written in)
         relay: Callable[[str], dict] | None = None,
     ):
@@ -290,8 +290,9 @@ class RendezvousServer(Offers):
         self.stats["enrolled"] += 1
         self._timers.cancel(("conn", conn))
         self._timers.set(("peer", peer.peer_id), now + self.keepalive_timeout)
+        relay = self._relay(peer.peer_id) if self._relay is not None else None
         self._send(conn, "enrolled", id=rid, peer=peer.peer_id, secret=secret, keepalive=self.keepalive,
-                   now=now, observed=list(c.addr))
+                   now=now, observed=list(c.addr), relay=relay)
 
     def _make_room(self, source: str, *, new_peer: bool) -> str | None:
         """Make room for one more peer of `source` by forgetting disconnected ones (the source's own

@@ -63,6 +63,7 @@ SERVER_MESSAGES: dict[str, Spec] = {
     "enrolled": {
         "id": (_INT, False), "peer": (_STR, True), "secret": (_STR, True), "keepalive": (_NUM, True),
         "now": (_NUM, True), "observed": ((list,), True),
+        "relay": (_MAP, False),  # TURN credentials for this peer (proto/turn_rest.py checks them)
     },
     "pong": {"id": (_INT, False), "now": (_NUM, True)},
     "ok": {"id": (_INT, False)},
@@ -71,7 +72,6 @@ SERVER_MESSAGES: dict[str, Spec] = {
     "session": {
         "id": (_INT, False), "session": (_STR, True), "peer": (_STR, True), "info": (_MAP, True),
         "key": (_BYTES, True), "start_at": (_NUM, True), "now": (_NUM, True), "role": (_STR, True),
-        "relay": (_MAP, False),  # TURN credentials for this peer (proto/turn_rest.py checks them)
     },
     "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
 }
