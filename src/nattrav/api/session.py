@@ -14,8 +14,11 @@ import trio
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..io.path import PunchedPath
+from ..io.relay_path import RelayedPath
 from ..proto.nat_behavior import NatBehavior
 from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
+from . import relay
+from .relay import RelayRung
 from .tcp import TcpTransport
 from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
 from .udp import UdpTransport
@@ -50,20 +53,45 @@ class SessionOptions:
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
     server_ep, stun_ep = o.endpoints(server)
-    with trio.fail_after(timeout):
-        async with rv.open_rendezvous(server_ep) as client:
-            o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-            ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
-            try:
-                await client.update_info({"report": ep.report.to_wire()})
-                o.emit("rendezvous-connect", {"peer": peer_id})
-                session = await client.connect(peer_id, timeout=timeout)
-                path = await transport.punch(ep, session, o.ttl, o.emit)
-            except BaseException:
-                transport.close(ep)
-                raise
-    async with path:
-        yield path
+    deadline = trio.current_time() + timeout
+    rung: RelayRung | None = None
+    try:
+        with trio.fail_after(timeout):
+            async with rv.open_rendezvous(server_ep) as client:
+                o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
+                try:
+                    if getattr(transport, "relays", False):
+                        rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, o.emit)
+                    await client.update_info({"report": ep.report.to_wire(), **relay.info(rung)})
+                    o.emit("rendezvous-connect", {"peer": peer_id})
+                    session = await client.connect(peer_id, timeout=timeout)
+                    if rung is not None:
+                        path = await transport.punch(ep, session, o.ttl, o.emit, rung)
+                    else:
+                        path = await transport.punch(ep, session, o.ttl, o.emit)
+                except BaseException:
+                    transport.close(ep)
+                    raise
+    finally:
+        if rung is not None:
+            await rung.aclose()  # unless the relayed path took the allocation over
+    async with _held(path, max(1.0, deadline - trio.current_time()), o.emit) as held:
+        yield held
+
+
+@asynccontextmanager
+async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[Any]:
+    """The path for the caller's block: a relayed one runs in the background and first waits for
+    the peer through the relay (RelayError after `relay_wait` s), a punched one just closes after."""
+    if isinstance(path, RelayedPath):
+        async with path.open(relay_wait) as running:
+            emit("connected", {"peer": list(running.peer_addr), "rtt_ms": round(running.rtt * 1e3, 2),
+                               "strategy": running.strategy.value, "via": running.via})
+            yield running
+    else:
+        async with path:
+            yield path
 
 
 @asynccontextmanager
@@ -162,12 +190,18 @@ class Listener:
             await self._transport.refresh(ep, self._emit)
             await self._client.update_info({"report": ep.report.to_wire()})
             session = await self._client.accept(offer)
-            path = await self._transport.punch(ep, session, self._ttl, self._emit)
+            rung = None
+            if getattr(self._transport, "relays", False):
+                rung = await relay.peer_rung(session, self._client.relay, self._emit)
+            if rung is not None:
+                path = await self._transport.punch(ep, session, self._ttl, self._emit, rung)
+            else:
+                path = await self._transport.punch(ep, session, self._ttl, self._emit)
         except BaseException:
             self._transport.close(ep)
             raise
-        async with path:
-            yield path
+        async with _held(path, relay.RELAY_WAIT, self._emit) as held:
+            yield held
 
 
 TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP transport

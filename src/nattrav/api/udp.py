@@ -9,9 +9,10 @@ from typing import Any
 
 import trio
 
-from ..errors import BadReport, ConnectError, PlanError, StunErrorResponse, StunTimeout, WorkerError
+from ..errors import BadReport, ConnectError, PlanError, PunchFailed, StunErrorResponse, StunTimeout, WorkerError
 from ..io.path import PunchedPath
 from ..io.punch import punch
+from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.stun_client import binding
 from ..proto.nat_behavior import NatBehavior
@@ -20,6 +21,7 @@ from ..proto.planner.udp import DEFAULT_FLOW_BUDGET, Plan, plan
 from ..proto.report import NatReport, Sample
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from .relay import RelayRung
 from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
@@ -102,8 +104,8 @@ async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: N
     return nat_report(behavior, public=public, samples=series)
 
 
-async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
-                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> PunchedPath:
+def _plan(ep: Endpoint, session: Session, emit: EventHook, max_flows: int) -> tuple[Plan, NatReport, str]:
+    """The plan for this pair (emitted as "plan"), the peer's report and the one IP we may aim at."""
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
@@ -114,10 +116,23 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     emit_address(emit, p.params, peer_ip)
     # the peer ports the first attempt aims at, so a caller can check the prediction against where
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
-    # runs its bounded best effort, whose odds are small but not zero
+    # runs its bounded best effort (unless a relay takes it), whose odds are small but not zero
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
                   "reason": p.reason, "role": session.role, "params": p.params,
                   "peer_targets": list(p.attempts[0].local.targets[:4096])})
+    return p, peer_report, peer_ip
+
+
+async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
+                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET,
+                 relay: RelayRung | None = None) -> PunchedPath | RelayedPath:
+    """The ladder: the plan's punch, then the relay (when both sides have one) for a pair the
+    planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
+    the caller opens it (RelayedPath.open)."""
+    p, peer_report, peer_ip = _plan(ep, session, emit, max_flows)
+    if relay is not None and not p.feasible:
+        return relay.path(ep.sock, session, peer_ip, peer_report, why="infeasible", reason=p.failure_message(),
+                          emit=emit)
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:
         if coordinator is None and _needs_workers(p):
@@ -131,6 +146,12 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
                                on_event=emit)
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
+    except PunchFailed as exc:
+        if relay is None:
+            raise
+        return relay.path(ep.sock, session, peer_ip, peer_report, why="punch-failed", reason=str(exc), emit=emit)
+    if relay is not None:
+        await relay.aclose()  # punched: the allocation goes back
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
                        "strategy": path.strategy.value})
     return path
@@ -155,8 +176,11 @@ class UdpTransport:
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
 
-    async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows)
+    relays = True  # the ladder may end at the relay (api/relay.py)
+
+    async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
+                    relay: RelayRung | None = None) -> Any:
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows, relay)
 
     @staticmethod
     def close(ep: Endpoint) -> None:
