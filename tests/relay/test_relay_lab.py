@@ -108,6 +108,53 @@ def _connect(server, name, my_pem: bytes, their_id: str, size: int, seed: int, p
     return trio.run(main)
 
 
+def _tcp_listen(server, name) -> dict:
+    from nattrav.api import listen_tcp
+
+    events = []
+
+    async def main() -> dict:
+        async with listen_tcp(server, name=name, on_event=lambda p, d: events.append((p, d))) as lst:
+            async with lst.accept() as stream:
+                h, n = hashlib.sha256(), 0
+                while chunk := await stream.receive_some(1 << 16):
+                    h.update(chunk)
+                    n += len(chunk)
+                await stream.send_all(h.hexdigest().encode())
+                await stream.send_eof()
+                return {"sha256": h.hexdigest(), "bytes": n, "strategy": stream.strategy.value,
+                        "via": stream.via, "events": _brief(events)}
+
+    return trio.run(main)
+
+
+def _tcp_connect(server, name, size: int, seed: int) -> dict:
+    from nattrav.api import connect_tcp
+    from nattrav.errors import UnknownPeer
+
+    blob = random.Random(seed).randbytes(size)
+    events = []
+
+    async def main() -> dict:
+        while True:
+            try:
+                async with connect_tcp(server, name, timeout=30,
+                                       on_event=lambda p, d: events.append((p, d))) as stream:
+                    t0 = trio.current_time()
+                    await stream.send_all(blob)
+                    await stream.send_eof()
+                    echo = b""
+                    while chunk := await stream.receive_some(1024):
+                        echo += chunk
+                    return {"sha256": hashlib.sha256(blob).hexdigest(), "echo": echo.decode(),
+                            "seconds": trio.current_time() - t0, "strategy": stream.strategy.value,
+                            "via": stream.via, "events": _brief(events)}
+            except UnknownPeer:
+                await trio.sleep(0.05)
+
+    return trio.run(main)
+
+
 def _brief(events):
     keep = {"plan", "relay", "relay-ready", "relay-connected", "relay-note", "upgrade", "connected"}
     out = []
@@ -191,6 +238,32 @@ async def test_random_to_random_connects_through_coturn_and_carries_5_mb(random_
                 assert relay["relay"][0] == lab.S1  # our coturn's relayed address, nowhere else
             print(f"trial {trial}: 5 MB through coturn in {a['seconds']:.2f} s "
                   f"({BULK / a['seconds'] / 1e6:.1f} MB/s)")
+
+
+@pytest.mark.lab
+async def test_random_to_random_over_tcp_connects_through_a_tcp_relay_and_carries_5_mb(random_lab):
+    """RFC 6062: the asking side's TCP allocation, the listener's plain connection to it, the punch
+    handshake on the relayed stream, 5 MB each way's hash."""
+    _need_coturn()
+    lab = random_lab
+    with Servers(lab):
+        rv = (lab.S1, SERVER_PORT)
+        name = f"trelay{time.monotonic_ns() % 10**6}"
+        out = {}
+
+        async def side(node, fn, *args):
+            out[node] = await lab.acall(node, fn, *args, timeout=120)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(side, "b", _tcp_listen, rv, name)
+            nursery.start_soon(side, "a", _tcp_connect, rv, name, BULK, 9)
+    a, b = out["a"], out["b"]
+    assert b["bytes"] == BULK and b["sha256"] == a["sha256"] == a["echo"], (a, b)
+    assert a["strategy"] == b["strategy"] == "relay" and a["via"] == b["via"] == "relay", (a, b)
+    for side_ in (a, b):
+        relay = _phases(side_["events"], "relay")[0]
+        assert relay["why"] == "infeasible" and relay["relay"][0] == lab.S1, side_["events"]
+    print(f"5 MB through coturn's TCP relay in {a['seconds']:.2f} s ({BULK / a['seconds'] / 1e6:.1f} MB/s)")
 
 
 def _sabotage(lab, nat: str, drop_from: str, on: bool) -> None:

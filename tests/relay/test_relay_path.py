@@ -144,3 +144,38 @@ async def test_frames_of_another_session_and_strangers_are_refused(coturn):
         n.start_soon(side_a, got)
     assert got[0] == b"real" and got[1] >= 1
     stranger.close()
+
+
+async def test_relayed_stream_carries_eof_as_a_chunk_and_keeps_bytes_after_the_handshake():
+    """A TURN relay does not pass a half-close on, so EOF travels as an empty chunk; bytes the peer
+    sent right behind the handshake (leftover) come out first."""
+    import socket as stdsocket
+
+    from nattrav.io.relay_stream import CHUNK, RelayedStream
+
+    a, b = stdsocket.socketpair()
+    sa, sb = trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    early = CHUNK.pack(3) + b"abc"
+    left = RelayedStream(sa, peer_addr=("192.0.2.1", 1), rtt=0.0)
+    right = RelayedStream(sb, peer_addr=("192.0.2.2", 2), rtt=0.0, leftover=early[:4])
+    await sa.send_all(early[4:])  # the rest of the early chunk arrives on the socket
+    big = os.urandom(200_000)
+
+    async def send():
+        await left.send_all(big)
+        await left.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            await left.send_all(b"after eof")
+
+    got = bytearray()
+    async with trio.open_nursery() as n:
+        n.start_soon(send)
+        while chunk := await right.receive_some(7000):
+            assert len(chunk) <= 7000
+            got += chunk
+    assert bytes(got) == b"abc" + big
+    # the connection itself is still open the other way: the half-close did not close it
+    await right.send_all(b"reply")
+    assert await left.receive_some() == b"reply"
+    await left.aclose()
+    await right.aclose()

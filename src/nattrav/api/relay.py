@@ -25,7 +25,8 @@ import trio
 from ..errors import RelayError
 from ..io.relay_path import RelayedPath
 from ..io.session import Session
-from ..io.turn import TurnLink, allocate_udp
+from ..io.relay_stream import RelayedTcp
+from ..io.turn import TurnLink, TurnTcpLink, allocate_tcp, allocate_udp
 from ..proto.report import NatReport
 from ..proto.stun_attrs import Address
 from ..proto.turn_rest import RelayGrant
@@ -40,21 +41,33 @@ class RelayRung:
     """What one side brings to the relay rung: the allocation (the asking side) or the peer's
     relayed address (the listener)."""
 
-    link: TurnLink | None = None
+    link: TurnLink | TurnTcpLink | None = None
     peer_relayed: Address | None = None
+
+    def _announce(self, why: str, reason: str, emit: EventHook) -> None:
+        where = self.link.relayed if self.link is not None else self.peer_relayed
+        assert where is not None
+        emit("relay", {"why": why, "reason": reason, "relay": list(where), "allocating": self.link is not None})
 
     def path(self, sock: Any, session: Session, peer_ip: str, peer_report: NatReport, *, why: str,
              reason: str, emit: EventHook) -> RelayedPath:
         """The relayed path on our punch socket (it owns the socket, and the allocation, from now on).
         `why`: "infeasible" or "punch-failed"; `reason`: the planner's or the punch's words."""
-        where = self.link.relayed if self.link is not None else self.peer_relayed
-        assert where is not None
-        emit("relay", {"why": why, "reason": reason, "relay": list(where),
-                       "allocating": self.link is not None})
+        assert not isinstance(self.link, TurnTcpLink)
+        self._announce(why, reason, emit)
         direct = [(peer_ip, peer_report.public[1])] if peer_report.public is not None else []
         rung = RelayedPath(sock, session.key, session.role, os.urandom(8), peer_ip=peer_ip, direct=direct,
                            link=self.link, relayed=self.peer_relayed, emit=emit, reason=reason)
         self.link = None  # the path releases it
+        return rung
+
+    def stream(self, session: Session, peer_ip: str, *, why: str, reason: str, emit: EventHook) -> RelayedTcp:
+        """The relayed TCP stream (RFC 6062) to open; it owns the allocation from now on."""
+        assert self.link is None or isinstance(self.link, TurnTcpLink)
+        self._announce(why, reason, emit)
+        rung = RelayedTcp(session.key, session.role, peer_ip=peer_ip, link=self.link, relayed=self.peer_relayed,
+                          emit=emit)
+        self.link = None
         return rung
 
     async def aclose(self) -> None:
@@ -66,14 +79,16 @@ class RelayRung:
 
 
 async def allocate(grant: RelayGrant | None, problem: str | None, src_ip: str | None,
-                   emit: EventHook) -> RelayRung | None:
-    """(the asking side) an allocation on the granted relay, or None (and why, as an event)."""
+                   emit: EventHook, *, tcp: bool = False) -> RelayRung | None:
+    """(the asking side) an allocation on the granted relay -- a TCP one (RFC 6062) for the TCP
+    transport --, or None (and why, as an event)."""
     if grant is None:
         if problem:
             emit("relay-note", {"note": problem})
         return None
     try:
-        link = await allocate_udp(grant, local_ip=src_ip)
+        link: TurnLink | TurnTcpLink = (await allocate_tcp(grant) if tcp
+                                        else await allocate_udp(grant, local_ip=src_ip))
     except RelayError as exc:
         emit("relay-note", {"note": f"no relay for this session: {exc}"})
         return None

@@ -15,6 +15,7 @@ from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..io.path import PunchedPath
 from ..io.relay_path import RelayedPath
+from ..io.relay_stream import RelayedTcp
 from ..proto.nat_behavior import NatBehavior
 from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
 from . import relay
@@ -62,7 +63,8 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                 ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
                 try:
                     if getattr(transport, "relays", False):
-                        rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, o.emit)
+                        rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, o.emit,
+                                                    tcp=isinstance(transport, TcpTransport))
                     await client.update_info({"report": ep.report.to_wire(), **relay.info(rung)})
                     o.emit("rendezvous-connect", {"peer": peer_id})
                     session = await client.connect(peer_id, timeout=timeout)
@@ -84,7 +86,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
 async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[Any]:
     """The path for the caller's block: a relayed one runs in the background and first waits for
     the peer through the relay (RelayError after `relay_wait` s), a punched one just closes after."""
-    if isinstance(path, RelayedPath):
+    if isinstance(path, (RelayedPath, RelayedTcp)):
         async with path.open(relay_wait) as running:
             emit("connected", {"peer": list(running.peer_addr), "rtt_ms": round(running.rtt * 1e3, 2),
                                "strategy": running.strategy.value, "via": running.via})
