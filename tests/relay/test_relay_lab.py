@@ -127,7 +127,7 @@ def _tcp_listen(server, name) -> dict:
                 return {"sha256": h.hexdigest(), "bytes": n, "strategy": stream.strategy.value,
                         "via": stream.via, "events": _brief(events)}
 
-    return trio.run(main)
+    return _reporting(main, events)
 
 
 def _tcp_connect(server, name, size: int, seed: int) -> dict:
@@ -154,11 +154,21 @@ def _tcp_connect(server, name, size: int, seed: int) -> dict:
             except UnknownPeer:
                 await trio.sleep(0.05)
 
-    return trio.run(main)
+    return _reporting(main, events)
+
+
+def _reporting(main, events) -> dict:
+    """A side's failure comes back with what it went through (the other side's result too)."""
+    from nattrav.errors import NattravError
+
+    try:
+        return trio.run(main)
+    except NattravError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "events": _brief(events)}
 
 
 def _brief(events):
-    keep = {"plan", "relay", "relay-ready", "relay-connected", "relay-note", "upgrade", "connected"}
+    keep = {"plan", "relay", "offer", "rendezvous", "relay-ready", "relay-connected", "relay-note", "upgrade", "connected"}
     out = []
     for phase, d in events:
         if phase in keep:
@@ -261,6 +271,8 @@ async def test_random_to_random_over_tcp_connects_through_a_tcp_relay_and_carrie
                 nursery.start_soon(side, "b", _tcp_listen, rv, name)
                 nursery.start_soon(side, "a", _tcp_connect, rv, name, BULK, 9 + trial)
             a, b = out["a"], out["b"]
+            if "error" in a or "error" in b:
+                pytest.fail(f"trial {trial}:\na: {a}\nb: {b}", pytrace=False)
             assert b["bytes"] == BULK and b["sha256"] == a["sha256"] == a["echo"], (a, b)
             assert a["strategy"] == b["strategy"] == "relay" and a["via"] == b["via"] == "relay", (a, b)
             for side_ in (a, b):

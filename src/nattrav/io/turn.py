@@ -112,6 +112,11 @@ class _Link:
 
     async def _timers(self) -> None:
         while True:
+            # a fresh event BEFORE the work: an answer that comes in while _send_outgoing() waits
+            # (a stream's send_all) sets this one, so its reply is sent at once -- an event made
+            # after the send would lose that wake-up, and a reliable transport has no timer to
+            # retry on (seen as Allocates over TCP that never got their second, credentialed try)
+            self._wake = trio.Event()
             self.client.tick(trio.current_time())
             for ev in self.client.take_events():
                 if not self.waiters.dispatch(ev):
@@ -120,7 +125,6 @@ class _Link:
                     self.on_event(ev)
             await self._send_outgoing()
             deadline = self.client.next_deadline()
-            self._wake = trio.Event()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 await self._wake.wait()
 
