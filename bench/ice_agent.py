@@ -4,7 +4,9 @@ It meets its peer through OUR rendezvous server (the ICE credentials and candida
 node info, as SDP lines would through a signalling server) and uses OUR STUN server for its
 server-reflexive candidates, so the only difference from a nattrav trial is how the path is found.
 Runs where a nattrav matrix agent would (inside a lab host) and prints the same JSON lines:
-{"event": "ready"} for the listener, then one {"event": "trial", ...} per trial.
+{"event": "ready"} for the listener, {"event": "connected"} once ICE's checks chose a pair, then
+one {"event": "trial", ...} per trial. bench/cold.py starts one connecting agent per trial (a cold
+process, like `nattrav-fast -d`) and times it from its start to the "connected" line.
 
 aioice runs on asyncio in a thread of its own; the rendezvous client runs on Trio in the main
 thread. Time per trial: from the start of the trial (candidate gathering) to ICE's connect() done and
@@ -12,6 +14,7 @@ one authenticated data round trip, the same "cold" span a nattrav trial measures
 
     python bench/ice_agent.py --server 198.51.100.1:7000 --role listen --name n1 --trials 3
     python bench/ice_agent.py --server 198.51.100.1:7000 --role connect --name n1 --trials 3
+    python bench/ice_agent.py --server 198.51.100.1:7000 --role connect --name n1 --first 2   # trial 2 only
 
 It needs aioice (`.venv/bin/python -m pip install aioice`), which nattrav itself does not.
 """
@@ -33,6 +36,7 @@ from nattrav.hostport import parse_hostport
 from nattrav.io import rendezvous_client as rv
 
 STUN_PORT = 3478  # the server default; --stun-port for a test server
+ECHO_TRIES, ECHO_WAIT = 10, 0.5  # pings and seconds to wait for each pong
 
 
 class AsyncioThread:
@@ -68,17 +72,34 @@ async def _gather(conn: aioice.Connection) -> None:
     await conn.gather_candidates()
 
 
-async def _connect_and_echo(conn: aioice.Connection, info: dict[str, Any], controlling: bool) -> str:
+async def _connect_and_echo(conn: aioice.Connection, info: dict[str, Any], controlling: bool,
+                            connected: Any) -> str:
     await _remote(conn, info)
     await conn.connect()
+    connected()
     # one data round trip over the chosen pair: ICE's connectivity checks are authenticated
-    # (MESSAGE-INTEGRITY with the peer's password), the data path is what a user gets
+    # (MESSAGE-INTEGRITY with the peer's password), the data path is what a user gets. Datagrams get
+    # lost on a lossy path: the ping is sent again until the pong comes, and the other side answers
+    # every ping for a while (as the nattrav trial's listener and echo do)
     if controlling:
-        await conn.send(b"ping")
-        got = await asyncio.wait_for(conn.recv(), 5)
+        for _ in range(ECHO_TRIES):
+            await conn.send(b"ping")
+            try:
+                got = await asyncio.wait_for(conn.recv(), ECHO_WAIT)
+                break
+            except asyncio.TimeoutError:
+                continue
+        else:
+            raise asyncio.TimeoutError(f"no pong after {ECHO_TRIES} pings")
     else:
-        got = await asyncio.wait_for(conn.recv(), 5)
+        got = await asyncio.wait_for(conn.recv(), ECHO_TRIES * ECHO_WAIT)
         await conn.send(b"pong")
+        try:
+            while True:
+                await asyncio.wait_for(conn.recv(), 2 * ECHO_WAIT)
+                await conn.send(b"pong")
+        except asyncio.TimeoutError:
+            pass
     pair = conn._nominated.get(1) if hasattr(conn, "_nominated") else None
     kind = getattr(getattr(pair, "remote_candidate", None), "type", None)
     return f"{got.decode(errors='replace')}:{kind or 'unknown'}"
@@ -96,13 +117,16 @@ async def agent(args: argparse.Namespace) -> None:
     def line(d: dict[str, Any]) -> None:
         print(json.dumps(d, default=str), flush=True)
 
-    for i in range(args.trials):
+    for i in range(args.first, args.first + args.trials):
         name = f"{args.name}-{i}"
         row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False, "strategy": "ice"}
         conn = aioice.Connection(ice_controlling=args.role == "connect", stun_server=stun, use_ipv6=False)
         t0 = time.monotonic()
+
+        def connected(trial: int = i) -> None:  # called on the asyncio thread, the Trio one waits meanwhile
+            line({"event": "connected", "trial": trial})
         try:
-            with trio.fail_after(args.trial_timeout):
+            with trio.fail_after(args.trial_timeout + (args.wait if args.role == "listen" else 0.0)):
                 if args.role == "listen":
                     async with rv.open_rendezvous(server, name=name) as client:
                         line({"event": "ready", "trial": i})
@@ -111,7 +135,7 @@ async def agent(args: argparse.Namespace) -> None:
                         await aio.run(_gather(conn))
                         await client.update_info({"ice": _describe(conn)})
                         await client.accept(offer)
-                        got = await aio.run(_connect_and_echo(conn, offer.peer_info["ice"], False))
+                        got = await aio.run(_connect_and_echo(conn, offer.peer_info["ice"], False, connected))
                 else:
                     await aio.run(_gather(conn))
                     async with rv.open_rendezvous(server, info={"ice": _describe(conn)}) as client:
@@ -123,7 +147,7 @@ async def agent(args: argparse.Namespace) -> None:
                             except UnknownPeer:  # the listener has not enrolled this trial yet
                                 await trio.sleep(0.05)
                                 t0 += time.monotonic() - asked  # waiting for it is not ICE's time
-                        got = await aio.run(_connect_and_echo(conn, session.peer_info["ice"], True))
+                        got = await aio.run(_connect_and_echo(conn, session.peer_info["ice"], True, connected))
             row.update(ok=True, seconds=round(time.monotonic() - t0, 4), pair=got.split(":", 1)[1])
         except (trio.TooSlowError, RendezvousError, ConnectionError, asyncio.TimeoutError, KeyError,
                 TypeError, ValueError) as exc:
@@ -145,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True, help="the listener's name prefix (trial i uses NAME-i)")
     p.add_argument("--stun-port", type=int, default=STUN_PORT)
     p.add_argument("--trials", type=int, default=1)
+    p.add_argument("--first", type=int, default=0, help="number of the first trial (default 0)")
     p.add_argument("--trial-timeout", type=float, default=15.0)
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="a listener waits this much longer for its peer than a trial may take (default 0)")
     args = p.parse_args(argv)
     try:
         args.server = parse_hostport(args.server, rv.DEFAULT_PORT)

@@ -14,6 +14,14 @@ import pytest
 SERVER_CLI = [sys.executable, "-m", "nattrav.cli.server"]
 
 
+@pytest.fixture(autouse=True)
+def _own_behavior_cache(tmp_path, monkeypatch):
+    """Each test its own $XDG_CACHE_HOME: the NAT behaviour one test's connect caches (api/
+    behavior_cache.py) must not answer for another's network. Lab hosts get one of their own anyway
+    (lab/registry.cache_home)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 def free_port_pair() -> tuple[int, int]:
     """Two ports free for both UDP and TCP on 127.0.0.1 (the STUN server binds both)."""
     socks = []

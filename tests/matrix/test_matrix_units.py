@@ -1,6 +1,8 @@
 """The matrix's pure parts: expectations from the lab's descriptions for the new axes, the Wilson
 interval, and the summary that sets the planner's odds against the measured rate. No root."""
 
+from dataclasses import replace
+
 import pytest
 
 from nattrav.lab.matrix import SAME_NAT, TrialResult, _kind, expectation, summarise, tcp_expectation, wilson
@@ -50,3 +52,13 @@ def test_summary_sets_stated_odds_against_the_measured_rate():
     assert s["wilson"][0] < 0.9 < s["wilson"][1] and s["odds_agree"] is True
     bad = summarise([_row(False, 0.999)] * 10)
     assert bad["odds_agree"] is False and bad["failures"] == ["no path"]
+
+
+def test_a_floor_of_odds_agrees_with_any_rate_at_or_above_it():
+    # LAN attempts race the plan uncounted: 0.4% stated as a floor, 8/8 measured, agree
+    lan = [replace(_row(True, 0.004, 0.01), odds_floor=True)] * 8
+    s = summarise(lan)
+    assert s["odds_floor"] and s["odds_agree"] is True
+    # the same numbers as an estimate disagree; a floor above the whole interval disagrees too
+    assert summarise([_row(True, 0.004, 0.01)] * 8)["odds_agree"] is False
+    assert summarise([replace(_row(False, 0.999), odds_floor=True)] * 10)["odds_agree"] is False

@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 
 from nattrav.errors import BadReport
 from nattrav.proto.nat_behavior import BindingSample
-from nattrav.proto.report import MAX_SAMPLES, NatReport, Sample, samples_from_bindings
+from nattrav.proto.report import MAX_HOSTS, MAX_SAMPLES, NatReport, Sample, samples_from_bindings
 from nattrav.proto.vocab import Mapping
 from tests.reports import tcp, udp
 
-SEQ = udp("APDM", "APDF", [20000, 20001, 20003], times=[0.0, 0.01, 0.5], allocation="sequential", delta=1)
+SEQ = udp("APDM", "APDF", [20000, 20001, 20003], times=[0.0, 0.01, 0.5], allocation="sequential", delta=1,
+          host=[("10.0.1.2", 40000), ("192.168.7.3", 40000)])
 WITH_TCP = replace(SEQ, tcp=tcp([20010, 20011, 20012], times=[0.0, 0.002, 0.004], window=12, horizon=0.5,
-                                history=(3, 9.5)))
+                                history=(3, 9.5), host=[("10.0.1.2", 41000)]))
 
 
 @pytest.mark.parametrize("report", [SEQ, WITH_TCP, NatReport(), udp(None, None, [4000], nat=False)])
@@ -53,6 +54,11 @@ def test_exact_keys_and_version():
     ("samples", [[100, None, -1]]), ("samples", [[100, None]]), ("samples", [{"port": 100, "t": 0.0}]),
     ("samples", [100]), ("samples", [[100, None, 0]] * (MAX_SAMPLES + 1)),
     ("port_range", [5000, 4000]), ("port_range", [0, 10]), ("port_range", (1, 2)), ("tcp", {}),
+    ("host", None), ("host", [["10.0.1.2", 0]]), ("host", [["10.0.1.2"]]), ("host", ["10.0.1.2:4000"]),
+    ("host", [["lan.example", 4000]]), ("host", [["2001:db8::1", 4000]]), ("host", [["127.0.0.1", 4000]]),
+    ("host", [["0.0.0.0", 4000]]), ("host", [["224.0.0.251", 5353]]), ("host", [["255.255.255.255", 4000]]),
+    ("host", [["10.0.1.2", 4000], ["10.0.1.2", 4000]]),
+    ("host", [[f"10.0.1.{k}", 4000] for k in range(1, MAX_HOSTS + 2)]),
 ])
 def test_every_field_is_bounded(field, value):
     with pytest.raises(BadReport):
@@ -86,7 +92,7 @@ _ANY = st.recursive(
     | st.sampled_from(["EIM", "APDM", "EIF", "sequential", "203.0.113.9", "::1"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["v", "mapping", "samples", "public", "port_range", "tcp", "local", "window",
-                         "history", "x"]), inner, max_size=4),
+                         "history", "host", "x"]), inner, max_size=4),
     max_leaves=16)
 
 
@@ -99,3 +105,18 @@ def test_anything_from_the_network_parses_or_raises_bad_report_only(data, base):
         except BadReport:
             continue
         assert NatReport.from_wire(report.to_wire()) == report
+
+
+def test_host_candidates_are_bounded_ip_literals_in_both_parts():
+    w = WITH_TCP.to_wire()
+    assert w["host"] == [["10.0.1.2", 40000], ["192.168.7.3", 40000]] and w["tcp"]["host"] == [["10.0.1.2", 41000]]
+    full = [[f"10.0.1.{k}", 4000] for k in range(1, MAX_HOSTS + 1)]
+    assert len(NatReport.from_wire({**w, "host": full}).host) == MAX_HOSTS
+    # a public interface address may be published (whether it is aimed at is the planner's call)
+    assert NatReport.from_wire({**w, "host": [["198.51.100.7", 4000]]}).host == (("198.51.100.7", 4000),)
+    for bad in ([["10.0.1.2", 4000]] * 2, [["::1", 4000]], [["victim.example", 4000]],
+                [[f"10.0.1.{k}", 4000] for k in range(1, MAX_HOSTS + 2)]):
+        with pytest.raises(BadReport):
+            NatReport.from_wire({**w, "tcp": {**w["tcp"], "host": bad}})
+    with pytest.raises(BadReport, match="missing"):
+        NatReport.from_wire({**w, "tcp": {k: v for k, v in w["tcp"].items() if k != "host"}})

@@ -7,20 +7,24 @@ Contract: from_wire raises BadReport and only that (its round trip as in udp_rep
 agreed_window and plan raise nothing for an accepted TCP part. Every connect() and low-TTL SYN of
 the plan goes to the address the server observed; the plan's counts stay within the module's limits
 (2W-1 targets with W <= MAX_WINDOW, BIRTHDAY_SOCKETS sockets, MAX_BIRTHDAY_PROBES guesses); its
-to_dict() (printed with --json) packs.
+to_dict() (printed with --json) packs. As if both sides shared the network (own_ip = the peer's
+observed address), the plan's LAN listeners are host candidates of the report that are not globally
+routable, at most MAX_HOSTS.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import msgpack
 
 from nattrav.errors import BadReport
 from nattrav.proto.planner import tcp as tcp_planner
 from nattrav.proto.planner.tcp import agreed_window, plan
+from nattrav.proto.planner.lan import aimable
 from nattrav.proto.planner.tcp_mapping import classify
-from nattrav.proto.report import MAX_WINDOW, History, NatReport, TcpReport, TcpSample
+from nattrav.proto.report import MAX_HOSTS, MAX_WINDOW, History, NatReport, TcpReport, TcpSample
 from nattrav.proto.vocab import Filtering, Mapping
 
 from fuzz_harness import Target, Violation, timed
@@ -72,6 +76,11 @@ def run(data: bytes) -> None:
     if not 0.0 <= p.odds <= 1.0 or not math.isfinite(p.odds):
         raise Violation(f"odds {p.odds}")
     msgpack.packb(p.to_dict(), use_bin_type=True)
+    with timed():
+        lan = plan(replace(mine, host=(("10.0.1.2", 42000),)), peer, role, window=window, peer_ip=PEER_IP,
+                   own_ip=PEER_IP).lan
+    if len(lan) > MAX_HOSTS or any(t not in peer.host or not aimable(t[0], PEER_IP) for t in lan):
+        raise Violation(f"LAN listeners {lan} of {peer.host}")
 
 
 def seeds() -> dict[str, bytes]:
@@ -86,6 +95,8 @@ def seeds() -> dict[str, bytes]:
         "random": tcp([8586, 64041, 35105], port_range=(1024, 65535), **at),
         "full-cone": tcp([50000] * 2, filtering=Filtering.EIF, **at),
         "no-nat": tcp([41000] * 2, public="10.0.2.2", local=("10.0.2.2", 41000), filtering=None),
+        "same-network": tcp([30000, 30001, 30002], times=[0.0, 0.01, 0.02],
+                            host=(("10.0.2.3", 43000), ("8.8.8.8", 43000)), **at),
         "third-party": tcp([50000] * 3, public="192.0.2.99", local=("10.0.2.2", 41000)),
         "untimed-pool": TcpReport(local=("10.0.2.2", 41000), samples=(
             TcpSample(PEER_IP, 1000), TcpSample("203.0.113.78", 1000))),

@@ -13,21 +13,26 @@ map it reads as the same report; plan() of an accepted report with a public endp
 nothing (PlanError is the caller's misuse, BadReport the schema's job). A plan aims every packet of
 ours at the address the server observed, never at one the report names; our part stays within our
 own limits (flows <= the flow budget, sockets <= max_sockets) whatever the peer claims; odds in
-[0, 1], a finite timeout, and its summary (printed with --json, sent as an event) packs.
+[0, 1], a finite timeout, and its summary (printed with --json, sent as an event) packs. Planned
+once more as if both sides shared the network (own_ip = the peer's observed address, our report with
+a host candidate), the only packets not aimed at the observed address are LAN attempts, each to one
+of the report's host candidates that is not globally routable, one packet a round, at most MAX_HOSTS.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import msgpack
 
 from nattrav.errors import BadFrame, BadReport
+from nattrav.proto.planner.lan import aimable
 from nattrav.proto.planner.side import side_from_report
 from nattrav.proto.planner.udp import DEFAULT_FLOW_BUDGET, plan
 from nattrav.proto.rendezvous.wire import _unpack_body, check_info
-from nattrav.proto.report import NatReport, Sample, TcpReport, TcpSample
-from nattrav.proto.vocab import Allocation, Filtering, Mapping
+from nattrav.proto.report import MAX_HOSTS, NatReport, Sample, TcpReport, TcpSample
+from nattrav.proto.vocab import Allocation, Filtering, Mapping, Strategy
 
 from fuzz_harness import Target, Violation, timed
 
@@ -105,6 +110,24 @@ def run(data: bytes) -> None:
         raise Violation(f"odds {p.odds}, timeout {p.timeout}")
     msgpack.packb(p.summary(), use_bin_type=True)
     p.failure_message()
+    with timed():
+        p = plan(replace(local, host=OUR_HOST), report, role, peer_ip=PEER_IP, own_ip=PEER_IP)
+    lan = [a for a in p.attempts if a.strategy is Strategy.LAN]
+    if len(lan) > MAX_HOSTS:
+        raise Violation(f"{len(lan)} LAN attempts")
+    for a in p.attempts:
+        if a.strategy is not Strategy.LAN:
+            if a.local.peer_ip != PEER_IP:
+                raise Violation(f"{a.strategy.value} aims at {a.local.peer_ip}, not the observed {PEER_IP}")
+        elif a.local.targets and ((a.local.peer_ip, a.local.targets[0]) not in report.host
+                                  or not aimable(a.local.peer_ip, PEER_IP)):
+            raise Violation(f"a LAN attempt aims at {a.local.peer_ip}:{a.local.targets}, no LAN candidate")
+        elif a.local.packets > 1 or a.local.opens:
+            raise Violation(f"a LAN attempt sends {a.local.packets} packets a round")
+    p.failure_message()
+
+
+OUR_HOST = (("10.0.1.2", 40000),)  # our host candidate when both sides share the network
 
 
 def encode(role_byte: int, report: NatReport) -> bytes:
@@ -130,6 +153,8 @@ def seeds() -> dict[str, bytes]:
         "busy-seq": udp(APDM, APDF, [20000 + 3 * i for i in range(12)], at, times=[i * 0.001 for i in range(12)],
                         allocation=SEQ),
         "long-wait": udp(APDM, APDF, [20000, 20001, 20900], at, times=[0.0, 0.01, 3600.0], allocation=SEQ, delta=1),
+        "same-network": udp(APDM, APDF, [20000, 20001], at, times=[0.0, 0.01], allocation=SEQ, delta=1,
+                            host=(("10.0.1.3", 41000), ("192.168.7.3", 41000), ("8.8.8.8", 41000))),
         "tcp-only": NatReport(mapping=APDM, filtering=APDF, tcp=TcpReport(
             local=("10.0.2.2", 41000), samples=(TcpSample(at, 30000, 0.0, ("198.51.100.1", 3478)),))),
     }

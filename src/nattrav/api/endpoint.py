@@ -5,11 +5,11 @@ one address we may aim at (where the rendezvous server saw the peer)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-
-import trio
 
 from ..errors import BadReport, ConnectError
 from ..hostport import parse_hostport
@@ -21,6 +21,8 @@ from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.report import NatReport
 from ..proto.vocab import Mapping
+from .background import running
+from .behavior_cache import REFRESH_AFTER, BehaviorCache, Key
 
 STUN_PORT = 3478
 RENDEZVOUS_PORT = rv.DEFAULT_PORT
@@ -43,19 +45,78 @@ def stun_endpoint(stun: str | tuple[str, int] | None, server: tuple[str, int]) -
     return stun
 
 
+@dataclass(frozen=True)
+class CacheUse:
+    """Where a behaviour came from when the cache was on: its key, and the entry's age in seconds
+    (None: measured now)."""
+
+    cache: BehaviorCache
+    key: Key
+    age: float | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.age is not None and self.age > REFRESH_AFTER
+
+
 async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
                             on_event: EventHook | None = None) -> NatBehavior:
     """The RFC 5780 behaviour tests against our STUN server; ConnectError when it does not answer."""
+    return (await resolve_behavior(stun, src_ip, on_event))[0]
+
+
+async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_event: EventHook | None = None,
+                           cache: BehaviorCache | None = None,
+                           mapped: Callable[[tuple[str, int] | None], None] | None = None,
+                           ) -> tuple[NatBehavior, CacheUse | None]:
+    """The NAT's behaviour: from `cache` when it knows this network (one STUN binding tells the
+    public address that names it), else the RFC 5780 tests, whose result is then cached.
+    `mapped`: discover()'s hook, called once the tests have made their mappings."""
     emit = on_event or (lambda phase, detail: None)
-    emit("discovery", {"stun": list(stun)})
+    found: list[CacheUse] = []
+
+    def known(local: tuple[str, int], mapped: tuple[str, int]) -> NatBehavior | None:
+        assert cache is not None
+        key = Key.of(local, mapped, stun)
+        entry = cache.lookup(key)
+        if entry is None:
+            found.append(CacheUse(cache, key))
+            emit("discovery", {"stun": list(stun)})
+            return None
+        behavior = entry.behavior
+        behavior.local, behavior.public_ip = (str(local[0]), int(local[1])), str(mapped[0])
+        found.append(CacheUse(cache, key, entry.age()))
+        emit("behavior-cached", {"age_s": round(entry.age(), 1), "public_ip": behavior.public_ip,
+                                 **{k: behavior.to_dict()[k] for k in ("mapping", "filtering", "allocation",
+                                                                       "delta", "classic")}})
+        return behavior
+
+    if cache is None:
+        emit("discovery", {"stun": list(stun)})
     try:
-        behavior = await discover(stun, src_ip, hairpin=False)
+        behavior = await discover(stun, src_ip, hairpin=False, known=known if cache is not None else None,
+                                  mapped=mapped)
     except OSError as exc:
         raise ConnectError(f"STUN discovery against {stun[0]}:{stun[1]} failed: {exc.strerror or exc}") from None
     if behavior.public_ip is None:
         raise ConnectError(f"no answer from the STUN server {stun[0]}:{stun[1]} (is it running? is UDP blocked?)")
-    emit("discovery-done", behavior.to_dict())
-    return behavior
+    use = found[0] if found else None
+    if use is None or use.age is None:
+        emit("discovery-done", behavior.to_dict())
+        if use is not None:
+            use.cache.save(use.key, behavior)
+    return behavior, use
+
+
+async def refresh_cached(stun: tuple[str, int], src_ip: str | None, use: CacheUse) -> None:
+    """Measure again what the cache said (in the background, once a session is up: the tests'
+    new mappings must not land between a punch socket's samples and its punch)."""
+    try:
+        behavior = await discover(stun, src_ip, hairpin=False)
+    except OSError:
+        return
+    if behavior.public_ip is not None and behavior.local is not None:
+        use.cache.save(Key.of(behavior.local, behavior.public_ip, stun), behavior)
 
 
 async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook) -> HopReading:
@@ -71,21 +132,14 @@ async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHoo
 
 
 async def discover_with_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook,
-                             behavior: NatBehavior | None) -> tuple[NatBehavior, HopReading]:
-    """Behaviour discovery (unless `behavior` is given) and the hop trace, side by side."""
-    out: dict[str, Any] = {"behavior": behavior}
-
-    async def discovery() -> None:
-        out["behavior"] = await discover_behavior(stun, src_ip, emit)
-
-    async def trace() -> None:
-        out["hops"] = await measure_hops(stun, src_ip, emit)
-
-    async with trio.open_nursery() as nursery:
+                             behavior: NatBehavior | None, cache: BehaviorCache | None = None,
+                             ) -> tuple[NatBehavior, CacheUse | None, HopReading]:
+    """The behaviour (unless `behavior` is given: resolve_behavior) and the hop trace, side by side."""
+    async with running(measure_hops, stun, src_ip, emit) as tracing:
+        cached = None
         if behavior is None:
-            nursery.start_soon(discovery)
-        nursery.start_soon(trace)
-    return out["behavior"], out["hops"]
+            behavior, cached = await resolve_behavior(stun, src_ip, emit, cache)
+        return behavior, cached, await tracing.result()
 
 
 def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:
@@ -93,6 +147,15 @@ def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:
     mapping = Mapping.NONE if behavior.nat is False else behavior.mapping
     return NatReport(mapping=mapping, filtering=behavior.filtering, allocation=behavior.allocation,
                      delta=behavior.delta, **fields)
+
+
+def node_info(report: NatReport, server_rtt: float) -> dict[str, Any]:
+    """What we publish through the rendezvous server: our report, and our round trip to the server
+    (it sets the session's start margin from both peers' round trips)."""
+    info: dict[str, Any] = {"report": report.to_wire()}
+    if math.isfinite(server_rtt) and server_rtt >= 0:
+        info["rtt"] = round(server_rtt, 6)
+    return info
 
 
 def read_peer_report(session: Session) -> tuple[NatReport, str]:
@@ -111,6 +174,11 @@ def read_peer_report(session: Session) -> tuple[NatReport, str]:
     except (TypeError, ValueError, IndexError, KeyError):
         raise ConnectError(f"the rendezvous server did not say where it saw {session.peer_id}") from None
     return report, ip
+
+
+def own_ip(session: Session) -> str | None:
+    """Where the rendezvous server saw us (it decides with the peer's whether we share a network)."""
+    return session.observed[0] if session.observed else None
 
 
 def emit_address(emit: EventHook, params: dict[str, Any], ip: str) -> None:

@@ -4,6 +4,7 @@ take are SessionOptions' fields."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,14 +12,18 @@ from typing import Any
 
 import trio
 
+from ..errors import ConnectError
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..io.path import PunchedPath
 from ..io.relay_path import RelayedPath
 from ..io.relay_stream import RelayedTcp
+from ..io.session import Session
 from ..proto.nat_behavior import NatBehavior
-from .endpoint import RENDEZVOUS_PORT, EventHook, stun_endpoint
 from . import relay
+from .background import running
+from .behavior_cache import BehaviorCache
+from .endpoint import RENDEZVOUS_PORT, EventHook, node_info, refresh_cached, stun_endpoint
 from .relay import RelayRung
 from .tcp import TcpTransport
 from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
@@ -39,6 +44,18 @@ class SessionOptions:
     max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
+    # the NAT behaviour cached per network (api/behavior_cache.py): True for the default file, a
+    # path or a BehaviorCache for another, False to measure every time and keep nothing
+    cache: bool | str | os.PathLike | BehaviorCache = True
+
+    def behavior_cache(self) -> BehaviorCache | None:
+        if self.cache is True:
+            return BehaviorCache()
+        if self.cache is False or self.cache is None:
+            return None
+        if isinstance(self.cache, BehaviorCache):
+            return self.cache
+        return BehaviorCache(self.cache)
 
     def emit(self, phase: str, detail: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -50,6 +67,28 @@ class SessionOptions:
         return server_ep, stun_endpoint(self.stun, server_ep)
 
 
+async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook,
+                 rung: RelayRung | None = None) -> Any:
+    try:
+        if rung is not None:  # the ladder may end at the relay
+            return await transport.punch(ep, session, ttl, emit, rung)
+        return await transport.punch(ep, session, ttl, emit)
+    except ConnectError:
+        if ep.cached is not None and ep.cached.age is not None:
+            ep.cached.cache.forget(ep.cached.key)  # the next connect measures again
+        raise
+
+
+@asynccontextmanager
+async def _refreshing(ep: Any, stun: tuple[str, int], src_ip: str | None) -> AsyncIterator[None]:
+    """While a session is up: measure again a cached behaviour that is getting old."""
+    if ep.cached is None or not ep.cached.stale:
+        yield
+        return
+    async with running(refresh_cached, stun, src_ip, ep.cached):
+        yield
+
+
 @asynccontextmanager
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
@@ -58,27 +97,30 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     rung: RelayRung | None = None
     try:
         with trio.fail_after(timeout):
-            async with rv.open_rendezvous(server_ep) as client:
-                o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-                ep = await transport.open(stun_ep, o.src_ip, o.src_port, o.emit, o.behavior)
-                try:
-                    if getattr(transport, "relays", False):
-                        rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, o.emit,
-                                                    tcp=isinstance(transport, TcpTransport))
-                    await client.update_info({"report": ep.report.to_wire(), **relay.info(rung)})
-                    o.emit("rendezvous-connect", {"peer": peer_id})
-                    session = await client.connect(peer_id, timeout=timeout)
-                    if rung is not None:
-                        path = await transport.punch(ep, session, o.ttl, o.emit, rung)
-                    else:
-                        path = await transport.punch(ep, session, o.ttl, o.emit)
-                except BaseException:
-                    transport.close(ep)
-                    raise
+            # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
+            # rendezvous connection comes up
+            async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior,
+                               o.behavior_cache(), unclaimed=transport.close) as opening:
+                async with rv.open_rendezvous(server_ep) as client:
+                    o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                    ep = await opening.result()
+                    try:
+                        if getattr(transport, "relays", False):
+                            # the ladder's last rung: an allocation offered beside our report
+                            rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, o.emit,
+                                                        tcp=isinstance(transport, TcpTransport))
+                        o.emit("rendezvous-connect", {"peer": peer_id})
+                        info = {**node_info(ep.report, client.rtt), **relay.info(rung)}
+                        session = await client.connect(peer_id, timeout=timeout, info=info)
+                        path = await _punch(transport, ep, session, o.ttl, o.emit, rung)
+                    except BaseException:
+                        transport.close(ep)
+                        raise
     finally:
         if rung is not None:
             await rung.aclose()  # unless the relayed path took the allocation over
-    async with _held(path, max(1.0, deadline - trio.current_time()), o.emit) as held:
+    async with _held(path, max(1.0, deadline - trio.current_time()), o.emit) as held, \
+            _refreshing(ep, stun_ep, o.src_ip):
         yield held
 
 
@@ -87,10 +129,10 @@ async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[
     """The path for the caller's block: a relayed one runs in the background and first waits for
     the peer through the relay (RelayError after `relay_wait` s), a punched one just closes after."""
     if isinstance(path, (RelayedPath, RelayedTcp)):
-        async with path.open(relay_wait) as running:
-            emit("connected", {"peer": list(running.peer_addr), "rtt_ms": round(running.rtt * 1e3, 2),
-                               "strategy": running.strategy.value, "via": running.via})
-            yield running
+        async with path.open(relay_wait) as opened:
+            emit("connected", {"peer": list(opened.peer_addr), "rtt_ms": round(opened.rtt * 1e3, 2),
+                               "strategy": opened.strategy.value, "via": opened.via})
+            yield opened
     else:
         async with path:
             yield path
@@ -151,9 +193,10 @@ class Listener:
 
     def __init__(self, client: rv.RendezvousClient, transport: Any, stun: tuple[str, int],
                  src: tuple[str | None, int], ttl: int | None, emit: EventHook,
-                 behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None) -> None:
+                 behavior: NatBehavior | None = None, policy: AcceptPolicy | None = None,
+                 cache: BehaviorCache | None = None) -> None:
         self._client, self._transport, self._stun, self._src = client, transport, stun, src
-        self._ttl, self._emit, self._behavior = ttl, emit, behavior
+        self._ttl, self._emit, self._behavior, self._cache = ttl, emit, behavior, cache
         self.policy = policy if policy is not None else AcceptPolicy()
         self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
 
@@ -161,11 +204,15 @@ class Listener:
     def peer_id(self) -> str:
         return self._client.peer_id
 
-    async def _prepare(self) -> None:
-        self.endpoint = await self._transport.open(self._stun, self._src[0], self._src[1], self._emit,
-                                                   self._behavior)
-        self._behavior = self.endpoint.behavior
-        await self._client.update_info({"report": self.endpoint.report.to_wire()})
+    async def _open(self) -> Any:
+        return await self._transport.open(self._stun, self._src[0], self._src[1], self._emit, self._behavior,
+                                          self._cache)
+
+    async def _publish(self, ep: Any) -> None:
+        """`ep` is the endpoint for the next peer: its report goes to the server."""
+        self.endpoint = ep
+        self._behavior = ep.behavior  # later endpoints skip discovery and the cache
+        await self._client.update_info(node_info(ep.report, self._client.rtt))
 
     def _close(self) -> None:
         if self.endpoint is not None:
@@ -184,25 +231,19 @@ class Listener:
                 break
             self._emit("refused", {"from": offer.peer_id, "reason": why})
             await self._client.refuse(offer)
-        if self.endpoint is None:
-            await self._prepare()
-        ep = self.endpoint
+        ep = self.endpoint if self.endpoint is not None else await self._open()
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
             await self._transport.refresh(ep, self._emit)
-            await self._client.update_info({"report": ep.report.to_wire()})
-            session = await self._client.accept(offer)
+            session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
             rung = None
             if getattr(self._transport, "relays", False):
                 rung = await relay.peer_rung(session, self._client.relay, self._emit)
-            if rung is not None:
-                path = await self._transport.punch(ep, session, self._ttl, self._emit, rung)
-            else:
-                path = await self._transport.punch(ep, session, self._ttl, self._emit)
+            path = await _punch(self._transport, ep, session, self._ttl, self._emit, rung)
         except BaseException:
             self._transport.close(ep)
             raise
-        async with _held(path, relay.RELAY_WAIT, self._emit) as held:
+        async with _held(path, relay.RELAY_WAIT, self._emit) as held, _refreshing(ep, self._stun, self._src[0]):
             yield held
 
 
@@ -213,14 +254,19 @@ TcpListener = Listener  # the same listener, built by listen_tcp() with the TCP 
 async def _listen(transport: Any, server: Server, name: str | None, secret: str | None,
                   policy: AcceptPolicy | None, o: SessionOptions) -> AsyncIterator[Listener]:
     server_ep, stun_ep = o.endpoints(server)
-    async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
-        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior, policy)
-        try:
-            await listener._prepare()
-            o.emit("enrolled", {"peer_id": client.peer_id})
-            yield listener
-        finally:
-            listener._close()
+    cache = o.behavior_cache()
+    # our endpoint is made while we enroll
+    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache,
+                       unclaimed=transport.close) as opening:
+        async with rv.open_rendezvous(server_ep, name=name, secret=secret) as client:
+            listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
+                                policy, cache)
+            try:
+                await listener._publish(await opening.result())
+                o.emit("enrolled", {"peer_id": client.peer_id})
+                yield listener
+            finally:
+                listener._close()
 
 
 @asynccontextmanager

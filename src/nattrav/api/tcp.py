@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from ..errors import ConnectError, StunTcpError, TcpPunchFailed
+from ..io.interfaces import host_candidates
 from ..io.session import Session
 from ..io.stun_tcp import tcp_mappings
 from ..io.tcp_punch import open_listener, tcp_punch
@@ -20,7 +21,9 @@ from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .relay import RelayRung
-from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
+from .behavior_cache import BehaviorCache
+from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report,
+                       resolve)
 
 
 @dataclass
@@ -31,11 +34,20 @@ class TcpEndpoint:
     behavior: NatBehavior
     report: NatReport  # its TCP part holds the TCP mappings
     measured_at: float = 0.0  # trio time the report's sample times count from
+    cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
     hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL of the opening SYNs
+    # a listener on a port of its own for peers on the same network (the report's host candidates);
+    # closed by the punch
+    lan_listener: Any = None
+
+    def close(self) -> None:
+        self.listener.close()
+        if self.lan_listener is not None:
+            self.lan_listener.close()
 
 
-async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
-                      emit: EventHook) -> tuple[NatReport, float]:
+async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: EventHook,
+                      lan: tuple[str, int] | None = None) -> tuple[NatReport, float]:
     """The TCP report, and the trio time its samples' "t" count from."""
     s1, s2 = behavior.server, behavior.other_address
     assert s1 is not None
@@ -53,7 +65,8 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
                     # what the UDP tests measured (no STUN test measures TCP filtering): a hypothesis
                     # for TCP that the planner's ladder tries first and falls back from
                     # (proto/planner/tcp.py ladder()); unknown reads as the strictest
-                    filtering=behavior.filtering or Filtering.APDF)
+                    filtering=behavior.filtering or Filtering.APDF,
+                    host=() if lan is None else host_candidates(lan))
     ports = [x["port"] for x in samples]
     emit("tcp-mapping", {"ports": ports, "local": list(local),
                          "steps": [b - a for a, b in zip(ports, ports[1:])]})
@@ -62,23 +75,31 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior,
 
 async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
                             on_event: EventHook | None = None,
-                            behavior: NatBehavior | None = None) -> TcpEndpoint:
-    """Discovery (UDP, unless `behavior` is given), then the TCP mappings of one shared local port."""
+                            behavior: NatBehavior | None = None,
+                            cache: BehaviorCache | None = None) -> TcpEndpoint:
+    """Discovery (UDP, unless `behavior` is given or `cache` knows this network), then the TCP
+    mappings of one shared local port."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
-    behavior, hops = await discover_with_hops(stun, src_ip, emit, behavior)
+    behavior, cached, hops = await discover_with_hops(stun, src_ip, emit, behavior, cache)
     if behavior.server is None:
         raise ConnectError("the STUN discovery named no server address for the TCP probes")
     try:
         listener = open_listener((src_ip or "0.0.0.0", src_port))
     except OSError as exc:
         raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}") from None
+    ep = TcpEndpoint(listener, behavior, NatReport(), cached=cached, hops=hops)
     try:
-        report, started = await _tcp_report(listener.getsockname()[:2], behavior, emit)
+        try:
+            ep.lan_listener = open_listener((src_ip or "0.0.0.0", 0))
+        except OSError as exc:
+            raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'} (LAN): {exc.strerror}") from None
+        ep.report, ep.measured_at = await _tcp_report(listener.getsockname()[:2], behavior, emit,
+                                                      ep.lan_listener.getsockname()[:2])
     except BaseException:
-        listener.close()
+        ep.close()
         raise
-    return TcpEndpoint(listener, behavior, report, started, hops)
+    return ep
 
 
 async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
@@ -90,19 +111,21 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
         if peer_report.tcp is None:
             raise ConnectError(f"peer {session.peer_id} published no TCP report (is it listening with TCP?)")
     except ConnectError:
-        ep.listener.close()
+        ep.close()
         raise
     mine, peer = ep.report.tcp, peer_report.tcp
     assert mine is not None
     rungs = tcp_ladder(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip,
-                       timeout=timeout)
+                       timeout=timeout, own_ip=own_ip(session))
     local = ep.listener.getsockname()[:2]
     low_ttl = ttl or ep.hops.low_ttl
     failures = []
-    if relay is not None and not rungs[0].plan.feasible:
+    # infeasible: straight to the relay -- unless the first rung races the peer's LAN listeners
+    # (its odds are then a floor)
+    if relay is not None and not rungs[0].plan.feasible and not rungs[0].plan.lan:
         emit("plan", {**rungs[0].plan.to_dict(), "params": rungs[0].plan.params, "peer_targets": [],
                       "rungs": [r.plan.strategy.value for r in rungs]})
-        ep.listener.close()
+        ep.close()
         return relay.stream(session, peer_ip, why="infeasible", reason=rungs[0].plan.reason, emit=emit)
     for i, rung in enumerate(rungs):
         p = rung.plan
@@ -122,8 +145,9 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
                 failures.append(f"{p.strategy.value}: cannot listen on {local[0]}:{local[1]} again: {exc.strerror}")
                 break
         try:
+            # the first rung also races the LAN (when p.lan names the peer's LAN listeners)
             stream = await tcp_punch(listener, p, session.key, session.start_at + rung.start, low_ttl=low_ttl,
-                                     timeout=rung.budget)
+                                     timeout=rung.budget, lan_listener=ep.lan_listener if i == 0 else None)
         except TcpPunchFailed as exc:
             failures.append(str(exc))
             continue
@@ -134,6 +158,7 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
         return stream
     why = failures[0] if len(failures) == 1 else "; then ".join(f"rung {i + 1}: {f}" for i, f in enumerate(failures))
     if relay is not None:
+        ep.close()  # what the rungs left open (the LAN listener)
         return relay.stream(session, peer_ip, why="punch-failed", reason=why, emit=emit)
     raise TcpPunchFailed(why)
 
@@ -146,8 +171,9 @@ class TcpTransport:
         self.punch_timeout = punch_timeout
         self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
 
-    async def open(self, stun, src_ip, src_port, emit, behavior) -> TcpEndpoint:
-        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> TcpEndpoint:
+        ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
+                                     cache=cache)
         ep.report = self._windowed(ep.report)
         return ep
 
@@ -160,7 +186,8 @@ class TcpTransport:
         # the mappings may be stale (other flows since enrolment): measure the same port again; the
         # flows others took in between tell the window planner the NAT's rate over that whole wait
         old, old_at = ep.report.tcp, ep.measured_at
-        new, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit)
+        new, ep.measured_at = await _tcp_report(ep.listener.getsockname()[:2], ep.behavior, emit,
+                                                None if ep.lan_listener is None else ep.lan_listener.getsockname()[:2])
         assert old is not None and new.tcp is not None
         seen = history(old, new.tcp, ep.measured_at + (new.tcp.samples[0].t or 0.0)
                        - old_at - (old.samples[-1].t or 0.0))
@@ -174,4 +201,4 @@ class TcpTransport:
 
     @staticmethod
     def close(ep: TcpEndpoint) -> None:
-        ep.listener.close()
+        ep.close()

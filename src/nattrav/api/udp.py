@@ -9,22 +9,34 @@ from typing import Any
 
 import trio
 
-from ..errors import BadReport, ConnectError, PlanError, PunchFailed, StunErrorResponse, StunTimeout, WorkerError
+from ..errors import BadReport, ConnectError, PlanError, PunchFailed, WorkerError
+from ..io.interfaces import host_candidates
 from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.relay_path import RelayedPath
 from ..io.session import Session
-from ..io.stun_client import binding
+from ..io.stun_client import run_transactions
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.udp import DEFAULT_FLOW_BUDGET, Plan, plan
 from ..proto.report import NatReport, Sample
+from ..proto.stun import binding_request
+from ..proto.stun_client import Transaction
+from ..proto.vocab import Mapping
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .relay import RelayRung
-from .endpoint import EventHook, discover_with_hops, emit_address, nat_report, read_peer_report, resolve
+from .background import running
+from .behavior_cache import BehaviorCache
+from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, read_peer_report,
+                       resolve, resolve_behavior)
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
+# An EIM mapping is the same for every destination: sampling it again before a session shows nothing
+# new unless it may have expired meanwhile (home routers keep idle UDP mappings 30 s or more).
+EIM_SAMPLES_FRESH = 20.0
+# the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
+SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
 
 
 @dataclass
@@ -35,6 +47,8 @@ class Endpoint:
     behavior: NatBehavior
     report: NatReport  # the NAT's words + the punch socket's own mappings, as sent to the peer
     t0: float = 0.0  # trio time of the punch socket's first sample (the samples' "t" count from it)
+    sampled_at: float = 0.0  # trio time of the latest mapping samples
+    cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
     hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL
 
 
@@ -45,14 +59,14 @@ async def open_endpoint(
     src_port: int = 0,
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
+    cache: BehaviorCache | None = None,
 ) -> Endpoint:
-    """Discover the NAT's behaviour (unless a recent `behavior` report is given: a NAT's behaviour
-    does not change between sessions, its mappings do), then learn the punch socket's mappings
-    from S1 and S2."""
+    """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
+    this network: a NAT's behaviour does not change between sessions, its mappings do), and learn
+    the punch socket's mappings from S1 and S2 -- as soon as discovery's tests have made their own
+    mappings, while its filtering tests still wait for answers that may never come."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
-    behavior, hops = await discover_with_hops(stun, src_ip, emit, behavior)
-
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
         try:
@@ -61,13 +75,51 @@ async def open_endpoint(
             raise ConnectError(
                 f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
             ) from None
-        targets = [stun] + ([behavior.other_address] if behavior.other_address else [])
-        t0 = trio.current_time()
-        report = await _learn_mappings(sock, targets, behavior, emit, t0)
+        # the trace runs beside discovery: its one flow is made before the punch socket samples
+        async with running(measure_hops, stun, src_ip, emit) as tracing:
+            cached = sampled = None
+            if behavior is None:
+                (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache)
+            if sampled is None:
+                t0 = trio.current_time()
+                sampled = (t0, *await _sample(sock, _targets(stun, behavior.other_address), t0))
+            t0, new, public = sampled
+            report = _report(sock, behavior, new, public, emit)
+            hops = await tracing.result()
     except BaseException:
         sock.close()
         raise
-    return Endpoint(sock, behavior, report, t0, hops)
+    return Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops)
+
+
+def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple[str, int]]:
+    return [stun] + ([other] if other else [])
+
+
+async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | None, emit: EventHook,
+                                cache: BehaviorCache | None) -> tuple[Any, Any]:
+    """resolve_behavior(), with the punch socket's samples taken once the tests' mappings are made
+    (None when discovery never got that far: the cache answered, or the server did not)."""
+    made = trio.Event()
+    other: list[tuple[str, int] | None] = []
+
+    def mapped(other_address: tuple[str, int] | None) -> None:
+        other.append(other_address)
+        made.set()
+
+    async with running(resolve_behavior, stun, src_ip, emit, cache, mapped) as job:
+        async with trio.open_nursery() as nursery:
+            async def first(wait: Any) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, made.wait)
+            nursery.start_soon(first, job.wait)
+        sampled = None
+        if made.is_set():
+            t0 = trio.current_time()
+            sampled = (t0, *await _sample(sock, _targets(stun, other[0]), t0))
+        return await job.result(), sampled
 
 
 async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
@@ -79,29 +131,41 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     s1, s2 = ep.behavior.server, ep.behavior.other_address
     if s2 is None or s2[0] == s1[0]:  # one server IP: both its ports are old flows already
         return ep.report
-    ep.report = await _learn_mappings(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.behavior,
-                                      on_event or (lambda phase, detail: None), ep.t0, ep.report)
+    if ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH:
+        return ep.report
+    new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
+    ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
+    ep.sampled_at = trio.current_time()
     return ep.report
 
 
-async def _learn_mappings(sock: Any, targets: list[tuple[str, int]], behavior: NatBehavior,
-                          emit: EventHook, t0: float, previous: NatReport | None = None) -> NatReport:
-    # With APDM each new server address is a new mapping; the difference between consecutive ones
-    # is the step Δ the next mapping will take, and the last one is where prediction starts.
+async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float) -> tuple[list[Sample], tuple[str, int]]:
+    """The punch socket's mappings seen by `targets`, and the last public address. With APDM each
+    new server address is a new mapping; the difference between consecutive ones is the step Δ the
+    next mapping will take, and the last one is where prediction starts. The requests leave
+    together, in order (the NAT numbers the mappings in the order they arrive)."""
+    jobs = [(sock, Transaction(binding_request(), dest, rto=SAMPLE_RTO, rc=SAMPLE_RC, rm=SAMPLE_RM))
+            for dest in targets]
+    results = await run_transactions(jobs, stagger=0.001)
     new = []
-    for dest in targets:
-        try:
-            r = await binding(sock, dest, timeout=3.0)
-        except (StunTimeout, StunErrorResponse) as exc:
-            raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {exc}") from None
+    for dest, (_, tx), r in zip(targets, jobs, results):
+        if r is None or not r.ok:
+            why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
+            raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {why}")
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
-        new.append(Sample(r.mapped[1], trio.current_time() - t0))
+        new.append(Sample(r.mapped[1], r.received_at - t0))
         public = (str(r.mapped[0]), r.mapped[1])
+    return new, public
+
+
+def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[str, int], emit: EventHook,
+            previous: NatReport | None = None) -> NatReport:
     series = (previous.samples if previous else ()) + tuple(new)
     ports = [s.port for s in new]
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
-    return nat_report(behavior, public=public, samples=series)
+    # the host candidates are read again at every refresh: a listener's interfaces may change
+    return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()))
 
 
 def _plan(ep: Endpoint, session: Session, emit: EventHook, max_flows: int) -> tuple[Plan, NatReport, str]:
@@ -110,7 +174,8 @@ def _plan(ep: Endpoint, session: Session, emit: EventHook, max_flows: int) -> tu
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
-        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows)
+        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows,
+                       own_ip=own_ip(session))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     emit_address(emit, p.params, peer_ip)
@@ -118,7 +183,7 @@ def _plan(ep: Endpoint, session: Session, emit: EventHook, max_flows: int) -> tu
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
     # runs its bounded best effort (unless a relay takes it), whose odds are small but not zero
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
-                  "reason": p.reason, "role": session.role, "params": p.params,
+                  "odds_floor": p.odds_floor, "reason": p.reason, "role": session.role, "params": p.params,
                   "peer_targets": list(p.attempts[0].local.targets[:4096])})
     return p, peer_report, peer_ip
 
@@ -130,7 +195,9 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
     the caller opens it (RelayedPath.open)."""
     p, peer_report, peer_ip = _plan(ep, session, emit, max_flows)
-    if relay is not None and not p.feasible:
+    # infeasible: straight to the relay -- unless the peer may be on our LAN (the plan's odds are
+    # then a floor: its LAN attempts may well connect), where the relay waits for the punch's end
+    if relay is not None and not p.feasible and not p.odds_floor:
         return relay.path(ep.sock, session, peer_ip, peer_report, why="infeasible", reason=p.failure_message(),
                           emit=emit)
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
@@ -170,8 +237,9 @@ class UdpTransport:
         self.coordinator = coordinator
         self.max_flows = max_flows
 
-    async def open(self, stun, src_ip, src_port, emit, behavior) -> Endpoint:
-        return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior)
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
+        return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
+                                   cache=cache)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)

@@ -18,6 +18,8 @@ def describe(phase: str, d: dict[str, Any], *, verbose: bool = False) -> str | N
 # The line of each plain event: str.format fields name the event's details.
 _LINES = {
     "discovery": "discovery: asking STUN server {stun[0]}:{stun[1]} how our NAT behaves",
+    "behavior-cached": ("discovery: this network ({public_ip}) was measured {age_s:.0f} s ago: {mapping} mapping, "
+                        "{filtering} filtering, {allocation} ports — {classic} (--no-cache measures again)"),
     "mapping": ("mapping: the punch socket is {public[0]}:{public[1]} "
                 "(ports the two servers saw from it: {ports}, Δ={delta})"),
     "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",
@@ -61,6 +63,7 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
         return f"relay: {why} ({d['reason']}); going through the relay {d['relay'][0]}:{d['relay'][1]}"
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
-        return (f"plan: {d['strategy']} (we are {d['role']}), odds {100 * d['odds']:.6g}% — "
+        floor = "at least " if d.get("odds_floor") else ""  # the LAN attempts' chance is not counted
+        return (f"plan: {d['strategy']} (we are {d['role']}), odds {floor}{100 * d['odds']:.6g}% — "
                 f"{d['reason']}{extra}")
     return f"{phase}: {d}" if verbose else None

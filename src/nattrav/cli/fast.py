@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAT gives a subscriber 1024-2048, a home router holds 4k-16k in all); more raises the "
                    "odds of the random-port strategies where the NATs can hold them")
     p.add_argument("-n", "--name", help="enroll under this name instead of a random ID")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure the NAT's behaviour every time and keep nothing (default: kept per network "
+                        "in $XDG_CACHE_HOME/nattrav/behavior.json, so a later run skips the RFC 5780 tests)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up connecting after this long (default 30)")
     p.add_argument("--linger", type=float, default=1.0, metavar="SECONDS",
@@ -150,7 +153,7 @@ async def _pipe_tcp(stream: Any, linger: float) -> None:
 async def run(args: argparse.Namespace, report: Reporter) -> int:
     server = parse_hostport(args.server, rv.DEFAULT_PORT)
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl,
-                  max_flows=args.max_flows, on_event=report)
+                  max_flows=args.max_flows, on_event=report, cache=not args.no_cache)
     if args.tcp:
         connect_, listen_, pipe = connect_tcp, listen_tcp, _pipe_tcp
     else:

@@ -236,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offer-timeout", type=float, default=10.0, metavar="S",
                    help="default time a target has to accept a connect (default 10)")
     p.add_argument("--start-margin", type=float, default=0.5, metavar="S",
-                   help="both peers start punching this long after the accept (default 0.5)")
+                   help="both peers start punching this long after the accept when either did not tell its "
+                        "round trip to the server (older clients; default 0.5); otherwise the larger round "
+                        "trip, within 0.02..2 s")
     p.add_argument("--max-connections", type=_count, default=10_000, metavar="N",
                    help="rendezvous connections at once (default 10000); lowered, with a warning, to what "
                         "the file-descriptor limit allows once its soft value is raised to the hard one")

@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--no-hairpin", action="store_true")
     pr.add_argument("--lifetime", action="store_true", help="measure mapping lifetime (slow)")
     pr.add_argument("--lifetime-max", type=float, default=120.0)
-    pr.add_argument("--rto", type=float, default=0.2)
+    pr.add_argument("--rto", type=float, default=None,
+                    help="fixed retransmission timeout in seconds (default: 0.2 s for the first test, then "
+                         "from the RTT it measured; a test that may get no answer waits a few RTTs)")
     pr.add_argument("-v", "--verbose", action="store_true")
 
     args = ap.parse_args(argv)

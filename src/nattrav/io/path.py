@@ -25,9 +25,14 @@ class PunchedPath:
     """An authenticated UDP path to the peer. Not thread-safe; one reader at a time."""
 
     def __init__(self, sock: Any, peer_addr: tuple[str, int], rtt: float, strategy: Strategy,
-                 handshake: Handshake, stats: dict[str, Any] | None = None) -> None:
+                 handshake: Handshake, stats: dict[str, Any] | None = None,
+                 also: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.sock = sock
         self.peer_addr = peer_addr
+        # other addresses the peer authenticated from during the punch: with LAN attempts racing the
+        # planned one, each side may have won on another path (ours to its LAN address, its to our
+        # public one through a hairpin), and both carry the peer's frames
+        self.also = also
         self.rtt = rtt  # seconds, from the handshake
         self.strategy = strategy
         self.handshake = handshake
@@ -51,7 +56,8 @@ class PunchedPath:
 
     async def receive(self) -> bytes:
         """The next payload from the peer. Answers late handshake packets on the way; drops anything
-        unauthenticated or from another address. Returns b"" once the peer closed the path."""
+        unauthenticated or from an address the peer did not authenticate from during the punch.
+        Returns b"" once the peer closed the path."""
         while True:
             if self.closed_by_peer:
                 return b""
@@ -61,7 +67,8 @@ class PunchedPath:
                 if exc.errno in ICMP_ERRNOS:
                     continue
                 raise
-            if tuple(addr[:2]) != self.peer_addr:
+            addr = tuple(addr[:2])
+            if addr != self.peer_addr and addr not in self.also:
                 continue
             try:
                 got = self.handshake.receive(data, now_ns())

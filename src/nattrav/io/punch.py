@@ -33,6 +33,7 @@ CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confi
 # at most. They resend the same flows, so no new mapping is made on the way.
 ESCALATE_AFTER = 1.0
 MAX_ESCALATION = 2
+MAX_PEER_ADDRS = 16  # addresses a socket remembers the peer authenticating from (path.also)
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -67,8 +68,12 @@ class _Race:
         self.ttl_now: dict[int, int] = {}  # id(sock) -> the TTL it is set to now, when not normal
         self.winner: tuple[Any, tuple[str, int], int, Strategy] | None = None
         self.heard: dict[int, tuple[Any, tuple[str, int]]] = {}  # id(sock) -> peer addr it heard from
+        self.peer_addrs: dict[int, set[tuple[str, int]]] = {}  # id(sock) -> every address that authenticated
         self.stats: dict[str, Any] = {"sent": 0, "received": 0, "rejected": 0, "attempts": []}
         self.strategy_of: dict[int, Strategy] = {}
+        # LAN attempts share the punch socket with the planned one: their win is told by the address
+        self.lan_addrs = {(a.local.peer_ip, port) for a in plan.attempts if a.strategy is Strategy.LAN
+                          for port in a.local.targets}
         self.done = trio.Event()
 
     def _event(self, what: str, **info: Any) -> None:
@@ -135,6 +140,8 @@ class _Race:
 
     async def _attempt(self, attempt: Attempt) -> None:
         part = attempt.local
+        if attempt.strategy is Strategy.LAN and not part.targets:
+            return  # the peer has more candidates than we: its extra attempts have no twin here
         await trio.sleep(attempt.delay + part.delay)
         tried = {"strategy": attempt.strategy.value, "opens": part.opens, "sent": 0,
                  "ttl": [self.low_ttl] if part.opens else []}
@@ -148,8 +155,9 @@ class _Race:
         socks: list[Any] = [self.sock]
         if part.sockets > 1:
             socks = await self._open_burst(part.sockets - 1, attempt.strategy) + [self.sock]
-        for s in socks:
-            self.strategy_of.setdefault(id(s), attempt.strategy)
+        if attempt.strategy is not Strategy.LAN:
+            for s in socks:
+                self.strategy_of.setdefault(id(s), attempt.strategy)
         # Random guesses: from the STUN socket only, or (spread) a fresh sample per socket.
         guessers = socks if part.spread else socks[-1:]
         probes = {id(s): _random_ports(part, self.rng) for s in guessers} if part.random_probes else {}
@@ -301,6 +309,9 @@ class _Race:
             except BadPacket:
                 self.stats["rejected"] += 1
                 continue
+            known = self.peer_addrs.setdefault(id(s), set())
+            if len(known) < MAX_PEER_ADDRS:
+                known.add(addr)
             if got.event is Event.HELLO and id(s) not in self.heard:
                 self._event("hello", peer=list(addr))
             if got.replies or got.event is Event.HELLO:
@@ -317,7 +328,9 @@ class _Race:
             if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, s, addr)
             if got.event in (Event.ESTABLISHED, Event.ACK) and self.winner is None:
-                self.winner = (s, addr, got.rtt or 0, self.strategy_of.get(id(s), self.plan.strategy))
+                strategy = (Strategy.LAN if addr in self.lan_addrs
+                            else self.strategy_of.get(id(s), self.plan.strategy))
+                self.winner = (s, addr, got.rtt or 0, strategy)
                 self._event("established", peer=list(addr), rtt=(got.rtt or 0) / 1e9,
                             strategy=self.winner[3].value)
                 self.done.set()
@@ -363,7 +376,8 @@ class _Race:
         self._restore_ttl()
         self.stats["rejected"] = self.handshake.rejected
         path_sock = s if isinstance(s, trio.socket.SocketType) else trio.socket.from_stdlib_socket(s)
-        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.handshake, self.stats)
+        return PunchedPath(path_sock, addr, rtt / 1e9, strategy, self.handshake, self.stats,
+                           also=frozenset(self.peer_addrs.get(id(s), ())) - {addr})
 
     def _evidence(self) -> str:
         """What each attempt did, for the failure message: which assumption may have broken."""

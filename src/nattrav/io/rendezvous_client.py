@@ -282,24 +282,47 @@ class RendezvousClient:
                 link.fail(ServerGone(f"the server has not read our frames for {SEND_TIMEOUT:g} s"))
 
     async def _request(self, kind: str, **fields) -> dict:
+        return (await self._requests((kind, fields)))[-1]
+
+    async def _requests(self, *requests: tuple[str, dict]) -> list[dict]:
+        """Send the requests back to back (the server answers them in order), then wait for every
+        reply: one round trip for all. The first error reply is raised."""
         link = self._link
         if self._closed is not None or link is None or link.gone is not None:
             raise self._gone_error(link)
-        rid = next(self._ids)
-        reply = link.pending[rid] = Reply()
+        waiting = []
         try:
-            await self._send(link, make(kind, id=rid, **fields))
-            await reply.event.wait()
+            for kind, fields in requests:
+                rid = next(self._ids)
+                reply = link.pending[rid] = Reply()
+                waiting.append((rid, reply))
+                await self._send(link, make(kind, id=rid, **fields))
+            for _, reply in waiting:
+                await reply.event.wait()
         finally:
-            link.pending.pop(rid, None)
-        if reply.msg is None:
-            raise self._gone_error(link)
-        if reply.msg["t"] == "error":
-            raise error_from(reply.msg)
-        return reply.msg
+            for rid, _ in waiting:
+                link.pending.pop(rid, None)
+        replies = []
+        for _, reply in waiting:
+            if reply.msg is None:
+                raise self._gone_error(link)
+            if reply.msg["t"] == "error":
+                raise error_from(reply.msg)
+            replies.append(reply.msg)
+        return replies
+
+    def _info_request(self, info: dict | None) -> list[tuple[str, dict]]:
+        if info is None:
+            return []
+        try:
+            check_info(info)
+        except BadFrame as exc:
+            raise ValueError(f"node info rejected: {exc}") from None
+        self._info = info
+        return [("info", {"info": info})]
 
     def _session(self, msg: dict) -> Session:
-        return Session.from_frame(msg, self.to_local)
+        return Session.from_frame(msg, self.to_local, self.observed)
 
     # -- public API --
     async def ping(self) -> float:
@@ -312,18 +335,15 @@ class RendezvousClient:
 
     async def update_info(self, info: dict) -> None:
         """Publish new node info (also what the client publishes when it enrolls again)."""
-        try:
-            check_info(info)
-        except BadFrame as exc:
-            raise ValueError(f"node info rejected: {exc}") from None
-        self._info = info
-        await self._request("info", info=info)
+        await self._requests(*self._info_request(info))
 
-    async def connect(self, peer_id: str, timeout: float = 10.0) -> Session:
-        """Ask peer_id for a session; raises UnknownPeer, PeerOffline, Refused or RendezvousTimeout."""
+    async def connect(self, peer_id: str, timeout: float = 10.0, *, info: dict | None = None) -> Session:
+        """Ask peer_id for a session; raises UnknownPeer, PeerOffline, Refused or RendezvousTimeout.
+        `info`: publish this node info first, in the same round trip (update_info() then connect())."""
+        requests = self._info_request(info) + [("connect", {"target": peer_id, "timeout": float(timeout)})]
         # The server enforces the timeout; the local guard only covers a server that stops answering.
         with trio.move_on_after(timeout + max(2.0, 4 * min(self.rtt, 5.0))) as guard:
-            msg = await self._request("connect", target=peer_id, timeout=float(timeout))
+            msg = (await self._requests(*requests))[-1]
         if guard.cancelled_caught:
             raise RendezvousTimeout(f"timeout: no answer about {peer_id} within {timeout:g} s")
         return self._session(msg)
@@ -341,10 +361,12 @@ class RendezvousClient:
             if offer.offer_id not in self._cancelled:
                 return offer
 
-    async def accept(self, offer: Offer) -> Session:
+    async def accept(self, offer: Offer, *, info: dict | None = None) -> Session:
+        """Take `offer`; `info`: publish this node info first, in the same round trip."""
         if offer.offer_id in self._cancelled:
             raise OfferGone(f"offer from {offer.peer_id} ended: {self._cancelled[offer.offer_id]}")
-        return self._session(await self._request("accept", offer=offer.offer_id))
+        requests = self._info_request(info) + [("accept", {"offer": offer.offer_id})]
+        return self._session((await self._requests(*requests))[-1])
 
     async def refuse(self, offer: Offer) -> None:
         if offer.offer_id in self._cancelled:

@@ -24,13 +24,17 @@ class Session:
     peer_id: str = ""
     peer_info: dict[str, Any] = field(default_factory=dict)  # the peer's node info (its report, ...)
     nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_LEN))  # ours, for the handshake
+    # OUR address as the rendezvous server saw it (the peer's is in peer_info["observed"]): the two
+    # decide whether the peers share a network (proto/planner/lan.py)
+    observed: tuple[str, int] | None = None
 
     @classmethod
-    def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float]) -> Session:
+    def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float],
+                   observed: tuple[str, int] | None = None) -> Session:
         """From the rendezvous' (schema-checked) "session" frame; `to_local` maps the server's clock
-        to ours (io/rendezvous_client.py's ClockMap)."""
+        to ours (io/rendezvous_client.py's ClockMap); `observed`: where the server saw us."""
         return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
-                   msg["info"])
+                   msg["info"], observed=observed)
 
     def start_in(self) -> float:
         """Seconds until the agreed start (negative once it passed)."""

@@ -8,14 +8,14 @@ that socket, and a punch must leave from it (a new socket gets a new mapping on 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
 from ..errors import StunErrorResponse, StunTimeout
 from ..proto.stun import binding_request
 from ..proto.stun_attrs import Address
-from ..proto.stun_client import RC, RM, RTO, BindingResult, Transaction, expected_source
+from ..proto.stun_client import RC, RM, RTO, BindingResult, State, Transaction, expected_source
 
 
 async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> BindingResult:
@@ -45,6 +45,59 @@ async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> Bind
             await sock.sendto(again, tx.dest)
         except OSError:
             tx.discarded["send_error"] += 1
+
+
+async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transaction]], *,
+                           stagger: float = 0.0, sent: Callable[[], None] | None = None) -> list[BindingResult | None]:
+    """Run many transactions at once, on one socket or several: each (socket, transaction) pair's
+    result in order, None for one that failed. First requests leave in the list's order, `stagger`
+    seconds apart: a NAT numbers new flows in the order their first packets reach it, so the order
+    of the list is the order of the mappings. One reader per socket hands each reply to the
+    transaction whose ID it carries; each transaction keeps its own retransmission schedule.
+    `sent()` is called once every first request has left."""
+    for i, (sock, tx) in enumerate(jobs):
+        if i and stagger > 0:
+            await trio.sleep(stagger)
+        try:
+            await sock.sendto(tx.start(trio.current_time()), tx.dest)
+        except OSError:
+            tx.discarded["send_error"] += 1  # retransmitted on schedule
+    if sent is not None:
+        sent()
+    per_socket: dict[int, tuple[trio.socket.SocketType, list[Transaction]]] = {}
+    for sock, tx in jobs:
+        per_socket.setdefault(id(sock), (sock, []))[1].append(tx)
+    async with trio.open_nursery() as nursery:
+        for sock, txs in per_socket.values():
+            nursery.start_soon(_serve_socket, sock, txs)
+    return [tx.result if tx.state is State.DONE else None for _, tx in jobs]
+
+
+async def _serve_socket(sock: trio.socket.SocketType, txs: list[Transaction]) -> None:
+    by_id = {tx.request.transaction_id[-12:]: tx for tx in txs}  # bytes 8..20 of a reply, classic too
+    while True:
+        waiting = [tx for tx in txs if tx.state is State.WAITING]
+        if not waiting:
+            return
+        with trio.move_on_at(min(tx.deadline for tx in waiting if tx.deadline is not None)):
+            while True:
+                try:
+                    data, src = await sock.recvfrom(65536)
+                except OSError:
+                    waiting[0].discarded["icmp_error"] += 1  # not an answer; the schedule goes on
+                    continue
+                tx = by_id.get(bytes(data[8:20]))
+                if tx is not None and tx.receive(data, src, trio.current_time()) is not None:
+                    break  # one fewer waiting: the next deadline may be later
+        now = trio.current_time()
+        for tx in waiting:
+            if tx.state is State.WAITING and tx.deadline is not None and now >= tx.deadline:
+                again = tx.timeout(now)
+                if again is not None:
+                    try:
+                        await sock.sendto(again, tx.dest)
+                    except OSError:
+                        tx.discarded["send_error"] += 1
 
 
 async def binding(
@@ -100,4 +153,4 @@ async def binding(
     return result
 
 
-__all__ = ["binding", "run_transaction"]
+__all__ = ["binding", "run_transaction", "run_transactions"]

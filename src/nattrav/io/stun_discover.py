@@ -4,7 +4,10 @@ test pollutes another, and hands the raw outcomes to proto/nat_behavior.classify
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -12,7 +15,8 @@ from ..errors import BadPacket, StunErrorResponse, StunTimeout
 from ..proto.nat_behavior import BindingSample, NatBehavior, classify
 from ..proto.stun import binding_request, parse
 from ..proto.stun_attrs import Address, Attr, Class
-from .stun_client import binding
+from ..proto.stun_client import Transaction, expected_source
+from .stun_client import binding, run_transactions
 
 
 async def _open(local_ip: str | None, server: Address) -> trio.socket.SocketType:
@@ -36,6 +40,45 @@ async def _local_address(sock: trio.socket.SocketType, server: Address) -> Addre
     return (ip, port)
 
 
+# Retransmission schedules, from the RTT test I measured. A test that expects an answer ends when it
+# comes, so its schedule matters only under loss: it retransmits after 2 RTT. A test that may get no
+# answer (filtering) costs its whole schedule, so it does not wait for a retransmission timer: its
+# request goes twice, DUPLICATE_GAP apart (one lost packet costs nothing), and the answer is awaited
+# 1.5 RTT + SILENCE_SLACK more (jitter of half an RTT), never less than MIN_SILENCE: a 1 ms path must
+# not declare silence before a busy machine has scheduled the server's answer. A lost answer reads as
+# "filters", the cautious side.
+FIRST_RTO = 0.2  # test I: nothing measured yet
+MIN_RTO = 0.04
+MAX_RTO = 1.0
+DUPLICATE_GAP = 0.005
+SILENCE_SLACK = 0.02
+MIN_SILENCE = 0.03
+MAX_SILENCE = 3.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    rto: float
+    rc: int
+    rm: int
+
+    def total(self) -> float:
+        """Seconds a transaction that never gets an answer lasts."""
+        return self.rto * (2 ** (self.rc - 1) - 1 + self.rm)
+
+
+def schedules_for(rtt: float) -> tuple[Schedule, Schedule]:
+    """(for tests that expect an answer, for tests that may get none) from a measured RTT."""
+    rtt = max(0.0, rtt)
+    answered = Schedule(min(MAX_RTO, max(MIN_RTO, 2.0 * rtt)), 4, 4)
+    silence = min(MAX_SILENCE, max(MIN_SILENCE, 1.5 * rtt + SILENCE_SLACK))
+    silent = Schedule(DUPLICATE_GAP, 2, max(1, math.ceil(silence / DUPLICATE_GAP)))
+    return answered, silent
+
+
+Known = Callable[[Address, Address], "NatBehavior | None"]
+
+
 async def discover(
     server: Address,
     local_ip: str | None = None,
@@ -44,116 +87,127 @@ async def discover(
     hairpin: bool = True,
     lifetime: bool = False,
     lifetime_max: float = 120.0,
-    rto: float = 0.2,
+    rto: float | None = None,
     rc: int = 4,
     rm: int = 4,
+    stagger: float = 0.001,
+    known: Known | None = None,
+    mapped: Callable[[Address | None], None] | None = None,
 ) -> NatBehavior:
     """Find the NAT's mapping, filtering, port allocation (Δ), hairpinning (and optionally lifetime)
     with the RFC 5780 tests against `server`, whose OTHER-ADDRESS names the second IP and port.
 
-    Retransmission defaults are shorter than RFC 8489's (rto 0.2 s, 4 sends): a negative filtering
-    test costs one whole transaction, and the lab and real servers answer in milliseconds.
+    Test I runs first (rto 0.2 s, or `rto`) and measures the RTT; then every other test starts at
+    once, each from its own socket or multiplexed on the main one, with retransmission timeouts from
+    that RTT (or the fixed `rto`, `rc`, `rm` when `rto` is given): the tests that expect no answer
+    wait a few RTTs, not seconds. Their first packets leave in the order the classification needs
+    (the main socket's new mappings back to back, then the filtering sockets', then the fresh
+    sockets' run), `stagger` seconds apart.
+
+    `known(local, mapped)`, called after test I with this socket's local and mapped address, may
+    name a behaviour the caller already measured on this network (the behaviour cache): it is
+    returned and no other test runs. `mapped(other_address)` is called once every test has made its
+    mappings (their first packets left; what is left is waiting for answers): from then on a
+    caller's own new mappings no longer land among the tests'.
     """
     server = (server[0], int(server[1]))
     t0 = trio.current_time()
-    samples: list[BindingSample] = []
     discarded: Counter[str] = Counter()
-    kw = dict(rto=rto, rc=rc, rm=rm)
-
-    async def sample(sock, idx: int, dest: Address) -> Address | None:
-        try:
-            r = await binding(sock, dest, **kw)
-        except StunTimeout as exc:
-            discarded.update(exc.discarded)
-            return None
-        except StunErrorResponse:
-            discarded["error_response"] += 1
-            return None
-        local = await _local_address(sock, dest)
-        samples.append(BindingSample(idx, local, dest, r.mapped, trio.current_time() - t0))
-        return r.mapped
+    first = Schedule(rto if rto is not None else FIRST_RTO, rc, rm)
 
     main = await _open(local_ip, server)
+    socks: list[trio.socket.SocketType] = []
     try:
-        # test I, and the server's second address
         try:
-            r1 = await binding(main, server, **kw)
+            r1 = await binding(main, server, rto=first.rto, rc=first.rc, rm=first.rm)
         except (StunTimeout, StunErrorResponse) as exc:
             discarded.update(getattr(exc, "discarded", {}))
             return classify(local=await _local_address(main, server), server=server, other_address=None,
                             samples=[], test1=None, test2=None, test3=None,
                             filter_change_both=None, filter_change_port=None, discarded=discarded)
         local = await _local_address(main, server)
-        samples.append(BindingSample(0, local, server, r1.mapped, trio.current_time() - t0))
+        if known is not None:
+            cached = known(local, r1.mapped)
+            if cached is not None:
+                return cached
+        samples = [BindingSample(0, local, server, r1.mapped, trio.current_time() - t0)]
         other = r1.other_address
         # a server with one IP names its second port instead (OTHER-PORT): a second port is a
         # second destination too, enough to see APDM and port-dependent filtering
         one_ip = other is None and r1.other_port is not None and r1.other_port != server[1]
         if one_ip:
             other = (server[0], r1.other_port)
-        # the same socket, the same destination, again: a NAT always reuses the mapping here, which
-        # is why one server address can never reveal APDM
-        m_repeat = await sample(main, 0, server)
-        repeat_same_port = None if m_repeat is None else m_repeat == r1.mapped
-        m2 = m3 = None
+        # after a retransmission the answer may be to either request (Karn): count from the first
+        rtt = r1.rtt if r1.attempts == 1 else r1.received_at - t0
+        answered, silent = (first, first) if rto is not None else schedules_for(rtt)
+
+        def tx(dest: Address, schedule: Schedule, **change: bool) -> Transaction:
+            accept = [expected_source(server, other, change.get("change_ip", False),
+                                      change.get("change_port", False))] if change else [dest]
+            return Transaction(binding_request(**change), dest, accept_from=accept,
+                               rto=schedule.rto, rc=schedule.rc, rm=schedule.rm)
+
+        # the main socket: the same destination again (a NAT always reuses the mapping there, which
+        # is why one server address can never reveal APDM), test II (other IP, same port), test III
+        # (other IP, other port), and one more (same IP, other port); one IP: only its other port
         if one_ip:
-            m3 = await sample(main, 0, other)  # same IP, other port
-        elif other is not None:
-            m2 = await sample(main, 0, (other[0], server[1]))  # test II: other IP, same port
-            m3 = await sample(main, 0, other)  # test III: other IP, other port
-            await sample(main, 0, (server[0], other[1]))  # one more sample: same IP, other port
+            main_dests = [server, other]
+        else:
+            main_dests = [server] + ([(other[0], server[1]), other, (server[0], other[1])] if other else [])
+        jobs = [(main, tx(d, answered)) for d in main_dests]
+        # filtering: a socket that talked to nobody asks (A, P) for an answer from the other IP and
+        # port, another for one from the other port; then the fresh sockets' run of back-to-back
+        # new mappings for the allocation (Δ)
+        filters: list[Transaction] = []
+        if other is not None:
+            changes = ({"change_port": True},) if one_ip else ({"change_ip": True, "change_port": True},
+                                                              {"change_port": True})
+            for change in changes:
+                socks.append(await _open(local_ip, server))
+                filters.append(tx(server, silent, **change))
+                jobs.append((socks[-1], filters[-1]))
+        fresh = []
+        for _ in range(fresh_sockets):
+            socks.append(await _open(local_ip, server))
+            fresh.append(socks[-1])
+            jobs.append((socks[-1], tx(server, answered)))
+        results = await run_transactions(jobs, stagger=stagger, sent=None if mapped is None else lambda: mapped(other))
+        for _, job in jobs:
+            discarded.update(job.discarded)
 
-        # filtering: two sockets that have talked only to (A, P) -- one asks for change IP+port, the
-        # other for change port (one IP: only the latter). Their mappings are made now, before the
-        # fresh-socket series, so the allocation sample stays a clean run of back-to-back new mappings.
-        fsocks: list = []
-        try:
-            if other is not None:
-                for _ in range(1 if one_ip else 2):
-                    fsocks.append(await _open(local_ip, server))
-                    await sample(fsocks[-1], 1, server)
+        mapped = [r.mapped if r is not None and r.ok else None for r in results[:len(main_dests)]]
+        for dest, r, m in zip(main_dests, results, mapped):
+            if m is not None:
+                samples.append(BindingSample(0, local, dest, m, r.received_at - t0))
+        repeat_same_port = None if mapped[0] is None else mapped[0] == r1.mapped
+        if one_ip:
+            m2, m3 = None, mapped[1]  # same IP, other port: what test III can tell with one IP
+        else:
+            m2, m3 = (mapped[1], mapped[2]) if other is not None else (None, None)
+        for i, (sock, r) in enumerate(zip(fresh, results[len(results) - len(fresh):])):
+            if r is not None and r.ok:
+                samples.append(BindingSample(2 + i, (local[0], sock.getsockname()[1]), server, r.mapped,
+                                             r.received_at - t0))
 
-            # port allocation from fresh sockets, each to (A, P)
-            for i in range(fresh_sockets):
-                s = await _open(local_ip, server)
-                try:
-                    await sample(s, 2 + i, server)
-                finally:
-                    s.close()
-
-            # the slow, mostly negative tests run at once: each costs a whole transaction timeout
-            outcome: dict[str, object] = {}
-
-            async def run_filter(name: str, sock, change_ip: bool) -> None:
-                outcome[name] = await _filter_test(sock, server, other, change_ip, True, kw, discarded)
-
-            async def run_hairpin() -> None:
-                outcome["hairpin"] = await _hairpin_test(main, r1.mapped, server, local_ip, kw)
-
-            async with trio.open_nursery() as nursery:
-                if len(fsocks) == 2:
-                    nursery.start_soon(run_filter, "both", fsocks[0], True)
-                    nursery.start_soon(run_filter, "port", fsocks[1], False)
-                elif len(fsocks) == 1:
-                    nursery.start_soon(run_filter, "port", fsocks[0], False)
-                if hairpin:
-                    nursery.start_soon(run_hairpin)
-        finally:
-            for fs in fsocks:
-                fs.close()
-        f_both, ign1 = outcome.get("both", (None, False))  # type: ignore[misc]
-        f_port, ign2 = outcome.get("port", (None, False))  # type: ignore[misc]
+        outcome = [_filter_outcome(f, server, discarded) for f in filters]
+        if one_ip:  # only the change-port test
+            (f_both, ign1), (f_port, ign2) = (None, False), (outcome[0] if outcome else (None, False))
+        else:
+            f_both, ign1 = outcome[0] if outcome else (None, False)
+            f_port, ign2 = outcome[1] if outcome else (None, False)
         ignored_change = bool(ign1 or ign2)
         if ignored_change:
             f_both = f_port = None
         elif f_both:
             f_port = None  # EIF already; the change-port answer adds nothing
-        hp = outcome.get("hairpin")
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        kw = {"rto": answered.rto, "rc": answered.rc, "rm": answered.rm}
+        hp = await _hairpin_test(main, r1.mapped, server, local_ip, kw) if hairpin else None
         life = await _lifetime_test(server, local_ip, lifetime_max, kw) if lifetime else None
-        # the filtering socket's sample is not a fresh-socket allocation sample for Δ purposes
-        alloc_samples = [s for s in samples if s.socket != 1]
         report = classify(
-            local=local, server=server, other_address=other, samples=alloc_samples,
+            local=local, server=server, other_address=other, samples=samples,
             test1=r1.mapped, test2=m2, test3=m3,
             filter_change_both=f_both, filter_change_port=f_port,
             hairpin=hp, lifetime=None if life is None else life[0], server_ignored_change=ignored_change,
@@ -172,21 +226,19 @@ async def discover(
         return report
     finally:
         main.close()
+        for sock in socks:
+            sock.close()
 
 
-async def _filter_test(sock, server, other, change_ip, change_port, kw, discarded) -> tuple[bool, bool]:
+def _filter_outcome(tx: Transaction, server: Address, discarded: Counter[str]) -> tuple[bool, bool]:
     """(answer arrived from the changed address, server answered from the unchanged one instead)."""
-    try:
-        await binding(sock, server, change_ip=change_ip, change_port=change_port,
-                      other_address=other, **kw)
+    r = tx.result
+    if r is not None and r.error is None:
         return True, False
-    except StunTimeout as exc:
-        discarded.update(exc.discarded)
-        ignored = any(src == server for src in exc.unexpected_sources)
-        return False, ignored
-    except StunErrorResponse:
+    if r is not None:  # an error response: the server would not change its address
         discarded["error_response"] += 1
         return False, True
+    return False, any(src == server for src in tx.unexpected_sources)
 
 
 async def _hairpin_test(main, mapped: Address, server: Address, local_ip, kw) -> bool | None:
@@ -302,4 +354,4 @@ async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw
     return alive, None
 
 
-__all__ = ["discover"]
+__all__ = ["Schedule", "discover", "schedules_for"]

@@ -22,6 +22,12 @@ and the half-open request then owns the 4-tuple (connect() gets EADDRNOTAVAIL). 
 only on a side the plan says the peer connects to (no NAT, or a full cone).
 Errors from the probes (RST -> ECONNREFUSED, ICMP -> EHOSTUNREACH, EADDRINUSE/EADDRNOTAVAIL,
 ETIMEDOUT) are counted and retried within the window.
+
+Inside one network (plan.lan, proto/planner/lan.py) both sides also connect() from fresh ports to the
+peer's LAN listener (a listener of its own on another port, opened with the report) and accept on
+theirs, from the start time on, racing the strategy. Not the shared port: a listener there would take
+the peer's SYNs meant for a simultaneous open (see above), and two connect()s between the shared
+ports would cross no NAT to hold them: the first SYN meets no socket and is answered with a RST.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import trio
 from ..core.errors import ICMP_ERRNOS
 from ..core.limits import ensure_fd_capacity
 from ..errors import BadPacket, FdLimitError, TcpPunchFailed
+from ..proto.planner.lan import LAN_CONNECTS, LAN_INTERVAL
 from ..proto.planner.tcp import TcpPlan
 from ..proto.tcp_auth import StreamAuth
 from ..proto.vocab import TcpStrategy
@@ -161,7 +168,8 @@ def low_ttl_connect(local: tuple[str, int], dest: tuple[str, int], ttl: int) -> 
     return s
 
 
-async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> None:
+async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str,
+                        strategy: TcpStrategy | None = None) -> None:
     stream = trio.SocketStream(sock)
     auth = StreamAuth(race.key, race.plan.role)  # a fresh nonce per connection
     try:
@@ -180,8 +188,8 @@ async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> 
         if race.plan.role == "first":
             await stream.send_all(auth.select())
         rtt = (auth.rtt or 0) / 1e9
-        race.winner = PunchedStream(stream, peer_addr=peer, rtt=rtt, strategy=race.plan.strategy, via=via,
-                                    leftover=auth.leftover)
+        race.winner = PunchedStream(stream, peer_addr=peer, rtt=rtt, strategy=strategy or race.plan.strategy,
+                                    via=via, leftover=auth.leftover)
         race.done.set()
     except BadPacket:
         race.rejected += 1
@@ -196,12 +204,42 @@ async def _authenticate(race: _Race, sock: trio.socket.SocketType, via: str) -> 
         raise
 
 
-async def _accept_loop(race: _Race, listener: socket.socket, nursery: trio.Nursery) -> None:
+async def _accept_loop(race: _Race, listener: socket.socket, nursery: trio.Nursery,
+                       strategy: TcpStrategy | None = None) -> None:
     lst = trio.socket.from_stdlib_socket(listener)
     while True:
         conn, _ = await lst.accept()
         race.accepted += 1
-        nursery.start_soon(_authenticate, race, conn, "listener")
+        nursery.start_soon(_authenticate, race, conn, "listener", strategy)
+
+
+async def _lan_connect(race: _Race, src_ip: str, dest: tuple[str, int], nursery: trio.Nursery) -> None:
+    """connect() from a fresh port to the peer's LAN listener: at most LAN_CONNECTS tries, the next
+    only after a refusal or an error (a SYN left unanswered is the kernel's to retransmit)."""
+    for i in range(LAN_CONNECTS):
+        if i:
+            await trio.sleep(LAN_INTERVAL)
+        race.attempts += 1
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            s.bind((src_ip, 0))
+            rc = s.connect_ex(dest)
+            if rc not in (0, errno.EINPROGRESS):
+                raise OSError(rc, os.strerror(rc))
+            await trio.lowlevel.wait_writable(s)
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+        except OSError as exc:
+            race.error(exc, dest)
+            _abort(s)
+            continue
+        except BaseException:
+            _abort(s)
+            raise
+        nursery.start_soon(_authenticate, race, trio.socket.from_stdlib_socket(s), "connect", TcpStrategy.LAN)
+        return
 
 
 def _start_connect(race: _Race, local: tuple[str, int], dest: tuple[str, int],
@@ -281,18 +319,49 @@ async def _birthday(race: _Race, local: tuple[str, int], start_at: float, low_tt
             await trio.lowlevel.checkpoint()  # let early winners authenticate meanwhile
 
 
+async def _strategy(race: _Race, local: tuple[str, int], start_at: float, low_ttl: int,
+                    nursery: trio.Nursery) -> None:
+    """The plan's own connects (an infeasible plan, which only the LAN can connect, has none)."""
+    plan = race.plan
+    if plan.strategy is TcpStrategy.BIRTHDAY:
+        await _birthday(race, local, start_at, low_ttl, nursery)
+    elif plan.targets:
+        # the side that does not open waits for the opener's low-TTL SYN to leave first
+        late = plan.strategy in (TcpStrategy.SIMULTANEOUS, TcpStrategy.ADDRESS_OPEN) and not plan.low_ttl
+        await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
+        ttl = low_ttl if plan.low_ttl else None
+        for dest in plan.targets:  # in order, synchronously: see _start_connect
+            sock = _start_connect(race, local, dest, ttl)
+            nursery.start_soon(_connect, race, sock, local, dest, nursery)
+
+
+async def _lan(race: _Race, src_ip: str, start_at: float, nursery: trio.Nursery) -> None:
+    await trio.sleep_until(start_at)
+    for dest in race.plan.lan:
+        nursery.start_soon(_lan_connect, race, src_ip, dest, nursery)
+
+
 async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at: float, *,
-                    low_ttl: int = 2, timeout: float = 10.0) -> PunchedStream:
+                    low_ttl: int = 2, timeout: float = 10.0,
+                    lan_listener: socket.socket | None = None) -> PunchedStream:
     """Run the plan from the listener's local port; returns the authenticated winner. The listener
-    is closed when this returns (the winner's socket is independent of it)."""
-    if not plan.feasible:
+    (and `lan_listener`, this side's LAN listener, used when plan.lan names the peer's) is closed
+    when this returns (the winner's socket is independent of it)."""
+    lan = plan.lan if lan_listener is not None else ()
+
+    def close() -> None:
         listener.close()
+        if lan_listener is not None:
+            lan_listener.close()
+
+    if not plan.feasible and not lan:
+        close()
         raise TcpPunchFailed(plan.reason)
     local = listener.getsockname()[:2]
     try:
-        ensure_fd_capacity(plan.sockets + plan.random_probes + len(plan.targets))
+        ensure_fd_capacity(plan.sockets + plan.random_probes + len(plan.targets) + 2 * len(lan))
     except FdLimitError as exc:
-        listener.close()
+        close()
         raise TcpPunchFailed(f"{plan.strategy.value}: {exc.strerror}") from None
     race = _Race(plan, bytes(key), start_at + timeout)
     try:
@@ -301,24 +370,23 @@ async def tcp_punch(listener: socket.socket, plan: TcpPlan, key: bytes, start_at
                 nursery.start_soon(_accept_loop, race, listener, nursery)
             else:
                 listener.close()
-            if plan.strategy is TcpStrategy.BIRTHDAY:
-                await _birthday(race, local, start_at, low_ttl, nursery)
-            elif plan.targets:
-                # the side that does not open waits for the opener's low-TTL SYN to leave first
-                late = plan.strategy in (TcpStrategy.SIMULTANEOUS, TcpStrategy.ADDRESS_OPEN) and not plan.low_ttl
-                await trio.sleep_until(start_at + (SECOND_DELAY if late else 0.0))
-                ttl = low_ttl if plan.low_ttl else None
-                for dest in plan.targets:  # in order, synchronously: see _start_connect
-                    sock = _start_connect(race, local, dest, ttl)
-                    nursery.start_soon(_connect, race, sock, local, dest, nursery)
+            if lan:
+                assert lan_listener is not None
+                nursery.start_soon(_accept_loop, race, lan_listener, nursery, TcpStrategy.LAN)
+                nursery.start_soon(_lan, race, lan_listener.getsockname()[0], start_at, nursery)
+            elif lan_listener is not None:
+                lan_listener.close()
+            # a task, so that a LAN winner does not wait for the strategy's own start
+            nursery.start_soon(_strategy, race, local, start_at, low_ttl, nursery)
             with trio.move_on_at(race.deadline):
                 await race.done.wait()
             nursery.cancel_scope.cancel()
     finally:
-        listener.close()
+        close()
     if race.winner is None:
+        tried = f" and the LAN listener(s) {', '.join(f'{h}:{p}' for h, p in lan)}" if lan else ""
         raise TcpPunchFailed(f"no authenticated TCP connection within {timeout:g} s "
-                             f"({plan.strategy.value}; {plan.reason}); {race.summary()}")
+                             f"({plan.strategy.value}{tried}; {plan.reason}); {race.summary()}")
     return race.winner
 
 

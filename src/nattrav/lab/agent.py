@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
 import trio
 
 SERVER_PORT = 7000
+ECHO_TRIES, ECHO_WAIT = 10, 0.5  # the listener's pings (datagrams get lost) and seconds to wait for each echo
 
 
 def _emit(d: dict[str, Any]) -> None:
@@ -53,15 +55,14 @@ async def run_agent(args: argparse.Namespace) -> None:
         row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False}
         name = f"{args.name}-{i}"
         try:
-            with trio.fail_after(args.trial_timeout):
+            with trio.fail_after(args.trial_timeout + (args.wait if args.role == "listen" else 0.0)):
                 if args.role == "listen":
                     async with listen(server, name=name, behavior=behavior, on_event=on_event) as lst:
                         _emit({"event": "ready", "trial": i})
                         async with lst.accept() as path:
                             path = LineStream(path) if args.tcp else path
                             row.update(connected(path, marks))
-                            await path.send(b"ping %d" % i)
-                            row["echo"] = (await path.receive()).decode(errors="replace")
+                            row["echo"] = await _ping(path, b"ping %d" % i, tries=1 if args.tcp else ECHO_TRIES)
                 else:
                     while True:
                         try:
@@ -85,9 +86,19 @@ async def run_agent(args: argparse.Namespace) -> None:
         plan = marks.get("plan") or {}
         row["strategy"] = row.get("strategy") or plan.get("strategy")
         row["odds"] = plan.get("odds")
+        row["odds_floor"] = bool(plan.get("odds_floor"))
         row.setdefault("plan_reason", plan.get("reason"))
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
+
+
+async def _ping(path: Any, ping: bytes, *, tries: int) -> str | None:
+    """Send `ping` until it comes back (`tries` times at most, ECHO_WAIT apart); what came back."""
+    for attempt in range(tries):
+        await path.send(ping)
+        with trio.move_on_after(ECHO_WAIT if attempt + 1 < tries else math.inf):
+            return (await path.receive()).decode(errors="replace")
+    return None
 
 
 class LineStream:
@@ -133,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--trial-timeout", type=float, default=20.0)
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="a listener waits this much longer for its peer than a trial may take (default 0)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (connect_tcp/listen_tcp)")
     trio.run(run_agent, p.parse_args(argv))
     return 0

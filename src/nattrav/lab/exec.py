@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Callable, Sequence
 
+from . import registry
 from .errors import LabError
 from .tools import tool
 
@@ -27,7 +28,8 @@ class Exec:
             argv = shlex.split(argv)
         if not argv:
             raise LabError("empty command")
-        return [tool("ip"), "netns", "exec", self.ns(node), *argv]
+        ns = self.ns(node)
+        return [tool("ip"), "netns", "exec", ns, "env", f"XDG_CACHE_HOME={registry.cache_home(ns)}", *argv]
 
     def run(self, node: str, argv, timeout: float = 30, input=None, *, text: bool = True, check: bool = False):
         """Run a command inside node's namespace; returns subprocess.CompletedProcess."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -83,11 +84,26 @@ def read_state(lab_id: str) -> dict | None:
         return None
 
 
+def cache_home(ns_name: str) -> str:
+    """XDG_CACHE_HOME of whatever runs in namespace `ns_name`: each lab host is a machine of its own,
+    so what the product keeps per network (its NAT behaviour cache) never crosses from one lab (or
+    host) to another that happens to use the same addresses."""
+    return os.path.join(STATE_DIR, "homes", ns_name, "cache")
+
+
 def drop_state(lab_id: str) -> None:
     try:
         os.unlink(state_path(lab_id))
     except FileNotFoundError:
         pass
+    homes = os.path.join(STATE_DIR, "homes")
+    try:
+        names = os.listdir(homes)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if lab_id_of(name) == lab_id:
+            shutil.rmtree(os.path.join(homes, name), ignore_errors=True)
 
 
 def all_states() -> dict[str, dict]:

@@ -8,11 +8,13 @@ and resolves wherever its owner likes). Anything else is BadReport, and nothing 
 
     {"v": 1, "mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
      "public": ["203.0.113.10", 20003], "samples": [[20000, 0.0, 0], [20001, 0.01, 0], ...],
-     "port_range": [1024, 65535], "tcp": null}
+     "port_range": [1024, 65535], "host": [["10.0.1.2", 40000]], "tcp": null}
 
 A sample is [port, seconds since the socket's first sample (or null), mappings our OTHER sockets made
 since the previous sample]; the TCP part's samples are [public ip, port, seconds or null, [server ip,
-server port] or null]. The dataclasses are what every consumer reads (the predictor, both planners);
+server port] or null]. `host` holds this side's host candidates (ICE's word): its own IPv4 interface
+addresses with the port a peer on the same network reaches directly (UDP: the punch socket's; TCP,
+in the TCP part: the LAN listener's). The dataclasses are what every consumer reads (the predictor, both planners);
 `public` and the samples are the peer's own word, which is why the planners aim at the address the
 rendezvous server observed instead.
 """
@@ -41,6 +43,7 @@ MAX_SAMPLE_AGE = 366 * 86400.0
 MAX_HORIZON = 600.0  # seconds from the last sample to the punch a report may claim
 MAX_WINDOW = 256  # the TCP planner's largest window (511 descriptors for the first side)
 MAX_COUNT = 65535  # foreign or own flows counted between samples
+MAX_HOSTS = 8  # host candidates a side publishes (the planner aims a handful of packets at each)
 
 Endpoint = tuple[str, int]
 
@@ -86,13 +89,15 @@ class TcpReport:
     window: int | None = None  # the smallest window this side's user asked for
     horizon: float | None = None  # seconds from the last sample to the punch, when known
     history: History | None = None
+    host: tuple[Endpoint, ...] = ()  # the LAN listener's host candidates (see the module docstring)
 
     def to_wire(self) -> dict[str, Any]:
         return {"local": list(self.local),
                 "samples": [[s.ip, s.port, s.t, list(s.dest) if s.dest else None] for s in self.samples],
                 "filtering": _value(self.filtering), "port_range": list(self.port_range),
                 "window": self.window, "horizon": self.horizon,
-                "history": None if self.history is None else [self.history.extra, self.history.exposure]}
+                "history": None if self.history is None else [self.history.extra, self.history.exposure],
+                "host": [list(h) for h in self.host]}
 
     @classmethod
     def from_wire(cls, wire: Any) -> TcpReport:
@@ -114,6 +119,7 @@ class NatReport:
     public: Endpoint | None = None  # the punch socket's last mapped endpoint (UDP)
     samples: tuple[Sample, ...] = ()  # the punch socket's mapped ports, in order (UDP)
     port_range: tuple[int, int] = PORT_RANGE  # where the NAT draws its ports from (a guess)
+    host: tuple[Endpoint, ...] = ()  # the punch socket's host candidates (UDP)
     tcp: TcpReport | None = None
 
     def to_wire(self) -> dict[str, Any]:
@@ -122,7 +128,7 @@ class NatReport:
                 "allocation": _value(self.allocation), "delta": self.delta,
                 "public": None if self.public is None else list(self.public),
                 "samples": [[s.port, s.t, s.own] for s in self.samples],
-                "port_range": list(self.port_range),
+                "port_range": list(self.port_range), "host": [list(h) for h in self.host],
                 "tcp": None if self.tcp is None else self.tcp.to_wire()}
 
     @classmethod
@@ -155,8 +161,8 @@ def samples_from_bindings(bindings: Iterable[Any]) -> tuple[Sample, ...]:
 
 # --- the schema ----------------------------------------------------------------------------------
 
-_KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "tcp"}
-_TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history"}
+_KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "host", "tcp"}
+_TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history", "host"}
 
 
 def _guarded(reader: Any, wire: Any) -> Any:
@@ -181,6 +187,7 @@ def _from_wire(w: Any) -> NatReport:
         public=None if w["public"] is None else _endpoint(w["public"], "public"),
         samples=tuple(_sample(s) for s in samples),
         port_range=_port_range(w["port_range"], 1),
+        host=_hosts(w["host"]),
         tcp=None if w["tcp"] is None else _tcp_from_wire(w["tcp"]),
     )
 
@@ -207,6 +214,7 @@ def _tcp_from_wire(w: Any) -> TcpReport:
         window=None if w["window"] is None else _int(w["window"], 1, MAX_WINDOW, "window"),
         horizon=None if w["horizon"] is None else _seconds(w["horizon"], MAX_HORIZON, "horizon"),
         history=history,
+        host=_hosts(w["host"]),
     )
 
 
@@ -225,6 +233,22 @@ def _tcp_sample(v: Any) -> TcpSample:
     t = None if v[2] is None else _seconds(v[2], MAX_AGE, "TCP sample t")
     dest = None if v[3] is None else _endpoint(v[3], "TCP sample dest")
     return TcpSample(_ip(v[0], "TCP sample ip"), _int(v[1], 1, 65535, "TCP sample port"), t, dest)
+
+
+def _hosts(v: Any) -> tuple[Endpoint, ...]:
+    """Host candidates: IPv4 unicast literals with a port, no duplicates. Which of them the planner
+    may aim at (only inside the same network) is proto/planner/lan.py's decision, not the schema's."""
+    out = tuple(_endpoint(h, "host candidate") for h in _list(v, MAX_HOSTS, "host candidates"))
+    for ip, _ in out:
+        a = ipaddress.ip_address(ip)
+        if a.version != 4 or a.is_loopback or a.is_multicast or a.is_unspecified or a == _BROADCAST:
+            raise BadReport(f"host candidate {ip} is not an IPv4 unicast address")
+    if len(set(out)) != len(out):
+        raise BadReport("host candidates repeat")
+    return out
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def _exact(w: Any, keys: set[str], what: str) -> None:
@@ -294,5 +318,5 @@ def _value(v: Any) -> Any:
     return None if v is None else v.value
 
 
-__all__ = ["History", "MAX_SAMPLES", "MAX_TCP_SAMPLES", "NatReport", "PORT_RANGE", "Sample", "TcpReport",
+__all__ = ["History", "MAX_HOSTS", "MAX_SAMPLES", "MAX_TCP_SAMPLES", "NatReport", "PORT_RANGE", "Sample", "TcpReport",
            "TcpSample", "VERSION", "samples_from_bindings"]

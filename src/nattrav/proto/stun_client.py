@@ -47,6 +47,7 @@ class BindingResult:
     message: Message = field(repr=False)
     # a one-IP server's second port (nattrav's OTHER-PORT); only read when there is no OTHER-ADDRESS
     other_port: int | None = None
+    received_at: float = 0.0  # the driver's clock when the reply arrived
 
     @property
     def ok(self) -> bool:
@@ -156,6 +157,7 @@ class Transaction:
             attempts=self.sent,
             message=msg,
             other_port=msg.get(Attr.OTHER_PORT) if other is None else None,
+            received_at=now,
         )
         if msg.cls == Class.SUCCESS and self.result.mapped is None:
             self.discarded["no_mapped_address"] += 1

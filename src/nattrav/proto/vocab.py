@@ -73,6 +73,7 @@ class Role(enum.StrEnum):
 class Strategy(enum.StrEnum):
     """The UDP punching strategies, cheapest first (their costs: proto/planner/strategies.py)."""
 
+    LAN = "lan"  # to the peer's host candidates, inside the same network (proto/planner/lan.py)
     DIRECT = "direct"
     SIMULTANEOUS = "simultaneous"
     ADDRESS_OPEN = "address-open"
@@ -91,6 +92,7 @@ class TcpStrategy(enum.StrEnum):
     BIRTHDAY = "tcp-birthday"  # random side: many low-TTL connects; cone side: many guesses
     ADDRESS_OPEN = "tcp-address-open"  # an address-filtering side opens to the peer's IP and accepts
     NONE = "tcp-none"
+    LAN = "tcp-lan"  # connect() to the peer's LAN listener, inside the same network (planner/lan.py)
 
 
 _WORDS: dict[enum.Enum, str] = {

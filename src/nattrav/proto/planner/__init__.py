@@ -7,4 +7,5 @@ and the odds. Both peers derive the same plan, mirrored, so neither tells the ot
     strategies.py   the UDP strategy table and the sentence saying why one was chosen
     tcp.py          plan(): the TCP planner (TcpPlan)
     tcp_mapping.py  what a TCP report says about its NAT (TcpMapping), and its rate history
+    lan.py          the "same network" rule: which host (LAN) candidates of the peer both planners aim at
 """

@@ -21,6 +21,8 @@ class StrategyInfo:
 
 
 STRATEGIES: dict[Strategy, StrategyInfo] = {
+    # raced beside the planned strategy, never instead of it (proto/planner/lan.py)
+    Strategy.LAN: StrategyInfo(-1, False, "both send to the other's host candidates inside the same network"),
     Strategy.DIRECT: StrategyInfo(0, False, "one packet each way to a publicly reachable endpoint"),
     Strategy.SIMULTANEOUS: StrategyInfo(1, False, "both send from the STUN socket to the other's mapping"),
     Strategy.ADDRESS_OPEN: StrategyInfo(2, False,

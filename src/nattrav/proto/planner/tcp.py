@@ -54,6 +54,7 @@ from typing import Any
 from ...errors import PlanError
 from ..report import MAX_WINDOW, PORT_RANGE, TcpReport
 from ..vocab import Mapping, TcpStrategy
+from .lan import lan_targets
 from .odds import FLOW_TABLE_CAP, birthday_miss, probes_for
 from .tcp_mapping import TcpMapping, as_cone, classify
 
@@ -90,6 +91,9 @@ class TcpPlan:
     sockets: int = 0  # birthday, random side: low-TTL connects, each from a fresh local port
     random_probes: int = 0  # birthday, cone side: distinct random ports of peer_range to connect() to
     peer_range: tuple[int, int] = PORT_RANGE
+    # the peer's LAN listeners to connect() to, racing the strategy (proto/planner/lan.py); when set,
+    # this side accepts on its own LAN listener too
+    lan: tuple[tuple[str, int], ...] = ()
 
     @property
     def accept(self) -> bool:
@@ -101,8 +105,8 @@ class TcpPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
                 "role": self.role, "targets": [list(t) for t in self.targets], "low_ttl": self.low_ttl,
-                "accept": self.accept, "odds": self.odds, "sockets": self.sockets,
-                "random_probes": self.random_probes,
+                "accept": self.accept, "odds": self.odds, "odds_floor": bool(self.lan), "sockets": self.sockets,
+                "random_probes": self.random_probes, "lan": [list(t) for t in self.lan],
                 "mine": self.mine.describe() if self.mine else None,
                 "peer": self.peer.describe() if self.peer else None}
 
@@ -154,19 +158,23 @@ def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WIND
 
 
 def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
-         target: float | None = WINDOW_TARGET, peer_ip: str | None = None) -> TcpPlan:
+         target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
+         own_ip: str | None = None) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again. `window` is the smallest W
     (the users' choice, see agreed_window); the shift model may widen it to reach `target`.
     `peer_ip`: where the rendezvous server saw the peer; every connect() goes there, never to an
-    address the peer's report names (see planner/udp.py's plan())."""
+    address the peer's report names (see planner/udp.py's plan()). `own_ip`: where the server saw
+    us; inside the same network (proto/planner/lan.py) the plan's `lan` names the peer's LAN
+    listeners, whatever the strategy (even an infeasible one)."""
     if role not in ("first", "second"):
         raise PlanError(f"role must be 'first' or 'second', got {role!r}")
     if not 1 <= window <= MAX_WINDOW:
         raise PlanError(f"window must be 1..{MAX_WINDOW}")
     if target is not None and not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
-    return _planned(classify(mine_report), classify(peer_report), role, window, target, peer_ip)
+    lan = lan_targets(own_ip, mine_report.host, peer_ip, peer_report.host)
+    return replace(_planned(classify(mine_report), classify(peer_report), role, window, target, peer_ip), lan=lan)
 
 
 def _planned(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None,
@@ -189,7 +197,7 @@ class Rung:
 
 def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
            target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
-           timeout: float = 10.0) -> list[Rung]:
+           timeout: float = 10.0, own_ip: str | None = None) -> list[Rung]:
     """The plans to try in turn within `timeout` seconds, each in a slot both sides derive alike.
 
     No STUN test measures TCP filtering: the reports carry what the UDP tests measured, and a
@@ -197,11 +205,13 @@ def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window:
     plan that leans on that word (connect straight to an EIF side, or let an ADF side open its filter
     to an address) is only the first rung, with a short slot; the plan that assumes the strictest TCP
     filtering follows, on the sequential NATs' ports as the first rung leaves them (its connects took
-    ports there) and with its later start in their horizons."""
+    ports there) and with its later start in their horizons. Inside one network (`own_ip`, see
+    plan()) the first rung also connects to the peer's LAN listeners."""
     if not 0 < timeout <= 3600:
         raise PlanError(f"timeout must be in (0, 3600], got {timeout!r}")
     mine, peer = classify(mine_report), classify(peer_report)
-    first = _planned(mine, peer, role, window, target, peer_ip)
+    first = replace(_planned(mine, peer, role, window, target, peer_ip),
+                    lan=lan_targets(own_ip, mine_report.host, peer_ip, peer_report.host))
     strict_mine, strict_peer = replace(mine, filtering=None), replace(peer, filtering=None)
     if not first.feasible or (strict_mine, strict_peer) == (mine, peer):
         return [Rung(first, 0.0, timeout)]

@@ -35,6 +35,7 @@ from .odds import (
     size_predicted,
     stride,
 )
+from .lan import LAN_HEAD_START, LAN_INTERVAL, LAN_ROUNDS, lan_targets
 from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
 from .strategies import STRATEGIES, explain
 
@@ -108,6 +109,13 @@ class Plan:
     def primary(self) -> Attempt:
         return self.attempts[0]
 
+    @property
+    def odds_floor(self) -> bool:
+        """Whether `odds` is only a floor: the LAN attempts race the plan, and nothing measured the
+        path between the two hosts, so their chance is not counted (the matrix compares a floor with
+        the upper end of the measured interval only)."""
+        return any(a.strategy is Strategy.LAN for a in self.attempts)
+
     def summary(self) -> dict[str, Any]:
         """A JSON/msgpack-safe view for --json output, logs and the demo."""
 
@@ -124,21 +132,24 @@ class Plan:
                     "next_port": pr.next_port}
 
         return {"strategy": self.strategy.value, "feasible": self.feasible, "odds": self.odds,
-                "reason": self.reason, "role": self.role, "timeout": self.timeout,
+                "odds_floor": self.odds_floor, "reason": self.reason, "role": self.role, "timeout": self.timeout,
                 "local": side(self.local), "remote": side(self.remote),
                 "attempts": [{"strategy": a.strategy.value, "delay": a.delay, "odds": a.odds,
                               "local": part(a.local), "remote": part(a.remote)} for a in self.attempts]}
 
     def failure_message(self) -> str:
+        lan = self.params.get("lan_targets")
         return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
                 f"{self.strategy.value} had {self.odds:.2%} odds"
+                + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
+                   if lan else "")
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
 def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target: float = DEFAULT_TARGET,
          horizon: float = DEFAULT_HORIZON, flow_budget: int = DEFAULT_FLOW_BUDGET, max_sockets: int = 1024,
          birthday_sockets: int = 256, max_window: int = 4096, best_effort_flows: int = 4096,
-         peer_ip: str | None = None) -> Plan:
+         peer_ip: str | None = None, own_ip: str | None = None) -> Plan:
     """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
 
     role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
@@ -146,6 +157,9 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     peer_ip: where the rendezvous server saw the peer. A report is only the peer's word: aimed at the
     address it names, a made-up report could turn our bursts on a third party, so every packet goes
     to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim).
+    own_ip: where the rendezvous server saw us. With `peer_ip` it says whether both peers share one
+    network (proto/planner/lan.py); then LAN attempts to the peer's host candidates race the planned
+    ones (appended after them: `primary` stays the planned strategy).
     """
     if role not in tuple(Role):
         raise PlanError(f"role must be one of {[r.value for r in Role]}, got {role!r}")
@@ -184,6 +198,12 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     # random-sequential needs far more flows than a home router holds).
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best) + assumed
+    lan = _lan_attempts(own_ip, local_report.host, peer_ip, remote_report.host)
+    if lan:
+        # host candidates first, as ICE's priorities order them: the planned attempts start a little
+        # later on both sides alike, so where the LAN works it wins on both, and a NAT that consumes a
+        # port per flow sees none of the planned flows
+        attempts = [replace(a, delay=a.delay + LAN_HEAD_START) for a in attempts] + lan
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
         "strategy": best.strategy.value,
@@ -203,6 +223,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     }
     if reported is not None:
         params["reported_peer_ip"] = reported
+    if lan:
+        params["lan_targets"] = [[a.local.peer_ip, a.local.targets[0]] for a in lan if a.local.targets]
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
                 timeout, params)
 
@@ -264,6 +286,28 @@ def _as_fixed(side: Side, guessed: list[Side]) -> Side:
     if not any(side is g for g in guessed):
         return side
     return replace(side, mapping=Mapping.EIM, prediction=replace(side.prediction, kind=Kind.FIXED))
+
+
+def _lan_attempts(own_ip: str | None, own_hosts: tuple, peer_ip: str | None,
+                  peer_hosts: tuple) -> list[Attempt]:
+    """One attempt per host candidate, from this side's view, paired by index with the peer's own
+    list so that the peer's plan holds the mirror image (a side with fewer targets idles in the
+    extra attempts). Normal TTL from the first moment: these packets stay inside the network, so
+    they open no NAT mapping and shift no predicted port."""
+    ours = lan_targets(own_ip, own_hosts, peer_ip, peer_hosts)
+    theirs = lan_targets(peer_ip, peer_hosts, own_ip, own_hosts)
+
+    def part(targets: tuple, k: int) -> Part:
+        if k >= len(targets):
+            return Part(targets[0][0], ())  # nothing to send
+        return Part(targets[k][0], (targets[k][1],), interval=LAN_INTERVAL)
+
+    if not ours:
+        return []
+    # the odds are not counted: nothing measured the path between the two candidates
+    return [Attempt(Strategy.LAN, part(ours, k), part(theirs, k), odds=0.0,
+                    timeout=LAN_ROUNDS * LAN_INTERVAL)
+            for k in range(max(len(ours), len(theirs)))]
 
 
 def _maybe_swap(a: Attempt, swap: bool) -> Attempt:

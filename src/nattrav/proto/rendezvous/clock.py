@@ -1,10 +1,14 @@
-"""The client's timing: the server's clock mapped into ours, and when to enroll again after a loss."""
+"""Timing: the server's clock mapped into the client's, when a client enrolls again after a loss, and
+how far ahead of an accept the server sets a session's common start."""
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Callable
+from collections.abc import Iterable
+from typing import Any, Callable
+
+MAX_REPORTED_RTT = 60.0  # seconds; a larger "rtt" in node info is nonsense and ignored
 
 
 class ClockMap:
@@ -43,3 +47,24 @@ def reconnect_delay(attempt: int, *, cap: float, first: float = 0.25,
         return 0.0
     ceiling = min(cap, first * 2 ** min(attempt - 1, 32))
     return ceiling * (0.5 + 0.5 * rng())
+
+
+def reported_rtt(info: Any) -> float | None:
+    """The round trip to the server a client put in its node info ("rtt", seconds), or None when it
+    sent none or nonsense (an older client, or a hostile one)."""
+    rtt = info.get("rtt") if isinstance(info, dict) else None
+    if type(rtt) not in (int, float) or not math.isfinite(rtt) or not 0 <= rtt <= MAX_REPORTED_RTT:
+        return None
+    return float(rtt)
+
+
+def start_margin(rtts: Iterable[float | None], *, default: float, floor: float, factor: float,
+                 ceiling: float) -> float:
+    """Seconds between the accept and the agreed start. Each peer gets the session frame half its
+    round trip after the server sends it, so the larger round trip times `factor` (> 0.5: jitter,
+    the client's own work before it can punch; the server's default is 1, twice the one-way delay)
+    covers both, never less than `floor` nor more than `ceiling`. When a peer did not say its round trip (an older client) the old fixed `default`."""
+    known = list(rtts)
+    if not known or any(r is None for r in known):
+        return default
+    return min(ceiling, max(floor, factor * max(known)))  # type: ignore[type-var]

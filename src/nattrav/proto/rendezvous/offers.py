@@ -85,7 +85,7 @@ class Offers:
             self._error(conn, ErrorCode.OFFLINE, f"{offer.initiator} went offline", rid)
             return
         key = self._key(KEY_BYTES)
-        start_at = now + self.start_margin
+        start_at = now + self.margin_for(initiator, peer)
         self.stats["sessions"] += 1
         common = dict(session=offer.offer_id, key=key, start_at=start_at, now=now)
         self._send(initiator.conn, "session", id=offer.request_id, peer=peer.peer_id, info=Packed(peer.info),

@@ -33,6 +33,7 @@ class _Peer:
     last_seen: float
     offline_since: float | None = None
     offers: set = field(default_factory=set)  # pending offer ids this peer is part of
+    rtt: float | None = None  # its round trip to us, as its node info says (None: not said)
 
 
 @dataclass(slots=True)

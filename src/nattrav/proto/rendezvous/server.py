@@ -20,6 +20,7 @@ import msgpack
 from ...errors import BadFrame, LocalProtocolError
 from ..schema import cut
 from ..timers import Timers
+from .clock import reported_rtt, start_margin
 from .offers import Offers
 from .records import Close, Send, _Conn, _hash_secret, _Offer, _Peer, source_key
 from .wire import CLIENT_MESSAGES, MAX_MESSAGE, NAME_RE, SECRET_MAX, SECRET_MIN, ErrorCode, FrameDecoder, make
@@ -42,7 +43,8 @@ class RendezvousServer(Offers):
         # seconds
         keepalive: float = 15.0, keepalive_timeout: float = 45.0, retain: float = 300.0,
         enroll_timeout: float = 10.0, offer_timeout: float = 10.0, max_offer_timeout: float = 60.0,
-        start_margin: float = 0.5,
+        start_margin: float = 0.5, min_start_margin: float = 0.02, start_margin_factor: float = 1.0,
+        max_start_margin: float = 2.0,
         # what the registry and one source may hold
         max_peers: int = 100_000, max_peers_per_source: int = 256, max_conns_per_source: int = 128,
         max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
@@ -64,7 +66,13 @@ class RendezvousServer(Offers):
         self.enroll_timeout = enroll_timeout
         self.offer_timeout = offer_timeout
         self.max_offer_timeout = max_offer_timeout
+        # start = accept + margin: start_margin_factor x the larger of the two peers' round trips to
+        # us (as their node info says), within [min_start_margin, max_start_margin]; start_margin
+        # when either peer did not say (an older client)
         self.start_margin = start_margin
+        self.min_start_margin = min_start_margin
+        self.start_margin_factor = start_margin_factor
+        self.max_start_margin = max_start_margin
         self.max_peers = max_peers
         self.max_peers_per_source = max_peers_per_source
         self.max_conns_per_source = max_conns_per_source
@@ -217,6 +225,7 @@ class RendezvousServer(Offers):
             self._send(conn, "pong", id=rid, now=now)
         elif kind == "info":
             peer.info = self._public_info(msg["info"], peer.observed)
+            peer.rtt = reported_rtt(msg["info"])
             self._send(conn, "ok", id=rid)
         elif kind == "connect":
             self._connect(conn, peer, msg, rid, now)
@@ -286,6 +295,7 @@ class RendezvousServer(Offers):
         peer.last_seen = now
         peer.observed = c.addr
         peer.info = self._public_info(msg.get("info"), c.addr)
+        peer.rtt = reported_rtt(msg.get("info"))
         c.peer = peer.peer_id
         self.stats["enrolled"] += 1
         self._timers.cancel(("conn", conn))
@@ -334,6 +344,11 @@ class RendezvousServer(Offers):
         self._offline.pop(peer.peer_id, None)
         self._timers.cancel(("peer", peer.peer_id))
         self._unregister(peer)
+
+    def margin_for(self, *peers: _Peer) -> float:
+        """Seconds from an accept to the agreed start for a session of `peers`."""
+        return start_margin((p.rtt for p in peers), default=self.start_margin, floor=self.min_start_margin,
+                            factor=self.start_margin_factor, ceiling=self.max_start_margin)
 
     # -- introspection for the I/O layer and tests --
     def online(self) -> list[str]:

@@ -1,0 +1,211 @@
+"""The NAT behaviour measured on a network, kept between runs: a warm connect learns its public
+address with one STUN binding, finds the behaviour here and skips the RFC 5780 tests.
+
+A network is named by what this host sees of it: the local address the kernel sends from towards the
+STUN server, the public address that server saw, and the server itself (the behaviour is what that
+server measured, its OTHER-ADDRESS included). A NAT's behaviour does not change between sessions,
+its mappings do: the punch socket's mappings are always sampled fresh.
+
+One JSON file, $XDG_CACHE_HOME/nattrav/behavior.json (~/.cache when unset), mode 0600 in a 0700
+directory, written whole to a temporary file and renamed. What it holds is our own earlier result,
+not an authority: a file that is not ours (another owner, a symlink, writable by others), too big,
+of another version, or malformed in any way is ignored, never an error; entries older than
+MAX_AGE are ignored; at most MAX_ENTRIES are kept, the most recently saved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..proto.nat_behavior import NatBehavior
+
+VERSION = 1
+FILE_NAME = "behavior.json"
+MAX_FILE = 64 * 1024  # bytes; a bigger file is not read
+MAX_ENTRIES = 32
+MAX_AGE = 24 * 3600.0  # seconds an entry is trusted
+REFRESH_AFTER = 600.0  # seconds after which a connect that used an entry measures again, after connecting
+
+# what an entry keeps of a NatBehavior: the words and the server's addresses, not the raw samples
+_KEPT = ("mapping", "filtering", "allocation", "delta", "hairpin", "lifetime", "nat", "classic",
+         "public_ip", "local", "server", "other_address", "findings")
+
+Address = tuple[str, int]
+
+
+def default_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    return root / "nattrav" / FILE_NAME
+
+
+@dataclass(frozen=True)
+class Key:
+    """What names a network: local IP, public IP, STUN server (ip, port)."""
+
+    local_ip: str
+    public_ip: str
+    stun: Address
+
+    @classmethod
+    def of(cls, local: Address | str, public: Address | str, stun: Address) -> Key:
+        def ip(a: Address | str) -> str:
+            return str(ipaddress.ip_address(a if isinstance(a, str) else a[0]))
+
+        return cls(ip(local), ip(public), (ip(stun[0]), int(stun[1])))
+
+    def text(self) -> str:
+        return f"{self.local_ip}|{self.public_ip}|{self.stun[0]}:{self.stun[1]}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    behavior: NatBehavior
+    saved: float  # unix time
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.saved
+
+
+class BehaviorCache:
+    """The cache file at `path` (default: default_path()). Every method swallows the file's
+    problems: a cache that cannot be read is empty, one that cannot be written stays as it was."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, max_age: float = MAX_AGE,
+                 max_entries: int = MAX_ENTRIES) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.max_age = max_age
+        self.max_entries = max_entries
+
+    def lookup(self, key: Key, now: float | None = None) -> Entry | None:
+        """The entry for `key` if one is there and younger than max_age."""
+        now = time.time() if now is None else now
+        raw = self._read().get(key.text())
+        if raw is None:
+            return None
+        entry = _entry_from(raw)
+        if entry is None or not 0 <= now - entry.saved <= self.max_age:
+            return None
+        return entry
+
+    def save(self, key: Key, behavior: NatBehavior, now: float | None = None) -> bool:
+        """Store `behavior` for `key` (only a complete measurement: mapping and filtering known);
+        True when the file was written."""
+        if behavior.public_ip is None or behavior.mapping is None or behavior.filtering is None:
+            return False
+        entries = self._read()
+        entries.pop(key.text(), None)
+        entries[key.text()] = _entry_to(behavior, time.time() if now is None else now)
+        return self._write(entries)
+
+    def forget(self, key: Key) -> bool:
+        """Drop `key`'s entry (the behaviour it named did not hold); True when the file was written."""
+        entries = self._read()
+        if entries.pop(key.text(), None) is None:
+            return False
+        return self._write(entries)
+
+    # -- the file --
+    def _read(self) -> dict[str, Any]:
+        """The file's entries by key text, oldest first; {} for anything but our own valid file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return {}
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
+                    or st.st_size > MAX_FILE):
+                return {}
+            data = os.read(fd, MAX_FILE + 1)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
+        if len(data) > MAX_FILE:
+            return {}
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            return {}
+        if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("entries"), dict):
+            return {}
+        entries = {k: v for k, v in doc["entries"].items() if isinstance(k, str) and isinstance(v, dict)}
+        return dict(sorted(entries.items(), key=lambda kv: _saved(kv[1])))
+
+    def _write(self, entries: dict[str, Any]) -> bool:
+        items = sorted(entries.items(), key=lambda kv: _saved(kv[1]))[-self.max_entries:]
+        data = json.dumps({"version": VERSION, "entries": dict(items)}, separators=(",", ":")).encode()
+        while len(data) > MAX_FILE and items:  # the oldest go first
+            items = items[1:]
+            data = json.dumps({"version": VERSION, "entries": dict(items)}, separators=(",", ":")).encode()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # an older file of that name may have had other bits
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            return True
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return False
+
+
+def _saved(raw: Any) -> float:
+    saved = raw.get("saved") if isinstance(raw, dict) else None
+    return float(saved) if isinstance(saved, (int, float)) and saved == saved else 0.0
+
+
+def _entry_to(behavior: NatBehavior, now: float) -> dict[str, Any]:
+    d = behavior.to_dict()
+    return {"saved": now, "behavior": {k: d[k] for k in _KEPT}}
+
+
+def _entry_from(raw: dict[str, Any]) -> Entry | None:
+    """An entry read back, every field checked; None when anything is off."""
+    saved = raw.get("saved")
+    b = raw.get("behavior")
+    if not isinstance(saved, (int, float)) or isinstance(saved, bool) or not isinstance(b, dict):
+        return None
+    if set(b) - set(_KEPT):
+        return None
+    try:
+        behavior = NatBehavior.from_dict(b)
+        for addr in (behavior.local, behavior.server, behavior.other_address):
+            if addr is not None:
+                ipaddress.ip_address(addr[0])
+                if not 0 <= addr[1] <= 65535:
+                    return None
+        if behavior.public_ip is not None:
+            ipaddress.ip_address(behavior.public_ip)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    if behavior.mapping is None or behavior.filtering is None or behavior.server is None:
+        return None
+    if not (behavior.delta is None or (type(behavior.delta) is int and abs(behavior.delta) <= 65535)):
+        return None
+    if not isinstance(behavior.classic, str) or not all(isinstance(f, str) for f in behavior.findings):
+        return None
+    for flag in (behavior.hairpin, behavior.nat):
+        if flag is not None and not isinstance(flag, bool):
+            return None
+    if behavior.lifetime is not None and not isinstance(behavior.lifetime, (int, float)):
+        return None
+    return Entry(behavior, float(saved))
+
+
+__all__ = ["MAX_AGE", "MAX_ENTRIES", "MAX_FILE", "REFRESH_AFTER", "BehaviorCache", "Entry", "Key", "default_path"]

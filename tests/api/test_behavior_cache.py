@@ -1,0 +1,179 @@
+"""The NAT behaviour cache (api/behavior_cache.py): what names a network, what is kept, and that a
+file that is not our own valid one -- corrupt, oversized, another version, another owner, a
+symlink, writable by others -- is ignored, never an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Key, default_path
+from nattrav.proto.nat_behavior import NatBehavior
+from nattrav.proto.vocab import Allocation, Filtering, Mapping
+
+STUN = ("198.51.100.1", 3478)
+KEY = Key.of(("10.0.1.2", 40000), ("203.0.113.10", 50000), STUN)
+
+
+def behavior(**kw) -> NatBehavior:
+    fields = dict(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=2,
+                  nat=True, classic="symmetric", public_ip="203.0.113.10", local=("10.0.1.2", 40000),
+                  server=STUN, other_address=("198.51.100.2", 3479), findings=["a finding"])
+    fields.update(kw)
+    return NatBehavior(**fields)
+
+
+@pytest.fixture
+def cache(tmp_path) -> BehaviorCache:
+    return BehaviorCache(tmp_path / "nattrav" / "behavior.json")
+
+
+def test_a_saved_behaviour_comes_back_under_its_key(cache):
+    assert cache.lookup(KEY) is None
+    assert cache.save(KEY, behavior(), now=1000.0)
+    entry = cache.lookup(KEY, now=1060.0)
+    assert entry is not None and entry.age(1060.0) == pytest.approx(60.0)
+    b = entry.behavior
+    assert (b.mapping, b.filtering, b.allocation, b.delta) == (Mapping.APDM, Filtering.APDF, Allocation.SEQUENTIAL, 2)
+    assert b.server == STUN and b.other_address == ("198.51.100.2", 3479) and b.findings == ["a finding"]
+
+
+def test_the_key_is_local_ip_public_ip_and_stun_server(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    # ports of the local and public address do not matter: every socket has its own
+    assert cache.lookup(Key.of(("10.0.1.2", 1), ("203.0.113.10", 2), STUN), now=1000.0) is not None
+    for other in (Key.of("10.0.1.3", "203.0.113.10", STUN), Key.of("10.0.1.2", "203.0.113.11", STUN),
+                  Key.of("10.0.1.2", "203.0.113.10", ("198.51.100.9", 3478)),
+                  Key.of("10.0.1.2", "203.0.113.10", ("198.51.100.1", 3479))):
+        assert cache.lookup(other, now=1000.0) is None, other
+    with pytest.raises(ValueError):
+        Key.of("not an ip", "203.0.113.10", STUN)
+
+
+def test_file_and_directory_are_private(cache):
+    cache.save(KEY, behavior())
+    assert stat.S_IMODE(os.stat(cache.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cache.path.parent).st_mode) == 0o700
+    assert json.loads(cache.path.read_text())["version"] == 1
+    assert [p.name for p in cache.path.parent.iterdir()] == ["behavior.json"]  # no temporary left
+
+
+def test_incomplete_measurements_are_not_kept(cache):
+    assert not cache.save(KEY, behavior(filtering=None))
+    assert not cache.save(KEY, behavior(mapping=None))
+    assert not cache.save(KEY, behavior(public_ip=None))
+    assert not cache.path.exists()
+
+
+def test_old_entries_are_ignored(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.lookup(KEY, now=1000.0 + cache.max_age + 1) is None
+    assert cache.lookup(KEY, now=999.0 - 3600) is None  # saved "in the future": the clock moved back
+
+
+def test_forget_drops_one_entry(cache):
+    other = Key.of("10.0.2.2", "203.0.113.20", STUN)
+    cache.save(KEY, behavior(), now=1000.0)
+    cache.save(other, behavior(mapping=Mapping.EIM), now=1000.0)
+    assert cache.forget(KEY) and not cache.forget(KEY)
+    assert cache.lookup(KEY, now=1000.0) is None and cache.lookup(other, now=1000.0) is not None
+
+
+def test_entries_are_bounded_oldest_out(tmp_path):
+    cache = BehaviorCache(tmp_path / "b.json", max_entries=4)
+    keys = [Key.of(f"10.0.0.{i}", "203.0.113.10", STUN) for i in range(10)]
+    for i, key in enumerate(keys):
+        cache.save(key, behavior(), now=1000.0 + i)
+    kept = [k for k in keys if cache.lookup(k, now=1010.0) is not None]
+    assert kept == keys[-4:]
+    assert cache.path.stat().st_size <= MAX_FILE
+
+
+def test_a_long_findings_list_cannot_grow_the_file_past_its_limit(tmp_path):
+    cache = BehaviorCache(tmp_path / "b.json")
+    for i in range(32):
+        cache.save(Key.of(f"10.0.0.{i}", "203.0.113.10", STUN), behavior(findings=["x" * 3000]), now=1000.0 + i)
+    assert cache.path.stat().st_size <= MAX_FILE
+    assert cache.lookup(Key.of("10.0.0.31", "203.0.113.10", STUN), now=1040.0) is not None
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"\xff\xfe garbage", b"[]", b"null", b'{"version": 2, "entries": {}}',
+    b'{"version": 1}', b'{"version": 1, "entries": []}', b"[" * 100_000 + b"]" * 100_000,
+])
+def test_a_corrupt_file_is_ignored_and_replaced(cache, content):
+    cache.path.parent.mkdir(parents=True)
+    cache.path.write_bytes(content[:MAX_FILE])
+    os.chmod(cache.path, 0o600)
+    assert cache.lookup(KEY) is None
+    assert cache.save(KEY, behavior())
+    assert cache.lookup(KEY) is not None
+
+
+@pytest.mark.parametrize("entry", [
+    "not a map", {"saved": "yesterday", "behavior": {}}, {"saved": 1000.0},
+    {"saved": 1000.0, "behavior": {"mapping": "APDM"}},  # no filtering, no server
+    {"saved": 1000.0, "behavior": {"mapping": "sideways", "filtering": "APDF", "server": ["198.51.100.1", 3478]}},
+    {"saved": 1000.0, "behavior": {"mapping": "APDM", "filtering": "APDF", "server": ["nowhere", 3478]}},
+    {"saved": 1000.0, "behavior": {"mapping": "APDM", "filtering": "APDF", "server": ["198.51.100.1", 70000]}},
+    {"saved": 1000.0, "behavior": {"mapping": "APDM", "filtering": "APDF", "server": ["198.51.100.1", 3478],
+                                   "delta": "two"}},
+    {"saved": 1000.0, "behavior": {"mapping": "APDM", "filtering": "APDF", "server": ["198.51.100.1", 3478],
+                                   "samples": [1, 2, 3]}},  # a field we never write
+    {"saved": True, "behavior": {"mapping": "APDM", "filtering": "APDF", "server": ["198.51.100.1", 3478]}},
+])
+def test_a_malformed_entry_is_ignored(cache, entry):
+    cache.path.parent.mkdir(parents=True)
+    cache.path.write_text(json.dumps({"version": 1, "entries": {KEY.text(): entry}}))
+    os.chmod(cache.path, 0o600)
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_an_oversized_file_is_not_read(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    doc = json.loads(cache.path.read_text())
+    doc["padding"] = "x" * MAX_FILE
+    cache.path.write_text(json.dumps(doc))
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_a_file_others_may_write_is_ignored(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    os.chmod(cache.path, 0o622)
+    assert cache.lookup(KEY, now=1000.0) is None
+    os.chmod(cache.path, 0o600)
+    assert cache.lookup(KEY, now=1000.0) is not None
+
+
+def test_a_symlink_is_not_followed(cache, tmp_path):
+    real = BehaviorCache(tmp_path / "elsewhere.json")
+    real.save(KEY, behavior(), now=1000.0)
+    cache.path.parent.mkdir(parents=True)
+    cache.path.symlink_to(real.path)
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_a_file_owned_by_someone_else_is_ignored(cache):
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    cache.save(KEY, behavior(), now=1000.0)
+    os.chown(cache.path, 65534, 65534)
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_an_unwritable_place_is_no_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    cache = BehaviorCache(blocker / "nattrav" / "behavior.json")  # its parent cannot be a directory
+    assert not cache.save(KEY, behavior())
+    assert cache.lookup(KEY) is None
+
+
+def test_default_path_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_path() == tmp_path / "nattrav" / "behavior.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/paths/are/ignored")  # as the XDG spec says
+    assert default_path().parent.parent.name == ".cache"

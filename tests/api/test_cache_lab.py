@@ -1,0 +1,78 @@
+"""In the NAT lab: a second `nattrav-fast -d` from the same host finds the NAT behaviour the first one
+measured (the cache), skips the RFC 5780 tests -- no discovery phase in its events -- and still
+connects, here by prediction through a sequential symmetric NAT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nattrav.lab.agent import SERVER_PORT
+from nattrav.lab.matrix import wait_tcp
+from nattrav.lab.pytest_support import running_lab
+
+pytestmark = pytest.mark.lab
+
+FAST = [sys.executable, "-m", "nattrav.cli.fast", "--json", "--timeout", "20", "--linger", "0.5"]
+
+
+def _events(stderr: str) -> list[dict]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def _connect(lab, server: str, name: str) -> list[dict]:
+    """One listener in b (enrolled as `name`), one fresh `nattrav-fast -d name` in a; a's events."""
+    listener = lab.popen("b", [*FAST, "-s", server, "-n", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = listener.stderr.readline()
+            assert line, "the listener exited before enrolling"
+            if json.loads(line).get("event") == "enrolled":
+                break
+        listener.stdin.write(b"from b\n")
+        listener.stdin.close()
+        a = lab.run("a", [*FAST, "-s", server, "-d", name], input="from a\n", timeout=40)
+        assert listener.wait(30) == 0
+        assert a.returncode == 0, a.stderr[-2000:]
+        assert a.stdout == "from b\n" and listener.stdout.read() == b"from a\n"
+        return _events(a.stderr)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+
+
+def test_a_warm_connect_skips_discovery_and_still_connects():
+    with running_lab("symmetric-seq", "port-restricted") as lab:
+        server = f"{lab.S1}:{SERVER_PORT}"
+        lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", server, "--stun",
+                             f"{lab.S1},{lab.S2}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+
+        cold = _connect(lab, server, "warm-test-0")
+        kinds = [e["event"] for e in cold]
+        assert "discovery" in kinds and "discovery-done" in kinds and "behavior-cached" not in kinds, kinds
+        measured = next(e for e in cold if e["event"] == "discovery-done")
+        assert (measured["mapping"], measured["allocation"]) == ("APDM", "sequential")
+
+        warm = _connect(lab, server, "warm-test-1")
+        kinds = [e["event"] for e in warm]
+        assert "discovery" not in kinds and "discovery-done" not in kinds, kinds
+        cached = next(e for e in warm if e["event"] == "behavior-cached")
+        assert (cached["mapping"], cached["allocation"], cached["delta"]) == (
+            measured["mapping"], measured["allocation"], measured["delta"])
+        # the punch socket's mappings are still sampled fresh, and the pair is met by prediction
+        assert "mapping" in kinds
+        connected = next(e for e in warm if e["event"] == "connected")
+        assert connected["strategy"] == "predicted"

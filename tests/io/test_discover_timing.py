@@ -1,0 +1,236 @@
+"""discover()'s schedule on a simulated network under trio's MockClock: the tests after test I run
+at once, a test that expects no answer waits a few RTTs (not seconds), the first packets leave in
+the order the classification needs (a sequential NAT's Δ comes out right), and the cache hook ends
+discovery after test I. Virtual time only: nothing here depends on how busy the machine is."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from nattrav.io.stun_discover import FIRST_RTO, discover, schedules_for
+from nattrav.proto.nat_behavior import NatBehavior
+from nattrav.proto.stun import parse
+from nattrav.proto.stun_server import StunServerConfig, decide
+from nattrav.proto.vocab import Allocation, Filtering, Mapping
+
+HOST = "10.0.0.2"
+PUBLIC = "203.0.113.5"
+S1, S2 = ("198.51.100.1", 3478), ("198.51.100.2", 3479)
+STUN = StunServerConfig(ip=S1[0], alt_ip=S2[0], port=S1[1], alt_port=S2[1], software=None)
+
+
+class Nat:
+    """One NAT in front of HOST: EIM or APDM mapping with sequential ports (step `delta`), EIF, ADF
+    or APDF filtering."""
+
+    def __init__(self, mapping: Mapping, filtering: Filtering, delta: int = 1) -> None:
+        self.mapping, self.filtering, self.delta = mapping, filtering, delta
+        self.next_port = 40000
+        self.out: dict[tuple, int] = {}  # (local port[, destination]) -> public port
+        self.back: dict[int, int] = {}  # public port -> local port
+        self.contacted: dict[int, set] = {}  # public port -> destinations it sent to
+
+    def outbound(self, local_port: int, dest: tuple[str, int]) -> int:
+        key = (local_port,) if self.mapping is Mapping.EIM else (local_port, dest)
+        if key not in self.out:
+            self.out[key] = self.next_port
+            self.back[self.next_port] = local_port
+            self.next_port += self.delta
+        port = self.out[key]
+        self.contacted.setdefault(port, set()).add(dest)
+        return port
+
+    def inbound(self, public_port: int, src: tuple[str, int]) -> int | None:
+        seen = self.contacted.get(public_port, set())
+        if self.filtering is Filtering.ADF and src[0] not in {d[0] for d in seen}:
+            return None
+        if self.filtering is Filtering.APDF and src not in seen:
+            return None
+        return self.back.get(public_port)
+
+
+class FakeNet:
+    """HOST's sockets behind `nat`, our STUN server at S1/S2, `rtt` seconds between them; the
+    socket factory trio.socket.socket() uses while it is installed."""
+
+    def __init__(self, nat: Nat, rtt: float) -> None:
+        self.nat, self.rtt = nat, rtt
+        self.sockets: dict[int, FakeSocket] = {}
+        self.ports = itertools.count(50000)
+        self.sent: list[tuple[float, int, tuple[str, int]]] = []  # (time, local port, destination)
+
+    def is_trio_socket(self, obj) -> bool:
+        return isinstance(obj, FakeSocket)
+
+    def socket(self, family=trio.socket.AF_INET, type=trio.socket.SOCK_DGRAM, proto=0):
+        return FakeSocket(self, family)
+
+    def deliver(self, local_port: int, data: bytes, dest: tuple[str, int]) -> None:
+        now = trio.current_time()
+        self.sent.append((now, local_port, dest))
+        public = self.nat.outbound(local_port, dest)
+        d = decide(parse(data), (PUBLIC, public), dest, STUN, now=0.0)
+        if d.response is None:
+            return
+        target = self.nat.inbound(d.dest[1], d.send_from)
+        sock = self.sockets.get(target) if target is not None else None
+        if sock is not None:
+            sock.arrive(now + self.rtt, d.response, d.send_from)
+
+
+class FakeSocket:
+    def __init__(self, net: FakeNet, family) -> None:
+        self.net, self.family, self.type = net, family, trio.socket.SOCK_DGRAM
+        self.port: int | None = None
+        self.ip = "0.0.0.0"
+        self.queue: list = []
+        self.seq = itertools.count()
+        self.wake = trio.Event()
+
+    async def bind(self, addr) -> None:
+        self.port = addr[1] or next(self.net.ports)
+        self.ip = addr[0]
+        self.net.sockets[self.port] = self
+
+    async def connect(self, addr) -> None:
+        if self.port is None:
+            await self.bind(("0.0.0.0", 0))
+        self.ip = HOST  # what the kernel would pick towards addr
+
+    def getsockname(self):
+        return (self.ip, self.port)
+
+    async def sendto(self, data, addr) -> int:
+        await trio.lowlevel.checkpoint()
+        self.net.deliver(self.port, bytes(data), (addr[0], int(addr[1])))
+        return len(data)
+
+    def arrive(self, at: float, data: bytes, src) -> None:
+        heapq.heappush(self.queue, (at, next(self.seq), data, src))
+        self.wake.set()
+
+    async def recvfrom(self, n: int):
+        while True:
+            if self.queue and self.queue[0][0] <= trio.current_time():
+                _, _, data, src = heapq.heappop(self.queue)
+                await trio.lowlevel.checkpoint()
+                return data, src
+            self.wake = trio.Event()
+            with trio.move_on_at(self.queue[0][0] if self.queue else math.inf):
+                await self.wake.wait()
+
+    def close(self) -> None:
+        if self.net.sockets.get(self.port) is self:
+            del self.net.sockets[self.port]
+
+
+@pytest.fixture
+def mock_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def run(nat: Nat, rtt: float, **kw) -> tuple[NatBehavior, float, FakeNet]:
+    net = FakeNet(nat, rtt)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        t0 = trio.current_time()
+        b = await discover(S1, **kw)
+        return b, trio.current_time() - t0, net
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+
+
+@pytest.mark.parametrize("rtt", [0.001, 0.1])
+async def test_a_port_restricted_cone_costs_test_one_and_a_few_rtts_of_silence(mock_clock, rtt):
+    b, took, net = await run(Nat(Mapping.EIM, Filtering.APDF), rtt, hairpin=False)
+    assert (b.mapping, b.filtering) == (Mapping.EIM, Filtering.APDF)
+    _, silent = schedules_for(rtt)
+    # test I, then everything at once: the filtering tests' silence is the long pole
+    assert took >= silent.total()
+    assert took <= rtt + silent.total() + 0.02
+    assert took < 0.6  # the old one-after-another schedule took 2.2 s here
+
+
+async def test_answered_tests_end_when_their_answers_come(mock_clock):
+    rtt = 0.05
+    b, took, _ = await run(Nat(Mapping.EIM, Filtering.EIF), rtt, hairpin=False)
+    assert (b.mapping, b.filtering, b.classic) == (Mapping.EIM, Filtering.EIF, "full cone")
+    assert took == pytest.approx(2 * rtt, abs=0.02)  # test I, then one round of everything
+
+
+async def test_address_dependent_filtering_is_told_apart(mock_clock):
+    b, _, _ = await run(Nat(Mapping.EIM, Filtering.ADF), 0.01, hairpin=False)
+    assert (b.mapping, b.filtering) == (Mapping.EIM, Filtering.ADF)
+
+
+@pytest.mark.parametrize("delta", [1, 3])
+async def test_a_sequential_symmetric_nat_shows_its_step(mock_clock, delta):
+    b, _, net = await run(Nat(Mapping.APDM, Filtering.APDF, delta), 0.02, hairpin=False)
+    assert (b.mapping, b.filtering, b.allocation, b.delta) == (Mapping.APDM, Filtering.APDF,
+                                                                Allocation.SEQUENTIAL, delta)
+    # every test's first packet left within a few ms of the others, right after test I's answer
+    firsts = sorted({(port, dest): t for t, port, dest in reversed(net.sent)}.values())
+    assert firsts[-1] - firsts[1] < 0.02
+
+
+async def test_the_timeouts_follow_the_measured_rtt(mock_clock):
+    fast = (await run(Nat(Mapping.EIM, Filtering.APDF), 0.001, hairpin=False))[1]
+    slow = (await run(Nat(Mapping.EIM, Filtering.APDF), 0.2, hairpin=False))[1]
+    assert fast < 0.2 and slow > 0.5
+    assert slow < 0.2 + schedules_for(0.2)[1].total() + 0.02
+
+
+async def test_a_fixed_rto_keeps_the_old_schedule(mock_clock):
+    _, took, _ = await run(Nat(Mapping.EIM, Filtering.APDF), 0.001, hairpin=False, rto=0.2, rc=4, rm=4)
+    assert took >= 0.2 * (1 + 2 + 4 + 4)  # a silent test: every retransmission, then rm x rto
+
+
+async def test_a_known_network_ends_discovery_after_test_one(mock_clock):
+    asked = []
+    known = NatBehavior(mapping=Mapping.EIM, filtering=Filtering.APDF, public_ip=PUBLIC)
+
+    def lookup(local, mapped):
+        asked.append((local, mapped))
+        return known
+
+    b, took, net = await run(Nat(Mapping.EIM, Filtering.APDF), 0.05, hairpin=False, known=lookup)
+    assert b is known
+    assert asked == [((HOST, asked[0][0][1]), (PUBLIC, 40000))]
+    assert took == pytest.approx(0.05, abs=0.005) and len(net.sent) == 1
+
+
+async def test_mapped_is_called_once_the_tests_made_their_mappings(mock_clock):
+    calls = []
+    rtt = 0.1
+    b, took, net = await run(Nat(Mapping.APDM, Filtering.APDF), rtt, hairpin=False,
+                             mapped=lambda other: calls.append((trio.current_time(), other)))
+    assert len(calls) == 1 and calls[0][1] == S2
+    # after test I and every first packet, long before the filtering tests give up
+    assert calls[0][0] - rtt < 0.02 and took - calls[0][0] > rtt
+    last_first_packet = max({(port, dest): t for t, port, dest in reversed(net.sent)}.values())
+    assert last_first_packet <= calls[0][0]
+
+
+async def test_no_answer_at_all_is_blocked_after_the_first_schedule(mock_clock):
+    class Deaf(Nat):
+        def inbound(self, public_port, src):
+            return None
+
+    b, took, _ = await run(Deaf(Mapping.EIM, Filtering.APDF), 0.01, hairpin=False)
+    assert b.public_ip is None and b.classic == "UDP blocked"
+    assert took == pytest.approx(FIRST_RTO * (1 + 2 + 4 + 4))
+
+
+async def test_an_rtt_behind_a_retransmission_counts_from_the_first_request(mock_clock):
+    # test I's answer comes after its first retransmission (RTT 0.25 s > FIRST_RTO): the answer may
+    # be to either request, so the silent tests' schedule counts from the first (Karn), not 0.05 s
+    rtt = 0.25
+    b, took, _ = await run(Nat(Mapping.EIM, Filtering.APDF), rtt, hairpin=False)
+    assert b.filtering is Filtering.APDF
+    assert took >= rtt + schedules_for(rtt)[1].total()
