@@ -14,6 +14,7 @@ pooling=arbitrary`, `symmetric-random,max_flows=4096`.
     .venv/bin/python bench/matrix.py --realism --only same-NAT --trials 8 --out bench/results/matrix-same-nat
     .venv/bin/python bench/matrix.py --tcp --trials 10      # TCP traversal -> bench/results/matrix-tcp.*
     .venv/bin/python bench/matrix.py --server one-address two-host --trials 5
+    .venv/bin/python bench/matrix.py --relay --server one-address --trials 3   # the ladder ends at coturn
                                                            # the same matrix with the servers on one IP
                                                            #   (a cloud VM) and on two hosts of one IP each
     .venv/bin/python bench/matrix.py --cold --trials 5      # cold/warm time-to-connect, nattrav vs ICE
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", nargs="+", choices=SERVER_LAYOUTS, default=["two-address"], metavar="LAYOUT",
                    help=f"how our servers are deployed, each case run once per layout: {', '.join(SERVER_LAYOUTS)} "
                    "(default two-address)")
+    p.add_argument("--relay", action="store_true", help="a coturn beside the servers, and nattrav-server "
+                   "--turn: pairs that cannot punch (or whose punch fails) end at the relay")
     p.add_argument("--only", metavar="TEXT", help="keep only the cases whose 'LEFT RIGHT' contains TEXT "
                    "(e.g. same-NAT)")
     p.add_argument("--cold", action="store_true", help="cold and warm time-to-connect of a fresh nattrav-fast "
@@ -190,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_pair, left, right, args.trials, trial_timeout=args.trial_timeout,
-                               background=args.background or None, tcp=tcp, shape=shape, server_layout=layout): run
+                               background=args.background or None, tcp=tcp, shape=shape, server_layout=layout,
+                               relay=args.relay): run
                    for run in runs for left, right, tcp, shape, layout in [run]}
         for fut in concurrent.futures.as_completed(futures):
             left, right, tcp, shape, layout = futures[fut]
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     order = {run: i for i, run in enumerate(runs)}
     table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"], t["server"])])
     meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp, "server": args.server,
+            "relay": args.relay,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0),
             "shapes": {name: _shape_words(info) for name, info in shape_info.items()}}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,21 +5,17 @@ the direct path in place once the sabotage is lifted, the transfer intact."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import random
 import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 import trio
 
 from nattrav.identity import Identity
-from nattrav.lab.coturn import Coturn, CoturnConfig
-from nattrav.lab.matrix import SERVER_PORT, wait_tcp
+from nattrav.lab.matrix import SERVER_PORT, start_relay, start_servers
 from nattrav.lab.pytest_support import lab_fixture
 
 from .conftest import _need_coturn
@@ -27,7 +23,6 @@ from .conftest import _need_coturn
 BULK = 5 * 1024 * 1024
 # trials of the random<->random cases (CI keeps it short; NATTRAV_RELAY_TRIALS=10 for a measurement)
 TRIALS = int(os.environ.get("NATTRAV_RELAY_TRIALS", "2"))
-TURN_PORT = 3480  # beside the STUN server's 3478/3479 on S1
 SABOTAGE_TABLE = "nt_sabotage"
 
 random_lab = lab_fixture("symmetric-random", "symmetric-random")
@@ -181,34 +176,27 @@ def _brief(events):
 # --- the lab side ------------------------------------------------------------------------------
 
 class Servers:
-    """coturn and nattrav-server --turn in the lab's server node; the secret in a file both read."""
+    """coturn and nattrav-server --turn in the lab's server node (lab/matrix.py's start_relay and
+    start_servers: the secret in a file both read, as docs/deploy.md sets it up)."""
 
     def __init__(self, lab):
         self.lab = lab
-        fd, self.secret_file = tempfile.mkstemp(prefix="nt-relay-secret-")
-        self.secret = os.urandom(16).hex()
-        os.write(fd, self.secret.encode())
-        os.close(fd)
-        self.coturn = Coturn(CoturnConfig(listen_ip=lab.S1, port=TURN_PORT, secret=self.secret),
-                             runner=functools.partial(lab.popen, "server"))
+        self.files: list[str] = []
+        self.procs: list = []
 
     def __enter__(self):
-        lab = self.lab
-        lab.flush_conntrack()
-        self.coturn.__enter__()
-        self.server = lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen",
-                                           f"{lab.S1}:{SERVER_PORT}", "--stun", f"{lab.S1},{lab.S2}",
-                                           "--turn", f"{lab.S1}:{TURN_PORT}", "--turn-secret-file",
-                                           self.secret_file],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+        self.lab.flush_conntrack()
+        self.coturn, flags = start_relay(self.lab, self.files)
+        self.files += start_servers(self.lab, "two-address", flags, self.procs)
         return self
 
     def __exit__(self, *exc):
-        self.server.terminate()
-        self.server.wait(10)
+        for proc in self.procs:  # the next test's server needs the port (the lab outlives a test)
+            proc.terminate()
+            proc.wait(10)
         self.coturn.__exit__(*exc)
-        os.unlink(self.secret_file)
+        for f in self.files:
+            os.unlink(f)
 
 
 async def _pair(lab, *, pace: float = 0.0, during=None) -> tuple[dict, dict]:

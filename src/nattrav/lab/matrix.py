@@ -24,6 +24,8 @@ from typing import Any
 
 from .agent import SERVER_PORT
 
+TURN_PORT = 3490  # coturn beside the STUN server (3478/3479) and the two-host link (3480), as in docs/deploy.md
+
 MATRIX_PRESETS = (
     "none", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq", "symmetric-seq-7",
     "symmetric-random", "cgnat",
@@ -118,45 +120,76 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
             pass
 
 
-def start_servers(lab: Any, layout: str = "two-address") -> list[str]:
+def start_relay(lab: Any, files: list[str]) -> tuple[Any, list[str]]:
+    """coturn beside our servers (S1, TURN_PORT), run with a fresh TURN REST secret in a file (as on
+    a real host: docs/deploy.md); returns the running Coturn (stop it with __exit__) and the flags
+    that give nattrav-server the relay."""
+    import functools
+    import os
+    import tempfile
+
+    from .coturn import Coturn, CoturnConfig
+
+    fd, secret_file = tempfile.mkstemp(prefix="nt-matrix-turn-")
+    secret = os.urandom(16).hex()
+    os.write(fd, secret.encode())
+    os.close(fd)
+    files.append(secret_file)
+    turn = Coturn(CoturnConfig(listen_ip=lab.S1, port=TURN_PORT, secret=secret),
+                  runner=functools.partial(lab.popen, "server"))
+    turn.__enter__()
+    return turn, ["--turn", f"{lab.S1}:{TURN_PORT}", "--turn-secret-file", secret_file]
+
+
+def start_servers(lab: Any, layout: str = "two-address", relay: list[str] | None = None,
+                  procs: list[subprocess.Popen] | None = None) -> list[str]:
     """Start nattrav-server in the lab in `layout` (SERVER_LAYOUTS), rendezvous on S1:SERVER_PORT in
-    every layout, and wait for it; returns temporary files to remove once the lab is down."""
+    every layout, and wait for it; returns temporary files to remove once the lab is down. `relay`:
+    start_relay()'s flags for the rendezvous server, so that its peers may end at the relay. `procs`
+    collects the server processes, for a caller that stops them before the lab goes down."""
     import os
     import tempfile
 
     py = sys.executable
-    server = [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}"]
+    server = [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}", *(relay or [])]
     files: list[str] = []
     if layout == "two-address":
-        lab.popen("server", [*server, "--stun", f"{lab.S1},{lab.S2}"],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _keep(procs, lab.popen("server", [*server, "--stun", f"{lab.S1},{lab.S2}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     elif layout == "one-address":
-        lab.popen("server", [*server, "--stun", lab.S1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _keep(procs, lab.popen("server", [*server, "--stun", lab.S1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     elif layout == "two-host":
         # the control link's key travels in a file, as on two real hosts (the namespaces share /tmp)
         fd, key = tempfile.mkstemp(prefix="nt-matrix-stun-")
         os.write(fd, os.urandom(16).hex().encode())
         os.close(fd)
         files.append(key)
-        lab.popen("server", [*server, "--stun", lab.S1, "--stun-peer", lab.S3, "--stun-secret-file", key],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lab.popen("server2", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S3}:{SERVER_PORT}",
+        _keep(procs, lab.popen("server", [*server, "--stun", lab.S1, "--stun-peer", lab.S3, "--stun-secret-file", key],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _keep(procs, lab.popen("server2", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S3}:{SERVER_PORT}",
                               "--stun", lab.S3, "--stun-peer", lab.S1, "--stun-secret-file", key],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     else:
         raise ValueError(f"server layout must be one of {SERVER_LAYOUTS}, got {layout!r}")
     wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
     return files
 
 
+def _keep(procs: list[subprocess.Popen] | None, proc: subprocess.Popen) -> subprocess.Popen:
+    if procs is not None:
+        procs.append(proc)
+    return proc
+
+
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False, shape: Any = None,
-             server_layout: str = "two-address", prepare: Any = None) -> list[TrialResult]:
+             server_layout: str = "two-address", prepare: Any = None, relay: bool = False) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
     right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
     servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way.
     `prepare(lab)`: called once the lab is up, before the server starts (a test that changes the
-    lab's world, never the product's arguments)."""
+    lab's world, never the product's arguments). `relay`: a coturn beside the servers, and the
+    rendezvous server hands out credentials for it (the ladder may end at the relay)."""
     import os
 
     from .lab import Lab
@@ -176,7 +209,10 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
         if prepare is not None:
             prepare(lab)
         py = sys.executable
-        files = start_servers(lab, server_layout)
+        turn, relay_files, flags = None, [], None
+        if relay:
+            turn, flags = start_relay(lab, relay_files)
+        files = start_servers(lab, server_layout, flags) + relay_files
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
@@ -201,6 +237,8 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
                 errors[key] = proc.stderr.read().decode(errors="replace")[-2000:]
         for t in threads:
             t.join(timeout=2)
+        if turn is not None:
+            turn.__exit__(None, None, None)
     for f in files:
         os.unlink(f)
     rows_out = _join(left, right, trials, rows, errors, shape_name)
