@@ -77,7 +77,9 @@ async def test_connect_accept_end_to_end(nursery):
         assert sa.peer_id == "bob" and sb.peer_id == a.peer_id
         assert sa.peer_info["nat"] == "cone" and sa.peer_info["observed"][0] == "127.0.0.1"
         assert abs(sa.start_at - sb.start_at) < 0.02
-        assert 1.0 < sa.start_in() <= 2.0  # generous: CI machines stall
+        # in the future, about the server's margin away: the start is read through an estimated clock
+        # offset (off by up to half an RTT), so the bound is loose above; CI machines stall
+        assert 1.0 < sa.start_in() < 2.5
         assert state.stats["sessions"] == 1
 
 
