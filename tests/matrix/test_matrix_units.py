@@ -62,3 +62,19 @@ def test_a_floor_of_odds_agrees_with_any_rate_at_or_above_it():
     # the same numbers as an estimate disagree; a floor above the whole interval disagrees too
     assert summarise([_row(True, 0.004, 0.01)] * 8)["odds_agree"] is False
     assert summarise([replace(_row(False, 0.999), odds_floor=True)] * 10)["odds_agree"] is False
+
+
+def test_only_a_later_trial_that_its_plan_said_was_out_of_budget_may_fail():
+    from nattrav.lab.matrix import TrialResult
+    from tests.matrix.budget import unexplained_failures
+
+    budget = "birthday had 5.39% odds at the flow budgets the sides published: local 42, remote 85 new flows"
+    ok = TrialResult("a", "b", 0, True, "birthday", 0.7, odds=0.999)
+    short = TrialResult("a", "b", 1, False, odds=0.0539, reason="no path: ...; " + budget)
+    assert unexplained_failures([ok, short]) == []
+    # the first trial has its whole budget; a failure at high odds, or without the budgets named, is one
+    first = TrialResult("a", "b", 0, False, odds=0.0539, reason=budget)
+    lying = TrialResult("a", "b", 1, False, odds=0.9991, reason=budget)
+    other = TrialResult("a", "b", 1, False, odds=0.01, reason="ServerUnreachable: cannot reach rendezvous server")
+    assert unexplained_failures([first, short]) == [first]
+    assert unexplained_failures([ok, lying, other]) == [lying, other]

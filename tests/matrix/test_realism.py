@@ -17,6 +17,7 @@ import pytest
 from nattrav.lab.matrix import SAME_NAT, expectation, tcp_expectation, wilson
 from nattrav.lab.pytest_support import require_lab
 from tests.conftest import run_matrix_pair
+from tests.matrix.budget import unexplained_failures
 
 TRIALS = int(os.environ.get("NATTRAV_REALISM_TRIALS", "2"))
 TRIAL_TIMEOUT = 12.0
@@ -25,12 +26,13 @@ BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
 
 
 
-def case(left, right, shape="flat", tcp=False, xfail=None, strategy=None):
+def case(left, right, shape="flat", tcp=False, xfail=None, strategy=None, limit=5.0):
+    """`limit`: the seconds from the agreed start within which every connected trial must connect."""
     marks = [pytest.mark.lab]
     if xfail:
         marks.append(pytest.mark.xfail(strict=True, reason=xfail))
     label = f"{'tcp' if tcp else 'udp'}:{left}->{right}@{shape}"
-    return pytest.param(left, right, shape, tcp, strategy, marks=marks, id=label)
+    return pytest.param(left, right, shape, tcp, strategy, limit, marks=marks, id=label)
 
 
 CASES = [
@@ -56,13 +58,18 @@ CASES = [
     # ladder tries what the UDP word allows, then the strict TCP plan
     case("udp-full-cone", "symmetric-random", tcp=True, strategy="tcp-birthday"),
     case("udp-restricted-cone", "symmetric-seq-2", tcp=True, strategy="tcp-simultaneous"),
+    # the same over the profile: the strict rung starts 3.3 s in (its plan's slot), then a SYN round
+    # trip and the handshake over 200 ms RTT (4.0 s median, 4.6 s p95 in 8 trials); one lost SYN
+    # costs its 1 s retransmission, hence the wider limit. Its TCP probes must leave back to back:
+    # one after the other, the background's flows landed between them and Δ=2 read as +4 (1-2/8)
+    case("udp-restricted-cone", "symmetric-seq-2", "wan50", tcp=True, strategy="tcp-simultaneous", limit=6.5),
     # a NAT with a pool of four public addresses, paired (one per inside host)
     case("symmetric-seq,public_ips=4", "port-restricted", strategy="predicted"),
 ]
 
 
-@pytest.mark.parametrize(("left", "right", "shape", "tcp", "strategy"), CASES)
-def test_realism_case(left, right, shape, tcp, strategy):
+@pytest.mark.parametrize(("left", "right", "shape", "tcp", "strategy", "limit"), CASES)
+def test_realism_case(left, right, shape, tcp, strategy, limit):
     require_lab()
     expect = (tcp_expectation if tcp else expectation)(left, right)
     results, ok, summary, elapsed = run_matrix_pair(left, right, TRIALS, TRIAL_TIMEOUT, REPORT, tcp=tcp,
@@ -86,7 +93,9 @@ def test_realism_case(left, right, shape, tcp, strategy):
         hi = wilson(len(ok), TRIALS)[1]
         assert min(r.odds for r in results) <= hi or ok, f"stated odds above the measured rate: {summary}"
         return
-    assert len(ok) == TRIALS, f"{left}->{right} over {shape} is feasible but: {summary}"
-    assert all(r.seconds is not None and r.seconds < 5.0 for r in ok), summary
+    # every trial, but one that its plan said the flow budgets left cannot connect (tests/matrix/budget.py)
+    assert len(results) == TRIALS and not unexplained_failures(results), \
+        f"{left}->{right} over {shape} is feasible but: {summary}"
+    assert all(r.seconds is not None and r.seconds < limit for r in ok), summary
     if strategy:
         assert {r.strategy for r in ok} == {strategy}, summary

@@ -34,7 +34,6 @@ def test_peers_behind_one_nat_connect(preset, tcp):
     results, ok, summary, _ = run_matrix_pair(preset, SAME_NAT, TRIALS, TRIAL_TIMEOUT, REPORT, tcp=tcp,
                                               expect="feasible")
     assert len(ok) == TRIALS, f"{preset} same-NAT ({'TCP' if tcp else 'UDP'}): {summary}"
-    assert all(r.seconds is not None and r.seconds < 1.0 for r in ok), summary
     if preset == "none":
         # public hosts: two addresses, no shared network, the observed addresses reach each other
         assert {r.strategy for r in ok} == {"tcp-direct" if tcp else "direct"}, summary

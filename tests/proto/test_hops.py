@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nattrav.proto.hops import DEFAULT_LOW_TTL, inside, read_trace
+from nattrav.proto.hops import DEFAULT_LOW_TTL, inside, read_trace, shared
 
 
 def test_inside_spaces():
@@ -26,6 +26,19 @@ def test_home_nat_inside_a_carrier_grade_nat():
     # the guess of 2 would die at the CGN: the TTL must count both layers
     r = read_trace({1: "192.168.1.1", 2: "100.64.0.1", 3: "203.0.113.1"}, server_ttl=4, max_ttl=8)
     assert (r.low_ttl, r.inside_hops) == (3, 2)
+    # the shared-space hop says a carrier-grade NAT is ours (its subscriber's flows are few)
+    assert r.cgn and r.to_dict()["cgn"] is True
+
+
+def test_only_the_shared_space_says_carrier_grade_nat():
+    assert shared("100.64.0.1") and shared("100.127.255.254") and shared("::ffff:100.100.1.1")
+    for ip in ("100.63.255.255", "100.128.0.0", "10.0.0.1", "192.168.1.1", "203.0.113.1", "fd00::1", "junk"):
+        assert not shared(ip), ip
+    home = read_trace({1: "192.168.1.1", 2: "10.0.0.1", 3: "203.0.113.1"}, server_ttl=4, max_ttl=8)
+    assert home.measured and not home.cgn
+    # a shared-space hop past the first outside one is still ours to report: any hop of the trace
+    silent = read_trace({2: "100.64.7.1"}, server_ttl=None, max_ttl=4)
+    assert silent.cgn and not read_trace({}, None, 4).cgn
 
 
 def test_three_layers_and_routers_inside():

@@ -367,3 +367,68 @@ def test_unknown_is_not_worst():
     # a measured random NAT is not "unknown": no cheap guess for it
     rnd = udp("APDM", "APDF", [31234, 5001], ip="203.0.113.40", allocation="random")
     assert plan(rnd, cone, "first").attempts[0].strategy is Strategy.BIRTHDAY
+
+
+# --- each side's own budget (NatReport.flows) ----------------------------------------------------
+
+BUDGETS = [(1024, 512), (512, 1024), (4096, 200), (40, 4096), (1, 1024), (262144, 7)]
+
+
+@pytest.mark.parametrize("flows_a,flows_b", BUDGETS)
+@pytest.mark.parametrize("a,b", [("symmetric-random", "port-restricted"), ("symmetric-random", "symmetric-seq"),
+                                 ("symmetric-random", "adm"), ("symmetric-seq", "symmetric-seq-2"),
+                                 ("port-restricted", "symmetric-seq-7"), ("symmetric-random", "symmetric-random")])
+def test_both_sides_agree_with_different_budgets_and_each_part_stays_in_its_own(a, b, flows_a, flows_b):
+    # each side publishes its own budget; both derive the same plan from the two reports, mirrored
+    ra, rb = replace(CLASSES[a], flows=flows_a), replace(CLASSES[b], flows=flows_b)
+    p1, p2 = plan(ra, rb, "first"), plan(rb, ra, "second")
+    assert p2.strategy is p1.strategy and p2.odds == p1.odds
+    for x, y in zip(p1.attempts, p2.attempts):
+        assert (x.strategy, x.local, x.remote) == (y.strategy, y.remote, y.local)
+        assert x.local.flows <= flows_a and x.remote.flows <= flows_b
+    assert (p1.params["flow_budget"], p1.params["remote_flow_budget"]) == (flows_a, flows_b)
+    assert p1.summary()["remote"]["flow_budget"] == flows_b
+
+
+def test_the_birthday_shifts_its_load_to_the_side_whose_nat_can_hold_it():
+    rnd, cone = CLASSES["symmetric-random"], CLASSES["port-restricted"]
+    even = plan(rnd, cone, "first").primary
+    # the cone behind a carrier-grade NAT publishes 512: the random side (a home router, 1024) opens
+    # more mappings so that the cone probes less, and the odds still reach the target
+    # (~1 - exp(-s·p/N): 1024 sockets against ~450 probes on a 64k range)
+    p = plan(rnd, replace(cone, flows=512), "first")
+    shifted = p.primary
+    assert p.strategy is Strategy.BIRTHDAY and p.odds >= 0.999 and p.feasible
+    assert shifted.remote.random_probes <= 512 < even.remote.random_probes
+    assert shifted.local.sockets > even.local.sockets
+    # each spends about the same share of its own budget: neither NAT is pushed harder than the other
+    assert abs(shifted.local.sockets / 1024 - shifted.remote.random_probes / 512) < 0.01
+    assert 1 - birthday_miss(64512, shifted.local.sockets, shifted.remote.random_probes) == p.odds
+    # the mirror: a random side behind the CGN, a cone with room to spare
+    q = plan(replace(rnd, flows=512), cone, "first")
+    assert q.odds >= 0.999 and q.primary.local.sockets <= 512 < q.primary.remote.random_probes <= 1024
+
+
+@given(st.integers(1, 8192), st.integers(1, 8192))
+@settings(max_examples=60, deadline=None)
+def test_birthday_odds_reach_the_target_wherever_the_two_budgets_allow_it(br, bc):
+    rnd, cone = replace(CLASSES["symmetric-random"], flows=br), replace(CLASSES["port-restricted"], flows=bc)
+    p = plan(rnd, cone, "first")
+    s, probes = p.primary.local.sockets, p.primary.remote.random_probes
+    assert s <= br and probes <= bc
+    # the most both budgets allow (sockets also capped by max_sockets = 1024 descriptors)
+    ceiling = 1 - birthday_miss(64512, min(br, 1024), min(bc, 64512 - min(br, 1024)))
+    if ceiling >= 0.999:
+        assert p.odds >= 0.999
+    else:
+        # short of the target, both budgets are spent whole and the odds say what they buy
+        assert p.odds == pytest.approx(ceiling) and (s, probes) == (min(br, 1024), bc)
+
+
+def test_a_tiny_published_budget_costs_its_owner_odds_not_us_flows():
+    # a peer that says it can spare 1 flow gets a plan within that; our own part stays within ours
+    rnd, seq = CLASSES["symmetric-random"], CLASSES["symmetric-seq"]
+    for ours, theirs in ((rnd, replace(seq, flows=1)), (seq, replace(rnd, flows=1))):
+        p = plan(ours, theirs, "first")
+        assert p.primary.remote.flows <= 1 and p.primary.local.flows <= DEFAULT_FLOW_BUDGET
+        assert 0 <= p.odds < 0.05

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from nattrav.errors import BadReport
 from nattrav.proto.nat_behavior import BindingSample
+from nattrav.proto.planner.budget import DEFAULT_FLOW_BUDGET, FLOW_TABLE_CAP
 from nattrav.proto.report import MAX_HOSTS, MAX_SAMPLES, NatReport, Sample, samples_from_bindings
 from nattrav.proto.vocab import Mapping
 from tests.reports import tcp, udp
@@ -59,10 +60,27 @@ def test_exact_keys_and_version():
     ("host", [["0.0.0.0", 4000]]), ("host", [["224.0.0.251", 5353]]), ("host", [["255.255.255.255", 4000]]),
     ("host", [["10.0.1.2", 4000], ["10.0.1.2", 4000]]),
     ("host", [[f"10.0.1.{k}", 4000] for k in range(1, MAX_HOSTS + 2)]),
+    ("flows", 0), ("flows", -1), ("flows", FLOW_TABLE_CAP + 1), ("flows", True), ("flows", 512.0),
+    ("flows", "512"), ("flows", None), ("flows", [512]),
 ])
 def test_every_field_is_bounded(field, value):
     with pytest.raises(BadReport):
         NatReport.from_wire({**SEQ.to_wire(), field: value})
+
+
+def test_the_flow_budget_is_published_and_an_older_report_without_it_reads_as_the_default():
+    # a side's budget crosses as an integer 1..FLOW_TABLE_CAP (the planner sizes that side's part by it)
+    for flows in (1, 512, FLOW_TABLE_CAP):
+        w = replace(SEQ, flows=flows).to_wire()
+        assert w["flows"] == flows and NatReport.from_wire(w).flows == flows
+    # a peer from before the field: every side then used the one default, so that is what it meant
+    old = {k: v for k, v in SEQ.to_wire().items() if k != "flows"}
+    assert NatReport.from_wire(old).flows == DEFAULT_FLOW_BUDGET == NatReport().flows
+    # optional is not free-form: every other key is still required, nothing unknown is let in
+    with pytest.raises(BadReport, match="missing"):
+        NatReport.from_wire({k: v for k, v in old.items() if k != "host"})
+    with pytest.raises(BadReport, match="unknown key"):
+        NatReport.from_wire({**old, "flow": 512})
 
 
 def test_ip_literals_are_normalised_and_names_refused():

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.api import connect_tcp, listen_tcp
-from nattrav.errors import TcpPunchFailed
-from nattrav.io.stun_tcp import serve_stun_tcp, tcp_binding, tcp_mappings
+from nattrav.errors import LocalProtocolError, TcpPunchFailed
+from nattrav.io.stun_tcp import StunTcpServer, read_message, serve_stun_tcp, tcp_binding, tcp_mappings
 from nattrav.io.tcp_punch import PunchedStream, open_listener, tcp_punch
 from nattrav.proto.planner.tcp import plan
 from nattrav.proto.report import TcpReport, TcpSample
@@ -44,14 +44,54 @@ async def test_stun_over_tcp_maps_the_shared_port_for_every_server():
         holder = open_listener(("127.0.0.1", 0))  # holds the port, as a punch endpoint does
         local = holder.getsockname()
         try:
-            servers = [("127.0.0.1", port), ("127.0.0.1", alt), ("127.0.0.1", port)]
+            servers = [("127.0.0.1", port), ("127.0.0.1", alt)]
             samples = await tcp_mappings(local, servers)
+            # the same endpoint twice at once would be one 4-tuple twice: refused before any SYN
+            with pytest.raises(LocalProtocolError):
+                await tcp_mappings(local, servers + servers[:1])
         finally:
             holder.close()
         # no NAT on loopback: every connection left from, and was seen at, the one shared port
-        assert [s["port"] for s in samples] == [local[1]] * 3
+        assert [s["port"] for s in samples] == [local[1]] * 2
+        assert [s["dest"] for s in samples] == [list(x) for x in servers]
         assert all(s["ip"] == "127.0.0.1" == s["local_ip"] for s in samples)
-        assert srv.stats["answered"] == 3
+        assert srv.stats["answered"] == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_stun_over_tcp_probes_leave_back_to_back():
+    """Every probe's SYN leaves before any answer is awaited (a sequential NAT's step is only Δ when
+    no other flow lands between two probes): a server that answers none of the connections until all
+    of them are open still answers all, and in the order of the servers list."""
+    port, alt = free_port_pair()
+    cfg = StunServerConfig(ip="127.0.0.1", port=port, alt_port=alt)
+    srv = StunTcpServer(cfg)
+    endpoints = [("127.0.0.1", port), ("127.0.0.1", alt), ("127.0.0.2", port)]
+    opened: list[tuple] = []
+    all_open = trio.Event()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        src, at = stream.socket.getpeername()[:2], stream.socket.getsockname()[:2]
+        opened.append(at)
+        if len(opened) == len(endpoints):
+            all_open.set()
+        data = await read_message(stream, bytearray())
+        await all_open.wait()
+        await stream.send_all(srv.answer(data, src, at))
+        await trio.sleep_forever()  # the client closes
+
+    async with trio.open_nursery() as nursery:
+        for ip, p in endpoints:
+            lst = (await trio.open_tcp_listeners(p, host=ip))[0]
+            nursery.start_soon(trio.serve_listeners, handle, [lst])
+        holder = open_listener(("127.0.0.1", 0))
+        try:
+            with trio.fail_after(10):  # serial probes would wait forever for the first answer
+                samples = await tcp_mappings(holder.getsockname(), endpoints, timeout=5)
+        finally:
+            holder.close()
+        assert [tuple(s["dest"]) for s in samples] == endpoints
+        assert sorted(opened) == sorted(endpoints) and srv.stats["answered"] == 3
         nursery.cancel_scope.cancel()
 
 

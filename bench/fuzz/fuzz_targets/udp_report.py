@@ -12,7 +12,8 @@ Contract: from_wire raises BadReport and only that, and what it accepts writes b
 map it reads as the same report; plan() of an accepted report with a public endpoint raises
 nothing (PlanError is the caller's misuse, BadReport the schema's job). A plan aims every packet of
 ours at the address the server observed, never at one the report names; our part stays within our
-own limits (flows <= the flow budget, sockets <= max_sockets) whatever the peer claims; odds in
+own limits (flows <= the budget OUR report publishes, sockets <= max_sockets) whatever the peer
+claims, its budget (`flows`) included; odds in
 [0, 1], a finite timeout, and its summary (printed with --json, sent as an event) packs. Planned
 once more as if both sides shared the network (own_ip = the peer's observed address, our report with
 a host candidate), the only packets not aimed at the observed address are LAN attempts, each to one
@@ -29,7 +30,8 @@ import msgpack
 from nattrav.errors import BadFrame, BadReport
 from nattrav.proto.planner.lan import aimable
 from nattrav.proto.planner.side import side_from_report
-from nattrav.proto.planner.udp import DEFAULT_FLOW_BUDGET, plan
+from nattrav.proto.planner.budget import CGN_FLOW_BUDGET, FLOW_TABLE_CAP
+from nattrav.proto.planner.udp import plan
 from nattrav.proto.rendezvous.wire import _unpack_body, check_info
 from nattrav.proto.report import MAX_HOSTS, NatReport, Sample, TcpReport, TcpSample
 from nattrav.proto.vocab import Allocation, Filtering, Mapping, Strategy
@@ -59,6 +61,10 @@ LOCALS = (
     udp(EIM, ADF, [40000, 40000], "198.51.100.13"),
     udp(NONE, EIF, [40000, 40000], "198.51.100.14"),
     udp(ADM, APDF, [20000, 20007, 20021], "198.51.100.15", times=[0.0, 0.5, 1.0], allocation=SEQ, delta=7),
+    # budgets other than the default: behind a carrier-grade NAT, nearly spent, a user's big one
+    udp(EIM, APDF, [40000, 40000], "198.51.100.16", flows=CGN_FLOW_BUDGET),
+    udp(APDM, APDF, [31234, 5001], "198.51.100.17", allocation=RANDOM, flows=3),
+    udp(APDM, APDF, [20000, 20001], "198.51.100.18", times=[0.0, 0.01], allocation=SEQ, delta=1, flows=65536),
 )
 
 
@@ -104,8 +110,9 @@ def run(data: bytes) -> None:
     for a in p.attempts:
         if a.local.peer_ip != PEER_IP:
             raise Violation(f"{a.strategy.value} aims at {a.local.peer_ip}, not the observed {PEER_IP}")
-        if a.local.flows > DEFAULT_FLOW_BUDGET or a.local.sockets > MAX_SOCKETS:
-            raise Violation(f"{a.strategy.value}: {a.local.flows} flows from {a.local.sockets} sockets")
+        if a.local.flows > local.flows or a.local.sockets > MAX_SOCKETS:
+            raise Violation(f"{a.strategy.value}: {a.local.flows} flows from {a.local.sockets} sockets "
+                            f"(our budget {local.flows})")
     if not 0.0 <= p.odds <= 1.0 or not math.isfinite(p.timeout):
         raise Violation(f"odds {p.odds}, timeout {p.timeout}")
     msgpack.packb(p.summary(), use_bin_type=True)
@@ -130,8 +137,9 @@ def run(data: bytes) -> None:
 OUR_HOST = (("10.0.1.2", 40000),)  # our host candidate when both sides share the network
 
 
-def encode(role_byte: int, report: NatReport) -> bytes:
-    return bytes([role_byte]) + msgpack.packb(report.to_wire(), use_bin_type=True)
+def encode(role_byte: int, report: NatReport | dict) -> bytes:
+    wire = report if isinstance(report, dict) else report.to_wire()
+    return bytes([role_byte]) + msgpack.packb(wire, use_bin_type=True)
 
 
 def seeds() -> dict[str, bytes]:
@@ -155,6 +163,12 @@ def seeds() -> dict[str, bytes]:
         "long-wait": udp(APDM, APDF, [20000, 20001, 20900], at, times=[0.0, 0.01, 3600.0], allocation=SEQ, delta=1),
         "same-network": udp(APDM, APDF, [20000, 20001], at, times=[0.0, 0.01], allocation=SEQ, delta=1,
                             host=(("10.0.1.3", 41000), ("192.168.7.3", 41000), ("8.8.8.8", 41000))),
+        "cone-cgn-budget": udp(EIM, APDF, [40000, 40000], at, flows=CGN_FLOW_BUDGET),
+        "random-whole-table": udp(APDM, APDF, [31234, 5001], at, allocation=RANDOM, flows=FLOW_TABLE_CAP),
+        "seq-one-flow": udp(APDM, APDF, [20000, 20001], at, times=[0.0, 0.01], allocation=SEQ, delta=1, flows=1),
+        # an older peer's report: no budget key (read as the default)
+        "random-no-budget": {k: v for k, v in udp(APDM, APDF, [31234, 5001], at, allocation=RANDOM).to_wire().items()
+                             if k != "flows"},
         "tcp-only": NatReport(mapping=APDM, filtering=APDF, tcp=TcpReport(
             local=("10.0.2.2", 41000), samples=(TcpSample(at, 30000, 0.0, ("198.51.100.1", 3478)),))),
     }

@@ -6,6 +6,10 @@ STUN server, the public address that server saw, and the server itself (the beha
 server measured, its OTHER-ADDRESS included). A NAT's behaviour does not change between sessions,
 its mappings do: the punch socket's mappings are always sampled fresh.
 
+The same file keeps our own recent bursts per local address ("flows": {ip: [[until, flows], ...]},
+unix times): the flows a burst opened, held by the NATs until `until` (proto/planner/budget.py's
+ledger), so that a later process publishes only the flow budget its NATs still have free.
+
 One JSON file, $XDG_CACHE_HOME/nattrav/behavior.json (~/.cache when unset), mode 0600 in a 0700
 directory, written whole to a temporary file and renamed. What it holds is our own earlier result,
 not an authority: a file that is not ours (another owner, a symlink, writable by others), too big,
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import stat
 import time
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..proto.nat_behavior import NatBehavior
+from ..proto.planner.budget import FLOW_TABLE_CAP
 
 VERSION = 1
 FILE_NAME = "behavior.json"
@@ -32,6 +38,7 @@ MAX_FILE = 64 * 1024  # bytes; a bigger file is not read
 MAX_ENTRIES = 32
 MAX_AGE = 24 * 3600.0  # seconds an entry is trusted
 REFRESH_AFTER = 600.0  # seconds after which a connect that used an entry measures again, after connecting
+MAX_BURSTS = 64  # bursts kept per local address (older ones expired long ago or are dropped first)
 
 # what an entry keeps of a NatBehavior: the words and the server's addresses, not the raw samples
 _KEPT = ("mapping", "filtering", "allocation", "delta", "hairpin", "lifetime", "nat", "classic",
@@ -100,52 +107,78 @@ class BehaviorCache:
         True when the file was written."""
         if behavior.public_ip is None or behavior.mapping is None or behavior.filtering is None:
             return False
-        entries = self._read()
+        entries, flows = self._load()
         entries.pop(key.text(), None)
         entries[key.text()] = _entry_to(behavior, time.time() if now is None else now)
-        return self._write(entries)
+        return self._write(entries, flows)
 
     def forget(self, key: Key) -> bool:
         """Drop `key`'s entry (the behaviour it named did not hold); True when the file was written."""
-        entries = self._read()
+        entries, flows = self._load()
         if entries.pop(key.text(), None) is None:
             return False
-        return self._write(entries)
+        return self._write(entries, flows)
+
+    def flows_held(self, local_ip: str, now: float | None = None) -> int:
+        """Flows our bursts from `local_ip` opened that the NATs may still hold at `now` (unix time)."""
+        now = time.time() if now is None else now
+        return sum(n for until, n in self._load()[1].get(local_ip, ()) if until > now)
+
+    def record_flows(self, local_ip: str, flows: int, until: float, now: float | None = None) -> bool:
+        """A burst from `local_ip` whose NAT entries last until `until` (unix time); True when written."""
+        now = time.time() if now is None else now
+        entries, held = self._load()
+        bursts = [b for b in held.get(local_ip, ()) if b[0] > now] + [[float(until), int(flows)]]
+        held = {ip: [b for b in v if b[0] > now] for ip, v in held.items()}
+        held[local_ip] = bursts[-MAX_BURSTS:]
+        return self._write(entries, {ip: v for ip, v in held.items() if v})
 
     # -- the file --
     def _read(self) -> dict[str, Any]:
-        """The file's entries by key text, oldest first; {} for anything but our own valid file."""
+        return self._load()[0]
+
+    def _load(self) -> tuple[dict[str, Any], dict[str, list[list]]]:
+        """The file's entries by key text, oldest first, and its bursts by local address; empty for
+        anything but our own valid file (bursts that are not [until, flows] are dropped)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            return {}
+            return {}, {}
         try:
             st = os.fstat(fd)
             if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
                     or st.st_size > MAX_FILE):
-                return {}
+                return {}, {}
             data = os.read(fd, MAX_FILE + 1)
         except OSError:
-            return {}
+            return {}, {}
         finally:
             os.close(fd)
         if len(data) > MAX_FILE:
-            return {}
+            return {}, {}
         try:
             doc = json.loads(data)
         except (ValueError, RecursionError):
-            return {}
+            return {}, {}
         if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("entries"), dict):
-            return {}
+            return {}, {}
         entries = {k: v for k, v in doc["entries"].items() if isinstance(k, str) and isinstance(v, dict)}
-        return dict(sorted(entries.items(), key=lambda kv: _saved(kv[1])))
+        return dict(sorted(entries.items(), key=lambda kv: _saved(kv[1]))), _bursts(doc.get("flows"))
 
-    def _write(self, entries: dict[str, Any]) -> bool:
+    def _write(self, entries: dict[str, Any], flows: dict[str, list[list]]) -> bool:
         items = sorted(entries.items(), key=lambda kv: _saved(kv[1]))[-self.max_entries:]
-        data = json.dumps({"version": VERSION, "entries": dict(items)}, separators=(",", ":")).encode()
+
+        def dump() -> bytes:
+            doc = {"version": VERSION, "entries": dict(items), "flows": flows}
+            return json.dumps(doc, separators=(",", ":")).encode()
+
+        data = dump()
         while len(data) > MAX_FILE and items:  # the oldest go first
             items = items[1:]
-            data = json.dumps({"version": VERSION, "entries": dict(items)}, separators=(",", ":")).encode()
+            data = dump()
+        if len(data) > MAX_FILE:
+            flows = {}
+            data = dump()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,6 +196,26 @@ class BehaviorCache:
             except OSError:
                 pass
             return False
+
+
+def _bursts(raw: Any) -> dict[str, list[list]]:
+    """The file's bursts, each checked: an IP literal's list of [until, flows]."""
+    out: dict[str, list[list]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for ip, bursts in raw.items():
+        try:
+            ipaddress.ip_address(ip)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(bursts, list):
+            continue
+        ok = [[float(b[0]), b[1]] for b in bursts[-MAX_BURSTS:]
+              if isinstance(b, list) and len(b) == 2 and type(b[1]) is int and 0 <= b[1] <= FLOW_TABLE_CAP
+              and type(b[0]) in (int, float) and math.isfinite(b[0])]
+        if ok:
+            out[ip] = ok
+    return out
 
 
 def _saved(raw: Any) -> float:

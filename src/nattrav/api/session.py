@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from ..errors import ConnectError
+from ..errors import ConnectError, UsageError
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..io.path import PunchedPath
@@ -26,7 +26,9 @@ from .behavior_cache import BehaviorCache
 from .endpoint import RENDEZVOUS_PORT, EventHook, node_info, refresh_cached, stun_endpoint
 from .relay import RelayRung
 from .tcp import TcpTransport
-from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
+from ..proto.planner.odds import FLOW_TABLE_CAP
+from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
+from .timeline import Timeline
 from .udp import UdpTransport
 
 Server = str | tuple[str, int]  # "host[:port]" (default port 7000) or (host, port)
@@ -41,12 +43,43 @@ class SessionOptions:
     src_ip: str | None = None  # local IP to send from (default: any)
     src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
     ttl: int | None = None  # TTL of the opening packets (default: measured, see proto/hops.py)
-    max_flows: int = DEFAULT_FLOW_BUDGET  # new flows a UDP burst may create on our own NATs
+    # new flows our UDP bursts may hold open on our own NATs (default: a home router's share, less
+    # behind a carrier-grade NAT: proto/planner/budget.py); an explicit number always wins
+    max_flows: int | None = None
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
+    # The UDP planner's knobs (proto/planner/udp.plan). Both peers derive the plan from the same two
+    # reports and never tell each other what they will do, so an experiment that changes one of
+    # these must give both sides the same value, or their halves of a burst will not meet.
+    target: float = DEFAULT_TARGET  # odds a strategy is sized for
+    horizon: float = DEFAULT_HORIZON  # seconds from the last STUN sample to the punch, for prediction
+    max_sockets: int = 1024  # most sockets one side's burst opens
+    birthday_sockets: int = 256  # sockets of the EIM side of a birthday burst
+    max_window: int = 4096  # most predicted ports a side aims at
+    best_effort_flows: int = 4096  # flows of the bounded attempt for a pair with no feasible plan
+    workers: int | None = None  # burst worker processes (None: one per core) when connect() starts them
     # the NAT behaviour cached per network (api/behavior_cache.py): True for the default file, a
     # path or a BehaviorCache for another, False to measure every time and keep nothing
     cache: bool | str | os.PathLike | BehaviorCache = True
+
+    def __post_init__(self) -> None:
+        # a bad knob is the caller's mistake: say so now, not as a plan error once the peer is found
+        if not 0 < self.target < 1:
+            raise UsageError(f"target must be in (0, 1), got {self.target!r}")
+        if not 0 <= self.horizon <= 3600:
+            raise UsageError(f"horizon must be 0..3600 seconds, got {self.horizon!r}")
+        for name in ("max_sockets", "birthday_sockets", "max_window", "best_effort_flows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= FLOW_TABLE_CAP:
+                raise UsageError(f"{name} must be an integer in 1..{FLOW_TABLE_CAP}, got {value!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or not 1 <= self.workers <= 256):
+            raise UsageError(f"workers must be 1..256 or None, got {self.workers!r}")
+
+    def plan_knobs(self) -> dict[str, Any]:
+        """The planner's keywords, as plan() takes them (the flow budgets come from the reports)."""
+        return {"target": self.target, "horizon": self.horizon, "max_sockets": self.max_sockets,
+                "birthday_sockets": self.birthday_sockets, "max_window": self.max_window,
+                "best_effort_flows": self.best_effort_flows}
 
     def behavior_cache(self) -> BehaviorCache | None:
         if self.cache is True:
@@ -93,34 +126,37 @@ async def _refreshing(ep: Any, stun: tuple[str, int], src_ip: str | None) -> Asy
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
     server_ep, stun_ep = o.endpoints(server)
+    clock = Timeline(o.emit)
+    emit = clock.emit
     deadline = trio.current_time() + timeout
     rung: RelayRung | None = None
     try:
         with trio.fail_after(timeout):
             # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
             # rendezvous connection comes up
-            async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior,
+            async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
                                o.behavior_cache(), unclaimed=transport.close) as opening:
                 async with rv.open_rendezvous(server_ep) as client:
-                    o.emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                    emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
                     ep = await opening.result()
                     try:
                         if getattr(transport, "relays", False):
                             # the ladder's last rung: an allocation offered beside our report
-                            rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, o.emit,
+                            rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
                                                         tcp=isinstance(transport, TcpTransport))
-                        o.emit("rendezvous-connect", {"peer": peer_id})
+                        emit("rendezvous-connect", {"peer": peer_id})
                         info = {**node_info(ep.report, client.rtt), **relay.info(rung)}
                         session = await client.connect(peer_id, timeout=timeout, info=info)
-                        path = await _punch(transport, ep, session, o.ttl, o.emit, rung)
+                        path = await _punch(transport, ep, session, o.ttl, emit, rung)
                     except BaseException:
                         transport.close(ep)
                         raise
     finally:
         if rung is not None:
             await rung.aclose()  # unless the relayed path took the allocation over
-    async with _held(path, max(1.0, deadline - trio.current_time()), o.emit) as held, \
+    async with _held(path, max(1.0, deadline - trio.current_time()), emit) as held, \
             _refreshing(ep, stun_ep, o.src_ip):
+        clock.attach(held)
         yield held
 
 
@@ -138,6 +174,10 @@ async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[
             yield path
 
 
+def _udp(coordinator: Any, o: SessionOptions) -> UdpTransport:
+    return UdpTransport(coordinator, o.max_flows, plan_knobs=o.plan_knobs(), workers=o.workers)
+
+
 @asynccontextmanager
 async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordinator: Any = None,
                   **options: Any) -> AsyncIterator[PunchedPath]:
@@ -145,7 +185,7 @@ async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordi
     authenticated UDP path. `coordinator`: a running burst coordinator (nattrav.workers) to use
     instead of starting one for a big burst; `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _connect(UdpTransport(coordinator, o.max_flows), server, peer_id, timeout, o) as path:
+    async with _connect(_udp(coordinator, o), server, peer_id, timeout, o) as path:
         yield path
 
 
@@ -223,27 +263,30 @@ class Listener:
     async def accept(self) -> AsyncIterator[Any]:
         """The next peer that asks for us and that the policy admits (others are refused): fresh
         mappings, accept, punch; yields the path/stream."""
+        clock = Timeline(self._emit)  # this session's phases, timed from the wait for its offer
+        emit = clock.emit
         while True:
             offer = await self._client.next_offer()
-            self._emit("offer", {"from": offer.peer_id})
+            emit("offer", {"from": offer.peer_id})
             why = self.policy.admits(offer, trio.current_time())
             if why is None:
                 break
-            self._emit("refused", {"from": offer.peer_id, "reason": why})
+            emit("refused", {"from": offer.peer_id, "reason": why})
             await self._client.refuse(offer)
         ep = self.endpoint if self.endpoint is not None else await self._open()
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
-            await self._transport.refresh(ep, self._emit)
+            await self._transport.refresh(ep, emit)
             session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
             rung = None
             if getattr(self._transport, "relays", False):
-                rung = await relay.peer_rung(session, self._client.relay, self._emit)
-            path = await _punch(self._transport, ep, session, self._ttl, self._emit, rung)
+                rung = await relay.peer_rung(session, self._client.relay, emit)
+            path = await _punch(self._transport, ep, session, self._ttl, emit, rung)
         except BaseException:
             self._transport.close(ep)
             raise
-        async with _held(path, relay.RELAY_WAIT, self._emit) as held, _refreshing(ep, self._stun, self._src[0]):
+        async with _held(path, relay.RELAY_WAIT, emit) as held, _refreshing(ep, self._stun, self._src[0]):
+            clock.attach(held)
             yield held
 
 
@@ -277,7 +320,7 @@ async def listen(server: Server, *, name: str | None = None, secret: str | None 
     publish our NAT report; yields a Listener (UDP). `policy` decides which offers accept() takes
     (default: AcceptPolicy(), rate-limited); `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _listen(UdpTransport(coordinator, o.max_flows), server, name, secret, policy, o) as listener:
+    async with _listen(_udp(coordinator, o), server, name, secret, policy, o) as listener:
         yield listener
 
 

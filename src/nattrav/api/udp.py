@@ -4,7 +4,10 @@ bursts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -17,12 +20,13 @@ from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.stun_client import run_transactions
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.odds import FLOW_TABLE_CAP
-from ..proto.planner.udp import DEFAULT_FLOW_BUDGET, Plan, plan
+from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
+                                    default_flow_budget)
+from ..proto.planner.udp import Plan, plan
 from ..proto.report import NatReport, Sample
 from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
-from ..proto.vocab import Mapping
+from ..proto.vocab import Mapping, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .relay import RelayRung
@@ -37,6 +41,9 @@ WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker proc
 EIM_SAMPLES_FRESH = 20.0
 # the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
 SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
+# Our bursts of this process by local address, in time.monotonic() (the behaviour cache file keeps
+# them across processes, in unix time): what they opened is not ours to spend again until it expires.
+LEDGER = FlowLedger()
 
 
 @dataclass
@@ -50,6 +57,25 @@ class Endpoint:
     sampled_at: float = 0.0  # trio time of the latest mapping samples
     cached: CacheUse | None = None  # how the behaviour cache was used (None: it was off)
     hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL
+    budget: int = DEFAULT_FLOW_BUDGET  # new flows our bursts may have open on our NATs (before the ledger)
+    local_ip: str = "0.0.0.0"  # where our bursts leave from: the ledger's key
+
+    def flows_held(self) -> int:
+        """Flows our recent bursts opened that our NATs may still hold: this process's, or every
+        process's that shares the behaviour cache file (the larger; the file may be unwritable)."""
+        held = LEDGER.held(self.local_ip, time.monotonic())
+        if self.cached is not None:
+            held = max(held, self.cached.cache.flows_held(self.local_ip))
+        return held
+
+    def publish_flows(self, emit: EventHook | None = None) -> NatReport:
+        """Our report with the flow budget our NATs have left now (NatReport.flows)."""
+        held = self.flows_held()
+        self.report = replace(self.report, flows=budget_left(self.budget, held))
+        if emit is not None:
+            emit("flow-budget", {"flows": self.report.flows, "budget": self.budget, "held": held,
+                                 "cgn": self.hops.cgn})
+        return self.report
 
 
 async def open_endpoint(
@@ -60,11 +86,14 @@ async def open_endpoint(
     on_event: EventHook | None = None,
     behavior: NatBehavior | None = None,
     cache: BehaviorCache | None = None,
+    max_flows: int | None = None,
 ) -> Endpoint:
     """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
     this network: a NAT's behaviour does not change between sessions, its mappings do), and learn
     the punch socket's mappings from S1 and S2 -- as soon as discovery's tests have made their own
-    mappings, while its filtering tests still wait for answers that may never come."""
+    mappings, while its filtering tests still wait for answers that may never come.
+    max_flows: our flow budget (default: a home router's, smaller when the trace shows a
+    carrier-grade NAT: proto/planner/budget.py); the report publishes it less our recent bursts."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
@@ -89,7 +118,12 @@ async def open_endpoint(
     except BaseException:
         sock.close()
         raise
-    return Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops)
+    if max_flows is None:
+        max_flows = default_flow_budget(hops, (ip for ip, _ in report.host))
+    local_ip = behavior.local[0] if behavior.local else sock.getsockname()[0]
+    ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip))
+    ep.publish_flows(emit)
+    return ep
 
 
 def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple[str, int]]:
@@ -129,14 +163,14 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
     assert ep.behavior.server is not None
     s1, s2 = ep.behavior.server, ep.behavior.other_address
-    if s2 is None or s2[0] == s1[0]:  # one server IP: both its ports are old flows already
-        return ep.report
-    if ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH:
-        return ep.report
-    new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
-    ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
-    ep.sampled_at = trio.current_time()
-    return ep.report
+    fresh = ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH
+    one_ip = s2 is not None and s2[0] == s1[0]  # one server IP: both its ports are old flows already
+    if s2 is not None and not fresh and not one_ip:
+        new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
+        ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
+        ep.sampled_at = trio.current_time()
+    # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
+    return ep.publish_flows(on_event)
 
 
 async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float) -> tuple[list[Sample], tuple[str, int]]:
@@ -165,19 +199,63 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
     # the host candidates are read again at every refresh: a listener's interfaces may change
-    return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()))
+    return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()),
+                      **({"flows": previous.flows} if previous else {}))
 
 
-def _plan(ep: Endpoint, session: Session, emit: EventHook, max_flows: int) -> tuple[Plan, NatReport, str]:
-    """The plan for this pair (emitted as "plan"), the peer's report and the one IP we may aim at."""
+async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
+                 coordinator: Any = None, plan_knobs: dict[str, Any] | None = None,
+                 workers: int | None = None, relay: RelayRung | None = None) -> PunchedPath | RelayedPath:
+    """The ladder: the plan's punch, then the relay (when both sides have one) for a pair the
+    planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
+    the caller opens it (RelayedPath.open)."""
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     try:
-        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, flow_budget=max_flows,
-                       own_ip=own_ip(session))
+        # each side's part within the budget its own report published (ours: ep.report.flows)
+        p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, own_ip=own_ip(session),
+                       **(plan_knobs or {}))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
+    # infeasible: straight to the relay -- unless the peer may be on our LAN (the plan's odds are
+    # then a floor: its LAN attempts may well connect), where the relay waits for the punch's end
+    if relay is not None and not p.feasible and not p.odds_floor:
+        _emit_plan(emit, p, session, peer_ip)
+        return relay.path(ep.sock, session, peer_ip, peer_report, why="infeasible", reason=p.failure_message(),
+                          emit=emit)
+    with _ledgered(ep, p, session):
+        try:
+            return await _punch_plan(ep, p, session, ttl, emit, coordinator, peer_ip, workers, relay)
+        except PunchFailed as exc:
+            if relay is None:
+                raise
+            return relay.path(ep.sock, session, peer_ip, peer_report, why="punch-failed", reason=str(exc),
+                              emit=emit)
+
+
+def burst_flows(p: Plan) -> int:
+    """The new flows our side of `p` may open on our NATs: every attempt that leaves through them
+    (LAN packets stay inside the network)."""
+    return sum(a.local.flows for a in p.attempts if a.strategy is not Strategy.LAN)
+
+
+@contextmanager
+def _ledgered(ep: Endpoint, p: Plan, session: Session) -> Iterator[None]:
+    """The plan's flows in the ledger from the moment they may leave until FLOW_LINGER after the
+    punch ends (at first: after its timeout, for a session that plans meanwhile)."""
+    flows = burst_flows(p)
+    burst = LEDGER.record(ep.local_ip, flows, time.monotonic() + max(0.0, session.start_in()) + p.timeout
+                          + FLOW_LINGER)
+    try:
+        yield
+    finally:
+        LEDGER.settle(burst, time.monotonic() + FLOW_LINGER)
+        if ep.cached is not None and flows:
+            ep.cached.cache.record_flows(ep.local_ip, flows, time.time() + FLOW_LINGER)
+
+
+def _emit_plan(emit: EventHook, p: Plan, session: Session, peer_ip: str) -> None:
     emit_address(emit, p.params, peer_ip)
     # the peer ports the first attempt aims at, so a caller can check the prediction against where
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
@@ -185,27 +263,18 @@ def _plan(ep: Endpoint, session: Session, emit: EventHook, max_flows: int) -> tu
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
                   "odds_floor": p.odds_floor, "reason": p.reason, "role": session.role, "params": p.params,
                   "peer_targets": list(p.attempts[0].local.targets[:4096])})
-    return p, peer_report, peer_ip
 
 
-async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
-                 coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET,
-                 relay: RelayRung | None = None) -> PunchedPath | RelayedPath:
-    """The ladder: the plan's punch, then the relay (when both sides have one) for a pair the
-    planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
-    the caller opens it (RelayedPath.open)."""
-    p, peer_report, peer_ip = _plan(ep, session, emit, max_flows)
-    # infeasible: straight to the relay -- unless the peer may be on our LAN (the plan's odds are
-    # then a floor: its LAN attempts may well connect), where the relay waits for the punch's end
-    if relay is not None and not p.feasible and not p.odds_floor:
-        return relay.path(ep.sock, session, peer_ip, peer_report, why="infeasible", reason=p.failure_message(),
-                          emit=emit)
+async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, emit: EventHook,
+                      coordinator: Any, peer_ip: str, workers: int | None = None,
+                      relay: RelayRung | None = None) -> PunchedPath:
+    _emit_plan(emit, p, session, peer_ip)
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:
         if coordinator is None and _needs_workers(p):
             # bursts of hundreds of sockets go to the C core in worker processes (one per core);
             # the winning socket is handed back to us, so the coordinator can go once punch returns
-            async with open_coordinator() as coord:
+            async with open_coordinator(workers) as coord:
                 path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coord,
                                    on_event=emit)
         else:
@@ -213,10 +282,6 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
                                on_event=emit)
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
-    except PunchFailed as exc:
-        if relay is None:
-            raise
-        return relay.path(ep.sock, session, peer_ip, peer_report, why="punch-failed", reason=str(exc), emit=emit)
     if relay is not None:
         await relay.aclose()  # punched: the allocation goes back
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
@@ -231,15 +296,20 @@ def _needs_workers(p: Plan) -> bool:
 class UdpTransport:
     """UDP: the punch socket, its mappings in the report, the planner and the UDP puncher."""
 
-    def __init__(self, coordinator: Any = None, max_flows: int = DEFAULT_FLOW_BUDGET) -> None:
-        if not 1 <= max_flows <= FLOW_TABLE_CAP:
+    def __init__(self, coordinator: Any = None, max_flows: int | None = None, *,
+                 plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> None:
+        if max_flows is not None and not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
+        if workers is not None and not (isinstance(workers, int) and 1 <= workers <= 256):
+            raise ValueError(f"workers must be 1..256 or None, got {workers!r}")
         self.coordinator = coordinator
         self.max_flows = max_flows
+        self.plan_knobs = dict(plan_knobs or {})
+        self.workers = workers
 
     async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
-                                   cache=cache)
+                                   cache=cache, max_flows=self.max_flows)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
@@ -248,7 +318,7 @@ class UdpTransport:
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                     relay: RelayRung | None = None) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator, self.max_flows, relay)
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers, relay)
 
     @staticmethod
     def close(ep: Endpoint) -> None:

@@ -20,7 +20,7 @@ from ..api import connect, connect_tcp, listen, listen_tcp
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
 from ..proto.planner.odds import FLOW_TABLE_CAP
-from ..proto.planner.udp import DEFAULT_FLOW_BUDGET
+from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER
 from .events import describe
 from .version import add_version_flag
 from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
@@ -58,10 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--ttl", type=int, metavar="TTL",
                    help="TTL of the opening packets: enough to leave our NAT(s), too small to reach "
                    "the peer's (default: measured by tracing the path to the STUN server)")
-    p.add_argument("--max-flows", type=int, default=DEFAULT_FLOW_BUDGET, metavar="N",
-                   help="new flows a UDP burst may open on our NAT(s) (default %(default)s: a carrier-grade "
-                   "NAT gives a subscriber 1024-2048, a home router holds 4k-16k in all); more raises the "
-                   "odds of the random-port strategies where the NATs can hold them")
+    p.add_argument("--max-flows", type=int, default=None, metavar="N",
+                   help=f"new flows our UDP bursts may hold open on our NAT(s), published to the peer (default "
+                   f"{DEFAULT_FLOW_BUDGET}, a share of a home router's 4k-16k; {CGN_FLOW_BUDGET} when the trace "
+                   f"shows a carrier-grade NAT, whose subscriber gets 1024-2048 in all; less what our bursts of "
+                   f"the last {FLOW_LINGER:g} s still hold); more raises the odds of the random-port strategies "
+                   f"where the NATs can hold them")
     p.add_argument("-n", "--name", help="enroll under this name instead of a random ID")
     p.add_argument("--no-cache", action="store_true",
                    help="measure the NAT's behaviour every time and keep nothing (default: kept per network "
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-t/--ttl must be in 1..64")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
-    if not 1 <= args.max_flows <= FLOW_TABLE_CAP:
+    if args.max_flows is not None and not 1 <= args.max_flows <= FLOW_TABLE_CAP:
         parser.error(f"--max-flows must be in 1..{FLOW_TABLE_CAP}")
     report = Reporter(args.json, args.verbose)
     try:

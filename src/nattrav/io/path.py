@@ -12,6 +12,7 @@ from ..core.errors import ICMP_ERRNOS
 from ..errors import BadPacket
 from ..proto.handshake import MAX_DATA, Event, Handshake
 from ..proto.vocab import Strategy
+from .path_stats import PathCounters
 
 RECV_SIZE = 2048
 
@@ -36,14 +37,27 @@ class PunchedPath:
         self.rtt = rtt  # seconds, from the handshake
         self.strategy = strategy
         self.handshake = handshake
-        self.stats = stats or {}
+        self.stats = stats or {}  # the punch's own: packets sent and received, each attempt
         self.closed_by_peer = False
+        self.counters = PathCounters()
+        self.counters.rtt_samples.append(rtt)
+        self.timings: dict[str, Any] = {}  # set by connect()/listen(): each phase's time (api/timeline.py)
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+
+    def statistics(self) -> dict[str, Any]:
+        """Everything an experiment records about the path: what crossed it, the punch, the phases."""
+        return {"strategy": self.strategy.value, "peer": list(self.peer_addr), "rtt_ms": round(self.rtt * 1e3, 4),
+                **self.counters.to_dict(),
+                "punch": {k: self.stats.get(k) for k in ("sent", "received", "rejected")},
+                "attempts": self.stats.get("attempts", []), "timings": self.timings}
 
     async def send(self, data: bytes) -> None:
         """Send a payload; longer than MAX_DATA is split into several DATA frames."""
         data = bytes(data)
         for i in range(0, max(len(data), 1), MAX_DATA):
-            await self.sock.sendto(self.handshake.data(data[i : i + MAX_DATA]), self.peer_addr)
+            chunk = data[i : i + MAX_DATA]
+            await self.sock.sendto(self.handshake.data(chunk), self.peer_addr)
+            self.counters.sent(len(chunk))
 
     async def send_keepalive(self) -> None:
         await self.sock.sendto(self.handshake.keepalive(), self.peer_addr)
@@ -74,11 +88,14 @@ class PunchedPath:
                 got = self.handshake.receive(data, now_ns())
             except BadPacket:
                 continue
+            if got.event in (Event.DATA, Event.KEEPALIVE) or self.counters.first_counter is not None:
+                self.counters.peer_frame(self.handshake.last_counter)
             for reply in got.replies:
                 await self.sock.sendto(reply, self.peer_addr)
             if got.event is Event.HELLO:
                 continue  # the peer missed our ACK/CONFIRM; replied above
             if got.event is Event.DATA and got.payload:
+                self.counters.received(len(got.payload))
                 return got.payload
             if got.event is Event.CLOSE:
                 self.closed_by_peer = True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -25,7 +26,7 @@ from typing import NamedTuple
 import trio
 
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
-from ..errors import BadPacket, FdLimitError, StunTcpError
+from ..errors import BadPacket, FdLimitError, LocalProtocolError, StunTcpError
 from ..proto.stun import HEADER_LEN, Message, parse
 from ..proto.stun_attrs import Address, Attr, Class, Method
 from ..proto.stun_server import StunServerConfig, decide, error_response
@@ -224,21 +225,41 @@ class TcpBinding(NamedTuple):
     local: Address  # the address the connection left from (the kernel's choice of source IP)
 
 
-async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float = 3.0) -> TcpBinding:
-    """Our public (ip, port) as `server` sees a TCP connection from `local` (port shared). The
-    connection is closed with an RST (SO_LINGER 0): no TIME_WAIT pins the 4-tuple, so the same
-    server can be asked again from the same port."""
+def close_with_rst(s: socket.socket) -> None:
+    # SO_LINGER 0: no TIME_WAIT pins the 4-tuple, so the same server can be asked again from the port
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    s.close()
+
+
+def _connecting(local: tuple[str, int], server: Address) -> socket.socket:
+    """A socket bound to `local` whose SYN to `server` has left: a non-blocking connect(), so that the
+    caller decides the order in which its probes' SYNs leave (and thus reach the NAT)."""
     s = reuse_socket()
     try:
         s.bind(local)
+        rc = s.connect_ex(server)
+    except BaseException:
+        s.close()
+        raise
+    if rc not in (0, errno.EINPROGRESS):
+        s.close()
+        raise StunTcpError(rc, f"TCP connect from {local[1]} to {server[0]}:{server[1]}: {os.strerror(rc)}")
+    return s
+
+
+async def _binding_on(s: socket.socket, local: tuple[str, int], server: Address, timeout: float) -> TcpBinding:
+    """Finish the Binding on `s` (a _connecting() socket, closed with an RST here)."""
+    try:
         tsock = trio.socket.from_stdlib_socket(s)
         with trio.move_on_after(timeout) as scope:
-            try:
-                await tsock.connect(server)
-            except OSError as exc:
-                raise StunTcpError(exc.errno or errno.ECONNREFUSED,
-                                   f"TCP connect from {local[1]} to {server[0]}:{server[1]}: "
-                                   f"{exc.strerror or exc}") from None
+            await trio.lowlevel.wait_writable(s)
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise StunTcpError(err, f"TCP connect from {local[1]} to {server[0]}:{server[1]}: "
+                                        f"{os.strerror(err)}")
             stream = trio.SocketStream(tsock)
             req = Message(Method.BINDING, Class.REQUEST)
             await stream.send_all(req.encode(fingerprint=True))
@@ -263,29 +284,66 @@ async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float
                 return TcpBinding((str(mapped[0]), int(mapped[1])), (str(src[0]), int(src[1])))
         assert scope.cancelled_caught
         raise StunTcpError(errno.ETIMEDOUT, f"no TCP STUN answer from {server[0]}:{server[1]} in {timeout:g} s")
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise StunTcpError(errno.ECONNRESET, f"TCP STUN to {server[0]}:{server[1]}: {exc}") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        if isinstance(exc, StunTcpError):
+            raise
+        raise StunTcpError(getattr(exc, "errno", None) or errno.ECONNRESET,
+                           f"TCP STUN to {server[0]}:{server[1]}: {exc}") from None
     finally:
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        s.close()
+        close_with_rst(s)
+
+
+async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float = 3.0) -> TcpBinding:
+    """Our public (ip, port) as `server` sees a TCP connection from `local` (port shared). The
+    connection is closed with an RST (SO_LINGER 0): no TIME_WAIT pins the 4-tuple, so the same
+    server can be asked again from the same port."""
+    return await _binding_on(_connecting(local, server), local, server, timeout)
 
 
 async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeout: float = 3.0,
                        clock=None) -> list[dict]:
-    """One TCP Binding per server, in order, all from the same local port: [{"dest", "port", "ip", "t"}].
-    In order on purpose: for a sequential NAT the order of new flows is the order of its ports."""
+    """One TCP Binding per server, all from the same local port: [{"dest", "port", "ip", "local_ip",
+    "t"}], in the order of `servers`, "t" the seconds from the first SYN to this one's.
+
+    The SYNs leave back to back, in order, before any answer is awaited: a sequential NAT numbers new
+    flows in the order their SYNs arrive, and the step between two probes' ports is the NAT's Δ only
+    if no other host's flow took a port in between. One probe after the other would leave two round
+    trips between SYNs; on a 100 ms path the flows of a host opening 5 a second then land between
+    every two probes, and a Δ=2 NAT reads as an exact, noise-free +4 (measured in the lab's wan50)."""
+    if len(set(map(tuple, servers))) != len(servers):
+        # two probes to one endpoint would be one 4-tuple at the same time (EADDRNOTAVAIL)
+        raise LocalProtocolError(f"tcp_mappings: each server endpoint once, got {servers}")
     now = clock or trio.current_time
     t0 = now()
-    out = []
-    for server in servers:
-        b = await tcp_binding(local, server, timeout=timeout)
-        out.append({"dest": [server[0], server[1]], "ip": b.mapped[0], "port": b.mapped[1],
-                    "local_ip": b.local[0], "t": round(now() - t0, 4)})
-    return out
+    started: list[tuple[socket.socket, float]] = []
+    try:
+        for server in servers:
+            started.append((_connecting(local, server), round(now() - t0, 4)))
+    except BaseException:
+        for s, _ in started:
+            close_with_rst(s)
+        raise
+    out: list[dict | None] = [None] * len(servers)
+    failed: list[StunTcpError] = []
+
+    async def one(i: int) -> None:
+        s, t = started[i]
+        try:
+            b = await _binding_on(s, local, servers[i], timeout)
+        except StunTcpError as exc:
+            failed.append(exc)
+            nursery.cancel_scope.cancel()
+            return
+        out[i] = {"dest": [servers[i][0], servers[i][1]], "ip": b.mapped[0], "port": b.mapped[1],
+                  "local_ip": b.local[0], "t": t}
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(servers)):
+            nursery.start_soon(one, i)
+    if failed:
+        raise failed[0]
+    return [x for x in out if x is not None]
 
 
-__all__ = ["StunTcpServer", "TcpBinding", "connection_cap", "read_message", "reuse_socket",
+__all__ = ["StunTcpServer", "TcpBinding", "close_with_rst", "connection_cap", "read_message", "reuse_socket",
            "serve_stun_tcp", "source_key", "tcp_binding", "tcp_mappings"]

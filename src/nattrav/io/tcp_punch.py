@@ -36,7 +36,6 @@ import errno
 import os
 import random
 import socket
-import struct
 from dataclasses import dataclass, field
 
 import trio
@@ -48,6 +47,8 @@ from ..proto.planner.lan import LAN_CONNECTS, LAN_INTERVAL
 from ..proto.planner.tcp import TcpPlan
 from ..proto.tcp_auth import StreamAuth
 from ..proto.vocab import TcpStrategy
+# RST on close: a dead attempt must not leave a TIME_WAIT that pins the shared port's 4-tuple
+from .stun_tcp import close_with_rst as _abort
 from .stun_tcp import reuse_socket
 
 SECOND_DELAY = 0.1
@@ -124,15 +125,6 @@ class _Race:
 
 def _now_ns() -> int:
     return int(trio.current_time() * 1e9)
-
-
-def _abort(sock: socket.socket) -> None:
-    # RST on close: a dead attempt must not leave a TIME_WAIT that pins the shared port's 4-tuple
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
 
 
 def open_listener(local: tuple[str, int]) -> socket.socket:

@@ -29,7 +29,7 @@ def _emit(d: dict[str, Any]) -> None:
 async def run_agent(args: argparse.Namespace) -> None:
     from .. import api
     from ..api import discover_behavior
-    from ..errors import ConnectError, RendezvousError, UnknownPeer
+    from ..errors import ConnectError, UnknownPeer
     from ..hostport import parse_hostport
 
     connect, listen = (api.connect_tcp, api.listen_tcp) if args.tcp else (api.connect, api.listen)
@@ -44,15 +44,7 @@ async def run_agent(args: argparse.Namespace) -> None:
         behavior = None
         _emit({"event": "behavior", "error": str(exc)})
     for i in range(args.trials):
-        marks: dict[str, Any] = {}
-
-        def on_event(phase: str, d: dict[str, Any]) -> None:
-            if phase == "punch":
-                marks["start"] = trio.current_time() + d["start_in"]
-            elif phase == "relay":  # straight to the relay: the time counts from there
-                marks.setdefault("start", trio.current_time())
-            elif phase == "plan":
-                marks["plan"] = d
+        marks, on_event = marking()
 
         row: dict[str, Any] = {"event": "trial", "trial": i, "ok": False}
         name = f"{args.name}-{i}"
@@ -79,16 +71,9 @@ async def run_agent(args: argparse.Namespace) -> None:
                         except UnknownPeer:
                             await trio.sleep(0.05)  # the listener has not enrolled this trial yet
             row["ok"] = row.get("echo") == f"ping {i}"
-        except ConnectError as exc:
-            row["reason"] = str(exc)
-        except trio.TooSlowError:
-            row["reason"] = f"trial timed out after {args.trial_timeout:g} s"
-        except (RendezvousError, OSError) as exc:
-            row["reason"] = f"{type(exc).__name__}: {exc}"
-        plan = marks.get("plan") or {}
-        row["strategy"] = row.get("strategy") or plan.get("strategy")
-        row["odds"] = plan.get("odds")
-        row["odds_floor"] = bool(plan.get("odds_floor"))
+        except FAILURES as exc:
+            row["reason"] = failure_reason(exc, args.trial_timeout)
+        plan = note_plan(row, marks)
         row.setdefault("plan_reason", plan.get("reason"))
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
@@ -101,6 +86,50 @@ async def _ping(path: Any, ping: bytes, *, tries: int) -> str | None:
         with trio.move_on_after(ECHO_WAIT if attempt + 1 < tries else math.inf):
             return (await path.receive()).decode(errors="replace")
     return None
+
+
+def marking() -> tuple[dict[str, Any], Any]:
+    """An on_event hook that keeps what a trial's row needs: the agreed start and the plan."""
+    marks: dict[str, Any] = {}
+
+    def on_event(phase: str, d: dict[str, Any]) -> None:
+        if phase == "punch":
+            marks["start"] = trio.current_time() + d["start_in"]
+        elif phase == "relay":  # straight to the relay: the time counts from there
+            marks.setdefault("start", trio.current_time())
+        elif phase == "plan":
+            marks["plan"] = d
+
+    return marks, on_event
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    from ..errors import ConnectError, RendezvousError
+
+    return (ConnectError, trio.TooSlowError, RendezvousError, OSError)
+
+
+FAILURES = _failures()  # what ends a trial as a failure with a reason (anything else is a crash)
+
+
+def failure_reason(exc: BaseException, timeout: float) -> str:
+    """A failed trial's reason, in its row."""
+    from ..errors import ConnectError
+
+    if isinstance(exc, ConnectError):
+        return str(exc)
+    if isinstance(exc, trio.TooSlowError):
+        return f"trial timed out after {timeout:g} s"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def note_plan(row: dict[str, Any], marks: dict[str, Any]) -> dict[str, Any]:
+    """The plan's strategy and odds into the row (the plan event's details, or {}, returned)."""
+    plan = marks.get("plan") or {}
+    row["strategy"] = row.get("strategy") or plan.get("strategy")
+    row["odds"] = plan.get("odds")
+    row["odds_floor"] = bool(plan.get("odds_floor"))
+    return plan
 
 
 class LineStream:

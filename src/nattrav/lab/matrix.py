@@ -225,18 +225,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
             t = threading.Thread(target=_collect, args=(procs[key], rows[key]), daemon=True)
             t.start()
             threads.append(t)
-        deadline = time.monotonic() + 30 + trials * (trial_timeout + 1)
-        errors = {}
-        for key, proc in procs.items():
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.returncode:
-                errors[key] = proc.stderr.read().decode(errors="replace")[-2000:]
-        for t in threads:
-            t.join(timeout=2)
+        errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1))
         if turn is not None:
             turn.__exit__(None, None, None)
     for f in files:
@@ -245,6 +234,24 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
     for r in rows_out:
         r.server = server_layout
     return rows_out
+
+
+def reap(procs: dict[str, subprocess.Popen], readers: list[threading.Thread], deadline: float,
+         tail: int = 2000) -> dict[str, str]:
+    """Wait for a trial's agents until `deadline` (then kill them) and for their output readers;
+    the end of each failed agent's stderr, by its key."""
+    errors = {}
+    for key, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.returncode:
+            errors[key] = proc.stderr.read().decode(errors="replace")[-tail:]
+    for t in readers:
+        t.join(timeout=2)
+    return errors
 
 
 def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dict[str, str],

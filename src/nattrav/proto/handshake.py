@@ -179,6 +179,7 @@ class Handshake:
         self.rtt: int | None = None
         self._peer_stamp: bytes | None = None
         self.rejected = 0  # frames that failed structure, MAC or replay checks
+        self.last_counter = 0  # the counter of the last authentic frame received
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -219,6 +220,7 @@ class Handshake:
             self.rejected += 1
             raise
         self._replay.accept(frame.counter)
+        self.last_counter = frame.counter  # path statistics read the peer's counter gaps as loss
         return frame
 
     def ack(self, now: int) -> bytes | None:

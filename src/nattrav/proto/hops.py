@@ -26,15 +26,30 @@ INSIDE_NETS = tuple(ipaddress.ip_network(n) for n in (
     "169.254.0.0/16", "127.0.0.0/8",
     "fc00::/7", "fe80::/10", "::1/128",
 ))
+SHARED_SPACE = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598: used only inside carrier-grade NATs
 DEFAULT_LOW_TTL = 2  # when the trace cannot tell: one NAT, one router to the peer's NAT
+
+
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr
 
 
 def inside(ip: str) -> bool:
     """Whether `ip` belongs to the address space found on the inside of NATs."""
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    addr = _address(ip)
     return any(addr in net for net in INSIDE_NETS if net.version == addr.version)
+
+
+def shared(ip: str) -> bool:
+    """Whether `ip` is in the RFC 6598 shared address space: a carrier-grade NAT's inside. False for
+    anything that is not an IP address."""
+    try:
+        return _address(ip) in SHARED_SPACE
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,12 @@ class HopReading:
     server_ttl: int | None  # the smallest TTL that reached the server (the path length), if any
     hops: tuple[tuple[int, str | None], ...]  # (ttl, address that answered or None), in TTL order
 
+    @property
+    def cgn(self) -> bool:
+        """A hop answered from the shared address space: a carrier-grade NAT is one of our layers
+        (its per-subscriber flow cap is small: proto/planner/budget.py)."""
+        return any(ip is not None and shared(ip) for _, ip in self.hops)
+
     def describe(self) -> str:
         if not self.measured:
             return f"no hop answered; low TTL {self.low_ttl} (default)"
@@ -55,7 +76,7 @@ class HopReading:
 
     def to_dict(self) -> dict:
         return {"low_ttl": self.low_ttl, "measured": self.measured, "inside_hops": self.inside_hops,
-                "server_ttl": self.server_ttl, "hops": [list(h) for h in self.hops]}
+                "cgn": self.cgn, "server_ttl": self.server_ttl, "hops": [list(h) for h in self.hops]}
 
 
 def read_trace(answers: Mapping[int, str], server_ttl: int | None, max_ttl: int) -> HopReading:
@@ -86,4 +107,5 @@ def read_trace(answers: Mapping[int, str], server_ttl: int | None, max_ttl: int)
 
 DEFAULT_HOPS = HopReading(DEFAULT_LOW_TTL, False, 0, None, ())
 
-__all__ = ["DEFAULT_HOPS", "DEFAULT_LOW_TTL", "HopReading", "INSIDE_NETS", "inside", "read_trace"]
+__all__ = ["DEFAULT_HOPS", "DEFAULT_LOW_TTL", "HopReading", "INSIDE_NETS", "SHARED_SPACE", "inside", "read_trace",
+           "shared"]

@@ -8,7 +8,7 @@ and resolves wherever its owner likes). Anything else is BadReport, and nothing 
 
     {"v": 1, "mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
      "public": ["203.0.113.10", 20003], "samples": [[20000, 0.0, 0], [20001, 0.01, 0], ...],
-     "port_range": [1024, 65535], "host": [["10.0.1.2", 40000]], "tcp": null}
+     "port_range": [1024, 65535], "host": [["10.0.1.2", 40000]], "flows": 1024, "tcp": null}
 
 A sample is [port, seconds since the socket's first sample (or null), mappings our OTHER sockets made
 since the previous sample]; the TCP part's samples are [public ip, port, seconds or null, [server ip,
@@ -16,7 +16,10 @@ server port] or null]. `host` holds this side's host candidates (ICE's word): it
 addresses with the port a peer on the same network reaches directly (UDP: the punch socket's; TCP,
 in the TCP part: the LAN listener's). The dataclasses are what every consumer reads (the predictor, both planners);
 `public` and the samples are the peer's own word, which is why the planners aim at the address the
-rendezvous server observed instead.
+rendezvous server observed instead. `flows` is this side's flow budget: the new flows its bursts
+may open on its own NATs now (proto/planner/budget.py); the UDP planner sizes each side's part by
+that side's number. A report without the key (an older peer) reads as DEFAULT_FLOW_BUDGET, the one
+number every side used before; a false claim only moves load onto the claimant's own NATs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import BadReport
+from .planner.budget import DEFAULT_FLOW_BUDGET, FLOW_TABLE_CAP
 from .schema import cut
 from .vocab import Allocation, Filtering, Mapping
 
@@ -120,6 +124,7 @@ class NatReport:
     samples: tuple[Sample, ...] = ()  # the punch socket's mapped ports, in order (UDP)
     port_range: tuple[int, int] = PORT_RANGE  # where the NAT draws its ports from (a guess)
     host: tuple[Endpoint, ...] = ()  # the punch socket's host candidates (UDP)
+    flows: int = DEFAULT_FLOW_BUDGET  # new flows this side's bursts may open on its NATs (its budget)
     tcp: TcpReport | None = None
 
     def to_wire(self) -> dict[str, Any]:
@@ -129,7 +134,7 @@ class NatReport:
                 "public": None if self.public is None else list(self.public),
                 "samples": [[s.port, s.t, s.own] for s in self.samples],
                 "port_range": list(self.port_range), "host": [list(h) for h in self.host],
-                "tcp": None if self.tcp is None else self.tcp.to_wire()}
+                "flows": self.flows, "tcp": None if self.tcp is None else self.tcp.to_wire()}
 
     @classmethod
     def from_wire(cls, wire: Any) -> NatReport:
@@ -162,6 +167,7 @@ def samples_from_bindings(bindings: Iterable[Any]) -> tuple[Sample, ...]:
 # --- the schema ----------------------------------------------------------------------------------
 
 _KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "host", "tcp"}
+_OPTIONAL_KEYS = {"flows"}  # absent in an older peer's report: read as the default
 _TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history", "host"}
 
 
@@ -175,7 +181,7 @@ def _guarded(reader: Any, wire: Any) -> Any:
 
 
 def _from_wire(w: Any) -> NatReport:
-    _exact(w, _KEYS, "report")
+    _exact(w, _KEYS, "report", _OPTIONAL_KEYS)
     if type(w["v"]) is not int or w["v"] != VERSION:
         raise BadReport(f"report version {cut(w['v'])}, this side reads {VERSION}")
     samples = _list(w["samples"], MAX_SAMPLES, "samples")
@@ -188,6 +194,7 @@ def _from_wire(w: Any) -> NatReport:
         samples=tuple(_sample(s) for s in samples),
         port_range=_port_range(w["port_range"], 1),
         host=_hosts(w["host"]),
+        flows=_int(w["flows"], 1, FLOW_TABLE_CAP, "flows") if "flows" in w else DEFAULT_FLOW_BUDGET,
         tcp=None if w["tcp"] is None else _tcp_from_wire(w["tcp"]),
     )
 
@@ -251,11 +258,11 @@ def _hosts(v: Any) -> tuple[Endpoint, ...]:
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
-def _exact(w: Any, keys: set[str], what: str) -> None:
+def _exact(w: Any, keys: set[str], what: str, optional: set[str] = frozenset()) -> None:
     if type(w) is not dict:
         raise BadReport(f"{what} is not a map")
-    if w.keys() != keys:
-        extra = [k for k in w if k not in keys]
+    if not keys <= w.keys() or not w.keys() <= keys | optional:
+        extra = [k for k in w if k not in keys | optional]
         missing = sorted(keys - w.keys())
         raise BadReport(f"{what}: unknown key {cut(extra[0])}" if extra else f"{what}: missing {missing[0]!r}")
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import bisect
 import math
 
+from .budget import FLOW_TABLE_CAP  # noqa: F401  (every probe is a flow; re-exported)
 from .side import Side
-
-FLOW_TABLE_CAP = 262144  # nf_conntrack_max on the lab's machine kind: every probe is a flow
 
 
 def birthday_miss(span: int, holes: int, probes: int) -> float:
@@ -128,14 +127,18 @@ def opener_targets(opener: Side, other: Side, n: int) -> list[int]:
     return [other.next_port(i) for i in range(n)]
 
 
-def size_predicted(opener: Side, other: Side, target: float, cap: int) -> tuple[int, int, float]:
-    """Probe counts (opener, other) reaching `target`, and the exact odds of those counts.
+def size_predicted(opener: Side, other: Side, target: float, cap: int,
+                   cap_other: int | None = None) -> tuple[int, int, float]:
+    """Probe counts (opener, other) reaching `target`, and the exact odds of those counts; the
+    opener probes at most `cap`, the other at most `cap_other` (default: `cap`): each side's own
+    flow budget.
 
     `needed` grows with u and v, so covering every (u, v) in the rectangle [0, uq] x [0, vq] takes
     needed(uq, vq) probes and succeeds with probability >= F_u(uq)·F_v(vq). The cheapest rectangle
     reaching the target is found by walking uq and bisecting vq: O(n log n) in the pmf lengths, so
     wide windows on busy NATs plan in milliseconds.
     """
+    cap_other = cap if cap_other is None else cap_other
     pu, pv = noise_pmf(opener), noise_pmf(other)
     fu, fv = _cdf(pu), _cdf(pv)
     need = needs(opener, other)
@@ -147,10 +150,10 @@ def size_predicted(opener: Side, other: Side, target: float, cap: int) -> tuple[
         if vq >= len(fv):
             continue
         a, b = need(uq, vq)
-        if a <= cap and b <= cap and (best is None or a + b < best[0]):
+        if a <= cap and b <= cap_other and (best is None or a + b < best[0]):
             best = (a + b, a, b)
-    if best is None:  # the target is out of reach under the cap: do what the cap allows
-        best = (2 * cap, cap, cap)
+    if best is None:  # the target is out of reach under the caps: do what they allow
+        best = (cap + cap_other, cap, cap_other)
     _, n_open, n_other = best
     return n_open, n_other, _predicted_odds(opener, other, pu, fv, n_open, n_other)
 

@@ -9,6 +9,7 @@ from ...errors import BadReport
 from .. import predict as _predict
 from ..predict import Kind, Prediction
 from ..report import NatReport
+from .budget import DEFAULT_FLOW_BUDGET
 from ..vocab import Filtering, Mapping
 
 DEFAULT_TARGET = 0.999
@@ -25,6 +26,7 @@ class Side:
     port: int  # the STUN socket's (last) mapped port
     prediction: Prediction
     port_range: tuple[int, int]
+    budget: int = DEFAULT_FLOW_BUDGET  # new flows this side's part may open on its own NATs (its report's)
 
     @property
     def kind(self) -> Kind:
@@ -96,4 +98,4 @@ def side_from_report(report: NatReport, *, horizon: float = DEFAULT_HORIZON,
     ip, port = report.public
     if prediction.kind is not Kind.FIXED and obs.samples:
         port = obs.samples[-1].port  # predictions count from the LAST mapping seen
-    return Side(mapping, filtering, ip, port, prediction, obs.port_range)
+    return Side(mapping, filtering, ip, port, prediction, obs.port_range, report.flows)

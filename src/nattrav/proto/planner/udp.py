@@ -25,8 +25,8 @@ from .. import predict as _predict
 from ..report import PORT_RANGE, NatReport
 from ..predict import Kind
 from ..vocab import Filtering, Mapping, Role, Strategy
+from .budget import DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP
 from .odds import (
-    FLOW_TABLE_CAP,
     birthday_miss,
     noise_pmf,
     opener_targets,
@@ -39,11 +39,9 @@ from .lan import LAN_HEAD_START, LAN_INTERVAL, LAN_ROUNDS, lan_targets
 from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
 from .strategies import STRATEGIES, explain
 
-# New flows one side's burst may create on its own NATs. Real ones are small: home routers hold 4k-16k
-# flows in all, carrier-grade NATs give a subscriber 1024-2048 ports, and a table that is full drops
-# every new flow (the next STUN request too) until old ones expire. So the default stays inside the
-# smallest of those; max_flows= (nattrav-fast --max-flows) raises it where the NATs are known to cope.
-DEFAULT_FLOW_BUDGET = 1024
+# New flows one side's burst may create on its own NATs: each side publishes its own (NatReport.flows,
+# default DEFAULT_FLOW_BUDGET, smaller behind a carrier-grade NAT, less its recent bursts: budget.py),
+# and each side's part is sized by that side's number.
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
 
 
@@ -129,7 +127,7 @@ class Plan:
             return {"behaviour": x.describe(), "public": [x.ip, x.port], "kind": pr.kind.value,
                     "delta": pr.model.delta, "rate": round(pr.model.rate, 3),
                     "window": len(pr.ports), "covered": round(pr.covered, 6),
-                    "next_port": pr.next_port}
+                    "next_port": pr.next_port, "flow_budget": x.budget}
 
         return {"strategy": self.strategy.value, "feasible": self.feasible, "odds": self.odds,
                 "odds_floor": self.odds_floor, "reason": self.reason, "role": self.role, "timeout": self.timeout,
@@ -141,19 +139,23 @@ class Plan:
         lan = self.params.get("lan_targets")
         return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
                 f"{self.strategy.value} had {self.odds:.2%} odds"
+                + (f" {_budgets(self.local, self.remote)}" if STRATEGIES[self.strategy].burst else "")
                 + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
                    if lan else "")
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
 def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target: float = DEFAULT_TARGET,
-         horizon: float = DEFAULT_HORIZON, flow_budget: int = DEFAULT_FLOW_BUDGET, max_sockets: int = 1024,
+         horizon: float = DEFAULT_HORIZON, flow_budget: int | None = None, max_sockets: int = 1024,
          birthday_sockets: int = 256, max_window: int = 4096, best_effort_flows: int = 4096,
          peer_ip: str | None = None, own_ip: str | None = None) -> Plan:
     """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
 
     role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
     plan mirrored). horizon: seconds from the last STUN sample to the agreed start time.
+    Each side's part opens at most the flows its own report publishes (`flows`), so both peers
+    derive the same sizes from the two reports. flow_budget: one number for BOTH sides instead of
+    the reports' (tests and tools that plan for two peers they run themselves).
     peer_ip: where the rendezvous server saw the peer. A report is only the peer's word: aimed at the
     address it names, a made-up report could turn our bursts on a third party, so every packet goes
     to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim).
@@ -166,17 +168,21 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     role = Role(role)
     if not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
-    if not 1 <= flow_budget <= FLOW_TABLE_CAP:
+    if flow_budget is not None and not 1 <= flow_budget <= FLOW_TABLE_CAP:
         raise PlanError(f"flow_budget must be in 1..{FLOW_TABLE_CAP}, got {flow_budget!r}")
-    # no burst probes past the flow budget, so no prediction needs to look further either
-    window = min(max_window, flow_budget)
-    local = side_from_report(local_report, horizon=horizon, target=target, max_window=window)
-    remote = side_from_report(remote_report, horizon=horizon, target=target, max_window=window)
+    ours = flow_budget or local_report.flows
+    theirs = flow_budget or remote_report.flows
+    # one side's predicted ports are probed by the OTHER side, which never probes past its own
+    # budget: no prediction needs to look further than that
+    local = replace(side_from_report(local_report, horizon=horizon, target=target,
+                                     max_window=min(max_window, theirs)), budget=ours)
+    remote = replace(side_from_report(remote_report, horizon=horizon, target=target,
+                                      max_window=min(max_window, ours)), budget=theirs)
     reported = None
     if peer_ip is not None and remote.ip != peer_ip:
         reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(peer_ip)))
     first, second = (local, remote) if role == "first" else (remote, local)
-    kw = dict(target=target, flow_budget=flow_budget, max_sockets=max_sockets, birthday_sockets=birthday_sockets,
+    kw = dict(target=target, max_sockets=max_sockets, birthday_sockets=birthday_sockets,
               max_window=max_window, best_effort_flows=best_effort_flows)
     attempts = _attempts(first, second, **kw)
     guessed = [x for x, r in ((local, local_report), (remote, remote_report)) if _unmeasured(x, r)]
@@ -198,6 +204,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     # random-sequential needs far more flows than a home router holds).
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best) + assumed
+    if best.odds < target and STRATEGIES[best.strategy].burst:
+        reason += "; " + _budgets(local, remote)
     lan = _lan_attempts(own_ip, local_report.host, peer_ip, remote_report.host)
     if lan:
         # host candidates first, as ICE's priorities order them: the planned attempts start a little
@@ -207,7 +215,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     timeout = max(a.delay + a.timeout for a in attempts)
     params = {
         "strategy": best.strategy.value,
-        "flow_budget": flow_budget,
+        "flow_budget": local.budget,
+        "remote_flow_budget": remote.budget,
         "local_packets": best.local.packets,
         "remote_packets": best.remote.packets,
         "local_sockets": best.local.sockets,
@@ -227,6 +236,11 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         params["lan_targets"] = [[a.local.peer_ip, a.local.targets[0]] for a in lan if a.local.targets]
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
                 timeout, params)
+
+
+def _budgets(local: Side, remote: Side) -> str:
+    return (f"at the flow budgets the sides published: local {local.budget}, remote {remote.budget} new flows "
+            f"(--max-flows; a side's bursts of the last {FLOW_LINGER:g} s count against its own)")
 
 
 def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
@@ -251,19 +265,18 @@ def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
             out.append(_maybe_swap(_address_open(opener, other), swap))
             break
     if not out or not (a_fixed and b_fixed):
+        # each side's part stays within that side's own budget (Side.budget, from its report)
         if not first.random and not second.random:
-            # each probe of a window is a flow on the prober's NAT: the window stays in the budget
-            out.append(_predicted(first, second, kw["target"], min(kw["max_window"], kw["flow_budget"])))
+            out.append(_predicted(first, second, kw["target"], kw["max_window"]))
         elif first.random and second.random:
-            out.append(_best_effort(first, second, min(kw["best_effort_flows"], kw["flow_budget"])))
+            out.append(_best_effort(first, second, kw["best_effort_flows"]))
         else:
             rnd, other, swap = (first, second, False) if first.random else (second, first, True)
             if other.fixed:
                 out.append(_maybe_swap(_birthday(rnd, other, kw["target"], kw["birthday_sockets"],
-                                                 kw["flow_budget"]), swap))
+                                                 kw["max_sockets"]), swap))
             else:
-                out.append(_maybe_swap(_random_sequential(rnd, other, kw["target"], kw["flow_budget"],
-                                                          kw["max_sockets"]), swap))
+                out.append(_maybe_swap(_random_sequential(rnd, other, kw["target"], kw["max_sockets"]), swap))
     out.sort(key=lambda a: (STRATEGIES[a.strategy].cost, a.local.packets + a.remote.packets))
     # Later attempts race only when they are cheap and cost no extra flow on a NAT that consumes a
     # port per flow (it would shift the ports the main attempt predicted).
@@ -347,7 +360,9 @@ def _address_open(opener: Side, other: Side) -> Attempt:
 def _predicted(first: Side, second: Side, target: float, max_window: int) -> Attempt:
     choices = []
     for opener, other, swap in ((first, second, False), (second, first, True)):
-        n_open, n_other, odds = size_predicted(opener, other, target, max_window)
+        # each probe of a window is a flow on the prober's own NAT
+        n_open, n_other, odds = size_predicted(opener, other, target, min(max_window, opener.budget),
+                                               min(max_window, other.budget))
         m = stride(opener, other)
         open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
         other_targets = ((opener.port,) if opener.fixed
@@ -365,21 +380,43 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
     return choices[0][1]
 
 
-def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) -> Attempt:
-    # The random side opens `sockets` mappings towards the EIM side's one endpoint with low-TTL
-    # packets; the EIM side then probes distinct random ports of the random side's IP. The chance
-    # that none of p probes hits one of s open ports among N is C(N-s, p) / C(N, p). Both counts are
-    # flows on their own side's NAT: each stays within the budget, so when `sockets` alone would
-    # need more probes than that, the random side opens more mappings (s·p ≈ N·ln(1/miss)).
+def _birthday(rnd: Side, eim: Side, target: float, sockets: int, max_sockets: int) -> Attempt:
+    # The random side opens s mappings towards the EIM side's one endpoint with low-TTL packets; the
+    # EIM side then probes p distinct random ports of the random side's IP. The chance that none of
+    # the p probes hits one of the s open ports among N is C(N-s, p) / C(N, p). s are flows on the
+    # random side's NATs, p on the EIM side's, each within that side's own budget.
     span = rnd.span
-    cap = max(1, min(budget, span // 2))  # a small port block (CGNAT) holds fewer mappings
+    # a small port block (CGNAT) holds fewer mappings; every socket is a descriptor
+    cap = max(1, min(rnd.budget, span // 2, max_sockets))
+
+    def probes_at(s: int, share: int | None = None) -> int:
+        most = max(1, min(eim.budget, span - s, share if share is not None else eim.budget))
+        return probes_for(span, s, target, most)
+
+    def hits(s: int, p: int) -> bool:
+        return 1 - birthday_miss(span, s, p) >= target
+
+    # `sockets` first (few sockets are cheap: one process sends them), with the probes they need
     sockets = max(1, min(sockets, cap))
-    while True:
-        probes = probes_for(span, sockets, target, max(1, min(budget, span - sockets)))
-        odds = 1 - birthday_miss(span, sockets, probes)
-        if odds >= target or sockets >= cap:
-            break
-        sockets = min(cap, sockets * 2)
+    if not hits(sockets, probes_at(sockets)):
+        # The prober's budget cannot take those: s·p ≈ N·ln(1/miss) is split so that both sides
+        # spend the same share of their own budgets, and the side whose NATs can hold more (a home
+        # router against a carrier-grade NAT's subscriber) takes more. The fewest sockets whose
+        # share of probes reaches the target, else everything both budgets allow.
+        def share(s: int) -> int:
+            return -(-s * eim.budget // min(rnd.budget, cap))
+
+        lo, hi = sockets, cap
+        if hits(hi, probes_at(hi, share(hi))):
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if hits(mid, probes_at(mid, share(mid))):
+                    hi = mid
+                else:
+                    lo = mid + 1
+        sockets = hi
+    probes = probes_at(sockets)
+    odds = 1 - birthday_miss(span, sockets, probes)
     return Attempt(Strategy.BIRTHDAY,
                    Part(eim.ip, (eim.port,), sockets=sockets, opens=True, interval=0.5),
                    # resending the same probes costs no new flow and catches mappings opened late
@@ -388,11 +425,13 @@ def _birthday(rnd: Side, eim: Side, target: float, sockets: int, budget: int) ->
                    odds=odds, timeout=4.0)
 
 
-def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_sockets: int) -> Attempt:
+def _random_sequential(rnd: Side, seq: Side, target: float, max_sockets: int) -> Attempt:
     # Every (socket, window slot) pair is a new flow on the random side's NAT, so sockets × window
-    # must stay under the flow budget; the sequential side's guesses are flows on its own NAT.
+    # must stay under that side's budget; the sequential side's guesses are flows on its own NAT,
+    # within its own.
+    budget, guesses = rnd.budget, seq.budget
     need_window = max(1, len(noise_pmf(seq)))
-    candidates = sorted({max(1, min(c, rnd.span // 2)) for c in (64, 128, 256, 512, 1024, 2048, 4096)
+    candidates = sorted({max(1, min(c, rnd.span // 2, budget)) for c in (64, 128, 256, 512, 1024, 2048, 4096)
                          if c <= max_sockets} or {1})
     options: list[tuple[float, int, int, int]] = []  # (odds, sockets, window, probes)
     for s in candidates:
@@ -404,14 +443,14 @@ def _random_sequential(rnd: Side, seq: Side, target: float, budget: int, max_soc
             lo, hi = 1, window
             while lo < hi:
                 mid = (lo + hi) // 2
-                if random_sequential_odds(rnd, seq, s, mid, mid) >= target:
+                if random_sequential_odds(rnd, seq, s, mid, min(mid, guesses)) >= target:
                     hi = mid
                 else:
                     lo = mid + 1
-            window = probes = lo
+            window, probes = lo, min(lo, guesses)
         else:
             window = min(window, need_window)
-            probes = probes_for(rnd.span, s, target, min(budget, rnd.span - s))
+            probes = probes_for(rnd.span, s, target, max(1, min(guesses, rnd.span - s)))
         options.append((random_sequential_odds(rnd, seq, s, window, probes), s, window, probes))
     assert options
     # Odds within 0.2 point of the best count as equal (at the flow cap every split gives about
@@ -436,14 +475,20 @@ def _best_effort(first: Side, second: Side, flows: int) -> Attempt:
     # Both sides guess: a hit needs first's flow i to aim at second's random port j AND second's
     # flow j to aim at first's random port i, a 1/(N1·N2) chance per pair of flows, so about
     # F1·F2/(N1·N2) hits are expected. Reaching 99.9% would need F ≈ 2.6·N flows per side, beyond
-    # the 262144-entry flow table and antisocial anyway: we try a little, then report.
-    sockets = 64
-    per = max(1, min(flows // sockets, first.span, second.span))
-    expected = (sockets * per) ** 2 / (first.span * second.span)
+    # the 262144-entry flow table and antisocial anyway: we try a little (each side within its own
+    # budget), then report.
+    def guesses(side: Side, peer: Side) -> tuple[int, int]:
+        own = max(1, min(flows, side.budget))
+        sockets = min(64, own)
+        return sockets, max(1, min(own // sockets, peer.span))
+
+    s1, per1 = guesses(first, second)
+    s2, per2 = guesses(second, first)
+    expected = (s1 * per1) * (s2 * per2) / (first.span * second.span)
     odds = 1 - math.exp(-expected)
     return Attempt(Strategy.BEST_EFFORT,
-                   Part(second.ip, (), random_probes=per, peer_range=second.port_range, sockets=sockets,
+                   Part(second.ip, (), random_probes=per1, peer_range=second.port_range, sockets=s1,
                         opens=True, interval=1.0, spread=True),
-                   Part(first.ip, (), random_probes=per, peer_range=first.port_range, sockets=sockets,
+                   Part(first.ip, (), random_probes=per2, peer_range=first.port_range, sockets=s2,
                         opens=False, delay=0.1, interval=1.0, spread=True),
                    odds=odds, timeout=2.0)

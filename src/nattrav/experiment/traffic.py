@@ -1,0 +1,378 @@
+"""Traffic over a path, iperf3's way (issue 17): UDP at a paced rate, or TCP bulk, and what arrived.
+
+UDP: the sender builds its probes in Python 20 ms at a time and hands each batch to the C core's
+burst loop (csrc/burst.c: sendmmsg/sendto paced to the nanosecond) in a thread, so the rate is the C
+core's, not Python's; the Trio loop meanwhile pings (RTT samples) and listens. The receiver drains
+its socket with recvmmsg (csrc/mmsg.c) and keeps the account (measure.py). A FIN carries the number
+of probes the kernel took; the receiver answers with its report (goodput, one-way delay, loss,
+interval reports) in REPORT parts until the sender says DONE.
+
+The same code runs over two kinds of channel: a punched path (PathChannel: every probe is an
+authenticated DATA frame of the path, and the path's counters see it) and a plain socket aimed at a
+fixed address (RawChannel: the direct path the punched one is compared against).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..core.burst import send_packed
+from ..core.errors import ICMP_ERRNOS
+from ..core.mmsg import RecvBatch
+from ..core.packed import PackedBurst
+from ..errors import BadPacket
+from ..proto.handshake import MAX_DATA, Event
+from . import measure as m
+
+CHUNK_SECONDS = 0.02  # probes built and handed to C per batch
+PING_INTERVAL = 0.1
+FIN_INTERVAL = 0.1
+REPORT_GRACE = 0.3  # seconds the receiver waits after the first FIN for probes still on the way
+DONE_COPIES = 3
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()  # CLOCK_MONOTONIC, as the C core's nt_now_ns
+
+
+class RawChannel:
+    """A plain UDP socket and the one address it talks to."""
+
+    kind = "direct"
+    max_payload = 65507
+
+    def __init__(self, sock: Any, peer: tuple[str, int]) -> None:
+        self.sock, self.peer = sock, peer
+
+    def wrap(self, payload: bytes) -> bytes:
+        return payload
+
+    def unwrap(self, data: bytes, addr: tuple[str, int]) -> tuple[bytes | None, list[bytes]]:
+        """(payload or None, frames to send back)"""
+        return (data if addr == self.peer else None), []
+
+    def note_sent(self, payload_bytes: int, datagrams: int) -> None:
+        pass
+
+
+class PathChannel:
+    """A punched path (io/path.py): probes travel as its DATA frames."""
+
+    kind = "punched"
+    max_payload = MAX_DATA
+
+    def __init__(self, path: Any) -> None:
+        self.path, self.sock, self.peer = path, path.sock, path.peer_addr
+        self._from = {path.peer_addr} | set(path.also)
+
+    def wrap(self, payload: bytes) -> bytes:
+        return self.path.handshake.data(payload)
+
+    def unwrap(self, data: bytes, addr: tuple[str, int]) -> tuple[bytes | None, list[bytes]]:
+        if addr not in self._from:
+            return None, []
+        hs = self.path.handshake
+        try:
+            got = hs.receive(data, int(trio.current_time() * 1e9))
+        except BadPacket:
+            return None, []
+        counters = self.path.counters
+        if got.event in (Event.DATA, Event.KEEPALIVE) or counters.first_counter is not None:
+            counters.peer_frame(hs.last_counter)
+        if got.event is Event.CLOSE:
+            self.path.closed_by_peer = True
+        if got.event is Event.DATA:
+            counters.received(len(got.payload))
+            return got.payload, list(got.replies)
+        return None, list(got.replies)
+
+    def note_sent(self, payload_bytes: int, datagrams: int) -> None:
+        self.path.counters.sent(payload_bytes, datagrams)
+
+
+async def _send(ch: Any, payload: bytes) -> None:
+    try:
+        await ch.sock.sendto(ch.wrap(payload), ch.peer)
+        ch.note_sent(len(payload), 1)
+    except OSError as exc:
+        if exc.errno not in ICMP_ERRNOS:
+            raise
+
+
+async def _datagrams(ch: Any, batch: RecvBatch) -> list[tuple[bytes, int]]:
+    """The next batch of the peer's payloads, each with its arrival time (ns)."""
+    while True:
+        await trio.lowlevel.wait_readable(ch.sock)
+        out = []
+        while True:
+            try:
+                n = batch.recv(ch.sock)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in ICMP_ERRNOS:
+                    continue
+                raise
+            t = now_ns()
+            for data, addr in batch.datagrams():
+                if data is None:
+                    continue
+                payload, replies = ch.unwrap(data, addr)
+                for r in replies:
+                    await ch.sock.sendto(r, ch.peer)
+                if payload is not None:
+                    out.append((payload, t))
+            if n < batch.n:
+                break
+        if out:
+            return out
+
+
+def _probe(payload: bytes) -> m.Probe | None:
+    try:
+        return m.decode(payload)
+    except m.BadProbe:
+        return None
+
+
+async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float = 60.0,
+                             on_interval: Callable[[dict[str, Any]], None] | None = None,
+                             clock: str = "shared") -> dict[str, Any]:
+    """Receive one UDP measurement on `ch` and answer the sender's pings and FIN; returns the
+    receiver's report. `timeout`: seconds without any probe before giving up (TooSlowError)."""
+    acct = m.ReceiverAccount(interval_ns=int(interval * 1e9))
+    batch = RecvBatch(64, 2048)
+    report: dict[str, Any] | None = None
+    fin_at: float | None = None
+    shown = 0
+    while True:
+        wait = timeout if report is None else 2.0
+        if fin_at is not None and report is None:
+            wait = max(0.0, fin_at + REPORT_GRACE - trio.current_time())
+        got = None
+        with trio.move_on_after(wait):
+            got = await _datagrams(ch, batch)
+        if got is None:
+            if report is not None:
+                return report  # no DONE came, but the sender had every chance to ask again
+            if fin_at is None:
+                raise trio.TooSlowError(f"no measurement probe for {timeout:g} s")
+        for payload, t in got or ():
+            p = _probe(payload)
+            if p is None:
+                continue
+            if p.kind == m.DATA:
+                try:
+                    acct.data(p, len(payload), t)
+                except m.BadProbe:
+                    continue
+            elif p.kind == m.PING:
+                await _send(ch, m.encode(m.PONG, p.seq, p.stamp, len(payload)))
+            elif p.kind == m.FIN:
+                acct.sent_total = p.seq
+                if fin_at is None:
+                    fin_at = trio.current_time()
+                if report is not None:
+                    await _send_report(ch, report)
+            elif p.kind == m.DONE and report is not None:
+                return report
+        if on_interval is not None and acct.first_ns is not None:
+            done = (now_ns() - acct.first_ns) // acct.interval_ns
+            while shown < done:
+                slot = acct.intervals.get(shown, [0, 0])
+                on_interval({"start": shown * interval, "packets": slot[0], "bps": slot[1] * 8 / interval})
+                shown += 1
+        if report is None and fin_at is not None and trio.current_time() >= fin_at + REPORT_GRACE:
+            report = acct.summary(clock)
+            await _send_report(ch, report)
+
+
+async def _send_report(ch: Any, report: dict[str, Any]) -> None:
+    parts = m.report_parts(report)
+    for i, body in enumerate(parts):
+        await _send(ch, m.encode(m.REPORT, i, len(parts), body=body))
+
+
+def _packed(ch: Any, first_seq: int, count: int, size: int, t0: int, gap_ns: float, pps: float) -> PackedBurst:
+    frames = [ch.wrap(m.encode(m.DATA, s, t0 + int(s * gap_ns), size))
+              for s in range(first_seq, first_seq + count)]
+    return PackedBurst(count, bytes(4 * count), socket.inet_aton(ch.peer[0]),
+                       array("H", [ch.peer[1]]).tobytes() * count, b"".join(frames), len(frames[0]),
+                       rate=pps, src_min=0, src_max=0)
+
+
+async def run_udp_sender(ch: Any, *, rate_bps: float, size: int = 1200, duration: float = 5.0,
+                         timeout: float = 10.0) -> dict[str, Any]:
+    """Send DATA probes of `size` bytes at `rate_bps` for `duration` seconds, paced by the C core;
+    ping meanwhile; then ask for the receiver's report. Returns {sender, receiver, rtt_ms}."""
+    from .._core import ffi
+
+    if not m.MIN_SIZE <= size <= ch.max_payload:
+        raise ValueError(f"size must be {m.MIN_SIZE}..{ch.max_payload} bytes on a {ch.kind} path, got {size}")
+    if not 0 < duration <= 3600:
+        raise ValueError(f"duration must be in (0, 3600] seconds, got {duration}")
+    pps = m.pps_for(rate_bps, size)
+    total = max(1, round(pps * duration))
+    gap_ns = 1e9 / pps
+    chunk = max(1, min(1024, round(pps * CHUNK_SECONDS)))
+    fdmap = ffi.new("int[1]", [ch.sock.fileno()])
+    rtts: list[float] = []
+    assembly = m.ReportAssembly()
+    done = trio.Event()
+    st = {"sent": 0, "failed": 0, "waits": 0, "syscalls": 0, "last_errno": 0}
+
+    async def listen() -> None:
+        batch = RecvBatch(64, 2048)
+        while True:
+            for payload, t in await _datagrams(ch, batch):
+                p = _probe(payload)
+                if p is None:
+                    continue
+                if p.kind == m.PONG:
+                    rtts.append((t - p.stamp) / 1e6)
+                elif p.kind == m.REPORT:
+                    try:
+                        assembly.add(p)
+                        if assembly.result() is not None:
+                            done.set()
+                    except m.BadProbe:
+                        continue
+
+    async def ping(stop: trio.Event) -> None:
+        seq = 0
+        while not stop.is_set():
+            await _send(ch, m.encode(m.PING, seq, now_ns(), m.MIN_SIZE))
+            seq += 1
+            with trio.move_on_after(PING_INTERVAL):
+                await stop.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listen)
+        sending = trio.Event()
+        nursery.start_soon(ping, sending)
+        t0 = now_ns()
+        seq = 0
+        while seq < total:
+            k = min(chunk, total - seq)
+            due = t0 + seq * gap_ns
+            ahead = (due - now_ns()) / 1e9
+            if ahead > 0:
+                await trio.sleep(ahead)
+            burst = _packed(ch, seq, k, size, t0, gap_ns, pps)
+            # a batch that starts late catches up at up to twice the rate, so lateness does not add up
+            left = (t0 + (seq + k) * gap_ns - now_ns()) / 1e9
+            burst = _with_rate(burst, min(2 * pps, k / left) if left > 0 else 2 * pps)
+            bs = await trio.to_thread.run_sync(send_packed, fdmap, 1, burst)
+            st["sent"] += bs.sent
+            st["failed"] += bs.failed
+            st["waits"] += bs.waits
+            st["syscalls"] += bs.syscalls
+            st["last_errno"] = bs.last_errno or st["last_errno"]
+            ch.note_sent(bs.sent * size, bs.sent)
+            seq += k
+        elapsed = (now_ns() - t0) / 1e9
+        sending.set()
+        with trio.move_on_after(timeout):
+            while not done.is_set():
+                await _send(ch, m.encode(m.FIN, seq, now_ns(), m.MIN_SIZE))
+                with trio.move_on_after(FIN_INTERVAL):
+                    await done.wait()
+        for _ in range(DONE_COPIES):
+            await _send(ch, m.encode(m.DONE, 0, now_ns(), m.MIN_SIZE))
+        nursery.cancel_scope.cancel()
+    receiver = assembly.result() if done.is_set() else None
+    # sent: probes the kernel took (their sequence numbers skip the failed ones, which the receiver
+    # then counts as lost: the path did not carry them either)
+    sender = {"rate_bps": rate_bps, "size": size, "pps": round(pps, 3), "planned": total,
+              "sent": st["sent"], "failed": st["failed"], "waits": st["waits"], "syscalls": st["syscalls"],
+              "seconds": round(elapsed, 6), "send_bps": round(st["sent"] * size * 8 / elapsed, 1),
+              "last_errno": st["last_errno"]}
+    return {"transport": "udp", "path": ch.kind, "sender": sender, "receiver": receiver,
+            "rtt_ms": {k: round(v, 4) for k, v in m.quantiles(rtts).items()}, "rtt_samples": len(rtts)}
+
+
+def _with_rate(b: PackedBurst, rate: float) -> PackedBurst:
+    return PackedBurst(b.n, b.src, b.ips, b.ports, b.payload, b.payload_len, rate=rate, ttl=0,
+                       src_min=b.src_min, src_max=b.src_max)
+
+
+# --- TCP bulk ---------------------------------------------------------------------------------------
+
+TCP_BLOCK = 65536
+
+
+async def run_tcp_sender(stream: Any, *, duration: float = 5.0, block: int = TCP_BLOCK) -> dict[str, Any]:
+    """Write as fast as the stream takes it for `duration` seconds, half-close, read the receiver's
+    JSON report (one line) and return {sender, receiver}."""
+    data = bytes(block)
+    sent = 0
+    t0 = now_ns()
+    end = t0 + int(duration * 1e9)
+    while now_ns() < end:
+        await stream.send_all(data)
+        sent += block
+    elapsed = (now_ns() - t0) / 1e9
+    await stream.send_eof()
+    raw = b""
+    while len(raw) < 65536:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        raw += chunk
+    try:
+        receiver = json.loads(raw.split(b"\n", 1)[0])
+    except ValueError:
+        receiver = None
+    return {"transport": "tcp", "sender": {"bytes": sent, "seconds": round(elapsed, 6),
+                                            "send_bps": round(sent * 8 / elapsed, 1)},
+            "receiver": receiver}
+
+
+async def serve_tcp_receiver(stream: Any, *, interval: float = 1.0, timeout: float = 60.0,
+                             on_interval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Read until the sender's EOF, counting bytes per interval; send back the report as a line."""
+    got = 0
+    first = last = None
+    slots: dict[int, int] = {}
+    shown = 0
+    while True:
+        with trio.fail_after(timeout):
+            chunk = await stream.receive_some(TCP_BLOCK)
+        if not chunk:
+            break
+        t = now_ns()
+        first = t if first is None else first
+        last = t
+        got += len(chunk)
+        i = (t - first) // int(interval * 1e9)
+        slots[i] = slots.get(i, 0) + len(chunk)
+        while on_interval is not None and shown < i:
+            on_interval({"start": shown * interval, "bps": slots.get(shown, 0) * 8 / interval})
+            shown += 1
+    secs = (last - first) / 1e9 if first is not None and last != first else 0.0
+    report = {"bytes": got, "seconds": round(secs, 6),
+              "goodput_bps": round(got * 8 / secs, 1) if secs else None,
+              "intervals": [{"start": round(i * interval, 3), "bps": round(b * 8 / interval, 1)}
+                            for i, b in sorted(slots.items())]}
+    await stream.send_all(json.dumps(report).encode() + b"\n")
+    await stream.send_eof()
+    return report
+
+
+def ratio(punched: dict[str, Any], direct: dict[str, Any]) -> float | None:
+    """Goodput of a punched measurement over a direct one's (the receivers' figures)."""
+    try:
+        return round(punched["receiver"]["goodput_bps"] / direct["receiver"]["goodput_bps"], 4)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+__all__ = ["PathChannel", "RawChannel", "ratio", "run_tcp_sender", "run_udp_sender", "serve_tcp_receiver",
+           "serve_udp_receiver"]
