@@ -126,3 +126,25 @@ def test_report_round_trips_through_json_and_msgpack():
     assert NatBehavior.from_dict(msgpack.unpackb(msgpack.packb(d))) == b
     # the predictor's input: the one-socket series, one entry per server address, in order
     assert [s["port"] for s in d["one_socket"]] == [20000, 20001, 20002, 20003]
+
+
+def test_one_ip_server_tells_apdm_and_port_filtering_by_port():
+    """A server with one IP and two ports (S1 and S4): the second port is a second destination."""
+    samples = [BindingSample(0, LOCAL, S1, (PUB, 20000)), BindingSample(0, LOCAL, S4, (PUB, 20003)),
+               *[BindingSample(2 + i, (LOCAL[0], 41000 + i), S1, (PUB, 20006 + 3 * i)) for i in range(3)]]
+    b = classify(local=LOCAL, server=S1, other_address=S4, samples=samples, test1=(PUB, 20000), test2=None,
+                 test3=(PUB, 20003), filter_change_both=None, filter_change_port=False, one_ip=True)
+    assert (b.mapping, b.filtering, b.allocation, b.delta) == ("APDM", "APDF", "sequential", 3)
+    assert any("one IP and two ports" in f for f in b.findings)
+    # a cone: the same port to both ports, and the other port's answer came in: EIM and ADF, with
+    # the finding that a second IP could still show ADM and EIF
+    samples = [BindingSample(0, LOCAL, S1, (PUB, 40000)), BindingSample(0, LOCAL, S4, (PUB, 40000))]
+    b = classify(local=LOCAL, server=S1, other_address=S4, samples=samples, test1=(PUB, 40000), test2=None,
+                 test3=(PUB, 40000), filter_change_both=None, filter_change_port=True, one_ip=True)
+    assert (b.mapping, b.filtering, b.classic) == ("EIM", "ADF", "restricted cone")
+    note = next(f for f in b.findings if "one IP and two ports" in f)
+    assert "EIM may be ADM" in note and "ADF may be EIF" in note
+    # no answer at all from the second port's test: unknown, not a guess
+    b = classify(local=LOCAL, server=S1, other_address=S4, samples=samples[:1], test1=(PUB, 40000), test2=None,
+                 test3=None, filter_change_both=None, filter_change_port=None, one_ip=True)
+    assert b.mapping is None and b.filtering is None

@@ -141,6 +141,15 @@ def classify_mapping(m1: Address, m2: Address | None, m3: Address | None) -> Map
     return Mapping.ADM if m3 == m2 else Mapping.APDM
 
 
+def classify_mapping_one_ip(m1: Address, m_port: Address | None) -> Mapping | None:
+    """Against a one-IP server: m1 to (A, P), m_port to (A, P'), from one socket. A new port for a
+    new destination port is APDM; the same one is EIM -- or ADM, which only a second IP could show
+    (the finding says so)."""
+    if m_port is None:
+        return None
+    return Mapping.EIM if m_port == m1 else Mapping.APDM
+
+
 def classify_filtering(change_both: bool | None, change_port: bool | None) -> Filtering | None:
     """RFC 5780 §4.4: did the answer to change-IP+port arrive? to change-port only?"""
     if change_both is None:
@@ -163,6 +172,14 @@ def _step(ports: Sequence[int]) -> int | None:
     if count >= needed and step != 0 and abs(step) <= MAX_SEQUENTIAL_STEP:
         return step
     return None
+
+
+def classify_filtering_one_ip(change_port: bool | None) -> Filtering | None:
+    """Against a one-IP server, only the change-port test exists: an answer from the other port
+    means the filter ignores ports (ADF -- or EIF, which only a second IP could show); none is APDF."""
+    if change_port is None:
+        return None
+    return Filtering.ADF if change_port else Filtering.APDF
 
 
 def classify_allocation(
@@ -254,8 +271,11 @@ def classify(
     server_ignored_change: bool = False,
     repeat_same_port: bool | None = None,
     discarded: dict[str, int] | None = None,
+    one_ip: bool = False,
 ) -> NatBehavior:
-    """Build the report from the raw outcomes of the RFC 5780 tests."""
+    """Build the report from the raw outcomes of the RFC 5780 tests. one_ip: the server has one IP
+    and two ports (other_address is its second port): test3 is the answer from (A, P'), test2 is
+    not run, and only the change-port filtering test is."""
     b = NatBehavior(local=local, server=server, other_address=other_address, samples=list(samples))
     b.discarded = dict(discarded or {})
     b.hairpin = hairpin
@@ -266,8 +286,12 @@ def classify(
         return b
     b.public_ip = test1[0]
     b.nat = test1 != local
-    b.mapping = classify_mapping(test1, test2, test3)
-    b.filtering = classify_filtering(filter_change_both, filter_change_port)
+    if one_ip:
+        b.mapping = classify_mapping_one_ip(test1, test3)
+        b.filtering = classify_filtering_one_ip(filter_change_port)
+    else:
+        b.mapping = classify_mapping(test1, test2, test3)
+        b.filtering = classify_filtering(filter_change_both, filter_change_port)
     main = _distinct_by_server([s for s in samples if s.socket == 0])
     b.one_socket_ports = [s.mapped[1] for s in main]
     # distinct mappings only: with ADM, (B, P) and (B, P') share one
@@ -285,7 +309,20 @@ def classify(
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
     b.classic = classic_name(b.nat, b.mapping, b.filtering)
     b.findings = findings_for(b, server_ignored_change=server_ignored_change, repeat_same_port=repeat_same_port)
+    if one_ip and b.nat:
+        b.findings.append(one_ip_finding(b))
     return b
+
+
+def one_ip_finding(b: NatBehavior) -> str:
+    """What a server with one IP and two ports could not measure."""
+    blind = []
+    if b.mapping is Mapping.EIM:
+        blind.append("EIM may be ADM (a new port per destination address)")
+    if b.filtering is Filtering.ADF:
+        blind.append("ADF may be EIF (a full cone)")
+    return ("the server has one IP and two ports: mapping and filtering were told apart by port only"
+            + (f"; {' and '.join(blind)}: only a second server IP shows it" if blind else ""))
 
 
 __all__ = [
@@ -296,5 +333,7 @@ __all__ = [
     "classify_allocation",
     "classify_filtering",
     "classify_mapping",
+    "classify_mapping_one_ip",
+    "classify_filtering_one_ip",
     "findings_for",
 ]
