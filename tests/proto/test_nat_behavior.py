@@ -52,6 +52,10 @@ def test_filtering():
         # one stray step (another host took a port) is tolerated
         ("APDM", [20000, 20002, 20003, 20004], [(1, 20006), (2, 20007), (3, 20008)], ("sequential", 1)),
         ("EIM", [30000], [(1, 30001), (2, 30002), (3, 30003)], ("sequential", 0)),
+        # a one-IP server: a random NAT's two mappings 927 apart (as seen in CI), fresh sockets scattered
+        ("APDM", [20260, 19333], [(38196, 17537), (44964, 25844), (54401, 63287)], ("random", None)),
+        # ...while a busy sequential NAT's fresh sockets stay close even when their steps differ
+        ("APDM", [20260, 20262], [(1, 20270), (2, 20276), (3, 20278)], ("sequential", 2)),
     ],
 )
 def test_allocation(mapping, one, fresh, expect):

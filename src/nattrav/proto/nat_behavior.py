@@ -174,6 +174,15 @@ def _step(ports: Sequence[int]) -> int | None:
     return None
 
 
+def _scattered(ports: Sequence[int]) -> bool:
+    """Whether fresh sockets' ports jump far apart, as no sequential allocator numbers them: two
+    ports of a random allocator land within MAX_SEQUENTIAL_STEP of each other ~3 % of the time, so
+    one far jump in two (a sequential counter may wrap once) says random."""
+    diffs = [b - a for a, b in zip(ports, ports[1:])]
+    far = sum(abs(d) > MAX_SEQUENTIAL_STEP for d in diffs)
+    return len(diffs) >= 2 and far >= max(1, len(diffs) - 1)
+
+
 def classify_filtering_one_ip(change_port: bool | None) -> Filtering | None:
     """Against a one-IP server, only the change-port test exists: an answer from the other port
     means the filter ignores ports (ADF -- or EIF, which only a second IP could show); none is APDF."""
@@ -198,7 +207,11 @@ def classify_allocation(
     series = list(one_socket_ports)
     step = _step(series)
     fresh_step = _step([m for _, m in fresh_ports])
-    if step is not None and (fresh_step is None or fresh_step == step or len(fresh_ports) < 3):
+    # a one-IP server gives one socket only two mappings, whose one difference is small by chance
+    # now and then: fresh sockets that scatter overrule it
+    agrees = fresh_step == step or len(fresh_ports) < 3 or (fresh_step is None and
+                                                            not _scattered([m for _, m in fresh_ports]))
+    if step is not None and agrees:
         return Allocation.SEQUENTIAL, step
     if step is None and fresh_step is not None and len(series) < 3:
         return Allocation.SEQUENTIAL, fresh_step
