@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
 
 from cffi import FFI
 
@@ -28,6 +29,10 @@ def c_sources() -> list[str]:
     # setuptools insists on paths relative to the project root
     return sorted(str(p.relative_to(HERE)) for p in (HERE / CSRC).glob("*.c"))
 
+
+if not sys.platform.startswith("linux"):
+    # say it before the compiler fails on sendmmsg/recvmmsg/IP_RECVERR half-way through
+    raise SystemExit(f"nattrav builds on Linux only (sendmmsg, recvmmsg, IP_RECVERR, pidfd); this is {sys.platform}")
 
 ffibuilder = FFI()
 ffibuilder.cdef(read_cdef())

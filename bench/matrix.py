@@ -13,6 +13,10 @@ pooling=arbitrary`, `symmetric-random,max_flows=4096`.
     .venv/bin/python bench/matrix.py --same-nat symmetric-seq port-restricted
     .venv/bin/python bench/matrix.py --realism --only same-NAT --trials 8 --out bench/results/matrix-same-nat
     .venv/bin/python bench/matrix.py --tcp --trials 10      # TCP traversal -> bench/results/matrix-tcp.*
+    .venv/bin/python bench/matrix.py --server one-address two-host --trials 5
+    .venv/bin/python bench/matrix.py --relay --server one-address --trials 3   # the ladder ends at coturn
+                                                           # the same matrix with the servers on one IP
+                                                           #   (a cloud VM) and on two hosts of one IP each
     .venv/bin/python bench/matrix.py --cold --trials 5      # cold/warm time-to-connect, nattrav vs ICE
     .venv/bin/python bench/matrix.py --cold --realism --trials 5   # the same over the new axes, flat + wan50
     .venv/bin/python bench/matrix.py --cold --product-src ../old/src --out bench/results/cold-udp-before
@@ -41,7 +45,8 @@ import pathlib
 import sys
 import time
 
-from nattrav.lab.matrix import MATRIX_PRESETS, SAME_NAT, expectation, run_pair, summarise, tcp_expectation
+from nattrav.lab.matrix import (MATRIX_PRESETS, SAME_NAT, SERVER_LAYOUTS, expectation, run_pair, summarise,
+                                tcp_expectation)
 
 # The new axes, each case (left, right, tcp): layers (a home NAT behind a CGN, one pair per UDP
 # strategy; three layers; a CGN of another kind), address pools, flow caps, same-NAT peers and a
@@ -73,8 +78,8 @@ REALISM = [
 REALISM_SHAPES = ("flat", "wan50")
 
 
-def _row_for_error(left: str, right: str, shape: str, tcp: bool, exc: Exception) -> dict:
-    return {"left": left, "right": right, "shape": shape, "tcp": tcp,
+def _row_for_error(left: str, right: str, shape: str, tcp: bool, exc: Exception, server: str = "two-address") -> dict:
+    return {"left": left, "right": right, "shape": shape, "tcp": tcp, "server": server,
             "expect": (tcp_expectation if tcp else expectation)(left, right), "trials": 0, "connected": 0,
             "success": 0.0, "wilson": [0.0, 1.0], "odds": None, "odds_floor": False, "odds_agree": None, "strategies": [],
             "median_s": None, "p95_s": None, "predictions": 0, "prediction_hits": 0, "median_rank": None,
@@ -91,24 +96,25 @@ def markdown(table: list[dict], meta: dict) -> str:
     out = [f"# nattrav matrix — {meta['trials']} trials a case, background {meta['background']} ports/s a NAT, "
            f"{meta['date']} ({meta['seconds']} s)", "",
            "Shapes: " + "; ".join(f"`{k}` {v}" for k, v in meta["shapes"].items()), "",
-           "| proto | A's NAT → B's NAT | shape | expected | connected | Wilson 95% | planner odds | odds in "
+           "| proto | A's NAT → B's NAT | shape | server | expected | connected | Wilson 95% | planner odds | odds in "
            "interval | strategy | median s | p95 s | prediction hits |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         pred = f"{t['prediction_hits']}/{t['predictions']}" if t["predictions"] else "—"
         agree = {True: "yes", False: "**no**", None: "—"}[t["odds_agree"]]
         lo, hi = t["wilson"]
-        out.append(f"| {'TCP' if t.get('tcp') else 'UDP'} | {t['left']} → {t['right']} | {t['shape']} | {t['expect']} | "
+        out.append(f"| {'TCP' if t.get('tcp') else 'UDP'} | {t['left']} → {t['right']} | {t['shape']} | "
+                   f"{t.get('server', 'two-address')} | {t['expect']} | "
                    f"{t['connected']}/{t['trials']} ({100 * t['success']:.0f}%) | {100 * lo:.0f}–{100 * hi:.0f}% | "
                    f"{'≥ ' if t.get('odds_floor') else ''}{_pct(t['odds'])} | {agree} | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
                    f"{f(t['p95_s'])} | {pred} |")
     failing = [t for t in table if t["expect"] == "feasible" and t["connected"] < t["trials"]]
     out += ["", "## Feasible cases that did not always connect", ""]
-    out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}): "
+    out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
             f"{t['connected']}/{t['trials']}; {t['failures'][0] if t['failures'] else ''}" for t in failing] or ["- none"]
     wrong = [t for t in table if t["odds_agree"] is False]
     out += ["", "## Stated odds outside the measured interval", ""]
-    out += [f"- {t['left']} → {t['right']} ({t['shape']}): stated {'≥ ' if t.get('odds_floor') else ''}"
+    out += [f"- {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): stated {'≥ ' if t.get('odds_floor') else ''}"
             f"{_pct(t['odds'])}, measured "
             f"{t['connected']}/{t['trials']} (Wilson {100 * t['wilson'][0]:.0f}–{100 * t['wilson'][1]:.0f}%)"
             for t in wrong] or ["- none"]
@@ -129,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="path prefix for .md and .json (default bench/results/matrix-udp, "
                    "-tcp with --tcp, matrix-realism with --realism)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (low-TTL SYN, simultaneous open)")
+    p.add_argument("--server", nargs="+", choices=SERVER_LAYOUTS, default=["two-address"], metavar="LAYOUT",
+                   help=f"how our servers are deployed, each case run once per layout: {', '.join(SERVER_LAYOUTS)} "
+                   "(default two-address)")
+    p.add_argument("--relay", action="store_true", help="a coturn beside the servers, and nattrav-server "
+                   "--turn: pairs that cannot punch (or whose punch fails) end at the relay")
     p.add_argument("--only", metavar="TEXT", help="keep only the cases whose 'LEFT RIGHT' contains TEXT "
                    "(e.g. same-NAT)")
     p.add_argument("--cold", action="store_true", help="cold and warm time-to-connect of a fresh nattrav-fast "
@@ -176,26 +187,29 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out or default_out)
     if args.cold:
         return _main_cold(args, cases, shapes, shape_info, out)
-    runs = [(left, right, tcp, shape) for left, right, tcp in cases for shape in shapes]
+    runs = [(left, right, tcp, shape, layout) for left, right, tcp in cases for shape in shapes
+            for layout in args.server]
     t0 = time.monotonic()
     table = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_pair, left, right, args.trials, trial_timeout=args.trial_timeout,
-                               background=args.background or None, tcp=tcp, shape=shape): (left, right, tcp, shape)
-                   for left, right, tcp, shape in runs}
+                               background=args.background or None, tcp=tcp, shape=shape, server_layout=layout,
+                               relay=args.relay): run
+                   for run in runs for left, right, tcp, shape, layout in [run]}
         for fut in concurrent.futures.as_completed(futures):
-            left, right, tcp, shape = futures[fut]
+            left, right, tcp, shape, layout = futures[fut]
             try:
                 row = {**summarise(fut.result(), tcp=tcp), "tcp": tcp}
             except Exception as exc:  # one broken case must not lose the others' numbers
-                row = _row_for_error(left, right, shape, tcp, exc)
+                row = _row_for_error(left, right, shape, tcp, exc, layout)
             table.append(row)
             print(f"[{len(table)}/{len(runs)} {time.monotonic() - t0:.0f}s] {'TCP' if tcp else 'UDP'} {left} -> "
-                  f"{right} @{shape}: {row['connected']}/{row['trials']} {row['strategies']} median {row['median_s']}",
-                  file=sys.stderr, flush=True)
+                  f"{right} @{shape} ({layout}): {row['connected']}/{row['trials']} {row['strategies']} "
+                  f"median {row['median_s']}", file=sys.stderr, flush=True)
     order = {run: i for i, run in enumerate(runs)}
-    table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"])])
-    meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp,
+    table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"], t["server"])])
+    meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp, "server": args.server,
+            "relay": args.relay,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0),
             "shapes": {name: _shape_words(info) for name, info in shape_info.items()}}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def servers():
 
 
 def run_matrix_pair(left: str, right: str, trials: int, trial_timeout: float, report_path, *, tcp: bool = False,
-                    expect: str, shape: str | None = None):
+                    expect: str, shape: str | None = None, server_layout: str = "two-address"):
     """Run one matrix pair in the lab, append its rows to report_path (JSON lines) and return
     (results, connected results, one-line summary, seconds taken)."""
     import json
@@ -78,7 +78,8 @@ def run_matrix_pair(left: str, right: str, trials: int, trial_timeout: float, re
     from nattrav.lab.matrix import run_pair
 
     t0 = time.monotonic()
-    results = run_pair(left, right, trials, trial_timeout=trial_timeout, tcp=tcp, shape=shape)
+    results = run_pair(left, right, trials, trial_timeout=trial_timeout, tcp=tcp, shape=shape,
+                       server_layout=server_layout)
     elapsed = time.monotonic() - t0
     with open(report_path, "a") as f:
         for r in results:

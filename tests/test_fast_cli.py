@@ -136,6 +136,17 @@ def test_every_progress_event_has_a_line_and_odd_ones_do_not_crash():
     assert describe("plan", {"strategy": "predicted"}) == "plan: {'strategy': 'predicted'}"
     assert describe("something-new", {"x": 1}) is None
     assert describe("something-new", {"x": 1}, verbose=True) == "something-new: {'x': 1}"
+    # the relay says that it is used and why (the planner's or the punch's words)
+    line = describe("relay", {"why": "infeasible", "reason": "no path: both random", "relay": ["198.51.100.1", 49200]})
+    assert line == ("relay: the planner says punching cannot work (no path: both random); going through the relay "
+                    "198.51.100.1:49200")
+    assert describe("relay", {"why": "punch-failed", "reason": "r", "relay": ["1.2.3.4", 5]}).startswith(
+        "relay: the punch failed (r)")
+    assert describe("upgrade", {"peer": ["203.0.113.20", 4000], "rtt_ms": 1.0}).startswith(
+        "upgrade: a direct path to 203.0.113.20:4000 answers, moved off the relay")
+    for phase, d in (("relay-ready", {"relayed": ["1.2.3.4", 5]}), ("relay-note", {"note": "n"}),
+                     ("relay-connected", {"relay": ["1.2.3.4", 5], "rtt_ms": 2})):
+        assert describe(phase, d).startswith("relay: "), phase
 
 
 TARGET = """

@@ -19,6 +19,7 @@
     ├── ConnectError                no path to the peer, for a reason the user can act on
     │   ├── PunchFailed             the plan's attempts found no authenticated path
     │   │   └── TcpPunchFailed
+    │   ├── RelayError              the TURN relay could not carry the path (refused, silent, none offered)
     │   └── HandshakeFailed         TLS (over TCP) or QUIC (over UDP) gave no authenticated session
     │       └── PeerAuthError       (also a RemoteProtocolError)
     ├── PathError                   a path that was made broke afterwards
@@ -140,6 +141,11 @@ class PunchFailed(ConnectError):
 
 class TcpPunchFailed(PunchFailed):
     """No authenticated TCP connection within the time; str() says why (with the probe errors)."""
+
+
+class RelayError(ConnectError):
+    """The relay (TURN) could not carry the path: the server offered none, refused our credentials,
+    did not answer, or the peer never came through it. str() says which."""
 
 
 class HandshakeFailed(ConnectError):
@@ -294,6 +300,7 @@ __all__ = [
     "ControlKeyError", "FdLimitError", "HandshakeFailed", "IdentityError", "LocalProtocolError", "NameTaken",
     "NattravError", "NattravTimeout", "OfferGone", "PathDead", "PathError", "PeerAuthError", "PeerError",
     "PeerOffline", "PlanError", "ProtocolError", "ProtocolViolation", "PunchFailed", "Refused", "RegistryUnavailable",
+    "RelayError",
     "RemoteProtocolError", "RendezvousError", "RendezvousTimeout", "ServerBusy", "ServerGone",
     "ServerUnreachable", "StunError", "StunErrorResponse", "StunTcpError", "StunTimeout", "TcpPunchFailed",
     "UnknownPeer", "UsageError", "WorkerDied", "WorkerError", "WrongPeer",

@@ -51,7 +51,7 @@ def test_bad_flags_give_one_line_and_exit_2(args, message):
 def test_help_explains():
     cp = run_cli("--help")
     assert cp.returncode == 0
-    for word in ("--listen", "--stun", "never relays payload", "exit codes"):
+    for word in ("--listen", "--stun", "never carries payload", "exit codes"):
         assert word in cp.stdout
 
 
@@ -138,7 +138,7 @@ def test_stun_and_rendezvous_in_one_process():
         pytest.fail("three port pairs taken by others in a row")
     try:
         assert first.startswith("rendezvous listening")
-        assert second.strip() == f"stun listening addresses=127.0.0.1:{port},127.0.0.1:{alt}"
+        assert second.strip() == f"stun listening addresses=127.0.0.1:{port},127.0.0.1:{alt} layout=single"
         # a bare STUN binding request gets an answer naming our address
         req = bytes.fromhex("0001 0000 2112a442") + b"\x01" * 12
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

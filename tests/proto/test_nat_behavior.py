@@ -52,6 +52,10 @@ def test_filtering():
         # one stray step (another host took a port) is tolerated
         ("APDM", [20000, 20002, 20003, 20004], [(1, 20006), (2, 20007), (3, 20008)], ("sequential", 1)),
         ("EIM", [30000], [(1, 30001), (2, 30002), (3, 30003)], ("sequential", 0)),
+        # a one-IP server: a random NAT's two mappings 927 apart (as seen in CI), fresh sockets scattered
+        ("APDM", [20260, 19333], [(38196, 17537), (44964, 25844), (54401, 63287)], ("random", None)),
+        # ...while a busy sequential NAT's fresh sockets stay close even when their steps differ
+        ("APDM", [20260, 20262], [(1, 20270), (2, 20276), (3, 20278)], ("sequential", 2)),
     ],
 )
 def test_allocation(mapping, one, fresh, expect):
@@ -126,3 +130,25 @@ def test_report_round_trips_through_json_and_msgpack():
     assert NatBehavior.from_dict(msgpack.unpackb(msgpack.packb(d))) == b
     # the predictor's input: the one-socket series, one entry per server address, in order
     assert [s["port"] for s in d["one_socket"]] == [20000, 20001, 20002, 20003]
+
+
+def test_one_ip_server_tells_apdm_and_port_filtering_by_port():
+    """A server with one IP and two ports (S1 and S4): the second port is a second destination."""
+    samples = [BindingSample(0, LOCAL, S1, (PUB, 20000)), BindingSample(0, LOCAL, S4, (PUB, 20003)),
+               *[BindingSample(2 + i, (LOCAL[0], 41000 + i), S1, (PUB, 20006 + 3 * i)) for i in range(3)]]
+    b = classify(local=LOCAL, server=S1, other_address=S4, samples=samples, test1=(PUB, 20000), test2=None,
+                 test3=(PUB, 20003), filter_change_both=None, filter_change_port=False, one_ip=True)
+    assert (b.mapping, b.filtering, b.allocation, b.delta) == ("APDM", "APDF", "sequential", 3)
+    assert any("one IP and two ports" in f for f in b.findings)
+    # a cone: the same port to both ports, and the other port's answer came in: EIM and ADF, with
+    # the finding that a second IP could still show ADM and EIF
+    samples = [BindingSample(0, LOCAL, S1, (PUB, 40000)), BindingSample(0, LOCAL, S4, (PUB, 40000))]
+    b = classify(local=LOCAL, server=S1, other_address=S4, samples=samples, test1=(PUB, 40000), test2=None,
+                 test3=(PUB, 40000), filter_change_both=None, filter_change_port=True, one_ip=True)
+    assert (b.mapping, b.filtering, b.classic) == ("EIM", "ADF", "restricted cone")
+    note = next(f for f in b.findings if "one IP and two ports" in f)
+    assert "EIM may be ADM" in note and "ADF may be EIF" in note
+    # no answer at all from the second port's test: unknown, not a guess
+    b = classify(local=LOCAL, server=S1, other_address=S4, samples=samples[:1], test1=(PUB, 40000), test2=None,
+                 test3=None, filter_change_both=None, filter_change_port=None, one_ip=True)
+    assert b.mapping is None and b.filtering is None

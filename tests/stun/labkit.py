@@ -40,6 +40,8 @@ def stun_servers(lab: Lab, layout: str) -> Iterator[tuple[str, int]]:
     """Start our server(s); yields the address a client should probe."""
     if layout == "rfc5780":
         argvs = [("server", STUN_CLI + ["serve", "--ip", lab.S1, "--alt-ip", lab.S2])]
+    elif layout == "single":  # one IP, two ports (a cloud VM): the second named in OTHER-PORT
+        argvs = [("server", STUN_CLI + ["serve", "--ip", lab.S1])]
     elif layout == "two-host":
         # the key travels in a file, never on the command line (namespaces share the filesystem)
         fd, key_file = tempfile.mkstemp(prefix="nt-stun-key-")
@@ -94,6 +96,22 @@ def expected(lab: Lab) -> dict:
         "hairpin": eff["hairpin"],
         "classic": names[eff["filtering"]] if eff["mapping"] == "EIM" else "symmetric",
     }
+
+
+def expected_one_ip(lab: Lab) -> dict:
+    """What the probe must report against a server with one IP and two ports: ports alone cannot
+    tell ADM from EIM (a new IP would show it) nor EIF from ADF, so those read as the latter."""
+    want = expected(lab)
+    if not want["nat"]:
+        return {**want, "filtering": "ADF", "classic": "symmetric UDP firewall"}
+    mapping = "EIM" if want["mapping"] in ("EIM", "ADM") else "APDM"
+    filtering = "ADF" if want["filtering"] in ("EIF", "ADF") else "APDF"
+    names = {"ADF": "restricted cone", "APDF": "port restricted cone"}
+    out = {**want, "mapping": mapping, "filtering": filtering,
+           "classic": names[filtering] if mapping == "EIM" else "symmetric"}
+    if want["mapping"] == "ADM":  # seen as EIM: one socket keeps its port towards the server's IP
+        out["delta"] = 0
+    return out
 
 
 # what pystun3 (RFC 3489 algorithm) must conclude for each classic type

@@ -12,7 +12,7 @@ import pytest
 from nattrav.lab.pytest_support import require_lab
 from nattrav.lab.spec import preset_names
 
-from .labkit import PYSTUN_NAMES, expected, probe, stun_servers
+from .labkit import PYSTUN_NAMES, expected, expected_one_ip, probe, stun_servers
 
 pytestmark = pytest.mark.lab
 
@@ -59,6 +59,26 @@ def test_probe_reports_the_configured_nat(make_lab, preset, layout):
     assert len(ports) == 4
     if want["mapping"] == "APDM" and want["allocation"] == "sequential":
         assert [b - a for a, b in zip(ports, ports[1:])] == [want["delta"]] * 3
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_probe_against_one_ip_measures_by_port(make_lab, preset):
+    """A server with ONE IP (the common cloud VM) and two ports: its second port, named in OTHER-PORT,
+    is a second destination, enough to see APDM (with its Δ) and port-dependent filtering."""
+    lab = make_lab(preset)
+    with stun_servers(lab, "single") as server:
+        got = probe(lab, server)
+    want = expected_one_ip(lab)
+    seen = {k: got[k] for k in want}
+    assert seen == want, f"{preset}/single: probe said {json.dumps(got, indent=1)}"
+    assert got["other_address"] == [lab.S1, 3479]  # the same IP, the other port
+    assert got["discarded"].get("wrong_source", 0) == 0
+    ports = [s["port"] for s in got["one_socket"]]
+    assert len(ports) == 2
+    if want["mapping"] == "APDM" and want["allocation"] == "sequential":
+        assert ports[1] - ports[0] == want["delta"]
+    if want["nat"]:
+        assert any("one IP and two ports" in f for f in got["findings"])
 
 
 PYSTUN = r"""

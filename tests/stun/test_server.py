@@ -184,6 +184,59 @@ async def test_single_address_answers_420_to_change_ip(nursery):
     s.close()
 
 
+async def test_one_ip_names_its_second_port_in_other_port(nursery, rfc5780):
+    a, _ = loopback_pair()
+    await nursery.start(serve_stun, StunServerConfig(ip=a, port=P, alt_port=PALT))
+    s = await udp()
+    for at, other in ((P, PALT), (PALT, P)):
+        r = await binding(s, (a, at), timeout=2)  # a bare request: the C fast path's answer
+        assert r.other_port == other and r.other_address is None
+        req = binding_request()
+        data, _src = await raw_exchange(s, req.encode(fingerprint=True), (a, at))  # the Python path
+        assert parse(data).get(Attr.OTHER_PORT) == other
+    # classic RFC 3489 clients get only the 3489 attributes
+    data, _src = await raw_exchange(s, binding_request(classic=True).encode(), (a, P))
+    assert Attr.OTHER_PORT not in parse(data)
+    # a two-IP server says it all in OTHER-ADDRESS
+    _srv, a2, _b2 = rfc5780
+    r = await binding(s, (a2, P), timeout=2)
+    assert r.other_port is None and r.other_address is not None
+    s.close()
+
+
+async def test_behind_a_one_to_one_nat_the_server_names_its_public_addresses(nursery):
+    """--external-ip: the sockets bind the local IPs, every address the server names is public."""
+    a, b = loopback_pair()
+    pub_a, pub_b = a.rsplit(".", 1)[0] + ".101", a.rsplit(".", 1)[0] + ".102"
+    await nursery.start(serve_stun, StunServerConfig(ip=pub_a, alt_ip=pub_b, port=P, alt_port=PALT,
+                                                     bind={pub_a: a, pub_b: b}))
+    s = await udp()
+    r = await binding(s, (a, P), timeout=2)
+    assert r.response_origin == (pub_a, P) and r.other_address == (pub_b, PALT)
+    r = await binding(s, (a, P), change_ip=True, change_port=True, expect_from=(b, PALT), timeout=2)
+    assert r.response_origin == (pub_b, PALT)
+    s.close()
+
+
+async def test_two_hosts_behind_one_to_one_nats_talk_over_their_private_link(nursery):
+    a, b = loopback_pair()
+    pub_a, pub_b = a.rsplit(".", 1)[0] + ".101", a.rsplit(".", 1)[0] + ".102"
+    key = b"k" * 16
+    ca = StunServerConfig(ip=pub_a, alt_ip=pub_b, peer=True, port=P, alt_port=PALT, secret=key,
+                          bind={pub_a: a}, peer_link=b)
+    cb = StunServerConfig(ip=pub_b, alt_ip=pub_a, peer=True, port=P, alt_port=PALT, secret=key,
+                          bind={pub_b: b}, peer_link=a)
+    sa = await nursery.start(serve_stun, ca)
+    sb = await nursery.start(serve_stun, cb)
+    s = await udp()
+    r = await binding(s, (a, P), timeout=2)
+    assert r.other_address == (pub_b, PALT) and r.response_origin == (pub_a, P)
+    r = await binding(s, (a, P), change_ip=True, change_port=True, expect_from=(b, PALT), timeout=2)
+    assert r.response_origin == (pub_b, PALT)
+    assert sa.counters()["forwarded"] == 1 and sb.counters()["forwarded_in"] == 1
+    s.close()
+
+
 async def test_bad_packets_are_dropped_counted_and_service_continues(rfc5780):
     srv, a, b = rfc5780
     s = await udp()

@@ -313,3 +313,19 @@ def test_fd_limit_in_a_worker_arrives_as_fd_limit_error():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["FdLimitError", "24", "True", "after", "10"]
+
+
+def test_default_worker_count_is_the_cpus_this_process_may_use():
+    """taskset/cpusets shrink what a process may use; psutil's cpu_affinity() follows them, while
+    cpu_count() names every CPU of the machine."""
+    import os
+
+    from nattrav.workers.coordinator import usable_cpus
+
+    assert usable_cpus() == sorted(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert usable_cpus() == [min(before)]
+    finally:
+        os.sched_setaffinity(0, before)

@@ -20,6 +20,7 @@ from ..identity import Identity, PeerId
 from ..io.path import PunchedPath, now_ns
 from ..io.quic_conn import QuicSettings
 from ..io.quic_path import ROLE_OF, QuicPath, open_quic_path
+from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.tls_frames import FramedTls
 from ..io.tls_stream import open_tls_stream
@@ -70,9 +71,20 @@ def expected_peer(asked: str | None, session: Session) -> PeerId:
 
 
 @asynccontextmanager
-async def secure_udp(path: PunchedPath, session: Session, identity: Identity, expected: PeerId,
+async def secure_udp(path: PunchedPath | RelayedPath, session: Session, identity: Identity, expected: PeerId,
                      settings: QuicSettings, emit: EventHook) -> AsyncIterator[QuicPath]:
-    """QUIC over the punched socket, authenticated both ways; late punch packets are answered."""
+    """QUIC over the punched socket, authenticated both ways; late punch packets are answered.
+    Over a relayed path (io/relay_path.py) QUIC rides the path's own wire, which moves from the
+    relay to a direct route underneath when one answers; the relayed path answers its own punch
+    packets."""
+    if isinstance(path, RelayedPath):
+        async with open_quic_path(None, path.peer_addr, identity, expected, role=ROLE_OF[session.role.value],
+                                  settings=settings, wire=path.quic_wire(path.counters)) as quic:
+            quic.punched = path
+            emit("secure", {"protocol": "quic", "peer_id": expected.text,
+                            "keepalive": settings.keepalive_interval, "via": path.via})
+            yield quic
+        return
 
     def late_punch(data: bytes) -> list[bytes] | None:
         try:

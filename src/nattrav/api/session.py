@@ -16,11 +16,15 @@ import trio
 from ..errors import ConnectError, PeerAuthError, UsageError, WrongPeer
 from ..io import rendezvous_client as rv
 from ..identity import Identity, PeerId
+from ..io.relay_path import RelayedPath
+from ..io.relay_stream import RelayedTcp
 from ..io.session import Session
 from ..proto.nat_behavior import NatBehavior
+from . import relay
 from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
+from .relay import RelayRung
 from .secure import expected_peer
 from .tcp import TcpTransport
 from ..proto.planner.odds import FLOW_TABLE_CAP
@@ -105,8 +109,11 @@ class SessionOptions:
         return (servers if len(servers) > 1 else servers[0]), stun_endpoint(self.stun, servers[0])
 
 
-async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook) -> Any:
+async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook,
+                 rung: RelayRung | None = None) -> Any:
     try:
+        if rung is not None:  # the ladder may end at the relay
+            return await transport.punch(ep, session, ttl, emit, rung)
         return await transport.punch(ep, session, ttl, emit)
     except ConnectError:
         if ep.cached is not None and ep.cached.age is not None:
@@ -133,41 +140,67 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     identity = o.the_identity()
     if o.secure:
         as_peer_id_or_name(peer_id)
-    with trio.fail_after(timeout):
-        # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
-        # rendezvous connection comes up
-        async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
-                           o.behavior_cache(), unclaimed=transport.close) as opening:
-            async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
-                emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-                ep = await opening.result()
-                try:
-                    emit("rendezvous-connect", {"peer": peer_id})
-                    session = await client.connect(peer_id, timeout=timeout, info=node_info(ep.report, client.rtt))
-                    # before any packet: a server that names another key for a peer ID is not followed
-                    expected = expected_peer(peer_id, session) if o.secure else None
-                    path = await _punch(transport, ep, session, o.ttl, emit)
-                except BaseException:
-                    transport.close(ep)
-                    raise
-    async with _secured(transport, ep, path, session, identity, expected, clock) as secured, \
-            _refreshing(ep, stun_ep, o.src_ip):
+    deadline = trio.current_time() + timeout
+    rung: RelayRung | None = None
+    try:
+        with trio.fail_after(timeout):
+            # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
+            # rendezvous connection comes up
+            async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
+                               o.behavior_cache(), unclaimed=transport.close) as opening:
+                async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
+                    emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                    ep = await opening.result()
+                    try:
+                        if getattr(transport, "relays", False):
+                            # the ladder's last rung: an allocation offered beside our report
+                            rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
+                                                        tcp=isinstance(transport, TcpTransport))
+                        emit("rendezvous-connect", {"peer": peer_id})
+                        info = {**node_info(ep.report, client.rtt), **relay.info(rung)}
+                        session = await client.connect(peer_id, timeout=timeout, info=info)
+                        # before any packet: a server that names another key for a peer ID is not followed
+                        expected = expected_peer(peer_id, session) if o.secure else None
+                        path = await _punch(transport, ep, session, o.ttl, emit, rung)
+                    except BaseException:
+                        transport.close(ep)
+                        raise
+    finally:
+        if rung is not None:
+            await rung.aclose()  # unless the relayed path took the allocation over
+    async with _held(path, max(1.0, deadline - trio.current_time()), emit) as held, \
+            _refreshing(ep, stun_ep, o.src_ip), \
+            _secured(transport, ep, held, session, identity, expected, clock) as secured:
         yield secured
+
+
+@asynccontextmanager
+async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[Any]:
+    """The path for the caller's block: a relayed one runs in the background and first waits for
+    the peer through the relay (RelayError after `relay_wait` s), a punched one just closes after."""
+    if isinstance(path, (RelayedPath, RelayedTcp)):
+        async with path.open(relay_wait) as opened:
+            emit("connected", {"peer": list(opened.peer_addr), "rtt_ms": round(opened.rtt * 1e3, 2),
+                               "strategy": opened.strategy.value, "via": opened.via})
+            yield opened
+    else:
+        async with path:
+            yield path
 
 
 @asynccontextmanager
 async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: Identity,
                    expected: PeerId | None, clock: Timeline) -> AsyncIterator[Any]:
-    async with path:
-        if expected is None:
-            clock.attach(path)
-            yield path
-        else:
-            async with transport.secure(ep, path, session, identity, expected, clock.emit) as secured:
-                # the timings cover the handshake too; the raw path's summary() carries them as well
-                clock.attach(path)
-                clock.attach(secured)
-                yield secured
+    """The caller's path: `path` itself (raw), or QUIC/TLS over it checking the peer's key; `path`
+    is entered already (_held)."""
+    clock.attach(path)
+    if expected is None:
+        yield path
+    else:
+        async with transport.secure(ep, path, session, identity, expected, clock.emit) as secured:
+            # the timings cover the handshake too; the raw path's summary() carries them as well
+            clock.attach(secured)
+            yield secured
 
 
 def as_peer_id_or_name(text: str) -> None:
@@ -296,12 +329,15 @@ class Listener:
             session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
             if expected is not None and expected_peer(None, session) != expected:
                 raise WrongPeer(f"the rendezvous server offered {expected} but made a session with another key")
-            path = await _punch(self._transport, ep, session, self._ttl, emit)
+            rung = None
+            if getattr(self._transport, "relays", False):
+                rung = await relay.peer_rung(session, self._client.relay, emit)
+            path = await _punch(self._transport, ep, session, self._ttl, emit, rung)
         except BaseException:
             self._transport.close(ep)
             raise
-        async with _secured(self._transport, ep, path, session, self.identity, expected, clock) as secured, \
-                _refreshing(ep, self._stun, self._src[0]):
+        async with _held(path, relay.RELAY_WAIT, emit) as held, _refreshing(ep, self._stun, self._src[0]), \
+                _secured(self._transport, ep, held, session, self.identity, expected, clock) as secured:
             yield secured
 
 

@@ -20,6 +20,7 @@ from ..proto.planner.tcp_mapping import history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from .relay import RelayRung
 from .behavior_cache import BehaviorCache
 from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report,
                        resolve)
@@ -53,6 +54,7 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: Event
     assert s1 is not None
     # three endpoints, so a sequential NAT shows two equal steps (and a random one does not)
     servers = [s1] if s2 is None else [s1, (s2[0], s1[1]), (s1[0], s2[1])]
+    servers = list(dict.fromkeys(servers))  # one server IP: its two ports, once each
     started = trio.current_time()
     try:
         samples = await tcp_mappings(local, [tuple(x) for x in servers])
@@ -102,7 +104,9 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
 
 
 async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout: float,
-                     emit: EventHook) -> Any:
+                     emit: EventHook, relay: RelayRung | None = None) -> Any:
+    """The TCP ladder's rungs, then the relay (when both sides have one) for a pair the planner
+    calls infeasible or whose rungs all failed."""
     try:
         peer_report, peer_ip = read_peer_report(session)
         if peer_report.tcp is None:
@@ -117,6 +121,13 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
     local = ep.listener.getsockname()[:2]
     low_ttl = ttl or ep.hops.low_ttl
     failures = []
+    # infeasible: straight to the relay -- unless the first rung races the peer's LAN listeners
+    # (its odds are then a floor)
+    if relay is not None and not rungs[0].plan.feasible and not rungs[0].plan.lan:
+        emit("plan", {**rungs[0].plan.to_dict(), "params": rungs[0].plan.params, "peer_targets": [],
+                      "rungs": [r.plan.strategy.value for r in rungs]})
+        ep.close()
+        return relay.stream(session, peer_ip, why="infeasible", reason=rungs[0].plan.reason, emit=emit)
     for i, rung in enumerate(rungs):
         p = rung.plan
         if i == 0:
@@ -143,10 +154,14 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
             continue
         emit("connected", {"peer": list(stream.peer_addr), "rtt_ms": round(stream.rtt * 1e3, 2),
                            "strategy": stream.strategy.value, "via": stream.via})
+        if relay is not None:
+            await relay.aclose()  # punched: the allocation goes back
         return stream
-    if len(failures) == 1:
-        raise TcpPunchFailed(failures[0])
-    raise TcpPunchFailed("; then ".join(f"rung {i + 1}: {f}" for i, f in enumerate(failures)))
+    why = failures[0] if len(failures) == 1 else "; then ".join(f"rung {i + 1}: {f}" for i, f in enumerate(failures))
+    if relay is not None:
+        ep.close()  # what the rungs left open (the LAN listener)
+        return relay.stream(session, peer_ip, why="punch-failed", reason=why, emit=emit)
+    raise TcpPunchFailed(why)
 
 
 class TcpTransport:
@@ -179,8 +194,11 @@ class TcpTransport:
                        - old_at - (old.samples[-1].t or 0.0))
         ep.report = self._windowed(new, history=seen)
 
-    async def punch(self, ep: TcpEndpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
-        return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit)
+    relays = True  # the ladder may end at the relay (api/relay.py): a TCP allocation, RFC 6062
+
+    async def punch(self, ep: TcpEndpoint, session: Session, ttl: int | None, emit: EventHook,
+                    relay: RelayRung | None = None) -> Any:
+        return await _tcp_punch(ep, session, ttl, self.punch_timeout, emit, relay)
 
     @staticmethod
     def secure(ep: TcpEndpoint, stream: Any, session: Session, identity: Any, expected: Any,

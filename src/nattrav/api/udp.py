@@ -12,10 +12,11 @@ from typing import Any
 
 import trio
 
-from ..errors import BadReport, ConnectError, PlanError, WorkerError
+from ..errors import BadReport, ConnectError, PlanError, PunchFailed, WorkerError
 from ..io.interfaces import host_candidates
 from ..io.path import PunchedPath
 from ..io.punch import punch
+from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.stun_client import run_transactions
 from ..proto.nat_behavior import NatBehavior
@@ -28,6 +29,7 @@ from ..proto.stun_client import Transaction
 from ..proto.vocab import Mapping, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from .relay import RelayRung
 from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, read_peer_report,
@@ -163,7 +165,8 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     assert ep.behavior.server is not None
     s1, s2 = ep.behavior.server, ep.behavior.other_address
     fresh = ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH
-    if s2 is not None and not fresh:
+    one_ip = s2 is not None and s2[0] == s1[0]  # one server IP: both its ports are old flows already
+    if s2 is not None and not fresh and not one_ip:
         new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
         ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
         ep.sampled_at = trio.current_time()
@@ -203,7 +206,10 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                  coordinator: Any = None, plan_knobs: dict[str, Any] | None = None,
-                 workers: int | None = None) -> PunchedPath:
+                 workers: int | None = None, relay: RelayRung | None = None) -> PunchedPath | RelayedPath:
+    """The ladder: the plan's punch, then the relay (when both sides have one) for a pair the
+    planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
+    the caller opens it (RelayedPath.open)."""
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
@@ -213,8 +219,20 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
                        **(plan_knobs or {}))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
+    # infeasible: straight to the relay -- unless the peer may be on our LAN (the plan's odds are
+    # then a floor: its LAN attempts may well connect), where the relay waits for the punch's end
+    if relay is not None and not p.feasible and not p.odds_floor:
+        _emit_plan(emit, p, session, peer_ip)
+        return relay.path(ep.sock, session, peer_ip, peer_report, why="infeasible", reason=p.failure_message(),
+                          emit=emit)
     with _ledgered(ep, p, session):
-        return await _punch_plan(ep, p, session, ttl, emit, coordinator, peer_ip, workers)
+        try:
+            return await _punch_plan(ep, p, session, ttl, emit, coordinator, peer_ip, workers, relay)
+        except PunchFailed as exc:
+            if relay is None:
+                raise
+            return relay.path(ep.sock, session, peer_ip, peer_report, why="punch-failed", reason=str(exc),
+                              emit=emit)
 
 
 def burst_flows(p: Plan) -> int:
@@ -238,15 +256,20 @@ def _ledgered(ep: Endpoint, p: Plan, session: Session) -> Iterator[None]:
             ep.cached.cache.record_flows(ep.local_ip, flows, time.time() + FLOW_LINGER)
 
 
-async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, emit: EventHook,
-                      coordinator: Any, peer_ip: str, workers: int | None = None) -> PunchedPath:
+def _emit_plan(emit: EventHook, p: Plan, session: Session, peer_ip: str) -> None:
     emit_address(emit, p.params, peer_ip)
     # the peer ports the first attempt aims at, so a caller can check the prediction against where
     # the peer's NAT really put its mapping (the matrix bench's hit rate); the infeasible pair still
-    # runs its bounded best effort, whose odds are small but not zero
+    # runs its bounded best effort (unless a relay takes it), whose odds are small but not zero
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
                   "odds_floor": p.odds_floor, "reason": p.reason, "role": session.role, "params": p.params,
                   "peer_targets": list(p.attempts[0].local.targets[:4096])})
+
+
+async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, emit: EventHook,
+                      coordinator: Any, peer_ip: str, workers: int | None = None,
+                      relay: RelayRung | None = None) -> PunchedPath:
+    _emit_plan(emit, p, session, peer_ip)
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:
         if coordinator is None and _needs_workers(p):
@@ -260,6 +283,8 @@ async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, 
                                on_event=emit)
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
+    if relay is not None:
+        await relay.aclose()  # punched: the allocation goes back
     emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
                        "strategy": path.strategy.value})
     return path
@@ -299,8 +324,11 @@ class UdpTransport:
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
 
-    async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers)
+    relays = True  # the ladder may end at the relay (api/relay.py)
+
+    async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
+                    relay: RelayRung | None = None) -> Any:
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers, relay)
 
     @staticmethod
     def close(ep: Endpoint) -> None:

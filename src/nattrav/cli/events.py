@@ -37,7 +37,12 @@ _LINES = {
     "secure": "secure: {protocol} with {peer_id}, its key verified",
     "identity": "identity: {peer_id} (key {path}{created})",
     "delivered": "closed: {sent} bytes sent and acknowledged, {received} received",
+    "relay-ready": "relay: our allocation is {relayed[0]}:{relayed[1]} (offered to the peer, used only if punching cannot work)",
+    "relay-note": "relay: {note}",
+    "relay-connected": "relay: the peer answered through the relay {relay[0]}:{relay[1]}, RTT {rtt_ms} ms",
+    "upgrade": "upgrade: a direct path to {peer[0]}:{peer[1]} answers, moved off the relay (RTT {rtt_ms} ms)",
 }
+_RELAY_WHY = {"infeasible": "the planner says punching cannot work", "punch-failed": "the punch failed"}
 
 
 def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
@@ -56,6 +61,9 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
         inside = [ip for _, ip in d["hops"][:d["low_ttl"] - 1]]
         return (f"hops: {d['inside_hops']} hop(s) inside our NAT(s) ({', '.join(ip or '*' for ip in inside)}); "
                 f"opening TTL {d['low_ttl']}")
+    if phase == "relay":
+        why = _RELAY_WHY.get(d["why"], d["why"])
+        return f"relay: {why} ({d['reason']}); going through the relay {d['relay'][0]}:{d['relay'][1]}"
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
         floor = "at least " if d.get("odds_floor") else ""  # the LAN attempts' chance is not counted

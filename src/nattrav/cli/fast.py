@@ -18,7 +18,6 @@ from typing import Any
 
 import trio
 
-from .. import __version__
 from ..api import connect, connect_tcp, listen, listen_tcp
 from ..api.secure import IDLE_TIMEOUT, MIN_KEEPALIVE
 from ..errors import BadPeerId
@@ -29,6 +28,7 @@ from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER
 from .events import describe
+from .version import add_version_flag
 from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
 
 EPILOG = """\
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TCP instead of UDP: TCP mappings, low-TTL SYN and simultaneous open; stdin EOF "
                    "half-closes the stream, and we exit when the peer has closed its side too")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail in progress lines")
-    p.add_argument("--version", action="version", version=f"nattrav {__version__}")
+    add_version_flag(p)
     return p
 
 

@@ -1,8 +1,11 @@
 """nattrav-server: the whole server side of a deployment in one command.
 
-Runs the rendezvous server (TCP, msgpack frames) and, with --stun, the integrated two-address STUN
-server in the same Trio nursery. Prints one "listening" line per service on stdout (so scripts can
-read a port picked with :0), logs to stderr.
+Runs the rendezvous server (TCP, msgpack frames) and, with --stun, the integrated STUN server in the
+same Trio nursery: on one IP (its two ports tell port-dependent NAT behaviour apart: the common cloud
+VM), on two local IPs (RFC 5780), or on one IP of two hosts (--stun-peer). --external-ip serves from
+behind a provider's 1:1 NAT; --turn hands each session's peers short-lived credentials for a coturn
+relay (the TURN REST scheme; the secret comes from a file or the environment, never argv). Prints one
+"listening" line per service on stdout (so scripts can read a port picked with :0), logs to stderr.
 
 With --registry redis://HOST:PORT/DB (or NATTRAV_REGISTRY) several instances share one registry in
 Redis (io/redis_registry.py, docs/scale-out.md): a peer enrolled at one is reachable from the others.
@@ -36,7 +39,12 @@ from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
 from ..proto.rendezvous.names import NameBindings
 from ..proto.rendezvous.wire import MAX_STUN
+from ..proto.stun_control import MIN_SECRET
+from ..proto.stun_server import DEFAULT_CONTROL_PORT, StunServerConfig
+from ..proto.turn_rest import DEFAULT_TTL, MAX_TTL, MIN_TTL, TurnRest
+from . import keyfile
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .version import add_version_flag
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
 log = logging.getLogger("nattrav.rendezvous")
@@ -44,9 +52,14 @@ log = logging.getLogger("nattrav.rendezvous")
 EPILOG = """\
 examples:
   nattrav-server                                  rendezvous on 0.0.0.0:7000
-  nattrav-server --listen 198.51.100.1:7000 --stun 198.51.100.1,198.51.100.2
-                                                  rendezvous plus RFC 5780 STUN on both IPs
-                                                  (ports 3478 and 3479 on each)
+  nattrav-server --stun 198.51.100.1              plus STUN on one IP, ports 3478 and 3479 (a cloud VM)
+  nattrav-server --stun 10.0.0.5 --external-ip 203.0.113.7
+                                                  the same behind a provider's 1:1 NAT (AWS, GCP, Azure)
+  nattrav-server --stun 198.51.100.1,198.51.100.2 RFC 5780 STUN on two local IPs
+  nattrav-server --stun 198.51.100.1 --stun-peer 198.51.100.3 --stun-secret-file /etc/nattrav/stun.key
+                                                  two VMs, one IP each (run the mirror image on the other)
+  nattrav-server --stun 198.51.100.1 --turn 198.51.100.1:3490 --turn-secret-file /etc/nattrav/turn.key
+                                                  peers that cannot punch relay through coturn
   nattrav-server --listen 127.0.0.1:0             pick a free port; the first stdout line names it
   nattrav-server --registry redis://10.0.0.5:6379/0 --stun-servers stun1.example:3478,stun2.example:3478
                                                   one of several instances sharing a Redis registry;
@@ -55,10 +68,22 @@ examples:
 environment:
   NATTRAV_REGISTRY   the registry URL when --registry is not given (empty or "memory": in-process)
 
+ports to open (firewall / security group):
+  7000/tcp        rendezvous (--listen)
+  3478,3479/udp   STUN (--stun-ports), and the same /tcp: the TCP mode measures its mappings there
+  3480/udp        two-host control link (--stun-control-port), between the two hosts only
+  TURN            coturn's own: its listening port (udp+tcp) and its relay range (udp; tcp too for
+                  TCP relays), see docs/deploy.md
+
 The rendezvous server only exchanges node information (public endpoints, NAT behaviour, local
-addresses) and session keys between peers; it never relays payload.
+addresses), session keys and relay credentials between peers; it never carries payload itself.
+Secrets (--stun-secret-file, --turn-secret-file, or NATTRAV_STUN_SECRET, NATTRAV_TURN_SECRET) never
+come from the command line: every local user can read a process's argv.
 exit codes: 0 stopped by a signal, 1 could not serve (port in use, address not on this host), 2 bad flags
 """
+STUN_SECRET_ENV = "NATTRAV_STUN_SECRET"
+TURN_SECRET_ENV = "NATTRAV_TURN_SECRET"
+TURN_PORT = 3478
 
 
 def parse_stun_servers(text: str) -> list[tuple[str, int]]:
@@ -92,13 +117,88 @@ def parse_stun(text: str) -> list[str]:
     if not 1 <= len(ips) <= 2:
         raise UsageError(f"--stun wants PRIMARY_IP[,ALT_IP], got {text!r}")
     for ip in ips:
-        try:
-            ipaddress.IPv4Address(ip)
-        except ValueError:
-            raise UsageError(f"--stun: {ip!r} is not an IPv4 address") from None
+        _ipv4(ip, "--stun")
     if len(ips) == 2 and ips[0] == ips[1]:
         raise UsageError("--stun: the alternate IP must differ from the primary")
     return ips
+
+
+def _ipv4(text: str, flag: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not an IPv4 address") from None
+
+
+def parse_external(values: list[str], local_ips: list[str]) -> dict[str, str]:
+    """--external-ip PUBLIC[/LOCAL] (coturn's form), as {local: public}. A bare PUBLIC names the one
+    local IP there is; with two, each needs its LOCAL."""
+    out: dict[str, str] = {}
+    for v in values:
+        public, _, local = v.partition("/")
+        public = _ipv4(public, "--external-ip")
+        if local:
+            local = _ipv4(local, "--external-ip")
+        elif len(local_ips) == 1:
+            local = local_ips[0]
+        else:
+            raise UsageError(f"--external-ip {v}: with two --stun IPs say which one it is for: PUBLIC/LOCAL")
+        if local not in local_ips:
+            raise UsageError(f"--external-ip {v}: {local} is not one of the --stun IPs ({', '.join(local_ips)})")
+        if local in out:
+            raise UsageError(f"--external-ip: {local} is named twice")
+        out[local] = public
+    return out
+
+
+def stun_config(args: argparse.Namespace, ports: tuple[int, int],
+                environ: dict[str, str] | None = None) -> StunServerConfig | None:
+    """The STUN server's layout from the flags (None without --stun); UsageError for a bad one."""
+    if args.stun is None:
+        for flag in ("stun_peer", "stun_peer_link", "stun_secret_file", "external_ip"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag.replace('_', '-')} needs --stun")
+        return None
+    local = parse_stun(args.stun)
+    public = parse_external(args.external_ip or [], local)
+    ips = [public.get(ip, ip) for ip in local]
+    bind = {public[ip]: ip for ip in public}
+    peer, link, secret = None, None, None
+    if args.stun_peer is not None:
+        if len(local) != 1:
+            raise UsageError("--stun-peer: this host serves one IP of the pair (--stun IP), the peer the other")
+        peer = _ipv4(args.stun_peer, "--stun-peer")
+        if peer == ips[0]:
+            raise UsageError("--stun-peer: the peer's IP must differ from ours")
+        link = _ipv4(args.stun_peer_link, "--stun-peer-link") if args.stun_peer_link else None
+        secret = keyfile.read_secret(args.stun_secret_file, STUN_SECRET_ENV, flag="--stun-secret-file",
+                                     min_len=MIN_SECRET, environ=environ, prog="nattrav-server")
+        if secret is None:
+            raise UsageError(f"--stun-peer needs the control-link key, the same on both hosts: "
+                             f"--stun-secret-file FILE or {STUN_SECRET_ENV} (at least {MIN_SECRET} bytes)")
+    elif args.stun_peer_link or args.stun_secret_file:
+        raise UsageError("--stun-peer-link and --stun-secret-file go with --stun-peer")
+    return StunServerConfig(ip=ips[0], alt_ip=peer if peer else (ips[1] if len(ips) > 1 else None),
+                            port=ports[0], alt_port=ports[1], peer=peer is not None,
+                            control_port=args.stun_control_port, secret=secret, peer_link=link, bind=bind,
+                            rate_limit=args.stun_rate_limit, rate_burst=args.stun_rate_limit)
+
+
+def turn_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> TurnRest | None:
+    """The relay grants from --turn (None without it); UsageError for a bad one."""
+    if args.turn is None:
+        if args.turn_secret_file:
+            raise UsageError("--turn-secret-file goes with --turn")
+        return None
+    host, port = parse_hostport(args.turn, TURN_PORT)
+    secret = keyfile.read_secret(args.turn_secret_file, TURN_SECRET_ENV, flag="--turn-secret-file",
+                                 min_len=16, environ=environ, prog="nattrav-server")
+    if secret is None:
+        raise UsageError(f"--turn needs coturn's static-auth-secret: --turn-secret-file FILE or "
+                         f"{TURN_SECRET_ENV} (the same string as coturn's, at least 16 bytes)")
+    if not (math.isfinite(args.turn_ttl) and MIN_TTL <= args.turn_ttl <= MAX_TTL):
+        raise UsageError(f"--turn-ttl must be {MIN_TTL:g}..{MAX_TTL:g} seconds")
+    return TurnRest(host, port, secret, args.turn_ttl)
 
 
 class JsonFormatter(logging.Formatter):
@@ -134,11 +234,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"rendezvous TCP address (default {DEFAULT_LISTEN}; port 0 picks a free one)")
-    p.add_argument("--stun", metavar="PRIMARY_IP,ALT_IP",
-                   help="also run the STUN server on these two local IPs (RFC 5780 layout: CHANGE-REQUEST "
-                        "answered from the other IP/port); one IP alone answers change-IP with 420")
+    p.add_argument("--stun", metavar="IP[,ALT_IP]",
+                   help="also run the STUN server on this local IP (its two ports tell port-dependent NAT "
+                        "behaviour apart; clients learn the second from OTHER-PORT) or on two local IPs "
+                        "(RFC 5780: CHANGE-REQUEST answered from the other IP and port)")
     p.add_argument("--stun-ports", default="3478,3479", metavar="PORT,ALT_PORT",
                    help="STUN ports on each IP (default 3478,3479)")
+    p.add_argument("--stun-peer", metavar="PEER_IP",
+                   help="two-host layout: a second host serves the alternate IP with its own "
+                        "`nattrav-server --stun PEER_IP --stun-peer OUR_IP` (each host needs one IP only)")
+    p.add_argument("--stun-peer-link", metavar="IP",
+                   help="where the control link reaches the peer when not at PEER_IP (its private "
+                        "address inside the provider's network)")
+    p.add_argument("--stun-secret-file", metavar="FILE",
+                   help=f"control-link key for --stun-peer, the same on both hosts (>= {MIN_SECRET} bytes, "
+                        f"e.g. `openssl rand -hex 32`); or set {STUN_SECRET_ENV}")
+    p.add_argument("--stun-control-port", type=int, default=DEFAULT_CONTROL_PORT, metavar="PORT",
+                   help=f"two-host control link, UDP (default {DEFAULT_CONTROL_PORT})")
+    p.add_argument("--external-ip", action="append", metavar="PUBLIC[/LOCAL]",
+                   help="this host is behind a 1:1 NAT (a cloud VM): clients reach LOCAL (a --stun IP) "
+                        "at PUBLIC; STUN's RESPONSE-ORIGIN and OTHER-ADDRESS name PUBLIC. Repeat for a "
+                        "second IP; LOCAL may be left out with one --stun IP")
+    p.add_argument("--turn", metavar="HOST[:PORT]",
+                   help=f"a coturn relay (default port {TURN_PORT}) run with --use-auth-secret: each "
+                        "session's peers get their own short-lived credentials for it (TURN REST)")
+    p.add_argument("--turn-secret-file", metavar="FILE",
+                   help=f"coturn's static-auth-secret (the file's text, whitespace stripped); or set "
+                        f"{TURN_SECRET_ENV}")
+    # refused with a clear message (a secret on argv is readable by every local user)
+    p.add_argument("--stun-secret", help=argparse.SUPPRESS)
+    p.add_argument("--turn-secret", help=argparse.SUPPRESS)
+    p.add_argument("--turn-ttl", type=float, default=DEFAULT_TTL, metavar="S",
+                   help=f"how long relay credentials stay valid (default {DEFAULT_TTL:g}; a relayed "
+                        "session lasts at most this long)")
     p.add_argument("--stun-rate-limit", type=int, default=128 * 1024, metavar="BYTES",
                    help="STUN: bytes/s per source IP (IPv6: /64), both directions, also the burst; "
                         "replies never exceed 3x a source's request bytes (default 131072; 0: no limit)")
@@ -180,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "first key's across restarts (default: in memory only; peer-ID names need no state)")
     p.add_argument("--json-log", action="store_true", help="log one JSON object a line on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    add_version_flag(p)
     return p
 
 
@@ -216,41 +345,42 @@ def _announce(what: str, json_log: bool, **fields) -> None:
         log.warning("could not print %r: %s", line, exc.strerror or exc)
 
 
-def _stun_for_peers(args: argparse.Namespace, stun_ips: list[str] | None,
-                    stun_ports: tuple[int, int]) -> list[tuple[str, int]] | None:
+def _stun_for_peers(args: argparse.Namespace, config: StunServerConfig | None) -> list[tuple[str, int]] | None:
+    """The STUN servers enrolled peers are told: --stun-servers, else our own (by its public address)."""
     if args.stun_servers is not None:
         return parse_stun_servers(args.stun_servers)
-    if stun_ips is not None and stun_ips[0] != "0.0.0.0":
-        return [(stun_ips[0], stun_ports[0])]
+    if config is not None and config.ip != "0.0.0.0":
+        return [(config.ip, config.port)]
     return None
 
 
-async def run(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
-              stun_ports: tuple[int, int], names: NameBindings | None = None,
+async def run(args: argparse.Namespace, listen: tuple[str, int], config: StunServerConfig | None,
+              turn: TurnRest | None = None, names: NameBindings | None = None,
               tls: ssl.SSLContext | None = None) -> int:
     """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1)."""
     url = registry_url(args.registry)
     if url is None:
-        return await _serve(args, listen, stun_ips, stun_ports, None, names, tls)
+        return await _serve(args, listen, config, turn, None, names, tls)
     from ..io.redis_registry import open_redis_registry
     try:
         async with open_redis_registry(url, instance=args.instance, retain=args.retain, max_peers=args.max_peers,
                                        lease=max(600.0, 4 * args.keepalive_timeout)) as registry:
             log.info("registry %s, instance %s", url, registry.instance)
-            return await _serve(args, listen, stun_ips, stun_ports, registry, names, tls)
+            return await _serve(args, listen, config, turn, registry, names, tls)
     except RegistryUnavailable as exc:
         return _fail(str(exc))
 
 
-async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: list[str] | None,
-                 stun_ports: tuple[int, int], registry, names: NameBindings | None,
-                 tls: ssl.SSLContext | None) -> int:
+async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: StunServerConfig | None,
+                 turn: TurnRest | None, registry, names: NameBindings | None = None,
+                 tls: ssl.SSLContext | None = None) -> int:
     failed: list[int] = []
     shared = {} if registry is None else {"registry": registry, "instance": registry.instance}
+    relay = (lambda peer: turn.grant(peer, time.time()).to_wire()) if turn is not None else None
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
                              start_margin=args.start_margin, max_conns_per_source=args.max_per_source,
-                             max_peers=args.max_peers, stun=_stun_for_peers(args, stun_ips, stun_ports),
+                             max_peers=args.max_peers, stun=_stun_for_peers(args, config), relay=relay,
                              names=names, **shared)
     async with trio.open_nursery() as nursery:
         # Signals end the server cleanly (exit 0), the lab and service managers send SIGTERM.
@@ -284,7 +414,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
         what = f"rendezvous {listen[0]}:{listen[1]}"
         try:
             # the STUN server's TCP slots and sockets share the descriptor limit
-            reserve = 64 + (600 if stun_ips is not None else 0)
+            reserve = 64 + (600 if config is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
                 listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
                 ssl_context=tls, task_status=task_status))
@@ -296,17 +426,12 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
             nursery.cancel_scope.cancel()
             return EXIT_FAILURE
         _announce("rendezvous", args.json_log, tls="yes" if tls else "no", address=f"{bound[0]}:{bound[1]}")
-        if stun_ips is not None:
-            try:
-                from ..io.stun_server import serve_stun
-                from ..proto.stun_server import StunServerConfig
-            except ImportError as exc:  # the STUN server is a separate module; say so if it is missing
-                failed.append(_fail(f"--stun: the integrated STUN server is not available: {exc}"))
-                nursery.cancel_scope.cancel()
-                return EXIT_FAILURE
-            config = StunServerConfig(ip=stun_ips[0], alt_ip=stun_ips[1] if len(stun_ips) > 1 else None,
-                                      port=stun_ports[0], alt_port=stun_ports[1],
-                                      rate_limit=args.stun_rate_limit, rate_burst=args.stun_rate_limit)
+        if turn is not None:
+            _announce("relay", args.json_log, turn=f"{turn.host}:{turn.port}", ttl=f"{turn.ttl:g}")
+        if config is not None:
+            from ..io.stun_server import serve_stun
+
+            where = ",".join(config.bind_ip(ip) for ip in config.local_ips)
             try:
                 srv = await nursery.start(serve_stun, config)
             except BaseException as exc:
@@ -314,8 +439,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
                 if err is None and not isinstance(exc, ValueError):
                     raise
                 reason = (err.strerror or str(err)) if err is not None else str(exc)
-                failed.append(_fail(f"cannot start STUN on {','.join(stun_ips)} ports "
-                                    f"{stun_ports[0]},{stun_ports[1]}: {reason}"))
+                failed.append(_fail(f"cannot start STUN on {where} ports {config.port},{config.alt_port}: {reason}"))
                 nursery.cancel_scope.cancel()
                 return EXIT_FAILURE
             # the same endpoints over TCP: TCP traversal measures its own mappings (io/stun_tcp.py)
@@ -323,11 +447,11 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], stun_ips: li
             try:
                 await nursery.start(serve_stun_tcp, config, list(srv.addresses))
             except OSError as exc:
-                failed.append(_fail(f"cannot start STUN over TCP on {','.join(stun_ips)}: {exc.strerror or exc}"))
+                failed.append(_fail(f"cannot start STUN over TCP on {where}: {exc.strerror or exc}"))
                 nursery.cancel_scope.cancel()
                 return EXIT_FAILURE
-            _announce("stun", args.json_log,
-                      addresses=",".join(f"{ip}:{port}" for ip, port in srv.addresses))
+            _announce("stun", args.json_log, addresses=",".join(f"{ip}:{port}" for ip, port in srv.addresses),
+                      layout=config.layout)
     return failed[0] if failed else EXIT_OK
 
 
@@ -344,10 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         listen = parse_hostport(args.listen, default_host="0.0.0.0", port_zero=True)
-        stun_ips = parse_stun(args.stun) if args.stun is not None else None
         ports = [p.strip() for p in args.stun_ports.split(",")]
         if len(ports) != 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in ports) or ports[0] == ports[1]:
             raise UsageError(f"--stun-ports wants two distinct ports 1..65535, got {args.stun_ports!r}")
+        if not 0 < args.stun_control_port < 65536:
+            raise UsageError("--stun-control-port must be in 1..65535")
         if not (args.stun_rate_limit == 0 or args.stun_rate_limit >= 1024):
             raise UsageError("--stun-rate-limit must be 0 (no limit) or at least 1024 bytes/s")
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):
@@ -361,16 +486,22 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--instance must be 1..64 printable characters without spaces")
         if not (math.isfinite(args.stats_interval) and args.stats_interval >= 0):
             raise UsageError("--stats-interval must be a finite number >= 0 (0 = never)")
-        names = load_bindings(args.state_dir) if args.state_dir else None
+        for flag, env in (("stun_secret", STUN_SECRET_ENV), ("turn_secret", TURN_SECRET_ENV)):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(keyfile.on_argv(name, name + "-file", env))
+        config = stun_config(args, (int(ports[0]), int(ports[1])))
+        turn = turn_config(args)
         if (args.tls_cert is None) != (args.tls_key is None):
             raise UsageError("--tls-cert and --tls-key go together")
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        names = load_bindings(args.state_dir) if args.state_dir else None
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     sink = _setup_logging(args.json_log, args.verbose)
     started = time.monotonic()
     try:
-        code = trio.run(run, args, listen, stun_ips, (int(ports[0]), int(ports[1])), names, tls)
+        code = trio.run(run, args, listen, config, turn, names, tls)
     except KeyboardInterrupt:
         code = EXIT_OK
     if code == 0:

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 
 import trio
@@ -26,13 +25,12 @@ from ..proto.stun_server import (
     DEFAULT_RATE_LIMIT,
     StunServerConfig,
 )
+from . import keyfile
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .version import add_version_flag
 
 SECRET_ENV = "NATTRAV_STUN_SECRET"
-SECRET_ON_ARGV = (
-    "--secret on the command line is readable by every local user (ps, /proc/PID/cmdline); put the "
-    f"key in a file and pass --secret-file FILE, or set {SECRET_ENV}"
-)
+SECRET_ON_ARGV = keyfile.on_argv("--secret", "--secret-file", SECRET_ENV)
 
 
 def parse_size(text: str) -> int:
@@ -46,28 +44,9 @@ def parse_size(text: str) -> int:
 
 
 def read_secret(path: str | None, environ: dict[str, str] | None = None) -> bytes | None:
-    """The control-link key: the file's bytes (surrounding whitespace removed), else the environment
-    variable, else None. Never from argv."""
-    env = os.environ if environ is None else environ
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                secret = f.read(4097).strip()
-            mode = os.stat(path).st_mode
-        except OSError as exc:
-            raise UsageError(f"--secret-file {path}: {exc.strerror or exc}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            print(f"nattrav-stun: warning: {path} is readable by other users (chmod 600 it)",
-                  file=sys.stderr)
-        where = f"--secret-file {path}"
-    elif env.get(SECRET_ENV):
-        secret, where = env[SECRET_ENV].strip().encode(), SECRET_ENV
-    else:
-        return None
-    if len(secret) < MIN_SECRET or len(secret) > 4096:
-        raise UsageError(f"{where}: the key must be {MIN_SECRET}..4096 bytes, got {len(secret)} "
-                         f"(e.g. `openssl rand -hex 32 > key`)")
-    return secret
+    """The control-link key: the file's bytes, else the environment variable, else None. Never argv."""
+    return keyfile.read_secret(path, SECRET_ENV, flag="--secret-file", min_len=MIN_SECRET, environ=environ,
+                               prog="nattrav-stun")
 
 
 def format_table(b: NatBehavior) -> str:
@@ -161,6 +140,7 @@ def _serve_config(args: argparse.Namespace) -> StunServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nattrav-stun", description=__doc__)
+    add_version_flag(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sv = sub.add_parser("serve", help="run the STUN server (RFC 5780 or two-host layout)")

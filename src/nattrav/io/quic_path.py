@@ -51,7 +51,7 @@ class QuicPath:
 
     def __init__(self, sock: Any, peer_addr: tuple[str, int], identity: Identity, expected: PeerId,
                  role: str, settings: QuicSettings,
-                 intercept: Callable[[bytes], list[bytes] | None] | None) -> None:
+                 intercept: Callable[[bytes], list[bytes] | None] | None, wire: Any = None) -> None:
         if role not in ("client", "server"):
             raise ValueError(f"role must be 'client' or 'server' (rendezvous {ROLE_OF}), not {role!r}")
         try:
@@ -68,7 +68,9 @@ class QuicPath:
         self.counters: Counter[str] = Counter()
         self._identity = identity
         self._intercept = intercept
-        self._driver = Driver(self, PeerSocket(sock, self.peer_addr, self.counters, settings.gso))
+        # a relayed path brings its own wire (io/relay_path.py: relay or direct, whichever works now)
+        self._driver = Driver(self, wire if wire is not None
+                              else PeerSocket(sock, self.peer_addr, self.counters, settings.gso))
         self._conn: Connection | None = None
         self._changed = trio.Event()  # state the application waits on changed
         self._dead: str | None = None  # why the path ended
@@ -299,7 +301,7 @@ async def open_quic_path(sock: Any, peer_addr: tuple[str, int], identity: Identi
                          expected_peer: PeerId | str, *, role: str,
                          settings: QuicSettings | None = None,
                          intercept: Callable[[bytes], list[bytes] | None] | None = None,
-                         ) -> AsyncIterator[QuicPath]:
+                         wire: Any = None) -> AsyncIterator[QuicPath]:
     """An authenticated QUIC path over the punched UDP socket `sock` to `peer_addr`.
 
     `role` is "client" for the rendezvous' first side and "server" for the second (ROLE_OF). The
@@ -310,9 +312,13 @@ async def open_quic_path(sock: Any, peer_addr: tuple[str, int], identity: Identi
 
     `intercept(datagram)`, when given, sees each datagram from the peer first and returns None to
     pass it to QUIC, or a list of replies (maybe empty) to send instead: for late punch packets
-    whose sender still waits for our answer."""
+    whose sender still waits for our answer.
+
+    `wire`, when given, carries the datagrams instead of `sock` (None then): a relayed path's
+    (io/relay_path.py RelayedPath.quic_wire), which may move from the relay to a direct route
+    underneath; `peer_addr` then only names the peer for QUIC."""
     peer = expected_peer if isinstance(expected_peer, PeerId) else PeerId.parse(expected_peer)
-    path = QuicPath(sock, peer_addr, identity, peer, role, settings or QuicSettings(), intercept)
+    path = QuicPath(sock, peer_addr, identity, peer, role, settings or QuicSettings(), intercept, wire)
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

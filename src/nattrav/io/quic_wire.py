@@ -40,7 +40,7 @@ class PeerSocket:
         self.gso = gso
         self._sock = socket.socket(fileno=os.dup(sock.fileno()))
         self._sock.setblocking(False)
-        _grow_buffers(self._sock)
+        grow_buffers(self._sock)
 
     async def wait_readable(self) -> None:
         """Until a datagram may be there; trio.ClosedResourceError once close() was called."""
@@ -119,7 +119,7 @@ class PeerSocket:
         self._sock.close()
 
 
-def _grow_buffers(sock: socket.socket) -> None:
+def grow_buffers(sock: socket.socket) -> None:
     """Bigger kernel buffers absorb bursts of a full congestion window (root may exceed rmem_max)."""
     for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
                          (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
@@ -134,4 +134,4 @@ def _grow_buffers(sock: socket.socket) -> None:
                 continue
 
 
-__all__ = ["PeerSocket", "RECV_BATCH", "UDP_SEGMENT"]
+__all__ = ["PeerSocket", "RECV_BATCH", "UDP_SEGMENT", "grow_buffers"]

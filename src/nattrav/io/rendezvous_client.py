@@ -49,6 +49,7 @@ from ..hostport import parse_hostport
 from ..identity import Identity
 from ..proto.rendezvous.names import enroll_proof
 from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
+from ..proto.turn_rest import RelayGrant
 from .framing import FrameStream
 from .rendezvous_link import Link, Reply, error_from
 from .session import Session
@@ -83,6 +84,8 @@ class RendezvousClient:
         self.peer_id = ""
         self.secret = ""
         self.observed: tuple[str, int] | None = None  # our address as the server sees it
+        self.relay: RelayGrant | None = None  # TURN credentials the server granted us (None: no relay)
+        self.relay_problem: str | None = None  # why a grant that came cannot be used
         self.keepalive = 15.0
         self.enrollments = 0  # 1 after open_rendezvous(); more each time it enrolled again by itself
         self._info = info  # what an enrollment publishes: the latest info given
@@ -199,6 +202,12 @@ class RendezvousClient:
         self.stun = [(str(h), int(p)) for h, p in msg.get("stun", [])]
         obs = msg["observed"]
         self.observed = (str(obs[0]), int(obs[1])) if len(obs) == 2 else None
+        self.relay, self.relay_problem = None, None
+        if "relay" in msg:
+            try:
+                self.relay = RelayGrant.from_wire(msg["relay"])
+            except BadFrame as exc:  # the enrollment stands; only the relay is out
+                self.relay_problem = f"the server's relay grant is malformed: {exc}"
         self.enrollments += 1
 
     async def _reader(self, link: Link) -> None:

@@ -132,6 +132,11 @@ async def discover(
                 return cached
         samples = [BindingSample(0, local, server, r1.mapped, trio.current_time() - t0)]
         other = r1.other_address
+        # a server with one IP names its second port instead (OTHER-PORT): a second port is a
+        # second destination too, enough to see APDM and port-dependent filtering
+        one_ip = other is None and r1.other_port is not None and r1.other_port != server[1]
+        if one_ip:
+            other = (server[0], r1.other_port)
         # after a retransmission the answer may be to either request (Karn): count from the first
         rtt = r1.rtt if r1.attempts == 1 else r1.received_at - t0
         answered, silent = (first, first) if rto is not None else schedules_for(rtt)
@@ -144,15 +149,20 @@ async def discover(
 
         # the main socket: the same destination again (a NAT always reuses the mapping there, which
         # is why one server address can never reveal APDM), test II (other IP, same port), test III
-        # (other IP, other port), and one more (same IP, other port)
-        main_dests = [server] + ([(other[0], server[1]), other, (server[0], other[1])] if other else [])
+        # (other IP, other port), and one more (same IP, other port); one IP: only its other port
+        if one_ip:
+            main_dests = [server, other]
+        else:
+            main_dests = [server] + ([(other[0], server[1]), other, (server[0], other[1])] if other else [])
         jobs = [(main, tx(d, answered)) for d in main_dests]
         # filtering: a socket that talked to nobody asks (A, P) for an answer from the other IP and
         # port, another for one from the other port; then the fresh sockets' run of back-to-back
         # new mappings for the allocation (Δ)
         filters: list[Transaction] = []
         if other is not None:
-            for change in ({"change_ip": True, "change_port": True}, {"change_port": True}):
+            changes = ({"change_port": True},) if one_ip else ({"change_ip": True, "change_port": True},
+                                                              {"change_port": True})
+            for change in changes:
                 socks.append(await _open(local_ip, server))
                 filters.append(tx(server, silent, **change))
                 jobs.append((socks[-1], filters[-1]))
@@ -170,15 +180,21 @@ async def discover(
             if m is not None:
                 samples.append(BindingSample(0, local, dest, m, r.received_at - t0))
         repeat_same_port = None if mapped[0] is None else mapped[0] == r1.mapped
-        m2, m3 = (mapped[1], mapped[2]) if other is not None else (None, None)
+        if one_ip:
+            m2, m3 = None, mapped[1]  # same IP, other port: what test III can tell with one IP
+        else:
+            m2, m3 = (mapped[1], mapped[2]) if other is not None else (None, None)
         for i, (sock, r) in enumerate(zip(fresh, results[len(results) - len(fresh):])):
             if r is not None and r.ok:
                 samples.append(BindingSample(2 + i, (local[0], sock.getsockname()[1]), server, r.mapped,
                                              r.received_at - t0))
 
         outcome = [_filter_outcome(f, server, discarded) for f in filters]
-        f_both, ign1 = outcome[0] if outcome else (None, False)
-        f_port, ign2 = outcome[1] if outcome else (None, False)
+        if one_ip:  # only the change-port test
+            (f_both, ign1), (f_port, ign2) = (None, False), (outcome[0] if outcome else (None, False))
+        else:
+            f_both, ign1 = outcome[0] if outcome else (None, False)
+            f_port, ign2 = outcome[1] if outcome else (None, False)
         ignored_change = bool(ign1 or ign2)
         if ignored_change:
             f_both = f_port = None
@@ -195,7 +211,7 @@ async def discover(
             test1=r1.mapped, test2=m2, test3=m3,
             filter_change_both=f_both, filter_change_port=f_port,
             hairpin=hp, lifetime=None if life is None else life[0], server_ignored_change=ignored_change,
-            repeat_same_port=repeat_same_port, discarded=discarded,
+            repeat_same_port=repeat_same_port, discarded=discarded, one_ip=one_ip,
         )
         if life is not None:
             alive, expired = life
@@ -204,8 +220,9 @@ async def discover(
                 + (f" and was gone after {expired:g} s" if expired is not None else f" (tested up to {lifetime_max:g} s)")
             )
         if other is None:
-            report.findings.append("the server sent no OTHER-ADDRESS: mapping and filtering need a "
-                                   "server with a second IP and port (RFC 5780)")
+            report.findings.append("the server sent no OTHER-ADDRESS (nor OTHER-PORT): mapping and "
+                                   "filtering need a server with a second port, or a second IP and port "
+                                   "(RFC 5780)")
         return report
     finally:
         main.close()

@@ -6,7 +6,9 @@ Two layouts:
 - "two-host": this host owns one IP (2 ports); the other IP belongs to a peer host running the same
   server. A request asking for change-IP is handed to the peer over a small UDP control link; the peer
   answers from its own address. Both hosts are symmetric: each is the other's "alternate".
-With only one IP and no peer ("single"), change-IP requests get 420 and no OTHER-ADDRESS is sent.
+With only one IP and no peer ("single"), change-IP requests get 420 and no OTHER-ADDRESS is sent;
+its second port is named in OTHER-PORT (nattrav's attribute), so our clients still measure APDM and
+port-dependent filtering against it.
 
 Bare Binding requests (the bulk of the load) are answered in C, in batches (recvmmsg/sendmmsg, see
 core/mmsg.py); everything else goes through proto/stun_server.py's `decide()`, which is pure and
@@ -98,7 +100,7 @@ class StunServer:
             return
         frame = self._control_tx.forward(d.send_from[1], recv_at, src, data, self.wall_clock())
         try:
-            self._control.sendto(frame, (d.send_from[0], self.config.control_port))
+            self._control.sendto(frame, (self.config.link_ip, self.config.control_port))
             self.stats["forwarded"] += 1
         except OSError:
             self.stats["send_errors"] += 1
@@ -112,7 +114,7 @@ class StunServer:
 
     def handle_control(self, data: bytes, src: Address) -> None:
         peer_ip = self.config.alt_ip
-        if src[0] != peer_ip or self._control_rx is None:
+        if src[0] not in (peer_ip, self.config.link_ip) or self._control_rx is None:
             self.stats["control_rejected"] += 1
             return
         try:
@@ -239,8 +241,8 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
     try:
         for ip in config.local_ips:
             for port in config.ports:
-                s = _bind(ip, port)
-                at = (ip, s.getsockname()[1])
+                s = _bind(config.bind_ip(ip), port)
+                at = (ip, s.getsockname()[1])  # the address clients see, not the one bound behind a 1:1 NAT
                 srv._socks[at] = s
                 srv.addresses.append(at)
                 tail = fast_tail(at, config) if config.fast_path else None
@@ -249,7 +251,7 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
                     limiter=srv.limiter,
                 )
         if config.peer:
-            srv._control = _bind(config.ip, config.control_port)
+            srv._control = _bind(config.bind_ip(config.ip), config.control_port)
     except BaseException:
         srv.close()
         raise

@@ -19,6 +19,7 @@ import socket
 import struct
 import time
 from collections import Counter
+from functools import partial
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -131,10 +132,12 @@ class StunTcpServer:
         self.stats["answered" if d.reason == "answered" else d.reason] += 1
         return d.response
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.SocketStream, public: Address | None = None) -> None:
+        """One connection; `public`: the listener's address as clients see it (behind a 1:1 NAT the
+        socket's own is a private one)."""
         try:
             src = stream.socket.getpeername()[:2]
-            at = stream.socket.getsockname()[:2]
+            at = public or stream.socket.getsockname()[:2]
         except OSError:  # reset before we looked
             self.stats["broken"] += 1
             await trio.aclose_forcefully(stream)
@@ -198,7 +201,7 @@ async def serve_stun_tcp(config: StunServerConfig, addresses: list[Address], *,
         for ip, port in addresses:
             s = _listener(ip)
             try:
-                await s.bind((ip, port))
+                await s.bind((config.bind_ip(ip), port))
                 s.listen(128)
             except OSError:
                 s.close()
@@ -206,8 +209,8 @@ async def serve_stun_tcp(config: StunServerConfig, addresses: list[Address], *,
             listeners.append(trio.SocketListener(s))
             srv.addresses.append((ip, port))
         async with trio.open_nursery() as nursery:
-            for lst in listeners:
-                nursery.start_soon(trio.serve_listeners, srv.handle, [lst])
+            for lst, public in zip(listeners, srv.addresses):
+                nursery.start_soon(trio.serve_listeners, partial(srv.handle, public=public), [lst])
             task_status.started(srv)
     finally:
         for lst in listeners:

@@ -113,6 +113,8 @@ def marking() -> tuple[dict[str, Any], Any]:
     def on_event(phase: str, d: dict[str, Any]) -> None:
         if phase == "punch":
             marks["start"] = trio.current_time() + d["start_in"]
+        elif phase == "relay":  # straight to the relay: the time counts from there
+            marks.setdefault("start", trio.current_time())
         elif phase == "plan":
             marks["plan"] = d
 
@@ -171,7 +173,8 @@ class LineStream:
 
 def connected(path: Any, marks: dict[str, Any]) -> dict[str, Any]:
     start = marks.get("start")
-    targets = (marks.get("plan") or {}).get("peer_targets") or []
+    # a relayed path's address is the relay's: no prediction to check against it
+    targets = [] if path.strategy.value == "relay" else (marks.get("plan") or {}).get("peer_targets") or []
     return {
         "strategy": path.strategy.value,
         "rtt_ms": round(path.rtt * 1e3, 3),

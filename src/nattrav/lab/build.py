@@ -38,7 +38,10 @@ FORWARDING_SYSCTLS = {
 def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
     """Create every namespace, link, address, route and ruleset of `topo`. Call from a throwaway
     thread (netns.in_thread); on error the caller removes what exists."""
-    from pyroute2 import IPRoute
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        raise LabError("the NAT lab needs pyroute2: pip install 'nattrav[lab]'") from None
 
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     fds: dict[str, int] = {}

@@ -25,6 +25,7 @@ from .errors import LabError
 from .lab import Lab
 from .tools import preflight
 from .shape import SHAPES
+from ..cli.version import add_version_flag
 from .spec import PRESETS, effective, resolve
 
 EXIT_USAGE = 2
@@ -248,6 +249,7 @@ def cmd_path(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nattrav-lab", description="NAT lab: RFC 4787 NATs in network namespaces")
+    add_version_flag(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", help="bring a lab up and leave it running")

@@ -24,11 +24,16 @@ from typing import Any
 
 from .agent import SERVER_PORT
 
+TURN_PORT = 3490  # coturn beside the STUN server (3478/3479) and the two-host link (3480), as in docs/deploy.md
+
 MATRIX_PRESETS = (
     "none", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq", "symmetric-seq-7",
     "symmetric-random", "cgnat",
 )
 SAME_NAT = "same-NAT"  # the right side of a case whose two peers share the left NAT
+# How our servers are deployed for a case (issue 16): one host with two addresses (RFC 5780), one
+# host with ONE address (the common cloud VM: two ports), or two hosts with one address each.
+SERVER_LAYOUTS = ("two-address", "one-address", "two-host")
 
 
 def _kind(name: str, proto: str = "udp") -> str:
@@ -98,6 +103,7 @@ class TrialResult:
     reason: str | None = None
     shape: str = "flat"
     extra: dict[str, Any] = field(default_factory=dict)
+    server: str = "two-address"  # the servers' layout (SERVER_LAYOUTS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,31 +120,99 @@ def _collect(proc: subprocess.Popen, rows: list[dict[str, Any]]) -> None:
             pass
 
 
+def start_relay(lab: Any, files: list[str]) -> tuple[Any, list[str]]:
+    """coturn beside our servers (S1, TURN_PORT), run with a fresh TURN REST secret in a file (as on
+    a real host: docs/deploy.md); returns the running Coturn (stop it with __exit__) and the flags
+    that give nattrav-server the relay."""
+    import functools
+    import os
+    import tempfile
+
+    from .coturn import Coturn, CoturnConfig
+
+    fd, secret_file = tempfile.mkstemp(prefix="nt-matrix-turn-")
+    secret = os.urandom(16).hex()
+    os.write(fd, secret.encode())
+    os.close(fd)
+    files.append(secret_file)
+    turn = Coturn(CoturnConfig(listen_ip=lab.S1, port=TURN_PORT, secret=secret),
+                  runner=functools.partial(lab.popen, "server"))
+    turn.__enter__()
+    return turn, ["--turn", f"{lab.S1}:{TURN_PORT}", "--turn-secret-file", secret_file]
+
+
+def start_servers(lab: Any, layout: str = "two-address", relay: list[str] | None = None,
+                  procs: list[subprocess.Popen] | None = None) -> list[str]:
+    """Start nattrav-server in the lab in `layout` (SERVER_LAYOUTS), rendezvous on S1:SERVER_PORT in
+    every layout, and wait for it; returns temporary files to remove once the lab is down. `relay`:
+    start_relay()'s flags for the rendezvous server, so that its peers may end at the relay. `procs`
+    collects the server processes, for a caller that stops them before the lab goes down."""
+    import os
+    import tempfile
+
+    py = sys.executable
+    server = [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}", *(relay or [])]
+    files: list[str] = []
+    if layout == "two-address":
+        _keep(procs, lab.popen("server", [*server, "--stun", f"{lab.S1},{lab.S2}"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    elif layout == "one-address":
+        _keep(procs, lab.popen("server", [*server, "--stun", lab.S1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    elif layout == "two-host":
+        # the control link's key travels in a file, as on two real hosts (the namespaces share /tmp)
+        fd, key = tempfile.mkstemp(prefix="nt-matrix-stun-")
+        os.write(fd, os.urandom(16).hex().encode())
+        os.close(fd)
+        files.append(key)
+        _keep(procs, lab.popen("server", [*server, "--stun", lab.S1, "--stun-peer", lab.S3, "--stun-secret-file", key],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _keep(procs, lab.popen("server2", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S3}:{SERVER_PORT}",
+                              "--stun", lab.S3, "--stun-peer", lab.S1, "--stun-secret-file", key],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    else:
+        raise ValueError(f"server layout must be one of {SERVER_LAYOUTS}, got {layout!r}")
+    wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+    return files
+
+
+def _keep(procs: list[subprocess.Popen] | None, proc: subprocess.Popen) -> subprocess.Popen:
+    if procs is not None:
+        procs.append(proc)
+    return proc
+
+
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False, shape: Any = None,
-             prepare: Any = None) -> list[TrialResult]:
+             server_layout: str = "two-address", prepare: Any = None, relay: bool = False) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
-    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `prepare(lab)`: called
-    once the lab is up, before the server starts (a test that changes the lab's world, never the
-    product's arguments)."""
+    right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
+    servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way.
+    `prepare(lab)`: called once the lab is up, before the server starts (a test that changes the
+    lab's world, never the product's arguments). `relay`: a coturn beside the servers, and the
+    rendezvous server hands out credentials for it (the ladder may end at the relay)."""
+    import os
+
     from .lab import Lab
     from .spec import resolve
 
+    if server_layout not in SERVER_LAYOUTS:
+        raise ValueError(f"server layout must be one of {SERVER_LAYOUTS}, got {server_layout!r}")
     same = right == SAME_NAT
     peers = {"connect": "a", "listen": "a2" if same else "b"}
     # background traffic needs a NAT to consume ports on: a public host ("none") gets none
     rates = {side: background for side, preset in (("a", left), ("b", "none" if same else right))
              if background and resolve(preset) is not None}
+    files: list[str] = []
     with Lab(left=left, right="none" if same else right, background=rates or None, shape=shape,
-             hosts_per_nat=2 if same else 1) as lab:
+             hosts_per_nat=2 if same else 1, second_server=server_layout == "two-host") as lab:
         shape_name = lab.shape.name
         if prepare is not None:
             prepare(lab)
         py = sys.executable
-        lab.popen("server", [py, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
-                             "--stun", f"{lab.S1},{lab.S2}"],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+        turn, relay_files, flags = None, [], None
+        if relay:
+            turn, flags = start_relay(lab, relay_files)
+        files = start_servers(lab, server_layout, flags) + relay_files
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
@@ -152,7 +226,14 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
             t.start()
             threads.append(t)
         errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1))
-    return _join(left, right, trials, rows, errors, shape_name)
+        if turn is not None:
+            turn.__exit__(None, None, None)
+    for f in files:
+        os.unlink(f)
+    rows_out = _join(left, right, trials, rows, errors, shape_name)
+    for r in rows_out:
+        r.server = server_layout
+    return rows_out
 
 
 def reap(procs: dict[str, subprocess.Popen], readers: list[threading.Thread], deadline: float,
@@ -251,7 +332,7 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
     stated = statistics.median(odds) if odds else None
     floor = any(r.odds_floor for r in rows)
     return {
-        "left": left, "right": right, "shape": rows[0].shape,
+        "left": left, "right": right, "shape": rows[0].shape, "server": rows[0].server,
         "expect": (tcp_expectation if tcp else expectation)(left, right),
         "trials": len(rows), "connected": len(ok), "success": len(ok) / len(rows),
         "wilson": [round(lo, 4), round(hi, 4)],
@@ -277,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--shape", default="flat")
     p.add_argument("--tcp", action="store_true")
+    p.add_argument("--server", choices=SERVER_LAYOUTS, default="two-address", help="how our servers are deployed")
     args = p.parse_args(argv)
-    rows = run_pair(args.left, args.right, args.trials, tcp=args.tcp, shape=args.shape)
+    rows = run_pair(args.left, args.right, args.trials, tcp=args.tcp, shape=args.shape, server_layout=args.server)
     for r in rows:
         print(json.dumps(r.to_dict()))
     print(json.dumps(summarise(rows, tcp=args.tcp)))

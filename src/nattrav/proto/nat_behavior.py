@@ -141,6 +141,15 @@ def classify_mapping(m1: Address, m2: Address | None, m3: Address | None) -> Map
     return Mapping.ADM if m3 == m2 else Mapping.APDM
 
 
+def classify_mapping_one_ip(m1: Address, m_port: Address | None) -> Mapping | None:
+    """Against a one-IP server: m1 to (A, P), m_port to (A, P'), from one socket. A new port for a
+    new destination port is APDM; the same one is EIM -- or ADM, which only a second IP could show
+    (the finding says so)."""
+    if m_port is None:
+        return None
+    return Mapping.EIM if m_port == m1 else Mapping.APDM
+
+
 def classify_filtering(change_both: bool | None, change_port: bool | None) -> Filtering | None:
     """RFC 5780 §4.4: did the answer to change-IP+port arrive? to change-port only?"""
     if change_both is None:
@@ -165,6 +174,23 @@ def _step(ports: Sequence[int]) -> int | None:
     return None
 
 
+def _scattered(ports: Sequence[int]) -> bool:
+    """Whether fresh sockets' ports jump far apart, as no sequential allocator numbers them: two
+    ports of a random allocator land within MAX_SEQUENTIAL_STEP of each other ~3 % of the time, so
+    one far jump in two (a sequential counter may wrap once) says random."""
+    diffs = [b - a for a, b in zip(ports, ports[1:])]
+    far = sum(abs(d) > MAX_SEQUENTIAL_STEP for d in diffs)
+    return len(diffs) >= 2 and far >= max(1, len(diffs) - 1)
+
+
+def classify_filtering_one_ip(change_port: bool | None) -> Filtering | None:
+    """Against a one-IP server, only the change-port test exists: an answer from the other port
+    means the filter ignores ports (ADF -- or EIF, which only a second IP could show); none is APDF."""
+    if change_port is None:
+        return None
+    return Filtering.ADF if change_port else Filtering.APDF
+
+
 def classify_allocation(
     mapping: Mapping | None,
     one_socket_ports: Sequence[int],
@@ -181,7 +207,11 @@ def classify_allocation(
     series = list(one_socket_ports)
     step = _step(series)
     fresh_step = _step([m for _, m in fresh_ports])
-    if step is not None and (fresh_step is None or fresh_step == step or len(fresh_ports) < 3):
+    # a one-IP server gives one socket only two mappings, whose one difference is small by chance
+    # now and then: fresh sockets that scatter overrule it
+    agrees = fresh_step == step or len(fresh_ports) < 3 or (fresh_step is None and
+                                                            not _scattered([m for _, m in fresh_ports]))
+    if step is not None and agrees:
         return Allocation.SEQUENTIAL, step
     if step is None and fresh_step is not None and len(series) < 3:
         return Allocation.SEQUENTIAL, fresh_step
@@ -254,8 +284,11 @@ def classify(
     server_ignored_change: bool = False,
     repeat_same_port: bool | None = None,
     discarded: dict[str, int] | None = None,
+    one_ip: bool = False,
 ) -> NatBehavior:
-    """Build the report from the raw outcomes of the RFC 5780 tests."""
+    """Build the report from the raw outcomes of the RFC 5780 tests. one_ip: the server has one IP
+    and two ports (other_address is its second port): test3 is the answer from (A, P'), test2 is
+    not run, and only the change-port filtering test is."""
     b = NatBehavior(local=local, server=server, other_address=other_address, samples=list(samples))
     b.discarded = dict(discarded or {})
     b.hairpin = hairpin
@@ -266,8 +299,12 @@ def classify(
         return b
     b.public_ip = test1[0]
     b.nat = test1 != local
-    b.mapping = classify_mapping(test1, test2, test3)
-    b.filtering = classify_filtering(filter_change_both, filter_change_port)
+    if one_ip:
+        b.mapping = classify_mapping_one_ip(test1, test3)
+        b.filtering = classify_filtering_one_ip(filter_change_port)
+    else:
+        b.mapping = classify_mapping(test1, test2, test3)
+        b.filtering = classify_filtering(filter_change_both, filter_change_port)
     main = _distinct_by_server([s for s in samples if s.socket == 0])
     b.one_socket_ports = [s.mapped[1] for s in main]
     # distinct mappings only: with ADM, (B, P) and (B, P') share one
@@ -285,7 +322,20 @@ def classify(
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
     b.classic = classic_name(b.nat, b.mapping, b.filtering)
     b.findings = findings_for(b, server_ignored_change=server_ignored_change, repeat_same_port=repeat_same_port)
+    if one_ip and b.nat:
+        b.findings.append(one_ip_finding(b))
     return b
+
+
+def one_ip_finding(b: NatBehavior) -> str:
+    """What a server with one IP and two ports could not measure."""
+    blind = []
+    if b.mapping is Mapping.EIM:
+        blind.append("EIM may be ADM (a new port per destination address)")
+    if b.filtering is Filtering.ADF:
+        blind.append("ADF may be EIF (a full cone)")
+    return ("the server has one IP and two ports: mapping and filtering were told apart by port only"
+            + (f"; {' and '.join(blind)}: only a second server IP shows it" if blind else ""))
 
 
 __all__ = [
@@ -296,5 +346,7 @@ __all__ = [
     "classify_allocation",
     "classify_filtering",
     "classify_mapping",
+    "classify_mapping_one_ip",
+    "classify_filtering_one_ip",
     "findings_for",
 ]

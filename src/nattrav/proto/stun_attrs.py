@@ -21,6 +21,16 @@ MAX_USERNAME_BYTES = 513
 class Method(enum.IntEnum):
     BINDING = 0x001
     SHARED_SECRET = 0x002  # RFC 3489 only
+    # TURN (RFC 8656) and TCP allocations (RFC 6062): proto/turn.py is their client
+    ALLOCATE = 0x003
+    REFRESH = 0x004
+    SEND = 0x006
+    DATA = 0x007
+    CREATE_PERMISSION = 0x008
+    CHANNEL_BIND = 0x009
+    CONNECT = 0x00A
+    CONNECTION_BIND = 0x00B
+    CONNECTION_ATTEMPT = 0x00C
 
 
 class Class(enum.IntEnum):
@@ -42,11 +52,22 @@ class Attr(enum.IntEnum):
     ERROR_CODE = 0x0009
     UNKNOWN_ATTRIBUTES = 0x000A
     REFLECTED_FROM = 0x000B  # RFC 3489
+    CHANNEL_NUMBER = 0x000C  # RFC 8656 (TURN)
+    LIFETIME = 0x000D  # RFC 8656
+    XOR_PEER_ADDRESS = 0x0012  # RFC 8656
+    DATA = 0x0013  # RFC 8656
     REALM = 0x0014
     NONCE = 0x0015
     MESSAGE_INTEGRITY_SHA256 = 0x001C
     PASSWORD_ALGORITHM = 0x001D
     USERHASH = 0x001E
+    XOR_RELAYED_ADDRESS = 0x0016  # RFC 8656
+    REQUESTED_ADDRESS_FAMILY = 0x0017  # RFC 8656
+    EVEN_PORT = 0x0018  # RFC 8656
+    REQUESTED_TRANSPORT = 0x0019  # RFC 8656
+    DONT_FRAGMENT = 0x001A  # RFC 8656
+    RESERVATION_TOKEN = 0x0022  # RFC 8656
+    CONNECTION_ID = 0x002A  # RFC 6062 (TCP allocations)
     XOR_MAPPED_ADDRESS = 0x0020
     PADDING = 0x0026  # RFC 5780
     RESPONSE_PORT = 0x0027  # RFC 5780
@@ -56,6 +77,11 @@ class Attr(enum.IntEnum):
     FINGERPRINT = 0x8028
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
     OTHER_ADDRESS = 0x802C  # RFC 5780
+    # nattrav's own, comprehension-optional (unregistered, in the Expert Review range): a server with
+    # ONE IP names its second port here. It cannot send OTHER-ADDRESS, which must differ in IP too:
+    # an RFC 5780 client would then run test II against the primary address itself and call every
+    # NAT endpoint-independent. Other clients ignore this attribute and see a server without RFC 5780.
+    OTHER_PORT = 0xC4E1
 
 
 class ChangeRequest(NamedTuple):
@@ -207,6 +233,18 @@ def _enc_response_port(port: Any, _hdr: bytes) -> bytes:
     return struct.pack("!HH", port, 0)
 
 
+def _dec_transport(value: bytes, _hdr: bytes) -> int:
+    if len(value) != 4:
+        raise BadPacket("REQUESTED-TRANSPORT must be 4 bytes")
+    return value[0]
+
+
+def _enc_transport(proto: Any, _hdr: bytes) -> bytes:
+    if not isinstance(proto, int) or not 0 <= proto <= 255:
+        raise LocalProtocolError(f"REQUESTED-TRANSPORT protocol out of range: {proto!r}")
+    return bytes([proto, 0, 0, 0])
+
+
 def _dec_fixed(size_min: int, size_max: int) -> Callable[[bytes, bytes], bytes]:
     def dec(value: bytes, _hdr: bytes) -> bytes:
         if not size_min <= len(value) <= size_max:
@@ -250,8 +288,13 @@ _XOR_ADDRESS = (_dec_xor_address, _enc_xor_address)
 ATTRIBUTE_CODECS: dict[int, tuple[Decoder, Encoder]] = {
     **dict.fromkeys([Attr.MAPPED_ADDRESS, Attr.RESPONSE_ADDRESS, Attr.SOURCE_ADDRESS, Attr.CHANGED_ADDRESS,
                      Attr.REFLECTED_FROM, Attr.ALTERNATE_SERVER, Attr.RESPONSE_ORIGIN, Attr.OTHER_ADDRESS], _ADDRESS),
-    **dict.fromkeys([Attr.XOR_MAPPED_ADDRESS, Attr.XOR_MAPPED_ADDRESS_OLD], _XOR_ADDRESS),
-    **dict.fromkeys([Attr.PASSWORD, Attr.PADDING], (_raw, encode_raw)),
+    **dict.fromkeys([Attr.XOR_MAPPED_ADDRESS, Attr.XOR_MAPPED_ADDRESS_OLD, Attr.XOR_PEER_ADDRESS,
+                     Attr.XOR_RELAYED_ADDRESS], _XOR_ADDRESS),
+    **dict.fromkeys([Attr.PASSWORD, Attr.PADDING, Attr.DATA, Attr.DONT_FRAGMENT, Attr.EVEN_PORT],
+                    (_raw, encode_raw)),
+    Attr.RESERVATION_TOKEN: (_dec_fixed(8, 8), encode_raw),
+    Attr.REQUESTED_TRANSPORT: (_dec_transport, _enc_transport),
+    **dict.fromkeys([Attr.LIFETIME, Attr.CONNECTION_ID], (_dec_u32, _enc_u32)),
     Attr.USERNAME: _text(MAX_USERNAME_BYTES),
     Attr.REALM: _text(763),
     Attr.NONCE: _text(763),
@@ -261,7 +304,8 @@ ATTRIBUTE_CODECS: dict[int, tuple[Decoder, Encoder]] = {
     Attr.MESSAGE_INTEGRITY_SHA256: (_dec_fixed(16, 32), encode_raw),
     Attr.ERROR_CODE: (_dec_error_code, _enc_error_code),
     Attr.UNKNOWN_ATTRIBUTES: (_dec_unknown_attributes, _enc_unknown_attributes),
-    Attr.RESPONSE_PORT: (_dec_response_port, _enc_response_port),
+    # a 16-bit number and two reserved bytes, all three
+    **dict.fromkeys([Attr.RESPONSE_PORT, Attr.OTHER_PORT, Attr.CHANNEL_NUMBER], (_dec_response_port, _enc_response_port)),
     Attr.FINGERPRINT: (_dec_u32, _enc_u32),
 }
 KNOWN_ATTRIBUTES = frozenset(ATTRIBUTE_CODECS)

@@ -45,6 +45,8 @@ class BindingResult:
     rtt: float
     attempts: int
     message: Message = field(repr=False)
+    # a one-IP server's second port (nattrav's OTHER-PORT); only read when there is no OTHER-ADDRESS
+    other_port: int | None = None
     received_at: float = 0.0  # the driver's clock when the reply arrived
 
     @property
@@ -154,6 +156,7 @@ class Transaction:
             rtt=now - self._last_sent_at,
             attempts=self.sent,
             message=msg,
+            other_port=msg.get(Attr.OTHER_PORT) if other is None else None,
             received_at=now,
         )
         if msg.cls == Class.SUCCESS and self.result.mapped is None:

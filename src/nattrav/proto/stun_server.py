@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .stun import Message
 from .stun_attrs import Address, Attr, ChangeRequest, Class, ErrorCode, Method
@@ -30,9 +30,15 @@ DEFAULT_MAX_AMPLIFICATION = 3.0
 class StunServerConfig:
     """Where the server listens and what its alternate address is.
 
-    ips[0] is this host's primary IP. ips[1], when given, is the alternate IP: owned by this host in
+    ip is this host's primary IP. alt_ip, when given, is the alternate IP: owned by this host in
     the rfc5780 layout, by `peer` in the two-host layout. ports = (primary, alternate); alternate 0 means
-    one port only (change-port gets 420).
+    one port only (change-port gets 420). With one IP ("single") and two ports, the second port is
+    named in OTHER-PORT (stun_attrs.py says why not in OTHER-ADDRESS).
+
+    Every address here is the one clients see. A host behind a 1:1 NAT (a cloud VM's public IP is
+    the provider's, the VM holds a private one) binds elsewhere: `bind` maps such a public IP to the
+    local address its sockets bind to (coturn's --external-ip), so RESPONSE-ORIGIN, OTHER-ADDRESS and
+    the two-host link all speak of the public addresses.
     """
 
     ip: str = "127.0.0.1"
@@ -44,6 +50,11 @@ class StunServerConfig:
     peer: bool = False
     control_port: int = DEFAULT_CONTROL_PORT
     secret: bytes | None = None
+    # where control frames to the peer go and come from, when not its public alt_ip (a private
+    # address inside the provider's network); None: alt_ip
+    peer_link: str | None = None
+    # public IP -> the local IP its sockets bind to (1:1 NAT); an IP not named binds as itself
+    bind: dict[str, str] = field(default_factory=dict)
     # keys the RESPONSE-PORT cookies; derived from `secret` when there is one, so that both hosts of
     # the two-host layout accept each other's cookies
     cookie_key: bytes | None = None
@@ -69,6 +80,20 @@ class StunServerConfig:
         if self.alt_ip is None:
             return "single"
         return "two-host" if self.peer else "rfc5780"
+
+    def bind_ip(self, ip: str) -> str:
+        """The local address to bind for the public address `ip`."""
+        return self.bind.get(ip, ip)
+
+    @property
+    def link_ip(self) -> str | None:
+        """The peer's address on the control link (two-host layout)."""
+        return self.peer_link or self.alt_ip
+
+    def other_port_attr(self, at: Address) -> int | None:
+        """OTHER-PORT for a request received at `at`: only a one-IP server with two ports sends it
+        (with a second IP, OTHER-ADDRESS says it all)."""
+        return self.other_port(at[1]) if self.alt_ip is None else None
 
     @property
     def ports(self) -> list[int]:
@@ -184,6 +209,9 @@ def decide(
         resp.add(Attr.RESPONSE_ORIGIN, send_from)
         if other is not None:
             resp.add(Attr.OTHER_ADDRESS, other)
+        other_port = config.other_port_attr(recv_at)
+        if other_port is not None:
+            resp.add(Attr.OTHER_PORT, other_port)
     # RFC 3489 clients (pystun3 among them) walk attributes without padding: give them only the
     # 3489 attributes, all multiples of 4 bytes long
     if config.software and not req.classic:
@@ -204,6 +232,9 @@ def fast_tail(recv_at: Address, config: StunServerConfig) -> bytes:
     other = config.other_address(recv_at)
     if other is not None:
         m.add(Attr.OTHER_ADDRESS, other)
+    other_port = config.other_port_attr(recv_at)
+    if other_port is not None:
+        m.add(Attr.OTHER_PORT, other_port)
     if config.software:
         m.add(Attr.SOFTWARE, config.software)
     return m.encode()[20:]

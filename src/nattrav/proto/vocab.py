@@ -81,6 +81,7 @@ class Strategy(enum.StrEnum):
     BIRTHDAY = "birthday"
     RANDOM_SEQUENTIAL = "random-sequential"
     BEST_EFFORT = "best-effort"
+    RELAY = "relay"  # not a punch: the ladder's last rung, through a TURN relay (io/relay_path.py)
 
 
 class TcpStrategy(enum.StrEnum):

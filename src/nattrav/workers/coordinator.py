@@ -26,6 +26,18 @@ from .process import WorkerProcess, fan_out
 START_TIMEOUT = 20.0
 
 
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on, sorted. psutil is the project's tool for process control;
+    its cpu_affinity() is sched_getaffinity(2), so taskset, a cgroup cpuset and a container's CPU
+    share all count -- unlike psutil.cpu_count(), which names every CPU of the machine: a worker
+    beyond the usable ones only competes with the others for them."""
+    try:
+        cpus = psutil.Process().cpu_affinity()
+    except (psutil.Error, AttributeError, OSError):  # AttributeError: a platform without affinity
+        cpus = []
+    return sorted(cpus) or [0]
+
 class Coordinator:
     """Use through open_coordinator(). Socket indices are global: 0..count-1 over all workers."""
 
@@ -40,7 +52,7 @@ class Coordinator:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def _start(self, n: int, pin: bool, netns: str | None) -> None:
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = usable_cpus()
         async with fan_out() as nursery:
             for i in range(n):
                 nursery.start_soon(self._start_one, i, cpus[i % len(cpus)] if pin else None, netns)
@@ -307,14 +319,14 @@ class Coordinator:
 @asynccontextmanager
 async def open_coordinator(workers: int | None = None, *, pin: bool = False, impl: str = "c",
                            netns: str | None = None, reply_timeout: float = 10.0) -> AsyncIterator[Coordinator]:
-    """Start `workers` worker processes (None = one per core) and yield the Coordinator; on exit every
+    """Start `workers` worker processes (None = one per CPU this process may use) and yield the Coordinator; on exit every
     socket is closed and every worker is gone.
 
     pin: bind worker i to CPU i (mod the CPUs this process may use). impl: "c" (the C core) or "py"
     (socket module, the baseline). netns: a /run/netns name the workers enter before opening sockets.
     reply_timeout: seconds a worker may take beyond the expected time before it counts as hung."""
     if workers is None:
-        workers = psutil.cpu_count(logical=True) or 1
+        workers = len(usable_cpus())
     if not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, got {workers!r}")
     if impl not in ("c", "py"):

@@ -11,7 +11,8 @@ same coroutines inline, which works because the in-memory registry never suspend
 fuzzer and the benchmark drive it like that, with no event loop at all.
 
 The server only exchanges node information. There is no message that carries payload from one peer
-to another except the size-limited node info, so it can never be used as a relay.
+to another except the size-limited node info, so it can never be used as a relay itself; when a TURN
+server is configured, each enrollment hands the peer its own short-lived credentials for it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class RendezvousServer:
         token: Callable[[int], str] = secrets.token_urlsafe, key: Callable[[int], bytes] = secrets.token_bytes,
         # which key holds which name (names.py); the I/O layer passes one that persists
         names: NameBindings | None = None,
+        # a relay grant (TURN credentials, proto/turn_rest.py) for a peer ID, sent with its enrollment;
+        # the I/O layer supplies it (it reads the wall clock the credentials' expiry is written in)
+        relay: Callable[[str], dict] | None = None,
     ):
         check_limits(max_conns_per_source=max_conns_per_source)
         if registry is None:
@@ -105,6 +109,7 @@ class RendezvousServer:
         self._stun_turn = 0
         self._key = key
         self.names = names if names is not None else NameBindings()
+        self._relay = relay
         self.conns: dict[int, _Conn] = {}
         self._out: list[Send | Close | Relay] = []
         # one deadline per connection (enroll, then keepalive) and per offer one of our peers made
@@ -451,6 +456,8 @@ class RendezvousServer:
         if self.stun:
             turn = self._stun_turn = (self._stun_turn + 1) % len(self.stun)
             fields["stun"] = self.stun[turn:] + self.stun[:turn]
+        if self._relay is not None:
+            fields["relay"] = self._relay(got.peer_id)
         self._send(conn, "enrolled", id=rid, peer=got.peer_id, secret=got.secret, keepalive=self.keepalive,
                    now=now, observed=list(c.addr), **fields)
 

@@ -65,6 +65,7 @@ SERVER_MESSAGES: dict[str, Spec] = {
     "enrolled": {
         "id": (_INT, False), "peer": (_STR, True), "secret": (_STR, True), "keepalive": (_NUM, True),
         "now": (_NUM, True), "observed": ((list,), True), "stun": ((list,), False),
+        "relay": (_MAP, False),  # TURN credentials for this peer (proto/turn_rest.py checks them)
     },
     "pong": {"id": (_INT, False), "now": (_NUM, True)},
     "ok": {"id": (_INT, False)},
