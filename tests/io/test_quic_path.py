@@ -390,10 +390,7 @@ async def test_a_peer_that_fails_aborts_instead_of_ending_cleanly():
     assert "0x1" in str(result["server"])
 
 
-async def test_a_lost_close_is_repeated_so_the_other_side_still_learns_its_data_arrived():
-    """Alice has her end acknowledged, reads all of Bob's data, and then everything she sends is
-    lost up to and including her CONNECTION_CLOSE: Bob never saw his data acknowledged. When Bob
-    probes, Alice (still closing) repeats her close, which tells Bob what arrived."""
+async def _lost_close_trial() -> tuple[dict, dict]:
     sa, sb, rs = await udp_socket(), await udp_socket(), await udp_socket()
     relay = Relay(rs, sa.getsockname(), sb.getsockname())
     data = os.urandom(300_000)
@@ -422,7 +419,7 @@ async def test_a_lost_close_is_repeated_so_the_other_side_still_learns_its_data_
             while chunk := await path.stream.receive_some():
                 got += chunk
             out["alice_got"] = got
-        out["alice_repeated"] = path.stats["close_repeated"]
+        out["alice_repeated"] = path.stats.get("close_repeated", 0)
 
     async def bob():
         async with open_quic_path(sb, rs.getsockname(), BOB, ALICE.peer_id, role="server",
@@ -439,11 +436,27 @@ async def test_a_lost_close_is_repeated_so_the_other_side_still_learns_its_data_
                 peers.start_soon(alice)
                 peers.start_soon(bob)
             n.cancel_scope.cancel()
-    assert out["alice_got"] == data
-    assert state["close_dropped"] and out["alice_repeated"] >= 1
-    # Bob's block ended without PathDead: the repeated close confirmed his data and his end (or,
-    # rarely, an acknowledgement Alice sent before her EOF was processed already had)
-    assert out["bob"] in ("the peer closed the path", "closed")
+    out["data"] = data
+    return out, state
+
+
+async def test_a_lost_close_is_repeated_so_the_other_side_still_learns_its_data_arrived():
+    """Alice has her end acknowledged, reads all of Bob's data, and then everything she sends is
+    lost up to and including her CONNECTION_CLOSE: Bob never saw his data acknowledged. When Bob
+    probes, Alice (still closing) repeats her close, which tells Bob what arrived.
+
+    Which packet is the last one through is a race (an acknowledgement may leave before the
+    stream's end is processed, or Bob's probe may come after Alice's linger on a loaded machine),
+    so a trial may miss the case; every trial must still end well, and one of a few must show it."""
+    for _ in range(4):
+        out, state = await _lost_close_trial()
+        assert out["alice_got"] == out["data"]
+        # Bob's block ended without PathDead: the repeated close (or an acknowledgement that got
+        # through first) confirmed his data and his end
+        assert out["bob"] in ("the peer closed the path", "closed")
+        if state["close_dropped"] and out["alice_repeated"] >= 1:
+            return
+    pytest.fail("in 4 trials, Alice never had to repeat a lost close")
 
 
 async def test_a_reader_that_does_not_read_holds_the_sender_back():
