@@ -26,13 +26,14 @@ BEHAVIOUR_WORDS = ("random ports", "address-and-port-dependent mapping")
 
 
 
-def case(left, right, shape="flat", tcp=False, xfail=None, strategy=None, limit=5.0):
-    """`limit`: the seconds from the agreed start within which every connected trial must connect."""
+def case(left, right, shape="flat", tcp=False, xfail=None, strategy=None):
+    """How long trials take is measured in bench/ (bench/matrix.py --realism, bench/results/matrix-
+    realism.md), not asserted here: the CI machine is shared. `strategy`: the rung that must connect."""
     marks = [pytest.mark.lab]
     if xfail:
         marks.append(pytest.mark.xfail(strict=True, reason=xfail))
     label = f"{'tcp' if tcp else 'udp'}:{left}->{right}@{shape}"
-    return pytest.param(left, right, shape, tcp, strategy, limit, marks=marks, id=label)
+    return pytest.param(left, right, shape, tcp, strategy, marks=marks, id=label)
 
 
 CASES = [
@@ -59,17 +60,17 @@ CASES = [
     case("udp-full-cone", "symmetric-random", tcp=True, strategy="tcp-birthday"),
     case("udp-restricted-cone", "symmetric-seq-2", tcp=True, strategy="tcp-simultaneous"),
     # the same over the profile: the strict rung starts 3.3 s in (its plan's slot), then a SYN round
-    # trip and the handshake over 200 ms RTT (4.0 s median, 4.6 s p95 in 8 trials); one lost SYN
-    # costs its 1 s retransmission, hence the wider limit. Its TCP probes must leave back to back:
-    # one after the other, the background's flows landed between them and Δ=2 read as +4 (1-2/8)
-    case("udp-restricted-cone", "symmetric-seq-2", "wan50", tcp=True, strategy="tcp-simultaneous", limit=6.5),
+    # trip and the handshake over 200 ms RTT (4.0 s median, 4.6 s p95 in 8 trials). Its TCP probes
+    # must leave back to back: one after the other, the background's flows landed between them and
+    # Δ=2 read as +4 (1-2/8)
+    case("udp-restricted-cone", "symmetric-seq-2", "wan50", tcp=True, strategy="tcp-simultaneous"),
     # a NAT with a pool of four public addresses, paired (one per inside host)
     case("symmetric-seq,public_ips=4", "port-restricted", strategy="predicted"),
 ]
 
 
-@pytest.mark.parametrize(("left", "right", "shape", "tcp", "strategy", "limit"), CASES)
-def test_realism_case(left, right, shape, tcp, strategy, limit):
+@pytest.mark.parametrize(("left", "right", "shape", "tcp", "strategy"), CASES)
+def test_realism_case(left, right, shape, tcp, strategy):
     require_lab()
     expect = (tcp_expectation if tcp else expectation)(left, right)
     results, ok, summary, elapsed = run_matrix_pair(left, right, TRIALS, TRIAL_TIMEOUT, REPORT, tcp=tcp,
@@ -96,6 +97,6 @@ def test_realism_case(left, right, shape, tcp, strategy, limit):
     # every trial, but one that its plan said the flow budgets left cannot connect (tests/matrix/budget.py)
     assert len(results) == TRIALS and not unexplained_failures(results), \
         f"{left}->{right} over {shape} is feasible but: {summary}"
-    assert all(r.seconds is not None and r.seconds < limit for r in ok), summary
+    assert all(r.seconds is not None for r in ok), summary
     if strategy:
         assert {r.strategy for r in ok} == {strategy}, summary
