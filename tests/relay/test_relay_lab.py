@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -17,6 +18,8 @@ import trio
 from nattrav.identity import Identity
 from nattrav.lab.matrix import SERVER_PORT, start_relay, start_servers
 from nattrav.lab.pytest_support import lab_fixture
+
+from tests.lab_bulk import both_sides, tcp_connect, tcp_listen
 
 from .conftest import _need_coturn
 
@@ -36,7 +39,22 @@ cone_lab = lab_fixture("port-restricted", "port-restricted")
 QUIC = {"handshake_timeout": 10.0, "idle_timeout": 15.0, "keepalive_interval": 2.0, "close_timeout": 10.0}
 
 
-def _listen(server, name, my_pem: bytes, their_id: str, size: int) -> dict:
+def _recorder(events: list, mark: str | None):
+    """Keep the events; touch `mark` (a file the test polls) once the peer answered through the relay."""
+    def record(phase, detail):
+        events.append((phase, detail))
+        if phase == "relay-connected" and mark:
+            open(mark, "w").close()
+    return record
+
+
+def _counters(path) -> dict:
+    """A relayed path's datagrams per route (a punched path has no routes to count)."""
+    counters = getattr(path, "counters", None)
+    return dict(counters) if isinstance(counters, dict) else {}
+
+
+def _listen(server, name, my_pem: bytes, their_id: str, size: int, mark: str | None = None) -> dict:
     from nattrav.api import listen
 
     me = Identity.from_pem(my_pem)
@@ -44,7 +62,7 @@ def _listen(server, name, my_pem: bytes, their_id: str, size: int) -> dict:
 
     async def main() -> dict:
         async with listen(server, name=name, identity=me, quic=QUIC,
-                          on_event=lambda p, d: events.append((p, d))) as lst:
+                          on_event=_recorder(events, mark)) as lst:
             async with lst.accept() as q:
                 assert q.peer_id.text == their_id  # the key the QUIC handshake proved
                 h, n = hashlib.sha256(), 0
@@ -56,12 +74,13 @@ def _listen(server, name, my_pem: bytes, their_id: str, size: int) -> dict:
             path = q.punched
             return {"sha256": h.hexdigest(), "bytes": n, "strategy": path.strategy.value,
                     "via": getattr(path, "via", "direct"), "events": _brief(events),
-                    "counters": dict(getattr(path, "counters", {}))}
+                    "counters": _counters(path)}
 
     return trio.run(main)
 
 
-def _connect(server, name, my_pem: bytes, their_id: str, size: int, seed: int, pace: float) -> dict:
+def _connect(server, name, my_pem: bytes, their_id: str, size: int, seed: int, pace: float,
+             mark: str | None = None) -> dict:
     from nattrav.api import connect
     from nattrav.errors import UnknownPeer
 
@@ -73,7 +92,7 @@ def _connect(server, name, my_pem: bytes, their_id: str, size: int, seed: int, p
         while True:
             try:
                 async with connect(server, name, timeout=30, identity=me, quic=QUIC,
-                                   on_event=lambda p, d: events.append((p, d))) as q:
+                                   on_event=_recorder(events, mark)) as q:
                     assert q.peer_id.text == their_id
                     t0 = trio.current_time()
                     step = 1 << 16
@@ -89,74 +108,11 @@ def _connect(server, name, my_pem: bytes, their_id: str, size: int, seed: int, p
                 return {"sha256": hashlib.sha256(blob).hexdigest(), "echo": echo.decode(),
                         "seconds": trio.current_time() - t0, "strategy": path.strategy.value,
                         "via": getattr(path, "via", "direct"), "events": _brief(events),
-                        "counters": dict(getattr(path, "counters", {}))}
+                        "counters": _counters(path)}
             except UnknownPeer:
                 await trio.sleep(0.05)  # the listener has not enrolled yet
 
     return trio.run(main)
-
-
-def _tcp_listen(server, name) -> dict:
-    from nattrav.api import listen_tcp
-
-    events = []
-
-    async def main() -> dict:
-        async with listen_tcp(server, name=name, on_event=lambda p, d: events.append((p, d))) as lst:
-            async with lst.accept() as stream:
-                h, n = hashlib.sha256(), 0
-                while chunk := await stream.receive_some(1 << 16):
-                    h.update(chunk)
-                    n += len(chunk)
-                await stream.send_all(h.hexdigest().encode())
-                await stream.send_eof()
-                # as nattrav-fast does: leave once the peer has read it all (a relay that sees the
-                # connection close with bytes still queued resets the other leg)
-                await stream.wait_delivered(30)
-                punched = stream.punched  # under TLS: the relayed (or punched) stream
-                return {"sha256": h.hexdigest(), "bytes": n, "strategy": punched.strategy.value,
-                        "via": getattr(punched, "via", "direct"), "events": _brief(events)}
-
-    return _reporting(main, events)
-
-
-def _tcp_connect(server, name, size: int, seed: int) -> dict:
-    from nattrav.api import connect_tcp
-    from nattrav.errors import UnknownPeer
-
-    blob = random.Random(seed).randbytes(size)
-    events = []
-
-    async def main() -> dict:
-        while True:
-            try:
-                async with connect_tcp(server, name, timeout=30,
-                                       on_event=lambda p, d: events.append((p, d))) as stream:
-                    t0 = trio.current_time()
-                    await stream.send_all(blob)
-                    await stream.send_eof()
-                    echo = b""
-                    while chunk := await stream.receive_some(1024):
-                        echo += chunk
-                    punched = stream.punched
-                    return {"sha256": hashlib.sha256(blob).hexdigest(), "echo": echo.decode(),
-                            "seconds": trio.current_time() - t0, "strategy": punched.strategy.value,
-                            "via": getattr(punched, "via", "direct"), "events": _brief(events)}
-            except UnknownPeer:
-                await trio.sleep(0.05)
-
-    return _reporting(main, events)
-
-
-def _reporting(main, events) -> dict:
-    """A side's failure comes back with what it went through (the other side's result too)."""
-    import traceback
-
-    try:
-        return trio.run(main)
-    except Exception as exc:  # noqa: BLE001 -- the test prints it beside the other side's story
-        return {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-6000:],
-                "events": _brief(events)}
 
 
 def _brief(events):
@@ -196,21 +152,13 @@ class Servers:
             os.unlink(f)
 
 
-async def _pair(lab, *, pace: float = 0.0, during=None) -> tuple[dict, dict]:
+async def _pair(lab, *, pace: float = 0.0, during=None, marks=(None, None)) -> tuple[dict, dict]:
     a_id, b_id = Identity.generate(), Identity.generate()
     rv = (lab.S1, SERVER_PORT)
     name = f"relay{time.monotonic_ns() % 10**6}"
-    out = {}
-
-    async def side(node, fn, *args):
-        out[node] = await lab.acall(node, fn, *args, timeout=120)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(side, "b", _listen, rv, name, b_id.to_pem(), a_id.peer_id.text, BULK)
-        nursery.start_soon(side, "a", _connect, rv, name, a_id.to_pem(), b_id.peer_id.text, BULK, 16, pace)
-        if during is not None:
-            nursery.start_soon(during)
-    return out["a"], out["b"]
+    return await both_sides(lab, (_listen, rv, name, b_id.to_pem(), a_id.peer_id.text, BULK, marks[1]),
+                            (_connect, rv, name, a_id.to_pem(), b_id.peer_id.text, BULK, 16, pace, marks[0]),
+                            during=during)
 
 
 def _phases(events, phase):
@@ -247,15 +195,8 @@ async def test_random_to_random_over_tcp_connects_through_a_tcp_relay_and_carrie
         for trial in range(TRIALS):
             rv = (lab.S1, SERVER_PORT)
             name = f"trelay{time.monotonic_ns() % 10**6}"
-            out = {}
-
-            async def side(node, fn, *args):
-                out[node] = await lab.acall(node, fn, *args, timeout=120)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(side, "b", _tcp_listen, rv, name)
-                nursery.start_soon(side, "a", _tcp_connect, rv, name, BULK, 9 + trial)
-            a, b = out["a"], out["b"]
+            a, b = await both_sides(lab, (tcp_listen, rv, name), (tcp_connect, rv, name, BULK, 9 + trial))
+            a["events"], b["events"] = _brief(a["events"]), _brief(b["events"])
             if "error" in a or "error" in b:
                 pytest.fail(f"trial {trial}:\na: {a}\nb: {b}", pytrace=False)
             assert b["bytes"] == BULK and b["sha256"] == a["sha256"] == a["echo"], (a, b)
@@ -286,16 +227,24 @@ async def test_a_sabotaged_punch_falls_back_to_the_relay_then_upgrades_in_place(
     nat_b = lab.nats("b")[-1]  # the outermost NAT of side b
     _sabotage(lab, nat_b, lab.wan_ip("a"), True)
     lifted = {}
+    marks = tuple(tempfile.mktemp(prefix=f"nattrav-relayed-{side}-") for side in "ab")
 
     async def lift_later():
-        await trio.sleep(8)  # the punch gave up (a few s), the relay carries the paced transfer (16 s)
+        # once both sides talk through the relay (the punch gave up), lift the sabotage while the
+        # paced transfer (16 s) goes on; on a loaded machine that moment varies
+        with trio.move_on_after(60):
+            while not all(os.path.exists(m) for m in marks):
+                await trio.sleep(0.1)
         _sabotage(lab, nat_b, lab.wan_ip("a"), False)
         lifted["at"] = time.monotonic()
 
     try:
         with Servers(lab):
-            a, b = await _pair(lab, pace=0.2, during=lift_later)
+            a, b = await _pair(lab, pace=0.2, during=lift_later, marks=marks)
     finally:
+        for m in marks:
+            if os.path.exists(m):
+                os.unlink(m)
         if "at" not in lifted:
             _sabotage(lab, nat_b, lab.wan_ip("a"), False)
     assert b["bytes"] == BULK and b["sha256"] == a["sha256"] == a["echo"], (a, b)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import random
 import sys
 import time
 
@@ -13,6 +11,7 @@ import trio
 
 from nattrav.lab.pytest_support import lab_fixture
 from nattrav.lab.matrix import SERVER_PORT, _wait_tcp
+from tests.lab_bulk import both_sides, tcp_connect, tcp_listen
 
 BULK = 5 * 1024 * 1024
 SEED = 8
@@ -39,49 +38,6 @@ def _low_ttl_syn(dest: tuple[str, int], ttl: int) -> tuple[int, int, int]:
     finally:
         holder.close()
     return port, err, state
-
-
-def _bulk_listen(server: tuple[str, int], name: str) -> dict:
-    from nattrav.api import listen_tcp
-
-    async def main() -> dict:
-        async with listen_tcp(server, name=name) as lst:  # the opening TTL is the product's own
-            async with lst.accept() as stream:
-                h, n = hashlib.sha256(), 0
-                while chunk := await stream.receive_some(1 << 16):
-                    h.update(chunk)
-                    n += len(chunk)
-                await stream.send_all(h.hexdigest().encode())
-                await stream.send_eof()
-                return {"sha256": h.hexdigest(), "bytes": n, "strategy": stream.punched.strategy.value,
-                        "peer": list(stream.punched.peer_addr)}
-
-    return trio.run(main)
-
-
-def _bulk_connect(server: tuple[str, int], name: str, size: int, seed: int) -> dict:
-    from nattrav.api import connect_tcp
-    from nattrav.errors import UnknownPeer
-
-    blob = random.Random(seed).randbytes(size)
-
-    async def main() -> dict:
-        while True:
-            try:
-                async with connect_tcp(server, name, timeout=20) as stream:
-                    t0 = trio.current_time()
-                    await stream.send_all(blob)
-                    await stream.send_eof()
-                    echo = b""
-                    while chunk := await stream.receive_some(1024):
-                        echo += chunk
-                    return {"sha256": hashlib.sha256(blob).hexdigest(), "echo": echo.decode(),
-                            "seconds": trio.current_time() - t0, "strategy": stream.punched.strategy.value,
-                            "peer": list(stream.punched.peer_addr)}
-            except UnknownPeer:
-                await trio.sleep(0.05)  # the listener has not enrolled yet
-
-    return trio.run(main)
 
 
 # --- tests -------------------------------------------------------------------------------------
@@ -161,18 +117,11 @@ async def test_bulk_transfer_over_punched_tcp_stream_arrives_intact(seq_lab):
         await trio.to_thread.run_sync(_wait_tcp, lab, lab.S1, SERVER_PORT, time.monotonic() + 10)
         rv = (lab.S1, SERVER_PORT)
         name = f"bulk{time.monotonic_ns() % 10**6}"
-        out = {}
-
-        async def side(node, fn, *args):
-            out[node] = await lab.acall(node, fn, *args, timeout=60)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(side, "b", _bulk_listen, rv, name)
-            nursery.start_soon(side, "a", _bulk_connect, rv, name, BULK, SEED)
+        a, b = await both_sides(lab, (tcp_listen, rv, name), (tcp_connect, rv, name, BULK, SEED, 20), timeout=60)
     finally:
         server.terminate()
         server.wait(10)
-    a, b = out["a"], out["b"]
+    assert "error" not in a and "error" not in b, (a, b)
     assert b["bytes"] == BULK
     assert b["sha256"] == a["sha256"] == a["echo"]
     # both NATs are symmetric: only a predicted simultaneous open gets through, and each side talks
