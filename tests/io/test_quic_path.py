@@ -422,12 +422,15 @@ async def _lost_close_trial() -> tuple[dict, dict]:
         out["alice_repeated"] = path.stats.get("close_repeated", 0)
 
     async def bob():
-        async with open_quic_path(sb, rs.getsockname(), BOB, ALICE.peer_id, role="server",
-                                  settings=FAST) as path:
-            assert await path.stream.receive_some() == b""  # Alice's end, acknowledged by us
-            await path.stream.send_all(data)
-            await path.stream.send_eof()
-        out["bob"] = path.dead_reason
+        try:
+            async with open_quic_path(sb, rs.getsockname(), BOB, ALICE.peer_id, role="server",
+                                      settings=FAST) as path:
+                assert await path.stream.receive_some() == b""  # Alice's end, acknowledged by us
+                await path.stream.send_all(data)
+                await path.stream.send_eof()
+            out["bob"] = path.dead_reason
+        except PathDead as exc:
+            out["bob"] = f"PathDead: {exc}"
 
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
@@ -451,11 +454,12 @@ async def test_a_lost_close_is_repeated_so_the_other_side_still_learns_its_data_
     for _ in range(4):
         out, state = await _lost_close_trial()
         assert out["alice_got"] == out["data"]
-        # Bob's block ended without PathDead: the repeated close (or an acknowledgement that got
-        # through first) confirmed his data and his end
-        assert out["bob"] in ("the peer closed the path", "closed")
         if state["close_dropped"] and out["alice_repeated"] >= 1:
+            # the repeated close confirmed Bob's data and his end: no PathDead
+            assert out["bob"] in ("the peer closed the path", "closed"), out["bob"]
             return
+        # Alice's linger ended before Bob probed (a loaded machine): Bob cannot know, and says so
+        assert out["bob"] in ("the peer closed the path", "closed") or out["bob"].startswith("PathDead: data may not"), out["bob"]
     pytest.fail("in 4 trials, Alice never had to repeat a lost close")
 
 
