@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from ..errors import BadPacket, PeerAuthError, WrongPeer
@@ -24,6 +25,7 @@ from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.tls_frames import FramedTls
 from ..io.tls_stream import open_tls_stream
+from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.rendezvous.names import as_peer_id
 from .endpoint import EventHook
 
@@ -68,6 +70,22 @@ def expected_peer(asked: str | None, session: Session) -> PeerId:
         raise PeerAuthError(f"{who} has no identity key at the server (an old client?): cannot "
                             "authenticate it; connect by peer ID, or use the raw datagram path")
     return told
+
+
+def agree_as_initiator(kx: KeyAgreement, session: Session, peer: PeerId, identity: Identity) -> Session:
+    """`session` with the punch key we agreed with `peer` (proto/handshake_kx.py) in place of the
+    server's; WrongPeer or PeerAuthError when the peer's half is missing or not signed by its key."""
+    answer = Half.from_info(session.peer_info, peer.text)
+    key = kx.finish_as_initiator(answer, peer.key_bytes, identity.peer_id.key_bytes, session.session_id,
+                                 peer.text)
+    return replace(session, key=key)
+
+
+def agree_as_responder(kx: KeyAgreement, session: Session, offer_id: str) -> Session:
+    """`session` with the punch key of the answer we signed for offer `offer_id`."""
+    if session.session_id != offer_id:
+        raise WrongPeer(f"the rendezvous server answered offer {offer_id} with session {session.session_id}")
+    return replace(session, key=kx.finish_as_responder(offer_id))
 
 
 @asynccontextmanager
@@ -115,5 +133,5 @@ async def secure_tcp(stream: Any, session: Session, identity: Identity, expected
         await framed.aclose()
 
 
-__all__ = ["ASSUMED_LIFETIME", "expected_peer", "keepalive_interval", "quic_settings", "secure_tcp",
+__all__ = ["ASSUMED_LIFETIME", "agree_as_initiator", "agree_as_responder", "expected_peer", "keepalive_interval", "quic_settings", "secure_tcp",
            "secure_udp"]
