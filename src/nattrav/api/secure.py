@@ -30,18 +30,20 @@ from ..proto.rendezvous.names import as_peer_id
 from .endpoint import EventHook
 
 # A NAT forgets an idle UDP mapping after its lifetime: RFC 4787 asks for 2 minutes at least, but
-# home routers and CGNs are seen at 30 s and below (the lab's tests run 20 s and 8 s). Without a
-# measured lifetime the keepalive assumes 10 s, half of that; a PING is ~50 bytes.
+# home routers and CGNs are seen at 30 s and below (the lab's tests run 20 s and 8 s). The lifetime is
+# measured once a session is up (api/liveness.py, io/lifetime.py) and cached for the next session;
+# until then the keepalive assumes 10 s, half of that. A PING is ~50 bytes.
 ASSUMED_LIFETIME = 10.0
 MIN_KEEPALIVE = 1.0
 IDLE_TIMEOUT = 30.0  # silence from the peer (keepalives included) after which the path is dead
 
 
 def keepalive_interval(lifetime: float | None) -> float:
-    """Seconds between keepalives for a mapping that lives `lifetime` seconds idle (None: unknown):
-    half of it, so one lost keepalive does not lose the mapping."""
+    """Seconds between keepalives for a mapping known to live `lifetime` seconds idle (None: not
+    measured): half of it, so one lost keepalive does not lose the mapping. The measured value is
+    the lower end of a bracket (io/lifetime.py), so half of it stays below the true lifetime."""
     known = lifetime if lifetime is not None and lifetime > 0 else ASSUMED_LIFETIME
-    return max(MIN_KEEPALIVE, min(known, ASSUMED_LIFETIME) / 2)
+    return max(MIN_KEEPALIVE, known / 2)
 
 
 def quic_settings(lifetime: float | None = None, **overrides: Any) -> QuicSettings:

@@ -25,6 +25,7 @@ from . import relay
 from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
+from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
 from .secure import agree_as_initiator, agree_as_responder, expected_peer
 from .tcp import TcpTransport
@@ -133,6 +134,21 @@ async def _refreshing(ep: Any, stun: tuple[str, int], src_ip: str | None) -> Asy
 
 
 @asynccontextmanager
+async def _background(transport: Any, ep: Any, stun: tuple[str, int], src_ip: str | None,
+                      emit: EventHook) -> AsyncIterator[LifetimeWatch | None]:
+    """While a session is up: the cache refresh above, and the mapping lifetime measured when
+    nobody knows it (api/liveness.py); yields the watch whose result retunes the path's keepalives."""
+    async with _refreshing(ep, stun, src_ip):
+        if not wants_lifetime(ep):
+            yield None
+            return
+        watch = LifetimeWatch(ep, stun, src_ip, emit,
+                              fixed_keepalive="keepalive_interval" in getattr(transport, "quic", {}))
+        async with running(watch.run):
+            yield watch
+
+
+@asynccontextmanager
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
     server_ep, stun_ep = o.endpoints(server)
@@ -175,8 +191,10 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
         if rung is not None:
             await rung.aclose()  # unless the relayed path took the allocation over
     async with _held(path, max(1.0, deadline - trio.current_time()), emit) as held, \
-            _refreshing(ep, stun_ep, o.src_ip), \
+            _background(transport, ep, stun_ep, o.src_ip, emit) as watch, \
             _secured(transport, ep, held, session, identity, expected, clock) as secured:
+        if watch is not None:
+            watch.follow(secured)
         yield secured
 
 
@@ -353,8 +371,11 @@ class Listener:
         except BaseException:
             self._transport.close(ep)
             raise
-        async with _held(path, relay.RELAY_WAIT, emit) as held, _refreshing(ep, self._stun, self._src[0]), \
+        async with _held(path, relay.RELAY_WAIT, emit) as held, \
+                _background(self._transport, ep, self._stun, self._src[0], emit) as watch, \
                 _secured(self._transport, ep, held, session, self.identity, expected, clock) as secured:
+            if watch is not None:
+                watch.follow(secured)
             yield secured
 
 
