@@ -5,7 +5,6 @@ starts with keepalives below it. Only the server's address and the peer's ID on 
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -17,10 +16,9 @@ NAT_TIMEOUT = 8
 
 
 def _fast(lab, host: str, tmp_path, args: list[str]) -> Side:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / f"cache-{host}")}  # each host its own cache
+    # each lab host has a behaviour cache of its own (lab/registry.cache_home), kept for the lab's life
     argv = [*FAST, "--json", "--plain", "--identity", str(tmp_path / f"{host}.pem"), *args]
-    return Side(lab.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env=env))
+    return Side(lab.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
 
 
 def _session(lab, tmp_path, server: str, wait_for_lifetime: bool) -> tuple[Side, Side]:
