@@ -33,6 +33,7 @@ import contextlib
 import cProfile
 import hashlib
 import json
+import math
 import os
 import pstats
 import socket
@@ -82,6 +83,45 @@ def payload(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
+async def receive_all(next_chunk, silence: float | None = 2.0, first_wait: float = 30.0) -> dict:
+    """The receiver's loop: `next_chunk()` until it gives b"" (or, with `silence`, until nothing came
+    for that long after the first byte). Every receiver hashes what it got, so CPU compares like for like."""
+    h, got, first, last = hashlib.sha256(), 0, None, None
+    mark()
+    while True:
+        wait = first_wait if first is None else (silence if silence is not None else math.inf)
+        with trio.move_on_after(wait) as quiet:
+            data = await next_chunk()
+        if quiet.cancelled_caught or not data:
+            break
+        last = time.perf_counter()
+        first = first or last
+        got += len(data)
+        h.update(data)
+    return {"bytes": got, "seconds": (last - first) if first else None, "sha256": h.hexdigest()}
+
+
+async def send_datagrams(path, data: bytes) -> dict:
+    for i in range(0, len(data), CHUNK):
+        await path.send(data[i:i + CHUNK])
+    return {}
+
+
+async def send_stream(path, data: bytes) -> dict:
+    """The whole of `data` on the QUIC stream, then EOF, then the peer's EOF (all of it arrived)."""
+    for i in range(0, len(data), CHUNK):
+        await path.stream.send_all(data[i:i + CHUNK])
+    await path.stream.send_eof()
+    assert await path.stream.receive_some() == b""
+    return {"stats": path.stats, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+async def receive_stream(path, first_wait: float = 30.0) -> dict:
+    got = await receive_all(lambda: path.stream.receive_some(CHUNK), silence=None, first_wait=first_wait)
+    await path.stream.send_eof()
+    return {**got, "stats": path.stats}
+
+
 # --- the child processes -----------------------------------------------------------------------
 
 async def child_udp(role: str, me: int, peer: int, size: int) -> dict:
@@ -95,18 +135,11 @@ async def child_udp(role: str, me: int, peer: int, size: int) -> dict:
         for _ in range(5):
             await sock.sendto(b"", (LO, peer))  # end marker
         return {}
-    h, got, first, last = hashlib.sha256(), 0, None, None
-    mark()
-    while True:
-        with trio.move_on_after(2.0 if first is not None else 30.0) as quiet:
-            data, _ = await sock.recvfrom(65536)
-        if quiet.cancelled_caught or not data:
-            break
-        last = time.perf_counter()
-        first = first or last
-        got += len(data)
-        h.update(data)  # every receiver hashes what it got, so CPU compares like for like
-    return {"bytes": got, "seconds": (last - first) if first else None}
+
+    async def datagram() -> bytes:
+        return (await sock.recvfrom(65536))[0]
+
+    return await receive_all(datagram)
 
 
 async def child_datagram(role: str, me: int, peer: int, size: int) -> dict:
@@ -125,22 +158,10 @@ async def child_datagram(role: str, me: int, peer: int, size: int) -> dict:
     if role == "send":
         data = payload(size)
         mark()
-        for i in range(0, size, CHUNK):
-            await path.send(data[i:i + CHUNK])
+        await send_datagrams(path, data)
         await path.aclose()
         return {}
-    h, got, first, last = hashlib.sha256(), 0, None, None
-    mark()
-    while True:
-        with trio.move_on_after(2.0 if first is not None else 30.0) as quiet:
-            data = await path.receive()
-        if quiet.cancelled_caught or not data:
-            break
-        last = time.perf_counter()
-        first = first or last
-        got += len(data)
-        h.update(data)  # every receiver hashes what it got, so CPU compares like for like
-    return {"bytes": got, "seconds": (last - first) if first else None}
+    return await receive_all(path.receive)
 
 
 async def child_lab(kind: str, role: str, server: str, size: int, keys: list[str]) -> dict:
@@ -156,39 +177,13 @@ async def child_lab(kind: str, role: str, server: str, size: int, keys: list[str
         data = payload(size)
         async with connect(server, ids[1].peer_id.text, identity=ids[0], timeout=60, **common) as path:
             mark()
-            if not secure:
-                for i in range(0, size, CHUNK):
-                    await path.send(data[i:i + CHUNK])
-                return {}
-            for i in range(0, size, CHUNK):
-                await path.stream.send_all(data[i:i + CHUNK])
-            await path.stream.send_eof()
-            assert await path.stream.receive_some() == b""
-            return {"stats": path.stats, "sha256": hashlib.sha256(data).hexdigest()}
-    h, got, first, last = hashlib.sha256(), 0, None, None
+            return await (send_stream(path, data) if secure else send_datagrams(path, data))
     async with listen(server, identity=ids[1], **common) as lst:
         print("ready", flush=True)
         async with lst.accept() as path:
-            mark()
-            if not secure:
-                while True:
-                    with trio.move_on_after(2.0 if first is not None else 60.0) as quiet:
-                        data = await path.receive()
-                    if quiet.cancelled_caught or not data:
-                        break
-                    last = time.perf_counter()
-                    first = first or last
-                    got += len(data)
-                    h.update(data)
-                return {"bytes": got, "seconds": (last - first) if first else None}
-            while chunk := await path.stream.receive_some(CHUNK):
-                last = time.perf_counter()
-                first = first or last
-                h.update(chunk)
-                got += len(chunk)
-            await path.stream.send_eof()
-            return {"bytes": got, "seconds": (last - first) if first else None, "sha256": h.hexdigest(),
-                    "stats": path.stats}
+            if secure:
+                return await receive_stream(path, first_wait=60.0)
+            return await receive_all(path.receive, first_wait=60.0)
 
 
 VARIANTS = {"quic": {}, "quic-nogso": {"gso": False}, "quic-reasons": {"drop_reasons": True},
@@ -209,21 +204,8 @@ async def child_quic(role: str, me: int, peer: int, size: int, keys: list[str], 
         if role == "send":
             data = payload(size)
             mark()
-            for i in range(0, size, CHUNK):
-                await path.stream.send_all(data[i:i + CHUNK])
-            await path.stream.send_eof()
-            assert await path.stream.receive_some() == b""
-            return {"stats": path.stats, "sha256": hashlib.sha256(data).hexdigest()}
-        h, got, first, last = hashlib.sha256(), 0, None, None
-        mark()
-        while chunk := await path.stream.receive_some(CHUNK):
-            last = time.perf_counter()
-            first = first or last
-            h.update(chunk)
-            got += len(chunk)
-        await path.stream.send_eof()
-        return {"bytes": got, "seconds": (last - first) if first else None, "sha256": h.hexdigest(),
-                "stats": path.stats}
+            return await send_stream(path, data)
+        return await receive_stream(path)
 
 
 def child_main(args: argparse.Namespace) -> None:
