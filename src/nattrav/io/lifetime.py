@@ -139,12 +139,19 @@ async def _trial(server: Address, local_ip: str | None, wait: float, kw, cookie:
         x.close()
 
 
+async def _numeric(server: Address) -> Address:
+    """`server` with its host resolved: answers are matched by their source address."""
+    host, port = server[0], int(server[1])
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+    return (str(infos[0][4][0]), port)
+
+
 async def measure_lifetime(server: Address, local_ip: str | None = None, *, waits: tuple[float, ...] = WAITS,
                            rto: float = RTO, rc: int = RC) -> LifetimeReading:
     """The idle lifetime of our NAT's UDP mappings towards `server` (a STUN server that honours
     RESPONSE-PORT, as ours does), from `local_ip`. Lasts about as long as the longest surviving
     trial plus a round trip; cancel it any time (nothing is left open)."""
-    server = (server[0], int(server[1]))
+    server = await _numeric(server)
     waits = tuple(sorted(set(float(w) for w in waits if w > 0)))
     kw = {"rto": rto, "rc": rc, "rm": rc}
     cookie = Cookie()
