@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Goodput of the QUIC path against the plain datagram path, on loopback, in the same run.
+"""Goodput of the QUIC path against the plain datagram path, on loopback or in the NAT lab, in the same run.
 
     .venv/bin/python bench/bench_quic_path.py [--mb 50] [--rounds 3] [--profile] [--json FILE]
+    .venv/bin/python bench/bench_quic_path.py --lab [--nats port-restricted,port-restricted]   # root
 
 Each transfer is one-way, sender and receiver in two processes (two cores, like two hosts):
 - udp: bare trio sendto/recvfrom of 1200-byte datagrams, no protocol at all (the floor);
@@ -15,15 +16,24 @@ Each transfer is one-way, sender and receiver in two processes (two cores, like 
 Goodput = bytes the receiver got / time from its first to its last byte. The datagram paths have no
 flow control, so the sender may outrun the receiver: their loss is printed. Rounds are interleaved
 and the median is reported; the goal (issue 15) is quic >= 0.5 x datagram. --profile runs one more
-QUIC transfer under cProfile in both processes and prints where the time goes, by module.
+QUIC transfer under cProfile in both processes (the data phase only: not imports, discovery or the
+handshake) and prints where the time goes, by module.
+
+--lab runs the transfers between two hosts of the NAT lab instead (each behind its NAT, default
+port-restricted on both sides, clean links: no delay, loss or reordering added), through the product
+as a user calls it: the receiver listens at the lab's rendezvous server, the sender connects to its
+peer ID with nattrav.api (secure=False: the datagram path; the default: QUIC), each discovering and
+punching by itself; only the data phase is timed. The kinds are datagram and quic (and its variants).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import hashlib
 import json
+import math
 import os
 import pstats
 import socket
@@ -58,16 +68,58 @@ async def bound(port: int):
 
 
 _CPU_MARK = [0.0]
+_PROFILER: list[cProfile.Profile | None] = [None]  # --profile: on from mark() to the end
 
 
 def mark() -> None:
     """The data phase starts: CPU from here on is what a transfer costs (not start-up, not setup)."""
     _CPU_MARK[0] = time.process_time()
+    if _PROFILER[0] is not None:
+        _PROFILER[0].enable()
 
 
 def payload(size: int) -> bytes:
     block = os.urandom(1 << 20)
     return (block * (size // len(block) + 1))[:size]
+
+
+async def receive_all(next_chunk, silence: float | None = 2.0, first_wait: float = 30.0) -> dict:
+    """The receiver's loop: `next_chunk()` until it gives b"" (or, with `silence`, until nothing came
+    for that long after the first byte). Every receiver hashes what it got, so CPU compares like for like."""
+    h, got, first, last = hashlib.sha256(), 0, None, None
+    mark()
+    while True:
+        wait = first_wait if first is None else (silence if silence is not None else math.inf)
+        with trio.move_on_after(wait) as quiet:
+            data = await next_chunk()
+        if quiet.cancelled_caught or not data:
+            break
+        last = time.perf_counter()
+        first = first or last
+        got += len(data)
+        h.update(data)
+    return {"bytes": got, "seconds": (last - first) if first else None, "sha256": h.hexdigest()}
+
+
+async def send_datagrams(path, data: bytes) -> dict:
+    for i in range(0, len(data), CHUNK):
+        await path.send(data[i:i + CHUNK])
+    return {}
+
+
+async def send_stream(path, data: bytes) -> dict:
+    """The whole of `data` on the QUIC stream, then EOF, then the peer's EOF (all of it arrived)."""
+    for i in range(0, len(data), CHUNK):
+        await path.stream.send_all(data[i:i + CHUNK])
+    await path.stream.send_eof()
+    assert await path.stream.receive_some() == b""
+    return {"stats": path.stats, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+async def receive_stream(path, first_wait: float = 30.0) -> dict:
+    got = await receive_all(lambda: path.stream.receive_some(CHUNK), silence=None, first_wait=first_wait)
+    await path.stream.send_eof()
+    return {**got, "stats": path.stats}
 
 
 # --- the child processes -----------------------------------------------------------------------
@@ -83,18 +135,11 @@ async def child_udp(role: str, me: int, peer: int, size: int) -> dict:
         for _ in range(5):
             await sock.sendto(b"", (LO, peer))  # end marker
         return {}
-    h, got, first, last = hashlib.sha256(), 0, None, None
-    mark()
-    while True:
-        with trio.move_on_after(2.0 if first is not None else 30.0) as quiet:
-            data, _ = await sock.recvfrom(65536)
-        if quiet.cancelled_caught or not data:
-            break
-        last = time.perf_counter()
-        first = first or last
-        got += len(data)
-        h.update(data)  # every receiver hashes what it got, so CPU compares like for like
-    return {"bytes": got, "seconds": (last - first) if first else None}
+
+    async def datagram() -> bytes:
+        return (await sock.recvfrom(65536))[0]
+
+    return await receive_all(datagram)
 
 
 async def child_datagram(role: str, me: int, peer: int, size: int) -> dict:
@@ -113,22 +158,32 @@ async def child_datagram(role: str, me: int, peer: int, size: int) -> dict:
     if role == "send":
         data = payload(size)
         mark()
-        for i in range(0, size, CHUNK):
-            await path.send(data[i:i + CHUNK])
+        await send_datagrams(path, data)
         await path.aclose()
         return {}
-    h, got, first, last = hashlib.sha256(), 0, None, None
-    mark()
-    while True:
-        with trio.move_on_after(2.0 if first is not None else 30.0) as quiet:
-            data = await path.receive()
-        if quiet.cancelled_caught or not data:
-            break
-        last = time.perf_counter()
-        first = first or last
-        got += len(data)
-        h.update(data)  # every receiver hashes what it got, so CPU compares like for like
-    return {"bytes": got, "seconds": (last - first) if first else None}
+    return await receive_all(path.receive)
+
+
+async def child_lab(kind: str, role: str, server: str, size: int, keys: list[str]) -> dict:
+    """One side of a transfer between two lab hosts, through nattrav.api as a user calls it."""
+    from nattrav.api import connect, listen
+    from nattrav.identity import load_identity
+
+    ids = [load_identity(k) for k in keys]
+    secure = kind != "datagram"
+    quic = dict(VARIANTS[kind]) if secure else None
+    common = {"secure": secure, "cache": False, "quic": quic}
+    if role == "send":
+        data = payload(size)
+        async with connect(server, ids[1].peer_id.text, identity=ids[0], timeout=60, **common) as path:
+            mark()
+            return await (send_stream(path, data) if secure else send_datagrams(path, data))
+    async with listen(server, identity=ids[1], **common) as lst:
+        print("ready", flush=True)
+        async with lst.accept() as path:
+            if secure:
+                return await receive_stream(path, first_wait=60.0)
+            return await receive_all(path.receive, first_wait=60.0)
 
 
 VARIANTS = {"quic": {}, "quic-nogso": {"gso": False}, "quic-reasons": {"drop_reasons": True},
@@ -149,35 +204,30 @@ async def child_quic(role: str, me: int, peer: int, size: int, keys: list[str], 
         if role == "send":
             data = payload(size)
             mark()
-            for i in range(0, size, CHUNK):
-                await path.stream.send_all(data[i:i + CHUNK])
-            await path.stream.send_eof()
-            assert await path.stream.receive_some() == b""
-            return {"stats": path.stats, "sha256": hashlib.sha256(data).hexdigest()}
-        h, got, first, last = hashlib.sha256(), 0, None, None
-        mark()
-        while chunk := await path.stream.receive_some(CHUNK):
-            last = time.perf_counter()
-            first = first or last
-            h.update(chunk)
-            got += len(chunk)
-        await path.stream.send_eof()
-        return {"bytes": got, "seconds": (last - first) if first else None, "sha256": h.hexdigest(),
-                "stats": path.stats}
+            return await send_stream(path, data)
+        return await receive_stream(path)
 
 
 def child_main(args: argparse.Namespace) -> None:
     kind, role, me, peer, size = args.child
-    me, peer, size = int(me), int(peer), int(size)
-    if kind == "udp":
+    if kind.startswith("lab:"):
+        lab_kind = kind[4:]
+        run = lambda: trio.run(child_lab, lab_kind, role, me, int(size), args.keys)  # noqa: E731
+        kind = "lab"
+    else:
+        me, peer, size = int(me), int(peer), int(size)
+    if kind == "lab":
+        pass
+    elif kind == "udp":
         run = lambda: trio.run(child_udp, role, me, peer, size)  # noqa: E731
     elif kind == "datagram":
         run = lambda: trio.run(child_datagram, role, me, peer, size)  # noqa: E731
     else:
         run = lambda: trio.run(child_quic, role, me, peer, size, args.keys, kind)  # noqa: E731
     if args.profile_to:
-        prof = cProfile.Profile()
-        result = prof.runcall(run)
+        prof = _PROFILER[0] = cProfile.Profile()
+        result = run()
+        prof.disable()
         prof.dump_stats(args.profile_to)
     else:
         result = run()
@@ -187,15 +237,25 @@ def child_main(args: argparse.Namespace) -> None:
 
 # --- the parent --------------------------------------------------------------------------------
 
-def transfer(kind: str, size: int, keys: list[str], profile: list[str] | None = None) -> dict:
-    send_port, recv_port = free_udp_ports(2)
+def transfer(kind: str, size: int, keys: list[str], profile: list[str] | None = None, lab=None,
+             server: str = "") -> dict:
     procs = {}
-    for role, me, peer in (("recv", recv_port, send_port), ("send", send_port, recv_port)):
-        cmd = [sys.executable, __file__, "--child", kind, role, str(me), str(peer), str(size),
-               "--keys", *keys]
-        if profile:
-            cmd += ["--profile-to", profile[0 if role == "send" else 1]]
-        procs[role] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    if lab is None:
+        send_port, recv_port = free_udp_ports(2)
+        for role, me, peer in (("recv", recv_port, send_port), ("send", send_port, recv_port)):
+            cmd = [sys.executable, __file__, "--child", kind, role, str(me), str(peer), str(size),
+                   "--keys", *keys]
+            if profile:
+                cmd += ["--profile-to", profile[0 if role == "send" else 1]]
+            procs[role] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    else:
+        for role, host in (("recv", "b"), ("send", "a")):
+            cmd = [sys.executable, __file__, "--child", f"lab:{kind}", role, server, "-", str(size), "--keys", *keys]
+            if profile:
+                cmd += ["--profile-to", profile[0 if role == "send" else 1]]
+            procs[role] = lab.popen(host, cmd, stdout=subprocess.PIPE, text=True)
+            if role == "recv" and procs[role].stdout.readline().strip() != "ready":
+                raise SystemExit(f"{kind} receiver did not enroll")
     out = {}
     for role, p in procs.items():
         stdout, _ = p.communicate(timeout=600)
@@ -226,7 +286,8 @@ GROUPS = [  # (label, substring of the profiled function's file or name), first 
     ("aioquic: streams", "aioquic/quic/stream"), ("aioquic: connection (frames, acks)", "aioquic/quic/connection"),
     ("aioquic: packets/buffers", "aioquic/quic/packet"), ("aioquic: packets/buffers", "aioquic/buffer"), ("aioquic: packets/buffers", "aioquic._buffer"),
     ("aioquic: drop-counting qlog hooks", "aioquic/quic/logger"), ("nattrav io/quic_* (the Trio driver)", "nattrav/io/quic_"),
-    ("trio scheduler", "trio/"), ("hashing the payload (bench)", "sha256"), ("bench harness", "bench_quic_path"),
+    ("trio scheduler", "trio/"), ("hashing the payload (bench)", "sha256"), ("hashing the payload (bench)", "_hashlib"),
+    ("bench harness", "bench_quic_path"),
 ]
 
 
@@ -239,9 +300,33 @@ def where_time_goes(path: str) -> list[tuple[str, float]]:
             continue  # waiting for packets or timers: idle, not CPU
         total += tottime
         key = f"{filename} {name}"
-        label = next((lbl for lbl, sub in GROUPS if sub in key), "other (builtins, bytes copies, ...)")
+        label = next((lbl for lbl, sub in GROUPS if sub in key), None)
+        if label is None:  # named by the function itself, so the biggest of the rest can be read
+            label = f"other: {os.path.basename(filename)} {name}"
         by[label] = by.get(label, 0.0) + tottime
     return sorted(((k, v / total) for k, v in by.items()), key=lambda kv: -kv[1])
+
+
+LOAD = [open("/proc/loadavg").read().split()[:3]]
+
+
+@contextlib.contextmanager
+def lab_or_not(use_lab: bool, nats: str):
+    """(lab, rendezvous server "ip:port") for --lab, else (None, "")."""
+    if not use_lab:
+        yield None, ""
+        return
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # tests.secure_lab
+    from nattrav.lab import Lab
+    from tests.secure_lab import start_server
+
+    left, right = nats.split(",", 1)
+    lab = Lab(left, right)
+    lab.up()
+    try:
+        yield lab, start_server(lab)
+    finally:
+        lab.down()
 
 
 def main() -> None:
@@ -253,6 +338,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="all",
                     help="comma-separated subset of udp,datagram," + ",".join(VARIANTS) + " (default all)")
     ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--lab", action="store_true", help="between two NAT lab hosts through nattrav.api (root)")
+    ap.add_argument("--nats", default="port-restricted,port-restricted", metavar="LEFT,RIGHT",
+                    help="the lab's two NATs (presets; default port-restricted,port-restricted)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--keys", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--profile-to", help=argparse.SUPPRESS)
@@ -266,19 +354,24 @@ def main() -> None:
 
     size = int(args.mb * 1e6)
     kinds = ["udp", "datagram", *VARIANTS]
+    if args.lab:
+        kinds.remove("udp")  # bare sockets would need the lab's addresses: only what a user runs
+        if os.geteuid() != 0:
+            ap.error("--lab needs root (the NAT lab)")
     if args.kinds != "all":
         unknown = set(args.kinds.split(",")) - set(kinds)
         if unknown:
             ap.error(f"unknown kinds: {', '.join(sorted(unknown))}")
         kinds = [k for k in kinds if k in args.kinds.split(",")]
     results: dict[str, list[dict]] = {k: [] for k in kinds}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, lab_or_not(args.lab, args.nats) as (lab, server):
+        os.chmod(tmp, 0o755)  # the lab's processes run as root too, but keep the keys readable for them
         keys = [os.path.join(tmp, "a.pem"), os.path.join(tmp, "b.pem")]
         for k in keys:
             create_identity(k)
         for r in range(args.rounds):
             for kind in kinds:
-                res = transfer(kind, size, keys)
+                res = transfer(kind, size, keys, lab=lab, server=server)
                 results[kind].append(res)
                 extra = f" intact={res['intact']}" if "intact" in res else f" delivered={res['delivered']:.1%}"
                 print(f"round {r + 1} {kind:13s} {res['mb_s']:7.1f} MB/s{extra}  CPU ms/MB: sender "
@@ -286,11 +379,13 @@ def main() -> None:
         profile = None
         if args.profile:
             paths = [os.path.join(tmp, "send.prof"), os.path.join(tmp, "recv.prof")]
-            transfer("quic", size, keys, profile=paths)
+            transfer("quic", size, keys, profile=paths, lab=lab, server=server)
             profile = {"sender": where_time_goes(paths[0]), "receiver": where_time_goes(paths[1])}
 
     med = {k: statistics.median(r["mb_s"] for r in v) for k, v in results.items()}
-    print(f"\none-way goodput on loopback, {args.mb:g} MB, median of {args.rounds} (sender and receiver in two processes):")
+    where = f"the NAT lab ({args.nats}, clean links)" if args.lab else "loopback"
+    print(f"\none-way goodput on {where}, {args.mb:g} MB, median of {args.rounds} (sender and receiver in two "
+          f"processes); load before: {LOAD[0]}, after: {open('/proc/loadavg').read().split()[:3]}")
     for kind in kinds:
         lost = 1 - statistics.median(r["delivered"] for r in results[kind])
         note = f"  lost {lost:.1%}" if lost > 0.0005 else ""
@@ -326,7 +421,7 @@ def main() -> None:
                     print(f"  {share:6.1%}  {label}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mb": args.mb, "median_mb_s": med, "ratio_quic_datagram": ratio, "rounds": results,
+            json.dump({"mb": args.mb, "lab": args.nats if args.lab else None, "median_mb_s": med, "ratio_quic_datagram": ratio, "rounds": results,
                        "profile": profile}, f, indent=1, default=str)
 
 

@@ -177,3 +177,42 @@ def test_default_path_follows_xdg_cache_home(monkeypatch, tmp_path):
     assert default_path() == tmp_path / "nattrav" / "behavior.json"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/paths/are/ignored")  # as the XDG spec says
     assert default_path().parent.parent.name == ".cache"
+
+
+# --- the mapping lifetime, measured after the rest (io/lifetime.py, api/liveness.py) ---
+
+def test_a_measured_lifetime_joins_the_entry_and_keeps_its_age(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.lookup(KEY, now=1000.0).behavior.lifetime is None
+    assert cache.set_lifetime(KEY, 7.0)
+    entry = cache.lookup(KEY, now=1100.0)
+    assert entry.behavior.lifetime == 7.0 and entry.saved == 1000.0  # not measured again: same age
+    assert entry.behavior.mapping is Mapping.APDM  # the rest untouched
+
+
+def test_a_new_discovery_keeps_the_lifetime_measured_before(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    cache.set_lifetime(KEY, 22.0)
+    cache.save(KEY, behavior(filtering=Filtering.EIF), now=2000.0)  # discovery measures no lifetime
+    b = cache.lookup(KEY, now=2000.0).behavior
+    assert b.lifetime == 22.0 and b.filtering is Filtering.EIF
+    cache.save(KEY, behavior(lifetime=4.5), now=2100.0)  # a new measurement of it wins
+    assert cache.lookup(KEY, now=2100.0).behavior.lifetime == 4.5
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), True, 1e9, "7"])
+def test_a_lifetime_that_is_not_a_measurement_is_refused(cache, value):
+    cache.save(KEY, behavior(), now=1000.0)
+    assert not cache.set_lifetime(KEY, value)
+    assert cache.lookup(KEY, now=1000.0).behavior.lifetime is None
+    # and read from a file, such an entry is ignored whole
+    doc = json.loads(cache.path.read_text())
+    doc["entries"][KEY.text()]["behavior"]["lifetime"] = value if value == value and value not in (
+        float("inf"),) else 0
+    cache.path.write_text(json.dumps(doc))
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_no_entry_no_lifetime(cache):
+    assert not cache.set_lifetime(KEY, 7.0)
+    assert cache.lookup(KEY) is None

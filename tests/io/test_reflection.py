@@ -14,7 +14,9 @@ import trio
 
 from nattrav.api import AcceptPolicy, listen, listen_tcp
 from nattrav.errors import ConnectError, Refused
+from nattrav.identity import Identity
 from nattrav.io import rendezvous_client as rv
+from nattrav.proto.handshake_kx import KeyAgreement
 from nattrav.proto.report import NatReport
 from tests.reports import tcp, udp, wire
 
@@ -63,9 +65,19 @@ def _tcp_report(victim_port: int) -> dict:
     return wire(NatReport(tcp=report))
 
 
+def _peer(servers):
+    """A bare rendezvous client with a key of its own, as an attacker would have."""
+    return rv.open_rendezvous(servers["server"], identity=Identity.generate())
+
+
+def _with_half(client, target: str, info: dict) -> dict:
+    """`info` with a well-signed half of the punch-key agreement: the listener gets as far as the punch."""
+    return {**info, **KeyAgreement().offer(client.identity, target).to_info()}
+
+
 async def _attack(servers, listener_id: str, info: dict) -> None:
-    async with rv.open_rendezvous(servers["server"]) as attacker:
-        await attacker.update_info(info)
+    async with _peer(servers) as attacker:
+        await attacker.update_info(_with_half(attacker, listener_id, info))
         await attacker.connect(listener_id, timeout=5)
         await trio.sleep(3)  # the listener punches meanwhile; the attacker never answers
 
@@ -139,18 +151,19 @@ async def test_the_listener_policy_refuses_by_callback_and_by_rate(servers):
                             pass
 
                 nursery.start_soon(take_one)
-                async with rv.open_rendezvous(servers["server"]) as stranger:
-                    await stranger.update_info({"friend": False})
+                async with _peer(servers) as stranger:
+                    await stranger.update_info(_with_half(stranger, lst.peer_id, {"friend": False}))
                     with pytest.raises(Refused):
                         await stranger.connect(lst.peer_id, timeout=5)
-                async with rv.open_rendezvous(servers["server"]) as friend:
-                    await friend.update_info({"friend": True, "report": _udp_report(sink.getsockname()[1])})
+                async with _peer(servers) as friend:
+                    await friend.update_info(_with_half(friend, lst.peer_id,
+                                                        {"friend": True, "report": _udp_report(sink.getsockname()[1])}))
                     await friend.connect(lst.peer_id, timeout=5)  # accepted: a session
             # the bucket is empty now (burst 1, no refill): the next friend is refused
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(lambda: _accept_nothing(lst))
-                async with rv.open_rendezvous(servers["server"]) as friend2:
-                    await friend2.update_info({"friend": True})
+                async with _peer(servers) as friend2:
+                    await friend2.update_info(_with_half(friend2, lst.peer_id, {"friend": True}))
                     with pytest.raises(Refused):
                         await friend2.connect(lst.peer_id, timeout=5)
                 nursery.cancel_scope.cancel()

@@ -25,7 +25,7 @@ import math
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,28 @@ class BehaviorCache:
         if behavior.public_ip is None or behavior.mapping is None or behavior.filtering is None:
             return False
         entries, flows = self._load()
-        entries.pop(key.text(), None)
+        old = entries.pop(key.text(), None)
+        if behavior.lifetime is None and old is not None:
+            # discovery does not measure the mapping lifetime (io/lifetime.py does, once a session is
+            # up): a new measurement of the same network keeps the one measured before
+            known = _entry_from(old)
+            if known is not None and known.behavior.lifetime is not None:
+                behavior = replace(behavior, lifetime=known.behavior.lifetime)
         entries[key.text()] = _entry_to(behavior, time.time() if now is None else now)
+        return self._write(entries, flows)
+
+    def set_lifetime(self, key: Key, lifetime: float) -> bool:
+        """Add a measured mapping lifetime (seconds) to `key`'s entry, which keeps its age (the rest
+        was not measured again); True when the file was written."""
+        if not _lifetime_ok(lifetime):
+            return False
+        entries, flows = self._load()
+        raw = entries.get(key.text())
+        entry = _entry_from(raw) if raw is not None else None
+        if entry is None:
+            return False
+        behavior = replace(entry.behavior, lifetime=float(lifetime))
+        entries[key.text()] = _entry_to(behavior, entry.saved)
         return self._write(entries, flows)
 
     def forget(self, key: Key) -> bool:
@@ -256,9 +276,17 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     for flag in (behavior.hairpin, behavior.nat):
         if flag is not None and not isinstance(flag, bool):
             return None
-    if behavior.lifetime is not None and not isinstance(behavior.lifetime, (int, float)):
+    if behavior.lifetime is not None and not _lifetime_ok(behavior.lifetime):
         return None
     return Entry(behavior, float(saved))
+
+
+MAX_LIFETIME = 24 * 3600.0  # seconds; a mapping lifetime beyond a day is not a measurement
+
+
+def _lifetime_ok(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 < value <= MAX_LIFETIME)
 
 
 __all__ = ["MAX_AGE", "MAX_ENTRIES", "MAX_FILE", "REFRESH_AFTER", "BehaviorCache", "Entry", "Key", "default_path"]

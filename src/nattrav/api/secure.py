@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from ..errors import BadPacket, PeerAuthError, WrongPeer
@@ -24,22 +25,26 @@ from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.tls_frames import FramedTls
 from ..io.tls_stream import open_tls_stream
+from ..proto.handshake import MAGIC as PUNCH_MAGIC
+from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.rendezvous.names import as_peer_id
 from .endpoint import EventHook
 
 # A NAT forgets an idle UDP mapping after its lifetime: RFC 4787 asks for 2 minutes at least, but
-# home routers and CGNs are seen at 30 s and below (the lab's tests run 20 s and 8 s). Without a
-# measured lifetime the keepalive assumes 10 s, half of that; a PING is ~50 bytes.
+# home routers and CGNs are seen at 30 s and below (the lab's tests run 20 s and 8 s). The lifetime is
+# measured once a session is up (api/liveness.py, io/lifetime.py) and cached for the next session;
+# until then the keepalive assumes 10 s, half of that. A PING is ~50 bytes.
 ASSUMED_LIFETIME = 10.0
 MIN_KEEPALIVE = 1.0
 IDLE_TIMEOUT = 30.0  # silence from the peer (keepalives included) after which the path is dead
 
 
 def keepalive_interval(lifetime: float | None) -> float:
-    """Seconds between keepalives for a mapping that lives `lifetime` seconds idle (None: unknown):
-    half of it, so one lost keepalive does not lose the mapping."""
+    """Seconds between keepalives for a mapping known to live `lifetime` seconds idle (None: not
+    measured): half of it, so one lost keepalive does not lose the mapping. The measured value is
+    the lower end of a bracket (io/lifetime.py), so half of it stays below the true lifetime."""
     known = lifetime if lifetime is not None and lifetime > 0 else ASSUMED_LIFETIME
-    return max(MIN_KEEPALIVE, min(known, ASSUMED_LIFETIME) / 2)
+    return max(MIN_KEEPALIVE, known / 2)
 
 
 def quic_settings(lifetime: float | None = None, **overrides: Any) -> QuicSettings:
@@ -70,6 +75,22 @@ def expected_peer(asked: str | None, session: Session) -> PeerId:
     return told
 
 
+def agree_as_initiator(kx: KeyAgreement, session: Session, peer: PeerId, identity: Identity) -> Session:
+    """`session` with the punch key we agreed with `peer` (proto/handshake_kx.py) in place of the
+    server's; WrongPeer or PeerAuthError when the peer's half is missing or not signed by its key."""
+    answer = Half.from_info(session.peer_info, peer.text)
+    key = kx.finish_as_initiator(answer, peer.key_bytes, identity.peer_id.key_bytes, session.session_id,
+                                 peer.text)
+    return replace(session, key=key)
+
+
+def agree_as_responder(kx: KeyAgreement, session: Session, offer_id: str) -> Session:
+    """`session` with the punch key of the answer we signed for offer `offer_id`."""
+    if session.session_id != offer_id:
+        raise WrongPeer(f"the rendezvous server answered offer {offer_id} with session {session.session_id}")
+    return replace(session, key=kx.finish_as_responder(offer_id))
+
+
 @asynccontextmanager
 async def secure_udp(path: PunchedPath | RelayedPath, session: Session, identity: Identity, expected: PeerId,
                      settings: QuicSettings, emit: EventHook) -> AsyncIterator[QuicPath]:
@@ -87,6 +108,10 @@ async def secure_udp(path: PunchedPath | RelayedPath, session: Session, identity
         return
 
     def late_punch(data: bytes) -> list[bytes] | None:
+        if data[:2] != PUNCH_MAGIC:
+            # QUIC's, told without raising an exception per packet (~1 % of a receiver's CPU); a QUIC
+            # packet that happens to start so goes on to decode(), which sorts it out
+            return None
         try:
             got = path.handshake.receive(data, now_ns())
         except BadPacket:
@@ -115,5 +140,5 @@ async def secure_tcp(stream: Any, session: Session, identity: Identity, expected
         await framed.aclose()
 
 
-__all__ = ["ASSUMED_LIFETIME", "expected_peer", "keepalive_interval", "quic_settings", "secure_tcp",
+__all__ = ["ASSUMED_LIFETIME", "agree_as_initiator", "agree_as_responder", "expected_peer", "keepalive_interval", "quic_settings", "secure_tcp",
            "secure_udp"]

@@ -19,13 +19,15 @@ from ..identity import Identity, PeerId
 from ..io.relay_path import RelayedPath
 from ..io.relay_stream import RelayedTcp
 from ..io.session import Session
+from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.nat_behavior import NatBehavior
 from . import relay
 from .background import running
 from .behavior_cache import BehaviorCache
 from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
+from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
-from .secure import expected_peer
+from .secure import agree_as_initiator, agree_as_responder, expected_peer
 from .tcp import TcpTransport
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
@@ -132,6 +134,21 @@ async def _refreshing(ep: Any, stun: tuple[str, int], src_ip: str | None) -> Asy
 
 
 @asynccontextmanager
+async def _background(transport: Any, ep: Any, stun: tuple[str, int], src_ip: str | None,
+                      emit: EventHook) -> AsyncIterator[LifetimeWatch | None]:
+    """While a session is up: the cache refresh above, and the mapping lifetime measured when
+    nobody knows it (api/liveness.py); yields the watch whose result retunes the path's keepalives."""
+    async with _refreshing(ep, stun, src_ip):
+        if not wants_lifetime(ep):
+            yield None
+            return
+        watch = LifetimeWatch(ep, stun, src_ip, emit,
+                              fixed_keepalive="keepalive_interval" in getattr(transport, "quic", {}))
+        async with running(watch.run):
+            yield watch
+
+
+@asynccontextmanager
 async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                    o: SessionOptions) -> AsyncIterator[Any]:
     server_ep, stun_ep = o.endpoints(server)
@@ -157,10 +174,15 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                             rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
                                                         tcp=isinstance(transport, TcpTransport))
                         emit("rendezvous-connect", {"peer": peer_id})
-                        info = {**node_info(ep.report, client.rtt), **relay.info(rung)}
+                        kx = KeyAgreement()  # this session's own: the punch key is never the server's
+                        info = {**node_info(ep.report, client.rtt), **relay.info(rung),
+                                **kx.offer(identity, peer_id).to_info()}
                         session = await client.connect(peer_id, timeout=timeout, info=info)
-                        # before any packet: a server that names another key for a peer ID is not followed
-                        expected = expected_peer(peer_id, session) if o.secure else None
+                        # before any packet: a server that names another key for a peer ID, or that
+                        # changed the peer's key agreement, is not followed
+                        verified = expected_peer(peer_id, session)
+                        session = agree_as_initiator(kx, session, verified, identity)
+                        expected = verified if o.secure else None
                         path = await _punch(transport, ep, session, o.ttl, emit, rung)
                     except BaseException:
                         transport.close(ep)
@@ -169,8 +191,10 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
         if rung is not None:
             await rung.aclose()  # unless the relayed path took the allocation over
     async with _held(path, max(1.0, deadline - trio.current_time()), emit) as held, \
-            _refreshing(ep, stun_ep, o.src_ip), \
+            _background(transport, ep, stun_ep, o.src_ip, emit) as watch, \
             _secured(transport, ep, held, session, identity, expected, clock) as secured:
+        if watch is not None:
+            watch.follow(secured)
         yield secured
 
 
@@ -279,9 +303,12 @@ class Listener:
         self._client, self._transport, self._stun, self._src = client, transport, stun, src
         self._ttl, self._emit, self._behavior, self._cache = ttl, emit, behavior, cache
         self.policy = policy if policy is not None else AcceptPolicy()
-        self.identity = identity
         self.secure = secure and identity is not None
+        self.identity = identity if identity is not None else Identity.generate()  # signs our punch-key half
         self.endpoint: Any = None  # Endpoint (UDP) or TcpEndpoint, ready for the next peer
+        # names an initiator may have asked for us by besides our enrolled name and our peer ID: an
+        # offer's signed half names its target, and one meant for someone else is refused
+        self.aliases: tuple[str, ...] = ()
 
     @property
     def peer_id(self) -> str:
@@ -311,10 +338,15 @@ class Listener:
         while True:
             offer = await self._client.next_offer()
             emit("offer", {"from": offer.peer_id})
-            expected = None
             try:
-                # whom the handshake must meet; an initiator that proved no key cannot be met securely
-                expected = expected_peer(None, offer) if self.secure else None
+                # whom the handshake must meet, and our half of the punch key (an initiator that
+                # proved no key, or whose signed half does not verify, is refused)
+                initiator = expected_peer(None, offer)
+                kx = KeyAgreement()
+                answer = kx.answer(self.identity, Half.from_info(offer.peer_info, offer.peer_id),
+                                   initiator.key_bytes,
+                                   (self._client.peer_id, self.identity.peer_id.text, *self.aliases),
+                                   offer.offer_id)
                 why = self.policy.admits(offer, trio.current_time())
             except (PeerAuthError, WrongPeer) as exc:
                 why = str(exc)
@@ -326,9 +358,12 @@ class Listener:
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
             await self._transport.refresh(ep, emit)
-            session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
-            if expected is not None and expected_peer(None, session) != expected:
-                raise WrongPeer(f"the rendezvous server offered {expected} but made a session with another key")
+            session = await self._client.accept(offer, info={**node_info(ep.report, self._client.rtt),
+                                                             **answer.to_info()})
+            if expected_peer(None, session) != initiator:
+                raise WrongPeer(f"the rendezvous server offered {initiator} but made a session with another key")
+            session = agree_as_responder(kx, session, offer.offer_id)
+            expected = initiator if self.secure else None
             rung = None
             if getattr(self._transport, "relays", False):
                 rung = await relay.peer_rung(session, self._client.relay, emit)
@@ -336,8 +371,11 @@ class Listener:
         except BaseException:
             self._transport.close(ep)
             raise
-        async with _held(path, relay.RELAY_WAIT, emit) as held, _refreshing(ep, self._stun, self._src[0]), \
+        async with _held(path, relay.RELAY_WAIT, emit) as held, \
+                _background(self._transport, ep, self._stun, self._src[0], emit) as watch, \
                 _secured(self._transport, ep, held, session, self.identity, expected, clock) as secured:
+            if watch is not None:
+                watch.follow(secured)
             yield secured
 
 

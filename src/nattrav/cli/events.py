@@ -40,6 +40,7 @@ _LINES = {
     "relay-ready": "relay: our allocation is {relayed[0]}:{relayed[1]} (offered to the peer, used only if punching cannot work)",
     "relay-note": "relay: {note}",
     "relay-connected": "relay: the peer answered through the relay {relay[0]}:{relay[1]}, RTT {rtt_ms} ms",
+    "keepalive": "liveness: keepalives now every {interval:g} s (our NAT's idle mappings live {lifetime:g} s or more)",
     "upgrade": "upgrade: a direct path to {peer[0]}:{peer[1]} answers, moved off the relay (RTT {rtt_ms} ms)",
 }
 _RELAY_WHY = {"infeasible": "the planner says punching cannot work", "punch-failed": "the punch failed"}
@@ -61,6 +62,12 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
         inside = [ip for _, ip in d["hops"][:d["low_ttl"] - 1]]
         return (f"hops: {d['inside_hops']} hop(s) inside our NAT(s) ({', '.join(ip or '*' for ip in inside)}); "
                 f"opening TTL {d['low_ttl']}")
+    if phase == "lifetime":
+        if d.get("keepalive") is None:
+            return f"liveness: could not measure how long our NAT keeps an idle mapping ({d['requests']} STUN requests)"
+        upto = f"between {d['alive']:g} and {d['expired']:g} s" if d.get("expired") is not None else f"over {d['alive']:g} s"
+        return (f"liveness: our NAT keeps an idle UDP mapping {upto} ({d['requests']} STUN requests); "
+                f"keepalives every {d['keepalive']:g} s suffice")
     if phase == "relay":
         why = _RELAY_WHY.get(d["why"], d["why"])
         return f"relay: {why} ({d['reason']}); going through the relay {d['relay'][0]}:{d['relay'][1]}"

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the introductions (peer keys are still checked end to end); for labs and tests")
     p.add_argument("--raw", action="store_true",
                    help="no QUIC/TLS: the raw punched path (UDP: datagrams authenticated with the "
-                   "server-given session key, not encrypted, not retransmitted; TCP: the plain stream)")
+                   "punch key the two peers agreed (the server never learns it), not encrypted, not retransmitted; "
+                   "TCP: the plain stream)")
     p.add_argument("--no-cache", action="store_true",
                    help="measure the NAT's behaviour every time and keep nothing (default: kept per network "
                         "in $XDG_CACHE_HOME/nattrav/behavior.json, so a later run skips the RFC 5780 tests)")

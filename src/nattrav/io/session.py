@@ -17,7 +17,10 @@ from ..proto.vocab import Role
 
 @dataclass(frozen=True)
 class Session:
-    key: bytes  # the session key both peers' handshakes derive their MAC keys from
+    # the key both peers' handshakes derive their MAC keys from: from the rendezvous frame it is the
+    # server's (bare rendezvous clients use it); the API replaces it with the key the peers agreed
+    # themselves (proto/handshake_kx.py), which the server never learns
+    key: bytes
     role: Role  # FIRST sends the low-TTL packets first
     start_at: float | None = None  # when both start punching, in this process's trio clock (None: now)
     session_id: str = ""

@@ -11,19 +11,13 @@ from dataclasses import dataclass
 
 import trio
 
-from ..errors import BadPacket, StunErrorResponse, StunTimeout
+from ..errors import StunErrorResponse, StunTimeout
 from ..proto.nat_behavior import BindingSample, NatBehavior, classify
-from ..proto.stun import binding_request, parse
-from ..proto.stun_attrs import Address, Attr, Class
+from ..proto.stun import binding_request
+from ..proto.stun_attrs import Address
 from ..proto.stun_client import Transaction, expected_source
+from .lifetime import measure_lifetime, open_udp as _open
 from .stun_client import binding, run_transactions
-
-
-async def _open(local_ip: str | None, server: Address) -> trio.socket.SocketType:
-    family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
-    s = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
-    await s.bind((local_ip or ("::" if family == trio.socket.AF_INET6 else "0.0.0.0"), 0))
-    return s
 
 
 async def _local_address(sock: trio.socket.SocketType, server: Address) -> Address:
@@ -277,81 +271,17 @@ async def _hairpin_test(main, mapped: Address, server: Address, local_ip, kw) ->
         helper.close()
 
 
-async def _response_port_reaches(x, helper, server: Address, port: int, kw) -> bool:
-    """Ask `server`, from `helper`, to answer at `port` (RESPONSE-PORT); True when the answer reaches
-    `x`. A server that wants proof that we receive at our IP answers `helper` with 438 and a cookie
-    in NONCE (ours does, io/stun_server.py); the request is then repeated with it."""
-    cookie: str | None = None
-    for _ in range(kw["rc"]):
-        extra = [(Attr.NONCE, cookie)] if cookie else []
-        req = binding_request(response_port=port, extra=extra)
-        try:
-            await helper.sendto(req.encode(), server)
-        except OSError:
-            pass
-        outcome: list[object] = []
-        async with trio.open_nursery() as nursery:
-
-            async def answer_at_x() -> None:
-                while True:
-                    try:
-                        data, src = await x.recvfrom(2048)
-                    except OSError:
-                        continue
-                    if (src[0], src[1]) == server and data[8:20] == req.transaction_id:
-                        outcome.append(True)
-                        nursery.cancel_scope.cancel()
-
-            async def cookie_at_helper() -> None:
-                while True:
-                    try:
-                        data, src = await helper.recvfrom(2048)
-                        m = parse(data)
-                    except (OSError, BadPacket):
-                        continue
-                    err = m.get(Attr.ERROR_CODE)
-                    nonce = m.get(Attr.NONCE)
-                    if (m.transaction_id == req.transaction_id and m.cls == Class.ERROR
-                            and err is not None and err.code == 438 and isinstance(nonce, str)):
-                        outcome.append(nonce)
-                        nursery.cancel_scope.cancel()
-
-            nursery.start_soon(answer_at_x)
-            nursery.start_soon(cookie_at_helper)
-            await trio.sleep(kw["rto"] * 2)
-            nursery.cancel_scope.cancel()
-        if True in outcome:
-            return True
-        if outcome:
-            cookie = str(outcome[0])
-    return False
-
-
 async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw) -> tuple[float, float | None] | None:
-    """Idle mapping lifetime (RFC 5780 §4.6), as (alive, expired): the longest idle time after which
-    a mapping still let the server's answer in, and the first one after which it did not (None if it
-    never expired within `limit`). Each trial uses a new socket X: X learns its mapping M from S1, stays
-    idle for t seconds, then a helper socket asks S1 to answer to M's port (RESPONSE-PORT). The answer
-    reaches X only if M is still alive; nothing X sends refreshes M meanwhile. Waits 1, 2, 4, ... s."""
-    alive, wait = 0.0, 1.0
+    """Idle mapping lifetime (RFC 5780 §4.6), as (alive, expired): io/lifetime.py's trials of 1, 2,
+    4, ... s up to `limit`, side by side; None when the server answered none of them."""
+    waits, wait = [], 1.0
     while wait <= limit:
-        x = await _open(local_ip, server)
-        helper = await _open(local_ip, server)
-        try:
-            try:
-                m = (await binding(x, server, **kw)).mapped
-            except (StunTimeout, StunErrorResponse):
-                return None
-            await trio.sleep(wait)
-            got = await _response_port_reaches(x, helper, server, m[1], kw)
-        finally:
-            x.close()
-            helper.close()
-        if not got:
-            return alive, wait
-        alive = wait
+        waits.append(wait)
         wait *= 2
-    return alive, None
+    reading = await measure_lifetime(server, local_ip, waits=tuple(waits), rto=kw["rto"], rc=kw["rc"])
+    if reading.trials == 0:
+        return None
+    return reading.alive, reading.expired
 
 
 __all__ = ["Schedule", "discover", "schedules_for"]

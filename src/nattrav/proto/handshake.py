@@ -1,7 +1,9 @@
 """The on-path handshake, sans-IO: authenticated punch packets, hello/ack, keepalives, data frames.
 
-Every frame is MACed with a key derived from the rendezvous' session key and the SENDER's role, so a
-stray packet, an attacker without the key, or our own packet reflected back cannot win the race.
+Every frame is MACed with a key derived from the session's punch key and the SENDER's role, so a
+stray packet, an attacker without the key, or our own packet reflected back cannot win the race. The
+API's peers agree that key themselves (handshake_kx.py: the rendezvous server never learns it);
+bare rendezvous clients use the key the server minted.
 Counters are per direction and checked against a sliding replay window (as IPsec/WireGuard do), so a
 captured frame cannot be replayed within the session either. The payload is authenticated, not
 encrypted.
