@@ -147,7 +147,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
             # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
             # rendezvous connection comes up
             async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
-                               o.behavior_cache(), unclaimed=transport.close) as opening:
+                               o.behavior_cache(), _first(server_ep), unclaimed=transport.close) as opening:
                 async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
                     emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
                     ep = await opening.result()
@@ -158,7 +158,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                                                         tcp=isinstance(transport, TcpTransport))
                         emit("rendezvous-connect", {"peer": peer_id})
                         info = {**node_info(ep.report, client.rtt), **relay.info(rung)}
-                        session = await client.connect(peer_id, timeout=timeout, info=info)
+                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
                         # before any packet: a server that names another key for a peer ID is not followed
                         expected = expected_peer(peer_id, session) if o.secure else None
                         path = await _punch(transport, ep, session, o.ttl, emit, rung)
@@ -201,6 +201,18 @@ async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: I
             # the timings cover the handshake too; the raw path's summary() carries them as well
             clock.attach(secured)
             yield secured
+
+
+def _first(server_ep: Any) -> tuple[str, int]:
+    """The rendezvous server the punch socket asks where it sees us (observe_udp.py): the first of a
+    tier's list, which the client also tries first."""
+    return server_ep[0] if isinstance(server_ep, list) else server_ep
+
+
+def _tickets(ep: Any) -> list:
+    """The endpoint's observation tickets not yet handed to the server (a TCP endpoint has none)."""
+    take = getattr(ep, "take_tickets", None)
+    return take() if take is not None else []
 
 
 def as_peer_id_or_name(text: str) -> None:
@@ -289,13 +301,13 @@ class Listener:
 
     async def _open(self) -> Any:
         return await self._transport.open(self._stun, self._src[0], self._src[1], self._emit, self._behavior,
-                                          self._cache)
+                                          self._cache, self._client.server)
 
     async def _publish(self, ep: Any) -> None:
         """`ep` is the endpoint for the next peer: its report goes to the server."""
         self.endpoint = ep
         self._behavior = ep.behavior  # later endpoints skip discovery and the cache
-        await self._client.update_info(node_info(ep.report, self._client.rtt))
+        await self._client.update_info(node_info(ep.report, self._client.rtt), observed=_tickets(ep))
 
     def _close(self) -> None:
         if self.endpoint is not None:
@@ -326,7 +338,8 @@ class Listener:
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
             await self._transport.refresh(ep, emit)
-            session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt))
+            session = await self._client.accept(offer, info=node_info(ep.report, self._client.rtt),
+                                                observed=_tickets(ep))
             if expected is not None and expected_peer(None, session) != expected:
                 raise WrongPeer(f"the rendezvous server offered {expected} but made a session with another key")
             rung = None
@@ -351,7 +364,7 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
     cache = o.behavior_cache()
     identity = o.the_identity()
     # our endpoint is made while we enroll
-    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache,
+    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache, _first(server_ep),
                        unclaimed=transport.close) as opening:
         async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
                                       tls=o.server_tls) as client:
