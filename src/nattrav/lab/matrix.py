@@ -273,7 +273,8 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
             odds_floor=bool(a.get("odds_floor")), reason=None if ok else reason, shape=shape,
             extra={"prediction_a": _prediction(a), "prediction_b": _prediction(b),
                    "behavior_a": next((r for r in rows["a"] if r.get("event") == "behavior"), None),
-                   "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None)},
+                   "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None),
+                   "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason")},
         ))
     return out
 

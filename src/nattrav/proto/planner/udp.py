@@ -142,6 +142,9 @@ class Plan:
                 + (f" {_budgets(self.local, self.remote)}" if STRATEGIES[self.strategy].burst else "")
                 + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
                    if lan else "")
+                + "".join(f"; the {who} punch socket's flows left from {len(ips)} public addresses (an address "
+                          "pool, RFC 4787 §4.1): a new mapping's address cannot be aimed at"
+                          for who, ips in self.params.get("address_pools", {}).items())
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
