@@ -70,6 +70,8 @@ environment:
 
 ports to open (firewall / security group):
   7000/tcp        rendezvous (--listen)
+  7000/udp        the same port number on UDP: where peers' punch sockets are observed (a NAT with
+                  an address pool may send them from another address than the TCP connection)
   3478,3479/udp   STUN (--stun-ports), and the same /tcp: the TCP mode measures its mappings there
   3480/udp        two-host control link (--stun-control-port), between the two hosts only
   TURN            coturn's own: its listening port (udp+tcp) and its relay range (udp; tcp too for
