@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import sys
 
 import trio
 
@@ -21,6 +22,8 @@ log = logging.getLogger("nattrav.rendezvous.observe")
 
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 _ANC = socket.CMSG_SPACE(_PKTINFO.size)
+# Python's socket module does not name it; 8 is Linux's value (<linux/in.h>), other systems lack it
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
 
 
 async def serve_observer(host: str | None, port: int, key: bytes, *, task_status=trio.TASK_STATUS_IGNORED,
@@ -29,11 +32,11 @@ async def serve_observer(host: str | None, port: int, key: bytes, *, task_status
     cancelled. ``task_status.started`` gets the responder (its stats)."""
     responder = responder if responder is not None else ObserveResponder(key)
     bind = host or "0.0.0.0"
-    wildcard = bind == "0.0.0.0"
+    wildcard = bind == "0.0.0.0" and IP_PKTINFO is not None  # (else: answers leave as the route says)
     with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
         await sock.bind((bind, port))
         if wildcard:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_PKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         log.info("observation requests answered on %s:%d/udp", bind, port)
         task_status.started(responder)
         while True:
@@ -50,7 +53,7 @@ async def serve_observer(host: str | None, port: int, key: bytes, *, task_status
                 continue
             try:
                 if wildcard:
-                    await sock.sendmsg([reply], _from_where_asked(anc), src)
+                    await sock.sendmsg([reply], _from_where_asked(anc), 0, src)
                 else:
                     await sock.sendto(reply, src)
             except OSError as exc:
@@ -60,9 +63,9 @@ async def serve_observer(host: str | None, port: int, key: bytes, *, task_status
 def _from_where_asked(anc: list) -> list:
     """The control message that makes an answer leave from the address the request came to."""
     for level, kind, data in anc:
-        if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO and len(data) >= _PKTINFO.size:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
             _ifindex, _spec, dst = _PKTINFO.unpack_from(data)
-            return [(socket.IPPROTO_IP, socket.IP_PKTINFO, _PKTINFO.pack(0, dst, bytes(4)))]
+            return [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(0, dst, bytes(4)))]
     return []
 
 
@@ -80,3 +83,6 @@ async def observe_beside(host: str | None, port: int, key: bytes) -> None:
     except OSError as exc:
         log.warning("cannot answer observation requests on %s:%d/udp (%s): peers behind an address pool "
                     "may not be reachable", host or "0.0.0.0", port, exc.strerror or exc)
+    except Exception:
+        # a bug here must cost the observation only, never the rendezvous server beside it
+        log.exception("the observation port %s:%d/udp stopped", host or "0.0.0.0", port)
