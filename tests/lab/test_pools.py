@@ -33,6 +33,14 @@ def test_a_pooled_full_cone_connects_over_udp(peer):
     assert not any("RFC 4787" in (r.extra.get("plan_reason_a") or "") for r in results), _summary(results)
 
 
+@pytest.mark.parametrize("layout", ["one-address", "two-host"])
+def test_the_observation_port_is_there_in_every_server_layout(layout):
+    # the rendezvous port's UDP twin sits beside the listener, wherever the STUN servers are
+    require_lab()
+    results = run_pair(POOLED_CONE, "port-restricted", 2, trial_timeout=15, server_layout=layout)
+    assert all(r.ok for r in results), _summary(results)
+
+
 def test_a_pooled_port_restricted_cone_meets_another_by_simultaneous_open():
     # both sides must aim at the other's punch socket: EIM, but filtering by address and port
     require_lab()

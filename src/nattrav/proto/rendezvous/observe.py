@@ -119,10 +119,12 @@ class ObserveResponder:
     """Answers observation requests: ``answer(datagram, source, now)`` gives the reply's bytes, or
     None (not a Binding request, too big, too small to answer without amplifying, over the rate).
 
-    rate/burst: answers per second per source IP (a token bucket); max_sources bounds the table
-    (the least recently heard source goes first)."""
+    rate/burst: answers per second per source IP (a token bucket: a carrier-grade NAT's many
+    subscribers share one source; at 100/s of at most 72 bytes a victim of spoofed requests gets
+    7 KB/s at most, and no more than the spoofer sent); max_sources bounds the table (the least
+    recently heard source goes first)."""
 
-    def __init__(self, key: bytes, *, rate: float = 20.0, burst: float = 40.0, max_sources: int = 4096,
+    def __init__(self, key: bytes, *, rate: float = 100.0, burst: float = 200.0, max_sources: int = 4096,
                  ttl: float = TICKET_TTL) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"the observation key is {KEY_BYTES} bytes")
