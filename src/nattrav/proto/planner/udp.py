@@ -142,9 +142,9 @@ class Plan:
                 + (f" {_budgets(self.local, self.remote)}" if STRATEGIES[self.strategy].burst else "")
                 + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
                    if lan else "")
-                + "".join(f"; the {who} punch socket's flows left from {len(ips)} public addresses (an address "
+                + "".join(f"; the {who} punch socket's flows left from {n} public addresses (an address "
                           "pool, RFC 4787 §4.1): a new mapping's address cannot be aimed at"
-                          for who, ips in self.params.get("address_pools", {}).items())
+                          for who, n in self.params.get("address_pool_sizes", {}).items())
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
@@ -218,9 +218,9 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     # random-sequential needs far more flows than a home router holds).
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best) + assumed
-    scattered = {who: ips for who, ips in pools.items() if len(ips) > 1}
+    scattered = {who: seen for who, seen in pools.items() if seen[1] > 1}
     if scattered:
-        attempts, best, feasible, why = _scattered(attempts, best, feasible, scattered, local, remote)
+        attempts, best, feasible, why = _scattered(attempts, best, scattered, local, remote)
         reason += why
     if best.odds < target and STRATEGIES[best.strategy].burst:
         reason += "; " + _budgets(local, remote)
@@ -251,22 +251,24 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     if reported is not None:
         params["reported_peer_ip"] = reported
     if scattered:
-        params["address_pools"] = {who: list(ips) for who, ips in scattered.items()}
+        # per scattered side: the addresses seen by name, and how many its flows showed in all
+        params["address_pools"] = {who: list(ips) for who, (ips, _) in scattered.items()}
+        params["address_pool_sizes"] = {who: n for who, (_, n) in scattered.items()}
     if lan:
         params["lan_targets"] = [[a.local.peer_ip, a.local.targets[0]] for a in lan if a.local.targets]
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
                 timeout, params)
 
 
-def _addresses(report: NatReport, observed: Sequence[str]) -> tuple[str, ...]:
-    """The public addresses one side's punch socket showed: its last mapping's, those the server
-    observed it on, and as many more as the side says its own samples showed (NatReport.pool: the
-    peer's word, which can only make its own side harder to reach)."""
-    ips = list(dict.fromkeys([*([report.public[0]] if report.public else []), *observed]))
-    return tuple(ips) + tuple(f"?{k}" for k in range(report.pool - len(ips)))
+def _addresses(report: NatReport, observed: Sequence[str]) -> tuple[tuple[str, ...], int]:
+    """The public addresses one side's punch socket showed (its last mapping's and those the server
+    observed it on), and how many its flows showed in all: at least as many as the side says its own
+    samples showed (NatReport.pool: the peer's word, which can only make its own side harder)."""
+    ips = tuple(dict.fromkeys([*([report.public[0]] if report.public else []), *observed]))
+    return ips, max(len(ips), report.pool)
 
 
-def _scattered(attempts: list[Attempt], best: Attempt, feasible: bool, scattered: dict[str, tuple[str, ...]],
+def _scattered(attempts: list[Attempt], best: Attempt, scattered: dict[str, tuple[tuple[str, ...], int]],
                local: Side, remote: Side) -> tuple[list[Attempt], Attempt, bool, str]:
     """The plan for a pair where a side's NAT gave one socket's flows different public addresses: an
     address pool with "arbitrary" pooling (RFC 4787 §4.1) and a mapping per destination, so each new
@@ -276,9 +278,8 @@ def _scattered(attempts: list[Attempt], best: Attempt, feasible: bool, scattered
     new mapping of the scattered side (or opens a filter to its address) on the assumption that it
     leaves from the address the server saw: at best one chance in the number of addresses seen."""
     sides = {"local": local, "remote": remote}
-    seen = "; ".join(f"the {who} punch socket's flows left from {len(ips)} addresses "
-                     f"({', '.join(ip for ip in ips if not ip.startswith('?')) or 'its own count'})"
-                     for who, ips in scattered.items())
+    seen = "; ".join(f"the {who} punch socket's flows left from {n} addresses (seen: {', '.join(ips)})"
+                     for who, (ips, n) in scattered.items())
     talkers_ok = all(sides["remote" if who == "local" else "local"].reachable and
                      ("remote" if who == "local" else "local") not in scattered for who in scattered)
     direct = [a for a in attempts if a.strategy is Strategy.DIRECT]
@@ -286,7 +287,7 @@ def _scattered(attempts: list[Attempt], best: Attempt, feasible: bool, scattered
         return (direct, direct[0], True,
                 f"; {seen} (an address pool, RFC 4787 §4.1): only the direct attempt is kept, where "
                 "that side talks first and the answers go back to the address its packets came from")
-    n = max(len(ips) for ips in scattered.values())
+    n = max(count for _, count in scattered.values())
     best = replace(best, odds=best.odds / n)
     attempts = [best] + attempts[1:]
     return (attempts, best, False,
