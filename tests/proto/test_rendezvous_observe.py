@@ -290,3 +290,24 @@ def test_the_tcp_planner_accepts_a_udp_observed_address_the_report_names():
     assert {ip for ip, _ in q.targets} <= {"203.0.113.10"} and q.params["reported_peer_ip"] == "192.0.2.50"
     rungs = tcp_planner.ladder(mine, theirs, "first", peer_ip="203.0.113.10", peer_udp=["203.0.113.11"])
     assert all(ip == "203.0.113.11" for r in rungs for ip, _ in r.plan.targets)
+
+
+def test_a_fresh_punch_socket_replaces_the_earlier_ones_observations():
+    # a listener's next endpoint: its old socket's address would read as one socket on two addresses
+    h = Harness()
+    a, _ = _enrolled(h)
+    b, b_id = _enrolled(h, ("198.51.100.20", 5000))
+    for addr, fresh in ((("203.0.113.11", 31000), True), (("203.0.113.11", 31001), None),
+                        (("203.0.113.12", 32000), True)):
+        h.send(a, "observe", id=1, addr=list(addr), ticket=make_ticket(h.server.observe_key, addr, h.now),
+               fresh=fresh)
+        assert h.one(a, "observation")["recorded"]
+    assert _session_info(h, a, b, b_id, {"report": "r"})["observed_udp"] == [["203.0.113.12", 32000]]
+    h.pop(a)  # its session
+    # a refused fresh ticket forgets nothing
+    h.send(a, "observe", id=1, addr=["203.0.113.13", 1], ticket=bytes(24), fresh=True)
+    assert h.one(a, "observation")["recorded"] is False
+    h.send(a, "info", id=2, info={"report": "r"})
+    assert h.one(a, "ok")
+    a_id = next(c.peer for conn, c in h.server.conns.items() if conn == a)
+    assert msgpack.unpackb(h.server.peers[a_id].info)["observed_udp"] == [["203.0.113.12", 32000]]

@@ -371,7 +371,9 @@ class RendezvousClient:
 
     def _info_request(self, info: dict | None, observed: Observed = ()) -> list[tuple[str, dict]]:
         # observations first: the server adds what it recorded to the info that follows
-        out = [("observe", {"addr": [ip, port], "ticket": ticket}) for (ip, port), ticket in observed]
+        # one endpoint's at a time: the first replaces what an earlier punch socket left on the server
+        out = [("observe", {"addr": [ip, port], "ticket": ticket, "fresh": k == 0 or None})
+               for k, ((ip, port), ticket) in enumerate(observed)]
         if info is None:
             return out
         try:

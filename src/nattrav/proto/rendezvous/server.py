@@ -390,7 +390,12 @@ class RendezvousServer:
             # recorded on the connection; the next info it publishes carries it (a client sends its
             # observations just before its info, in the same round trip)
             try:
-                note_observed(c.udp, check_ticket(self.observe_key, msg["addr"], msg["ticket"], now))
+                seen = check_ticket(self.observe_key, msg["addr"], msg["ticket"], now)
+                if msg.get("fresh"):
+                    # a new punch socket: the old one's addresses would read as one socket's flows
+                    # spread over a pool (planner/udp.py's _scattered)
+                    c.udp.clear()
+                note_observed(c.udp, seen)
             except BadTicket as exc:
                 self._send(conn, "observation", id=rid, recorded=False, reason=str(exc))
                 return

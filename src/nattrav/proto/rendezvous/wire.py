@@ -61,7 +61,8 @@ CLIENT_MESSAGES: dict[str, Spec] = {
     "accept": {"id": (_INT, False), "offer": (_STR, True)},
     "refuse": {"id": (_INT, False), "offer": (_STR, True)},
     # the punch socket's UDP address as the server saw it, with the server's ticket for it (observe.py)
-    "observe": {"id": (_INT, False), "addr": ((list,), True), "ticket": (_BYTES, True)},
+    # fresh: the first of a new punch socket's, which replaces what the connection recorded before
+    "observe": {"id": (_INT, False), "addr": ((list,), True), "ticket": (_BYTES, True), "fresh": ((bool,), False)},
 }
 
 SERVER_MESSAGES: dict[str, Spec] = {
