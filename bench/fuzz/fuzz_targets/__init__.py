@@ -14,6 +14,7 @@ NAMES = (
     "stun_tcp_stream",
     "rv_frames",
     "rv_server",
+    "rv_observe",
     "udp_report",
     "tcp_report",
     "worker_messages",

@@ -88,6 +88,7 @@ def frames() -> dict[str, bytes]:
         "connect": m("connect", id=5, target="bob", timeout=2.5),
         "accept": m("accept", id=6, offer="t1"),
         "refuse": m("refuse", id=7, offer="t1"),
+        "observe": m("observe", id=8, addr=["203.0.113.11", 31000], ticket=b"t" * 24),
         "s-enrolled": m("enrolled", id=1, peer="alice", secret="x" * 24, keepalive=15.0, now=1.5,
                         observed=["203.0.113.10", 5000]),
         "s-pong": m("pong", id=3, now=2.0),
@@ -96,6 +97,7 @@ def frames() -> dict[str, bytes]:
         "s-cancel": m("cancel", offer="t1", code="timeout", message="bob did not answer"),
         "s-session": m("session", id=5, session="t1", peer="bob", info=info, key=b"k" * 32, start_at=3.0,
                        now=2.5, role="first"),
+        "s-observation": m("observation", id=8, recorded=False, reason="the ticket expired"),
         "s-error": m("error", id=9, code="bad-frame", message="frame length 0 outside 1..16384"),
     }
     return {k: rv.encode(v) for k, v in msgs.items()}

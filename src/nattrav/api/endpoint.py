@@ -19,6 +19,7 @@ from ..io.stun_discover import discover
 from ..io.trace import MAX_TTL, trace_hops
 from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
+from ..proto.rendezvous.observe import read_observed
 from ..proto.report import NatReport
 from ..proto.vocab import Mapping
 from .background import running
@@ -174,6 +175,17 @@ def read_peer_report(session: Session) -> tuple[NatReport, str]:
     except (TypeError, ValueError, IndexError, KeyError):
         raise ConnectError(f"the rendezvous server did not say where it saw {session.peer_id}") from None
     return report, ip
+
+
+def peer_udp_ips(session: Session) -> list[str]:
+    """The IPs the rendezvous server saw the peer's punch socket on (its observation port, UDP),
+    oldest first: beside the TCP connection's address, the only other ones we may aim at."""
+    info = session.peer_info if isinstance(session.peer_info, dict) else {}
+    ips: list[str] = []
+    for ip, _port in read_observed(info.get("observed_udp")):
+        if ip not in ips:
+            ips.append(ip)
+    return ips
 
 
 def own_ip(session: Session) -> str | None:

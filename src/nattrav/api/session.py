@@ -164,7 +164,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
             # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
             # rendezvous connection comes up
             async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
-                               o.behavior_cache(), unclaimed=transport.close) as opening:
+                               o.behavior_cache(), _first(server_ep), unclaimed=transport.close) as opening:
                 async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
                     emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
                     ep = await opening.result()
@@ -177,7 +177,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                         kx = KeyAgreement()  # this session's own: the punch key is never the server's
                         info = {**node_info(ep.report, client.rtt), **relay.info(rung),
                                 **kx.offer(identity, peer_id).to_info()}
-                        session = await client.connect(peer_id, timeout=timeout, info=info)
+                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
                         # before any packet: a server that names another key for a peer ID, or that
                         # changed the peer's key agreement, is not followed
                         verified = expected_peer(peer_id, session)
@@ -225,6 +225,18 @@ async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: I
             # the timings cover the handshake too; the raw path's summary() carries them as well
             clock.attach(secured)
             yield secured
+
+
+def _first(server_ep: Any) -> tuple[str, int]:
+    """The rendezvous server the punch socket asks where it sees us (observe_udp.py): the first of a
+    tier's list, which the client also tries first."""
+    return server_ep[0] if isinstance(server_ep, list) else server_ep
+
+
+def _tickets(ep: Any) -> list:
+    """The endpoint's observation tickets not yet handed to the server (a TCP endpoint has none)."""
+    take = getattr(ep, "take_tickets", None)
+    return take() if take is not None else []
 
 
 def as_peer_id_or_name(text: str) -> None:
@@ -316,13 +328,13 @@ class Listener:
 
     async def _open(self) -> Any:
         return await self._transport.open(self._stun, self._src[0], self._src[1], self._emit, self._behavior,
-                                          self._cache)
+                                          self._cache, self._client.server)
 
     async def _publish(self, ep: Any) -> None:
         """`ep` is the endpoint for the next peer: its report goes to the server."""
         self.endpoint = ep
         self._behavior = ep.behavior  # later endpoints skip discovery and the cache
-        await self._client.update_info(node_info(ep.report, self._client.rtt))
+        await self._client.update_info(node_info(ep.report, self._client.rtt), observed=_tickets(ep))
 
     def _close(self) -> None:
         if self.endpoint is not None:
@@ -359,7 +371,7 @@ class Listener:
         try:
             await self._transport.refresh(ep, emit)
             session = await self._client.accept(offer, info={**node_info(ep.report, self._client.rtt),
-                                                             **answer.to_info()})
+                                                             **answer.to_info()}, observed=_tickets(ep))
             if expected_peer(None, session) != initiator:
                 raise WrongPeer(f"the rendezvous server offered {initiator} but made a session with another key")
             session = agree_as_responder(kx, session, offer.offer_id)
@@ -389,7 +401,7 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
     cache = o.behavior_cache()
     identity = o.the_identity()
     # our endpoint is made while we enroll
-    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache,
+    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache, _first(server_ep),
                        unclaimed=transport.close) as opening:
         async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
                                       tls=o.server_tls) as client:

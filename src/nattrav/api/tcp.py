@@ -22,7 +22,8 @@ from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .relay import RelayRung
 from .behavior_cache import BehaviorCache
-from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, read_peer_report,
+from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, peer_udp_ips,
+                       read_peer_report,
                        resolve)
 from .secure import secure_tcp
 
@@ -117,7 +118,7 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
     mine, peer = ep.report.tcp, peer_report.tcp
     assert mine is not None
     rungs = tcp_ladder(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip,
-                       timeout=timeout, own_ip=own_ip(session))
+                       timeout=timeout, own_ip=own_ip(session), peer_udp=peer_udp_ips(session))
     local = ep.listener.getsockname()[:2]
     low_ttl = ttl or ep.hops.low_ttl
     failures = []
@@ -172,7 +173,9 @@ class TcpTransport:
         self.punch_timeout = punch_timeout
         self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
 
-    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> TcpEndpoint:
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None, observe=None) -> TcpEndpoint:
+        # `observe` (the UDP punch socket's observation port) has no TCP twin: a TCP peer is aimed
+        # at its connection's address, or at a UDP-observed one its TCP report names
         ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
                                      cache=cache)
         ep.report = self._windowed(ep.report)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -23,7 +23,8 @@ from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
 from ..proto.planner.udp import Plan, plan
-from ..proto.report import NatReport, Sample
+from ..proto.rendezvous.observe import observe_request, ticket_of
+from ..proto.report import MAX_POOL, NatReport, Sample
 from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
 from ..proto.vocab import Mapping, Strategy
@@ -32,7 +33,7 @@ from ..proto.hops import DEFAULT_HOPS, HopReading
 from .relay import RelayRung
 from .background import running
 from .behavior_cache import BehaviorCache
-from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, read_peer_report,
+from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, peer_udp_ips, read_peer_report,
                        resolve, resolve_behavior)
 from .secure import quic_settings, secure_udp
 
@@ -42,6 +43,10 @@ WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker proc
 EIM_SAMPLES_FRESH = 20.0
 # the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
 SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
+# its observation request (proto/rendezvous/observe.py): sent at 0 and 0.15 s, given up at 0.3 s (what a
+# server without the observation port costs the endpoint at most; an answered one costs nothing)
+OBSERVE_RTO, OBSERVE_RC, OBSERVE_RM = 0.15, 2, 1
+OBSERVE_GIVE_UP = 0.3
 # Our bursts of this process by local address, in time.monotonic() (the behaviour cache file keeps
 # them across processes, in unix time): what they opened is not ours to spend again until it expires.
 LEDGER = FlowLedger()
@@ -60,6 +65,16 @@ class Endpoint:
     hops: HopReading = DEFAULT_HOPS  # our NAT layers as traced: the low TTL
     budget: int = DEFAULT_FLOW_BUDGET  # new flows our bursts may have open on our NATs (before the ledger)
     local_ip: str = "0.0.0.0"  # where our bursts leave from: the ledger's key
+    # the punch socket as the rendezvous server's observation port saw it (proto/rendezvous/observe.py):
+    # tickets not yet handed to the server, and every address seen (what the peer learns from it)
+    tickets: list = field(default_factory=list)
+    seen_udp: list = field(default_factory=list)
+    seen_ips: set = field(default_factory=set)  # every public IP this socket's flows showed (report.pool)
+
+    def take_tickets(self) -> list:
+        """The observations to hand to the server with our next info (each once)."""
+        out, self.tickets = self.tickets, []
+        return out
 
     def flows_held(self) -> int:
         """Flows our recent bursts opened that our NATs may still hold: this process's, or every
@@ -88,15 +103,21 @@ async def open_endpoint(
     behavior: NatBehavior | None = None,
     cache: BehaviorCache | None = None,
     max_flows: int | None = None,
+    observe: tuple[str, int] | None = None,
 ) -> Endpoint:
     """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
     this network: a NAT's behaviour does not change between sessions, its mappings do), and learn
     the punch socket's mappings from S1 and S2 -- as soon as discovery's tests have made their own
     mappings, while its filtering tests still wait for answers that may never come.
     max_flows: our flow budget (default: a home router's, smaller when the trace shows a
-    carrier-grade NAT: proto/planner/budget.py); the report publishes it less our recent bursts."""
+    carrier-grade NAT: proto/planner/budget.py); the report publishes it less our recent bursts.
+    observe: the rendezvous server's address: the punch socket asks its observation port (UDP, same
+    port number) where it sees us, in the same volley as its first samples (no extra wait), so that
+    the peer may aim at that address too (a NAT with an address pool: proto/rendezvous/observe.py)."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
+    if observe is not None:
+        observe = (resolve(observe[0]), observe[1])
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
         try:
@@ -109,12 +130,14 @@ async def open_endpoint(
         async with running(measure_hops, stun, src_ip, emit) as tracing:
             cached = sampled = None
             if behavior is None:
-                (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache)
+                (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache, observe)
             if sampled is None:
                 t0 = trio.current_time()
-                sampled = (t0, *await _sample(sock, _targets(stun, behavior.other_address), t0))
-            t0, new, public = sampled
-            report = _report(sock, behavior, new, public, emit)
+                sampled = (t0, await _sample(sock, _targets(stun, behavior.other_address), t0, observe))
+            t0, got = sampled
+            seen = _Seen()
+            seen.add(got, emit)
+            report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
             hops = await tracing.result()
     except BaseException:
         sock.close()
@@ -122,7 +145,8 @@ async def open_endpoint(
     if max_flows is None:
         max_flows = default_flow_budget(hops, (ip for ip, _ in report.host))
     local_ip = behavior.local[0] if behavior.local else sock.getsockname()[0]
-    ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip))
+    ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip),
+                  seen.tickets, seen.udp, seen.ips)
     ep.publish_flows(emit)
     return ep
 
@@ -132,7 +156,7 @@ def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple
 
 
 async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | None, emit: EventHook,
-                                cache: BehaviorCache | None) -> tuple[Any, Any]:
+                                cache: BehaviorCache | None, observe: tuple[str, int] | None) -> tuple[Any, Any]:
     """resolve_behavior(), with the punch socket's samples taken once the tests' mappings are made
     (None when discovery never got that far: the cache answered, or the server did not)."""
     made = trio.Event()
@@ -153,7 +177,7 @@ async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | 
         sampled = None
         if made.is_set():
             t0 = trio.current_time()
-            sampled = (t0, *await _sample(sock, _targets(stun, other[0]), t0))
+            sampled = (t0, await _sample(sock, _targets(stun, other[0]), t0, observe))
         return await job.result(), sampled
 
 
@@ -167,22 +191,66 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     fresh = ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH
     one_ip = s2 is not None and s2[0] == s1[0]  # one server IP: both its ports are old flows already
     if s2 is not None and not fresh and not one_ip:
-        new, public = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
-        ep.report = _report(ep.sock, ep.behavior, new, public, on_event or (lambda phase, detail: None), ep.report)
+        got = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
+        ep.seen_ips |= got.ips
+        ep.report = _report(ep.sock, ep.behavior, got.samples, got.public, on_event or (lambda phase, detail: None),
+                            ep.report, pool=len(ep.seen_ips))
         ep.sampled_at = trio.current_time()
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
 
 
-async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float) -> tuple[list[Sample], tuple[str, int]]:
+@dataclass
+class _Sampled:
+    samples: list[Sample]
+    public: tuple[str, int]  # the last sample's
+    ips: set  # the public IPs the samples showed
+    observed: tuple[tuple[str, int], bytes] | None = None  # (address, ticket) from the observation port
+
+
+@dataclass
+class _Seen:
+    """What an endpoint's samples and observation showed, before the Endpoint exists."""
+
+    ips: set = field(default_factory=set)
+    tickets: list = field(default_factory=list)
+    udp: list = field(default_factory=list)
+
+    def add(self, got: _Sampled, emit: EventHook) -> None:
+        self.ips |= got.ips
+        if got.observed is not None:
+            addr, _ = got.observed
+            self.tickets.append(got.observed)
+            self.udp.append(addr)
+            self.ips.add(addr[0])
+            emit("observed", {"udp": list(addr)})
+
+
+async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
+                  observe: tuple[str, int] | None = None) -> _Sampled:
     """The punch socket's mappings seen by `targets`, and the last public address. With APDM each
     new server address is a new mapping; the difference between consecutive ones is the step Δ the
     next mapping will take, and the last one is where prediction starts. The requests leave
-    together, in order (the NAT numbers the mappings in the order they arrive)."""
+    together, in order (the NAT numbers the mappings in the order they arrive). `observe`: the
+    rendezvous server's observation port, asked first (its flow is then older than every sample,
+    and predictions count from the last sample) with a short schedule of its own: a server without
+    it costs at most OBSERVE_GIVE_UP seconds, and its silence fails nothing."""
     jobs = [(sock, Transaction(binding_request(), dest, rto=SAMPLE_RTO, rc=SAMPLE_RC, rm=SAMPLE_RM))
             for dest in targets]
-    results = await run_transactions(jobs, stagger=0.001)
-    new = []
+    if observe is not None:
+        jobs.insert(0, (sock, Transaction(observe_request(), observe, rto=OBSERVE_RTO, rc=OBSERVE_RC,
+                                          rm=OBSERVE_RM)))
+    # no gap after the observation: it shares the socket with the first sample, whose datagram the
+    # kernel sends after it anyway (a gap is one more timer on the critical path)
+    gaps = [0.0] + [0.001] * len(targets) if observe is not None else 0.001
+    results = await run_transactions(jobs, stagger=gaps)
+    observed = None
+    if observe is not None:
+        first = results.pop(0)
+        jobs.pop(0)
+        if first is not None and first.ok:
+            observed = ticket_of(first.message, first.mapped)
+    new, ips = [], set()
     for dest, (_, tx), r in zip(targets, jobs, results):
         if r is None or not r.ok:
             why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
@@ -190,18 +258,19 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float) -> tuple
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
         new.append(Sample(r.mapped[1], r.received_at - t0))
         public = (str(r.mapped[0]), r.mapped[1])
-    return new, public
+        ips.add(public[0])
+    return _Sampled(new, public, ips, observed)
 
 
 def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[str, int], emit: EventHook,
-            previous: NatReport | None = None) -> NatReport:
+            previous: NatReport | None = None, pool: int = 1) -> NatReport:
     series = (previous.samples if previous else ()) + tuple(new)
     ports = [s.port for s in new]
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
     # the host candidates are read again at every refresh: a listener's interfaces may change
     return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()),
-                      **({"flows": previous.flows} if previous else {}))
+                      pool=max(1, min(pool, MAX_POOL)), **({"flows": previous.flows} if previous else {}))
 
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
@@ -216,7 +285,7 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     try:
         # each side's part within the budget its own report published (ours: ep.report.flows)
         p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, own_ip=own_ip(session),
-                       **(plan_knobs or {}))
+                       peer_udp=peer_udp_ips(session), own_udp=[a[0] for a in ep.seen_udp], **(plan_knobs or {}))
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     # infeasible: straight to the relay -- unless the peer may be on our LAN (the plan's odds are
@@ -317,9 +386,9 @@ class UdpTransport:
         settings = quic_settings(ep.behavior.lifetime, **self.quic)
         return secure_udp(path, session, identity, expected, settings, emit)
 
-    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None) -> Endpoint:
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None, observe=None) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
-                                   cache=cache, max_flows=self.max_flows)
+                                   cache=cache, max_flows=self.max_flows, observe=observe)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)

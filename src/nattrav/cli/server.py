@@ -70,6 +70,8 @@ environment:
 
 ports to open (firewall / security group):
   7000/tcp        rendezvous (--listen)
+  7000/udp        the same port number on UDP: where peers' punch sockets are observed (a NAT with
+                  an address pool may send them from another address than the TCP connection)
   3478,3479/udp   STUN (--stun-ports), and the same /tcp: the TCP mode measures its mappings there
   3480/udp        two-host control link (--stun-control-port), between the two hosts only
   TURN            coturn's own: its listening port (udp+tcp) and its relay range (udp; tcp too for
@@ -289,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="both peers start punching this long after the accept when either did not tell its "
                         "round trip to the server (older clients; default 0.5); otherwise the larger round "
                         "trip, within 0.02..2 s")
+    p.add_argument("--no-observe", action="store_true",
+                   help="do not answer on UDP at the --listen port (the observation of peers' punch sockets; "
+                        "without it a peer behind a NAT with an address pool may be unreachable)")
     p.add_argument("--max-connections", type=_count, default=10_000, metavar="N",
                    help="rendezvous connections at once (default 10000); lowered, with a warning, to what "
                         "the file-descriptor limit allows once its soft value is raised to the hard one")
@@ -417,7 +422,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: Stun
             reserve = 64 + (600 if config is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
                 listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
-                ssl_context=tls, task_status=task_status))
+                ssl_context=tls, observe=not args.no_observe, task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:

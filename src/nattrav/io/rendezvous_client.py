@@ -30,7 +30,7 @@ import logging
 import random
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import trio
 
@@ -59,6 +59,7 @@ SEND_TIMEOUT = 10.0
 MIN_PING_TIMEOUT = 2.0  # a busy server may take a while to answer; a vanished one never does
 
 log = logging.getLogger("nattrav.rendezvous.client")
+Observed = Sequence[tuple[tuple[str, int], bytes]]  # (address the server saw, its ticket) pairs
 
 @dataclass(frozen=True)
 class Offer:
@@ -368,15 +369,26 @@ class RendezvousClient:
             replies.append(reply.msg)
         return replies
 
-    def _info_request(self, info: dict | None) -> list[tuple[str, dict]]:
+    def _info_request(self, info: dict | None, observed: Observed = ()) -> list[tuple[str, dict]]:
+        # observations first: the server adds what it recorded to the info that follows
+        # one endpoint's at a time: the first replaces what an earlier punch socket left on the server
+        out = [("observe", {"addr": [ip, port], "ticket": ticket, "fresh": k == 0 or None})
+               for k, ((ip, port), ticket) in enumerate(observed)]
         if info is None:
-            return []
+            return out
         try:
             check_info(info)
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
         self._info = info
-        return [("info", {"info": info})]
+        return out + [("info", {"info": info})]
+
+    @staticmethod
+    def _noted(replies: list[dict]) -> None:
+        for msg in replies:
+            if msg["t"] == "observation" and not msg["recorded"]:
+                # the peer then aims at our TCP address only (a tier's other instance, an old ticket)
+                log.info("the server did not record our punch socket's address: %s", msg.get("reason"))
 
     def _session(self, msg: dict) -> Session:
         return Session.from_frame(msg, self.to_local, self.observed)
@@ -390,17 +402,23 @@ class RendezvousClient:
         self._clock.sample(sent, received, msg["now"])
         return received - sent
 
-    async def update_info(self, info: dict) -> None:
-        """Publish new node info (also what the client publishes when it enrolls again)."""
-        await self._requests(*self._info_request(info))
+    async def update_info(self, info: dict, *, observed: Observed = ()) -> None:
+        """Publish new node info (also what the client publishes when it enrolls again).
+        `observed`: (address, ticket) pairs from the server's observation port (proto/rendezvous/
+        observe.py), handed back first so that the info carries them."""
+        self._noted(await self._requests(*self._info_request(info, observed)))
 
-    async def connect(self, peer_id: str, timeout: float = 10.0, *, info: dict | None = None) -> Session:
+    async def connect(self, peer_id: str, timeout: float = 10.0, *, info: dict | None = None,
+                      observed: Observed = ()) -> Session:
         """Ask peer_id for a session; raises UnknownPeer, PeerOffline, Refused or RendezvousTimeout.
-        `info`: publish this node info first, in the same round trip (update_info() then connect())."""
-        requests = self._info_request(info) + [("connect", {"target": peer_id, "timeout": float(timeout)})]
+        `info`: publish this node info first, in the same round trip (update_info() then connect());
+        `observed`: as update_info()'s."""
+        requests = self._info_request(info, observed) + [("connect", {"target": peer_id, "timeout": float(timeout)})]
         # The server enforces the timeout; the local guard only covers a server that stops answering.
         with trio.move_on_after(timeout + max(2.0, 4 * min(self.rtt, 5.0))) as guard:
-            msg = (await self._requests(*requests))[-1]
+            replies = await self._requests(*requests)
+            self._noted(replies)
+            msg = replies[-1]
         if guard.cancelled_caught:
             raise RendezvousTimeout(f"timeout: no answer about {peer_id} within {timeout:g} s")
         return self._session(msg)
@@ -418,12 +436,15 @@ class RendezvousClient:
             if offer.offer_id not in self._cancelled:
                 return offer
 
-    async def accept(self, offer: Offer, *, info: dict | None = None) -> Session:
-        """Take `offer`; `info`: publish this node info first, in the same round trip."""
+    async def accept(self, offer: Offer, *, info: dict | None = None, observed: Observed = ()) -> Session:
+        """Take `offer`; `info`: publish this node info first, in the same round trip; `observed`: as
+        update_info()'s."""
         if offer.offer_id in self._cancelled:
             raise OfferGone(f"offer from {offer.peer_id} ended: {self._cancelled[offer.offer_id]}")
-        requests = self._info_request(info) + [("accept", {"offer": offer.offer_id})]
-        return self._session((await self._requests(*requests))[-1])
+        requests = self._info_request(info, observed) + [("accept", {"offer": offer.offer_id})]
+        replies = await self._requests(*requests)
+        self._noted(replies)
+        return self._session(replies[-1])
 
     async def refuse(self, offer: Offer) -> None:
         if offer.offer_id in self._cancelled:

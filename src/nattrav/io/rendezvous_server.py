@@ -27,6 +27,7 @@ import trio
 
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
 from ..errors import BadMessage, FdLimitError, LocalProtocolError, RegistryUnavailable
+from .observe_udp import observe_beside
 from ..proto.rendezvous import Close, ErrorCode, Relay, RendezvousServer, Send, encode, make, pack_notice, unpack_notice
 
 log = logging.getLogger("nattrav.rendezvous")
@@ -332,6 +333,7 @@ async def serve_rendezvous(
     max_queued: int = 1024 * 1024,
     write_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    observe: bool = True,
     **state_options,
 ) -> None:
     """Run the rendezvous server forever on host:port (port 0 picks one).
@@ -342,7 +344,8 @@ async def serve_rendezvous(
     RendezvousServer). ``max_connections`` is lowered to what the file-descriptor limit allows once
     its soft value is raised to the hard one (``fd_reserve`` descriptors are left for the rest of the
     process); a connection beyond it gets a ``busy`` error and is closed. ``ssl_context``: serve
-    over TLS (io/rendezvous_tls.py's server_context).
+    over TLS (io/rendezvous_tls.py's server_context). ``observe``: answer punch sockets'
+    observation requests on the same port number over UDP (io/observe_udp.py).
     """
     state = state if state is not None else RendezvousServer(**state_options)
     max_connections = fit_connections(max_connections, fd_reserve)
@@ -424,4 +427,6 @@ async def serve_rendezvous(
         await nursery.start(trio.serve_listeners, handler, listeners)
         sockname = listeners[0].socket.getsockname()[:2]
         log.info("rendezvous server listening on %s:%d", *sockname)
+        if observe:  # the same port number on UDP: where peers' punch sockets are seen (observe_udp.py)
+            nursery.start_soon(observe_beside, host, sockname[1], state.observe_key)
         task_status.started(tuple(sockname))

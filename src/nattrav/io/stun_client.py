@@ -48,16 +48,19 @@ async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> Bind
 
 
 async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transaction]], *,
-                           stagger: float = 0.0, sent: Callable[[], None] | None = None) -> list[BindingResult | None]:
+                           stagger: float | Sequence[float] = 0.0,
+                           sent: Callable[[], None] | None = None) -> list[BindingResult | None]:
     """Run many transactions at once, on one socket or several: each (socket, transaction) pair's
     result in order, None for one that failed. First requests leave in the list's order, `stagger`
     seconds apart: a NAT numbers new flows in the order their first packets reach it, so the order
-    of the list is the order of the mappings. One reader per socket hands each reply to the
+    of the list is the order of the mappings (a sequence gives each gap: gap k before job k+1). One
+    reader per socket hands each reply to the
     transaction whose ID it carries; each transaction keeps its own retransmission schedule.
     `sent()` is called once every first request has left."""
     for i, (sock, tx) in enumerate(jobs):
-        if i and stagger > 0:
-            await trio.sleep(stagger)
+        gap = stagger if isinstance(stagger, (int, float)) else (stagger[i - 1] if i - 1 < len(stagger) else 0.0)
+        if i and gap > 0:
+            await trio.sleep(gap)
         try:
             await sock.sendto(tx.start(trio.current_time()), tx.dest)
         except OSError:

@@ -183,13 +183,15 @@ def _keep(procs: list[subprocess.Popen] | None, proc: subprocess.Popen) -> subpr
 
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False, shape: Any = None,
-             server_layout: str = "two-address", prepare: Any = None, relay: bool = False) -> list[TrialResult]:
+             server_layout: str = "two-address", prepare: Any = None, relay: bool = False,
+             server_flags: list[str] | None = None) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
     right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
     servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way.
     `prepare(lab)`: called once the lab is up, before the server starts (a test that changes the
     lab's world, never the product's arguments). `relay`: a coturn beside the servers, and the
-    rendezvous server hands out credentials for it (the ladder may end at the relay)."""
+    rendezvous server hands out credentials for it (the ladder may end at the relay). `server_flags`:
+    more nattrav-server flags (what an operator would type, e.g. a baseline's --no-observe)."""
     import os
 
     from .lab import Lab
@@ -212,7 +214,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
         turn, relay_files, flags = None, [], None
         if relay:
             turn, flags = start_relay(lab, relay_files)
-        files = start_servers(lab, server_layout, flags) + relay_files
+        files = start_servers(lab, server_layout, (flags or []) + (server_flags or [])) + relay_files
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
@@ -273,7 +275,8 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
             odds_floor=bool(a.get("odds_floor")), reason=None if ok else reason, shape=shape,
             extra={"prediction_a": _prediction(a), "prediction_b": _prediction(b),
                    "behavior_a": next((r for r in rows["a"] if r.get("event") == "behavior"), None),
-                   "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None)},
+                   "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None),
+                   "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason")},
         ))
     return out
 

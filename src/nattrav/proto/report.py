@@ -126,6 +126,10 @@ class NatReport:
     host: tuple[Endpoint, ...] = ()  # the punch socket's host candidates (UDP)
     flows: int = DEFAULT_FLOW_BUDGET  # new flows this side's bursts may open on its NATs (its budget)
     tcp: TcpReport | None = None
+    # public addresses the punch socket's flows were seen on (UDP): more than one is a NAT that takes
+    # an address of its pool per flow (RFC 4787 §4.1). Only ever the peer's word against itself: it
+    # can make the plan for the pair harder, never aim a packet anywhere.
+    pool: int = 1
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack- and JSON-safe map (plain str, int, float, list, None)."""
@@ -134,7 +138,8 @@ class NatReport:
                 "public": None if self.public is None else list(self.public),
                 "samples": [[s.port, s.t, s.own] for s in self.samples],
                 "port_range": list(self.port_range), "host": [list(h) for h in self.host],
-                "flows": self.flows, "tcp": None if self.tcp is None else self.tcp.to_wire()}
+                "flows": self.flows, "tcp": None if self.tcp is None else self.tcp.to_wire(),
+                **({"pool": self.pool} if self.pool != 1 else {})}
 
     @classmethod
     def from_wire(cls, wire: Any) -> NatReport:
@@ -167,7 +172,8 @@ def samples_from_bindings(bindings: Iterable[Any]) -> tuple[Sample, ...]:
 # --- the schema ----------------------------------------------------------------------------------
 
 _KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "host", "tcp"}
-_OPTIONAL_KEYS = {"flows"}  # absent in an older peer's report: read as the default
+_OPTIONAL_KEYS = {"flows", "pool"}  # absent in an older peer's report: read as the default
+MAX_POOL = 256
 _TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history", "host"}
 
 
@@ -196,6 +202,7 @@ def _from_wire(w: Any) -> NatReport:
         host=_hosts(w["host"]),
         flows=_int(w["flows"], 1, FLOW_TABLE_CAP, "flows") if "flows" in w else DEFAULT_FLOW_BUDGET,
         tcp=None if w["tcp"] is None else _tcp_from_wire(w["tcp"]),
+        pool=_int(w["pool"], 1, MAX_POOL, "pool") if "pool" in w else 1,
     )
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from ...errors import PlanError
 from ..report import MAX_WINDOW, PORT_RANGE, TcpReport
@@ -159,12 +159,13 @@ def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WIND
 
 def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
          target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
-         own_ip: str | None = None) -> TcpPlan:
+         own_ip: str | None = None, peer_udp: Sequence[str] = ()) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again. `window` is the smallest W
     (the users' choice, see agreed_window); the shift model may widen it to reach `target`.
     `peer_ip`: where the rendezvous server saw the peer; every connect() goes there, never to an
-    address the peer's report names (see planner/udp.py's plan()). `own_ip`: where the server saw
+    address the peer's report names (see planner/udp.py's plan()), unless the server saw the peer's
+    punch socket (UDP, `peer_udp`) on that address too. `own_ip`: where the server saw
     us; inside the same network (proto/planner/lan.py) the plan's `lan` names the peer's LAN
     listeners, whatever the strategy (even an infeasible one)."""
     if role not in ("first", "second"):
@@ -174,14 +175,20 @@ def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: i
     if target is not None and not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
     lan = lan_targets(own_ip, mine_report.host, peer_ip, peer_report.host)
-    return replace(_planned(classify(mine_report), classify(peer_report), role, window, target, peer_ip), lan=lan)
+    return replace(_planned(classify(mine_report), classify(peer_report), role, window, target,
+                            _aimable(peer_ip, peer_udp)), lan=lan)
+
+
+def _aimable(peer_ip: str | None, peer_udp: Sequence[str]) -> tuple[str, ...]:
+    """The peer's addresses the server observed: its TCP connection's (the fallback) first."""
+    return () if peer_ip is None else (peer_ip, *(ip for ip in peer_udp if ip != peer_ip))
 
 
 def _planned(mine: TcpMapping, peer: TcpMapping, role: str, window: int, target: float | None,
-             peer_ip: str | None) -> TcpPlan:
-    if peer_ip is None or peer.public_ip == peer_ip:
+             peer_ips: tuple[str, ...]) -> TcpPlan:
+    if not peer_ips or peer.public_ip in peer_ips:
         return _plan_pair(mine, peer, role, window, target)
-    reported, peer = peer.public_ip, replace(peer, public_ip=str(ipaddress.ip_address(peer_ip)))
+    reported, peer = peer.public_ip, replace(peer, public_ip=str(ipaddress.ip_address(peer_ips[0])))
     p = _plan_pair(mine, peer, role, window, target)
     return replace(p, params={**p.params, "reported_peer_ip": reported})
 
@@ -197,7 +204,7 @@ class Rung:
 
 def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
            target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
-           timeout: float = 10.0, own_ip: str | None = None) -> list[Rung]:
+           timeout: float = 10.0, own_ip: str | None = None, peer_udp: Sequence[str] = ()) -> list[Rung]:
     """The plans to try in turn within `timeout` seconds, each in a slot both sides derive alike.
 
     No STUN test measures TCP filtering: the reports carry what the UDP tests measured, and a
@@ -210,20 +217,21 @@ def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window:
     if not 0 < timeout <= 3600:
         raise PlanError(f"timeout must be in (0, 3600], got {timeout!r}")
     mine, peer = classify(mine_report), classify(peer_report)
-    first = replace(_planned(mine, peer, role, window, target, peer_ip),
+    aim = _aimable(peer_ip, peer_udp)
+    first = replace(_planned(mine, peer, role, window, target, aim),
                     lan=lan_targets(own_ip, mine_report.host, peer_ip, peer_report.host))
     strict_mine, strict_peer = replace(mine, filtering=None), replace(peer, filtering=None)
     if not first.feasible or (strict_mine, strict_peer) == (mine, peer):
         return [Rung(first, 0.0, timeout)]
-    strict = _planned(strict_mine, strict_peer, role, window, target, peer_ip)
+    strict = _planned(strict_mine, strict_peer, role, window, target, aim)
     if not strict.feasible or strict.strategy is first.strategy:
         return [Rung(first, 0.0, timeout)]
     slot = min(FIRST_RUNG, timeout / 3)
     later = slot + RUNG_GAP
     other = "second" if role == "first" else "first"
-    peer_flows = len(_planned(peer, mine, other, window, target, None).targets)
+    peer_flows = len(_planned(peer, mine, other, window, target, ()).targets)
     strict = _planned(_moved_on(strict_mine, strict_peer, len(first.targets), later),
-                      _moved_on(strict_peer, strict_mine, peer_flows, later), role, window, target, peer_ip)
+                      _moved_on(strict_peer, strict_mine, peer_flows, later), role, window, target, aim)
     return [Rung(first, 0.0, slot), Rung(strict, later, timeout - later)]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from ...errors import PlanError
 from .. import predict as _predict
@@ -142,13 +142,17 @@ class Plan:
                 + (f" {_budgets(self.local, self.remote)}" if STRATEGIES[self.strategy].burst else "")
                 + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
                    if lan else "")
+                + "".join(f"; the {who} punch socket's flows left from {n} public addresses (an address "
+                          "pool, RFC 4787 §4.1): a new mapping's address cannot be aimed at"
+                          for who, n in self.params.get("address_pool_sizes", {}).items())
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
 
 def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target: float = DEFAULT_TARGET,
          horizon: float = DEFAULT_HORIZON, flow_budget: int | None = None, max_sockets: int = 1024,
          birthday_sockets: int = 256, max_window: int = 4096, best_effort_flows: int = 4096,
-         peer_ip: str | None = None, own_ip: str | None = None) -> Plan:
+         peer_ip: str | None = None, own_ip: str | None = None, peer_udp: Sequence[str] = (),
+         own_udp: Sequence[str] = ()) -> Plan:
     """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
 
     role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
@@ -158,7 +162,13 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     the reports' (tests and tools that plan for two peers they run themselves).
     peer_ip: where the rendezvous server saw the peer. A report is only the peer's word: aimed at the
     address it names, a made-up report could turn our bursts on a third party, so every packet goes
-    to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim).
+    to `peer_ip` instead (params["reported_peer_ip"] keeps a differing claim) -- or to an address
+    where the server saw the peer's punch socket (`peer_udp`, its observation port: a NAT with an
+    address pool may send UDP from another address than the TCP connection's), which is then
+    preferred to `peer_ip` when the report names neither.
+    own_udp: where the server saw our punch socket. With each side's report (NatReport.pool) they
+    say whether a side's NAT took several pool addresses for one socket's flows (RFC 4787 §4.1,
+    arbitrary pooling): then no address of its new mappings can be aimed at (see _scattered).
     own_ip: where the rendezvous server saw us. With `peer_ip` it says whether both peers share one
     network (proto/planner/lan.py); then LAN attempts to the peer's host candidates race the planned
     ones (appended after them: `primary` stays the planned strategy).
@@ -179,8 +189,12 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     remote = replace(side_from_report(remote_report, horizon=horizon, target=target,
                                       max_window=min(max_window, ours)), budget=theirs)
     reported = None
-    if peer_ip is not None and remote.ip != peer_ip:
-        reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(peer_ip)))
+    aimable = () if peer_ip is None else (peer_ip, *peer_udp)
+    if aimable and remote.ip not in aimable:
+        # the punch socket's address (the newest seen) before the TCP connection's
+        fallback = peer_udp[-1] if peer_udp else peer_ip
+        reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(fallback)))
+    pools = {"local": _addresses(local_report, own_udp), "remote": _addresses(remote_report, peer_udp)}
     first, second = (local, remote) if role == "first" else (remote, local)
     kw = dict(target=target, max_sockets=max_sockets, birthday_sockets=birthday_sockets,
               max_window=max_window, best_effort_flows=best_effort_flows)
@@ -204,6 +218,10 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     # random-sequential needs far more flows than a home router holds).
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
     reason = explain(best.strategy, local, remote, best) + assumed
+    scattered = {who: seen for who, seen in pools.items() if seen[1] > 1}
+    if scattered:
+        attempts, best, feasible, why = _scattered(attempts, best, scattered, local, remote)
+        reason += why
     if best.odds < target and STRATEGIES[best.strategy].burst:
         reason += "; " + _budgets(local, remote)
     lan = _lan_attempts(own_ip, local_report.host, peer_ip, remote_report.host)
@@ -232,10 +250,51 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     }
     if reported is not None:
         params["reported_peer_ip"] = reported
+    if scattered:
+        # per scattered side: the addresses seen by name, and how many its flows showed in all
+        params["address_pools"] = {who: list(ips) for who, (ips, _) in scattered.items()}
+        params["address_pool_sizes"] = {who: n for who, (_, n) in scattered.items()}
     if lan:
         params["lan_targets"] = [[a.local.peer_ip, a.local.targets[0]] for a in lan if a.local.targets]
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
                 timeout, params)
+
+
+def _addresses(report: NatReport, observed: Sequence[str]) -> tuple[tuple[str, ...], int]:
+    """The public addresses one side's punch socket showed (its last mapping's and those the server
+    observed it on), and how many its flows showed in all: at least as many as the side says its own
+    samples showed (NatReport.pool: the peer's word, which can only make its own side harder)."""
+    ips = tuple(dict.fromkeys([*([report.public[0]] if report.public else []), *observed]))
+    return ips, max(len(ips), report.pool)
+
+
+def _scattered(attempts: list[Attempt], best: Attempt, scattered: dict[str, tuple[tuple[str, ...], int]],
+               local: Side, remote: Side) -> tuple[list[Attempt], Attempt, bool, str]:
+    """The plan for a pair where a side's NAT gave one socket's flows different public addresses: an
+    address pool with "arbitrary" pooling (RFC 4787 §4.1) and a mapping per destination, so each new
+    flow may leave from any address of the pool and nobody can name the address of the mapping that
+    flow makes. What still works: the scattered side talks first to a peer that is reachable unasked
+    (DIRECT), whose answers go back to wherever the packets came from. Everything else aims at a
+    new mapping of the scattered side (or opens a filter to its address) on the assumption that it
+    leaves from the address the server saw: at best one chance in the number of addresses seen."""
+    sides = {"local": local, "remote": remote}
+    seen = "; ".join(f"the {who} punch socket's flows left from {n} addresses (seen: {', '.join(ips)})"
+                     for who, (ips, n) in scattered.items())
+    talkers_ok = all(sides["remote" if who == "local" else "local"].reachable and
+                     ("remote" if who == "local" else "local") not in scattered for who in scattered)
+    direct = [a for a in attempts if a.strategy is Strategy.DIRECT]
+    if talkers_ok and direct:
+        return (direct, direct[0], True,
+                f"; {seen} (an address pool, RFC 4787 §4.1): only the direct attempt is kept, where "
+                "that side talks first and the answers go back to the address its packets came from")
+    n = max(count for _, count in scattered.values())
+    best = replace(best, odds=best.odds / n)
+    attempts = [best] + attempts[1:]
+    return (attempts, best, False,
+            f"; but {seen}: an address pool with arbitrary pooling and a mapping per destination "
+            f"(RFC 4787 §4.1), so the address of a new mapping cannot be known: the plan assumes it "
+            f"leaves from the address the server saw, at most 1 chance in {n} "
+            f"(odds {best.odds:.2%}); infeasible without a relay")
 
 
 def _budgets(local: Side, remote: Side) -> str:

@@ -30,6 +30,7 @@ from ..vocab import Role
 from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
+from .observe import KEY_BYTES as OBSERVE_KEY_BYTES, BadTicket, check_ticket, note_observed
 from .names import CHALLENGE_BYTES, NameBindings, verify_enroll
 from .records import Close, Relay, Send, _Conn, source_key
 from .registry import Answered, Ended, Home, Refusal, Registry
@@ -84,6 +85,7 @@ class RendezvousServer:
         # a relay grant (TURN credentials, proto/turn_rest.py) for a peer ID, sent with its enrollment;
         # the I/O layer supplies it (it reads the wall clock the credentials' expiry is written in)
         relay: Callable[[str], dict] | None = None,
+        observe_key: bytes | None = None,
     ):
         check_limits(max_conns_per_source=max_conns_per_source)
         if registry is None:
@@ -108,6 +110,9 @@ class RendezvousServer:
         self.stun = [[str(h), int(p)] for h, p in stun] if stun else None
         self._stun_turn = 0
         self._key = key
+        # the MAC key of observation tickets: io/observe_udp.py answers with it at the rendezvous
+        # port (UDP), this front checks the tickets its peers hand back (observe.py)
+        self.observe_key = observe_key if observe_key is not None else secrets.token_bytes(OBSERVE_KEY_BYTES)
         self.names = names if names is not None else NameBindings()
         self._relay = relay
         self.conns: dict[int, _Conn] = {}
@@ -118,7 +123,7 @@ class RendezvousServer:
         # peers whose going offline the registry could not take (it was unreachable): told later
         self._owed: dict[str, int] = {}
         self.stats = registry.stats
-        for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed"):
+        for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed", "observed"):
             self.stats.setdefault(name, 0)
 
     # -- the in-memory registry's tables (tests, stats) --
@@ -378,18 +383,38 @@ class RendezvousServer:
         if kind == "ping":
             self._send(conn, "pong", id=rid, now=now)
         elif kind == "info":
-            await self.registry.publish_info(c.peer, self._home(conn), self._public_info(msg["info"], c.addr), now)
+            await self.registry.publish_info(c.peer, self._home(conn), self._public_info(msg["info"], c.addr, c.udp),
+                                             now)
             self._send(conn, "ok", id=rid)
+        elif kind == "observe":
+            # recorded on the connection; the next info it publishes carries it (a client sends its
+            # observations just before its info, in the same round trip)
+            try:
+                seen = check_ticket(self.observe_key, msg["addr"], msg["ticket"], now)
+                if msg.get("fresh"):
+                    # a new punch socket: the old one's addresses would read as one socket's flows
+                    # spread over a pool (planner/udp.py's _scattered)
+                    c.udp.clear()
+                note_observed(c.udp, seen)
+            except BadTicket as exc:
+                self._send(conn, "observation", id=rid, recorded=False, reason=str(exc))
+                return
+            self.stats["observed"] += 1
+            self._send(conn, "observation", id=rid, recorded=True)
         elif kind == "connect":
             await self._connect(conn, c.peer, msg, rid, now)
         elif kind in ("accept", "refuse"):
             await self._answer(conn, c.peer, msg, rid, now)
 
     @staticmethod
-    def _public_info(info: dict | None, observed: list) -> bytes:
-        # The server's own observation wins over anything the peer wrote under that key.
+    def _public_info(info: dict | None, observed: list, udp: list | None = None) -> bytes:
+        # The server's own observations win over anything the peer wrote under those keys: a peer's
+        # "observed_udp" of its own making would name where others aim.
         out = dict(info or {})
         out["observed"] = list(observed)
+        out.pop("observed_udp", None)
+        if udp:
+            out["observed_udp"] = [list(a) for a in udp]
         return msgpack.packb(out, use_bin_type=True)
 
     async def _enroll(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:

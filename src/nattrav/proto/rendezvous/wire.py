@@ -15,6 +15,7 @@ import msgpack
 
 from ...errors import BadFrame, LocalProtocolError
 from ..schema import Spec, check_map
+from .observe import TICKET_BYTES
 
 VERSION = 1
 HEADER = struct.Struct("!I")
@@ -59,6 +60,9 @@ CLIENT_MESSAGES: dict[str, Spec] = {
     "connect": {"id": (_INT, False), "target": (_STR, True), "timeout": (_NUM, False)},
     "accept": {"id": (_INT, False), "offer": (_STR, True)},
     "refuse": {"id": (_INT, False), "offer": (_STR, True)},
+    # the punch socket's UDP address as the server saw it, with the server's ticket for it (observe.py)
+    # fresh: the first of a new punch socket's, which replaces what the connection recorded before
+    "observe": {"id": (_INT, False), "addr": ((list,), True), "ticket": (_BYTES, True), "fresh": ((bool,), False)},
 }
 
 SERVER_MESSAGES: dict[str, Spec] = {
@@ -79,6 +83,8 @@ SERVER_MESSAGES: dict[str, Spec] = {
         "peer_key": (_BYTES, False),  # the identity key the peer proved at enroll (names.py)
     },
     "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
+    # the answer to observe: recorded, or why not (a stale or foreign ticket is no error of the link)
+    "observation": {"id": (_INT, False), "recorded": ((bool,), True), "reason": (_STR, False)},
 }
 
 
@@ -121,6 +127,9 @@ _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
     "pong": lambda m: _finite(m["now"]),
     "challenge": lambda m: "nonce" not in m or len(m["nonce"]) == 32,
     "offer": lambda m: _finite(m["expires"]) and len(m.get("from_key", b"0" * 32)) == 32,
+    "observe": lambda m: len(m["addr"]) == 2 and type(m["addr"][0]) is str and len(m["addr"][0]) <= 64
+    and type(m["addr"][1]) is int and 0 < m["addr"][1] < 65536 and len(m["ticket"]) == TICKET_BYTES,
+    "observation": lambda m: len(m.get("reason", "")) <= MAX_MESSAGE,
 }
 
 

@@ -1,0 +1,88 @@
+"""The rendezvous port's UDP side: answers punch sockets' observation requests (proto/rendezvous/
+observe.py) on the same port number as the TCP listener, so every server layout has it wherever the
+rendezvous server runs. One task, one socket, no state per datagram beyond the responder's rate table.
+
+A socket bound to the wildcard address would answer from whichever local address the route picks,
+and a client accepts an answer only from the address it asked (a multi-homed server, like the
+lab's two-address one, would then never be heard): the answer leaves from the address the request
+was sent to (IP_PKTINFO), as STUN servers on such hosts do."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import sys
+
+import trio
+
+from ..proto.rendezvous.observe import MAX_REQUEST, ObserveResponder
+
+log = logging.getLogger("nattrav.rendezvous.observe")
+
+_PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+_ANC = socket.CMSG_SPACE(_PKTINFO.size)
+# Python's socket module does not name it; 8 is Linux's value (<linux/in.h>), other systems lack it
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
+
+
+async def serve_observer(host: str | None, port: int, key: bytes, *, task_status=trio.TASK_STATUS_IGNORED,
+                         responder: ObserveResponder | None = None) -> None:
+    """Answer observation requests at host:port (UDP, IPv4; host None or "" is every address) until
+    cancelled. ``task_status.started`` gets the responder (its stats)."""
+    responder = responder if responder is not None else ObserveResponder(key)
+    bind = host or "0.0.0.0"
+    wildcard = bind == "0.0.0.0" and IP_PKTINFO is not None  # (else: answers leave as the route says)
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+        await sock.bind((bind, port))
+        if wildcard:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        log.info("observation requests answered on %s:%d/udp", bind, port)
+        task_status.started(responder)
+        while True:
+            try:
+                if wildcard:
+                    data, anc, _flags, src = await sock.recvmsg(MAX_REQUEST + 1, _ANC)
+                else:
+                    data, src = await sock.recvfrom(MAX_REQUEST + 1)
+                    anc = []
+            except OSError:
+                continue  # an ICMP error about an earlier answer: nothing to do
+            reply = responder.answer(data, src, trio.current_time())
+            if reply is None:
+                continue
+            try:
+                if wildcard:
+                    await sock.sendmsg([reply], _from_where_asked(anc), 0, src)
+                else:
+                    await sock.sendto(reply, src)
+            except OSError as exc:
+                log.debug("cannot answer %s: %s", src, exc)
+
+
+def _from_where_asked(anc: list) -> list:
+    """The control message that makes an answer leave from the address the request came to."""
+    for level, kind, data in anc:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
+            _ifindex, _spec, dst = _PKTINFO.unpack_from(data)
+            return [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(0, dst, bytes(4)))]
+    return []
+
+
+async def observe_beside(host: str | None, port: int, key: bytes) -> None:
+    """serve_observer() beside a rendezvous listener at host:port, if it can: the observation is an
+    extra (clients fall back to the TCP connection's address), so a UDP port taken by something
+    else, or an IPv6-only listener, is logged and left at that."""
+    if host in (None, "", "::"):
+        host = None
+    elif ":" in host:
+        log.info("no observation port beside an IPv6 listener (%s): peers are aimed at their TCP address", host)
+        return
+    try:
+        await serve_observer(host, port, key)
+    except OSError as exc:
+        log.warning("cannot answer observation requests on %s:%d/udp (%s): peers behind an address pool "
+                    "may not be reachable", host or "0.0.0.0", port, exc.strerror or exc)
+    except Exception:
+        # a bug here must cost the observation only, never the rendezvous server beside it
+        log.exception("the observation port %s:%d/udp stopped", host or "0.0.0.0", port)

@@ -1,0 +1,84 @@
+"""NATs with an address pool (RFC 4787 §4.1), end to end in the lab, UDP, each trial given only what
+a user would type (the server).
+
+An EIM NAT with "arbitrary" pooling keeps one address per socket, but the punch socket's and the
+rendezvous TCP connection's sockets land on different addresses of the pool (2 times in 3 with 3
+addresses): the peer may aim at the punch socket only because the server observed it there too
+(proto/rendezvous/observe.py). A symmetric NAT with an arbitrary pool takes a new address per flow:
+no address of a new mapping can be named, and the plan says so and goes to the relay."""
+
+from __future__ import annotations
+
+import pytest
+
+from nattrav.lab.matrix import run_pair
+from nattrav.lab.pytest_support import require_lab
+
+pytestmark = pytest.mark.lab
+
+TRIALS = 3
+POOLED_CONE = "full-cone,public_ips=3,pooling=arbitrary"
+
+
+def _summary(results) -> str:
+    return "; ".join(f"trial {r.trial}: {'ok ' + str(r.strategy) if r.ok else r.reason}" for r in results)
+
+
+@pytest.mark.parametrize("peer", ["port-restricted", "symmetric-seq"])
+def test_a_pooled_full_cone_connects_over_udp(peer):
+    require_lab()
+    results = run_pair(POOLED_CONE, peer, TRIALS, trial_timeout=15)
+    assert all(r.ok for r in results), _summary(results)
+    # one address per socket: nothing scattered, so no plan may call it a pool problem
+    assert not any("RFC 4787" in (r.extra.get("plan_reason_a") or "") for r in results), _summary(results)
+
+
+@pytest.mark.parametrize("layout", ["one-address", "two-host"])
+def test_the_observation_port_is_there_in_every_server_layout(layout):
+    # the rendezvous port's UDP twin sits beside the listener, wherever the STUN servers are
+    require_lab()
+    results = run_pair(POOLED_CONE, "port-restricted", 2, trial_timeout=15, server_layout=layout)
+    assert all(r.ok for r in results), _summary(results)
+
+
+def test_a_pooled_port_restricted_cone_meets_another_by_simultaneous_open():
+    # both sides must aim at the other's punch socket: EIM, but filtering by address and port
+    require_lab()
+    results = run_pair("port-restricted,public_ips=3,pooling=arbitrary", "port-restricted", TRIALS,
+                       trial_timeout=15)
+    assert all(r.ok for r in results), _summary(results)
+    assert {r.strategy for r in results} == {"simultaneous"}, _summary(results)
+
+
+def _told(r, side: str) -> bool:
+    return "RFC 4787" in (r.extra.get(f"plan_reason_{side}") or "")
+
+
+SCATTERED = "symmetric-random,public_ips=4,pooling=arbitrary"
+
+
+def test_a_symmetric_nat_with_an_arbitrary_pool_is_planned_infeasible_with_the_reason():
+    # the pooled side listens: its endpoint's samples, observation and refresh are five flows, all on
+    # one of four addresses 1 time in 256 (then nothing can tell the pool from one address)
+    require_lab()
+    results = run_pair("port-restricted", SCATTERED, 2, trial_timeout=15)
+    told = [r for r in results if _told(r, "a")]
+    assert told, [r.extra.get("plan_reason_a") for r in results]
+    for r in told:
+        reason = r.extra["plan_reason_a"]
+        assert "infeasible without a relay" in reason and "addresses" in reason, reason
+        assert _told(r, "b"), r.extra.get("plan_reason_b")  # both sides plan alike
+        # a failure (the odds are 1 in 4 at best) names the broken assumption, not just "no path"
+        assert r.ok or ("address pool" in r.reason and "relay (TURN) is needed" in r.reason), r.reason
+
+
+def test_the_ladder_takes_a_scattered_side_to_the_relay():
+    # the pooled side asks (so it holds the allocation, and the listener's packets come from the one
+    # address the relay's permission names; a pooled listener's flow to the relay would leave from any
+    # address of its pool, which a permission for the address the server saw does not cover)
+    require_lab()
+    results = run_pair(SCATTERED, "port-restricted", TRIALS, trial_timeout=20, relay=True)
+    assert all(r.ok for r in results), _summary(results)
+    told = [r for r in results if _told(r, "a")]
+    assert told, [r.extra.get("plan_reason_a") for r in results]  # all three undetected: 1 in 4096
+    assert all(r.strategy == "relay" for r in told), _summary(results)
