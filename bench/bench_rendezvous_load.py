@@ -73,6 +73,22 @@ def node_info(i: int, pad: int = 0) -> dict:
     return {"report": report, "pad": "x" * pad} if pad else {"report": report}
 
 
+def identity(i: int):
+    """Peer i's Ed25519 identity, the same in every process (a seed from its index): the initiators
+    must know their targets' peer IDs, as real peers learn them out of band."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from nattrav.identity import Identity
+
+    return Identity(ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench peer %d" % i).digest()))
+
+
+def peer_name(i: int, keys: bool) -> str:
+    return identity(i).peer_id.text if keys else f"p{i}"
+
+
 def pct(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -91,7 +107,7 @@ async def read_command(stdin) -> str:
 
 
 async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds: float, parallel: int,
-                     pad: int) -> None:
+                     pad: int, keys: bool) -> None:
     """Enroll peers first..first+count-1 and keep them enrolled. mode "answer": they accept every
     offer (the targets); "connect": on "go" each asks peer i+count (its target, in another process)
     for a session, all at once, then paced; "hold": they only stay enrolled."""
@@ -106,6 +122,15 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     quit_ = trio.Event()
     failures: dict[str, int] = {}
     accepted = [0]
+    # with keys each peer enrolls as api.listen() does by default: its peer ID as its name, proven by
+    # signing the server's challenge (one Ed25519 verification per enroll on the server)
+    ids = {i: identity(i) for i in range(first, first + count)} if keys else {}
+    names = ({i: ids[i].peer_id.text for i in ids} if keys else {})
+    if mode == "connect" and keys:
+        names.update({i: peer_name(i, True) for i in range(first + count, first + 2 * count)})
+
+    def name_of(i: int) -> str:
+        return names[i] if keys else f"p{i}"
 
     def finished_one():
         done[0] += 1
@@ -115,7 +140,8 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     async def peer(i: int):
         async with enrolling:
             try:
-                cm = open_rendezvous(addr, name=f"p{i}", info=node_info(i, pad), local_address=peer_address(i))
+                cm = open_rendezvous(addr, name=name_of(i), info=node_info(i, pad), local_address=peer_address(i),
+                                     identity=ids.get(i))
                 rv = await cm.__aenter__()
             except RendezvousError as exc:
                 failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
@@ -144,8 +170,8 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     async def one_connect(i: int, target: int, out: list, errors: dict):
         t0 = time.perf_counter()
         try:
-            s = await clients[i].connect(f"p{target}", timeout=30)
-            assert s.peer_id == f"p{target}"
+            s = await clients[i].connect(name_of(target), timeout=30)
+            assert s.peer_id == name_of(target)
             out.append(time.perf_counter() - t0)
         except (RendezvousError, KeyError) as exc:
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
@@ -327,6 +353,68 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_delay_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat):
+    the part of a latency that is the machine's, not the program's."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+class LoopTurns:
+    """A Trio instrument for the server (--trace-loop): how long each turn of the event loop spent
+    running tasks (from one epoll wake-up to the next wait) and how many task steps it ran. A frame
+    that arrives during a turn waits for the rest of it; long turns are what a fair server avoids."""
+
+    def __init__(self) -> None:
+        self.turns: list[tuple[float, float, int]] = []  # (start, seconds, steps), perf_counter clock
+        self._start: float | None = None
+        self._steps = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._start = time.perf_counter()
+        self._steps = 0
+
+    def before_task_step(self, task) -> None:
+        self._steps += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._start is not None:
+            self.turns.append((self._start, time.perf_counter() - self._start, self._steps))
+            self._start = None
+
+
+def traced_server(turns_file: str, server_argv: list[str]) -> int:
+    """nattrav-server's own main, with LoopTurns in its event loop; the turns go to `turns_file` at exit."""
+    import nattrav.cli.server as cli
+
+    turns = LoopTurns()
+    real_run = trio.run
+    trio.run = lambda *a, **k: real_run(*a, instruments=[turns], **k)
+    try:
+        return cli.main(server_argv)
+    finally:
+        with open(turns_file, "w") as f:
+            json.dump(turns.turns, f)
+
+
+def loop_summary(turns: list, t0: float, t1: float) -> dict:
+    inside = [(d, n) for start, d, n in turns if t0 <= start <= t1]
+    if not inside:
+        return {}
+    d = sorted(x[0] for x in inside)
+    n = sorted(x[1] for x in inside)
+    return {"turns": len(d), "busy_s": round(sum(d), 3), "p50_ms": round(pct(d, 0.5) * 1e3, 2),
+            "p99_ms": round(pct(d, 0.99) * 1e3, 2), "max_ms": round(d[-1] * 1e3, 2),
+            "over_10ms": sum(1 for x in d if x > 0.010), "steps_p50": pct(n, 0.5), "steps_p99": pct(n, 0.99),
+            "steps_max": n[-1]}
+
+
 def machine_idle_s() -> float:
     """Seconds all CPUs spent idle since boot (/proc/stat): how much the machine had to spare."""
     with open("/proc/stat") as f:
@@ -362,9 +450,19 @@ def run(args) -> dict:
     if fd_soft < need:
         raise SystemExit(f"RLIMIT_NOFILE {fd_soft} < {need} descriptors this run needs per process; "
                          f"raise the hard limit (ulimit -Hn) or use fewer --peers")
+    server_argv = ["--listen", "127.0.0.1:0", "--json-log", "--max-connections", str(need + 2000),
+                   "--stats-interval", "0"]
+    turns_file = None
+    if args.trace_loop:
+        import tempfile
+
+        fd, turns_file = tempfile.mkstemp(prefix="nattrav-loop-", suffix=".json")
+        os.close(fd)
+        launch = [sys.executable, HERE, "--role", "server", turns_file, *server_argv]
+    else:
+        launch = [sys.executable, "-m", "nattrav.cli.server", *server_argv]
     server = subprocess.Popen(
-        [sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
-         "--max-connections", str(need + 2000), "--stats-interval", "0"],
+        launch,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1])))  # start low, as service managers do: the server must raise it
@@ -373,7 +471,8 @@ def run(args) -> dict:
         port = int(json.loads(server.stdout.readline())["address"].rsplit(":", 1)[1])
         time.sleep(0.5)
         rss0 = rss_kb(server.pid)
-        common = ["--role", "peers", "--port", str(port), "--paced", str(args.paced), "--pad", str(args.pad),
+        keys = "--keys" if args.keys else "--no-keys"
+        common = ["--role", "peers", "--port", str(port), "--paced", str(args.paced), "--pad", str(args.pad), keys,
                   "--parallel", str(args.parallel // (args.holders + 2) or 1)]
         # initiators and their targets each in a process of their own (they are different machines);
         # the idle rest held by --holders processes
@@ -405,7 +504,7 @@ def run(args) -> dict:
             attack = child(["--role", "attack", "--port", str(port), "--slowloris", str(args.slowloris),
                             "--garbage", str(args.garbage), "--abrupt", str(args.abrupt),
                             "--flat-out", str(args.flat_out), "--peers", str(args.peers),
-                            "--connects", str(args.connects)])
+                            "--connects", str(args.connects), keys])
             procs.append(attack)
             expect(attack, "attacking", 30)
             time.sleep(args.attack_warmup)
@@ -414,11 +513,13 @@ def run(args) -> dict:
         if attack is not None:
             watched["attacker"] = attack
         cpu0 = {k: cpu_s(p.pid) for k, p in watched.items()}
+        wait0 = {k: run_delay_s(p.pid) for k, p in watched.items()}
         idle0, wall0 = machine_idle_s(), time.perf_counter()
         send(active, "go")
         result = expect(active, "connects", 900)
         wall = time.perf_counter() - wall0
         cpu_phase = {k: round(cpu_s(p.pid) - cpu0[k], 2) for k, p in watched.items()}
+        wait_phase = {k: round(run_delay_s(p.pid) - wait0[k], 2) for k, p in watched.items()}
         idle_share = (machine_idle_s() - idle0) / (wall * os.cpu_count())
         attack_stats = {}
         if attack is not None:
@@ -448,6 +549,11 @@ def run(args) -> dict:
                     p.kill()
                     p.wait()
     server_err = server.stderr.read()
+    loop = {}
+    if turns_file is not None:
+        with open(turns_file) as f:
+            loop = loop_summary(json.load(f), wall0, wall0 + wall)
+        os.unlink(turns_file)
     tracebacks = server_err.count("Traceback")
     return {
         "peers": args.peers, "enrolled": enrolled, "enroll_failures": failures,
@@ -457,6 +563,8 @@ def run(args) -> dict:
         "connects": args.connects, "burst": result["burst"], "paced": result["paced"],
         "paced_over_s": args.paced, "dropped_peers": dropped,
         "connect_phase_s": round(wall, 2), "connect_phase_cpu_s": cpu_phase,
+        "connect_phase_run_queue_s": wait_phase, "server_loop": loop, "keys": args.keys,
+        "loadavg": open("/proc/loadavg").read().split()[:3],
         "connect_phase_machine_idle": round(idle_share, 3), "attack": attack_stats,
         "info_bytes": len(msgpack.packb(node_info(0, args.pad))), "server_alive": alive, "server_tracebacks": tracebacks, "cpus": os.cpu_count(), "fd_limit": fd_soft,
         "client_processes": 1 + len(holders),
@@ -491,9 +599,20 @@ def report(out: dict) -> None:
     cpu = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_cpu_s"].items())
     print(f"  connect phase {out['connect_phase_s']:.2f} s: CPU {cpu}; the machine was idle "
           f"{100 * out['connect_phase_machine_idle']:.0f}% of the time (other load shares the cores)")
+    wait = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_run_queue_s"].items())
+    print(f"  waiting for a CPU (runnable, not running) in that phase: {wait}; load average "
+          f"{' '.join(out['loadavg'])}")
+    if out["server_loop"]:
+        lp = out["server_loop"]
+        print(f"  server loop turns {lp['turns']}, busy {lp['busy_s']:.2f} s: p50 {lp['p50_ms']:.2f} ms, "
+              f"p99 {lp['p99_ms']:.2f} ms, max {lp['max_ms']:.1f} ms ({lp['over_10ms']} over 10 ms); task steps "
+              f"a turn p50 {lp['steps_p50']}, p99 {lp['steps_p99']}, max {lp['steps_max']}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--role", "server"]:  # the server's own arguments follow the turns file
+        return traced_server(argv[2], argv[3:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", type=int, default=10_000, help="enrolled legitimate peers (default 10000)")
     ap.add_argument("--connects", type=int, default=1000, help="initiator/target pairs (default 1000)")
@@ -514,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
                          "7000 comes close to the 8 KiB limit)")
     ap.add_argument("--holders", type=int, default=2,
                     help="processes holding the idle peers (default 2; the active pairs have their own)")
+    ap.add_argument("--keys", action=argparse.BooleanOptionalAction, default=True,
+                    help="enroll by Ed25519 key, named by peer ID, as api.listen() does (default); "
+                         "--no-keys: by name only (the path before identity keys)")
+    ap.add_argument("--trace-loop", action="store_true",
+                    help="run the server's main with a Trio instrument timing each event-loop turn (a little "
+                         "overhead per task step) and report the turns of the connect phase")
     ap.add_argument("--role", choices=["peers", "attack"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
@@ -522,13 +647,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.role == "peers":
         raise_fd_limit()
-        trio.run(peers_role, args.port, args.first, args.count, args.mode, args.paced, args.parallel, args.pad)
+        trio.run(peers_role, args.port, args.first, args.count, args.mode, args.paced, args.parallel, args.pad,
+                 args.keys)
         return 0
     if args.role == "attack":
         raise_fd_limit()
         # the abrupt attackers ask the targets of the legitimate connects (peer IDs are public)
         trio.run(attack_role, args.port, args.slowloris, args.garbage, args.abrupt, args.flat_out,
-                 [f"p{i}" for i in range(args.connects, 2 * args.connects)])
+                 [peer_name(i, args.keys) for i in range(args.connects, 2 * args.connects)])
         return 0
     if args.holders < 1:
         ap.error("--holders must be >= 1")
