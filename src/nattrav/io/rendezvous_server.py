@@ -34,6 +34,7 @@ log = logging.getLogger("nattrav.rendezvous")
 
 READ_SIZE = 65536
 TICK_BATCH = 64  # deadlines handled between two turns of the event loop
+FRAMES_PER_TURN = 16  # frames of one connection handled between two turns of the event loop
 MAINTAIN_EVERY = 1.0  # seconds between two rounds of the registry's housekeeping
 RELAY_QUEUE = 65536  # notices for other instances waiting to be published; more are dropped
 # accept() failures that mean "out of descriptors or memory for now": wait, then accept again
@@ -394,12 +395,23 @@ async def serve_rendezvous(
                         if not data or conn not in state.conns:
                             break
                         try:
-                            await disp.call(state.areceive_data(conn, data, trio.current_time()))
+                            more = await disp.call(state.areceive_data(conn, data, trio.current_time(),
+                                                                       FRAMES_PER_TURN))
+                            disp.run()
+                            while more and conn in state.conns:
+                                # the other connections' turn first (and this peer's replies drained,
+                                # if it is slow to read them), then the next frames
+                                if io.below_pause is not None:
+                                    await io.below_pause.wait()
+                                else:
+                                    await trio.sleep(0)
+                                more = await disp.call(state.aprocess_more(conn, trio.current_time(),
+                                                                           FRAMES_PER_TURN))
+                                disp.run()
                         except Exception:
                             # A bug must cost one connection, never the server.
                             log.exception("conn %d %s: internal error; dropping it", conn, io.addr)
                             break
-                        disp.run()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
                     pass  # (a failed TLS handshake arrives as BrokenResourceError)
             if conn in state.conns:
