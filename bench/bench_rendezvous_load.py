@@ -513,6 +513,7 @@ def run(args) -> dict:
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1])))  # start low, as service managers do: the server must raise it
     procs = [server]
+    niced = None
     try:
         port = int(json.loads(server.stdout.readline())["address"].rsplit(":", 1)[1])
         time.sleep(0.5)
@@ -535,6 +536,8 @@ def run(args) -> dict:
                 holders.append(child([*common, "--first", str(start), "--count", str(n), "--mode", "hold"]))
                 start += n
         procs += holders
+        if args.nice:  # from the enrolls to the end of the connects; the attacker inherits it (same session)
+            niced = renice([p.pid for p in procs], args.nice)
         t0 = time.perf_counter()
         reports = [expect(p, "enrolled", 900) for p in [active, *holders]]
         enroll_s = time.perf_counter() - t0
@@ -561,12 +564,12 @@ def run(args) -> dict:
         cpu0 = {k: cpu_s(p.pid) for k, p in watched.items()}
         wait0 = {k: run_delay_s(p.pid) for k, p in watched.items()}
         idle0, wall0 = machine_idle_s(), time.perf_counter()
-        niced = renice([p.pid for p in procs], args.nice) if args.nice else None
         send(active, "go")
         result = expect(active, "connects", 900)
         wall = time.perf_counter() - wall0
-        if args.nice:
-            renice([p.pid for p in procs], 0)
+        if niced:
+            renice([p.pid for p in procs if p.poll() is None], 0)
+            niced += ", restored after the connects"
         cpu_phase = {k: round(cpu_s(p.pid) - cpu0[k], 2) for k, p in watched.items()}
         wait_phase = {k: round(run_delay_s(p.pid) - wait0[k], 2) for k, p in watched.items()}
         idle_share = (machine_idle_s() - idle0) / (wall * os.cpu_count())
@@ -582,6 +585,8 @@ def run(args) -> dict:
         for p in [active, *holders]:
             send(p, "quit")
     finally:
+        if niced and not niced.endswith("connects"):  # cut short: give the session its share back
+            renice([p.pid for p in procs if p.poll() is None], 0)
         for p in reversed(procs):
             if p.poll() is None and p is not server:
                 try:
@@ -697,9 +702,10 @@ def main(argv: list[str] | None = None) -> int:
                          "a `git archive` of another commit's src/ with the C core copied in); the peers and "
                          "the attacker stay this tree's")
     ap.add_argument("--nice", type=int, default=0, metavar="N",
-                    help="during the connect phase only, run the server, the peers and the attacker at this nice "
-                         "value (e.g. -10, as root): on a machine shared with unrelated load this measures the "
-                         "server and its attack mix rather than the neighbours; reported beside the numbers")
+                    help="from the enrolls to the end of the connects, run the server, the peers and the attacker "
+                         "at this nice value (e.g. -15, as root): on a machine shared with unrelated load this "
+                         "measures the server and its attack mix rather than the neighbours; reported beside "
+                         "the numbers")
     ap.add_argument("--role", choices=["peers", "attack"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
