@@ -9,7 +9,9 @@ timeout): an enroll cut off after Redis ran it would leave a peer online on a co
 Every connection has a reader (feeds bytes into the state machine) and a writer (drains a bounded
 queue of frames). A peer that does not read its frames fast enough is disconnected rather than
 allowed to hold server memory or block anyone else; a peer that sends garbage gets a bad-frame error
-and, when the stream cannot be resynchronised, is disconnected. Nobody else notices either.
+and is disconnected when the stream cannot be resynchronised or it has not enrolled. Nobody else
+notices either: one connection's frames are handled at most FRAMES_PER_TURN at a time, then the
+others get their turn of the event loop.
 """
 
 from __future__ import annotations
