@@ -353,17 +353,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_delay_s(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat):
-    the part of a latency that is the machine's, not the program's."""
-    total = 0
+def run_delay(pid: int) -> tuple[float, int]:
+    """Seconds the process's threads spent runnable but waiting for a CPU, and how many times they
+    were put on one (/proc/PID/task/*/schedstat): the part of a latency that is the machine's."""
+    total, slices = 0, 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
+                fields = f.read().split()
+            total += int(fields[1])
+            slices += int(fields[2])
         except (OSError, IndexError, ValueError):
             pass  # a thread that just ended
-    return total / 1e9
+    return total / 1e9, slices
 
 
 class LoopTurns:
@@ -562,7 +564,7 @@ def run(args) -> dict:
         if attack is not None:
             watched["attacker"] = attack
         cpu0 = {k: cpu_s(p.pid) for k, p in watched.items()}
-        wait0 = {k: run_delay_s(p.pid) for k, p in watched.items()}
+        wait0 = {k: run_delay(p.pid) for k, p in watched.items()}
         idle0, wall0 = machine_idle_s(), time.perf_counter()
         send(active, "go")
         result = expect(active, "connects", 900)
@@ -571,7 +573,12 @@ def run(args) -> dict:
             renice([p.pid for p in procs if p.poll() is None], 0)
             niced += ", restored after the connects"
         cpu_phase = {k: round(cpu_s(p.pid) - cpu0[k], 2) for k, p in watched.items()}
-        wait_phase = {k: round(run_delay_s(p.pid) - wait0[k], 2) for k, p in watched.items()}
+        wait1 = {k: run_delay(p.pid) for k, p in watched.items()}
+        wait_phase = {k: round(wait1[k][0] - wait0[k][0], 2) for k in watched}
+        # the mean wait each time the process became runnable: a connect crosses the initiator, the
+        # server, the target, the server and the initiator again, and waits about that much at each
+        wait_each = {k: round(1e3 * (wait1[k][0] - wait0[k][0]) / max(1, wait1[k][1] - wait0[k][1]), 3)
+                     for k in watched}
         idle_share = (machine_idle_s() - idle0) / (wall * os.cpu_count())
         attack_stats = {}
         if attack is not None:
@@ -603,10 +610,13 @@ def run(args) -> dict:
                     p.kill()
                     p.wait()
     server_err = server.stderr.read()
-    loop = {}
+    loop = loop_paced = {}
     if turns_file is not None:
         with open(turns_file) as f:
-            loop = loop_summary(json.load(f), wall0, wall0 + wall)
+            trace = json.load(f)
+        loop = loop_summary(trace, wall0, wall0 + wall)
+        # the paced round alone (the burst's turns are a queue of a thousand connects by design)
+        loop_paced = loop_summary(trace, wall0 + result["burst"]["seconds"], wall0 + wall)
         os.unlink(turns_file)
     tracebacks = server_err.count("Traceback")
     return {
@@ -617,7 +627,7 @@ def run(args) -> dict:
         "connects": args.connects, "burst": result["burst"], "paced": result["paced"],
         "paced_over_s": args.paced, "dropped_peers": dropped,
         "connect_phase_s": round(wall, 2), "connect_phase_cpu_s": cpu_phase,
-        "connect_phase_run_queue_s": wait_phase, "server_loop": loop, "keys": args.keys,
+        "connect_phase_run_queue_s": wait_phase, "connect_phase_wait_per_wakeup_ms": wait_each, "server_loop": loop, "server_loop_paced": loop_paced, "keys": args.keys,
         "loadavg": open("/proc/loadavg").read().split()[:3], "server_src": args.server_src, "nice": args.nice, "niced": niced,
         "connect_phase_machine_idle": round(idle_share, 3), "attack": attack_stats,
         "info_bytes": len(msgpack.packb(node_info(0, args.pad))), "server_alive": alive, "server_tracebacks": tracebacks, "cpus": os.cpu_count(), "fd_limit": fd_soft,
@@ -653,7 +663,8 @@ def report(out: dict) -> None:
     cpu = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_cpu_s"].items())
     print(f"  connect phase {out['connect_phase_s']:.2f} s: CPU {cpu}; the machine was idle "
           f"{100 * out['connect_phase_machine_idle']:.0f}% of the time (other load shares the cores)")
-    wait = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_run_queue_s"].items())
+    wait = ", ".join(f"{k} {v:.2f} s ({out['connect_phase_wait_per_wakeup_ms'][k]:.2f} ms a wake-up)"
+                     for k, v in out["connect_phase_run_queue_s"].items())
     print(f"  waiting for a CPU (runnable, not running) in that phase: {wait}; load average "
           f"{' '.join(out['loadavg'])}" + (f"; bench processes at nice {out['nice']} ({out['niced']})" if out["nice"] else ""))
     if out["server_loop"]:
@@ -665,6 +676,12 @@ def report(out: dict) -> None:
               f"max {lp['steps_max']}")
         gcs = ", ".join(f"{g} {n}x {ms:.0f} ms (max {mx:.0f})" for g, (n, ms, mx) in lp["gc"].items())
         print(f"  server garbage collections in that phase: {gcs}")
+    if out.get("server_loop_paced"):
+        lp = out["server_loop_paced"]
+        gcs = ", ".join(f"{g} {n}x (max {mx:.0f} ms)" for g, (n, ms, mx) in lp["gc"].items())
+        print(f"  paced round alone: turns p99 {lp['p99_ms']:.2f} ms, max {lp['max_ms']:.1f} ms "
+              f"({lp['over_10ms']} over 10 ms); CPU a turn max {lp['cpu_max_ms']:.1f} ms; task steps a turn max "
+              f"{lp['steps_max']}; collections {gcs}")
 
 
 def main(argv: list[str] | None = None) -> int:
