@@ -365,7 +365,7 @@ async def serve_rendezvous(
     async def handler(stream: trio.SocketStream, addr: tuple) -> None:
         # Closed with a plain close() at the end, not aclose_forcefully: that one skips TLS's goodbye
         # by cancelling a scope, and delivering the Cancelled cost more than the whole rest of a
-        # garbage connection's life (a third of the server's time under the bench's attack mix).
+        # garbage connection's life (a quarter of the server's samples under the bench's attack mix).
         # Closing the TCP socket under an SSLStream skips the goodbye the same way.
         sock = stream.socket
         conn = next(ids)
