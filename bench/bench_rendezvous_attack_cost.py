@@ -7,7 +7,8 @@ DIR holds another commit's nattrav package (e.g. `git archive m2 src | tar -x -C
 built C core copied into /tmp/old/src/nattrav/). Each round starts both servers in turn (their order
 alternates) and sends each the same attack, one kind at a time, 50 connections in flight, from
 127.66.x.y: garbage (random bytes, then close), bad-body (a sane length, a bad body: the connection
-that used to stay open), slowloris bytes (one byte on each of 500 open connections, repeated) and
+that used to stay open), slowloris bytes (one byte of a long frame on each of 500 open connections,
+repeated) and
 enroll-ask-reset (enroll, ask for a peer, RST). The number is the server's CPU seconds (/proc, user +
 system) per connection (per byte for slowloris), so the neighbours' load on a shared machine moves
 it far less than a latency. Ratios new/baseline are per round; their median is the result.
@@ -88,11 +89,13 @@ async def attack(port: int, kind: str, n: int) -> None:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     if kind == "slowloris-byte":
+        # a valid header announcing 8 KiB, then the body a byte at a time (as bench_rendezvous_load's)
+        payload = b"\x00\x00\x20\x00" + b"\x85" * 8192
         socks = [await open_from(k) for k in range(500)]
         try:
-            for _ in range(n // 500):
+            for i in range(n // 500):
                 for s in socks:
-                    await s.send(b"\x00")
+                    await s.send(payload[i:i + 1])
                 await trio.sleep(0.02)
         finally:
             for s in socks:
