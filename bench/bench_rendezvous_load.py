@@ -73,6 +73,22 @@ def node_info(i: int, pad: int = 0) -> dict:
     return {"report": report, "pad": "x" * pad} if pad else {"report": report}
 
 
+def identity(i: int):
+    """Peer i's Ed25519 identity, the same in every process (a seed from its index): the initiators
+    must know their targets' peer IDs, as real peers learn them out of band."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from nattrav.identity import Identity
+
+    return Identity(ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench peer %d" % i).digest()))
+
+
+def peer_name(i: int, keys: bool) -> str:
+    return identity(i).peer_id.text if keys else f"p{i}"
+
+
 def pct(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -91,7 +107,7 @@ async def read_command(stdin) -> str:
 
 
 async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds: float, parallel: int,
-                     pad: int) -> None:
+                     pad: int, keys: bool) -> None:
     """Enroll peers first..first+count-1 and keep them enrolled. mode "answer": they accept every
     offer (the targets); "connect": on "go" each asks peer i+count (its target, in another process)
     for a session, all at once, then paced; "hold": they only stay enrolled."""
@@ -106,6 +122,15 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     quit_ = trio.Event()
     failures: dict[str, int] = {}
     accepted = [0]
+    # with keys each peer enrolls as api.listen() does by default: its peer ID as its name, proven by
+    # signing the server's challenge (one Ed25519 verification per enroll on the server)
+    ids = {i: identity(i) for i in range(first, first + count)} if keys else {}
+    names = ({i: ids[i].peer_id.text for i in ids} if keys else {})
+    if mode == "connect" and keys:
+        names.update({i: peer_name(i, True) for i in range(first + count, first + 2 * count)})
+
+    def name_of(i: int) -> str:
+        return names[i] if keys else f"p{i}"
 
     def finished_one():
         done[0] += 1
@@ -115,7 +140,8 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     async def peer(i: int):
         async with enrolling:
             try:
-                cm = open_rendezvous(addr, name=f"p{i}", info=node_info(i, pad), local_address=peer_address(i))
+                cm = open_rendezvous(addr, name=name_of(i), info=node_info(i, pad), local_address=peer_address(i),
+                                     identity=ids.get(i))
                 rv = await cm.__aenter__()
             except RendezvousError as exc:
                 failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
@@ -144,8 +170,8 @@ async def peers_role(port: int, first: int, count: int, mode: str, paced_seconds
     async def one_connect(i: int, target: int, out: list, errors: dict):
         t0 = time.perf_counter()
         try:
-            s = await clients[i].connect(f"p{target}", timeout=30)
-            assert s.peer_id == f"p{target}"
+            s = await clients[i].connect(name_of(target), timeout=30)
+            assert s.peer_id == name_of(target)
             out.append(time.perf_counter() - t0)
         except (RendezvousError, KeyError) as exc:
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
@@ -327,6 +353,113 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_delay(pid: int) -> tuple[float, int]:
+    """Seconds the process's threads spent runnable but waiting for a CPU, and how many times they
+    were put on one (/proc/PID/task/*/schedstat): the part of a latency that is the machine's."""
+    total, slices = 0, 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                fields = f.read().split()
+            total += int(fields[1])
+            slices += int(fields[2])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that just ended
+    return total / 1e9, slices
+
+
+class LoopTurns:
+    """A Trio instrument for the server (--trace-loop): how long each turn of the event loop spent
+    running tasks (from one epoll wake-up to the next wait) and how many task steps it ran. A frame
+    that arrives during a turn waits for the rest of it; long turns are what a fair server avoids."""
+
+    def __init__(self) -> None:
+        # (start, seconds, CPU seconds, steps), perf_counter clock: a turn whose wall time is far above
+        # its CPU time was preempted (the machine's doing), not slow
+        self.turns: list[tuple[float, float, float, int]] = []
+        self.collections: list[tuple[float, int, float]] = []  # (start, generation, seconds) of each gc
+        self._start: float | None = None
+        self._cpu = 0.0
+        self._steps = 0
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.collections.append((self._gc_start, info["generation"], time.perf_counter() - self._gc_start))
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._start = time.perf_counter()
+        self._cpu = time.thread_time()
+        self._steps = 0
+
+    def before_task_step(self, task) -> None:
+        self._steps += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._start is not None:
+            self.turns.append((self._start, time.perf_counter() - self._start, time.thread_time() - self._cpu,
+                               self._steps))
+            self._start = None
+
+
+def traced_server(turns_file: str, server_argv: list[str]) -> int:
+    """nattrav-server's own main, with LoopTurns in its event loop; the turns go to `turns_file` at exit."""
+    import nattrav.cli.server as cli
+
+    turns = LoopTurns()
+    real_run = trio.run
+    trio.run = lambda *a, **k: real_run(*a, instruments=[turns], **k)
+    try:
+        return cli.main(server_argv)
+    finally:
+        with open(turns_file, "w") as f:
+            json.dump({"turns": turns.turns, "collections": turns.collections}, f)
+
+
+def loop_summary(trace: dict, t0: float, t1: float) -> dict:
+    inside = [(d, c, n) for start, d, c, n in trace["turns"] if t0 <= start <= t1]
+    if not inside:
+        return {}
+    d = sorted(x[0] for x in inside)
+    c = sorted(x[1] for x in inside)
+    n = sorted(x[2] for x in inside)
+    long = [x for x in inside if x[0] > 0.010]
+    gcs = [(g, s) for start, g, s in trace["collections"] if t0 <= start <= t1]
+    return {"turns": len(d), "busy_s": round(sum(d), 3), "busy_cpu_s": round(sum(c), 3),
+            "p50_ms": round(pct(d, 0.5) * 1e3, 2), "p99_ms": round(pct(d, 0.99) * 1e3, 2),
+            "max_ms": round(d[-1] * 1e3, 2), "cpu_p99_ms": round(pct(c, 0.99) * 1e3, 2),
+            "cpu_max_ms": round(c[-1] * 1e3, 2),
+            "over_10ms": len(long), "over_10ms_cpu_share": round(sum(x[1] for x in long) / max(1e-9, sum(x[0] for x in long)), 2),
+            "steps_p50": pct(n, 0.5), "steps_p99": pct(n, 0.99), "steps_max": n[-1],
+            "gc": {f"gen{g}": [sum(1 for x in gcs if x[0] == g), round(sum(x[1] for x in gcs if x[0] == g) * 1e3, 1),
+                               round(max([x[1] for x in gcs if x[0] == g], default=0) * 1e3, 1)] for g in range(3)}}
+
+
+def renice(pids: list[int], value: int) -> str:
+    """Give these processes nice `value`; says how. With autogroup scheduling (the kernel splits the
+    CPUs between sessions first, then between a session's processes) a thread's nice only counts
+    inside its session, so the session's own nice is set: every bench process is in this one's."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            autogroup = f.read().strip() == "1"
+    except OSError:
+        autogroup = False
+    if autogroup:
+        with open(f"/proc/{os.getpid()}/autogroup", "w") as f:
+            f.write(str(value))
+        return "session (autogroup)"
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(tid), value)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return "threads"
+
+
 def machine_idle_s() -> float:
     """Seconds all CPUs spent idle since boot (/proc/stat): how much the machine had to spare."""
     with open("/proc/stat") as f:
@@ -362,18 +495,33 @@ def run(args) -> dict:
     if fd_soft < need:
         raise SystemExit(f"RLIMIT_NOFILE {fd_soft} < {need} descriptors this run needs per process; "
                          f"raise the hard limit (ulimit -Hn) or use fewer --peers")
+    server_argv = ["--listen", "127.0.0.1:0", "--json-log", "--max-connections", str(need + 2000),
+                   "--stats-interval", "0"]
+    turns_file = None
+    if args.trace_loop:
+        import tempfile
+
+        fd, turns_file = tempfile.mkstemp(prefix="nattrav-loop-", suffix=".json")
+        os.close(fd)
+        launch = [sys.executable, HERE, "--role", "server", turns_file, *server_argv]
+    else:
+        launch = [sys.executable, "-m", "nattrav.cli.server", *server_argv]
+    env = None
+    if args.server_src:  # the server (only) from another source tree: an A/B against a baseline
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(args.server_src)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
-         "--max-connections", str(need + 2000), "--stats-interval", "0"],
+        launch, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1])))  # start low, as service managers do: the server must raise it
     procs = [server]
+    niced = None
     try:
         port = int(json.loads(server.stdout.readline())["address"].rsplit(":", 1)[1])
         time.sleep(0.5)
         rss0 = rss_kb(server.pid)
-        common = ["--role", "peers", "--port", str(port), "--paced", str(args.paced), "--pad", str(args.pad),
+        keys = "--keys" if args.keys else "--no-keys"
+        common = ["--role", "peers", "--port", str(port), "--paced", str(args.paced), "--pad", str(args.pad), keys,
                   "--parallel", str(args.parallel // (args.holders + 2) or 1)]
         # initiators and their targets each in a process of their own (they are different machines);
         # the idle rest held by --holders processes
@@ -390,6 +538,8 @@ def run(args) -> dict:
                 holders.append(child([*common, "--first", str(start), "--count", str(n), "--mode", "hold"]))
                 start += n
         procs += holders
+        if args.nice:  # from the enrolls to the end of the connects; the attacker inherits it (same session)
+            niced = renice([p.pid for p in procs], args.nice)
         t0 = time.perf_counter()
         reports = [expect(p, "enrolled", 900) for p in [active, *holders]]
         enroll_s = time.perf_counter() - t0
@@ -405,7 +555,7 @@ def run(args) -> dict:
             attack = child(["--role", "attack", "--port", str(port), "--slowloris", str(args.slowloris),
                             "--garbage", str(args.garbage), "--abrupt", str(args.abrupt),
                             "--flat-out", str(args.flat_out), "--peers", str(args.peers),
-                            "--connects", str(args.connects)])
+                            "--connects", str(args.connects), keys])
             procs.append(attack)
             expect(attack, "attacking", 30)
             time.sleep(args.attack_warmup)
@@ -414,11 +564,21 @@ def run(args) -> dict:
         if attack is not None:
             watched["attacker"] = attack
         cpu0 = {k: cpu_s(p.pid) for k, p in watched.items()}
+        wait0 = {k: run_delay(p.pid) for k, p in watched.items()}
         idle0, wall0 = machine_idle_s(), time.perf_counter()
         send(active, "go")
         result = expect(active, "connects", 900)
         wall = time.perf_counter() - wall0
+        if niced:
+            renice([p.pid for p in procs if p.poll() is None], 0)
+            niced += ", restored after the connects"
         cpu_phase = {k: round(cpu_s(p.pid) - cpu0[k], 2) for k, p in watched.items()}
+        wait1 = {k: run_delay(p.pid) for k, p in watched.items()}
+        wait_phase = {k: round(wait1[k][0] - wait0[k][0], 2) for k in watched}
+        # the mean wait each time the process became runnable: a connect crosses the initiator, the
+        # server, the target, the server and the initiator again, and waits about that much at each
+        wait_each = {k: round(1e3 * (wait1[k][0] - wait0[k][0]) / max(1, wait1[k][1] - wait0[k][1]), 3)
+                     for k in watched}
         idle_share = (machine_idle_s() - idle0) / (wall * os.cpu_count())
         attack_stats = {}
         if attack is not None:
@@ -432,6 +592,8 @@ def run(args) -> dict:
         for p in [active, *holders]:
             send(p, "quit")
     finally:
+        if niced and not niced.endswith("connects"):  # cut short: give the session its share back
+            renice([p.pid for p in procs if p.poll() is None], 0)
         for p in reversed(procs):
             if p.poll() is None and p is not server:
                 try:
@@ -448,6 +610,14 @@ def run(args) -> dict:
                     p.kill()
                     p.wait()
     server_err = server.stderr.read()
+    loop = loop_paced = {}
+    if turns_file is not None:
+        with open(turns_file) as f:
+            trace = json.load(f)
+        loop = loop_summary(trace, wall0, wall0 + wall)
+        # the paced round alone (the burst's turns are a queue of a thousand connects by design)
+        loop_paced = loop_summary(trace, wall0 + result["burst"]["seconds"], wall0 + wall)
+        os.unlink(turns_file)
     tracebacks = server_err.count("Traceback")
     return {
         "peers": args.peers, "enrolled": enrolled, "enroll_failures": failures,
@@ -457,6 +627,8 @@ def run(args) -> dict:
         "connects": args.connects, "burst": result["burst"], "paced": result["paced"],
         "paced_over_s": args.paced, "dropped_peers": dropped,
         "connect_phase_s": round(wall, 2), "connect_phase_cpu_s": cpu_phase,
+        "connect_phase_run_queue_s": wait_phase, "connect_phase_wait_per_wakeup_ms": wait_each, "server_loop": loop, "server_loop_paced": loop_paced, "keys": args.keys,
+        "loadavg": open("/proc/loadavg").read().split()[:3], "server_src": args.server_src, "nice": args.nice, "niced": niced,
         "connect_phase_machine_idle": round(idle_share, 3), "attack": attack_stats,
         "info_bytes": len(msgpack.packb(node_info(0, args.pad))), "server_alive": alive, "server_tracebacks": tracebacks, "cpus": os.cpu_count(), "fd_limit": fd_soft,
         "client_processes": 1 + len(holders),
@@ -491,9 +663,31 @@ def report(out: dict) -> None:
     cpu = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_cpu_s"].items())
     print(f"  connect phase {out['connect_phase_s']:.2f} s: CPU {cpu}; the machine was idle "
           f"{100 * out['connect_phase_machine_idle']:.0f}% of the time (other load shares the cores)")
+    wait = ", ".join(f"{k} {v:.2f} s ({out['connect_phase_wait_per_wakeup_ms'][k]:.2f} ms a wake-up)"
+                     for k, v in out["connect_phase_run_queue_s"].items())
+    print(f"  waiting for a CPU (runnable, not running) in that phase: {wait}; load average "
+          f"{' '.join(out['loadavg'])}" + (f"; bench processes at nice {out['nice']} ({out['niced']})" if out["nice"] else ""))
+    if out["server_loop"]:
+        lp = out["server_loop"]
+        print(f"  server loop turns {lp['turns']}, busy {lp['busy_s']:.2f} s: p50 {lp['p50_ms']:.2f} ms, "
+              f"p99 {lp['p99_ms']:.2f} ms, max {lp['max_ms']:.1f} ms ({lp['over_10ms']} over 10 ms, running "
+              f"{100 * lp['over_10ms_cpu_share']:.0f}% of their time); CPU a turn p99 {lp['cpu_p99_ms']:.2f} ms, "
+              f"max {lp['cpu_max_ms']:.1f} ms; task steps a turn p50 {lp['steps_p50']}, p99 {lp['steps_p99']}, "
+              f"max {lp['steps_max']}")
+        gcs = ", ".join(f"{g} {n}x {ms:.0f} ms (max {mx:.0f})" for g, (n, ms, mx) in lp["gc"].items())
+        print(f"  server garbage collections in that phase: {gcs}")
+    if out.get("server_loop_paced"):
+        lp = out["server_loop_paced"]
+        gcs = ", ".join(f"{g} {n}x (max {mx:.0f} ms)" for g, (n, ms, mx) in lp["gc"].items())
+        print(f"  paced round alone: turns p99 {lp['p99_ms']:.2f} ms, max {lp['max_ms']:.1f} ms "
+              f"({lp['over_10ms']} over 10 ms); CPU a turn max {lp['cpu_max_ms']:.1f} ms; task steps a turn max "
+              f"{lp['steps_max']}; collections {gcs}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--role", "server"]:  # the server's own arguments follow the turns file
+        return traced_server(argv[2], argv[3:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", type=int, default=10_000, help="enrolled legitimate peers (default 10000)")
     ap.add_argument("--connects", type=int, default=1000, help="initiator/target pairs (default 1000)")
@@ -514,6 +708,21 @@ def main(argv: list[str] | None = None) -> int:
                          "7000 comes close to the 8 KiB limit)")
     ap.add_argument("--holders", type=int, default=2,
                     help="processes holding the idle peers (default 2; the active pairs have their own)")
+    ap.add_argument("--keys", action=argparse.BooleanOptionalAction, default=True,
+                    help="enroll by Ed25519 key, named by peer ID, as api.listen() does (default); "
+                         "--no-keys: by name only (the path before identity keys)")
+    ap.add_argument("--trace-loop", action="store_true",
+                    help="run the server's main with a Trio instrument timing each event-loop turn (a little "
+                         "overhead per task step) and report the turns of the connect phase")
+    ap.add_argument("--server-src", metavar="DIR",
+                    help="run the server from this source tree (a directory holding the nattrav package, e.g. "
+                         "a `git archive` of another commit's src/ with the C core copied in); the peers and "
+                         "the attacker stay this tree's")
+    ap.add_argument("--nice", type=int, default=0, metavar="N",
+                    help="from the enrolls to the end of the connects, run the server, the peers and the attacker "
+                         "at this nice value (e.g. -15, as root): on a machine shared with unrelated load this "
+                         "measures the server and its attack mix rather than the neighbours; reported beside "
+                         "the numbers")
     ap.add_argument("--role", choices=["peers", "attack"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
@@ -522,13 +731,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.role == "peers":
         raise_fd_limit()
-        trio.run(peers_role, args.port, args.first, args.count, args.mode, args.paced, args.parallel, args.pad)
+        trio.run(peers_role, args.port, args.first, args.count, args.mode, args.paced, args.parallel, args.pad,
+                 args.keys)
         return 0
     if args.role == "attack":
         raise_fd_limit()
         # the abrupt attackers ask the targets of the legitimate connects (peer IDs are public)
         trio.run(attack_role, args.port, args.slowloris, args.garbage, args.abrupt, args.flat_out,
-                 [f"p{i}" for i in range(args.connects, 2 * args.connects)])
+                 [peer_name(i, args.keys) for i in range(args.connects, 2 * args.connects)])
         return 0
     if args.holders < 1:
         ap.error("--holders must be >= 1")

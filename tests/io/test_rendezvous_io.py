@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -155,13 +156,20 @@ async def test_client_keepalive_keeps_it_online(nursery, slow_autojump_clock):
 async def test_garbage_and_vanishing_peers_do_not_disturb_others(nursery):
     addr, state = await start(nursery, offer_timeout=5.0)
     async with open_rendezvous(addr, name="alice") as a, open_rendezvous(addr, name="bob") as b:
-        # recoverable garbage: a bad body under a sane length
+        # recoverable garbage from an enrolled peer: a bad body under a sane length
         raw = await Raw.open(addr)
+        await raw.send(encode(make("enroll", id=1)))
+        assert (await raw.recv())["t"] == "enrolled"
         await raw.send(b"\x00\x00\x00\x02\xc1\xc1")
         err = await raw.recv()
         assert err["code"] == "bad-frame"
-        await raw.send(encode(make("enroll", id=1)))
-        assert (await raw.recv())["t"] == "enrolled"
+        await raw.send(encode(make("ping", id=2)))
+        assert (await raw.recv())["t"] == "pong"
+        # the same before enrolling: nothing to keep, the server answers, then hangs up
+        raw1 = await Raw.open(addr)
+        await raw1.send(b"\x00\x00\x00\x02\xc1\xc1")
+        assert (await raw1.recv())["code"] == "bad-frame"
+        assert await raw1.recv() is None
         # unrecoverable garbage: the server answers, then hangs up
         raw2 = await Raw.open(addr)
         await raw2.send(b"GET / HTTP/1.1\r\n\r\n")
@@ -186,7 +194,33 @@ async def test_garbage_and_vanishing_peers_do_not_disturb_others(nursery):
             n.start_soon(lambda: _accept_next(b))
             session = await a.connect("bob")
         assert session.peer_id == "bob"
-        assert state.stats["bad_frames"] == 2
+        assert state.stats["bad_frames"] == 3
+
+
+async def test_a_pipelining_peer_does_not_hold_up_another_connection(nursery):
+    # One read from a peer can hold thousands of small frames; the server answers at most
+    # FRAMES_PER_TURN of them before the other connections get their turn. Counted, not timed: when
+    # the other peer's enroll is answered, fewer than all of the pipeliner's pings have been.
+    addr, state = await start(nursery)
+    hog, other = await Raw.open(addr), await Raw.open(addr)
+    await hog.send(encode(make("enroll", id=1)))
+    assert (await hog.recv())["t"] == "enrolled"
+    n = 2000
+    await hog.send(b"".join(encode(make("ping", id=i)) for i in range(2, n + 2)))
+    await other.send(encode(make("enroll", id=1)))
+    assert (await other.recv())["t"] == "enrolled"
+    while True:  # the pongs already on their way when `other` was served (no checkpoint: no more come)
+        try:
+            data = os.read(hog.stream.socket.fileno(), 1 << 20)
+        except BlockingIOError:
+            break
+        hog.dec.feed(data)
+    answered_before = sum(1 for _ in hog.dec)
+    assert 0 < answered_before < n
+    # and the pipeliner still gets every answer, in order
+    rest = [await hog.recv() for _ in range(n - answered_before)]
+    assert [m["t"] for m in rest] == ["pong"] * len(rest)
+    assert rest[-1]["id"] == n + 1
 
 
 async def _accept_next(rv):

@@ -15,6 +15,7 @@ from nattrav.proto.rendezvous import (
     MAX_FRAME,
     MAX_INFO,
     SERVER_MESSAGES,
+    Close,
     FrameDecoder,
     RendezvousServer,
     decode_one,
@@ -195,6 +196,7 @@ def test_errors_echo_only_a_short_cut_of_attacker_data(body):
     server.connection_made(1, ("192.0.2.1", 1), 0.0)
     packed = msgpack.packb(body, use_bin_type=True)
     server.receive_data(1, struct.pack("!I", len(packed)) + packed, 0.0)
-    (act,) = server.actions()
+    act, close = server.actions()  # (a connection that sends garbage before enrolling is closed)
     assert act.msg["t"] == "error" and len(act.msg["message"]) <= 200
+    assert isinstance(close, Close) and close.conn == 1
     encode(act.msg)  # fits a frame

@@ -332,7 +332,8 @@ def test_garbage_gets_bad_frame_and_desync_closes_only_that_connection():
     a, b, c = h.open(), h.open(), h.open()
     h.enroll(a, name="alice")
     h.enroll(b, name="bob")
-    # a sane length with a bad body: error, but the connection stays usable
+    h.enroll(c, name="carol")
+    # a sane length with a bad body from an enrolled peer: error, but the connection stays usable
     h.raw(c, b"\x00\x00\x00\x03\xc1\xc1\xc1")
     assert h.one(c, "error")["code"] == "bad-frame"
     assert c not in h.closed
@@ -347,6 +348,50 @@ def test_garbage_gets_bad_frame_and_desync_closes_only_that_connection():
     h.send(b, "accept", offer=h.one(b, "offer")["offer"])
     assert h.one(a, "session")["peer"] == "bob"
     assert h.server.stats["bad_frames"] == 3
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x00\x00\x03\xc1\xc1\xc1", encode({"v": 1, "t": "nonsense"}),
+                                     b"\xff\xff\xff\xff"])
+def test_a_connection_that_has_not_enrolled_is_closed_on_its_first_bad_frame(garbage):
+    h = Harness()
+    a, b, c = h.open(), h.open(), h.open()
+    h.enroll(a, name="alice")
+    h.enroll(b, name="bob")
+    h.raw(c, garbage + encode(make("enroll", id=1, name="carol")))
+    # one error, then closed: the enroll behind the garbage is never handled
+    assert h.one(c, "error")["code"] == "bad-frame"
+    assert c in h.closed and c not in h.server.conns
+    assert "carol" not in h.server.peers
+    h.send(a, "connect", id=1, target="bob")
+    h.send(b, "accept", offer=h.one(b, "offer")["offer"])
+    assert h.one(a, "session")["peer"] == "bob"
+
+
+def test_frames_are_handled_at_most_limit_per_call_and_the_rest_later():
+    h = Harness()
+    a = h.open()
+    h.enroll(a, name="alice")
+    pings = b"".join(encode(make("ping", id=i)) for i in range(10))
+    assert h.server.receive_data(a, pings, h.now, limit=4) is True
+    h._collect()
+    assert [m["id"] for m in h.pop(a)] == [0, 1, 2, 3]
+    assert h.server.process_more(a, h.now, limit=4) is True
+    h._collect()
+    assert [m["id"] for m in h.pop(a)] == [4, 5, 6, 7]
+    assert h.server.process_more(a, h.now, limit=4) is False  # two left: under the limit
+    h._collect()
+    assert [m["id"] for m in h.pop(a)] == [8, 9]
+    assert h.server.process_more(a, h.now, limit=4) is False
+    h._collect()
+    assert h.pop(a) == []
+    # bad frames count against the limit too (an error reply is work), and a closed one has nothing more
+    h.raw(a, b"\x00\x00\x00\x01\xc1" * 6)
+    assert len(h.pop(a)) == 6
+    assert h.server.receive_data(a, b"\x00\x00\x00\x01\xc1" * 6, h.now, limit=2) is True
+    h._collect()
+    assert [m["code"] for m in h.pop(a)] == ["bad-frame", "bad-frame"]
+    h.lose(a)
+    assert h.server.process_more(a, h.now, limit=2) is False
 
 
 def test_frames_split_at_every_byte_boundary_are_reassembled():

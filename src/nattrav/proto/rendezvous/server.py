@@ -228,8 +228,8 @@ class RendezvousServer:
             return
         self._timers.set(("conn", conn), now + self.enroll_timeout)
 
-    def receive_data(self, conn: int, data: bytes, now: float) -> None:
-        run_now(self.areceive_data(conn, data, now))
+    def receive_data(self, conn: int, data: bytes, now: float, limit: int | None = None) -> bool:
+        return run_now(self.areceive_data(conn, data, now, limit))
 
     def connection_lost(self, conn: int, now: float) -> None:
         run_now(self.aconnection_lost(conn, now))
@@ -298,7 +298,11 @@ class RendezvousServer:
             self._out.append(Close(conn, reason))
             await self.aconnection_lost(conn, now)
 
-    async def areceive_data(self, conn: int, data: bytes, now: float) -> None:
+    async def areceive_data(self, conn: int, data: bytes, now: float, limit: int | None = None) -> bool:
+        """Take bytes from a connection and handle the frames they complete, at most `limit` of them.
+        True when it stopped at the limit (frames may be waiting): the I/O layer lets the other
+        connections have a turn, then calls aprocess_more. A peer pipelining thousands of small
+        frames in one read must not make everyone else wait for all of their replies."""
         c = self.conns.get(conn)
         if c is None:
             raise LocalProtocolError(f"data for unknown connection {conn}")
@@ -306,24 +310,43 @@ class RendezvousServer:
             c.decoder.feed(data)
         except BadFrame as exc:
             await self._bad_frame(conn, c, exc, now)
-            return
+            return False
+        return await self._handle_frames(conn, c, now, limit)
+
+    async def aprocess_more(self, conn: int, now: float, limit: int | None = None) -> bool:
+        """The frames areceive_data left waiting (same `limit` and answer); nothing for a closed one."""
+        c = self.conns.get(conn)
+        if c is None:
+            return False
+        return await self._handle_frames(conn, c, now, limit)
+
+    def process_more(self, conn: int, now: float, limit: int | None = None) -> bool:
+        return run_now(self.aprocess_more(conn, now, limit))
+
+    async def _handle_frames(self, conn: int, c: _Conn, now: float, limit: int | None) -> bool:
+        handled = 0
         while conn in self.conns:
+            if limit is not None and handled >= limit:
+                return True
+            handled += 1
             try:
                 msg = c.decoder.next_message()
             except BadFrame as exc:
                 await self._bad_frame(conn, c, exc, now)
-                if c.decoder.broken:
-                    return
                 continue
             if msg is None:
-                return
+                return False
             await self._handle(conn, c, msg, now)
+        return False
 
     async def _bad_frame(self, conn: int, c: _Conn, exc: BadFrame, now: float) -> None:
         self.stats["bad_frames"] += 1
         self._error(conn, ErrorCode.BAD_FRAME, str(exc))
-        if c.decoder.broken:
-            await self._close(conn, f"bad frame: {exc}", now)
+        # A desynchronised stream cannot go on; nor does a connection that has not enrolled: it has
+        # nothing to lose, and garbage senders are best made cheap (one reply, then gone).
+        if c.decoder.broken or c.peer is None:
+            why = "bad frame" if c.decoder.broken else "bad frame before enroll"
+            await self._close(conn, f"{why}: {exc}", now)
 
     async def atick(self, now: float, limit: int | None = None) -> bool:
         fired = 0
