@@ -382,6 +382,8 @@ def timeline(table: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, flo
     for t in table:
         for kind, v in t.get("kinds", {}).items():
             for events in v.get("events", []):
+                if not events:  # ICE's trials report no phases
+                    continue
                 into = pooled.setdefault((t["shape"], kind), {})
                 for phase, at in events.items():
                     into.setdefault(phase, []).append(at)
