@@ -313,7 +313,8 @@ class UdpTransport:
         self.workers = workers
         self.quic = dict(quic or {})  # QuicSettings fields over secure.quic_settings()'s
         # QUIC will run on the path: its client (the initiator) takes the first answered HELLO as
-        # the path and starts its handshake a round trip sooner (io/punch.py, early)
+        # the path and starts its handshake a round trip sooner (io/punch.py, early), unless a relay
+        # rung waits behind the punch
         self.early_quic = early_quic
         quic_settings(**self.quic)  # a bad field is the caller's TypeError/ValueError now, not after a punch
 
@@ -334,7 +335,9 @@ class UdpTransport:
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                     relay: RelayRung | None = None) -> Any:
-        early = self.early_quic and session.role is Role.FIRST
+        # not with a relay rung: a path heard one way only (a firewall that drops our packets) would
+        # commit to QUIC, which then fails, where the 3-way handshake falls back to the relay
+        early = self.early_quic and session.role is Role.FIRST and relay is None
         return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers, relay, early)
 
     @staticmethod
