@@ -97,10 +97,12 @@ def _env(product_src: str | None) -> dict[str, str] | None:
 
 def run_cold_case(left: str, right: str, trials: int, *, shape: Any = None, trial_timeout: float = 15.0,
                   ice_timeout: float = 8.0, background: float | None = 5.0, kinds: tuple[str, ...] = KINDS,
-                  product_src: str | None = None) -> list[ColdTrial]:
+                  product_src: str | None = None, secure: bool = False) -> list[ColdTrial]:
     """Bring up a lab for (left, right) over `shape`, run `trials` trials of each kind, tear it down.
     `ice_timeout`: an ICE trial's own limit (when ICE connects it does so within two seconds even
-    over wan50; its failures would otherwise cost the whole trial timeout)."""
+    over wan50; its failures would otherwise cost the whole trial timeout). `secure`: nattrav's
+    default path, QUIC authenticated by both identity keys, timed to its "secure" line; the listener
+    is then a `nattrav-fast` of its own per trial (the matrix agent listens on the raw path)."""
     from nattrav.lab.lab import Lab
     from nattrav.lab.spec import resolve
 
@@ -123,7 +125,7 @@ def run_cold_case(left: str, right: str, trials: int, *, shape: Any = None, tria
         # (an older tree's agent has no --wait: run it with one kind only)
         waiting = ["--wait", str(wait)] if product_src is None else []
         listeners: dict[str, _Lines] = {}
-        if nat_kinds:
+        if nat_kinds and not secure:
             p = lab.popen(hosts["listen"], [py, "-m", "nattrav.lab.agent", "--role", "listen", "--server", server,
                                             "--name", tag, "--trials", str(trials * len(nat_kinds)),
                                             "--trial-timeout", str(trial_timeout)] + waiting,
@@ -140,6 +142,10 @@ def run_cold_case(left: str, right: str, trials: int, *, shape: Any = None, tria
             for n, kind in enumerate(nat_kinds):
                 if kind == "cold":
                     cache_file.unlink(missing_ok=True)
+                if secure:
+                    out.append(_secure_trial(lab, hosts, server, f"{tag}-{i * len(nat_kinds) + n}", i, kind,
+                                             trial_timeout, env))
+                    continue
                 out.append(_nattrav_trial(lab, hosts["connect"], server, f"{tag}-{i * len(nat_kinds) + n}",
                                           i * len(nat_kinds) + n, i, kind, listeners["nattrav"], trial_timeout, env))
             if "ice" in kinds:
@@ -230,6 +236,73 @@ def _nattrav_trial(lab: Any, host: str, server: str, peer: str, listener_trial: 
     return row
 
 
+def _read_events(lines: _Lines, row: ColdTrial, t0: float, deadline: float, done: str) -> float | None:
+    """Note the first time of each progress event in row.events until `done` (its arrival time
+    returned) or an error (row.reason)."""
+    while True:
+        got = lines.until(lambda d: True, deadline)
+        if got is None:
+            return None
+        at, ev = got
+        name = ev.get("event")
+        row.events.setdefault(name, round(at - t0, 4))
+        if name == "plan":
+            row.strategy, row.odds = ev.get("strategy"), ev.get("odds")
+        elif name == "connected":
+            row.strategy = ev.get("strategy") or row.strategy
+            row.rtt_ms = ev.get("rtt_ms")
+        elif name == "error":
+            row.reason = ev.get("message")
+            return None
+        if name == done:
+            return at
+
+
+def _secure_trial(lab: Any, hosts: dict[str, str], server: str, name: str, trial: int, kind: str,
+                  timeout: float, env: dict | None) -> ColdTrial:
+    """One trial over the default (QUIC) path: a listening nattrav-fast enrolls under `name`, then the
+    connecting one starts (the clock with it) and is timed to its "secure" line: the QUIC handshake
+    is done and the peer's key verified. It sends a line the listener must print."""
+    row = ColdTrial(kind, trial, False)
+    keys = {h: os.path.join(tempfile.gettempdir(), f"nattrav-cold-{h}.pem") for h in hosts.values()}
+    base = [sys.executable, "-m", "nattrav.cli.fast", "--json", "--plain", "--linger", "0.3", "--timeout",
+            str(timeout), "-s", server]
+    lst = lab.popen(hosts["listen"], base + ["--identity", keys[hosts["listen"]], "-n", name],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    got: dict[str, bytes] = {}
+    threading.Thread(target=lambda: got.setdefault("out", lst.stdout.read()), daemon=True).start()
+    lst.stdin.close()
+    t_l = time.monotonic()
+    lst_lines = _Lines(lst.stderr)
+    if _read_events(lst_lines, ColdTrial(kind, trial, False), t_l, t_l + timeout, "enrolled") is None:
+        row.reason = "the secure listener did not enroll"
+        _finish(lst, 2)
+        return row
+    t0 = time.monotonic()
+    p = lab.popen(hosts["connect"], base + ["--identity", keys[hosts["connect"]], "-d", name],
+                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    secured = _read_events(_Lines(p.stderr), row, t0, t0 + timeout + 5, "secure")
+    listener = ColdTrial(kind, trial, False)
+    _read_events(lst_lines, listener, t0, time.monotonic() + 2, "secure")
+    row.events.update({f"listener:{k}": v for k, v in listener.events.items()})  # the other side's phases
+    if row.rtt_ms is None:  # the QUIC client takes the first answered HELLO: the listener measured the RTT
+        row.rtt_ms = listener.rtt_ms
+    message = b"ping %d\n" % trial
+    try:
+        p.stdin.write(message)
+        p.stdin.close()
+    except OSError:
+        pass
+    _finish(p, 10)
+    _finish(lst, 5)
+    row.discovered = "discovery" in row.events
+    row.seconds = round(secured - t0, 4) if secured is not None else None
+    row.ok = secured is not None and got.get("out") == message
+    if not row.ok and row.reason is None:
+        row.reason = "no secure line" if secured is None else f"the listener printed {got.get('out')!r}"
+    return row
+
+
 def _ice_trial(lab: Any, host: str, server: str, name: str, trial: int, listener: _Lines, timeout: float,
                env: dict | None) -> ColdTrial:
     row = ColdTrial("ice", trial, False, strategy="ice")
@@ -289,8 +362,33 @@ def summarise_cold(left: str, right: str, shape: str, rows: list[ColdTrial]) -> 
             "by_strategy": {st: [r.seconds for r in ok if r.strategy == st and r.seconds is not None]
                             for st in sorted({r.strategy for r in ok if r.strategy})},
             "failures": sorted({(r.reason or "")[:160] for r in mine if not r.ok})[:3],
+            "events": [r.events for r in ok],  # per connected trial: each phase's first time, s after start
         }
     return out
 
 
-__all__ = ["KINDS", "ColdTrial", "run_cold_case", "summarise_cold"]
+# The phases of one connect in order (nattrav-fast --json's events; "listener:" ones are the
+# listening side's, on the same clock): the timeline table shows each one's median time.
+PHASES = ("identity", "discovery", "behavior-cached", "hops", "discovery-done", "mapping", "rendezvous",
+          "listener:offer", "listener:mapping", "plan", "listener:plan", "attempt", "listener:attempt", "hello",
+          "listener:established", "established", "connected", "listener:secure", "secure")
+
+
+def timeline(table: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """(shape, kind) -> phase -> median first time (s after process start), pooled over the cases."""
+    import statistics
+
+    pooled: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for t in table:
+        for kind, v in t.get("kinds", {}).items():
+            for events in v.get("events", []):
+                if not events:  # ICE's trials report no phases
+                    continue
+                into = pooled.setdefault((t["shape"], kind), {})
+                for phase, at in events.items():
+                    into.setdefault(phase, []).append(at)
+    return {key: {p: round(statistics.median(phases[p]), 3) for p in PHASES if p in phases}
+            for key, phases in pooled.items()}
+
+
+__all__ = ["KINDS", "PHASES", "ColdTrial", "run_cold_case", "summarise_cold", "timeline"]

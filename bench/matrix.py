@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", metavar="JSON", help="with --cold: an earlier --cold run's .json, shown per "
                    "strategy beside this one (e.g. the --product-src run of the commit before)")
     p.add_argument("--ice-timeout", type=float, default=8.0, help="with --cold: an ICE trial's limit")
+    p.add_argument("--secure", action="store_true", help="with --cold: nattrav's default path (QUIC, both keys "
+                   "verified) timed to its handshake's end, instead of the raw punched path")
     args = p.parse_args(argv)
     from nattrav.lab import LabError
     from nattrav.lab.presets import resolve
@@ -229,8 +231,8 @@ def _main_cold(args: argparse.Namespace, cases: list, shapes: list[str], shape_i
     if bad := [k for k in kinds if k not in KINDS]:
         print(f"matrix: unknown kind(s) {bad}; choose from {', '.join(KINDS)}", file=sys.stderr)
         return 2
-    if args.product_src and set(kinds) - {"cold"}:
-        print("matrix: --product-src runs nattrav cold only (an older tree has no cache, its agent no --wait)",
+    if args.product_src and not args.secure and set(kinds) - {"cold"}:
+        print("matrix: --product-src runs nattrav cold only without --secure (an older tree may have no cache, its agent no --wait)",
               file=sys.stderr)
         return 2
     if "ice" in kinds:
@@ -247,7 +249,7 @@ def _main_cold(args: argparse.Namespace, cases: list, shapes: list[str], shape_i
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_cold_case, left, right, args.trials, shape=shape, trial_timeout=args.trial_timeout,
                                ice_timeout=args.ice_timeout, background=args.background or None, kinds=kinds,
-                               product_src=args.product_src): (left, right, shape) for left, right, shape in runs}
+                               product_src=args.product_src, secure=args.secure): (left, right, shape) for left, right, shape in runs}
         for fut in concurrent.futures.as_completed(futures):
             left, right, shape = futures[fut]
             try:
@@ -260,7 +262,7 @@ def _main_cold(args: argparse.Namespace, cases: list, shapes: list[str], shape_i
                   file=sys.stderr, flush=True)
     order = {run: i for i, run in enumerate(runs)}
     table.sort(key=lambda t: order[(t["left"], t["right"], t["shape"])])
-    meta = {"trials": args.trials, "background": args.background, "kinds": list(kinds),
+    meta = {"trials": args.trials, "background": args.background, "kinds": list(kinds), "secure": args.secure,
             "product_src": args.product_src, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": round(time.monotonic() - t0),
             "shapes": {name: _shape_words(info) for name, info in shape_info.items()}}
@@ -329,7 +331,27 @@ def cold_markdown(table: list[dict], meta: dict, compare: dict | None = None) ->
         out.append(row)
     if compare:
         out += ["", f"Before: {compare['meta'].get('product_src') or 'an earlier run'}, {compare['meta']['date']}."]
+    out += _timeline_markdown(table)
     return "\n".join(out) + "\n"
+
+
+def _timeline_markdown(table: list[dict]) -> list[str]:
+    """Median time of each phase, s after the connecting process started, per shape and kind."""
+    from cold import PHASES, timeline
+
+    lines = timeline(table)
+    if not lines:
+        return []
+    keys = sorted(lines)
+    out = ["", "## Timeline (median first time of each phase, s after the connecting process started)", "",
+           "`listener:` phases are the listening side's, on the same clock. Pooled over the cases.", "",
+           "| phase | " + " | ".join(f"{kind} @{shape}" for shape, kind in keys) + " |",
+           "|---|" + "---|" * len(keys)]
+    for phase in PHASES:
+        if any(phase in lines[k] for k in keys):
+            out.append(f"| {phase} | " + " | ".join(f"{lines[k][phase]:.3f}" if phase in lines[k] else "—"
+                                                   for k in keys) + " |")
+    return out
 
 
 def _by_strategy(cases: list[dict]) -> dict[tuple[str, str], dict]:

@@ -122,7 +122,9 @@ def test_two_peers_connect_and_pipe_both_ways(servers):
         delivered = next(e for e in events if e["event"] == "delivered")
         assert (delivered["sent"], delivered["received"]) == (7, 7) and delivered["stats"]["datagrams_in"] > 0
         connected = next(e for e in events if e["event"] == "connected")
-        assert connected["strategy"] == "direct" and connected["rtt_ms"] >= 0
+        # the initiator is the QUIC client: its path is the first authentic answer, an ACK (RTT measured) or
+        # the peer's HELLO (which of the two came first is a race; QUIC then measures the RTT)
+        assert connected["strategy"] == "direct" and (connected["rtt_ms"] is None or connected["rtt_ms"] >= 0)
     finally:
         if b.poll() is None:
             b.kill()

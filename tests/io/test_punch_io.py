@@ -319,3 +319,40 @@ async def test_cancelled_punch_closes_its_burst_sockets():
         await punch(sa, pl, Session(KEY, "first"))
     assert psutil.Process().num_fds() == fds
     sa.close()
+
+
+async def test_early_side_takes_the_first_answered_hello_and_the_peer_still_establishes():
+    # `early` (QUIC follows and proves the path itself): b's hellos wait in a's socket when a starts,
+    # so a answers the first one and takes it as the path, unmeasured; b establishes on a's ACK
+    sa, sb = await udp(), await udp()
+    ra, rb = report(sa, **OPEN), report(sb, **OPEN)
+    now = trio.current_time()
+    out = {}
+
+    async def side(name, sock, pl, role, start, early):
+        out[name] = await punch(sock, pl, Session(KEY, role, start), early=early)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(side, "a", sa, plan(ra, rb, "first"), "first", now + 0.15, True)
+        n.start_soon(side, "b", sb, plan(rb, ra, "second"), "second", now + 0.02, False)
+    pa, pb = out["a"], out["b"]
+    assert pa.peer_addr == sb.getsockname() and pb.peer_addr == sa.getsockname()
+    assert pa.rtt == 0 and not pa.handshake.established  # the peer's CONFIRM was not awaited
+    assert pb.rtt > 0 and pb.handshake.established
+    await pa.send(b"early data")
+    assert await pb.receive() == b"early data"
+    await pa.aclose()
+    await pb.aclose()
+
+
+async def test_early_side_never_wins_on_a_hello_under_another_key():
+    sa, sb = await udp(), await udp()
+    ra, rb = report(sa, **OPEN), report(sb, **OPEN)
+    start = trio.current_time() + 0.02
+    with trio.move_on_after(1.5) as waited:
+        async with trio.open_nursery() as n:
+            n.start_soon(lambda: punch(sa, plan(ra, rb, "first"), Session(KEY, "first", start), early=True))
+            n.start_soon(lambda: punch(sb, plan(rb, ra, "second"), Session(os.urandom(32), "second", start)))
+    assert waited.cancelled_caught
+    sa.close()
+    sb.close()

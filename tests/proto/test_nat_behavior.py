@@ -56,6 +56,14 @@ def test_filtering():
         ("APDM", [20260, 19333], [(38196, 17537), (44964, 25844), (54401, 63287)], ("random", None)),
         # ...while a busy sequential NAT's fresh sockets stay close even when their steps differ
         ("APDM", [20260, 20262], [(1, 20270), (2, 20276), (3, 20278)], ("sequential", 2)),
+        # a busy sequential NAT (Δ=1, 50-800 flows/s of background): other hosts' ports sit in every
+        # gap, so no gap agrees with the next (once read as random) or the common one is a multiple of
+        # Δ (once read as Δ=3); the gcd of the gaps is the step
+        ("APDM", [30000, 30004, 30006, 30013], [(1, 30016), (2, 30021), (3, 30022)], ("sequential", 1)),
+        ("APDM", [30000, 30003, 30006, 30007], [(1, 30010), (2, 30013), (3, 30016)], ("sequential", 1)),
+        ("APDM", [30000, 30014, 30035, 30042], [(1, 30063), (2, 30070), (3, 30091)], ("sequential", 7)),
+        # ...while ports that jump backwards are no counter
+        ("APDM", [30000, 30004, 29006, 30013], [(1, 30016), (2, 20021), (3, 30022)], ("random", None)),
     ],
 )
 def test_allocation(mapping, one, fresh, expect):

@@ -246,7 +246,8 @@ def as_peer_id_or_name(text: str) -> None:
 
 
 def _udp(coordinator: Any, o: SessionOptions, quic: dict[str, Any] | None) -> UdpTransport:
-    return UdpTransport(coordinator, o.max_flows, quic, plan_knobs=o.plan_knobs(), workers=o.workers)
+    return UdpTransport(coordinator, o.max_flows, quic, plan_knobs=o.plan_knobs(), workers=o.workers,
+                        early_quic=o.secure)
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from ..proto.rendezvous.observe import observe_request, ticket_of
 from ..proto.report import MAX_POOL, NatReport, Sample
 from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
-from ..proto.vocab import Mapping, Strategy
+from ..proto.vocab import Mapping, Role, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .relay import RelayRung
@@ -275,7 +275,8 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                  coordinator: Any = None, plan_knobs: dict[str, Any] | None = None,
-                 workers: int | None = None, relay: RelayRung | None = None) -> PunchedPath | RelayedPath:
+                 workers: int | None = None, relay: RelayRung | None = None,
+                 early: bool = False) -> PunchedPath | RelayedPath:
     """The ladder: the plan's punch, then the relay (when both sides have one) for a pair the
     planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
     the caller opens it (RelayedPath.open)."""
@@ -296,7 +297,7 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
                           emit=emit)
     with _ledgered(ep, p, session):
         try:
-            return await _punch_plan(ep, p, session, ttl, emit, coordinator, peer_ip, workers, relay)
+            return await _punch_plan(ep, p, session, ttl, emit, coordinator, peer_ip, workers, relay, early)
         except PunchFailed as exc:
             if relay is None:
                 raise
@@ -337,7 +338,7 @@ def _emit_plan(emit: EventHook, p: Plan, session: Session, peer_ip: str) -> None
 
 async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, emit: EventHook,
                       coordinator: Any, peer_ip: str, workers: int | None = None,
-                      relay: RelayRung | None = None) -> PunchedPath:
+                      relay: RelayRung | None = None, early: bool = False) -> PunchedPath:
     _emit_plan(emit, p, session, peer_ip)
     emit("punch", {"start_in": round(session.start_in(), 3), "timeout": p.timeout})
     try:
@@ -346,15 +347,16 @@ async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, 
             # the winning socket is handed back to us, so the coordinator can go once punch returns
             async with open_coordinator(workers) as coord:
                 path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coord,
-                                   on_event=emit)
+                                   on_event=emit, early=early)
         else:
             path = await punch(ep.sock, p, session, low_ttl=ttl or ep.hops.low_ttl, coordinator=coordinator,
-                               on_event=emit)
+                               on_event=emit, early=early)
     except WorkerError as exc:
         raise ConnectError(f"the burst's worker processes failed: {exc}") from None
     if relay is not None:
         await relay.aclose()  # punched: the allocation goes back
-    emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2),
+    # an early path's RTT is not measured yet (QUIC's handshake measures it)
+    emit("connected", {"peer": list(path.peer_addr), "rtt_ms": round(path.rtt * 1e3, 2) if path.rtt else None,
                        "strategy": path.strategy.value})
     return path
 
@@ -368,7 +370,8 @@ class UdpTransport:
 
     def __init__(self, coordinator: Any = None, max_flows: int | None = None,
                  quic: dict[str, Any] | None = None, *,
-                 plan_knobs: dict[str, Any] | None = None, workers: int | None = None) -> None:
+                 plan_knobs: dict[str, Any] | None = None, workers: int | None = None,
+                 early_quic: bool = False) -> None:
         if max_flows is not None and not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
         if workers is not None and not (isinstance(workers, int) and 1 <= workers <= 256):
@@ -378,6 +381,10 @@ class UdpTransport:
         self.plan_knobs = dict(plan_knobs or {})
         self.workers = workers
         self.quic = dict(quic or {})  # QuicSettings fields over secure.quic_settings()'s
+        # QUIC will run on the path: its client (the initiator) takes the first answered HELLO as
+        # the path and starts its handshake a round trip sooner (io/punch.py, early), unless a relay
+        # rung waits behind the punch
+        self.early_quic = early_quic
         quic_settings(**self.quic)  # a bad field is the caller's TypeError/ValueError now, not after a punch
 
     def secure(self, ep: Endpoint, path: PunchedPath, session: Session, identity: Any, expected: Any,
@@ -397,7 +404,10 @@ class UdpTransport:
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                     relay: RelayRung | None = None) -> Any:
-        return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers, relay)
+        # not with a relay rung: a path heard one way only (a firewall that drops our packets) would
+        # commit to QUIC, which then fails, where the 3-way handshake falls back to the relay
+        early = self.early_quic and session.role is Role.FIRST and relay is None
+        return await _punch(ep, session, ttl, emit, self.coordinator, self.plan_knobs, self.workers, relay, early)
 
     @staticmethod
     def close(ep: Endpoint) -> None:

@@ -33,7 +33,6 @@ _LINES = {
     "punch": "punch: firing in {start_in:.2f} s (give up after {timeout:.1f} s)",
     "rung": "punch: next rung, {strategy} — {reason} (after: {after})",
     "ttl": "punch: {strategy}: opening TTL now {ttl} ({why})",
-    "connected": "connected to {peer[0]}:{peer[1]} by {strategy}, RTT {rtt_ms} ms",
     "secure": "secure: {protocol} with {peer_id}, its key verified",
     "identity": "identity: {peer_id} (key {path}{created})",
     "delivered": "closed: {sent} bytes sent and acknowledged, {received} received",
@@ -49,6 +48,10 @@ _RELAY_WHY = {"infeasible": "the planner says punching cannot work", "punch-fail
 def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
     if phase in _LINES:
         return _LINES[phase].format_map(d)
+    if phase == "connected":
+        # a QUIC client's path is the first answered HELLO (io/punch.py, early): QUIC measures its RTT
+        rtt = "RTT measured by the handshake next" if d.get("rtt_ms") is None else f"RTT {d['rtt_ms']} ms"
+        return f"connected to {d['peer'][0]}:{d['peer'][1]} by {d['strategy']}, {rtt}"
     if phase == "discovery-done":
         delta = d.get("delta")
         words = f"{d.get('mapping')} mapping, {d.get('filtering')} filtering, {d.get('allocation')} ports"

@@ -53,8 +53,11 @@ def _random_ports(part: Part, rng: random.Random) -> list[int]:
 
 class _Race:
     def __init__(self, sock: Any, plan: Plan, session: Session, low_ttl: int,
-                 coordinator: Any, rng: random.Random, on_event: Any = None) -> None:
+                 coordinator: Any, rng: random.Random, on_event: Any = None, early: bool = False) -> None:
         self.on_event = on_event
+        # the first authentic HELLO wins, once our ACK to it is out: for a caller whose own handshake
+        # (QUIC) proves the path both ways anyway, the peer's CONFIRM would cost a round trip more
+        self.early = early
         self.sock = sock
         self.plan = plan
         self.session = session
@@ -254,6 +257,9 @@ class _Race:
             for reply in got.replies:
                 self._set_ttl(tsock, None)
                 await tsock.sendto(reply, hit.src)
+            if got.event is Event.HELLO and self.early and self.winner is None:
+                self._win_early(tsock, hit.src, attempt.strategy)
+                return
             if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, tsock, hit.src)
             if got.event is Event.ESTABLISHED and self.winner is None:
@@ -325,6 +331,9 @@ class _Race:
                     await s.sendto(reply, addr)
                 else:
                     await self._send_raw(s, reply, addr)
+            if got.event is Event.HELLO and self.early and self.winner is None:
+                self._win_early(s, addr, self.strategy_of.get(id(s), self.plan.strategy))
+                return
             if got.event is Event.HELLO and not self.handshake.established:
                 self._nursery.start_soon(self._resend_ack, s, addr)
             if got.event in (Event.ESTABLISHED, Event.ACK) and self.winner is None:
@@ -335,6 +344,14 @@ class _Race:
                             strategy=self.winner[3].value)
                 self.done.set()
                 return
+
+    def _win_early(self, s: Any, addr: tuple[str, int], strategy: Strategy) -> None:
+        """`s` heard an authentic HELLO from `addr` and answered it: the path for an early caller
+        (its RTT is not measured: 0). Should our ACK be lost, the caller's layer answers the peer's
+        next HELLO (api/secure.py's late_punch) while its own handshake retransmits."""
+        self.winner = (s, addr, 0, Strategy.LAN if addr in self.lan_addrs else strategy)
+        self._event("established", peer=list(addr), rtt=None, strategy=self.winner[3].value, early=True)
+        self.done.set()
 
     async def _resend_ack(self, s: Any, addr: tuple[str, int]) -> None:
         # Our ACK may be lost, or the peer's CONFIRM: ask again until a CONFIRM arrives.
@@ -403,14 +420,16 @@ class _Race:
 
 
 async def punch(sock: Any, plan: Plan, session: Session, *, low_ttl: int = 2, coordinator: Any = None,
-                rng: random.Random | None = None, on_event: Any = None) -> PunchedPath:
+                rng: random.Random | None = None, on_event: Any = None, early: bool = False) -> PunchedPath:
     """Run the plan's attempts on `sock` (a trio UDP socket, the one STUN used) and return the path.
 
     session: what the rendezvous gave both peers (io/session.py). Raises PunchFailed (message naming both NATs and the odds) on timeout.
     on_event(what, info): optional progress callback ("attempt", "burst", "hello", "established").
+    early: the first authentic HELLO, answered, is the path (the caller's own handshake confirms it
+    both ways: QUIC); its rtt is then 0, not measured.
     """
     if not 1 <= low_ttl <= 255:
         raise ValueError(f"low_ttl must be in 1..255, got {low_ttl!r}")
     race = _Race(sock, plan, session, low_ttl, coordinator, rng or random.SystemRandom(),
-                 on_event)
+                 on_event, early)
     return await race.run()

@@ -7,6 +7,7 @@ can feed it any outcome.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -174,6 +175,10 @@ def _step(ports: Sequence[int]) -> int | None:
     return None
 
 
+def _gaps(ports: Sequence[int]) -> list[int]:
+    return [b - a for a, b in zip(ports, ports[1:])]
+
+
 def _scattered(ports: Sequence[int]) -> bool:
     """Whether fresh sockets' ports jump far apart, as no sequential allocator numbers them: two
     ports of a random allocator land within MAX_SEQUENTIAL_STEP of each other ~3 % of the time, so
@@ -205,6 +210,15 @@ def classify_allocation(
         step = _step([m for _, m in fresh_ports])
         return (Allocation.SEQUENTIAL if step else Allocation.RANDOM if len(fresh_ports) >= 3 else None), 0
     series = list(one_socket_ports)
+    gaps = _gaps(series) + _gaps([m for _, m in fresh_ports])
+    if len(gaps) >= 3 and all(0 < g <= MAX_SEQUENTIAL_STEP for g in gaps):
+        # Every allocation, ours or another host's, moves a sequential counter by Δ, so each gap is
+        # Δ·(1 + N), N the background's allocations in between: Δ is their gcd. On a busy NAT the
+        # gaps need not agree (at 50 flows/s discovery read such a NAT as random) and the most common
+        # one may be a multiple of Δ (at 800 flows/s it read Δ=1 as 2 or 3, and the predicted window,
+        # on the wrong grid, missed at 99.9 % stated odds). Three or more small forward gaps from a
+        # random allocator: ~1e-5.
+        return Allocation.SEQUENTIAL, math.gcd(*gaps)
     step = _step(series)
     fresh_step = _step([m for _, m in fresh_ports])
     # a one-IP server gives one socket only two mappings, whose one difference is small by chance
