@@ -132,11 +132,11 @@ async def test_a_silent_instance_is_reaped_and_a_late_one_drops_its_peers(redisd
     """Registry level (fake clock, no processes): instance B stops heartbeating; after dead_after,
     A's housekeeping takes B's peers offline and ends their offers (alice hears it); B, coming back
     late, finds itself reaped and ends its peers' connections so that they enroll again."""
-    import coredis
+    from nattrav.io.redis_link import open_redis_link
 
     from tests.proto.tier import redis_tier
 
-    async with coredis.Redis.from_url(redisd.url, decode_responses=False) as client:
+    async with open_redis_link(redisd.url) as client:
         async with redis_tier(client, dead_after=15.0) as t:
             a, b = await t.open("A", ("203.0.113.10", 1)), await t.open("B", ("203.0.113.20", 2))
             await t.enroll(a, name="alice")

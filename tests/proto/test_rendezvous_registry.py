@@ -20,10 +20,10 @@ async def make_tier(request):
     if request.param == "memory":
         yield memory_tier
         return
-    import coredis
+    from nattrav.io.redis_link import open_redis_link
 
     server = request.getfixturevalue("redis_server")
-    async with coredis.Redis.from_url(server.url, decode_responses=False) as client:
+    async with open_redis_link(server.url) as client:
         yield lambda **options: redis_tier(client, **options)
 
 

@@ -2,20 +2,23 @@
 
 It implements proto/rendezvous/registry.py's interface (the in-memory registry's twin; one test
 suite runs on both): each operation is one Lua script (io/redis_scripts.py), atomic inside Redis and
-one round trip. Notices for peers connected to other instances travel by Redis pub/sub, one channel
-per instance (`P n:INSTANCE`); a notice lost while an instance's subscription is down costs that
-peer a timeout, never a wrong session. Every instance heartbeats, keeps the leases of its own
-online peers fresh, and takes the peers of a dead instance offline in batches (`maintain`).
+one round trip. Notices for peers connected to other instances go through one Redis stream per
+instance (`P n:INSTANCE`), read from the last ID read: a notice appended while an instance's reading
+connection is down is read when it is back (a delay, not a loss). Every instance heartbeats, keeps
+the leases of its own online peers fresh, and takes the peers of a dead instance offline in batches
+(`maintain`).
 
-The client is coredis: it runs on anyio, so under Trio without a bridge, and it can speak to a
-Redis Cluster. Scripts are never retried by the client (a timed-out connect may have run; its
-retry would make a second offer): a failed call raises RegistryUnavailable, the front answers the
-peer `busy`, and the peer retries. Replies are checked (trusted, but validated): anything
-malformed is a RegistryUnavailable too, never a crash.
+The client is io/redis_link.py, one connection with automatic pipelining: the calls of many peers
+share one write and one round trip. (coredis, used before, cost ~200 µs of instance CPU per call,
+which is what capped 10,000 concurrent connects; docs/scale-out.md has the numbers.) Scripts are
+never retried (a timed-out connect may have run; its retry would make a second offer): a failed
+call raises RegistryUnavailable, the front answers the peer `busy`, and the peer retries. Replies
+are checked (trusted, but validated): anything malformed is a RegistryUnavailable too, never a crash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import secrets
@@ -32,6 +35,7 @@ from ..proto.rendezvous import Answered, Ended, Enrolled, Home, Offered, Refusal
 from ..proto.rendezvous.memory import check_limits
 from ..proto.rendezvous.wire import MAX_INFO, MAX_MESSAGE, NAME_RE, ErrorCode
 from ..proto.schema import cut
+from .redis_link import LinkDown, RedisLink, ReplyError, open_redis_link
 from .redis_scripts import SCRIPTS
 
 log = logging.getLogger("nattrav.rendezvous.redis")
@@ -41,7 +45,9 @@ SCHEMES = ("redis", "rediss", "unix")
 # once (connection refused); this bounds a slow one, and an overloaded instance's own queue: a call
 # cut off may have run all the same, and its work is lost and must be undone, so not too short.
 OP_TIMEOUT = 5.0
-NOTICE_BATCH = 256  # notices published in one pipeline
+STREAM_MAX = 65536  # notices an instance's stream holds at most (about; MAXLEN ~)
+NOTICE_READ = 512  # notices read in one XREAD
+NOTICE_BLOCK_MS = 5000  # an XREAD waits this long for a notice, then asks again
 BACKOFF = (0.1, 2.0)  # reconnect waits of the subscription: first, at most
 # An instance whose heartbeat (every second) is this old is dead and its peers are reaped. Generous:
 # its peers enroll again elsewhere on their own the moment its process dies (their TCP connections
@@ -161,7 +167,7 @@ class RedisRegistry:
     them). ``lease``: how long an online peer's record outlives its instance's last refresh.
     """
 
-    def __init__(self, client: Any, *, instance: str | None = None, prefix: str = "nattrav:",
+    def __init__(self, link: RedisLink, *, instance: str | None = None, prefix: str = "nattrav:",
                  retain: float = 300.0, lease: float = 600.0, dead_after: float = DEAD_AFTER,
                  max_peers: int = 100_000, max_peers_per_source: int = 256, max_offers_per_peer: int = 16,
                  max_offers_per_source: int = 2, clock_offset: float = 0.0, op_timeout: float = OP_TIMEOUT,
@@ -171,37 +177,43 @@ class RedisRegistry:
         for name, value in (("retain", retain), ("lease", lease), ("dead_after", dead_after)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        self.client = client
+        self.link = link
         self.instance = instance or secrets.token_hex(6)
         self.prefix = prefix
-        self.channel = f"{prefix}n:{self.instance}"
+        self.stream = self.notice_stream(self.instance)
         self.retain, self.lease, self.dead_after = retain, lease, dead_after
         self.clock_offset = clock_offset
         self.op_timeout = op_timeout
-        self._limits = [str(max_peers), str(max_peers_per_source), str(max_offers_per_peer),
-                        str(max_offers_per_source)]
+        self._fixed = (repr(lease), repr(retain), repr(dead_after), str(max_peers), str(max_peers_per_source),
+                       str(max_offers_per_peer), str(max_offers_per_source))
         self._token = token
-        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._cursor = "0"
         self._beaten = False  # a heartbeat got through once: a missing one later means we were reaped
         self.stats = {"expired": 0, "evicted": 0, "registry_errors": 0, "reaped": 0}
 
-    def peer_channel(self, instance: str) -> str:
+    def notice_stream(self, instance: str) -> str:
+        """The Redis stream an instance reads its relayed notices from."""
         return f"{self.prefix}n:{instance}"
 
     # -- plumbing --
     async def _run(self, name: str, now: float, *args: str | bytes) -> list:
-        argv = [self.prefix, repr(now + self.clock_offset), repr(self.lease), repr(self.retain),
-                repr(self.dead_after), *self._limits, *args]
+        argv = (self.prefix, repr(now + self.clock_offset), *self._fixed, *args)
         try:
             with trio.fail_after(self.op_timeout):
-                reply = await self._scripts[name](keys=[], args=argv)
+                try:
+                    reply = await self.link.call("EVALSHA", self._shas[name], 0, *argv)
+                except ReplyError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise
+                    # Redis restarted or its script cache was flushed: EVAL runs it and caches it again
+                    reply = await self.link.call("EVAL", SCRIPTS[name], 0, *argv)
         except trio.TooSlowError:
             self.stats["registry_errors"] += 1
             raise RegistryUnavailable(f"Redis did not answer within {self.op_timeout:g} s") from None
-        except Exception as exc:  # coredis' RedisError family, OSError, anyio's stream errors
+        except (LinkDown, ReplyError) as exc:
             self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
+            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
         if not isinstance(reply, list):
             raise RegistryUnavailable(f"malformed reply from Redis to {name}")
         return reply
@@ -305,45 +317,83 @@ class RedisRegistry:
 
     # -- notices between instances --
     async def publish(self, notes: list[tuple[str, bytes]]) -> None:
-        """Publish (instance, packed notice) pairs, one pipeline."""
+        """Append (instance, packed notice) pairs to those instances' streams, in one write. A
+        stream holds at most STREAM_MAX notices (its reader trims what it has read; this bounds
+        the stream of an instance that stopped reading)."""
+        commands = [("XADD", self.notice_stream(instance), "MAXLEN", "~", STREAM_MAX, "*", "n", data)
+                    for instance, data in notes]
         try:
             with trio.fail_after(self.op_timeout):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for instance, data in notes:
-                        pipe.publish(self.peer_channel(instance), data)
+                replies = await self.link.calls(commands)
         except trio.TooSlowError:
             raise RegistryUnavailable(f"Redis did not take notices within {self.op_timeout:g} s") from None
-        except Exception as exc:
-            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
+        except LinkDown as exc:
+            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
+        failed = [r for r in replies if isinstance(r, ReplyError)]
+        if failed:
+            raise RegistryUnavailable(f"Redis refused {len(failed)} notices: {str(failed[0])[:120]}")
 
     async def serve_notices(self, deliver: Callable[[bytes], None], *,
                             task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Hand every notice published for this instance to `deliver`, forever; resubscribe after a
-        loss with backoff. `task_status.started()` once the first subscription is in place."""
-        from coredis.retry import NoRetryPolicy
+        """Hand every notice appended to this instance's stream to `deliver`, forever, in order.
 
+        The stream is read on a connection of its own (XREAD BLOCK holds it) from the last ID
+        read, so a notice appended while that connection is down is read once it is back: losing
+        the connection delays notices, it does not lose them. Read notices are trimmed away.
+        `task_status.started()` once the starting point is fixed (notices from then on are read)."""
         started = False
         wait = BACKOFF[0]
+        last: bytes | None = None  # the last ID read; None: not known yet
         while True:
             try:
-                # coredis' own retries back off to 16 s between attempts: ours are capped at BACKOFF[1]
-                async with self.client.pubsub(channels=[self.channel], ignore_subscribe_messages=True,
-                                              retry_policy=NoRetryPolicy(), max_idle_seconds=5) as ps:
+                async with open_redis_link(self.link.url, name=f"nattrav-notices-{self.instance}") as sub:
+                    if last is None:
+                        # a restarted instance of the same name skips its predecessor's notices
+                        newest = await sub.call("XREVRANGE", self.stream, "+", "-", "COUNT", 1)
+                        last = newest[0][0] if newest else b"0-0"
                     if not started:
                         task_status.started()
                         started = True
                     elif wait > BACKOFF[0]:
-                        log.warning("notice subscription to Redis is back")
+                        log.warning("notice stream of Redis is back")
+                    self.stats["notice_links"] = self.stats.get("notice_links", 0) + 1
                     wait = BACKOFF[0]
-                    async for message in ps:
-                        data = message.get("data") if isinstance(message, dict) else None
-                        if isinstance(data, bytes):
-                            deliver(data)
-            except Exception as exc:  # the subscription broke: notices meanwhile are lost (peers time out)
+                    while True:
+                        # trimmed after reading; the stream outlives a dead instance by its lease
+                        replies = await sub.calls([
+                            ("XTRIM", self.stream, "MINID", last),
+                            ("PEXPIRE", self.stream, int(self.lease * 1000)),
+                            ("XREAD", "COUNT", NOTICE_READ, "BLOCK", NOTICE_BLOCK_MS, "STREAMS", self.stream, last),
+                        ])
+                        for r in replies:
+                            if isinstance(r, ReplyError):
+                                raise r
+                        for entry_id, data in self._entries(replies[2]):
+                            last = entry_id
+                            self.stats["notices_in"] = self.stats.get("notices_in", 0) + 1
+                            if data is not None:
+                                deliver(data)
+            except (LinkDown, ReplyError, RegistryUnavailable) as exc:
                 (log.warning if wait == BACKOFF[0] else log.debug)(
-                    "notice subscription to Redis lost (%s); again in %.1f s", _reason(exc), wait)
+                    "notice stream of Redis lost (%s); again in %.1f s", str(exc)[:160], wait)
             await trio.sleep(wait)
             wait = min(wait * 2, BACKOFF[1])
+
+    def _entries(self, reply: Any) -> list[tuple[bytes, bytes | None]]:
+        """(id, notice) pairs of an XREAD reply (a notice None: an entry of another shape)."""
+        if reply is None:
+            return []
+        try:
+            (_, entries), = reply
+            out = []
+            for entry_id, fields in entries:
+                if not isinstance(entry_id, bytes):
+                    raise TypeError
+                data = fields[1] if isinstance(fields, list) and len(fields) == 2 else None
+                out.append((entry_id, data if isinstance(data, bytes) else None))
+            return out
+        except (TypeError, ValueError):
+            raise RegistryUnavailable("malformed XREAD reply from Redis") from None
 
 
 @asynccontextmanager
@@ -352,18 +402,10 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
     heartbeat must get through within `wait` seconds (a wrong URL fails here, with the reason),
     later outages are survived. `options` go to RedisRegistry; the registry's timeline is the wall
     clock (clock_offset maps trio's clock into it)."""
-    import coredis
-    from coredis.retry import NoRetryPolicy
-
     check_url(url)
     options.setdefault("clock_offset", time.time() - trio.current_time())
-    client = coredis.Redis.from_url(url, decode_responses=False, connect_timeout=OP_TIMEOUT,
-                                    stream_timeout=OP_TIMEOUT, retry_policy=NoRetryPolicy())
-    # coredis runs its connections in a task group: whatever leaves the block comes out of it as an
-    # ExceptionGroup; the caller gets its own exception (or the startup failure) back unwrapped
-    failure: BaseException | None = None
-    async with client:
-        registry = RedisRegistry(client, **options)
+    async with open_redis_link(url, connect_timeout=OP_TIMEOUT) as link:
+        registry = RedisRegistry(link, **options)
         deadline = trio.current_time() + wait
         while True:
             try:
@@ -371,13 +413,6 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
                 break
             except RegistryUnavailable as exc:
                 if trio.current_time() >= deadline:
-                    failure = RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}")
-                    break
+                    raise RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}") from None
                 await trio.sleep(0.2)
-        if failure is None:
-            try:
-                yield registry
-            except BaseException as exc:
-                failure = exc
-    if failure is not None:
-        raise failure
+        yield registry

@@ -15,6 +15,7 @@ They follow the in-memory registry (proto/rendezvous/memory.py) rule for rule; o
     P po:ID     set: the pending offers a peer is part of (bounded by max_offers_per_peer)
     P i:INST    set: the peers online at one instance (its reaper's list once it dies)
     P insts     zset: instance heartbeats; an instance silent for `dead_after` is dead, its peers offline
+    P n:INST    stream: notices relayed to one instance (io/redis_registry.py appends and reads them)
 
 Every script takes the same first arguments (the prefix, the caller's registry time and the limits)
 and builds its key names from the prefix: a standalone Redis or a replicated pair, not a Cluster
@@ -309,7 +310,10 @@ if dead and dead ~= inst then
     local f = redis.call('HMGET', pk(id), 'inst')
     if f[1] == dead then go_offline(id, dead, out) end
   end
-  if redis.call('SCARD', theirs) == 0 then redis.call('ZREM', P .. 'insts', dead) end
+  if redis.call('SCARD', theirs) == 0 then
+    redis.call('ZREM', P .. 'insts', dead)
+    redis.call('DEL', P .. 'n:' .. dead)  -- its notice stream: nobody reads it any more
+  end
 end
 return out
 """
