@@ -8,9 +8,15 @@ bytes in and out, and every command issued while the writer was busy goes out in
 write (commands of many peers share one round trip and one syscall: ~7 µs each in a batch of 16,
 ~25 µs alone). Replies come back in order, so each caller just waits for its place in the queue.
 
-A caller that gives up (its own timeout) leaves its place; the reply is read and dropped when it
-comes. A broken connection fails every call waiting on it (LinkDown); the next call connects again,
-so an unreachable Redis fails at once and a recovered one is used at once. Blocking commands
+Time bound: a connection with calls waiting and no reply for ``stall_timeout`` seconds is taken for
+broken (LinkDown to every call on it, then a new connection). A call's own wait is not bounded:
+behind a long queue that Redis is working through (an instance overloaded by a burst), a call
+waits its turn instead of being abandoned, because the work Redis does for an abandoned call is
+lost (a connect that ran, a session nobody hears of). The queue is bounded by its callers: the
+rendezvous front has at most one call in flight per peer connection. A caller that gives up
+anyway (its own cancel scope) leaves its place; its reply is read and dropped when it comes. A
+broken connection fails every call waiting on it (LinkDown); the next call connects again, so an
+unreachable Redis fails at once and a recovered one is used at once. Blocking commands
 (XREAD BLOCK) need a link of their own: they would hold up every reply queued behind them.
 
 Redis is trusted but checked: a reply that does not parse, or is larger than MAX_BULK / MAX_ITEMS,
@@ -32,6 +38,7 @@ MAX_BULK = 16 * 2**20  # bytes in one string reply
 MAX_ITEMS = 1 << 20  # elements in one array reply
 READ_SIZE = 1 << 16
 CONNECT_TIMEOUT = 5.0
+STALL_TIMEOUT = 5.0  # seconds without a reply while calls wait: the connection is broken
 
 
 class LinkDown(OSError):
@@ -148,6 +155,7 @@ class _Conn:
         self.wake = trio.Event()
         self.scope = trio.CancelScope()
         self.down: str | None = None
+        self.progress = 0.0  # when a reply last came, or the queue last went from empty to waiting
 
     def fail(self, reason: str) -> None:
         if self.down is not None:
@@ -181,12 +189,14 @@ class RedisLink:
     Run it inside ``open_redis_link`` (its reader and writer tasks live in that nursery)."""
 
     def __init__(self, url: str, nursery: trio.Nursery, *, name: str | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, ssl_context: ssl.SSLContext | None = None):
+                 connect_timeout: float = CONNECT_TIMEOUT, stall_timeout: float = STALL_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None):
         self.url = url
         self.name = name
         self._opts = parse_url(url)
         self._nursery = nursery
         self._connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
         self._ssl = ssl_context
         self._conn: _Conn | None = None
         self._connecting = trio.Lock()
@@ -211,6 +221,8 @@ class RedisLink:
         if conn is None or conn.down is not None:
             conn = await self._connect()
         waiter = _Waiter(len(frames))
+        if not conn.waiting:
+            conn.progress = trio.current_time()
         conn.out.extend(frames)
         conn.waiting.append(waiter)
         conn.wake.set()
@@ -277,6 +289,7 @@ class RedisLink:
             with conn.scope:
                 async with trio.open_nursery() as n:
                     n.start_soon(self._writer, conn)
+                    n.start_soon(self._watchdog, conn)
                     await self._reader(conn)
                     n.cancel_scope.cancel()
         finally:
@@ -297,6 +310,14 @@ class RedisLink:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
             conn.fail(f"write to Redis failed: {type(exc).__name__}: {exc}")
 
+    async def _watchdog(self, conn: _Conn) -> None:
+        # one sweep per connection, not a cancel scope per call (which costs more than the call)
+        while True:
+            await trio.sleep(self.stall_timeout / 4)
+            if conn.waiting and trio.current_time() - conn.progress > self.stall_timeout:
+                conn.fail(f"Redis did not answer for {self.stall_timeout:g} s")
+                return
+
     async def _reader(self, conn: _Conn) -> None:
         parser = ReplyParser()
         try:
@@ -305,6 +326,7 @@ class RedisLink:
                 if not data:
                     conn.fail("Redis closed the connection")
                     return
+                conn.progress = trio.current_time()
                 parser.feed(data)
                 while (reply := parser.next()) is not ReplyParser.NOTHING:
                     if not conn.waiting:

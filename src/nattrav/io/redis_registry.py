@@ -33,6 +33,7 @@ import trio
 from ..errors import BadFrame, RegistryUnavailable, UsageError
 from ..proto.rendezvous import Answered, Ended, Enrolled, Home, Offered, Refusal, check_info, hash_secret
 from ..proto.rendezvous.memory import check_limits
+from ..proto.rendezvous.names import NameBindings, as_peer_id
 from ..proto.rendezvous.wire import MAX_INFO, MAX_MESSAGE, NAME_RE, ErrorCode
 from ..proto.schema import cut
 from .redis_link import LinkDown, RedisLink, ReplyError, open_redis_link
@@ -41,9 +42,10 @@ from .redis_scripts import SCRIPTS
 log = logging.getLogger("nattrav.rendezvous.redis")
 
 SCHEMES = ("redis", "rediss", "unix")
-# Seconds one registry call may take before the peer is told busy. An unreachable Redis fails at
-# once (connection refused); this bounds a slow one, and an overloaded instance's own queue: a call
-# cut off may have run all the same, and its work is lost and must be undone, so not too short.
+# Seconds Redis may leave calls without any reply before the connection is taken for broken and its
+# calls are told busy. An unreachable Redis fails at once (connection refused); this bounds a stuck
+# one. A call behind a long queue that Redis is answering is not cut off (a call cut off may have
+# run all the same, and its work would be lost): it waits its turn (io/redis_link.py).
 OP_TIMEOUT = 5.0
 STREAM_MAX = 65536  # notices an instance's stream holds at most (about; MAXLEN ~)
 NOTICE_READ = 512  # notices read in one XREAD
@@ -149,7 +151,7 @@ def _refusal(reply: list, **quote: str) -> Refusal:
     except ValueError:
         raise RegistryUnavailable(f"unknown error code from Redis: {cut(reply[1])}") from None
     message = _text(reply[2])
-    if code is ErrorCode.NAME_TAKEN and "name" in quote:
+    if code is ErrorCode.NAME_TAKEN and "name" in quote and message.startswith("belongs"):
         message = f"{cut(quote['name'])} belongs to another peer"
     elif code is ErrorCode.UNKNOWN_PEER:
         message = f"no peer {cut(quote['target'])}"
@@ -198,19 +200,17 @@ class RedisRegistry:
 
     # -- plumbing --
     async def _run(self, name: str, now: float, *args: str | bytes) -> list:
+        # no timeout of its own: the link fails every call when Redis stops answering (op_timeout),
+        # while a call behind a long queue Redis is working through waits its turn (io/redis_link.py)
         argv = (self.prefix, repr(now + self.clock_offset), *self._fixed, *args)
         try:
-            with trio.fail_after(self.op_timeout):
-                try:
-                    reply = await self.link.call("EVALSHA", self._shas[name], 0, *argv)
-                except ReplyError as exc:
-                    if not str(exc).startswith("NOSCRIPT"):
-                        raise
-                    # Redis restarted or its script cache was flushed: EVAL runs it and caches it again
-                    reply = await self.link.call("EVAL", SCRIPTS[name], 0, *argv)
-        except trio.TooSlowError:
-            self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis did not answer within {self.op_timeout:g} s") from None
+            try:
+                reply = await self.link.call("EVALSHA", self._shas[name], 0, *argv)
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # Redis restarted or its script cache was flushed: EVAL runs it and caches it again
+                reply = await self.link.call("EVAL", SCRIPTS[name], 0, *argv)
         except (LinkDown, ReplyError) as exc:
             self.stats["registry_errors"] += 1
             raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
@@ -227,12 +227,20 @@ class RedisRegistry:
     # -- the Registry interface --
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
                      secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:
+        ordinary = ""
+        if name is not None:
+            # a peer ID as a name belongs to its key (nothing to store); an ordinary name is bound in
+            # Redis to the first key that claims it, for every instance
+            why = NameBindings().check(name, key) if as_peer_id(name) is not None else None
+            if why is not None:
+                return Refusal(ErrorCode.NAME_TAKEN, why)
+            ordinary = "" if as_peer_id(name) is not None else "1"
         given = hash_secret(secret) if secret is not None else b""
         obs = msgpack.packb(list(observed), use_bin_type=True)
         for _ in range(8):
             minted = self._token(24)
             reply = await self._run("enroll", now, home.instance, str(home.conn), source, obs, info, name or "",
-                                    given, self._fresh_id(), hash_secret(minted), key or b"")
+                                    given, self._fresh_id(), hash_secret(minted), key or b"", ordinary)
             kind = _text(reply[0]) if reply else ""
             if kind == "again":
                 continue
@@ -323,10 +331,7 @@ class RedisRegistry:
         commands = [("XADD", self.notice_stream(instance), "MAXLEN", "~", STREAM_MAX, "*", "n", data)
                     for instance, data in notes]
         try:
-            with trio.fail_after(self.op_timeout):
-                replies = await self.link.calls(commands)
-        except trio.TooSlowError:
-            raise RegistryUnavailable(f"Redis did not take notices within {self.op_timeout:g} s") from None
+            replies = await self.link.calls(commands)
         except LinkDown as exc:
             raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
         failed = [r for r in replies if isinstance(r, ReplyError)]
@@ -346,7 +351,9 @@ class RedisRegistry:
         last: bytes | None = None  # the last ID read; None: not known yet
         while True:
             try:
-                async with open_redis_link(self.link.url, name=f"nattrav-notices-{self.instance}") as sub:
+                # XREAD BLOCK holds its connection up to NOTICE_BLOCK_MS: a stall is that and more
+                async with open_redis_link(self.link.url, name=f"nattrav-notices-{self.instance}",
+                                           stall_timeout=NOTICE_BLOCK_MS / 1000 + self.op_timeout) as sub:
                     if last is None:
                         # a restarted instance of the same name skips its predecessor's notices
                         newest = await sub.call("XREVRANGE", self.stream, "+", "-", "COUNT", 1)
@@ -404,7 +411,7 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
     clock (clock_offset maps trio's clock into it)."""
     check_url(url)
     options.setdefault("clock_offset", time.time() - trio.current_time())
-    async with open_redis_link(url, connect_timeout=OP_TIMEOUT) as link:
+    async with open_redis_link(url, connect_timeout=OP_TIMEOUT, stall_timeout=OP_TIMEOUT) as link:
         registry = RedisRegistry(link, **options)
         deadline = trio.current_time() + wait
         while True:
