@@ -26,6 +26,7 @@ breaks the connection (LinkDown), never the process.
 from __future__ import annotations
 
 import collections
+import logging
 import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -33,6 +34,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import outcome
 import trio
+
+log = logging.getLogger("nattrav.redis")
 
 MAX_BULK = 16 * 2**20  # bytes in one string reply
 MAX_ITEMS = 1 << 20  # elements in one array reply
@@ -292,6 +295,9 @@ class RedisLink:
                     n.start_soon(self._watchdog, conn)
                     await self._reader(conn)
                     n.cancel_scope.cancel()
+        except Exception as exc:  # a bug here must cost this connection (its calls fail), not the process
+            log.exception("Redis link: internal error; dropping the connection")
+            conn.fail(f"internal error: {type(exc).__name__}")
         finally:
             conn.fail(conn.down or "connection to Redis closed")
             with trio.CancelScope(shield=True):
