@@ -128,13 +128,14 @@ async def peers_role(servers: list[tuple[str, int]], first: int, count: int, con
                 except (OSError, EOFError) as exc:
                     reason = str(exc)[:60]
                 sock.close()
-            if not reason.endswith("busy"):
+            if not reason.endswith(("busy", "timeout")):
                 break
-            # busy: the tier is overloaded (a registry call ran out of time); a real client retries
+            # busy (a registry call failed) or timeout (the instance did not get to the enroll within
+            # its enroll deadline): the tier is overloaded; a real client retries
             retries[0] += 1
             await trio.sleep(min(2.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
         else:
-            reason = "busy 8 times"
+            reason = "busy or timeout 8 times"
         if msg.get("t") != "enrolled":
             failures[reason] = failures.get(reason, 0) + 1
             enrolled_one()
@@ -427,7 +428,7 @@ def report(out: dict) -> None:
               f"{t['enrolled']}/{t['peers']} enrolled in "
               f"{t['enroll_s']} s = {t['enrolls_per_s']:,}/s; {t['sessions']}/{t['connects']} connects "
               f"p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms max {t['max_ms']} ms "
-              f"(enroll failures {t['enroll_failures'] or 'none'} after {t['enroll_busy_retries']} busy retries, "
+              f"(enroll failures {t['enroll_failures'] or 'none'} after {t['enroll_busy_retries']} busy/timeout retries, "
               f"connect errors {t['connect_errors'] or 'none'}, the targets' accept errors "
               f"{t['accept_errors'] or 'none'})")
         print(f"         CPU per enroll: instances {t['instances_cpu_us_per_enroll']} µs"

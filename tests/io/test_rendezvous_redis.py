@@ -232,3 +232,31 @@ async def test_a_name_bound_in_redis_outlives_its_peer_and_binds_a_new_instance(
         back = await c.enroll(Home("C", 2), "198.51.100.7", ["198.51.100.7", 3], b"\x80", "alice", None, 1e6,
                               key=alice.peer_id.key_bytes)
         assert back.peer_id == "alice"
+
+
+async def test_leases_are_refreshed_paced_and_all_within_a_fraction_of_the_lease(redisd):
+    """Housekeeping refreshes a share of an instance's peers per round (about 8 refreshes per
+    lease), not all of them every second; every peer is refreshed well within its lease."""
+    from nattrav.io.redis_link import open_redis_link
+    from nattrav.io.redis_registry import RedisRegistry
+    from nattrav.proto.rendezvous import Home
+
+    lease, peers = 400.0, 300
+    async with open_redis_link(redisd.url) as link:
+        a = RedisRegistry(link, instance="A", prefix="tl:", dead_after=1e9, lease=lease)
+        await a.maintain(1000.0)
+        for i in range(peers):
+            got = await a.enroll(Home("A", i), f"198.51.100.{i % 200}", ["198.51.100.1", i], b"\x80", f"p{i}",
+                                 None, 1000.0)
+            assert got.peer_id == f"p{i}"
+
+        async def refreshed() -> int:  # peers whose place in `all` was moved past their enroll's lease
+            scores = [float(await link.call("ZSCORE", "tl:all", f"p{i}")) for i in range(peers)]
+            return sum(s > 1000.0 + lease for s in scores)
+
+        await a.maintain(1001.0)
+        first = await refreshed()
+        assert 0 < first < peers / 2  # a share, not everyone
+        for k in range(2, int(lease / 8)):  # a full cycle fits in an eighth of the lease
+            await a.maintain(1000.0 + k)
+        assert await refreshed() == peers
