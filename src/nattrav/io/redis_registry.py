@@ -78,13 +78,6 @@ def check_url(url: str) -> str:
     return url
 
 
-def _reason(exc: BaseException) -> str:
-    """What went wrong, from the first leaf of the exception groups coredis' task groups make."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {str(exc)[:120]}"
-
-
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         try:
