@@ -8,7 +8,7 @@ Two tiers in one run, on loopback:
 - scaled: --instances nattrav-server instances (3 by default) on one redis-server (started here, a
   temporary directory, no persistence); peer i enrolls at instance i % N, and with --connects not a
   multiple of N every initiator's target sits at another instance, so every offer and every accept
-  crosses instances through Redis pub/sub.
+  crosses instances through Redis (the instances' notice streams).
 
 Every enrolled peer holds one TCP connection, so one descriptor in its instance: a process may hold
 RLIMIT_NOFILE's hard limit (20,000 on the machine this was written on, without CAP_SYS_RESOURCE to
@@ -21,7 +21,10 @@ offer), spread over --clients processes and over 127.1.x.y source addresses (100
 the per-source caps). Phases: enroll every peer (at most --parallel in flight per process) ->
 enrolls/s; then every initiator asks its target at once (--connects pairs) -> p50/p99/max latency
 from the connect frame to the session frame, and how many got one. Redis memory per peer: INFO
-memory's used_memory after the enrolls minus before, over the peers enrolled.
+memory's used_memory after the enrolls minus before, over the peers enrolled. CPU per enroll and
+per connect: the CPU time the instances (and Redis) spent over the phase (/proc/PID/stat), over the
+operations: unlike wall time, it barely moves with the machine's other load (it includes each
+process's housekeeping during the phase, so a longer phase adds a little).
 
 The machine has two cores shared by every process (instances, Redis, clients): compare the two tiers
 within one run, not with other runs. Needs root (or a high hard RLIMIT_NOFILE): one descriptor per
