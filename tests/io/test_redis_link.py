@@ -132,3 +132,41 @@ async def test_a_restarted_redis_is_reconnected_on_the_next_call(redisd):
         redisd.start().wait()
         assert await link.call("PING") == b"PONG"
         assert link.stats["connects"] == 2
+
+
+async def test_an_event_loop_too_busy_to_read_is_not_a_stall():
+    """A server (in a thread of its own) answers within 50 ms, but this event loop blocks for 2.5
+    stall bounds before it reads: the reply waiting on the socket shows Redis answered, so the call
+    gets it instead of LinkDown."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def prompt():
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(4096):
+                time.sleep(0.05)
+                conn.sendall(b"+PONG\r\n" * data.count(b"PING"))
+
+    thread = threading.Thread(target=prompt, daemon=True)
+    thread.start()
+    try:
+        async with open_redis_link(f"redis://127.0.0.1:{server.getsockname()[1]}/0", stall_timeout=0.2) as link:
+            await link.call("PING")
+            for _ in range(6):  # the watchdog or the reader runs first after the block: both orders
+                got = []
+                async with trio.open_nursery() as calls:
+                    async def one():
+                        got.append(await link.call("PING"))
+
+                    calls.start_soon(one)
+                    await trio.sleep(0.01)  # the command is out; the answer comes while we block
+                    time.sleep(0.5)
+                assert got == [b"PONG"]
+    finally:
+        server.close()

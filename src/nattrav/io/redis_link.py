@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -169,6 +170,18 @@ class _Conn:
             w = self.waiting.popleft()
             if not w.gone:
                 trio.lowlevel.reschedule(w.task, outcome.Error(LinkDown(reason)))
+
+
+def _readable(stream: trio.abc.Stream) -> bool:
+    """Whether bytes (or the end) wait unread on the stream's socket."""
+    inner = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def parse_url(url: str) -> dict:
@@ -321,6 +334,11 @@ class RedisLink:
         while True:
             await trio.sleep(self.stall_timeout / 4)
             if conn.waiting and trio.current_time() - conn.progress > self.stall_timeout:
+                if _readable(conn.stream):
+                    # Redis did answer: this process is too busy to have read it yet (an event loop
+                    # with thousands of peers' work queued), which is no reason to drop the calls
+                    conn.progress = trio.current_time()
+                    continue
                 conn.fail(f"Redis did not answer for {self.stall_timeout:g} s")
                 return
 

@@ -166,13 +166,16 @@ class RedisRegistry:
                  retain: float = 300.0, lease: float = 600.0, dead_after: float = DEAD_AFTER,
                  max_peers: int = 100_000, max_peers_per_source: int = 256, max_offers_per_peer: int = 16,
                  max_offers_per_source: int = 2, clock_offset: float = 0.0, op_timeout: float = OP_TIMEOUT,
-                 token: Callable[[int], str] = secrets.token_urlsafe):
+                 token: Callable[[int], str] = secrets.token_urlsafe, housekeeping: RedisLink | None = None):
         check_limits(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
                      max_offers_per_peer=max_offers_per_peer, max_offers_per_source=max_offers_per_source)
         for name, value in (("retain", retain), ("lease", lease), ("dead_after", dead_after)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         self.link = link
+        # the heartbeat on a connection of its own: behind a burst of peers' calls on `link`, it
+        # would come late, and an instance whose heartbeat is late for dead_after is reaped
+        self.housekeeping = housekeeping or link
         self.instance = instance or secrets.token_hex(6)
         self.prefix = prefix
         self.stream = self.notice_stream(self.instance)
@@ -192,18 +195,19 @@ class RedisRegistry:
         return f"{self.prefix}n:{instance}"
 
     # -- plumbing --
-    async def _run(self, name: str, now: float, *args: str | bytes) -> list:
+    async def _run(self, name: str, now: float, *args: str | bytes, link: RedisLink | None = None) -> list:
         # no timeout of its own: the link fails every call when Redis stops answering (op_timeout),
         # while a call behind a long queue Redis is working through waits its turn (io/redis_link.py)
         argv = (self.prefix, repr(now + self.clock_offset), *self._fixed, *args)
+        link = link or self.link
         try:
             try:
-                reply = await self.link.call("EVALSHA", self._shas[name], 0, *argv)
+                reply = await link.call("EVALSHA", self._shas[name], 0, *argv)
             except ReplyError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 # Redis restarted or its script cache was flushed: EVAL runs it and caches it again
-                reply = await self.link.call("EVAL", SCRIPTS[name], 0, *argv)
+                reply = await link.call("EVAL", SCRIPTS[name], 0, *argv)
         except (LinkDown, ReplyError) as exc:
             self.stats["registry_errors"] += 1
             raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
@@ -299,7 +303,7 @@ class RedisRegistry:
         """One round: heartbeat, refresh a batch of our peers' leases, reap a batch of a dead
         instance's peers. Returns the offers the reaped peers had (to be told) and whether this
         instance was itself taken for dead (its peers must enroll again)."""
-        reply = await self._run("maintain", now, self.instance, self._cursor, str(batch))
+        reply = await self._run("maintain", now, self.instance, self._cursor, str(batch), link=self.housekeeping)
         if len(reply) < 3:
             raise RegistryUnavailable("malformed reply from Redis to maintain")
         before, self._cursor, reaped = _text(reply[0]), _text(reply[1]), _text(reply[2])
@@ -404,8 +408,9 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
     clock (clock_offset maps trio's clock into it)."""
     check_url(url)
     options.setdefault("clock_offset", time.time() - trio.current_time())
-    async with open_redis_link(url, connect_timeout=OP_TIMEOUT, stall_timeout=OP_TIMEOUT) as link:
-        registry = RedisRegistry(link, **options)
+    async with open_redis_link(url, connect_timeout=OP_TIMEOUT, stall_timeout=OP_TIMEOUT) as link, \
+            open_redis_link(url, connect_timeout=OP_TIMEOUT, stall_timeout=OP_TIMEOUT) as beat:
+        registry = RedisRegistry(link, housekeeping=beat, **options)
         deadline = trio.current_time() + wait
         while True:
             try:
