@@ -8,7 +8,7 @@ Two tiers in one run, on loopback:
 - scaled: --instances nattrav-server instances (3 by default) on one redis-server (started here, a
   temporary directory, no persistence); peer i enrolls at instance i % N, and with --connects not a
   multiple of N every initiator's target sits at another instance, so every offer and every accept
-  crosses instances through Redis pub/sub.
+  crosses instances through Redis (the instances' notice streams).
 
 Every enrolled peer holds one TCP connection, so one descriptor in its instance: a process may hold
 RLIMIT_NOFILE's hard limit (20,000 on the machine this was written on, without CAP_SYS_RESOURCE to
@@ -21,7 +21,10 @@ offer), spread over --clients processes and over 127.1.x.y source addresses (100
 the per-source caps). Phases: enroll every peer (at most --parallel in flight per process) ->
 enrolls/s; then every initiator asks its target at once (--connects pairs) -> p50/p99/max latency
 from the connect frame to the session frame, and how many got one. Redis memory per peer: INFO
-memory's used_memory after the enrolls minus before, over the peers enrolled.
+memory's used_memory after the enrolls minus before, over the peers enrolled. CPU per enroll and
+per connect: the CPU time the instances (and Redis) spent over the phase (/proc/PID/stat), over the
+operations: unlike wall time, it barely moves with the machine's other load (it includes each
+process's housekeeping during the phase, so a longer phase adds a little).
 
 The machine has two cores shared by every process (instances, Redis, clients): compare the two tiers
 within one run, not with other runs. Needs root (or a high hard RLIMIT_NOFILE): one descriptor per
@@ -50,15 +53,9 @@ HERE = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(HERE))
 # the peers' addresses and node info, percentiles, and the orchestration of child processes are the
 # load bench's (issue 14): the two benches' numbers stay comparable
-from bench_rendezvous_load import PER_ADDRESS, emit, expect, node_info, pct, peer_address, rss_kb, send  # noqa: E402
-
-
-
-
-
-
-
-
+from bench_rendezvous_load import (  # noqa: E402
+    PER_ADDRESS, cpu_s, emit, expect, node_info, pct, peer_address, rss_kb, send,
+)
 
 
 def raise_fd_limit(want: int) -> int:
@@ -134,13 +131,14 @@ async def peers_role(servers: list[tuple[str, int]], first: int, count: int, con
                 except (OSError, EOFError) as exc:
                     reason = str(exc)[:60]
                 sock.close()
-            if not reason.endswith("busy"):
+            if not reason.endswith(("busy", "timeout")):
                 break
-            # busy: the tier is overloaded (a registry call ran out of time); a real client retries
+            # busy (a registry call failed) or timeout (the instance did not get to the enroll within
+            # its enroll deadline): the tier is overloaded; a real client retries
             retries[0] += 1
             await trio.sleep(min(2.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
         else:
-            reason = "busy 8 times"
+            reason = "busy or timeout 8 times"
         if msg.get("t") != "enrolled":
             failures[reason] = failures.get(reason, 0) + 1
             enrolled_one()
@@ -211,9 +209,6 @@ def child(args: list[str]) -> subprocess.Popen:
 
 
 
-
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -239,12 +234,14 @@ def redis_info(port: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in redis_cmd(port, "INFO", "memory").splitlines() if ":" in line)
 
 
-
-
-def start_instances(n: int, peers: int, registry: str | None) -> list[tuple[subprocess.Popen, tuple[str, int]]]:
+def start_instances(n: int, peers: int, registry: str | None,
+                    profile: str | None = None) -> list[tuple[subprocess.Popen, tuple[str, int]]]:
     out = []
-    for _ in range(n):
-        argv = [sys.executable, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
+    for k in range(n):
+        # --profile DIR: each instance under cProfile, its stats written to DIR when it stops
+        prof = ["-m", "cProfile", "-o", os.path.join(profile, f"{'redis' if registry else 'memory'}-{k}.prof")] \
+            if profile else []
+        argv = [sys.executable, *prof, "-m", "nattrav.cli.server", "--listen", "127.0.0.1:0", "--json-log",
                 "--stats-interval", "0", "--keepalive-timeout", "3600", "--retain", "3600",
                 "--max-connections", str(peers + 1000), "--max-per-source", str(PER_ADDRESS + 10),
                 "--max-peers", str(peers + 1000)]
@@ -269,16 +266,24 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port: int | None, peers: int,
-             connects: int) -> dict:
+             connects: int, redis_pid: int | None = None) -> dict:
     if redis_port:
         redis_cmd(redis_port, "FLUSHALL")
-    instances = start_instances(n_instances, peers, registry)
+    instances = start_instances(n_instances, peers, registry, args.profile)
     servers = [addr for _, addr in instances]
     clients: list[subprocess.Popen] = []
     try:
         time.sleep(0.5)
         mem0 = int(redis_info(redis_port)["used_memory"]) if redis_port else 0
         rss0 = sum(rss_kb(p.pid) for p, _ in instances)
+        pids = [p.pid for p, _ in instances]
+
+        def cpu() -> tuple[float, float]:
+            """CPU seconds so far of the instances, and of Redis: load-proof, unlike wall time."""
+            return sum(cpu_s(pid) for pid in pids), (cpu_s(redis_pid) if redis_pid else 0.0)
+
+        load0 = open("/proc/loadavg").read().split()[0]
+        cpu0 = cpu()
         n_clients = max(args.clients, -(-peers // args.cap))
         per = -(-peers // n_clients)
         t0 = time.perf_counter()
@@ -289,6 +294,7 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
                                   "--first", str(first), "--count", str(count), "--connects", str(connects),
                                   "--parallel", str(args.parallel)]))
         reports = [expect(c, "enrolled", 3600) for c in clients]
+        cpu1 = cpu()
         # from the first enroll to the last, as the clients saw it (their start-up is not the tier's)
         enroll_s = max(r["seconds"] for r in reports)
         started_s = time.perf_counter() - t0
@@ -303,10 +309,13 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
         keys = int(redis_cmd(redis_port, "DBSIZE")) if redis_port else 0
         rss1 = sum(rss_kb(p.pid) for p, _ in instances)
         t1 = time.perf_counter()
+        cpu2 = cpu()
         for c in clients:
             send(c, "go")
         results = [expect(c, "connects", 600) for c in clients]
         connect_wall = time.perf_counter() - t1
+        cpu3 = cpu()
+        load1 = open("/proc/loadavg").read().split()[0]
         lat = sorted(x for r in results for x in r["latencies"])
         errors: dict[str, int] = {}
         accept_errors: dict[str, int] = {}
@@ -332,6 +341,13 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
         "redis_used_memory_bytes": mem1 - mem0 if redis_port else None,
         "redis_bytes_per_peer": round((mem1 - mem0) / max(1, enrolled)) if redis_port else None,
         "redis_keys": keys if redis_port else None, "instances_alive": alive,
+        # CPU per operation, summed over the instances (and Redis): what the tier spends, whatever
+        # else the machine was doing (wall times above are not)
+        "instances_cpu_us_per_enroll": round((cpu1[0] - cpu0[0]) / max(1, enrolled) * 1e6),
+        "redis_cpu_us_per_enroll": round((cpu1[1] - cpu0[1]) / max(1, enrolled) * 1e6) if redis_port else None,
+        "instances_cpu_us_per_connect": round((cpu3[0] - cpu2[0]) / max(1, connects) * 1e6),
+        "redis_cpu_us_per_connect": round((cpu3[1] - cpu2[1]) / max(1, connects) * 1e6) if redis_port else None,
+        "loadavg_before_after": [load0, load1],
     }
 
 
@@ -347,6 +363,7 @@ def main() -> None:
                     help="also run the scaled tier at the baseline's size (when the baseline had to be smaller)")
     ap.add_argument("--only", choices=["memory", "redis"], help="run one tier only")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--profile", metavar="DIR", help="run every instance under cProfile, stats into DIR")
     # the client role's own
     ap.add_argument("--servers", default="")
     ap.add_argument("--first", type=int, default=0)
@@ -394,9 +411,10 @@ def main() -> None:
                 url = f"redis://127.0.0.1:{port}/0"
                 if args.equal and base_peers < args.peers:
                     out["tiers"].append(run_tier("redis", args.instances, args, url, port, base_peers,
-                                                 base_connects))
+                                                 base_connects, redis.pid))
                     print(json.dumps(out["tiers"][-1]), flush=True)
-                out["tiers"].append(run_tier("redis", args.instances, args, url, port, args.peers, args.connects))
+                out["tiers"].append(run_tier("redis", args.instances, args, url, port, args.peers, args.connects,
+                                             redis.pid))
                 print(json.dumps(out["tiers"][-1]), flush=True)
             finally:
                 stop([redis])
@@ -413,9 +431,14 @@ def report(out: dict) -> None:
               f"{t['enrolled']}/{t['peers']} enrolled in "
               f"{t['enroll_s']} s = {t['enrolls_per_s']:,}/s; {t['sessions']}/{t['connects']} connects "
               f"p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms max {t['max_ms']} ms "
-              f"(enroll failures {t['enroll_failures'] or 'none'} after {t['enroll_busy_retries']} busy retries, "
+              f"(enroll failures {t['enroll_failures'] or 'none'} after {t['enroll_busy_retries']} busy/timeout retries, "
               f"connect errors {t['connect_errors'] or 'none'}, the targets' accept errors "
               f"{t['accept_errors'] or 'none'})")
+        print(f"         CPU per enroll: instances {t['instances_cpu_us_per_enroll']} µs"
+              + (f", Redis {t['redis_cpu_us_per_enroll']} µs" if t["redis_cpu_us_per_enroll"] is not None else "")
+              + f"; per connect: instances {t['instances_cpu_us_per_connect']} µs"
+              + (f", Redis {t['redis_cpu_us_per_connect']} µs" if t["redis_cpu_us_per_connect"] is not None else "")
+              + f" (load average {t['loadavg_before_after'][0]} -> {t['loadavg_before_after'][1]})")
         if t["redis_bytes_per_peer"] is not None:
             print(f"         Redis used_memory +{t['redis_used_memory_bytes'] / 2**20:.1f} MiB = "
                   f"{t['redis_bytes_per_peer']} B per peer ({t['redis_keys']} keys)")
@@ -423,7 +446,8 @@ def report(out: dict) -> None:
     for t in out["tiers"]:
         if base is not None and t is not base:
             print(f"  redis ({t['peers']} peers) / memory ({base['peers']} peers): enrolls/s "
-                  f"{t['enrolls_per_s'] / base['enrolls_per_s']:.2f}x, p99 connect {t['p99_ms'] / base['p99_ms']:.2f}x")
+                  f"{t['enrolls_per_s'] / base['enrolls_per_s']:.2f}x, p99 connect {t['p99_ms'] / base['p99_ms']:.2f}x, "
+                  f"instance CPU per connect {t['instances_cpu_us_per_connect'] / base['instances_cpu_us_per_connect']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -73,12 +73,6 @@ def require_redis() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is missing (bash .ci/install installs it)")
         pytest.skip("redis-server is not installed (apt-get install redis-server, or bash .ci/install)")
-    try:
-        import coredis  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("coredis is missing (bash .ci/install installs nattrav[test])")
-        pytest.skip("coredis is not installed (pip install 'nattrav[redis]')")
 
 
 @contextmanager

@@ -132,11 +132,11 @@ async def test_a_silent_instance_is_reaped_and_a_late_one_drops_its_peers(redisd
     """Registry level (fake clock, no processes): instance B stops heartbeating; after dead_after,
     A's housekeeping takes B's peers offline and ends their offers (alice hears it); B, coming back
     late, finds itself reaped and ends its peers' connections so that they enroll again."""
-    import coredis
+    from nattrav.io.redis_link import open_redis_link
 
     from tests.proto.tier import redis_tier
 
-    async with coredis.Redis.from_url(redisd.url, decode_responses=False) as client:
+    async with open_redis_link(redisd.url) as client:
         async with redis_tier(client, dead_after=15.0) as t:
             a, b = await t.open("A", ("203.0.113.10", 1)), await t.open("B", ("203.0.113.20", 2))
             await t.enroll(a, name="alice")
@@ -162,3 +162,101 @@ async def test_a_silent_instance_is_reaped_and_a_late_one_drops_its_peers(redisd
             assert (await t.enroll(again, name="bob", secret=secret))["peer"] == "bob"
             await t.send(a, "connect", id=6, target="bob")
             assert t.one(again, "offer")["from"] == "alice"
+
+
+async def _reader_id(link, name: str) -> int:
+    """The Redis client ID of the connection named `name` (CLIENT LIST)."""
+    for line in (await link.call("CLIENT", "LIST")).decode().splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("name") == name:
+            return int(fields["id"])
+    raise AssertionError(f"no client named {name}")
+
+
+async def test_a_notice_appended_while_the_reader_reconnects_is_delivered(redisd, monkeypatch):
+    """Redis kills the connection instance B reads its notices on; a notice for B appended before B
+    is back is read once it is (streams from the last ID read: nothing lost, nothing twice)."""
+    from nattrav.io import redis_registry
+    from nattrav.io.redis_link import open_redis_link
+
+    monkeypatch.setattr(redis_registry, "BACKOFF", (0.5, 0.5))  # B stays away half a second
+    async with open_redis_link(redisd.url) as link:
+        a = redis_registry.RedisRegistry(link, instance="A", prefix="tk:")
+        b = redis_registry.RedisRegistry(link, instance="B", prefix="tk:")
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b.serve_notices, got.append)
+            await a.publish([("B", b"one")])
+            await _until(lambda: got == [b"one"], 5)
+            assert b.stats["notice_links"] == 1
+            killed = await link.call("CLIENT", "KILL", "ID", await _reader_id(link, "nattrav-notices-B"))
+            assert killed == 1
+            await trio.sleep(0.1)  # B has seen its connection go and waits to reconnect
+            await a.publish([("B", b"two"), ("B", b"three")])
+            assert b.stats["notice_links"] == 1  # appended while B was away
+            await _until(lambda: len(got) == 3, 5)
+            assert got == [b"one", b"two", b"three"] and b.stats["notice_links"] == 2
+            # read notices are trimmed away: B's stream keeps at most the last one read
+            await a.publish([("B", b"four")])
+            await _until(lambda: len(got) == 4, 5)
+            await trio.sleep(0.1)
+            assert await link.call("XLEN", b.stream) <= 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_name_bound_in_redis_outlives_its_peer_and_binds_a_new_instance(redisd):
+    """The binding lives in Redis, for good (no TTL): an instance that starts later, with a
+    registry object of its own and an empty front, refuses the name to another key."""
+    from nattrav.identity import Identity
+    from nattrav.io.redis_link import open_redis_link
+    from nattrav.io.redis_registry import RedisRegistry
+    from nattrav.proto.rendezvous import Home, Refusal
+
+    alice, mallory = Identity.generate(), Identity.generate()
+    async with open_redis_link(redisd.url) as link:
+        a = RedisRegistry(link, instance="A", prefix="tn:", dead_after=1e9)
+        await a.maintain(1000.0)
+        got = await a.enroll(Home("A", 1), "198.51.100.7", ["198.51.100.7", 1], b"\x80", "alice", None, 1000.0,
+                             key=alice.peer_id.key_bytes)
+        assert got.peer_id == "alice"
+        assert await link.call("HGET", "tn:names", "alice") == alice.peer_id.key_bytes
+        assert await link.call("PTTL", "tn:names") == -1  # no expiry
+        await a.offline("alice", Home("A", 1), 1001.0)
+        c = RedisRegistry(link, instance="C", prefix="tn:", dead_after=1e9)  # started later, elsewhere
+        await c.maintain(1e6)
+        # a million seconds on: alice's peer is long forgotten, her name is not
+        refused = await c.enroll(Home("C", 1), "203.0.113.9", ["203.0.113.9", 2], b"\x80", "alice", None, 1e6,
+                                 key=mallory.peer_id.key_bytes)
+        assert isinstance(refused, Refusal) and refused.code.value == "name-taken"
+        assert "another key" in refused.message
+        back = await c.enroll(Home("C", 2), "198.51.100.7", ["198.51.100.7", 3], b"\x80", "alice", None, 1e6,
+                              key=alice.peer_id.key_bytes)
+        assert back.peer_id == "alice"
+
+
+async def test_leases_are_refreshed_paced_and_all_within_a_fraction_of_the_lease(redisd):
+    """Housekeeping refreshes a share of an instance's peers per round (about 8 refreshes per
+    lease), not all of them every second; every peer is refreshed well within its lease."""
+    from nattrav.io.redis_link import open_redis_link
+    from nattrav.io.redis_registry import RedisRegistry
+    from nattrav.proto.rendezvous import Home
+
+    lease, peers = 400.0, 300
+    async with open_redis_link(redisd.url) as link:
+        a = RedisRegistry(link, instance="A", prefix="tl:", dead_after=1e9, lease=lease)
+        await a.maintain(1000.0)
+        for i in range(peers):
+            got = await a.enroll(Home("A", i), f"198.51.100.{i % 200}", ["198.51.100.1", i], b"\x80", f"p{i}",
+                                 None, 1000.0)
+            assert got.peer_id == f"p{i}"
+
+        async def refreshed() -> int:  # peers whose place in `all` was moved past their enroll's lease
+            scores = [float(await link.call("ZSCORE", "tl:all", f"p{i}")) for i in range(peers)]
+            return sum(s > 1000.0 + lease for s in scores)
+
+        await a.maintain(1001.0)
+        first = await refreshed()
+        assert 0 < first < peers / 2  # a share, not everyone
+        for k in range(2, int(lease / 8)):  # a full cycle fits in an eighth of the lease
+            await a.maintain(1000.0 + k)
+        assert await refreshed() == peers

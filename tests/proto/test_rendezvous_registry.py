@@ -20,10 +20,10 @@ async def make_tier(request):
     if request.param == "memory":
         yield memory_tier
         return
-    import coredis
+    from nattrav.io.redis_link import open_redis_link
 
     server = request.getfixturevalue("redis_server")
-    async with coredis.Redis.from_url(server.url, decode_responses=False) as client:
+    async with open_redis_link(server.url) as client:
         yield lambda **options: redis_tier(client, **options)
 
 
@@ -172,6 +172,33 @@ async def test_keys_proved_at_enroll_travel_with_offers_and_sessions_across_inst
         assert reply["t"] == "enrolled" and reply["peer"] == "alice"
         await t.send(b, "connect", id=6, target="alice")
         assert "from_key" not in t.one(back, "offer")
+
+
+async def test_a_name_bound_to_a_key_at_one_instance_is_refused_to_other_keys_at_every_instance(make_tier):
+    """The binding is the registry's, shared by the instances: instance B's front never saw alice's
+    claim, and alice's peer is long forgotten, yet B refuses her name to another key and to a
+    secret, and gives it back to her key."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    async with make_tier(retain=60, keepalive_timeout=1000) as t:
+        a = await t.open("A", A1)
+        assert (await _key_enroll(t, a, alice, "alice"))["t"] == "enrolled"
+        await t.lose(a)
+        await t.advance(61)  # alice's peer is forgotten; her binding is not
+        other = await t.open("B", A2)
+        reply = await _key_enroll(t, other, mallory, "alice")
+        assert (reply["t"], reply["code"]) == ("error", "name-taken") and "another key" in reply["message"]
+        await t.send(other, "enroll", id=3, name="alice", secret="x" * 32)
+        assert t.one(other, "error")["code"] == "name-taken"
+        await t.send(other, "enroll", id=4, name="alice")
+        assert t.one(other, "error")["code"] == "name-taken"
+        m = await t.open("B", A3)  # mallory binds a name of her own at B: A refuses it to alice
+        assert (await _key_enroll(t, m, mallory, "mallory"))["t"] == "enrolled"
+        await t.lose(m)
+        x = await t.open("A", ("203.0.113.40", 1))
+        assert (await _key_enroll(t, x, alice, "mallory"))["code"] == "name-taken"
+        back = await t.open("B", ("203.0.113.99", 5))
+        reply = await _key_enroll(t, back, alice, "alice")
+        assert reply["t"] == "enrolled" and reply["peer"] == "alice"
 
 
 async def test_offline_peers_are_forgotten_after_retention(make_tier):

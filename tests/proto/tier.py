@@ -9,6 +9,7 @@ import itertools
 import secrets
 from contextlib import asynccontextmanager
 
+from nattrav.proto.rendezvous.names import NameBindings
 from nattrav.proto.rendezvous import (
     SERVER_MESSAGES, Close, FrameDecoder, MemoryRegistry, Relay, RendezvousServer, Send, encode, make,
     pack_notice, unpack_notice,
@@ -101,7 +102,8 @@ def _split(options: dict) -> tuple[dict, dict]:
 @asynccontextmanager
 async def memory_tier(instances=("A", "B"), **options):
     reg_options, front_options = _split(options)
-    registry = MemoryRegistry(**reg_options)
+    # the registry keeps the name bindings, as Redis does for all its instances (each front has its own)
+    registry = MemoryRegistry(**reg_options, names=NameBindings())
     yield Tier({name: RendezvousServer(registry=registry, instance=name, **front_options) for name in instances})
 
 

@@ -42,7 +42,9 @@ class SessionOptions:
     """The keywords connect(), connect_tcp(), listen() and listen_tcp() share (an unknown one is a
     TypeError, as in any call)."""
 
-    stun: Server | None = None  # STUN server "host[:port]" (default: the rendezvous host, port 3478)
+    # STUN server "host[:port]" (default: the first of the STUN servers the rendezvous tier names when
+    # we enroll, else the rendezvous host, port 3478)
+    stun: Server | None = None
     src_ip: str | None = None  # local IP to send from (default: any)
     src_port: int = 0  # local port of the UDP punch socket or the shared TCP port (0: a free one)
     ttl: int | None = None  # TTL of the opening packets (default: measured, see proto/hops.py)
@@ -104,11 +106,33 @@ class SessionOptions:
             self.on_event(phase, detail)
 
     def endpoints(self, server: Server) -> tuple[Any, tuple[str, int]]:
-        """(rendezvous server, STUN server) as (host, port) pairs; "HOST:PORT,HOST:PORT,..." (the
-        instances of one tier, io/rendezvous_client.py) gives a list of them as the server, and the
-        first one's host is the STUN default."""
+        """(rendezvous server, STUN server of last resort) as (host, port) pairs; "HOST:PORT,..."
+        (the instances of one tier, io/rendezvous_client.py) gives a list of them as the server,
+        and the first one's host is the STUN default when neither the user nor the tier names one."""
         servers = rv.parse_servers(server)
         return (servers if len(servers) > 1 else servers[0]), stun_endpoint(self.stun, servers[0])
+
+
+@asynccontextmanager
+async def _enrolled_and_opening(transport: Any, server_ep: Any, fallback_stun: tuple[str, int], o: SessionOptions,
+                                emit: EventHook, cache: BehaviorCache | None,
+                                **enroll: Any) -> AsyncIterator[tuple[rv.RendezvousClient, Any, tuple[str, int]]]:
+    """The rendezvous client, the task making our endpoint, and the STUN server it measures with.
+
+    A STUN server the caller named: the endpoint is made while we enroll. None: the enroll reply
+    names the tier's STUN servers (rotated per enrollment, so its first spreads the load) and the
+    endpoint waits for it; a tier that names none leaves `fallback_stun` (the rendezvous host)."""
+    if o.stun is not None:
+        async with running(transport.open, fallback_stun, o.src_ip, o.src_port, emit, o.behavior, cache,
+                           _first(server_ep), unclaimed=transport.close) as opening:
+            async with rv.open_rendezvous(server_ep, **enroll) as client:
+                yield client, opening, fallback_stun
+        return
+    async with rv.open_rendezvous(server_ep, **enroll) as client:
+        stun_ep = client.stun[0] if client.stun else fallback_stun
+        async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior, cache,
+                           _first(server_ep), unclaimed=transport.close) as opening:
+            yield client, opening, stun_ep
 
 
 async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook,
@@ -162,31 +186,30 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     try:
         with trio.fail_after(timeout):
             # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
-            # rendezvous connection comes up
-            async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior,
-                               o.behavior_cache(), _first(server_ep), unclaimed=transport.close) as opening:
-                async with rv.open_rendezvous(server_ep, identity=identity, tls=o.server_tls) as client:
-                    emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
-                    ep = await opening.result()
-                    try:
-                        if getattr(transport, "relays", False):
-                            # the ladder's last rung: an allocation offered beside our report
-                            rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
-                                                        tcp=isinstance(transport, TcpTransport))
-                        emit("rendezvous-connect", {"peer": peer_id})
-                        kx = KeyAgreement()  # this session's own: the punch key is never the server's
-                        info = {**node_info(ep.report, client.rtt), **relay.info(rung),
-                                **kx.offer(identity, peer_id).to_info()}
-                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
-                        # before any packet: a server that names another key for a peer ID, or that
-                        # changed the peer's key agreement, is not followed
-                        verified = expected_peer(peer_id, session)
-                        session = agree_as_initiator(kx, session, verified, identity)
-                        expected = verified if o.secure else None
-                        path = await _punch(transport, ep, session, o.ttl, emit, rung)
-                    except BaseException:
-                        transport.close(ep)
-                        raise
+            # rendezvous connection comes up, or after the enroll reply named the tier's STUN servers
+            async with _enrolled_and_opening(transport, server_ep, stun_ep, o, emit, o.behavior_cache(),
+                                             identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
+                emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                ep = await opening.result()
+                try:
+                    if getattr(transport, "relays", False):
+                        # the ladder's last rung: an allocation offered beside our report
+                        rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
+                                                    tcp=isinstance(transport, TcpTransport))
+                    emit("rendezvous-connect", {"peer": peer_id})
+                    kx = KeyAgreement()  # this session's own: the punch key is never the server's
+                    info = {**node_info(ep.report, client.rtt), **relay.info(rung),
+                            **kx.offer(identity, peer_id).to_info()}
+                    session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
+                    # before any packet: a server that names another key for a peer ID, or that
+                    # changed the peer's key agreement, is not followed
+                    verified = expected_peer(peer_id, session)
+                    session = agree_as_initiator(kx, session, verified, identity)
+                    expected = verified if o.secure else None
+                    path = await _punch(transport, ep, session, o.ttl, emit, rung)
+                except BaseException:
+                    transport.close(ep)
+                    raise
     finally:
         if rung is not None:
             await rung.aclose()  # unless the relayed path took the allocation over
@@ -401,19 +424,16 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
     server_ep, stun_ep = o.endpoints(server)
     cache = o.behavior_cache()
     identity = o.the_identity()
-    # our endpoint is made while we enroll
-    async with running(transport.open, stun_ep, o.src_ip, o.src_port, o.emit, o.behavior, cache, _first(server_ep),
-                       unclaimed=transport.close) as opening:
-        async with rv.open_rendezvous(server_ep, name=name, secret=secret, identity=identity,
-                                      tls=o.server_tls) as client:
-            listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
-                                policy, cache, identity, o.secure)
-            try:
-                await listener._publish(await opening.result())
-                o.emit("enrolled", {"peer_id": client.peer_id})
-                yield listener
-            finally:
-                listener._close()
+    async with _enrolled_and_opening(transport, server_ep, stun_ep, o, o.emit, cache, name=name, secret=secret,
+                                     identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
+        listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
+                            policy, cache, identity, o.secure)
+        try:
+            await listener._publish(await opening.result())
+            o.emit("enrolled", {"peer_id": client.peer_id})
+            yield listener
+        finally:
+            listener._close()
 
 
 @asynccontextmanager

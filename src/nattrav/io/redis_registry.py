@@ -2,20 +2,23 @@
 
 It implements proto/rendezvous/registry.py's interface (the in-memory registry's twin; one test
 suite runs on both): each operation is one Lua script (io/redis_scripts.py), atomic inside Redis and
-one round trip. Notices for peers connected to other instances travel by Redis pub/sub, one channel
-per instance (`P n:INSTANCE`); a notice lost while an instance's subscription is down costs that
-peer a timeout, never a wrong session. Every instance heartbeats, keeps the leases of its own
-online peers fresh, and takes the peers of a dead instance offline in batches (`maintain`).
+one round trip. Notices for peers connected to other instances go through one Redis stream per
+instance (`P n:INSTANCE`), read from the last ID read: a notice appended while an instance's reading
+connection is down is read when it is back (a delay, not a loss). Every instance heartbeats, keeps
+the leases of its own online peers fresh, and takes the peers of a dead instance offline in batches
+(`maintain`).
 
-The client is coredis: it runs on anyio, so under Trio without a bridge, and it can speak to a
-Redis Cluster. Scripts are never retried by the client (a timed-out connect may have run; its
-retry would make a second offer): a failed call raises RegistryUnavailable, the front answers the
-peer `busy`, and the peer retries. Replies are checked (trusted, but validated): anything
-malformed is a RegistryUnavailable too, never a crash.
+The client is io/redis_link.py, one connection with automatic pipelining: the calls of many peers
+share one write and one round trip. (coredis, used before, cost ~200 µs of instance CPU per call,
+which is what capped 10,000 concurrent connects; docs/scale-out.md has the numbers.) Scripts are
+never retried (a timed-out connect may have run; its retry would make a second offer): a failed
+call raises RegistryUnavailable, the front answers the peer `busy`, and the peer retries. Replies
+are checked (trusted, but validated): anything malformed is a RegistryUnavailable too, never a crash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import secrets
@@ -30,18 +33,23 @@ import trio
 from ..errors import BadFrame, RegistryUnavailable, UsageError
 from ..proto.rendezvous import Answered, Ended, Enrolled, Home, Offered, Refusal, check_info, hash_secret
 from ..proto.rendezvous.memory import check_limits
+from ..proto.rendezvous.names import NameBindings, as_peer_id
 from ..proto.rendezvous.wire import MAX_INFO, MAX_MESSAGE, NAME_RE, ErrorCode
 from ..proto.schema import cut
+from .redis_link import LinkDown, RedisLink, ReplyError, open_redis_link
 from .redis_scripts import SCRIPTS
 
 log = logging.getLogger("nattrav.rendezvous.redis")
 
 SCHEMES = ("redis", "rediss", "unix")
-# Seconds one registry call may take before the peer is told busy. An unreachable Redis fails at
-# once (connection refused); this bounds a slow one, and an overloaded instance's own queue: a call
-# cut off may have run all the same, and its work is lost and must be undone, so not too short.
+# Seconds Redis may leave calls without any reply before the connection is taken for broken and its
+# calls are told busy. An unreachable Redis fails at once (connection refused); this bounds a stuck
+# one. A call behind a long queue that Redis is answering is not cut off (a call cut off may have
+# run all the same, and its work would be lost): it waits its turn (io/redis_link.py).
 OP_TIMEOUT = 5.0
-NOTICE_BATCH = 256  # notices published in one pipeline
+STREAM_MAX = 65536  # notices an instance's stream holds at most (about; MAXLEN ~)
+NOTICE_READ = 512  # notices read in one XREAD
+NOTICE_BLOCK_MS = 5000  # an XREAD waits this long for a notice, then asks again
 BACKOFF = (0.1, 2.0)  # reconnect waits of the subscription: first, at most
 # An instance whose heartbeat (every second) is this old is dead and its peers are reaped. Generous:
 # its peers enroll again elsewhere on their own the moment its process dies (their TCP connections
@@ -68,13 +76,6 @@ def check_url(url: str) -> str:
     elif not parts.path:
         raise UsageError(f"registry URL {cut(url, 80)}: no socket path (unix:///path/to/redis.sock)")
     return url
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, from the first leaf of the exception groups coredis' task groups make."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
 def _text(value: Any) -> str:
@@ -143,7 +144,7 @@ def _refusal(reply: list, **quote: str) -> Refusal:
     except ValueError:
         raise RegistryUnavailable(f"unknown error code from Redis: {cut(reply[1])}") from None
     message = _text(reply[2])
-    if code is ErrorCode.NAME_TAKEN and "name" in quote:
+    if code is ErrorCode.NAME_TAKEN and "name" in quote and message.startswith("belongs"):
         message = f"{cut(quote['name'])} belongs to another peer"
     elif code is ErrorCode.UNKNOWN_PEER:
         message = f"no peer {cut(quote['target'])}"
@@ -161,47 +162,55 @@ class RedisRegistry:
     them). ``lease``: how long an online peer's record outlives its instance's last refresh.
     """
 
-    def __init__(self, client: Any, *, instance: str | None = None, prefix: str = "nattrav:",
+    def __init__(self, link: RedisLink, *, instance: str | None = None, prefix: str = "nattrav:",
                  retain: float = 300.0, lease: float = 600.0, dead_after: float = DEAD_AFTER,
                  max_peers: int = 100_000, max_peers_per_source: int = 256, max_offers_per_peer: int = 16,
                  max_offers_per_source: int = 2, clock_offset: float = 0.0, op_timeout: float = OP_TIMEOUT,
-                 token: Callable[[int], str] = secrets.token_urlsafe):
+                 token: Callable[[int], str] = secrets.token_urlsafe, housekeeping: RedisLink | None = None):
         check_limits(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
                      max_offers_per_peer=max_offers_per_peer, max_offers_per_source=max_offers_per_source)
         for name, value in (("retain", retain), ("lease", lease), ("dead_after", dead_after)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        self.client = client
+        self.link = link
+        # the heartbeat on a connection of its own: behind a burst of peers' calls on `link`, it
+        # would come late, and an instance whose heartbeat is late for dead_after is reaped
+        self.housekeeping = housekeeping or link
         self.instance = instance or secrets.token_hex(6)
         self.prefix = prefix
-        self.channel = f"{prefix}n:{self.instance}"
+        self.stream = self.notice_stream(self.instance)
         self.retain, self.lease, self.dead_after = retain, lease, dead_after
         self.clock_offset = clock_offset
         self.op_timeout = op_timeout
-        self._limits = [str(max_peers), str(max_peers_per_source), str(max_offers_per_peer),
-                        str(max_offers_per_source)]
+        self._fixed = (repr(lease), repr(retain), repr(dead_after), str(max_peers), str(max_peers_per_source),
+                       str(max_offers_per_peer), str(max_offers_per_source))
         self._token = token
-        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._cursor = "0"
         self._beaten = False  # a heartbeat got through once: a missing one later means we were reaped
         self.stats = {"expired": 0, "evicted": 0, "registry_errors": 0, "reaped": 0}
 
-    def peer_channel(self, instance: str) -> str:
+    def notice_stream(self, instance: str) -> str:
+        """The Redis stream an instance reads its relayed notices from."""
         return f"{self.prefix}n:{instance}"
 
     # -- plumbing --
-    async def _run(self, name: str, now: float, *args: str | bytes) -> list:
-        argv = [self.prefix, repr(now + self.clock_offset), repr(self.lease), repr(self.retain),
-                repr(self.dead_after), *self._limits, *args]
+    async def _run(self, name: str, now: float, *args: str | bytes, link: RedisLink | None = None) -> list:
+        # no timeout of its own: the link fails every call when Redis stops answering (op_timeout),
+        # while a call behind a long queue Redis is working through waits its turn (io/redis_link.py)
+        argv = (self.prefix, repr(now + self.clock_offset), *self._fixed, *args)
+        link = link or self.link
         try:
-            with trio.fail_after(self.op_timeout):
-                reply = await self._scripts[name](keys=[], args=argv)
-        except trio.TooSlowError:
+            try:
+                reply = await link.call("EVALSHA", self._shas[name], 0, *argv)
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # Redis restarted or its script cache was flushed: EVAL runs it and caches it again
+                reply = await link.call("EVAL", SCRIPTS[name], 0, *argv)
+        except (LinkDown, ReplyError) as exc:
             self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis did not answer within {self.op_timeout:g} s") from None
-        except Exception as exc:  # coredis' RedisError family, OSError, anyio's stream errors
-            self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
+            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
         if not isinstance(reply, list):
             raise RegistryUnavailable(f"malformed reply from Redis to {name}")
         return reply
@@ -215,12 +224,20 @@ class RedisRegistry:
     # -- the Registry interface --
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
                      secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:
+        ordinary = ""
+        if name is not None:
+            # a peer ID as a name belongs to its key (nothing to store); an ordinary name is bound in
+            # Redis to the first key that claims it, for every instance
+            why = NameBindings().check(name, key) if as_peer_id(name) is not None else None
+            if why is not None:
+                return Refusal(ErrorCode.NAME_TAKEN, why)
+            ordinary = "" if as_peer_id(name) is not None else "1"
         given = hash_secret(secret) if secret is not None else b""
         obs = msgpack.packb(list(observed), use_bin_type=True)
         for _ in range(8):
             minted = self._token(24)
             reply = await self._run("enroll", now, home.instance, str(home.conn), source, obs, info, name or "",
-                                    given, self._fresh_id(), hash_secret(minted), key or b"")
+                                    given, self._fresh_id(), hash_secret(minted), key or b"", ordinary)
             kind = _text(reply[0]) if reply else ""
             if kind == "again":
                 continue
@@ -286,7 +303,7 @@ class RedisRegistry:
         """One round: heartbeat, refresh a batch of our peers' leases, reap a batch of a dead
         instance's peers. Returns the offers the reaped peers had (to be told) and whether this
         instance was itself taken for dead (its peers must enroll again)."""
-        reply = await self._run("maintain", now, self.instance, self._cursor, str(batch))
+        reply = await self._run("maintain", now, self.instance, self._cursor, str(batch), link=self.housekeeping)
         if len(reply) < 3:
             raise RegistryUnavailable("malformed reply from Redis to maintain")
         before, self._cursor, reaped = _text(reply[0]), _text(reply[1]), _text(reply[2])
@@ -305,45 +322,82 @@ class RedisRegistry:
 
     # -- notices between instances --
     async def publish(self, notes: list[tuple[str, bytes]]) -> None:
-        """Publish (instance, packed notice) pairs, one pipeline."""
+        """Append (instance, packed notice) pairs to those instances' streams, in one write. A
+        stream holds at most STREAM_MAX notices (its reader trims what it has read; this bounds
+        the stream of an instance that stopped reading)."""
+        commands = [("XADD", self.notice_stream(instance), "MAXLEN", "~", STREAM_MAX, "*", "n", data)
+                    for instance, data in notes]
         try:
-            with trio.fail_after(self.op_timeout):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for instance, data in notes:
-                        pipe.publish(self.peer_channel(instance), data)
-        except trio.TooSlowError:
-            raise RegistryUnavailable(f"Redis did not take notices within {self.op_timeout:g} s") from None
-        except Exception as exc:
-            raise RegistryUnavailable(f"Redis: {_reason(exc)}") from None
+            replies = await self.link.calls(commands)
+        except LinkDown as exc:
+            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
+        failed = [r for r in replies if isinstance(r, ReplyError)]
+        if failed:
+            raise RegistryUnavailable(f"Redis refused {len(failed)} notices: {str(failed[0])[:120]}")
 
     async def serve_notices(self, deliver: Callable[[bytes], None], *,
                             task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Hand every notice published for this instance to `deliver`, forever; resubscribe after a
-        loss with backoff. `task_status.started()` once the first subscription is in place."""
-        from coredis.retry import NoRetryPolicy
+        """Hand every notice appended to this instance's stream to `deliver`, forever, in order.
 
+        The stream is read on a connection of its own (XREAD BLOCK holds it) from the last ID
+        read, so a notice appended while that connection is down is read once it is back: losing
+        the connection delays notices, it does not lose them. Read notices are trimmed away.
+        `task_status.started()` once the starting point is fixed (notices from then on are read)."""
         started = False
         wait = BACKOFF[0]
+        last: bytes | None = None  # the last ID read; None: not known yet
         while True:
             try:
-                # coredis' own retries back off to 16 s between attempts: ours are capped at BACKOFF[1]
-                async with self.client.pubsub(channels=[self.channel], ignore_subscribe_messages=True,
-                                              retry_policy=NoRetryPolicy(), max_idle_seconds=5) as ps:
+                # XREAD BLOCK holds its connection up to NOTICE_BLOCK_MS: a stall is that and more
+                async with open_redis_link(self.link.url, name=f"nattrav-notices-{self.instance}",
+                                           stall_timeout=NOTICE_BLOCK_MS / 1000 + self.op_timeout) as sub:
+                    if last is None:
+                        # a restarted instance of the same name skips its predecessor's notices
+                        newest = await sub.call("XREVRANGE", self.stream, "+", "-", "COUNT", 1)
+                        last = newest[0][0] if newest else b"0-0"
                     if not started:
                         task_status.started()
                         started = True
                     elif wait > BACKOFF[0]:
-                        log.warning("notice subscription to Redis is back")
+                        log.warning("notice stream of Redis is back")
+                    self.stats["notice_links"] = self.stats.get("notice_links", 0) + 1
                     wait = BACKOFF[0]
-                    async for message in ps:
-                        data = message.get("data") if isinstance(message, dict) else None
-                        if isinstance(data, bytes):
-                            deliver(data)
-            except Exception as exc:  # the subscription broke: notices meanwhile are lost (peers time out)
+                    while True:
+                        # trimmed after reading; the stream outlives a dead instance by its lease
+                        replies = await sub.calls([
+                            ("XTRIM", self.stream, "MINID", last),
+                            ("PEXPIRE", self.stream, int(self.lease * 1000)),
+                            ("XREAD", "COUNT", NOTICE_READ, "BLOCK", NOTICE_BLOCK_MS, "STREAMS", self.stream, last),
+                        ])
+                        for r in replies:
+                            if isinstance(r, ReplyError):
+                                raise r
+                        for entry_id, data in self._entries(replies[2]):
+                            last = entry_id
+                            self.stats["notices_in"] = self.stats.get("notices_in", 0) + 1
+                            if data is not None:
+                                deliver(data)
+            except (LinkDown, ReplyError, RegistryUnavailable) as exc:
                 (log.warning if wait == BACKOFF[0] else log.debug)(
-                    "notice subscription to Redis lost (%s); again in %.1f s", _reason(exc), wait)
+                    "notice stream of Redis lost (%s); again in %.1f s", str(exc)[:160], wait)
             await trio.sleep(wait)
             wait = min(wait * 2, BACKOFF[1])
+
+    def _entries(self, reply: Any) -> list[tuple[bytes, bytes | None]]:
+        """(id, notice) pairs of an XREAD reply (a notice None: an entry of another shape)."""
+        if reply is None:
+            return []
+        try:
+            (_, entries), = reply
+            out = []
+            for entry_id, fields in entries:
+                if not isinstance(entry_id, bytes):
+                    raise TypeError
+                data = fields[1] if isinstance(fields, list) and len(fields) == 2 else None
+                out.append((entry_id, data if isinstance(data, bytes) else None))
+            return out
+        except (TypeError, ValueError):
+            raise RegistryUnavailable("malformed XREAD reply from Redis") from None
 
 
 @asynccontextmanager
@@ -352,18 +406,11 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
     heartbeat must get through within `wait` seconds (a wrong URL fails here, with the reason),
     later outages are survived. `options` go to RedisRegistry; the registry's timeline is the wall
     clock (clock_offset maps trio's clock into it)."""
-    import coredis
-    from coredis.retry import NoRetryPolicy
-
     check_url(url)
     options.setdefault("clock_offset", time.time() - trio.current_time())
-    client = coredis.Redis.from_url(url, decode_responses=False, connect_timeout=OP_TIMEOUT,
-                                    stream_timeout=OP_TIMEOUT, retry_policy=NoRetryPolicy())
-    # coredis runs its connections in a task group: whatever leaves the block comes out of it as an
-    # ExceptionGroup; the caller gets its own exception (or the startup failure) back unwrapped
-    failure: BaseException | None = None
-    async with client:
-        registry = RedisRegistry(client, **options)
+    async with open_redis_link(url, connect_timeout=OP_TIMEOUT, stall_timeout=OP_TIMEOUT) as link, \
+            open_redis_link(url, connect_timeout=OP_TIMEOUT, stall_timeout=OP_TIMEOUT) as beat:
+        registry = RedisRegistry(link, housekeeping=beat, **options)
         deadline = trio.current_time() + wait
         while True:
             try:
@@ -371,13 +418,6 @@ async def open_redis_registry(url: str, *, wait: float = 10.0, **options: Any) -
                 break
             except RegistryUnavailable as exc:
                 if trio.current_time() >= deadline:
-                    failure = RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}")
-                    break
+                    raise RegistryUnavailable(f"cannot reach the registry {cut(url, 80)}: {exc}") from None
                 await trio.sleep(0.2)
-        if failure is None:
-            try:
-                yield registry
-            except BaseException as exc:
-                failure = exc
-    if failure is not None:
-        raise failure
+        yield registry

@@ -5,6 +5,11 @@ against (the same suite runs on both). What one source (an IPv4 address or IPv6 
 bounded: ``max_peers_per_source`` registered peers (its own oldest disconnected peer makes room
 first) and ``max_offers_per_source`` of a target's ``max_offers_per_peer`` pending-offer slots, one
 per initiator; a full registry forgets its oldest disconnected peer before it says busy.
+
+Given ``names`` (names.py's NameBindings), the registry itself keeps which key holds which name,
+as the Redis registry does for all its instances: a name a key claimed is refused to any other
+claimant, even after its peer is forgotten. Without it (one server process: the default) the
+front's own NameBindings decides, before the registry is asked.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable
 
 from ..schema import cut
 from ..timers import Timers
+from .names import NameBindings
 from .offers import OfferBook, home_of
 from .records import _Offer, _Peer, hash_secret
 from .registry import Ended, Enrolled, Home, Refusal
@@ -32,7 +38,7 @@ def check_limits(**limits: int) -> None:
 class MemoryRegistry(OfferBook):
     def __init__(self, *, retain: float = 300.0, max_peers: int = 100_000, max_peers_per_source: int = 256,
                  max_offers_per_peer: int = 16, max_offers_per_source: int = 2,
-                 token: Callable[[int], str] = secrets.token_urlsafe):
+                 token: Callable[[int], str] = secrets.token_urlsafe, names: NameBindings | None = None):
         check_limits(max_peers=max_peers, max_peers_per_source=max_peers_per_source,
                      max_offers_per_peer=max_offers_per_peer, max_offers_per_source=max_offers_per_source)
         self.retain = retain
@@ -41,6 +47,7 @@ class MemoryRegistry(OfferBook):
         self.max_offers_per_peer = max_offers_per_peer
         self.max_offers_per_source = max_offers_per_source
         self._token = token
+        self.names = names
         self.peers: dict[str, _Peer] = {}
         self.offers: dict[str, _Offer] = {}
         self._timers = Timers()  # one retention deadline per disconnected peer
@@ -57,6 +64,10 @@ class MemoryRegistry(OfferBook):
 
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
                      secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:
+        if name is not None and self.names is not None:
+            why = self.names.check(name, key)
+            if why is not None:
+                return Refusal(ErrorCode.NAME_TAKEN, why)
         existing = self.peers.get(name) if name is not None else None
         replaced, ended = None, ()
         if existing is not None:
@@ -66,6 +77,14 @@ class MemoryRegistry(OfferBook):
                 proven = secret is not None and hmac.compare_digest(existing.secret_hash, hash_secret(secret))
             if not proven:
                 return Refusal(ErrorCode.NAME_TAKEN, f"{cut(name)} belongs to another peer")
+        if name is not None and self.names is not None and key is not None:
+            # bound once the claim is proven, before anything else changes: a store that fails
+            # leaves nothing half done (a claim later refused for room keeps its name: the key proved it)
+            try:
+                self.names.claim(name, key)
+            except OSError as exc:
+                return Refusal(ErrorCode.BUSY, f"cannot store the name binding: {exc}")
+        if existing is not None:
             if existing.source != source:
                 refusal = self._make_room(source, new_peer=False)
                 if refusal is not None:
