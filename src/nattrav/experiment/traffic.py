@@ -1,9 +1,12 @@
 """Traffic over a path, iperf3's way (issue 17): UDP at a paced rate, or TCP bulk, and what arrived.
 
-UDP: the sender builds its probes in Python 20 ms at a time and hands each batch to the C core's
-burst loop (csrc/burst.c: sendmmsg/sendto paced to the nanosecond) in a thread, so the rate is the C
-core's, not Python's; the Trio loop meanwhile pings (RTT samples) and listens. The receiver drains
-its socket with recvmmsg (csrc/mmsg.c) and keeps the account (measure.py). A FIN carries the number
+UDP: the sender builds its probes in Python 20 ms at a time (one header packed into a zeroed buffer
+per probe; a punched path's frames then sealed in one C call, csrc/frames.c) and hands each batch to
+the C core's burst loop (csrc/burst.c: sendmmsg/sendto paced to the nanosecond) in a thread, so the
+rate is the C core's, not Python's; the Trio loop meanwhile pings (RTT samples) and listens. The
+receiver drains its socket with recvmmsg and checks the batch in one C call (the source address; on a
+punched path also the frames' tags and replay window), then keeps the account (measure.py). Both
+kinds of channel go through the same calls, so punched vs direct differs only by the frames' cost. A FIN carries the number
 of probes the kernel took; the receiver answers with its report (goodput, one-way delay, loss,
 interval reports) in REPORT parts until the sender says DONE.
 
@@ -25,10 +28,9 @@ import trio
 
 from ..core.burst import send_packed
 from ..core.errors import ICMP_ERRNOS
-from ..core.mmsg import RecvBatch
+from ..core.frames import HEADER, OVERHEAD, FrameBatch
 from ..core.packed import PackedBurst
-from ..errors import BadPacket
-from ..proto.handshake import MAX_DATA, Event
+from ..proto.handshake import MAX_DATA
 from . import measure as m
 
 CHUNK_SECONDS = 0.02  # probes built and handed to C per batch
@@ -47,16 +49,36 @@ class RawChannel:
 
     kind = "direct"
     max_payload = 65507
+    overhead = 0
 
     def __init__(self, sock: Any, peer: tuple[str, int]) -> None:
         self.sock, self.peer = sock, peer
+        self._frames = FrameBatch([peer])
+        self.received_at_ns = 0
 
     def wrap(self, payload: bytes) -> bytes:
         return payload
 
-    def unwrap(self, data: bytes, addr: tuple[str, int]) -> tuple[bytes | None, list[bytes]]:
-        """(payload or None, frames to send back)"""
-        return (data if addr == self.peer else None), []
+    def seal(self, frames: bytearray, frame_len: int, n: int) -> None:
+        pass  # plain datagrams: the payloads are the datagrams
+
+    async def receive_many(self) -> list[bytes]:
+        """The datagrams of the next recvmmsg batch that has any from the peer."""
+        fb = self._frames
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                fb.recv(self.sock)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in ICMP_ERRNOS:
+                    continue
+                raise
+            self.received_at_ns = now_ns()
+            _, payloads, _ = fb.open(0)
+            if payloads:
+                return payloads
 
     def note_sent(self, payload_bytes: int, datagrams: int) -> None:
         pass
@@ -67,31 +89,26 @@ class PathChannel:
 
     kind = "punched"
     max_payload = MAX_DATA
+    overhead = OVERHEAD
 
     def __init__(self, path: Any) -> None:
         self.path, self.sock, self.peer = path, path.sock, path.peer_addr
-        self._from = {path.peer_addr} | set(path.also)
 
     def wrap(self, payload: bytes) -> bytes:
         return self.path.handshake.data(payload)
 
-    def unwrap(self, data: bytes, addr: tuple[str, int]) -> tuple[bytes | None, list[bytes]]:
-        if addr not in self._from:
-            return None, []
-        hs = self.path.handshake
-        try:
-            got = hs.receive(data, int(trio.current_time() * 1e9))
-        except BadPacket:
-            return None, []
-        counters = self.path.counters
-        if got.event in (Event.DATA, Event.KEEPALIVE) or counters.first_counter is not None:
-            counters.peer_frame(hs.last_counter)
-        if got.event is Event.CLOSE:
-            self.path.closed_by_peer = True
-        if got.event is Event.DATA:
-            counters.received(len(got.payload))
-            return got.payload, list(got.replies)
-        return None, list(got.replies)
+    def seal(self, frames: bytearray, frame_len: int, n: int) -> None:
+        self.path.seal_data(frames, frame_len, n)
+
+    async def receive_many(self) -> list[bytes]:
+        got = await self.path.receive_many()
+        if not got:  # the peer closed the path: nothing more will come
+            await trio.sleep_forever()
+        return got
+
+    @property
+    def received_at_ns(self) -> int:
+        return self.path.received_at_ns
 
     def note_sent(self, payload_bytes: int, datagrams: int) -> None:
         self.path.counters.sent(payload_bytes, datagrams)
@@ -106,33 +123,11 @@ async def _send(ch: Any, payload: bytes) -> None:
             raise
 
 
-async def _datagrams(ch: Any, batch: RecvBatch) -> list[tuple[bytes, int]]:
-    """The next batch of the peer's payloads, each with its arrival time (ns)."""
-    while True:
-        await trio.lowlevel.wait_readable(ch.sock)
-        out = []
-        while True:
-            try:
-                n = batch.recv(ch.sock)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in ICMP_ERRNOS:
-                    continue
-                raise
-            t = now_ns()
-            for data, addr in batch.datagrams():
-                if data is None:
-                    continue
-                payload, replies = ch.unwrap(data, addr)
-                for r in replies:
-                    await ch.sock.sendto(r, ch.peer)
-                if payload is not None:
-                    out.append((payload, t))
-            if n < batch.n:
-                break
-        if out:
-            return out
+async def _datagrams(ch: Any) -> list[tuple[bytes, int]]:
+    """The next batch of the peer's payloads, each with the batch's arrival time (ns)."""
+    got = await ch.receive_many()
+    t = ch.received_at_ns
+    return [(p, t) for p in got]
 
 
 def _probe(payload: bytes) -> m.Probe | None:
@@ -148,7 +143,6 @@ async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float =
     """Receive one UDP measurement on `ch` and answer the sender's pings and FIN; returns the
     receiver's report. `timeout`: seconds without any probe before giving up (TooSlowError)."""
     acct = m.ReceiverAccount(interval_ns=int(interval * 1e9))
-    batch = RecvBatch(64, 2048)
     report: dict[str, Any] | None = None
     fin_at: float | None = None
     shown = 0
@@ -158,7 +152,7 @@ async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float =
             wait = max(0.0, fin_at + REPORT_GRACE - trio.current_time())
         got = None
         with trio.move_on_after(wait):
-            got = await _datagrams(ch, batch)
+            got = await _datagrams(ch)
         if got is None:
             if report is not None:
                 return report  # no DONE came, but the sender had every chance to ask again
@@ -201,10 +195,18 @@ async def _send_report(ch: Any, report: dict[str, Any]) -> None:
 
 
 def _packed(ch: Any, first_seq: int, count: int, size: int, t0: int, gap_ns: float, pps: float) -> PackedBurst:
-    frames = [ch.wrap(m.encode(m.DATA, s, t0 + int(s * gap_ns), size))
-              for s in range(first_seq, first_seq + count)]
+    """`count` DATA probes as the channel's datagrams, end to end: each probe's header packed into a
+    zeroed buffer (its padding stays zero), then, on a punched path, all sealed as frames in C."""
+    skip = HEADER if ch.overhead else 0
+    flen = size + ch.overhead
+    buf = bytearray(count * flen)
+    pack = m.HEADER.pack_into
+    for j in range(count):
+        s = first_seq + j
+        pack(buf, j * flen + skip, m.MAGIC, m.DATA, s, t0 + int(s * gap_ns))
+    ch.seal(buf, flen, count)
     return PackedBurst(count, bytes(4 * count), socket.inet_aton(ch.peer[0]),
-                       array("H", [ch.peer[1]]).tobytes() * count, b"".join(frames), len(frames[0]),
+                       array("H", [ch.peer[1]]).tobytes() * count, bytes(buf), flen,
                        rate=pps, src_min=0, src_max=0)
 
 
@@ -229,9 +231,8 @@ async def run_udp_sender(ch: Any, *, rate_bps: float, size: int = 1200, duration
     st = {"sent": 0, "failed": 0, "waits": 0, "syscalls": 0, "last_errno": 0}
 
     async def listen() -> None:
-        batch = RecvBatch(64, 2048)
         while True:
-            for payload, t in await _datagrams(ch, batch):
+            for payload, t in await _datagrams(ch):
                 p = _probe(payload)
                 if p is None:
                     continue
