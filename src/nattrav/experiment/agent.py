@@ -60,7 +60,7 @@ async def run_agent(args: argparse.Namespace) -> None:
     spec = json.loads(args.traffic) if args.traffic else None
     if spec is not None and set(spec) - TRAFFIC_KEYS:
         raise SystemExit(f"unknown traffic keys: {sorted(set(spec) - TRAFFIC_KEYS)}")
-    tcp = bool(spec and spec.get("tcp"))
+    tcp = bool(spec and spec.get("tcp")) or args.transport == "tcp"
     connect, listen = (api.connect_tcp, api.listen_tcp) if tcp else (api.connect, api.listen)
     server = parse_hostport(args.server, 7000)
     marks, on_event = marking()
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--options", default="{}", help="session options as JSON (what a user could set)")
     p.add_argument("--traffic", help="traffic to measure over the path, as JSON (rate, size, time, interval, tcp)")
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="tcp: a punched TCP stream (connect_tcp/listen_tcp), also implied by a TCP traffic spec")
     trio.run(run_agent, p.parse_args(argv))
     return 0
 

@@ -94,11 +94,12 @@ def run_hosts(lab: Any, cmds: dict[str, list[str]], timeout: float) -> tuple[dic
 
 
 def punched_trial(lab: Any, name: str, options: dict[str, Any], traffic: dict[str, Any] | None,
-                  timeout: float = 20.0) -> dict[str, Any]:
-    """One connection (and, with `traffic`, one measurement) between hosts a (connects, sends) and b."""
+                  timeout: float = 20.0, transport: str = "udp") -> dict[str, Any]:
+    """One connection (and, with `traffic`, one measurement) between hosts a (connects, sends) and b;
+    transport "tcp": a punched TCP stream (connect_tcp/listen_tcp)."""
     py = sys.executable
     common = ["-m", "nattrav.experiment.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
-              "--options", json.dumps(options), "--timeout", str(timeout)]
+              "--options", json.dumps(options), "--timeout", str(timeout), "--transport", transport]
     if traffic:
         common += ["--traffic", json.dumps(traffic)]
     t_budget = timeout + 15 + float((traffic or {}).get("time", 0)) * 2
