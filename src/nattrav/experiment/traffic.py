@@ -29,12 +29,14 @@ import trio
 from ..core.burst import send_packed
 from ..core.errors import ICMP_ERRNOS
 from ..core.frames import HEADER, OVERHEAD, FrameBatch
+from ..core.mmsg import RecvBatch
 from ..core.packed import PackedBurst
-from ..io.quic_wire import grow_buffers
-from ..proto.handshake import MAX_DATA
+from ..errors import BadPacket
+from ..proto.handshake import MAX_DATA, Event
 from . import measure as m
 
 CHUNK_SECONDS = 0.02  # probes built and handed to C per batch
+SOCKBUF = 4 << 20  # bytes of kernel buffer a measurement socket asks for (0: the kernel's default)
 PING_INTERVAL = 0.1
 FIN_INTERVAL = 0.1
 REPORT_GRACE = 0.3  # seconds the receiver waits after the first FIN for probes still on the way
@@ -115,6 +117,61 @@ class PathChannel:
         self.path.counters.sent(payload_bytes, datagrams)
 
 
+class PyFramesChannel(PathChannel):
+    """The punched path as it was before csrc/frames.c: every frame built and checked by the
+    Handshake in Python, one at a time. Only a baseline for the bench (bench/perf_punched_vs_direct.py
+    runs it beside the batch path in the same run), with the same checks."""
+
+    kind = "punched-py"
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self._from = {path.peer_addr} | set(path.also)
+        self._batch = RecvBatch(64, 2048)
+        self._received_at = 0
+
+    def seal(self, frames: bytearray, frame_len: int, n: int) -> None:
+        size = frame_len - OVERHEAD
+        for i in range(n):
+            at = i * frame_len
+            frames[at : at + frame_len] = self.wrap(bytes(frames[at + HEADER : at + HEADER + size]))
+
+    async def receive_many(self) -> list[bytes]:
+        hs, counters = self.path.handshake, self.path.counters
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                self._batch.recv(self.sock)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in ICMP_ERRNOS:
+                    continue
+                raise
+            self._received_at = now_ns()
+            out = []
+            for data, addr in self._batch.datagrams():
+                if data is None or addr not in self._from:
+                    continue
+                try:
+                    got = hs.receive(data, int(trio.current_time() * 1e9))
+                except BadPacket:
+                    continue
+                if got.event in (Event.DATA, Event.KEEPALIVE) or counters.first_counter is not None:
+                    counters.peer_frame(hs.last_counter)
+                for r in got.replies:
+                    await self.sock.sendto(r, self.peer)
+                if got.event is Event.DATA and got.payload:
+                    counters.received(len(got.payload))
+                    out.append(got.payload)
+            if out:
+                return out
+
+    @property
+    def received_at_ns(self) -> int:
+        return self._received_at
+
+
 async def _send(ch: Any, payload: bytes) -> None:
     try:
         await ch.sock.sendto(ch.wrap(payload), ch.peer)
@@ -131,14 +188,24 @@ async def _datagrams(ch: Any) -> list[tuple[bytes, int]]:
     return [(p, t) for p in got]
 
 
-def _grow(ch: Any) -> int:
-    """A measurement socket's kernel buffers at 4 MiB, like iperf3's -w: at 300 Mbit/s the default
-    ~200 KiB receive buffer holds ~3 ms of datagrams, shorter than a busy machine's scheduling gaps,
-    and what overflows would count against the path. The same for every kind of channel. Returns the
-    receive buffer's size."""
+def _grow(ch: Any, size: int) -> int:
+    """A measurement socket's kernel buffers at `size` bytes (0: left alone), like iperf3's -w: at
+    300 Mbit/s the default ~200 KiB receive buffer holds ~3 ms of datagrams, shorter than a busy
+    machine's scheduling gaps, and what overflows would count against the path. The same for every
+    kind of channel. Root may exceed rmem_max/wmem_max. Returns the receive buffer's size."""
+    sock = ch.sock
     try:
-        grow_buffers(ch.sock)
-        return ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                             (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+            for opt in (force, plain) if size else ():
+                if opt is None:
+                    continue
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                    break
+                except PermissionError:
+                    continue
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     except (OSError, AttributeError):
         return 0
 
@@ -163,11 +230,12 @@ def _probe(payload: bytes) -> m.Probe | None:
 
 async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float = 60.0,
                              on_interval: Callable[[dict[str, Any]], None] | None = None,
-                             clock: str = "shared") -> dict[str, Any]:
+                             clock: str = "shared", sockbuf: int = SOCKBUF) -> dict[str, Any]:
     """Receive one UDP measurement on `ch` and answer the sender's pings and FIN; returns the
-    receiver's report. `timeout`: seconds without any probe before giving up (TooSlowError)."""
+    receiver's report. `timeout`: seconds without any probe before giving up (TooSlowError);
+    `sockbuf`: the socket's kernel buffers (bytes; 0 leaves them as they are)."""
     acct = m.ReceiverAccount(interval_ns=int(interval * 1e9))
-    rcvbuf = _grow(ch)
+    rcvbuf = _grow(ch, sockbuf)
     drops0 = udp_drops()
     report: dict[str, Any] | None = None
     fin_at: float | None = None
@@ -240,7 +308,7 @@ def _packed(ch: Any, first_seq: int, count: int, size: int, t0: int, gap_ns: flo
 
 
 async def run_udp_sender(ch: Any, *, rate_bps: float, size: int = 1200, duration: float = 5.0,
-                         timeout: float = 10.0) -> dict[str, Any]:
+                         timeout: float = 10.0, sockbuf: int = SOCKBUF) -> dict[str, Any]:
     """Send DATA probes of `size` bytes at `rate_bps` for `duration` seconds, paced by the C core;
     ping meanwhile; then ask for the receiver's report. Returns {sender, receiver, rtt_ms}."""
     from .._core import ffi
@@ -249,12 +317,14 @@ async def run_udp_sender(ch: Any, *, rate_bps: float, size: int = 1200, duration
         raise ValueError(f"size must be {m.MIN_SIZE}..{ch.max_payload} bytes on a {ch.kind} path, got {size}")
     if not 0 < duration <= 3600:
         raise ValueError(f"duration must be in (0, 3600] seconds, got {duration}")
+    if not 0 <= sockbuf <= 1 << 30:
+        raise ValueError(f"sockbuf must be 0..{1 << 30} bytes, got {sockbuf}")
     pps = m.pps_for(rate_bps, size)
     total = max(1, round(pps * duration))
     gap_ns = 1e9 / pps
     chunk = max(1, min(1024, round(pps * CHUNK_SECONDS)))
     fdmap = ffi.new("int[1]", [ch.sock.fileno()])
-    _grow(ch)
+    _grow(ch, sockbuf)
     rtts: list[float] = []
     assembly = m.ReportAssembly()
     done = trio.Event()
@@ -405,5 +475,5 @@ def ratio(punched: dict[str, Any], direct: dict[str, Any]) -> float | None:
         return None
 
 
-__all__ = ["PathChannel", "RawChannel", "ratio", "run_tcp_sender", "run_udp_sender", "serve_tcp_receiver",
+__all__ = ["PathChannel", "PyFramesChannel", "RawChannel", "SOCKBUF", "udp_drops", "ratio", "run_tcp_sender", "run_udp_sender", "serve_tcp_receiver",
            "serve_udp_receiver"]

@@ -135,6 +135,7 @@ def direct_trial(lab: Any, traffic: dict[str, Any]) -> dict[str, Any]:
     load = ["-b", str(traffic.get("rate", "10M")), "-l", str(traffic.get("size", 1200)),
             "-T", str(traffic.get("time", 2)), "-i", str(traffic.get("interval", 1)), "--json"]
     load += ["--tcp"] if traffic.get("tcp") else []
+    load += ["--sockbuf", str(traffic["sockbuf"])] if "sockbuf" in traffic else []
     b_ip = lab.ip("b")
     a, b, errors = run_hosts(lab, {
         "b": [py, "-m", "nattrav.cli.perf", "--direct-listen", f"{b_ip}:{DIRECT_PORT}", *load],
