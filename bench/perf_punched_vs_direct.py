@@ -83,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                            "shape": args.shape, "goodput_bps": rx.get("goodput_bps"), "loss": rx.get("loss"),
                            "owd_ms": rx.get("owd_ms"), "rtt_ms": (r.get("traffic") or {}).get("rtt_ms"),
                            "strategy": r.get("strategy"), "reason": r.get("reason"), "meta": meta,
+                           "send_bps": ((r.get("traffic") or {}).get("sender") or {}).get("send_bps"),
                            "sockbuf": args.sockbuf, "rcvbuf": rx.get("rcvbuf"),
                            "netns_rcvbuf_drops": rx.get("netns_rcvbuf_drops"),
                            "loadavg_1min": round(os.getloadavg()[0], 2)}
                     rows.append(row)
-                    print(json.dumps({k: row[k] for k in ("kind", "rate", "repeat", "goodput_bps", "loss",
+                    print(json.dumps({k: row[k] for k in ("kind", "rate", "repeat", "send_bps", "goodput_bps", "loss",
                                                           "netns_rcvbuf_drops", "loadavg_1min")}), file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
