@@ -108,6 +108,8 @@ def matrix_heatmaps(rows: list[dict[str, Any]], out_dir: Path, name: str = "matr
         ax.set_ylabel("A's NAT (connects)")
         title = ("success rate (cell: connected/trials, Wilson 95 %)" if metric == "success"
                  else "median time to connect, agreed start → authenticated path")
+        transports = {r.get("transport", "udp") for r in _trials(rows)}
+        title = f"{transports.pop().upper()}: {title}" if len(transports) == 1 else title
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate" if metric == "success" else "seconds")
         written += _save(fig, out_dir, f"{name}-{metric}")
