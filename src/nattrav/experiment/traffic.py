@@ -32,6 +32,7 @@ from ..core.frames import HEADER, OVERHEAD, FrameBatch
 from ..core.mmsg import RecvBatch
 from ..core.packed import PackedBurst
 from ..errors import BadPacket
+from ..io.path import recv_ready
 from ..proto.handshake import MAX_DATA, Event
 from . import measure as m
 
@@ -67,19 +68,10 @@ class RawChannel:
 
     async def receive_many(self) -> list[bytes]:
         """The datagrams of the next recvmmsg batch that has any from the peer."""
-        fb = self._frames
         while True:
-            await trio.lowlevel.wait_readable(self.sock)
-            try:
-                fb.recv(self.sock)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno in ICMP_ERRNOS:
-                    continue
-                raise
+            await recv_ready(self.sock, self._frames)
             self.received_at_ns = now_ns()
-            _, payloads, _ = fb.open(0)
+            _, payloads, _ = self._frames.open(0)
             if payloads:
                 return payloads
 
@@ -139,15 +131,7 @@ class PyFramesChannel(PathChannel):
     async def receive_many(self) -> list[bytes]:
         hs, counters = self.path.handshake, self.path.counters
         while True:
-            await trio.lowlevel.wait_readable(self.sock)
-            try:
-                self._batch.recv(self.sock)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno in ICMP_ERRNOS:
-                    continue
-                raise
+            await recv_ready(self.sock, self._batch)
             self._received_at = now_ns()
             out = []
             for data, addr in self._batch.datagrams():

@@ -32,6 +32,20 @@ def now_ns() -> int:
     return int(trio.current_time() * 1e9)
 
 
+async def recv_ready(sock: Any, batch: Any) -> int:
+    """Wait until `sock` is readable, then take one recvmmsg batch into `batch` (a core RecvBatch or
+    FrameBatch); errors the socket reports for earlier ICMP messages are skipped. Returns the count."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return batch.recv(sock)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno not in ICMP_ERRNOS:
+                raise
+
+
 class PunchedPath:
     """An authenticated UDP path to the peer. Not thread-safe; one reader at a time."""
 
@@ -105,15 +119,7 @@ class PunchedPath:
             self._frames = FrameBatch([self.peer_addr, *self.also], key=self.handshake._recv_key)
         fb, hs = self._frames, self.handshake
         while not self.closed_by_peer:
-            await trio.lowlevel.wait_readable(self.sock)
-            try:
-                fb.recv(self.sock)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno in ICMP_ERRNOS:
-                    continue
-                raise
+            await recv_ready(self.sock, fb)
             self.received_at_ns = time.monotonic_ns()
             out: list[bytes] = []
             start = 0
@@ -181,4 +187,4 @@ class PunchedPath:
         await self.aclose()
 
 
-__all__ = ["HEADER", "OVERHEAD", "PunchedPath", "now_ns"]
+__all__ = ["HEADER", "OVERHEAD", "PunchedPath", "now_ns", "recv_ready"]
