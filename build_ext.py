@@ -35,10 +35,10 @@ if not sys.platform.startswith("linux"):
     raise SystemExit(f"nattrav builds on Linux only (sendmmsg, recvmmsg, IP_RECVERR, pidfd); this is {sys.platform}")
 
 ffibuilder = FFI()
-ffibuilder.cdef(read_cdef())
+ffibuilder.cdef(read_cdef() + read_cdef(HERE / CSRC / "frames.h"))  # frames.c: the punched path's batches
 ffibuilder.set_source(
     "nattrav._core",
-    '#include "nattrav_core.h"',
+    '#include "nattrav_core.h"\n#include "frames.h"',
     sources=c_sources(),
     include_dirs=[CSRC],
     libraries=["m"],  # the delay line draws jitter with sqrt/log/cos

@@ -44,6 +44,7 @@ def test_left_and_right_axes_make_every_ordered_pair():
     ({"axes": {}, "repeats": 0}, "repeats"),
     ({"axes": {}, "traffic": {"speed": 1}}, "traffic"),
     ({"axes": {}, "extra": 1}, "unknown sweep keys"),
+    ({"axes": {}, "transport": "sctp"}, "transport"),
     ({}, "axes"),
 ])
 def test_a_bad_spec_is_a_usage_error_that_names_the_problem(spec, words):
@@ -86,6 +87,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     assert runner.run_sweep(SPEC, out, trial_fn=trial_fn, open_case=open_case, live=False)["ran"] == 0
     row = rows[0]
     assert row["sweep"] == "t" and set(row["case"]) == {"left", "right", "shape", "background"}
+    assert row["transport"] == "udp"  # the spec's default; tables summarise TCP rows as TCP
     meta = row["meta"]
     assert meta["seed"] == 5 and meta["lab_profile"] == "flat" and meta["kernel"] and meta["cpus"] >= 1
     assert meta["commit"] is None or len(meta["commit"].split("+")[0]) == 40

@@ -4,6 +4,8 @@ are small so a busy machine delivers every probe; what is checked is the account
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 
@@ -21,11 +23,11 @@ async def _pair():
     return a, b
 
 
-async def _measure(tx, rx, **kw):
+async def _measure(tx, rx, rx_kw=None, **kw):
     out = {}
     async with trio.open_nursery() as n:
         async def receive():
-            out["rx"] = await traffic.serve_udp_receiver(rx, interval=0.25, timeout=10)
+            out["rx"] = await traffic.serve_udp_receiver(rx, interval=0.25, timeout=10, **(rx_kw or {}))
         n.start_soon(receive)
         out["tx"] = await traffic.run_udp_sender(tx, **kw)
     return out["tx"], out["rx"]
@@ -53,22 +55,35 @@ def _paths(a, b):
     return pa, pb
 
 
-async def test_a_punched_measurement_rides_the_paths_frames_and_counters():
+@pytest.mark.parametrize("channel", [traffic.PathChannel, traffic.PyFramesChannel])
+async def test_a_punched_measurement_rides_the_paths_frames_and_counters(channel):
+    """Batch frames (csrc/frames.c) and the Python baseline, one frame at a time: the same account."""
     a, b = await _pair()
     pa, pb = _paths(a, b)
     with a, b:
-        res, rx = await _measure(traffic.PathChannel(pa), traffic.PathChannel(pb), rate_bps=2e6, size=1200,
-                                 duration=0.5)
+        res, rx = await _measure(channel(pa), channel(pb), rate_bps=2e6, size=1200, duration=0.5)
         # a stranger's datagram on the path's socket is no probe and no frame
         await trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM).sendto(
             measure.encode(measure.DATA, 1, 0, 100), b.getsockname())
-    assert res["path"] == "punched" and rx["received"] >= 0.9 * res["sender"]["sent"]
+    assert res["path"] == channel.kind and rx["received"] >= 0.9 * res["sender"]["sent"]
+    # the kernel doubles what it was asked for; without root, rmem_max caps it
+    assert rx["rcvbuf"] >= (traffic.SOCKBUF if os.geteuid() == 0 else 1)
     # the sender's counters: every probe and ping went out as a DATA frame
     assert pa.counters.datagrams_sent >= res["sender"]["sent"]
     assert pb.counters.bytes_received >= rx["bytes"]
     assert pb.counters.loss() is not None and pb.counters.loss() <= 0.1
     stats = pb.statistics()
     assert stats["datagrams_received"] == pb.counters.datagrams_received and stats["strategy"] == "direct"
+
+
+async def test_sockbuf_zero_leaves_the_kernels_buffer():
+    a, b = await _pair()
+    with a, b:
+        default = b.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF)
+        _, rx = await _measure(traffic.RawChannel(a, b.getsockname()), traffic.RawChannel(b, a.getsockname()),
+                               {"sockbuf": 0}, rate_bps=1e6, size=500, duration=0.2, sockbuf=0)
+    assert rx["rcvbuf"] == default < traffic.SOCKBUF
+    assert rx["netns_rcvbuf_drops"] is None or rx["netns_rcvbuf_drops"] >= 0
 
 
 async def test_a_probe_too_big_for_a_punched_path_is_refused_before_sending():

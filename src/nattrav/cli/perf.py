@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-l", "--size", type=int, default=1200, help="UDP payload bytes per datagram (default 1200)")
     load.add_argument("-T", "--time", type=float, default=5.0, help="seconds of traffic (default 5)")
     load.add_argument("-i", "--interval", type=float, default=1.0, help="seconds per interval report (default 1)")
+    load.add_argument("--sockbuf", type=int, default=4 << 20, metavar="BYTES",
+                      help="UDP: kernel buffers of the measuring sockets, like iperf3 -w (default 4 MiB; 0: the "
+                           "kernel's default)")
     knobs = p.add_argument_group("the punch (both peers must give the same planner values)")
     knobs.add_argument("-t", "--ttl", type=int, help="TTL of the opening packets (default: measured)")
     knobs.add_argument("--max-flows", type=int, help="new flows a burst may open on our NAT(s)")
@@ -80,6 +83,8 @@ def _check(args: argparse.Namespace) -> None:
         args.rate_bps = measure.parse_rate(args.rate)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not 0 <= args.sockbuf <= 1 << 30:
+        raise UsageError(f"--sockbuf must be 0..{1 << 30} bytes, got {args.sockbuf}")
     if not measure.MIN_SIZE <= args.size <= 1200:
         raise UsageError(f"--size must be {measure.MIN_SIZE}..1200 bytes (a punched path's DATA frame)")
 
@@ -118,7 +123,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res = await traffic.run_tcp_sender(path, duration=args.time)
             else:
                 res = await traffic.run_udp_sender(traffic.PathChannel(path), rate_bps=args.rate_bps,
-                                                   size=args.size, duration=args.time)
+                                                   size=args.size, duration=args.time, sockbuf=args.sockbuf)
             res["path_stats"] = _stats(path)
             return res
     lis = api.listen_tcp if args.tcp else api.listen
@@ -130,7 +135,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res = {"receiver": await traffic.serve_tcp_receiver(path, interval=args.interval, on_interval=show)}
             else:
                 res = {"receiver": await traffic.serve_udp_receiver(traffic.PathChannel(path),
-                                                                    interval=args.interval, on_interval=show)}
+                                                                    interval=args.interval, on_interval=show,
+                                                                    sockbuf=args.sockbuf)}
             res["path_stats"] = _stats(path)
             return res
 
@@ -161,7 +167,8 @@ async def _direct(args: argparse.Namespace, show: Any) -> dict[str, Any]:
             # the first datagram names the sender: the direct path's only peer
             _, peer = await sock.recvfrom(2048, trio.socket.MSG_PEEK)
             return {"receiver": await traffic.serve_udp_receiver(traffic.RawChannel(sock, tuple(peer[:2])),
-                                                                 interval=args.interval, on_interval=show)}
+                                                                 interval=args.interval, on_interval=show,
+                                                                 sockbuf=args.sockbuf)}
     host, port = parse_hostport(args.direct, DIRECT_PORT)
     if args.tcp:
         stream = await trio.open_tcp_stream(host, port)
@@ -171,7 +178,7 @@ async def _direct(args: argparse.Namespace, show: Any) -> dict[str, Any]:
     with sock:
         await sock.bind(("0.0.0.0", 0))
         return await traffic.run_udp_sender(traffic.RawChannel(sock, (host, port)), rate_bps=args.rate_bps,
-                                            size=args.size, duration=args.time)
+                                            size=args.size, duration=args.time, sockbuf=args.sockbuf)
 
 
 def human(res: dict[str, Any]) -> str:

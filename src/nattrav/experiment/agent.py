@@ -21,7 +21,7 @@ from ..lab.agent import FAILURES, connected, failure_reason, marking, note_plan
 
 USER_OPTIONS = {"ttl", "max_flows", "target", "horizon", "max_sockets", "birthday_sockets", "max_window",
                 "best_effort_flows", "workers"}
-TRAFFIC_KEYS = {"rate", "size", "time", "interval", "tcp", "raw"}
+TRAFFIC_KEYS = {"rate", "size", "time", "interval", "tcp", "raw", "frames", "sockbuf"}
 
 
 def _emit(d: dict[str, Any]) -> None:
@@ -44,11 +44,19 @@ async def _traffic(path: Any, spec: dict[str, Any], role: str) -> dict[str, Any]
         return {"receiver": await traffic.serve_tcp_receiver(path, interval=float(spec.get("interval", 1)))}
     # raw: plain datagrams over the punched socket and the peer's mapping (the same hops and NAT
     # mappings, without the path's framing): what nattrav's own DATA frames cost, measured apart
-    ch = traffic.RawChannel(path.sock, path.peer_addr) if spec.get("raw") else traffic.PathChannel(path)
+    # frames "python": the path's frames built and checked one at a time in Python (the baseline of
+    # the batch path in csrc/frames.c); sockbuf: the sockets' kernel buffers (0: the kernel's default)
+    if spec.get("raw"):
+        ch = traffic.RawChannel(path.sock, path.peer_addr)
+    else:
+        ch = traffic.PyFramesChannel(path) if spec.get("frames") == "python" else traffic.PathChannel(path)
+    sockbuf = int(spec.get("sockbuf", traffic.SOCKBUF))
     if role == "connect":
         return await traffic.run_udp_sender(ch, rate_bps=measure.parse_rate(spec.get("rate", "10M")),
-                                            size=int(spec.get("size", 1200)), duration=float(spec.get("time", 2)))
-    return {"receiver": await traffic.serve_udp_receiver(ch, interval=float(spec.get("interval", 1)), timeout=30)}
+                                            size=int(spec.get("size", 1200)), duration=float(spec.get("time", 2)),
+                                            sockbuf=sockbuf)
+    return {"receiver": await traffic.serve_udp_receiver(ch, interval=float(spec.get("interval", 1)), timeout=30,
+                                                         sockbuf=sockbuf)}
 
 
 async def run_agent(args: argparse.Namespace) -> None:
@@ -60,7 +68,7 @@ async def run_agent(args: argparse.Namespace) -> None:
     spec = json.loads(args.traffic) if args.traffic else None
     if spec is not None and set(spec) - TRAFFIC_KEYS:
         raise SystemExit(f"unknown traffic keys: {sorted(set(spec) - TRAFFIC_KEYS)}")
-    tcp = bool(spec and spec.get("tcp"))
+    tcp = bool(spec and spec.get("tcp")) or args.transport == "tcp"
     connect, listen = (api.connect_tcp, api.listen_tcp) if tcp else (api.connect, api.listen)
     server = parse_hostport(args.server, 7000)
     marks, on_event = marking()
@@ -110,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--options", default="{}", help="session options as JSON (what a user could set)")
     p.add_argument("--traffic", help="traffic to measure over the path, as JSON (rate, size, time, interval, tcp)")
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="tcp: a punched TCP stream (connect_tcp/listen_tcp), also implied by a TCP traffic spec")
     trio.run(run_agent, p.parse_args(argv))
     return 0
 

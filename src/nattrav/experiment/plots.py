@@ -108,6 +108,8 @@ def matrix_heatmaps(rows: list[dict[str, Any]], out_dir: Path, name: str = "matr
         ax.set_ylabel("A's NAT (connects)")
         title = ("success rate (cell: connected/trials, Wilson 95 %)" if metric == "success"
                  else "median time to connect, agreed start → authenticated path")
+        transports = {r.get("transport", "udp") for r in _trials(rows)}
+        title = f"{transports.pop().upper()}: {title}" if len(transports) == 1 else title
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate" if metric == "success" else "seconds")
         written += _save(fig, out_dir, f"{name}-{metric}")
@@ -254,11 +256,11 @@ def punched_vs_direct(rows: list[dict[str, Any]], out_dir: Path, name: str = "pu
         rmed = [statistics.median([v for v in g if v is not None] or [0]) for g in rtt]
         a2.bar(xs, rmed, width, label=kind, color=f"C{n}")
     for ax, lab in ((a1, "goodput, Mbit/s (median, min–max)"), (a2, "RTT median, ms")):
-        ax.set_xticks(range(len(rates)), [f"UDP {r}bit/s" if r != "tcp" else "TCP bulk" for r in rates])
+        ax.set_xticks(range(len(rates)), [f"UDP {r}bit/s" if r != "tcp" else "TCP bulk" for r in rates], fontsize=8)
         ax.set_ylabel(lab)
         ax.legend(fontsize=8)
     a1.set_yscale("log")  # offered rates and TCP bulk span orders of magnitude
-    a1.set_title("goodput: punched path vs direct path, same lab shape, same run", fontsize=9)
+    a1.set_title("goodput: punched path vs direct path, same lab shape, taking turns in each run", fontsize=9)
     return _save(fig, out_dir, name)
 
 

@@ -71,7 +71,8 @@ def lab_trial(lab: Any, trial: Trial, spec: dict[str, Any]) -> dict[str, Any]:
     from .trial import punched_trial
 
     name = f"x{trial.key[:10]}"
-    return punched_trial(lab, name, trial.options, spec.get("traffic"), timeout=float(spec.get("timeout", 20)))
+    return punched_trial(lab, name, trial.options, spec.get("traffic"), timeout=float(spec.get("timeout", 20)),
+                         transport=spec.get("transport", "udp"))
 
 
 class _Progress:
@@ -141,7 +142,8 @@ def run_sweep(spec: dict[str, Any], out: str | os.PathLike, *, trial_fn: TrialFn
                         row = {"key": t.key, "sweep": spec.get("name"), "case": {
                             "left": case.left, "right": case.right, "shape": case.shape,
                             "background": case.background}, "options": t.options, "repeat": t.repeat,
-                            "traffic_spec": spec.get("traffic"), "result": result, "meta": meta}
+                            "transport": spec.get("transport", "udp"), "traffic_spec": spec.get("traffic"),
+                            "result": result, "meta": meta}
                         f.write(json.dumps(row, default=str) + "\n")
                         f.flush()
                         ran += 1

@@ -6,6 +6,7 @@ file already holds).
     repeats = 3                # trials per point
     seed = 1                   # orders the trials of a case (recorded)
     timeout = 20               # seconds a trial may take to connect
+    transport = "udp"          # or "tcp": connect_tcp/listen_tcp (TCP traversal)
     [axes]
     pair = [["symmetric-random", "port-restricted"]]   # or left = [...] and right = [...]
     shape = ["flat"]           # lab shapes (nattrav-lab list)
@@ -31,7 +32,8 @@ from .agent import TRAFFIC_KEYS, USER_OPTIONS
 from .trial import Case
 
 LAB_AXES = ("pair", "left", "right", "shape", "background")
-TOP_KEYS = {"name", "repeats", "seed", "timeout", "axes", "traffic"}
+TOP_KEYS = {"name", "repeats", "seed", "timeout", "axes", "traffic", "transport"}
+TRANSPORTS = ("udp", "tcp")
 MAX_TRIALS = 100_000
 
 
@@ -66,6 +68,8 @@ def check(spec: dict[str, Any]) -> None:
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise UsageError(f"unknown sweep keys: {sorted(unknown)} (known: {sorted(TOP_KEYS)})")
+    if spec.get("transport", "udp") not in TRANSPORTS:
+        raise UsageError(f"transport must be one of {list(TRANSPORTS)}, got {spec.get('transport')!r}")
     axes = spec.get("axes")
     if not isinstance(axes, dict):
         raise UsageError("a sweep needs an [axes] table")

@@ -18,7 +18,8 @@ def case_rows(rows: list[dict[str, Any]]) -> dict[tuple, list[TrialResult]]:
             continue
         c, res = r["case"], r["result"]
         pred = res.get("prediction") or {}
-        key = (c["left"], c["right"], c["shape"], c["background"], tuple(sorted(r.get("options", {}).items())))
+        key = (c["left"], c["right"], c["shape"], c["background"], tuple(sorted(r.get("options", {}).items())),
+               r.get("transport", "udp"))
         out[key].append(TrialResult(c["left"], c["right"], r.get("repeat", 0), bool(res.get("ok")),
                                     strategy=res.get("strategy"), seconds=res.get("seconds"),
                                     rtt_ms=res.get("rtt_ms"), odds=res.get("odds"),
@@ -40,8 +41,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
              "| A's NAT → B's NAT | shape | bg | options | expected | connected [Wilson 95 %] | planner odds | "
              "odds inside? | strategy | median s | p95 s | prediction hits |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (left, right, shape, bg, opts), trials in case_rows(rows).items():
-        s = summarise(trials)
+    for (left, right, shape, bg, opts, transport), trials in case_rows(rows).items():
+        s = summarise(trials, tcp=transport == "tcp")
         lo, hi = s["wilson"]
         lines.append(
             f"| {left} → {right} | {shape} | {bg:g} | {' '.join(f'{k}={v}' for k, v in opts) or '—'} | {s['expect']} | "

@@ -1,9 +1,12 @@
 """Traffic over a path, iperf3's way (issue 17): UDP at a paced rate, or TCP bulk, and what arrived.
 
-UDP: the sender builds its probes in Python 20 ms at a time and hands each batch to the C core's
-burst loop (csrc/burst.c: sendmmsg/sendto paced to the nanosecond) in a thread, so the rate is the C
-core's, not Python's; the Trio loop meanwhile pings (RTT samples) and listens. The receiver drains
-its socket with recvmmsg (csrc/mmsg.c) and keeps the account (measure.py). A FIN carries the number
+UDP: the sender builds its probes in Python 20 ms at a time (one header packed into a zeroed buffer
+per probe; a punched path's frames then sealed in one C call, csrc/frames.c) and hands each batch to
+the C core's burst loop (csrc/burst.c: sendmmsg/sendto paced to the nanosecond) in a thread, so the
+rate is the C core's, not Python's; the Trio loop meanwhile pings (RTT samples) and listens. The
+receiver drains its socket with recvmmsg and checks the batch in one C call (the source address; on a
+punched path also the frames' tags and replay window), then keeps the account (measure.py). Both
+kinds of channel go through the same calls, so punched vs direct differs only by the frames' cost. A FIN carries the number
 of probes the kernel took; the receiver answers with its report (goodput, one-way delay, loss,
 interval reports) in REPORT parts until the sender says DONE.
 
@@ -25,13 +28,16 @@ import trio
 
 from ..core.burst import send_packed
 from ..core.errors import ICMP_ERRNOS
+from ..core.frames import HEADER, OVERHEAD, FrameBatch
 from ..core.mmsg import RecvBatch
 from ..core.packed import PackedBurst
 from ..errors import BadPacket
+from ..io.path import recv_ready
 from ..proto.handshake import MAX_DATA, Event
 from . import measure as m
 
 CHUNK_SECONDS = 0.02  # probes built and handed to C per batch
+SOCKBUF = 4 << 20  # bytes of kernel buffer a measurement socket asks for (0: the kernel's default)
 PING_INTERVAL = 0.1
 FIN_INTERVAL = 0.1
 REPORT_GRACE = 0.3  # seconds the receiver waits after the first FIN for probes still on the way
@@ -47,16 +53,27 @@ class RawChannel:
 
     kind = "direct"
     max_payload = 65507
+    overhead = 0
 
     def __init__(self, sock: Any, peer: tuple[str, int]) -> None:
         self.sock, self.peer = sock, peer
+        self._frames = FrameBatch([peer])
+        self.received_at_ns = 0
 
     def wrap(self, payload: bytes) -> bytes:
         return payload
 
-    def unwrap(self, data: bytes, addr: tuple[str, int]) -> tuple[bytes | None, list[bytes]]:
-        """(payload or None, frames to send back)"""
-        return (data if addr == self.peer else None), []
+    def seal(self, frames: bytearray, frame_len: int, n: int) -> None:
+        pass  # plain datagrams: the payloads are the datagrams
+
+    async def receive_many(self) -> list[bytes]:
+        """The datagrams of the next recvmmsg batch that has any from the peer."""
+        while True:
+            await recv_ready(self.sock, self._frames)
+            self.received_at_ns = now_ns()
+            _, payloads, _ = self._frames.open(0)
+            if payloads:
+                return payloads
 
     def note_sent(self, payload_bytes: int, datagrams: int) -> None:
         pass
@@ -67,34 +84,76 @@ class PathChannel:
 
     kind = "punched"
     max_payload = MAX_DATA
+    overhead = OVERHEAD
 
     def __init__(self, path: Any) -> None:
         self.path, self.sock, self.peer = path, path.sock, path.peer_addr
-        self._from = {path.peer_addr} | set(path.also)
 
     def wrap(self, payload: bytes) -> bytes:
         return self.path.handshake.data(payload)
 
-    def unwrap(self, data: bytes, addr: tuple[str, int]) -> tuple[bytes | None, list[bytes]]:
-        if addr not in self._from:
-            return None, []
-        hs = self.path.handshake
-        try:
-            got = hs.receive(data, int(trio.current_time() * 1e9))
-        except BadPacket:
-            return None, []
-        counters = self.path.counters
-        if got.event in (Event.DATA, Event.KEEPALIVE) or counters.first_counter is not None:
-            counters.peer_frame(hs.last_counter)
-        if got.event is Event.CLOSE:
-            self.path.closed_by_peer = True
-        if got.event is Event.DATA:
-            counters.received(len(got.payload))
-            return got.payload, list(got.replies)
-        return None, list(got.replies)
+    def seal(self, frames: bytearray, frame_len: int, n: int) -> None:
+        self.path.seal_data(frames, frame_len, n)
+
+    async def receive_many(self) -> list[bytes]:
+        got = await self.path.receive_many()
+        if not got:  # the peer closed the path: nothing more will come
+            await trio.sleep_forever()
+        return got
+
+    @property
+    def received_at_ns(self) -> int:
+        return self.path.received_at_ns
 
     def note_sent(self, payload_bytes: int, datagrams: int) -> None:
         self.path.counters.sent(payload_bytes, datagrams)
+
+
+class PyFramesChannel(PathChannel):
+    """The punched path as it was before csrc/frames.c: every frame built and checked by the
+    Handshake in Python, one at a time. Only a baseline for the bench (bench/perf_punched_vs_direct.py
+    runs it beside the batch path in the same run), with the same checks."""
+
+    kind = "punched-py"
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self._from = {path.peer_addr} | set(path.also)
+        self._batch = RecvBatch(64, 2048)
+        self._received_at = 0
+
+    def seal(self, frames: bytearray, frame_len: int, n: int) -> None:
+        size = frame_len - OVERHEAD
+        for i in range(n):
+            at = i * frame_len
+            frames[at : at + frame_len] = self.wrap(bytes(frames[at + HEADER : at + HEADER + size]))
+
+    async def receive_many(self) -> list[bytes]:
+        hs, counters = self.path.handshake, self.path.counters
+        while True:
+            await recv_ready(self.sock, self._batch)
+            self._received_at = now_ns()
+            out = []
+            for data, addr in self._batch.datagrams():
+                if data is None or addr not in self._from:
+                    continue
+                try:
+                    got = hs.receive(data, int(trio.current_time() * 1e9))
+                except BadPacket:
+                    continue
+                if got.event in (Event.DATA, Event.KEEPALIVE) or counters.first_counter is not None:
+                    counters.peer_frame(hs.last_counter)
+                for r in got.replies:
+                    await self.sock.sendto(r, self.peer)
+                if got.event is Event.DATA and got.payload:
+                    counters.received(len(got.payload))
+                    out.append(got.payload)
+            if out:
+                return out
+
+    @property
+    def received_at_ns(self) -> int:
+        return self._received_at
 
 
 async def _send(ch: Any, payload: bytes) -> None:
@@ -106,33 +165,44 @@ async def _send(ch: Any, payload: bytes) -> None:
             raise
 
 
-async def _datagrams(ch: Any, batch: RecvBatch) -> list[tuple[bytes, int]]:
-    """The next batch of the peer's payloads, each with its arrival time (ns)."""
-    while True:
-        await trio.lowlevel.wait_readable(ch.sock)
-        out = []
-        while True:
-            try:
-                n = batch.recv(ch.sock)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in ICMP_ERRNOS:
+async def _datagrams(ch: Any) -> list[tuple[bytes, int]]:
+    """The next batch of the peer's payloads, each with the batch's arrival time (ns)."""
+    got = await ch.receive_many()
+    t = ch.received_at_ns
+    return [(p, t) for p in got]
+
+
+def _grow(ch: Any, size: int) -> int:
+    """A measurement socket's kernel buffers at `size` bytes (0: left alone), like iperf3's -w: at
+    300 Mbit/s the default ~200 KiB receive buffer holds ~3 ms of datagrams, shorter than a busy
+    machine's scheduling gaps, and what overflows would count against the path. The same for every
+    kind of channel. Root may exceed rmem_max/wmem_max. Returns the receive buffer's size."""
+    sock = ch.sock
+    try:
+        for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                             (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+            for opt in (force, plain) if size else ():
+                if opt is None:
                     continue
-                raise
-            t = now_ns()
-            for data, addr in batch.datagrams():
-                if data is None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                    break
+                except PermissionError:
                     continue
-                payload, replies = ch.unwrap(data, addr)
-                for r in replies:
-                    await ch.sock.sendto(r, ch.peer)
-                if payload is not None:
-                    out.append((payload, t))
-            if n < batch.n:
-                break
-        if out:
-            return out
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except (OSError, AttributeError):
+        return 0
+
+
+def udp_drops() -> int | None:
+    """This network namespace's UDP receive-buffer drops (/proc/net/snmp RcvbufErrors): datagrams
+    that reached the receiving host but found its socket full (every socket of the namespace)."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _probe(payload: bytes) -> m.Probe | None:
@@ -144,11 +214,13 @@ def _probe(payload: bytes) -> m.Probe | None:
 
 async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float = 60.0,
                              on_interval: Callable[[dict[str, Any]], None] | None = None,
-                             clock: str = "shared") -> dict[str, Any]:
+                             clock: str = "shared", sockbuf: int = SOCKBUF) -> dict[str, Any]:
     """Receive one UDP measurement on `ch` and answer the sender's pings and FIN; returns the
-    receiver's report. `timeout`: seconds without any probe before giving up (TooSlowError)."""
+    receiver's report. `timeout`: seconds without any probe before giving up (TooSlowError);
+    `sockbuf`: the socket's kernel buffers (bytes; 0 leaves them as they are)."""
     acct = m.ReceiverAccount(interval_ns=int(interval * 1e9))
-    batch = RecvBatch(64, 2048)
+    rcvbuf = _grow(ch, sockbuf)
+    drops0 = udp_drops()
     report: dict[str, Any] | None = None
     fin_at: float | None = None
     shown = 0
@@ -158,7 +230,7 @@ async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float =
             wait = max(0.0, fin_at + REPORT_GRACE - trio.current_time())
         got = None
         with trio.move_on_after(wait):
-            got = await _datagrams(ch, batch)
+            got = await _datagrams(ch)
         if got is None:
             if report is not None:
                 return report  # no DONE came, but the sender had every chance to ask again
@@ -191,6 +263,9 @@ async def serve_udp_receiver(ch: Any, *, interval: float = 1.0, timeout: float =
                 shown += 1
         if report is None and fin_at is not None and trio.current_time() >= fin_at + REPORT_GRACE:
             report = acct.summary(clock)
+            drops1 = udp_drops()
+            report["rcvbuf"] = rcvbuf
+            report["netns_rcvbuf_drops"] = drops1 - drops0 if drops0 is not None and drops1 is not None else None
             await _send_report(ch, report)
 
 
@@ -201,15 +276,23 @@ async def _send_report(ch: Any, report: dict[str, Any]) -> None:
 
 
 def _packed(ch: Any, first_seq: int, count: int, size: int, t0: int, gap_ns: float, pps: float) -> PackedBurst:
-    frames = [ch.wrap(m.encode(m.DATA, s, t0 + int(s * gap_ns), size))
-              for s in range(first_seq, first_seq + count)]
+    """`count` DATA probes as the channel's datagrams, end to end: each probe's header packed into a
+    zeroed buffer (its padding stays zero), then, on a punched path, all sealed as frames in C."""
+    skip = HEADER if ch.overhead else 0
+    flen = size + ch.overhead
+    buf = bytearray(count * flen)
+    pack = m.HEADER.pack_into
+    for j in range(count):
+        s = first_seq + j
+        pack(buf, j * flen + skip, m.MAGIC, m.DATA, s, t0 + int(s * gap_ns))
+    ch.seal(buf, flen, count)
     return PackedBurst(count, bytes(4 * count), socket.inet_aton(ch.peer[0]),
-                       array("H", [ch.peer[1]]).tobytes() * count, b"".join(frames), len(frames[0]),
+                       array("H", [ch.peer[1]]).tobytes() * count, bytes(buf), flen,
                        rate=pps, src_min=0, src_max=0)
 
 
 async def run_udp_sender(ch: Any, *, rate_bps: float, size: int = 1200, duration: float = 5.0,
-                         timeout: float = 10.0) -> dict[str, Any]:
+                         timeout: float = 10.0, sockbuf: int = SOCKBUF) -> dict[str, Any]:
     """Send DATA probes of `size` bytes at `rate_bps` for `duration` seconds, paced by the C core;
     ping meanwhile; then ask for the receiver's report. Returns {sender, receiver, rtt_ms}."""
     from .._core import ffi
@@ -218,20 +301,22 @@ async def run_udp_sender(ch: Any, *, rate_bps: float, size: int = 1200, duration
         raise ValueError(f"size must be {m.MIN_SIZE}..{ch.max_payload} bytes on a {ch.kind} path, got {size}")
     if not 0 < duration <= 3600:
         raise ValueError(f"duration must be in (0, 3600] seconds, got {duration}")
+    if not 0 <= sockbuf <= 1 << 30:
+        raise ValueError(f"sockbuf must be 0..{1 << 30} bytes, got {sockbuf}")
     pps = m.pps_for(rate_bps, size)
     total = max(1, round(pps * duration))
     gap_ns = 1e9 / pps
     chunk = max(1, min(1024, round(pps * CHUNK_SECONDS)))
     fdmap = ffi.new("int[1]", [ch.sock.fileno()])
+    _grow(ch, sockbuf)
     rtts: list[float] = []
     assembly = m.ReportAssembly()
     done = trio.Event()
     st = {"sent": 0, "failed": 0, "waits": 0, "syscalls": 0, "last_errno": 0}
 
     async def listen() -> None:
-        batch = RecvBatch(64, 2048)
         while True:
-            for payload, t in await _datagrams(ch, batch):
+            for payload, t in await _datagrams(ch):
                 p = _probe(payload)
                 if p is None:
                     continue
@@ -374,5 +459,5 @@ def ratio(punched: dict[str, Any], direct: dict[str, Any]) -> float | None:
         return None
 
 
-__all__ = ["PathChannel", "RawChannel", "ratio", "run_tcp_sender", "run_udp_sender", "serve_tcp_receiver",
+__all__ = ["PathChannel", "PyFramesChannel", "RawChannel", "SOCKBUF", "udp_drops", "ratio", "run_tcp_sender", "run_udp_sender", "serve_tcp_receiver",
            "serve_udp_receiver"]

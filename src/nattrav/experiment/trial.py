@@ -33,15 +33,34 @@ class Case:
         return (self.left, self.right, self.shape, self.background)
 
 
+def hop_matched_shape(case: Case) -> Any:
+    """The lab shape whose NAT-less hosts are as many forwarding hops apart as `case`'s hosts are:
+    each NAT layer a host crosses becomes one more router on its side (flat, one NAT a side: a ─
+    r_a1 ─ router ─ r_b1 ─ b, three hops like a ─ nat_a ─ router ─ nat_b ─ b). The direct path a
+    punched one is compared against, without the difference in distance."""
+    import dataclasses
+
+    from ..lab.shape import resolve_shape
+    from ..lab.spec import resolve
+
+    shape = resolve_shape(case.shape)
+    extra = {side: (resolve(p).layers if resolve(p) is not None else 0)
+             for side, p in (("a", case.left), ("b", case.right))}
+    return dataclasses.replace(shape, routers_a=shape.routers_a + extra["a"],
+                               routers_b=shape.routers_b + extra["b"],
+                               name=f"{shape.name}+{extra['a']}/{extra['b']} routers").validate()
+
+
 @contextmanager
-def open_case(case: Case, *, server: bool = True) -> Iterator[Any]:
-    """The lab of `case`, with our rendezvous and STUN server running when `server`."""
+def open_case(case: Case, *, server: bool = True, shape: Any = None) -> Iterator[Any]:
+    """The lab of `case`, with our rendezvous and STUN server running when `server`; `shape` (a
+    lab Shape) replaces the case's named one (hop_matched_shape)."""
     from ..lab.lab import Lab
     from ..lab.spec import resolve
 
     rates = {side: case.background for side, preset in (("a", case.left), ("b", case.right))
              if case.background and resolve(preset) is not None}
-    with Lab(left=case.left, right=case.right, shape=case.shape, background=rates or None) as lab:
+    with Lab(left=case.left, right=case.right, shape=shape or case.shape, background=rates or None) as lab:
         if server:
             lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", f"{lab.S1}:{SERVER_PORT}",
                                  "--stun", f"{lab.S1},{lab.S2}"],
@@ -75,11 +94,12 @@ def run_hosts(lab: Any, cmds: dict[str, list[str]], timeout: float) -> tuple[dic
 
 
 def punched_trial(lab: Any, name: str, options: dict[str, Any], traffic: dict[str, Any] | None,
-                  timeout: float = 20.0) -> dict[str, Any]:
-    """One connection (and, with `traffic`, one measurement) between hosts a (connects, sends) and b."""
+                  timeout: float = 20.0, transport: str = "udp") -> dict[str, Any]:
+    """One connection (and, with `traffic`, one measurement) between hosts a (connects, sends) and b;
+    transport "tcp": a punched TCP stream (connect_tcp/listen_tcp)."""
     py = sys.executable
     common = ["-m", "nattrav.experiment.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
-              "--options", json.dumps(options), "--timeout", str(timeout)]
+              "--options", json.dumps(options), "--timeout", str(timeout), "--transport", transport]
     if traffic:
         common += ["--traffic", json.dumps(traffic)]
     t_budget = timeout + 15 + float((traffic or {}).get("time", 0)) * 2
@@ -115,6 +135,7 @@ def direct_trial(lab: Any, traffic: dict[str, Any]) -> dict[str, Any]:
     load = ["-b", str(traffic.get("rate", "10M")), "-l", str(traffic.get("size", 1200)),
             "-T", str(traffic.get("time", 2)), "-i", str(traffic.get("interval", 1)), "--json"]
     load += ["--tcp"] if traffic.get("tcp") else []
+    load += ["--sockbuf", str(traffic["sockbuf"])] if "sockbuf" in traffic else []
     b_ip = lab.ip("b")
     a, b, errors = run_hosts(lab, {
         "b": [py, "-m", "nattrav.cli.perf", "--direct-listen", f"{b_ip}:{DIRECT_PORT}", *load],

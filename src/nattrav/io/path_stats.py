@@ -34,9 +34,19 @@ class PathCounters:
         self.high_counter = max(self.high_counter, counter)
         self.counted += 1
 
-    def received(self, payload_bytes: int) -> None:
+    def peer_frames(self, n: int, first: int, high: int) -> None:
+        """n authentic frames of one batch at once: `first` the first one's counter, `high` the
+        highest (the batch's counters are all fresh)."""
+        if n <= 0:
+            return
+        if self.first_counter is None:
+            self.first_counter = self.high_counter = first
+        self.high_counter = max(self.high_counter, high)
+        self.counted += n
+
+    def received(self, payload_bytes: int, datagrams: int = 1) -> None:
         self.bytes_received += payload_bytes
-        self.datagrams_received += 1
+        self.datagrams_received += datagrams
 
     def loss(self) -> float | None:
         """Fraction of the peer's frames since its first DATA frame that never arrived (its counter
