@@ -1,5 +1,10 @@
 """One worker as the coordinator talks to it: msgpack messages over a socketpair, each request with
-a deadline, a dead or hung worker turned into WorkerDied / WorkerError instead of a hang."""
+a deadline, a dead or hung worker turned into WorkerDied / WorkerError instead of a hang.
+
+The socket is a plain non-blocking one, tried first and waited on (trio.lowlevel) only when it would
+block: a fire's round trip then passes through Trio's scheduler about twice instead of six times
+(trio.socket and trio.Lock yield on every call), which was half the coordinator's CPU time a fire
+(bench/results/burst-floor.md)."""
 
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ class WorkerChannel:
     """The message channel to one worker process (a unix socketpair): requests with a deadline and a
     watch on the process, replies (with descriptors passed over SCM_RIGHTS), and the reason it broke."""
 
-    def __init__(self, index: int, proc: WorkerProcess, sock: trio.socket.SocketType) -> None:
+    def __init__(self, index: int, proc: WorkerProcess, sock: socket.socket | None) -> None:
         self.index, self.proc, self.sock = index, proc, sock
+        if sock is not None:
+            sock.setblocking(False)
         self.pid = proc.pid
         self.reader = MessageReader(MAX_REPLY)
         self.inbox: list[dict] = []
@@ -42,16 +49,26 @@ class WorkerChannel:
         return err
 
     async def send(self, data: bytes) -> None:
-        async with self.send_lock:
+        await _acquire(self.send_lock)
+        try:
             view = memoryview(data)
             while view:
-                sent = await self.sock.send(view)
+                try:
+                    sent = self.sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    continue
                 view = view[sent:]
+        finally:
+            self.send_lock.release()
 
     async def next_message(self, doing: str) -> dict:
         while not self.inbox:
             try:
-                data, anc, _flags, _addr = await self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * MAX_FDS_PER_REPLY))
+                data, anc, _flags, _addr = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * MAX_FDS_PER_REPLY))
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
             except OSError:
                 data, anc = b"", []
             for level, kind, raw in anc:
@@ -71,35 +88,41 @@ class WorkerChannel:
         """One request, its one reply (and a descriptor, when the reply carried one)."""
         if self.broken is not None:
             raise type(self.broken)(self.index, self.pid, f"unusable since: {self.broken.reason}")
-        async with self.req_lock:
-            self.next_id += 1
-            rid = self.next_id
-            data = encode(t, id=rid, **fields)
-            # half a message would wreck the stream for good: a request goes out whole or the worker
-            # counts as hung, whatever cancellation arrives meanwhile
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(wait) as send_scope:
-                    try:
-                        await self.send(data)
-                    except OSError:
-                        raise await self._died(t) from None
-            if send_scope.cancelled_caught:
-                self.kill()
-                self.broken = WorkerError(self.index, self.pid, f"did not take {t!r} within {wait:.1f} s; killed it")
-                raise self.broken
-            with trio.move_on_after(wait) as scope:
-                while True:
-                    msg = await self.next_message(t)
-                    # descriptors come only with 'take' results, in order
-                    fd = self.fds.pop(0) if msg.get("fd") is True and self.fds else None
-                    if msg.get("id") == rid:
-                        break
-                    if fd is not None:  # a reply to a take we stopped waiting for
-                        os.close(fd)
-            if scope.cancelled_caught:
-                self.kill()
-                self.broken = WorkerError(self.index, self.pid, f"did not answer {t!r} within {wait:.1f} s; killed it")
-                raise self.broken
+        await _acquire(self.req_lock)
+        try:
+            return await self._request(t, wait, fields)
+        finally:
+            self.req_lock.release()
+
+    async def _request(self, t: str, wait: float, fields: dict) -> tuple[dict, int | None]:
+        self.next_id += 1
+        rid = self.next_id
+        data = encode(t, id=rid, **fields)
+        # half a message would wreck the stream for good: a request goes out whole or the worker
+        # counts as hung, whatever cancellation arrives meanwhile (a shielded scope's own
+        # deadline still applies)
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + wait) as send_scope:
+            try:
+                await self.send(data)
+            except OSError:
+                raise await self._died(t) from None
+        if send_scope.cancelled_caught:
+            self.kill()
+            self.broken = WorkerError(self.index, self.pid, f"did not take {t!r} within {wait:.1f} s; killed it")
+            raise self.broken
+        with trio.move_on_after(wait) as scope:
+            while True:
+                msg = await self.next_message(t)
+                # descriptors come only with 'take' results, in order
+                fd = self.fds.pop(0) if msg.get("fd") is True and self.fds else None
+                if msg.get("id") == rid:
+                    break
+                if fd is not None:  # a reply to a take we stopped waiting for
+                    os.close(fd)
+        if scope.cancelled_caught:
+            self.kill()
+            self.broken = WorkerError(self.index, self.pid, f"did not answer {t!r} within {wait:.1f} s; killed it")
+            raise self.broken
         if msg["t"] == "error":
             if fd is not None:
                 os.close(fd)
@@ -115,9 +138,22 @@ class WorkerChannel:
             raise WorkerError(self.index, self.pid, f"failed {t!r}: {text}")
         return msg, fd
 
+    def close(self) -> None:
+        if self.sock is not None:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
     def kill(self) -> None:
         if self.proc.returncode is None:
             try:
                 self.proc.kill()
             except ProcessLookupError:
                 pass
+
+
+async def _acquire(lock: trio.Lock) -> None:
+    """Take a free lock without a trip through the scheduler (trio.Lock.acquire always yields)."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()

@@ -72,7 +72,7 @@ class Coordinator:
             raise
         finally:
             theirs.close()
-        w = WorkerChannel(i, proc, trio.socket.from_stdlib_socket(ours))
+        w = WorkerChannel(i, proc, ours)
         self._workers.append(w)
         with trio.move_on_after(START_TIMEOUT):
             hello = await w.next_message("start")
@@ -99,7 +99,7 @@ class Coordinator:
             if w.proc.returncode is None:
                 w.kill()
                 await w.proc.wait()
-            w.sock.close()
+            w.close()
             for fd in w.fds:
                 os.close(fd)
 
@@ -214,9 +214,12 @@ class Coordinator:
             except (KeyError, TypeError) as e:
                 raise WorkerError(i, w.pid, f"answered 'fire' with malformed stats: {e}") from None
 
-        async with fan_out() as nursery:
-            for i in involved:
-                nursery.start_soon(one, i)
+        if len(involved) == 1:
+            await one(involved[0])  # no nursery, no task: the common case of one worker costs less
+        else:
+            async with fan_out() as nursery:
+                for i in involved:
+                    nursery.start_soon(one, i)
         self.last_fire = total
         if total.planned != packed.n or total.sent + total.failed != packed.n:
             raise WorkerError(-1, None, f"burst accounting broke: planned {packed.n}, workers saw "
