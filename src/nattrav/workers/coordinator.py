@@ -19,7 +19,7 @@ import trio
 from ..core.packed import Burst, BurstStats, Hit, PackedBurst, RecvStats
 from ..core.pool import validate_open_args
 from ..errors import WorkerDied, WorkerError
-from .channel import WorkerChannel
+from .channel import WorkerChannel, request_all
 from .messages import encode
 from .process import WorkerProcess, fan_out
 
@@ -205,21 +205,13 @@ class Coordinator:
         wire = packed.to_wire()
         c_timeout_ms, reply_timeout = self._fire_timeout(packed)
         total = BurstStats()
-
-        async def one(i: int) -> None:
-            w = self._workers[i]
-            msg, _ = await w.request("fire", reply_timeout, burst=wire, timeout_ms=c_timeout_ms)
+        chans = [self._workers[i] for i in involved]
+        replies = await request_all(chans, "fire", reply_timeout, {"burst": wire, "timeout_ms": c_timeout_ms})
+        for w, (msg, _) in zip(chans, replies):
             try:
                 total.add(BurstStats(**msg["stats"]))
             except (KeyError, TypeError) as e:
-                raise WorkerError(i, w.pid, f"answered 'fire' with malformed stats: {e}") from None
-
-        if len(involved) == 1:
-            await one(involved[0])  # no nursery, no task: the common case of one worker costs less
-        else:
-            async with fan_out() as nursery:
-                for i in involved:
-                    nursery.start_soon(one, i)
+                raise WorkerError(w.index, w.pid, f"answered 'fire' with malformed stats: {e}") from None
         self.last_fire = total
         if total.planned != packed.n or total.sent + total.failed != packed.n:
             raise WorkerError(-1, None, f"burst accounting broke: planned {packed.n}, workers saw "
