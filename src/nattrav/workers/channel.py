@@ -48,7 +48,7 @@ class WorkerChannel:
         self.broken = err
         return err
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | memoryview) -> None:
         await _acquire(self.send_lock)
         try:
             view = memoryview(data)
@@ -96,7 +96,18 @@ class WorkerChannel:
         """Send one request (the caller holds req_lock); returns its id."""
         self.next_id += 1
         rid = self.next_id
-        data = encode(t, id=rid, **fields)
+        data = memoryview(encode(t, id=rid, **fields))
+        if not self.send_lock.locked():
+            # the common case: the whole request fits the socket buffer at once, and nothing can
+            # run between this check and the send, so no lock and no cancel scope are needed
+            try:
+                data = data[self.sock.send(data):]
+            except BlockingIOError:
+                pass
+            except OSError:
+                raise await self._died(t) from None
+            if not data:
+                return rid
         # half a message would wreck the stream for good: a request goes out whole or the worker
         # counts as hung, whatever cancellation arrives meanwhile (a shielded scope's own
         # deadline still applies)
