@@ -49,9 +49,10 @@ static int is_icmp_errno(int e)
 }
 
 /* A burst's TTL travels with each message as IP_TTL ancillary data (Linux >= 3.13) rather than as a
- * socket option: setting and restoring the option cost three syscalls a socket per burst (measured
- * ~0.75 us a socket, bench/results/burst-floor.md), the control message a few dozen instructions a
- * packet, and a socket's own TTL is never touched, so nothing needs restoring after an error. */
+ * socket option: reading, setting and restoring the option cost three syscalls a socket per burst
+ * (~1-1.3 us a socket on the development machine), the control message ~0.15-0.3 us a packet
+ * (bench/results/burst-floor.md), and a socket's own TTL is never touched, so nothing needs restoring
+ * after an error. */
 typedef union {
     struct cmsghdr align;
     char buf[CMSG_SPACE(sizeof(int))];
