@@ -320,15 +320,18 @@ def report(r: dict, workers_n: int) -> None:
                                           f"fire_{name}_bare_sendto_pps", f"fire_{name}_python_pps"))),
             ("  worker C loop alone (kpps)", kpps(f"fire_{name}_1worker_c_only_pps")),
             ("  1 worker/bare sendmmsg (goal >= 0.9)", g(f"fire_{name}_1worker_over_bare")),
-            ("  in CPU time: bare / fire, worker+coordinator (ms)",
+            ("  in CPU time (goal >= 0.9): bare / fire, worker+coordinator (ms)",
              f"{g(f'fire_{name}_1worker_over_bare_cpu')} ({g(f'fire_{name}_bare_cpu_ms', '{:.3f}')} / "
              f"{g(f'fire_{name}_1worker_cpu_ms', '{:.3f}')}, coordinator {g(f'fire_{name}_1worker_coord_cpu_ms', '{:.3f}')})"),
             ("  a fire's median wait for a CPU, worker+coordinator (ms)", g(f"fire_{name}_1worker_wait_ms", "{:.3f}")),
             ("  1 worker/Python", g(f"fire_{name}_1worker_over_python")),
-            (f"3 scaling {name}: {W} workers/1 (goal >= {0.8 * W:.1f})", g(f"scaling_{name}_{W}_over_1")),
+            # goal 3 is judged in CPU time: on 2 cores shared with other jobs the wall ratio says which
+            # jobs held the cores -- the bare loops' own wall ratio ranged 0.47-6.26 in one afternoon's
+            # runs (bench/results/burst-floor.md), so no wall goal can hold there
+            (f"3 scaling {name}: {W} workers/1, wall", g(f"scaling_{name}_{W}_over_1")),
             (f"  the kernel's own: {W} bare loops/1", g(f"scaling_{name}_bare_{W}_over_1")),
             (f"  workers' scaling / the kernel's own", g(f"scaling_{name}_{W}_over_bare_scaling")),
-            (f"  in CPU time (a free core each): {W} workers/1, {W} bare loops/1",
+            (f"  in CPU time (a free core each): {W} workers/1 (goal >= {0.8 * W:.1f}), {W} bare loops/1",
              f"{g(f'scaling_{name}_{W}_over_1_cpu')}, {g(f'scaling_{name}_bare_{W}_over_1_cpu')}"),
             (f"  {W} workers: a fire's CPU / wait for a CPU (ms)",
              f"{g(f'fire_{name}_{W}workers_cpu_ms', '{:.3f}')} / {g(f'fire_{name}_{W}workers_wait_ms', '{:.3f}')}"),
