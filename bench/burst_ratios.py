@@ -48,7 +48,7 @@ def build_bare(tmp: str) -> str:
 
 
 def bare(exe: str, *args) -> dict:
-    out = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, check=True, timeout=900)
     return json.loads(out.stdout)
 
 
@@ -201,7 +201,7 @@ def goal_fire(exe: str, net: dict, r: dict, workers_n: int, reps: int, pin: bool
             # the kernel's own scaling: N bare loops at once, each with its share of the sockets
             procs = [subprocess.Popen([exe, *map(str, ("send", socks // workers_n, per, src_ip, dst, port0, "mmsg", reps + 1))],
                                       stdout=subprocess.PIPE, text=True) for _ in range(workers_n)]
-            outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+            outs = [json.loads(p.communicate(timeout=900)[0]) for p in procs]
             r[f"scaling_{name}_bare_{workers_n}_over_1"] = (
                 sum(o["packets"] for o in outs) / (max(o["ns"] for o in outs) / 1e9)) / bare_mm
             # in CPU time: one loop's CPU for all the packets over the busiest of the N loops' CPU for

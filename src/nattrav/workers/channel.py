@@ -2,8 +2,9 @@
 a deadline, a dead or hung worker turned into WorkerDied / WorkerError instead of a hang.
 
 The socket is a plain non-blocking one, tried first and waited on (trio.lowlevel) only when it would
-block: a fire's round trip then passes through Trio's scheduler about twice instead of six times
-(trio.socket and trio.Lock yield on every call), which was half the coordinator's CPU time a fire
+block, and free locks are taken without a yield: a fire's round trip then yields to Trio only to wait
+for the reply, not at every socket call and lock (trio.socket and trio.Lock checkpoint on each), which
+cut the coordinator's Python calls a fire from ~620 to ~180 and its instructions by more than half
 (bench/results/burst-floor.md)."""
 
 from __future__ import annotations
