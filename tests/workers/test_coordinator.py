@@ -179,6 +179,22 @@ async def test_a_hung_worker_fails_a_two_worker_fire_and_the_other_stays_in_step
     sink.close()
 
 
+async def test_fires_reach_the_owners_of_sockets_opened_in_several_calls():
+    # each open_sockets call splits its sockets into one block a worker; a fire asks exactly the
+    # workers whose blocks its index range meets, and the shares still add up
+    sink = make_sink()
+    port = sink.getsockname()[1]
+    async with open_coordinator(2) as coord:
+        await coord.open_sockets(4, "127.0.0.1")
+        await coord.open_sockets(2, "127.0.0.1")
+        assert [coord.owner_of(i) for i in range(6)] == [0, 0, 1, 1, 0, 1]
+        for idx in ([4], [5], [1, 4], [0, 5], [3, 4, 5]):
+            n = await coord.fire(Burst(idx, "127.0.0.1", [port] * len(idx), [b"s%d" % i for i in idx]))
+            assert n == len(idx) == coord.last_fire.planned and coord.last_fire.failed == 0
+            assert sorted(d for d, _, _ in await collect(sink, len(idx))) == sorted(b"s%d" % i for i in idx)
+    sink.close()
+
+
 async def test_open_failure_is_all_or_nothing_and_reported():
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
