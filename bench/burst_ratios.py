@@ -364,6 +364,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
     ap.add_argument("--workers", type=int, default=psutil.cpu_count() or 1)
+    ap.add_argument("--reps", type=int, default=None,
+                    help="fires a case (x6 for the 1024x1 burst); default 5, 2 with --quick")
     ap.add_argument("--no-pin", action="store_true",
                     help="leave the workers unpinned (the API's default) instead of one CPU each")
     ap.add_argument("--json", help="also write the numbers here")
@@ -372,7 +374,10 @@ def main() -> int:
     if os.geteuid() != 0:
         print("burst_ratios: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
-    reps = 2 if args.quick else 5
+    reps = args.reps if args.reps else 2 if args.quick else 5
+    if not 1 <= reps <= 1000:
+        print("burst_ratios: --reps must be 1..1000", file=sys.stderr)
+        return 2
     r: dict = {"workers": args.workers, "netns_prefix": f"nt-bench-{os.getpid()}", "pinned": not args.no_pin}
     with tempfile.TemporaryDirectory() as tmp, sink_pair(r["netns_prefix"]) as net:
         exe = build_bare(tmp)
