@@ -374,7 +374,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("burst_ratios: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
-    reps = args.reps if args.reps else 2 if args.quick else 5
+    reps = args.reps if args.reps is not None else 2 if args.quick else 5
     if not 1 <= reps <= 1000:
         print("burst_ratios: --reps must be 1..1000", file=sys.stderr)
         return 2
