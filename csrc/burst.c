@@ -48,30 +48,24 @@ static int is_icmp_errno(int e)
            e == ENONET || e == EPROTO;
 }
 
-static int ttl_of(int fd)
-{
-    int v = -1;
-    socklen_t len = sizeof v;
-    if (getsockopt(fd, IPPROTO_IP, IP_TTL, &v, &len) < 0)
-        return -1;
-    return v;
-}
+/* A burst's TTL travels with each message as IP_TTL ancillary data (Linux >= 3.13) rather than as a
+ * socket option: reading, setting and restoring the option cost three syscalls a socket per burst
+ * (~1-1.3 us a socket on the development machine), the control message ~0.15-0.3 us a packet
+ * (bench/results/burst-floor.md), and a socket's own TTL is never touched, so nothing needs restoring
+ * after an error. */
+typedef union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+} ttl_cmsg;
 
-/* Set (ttl > 0) or restore (from saved) IP_TTL on every socket the burst uses. */
-static int apply_ttl(const int *fdmap, const uint8_t *used, int nfd, int ttl, int *saved, int restore)
+static void ttl_cmsg_init(ttl_cmsg *c, int ttl)
 {
-    int rc = 0;
-    for (int k = 0; k < nfd; k++) {
-        if (!used[k])
-            continue;
-        int v = restore ? saved[k] : ttl;
-        if (!restore)
-            saved[k] = ttl_of(fdmap[k]);
-        /* IP_TTL = -1 means "the route's default", which is what an untouched socket had */
-        if (setsockopt(fdmap[k], IPPROTO_IP, IP_TTL, &v, sizeof v) < 0 && !rc)
-            rc = -errno;
-    }
-    return rc;
+    memset(c, 0, sizeof *c);
+    struct cmsghdr *h = (struct cmsghdr *)c->buf;
+    h->cmsg_level = IPPROTO_IP;
+    h->cmsg_type = IP_TTL;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &ttl, sizeof ttl);
 }
 
 int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const uint8_t *ips,
@@ -105,8 +99,6 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
     if (!mine)
         return 0;
 
-    uint8_t *used = NULL;
-    int *saved = NULL;
     struct mmsghdr *msgs = malloc(sizeof *msgs * BATCH);
     struct iovec *iov = malloc(sizeof *iov * BATCH);
     struct sockaddr_in *sa = malloc(sizeof *sa * BATCH);
@@ -115,20 +107,9 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
         rc = -ENOMEM;
         goto out;
     }
-    if (ttl > 0) {
-        used = calloc(nfd ? nfd : 1, 1);
-        saved = calloc(nfd ? nfd : 1, sizeof *saved);
-        if (!used || !saved) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        for (int i = 0; i < n; i++)
-            if (fdmap[src[i]] >= 0)
-                used[src[i]] = 1;
-        rc = apply_ttl(fdmap, used, nfd, ttl, saved, 0);
-        if (rc)
-            goto restore;
-    }
+    ttl_cmsg ctl; /* read-only for the kernel, so every message of the burst shares it */
+    if (ttl > 0)
+        ttl_cmsg_init(&ctl, ttl);
 
     /* the share of a paced burst is paced at the same share of the rate, so N workers add up to it */
     double rate = rate_pps > 0 ? rate_pps * (double)mine / (double)n : 0;
@@ -164,12 +145,20 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
             sa[cnt].sin_port = htons(ports[j]);
             nt_msg_slot(&msgs[cnt], &iov[cnt], (void *)(payload + (size_t)stride * j), payload_len, &sa[cnt],
                         sizeof sa[cnt]);
+            if (ttl > 0) {
+                msgs[cnt].msg_hdr.msg_control = ctl.buf;
+                msgs[cnt].msg_hdr.msg_controllen = sizeof ctl.buf;
+            }
         }
         st->syscalls++;
-        /* one message (many sockets x 1 packet): sendto skips sendmmsg's per-call header copying */
-        int r = cnt == 1 ? (sendto(fd, iov[0].iov_base, iov[0].iov_len, 0, (struct sockaddr *)&sa[0],
-                                   sizeof sa[0]) >= 0 ? 1 : -1)
-                         : sendmmsg(fd, msgs, cnt, 0);
+        /* one message (many sockets x 1 packet): sendto/sendmsg skip sendmmsg's per-call header copying */
+        int r;
+        if (cnt > 1)
+            r = sendmmsg(fd, msgs, cnt, 0);
+        else if (ttl > 0)
+            r = sendmsg(fd, &msgs[0].msg_hdr, 0) >= 0 ? 1 : -1;
+        else
+            r = sendto(fd, iov[0].iov_base, iov[0].iov_len, 0, (struct sockaddr *)&sa[0], sizeof sa[0]) >= 0 ? 1 : -1;
         if (r > 0) {
             int64_t now = nt_now_ns();
             if (!st->sent)
@@ -210,17 +199,9 @@ int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const ui
     }
     st->elapsed_ns = nt_now_ns() - t0;
     rc = (int)(st->sent > 0x7fffffff ? 0x7fffffff : st->sent);
-restore:
-    if (ttl > 0) {
-        int r2 = apply_ttl(fdmap, used, nfd, 0, saved, 1);
-        if (r2 && rc >= 0)
-            rc = r2;
-    }
 out:
     free(msgs);
     free(iov);
     free(sa);
-    free(used);
-    free(saved);
     return rc;
 }

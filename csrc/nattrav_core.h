@@ -48,8 +48,8 @@ int64_t nt_now_ns(void);
 /* Send packet i from fdmap[src[i]] to ips[i] (4 bytes each, network order; or one address for all when
  * ips_len == 4) port ports[i], payload payload[i*payload_len..] (or one payload for all when
  * payload_buf_len == payload_len). Packets whose fdmap entry is < 0 belong to another worker and are
- * skipped. rate_pps > 0 paces this table's share at rate_pps * share/n. ttl > 0 sets IP_TTL on the used
- * sockets for the burst and restores it after. EAGAIN/ENOBUFS are waited out until timeout_ms. Returns
+ * skipped. rate_pps > 0 paces this table's share at rate_pps * share/n. ttl > 0 sends every packet with
+ * that IP TTL (ancillary data: the sockets' own TTL stays as it was). EAGAIN/ENOBUFS are waited out until timeout_ms. Returns
  * packets sent (= st->sent) or -errno. */
 int nt_burst_send(const int *fdmap, int nfd, const int32_t *src, int n, const uint8_t *ips,
                   int ips_len, const uint16_t *ports, const uint8_t *payload, int payload_buf_len,

@@ -80,6 +80,25 @@ def test_burst_ttl_is_really_set_then_restored(cls, sink):
         assert settle(rx, 1)[0][2] == 9
 
 
+def test_c_burst_ttl_travels_with_each_packet_and_leaves_the_socket_option_alone(sink):
+    # the C core sends a burst's TTL as IP_TTL ancillary data: one packet a socket goes by sendmsg,
+    # several by sendmmsg, and the socket's own TTL (9 here) is what getsockopt reads all along
+    rx, port = sink
+    with SocketPool(2, "127.0.0.1", ttl=9) as pool:
+        views = [socket.socket(fileno=fd) for fd in pool.fds]
+        try:
+            st = pool.send_burst(Burst([0, 1, 1, 1], "127.0.0.1", [port] * 4, [b"a0", b"b1", b"b2", b"b3"], ttl=4))
+            assert (st.sent, st.syscalls) == (4, 2)
+            got = sorted(settle(rx, 4))
+            assert [(d, t) for d, _, t in got] == [(b"a0", 4), (b"b1", 4), (b"b2", 4), (b"b3", 4)]
+            assert [v.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) for v in views] == [9, 9]
+            pool.send_burst(Burst([0, 1, 1], "127.0.0.1", [port] * 3, b"own"))
+            assert [t for _, _, t in settle(rx, 3)] == [9, 9, 9]
+        finally:
+            for v in views:
+                v.detach()
+
+
 @pytest.mark.parametrize("cls", POOLS)
 def test_permanent_errors_are_counted_not_lost(cls, sink):
     rx, port = sink

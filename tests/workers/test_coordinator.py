@@ -158,6 +158,43 @@ async def test_hung_worker_is_detected_and_killed():
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+async def test_a_hung_worker_fails_a_two_worker_fire_and_the_other_stays_in_step():
+    # both requests go out before either reply is awaited: the live worker sends its share, the hung
+    # one is killed at the deadline, and the live worker's channel stays usable (its next reply is the
+    # next fire's, not a stale one)
+    sink = make_sink()
+    port = sink.getsockname()[1]
+    async with open_coordinator(2, reply_timeout=0.5) as coord:
+        await coord.open_sockets(4, "127.0.0.1")
+        assert [coord.owner_of(i) for i in range(4)] == [0, 0, 1, 1]
+        hung = coord.worker_pids[1]
+        os.kill(hung, signal.SIGSTOP)
+        with pytest.raises(WorkerError) as info:
+            await coord.fire(Burst([0, 2], "127.0.0.1", [port] * 2, [b"live", b"hung"]))
+        assert "did not answer 'fire'" in str(info.value) and info.value.pid == hung
+        assert [d for d, _, _ in await collect(sink, 1, timeout=1)] == [b"live"]
+        assert await coord.fire(Burst([0, 1, 1], "127.0.0.1", [port] * 3, [b"a", b"b", b"c"])) == 3
+        assert coord.last_fire.planned == 3 and coord.last_fire.syscalls == 2
+        assert sorted(d for d, _, _ in await collect(sink, 3)) == [b"a", b"b", b"c"]
+    sink.close()
+
+
+async def test_fires_reach_the_owners_of_sockets_opened_in_several_calls():
+    # each open_sockets call splits its sockets into one block a worker; a fire asks exactly the
+    # workers whose blocks its index range meets, and the shares still add up
+    sink = make_sink()
+    port = sink.getsockname()[1]
+    async with open_coordinator(2) as coord:
+        await coord.open_sockets(4, "127.0.0.1")
+        await coord.open_sockets(2, "127.0.0.1")
+        assert [coord.owner_of(i) for i in range(6)] == [0, 0, 1, 1, 0, 1]
+        for idx in ([4], [5], [1, 4], [0, 5], [3, 4, 5]):
+            n = await coord.fire(Burst(idx, "127.0.0.1", [port] * len(idx), [b"s%d" % i for i in idx]))
+            assert n == len(idx) == coord.last_fire.planned and coord.last_fire.failed == 0
+            assert sorted(d for d, _, _ in await collect(sink, len(idx))) == sorted(b"s%d" % i for i in idx)
+    sink.close()
+
+
 async def test_open_failure_is_all_or_nothing_and_reported():
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
