@@ -101,15 +101,15 @@ def test_batch_accepts_what_the_handshake_accepts_and_drops_the_rest(sha):
         if got.event is Event.DATA:
             ref_payloads.append(got.payload)
 
-    fb = FrameBatch([tx.getsockname()], key=b._recv_key, n=16)  # several batches, a DEFER in one
-    window = b._replay
+    fb = FrameBatch([tx.getsockname()], key=b.receive_key, n=16)  # several batches, a DEFER in one
+    window = b.replay_window
     b.rejected = 0
     payloads, events = drain(fb, rx, window, b)
     assert payloads == ref_payloads
     assert events == [Event.CLOSE]
     assert b.closed
     # the window after: the same counters seen as the Python one's
-    assert (window.top, window.bits) == (b_ref._replay.top, b_ref._replay.bits)
+    assert (window.top, window.bits) == (b_ref.replay_window.top, b_ref.replay_window.bits)
     rx.close(), tx.close(), other.close()
 
 
@@ -121,9 +121,9 @@ def test_summary_counts_rejections_and_counters():
     bad[HEADER] ^= 0xFF  # payload changed, tag kept
     for d in [frames[0], frames[1], bytes(bad), frames[3], frames[1], frames[4]]:
         tx.sendto(d, rx.getsockname())
-    fb = FrameBatch([tx.getsockname()], key=b._recv_key)
+    fb = FrameBatch([tx.getsockname()], key=b.receive_key)
     assert fb.recv(rx) == 6
-    stop, payloads, s = fb.open(0, b._replay)
+    stop, payloads, s = fb.open(0, b.replay_window)
     assert stop == 6 and len(payloads) == 4
     assert (s.data, s.rejected, s.data_bytes) == (4, 2, 400)
     assert (s.first_counter, s.high_counter, s.last_counter) == (1, 5, 5)
@@ -135,11 +135,11 @@ def test_window_far_jump_and_old_counters():
     a, b = pair()
     rx, tx, _ = sockets()
     early = a.data(b"early")
-    a._counter += 5000
+    a.reserve(5000)
     late = a.data(b"late")
     for d in (late, early):
         tx.sendto(d, rx.getsockname())
-    fb = FrameBatch([tx.getsockname()], key=b._recv_key)
+    fb = FrameBatch([tx.getsockname()], key=b.receive_key)
     fb.recv(rx)
     w = ReplayWindow()
     _, payloads, s = fb.open(0, w)
@@ -167,7 +167,8 @@ def test_sealed_frames_are_what_the_handshake_would_send(sha):
     buf = bytearray(n * flen)
     for i in range(n):
         buf[i * flen + HEADER : i * flen + HEADER + size] = bytes([i]) * size
-    seal(MacKey(a._send_key), 2, buf, flen, n)
+    assert a.reserve(n) == 2
+    seal(MacKey(a.send_key), 2, buf, flen, n)
     for i in range(n):
         frame = bytes(buf[i * flen : (i + 1) * flen])
         got = b.receive(frame, 0)
@@ -175,7 +176,7 @@ def test_sealed_frames_are_what_the_handshake_would_send(sha):
         assert b.last_counter == 2 + i
     # the same bytes Python would build for counter 2
     a2 = Handshake(KEY, "first", a.nonce)
-    a2._counter = 1
+    a2.reserve(1)
     assert a2.data(bytes([0]) * size) == bytes(buf[:flen])
 
 
@@ -192,12 +193,12 @@ def test_defer_stops_at_handshake_frames_only():
     hello = a.hello(123)
     for d in (a.data(b"1"), hello, a.data(b"2")):
         tx.sendto(d, rx.getsockname())
-    fb = FrameBatch([tx.getsockname()], key=b._recv_key)
+    fb = FrameBatch([tx.getsockname()], key=b.receive_key)
     fb.recv(rx)
-    stop, payloads, _ = fb.open(0, b._replay)
+    stop, payloads, _ = fb.open(0, b.replay_window)
     assert stop == 1 and payloads == [b"1"] and fb._kinds[1] == DEFER
     assert fb.frame(1) == hello
     assert struct.unpack_from(">Q", hello, 4)[0] == 1  # older than the DATA before it: still fresh
-    stop, payloads, _ = fb.open(2, b._replay)
+    stop, payloads, _ = fb.open(2, b.replay_window)
     assert stop == 3 and payloads == [b"2"]
     rx.close(), tx.close()

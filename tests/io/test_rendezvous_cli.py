@@ -103,8 +103,11 @@ async def test_clients_across_processes_get_a_common_start_time(server_process):
             got["a"] = await a.connect("bob", timeout=5)
         sa, sb = got["a"], got["b"]
         assert sa.key == sb.key
-        assert abs(sa.start_at - sb.start_at) < 0.02
-        assert 1.0 < sa.start_in() <= 2.02  # the mapping errs by at most half a round trip
+        # Trio's clocks differ by a random offset of up to hours, so agreeing within a quarter of a
+        # second proves the mapping; the mapping errs by half a round trip, which a loaded machine
+        # stretches far past loopback's usual 0.1 ms (20 ms here failed at load 20).
+        assert abs(sa.start_at - sb.start_at) < 0.25
+        assert 1.0 - 0.25 < sa.start_in() <= 2.0 + 0.25
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]

@@ -136,3 +136,22 @@ def test_any_flipped_byte_of_a_real_frame_is_rejected(payload, pos):
     frame[pos % len(frame)] ^= 0x40
     with pytest.raises(BadPacket):
         b.receive(bytes(frame), 0)
+
+
+def test_reserved_counters_are_never_reused_and_batches_are_accounted():
+    """The C frame path seals with counters it reserves and checks against the shared window."""
+    a = Handshake(b"k" * 32, "first", b"n" * 8)
+    b = Handshake(b"k" * 32, "second", b"m" * 8)
+    assert a.reserve(3) == 1
+    assert a.reserve(0) == 4
+    frame = a.data(b"x")  # counter 4: after the reserved ones
+    assert b.receive(frame, 0).payload == b"x" and b.last_counter == 4
+    with pytest.raises(LocalProtocolError):
+        a.reserve(-1)
+    b.batch_checked(2, None)
+    assert b.rejected == 2 and b.last_counter == 4
+    b.batch_checked(0, 9)
+    assert b.last_counter == 9
+    # a batch checker that accepted counter 4 through the shared window makes receive() refuse it
+    assert not b.replay_window.check(4)
+    assert a.send_key == b.receive_key and a.receive_key == b.send_key

@@ -116,7 +116,7 @@ class PunchedPath:
             return out
         if self._frames is None:
             # the Handshake's key and window: its own receive() and these batches share the window
-            self._frames = FrameBatch([self.peer_addr, *self.also], key=self.handshake._recv_key)
+            self._frames = FrameBatch([self.peer_addr, *self.also], key=self.handshake.receive_key)
         fb, hs = self._frames, self.handshake
         while not self.closed_by_peer:
             await recv_ready(self.sock, fb)
@@ -126,11 +126,9 @@ class PunchedPath:
             # shielded: a cancel half-way through would lose the batch's payloads (already read)
             with trio.CancelScope(shield=True):
                 while start < fb.count:
-                    stop, payloads, s = fb.open(start, hs._replay)
-                    if s.rejected:
-                        hs.rejected += s.rejected
+                    stop, payloads, s = fb.open(start, hs.replay_window)
+                    hs.batch_checked(s.rejected, s.last_counter if s.accepted else None)
                     if s.accepted:
-                        hs.last_counter = s.last_counter
                         self.counters.peer_frames(s.accepted, s.first_counter, s.high_counter)
                         self.counters.received(s.data_bytes, s.data)
                     out += [p for p in payloads if p]
@@ -165,9 +163,8 @@ class PunchedPath:
         if not OVERHEAD <= frame_len <= OVERHEAD + MAX_DATA:
             raise ValueError(f"frame_len must be {OVERHEAD}..{OVERHEAD + MAX_DATA}, got {frame_len}")
         if self._send_mac is None:
-            self._send_mac = MacKey(self.handshake._send_key)
-        first = self.handshake._counter + 1
-        self.handshake._counter += n  # the counters are spent whether or not the frames go out
+            self._send_mac = MacKey(self.handshake.send_key)
+        first = self.handshake.reserve(n)
         seal(self._send_mac, first, frames, frame_len, n)
 
     async def aclose(self) -> None:

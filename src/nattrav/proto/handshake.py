@@ -208,6 +208,39 @@ class Handshake:
         self.closed = True
         return self._frame(FrameType.CLOSE, b"")
 
+    # -- batches: frames sealed and checked elsewhere (the C path of core/frames.py) --------------
+
+    @property
+    def send_key(self) -> bytes:
+        """The MAC key of this side's frames, for a sealer that takes counters with reserve()."""
+        return self._send_key
+
+    @property
+    def receive_key(self) -> bytes:
+        """The MAC key of the peer's frames, for a batch checker that shares replay_window."""
+        return self._recv_key
+
+    @property
+    def replay_window(self) -> ReplayWindow:
+        """The one replay window of this side: a batch checker must update this object, not a copy,
+        or a frame accepted in a batch could be accepted again by receive()."""
+        return self._replay
+
+    def reserve(self, n: int) -> int:
+        """Spend n counters for frames sealed outside this object; returns the first. They are spent
+        whether or not the frames go out: a counter is never used twice."""
+        if n < 0:
+            raise LocalProtocolError(f"cannot reserve {n} counters")
+        first = self._counter + 1
+        self._counter += n
+        return first
+
+    def batch_checked(self, rejected: int, last_counter: int | None) -> None:
+        """Account for a batch checked against receive_key and replay_window."""
+        self.rejected += rejected
+        if last_counter is not None:
+            self.last_counter = last_counter
+
     # -- receiving ------------------------------------------------------------------------------
 
     def authenticate(self, data: bytes | bytearray | memoryview) -> Frame:
