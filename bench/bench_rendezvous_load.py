@@ -348,9 +348,15 @@ def rss_kb(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
+    return sum(cpu_user_sys(pid))
+
+
+def cpu_user_sys(pid: int) -> tuple[float, float]:
+    """CPU seconds in user space (Python) and in the kernel (the syscalls; on loopback a send also
+    runs the receiver's side of TCP)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_delay(pid: int) -> tuple[float, int]:
@@ -581,6 +587,7 @@ def run(args) -> dict:
         if attack is not None:
             watched["attacker"] = attack
         cpu0 = {k: cpu_s(p.pid) for k, p in watched.items()}
+        server_us0 = cpu_user_sys(server.pid)
         wait0 = {k: run_delay(p.pid) for k, p in watched.items()}
         idle0, wall0 = machine_idle_s(), time.perf_counter()
         if args.profile:
@@ -594,6 +601,7 @@ def run(args) -> dict:
             renice([p.pid for p in procs if p.poll() is None], 0)
             niced += ", restored after the connects"
         cpu_phase = {k: round(cpu_s(p.pid) - cpu0[k], 2) for k, p in watched.items()}
+        server_us = [round(b - a, 2) for a, b in zip(server_us0, cpu_user_sys(server.pid))]
         wait1 = {k: run_delay(p.pid) for k, p in watched.items()}
         wait_phase = {k: round(wait1[k][0] - wait0[k][0], 2) for k in watched}
         # the mean wait each time the process became runnable: a connect crosses the initiator, the
@@ -650,6 +658,8 @@ def run(args) -> dict:
         "connects": args.connects, "burst": result["burst"], "paced": result["paced"],
         "paced_over_s": args.paced, "dropped_peers": dropped,
         "connect_phase_s": round(wall, 2), "connect_phase_cpu_s": cpu_phase,
+        "connect_phase_server_user_sys_s": server_us,
+        "server_cpu_per_connect_us": round(1e6 * cpu_phase["server"] / (2 * args.connects)),
         "connect_phase_run_queue_s": wait_phase, "connect_phase_wait_per_wakeup_ms": wait_each, "server_loop": loop, "server_loop_paced": loop_paced, "keys": args.keys,
         "loadavg": open("/proc/loadavg").read().split()[:3], "server_src": args.server_src, "nice": args.nice, "niced": niced,
         "connect_phase_machine_idle": round(idle_share, 3), "server_garbage_at_exit": garbage_at_exit, "attack": attack_stats,
@@ -686,6 +696,9 @@ def report(out: dict) -> None:
     cpu = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_cpu_s"].items())
     print(f"  connect phase {out['connect_phase_s']:.2f} s: CPU {cpu}; the machine was idle "
           f"{100 * out['connect_phase_machine_idle']:.0f}% of the time (other load shares the cores)")
+    user, system = out["connect_phase_server_user_sys_s"]
+    print(f"  server CPU per connect {out['server_cpu_per_connect_us']} us ({2 * out['connects']} connects, "
+          f"keepalives and attack included; user {user:.2f} s, kernel {system:.2f} s)")
     wait = ", ".join(f"{k} {v:.2f} s ({out['connect_phase_wait_per_wakeup_ms'][k]:.2f} ms a wake-up)"
                      for k, v in out["connect_phase_run_queue_s"].items())
     print(f"  waiting for a CPU (runnable, not running) in that phase: {wait}; load average "
