@@ -348,9 +348,15 @@ def rss_kb(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
+    return sum(cpu_user_sys(pid))
+
+
+def cpu_user_sys(pid: int) -> tuple[float, float]:
+    """CPU seconds in user space (Python) and in the kernel (the syscalls; on loopback a send also
+    runs the receiver's side of TCP)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_delay(pid: int) -> tuple[float, int]:
@@ -377,7 +383,8 @@ class LoopTurns:
         # (start, seconds, CPU seconds, steps), perf_counter clock: a turn whose wall time is far above
         # its CPU time was preempted (the machine's doing), not slow
         self.turns: list[tuple[float, float, float, int]] = []
-        self.collections: list[tuple[float, int, float]] = []  # (start, generation, seconds) of each gc
+        # (start, generation, seconds, objects freed) of each garbage collection
+        self.collections: list[tuple[float, int, float, int]] = []
         self._start: float | None = None
         self._cpu = 0.0
         self._steps = 0
@@ -388,7 +395,8 @@ class LoopTurns:
         if phase == "start":
             self._gc_start = time.perf_counter()
         else:
-            self.collections.append((self._gc_start, info["generation"], time.perf_counter() - self._gc_start))
+            self.collections.append((self._gc_start, info["generation"], time.perf_counter() - self._gc_start,
+                                     info["collected"]))
 
     def after_io_wait(self, timeout: float) -> None:
         self._start = time.perf_counter()
@@ -410,13 +418,24 @@ def traced_server(turns_file: str, server_argv: list[str]) -> int:
     import nattrav.cli.server as cli
 
     turns = LoopTurns()
+    profile_file = os.environ.get("NATTRAV_BENCH_PROFILE")
+    if profile_file:  # --profile: the connect phase only, between SIGUSR1 and SIGUSR2 from the orchestrator
+        import cProfile
+
+        profiler = cProfile.Profile()
+        signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+        signal.signal(signal.SIGUSR2, lambda *_: (profiler.disable(), profiler.dump_stats(profile_file)))
     real_run = trio.run
     trio.run = lambda *a, **k: real_run(*a, instruments=[turns], **k)
     try:
         return cli.main(server_argv)
     finally:
+        # cyclic garbage nobody collected yet (the server's gc policy has unfrozen everything on its
+        # way out): what a policy that freezes survivors would leave for its periodic full collection
+        gc.unfreeze()
+        left = gc.collect()
         with open(turns_file, "w") as f:
-            json.dump({"turns": turns.turns, "collections": turns.collections}, f)
+            json.dump({"turns": turns.turns, "collections": turns.collections, "garbage_at_exit": left}, f)
 
 
 def loop_summary(trace: dict, t0: float, t1: float) -> dict:
@@ -427,15 +446,17 @@ def loop_summary(trace: dict, t0: float, t1: float) -> dict:
     c = sorted(x[1] for x in inside)
     n = sorted(x[2] for x in inside)
     long = [x for x in inside if x[0] > 0.010]
-    gcs = [(g, s) for start, g, s in trace["collections"] if t0 <= start <= t1]
+    gcs = [(g, s, freed) for start, g, s, freed in trace["collections"] if t0 <= start <= t1]
     return {"turns": len(d), "busy_s": round(sum(d), 3), "busy_cpu_s": round(sum(c), 3),
             "p50_ms": round(pct(d, 0.5) * 1e3, 2), "p99_ms": round(pct(d, 0.99) * 1e3, 2),
             "max_ms": round(d[-1] * 1e3, 2), "cpu_p99_ms": round(pct(c, 0.99) * 1e3, 2),
             "cpu_max_ms": round(c[-1] * 1e3, 2),
-            "over_10ms": len(long), "over_10ms_cpu_share": round(sum(x[1] for x in long) / max(1e-9, sum(x[0] for x in long)), 2),
+            "over_10ms": len(long), "over_20ms": sum(1 for x in inside if x[0] > 0.020),
+            "cpu_over_20ms": sum(1 for x in inside if x[1] > 0.020), "over_10ms_cpu_share": round(sum(x[1] for x in long) / max(1e-9, sum(x[0] for x in long)), 2),
             "steps_p50": pct(n, 0.5), "steps_p99": pct(n, 0.99), "steps_max": n[-1],
             "gc": {f"gen{g}": [sum(1 for x in gcs if x[0] == g), round(sum(x[1] for x in gcs if x[0] == g) * 1e3, 1),
-                               round(max([x[1] for x in gcs if x[0] == g], default=0) * 1e3, 1)] for g in range(3)}}
+                               round(max([x[1] for x in gcs if x[0] == g], default=0) * 1e3, 1),
+                               sum(x[2] for x in gcs if x[0] == g)] for g in range(3)}}
 
 
 def renice(pids: list[int], value: int) -> str:
@@ -498,7 +519,7 @@ def run(args) -> dict:
     server_argv = ["--listen", "127.0.0.1:0", "--json-log", "--max-connections", str(need + 2000),
                    "--stats-interval", "0"]
     turns_file = None
-    if args.trace_loop:
+    if args.trace_loop or args.profile:
         import tempfile
 
         fd, turns_file = tempfile.mkstemp(prefix="nattrav-loop-", suffix=".json")
@@ -509,6 +530,8 @@ def run(args) -> dict:
     env = None
     if args.server_src:  # the server (only) from another source tree: an A/B against a baseline
         env = {**os.environ, "PYTHONPATH": os.path.abspath(args.server_src)}
+    if args.profile:
+        env = {**(env or os.environ), "NATTRAV_BENCH_PROFILE": os.path.abspath(args.profile)}
     server = subprocess.Popen(
         launch, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -564,15 +587,21 @@ def run(args) -> dict:
         if attack is not None:
             watched["attacker"] = attack
         cpu0 = {k: cpu_s(p.pid) for k, p in watched.items()}
+        server_us0 = cpu_user_sys(server.pid)
         wait0 = {k: run_delay(p.pid) for k, p in watched.items()}
         idle0, wall0 = machine_idle_s(), time.perf_counter()
+        if args.profile:
+            server.send_signal(signal.SIGUSR1)
         send(active, "go")
         result = expect(active, "connects", 900)
         wall = time.perf_counter() - wall0
+        if args.profile:
+            server.send_signal(signal.SIGUSR2)
         if niced:
             renice([p.pid for p in procs if p.poll() is None], 0)
             niced += ", restored after the connects"
         cpu_phase = {k: round(cpu_s(p.pid) - cpu0[k], 2) for k, p in watched.items()}
+        server_us = [round(b - a, 2) for a, b in zip(server_us0, cpu_user_sys(server.pid))]
         wait1 = {k: run_delay(p.pid) for k, p in watched.items()}
         wait_phase = {k: round(wait1[k][0] - wait0[k][0], 2) for k in watched}
         # the mean wait each time the process became runnable: a connect crosses the initiator, the
@@ -611,12 +640,14 @@ def run(args) -> dict:
                     p.wait()
     server_err = server.stderr.read()
     loop = loop_paced = {}
+    garbage_at_exit = None
     if turns_file is not None:
         with open(turns_file) as f:
             trace = json.load(f)
         loop = loop_summary(trace, wall0, wall0 + wall)
         # the paced round alone (the burst's turns are a queue of a thousand connects by design)
         loop_paced = loop_summary(trace, wall0 + result["burst"]["seconds"], wall0 + wall)
+        garbage_at_exit = trace.get("garbage_at_exit")
         os.unlink(turns_file)
     tracebacks = server_err.count("Traceback")
     return {
@@ -627,9 +658,11 @@ def run(args) -> dict:
         "connects": args.connects, "burst": result["burst"], "paced": result["paced"],
         "paced_over_s": args.paced, "dropped_peers": dropped,
         "connect_phase_s": round(wall, 2), "connect_phase_cpu_s": cpu_phase,
+        "connect_phase_server_user_sys_s": server_us,
+        "server_cpu_per_connect_us": round(1e6 * cpu_phase["server"] / (2 * args.connects)),
         "connect_phase_run_queue_s": wait_phase, "connect_phase_wait_per_wakeup_ms": wait_each, "server_loop": loop, "server_loop_paced": loop_paced, "keys": args.keys,
         "loadavg": open("/proc/loadavg").read().split()[:3], "server_src": args.server_src, "nice": args.nice, "niced": niced,
-        "connect_phase_machine_idle": round(idle_share, 3), "attack": attack_stats,
+        "connect_phase_machine_idle": round(idle_share, 3), "server_garbage_at_exit": garbage_at_exit, "attack": attack_stats,
         "info_bytes": len(msgpack.packb(node_info(0, args.pad))), "server_alive": alive, "server_tracebacks": tracebacks, "cpus": os.cpu_count(), "fd_limit": fd_soft,
         "client_processes": 1 + len(holders),
     }
@@ -663,6 +696,9 @@ def report(out: dict) -> None:
     cpu = ", ".join(f"{k} {v:.2f} s" for k, v in out["connect_phase_cpu_s"].items())
     print(f"  connect phase {out['connect_phase_s']:.2f} s: CPU {cpu}; the machine was idle "
           f"{100 * out['connect_phase_machine_idle']:.0f}% of the time (other load shares the cores)")
+    user, system = out["connect_phase_server_user_sys_s"]
+    print(f"  server CPU per connect {out['server_cpu_per_connect_us']} us ({2 * out['connects']} connects, "
+          f"keepalives and attack included; user {user:.2f} s, kernel {system:.2f} s)")
     wait = ", ".join(f"{k} {v:.2f} s ({out['connect_phase_wait_per_wakeup_ms'][k]:.2f} ms a wake-up)"
                      for k, v in out["connect_phase_run_queue_s"].items())
     print(f"  waiting for a CPU (runnable, not running) in that phase: {wait}; load average "
@@ -674,13 +710,16 @@ def report(out: dict) -> None:
               f"{100 * lp['over_10ms_cpu_share']:.0f}% of their time); CPU a turn p99 {lp['cpu_p99_ms']:.2f} ms, "
               f"max {lp['cpu_max_ms']:.1f} ms; task steps a turn p50 {lp['steps_p50']}, p99 {lp['steps_p99']}, "
               f"max {lp['steps_max']}")
-        gcs = ", ".join(f"{g} {n}x {ms:.0f} ms (max {mx:.0f})" for g, (n, ms, mx) in lp["gc"].items())
-        print(f"  server garbage collections in that phase: {gcs}")
+        gcs = ", ".join(f"{g} {n}x {ms:.0f} ms (max {mx:.0f}, {freed} objects freed)"
+                        for g, (n, ms, mx, freed) in lp["gc"].items())
+        print(f"  server garbage collections in that phase: {gcs}; cyclic garbage left at exit: "
+              f"{out['server_garbage_at_exit']} objects")
     if out.get("server_loop_paced"):
         lp = out["server_loop_paced"]
-        gcs = ", ".join(f"{g} {n}x (max {mx:.0f} ms)" for g, (n, ms, mx) in lp["gc"].items())
+        gcs = ", ".join(f"{g} {n}x (max {mx:.0f} ms)" for g, (n, ms, mx, _) in lp["gc"].items())
         print(f"  paced round alone: turns p99 {lp['p99_ms']:.2f} ms, max {lp['max_ms']:.1f} ms "
-              f"({lp['over_10ms']} over 10 ms); CPU a turn max {lp['cpu_max_ms']:.1f} ms; task steps a turn max "
+              f"({lp['over_10ms']} over 10 ms, {lp['over_20ms']} over 20 ms; {lp['cpu_over_20ms']} over 20 ms "
+              f"of CPU); CPU a turn max {lp['cpu_max_ms']:.1f} ms; task steps a turn max "
               f"{lp['steps_max']}; collections {gcs}")
 
 
@@ -714,6 +753,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace-loop", action="store_true",
                     help="run the server's main with a Trio instrument timing each event-loop turn (a little "
                          "overhead per task step) and report the turns of the connect phase")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="run the server under cProfile during the connect phase and write its stats to FILE "
+                         "(read them with `python -m pstats FILE`; the profiler slows the server several-fold, "
+                         "so the latencies of such a run mean nothing)")
     ap.add_argument("--server-src", metavar="DIR",
                     help="run the server from this source tree (a directory holding the nattrav package, e.g. "
                          "a `git archive` of another commit's src/ with the C core copied in); the peers and "

@@ -200,3 +200,19 @@ def test_errors_echo_only_a_short_cut_of_attacker_data(body):
     assert act.msg["t"] == "error" and len(act.msg["message"]) <= 200
     assert isinstance(close, Close) and close.conn == 1
     encode(act.msg)  # fits a frame
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), msgpack_values, max_size=20),
+       st.dictionaries(st.text(min_size=1, max_size=8), msgpack_values, min_size=1, max_size=3))
+@FUZZ
+def test_packed_fields_are_spliced_into_the_same_map_the_plain_encoding_gives(plain, packed):
+    # encode() packs the plain fields in one call and splices the Packed ones after them: whatever
+    # the field count (a fixmap or a map16 header), the frame decodes to the message itself
+    from nattrav.proto.rendezvous.wire import Packed
+
+    msg = {**plain, **{k: Packed(msgpack.packb(v, use_bin_type=True)) for k, v in packed.items()}}
+    want = {**plain, **packed}
+    frame = encode(msg)
+    assert struct.unpack("!I", frame[:4])[0] == len(frame) - 4
+    got = msgpack.unpackb(frame[4:], raw=False, strict_map_key=False)
+    assert {k: repr(v) for k, v in got.items()} == {k: repr(v) for k, v in want.items()}  # (repr: NaN)

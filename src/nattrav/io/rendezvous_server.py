@@ -331,6 +331,21 @@ class _Dispatcher:
                     await trio.sleep(0)  # let the connections that are ready go first
 
 
+async def receive_plain(fd: int) -> bytes:
+    """The next bytes of a plain TCP connection (b"" at its end).
+
+    Waits for readability first, then reads once: SocketStream.receive_some tries the read first
+    (on a connection that has sent its frame that fails with an exception nearly every time, and
+    the wait follows anyway) and yields to the scheduler once more after a read that worked. This
+    wait is also the connection's yield between two reads: nobody can keep the loop to itself."""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, READ_SIZE)
+        except BlockingIOError:  # readiness reported but gone again: wait once more
+            continue
+
+
 async def serve_rendezvous(
     host: str | None,
     port: int,
@@ -396,7 +411,7 @@ async def serve_rendezvous(
                     while conn in state.conns:  # (checked before reading: a close we asked for needs no cancel)
                         if io.below_pause is not None:
                             await io.below_pause.wait()
-                        data = await stream.receive_some(READ_SIZE)
+                        data = await (stream.receive_some(READ_SIZE) if io.fd is None else receive_plain(io.fd))
                         if not data or conn not in state.conns:
                             break
                         try:

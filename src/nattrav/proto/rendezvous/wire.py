@@ -199,13 +199,33 @@ def _map_header(n: int) -> bytes:
     return bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack("!H", n)
 
 
+_PACKED_KEYS: dict[str, bytes] = {}  # field names that carry Packed values, as msgpack (a handful)
+
+
+def _packed_key(key: str) -> bytes:
+    data = _PACKED_KEYS.get(key)
+    if data is None:
+        data = msgpack.packb(key, use_bin_type=True)
+        if len(_PACKED_KEYS) < 64:
+            _PACKED_KEYS[key] = data
+    return data
+
+
 def encode(msg: dict) -> bytes:
     """Frame one message (the caller's own data: misuse is a LocalProtocolError)."""
     if type(msg) is dict and any(type(v) is Packed for v in msg.values()):
-        parts = [_map_header(len(msg))]
+        # The plain fields in one packb call (one call per field cost 3x the CPU: a session frame is
+        # sent twice per connect), then its map header swapped for one counting the Packed fields
+        # too, which follow as they are (a msgpack map's order means nothing).
+        plain = {k: v for k, v in msg.items() if type(v) is not Packed}
+        if len(msg) > 0xFFFF:
+            raise LocalProtocolError(f"a message of {len(msg)} fields")
+        head = msgpack.packb(plain, use_bin_type=True)
+        parts = [_map_header(len(msg)), memoryview(head)[1 if len(plain) < 16 else 3:]]
         for k, v in msg.items():
-            parts.append(msgpack.packb(k, use_bin_type=True))
-            parts.append(v.data if type(v) is Packed else msgpack.packb(v, use_bin_type=True))
+            if type(v) is Packed:
+                parts.append(_packed_key(k))
+                parts.append(v.data)
         body = b"".join(parts)
     else:
         body = msgpack.packb(msg, use_bin_type=True)
