@@ -17,11 +17,14 @@ import trio
 
 from nattrav.io.redis_link import open_redis_link
 from nattrav.io.rendezvous_client import open_rendezvous
-from nattrav.io.stun_client import run_transactions
+from nattrav.io.rendezvous_tls import client_context
+from nattrav.io.stun_client import binding, run_transactions
 from nattrav.proto.rendezvous.observe import observe_request, ticket_of
 from nattrav.proto.stun_client import Transaction
+from tests.conftest import free_port_pair
 from tests.instances import SERVER, instance
 from tests.redisd import free_port, running_redis
+from tests.secure_lab import self_signed
 
 KEEPALIVE_TIMEOUT = 3.0  # the peers' keepalive is a third of it: 1 s
 NAME = "w"  # the instance; its workers are registry members w-0 and w-1
@@ -176,3 +179,29 @@ async def test_peers_spread_over_the_workers_of_one_address_and_reach_each_other
         log = inst.log()
         assert any(r.get("logger") == "nattrav.rendezvous.workers" and "killed by SIGKILL" in r["msg"] for r in log)
         assert not any(r["level"] in ("error", "critical") for r in log), [r for r in log if r["level"] == "error"]
+
+
+async def test_stun_and_tls_in_every_worker(redisd, tmp_path):
+    # two IPs (RFC 5780) in every worker: a change-IP-and-port request leaves from the alternate
+    # socket of whichever worker its source port hashed to; the rendezvous link is TLS at each
+    cert, key = self_signed(tmp_path, "rv")
+    port, alt = free_port_pair()
+    with instance("--registry", redisd.url, "--processes", "2", "--instance", NAME, "--tls-cert", cert,
+                  "--tls-key", key, "--stun", "127.0.0.1,127.0.0.2", "--stun-ports", f"{port},{alt}") as inst:
+        tcp = {w.pid: {c.laddr.port for c in w.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+               for w in _workers(inst).values()}
+        assert all(ports >= {inst.addr[1], port, alt} for ports in tcp.values()), tcp
+        for _ in range(8):
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.bind(("127.0.0.1", 0))
+                r = await binding(s, ("127.0.0.1", port), timeout=3)
+                assert r.other_address == ("127.0.0.2", alt)
+                r = await binding(s, ("127.0.0.1", port), change_ip=True, change_port=True,
+                                  other_address=r.other_address, timeout=3)
+                assert r.source == ("127.0.0.2", alt)
+        tls = client_context(cert)
+        async with open_rendezvous(inst.addr, name="alice", tls=tls) as a, \
+                open_rendezvous(inst.addr, name="bob", tls=tls) as b:
+            sa, sb = await _session(a, b, "bob")
+            assert sa.key == sb.key
+        assert inst.stop() == 0

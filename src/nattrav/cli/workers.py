@@ -174,7 +174,10 @@ async def supervise(argv: list[str], n: int) -> int:
                 nursery.cancel_scope.cancel()
                 return
             backoff = BACKOFF_MIN if trio.current_time() - started > STABLE else backoff
-            log.warning("worker %d (pid %d) %s; starting it again in %.1f s", k, proc.pid, _ended(code), backoff)
+            # exit 0 is a worker stopped by a signal of its own: most often the one the whole process
+            # group got (Ctrl-C, systemd's default KillMode), and ours arrives within the backoff
+            (log.info if code == 0 else log.warning)(
+                "worker %d (pid %d) %s; starting it again in %.1f s", k, proc.pid, _ended(code), backoff)
             await trio.sleep(backoff)
             backoff = min(2 * backoff, BACKOFF_MAX)
             first = False
