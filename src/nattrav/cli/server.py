@@ -9,6 +9,8 @@ relay (the TURN REST scheme; the secret comes from a file or the environment, ne
 
 With --registry redis://HOST:PORT/DB (or NATTRAV_REGISTRY) several instances share one registry in
 Redis (io/redis_registry.py, docs/scale-out.md): a peer enrolled at one is reachable from the others.
+With --processes N (or NATTRAV_PROCESSES) one instance runs N worker processes on its ports
+(cli/workers.py): more peers than one process's descriptor limit, and more cores.
 
 Exit codes: 0 stopped by SIGINT/SIGTERM, 1 runtime failure (port in use, address not local, ...),
 2 bad command line.
