@@ -186,14 +186,7 @@ async def supervise(argv: list[str], n: int) -> int:
         async def on_signal():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
-                    stopping[0] = True
-                    _terminate(procs)
-                    with trio.move_on_after(STOP_GRACE):
-                        for proc in list(procs.values()):
-                            await proc.wait()
-                    for proc in procs.values():
-                        if proc.returncode is None:
-                            proc.kill()
+                    stopping[0] = True  # (the workers are stopped below, once the nursery is done)
                     nursery.cancel_scope.cancel()
                     return
 
@@ -207,7 +200,8 @@ async def supervise(argv: list[str], n: int) -> int:
             except OSError:
                 pass
         log.info("%d worker processes serving: pids %s", n, ", ".join(str(p.pid) for p in procs.values()))
-    # cancelled: reap whatever is left (a worker that outlives us would hold the port)
+    # a signal or a failed first start: stop every worker (one that outlived us would hold the port),
+    # SIGTERM first, SIGKILL for those still there after STOP_GRACE
     with trio.CancelScope(shield=True):
         _terminate(procs)
         with trio.move_on_after(STOP_GRACE):
