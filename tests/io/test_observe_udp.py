@@ -11,7 +11,7 @@ import trio
 
 from nattrav.api.endpoint import peer_udp_ips
 from nattrav.api.udp import _sample
-from nattrav.io.observe_udp import serve_observer, ticket_clock
+from nattrav.io.observe_udp import serve_observer
 from nattrav.io.rendezvous_client import open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.io.stun_client import run_transactions
@@ -48,7 +48,7 @@ async def test_the_peer_learns_where_the_server_saw_our_punch_socket(nursery):
         assert got.observed is not None and got.samples
         addr, ticket = got.observed
         assert addr == sock.getsockname()[:2]
-        check_ticket(state.observe_key, list(addr), ticket, ticket_clock())
+        check_ticket(state.observe_key, list(addr), ticket, trio.current_time())
         async with open_rendezvous(rv) as a, open_rendezvous(rv, name="bob") as b:
             sessions = {}
 

@@ -40,6 +40,8 @@ async def serve_observer(host: str | None, port: int, key: bytes, *, task_status
     cancelled. ``task_status.started`` gets the responder (its stats). ``reuse_port``: share the port
     with the instance's other processes (SO_REUSEPORT; they share ``key``)."""
     responder = responder if responder is not None else ObserveResponder(key)
+    # one process alone keeps Trio's clock (as before); workers of one instance need the host's
+    clock = ticket_clock if reuse_port else trio.current_time
     bind = host or "0.0.0.0"
     wildcard = bind == "0.0.0.0" and IP_PKTINFO is not None  # (else: answers leave as the route says)
     with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
@@ -59,7 +61,7 @@ async def serve_observer(host: str | None, port: int, key: bytes, *, task_status
                     anc = []
             except OSError:
                 continue  # an ICMP error about an earlier answer: nothing to do
-            reply = responder.answer(data, src, ticket_clock())
+            reply = responder.answer(data, src, clock())
             if reply is None:
                 continue
             try:

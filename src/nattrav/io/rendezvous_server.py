@@ -394,7 +394,7 @@ async def serve_rendezvous(
     disp = _Dispatcher(state, write_timeout)
     ids = itertools.count(1)
     listeners = await (_shared_listeners(host, port) if reuse_port else trio.open_tcp_listeners(port, host=host))
-    state.ticket_clock_offset = ticket_clock() - trio.current_time()
+    state.ticket_clock_offset = ticket_clock() - trio.current_time() if reuse_port else 0.0
 
     async def handler(stream: trio.SocketStream, addr: tuple) -> None:
         # Closed with a plain close() at the end, not aclose_forcefully: that one skips TLS's goodbye
