@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
 """The rendezvous tier scaled out (issue 18): numbers, not asserts.
 
-    .venv/bin/python bench/bench_rendezvous_scaleout.py [--peers 100000] [--connects 10000] [--json FILE]
+    .venv/bin/python bench/bench_rendezvous_scaleout.py [--peers 100000] [--connects 10000] [--instances 3]
+                                                        [--processes 2] [--json FILE]
 
 Two tiers in one run, on loopback:
-- baseline: one nattrav-server with its in-memory registry;
-- scaled: --instances nattrav-server instances (3 by default) on one redis-server (started here, a
-  temporary directory, no persistence); peer i enrolls at instance i % N, and with --connects not a
-  multiple of N every initiator's target sits at another instance, so every offer and every accept
-  crosses instances through Redis (the instances' notice streams).
+- baseline: one nattrav-server (one process) with its in-memory registry;
+- scaled: --instances nattrav-server instances (3 by default), each served by --processes worker
+  processes on its port (2 by default: `nattrav-server --processes`, SO_REUSEPORT), on one
+  redis-server (started here, a temporary directory, no persistence); peer i enrolls at instance
+  i % N (the kernel picks the worker), and with --connects not a multiple of N every initiator's
+  target sits at another instance, so every offer and every accept crosses instances through Redis
+  (the workers' notice streams); within an instance, half of them cross workers the same way.
 
-Every enrolled peer holds one TCP connection, so one descriptor in its instance: a process may hold
+Every enrolled peer holds one TCP connection, so one descriptor in its process: a process may hold
 RLIMIT_NOFILE's hard limit (20,000 on the machine this was written on, without CAP_SYS_RESOURCE to
 raise it). The baseline then gets at most that many peers (and as many connects per peer as the
-scaled tier), measured at the same size as the scaled tier too (`--equal`), and 100,000 peers need
-6 instances: that one process cannot hold them is the point of scaling out.
+scaled tier), measured at the same size as the scaled tier too (`--equal`); 100,000 peers over 3
+instances need 2 processes each: that one process cannot hold them is the point of scaling out.
 
 Peers are raw protocol clients (one TCP connection each, enroll with a real node info, answer every
 offer), spread over --clients processes and over 127.1.x.y source addresses (100 per address: under
@@ -47,6 +50,7 @@ import sys
 import tempfile
 import time
 
+import psutil
 import trio
 
 HERE = os.path.abspath(__file__)
@@ -234,8 +238,8 @@ def redis_info(port: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in redis_cmd(port, "INFO", "memory").splitlines() if ":" in line)
 
 
-def start_instances(n: int, peers: int, registry: str | None,
-                    profile: str | None = None) -> list[tuple[subprocess.Popen, tuple[str, int]]]:
+def start_instances(n: int, peers: int, registry: str | None, profile: str | None = None,
+                    processes: int = 1) -> list[tuple[subprocess.Popen, tuple[str, int]]]:
     out = []
     for k in range(n):
         # --profile DIR: each instance under cProfile, its stats written to DIR when it stops
@@ -246,7 +250,9 @@ def start_instances(n: int, peers: int, registry: str | None,
                 "--max-connections", str(peers + 1000), "--max-per-source", str(PER_ADDRESS + 10),
                 "--max-peers", str(peers + 1000)]
         if registry:
-            argv += ["--registry", registry]
+            argv += ["--registry", registry, "--instance", f"bench{k}"]
+        if processes > 1:  # its workers are registry members bench{k}-0, bench{k}-1, ...
+            argv += ["--processes", str(processes)]
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         host, port = json.loads(p.stdout.readline())["address"].rsplit(":", 1)
         out.append((p, (host, int(port))))
@@ -265,18 +271,30 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def tier_pids(instances: list[tuple[subprocess.Popen, tuple[str, int]]]) -> dict[int, str]:
+    """Every process of the tier, named: instance k ("i0"), and its workers ("i0w1") if it has some
+    (the supervisor tags each in its environment)."""
+    out = {}
+    for k, (p, _) in enumerate(instances):
+        out[p.pid] = f"i{k}"
+        for c in psutil.Process(p.pid).children():
+            tag = c.environ().get("NATTRAV_WORKER_OF", ":?")
+            out[c.pid] = f"i{k}w{tag.split(':')[1]}"
+    return out
+
+
 def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port: int | None, peers: int,
-             connects: int, redis_pid: int | None = None) -> dict:
+             connects: int, redis_pid: int | None = None, processes: int = 1) -> dict:
     if redis_port:
         redis_cmd(redis_port, "FLUSHALL")
-    instances = start_instances(n_instances, peers, registry, args.profile)
+    instances = start_instances(n_instances, peers, registry, args.profile, processes)
     servers = [addr for _, addr in instances]
     clients: list[subprocess.Popen] = []
     try:
         time.sleep(0.5)
         mem0 = int(redis_info(redis_port)["used_memory"]) if redis_port else 0
-        rss0 = sum(rss_kb(p.pid) for p, _ in instances)
-        pids = [p.pid for p, _ in instances]
+        pids = tier_pids(instances)
+        rss0 = sum(rss_kb(pid) for pid in pids)
 
         def cpu() -> tuple[float, float]:
             """CPU seconds so far of the instances, and of Redis: load-proof, unlike wall time."""
@@ -307,7 +325,13 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
         time.sleep(2.0)  # leases, heartbeats settle
         mem1 = int(redis_info(redis_port)["used_memory"]) if redis_port else 0
         keys = int(redis_cmd(redis_port, "DBSIZE")) if redis_port else 0
-        rss1 = sum(rss_kb(p.pid) for p, _ in instances)
+        rss_each = {pids[pid]: rss_kb(pid) for pid in sorted(pids, key=pids.get)}
+        rss1 = sum(rss_each.values())
+        # peers per worker (registry member): how evenly the kernel spread an instance's connections
+        members = {f"bench{k}-{j}" if processes > 1 else f"bench{k}": 0 for k in range(n_instances)
+                   for j in range(processes)} if redis_port else {}
+        for m in members:
+            members[m] = int(redis_cmd(redis_port, "SCARD", f"nattrav:i:{m}"))
         t1 = time.perf_counter()
         cpu2 = cpu()
         for c in clients:
@@ -324,20 +348,22 @@ def run_tier(name: str, n_instances: int, args, registry: str | None, redis_port
                 errors[k] = errors.get(k, 0) + v
             for k, v in r["accept_errors"].items():
                 accept_errors[k] = accept_errors.get(k, 0) + v
-        alive = all(p.poll() is None for p, _ in instances)
+        alive = all(p.poll() is None for p, _ in instances) and all(psutil.pid_exists(pid) for pid in pids)
         for c in clients:
             send(c, "quit")
     finally:
         stop(clients)
         stop([p for p, _ in instances])
     return {
-        "tier": name, "instances": n_instances, "peers": peers, "enrolled": enrolled, "client_processes": n_clients,
+        "tier": name, "instances": n_instances, "processes_per_instance": processes, "peers": peers, "enrolled": enrolled, "client_processes": n_clients,
         "enroll_failures": failures, "enroll_busy_retries": retries, "enroll_s": round(enroll_s, 2), "enroll_with_startup_s": round(started_s, 2), "enrolls_per_s": round(enrolled / enroll_s),
         "connects": connects, "sessions": len(lat), "connect_errors": errors, "accept_errors": accept_errors,
         "connect_wall_s": round(connect_wall, 2),
         "p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
         "max_ms": round(pct(lat, 1.0) * 1e3, 1),
         "instances_rss_per_peer_kb": round((rss1 - rss0) / max(1, enrolled), 2),
+        "process_rss_mb": {k: round(v / 1024, 1) for k, v in rss_each.items()},
+        "peers_per_member": members,
         "redis_used_memory_bytes": mem1 - mem0 if redis_port else None,
         "redis_bytes_per_peer": round((mem1 - mem0) / max(1, enrolled)) if redis_port else None,
         "redis_keys": keys if redis_port else None, "instances_alive": alive,
@@ -359,6 +385,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4, help="client processes")
     ap.add_argument("--parallel", type=int, default=64, help="enrolls in flight per client process")
     ap.add_argument("--instances", type=int, default=3, help="instances of the scaled tier")
+    ap.add_argument("--processes", type=int, default=2, help="worker processes per instance of the scaled tier")
     ap.add_argument("--equal", action="store_true",
                     help="also run the scaled tier at the baseline's size (when the baseline had to be smaller)")
     ap.add_argument("--only", choices=["memory", "redis"], help="run one tier only")
@@ -378,10 +405,12 @@ def main() -> None:
         raise SystemExit("--connects must be at most half of --peers (each initiator has its own target)")
     fd_limit = raise_fd_limit(args.peers + 2000)
     args.cap = fd_limit - 1500  # peers one process (an instance, a client) can hold
-    if -(-args.peers // args.instances) > args.cap:
-        raise SystemExit(f"{args.peers} peers over {args.instances} instances is more than {args.cap} connections "
-                         f"an instance can hold (RLIMIT_NOFILE {fd_limit}): use --instances "
-                         f"{-(-args.peers // args.cap)} or more")
+    # the kernel spreads an instance's connections over its workers by a hash: leave 5 % for the imbalance
+    per_process = -(-args.peers // (args.instances * args.processes))
+    if per_process * (1.05 if args.processes > 1 else 1) > args.cap:
+        raise SystemExit(f"{args.peers} peers over {args.instances} instances x {args.processes} processes is "
+                         f"{per_process} a process, more than the {args.cap} connections one can hold "
+                         f"(RLIMIT_NOFILE {fd_limit}): more --instances or --processes")
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
     base_peers = min(args.peers, args.cap)
@@ -411,10 +440,10 @@ def main() -> None:
                 url = f"redis://127.0.0.1:{port}/0"
                 if args.equal and base_peers < args.peers:
                     out["tiers"].append(run_tier("redis", args.instances, args, url, port, base_peers,
-                                                 base_connects, redis.pid))
+                                                 base_connects, redis.pid, args.processes))
                     print(json.dumps(out["tiers"][-1]), flush=True)
                 out["tiers"].append(run_tier("redis", args.instances, args, url, port, args.peers, args.connects,
-                                             redis.pid))
+                                             redis.pid, args.processes))
                 print(json.dumps(out["tiers"][-1]), flush=True)
             finally:
                 stop([redis])
@@ -427,7 +456,8 @@ def main() -> None:
 def report(out: dict) -> None:
     print(f"\nrendezvous scale-out: {out['cpus']} CPUs shared by every process (RLIMIT_NOFILE {out['fd_limit']} each)")
     for t in out["tiers"]:
-        print(f"  {t['tier']:<6} {t['instances']} instance(s), {t['client_processes']} client processes: "
+        print(f"  {t['tier']:<6} {t['instances']} instance(s) x {t['processes_per_instance']} process(es), "
+              f"{t['client_processes']} client processes: "
               f"{t['enrolled']}/{t['peers']} enrolled in "
               f"{t['enroll_s']} s = {t['enrolls_per_s']:,}/s; {t['sessions']}/{t['connects']} connects "
               f"p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms max {t['max_ms']} ms "
@@ -439,6 +469,8 @@ def report(out: dict) -> None:
               + f"; per connect: instances {t['instances_cpu_us_per_connect']} µs"
               + (f", Redis {t['redis_cpu_us_per_connect']} µs" if t["redis_cpu_us_per_connect"] is not None else "")
               + f" (load average {t['loadavg_before_after'][0]} -> {t['loadavg_before_after'][1]})")
+        print(f"         RSS per process (MB): {t['process_rss_mb']}"
+              + (f"; peers per worker: {t['peers_per_member']}" if t["peers_per_member"] else ""))
         if t["redis_bytes_per_peer"] is not None:
             print(f"         Redis used_memory +{t['redis_used_memory_bytes'] / 2**20:.1f} MiB = "
                   f"{t['redis_bytes_per_peer']} B per peer ({t['redis_keys']} keys)")

@@ -106,6 +106,19 @@ def test_bindings_persist_across_a_restart_and_a_damaged_file_is_refused(tmp_pat
         load_bindings(tmp_path / "state")
 
 
+def test_writers_sharing_a_state_dir_keep_each_others_bindings(tmp_path):
+    # the worker processes of one instance (--processes) load the same file, then each binds its own
+    alice, bob = Identity.generate(), Identity.generate()
+    w0 = Harness(names=load_bindings(tmp_path / "state"))
+    w1 = Harness(names=load_bindings(tmp_path / "state"))
+    assert key_enroll(w0, w0.open(), alice, "alice")["peer"] == "alice"
+    assert key_enroll(w1, w1.open(), bob, "bob")["peer"] == "bob"
+    assert json.loads((tmp_path / "state" / FILE_NAME).read_text())["names"] == {
+        "alice": alice.peer_id.key_bytes.hex(), "bob": bob.peer_id.key_bytes.hex()}
+    restarted = Harness(names=load_bindings(tmp_path / "state"))
+    assert key_enroll(restarted, restarted.open(), bob, "alice")["code"] == "name-taken"
+
+
 def test_a_binding_that_cannot_be_stored_is_not_made():
     def fail(_):
         raise OSError(28, "No space left on device")

@@ -9,6 +9,8 @@ relay (the TURN REST scheme; the secret comes from a file or the environment, ne
 
 With --registry redis://HOST:PORT/DB (or NATTRAV_REGISTRY) several instances share one registry in
 Redis (io/redis_registry.py, docs/scale-out.md): a peer enrolled at one is reachable from the others.
+With --processes N (or NATTRAV_PROCESSES) one instance runs N worker processes on its ports
+(cli/workers.py): more peers than one process's descriptor limit, and more cores.
 
 Exit codes: 0 stopped by SIGINT/SIGTERM, 1 runtime failure (port in use, address not local, ...),
 2 bad command line.
@@ -45,6 +47,8 @@ from ..proto.turn_rest import DEFAULT_TTL, MAX_TTL, MIN_TTL, TurnRest
 from . import keyfile
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from .version import add_version_flag
+from .workers import (MAX_PROCESSES, Worker, announce_ready, check_processes, fixed_port, processes_from,
+                      supervise, worker_from_parent)
 
 DEFAULT_LISTEN = "0.0.0.0:7000"
 log = logging.getLogger("nattrav.rendezvous")
@@ -65,8 +69,13 @@ examples:
                                                   one of several instances sharing a Redis registry;
                                                   enrolled peers are told these STUN servers
 
+  nattrav-server --registry redis://10.0.0.5:6379/0 --processes 4
+                                                  one instance, four worker processes on its ports
+                                                  (each holds its own peers: descriptors and a core)
+
 environment:
   NATTRAV_REGISTRY   the registry URL when --registry is not given (empty or "memory": in-process)
+  NATTRAV_PROCESSES  worker processes when --processes is not given (default 1)
 
 ports to open (firewall / security group):
   7000/tcp        rendezvous (--listen)
@@ -204,9 +213,15 @@ def turn_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None):
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
                "msg": record.getMessage()}
+        if self.worker is not None:
+            out["worker"] = self.worker
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:  # formatted already where it was logged (io.logsink)
@@ -278,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", metavar="URL",
                    help="shared registry of peers and offers: redis://HOST:PORT/DB, rediss://... or "
                         "unix:///path/redis.sock (default: $NATTRAV_REGISTRY, else this process's memory)")
+    p.add_argument("--processes", metavar="N",
+                   help=f"worker processes serving this instance's ports (1..{MAX_PROCESSES}, default "
+                        "$NATTRAV_PROCESSES, else 1): each holds its own peers, up to the per-process "
+                        "descriptor limit, on its own core; needs --registry (each worker is a member of "
+                        "the shared registry). --max-connections and --max-per-source count per process")
     p.add_argument("--instance", metavar="NAME",
                    help="this instance's name in the shared registry (default: random per start; two "
                         "live instances must never share one)")
@@ -317,10 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(json_log: bool, verbose: int) -> LogSink:
+def _setup_logging(json_log: bool, verbose: int, worker: int | None = None) -> LogSink:
     # a writer thread: a stalled or full log destination costs log lines, never the event loop
-    sink = LogSink(sys.stderr, JsonFormatter() if json_log else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s")).start()
+    tag = "" if worker is None else f"[worker {worker}]"
+    sink = LogSink(sys.stderr, JsonFormatter(worker) if json_log else logging.Formatter(
+        f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")).start()
     root = logging.getLogger("nattrav")
     root.handlers[:] = [sink]
     root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
@@ -361,26 +382,30 @@ def _stun_for_peers(args: argparse.Namespace, config: StunServerConfig | None) -
 
 async def run(args: argparse.Namespace, listen: tuple[str, int], config: StunServerConfig | None,
               turn: TurnRest | None = None, names: NameBindings | None = None,
-              tls: ssl.SSLContext | None = None) -> int:
-    """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1)."""
+              tls: ssl.SSLContext | None = None, worker: Worker | None = None) -> int:
+    """Serve until a signal (returns 0) or a startup failure (prints one line, returns 1).
+    `worker`: one of an instance's processes (cli/workers.py), with the secrets they share."""
     url = registry_url(args.registry)
     if url is None:
         return await _serve(args, listen, config, turn, None, names, tls)
     from ..io.redis_registry import open_redis_registry
+    instance = worker.instance(args.instance) if worker is not None else args.instance
     try:
-        async with open_redis_registry(url, instance=args.instance, retain=args.retain, max_peers=args.max_peers,
+        async with open_redis_registry(url, instance=instance, retain=args.retain, max_peers=args.max_peers,
                                        lease=max(600.0, 4 * args.keepalive_timeout)) as registry:
             log.info("registry %s, instance %s", url, registry.instance)
-            return await _serve(args, listen, config, turn, registry, names, tls)
+            return await _serve(args, listen, config, turn, registry, names, tls, worker)
     except RegistryUnavailable as exc:
         return _fail(str(exc))
 
 
 async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: StunServerConfig | None,
                  turn: TurnRest | None, registry, names: NameBindings | None = None,
-                 tls: ssl.SSLContext | None = None) -> int:
+                 tls: ssl.SSLContext | None = None, worker: Worker | None = None) -> int:
     failed: list[int] = []
     shared = {} if registry is None else {"registry": registry, "instance": registry.instance}
+    if worker is not None:
+        shared["observe_key"] = worker.observe_key
     relay = (lambda peer: turn.grant(peer, time.time()).to_wire()) if turn is not None else None
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
@@ -396,6 +421,8 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: Stun
                     return
 
         nursery.start_soon(on_signal)
+        if worker is not None:
+            nursery.start_soon(worker.watch_parent, nursery.cancel_scope)
 
         async def report_stats():
             # A long-lived server should say how it is doing without being asked.
@@ -422,7 +449,8 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: Stun
             reserve = 64 + (600 if config is not None else 0)
             bound = await nursery.start(lambda task_status: serve_rendezvous(
                 listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
-                ssl_context=tls, observe=not args.no_observe, task_status=task_status))
+                ssl_context=tls, observe=not args.no_observe, reuse_port=worker is not None,
+                task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:
@@ -457,6 +485,8 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: Stun
                 return EXIT_FAILURE
             _announce("stun", args.json_log, addresses=",".join(f"{ip}:{port}" for ip, port in srv.addresses),
                       layout=config.layout)
+        if worker is not None:
+            announce_ready()
     return failed[0] if failed else EXIT_OK
 
 
@@ -468,9 +498,22 @@ def _fail(message: str) -> int:
     return EXIT_FAILURE
 
 
+def _supervise(argv: list[str], listen: tuple[str, int], processes: int) -> int:
+    """The parent of `processes` workers (cli/workers.py), on a port fixed for all of them."""
+    host, port = listen
+    try:
+        port = fixed_port(host, port)
+    except OSError as exc:
+        return _fail(f"cannot listen on rendezvous {host}:{port}: {exc.strerror or exc}")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return trio.run(supervise, [*argv, "--listen", where], processes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    worker = worker_from_parent()
     try:
         listen = parse_hostport(args.listen, default_host="0.0.0.0", port_zero=True)
         ports = [p.strip() for p in args.stun_ports.split(",")]
@@ -501,12 +544,21 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--tls-cert and --tls-key go together")
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         names = load_bindings(args.state_dir) if args.state_dir else None
+        processes = 1 if worker is not None else processes_from(args.processes)
+        check_processes(processes, registry=registry_url(args.registry), stun_peer=args.stun_peer,
+                        instance=args.instance)
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    sink = _setup_logging(args.json_log, args.verbose)
+    sink = _setup_logging(args.json_log, args.verbose, worker.index if worker is not None else None)
     started = time.monotonic()
+    if worker is not None and config is not None:
+        config.reuse_port = True
+        config.cookie_key = worker.cookie_key  # a cookie one worker gave verifies at every other
     try:
-        code = trio.run(run, args, listen, config, turn, names, tls)
+        if processes > 1:
+            code = _supervise(argv, listen, processes)
+        else:
+            code = trio.run(run, args, listen, config, turn, names, tls, worker)
     except KeyboardInterrupt:
         code = EXIT_OK
     if code == 0:

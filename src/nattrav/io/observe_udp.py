@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import sys
+import time
 
 import trio
 
@@ -26,14 +27,26 @@ _ANC = socket.CMSG_SPACE(_PKTINFO.size)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
 
 
+def ticket_clock() -> float:
+    """The clock tickets' expiry is written in: CLOCK_MONOTONIC, one for every process of the host
+    (Trio's clock adds a random offset per run), so a ticket minted by one process of an instance
+    (--processes) verifies in another."""
+    return time.monotonic()
+
+
 async def serve_observer(host: str | None, port: int, key: bytes, *, task_status=trio.TASK_STATUS_IGNORED,
-                         responder: ObserveResponder | None = None) -> None:
+                         responder: ObserveResponder | None = None, reuse_port: bool = False) -> None:
     """Answer observation requests at host:port (UDP, IPv4; host None or "" is every address) until
-    cancelled. ``task_status.started`` gets the responder (its stats)."""
+    cancelled. ``task_status.started`` gets the responder (its stats). ``reuse_port``: share the port
+    with the instance's other processes (SO_REUSEPORT; they share ``key``)."""
     responder = responder if responder is not None else ObserveResponder(key)
+    # one process alone keeps Trio's clock (as before); workers of one instance need the host's
+    clock = ticket_clock if reuse_port else trio.current_time
     bind = host or "0.0.0.0"
     wildcard = bind == "0.0.0.0" and IP_PKTINFO is not None  # (else: answers leave as the route says)
     with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         await sock.bind((bind, port))
         if wildcard:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -48,7 +61,7 @@ async def serve_observer(host: str | None, port: int, key: bytes, *, task_status
                     anc = []
             except OSError:
                 continue  # an ICMP error about an earlier answer: nothing to do
-            reply = responder.answer(data, src, trio.current_time())
+            reply = responder.answer(data, src, clock())
             if reply is None:
                 continue
             try:
@@ -69,7 +82,7 @@ def _from_where_asked(anc: list) -> list:
     return []
 
 
-async def observe_beside(host: str | None, port: int, key: bytes) -> None:
+async def observe_beside(host: str | None, port: int, key: bytes, *, reuse_port: bool = False) -> None:
     """serve_observer() beside a rendezvous listener at host:port, if it can: the observation is an
     extra (clients fall back to the TCP connection's address), so a UDP port taken by something
     else, or an IPv6-only listener, is logged and left at that."""
@@ -79,7 +92,7 @@ async def observe_beside(host: str | None, port: int, key: bytes) -> None:
         log.info("no observation port beside an IPv6 listener (%s): peers are aimed at their TCP address", host)
         return
     try:
-        await serve_observer(host, port, key)
+        await serve_observer(host, port, key, reuse_port=reuse_port)
     except OSError as exc:
         log.warning("cannot answer observation requests on %s:%d/udp (%s): peers behind an address pool "
                     "may not be reachable", host or "0.0.0.0", port, exc.strerror or exc)

@@ -25,12 +25,13 @@ import os
 import ssl
 import resource
 import time
+from functools import partial
 
 import trio
 
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
 from ..errors import BadMessage, FdLimitError, LocalProtocolError, RegistryUnavailable
-from .observe_udp import observe_beside
+from .observe_udp import observe_beside, ticket_clock
 from ..proto.rendezvous import Close, ErrorCode, Relay, RendezvousServer, Send, encode, make, pack_notice, unpack_notice
 
 log = logging.getLogger("nattrav.rendezvous")
@@ -346,6 +347,32 @@ async def receive_plain(fd: int) -> bytes:
             continue
 
 
+async def _shared_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """trio.open_tcp_listeners' sockets, plus SO_REUSEPORT: the other processes of this instance
+    listen on the same port, each with its own accept queue (no lock, no thundering herd)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
+    out: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _name, addr in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(addr)
+                sock.listen(0xFFFF)  # the kernel clips it to somaxconn, as trio's own listeners do
+            except BaseException:
+                sock.close()
+                raise
+            out.append(trio.SocketListener(sock))
+    except BaseException:
+        for lst in out:
+            lst.socket.close()
+        raise
+    return out
+
+
 async def serve_rendezvous(
     host: str | None,
     port: int,
@@ -359,6 +386,7 @@ async def serve_rendezvous(
     write_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
     observe: bool = True,
+    reuse_port: bool = False,
     **state_options,
 ) -> None:
     """Run the rendezvous server forever on host:port (port 0 picks one).
@@ -370,7 +398,9 @@ async def serve_rendezvous(
     its soft value is raised to the hard one (``fd_reserve`` descriptors are left for the rest of the
     process); a connection beyond it gets a ``busy`` error and is closed. ``ssl_context``: serve
     over TLS (io/rendezvous_tls.py's server_context). ``observe``: answer punch sockets'
-    observation requests on the same port number over UDP (io/observe_udp.py).
+    observation requests on the same port number over UDP (io/observe_udp.py). ``reuse_port``: bind
+    both with SO_REUSEPORT, one of an instance's several processes (cli/workers.py): the kernel
+    spreads connections and datagrams over the processes bound there.
     """
     state = state if state is not None else RendezvousServer(**state_options)
     max_connections = fit_connections(max_connections, fd_reserve)
@@ -378,7 +408,8 @@ async def serve_rendezvous(
                        message=f"the server is full ({max_connections} connections)"))
     disp = _Dispatcher(state, write_timeout)
     ids = itertools.count(1)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await (_shared_listeners(host, port) if reuse_port else trio.open_tcp_listeners(port, host=host))
+    state.ticket_clock_offset = ticket_clock() - trio.current_time() if reuse_port else 0.0
 
     async def handler(stream: trio.SocketStream, addr: tuple) -> None:
         # Closed with a plain close() at the end, not aclose_forcefully: that one skips TLS's goodbye
@@ -485,5 +516,5 @@ async def serve_rendezvous(
         sockname = listeners[0].socket.getsockname()[:2]
         log.info("rendezvous server listening on %s:%d", *sockname)
         if observe:  # the same port number on UDP: where peers' punch sockets are seen (observe_udp.py)
-            nursery.start_soon(observe_beside, host, sockname[1], state.observe_key)
+            nursery.start_soon(partial(observe_beside, host, sockname[1], state.observe_key, reuse_port=reuse_port))
         task_status.started(tuple(sockname))

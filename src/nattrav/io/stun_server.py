@@ -205,12 +205,14 @@ class StunServer:
             self._control.close()
 
 
-def _bind(ip: str, port: int) -> socket.socket:
+def _bind(ip: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     try:
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         s.bind((ip, port))
@@ -241,7 +243,7 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
     try:
         for ip in config.local_ips:
             for port in config.ports:
-                s = _bind(config.bind_ip(ip), port)
+                s = _bind(config.bind_ip(ip), port, config.reuse_port)
                 at = (ip, s.getsockname()[1])  # the address clients see, not the one bound behind a 1:1 NAT
                 srv._socks[at] = s
                 srv.addresses.append(at)
@@ -251,7 +253,7 @@ def open_stun_server(config: StunServerConfig) -> StunServer:
                     limiter=srv.limiter,
                 )
         if config.peer:
-            srv._control = _bind(config.bind_ip(config.ip), config.control_port)
+            srv._control = _bind(config.bind_ip(config.ip), config.control_port, config.reuse_port)
     except BaseException:
         srv.close()
         raise

@@ -184,10 +184,12 @@ class StunTcpServer:
             await trio.aclose_forcefully(stream)
 
 
-def _listener(ip: str) -> trio.socket.SocketType:
+def _listener(ip: str, reuse_port: bool = False) -> trio.socket.SocketType:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     s = trio.socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one of an instance's several processes (StunServerConfig.reuse_port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return s
 
 
@@ -199,7 +201,7 @@ async def serve_stun_tcp(config: StunServerConfig, addresses: list[Address], *,
     listeners = []
     try:
         for ip, port in addresses:
-            s = _listener(ip)
+            s = _listener(ip, config.reuse_port)
             try:
                 await s.bind((config.bind_ip(ip), port))
                 s.listen(128)

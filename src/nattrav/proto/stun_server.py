@@ -70,6 +70,10 @@ class StunServerConfig:
     rate_burst: int = DEFAULT_RATE_LIMIT
     max_amplification: float = DEFAULT_MAX_AMPLIFICATION
     limiter_slots: int = 65536
+    # every socket bound with SO_REUSEPORT: one of an instance's several processes (nattrav-server
+    # --processes), each with the whole layout (a change-IP answer leaves from the alternate socket
+    # of whichever process got the request); they share cookie_key, and each limits sources alone
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.cookie_key is None:

@@ -113,6 +113,10 @@ class RendezvousServer:
         # the MAC key of observation tickets: io/observe_udp.py answers with it at the rendezvous
         # port (UDP), this front checks the tickets its peers hand back (observe.py)
         self.observe_key = observe_key if observe_key is not None else secrets.token_bytes(OBSERVE_KEY_BYTES)
+        # the tickets' clock minus `now`'s: the I/O layer mints tickets in a clock every process of
+        # an instance shares (several processes may serve one port, and any may mint a ticket that
+        # another checks), while `now` may be a clock of this process only
+        self.ticket_clock_offset = 0.0
         self.names = names if names is not None else NameBindings()
         self._relay = relay
         self.conns: dict[int, _Conn] = {}
@@ -413,7 +417,7 @@ class RendezvousServer:
             # recorded on the connection; the next info it publishes carries it (a client sends its
             # observations just before its info, in the same round trip)
             try:
-                seen = check_ticket(self.observe_key, msg["addr"], msg["ticket"], now)
+                seen = check_ticket(self.observe_key, msg["addr"], msg["ticket"], now + self.ticket_clock_offset)
                 if msg.get("fresh"):
                     # a new punch socket: the old one's addresses would read as one socket's flows
                     # spread over a pool (planner/udp.py's _scattered)
