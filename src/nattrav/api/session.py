@@ -119,20 +119,59 @@ async def _enrolled_and_opening(transport: Any, server_ep: Any, fallback_stun: t
                                 **enroll: Any) -> AsyncIterator[tuple[rv.RendezvousClient, Any, tuple[str, int]]]:
     """The rendezvous client, the task making our endpoint, and the STUN server it measures with.
 
-    A STUN server the caller named: the endpoint is made while we enroll. None: the enroll reply
-    names the tier's STUN servers (rotated per enrollment, so its first spreads the load) and the
-    endpoint waits for it; a tier that names none leaves `fallback_stun` (the rendezvous host)."""
+    The endpoint is made while we enroll. A STUN server the caller named is the one measured. None:
+    the enroll reply names the tier's STUN servers (rotated per enrollment, so its first spreads the
+    load), but waiting for it would put the rendezvous' three round trips (TCP, challenge, enroll)
+    in front of discovery; so discovery starts at once against `fallback_stun` (the rendezvous
+    host's STUN port) and is kept when the tier names that server too (or names none); otherwise it
+    is abandoned and started again against the tier's first."""
+    opener = (transport.open, o.src_ip, o.src_port, emit, o.behavior, cache, _first(server_ep))
     if o.stun is not None:
-        async with running(transport.open, fallback_stun, o.src_ip, o.src_port, emit, o.behavior, cache,
-                           _first(server_ep), unclaimed=transport.close) as opening:
+        async with running(_open_with, opener, fallback_stun, unclaimed=transport.close) as opening:
             async with rv.open_rendezvous(server_ep, **enroll) as client:
                 yield client, opening, fallback_stun
         return
-    async with rv.open_rendezvous(server_ep, **enroll) as client:
-        stun_ep = client.stun[0] if client.stun else fallback_stun
-        async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior, cache,
-                           _first(server_ep), unclaimed=transport.close) as opening:
-            yield client, opening, stun_ep
+    guess = trio.CancelScope()
+    async with running(_open_with, opener, fallback_stun, guess, unclaimed=transport.close) as guessed:
+        async with rv.open_rendezvous(server_ep, **enroll) as client:
+            stun_ep = _tier_stun(client.stun, fallback_stun)
+            if stun_ep == fallback_stun:
+                yield client, guessed, stun_ep
+                return
+            guess.cancel()  # the tier measures elsewhere: its server, not our guess
+            try:
+                stale = await guessed.result()
+            except Exception:  # the guess failed (nobody answers STUN there): nothing to close
+                stale = None
+            if stale is not None:
+                transport.close(stale)  # it finished before the reply came: its socket goes
+            emit("discovery-restart", {"stun": list(stun_ep), "guessed": list(fallback_stun)})
+            async with running(_open_with, opener, stun_ep, unclaimed=transport.close) as opening:
+                yield client, opening, stun_ep
+
+
+def _tier_stun(named: list[tuple[str, int]], fallback: tuple[str, int]) -> tuple[str, int]:
+    """The STUN server to measure with, given the tier's list from the enroll reply: the rendezvous
+    host's (`fallback`, measured since the start) when the tier lists it or lists none, else the
+    tier's first."""
+    if not named or any(_same_server(s, fallback) for s in named):
+        return fallback
+    return named[0]
+
+
+def _same_server(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    return a[1] == b[1] and a[0].lower() == b[0].lower()
+
+
+async def _open_with(opener: tuple, stun: tuple[str, int], scope: trio.CancelScope | None = None) -> Any:
+    """transport.open against `stun`; with `scope`, None once the scope is cancelled (a guess given up)."""
+    open_, *rest = opener
+    src_ip, src_port, emit, behavior, cache, observe = rest
+    if scope is None:
+        return await open_(stun, src_ip, src_port, emit, behavior, cache, observe)
+    with scope:
+        return await open_(stun, src_ip, src_port, emit, behavior, cache, observe)
+    return None
 
 
 async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook,
