@@ -50,6 +50,9 @@ class QuicSettings:
     congestion_control: str = "reno"
     drop_reasons: bool = False  # also count discarded packets by reason (costs ~5% of goodput)
     gso: bool = True  # hand runs of packets to the kernel in one call (UDP GSO), where it can
+    # client: yield the path only once the server's HANDSHAKE_DONE says it accepted our certificate
+    # (one path round trip later); False: as soon as our own check of the server passed (io/quic_path.py)
+    wait_confirmed: bool = False
 
     def __post_init__(self) -> None:
         if not self.idle_timeout > 0 or not self.handshake_timeout > 0 or not self.close_timeout >= 0:
