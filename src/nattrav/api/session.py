@@ -16,8 +16,6 @@ import trio
 from ..errors import ConnectError, PeerAuthError, UsageError, WrongPeer
 from ..io import rendezvous_client as rv
 from ..identity import Identity, PeerId
-from ..io.relay_path import RelayedPath
-from ..io.relay_stream import RelayedTcp
 from ..io.session import Session
 from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.nat_behavior import NatBehavior
@@ -27,8 +25,7 @@ from .behavior_cache import BehaviorCache
 from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
 from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
-from .secure import agree_as_initiator, agree_as_responder, expected_peer
-from .tcp import TcpTransport
+from .secure import agree_as_initiator, agree_as_responder, expected_peer, preload_secure
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
 from .timeline import Timeline
@@ -220,6 +217,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     identity = o.the_identity()
     if o.secure:
         as_peer_id_or_name(peer_id)
+        _preload()
     deadline = trio.current_time() + timeout
     rung: RelayRung | None = None
     try:
@@ -234,7 +232,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                     if getattr(transport, "relays", False):
                         # the ladder's last rung: an allocation offered beside our report
                         rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
-                                                    tcp=isinstance(transport, TcpTransport))
+                                                    tcp=not isinstance(transport, UdpTransport))
                     emit("rendezvous-connect", {"peer": peer_id})
                     kx = KeyAgreement()  # this session's own: the punch key is never the server's
                     info = {**node_info(ep.report, client.rtt), **relay.info(rung),
@@ -264,7 +262,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
 async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[Any]:
     """The path for the caller's block: a relayed one runs in the background and first waits for
     the peer through the relay (RelayError after `relay_wait` s), a punched one just closes after."""
-    if isinstance(path, (RelayedPath, RelayedTcp)):
+    if _relayed(path):
         async with path.open(relay_wait) as opened:
             emit("connected", {"peer": list(opened.peer_addr), "rtt_ms": round(opened.rtt * 1e3, 2),
                                "strategy": opened.strategy.value, "via": opened.via})
@@ -272,6 +270,16 @@ async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[
     else:
         async with path:
             yield path
+
+
+def _relayed(path: Any) -> bool:
+    """A relayed path (io/relay_path.py, io/relay_stream.py)? Their modules are imported only once
+    the ladder reaches the relay (api/relay.py), so a module not loaded yet made no such path."""
+    import sys
+
+    kinds = [getattr(sys.modules.get(module), name, None) for module, name in
+             (("nattrav.io.relay_path", "RelayedPath"), ("nattrav.io.relay_stream", "RelayedTcp"))]
+    return isinstance(path, tuple(k for k in kinds if k is not None))
 
 
 @asynccontextmanager
@@ -287,6 +295,15 @@ async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: I
             # the timings cover the handshake too; the raw path's summary() carries them as well
             clock.attach(secured)
             yield secured
+
+
+def _preload() -> None:
+    """The QUIC/TLS stack is needed only once the path is punched: a thread imports it meanwhile,
+    once per process (api/secure.py)."""
+    import sys
+
+    if "nattrav.io.quic_path" not in sys.modules:
+        preload_secure()
 
 
 def _first(server_ep: Any) -> tuple[str, int]:
@@ -334,6 +351,8 @@ async def connect_tcp(server: Server, peer_id: str, *, timeout: float = 30.0, pu
     (io/tls_frames.py's FramedTls: `peer_id`, `peer_key`, `punched`), or with secure=False the
     plain io.tcp_punch.PunchedStream (a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
     fewest predicted ports to cover (proto/planner/tcp.py); `options`: SessionOptions' keywords."""
+    from .tcp import TcpTransport  # imported by the TCP calls only (start-up time, issue 13)
+
     transport = TcpTransport(punch_timeout, window)
     async with _connect(transport, server, peer_id, timeout, SessionOptions(**options)) as stream:
         yield stream
@@ -463,6 +482,8 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
     server_ep, stun_ep = o.endpoints(server)
     cache = o.behavior_cache()
     identity = o.the_identity()
+    if o.secure:
+        _preload()
     async with _enrolled_and_opening(transport, server_ep, stun_ep, o, o.emit, cache, name=name, secret=secret,
                                      identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
         listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
@@ -495,6 +516,8 @@ async def listen_tcp(server: Server, *, name: str | None = None, secret: str | N
                      **options: Any) -> AsyncIterator[Listener]:
     """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP).
     Keywords as listen()'s, with connect_tcp()'s punch_timeout and window instead of coordinator."""
+    from .tcp import TcpTransport  # imported by the TCP calls only (start-up time, issue 13)
+
     transport = TcpTransport(punch_timeout, window)
     async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
         yield listener
