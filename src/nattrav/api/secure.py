@@ -26,7 +26,7 @@ from ..proto.rendezvous.names import as_peer_id
 from .endpoint import EventHook
 
 if TYPE_CHECKING:
-    from ..io.quic_conn import QuicSettings
+    from ..io.quic_settings import QuicSettings
     from ..io.quic_path import QuicPath
     from ..io.relay_path import RelayedPath
     from ..io.tls_frames import FramedTls
@@ -74,7 +74,7 @@ def keepalive_interval(lifetime: float | None) -> float:
 def quic_settings(lifetime: float | None = None, **overrides: Any) -> QuicSettings:
     """The path's QUIC settings: keepalives sized from the mapping lifetime (and below a third of
     the idle timeout, so the peer's silence means a dead path, not a quiet one)."""
-    from ..io.quic_conn import QuicSettings
+    from ..io.quic_settings import QuicSettings
     options: dict[str, Any] = {"idle_timeout": IDLE_TIMEOUT}
     options.update(overrides)
     if "keepalive_interval" not in overrides:
