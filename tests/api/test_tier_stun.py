@@ -44,8 +44,12 @@ async def test_the_tiers_stun_servers_are_used_when_the_caller_names_none(server
         rv = await nursery.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, stun=tier,
                                                                       task_status=task_status))
         seen_b, seen_a = await _pair(rv)
-        # the server rotates its list per enrollment: the two sides were given different first ones
-        assert len(seen_b) == len(seen_a) == 1 and {seen_b[0], seen_a[0]} == set(tier)
+        # discovery started at once against the rendezvous host's STUN port (a guess, before the
+        # enroll reply), then, the tier naming other servers, again against the tier's first; the
+        # server rotates its list per enrollment: the two sides were given different first ones
+        guess = ("127.0.0.1", 3478)
+        assert seen_b[0] == seen_a[0] == guess
+        assert len(seen_b) == len(seen_a) == 2 and {seen_b[1], seen_a[1]} == set(tier)
         nursery.cancel_scope.cancel()
 
 
@@ -57,4 +61,20 @@ async def test_a_stun_server_the_caller_names_wins(servers):
             "127.0.0.1", 0, stun=[("127.0.0.2", stun[1])], task_status=task_status))
         seen_b, seen_a = await _pair(rv, stun=stun)
         assert set(seen_b + seen_a) == {stun}
+        nursery.cancel_scope.cancel()
+
+
+async def test_discovery_started_before_the_enroll_reply_is_kept_when_the_tier_lists_it(servers, monkeypatch):
+    """The tier lists the rendezvous host's STUN server: the discovery started before the enroll
+    reply (against the rendezvous host's default STUN port) is the one kept, not run again."""
+    stun = servers["stun"]
+    monkeypatch.setattr("nattrav.api.endpoint.STUN_PORT", stun[1])  # the fixture's "default" port
+    async with trio.open_nursery() as nursery:
+        # listed second: the rotation may put the other first, the guess is kept all the same
+        tier = [("127.0.0.2", stun[1]), stun]
+        rv = await nursery.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, stun=tier,
+                                                                      task_status=task_status))
+        for _ in range(2):  # both rotations
+            seen_b, seen_a = await _pair(rv)
+            assert seen_b == seen_a == [stun]
         nursery.cancel_scope.cancel()

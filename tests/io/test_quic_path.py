@@ -182,11 +182,37 @@ async def test_client_refuses_a_server_that_is_not_the_expected_peer():
     assert isinstance(out["server"], HandshakeFailed) and "refused our certificate" in str(out["server"])
 
 
-async def test_server_refuses_a_client_that_is_not_the_expected_peer():
-    out = await handshake(MALLORY, BOB.peer_id, BOB, ALICE.peer_id)
+@pytest.mark.parametrize("wait_confirmed", [False, True])
+async def test_server_refuses_a_client_that_is_not_the_expected_peer(wait_confirmed):
+    settings = dataclasses.replace(FAST, wait_confirmed=wait_confirmed)
+    out = await handshake(MALLORY, BOB.peer_id, BOB, ALICE.peer_id, settings=settings)
     assert isinstance(out["server"], PeerAuthError) and out["server"].got == MALLORY.peer_id
-    # the client waits for HANDSHAKE_DONE, so it learns of the refusal from open_quic_path
+    # the client learns of the refusal from open_quic_path either way: at once when it waits for
+    # HANDSHAKE_DONE, else as the path it took as ready dies under its first read
     assert isinstance(out["client"], HandshakeFailed) and "refused our certificate" in str(out["client"])
+
+
+def _no_handshake_done(monkeypatch):
+    """The server never sends HANDSHAKE_DONE: aioquic's flag for it stays down."""
+    monkeypatch.setattr(quic_conn.Connection, "_handshake_done_pending",
+                        property(lambda self: False, lambda self, value: None), raising=False)
+
+
+async def test_the_client_is_ready_once_it_verified_the_server_without_waiting_for_handshake_done(monkeypatch):
+    _no_handshake_done(monkeypatch)
+    with trio.fail_after(10):
+        out = await handshake(ALICE, BOB.peer_id, BOB, ALICE.peer_id)
+    # both ends verified and exchanged their streams' ends though HANDSHAKE_DONE never came
+    assert out["client"].peer_id == BOB.peer_id and out["server"].peer_id == ALICE.peer_id
+    assert not out["client"]._conn.handshake_confirmed()
+
+
+async def test_wait_confirmed_makes_the_client_wait_for_handshake_done(monkeypatch):
+    _no_handshake_done(monkeypatch)
+    settings = dataclasses.replace(FAST, handshake_timeout=1.0, wait_confirmed=True)
+    with trio.fail_after(10):
+        out = await handshake(ALICE, BOB.peer_id, BOB, ALICE.peer_id, settings=settings)
+    assert isinstance(out["client"], HandshakeFailed) and "within 1 s" in str(out["client"])
 
 
 async def test_forged_certificate_claiming_the_expected_peer_is_refused(monkeypatch):
@@ -327,12 +353,16 @@ async def test_a_silent_peer_is_declared_dead_and_undelivered_data_is_an_error()
     sa, sb, rs = await udp_socket(), await udp_socket(), await udp_socket()
     relay = Relay(rs, sa.getsockname(), sb.getsockname())
     result = {}
+    server_open = trio.Event()
 
     async def client():
         try:
             async with open_quic_path(sa, rs.getsockname(), ALICE, BOB.peer_id, role="client",
                                       settings=settings) as path:
                 await path.stream.send_all(b"a" * 100_000)
+                # the client's path is ready before the server has its own (no wait for
+                # HANDSHAKE_DONE): go dark mid-transfer, not mid-handshake
+                await server_open.wait()
                 relay.blackhole = True
                 await path.stream.send_all(b"b" * 100_000)
         except PathDead as exc:
@@ -341,6 +371,7 @@ async def test_a_silent_peer_is_declared_dead_and_undelivered_data_is_an_error()
     async def server():
         async with open_quic_path(sb, rs.getsockname(), BOB, ALICE.peer_id, role="server",
                                   settings=settings) as path:
+            server_open.set()
             total = 0
             try:
                 while chunk := await path.stream.receive_some():

@@ -15,7 +15,6 @@ would get a new mapping (the reason a tool that closes its STUN socket before pu
 
 from .endpoint import EventHook, discover_behavior
 from .session import AcceptPolicy, Listener, SessionOptions, TcpListener, connect, connect_tcp, listen, listen_tcp
-from .tcp import TcpEndpoint, open_tcp_endpoint
 from .udp import Endpoint, open_endpoint, refresh_mappings
 
 __all__ = [
@@ -23,3 +22,12 @@ __all__ = [
     "connect_tcp", "discover_behavior", "listen", "listen_tcp", "open_endpoint", "open_tcp_endpoint",
     "refresh_mappings",
 ]
+
+
+def __getattr__(name: str):
+    # the TCP endpoint's module is imported on first use: a UDP connect does not pay for it (issue 13)
+    if name in ("TcpEndpoint", "open_tcp_endpoint"):
+        from . import tcp
+
+        return getattr(tcp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,19 +18,24 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..errors import RelayError
-from ..io.relay_path import RelayedPath
 from ..io.session import Session
-from ..io.relay_stream import RelayedTcp
-from ..io.turn import TurnLink, TurnTcpLink, allocate_tcp, allocate_udp
 from ..proto.report import NatReport
 from ..proto.stun_attrs import Address
 from ..proto.turn_rest import RelayGrant
 from .endpoint import EventHook
+
+if TYPE_CHECKING:
+    from ..io.relay_path import RelayedPath
+    from ..io.relay_stream import RelayedTcp
+    from ..io.turn import TurnLink, TurnTcpLink
+
+# the relayed paths and TURN are imported when a rung is used: most sessions never reach the relay,
+# and a cold start need not pay for them (issue 13)
 
 INFO_KEY = "relay"  # node info: [ip, port] of the asking side's relayed address
 RELAY_WAIT = 10.0  # seconds the relayed handshake may take (the relay is one RTT away)
@@ -53,6 +58,9 @@ class RelayRung:
              reason: str, emit: EventHook) -> RelayedPath:
         """The relayed path on our punch socket (it owns the socket, and the allocation, from now on).
         `why`: "infeasible" or "punch-failed"; `reason`: the planner's or the punch's words."""
+        from ..io.relay_path import RelayedPath
+        from ..io.turn import TurnTcpLink
+
         assert not isinstance(self.link, TurnTcpLink)
         self._announce(why, reason, emit)
         direct = [(peer_ip, peer_report.public[1])] if peer_report.public is not None else []
@@ -63,6 +71,9 @@ class RelayRung:
 
     def stream(self, session: Session, peer_ip: str, *, why: str, reason: str, emit: EventHook) -> RelayedTcp:
         """The relayed TCP stream (RFC 6062) to open; it owns the allocation from now on."""
+        from ..io.relay_stream import RelayedTcp
+        from ..io.turn import TurnTcpLink
+
         assert self.link is None or isinstance(self.link, TurnTcpLink)
         self._announce(why, reason, emit)
         rung = RelayedTcp(session.key, session.role, peer_ip=peer_ip, link=self.link, relayed=self.peer_relayed,
@@ -86,6 +97,8 @@ async def allocate(grant: RelayGrant | None, problem: str | None, src_ip: str | 
         if problem:
             emit("relay-note", {"note": problem})
         return None
+    from ..io.turn import allocate_tcp, allocate_udp
+
     try:
         link: TurnLink | TurnTcpLink = (await allocate_tcp(grant) if tcp
                                         else await allocate_udp(grant, local_ip=src_ip))

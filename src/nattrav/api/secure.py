@@ -14,21 +14,45 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadPacket, PeerAuthError, WrongPeer
 from ..identity import Identity, PeerId
 from ..io.path import PunchedPath, now_ns
-from ..io.quic_conn import QuicSettings
-from ..io.quic_path import ROLE_OF, QuicPath, open_quic_path
-from ..io.relay_path import RelayedPath
 from ..io.session import Session
-from ..io.tls_frames import FramedTls
-from ..io.tls_stream import open_tls_stream
 from ..proto.handshake import MAGIC as PUNCH_MAGIC
 from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.rendezvous.names import as_peer_id
 from .endpoint import EventHook
+
+if TYPE_CHECKING:
+    from ..io.quic_settings import QuicSettings
+    from ..io.quic_path import QuicPath
+    from ..io.relay_path import RelayedPath
+    from ..io.tls_frames import FramedTls
+
+# QUIC, TLS and the relay are imported where they are first used: aioquic and the X.509 stack are
+# a sixth of a cold process's start-up, and the rendezvous and discovery need none of them (issue
+# 13: preload_secure() has a thread import them while the first round trips are in flight)
+SECURE_STACK = ("aioquic.quic.connection", "aioquic.quic.configuration", "aioquic.tls", "cryptography.x509",
+                "nattrav.io.quic_path", "nattrav.io.tls_stream", "nattrav.io.tls_frames")
+
+
+def preload_secure(modules: tuple[str, ...] = SECURE_STACK) -> None:
+    """Import the secure stack in a daemon thread (the GIL is free while the main thread waits on the
+    network). The thread imports third-party modules first; a module the main thread asks for
+    meanwhile just waits for the thread's import of it to finish."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the main thread's own import will say what is wrong
+                return
+
+    threading.Thread(target=load, name="nattrav-preload", daemon=True).start()
 
 # A NAT forgets an idle UDP mapping after its lifetime: RFC 4787 asks for 2 minutes at least, but
 # home routers and CGNs are seen at 30 s and below (the lab's tests run 20 s and 8 s). The lifetime is
@@ -50,6 +74,7 @@ def keepalive_interval(lifetime: float | None) -> float:
 def quic_settings(lifetime: float | None = None, **overrides: Any) -> QuicSettings:
     """The path's QUIC settings: keepalives sized from the mapping lifetime (and below a third of
     the idle timeout, so the peer's silence means a dead path, not a quiet one)."""
+    from ..io.quic_settings import QuicSettings
     options: dict[str, Any] = {"idle_timeout": IDLE_TIMEOUT}
     options.update(overrides)
     if "keepalive_interval" not in overrides:
@@ -98,6 +123,9 @@ async def secure_udp(path: PunchedPath | RelayedPath, session: Session, identity
     Over a relayed path (io/relay_path.py) QUIC rides the path's own wire, which moves from the
     relay to a direct route underneath when one answers; the relayed path answers its own punch
     packets."""
+    from ..io.quic_path import ROLE_OF, open_quic_path
+    from ..io.relay_path import RelayedPath
+
     if isinstance(path, RelayedPath):
         async with open_quic_path(None, path.peer_addr, identity, expected, role=ROLE_OF[session.role.value],
                                   settings=settings, wire=path.quic_wire(path.counters)) as quic:
@@ -130,6 +158,10 @@ async def secure_tcp(stream: Any, session: Session, identity: Identity, expected
                      emit: EventHook) -> AsyncIterator[FramedTls]:
     """TLS 1.3 over the punched TCP stream, authenticated both ways, framed for half-close and
     delivery confirmation (io/tls_frames.py)."""
+    from ..io.quic_path import ROLE_OF
+    from ..io.tls_frames import FramedTls
+    from ..io.tls_stream import open_tls_stream
+
     tls = await open_tls_stream(stream, identity, expected, server_side=ROLE_OF[session.role.value] == "server")
     framed = FramedTls(tls)
     framed.peer_id, framed.punched = expected, stream
@@ -140,5 +172,5 @@ async def secure_tcp(stream: Any, session: Session, identity: Identity, expected
         await framed.aclose()
 
 
-__all__ = ["ASSUMED_LIFETIME", "agree_as_initiator", "agree_as_responder", "expected_peer", "keepalive_interval", "quic_settings", "secure_tcp",
-           "secure_udp"]
+__all__ = ["ASSUMED_LIFETIME", "SECURE_STACK", "agree_as_initiator", "agree_as_responder", "expected_peer",
+           "keepalive_interval", "preload_secure", "quic_settings", "secure_tcp", "secure_udp"]

@@ -16,8 +16,6 @@ import trio
 from ..errors import ConnectError, PeerAuthError, UsageError, WrongPeer
 from ..io import rendezvous_client as rv
 from ..identity import Identity, PeerId
-from ..io.relay_path import RelayedPath
-from ..io.relay_stream import RelayedTcp
 from ..io.session import Session
 from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.nat_behavior import NatBehavior
@@ -27,8 +25,7 @@ from .behavior_cache import BehaviorCache
 from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
 from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
-from .secure import agree_as_initiator, agree_as_responder, expected_peer
-from .tcp import TcpTransport
+from .secure import agree_as_initiator, agree_as_responder, expected_peer, preload_secure
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
 from .timeline import Timeline
@@ -119,20 +116,59 @@ async def _enrolled_and_opening(transport: Any, server_ep: Any, fallback_stun: t
                                 **enroll: Any) -> AsyncIterator[tuple[rv.RendezvousClient, Any, tuple[str, int]]]:
     """The rendezvous client, the task making our endpoint, and the STUN server it measures with.
 
-    A STUN server the caller named: the endpoint is made while we enroll. None: the enroll reply
-    names the tier's STUN servers (rotated per enrollment, so its first spreads the load) and the
-    endpoint waits for it; a tier that names none leaves `fallback_stun` (the rendezvous host)."""
+    The endpoint is made while we enroll. A STUN server the caller named is the one measured. None:
+    the enroll reply names the tier's STUN servers (rotated per enrollment, so its first spreads the
+    load), but waiting for it would put the rendezvous' three round trips (TCP, challenge, enroll)
+    in front of discovery; so discovery starts at once against `fallback_stun` (the rendezvous
+    host's STUN port) and is kept when the tier names that server too (or names none); otherwise it
+    is abandoned and started again against the tier's first."""
+    opener = (transport.open, o.src_ip, o.src_port, emit, o.behavior, cache, _first(server_ep))
     if o.stun is not None:
-        async with running(transport.open, fallback_stun, o.src_ip, o.src_port, emit, o.behavior, cache,
-                           _first(server_ep), unclaimed=transport.close) as opening:
+        async with running(_open_with, opener, fallback_stun, unclaimed=transport.close) as opening:
             async with rv.open_rendezvous(server_ep, **enroll) as client:
                 yield client, opening, fallback_stun
         return
-    async with rv.open_rendezvous(server_ep, **enroll) as client:
-        stun_ep = client.stun[0] if client.stun else fallback_stun
-        async with running(transport.open, stun_ep, o.src_ip, o.src_port, emit, o.behavior, cache,
-                           _first(server_ep), unclaimed=transport.close) as opening:
-            yield client, opening, stun_ep
+    guess = trio.CancelScope()
+    async with running(_open_with, opener, fallback_stun, guess, unclaimed=transport.close) as guessed:
+        async with rv.open_rendezvous(server_ep, **enroll) as client:
+            stun_ep = _tier_stun(client.stun, fallback_stun)
+            if stun_ep == fallback_stun:
+                yield client, guessed, stun_ep
+                return
+            guess.cancel()  # the tier measures elsewhere: its server, not our guess
+            try:
+                stale = await guessed.result()
+            except Exception:  # the guess failed (nobody answers STUN there): nothing to close
+                stale = None
+            if stale is not None:
+                transport.close(stale)  # it finished before the reply came: its socket goes
+            emit("discovery-restart", {"stun": list(stun_ep), "guessed": list(fallback_stun)})
+            async with running(_open_with, opener, stun_ep, unclaimed=transport.close) as opening:
+                yield client, opening, stun_ep
+
+
+def _tier_stun(named: list[tuple[str, int]], fallback: tuple[str, int]) -> tuple[str, int]:
+    """The STUN server to measure with, given the tier's list from the enroll reply: the rendezvous
+    host's (`fallback`, measured since the start) when the tier lists it or lists none, else the
+    tier's first."""
+    if not named or any(_same_server(s, fallback) for s in named):
+        return fallback
+    return named[0]
+
+
+def _same_server(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    return a[1] == b[1] and a[0].lower() == b[0].lower()
+
+
+async def _open_with(opener: tuple, stun: tuple[str, int], scope: trio.CancelScope | None = None) -> Any:
+    """transport.open against `stun`; with `scope`, None once the scope is cancelled (a guess given up)."""
+    open_, *rest = opener
+    src_ip, src_port, emit, behavior, cache, observe = rest
+    if scope is None:
+        return await open_(stun, src_ip, src_port, emit, behavior, cache, observe)
+    with scope:
+        return await open_(stun, src_ip, src_port, emit, behavior, cache, observe)
+    return None
 
 
 async def _punch(transport: Any, ep: Any, session: Session, ttl: int | None, emit: EventHook,
@@ -181,6 +217,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
     identity = o.the_identity()
     if o.secure:
         as_peer_id_or_name(peer_id)
+        _preload()
     deadline = trio.current_time() + timeout
     rung: RelayRung | None = None
     try:
@@ -195,7 +232,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                     if getattr(transport, "relays", False):
                         # the ladder's last rung: an allocation offered beside our report
                         rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
-                                                    tcp=isinstance(transport, TcpTransport))
+                                                    tcp=not isinstance(transport, UdpTransport))
                     emit("rendezvous-connect", {"peer": peer_id})
                     kx = KeyAgreement()  # this session's own: the punch key is never the server's
                     info = {**node_info(ep.report, client.rtt), **relay.info(rung),
@@ -225,7 +262,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
 async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[Any]:
     """The path for the caller's block: a relayed one runs in the background and first waits for
     the peer through the relay (RelayError after `relay_wait` s), a punched one just closes after."""
-    if isinstance(path, (RelayedPath, RelayedTcp)):
+    if _relayed(path):
         async with path.open(relay_wait) as opened:
             emit("connected", {"peer": list(opened.peer_addr), "rtt_ms": round(opened.rtt * 1e3, 2),
                                "strategy": opened.strategy.value, "via": opened.via})
@@ -233,6 +270,16 @@ async def _held(path: Any, relay_wait: float, emit: EventHook) -> AsyncIterator[
     else:
         async with path:
             yield path
+
+
+def _relayed(path: Any) -> bool:
+    """A relayed path (io/relay_path.py, io/relay_stream.py)? Their modules are imported only once
+    the ladder reaches the relay (api/relay.py), so a module not loaded yet made no such path."""
+    import sys
+
+    kinds = [getattr(sys.modules.get(module), name, None) for module, name in
+             (("nattrav.io.relay_path", "RelayedPath"), ("nattrav.io.relay_stream", "RelayedTcp"))]
+    return isinstance(path, tuple(k for k in kinds if k is not None))
 
 
 @asynccontextmanager
@@ -248,6 +295,15 @@ async def _secured(transport: Any, ep: Any, path: Any, session: Any, identity: I
             # the timings cover the handshake too; the raw path's summary() carries them as well
             clock.attach(secured)
             yield secured
+
+
+def _preload() -> None:
+    """The QUIC/TLS stack is needed only once the path is punched: a thread imports it meanwhile,
+    once per process (api/secure.py)."""
+    import sys
+
+    if "nattrav.io.quic_path" not in sys.modules:
+        preload_secure()
 
 
 def _first(server_ep: Any) -> tuple[str, int]:
@@ -295,6 +351,8 @@ async def connect_tcp(server: Server, peer_id: str, *, timeout: float = 30.0, pu
     (io/tls_frames.py's FramedTls: `peer_id`, `peer_key`, `punched`), or with secure=False the
     plain io.tcp_punch.PunchedStream (a trio.SocketStream plus peer_addr, rtt, strategy). `window`: the
     fewest predicted ports to cover (proto/planner/tcp.py); `options`: SessionOptions' keywords."""
+    from .tcp import TcpTransport  # imported by the TCP calls only (start-up time, issue 13)
+
     transport = TcpTransport(punch_timeout, window)
     async with _connect(transport, server, peer_id, timeout, SessionOptions(**options)) as stream:
         yield stream
@@ -424,6 +482,8 @@ async def _listen(transport: Any, server: Server, name: str | None, secret: str 
     server_ep, stun_ep = o.endpoints(server)
     cache = o.behavior_cache()
     identity = o.the_identity()
+    if o.secure:
+        _preload()
     async with _enrolled_and_opening(transport, server_ep, stun_ep, o, o.emit, cache, name=name, secret=secret,
                                      identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
         listener = Listener(client, transport, stun_ep, (o.src_ip, o.src_port), o.ttl, o.emit, o.behavior,
@@ -456,6 +516,8 @@ async def listen_tcp(server: Server, *, name: str | None = None, secret: str | N
                      **options: Any) -> AsyncIterator[Listener]:
     """Enroll with the rendezvous server and publish our TCP report; yields a Listener (TCP).
     Keywords as listen()'s, with connect_tcp()'s punch_timeout and window instead of coordinator."""
+    from .tcp import TcpTransport  # imported by the TCP calls only (start-up time, issue 13)
+
     transport = TcpTransport(punch_timeout, window)
     async with _listen(transport, server, name, secret, policy, SessionOptions(**options)) as listener:
         yield listener

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,7 +16,6 @@ from ..errors import BadReport, ConnectError, PlanError, PunchFailed, WorkerErro
 from ..io.interfaces import host_candidates
 from ..io.path import PunchedPath
 from ..io.punch import punch
-from ..io.relay_path import RelayedPath
 from ..io.session import Session
 from ..io.stun_client import run_transactions
 from ..proto.nat_behavior import NatBehavior
@@ -36,6 +35,9 @@ from .behavior_cache import BehaviorCache
 from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, peer_udp_ips, read_peer_report,
                        resolve, resolve_behavior)
 from .secure import quic_settings, secure_udp
+
+if TYPE_CHECKING:
+    from ..io.relay_path import RelayedPath
 
 WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker processes (C core)
 # An EIM mapping is the same for every destination: sampling it again before a session shows nothing

@@ -14,7 +14,6 @@ import math
 import ssl
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -27,40 +26,12 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, pu
 from ..errors import HandshakeFailed, PeerAuthError
 from ..identity import Identity, PeerId
 from ..proto.certs import issue_certificate, verify_peer_certificate
+from .quic_settings import QuicSettings
 
 ALPN = "nattrav/1"
 CID_LENGTH = 8
 BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42  # TLS alert bad_certificate, as a QUIC error
 APP_ERROR = 1  # our application error code: the application gave up (an exception, a cancel)
-
-
-@dataclass(frozen=True)
-class QuicSettings:
-    """Knobs of one path. Times in seconds."""
-
-    idle_timeout: float = 30.0  # no packet from the peer for this long: the path is dead
-    keepalive_interval: float | None = 10.0  # PING when we sent nothing for this long; None: never
-    handshake_timeout: float = 10.0
-    close_timeout: float = 10.0  # aclose() waits this long for the peer to acknowledge our data
-    max_datagram_size: int = 1232  # UDP payload; 1280 (IPv6 minimum MTU) - 48 bytes of headers
-    stream_window: int = 4 * 1024 * 1024  # bytes the peer may send ahead of what we read
-    connection_window: int = 16 * 1024 * 1024
-    send_buffer: int = 1024 * 1024  # bytes queued ahead of the congestion window before send_all waits
-    datagram_queue: int = 1024  # received datagrams held for receive_datagram(); more are dropped
-    congestion_control: str = "reno"
-    drop_reasons: bool = False  # also count discarded packets by reason (costs ~5% of goodput)
-    gso: bool = True  # hand runs of packets to the kernel in one call (UDP GSO), where it can
-
-    def __post_init__(self) -> None:
-        if not self.idle_timeout > 0 or not self.handshake_timeout > 0 or not self.close_timeout >= 0:
-            raise ValueError("timeouts must be positive")
-        if self.keepalive_interval is not None and not 0 < self.keepalive_interval < self.idle_timeout:
-            raise ValueError("keepalive_interval must be positive and below idle_timeout "
-                             "(else an idle path dies between keepalives)")
-        if not 1200 <= self.max_datagram_size <= 65527:
-            raise ValueError("max_datagram_size must be 1200..65527 (QUIC needs 1200)")
-        if min(self.stream_window, self.connection_window, self.send_buffer, self.datagram_queue) < 1:
-            raise ValueError("windows and queues must be positive")
 
 
 class _DropTrace(QuicLoggerTrace):

@@ -5,8 +5,16 @@ QUIC client, the "second" side the server. Both sides present key-bound certific
 (proto/certs.py) and the server requires the client's; right after the TLS handshake each side
 checks the peer's certificate against the peer ID it expects, before a byte is delivered or sent
 (aioquic has no verification hook inside the handshake; libp2p's TLS spec allows exactly this for
-the server side). The client also waits for the server's HANDSHAKE_DONE, so a client the server
-refused learns it from open_quic_path, not from a later read.
+the server side).
+
+The client's path is ready as soon as its own check of the server's certificate passed, as in TLS
+1.3 (its Finished goes out with its first data), not one path round trip later when the server's
+HANDSHAKE_DONE arrives. That is sound: what it sends is readable only by the verified peer, and the
+server takes none of it before it has checked the client's certificate (RFC 9001 §5.7: no 1-RTT
+data processed before the handshake completes; here, no event reaches the application before
+_check_peer). A server that refuses our key closes with bad_certificate: the path dies, and
+open_quic_path raises HandshakeFailed ("the peer refused our certificate") instead of the body's
+PathDead, as it did when the client waited. `QuicSettings.wait_confirmed` restores the wait.
 
 What the application gets (ALPN "nattrav/1"): one reliable byte stream each way (`path.stream`,
 io/quic_stream.py) and unreliable datagrams (RFC 9221). Liveness: a PING when nothing was sent for
@@ -35,8 +43,8 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import HandshakeFailed
 from ..identity import Identity, PeerId
-from .quic_conn import (APP_ERROR, Connection, QuicSettings, accept_initial, check_handshake, configuration,
-                        refusal_code, terminated_reason)
+from .quic_conn import (APP_ERROR, BAD_CERTIFICATE, Connection, QuicSettings, accept_initial, check_handshake,
+                        configuration, refusal_code, terminated_reason)
 from .quic_driver import Driver
 from .quic_stream import PathDead, QuicStream
 from .quic_wire import PeerSocket
@@ -76,6 +84,7 @@ class QuicPath:
         self._dead: str | None = None  # why the path ended
         self._error: HandshakeFailed | None = None
         self._authenticated = False
+        self._refused: str | None = None  # client: the server refused our certificate (refused_us)
         self._closing = False
         self._datagrams: deque[bytes] = deque()
 
@@ -206,9 +215,15 @@ class QuicPath:
                 f"within {self.settings.handshake_timeout:g} s")
 
     def _ready(self) -> bool:
-        # the client also waits for HANDSHAKE_DONE: proof that the server accepted its certificate
+        # a client with wait_confirmed also waits for HANDSHAKE_DONE: proof that the server
+        # accepted its certificate
         return self._authenticated and self._conn is not None and (
-            self.role == "server" or self._conn.handshake_confirmed())
+            self.role == "server" or not self.settings.wait_confirmed or self._conn.handshake_confirmed())
+
+    def refused_us(self) -> str | None:
+        """Client: why the server refused our certificate after we took the path as ready (the
+        close came before its HANDSHAKE_DONE), else None."""
+        return self._refused
 
     def _accept_first(self, data: bytes) -> bool:
         """Server: make the connection from the client's first Initial; False for anything else."""
@@ -246,7 +261,11 @@ class QuicPath:
             if isinstance(ev, events.ConnectionTerminated):
                 if ev.error_code == QuicErrorCode.NO_ERROR:
                     self.stream.on_bye(ev.reason_phrase)
-                self._die(terminated_reason(ev, self.settings.idle_timeout, self._driver.close_datagrams is not None))
+                reason = terminated_reason(ev, self.settings.idle_timeout, self._driver.close_datagrams is not None)
+                if (self.role == "client" and ev.error_code == BAD_CERTIFICATE and not conn.handshake_confirmed()
+                        and self._dead is None):
+                    self._refused = reason
+                self._die(reason)
             elif isinstance(ev, events.HandshakeCompleted):
                 self._check_peer(ev)
             elif not self._authenticated:
@@ -342,6 +361,9 @@ async def open_quic_path(sock: Any, peer_addr: tuple[str, int], identity: Identi
     if path._error is not None:
         raise path._error
     if body_error is not None:
+        if path._refused is not None and isinstance(body_error, (PathDead, trio.ClosedResourceError)):
+            # the path was ready before the server's verdict on our key (see the module's doc)
+            raise HandshakeFailed(f"QUIC handshake with {path.peer_id} failed: {path._refused}") from body_error
         raise body_error
 
 

@@ -10,34 +10,21 @@
 This package's public names are re-exported here: `from nattrav.proto.rendezvous import encode`.
 """
 
-from .clock import ClockMap, reconnect_delay, reported_rtt, start_margin
-from .memory import MemoryRegistry
-from .notices import notice, pack_notice, unpack_notice
-from .records import Close, Relay, Send, hash_secret, source_key
-from .registry import Answered, Ended, Enrolled, Home, Offered, Refusal, Registry
-from .server import RendezvousServer
-from .wire import (
-    CLIENT_MESSAGES,
-    HEADER,
-    KEY_BYTES,
-    MAX_DEPTH,
-    MAX_FRAME,
-    MAX_INFO,
-    MAX_INFO_OBJECTS,
-    MAX_MESSAGE,
-    NAME_RE,
-    SECRET_MAX,
-    SECRET_MIN,
-    SERVER_MESSAGES,
-    VERSION,
-    ErrorCode,
-    FrameDecoder,
-    Packed,
-    check_info,
-    decode_one,
-    encode,
-    make,
-)
+# Each name is imported from its module on first use (PEP 562): a client that needs only the wire
+# format and the clock does not pay for the server and the registry at start-up (issue 13).
+_WHERE = {
+    **dict.fromkeys(['ClockMap', 'reconnect_delay', 'reported_rtt', 'start_margin'], 'clock'),
+    **dict.fromkeys(['MemoryRegistry'], 'memory'),
+    **dict.fromkeys(['notice', 'pack_notice', 'unpack_notice'], 'notices'),
+    **dict.fromkeys(['Close', 'Relay', 'Send', 'hash_secret', 'source_key'], 'records'),
+    **dict.fromkeys(['Answered', 'Ended', 'Enrolled', 'Home', 'Offered', 'Refusal', 'Registry'], 'registry'),
+    **dict.fromkeys(['RendezvousServer'], 'server'),
+    **dict.fromkeys(['CLIENT_MESSAGES', 'HEADER', 'KEY_BYTES', 'MAX_DEPTH', 'MAX_FRAME', 'MAX_INFO',
+                     'MAX_INFO_OBJECTS', 'MAX_MESSAGE', 'NAME_RE', 'SECRET_MAX', 'SECRET_MIN', 'SERVER_MESSAGES',
+                     'VERSION', 'ErrorCode', 'FrameDecoder', 'Packed', 'check_info', 'decode_one', 'encode',
+                     'make'], 'wire'),
+}
+
 
 __all__ = [
     "CLIENT_MESSAGES", "HEADER", "KEY_BYTES", "MAX_DEPTH", "MAX_FRAME", "MAX_INFO", "MAX_INFO_OBJECTS",
@@ -47,3 +34,17 @@ __all__ = [
     "Answered", "Ended", "Enrolled", "Home", "MemoryRegistry", "Offered", "Refusal", "Registry", "Relay",
     "hash_secret", "notice", "pack_notice", "unpack_notice",
 ]
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
