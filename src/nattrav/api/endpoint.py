@@ -147,7 +147,7 @@ def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:
     """A report in the vocabulary's words: no NAT is Mapping.NONE for the planners."""
     mapping = Mapping.NONE if behavior.nat is False else behavior.mapping
     return NatReport(mapping=mapping, filtering=behavior.filtering, allocation=behavior.allocation,
-                     delta=behavior.delta, **fields)
+                     delta=behavior.delta, delta_doubt=behavior.delta_doubt, **fields)
 
 
 def node_info(report: NatReport, server_rtt: float) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class NatBehavior:
     filtering: Filtering | None = None
     allocation: Allocation | None = None
     delta: int | None = None  # port step between two new mappings (0 for EIM; None when random)
+    # P(delta is a multiple of the true step): its gaps all shared a factor (predict.delta_posterior)
+    delta_doubt: float | None = None
     hairpin: bool | None = None
     lifetime: float | None = None  # seconds a mapping survived idle (lower bound), when measured
     nat: bool | None = None  # False: the mapped address is the local one (no NAT)
@@ -105,6 +107,7 @@ class NatBehavior:
             filtering=opt(Filtering, d.get("filtering")),
             allocation=opt(Allocation, d.get("allocation")),
             delta=d.get("delta"),
+            delta_doubt=d.get("delta_doubt"),
             hairpin=d.get("hairpin"),
             lifetime=d.get("lifetime"),
             nat=d.get("nat"),
@@ -234,6 +237,35 @@ def classify_allocation(
     return None, None
 
 
+def _first_per_mapping(samples: Sequence[BindingSample]) -> list[BindingSample]:
+    seen: set[Address] = set()
+    out = []
+    for s in samples:
+        if s.mapped not in seen:
+            seen.add(s.mapped)
+            out.append(s)
+    return out
+
+
+def delta_doubt(delta: int, *series: Sequence[BindingSample]) -> float:
+    """P(`delta` is a multiple of the NAT's true step) given the gaps of each series of new mappings
+    (one socket's, fresh sockets'), each spanning the time between its two samples: the evidence
+    discovery read Δ from, which the peer's planner never sees (predict.delta_posterior)."""
+    from .predict import delta_posterior_of_gaps  # predict reads reports, which this module feeds
+
+    gaps: list[int] = []
+    taus: list[float] = []
+    for one in series:
+        for a, b in zip(one, one[1:]):
+            gaps.append(b.mapped[1] - a.mapped[1])
+            taus.append(b.t - a.t)
+    if not gaps or any(g <= 0 for g in gaps):
+        return 0.0
+    timed = sum(taus) > 0 and all(t >= 0 for t in taus)
+    post = delta_posterior_of_gaps(gaps, taus if timed else None, [0] * len(gaps), delta)
+    return round(1.0 - post.get(delta, 0.0), 6)
+
+
 def classic_name(nat: bool | None, mapping: Mapping | None, filtering: Filtering | None,
                  blocked: bool = False) -> str:
     if blocked:
@@ -334,6 +366,8 @@ def classify(
         b.hairpin = None  # a NAT property: with no NAT there is nothing to hairpin through
     else:
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
+        if b.allocation is Allocation.SEQUENTIAL and b.delta and b.mapping is not Mapping.EIM:
+            b.delta_doubt = delta_doubt(b.delta, _first_per_mapping(main), [s for s in samples if s.socket > 0])
     b.classic = classic_name(b.nat, b.mapping, b.filtering)
     b.findings = findings_for(b, server_ignored_change=server_ignored_change, repeat_same_port=repeat_same_port)
     if one_ip and b.nat:
