@@ -30,6 +30,7 @@ from ..proto.stun_client import Transaction
 from ..proto.vocab import Mapping, Role, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from .pool_survey import needs_survey, survey_pool
 from .relay import RelayRung
 from .background import running
 from .behavior_cache import BehaviorCache
@@ -137,6 +138,8 @@ async def open_endpoint(
             t0, got = sampled
             seen = _Seen()
             seen.add(got, emit)
+            if observe is not None and needs_survey(behavior.mapping, seen.ips):
+                seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
             report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
             hops = await tracing.result()
     except BaseException:
@@ -224,6 +227,14 @@ class _Seen:
             self.udp.append(addr)
             self.ips.add(addr[0])
             emit("observed", {"udp": list(addr)})
+
+    def add_pool(self, found: list, emit: EventHook) -> None:
+        """A pool survey's observations (pool_survey.py), before the punch socket's: the server
+        keeps the newest last, and the planners take the last as the punch socket's."""
+        self.tickets[:0] = found
+        self.udp[:0] = [addr for addr, _ in found]
+        self.ips |= {addr[0] for addr, _ in found}
+        emit("pool-survey", {"addresses": [addr[0] for addr, _ in found]})
 
 
 async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
