@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.errors import BadReport
-from nattrav.proto.nat_behavior import BindingSample, classify, delta_doubt
+from nattrav.proto.nat_behavior import BindingSample, classify, delta_evidence
 from nattrav.proto.planner.udp import plan
 from nattrav.proto.predict import Observation, delta_posterior, delta_posterior_of_gaps, fit, predict
-from nattrav.proto.report import NatReport, Sample
+from nattrav.proto.report import History, NatReport, Sample
 from tests.reports import udp, wire
 
 CONE = udp("EIM", "APDF", [40000, 40000], ip="203.0.113.20")
@@ -168,13 +168,34 @@ def test_discovery_measures_the_doubt_from_every_gap_it_saw():
     again = type(busy).from_dict(busy.to_dict())
     assert again.delta_doubt == busy.delta_doubt
     report = nat_report(again, public=(pub, 20016), samples=(Sample(20016, 0.0),))
-    assert NatReport.from_wire(wire(report)).delta_doubt == busy.delta_doubt
-    assert delta_doubt(1, [], []) == 0.0
+    back = NatReport.from_wire(wire(report))
+    assert back.delta_doubt == busy.delta_doubt
+    # the background on Δ's grid: one socket's gaps 4, 8, 4 and the fresh ones' 4, 8 are 0+1+0+0+1
+    # other hosts' flows, over 3 + 2 intervals of 2 ms
+    assert back.background == History(2, pytest.approx(0.01))
+    assert delta_evidence(4, [], []) == (None, None)
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.3", float("nan"), True])
-def test_a_malformed_doubt_is_a_bad_report(bad):
+def test_discoverys_background_widens_a_window_the_punch_sockets_two_samples_would_size_small():
+    # two samples 1 ms apart with one foreign flow between them, as at 800 flows/s: alone they say
+    # little about the rate, and the prior's quiet NAT sizes the window; discovery saw 40 flows in 50 ms
+    alone = predict(udp("APDM", "APDF", [20000, 20002], times=[0, 0.001], delta=1))
+    told = NatReport(**{**vars(udp("APDM", "APDF", [20000, 20002], times=[0, 0.001], delta=1)),
+                        "background": History(40, 0.05)})
+    wide = predict(told)
+    assert wide.mean_extra > 4 * alone.mean_extra
+    assert len(wide.ports) > len(alone.ports)
+    # another grid's background is not this one's: a stated Δ of 3 that the gap of 2 refutes
+    other = predict(NatReport(**{**vars(told), "delta": 3}))
+    assert other.model.delta == 2 and other.model.exposure == alone.model.exposure
+
+
+@pytest.mark.parametrize("key,bad", [("delta_doubt", -0.1), ("delta_doubt", 1.5), ("delta_doubt", "0.3"),
+                                     ("delta_doubt", float("nan")), ("delta_doubt", True),
+                                     ("background", [1]), ("background", [-1, 0.1]), ("background", [1, -0.1]),
+                                     ("background", "1,2"), ("background", [1.5, 0.1])])
+def test_a_malformed_doubt_or_background_is_a_bad_report(key, bad):
     w = wire(udp("APDM", "APDF", [20000, 20002], delta=2))
-    w["delta_doubt"] = bad
+    w[key] = bad
     with pytest.raises(BadReport):
         NatReport.from_wire(w)

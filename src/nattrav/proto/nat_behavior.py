@@ -66,6 +66,8 @@ class NatBehavior:
     delta: int | None = None  # port step between two new mappings (0 for EIM; None when random)
     # P(delta is a multiple of the true step): its gaps all shared a factor (predict.delta_posterior)
     delta_doubt: float | None = None
+    # [extra, exposure]: other hosts' allocations between our mappings on Δ's grid, over seconds
+    background: list | None = None
     hairpin: bool | None = None
     lifetime: float | None = None  # seconds a mapping survived idle (lower bound), when measured
     nat: bool | None = None  # False: the mapped address is the local one (no NAT)
@@ -108,6 +110,7 @@ class NatBehavior:
             allocation=opt(Allocation, d.get("allocation")),
             delta=d.get("delta"),
             delta_doubt=d.get("delta_doubt"),
+            background=d.get("background"),
             hairpin=d.get("hairpin"),
             lifetime=d.get("lifetime"),
             nat=d.get("nat"),
@@ -247,10 +250,12 @@ def _first_per_mapping(samples: Sequence[BindingSample]) -> list[BindingSample]:
     return out
 
 
-def delta_doubt(delta: int, *series: Sequence[BindingSample]) -> float:
-    """P(`delta` is a multiple of the NAT's true step) given the gaps of each series of new mappings
-    (one socket's, fresh sockets'), each spanning the time between its two samples: the evidence
-    discovery read Δ from, which the peer's planner never sees (predict.delta_posterior)."""
+def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float | None, list | None]:
+    """(P(`delta` is a multiple of the NAT's true step), [background allocations, seconds]) from
+    the gaps of each series of new mappings (one socket's, fresh sockets'), each spanning the time
+    between its two samples: the evidence discovery read Δ from, which the peer's planner never
+    sees (predict.delta_posterior; predict.predict adds the background to the punch socket's).
+    (None, None) when the gaps do not fit a sequential counter."""
     from .predict import delta_posterior_of_gaps  # predict reads reports, which this module feeds
 
     gaps: list[int] = []
@@ -259,11 +264,12 @@ def delta_doubt(delta: int, *series: Sequence[BindingSample]) -> float:
         for a, b in zip(one, one[1:]):
             gaps.append(b.mapped[1] - a.mapped[1])
             taus.append(b.t - a.t)
-    if not gaps or any(g <= 0 for g in gaps):
-        return 0.0
+    if not gaps or any(g <= 0 or g % delta for g in gaps):
+        return None, None
     timed = sum(taus) > 0 and all(t >= 0 for t in taus)
     post = delta_posterior_of_gaps(gaps, taus if timed else None, [0] * len(gaps), delta)
-    return round(1.0 - post.get(delta, 0.0), 6)
+    background = [sum(g // delta - 1 for g in gaps), round(sum(taus), 6)] if timed else None
+    return round(1.0 - post.get(delta, 0.0), 6), background
 
 
 def classic_name(nat: bool | None, mapping: Mapping | None, filtering: Filtering | None,
@@ -367,7 +373,8 @@ def classify(
     else:
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
         if b.allocation is Allocation.SEQUENTIAL and b.delta and b.mapping is not Mapping.EIM:
-            b.delta_doubt = delta_doubt(b.delta, _first_per_mapping(main), [s for s in samples if s.socket > 0])
+            b.delta_doubt, b.background = delta_evidence(b.delta, _first_per_mapping(main),
+                                                         [s for s in samples if s.socket > 0])
     b.classic = classic_name(b.nat, b.mapping, b.filtering)
     b.findings = findings_for(b, server_ignored_change=server_ignored_change, repeat_same_port=repeat_same_port)
     if one_ip and b.nat:
