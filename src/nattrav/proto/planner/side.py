@@ -76,7 +76,10 @@ class Side:
     def describe(self) -> str:
         if self.mapping is Mapping.NONE:
             return "no NAT"
-        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={self.prediction.model.delta}",
+        model = self.prediction.model
+        seen = (f", {model.extra} foreign flows in {model.exposure * 1000:.0f} ms seen" if model.per_second
+                else f", {model.extra} foreign flows in {model.exposure:.0f} sample intervals seen")
+        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={model.delta}{seen}",
                  Kind.RANDOM: "random ports", Kind.UNKNOWN: "unpredictable ports"}[self.kind]
         if self.mapping is Mapping.EIM:
             alloc = "port kept"
