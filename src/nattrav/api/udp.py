@@ -267,7 +267,8 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
             why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
             raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {why}")
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
-        new.append(Sample(r.mapped[1], r.received_at - t0))
+        # when the request left: the NAT made the mapping then (replies come back bunched)
+        new.append(Sample(r.mapped[1], max(0.0, r.received_at - r.rtt - t0)))
         public = (str(r.mapped[0]), r.mapped[1])
         ips.add(public[0])
     return _Sampled(new, public, ips, observed)

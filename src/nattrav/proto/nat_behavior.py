@@ -266,7 +266,8 @@ def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float 
             taus.append(b.t - a.t)
     if not gaps or any(g <= 0 or g % delta for g in gaps):
         return None, None
-    timed = sum(taus) > 0 and all(t >= 0 for t in taus)
+    # a gap of no time would make any foreign flow in it impossible and favour the largest Δ
+    timed = all(t > 0 for t in taus)
     post = delta_posterior_of_gaps(gaps, taus if timed else None, [0] * len(gaps), delta)
     background = [sum(g // delta - 1 for g in gaps), round(sum(taus), 6)] if timed else None
     return round(1.0 - post.get(delta, 0.0), 6), background
