@@ -6,6 +6,12 @@ Wilson 95 % intervals. Needs root (the lab).
     .venv/bin/python bench/bench_pools.py --trials 10 --out bench/results/pools.md
     .venv/bin/python bench/bench_pools.py --sample-latency 200   # loopback, no lab, no root
 
+    .venv/bin/python bench/bench_pools.py --relay-listener 12 --baseline-python /work/main/.venv/bin/python
+
+--relay-listener N: a symmetric NAT with an arbitrary pool of 4 LISTENS, a port-restricted cone
+asks, coturn beside the servers: N trials with this build, and (--baseline-python) N with another
+build's interpreter (e.g. the main branch's venv, before the pool survey), interleaved in chunks.
+
 --sample-latency N: the punch socket's sampling volley (two STUN samples) on loopback, with the
 observation request in it against without, N times each, interleaved: median and p95 seconds and
 their ratio (the observation must cost the critical path nothing when answered).
@@ -75,13 +81,64 @@ async def _latency(n: int) -> str:
             f"(p95 {p95['without'] * 1e3:.3f}); ratio of medians {med['with'] / med['without']:.2f}")
 
 
+SCATTERED = "symmetric-random,public_ips=4,pooling=arbitrary"
+_LISTENER = (
+    "import json, sys\n"
+    "from nattrav.lab.matrix import run_pair\n"
+    "res = run_pair('port-restricted', sys.argv[1], int(sys.argv[2]), trial_timeout=20, relay=True)\n"
+    "print(json.dumps([[r.ok, r.strategy, (r.reason or '')[:200]] for r in res]))\n")
+
+
+def _listener_trials(python: str, n: int) -> list:
+    import json
+    import subprocess
+
+    out = subprocess.run([python, "-c", _LISTENER, SCATTERED, str(n)], capture_output=True, text=True,
+                         check=True, timeout=60 * n + 120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def relay_listener(n: int, baseline: str | None, chunk: int) -> str:
+    load0 = open("/proc/loadavg").read().split()[:3]
+    got: dict[str, list] = {"today": [], "baseline": []}
+    while len(got["today"]) < n:
+        k = min(chunk, n - len(got["today"]))
+        got["today"] += _listener_trials(sys.executable, k)
+        if baseline:
+            got["baseline"] += _listener_trials(baseline, k)
+        print({v: sum(ok for ok, _, _ in r) for v, r in got.items()}, flush=True)
+    load1 = open("/proc/loadavg").read().split()[:3]
+    lines = [f"`.venv/bin/python bench/bench_pools.py --relay-listener {n}"
+             + (f" --baseline-python {baseline}`" if baseline else "`")
+             + f" on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load before {' '.join(load0)}, "
+             f"after {' '.join(load1)}.", "",
+             "| listener `" + SCATTERED + "` ← asker `port-restricted`, relay on | ok [Wilson 95 %] | how |",
+             "|---|---|---|"]
+    for variant, rows in got.items():
+        if not rows:
+            continue
+        ok = sum(r[0] for r in rows)
+        lo, hi = wilson(ok, len(rows))
+        how = sorted({str(r[1]) for r in rows if r[0]}) or sorted({r[2][:80] for r in rows})[:2]
+        lines.append(f"| {variant} | {ok}/{len(rows)} [{lo:.2f}, {hi:.2f}] | {', '.join(how)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=10, help="trials per pair and variant (default 10)")
     ap.add_argument("--chunk", type=int, default=5, help="trials per lab, variants alternating (default 5)")
     ap.add_argument("--out", type=pathlib.Path, help="write the markdown table here too")
     ap.add_argument("--sample-latency", type=int, metavar="N", help="the loopback volley timing instead (see above)")
+    ap.add_argument("--relay-listener", type=int, metavar="N", help="the pooled listener's relay trials (see above)")
+    ap.add_argument("--baseline-python", help="with --relay-listener: another build's python for the baseline")
     args = ap.parse_args(argv)
+    if args.relay_listener:
+        if os.geteuid() != 0:
+            print("bench_pools: the lab needs root", file=sys.stderr)
+            return 2
+        print(relay_listener(args.relay_listener, args.baseline_python, args.chunk))
+        return 0
     if args.sample_latency:
         import trio
         print(f"load {' '.join(open('/proc/loadavg').read().split()[:3])}")

@@ -8,7 +8,8 @@ from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
 def udp(mapping: str | None, filtering: str | None, ports=(), *, ip: str = "203.0.113.10", times=None,
         nat: bool = True, allocation: str | None = None, delta: int | None = None,
-        port_range=PORT_RANGE, public: tuple[str, int] | None = None, host=()) -> NatReport:
+        port_range=PORT_RANGE, public: tuple[str, int] | None = None, host=(),
+        delta_doubt: float | None = None) -> NatReport:
     """A UDP report: the punch socket's mapped `ports` in order (at `times`, if given), its public
     endpoint `ip` with the last of them (or `public`); nat=False means no NAT (Mapping.NONE); `host`:
     the punch socket's host candidates."""
@@ -19,7 +20,7 @@ def udp(mapping: str | None, filtering: str | None, ports=(), *, ip: str = "203.
                      filtering=None if filtering is None else Filtering(filtering),
                      allocation=None if allocation is None else Allocation(allocation), delta=delta,
                      public=public, samples=samples, port_range=tuple(port_range),
-                     host=tuple(tuple(h) for h in host))
+                     host=tuple(tuple(h) for h in host), delta_doubt=delta_doubt)
 
 
 def tcp(ports, *, public: str = "203.0.113.10", local=("10.0.1.2", 40000), filtering: str | None = "APDF",

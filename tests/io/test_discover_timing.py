@@ -234,3 +234,21 @@ async def test_an_rtt_behind_a_retransmission_counts_from_the_first_request(mock
     b, took, _ = await run(Nat(Mapping.EIM, Filtering.APDF), rtt, hairpin=False)
     assert b.filtering is Filtering.APDF
     assert took >= rtt + schedules_for(rtt)[1].total()
+
+
+async def test_a_samples_time_is_when_its_request_left_not_when_the_answer_came(mock_clock):
+    # the volley's requests leave `stagger` apart and their answers come back an RTT later, bunched
+    # or not: the NAT made each mapping when its request passed, so that is the sample's time (the
+    # background evidence discovery publishes spans those moments: predict.delta_posterior)
+    rtt = 0.05
+    b, _, net = await run(Nat(Mapping.APDM, Filtering.APDF, 1), rtt, hairpin=False)
+    last_sent = {}
+    for t, port, dest in net.sent:
+        last_sent[(port, dest)] = t  # answered at once: the last transmission is the only one
+    by_mapping = {s.mapped[1]: s for s in b.samples}
+    offsets = [round(last_sent[(s.local[1], s.server)] - s.t, 9) for s in by_mapping.values()]
+    assert len(offsets) >= 6 and len(set(offsets)) == 1  # every sample: its request's moment, one t0
+    # test I's request left as discovery began: its sample is at 0, not an RTT later
+    assert min(s.t for s in b.samples) < rtt / 2
+    # and discovery's background spans those moments (no foreign flows behind this NAT)
+    assert b.background is not None and b.background[0] == 0 and 0 < b.background[1] < 2 * rtt

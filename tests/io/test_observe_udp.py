@@ -115,3 +115,18 @@ async def test_a_taken_udp_port_leaves_the_rendezvous_serving(nursery, caplog):
         assert "cannot answer observation requests" in caplog.text
     finally:
         taken.close()
+
+
+async def test_a_pool_survey_hands_back_a_ticket_per_new_address(nursery):
+    # loopback is a "pool" of one address: the survey's 32 fresh sockets all show 127.0.0.1, so it
+    # brings one new address, with the server's ticket for it, and none that is already known
+    from nattrav.api.pool_survey import SOCKETS, survey_pool
+
+    port = free_port_pair()[0]
+    responder = await nursery.start(serve_observer, "127.0.0.1", port, KEY)
+    found = await survey_pool(("127.0.0.1", port), "127.0.0.1", [])
+    assert [addr[0] for addr, _ in found] == ["127.0.0.1"]
+    (addr, ticket), = found
+    assert check_ticket(KEY, list(addr), ticket, trio.current_time()) == addr
+    assert await survey_pool(("127.0.0.1", port), "127.0.0.1", ["127.0.0.1"]) == []
+    assert responder.stats["answered"] == 2 * SOCKETS

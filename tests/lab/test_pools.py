@@ -74,11 +74,23 @@ def test_a_symmetric_nat_with_an_arbitrary_pool_is_planned_infeasible_with_the_r
 
 def test_the_ladder_takes_a_scattered_side_to_the_relay():
     # the pooled side asks (so it holds the allocation, and the listener's packets come from the one
-    # address the relay's permission names; a pooled listener's flow to the relay would leave from any
-    # address of its pool, which a permission for the address the server saw does not cover)
+    # address the relay's permission names; the pooled listener: the test below)
     require_lab()
     results = run_pair(SCATTERED, "port-restricted", TRIALS, trial_timeout=20, relay=True)
     assert all(r.ok for r in results), _summary(results)
     told = [r for r in results if _told(r, "a")]
     assert told, [r.extra.get("plan_reason_a") for r in results]  # all three undetected: 1 in 4096
     assert all(r.strategy == "relay" for r in told), _summary(results)
+
+
+def test_a_pooled_symmetric_listener_reaches_the_relay():
+    # the pooled side listens: its flow to the asking side's relayed address leaves from any of its
+    # 4 addresses; its endpoint surveyed its pool at the observation port (api/pool_survey.py) and
+    # the asking side's allocation permits every address the server saw (before: 1 trial in 3)
+    require_lab()
+    results = run_pair("port-restricted", SCATTERED, TRIALS, trial_timeout=20, relay=True)
+    assert all(r.ok for r in results), _summary(results)
+    told = [r for r in results if _told(r, "a")]
+    assert told, [r.extra.get("plan_reason_a") for r in results]
+    assert all(r.strategy == "relay" for r in told), _summary(results)
+

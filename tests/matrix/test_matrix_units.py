@@ -54,6 +54,14 @@ def test_summary_sets_stated_odds_against_the_measured_rate():
     assert bad["odds_agree"] is False and bad["failures"] == ["no path"]
 
 
+def test_the_stated_odds_of_a_case_are_the_mean_of_its_trials():
+    # two plans at 99.9 % among six at 0.2 %: 2 connections expected in 8, which 2/8 agrees with
+    rows = [_row(True, 0.999)] * 2 + [_row(False, 0.002)] * 6
+    s = summarise(rows)
+    assert s["odds"] == pytest.approx((2 * 0.999 + 6 * 0.002) / 8) and s["odds_median"] == 0.002
+    assert s["odds_agree"] is True
+
+
 def test_a_floor_of_odds_agrees_with_any_rate_at_or_above_it():
     # LAN attempts race the plan uncounted: 0.4% stated as a floor, 8/8 measured, agree
     lan = [replace(_row(True, 0.004, 0.01), odds_floor=True)] * 8

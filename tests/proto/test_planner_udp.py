@@ -27,10 +27,11 @@ _CLASSES = {
     "port-restricted": dict(mapping="EIM", filtering="APDF", ports=[40000, 40000]),
     "symmetric-seq": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=1,
                           ports=[20000, 20001], times=[0.0, 0.01]),
+    # Δ > 1 from one gap is in doubt (predict.delta_posterior): discovery's many gaps settled it
     "symmetric-seq-2": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=2,
-                            ports=[20000, 20002], times=[0.0, 0.01]),
+                            ports=[20000, 20002], times=[0.0, 0.01], delta_doubt=0.0),
     "symmetric-seq-7": dict(mapping="APDM", filtering="APDF", allocation="sequential", delta=7,
-                            ports=[20000, 20007], times=[0.0, 0.01]),
+                            ports=[20000, 20007], times=[0.0, 0.01], delta_doubt=0.0),
     "adm": dict(mapping="ADM", filtering="APDF", allocation="sequential", delta=1,
                 ports=[20000, 20001], times=[0.0, 0.01]),
     "symmetric-random": dict(mapping="APDM", filtering="APDF", allocation="random", ports=[31234, 5001]),

@@ -311,3 +311,28 @@ def test_a_fresh_punch_socket_replaces_the_earlier_ones_observations():
     assert h.one(a, "ok")
     a_id = next(c.peer for conn, c in h.server.conns.items() if conn == a)
     assert msgpack.unpackb(h.server.peers[a_id].info)["observed_udp"] == [["203.0.113.12", 32000]]
+
+
+def test_new_addresses_keeps_one_ticket_per_unknown_ip_in_order_up_to_the_cap():
+    from nattrav.proto.rendezvous.observe import new_addresses
+
+    def seen(ip, port):
+        return ((ip, port), b"t" * 24)
+
+    found = [seen("192.0.2.1", 1), None, seen("192.0.2.2", 2), seen("192.0.2.1", 3), seen("192.0.2.3", 4),
+             seen("192.0.2.4", 5)]
+    assert [a for a, _ in new_addresses(found, ["192.0.2.2"], 2)] == [("192.0.2.1", 1), ("192.0.2.3", 4)]
+    assert new_addresses(found, [], 0) == []
+    assert new_addresses([None, None], [], 8) == []
+
+
+def test_only_a_symmetric_nat_whose_flows_showed_several_addresses_is_surveyed():
+    from nattrav.api.pool_survey import needs_survey
+    from nattrav.proto.vocab import Mapping
+
+    assert needs_survey(Mapping.APDM, {"192.0.2.1", "192.0.2.2"})
+    assert needs_survey(Mapping.ADM, {"192.0.2.1", "192.0.2.2"})
+    assert not needs_survey(Mapping.APDM, {"192.0.2.1"})
+    # an EIM pool keeps one address per socket: the punch socket's observation names it
+    assert not needs_survey(Mapping.EIM, {"192.0.2.1", "192.0.2.2"})
+    assert not needs_survey(None, {"192.0.2.1", "192.0.2.2"})

@@ -179,3 +179,31 @@ async def test_relayed_stream_carries_eof_as_a_chunk_and_keeps_bytes_after_the_h
     assert await left.receive_some() == b"reply"
     await left.aclose()
     await right.aclose()
+
+
+async def _reaches(coturn, peer_ip: str, peer_ips: list[str]) -> bool:
+    link = await allocate_udp(coturn["rest"].grant("first", time.time()), local_ip="127.0.0.1")
+    sa, sb = await udp_socket(), await udp_socket()
+    a = RelayedPath(sa, KEY, "first", os.urandom(8), peer_ip=peer_ip, direct=[], link=link, peer_ips=peer_ips)
+    b = RelayedPath(sb, KEY, "second", os.urandom(8), peer_ip="127.0.0.1", direct=[], relayed=link.relayed)
+    got = []
+
+    async def side(path):
+        try:
+            async with path.open(timeout=3):
+                got.append(path.handshake.role)
+        except RelayError:
+            pass
+
+    async with trio.open_nursery() as n:
+        n.start_soon(side, a)
+        n.start_soon(side, b)
+    return sorted(got) == ["first", "second"]
+
+
+async def test_the_permission_covers_every_address_the_server_saw_the_peer_on(coturn):
+    # the peer's TCP connection left from one address of its NAT's pool (127.0.0.9 here) and its
+    # flow to our relayed address from another (127.0.0.1), which the server saw too: permitted
+    assert await _reaches(coturn, "127.0.0.9", ["127.0.0.9", "127.0.0.1"])
+    # without that observation the relay drops the peer's packets: the pooled listener's 2 in 3
+    assert not await _reaches(coturn, "127.0.0.9", [])

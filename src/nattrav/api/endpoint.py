@@ -20,7 +20,7 @@ from ..io.trace import MAX_TTL, trace_hops
 from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.rendezvous.observe import read_observed
-from ..proto.report import NatReport
+from ..proto.report import MAX_AGE, MAX_COUNT, History, NatReport
 from ..proto.vocab import Mapping
 from .background import running
 from .behavior_cache import REFRESH_AFTER, BehaviorCache, Key
@@ -147,7 +147,19 @@ def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:
     """A report in the vocabulary's words: no NAT is Mapping.NONE for the planners."""
     mapping = Mapping.NONE if behavior.nat is False else behavior.mapping
     return NatReport(mapping=mapping, filtering=behavior.filtering, allocation=behavior.allocation,
-                     delta=behavior.delta, **fields)
+                     delta=behavior.delta, delta_doubt=behavior.delta_doubt,
+                     background=_background(behavior.background), **fields)
+
+
+def _background(value: Any) -> History | None:
+    """Discovery's [extra, exposure] (a cached behaviour's too), if it is one."""
+    try:
+        extra, exposure = value
+        if type(extra) is int and 0 <= extra <= MAX_COUNT and 0 <= float(exposure) <= MAX_AGE:
+            return History(extra, float(exposure))
+    except (TypeError, ValueError):
+        pass
+    return None
 
 
 def node_info(report: NatReport, server_rtt: float) -> dict[str, Any]:

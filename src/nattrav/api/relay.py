@@ -27,7 +27,7 @@ from ..io.session import Session
 from ..proto.report import NatReport
 from ..proto.stun_attrs import Address
 from ..proto.turn_rest import RelayGrant
-from .endpoint import EventHook
+from .endpoint import EventHook, peer_udp_ips
 
 if TYPE_CHECKING:
     from ..io.relay_path import RelayedPath
@@ -64,8 +64,10 @@ class RelayRung:
         assert not isinstance(self.link, TurnTcpLink)
         self._announce(why, reason, emit)
         direct = [(peer_ip, peer_report.public[1])] if peer_report.public is not None else []
+        # the permission names every address the server saw the peer on, never one it only reports
         rung = RelayedPath(sock, session.key, session.role, os.urandom(8), peer_ip=peer_ip, direct=direct,
-                           link=self.link, relayed=self.peer_relayed, emit=emit, reason=reason)
+                           link=self.link, relayed=self.peer_relayed, emit=emit, reason=reason,
+                           peer_ips=peer_udp_ips(session))
         self.link = None  # the path releases it
         return rung
 

@@ -29,6 +29,7 @@ from ..proto.stun_client import Transaction
 from ..proto.vocab import Mapping, Role, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from .pool_survey import needs_survey, survey_pool
 from .relay import RelayRung
 from .background import running
 from .behavior_cache import BehaviorCache
@@ -139,6 +140,8 @@ async def open_endpoint(
             t0, got = sampled
             seen = _Seen()
             seen.add(got, emit)
+            if observe is not None and needs_survey(behavior.mapping, seen.ips):
+                seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
             report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
             hops = await tracing.result()
     except BaseException:
@@ -227,6 +230,14 @@ class _Seen:
             self.ips.add(addr[0])
             emit("observed", {"udp": list(addr)})
 
+    def add_pool(self, found: list, emit: EventHook) -> None:
+        """A pool survey's observations (pool_survey.py), before the punch socket's: the server
+        keeps the newest last, and the planners take the last as the punch socket's."""
+        self.tickets[:0] = found
+        self.udp[:0] = [addr for addr, _ in found]
+        self.ips |= {addr[0] for addr, _ in found}
+        emit("pool-survey", {"addresses": [addr[0] for addr, _ in found]})
+
 
 async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
                   observe: tuple[str, int] | None = None) -> _Sampled:
@@ -258,7 +269,8 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
             why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
             raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {why}")
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
-        new.append(Sample(r.mapped[1], r.received_at - t0))
+        # when the request left: the NAT made the mapping then (replies come back bunched)
+        new.append(Sample(r.mapped[1], max(0.0, r.received_at - r.rtt - t0)))
         public = (str(r.mapped[0]), r.mapped[1])
         ips.add(public[0])
     return _Sampled(new, public, ips, observed)

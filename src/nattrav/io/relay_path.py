@@ -24,7 +24,7 @@ import hmac
 import os
 import socket
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -80,6 +80,7 @@ class RelayedPath:
 
     def __init__(self, sock: Any, session_key: bytes, role: str, nonce: bytes, *, peer_ip: str,
                  direct: list[Address], link: TurnLink | None = None, relayed: Address | None = None,
+                 peer_ips: Sequence[str] = (),
                  emit: Callable[[str, dict[str, Any]], None] | None = None, reason: str = "",
                  probe_first: float = PROBE_FIRST, probe_max: float = PROBE_MAX) -> None:
         if (link is None) == (relayed is None):
@@ -93,6 +94,10 @@ class RelayedPath:
             grow_buffers(link.sock)
         self._caller_sock = sock
         self.peer_ip = peer_ip
+        # (allocating side) every IP the rendezvous server saw the peer on, its TCP connection's
+        # first: a symmetric NAT with an address pool may send the peer's flow to our relayed
+        # address from any of them (api/pool_survey.py), and a permission is per IP (RFC 8656 §9)
+        self.permitted = list(dict.fromkeys([peer_ip, *peer_ips]))
         self.direct_candidates = [(peer_ip, int(port)) for _ip, port in direct]  # only where the server saw it
         self.link = link
         self.relayed = relayed  # the peer's relayed address (second side)
@@ -153,10 +158,10 @@ class RelayedPath:
 
     async def _permit_peer(self) -> None:
         """(allocating side) the relay passes nothing from an IP without a permission: only the
-        peer's, the one the rendezvous server saw."""
+        peer's, those the rendezvous server saw."""
         assert self.link is not None
         try:
-            await self.link.permit([self.peer_ip])
+            await self.link.permit(self.permitted)
         except RelayError as exc:
             self.dead = f"the relay refused a permission for the peer: {exc}"
             self._data.ready.set()
@@ -269,8 +274,8 @@ class RelayedPath:
 
     def _from_relay(self, peer: Address, data: bytes) -> None:
         """(first side) what the relay passed on from `peer`."""
-        if peer[0] != self.peer_ip:
-            self.counters["relay_foreign"] += 1  # a permission is per IP: only the peer's counts
+        if peer[0] not in self.permitted:
+            self.counters["relay_foreign"] += 1  # a permission is per IP: only the peer's count
             return
         self._incoming(data, "relay", peer)
 

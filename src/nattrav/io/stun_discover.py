@@ -124,7 +124,10 @@ async def discover(
             cached = known(local, r1.mapped)
             if cached is not None:
                 return cached
-        samples = [BindingSample(0, local, server, r1.mapped, trio.current_time() - t0)]
+        # a sample's time is when its request left (received_at - rtt): the NAT made the mapping then,
+        # and the spacing of those moments is what background flows had to land in (replies come
+        # back bunched, even out of order: their times made ~1 ms gaps look like 0.1 ms)
+        samples = [BindingSample(0, local, server, r1.mapped, _sent(r1) - t0)]
         other = r1.other_address
         # a server with one IP names its second port instead (OTHER-PORT): a second port is a
         # second destination too, enough to see APDM and port-dependent filtering
@@ -172,7 +175,7 @@ async def discover(
         mapped = [r.mapped if r is not None and r.ok else None for r in results[:len(main_dests)]]
         for dest, r, m in zip(main_dests, results, mapped):
             if m is not None:
-                samples.append(BindingSample(0, local, dest, m, r.received_at - t0))
+                samples.append(BindingSample(0, local, dest, m, _sent(r) - t0))
         repeat_same_port = None if mapped[0] is None else mapped[0] == r1.mapped
         if one_ip:
             m2, m3 = None, mapped[1]  # same IP, other port: what test III can tell with one IP
@@ -181,7 +184,7 @@ async def discover(
         for i, (sock, r) in enumerate(zip(fresh, results[len(results) - len(fresh):])):
             if r is not None and r.ok:
                 samples.append(BindingSample(2 + i, (local[0], sock.getsockname()[1]), server, r.mapped,
-                                             r.received_at - t0))
+                                             _sent(r) - t0))
 
         outcome = [_filter_outcome(f, server, discarded) for f in filters]
         if one_ip:  # only the change-port test
@@ -285,3 +288,9 @@ async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw
 
 
 __all__ = ["Schedule", "discover", "schedules_for"]
+
+
+def _sent(r) -> float:
+    """When the answered request left (its last transmission), on the driver's clock."""
+    return r.received_at - r.rtt
+

@@ -332,14 +332,17 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
     hits = [p for p in preds if p.get("hit")]
     odds = [r.odds for r in rows if r.odds is not None]
     lo, hi = wilson(len(ok), len(rows))
-    stated = statistics.median(odds) if odds else None
+    # the mean: trials whose plans state p_i connect sum(p_i) times on average (a case whose
+    # discovery misread the NAT in 6 trials of 8 mixes 0.2 % plans with 99.9 % ones; their median
+    # says 0.2 %, the expected rate is 25 %)
+    stated = statistics.fmean(odds) if odds else None
     floor = any(r.odds_floor for r in rows)
     return {
         "left": left, "right": right, "shape": rows[0].shape, "server": rows[0].server,
         "expect": (tcp_expectation if tcp else expectation)(left, right),
         "trials": len(rows), "connected": len(ok), "success": len(ok) / len(rows),
         "wilson": [round(lo, 4), round(hi, 4)],
-        "odds": stated, "odds_floor": floor,
+        "odds": stated, "odds_median": statistics.median(odds) if odds else None, "odds_floor": floor,
         # a floor agrees when the measured rate may be at or above it
         "odds_agree": None if stated is None else (stated <= hi if floor else lo <= stated <= hi),
         "strategies": sorted({r.strategy for r in rows if r.strategy}),

@@ -64,6 +64,10 @@ class NatBehavior:
     filtering: Filtering | None = None
     allocation: Allocation | None = None
     delta: int | None = None  # port step between two new mappings (0 for EIM; None when random)
+    # P(delta is a multiple of the true step): its gaps all shared a factor (predict.delta_posterior)
+    delta_doubt: float | None = None
+    # [extra, exposure]: other hosts' allocations between our mappings on Δ's grid, over seconds
+    background: list | None = None
     hairpin: bool | None = None
     lifetime: float | None = None  # seconds a mapping survived idle (lower bound), when measured
     nat: bool | None = None  # False: the mapped address is the local one (no NAT)
@@ -105,6 +109,8 @@ class NatBehavior:
             filtering=opt(Filtering, d.get("filtering")),
             allocation=opt(Allocation, d.get("allocation")),
             delta=d.get("delta"),
+            delta_doubt=d.get("delta_doubt"),
+            background=d.get("background"),
             hairpin=d.get("hairpin"),
             lifetime=d.get("lifetime"),
             nat=d.get("nat"),
@@ -234,6 +240,39 @@ def classify_allocation(
     return None, None
 
 
+def _first_per_mapping(samples: Sequence[BindingSample]) -> list[BindingSample]:
+    seen: set[Address] = set()
+    out = []
+    for s in samples:
+        if s.mapped not in seen:
+            seen.add(s.mapped)
+            out.append(s)
+    return out
+
+
+def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float | None, list | None]:
+    """(P(`delta` is a multiple of the NAT's true step), [background allocations, seconds]) from
+    the gaps of each series of new mappings (one socket's, fresh sockets'), each spanning the time
+    between its two samples: the evidence discovery read Δ from, which the peer's planner never
+    sees (predict.delta_posterior; predict.predict adds the background to the punch socket's).
+    (None, None) when the gaps do not fit a sequential counter."""
+    from .predict import delta_posterior_of_gaps  # predict reads reports, which this module feeds
+
+    gaps: list[int] = []
+    taus: list[float] = []
+    for one in series:
+        for a, b in zip(one, one[1:]):
+            gaps.append(b.mapped[1] - a.mapped[1])
+            taus.append(b.t - a.t)
+    if not gaps or any(g <= 0 or g % delta for g in gaps):
+        return None, None
+    # a gap of no time would make any foreign flow in it impossible and favour the largest Δ
+    timed = all(t > 0 for t in taus)
+    post = delta_posterior_of_gaps(gaps, taus if timed else None, [0] * len(gaps), delta)
+    background = [sum(g // delta - 1 for g in gaps), round(sum(taus), 6)] if timed else None
+    return round(1.0 - post.get(delta, 0.0), 6), background
+
+
 def classic_name(nat: bool | None, mapping: Mapping | None, filtering: Filtering | None,
                  blocked: bool = False) -> str:
     if blocked:
@@ -334,6 +373,9 @@ def classify(
         b.hairpin = None  # a NAT property: with no NAT there is nothing to hairpin through
     else:
         b.allocation, b.delta = classify_allocation(b.mapping, created, b.fresh_ports)
+        if b.allocation is Allocation.SEQUENTIAL and b.delta and b.mapping is not Mapping.EIM:
+            b.delta_doubt, b.background = delta_evidence(b.delta, _first_per_mapping(main),
+                                                         [s for s in samples if s.socket > 0])
     b.classic = classic_name(b.nat, b.mapping, b.filtering)
     b.findings = findings_for(b, server_ignored_change=server_ignored_change, repeat_same_port=repeat_same_port)
     if one_ip and b.nat:

@@ -130,6 +130,13 @@ class NatReport:
     # an address of its pool per flow (RFC 4787 §4.1). Only ever the peer's word against itself: it
     # can make the plan for the pair harder, never aim a packet anywhere.
     pool: int = 1
+    # P(the published Δ is a multiple of the NAT's true step), from every gap discovery saw
+    # (predict.delta_posterior); None: not assessed (an older peer), the planner then weighs the
+    # samples above alone. The peer's word, like its Δ and samples.
+    delta_doubt: float | None = None
+    # the background discovery saw on Δ's grid (flows of other hosts, over seconds): rate evidence
+    # the punch socket's two samples a millisecond apart cannot give (predict.predict adds it)
+    background: History | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack- and JSON-safe map (plain str, int, float, list, None)."""
@@ -139,7 +146,10 @@ class NatReport:
                 "samples": [[s.port, s.t, s.own] for s in self.samples],
                 "port_range": list(self.port_range), "host": [list(h) for h in self.host],
                 "flows": self.flows, "tcp": None if self.tcp is None else self.tcp.to_wire(),
-                **({"pool": self.pool} if self.pool != 1 else {})}
+                **({"pool": self.pool} if self.pool != 1 else {}),
+                **({"delta_doubt": self.delta_doubt} if self.delta_doubt is not None else {}),
+                **({"background": [self.background.extra, self.background.exposure]}
+                   if self.background is not None else {})}
 
     @classmethod
     def from_wire(cls, wire: Any) -> NatReport:
@@ -172,7 +182,7 @@ def samples_from_bindings(bindings: Iterable[Any]) -> tuple[Sample, ...]:
 # --- the schema ----------------------------------------------------------------------------------
 
 _KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "host", "tcp"}
-_OPTIONAL_KEYS = {"flows", "pool"}  # absent in an older peer's report: read as the default
+_OPTIONAL_KEYS = {"flows", "pool", "delta_doubt", "background"}  # absent in an older peer's report: read as the default
 MAX_POOL = 256
 _TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history", "host"}
 
@@ -203,6 +213,8 @@ def _from_wire(w: Any) -> NatReport:
         flows=_int(w["flows"], 1, FLOW_TABLE_CAP, "flows") if "flows" in w else DEFAULT_FLOW_BUDGET,
         tcp=None if w["tcp"] is None else _tcp_from_wire(w["tcp"]),
         pool=_int(w["pool"], 1, MAX_POOL, "pool") if "pool" in w else 1,
+        delta_doubt=_probability(w["delta_doubt"], "delta_doubt") if "delta_doubt" in w else None,
+        background=_history(w["background"], "background") if "background" in w else None,
     )
 
 
@@ -211,14 +223,8 @@ def _tcp_from_wire(w: Any) -> TcpReport:
     samples = _list(w["samples"], MAX_TCP_SAMPLES, "TCP samples")
     if not samples:
         raise BadReport("TCP report has no samples")
-    history = w["history"]
-    if history is not None:
-        history = _list(history, 2, "history")
-        if len(history) != 2:
-            raise BadReport("history is not [extra, exposure]")
-        # a false claim only moves the shared window within 1..MAX_WINDOW
-        history = History(_int(history[0], 0, MAX_COUNT, "history extra"),
-                          _seconds(history[1], MAX_AGE, "history exposure"))
+    # a false claim only moves the shared window within 1..MAX_WINDOW
+    history = None if w["history"] is None else _history(w["history"], "history")
     return TcpReport(
         local=_endpoint(w["local"], "local"),
         samples=tuple(_tcp_sample(s) for s in samples),
@@ -286,6 +292,19 @@ def _int(v: Any, lo: int, hi: int, what: str) -> int:
     if type(v) is not int or not lo <= v <= hi:
         raise BadReport(f"{what}: {cut(v)} is not an integer in {lo}..{hi}")
     return v
+
+
+def _history(v: Any, what: str) -> History:
+    pair = _list(v, 2, what)
+    if len(pair) != 2:
+        raise BadReport(f"{what} is not [extra, exposure]")
+    return History(_int(pair[0], 0, MAX_COUNT, f"{what} extra"), _seconds(pair[1], MAX_AGE, f"{what} exposure"))
+
+
+def _probability(v: Any, what: str) -> float:
+    if type(v) not in (int, float) or not (math.isfinite(v) and 0 <= v <= 1):
+        raise BadReport(f"{what}: {cut(v)} is not a probability in 0..1")
+    return float(v)
 
 
 def _seconds(v: Any, limit: float, what: str) -> float:

@@ -58,6 +58,12 @@ class Side:
         return self.sequential and self.mapping is Mapping.APDM
 
     @property
+    def delta_confidence(self) -> float:
+        """P(this side's step Δ is the one fitted), when its ports are predicted on Δ's grid
+        (predict.delta_posterior); 1 when nothing is predicted on a grid."""
+        return self.prediction.delta_confidence if self.sequential else 1.0
+
+    @property
     def span(self) -> int:
         return self.port_range[1] - self.port_range[0] + 1
 
@@ -70,10 +76,17 @@ class Side:
     def describe(self) -> str:
         if self.mapping is Mapping.NONE:
             return "no NAT"
-        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={self.prediction.model.delta}",
+        model = self.prediction.model
+        seen = (f", {model.extra} foreign flows in {model.exposure * 1000:.0f} ms seen" if model.per_second
+                else f", {model.extra} foreign flows in {model.exposure:.0f} sample intervals seen")
+        alloc = {Kind.FIXED: "port kept", Kind.SEQUENTIAL: f"sequential Δ={model.delta}{seen}",
                  Kind.RANDOM: "random ports", Kind.UNKNOWN: "unpredictable ports"}[self.kind]
         if self.mapping is Mapping.EIM:
             alloc = "port kept"
+        elif self.sequential and self.delta_confidence < 0.995:
+            # the assumption a failed predicted plan most likely broke, said up front
+            alloc += (f", {self.delta_confidence:.0%} sure of Δ: its gaps may all be multiples of a "
+                      "smaller step on a busy NAT")
         return (f"{self.mapping.words} mapping ({self.mapping.short}, {alloc}), "
                 f"{self.filtering.words} filtering ({self.filtering})")
 

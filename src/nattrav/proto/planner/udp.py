@@ -422,6 +422,9 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
         # each probe of a window is a flow on the prober's own NAT
         n_open, n_other, odds = size_predicted(opener, other, target, min(max_window, opener.budget),
                                                min(max_window, other.budget))
+        # the windows are sized as if each Δ were right; they are on the wrong grid when it is not
+        # (a lower bound: a misread grid may still meet now and then)
+        odds *= opener.delta_confidence * other.delta_confidence
         m = stride(opener, other)
         open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
         other_targets = ((opener.port,) if opener.fixed
@@ -510,7 +513,8 @@ def _random_sequential(rnd: Side, seq: Side, target: float, max_sockets: int) ->
         else:
             window = min(window, need_window)
             probes = probes_for(rnd.span, s, target, max(1, min(guesses, rnd.span - s)))
-        options.append((random_sequential_odds(rnd, seq, s, window, probes), s, window, probes))
+        options.append((random_sequential_odds(rnd, seq, s, window, probes) * seq.delta_confidence,
+                        s, window, probes))
     assert options
     # Odds within 0.2 point of the best count as equal (at the flow cap every split gives about
     # 1 - e^(-budget/N)); then the most sockets win: the shortest window, so the matching slot comes

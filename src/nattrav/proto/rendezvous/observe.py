@@ -37,7 +37,9 @@ from ..stun_attrs import Attr, Class, Method
 # nattrav's own, comprehension-optional, beside OTHER-PORT (stun_attrs.py): the observation ticket
 OBSERVE_TICKET = 0xC4E2
 TICKET_TTL = 60.0  # seconds a ticket may wait before its peer presents it
-MAX_OBSERVED = 4  # UDP addresses one connection may have recorded
+# UDP addresses one connection may have recorded: the punch socket's, and those of a symmetric NAT's
+# address pool its other flows leave from (a relay's permissions must name them: api/pool_survey.py)
+MAX_OBSERVED = 8
 _EXPIRY = struct.Struct("!d")
 _MAC_BYTES = 16
 TICKET_BYTES = _EXPIRY.size + _MAC_BYTES
@@ -187,3 +189,18 @@ def ticket_of(reply: Message, mapped: Sequence | None) -> tuple[tuple[str, int],
         return (_norm_ip(mapped[0]), int(mapped[1])), ticket
     except (ValueError, TypeError, IndexError):
         return None
+
+
+def new_addresses(found: Sequence[tuple[tuple[str, int], bytes] | None], known_ips: Sequence[str],
+                  cap: int) -> list[tuple[tuple[str, int], bytes]]:
+    """Of observations (address, ticket), one per public IP not in `known_ips`, in order, at most
+    `cap`: a pool's addresses, each with the server's ticket for it."""
+    seen = set(known_ips)
+    out: list[tuple[tuple[str, int], bytes]] = []
+    for item in found:
+        if item is None or item[0][0] in seen or len(out) >= cap:
+            continue
+        seen.add(item[0][0])
+        out.append(item)
+    return out
+
