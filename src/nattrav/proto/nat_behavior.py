@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -127,14 +127,20 @@ class NatBehavior:
         )
 
 
-def _distinct_by_server(samples: Sequence[BindingSample]) -> list[BindingSample]:
+def _first_by(samples: Sequence[BindingSample], key: Callable[[BindingSample], Address]) -> list[BindingSample]:
+    """The first sample of each key, in order."""
     seen: set[Address] = set()
     out = []
     for s in samples:
-        if s.server not in seen:
-            seen.add(s.server)
+        k = key(s)
+        if k not in seen:
+            seen.add(k)
             out.append(s)
     return out
+
+
+def _distinct_by_server(samples: Sequence[BindingSample]) -> list[BindingSample]:
+    return _first_by(samples, lambda s: s.server)
 
 
 def classify_mapping(m1: Address, m2: Address | None, m3: Address | None) -> Mapping | None:
@@ -241,13 +247,7 @@ def classify_allocation(
 
 
 def _first_per_mapping(samples: Sequence[BindingSample]) -> list[BindingSample]:
-    seen: set[Address] = set()
-    out = []
-    for s in samples:
-        if s.mapped not in seen:
-            seen.add(s.mapped)
-            out.append(s)
-    return out
+    return _first_by(samples, lambda s: s.mapped)
 
 
 def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float | None, list | None]:
