@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nattrav.errors import BadReport
 from nattrav.proto.nat_behavior import BindingSample
 from nattrav.proto.planner.budget import DEFAULT_FLOW_BUDGET, FLOW_TABLE_CAP
-from nattrav.proto.report import MAX_HOSTS, MAX_SAMPLES, NatReport, Sample, samples_from_bindings
+from nattrav.proto.report import MAX_HOSTS, MAX_SAMPLES, VERSION, NatReport, Sample, samples_from_bindings
 from nattrav.proto.vocab import Mapping
 from tests.reports import tcp, udp
 
@@ -38,12 +38,21 @@ def test_exact_keys_and_version():
         NatReport.from_wire({**w, "one_socket": []})
     with pytest.raises(BadReport, match="missing"):
         NatReport.from_wire({k: v for k, v in w.items() if k != "tcp"})
-    for v in (2, 0, "1", 1.0, True, None):
+    for v in (3, 0, "1", 1.0, True, None):
         with pytest.raises(BadReport, match="version"):
             NatReport.from_wire({**w, "v": v})
+    with pytest.raises(BadReport, match="newer nattrav"):
+        NatReport.from_wire({**w, "v": 3})
     tw = WITH_TCP.to_wire()
     with pytest.raises(BadReport, match="unknown key"):
         NatReport.from_wire({**tw, "tcp": {**tw["tcp"], "public": ["203.0.113.10", 1]}})
+
+
+def test_version_two_is_written_and_a_version_one_report_still_reads():
+    # the optional keys came with version 2: a reader of 1 says "version", not "unknown key pool"
+    assert SEQ.to_wire()["v"] == VERSION == 2
+    old = {k: v for k, v in SEQ.to_wire().items() if k not in ("flows", "pool", "delta_doubt", "background")}
+    assert NatReport.from_wire({**old, "v": 1}) == replace(SEQ, flows=DEFAULT_FLOW_BUDGET)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -6,7 +6,7 @@ it gets the strictest schema in the package. `NatReport.from_wire()` accepts exa
 value, bounds on every number and list, IP literals only for addresses (a name would need a lookup,
 and resolves wherever its owner likes). Anything else is BadReport, and nothing else escapes it.
 
-    {"v": 1, "mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
+    {"v": 2, "mapping": "APDM", "filtering": "APDF", "allocation": "sequential", "delta": 1,
      "public": ["203.0.113.10", 20003], "samples": [[20000, 0.0, 0], [20001, 0.01, 0], ...],
      "port_range": [1024, 65535], "host": [["10.0.1.2", 40000]], "flows": 1024, "tcp": null}
 
@@ -35,7 +35,10 @@ from .planner.budget import DEFAULT_FLOW_BUDGET, FLOW_TABLE_CAP
 from .schema import cut
 from .vocab import Allocation, Filtering, Mapping
 
-VERSION = 1
+# 2: the optional keys (flows, pool, delta_doubt, background) are part of the format. A reader of 1
+# refuses them as unknown keys; with 2 it says instead that the peer runs a newer format.
+VERSION = 2
+READS = (1, 2)  # a version-1 report is read with every optional key at its default
 PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
 MAX_SAMPLES = 64  # the punch socket's mappings (api sends four)
 MAX_TCP_SAMPLES = 16
@@ -198,8 +201,10 @@ def _guarded(reader: Any, wire: Any) -> Any:
 
 def _from_wire(w: Any) -> NatReport:
     _exact(w, _KEYS, "report", _OPTIONAL_KEYS)
-    if type(w["v"]) is not int or w["v"] != VERSION:
-        raise BadReport(f"report version {cut(w['v'])}, this side reads {VERSION}")
+    if type(w["v"]) is not int or w["v"] not in READS:
+        newer = type(w["v"]) is int and w["v"] > VERSION
+        raise BadReport(f"report version {cut(w['v'])}, this side reads {' and '.join(map(str, READS))}"
+                        + (" (the peer runs a newer nattrav: upgrade this side)" if newer else ""))
     samples = _list(w["samples"], MAX_SAMPLES, "samples")
     return NatReport(
         mapping=_word(Mapping, w["mapping"], "mapping"),
@@ -352,4 +357,4 @@ def _value(v: Any) -> Any:
 
 
 __all__ = ["History", "MAX_HOSTS", "MAX_SAMPLES", "MAX_TCP_SAMPLES", "NatReport", "PORT_RANGE", "Sample", "TcpReport",
-           "TcpSample", "VERSION", "samples_from_bindings"]
+           "READS", "TcpSample", "VERSION", "samples_from_bindings"]
