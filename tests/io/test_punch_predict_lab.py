@@ -76,7 +76,7 @@ def test_predicted_window_holds_the_port_the_nat_really_gives():
             sizes.append(len(p.ports))
             covered.append(p.covered)
         print(f"\npredictor vs conntrack: {hits}/{TRIALS} hits, windows {min(sizes)}-{max(sizes)} ports, "
-              f"claimed >= {min(covered):.4f}, fitted rate {min(rates):.0f}-{max(rates):.0f}/s")
+              f"claimed >= {min(covered):.4f}, fitted rate {min(rates, default=0):.0f}-{max(rates, default=0):.0f}/s, Δ {deltas}")
         # a loaded machine can stretch a back-to-back pair enough that the background lands inside
         # both pairs (gaps 4 and 4 read as Δ 4): a real misreading, which the hit count absorbs once
         assert deltas.count(2) >= TRIALS - 1, deltas
