@@ -36,6 +36,7 @@ from .names import SIG_BYTES
 
 NONCE_BYTES = 16
 WINDOW = 30.0  # seconds either side of the server's clock a proof's time may be
+GUARD_SLACK = 5.0  # seconds a replay entry outlives its proof's window: instances' clocks differ a little
 _CONTEXT = b"nattrav rendezvous timed enroll v1\0"
 _MAX_AT = 2**53  # milliseconds: far beyond any real clock, and exact in a float
 
@@ -106,8 +107,9 @@ def replay_token(key: bytes, nonce: bytes) -> bytes:
 
 def guard_ttl(at: int, wall: float, window: float = WINDOW) -> float:
     """How long a proof's guard entry must live: until its time leaves the window (at most 2x the
-    window; at least a second, so a proof at the window's edge is still remembered)."""
-    return max(at / 1000 + window - wall, 1.0)
+    window), plus GUARD_SLACK for the other instances of a tier, whose clocks may be that far behind
+    ours and so take the proof a little longer."""
+    return max(at / 1000 + window - wall, 0.0) + GUARD_SLACK
 
 
 class ReplayGuard:
@@ -147,5 +149,5 @@ class ReplayGuard:
         return True
 
 
-__all__ = ["NONCE_BYTES", "WINDOW", "ReplayGuard", "StaleProof", "TimedProof", "audience", "check_timed",
+__all__ = ["GUARD_SLACK", "NONCE_BYTES", "WINDOW", "ReplayGuard", "StaleProof", "TimedProof", "audience", "check_timed",
            "guard_ttl", "make_proof", "replay_token", "timed_message"]
