@@ -545,8 +545,8 @@ class RendezvousServer:
         except (WrongPeer, ValueError):
             return False
         try:
-            return await self.registry.first_use(replay_token(msg["key"], msg["nonce"]),
-                                   guard_ttl(msg["at"], wall, self.proof_window), now) is True
+            token = replay_token(msg["key"], msg["nonce"])
+            return await self.registry.first_use(token, guard_ttl(msg["at"], wall, self.proof_window), now) is True
         except RegistryUnavailable:
             return False
 
