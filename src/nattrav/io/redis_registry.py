@@ -316,6 +316,17 @@ class RedisRegistry:
             log.info("instance %s stopped heartbeating: its peers go offline", cut(reaped))
         return ended, lost
 
+    async def first_use(self, token: bytes, ttl: float, now: float) -> bool | None:
+        # SET NX: atomic across every instance and process on this Redis; the expiry bounds what
+        # the proofs of the last minute can hold
+        try:
+            reply = await self.link.call("SET", f"{self.prefix}np:{token.hex()}", "1", "NX", "PX",
+                                         str(max(int(ttl * 1000), 1)))
+        except (LinkDown, ReplyError) as exc:
+            self.stats["registry_errors"] += 1
+            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
+        return reply is not None
+
     async def counts(self) -> dict[str, int]:
         reply = await self._run("counts", 0.0)
         return {"peers": _int(reply[0]), "offline": _int(reply[1]), "instances": _int(reply[2])}

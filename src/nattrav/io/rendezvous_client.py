@@ -28,6 +28,8 @@ import itertools
 import ssl
 import logging
 import random
+import secrets
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
@@ -48,6 +50,7 @@ from ..errors import (
 from ..hostport import parse_hostport
 from ..identity import Identity
 from ..proto.rendezvous.names import enroll_proof
+from ..proto.rendezvous.timed_proof import NONCE_BYTES, audience, make_proof
 from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from ..proto.turn_rest import RelayGrant
 from .framing import FrameStream
@@ -70,6 +73,10 @@ class Offer:
     peer_key: bytes | None = None  # the identity key the initiator proved to the server, if any
 
 
+class _NoTimedProofs(Exception):
+    """The server refused a timed enroll proof's frame: it predates them."""
+
+
 class RendezvousClient:
     def __init__(self, server: tuple[str, int] | list[tuple[str, int]], *, info: dict | None = None,
                  connect_timeout: float = 10.0, local_address: str | None = None, reconnect: bool = True,
@@ -89,6 +96,11 @@ class RendezvousClient:
         self.relay_problem: str | None = None  # why a grant that came cannot be used
         self.keepalive = 15.0
         self.enrollments = 0  # 1 after open_rendezvous(); more each time it enrolled again by itself
+        # with an identity: sign a timed proof (no challenge round trip) until a server shows it does
+        # not know them (an older one refuses the frame); `challenged` counts the enrollments whose
+        # timed proof the server doubted and answered with a challenge (our clock, its address)
+        self.timed_proofs = True
+        self.challenged = 0
         self._info = info  # what an enrollment publishes: the latest info given
         self._connect_timeout = connect_timeout
         self._local_address = local_address
@@ -123,6 +135,15 @@ class RendezvousClient:
     # -- one connection --
     async def _open_link(self, name: str | None, secret: str | None) -> Link:
         """Connect and enroll; raises the RendezvousError that says why not."""
+        try:
+            return await self._open_link_once(name, secret)
+        except _NoTimedProofs:
+            # a server that predates timed proofs closed the connection over the unknown fields
+            log.info("%s:%d does not take timed enroll proofs: using its challenge", *self.server)
+            self.timed_proofs = False
+            return await self._open_link_once(name, secret)
+
+    async def _open_link_once(self, name: str | None, secret: str | None) -> Link:
         host, port = self.server
         try:
             with trio.fail_after(self._connect_timeout):
@@ -130,6 +151,10 @@ class RendezvousClient:
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
+        try:  # the server we dialed, as a timed proof names it: the address the connection reached
+            aud = audience(*stream.socket.getpeername()[:2])
+        except (OSError, ValueError):
+            aud = None
         if self.tls is not None:
             stream = await self._start_tls(stream)
         link = Link(stream, FrameStream(stream, SERVER_MESSAGES))
@@ -137,7 +162,7 @@ class RendezvousClient:
         try:
             try:
                 with trio.fail_after(self._connect_timeout):
-                    await self._enroll(link, name, secret)
+                    await self._enroll(link, name, secret, aud)
             except trio.TooSlowError:
                 raise RendezvousTimeout(f"timeout: {host}:{port} did not answer the enroll") from None
             except BadFrame as exc:
@@ -168,27 +193,43 @@ class RendezvousClient:
             raise ServerUnreachable(f"rendezvous server {host}:{port}: {why}") from None
         return tls
 
-    async def _enroll(self, link: Link, name: str | None, secret: str | None) -> None:
+    def _challenge_proof(self, msg: dict, name: str) -> dict:
+        if msg["t"] == "error":
+            raise error_from(msg)
+        if msg["t"] != "challenge" or "nonce" not in msg:
+            raise ProtocolViolation(f"expected challenge, got {msg['t']}")
+        return {"key": self.identity.peer_id.key_bytes, "sig": self.identity.sign(enroll_proof(msg["nonce"], name))}
+
+    async def _enroll(self, link: Link, name: str | None, secret: str | None, aud: str | None = None) -> None:
         proof: dict = {}
+        timed = False
         if self.identity is not None:
-            # a name (ours, or our key's peer ID) claimed by signing this connection's challenge
+            # a name (ours, or our key's peer ID) claimed by a signature: over a timed proof of our
+            # own making when we can (no round trip first, proto/rendezvous/timed_proof.py), else
+            # over the challenge this connection asks for
             name = name or self.identity.peer_id.text
-            await link.frames.send(make("challenge", id=0))
-            msg = await link.frames.receive()
-            if msg is None:
-                raise ServerGone("the server closed the connection during enroll")
-            if msg["t"] == "error":
-                raise error_from(msg)
-            if msg["t"] != "challenge" or "nonce" not in msg:
-                raise ProtocolViolation(f"expected challenge, got {msg['t']}")
-            proof = {"key": self.identity.peer_id.key_bytes,
-                     "sig": self.identity.sign(enroll_proof(msg["nonce"], name))}
             secret = None
+            if self.timed_proofs and aud is not None:
+                timed = True
+                proof = make_proof(self.identity.sign, self.identity.peer_id.key_bytes,
+                                   secrets.token_bytes(NONCE_BYTES), time.time(), aud, name).fields()
+            else:
+                await link.frames.send(make("challenge", id=0))
+                proof = self._challenge_proof(await self._enroll_reply(link), name)
         sent = trio.current_time()
         await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret, **proof))
-        msg = await link.frames.receive()
-        if msg is None:
-            raise ServerGone("the server closed the connection during enroll")
+        msg = await self._enroll_reply(link)
+        if timed and msg["t"] == "error" and msg["code"] == ProtocolViolation.code:
+            raise _NoTimedProofs()
+        if timed and msg["t"] == "challenge":
+            # the server doubted the timed proof (our clock is off, or it sits behind an address
+            # translation): it sent the challenge an older client would have asked for
+            self.challenged += 1
+            log.info("%s:%d answered our timed enroll proof with a challenge", *self.server)
+            proof = self._challenge_proof(msg, name)
+            sent = trio.current_time()
+            await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=None, **proof))
+            msg = await self._enroll_reply(link)
         if msg["t"] == "error":
             raise error_from(msg)
         if msg["t"] != "enrolled":
@@ -210,6 +251,15 @@ class RendezvousClient:
             except BadFrame as exc:  # the enrollment stands; only the relay is out
                 self.relay_problem = f"the server's relay grant is malformed: {exc}"
         self.enrollments += 1
+
+    @staticmethod
+    async def _enroll_reply(link: Link) -> dict:
+        msg = await link.frames.receive()
+        if msg is None:
+            raise ServerGone("the server closed the connection during enroll")
+        if msg["t"] == "error" and msg["code"] != ProtocolViolation.code:
+            raise error_from(msg)
+        return msg
 
     async def _reader(self, link: Link) -> None:
         try:

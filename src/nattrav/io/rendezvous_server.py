@@ -410,6 +410,8 @@ async def serve_rendezvous(
     ids = itertools.count(1)
     listeners = await (_shared_listeners(host, port) if reuse_port else trio.open_tcp_listeners(port, host=host))
     state.ticket_clock_offset = ticket_clock() - trio.current_time() if reuse_port else 0.0
+    if state.wall_clock is None:  # what clients' timed enroll proofs are dated in (timed_proof.py)
+        state.wall_clock = time.time
 
     async def handler(stream: trio.SocketStream, addr: tuple) -> None:
         # Closed with a plain close() at the end, not aclose_forcefully: that one skips TLS's goodbye
@@ -435,7 +437,11 @@ async def serve_rendezvous(
             io = _ConnIO(stream, addr, pause_reading, max_queued, sock.fileno())
         disp.conns[conn] = io
         try:
-            state.connection_made(conn, addr, trio.current_time())
+            try:  # the address the client dialed, as a timed enroll proof names it
+                local = sock.getsockname()[:2]
+            except OSError:
+                local = None
+            state.connection_made(conn, addr, trio.current_time(), local=local)
             disp.run()
             with io.read_scope:
                 try:

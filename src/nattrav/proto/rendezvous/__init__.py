@@ -6,6 +6,7 @@
     registry.py what the front asks of the registry of peers and offers (shared by instances, or not)
     memory.py   the in-memory registry (the default), with offers.py; records.py the records and actions
     notices.py  what one instance tells a peer connected to another (relayed through the registry)
+    names.py    who may enroll under which name, by key; timed_proof.py the enroll proof with no challenge
 
 This package's public names are re-exported here: `from nattrav.proto.rendezvous import encode`.
 """

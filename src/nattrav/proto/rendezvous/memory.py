@@ -23,6 +23,7 @@ from ..timers import Timers
 from .names import NameBindings
 from .offers import OfferBook, home_of
 from .records import _Offer, _Peer, hash_secret
+from .timed_proof import ReplayGuard
 from .registry import Ended, Enrolled, Home, Refusal
 from .wire import NAME_RE, ErrorCode
 
@@ -54,6 +55,7 @@ class MemoryRegistry(OfferBook):
         self._peers_of: dict[str, dict[str, None]] = {}  # source -> its peer ids, oldest first
         self._offline: dict[str, None] = {}  # disconnected peer ids, longest offline first
         self.stats = {"expired": 0, "evicted": 0}
+        self._proofs_seen = ReplayGuard(max(max_peers, 1024))  # timed enroll proofs (timed_proof.py)
 
     def _at(self, peer_id: str, home: Home) -> _Peer | None:
         """The peer, if its registry entry says it is connected at `home`."""
@@ -61,6 +63,9 @@ class MemoryRegistry(OfferBook):
         if peer is None or peer.conn != home.conn or peer.instance != home.instance:
             return None
         return peer
+
+    async def first_use(self, token: bytes, ttl: float, now: float) -> bool | None:
+        return self._proofs_seen.first_use(token, ttl, now)
 
     async def enroll(self, home: Home, source: str, observed: list, info: bytes, name: str | None,
                      secret: str | None, now: float, key: bytes | None = None) -> Enrolled | Refusal:

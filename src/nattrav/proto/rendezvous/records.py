@@ -54,6 +54,7 @@ class _Conn:
     last_seen: float = 0.0
     busy: bool = False  # an enroll is waiting for the registry
     challenge: bytes | None = None  # the nonce an enroll with a key must sign (one use)
+    local: tuple | None = None  # the address the connection reached (a timed proof names it: timed_proof.py)
     udp: list = field(default_factory=list)  # [ip, port] of its punch sockets, as observed (observe.py)
 
 

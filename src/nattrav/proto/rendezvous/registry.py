@@ -118,5 +118,10 @@ class Registry(Protocol):
         the peers of dead instances): the offers that ended meanwhile, and whether this instance
         was taken for dead (its peers must enroll again)."""
 
+    async def first_use(self, token: bytes, ttl: float, now: float) -> bool | None:
+        """Whether `token` (a timed enroll proof's, timed_proof.py) is new to every instance and
+        process sharing this registry: True, and it stays remembered for `ttl` seconds; False when
+        seen within that time; None when it cannot be remembered (full). Atomic."""
+
     async def counts(self) -> dict[str, int]:
         """Peers known and offers pending, registry-wide (for the stats line)."""

@@ -32,6 +32,7 @@ from .memory import MemoryRegistry, check_limits
 from .notices import notice
 from .observe import KEY_BYTES as OBSERVE_KEY_BYTES, BadTicket, check_ticket, note_observed
 from .names import CHALLENGE_BYTES, NameBindings, verify_enroll
+from .timed_proof import WINDOW, audience, check_timed, guard_ttl, replay_token
 from .records import Close, Relay, Send, _Conn, source_key
 from .registry import Answered, Ended, Home, Refusal, Registry
 from .wire import (
@@ -86,6 +87,9 @@ class RendezvousServer:
         # the I/O layer supplies it (it reads the wall clock the credentials' expiry is written in)
         relay: Callable[[str], dict] | None = None,
         observe_key: bytes | None = None,
+        # the wall clock (Unix seconds) timed enroll proofs are checked against (timed_proof.py); the
+        # I/O layer passes time.time. None: every timed proof is answered with a challenge
+        wall_clock: Callable[[], float] | None = None, proof_window: float = WINDOW,
     ):
         check_limits(max_conns_per_source=max_conns_per_source)
         if registry is None:
@@ -118,6 +122,8 @@ class RendezvousServer:
         # another checks), while `now` may be a clock of this process only
         self.ticket_clock_offset = 0.0
         self.names = names if names is not None else NameBindings()
+        self.wall_clock = wall_clock
+        self.proof_window = proof_window
         self._relay = relay
         self.conns: dict[int, _Conn] = {}
         self._out: list[Send | Close | Relay] = []
@@ -127,7 +133,8 @@ class RendezvousServer:
         # peers whose going offline the registry could not take (it was unreachable): told later
         self._owed: dict[str, int] = {}
         self.stats = registry.stats
-        for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed", "observed"):
+        for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed", "observed", "timed_enrolls",
+                     "timed_fallbacks"):
             self.stats.setdefault(name, 0)
 
     # -- the in-memory registry's tables (tests, stats) --
@@ -217,11 +224,14 @@ class RendezvousServer:
                                                    offer=ended.offer_id, code=code.value, message=message), now)
 
     # -- inputs --
-    def connection_made(self, conn: int, addr: tuple | list, now: float) -> None:
+    def connection_made(self, conn: int, addr: tuple | list, now: float, local: tuple | None = None) -> None:
+        """`local`: the (ip, port) the connection reached on this side, which a timed enroll proof
+        must name (None: every timed proof on it is answered with a challenge)."""
         if conn in self.conns:
             raise LocalProtocolError(f"connection {conn} already open")
         source = source_key(addr)
-        self.conns[conn] = _Conn(list(addr[:2]), source, FrameDecoder(CLIENT_MESSAGES), last_seen=now)
+        self.conns[conn] = _Conn(list(addr[:2]), source, FrameDecoder(CLIENT_MESSAGES), last_seen=now,
+                                 local=local)
         count = self._conns_of[source] = self._conns_of.get(source, 0) + 1
         if count > self.max_conns_per_source:
             self.stats["refused"] += 1
@@ -456,7 +466,16 @@ class RendezvousServer:
             self._error(conn, ErrorCode.BAD_REQUEST, "name must be 1..64 of [A-Za-z0-9._-]", rid)
             return
         key = msg.get("key")
-        if key is not None:
+        if key is not None and "at" in msg:
+            # a proof the client made without asking (timed_proof.py); any doubt about it costs the
+            # client one round trip, never its enrollment: it gets a challenge to sign instead
+            if not await self._timed_ok(c, msg, name, now):
+                self.stats["timed_fallbacks"] += 1
+                c.challenge = self._key(CHALLENGE_BYTES)
+                self._send(conn, "challenge", id=rid, nonce=c.challenge)
+                return
+            self.stats["timed_enrolls"] += 1
+        elif key is not None:
             # a claim by key: the proof is this connection's, so the front checks it, not the registry
             challenge, c.challenge = c.challenge, None  # one use
             try:
@@ -512,6 +531,24 @@ class RendezvousServer:
             fields["relay"] = self._relay(got.peer_id)
         self._send(conn, "enrolled", id=rid, peer=got.peer_id, secret=got.secret, keepalive=self.keepalive,
                    now=now, observed=list(c.addr), **fields)
+
+    async def _timed_ok(self, c: _Conn, msg: dict, name: str | None, now: float) -> bool:
+        """Whether the enroll's timed proof holds: made for this address and name, within the window
+        of our clock, signed by its key, and (checked last, so only proofs that verify take room)
+        not seen before by anyone sharing our registry."""
+        if name is None or c.local is None or self.wall_clock is None:
+            return False
+        wall = self.wall_clock()
+        try:
+            check_timed(msg["key"], msg["sig"], msg["nonce"], msg["at"], audience(*c.local[:2]), name, wall,
+                        self.proof_window)
+        except (WrongPeer, ValueError):
+            return False
+        try:
+            token = replay_token(msg["key"], msg["nonce"])
+            return await self.registry.first_use(token, guard_ttl(msg["at"], wall, self.proof_window), now) is True
+        except RegistryUnavailable:
+            return False
 
     def _bind_name(self, name: str, key: bytes) -> Refusal | None:
         """Bind `name` to `key` once the registry took the enrollment (its proof of ownership came

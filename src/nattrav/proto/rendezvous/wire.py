@@ -53,7 +53,8 @@ _BYTES = (bytes,)
 
 CLIENT_MESSAGES: dict[str, Spec] = {
     "enroll": {"id": (_INT, False), "name": (_STR, False), "secret": (_STR, False), "info": (_MAP, False),
-               "key": (_BYTES, False), "sig": (_BYTES, False)},  # identity: names.py
+               "key": (_BYTES, False), "sig": (_BYTES, False),  # identity: names.py
+               "nonce": (_BYTES, False), "at": (_INT, False)},  # a timed proof: timed_proof.py
     "challenge": {"id": (_INT, False)},
     "ping": {"id": (_INT, False)},
     "info": {"id": (_INT, False), "info": (_MAP, True)},
@@ -120,7 +121,8 @@ _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
     "session": lambda m: len(m["key"]) == KEY_BYTES and m["role"] in ("first", "second")
     and _finite(m["start_at"]) and _finite(m["now"]) and len(m.get("peer_key", b"0" * 32)) == 32,
     "enroll": lambda m: len(m.get("key", b"0" * 32)) == 32 and len(m.get("sig", b"0" * 64)) == 64
-    and ("key" in m) == ("sig" in m),
+    and ("key" in m) == ("sig" in m) and ("nonce" in m) == ("at" in m) and ("nonce" not in m or "key" in m)
+    and len(m.get("nonce", b"0" * 16)) == 16,
     "enrolled": lambda m: len(m["observed"]) == 2 and isinstance(m["observed"][0], str)
     and isinstance(m["observed"][1], int) and _finite(m["now"]) and _finite(m["keepalive"])
     and m["keepalive"] > 0 and _stun_list(m.get("stun", [])),
