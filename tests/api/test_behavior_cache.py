@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Key, default_path
+from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Entry, Key, confirmed, default_path
 from nattrav.proto.nat_behavior import NatBehavior
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
@@ -216,3 +216,39 @@ def test_a_lifetime_that_is_not_a_measurement_is_refused(cache, value):
 def test_no_entry_no_lifetime(cache):
     assert not cache.set_lifetime(KEY, 7.0)
     assert cache.lookup(KEY) is None
+
+
+# -- the warm path's guess (api/udp.py: sample first, then confirm by the public address) --
+
+def test_the_guess_is_the_newest_entry_for_the_local_ip_and_server_whatever_the_public_ip(cache):
+    home = Key.of("10.0.1.2", "203.0.113.10", STUN)
+    cafe = Key.of("10.0.1.2", "192.0.2.77", STUN)
+    assert cache.guess("10.0.1.2", STUN) is None
+    cache.save(home, behavior(), now=1000.0)
+    cache.save(cafe, behavior(public_ip="192.0.2.77", mapping=Mapping.EIM), now=1100.0)
+    key, entry = cache.guess("10.0.1.2", STUN, now=1200.0)
+    assert key == cafe and entry.behavior.mapping is Mapping.EIM
+    cache.save(home, behavior(), now=1150.0)  # measured again: now the newest
+    key, _ = cache.guess("10.0.1.2", STUN, now=1200.0)
+    assert key == home
+
+
+def test_the_guess_never_crosses_local_ip_or_server_and_skips_old_entries(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.guess("10.0.1.3", STUN, now=1000.0) is None  # another local address
+    assert cache.guess("10.0.1.2", ("198.51.100.1", 3479), now=1000.0) is None  # another server port
+    assert cache.guess("10.0.1.20", STUN, now=1000.0) is None  # a prefix of the key text is not the IP
+    assert cache.guess("10.0.1.2", STUN, now=1000.0 + 25 * 3600) is None
+    assert cache.guess("not an ip", STUN) is None
+
+
+def test_a_guess_stands_only_for_an_entry_under_the_sampled_name_with_the_same_second_server():
+    guess = Entry(behavior(), 1000.0)
+    other = ("198.51.100.2", 3479)
+    assert confirmed(guess, Entry(behavior(), 900.0), other)
+    assert not confirmed(guess, None, other)  # the public address names no known network
+    assert not confirmed(guess, Entry(behavior(other_address=("198.51.100.9", 3479)), 900.0), other)
+    assert not confirmed(guess, Entry(behavior(), 900.0), ("198.51.100.9", 3479))  # the server moved it
+    assert not confirmed(guess, Entry(behavior(), 900.0), None)  # the server names none any more
+    alone = Entry(behavior(other_address=None), 900.0)
+    assert confirmed(Entry(behavior(other_address=None), 1000.0), alone, None)

@@ -1,6 +1,7 @@
 """In the NAT lab: a second `nattrav-fast -d` from the same host finds the NAT behaviour the first one
-measured (the cache), skips the RFC 5780 tests -- no discovery phase in its events -- and still
-connects, here by prediction through a sequential symmetric NAT."""
+measured (the cache), skips the RFC 5780 tests -- no discovery phase in its events, the punch
+socket's own samples name the network -- and still connects, here by prediction through a
+sequential symmetric NAT."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def test_a_warm_connect_skips_discovery_and_still_connects():
         kinds = [e["event"] for e in warm]
         assert "discovery" not in kinds and "discovery-done" not in kinds, kinds
         cached = next(e for e in warm if e["event"] == "behavior-cached")
+        assert cached["via"] == "samples"  # one round trip: the punch socket's samples named the network
         assert (cached["mapping"], cached["allocation"], cached["delta"]) == (
             measured["mapping"], measured["allocation"], measured["delta"])
         # the punch socket's mappings are still sampled fresh, and the pair is met by prediction

@@ -102,6 +102,31 @@ class BehaviorCache:
             return None
         return entry
 
+    def guess(self, local_ip: str, stun: Address, now: float | None = None) -> tuple[Key, Entry] | None:
+        """The most recently saved valid entry measured from `local_ip` against `stun`, whatever the
+        public address it was seen from: what a warm connect may sample with before the public
+        address that names the network is known. Only a guess: the caller confirms it with
+        `confirmed()` once its samples showed the public address."""
+        now = time.time() if now is None else now
+        try:
+            probe = Key.of(local_ip, local_ip, stun)
+        except ValueError:
+            return None
+        head, tail = f"{probe.local_ip}|", f"|{probe.stun[0]}:{probe.stun[1]}"
+        best: tuple[Key, Entry] | None = None
+        for text, raw in self._read().items():  # oldest first: the last match is the newest
+            if not (text.startswith(head) and text.endswith(tail)):
+                continue
+            entry = _entry_from(raw)
+            if entry is None or not 0 <= now - entry.saved <= self.max_age:
+                continue
+            public = text[len(head):len(text) - len(tail)]
+            try:
+                best = (Key.of(probe.local_ip, public, probe.stun), entry)
+            except ValueError:
+                continue
+        return best
+
     def save(self, key: Key, behavior: NatBehavior, now: float | None = None) -> bool:
         """Store `behavior` for `key` (only a complete measurement: mapping and filtering known);
         True when the file was written."""
@@ -281,6 +306,27 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     return Entry(behavior, float(saved))
 
 
+def confirmed(guessed: Entry, found: Entry | None, announced: Address | None) -> bool:
+    """Whether samples taken on the strength of `guessed` (towards its server and the OTHER-ADDRESS
+    it names) may stand for the entry `found` under the key the samples' public address names:
+    there is one, it names the same second server address, and the server still announces that
+    address (`announced`: the OTHER-ADDRESS of its answer, None when it named none). Anything else
+    is another network or a changed server: measure again."""
+    if found is None:
+        return False
+    other = _addr_or_none(found.behavior.other_address)
+    return other == _addr_or_none(guessed.behavior.other_address) and other == _addr_or_none(announced)
+
+
+def _addr_or_none(addr: Any) -> Address | None:
+    if addr is None:
+        return None
+    try:
+        return (str(ipaddress.ip_address(addr[0])), int(addr[1]))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 MAX_LIFETIME = 24 * 3600.0  # seconds; a mapping lifetime beyond a day is not a measurement
 
 
@@ -289,4 +335,5 @@ def _lifetime_ok(value: Any) -> bool:
             and 0 < value <= MAX_LIFETIME)
 
 
-__all__ = ["MAX_AGE", "MAX_ENTRIES", "MAX_FILE", "REFRESH_AFTER", "BehaviorCache", "Entry", "Key", "default_path"]
+__all__ = ["MAX_AGE", "MAX_ENTRIES", "MAX_FILE", "REFRESH_AFTER", "BehaviorCache", "Entry", "Key", "confirmed",
+           "default_path"]
