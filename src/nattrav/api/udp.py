@@ -45,6 +45,10 @@ WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker proc
 # An EIM mapping is the same for every destination: sampling it again before a session shows nothing
 # new unless it may have expired meanwhile (home routers keep idle UDP mappings 30 s or more).
 EIM_SAMPLES_FRESH = 20.0
+# A listener waiting for its next peer keeps an EIM punch socket's mapping confirmed this often
+# (one binding on the flow it already has, which also keeps it alive), so that an offer finds its
+# samples fresh and the accept needs no refresh round trip (keep_fresh)
+STANDBY_EVERY = 15.0
 # the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
 SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
 # its observation request (proto/rendezvous/observe.py): sent at 0 and 0.15 s, given up at 0.3 s (what a
@@ -263,6 +267,32 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
         ep.sampled_at = trio.current_time()
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
+
+
+async def keep_fresh(ep: Endpoint, on_event: EventHook | None = None) -> None:
+    """While a listener waits: every STANDBY_EVERY seconds, one binding from the punch socket to the
+    server it sampled first (an old flow: an EIM NAT answers with the same mapping while it lives,
+    and the packet keeps it alive). The same public address as the report's marks the samples fresh
+    (refresh_mappings then skips its round trip); anything else -- no answer, another port -- marks
+    nothing, and the accept's refresh measures as before. Only for an EIM mapping: an APDM one's
+    next port moves with the NAT's other flows, and only new samples can tell it. Runs until
+    cancelled (the offer came: the socket is the session's)."""
+    emit = on_event or (lambda phase, detail: None)
+    server = ep.behavior.server
+    if ep.behavior.mapping is not Mapping.EIM or server is None or ep.report.public is None:
+        return
+    while True:
+        await trio.sleep_until(ep.sampled_at + STANDBY_EVERY)
+        try:
+            got = await _sample(ep.sock, [server], ep.t0)
+        except ConnectError:
+            emit("standby", {"fresh": False, "why": "no answer"})
+            return
+        same = got.public == tuple(ep.report.public)
+        emit("standby", {"fresh": same, "public": list(got.public)})
+        if not same:
+            return
+        ep.sampled_at = trio.current_time()
 
 
 @dataclass
@@ -487,6 +517,9 @@ class UdpTransport:
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
+
+    async def standby(self, ep: Endpoint, emit: EventHook) -> None:
+        await keep_fresh(ep, emit)
 
     relays = True  # the ladder may end at the relay (api/relay.py)
 
