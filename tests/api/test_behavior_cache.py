@@ -10,7 +10,8 @@ import stat
 
 import pytest
 
-from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Entry, Key, confirmed, default_path
+from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Entry, Key, confirmed, default_path, trace_of
+from nattrav.proto.hops import read_trace
 from nattrav.proto.nat_behavior import NatBehavior
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
@@ -252,3 +253,50 @@ def test_a_guess_stands_only_for_an_entry_under_the_sampled_name_with_the_same_s
     assert not confirmed(guess, Entry(behavior(), 900.0), None)  # the server names none any more
     alone = Entry(behavior(other_address=None), 900.0)
     assert confirmed(Entry(behavior(other_address=None), 1000.0), alone, None)
+
+
+# -- the hop trace kept with the behaviour (a warm connect runs none) --
+
+TRACED = read_trace({1: "10.0.1.1", 2: "192.0.2.254"}, 3, 8)
+
+
+def test_a_measured_trace_joins_the_entry_keeps_its_age_and_reads_back_the_same(cache):
+    assert TRACED.measured and TRACED.low_ttl == 2
+    assert not cache.set_hops(KEY, TRACED)  # no entry yet: nothing to join
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.set_hops(KEY, TRACED)
+    entry = cache.lookup(KEY, now=1010.0)
+    assert entry.saved == 1000.0 and entry.hops() == TRACED
+    assert not cache.set_hops(KEY, TRACED)  # the same trace: the file is not written again
+    cache.save(KEY, behavior(delta=3), now=2000.0)  # measured again: the trace stays
+    assert cache.lookup(KEY, now=2000.0).hops() == TRACED
+
+
+def test_a_trace_that_showed_nothing_is_not_kept(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    blind = read_trace({}, None, 8)
+    assert trace_of(blind) is None and not cache.set_hops(KEY, blind)
+    assert cache.lookup(KEY, now=1000.0).trace is None
+
+
+@pytest.mark.parametrize("trace", [
+    "3 hops", {"answers": {}}, {"answers": {"1": "10.0.1.1"}, "server_ttl": 99},
+    {"answers": {"x": "10.0.1.1"}, "server_ttl": 3}, {"answers": {"1": "not an ip"}, "server_ttl": 3},
+    {"answers": {"1": 5}, "server_ttl": 3}, {"answers": {"0": "10.0.1.1"}, "server_ttl": 3},
+    {"answers": {"1": "10.0.1.1"}, "server_ttl": True}, {"answers": [], "server_ttl": 3},
+    {"answers": {"1": "10.0.1.1"}, "server_ttl": 3, "more": 1},
+])
+def test_a_malformed_trace_makes_the_entry_ignored(cache, trace):
+    cache.save(KEY, behavior(), now=1000.0)
+    doc = json.loads(cache.path.read_text())
+    doc["entries"][KEY.text()]["trace"] = trace
+    cache.path.write_text(json.dumps(doc))
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_a_guess_whose_trace_stood_in_needs_the_same_trace_under_the_sampled_name():
+    traced = Entry(behavior(), 1000.0, trace_of(TRACED))
+    other = ("198.51.100.2", 3479)
+    assert confirmed(traced, Entry(behavior(), 900.0, trace_of(TRACED)), other, same_trace=True)
+    assert not confirmed(traced, Entry(behavior(), 900.0), other, same_trace=True)
+    assert confirmed(traced, Entry(behavior(), 900.0), other)  # a trace of our own was taken

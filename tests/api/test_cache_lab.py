@@ -77,6 +77,11 @@ def test_a_warm_connect_skips_discovery_and_still_connects():
         assert "discovery" not in kinds and "discovery-done" not in kinds, kinds
         cached = next(e for e in warm if e["event"] == "behavior-cached")
         assert cached["via"] == "samples"  # one round trip: the punch socket's samples named the network
+        # the hop trace the cold run took is kept with the behaviour: the warm one runs none
+        (cold_hops,) = [e for e in cold if e["event"] == "hops"]
+        (warm_hops,) = [e for e in warm if e["event"] == "hops"]
+        assert warm_hops.get("cached") is True and cold_hops.get("cached") is None
+        assert (warm_hops["low_ttl"], warm_hops["hops"]) == (cold_hops["low_ttl"], cold_hops["hops"])
         assert (cached["mapping"], cached["allocation"], cached["delta"]) == (
             measured["mapping"], measured["allocation"], measured["delta"])
         # the punch socket's mappings are still sampled fresh, and the pair is met by prediction

@@ -128,34 +128,52 @@ async def open_endpoint(
         observe = (resolve(observe[0]), observe[1])
     sock = await _punch_socket(src_ip, src_port)
     try:
-        # the trace runs beside discovery: its one flow is made before the punch socket samples (a
-        # new mapping landing between them, or between them and the punch, would read as foreign)
-        traced = trio.Event()
-        async with running(measure_hops, stun, src_ip, emit, traced.set) as tracing:
-            cached = sampled = None
-            remeasure = False
-            # an ephemeral port only: a guess that fails leaves flows on this socket, and the socket
-            # that measures again must be a fresh one (a fixed port would meet its old mappings)
-            if behavior is None and cache is not None and src_port == 0:
-                warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, traced)
-                if warm is not None:
-                    behavior, cached, sampled = warm
-                elif remeasure:
-                    sock.close()
-                    sock = await _punch_socket(src_ip, src_port)
-            if behavior is None:
-                (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache, observe,
-                                                                          remeasure)
-            if sampled is None:
-                t0 = trio.current_time()
-                sampled = (t0, await _sample(sock, _targets(stun, behavior.other_address), t0, observe))
-            t0, got = sampled
-            seen = _Seen()
-            seen.add(got, emit)
-            if observe is not None and needs_survey(behavior.mapping, seen.ips):
-                seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
-            report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
-            hops = await tracing.result()
+        cached = sampled = hops = guess = None
+        remeasure = False
+        # an ephemeral port only: a guess that fails leaves flows on this socket, and the socket
+        # that measures again must be a fresh one (a fixed port would meet its old mappings)
+        if behavior is None and cache is not None and src_port == 0:
+            local = await local_address(sock, stun)
+            guessed = cache.guess(local[0], stun)
+            guess = (local, guessed[1]) if guessed is not None else None
+        if guess is not None and guess[1].trace is not None:
+            # the network's hop trace is kept too: no trace to run, none to wait for
+            warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, *guess)
+            if warm is not None:
+                (behavior, cached, sampled), hops = warm, guess[1].hops()
+                emit("hops", {**hops.to_dict(), "cached": True})
+            guess = None
+        if remeasure:
+            sock.close()
+            sock = await _punch_socket(src_ip, src_port)
+        if hops is None:
+            # the trace runs beside discovery: its one flow is made before the punch socket samples
+            # (a new mapping landing between them, or between them and the punch, reads as foreign)
+            traced = trio.Event()
+            async with running(measure_hops, stun, src_ip, emit, traced.set) as tracing:
+                if guess is not None:
+                    await traced.wait()  # the trace's first round: ~20 ms, not a round trip
+                    warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, *guess)
+                    if warm is not None:
+                        behavior, cached, sampled = warm
+                    elif remeasure:
+                        sock.close()
+                        sock = await _punch_socket(src_ip, src_port)
+                if behavior is None:
+                    (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache,
+                                                                              observe, remeasure)
+                if sampled is None:
+                    t0 = trio.current_time()
+                    sampled = (t0, await _sample(sock, _targets(stun, behavior.other_address), t0, observe))
+                hops = await tracing.result()
+            if cached is not None:
+                cached.cache.set_hops(cached.key, hops)  # the next warm connect needs no trace
+        t0, got = sampled
+        seen = _Seen()
+        seen.add(got, emit)
+        if observe is not None and needs_survey(behavior.mapping, seen.ips):
+            seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
+        report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
     except BaseException:
         sock.close()
         raise
@@ -181,21 +199,16 @@ async def _punch_socket(src_ip: str | None, src_port: int) -> Any:
 
 
 async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache, emit: EventHook,
-                          observe: tuple[str, int] | None, traced: trio.Event,
+                          observe: tuple[str, int] | None, local: tuple[str, int], guess: Any,
                           ) -> tuple[tuple[NatBehavior, CacheUse, Any] | None, bool]:
-    """The warm path in one round trip: the cache's newest entry for our local address and this
-    STUN server is a guess at the network, good enough to know where to sample (its server and
-    OTHER-ADDRESS); the punch socket's samples then show the public address that names the network,
-    and the entry under that name must agree with the guess (behavior_cache.confirmed) or nothing
-    is used: (None, True), and the caller measures from scratch with a fresh socket, the cache's
-    word not taken. (None, False): no guess, this socket untouched. Never a plan from a behaviour
-    the public address does not name."""
-    local = await local_address(sock, stun)
-    guessed = cache.guess(local[0], stun)
-    if guessed is None:
-        return None, False
-    _, guess = guessed
-    await traced.wait()  # the trace's first round: ~20 ms, not a round trip
+    """The warm path in one round trip: `guess`, the cache's newest entry for our `local` address
+    and this STUN server, is a guess at the network, good enough to know where to sample (its
+    server and OTHER-ADDRESS); the punch socket's samples then show the public address that names
+    the network, and the entry under that name must agree with the guess (behavior_cache.confirmed,
+    the same hop trace too when the guess's stood in for ours): ((behaviour, its CacheUse,
+    (t0, samples)), False). Else nothing is used: (None, True), and the caller measures from scratch
+    with a fresh socket, the cache's word not taken. Never a plan from a behaviour the public
+    address does not name."""
     t0 = trio.current_time()
     try:
         got = await _sample(sock, _targets(stun, guess.behavior.other_address), t0, observe)
@@ -207,7 +220,7 @@ async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache
     public_ip = got.first_ip or got.public[0]
     key = Key.of(local, public_ip, stun)
     found = cache.lookup(key)
-    if not confirmed(guess, found, got.announced):
+    if not confirmed(guess, found, got.announced, same_trace=guess.trace is not None):
         emit("behavior-cache-miss", {"reason": "no entry for this public address" if found is None
                                      else "the server's second address changed", "public_ip": public_ip})
         return None, True
