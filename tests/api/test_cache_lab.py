@@ -10,9 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from nattrav.lab import registry
 from nattrav.lab.agent import SERVER_PORT
 from nattrav.lab.matrix import wait_tcp
 from nattrav.lab.pytest_support import running_lab
@@ -88,3 +90,20 @@ def test_a_warm_connect_skips_discovery_and_still_connects():
         assert "mapping" in kinds
         connected = next(e for e in warm if e["event"] == "connected")
         assert connected["strategy"] == "predicted"
+
+        # an entry getting old is measured again once the session is up, its hop trace too
+        path = Path(registry.cache_home(lab.ns("a"))) / "nattrav" / "behavior.json"
+        doc = json.loads(path.read_text())
+        ((key, entry),) = doc["entries"].items()
+        real = entry["trace"]
+        assert len(real["answers"]) >= 2, real
+        entry["saved"] -= 700  # past REFRESH_AFTER
+        # the warm connect takes the kept trace as it is (one hop fewer: the same low TTL here);
+        # the background measurement puts the real one back
+        last = max(real["answers"], key=int)
+        entry["trace"] = {**real, "answers": {t: ip for t, ip in real["answers"].items() if t != last}}
+        path.write_text(json.dumps(doc))
+        third = _connect(lab, server, "warm-test-2")
+        assert next(e for e in third if e["event"] == "hops").get("cached") is True
+        entry = json.loads(path.read_text())["entries"][key]
+        assert entry["saved"] > time.time() - 60 and entry["trace"] == real, entry

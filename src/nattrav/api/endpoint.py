@@ -124,7 +124,10 @@ async def refresh_cached(stun: tuple[str, int], src_ip: str | None, use: CacheUs
     except OSError:
         return
     if behavior.public_ip is not None and behavior.local is not None:
-        use.cache.save(Key.of(behavior.local, behavior.public_ip, stun), behavior)
+        key = Key.of(behavior.local, behavior.public_ip, stun)
+        use.cache.save(key, behavior)
+        # and the hop trace, which warm connects take from the entry instead of tracing
+        use.cache.set_hops(key, await measure_hops(stun, src_ip, lambda phase, detail: None))
 
 
 async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook,
