@@ -10,7 +10,8 @@ import stat
 
 import pytest
 
-from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Key, default_path
+from nattrav.api.behavior_cache import MAX_FILE, BehaviorCache, Entry, Key, confirmed, default_path, trace_of
+from nattrav.proto.hops import read_trace
 from nattrav.proto.nat_behavior import NatBehavior
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
@@ -216,3 +217,86 @@ def test_a_lifetime_that_is_not_a_measurement_is_refused(cache, value):
 def test_no_entry_no_lifetime(cache):
     assert not cache.set_lifetime(KEY, 7.0)
     assert cache.lookup(KEY) is None
+
+
+# -- the warm path's guess (api/udp.py: sample first, then confirm by the public address) --
+
+def test_the_guess_is_the_newest_entry_for_the_local_ip_and_server_whatever_the_public_ip(cache):
+    home = Key.of("10.0.1.2", "203.0.113.10", STUN)
+    cafe = Key.of("10.0.1.2", "192.0.2.77", STUN)
+    assert cache.guess("10.0.1.2", STUN) is None
+    cache.save(home, behavior(), now=1000.0)
+    cache.save(cafe, behavior(public_ip="192.0.2.77", mapping=Mapping.EIM), now=1100.0)
+    key, entry = cache.guess("10.0.1.2", STUN, now=1200.0)
+    assert key == cafe and entry.behavior.mapping is Mapping.EIM
+    cache.save(home, behavior(), now=1150.0)  # measured again: now the newest
+    key, _ = cache.guess("10.0.1.2", STUN, now=1200.0)
+    assert key == home
+
+
+def test_the_guess_never_crosses_local_ip_or_server_and_skips_old_entries(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.guess("10.0.1.3", STUN, now=1000.0) is None  # another local address
+    assert cache.guess("10.0.1.2", ("198.51.100.1", 3479), now=1000.0) is None  # another server port
+    assert cache.guess("10.0.1.20", STUN, now=1000.0) is None  # a prefix of the key text is not the IP
+    assert cache.guess("10.0.1.2", STUN, now=1000.0 + 25 * 3600) is None
+    assert cache.guess("not an ip", STUN) is None
+
+
+def test_a_guess_stands_only_for_an_entry_under_the_sampled_name_with_the_same_second_server():
+    guess = Entry(behavior(), 1000.0)
+    other = ("198.51.100.2", 3479)
+    assert confirmed(guess, Entry(behavior(), 900.0), other)
+    assert not confirmed(guess, None, other)  # the public address names no known network
+    assert not confirmed(guess, Entry(behavior(other_address=("198.51.100.9", 3479)), 900.0), other)
+    assert not confirmed(guess, Entry(behavior(), 900.0), ("198.51.100.9", 3479))  # the server moved it
+    assert not confirmed(guess, Entry(behavior(), 900.0), None)  # the server names none any more
+    alone = Entry(behavior(other_address=None), 900.0)
+    assert confirmed(Entry(behavior(other_address=None), 1000.0), alone, None)
+
+
+# -- the hop trace kept with the behaviour (a warm connect runs none) --
+
+TRACED = read_trace({1: "10.0.1.1", 2: "192.0.2.254"}, 3, 8)
+
+
+def test_a_measured_trace_joins_the_entry_keeps_its_age_and_reads_back_the_same(cache):
+    assert TRACED.measured and TRACED.low_ttl == 2
+    assert not cache.set_hops(KEY, TRACED)  # no entry yet: nothing to join
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.set_hops(KEY, TRACED)
+    entry = cache.lookup(KEY, now=1010.0)
+    assert entry.saved == 1000.0 and entry.hops() == TRACED
+    assert not cache.set_hops(KEY, TRACED)  # the same trace: the file is not written again
+    cache.save(KEY, behavior(delta=3), now=2000.0)  # measured again: the trace stays
+    assert cache.lookup(KEY, now=2000.0).hops() == TRACED
+
+
+def test_a_trace_that_showed_nothing_is_not_kept(cache):
+    cache.save(KEY, behavior(), now=1000.0)
+    blind = read_trace({}, None, 8)
+    assert trace_of(blind) is None and not cache.set_hops(KEY, blind)
+    assert cache.lookup(KEY, now=1000.0).trace is None
+
+
+@pytest.mark.parametrize("trace", [
+    "3 hops", {"answers": {}}, {"answers": {"1": "10.0.1.1"}, "server_ttl": 99},
+    {"answers": {"x": "10.0.1.1"}, "server_ttl": 3}, {"answers": {"1": "not an ip"}, "server_ttl": 3},
+    {"answers": {"1": 5}, "server_ttl": 3}, {"answers": {"0": "10.0.1.1"}, "server_ttl": 3},
+    {"answers": {"1": "10.0.1.1"}, "server_ttl": True}, {"answers": [], "server_ttl": 3},
+    {"answers": {"1": "10.0.1.1"}, "server_ttl": 3, "more": 1},
+])
+def test_a_malformed_trace_makes_the_entry_ignored(cache, trace):
+    cache.save(KEY, behavior(), now=1000.0)
+    doc = json.loads(cache.path.read_text())
+    doc["entries"][KEY.text()]["trace"] = trace
+    cache.path.write_text(json.dumps(doc))
+    assert cache.lookup(KEY, now=1000.0) is None
+
+
+def test_a_guess_whose_trace_stood_in_needs_the_same_trace_under_the_sampled_name():
+    traced = Entry(behavior(), 1000.0, trace_of(TRACED))
+    other = ("198.51.100.2", 3479)
+    assert confirmed(traced, Entry(behavior(), 900.0, trace_of(TRACED)), other, same_trace=True)
+    assert not confirmed(traced, Entry(behavior(), 900.0), other, same_trace=True)
+    assert confirmed(traced, Entry(behavior(), 900.0), other)  # a trace of our own was taken

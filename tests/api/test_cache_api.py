@@ -68,3 +68,34 @@ async def test_an_entry_that_names_another_server_is_not_used(servers, tmp_path)
     a, b = await _session(servers, str(path))
     assert "discovery-done" in b and "behavior-cached" in a
     assert len(json.loads(path.read_text())["entries"]) == 2
+
+
+async def test_a_warm_connect_runs_no_discovery_binding_at_all(servers, tmp_path, monkeypatch):
+    """The punch socket's own samples name the network (one round trip): discovery's separate
+    binding, the second round trip of the old warm path, is never made."""
+    path = tmp_path / "behavior.json"
+    await _session(servers, str(path))
+
+    async def no_discovery(*args, **kwargs):
+        raise AssertionError("a warm connect ran discovery")
+
+    monkeypatch.setattr("nattrav.api.endpoint.discover", no_discovery)
+    a, b = await _session(servers, str(path))
+    assert "behavior-cached" in a and "behavior-cached" in b
+    assert a.index("behavior-cached") < a.index("mapping")
+
+
+async def test_a_guess_under_another_public_address_is_measured_again(servers, tmp_path):
+    """An entry for our local address but another public one (another network with the same LAN
+    address): sampled with, found wrong by the public address, measured from scratch."""
+    path = tmp_path / "behavior.json"
+    await _session(servers, str(path))
+    doc = json.loads(path.read_text())
+    ((key, entry),) = doc["entries"].items()
+    local, _public, stun = key.split("|")
+    doc["entries"] = {f"{local}|192.0.2.1|{stun}": entry}
+    path.write_text(json.dumps(doc))
+    a, b = await _session(servers, str(path))
+    assert "behavior-cache-miss" in b and "discovery-done" in b  # the listener goes first
+    assert "behavior-cached" in a  # then the connector finds what the listener measured
+    assert key in json.loads(path.read_text())["entries"]

@@ -1,6 +1,7 @@
 """In the NAT lab: a second `nattrav-fast -d` from the same host finds the NAT behaviour the first one
-measured (the cache), skips the RFC 5780 tests -- no discovery phase in its events -- and still
-connects, here by prediction through a sequential symmetric NAT."""
+measured (the cache), skips the RFC 5780 tests -- no discovery phase in its events, the punch
+socket's own samples name the network -- and still connects, here by prediction through a
+sequential symmetric NAT."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from nattrav.lab import registry
 from nattrav.lab.agent import SERVER_PORT
 from nattrav.lab.matrix import wait_tcp
 from nattrav.lab.pytest_support import running_lab
@@ -75,9 +78,32 @@ def test_a_warm_connect_skips_discovery_and_still_connects():
         kinds = [e["event"] for e in warm]
         assert "discovery" not in kinds and "discovery-done" not in kinds, kinds
         cached = next(e for e in warm if e["event"] == "behavior-cached")
+        assert cached["via"] == "samples"  # one round trip: the punch socket's samples named the network
+        # the hop trace the cold run took is kept with the behaviour: the warm one runs none
+        (cold_hops,) = [e for e in cold if e["event"] == "hops"]
+        (warm_hops,) = [e for e in warm if e["event"] == "hops"]
+        assert warm_hops.get("cached") is True and cold_hops.get("cached") is None
+        assert (warm_hops["low_ttl"], warm_hops["hops"]) == (cold_hops["low_ttl"], cold_hops["hops"])
         assert (cached["mapping"], cached["allocation"], cached["delta"]) == (
             measured["mapping"], measured["allocation"], measured["delta"])
         # the punch socket's mappings are still sampled fresh, and the pair is met by prediction
         assert "mapping" in kinds
         connected = next(e for e in warm if e["event"] == "connected")
         assert connected["strategy"] == "predicted"
+
+        # an entry getting old is measured again once the session is up, its hop trace too
+        path = Path(registry.cache_home(lab.ns("a"))) / "nattrav" / "behavior.json"
+        doc = json.loads(path.read_text())
+        ((key, entry),) = doc["entries"].items()
+        real = entry["trace"]
+        assert len(real["answers"]) >= 2, real
+        entry["saved"] -= 700  # past REFRESH_AFTER
+        # the warm connect takes the kept trace as it is (one hop fewer: the same low TTL here);
+        # the background measurement puts the real one back
+        last = max(real["answers"], key=int)
+        entry["trace"] = {**real, "answers": {t: ip for t, ip in real["answers"].items() if t != last}}
+        path.write_text(json.dumps(doc))
+        third = _connect(lab, server, "warm-test-2")
+        assert next(e for e in third if e["event"] == "hops").get("cached") is True
+        entry = json.loads(path.read_text())["entries"][key]
+        assert entry["saved"] > time.time() - 60 and entry["trace"] == real, entry

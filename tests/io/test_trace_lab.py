@@ -28,3 +28,29 @@ def test_the_traced_low_ttl_is_the_lab_topology(left):
         assert got["server_ttl"] > got["low_ttl"], got
     finally:
         lab.down()
+
+
+def _trace_with_hook(server):
+    marks: list[str] = []
+
+    async def main():
+        made = trio.Event()
+        reading = await trace_hops(tuple(server), made=made.set)
+        marks.append(f"made:{made.is_set()}")
+        marks.append(f"low_ttl:{reading.low_ttl}")
+
+    trio.run(main)
+    return marks
+
+
+def test_the_trace_says_when_its_flow_is_made():
+    """The warm path samples the punch socket once the trace's first round left, or the trace is
+    over (api/udp.py): the hook has fired by the time the trace returns, and the trace still reads
+    the topology."""
+    lab = lab_or_skip("symmetric-seq", "port-restricted")
+    try:
+        with stun_servers(lab, "rfc5780") as server:
+            marks = lab.call("a", _trace_with_hook, server)
+        assert marks == ["made:True", f"low_ttl:{lab.low_ttl_from('a')}"], marks
+    finally:
+        lab.down()

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..io.trace import MAX_TTL
+from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import FLOW_TABLE_CAP
 
@@ -76,6 +78,16 @@ class Key:
 class Entry:
     behavior: NatBehavior
     saved: float  # unix time
+    # the hop trace towards the server measured on this network (trace_of()'s form), if kept: a warm
+    # connect then needs no trace of its own
+    trace: dict[str, Any] | None = None
+
+    def hops(self) -> HopReading | None:
+        """The kept trace read again (proto/hops.read_trace), or None."""
+        if self.trace is None:
+            return None
+        answers = {int(t): ip for t, ip in self.trace["answers"].items()}
+        return read_trace(answers, self.trace["server_ttl"], MAX_TTL)
 
     def age(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.saved
@@ -102,6 +114,31 @@ class BehaviorCache:
             return None
         return entry
 
+    def guess(self, local_ip: str, stun: Address, now: float | None = None) -> tuple[Key, Entry] | None:
+        """The most recently saved valid entry measured from `local_ip` against `stun`, whatever the
+        public address it was seen from: what a warm connect may sample with before the public
+        address that names the network is known. Only a guess: the caller confirms it with
+        `confirmed()` once its samples showed the public address."""
+        now = time.time() if now is None else now
+        try:
+            probe = Key.of(local_ip, local_ip, stun)
+        except ValueError:
+            return None
+        head, tail = f"{probe.local_ip}|", f"|{probe.stun[0]}:{probe.stun[1]}"
+        best: tuple[Key, Entry] | None = None
+        for text, raw in self._read().items():  # oldest first: the last match is the newest
+            if not (text.startswith(head) and text.endswith(tail)):
+                continue
+            entry = _entry_from(raw)
+            if entry is None or not 0 <= now - entry.saved <= self.max_age:
+                continue
+            public = text[len(head):len(text) - len(tail)]
+            try:
+                best = (Key.of(probe.local_ip, public, probe.stun), entry)
+            except ValueError:
+                continue
+        return best
+
     def save(self, key: Key, behavior: NatBehavior, now: float | None = None) -> bool:
         """Store `behavior` for `key` (only a complete measurement: mapping and filtering known);
         True when the file was written."""
@@ -109,13 +146,14 @@ class BehaviorCache:
             return False
         entries, flows = self._load()
         old = entries.pop(key.text(), None)
-        if behavior.lifetime is None and old is not None:
+        known = _entry_from(old) if old is not None else None
+        if behavior.lifetime is None and known is not None and known.behavior.lifetime is not None:
             # discovery does not measure the mapping lifetime (io/lifetime.py does, once a session is
             # up): a new measurement of the same network keeps the one measured before
-            known = _entry_from(old)
-            if known is not None and known.behavior.lifetime is not None:
-                behavior = replace(behavior, lifetime=known.behavior.lifetime)
-        entries[key.text()] = _entry_to(behavior, time.time() if now is None else now)
+            behavior = replace(behavior, lifetime=known.behavior.lifetime)
+        # and the hop trace, which discovery does not take either (the endpoint adds it: set_hops)
+        entries[key.text()] = _entry_to(behavior, time.time() if now is None else now,
+                                        known.trace if known is not None else None)
         return self._write(entries, flows)
 
     def set_lifetime(self, key: Key, lifetime: float) -> bool:
@@ -129,7 +167,20 @@ class BehaviorCache:
         if entry is None:
             return False
         behavior = replace(entry.behavior, lifetime=float(lifetime))
-        entries[key.text()] = _entry_to(behavior, entry.saved)
+        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace)
+        return self._write(entries, flows)
+
+    def set_hops(self, key: Key, reading: HopReading) -> bool:
+        """Keep a measured hop trace with `key`'s entry (which keeps its age); True when written."""
+        trace = trace_of(reading)
+        if trace is None:
+            return False
+        entries, flows = self._load()
+        raw = entries.get(key.text())
+        entry = _entry_from(raw) if raw is not None else None
+        if entry is None or entry.trace == trace:
+            return False
+        entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)
         return self._write(entries, flows)
 
     def forget(self, key: Key) -> bool:
@@ -243,9 +294,38 @@ def _saved(raw: Any) -> float:
     return float(saved) if isinstance(saved, (int, float)) and saved == saved else 0.0
 
 
-def _entry_to(behavior: NatBehavior, now: float) -> dict[str, Any]:
+def _entry_to(behavior: NatBehavior, now: float, trace: dict[str, Any] | None = None) -> dict[str, Any]:
     d = behavior.to_dict()
-    return {"saved": now, "behavior": {k: d[k] for k in _KEPT}}
+    out: dict[str, Any] = {"saved": now, "behavior": {k: d[k] for k in _KEPT}}
+    if trace is not None:
+        out["trace"] = trace
+    return out
+
+
+def trace_of(reading: HopReading) -> dict[str, Any] | None:
+    """What the file keeps of a hop trace: the hops that answered and the TTL that reached the
+    server; None for a trace that showed nothing usable (the next connect traces again)."""
+    if not reading.measured:
+        return None
+    return {"answers": {str(t): ip for t, ip in reading.hops if ip is not None}, "server_ttl": reading.server_ttl}
+
+
+def _trace_ok(raw: Any) -> bool:
+    if not isinstance(raw, dict) or set(raw) != {"answers", "server_ttl"}:
+        return False
+    answers, server_ttl = raw["answers"], raw["server_ttl"]
+    if not (server_ttl is None or (type(server_ttl) is int and 1 <= server_ttl <= MAX_TTL + 1)):
+        return False
+    if not isinstance(answers, dict) or len(answers) > MAX_TTL:
+        return False
+    for ttl, ip in answers.items():
+        if not (isinstance(ttl, str) and ttl.isdigit() and 1 <= int(ttl) <= MAX_TTL and isinstance(ip, str)):
+            return False
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+    return True
 
 
 def _entry_from(raw: dict[str, Any]) -> Entry | None:
@@ -253,6 +333,9 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     saved = raw.get("saved")
     b = raw.get("behavior")
     if not isinstance(saved, (int, float)) or isinstance(saved, bool) or not isinstance(b, dict):
+        return None
+    trace = raw.get("trace")
+    if trace is not None and not _trace_ok(trace):
         return None
     if set(b) - set(_KEPT):
         return None
@@ -278,7 +361,29 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
             return None
     if behavior.lifetime is not None and not _lifetime_ok(behavior.lifetime):
         return None
-    return Entry(behavior, float(saved))
+    return Entry(behavior, float(saved), trace)
+
+
+def confirmed(guessed: Entry, found: Entry | None, announced: Address | None, *, same_trace: bool = False) -> bool:
+    """Whether samples taken on the strength of `guessed` (towards its server and the OTHER-ADDRESS
+    it names) may stand for the entry `found` under the key the samples' public address names:
+    there is one, it names the same second server address, and the server still announces that
+    address (`announced`: the OTHER-ADDRESS of its answer, None when it named none). Anything else
+    is another network or a changed server: measure again. `same_trace`: the guess's hop trace stood
+    in for one of ours, so the found entry must keep the same."""
+    if found is None or (same_trace and found.trace != guessed.trace):
+        return False
+    other = _addr_or_none(found.behavior.other_address)
+    return other == _addr_or_none(guessed.behavior.other_address) and other == _addr_or_none(announced)
+
+
+def _addr_or_none(addr: Any) -> Address | None:
+    if addr is None:
+        return None
+    try:
+        return (str(ipaddress.ip_address(addr[0])), int(addr[1]))
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 MAX_LIFETIME = 24 * 3600.0  # seconds; a mapping lifetime beyond a day is not a measurement
@@ -289,4 +394,5 @@ def _lifetime_ok(value: Any) -> bool:
             and 0 < value <= MAX_LIFETIME)
 
 
-__all__ = ["MAX_AGE", "MAX_ENTRIES", "MAX_FILE", "REFRESH_AFTER", "BehaviorCache", "Entry", "Key", "default_path"]
+__all__ = ["MAX_AGE", "MAX_ENTRIES", "MAX_FILE", "REFRESH_AFTER", "BehaviorCache", "Entry", "Key", "confirmed",
+           "default_path", "trace_of"]

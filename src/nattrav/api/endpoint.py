@@ -69,17 +69,18 @@ async def discover_behavior(stun: tuple[str, int], src_ip: str | None = None,
 async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_event: EventHook | None = None,
                            cache: BehaviorCache | None = None,
                            mapped: Callable[[tuple[str, int] | None], None] | None = None,
-                           ) -> tuple[NatBehavior, CacheUse | None]:
+                           remeasure: bool = False) -> tuple[NatBehavior, CacheUse | None]:
     """The NAT's behaviour: from `cache` when it knows this network (one STUN binding tells the
     public address that names it), else the RFC 5780 tests, whose result is then cached.
-    `mapped`: discover()'s hook, called once the tests have made their mappings."""
+    `mapped`: discover()'s hook, called once the tests have made their mappings. `remeasure`: the
+    caller found the cache's entry wrong: the tests run and their result replaces it."""
     emit = on_event or (lambda phase, detail: None)
     found: list[CacheUse] = []
 
     def known(local: tuple[str, int], mapped: tuple[str, int]) -> NatBehavior | None:
         assert cache is not None
         key = Key.of(local, mapped, stun)
-        entry = cache.lookup(key)
+        entry = None if remeasure else cache.lookup(key)
         if entry is None:
             found.append(CacheUse(cache, key))
             emit("discovery", {"stun": list(stun)})
@@ -87,9 +88,7 @@ async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_
         behavior = entry.behavior
         behavior.local, behavior.public_ip = (str(local[0]), int(local[1])), str(mapped[0])
         found.append(CacheUse(cache, key, entry.age()))
-        emit("behavior-cached", {"age_s": round(entry.age(), 1), "public_ip": behavior.public_ip,
-                                 **{k: behavior.to_dict()[k] for k in ("mapping", "filtering", "allocation",
-                                                                       "delta", "classic")}})
+        emit_cached(emit, entry, behavior)
         return behavior
 
     if cache is None:
@@ -109,6 +108,14 @@ async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_
     return behavior, use
 
 
+def emit_cached(emit: EventHook, entry: Any, behavior: NatBehavior, via: str = "binding") -> None:
+    """The "behavior-cached" event: which cached behaviour this connect uses, how old it is, and
+    what named the network (`via`: discovery's own "binding", or the punch socket's "samples")."""
+    emit("behavior-cached", {"age_s": round(entry.age(), 1), "public_ip": behavior.public_ip, "via": via,
+                             **{k: behavior.to_dict()[k] for k in ("mapping", "filtering", "allocation",
+                                                                   "delta", "classic")}})
+
+
 async def refresh_cached(stun: tuple[str, int], src_ip: str | None, use: CacheUse) -> None:
     """Measure again what the cache said (in the background, once a session is up: the tests'
     new mappings must not land between a punch socket's samples and its punch)."""
@@ -117,17 +124,25 @@ async def refresh_cached(stun: tuple[str, int], src_ip: str | None, use: CacheUs
     except OSError:
         return
     if behavior.public_ip is not None and behavior.local is not None:
-        use.cache.save(Key.of(behavior.local, behavior.public_ip, stun), behavior)
+        key = Key.of(behavior.local, behavior.public_ip, stun)
+        use.cache.save(key, behavior)
+        # and the hop trace, which warm connects take from the entry instead of tracing
+        use.cache.set_hops(key, await measure_hops(stun, src_ip, lambda phase, detail: None))
 
 
-async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook) -> HopReading:
+async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook,
+                       made: Callable[[], None] | None = None) -> HopReading:
     """How many hops our own NATs span, traced on the way to the STUN server: the low TTL that
     opens every layer of ours and dies before the peer's NAT (proto/hops.py). Never fails: a
-    trace that cannot run or sees no hop reads as the default, and says so."""
+    trace that cannot run or sees no hop reads as the default, and says so. `made()`: called once
+    the trace's flow is made on our NATs (or it will make none)."""
     try:
-        reading = await trace_hops(stun, src_ip=src_ip)
+        reading = await trace_hops(stun, src_ip=src_ip, made=made)
     except OSError:
         reading = read_trace({}, None, MAX_TTL)
+    finally:
+        if made is not None:
+            made()
     emit("hops", reading.to_dict())
     return reading
 

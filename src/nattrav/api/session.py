@@ -423,6 +423,16 @@ class Listener:
             self._transport.close(self.endpoint)
             self.endpoint = None
 
+    async def _next_offer(self, emit: EventHook) -> rv.Offer:
+        """The next offer; meanwhile the transport keeps the published endpoint's mapping confirmed
+        (udp.keep_fresh), so that the accept need not sample it again. Stopped before the offer is
+        handled: the socket is then the session's."""
+        standby = getattr(self._transport, "standby", None)
+        if standby is None or self.endpoint is None:
+            return await self._client.next_offer()
+        async with running(standby, self.endpoint, emit):
+            return await self._client.next_offer()
+
     @asynccontextmanager
     async def accept(self) -> AsyncIterator[Any]:
         """The next peer that asks for us and that the policy admits (others are refused): fresh
@@ -430,7 +440,7 @@ class Listener:
         clock = Timeline(self._emit)  # this session's phases, timed from the wait for its offer
         emit = clock.emit
         while True:
-            offer = await self._client.next_offer()
+            offer = await self._next_offer(emit)
             emit("offer", {"from": offer.peer_id})
             try:
                 # whom the handshake must meet, and our half of the punch key (an initiator that

@@ -18,6 +18,7 @@ from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
 from ..io.stun_client import run_transactions
+from ..io.stun_discover import local_address
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
@@ -32,9 +33,9 @@ from ..proto.hops import DEFAULT_HOPS, HopReading
 from .pool_survey import needs_survey, survey_pool
 from .relay import RelayRung
 from .background import running
-from .behavior_cache import BehaviorCache
-from .endpoint import (CacheUse, EventHook, emit_address, measure_hops, nat_report, own_ip, peer_udp_ips, read_peer_report,
-                       resolve, resolve_behavior)
+from .behavior_cache import BehaviorCache, Key, confirmed
+from .endpoint import (CacheUse, EventHook, emit_address, emit_cached, measure_hops, nat_report, own_ip, peer_udp_ips,
+                       read_peer_report, resolve, resolve_behavior)
 from .secure import quic_settings, secure_udp
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ WORKER_SOCKETS = 256  # bursts from this many sockets or more run in worker proc
 # An EIM mapping is the same for every destination: sampling it again before a session shows nothing
 # new unless it may have expired meanwhile (home routers keep idle UDP mappings 30 s or more).
 EIM_SAMPLES_FRESH = 20.0
+# A listener waiting for its next peer keeps an EIM punch socket's mapping confirmed this often
+# (one binding on the flow it already has, which also keeps it alive), so that an offer finds its
+# samples fresh and the accept needs no refresh round trip (keep_fresh)
+STANDBY_EVERY = 15.0
 # the punch socket's STUN transactions: retransmit after 0.1 s, give up after ~2.3 s
 SAMPLE_RTO, SAMPLE_RC, SAMPLE_RM = 0.1, 5, 8
 # its observation request (proto/rendezvous/observe.py): sent at 0 and 0.15 s, given up at 0.3 s (what a
@@ -121,29 +126,54 @@ async def open_endpoint(
     stun = (resolve(stun[0]), stun[1])
     if observe is not None:
         observe = (resolve(observe[0]), observe[1])
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    sock = await _punch_socket(src_ip, src_port)
     try:
-        try:
-            await sock.bind((src_ip or "0.0.0.0", src_port))
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
-            ) from None
-        # the trace runs beside discovery: its one flow is made before the punch socket samples
-        async with running(measure_hops, stun, src_ip, emit) as tracing:
-            cached = sampled = None
-            if behavior is None:
-                (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache, observe)
-            if sampled is None:
-                t0 = trio.current_time()
-                sampled = (t0, await _sample(sock, _targets(stun, behavior.other_address), t0, observe))
-            t0, got = sampled
-            seen = _Seen()
-            seen.add(got, emit)
-            if observe is not None and needs_survey(behavior.mapping, seen.ips):
-                seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
-            report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
-            hops = await tracing.result()
+        cached = sampled = hops = guess = None
+        remeasure = False
+        # an ephemeral port only: a guess that fails leaves flows on this socket, and the socket
+        # that measures again must be a fresh one (a fixed port would meet its old mappings)
+        if behavior is None and cache is not None and src_port == 0:
+            local = await local_address(sock, stun)
+            guessed = cache.guess(local[0], stun)
+            guess = (local, guessed[1]) if guessed is not None else None
+        if guess is not None and guess[1].trace is not None:
+            # the network's hop trace is kept too: no trace to run, none to wait for
+            warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, *guess)
+            if warm is not None:
+                (behavior, cached, sampled), hops = warm, guess[1].hops()
+                emit("hops", {**hops.to_dict(), "cached": True})
+            guess = None
+        if remeasure:
+            sock.close()
+            sock = await _punch_socket(src_ip, src_port)
+        if hops is None:
+            # the trace runs beside discovery: its one flow is made before the punch socket samples
+            # (a new mapping landing between them, or between them and the punch, reads as foreign)
+            traced = trio.Event()
+            async with running(measure_hops, stun, src_ip, emit, traced.set) as tracing:
+                if guess is not None:
+                    await traced.wait()  # the trace's first round: ~20 ms, not a round trip
+                    warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, *guess)
+                    if warm is not None:
+                        behavior, cached, sampled = warm
+                    elif remeasure:
+                        sock.close()
+                        sock = await _punch_socket(src_ip, src_port)
+                if behavior is None:
+                    (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache,
+                                                                              observe, remeasure)
+                if sampled is None:
+                    t0 = trio.current_time()
+                    sampled = (t0, await _sample(sock, _targets(stun, behavior.other_address), t0, observe))
+                hops = await tracing.result()
+            if cached is not None:
+                cached.cache.set_hops(cached.key, hops)  # the next warm connect needs no trace
+        t0, got = sampled
+        seen = _Seen()
+        seen.add(got, emit)
+        if observe is not None and needs_survey(behavior.mapping, seen.ips):
+            seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
+        report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
     except BaseException:
         sock.close()
         raise
@@ -156,14 +186,61 @@ async def open_endpoint(
     return ep
 
 
+async def _punch_socket(src_ip: str | None, src_port: int) -> Any:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    try:
+        await sock.bind((src_ip or "0.0.0.0", src_port))
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(
+            f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
+        ) from None
+    return sock
+
+
+async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache, emit: EventHook,
+                          observe: tuple[str, int] | None, local: tuple[str, int], guess: Any,
+                          ) -> tuple[tuple[NatBehavior, CacheUse, Any] | None, bool]:
+    """The warm path in one round trip: `guess`, the cache's newest entry for our `local` address
+    and this STUN server, is a guess at the network, good enough to know where to sample (its
+    server and OTHER-ADDRESS); the punch socket's samples then show the public address that names
+    the network, and the entry under that name must agree with the guess (behavior_cache.confirmed,
+    the same hop trace too when the guess's stood in for ours): ((behaviour, its CacheUse,
+    (t0, samples)), False). Else nothing is used: (None, True), and the caller measures from scratch
+    with a fresh socket, the cache's word not taken. Never a plan from a behaviour the public
+    address does not name."""
+    t0 = trio.current_time()
+    try:
+        got = await _sample(sock, _targets(stun, guess.behavior.other_address), t0, observe)
+    except ConnectError as exc:  # the entry's second address no longer answers: measure again
+        emit("behavior-cache-miss", {"reason": str(exc)})
+        return None, True
+    # the STUN server's own view, as discovery's first test had it (a NAT with an address pool may
+    # show the second server another IP)
+    public_ip = got.first_ip or got.public[0]
+    key = Key.of(local, public_ip, stun)
+    found = cache.lookup(key)
+    if not confirmed(guess, found, got.announced, same_trace=guess.trace is not None):
+        emit("behavior-cache-miss", {"reason": "no entry for this public address" if found is None
+                                     else "the server's second address changed", "public_ip": public_ip})
+        return None, True
+    assert found is not None
+    behavior = found.behavior
+    behavior.local, behavior.public_ip = (str(local[0]), int(local[1])), public_ip
+    emit_cached(emit, found, behavior, via="samples")
+    return (behavior, CacheUse(cache, key, found.age()), (t0, got)), False
+
+
 def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple[str, int]]:
     return [stun] + ([other] if other else [])
 
 
 async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | None, emit: EventHook,
-                                cache: BehaviorCache | None, observe: tuple[str, int] | None) -> tuple[Any, Any]:
+                                cache: BehaviorCache | None, observe: tuple[str, int] | None,
+                                remeasure: bool = False) -> tuple[Any, Any]:
     """resolve_behavior(), with the punch socket's samples taken once the tests' mappings are made
-    (None when discovery never got that far: the cache answered, or the server did not)."""
+    (None when discovery never got that far: the cache answered, or the server did not).
+    remeasure: the cache's entry did not hold, measure and replace it."""
     made = trio.Event()
     other: list[tuple[str, int] | None] = []
 
@@ -171,7 +248,7 @@ async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | 
         other.append(other_address)
         made.set()
 
-    async with running(resolve_behavior, stun, src_ip, emit, cache, mapped) as job:
+    async with running(resolve_behavior, stun, src_ip, emit, cache, mapped, remeasure) as job:
         async with trio.open_nursery() as nursery:
             async def first(wait: Any) -> None:
                 await wait()
@@ -205,12 +282,40 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     return ep.publish_flows(on_event)
 
 
+async def keep_fresh(ep: Endpoint, on_event: EventHook | None = None) -> None:
+    """While a listener waits: every STANDBY_EVERY seconds, one binding from the punch socket to the
+    server it sampled first (an old flow: an EIM NAT answers with the same mapping while it lives,
+    and the packet keeps it alive). The same public address as the report's marks the samples fresh
+    (refresh_mappings then skips its round trip); anything else -- no answer, another port -- marks
+    nothing, and the accept's refresh measures as before. Only for an EIM mapping: an APDM one's
+    next port moves with the NAT's other flows, and only new samples can tell it. Runs until
+    cancelled (the offer came: the socket is the session's)."""
+    emit = on_event or (lambda phase, detail: None)
+    server = ep.behavior.server
+    if ep.behavior.mapping is not Mapping.EIM or server is None or ep.report.public is None:
+        return
+    while True:
+        await trio.sleep_until(ep.sampled_at + STANDBY_EVERY)
+        try:
+            got = await _sample(ep.sock, [server], ep.t0)
+        except ConnectError:
+            emit("standby", {"fresh": False, "why": "no answer"})
+            return
+        same = got.public == tuple(ep.report.public)
+        emit("standby", {"fresh": same, "public": list(got.public)})
+        if not same:
+            return
+        ep.sampled_at = trio.current_time()
+
+
 @dataclass
 class _Sampled:
     samples: list[Sample]
     public: tuple[str, int]  # the last sample's
     ips: set  # the public IPs the samples showed
     observed: tuple[tuple[str, int], bytes] | None = None  # (address, ticket) from the observation port
+    announced: tuple[str, int] | None = None  # the first server's second address (OTHER-ADDRESS), if named
+    first_ip: str | None = None  # the public IP the first target (the STUN server) saw: what names the network
 
 
 @dataclass
@@ -264,6 +369,7 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
         if first is not None and first.ok:
             observed = ticket_of(first.message, first.mapped)
     new, ips = [], set()
+    announced = _announced(results[0], targets[0]) if results and results[0] is not None else None
     for dest, (_, tx), r in zip(targets, jobs, results):
         if r is None or not r.ok:
             why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
@@ -273,7 +379,18 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
         new.append(Sample(r.mapped[1], max(0.0, r.received_at - r.rtt - t0)))
         public = (str(r.mapped[0]), r.mapped[1])
         ips.add(public[0])
-    return _Sampled(new, public, ips, observed)
+    first_ip = str(results[0].mapped[0]) if results else None
+    return _Sampled(new, public, ips, observed, announced, first_ip)
+
+
+def _announced(r: Any, server: tuple[str, int]) -> tuple[str, int] | None:
+    """The second server address an answer names, as discovery reads it: OTHER-ADDRESS, or a
+    one-IP server's OTHER-PORT on its own IP."""
+    if r.other_address is not None:
+        return (str(r.other_address[0]), int(r.other_address[1]))
+    if r.other_port is not None and r.other_port != server[1]:
+        return (server[0], int(r.other_port))
+    return None
 
 
 def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[str, int], emit: EventHook,
@@ -413,6 +530,9 @@ class UdpTransport:
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
+
+    async def standby(self, ep: Endpoint, emit: EventHook) -> None:
+        await keep_fresh(ep, emit)
 
     relays = True  # the ladder may end at the relay (api/relay.py)
 

@@ -20,7 +20,7 @@ from .lifetime import measure_lifetime, open_udp as _open
 from .stun_client import binding, run_transactions
 
 
-async def _local_address(sock: trio.socket.SocketType, server: Address) -> Address:
+async def local_address(sock: trio.socket.SocketType, server: Address) -> Address:
     # the bound address is 0.0.0.0; the address the kernel would use towards the server is what a
     # "no NAT" comparison needs. A connect()ed twin socket tells it without sending anything.
     ip, port = sock.getsockname()[:2]
@@ -116,10 +116,10 @@ async def discover(
             r1 = await binding(main, server, rto=first.rto, rc=first.rc, rm=first.rm)
         except (StunTimeout, StunErrorResponse) as exc:
             discarded.update(getattr(exc, "discarded", {}))
-            return classify(local=await _local_address(main, server), server=server, other_address=None,
+            return classify(local=await local_address(main, server), server=server, other_address=None,
                             samples=[], test1=None, test2=None, test3=None,
                             filter_change_both=None, filter_change_port=None, discarded=discarded)
-        local = await _local_address(main, server)
+        local = await local_address(main, server)
         if known is not None:
             cached = known(local, r1.mapped)
             if cached is not None:

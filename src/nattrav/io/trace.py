@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
 import trio
 
@@ -42,10 +43,13 @@ def _offender(cmsgs: list) -> tuple[str, int] | None:
 
 
 async def trace_hops(server: tuple[str, int], *, src_ip: str | None = None, max_ttl: int = MAX_TTL,
-                     timeout: float = 1.0, grace: float = 0.1, rounds: int = 2) -> HopReading:
+                     timeout: float = 1.0, grace: float = 0.1, rounds: int = 2,
+                     made: Callable[[], None] | None = None) -> HopReading:
     """Trace the path to `server` (a STUN server: it answers the probes that reach it). Returns once
     the server answered and every lower TTL answered too, or `grace` seconds after the server's
-    answer, or after `timeout`. `rounds` sends everything again after a short pause (lost probes)."""
+    answer, or after `timeout`. `rounds` sends everything again after a short pause (lost probes).
+    `made()` is called once, when the first round left or the trace ends, whichever comes first: the
+    trace's one flow is then made on every NAT layer it crosses (or never will be)."""
     if not 1 <= max_ttl <= 64:
         raise ValueError("max_ttl must be 1..64")
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -75,9 +79,19 @@ async def trace_hops(server: tuple[str, int], *, src_ip: str | None = None, max_
             top = min(reached) if reached else max_ttl + 1
             return [t for t in range(1, top) if t not in answers]
 
+        told = False
+
+        def tell() -> None:
+            nonlocal told
+            if made is not None and not told:
+                told = True
+                made()
+
         async def send_all() -> None:
-            for _ in range(rounds):
+            for n in range(rounds):
                 await send(missing())
+                if n == 0:
+                    tell()
                 await trio.sleep(min(0.2, timeout / 3))
 
         def drain() -> None:
@@ -106,20 +120,23 @@ async def trace_hops(server: tuple[str, int], *, src_ip: str | None = None, max_
                 if ttl is not None:
                     reached.add(ttl)
 
-        with trio.move_on_after(timeout):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_all)
-                while not done():
-                    await trio.lowlevel.wait_readable(sock)
-                    drain()
-                    if reached and not done():
-                        nursery.start_soon(send, missing())  # lost, or silent: ask once more
-                        with trio.move_on_after(grace):
-                            while not done():
-                                await trio.lowlevel.wait_readable(sock)
-                                drain()
-                        break
-                nursery.cancel_scope.cancel()
+        try:
+            with trio.move_on_after(timeout):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send_all)
+                    while not done():
+                        await trio.lowlevel.wait_readable(sock)
+                        drain()
+                        if reached and not done():
+                            nursery.start_soon(send, missing())  # lost, or silent: ask once more
+                            with trio.move_on_after(grace):
+                                while not done():
+                                    await trio.lowlevel.wait_readable(sock)
+                                    drain()
+                            break
+                    nursery.cancel_scope.cancel()
+        finally:
+            tell()
     return read_trace(answers, min(reached) if reached else None, max_ttl)
 
 
