@@ -70,8 +70,10 @@ def _until(lines: _Lines, name: str, t0: float, seen: dict, deadline: float, pid
             return False
         at, ev = got
         ev_name = ev.get("event")
-        if ev_name == "secure" and pid is not None and cpu is not None:
-            cpu["at_secure"] = _cpu_of(pid)
+        if pid is not None and cpu is not None and ev_name not in cpu:
+            cpu[ev_name] = _cpu_of(pid)
+            if ev_name == "secure":
+                cpu["at_secure"] = cpu[ev_name]
         if ev_name == "text":
             seen.setdefault("_text", []).append(ev["text"])
             continue
@@ -127,6 +129,7 @@ def one_trial(lab, server: str, name: str, env: dict | None, keys: dict, timeout
         pass
     row["cpu_s"] = _reap(p, 10)
     row["cpu_at_secure_s"] = cpu.get("at_secure")
+    row["cpu_at"] = {k: round(v, 4) for k, v in cpu.items() if v is not None and k != "at_secure"}
     lthread.join(2)
     lst_total = _reap(lst, 5)
     row["listener_cpu_s"] = (lst_total - lst_cpu0) if lst_total is not None and lst_cpu0 is not None else None
@@ -156,6 +159,8 @@ def summarise(rows: list[dict]) -> dict:
          "listener_cpu_at_secure_s": _med([r["listener_cpu_at_secure_s"] for r in ok])}
     for e in EVENTS:
         s[e] = _med([r["events"].get(e) for r in ok])
+    for e in EVENTS:
+        s[f"cpu@{e}"] = _med([r.get("cpu_at", {}).get(e) for r in ok])
     s["failures"] = sorted({str(r.get("reason"))[:200] for r in rows if not r["ok"]})
     return s
 
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
               "loadavg": loads, "summary": summary, "rows": results}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1))
-    cols = ["cpu_s", "cpu_at_secure_s", "listener_cpu_s", "listener_cpu_at_secure_s", *EVENTS]
+    cols = ["cpu_s", "listener_cpu_s", "listener_cpu_at_secure_s", *EVENTS, *(f"cpu@{e}" for e in EVENTS)]
     print("| tree | ok | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 2) + "|")
     for label, s in summary.items():

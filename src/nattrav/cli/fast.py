@@ -29,7 +29,7 @@ from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER
 from .events import describe
 from .version import add_version_flag
-from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
+from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code, exit_now
 
 EPILOG = """\
 examples:
@@ -314,5 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(code, message, args.json)
 
 
+def entry() -> None:
+    """The nattrav-fast command: main(), then out without the interpreter's teardown (exit_now)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
