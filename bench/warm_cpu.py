@@ -37,6 +37,11 @@ EVENTS = ("identity", "behavior-cached", "rendezvous", "connected", "secure")
 ALL_EVENTS = bool(os.environ.get("WARM_CPU_ALL_EVENTS"))
 
 
+# main() under cProfile, imports included (the command's entry() would leave before the dump)
+_PROFILED = ("import cProfile, sys; sys.argv[0] = 'nattrav-fast'; "
+             "cProfile.run('from nattrav.cli.fast import main; main()', {!r})")
+
+
 def _cpu_of(pid: int) -> float | None:
     """user+sys seconds of a live process, dead threads included, to the nanosecond: the process's
     CPU clock (clock_getcpuclockid: CPUCLOCK_SCHED of the whole thread group, ~pid << 3 | 2)."""
@@ -92,7 +97,7 @@ def one_trial(lab, server: str, name: str, env: dict | None, keys: dict, timeout
             "-s", server]
     lcmd = base + ["--identity", keys["b"], "-n", name]
     if listener_profile:
-        lcmd = [py, "-m", "cProfile", "-o", listener_profile, "-m", "nattrav.cli.fast"] + lcmd[3:]
+        lcmd = [py, "-c", _PROFILED.format(listener_profile)] + lcmd[3:]
     lst = lab.popen("b", lcmd, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     out: dict = {}
@@ -113,7 +118,7 @@ def one_trial(lab, server: str, name: str, env: dict | None, keys: dict, timeout
     lthread.start()
     cmd = base + ["--identity", keys["a"], "-d", name]
     if profile and profile.endswith(".prof"):
-        cmd = [py, "-m", "cProfile", "-o", profile, "-m", "nattrav.cli.fast"] + cmd[3:]
+        cmd = [py, "-c", _PROFILED.format(profile)] + cmd[3:]
     elif profile:  # -X importtime of every thread, written to `profile`
         cmd = [py, "-X", "importtime"] + cmd[1:]
     t0 = time.monotonic()
