@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 # QUIC, TLS and the relay are imported where they are first used: aioquic and the X.509 stack are
 # a sixth of a cold process's start-up, and the rendezvous and discovery need none of them (issue
 # 13: preload_secure() has a thread import them while the first round trips are in flight)
-SECURE_STACK = ("nattrav.io.quic_deps", "aioquic.quic.connection", "aioquic.quic.configuration", "aioquic.tls", "cryptography.x509",
-                "nattrav.io.quic_path", "nattrav.io.tls_stream", "nattrav.io.tls_frames")
+# (cryptography's OpenSSL backend module: aioquic's TLS context asks it which curves exist, a first
+# import of ~2.5 ms inside the first handshake otherwise)
+SECURE_STACK = ("nattrav.io.quic_deps", "aioquic.quic.connection", "aioquic.quic.configuration", "aioquic.tls",
+                "cryptography.x509", "cryptography.hazmat.backends.openssl.backend", "nattrav.io.quic_path",
+                "nattrav.io.tls_stream", "nattrav.io.tls_frames")
 
 
 def preload_secure(modules: tuple[str, ...] = SECURE_STACK) -> None:
