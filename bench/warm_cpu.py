@@ -101,7 +101,8 @@ def one_trial(lab, server: str, name: str, env: dict | None, keys: dict, timeout
     lst = lab.popen("b", lcmd, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     out: dict = {}
-    threading.Thread(target=lambda: out.setdefault("data", lst.stdout.read()), daemon=True).start()
+    reader = threading.Thread(target=lambda: out.setdefault("data", lst.stdout.read()), daemon=True)
+    reader.start()
     lst.stdin.close()
     lst_lines = _Lines(lst.stderr)
     row: dict = {"ok": False, "events": {}, "listener": {}}
@@ -137,6 +138,7 @@ def one_trial(lab, server: str, name: str, env: dict | None, keys: dict, timeout
     row["cpu_at"] = {k: round(v, 4) for k, v in cpu.items() if v is not None and k != "at_secure"}
     lthread.join(2)
     lst_total = _reap(lst, 5)
+    reader.join(5)  # its output read to the end (the process has exited)
     row["listener_cpu_s"] = (lst_total - lst_cpu0) if lst_total is not None and lst_cpu0 is not None else None
     at = lcpu.get("at_secure")
     row["listener_cpu_at_secure_s"] = (at - lst_cpu0) if at is not None and lst_cpu0 is not None else None
@@ -170,32 +172,10 @@ def summarise(rows: list[dict]) -> dict:
     return s
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--pair", default="port-restricted:port-restricted")
-    p.add_argument("--shape", default="flat")
-    p.add_argument("--product-src", metavar="DIR", help="a baseline source tree (PYTHONPATH), run alternately")
-    p.add_argument("--label", default="this tree")
-    p.add_argument("--base-label", default="baseline")
-    p.add_argument("--profile", metavar="DIR", help="cProfile each warm connect of this tree into DIR")
-    p.add_argument("--profile-listener", metavar="DIR", help="cProfile each listener of this tree into DIR")
-    p.add_argument("--importtime", metavar="DIR", help="-X importtime of each warm connect of this tree into DIR")
-    p.add_argument("--timeout", type=float, default=15.0)
-    p.add_argument("--json-out", metavar="FILE")
-    args = p.parse_args(argv)
-    from nattrav.lab.lab import Lab
+def _trials(args: argparse.Namespace, trees: list, results: dict, loads: list, left: str, right: str) -> None:
     from nattrav.lab import registry
+    from nattrav.lab.lab import Lab
 
-    left, right = args.pair.split(":", 1)
-    trees = [(args.label, None)]
-    if args.product_src:
-        trees.append((args.base_label, {**os.environ, "PYTHONPATH": args.product_src}))
-    for d in (args.profile, args.importtime, args.profile_listener):
-        if d:
-            os.makedirs(d, exist_ok=True)
-    results: dict[str, list[dict]] = {label: [] for label, _ in trees}
-    loads = [Path("/proc/loadavg").read_text().strip()]
     with Lab(left=left, right=right, shape=args.shape) as lab:
         server = f"{lab.S1}:{SERVER_PORT}"
         lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", server, "--stun",
@@ -231,8 +211,44 @@ def main(argv: list[str] | None = None) -> int:
                       f"listener={row['listener_cpu_s']}/{row['listener_cpu_at_secure_s']} "
                       + " ".join(f"{e}={row['events'].get(e)}" for e in EVENTS), file=sys.stderr, flush=True)
             loads.append(Path("/proc/loadavg").read_text().strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=6)
+    p.add_argument("--pair", default="port-restricted:port-restricted")
+    p.add_argument("--shape", default="flat")
+    p.add_argument("--product-src", metavar="DIR", help="a baseline source tree (PYTHONPATH), run alternately")
+    p.add_argument("--label", default="this tree")
+    p.add_argument("--base-label", default="baseline")
+    p.add_argument("--profile", metavar="DIR", help="cProfile each warm connect of this tree into DIR")
+    p.add_argument("--profile-listener", metavar="DIR", help="cProfile each listener of this tree into DIR")
+    p.add_argument("--importtime", metavar="DIR", help="-X importtime of each warm connect of this tree into DIR")
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--json-out", metavar="FILE")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="N busy-looping processes beside the trials (a loaded machine: wall times then "
+                        "follow CPU time)")
+    args = p.parse_args(argv)
+    left, right = args.pair.split(":", 1)
+    trees = [(args.label, None)]
+    if args.product_src:
+        trees.append((args.base_label, {**os.environ, "PYTHONPATH": args.product_src}))
+    for d in (args.profile, args.importtime, args.profile_listener):
+        if d:
+            os.makedirs(d, exist_ok=True)
+    results: dict[str, list[dict]] = {label: [] for label, _ in trees}
+    loads = [Path("/proc/loadavg").read_text().strip()]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        _trials(args, trees, results, loads, left, right)
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
     summary = {label: summarise(rows) for label, rows in results.items()}
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pair": args.pair, "shape": args.shape,
+              "busy": args.busy,
               "loadavg": loads, "summary": summary, "rows": results}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1))
