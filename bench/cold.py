@@ -270,7 +270,8 @@ def _secure_trial(lab: Any, hosts: dict[str, str], server: str, name: str, trial
     lst = lab.popen(hosts["listen"], base + ["--identity", keys[hosts["listen"]], "-n", name],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     got: dict[str, bytes] = {}
-    threading.Thread(target=lambda: got.setdefault("out", lst.stdout.read()), daemon=True).start()
+    reader = threading.Thread(target=lambda: got.setdefault("out", lst.stdout.read()), daemon=True)
+    reader.start()
     lst.stdin.close()
     t_l = time.monotonic()
     lst_lines = _Lines(lst.stderr)
@@ -295,6 +296,7 @@ def _secure_trial(lab: Any, hosts: dict[str, str], server: str, name: str, trial
         pass
     _finish(p, 10)
     _finish(lst, 5)
+    reader.join(5)  # the listener has exited; its output is read to the end once this thread is done
     row.discovered = "discovery" in row.events
     row.seconds = round(secured - t0, 4) if secured is not None else None
     row.ok = secured is not None and got.get("out") == message

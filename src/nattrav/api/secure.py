@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 # QUIC, TLS and the relay are imported where they are first used: aioquic and the X.509 stack are
 # a sixth of a cold process's start-up, and the rendezvous and discovery need none of them (issue
 # 13: preload_secure() has a thread import them while the first round trips are in flight)
-SECURE_STACK = ("aioquic.quic.connection", "aioquic.quic.configuration", "aioquic.tls", "cryptography.x509",
-                "nattrav.io.quic_path", "nattrav.io.tls_stream", "nattrav.io.tls_frames")
+# (cryptography's OpenSSL backend module: aioquic's TLS context asks it which curves exist, a first
+# import of ~2.5 ms inside the first handshake otherwise)
+SECURE_STACK = ("nattrav.io.quic_deps", "aioquic.quic.connection", "aioquic.quic.configuration", "aioquic.tls",
+                "cryptography.x509", "cryptography.hazmat.backends.openssl.backend", "nattrav.io.quic_path",
+                "nattrav.io.tls_stream", "nattrav.io.tls_frames")
 
 
 def preload_secure(modules: tuple[str, ...] = SECURE_STACK) -> None:
@@ -123,10 +126,14 @@ async def secure_udp(path: PunchedPath | RelayedPath, session: Session, identity
     Over a relayed path (io/relay_path.py) QUIC rides the path's own wire, which moves from the
     relay to a direct route underneath when one answers; the relayed path answers its own punch
     packets."""
-    from ..io.quic_path import ROLE_OF, open_quic_path
-    from ..io.relay_path import RelayedPath
+    import sys
 
-    if isinstance(path, RelayedPath):
+    from ..io.quic_path import ROLE_OF, open_quic_path
+
+    # the relay's modules (the TURN stack, ~4 ms of CPU) are loaded only once the ladder reached the
+    # relay (api/relay.py): before that, no path can be a relayed one
+    relay_path = sys.modules.get("nattrav.io.relay_path")
+    if relay_path is not None and isinstance(path, relay_path.RelayedPath):
         async with open_quic_path(None, path.peer_addr, identity, expected, role=ROLE_OF[session.role.value],
                                   settings=settings, wire=path.quic_wire(path.counters)) as quic:
             quic.punched = path

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import NoReturn
+
 import trio
 
 from ..errors import (ConnectError, NattravError, NattravTimeout, PathError, PeerAuthError, PeerError,
@@ -41,5 +45,21 @@ def exit_code(exc: BaseException) -> int:
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_FAILURE)
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` once stdout and stderr are flushed, skipping the interpreter's
+    teardown: freeing every module and object of a QUIC-capable process costs ~35 ms of CPU (a sixth
+    of a warm connect's, issue 13) and does nothing a finished command needs. For a command's very
+    last line only: atexit handlers do not run (logging's, the only one our imports register, is
+    run here)."""
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 __all__ = ["EXIT_CODES", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PEER", "EXIT_PUNCH",
-           "EXIT_SERVER", "EXIT_TIMEOUT", "EXIT_UNDELIVERED", "EXIT_USAGE", "HANDLED", "exit_code"]
+           "EXIT_SERVER", "EXIT_TIMEOUT", "EXIT_UNDELIVERED", "EXIT_USAGE", "HANDLED", "exit_code", "exit_now"]

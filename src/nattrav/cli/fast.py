@@ -8,6 +8,11 @@ peer sends, so `nattrav-fast ... > file` stores the peer's bytes.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m nattrav.cli.fast: what follows is start-up (cli/launch.py)
+    from .launch import startup_begin
+
+    startup_begin()
+
 import argparse
 import json
 import math
@@ -29,7 +34,8 @@ from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER
 from .events import describe
 from .version import add_version_flag
-from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code
+from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code, exit_now
+from .launch import startup_done
 
 EPILOG = """\
 examples:
@@ -297,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         except BadPeerId as exc:
             parser.error(f"-d: {exc}")
     report = Reporter(args.json, args.verbose)
+    startup_done()
     try:
         try:
             return trio.run(run, args, report)
@@ -314,5 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(code, message, args.json)
 
 
+def entry() -> None:
+    """The nattrav-fast command: main(), then out without the interpreter's teardown (exit_now)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
