@@ -1,6 +1,6 @@
 """The initiator's connect in the enroll's flight, over real sockets (io/rendezvous_client.py's
 EarlyConnect): written right behind the enroll frame it gets its session like an ordinary connect;
-its info carries the round trip the TCP connect measured; when the server doubts the timed proof
+its info carries the round trip the TCP connect measured (plain or TLS); when the server doubts the timed proof
 (a skewed clock) the frames it refused go again after the challenge, and the target sees one offer;
 an unknown peer is the connect's own UnknownPeer; info given after the enroll reply makes an
 ordinary connect."""
@@ -15,7 +15,9 @@ from nattrav.identity import Identity
 from nattrav.io import rendezvous_client
 from nattrav.io.rendezvous_client import EarlyConnect, open_rendezvous
 from nattrav.io.rendezvous_server import serve_rendezvous
+from nattrav.io.rendezvous_tls import client_context, server_context
 from nattrav.proto.rendezvous import RendezvousServer
+from tests.secure_lab import self_signed
 
 REPORT = {"report": {"x": 1}}
 
@@ -105,3 +107,30 @@ async def test_info_given_after_the_enroll_reply_makes_an_ordinary_connect(nurse
             assert not client.early_went and rtts == []
             session = await client.connect("bob", timeout=5.0, info={**REPORT, "rtt": client.rtt})
     assert session.peer_id == "bob" and len(offers) == 1 and offers[0].peer_info["rtt"] == client.rtt
+
+
+async def test_a_connect_behind_the_enroll_over_tls(nursery, tmp_path):
+    cert, key = self_signed(tmp_path, "rv")
+    state = RendezvousServer(keepalive=5.0)
+    addr = await nursery.start(lambda task_status: serve_rendezvous(
+        "127.0.0.1", 0, state=state, ssl_context=server_context(cert, key), task_status=task_status))
+    offers: list = []
+
+    async def bob(task_status=trio.TASK_STATUS_IGNORED):
+        async with open_rendezvous(addr, name="bob", info=REPORT, tls=client_context(cert)) as rv:
+            task_status.started()
+            while True:
+                offer = await rv.next_offer()
+                offers.append(offer)
+                await rv.accept(offer)
+
+    await nursery.start(bob)
+    early = EarlyConnect("bob", timeout=5.0)
+    rtts: list = []
+    early.ready(_info(rtts))
+    with trio.fail_after(10):
+        async with open_rendezvous(addr, identity=Identity.generate(), early=early, tls=client_context(cert)) as client:
+            assert client.early_went and client.challenged == 0
+            session = await client.connect("bob", timeout=5.0)
+    assert session.peer_id == "bob" and len(offers) == 1 and state.stats["sessions"] == 1
+    assert len(rtts) == 1 and 0 < rtts[0] < 1.0
