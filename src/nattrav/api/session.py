@@ -67,9 +67,10 @@ class SessionOptions:
     secure: bool = True  # QUIC (UDP) or TLS (TCP) authenticated by the keys; False: the raw punched path
     server_tls: ssl.SSLContext | None = None  # TLS to the rendezvous server (io/rendezvous_tls.py); None: plain
     # connect(): when our endpoint is ready before the enroll reply, send the connect right behind
-    # the enroll instead of waiting for the reply (one server round trip less). A relay grant in that
-    # reply then comes too late to be offered to the peer (the grant and its allocation are after
-    # the connect): False waits for the reply, so that a tier with a relay always offers it
+    # the enroll instead of waiting for the reply (one server round trip less). Only at a server the
+    # behaviour cache saw grant us no relay the last time: a grant comes in the reply, too late for
+    # an early connect to offer its allocation, so a server that grants one (or one not yet known)
+    # always gets the connect after its reply. False never sends it early
     pipeline: bool = True
 
     def the_identity(self) -> Identity:
@@ -157,6 +158,17 @@ async def _enrolled_and_opening(transport: Any, server_ep: Any, fallback_stun: t
             emit("discovery-restart", {"stun": list(stun_ep), "guessed": list(fallback_stun)})
             async with running(_open_with, opener, stun_ep, unclaimed=transport.close) as opening:
                 yield client, opening, stun_ep
+
+
+def _may_pipeline(o: SessionOptions, transport: Any, cache: BehaviorCache | None, server_ep: Any) -> bool:
+    """May the connect go in the enroll's flight? Only where no relay grant can come too late for
+    it: a transport without the relay rung, or a server that granted us none when we last enrolled
+    there (the behaviour cache remembers; unknown waits for the reply, as a first run does)."""
+    if not o.pipeline:
+        return False
+    if not getattr(transport, "relays", False):
+        return True
+    return cache is not None and cache.relay_granted(_first(server_ep)) is False
 
 
 def _early_of(early: tuple[rv.EarlyConnect, Any] | None) -> rv.EarlyConnect | None:
@@ -261,13 +273,16 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
             # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
             # rendezvous connection comes up, or after the enroll reply named the tier's STUN servers
             kx = KeyAgreement()  # this session's own: the punch key is never the server's
+            cache = o.behavior_cache()
             early = None
-            if o.pipeline:
+            if _may_pipeline(o, transport, cache, server_ep):
                 early = (rv.EarlyConnect(peer_id, timeout),
                          lambda ep, rtt: {**node_info(ep.report, rtt), **kx.offer(identity, peer_id).to_info()})
-            async with _enrolled_and_opening(transport, server_ep, stun_ep, o, emit, o.behavior_cache(), early,
+            async with _enrolled_and_opening(transport, server_ep, stun_ep, o, emit, cache, early,
                                              identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
                 emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                if cache is not None and getattr(transport, "relays", False):
+                    cache.note_relay(client.server, client.relay is not None)  # decides the next pipelining
                 ep = await opening.result()
                 try:
                     if client.early_went:
