@@ -300,3 +300,36 @@ def test_a_guess_whose_trace_stood_in_needs_the_same_trace_under_the_sampled_nam
     assert confirmed(traced, Entry(behavior(), 900.0, trace_of(TRACED)), other, same_trace=True)
     assert not confirmed(traced, Entry(behavior(), 900.0), other, same_trace=True)
     assert confirmed(traced, Entry(behavior(), 900.0), other)  # a trace of our own was taken
+
+
+def test_a_server_relay_grant_is_remembered_per_server_beside_the_entries(cache):
+    server = ("192.0.2.9", 8765)
+    assert cache.relay_granted(server) is None  # never enrolled there: not known
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.note_relay(server, False, now=1000.0)
+    assert not cache.note_relay(server, False, now=1001.0)  # unchanged and fresh: no write
+    assert cache.relay_granted(server, now=1001.0) is False
+    assert cache.relay_granted(("192.0.2.9", 8766), now=1001.0) is None
+    assert cache.note_relay(server, True, now=1002.0)  # the server's answer changed
+    assert cache.relay_granted(server, now=1002.0) is True
+    # the entries' writes keep it, and it keeps the entries
+    cache.save(KEY, behavior(), now=1003.0)
+    assert cache.relay_granted(server, now=1003.0) is True and cache.lookup(KEY, now=1003.0) is not None
+    assert cache.relay_granted(server, now=1002.0 + cache.max_age + 1) is None  # too old to go by
+
+
+@pytest.mark.parametrize("relay", [[], {"192.0.2.9:8765": True}, {"192.0.2.9:8765": [1000.0, "no"]},
+                                   {"192.0.2.9:8765": [float("nan"), False]}, {"192.0.2.9:8765": [1000.0]}])
+def test_a_malformed_relay_memory_reads_as_unknown(cache, relay):
+    cache.save(KEY, behavior(), now=1000.0)
+    doc = json.loads(cache.path.read_text())
+    cache.path.write_text(json.dumps({**doc, "relay": relay}))
+    assert cache.relay_granted(("192.0.2.9", 8765), now=1001.0) is None
+    assert cache.lookup(KEY, now=1001.0) is not None  # the rest of the file still counts
+
+
+def test_the_relay_memory_is_bounded(cache):
+    for k in range(40):
+        cache.note_relay(("192.0.2.9", 9000 + k), False, now=1000.0 + k)
+    known = [k for k in range(40) if cache.relay_granted(("192.0.2.9", 9000 + k), now=1100.0) is not None]
+    assert known == list(range(40 - 16, 40))

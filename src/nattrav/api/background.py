@@ -40,6 +40,11 @@ class Job(Generic[T]):
         """Until fn has returned or raised (without taking its result)."""
         await self._done.wait()
 
+    def peek(self) -> T | None:
+        """fn's value once it returned (None before, or when it raised), without taking it: whoever
+        calls result() still owns it, and an unclaimed one is still handed to `unclaimed`."""
+        return self._value if self.done and self._error is None else None
+
     async def result(self) -> T:
         await self._done.wait()
         self.claimed = True

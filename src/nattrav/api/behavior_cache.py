@@ -8,7 +8,10 @@ its mappings do: the punch socket's mappings are always sampled fresh.
 
 The same file keeps our own recent bursts per local address ("flows": {ip: [[until, flows], ...]},
 unix times): the flows a burst opened, held by the NATs until `until` (proto/planner/budget.py's
-ledger), so that a later process publishes only the flow budget its NATs still have free.
+ledger), so that a later process publishes only the flow budget its NATs still have free. And
+whether each rendezvous server we enrolled at granted a relay ("relay": {"ip:port": [saved, bool]}):
+a connect may go out in the enroll's flight only where no relay grant is expected, because a grant
+arrives in the enroll reply and its allocation must be in the connect (api/session.py).
 
 One JSON file, $XDG_CACHE_HOME/nattrav/behavior.json (~/.cache when unset), mode 0600 in a 0700
 directory, written whole to a temporary file and renamed. What it holds is our own earlier result,
@@ -41,6 +44,7 @@ MAX_ENTRIES = 32
 MAX_AGE = 24 * 3600.0  # seconds an entry is trusted
 REFRESH_AFTER = 600.0  # seconds after which a connect that used an entry measures again, after connecting
 MAX_BURSTS = 64  # bursts kept per local address (older ones expired long ago or are dropped first)
+MAX_SERVERS = 16  # rendezvous servers whose relay grant is remembered (the most recently enrolled)
 
 # what an entry keeps of a NatBehavior: the words and the server's addresses, not the raw samples
 _KEPT = ("mapping", "filtering", "allocation", "delta", "hairpin", "lifetime", "nat", "classic",
@@ -204,6 +208,29 @@ class BehaviorCache:
         held[local_ip] = bursts[-MAX_BURSTS:]
         return self._write(entries, {ip: v for ip, v in held.items() if v})
 
+    def relay_granted(self, server: Address, now: float | None = None) -> bool | None:
+        """Whether the rendezvous server `server` granted us a relay when we last enrolled there
+        (within max_age); None when not known."""
+        now = time.time() if now is None else now
+        seen = _relays(self._doc().get("relay")).get(_server_text(server))
+        if seen is None or not 0 <= now - seen[0] <= self.max_age:
+            return None
+        return seen[1]
+
+    def note_relay(self, server: Address, granted: bool, now: float | None = None) -> bool:
+        """Remember whether `server`'s enroll reply carried a relay grant; True when written (only
+        when the answer changed or is getting old: an unchanged fresh one costs no write)."""
+        now = time.time() if now is None else now
+        text = _server_text(server)
+        relays = _relays(self._doc().get("relay"))
+        seen = relays.get(text)
+        if seen is not None and seen[1] == granted and 0 <= now - seen[0] <= self.max_age / 2:
+            return False
+        relays.pop(text, None)
+        relays[text] = [now, bool(granted)]
+        entries, flows = self._load()
+        return self._write(entries, flows, dict(list(relays.items())[-MAX_SERVERS:]))
+
     # -- the file --
     def _read(self) -> dict[str, Any]:
         return self._load()[0]
@@ -211,36 +238,46 @@ class BehaviorCache:
     def _load(self) -> tuple[dict[str, Any], dict[str, list[list]]]:
         """The file's entries by key text, oldest first, and its bursts by local address; empty for
         anything but our own valid file (bursts that are not [until, flows] are dropped)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return {}, {}
-        try:
-            st = os.fstat(fd)
-            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
-                    or st.st_size > MAX_FILE):
-                return {}, {}
-            data = os.read(fd, MAX_FILE + 1)
-        except OSError:
-            return {}, {}
-        finally:
-            os.close(fd)
-        if len(data) > MAX_FILE:
-            return {}, {}
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError):
-            return {}, {}
-        if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("entries"), dict):
+        doc = self._doc()
+        if not doc:
             return {}, {}
         entries = {k: v for k, v in doc["entries"].items() if isinstance(k, str) and isinstance(v, dict)}
         return dict(sorted(entries.items(), key=lambda kv: _saved(kv[1]))), _bursts(doc.get("flows"))
 
-    def _write(self, entries: dict[str, Any], flows: dict[str, list[list]]) -> bool:
+    def _doc(self) -> dict[str, Any]:
+        """The file's document when it is our own valid file, else {}."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return {}
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
+                    or st.st_size > MAX_FILE):
+                return {}
+            data = os.read(fd, MAX_FILE + 1)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
+        if len(data) > MAX_FILE:
+            return {}
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            return {}
+        if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("entries"), dict):
+            return {}
+        return doc
+
+    def _write(self, entries: dict[str, Any], flows: dict[str, list[list]],
+               relay: dict[str, list] | None = None) -> bool:
         items = sorted(entries.items(), key=lambda kv: _saved(kv[1]))[-self.max_entries:]
+        if relay is None:  # kept as the file has it
+            relay = _relays(self._doc().get("relay"))
 
         def dump() -> bytes:
-            doc = {"version": VERSION, "entries": dict(items), "flows": flows}
+            doc = {"version": VERSION, "entries": dict(items), "flows": flows, "relay": relay}
             return json.dumps(doc, separators=(",", ":")).encode()
 
         data = dump()
@@ -267,6 +304,20 @@ class BehaviorCache:
             except OSError:
                 pass
             return False
+
+
+def _server_text(server: Address) -> str:
+    return f"{server[0]}:{int(server[1])}"
+
+
+def _relays(raw: Any) -> dict[str, list]:
+    """The file's relay grants, each checked: {"host:port": [saved, granted]}, oldest first."""
+    if not isinstance(raw, dict):
+        return {}
+    out = {k: [float(v[0]), v[1]] for k, v in raw.items()
+           if isinstance(k, str) and len(k) <= 300 and isinstance(v, list) and len(v) == 2
+           and type(v[0]) in (int, float) and math.isfinite(v[0]) and type(v[1]) is bool}
+    return dict(sorted(out.items(), key=lambda kv: kv[1][0])[-MAX_SERVERS:])
 
 
 def _bursts(raw: Any) -> dict[str, list[list]]:

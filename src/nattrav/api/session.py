@@ -66,6 +66,12 @@ class SessionOptions:
     identity: Identity | None = None  # our key (identity.py); None: a fresh one for this call only
     secure: bool = True  # QUIC (UDP) or TLS (TCP) authenticated by the keys; False: the raw punched path
     server_tls: ssl.SSLContext | None = None  # TLS to the rendezvous server (io/rendezvous_tls.py); None: plain
+    # connect(): when our endpoint is ready before the enroll reply, send the connect right behind
+    # the enroll instead of waiting for the reply (one server round trip less). Only at a server the
+    # behaviour cache saw grant us no relay the last time: a grant comes in the reply, too late for
+    # an early connect to offer its allocation, so a server that grants one (or one not yet known)
+    # always gets the connect after its reply. False never sends it early
+    pipeline: bool = True
 
     def the_identity(self) -> Identity:
         return self.identity if self.identity is not None else Identity.generate()
@@ -113,26 +119,33 @@ class SessionOptions:
 @asynccontextmanager
 async def _enrolled_and_opening(transport: Any, server_ep: Any, fallback_stun: tuple[str, int], o: SessionOptions,
                                 emit: EventHook, cache: BehaviorCache | None,
+                                early: tuple[rv.EarlyConnect, Callable[[Any, float], dict]] | None = None,
                                 **enroll: Any) -> AsyncIterator[tuple[rv.RendezvousClient, Any, tuple[str, int]]]:
     """The rendezvous client, the task making our endpoint, and the STUN server it measures with.
 
     The endpoint is made while we enroll. A STUN server the caller named is the one measured. None:
     the enroll reply names the tier's STUN servers (rotated per enrollment, so its first spreads the
-    load), but waiting for it would put the rendezvous' three round trips (TCP, challenge, enroll)
-    in front of discovery; so discovery starts at once against `fallback_stun` (the rendezvous
-    host's STUN port) and is kept when the tier names that server too (or names none); otherwise it
-    is abandoned and started again against the tier's first."""
+    load), but waiting for it would put the rendezvous' round trips (TCP, enroll) in front of
+    discovery; so discovery starts at once against `fallback_stun` (the rendezvous host's STUN port)
+    and is kept when the tier names that server too (or names none), or when the connect already
+    published it (`early`); otherwise it is abandoned and started again against the tier's first.
+
+    `early`: a connect that goes behind the enroll once the endpoint is ready, and how to make its
+    node info from the endpoint and our round trip to the server."""
     opener = (transport.open, o.src_ip, o.src_port, emit, o.behavior, cache, _first(server_ep))
     if o.stun is not None:
-        async with running(_open_with, opener, fallback_stun, unclaimed=transport.close) as opening:
-            async with rv.open_rendezvous(server_ep, **enroll) as client:
+        async with running(_open_with, opener, fallback_stun, unclaimed=transport.close) as opening, \
+                _handing_early(opening, early):
+            async with rv.open_rendezvous(server_ep, early=_early_of(early), **enroll) as client:
                 yield client, opening, fallback_stun
         return
     guess = trio.CancelScope()
-    async with running(_open_with, opener, fallback_stun, guess, unclaimed=transport.close) as guessed:
-        async with rv.open_rendezvous(server_ep, **enroll) as client:
+    async with running(_open_with, opener, fallback_stun, guess, unclaimed=transport.close) as guessed, \
+            _handing_early(guessed, early):
+        async with rv.open_rendezvous(server_ep, early=_early_of(early), **enroll) as client:
             stun_ep = _tier_stun(client.stun, fallback_stun)
-            if stun_ep == fallback_stun:
+            if stun_ep == fallback_stun or client.early_went:
+                # (a guess the early connect published is the one used: the peer has its report)
                 yield client, guessed, stun_ep
                 return
             guess.cancel()  # the tier measures elsewhere: its server, not our guess
@@ -145,6 +158,41 @@ async def _enrolled_and_opening(transport: Any, server_ep: Any, fallback_stun: t
             emit("discovery-restart", {"stun": list(stun_ep), "guessed": list(fallback_stun)})
             async with running(_open_with, opener, stun_ep, unclaimed=transport.close) as opening:
                 yield client, opening, stun_ep
+
+
+def _may_pipeline(o: SessionOptions, transport: Any, cache: BehaviorCache | None, server_ep: Any) -> bool:
+    """May the connect go in the enroll's flight? Only where no relay grant can come too late for
+    it: a transport without the relay rung, or a server that granted us none when we last enrolled
+    there (the behaviour cache remembers; unknown waits for the reply, as a first run does)."""
+    if not o.pipeline:
+        return False
+    if not getattr(transport, "relays", False):
+        return True
+    return cache is not None and cache.relay_granted(_first(server_ep)) is False
+
+
+def _early_of(early: tuple[rv.EarlyConnect, Any] | None) -> rv.EarlyConnect | None:
+    return None if early is None else early[0]
+
+
+@asynccontextmanager
+async def _handing_early(opening: Any, early: tuple[rv.EarlyConnect, Callable[[Any, float], dict]] | None
+                         ) -> AsyncIterator[None]:
+    """Beside the enroll: once the endpoint is made, hand its node info to the early connect (the
+    endpoint stays the opening's: whoever takes its result owns it)."""
+    if early is None:
+        yield
+        return
+
+    async def hand() -> None:
+        await opening.wait()
+        ep = opening.peek()
+        if ep is not None:
+            connect, info = early
+            connect.ready(lambda rtt: info(ep, rtt), lambda: _tickets(ep))
+
+    async with running(hand):
+        yield
 
 
 def _tier_stun(named: list[tuple[str, int]], fallback: tuple[str, int]) -> tuple[str, int]:
@@ -224,20 +272,35 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
         with trio.fail_after(timeout):
             # our endpoint (discovery or the cache, then the punch socket's mappings) is made while the
             # rendezvous connection comes up, or after the enroll reply named the tier's STUN servers
-            async with _enrolled_and_opening(transport, server_ep, stun_ep, o, emit, o.behavior_cache(),
+            kx = KeyAgreement()  # this session's own: the punch key is never the server's
+            cache = o.behavior_cache()
+            early = None
+            if _may_pipeline(o, transport, cache, server_ep):
+                early = (rv.EarlyConnect(peer_id, timeout),
+                         lambda ep, rtt: {**node_info(ep.report, rtt), **kx.offer(identity, peer_id).to_info()})
+            async with _enrolled_and_opening(transport, server_ep, stun_ep, o, emit, cache, early,
                                              identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
                 emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
+                if cache is not None and getattr(transport, "relays", False):
+                    cache.note_relay(client.server, client.relay is not None)  # decides the next pipelining
                 ep = await opening.result()
                 try:
-                    if getattr(transport, "relays", False):
-                        # the ladder's last rung: an allocation offered beside our report
-                        rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
-                                                    tcp=not isinstance(transport, UdpTransport))
-                    emit("rendezvous-connect", {"peer": peer_id})
-                    kx = KeyAgreement()  # this session's own: the punch key is never the server's
-                    info = {**node_info(ep.report, client.rtt), **relay.info(rung),
-                            **kx.offer(identity, peer_id).to_info()}
-                    session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
+                    if client.early_went:
+                        # the connect went behind the enroll (node info, observations and all)
+                        emit("rendezvous-connect", {"peer": peer_id, "early": True})
+                        if client.relay is not None:
+                            emit("relay-note", {"note": "the connect went before the server's relay grant: "
+                                                        "no relay offered for this session"})
+                        session = await client.connect(peer_id, timeout=timeout)
+                    else:
+                        if getattr(transport, "relays", False):
+                            # the ladder's last rung: an allocation offered beside our report
+                            rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
+                                                        tcp=not isinstance(transport, UdpTransport))
+                        emit("rendezvous-connect", {"peer": peer_id})
+                        info = {**node_info(ep.report, client.rtt), **relay.info(rung),
+                                **kx.offer(identity, peer_id).to_info()}
+                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
                     # before any packet: a server that names another key for a peer ID, or that
                     # changed the peer's key agreement, is not followed
                     verified = expected_peer(peer_id, session)

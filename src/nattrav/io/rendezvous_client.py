@@ -25,6 +25,7 @@ each to a randomly chosen other one, so the peers of an instance that died sprea
 from __future__ import annotations
 
 import itertools
+import math
 import ssl
 import logging
 import random
@@ -32,7 +33,7 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -77,11 +78,54 @@ class _NoTimedProofs(Exception):
     """The server refused a timed enroll proof's frame: it predates them."""
 
 
+class EarlyConnect:
+    """A connect that may go in the enroll's flight (issue 13): handed to open_rendezvous(early=),
+    it is written right behind the enroll frame once the caller says what to publish (ready()),
+    without waiting for the enroll reply; client.connect(peer_id) then takes its session.
+
+    The server handles one connection's frames in order, so a connect behind an accepted enroll is
+    served as if sent after the reply. When the enroll is not accepted at once (the server doubts
+    the timed proof and answers with a challenge, or predates timed proofs and hangs up), the server
+    refuses the frames behind it ("before enroll") or they die with the connection: no offer was
+    made, and connect() sends them again on the enrolled connection. A connect not ready by the
+    challenge may still go behind the enroll that answers it; once the enrollment's reply is in,
+    nothing goes early: connect() is the ordinary one.
+
+    ready() takes `info(rtt)`, the node info to publish given our round trip to the server (before
+    the enroll reply the TCP connect's, or the TLS handshake's, the smaller, stands in for it), and
+    `observed()`, the observation tickets to hand back first (taken only when the connect goes)."""
+
+    def __init__(self, peer_id: str, timeout: float = 10.0):
+        self.peer_id = peer_id
+        self.timeout = timeout
+        self._info: Callable[[float], dict] | None = None
+        self._observe: Callable[[], Observed] | None = None
+        self.observed: Observed = ()  # the tickets it took (sent again with it when it was refused)
+        self._given = trio.Event()
+        self.closed = False  # too late to go early: the enrollment's reply came first
+        self.refused = False  # went early, but the server did not take it (not enrolled yet)
+        self.link: Link | None = None  # the connection it was written on
+        self.waiting: list[tuple[int, Reply]] = []
+
+    def ready(self, info: Callable[[float], dict], observed: Callable[[], Observed] = tuple) -> None:
+        self._info, self._observe = info, observed
+        self._given.set()
+
+    @property
+    def sent(self) -> bool:
+        """Written behind the enroll (whether it stands is known once the enrollment is)."""
+        return bool(self.waiting)
+
+    def stands(self, link: Link | None) -> bool:
+        """It went early on `link` (the enrolled connection) and the server took it there."""
+        return self.sent and not self.refused and link is not None and self.link is link
+
+
 class RendezvousClient:
     def __init__(self, server: tuple[str, int] | list[tuple[str, int]], *, info: dict | None = None,
                  connect_timeout: float = 10.0, local_address: str | None = None, reconnect: bool = True,
                  ping_timeout: float | None = None, identity: Identity | None = None,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, early: EarlyConnect | None = None):
         self.servers = list(server) if isinstance(server, list) else [server]
         if not self.servers:
             raise ValueError("no rendezvous server given")
@@ -107,6 +151,10 @@ class RendezvousClient:
         self._reconnect = reconnect
         self._ping_timeout = ping_timeout
         self._clock = ClockMap()
+        # the first enrollment's connection set-up (TCP connect, TLS handshake: one server round
+        # trip each): our round trip to the server before the enroll reply measures it
+        self._setup_rtt = math.inf
+        self._early = early  # a connect for the first enrollment's flight
         self._ids = itertools.count(1)
         self._link: Link | None = None
         self._offers_send, self._offers = trio.open_memory_channel(32)
@@ -145,6 +193,7 @@ class RendezvousClient:
 
     async def _open_link_once(self, name: str | None, secret: str | None) -> Link:
         host, port = self.server
+        began = trio.current_time()
         try:
             with trio.fail_after(self._connect_timeout):
                 stream = await trio.open_tcp_stream(host, port, local_address=self._local_address)
@@ -155,8 +204,11 @@ class RendezvousClient:
             aud = audience(*stream.socket.getpeername()[:2])
         except (OSError, ValueError):
             aud = None
+        self._setup_rtt = trio.current_time() - began  # a name lookup too, if any: an upper bound
         if self.tls is not None:
+            began = trio.current_time()
             stream = await self._start_tls(stream)
+            self._setup_rtt = min(self._setup_rtt, trio.current_time() - began)
         link = Link(stream, FrameStream(stream, SERVER_MESSAGES))
         enrolled = False
         try:
@@ -201,6 +253,13 @@ class RendezvousClient:
         return {"key": self.identity.peer_id.key_bytes, "sig": self.identity.sign(enroll_proof(msg["nonce"], name))}
 
     async def _enroll(self, link: Link, name: str | None, secret: str | None, aud: str | None = None) -> None:
+        try:
+            await self._enroll_once(link, name, secret, aud)
+        finally:
+            if self._early is not None:
+                self._early.closed = True  # the first enrollment is over: only connect() sends it now
+
+    async def _enroll_once(self, link: Link, name: str | None, secret: str | None, aud: str | None) -> None:
         proof: dict = {}
         timed = False
         if self.identity is not None:
@@ -218,7 +277,7 @@ class RendezvousClient:
                 proof = self._challenge_proof(await self._enroll_reply(link), name)
         sent = trio.current_time()
         await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=secret, **proof))
-        msg = await self._enroll_reply(link)
+        msg = await self._enroll_reply_early(link)
         if timed and msg["t"] == "error" and msg["code"] == ProtocolViolation.code:
             raise _NoTimedProofs()
         if timed and msg["t"] == "challenge":
@@ -229,7 +288,7 @@ class RendezvousClient:
             proof = self._challenge_proof(msg, name)
             sent = trio.current_time()
             await link.frames.send(make("enroll", id=0, info=self._info, name=name, secret=None, **proof))
-            msg = await self._enroll_reply(link)
+            msg = await self._enroll_reply_early(link)
         if msg["t"] == "error":
             raise error_from(msg)
         if msg["t"] != "enrolled":
@@ -253,13 +312,54 @@ class RendezvousClient:
         self.enrollments += 1
 
     @staticmethod
-    async def _enroll_reply(link: Link) -> dict:
-        msg = await link.frames.receive()
-        if msg is None:
-            raise ServerGone("the server closed the connection during enroll")
-        if msg["t"] == "error" and msg["code"] != ProtocolViolation.code:
-            raise error_from(msg)
-        return msg
+    async def _enroll_reply(link: Link, early: EarlyConnect | None = None) -> dict:
+        while True:
+            msg = await link.frames.receive()
+            if msg is None:
+                raise ServerGone("the server closed the connection during enroll")
+            if early is not None and early.link is link and msg.get("id") in dict(early.waiting):
+                # the server answered a frame of the early connect before we were enrolled: it
+                # refused it ("before enroll"); connect() sends it again once we are
+                early.refused = True
+                continue
+            if msg["t"] == "error" and msg["code"] != ProtocolViolation.code:
+                raise error_from(msg)
+            return msg
+
+    async def _enroll_reply_early(self, link: Link) -> dict:
+        """The reply to the enroll frame just sent, while the early connect (if any, and not sent
+        yet) goes behind that frame as soon as its info is given: at once when it is already.
+        An enrollment's reply ends its chance (a challenge's: until the enroll that answers it)."""
+        early = self._early
+        if early is None or early.closed or early.sent:
+            return await self._enroll_reply(link, early)
+        if early._given.is_set():
+            await self._send_early(link, early)
+            return await self._enroll_reply(link, early)
+        replied = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_early, link, early, replied)
+            try:
+                return await self._enroll_reply(link, early)
+            finally:
+                replied.set()  # before the cancel: a send not begun never begins
+                nursery.cancel_scope.cancel()
+
+    async def _send_early(self, link: Link, early: EarlyConnect, replied: trio.Event | None = None) -> None:
+        await early._given.wait()
+        if early.closed or (replied is not None and replied.is_set()):
+            return
+        rtt = self.rtt if math.isfinite(self.rtt) else self._setup_rtt
+        try:
+            info = early._info(rtt)
+            check_info(info)
+        except (ValueError, BadFrame):
+            return  # bad info: connect() raises it, as it would have without the early flight
+        early.observed = list(early._observe())
+        requests = self._info_request(info, early.observed) + [self._connect_request(early.peer_id, early.timeout)]
+        early.link = link
+        with trio.CancelScope(shield=True):  # all or none: an info without its observations is not ours
+            await self._post(link, requests, early.waiting)
 
     async def _reader(self, link: Link) -> None:
         try:
@@ -398,13 +498,26 @@ class RendezvousClient:
         link = self._link
         if self._closed is not None or link is None or link.gone is not None:
             raise self._gone_error(link)
-        waiting = []
+        waiting: list[tuple[int, Reply]] = []
         try:
-            for kind, fields in requests:
-                rid = next(self._ids)
-                reply = link.pending[rid] = Reply()
-                waiting.append((rid, reply))
-                await self._send(link, make(kind, id=rid, **fields))
+            await self._post(link, requests, waiting)
+        except BaseException:
+            for rid, _ in waiting:
+                link.pending.pop(rid, None)
+            raise
+        return await self._collect(link, waiting)
+
+    async def _post(self, link: Link, requests: Sequence[tuple[str, dict]], waiting: list[tuple[int, Reply]]) -> None:
+        """Write the requests, each registered (in `waiting`) before it goes."""
+        for kind, fields in requests:
+            rid = next(self._ids)
+            reply = link.pending[rid] = Reply()
+            waiting.append((rid, reply))
+            await self._send(link, make(kind, id=rid, **fields))
+
+    async def _collect(self, link: Link, waiting: list[tuple[int, Reply]]) -> list[dict]:
+        """The replies to requests _post wrote; the first error reply is raised."""
+        try:
             for _, reply in waiting:
                 await reply.event.wait()
         finally:
@@ -462,16 +575,44 @@ class RendezvousClient:
                       observed: Observed = ()) -> Session:
         """Ask peer_id for a session; raises UnknownPeer, PeerOffline, Refused or RendezvousTimeout.
         `info`: publish this node info first, in the same round trip (update_info() then connect());
-        `observed`: as update_info()'s."""
-        requests = self._info_request(info, observed) + [("connect", {"target": peer_id, "timeout": float(timeout)})]
+        `observed`: as update_info()'s. The connect handed to open_rendezvous(early=) for this peer,
+        when it went behind the enroll, is not sent again: its reply is taken (or, refused before
+        the enrollment, it goes again with its own info and observations)."""
+        early = self._early if self._early is not None and self._early.peer_id == peer_id else None
+        if early is not None:
+            self._early = None  # one connect: a second one to the same peer is an ordinary request
+            if not early.sent:
+                early = None
+            elif not early.stands(self._link):
+                # refused (we were not enrolled yet), or lost with the first connection: the same
+                # info and observations go again, now that we are enrolled (no offer was made)
+                for rid, _ in early.waiting:
+                    early.link.pending.pop(rid, None)
+                info, observed = early._info(self.rtt), early.observed
+                early = None
         # The server enforces the timeout; the local guard only covers a server that stops answering.
         with trio.move_on_after(timeout + max(2.0, 4 * min(self.rtt, 5.0))) as guard:
-            replies = await self._requests(*requests)
+            if early is not None:  # written behind the enroll and taken: its replies are due
+                replies = await self._collect(early.link, early.waiting)
+            else:
+                requests = self._info_request(info, observed) + [self._connect_request(peer_id, timeout)]
+                replies = await self._requests(*requests)
             self._noted(replies)
             msg = replies[-1]
         if guard.cancelled_caught:
             raise RendezvousTimeout(f"timeout: no answer about {peer_id} within {timeout:g} s")
         return self._session(msg)
+
+    @staticmethod
+    def _connect_request(peer_id: str, timeout: float) -> tuple[str, dict]:
+        return ("connect", {"target": peer_id, "timeout": float(timeout)})
+
+    @property
+    def early_went(self) -> bool:
+        """The connect handed to open_rendezvous(early=) went behind the enroll with its info and
+        observations: connect(its peer) takes its reply, or sends the same again if the server
+        refused it before the enrollment (the caller passes no info of its own then)."""
+        return self._early is not None and self._early.sent
 
     async def next_offer(self) -> Offer:
         """Wait for the next peer that wants a session with us (offers cancelled meanwhile are skipped).
@@ -526,6 +667,7 @@ async def open_rendezvous(
     ping_timeout: float | None = None,
     identity: Identity | None = None,
     tls: ssl.SSLContext | None = None,
+    early: EarlyConnect | None = None,
 ) -> AsyncIterator[RendezvousClient]:
     """Connect to the server, enroll (under ``name`` if given, proving ownership with ``secret``,
     or with ``identity``: then the name defaults to its peer ID and is proven by a signature).
@@ -534,7 +676,8 @@ async def open_rendezvous(
     ``reconnect`` (the default) the client enrolls again by itself; ``ping_timeout`` (default: the
     server's keepalive, at least 2 s) is how long an unanswered ping may take before the connection
     counts as lost. ``server`` may be a list of servers of one tier, or "HOST:PORT,HOST:PORT,...":
-    the first is enrolled with, the others take over when it is lost (see the module's doc)."""
+    the first is enrolled with, the others take over when it is lost (see the module's doc).
+    ``early``: a connect that may go in the enroll's flight (EarlyConnect)."""
     servers = parse_servers(server)
     if info is not None:
         try:
@@ -543,7 +686,7 @@ async def open_rendezvous(
             raise ValueError(f"node info rejected: {exc}") from None
     client = RendezvousClient(servers if len(servers) > 1 else servers[0], info=info, connect_timeout=connect_timeout,
                               local_address=local_address, reconnect=reconnect, ping_timeout=ping_timeout,
-                              identity=identity, tls=tls)
+                              identity=identity, tls=tls, early=early)
     link = await client._open_link(name, secret)
     client._link = link
     try:
