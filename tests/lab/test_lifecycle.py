@@ -260,7 +260,7 @@ def test_cli_probe_json_and_sweep(need_lab):
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
     for key in ("mapping", "filtering", "allocation", "delta", "hairpin", "tcp_unsolicited"):
-        assert out["measured"][key] == out["expected"][key], key
+        assert out["measured"][key] == out["expected"][key], (key, out["measured"])
     assert out["measured"]["delta"] == 2
     cp = subprocess.run([*cli, "probe", "symmetric-seq-2"], capture_output=True, text=True, timeout=60)
     assert "delta            2                2" in cp.stdout
