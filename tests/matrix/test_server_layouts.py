@@ -14,6 +14,7 @@ import pytest
 from nattrav.lab.matrix import expectation
 from nattrav.lab.pytest_support import require_lab
 from tests.conftest import run_matrix_pair
+from tests.matrix.budget import unexplained_failures
 
 TRIALS = 2
 TRIAL_TIMEOUT = 15.0
@@ -36,5 +37,8 @@ def test_feasible_pairs_connect_whatever_the_server_layout(layout, left, right):
     assert expectation(left, right) == "feasible"
     results, ok, summary, _ = run_matrix_pair(left, right, TRIALS, TRIAL_TIMEOUT, REPORT, expect="feasible",
                                               server_layout=layout)
-    assert len(ok) == TRIALS, f"{layout}: {left}->{right} is feasible but: {summary}"
+    # every trial connects, but a later one whose plan said the flow budgets left cannot (the earlier
+    # trial's burst still holds those flows: tests/matrix/budget.py)
+    assert len(results) == TRIALS and not unexplained_failures(results), \
+        f"{layout}: {left}->{right} is feasible but: {summary}"
     assert all(r.server == layout for r in results)
