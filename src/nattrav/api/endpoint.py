@@ -137,12 +137,9 @@ async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHoo
     trace that cannot run or sees no hop reads as the default, and says so. `made()`: called once
     the trace's flow is made on our NATs (or it will make none)."""
     try:
-        reading = await trace_hops(stun, src_ip=src_ip, made=made)
+        reading = await trace_hops(stun, src_ip=src_ip, made=made)  # which calls made() however it ends
     except OSError:
         reading = read_trace({}, None, MAX_TTL)
-    finally:
-        if made is not None:
-            made()
     emit("hops", reading.to_dict())
     return reading
 

@@ -52,75 +52,75 @@ async def trace_hops(server: tuple[str, int], *, src_ip: str | None = None, max_
     trace's one flow is then made on every NAT layer it crosses (or never will be)."""
     if not 1 <= max_ttl <= 64:
         raise ValueError("max_ttl must be 1..64")
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
-        await sock.bind((src_ip or "0.0.0.0", 0))
-        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        txids = {stun.new_transaction_id(): ttl for ttl in range(1, max_ttl + 1)}
-        requests = {ttl: stun.binding_request(transaction_id=t).encode() for t, ttl in txids.items()}
-        answers: dict[int, str] = {}
-        reached: set[int] = set()
+    told = False
 
-        def done() -> bool:
-            return bool(reached) and not missing()
+    def tell() -> None:  # the one call of made(), whichever way the trace ends
+        nonlocal told
+        if made is not None and not told:
+            told = True
+            made()
 
-        async def send(ttls) -> None:
-            for ttl in ttls:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-                try:
-                    await sock.sendto(requests[ttl], server)
-                except OSError:
-                    pass  # an error queued by an earlier probe can surface here: read below
-                # a little apart: the first packets of a new flow racing each other through a NAT
-                # can clash in its connection tracking, and one is dropped
-                await trio.sleep(0.002)
+    try:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((src_ip or "0.0.0.0", 0))
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            txids = {stun.new_transaction_id(): ttl for ttl in range(1, max_ttl + 1)}
+            requests = {ttl: stun.binding_request(transaction_id=t).encode() for t, ttl in txids.items()}
+            answers: dict[int, str] = {}
+            reached: set[int] = set()
 
-        def missing() -> list[int]:
-            top = min(reached) if reached else max_ttl + 1
-            return [t for t in range(1, top) if t not in answers]
+            def done() -> bool:
+                return bool(reached) and not missing()
 
-        told = False
+            async def send(ttls) -> None:
+                for ttl in ttls:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                    try:
+                        await sock.sendto(requests[ttl], server)
+                    except OSError:
+                        pass  # an error queued by an earlier probe can surface here: read below
+                    # a little apart: the first packets of a new flow racing each other through a NAT
+                    # can clash in its connection tracking, and one is dropped
+                    await trio.sleep(0.002)
 
-        def tell() -> None:
-            nonlocal told
-            if made is not None and not told:
-                told = True
-                made()
+            def missing() -> list[int]:
+                top = min(reached) if reached else max_ttl + 1
+                return [t for t in range(1, top) if t not in answers]
 
-        async def send_all() -> None:
-            for n in range(rounds):
-                await send(missing())
-                if n == 0:
-                    tell()
-                await trio.sleep(min(0.2, timeout / 3))
+            async def send_all() -> None:
+                for n in range(rounds):
+                    await send(missing())
+                    if n == 0:
+                        tell()
+                    await trio.sleep(min(0.2, timeout / 3))
 
-        def drain() -> None:
-            while True:  # ICMP errors first: each names a hop
-                try:
-                    data, cmsgs, _flags, _addr = sock._sock.recvmsg(
-                        2048, socket.CMSG_SPACE(512), socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                hop = _offender(cmsgs)
-                ttl = _ttl_of(data, txids)
-                if hop is not None and ttl is not None and hop[1] == ICMP_TIME_EXCEEDED:
-                    answers.setdefault(ttl, hop[0])
-            while True:  # then the server's answers
-                try:
-                    data, src = sock._sock.recvfrom(2048, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue  # a pending ICMP error reported on the normal path: drained above
-                if tuple(src[:2]) != tuple(server):
-                    continue
-                ttl = _ttl_of(data, txids)
-                if ttl is not None:
-                    reached.add(ttl)
+            def drain() -> None:
+                while True:  # ICMP errors first: each names a hop
+                    try:
+                        data, cmsgs, _flags, _addr = sock._sock.recvmsg(
+                            2048, socket.CMSG_SPACE(512), socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        break
+                    hop = _offender(cmsgs)
+                    ttl = _ttl_of(data, txids)
+                    if hop is not None and ttl is not None and hop[1] == ICMP_TIME_EXCEEDED:
+                        answers.setdefault(ttl, hop[0])
+                while True:  # then the server's answers
+                    try:
+                        data, src = sock._sock.recvfrom(2048, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        continue  # a pending ICMP error reported on the normal path: drained above
+                    if tuple(src[:2]) != tuple(server):
+                        continue
+                    ttl = _ttl_of(data, txids)
+                    if ttl is not None:
+                        reached.add(ttl)
 
-        try:
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(send_all)
@@ -135,8 +135,8 @@ async def trace_hops(server: tuple[str, int], *, src_ip: str | None = None, max_
                                     drain()
                             break
                     nursery.cancel_scope.cancel()
-        finally:
-            tell()
+    finally:
+        tell()
     return read_trace(answers, min(reached) if reached else None, max_ttl)
 
 
