@@ -18,7 +18,7 @@ from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
 from ..io.stun_client import run_transactions
-from ..io.stun_discover import local_address
+from ..io.stun_discover import local_address, second_address
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
@@ -369,7 +369,7 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
         if first is not None and first.ok:
             observed = ticket_of(first.message, first.mapped)
     new, ips = [], set()
-    announced = _announced(results[0], targets[0]) if results and results[0] is not None else None
+    announced = second_address(results[0], targets[0]) if results and results[0] is not None else None
     for dest, (_, tx), r in zip(targets, jobs, results):
         if r is None or not r.ok:
             why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
@@ -381,16 +381,6 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
         ips.add(public[0])
     first_ip = str(results[0].mapped[0]) if results else None
     return _Sampled(new, public, ips, observed, announced, first_ip)
-
-
-def _announced(r: Any, server: tuple[str, int]) -> tuple[str, int] | None:
-    """The second server address an answer names, as discovery reads it: OTHER-ADDRESS, or a
-    one-IP server's OTHER-PORT on its own IP."""
-    if r.other_address is not None:
-        return (str(r.other_address[0]), int(r.other_address[1]))
-    if r.other_port is not None and r.other_port != server[1]:
-        return (server[0], int(r.other_port))
-    return None
 
 
 def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[str, int], emit: EventHook,

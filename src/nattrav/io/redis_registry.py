@@ -209,8 +209,7 @@ class RedisRegistry:
                 # Redis restarted or its script cache was flushed: EVAL runs it and caches it again
                 reply = await link.call("EVAL", SCRIPTS[name], 0, *argv)
         except (LinkDown, ReplyError) as exc:
-            self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
+            raise self._unavailable(exc) from None
         if not isinstance(reply, list):
             raise RegistryUnavailable(f"malformed reply from Redis to {name}")
         return reply
@@ -323,9 +322,13 @@ class RedisRegistry:
             reply = await self.link.call("SET", f"{self.prefix}np:{token.hex()}", "1", "NX", "PX",
                                          str(max(int(ttl * 1000), 1)))
         except (LinkDown, ReplyError) as exc:
-            self.stats["registry_errors"] += 1
-            raise RegistryUnavailable(f"Redis: {str(exc)[:160]}") from None
+            raise self._unavailable(exc) from None
         return reply is not None
+
+    def _unavailable(self, exc: Exception) -> RegistryUnavailable:
+        """A failed Redis call, counted, as the one error the server handles."""
+        self.stats["registry_errors"] += 1
+        return RegistryUnavailable(f"Redis: {str(exc)[:160]}")
 
     async def counts(self) -> dict[str, int]:
         reply = await self._run("counts", 0.0)

@@ -502,8 +502,7 @@ class RendezvousClient:
         try:
             await self._post(link, requests, waiting)
         except BaseException:
-            for rid, _ in waiting:
-                link.pending.pop(rid, None)
+            _forget(link, waiting)
             raise
         return await self._collect(link, waiting)
 
@@ -521,8 +520,7 @@ class RendezvousClient:
             for _, reply in waiting:
                 await reply.event.wait()
         finally:
-            for rid, _ in waiting:
-                link.pending.pop(rid, None)
+            _forget(link, waiting)
         replies = []
         for _, reply in waiting:
             if reply.msg is None:
@@ -586,8 +584,7 @@ class RendezvousClient:
             elif not early.stands(self._link):
                 # refused (we were not enrolled yet), or lost with the first connection: the same
                 # info and observations go again, now that we are enrolled (no offer was made)
-                for rid, _ in early.waiting:
-                    early.link.pending.pop(rid, None)
+                _forget(early.link, early.waiting)
                 info, observed = early._info(self.rtt), early.observed
                 early = None
         # The server enforces the timeout; the local guard only covers a server that stops answering.
@@ -644,6 +641,12 @@ class RendezvousClient:
             await self._request("refuse", offer=offer.offer_id)
         except OfferGone:
             pass
+
+
+def _forget(link: Link, waiting: list[tuple[int, Reply]]) -> None:
+    """No reply to these requests is awaited on `link` any more: a late one is dropped."""
+    for rid, _ in waiting:
+        link.pending.pop(rid, None)
 
 
 def parse_servers(server: str | tuple[str, int] | list) -> list[tuple[str, int]]:

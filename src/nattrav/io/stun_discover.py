@@ -73,6 +73,17 @@ def schedules_for(rtt: float) -> tuple[Schedule, Schedule]:
 Known = Callable[[Address, Address], "NatBehavior | None"]
 
 
+def second_address(r, server: Address) -> Address | None:
+    """The server's second address an answer names: OTHER-ADDRESS, or a one-IP server's OTHER-PORT
+    on its own IP (a second port is a second destination too, enough to see APDM and port-dependent
+    filtering); None when it names neither."""
+    if r.other_address is not None:
+        return (str(r.other_address[0]), int(r.other_address[1]))
+    if r.other_port is not None and r.other_port != server[1]:
+        return (server[0], int(r.other_port))
+    return None
+
+
 async def discover(
     server: Address,
     local_ip: str | None = None,
@@ -128,12 +139,8 @@ async def discover(
         # and the spacing of those moments is what background flows had to land in (replies come
         # back bunched, even out of order: their times made ~1 ms gaps look like 0.1 ms)
         samples = [BindingSample(0, local, server, r1.mapped, _sent(r1) - t0)]
-        other = r1.other_address
-        # a server with one IP names its second port instead (OTHER-PORT): a second port is a
-        # second destination too, enough to see APDM and port-dependent filtering
-        one_ip = other is None and r1.other_port is not None and r1.other_port != server[1]
-        if one_ip:
-            other = (server[0], r1.other_port)
+        other = second_address(r1, server)
+        one_ip = other is not None and r1.other_address is None
         # after a retransmission the answer may be to either request (Karn): count from the first
         rtt = r1.rtt if r1.attempts == 1 else r1.received_at - t0
         answered, silent = (first, first) if rto is not None else schedules_for(rtt)
@@ -287,7 +294,7 @@ async def _lifetime_test(server: Address, local_ip: str | None, limit: float, kw
     return reading.alive, reading.expired
 
 
-__all__ = ["Schedule", "discover", "schedules_for"]
+__all__ = ["Schedule", "discover", "local_address", "schedules_for", "second_address"]
 
 
 def _sent(r) -> float:
