@@ -148,7 +148,7 @@ class BehaviorCache:
         True when the file was written."""
         if behavior.public_ip is None or behavior.mapping is None or behavior.filtering is None:
             return False
-        entries, flows = self._load()
+        entries, flows, relay = self._load()
         old = entries.pop(key.text(), None)
         known = _entry_from(old) if old is not None else None
         if behavior.lifetime is None and known is not None and known.behavior.lifetime is not None:
@@ -158,41 +158,41 @@ class BehaviorCache:
         # and the hop trace, which discovery does not take either (the endpoint adds it: set_hops)
         entries[key.text()] = _entry_to(behavior, time.time() if now is None else now,
                                         known.trace if known is not None else None)
-        return self._write(entries, flows)
+        return self._write(entries, flows, relay)
 
     def set_lifetime(self, key: Key, lifetime: float) -> bool:
         """Add a measured mapping lifetime (seconds) to `key`'s entry, which keeps its age (the rest
         was not measured again); True when the file was written."""
         if not _lifetime_ok(lifetime):
             return False
-        entries, flows = self._load()
+        entries, flows, relay = self._load()
         raw = entries.get(key.text())
         entry = _entry_from(raw) if raw is not None else None
         if entry is None:
             return False
         behavior = replace(entry.behavior, lifetime=float(lifetime))
         entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace)
-        return self._write(entries, flows)
+        return self._write(entries, flows, relay)
 
     def set_hops(self, key: Key, reading: HopReading) -> bool:
         """Keep a measured hop trace with `key`'s entry (which keeps its age); True when written."""
         trace = trace_of(reading)
         if trace is None:
             return False
-        entries, flows = self._load()
+        entries, flows, relay = self._load()
         raw = entries.get(key.text())
         entry = _entry_from(raw) if raw is not None else None
         if entry is None or entry.trace == trace:
             return False
         entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)
-        return self._write(entries, flows)
+        return self._write(entries, flows, relay)
 
     def forget(self, key: Key) -> bool:
         """Drop `key`'s entry (the behaviour it named did not hold); True when the file was written."""
-        entries, flows = self._load()
+        entries, flows, relay = self._load()
         if entries.pop(key.text(), None) is None:
             return False
-        return self._write(entries, flows)
+        return self._write(entries, flows, relay)
 
     def flows_held(self, local_ip: str, now: float | None = None) -> int:
         """Flows our bursts from `local_ip` opened that the NATs may still hold at `now` (unix time)."""
@@ -202,17 +202,17 @@ class BehaviorCache:
     def record_flows(self, local_ip: str, flows: int, until: float, now: float | None = None) -> bool:
         """A burst from `local_ip` whose NAT entries last until `until` (unix time); True when written."""
         now = time.time() if now is None else now
-        entries, held = self._load()
+        entries, held, relay = self._load()
         bursts = [b for b in held.get(local_ip, ()) if b[0] > now] + [[float(until), int(flows)]]
         held = {ip: [b for b in v if b[0] > now] for ip, v in held.items()}
         held[local_ip] = bursts[-MAX_BURSTS:]
-        return self._write(entries, {ip: v for ip, v in held.items() if v})
+        return self._write(entries, {ip: v for ip, v in held.items() if v}, relay)
 
     def relay_granted(self, server: Address, now: float | None = None) -> bool | None:
         """Whether the rendezvous server `server` granted us a relay when we last enrolled there
         (within max_age); None when not known."""
         now = time.time() if now is None else now
-        seen = _relays(self._doc().get("relay")).get(_server_text(server))
+        seen = self._load()[2].get(_server_text(server))
         if seen is None or not 0 <= now - seen[0] <= self.max_age:
             return None
         return seen[1]
@@ -222,27 +222,28 @@ class BehaviorCache:
         when the answer changed or is getting old: an unchanged fresh one costs no write)."""
         now = time.time() if now is None else now
         text = _server_text(server)
-        relays = _relays(self._doc().get("relay"))
+        entries, flows, relays = self._load()
         seen = relays.get(text)
         if seen is not None and seen[1] == granted and 0 <= now - seen[0] <= self.max_age / 2:
             return False
         relays.pop(text, None)
         relays[text] = [now, bool(granted)]
-        entries, flows = self._load()
         return self._write(entries, flows, dict(list(relays.items())[-MAX_SERVERS:]))
 
     # -- the file --
     def _read(self) -> dict[str, Any]:
         return self._load()[0]
 
-    def _load(self) -> tuple[dict[str, Any], dict[str, list[list]]]:
-        """The file's entries by key text, oldest first, and its bursts by local address; empty for
-        anything but our own valid file (bursts that are not [until, flows] are dropped)."""
+    def _load(self) -> tuple[dict[str, Any], dict[str, list[list]], dict[str, list]]:
+        """The file's entries by key text, oldest first, its bursts by local address and the relay
+        grants by server; empty for anything but our own valid file (bursts that are not
+        [until, flows], grants that are not [saved, bool], are dropped)."""
         doc = self._doc()
         if not doc:
-            return {}, {}
+            return {}, {}, {}
         entries = {k: v for k, v in doc["entries"].items() if isinstance(k, str) and isinstance(v, dict)}
-        return dict(sorted(entries.items(), key=lambda kv: _saved(kv[1]))), _bursts(doc.get("flows"))
+        return (dict(sorted(entries.items(), key=lambda kv: _saved(kv[1]))), _bursts(doc.get("flows")),
+                _relays(doc.get("relay")))
 
     def _doc(self) -> dict[str, Any]:
         """The file's document when it is our own valid file, else {}."""
@@ -270,11 +271,8 @@ class BehaviorCache:
             return {}
         return doc
 
-    def _write(self, entries: dict[str, Any], flows: dict[str, list[list]],
-               relay: dict[str, list] | None = None) -> bool:
+    def _write(self, entries: dict[str, Any], flows: dict[str, list[list]], relay: dict[str, list]) -> bool:
         items = sorted(entries.items(), key=lambda kv: _saved(kv[1]))[-self.max_entries:]
-        if relay is None:  # kept as the file has it
-            relay = _relays(self._doc().get("relay"))
 
         def dump() -> bytes:
             doc = {"version": VERSION, "entries": dict(items), "flows": flows, "relay": relay}
