@@ -161,8 +161,12 @@ async def open_endpoint(
                         sock = await _punch_socket(src_ip, src_port)
                 if behavior is None:
                     (behavior, cached), sampled = await _behavior_and_samples(sock, stun, src_ip, emit, cache,
-                                                                              observe, remeasure)
+                                                                              observe, remeasure, traced.wait)
                 if sampled is None:
+                    if behavior.mapping is not Mapping.EIM:
+                        # a behaviour given (a listener's next endpoint): the trace's flow would land
+                        # among the samples and read as a foreign one, widening every window
+                        await traced.wait()
                     t0 = trio.current_time()
                     sampled = (t0, await _sample(sock, _targets(stun, behavior.other_address), t0, observe))
                 hops = await tracing.result()
@@ -237,10 +241,11 @@ def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple
 
 async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | None, emit: EventHook,
                                 cache: BehaviorCache | None, observe: tuple[str, int] | None,
-                                remeasure: bool = False) -> tuple[Any, Any]:
+                                remeasure: bool = False, traced: Any = None) -> tuple[Any, Any]:
     """resolve_behavior(), with the punch socket's samples taken once the tests' mappings are made
     (None when discovery never got that far: the cache answered, or the server did not).
-    remeasure: the cache's entry did not hold, measure and replace it."""
+    remeasure: the cache's entry did not hold, measure and replace it. traced: awaited before the
+    samples, so that the hop trace's one flow is made before them, not among them."""
     made = trio.Event()
     other: list[tuple[str, int] | None] = []
 
@@ -258,6 +263,8 @@ async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | 
             nursery.start_soon(first, job.wait)
         sampled = None
         if made.is_set():
+            if traced is not None:
+                await traced()  # the hop trace's flow first (it is done by now, all but always)
             t0 = trio.current_time()
             sampled = (t0, await _sample(sock, _targets(stun, other[0]), t0, observe))
         return await job.result(), sampled
