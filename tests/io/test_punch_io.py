@@ -356,3 +356,24 @@ async def test_early_side_never_wins_on_a_hello_under_another_key():
     assert waited.cancelled_caught
     sa.close()
     sb.close()
+
+
+async def test_session_keeps_our_published_info_and_the_servers_margin():
+    frame = {"key": KEY, "role": "first", "start_at": 1000.25, "now": 1000.0, "session": "s1", "peer": "bob",
+             "info": {"report": {}, "rtt": 0.05}}
+    s = Session.from_frame(frame, lambda t: t, own_info={"rtt": 0.1})
+    assert s.margin == pytest.approx(0.25) and s.own_info == {"rtt": 0.1}
+
+
+def test_escalation_waits_scale_with_the_published_round_trips():
+    from nattrav.io.punch import ESCALATE_AFTER, ESCALATE_MIN, escalate_after
+
+    def session(own, peer):
+        return Session(KEY, "first", own_info={} if own is None else {"rtt": own},
+                       peer_info={} if peer is None else {"rtt": peer})
+
+    assert escalate_after(session(0.001, 0.001)) == pytest.approx(ESCALATE_MIN, abs=0.01)  # zero delay
+    assert escalate_after(session(0.1, 0.1)) == pytest.approx(0.7)
+    assert escalate_after(session(1.0, 1.0)) == ESCALATE_AFTER
+    assert escalate_after(session(None, 0.1)) == ESCALATE_AFTER  # an older peer: as before
+    assert escalate_after(session(0.1, "fast")) == ESCALATE_AFTER

@@ -27,7 +27,7 @@ from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
 from .secure import agree_as_initiator, agree_as_responder, expected_peer, preload_secure
 from ..proto.planner.odds import FLOW_TABLE_CAP
-from ..proto.planner.side import DEFAULT_HORIZON, DEFAULT_TARGET
+from ..proto.planner.side import DEFAULT_TARGET
 from .timeline import Timeline
 from .udp import UdpTransport
 
@@ -54,7 +54,9 @@ class SessionOptions:
     # reports and never tell each other what they will do, so an experiment that changes one of
     # these must give both sides the same value, or their halves of a burst will not meet.
     target: float = DEFAULT_TARGET  # odds a strategy is sized for
-    horizon: float = DEFAULT_HORIZON  # seconds from the last STUN sample to the punch, for prediction
+    # seconds from the last STUN sample to the punch, for prediction; None: each side's from the round
+    # trips both peers published and the server's margin, at most DEFAULT_HORIZON (planner/horizon.py)
+    horizon: float | None = None
     max_sockets: int = 1024  # most sockets one side's burst opens
     birthday_sockets: int = 256  # sockets of the EIM side of a birthday burst
     max_window: int = 4096  # most predicted ports a side aims at
@@ -80,7 +82,7 @@ class SessionOptions:
         # a bad knob is the caller's mistake: say so now, not as a plan error once the peer is found
         if not 0 < self.target < 1:
             raise UsageError(f"target must be in (0, 1), got {self.target!r}")
-        if not 0 <= self.horizon <= 3600:
+        if self.horizon is not None and not 0 <= self.horizon <= 3600:
             raise UsageError(f"horizon must be 0..3600 seconds, got {self.horizon!r}")
         for name in ("max_sockets", "birthday_sockets", "max_window", "best_effort_flows"):
             value = getattr(self, name)

@@ -22,6 +22,8 @@ from ..io.stun_discover import local_address, second_address
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
+from ..proto.planner.horizon import sample_ages
+from ..proto.planner.side import DEFAULT_HORIZON
 from ..proto.planner.udp import Plan, plan
 from ..proto.rendezvous.observe import observe_request, ticket_of
 from ..proto.report import MAX_POOL, NatReport, Sample
@@ -411,10 +413,13 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     peer_report, peer_ip = read_peer_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
+    knobs = dict(plan_knobs or {})
+    if knobs.get("horizon") is None:
+        knobs["horizon"], knobs["horizons"] = DEFAULT_HORIZON, session_horizons(session, DEFAULT_HORIZON)
     try:
         # each side's part within the budget its own report published (ours: ep.report.flows)
         p: Plan = plan(ep.report, peer_report, session.role, peer_ip=peer_ip, own_ip=own_ip(session),
-                       peer_udp=peer_udp_ips(session), own_udp=[a[0] for a in ep.seen_udp], **(plan_knobs or {}))
+                       peer_udp=peer_udp_ips(session), own_udp=[a[0] for a in ep.seen_udp], **knobs)
     except (BadReport, PlanError) as exc:
         raise ConnectError(f"peer {session.peer_id}'s NAT report is malformed: {exc}") from None
     # infeasible: straight to the relay -- unless the peer may be on our LAN (the plan's odds are
@@ -431,6 +436,14 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
                 raise
             return relay.path(ep.sock, session, peer_ip, peer_report, why="punch-failed", reason=str(exc),
                               emit=emit)
+
+
+def session_horizons(session: Session, cap: float) -> tuple[float, float] | None:
+    """(the initiator's, the listener's) sample age at the start, from the round trips both node
+    infos published and the server's margin (proto/planner/horizon.py); None when one is unknown."""
+    ours, theirs = session.own_info.get("rtt"), (session.peer_info or {}).get("rtt")
+    first, second = (ours, theirs) if session.role is Role.FIRST else (theirs, ours)
+    return sample_ages(first, second, session.margin, cap)
 
 
 def burst_flows(p: Plan) -> int:

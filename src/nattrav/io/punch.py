@@ -10,6 +10,7 @@ wins, everything else is cancelled and every socket we opened that did not win i
 from __future__ import annotations
 
 import errno
+import math
 import random
 import resource
 import socket
@@ -31,9 +32,26 @@ CONFIRM_RESEND = 0.2  # seconds between ACK resends while the peer has not confi
 # An opening that hears nothing from the peer for this long may have died inside our own NATs (a
 # trace that missed a silent NAT layer, or no trace at all): its resends go one hop further, twice
 # at most. They resend the same flows, so no new mapping is made on the way.
-ESCALATE_AFTER = 1.0
+# The wait scales with the round trips both peers published (their packets meet within about one
+# of them once both openings are up, a lost talker packet costs one resend interval more):
+# a trace whose hop replies a router rate-limited (back-to-back connects: Linux sends one ICMP
+# time-exceeded a second per destination after a burst of 6) read one NAT layer too few, and a
+# fixed second of silence before the next hop was most of such a connect's time at zero delay.
+ESCALATE_AFTER = 1.0  # at most, and when a round trip is unknown
+ESCALATE_MIN = 0.3
+ESCALATE_SLACK = 0.3
 MAX_ESCALATION = 2
 MAX_PEER_ADDRS = 16  # addresses a socket remembers the peer authenticating from (path.also)
+
+
+def escalate_after(session: Session) -> float:
+    """Seconds of silence from the peer after which an opening goes one hop further: twice the two
+    published round trips to the server (a bound on the peers' own) plus a resend's slack, within
+    [ESCALATE_MIN, ESCALATE_AFTER]."""
+    rtts = [info.get("rtt") if isinstance(info, dict) else None for info in (session.own_info, session.peer_info)]
+    if not all(type(r) in (int, float) and math.isfinite(r) and r >= 0 for r in rtts):
+        return ESCALATE_AFTER
+    return min(ESCALATE_AFTER, max(ESCALATE_MIN, ESCALATE_SLACK + 2.0 * sum(rtts)))  # type: ignore[arg-type]
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -62,6 +80,7 @@ class _Race:
         self.plan = plan
         self.session = session
         self.low_ttl = low_ttl
+        self.escalate_after = escalate_after(session)
         self.coordinator = coordinator
         self.rng = rng
         self.handshake = Handshake(session.key, session.role, session.nonce)
@@ -173,7 +192,7 @@ class _Race:
         while trio.current_time() < deadline and rounds > 0:
             rounds -= 1
             if (part.opens and not self.heard and ttl < min(self.low_ttl + MAX_ESCALATION, MAX_LOW_TTL)
-                    and trio.current_time() - began >= ESCALATE_AFTER * len(tried["ttl"])):
+                    and trio.current_time() - began >= self.escalate_after * len(tried["ttl"])):
                 ttl += 1
                 tried["ttl"].append(ttl)
                 self._event("ttl", strategy=attempt.strategy.value, ttl=ttl,

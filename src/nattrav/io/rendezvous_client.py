@@ -552,7 +552,7 @@ class RendezvousClient:
                 log.info("the server did not record our punch socket's address: %s", msg.get("reason"))
 
     def _session(self, msg: dict) -> Session:
-        return Session.from_frame(msg, self.to_local, self.observed)
+        return Session.from_frame(msg, self.to_local, self.observed, self._info)
 
     # -- public API --
     async def ping(self) -> float:

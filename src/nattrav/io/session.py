@@ -31,15 +31,23 @@ class Session:
     # OUR address as the rendezvous server saw it (the peer's is in peer_info["observed"]): the two
     # decide whether the peers share a network (proto/planner/lan.py)
     observed: tuple[str, int] | None = None
+    # the node info WE published for this session (its round trip), and the start margin the server
+    # chose (seconds from its session frames to the start): with the peer's info, the ages both
+    # sides' samples will have at the start (proto/planner/horizon.py), the same on both peers
+    own_info: dict[str, Any] = field(default_factory=dict)
+    margin: float | None = None
 
     @classmethod
     def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float],
-                   observed: tuple[str, int] | None = None) -> Session:
+                   observed: tuple[str, int] | None = None, own_info: dict[str, Any] | None = None) -> Session:
         """From the rendezvous' (schema-checked) "session" frame; `to_local` maps the server's clock
-        to ours (io/rendezvous_client.py's ClockMap); `observed`: where the server saw us."""
+        to ours (io/rendezvous_client.py's ClockMap); `observed`: where the server saw us; `own_info`:
+        the node info we published."""
         key = msg.get("peer_key")
+        margin = msg["start_at"] - msg["now"]  # both in the server's clock, as it sent the frame
         return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
-                   msg["info"], observed=observed, peer_key=bytes(key) if key is not None else None)
+                   msg["info"], observed=observed, peer_key=bytes(key) if key is not None else None,
+                   own_info=dict(own_info or {}), margin=round(float(margin), 3))
 
     def start_in(self) -> float:
         """Seconds until the agreed start (negative once it passed)."""

@@ -152,11 +152,12 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
          horizon: float = DEFAULT_HORIZON, flow_budget: int | None = None, max_sockets: int = 1024,
          birthday_sockets: int = 256, max_window: int = 4096, best_effort_flows: int = 4096,
          peer_ip: str | None = None, own_ip: str | None = None, peer_udp: Sequence[str] = (),
-         own_udp: Sequence[str] = ()) -> Plan:
+         own_udp: Sequence[str] = (), horizons: tuple[float, float] | None = None) -> Plan:
     """The cheapest strategy that works for this pair, sized for `target` odds, from `role`'s view.
 
     role: "first" or "second" (the rendezvous' roles; they only break ties, both peers get the same
-    plan mirrored). horizon: seconds from the last STUN sample to the agreed start time.
+    plan mirrored). horizon: seconds from the last STUN sample to the agreed start time; horizons:
+    (the first's, the second's) instead, when both are known (proto/planner/horizon.py).
     Each side's part opens at most the flows its own report publishes (`flows`), so both peers
     derive the same sizes from the two reports. flow_budget: one number for BOTH sides instead of
     the reports' (tests and tools that plan for two peers they run themselves).
@@ -184,9 +185,11 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     theirs = flow_budget or remote_report.flows
     # one side's predicted ports are probed by the OTHER side, which never probes past its own
     # budget: no prediction needs to look further than that
-    local = replace(side_from_report(local_report, horizon=horizon, target=target,
+    h_first, h_second = horizons if horizons is not None else (horizon, horizon)
+    h_local, h_remote = (h_first, h_second) if role == "first" else (h_second, h_first)
+    local = replace(side_from_report(local_report, horizon=h_local, target=target,
                                      max_window=min(max_window, theirs)), budget=ours)
-    remote = replace(side_from_report(remote_report, horizon=horizon, target=target,
+    remote = replace(side_from_report(remote_report, horizon=h_remote, target=target,
                                       max_window=min(max_window, ours)), budget=theirs)
     reported = None
     aimable = () if peer_ip is None else (peer_ip, *peer_udp)
