@@ -61,3 +61,36 @@ async def test_a_known_eim_behaviour_does_not_wait_for_the_trace(servers, monkey
     times = _instrument(monkeypatch)
     await _open(servers, known)
     assert times["sampled"] < times["made"], times
+
+
+async def test_a_complete_trace_stands_for_the_next_ones_on_the_same_route(monkeypatch):
+    """Back-to-back endpoints (a listener's next peers) reuse a complete trace of their route for
+    RECENT_TRACE seconds: routers rate-limit ICMP, so a trace a second goes silent at the outer hops
+    and reads a NAT layer too few. An incomplete trace (a silent hop) is never kept; the cache's
+    background refresh always traces."""
+    from nattrav.api import endpoint
+    from nattrav.proto.hops import read_trace
+
+    calls: list[int] = []
+    complete = read_trace({1: "192.168.1.1", 2: "100.64.0.1", 3: "203.0.113.1"}, 4, 8)
+    silent = read_trace({1: "192.168.1.1"}, 4, 8)
+    readings = [silent, complete, silent]
+
+    async def fake_trace(stun, *, src_ip=None, made=None):
+        calls.append(1)
+        if made is not None:
+            made()
+        return readings[len(calls) - 1]
+
+    monkeypatch.setattr(endpoint, "trace_hops", fake_trace)
+    monkeypatch.setattr(endpoint, "_recent", {})
+    stun, quiet = ("127.0.0.1", 3478), (lambda phase, detail: None)
+    made: list[int] = []
+    assert await endpoint.measure_hops(stun, None, quiet) == silent  # not kept: traced again
+    assert await endpoint.measure_hops(stun, None, quiet) == complete
+    assert await endpoint.measure_hops(stun, None, quiet, lambda: made.append(1)) == complete  # reused
+    assert len(calls) == 2 and made == [1]
+    assert await endpoint.measure_hops(stun, None, quiet, reuse=False) == silent and len(calls) == 3
+    monkeypatch.setattr(endpoint, "RECENT_TRACE", 0.0)
+    readings.append(complete)
+    assert await endpoint.measure_hops(stun, None, quiet) == complete and len(calls) == 4  # too old

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,19 +128,57 @@ async def refresh_cached(stun: tuple[str, int], src_ip: str | None, use: CacheUs
         key = Key.of(behavior.local, behavior.public_ip, stun)
         use.cache.save(key, behavior)
         # and the hop trace, which warm connects take from the entry instead of tracing
-        use.cache.set_hops(key, await measure_hops(stun, src_ip, lambda phase, detail: None))
+        use.cache.set_hops(key, await measure_hops(stun, src_ip, lambda phase, detail: None, reuse=False))
+
+
+# Seconds a complete trace stands for the next ones of this process on the same route (a listener's
+# next endpoints, an application's back-to-back connects). Routers rate-limit their ICMP time-exceeded
+# (Linux: one a second per destination after a burst of 6), so traces more often than that go silent
+# at the outer hops and read a NAT layer too few (the opening then dies inside our own CGN until the
+# punch escalates its TTL). A route whose NATs change within this time still has the escalation.
+RECENT_TRACE = 30.0
+_recent: dict[tuple, tuple[HopReading, float]] = {}
+
+
+def _route(stun: tuple[str, int], src_ip: str | None) -> tuple:
+    """(the STUN server, the local address the kernel routes to it from): no packet is sent."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind((src_ip or "0.0.0.0", 0))
+        probe.connect(stun)
+        return (stun, probe.getsockname()[0])
+    except OSError:
+        return (stun, src_ip)
+    finally:
+        probe.close()
+
+
+def _complete(reading: HopReading) -> bool:
+    return reading.server_ttl is not None and bool(reading.hops) and all(ip is not None for _, ip in reading.hops)
 
 
 async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook,
-                       made: Callable[[], None] | None = None) -> HopReading:
+                       made: Callable[[], None] | None = None, *, reuse: bool = True) -> HopReading:
     """How many hops our own NATs span, traced on the way to the STUN server: the low TTL that
     opens every layer of ours and dies before the peer's NAT (proto/hops.py). Never fails: a
     trace that cannot run or sees no hop reads as the default, and says so. `made()`: called once
-    the trace's flow is made on our NATs (or it will make none)."""
+    the trace's flow is made on our NATs (or it will make none). `reuse`: a complete trace of the
+    same route less than RECENT_TRACE seconds old stands instead (no packet sent)."""
+    route = _route(stun, src_ip)
+    recent = _recent.get(route)
+    if reuse and recent is not None and time.monotonic() - recent[1] < RECENT_TRACE:
+        if made is not None:
+            made()
+        emit("hops", {**recent[0].to_dict(), "recent": True})
+        return recent[0]
     try:
         reading = await trace_hops(stun, src_ip=src_ip, made=made)  # which calls made() however it ends
     except OSError:
         reading = read_trace({}, None, MAX_TTL)
+    if _complete(reading):
+        _recent[route] = (reading, time.monotonic())
+        while len(_recent) > 64:
+            _recent.pop(next(iter(_recent)))
     emit("hops", reading.to_dict())
     return reading
 
