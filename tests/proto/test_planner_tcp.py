@@ -3,6 +3,8 @@ them."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -564,3 +566,19 @@ def test_no_fallback_that_cannot_work():
     # assumption the pair is infeasible, so the one plan gets the whole time
     (rung,) = ladder(RSEQ, RANDOM, "first", timeout=9.0)
     assert rung.plan.strategy is TcpStrategy.ADDRESS_OPEN and rung.budget == 9.0
+
+
+def test_the_first_rungs_slot_follows_the_published_round_trips():
+    """One SYN retransmission plus twice the two round trips: at zero delay a UDP-only cone's TCP
+    filter costs ~1.2 s before the strict rung, not 3; an unknown round trip keeps FIRST_RUNG."""
+    from nattrav.proto.planner.tcp import FIRST_RUNG, SYN_RTO, first_rung_slot
+
+    flat = first_rung_slot(0.001, 0.001)
+    assert SYN_RTO < flat < 1.3
+    assert first_rung_slot(0.11, 0.11) == pytest.approx(SYN_RTO + 0.44 + 0.2)
+    assert first_rung_slot(2.0, 2.0) == FIRST_RUNG
+    for bad in (None, "0.1", math.nan, -1.0, True):
+        assert first_rung_slot(bad, 0.1) == FIRST_RUNG
+    la, lb = _both(RCONE, SEQ, first_rung=flat)
+    assert [(r.start, r.budget) for r in la] == [(r.start, r.budget) for r in lb]
+    assert la[0].budget == flat and la[1].start == pytest.approx(flat + 0.3)

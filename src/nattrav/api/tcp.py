@@ -14,7 +14,7 @@ from ..io.session import Session
 from ..io.stun_tcp import tcp_mappings
 from ..io.tcp_punch import open_listener, tcp_punch
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.tcp import agreed_window
+from ..proto.planner.tcp import agreed_window, first_rung_slot
 from ..proto.planner.tcp import ladder as tcp_ladder
 from ..proto.planner.tcp_mapping import history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
@@ -117,8 +117,10 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
         raise
     mine, peer = ep.report.tcp, peer_report.tcp
     assert mine is not None
+    ours, theirs = session.own_info.get("rtt"), (session.peer_info or {}).get("rtt")
     rungs = tcp_ladder(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip,
-                       timeout=timeout, own_ip=own_ip(session), peer_udp=peer_udp_ips(session))
+                       timeout=timeout, own_ip=own_ip(session), peer_udp=peer_udp_ips(session),
+                       first_rung=first_rung_slot(ours, theirs))
     local = ep.listener.getsockname()[:2]
     low_ttl = ttl or ep.hops.low_ttl
     failures = []

@@ -69,8 +69,22 @@ WINDOW_TARGET = 0.99999
 # a new session, SYNs are cheap: 1e-5 takes ~750 guesses against 1024 open mappings of 64512).
 # A ladder's first rung, when it leans on the UDP filtering word (see ladder()): direct and
 # address-open finish in a round trip or two, or a SYN retransmission (1 s) when one is lost.
-FIRST_RUNG = 3.0
+FIRST_RUNG = 3.0  # at most, and when a round trip is unknown (first_rung_slot)
+SYN_RTO = 1.0  # Linux's (RFC 6298's) first SYN retransmission timeout: a lost SYN costs this
+RUNG_SLACK = 0.2
 RUNG_GAP = 0.3  # the first rung's sockets are gone on both sides before the next one starts
+
+
+def first_rung_slot(first_rtt: Any, second_rtt: Any) -> float:
+    """The first rung's slot from the round trips both peers published (the same on both sides):
+    one SYN retransmission and twice their sum (a bound on the peers' own round trip), within
+    FIRST_RUNG. A rung that works finishes in one of those round trips, or after the retransmission
+    of a lost SYN; at zero delay a UDP-only cone's TCP filter cost 3.4 s before the strict rung."""
+    rtts = [r if type(r) in (int, float) and math.isfinite(r) and 0 <= r <= 10.0 else None
+            for r in (first_rtt, second_rtt)]
+    if None in rtts:
+        return FIRST_RUNG
+    return min(FIRST_RUNG, SYN_RTO + 2.0 * sum(rtts) + RUNG_SLACK)  # type: ignore[arg-type]
 BIRTHDAY_SOCKETS = 1024
 BIRTHDAY_TARGET = 0.99999
 MAX_BIRTHDAY_PROBES = 8192
@@ -204,7 +218,8 @@ class Rung:
 
 def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
            target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
-           timeout: float = 10.0, own_ip: str | None = None, peer_udp: Sequence[str] = ()) -> list[Rung]:
+           timeout: float = 10.0, own_ip: str | None = None, peer_udp: Sequence[str] = (),
+           first_rung: float = FIRST_RUNG) -> list[Rung]:
     """The plans to try in turn within `timeout` seconds, each in a slot both sides derive alike.
 
     No STUN test measures TCP filtering: the reports carry what the UDP tests measured, and a
@@ -213,7 +228,8 @@ def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window:
     to an address) is only the first rung, with a short slot; the plan that assumes the strictest TCP
     filtering follows, on the sequential NATs' ports as the first rung leaves them (its connects took
     ports there) and with its later start in their horizons. Inside one network (`own_ip`, see
-    plan()) the first rung also connects to the peer's LAN listeners."""
+    plan()) the first rung also connects to the peer's LAN listeners. `first_rung`: the first
+    rung's slot (first_rung_slot(): from the published round trips), at most a third of the time."""
     if not 0 < timeout <= 3600:
         raise PlanError(f"timeout must be in (0, 3600], got {timeout!r}")
     mine, peer = classify(mine_report), classify(peer_report)
@@ -226,7 +242,7 @@ def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window:
     strict = _planned(strict_mine, strict_peer, role, window, target, aim)
     if not strict.feasible or strict.strategy is first.strategy:
         return [Rung(first, 0.0, timeout)]
-    slot = min(FIRST_RUNG, timeout / 3)
+    slot = min(first_rung, timeout / 3)
     later = slot + RUNG_GAP
     other = "second" if role == "first" else "first"
     peer_flows = len(_planned(peer, mine, other, window, target, ()).targets)
