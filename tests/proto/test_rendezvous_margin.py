@@ -1,6 +1,6 @@
 """The session's start margin, sans-IO: the larger of the two peers' reported round trips to the
-server (node info "rtt"), times a factor, within bounds; the old fixed margin for peers that report
-nothing or nonsense."""
+server (node info "rtt"), times a factor (0.5 by default: the one-way delay), plus the client's slack,
+within bounds; the old fixed margin for peers that report nothing or nonsense."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import math
 import pytest
 
 from nattrav.proto.rendezvous import reported_rtt, start_margin
+from nattrav.proto.rendezvous.clock import START_SLACK
 
 from tests.proto.test_rendezvous_state import Harness
 
-BOUNDS = dict(default=0.5, floor=0.02, factor=1.0, ceiling=2.0)
+BOUNDS = dict(default=0.5, floor=0.02, factor=1.0, ceiling=2.0, slack=0.0)
 
 
 def session_margin(h: Harness, info_a: dict | None, info_b: dict | None, *, via_info_update: bool = False) -> float:
@@ -38,13 +39,22 @@ def session_margin(h: Harness, info_a: dict | None, info_b: dict | None, *, via_
 
 
 def test_margin_follows_the_larger_round_trip():
+    # both frames take about half their round trip to arrive: the later one's plus the slack
     h = Harness()
-    assert session_margin(h, {"rtt": 0.08}, {"rtt": 0.12}) == pytest.approx(0.12)
+    assert session_margin(h, {"rtt": 0.08}, {"rtt": 0.12}) == pytest.approx(0.06 + START_SLACK)
 
 
-def test_margin_has_a_floor_on_a_fast_path():
+def test_margin_on_a_fast_path_is_the_slack():
     h = Harness()
-    assert session_margin(h, {"rtt": 0.0004}, {"rtt": 0.001}) == pytest.approx(0.02)
+    assert session_margin(h, {"rtt": 0.0004}, {"rtt": 0.004}) == pytest.approx(0.002 + START_SLACK)
+    assert session_margin(Harness(), {"rtt": 0.0}, {"rtt": 0.001}) == pytest.approx(0.005)  # the floor
+
+
+def test_default_margin_is_well_under_the_old_rule():
+    # the old default (1 x the larger round trip, 20 ms floor) waited a whole extra one-way delay
+    for rtt in (0.001, 0.02, 0.11, 0.3):
+        new = session_margin(Harness(), {"rtt": rtt}, {"rtt": rtt})
+        assert rtt / 2 < new < max(0.02, rtt)
 
 
 def test_margin_has_a_ceiling_whatever_a_peer_claims():
@@ -54,7 +64,7 @@ def test_margin_has_a_ceiling_whatever_a_peer_claims():
 
 def test_the_info_update_before_connect_carries_the_round_trip():
     h = Harness()
-    assert session_margin(h, {"rtt": 0.2}, {"rtt": 0.1}, via_info_update=True) == pytest.approx(0.2)
+    assert session_margin(h, {"rtt": 0.2}, {"rtt": 0.1}, via_info_update=True) == pytest.approx(0.1 + START_SLACK)
 
 
 @pytest.mark.parametrize("info_a, info_b", [
@@ -75,7 +85,7 @@ def test_nonsense_round_trips_count_as_unsaid(bad):
 
 def test_server_options_set_the_rule():
     h = Harness(start_margin=0.7, min_start_margin=0.2, start_margin_factor=2.0, max_start_margin=1.0)
-    assert session_margin(h, {"rtt": 0.15}, {"rtt": 0.3}) == pytest.approx(0.6)
+    assert session_margin(h, {"rtt": 0.15}, {"rtt": 0.3}) == pytest.approx(0.6 + START_SLACK)
     h2 = Harness(start_margin=0.7, min_start_margin=0.2, start_margin_factor=2.0, max_start_margin=1.0)
     assert session_margin(h2, {"rtt": 0.01}, {"rtt": 0.02}) == pytest.approx(0.2)
 
@@ -86,6 +96,8 @@ def test_start_margin_is_pure():
     assert start_margin([], **BOUNDS) == 0.5
     assert start_margin([0.0, 0.0], **BOUNDS) == 0.02
     assert start_margin([10.0, 0.1], **BOUNDS) == 2.0
+    assert start_margin([0.1, 0.3], **{**BOUNDS, "factor": 0.5, "slack": 0.004}) == pytest.approx(0.154)
+    assert start_margin([0.1, 0.3], default=0.5, floor=0.0, factor=0.5, ceiling=2.0) == pytest.approx(0.15 + START_SLACK)
 
 
 @pytest.mark.parametrize("info, expected", [

@@ -188,6 +188,7 @@ class _Race:
         # Small parts resend every interval (same flows, so no new mappings); big bursts go twice.
         rounds = 1_000_000 if part.packets <= 4096 else 2
         first_round = True
+        round_no = 0
         ttl = self.low_ttl
         while trio.current_time() < deadline and rounds > 0:
             rounds -= 1
@@ -211,7 +212,9 @@ class _Race:
             if part.packets > 1 and first_round:
                 self._event("burst", strategy=attempt.strategy.value, sent=self.stats["sent"] - sent0)
             first_round = False
-            await trio.sleep(part.interval)
+            # a talker's first resends come quickly (its ramp), then one round per interval
+            await trio.sleep(part.gap(round_no))
+            round_no += 1
 
     async def _attempt_with_coordinator(self, attempt: Attempt) -> None:
         """The burst half of an attempt in the worker processes (C core, sendmmsg): the STUN socket

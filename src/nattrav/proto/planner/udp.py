@@ -37,6 +37,7 @@ from .odds import (
 )
 from .lan import LAN_HEAD_START, LAN_INTERVAL, LAN_ROUNDS, lan_targets
 from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
+from .schedule import RAMP_MAX_PACKETS, gap_after, ramp
 from .strategies import STRATEGIES, explain
 
 # New flows one side's burst may create on its own NATs: each side publishes its own (NatReport.flows,
@@ -57,6 +58,8 @@ class Part:
     random ports of peer_range to probe in addition (the "guessing" side of a birthday burst).
     opens: send first with `ttl` = the low TTL, never with a normal TTL to unverified ports.
     delay: seconds after the agreed start. rounds/interval: resend the same packets (same flows).
+    ramp: the gaps after the first rounds, before `interval` takes over (schedule.py: a talker
+    resends quickly at first instead of waiting behind the opener).
     """
 
     peer_ip: str
@@ -69,6 +72,11 @@ class Part:
     interval: float = 0.2
     rate: float = 0.0  # packets per second for the big bursts, 0 = as fast as possible
     spread: bool = False  # every socket sends its own random_probes (else only the STUN socket)
+    ramp: tuple[float, ...] = ()
+
+    def gap(self, round_no: int) -> float:
+        """Seconds to wait after round `round_no` (0 = the first)."""
+        return gap_after(round_no, self.ramp, self.interval)
 
     @property
     def packets(self) -> int:
@@ -120,7 +128,8 @@ class Plan:
         def part(p: Part) -> dict[str, Any]:
             return {"peer_ip": p.peer_ip, "opens_low_ttl": p.opens, "sockets": p.sockets,
                     "targets": len(p.targets), "first_targets": list(p.targets[:8]),
-                    "random_probes": p.random_probes, "packets": p.packets, "delay": p.delay}
+                    "random_probes": p.random_probes, "packets": p.packets, "delay": p.delay,
+                    "ramp": list(p.ramp)}
 
         def side(x: Side) -> dict[str, Any]:
             pr = x.prediction
@@ -394,19 +403,29 @@ def _direct(first: Side, second: Side) -> Attempt:
     # never sees them unasked); the other side's normal packet gets in and creates the return path.
     reach_first = first.reachable
     quiet = Part(second.ip, (second.port,), opens=True, interval=0.1)
-    talker = Part(first.ip, (first.port,), opens=False, delay=0.02, interval=0.1)
+    talker = _talker(first.ip, (first.port,), interval=0.1)
     if reach_first:
         return Attempt(Strategy.DIRECT, quiet, talker, odds=1.0, timeout=2.0)
     return Attempt(Strategy.DIRECT,
-                   Part(second.ip, (second.port,), opens=False, delay=0.02, interval=0.1),
+                   _talker(second.ip, (second.port,), interval=0.1),
                    Part(first.ip, (first.port,), opens=True, interval=0.1),
                    odds=1.0, timeout=2.0)
+
+
+def _talker(peer_ip: str, targets: tuple[int, ...], *, interval: float, big_delay: float = 0.02) -> Part:
+    """The side that sends at the normal TTL, after the opener's low-TTL packet (schedule.py): it
+    starts at the agreed moment and resends quickly at first. A part of many packets a round keeps
+    the old head start `big_delay` and one round per interval instead (its round alone takes a
+    while to leave; resending it quickly would multiply the burst)."""
+    if len(targets) > RAMP_MAX_PACKETS:
+        return Part(peer_ip, targets, opens=False, delay=big_delay, interval=interval)
+    return Part(peer_ip, targets, opens=False, interval=interval, ramp=ramp(interval))
 
 
 def _simultaneous(first: Side, second: Side) -> Attempt:
     return Attempt(Strategy.SIMULTANEOUS,
                    Part(second.ip, (second.port,), opens=True, interval=0.1),
-                   Part(first.ip, (first.port,), opens=False, delay=0.02, interval=0.1),
+                   _talker(first.ip, (first.port,), interval=0.1),
                    odds=1.0, timeout=2.0)
 
 
@@ -415,7 +434,7 @@ def _address_open(opener: Side, other: Side) -> Attempt:
     # peer then sends from its STUN socket, whatever port its NAT picks.
     return Attempt(Strategy.ADDRESS_OPEN,
                    Part(other.ip, (other.next_port(0),), opens=True, interval=0.1),
-                   Part(opener.ip, (opener.port,), opens=False, delay=0.02, interval=0.1),
+                   _talker(opener.ip, (opener.port,), interval=0.1),
                    odds=1.0, timeout=2.0)
 
 
@@ -434,7 +453,7 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
                          else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
         a = Attempt(Strategy.PREDICTED,
                     Part(other.ip, open_targets, opens=True, interval=0.25),
-                    Part(opener.ip, other_targets, opens=False, delay=0.05, interval=0.25),
+                    _talker(opener.ip, other_targets, interval=0.25, big_delay=0.05),
                     odds=odds, timeout=3.0)
         # Cheaper first; then the plan that sends fewer packets to unopened ports (the opener's
         # window should be the big one); then the rendezvous' "first" opens.

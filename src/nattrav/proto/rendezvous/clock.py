@@ -58,13 +58,25 @@ def reported_rtt(info: Any) -> float | None:
     return float(rtt)
 
 
+# The client's own work between the session frame and its first punch packet (the key agreement's
+# checks and the plan: 1–4 ms in the lab bench's events, plan - session); a side that needs longer
+# simply starts late, which its peer's quick first resends (planner/schedule.py) absorb.
+START_SLACK = 0.004
+
+
 def start_margin(rtts: Iterable[float | None], *, default: float, floor: float, factor: float,
-                 ceiling: float) -> float:
+                 ceiling: float, slack: float = START_SLACK) -> float:
     """Seconds between the accept and the agreed start. Each peer gets the session frame half its
-    round trip after the server sends it, so the larger round trip times `factor` (> 0.5: jitter,
-    the client's own work before it can punch; the server's default is 1, twice the one-way delay)
-    covers both, never less than `floor` nor more than `ceiling`. When a peer did not say its round trip (an older client) the old fixed `default`."""
+    round trip after the server sends it, so `factor` (the server's default 0.5: the one-way delay)
+    times the larger round trip plus `slack` (the client's work before it can punch) lets both start
+    about when the later one can, never less than `floor` nor more than `ceiling`.
+
+    The round trips are the smallest each peer saw, so jitter makes a frame come a few ms after the
+    start now and then: that side starts at once (io/punch.py), and the talker's quick first resends
+    make such lateness cost its few ms, not a resend interval; a larger margin would cost its whole
+    excess in every session. When a peer did not say its round trip (an older client) the old fixed
+    `default`."""
     known = list(rtts)
     if not known or any(r is None for r in known):
         return default
-    return min(ceiling, max(floor, factor * max(known)))  # type: ignore[type-var]
+    return min(ceiling, max(floor, factor * max(known) + slack))  # type: ignore[type-var]

@@ -73,7 +73,7 @@ class RendezvousServer:
         # seconds
         keepalive: float = 15.0, keepalive_timeout: float = 45.0, retain: float = 300.0,
         enroll_timeout: float = 10.0, offer_timeout: float = 10.0, max_offer_timeout: float = 60.0,
-        start_margin: float = 0.5, min_start_margin: float = 0.02, start_margin_factor: float = 1.0,
+        start_margin: float = 0.5, min_start_margin: float = 0.005, start_margin_factor: float = 0.5,
         max_start_margin: float = 2.0,
         # what one source may hold (the registry's limits go to the in-memory registry it builds)
         max_conns_per_source: int = 128, max_peers: int = 100_000, max_peers_per_source: int = 256,
@@ -104,8 +104,8 @@ class RendezvousServer:
         self.offer_timeout = offer_timeout
         self.max_offer_timeout = max_offer_timeout
         # start = accept + margin: start_margin_factor x the larger of the two peers' round trips to
-        # us (as their node info says), within [min_start_margin, max_start_margin]; start_margin
-        # when either peer did not say (an older client)
+        # us (as their node info says) + clock.START_SLACK, within [min_start_margin,
+        # max_start_margin]; start_margin when either peer did not say (an older client)
         self.start_margin = start_margin
         self.min_start_margin = min_start_margin
         self.start_margin_factor = start_margin_factor
