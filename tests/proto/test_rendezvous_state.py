@@ -449,3 +449,50 @@ def test_clock_map_keeps_the_tightest_sample():
     clock.sample(400.0, 399.0, 5400.0)
     clock.sample(400.0, 400.001, float("nan"))
     assert clock.rtt == pytest.approx(0.002) and clock.offset == pytest.approx(5000.0)
+
+
+def test_clock_map_keeps_a_slow_samples_offset_within_a_quick_frames_bound():
+    from nattrav.proto.rendezvous import ClockMap
+
+    # server clock = ours + 5000, 55 ms each way; the enroll reply's segment was lost and resent
+    # 0.32 s later: the midpoint puts the offset 160 ms off
+    clock = ClockMap()
+    clock.sample(0.0, 0.430, 5000.055)
+    assert clock.offset == pytest.approx(4999.84)
+    # the session frame, stamped at 5001.000, came in 55 ms: the offset is at least 4999.945
+    clock.heard(5001.000, 1.055)
+    assert clock.offset == pytest.approx(4999.945)
+    assert abs(clock.to_local(5002.0) - 2.0) <= 0.055 + 1e-9
+    # a frame that came slowly bounds nothing new
+    clock.heard(5003.0, 3.5)
+    assert clock.offset == pytest.approx(4999.945)
+
+
+def test_clock_map_bounds_never_move_a_good_estimate_and_age():
+    from nattrav.proto.rendezvous import ClockMap
+    from nattrav.proto.rendezvous.clock import MAX_DRIFT
+
+    clock = ClockMap()
+    clock.sample(100.0, 100.020, 5100.010)
+    clock.heard(5100.5, 100.515)  # 15 ms one way: its bound (4999.985) is below the estimate
+    assert clock.offset == pytest.approx(5000.0)
+    # an hour later the server's clock ran 0.3 s ahead of ours (83 ppm): the first sample's upper
+    # bound (5000.01) has loosened by MAX_DRIFT x 3600 s since, so the new bound is no contradiction
+    assert 5000.01 + MAX_DRIFT * 3600 > 5000.3
+    clock.heard(8700.3, 3700.0)
+    assert clock.offset == pytest.approx(5000.3)
+    # contradicting bounds (a stepped clock): the newest stands alone
+    clock.heard(20000.0, 4000.0)
+    assert clock.offset == pytest.approx(16000.0)
+
+
+def test_clock_map_heard_before_any_sample_changes_nothing():
+    from nattrav.proto.rendezvous import ClockMap
+
+    clock = ClockMap()
+    clock.heard(5000.0, 1.0)
+    assert clock.offset == 0.0
+    clock.heard(float("nan"), 1.0)
+    clock.sample(0.0, 0.02, 5000.01)
+    clock.heard(float("inf"), 1.0)
+    assert clock.offset == pytest.approx(5000.0)

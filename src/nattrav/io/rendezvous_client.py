@@ -552,6 +552,9 @@ class RendezvousClient:
                 log.info("the server did not record our punch socket's address: %s", msg.get("reason"))
 
     def _session(self, msg: dict) -> Session:
+        # its stamp bounds the clock offset (it left the server before we read it): an enroll
+        # sample that a lost segment slowed cannot put our start far from the peer's
+        self._clock.heard(msg["now"], trio.current_time())
         return Session.from_frame(msg, self.to_local, self.observed, self._info)
 
     # -- public API --

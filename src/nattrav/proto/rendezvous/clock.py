@@ -5,30 +5,68 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable
 
 MAX_REPORTED_RTT = 60.0  # seconds; a larger "rtt" in node info is nonsense and ignored
 
 
+MAX_DRIFT = 2e-4  # the largest rate difference assumed between two clocks (200 ppm: two poor crystals)
+KEEP_BOUNDS = 32  # recent observations whose bounds the estimate is kept within
+
+
 class ClockMap:
     """Maps the server's clock into ours, NTP-style, from request/reply pairs.
 
     offset = server_now - (sent + received) / 2 assumes symmetric one-way delays; its error is at most
-    half the round trip, so the sample with the smallest round trip is kept.
+    half the round trip, so the sample with the smallest round trip is kept. Every frame stamped
+    with the server's time also bounds the offset for sure: the server stamped a reply after we sent
+    the request (offset <= server_now - sent) and any frame before we read it (offset >=
+    server_now - received). The estimate is kept inside the recent bounds (each loosened by
+    MAX_DRIFT per second of age): when the only sample is a slow one -- a lost segment that TCP
+    resent 0.2 s later inflates one half of the round trip and skews the midpoint by half the
+    delay -- a later frame that came quickly (the session frame, `heard`) pulls the offset back to
+    within its one-way delay, so both peers' agreed start stays meaningful.
     """
 
     def __init__(self) -> None:
         self.offset = 0.0
         self.rtt = math.inf
+        self._base = 0.0  # the midpoint of the tightest sample, before the bounds
+        self._bounds: deque[tuple[float, float, float]] = deque(maxlen=KEEP_BOUNDS)  # (local t, low, high)
 
     def sample(self, sent: float, received: float, server_now: float) -> None:
         rtt = received - sent
-        if not (math.isfinite(server_now) and 0 <= rtt):
+        if not (math.isfinite(server_now) and math.isfinite(sent) and 0 <= rtt):
             return  # a clock that went backwards or a nonsense server time tells us nothing
         if rtt <= self.rtt:
             self.rtt = rtt
-            self.offset = server_now - (sent + received) / 2
+            self._base = server_now - (sent + received) / 2
+        self._bound(received, server_now - received, server_now - sent)
+
+    def heard(self, server_now: float, received: float) -> None:
+        """A frame the server stamped `server_now` reached us at `received` (ours): the offset is at
+        least their difference (its one-way delay is not negative)."""
+        if math.isfinite(server_now) and math.isfinite(received) and math.isfinite(self.rtt):
+            self._bound(received, server_now - received, math.inf)
+
+    def _bound(self, at: float, low: float, high: float) -> None:
+        self._bounds.append((at, low, high))
+        lo, hi = self._limits(at)
+        if lo > hi:
+            # the bounds disagree: a clock stepped or drifts faster than assumed; the newest stands
+            self._bounds.clear()
+            self._bounds.append((at, low, high))
+            lo, hi = low, high
+        self.offset = min(max(self._base, lo), hi)
+
+    def _limits(self, now: float) -> tuple[float, float]:
+        lo, hi = -math.inf, math.inf
+        for at, low, high in self._bounds:
+            slack = MAX_DRIFT * abs(now - at)
+            lo, hi = max(lo, low - slack), min(hi, high + slack)
+        return lo, hi
 
     def to_local(self, server_time: float) -> float:
         return server_time - self.offset
