@@ -6,10 +6,8 @@ asks for STUN samples), and a server that takes no beacons (the listener refresh
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -17,49 +15,18 @@ import pytest
 from nattrav.lab.agent import SERVER_PORT
 from nattrav.lab.matrix import wait_tcp
 from nattrav.lab.pytest_support import running_lab
+from tests.api.test_cache_lab import _connect as connect_pair
 
 pytestmark = pytest.mark.lab
 
-FAST = [sys.executable, "-m", "nattrav.cli.fast", "--json", "--timeout", "20", "--linger", "0.5", "--plain",
-        "--no-cache"]
-KEYS = tempfile.mkdtemp(prefix="nattrav-beacon-lab-")
 BEACON_PORT = 7411  # pinned, so that the lab's drop rule can name it
-
-
-def _events(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def _connect(lab, server: str, name: str) -> tuple[list[dict], list[dict]]:
     """A listener in b enrolled as `name`, `nattrav-fast -d name` in a: (listener's, a's) events."""
-    listener = lab.popen("b", [*FAST, "--identity", f"{KEYS}/b.pem", "-s", server, "-n", name],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        seen = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = listener.stderr.readline()
-            assert line, "the listener exited before enrolling"
-            seen.append(line.decode())
-            if json.loads(line).get("event") == "enrolled":
-                break
-        listener.stdin.write(b"from b\n")
-        listener.stdin.close()
-        a = lab.run("a", [*FAST, "--identity", f"{KEYS}/a.pem", "-s", server, "-d", name], input="from a\n",
-                    timeout=40)
-        assert listener.wait(30) == 0
-        assert a.returncode == 0, a.stderr[-2000:]
-        assert a.stdout == "from b\n" and listener.stdout.read() == b"from a\n"
-        return _events("".join(seen) + listener.stderr.read().decode()), _events(a.stderr)
-    finally:
-        if listener.poll() is None:
-            listener.kill()
+    heard: list[dict] = []
+    theirs = connect_pair(lab, server, name, heard)
+    return heard, theirs
 
 
 def _after_offer(events: list[dict]) -> list[str]:

@@ -102,11 +102,14 @@ class Expected:
 class BeaconBook:
     """The offers a front waits for beacons of, and the checks a beacon passes (sans-IO)."""
 
-    def __init__(self, max_expected: int = MAX_EXPECTED) -> None:
+    def __init__(self, max_expected: int = MAX_EXPECTED, stats: dict[str, int] | None = None) -> None:
+        """`stats`: the counters go there (the server's, so that its stats line shows them)."""
         self.max_expected = max_expected
         self._expected: OrderedDict[str, Expected] = OrderedDict()
-        self.stats = {"beacons": 0, "beacon_malformed": 0, "beacon_unknown": 0, "beacon_forged": 0,
-                      "beacon_wrong_ip": 0, "beacon_replayed": 0}
+        self.stats = stats if stats is not None else {}
+        for name in ("beacons", "beacon_malformed", "beacon_unknown", "beacon_forged", "beacon_wrong_ip",
+                     "beacon_replayed"):
+            self.stats.setdefault(name, 0)
 
     def __len__(self) -> int:
         return len(self._expected)

@@ -151,7 +151,6 @@ class RendezvousServer:
         self.beacon_port = beacon_port
         self.beacon_hold = beacon_hold
         self.samples_wait = samples_wait
-        self.beacons = BeaconBook()
         self._held: dict[str, _Held] = {}  # offer id -> its session waiting for fresh samples
         self.conns: dict[int, _Conn] = {}
         self._out: list[Send | Close | Relay] = []
@@ -164,6 +163,7 @@ class RendezvousServer:
         for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed", "observed", "timed_enrolls",
                      "timed_fallbacks", "beacon_fallbacks"):
             self.stats.setdefault(name, 0)
+        self.beacons = BeaconBook(stats=self.stats)
 
     # -- the in-memory registry's tables (tests, stats) --
     @property
