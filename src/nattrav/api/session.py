@@ -503,26 +503,25 @@ class Listener:
         """Fresh mappings and the accept: with a sample beacon when the server and the initiator
         take one (proto/rendezvous/beacon.py: the accept leaves at once, the session starts on the
         beacon, or on STUN samples if the server asks for them), else a refresh first."""
+        async def refreshed() -> dict:
+            await self._transport.refresh(ep, emit)
+            return {**node_info(ep.report, self._client.rtt), **kx_info}
+
         wanted = getattr(self._transport, "beacon_wanted", None)
         beacon = wanted(ep, offer.peer_info) if wanted is not None else None
-        if beacon is None:
-            await self._transport.refresh(ep, emit)
-            return await self._client.accept(offer, info={**node_info(ep.report, self._client.rtt), **kx_info},
-                                             observed=_tickets(ep))
-        secret, port = beacon
-        dest = (resolve(self._client.server[0]), port)
-        ep.publish_flows(emit)
-        at = await self._transport.send_beacon(ep, dest, secret, offer.offer_id, emit)
+        at = None
+        if beacon is not None:
+            secret, port = beacon
+            dest = (resolve(self._client.server[0]), port)
+            ep.publish_flows(emit)
+            at = await self._transport.send_beacon(ep, dest, secret, offer.offer_id, emit)
         if at is None:
-            await self._transport.refresh(ep, emit)
-            return await self._client.accept(offer, info={**node_info(ep.report, self._client.rtt), **kx_info},
-                                             observed=_tickets(ep))
+            return await self._client.accept(offer, info=await refreshed(), observed=_tickets(ep))
         emit("beacon", {"port": port, "t": at})
 
         async def resample() -> dict:
             emit("resample", {})
-            await self._transport.refresh(ep, emit)
-            return {**node_info(ep.report, self._client.rtt), **kx_info}
+            return await refreshed()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._transport.repeat_beacon, ep, dest, secret, offer.offer_id)
