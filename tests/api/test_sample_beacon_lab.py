@@ -58,6 +58,9 @@ def test_a_symmetric_listener_accepts_with_a_beacon_and_the_initiator_predicts_f
         assert plan["strategy"] == "predicted", plan
         # the initiator's window starts right after the beacon's port (Δ 1 in the lab's preset)
         assert plan["peer_targets"][0] in range(beacon["ports"][0] + 1, beacon["ports"][0] + 4), (plan, beacon)
+        # both peers folded the same sample into the listener's report: their plans are one plan
+        mirror = _predicted(mine)
+        assert (mirror["strategy"], mirror["odds"]) == (plan["strategy"], plan["odds"]), (mirror, plan)
 
         # the beacon dropped on its way to the server: the server asks for STUN samples
         drop = ["nft", "-f", "-"]
