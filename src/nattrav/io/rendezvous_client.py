@@ -643,6 +643,7 @@ class RendezvousClient:
                 check_info(fresh)
             except BadFrame as exc:
                 raise ValueError(f"node info rejected: {exc}") from None
+            self._info = fresh  # what we published for this session (Session.own_info)
             msg = await self._request("sampled", offer=offer.offer_id, info=fresh)
         if msg["t"] != "session":
             raise ProtocolViolation(f"the server answered an accept with {msg['t']!r}")
