@@ -36,16 +36,19 @@ def _events(stderr: str) -> list[dict]:
     return out
 
 
-def _connect(lab, server: str, name: str) -> list[dict]:
-    """One listener in b (enrolled as `name`), one fresh `nattrav-fast -d name` in a; a's events."""
+def _connect(lab, server: str, name: str, heard: list[dict] | None = None) -> list[dict]:
+    """One listener in b (enrolled as `name`), one fresh `nattrav-fast -d name` in a; a's events
+    (`heard` gets the listener's)."""
     listener = lab.popen("b", [*FAST, "--identity", f"{KEYS}/b.pem", "-s", server, "-n", name],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
+        lines = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = listener.stderr.readline()
             assert line, "the listener exited before enrolling"
+            lines.append(line.decode())
             if json.loads(line).get("event") == "enrolled":
                 break
         listener.stdin.write(b"from b\n")
@@ -55,6 +58,8 @@ def _connect(lab, server: str, name: str) -> list[dict]:
         assert listener.wait(30) == 0
         assert a.returncode == 0, a.stderr[-2000:]
         assert a.stdout == "from b\n" and listener.stdout.read() == b"from a\n"
+        if heard is not None:
+            heard.extend(_events("".join(lines) + listener.stderr.read().decode()))
         return _events(a.stderr)
     finally:
         if listener.poll() is None:

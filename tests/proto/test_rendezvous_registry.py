@@ -344,3 +344,31 @@ async def test_an_enroll_whose_answer_was_lost_does_not_keep_the_name():
     await t.advance(301)  # offline, then forgotten after retention: the name is free
     again = await t.open("A", A2)
     assert (await t.enroll(again, name="alice"))["peer"] == "alice"
+
+
+@pytest.mark.parametrize("where", ["same", "across"])
+async def test_a_beacon_reaches_an_initiator_on_any_instance(make_tier, where):
+    """The listener's beacon goes to its own instance (the one that delivered the offer and takes
+    its accept); the session it starts reaches the initiator wherever it is enrolled, with the
+    beacon's sample in the listener's info (proto/rendezvous/beacon.py)."""
+    from nattrav.proto.rendezvous.beacon import make_beacon, offer_beacon, session_beacon
+
+    async with make_tier(beacon_port=7001) as t:
+        a = await t.open("A", A1)
+        b = await t.open("A" if where == "same" else "B", A2)
+        await t.enroll(a, info={"takes_beacon": True})
+        await t.enroll(b, name="bob", info={"beacon_at": 2.0})
+        await t.send(a, "connect", id=7, target="bob", timeout=5.0)
+        offer = t.one(b, "offer")
+        secret, _ = offer_beacon(offer["info"])
+        await t.send(b, "accept", id=3, offer=offer["offer"], beacon=True)
+        assert t.pop(a) == [] and t.pop(b) == []  # held for the beacon
+        assert t.front(b).beacon_received(make_beacon(secret, offer["offer"]), (A2[0], 50001), t.now)
+        t._collect()
+        sa, sb = t.one(a, "session"), t.one(b, "session")
+        assert sb["sample"] == [A2[0], 50001]
+        assert session_beacon(sa["info"]) == ((A2[0], 50001), 2.0)
+        # the other instance never heard of the offer: a beacon there is refused (a tier's instances
+        # have a beacon port each; a --processes instance offers none)
+        other = t.fronts["B" if where == "same" else "A"]
+        assert not other.beacon_received(make_beacon(secret, offer["offer"]), (A2[0], 50001), t.now)

@@ -15,6 +15,7 @@ NAMES = (
     "rv_frames",
     "rv_server",
     "rv_observe",
+    "rv_beacon",
     "udp_report",
     "tcp_report",
     "worker_messages",

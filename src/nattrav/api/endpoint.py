@@ -20,6 +20,7 @@ from ..io.stun_discover import discover
 from ..io.trace import MAX_TTL, trace_hops
 from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
+from ..proto.rendezvous.beacon import TAKES_BEACON
 from ..proto.rendezvous.observe import read_observed
 from ..proto.report import MAX_AGE, MAX_COUNT, History, NatReport
 from ..proto.vocab import Mapping
@@ -217,6 +218,8 @@ def node_info(report: NatReport, server_rtt: float) -> dict[str, Any]:
     """What we publish through the rendezvous server: our report, and our round trip to the server
     (it sets the session's start margin from both peers' round trips)."""
     info: dict[str, Any] = {"report": report.to_wire()}
+    if report.public is not None:  # a UDP report: we fold a listener's beacon into it (udp.read_report)
+        info[TAKES_BEACON] = True
     if math.isfinite(server_rtt) and server_rtt >= 0:
         info["rtt"] = round(server_rtt, 6)
     return info

@@ -19,10 +19,11 @@ from ..identity import Identity, PeerId
 from ..io.session import Session
 from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.nat_behavior import NatBehavior
+from ..proto.rendezvous.beacon import BEACON_AT
 from . import relay
 from .background import running
 from .behavior_cache import BehaviorCache
-from .endpoint import EventHook, node_info, refresh_cached, stun_endpoint
+from .endpoint import EventHook, node_info, refresh_cached, resolve, stun_endpoint
 from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
 from .secure import agree_as_initiator, agree_as_responder, expected_peer, preload_secure
@@ -498,6 +499,38 @@ class Listener:
         async with running(standby, self.endpoint, emit):
             return await self._client.next_offer()
 
+    async def _accepted(self, ep: Any, offer: rv.Offer, kx_info: dict, emit: EventHook) -> Session:
+        """Fresh mappings and the accept: with a sample beacon when the server and the initiator
+        take one (proto/rendezvous/beacon.py: the accept leaves at once, the session starts on the
+        beacon, or on STUN samples if the server asks for them), else a refresh first."""
+        async def refreshed() -> dict:
+            await self._transport.refresh(ep, emit)
+            return {**node_info(ep.report, self._client.rtt), **kx_info}
+
+        wanted = getattr(self._transport, "beacon_wanted", None)
+        beacon = wanted(ep, offer.peer_info) if wanted is not None else None
+        at = None
+        if beacon is not None:
+            secret, port = beacon
+            dest = (resolve(self._client.server[0]), port)
+            ep.publish_flows(emit)
+            at = await self._transport.send_beacon(ep, dest, secret, offer.offer_id, emit)
+        if at is None:
+            return await self._client.accept(offer, info=await refreshed(), observed=_tickets(ep))
+        emit("beacon", {"port": port, "t": at})
+
+        async def resample() -> dict:
+            emit("resample", {})
+            return await refreshed()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._transport.repeat_beacon, ep, dest, secret, offer.offer_id)
+            info = {**node_info(ep.report, self._client.rtt), **kx_info, BEACON_AT: at}
+            session = await self._client.accept(offer, info=info, observed=_tickets(ep), resample=resample)
+            nursery.cancel_scope.cancel()
+        self._transport.take_beacon(ep, session, at, emit)
+        return session
+
     @asynccontextmanager
     async def accept(self) -> AsyncIterator[Any]:
         """The next peer that asks for us and that the policy admits (others are refused): fresh
@@ -526,9 +559,7 @@ class Listener:
         ep = self.endpoint if self.endpoint is not None else await self._open()
         self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
         try:
-            await self._transport.refresh(ep, emit)
-            session = await self._client.accept(offer, info={**node_info(ep.report, self._client.rtt),
-                                                             **answer.to_info()}, observed=_tickets(ep))
+            session = await self._accepted(ep, offer, answer.to_info(), emit)
             if expected_peer(None, session) != initiator:
                 raise WrongPeer(f"the rendezvous server offered {initiator} but made a session with another key")
             session = agree_as_responder(kx, session, offer.offer_id)

@@ -25,6 +25,7 @@ from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE
 from ..proto.planner.horizon import sample_ages
 from ..proto.planner.side import DEFAULT_HORIZON
 from ..proto.planner.udp import Plan, plan
+from ..proto.rendezvous.beacon import fold_sample, make_beacon, offer_beacon, session_beacon
 from ..proto.rendezvous.observe import observe_request, ticket_of
 from ..proto.report import MAX_POOL, NatReport, Sample
 from ..proto.stun import binding_request
@@ -272,23 +273,96 @@ async def _behavior_and_samples(sock: Any, stun: tuple[str, int], src_ip: str | 
         return await job.result(), sampled
 
 
-async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
-    """Sample the punch socket's mappings again right before a session: other hosts behind the NAT
-    may have taken ports since. The same socket to the same server address would reuse its old
-    mapping and show nothing new, so the refresh asks the two server addresses this socket has not
-    used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
+def _refresh_targets(ep: Endpoint) -> list[tuple[str, int]] | None:
+    """Where a refresh samples (None: the samples are fresh enough, or there is nowhere new)."""
     assert ep.behavior.server is not None
     s1, s2 = ep.behavior.server, ep.behavior.other_address
     fresh = ep.behavior.mapping is Mapping.EIM and trio.current_time() - ep.sampled_at < EIM_SAMPLES_FRESH
     one_ip = s2 is not None and s2[0] == s1[0]  # one server IP: both its ports are old flows already
     if s2 is not None and not fresh and not one_ip:
-        got = await _sample(ep.sock, [(s2[0], s1[1]), (s1[0], s2[1])], ep.t0)
+        return [(s2[0], s1[1]), (s1[0], s2[1])]
+    return None
+
+
+async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> NatReport:
+    """Sample the punch socket's mappings again right before a session: other hosts behind the NAT
+    may have taken ports since. The same socket to the same server address would reuse its old
+    mapping and show nothing new, so the refresh asks the two server addresses this socket has not
+    used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
+    targets = _refresh_targets(ep)
+    if targets is not None:
+        got = await _sample(ep.sock, targets, ep.t0)
         ep.seen_ips |= got.ips
         ep.report = _report(ep.sock, ep.behavior, got.samples, got.public, on_event or (lambda phase, detail: None),
                             ep.report, pool=len(ep.seen_ips))
         ep.sampled_at = trio.current_time()
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
+
+
+# --- the sample beacon (proto/rendezvous/beacon.py) ------------------------------------------------
+# copies of one beacon: one flow (one mapping) however many leave, so each copy only covers a loss
+BEACON_COPIES, BEACON_GAP = 3, 0.02
+
+
+def beacon_wanted(ep: Endpoint, offer_info: Any) -> tuple[bytes, int] | None:
+    """(secret, port) when the accept of this offer may go with a beacon instead of a refresh: the
+    refresh would sample (an APDM mapping, or an EIM one gone stale), the server asked for a beacon
+    and the initiator folds it into our report."""
+    if _refresh_targets(ep) is None:
+        return None
+    return offer_beacon(offer_info)
+
+
+async def send_beacon(ep: Endpoint, dest: tuple[str, int], secret: bytes, offer_id: str,
+                      emit: EventHook | None = None) -> float | None:
+    """The beacon's first copy, from the punch socket to the server's beacon port: the time it left
+    in our samples' timeline (the sample's "t" both peers fold in), or None when it could not leave
+    (the accept then refreshes first, as without a beacon)."""
+    t = trio.current_time() - ep.t0
+    try:
+        await ep.sock.sendto(make_beacon(secret, offer_id), dest)
+    except OSError as exc:
+        if emit is not None:
+            emit("beacon-error", {"error": str(exc)})
+        return None
+    return round(t, 6)
+
+
+async def repeat_beacon(ep: Endpoint, dest: tuple[str, int], secret: bytes, offer_id: str) -> None:
+    """The beacon's other copies, BEACON_GAP apart (cancelled once the session came): the same flow,
+    so the same mapping; each copy only covers a loss."""
+    data = make_beacon(secret, offer_id)
+    for _ in range(BEACON_COPIES - 1):
+        await trio.sleep(BEACON_GAP)
+        try:
+            await ep.sock.sendto(data, dest)
+        except OSError:
+            return
+
+
+def take_beacon(ep: Endpoint, session: Session, at: float | None, emit: EventHook | None = None) -> bool:
+    """Our report with the sample the server saw our beacon at, as the peer folds it (read_report):
+    True when the session started on our beacon."""
+    if session.sample is None:
+        return False
+    before = ep.report
+    ep.report = fold_sample(ep.report, session.sample, at)
+    ep.sampled_at = trio.current_time()
+    if emit is not None:
+        emit("mapping", {"ports": [session.sample[1]], "public": list(session.sample), "beacon": True,
+                         "folded": ep.report is not before})
+    return True
+
+
+def read_report(session: Session) -> tuple[NatReport, str]:
+    """The peer's report (endpoint.read_peer_report) with the sample the server saw its beacon at,
+    when the session started on one, as its newest sample."""
+    report, ip = read_peer_report(session)
+    seen = session_beacon(session.peer_info)
+    if seen is not None:
+        report = fold_sample(report, *seen)
+    return report, ip
 
 
 async def keep_fresh(ep: Endpoint, on_event: EventHook | None = None) -> None:
@@ -410,7 +484,7 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
     """The ladder: the plan's punch, then the relay (when both sides have one) for a pair the
     planner calls infeasible or a punch that failed. A RelayedPath comes back not yet running:
     the caller opens it (RelayedPath.open)."""
-    peer_report, peer_ip = read_peer_report(session)
+    peer_report, peer_ip = read_report(session)
     if peer_report.public is None:
         raise ConnectError(f"peer {session.peer_id} published no UDP mapping (is it listening with TCP?)")
     knobs = dict(plan_knobs or {})
@@ -540,6 +614,11 @@ class UdpTransport:
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
+
+    beacon_wanted = staticmethod(beacon_wanted)
+    send_beacon = staticmethod(send_beacon)
+    repeat_beacon = staticmethod(repeat_beacon)
+    take_beacon = staticmethod(take_beacon)
 
     async def standby(self, ep: Endpoint, emit: EventHook) -> None:
         await keep_fresh(ep, emit)

@@ -81,6 +81,9 @@ ports to open (firewall / security group):
   7000/tcp        rendezvous (--listen)
   7000/udp        the same port number on UDP: where peers' punch sockets are observed (a NAT with
                   an address pool may send them from another address than the TCP connection)
+  --beacon-port/udp  accepting listeners' sample beacons (one way, never answered; default: a port the
+                  system picks, so pin it with --beacon-port where a firewall must name it; closed,
+                  listeners sample through STUN before they accept: one round trip slower)
   3478,3479/udp   STUN (--stun-ports), and the same /tcp: the TCP mode measures its mappings there
   3480/udp        two-host control link (--stun-control-port), between the two hosts only
   TURN            coturn's own: its listening port (udp+tcp) and its relay range (udp; tcp too for
@@ -314,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-observe", action="store_true",
                    help="do not answer on UDP at the --listen port (the observation of peers' punch sockets; "
                         "without it a peer behind a NAT with an address pool may be unreachable)")
+    p.add_argument("--beacon-port", type=int, default=0, metavar="PORT",
+                   help="UDP port for accepting listeners' sample beacons (a symmetric-NAT listener then "
+                        "accepts without a STUN round trip; default: one the system picks; one process only: "
+                        "with --processes above 1 no beacons are taken)")
+    p.add_argument("--no-beacons", action="store_true",
+                   help="take no sample beacons: listeners sample through STUN before they accept")
     p.add_argument("--max-connections", type=_count, default=10_000, metavar="N",
                    help="rendezvous connections at once (default 10000); lowered, with a warning, to what "
                         "the file-descriptor limit allows once its soft value is raised to the hard one")
@@ -450,7 +459,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: Stun
             bound = await nursery.start(lambda task_status: serve_rendezvous(
                 listen[0], listen[1], state=state, max_connections=args.max_connections, fd_reserve=reserve,
                 ssl_context=tls, observe=not args.no_observe, reuse_port=worker is not None,
-                task_status=task_status))
+                beacons=not args.no_beacons, beacon_port=args.beacon_port, task_status=task_status))
         except BaseException as exc:
             err = _first_oserror(exc)
             if err is None:
@@ -521,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--stun-ports wants two distinct ports 1..65535, got {args.stun_ports!r}")
         if not 0 < args.stun_control_port < 65536:
             raise UsageError("--stun-control-port must be in 1..65535")
+        if not 0 <= args.beacon_port < 65536:
+            raise UsageError("--beacon-port must be in 0..65535 (0: one the system picks)")
         if not (args.stun_rate_limit == 0 or args.stun_rate_limit >= 1024):
             raise UsageError("--stun-rate-limit must be 0 (no limit) or at least 1024 bytes/s")
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):

@@ -1,6 +1,7 @@
 """The rendezvous port's UDP side: answers punch sockets' observation requests (proto/rendezvous/
 observe.py) on the same port number as the TCP listener, so every server layout has it wherever the
 rendezvous server runs. One task, one socket, no state per datagram beyond the responder's rate table.
+Beside it, the beacon port (serve_beacons): accepting listeners' one-way sample beacons.
 
 A socket bound to the wildcard address would answer from whichever local address the route picks,
 and a client accepts an answer only from the address it asked (a multi-homed server, like the
@@ -14,10 +15,13 @@ import socket
 import struct
 import sys
 import time
+from functools import partial
+from typing import Callable
 
 import trio
 
-from ..proto.rendezvous.observe import MAX_REQUEST, ObserveResponder
+from ..proto.rendezvous.beacon import MAX_BEACON
+from ..proto.rendezvous.observe import MAX_REQUEST, ObserveResponder, SourceBuckets
 
 log = logging.getLogger("nattrav.rendezvous.observe")
 
@@ -99,3 +103,52 @@ async def observe_beside(host: str | None, port: int, key: bytes, *, reuse_port:
     except Exception:
         # a bug here must cost the observation only, never the rendezvous server beside it
         log.exception("the observation port %s:%d/udp stopped", host or "0.0.0.0", port)
+
+
+# --- the beacon port (proto/rendezvous/beacon.py) ---------------------------------------------------
+# A port of its own, not the observation port: a listener's punch socket already has a flow to the
+# observation port (its mapping is old there), and a beacon must make a NEW mapping to show where the
+# next one lands. Nothing is ever sent from it.
+BEACON_RATE, BEACON_BURST = 20.0, 40.0  # beacons per second per source IP (a listener sends 3 an offer)
+
+
+async def serve_beacons(host: str | None, port: int, sink: Callable[[bytes, tuple, float], object], *,
+                        task_status=trio.TASK_STATUS_IGNORED, max_sources: int = 4096) -> None:
+    """Hand every datagram at host:port (UDP, IPv4; port 0 picks one) that its source's bucket
+    admits to `sink(data, source, now)` until cancelled; ``task_status.started`` gets the port bound.
+    The sink parses (untrusted bytes); a bug there costs that datagram, never the loop."""
+    buckets = SourceBuckets(BEACON_RATE, BEACON_BURST, max_sources)
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+        await sock.bind((host or "0.0.0.0", port))
+        bound = sock.getsockname()[1]
+        log.info("sample beacons taken on %s:%d/udp", host or "0.0.0.0", bound)
+        task_status.started(bound)
+        while True:
+            try:
+                data, src = await sock.recvfrom(MAX_BEACON + 1)
+            except OSError:
+                continue
+            now = trio.current_time()
+            if not buckets.admit(str(src[0]), now):
+                continue
+            try:
+                sink(data, src, now)
+            except Exception:
+                log.exception("a beacon from %s could not be handled", src)
+
+
+async def beacons_beside(host: str | None, nursery: trio.Nursery, sink: Callable[[bytes, tuple, float], object],
+                         port: int = 0) -> int | None:
+    """serve_beacons() in `nursery` beside a rendezvous listener at `host`, if it can: the port it
+    took, or None (an IPv6-only listener, or the port is taken: listeners then sample through STUN
+    before they accept, as before)."""
+    if host in (None, "", "::"):
+        host = None
+    elif ":" in host:
+        return None
+    try:
+        return await nursery.start(partial(serve_beacons, host, port, sink))
+    except OSError as exc:
+        log.warning("no beacon port on %s:%d/udp (%s): listeners sample through STUN before accepting",
+                    host or "0.0.0.0", port, exc.strerror or exc)
+        return None

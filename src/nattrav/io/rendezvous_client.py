@@ -33,7 +33,7 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
@@ -627,15 +627,30 @@ class RendezvousClient:
             if offer.offer_id not in self._cancelled:
                 return offer
 
-    async def accept(self, offer: Offer, *, info: dict | None = None, observed: Observed = ()) -> Session:
+    async def accept(self, offer: Offer, *, info: dict | None = None, observed: Observed = (),
+                     resample: Callable[[], Awaitable[dict]] | None = None) -> Session:
         """Take `offer`; `info`: publish this node info first, in the same round trip; `observed`: as
-        update_info()'s."""
+        update_info()'s. `resample`: a sample beacon left with this accept (proto/rendezvous/beacon.py,
+        only for an offer whose server asked for one): the server starts the session on it, or, when
+        it did not arrive in time, asks for STUN samples, which resample() then takes and returns as
+        our node info for the session."""
         if offer.offer_id in self._cancelled:
             raise OfferGone(f"offer from {offer.peer_id} ended: {self._cancelled[offer.offer_id]}")
-        requests = self._info_request(info, observed) + [("accept", {"offer": offer.offer_id})]
-        replies = await self._requests(*requests)
+        fields = {"offer": offer.offer_id, **({"beacon": True} if resample is not None else {})}
+        replies = await self._requests(*self._info_request(info, observed), ("accept", fields))
         self._noted(replies)
-        return self._session(replies[-1])
+        msg = replies[-1]
+        if msg["t"] == "resample" and resample is not None:
+            fresh = await resample()
+            try:
+                check_info(fresh)
+            except BadFrame as exc:
+                raise ValueError(f"node info rejected: {exc}") from None
+            self._info = fresh  # what we published for this session (Session.own_info)
+            msg = await self._request("sampled", offer=offer.offer_id, info=fresh)
+        if msg["t"] != "session":
+            raise ProtocolViolation(f"the server answered an accept with {msg['t']!r}")
+        return self._session(msg)
 
     async def refuse(self, offer: Offer) -> None:
         if offer.offer_id in self._cancelled:

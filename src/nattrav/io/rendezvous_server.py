@@ -31,7 +31,7 @@ import trio
 
 from ..core.limits import HEADROOM, ensure_fd_capacity, open_fd_count
 from ..errors import BadMessage, FdLimitError, LocalProtocolError, RegistryUnavailable
-from .observe_udp import observe_beside, ticket_clock
+from .observe_udp import beacons_beside, observe_beside, ticket_clock
 from ..proto.rendezvous import Close, ErrorCode, Relay, RendezvousServer, Send, encode, make, pack_notice, unpack_notice
 
 log = logging.getLogger("nattrav.rendezvous")
@@ -387,6 +387,8 @@ async def serve_rendezvous(
     ssl_context: ssl.SSLContext | None = None,
     observe: bool = True,
     reuse_port: bool = False,
+    beacons: bool = True,
+    beacon_port: int = 0,
     **state_options,
 ) -> None:
     """Run the rendezvous server forever on host:port (port 0 picks one).
@@ -400,7 +402,10 @@ async def serve_rendezvous(
     over TLS (io/rendezvous_tls.py's server_context). ``observe``: answer punch sockets'
     observation requests on the same port number over UDP (io/observe_udp.py). ``reuse_port``: bind
     both with SO_REUSEPORT, one of an instance's several processes (cli/workers.py): the kernel
-    spreads connections and datagrams over the processes bound there.
+    spreads connections and datagrams over the processes bound there. ``beacons``: take accepting
+    listeners' sample beacons on a UDP port of their own (proto/rendezvous/beacon.py), one process
+    only: with ``reuse_port`` a beacon could reach a process that does not hold its session, so an
+    instance of several processes offers none and its listeners sample through STUN as before.
     """
     state = state if state is not None else RendezvousServer(**state_options)
     max_connections = fit_connections(max_connections, fd_reserve)
@@ -523,4 +528,10 @@ async def serve_rendezvous(
         log.info("rendezvous server listening on %s:%d", *sockname)
         if observe:  # the same port number on UDP: where peers' punch sockets are seen (observe_udp.py)
             nursery.start_soon(partial(observe_beside, host, sockname[1], state.observe_key, reuse_port=reuse_port))
+            if beacons and not reuse_port:
+                def beacon(data: bytes, src: tuple, now: float) -> None:
+                    if state.beacon_received(data, src, now):
+                        disp.run()
+
+                state.beacon_port = await beacons_beside(host, nursery, beacon, beacon_port)
         task_status.started(tuple(sockname))

@@ -36,6 +36,9 @@ class Session:
     # sides' samples will have at the start (proto/planner/horizon.py), the same on both peers
     own_info: dict[str, Any] = field(default_factory=dict)
     margin: float | None = None
+    # our sample beacon's source as the server saw it (proto/rendezvous/beacon.py), when it started
+    # the session on it: our newest mapping, which the peer folds into our report as we do
+    sample: tuple[str, int] | None = None
 
     @classmethod
     def from_frame(cls, msg: dict[str, Any], to_local: Callable[[float], float],
@@ -45,9 +48,11 @@ class Session:
         the node info we published."""
         key = msg.get("peer_key")
         margin = msg["start_at"] - msg["now"]  # both in the server's clock, as it sent the frame
+        sample = msg.get("sample")
         return cls(bytes(msg["key"]), Role(msg["role"]), to_local(msg["start_at"]), msg["session"], msg["peer"],
                    msg["info"], observed=observed, peer_key=bytes(key) if key is not None else None,
-                   own_info=dict(own_info or {}), margin=round(float(margin), 3))
+                   own_info=dict(own_info or {}), margin=round(float(margin), 3),
+                   sample=(str(sample[0]), int(sample[1])) if sample is not None else None)
 
     def start_in(self) -> float:
         """Seconds until the agreed start (negative once it passed)."""

@@ -117,6 +117,28 @@ def read_observed(value: Any, cap: int = MAX_OBSERVED) -> list[tuple[str, int]]:
 # --- the server's UDP side --------------------------------------------------------------------------
 
 
+class SourceBuckets:
+    """A token bucket per source IP (`rate` per second, at most `burst`), in a table of at most
+    `max_sources` (the least recently heard source goes first): what one source may make a UDP
+    port of the server do."""
+
+    def __init__(self, rate: float, burst: float, max_sources: int) -> None:
+        self.rate, self.burst, self.max_sources = rate, burst, max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def admit(self, source: str, now: float) -> bool:
+        tokens, at = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return ok
+
+
 class ObserveResponder:
     """Answers observation requests: ``answer(datagram, source, now)`` gives the reply's bytes, or
     None (not a Binding request, too big, too small to answer without amplifying, over the rate).
@@ -132,17 +154,11 @@ class ObserveResponder:
             raise ValueError(f"the observation key is {KEY_BYTES} bytes")
         self.key = key
         self.rate, self.burst, self.max_sources, self.ttl = rate, burst, max_sources, ttl
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets = SourceBuckets(rate, burst, max_sources)
         self.stats = {"answered": 0, "malformed": 0, "limited": 0, "too_small": 0}
 
     def _admit(self, source: str, now: float) -> bool:
-        tokens, at = self._buckets.pop(source, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        ok = tokens >= 1.0
-        self._buckets[source] = (tokens - 1.0 if ok else tokens, now)
-        if len(self._buckets) > self.max_sources:
-            self._buckets.popitem(last=False)
-        return ok
+        return self._buckets.admit(source, now)
 
     def answer(self, data: bytes, source: tuple, now: float) -> bytes | None:
         if not 20 <= len(data) <= MAX_REQUEST:

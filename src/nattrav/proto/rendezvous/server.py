@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from dataclasses import dataclass
 from typing import Any, Callable, Coroutine
 
 import msgpack
@@ -30,7 +31,9 @@ from ..vocab import Role
 from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
-from .observe import KEY_BYTES as OBSERVE_KEY_BYTES, BadTicket, check_ticket, note_observed
+from .beacon import (SECRET_BYTES as BEACON_SECRET_BYTES, BadBeacon, BeaconBook, Expected, add_to_packed_map,
+                     strip_server_keys)
+from .observe import KEY_BYTES as OBSERVE_KEY_BYTES, BadTicket, _norm_ip, check_ticket, note_observed
 from .names import CHALLENGE_BYTES, NameBindings, verify_enroll
 from .timed_proof import WINDOW, audience, check_timed, guard_ttl, replay_token
 from .records import Close, Relay, Send, _Conn, source_key
@@ -42,6 +45,23 @@ from .wire import (
 
 
 MAX_OWED = 100_000  # offline reports kept for a registry that is away
+# An accept that says a beacon is on its way (beacon.py) holds the session this long for it: the
+# beacon left with the accept, so only jitter and one retransmission (20 ms later) separate them
+BEACON_HOLD = 0.06
+# then the listener is asked for STUN samples (a round trip of its own to its STUN server): the
+# session waits this long for them before it ends (a listener that never sends them is broken)
+SAMPLES_WAIT = 5.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A session accepted but not started: waiting for the listener's beacon, then its samples."""
+
+    conn: int
+    peer: str
+    got: Answered
+    rid: int | None
+    stage: str = "beacon"  # then "samples" (resample asked)
 
 
 def run_now(coro: Coroutine) -> Any:
@@ -90,6 +110,9 @@ class RendezvousServer:
         # the wall clock (Unix seconds) timed enroll proofs are checked against (timed_proof.py); the
         # I/O layer passes time.time. None: every timed proof is answered with a challenge
         wall_clock: Callable[[], float] | None = None, proof_window: float = WINDOW,
+        # the UDP port beacons reach (beacon.py); the I/O layer sets it once it is bound (None: no
+        # beacons offered, listeners sample through STUN before they accept, as before)
+        beacon_port: int | None = None, beacon_hold: float = BEACON_HOLD, samples_wait: float = SAMPLES_WAIT,
     ):
         check_limits(max_conns_per_source=max_conns_per_source)
         if registry is None:
@@ -125,6 +148,10 @@ class RendezvousServer:
         self.wall_clock = wall_clock
         self.proof_window = proof_window
         self._relay = relay
+        self.beacon_port = beacon_port
+        self.beacon_hold = beacon_hold
+        self.samples_wait = samples_wait
+        self._held: dict[str, _Held] = {}  # offer id -> its session waiting for fresh samples
         self.conns: dict[int, _Conn] = {}
         self._out: list[Send | Close | Relay] = []
         # one deadline per connection (enroll, then keepalive) and per offer one of our peers made
@@ -134,8 +161,9 @@ class RendezvousServer:
         self._owed: dict[str, int] = {}
         self.stats = registry.stats
         for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed", "observed", "timed_enrolls",
-                     "timed_fallbacks"):
+                     "timed_fallbacks", "beacon_fallbacks"):
             self.stats.setdefault(name, 0)
+        self.beacons = BeaconBook(stats=self.stats)
 
     # -- the in-memory registry's tables (tests, stats) --
     @property
@@ -195,7 +223,15 @@ class RendezvousServer:
         if c is None or c.peer != note["to"]:
             return  # that connection ended, or is someone else's now
         if kind == "offer":
-            self._send(conn, "offer", offer=note["offer"], **{"from": note["from"]}, info=note["info"],
+            info = note["info"]
+            if self.beacon_port is not None:
+                # the listener may answer with a beacon (beacon.py): a secret for this offer only,
+                # in the offer only (the initiator's info never reaches the initiator back)
+                secret = self._key(BEACON_SECRET_BYTES)
+                self.beacons.expect(note["offer"], conn, note["to"], secret, now + note["expires_in"], now)
+                info = Packed(add_to_packed_map(add_to_packed_map(info.data, "beacon_key", secret),
+                                                "beacon_port", self.beacon_port))
+            self._send(conn, "offer", offer=note["offer"], **{"from": note["from"]}, info=info,
                        expires=now + note["expires_in"], from_key=note.get("from_key"))
         elif kind == "session":
             self._send(conn, "session", id=note.get("id"), session=note["session"], key=note["key"],
@@ -268,6 +304,7 @@ class RendezvousServer:
         return c
 
     async def aconnection_lost(self, conn: int, now: float) -> None:
+        self._drop_held(conn, now)
         c = self._forget_conn(conn)
         if c is not None and c.peer is not None:
             await self._offline(c.peer, conn, now)
@@ -379,6 +416,8 @@ class RendezvousServer:
                     await self._close(key, "keepalive timeout", now)
                 else:  # heard from since: check again when its silence could be long enough
                     self._timers.set(due, c.last_seen + self.keepalive_timeout)
+            elif kind == "beacon":
+                self._held_timeout(key, now)
             elif kind == "offer":
                 try:
                     ended = await self.registry.expire_offer(key, now)
@@ -442,6 +481,8 @@ class RendezvousServer:
             await self._connect(conn, c.peer, msg, rid, now)
         elif kind in ("accept", "refuse"):
             await self._answer(conn, c.peer, msg, rid, now)
+        elif kind == "sampled":
+            self._sampled(conn, c, msg, rid, now)
 
     @staticmethod
     def _public_info(info: dict | None, observed: list, udp: list | None = None) -> bytes:
@@ -450,6 +491,7 @@ class RendezvousServer:
         out = dict(info or {})
         out["observed"] = list(observed)
         out.pop("observed_udp", None)
+        strip_server_keys(out)
         if udp:
             out["observed_udp"] = [list(a) for a in udp]
         return msgpack.packb(out, use_bin_type=True)
@@ -587,21 +629,129 @@ class RendezvousServer:
             self._send(conn, "ok", id=rid)
             return
         if got.initiator_home is None:
+            self.beacons.forget(got.offer_id)
             self._error(conn, ErrorCode.OFFLINE, f"{got.initiator} went offline", rid)
             return
+        if msg.get("beacon"):
+            self._hold(conn, peer_id, got, rid, now)
+            return
+        self.beacons.forget(got.offer_id)
         self._session(conn, peer_id, got, rid, now)
 
-    def _session(self, conn: int, peer_id: str, got: Answered, rid: int | None, now: float) -> None:
+    def _session(self, conn: int, peer_id: str, got: Answered, rid: int | None, now: float,
+                 sample: tuple[str, int] | None = None) -> None:
+        """Start the session. `sample`: the listener's beacon as we saw it: the initiator finds it in
+        the listener's info (beside the listener's word on when it left), the listener in its frame."""
         key = self._key(KEY_BYTES)
         start_in = self.margin_for(got.initiator_info, got.info)
         self.stats["sessions"] += 1
+        info = got.info if sample is None else add_to_packed_map(got.info, "beacon", list(sample))
         self._notify(got.initiator_home, notice("session", got.initiator, got.initiator_home.conn,
                                                 id=got.request_id, session=got.offer_id, key=key,
-                                                peer=peer_id, info=Packed(got.info), role=Role.FIRST.value,
+                                                peer=peer_id, info=Packed(info), role=Role.FIRST.value,
                                                 start_in=start_in, peer_key=got.key), now)
         self._send(conn, "session", id=rid, session=got.offer_id, key=key, start_at=now + start_in, now=now,
                    peer=got.initiator, info=Packed(got.initiator_info), role=Role.SECOND.value,
-                   peer_key=got.initiator_key)
+                   peer_key=got.initiator_key, **({"sample": list(sample)} if sample is not None else {}))
+
+    # -- fresh samples: the beacon (beacon.py), else the listener's STUN samples --
+    def _hold(self, conn: int, peer_id: str, got: Answered, rid: int | None, now: float) -> None:
+        """An accept whose listener sent a beacon with it: the session starts on the beacon if it is
+        (or once it gets) here, else on the samples we then ask the listener for."""
+        entry = self.beacons.get(got.offer_id)
+        held = self._held[got.offer_id] = _Held(conn, peer_id, got, rid)
+        if entry is None or entry.conn != conn or entry.peer != peer_id:
+            self._ask_samples(got.offer_id, held, now)  # no beacon of ours to wait for (the book let it go)
+        elif entry.sample is not None:
+            self._release(got.offer_id, now, entry.sample)
+        else:
+            self._timers.set(("beacon", got.offer_id), now + self.beacon_hold)
+
+    def _ask_samples(self, offer_id: str, held: _Held, now: float) -> None:
+        entry = self.beacons.get(offer_id)
+        if entry is not None:
+            entry.closed = True  # decided: a late beacon must not move a port the samples will show
+        held.stage = "samples"
+        self.stats["beacon_fallbacks"] += 1
+        self._send(held.conn, "resample", id=held.rid, session=offer_id)
+        self._timers.set(("beacon", offer_id), now + self.samples_wait)
+
+    def _release(self, offer_id: str, now: float, sample: tuple[str, int] | None = None,
+                 got: Answered | None = None, rid: int | None = None) -> None:
+        held = self._held.pop(offer_id)
+        self._timers.cancel(("beacon", offer_id))
+        self.beacons.forget(offer_id)
+        c = self.conns.get(held.conn)
+        if c is None or c.peer != held.peer:
+            return  # (connection_lost already told the initiator)
+        self._session(held.conn, held.peer, got or held.got, held.rid if rid is None else rid, now, sample)
+
+    def _held_timeout(self, offer_id: str, now: float) -> None:
+        held = self._held.get(offer_id)
+        if held is None:
+            return
+        if held.stage == "beacon":
+            self._ask_samples(offer_id, held, now)
+            return
+        del self._held[offer_id]
+        self.beacons.forget(offer_id)
+        got = held.got
+        message = f"{held.peer} sent no fresh samples in time"
+        if got.initiator_home is not None:
+            self._notify(got.initiator_home, notice("error", got.initiator, got.initiator_home.conn,
+                                                    id=got.request_id, code=ErrorCode.TIMEOUT.value,
+                                                    message=message, ends=offer_id), now)
+        self._send(held.conn, "cancel", offer=offer_id, code=ErrorCode.TIMEOUT.value, message=message)
+
+    def _drop_held(self, conn: int, now: float) -> None:
+        """The listener's connection ended with sessions held: their initiators hear it."""
+        for offer_id, held in list(self._held.items()):
+            if held.conn != conn:
+                continue
+            del self._held[offer_id]
+            self._timers.cancel(("beacon", offer_id))
+            self.beacons.forget(offer_id)
+            got = held.got
+            if got.initiator_home is not None:
+                self._notify(got.initiator_home, notice("error", got.initiator, got.initiator_home.conn,
+                                                        id=got.request_id, code=ErrorCode.OFFLINE.value,
+                                                        message=f"{held.peer}: the peer disconnected",
+                                                        ends=offer_id), now)
+
+    def _sampled(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
+        """The listener's STUN samples, which we asked for: the session starts on them."""
+        held = self._held.get(msg["offer"])
+        if held is None or held.conn != conn or held.peer != c.peer or held.stage != "samples":
+            self._error(conn, ErrorCode.UNKNOWN_OFFER, "no session waits for samples of that offer", rid)
+            return
+        got = held.got
+        info = self._public_info(msg["info"], c.addr, c.udp)
+        self._release(msg["offer"], now, None, Answered(got.offer_id, got.initiator, got.initiator_home,
+                                                        got.request_id, got.initiator_info, info,
+                                                        got.initiator_key, got.key), rid)
+
+    def _observed_ips(self, entry: Expected) -> set[str]:
+        c = self.conns.get(entry.conn)
+        if c is None or c.peer != entry.peer:
+            return set()
+        ips = {str(ip) for ip, _ in c.udp}
+        try:
+            ips.add(_norm_ip(c.addr[0]))
+        except ValueError:
+            pass
+        return ips
+
+    def beacon_received(self, data: bytes, source: tuple, now: float) -> bool:
+        """A datagram at the beacon port (io/ calls it; nothing is ever sent back). True when it was
+        a valid beacon; a held session then starts at once."""
+        try:
+            entry = self.beacons.take(data, source, now, self._observed_ips)
+        except BadBeacon:
+            return False
+        held = self._held.get(entry.offer_id)
+        if held is not None and held.stage == "beacon" and held.conn == entry.conn:
+            self._release(entry.offer_id, now, entry.sample)
+        return True
 
     def margin_for(self, *infos: bytes) -> float:
         """Seconds from an accept to the agreed start for a session of the peers with these packed

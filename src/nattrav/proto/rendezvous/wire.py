@@ -59,11 +59,14 @@ CLIENT_MESSAGES: dict[str, Spec] = {
     "ping": {"id": (_INT, False)},
     "info": {"id": (_INT, False), "info": (_MAP, True)},
     "connect": {"id": (_INT, False), "target": (_STR, True), "timeout": (_NUM, False)},
-    "accept": {"id": (_INT, False), "offer": (_STR, True)},
+    # beacon: a sample beacon left with this accept (beacon.py): start the session on it, or ask
+    "accept": {"id": (_INT, False), "offer": (_STR, True), "beacon": ((bool,), False)},
     "refuse": {"id": (_INT, False), "offer": (_STR, True)},
     # the punch socket's UDP address as the server saw it, with the server's ticket for it (observe.py)
     # fresh: the first of a new punch socket's, which replaces what the connection recorded before
     "observe": {"id": (_INT, False), "addr": ((list,), True), "ticket": (_BYTES, True), "fresh": ((bool,), False)},
+    # the STUN samples a "resample" asked for: the listener's node info the held session starts on
+    "sampled": {"id": (_INT, False), "offer": (_STR, True), "info": (_MAP, True)},
 }
 
 SERVER_MESSAGES: dict[str, Spec] = {
@@ -82,10 +85,13 @@ SERVER_MESSAGES: dict[str, Spec] = {
         "id": (_INT, False), "session": (_STR, True), "peer": (_STR, True), "info": (_MAP, True),
         "key": (_BYTES, True), "start_at": (_NUM, True), "now": (_NUM, True), "role": (_STR, True),
         "peer_key": (_BYTES, False),  # the identity key the peer proved at enroll (names.py)
+        "sample": ((list,), False),  # [ip, port]: our beacon as the server saw it (beacon.py; asked for only)
     },
     "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
     # the answer to observe: recorded, or why not (a stale or foreign ticket is no error of the link)
     "observation": {"id": (_INT, False), "recorded": ((bool,), True), "reason": (_STR, False)},
+    # no beacon came in time for an accept that announced one: send STUN samples ("sampled")
+    "resample": {"id": (_INT, False), "session": (_STR, True)},
 }
 
 
@@ -119,7 +125,8 @@ def _stun_list(servers: list) -> bool:
 # Checks beyond types, for fields whose values the receiver relies on.
 _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
     "session": lambda m: len(m["key"]) == KEY_BYTES and m["role"] in ("first", "second")
-    and _finite(m["start_at"]) and _finite(m["now"]) and len(m.get("peer_key", b"0" * 32)) == 32,
+    and _finite(m["start_at"]) and _finite(m["now"]) and len(m.get("peer_key", b"0" * 32)) == 32
+    and _address(m.get("sample", ["0.0.0.0", 1])),
     "enroll": lambda m: len(m.get("key", b"0" * 32)) == 32 and len(m.get("sig", b"0" * 64)) == 64
     and ("key" in m) == ("sig" in m) and ("nonce" in m) == ("at" in m) and ("nonce" not in m or "key" in m)
     and len(m.get("nonce", b"0" * 16)) == 16,
@@ -133,6 +140,11 @@ _EXTRA_CHECKS: dict[str, Callable[[dict], bool]] = {
     and type(m["addr"][1]) is int and 0 < m["addr"][1] < 65536 and len(m["ticket"]) == TICKET_BYTES,
     "observation": lambda m: len(m.get("reason", "")) <= MAX_MESSAGE,
 }
+
+
+def _address(a: list) -> bool:
+    return (len(a) == 2 and type(a[0]) is str and len(a[0]) <= 64 and type(a[1]) is int
+            and 0 < a[1] < 65536)
 
 
 def check_info(info: Any) -> dict:
