@@ -307,3 +307,29 @@ async def test_a_one_ip_server_reads_the_change_port_test_only(mock_clock, filte
     b, _, _ = await run(Nat(Mapping.EIM, filtering), 0.001, config=one_ip, hairpin=False)
     assert b.filtering is filtering
     assert b.discarded.get("error_response", 0) == 0
+
+
+async def test_a_flood_before_test_one_answers_is_not_kept_and_the_answer_still_counts(mock_clock):
+    # junk to a filtering socket while test I is still out: not kept (it carries no ID of ours), and
+    # copies of our ID from a wrong source are kept only up to INBOX; the server's real answer, once
+    # expected, is still found
+    from nattrav.io.stun_discover import INBOX, FilterTest
+    net = FakeNet(Nat(Mapping.EIM, Filtering.EIF), 0.001)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("0.0.0.0", 0))
+        f = FilterTest(sock, S1, {"change_port": True}, schedules_for(0.001)[1])
+        for _ in range(3 * INBOX):
+            sock.arrive(0.0, b"not stun, twenty bytes or more", ("192.0.2.9", 9))
+        async with trio.open_nursery() as nursery:
+            await f.start()
+            nursery.start_soon(f.run)
+            await trio.sleep(0.01)
+            assert f.inbox and len(f.inbox) <= INBOX and f.tx.discarded["wrong_transaction"] == 3 * INBOX
+            f.expect((S1[0], S2[1]))
+            await f.wait(0.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    assert f.tx.result is not None and f.tx.result.source == (S1[0], S2[1])
