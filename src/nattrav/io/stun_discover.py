@@ -15,7 +15,7 @@ from ..errors import StunErrorResponse, StunTimeout
 from ..proto.nat_behavior import BindingSample, NatBehavior, classify
 from ..proto.stun import binding_request
 from ..proto.stun_attrs import Address
-from ..proto.stun_client import Transaction, expected_source
+from ..proto.stun_client import State, Transaction, expected_source
 from .lifetime import measure_lifetime, open_udp as _open
 from .stun_client import binding, run_transactions
 
@@ -38,16 +38,21 @@ async def local_address(sock: trio.socket.SocketType, server: Address) -> Addres
 # comes, so its schedule matters only under loss: it retransmits after 2 RTT. A test that may get no
 # answer (filtering) costs its whole schedule, so it does not wait for a retransmission timer: its
 # request goes twice, DUPLICATE_GAP apart (one lost packet costs nothing), and the answer is awaited
-# 1.5 RTT + SILENCE_SLACK more (jitter of half an RTT), never less than MIN_SILENCE: a 1 ms path must
-# not declare silence before a busy machine has scheduled the server's answer. A lost answer reads as
-# "filters", the cautious side.
+# 1.5 RTT + SILENCE_SLACK more, never less than MIN_SILENCE. The filtering requests leave just before
+# test I's, to the same server address: the server reads them first, so test I's RTT already holds
+# the server's and the path's delay at that moment (a busy server or machine shows there), and the
+# slack covers what it cannot: the server's slower path for CHANGE-REQUEST, a second server host
+# answering change-IP, jitter. In the lab, at load 2-3 an answer came at most 4.5 ms after 1.5 RTT
+# (800 answers); at load 4-11, with the tests after test I awaited too, none of 1,500 runs missed
+# 1.5 RTT + 10 ms (bench/results/cold-discovery.md). A lost answer reads as "filters", the cautious side.
 FIRST_RTO = 0.2  # test I: nothing measured yet
 MIN_RTO = 0.04
 MAX_RTO = 1.0
 DUPLICATE_GAP = 0.005
-SILENCE_SLACK = 0.02
-MIN_SILENCE = 0.03
+SILENCE_SLACK = 0.01
+MIN_SILENCE = 0.015
 MAX_SILENCE = 3.0
+INBOX = 64  # replies with its ID a filtering test keeps before test I says which source to accept
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,91 @@ class Schedule:
         return self.rto * (2 ** (self.rc - 1) - 1 + self.rm)
 
 
+def silence_for(rtt: float) -> float:
+    """How long after its last request a filtering test waits for an answer before it reads "filters"."""
+    return min(MAX_SILENCE, max(MIN_SILENCE, 1.5 * max(0.0, rtt) + SILENCE_SLACK))
+
+
 def schedules_for(rtt: float) -> tuple[Schedule, Schedule]:
     """(for tests that expect an answer, for tests that may get none) from a measured RTT."""
     rtt = max(0.0, rtt)
     answered = Schedule(min(MAX_RTO, max(MIN_RTO, 2.0 * rtt)), 4, 4)
-    silence = min(MAX_SILENCE, max(MIN_SILENCE, 1.5 * rtt + SILENCE_SLACK))
-    silent = Schedule(DUPLICATE_GAP, 2, max(1, math.ceil(silence / DUPLICATE_GAP)))
+    silent = Schedule(DUPLICATE_GAP, 2, max(1, math.ceil(silence_for(rtt) / DUPLICATE_GAP)))
     return answered, silent
+
+
+class FilterTest:
+    """One filtering test, sent beside test I: before the server has named its second address, which
+    the answer must come from. What arrives waits in `inbox` until expect() names the source to
+    accept (replies from elsewhere then count as evidence of a server that ignores CHANGE-REQUEST,
+    as in every transaction). Its retransmissions follow `schedule`; the caller decides when its
+    silence is long enough (wait()), from the RTT test I measured meanwhile."""
+
+    def __init__(self, sock: trio.socket.SocketType, server: Address, change: dict[str, bool],
+                 schedule: Schedule) -> None:
+        self.sock, self.change = sock, change
+        self.tx = Transaction(binding_request(**change), server, rto=schedule.rto, rc=schedule.rc,
+                              rm=schedule.rm)
+        self.inbox: list[tuple[bytes, Address, float]] = []
+        self._id = bytes(self.tx.request.transaction_id[-12:])  # bytes 8..20 of a reply, classic too
+        self.expecting = False
+        self.last_sent = 0.0  # trio time of the latest request
+        self.done = trio.Event()  # answered, or its schedule ran out
+
+    async def start(self) -> None:
+        await self._send(self.tx.start(trio.current_time()))
+
+    async def run(self) -> None:
+        """After start(): retransmit on schedule and read until answered or the schedule ends."""
+        while self.tx.state is State.WAITING and not self.done.is_set():
+            assert self.tx.deadline is not None
+            with trio.move_on_at(self.tx.deadline):
+                await self._read()
+            again = self.tx.timeout(trio.current_time())
+            if again is not None:
+                await self._send(again)
+        self.done.set()
+
+    async def wait(self, silence: float) -> None:
+        """Until answered, or `silence` seconds passed since the latest request went."""
+        while not self.done.is_set():
+            end = self.last_sent + silence
+            if trio.current_time() >= end:
+                return
+            with trio.move_on_at(end):
+                await self.done.wait()
+
+    async def _send(self, wire: bytes) -> None:
+        self.last_sent = trio.current_time()
+        try:
+            await self.sock.sendto(wire, self.tx.dest)
+        except OSError:
+            self.tx.discarded["send_error"] += 1
+
+    async def _read(self) -> None:
+        while not self.done.is_set():
+            try:
+                data, src = await self.sock.recvfrom(65536)
+            except OSError:
+                self.tx.discarded["icmp_error"] += 1  # not an answer
+                continue
+            if not self.expecting and bytes(data[8:20]) != self._id:
+                self.tx.discarded["wrong_transaction"] += 1  # cannot be our answer: not kept
+            elif len(self.inbox) < INBOX:
+                self.inbox.append((bytes(data), src, trio.current_time()))
+            else:
+                self.tx.discarded["overflow"] += 1
+            self._feed()
+
+    def expect(self, source: Address) -> None:
+        self.tx.accept_from = {source}
+        self.expecting = True
+        self._feed()
+
+    def _feed(self) -> None:
+        while self.expecting and self.inbox and not self.done.is_set():
+            if self.tx.receive(*self.inbox.pop(0)) is not None:
+                self.done.set()
 
 
 Known = Callable[[Address, Address], "NatBehavior | None"]
@@ -102,12 +185,15 @@ async def discover(
     """Find the NAT's mapping, filtering, port allocation (Δ), hairpinning (and optionally lifetime)
     with the RFC 5780 tests against `server`, whose OTHER-ADDRESS names the second IP and port.
 
-    Test I runs first (rto 0.2 s, or `rto`) and measures the RTT; then every other test starts at
-    once, each from its own socket or multiplexed on the main one, with retransmission timeouts from
-    that RTT (or the fixed `rto`, `rc`, `rm` when `rto` is given): the tests that expect no answer
-    wait a few RTTs, not seconds. Their first packets leave in the order the classification needs
-    (the main socket's new mappings back to back, then the filtering sockets', then the fresh
-    sockets' run), `stagger` seconds apart.
+    The two filtering tests' requests leave first, each from its own socket, then test I's (rto
+    0.2 s, or `rto`), which measures the RTT; the filtering tests wait for their answers meanwhile
+    and, since they may get none, are given up 1.5 RTT + slack after their last request
+    (silence_for; with a fixed `rto` they run its whole schedule): their silence overlaps test I and
+    the tests after it instead of following them. Once test I has answered every other test starts
+    at once, each from its own socket or multiplexed on the main one, with retransmission timeouts
+    from that RTT (or the fixed `rto`, `rc`, `rm`). Their first packets leave in the order the
+    classification needs (the main socket's new mappings back to back, then the fresh sockets'
+    run), `stagger` seconds apart.
 
     `known(local, mapped)`, called after test I with this socket's local and mapped address, may
     name a behaviour the caller already measured on this network (the behaviour cache): it is
@@ -119,65 +205,85 @@ async def discover(
     t0 = trio.current_time()
     discarded: Counter[str] = Counter()
     first = Schedule(rto if rto is not None else FIRST_RTO, rc, rm)
+    # with a fixed `rto` a filtering test runs the whole fixed schedule; else it sends twice and
+    # its silence is cut short once test I's RTT says how long an answer can take
+    filter_schedule = first if rto is not None else Schedule(DUPLICATE_GAP, 2, math.ceil(MAX_SILENCE / DUPLICATE_GAP) + 1)
 
     main = await _open(local_ip, server)
     socks: list[trio.socket.SocketType] = []
     try:
-        try:
-            r1 = await binding(main, server, rto=first.rto, rc=first.rc, rm=first.rm)
-        except (StunTimeout, StunErrorResponse) as exc:
-            discarded.update(getattr(exc, "discarded", {}))
-            return classify(local=await local_address(main, server), server=server, other_address=None,
-                            samples=[], test1=None, test2=None, test3=None,
-                            filter_change_both=None, filter_change_port=None, discarded=discarded)
-        local = await local_address(main, server)
-        if known is not None:
-            cached = known(local, r1.mapped)
-            if cached is not None:
-                return cached
-        # a sample's time is when its request left (received_at - rtt): the NAT made the mapping then,
-        # and the spacing of those moments is what background flows had to land in (replies come
-        # back bunched, even out of order: their times made ~1 ms gaps look like 0.1 ms)
-        samples = [BindingSample(0, local, server, r1.mapped, _sent(r1) - t0)]
-        other = second_address(r1, server)
-        one_ip = other is not None and r1.other_address is None
-        # after a retransmission the answer may be to either request (Karn): count from the first
-        rtt = r1.rtt if r1.attempts == 1 else r1.received_at - t0
-        answered, silent = (first, first) if rto is not None else schedules_for(rtt)
-
-        def tx(dest: Address, schedule: Schedule, **change: bool) -> Transaction:
-            accept = [expected_source(server, other, change.get("change_ip", False),
-                                      change.get("change_port", False))] if change else [dest]
-            return Transaction(binding_request(**change), dest, accept_from=accept,
-                               rto=schedule.rto, rc=schedule.rc, rm=schedule.rm)
-
-        # the main socket: the same destination again (a NAT always reuses the mapping there, which
-        # is why one server address can never reveal APDM), test II (other IP, same port), test III
-        # (other IP, other port), and one more (same IP, other port); one IP: only its other port
-        if one_ip:
-            main_dests = [server, other]
-        else:
-            main_dests = [server] + ([(other[0], server[1]), other, (server[0], other[1])] if other else [])
-        jobs = [(main, tx(d, answered)) for d in main_dests]
-        # filtering: a socket that talked to nobody asks (A, P) for an answer from the other IP and
-        # port, another for one from the other port; then the fresh sockets' run of back-to-back
-        # new mappings for the allocation (Δ)
-        filters: list[Transaction] = []
-        if other is not None:
-            changes = ({"change_port": True},) if one_ip else ({"change_ip": True, "change_port": True},
-                                                              {"change_port": True})
-            for change in changes:
-                socks.append(await _open(local_ip, server))
-                filters.append(tx(server, silent, **change))
-                jobs.append((socks[-1], filters[-1]))
-        fresh = []
-        for _ in range(fresh_sockets):
+        # the filtering tests: sockets that talk to nobody else ask (A, P) for an answer from the
+        # other IP and port, and from the other port only. Their requests leave first, then test
+        # I's, to the same server address: the server reads them in that order, so test I's answer
+        # shows it had theirs, and its RTT bounds how long their answers may take. (A one-IP
+        # server refuses the first with 420: only the change-port one is read then.)
+        filters: list[FilterTest] = []
+        for change in ({"change_ip": True, "change_port": True}, {"change_port": True}):
             socks.append(await _open(local_ip, server))
-            fresh.append(socks[-1])
-            jobs.append((socks[-1], tx(server, answered)))
-        results = await run_transactions(jobs, stagger=stagger, sent=None if mapped is None else lambda: mapped(other))
+            filters.append(FilterTest(socks[-1], server, change, filter_schedule))
+        async with trio.open_nursery() as nursery:
+            for f in filters:
+                await f.start()
+                nursery.start_soon(f.run)
+            try:
+                r1 = await binding(main, server, rto=first.rto, rc=first.rc, rm=first.rm)
+            except (StunTimeout, StunErrorResponse) as exc:
+                discarded.update(getattr(exc, "discarded", {}))
+                local = await local_address(main, server)
+                nursery.cancel_scope.cancel()  # no await after this: it would be cancelled too
+                return classify(local=local, server=server, other_address=None,
+                                samples=[], test1=None, test2=None, test3=None,
+                                filter_change_both=None, filter_change_port=None, discarded=discarded)
+            local = await local_address(main, server)
+            if known is not None:
+                cached = known(local, r1.mapped)
+                if cached is not None:
+                    nursery.cancel_scope.cancel()
+                    return cached
+            # a sample's time is when its request left (received_at - rtt): the NAT made the mapping
+            # then, and the spacing of those moments is what background flows had to land in
+            # (replies come back bunched, even out of order: their times made ~1 ms gaps look like 0.1 ms)
+            samples = [BindingSample(0, local, server, r1.mapped, _sent(r1) - t0)]
+            other = second_address(r1, server)
+            one_ip = other is not None and r1.other_address is None
+            # after a retransmission the answer may be to either request (Karn): count from the first
+            rtt = r1.rtt if r1.attempts == 1 else r1.received_at - t0
+            answered = first if rto is not None else schedules_for(rtt)[0]
+            # the tests whose answers we read: none without a second address; one IP: change-port only
+            in_use = [] if other is None else filters[1:] if one_ip else filters
+            for f in in_use:
+                f.expect(expected_source(server, other, f.change.get("change_ip", False), True))
+
+            def tx(dest: Address) -> Transaction:
+                return Transaction(binding_request(), dest, accept_from=[dest],
+                                   rto=answered.rto, rc=answered.rc, rm=answered.rm)
+
+            # the main socket: the same destination again (a NAT always reuses the mapping there, which
+            # is why one server address can never reveal APDM), test II (other IP, same port), test III
+            # (other IP, other port), and one more (same IP, other port); one IP: only its other port
+            if one_ip:
+                main_dests = [server, other]
+            else:
+                main_dests = [server] + ([(other[0], server[1]), other, (server[0], other[1])] if other else [])
+            jobs = [(main, tx(d)) for d in main_dests]
+            # then the fresh sockets' run of back-to-back new mappings for the allocation (Δ)
+            fresh = []
+            for _ in range(fresh_sockets):
+                socks.append(await _open(local_ip, server))
+                fresh.append(socks[-1])
+                jobs.append((socks[-1], tx(server)))
+            results = await run_transactions(jobs, stagger=stagger,
+                                             sent=None if mapped is None else lambda: mapped(other))
+            # given up only after the tests above were answered too: on a busy machine they take
+            # longer, and so does the window
+            silence = math.inf if rto is not None else silence_for(rtt)
+            for f in in_use:
+                await f.wait(silence)
+            nursery.cancel_scope.cancel()
         for _, job in jobs:
             discarded.update(job.discarded)
+        for f in in_use:
+            discarded.update(f.tx.discarded)
 
         mapped = [r.mapped if r is not None and r.ok else None for r in results[:len(main_dests)]]
         for dest, r, m in zip(main_dests, results, mapped):
@@ -193,7 +299,7 @@ async def discover(
                 samples.append(BindingSample(2 + i, (local[0], sock.getsockname()[1]), server, r.mapped,
                                              _sent(r) - t0))
 
-        outcome = [_filter_outcome(f, server, discarded) for f in filters]
+        outcome = [_filter_outcome(f.tx, server, discarded) for f in in_use]
         if one_ip:  # only the change-port test
             (f_both, ign1), (f_port, ign2) = (None, False), (outcome[0] if outcome else (None, False))
         else:

@@ -93,6 +93,29 @@ def _forward_gap(a: int, b: int, port_range: tuple[int, int]) -> int:
     return (b - a) % (hi - lo + 1)
 
 
+def _waits(obs: Observation, gaps: Sequence[int]) -> set[int]:
+    """The gaps (by index) that span a wait, not a run of back-to-back samples: a listener's first
+    samples and those it takes at the accept, seconds apart, with a busy NAT's background in
+    between (at 800 flows/s a one-second wait is ~800 steps, past MAX_STEPS_PER_SAMPLE, and the
+    NAT read as random). Only where discovery's own back-to-back gaps said sequential with Δ (a
+    random allocator passes that ~1 time in 1e5), the samples are timed, the wait is a multiple
+    of Δ and took longer than every other gap, and samples after the last wait show the step
+    again (the NAT now, where prediction starts). Δ is read from the other gaps; a wait still
+    counts as background (the reading is a lower bound: a counter that wrapped shows fewer)."""
+    delta = obs.delta or 0
+    times = [s.t for s in obs.samples]
+    if obs.allocation is not Allocation.SEQUENTIAL or delta <= 0 or any(t is None for t in times):
+        return set()
+    taus = [float(b - a) for a, b in zip(times, times[1:])]  # type: ignore[operator]
+    long = {i for i, g in enumerate(gaps) if g // delta > MAX_STEPS_PER_SAMPLE}
+    if not long or any(gaps[i] % delta for i in long):
+        return set()
+    short = [i for i in range(len(gaps)) if i not in long]
+    if not short or max(short) < max(long) or min(taus[i] for i in long) <= max(taus[i] for i in short):
+        return set()
+    return long
+
+
 def fit(obs: Observation) -> Model:
     """Estimate Δ and λ from the samples (λ is the Poisson MLE: extra steps / elapsed time)."""
     ports = [s.port for s in obs.samples]
@@ -114,18 +137,20 @@ def fit(obs: Observation) -> Model:
     if any(g == 0 for g in gaps):
         # Some pairs kept the port, others moved: no single Δ explains that.
         return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
+    waits = _waits(obs, gaps)
+    near = [g for i, g in enumerate(gaps) if i not in waits]  # the gaps Δ is read from
     delta = obs.delta if obs.delta and obs.delta > 0 else 0
-    if not delta or any(g % delta for g in gaps):
+    if not delta or any(g % delta for g in near):
         # Each gap is Δ·(1+N); the gcd strips the N's unless they all share a factor. Trusted only
         # if every gap is a small multiple of it.
-        delta = math.gcd(*gaps)
+        delta = math.gcd(*near)
         # A gap spans at least 1 + own steps (our other sockets' mappings sit in it): Δ is the
         # largest divisor of the gcd that fits in every gap that many times.
-        bound = min(g // (1 + smp.own) for g, smp in zip(gaps, obs.samples[1:]))
+        bound = min(g // (1 + smp.own) for i, (g, smp) in enumerate(zip(gaps, obs.samples[1:])) if i not in waits)
         if delta > bound:
             delta = max((d for d in range(1, bound + 1) if delta % d == 0), default=1)
     steps = [g // delta for g in gaps]
-    if max(steps) > MAX_STEPS_PER_SAMPLE or (delta > MAX_DELTA and delta != obs.delta):
+    if max(g // delta for g in near) > MAX_STEPS_PER_SAMPLE or (delta > MAX_DELTA and delta != obs.delta):
         return Model(Kind.RANDOM, last, 0, 0.0, False, obs.port_range)
 
     # what the gaps show beyond our own mappings is the background
