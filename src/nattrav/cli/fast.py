@@ -31,7 +31,7 @@ from ..api.secure import IDLE_TIMEOUT, MIN_KEEPALIVE
 from ..errors import BadPeerId
 from ..hostport import parse_hostport
 from ..identity import PeerId, identity_path, load_or_create_identity
-from ..io import preconnect
+from ..io import preconnect, presample
 from ..io import rendezvous_client as rv
 from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             message = str(exc) or type(exc).__name__
         return _fail(code, message, args.json)
     finally:
-        preconnect.discard()  # an early connect (cli/launch.py) that the run never took
+        preconnect.discard()  # what cli/launch.py began early and the run never took
+        presample.discard()
 
 
 def entry() -> None:
