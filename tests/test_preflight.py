@@ -205,3 +205,17 @@ def test_help_and_bad_arguments_are_as_without_the_pre_start(args):
     assert runs[0].stdout == runs[1].stdout
     assert runs[0].stderr == runs[1].stderr
     assert b"Traceback" not in runs[1].stderr
+
+
+def test_the_kernel_tells_the_handshakes_round_trip():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname(), timeout=5) as conn:
+            rtt = preconnect.handshake_rtt(conn)
+    if not hasattr(socket, "TCP_INFO"):
+        assert rtt is None
+        return
+    assert rtt is not None and 0 < rtt < 0.5  # loopback: microseconds, never a made-up number
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert preconnect.handshake_rtt(udp) is None  # no TCP, nothing to say
