@@ -134,6 +134,22 @@ async def test_the_rendezvous_client_enrolls_on_the_early_socket(nursery):
     assert preconnect.pending() is None
 
 
+async def test_tls_runs_over_the_adopted_connection(nursery, tmp_path):
+    from nattrav.io.rendezvous_tls import client_context, server_context
+    from tests.secure_lab import self_signed
+
+    cert, key = self_signed(tmp_path, "rv")
+    state = RendezvousServer(keepalive=1.0)
+    host, port = await nursery.start(lambda task_status: serve_rendezvous(
+        "127.0.0.1", 0, state=state, ssl_context=server_context(cert, key), task_status=task_status))
+    assert preconnect.begin(host, port)
+    local = preconnect._pending.sock.getsockname()
+    me = Identity.generate()
+    async with rv.open_rendezvous((host, port), identity=me, tls=client_context(cert)) as client:
+        assert client._link.stream.transport_stream.socket.getsockname() == local
+        assert state.stats["timed_enrolls"] == 1  # the proof named the address the adopted connection reached
+
+
 async def test_an_early_connect_to_another_server_is_closed_and_the_ordinary_one_runs(nursery):
     state, (host, port) = await _serve(nursery)
     other = trio.socket.socket()
