@@ -26,22 +26,18 @@ import ipaddress
 import json
 import math
 import os
-import stat
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..cache_doc import FILE_NAME, MAX_AGE, MAX_FILE, VERSION, default_path, read_doc  # noqa: F401 (re-exported)
 from ..io.trace import MAX_TTL
 from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import FLOW_TABLE_CAP
 
-VERSION = 1
-FILE_NAME = "behavior.json"
-MAX_FILE = 64 * 1024  # bytes; a bigger file is not read
 MAX_ENTRIES = 32
-MAX_AGE = 24 * 3600.0  # seconds an entry is trusted
 REFRESH_AFTER = 600.0  # seconds after which a connect that used an entry measures again, after connecting
 MAX_BURSTS = 64  # bursts kept per local address (older ones expired long ago or are dropped first)
 MAX_SERVERS = 16  # rendezvous servers whose relay grant is remembered (the most recently enrolled)
@@ -51,12 +47,6 @@ _KEPT = ("mapping", "filtering", "allocation", "delta", "hairpin", "lifetime", "
          "public_ip", "local", "server", "other_address", "findings")
 
 Address = tuple[str, int]
-
-
-def default_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or ""
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "nattrav" / FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -247,29 +237,7 @@ class BehaviorCache:
 
     def _doc(self) -> dict[str, Any]:
         """The file's document when it is our own valid file, else {}."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return {}
-        try:
-            st = os.fstat(fd)
-            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
-                    or st.st_size > MAX_FILE):
-                return {}
-            data = os.read(fd, MAX_FILE + 1)
-        except OSError:
-            return {}
-        finally:
-            os.close(fd)
-        if len(data) > MAX_FILE:
-            return {}
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError):
-            return {}
-        if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("entries"), dict):
-            return {}
-        return doc
+        return read_doc(self.path)
 
     def _write(self, entries: dict[str, Any], flows: dict[str, list[list]], relay: dict[str, list]) -> bool:
         items = sorted(entries.items(), key=lambda kv: _saved(kv[1]))[-self.max_entries:]

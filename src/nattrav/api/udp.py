@@ -17,7 +17,8 @@ from ..io.interfaces import host_candidates
 from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
-from ..io.stun_client import run_transactions
+from ..io import presample
+from ..io.stun_client import by_reply_id, run_transactions
 from ..io.stun_discover import local_address, second_address
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
@@ -129,7 +130,8 @@ async def open_endpoint(
     stun = (resolve(stun[0]), stun[1])
     if observe is not None:
         observe = (resolve(observe[0]), observe[1])
-    sock = await _punch_socket(src_ip, src_port)
+    early = presample.take(src_ip, src_port, stun, observe)  # nattrav-fast's requests sent before its imports
+    sock = trio.socket.from_stdlib_socket(early.sock) if early is not None else await _punch_socket(src_ip, src_port)
     try:
         cached = sampled = hops = guess = None
         remeasure = False
@@ -139,9 +141,17 @@ async def open_endpoint(
             local = await local_address(sock, stun)
             guessed = cache.guess(local[0], stun)
             guess = (local, guessed[1]) if guessed is not None else None
+        if early is not None and not _early_fits(early, stun, guess):
+            # it sampled where this connect does not (the cache's guess says otherwise): its flows
+            # stay with it, and a fresh socket does what it always did
+            sock.close()
+            early = None
+            sock = await _punch_socket(src_ip, src_port)
+            if guess is not None:
+                guess = (await local_address(sock, stun), guess[1])
         if guess is not None and guess[1].trace is not None:
             # the network's hop trace is kept too: no trace to run, none to wait for
-            warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, *guess)
+            warm, remeasure = await _cached_samples(sock, stun, cache, emit, observe, *guess, early=early)
             if warm is not None:
                 (behavior, cached, sampled), hops = warm, guess[1].hops()
                 emit("hops", {**hops.to_dict(), "cached": True})
@@ -205,8 +215,16 @@ async def _punch_socket(src_ip: str | None, src_port: int) -> Any:
     return sock
 
 
+def _early_fits(early: presample.EarlySamples, stun: tuple[str, int], guess: Any) -> bool:
+    """The early requests are the ones the warm path sends now: the guess keeps its trace (so the
+    samples go first thing) and they went to its STUN server and second address."""
+    return (guess is not None and guess[1].trace is not None
+            and early.targets == _targets(stun, guess[1].behavior.other_address))
+
+
 async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache, emit: EventHook,
                           observe: tuple[str, int] | None, local: tuple[str, int], guess: Any,
+                          early: presample.EarlySamples | None = None,
                           ) -> tuple[tuple[NatBehavior, CacheUse, Any] | None, bool]:
     """The warm path in one round trip: `guess`, the cache's newest entry for our `local` address
     and this STUN server, is a guess at the network, good enough to know where to sample (its
@@ -215,10 +233,10 @@ async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache
     the same hop trace too when the guess's stood in for ours): ((behaviour, its CacheUse,
     (t0, samples)), False). Else nothing is used: (None, True), and the caller measures from scratch
     with a fresh socket, the cache's word not taken. Never a plan from a behaviour the public
-    address does not name."""
-    t0 = trio.current_time()
+    address does not name. `early`: the requests sent before the imports (_early_fits them)."""
+    t0 = trio.current_time() if early is None else _trio_time(early.sent[0][2])
     try:
-        got = await _sample(sock, _targets(stun, guess.behavior.other_address), t0, observe)
+        got = await _sample(sock, _targets(stun, guess.behavior.other_address), t0, observe, early)
     except ConnectError as exc:  # the entry's second address no longer answers: measure again
         emit("behavior-cache-miss", {"reason": str(exc)})
         return None, True
@@ -427,8 +445,30 @@ class _Seen:
         emit("pool-survey", {"addresses": [addr[0] for addr, _ in found]})
 
 
+def _trio_time(monotonic: float) -> float:
+    """A time.monotonic() reading on Trio's clock."""
+    return trio.current_time() - (time.monotonic() - monotonic)
+
+
+def _adopt(jobs: list[tuple[Any, Transaction]], early: presample.EarlySamples) -> list[tuple[Any, Transaction]]:
+    """The jobs with the early socket's requests in their place (same IDs, started when they left:
+    their schedules run on from then), and the replies that came meanwhile handed to them."""
+    adopted = []
+    for (sock, tx), (msg, dest, at) in zip(jobs, early.sent):
+        twin = Transaction(msg, dest, rto=tx.rto, rc=tx.rc, rm=tx.rm)
+        twin.start(_trio_time(at))
+        adopted.append((sock, twin))
+    by_id = by_reply_id(tx for _, tx in adopted)
+    now = trio.current_time()
+    for data, src in early.queued():
+        tx = by_id.get(bytes(data[8:20]))
+        if tx is not None:
+            tx.receive(data, src, now)
+    return adopted
+
+
 async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
-                  observe: tuple[str, int] | None = None) -> _Sampled:
+                  observe: tuple[str, int] | None = None, early: presample.EarlySamples | None = None) -> _Sampled:
     """The punch socket's mappings seen by `targets`, and the last public address. With APDM each
     new server address is a new mapping; the difference between consecutive ones is the step Δ the
     next mapping will take, and the last one is where prediction starts. The requests leave
@@ -443,7 +483,9 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
                                           rm=OBSERVE_RM)))
     # no gap after the observation: it shares the socket with the first sample, whose datagram the
     # kernel sends after it anyway (a gap is one more timer on the critical path)
-    gaps = [0.0] + [0.001] * len(targets) if observe is not None else 0.001
+    gaps = [0.0] + [presample.SAMPLE_GAP] * len(targets) if observe is not None else presample.SAMPLE_GAP
+    if early is not None:
+        jobs = _adopt(jobs, early)
     results = await run_transactions(jobs, stagger=gaps)
     observed = None
     if observe is not None:

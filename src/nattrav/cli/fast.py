@@ -9,9 +9,12 @@ peer sends, so `nattrav-fast ... > file` stores the peer's bytes.
 from __future__ import annotations
 
 if __name__ == "__main__":  # python -m nattrav.cli.fast: what follows is start-up (cli/launch.py)
-    from .launch import startup_begin
+    import sys as _sys
+
+    from .launch import preflight, startup_begin
 
     startup_begin()
+    preflight(_sys.argv[1:])
 
 import argparse
 import json
@@ -28,6 +31,7 @@ from ..api.secure import IDLE_TIMEOUT, MIN_KEEPALIVE
 from ..errors import BadPeerId
 from ..hostport import parse_hostport
 from ..identity import PeerId, identity_path, load_or_create_identity
+from ..io import preconnect, presample
 from ..io import rendezvous_client as rv
 from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
@@ -319,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             message = str(exc) or type(exc).__name__
         return _fail(code, message, args.json)
+    finally:
+        preconnect.discard()  # what cli/launch.py began early and the run never took
+        presample.discard()
 
 
 def entry() -> None:

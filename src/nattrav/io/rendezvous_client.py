@@ -54,6 +54,7 @@ from ..proto.rendezvous.names import enroll_proof
 from ..proto.rendezvous.timed_proof import NONCE_BYTES, audience, make_proof
 from ..proto.rendezvous import SERVER_MESSAGES, ClockMap, check_info, make, reconnect_delay
 from ..proto.turn_rest import RelayGrant
+from . import preconnect
 from .framing import FrameStream
 from .rendezvous_link import Link, Reply, error_from
 from .session import Session
@@ -196,7 +197,12 @@ class RendezvousClient:
         began = trio.current_time()
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await trio.open_tcp_stream(host, port, local_address=self._local_address)
+                adopted = await self._early_stream(host, port)
+                if adopted is not None:
+                    stream, self._setup_rtt = adopted
+                else:
+                    stream = await trio.open_tcp_stream(host, port, local_address=self._local_address)
+                    self._setup_rtt = trio.current_time() - began  # a name lookup too, if any: an upper bound
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise ServerUnreachable(f"cannot reach rendezvous server {host}:{port}: {reason}") from None
@@ -204,7 +210,6 @@ class RendezvousClient:
             aud = audience(*stream.socket.getpeername()[:2])
         except (OSError, ValueError):
             aud = None
-        self._setup_rtt = trio.current_time() - began  # a name lookup too, if any: an upper bound
         if self.tls is not None:
             began = trio.current_time()
             stream = await self._start_tls(stream)
@@ -226,6 +231,29 @@ class RendezvousClient:
         finally:
             if not enrolled:
                 await trio.aclose_forcefully(stream)
+
+    async def _early_stream(self, host: str, port: int) -> tuple[trio.SocketStream, float] | None:
+        """The connect nattrav-fast began before its imports (cli/launch.py, io/preconnect.py) when
+        it dials this very server from no chosen local address: its stream once connected, and the
+        handshake's round trip (the kernel's measure; else the time since the SYN, an upper bound).
+        None: connect as usual; a connect that failed is closed, and the ordinary one meets the same
+        trouble and reports it."""
+        early = preconnect.take(host, port, self._local_address)
+        if early is None:
+            return None
+        sock = trio.socket.from_stdlib_socket(early.sock)
+        try:
+            await trio.lowlevel.wait_writable(sock)
+            failed = sock.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_ERROR)
+        except BaseException:
+            sock.close()
+            raise
+        if failed:
+            log.debug("the early connect to %s:%d failed (errno %d): connecting again", host, port, failed)
+            sock.close()
+            return None
+        rtt = preconnect.handshake_rtt(early.sock) or max(0.0, time.monotonic() - early.started)
+        return trio.SocketStream(sock), rtt
 
     async def _start_tls(self, stream: trio.SocketStream) -> trio.SSLStream:
         host, port = self.server

@@ -56,8 +56,12 @@ async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transact
     of the list is the order of the mappings (a sequence gives each gap: gap k before job k+1). One
     reader per socket hands each reply to the
     transaction whose ID it carries; each transaction keeps its own retransmission schedule.
-    `sent()` is called once every first request has left."""
+    `sent()` is called once every first request has left. A transaction already started left before
+    (io/presample.py: sent before the process imported Trio, adopted here) and is not sent again;
+    its schedule runs on from when it left."""
     for i, (sock, tx) in enumerate(jobs):
+        if tx.state is not State.IDLE:
+            continue
         gap = stagger if isinstance(stagger, (int, float)) else (stagger[i - 1] if i - 1 < len(stagger) else 0.0)
         if i and gap > 0:
             await trio.sleep(gap)
@@ -76,8 +80,13 @@ async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transact
     return [tx.result if tx.state is State.DONE else None for _, tx in jobs]
 
 
+def by_reply_id(txs: Iterable[Transaction]) -> dict[bytes, Transaction]:
+    """Transactions by the bytes 8..20 of their replies (the ID, a classic one's last 12 bytes too)."""
+    return {tx.request.transaction_id[-12:]: tx for tx in txs}
+
+
 async def _serve_socket(sock: trio.socket.SocketType, txs: list[Transaction]) -> None:
-    by_id = {tx.request.transaction_id[-12:]: tx for tx in txs}  # bytes 8..20 of a reply, classic too
+    by_id = by_reply_id(txs)
     while True:
         waiting = [tx for tx in txs if tx.state is State.WAITING]
         if not waiting:
@@ -156,4 +165,4 @@ async def binding(
     return result
 
 
-__all__ = ["binding", "run_transaction", "run_transactions"]
+__all__ = ["binding", "by_reply_id", "run_transaction", "run_transactions"]
