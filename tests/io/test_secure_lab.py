@@ -131,4 +131,6 @@ def test_an_observer_between_the_nats_sees_no_payload_and_what_it_injects_is_dro
     assert out.read_bytes() == payload + b"the end\n"  # nothing injected reached the application
     stats = a.event("delivered")["stats"]
     print(f"a after {len(attack) // 2} replayed + {len(attack) // 2} forged datagrams: {stats}")
-    assert stats.get("discarded", 0) >= len(attack)  # each refused by QUIC (duplicate, failed AEAD) and counted
+    # each refused and counted: by QUIC (duplicate, failed AEAD), or -- a replayed punch HELLO, which
+    # the talker's quick resends may put among b's last datagrams -- by the punch layer before QUIC
+    assert stats.get("discarded", 0) + stats.get("intercepted", 0) >= len(attack)

@@ -10,12 +10,14 @@ What the sample's age is made of, from the round trips both peers published in t
 (each sees both, so both derive the same horizons and the same plan) and the start margin the
 server chose (both sessions frames carry it):
 - the listener (SECOND) samples afresh at the offer (an APDM NAT: api/udp.refresh_mappings, one
-  STUN round trip), its accept reaches the server half a round trip later, then the margin;
+  STUN round trip; with the sample beacon the server sees its port half a round trip after the
+  offer, so this bound is one round trip generous there), its accept reaches the server half a
+  round trip later, then the margin;
 - the initiator (FIRST) sampled before its connect: discovery's remaining tests or the enroll
   reply (up to two round trips of its own), half a round trip to the server, the offer to the
   listener and its accept (one of the listener's), the listener's re-sample (one more), then the
   margin.
-SLACK covers the processing, the talker's delay and the burst's own duration. The sum is capped by
+SLACK covers the processing, the talker's first resends and the burst's own duration. The sum is capped by
 `cap` (DEFAULT_HORIZON, or what the caller set): never wider than before. A peer that lies about
 its round trip narrows or widens the windows both sides size for ITS NAT and ours alike, within
 [SLACK, cap]: what a false report could already do (its samples' times)."""
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SLACK = 0.1  # seconds: processing on both peers and the server, the talker's delay, the burst
+SLACK = 0.1  # seconds: processing on both peers and the server, the talker's resends, the burst
 MAX_RTT = 10.0  # a published round trip beyond this is not a round trip: use the cap
 
 
