@@ -10,7 +10,6 @@ wins, everything else is cancelled and every socket we opened that did not win i
 from __future__ import annotations
 
 import errno
-import math
 import random
 import resource
 import socket
@@ -21,6 +20,7 @@ import trio
 from ..core.errors import ICMP_ERRNOS
 from ..errors import BadPacket, PunchFailed
 from ..proto.handshake import MAGIC, Event, Handshake
+from ..proto.planner.horizon import published_rtt
 from ..proto.planner.udp import Attempt, Part, Plan
 from ..proto.vocab import Strategy
 from .path import RECV_SIZE, PunchedPath, now_ns
@@ -48,8 +48,9 @@ def escalate_after(session: Session) -> float:
     """Seconds of silence from the peer after which an opening goes one hop further: twice the two
     published round trips to the server (a bound on the peers' own) plus a resend's slack, within
     [ESCALATE_MIN, ESCALATE_AFTER]."""
-    rtts = [info.get("rtt") if isinstance(info, dict) else None for info in (session.own_info, session.peer_info)]
-    if not all(type(r) in (int, float) and math.isfinite(r) and r >= 0 for r in rtts):
+    rtts = [published_rtt(info.get("rtt")) if isinstance(info, dict) else None
+            for info in (session.own_info, session.peer_info)]
+    if None in rtts:
         return ESCALATE_AFTER
     return min(ESCALATE_AFTER, max(ESCALATE_MIN, ESCALATE_SLACK + 2.0 * sum(rtts)))  # type: ignore[arg-type]
 

@@ -31,7 +31,9 @@ SLACK = 0.1  # seconds: processing on both peers and the server, the talker's re
 MAX_RTT = 10.0  # a published round trip beyond this is not a round trip: use the cap
 
 
-def _rtt(value: Any) -> float | None:
+def published_rtt(value: Any) -> float | None:
+    """A round trip a node info published, in seconds, or None when it is not one (absent, not a
+    number, negative, beyond MAX_RTT): a peer's word, read the same way by every user of it."""
     if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_RTT:
         return None
     return float(value)
@@ -40,7 +42,7 @@ def _rtt(value: Any) -> float | None:
 def sample_ages(first_rtt: Any, second_rtt: Any, margin: Any, cap: float) -> tuple[float, float] | None:
     """(the initiator's, the listener's) horizon in seconds, each at most `cap`; None when a round
     trip or the margin is unknown (an older peer or server): the caller keeps `cap` for both."""
-    r1, r2, m = _rtt(first_rtt), _rtt(second_rtt), _rtt(margin)
+    r1, r2, m = published_rtt(first_rtt), published_rtt(second_rtt), published_rtt(margin)
     if r1 is None or r2 is None or m is None:
         return None
     first = 2.5 * r1 + 2.0 * r2 + m + SLACK
@@ -48,4 +50,4 @@ def sample_ages(first_rtt: Any, second_rtt: Any, margin: Any, cap: float) -> tup
     return min(cap, first), min(cap, second)
 
 
-__all__ = ["SLACK", "sample_ages"]
+__all__ = ["SLACK", "published_rtt", "sample_ages"]

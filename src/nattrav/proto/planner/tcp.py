@@ -54,6 +54,7 @@ from typing import Any, Sequence
 from ...errors import PlanError
 from ..report import MAX_WINDOW, PORT_RANGE, TcpReport
 from ..vocab import Mapping, TcpStrategy
+from .horizon import published_rtt
 from .lan import lan_targets
 from .odds import FLOW_TABLE_CAP, birthday_miss, probes_for
 from .tcp_mapping import TcpMapping, as_cone, classify
@@ -80,11 +81,10 @@ def first_rung_slot(first_rtt: Any, second_rtt: Any) -> float:
     one SYN retransmission and twice their sum (a bound on the peers' own round trip), within
     FIRST_RUNG. A rung that works finishes in one of those round trips, or after the retransmission
     of a lost SYN; at zero delay a UDP-only cone's TCP filter cost 3.4 s before the strict rung."""
-    rtts = [r if type(r) in (int, float) and math.isfinite(r) and 0 <= r <= 10.0 else None
-            for r in (first_rtt, second_rtt)]
-    if None in rtts:
+    r1, r2 = published_rtt(first_rtt), published_rtt(second_rtt)
+    if r1 is None or r2 is None:
         return FIRST_RUNG
-    return min(FIRST_RUNG, SYN_RTO + 2.0 * sum(rtts) + RUNG_SLACK)  # type: ignore[arg-type]
+    return min(FIRST_RUNG, SYN_RTO + 2.0 * (r1 + r2) + RUNG_SLACK)
 BIRTHDAY_SOCKETS = 1024
 BIRTHDAY_TARGET = 0.99999
 MAX_BIRTHDAY_PROBES = 8192
