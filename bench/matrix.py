@@ -94,7 +94,8 @@ def _pct(x: float | None) -> str:
 def markdown(table: list[dict], meta: dict) -> str:
     f = (lambda x: "—" if x is None else f"{x:.3f}")  # noqa: E731
     out = [f"# nattrav matrix — {meta['trials']} trials a case, background {meta['background']} ports/s a NAT, "
-           f"{meta['date']} ({meta['seconds']} s)", "",
+           f"{meta['date']} ({meta['seconds']} s)"
+           + (f", {meta['trial_gap']:g} s between trials" if meta.get("trial_gap") else ""), "",
            "Shapes: " + "; ".join(f"`{k}` {v}" for k, v in meta["shapes"].items()), "",
            "| proto | A's NAT → B's NAT | shape | server | expected | connected | Wilson 95% | planner odds | odds in "
            "interval | strategy | median s | p95 s | prediction hits |",
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                    "TCP through UDP-only cones, over the shapes flat and wan50")
     p.add_argument("--jobs", type=int, default=2, help="cases run at once (each its own lab)")
     p.add_argument("--trial-timeout", type=float, default=15.0)
+    p.add_argument("--trial-gap", type=float, default=0.0, metavar="S",
+                   help="seconds between a case's trials (default 0: back to back, so a birthday meets "
+                        "the flow budget its predecessors left; 31 gives each trial a fresh one)")
     p.add_argument("--out", help="path prefix for .md and .json (default bench/results/matrix-udp, "
                    "-tcp with --tcp, matrix-realism with --realism)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (low-TTL SYN, simultaneous open)")
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_pair, left, right, args.trials, trial_timeout=args.trial_timeout,
                                background=args.background or None, tcp=tcp, shape=shape, server_layout=layout,
-                               relay=args.relay): run
+                               relay=args.relay, gap=args.trial_gap): run
                    for run in runs for left, right, tcp, shape, layout in [run]}
         for fut in concurrent.futures.as_completed(futures):
             left, right, tcp, shape, layout = futures[fut]
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     order = {run: i for i, run in enumerate(runs)}
     table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"], t["server"])])
     meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp, "server": args.server,
-            "relay": args.relay,
+            "relay": args.relay, "trial_gap": args.trial_gap,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0),
             "shapes": {name: _shape_words(info) for name, info in shape_info.items()}}
     out.parent.mkdir(parents=True, exist_ok=True)

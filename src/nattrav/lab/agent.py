@@ -81,6 +81,8 @@ async def run_agent(args: argparse.Namespace) -> None:
         row.setdefault("plan_reason", plan.get("reason"))
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
+        if i + 1 < args.trials:
+            await trio.sleep(args.gap)
 
 
 async def _echo_repeats(path: Any) -> None:
@@ -197,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=0.0, metavar="S",
                    help="a listener waits this much longer for its peer than a trial may take (default 0)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (connect_tcp/listen_tcp)")
+    p.add_argument("--gap", type=float, default=0.0, metavar="S",
+                   help="seconds between trials (default 0: back to back). A burst's NAT entries linger "
+                        "(planner/budget.FLOW_LINGER), so back-to-back birthdays publish what is left of "
+                        "the flow budget; a gap past the linger gives every trial a fresh one")
     trio.run(run_agent, p.parse_args(argv))
     return 0
 

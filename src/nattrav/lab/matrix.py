@@ -184,14 +184,15 @@ def _keep(procs: list[subprocess.Popen] | None, proc: subprocess.Popen) -> subpr
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False, shape: Any = None,
              server_layout: str = "two-address", prepare: Any = None, relay: bool = False,
-             server_flags: list[str] | None = None) -> list[TrialResult]:
+             server_flags: list[str] | None = None, gap: float = 0.0) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
     right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
     servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way.
     `prepare(lab)`: called once the lab is up, before the server starts (a test that changes the
     lab's world, never the product's arguments). `relay`: a coturn beside the servers, and the
     rendezvous server hands out credentials for it (the ladder may end at the relay). `server_flags`:
-    more nattrav-server flags (what an operator would type, e.g. a baseline's --no-observe)."""
+    more nattrav-server flags (what an operator would type, e.g. a baseline's --no-observe). `gap`:
+    seconds both agents pause between trials (lab/agent.py --gap)."""
     import os
 
     from .lab import Lab
@@ -218,7 +219,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
-                  "--trials", str(trials), "--trial-timeout", str(trial_timeout)] + (["--tcp"] if tcp else [])
+                  "--trials", str(trials), "--trial-timeout", str(trial_timeout), "--gap", str(gap)] + (["--tcp"] if tcp else [])
         procs, rows = {}, {"a": [], "b": []}
         threads = []
         for role, key in (("listen", "b"), ("connect", "a")):
@@ -227,7 +228,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
             t = threading.Thread(target=_collect, args=(procs[key], rows[key]), daemon=True)
             t.start()
             threads.append(t)
-        errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1))
+        errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1 + gap))
         if turn is not None:
             turn.__exit__(None, None, None)
     for f in files:
