@@ -91,6 +91,12 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.6g}%"
 
 
+def _gist(reason: str, head: int = 160, tail: int = 320) -> str:
+    """A failure reason for a table line: its start (the behaviours) and its end (the rungs tried and
+    what broke); the JSON keeps it whole."""
+    return reason if len(reason) <= head + tail + 5 else f"{reason[:head]} … {reason[-tail:]}"
+
+
 def markdown(table: list[dict], meta: dict) -> str:
     f = (lambda x: "—" if x is None else f"{x:.3f}")  # noqa: E731
     out = [f"# nattrav matrix — {meta['trials']} trials a case, background {meta['background']} ports/s a NAT, "
@@ -112,7 +118,7 @@ def markdown(table: list[dict], meta: dict) -> str:
     failing = [t for t in table if t["expect"] == "feasible" and t["connected"] < t["trials"]]
     out += ["", "## Feasible cases that did not always connect", ""]
     out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
-            f"{t['connected']}/{t['trials']}; {t['failures'][0] if t['failures'] else ''}" for t in failing] or ["- none"]
+            f"{t['connected']}/{t['trials']}; {_gist(t['failures'][0]) if t['failures'] else ''}" for t in failing] or ["- none"]
     wrong = [t for t in table if t["odds_agree"] is False]
     out += ["", "## Stated odds outside the measured interval", ""]
     out += [f"- {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): stated {'≥ ' if t.get('odds_floor') else ''}"

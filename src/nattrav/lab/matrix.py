@@ -351,7 +351,7 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "median_rtt_ms": statistics.median(rtts) if (rtts := [r.rtt_ms for r in ok if r.rtt_ms]) else None,
         "predictions": len(preds), "prediction_hits": len(hits),
         "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
-        "failures": sorted({(r.reason or "")[:200] for r in rows if not r.ok})[:3],
+        "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
     }
 
 
