@@ -18,6 +18,12 @@ def test_wilson_interval_known_values():
     assert wilson(0, 0) == (0.0, 1.0)
 
 
+def test_wilson_bounds_are_exact_at_all_or_none():
+    # 6/6 summed to 0.9999999999999999, so stated odds of 100% read as outside the measured interval
+    for n in range(1, 200):
+        assert wilson(n, n)[1] == 1.0 and wilson(0, n)[0] == 0.0
+
+
 def test_expectations_fold_layers_pools_and_protocols():
     # layers: what the outermost behaviour says, whatever sits inside
     assert expectation("port-restricted+cgn", "symmetric-seq") == "feasible"

@@ -313,7 +313,9 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     d = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / d
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 or n successes a bound is exactly 0 or 1; the float sum lands a hair inside it (6/6 gave
+    # 0.9999999999999999), and stated odds of exactly 1 then read as outside the interval
+    return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
 
 
 def percentile(values: list[float], q: float) -> float | None:
