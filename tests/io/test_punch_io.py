@@ -377,3 +377,38 @@ def test_escalation_waits_scale_with_the_published_round_trips():
     assert escalate_after(session(1.0, 1.0)) == ESCALATE_AFTER
     assert escalate_after(session(None, 0.1)) == ESCALATE_AFTER  # an older peer: as before
     assert escalate_after(session(0.1, "fast")) == ESCALATE_AFTER
+
+
+async def test_an_opener_aims_at_every_address_of_a_pooled_peer():
+    # B's NAT draws each mapping's address from a pool the server saw as 127.0.0.2, .3 and .1 (B is
+    # on .1): A's low-TTL packets go to B's predicted port on every one of them, and the path is up
+    sa, sb = await udp(), await udp()
+    pb_port = sb.getsockname()[1]
+    others = []
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        s = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await s.bind((ip, pb_port))
+        others.append(s)
+    pool = ["127.0.0.2", "127.0.0.3", LO]
+    ra = report(sa, **CONE)
+    # its last mapping was seen on .2, so .1 comes last (on loopback the first answer ends the punch)
+    rb = dataclasses.replace(udp_report("APDM", "APDF", [pb_port - 2, pb_port - 1], times=[0.0, 0.01],
+                                        ip="127.0.0.2", allocation="sequential", delta=1), pool=3, pool_draws=40)
+    plan_a = plan(ra, rb, "first", peer_ip=LO, peer_udp=pool)
+    plan_b = plan(rb, ra, "second", peer_ip=LO, own_udp=pool)
+    assert plan_a.primary.local.opens and plan_a.primary.local.peer_ip == "127.0.0.2"
+    assert plan_a.primary.local.also == ("127.0.0.3", LO)
+    # on loopback nothing dies and B's answer would end the punch at once: B talks a little later
+    plan_b = dataclasses.replace(plan_b, attempts=tuple(
+        dataclasses.replace(a, local=dataclasses.replace(a.local, delay=a.local.delay + 0.2))
+        for a in plan_b.attempts))
+    pa, pb = await run_pair(sa, sb, plan_a, plan_b)
+    assert pa.peer_addr == sb.getsockname() and pb.peer_addr == sa.getsockname()
+    await exchange(pa, pb)
+    for s in others:
+        with trio.fail_after(1):
+            data, addr = await s.recvfrom(2048)
+        assert addr == sa.getsockname() and handshake.decode(data).type is handshake.FrameType.HELLO
+        s.close()
+    await pa.aclose()
+    await pb.aclose()

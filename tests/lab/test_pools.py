@@ -5,7 +5,9 @@ An EIM NAT with "arbitrary" pooling keeps one address per socket, but the punch 
 rendezvous TCP connection's sockets land on different addresses of the pool (2 times in 3 with 3
 addresses): the peer may aim at the punch socket only because the server observed it there too
 (proto/rendezvous/observe.py). A symmetric NAT with an arbitrary pool takes a new address per flow:
-no address of a new mapping can be named, and the plan says so and goes to the relay."""
+no address of a new mapping can be named. With random ports the plan says so and goes to the relay;
+with sequential ports the peer aims its window at every address of the pool the server saw
+(planner/pool.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +57,23 @@ def _told(r, side: str) -> bool:
 
 
 SCATTERED = "symmetric-random,public_ips=4,pooling=arbitrary"
+SCATTERED_SEQ = "symmetric-seq,public_ips=4,pooling=arbitrary"
+
+
+@pytest.mark.parametrize("left, right", [(SCATTERED_SEQ, "port-restricted"), ("port-restricted", SCATTERED_SEQ)])
+def test_a_sequential_nat_with_an_arbitrary_pool_is_aimed_at_on_every_address(left, right):
+    # the pooled side asks (its survey's flows move its counter before the punch) or listens (its
+    # beacon leaves from any address): either way the port-restricted side opens its filter to the
+    # predicted ports on all four addresses the server saw (before: 1 chance in 4, 0/8 in the matrix)
+    require_lab()
+    results = run_pair(left, right, TRIALS, trial_timeout=15)
+    assert all(r.ok for r in results), _summary(results)
+    assert {r.strategy for r in results} == {"predicted"}, _summary(results)
+    for r in results:
+        for side in "ab":  # both sides plan alike
+            reason = r.extra.get(f"plan_reason_{side}") or ""
+            assert "every address the server saw is aimed at" in reason, reason
+        assert r.odds is not None and r.odds > 0.99, r.odds
 
 
 def test_a_symmetric_nat_with_an_arbitrary_pool_is_planned_infeasible_with_the_reason():

@@ -38,19 +38,33 @@ def test_exact_keys_and_version():
         NatReport.from_wire({**w, "one_socket": []})
     with pytest.raises(BadReport, match="missing"):
         NatReport.from_wire({k: v for k, v in w.items() if k != "tcp"})
-    for v in (3, 0, "1", 1.0, True, None):
+    for v in (4, 0, "1", 1.0, True, None):
         with pytest.raises(BadReport, match="version"):
             NatReport.from_wire({**w, "v": v})
     with pytest.raises(BadReport, match="newer nattrav"):
-        NatReport.from_wire({**w, "v": 3})
+        NatReport.from_wire({**w, "v": 4})
     tw = WITH_TCP.to_wire()
     with pytest.raises(BadReport, match="unknown key"):
         NatReport.from_wire({**tw, "tcp": {**tw["tcp"], "public": ["203.0.113.10", 1]}})
 
 
+def test_version_three_only_with_pool_draws():
+    # pool_draws came with version 3, written only by a report that carries it: every other report
+    # stays a 2, which older peers read
+    assert VERSION == 3 and SEQ.to_wire()["v"] == 2
+    pooled = replace(SEQ, pool=4, pool_draws=35)
+    w = pooled.to_wire()
+    assert w["v"] == 3 and w["pool_draws"] == 35 and NatReport.from_wire(w) == pooled
+    with pytest.raises(BadReport, match="pool_draws in a version 2"):
+        NatReport.from_wire({**w, "v": 2})
+    for bad in (0, -1, 4097, True, 3.0, None):
+        with pytest.raises(BadReport):
+            NatReport.from_wire({**w, "pool_draws": bad})
+
+
 def test_version_two_is_written_and_a_version_one_report_still_reads():
     # the optional keys came with version 2: a reader of 1 says "version", not "unknown key pool"
-    assert SEQ.to_wire()["v"] == VERSION == 2
+    assert SEQ.to_wire()["v"] == 2
     old = {k: v for k, v in SEQ.to_wire().items() if k not in ("flows", "pool", "delta_doubt", "background")}
     assert NatReport.from_wire({**old, "v": 1}) == replace(SEQ, flows=DEFAULT_FLOW_BUDGET)
 

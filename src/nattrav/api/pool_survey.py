@@ -12,11 +12,18 @@ allocating peer permits every address the server saw (api/relay.py). The server 
 (return routability: a ticket goes only to the address it names), so nothing the peer merely claims
 gets a permission.
 
+The same addresses let a peer aim a predicted window at every address of the pool (planner/pool.py),
+and the survey's draws are the evidence for the pool's size (NatReport.pool_draws). Each fresh
+socket's flow is a new mapping that takes the next port of a sequential NAT: the caller folds the
+endpoints seen into the punch socket's samples (report.counter_sample), else its next mapping would
+be predicted from before them.
+
 With a pool of n addresses, k fresh sockets miss one of them with probability <= n·(1 - 1/n)^k:
 SOCKETS = 32 leaves 4e-4 for a pool of 4, 3e-2 for one of 6, 0.11 for 8 (observe.MAX_OBSERVED)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -37,26 +44,41 @@ def needs_survey(mapping: Mapping | None, ips: set) -> bool:
     return mapping in (Mapping.ADM, Mapping.APDM) and len(ips) > 1
 
 
+@dataclass
+class Survey:
+    """What a pool survey saw: a ticket per new address (what the server is handed), every public
+    endpoint it saw, and when its requests left (trio time)."""
+
+    new: list = field(default_factory=list)
+    mapped: list = field(default_factory=list)
+    started: float = 0.0
+
+
 async def survey_pool(observe: tuple[str, int], src_ip: str | None, known_ips: list[str],
-                      sockets: int = SOCKETS) -> list[tuple[tuple[str, int], bytes]]:
+                      sockets: int = SOCKETS) -> Survey:
     """(address, ticket) for each public address the observation port saw our fresh sockets on
-    that is not in `known_ips`, at most MAX_OBSERVED - 1 (the punch socket's own keeps its place).
-    Sockets that cannot be opened, or requests not answered, just count for nothing."""
+    that is not in `known_ips`, at most MAX_OBSERVED - 1 (the punch socket's own keeps its place),
+    and every endpoint seen: each fresh socket's flow is a new mapping, which on a sequential NAT
+    takes the next port (report.counter_sample folds them). Sockets that cannot be opened, or
+    requests not answered, just count for nothing."""
     socks: list[Any] = []
+    started = trio.current_time()
     try:
         for _ in range(sockets):
             s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             socks.append(s)
             await s.bind((src_ip or "0.0.0.0", 0))
         jobs = [(s, Transaction(observe_request(), observe, rto=RTO, rc=RC, rm=RM)) for s in socks]
+        started = trio.current_time()
         results = await run_transactions(jobs)
     except OSError:
-        return []
+        return Survey(started=started)
     finally:
         for s in socks:
             s.close()
     found = [ticket_of(r.message, r.mapped) if r is not None and r.ok else None for r in results]
-    return new_addresses(found, known_ips, MAX_OBSERVED - 1)
+    return Survey(new_addresses(found, known_ips, MAX_OBSERVED - 1), [f[0] for f in found if f is not None],
+                  started)
 
 
-__all__ = ["SOCKETS", "needs_survey", "survey_pool"]
+__all__ = ["SOCKETS", "Survey", "needs_survey", "survey_pool"]

@@ -28,13 +28,13 @@ from ..proto.planner.side import DEFAULT_HORIZON
 from ..proto.planner.udp import Plan, plan
 from ..proto.rendezvous.beacon import fold_sample, make_beacon, offer_beacon, session_beacon
 from ..proto.rendezvous.observe import observe_request, ticket_of
-from ..proto.report import MAX_POOL, NatReport, Sample
+from ..proto.report import MAX_POOL, MAX_POOL_DRAWS, PORT_RANGE, NatReport, Sample, counter_sample
 from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
-from ..proto.vocab import Mapping, Role, Strategy
+from ..proto.vocab import Allocation, Mapping, Role, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
-from .pool_survey import needs_survey, survey_pool
+from .pool_survey import Survey, needs_survey, survey_pool
 from .relay import RelayRung
 from .background import running
 from .behavior_cache import BehaviorCache, Key, confirmed
@@ -82,6 +82,7 @@ class Endpoint:
     tickets: list = field(default_factory=list)
     seen_udp: list = field(default_factory=list)
     seen_ips: set = field(default_factory=set)  # every public IP this socket's flows showed (report.pool)
+    seen_draws: int = 0  # the fresh flows those IPs were read from (report.pool_draws)
 
     def take_tickets(self) -> list:
         """The observations to hand to the server with our next info (each once)."""
@@ -188,9 +189,19 @@ async def open_endpoint(
         t0, got = sampled
         seen = _Seen()
         seen.add(got, emit)
+        counter = None
         if observe is not None and needs_survey(behavior.mapping, seen.ips):
-            seen.add_pool(await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp]), emit)
-        report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips))
+            survey = await survey_pool(observe, src_ip, [ip for ip, _ in seen.udp])
+            seen.add_pool(survey, emit)
+            if got.samples and behavior.allocation is Allocation.SEQUENTIAL:
+                # the survey's fresh flows took ports after the last sample: predict from after them
+                after = counter_sample(got.samples[-1], [port for _, port in survey.mapped], behavior.delta,
+                                       PORT_RANGE, round(max(0.0, survey.started - t0), 6))
+                if after is not None:
+                    emit("mapping", {"ports": [after.port], "survey": True, "own": after.own})
+                    counter = after
+        report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips), draws=seen.draws,
+                         counter=counter)
     except BaseException:
         sock.close()
         raise
@@ -198,7 +209,7 @@ async def open_endpoint(
         max_flows = default_flow_budget(hops, (ip for ip, _ in report.host))
     local_ip = behavior.local[0] if behavior.local else sock.getsockname()[0]
     ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip),
-                  seen.tickets, seen.udp, seen.ips)
+                  seen.tickets, seen.udp, seen.ips, seen.draws)
     ep.publish_flows(emit)
     return ep
 
@@ -311,8 +322,9 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     if targets is not None:
         got = await _sample(ep.sock, targets, ep.t0)
         ep.seen_ips |= got.ips
+        ep.seen_draws += len(got.samples)
         ep.report = _report(ep.sock, ep.behavior, got.samples, got.public, on_event or (lambda phase, detail: None),
-                            ep.report, pool=len(ep.seen_ips))
+                            ep.report, pool=len(ep.seen_ips), draws=ep.seen_draws)
         ep.sampled_at = trio.current_time()
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
@@ -426,9 +438,11 @@ class _Seen:
     ips: set = field(default_factory=set)
     tickets: list = field(default_factory=list)
     udp: list = field(default_factory=list)
+    draws: int = 0  # fresh flows whose public address was seen (each a draw from a pool)
 
     def add(self, got: _Sampled, emit: EventHook) -> None:
         self.ips |= got.ips
+        self.draws += len(got.samples) + (got.observed is not None)
         if got.observed is not None:
             addr, _ = got.observed
             self.tickets.append(got.observed)
@@ -436,9 +450,11 @@ class _Seen:
             self.ips.add(addr[0])
             emit("observed", {"udp": list(addr)})
 
-    def add_pool(self, found: list, emit: EventHook) -> None:
+    def add_pool(self, survey: Survey, emit: EventHook) -> None:
         """A pool survey's observations (pool_survey.py), before the punch socket's: the server
         keeps the newest last, and the planners take the last as the punch socket's."""
+        found = survey.new
+        self.draws += len(survey.mapped)
         self.tickets[:0] = found
         self.udp[:0] = [addr for addr, _ in found]
         self.ips |= {addr[0] for addr, _ in found}
@@ -509,14 +525,19 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
 
 
 def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[str, int], emit: EventHook,
-            previous: NatReport | None = None, pool: int = 1) -> NatReport:
-    series = (previous.samples if previous else ()) + tuple(new)
+            previous: NatReport | None = None, pool: int = 1, draws: int = 0,
+            counter: Sample | None = None) -> NatReport:
+    """`counter`: the port counter after our other sockets' flows (report.counter_sample), the series'
+    last sample (not the punch socket's own: the mapping event leaves it out)."""
+    series = (previous.samples if previous else ()) + tuple(new) + ((counter,) if counter else ())
     ports = [s.port for s in new]
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
     # the host candidates are read again at every refresh: a listener's interfaces may change
     return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()),
-                      pool=max(1, min(pool, MAX_POOL)), **({"flows": previous.flows} if previous else {}))
+                      pool=max(1, min(pool, MAX_POOL)), **({"flows": previous.flows} if previous else {}),
+                      # the evidence for the pool's size (planner/pool.py), said only with a pool
+                      **({"pool_draws": max(pool, min(draws, MAX_POOL_DRAWS))} if pool > 1 else {}))
 
 
 async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,

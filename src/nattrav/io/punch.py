@@ -205,7 +205,8 @@ class _Race:
             frame = self.handshake.hello(now_ns())
             sent0 = self.stats["sent"]
             low = ttl if part.opens else None
-            await self._send_many(fresh, frame, part.peer_ip, list(part.targets), part.rate, low)
+            for ip in (part.peer_ip, *part.also):
+                await self._send_many(fresh, frame, ip, list(part.targets), part.rate, low)
             for s in fresh:
                 if id(s) in probes:
                     await self._send_many([s], frame, part.peer_ip, probes[id(s)], part.rate, low)
@@ -236,7 +237,7 @@ class _Race:
                      else {})
         deadline = trio.current_time() + attempt.timeout
         rounds = 1_000_000 if part.packets <= 4096 else 2
-        pending: list[tuple[list[int], list[int]]] = []  # burst chunks still to fire this round
+        pending: list[tuple[str, list[int], list[int]]] = []  # (address, sockets, ports) still to fire this round
         while trio.current_time() < deadline:
             if not pending and rounds > 0:
                 rounds -= 1
@@ -249,15 +250,16 @@ class _Race:
                     ports.extend(own)
                 # Fire in chunks and look for a hit between them: a big burst is bounded by how fast
                 # the NAT creates flows, and the matching slot is usually an early one.
-                pending = [(src[k:k + BURST_CHUNK], ports[k:k + BURST_CHUNK])
-                           for k in range(0, len(src), BURST_CHUNK)]
+                pending = [(ip, src[k:k + BURST_CHUNK], ports[k:k + BURST_CHUNK])
+                           for ip in (part.peer_ip, *part.also) for k in range(0, len(src), BURST_CHUNK)]
                 # the STUN socket takes part too (sends its share at the same TTL rules)
-                await self._send_many([self.sock], frame, part.peer_ip, list(part.targets), part.rate,
-                                      self.low_ttl if part.opens else None)
+                for ip in (part.peer_ip, *part.also):
+                    await self._send_many([self.sock], frame, ip, list(part.targets), part.rate,
+                                          self.low_ttl if part.opens else None)
             wait = min(part.interval, max(0.0, deadline - trio.current_time()))
             if pending:
-                chunk_src, chunk_ports = pending.pop(0)
-                await coord.fire(Burst(chunk_src, part.peer_ip, chunk_ports, frame, rate=part.rate or None,
+                chunk_ip, chunk_src, chunk_ports = pending.pop(0)
+                await coord.fire(Burst(chunk_src, chunk_ip, chunk_ports, frame, rate=part.rate or None,
                                        ttl=self.low_ttl if part.opens else None))
                 self.stats["sent"] += coord.last_fire.sent
                 tried["sent"] += coord.last_fire.sent

@@ -37,8 +37,10 @@ from .vocab import Allocation, Filtering, Mapping
 
 # 2: the optional keys (flows, pool, delta_doubt, background) are part of the format. A reader of 1
 # refuses them as unknown keys; with 2 it says instead that the peer runs a newer format.
-VERSION = 2
-READS = (1, 2)  # a version-1 report is read with every optional key at its default
+# 3: pool_draws. Written only by a report that carries it (a side whose flows showed an address
+# pool): every other report stays a 2, which older peers read.
+VERSION = 3
+READS = (1, 2, 3)  # a version-1 report is read with every optional key at its default
 PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
 MAX_SAMPLES = 64  # the punch socket's mappings (api sends four)
 MAX_TCP_SAMPLES = 16
@@ -133,6 +135,10 @@ class NatReport:
     # an address of its pool per flow (RFC 4787 §4.1). Only ever the peer's word against itself: it
     # can make the plan for the pair harder, never aim a packet anywhere.
     pool: int = 1
+    # how many fresh flows showed those addresses (the punch socket's observation and samples, the
+    # pool survey's sockets): with `pool` the evidence for the pool's size (planner/pool.py). None:
+    # not said (an older peer), read as `pool` draws, the weakest evidence.
+    pool_draws: int | None = None
     # P(the published Δ is a multiple of the NAT's true step), from every gap discovery saw
     # (predict.delta_posterior); None: not assessed (an older peer), the planner then weighs the
     # samples above alone. The peer's word, like its Δ and samples.
@@ -143,13 +149,14 @@ class NatReport:
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack- and JSON-safe map (plain str, int, float, list, None)."""
-        return {"v": VERSION, "mapping": _value(self.mapping), "filtering": _value(self.filtering),
+        return {"v": VERSION if self.pool_draws is not None else 2, "mapping": _value(self.mapping), "filtering": _value(self.filtering),
                 "allocation": _value(self.allocation), "delta": self.delta,
                 "public": None if self.public is None else list(self.public),
                 "samples": [[s.port, s.t, s.own] for s in self.samples],
                 "port_range": list(self.port_range), "host": [list(h) for h in self.host],
                 "flows": self.flows, "tcp": None if self.tcp is None else self.tcp.to_wire(),
                 **({"pool": self.pool} if self.pool != 1 else {}),
+                **({"pool_draws": self.pool_draws} if self.pool_draws is not None else {}),
                 **({"delta_doubt": self.delta_doubt} if self.delta_doubt is not None else {}),
                 **({"background": [self.background.extra, self.background.exposure]}
                    if self.background is not None else {})}
@@ -182,11 +189,35 @@ def samples_from_bindings(bindings: Iterable[Any]) -> tuple[Sample, ...]:
     return tuple(out)
 
 
+def counter_sample(last: Sample, ports: Iterable[int], delta: int | None, port_range: tuple[int, int],
+                   t: float | None) -> Sample | None:
+    """The NAT's port counter after our other sockets' fresh flows (a pool survey's, api/pool_survey.py),
+    as a sample that follows `last`: without it the punch socket's next mapping would be predicted
+    from before those flows, each of which took the next port of a sequential NAT. The furthest of
+    their `ports` ahead of `last` on Δ's grid is where the counter stands; the others are our own
+    mappings in between (Sample.own), not background. None when no port fits the grid (the NAT is not
+    sequential with this Δ, or every answer was lost): nothing is folded."""
+    if not delta or delta <= 0:
+        return None
+    lo, hi = port_range
+    span = hi - lo + 1
+    ahead = sorted({(p - last.port) % span for p in ports if lo <= p <= hi})
+    steps = [g // delta for g in ahead if g and g % delta == 0]
+    # our own flows and a little background: further ahead is not our counter (wrapped, or random)
+    steps = [k for k in steps if k <= 2 * len(ahead) + 64]
+    if not steps:
+        return None
+    far = max(steps)
+    t = t if t is None or last.t is None or t >= last.t else last.t
+    return Sample(lo + (last.port - lo + far * delta) % span, t, len(steps) - 1)
+
+
 # --- the schema ----------------------------------------------------------------------------------
 
 _KEYS = {"v", "mapping", "filtering", "allocation", "delta", "public", "samples", "port_range", "host", "tcp"}
-_OPTIONAL_KEYS = {"flows", "pool", "delta_doubt", "background"}  # absent in an older peer's report: read as the default
+_OPTIONAL_KEYS = {"flows", "pool", "pool_draws", "delta_doubt", "background"}  # absent in an older peer's report: read as the default
 MAX_POOL = 256
+MAX_POOL_DRAWS = 4096
 _TCP_KEYS = {"local", "samples", "filtering", "port_range", "window", "horizon", "history", "host"}
 
 
@@ -205,6 +236,8 @@ def _from_wire(w: Any) -> NatReport:
         newer = type(w["v"]) is int and w["v"] > VERSION
         raise BadReport(f"report version {cut(w['v'])}, this side reads {' and '.join(map(str, READS))}"
                         + (" (the peer runs a newer nattrav: upgrade this side)" if newer else ""))
+    if "pool_draws" in w and w["v"] < 3:
+        raise BadReport(f"pool_draws in a version {w['v']} report")
     samples = _list(w["samples"], MAX_SAMPLES, "samples")
     return NatReport(
         mapping=_word(Mapping, w["mapping"], "mapping"),
@@ -218,6 +251,7 @@ def _from_wire(w: Any) -> NatReport:
         flows=_int(w["flows"], 1, FLOW_TABLE_CAP, "flows") if "flows" in w else DEFAULT_FLOW_BUDGET,
         tcp=None if w["tcp"] is None else _tcp_from_wire(w["tcp"]),
         pool=_int(w["pool"], 1, MAX_POOL, "pool") if "pool" in w else 1,
+        pool_draws=_int(w["pool_draws"], 1, MAX_POOL_DRAWS, "pool_draws") if "pool_draws" in w else None,
         delta_doubt=_probability(w["delta_doubt"], "delta_doubt") if "delta_doubt" in w else None,
         background=_history(w["background"], "background") if "background" in w else None,
     )
@@ -357,4 +391,4 @@ def _value(v: Any) -> Any:
 
 
 __all__ = ["History", "MAX_HOSTS", "MAX_SAMPLES", "MAX_TCP_SAMPLES", "NatReport", "PORT_RANGE", "Sample", "TcpReport",
-           "READS", "TcpSample", "VERSION", "samples_from_bindings"]
+           "READS", "TcpSample", "VERSION", "counter_sample", "samples_from_bindings"]

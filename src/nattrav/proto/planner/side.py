@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from ...errors import BadReport
 from .. import predict as _predict
+from . import pool as _pool
 from ..predict import Kind, Prediction
 from ..report import NatReport
 from .budget import DEFAULT_FLOW_BUDGET
@@ -27,6 +28,10 @@ class Side:
     prediction: Prediction
     port_range: tuple[int, int]
     budget: int = DEFAULT_FLOW_BUDGET  # new flows this side's part may open on its own NATs (its report's)
+    # A NAT that draws each new mapping's address from a pool (pool.py): the other addresses the
+    # server saw this side on, aimed at beside `ip`, and the evidence (distinct addresses, draws)
+    aim: tuple[str, ...] = ()
+    pool: tuple[int, int] = (1, 1)
 
     @property
     def kind(self) -> Kind:
@@ -62,6 +67,21 @@ class Side:
         """P(this side's step Δ is the one fitted), when its ports are predicted on Δ's grid
         (predict.delta_posterior); 1 when nothing is predicted on a grid."""
         return self.prediction.delta_confidence if self.sequential else 1.0
+
+    @property
+    def scattered(self) -> bool:
+        """Its flows showed several public addresses for one socket: each new mapping draws one."""
+        return self.pool[0] > 1
+
+    def reach(self, aimed: int) -> float:
+        """P(this side's next mapping leaves from one of the first `aimed` of its addresses (`ip`,
+        then `aim`)): 1 for a NAT that keeps one address."""
+        return _pool.reach(aimed, *self.pool) if self.scattered else 1.0
+
+    def addresses(self, sender: Side) -> tuple[str, ...]:
+        """Where `sender` aims at this side: every address of its pool the server saw, unless each
+        of sender's packets to a new address is a new mapping that moves its own predicted ports."""
+        return (self.ip, *self.aim) if self.aim and not sender.consumes else (self.ip,)
 
     @property
     def span(self) -> int:

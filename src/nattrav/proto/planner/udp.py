@@ -35,6 +35,7 @@ from .odds import (
     size_predicted,
     stride,
 )
+from . import pool as _pool
 from .lan import LAN_HEAD_START, LAN_INTERVAL, LAN_ROUNDS, lan_targets
 from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
 from .schedule import RAMP_MAX_PACKETS, gap_after, ramp
@@ -73,6 +74,9 @@ class Part:
     rate: float = 0.0  # packets per second for the big bursts, 0 = as fast as possible
     spread: bool = False  # every socket sends its own random_probes (else only the STUN socket)
     ramp: tuple[float, ...] = ()
+    # more addresses of the peer that get the same targets: the other addresses of its pool the
+    # server saw (pool.py; a NAT that draws each new mapping's address from its pool)
+    also: tuple[str, ...] = ()
 
     def gap(self, round_no: int) -> float:
         """Seconds to wait after round `round_no` (0 = the first)."""
@@ -80,7 +84,8 @@ class Part:
 
     @property
     def packets(self) -> int:
-        return self.sockets * len(self.targets) + self.random_probes * (self.sockets if self.spread else 1)
+        return (self.sockets * len(self.targets) * (1 + len(self.also))
+                + self.random_probes * (self.sockets if self.spread else 1))
 
     @property
     def flows(self) -> int:
@@ -126,7 +131,7 @@ class Plan:
         """A JSON/msgpack-safe view for --json output, logs and the demo."""
 
         def part(p: Part) -> dict[str, Any]:
-            return {"peer_ip": p.peer_ip, "opens_low_ttl": p.opens, "sockets": p.sockets,
+            return {"peer_ip": p.peer_ip, "also": list(p.also), "opens_low_ttl": p.opens, "sockets": p.sockets,
                     "targets": len(p.targets), "first_targets": list(p.targets[:8]),
                     "random_probes": p.random_probes, "packets": p.packets, "delay": p.delay,
                     "ramp": list(p.ramp)}
@@ -146,13 +151,15 @@ class Plan:
 
     def failure_message(self) -> str:
         lan = self.params.get("lan_targets")
+        aimed = self.params.get("address_pool_aimed", {})
         return (f"no path: local NAT is {self.local.describe()}; remote NAT is {self.remote.describe()}; "
                 f"{self.strategy.value} had {self.odds:.2%} odds"
                 + (f" {_budgets(self.local, self.remote)}" if STRATEGIES[self.strategy].burst else "")
                 + (f"; the peer's LAN address(es) {', '.join(f'{h}:{p}' for h, p in lan)} did not answer"
                    if lan else "")
                 + "".join(f"; the {who} punch socket's flows left from {n} public addresses (an address "
-                          "pool, RFC 4787 §4.1): a new mapping's address cannot be aimed at"
+                          "pool, RFC 4787 §4.1): " + (f"the plan aimed at the {aimed[who]} the server saw"
+                                                      if who in aimed else "a new mapping's address cannot be aimed at")
                           for who, n in self.params.get("address_pool_sizes", {}).items())
                 + ("" if self.feasible else "; a relay (TURN) is needed for this pair"))
 
@@ -207,6 +214,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         fallback = peer_udp[-1] if peer_udp else peer_ip
         reported, remote = remote.ip, replace(remote, ip=str(ipaddress.ip_address(fallback)))
     pools = {"local": _addresses(local_report, own_udp), "remote": _addresses(remote_report, peer_udp)}
+    local = _pooled(local, local_report, pools["local"][1], own_udp)
+    remote = _pooled(remote, remote_report, pools["remote"][1], peer_udp)
     first, second = (local, remote) if role == "first" else (remote, local)
     kw = dict(target=target, max_sockets=max_sockets, birthday_sockets=birthday_sockets,
               max_window=max_window, best_effort_flows=best_effort_flows)
@@ -232,7 +241,7 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     reason = explain(best.strategy, local, remote, best) + assumed
     scattered = {who: seen for who, seen in pools.items() if seen[1] > 1}
     if scattered:
-        attempts, best, feasible, why = _scattered(attempts, best, scattered, local, remote)
+        attempts, best, feasible, why = _scattered(attempts, best, scattered, local, remote, target)
         reason += why
     if best.odds < target and STRATEGIES[best.strategy].burst:
         reason += "; " + _budgets(local, remote)
@@ -266,6 +275,11 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         # per scattered side: the addresses seen by name, and how many its flows showed in all
         params["address_pools"] = {who: list(ips) for who, (ips, _) in scattered.items()}
         params["address_pool_sizes"] = {who: n for who, (_, n) in scattered.items()}
+        # per scattered side the best attempt aims at every address of: how many
+        aimed = {who: 1 + len(x.aim) for who, x in (("local", local), ("remote", remote))
+                 if who in scattered and x.aim and any(p.peer_ip == x.ip and p.also for p in (best.local, best.remote))}
+        if aimed:
+            params["address_pool_aimed"] = aimed
     if lan:
         params["lan_targets"] = [[a.local.peer_ip, a.local.targets[0]] for a in lan if a.local.targets]
     return Plan(best.strategy, feasible, reason, best.odds, role, local, remote, tuple(attempts),
@@ -280,15 +294,34 @@ def _addresses(report: NatReport, observed: Sequence[str]) -> tuple[tuple[str, .
     return ips, max(len(ips), report.pool)
 
 
+def _pooled(side: Side, report: NatReport, distinct: int, observed: Sequence[str]) -> Side:
+    """`side` with its pool (pool.py) when its flows showed several addresses: aimed at from the
+    newest address the server saw its punch socket on (or the one already chosen, when the server
+    saw it there too), and at the other addresses the server saw; never at one the report merely
+    names."""
+    if distinct <= 1:
+        return side
+    seen = tuple(dict.fromkeys(str(ipaddress.ip_address(ip)) for ip in observed))
+    primary = side.ip if not seen or side.ip in seen else seen[-1]
+    return replace(side, ip=primary, aim=tuple(ip for ip in seen if ip != primary),
+                   pool=(distinct, max(report.pool_draws or 0, distinct)))
+
+
+# the strategies whose builders aim at every address of a scattered side's pool (Side.addresses)
+_POOL_AWARE = {Strategy.PREDICTED, Strategy.ADDRESS_OPEN, Strategy.LAN}
+
+
 def _scattered(attempts: list[Attempt], best: Attempt, scattered: dict[str, tuple[tuple[str, ...], int]],
-               local: Side, remote: Side) -> tuple[list[Attempt], Attempt, bool, str]:
+               local: Side, remote: Side, target: float) -> tuple[list[Attempt], Attempt, bool, str]:
     """The plan for a pair where a side's NAT gave one socket's flows different public addresses: an
     address pool with "arbitrary" pooling (RFC 4787 §4.1) and a mapping per destination, so each new
     flow may leave from any address of the pool and nobody can name the address of the mapping that
-    flow makes. What still works: the scattered side talks first to a peer that is reachable unasked
-    (DIRECT), whose answers go back to wherever the packets came from. Everything else aims at a
-    new mapping of the scattered side (or opens a filter to its address) on the assumption that it
-    leaves from the address the server saw: at best one chance in the number of addresses seen."""
+    flow makes. What works whatever the address: the scattered side talks first to a peer that is
+    reachable unasked (DIRECT), whose answers go back to wherever the packets came from. Next best:
+    its ports are predictable and the peer aims at every address of the pool the server saw
+    (PREDICTED, ADDRESS_OPEN: their builders spread, and count the chance that the new mapping
+    leaves from one of those, pool.py). Everything else aims at the one address the server saw
+    last: at best one chance in the pool's size."""
     sides = {"local": local, "remote": remote}
     seen = "; ".join(f"the {who} punch socket's flows left from {n} addresses (seen: {', '.join(ips)})"
                      for who, (ips, n) in scattered.items())
@@ -299,14 +332,33 @@ def _scattered(attempts: list[Attempt], best: Attempt, scattered: dict[str, tupl
         return (direct, direct[0], True,
                 f"; {seen} (an address pool, RFC 4787 §4.1): only the direct attempt is kept, where "
                 "that side talks first and the answers go back to the address its packets came from")
+
+    def lone(a: Attempt) -> Attempt:
+        if a.strategy in _POOL_AWARE:
+            return a
+        return replace(a, odds=a.odds * math.prod(x.reach(1) for x in sides.values()))
+
+    attempts = [lone(a) for a in attempts]
+    best = attempts[0]
+    feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
+    spread = [(who, x) for who, x in sides.items() if x.scattered and
+              any(p.also and p.peer_ip == x.ip for p in (best.local, best.remote))]
+    if spread:
+        said = "; ".join(
+            f"the {who} side's next mapping leaves from one of the {1 + len(x.aim)} addresses the server "
+            f"saw with probability {x.reach(1 + len(x.aim)):.2%} ({_pool.size_words(*x.pool)})"
+            for who, x in spread)
+        return (attempts, best, feasible,
+                f"; {seen}: an address pool with arbitrary pooling and a mapping per destination "
+                f"(RFC 4787 §4.1), so a new mapping may leave from any address of it: the ports stay "
+                f"predictable and every address the server saw is aimed at; {said} (in the odds, "
+                f"{best.odds:.2%})" + ("" if feasible else "; infeasible without a relay"))
     n = max(count for _, count in scattered.values())
-    best = replace(best, odds=best.odds / n)
-    attempts = [best] + attempts[1:]
-    return (attempts, best, False,
+    return (attempts, best, feasible,
             f"; but {seen}: an address pool with arbitrary pooling and a mapping per destination "
             f"(RFC 4787 §4.1), so the address of a new mapping cannot be known: the plan assumes it "
             f"leaves from the address the server saw, at most 1 chance in {n} "
-            f"(odds {best.odds:.2%}); infeasible without a relay")
+            f"(odds {best.odds:.2%})" + ("" if feasible else "; infeasible without a relay"))
 
 
 def _budgets(local: Side, remote: Side) -> str:
@@ -431,34 +483,41 @@ def _simultaneous(first: Side, second: Side) -> Attempt:
 
 def _address_open(opener: Side, other: Side) -> Attempt:
     # One low-TTL packet to any port of the peer's IP opens an ADF filter for every port of it; the
-    # peer then sends from its STUN socket, whatever port its NAT picks.
+    # peer then sends from its STUN socket, whatever port its NAT picks (and whatever address of
+    # its pool: one packet to each the server saw).
+    ips = other.addresses(opener)
     return Attempt(Strategy.ADDRESS_OPEN,
-                   Part(other.ip, (other.next_port(0),), opens=True, interval=0.1),
+                   Part(other.ip, (other.next_port(0),), opens=True, interval=0.1, also=ips[1:]),
                    _talker(opener.ip, (opener.port,), interval=0.1),
-                   odds=1.0, timeout=2.0)
+                   odds=other.reach(len(ips)), timeout=2.0)
 
 
 def _predicted(first: Side, second: Side, target: float, max_window: int) -> Attempt:
     choices = []
     for opener, other, swap in ((first, second, False), (second, first, True)):
-        # each probe of a window is a flow on the prober's own NAT
-        n_open, n_other, odds = size_predicted(opener, other, target, min(max_window, opener.budget),
-                                               min(max_window, other.budget))
+        # each probe of a window is a flow on the prober's own NAT, once per address it aims at (a
+        # scattered peer's pool: Side.addresses), so a window is at most the budget over those
+        at_other, at_opener = other.addresses(opener), opener.addresses(other)
+        n_open, n_other, odds = size_predicted(opener, other, target,
+                                               max(1, min(max_window, opener.budget // len(at_other))),
+                                               max(1, min(max_window, other.budget // len(at_opener))))
         # the windows are sized as if each Δ were right; they are on the wrong grid when it is not
-        # (a lower bound: a misread grid may still meet now and then)
-        odds *= opener.delta_confidence * other.delta_confidence
+        # (a lower bound: a misread grid may still meet now and then); and they meet only where a
+        # scattered side's new mapping leaves from an address aimed at
+        odds *= (opener.delta_confidence * other.delta_confidence
+                 * other.reach(len(at_other)) * opener.reach(len(at_opener)))
         m = stride(opener, other)
         open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
         other_targets = ((opener.port,) if opener.fixed
                          else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
         a = Attempt(Strategy.PREDICTED,
-                    Part(other.ip, open_targets, opens=True, interval=0.25),
-                    _talker(opener.ip, other_targets, interval=0.25, big_delay=0.05),
+                    Part(other.ip, open_targets, opens=True, interval=0.25, also=at_other[1:]),
+                    replace(_talker(opener.ip, other_targets, interval=0.25, big_delay=0.05), also=at_opener[1:]),
                     odds=odds, timeout=3.0)
         # Cheaper first; then the plan that sends fewer packets to unopened ports (the opener's
         # window should be the big one); then the rendezvous' "first" opens.
-        unsolicited = len(other_targets) - 1
-        choices.append(((-round(odds, 6), len(open_targets) + len(other_targets), unsolicited, swap),
+        unsolicited = len(other_targets) * len(at_opener) - 1
+        choices.append(((-round(odds, 6), a.local.packets + a.remote.packets, unsolicited, swap),
                         _maybe_swap(a, swap)))
     choices.sort(key=lambda c: c[0])
     return choices[0][1]

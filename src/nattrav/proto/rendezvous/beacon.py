@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..report import MAX_SAMPLES, NatReport, Sample
+from ..vocab import Allocation
 from .observe import _norm_ip
 
 MAGIC = b"NTB1"  # first byte 0x4E: never a STUN message (whose first two bits are 0)
@@ -201,15 +202,18 @@ def session_beacon(info: Any) -> tuple[tuple[str, int], float | None] | None:
 def fold_sample(report: NatReport, seen: tuple[str, int], at: float | None) -> NatReport:
     """`report` with the beacon's port as its newest sample: what both peers plan on (each folds the
     same server-seen sample into the listener's report, so their plans agree). Only on the IP the
-    report's samples show: another IP (a pool's) says nothing about the next port there, and the
-    report is left as it was. The sample's time is the listener's word, kept in order."""
+    report's samples show: another IP says nothing about the next port there, and the report is left
+    as it was -- unless the report's own flows showed a pool (NatReport.pool) on a sequential NAT:
+    its samples and survey already read one port counter across the pool's addresses (the plan for
+    it assumes so), and the beacon's flow took the next port of that counter whatever its address.
+    The sample's time is the listener's word, kept in order."""
     if report.public is None or not report.samples:
         return report
     try:
         same = _norm_ip(report.public[0]) == seen[0]
     except ValueError:
         return report
-    if not same:
+    if not same and not (report.pool > 1 and report.allocation is Allocation.SEQUENTIAL):
         return report
     last = report.samples[-1].t
     t = None if last is None else (at if at is not None and at >= last else last)
