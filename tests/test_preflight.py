@@ -123,7 +123,7 @@ async def _serve(nursery) -> tuple[RendezvousServer, tuple[str, int]]:
 async def test_the_rendezvous_client_enrolls_on_the_early_socket(nursery):
     state, (host, port) = await _serve(nursery)
     assert preconnect.begin(host, port)
-    early = preconnect._pending
+    early = preconnect._slot.held
     local = early.sock.getsockname()
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me) as client:
@@ -143,7 +143,7 @@ async def test_tls_runs_over_the_adopted_connection(nursery, tmp_path):
     host, port = await nursery.start(lambda task_status: serve_rendezvous(
         "127.0.0.1", 0, state=state, ssl_context=server_context(cert, key), task_status=task_status))
     assert preconnect.begin(host, port)
-    local = preconnect._pending.sock.getsockname()
+    local = preconnect._slot.held.sock.getsockname()
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me, tls=client_context(cert)) as client:
         assert client._link.stream.transport_stream.socket.getsockname() == local
@@ -156,7 +156,7 @@ async def test_an_early_connect_to_another_server_is_closed_and_the_ordinary_one
     await other.bind(("127.0.0.1", 0))
     other.listen()
     assert preconnect.begin("127.0.0.1", other.getsockname()[1])
-    early = preconnect._pending
+    early = preconnect._slot.held
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me) as client:
         assert client.connected and state.peers[me.peer_id.text].conn is not None
@@ -172,7 +172,7 @@ async def test_an_early_connect_to_another_server_is_closed_and_the_ordinary_one
 async def test_a_local_address_is_a_mismatch_too(nursery):
     state, (host, port) = await _serve(nursery)
     assert preconnect.begin(host, port)
-    early = preconnect._pending
+    early = preconnect._slot.held
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me, local_address="127.0.0.1") as client:
         assert client.connected
