@@ -121,22 +121,32 @@ def early_server(argv: list[str]) -> tuple[str, int] | None:
     return _literal(seen.get("-s"), RENDEZVOUS_PORT)
 
 
-def early_punch(argv: list[str]) -> tuple[str | None, tuple[str, int], tuple[str, int]] | None:
-    """(local IP or None, STUN server, rendezvous server) where a UDP connect's punch socket will
-    sample, when early_server() reads the command line and nothing rules the warm path's sampling
-    out: a TCP connect (--tcp), no cache (--no-cache), a fixed local port (-p), a STUN server or
-    local IP that is not an IPv4 literal (the punch socket is IPv4). None otherwise."""
+def early_stun(argv: list[str]) -> tuple[str | None, tuple[str, int]] | None:
+    """(local IP or None, STUN server) where discovery will run, when early_server() reads the
+    command line and both are IPv4 literals (-H, else the rendezvous host's STUN port; -i). None
+    otherwise."""
     server = early_server(argv)
     seen = _read_argv(argv)
-    if server is None or seen is None or "--tcp" in seen or "--no-cache" in seen:
-        return None
-    if int(seen.get("-p") or 0) != 0:
+    if server is None or seen is None:
         return None
     stun = _literal(seen["-H"], STUN_PORT) if "-H" in seen else (server[0], STUN_PORT)
     src_ip = seen.get("-i")
-    if stun is None or ":" in stun[0] or ":" in server[0] or (src_ip is not None and not _ipv4(src_ip)):
+    if stun is None or ":" in stun[0] or (src_ip is not None and not _ipv4(src_ip)):
         return None
-    return src_ip, stun, server
+    return src_ip, stun
+
+
+def early_punch(argv: list[str]) -> tuple[str | None, tuple[str, int], tuple[str, int]] | None:
+    """(local IP or None, STUN server, rendezvous server) where a UDP connect's punch socket will
+    sample, when early_stun() reads the command line and nothing rules the warm path's sampling
+    out: a TCP connect (--tcp), no cache (--no-cache), a fixed local port (-p), a rendezvous server
+    that is not an IPv4 literal (the punch socket is IPv4). None otherwise."""
+    found, server, seen = early_stun(argv), early_server(argv), _read_argv(argv)
+    if found is None or server is None or seen is None or "--tcp" in seen or "--no-cache" in seen:
+        return None
+    if int(seen.get("-p") or 0) != 0 or ":" in server[0]:
+        return None
+    return found[0], found[1], server
 
 
 def _ipv4(text: str) -> bool:
@@ -152,8 +162,9 @@ def _ipv4(text: str) -> bool:
 def preflight(argv: list[str]) -> bool:
     """Before the imports: start the TCP connect to the rendezvous server named in `argv` (see
     early_server, io/preconnect.py) and, when the behaviour cache says where a warm connect will
-    sample, send its first STUN requests (early_punch, io/presample.py). True when the connect is
-    in flight. Never raises: any trouble leaves the ordinary path alone."""
+    sample, send its first STUN requests (early_punch, io/presample.py); else the cold connect's
+    first discovery requests (early_stun, io/prediscover.py). True when the connect is in flight.
+    Never raises: any trouble leaves the ordinary path alone."""
     try:
         target = early_server(argv)
         if target is None:
@@ -174,6 +185,14 @@ def preflight(argv: list[str]) -> bool:
             other = presample.cached_second_address(read_doc(default_path()), local, stun) if local else None
             if other is not None:
                 presample.begin(src_ip, stun, observe, other)
+                return started
+        # no warm sampling: the connect discovers (a cache entry without its hop trace may still
+        # spare it that; then discover() never takes the early requests and they are closed)
+        cold = early_stun(argv)
+        if cold is not None:
+            from ..io import prediscover
+
+            prediscover.begin(*cold)
     except Exception:
         pass
     return started
@@ -190,4 +209,4 @@ def fast() -> None:
     entry()
 
 
-__all__ = ["early_punch", "early_server", "fast", "preflight", "startup_begin", "startup_done"]
+__all__ = ["early_punch", "early_server", "early_stun", "fast", "preflight", "startup_begin", "startup_done"]
