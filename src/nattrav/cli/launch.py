@@ -22,11 +22,18 @@ _paused = False  # did startup_begin() turn the collector off (and so may startu
 
 
 def startup_begin() -> None:
-    """The collector off for the imports that follow (if it was on)."""
+    """The collector off for the imports that follow (if it was on), and the generated methods'
+    bytecode from the last run (codecache.py)."""
     global _paused
     if gc.isenabled():
         gc.disable()
         _paused = True
+    try:
+        from .. import codecache
+
+        codecache.install()
+    except Exception:  # a cache that fails costs nothing but itself
+        pass
 
 
 def startup_done() -> None:
