@@ -44,6 +44,14 @@ out = {
     "code": [Point.__init__.__code__.co_code.hex(), Pair.__init__.__code__.co_code.hex(),
              Point.__eq__.__code__.co_code.hex()],
 }
+import linecache
+def fresh(fn):  # the function as compiling attrs' text afresh makes it (attrs keeps the text in linecache)
+    name = fn.__code__.co_filename
+    module = compile("".join(linecache.getlines(name)), name, "exec", __import__("__future__").annotations.compiler_flag, True)
+    return next(c for c in module.co_consts if getattr(c, "co_name", None) == fn.__name__)
+hashed = Pair.__hash__.__code__
+out["attrs_exact"] = [hashed == fresh(Pair.__hash__), hashed.co_linetable == fresh(Pair.__hash__).co_linetable,
+                      Pair.__init__.__code__ == fresh(Pair.__init__)]
 if "--save" in sys.argv:
     out["saved"] = codecache.save()
 print(json.dumps(out))
@@ -61,17 +69,28 @@ def _run(tmp_path, *, install: bool, save: bool = False, env_extra: dict | None 
 
 
 def test_a_second_start_compiles_nothing_and_makes_the_same_classes(tmp_path):
-    plain = _run(tmp_path, install=False)
-    first = _run(tmp_path, install=True, save=True)
+    seed = {"PYTHONHASHSEED": "7"}  # attrs' __hash__ text holds a number from it (next test)
+    plain = _run(tmp_path, install=False, env_extra=seed)
+    first = _run(tmp_path, install=True, save=True, env_extra=seed)
     assert first["installed"] and first["new"] > 0 and first["saved"] is True
-    second = _run(tmp_path, install=True, save=True)
-    # all but attrs' hashable classes (a per-process random number in their __hash__ text)
+    second = _run(tmp_path, install=True, save=True, env_extra=seed)
     assert second["new"] == 0 and second["used"] == first["used"]
     assert second["saved"] is False  # nothing worth a new file
     for got in (first, second):
-        for field in ("repr", "eq", "frozen", "annotations", "code"):
+        for field in ("repr", "eq", "frozen", "annotations", "code", "attrs_exact"):
             assert got[field] == plain[field], field
     assert plain["eq"] == [True, True, True] and plain["frozen"]
+
+
+def test_attrs_hash_number_changes_with_the_hash_seed_and_the_code_is_still_exact(tmp_path):
+    """attrs writes a per-process random number into a hashable class's __hash__ text: the table
+    keeps one text per length of it and puts the number back, the code equal to compiling the
+    text itself (its position table too)."""
+    runs = [_run(tmp_path, install=True, save=True, env_extra={"PYTHONHASHSEED": seed}) for seed in ("1", "1", "2")]
+    assert runs[1]["new"] == 0  # the same number: nothing compiled
+    for got in runs:
+        assert got["attrs_exact"] == [True, True, True]
+        assert got["eq"] == [True, True, True]
 
 
 def test_a_file_from_another_python_or_damaged_is_ignored(tmp_path):

@@ -2,11 +2,12 @@
 
 @dataclass and attrs write each class's __init__, __repr__, __eq__, ... as source text and compile
 it when the class is made, at every import: a nattrav-fast start makes ~50 dataclasses of ours,
-~80 attrs classes of Trio's and aioquic's dataclasses, and compiling their ~400 generated functions
+~50 attrs classes of Trio's and aioquic's dataclasses, and compiling their ~400 generated functions
 was ~35 ms of its ~0.22 s of CPU at zero delay (issue 13), where the rest of the module code comes
 from .pyc files. Python keeps no bytecode for such text, so this module does: while it is
 installed, those two compile steps look the text up in a table (the exact source, file name, mode
-and compiler flags: the same input gives the same code object) and compile only what is new;
+and compiler flags: the same input gives the same code object; attrs' one varying number aside,
+_compile_seeded) and compile only what is new;
 `save()` writes the table beside the package's own bytecode, by the rules Python keeps for .pyc
 files there (its __pycache__, named for this interpreter, the importlib magic number first: another
 Python's file is never read; nothing is written under PYTHONDONTWRITEBYTECODE). A file that cannot
@@ -31,8 +32,6 @@ _used: set = set()  # the keys this process asked for: what a saved table keeps
 _known_files: set = set()  # the file names the table read had
 _new = 0  # entries this process compiled that are worth a new file (see _compile)
 _installed = False
-
-
 _path: str | None = None  # the table's file once installed
 
 
@@ -50,7 +49,7 @@ def _magic() -> bytes:
     return importlib.util.MAGIC_NUMBER
 
 
-def _compile(source: str, filename: str, mode: str, flags: int):
+def _compile(source: str, filename: str, mode: str, flags: int, variant: bool = False):
     global _new
     key = (source, filename, mode, flags)
     _used.add(key)
@@ -58,10 +57,10 @@ def _compile(source: str, filename: str, mode: str, flags: int):
     if code is None:
         code = compile(source, filename, mode, flags, dont_inherit=True)
         _codes[key] = code
-        # a class the table did not know is worth writing it again; a known attrs class whose text
-        # changed is not: attrs writes a per-process random number into a hashable class's
-        # __hash__, so those few are compiled at every start whatever the table holds
-        if filename == "<string>" or filename not in _known_files:
+        # a class the table did not know, or one of the few `variant`s of a known one (below), is
+        # worth writing the table again; a known attrs class whose text changed otherwise is not
+        # (a text that changes at every start would rewrite it at every exit)
+        if variant or filename == "<string>" or filename not in _known_files:
             _new += 1
     return code
 
@@ -81,8 +80,41 @@ def _compile_for(flags: int):
     def cached_compile(source, filename, mode, more=0, dont_inherit=False, optimize=-1):
         if not isinstance(source, str) or more or dont_inherit or optimize != -1:
             return compile(source, filename, mode, more | (0 if dont_inherit else flags), True, optimize)
-        return _compile(source, filename, mode, flags)
+        return _compile_seeded(source, filename, mode, flags)
     return cached_compile
+
+
+# attrs writes a per-process random number (a hash of a name: PYTHONHASHSEED) into a hashable
+# class's __hash__, `hash((<number>, self.a, ...))`: the text is new at every start. The table keeps
+# that script with a stand-in as long as the number's text (1...1: every column of the code's
+# position table stays the same; a folded negative literal spans its sign too) and the number goes
+# into the compiled constants: compiling the text itself gives that very code. One variant per
+# length of that text (19 or 20 characters for nearly every hash) is kept per class.
+_SEED_LINE = None
+
+
+def _compile_seeded(source: str, filename: str, mode: str, flags: int):
+    global _SEED_LINE
+    if _SEED_LINE is None:
+        import re
+
+        _SEED_LINE = re.compile(r"hash\(\(\n\s*(-?\d+),")
+    found = _SEED_LINE.search(source)
+    if found is None:
+        return _compile(source, filename, mode, flags)
+    stand_in = "1" * len(found.group(1))
+    if stand_in in source:  # the stand-in must mean that number and nothing else
+        return _compile(source, filename, mode, flags)
+    general = source[:found.start(1)] + stand_in + source[found.end(1):]
+    return _with_constant(_compile(general, filename, mode, flags, variant=True), int(stand_in),
+                          int(found.group(1)))
+
+
+def _with_constant(code, old: int, new: int):
+    """`code` with the integer constant `old` as `new`, in its nested functions too."""
+    consts = tuple(_with_constant(c, old, new) if isinstance(c, type(code)) else
+                   new if type(c) is int and c == old else c for c in code.co_consts)
+    return code.replace(co_consts=consts)
 
 
 def _future_flags(module, function: str) -> int | None:
@@ -139,9 +171,13 @@ def save(force: bool = False) -> bool:
     if not _installed or not (_new or force) or (sys.dont_write_bytecode and not force):
         return False
     path = _path or cache_path()
+    # what this process used, and the other variants of the classes it made: entries of classes
+    # gone since leave the file
+    files = {key[1] for key in _used} - {"<string>"}
     keep = {}
-    for key in _used:  # what this process made: entries of classes gone since leave the file
-        code = _codes[key]
+    for key, code in _codes.items():
+        if key not in _used and key[1] not in files:
+            continue
         try:
             marshal.dumps(code)
         except ValueError:  # a constant marshal cannot hold: compiled again next time
