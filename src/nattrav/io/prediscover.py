@@ -28,7 +28,7 @@ from .early_slot import Slot
 
 Address = tuple[str, int]
 DUPLICATE_GAP = 0.005  # io/stun_discover.DUPLICATE_GAP (a test holds them equal): that module imports Trio
-FILTER_CHANGES = ({"change_ip": True, "change_port": True}, {"change_port": True})  # discover()'s order
+FILTER_CHANGES = ({"change_ip": True, "change_port": True}, {"change_port": True})  # discover() uses these
 SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); the socket module does not name it
 _TIMESPEC = struct.Struct("@ll")  # struct timespec: seconds, nanoseconds (longs on Linux)
 

@@ -241,7 +241,7 @@ async def discover(
         # shows it had theirs, and its RTT bounds how long their answers may take. (A one-IP
         # server refuses the first with 420: only the change-port one is read then.)
         filters: list[FilterTest] = []
-        for i, change in enumerate(({"change_ip": True, "change_port": True}, {"change_port": True})):
+        for i, change in enumerate(prediscover.FILTER_CHANGES):  # change-IP+port, then change-port
             socks.append(await _open(local_ip, server) if early is None
                          else trio.socket.from_stdlib_socket(early.filters[i]))
             filters.append(FilterTest(socks[-1], server, change, filter_schedule,
