@@ -123,7 +123,7 @@ async def _serve(nursery) -> tuple[RendezvousServer, tuple[str, int]]:
 async def test_the_rendezvous_client_enrolls_on_the_early_socket(nursery):
     state, (host, port) = await _serve(nursery)
     assert preconnect.begin(host, port)
-    early = preconnect._pending
+    early = preconnect._slot.held
     local = early.sock.getsockname()
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me) as client:
@@ -143,7 +143,7 @@ async def test_tls_runs_over_the_adopted_connection(nursery, tmp_path):
     host, port = await nursery.start(lambda task_status: serve_rendezvous(
         "127.0.0.1", 0, state=state, ssl_context=server_context(cert, key), task_status=task_status))
     assert preconnect.begin(host, port)
-    local = preconnect._pending.sock.getsockname()
+    local = preconnect._slot.held.sock.getsockname()
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me, tls=client_context(cert)) as client:
         assert client._link.stream.transport_stream.socket.getsockname() == local
@@ -156,7 +156,7 @@ async def test_an_early_connect_to_another_server_is_closed_and_the_ordinary_one
     await other.bind(("127.0.0.1", 0))
     other.listen()
     assert preconnect.begin("127.0.0.1", other.getsockname()[1])
-    early = preconnect._pending
+    early = preconnect._slot.held
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me) as client:
         assert client.connected and state.peers[me.peer_id.text].conn is not None
@@ -172,7 +172,7 @@ async def test_an_early_connect_to_another_server_is_closed_and_the_ordinary_one
 async def test_a_local_address_is_a_mismatch_too(nursery):
     state, (host, port) = await _serve(nursery)
     assert preconnect.begin(host, port)
-    early = preconnect._pending
+    early = preconnect._slot.held
     me = Identity.generate()
     async with rv.open_rendezvous((host, port), identity=me, local_address="127.0.0.1") as client:
         assert client.connected
@@ -235,3 +235,53 @@ def test_the_kernel_tells_the_handshakes_round_trip():
     assert rtt is not None and 0 < rtt < 0.5  # loopback: microseconds, never a made-up number
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         assert preconnect.handshake_rtt(udp) is None  # no TCP, nothing to say
+
+
+# -- the cold connect's first discovery requests (io/prediscover.py) --
+
+@pytest.mark.parametrize("argv, want", [
+    (["-s", "198.51.100.1", "-d", "bob"], (None, ("198.51.100.1", 3478))),
+    (["-s", "198.51.100.1", "--no-cache", "--tcp", "-p", "4000"], (None, ("198.51.100.1", 3478))),
+    (["-s", "2001:db8::1", "-H", "203.0.113.5:3000", "-i", "10.0.0.2"], ("10.0.0.2", ("203.0.113.5", 3000))),
+])
+def test_where_discovery_will_run(argv, want):
+    assert launch.early_stun(argv) == want
+
+
+@pytest.mark.parametrize("argv", [
+    ["-s", "2001:db8::1"],                       # discovery against an IPv6 server: not early
+    ["-s", "198.51.100.1", "-H", "stun.example"],
+    ["-s", "198.51.100.1", "-i", "2001:db8::1"],
+    ["-s", "198.51.100.1", "--bogus"],
+])
+def test_no_early_discovery_where_the_line_is_doubtful(argv):
+    assert launch.early_stun(argv) is None
+
+
+def test_a_cold_command_line_sends_discoverys_first_requests(monkeypatch, tmp_path):
+    from nattrav.io import prediscover, presample
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cache file: a cold connect
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stun, socket.socket() as listener:
+        stun.bind(("127.0.0.1", 0))
+        stun.settimeout(2)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        argv = ["-s", f"127.0.0.1:{listener.getsockname()[1]}", "-H", f"127.0.0.1:{stun.getsockname()[1]}"]
+        try:
+            assert launch.preflight(argv)
+            early = prediscover.pending()
+            assert early is not None and presample.pending() is None
+            assert early.server == stun.getsockname() and early.src_ip is None
+            got = {parse_id(stun.recvfrom(2048)[0]) for _ in range(3)}
+            assert got == {r.transaction_id for r in early.requests}
+        finally:
+            prediscover.discard()
+            preconnect.discard()
+    assert launch.preflight(["-s", "127.0.0.1", "--bogus"]) is False and prediscover.pending() is None
+
+
+def parse_id(data: bytes) -> bytes:
+    from nattrav.proto.stun import parse
+
+    return parse(data).transaction_id

@@ -36,9 +36,10 @@ def _events(stderr: str) -> list[dict]:
     return out
 
 
-def _connect(lab, server: str, name: str, heard: list[dict] | None = None) -> list[dict]:
-    """One listener in b (enrolled as `name`), one fresh `nattrav-fast -d name` in a; a's events
-    (`heard` gets the listener's)."""
+def _connect(lab, server: str, name: str, heard: list[dict] | None = None, a_args: tuple[str, ...] = (),
+             dest: str = "-d") -> list[dict]:
+    """One listener in b (enrolled as `name`), one fresh `nattrav-fast -d name` in a (`a_args`
+    added, `dest` for -d); a's events (`heard` gets the listener's)."""
     listener = lab.popen("b", [*FAST, "--identity", f"{KEYS}/b.pem", "-s", server, "-n", name],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
@@ -53,8 +54,8 @@ def _connect(lab, server: str, name: str, heard: list[dict] | None = None) -> li
                 break
         listener.stdin.write(b"from b\n")
         listener.stdin.close()
-        a = lab.run("a", [*FAST, "--identity", f"{KEYS}/a.pem", "-s", server, "-d", name], input="from a\n",
-                    timeout=40)
+        a = lab.run("a", [*FAST, *a_args, "--identity", f"{KEYS}/a.pem", "-s", server, dest, name],
+                    input="from a\n", timeout=40)
         assert listener.wait(30) == 0
         assert a.returncode == 0, a.stderr[-2000:]
         assert a.stdout == "from b\n" and listener.stdout.read() == b"from a\n"
@@ -112,3 +113,29 @@ def test_a_warm_connect_skips_discovery_and_still_connects():
         assert next(e for e in third if e["event"] == "hops").get("cached") is True
         entry = json.loads(path.read_text())["entries"][key]
         assert entry["saved"] > time.time() - 60 and entry["trace"] == real, entry
+
+
+def test_early_discovery_classifies_the_nat_as_the_ordinary_one():
+    """A cold nattrav-fast sends discovery's first requests before its imports (io/prediscover.py)
+    and discovery adopts them: the NAT reads the same as when everything is sent after the imports
+    (`--des`, an abbreviation argparse takes and the pre-start does not read: nothing goes early)."""
+    with running_lab("symmetric-seq", "port-restricted") as lab:
+        server = f"{lab.S1}:{SERVER_PORT}"
+        lab.popen("server", [sys.executable, "-m", "nattrav.cli.server", "--listen", server, "--stun",
+                             f"{lab.S1},{lab.S2}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+        done = {}
+        for early, dest in ((True, "-d"), (False, "--des")):
+            events = _connect(lab, server, f"early-{early}", a_args=("--no-cache",), dest=dest)
+            done[early] = next(e for e in events if e["event"] == "discovery-done")
+            assert next(e for e in events if e["event"] == "connected")["strategy"] == "predicted"
+        fields = ("mapping", "filtering", "allocation", "delta", "nat", "classic", "other_address")
+        assert {f: done[True][f] for f in fields} == {f: done[False][f] for f in fields}
+        assert (done[True]["mapping"], done[True]["filtering"], done[True]["allocation"]) == (
+            "APDM", "APDF", "sequential")
+
+        def gap(d):  # test I's request, then the main socket's next: the imports lie between when early
+            first, second = [s for s in d["samples"] if s["socket"] == 0][:2]
+            return second["t"] - first["t"]
+
+        assert gap(done[True]) > 0.05 > gap(done[False]), (gap(done[True]), gap(done[False]))

@@ -53,6 +53,12 @@ def exit_now(code: int) -> NoReturn:
     run here)."""
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
+    cache = sys.modules.get("nattrav.codecache")
+    if cache is not None:  # what this run compiled that the next need not (after its work: off its clock)
+        try:
+            cache.save()
+        except Exception:
+            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -31,7 +31,7 @@ from ..api.secure import IDLE_TIMEOUT, MIN_KEEPALIVE
 from ..errors import BadPeerId
 from ..hostport import parse_hostport
 from ..identity import PeerId, identity_path, load_or_create_identity
-from ..io import preconnect, presample
+from ..io import preconnect, prediscover, presample
 from ..io import rendezvous_client as rv
 from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         preconnect.discard()  # what cli/launch.py began early and the run never took
         presample.discard()
+        prediscover.discard()
 
 
 def entry() -> None:

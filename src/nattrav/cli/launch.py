@@ -8,10 +8,14 @@ is back on before the command does anything else, so a long-running listener col
 
 Before those imports, `preflight()` reads just the rendezvous server from the command line and starts
 the TCP connect to it (io/preconnect.py): the handshake's round trip runs while Trio and the crypto
-stack load, and the rendezvous client adopts the connected socket. It acts only on a command line it
-understands completely; anything else (a name to look up, an option it does not know, --help, a
-repeated or abbreviated option) does nothing early, and argparse in cli/fast.py stays the one judge
-of arguments, their errors and their exit codes.
+stack load, and the rendezvous client adopts the connected socket. Beside it go a warm connect's
+first samples (io/presample.py) or a cold one's first discovery requests (io/prediscover.py). It
+acts only on a command line it understands completely; anything else (a name to look up, an option
+it does not know, --help, a repeated or abbreviated option) does nothing early, and argparse in
+cli/fast.py stays the one judge of arguments, their errors and their exit codes.
+
+The imports themselves compile the methods dataclasses and attrs generate; startup_begin() installs
+codecache.py first, so those come from the last run's bytecode instead (~35 ms of CPU, issue 13).
 """
 
 from __future__ import annotations
@@ -22,11 +26,18 @@ _paused = False  # did startup_begin() turn the collector off (and so may startu
 
 
 def startup_begin() -> None:
-    """The collector off for the imports that follow (if it was on)."""
+    """The collector off for the imports that follow (if it was on), and the generated methods'
+    bytecode from the last run (codecache.py)."""
     global _paused
     if gc.isenabled():
         gc.disable()
         _paused = True
+    try:
+        from .. import codecache
+
+        codecache.install()
+    except Exception:  # a cache that fails costs nothing but itself
+        pass
 
 
 def startup_done() -> None:
@@ -121,22 +132,32 @@ def early_server(argv: list[str]) -> tuple[str, int] | None:
     return _literal(seen.get("-s"), RENDEZVOUS_PORT)
 
 
-def early_punch(argv: list[str]) -> tuple[str | None, tuple[str, int], tuple[str, int]] | None:
-    """(local IP or None, STUN server, rendezvous server) where a UDP connect's punch socket will
-    sample, when early_server() reads the command line and nothing rules the warm path's sampling
-    out: a TCP connect (--tcp), no cache (--no-cache), a fixed local port (-p), a STUN server or
-    local IP that is not an IPv4 literal (the punch socket is IPv4). None otherwise."""
+def early_stun(argv: list[str]) -> tuple[str | None, tuple[str, int]] | None:
+    """(local IP or None, STUN server) where discovery will run, when early_server() reads the
+    command line and both are IPv4 literals (-H, else the rendezvous host's STUN port; -i). None
+    otherwise."""
     server = early_server(argv)
     seen = _read_argv(argv)
-    if server is None or seen is None or "--tcp" in seen or "--no-cache" in seen:
-        return None
-    if int(seen.get("-p") or 0) != 0:
+    if server is None or seen is None:
         return None
     stun = _literal(seen["-H"], STUN_PORT) if "-H" in seen else (server[0], STUN_PORT)
     src_ip = seen.get("-i")
-    if stun is None or ":" in stun[0] or ":" in server[0] or (src_ip is not None and not _ipv4(src_ip)):
+    if stun is None or ":" in stun[0] or (src_ip is not None and not _ipv4(src_ip)):
         return None
-    return src_ip, stun, server
+    return src_ip, stun
+
+
+def early_punch(argv: list[str]) -> tuple[str | None, tuple[str, int], tuple[str, int]] | None:
+    """(local IP or None, STUN server, rendezvous server) where a UDP connect's punch socket will
+    sample, when early_stun() reads the command line and nothing rules the warm path's sampling
+    out: a TCP connect (--tcp), no cache (--no-cache), a fixed local port (-p), a rendezvous server
+    that is not an IPv4 literal (the punch socket is IPv4). None otherwise."""
+    found, server, seen = early_stun(argv), early_server(argv), _read_argv(argv)
+    if found is None or server is None or seen is None or "--tcp" in seen or "--no-cache" in seen:
+        return None
+    if int(seen.get("-p") or 0) != 0 or ":" in server[0]:
+        return None
+    return found[0], found[1], server
 
 
 def _ipv4(text: str) -> bool:
@@ -152,8 +173,9 @@ def _ipv4(text: str) -> bool:
 def preflight(argv: list[str]) -> bool:
     """Before the imports: start the TCP connect to the rendezvous server named in `argv` (see
     early_server, io/preconnect.py) and, when the behaviour cache says where a warm connect will
-    sample, send its first STUN requests (early_punch, io/presample.py). True when the connect is
-    in flight. Never raises: any trouble leaves the ordinary path alone."""
+    sample, send its first STUN requests (early_punch, io/presample.py); else the cold connect's
+    first discovery requests (early_stun, io/prediscover.py). True when the connect is in flight.
+    Never raises: any trouble leaves the ordinary path alone."""
     try:
         target = early_server(argv)
         if target is None:
@@ -174,6 +196,14 @@ def preflight(argv: list[str]) -> bool:
             other = presample.cached_second_address(read_doc(default_path()), local, stun) if local else None
             if other is not None:
                 presample.begin(src_ip, stun, observe, other)
+                return started
+        # no warm sampling: the connect discovers (a cache entry without its hop trace may still
+        # spare it that; then discover() never takes the early requests and they are closed)
+        cold = early_stun(argv)
+        if cold is not None:
+            from ..io import prediscover
+
+            prediscover.begin(*cold)
     except Exception:
         pass
     return started
@@ -190,4 +220,4 @@ def fast() -> None:
     entry()
 
 
-__all__ = ["early_punch", "early_server", "fast", "preflight", "startup_begin", "startup_done"]
+__all__ = ["early_punch", "early_server", "early_stun", "fast", "preflight", "startup_begin", "startup_done"]

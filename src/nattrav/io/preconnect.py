@@ -17,6 +17,8 @@ import socket
 import struct
 import time
 
+from .early_slot import Slot
+
 
 class Early:
     """A connect in flight: its socket, the (ip, port) it dials, when the SYN left (time.monotonic)."""
@@ -30,14 +32,13 @@ class Early:
         self.sock.close()
 
 
-_pending: Early | None = None
+_slot: Slot[Early] = Slot()
 
 
 def begin(ip: str, port: int) -> bool:
     """Start a non-blocking connect to `ip` (an address literal, never a name: nothing is looked up
     here) and `port`, kept for take(). False (and nothing kept) when the socket cannot be made or the
     connect fails at once; an earlier one still pending is closed first."""
-    global _pending
     discard()
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
@@ -54,7 +55,7 @@ def begin(ip: str, port: int) -> bool:
     if code not in (0, errno.EINPROGRESS):
         sock.close()  # the ordinary connect meets the same trouble and reports it
         return False
-    _pending = Early(sock, (ip, port), started)
+    _slot.put(Early(sock, (ip, port), started))
     return True
 
 
@@ -62,27 +63,18 @@ def take(host: str, port: int, local_address: str | None = None) -> Early | None
     """The early connect when it dials exactly `host`:`port` from no particular local address (the
     caller's own connect would have): the caller owns it now. None otherwise, and a pending one that
     does not match is closed: it is never used for anything else."""
-    global _pending
-    early, _pending = _pending, None
-    if early is None:
-        return None
-    if local_address is not None or early.target != (host, port):
-        early.close()
-        return None
-    return early
+    return _slot.take(lambda early: local_address is None and early.target == (host, port))
 
 
 def discard() -> None:
     """Close the early connect if nobody took it."""
-    global _pending
-    early, _pending = _pending, None
-    if early is not None:
-        early.close()
+    _slot.discard()
 
 
 def pending() -> tuple[str, int] | None:
     """Where the pending early connect dials (None: there is none); for tests and progress lines."""
-    return _pending.target if _pending is not None else None
+    early = _slot.held
+    return early.target if early is not None else None
 
 
 _TCP_INFO_RTT = struct.Struct("=68xI")  # Linux struct tcp_info: tcpi_rtt (microseconds) at byte 68

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from ..cache_doc import MAX_AGE
+from .early_slot import Slot
 
 Address = tuple[str, int]
 SAMPLE_GAP = 0.001  # api/udp.py _sample's: none after the observation, then this before each sample after the first
@@ -52,14 +53,13 @@ class EarlySamples:
         self.sock.close()
 
 
-_pending: EarlySamples | None = None
+_slot: Slot[EarlySamples] = Slot()
 
 
 def begin(src_ip: str | None, stun: Address, observe: Address | None, other: Address | None) -> bool:
     """Bind a UDP socket to `src_ip` (any address when None), port 0, and send the warm sampling's
     requests: the observation to `observe` (if given), a Binding to `stun`, then one to `other` (if
     given). Kept for take(); False (nothing kept) when the socket cannot be bound."""
-    global _pending
     discard()
     from ..proto.rendezvous.observe import observe_request  # the wire's one encoder, as the sampling's
     from ..proto.stun import binding_request
@@ -87,7 +87,7 @@ def begin(src_ip: str | None, stun: Address, observe: Address | None, other: Add
         except OSError:
             pass  # as a failed first send in run_transactions: retransmitted on schedule once adopted
         sent.append((msg, dest, at))
-    _pending = EarlySamples(sock, src_ip, observe, targets, sent)
+    _slot.put(EarlySamples(sock, src_ip, observe, targets, sent))
     return True
 
 
@@ -95,25 +95,16 @@ def take(src_ip: str | None, src_port: int, stun: Address, observe: Address | No
     """The early socket when it was bound as the punch socket would be (`src_ip`, an ephemeral port)
     and sampled `stun` with this `observe`: the caller owns it now (and still checks its second
     target). None otherwise, and one that does not match is closed."""
-    global _pending
-    early, _pending = _pending, None
-    if early is None:
-        return None
-    if src_port != 0 or early.src_ip != src_ip or early.targets[0] != stun or early.observe != observe:
-        early.close()
-        return None
-    return early
+    return _slot.take(lambda early: src_port == 0 and early.src_ip == src_ip and early.targets[0] == stun
+                      and early.observe == observe)
 
 
 def discard() -> None:
-    global _pending
-    early, _pending = _pending, None
-    if early is not None:
-        early.close()
+    _slot.discard()
 
 
 def pending() -> EarlySamples | None:
-    return _pending
+    return _slot.held
 
 
 def local_ip(towards: Address) -> str | None:

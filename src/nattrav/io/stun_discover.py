@@ -5,6 +5,7 @@ test pollutes another, and hands the raw outcomes to proto/nat_behavior.classify
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +14,12 @@ import trio
 
 from ..errors import StunErrorResponse, StunTimeout
 from ..proto.nat_behavior import BindingSample, NatBehavior, classify
-from ..proto.stun import binding_request
+from ..proto.stun import Message, binding_request
 from ..proto.stun_attrs import Address
 from ..proto.stun_client import State, Transaction, expected_source
+from . import prediscover
 from .lifetime import measure_lifetime, open_udp as _open
-from .stun_client import binding, run_transactions
+from .stun_client import binding, run_transaction, run_transactions
 
 
 async def local_address(sock: trio.socket.SocketType, server: Address) -> Address:
@@ -87,9 +89,10 @@ class FilterTest:
     silence is long enough (wait()), from the RTT test I measured meanwhile."""
 
     def __init__(self, sock: trio.socket.SocketType, server: Address, change: dict[str, bool],
-                 schedule: Schedule) -> None:
+                 schedule: Schedule, request: Message | None = None) -> None:
         self.sock, self.change = sock, change
-        self.tx = Transaction(binding_request(**change), server, rto=schedule.rto, rc=schedule.rc,
+        # `request`: the one already sent with this change (adopt())
+        self.tx = Transaction(request or binding_request(**change), server, rto=schedule.rto, rc=schedule.rc,
                               rm=schedule.rm)
         self.inbox: list[tuple[bytes, Address, float]] = []
         self._id = bytes(self.tx.request.transaction_id[-12:])  # bytes 8..20 of a reply, classic too
@@ -99,6 +102,17 @@ class FilterTest:
 
     async def start(self) -> None:
         await self._send(self.tx.start(trio.current_time()))
+
+    def adopt(self, sent: list[float], replies: list[tuple[bytes, Address, float]]) -> None:
+        """Instead of start(): the request already left at the trio times `sent` (each copy,
+        io/prediscover.py), and `replies` came meanwhile (with their arrival times)."""
+        self.tx.start(sent[0])
+        for at in sent[1:]:
+            assert self.tx.deadline is not None
+            self.tx.timeout(max(at, self.tx.deadline))  # the copies its schedule sends, from when they left
+        self.last_sent = sent[-1]
+        for data, src, at in replies:
+            self._keep(data, src, at)
 
     async def run(self) -> None:
         """After start(): retransmit on schedule and read until answered or the schedule ends."""
@@ -134,13 +148,16 @@ class FilterTest:
             except OSError:
                 self.tx.discarded["icmp_error"] += 1  # not an answer
                 continue
-            if not self.expecting and bytes(data[8:20]) != self._id:
-                self.tx.discarded["wrong_transaction"] += 1  # cannot be our answer: not kept
-            elif len(self.inbox) < INBOX:
-                self.inbox.append((bytes(data), src, trio.current_time()))
-            else:
-                self.tx.discarded["overflow"] += 1
-            self._feed()
+            self._keep(data, src, trio.current_time())
+
+    def _keep(self, data: bytes, src: Address, at: float) -> None:
+        if not self.expecting and bytes(data[8:20]) != self._id:
+            self.tx.discarded["wrong_transaction"] += 1  # cannot be our answer: not kept
+        elif len(self.inbox) < INBOX:
+            self.inbox.append((bytes(data), src, at))
+        else:
+            self.tx.discarded["overflow"] += 1
+        self._feed()
 
     def expect(self, source: Address) -> None:
         self.tx.accept_from = {source}
@@ -208,8 +225,14 @@ async def discover(
     # with a fixed `rto` a filtering test runs the whole fixed schedule; else it sends twice and
     # its silence is cut short once test I's RTT says how long an answer can take
     filter_schedule = first if rto is not None else Schedule(DUPLICATE_GAP, 2, math.ceil(MAX_SILENCE / DUPLICATE_GAP) + 1)
+    # nattrav-fast's first three requests, sent before its imports (io/prediscover.py), are this
+    # run's when they went to this server from sockets bound as _open binds, on the default
+    # schedule (they were sent on it); otherwise they are closed
+    early = prediscover.take(local_ip, server, fits=rto is None)
+    if early is not None:
+        t0 = _trio_time(early.sent[0][0])
 
-    main = await _open(local_ip, server)
+    main = await _open(local_ip, server) if early is None else trio.socket.from_stdlib_socket(early.main)
     socks: list[trio.socket.SocketType] = []
     try:
         # the filtering tests: sockets that talk to nobody else ask (A, P) for an answer from the
@@ -218,15 +241,23 @@ async def discover(
         # shows it had theirs, and its RTT bounds how long their answers may take. (A one-IP
         # server refuses the first with 420: only the change-port one is read then.)
         filters: list[FilterTest] = []
-        for change in ({"change_ip": True, "change_port": True}, {"change_port": True}):
-            socks.append(await _open(local_ip, server))
-            filters.append(FilterTest(socks[-1], server, change, filter_schedule))
+        for i, change in enumerate(prediscover.FILTER_CHANGES):  # change-IP+port, then change-port
+            socks.append(await _open(local_ip, server) if early is None
+                         else trio.socket.from_stdlib_socket(early.filters[i]))
+            filters.append(FilterTest(socks[-1], server, change, filter_schedule,
+                                      None if early is None else early.requests[i]))
         async with trio.open_nursery() as nursery:
-            for f in filters:
-                await f.start()
+            for i, f in enumerate(filters):
+                if early is None:
+                    await f.start()
+                else:
+                    f.adopt([_trio_time(at) for at in early.sent[i]], _on_trio(early.queued(i)))
                 nursery.start_soon(f.run)
             try:
-                r1 = await binding(main, server, rto=first.rto, rc=first.rc, rm=first.rm)
+                if early is None:
+                    r1 = await binding(main, server, rto=first.rto, rc=first.rc, rm=first.rm)
+                else:
+                    r1 = await _adopted_test1(main, server, first, early)
             except (StunTimeout, StunErrorResponse) as exc:
                 discarded.update(getattr(exc, "discarded", {}))
                 local = await local_address(main, server)
@@ -338,6 +369,28 @@ async def discover(
         main.close()
         for sock in socks:
             sock.close()
+
+
+def _trio_time(monotonic: float) -> float:
+    """A time.monotonic() reading on Trio's clock."""
+    return trio.current_time() - (time.monotonic() - monotonic)
+
+
+def _on_trio(replies: list[tuple[bytes, Address, float]]) -> list[tuple[bytes, Address, float]]:
+    return [(data, src, _trio_time(at)) for data, src, at in replies]
+
+
+async def _adopted_test1(main, server: Address, first: Schedule, early: prediscover.EarlyDiscovery):
+    """Test I as binding() runs it, its request sent before the imports: its reply may be queued."""
+    i = len(early.filters)
+    tx = Transaction(early.requests[i], server, accept_from=[server], rto=first.rto, rc=first.rc, rm=first.rm)
+    tx.start(_trio_time(early.sent[i][0]))
+    for data, src, at in _on_trio(early.queued(i)):
+        tx.receive(data, src, at)
+    result = tx.result if tx.state is State.DONE else await run_transaction(main, tx)
+    if result.error is not None:
+        raise StunErrorResponse(result.error, result)
+    return result
 
 
 def _filter_outcome(tx: Transaction, server: Address, discarded: Counter[str]) -> tuple[bool, bool]:
