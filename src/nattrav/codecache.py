@@ -183,17 +183,12 @@ def save(force: bool = False) -> bool:
         except ValueError:  # a constant marshal cannot hold: compiled again next time
             continue
         keep[key] = code
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from .atomic import replace_file
+
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(_magic() + marshal.dumps(keep))
-        os.replace(tmp, path)
+        replace_file(path, _magic() + marshal.dumps(keep), mode=0o644)  # readable as the .pyc files are
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
     _new = 0
     return True

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace_file
 from ..cache_doc import FILE_NAME, MAX_AGE, MAX_FILE, VERSION, default_path, read_doc  # noqa: F401 (re-exported)
 from ..io.trace import MAX_TTL
 from ..proto.hops import HopReading, read_trace
@@ -253,22 +254,11 @@ class BehaviorCache:
         if len(data) > MAX_FILE:
             flows = {}
             data = dump()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # an older file of that name may have had other bits
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            replace_file(self.path, data, mode=0o600)
             return True
         except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             return False
 
 

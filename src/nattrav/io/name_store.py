@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from ..atomic import replace_file
 from ..errors import UsageError
 from ..identity import KEY_LEN
 from ..proto.rendezvous.names import NameBindings
@@ -79,19 +80,7 @@ def save_bindings(path: Path, bindings: dict[str, bytes]) -> None:
 
 def _write(path: Path, bindings: dict[str, bytes]) -> None:
     doc = {"version": VERSION, "names": {n: k.hex() for n, k in sorted(bindings.items())}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(doc, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_file(path, json.dumps(doc, indent=1).encode(), mode=0o600, durable=True)
 
 
 __all__ = ["FILE_NAME", "load_bindings", "save_bindings"]
