@@ -65,6 +65,27 @@ def test_rate_is_poisson_mle_from_timed_samples():
     assert m.per_second and m.rate == pytest.approx(1.5)
 
 
+@pytest.mark.parametrize("times", [[0.1, 0.001], [0.0, 0.0]])
+def test_timed_samples_spanning_no_time_are_read_in_seconds(times):
+    # Two samples 1 ms apart, the first dated by its retransmission (0.1 s: the time ran backwards),
+    # or both at one instant: still timed. The horizon is a second of real time, so the window is
+    # sized on the prior over that second -- read per sample interval it shrank to 7 ports, and over
+    # wan50 a CGN subscriber's next port (5 flows/s of background, ~1.3 s of age) fell just past it.
+    elapsed = 1.0
+    p = predict(udp(None, None, [40000, 40001], times=times, delta=1), elapsed=elapsed)
+    honest = predict(udp(None, None, [40000, 40001], times=[0.0, 0.0005], delta=1), elapsed=elapsed)
+    assert p.model.per_second and p.model.exposure == 0.0 and p.model.extra == 0
+    assert p.covered >= 0.999
+    assert len(p.ports) >= len(honest.ports) > 7
+    # 7 background flows before our next mapping: inside the window it claims 99.9 % for
+    assert p.model.advance(40001, 8) in p.ports
+
+
+def test_untimed_samples_keep_the_per_interval_model():
+    p = predict(udp(None, None, [40000, 40001]))  # an older peer's report: no times at all
+    assert not p.model.per_second and p.model.exposure == 1.0
+
+
 def test_wraparound_inside_port_range():
     p = predict(udp(None, None, [65533, 65534], port_range=(1024, 65535)))
     # last + 1 = 65535, last + 2 wraps to 1024

@@ -46,6 +46,20 @@ def test_timeout_before_deadline_does_nothing():
     assert tx.timeout(10.5) is None and tx.state is State.WAITING and tx.sent == 1
 
 
+def test_an_answered_retransmission_keeps_the_first_send_time():
+    # RTO 0.1 s below a 0.1-0.12 s round trip: the first request's answer comes after the
+    # retransmission left. rtt counts from the retransmission (Karn: which one was answered is
+    # unknown), but the NAT made the mapping for the first packet: first_sent_at dates it.
+    req = binding_request()
+    tx = Transaction(req, SERVER, rto=0.1)
+    tx.start(5.0)
+    assert tx.timeout(5.1) is not None and tx.sent == 2
+    r = tx.receive(success(req), SERVER, 5.115)
+    assert r is not None and r.attempts == 2
+    assert r.rtt == pytest.approx(0.015) and r.received_at - r.rtt == pytest.approx(5.1)
+    assert r.first_sent_at == 5.0
+
+
 def test_reply_validation_counts_every_discard():
     req = binding_request()
     tx = Transaction(req, SERVER)

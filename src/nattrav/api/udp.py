@@ -516,8 +516,11 @@ async def _sample(sock: Any, targets: list[tuple[str, int]], t0: float,
             why = f"error {r.error.code}" if r is not None and r.error is not None else f"{tx.sent} requests unanswered"
             raise ConnectError(f"the punch socket got no STUN answer from {dest[0]}:{dest[1]}: {why}")
         # sample times count from this socket's first sample (the peer's predictor reads them as ages)
-        # when the request left: the NAT made the mapping then (replies come back bunched)
-        new.append(Sample(r.mapped[1], max(0.0, r.received_at - r.rtt - t0)))
+        # when the first request left: the NAT made the mapping then (replies come back bunched).
+        # Not the answered one: SAMPLE_RTO is below a 100 ms path's round trip, and a sample whose
+        # retransmission was answered read 0.1 s late -- the first one's after the second one's, and
+        # the predictor took that series for an untimed one (a 7-port window where ~90 were due)
+        new.append(Sample(r.mapped[1], max(0.0, r.first_sent_at - t0)))
         public = (str(r.mapped[0]), r.mapped[1])
         ips.add(public[0])
     first_ip = str(results[0].mapped[0]) if results else None

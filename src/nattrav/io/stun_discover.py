@@ -271,7 +271,7 @@ async def discover(
                 if cached is not None:
                     nursery.cancel_scope.cancel()
                     return cached
-            # a sample's time is when its request left (received_at - rtt): the NAT made the mapping
+            # a sample's time is when its first request left (_sent): the NAT made the mapping
             # then, and the spacing of those moments is what background flows had to land in
             # (replies come back bunched, even out of order: their times made ~1 ms gaps look like 0.1 ms)
             samples = [BindingSample(0, local, server, r1.mapped, _sent(r1) - t0)]
@@ -457,6 +457,7 @@ __all__ = ["Schedule", "discover", "local_address", "schedules_for", "second_add
 
 
 def _sent(r) -> float:
-    """When the answered request left (its last transmission), on the driver's clock."""
-    return r.received_at - r.rtt
+    """When the request that made the mapping left (its first transmission), on the driver's clock:
+    an answered retransmission's time would count its RTO as background-free exposure."""
+    return r.first_sent_at
 

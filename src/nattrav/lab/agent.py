@@ -79,6 +79,7 @@ async def run_agent(args: argparse.Namespace) -> None:
             row["reason"] = failure_reason(exc, args.trial_timeout)
         plan = note_plan(row, marks)
         row.setdefault("plan_reason", plan.get("reason"))
+        row["diag"] = diagnosis(marks)
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
         if i + 1 < args.trials:
@@ -110,9 +111,15 @@ async def _ping(path: Any, ping: bytes, *, tries: int) -> str | None:
 
 def marking() -> tuple[dict[str, Any], Any]:
     """An on_event hook that keeps what a trial's row needs: the agreed start and the plan."""
-    marks: dict[str, Any] = {}
+    marks: dict[str, Any] = {"events": []}
+    t_first: list[float] = []
 
     def on_event(phase: str, d: dict[str, Any]) -> None:
+        # a failed trial's evidence (diagnosis(), in the row): when each step came, ms from the first
+        now = trio.current_time()
+        t_first[:1] = t_first[:1] or [now]
+        if len(marks["events"]) < MAX_EVENTS and phase in TIMED:
+            marks["events"].append([phase, round((now - t_first[0]) * 1e3, 1), _brief(phase, d)])
         if phase == "punch":
             marks["start"] = trio.current_time() + d["start_in"]
         elif phase == "relay":  # straight to the relay: the time counts from there
@@ -121,6 +128,32 @@ def marking() -> tuple[dict[str, Any], Any]:
             marks["plan"] = d
 
     return marks, on_event
+
+
+# the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
+TIMED = {"hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+         "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
+MAX_EVENTS = 64
+
+
+def _brief(phase: str, d: dict[str, Any]) -> Any:
+    """The part of an event's details a diagnosis needs (a plan's targets would swamp the row)."""
+    if phase == "plan":
+        targets = d.get("peer_targets") or []
+        return {"targets": len(targets), "first": targets[:3], "last": targets[-1:]}
+    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed"):
+        return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
+                                                    "ttl", "strategy", "targets", "peer", "udp", "opens")}
+    return None
+
+
+def diagnosis(marks: dict[str, Any]) -> dict[str, Any]:
+    """The trial's timeline and the plan's own words about both sides (lab evidence, never fed back)."""
+    plan = marks.get("plan") or {}
+    return {"events": marks.get("events", []),
+            "params": {k: (plan.get("params") or {}).get(k) for k in
+                       ("local_targets", "local_packets", "remote_packets", "local_opens", "flow_budget",
+                        "remote_flow_budget")}}
 
 
 def _failures() -> tuple[type[BaseException], ...]:

@@ -277,7 +277,9 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
             extra={"prediction_a": _prediction(a), "prediction_b": _prediction(b),
                    "behavior_a": next((r for r in rows["a"] if r.get("event") == "behavior"), None),
                    "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None),
-                   "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason")},
+                   "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason"),
+                   "diag_a": a.get("diag"), "diag_b": b.get("diag"), "reason_a": a.get("reason"),
+                   "reason_b": b.get("reason")},
         ))
     return out
 

@@ -48,6 +48,10 @@ class BindingResult:
     # a one-IP server's second port (nattrav's OTHER-PORT); only read when there is no OTHER-ADDRESS
     other_port: int | None = None
     received_at: float = 0.0  # the driver's clock when the reply arrived
+    # the driver's clock when the FIRST request left: a NAT makes the mapping for its first packet
+    # (a loss is far likelier past the NAT than on the LAN), so this, not the answered
+    # retransmission (received_at - rtt), dates the mapping
+    first_sent_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -158,6 +162,7 @@ class Transaction:
             message=msg,
             other_port=msg.get(Attr.OTHER_PORT) if other is None else None,
             received_at=now,
+            first_sent_at=self._started_at,
         )
         if msg.cls == Class.SUCCESS and self.result.mapped is None:
             self.discarded["no_mapped_address"] += 1
