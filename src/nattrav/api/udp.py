@@ -18,7 +18,7 @@ from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
 from ..io import presample
-from ..io.stun_client import by_reply_id, run_transactions
+from ..io.stun_client import by_reply_id, on_trio_clock, run_transactions
 from ..io.stun_discover import local_address, second_address
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
@@ -245,7 +245,7 @@ async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache
     (t0, samples)), False). Else nothing is used: (None, True), and the caller measures from scratch
     with a fresh socket, the cache's word not taken. Never a plan from a behaviour the public
     address does not name. `early`: the requests sent before the imports (_early_fits them)."""
-    t0 = trio.current_time() if early is None else _trio_time(early.sent[0][2])
+    t0 = trio.current_time() if early is None else on_trio_clock(early.sent[0][2])
     try:
         got = await _sample(sock, _targets(stun, guess.behavior.other_address), t0, observe, early)
     except ConnectError as exc:  # the entry's second address no longer answers: measure again
@@ -461,18 +461,13 @@ class _Seen:
         emit("pool-survey", {"addresses": [addr[0] for addr, _ in found]})
 
 
-def _trio_time(monotonic: float) -> float:
-    """A time.monotonic() reading on Trio's clock."""
-    return trio.current_time() - (time.monotonic() - monotonic)
-
-
 def _adopt(jobs: list[tuple[Any, Transaction]], early: presample.EarlySamples) -> list[tuple[Any, Transaction]]:
     """The jobs with the early socket's requests in their place (same IDs, started when they left:
     their schedules run on from then), and the replies that came meanwhile handed to them."""
     adopted = []
     for (sock, tx), (msg, dest, at) in zip(jobs, early.sent):
         twin = Transaction(msg, dest, rto=tx.rto, rc=tx.rc, rm=tx.rm)
-        twin.start(_trio_time(at))
+        twin.start(on_trio_clock(at))
         adopted.append((sock, twin))
     by_id = by_reply_id(tx for _, tx in adopted)
     now = trio.current_time()

@@ -8,6 +8,7 @@ that socket, and a punch must leave from it (a new socket gets a new mapping on 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import trio
@@ -167,4 +168,10 @@ async def binding(
     return result
 
 
-__all__ = ["binding", "by_reply_id", "run_transaction", "run_transactions"]
+
+def on_trio_clock(monotonic: float) -> float:
+    """A time.monotonic() reading (when an early request left, before Trio ran: io/presample.py,
+    io/prediscover.py) on Trio's clock, so a transaction adopted from it runs its schedule on."""
+    return trio.current_time() - (time.monotonic() - monotonic)
+
+__all__ = ["binding", "by_reply_id", "on_trio_clock", "run_transaction", "run_transactions"]

@@ -5,7 +5,6 @@ test pollutes another, and hands the raw outcomes to proto/nat_behavior.classify
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from ..proto.stun_attrs import Address
 from ..proto.stun_client import State, Transaction, expected_source
 from . import prediscover
 from .lifetime import measure_lifetime, open_udp as _open
-from .stun_client import binding, run_transaction, run_transactions
+from .stun_client import binding, on_trio_clock, run_transaction, run_transactions
 
 
 async def local_address(sock: trio.socket.SocketType, server: Address) -> Address:
@@ -230,7 +229,7 @@ async def discover(
     # schedule (they were sent on it); otherwise they are closed
     early = prediscover.take(local_ip, server, fits=rto is None)
     if early is not None:
-        t0 = _trio_time(early.sent[0][0])
+        t0 = on_trio_clock(early.sent[0][0])
 
     main = await _open(local_ip, server) if early is None else trio.socket.from_stdlib_socket(early.main)
     socks: list[trio.socket.SocketType] = []
@@ -251,7 +250,7 @@ async def discover(
                 if early is None:
                     await f.start()
                 else:
-                    f.adopt([_trio_time(at) for at in early.sent[i]], _on_trio(early.queued(i)))
+                    f.adopt([on_trio_clock(at) for at in early.sent[i]], _on_trio(early.queued(i)))
                 nursery.start_soon(f.run)
             try:
                 if early is None:
@@ -371,20 +370,15 @@ async def discover(
             sock.close()
 
 
-def _trio_time(monotonic: float) -> float:
-    """A time.monotonic() reading on Trio's clock."""
-    return trio.current_time() - (time.monotonic() - monotonic)
-
-
 def _on_trio(replies: list[tuple[bytes, Address, float]]) -> list[tuple[bytes, Address, float]]:
-    return [(data, src, _trio_time(at)) for data, src, at in replies]
+    return [(data, src, on_trio_clock(at)) for data, src, at in replies]
 
 
 async def _adopted_test1(main, server: Address, first: Schedule, early: prediscover.EarlyDiscovery):
     """Test I as binding() runs it, its request sent before the imports: its reply may be queued."""
     i = len(early.filters)
     tx = Transaction(early.requests[i], server, accept_from=[server], rto=first.rto, rc=first.rc, rm=first.rm)
-    tx.start(_trio_time(early.sent[i][0]))
+    tx.start(on_trio_clock(early.sent[i][0]))
     for data, src, at in _on_trio(early.queued(i)):
         tx.receive(data, src, at)
     result = tx.result if tx.state is State.DONE else await run_transaction(main, tx)
