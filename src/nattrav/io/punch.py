@@ -205,7 +205,7 @@ class _Race:
             frame = self.handshake.hello(now_ns())
             sent0 = self.stats["sent"]
             low = ttl if part.opens else None
-            for ip in (part.peer_ip, *part.also):
+            for ip in part.addresses:
                 await self._send_many(fresh, frame, ip, list(part.targets), part.rate, low)
             for s in fresh:
                 if id(s) in probes:
@@ -251,9 +251,9 @@ class _Race:
                 # Fire in chunks and look for a hit between them: a big burst is bounded by how fast
                 # the NAT creates flows, and the matching slot is usually an early one.
                 pending = [(ip, src[k:k + BURST_CHUNK], ports[k:k + BURST_CHUNK])
-                           for ip in (part.peer_ip, *part.also) for k in range(0, len(src), BURST_CHUNK)]
+                           for ip in part.addresses for k in range(0, len(src), BURST_CHUNK)]
                 # the STUN socket takes part too (sends its share at the same TTL rules)
-                for ip in (part.peer_ip, *part.also):
+                for ip in part.addresses:
                     await self._send_many([self.sock], frame, ip, list(part.targets), part.rate,
                                           self.low_ttl if part.opens else None)
             wait = min(part.interval, max(0.0, deadline - trio.current_time()))

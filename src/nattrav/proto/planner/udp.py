@@ -78,13 +78,18 @@ class Part:
     # server saw (pool.py; a NAT that draws each new mapping's address from its pool)
     also: tuple[str, ...] = ()
 
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address this part's targets go to: the peer's, then `also`."""
+        return (self.peer_ip, *self.also)
+
     def gap(self, round_no: int) -> float:
         """Seconds to wait after round `round_no` (0 = the first)."""
         return gap_after(round_no, self.ramp, self.interval)
 
     @property
     def packets(self) -> int:
-        return (self.sockets * len(self.targets) * (1 + len(self.also))
+        return (self.sockets * len(self.targets) * len(self.addresses)
                 + self.random_probes * (self.sockets if self.spread else 1))
 
     @property
@@ -277,7 +282,7 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         params["address_pool_sizes"] = {who: n for who, (_, n) in scattered.items()}
         # per scattered side the best attempt aims at every address of: how many
         aimed = {who: 1 + len(x.aim) for who, x in (("local", local), ("remote", remote))
-                 if who in scattered and x.aim and any(p.peer_ip == x.ip and p.also for p in (best.local, best.remote))}
+                 if who in scattered and x.aim and _spreads(best, x)}
         if aimed:
             params["address_pool_aimed"] = aimed
     if lan:
@@ -305,6 +310,11 @@ def _pooled(side: Side, report: NatReport, distinct: int, observed: Sequence[str
     primary = side.ip if not seen or side.ip in seen else seen[-1]
     return replace(side, ip=primary, aim=tuple(ip for ip in seen if ip != primary),
                    pool=(distinct, max(report.pool_draws or 0, distinct)))
+
+
+def _spreads(attempt: Attempt, side: Side) -> bool:
+    """Whether a part of `attempt` aims at `side` on more than its one address (Side.addresses)."""
+    return any(p.also and p.peer_ip == side.ip for p in (attempt.local, attempt.remote))
 
 
 # the strategies whose builders aim at every address of a scattered side's pool (Side.addresses)
@@ -341,8 +351,7 @@ def _scattered(attempts: list[Attempt], best: Attempt, scattered: dict[str, tupl
     attempts = [lone(a) for a in attempts]
     best = attempts[0]
     feasible = best.odds >= target if best.strategy is Strategy.BEST_EFFORT else best.odds >= 0.5
-    spread = [(who, x) for who, x in sides.items() if x.scattered and
-              any(p.also and p.peer_ip == x.ip for p in (best.local, best.remote))]
+    spread = [(who, x) for who, x in sides.items() if x.scattered and _spreads(best, x)]
     if spread:
         said = "; ".join(
             f"the {who} side's next mapping leaves from one of the {1 + len(x.aim)} addresses the server "
