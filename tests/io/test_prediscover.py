@@ -13,11 +13,13 @@ import trio
 
 from nattrav.io import prediscover
 from nattrav.io import stun_discover
-from nattrav.io.early_slot import Slot
+from nattrav.io.early_slot import Slot, drain
+from nattrav.io.stun_client import run_binding
 from nattrav.io.stun_discover import discover
 from nattrav.io.stun_server import serve_stun
-from nattrav.proto.stun import parse
+from nattrav.proto.stun import binding_request, parse
 from nattrav.proto.stun_attrs import Attr
+from nattrav.proto.stun_client import Transaction
 from nattrav.proto.stun_server import StunServerConfig
 from tests.stun.test_server import PALT, P, loopback_pair
 
@@ -151,3 +153,30 @@ def test_a_slot_keeps_one_and_closes_what_does_not_fit():
     held = slot.held
     slot.discard()
     assert held.closed and slot.held is None
+
+
+def test_drain_skips_icmp_errors_and_stops_when_nothing_waits():
+    events = iter([b"a", ConnectionRefusedError(), b"b", BlockingIOError(), b"never"])
+
+    def read():
+        got = next(events)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    assert drain(read) == [b"a", b"b"]
+    assert drain(iter([b"x"] * 5).__next__, most=3) == [b"x"] * 3
+
+
+async def test_an_adopted_transaction_already_answered_is_not_sent_again(stun):
+    """run_binding returns a transaction its queued reply answered, without another request."""
+    _srv, server, _alt = stun
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    tx = Transaction(binding_request(), server, accept_from=[server])
+    await sock.sendto(tx.start(trio.current_time()), server)
+    data, src = await sock.recvfrom(65536)
+    tx.receive(data, src, trio.current_time())
+    result = await run_binding(sock, tx)
+    assert result.mapped[1] == sock.getsockname()[1] and tx.sent == 1
+    sock.close()

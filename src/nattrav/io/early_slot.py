@@ -13,6 +13,7 @@ class Closable(Protocol):
 
 
 T = TypeVar("T", bound=Closable)
+R = TypeVar("R")
 
 
 class Slot(Generic[T]):
@@ -47,3 +48,18 @@ class Slot(Generic[T]):
     def held(self) -> T | None:
         """The pending object, still pending (for tests and progress lines)."""
         return self._held
+
+
+def drain(read: Callable[[], R], most: int = 64) -> list[R]:
+    """What `read` (one receive on a non-blocking socket) returns until nothing is waiting, at most
+    `most` datagrams: the replies that came while the process imported. An ICMP error left on the
+    socket (port unreachable, TTL exceeded) is skipped: it is not an answer."""
+    got: list[R] = []
+    for _ in range(most):
+        try:
+            got.append(read())
+        except BlockingIOError:
+            break
+        except OSError:
+            continue
+    return got

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from .early_slot import Slot
+from .early_slot import Slot, drain
 
 Address = tuple[str, int]
 DUPLICATE_GAP = 0.005  # io/stun_discover.DUPLICATE_GAP (a test holds them equal): that module imports Trio
@@ -95,23 +95,19 @@ class EarlyDiscovery:
         """The datagrams waiting on the socket of `requests[i]`: (data, source, arrival on the
         time.monotonic() clock, from the kernel's timestamp; never before the first request left
         nor after now)."""
-        sock = self.sockets[i]
-        got: list[tuple[bytes, Any, float]] = []
-        for _ in range(most):
-            try:
-                data, anc, _flags, src = sock.recvmsg(65536, socket.CMSG_SPACE(_TIMESPEC.size))
-            except BlockingIOError:
-                break
-            except OSError:  # an ICMP error left on the socket: not an answer
-                continue
+        sock, earliest = self.sockets[i], self.sent[i][0]
+
+        def read() -> tuple[bytes, Any, float]:
+            data, anc, _flags, src = sock.recvmsg(65536, socket.CMSG_SPACE(_TIMESPEC.size))
             now, wall = time.monotonic(), time.time()
             at = now
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
                     sec, nsec = _TIMESPEC.unpack_from(raw)
                     at = now - (wall - (sec + nsec / 1e9))
-            got.append((data, src, min(now, max(self.sent[i][0], at))))
-        return got
+            return data, src, min(now, max(earliest, at))
+
+        return drain(read, most)
 
     def close(self) -> None:
         self.stop()

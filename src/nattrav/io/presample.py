@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ..cache_doc import MAX_AGE
-from .early_slot import Slot
+from .early_slot import Slot, drain
 
 Address = tuple[str, int]
 SAMPLE_GAP = 0.001  # api/udp.py _sample's: none after the observation, then this before each sample after the first
@@ -39,15 +39,7 @@ class EarlySamples:
 
     def queued(self, most: int = 64) -> list[tuple[bytes, Any]]:
         """The datagrams already waiting on the socket (replies that came during the imports)."""
-        got: list[tuple[bytes, Any]] = []
-        for _ in range(most):
-            try:
-                got.append(self.sock.recvfrom(65536))
-            except BlockingIOError:
-                break
-            except OSError:  # an ICMP error left on the socket: not an answer
-                continue
-        return got
+        return drain(lambda: self.sock.recvfrom(65536), most)
 
     def close(self) -> None:
         self.sock.close()

@@ -21,7 +21,10 @@ from ..proto.stun_client import RC, RM, RTO, BindingResult, State, Transaction, 
 
 async def run_transaction(sock: trio.socket.SocketType, tx: Transaction) -> BindingResult:
     """Drive one sans-IO transaction on `sock`; raises StunTimeout when it fails. One already
-    started left before (io/prediscover.py) and is not sent again: its schedule runs on."""
+    started left before (io/prediscover.py) and is not sent again: its schedule runs on; one its
+    queued replies already answered returns at once."""
+    if tx.state is State.DONE and tx.result is not None:
+        return tx.result
     if tx.state is State.IDLE:
         await sock.sendto(tx.start(trio.current_time()), tx.dest)
     while True:
@@ -154,12 +157,20 @@ async def binding(
         change_ip=change_ip, change_port=change_port, response_port=response_port, classic=classic
     )
     tx = Transaction(req, server, accept_from=accept, rto=rto, rc=rc, rm=rm)
+    return await run_binding(sock, tx, timeout=timeout, raise_on_error=raise_on_error)
+
+
+async def run_binding(sock: trio.socket.SocketType, tx: Transaction, *, timeout: float | None = None,
+                      raise_on_error: bool = True) -> BindingResult:
+    """binding()'s way of running `tx` (built by it, or adopted from a request sent before Trio ran:
+    io/stun_discover.py): StunTimeout when no answer came within `timeout` or the schedule,
+    StunErrorResponse for an error answer unless `raise_on_error` is False."""
     try:
         with trio.fail_after(timeout if timeout is not None else math.inf):
             result = await run_transaction(sock, tx)
     except trio.TooSlowError:
         raise StunTimeout(
-            f"no valid STUN reply from {server[0]}:{server[1]} within {timeout}s",
+            f"no valid STUN reply from {tx.dest[0]}:{tx.dest[1]} within {timeout}s",
             tx.discarded,
             tx.unexpected_sources,
         ) from None
@@ -174,4 +185,4 @@ def on_trio_clock(monotonic: float) -> float:
     io/prediscover.py) on Trio's clock, so a transaction adopted from it runs its schedule on."""
     return trio.current_time() - (time.monotonic() - monotonic)
 
-__all__ = ["binding", "by_reply_id", "on_trio_clock", "run_transaction", "run_transactions"]
+__all__ = ["binding", "by_reply_id", "on_trio_clock", "run_binding", "run_transaction", "run_transactions"]

@@ -18,7 +18,7 @@ from ..proto.stun_attrs import Address
 from ..proto.stun_client import State, Transaction, expected_source
 from . import prediscover
 from .lifetime import measure_lifetime, open_udp as _open
-from .stun_client import binding, on_trio_clock, run_transaction, run_transactions
+from .stun_client import binding, on_trio_clock, run_binding, run_transactions
 
 
 async def local_address(sock: trio.socket.SocketType, server: Address) -> Address:
@@ -381,10 +381,7 @@ async def _adopted_test1(main, server: Address, first: Schedule, early: predisco
     tx.start(on_trio_clock(early.sent[i][0]))
     for data, src, at in _on_trio(early.queued(i)):
         tx.receive(data, src, at)
-    result = tx.result if tx.state is State.DONE else await run_transaction(main, tx)
-    if result.error is not None:
-        raise StunErrorResponse(result.error, result)
-    return result
+    return await run_binding(main, tx)
 
 
 def _filter_outcome(tx: Transaction, server: Address, discarded: Counter[str]) -> tuple[bool, bool]:
