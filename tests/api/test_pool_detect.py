@@ -159,3 +159,28 @@ async def test_an_endpoint_whose_flows_all_showed_one_address_surveys_nothing(se
     calls, events = _instrument(monkeypatch), []
     await _open(servers, known, events)
     assert calls == [] and not any(phase == "pool-survey" for phase, _ in events)
+
+
+async def test_a_warm_endpoint_surveys_the_pool_its_cache_entry_kept(servers, tmp_path, monkeypatch):
+    """A warm connect runs no discovery: the cache entry's kept addresses are its evidence."""
+    path = tmp_path / "behavior.json"
+    cache = BehaviorCache(path)
+    with trio.fail_after(20):
+        ep = await udp.open_endpoint(servers["stun"], cache=cache)  # cold: measures, keeps the entry
+        ep.sock.close()
+    doc = json.loads(path.read_text())
+    ((key, entry),) = doc["entries"].items()
+    # as a pooled symmetric NAT's measurement left it (loopback maps nothing: EIM, one address)
+    entry["behavior"].update(mapping="APDM", allocation="sequential", delta=1)
+    entry["pool"] = ["127.0.0.1", "127.0.0.9"]
+    path.write_text(json.dumps(doc))
+    calls, events = _instrument(monkeypatch), []
+    with trio.fail_after(20):
+        ep = await udp.open_endpoint(servers["stun"], cache=cache, observe=servers["server"],
+                                     on_event=lambda phase, d: events.append((phase, d)))
+        ep.sock.close()
+    phases = [phase for phase, _ in events]
+    assert "behavior-cached" in phases and "discovery-done" not in phases
+    assert len(calls) == 1
+    (survey,) = [d for phase, d in events if phase == "pool-survey"]
+    assert survey["discovery"] == ["127.0.0.1", "127.0.0.9"] and survey["flows"] == ["127.0.0.1"]
