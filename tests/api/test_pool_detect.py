@@ -101,6 +101,19 @@ def test_a_new_measurement_whose_flows_all_left_from_one_address_keeps_the_pool_
     assert cache.lookup(KEY, now=1110.0).behavior.mapped_ips() == {"203.0.113.20", "203.0.113.21"}
 
 
+def test_an_entry_learns_the_pool_a_later_connects_flows_showed_and_keeps_its_age(cache):
+    # its measurement's flows all left from one address (or an older version wrote it)
+    cache.save(KEY, _behavior(("203.0.113.20", "203.0.113.20")), now=1000.0)
+    assert not cache.add_pool(KEY, {"203.0.113.20"})  # nothing new: no write
+    assert cache.add_pool(KEY, {"203.0.113.20", "203.0.113.23"})
+    entry = cache.lookup(KEY, now=1010.0)
+    assert entry.saved == 1000.0 and entry.behavior.mapped_ips() == {"203.0.113.20", "203.0.113.23"}
+    assert not cache.add_pool(KEY, {"203.0.113.23"})  # already kept
+    assert cache.add_pool(KEY, {"203.0.113.21"})
+    assert cache.lookup(KEY, now=1010.0).behavior.mapped_ips() == {"203.0.113.20", "203.0.113.21", "203.0.113.23"}
+    assert not cache.add_pool(Key.of(LOCAL, ("203.0.113.99", 1), STUN), {"203.0.113.20", "203.0.113.21"})
+
+
 @pytest.mark.parametrize("pool", ["203.0.113.20", [1, 2], ["203.0.113.20", "nowhere"],
                                   [f"203.0.113.{i}" for i in range(MAX_POOL_IPS + 1)]])
 def test_an_entry_with_a_malformed_pool_is_ignored(cache, pool):

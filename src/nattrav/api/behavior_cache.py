@@ -183,6 +183,24 @@ class BehaviorCache:
         entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)
         return self._write(entries, flows, relay)
 
+    def add_pool(self, key: Key, ips: set[str]) -> bool:
+        """Keep public addresses an endpoint's own flows showed (its punch socket's, its pool survey's)
+        with `key`'s entry, which keeps its age: an entry whose measurement saw one address (or an
+        older version's, which kept none) learns of the pool once any connect saw it. True when
+        written (only when the entry's addresses grew into a pool)."""
+        entries, flows, relay = self._load()
+        raw = entries.get(key.text())
+        entry = _entry_from(raw) if raw is not None else None
+        if entry is None:
+            return False
+        old = entry.behavior.mapped_ips()
+        pool = old | set(ips)
+        if len(pool) < 2 or pool == old or len(old) >= MAX_POOL_IPS:  # full: two already call for a survey
+            return False
+        behavior = replace(entry.behavior, pool_ips=sorted(pool))
+        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace)
+        return self._write(entries, flows, relay)
+
     def forget(self, key: Key) -> bool:
         """Drop `key`'s entry (the behaviour it named did not hold); True when the file was written."""
         entries, flows, relay = self._load()
