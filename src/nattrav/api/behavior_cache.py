@@ -4,7 +4,9 @@ address with one STUN binding, finds the behaviour here and skips the RFC 5780 t
 A network is named by what this host sees of it: the local address the kernel sends from towards the
 STUN server, the public address that server saw, and the server itself (the behaviour is what that
 server measured, its OTHER-ADDRESS included). A NAT's behaviour does not change between sessions,
-its mappings do: the punch socket's mappings are always sampled fresh.
+its mappings do: the punch socket's mappings are always sampled fresh. Beside an entry's behaviour,
+the public addresses its network's flows showed when there were several ("pool": an address pool,
+which a warm connect's own 3 flows may miss; api/pool_survey.needs_survey).
 
 The same file keeps our own recent bursts per local address ("flows": {ip: [[until, flows], ...]},
 unix times): the flows a burst opened, held by the NATs until `until` (proto/planner/budget.py's
