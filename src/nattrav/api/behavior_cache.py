@@ -4,7 +4,9 @@ address with one STUN binding, finds the behaviour here and skips the RFC 5780 t
 A network is named by what this host sees of it: the local address the kernel sends from towards the
 STUN server, the public address that server saw, and the server itself (the behaviour is what that
 server measured, its OTHER-ADDRESS included). A NAT's behaviour does not change between sessions,
-its mappings do: the punch socket's mappings are always sampled fresh.
+its mappings do: the punch socket's mappings are always sampled fresh. Beside an entry's behaviour,
+the public addresses its network's flows showed when there were several ("pool": an address pool,
+which a warm connect's own 3 flows may miss; api/pool_survey.needs_survey).
 
 The same file keeps our own recent bursts per local address ("flows": {ip: [[until, flows], ...]},
 unix times): the flows a burst opened, held by the NATs until `until` (proto/planner/budget.py's
@@ -42,6 +44,7 @@ MAX_ENTRIES = 32
 REFRESH_AFTER = 600.0  # seconds after which a connect that used an entry measures again, after connecting
 MAX_BURSTS = 64  # bursts kept per local address (older ones expired long ago or are dropped first)
 MAX_SERVERS = 16  # rendezvous servers whose relay grant is remembered (the most recently enrolled)
+MAX_POOL_IPS = 16  # public addresses of a pool kept per entry (two already call for a pool survey)
 
 # what an entry keeps of a NatBehavior: the words and the server's addresses, not the raw samples
 _KEPT = ("mapping", "filtering", "allocation", "delta", "hairpin", "lifetime", "nat", "classic",
@@ -146,6 +149,10 @@ class BehaviorCache:
             # discovery does not measure the mapping lifetime (io/lifetime.py does, once a session is
             # up): a new measurement of the same network keeps the one measured before
             behavior = replace(behavior, lifetime=known.behavior.lifetime)
+        if known is not None and known.behavior.pool_ips:
+            # a pool the network showed before stays shown: a new measurement's flows may all have
+            # left from one of its addresses
+            behavior = replace(behavior, pool_ips=sorted(set(known.behavior.pool_ips) | behavior.mapped_ips()))
         # and the hop trace, which discovery does not take either (the endpoint adds it: set_hops)
         entries[key.text()] = _entry_to(behavior, time.time() if now is None else now,
                                         known.trace if known is not None else None)
@@ -176,6 +183,24 @@ class BehaviorCache:
         if entry is None or entry.trace == trace:
             return False
         entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)
+        return self._write(entries, flows, relay)
+
+    def add_pool(self, key: Key, ips: set[str]) -> bool:
+        """Keep public addresses an endpoint's own flows showed (its punch socket's, its pool survey's)
+        with `key`'s entry, which keeps its age: an entry whose measurement saw one address (or an
+        older version's, which kept none) learns of the pool once any connect saw it. True when
+        written (only when the entry's addresses grew into a pool)."""
+        entries, flows, relay = self._load()
+        raw = entries.get(key.text())
+        entry = _entry_from(raw) if raw is not None else None
+        if entry is None:
+            return False
+        old = entry.behavior.mapped_ips()
+        pool = old | set(ips)
+        if len(pool) < 2 or pool == old or len(old) >= MAX_POOL_IPS:  # full: two already call for a survey
+            return False
+        behavior = replace(entry.behavior, pool_ips=sorted(pool))
+        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace)
         return self._write(entries, flows, relay)
 
     def forget(self, key: Key) -> bool:
@@ -306,6 +331,12 @@ def _entry_to(behavior: NatBehavior, now: float, trace: dict[str, Any] | None = 
     out: dict[str, Any] = {"saved": now, "behavior": {k: d[k] for k in _KEPT}}
     if trace is not None:
         out["trace"] = trace
+    pool = sorted(behavior.mapped_ips())
+    if len(pool) > 1:
+        # the raw samples are not kept, but what they said about an address pool is: a warm connect
+        # runs no discovery, and its punch socket's 3 flows alone miss a pool of 4 one time in 16
+        # (api/pool_survey.needs_survey). Beside the behaviour: an older reader ignores it.
+        out["pool"] = pool[:MAX_POOL_IPS]
     return out
 
 
@@ -344,6 +375,9 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     trace = raw.get("trace")
     if trace is not None and not _trace_ok(trace):
         return None
+    pool = raw.get("pool", [])
+    if not _pool_ok(pool):
+        return None
     if set(b) - set(_KEPT):
         return None
     try:
@@ -368,7 +402,19 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
             return None
     if behavior.lifetime is not None and not _lifetime_ok(behavior.lifetime):
         return None
+    behavior.pool_ips = list(pool)
     return Entry(behavior, float(saved), trace)
+
+
+def _pool_ok(raw: Any) -> bool:
+    if not isinstance(raw, list) or len(raw) > MAX_POOL_IPS or not all(isinstance(ip, str) for ip in raw):
+        return False
+    try:
+        for ip in raw:
+            ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
 
 
 def confirmed(guessed: Entry, found: Entry | None, announced: Address | None, *, same_trace: bool = False) -> bool:

@@ -144,6 +144,8 @@ def _brief(phase: str, d: dict[str, Any]) -> Any:
     if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed"):
         return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
                                                     "ttl", "strategy", "targets", "peer", "udp", "opens")}
+    if phase == "pool-survey":  # which flows showed the pool first (the punch socket's, discovery's)
+        return {k: d.get(k) for k in ("addresses", "flows", "discovery")}
     return None
 
 
