@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=1)
     p.add_argument("--background", type=float, default=5.0, help="new flows/s behind each NAT (matrix default)")
     p.add_argument("--trial-timeout", type=float, default=15.0)
+    p.add_argument("--accept-delay", type=float, default=0.0, metavar="S",
+                   help="the listener calls accept() S seconds after enrolling (a late listener)")
     p.add_argument("--tag", default="", help="written into every row (e.g. before/after)")
     p.add_argument("--out", default=None, help="JSON-lines file the rows are appended to")
     a = p.parse_args(argv)
@@ -36,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     for batch in range(a.batches):
         t = time.monotonic()
         rows = run_pair(a.left, a.right, a.trials, shape=a.shape, background=a.background,
-                        trial_timeout=a.trial_timeout)
+                        trial_timeout=a.trial_timeout, accept_delay=a.accept_delay)
         got = sum(r.ok for r in rows)
         ok, n = ok + got, n + len(rows)
         print(f"batch {batch}: {a.left} -> {a.right} @{a.shape}: {got}/{len(rows)} "
               f"({time.monotonic() - t:.0f} s)", flush=True)
         for r in rows:
-            row = {"tag": a.tag, "batch": batch, **r.to_dict()}
+            row = {"tag": a.tag, "batch": batch, "accept_delay": a.accept_delay, **r.to_dict()}
             if a.out:
                 with open(a.out, "a") as f:
                     f.write(json.dumps(row, default=str) + "\n")

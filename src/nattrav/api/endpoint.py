@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from ..errors import BadReport, ConnectError
 from ..hostport import parse_hostport
 from ..io import rendezvous_client as rv
@@ -20,6 +22,7 @@ from ..io.stun_discover import discover
 from ..io.trace import MAX_TTL, trace_hops
 from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
+from ..proto.planner.horizon import AGE, sample_age
 from ..proto.rendezvous.beacon import TAKES_BEACON
 from ..proto.rendezvous.observe import read_observed
 from ..proto.report import MAX_AGE, MAX_COUNT, History, NatReport
@@ -214,15 +217,29 @@ def _background(value: Any) -> History | None:
     return None
 
 
-def node_info(report: NatReport, server_rtt: float) -> dict[str, Any]:
+def node_info(report: NatReport, server_rtt: float, age: float | None = None) -> dict[str, Any]:
     """What we publish through the rendezvous server: our report, and our round trip to the server
-    (it sets the session's start margin from both peers' round trips)."""
+    (it sets the session's start margin from both peers' round trips); `age`: our newest sample's
+    (published_age), from which both peers size the windows aimed at our NAT (planner/horizon.py)."""
     info: dict[str, Any] = {"report": report.to_wire()}
     if report.public is not None:  # a UDP report: we fold a listener's beacon into it (udp.read_report)
         info[TAKES_BEACON] = True
     if math.isfinite(server_rtt) and server_rtt >= 0:
         info["rtt"] = round(server_rtt, 6)
+    if age is not None:
+        info[AGE] = age
     return info
+
+
+def published_age(ep: Any, beacon_at: float | None = None) -> float | None:
+    """Seconds since the first request of the newest sample in `ep`'s report, or of our beacon
+    (`beacon_at`, in the samples' time: newer than any sample), now, as the info leaves. None for an
+    endpoint whose samples are not timed from a `t0` (TCP's report keeps its own horizon)."""
+    t0, samples = getattr(ep, "t0", None), ep.report.samples
+    last = beacon_at if beacon_at is not None else (samples[-1].t if samples else None)
+    if t0 is None or last is None:
+        return None
+    return sample_age(t0 + last, trio.current_time())
 
 
 def read_peer_report(session: Session) -> tuple[NatReport, str]:

@@ -23,7 +23,7 @@ from ..proto.rendezvous.beacon import BEACON_AT
 from . import relay
 from .background import running
 from .behavior_cache import BehaviorCache
-from .endpoint import EventHook, node_info, refresh_cached, resolve, stun_endpoint
+from .endpoint import EventHook, node_info, published_age, refresh_cached, resolve, stun_endpoint
 from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
 from .secure import agree_as_initiator, agree_as_responder, expected_peer, preload_secure
@@ -55,8 +55,10 @@ class SessionOptions:
     # reports and never tell each other what they will do, so an experiment that changes one of
     # these must give both sides the same value, or their halves of a burst will not meet.
     target: float = DEFAULT_TARGET  # odds a strategy is sized for
-    # seconds from the last STUN sample to the punch, for prediction; None: each side's from the round
-    # trips both peers published and the server's margin, at most DEFAULT_HORIZON (planner/horizon.py)
+    # seconds from the last STUN sample to the punch, for prediction; None: each side's from the sample
+    # ages and round trips both peers published, the server's hold on the connect and its margin,
+    # else (an older peer or server) guessed from the round trips, at most DEFAULT_HORIZON
+    # (planner/horizon.py)
     horizon: float | None = None
     max_sockets: int = 1024  # most sockets one side's burst opens
     birthday_sockets: int = 256  # sockets of the EIM side of a birthday burst
@@ -280,7 +282,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
             early = None
             if _may_pipeline(o, transport, cache, server_ep):
                 early = (rv.EarlyConnect(peer_id, timeout),
-                         lambda ep, rtt: {**node_info(ep.report, rtt), **kx.offer(identity, peer_id).to_info()})
+                         lambda ep, rtt: {**node_info(ep.report, rtt, published_age(ep)), **kx.offer(identity, peer_id).to_info()})
             async with _enrolled_and_opening(transport, server_ep, stun_ep, o, emit, cache, early,
                                              identity=identity, tls=o.server_tls) as (client, opening, stun_ep):
                 emit("rendezvous", {"server": list(server_ep), "peer_id": client.peer_id})
@@ -301,7 +303,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                             rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
                                                         tcp=not isinstance(transport, UdpTransport))
                         emit("rendezvous-connect", {"peer": peer_id})
-                        info = {**node_info(ep.report, client.rtt), **relay.info(rung),
+                        info = {**node_info(ep.report, client.rtt, published_age(ep)), **relay.info(rung),
                                 **kx.offer(identity, peer_id).to_info()}
                         session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
                     # before any packet: a server that names another key for a peer ID, or that
@@ -482,7 +484,8 @@ class Listener:
         """`ep` is the endpoint for the next peer: its report goes to the server."""
         self.endpoint = ep
         self._behavior = ep.behavior  # later endpoints skip discovery and the cache
-        await self._client.update_info(node_info(ep.report, self._client.rtt), observed=_tickets(ep))
+        await self._client.update_info(node_info(ep.report, self._client.rtt, published_age(ep)),
+                                      observed=_tickets(ep))
 
     def _close(self) -> None:
         if self.endpoint is not None:
@@ -505,7 +508,7 @@ class Listener:
         beacon, or on STUN samples if the server asks for them), else a refresh first."""
         async def refreshed() -> dict:
             await self._transport.refresh(ep, emit)
-            return {**node_info(ep.report, self._client.rtt), **kx_info}
+            return {**node_info(ep.report, self._client.rtt, published_age(ep)), **kx_info}
 
         wanted = getattr(self._transport, "beacon_wanted", None)
         beacon = wanted(ep, offer.peer_info) if wanted is not None else None
@@ -525,7 +528,7 @@ class Listener:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._transport.repeat_beacon, ep, dest, secret, offer.offer_id)
-            info = {**node_info(ep.report, self._client.rtt), **kx_info, BEACON_AT: at}
+            info = {**node_info(ep.report, self._client.rtt, published_age(ep, at)), **kx_info, BEACON_AT: at}
             session = await self._client.accept(offer, info=info, observed=_tickets(ep), resample=resample)
             nursery.cancel_scope.cancel()
         self._transport.take_beacon(ep, session, at, emit)

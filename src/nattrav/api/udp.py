@@ -23,7 +23,7 @@ from ..io.stun_discover import local_address, second_address
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
-from ..proto.planner.horizon import sample_ages
+from ..proto.planner.horizon import HELD, measured_ages, sample_ages
 from ..proto.planner.side import DEFAULT_HORIZON
 from ..proto.planner.udp import Plan, plan
 from ..proto.rendezvous.beacon import fold_sample, make_beacon, offer_beacon, session_beacon
@@ -579,11 +579,16 @@ async def _punch(ep: Endpoint, session: Session, ttl: int | None, emit: EventHoo
 
 
 def session_horizons(session: Session, cap: float) -> tuple[float, float] | None:
-    """(the initiator's, the listener's) sample age at the start, from the round trips both node
-    infos published and the server's margin (proto/planner/horizon.py); None when one is unknown."""
-    ours, theirs = session.own_info.get("rtt"), (session.peer_info or {}).get("rtt")
+    """(the initiator's, the listener's) sample age at the start (proto/planner/horizon.py): from
+    the sample ages both node infos published, the server's hold (HELD: it puts the same in both
+    sessions' infos) and its margin; else (an older peer or server) guessed from the round trips,
+    at most `cap`; None when even those are unknown."""
+    ours, theirs = session.own_info, session.peer_info if isinstance(session.peer_info, dict) else {}
     first, second = (ours, theirs) if session.role is Role.FIRST else (theirs, ours)
-    return sample_ages(first, second, session.margin, cap)
+    measured = measured_ages(first, second, theirs.get(HELD), session.margin)
+    if measured is not None:
+        return measured
+    return sample_ages(first.get("rtt"), second.get("rtt"), session.margin, cap)
 
 
 def burst_flows(p: Plan) -> int:

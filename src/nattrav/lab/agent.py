@@ -55,6 +55,8 @@ async def run_agent(args: argparse.Namespace) -> None:
                     async with listen(server, name=name, behavior=behavior, on_event=on_event,
                                       secure=False) as lst:
                         _emit({"event": "ready", "trial": i})
+                        # an application slow to call accept(): the offer waits in the client meanwhile
+                        await trio.sleep(args.accept_delay)
                         async with lst.accept() as path:
                             path = LineStream(path) if args.tcp else path
                             row.update(connected(path, marks))
@@ -155,7 +157,7 @@ def diagnosis(marks: dict[str, Any]) -> dict[str, Any]:
     return {"events": marks.get("events", []),
             "params": {k: (plan.get("params") or {}).get(k) for k in
                        ("local_targets", "local_packets", "remote_packets", "local_opens", "flow_budget",
-                        "remote_flow_budget")}}
+                        "remote_flow_budget", "horizons")}}
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -234,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=0.0, metavar="S",
                    help="a listener waits this much longer for its peer than a trial may take (default 0)")
     p.add_argument("--tcp", action="store_true", help="TCP traversal (connect_tcp/listen_tcp)")
+    p.add_argument("--accept-delay", type=float, default=0.0, metavar="S",
+                   help="a listener calls accept() this long after it enrolled (a late listener: the "
+                        "initiator's offer waits; default 0)")
     p.add_argument("--gap", type=float, default=0.0, metavar="S",
                    help="seconds between trials (default 0: back to back). A burst's NAT entries linger "
                         "(planner/budget.FLOW_LINGER), so back-to-back birthdays publish what is left of "

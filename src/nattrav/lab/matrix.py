@@ -184,7 +184,8 @@ def _keep(procs: list[subprocess.Popen] | None, proc: subprocess.Popen) -> subpr
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False, shape: Any = None,
              server_layout: str = "two-address", prepare: Any = None, relay: bool = False,
-             server_flags: list[str] | None = None, gap: float = 0.0) -> list[TrialResult]:
+             server_flags: list[str] | None = None, gap: float = 0.0,
+             accept_delay: float = 0.0) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
     right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
     servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way.
@@ -192,7 +193,8 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
     lab's world, never the product's arguments). `relay`: a coturn beside the servers, and the
     rendezvous server hands out credentials for it (the ladder may end at the relay). `server_flags`:
     more nattrav-server flags (what an operator would type, e.g. a baseline's --no-observe). `gap`:
-    seconds both agents pause between trials (lab/agent.py --gap)."""
+    seconds both agents pause between trials (lab/agent.py --gap). `accept_delay`: seconds the
+    listener waits after enrolling before it calls accept() (a late listener: --accept-delay)."""
     import os
 
     from .lab import Lab
@@ -223,12 +225,13 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
         procs, rows = {}, {"a": [], "b": []}
         threads = []
         for role, key in (("listen", "b"), ("connect", "a")):
-            procs[key] = lab.popen(peers[role], [py, *common, "--role", role],
+            late = ["--accept-delay", str(accept_delay)] if role == "listen" and accept_delay else []
+            procs[key] = lab.popen(peers[role], [py, *common, "--role", role, *late],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             t = threading.Thread(target=_collect, args=(procs[key], rows[key]), daemon=True)
             t.start()
             threads.append(t)
-        errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1 + gap))
+        errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1 + gap + accept_delay))
         if turn is not None:
             turn.__exit__(None, None, None)
     for f in files:

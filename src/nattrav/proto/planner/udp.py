@@ -273,6 +273,8 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         "remote_flows": best.remote.flows,
         "odds": best.odds,
         "attempts": [a.strategy.value for a in attempts],
+        # (the initiator's, the listener's) seconds from the last sample to the punch: the windows' ages
+        "horizons": [round(h_first, 3), round(h_second, 3)],
     }
     if reported is not None:
         params["reported_peer_ip"] = reported

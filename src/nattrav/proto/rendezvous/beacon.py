@@ -45,10 +45,11 @@ MAX_BEACON = len(MAGIC) + 1 + MAX_OFFER_ID + TAG_BYTES
 MAX_EXPECTED = 4096  # offers a front waits for beacons of (offers per peer and source are capped too)
 # node info keys: the initiator's word (it folds a beacon into the listener's report), the
 # listener's (when its beacon left, in its samples' time), and the server's (the offer's secret and
-# port; the sample it saw). The server strips its own keys from what a peer publishes.
+# port; the sample it saw). The server strips its own keys from what a peer publishes, and the
+# session's hold on the connect (held.py) is the server's word too.
 TAKES_BEACON = "takes_beacon"
 BEACON_AT = "beacon_at"
-SERVER_KEYS = ("beacon_key", "beacon_port", "beacon")
+SERVER_KEYS = ("beacon_key", "beacon_port", "beacon", "held")
 
 
 class BadBeacon(ValueError):
@@ -222,7 +223,8 @@ def fold_sample(report: NatReport, seen: tuple[str, int], at: float | None) -> N
 
 
 def strip_server_keys(info: dict) -> None:
-    """A peer's own words under the server's beacon keys would move where its peer aims."""
+    """A peer's own words under the server's keys would move where (beacon) or how wide (held) its
+    peer aims."""
     for key in SERVER_KEYS:
         info.pop(key, None)
 

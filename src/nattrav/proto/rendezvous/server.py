@@ -31,6 +31,8 @@ from ..vocab import Role
 from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
+from .held import HoldBook
+from ..planner.horizon import AGE, HELD
 from .beacon import (SECRET_BYTES as BEACON_SECRET_BYTES, BadBeacon, BeaconBook, Expected, add_to_packed_map,
                      strip_server_keys)
 from .observe import KEY_BYTES as OBSERVE_KEY_BYTES, BadTicket, _norm_ip, check_ticket, note_observed
@@ -164,6 +166,7 @@ class RendezvousServer:
                      "timed_fallbacks", "beacon_fallbacks"):
             self.stats.setdefault(name, 0)
         self.beacons = BeaconBook(stats=self.stats)
+        self.holds = HoldBook()  # when each offer delivered here arrived (held.py)
 
     # -- the in-memory registry's tables (tests, stats) --
     @property
@@ -224,6 +227,7 @@ class RendezvousServer:
             return  # that connection ended, or is someone else's now
         if kind == "offer":
             info = note["info"]
+            self.holds.offered(note["offer"], now, now + note["expires_in"])
             if self.beacon_port is not None:
                 # the listener may answer with a beacon (beacon.py): a secret for this offer only,
                 # in the offer only (the initiator's info never reaches the initiator back)
@@ -240,6 +244,7 @@ class RendezvousServer:
         elif kind == "error":
             self._error(conn, ErrorCode(note["code"]), note["message"], note.get("id"))
         elif kind == "cancel":
+            self.holds.forget(note["offer"])
             self._send(conn, "cancel", offer=note["offer"], code=note["code"], message=note["message"])
         elif kind == "evict":
             # the registry already moved the peer to its new connection: this one just ends
@@ -621,6 +626,8 @@ class RendezvousServer:
             self._error(conn, got.code, got.message, rid)
             return
         self._timers.cancel(("offer", got.offer_id))
+        if msg["t"] == "refuse" or got.initiator_home is None:
+            self.holds.forget(got.offer_id)
         if msg["t"] == "refuse":
             if got.initiator_home is not None:
                 self._notify(got.initiator_home, notice("error", got.initiator, got.initiator_home.conn,
@@ -643,15 +650,22 @@ class RendezvousServer:
         """Start the session. `sample`: the listener's beacon as we saw it: the initiator finds it in
         the listener's info (beside the listener's word on when it left), the listener in its frame."""
         key = self._key(KEY_BYTES)
-        start_in = self.margin_for(got.initiator_info, got.info)
+        infos = [_unpacked(got.initiator_info), _unpacked(got.info)]
+        start_in = self.margin_for(*infos)
         self.stats["sessions"] += 1
         info = got.info if sample is None else add_to_packed_map(got.info, "beacon", list(sample))
+        initiator_info = got.initiator_info
+        held = self.holds.take(got.offer_id, now)
+        # how long we held the connect (held.py), in both sessions alike: only for peers that say
+        # how old their samples are (an older client reads the plan its own way)
+        if held is not None and all(AGE in i for i in infos):
+            info, initiator_info = add_to_packed_map(info, HELD, held), add_to_packed_map(initiator_info, HELD, held)
         self._notify(got.initiator_home, notice("session", got.initiator, got.initiator_home.conn,
                                                 id=got.request_id, session=got.offer_id, key=key,
                                                 peer=peer_id, info=Packed(info), role=Role.FIRST.value,
                                                 start_in=start_in, peer_key=got.key), now)
         self._send(conn, "session", id=rid, session=got.offer_id, key=key, start_at=now + start_in, now=now,
-                   peer=got.initiator, info=Packed(got.initiator_info), role=Role.SECOND.value,
+                   peer=got.initiator, info=Packed(initiator_info), role=Role.SECOND.value,
                    peer_key=got.initiator_key, **({"sample": list(sample)} if sample is not None else {}))
 
     # -- fresh samples: the beacon (beacon.py), else the listener's STUN samples --
@@ -753,15 +767,20 @@ class RendezvousServer:
             self._release(entry.offer_id, now, entry.sample)
         return True
 
-    def margin_for(self, *infos: bytes) -> float:
-        """Seconds from an accept to the agreed start for a session of the peers with these packed
-        node infos: from the round trips they say they have to us (the registry keeps only the info,
-        which the front packed itself; a registry in Redis checked it on the way back)."""
-        rtts = []
-        for info in infos:
-            try:
-                rtts.append(reported_rtt(msgpack.unpackb(info, raw=False)))
-            except Exception:  # msgpack's many error types; a missing round trip means the default
-                rtts.append(None)
+    def margin_for(self, *infos: dict) -> float:
+        """Seconds from an accept to the agreed start for a session of the peers with these node
+        infos (_unpacked): from the round trips they say they have to us."""
+        rtts = [reported_rtt(info) for info in infos]
         return start_margin(rtts, default=self.start_margin, floor=self.min_start_margin,
                             factor=self.start_margin_factor, ceiling=self.max_start_margin)
+
+
+def _unpacked(info: bytes) -> dict:
+    """A packed node info as a map ({} when it is none: a missing round trip means the default
+    margin). The registry keeps only the info, which the front packed itself; a registry in Redis
+    checked it on the way back."""
+    try:
+        out = msgpack.unpackb(info, raw=False)
+    except Exception:  # msgpack's many error types
+        return {}
+    return out if isinstance(out, dict) else {}
