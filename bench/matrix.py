@@ -45,7 +45,7 @@ import pathlib
 import sys
 import time
 
-from nattrav.lab.matrix import (MATRIX_PRESETS, SAME_NAT, SERVER_LAYOUTS, expectation, run_pair, summarise,
+from nattrav.lab.matrix import (MATRIX_PRESETS, SAME_NAT, SERVER_LAYOUTS, calibration, expectation, run_pair, summarise,
                                 tcp_expectation)
 
 # The new axes, each case (left, right, tcp): layers (a home NAT behind a CGN, one pair per UDP
@@ -120,6 +120,14 @@ def markdown(table: list[dict], meta: dict) -> str:
     out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
             f"{t['connected']}/{t['trials']}; {_gist(t['failures'][0]) if t['failures'] else ''}" for t in failing] or ["- none"]
     wrong = [t for t in table if t["odds_agree"] is False]
+    bands = calibration([t for t in table if t["expect"] == "feasible"])
+    if bands:
+        out += ["", "## Feasible cases' trials by the odds their plans stated", "",
+                "| stated odds | trials | connected | expected (sum of odds) | Wilson 95% | mean stated | agree |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {100 * b['band'][0]:g}–{100 * b['band'][1]:g}% | {b['trials']} | {b['connected']} | {b['expected']:g} | "
+                f"{100 * b['wilson'][0]:.2f}–{100 * b['wilson'][1]:.2f}% | {_pct(b['mean_odds'])} | "
+                f"{'yes' if b['agree'] else '**no**'} |" for b in bands]
     out += ["", "## Stated odds outside the measured interval", ""]
     out += [f"- {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): stated {'≥ ' if t.get('odds_floor') else ''}"
             f"{_pct(t['odds'])}, measured "

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from nattrav.lab.matrix import SAME_NAT, TrialResult, _kind, expectation, summarise, tcp_expectation, wilson
+from nattrav.lab.matrix import SAME_NAT, TrialResult, _kind, calibration, expectation, summarise, tcp_expectation, wilson
 
 
 def test_wilson_interval_known_values():
@@ -92,3 +92,20 @@ def test_only_a_later_trial_that_its_plan_said_was_out_of_budget_may_fail():
     other = TrialResult("a", "b", 1, False, odds=0.01, reason="ServerUnreachable: cannot reach rendezvous server")
     assert unexplained_failures([first, short]) == [first]
     assert unexplained_failures([ok, lying, other]) == [lying, other]
+
+
+def test_calibration_bins_each_trial_by_the_odds_its_plan_stated():
+    # one case whose first 15 plans stated 100 % and connected, then a spent budget: 54 % stated, 4 of 5
+    case = summarise([_row(True, 1.0)] * 15 + [_row(True, 0.54)] * 4 + [_row(False, 0.54)])
+    assert case["runs"][0] == [1, 1.0] and case["runs"][-1] == [0, 0.54]
+    other = summarise([_row(True, 0.9992)] * 3 + [_row(False, None)])  # no plan: not counted
+    bands = {tuple(b["band"]): b for b in calibration([case, other])}
+    top = bands[(0.999, 1.0)]
+    assert (top["trials"], top["connected"]) == (18, 18) and top["agree"] is True
+    mid = bands[(0.5, 0.9)]
+    assert (mid["trials"], mid["connected"], mid["expected"]) == (5, 4, 2.7)
+    assert mid["wilson"][0] < 0.54 < 0.8 < mid["wilson"][1] and mid["agree"] is True
+    assert set(bands) == {(0.999, 1.0), (0.5, 0.9)}
+    # 20 of 20 at 54 % stated: the odds were too low for that band
+    (low,) = calibration([summarise([_row(True, 0.54)] * 20)])
+    assert low["connected"] == 20 and low["agree"] is False

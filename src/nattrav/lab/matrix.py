@@ -359,7 +359,33 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "predictions": len(preds), "prediction_hits": len(hits),
         "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
         "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
+        # each trial's outcome beside the odds its plan stated: a case's mean hides a run whose later
+        # trials planned with a spent flow budget (calibration() bins them by the odds stated)
+        "runs": [[int(r.ok), None if r.odds is None else round(r.odds, 6)] for r in rows],
     }
+
+
+# the bands of stated odds calibration() reports: the goal's 99.9 % on its own
+ODDS_BANDS = ((0.999, 1.0), (0.99, 0.999), (0.9, 0.99), (0.5, 0.9), (0.0, 0.5))
+
+
+def calibration(cases: list[dict]) -> list[dict]:
+    """The trials of `cases` (summarise()'s, with "runs") grouped by the odds their plans stated:
+    per band, trials, connected, expected (the sum of the stated odds) and the measured rate's Wilson
+    interval. Stated odds agree with the lab when the band's mean odds lie inside that interval."""
+    out = []
+    for lo_band, hi_band in ODDS_BANDS:
+        runs = [(ok, odds) for case in cases for ok, odds in case.get("runs", [])
+                if odds is not None and lo_band <= odds <= hi_band and (odds < hi_band or hi_band == 1.0)]
+        if not runs:
+            continue
+        ok = sum(r[0] for r in runs)
+        lo, hi = wilson(ok, len(runs))
+        mean = sum(r[1] for r in runs) / len(runs)
+        out.append({"band": [lo_band, hi_band], "trials": len(runs), "connected": ok,
+                    "expected": round(sum(r[1] for r in runs), 2), "mean_odds": mean,
+                    "wilson": [round(lo, 4), round(hi, 4)], "agree": lo <= mean <= hi})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
