@@ -24,6 +24,7 @@ from ..proto.hops import HopReading, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.horizon import AGE, sample_age
 from ..proto.rendezvous.beacon import TAKES_BEACON
+from ..proto.rendezvous.held import TAKES_RESAMPLE
 from ..proto.rendezvous.observe import read_observed
 from ..proto.report import MAX_AGE, MAX_COUNT, History, NatReport
 from ..proto.vocab import Mapping
@@ -224,6 +225,7 @@ def node_info(report: NatReport, server_rtt: float, age: float | None = None) ->
     info: dict[str, Any] = {"report": report.to_wire()}
     if report.public is not None:  # a UDP report: we fold a listener's beacon into it (udp.read_report)
         info[TAKES_BEACON] = True
+        info[TAKES_RESAMPLE] = True  # as an initiator: connect(resample=) re-samples the punch socket
     if math.isfinite(server_rtt) and server_rtt >= 0:
         info["rtt"] = round(server_rtt, 6)
     if age is not None:

@@ -289,6 +289,15 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                 if cache is not None and getattr(transport, "relays", False):
                     cache.note_relay(client.server, client.relay is not None)  # decides the next pipelining
                 ep = await opening.result()
+
+                async def resample() -> dict:
+                    # a listener slow to accept: the server asks for fresh samples of the punch
+                    # socket (proto/rendezvous/held.py); the rest of our info is as we connected
+                    emit("resample", {"initiator": True})
+                    await transport.refresh(ep, emit)
+                    return {**node_info(ep.report, client.rtt, published_age(ep)), **relay.info(rung),
+                            **kx.offer(identity, peer_id).to_info()}
+
                 try:
                     if client.early_went:
                         # the connect went behind the enroll (node info, observations and all)
@@ -296,7 +305,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                         if client.relay is not None:
                             emit("relay-note", {"note": "the connect went before the server's relay grant: "
                                                         "no relay offered for this session"})
-                        session = await client.connect(peer_id, timeout=timeout)
+                        session = await client.connect(peer_id, timeout=timeout, resample=resample)
                     else:
                         if getattr(transport, "relays", False):
                             # the ladder's last rung: an allocation offered beside our report
@@ -305,7 +314,8 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                         emit("rendezvous-connect", {"peer": peer_id})
                         info = {**node_info(ep.report, client.rtt, published_age(ep)), **relay.info(rung),
                                 **kx.offer(identity, peer_id).to_info()}
-                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep))
+                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep),
+                                                       resample=resample)
                     # before any packet: a server that names another key for a peer ID, or that
                     # changed the peer's key agreement, is not followed
                     verified = expected_peer(peer_id, session)

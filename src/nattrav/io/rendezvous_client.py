@@ -601,12 +601,15 @@ class RendezvousClient:
         self._noted(await self._requests(*self._info_request(info, observed)))
 
     async def connect(self, peer_id: str, timeout: float = 10.0, *, info: dict | None = None,
-                      observed: Observed = ()) -> Session:
+                      observed: Observed = (), resample: Callable[[], Awaitable[dict]] | None = None) -> Session:
         """Ask peer_id for a session; raises UnknownPeer, PeerOffline, Refused or RendezvousTimeout.
         `info`: publish this node info first, in the same round trip (update_info() then connect());
         `observed`: as update_info()'s. The connect handed to open_rendezvous(early=) for this peer,
         when it went behind the enroll, is not sent again: its reply is taken (or, refused before
-        the enrollment, it goes again with its own info and observations)."""
+        the enrollment, it goes again with its own info and observations). `resample`: our info says
+        we take a "resample" (proto/rendezvous/held.py: a listener slow to accept); the server then
+        answers the connect with one, and resample() re-samples our punch socket and returns the node
+        info the session starts on."""
         early = self._early if self._early is not None and self._early.peer_id == peer_id else None
         if early is not None:
             self._early = None  # one connect: a second one to the same peer is an ordinary request
@@ -627,6 +630,8 @@ class RendezvousClient:
                 replies = await self._requests(*requests)
             self._noted(replies)
             msg = replies[-1]
+            if msg["t"] == "resample" and resample is not None:
+                msg = await self._sampled(msg["session"], resample)
         if guard.cancelled_caught:
             raise RendezvousTimeout(f"timeout: no answer about {peer_id} within {timeout:g} s")
         return self._session(msg)
@@ -669,16 +674,21 @@ class RendezvousClient:
         self._noted(replies)
         msg = replies[-1]
         if msg["t"] == "resample" and resample is not None:
-            fresh = await resample()
-            try:
-                check_info(fresh)
-            except BadFrame as exc:
-                raise ValueError(f"node info rejected: {exc}") from None
-            self._info = fresh  # what we published for this session (Session.own_info)
-            msg = await self._request("sampled", offer=offer.offer_id, info=fresh)
+            msg = await self._sampled(offer.offer_id, resample)
         if msg["t"] != "session":
             raise ProtocolViolation(f"the server answered an accept with {msg['t']!r}")
         return self._session(msg)
+
+    async def _sampled(self, offer_id: str, resample: Callable[[], Awaitable[dict]]) -> dict:
+        """The server asked for fresh samples for this session: they go as our info, and the
+        session frame answers them."""
+        fresh = await resample()
+        try:
+            check_info(fresh)
+        except BadFrame as exc:
+            raise ValueError(f"node info rejected: {exc}") from None
+        self._info = fresh  # what we published for this session (Session.own_info)
+        return await self._request("sampled", offer=offer_id, info=fresh)
 
     async def refuse(self, offer: Offer) -> None:
         if offer.offer_id in self._cancelled:

@@ -8,14 +8,49 @@ the windows aimed at its NAT for that age (planner/horizon.py), and both must re
 the front that starts the session puts it (HELD) in both peers' session infos, once, in its own
 clock. Across instances the offer's relay through the registry (milliseconds) is not counted.
 
+A connect held long (a listener slow to accept) makes that age seconds, and the windows aimed at
+the initiator's NAT wide enough to spend a home or CGN flow budget. So when the hold at the accept
+exceeds what a fresh sample costs (`fresh_wanted`), the front asks the initiator, too, for STUN
+samples of its punch socket before the session ("resample", as it asks a listener), and HELD then
+counts from their arrival (`restart`): the initiator's horizon drops back to its own sample's age,
+half its round trip, the listener's re-sample and the margin.
+
 The book is bounded like the beacon book: entries go in offer order and leave at the answer, with
 their offer's expiry, or as the oldest beyond `max_entries`."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
+
+from ..planner.horizon import AGE, MAX_RTT, published_seconds
 
 MAX_HELD_OFFERS = 4096  # offers a front remembers the arrival of (per peer and source they are capped too)
+
+
+# node info: this peer, as an initiator, takes a "resample" in answer to its connect (an older client
+# never says it, and never gets one)
+TAKES_RESAMPLE = "takes_resample"
+# Ask the initiator only past this hold (seconds), and past twice both round trips: what the fresh
+# sample costs (the initiator's round trip to us and one to its STUN server, then the listener's
+# re-sample, which its beacon would have saved) must be less than the age it removes. A quick accept
+# (the offer's and the accept's trip, ~ the listener's round trip) stays below it and pays nothing.
+RESAMPLE_AFTER = 0.5
+
+
+def fresh_wanted(held: float | None, initiator_info: Any, listener_info: Any,
+                 floor: float = RESAMPLE_AFTER) -> bool:
+    """Whether a connect held `held` seconds so far is worth the initiator's fresh samples: it says it
+    takes them, both peers publish their samples' age (so HELD reaches both plans), and the hold
+    exceeds `floor` and twice both published round trips (a missing one counts as 0: the floor)."""
+    if held is None or not isinstance(initiator_info, dict) or not isinstance(listener_info, dict):
+        return False
+    if initiator_info.get(TAKES_RESAMPLE) is not True:
+        return False
+    if AGE not in initiator_info or AGE not in listener_info:
+        return False
+    rtts = [published_seconds(i.get("rtt"), MAX_RTT) or 0.0 for i in (initiator_info, listener_info)]
+    return held > max(floor, 2.0 * sum(rtts))
 
 
 class HoldBook:
@@ -38,6 +73,17 @@ class HoldBook:
         entry = self._arrived.pop(offer_id, None)
         return None if entry is None else round(max(0.0, now - entry[0]), 3)
 
+    def peek(self, offer_id: str, now: float) -> float | None:
+        """Seconds since the offer arrived (or was restarted), remembering it; None when not noted."""
+        entry = self._arrived.get(offer_id)
+        return None if entry is None else max(0.0, now - entry[0])
+
+    def restart(self, offer_id: str, now: float) -> None:
+        """The initiator's fresh samples arrived: the hold counts from now (noted offers only)."""
+        entry = self._arrived.get(offer_id)
+        if entry is not None:
+            self._arrived[offer_id] = (now, entry[1])
+
     def forget(self, offer_id: str) -> None:
         self._arrived.pop(offer_id, None)
 
@@ -50,4 +96,4 @@ class HoldBook:
             self._arrived.popitem(last=False)
 
 
-__all__ = ["MAX_HELD_OFFERS", "HoldBook"]
+__all__ = ["MAX_HELD_OFFERS", "RESAMPLE_AFTER", "TAKES_RESAMPLE", "HoldBook", "fresh_wanted"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Coroutine
 
 import msgpack
@@ -31,7 +31,7 @@ from ..vocab import Role
 from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
-from .held import HoldBook
+from .held import RESAMPLE_AFTER, HoldBook, fresh_wanted
 from ..planner.horizon import AGE, HELD
 from .beacon import (SECRET_BYTES as BEACON_SECRET_BYTES, BadBeacon, BeaconBook, Expected, add_to_packed_map,
                      strip_server_keys)
@@ -53,6 +53,11 @@ BEACON_HOLD = 0.06
 # then the listener is asked for STUN samples (a round trip of its own to its STUN server): the
 # session waits this long for them before it ends (a listener that never sends them is broken)
 SAMPLES_WAIT = 5.0
+# a connect held past RESAMPLE_AFTER (held.py) asks the initiator for fresh samples at the accept: one
+# round trip to it and one of its own to its STUN server. Past this wait the session goes on with
+# the samples it connected with (and the whole hold in HELD, as before): a slow or silent initiator
+# costs the session this much, never the session itself
+INITIATOR_WAIT = 1.0
 
 
 @dataclass(slots=True)
@@ -63,7 +68,7 @@ class _Held:
     peer: str
     got: Answered
     rid: int | None
-    stage: str = "beacon"  # then "samples" (resample asked)
+    stage: str = "beacon"  # then "samples" (resample asked); "initiator": the initiator's samples first
 
 
 def run_now(coro: Coroutine) -> Any:
@@ -115,6 +120,9 @@ class RendezvousServer:
         # the UDP port beacons reach (beacon.py); the I/O layer sets it once it is bound (None: no
         # beacons offered, listeners sample through STUN before they accept, as before)
         beacon_port: int | None = None, beacon_hold: float = BEACON_HOLD, samples_wait: float = SAMPLES_WAIT,
+        # a connect held longer than this at the accept asks its initiator for fresh samples (held.py;
+        # None: never), waiting initiator_wait for them
+        resample_after: float | None = RESAMPLE_AFTER, initiator_wait: float = INITIATOR_WAIT,
     ):
         check_limits(max_conns_per_source=max_conns_per_source)
         if registry is None:
@@ -153,6 +161,8 @@ class RendezvousServer:
         self.beacon_port = beacon_port
         self.beacon_hold = beacon_hold
         self.samples_wait = samples_wait
+        self.resample_after = resample_after
+        self.initiator_wait = initiator_wait
         self._held: dict[str, _Held] = {}  # offer id -> its session waiting for fresh samples
         self.conns: dict[int, _Conn] = {}
         self._out: list[Send | Close | Relay] = []
@@ -163,7 +173,7 @@ class RendezvousServer:
         self._owed: dict[str, int] = {}
         self.stats = registry.stats
         for name in ("enrolled", "sessions", "bad_frames", "refused", "relayed", "observed", "timed_enrolls",
-                     "timed_fallbacks", "beacon_fallbacks"):
+                     "timed_fallbacks", "beacon_fallbacks", "initiator_resamples", "initiator_timeouts"):
             self.stats.setdefault(name, 0)
         self.beacons = BeaconBook(stats=self.stats)
         self.holds = HoldBook()  # when each offer delivered here arrived (held.py)
@@ -640,7 +650,10 @@ class RendezvousServer:
             self._error(conn, ErrorCode.OFFLINE, f"{got.initiator} went offline", rid)
             return
         if msg.get("beacon"):
-            self._hold(conn, peer_id, got, rid, now)
+            if self._initiator_fresh_wanted(got, now):
+                self._ask_initiator(conn, peer_id, got, rid, now)
+            else:
+                self._hold(conn, peer_id, got, rid, now)
             return
         self.beacons.forget(got.offer_id)
         self._session(conn, peer_id, got, rid, now)
@@ -681,12 +694,41 @@ class RendezvousServer:
         else:
             self._timers.set(("beacon", got.offer_id), now + self.beacon_hold)
 
-    def _ask_samples(self, offer_id: str, held: _Held, now: float) -> None:
+    def _initiator_conn(self, got: Answered) -> int | None:
+        """The initiator's connection when it is one of ours (a frame to it and its answer go over
+        it; across instances the notices carry no such exchange, and the session starts as before)."""
+        home = got.initiator_home
+        if home is None or home.instance != self.instance:
+            return None
+        c = self.conns.get(home.conn)
+        return home.conn if c is not None and c.peer == got.initiator else None
+
+    def _initiator_fresh_wanted(self, got: Answered, now: float) -> bool:
+        """Only for an accept that announced a beacon: that listener takes a "resample" after the
+        initiator's samples (its beacon's would have aged meanwhile, uncounted), an older one may not."""
+        if self.resample_after is None or self._initiator_conn(got) is None:
+            return False
+        return fresh_wanted(self.holds.peek(got.offer_id, now), _unpacked(got.initiator_info),
+                            _unpacked(got.info), self.resample_after)
+
+    def _ask_initiator(self, conn: int, peer_id: str, got: Answered, rid: int | None, now: float) -> None:
+        """Hold the accepted session for the initiator's fresh samples (its connect's answer is a
+        "resample"), then the listener's (_ask_samples)."""
+        self._held[got.offer_id] = _Held(conn, peer_id, got, rid, stage="initiator")
+        entry = self.beacons.get(got.offer_id)
+        if entry is not None:
+            entry.closed = True  # the listener samples again after the initiator: its beacon will be old
+        self.stats["initiator_resamples"] += 1
+        self._send(self._initiator_conn(got), "resample", id=got.request_id, session=got.offer_id)
+        self._timers.set(("beacon", got.offer_id), now + self.initiator_wait)
+
+    def _ask_samples(self, offer_id: str, held: _Held, now: float, fallback: bool = True) -> None:
         entry = self.beacons.get(offer_id)
         if entry is not None:
             entry.closed = True  # decided: a late beacon must not move a port the samples will show
         held.stage = "samples"
-        self.stats["beacon_fallbacks"] += 1
+        if fallback:
+            self.stats["beacon_fallbacks"] += 1
         self._send(held.conn, "resample", id=held.rid, session=offer_id)
         self._timers.set(("beacon", offer_id), now + self.samples_wait)
 
@@ -706,6 +748,10 @@ class RendezvousServer:
             return
         if held.stage == "beacon":
             self._ask_samples(offer_id, held, now)
+            return
+        if held.stage == "initiator":  # no fresh samples: its old ones, the whole hold in HELD
+            self.stats["initiator_timeouts"] += 1
+            self._ask_samples(offer_id, held, now, fallback=False)
             return
         del self._held[offer_id]
         self.beacons.forget(offer_id)
@@ -735,6 +781,9 @@ class RendezvousServer:
     def _sampled(self, conn: int, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
         """The listener's STUN samples, which we asked for: the session starts on them."""
         held = self._held.get(msg["offer"])
+        if held is not None and held.stage == "initiator" and conn == self._initiator_conn(held.got):
+            self._initiator_sampled(held, c, msg, rid, now)
+            return
         if held is None or held.conn != conn or held.peer != c.peer or held.stage != "samples":
             self._error(conn, ErrorCode.UNKNOWN_OFFER, "no session waits for samples of that offer", rid)
             return
@@ -743,6 +792,15 @@ class RendezvousServer:
         self._release(msg["offer"], now, None, Answered(got.offer_id, got.initiator, got.initiator_home,
                                                         got.request_id, got.initiator_info, info,
                                                         got.initiator_key, got.key), rid)
+
+    def _initiator_sampled(self, held: _Held, c: _Conn, msg: dict, rid: int | None, now: float) -> None:
+        """The initiator's fresh info: the session carries it, and answers this request (its connect's
+        was answered by the "resample"); the hold counts from here. Then the listener's turn."""
+        offer_id = held.got.offer_id
+        held.got = replace(held.got, initiator_info=self._public_info(msg["info"], c.addr, c.udp), request_id=rid)
+        self.holds.restart(offer_id, now)
+        self._timers.cancel(("beacon", offer_id))
+        self._ask_samples(offer_id, held, now, fallback=False)
 
     def _observed_ips(self, entry: Expected) -> set[str]:
         c = self.conns.get(entry.conn)
