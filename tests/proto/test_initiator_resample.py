@@ -162,3 +162,24 @@ def test_the_listener_leaving_meanwhile_tells_the_initiator():
     assert h.one(a, "error")["code"] == "offline"
     h.send(a, "sampled", id=9, offer=offer, info=FIRST)
     assert h.one(a, "error")["code"] == "unknown-offer"
+
+
+def test_a_beaconless_listener_that_takes_a_resample_samples_after_the_initiator():
+    h = Harness(beacon_port=7001)
+    a, b = h.open(("203.0.113.10", 1)), h.open(("203.0.113.20", 2))
+    h.enroll(a, info=FIRST)
+    h.enroll(b, name="bob", info=SECOND)
+    h.send(a, "connect", id=7, target="bob")
+    offer = h.one(b, "offer")["offer"]
+    h.advance(3.0)
+    h.send(b, "info", id=4, info={**SECOND, TAKES_RESAMPLE: True})  # (a client publishes it with the accept)
+    h.one(b, "ok")
+    h.send(b, "accept", id=8, offer=offer)
+    assert h.one(a, "resample")["session"] == offer and h.pop(b) == []
+    h.advance(0.1)
+    h.send(a, "sampled", id=9, offer=offer, info={**FIRST, AGE: 0.04})
+    assert h.one(b, "resample")["session"] == offer
+    h.advance(0.1)
+    h.send(b, "sampled", id=10, offer=offer, info={**SECOND, AGE: 0.02})
+    sa, sb = h.one(a, "session"), h.one(b, "session")
+    assert sa["info"][HELD] == sb["info"][HELD] == pytest.approx(0.1) and "sample" not in sb

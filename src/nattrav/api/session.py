@@ -528,13 +528,14 @@ class Listener:
             dest = (resolve(self._client.server[0]), port)
             ep.publish_flows(emit)
             at = await self._transport.send_beacon(ep, dest, secret, offer.offer_id, emit)
-        if at is None:
-            return await self._client.accept(offer, info=await refreshed(), observed=_tickets(ep))
-        emit("beacon", {"port": port, "t": at})
-
         async def resample() -> dict:
             emit("resample", {})
             return await refreshed()
+
+        if at is None:  # (the server may still ask for samples: after a long-held initiator's)
+            return await self._client.accept(offer, info=await refreshed(), observed=_tickets(ep), resample=resample,
+                                             beacon=False)
+        emit("beacon", {"port": port, "t": at})
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._transport.repeat_beacon, ep, dest, secret, offer.offer_id)

@@ -661,15 +661,17 @@ class RendezvousClient:
                 return offer
 
     async def accept(self, offer: Offer, *, info: dict | None = None, observed: Observed = (),
-                     resample: Callable[[], Awaitable[dict]] | None = None) -> Session:
+                     resample: Callable[[], Awaitable[dict]] | None = None, beacon: bool = True) -> Session:
         """Take `offer`; `info`: publish this node info first, in the same round trip; `observed`: as
         update_info()'s. `resample`: a sample beacon left with this accept (proto/rendezvous/beacon.py,
         only for an offer whose server asked for one): the server starts the session on it, or, when
         it did not arrive in time, asks for STUN samples, which resample() then takes and returns as
-        our node info for the session."""
+        our node info for the session. `beacon` False: no beacon left, but resample() is there for
+        a server that asks anyway (it first asked a long-held initiator for fresh samples,
+        proto/rendezvous/held.py; our info says we take it)."""
         if offer.offer_id in self._cancelled:
             raise OfferGone(f"offer from {offer.peer_id} ended: {self._cancelled[offer.offer_id]}")
-        fields = {"offer": offer.offer_id, **({"beacon": True} if resample is not None else {})}
+        fields = {"offer": offer.offer_id, **({"beacon": True} if resample is not None and beacon else {})}
         replies = await self._requests(*self._info_request(info, observed), ("accept", fields))
         self._noted(replies)
         msg = replies[-1]

@@ -28,8 +28,8 @@ from ..planner.horizon import AGE, MAX_RTT, published_seconds
 MAX_HELD_OFFERS = 4096  # offers a front remembers the arrival of (per peer and source they are capped too)
 
 
-# node info: this peer, as an initiator, takes a "resample" in answer to its connect (an older client
-# never says it, and never gets one)
+# node info: this peer takes a "resample" in answer to its connect, and, as a listener, in answer to
+# its accept even without a beacon (an older client never says it, and never gets one)
 TAKES_RESAMPLE = "takes_resample"
 # Ask the initiator only past this hold (seconds), and past twice both round trips: what the fresh
 # sample costs (the initiator's round trip to us and one to its STUN server, then the listener's

@@ -31,7 +31,7 @@ from ..vocab import Role
 from .clock import reported_rtt, start_margin
 from .memory import MemoryRegistry, check_limits
 from .notices import notice
-from .held import RESAMPLE_AFTER, HoldBook, fresh_wanted
+from .held import RESAMPLE_AFTER, TAKES_RESAMPLE, HoldBook, fresh_wanted
 from ..planner.horizon import AGE, HELD
 from .beacon import (SECRET_BYTES as BEACON_SECRET_BYTES, BadBeacon, BeaconBook, Expected, add_to_packed_map,
                      strip_server_keys)
@@ -649,11 +649,15 @@ class RendezvousServer:
             self.beacons.forget(got.offer_id)
             self._error(conn, ErrorCode.OFFLINE, f"{got.initiator} went offline", rid)
             return
+        # a listener that takes a "resample" (its beacon's fallback, or its info says so) samples
+        # again after the initiator's fresh samples; an older one may not (its samples would age
+        # meanwhile, uncounted), so its initiator is not asked
+        takes = msg.get("beacon") or _unpacked(got.info).get(TAKES_RESAMPLE) is True
+        if takes and self._initiator_fresh_wanted(got, now):
+            self._ask_initiator(conn, peer_id, got, rid, now)
+            return
         if msg.get("beacon"):
-            if self._initiator_fresh_wanted(got, now):
-                self._ask_initiator(conn, peer_id, got, rid, now)
-            else:
-                self._hold(conn, peer_id, got, rid, now)
+            self._hold(conn, peer_id, got, rid, now)
             return
         self.beacons.forget(got.offer_id)
         self._session(conn, peer_id, got, rid, now)
@@ -704,8 +708,6 @@ class RendezvousServer:
         return home.conn if c is not None and c.peer == got.initiator else None
 
     def _initiator_fresh_wanted(self, got: Answered, now: float) -> bool:
-        """Only for an accept that announced a beacon: that listener takes a "resample" after the
-        initiator's samples (its beacon's would have aged meanwhile, uncounted), an older one may not."""
         if self.resample_after is None or self._initiator_conn(got) is None:
             return False
         return fresh_wanted(self.holds.peek(got.offer_id, now), _unpacked(got.initiator_info),
