@@ -1,0 +1,58 @@
+"""A long-held connect over real sockets on loopback (proto/rendezvous/held.py): the listener accepts
+late, the server asks the initiator for fresh samples (its connect's answer is a "resample", its
+"sampled" gets the session), then the listener, and the session connects. The rendezvous server runs
+in this process (its state is read); STUN is a real nattrav-server's on 127.0.0.1 and 127.0.0.2."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from nattrav.api import connect, listen
+from nattrav.api import udp
+from nattrav.io.rendezvous_server import serve_rendezvous
+from nattrav.proto.rendezvous import RendezvousServer
+
+
+async def _late(servers, monkeypatch, *, delay: float, resample_after: float | None, beacons: bool = True):
+    monkeypatch.setattr(udp, "EIM_SAMPLES_FRESH", 0.0)  # loopback maps like EIM: make its samples stale
+    monkeypatch.setattr(udp, "STANDBY_EVERY", 600.0)
+    state = RendezvousServer(start_margin=0.05, resample_after=resample_after)
+    mine: list[tuple[str, dict]] = []
+    theirs: list[tuple[str, dict]] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            addr = await outer.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, state=state, beacons=beacons,
+                                                                          task_status=task_status))
+            async with listen(addr, stun=servers["stun"], cache=False,
+                              on_event=lambda ph, d: mine.append((ph, d))) as lst:
+                async with trio.open_nursery() as nursery:
+
+                    async def listener_side():
+                        await trio.sleep(delay)  # the offer waits in the client meanwhile
+                        async with lst.accept() as path:
+                            assert await path.stream.receive_some() == b"hi"
+
+                    nursery.start_soon(listener_side)
+                    async with connect(addr, lst.peer_id, stun=servers["stun"], cache=False,
+                                       on_event=lambda ph, d: theirs.append((ph, d))) as path:
+                        await path.stream.send_all(b"hi")
+            outer.cancel_scope.cancel()
+    return mine, theirs, state
+
+
+@pytest.mark.parametrize("beacons", [True, False])
+async def test_a_late_accept_gets_the_initiators_fresh_samples_then_the_listeners(servers, monkeypatch, beacons):
+    mine, theirs, state = await _late(servers, monkeypatch, delay=0.6, resample_after=0.3, beacons=beacons)
+    names = [ph for ph, _ in theirs]
+    assert ("resample", {"initiator": True}) in theirs and "connected" in names
+    assert names.index("resample") < names.index("plan")
+    assert "resample" in [ph for ph, _ in mine]  # the listener after it (with or without a beacon)
+    assert state.stats["initiator_resamples"] == 1 and state.stats["initiator_timeouts"] == 0
+
+
+async def test_a_quick_accept_or_a_server_that_never_asks_costs_the_initiator_nothing(servers, monkeypatch):
+    _, theirs, state = await _late(servers, monkeypatch, delay=0.6, resample_after=None)
+    assert "resample" not in [ph for ph, _ in theirs] and "connected" in [ph for ph, _ in theirs]
+    _, theirs, state = await _late(servers, monkeypatch, delay=0.0, resample_after=0.3)
+    assert "resample" not in [ph for ph, _ in theirs] and state.stats["initiator_resamples"] == 0
