@@ -183,3 +183,15 @@ def test_a_beaconless_listener_that_takes_a_resample_samples_after_the_initiator
     h.send(b, "sampled", id=10, offer=offer, info={**SECOND, AGE: 0.02})
     sa, sb = h.one(a, "session"), h.one(b, "session")
     assert sa["info"][HELD] == sb["info"][HELD] == pytest.approx(0.1) and "sample" not in sb
+
+
+def test_the_initiator_leaving_meanwhile_tells_the_listener():
+    h = Harness(beacon_port=7001)
+    a, b, offer = _accepted(h, FIRST, SECOND, 3.0)
+    h.pop(a)
+    h.lose(a)
+    answer = h.one(b, "error")  # its accept's answer
+    assert answer["id"] == 8 and answer["code"] == "offline"
+    assert h.server._held == {}
+    h.advance(2.0)  # no timer left to fire
+    assert h.pop(b) == []

@@ -766,8 +766,16 @@ class RendezvousServer:
         self._send(held.conn, "cancel", offer=offer_id, code=ErrorCode.TIMEOUT.value, message=message)
 
     def _drop_held(self, conn: int, now: float) -> None:
-        """The listener's connection ended with sessions held: their initiators hear it."""
+        """The listener's connection ended with sessions held: their initiators hear it. (An
+        initiator's, while we wait for its fresh samples: its listener hears it.)"""
         for offer_id, held in list(self._held.items()):
+            if held.stage == "initiator" and held.conn != conn and self._initiator_conn(held.got) == conn:
+                del self._held[offer_id]
+                self._timers.cancel(("beacon", offer_id))
+                self.beacons.forget(offer_id)
+                # the answer to its accept, which waits for the session
+                self._error(held.conn, ErrorCode.OFFLINE, f"{held.got.initiator}: the peer disconnected", held.rid)
+                continue
             if held.conn != conn:
                 continue
             del self._held[offer_id]
