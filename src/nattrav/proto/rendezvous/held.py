@@ -33,9 +33,12 @@ MAX_HELD_OFFERS = 4096  # offers a front remembers the arrival of (per peer and 
 TAKES_RESAMPLE = "takes_resample"
 # Ask the initiator only past this hold (seconds), and past twice both round trips: what the fresh
 # sample costs (the initiator's round trip to us and one to its STUN server, then the listener's
-# re-sample, which its beacon would have saved) must be less than the age it removes. A quick accept
-# (the offer's and the accept's trip, ~ the listener's round trip) stays below it and pays nothing.
-RESAMPLE_AFTER = 0.5
+# re-sample, which its beacon would have saved: +0.3 s to the connect over wan50) must be less than
+# the age it removes. A quick accept stays below it and pays nothing: over wan50 (lab, 50 ms each
+# way per access link) the offer's trip, the listener's sampling and its accept hold a connect
+# 0.6-0.75 s, and a 0.5 s floor asked the initiator on 34 of 40 such connects
+# (bench/results/initiator-resample.md, where that trade is measured too).
+RESAMPLE_AFTER = 1.0
 
 
 def fresh_wanted(held: float | None, initiator_info: Any, listener_info: Any,
