@@ -14,10 +14,11 @@ from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto.rendezvous import RendezvousServer
 
 
-async def _late(servers, monkeypatch, *, delay: float, resample_after: float | None, beacons: bool = True):
+async def _late(servers, monkeypatch, *, delay: float, resample_after: float | None, beacons: bool = True,
+                initiator_wait: float = 1.0):
     monkeypatch.setattr(udp, "EIM_SAMPLES_FRESH", 0.0)  # loopback maps like EIM: make its samples stale
     monkeypatch.setattr(udp, "STANDBY_EVERY", 600.0)
-    state = RendezvousServer(start_margin=0.05, resample_after=resample_after)
+    state = RendezvousServer(start_margin=0.05, resample_after=resample_after, initiator_wait=initiator_wait)
     mine: list[tuple[str, dict]] = []
     theirs: list[tuple[str, dict]] = []
     with trio.fail_after(30):
@@ -56,3 +57,17 @@ async def test_a_quick_accept_or_a_server_that_never_asks_costs_the_initiator_no
     assert "resample" not in [ph for ph, _ in theirs] and "connected" in [ph for ph, _ in theirs]
     _, theirs, state = await _late(servers, monkeypatch, delay=0.0, resample_after=0.3)
     assert "resample" not in [ph for ph, _ in theirs] and state.stats["initiator_resamples"] == 0
+
+
+async def test_an_initiator_too_slow_to_sample_still_gets_its_session(servers, monkeypatch):
+    """Its samples come after the server stopped waiting: the session on its old ones answers it."""
+    real = udp.UdpTransport.refresh
+
+    async def slow(self, ep, emit):
+        await trio.sleep(0.5)
+        await real(self, ep, emit)
+
+    monkeypatch.setattr(udp.UdpTransport, "refresh", slow)
+    mine, theirs, state = await _late(servers, monkeypatch, delay=0.6, resample_after=0.3, initiator_wait=0.2)
+    assert ("resample", {"initiator": True}) in theirs and "connected" in [ph for ph, _ in theirs]
+    assert state.stats["initiator_timeouts"] == 1

@@ -100,7 +100,9 @@ def test_no_answer_in_time_starts_with_the_old_info_and_the_whole_hold():
     assert [m["t"] for m in h.pop(a)] == ["resample"]
     h.advance(1.0)
     assert h.one(b, "resample")["session"] == offer and h.server.stats["initiator_timeouts"] == 1
-    h.send(a, "sampled", id=9, offer=offer, info=FIRST)  # too late: refused, moves nothing
+    h.send(a, "sampled", id=7, offer=offer, info=FIRST)  # too late, under its connect's id: no reply,
+    assert h.pop(a) == []  # the session answers that id (a client waits for it there)
+    h.send(a, "sampled", id=9, offer=offer, info=FIRST)  # any other: refused, moves nothing
     assert h.one(a, "error")["code"] == "unknown-offer"
     h.send(b, "sampled", id=10, offer=offer, info=SECOND)
     sa, sb = h.one(a, "session"), h.one(b, "session")

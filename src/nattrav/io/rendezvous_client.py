@@ -631,7 +631,9 @@ class RendezvousClient:
             self._noted(replies)
             msg = replies[-1]
             if msg["t"] == "resample" and resample is not None:
-                msg = await self._sampled(msg["session"], resample)
+                # under the connect's own id: a server that stopped waiting for our samples answers
+                # the connect with the session on our old ones, and that is still our answer
+                msg = await self._sampled(msg["session"], resample, msg.get("id"))
         if guard.cancelled_caught:
             raise RendezvousTimeout(f"timeout: no answer about {peer_id} within {timeout:g} s")
         return self._session(msg)
@@ -681,16 +683,26 @@ class RendezvousClient:
             raise ProtocolViolation(f"the server answered an accept with {msg['t']!r}")
         return self._session(msg)
 
-    async def _sampled(self, offer_id: str, resample: Callable[[], Awaitable[dict]]) -> dict:
+    async def _sampled(self, offer_id: str, resample: Callable[[], Awaitable[dict]], rid: int | None = None) -> dict:
         """The server asked for fresh samples for this session: they go as our info, and the
-        session frame answers them."""
+        session frame answers them (`rid`: as the reply to that request, answered by the resample)."""
         fresh = await resample()
         try:
             check_info(fresh)
         except BadFrame as exc:
             raise ValueError(f"node info rejected: {exc}") from None
         self._info = fresh  # what we published for this session (Session.own_info)
-        return await self._request("sampled", offer=offer_id, info=fresh)
+        link = self._link
+        if rid is None or link is None or link.gone is not None or self._closed is not None:
+            return await self._request("sampled", offer=offer_id, info=fresh)
+        waiting = [(rid, Reply())]
+        link.pending[rid] = waiting[0][1]
+        try:
+            await self._send(link, make("sampled", id=rid, offer=offer_id, info=fresh))
+        except BaseException:
+            _forget(link, waiting)
+            raise
+        return (await self._collect(link, waiting))[-1]
 
     async def refuse(self, offer: Offer) -> None:
         if offer.offer_id in self._cancelled:

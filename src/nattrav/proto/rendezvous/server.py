@@ -69,6 +69,7 @@ class _Held:
     got: Answered
     rid: int | None
     stage: str = "beacon"  # then "samples" (resample asked); "initiator": the initiator's samples first
+    late: bool = False  # the initiator's samples did not come in time: its session answers its connect
 
 
 def run_now(coro: Coroutine) -> Any:
@@ -753,6 +754,7 @@ class RendezvousServer:
             return
         if held.stage == "initiator":  # no fresh samples: its old ones, the whole hold in HELD
             self.stats["initiator_timeouts"] += 1
+            held.late = True
             self._ask_samples(offer_id, held, now, fallback=False)
             return
         del self._held[offer_id]
@@ -794,6 +796,8 @@ class RendezvousServer:
         if held is not None and held.stage == "initiator" and conn == self._initiator_conn(held.got):
             self._initiator_sampled(held, c, msg, rid, now)
             return
+        if held is not None and held.late and conn == self._initiator_conn(held.got) and rid == held.got.request_id:
+            return  # too late to count: the session (on its old samples) answers this id soon
         if held is None or held.conn != conn or held.peer != c.peer or held.stage != "samples":
             self._error(conn, ErrorCode.UNKNOWN_OFFER, "no session waits for samples of that offer", rid)
             return
