@@ -8,38 +8,15 @@ from __future__ import annotations
 import pytest
 import trio
 
-from nattrav.api import connect, listen
 from nattrav.api import udp
-from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto.rendezvous import RendezvousServer
+from tests.api.test_sample_beacon import _session
 
 
 async def _late(servers, monkeypatch, *, delay: float, resample_after: float | None, beacons: bool = True,
                 initiator_wait: float = 1.0):
-    monkeypatch.setattr(udp, "EIM_SAMPLES_FRESH", 0.0)  # loopback maps like EIM: make its samples stale
-    monkeypatch.setattr(udp, "STANDBY_EVERY", 600.0)
     state = RendezvousServer(start_margin=0.05, resample_after=resample_after, initiator_wait=initiator_wait)
-    mine: list[tuple[str, dict]] = []
-    theirs: list[tuple[str, dict]] = []
-    with trio.fail_after(30):
-        async with trio.open_nursery() as outer:
-            addr = await outer.start(lambda task_status: serve_rendezvous("127.0.0.1", 0, state=state, beacons=beacons,
-                                                                          task_status=task_status))
-            async with listen(addr, stun=servers["stun"], cache=False,
-                              on_event=lambda ph, d: mine.append((ph, d))) as lst:
-                async with trio.open_nursery() as nursery:
-
-                    async def listener_side():
-                        await trio.sleep(delay)  # the offer waits in the client meanwhile
-                        async with lst.accept() as path:
-                            assert await path.stream.receive_some() == b"hi"
-
-                    nursery.start_soon(listener_side)
-                    async with connect(addr, lst.peer_id, stun=servers["stun"], cache=False,
-                                       on_event=lambda ph, d: theirs.append((ph, d))) as path:
-                        await path.stream.send_all(b"hi")
-            outer.cancel_scope.cancel()
-    return mine, theirs, state
+    return await _session(servers, monkeypatch, beacons=beacons, state=state, accept_delay=delay)
 
 
 @pytest.mark.parametrize("beacons", [True, False])

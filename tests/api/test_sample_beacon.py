@@ -14,12 +14,15 @@ from nattrav.io.rendezvous_server import serve_rendezvous
 from nattrav.proto.rendezvous import RendezvousServer
 
 
-async def _session(servers, monkeypatch, *, beacons: bool = True, drop: bool = False):
-    """One connect to a listener whose samples are stale (so its accept must show fresh ones);
-    (listener events, initiator events, server state)."""
+async def _session(servers, monkeypatch, *, beacons: bool = True, drop: bool = False,
+                   state: RendezvousServer | None = None, accept_delay: float = 0.0):
+    """One connect to a listener whose samples are stale (so its accept must show fresh ones), on
+    `state` (a server with a 50 ms start margin when None), the listener accepting `accept_delay`
+    seconds late; (listener events, initiator events, server state)."""
     monkeypatch.setattr(udp, "EIM_SAMPLES_FRESH", 0.0)  # loopback maps like EIM: make its samples stale
     monkeypatch.setattr(udp, "STANDBY_EVERY", 600.0)
-    state = RendezvousServer(start_margin=0.05)
+    if state is None:
+        state = RendezvousServer(start_margin=0.05)
     if drop:  # the beacon never reaches the front (lost, or another process's port)
         monkeypatch.setattr(state, "beacon_received", lambda data, src, now: False)
     mine: list[tuple[str, dict]] = []
@@ -33,6 +36,7 @@ async def _session(servers, monkeypatch, *, beacons: bool = True, drop: bool = F
                 async with trio.open_nursery() as nursery:
 
                     async def listener_side():
+                        await trio.sleep(accept_delay)  # the offer waits in the client meanwhile
                         async with lst.accept() as path:
                             assert await path.stream.receive_some() == b"hi"
 
