@@ -290,13 +290,17 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                     cache.note_relay(client.server, client.relay is not None)  # decides the next pipelining
                 ep = await opening.result()
 
+                def our_info() -> dict:
+                    # our report with its samples' age, the relay rung we offer, our key agreement
+                    return {**node_info(ep.report, client.rtt, published_age(ep)), **relay.info(rung),
+                            **kx.offer(identity, peer_id).to_info()}
+
                 async def resample() -> dict:
                     # a listener slow to accept: the server asks for fresh samples of the punch
                     # socket (proto/rendezvous/held.py); the rest of our info is as we connected
                     emit("resample", {"initiator": True})
                     await transport.refresh(ep, emit)
-                    return {**node_info(ep.report, client.rtt, published_age(ep)), **relay.info(rung),
-                            **kx.offer(identity, peer_id).to_info()}
+                    return our_info()
 
                 try:
                     if client.early_went:
@@ -312,9 +316,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                             rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
                                                         tcp=not isinstance(transport, UdpTransport))
                         emit("rendezvous-connect", {"peer": peer_id})
-                        info = {**node_info(ep.report, client.rtt, published_age(ep)), **relay.info(rung),
-                                **kx.offer(identity, peer_id).to_info()}
-                        session = await client.connect(peer_id, timeout=timeout, info=info, observed=_tickets(ep),
+                        session = await client.connect(peer_id, timeout=timeout, info=our_info(), observed=_tickets(ep),
                                                        resample=resample)
                     # before any packet: a server that names another key for a peer ID, or that
                     # changed the peer's key agreement, is not followed
