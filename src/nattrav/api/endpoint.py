@@ -169,11 +169,28 @@ async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHoo
     trace that cannot run or sees no hop reads as the default, and says so. `made()`: called once
     the trace's flow is made on our NATs (or it will make none). `reuse`: a complete trace of the
     same route less than RECENT_TRACE seconds old stands instead (no packet sent)."""
+    told = False
+
+    def tell() -> None:
+        nonlocal told
+        if not told and made is not None:
+            told = True
+            made()
+
+    try:
+        return await _measure_hops(stun, src_ip, emit, tell, reuse)
+    finally:
+        # whatever happened: a caller that waits for the trace's flow before sampling must not wait
+        # for ever on a trace that failed before it sent anything
+        tell()
+
+
+async def _measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook, made: Callable[[], None],
+                        reuse: bool) -> HopReading:
     way = route(stun, src_ip)
     recent = _recent.get(way)
     if reuse and recent is not None and time.monotonic() - recent[1] < RECENT_TRACE:
-        if made is not None:
-            made()
+        made()
         emit("hops", {**recent[0].to_dict(), "recent": True})
         return recent[0]
     try:
