@@ -126,3 +126,16 @@ def test_a_connect_waits_at_most_what_its_timeout_spares_and_an_accept_half():
     assert _udp(None, o, None, timeout=5.0).flow_wait == 0.0  # nothing to spare: plan at what is left
     assert _udp(None, o, None).flow_wait == PACE_CAP / 2  # a listener: the initiator is held meanwhile
     assert _udp(None, SessionOptions(secure=False, flow_wait=0), None, timeout=60.0).flow_wait == 0.0
+
+
+def test_the_lab_agent_keeps_a_trials_wait_in_its_row():
+    from nattrav.lab.agent import marking
+
+    async def main():
+        marks, on_event = marking()
+        on_event("flow-wait", {"seconds": 1.25, "held": 480, "local_ip": LOCAL})
+        on_event("flow-wait", {"seconds": 0.5, "held": 420, "local_ip": LOCAL})  # an accept's, later
+        return marks
+
+    marks = trio.run(main)
+    assert marks["flow_wait"] == 1.75 and [e[0] for e in marks["events"]] == ["flow-wait", "flow-wait"]

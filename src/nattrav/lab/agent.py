@@ -82,6 +82,7 @@ async def run_agent(args: argparse.Namespace) -> None:
         plan = note_plan(row, marks)
         row.setdefault("plan_reason", plan.get("reason"))
         row["diag"] = diagnosis(marks)
+        row["flow_wait"] = marks.get("flow_wait", 0.0)
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
         if i + 1 < args.trials:
@@ -128,12 +129,14 @@ def marking() -> tuple[dict[str, Any], Any]:
             marks.setdefault("start", trio.current_time())
         elif phase == "plan":
             marks["plan"] = d
+        elif phase == "flow-wait":  # seconds spent waiting for our own bursts' entries (api/flow_wait.py)
+            marks["flow_wait"] = round(marks.get("flow_wait", 0.0) + float(d.get("seconds", 0.0)), 3)
 
     return marks, on_event
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+TIMED = {"flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
          "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 

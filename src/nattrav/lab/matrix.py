@@ -282,7 +282,7 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
                    "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None),
                    "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason"),
                    "diag_a": a.get("diag"), "diag_b": b.get("diag"), "reason_a": a.get("reason"),
-                   "reason_b": b.get("reason")},
+                   "reason_b": b.get("reason"), "flow_wait_a": a.get("flow_wait"), "flow_wait_b": b.get("flow_wait")},
         ))
     return out
 
