@@ -33,6 +33,8 @@ async def run_agent(args: argparse.Namespace) -> None:
     from ..hostport import parse_hostport
 
     connect, listen = (api.connect_tcp, api.listen_tcp) if args.tcp else (api.connect, api.listen)
+    # a user's own option, passed on as typed (a baseline run's --flow-wait 0)
+    knobs = {} if args.flow_wait is None else {"flow_wait": args.flow_wait}
 
     server = parse_hostport(args.server, SERVER_PORT)
     try:
@@ -53,7 +55,7 @@ async def run_agent(args: argparse.Namespace) -> None:
                 if args.role == "listen":
                     # the raw punched path: the matrix measures traversal, not QUIC/TLS
                     async with listen(server, name=name, behavior=behavior, on_event=on_event,
-                                      secure=False) as lst:
+                                      secure=False, **knobs) as lst:
                         _emit({"event": "ready", "trial": i})
                         # an application slow to call accept(): the offer waits in the client meanwhile
                         await trio.sleep(args.accept_delay)
@@ -65,7 +67,7 @@ async def run_agent(args: argparse.Namespace) -> None:
                     while True:
                         try:
                             async with connect(server, name, behavior=behavior, on_event=on_event,
-                                               timeout=args.trial_timeout, secure=False) as path:
+                                               timeout=args.trial_timeout, secure=False, **knobs) as path:
                                 path = LineStream(path) if args.tcp else path
                                 row.update(connected(path, marks))
                                 got = await path.receive()
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between trials (default 0: back to back). A burst's NAT entries linger "
                         "(planner/budget.FLOW_LINGER), so back-to-back birthdays publish what is left of "
                         "the flow budget; a gap past the linger gives every trial a fresh one")
+    p.add_argument("--flow-wait", type=float, default=None, metavar="S",
+                   help="nattrav-fast's --flow-wait, passed to connect()/listen() (default: theirs)")
     trio.run(run_agent, p.parse_args(argv))
     return 0
 
