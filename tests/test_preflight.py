@@ -210,6 +210,8 @@ WITH = [sys.executable, "-m", "nattrav.cli.fast"]
     ["-s", "127.0.0.1", "--timeout", "0"],
     ["-s", "127.0.0.1", "--timeout", "soon"],
     ["-s", "127.0.0.1", "-t", "0"],
+    ["-s", "127.0.0.1", "--flow-wait", "31"],
+    ["-s", "127.0.0.1", "--flow-wait", "-1"],
     ["-s", "127.0.0.1", "--plain", "--server-cert", "x.pem"],
     ["-s", "127.0.0.1", "-d", "12D3KooWnotakey"],
     ["--serv", "127.0.0.1:1", "--plain", "--timeout", "2"],  # an abbreviation argparse takes

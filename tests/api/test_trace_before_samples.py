@@ -7,6 +7,7 @@ stand-in that makes its flow late, and the samples are timed."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from nattrav.api import udp
@@ -94,3 +95,30 @@ async def test_a_complete_trace_stands_for_the_next_ones_on_the_same_route(monke
     monkeypatch.setattr(endpoint, "RECENT_TRACE", 0.0)
     readings.append(complete)
     assert await endpoint.measure_hops(stun, None, quiet) == complete and len(calls) == 4  # too old
+
+
+async def test_a_trace_that_fails_before_its_flow_still_releases_the_samples(monkeypatch):
+    """open_endpoint samples an APDM socket only once the trace says its flow is made: a trace that
+    raises before sending anything (a bug, an odd route) must say so too, or the connect waits for
+    ever on it instead of failing with the trace's error."""
+    from nattrav.api import endpoint
+
+    def broken_route(stun, src_ip):
+        raise RuntimeError("no route")
+
+    monkeypatch.setattr(endpoint, "route", broken_route)
+    made: list[int] = []
+    with pytest.raises(RuntimeError, match="no route"):  # the caller sees the error, not a hang
+        await endpoint.measure_hops(("127.0.0.1", 3478), None, lambda phase, detail: None, lambda: made.append(1))
+    assert made == [1]
+
+    async def made_twice(stun, *, src_ip=None, made=None):  # a trace that tells, then fails
+        made()
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(endpoint, "route", lambda stun, src_ip: (stun, None))
+    monkeypatch.setattr(endpoint, "trace_hops", made_twice)
+    monkeypatch.setattr(endpoint, "_recent", {})
+    made.clear()
+    assert not (await endpoint.measure_hops(("127.0.0.1", 3478), None, lambda p, d: None, lambda: made.append(1))).measured
+    assert made == [1]  # once, however often the trace said it

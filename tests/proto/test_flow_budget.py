@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from nattrav.proto.hops import DEFAULT_HOPS, read_trace
 from nattrav.proto.planner.budget import (CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP,
-                                          FlowLedger, behind_cgn, budget_left, default_flow_budget)
+                                          PACE_CAP, FlowLedger, behind_cgn, budget_left, default_flow_budget, pace)
 
 HOME = read_trace({1: "192.168.1.1", 2: "203.0.113.1"}, server_ttl=3, max_ttl=8)
 HOME_IN_CGN = read_trace({1: "192.168.1.1", 2: "100.64.1.1", 3: "203.0.113.1"}, server_ttl=4, max_ttl=8)
@@ -51,3 +51,51 @@ def test_what_is_left_is_always_a_budget_the_schema_takes(budget, held):
     left = budget_left(budget, held)
     assert 1 <= left <= FLOW_TABLE_CAP
     assert left == max(1, budget - max(0, held))
+
+
+def test_pace_waits_until_a_burst_like_the_largest_recent_one_fits_again():
+    # behind a CGN (512): three predicted punches of 150 flows in the last seconds hold 450; the
+    # next needs 150 too, and fits once the oldest one's entries have gone (at t = 32)
+    bursts = [(32.0, 150), (33.0, 150), (34.0, 150)]
+    assert pace(CGN_FLOW_BUDGET, bursts, now=30.0) == 2.0
+    assert pace(CGN_FLOW_BUDGET, bursts, now=32.5) == 0.0  # the oldest has gone: 362 free >= 150
+    # two of them fit at once: no wait
+    assert pace(CGN_FLOW_BUDGET, bursts[:2], now=30.0) == 0.0
+    # a bigger budget holds them all
+    assert pace(DEFAULT_FLOW_BUDGET, bursts, now=30.0) == 0.0
+    assert pace(CGN_FLOW_BUDGET, [], now=30.0) == 0.0
+
+
+def test_pace_does_not_wait_longer_than_its_cap():
+    # a birthday took 470 of the 512 a second ago: only its expiry, 29 s on, frees enough, and the
+    # session goes now with what is left (its plan states those odds) instead of stalling
+    assert pace(CGN_FLOW_BUDGET, [(31.0 + FLOW_LINGER - 2, 470)], now=30.0) == 0.0
+    assert pace(CGN_FLOW_BUDGET, [(31.0, 470)], now=30.0) == 1.0
+    assert pace(CGN_FLOW_BUDGET, [(31.0 + PACE_CAP, 470)], now=31.0) == PACE_CAP
+    assert pace(CGN_FLOW_BUDGET, [(31.0 + PACE_CAP, 470)], now=31.0, cap=PACE_CAP - 0.5) == 0.0
+    # a burst bigger than the budget (another process's, a larger --max-flows) needs the whole budget
+    assert pace(100, [(35.0, 400)], now=30.0) == 5.0
+
+
+def test_the_ledger_paces_with_the_budget_its_last_burst_fired_under():
+    ledger = FlowLedger()
+    assert ledger.wait("10.0.1.2", 0.0) == 0.0
+    ledger.record("10.0.1.2", 200, until=3.0, budget=CGN_FLOW_BUDGET)
+    ledger.record("10.0.1.2", 200, until=4.0, budget=CGN_FLOW_BUDGET)
+    assert ledger.wait("10.0.1.2", 1.0) == 2.0  # 112 free, 200 needed: after the first expires
+    assert ledger.wait("10.0.1.2", 1.0, budget=DEFAULT_FLOW_BUDGET) == 0.0  # an explicit budget wins
+    ledger.record("10.0.5.5", 200, until=4.0)  # a burst with no budget known: nothing to pace by
+    assert ledger.wait("10.0.5.5", 1.0) == 0.0
+
+
+@given(st.integers(1, 4096), st.lists(st.tuples(st.floats(0, 60), st.integers(0, 5000)), max_size=12),
+       st.floats(0, 30))
+def test_after_the_paced_wait_a_burst_like_the_largest_fits_or_none_was_waited(budget, bursts, now):
+    wait = pace(budget, bursts, now)
+    assert 0.0 <= wait <= PACE_CAP
+    live = [(u, f) for u, f in bursts if u > now and f > 0]
+    if wait > 0:
+        need = min(budget, max(f for _, f in live))
+        assert budget - sum(f for u, f in live if u > now + wait + 1e-6) >= need
+        # and not a moment sooner: just before, it did not fit yet
+        assert budget - sum(f for u, f in live if u > now + wait - 1e-6) < need

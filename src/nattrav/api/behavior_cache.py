@@ -212,8 +212,12 @@ class BehaviorCache:
 
     def flows_held(self, local_ip: str, now: float | None = None) -> int:
         """Flows our bursts from `local_ip` opened that the NATs may still hold at `now` (unix time)."""
+        return sum(n for _, n in self.bursts(local_ip, now))
+
+    def bursts(self, local_ip: str, now: float | None = None) -> list[tuple[float, int]]:
+        """(until, flows) of our bursts from `local_ip` that the NATs may still hold at `now` (unix time)."""
         now = time.time() if now is None else now
-        return sum(n for until, n in self._load()[1].get(local_ip, ()) if until > now)
+        return [(until, n) for until, n in self._load()[1].get(local_ip, ()) if until > now]
 
     def record_flows(self, local_ip: str, flows: int, until: float, now: float | None = None) -> bool:
         """A burst from `local_ip` whose NAT entries last until `until` (unix time); True when written."""

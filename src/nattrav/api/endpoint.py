@@ -145,7 +145,7 @@ RECENT_TRACE = 30.0
 _recent: dict[tuple, tuple[HopReading, float]] = {}
 
 
-def _route(stun: tuple[str, int], src_ip: str | None) -> tuple:
+def route(stun: tuple[str, int], src_ip: str | None) -> tuple:
     """(the STUN server, the local address the kernel routes to it from): no packet is sent."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -169,11 +169,28 @@ async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHoo
     trace that cannot run or sees no hop reads as the default, and says so. `made()`: called once
     the trace's flow is made on our NATs (or it will make none). `reuse`: a complete trace of the
     same route less than RECENT_TRACE seconds old stands instead (no packet sent)."""
-    route = _route(stun, src_ip)
-    recent = _recent.get(route)
-    if reuse and recent is not None and time.monotonic() - recent[1] < RECENT_TRACE:
-        if made is not None:
+    told = False
+
+    def tell() -> None:
+        nonlocal told
+        if not told and made is not None:
+            told = True
             made()
+
+    try:
+        return await _measure_hops(stun, src_ip, emit, tell, reuse)
+    finally:
+        # whatever happened: a caller that waits for the trace's flow before sampling must not wait
+        # for ever on a trace that failed before it sent anything
+        tell()
+
+
+async def _measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHook, made: Callable[[], None],
+                        reuse: bool) -> HopReading:
+    way = route(stun, src_ip)
+    recent = _recent.get(way)
+    if reuse and recent is not None and time.monotonic() - recent[1] < RECENT_TRACE:
+        made()
         emit("hops", {**recent[0].to_dict(), "recent": True})
         return recent[0]
     try:
@@ -181,7 +198,7 @@ async def measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHoo
     except OSError:
         reading = read_trace({}, None, MAX_TTL)
     if _complete(reading):
-        _recent[route] = (reading, time.monotonic())
+        _recent[way] = (reading, time.monotonic())
         while len(_recent) > 64:
             _recent.pop(next(iter(_recent)))
     emit("hops", reading.to_dict())

@@ -27,6 +27,7 @@ from .endpoint import EventHook, node_info, published_age, refresh_cached, resol
 from .liveness import LifetimeWatch, wants_lifetime
 from .relay import RelayRung
 from .secure import agree_as_initiator, agree_as_responder, expected_peer, preload_secure
+from ..proto.planner.budget import FLOW_LINGER, PACE_CAP
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_TARGET
 from .timeline import Timeline
@@ -49,6 +50,11 @@ class SessionOptions:
     # new flows our UDP bursts may hold open on our own NATs (default: a home router's share, less
     # behind a carrier-grade NAT: proto/planner/budget.py); an explicit number always wins
     max_flows: int | None = None
+    # seconds a UDP connect may first wait for the NAT entries of our own bursts of the last
+    # FLOW_LINGER s to expire, when the budget they left would not hold a burst like the last
+    # (api/flow_wait.py; at most its timeout less CONNECT_RESERVE; an accept half of it); 0: never
+    # wait, the plan then states its odds at what is left
+    flow_wait: float = PACE_CAP
     on_event: EventHook | None = None  # progress, on_event(phase, detail): see nattrav.cli.events
     behavior: NatBehavior | None = None  # an earlier discovery's result: the RFC 5780 tests are skipped
     # The UDP planner's knobs (proto/planner/udp.plan). Both peers derive the plan from the same two
@@ -93,6 +99,9 @@ class SessionOptions:
                 raise UsageError(f"{name} must be an integer in 1..{FLOW_TABLE_CAP}, got {value!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or not 1 <= self.workers <= 256):
             raise UsageError(f"workers must be 1..256 or None, got {self.workers!r}")
+        if isinstance(self.flow_wait, bool) or not isinstance(self.flow_wait, (int, float)) \
+                or not 0 <= self.flow_wait <= FLOW_LINGER:
+            raise UsageError(f"flow_wait must be 0..{FLOW_LINGER:g} seconds, got {self.flow_wait!r}")
 
     def plan_knobs(self) -> dict[str, Any]:
         """The planner's keywords, as plan() takes them (the flow budgets come from the reports)."""
@@ -404,9 +413,19 @@ def as_peer_id_or_name(text: str) -> None:
         PeerId.parse(text)
 
 
-def _udp(coordinator: Any, o: SessionOptions, quic: dict[str, Any] | None) -> UdpTransport:
+# Of a connect's timeout, what a wait for our own bursts' NAT entries (flow_wait) leaves at least for
+# the rendezvous, the punch and the handshake (seconds: ~3 over wan50, the rest for a ladder's rungs)
+CONNECT_RESERVE = 10.0
+
+
+def _udp(coordinator: Any, o: SessionOptions, quic: dict[str, Any] | None,
+         timeout: float | None = None) -> UdpTransport:
+    """The UDP transport. A connect waits for its flows at most what its `timeout` can spare; a
+    listener half of flow_wait at an accept (the initiator's connect is held by the server meanwhile,
+    its timeout running)."""
+    wait = o.flow_wait / 2 if timeout is None else min(o.flow_wait, max(0.0, timeout - CONNECT_RESERVE))
     return UdpTransport(coordinator, o.max_flows, quic, plan_knobs=o.plan_knobs(), workers=o.workers,
-                        early_quic=o.secure)
+                        early_quic=o.secure, flow_wait=wait)
 
 
 @asynccontextmanager
@@ -419,7 +438,7 @@ async def connect(server: Server, peer_id: str, *, timeout: float = 30.0, coordi
     instead of starting one for a big burst; `quic`: QuicSettings fields to override;
     `options`: SessionOptions' keywords."""
     o = SessionOptions(**options)
-    async with _connect(_udp(coordinator, o, quic), server, peer_id, timeout, o) as path:
+    async with _connect(_udp(coordinator, o, quic, timeout), server, peer_id, timeout, o) as path:
         yield path
 
 
@@ -522,6 +541,9 @@ class Listener:
             await self._transport.refresh(ep, emit)
             return {**node_info(ep.report, self._client.rtt, published_age(ep)), **kx_info}
 
+        pace = getattr(self._transport, "pace", None)
+        if pace is not None:
+            await pace(ep, emit)  # our previous sessions' bursts (the initiator's server hold covers it)
         wanted = getattr(self._transport, "beacon_wanted", None)
         beacon = wanted(ep, offer.peer_info) if wanted is not None else None
         at = None

@@ -38,6 +38,7 @@ from .pool_survey import Survey, needs_survey, survey_pool
 from .relay import RelayRung
 from .background import running
 from .behavior_cache import BehaviorCache, Key, confirmed
+from .flow_wait import wait_for_flows
 from .endpoint import (CacheUse, EventHook, emit_address, emit_cached, measure_hops, nat_report, own_ip, peer_udp_ips,
                        read_peer_report, resolve, resolve_behavior)
 from .secure import quic_settings, secure_udp
@@ -117,6 +118,7 @@ async def open_endpoint(
     cache: BehaviorCache | None = None,
     max_flows: int | None = None,
     observe: tuple[str, int] | None = None,
+    flow_wait: float = 0.0,
 ) -> Endpoint:
     """Discover the NAT's behaviour (unless a recent `behavior` report is given, or `cache` knows
     this network: a NAT's behaviour does not change between sessions, its mappings do), and learn
@@ -126,11 +128,16 @@ async def open_endpoint(
     carrier-grade NAT: proto/planner/budget.py); the report publishes it less our recent bursts.
     observe: the rendezvous server's address: the punch socket asks its observation port (UDP, same
     port number) where it sees us, in the same volley as its first samples (no extra wait), so that
-    the peer may aim at that address too (a NAT with an address pool: proto/rendezvous/observe.py)."""
+    the peer may aim at that address too (a NAT with an address pool: proto/rendezvous/observe.py).
+    flow_wait: seconds we may first wait for our own earlier bursts' NAT entries to expire
+    (api/flow_wait.py; 0: never)."""
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
     if observe is not None:
         observe = (resolve(observe[0]), observe[1])
+    if flow_wait > 0 and await wait_for_flows(LEDGER, emit, src_ip=src_ip, stun=stun, cache=cache,
+                                              budget=max_flows, cap=flow_wait):
+        presample.discard()  # nattrav-fast's early samples are as old as the wait now
     early = presample.take(src_ip, src_port, stun, observe)  # nattrav-fast's requests sent before its imports
     sock = trio.socket.from_stdlib_socket(early.sock) if early is not None else await _punch_socket(src_ip, src_port)
     try:
@@ -603,7 +610,7 @@ def _ledgered(ep: Endpoint, p: Plan, session: Session) -> Iterator[None]:
     punch ends (at first: after its timeout, for a session that plans meanwhile)."""
     flows = burst_flows(p)
     burst = LEDGER.record(ep.local_ip, flows, time.monotonic() + max(0.0, session.start_in()) + p.timeout
-                          + FLOW_LINGER)
+                          + FLOW_LINGER, ep.budget)
     try:
         yield
     finally:
@@ -657,13 +664,14 @@ class UdpTransport:
     def __init__(self, coordinator: Any = None, max_flows: int | None = None,
                  quic: dict[str, Any] | None = None, *,
                  plan_knobs: dict[str, Any] | None = None, workers: int | None = None,
-                 early_quic: bool = False) -> None:
+                 early_quic: bool = False, flow_wait: float = 0.0) -> None:
         if max_flows is not None and not 1 <= max_flows <= FLOW_TABLE_CAP:
             raise ValueError(f"max_flows must be in 1..{FLOW_TABLE_CAP}, got {max_flows!r}")
         if workers is not None and not (isinstance(workers, int) and 1 <= workers <= 256):
             raise ValueError(f"workers must be 1..256 or None, got {workers!r}")
         self.coordinator = coordinator
         self.max_flows = max_flows
+        self.flow_wait = flow_wait  # open_endpoint's, and pace()'s before an accept
         self.plan_knobs = dict(plan_knobs or {})
         self.workers = workers
         self.quic = dict(quic or {})  # QuicSettings fields over secure.quic_settings()'s
@@ -681,7 +689,13 @@ class UdpTransport:
 
     async def open(self, stun, src_ip, src_port, emit, behavior, cache=None, observe=None) -> Endpoint:
         return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
-                                   cache=cache, max_flows=self.max_flows, observe=observe)
+                                   cache=cache, max_flows=self.max_flows, observe=observe, flow_wait=self.flow_wait)
+
+    async def pace(self, ep: Endpoint, emit: EventHook) -> None:
+        """Before a listener's accept samples again: its earlier sessions' bursts (api/flow_wait.py)."""
+        if self.flow_wait > 0:
+            await wait_for_flows(LEDGER, emit, ep.local_ip, cache=ep.cached.cache if ep.cached else None,
+                                 stun=ep.behavior.server, budget=ep.budget, cap=self.flow_wait)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)

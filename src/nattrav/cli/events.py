@@ -23,6 +23,8 @@ _LINES = {
     "mapping": ("mapping: the punch socket is {public[0]}:{public[1]} "
                 "(ports the two servers saw from it: {ports}, Δ={delta})"),
     "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",
+    "flow-wait": ("flows: waiting {seconds:.1f} s for our NAT(s) to let go of {held} entries of our last bursts, "
+                  "so that the budget holds a burst like the last one (--flow-wait 0 does not wait)"),
     "rendezvous": "rendezvous: connected to {server[0]}:{server[1]}",
     "enrolled": "enrolled: our peer ID is {peer_id} — waiting for a peer",
     "offer": "rendezvous: peer {from} asks for us",

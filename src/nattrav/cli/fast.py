@@ -35,7 +35,7 @@ from ..io import preconnect, prediscover, presample
 from ..io import rendezvous_client as rv
 from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
-from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER
+from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER, PACE_CAP
 from .events import describe
 from .version import add_version_flag
 from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code, exit_now
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"shows a carrier-grade NAT, whose subscriber gets 1024-2048 in all; less what our bursts of "
                    f"the last {FLOW_LINGER:g} s still hold); more raises the odds of the random-port strategies "
                    f"where the NATs can hold them")
+    p.add_argument("--flow-wait", type=float, default=PACE_CAP, metavar="S",
+                   help=f"seconds we may first wait for the NAT entries of our own bursts of the last "
+                   f"{FLOW_LINGER:g} s to expire when they leave too little of the flow budget for a burst like "
+                   f"the last one (a quick reconnect); 0 never waits, the plan then states its odds at what "
+                   f"is left (default {PACE_CAP:g})")
     p.add_argument("-n", "--name", help="also enroll under this name (the server binds it to our key on "
                    "first claim; later claims need the same key)")
     p.add_argument("--identity", metavar="FILE",
@@ -238,7 +243,7 @@ async def run(args: argparse.Namespace, report: Reporter) -> int:
     report("identity", {"peer_id": identity.peer_id.text, "path": str(identity_path(args.identity)),
                         "created": ", new" if created else ""})
     common = dict(stun=args.stun, src_ip=args.src_ip, src_port=args.src_port, ttl=args.ttl,
-                  max_flows=args.max_flows, on_event=report, cache=not args.no_cache, identity=identity,
+                  max_flows=args.max_flows, flow_wait=args.flow_wait, on_event=report, cache=not args.no_cache, identity=identity,
                   secure=not args.raw, server_tls=None if args.plain else client_context(args.server_cert))
     if args.tcp:
         connect_, listen_ = connect_tcp, listen_tcp
@@ -299,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--idle-timeout must be in {2 * MIN_KEEPALIVE:g}..3600 seconds")
     if args.max_flows is not None and not 1 <= args.max_flows <= FLOW_TABLE_CAP:
         parser.error(f"--max-flows must be in 1..{FLOW_TABLE_CAP}")
+    if not 0 <= args.flow_wait <= FLOW_LINGER:
+        parser.error(f"--flow-wait must be in 0..{FLOW_LINGER:g} seconds")
     if args.plain and args.server_cert:
         parser.error("--plain and --server-cert contradict each other")
     if args.dest and args.dest.startswith("12D3KooW"):

@@ -57,9 +57,10 @@ STUN_PORT = 3478  # api/endpoint.STUN_PORT, likewise
 # value, which are flags; the server is the one option read here
 _VALUED = frozenset({"-s", "--server", "-d", "--dest", "-H", "--stun", "-i", "--src-ip", "-p", "--src-port",
                      "-t", "--ttl", "--max-flows", "-n", "--name", "--identity", "--server-cert", "--timeout",
-                     "--linger", "--idle-timeout"})
+                     "--linger", "--idle-timeout", "--flow-wait"})
 _FLAGS = frozenset({"--plain", "--raw", "--no-cache", "--json", "--tcp", "-v", "--verbose"})
-_NUMBERS = {"-p": int, "-t": int, "--max-flows": int, "--timeout": float, "--linger": float, "--idle-timeout": float}
+_NUMBERS = {"-p": int, "-t": int, "--max-flows": int, "--timeout": float, "--linger": float, "--idle-timeout": float,
+            "--flow-wait": float}
 _SAME = {"--server": "-s", "--dest": "-d", "--stun": "-H", "--src-ip": "-i", "--src-port": "-p", "--ttl": "-t",
          "--name": "-n", "--verbose": "-v"}
 

@@ -33,6 +33,8 @@ async def run_agent(args: argparse.Namespace) -> None:
     from ..hostport import parse_hostport
 
     connect, listen = (api.connect_tcp, api.listen_tcp) if args.tcp else (api.connect, api.listen)
+    # a user's own option, passed on as typed (a baseline run's --flow-wait 0)
+    knobs = {} if args.flow_wait is None else {"flow_wait": args.flow_wait}
 
     server = parse_hostport(args.server, SERVER_PORT)
     try:
@@ -53,7 +55,7 @@ async def run_agent(args: argparse.Namespace) -> None:
                 if args.role == "listen":
                     # the raw punched path: the matrix measures traversal, not QUIC/TLS
                     async with listen(server, name=name, behavior=behavior, on_event=on_event,
-                                      secure=False) as lst:
+                                      secure=False, **knobs) as lst:
                         _emit({"event": "ready", "trial": i})
                         # an application slow to call accept(): the offer waits in the client meanwhile
                         await trio.sleep(args.accept_delay)
@@ -65,7 +67,7 @@ async def run_agent(args: argparse.Namespace) -> None:
                     while True:
                         try:
                             async with connect(server, name, behavior=behavior, on_event=on_event,
-                                               timeout=args.trial_timeout, secure=False) as path:
+                                               timeout=args.trial_timeout, secure=False, **knobs) as path:
                                 path = LineStream(path) if args.tcp else path
                                 row.update(connected(path, marks))
                                 got = await path.receive()
@@ -82,6 +84,7 @@ async def run_agent(args: argparse.Namespace) -> None:
         plan = note_plan(row, marks)
         row.setdefault("plan_reason", plan.get("reason"))
         row["diag"] = diagnosis(marks)
+        row["flow_wait"] = marks.get("flow_wait", 0.0)
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
         if i + 1 < args.trials:
@@ -128,12 +131,14 @@ def marking() -> tuple[dict[str, Any], Any]:
             marks.setdefault("start", trio.current_time())
         elif phase == "plan":
             marks["plan"] = d
+        elif phase == "flow-wait":  # seconds spent waiting for our own bursts' entries (api/flow_wait.py)
+            marks["flow_wait"] = round(marks.get("flow_wait", 0.0) + float(d.get("seconds", 0.0)), 3)
 
     return marks, on_event
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+TIMED = {"flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
          "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
@@ -243,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between trials (default 0: back to back). A burst's NAT entries linger "
                         "(planner/budget.FLOW_LINGER), so back-to-back birthdays publish what is left of "
                         "the flow budget; a gap past the linger gives every trial a fresh one")
+    p.add_argument("--flow-wait", type=float, default=None, metavar="S",
+                   help="nattrav-fast's --flow-wait, passed to connect()/listen() (default: theirs)")
     trio.run(run_agent, p.parse_args(argv))
     return 0
 

@@ -185,7 +185,7 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
              background: float | None = None, tcp: bool = False, shape: Any = None,
              server_layout: str = "two-address", prepare: Any = None, relay: bool = False,
              server_flags: list[str] | None = None, gap: float = 0.0,
-             accept_delay: float = 0.0) -> list[TrialResult]:
+             accept_delay: float = 0.0, agent_flags: list[str] | None = None) -> list[TrialResult]:
     """Bring up a lab for (left, right) over `shape`, run `trials` connection trials, tear it down.
     right == SAME_NAT puts both peers behind the left NAT (hosts a and a2). `server_layout`: how our
     servers are deployed (SERVER_LAYOUTS); the agents are told only the rendezvous address either way.
@@ -194,7 +194,8 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
     rendezvous server hands out credentials for it (the ladder may end at the relay). `server_flags`:
     more nattrav-server flags (what an operator would type, e.g. a baseline's --no-observe). `gap`:
     seconds both agents pause between trials (lab/agent.py --gap). `accept_delay`: seconds the
-    listener waits after enrolling before it calls accept() (a late listener: --accept-delay)."""
+    listener waits after enrolling before it calls accept() (a late listener: --accept-delay).
+    `agent_flags`: options of a user's both agents pass on (lab/agent.py: `--flow-wait 0`)."""
     import os
 
     from .lab import Lab
@@ -221,7 +222,8 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
-                  "--trials", str(trials), "--trial-timeout", str(trial_timeout), "--gap", str(gap)] + (["--tcp"] if tcp else [])
+                  "--trials", str(trials), "--trial-timeout", str(trial_timeout), "--gap", str(gap)] + (["--tcp"] if tcp else []) \
+            + list(agent_flags or [])
         procs, rows = {}, {"a": [], "b": []}
         threads = []
         for role, key in (("listen", "b"), ("connect", "a")):
@@ -282,7 +284,7 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
                    "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None),
                    "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason"),
                    "diag_a": a.get("diag"), "diag_b": b.get("diag"), "reason_a": a.get("reason"),
-                   "reason_b": b.get("reason")},
+                   "reason_b": b.get("reason"), "flow_wait_a": a.get("flow_wait"), "flow_wait_b": b.get("flow_wait")},
         ))
     return out
 

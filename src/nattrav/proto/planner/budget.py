@@ -32,6 +32,15 @@ CGN_FLOW_BUDGET = 512
 # the one that connects is the path itself. RFC 4787's two-minute floor is for mappings in use; a
 # NAT that also keeps unanswered ones that long is not covered (--max-flows lower, then).
 FLOW_LINGER = 30.0
+# Longest a connect waits by default for the entries of our own earlier bursts to expire before it
+# samples: a side that reconnects within FLOW_LINGER otherwise publishes a budget its last bursts
+# spent, and a plan sized to that leftover states odds of a few percent, then fails (back to back
+# behind a CGN: 13 misses in 1,040 over wan50, all such plans). Entries go FLOW_LINGER after their
+# burst, so the budget usually runs out while the oldest of them are young: the wait that helps is
+# one of tens of seconds, not one; two thirds of FLOW_LINGER, inside a connect's default 30 s
+# (api/session.py keeps CONNECT_RESERVE of its timeout). A need that only a longer wait would meet
+# is not waited for: the plan states its odds at what is left.
+PACE_CAP = 20.0
 
 
 def behind_cgn(hops: HopReading, own_ips: Iterable[str] = ()) -> bool:
@@ -51,6 +60,7 @@ class Burst:
 
     flows: int
     until: float
+    budget: int | None = None  # the side's budget when it fired (pace's, before the next endpoint knows its own)
 
 
 @dataclass
@@ -60,9 +70,9 @@ class FlowLedger:
 
     bursts: dict[str, list[Burst]] = field(default_factory=dict)
 
-    def record(self, key: str, flows: int, until: float) -> Burst:
+    def record(self, key: str, flows: int, until: float, budget: int | None = None) -> Burst:
         """A burst that may still hold its NAT entries until `until`; settle() may move that."""
-        burst = Burst(max(0, int(flows)), until)
+        burst = Burst(max(0, int(flows)), until, budget)
         self.bursts.setdefault(key, []).append(burst)
         return burst
 
@@ -80,6 +90,35 @@ class FlowLedger:
             self.bursts.pop(key, None)
         return sum(b.flows for b in live)
 
+    def wait(self, key: str, now: float, budget: int | None = None, cap: float = PACE_CAP) -> float:
+        """pace() over this ledger's bursts on `key`; `budget` None: the one the last burst fired under."""
+        self.held(key, now)
+        live = self.bursts.get(key, [])
+        if budget is None:
+            budget = next((b.budget for b in reversed(live) if b.budget), None)
+        if budget is None:
+            return 0.0
+        return pace(budget, [(b.until, b.flows) for b in live], now, cap)
+
+
+def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: float = PACE_CAP) -> float:
+    """Seconds to wait before the next endpoint samples, so that a burst as large as the largest of
+    our `bursts` (until, flows) still held at `now` fits in `budget` again: the next session most
+    likely meets a peer like the last one's. 0 when it fits now, and when only a wait longer than
+    `cap` would make it fit (then the plan states its odds at what is left)."""
+    live = sorted((float(u), int(f)) for u, f in bursts if u > now and f > 0)
+    if not live:
+        return 0.0
+    need = min(budget, max(f for _, f in live))
+    held = sum(f for _, f in live)
+    at = now
+    for until, flows in live:
+        if budget - held >= need:
+            break
+        held, at = held - flows, until
+    wait = at - now
+    return wait if wait <= cap else 0.0
+
 
 def budget_left(budget: int, held: int) -> int:
     """What a side may publish: its budget less what its NATs still hold of ours, at least one flow
@@ -87,5 +126,5 @@ def budget_left(budget: int, held: int) -> int:
     return max(1, min(FLOW_TABLE_CAP, budget - max(0, held)))
 
 
-__all__ = ["CGN_FLOW_BUDGET", "DEFAULT_FLOW_BUDGET", "FLOW_LINGER", "FLOW_TABLE_CAP", "Burst",
-           "FlowLedger", "behind_cgn", "budget_left", "default_flow_budget"]
+__all__ = ["CGN_FLOW_BUDGET", "DEFAULT_FLOW_BUDGET", "FLOW_LINGER", "FLOW_TABLE_CAP", "PACE_CAP", "Burst",
+           "FlowLedger", "behind_cgn", "budget_left", "default_flow_budget", "pace"]
