@@ -24,6 +24,7 @@ import sys
 import time
 
 CASES = {  # name: (left, right, shape)
+    "seq-cgn:seq-flat": ("symmetric-seq+cgn", "symmetric-seq", "flat"),
     "seq-cgn:seq7": ("symmetric-seq+cgn", "symmetric-seq-7", "wan50"),
     "seq7-cgn:seq": ("symmetric-seq-7+cgn", "symmetric-seq", "wan50"),
     "seq-cgn:cgnat": ("symmetric-seq+cgn", "cgnat", "wan50"),

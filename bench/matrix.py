@@ -91,6 +91,16 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.6g}%"
 
 
+def _band(b: dict) -> str:
+    """A calibration group's name: its band of stated odds, or the plans whose odds were a floor."""
+    return "at least (LAN not counted)" if b.get("floor") else f"{100 * b['band'][0]:g}–{100 * b['band'][1]:g}%"
+
+
+def _bound(x: float) -> str:
+    # a Wilson bound with the digits that matter: 4,000 of 4,000 is 99.904–100, not 100–100
+    return f"{100 * x:.5g}"
+
+
 def _gist(reason: str, head: int = 160, tail: int = 320) -> str:
     """A failure reason for a table line: its start (the behaviours) and its end (the rungs tried and
     what broke); the JSON keeps it whole."""
@@ -112,7 +122,7 @@ def markdown(table: list[dict], meta: dict) -> str:
         lo, hi = t["wilson"]
         out.append(f"| {'TCP' if t.get('tcp') else 'UDP'} | {t['left']} → {t['right']} | {t['shape']} | "
                    f"{t.get('server', 'two-address')} | {t['expect']} | "
-                   f"{t['connected']}/{t['trials']} ({100 * t['success']:.0f}%) | {100 * lo:.0f}–{100 * hi:.0f}% | "
+                   f"{t['connected']}/{t['trials']} ({100 * t['success']:.0f}%) | {_bound(lo)}–{_bound(hi)}% | "
                    f"{'≥ ' if t.get('odds_floor') else ''}{_pct(t['odds'])} | {agree} | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
                    f"{f(t['p95_s'])} | {pred} |")
     failing = [t for t in table if t["expect"] == "feasible" and t["connected"] < t["trials"]]
@@ -125,13 +135,14 @@ def markdown(table: list[dict], meta: dict) -> str:
         out += ["", "## Feasible cases' trials by the odds their plans stated", "",
                 "| stated odds | trials | connected | expected (sum of odds) | Wilson 95% | mean stated | agree |",
                 "|---|---|---|---|---|---|---|"]
-        out += [f"| {100 * b['band'][0]:g}–{100 * b['band'][1]:g}% | {b['trials']} | {b['connected']} | {b['expected']:g} | "
-                f"{100 * b['wilson'][0]:.2f}–{100 * b['wilson'][1]:.2f}% | {_pct(b['mean_odds'])} | "
+        out += [f"| {_band(b)} | "
+                f"{b['trials']} | {b['connected']} | {b['expected']:g} | "
+                f"{_bound(b['wilson'][0])}–{_bound(b['wilson'][1])}% | {_pct(b['mean_odds'])} | "
                 f"{'yes' if b['agree'] else '**no**'} |" for b in bands]
     out += ["", "## Stated odds outside the measured interval", ""]
     out += [f"- {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): stated {'≥ ' if t.get('odds_floor') else ''}"
             f"{_pct(t['odds'])}, measured "
-            f"{t['connected']}/{t['trials']} (Wilson {100 * t['wilson'][0]:.0f}–{100 * t['wilson'][1]:.0f}%)"
+            f"{t['connected']}/{t['trials']} (Wilson {_bound(t['wilson'][0])}–{_bound(t['wilson'][1])}%)"
             for t in wrong] or ["- none"]
     return "\n".join(out) + "\n"
 

@@ -109,3 +109,33 @@ def test_calibration_bins_each_trial_by_the_odds_its_plan_stated():
     # 20 of 20 at 54 % stated: the odds were too low for that band
     (low,) = calibration([summarise([_row(True, 0.54)] * 20)])
     assert low["connected"] == 20 and low["agree"] is False
+
+
+def test_floor_odds_are_calibrated_as_floors():
+    # same-NAT peers: the plan states the punch's odds, "at least": the LAN attempts' chance is not
+    # counted. 40 of 40 at a stated floor of 3 % agree; they are not a 0-50 % band that "missed" low
+    floors = [replace(_row(True, 0.03), odds_floor=True)] * 40
+    case = summarise(floors + [_row(True, 0.9995)] * 5)
+    assert case["runs"][0] == [1, 0.03, 1] and case["runs"][-1] == [1, 0.9995]
+    bands = calibration([case])
+    assert [(b["band"], b["floor"], b["trials"]) for b in bands] == [([0.999, 1.0], False, 5), ([0.0, 1.0], True, 40)]
+    assert bands[1]["agree"] is True
+    # a floor the lab did not reach disagrees
+    (low,) = calibration([summarise([replace(_row(False, 0.9), odds_floor=True)] * 20)])
+    assert low["floor"] and low["agree"] is False
+
+
+def test_the_markdown_keeps_the_digits_of_a_wilson_bound():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "matrix.py"
+    spec = importlib.util.spec_from_file_location("bench_matrix", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    markdown = bench.markdown
+    case = {**summarise([_row(True, 0.9999)] * 4000), "left": "a", "right": "b", "shape": "flat", "tcp": False,
+            "expect": "feasible"}
+    text = markdown([case], {"trials": 4000, "background": 5.0, "date": "now", "seconds": 1, "shapes": {"flat": "x"}})
+    row = next(line for line in text.splitlines() if line.startswith("| UDP | a → b |"))
+    assert "| 99.904–100% |" in row and "100–100%" not in text

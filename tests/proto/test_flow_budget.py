@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from nattrav.proto.hops import DEFAULT_HOPS, read_trace
 from nattrav.proto.planner.budget import (CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP,
-                                          PACE_CAP, FlowLedger, behind_cgn, budget_left, default_flow_budget, pace)
+                                          PACE_CAP, RATE_WINDOW, FlowLedger, behind_cgn, budget_left,
+                                          default_flow_budget, pace)
 
 HOME = read_trace({1: "192.168.1.1", 2: "203.0.113.1"}, server_ttl=3, max_ttl=8)
 HOME_IN_CGN = read_trace({1: "192.168.1.1", 2: "100.64.1.1", 3: "203.0.113.1"}, server_ttl=4, max_ttl=8)
@@ -88,6 +89,13 @@ def test_the_ledger_paces_with_the_budget_its_last_burst_fired_under():
     assert ledger.wait("10.0.5.5", 1.0) == 0.0
 
 
+def _fits(budget: int, bursts, t: float, need: int) -> tuple[bool, bool]:
+    """(the table holds `need` more at t, the rate window does)."""
+    held = sum(f for u, f in bursts if u > t)
+    recent = sum(f for u, f in bursts if u - FLOW_LINGER + RATE_WINDOW > t)
+    return budget - held >= need, recent + need <= max(budget // 2, need)
+
+
 @given(st.integers(1, 4096), st.lists(st.tuples(st.floats(0, 60), st.integers(0, 5000)), max_size=12),
        st.floats(0, 30))
 def test_after_the_paced_wait_a_burst_like_the_largest_fits_or_none_was_waited(budget, bursts, now):
@@ -96,6 +104,25 @@ def test_after_the_paced_wait_a_burst_like_the_largest_fits_or_none_was_waited(b
     live = [(u, f) for u, f in bursts if u > now and f > 0]
     if wait > 0:
         need = min(budget, max(f for _, f in live))
-        assert budget - sum(f for u, f in live if u > now + wait + 1e-6) >= need
-        # and not a moment sooner: just before, it did not fit yet
-        assert budget - sum(f for u, f in live if u > now + wait - 1e-6) < need
+        assert _fits(budget, live, now + wait + 1e-6, need)[0]  # the table holds it then
+        # and not a moment sooner: just before, one of the two rules did not hold yet
+        assert not all(_fits(budget, live, now + wait - 1e-6, need))
+
+
+def test_a_run_of_quick_connects_goes_at_the_rate_the_budget_sustains():
+    # 34-flow predicted punches, 0.3 s each, back to back behind a CGN: without the rate rule the
+    # first 15 spend the 512 in 5 s and the 16th would need 25 s (past the cap: it would go at the
+    # leftover). Paced, every connect has its 34 flows, no wait is longer than the rate window, and
+    # the run keeps ~7 connects per 15 s (256 flows), never more than the budget held at once
+    bursts: list[tuple[float, int]] = []
+    t, waits = 0.0, []
+    for _ in range(120):
+        wait = pace(CGN_FLOW_BUDGET, bursts, t)
+        waits.append(wait)
+        t += wait
+        assert CGN_FLOW_BUDGET - sum(f for u, f in bursts if u > t) >= 34
+        t += 0.3
+        bursts.append((t + FLOW_LINGER, 34))
+    assert max(waits) <= RATE_WINDOW and waits[:7] == [0.0] * 7 and waits[7] > 0
+    per_window = 34 * 120 / t * RATE_WINDOW
+    assert 200 < per_window <= CGN_FLOW_BUDGET // 2

@@ -351,7 +351,7 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "left": left, "right": right, "shape": rows[0].shape, "server": rows[0].server,
         "expect": (tcp_expectation if tcp else expectation)(left, right),
         "trials": len(rows), "connected": len(ok), "success": len(ok) / len(rows),
-        "wilson": [round(lo, 4), round(hi, 4)],
+        "wilson": [round(lo, 6), round(hi, 6)],
         "odds": stated, "odds_median": statistics.median(odds) if odds else None, "odds_floor": floor,
         # a floor agrees when the measured rate may be at or above it
         "odds_agree": None if stated is None else (stated <= hi if floor else lo <= stated <= hi),
@@ -363,7 +363,9 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
         # each trial's outcome beside the odds its plan stated: a case's mean hides a run whose later
         # trials planned with a spent flow budget (calibration() bins them by the odds stated)
-        "runs": [[int(r.ok), None if r.odds is None else round(r.odds, 6)] for r in rows],
+        # (a third element 1: the odds were a floor, the LAN attempts' chance not counted)
+        "runs": [[int(r.ok), None if r.odds is None else round(r.odds, 6)] + ([1] if r.odds_floor else [])
+                 for r in rows],
     }
 
 
@@ -374,19 +376,24 @@ ODDS_BANDS = ((0.999, 1.0), (0.99, 0.999), (0.9, 0.99), (0.5, 0.9), (0.0, 0.5))
 def calibration(cases: list[dict]) -> list[dict]:
     """The trials of `cases` (summarise()'s, with "runs") grouped by the odds their plans stated:
     per band, trials, connected, expected (the sum of the stated odds) and the measured rate's Wilson
-    interval. Stated odds agree with the lab when the band's mean odds lie inside that interval."""
+    interval. Stated odds agree with the lab when the band's mean odds lie inside that interval.
+    Plans whose odds were a floor (the LAN attempts' chance not counted: "at least") are a group of
+    their own ("floor": True), which agrees when the measured rate may be at or above its mean."""
     out = []
-    for lo_band, hi_band in ODDS_BANDS:
-        runs = [(ok, odds) for case in cases for ok, odds in case.get("runs", [])
-                if odds is not None and lo_band <= odds <= hi_band and (odds < hi_band or hi_band == 1.0)]
+    every = [(run[0], run[1], len(run) > 2 and bool(run[2])) for case in cases for run in case.get("runs", [])
+             if run[1] is not None]
+    groups = [([(ok, odds) for ok, odds, floor in every if not floor and lo_band <= odds <= hi_band
+                and (odds < hi_band or hi_band == 1.0)], [lo_band, hi_band], False) for lo_band, hi_band in ODDS_BANDS]
+    groups.append(([(ok, odds) for ok, odds, floor in every if floor], [0.0, 1.0], True))
+    for runs, band, floor in groups:
         if not runs:
             continue
         ok = sum(r[0] for r in runs)
         lo, hi = wilson(ok, len(runs))
         mean = sum(r[1] for r in runs) / len(runs)
-        out.append({"band": [lo_band, hi_band], "trials": len(runs), "connected": ok,
+        out.append({"band": band, "floor": floor, "trials": len(runs), "connected": ok,
                     "expected": round(sum(r[1] for r in runs), 2), "mean_odds": mean,
-                    "wilson": [round(lo, 4), round(hi, 4)], "agree": lo <= mean <= hi})
+                    "wilson": [round(lo, 5), round(hi, 5)], "agree": mean <= hi if floor else lo <= mean <= hi})
     return out
 
 
