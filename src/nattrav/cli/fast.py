@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-wait", type=float, default=PACE_CAP, metavar="S",
                    help=f"seconds we may first wait for the NAT entries of our own bursts of the last "
                    f"{FLOW_LINGER:g} s to expire when they leave too little of the flow budget for a burst like "
-                   f"the last one (a quick reconnect); 0 never waits, the plan then states its odds at what "
-                   f"is left (default {PACE_CAP:g})")
+                   f"the last one (a quick reconnect), or when a run of connects outpaces what the budget "
+                   f"sustains (half of it per {FLOW_LINGER / 2:g} s); never more than --timeout less 10 s. "
+                   f"0 never waits: the plan then states its odds at what is left (default {PACE_CAP:g})")
     p.add_argument("-n", "--name", help="also enroll under this name (the server binds it to our key on "
                    "first claim; later claims need the same key)")
     p.add_argument("--identity", metavar="FILE",
