@@ -29,8 +29,9 @@ def flow_wait(ledger: FlowLedger, local_ip: str | None, *, cache: BehaviorCache 
     ledger's last burst fired under, or the cache's network's default."""
     if not local_ip or cap <= 0:
         return 0.0, {}
-    wait = ledger.wait(local_ip, time.monotonic(), budget, cap)
-    held = ledger.held(local_ip, time.monotonic())
+    now = time.monotonic()
+    held = ledger.held(local_ip, now)  # (and drops the expired bursts)
+    wait = ledger.wait(local_ip, now, budget, cap)
     if cache is not None:
         bursts = cache.bursts(local_ip)
         theirs = budget if budget is not None else _cached_budget(cache, local_ip, stun)

@@ -98,14 +98,12 @@ class FlowLedger:
         return sum(b.flows for b in live)
 
     def wait(self, key: str, now: float, budget: int | None = None, cap: float = PACE_CAP) -> float:
-        """pace() over this ledger's bursts on `key`; `budget` None: the one the last burst fired under."""
-        self.held(key, now)
-        live = self.bursts.get(key, [])
+        """pace() over this ledger's bursts on `key` (it skips the expired ones); `budget` None: the
+        one the last burst fired under."""
+        bursts = self.bursts.get(key, [])
         if budget is None:
-            budget = next((b.budget for b in reversed(live) if b.budget), None)
-        if budget is None:
-            return 0.0
-        return pace(budget, [(b.until, b.flows) for b in live], now, cap)
+            budget = next((b.budget for b in reversed(bursts) if b.budget), None)
+        return 0.0 if budget is None else pace(budget, [(b.until, b.flows) for b in bursts], now, cap)
 
 
 def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: float = PACE_CAP) -> float:
