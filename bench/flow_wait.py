@@ -16,10 +16,8 @@ Needs root (the lab).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,18 +31,16 @@ ARMS = {"wait": [], "no-wait": ["--flow-wait", "0"]}
 TRIAL_TIMEOUT = 30.0  # a connect's wait is at most its timeout less api/session.CONNECT_RESERVE
 
 
-def _rows(left: str, right: str, shape: str, trials: int, arm: str) -> None:
-    """One JSON line per trial on stdout."""
+def _rows(left: str, right: str, shape: str, trials: int, arm: str) -> list[dict]:
+    """One batch (one lab): a dict per trial."""
     from nattrav.lab.matrix import run_pair
 
     t0 = time.monotonic()
     rows = run_pair(left, right, trials, shape=shape, background=5.0, trial_timeout=TRIAL_TIMEOUT,
                     agent_flags=ARMS[arm])
     wall = time.monotonic() - t0
-    for r in rows:
-        waited = (r.extra.get("flow_wait_a") or 0.0) + (r.extra.get("flow_wait_b") or 0.0)
-        print(json.dumps({"ok": r.ok, "odds": r.odds, "waited": waited, "wall": wall / len(rows),
-                          "reason": r.reason}), flush=True)
+    return [{"ok": r.ok, "odds": r.odds, "wall": wall / len(rows), "reason": r.reason,
+             "waited": (r.extra.get("flow_wait_a") or 0.0) + (r.extra.get("flow_wait_b") or 0.0)} for r in rows]
 
 
 def _summary(name: str, rows: list[dict]) -> str:
@@ -66,21 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="wait/no-wait rounds, interleaved")
     p.add_argument("--trials", type=int, default=30, help="trials a batch (one lab)")
     p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
-    p.add_argument("--rows", nargs=5, help=argparse.SUPPRESS)  # internal: left right shape trials arm
     a = p.parse_args(argv)
-    if a.rows:
-        left, right, shape, trials, arm = a.rows
-        _rows(left, right, shape, int(trials), arm)
-        return 0
     got: dict[tuple[str, str], list[dict]] = {}
     for name in a.cases:
         left, right, shape = CASES[name]
         for _ in range(a.rounds):
             for arm in ("no-wait", "wait"):
                 t0 = time.time()
-                out = subprocess.run([sys.executable, __file__, "--rows", left, right, shape, str(a.trials), arm],
-                                     capture_output=True, text=True, check=True).stdout
-                rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+                rows = _rows(left, right, shape, a.trials, arm)
                 got.setdefault((name, arm), []).extend(rows)
                 print(f"# {time.strftime('%H:%M:%S', time.gmtime())} {name} {arm}: "
                       f"{sum(r['ok'] for r in rows)}/{len(rows)} in {time.time() - t0:.0f} s, "
