@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -131,17 +132,65 @@ def _seq(ports, times, **kw):
     return udp("APDM", "APDF", ports, times=times, allocation="sequential", ip="203.0.113.10", **kw)
 
 
-def test_the_predicted_odds_carry_the_doubt_and_the_reason_names_it():
+def _window(p) -> tuple[int, ...]:
+    """The predicted attempt's window: the fixed side's targets on the sequential side's ports."""
+    a = p.primary
+    return max(a.local.targets, a.remote.targets, key=len)
+
+
+def test_a_doubted_step_widens_the_window_onto_the_divisors_grid_and_still_reaches_the_target():
+    # gaps of 5 two ms apart: Δ = 5, or Δ = 1 on a NAT busy enough for 4 foreign flows in each
     sure = plan(_seq([20000, 20005, 20010], [0, 0.002, 0.004], delta=5, delta_doubt=0.0), CONE, "first")
     doubted = plan(_seq([20000, 20005, 20010], [0, 0.002, 0.004], delta=5, delta_doubt=0.4), CONE, "first")
     assert sure.strategy.value == doubted.strategy.value == "predicted"
-    assert sure.odds >= 0.999
-    assert doubted.odds == pytest.approx(sure.odds * 0.6, rel=1e-9)
+    assert sure.odds >= 0.999 and doubted.odds >= 0.999
+    assert all((p - 20010) % 5 == 0 for p in _window(sure))
+    off_grid = [p for p in _window(doubted) if (p - 20010) % 5]
+    assert off_grid and len(_window(doubted)) > len(_window(sure))
     assert "60% sure of Δ" in doubted.reason
     assert "sure of Δ" not in sure.reason
     # both peers plan alike
     mirror = plan(CONE, _seq([20000, 20005, 20010], [0, 0.002, 0.004], delta=5, delta_doubt=0.4), "second")
-    assert mirror.odds == doubted.odds
+    assert mirror.odds == doubted.odds and set(_window(mirror)) == set(_window(doubted))
+
+
+def test_the_windows_odds_are_its_mass_under_every_step_the_nat_may_have():
+    report = replace(_seq([20000, 20003, 20006], [0, 0.002, 0.004], delta=3, delta_doubt=0.002),
+                     background=History(0, 0.05, 6))
+    pred = predict(report)
+    assert [g.delta for g in pred.grids] == [1]
+    hypotheses = [(3, pred.delta_confidence, pred.noise)] + [(g.delta, g.weight, g.noise) for g in pred.grids]
+    assert math.isclose(sum(w for _, w, _ in hypotheses), 1.0)
+    ports, covered = pred.mixture_window(0.999, 4096)
+    assert len(set(ports)) == len(ports)
+
+    def mass(window):
+        return sum(w * p for d, w, noise in hypotheses for n, p in enumerate(noise) if 20006 + d * (n + 1) in window)
+
+    assert covered == pytest.approx(mass(set(ports)), rel=1e-12) and covered >= 0.999
+    # the fewest: without its least likely port the window falls short; and Δ's grid alone would
+    # not reach the target (Δ's part is at most its confidence, 99.8 %)
+    assert mass(set(ports[:-1])) < 0.999
+    grid_only = {p for p in ports if (p - 20006) % 3 == 0}
+    assert len(grid_only) < len(ports) and mass(grid_only) < 0.999
+    # under Δ = 1 the background discovery saw (0 foreign in 6 gaps of 3) is 2 each: a busy NAT,
+    # whose next port lies tens of ports on
+    assert pred.grids[0].noise.index(max(pred.grids[0].noise)) > 50
+    # a cap keeps the likeliest ports and states what they cover
+    few, part = pred.mixture_window(0.999, 5)
+    assert few == ports[:5] and part == pytest.approx(mass(set(few)))
+
+
+def test_an_older_peers_background_keeps_the_plan_on_its_grid_alone():
+    # a report from before the gaps were kept: the background cannot be read on Δ = 1's grid, so no
+    # port is added for it and the odds count Δ's grid only, times the confidence (a lower bound)
+    old = replace(_seq([20000, 20003, 20006], [0, 0.002, 0.004], delta=3, delta_doubt=0.002),
+                  background=History(0, 0.05))
+    pred = predict(old)
+    assert pred.grids == ()
+    p = plan(old, CONE, "first")
+    assert all((q - 20006) % 3 == 0 for q in _window(p))
+    assert p.odds == pytest.approx(pred.mixture_window(0.999, 4096)[1]) and p.odds < 0.999
 
 
 def test_discovery_measures_the_doubt_from_every_gap_it_saw():
@@ -172,7 +221,7 @@ def test_discovery_measures_the_doubt_from_every_gap_it_saw():
     assert back.delta_doubt == busy.delta_doubt
     # the background on Δ's grid: one socket's gaps 4, 8, 4 and the fresh ones' 4, 8 are 0+1+0+0+1
     # other hosts' flows, over 3 + 2 intervals of 2 ms
-    assert back.background == History(2, pytest.approx(0.01))
+    assert back.background == History(2, pytest.approx(0.01), 5)
     assert delta_evidence(4, [], []) == (None, None)
 
 

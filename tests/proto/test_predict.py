@@ -113,7 +113,7 @@ def test_nat_behavior_report_shape():
     {"samples": ["x"]}, {"samples": [[70000, None, 0]]}, {"samples": [[1, 0.0, 0]], "delta": "2"},
     {"allocation": "zigzag"}, {"port_range": [10, 5]}, {"samples": [[100, float("nan"), 0]]},
     {"samples": [[100, 0.0]]}, {"samples": [[100, -1.0, 0]]}, {"samples": [[100, None, True]]},
-    {"delta": 70000}, {"v": 4}, {"extra": 1},
+    {"delta": 70000}, {"v": 5}, {"extra": 1},
 ])
 def test_bad_reports_raise_bad_report(bad):
     with pytest.raises(BadReport):

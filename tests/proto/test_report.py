@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nattrav.errors import BadReport
 from nattrav.proto.nat_behavior import BindingSample
 from nattrav.proto.planner.budget import DEFAULT_FLOW_BUDGET, FLOW_TABLE_CAP
-from nattrav.proto.report import MAX_HOSTS, MAX_SAMPLES, VERSION, NatReport, Sample, samples_from_bindings
+from nattrav.proto.report import MAX_HOSTS, MAX_SAMPLES, VERSION, History, NatReport, Sample, samples_from_bindings
 from nattrav.proto.vocab import Mapping
 from tests.reports import tcp, udp
 
@@ -38,11 +38,11 @@ def test_exact_keys_and_version():
         NatReport.from_wire({**w, "one_socket": []})
     with pytest.raises(BadReport, match="missing"):
         NatReport.from_wire({k: v for k, v in w.items() if k != "tcp"})
-    for v in (4, 0, "1", 1.0, True, None):
+    for v in (5, 0, "1", 1.0, True, None):
         with pytest.raises(BadReport, match="version"):
             NatReport.from_wire({**w, "v": v})
     with pytest.raises(BadReport, match="newer nattrav"):
-        NatReport.from_wire({**w, "v": 4})
+        NatReport.from_wire({**w, "v": 5})
     tw = WITH_TCP.to_wire()
     with pytest.raises(BadReport, match="unknown key"):
         NatReport.from_wire({**tw, "tcp": {**tw["tcp"], "public": ["203.0.113.10", 1]}})
@@ -51,7 +51,7 @@ def test_exact_keys_and_version():
 def test_version_three_only_with_pool_draws():
     # pool_draws came with version 3, written only by a report that carries it: every other report
     # stays a 2, which older peers read
-    assert VERSION == 3 and SEQ.to_wire()["v"] == 2
+    assert VERSION == 4 and SEQ.to_wire()["v"] == 2
     pooled = replace(SEQ, pool=4, pool_draws=35)
     w = pooled.to_wire()
     assert w["v"] == 3 and w["pool_draws"] == 35 and NatReport.from_wire(w) == pooled
@@ -60,6 +60,23 @@ def test_version_three_only_with_pool_draws():
     for bad in (0, -1, 4097, True, 3.0, None):
         with pytest.raises(BadReport):
             NatReport.from_wire({**w, "pool_draws": bad})
+
+
+def test_version_four_only_with_the_backgrounds_gaps():
+    # the gaps discovery counted its background over came with version 4 (predict's divisor grids
+    # read the background on another step with them), written only by a report that carries them
+    counted = replace(SEQ, background=History(3, 0.05, 6))
+    w = counted.to_wire()
+    assert w["v"] == 4 and w["background"] == [3, 0.05, 6] and NatReport.from_wire(w) == counted
+    assert replace(SEQ, background=History(3, 0.05)).to_wire()["v"] == 2
+    assert replace(counted, pool=4, pool_draws=35).to_wire()["v"] == 4
+    # an older format has no third item; a version 4 may still leave it out
+    with pytest.raises(BadReport, match="background: 3 items, at most 2"):
+        NatReport.from_wire({**w, "v": 3})
+    assert NatReport.from_wire({**w, "background": [3, 0.05]}).background == History(3, 0.05)
+    for bad in ([3, 0.05, 0], [3, 0.05, -1], [3, 0.05, 1.0], [3, 0.05, True], [3, 0.05, 65536], [3, 0.05, 6, 1]):
+        with pytest.raises(BadReport):
+            NatReport.from_wire({**w, "background": bad})
 
 
 def test_version_two_is_written_and_a_version_one_report_still_reads():

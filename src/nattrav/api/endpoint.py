@@ -225,11 +225,13 @@ def nat_report(behavior: NatBehavior, **fields: Any) -> NatReport:
 
 
 def _background(value: Any) -> History | None:
-    """Discovery's [extra, exposure] (a cached behaviour's too), if it is one."""
+    """Discovery's [extra, exposure, gaps] (a cached behaviour's too, maybe from before gaps were
+    kept: [extra, exposure]), if it is one."""
     try:
-        extra, exposure = value
-        if type(extra) is int and 0 <= extra <= MAX_COUNT and 0 <= float(exposure) <= MAX_AGE:
-            return History(extra, float(exposure))
+        extra, exposure, *rest = value
+        gaps = rest[0] if len(rest) == 1 and type(rest[0]) is int and 1 <= rest[0] <= MAX_COUNT else None
+        if type(extra) is int and 0 <= extra <= MAX_COUNT and 0 <= float(exposure) <= MAX_AGE and len(rest) <= 1:
+            return History(extra, float(exposure), gaps)
     except (TypeError, ValueError):
         pass
     return None

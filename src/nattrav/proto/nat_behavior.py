@@ -66,7 +66,8 @@ class NatBehavior:
     delta: int | None = None  # port step between two new mappings (0 for EIM; None when random)
     # P(delta is a multiple of the true step): its gaps all shared a factor (predict.delta_posterior)
     delta_doubt: float | None = None
-    # [extra, exposure]: other hosts' allocations between our mappings on Δ's grid, over seconds
+    # [extra, exposure, gaps]: other hosts' allocations between our mappings on Δ's grid, over
+    # seconds, counted in that many gaps (a cache written before gaps were kept holds two items)
     background: list | None = None
     hairpin: bool | None = None
     lifetime: float | None = None  # seconds a mapping survived idle (lower bound), when measured
@@ -263,7 +264,7 @@ def _first_per_mapping(samples: Sequence[BindingSample]) -> list[BindingSample]:
 
 
 def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float | None, list | None]:
-    """(P(`delta` is a multiple of the NAT's true step), [background allocations, seconds]) from
+    """(P(`delta` is a multiple of the NAT's true step), [background allocations, seconds, gaps]) from
     the gaps of each series of new mappings (one socket's, fresh sockets'), each spanning the time
     between its two samples: the evidence discovery read Δ from, which the peer's planner never
     sees (predict.delta_posterior; predict.predict adds the background to the punch socket's).
@@ -281,7 +282,7 @@ def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float 
     # a gap of no time would make any foreign flow in it impossible and favour the largest Δ
     timed = all(t > 0 for t in taus)
     post = delta_posterior_of_gaps(gaps, taus if timed else None, [0] * len(gaps), delta)
-    background = [sum(g // delta - 1 for g in gaps), round(sum(taus), 6)] if timed else None
+    background = [sum(g // delta - 1 for g in gaps), round(sum(taus), 6), len(gaps)] if timed else None
     return round(1.0 - post.get(delta, 0.0), 6), background
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .report import MAX_SAMPLES, PORT_RANGE, NatReport, Sample
@@ -37,6 +37,7 @@ class Observation:
     port_range: tuple[int, int] = PORT_RANGE
     delta_doubt: float | None = None  # the report's (NatReport.delta_doubt)
     background: tuple[int, float] | None = None  # the report's (NatReport.background): extra, seconds
+    background_gaps: int | None = None  # and the gaps it was counted in (None: not said)
 
     @classmethod
     def from_report(cls, report: NatReport) -> Observation:
@@ -50,7 +51,7 @@ class Observation:
                 lo, hi = min(lo, s.port), max(hi, s.port)
         bg = report.background
         return cls(tuple(samples), report.allocation, report.delta, (lo, hi), report.delta_doubt,
-                   None if bg is None else (bg.extra, bg.exposure))
+                   None if bg is None else (bg.extra, bg.exposure), None if bg is None else bg.gaps)
 
 
 class Kind(enum.StrEnum):
@@ -183,6 +184,17 @@ TAIL = 1e-6
 
 
 @dataclass(frozen=True)
+class Grid:
+    """Another step the NAT may have: a proper divisor of the fitted Δ, with its probability and the
+    pmf of the foreign allocations N before our next mapping under it (which then lands on
+    last + delta·(1 + N))."""
+
+    delta: int
+    weight: float
+    noise: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """A ranked candidate window: ports[i] is where our next mapping lands with probability probs[i]."""
 
@@ -198,10 +210,36 @@ class Prediction:
     # P(the fitted Δ is the NAT's), given the samples' gaps (delta_posterior): every window above is
     # on the grid of that Δ, so its odds hold only with this probability
     delta_confidence: float = 1.0
+    # the rest of that probability, on the divisors' grids (empty: not weighed, see _grids)
+    grids: tuple[Grid, ...] = ()
 
     @property
     def next_port(self) -> int | None:
         return self.ports[0] if self.ports else None
+
+    def mixture_window(self, target: float, cap: int) -> tuple[tuple[int, ...], float]:
+        """The fewest ports (at most `cap`), most probable first, that the next mapping lands on with
+        probability >= target, every step hypothesis weighed: Δ's grid with delta_confidence and
+        each of `grids`. Returns (ports, the probability they cover). Where Δ's window alone would
+        stop at delta_confidence·target, the divisors' most likely ports fill the rest (a busy
+        NAT's next port under Δ = 1 lies tens of ports on, off Δ's grid)."""
+        if self.kind is Kind.FIXED:
+            return self.ports, self.covered
+        model = self.model
+        if self.kind is not Kind.SEQUENTIAL or model.last is None:
+            return (), 0.0
+        span = model.port_range[1] - model.port_range[0] + 1
+        mass: dict[int, float] = {}
+        for delta, weight, noise in ((model.delta, self.delta_confidence, self.noise),
+                                     *((g.delta, g.weight, g.noise) for g in self.grids)):
+            for n, p in enumerate(noise):
+                step = delta * (n + 1) % span  # a counter that wrapped lands where it did before
+                mass[step] = mass.get(step, 0.0) + weight * p
+        ranked = ranked_window(list(mass.values()), target, max(1, cap)) if mass else []
+        steps = list(mass)
+        lo = model.port_range[0]
+        ports = tuple(lo + (model.last - lo + steps[i]) % span for i, _ in ranked)
+        return ports, min(1.0, sum(p for _, p in ranked))
 
 
 def poisson_pmf(mu: float, n: int) -> float:
@@ -383,11 +421,12 @@ def predict(
     cycle = span // math.gcd(span, model.delta)  # distinct ports reachable with this Δ
     ranked = [(n, p) for n, p in ranked if n + 1 <= cycle]
     ports = tuple(model.advance(model.last, n + 1) for n, _ in ranked)
+    posterior = delta_posterior(obs, model.delta)
     if obs.delta_doubt is not None and model.delta == obs.delta:
         # discovery weighed every gap it saw (more than the punch socket's few samples here)
         confidence = 1.0 - obs.delta_doubt
     else:
-        confidence = delta_posterior(obs, model.delta).get(model.delta, 0.0)
+        confidence = posterior.get(model.delta, 0.0)
     return Prediction(
         Kind.SEQUENTIAL,
         ports,
@@ -398,7 +437,46 @@ def predict(
         mean_extra=sum(n * v for n, v in enumerate(pmf)),
         noise=tuple(pmf),
         delta_confidence=confidence,
+        grids=_grids(obs, model, confidence, posterior,
+                     lambda m: noise_pmf(m, horizon, prior_rate=prior_rate, prior_weight=prior_weight, limit=max_window)),
     )
+
+
+def _grids(obs: Observation, model: Model, confidence: float, posterior: dict[int, float],
+           noise: Callable[[Model], list[float]]) -> tuple[Grid, ...]:
+    """The doubt about Δ (1 - confidence) shared among its proper divisors, each with its noise read
+    on its own grid: every gap g of the punch socket's is g/d - 1 - own foreign flows under d, and
+    discovery's background of `extra` over G gaps is (Δ/d)(extra + G) - G. The share follows the
+    punch socket's posterior over the divisors (exact for a prime Δ, where Δ = 1 takes it all; for
+    a composite Δ the split of discovery's doubt is the punch socket's, not discovery's, which did
+    not publish it), the prior where those gaps cannot tell. Empty when there is no doubt, or when
+    the background cannot be read on another grid (an older peer's report does not say over how
+    many gaps it was counted): the planner then counts Δ's grid alone, a lower bound."""
+    delta, doubt = model.delta, 1.0 - confidence
+    if doubt <= 0 or delta <= 1:
+        return ()
+    background = model.per_second and obs.background is not None and delta == obs.delta and obs.background[1] > 0
+    if background and obs.background_gaps is None:
+        return ()
+    ports = [s.port for s in obs.samples]
+    gaps = [_forward_gap(a, b, obs.port_range) for a, b in zip(ports, ports[1:])]
+    if any(g % delta for g in gaps):
+        return ()
+    divisors = [d for d in _divisors(delta) if d < delta]
+    share = {d: posterior.get(d, 0.0) for d in divisors}
+    if sum(share.values()) <= 0:
+        share = {d: _delta_prior(d) for d in divisors}
+    norm = sum(share.values())
+    out = []
+    for d in divisors:
+        extra = sum(max(0, g // d - 1 - smp.own) for g, smp in zip(gaps, obs.samples[1:]))
+        if background:
+            assert obs.background is not None and obs.background_gaps is not None
+            extra += (delta // d) * (obs.background[0] + obs.background_gaps) - obs.background_gaps
+        on_d = replace(model, delta=d, extra=extra,
+                       rate=extra / model.exposure if model.exposure > 0 else 0.0)
+        out.append(Grid(d, doubt * share[d] / norm, tuple(noise(on_d))))
+    return tuple(out)
 
 
 def ranked_ports(values: Iterable[int]) -> list[int]:

@@ -39,8 +39,10 @@ from .vocab import Allocation, Filtering, Mapping
 # refuses them as unknown keys; with 2 it says instead that the peer runs a newer format.
 # 3: pool_draws. Written only by a report that carries it (a side whose flows showed an address
 # pool): every other report stays a 2, which older peers read.
-VERSION = 3
-READS = (1, 2, 3)  # a version-1 report is read with every optional key at its default
+# 4: background's third item, the number of gaps it was counted over (History.gaps). Written only by
+# a report that carries it; a 4 with pool_draws too.
+VERSION = 4
+READS = (1, 2, 3, 4)  # a version-1 report is read with every optional key at its default
 PORT_RANGE = (1024, 65535)  # Linux masquerade's default for unprivileged source ports
 MAX_SAMPLES = 64  # the punch socket's mappings (api sends four)
 MAX_TCP_SAMPLES = 16
@@ -80,10 +82,14 @@ class TcpSample:
 
 @dataclass(frozen=True)
 class History:
-    """Earlier rate evidence for a sequential TCP NAT (a listener's enrolment-to-refresh gap)."""
+    """Rate evidence for a sequential NAT: a TCP listener's enrolment-to-refresh gap, discovery's
+    background on Δ's grid (NatReport.background)."""
 
     extra: int  # flows other hosts took
     exposure: float  # over this many seconds
+    # between how many pairs of our own mappings: what `extra` is under another step than Δ
+    # (predict's divisor grids). None: not said (an older peer, a TCP history)
+    gaps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ class NatReport:
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack- and JSON-safe map (plain str, int, float, list, None)."""
-        return {"v": VERSION if self.pool_draws is not None else 2, "mapping": _value(self.mapping), "filtering": _value(self.filtering),
+        return {"v": self._version(), "mapping": _value(self.mapping), "filtering": _value(self.filtering),
                 "allocation": _value(self.allocation), "delta": self.delta,
                 "public": None if self.public is None else list(self.public),
                 "samples": [[s.port, s.t, s.own] for s in self.samples],
@@ -158,8 +164,15 @@ class NatReport:
                 **({"pool": self.pool} if self.pool != 1 else {}),
                 **({"pool_draws": self.pool_draws} if self.pool_draws is not None else {}),
                 **({"delta_doubt": self.delta_doubt} if self.delta_doubt is not None else {}),
-                **({"background": [self.background.extra, self.background.exposure]}
+                **({"background": [self.background.extra, self.background.exposure]
+                                  + ([] if self.background.gaps is None else [self.background.gaps])}
                    if self.background is not None else {})}
+
+    def _version(self) -> int:
+        # the oldest format that holds what this report says, so that older peers still read it
+        if self.background is not None and self.background.gaps is not None:
+            return 4
+        return 3 if self.pool_draws is not None else 2
 
     @classmethod
     def from_wire(cls, wire: Any) -> NatReport:
@@ -238,6 +251,7 @@ def _from_wire(w: Any) -> NatReport:
                         + (" (the peer runs a newer nattrav: upgrade this side)" if newer else ""))
     if "pool_draws" in w and w["v"] < 3:
         raise BadReport(f"pool_draws in a version {w['v']} report")
+    background = _history(w["background"], "background", gaps=w["v"] >= 4) if "background" in w else None
     samples = _list(w["samples"], MAX_SAMPLES, "samples")
     return NatReport(
         mapping=_word(Mapping, w["mapping"], "mapping"),
@@ -253,7 +267,7 @@ def _from_wire(w: Any) -> NatReport:
         pool=_int(w["pool"], 1, MAX_POOL, "pool") if "pool" in w else 1,
         pool_draws=_int(w["pool_draws"], 1, MAX_POOL_DRAWS, "pool_draws") if "pool_draws" in w else None,
         delta_doubt=_probability(w["delta_doubt"], "delta_doubt") if "delta_doubt" in w else None,
-        background=_history(w["background"], "background") if "background" in w else None,
+        background=background,
     )
 
 
@@ -333,11 +347,13 @@ def _int(v: Any, lo: int, hi: int, what: str) -> int:
     return v
 
 
-def _history(v: Any, what: str) -> History:
-    pair = _list(v, 2, what)
-    if len(pair) != 2:
-        raise BadReport(f"{what} is not [extra, exposure]")
-    return History(_int(pair[0], 0, MAX_COUNT, f"{what} extra"), _seconds(pair[1], MAX_AGE, f"{what} exposure"))
+def _history(v: Any, what: str, *, gaps: bool = False) -> History:
+    """[extra, exposure], or with `gaps` (a version-4 report's background) also [extra, exposure, gaps]."""
+    items = _list(v, 3 if gaps else 2, what)
+    if len(items) not in ((2, 3) if gaps else (2,)):
+        raise BadReport(f"{what} is not [extra, exposure{', gaps' if gaps else ''}]")
+    return History(_int(items[0], 0, MAX_COUNT, f"{what} extra"), _seconds(items[1], MAX_AGE, f"{what} exposure"),
+                   _int(items[2], 1, MAX_COUNT, f"{what} gaps") if len(items) == 3 else None)
 
 
 def _probability(v: Any, what: str) -> float:

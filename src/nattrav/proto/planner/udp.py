@@ -509,18 +509,29 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
         # each probe of a window is a flow on the prober's own NAT, once per address it aims at (a
         # scattered peer's pool: Side.addresses), so a window is at most the budget over those
         at_other, at_opener = other.addresses(opener), opener.addresses(other)
-        n_open, n_other, odds = size_predicted(opener, other, target,
-                                               max(1, min(max_window, opener.budget // len(at_other))),
-                                               max(1, min(max_window, other.budget // len(at_opener))))
-        # the windows are sized as if each Δ were right; they are on the wrong grid when it is not
-        # (a lower bound: a misread grid may still meet now and then); and they meet only where a
-        # scattered side's new mapping leaves from an address aimed at
-        odds *= (opener.delta_confidence * other.delta_confidence
-                 * other.reach(len(at_other)) * opener.reach(len(at_opener)))
-        m = stride(opener, other)
-        open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
-        other_targets = ((opener.port,) if opener.fixed
-                         else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
+        cap_open = max(1, min(max_window, opener.budget // len(at_other)))
+        cap_other = max(1, min(max_window, other.budget // len(at_opener)))
+        # they meet only where a scattered side's new mapping leaves from an address aimed at
+        reach = other.reach(len(at_other)) * opener.reach(len(at_opener))
+        single = _single_flow(opener, other)
+        if single is not None:
+            # One side keeps its port; the other's one flow towards it takes one port, which the
+            # fixed side's window must hold: its likeliest places over every step the NAT may
+            # have (Prediction.mixture_window), not only the fitted Δ's grid.
+            seq = single
+            window, odds = seq.prediction.mixture_window(target, cap_other if seq is opener else cap_open)
+            odds *= reach
+            open_targets = window if seq is other else (other.port,)
+            other_targets = window if seq is opener else (opener.port,)
+        else:
+            n_open, n_other, odds = size_predicted(opener, other, target, cap_open, cap_other)
+            # the windows are sized as if each Δ were right; they are on the wrong grid when it is
+            # not (a lower bound: a misread grid may still meet now and then)
+            odds *= opener.delta_confidence * other.delta_confidence * reach
+            m = stride(opener, other)
+            open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
+            other_targets = ((opener.port,) if opener.fixed
+                             else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
         a = Attempt(Strategy.PREDICTED,
                     Part(other.ip, open_targets, opens=True, interval=0.25, also=at_other[1:]),
                     replace(_talker(opener.ip, other_targets, interval=0.25, big_delay=0.05), also=at_opener[1:]),
@@ -532,6 +543,17 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
                         _maybe_swap(a, swap)))
     choices.sort(key=lambda c: c[0])
     return choices[0][1]
+
+
+def _single_flow(opener: Side, other: Side) -> Side | None:
+    """The sequential side of a pair whose other side keeps its port, when that side's part is one
+    flow (to the fixed port) and the fixed side's is a window on its ports; None otherwise (both
+    sequential, or a fixed opener whose address filter one packet to the peer's IP opens)."""
+    if opener.fixed and other.sequential and not opener.filtering.by_address:
+        return other
+    if other.fixed and opener.sequential:
+        return opener
+    return None
 
 
 def _birthday(rnd: Side, eim: Side, target: float, sockets: int, max_sockets: int) -> Attempt:
