@@ -248,3 +248,18 @@ def test_a_malformed_doubt_or_background_is_a_bad_report(key, bad):
     w[key] = bad
     with pytest.raises(BadReport):
         NatReport.from_wire(w)
+
+
+def test_two_sequential_sides_aim_their_grids_above_a_small_doubt():
+    # both sides consume a port per probe: no single flow to hold in a mixture window, so the grids'
+    # windows aim at target / confidence, which a small doubt leaves within reach
+    other = _seq([30000, 30001, 30002], [0, 0.001, 0.002], delta=1)
+    small = plan(_seq([20000, 20003, 20006], [0, 0.001, 0.002], delta=3, delta_doubt=2e-5), other, "first")
+    plain = plan(_seq([20000, 20003, 20006], [0, 0.001, 0.002], delta=3, delta_doubt=0.0), other, "first")
+    assert small.strategy.value == plain.strategy.value == "predicted"
+    assert plain.odds >= 0.999 and small.odds >= 0.999
+    sizes = [len(a.targets) for a in (small.primary.local, small.primary.remote)]
+    assert sum(sizes) > sum(len(a.targets) for a in (plain.primary.local, plain.primary.remote))
+    # a doubt past what a grid can make up for: the plain target, and the odds say what it reaches
+    big = plan(_seq([20000, 20003, 20006], [0, 0.001, 0.002], delta=3, delta_doubt=0.01), other, "first")
+    assert big.odds == pytest.approx(plain.odds * 0.99, rel=1e-9)

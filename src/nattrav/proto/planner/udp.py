@@ -45,6 +45,9 @@ from .strategies import STRATEGIES, explain
 # default DEFAULT_FLOW_BUDGET, smaller behind a carrier-grade NAT, less its recent bursts: budget.py),
 # and each side's part is sized by that side's number.
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay between raced strategies
+# The most a window on one fitted grid is sized to cover when it makes up for doubt about the step
+# (_above_doubt): two noise pmfs that each end at predict.TAIL reach about this much together.
+GRID_REACH = 0.99999
 
 
 # --- what one side does -------------------------------------------------------------------------
@@ -524,10 +527,12 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
             open_targets = window if seq is other else (other.port,)
             other_targets = window if seq is opener else (opener.port,)
         else:
-            n_open, n_other, odds = size_predicted(opener, other, target, cap_open, cap_other)
             # the windows are sized as if each Δ were right; they are on the wrong grid when it is
-            # not (a lower bound: a misread grid may still meet now and then)
-            odds *= opener.delta_confidence * other.delta_confidence * reach
+            # not (a lower bound: a misread grid may still meet now and then), so they aim that much
+            # higher where a grid can reach it
+            sure = opener.delta_confidence * other.delta_confidence
+            n_open, n_other, odds = size_predicted(opener, other, _above_doubt(target, sure), cap_open, cap_other)
+            odds *= sure * reach
             m = stride(opener, other)
             open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
             other_targets = ((opener.port,) if opener.fixed
@@ -543,6 +548,14 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
                         _maybe_swap(a, swap)))
     choices.sort(key=lambda c: c[0])
     return choices[0][1]
+
+
+def _above_doubt(target: float, sure: float) -> float:
+    """The target a window on the fitted grid must reach for `target` overall when the grid is
+    right with probability `sure`; the plain target when that is past what a window can cover
+    (the noise pmfs end at a 1e-6 tail): the plan then states what it reaches."""
+    goal = target / sure if sure > 0 else 1.0
+    return goal if goal <= GRID_REACH else target
 
 
 def _single_flow(opener: Side, other: Side) -> Side | None:
@@ -607,6 +620,7 @@ def _random_sequential(rnd: Side, seq: Side, target: float, max_sockets: int) ->
     # within its own.
     budget, guesses = rnd.budget, seq.budget
     need_window = max(1, len(noise_pmf(seq)))
+    goal = _above_doubt(target, seq.delta_confidence)  # the window is on the fitted grid
     candidates = sorted({max(1, min(c, rnd.span // 2, budget)) for c in (64, 128, 256, 512, 1024, 2048, 4096)
                          if c <= max_sockets} or {1})
     options: list[tuple[float, int, int, int]] = []  # (odds, sockets, window, probes)
@@ -619,14 +633,14 @@ def _random_sequential(rnd: Side, seq: Side, target: float, max_sockets: int) ->
             lo, hi = 1, window
             while lo < hi:
                 mid = (lo + hi) // 2
-                if random_sequential_odds(rnd, seq, s, mid, min(mid, guesses)) >= target:
+                if random_sequential_odds(rnd, seq, s, mid, min(mid, guesses)) >= goal:
                     hi = mid
                 else:
                     lo = mid + 1
             window, probes = lo, min(lo, guesses)
         else:
             window = min(window, need_window)
-            probes = probes_for(rnd.span, s, target, max(1, min(guesses, rnd.span - s)))
+            probes = probes_for(rnd.span, s, goal, max(1, min(guesses, rnd.span - s)))
         options.append((random_sequential_odds(rnd, seq, s, window, probes) * seq.delta_confidence,
                         s, window, probes))
     assert options
