@@ -15,7 +15,7 @@ import trio
 from ..errors import UsageError
 from ..hostport import parse_hostport
 from ..io.stun_server import serve_stun
-from ..proto.nat_behavior import NatBehavior
+from ..proto.nat_behavior import FRESH_SOCKETS, NatBehavior
 from ..proto.stun_control import MIN_SECRET
 from ..proto.stun_server import (
     DEFAULT_ALT_PORT,
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("server", help="SERVER[:PORT]")
     pr.add_argument("--json", action="store_true", help="print the report as JSON")
     pr.add_argument("--local-ip", help="bind the probing sockets to this address")
-    pr.add_argument("--fresh", type=int, default=3, help="fresh sockets for the allocation test")
+    pr.add_argument("--fresh", type=int, default=FRESH_SOCKETS,
+                    help=f"fresh sockets for the allocation test (default {FRESH_SOCKETS})")
     pr.add_argument("--no-hairpin", action="store_true")
     pr.add_argument("--lifetime", action="store_true", help="measure mapping lifetime (slow)")
     pr.add_argument("--lifetime-max", type=float, default=120.0)

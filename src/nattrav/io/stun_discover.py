@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import StunErrorResponse, StunTimeout
-from ..proto.nat_behavior import BindingSample, NatBehavior, classify
+from ..proto.nat_behavior import FRESH_SOCKETS, BindingSample, NatBehavior, classify
 from ..proto.stun import Message, binding_request
 from ..proto.stun_attrs import Address
 from ..proto.stun_client import State, Transaction, expected_source
@@ -187,7 +187,7 @@ async def discover(
     server: Address,
     local_ip: str | None = None,
     *,
-    fresh_sockets: int = 3,
+    fresh_sockets: int = FRESH_SOCKETS,
     hairpin: bool = True,
     lifetime: bool = False,
     lifetime_max: float = 120.0,

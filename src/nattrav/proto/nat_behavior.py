@@ -263,6 +263,14 @@ def _first_per_mapping(samples: Sequence[BindingSample]) -> list[BindingSample]:
     return _first_by(samples, lambda s: s.mapped)
 
 
+# The allocation test's fresh sockets, each a new mapping right after the main socket's. Their gaps
+# are the evidence that the step Δ is not a multiple of a busy NAT's smaller one (delta_evidence
+# below): each gap of exactly Δ a millisecond apart cuts that doubt about 4×. The main socket's 3
+# gaps and 2 from 3 fresh sockets left Δ = 3 at ~0.3 % doubt and Δ = 2 at ~1.5 %, more than a
+# 99.9 % plan may carry; 7 (9 gaps) leave ~1e-5 and ~3e-4, for 4 more flows and ~4 ms.
+FRESH_SOCKETS = 7
+
+
 def delta_evidence(delta: int, *series: Sequence[BindingSample]) -> tuple[float | None, list | None]:
     """(P(`delta` is a multiple of the NAT's true step), [background allocations, seconds, gaps]) from
     the gaps of each series of new mappings (one socket's, fresh sockets'), each spanning the time
