@@ -522,17 +522,18 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
             # fixed side's window must hold: its likeliest places over every step the NAT may
             # have (Prediction.mixture_window), not only the fitted Δ's grid.
             seq = single
-            window, odds = seq.prediction.mixture_window(target, cap_other if seq is opener else cap_open)
+            window, odds = seq.prediction.mixture_window(_above_doubt(target, reach),
+                                                         cap_other if seq is opener else cap_open)
             odds *= reach
             open_targets = window if seq is other else (other.port,)
             other_targets = window if seq is opener else (opener.port,)
         else:
             # the windows are sized as if each Δ were right; they are on the wrong grid when it is
             # not (a lower bound: a misread grid may still meet now and then), so they aim that much
-            # higher where a grid can reach it
-            sure = opener.delta_confidence * other.delta_confidence
+            # higher where a grid can reach it, as for an address of a pool not aimed at
+            sure = opener.delta_confidence * other.delta_confidence * reach
             n_open, n_other, odds = size_predicted(opener, other, _above_doubt(target, sure), cap_open, cap_other)
-            odds *= sure * reach
+            odds *= sure
             m = stride(opener, other)
             open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
             other_targets = ((opener.port,) if opener.fixed
@@ -551,9 +552,10 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
 
 
 def _above_doubt(target: float, sure: float) -> float:
-    """The target a window on the fitted grid must reach for `target` overall when the grid is
-    right with probability `sure`; the plain target when that is past what a window can cover
-    (the noise pmfs end at a 1e-6 tail): the plan then states what it reaches."""
+    """The target a window must reach for `target` overall when what it assumes (the fitted grid,
+    the pool's addresses aimed at) holds with probability `sure`; the plain target when that is past
+    what a window can cover (the noise pmfs end at a 1e-6 tail): the plan then states what it
+    reaches."""
     goal = target / sure if sure > 0 else 1.0
     return goal if goal <= GRID_REACH else target
 
