@@ -263,3 +263,16 @@ def test_two_sequential_sides_aim_their_grids_above_a_small_doubt():
     # a doubt past what a grid can make up for: the plain target, and the odds say what it reaches
     big = plan(_seq([20000, 20003, 20006], [0, 0.001, 0.002], delta=3, delta_doubt=0.01), other, "first")
     assert big.odds == pytest.approx(plain.odds * 0.99, rel=1e-9)
+
+
+def test_a_step_with_many_divisors_weighs_only_the_likeliest_few():
+    # a hostile or odd report: Δ = 55440 (119 proper divisors) with every gap on its grid and a big
+    # doubt: the prediction ranks a few grids, quickly, and leaves the rest out of its odds
+    from nattrav.proto.predict import MAX_GRIDS
+
+    report = _seq([2000, 57440], [0, 0.001], delta=55440, delta_doubt=0.5)
+    pred = predict(report)
+    assert 0 < len(pred.grids) <= MAX_GRIDS
+    assert sum(g.weight for g in pred.grids) <= 0.5 + 1e-12
+    ports, covered = pred.mixture_window(0.999, 512)
+    assert len(ports) <= 512 and 0 <= covered <= 1

@@ -442,6 +442,9 @@ def predict(
     )
 
 
+MAX_GRIDS = 8  # divisors of Δ a prediction weighs besides Δ
+
+
 def _grids(obs: Observation, model: Model, confidence: float, posterior: dict[int, float],
            noise: Callable[[Model], list[float]]) -> tuple[Grid, ...]:
     """The doubt about Δ (1 - confidence) shared among its proper divisors, each with its noise read
@@ -468,7 +471,9 @@ def _grids(obs: Observation, model: Model, confidence: float, posterior: dict[in
         share = {d: _delta_prior(d) for d in divisors}
     norm = sum(share.values())
     out = []
-    for d in divisors:
+    # a report's Δ of 55440 has 119 divisors, each a pmf to rank: the likeliest few carry the doubt
+    # that matters, and the others' share is left out of the odds (a lower bound)
+    for d in sorted(sorted(divisors, key=lambda d: -share[d])[:MAX_GRIDS]):
         extra = sum(max(0, g // d - 1 - smp.own) for g, smp in zip(gaps, obs.samples[1:]))
         if background:
             assert obs.background is not None and obs.background_gaps is not None
