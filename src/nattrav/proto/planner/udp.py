@@ -516,12 +516,11 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
         cap_other = max(1, min(max_window, other.budget // len(at_opener)))
         # they meet only where a scattered side's new mapping leaves from an address aimed at
         reach = other.reach(len(at_other)) * opener.reach(len(at_opener))
-        single = _single_flow(opener, other)
-        if single is not None:
+        seq = _single_flow(opener, other)
+        if seq is not None:
             # One side keeps its port; the other's one flow towards it takes one port, which the
             # fixed side's window must hold: its likeliest places over every step the NAT may
             # have (Prediction.mixture_window), not only the fitted Δ's grid.
-            seq = single
             window, odds = seq.prediction.mixture_window(_above_doubt(target, reach),
                                                          cap_other if seq is opener else cap_open)
             odds *= reach
