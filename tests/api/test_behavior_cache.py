@@ -272,6 +272,27 @@ def test_a_measured_trace_joins_the_entry_keeps_its_age_and_reads_back_the_same(
     assert cache.lookup(KEY, now=2000.0).hops() == TRACED
 
 
+def test_a_later_trace_with_a_silent_hop_keeps_what_the_path_showed_before(cache):
+    # a home NAT behind a CGN: hop 2 answers from the shared space, hop 3 is past our NATs
+    full = read_trace({1: "10.0.1.1", 2: "100.64.0.1", 3: "192.0.2.254"}, 4, 8)
+    assert full.low_ttl == 3 and full.cgn
+    cache.save(KEY, behavior(), now=1000.0)
+    assert cache.set_hops(KEY, full)
+    # a refresh whose CGN and router answers were rate-limited reads one layer: it must not undo the
+    # second one (every warm connect would open at TTL 2 and wait for the escalation)
+    silent = read_trace({1: "10.0.1.1"}, 4, 8)
+    assert silent.low_ttl == 2
+    assert not cache.set_hops(KEY, silent)  # nothing new: the file is not written
+    assert cache.lookup(KEY, now=1000.0).hops() == full
+    # what did answer this time stands over what answered before; another path length starts anew
+    moved = read_trace({1: "10.0.1.1", 2: "100.64.0.9"}, 4, 8)
+    assert cache.set_hops(KEY, moved)
+    assert dict(cache.lookup(KEY, now=1000.0).hops().hops)[2] == "100.64.0.9"
+    shorter = read_trace({1: "10.0.1.1", 2: "192.0.2.254"}, 3, 8)
+    assert cache.set_hops(KEY, shorter)
+    assert cache.lookup(KEY, now=1000.0).hops() == shorter
+
+
 def test_a_trace_that_showed_nothing_is_not_kept(cache):
     cache.save(KEY, behavior(), now=1000.0)
     blind = read_trace({}, None, 8)

@@ -180,7 +180,16 @@ class BehaviorCache:
         entries, flows, relay = self._load()
         raw = entries.get(key.text())
         entry = _entry_from(raw) if raw is not None else None
-        if entry is None or entry.trace == trace:
+        if entry is None:
+            return False
+        old = entry.trace
+        if old is not None and old["server_ttl"] == trace["server_ttl"]:
+            # The same path: a hop that answered before and is silent now is still there, its ICMP
+            # rate-limited (back-to-back connects' low-TTL packets spend the same routers' budget).
+            # A background refresh that lost our CGN's answer read the low TTL as 2 where it is 3,
+            # and every later warm connect opened at 2 and waited ~0.4 s for the escalation.
+            trace = {"answers": {**old["answers"], **trace["answers"]}, "server_ttl": trace["server_ttl"]}
+        if entry.trace == trace:
             return False
         entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)
         return self._write(entries, flows, relay)
