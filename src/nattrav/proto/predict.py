@@ -124,17 +124,35 @@ def without_stray(obs: Observation) -> Observation:
     once the counter wrapped: 22415, 22416, 21517, 22417). Only where discovery said sequential with
     Δ, the samples do not fit Δ's grid as they are, and leaving out exactly one sample makes them
     fit it (three or more left, every gap a small multiple of Δ): a random allocator passes that
-    about once in 10^5. Leaving the stray out reads nothing into it; a counter it did move shows as
-    one more foreign flow, which only widens the window."""
+    about once in 10^4. And only a sample that steps back or off Δ's grid from its neighbour: one
+    far ahead on the grid is a counter that ran on while we waited (a listener's re-sample, which
+    fit() reads as a wait). Leaving the stray out reads nothing into it; a counter it did move shows
+    as one more foreign flow, which only widens the window."""
     delta = obs.delta or 0
-    if obs.allocation is not Allocation.SEQUENTIAL or delta <= 0 or len(obs.samples) < 4 or _on_grid(obs, obs.samples):
+    samples = obs.samples
+    if obs.allocation is not Allocation.SEQUENTIAL or delta <= 0 or len(samples) < 4 or _on_grid(obs, samples):
         return obs
-    fits = [i for i in range(len(obs.samples))
-            if _on_grid(obs, obs.samples[:i] + obs.samples[i + 1:])]
+    lo, hi = obs.port_range
+    taus = [None if a.t is None or b.t is None else b.t - a.t for a, b in zip(samples, samples[1:])]
+
+    def off(k: int) -> bool:
+        """Whether gap k (samples k to k+1) is no counter's: off the grid, backwards, or far ahead
+        in no more time than the others took (a wait is far ahead after a long time)."""
+        gap = _forward_gap(samples[k].port, samples[k + 1].port, obs.port_range)
+        if gap % delta or gap > (hi - lo + 1) // 2:
+            return True
+        tau = taus[k]
+        others = [t for j, t in enumerate(taus) if j != k]
+        waited = tau is not None and None not in others and all(tau > t for t in others)  # type: ignore[operator]
+        return gap // delta > MAX_STEPS_PER_SAMPLE and not waited
+
+    fits = [i for i in range(len(samples))
+            if ((i > 0 and off(i - 1)) or (i + 1 < len(samples) and off(i)))
+            and _on_grid(obs, samples[:i] + samples[i + 1:])]
     if len(fits) != 1:
         return obs
     i = fits[0]
-    return replace(obs, samples=obs.samples[:i] + obs.samples[i + 1:])
+    return replace(obs, samples=samples[:i] + samples[i + 1:])
 
 
 def _on_grid(obs: Observation, samples: Sequence[Sample]) -> bool:
