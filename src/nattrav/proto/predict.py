@@ -465,11 +465,12 @@ def predict(
     cycle = span // math.gcd(span, model.delta)  # distinct ports reachable with this Δ
     ranked = [(n, p) for n, p in ranked if n + 1 <= cycle]
     ports = tuple(model.advance(model.last, n + 1) for n, _ in ranked)
-    posterior = delta_posterior(obs, model.delta)
+    posterior = None
     if obs.delta_doubt is not None and model.delta == obs.delta:
         # discovery weighed every gap it saw (more than the punch socket's few samples here)
         confidence = 1.0 - obs.delta_doubt
     else:
+        posterior = delta_posterior(obs, model.delta)
         confidence = posterior.get(model.delta, 0.0)
     return Prediction(
         Kind.SEQUENTIAL,
@@ -489,16 +490,17 @@ def predict(
 MAX_GRIDS = 8  # divisors of Δ a prediction weighs besides Δ
 
 
-def _grids(obs: Observation, model: Model, confidence: float, posterior: dict[int, float],
+def _grids(obs: Observation, model: Model, confidence: float, posterior: dict[int, float] | None,
            noise: Callable[[Model], list[float]]) -> tuple[Grid, ...]:
     """The doubt about Δ (1 - confidence) shared among its proper divisors, each with its noise read
     on its own grid: every gap g of the punch socket's is g/d - 1 - own foreign flows under d, and
     discovery's background of `extra` over G gaps is (Δ/d)(extra + G) - G. The share follows the
     punch socket's posterior over the divisors (exact for a prime Δ, where Δ = 1 takes it all; for
     a composite Δ the split of discovery's doubt is the punch socket's, not discovery's, which did
-    not publish it), the prior where those gaps cannot tell. Empty when there is no doubt, or when
-    the background cannot be read on another grid (an older peer's report does not say over how
-    many gaps it was counted): the planner then counts Δ's grid alone, a lower bound."""
+    not publish it; `posterior`: predict()'s, or None when it took the report's confidence), the
+    prior where those gaps cannot tell. Empty when there is no doubt, or when the background cannot
+    be read on another grid (an older peer's report does not say over how many gaps it was
+    counted): the planner then counts Δ's grid alone, a lower bound."""
     delta, doubt = model.delta, 1.0 - confidence
     if doubt <= 0 or delta <= 1:
         return ()
@@ -510,6 +512,8 @@ def _grids(obs: Observation, model: Model, confidence: float, posterior: dict[in
     if any(g % delta for g in gaps):
         return ()
     divisors = [d for d in _divisors(delta) if d < delta]
+    if posterior is None:  # predict() took the confidence from the report: weighed only when doubted
+        posterior = delta_posterior(obs, delta)
     share = {d: posterior.get(d, 0.0) for d in divisors}
     if sum(share.values()) <= 0:
         share = {d: _delta_prior(d) for d in divisors}
