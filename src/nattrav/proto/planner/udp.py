@@ -508,6 +508,9 @@ def _address_open(opener: Side, other: Side) -> Attempt:
 
 def _predicted(first: Side, second: Side, target: float, max_window: int) -> Attempt:
     choices = []
+    # a single-flow window is the same whichever side opens (the fixed side's budget over the
+    # sequential side's addresses, the same reach): ranked once, for both orientations
+    windows: dict[tuple[int, float], tuple[tuple[int, ...], float]] = {}
     for opener, other, swap in ((first, second, False), (second, first, True)):
         # each probe of a window is a flow on the prober's own NAT, once per address it aims at (a
         # scattered peer's pool: Side.addresses), so a window is at most the budget over those
@@ -521,8 +524,10 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
             # One side keeps its port; the other's one flow towards it takes one port, which the
             # fixed side's window must hold: its likeliest places over every step the NAT may
             # have (Prediction.mixture_window), not only the fitted Δ's grid.
-            window, odds = seq.prediction.mixture_window(_above_doubt(target, reach),
-                                                         cap_other if seq is opener else cap_open)
+            cap = cap_other if seq is opener else cap_open
+            if (cap, reach) not in windows:
+                windows[cap, reach] = seq.prediction.mixture_window(_above_doubt(target, reach), cap)
+            window, odds = windows[cap, reach]
             odds *= reach
             open_targets = window if seq is other else (other.port,)
             other_targets = window if seq is opener else (opener.port,)
