@@ -62,6 +62,7 @@ async def _ask_tcp(stream, data: bytes) -> bytes:
 def listen_udp_twice(servers: str, name: str, marker: str) -> dict:
     """Listen for two UDP sessions; write the wall time of any enrollment after the first to `marker`."""
     from nattrav.api import listen
+    from nattrav.errors import PunchFailed
 
     async def main():
         async with listen(servers, name=name, secure=False) as lst:
@@ -79,10 +80,13 @@ def listen_udp_twice(servers: str, name: str, marker: str) -> dict:
 
             async with trio.open_nursery() as n:
                 n.start_soon(watch)
-                for _ in range(2):
-                    async with lst.accept() as path:
-                        done["servers"].append(list(client.server))
-                        await _echo_udp(path)
+                while len(done["servers"]) < 2:
+                    try:
+                        async with lst.accept() as path:
+                            done["servers"].append(list(client.server))
+                            await _echo_udp(path)
+                    except PunchFailed:  # the asker tries once more (connect_udp)
+                        done["misses"] = done.get("misses", 0) + 1
                 n.cancel_scope.cancel()
             done["enrollments"] = client.enrollments
             return done
@@ -104,16 +108,25 @@ def listen_tcp_once(servers: str, name: str) -> str:
 
 def connect_udp(server: str, name: str, data: bytes) -> dict:
     from nattrav.api import connect
-    from nattrav.errors import PeerOffline, UnknownPeer
+    from nattrav.errors import PeerOffline, PunchFailed, UnknownPeer
 
     async def main():
-        with trio.fail_after(40):
+        misses = []
+        with trio.fail_after(55):
             while True:
                 try:
                     async with connect(server, name, timeout=15, secure=False) as path:
-                        return {"echo": await _ask_udp(path, data), "peer": list(path.peer_addr)}
+                        return {"echo": await _ask_udp(path, data), "peer": list(path.peer_addr),
+                                "misses": misses}
                 except (UnknownPeer, PeerOffline):  # the listener is still starting
                     await trio.sleep(0.1)
+                except PunchFailed as exc:
+                    # this test is about the server tier, not the punch's odds (bench/matrix.py
+                    # measures those): a predicted punch states ~99.9 % and may miss, so ask once
+                    # more, as an application would, and say so
+                    if misses:
+                        raise
+                    misses.append(str(exc))
 
     return trio.run(main)
 
@@ -196,6 +209,9 @@ async def test_three_instances_on_one_redis(scale_lab):
             assert out["b_udp"]["servers"] == [[lab.S1, PORTS[1]], [lab.S2, PORTS[2]]]
             assert out["b_udp"]["enrollments"] == 2
             assert out["b_tcp"] == out["a_tcp"]["strategy"]
+            for key in ("a_udp", "a_again"):
+                for why in out[key]["misses"]:
+                    print(f"scale-out lab: {key} punched a second time after: {why}")
             print(f"scale-out lab: bob reachable again {unreachable:.2f} s after his instance was killed "
                   f"(keepalive {KEEPALIVE_TIMEOUT / 3:g} s)")
         finally:
