@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from ..io.fresh_port import fresh_trio_udp
 from ..io.stun_client import run_transactions
 from ..proto.rendezvous.observe import MAX_OBSERVED, new_addresses, observe_request, ticket_of
 from ..proto.stun_client import Transaction
@@ -69,9 +70,7 @@ async def survey_pool(observe: tuple[str, int], src_ip: str | None, known_ips: l
     started = trio.current_time()
     try:
         for _ in range(sockets):
-            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            socks.append(s)
-            await s.bind((src_ip or "0.0.0.0", 0))
+            socks.append(await fresh_trio_udp(src_ip))
         jobs = [(s, Transaction(observe_request(), observe, rto=RTO, rc=RC, rm=RM)) for s in socks]
         started = trio.current_time()
         results = await run_transactions(jobs)

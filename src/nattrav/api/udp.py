@@ -18,6 +18,7 @@ from ..io.path import PunchedPath
 from ..io.punch import punch
 from ..io.session import Session
 from ..io import presample
+from ..io.fresh_port import fresh_trio_udp
 from ..io.stun_client import by_reply_id, on_trio_clock, run_transactions
 from ..io.stun_discover import local_address, second_address
 from ..proto.nat_behavior import NatBehavior
@@ -226,11 +227,16 @@ async def open_endpoint(
 
 
 async def _punch_socket(src_ip: str | None, src_port: int) -> Any:
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     try:
-        await sock.bind((src_ip or "0.0.0.0", src_port))
+        if src_port == 0:  # a port none of our recent sockets had (io/fresh_port.py says why)
+            return await fresh_trio_udp(src_ip)
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        try:
+            await sock.bind((src_ip or "0.0.0.0", src_port))
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
-        sock.close()
         raise ConnectError(
             f"cannot bind the punch socket to {src_ip or '0.0.0.0'}:{src_port}: {exc.strerror}"
         ) from None

@@ -24,6 +24,7 @@ import trio
 from ..errors import BadPacket, StunErrorResponse, StunTimeout
 from ..proto.stun import binding_request, parse
 from ..proto.stun_attrs import Address, Attr, Class
+from .fresh_port import fresh_trio_udp
 from .stun_client import binding
 
 # idle times tried, ~1.5x apart: a lifetime is bracketed within a factor of 1.5 at most, and one
@@ -53,9 +54,8 @@ class LifetimeReading:
 
 async def open_udp(local_ip: str | None, server: Address) -> trio.socket.SocketType:
     family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
-    s = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
-    await s.bind((local_ip or ("::" if family == trio.socket.AF_INET6 else "0.0.0.0"), 0))
-    return s
+    # a port no recent socket of ours had: its samples are the NAT's now, not an old flow's (fresh_port)
+    return await fresh_trio_udp(local_ip, family)
 
 
 class Cookie:

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from .early_slot import Slot, drain
+from .fresh_port import fresh_udp
 
 Address = tuple[str, int]
 DUPLICATE_GAP = 0.005  # io/stun_discover.DUPLICATE_GAP (a test holds them equal): that module imports Trio
@@ -130,10 +131,9 @@ def begin(src_ip: str | None, server: Address) -> bool:
     socks: list[socket.socket] = []
     try:
         for _ in range(3):  # discover() binds the main socket first, then the filtering tests'
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = fresh_udp(src_ip)  # as io/lifetime.open_udp binds discover()'s
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            sock.bind((src_ip or "0.0.0.0", 0))
             sock.setblocking(False)
     except OSError:
         for sock in socks:

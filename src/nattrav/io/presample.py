@@ -20,6 +20,7 @@ from typing import Any
 
 from ..cache_doc import MAX_AGE
 from .early_slot import Slot, drain
+from .fresh_port import fresh_udp
 
 Address = tuple[str, int]
 SAMPLE_GAP = 0.001  # api/udp.py _sample's: none after the observation, then this before each sample after the first
@@ -57,15 +58,10 @@ def begin(src_ip: str | None, stun: Address, observe: Address | None, other: Add
     from ..proto.stun import binding_request
 
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = fresh_udp(src_ip)  # not a port an older flow of ours still holds on the NAT
     except OSError:
         return False
-    try:
-        sock.bind((src_ip or "0.0.0.0", 0))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        return False
+    sock.setblocking(False)
     targets = [stun] + ([other] if other else [])
     jobs = ([(observe_request(), observe)] if observe else []) + [(binding_request(), t) for t in targets]
     first_sample = 1 if observe else 0

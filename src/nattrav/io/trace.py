@@ -18,6 +18,7 @@ import trio
 
 from ..proto import stun
 from ..proto.hops import HopReading, read_trace
+from .fresh_port import fresh_trio_udp
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 SO_EE_ORIGIN_ICMP = 2
@@ -61,9 +62,9 @@ async def trace_hops(server: tuple[str, int], *, src_ip: str | None = None, max_
             made()
 
     try:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # its flow to the server lives on in our NATs: a later sampling socket must not get its port
+        sock = await fresh_trio_udp(src_ip)
         with sock:
-            await sock.bind((src_ip or "0.0.0.0", 0))
             sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             txids = {stun.new_transaction_id(): ttl for ttl in range(1, max_ttl + 1)}
             requests = {ttl: stun.binding_request(transaction_id=t).encode() for t, ttl in txids.items()}
