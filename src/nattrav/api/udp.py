@@ -37,6 +37,7 @@ from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from .pool_survey import Survey, needs_survey, survey_pool
 from .relay import RelayRung
+from . import port_blocks
 from .background import running
 from .behavior_cache import BehaviorCache, Key, confirmed
 from .flow_wait import wait_for_flows
@@ -549,9 +550,16 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
     ports = [s.port for s in new]
     emit("mapping", {"ports": ports, "public": list(public),
                      "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
+    # where the NAT's counter starts again, once this process saw it do so (proto/port_block.py)
+    block = port_blocks.observe(public[0], ports).port_range(behavior.delta)
+    if block is not None and behavior.allocation is Allocation.SEQUENTIAL:
+        emit("port-block", {"range": list(block)})
+    else:
+        block = None
     # the host candidates are read again at every refresh: a listener's interfaces may change
     return nat_report(behavior, public=public, samples=series, host=host_candidates(sock.getsockname()),
                       pool=max(1, min(pool, MAX_POOL)), **({"flows": previous.flows} if previous else {}),
+                      **({"port_range": block} if block else {}),
                       # the evidence for the pool's size (planner/pool.py), said only with a pool
                       **({"pool_draws": max(pool, min(draws, MAX_POOL_DRAWS))} if pool > 1 else {}))
 

@@ -1,0 +1,133 @@
+"""proto/port_block.py: a sequential NAT's block of ports, learned from our samples, and the
+prediction that wraps where the NAT does once the report says so."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from nattrav.api import port_blocks
+from nattrav.proto.port_block import MIN_WRAPS, PortBlock
+from nattrav.proto.predict import Kind, predict
+from nattrav.proto.report import NatReport, Sample
+from nattrav.proto.vocab import Allocation, Filtering, Mapping
+
+
+def counter(lo: int, n: int, delta: int, start: int = 0):
+    """The ports a NAT counting through n ports of step delta from lo hands out, from the start-th."""
+    k = start
+    while True:
+        yield lo + (k % n) * delta
+        k += 1
+
+
+def take(gen, every: int, count: int) -> list[int]:
+    """`count` of the counter's ports, one in `every` (the others went to other hosts)."""
+    out = []
+    for i in range(count * every):
+        port = next(gen)
+        if i % every == 0:
+            out.append(port)
+    return out
+
+
+def test_a_block_is_published_after_it_wrapped_twice():
+    block = PortBlock().seen(take(counter(20000, 256, 1, start=100), 3, 100))  # 300 ports: one wrap
+    assert block.wraps == 1 and block.port_range(1) is None
+    block = block.seen(take(counter(20000, 256, 1, start=400), 3, 100))
+    assert block.wraps >= MIN_WRAPS
+    lo, hi = block.port_range(1)
+    assert 20000 <= lo <= 20002 and 20253 <= hi <= 20255  # within one step of every 3rd port
+
+
+def test_a_step_of_delta_past_the_top_lands_on_the_bottom():
+    gen = counter(20000, 100, 7)
+    block = PortBlock().seen(take(gen, 1, 350))  # every port, three wraps
+    assert block.port_range(7) == (20000, 20000 + 7 * 99 + 6)
+    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=7,
+                       public=("203.0.113.20", 20000 + 7 * 98),
+                       samples=(Sample(20000 + 7 * 97, 0.0), Sample(20000 + 7 * 98, 0.001)),
+                       port_range=block.port_range(7))
+    p = predict(report, elapsed=0.001)
+    assert p.kind is Kind.SEQUENTIAL
+    assert p.ports[:2] == (20000 + 7 * 99, 20000)  # the top, then the bottom again
+
+
+def test_samples_across_the_wrap_read_as_sequential_with_the_block():
+    rng = (20000, 24095)
+    samples = (Sample(24094, 0.0), Sample(24095, 0.001), Sample(20000, 0.002), Sample(20001, 0.003))
+    base = dict(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1,
+                public=("203.0.113.20", 20001), samples=samples)
+    assert predict(NatReport(**base, port_range=rng), elapsed=0.001).next_port == 20002
+    assert predict(NatReport(**base), elapsed=0.001).next_port != 20002  # without it: random, or the old top
+
+
+def test_a_stale_sample_is_no_wrap():
+    ports = list(range(30000, 30400, 4))
+    ports.insert(60, 30010)  # an old flow's mapping, far behind the counter
+    block = PortBlock().seen(ports)
+    assert block.wraps == 0 and block.port_range(1) is None
+    assert block.last == ports[-1]
+
+
+def test_a_counter_that_has_barely_moved_is_not_a_block():
+    block = PortBlock().seen([100, 101, 102, 100, 101, 102, 100, 101])
+    assert block.port_range(1) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(lo=st.integers(1024, 40000), n=st.integers(16, 3000), delta=st.integers(1, 7),
+       every=st.integers(1, 6), count=st.integers(10, 400), stale=st.lists(st.integers(0, 399), max_size=5))
+def test_a_counter_that_never_wraps_never_reads_as_a_block(lo, n, delta, every, count, stale):
+    n = min(n, (65535 - lo) // delta)
+    total = min(count * every, n)  # the counter stays below its top
+    ports = [lo + k * delta for k in range(0, total, every)]
+    # old flows' mappings, each alone somewhere behind the counter
+    for i in sorted({i for i in stale if 2 < i < len(ports) and i + 1 not in stale}, reverse=True):
+        ports.insert(i, ports[i // 3])
+    assert PortBlock().seen(ports).wraps == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(lo=st.integers(1024, 40000), n=st.integers(64, 3000), delta=st.integers(1, 7),
+       every=st.integers(1, 4), start=st.integers(0, 2999))
+def test_a_learned_block_lies_inside_the_nat_s(lo, n, delta, every, start):
+    n = min(n, (65535 - lo) // delta)
+    block = PortBlock().seen(take(counter(lo, n, delta, start % n), every, 4 * n // every + 4))
+    rng = block.port_range(delta)
+    assert block.wraps >= 3
+    assert rng is not None and lo <= rng[0] and rng[1] <= lo + n * delta - 1
+
+
+def test_the_process_keeps_a_block_per_public_address():
+    port_blocks.forget_all()
+    try:
+        for start in (0, 300, 600):
+            port_blocks.observe("203.0.113.20", take(counter(20000, 256, 1, start), 1, 300))
+        assert port_blocks.observe("203.0.113.20", []).port_range(1) == (20000, 20255)
+        assert port_blocks.observe("203.0.113.21", [20000]).port_range(1) is None
+    finally:
+        port_blocks.forget_all()
+
+
+def test_a_report_says_the_block_once_the_process_saw_it():
+    from nattrav.api.udp import _report
+    from nattrav.proto.nat_behavior import NatBehavior
+
+    class Sock:
+        def getsockname(self):
+            return ("127.0.0.1", 40000)
+
+    behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1)
+    events = []
+    port_blocks.forget_all()
+    try:
+        reports = []
+        for start in (0, 203, 406, 609):  # 200 ports a connect, every 4th ours: wraps at 256
+            ports = take(counter(20000, 256, 1, start), 4, 50)
+            reports.append(_report(Sock(), behavior, [Sample(p, i * 0.001) for i, p in enumerate(ports)],
+                                   ("203.0.113.20", ports[-1]), lambda phase, d: events.append((phase, d))))
+        assert reports[0].port_range == (1024, 65535)
+        assert reports[-1].port_range == (20000, 20255)
+        assert ("port-block", {"range": [20000, 20255]}) in events
+    finally:
+        port_blocks.forget_all()
