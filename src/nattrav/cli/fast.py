@@ -36,7 +36,7 @@ from ..io import preconnect, prediscover, presample
 from ..io import rendezvous_client as rv
 from ..io.rendezvous_tls import client_context
 from ..proto.planner.odds import FLOW_TABLE_CAP
-from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER, PACE_CAP, RATE_WINDOW
+from ..proto.planner.budget import CGN_FLOW_BUDGET, DEFAULT_FLOW_BUDGET, FLOW_LINGER, PACE_CAP
 from .events import describe
 from .version import add_version_flag
 from .exits import EXIT_OK, EXIT_TIMEOUT, HANDLED, exit_code, exit_now
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds we may first wait for the NAT entries of our own bursts of the last "
                    f"{FLOW_LINGER:g} s to expire when they leave too little of the flow budget for a burst like "
                    f"the last one (a quick reconnect), or when a run of connects outpaces what the budget "
-                   f"sustains (half of it per {RATE_WINDOW:g} s); never more than --timeout less {CONNECT_RESERVE:g} s. "
+                   f"sustains (half of it per {FLOW_LINGER:g} s, after a first half at once); never more than --timeout less {CONNECT_RESERVE:g} s. "
                    f"0 never waits: the plan then states its odds at what is left (default {PACE_CAP:g})")
     p.add_argument("-n", "--name", help="also enroll under this name (the server binds it to our key on "
                    "first claim; later claims need the same key)")

@@ -11,6 +11,8 @@ whose NAT can hold it.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -41,13 +43,15 @@ FLOW_LINGER = 30.0
 # (api/session.py keeps CONNECT_RESERVE of its timeout). A need that only a longer wait would meet
 # is not waited for: the plan states its odds at what is left.
 PACE_CAP = 20.0
-# ... and how it paces a run of quick connects: at most half the budget leaves in any RATE_WINDOW
-# (or one burst bigger than that). Without it a run spends the budget in its first seconds (15
-# predicted connects in 5 s behind a CGN, at zero delay), and the next connect would wait for
-# the oldest entries, 25 s away, past the cap: it goes at the leftover with odds of a few percent.
-# With it the run goes at what the budget sustains (its half, spent again every RATE_WINDOW, never
-# more than the whole held at once), a few seconds between connects, each at the odds of the first.
-RATE_WINDOW = FLOW_LINGER / 2
+# ... and how it paces a run of quick connects: a bucket of half the budget, refilled at that much
+# per FLOW_LINGER, from which every burst takes its flows (one bigger than the bucket empties it).
+# Without it a run spends the budget in its first seconds (15 predicted connects in 5 s behind a
+# CGN, at zero delay), and the next connect would wait for the oldest entries, 25 s away, past the
+# cap: it goes at the leftover with odds of a few percent. With it the run goes at what the budget
+# sustains, each connect at the odds of the first. (A window "at most half the budget in any 15 s"
+# did the same only while its wait stayed under the cap: a connect with a 15 s timeout may wait 5 s,
+# and a lab run at 4 connects a second had spent the half in 6 s, faced a 9 s wait, did not wait,
+# and went on until its budget was 1 flow, at ~76 % a connect.)
 
 
 def behind_cgn(hops: HopReading, own_ips: Iterable[str] = ()) -> bool:
@@ -110,9 +114,9 @@ def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: floa
     """Seconds to wait before the next endpoint samples, so that a burst as large as the largest of
     our `bursts` (until, flows) still held at `now` fits in `budget` again: the next session most
     likely meets a peer like the last one's. Two rules: the table (our entries held at once stay
-    within the budget) and the rate (what left in the last RATE_WINDOW stays within half of it, or
-    one burst bigger than that). 0 when both hold now, and when only a wait longer than `cap` would
-    make the table fit (then the plan states its odds at what is left)."""
+    within the budget) and the rate (a bucket of half the budget, refilled at half of it per
+    FLOW_LINGER, holds the burst). 0 when both hold now, and when only a wait longer than `cap` would make the table fit
+    (then the plan states its odds at what is left)."""
     live = [(float(u), int(f)) for u, f in bursts if u > now and f > 0]
     if not live:
         return 0.0
@@ -120,10 +124,34 @@ def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: floa
     table = _first_fit(live, budget, need, now) - now
     if table > cap:
         return 0.0
-    # a burst leaves at until - FLOW_LINGER (earlier, for one still running: it stays counted longer)
-    rate = _first_fit([(u - FLOW_LINGER + RATE_WINDOW, f) for u, f in live], max(budget // 2, need), need, now) - now
+    rate = _bucket_wait(live, max(budget // 2, need), need, now)
     wait = max(table, rate)
     return wait if wait <= cap else table
+
+
+def _bucket_wait(live: list[tuple[float, int]], size: int, need: int, now: float) -> float:
+    """Seconds until a bucket of `size` flows, refilled at `size` per FLOW_LINGER, holds `need` again
+    after each burst of `live` (until, flows) still held then took its flows from it when it left
+    (FLOW_LINGER before its until). Full before the first of them, and a burst's flows count only
+    while the NATs hold them: a debt does not outlive its entries. With `size` half the budget, what
+    the bucket lets out within any FLOW_LINGER (its content, and as much again refilled) stays within
+    the budget: the table never fills faster than its entries expire."""
+    refill = size / FLOW_LINGER
+    t = now
+    for gone in sorted({u for u, _ in live if u > now}) + [math.inf]:
+        held = sorted((u - FLOW_LINGER, f) for u, f in live if u > t)
+        if not held:
+            return t - now
+        tokens, at = float(size), held[0][0]
+        for left, flows in held:
+            tokens = min(size, tokens + max(0.0, left - at) * refill) - flows
+            at = left
+        tokens = min(size, tokens + max(0.0, t - at) * refill)
+        ready = t + max(0.0, (need - tokens) / refill)
+        if ready <= gone:
+            return ready - now
+        t = gone
+    raise AssertionError("unreachable")  # the last segment has no end
 
 
 def _first_fit(leaving: list[tuple[float, int]], limit: int, need: int, now: float) -> float:
@@ -145,5 +173,5 @@ def budget_left(budget: int, held: int) -> int:
     return max(1, min(FLOW_TABLE_CAP, budget - max(0, held)))
 
 
-__all__ = ["CGN_FLOW_BUDGET", "DEFAULT_FLOW_BUDGET", "FLOW_LINGER", "FLOW_TABLE_CAP", "PACE_CAP", "RATE_WINDOW", "Burst",
+__all__ = ["CGN_FLOW_BUDGET", "DEFAULT_FLOW_BUDGET", "FLOW_LINGER", "FLOW_TABLE_CAP", "PACE_CAP", "Burst",
            "FlowLedger", "behind_cgn", "budget_left", "default_flow_budget", "pace"]
