@@ -30,13 +30,25 @@ def take(gen, every: int, count: int) -> list[int]:
     return out
 
 
-def test_a_block_is_published_after_it_wrapped_twice():
-    block = PortBlock().seen(take(counter(20000, 256, 1, start=100), 3, 100))  # 300 ports: one wrap
-    assert block.wraps == 1 and block.port_range(1) is None
-    block = block.seen(take(counter(20000, 256, 1, start=400), 3, 100))
-    assert block.wraps >= MIN_WRAPS
+def test_a_block_is_published_once_it_wrapped():
+    block = PortBlock().seen(take(counter(20000, 256, 1, start=100), 3, 50))  # 150 ports: no wrap yet
+    assert block.wraps == 0 and block.port_range(1) is None
+    block = block.seen(take(counter(20000, 256, 1, start=250), 3, 50))
+    assert block.wraps == MIN_WRAPS and block.beyond  # it wrapped, but these samples set a new top
+    block = block.seen(take(counter(20000, 256, 1, start=400), 3, 20))
     lo, hi = block.port_range(1)
     assert 20000 <= lo <= 20002 and 20253 <= hi <= 20255  # within one step of every 3rd port
+
+
+def test_nothing_is_published_while_the_counter_is_past_the_top_seen():
+    block = PortBlock().seen(take(counter(20000, 256, 1, start=0), 1, 300))  # a wrap, top 20255 seen
+    assert block.port_range(1) == (20000, 20255)
+    wrong = PortBlock().seen([20000, 20010, 20020, 20200, 20210, 20001, 20002])  # a wrap at 20210?
+    assert wrong.port_range(1) == (20000, 20210)
+    later = wrong.seen([20215, 20216])  # no: the counter goes past it
+    assert later.beyond and later.port_range(1) is None
+    assert later.seen([20217]).port_range(1) is None  # still at a new top
+    assert later.seen([20100]).port_range(1) == (20000, 20216)  # below the top again
 
 
 def test_a_step_of_delta_past_the_top_lands_on_the_bottom():

@@ -10,11 +10,13 @@ What we learn: the lowest and highest port any of our mappings on that NAT got, 
 counter was seen to start again at the bottom (a wrap: a step from the top quarter of the ports seen
 to the bottom quarter, after which the next sample goes on forward from there; one step back alone
 is a stale or stray sample, proto/predict.without_stray; two stale samples in a row that happen to
-step that far would pass for a wrap, which io/fresh_port.py makes rare for our own flows). Once it wrapped MIN_WRAPS times, the block's ports are
-taken as [lowest, highest + Δ - 1] (so that a step of Δ past the highest lands on the lowest), and the
+step that far would pass for a wrap, which io/fresh_port.py makes rare for our own flows). Once it
+wrapped (MIN_WRAPS), the block's ports are taken as [lowest, highest + Δ - 1] (so that a step of Δ past the highest lands on the lowest), and the
 report says so (NatReport.port_range): the peer's windows wrap where the NAT does. The highest port
-seen may still be below the block's top; a window that crosses it then wraps one step early, which
-is a miss where it would have been one anyway without the block, until a sample shows the top.
+seen may still be below the block's top: while our samples go past it, nothing is published (the
+counter is at a new top); a window that crosses it from below wraps early, a miss where the
+window straddling the real top would have been one without the block, until a sample shows the
+top. (Covering both, the ports past the highest seen and their wrapped twins, is the next step.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-MIN_WRAPS = 2  # wraps seen before the block is used (one could be two stray samples)
+# wraps seen before the block is used: one, since a wrong block undoes itself (two stale samples in
+# a row read as a wrap publish a range whose top the counter then passes, and a counter past the
+# highest port seen publishes nothing: PortBlock.beyond)
+MIN_WRAPS = 1
 MIN_BLOCK = 16  # ports; a smaller spread is not told from a counter that has barely moved
 
 
@@ -33,13 +38,15 @@ class PortBlock:
     last: int | None = None  # the counter's last port, in the order samples were taken
     wraps: int = 0
     dropped: int | None = None  # a step back not yet confirmed as a wrap: the port it went back to
+    beyond: bool = False  # the last samples folded in went above every port seen before them
 
     def seen(self, ports: Iterable[int]) -> PortBlock:
         """The block after samples `ports`, in the order the NAT handed them out."""
-        b = self
+        b = replace(self, beyond=False)
         for port in ports:
             b = b._one(port)
-        return b
+        # the counter went past the highest port seen before: the block's top is not known yet
+        return replace(b, beyond=self.hi is not None and b.hi is not None and b.hi > self.hi)
 
     def _one(self, port: int) -> PortBlock:
         lo = port if self.lo is None else min(self.lo, port)
@@ -59,8 +66,10 @@ class PortBlock:
         return replace(self, lo=lo, hi=hi, last=port)
 
     def port_range(self, delta: int | None) -> tuple[int, int] | None:
-        """[lowest, highest + Δ - 1] once the counter wrapped MIN_WRAPS times; None before."""
-        if self.wraps < MIN_WRAPS or self.lo is None or self.hi is None or not delta or delta < 1:
+        """[lowest, highest + Δ - 1] once the counter wrapped MIN_WRAPS times; None before, and while
+        the last samples went past the highest port seen before them (the counter is at a new top:
+        the block goes on at least that far, and maybe further)."""
+        if self.wraps < MIN_WRAPS or self.lo is None or self.hi is None or not delta or delta < 1 or self.beyond:
             return None
         if self.hi - self.lo + 1 < MIN_BLOCK:
             return None
