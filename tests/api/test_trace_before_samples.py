@@ -91,10 +91,19 @@ async def test_a_complete_trace_stands_for_the_next_ones_on_the_same_route(monke
     assert await endpoint.measure_hops(stun, None, quiet) == complete
     assert await endpoint.measure_hops(stun, None, quiet, lambda: made.append(1)) == complete  # reused
     assert len(calls) == 2 and made == [1]
-    assert await endpoint.measure_hops(stun, None, quiet, reuse=False) == silent and len(calls) == 3
+    # traced again, and the hops its rate-limited routers left silent are the last complete trace's
+    # of the same path (the CGN's hop: without it the opening TTL would read 2, not 3)
+    again = await endpoint.measure_hops(stun, None, quiet, reuse=False)
+    assert len(calls) == 3 and again == complete and again.low_ttl == complete.low_ttl > silent.low_ttl
     monkeypatch.setattr(endpoint, "RECENT_TRACE", 0.0)
     readings.append(complete)
     assert await endpoint.measure_hops(stun, None, quiet) == complete and len(calls) == 4  # too old
+    other_path = read_trace({1: "192.168.1.1"}, 5, 8)  # the server one hop further: not the same path
+    readings.append(other_path)
+    assert await endpoint.measure_hops(stun, None, quiet) == other_path
+    monkeypatch.setattr(endpoint, "KEEP_TRACE", 0.0)  # a complete trace too old to stand for this one
+    readings.append(silent)
+    assert await endpoint.measure_hops(stun, None, quiet) == silent
 
 
 async def test_a_trace_that_fails_before_its_flow_still_releases_the_samples(monkeypatch):
