@@ -281,9 +281,15 @@ class Prediction:
                 mass[step] = mass.get(step, 0.0) + weight * p
         ranked = ranked_window(list(mass.values()), target, max(1, cap)) if mass else []
         steps = list(mass)
-        lo = model.port_range[0]
-        ports = tuple(lo + (model.last - lo + steps[i]) % span for i, _ in ranked)
-        return ports, min(1.0, sum(p for _, p in ranked))
+        lo, hi = model.port_range
+        ports = [lo + (model.last - lo + steps[i]) % span for i, _ in ranked]
+        if (lo, hi) != PORT_RANGE:
+            # a block learned from our peer's samples (proto/port_block.py) may stop short of the NAT's
+            # top: a wrapped port's twin past it, where the counter goes if the top is higher, while
+            # the cap allows (not counted in the odds, which are the block's)
+            twins = [model.last + steps[i] for i, _ in ranked if model.last + steps[i] > hi]
+            ports += [t for t in twins if t <= 65535 and t not in ports][:max(0, cap - len(ports))]
+        return tuple(ports), min(1.0, sum(p for _, p in ranked))
 
 
 def poisson_pmf(mu: float, n: int) -> float:
