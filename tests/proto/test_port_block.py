@@ -3,6 +3,7 @@ prediction that wraps where the NAT does once the report says so."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from nattrav.api import port_blocks
@@ -69,8 +70,10 @@ def test_samples_across_the_wrap_read_as_sequential_with_the_block():
     samples = (Sample(24094, 0.0), Sample(24095, 0.001), Sample(20000, 0.002), Sample(20001, 0.003))
     base = dict(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1,
                 public=("203.0.113.20", 20001), samples=samples)
-    assert predict(NatReport(**base, port_range=rng), elapsed=0.001).next_port == 20002
-    assert predict(NatReport(**base), elapsed=0.001).next_port != 20002  # without it: random, or the old top
+    named = predict(NatReport(**base, port_range=rng), elapsed=0.001)
+    assert named.next_port == 20002 and named.model.exposure == pytest.approx(0.003)  # every sample read
+    cut = predict(NatReport(**base), elapsed=0.001)  # without it, only the samples since the wrap
+    assert cut.next_port == 20002 and cut.model.exposure == pytest.approx(0.001)
 
 
 def test_a_stale_sample_is_no_wrap():

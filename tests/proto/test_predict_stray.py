@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nattrav.proto.predict import Kind, Observation, predict, without_stray
+from nattrav.proto.predict import WRAP_STEPS, Kind, Observation, predict, without_stray
 from nattrav.proto.report import Sample
 from nattrav.proto.vocab import Allocation
 
@@ -54,5 +54,32 @@ def test_a_series_is_read_as_a_counter_with_a_stray_only_when_three_of_it_are_on
         gaps = [(b - a) % (65535 - 1024 + 1) for a, b in zip(rest, rest[1:])]
         return all(0 < g <= 256 for g in gaps)
 
-    possible = run(ports) or any(run(ports[:i] + ports[i + 1:]) for i in range(4))
+    # or when a suffix on the grid starts far below every port before it (since_wrap: a counter that
+    # started its block again; discovery's word that the NAT is sequential is what makes that likely)
+    wrapped = any(ports[i] < min(ports[:i]) - WRAP_STEPS and (len(ports[i:]) == 1 or run(ports[i:]))
+                  for i in range(1, 4))
+    possible = run(ports) or any(run(ports[:i] + ports[i + 1:]) for i in range(4)) or wrapped
     assert predict(_obs(ports)).kind is not Kind.SEQUENTIAL or possible
+
+
+def test_a_counter_that_started_its_block_again_is_read_from_the_bottom():
+    # the lab's sequential NATs count through 4,096 ports: 24094, 24095, then 20000 (since_wrap)
+    for ports in ([24094, 24095, 20000], [24093, 24094, 24095, 20000], [24094, 24095, 20000, 20001]):
+        p = predict(_obs(ports))
+        assert p.kind is Kind.SEQUENTIAL and p.model.last == ports[-1] and p.ports[0] == ports[-1] + 1
+    p = predict(_obs([30000, 30007, 30014, 2000], delta=7))  # Δ = 7: a block of 4,000 steps
+    assert p.kind is Kind.SEQUENTIAL and p.ports[0] == 2007
+    # not a wrap: a step back of fewer than WRAP_STEPS (a stray), without discovery's word, or a
+    # series that goes on off the grid after it
+    assert predict(_obs([22415, 22416, 22417, 21517])).model.last == 22417
+    assert predict(_obs([24094, 24095, 20000], allocation=None)).kind is Kind.RANDOM
+    assert predict(_obs([24094, 24095, 20000, 20900])).kind is Kind.RANDOM
+
+
+def test_a_named_block_needs_no_cut():
+    from dataclasses import replace
+
+    named = replace(_obs([24094, 24095, 20000]), port_range=(20000, 24095))
+    p = predict(named)
+    assert p.kind is Kind.SEQUENTIAL and p.model.last == 20000 and len(p.model.port_range) == 2
+    assert p.model.extra == 0  # the wrap's step is one step on the block: no background read into it

@@ -155,6 +155,37 @@ def without_stray(obs: Observation) -> Observation:
     return replace(obs, samples=samples[:i] + samples[i + 1:])
 
 
+# A step back by more than this many Δ is the counter starting its block again (since_wrap), not a
+# stray: blocks of fewer ports wrap unseen (their samples read as random, as before).
+WRAP_STEPS = 1024
+
+
+def since_wrap(obs: Observation) -> Observation:
+    """The samples from the counter's last wrap on: a sequential NAT that counts through a block of
+    ports (a CGN's per-subscriber block, the lab's 4,096) starts again at its bottom, and samples
+    taken across that read as a step back by thousands of ports (24094, 24095, 20000), which fit()
+    takes for random ports (a birthday at a spent budget) and without_stray for a stray to leave out
+    (the one sample that says where the counter is now). Only where discovery said sequential with Δ,
+    the step goes below every sample before it by more than WRAP_STEPS steps (an old flow's mapping,
+    a stray, lies hundreds of steps behind: 22415, 22416, 21517), and the samples after it are on
+    Δ's grid: the
+    prediction starts from there, Δ from the report (a lone sample says nothing of the background,
+    so the window is the prior's, wide). Once a peer's report names its block (proto/port_block.py)
+    the same samples are a counter on it, and nothing is cut. A stale sample (an old flow's mapping,
+    io/fresh_port.py) that steps back that far and is the last one is cut to as well: the prediction
+    then aims behind the counter, where reading it as random aimed nowhere."""
+    delta = obs.delta or 0
+    if obs.allocation is not Allocation.SEQUENTIAL or delta <= 0 or len(obs.samples) < 2:
+        return obs
+    ports = [s.port for s in obs.samples]
+    far = WRAP_STEPS * delta
+    cuts = [i for i in range(1, len(ports)) if min(ports[:i]) - ports[i] > far
+            and _forward_gap(ports[i - 1], ports[i], obs.port_range) > far]  # not a step on a named block
+    if not cuts or not _on_grid(obs, obs.samples[cuts[-1]:]):
+        return obs
+    return replace(obs, samples=obs.samples[cuts[-1]:])
+
+
 def _on_grid(obs: Observation, samples: Sequence[Sample]) -> bool:
     delta = obs.delta or 1
     gaps = [_forward_gap(a.port, b.port, obs.port_range) for a, b in zip(samples, samples[1:])]
@@ -448,7 +479,7 @@ def predict(
     samples carry times); intervals: the same gap counted in sample intervals (used when they do not;
     the prior is then read per interval too).
     """
-    obs = without_stray(report if isinstance(report, Observation) else Observation.from_report(report))
+    obs = without_stray(since_wrap(report if isinstance(report, Observation) else Observation.from_report(report)))
     model = fit(obs)
     if model.kind is Kind.FIXED:
         assert model.last is not None
