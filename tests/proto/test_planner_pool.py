@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nattrav.proto.planner.pool import reach
-from nattrav.proto.planner.udp import plan
+from nattrav.proto.planner.udp import GRID_REACH, WINDOW_MARGIN, plan
 from nattrav.proto.rendezvous.beacon import fold_sample
 from nattrav.proto.report import PORT_RANGE, NatReport, Sample, counter_sample
 from nattrav.proto.vocab import Strategy
@@ -46,9 +46,13 @@ def test_the_opener_aims_its_window_at_every_address_of_the_pool_the_server_saw(
         assert p.params["address_pool_aimed"] == {"remote": 4}
         assert "every address the server saw is aimed at" in p.reason and "35 fresh flows" in p.reason
         # the odds: the window's, times the chance the new mapping leaves from one of the four; the
-        # window aims that much higher, so the plan still reaches the target
+        # window aims that much higher, so the plan still reaches the target (a window aims at
+        # 1 - (1 - target) / WINDOW_MARGIN: the target whose window aims at that over the reach)
+        # (or at that alone, where over the reach it is past what a window covers: GRID_REACH)
+        goal = (1 - (1 - 0.999) / WINDOW_MARGIN) / reach(4, 4, 35)
+        aim = goal if goal <= GRID_REACH else 1 - (1 - 0.999) / WINDOW_MARGIN
         window = plan(CONE, replace(pooled(), pool=1, pool_draws=None), role, peer_ip="203.0.113.10",
-                      target=0.999 / reach(4, 4, 35))
+                      target=1 - WINDOW_MARGIN * (1 - aim))
         assert abs(p.odds - window.odds * reach(4, 4, 35)) < 1e-9 and p.odds >= 0.999
         assert p.primary.local.targets == window.primary.local.targets
         # the pooled side plans the same, mirrored: it talks to the cone's one mapping
