@@ -11,12 +11,12 @@ counter was seen to start again at the bottom (a wrap: a step from the top quart
 to the bottom quarter, after which the next sample goes on forward from there; one step back alone
 is a stale or stray sample, proto/predict.without_stray; two stale samples in a row that happen to
 step that far would pass for a wrap, which io/fresh_port.py makes rare for our own flows). Once it
-wrapped (MIN_WRAPS), the block's ports are taken as [lowest, highest + Δ - 1] (so that a step of Δ past the highest lands on the lowest), and the
-report says so (NatReport.port_range): the peer's windows wrap where the NAT does. The highest port
-seen may still be below the block's top: while our samples go past it, nothing is published (the
-counter is at a new top); a window that crosses it from below wraps early, a miss where the
-window straddling the real top would have been one without the block, until a sample shows the
-top. (Covering both, the ports past the highest seen and their wrapped twins, is the next step.)
+wrapped (MIN_WRAPS), the block's ports are taken as [lowest, highest + Δ - 1] (so that a step of Δ
+past the highest lands on the lowest), and the report says so (NatReport.port_range): the peer's
+windows wrap where the NAT does. The highest port seen may still be below the block's top: while
+our samples go past it, nothing is published (the counter is at a new top), and a window across it
+also holds the wrapped ports' twins past it (Prediction.mixture_window). Before the first wrap is
+seen, samples taken across it are read from the bottom by proto/predict.since_wrap.
 """
 
 from __future__ import annotations
