@@ -201,8 +201,8 @@ async def _measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHo
     if not _complete(reading) and recent is not None and reading.server_ttl is not None \
             and reading.server_ttl == recent[0].server_ttl and time.monotonic() - recent[1] < KEEP_TRACE:
         # the same path, a hop silent now that answered before: its ICMP rate-limited, not gone (the
-        # cache's set_hops does the same for traces kept in the file). Lab: 12 labs at once, every
-        # trace 30 s apart, and the traces that lost the CGN's hop opened at TTL 2 (p95 0.44 s).
+        # cache's set_hops does the same for traces kept in the file). A trace that lost our CGN's
+        # hop reads the opening TTL one short, and the punch waits ~0.4 s for its escalation.
         reading = read_trace({**{t: ip for t, ip in recent[0].hops if ip is not None},
                               **{t: ip for t, ip in reading.hops if ip is not None}}, reading.server_ttl, MAX_TTL)
     if _complete(reading):

@@ -12,7 +12,6 @@ whose NAT can hold it.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -115,8 +114,8 @@ def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: floa
     our `bursts` (until, flows) still held at `now` fits in `budget` again: the next session most
     likely meets a peer like the last one's. Two rules: the table (our entries held at once stay
     within the budget) and the rate (a bucket of half the budget, refilled at half of it per
-    FLOW_LINGER, holds the burst). 0 when both hold now, and when only a wait longer than `cap` would make the table fit
-    (then the plan states its odds at what is left)."""
+    FLOW_LINGER, holds the burst). 0 when both hold now, and when only a wait longer than `cap`
+    would make the table fit (then the plan states its odds at what is left)."""
     live = [(float(u), int(f)) for u, f in bursts if u > now and f > 0]
     if not live:
         return 0.0
