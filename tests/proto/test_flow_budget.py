@@ -100,8 +100,9 @@ def test_after_the_paced_wait_a_burst_like_the_largest_fits_or_none_was_waited(b
     if wait > 0:
         need = min(budget, max(f for _, f in live))
         assert budget - sum(f for u, f in live if u > now + wait + 1e-6) >= need  # the table holds it then
-    if wait > 1e-3:
-        assert pace(budget, bursts, now + wait - 1e-4) > 0  # and not a moment sooner
+    if wait > 1e-3 and not any(now < u < now + wait for u, _ in live):
+        # and not a moment sooner (while the same bursts are held: one that goes changes the need)
+        assert pace(budget, bursts, now + wait - 1e-4) > 0
 
 
 def test_a_run_of_quick_connects_goes_at_the_rate_the_budget_sustains():
