@@ -36,7 +36,7 @@ from typing import Any
 from ..atomic import replace_file
 from ..cache_doc import FILE_NAME, MAX_AGE, MAX_FILE, VERSION, default_path, read_doc  # noqa: F401 (re-exported)
 from ..io.trace import MAX_TTL
-from ..proto.hops import HopReading, read_trace
+from ..proto.hops import HopReading, filled, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import FLOW_TABLE_CAP
 
@@ -174,21 +174,19 @@ class BehaviorCache:
 
     def set_hops(self, key: Key, reading: HopReading) -> bool:
         """Keep a measured hop trace with `key`'s entry (which keeps its age); True when written."""
-        trace = trace_of(reading)
-        if trace is None:
+        if trace_of(reading) is None:
             return False
         entries, flows, relay = self._load()
         raw = entries.get(key.text())
         entry = _entry_from(raw) if raw is not None else None
         if entry is None:
             return False
-        old = entry.trace
-        if old is not None and old["server_ttl"] == trace["server_ttl"]:
-            # The same path: a hop that answered before and is silent now is still there, its ICMP
-            # rate-limited (back-to-back connects' low-TTL packets spend the same routers' budget).
-            # A background refresh that lost our CGN's answer read the low TTL as 2 where it is 3,
-            # and every later warm connect opened at 2 and waited ~0.4 s for the escalation.
-            trace = {"answers": {**old["answers"], **trace["answers"]}, "server_ttl": trace["server_ttl"]}
+        old = entry.hops()
+        if old is not None and old.server_ttl == reading.server_ttl:
+            # the same path: the hops a background refresh lost to rate-limited ICMP (hops.filled; one
+            # that lost our CGN's made every later warm connect open a TTL short and wait ~0.4 s)
+            reading = filled(reading, old, MAX_TTL)
+        trace = trace_of(reading)
         if entry.trace == trace:
             return False
         entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)

@@ -20,7 +20,7 @@ from ..io import rendezvous_client as rv
 from ..io.session import Session
 from ..io.stun_discover import discover
 from ..io.trace import MAX_TTL, trace_hops
-from ..proto.hops import HopReading, read_trace
+from ..proto.hops import HopReading, filled, read_trace
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.horizon import AGE, sample_age
 from ..proto.rendezvous.beacon import TAKES_BEACON
@@ -200,11 +200,7 @@ async def _measure_hops(stun: tuple[str, int], src_ip: str | None, emit: EventHo
         reading = read_trace({}, None, MAX_TTL)
     if not _complete(reading) and recent is not None and reading.server_ttl is not None \
             and reading.server_ttl == recent[0].server_ttl and time.monotonic() - recent[1] < KEEP_TRACE:
-        # the same path, a hop silent now that answered before: its ICMP rate-limited, not gone (the
-        # cache's set_hops does the same for traces kept in the file). A trace that lost our CGN's
-        # hop reads the opening TTL one short, and the punch waits ~0.4 s for its escalation.
-        reading = read_trace({**{t: ip for t, ip in recent[0].hops if ip is not None},
-                              **{t: ip for t, ip in reading.hops if ip is not None}}, reading.server_ttl, MAX_TTL)
+        reading = filled(reading, recent[0], MAX_TTL)  # the same path (the cache's set_hops does the same)
     if _complete(reading):
         _recent[way] = (reading, time.monotonic())
         while len(_recent) > 64:

@@ -105,7 +105,18 @@ def read_trace(answers: Mapping[int, str], server_ttl: int | None, max_ttl: int)
     return HopReading(low, True, len(inside_ttls), server_ttl, hops)
 
 
+def filled(now: HopReading, before: HopReading, max_ttl: int) -> HopReading:
+    """`now` read again with the hops that answered in `before` and are silent in `now`: for two
+    traces of the same path (the caller checks that: the same server TTL), where a hop that answered
+    before and is silent now is still there, its ICMP rate-limited (back-to-back connects' low-TTL
+    packets spend the same routers' budget). A trace that lost our CGN's hop reads the opening TTL one
+    short, and the punch waits ~0.4 s for its escalation."""
+    answers = {t: ip for t, ip in before.hops if ip is not None}
+    answers.update((t, ip) for t, ip in now.hops if ip is not None)
+    return read_trace(answers, now.server_ttl, max_ttl)
+
+
 DEFAULT_HOPS = HopReading(DEFAULT_LOW_TTL, False, 0, None, ())
 
-__all__ = ["DEFAULT_HOPS", "DEFAULT_LOW_TTL", "HopReading", "INSIDE_NETS", "SHARED_SPACE", "inside", "read_trace",
-           "shared"]
+__all__ = ["DEFAULT_HOPS", "DEFAULT_LOW_TTL", "HopReading", "INSIDE_NETS", "SHARED_SPACE", "filled", "inside",
+           "read_trace", "shared"]

@@ -169,8 +169,8 @@ def since_wrap(obs: Observation) -> Observation:
     the step goes below every sample before it by more than WRAP_STEPS steps (an old flow's mapping,
     a stray, lies hundreds of steps behind: 22415, 22416, 21517), and the samples after it are on
     Δ's grid: the prediction starts from there, Δ from the report (a lone sample says nothing of the
-    background, so the window is the prior's, wide). Once a peer's report names its block (proto/port_block.py)
-    the same samples are a counter on it, and nothing is cut. A stale sample (an old flow's mapping,
+    background, so the window is the prior's, wide). Once a peer's report names its block
+    (proto/port_block.py) the same samples are a counter on it, and nothing is cut. A stale sample (an old flow's mapping,
     io/fresh_port.py) that steps back that far and is the last one is cut to as well: the prediction
     then aims behind the counter, where reading it as random aimed nowhere."""
     delta = obs.delta or 0
