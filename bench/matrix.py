@@ -83,7 +83,7 @@ def _row_for_error(left: str, right: str, shape: str, tcp: bool, exc: Exception,
             "expect": (tcp_expectation if tcp else expectation)(left, right), "trials": 0, "connected": 0,
             "success": 0.0, "wilson": [0.0, 1.0], "odds": None, "odds_floor": False, "odds_agree": None, "strategies": [],
             "median_s": None, "p95_s": None, "predictions": 0, "prediction_hits": 0, "median_rank": None,
-            "failures": [repr(exc)[:200]]}
+            "failures": [repr(exc)[:1000]]}
 
 
 def _pct(x: float | None) -> str:
@@ -125,7 +125,8 @@ def markdown(table: list[dict], meta: dict) -> str:
                    f"{t['connected']}/{t['trials']} ({100 * t['success']:.0f}%) | {_bound(lo)}–{_bound(hi)}% | "
                    f"{'≥ ' if t.get('odds_floor') else ''}{_pct(t['odds'])} | {agree} | {', '.join(t['strategies'])} | {f(t['median_s'])} | "
                    f"{f(t['p95_s'])} | {pred} |")
-    failing = [t for t in table if t["expect"] == "feasible" and t["connected"] < t["trials"]]
+    # a lab that never came up ran 0 trials: its error is said too, or the run silently shrinks
+    failing = [t for t in table if (t["expect"] == "feasible" and t["connected"] < t["trials"]) or not t["trials"]]
     out += ["", "## Feasible cases that did not always connect", ""]
     out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
             f"{t['connected']}/{t['trials']}; {_gist(t['failures'][0]) if t['failures'] else ''}" for t in failing] or ["- none"]
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             table.append(row)
             print(f"[{len(table)}/{len(runs)} {time.monotonic() - t0:.0f}s] {'TCP' if tcp else 'UDP'} {left} -> "
                   f"{right} @{shape} ({layout}): {row['connected']}/{row['trials']} {row['strategies']} "
-                  f"median {row['median_s']}", file=sys.stderr, flush=True)
+                  f"median {row['median_s']}" + ("" if row["trials"] else f" -- {row['failures'][0]}"),
+                  file=sys.stderr, flush=True)
     order = {run: i for i, run in enumerate(runs)}
     table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"], t["server"])])
     meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp, "server": args.server,

@@ -12,6 +12,7 @@ the planner's stated odds against the measured rate with a Wilson interval.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -181,6 +182,11 @@ def _keep(procs: list[subprocess.Popen] | None, proc: subprocess.Popen) -> subpr
     return proc
 
 
+# labs coming up at once (bench/matrix.py --jobs): a dozen started in the same second once starved
+# each other's servers past start_servers' wait, and four of twelve ran no trial
+BRING_UP = threading.BoundedSemaphore(4)
+
+
 def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 20.0,
              background: float | None = None, tcp: bool = False, shape: Any = None,
              server_layout: str = "two-address", prepare: Any = None, relay: bool = False,
@@ -209,16 +215,20 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
     rates = {side: background for side, preset in (("a", left), ("b", "none" if same else right))
              if background and resolve(preset) is not None}
     files: list[str] = []
-    with Lab(left=left, right="none" if same else right, background=rates or None, shape=shape,
-             hosts_per_nat=2 if same else 1, second_server=server_layout == "two-host") as lab:
-        shape_name = lab.shape.name
-        if prepare is not None:
-            prepare(lab)
+    with contextlib.ExitStack() as stack:
+        with BRING_UP:
+            lab = stack.enter_context(Lab(left=left, right="none" if same else right, background=rates or None,
+                                          shape=shape, hosts_per_nat=2 if same else 1,
+                                          second_server=server_layout == "two-host"))
+            shape_name = lab.shape.name
+            if prepare is not None:
+                prepare(lab)
+            relay_files, flags = [], None
+            if relay:
+                turn, flags = start_relay(lab, relay_files)
+                stack.callback(turn.__exit__, None, None, None)  # before the lab goes down
+            files = start_servers(lab, server_layout, (flags or []) + (server_flags or [])) + relay_files
         py = sys.executable
-        turn, relay_files, flags = None, [], None
-        if relay:
-            turn, flags = start_relay(lab, relay_files)
-        files = start_servers(lab, server_layout, (flags or []) + (server_flags or [])) + relay_files
         name = f"m{time.monotonic_ns() % 10**9}"
         # only what a user would type: the server (and, for the matrix's bookkeeping, a name)
         common = ["-m", "nattrav.lab.agent", "--server", f"{lab.S1}:{SERVER_PORT}", "--name", name,
@@ -234,8 +244,6 @@ def run_pair(left: str, right: str, trials: int = 3, *, trial_timeout: float = 2
             t.start()
             threads.append(t)
         errors = reap(procs, threads, time.monotonic() + 30 + trials * (trial_timeout + 1 + gap + accept_delay))
-        if turn is not None:
-            turn.__exit__(None, None, None)
     for f in files:
         os.unlink(f)
     rows_out = _join(left, right, trials, rows, errors, shape_name)
