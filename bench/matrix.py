@@ -193,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         shapes = args.shapes or list(REALISM_SHAPES)
         default_out = "bench/results/matrix-realism"
     else:
+        bad = [x for x in args.pairs or [] if x.count(":") != 1]
+        if bad:
+            print(f"matrix: --pairs takes LEFT:RIGHT, got {' '.join(bad)}", file=sys.stderr)
+            return 2
         pairs = [tuple(x.split(":", 1)) for x in args.pairs] if args.pairs else list(
             itertools.product(MATRIX_PRESETS, repeat=2))
         cases = [(left, right, args.tcp) for left, right in pairs] + [(n, SAME_NAT, args.tcp) for n in args.same_nat]
