@@ -127,6 +127,10 @@ def markdown(table: list[dict], meta: dict) -> str:
                    f"{f(t['p95_s'])} | {pred} |")
     # a lab that never came up ran 0 trials: its error is said too, or the run silently shrinks
     failing = [t for t in table if (t["expect"] == "feasible" and t["connected"] < t["trials"]) or not t["trials"]]
+    agains = [t for t in table if t.get("again")]
+    out += ["", "## Trials whose first punch failed at high odds and that went a second round", ""]
+    out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
+            f"{t['again']} of {t['trials']}, {t['again_connected']} of them connected" for t in agains] or ["- none"]
     out += ["", "## Feasible cases that did not always connect", ""]
     out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
             f"{t['connected']}/{t['trials']}; {_gist(t['failures'][0]) if t['failures'] else ''}" for t in failing] or ["- none"]

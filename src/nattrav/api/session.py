@@ -4,6 +4,7 @@ take are SessionOptions' fields."""
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ..errors import ConnectError, PeerAuthError, UsageError, WrongPeer
+from ..errors import ConnectError, PeerAuthError, PunchFailed, UsageError, WrongPeer
 from ..io import rendezvous_client as rv
 from ..identity import Identity, PeerId
 from ..io.session import Session
@@ -332,7 +333,31 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                     verified = expected_peer(peer_id, session)
                     session = agree_as_initiator(kx, session, verified, identity)
                     expected = verified if o.secure else None
-                    path = await _punch(transport, ep, session, o.ttl, emit, rung)
+                    try:
+                        path = await _punch(transport, ep, session, o.ttl, emit, rung)
+                    except PunchFailed as exc:
+                        if rung is not None or not again_after(exc, deadline - trio.current_time(), o.src_port):
+                            raise
+                        first = exc
+                        emit("again", {"left": round(deadline - trio.current_time(), 3),
+                                       "odds": exc.plan.odds, "strategy": exc.plan.strategy.value})
+                        # a fresh socket's samples: whatever moved the peer's or our mappings since
+                        # the first ones (a counter's wrap, another host's flows) shows in them
+                        fresh = await transport.open(stun_ep, o.src_ip, 0, emit, _trusted_behavior(ep), cache,
+                                                     _first(server_ep))
+                        transport.close(ep)
+                        ep, kx = fresh, KeyAgreement()
+                        emit("rendezvous-connect", {"peer": peer_id, "again": True})
+                        session = await client.connect(peer_id, timeout=max(1.0, deadline - trio.current_time()),
+                                                       info=our_info(), observed=_tickets(ep), resample=resample)
+                        if expected_peer(peer_id, session) != verified:
+                            raise WrongPeer(f"the rendezvous server named another key for {peer_id} "
+                                            "in the second round") from None
+                        session = agree_as_initiator(kx, session, verified, identity)
+                        try:
+                            path = await _punch(transport, ep, session, o.ttl, emit, rung)
+                        except PunchFailed as again:
+                            raise both_rounds(first, again) from None
                 except BaseException:
                     transport.close(ep)
                     raise
@@ -393,6 +418,36 @@ def _preload() -> None:
 
     if "nattrav.io.quic_path" not in sys.modules:
         preload_secure()
+
+
+# a punch that failed at these odds broke an assumption (a counter that wrapped, a mapping that
+# moved, a packet the path lost): the initiator samples again on a fresh socket and asks the server
+# for a second session, while this much of its timeout is left (a punch's own window is ~3 s)
+AGAIN_ODDS, AGAIN_LEFT = 0.99, 4.0
+# how long a listener whose punch failed so waits for that second offer before it gives up
+AGAIN_WAIT = 10.0
+
+
+def again_after(exc: PunchFailed, left: float | None, src_port: int = 0) -> bool:
+    """Is a failed punch worth a second round with fresh samples? Only a plan that stated high
+    odds (a low-odds plan failed as it said it might, and its flows are spent), with time `left`
+    (None: a listener, which only waits for the offer), from an ephemeral port (a fixed port would
+    meet its old mappings, the very samples that may have been wrong)."""
+    p = exc.plan
+    if p is None or not getattr(p, "feasible", False) or getattr(p, "odds", 0.0) < AGAIN_ODDS:
+        return False
+    return src_port == 0 and (left is None or left >= AGAIN_LEFT)
+
+
+def both_rounds(first: PunchFailed, again: PunchFailed) -> PunchFailed:
+    """The failure of a connect that went a second round: both rounds' evidence, in order."""
+    return PunchFailed(f"{first}; then a second round with fresh samples: {again}", again.plan)
+
+
+def _trusted_behavior(ep: Any) -> NatBehavior | None:
+    """The behaviour a second round may reuse: measured in this run; one from the cache may be
+    the wrong assumption (the first round already made the cache forget it), so it is measured again."""
+    return None if ep.cached is not None and ep.cached.age is not None else ep.behavior
 
 
 def _first(server_ep: Any) -> tuple[str, int]:
@@ -569,18 +624,14 @@ class Listener:
         self._transport.take_beacon(ep, session, at, emit)
         return session
 
-    @asynccontextmanager
-    async def accept(self) -> AsyncIterator[Any]:
-        """The next peer that asks for us and that the policy admits (others are refused): fresh
-        mappings, accept, punch; yields the path/stream."""
-        clock = Timeline(self._emit)  # this session's phases, timed from the wait for its offer
-        emit = clock.emit
+    async def _admitted(self, emit: EventHook) -> tuple[rv.Offer, PeerId, KeyAgreement, Any]:
+        """The next offer the policy admits (others are refused), whom its handshake must meet, and
+        our half of its punch key (an initiator that proved no key, or whose signed half does not
+        verify, is refused)."""
         while True:
             offer = await self._next_offer(emit)
             emit("offer", {"from": offer.peer_id})
             try:
-                # whom the handshake must meet, and our half of the punch key (an initiator that
-                # proved no key, or whose signed half does not verify, is refused)
                 initiator = expected_peer(None, offer)
                 kx = KeyAgreement()
                 answer = kx.answer(self.identity, Half.from_info(offer.peer_info, offer.peer_id),
@@ -591,24 +642,51 @@ class Listener:
             except (PeerAuthError, WrongPeer) as exc:
                 why = str(exc)
             if why is None:
-                break
+                return offer, initiator, kx, answer
             emit("refused", {"from": offer.peer_id, "reason": why})
             await self._client.refuse(offer)
-        ep = self.endpoint if self.endpoint is not None else await self._open()
-        self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
-        try:
-            session = await self._accepted(ep, offer, answer.to_info(), emit)
-            if expected_peer(None, session) != initiator:
-                raise WrongPeer(f"the rendezvous server offered {initiator} but made a session with another key")
-            session = agree_as_responder(kx, session, offer.offer_id)
-            expected = initiator if self.secure else None
+
+    @asynccontextmanager
+    async def accept(self) -> AsyncIterator[Any]:
+        """The next peer that asks for us and that the policy admits (others are refused): fresh
+        mappings, accept, punch; yields the path/stream. A punch that failed at high odds waits
+        AGAIN_WAIT for the initiator's second round before it raises."""
+        clock = Timeline(self._emit)  # this session's phases, timed from the wait for its offer
+        emit = clock.emit
+        first: PunchFailed | None = None
+        while True:
+            got = None
+            # after a failed punch: the initiator's second round (again_after), or the failure
+            with trio.move_on_after(math.inf if first is None else AGAIN_WAIT):
+                got = await self._admitted(emit)
+            if got is None:
+                raise first  # type: ignore[misc]
+            offer, initiator, kx, answer = got
             rung = None
-            if getattr(self._transport, "relays", False):
-                rung = await relay.peer_rung(session, self._client.relay, emit)
-            path = await _punch(self._transport, ep, session, self._ttl, emit, rung)
-        except BaseException:
-            self._transport.close(ep)
-            raise
+            ep = self.endpoint if self.endpoint is not None else await self._open()
+            self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
+            try:
+                session = await self._accepted(ep, offer, answer.to_info(), emit)
+                if expected_peer(None, session) != initiator:
+                    raise WrongPeer(f"the rendezvous server offered {initiator} but made a session with another key")
+                session = agree_as_responder(kx, session, offer.offer_id)
+                expected = initiator if self.secure else None
+                if getattr(self._transport, "relays", False):
+                    rung = await relay.peer_rung(session, self._client.relay, emit)
+                path = await _punch(self._transport, ep, session, self._ttl, emit, rung)
+            except PunchFailed as exc:
+                self._transport.close(ep)
+                if first is not None:
+                    raise both_rounds(first, exc) from None
+                if rung is not None or not again_after(exc, None):
+                    raise
+                first = exc
+                emit("again", {"wait": AGAIN_WAIT, "odds": exc.plan.odds, "strategy": exc.plan.strategy.value})
+                continue
+            except BaseException:
+                self._transport.close(ep)
+                raise
+            break
         async with _held(path, relay.RELAY_WAIT, emit) as held, \
                 _background(self._transport, ep, self._stun, self._src[0], emit) as watch, \
                 _secured(self._transport, ep, held, session, self.identity, expected, clock) as secured:

@@ -78,6 +78,12 @@ def _describe(phase: str, d: dict[str, Any], verbose: bool) -> str | None:
     if phase == "relay":
         why = _RELAY_WHY.get(d["why"], d["why"])
         return f"relay: {why} ({d['reason']}); going through the relay {d['relay'][0]}:{d['relay'][1]}"
+    if phase == "again":
+        # a plan that stated high odds failed: something it assumed moved (api/session.py again_after)
+        what = f"{d['strategy']} at {100 * d['odds']:.6g}% odds found no path"
+        if "left" in d:
+            return f"punch: {what}; sampling again on a fresh socket for a second round ({d['left']:.1f} s left)"
+        return f"punch: {what}; waiting {d['wait']:g} s for the peer's second round"
     if phase == "plan":
         extra = f" {d['params']}" if verbose else ""
         floor = "at least " if d.get("odds_floor") else ""  # the LAN attempts' chance is not counted

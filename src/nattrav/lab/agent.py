@@ -131,6 +131,9 @@ def marking() -> tuple[dict[str, Any], Any]:
             marks.setdefault("start", trio.current_time())
         elif phase == "plan":
             marks["plan"] = d
+            marks.setdefault("first_plan", d)  # the connect's stated odds (a second round plans again)
+        elif phase == "again":
+            marks["again"] = marks.get("again", 0) + 1
         elif phase == "flow-wait":  # seconds spent waiting for our own bursts' entries (api/flow_wait.py)
             marks["flow_wait"] = round(marks.get("flow_wait", 0.0) + float(d.get("seconds", 0.0)), 3)
 
@@ -138,7 +141,7 @@ def marking() -> tuple[dict[str, Any], Any]:
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+TIMED = {"again", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
          "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
@@ -188,9 +191,12 @@ def failure_reason(exc: BaseException, timeout: float) -> str:
 def note_plan(row: dict[str, Any], marks: dict[str, Any]) -> dict[str, Any]:
     """The plan's strategy and odds into the row (the plan event's details, or {}, returned)."""
     plan = marks.get("plan") or {}
+    first = marks.get("first_plan") or plan
     row["strategy"] = row.get("strategy") or plan.get("strategy")
-    row["odds"] = plan.get("odds")
-    row["odds_floor"] = bool(plan.get("odds_floor"))
+    # the odds the connect stated first: a trial that needed a second round is judged against them
+    row["odds"] = first.get("odds")
+    row["odds_floor"] = bool(first.get("odds_floor"))
+    row["again"] = marks.get("again", 0)
     return plan
 
 

@@ -292,7 +292,8 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
                    "behavior_b": next((r for r in rows["b"] if r.get("event") == "behavior"), None),
                    "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason"),
                    "diag_a": a.get("diag"), "diag_b": b.get("diag"), "reason_a": a.get("reason"),
-                   "reason_b": b.get("reason"), "flow_wait_a": a.get("flow_wait"), "flow_wait_b": b.get("flow_wait")},
+                   "reason_b": b.get("reason"), "flow_wait_a": a.get("flow_wait"), "flow_wait_b": b.get("flow_wait"),
+                   "again": max(a.get("again") or 0, b.get("again") or 0)},
         ))
     return out
 
@@ -367,6 +368,9 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "median_s": statistics.median(secs) if secs else None, "p95_s": percentile(secs, 0.95),
         "median_rtt_ms": statistics.median(rtts) if (rtts := [r.rtt_ms for r in ok if r.rtt_ms]) else None,
         "predictions": len(preds), "prediction_hits": len(hits),
+        # trials whose first punch failed at high odds and that went a second round (api/session.py)
+        "again": sum(1 for r in rows if r.extra.get("again")),
+        "again_connected": sum(1 for r in ok if r.extra.get("again")),
         "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
         "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
         # each trial's outcome beside the odds its plan stated: a case's mean hides a run whose later

@@ -1,0 +1,135 @@
+"""A punch that failed at high odds gets a second round inside the same connect (api/session.py
+again_after): the initiator samples again on a fresh socket and asks the server for a new session,
+the listener waits for that offer instead of giving up. On loopback through a real nattrav-server;
+the failure is made by the test (io/punch.punch raises for the first session of each side), the
+rest is the product's own path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import trio
+
+from nattrav.api import connect, listen, session as api_session, udp
+from nattrav.errors import PunchFailed
+
+
+def _failing_first(monkeypatch, rounds: int = 1) -> Counter:
+    """io/punch.punch fails the first `rounds` sessions of each role, as a lost window would."""
+    real, calls = udp.punch, Counter()
+
+    async def punch(sock, p, session, **kw):
+        calls[session.role] += 1
+        if calls[session.role] <= rounds:
+            raise PunchFailed(f"round {calls[session.role]} lost by the test", p)
+        return await real(sock, p, session, **kw)
+
+    monkeypatch.setattr(udp, "punch", punch)
+    return calls
+
+
+async def _pair(servers, *, timeout: float = 20.0, accept_raises: bool = False):
+    """listen + connect; (initiator's events, listener's events, what the connect raised)."""
+    ev_a: list[tuple[str, dict]] = []
+    ev_b: list[tuple[str, dict]] = []
+    raised: dict[str, BaseException] = {}
+    with trio.fail_after(60):
+        async with listen(servers["server"], stun=servers["stun"], cache=False, secure=False,
+                          on_event=lambda ph, d: ev_b.append((ph, d))) as lst:
+            async with trio.open_nursery() as nursery:
+
+                async def listener_side():
+                    try:
+                        async with lst.accept() as path:
+                            assert await path.receive() == b"hi"
+                    except PunchFailed as exc:
+                        raised["listener"] = exc
+
+                nursery.start_soon(listener_side)
+                try:
+                    async with connect(servers["server"], lst.peer_id, stun=servers["stun"], cache=False,
+                                       secure=False, timeout=timeout,
+                                       on_event=lambda ph, d: ev_a.append((ph, d))) as path:
+                        await path.send(b"hi")
+                except PunchFailed as exc:
+                    raised["initiator"] = exc
+    return ev_a, ev_b, raised
+
+
+def _names(events):
+    return [ph for ph, _ in events]
+
+
+async def test_a_failed_punch_connects_in_a_second_round(servers, monkeypatch):
+    calls = _failing_first(monkeypatch)
+    ev_a, ev_b, raised = await _pair(servers)
+    assert not raised
+    assert sum(calls.values()) == 4  # each side punched twice
+    # the initiator said why it went again, sampled on a fresh socket and asked again
+    again = [d for ph, d in ev_a if ph == "again"]
+    assert len(again) == 1 and again[0]["odds"] >= api_session.AGAIN_ODDS
+    asks = [d for ph, d in ev_a if ph == "rendezvous-connect"]
+    assert [bool(d.get("again")) for d in asks] == [False, True]
+    mappings = [d["public"] for ph, d in ev_a if ph == "mapping"]
+    assert len(mappings) >= 2 and mappings[-1] != mappings[0]  # another socket, another mapping
+    # the listener waited for that second offer rather than raising
+    assert _names(ev_b).count("again") == 1 and _names(ev_b).count("offer") == 2
+    assert "connected" in _names(ev_a) and "connected" in _names(ev_b)
+
+
+async def test_two_failed_rounds_say_both(servers, monkeypatch):
+    _failing_first(monkeypatch, rounds=2)
+    _, ev_b, raised = await _pair(servers)
+    for side in ("initiator", "listener"):
+        msg = str(raised[side])
+        assert "round 1 lost by the test" in msg and "round 2 lost by the test" in msg, msg
+        assert msg.index("round 1") < msg.index("second round") < msg.index("round 2")
+    assert _names(ev_b).count("again") == 1  # one second round, never a third
+
+
+async def test_no_second_round_without_the_time_for_it(servers, monkeypatch):
+    """A connect whose timeout leaves less than AGAIN_LEFT after its first punch fails with it;
+    the listener then gives up once AGAIN_WAIT has passed without a second offer."""
+    monkeypatch.setattr(api_session, "AGAIN_LEFT", 1000.0)
+    monkeypatch.setattr(api_session, "AGAIN_WAIT", 0.5)
+    calls = _failing_first(monkeypatch)
+    ev_a, ev_b, raised = await _pair(servers)
+    assert "again" not in _names(ev_a)
+    assert str(raised["initiator"]) == "round 1 lost by the test"
+    assert str(raised["listener"]) == "round 1 lost by the test"  # its wait ended with no offer
+    assert sum(calls.values()) == 2
+
+
+def _failure(**plan) -> PunchFailed:
+    return PunchFailed("x", SimpleNamespace(**{"feasible": True, "odds": 0.9999, **plan}))
+
+
+@pytest.mark.parametrize("exc, left, port, want", [
+    (_failure(), 10.0, 0, True),
+    (_failure(), None, 0, True),  # a listener: it only waits
+    (_failure(odds=0.76), 10.0, 0, False),  # failed as it said it might; its flows are spent
+    (_failure(feasible=False), 10.0, 0, False),
+    (_failure(), 1.0, 0, False),  # no time for another punch
+    (_failure(), 10.0, 40000, False),  # a fixed port would sample its old mappings again
+    (PunchFailed("x"), 10.0, 0, False),  # no plan known (TCP's failures)
+])
+def test_when_a_second_round_is_worth_it(exc, left, port, want):
+    assert api_session.again_after(exc, left, port) is want
+
+
+def test_the_cli_says_why_it_goes_again():
+    from nattrav.cli.events import describe
+
+    line = describe("again", {"left": 11.2, "odds": 0.9999, "strategy": "predicted"})
+    assert "predicted at 99.99% odds found no path" in line and "11.2 s left" in line
+    line = describe("again", {"wait": 10.0, "odds": 1.0, "strategy": "direct"})
+    assert "waiting 10 s for the peer's second round" in line
+
+
+def test_a_cached_behaviour_is_measured_again():
+    ep = SimpleNamespace(cached=SimpleNamespace(age=3.0), behavior=object())
+    assert api_session._trusted_behavior(ep) is None
+    fresh = SimpleNamespace(cached=None, behavior=object())
+    assert api_session._trusted_behavior(fresh) is fresh.behavior
