@@ -14,6 +14,7 @@ import trio
 
 from nattrav.api import connect, listen, session as api_session, udp
 from nattrav.errors import PunchFailed
+from nattrav.proto import moved
 
 
 def _failing_first(monkeypatch, rounds: int = 1) -> Counter:
@@ -74,6 +75,9 @@ async def test_a_failed_punch_connects_in_a_second_round(servers, monkeypatch):
     assert [bool(d.get("again")) for d in asks] == [False, True]
     mappings = [d["public"] for ph, d in ev_a if ph == "mapping"]
     assert len(mappings) >= 2 and mappings[-1] != mappings[0]  # another socket, another mapping
+    # on loopback nothing moved: the fresh samples say so, on both sides
+    assert [d for ph, d in ev_a if ph == "again-found"] == [{"found": moved.AGREE}]
+    assert [d for ph, d in ev_b if ph == "again-found"] == [{"found": moved.AGREE}]
     # the listener waited for that second offer rather than raising
     assert _names(ev_b).count("again") == 1 and _names(ev_b).count("offer") == 2
     assert "connected" in _names(ev_a) and "connected" in _names(ev_b)
@@ -86,6 +90,7 @@ async def test_two_failed_rounds_say_both(servers, monkeypatch):
         msg = str(raised[side])
         assert "round 1 lost by the test" in msg and "round 2 lost by the test" in msg, msg
         assert msg.index("round 1") < msg.index("second round") < msg.index("round 2")
+        assert moved.AGREE in msg  # what the fresh samples said of the first round
     assert _names(ev_b).count("again") == 1  # one second round, never a third
 
 
@@ -126,6 +131,8 @@ def test_the_cli_says_why_it_goes_again():
     assert "predicted at 99.99% odds found no path" in line and "11.2 s left" in line
     line = describe("again", {"wait": 10.0, "odds": 1.0, "strategy": "direct"})
     assert "waiting 10 s for the peer's second round" in line
+    line = describe("again-found", {"found": moved.AGREE})
+    assert line.endswith(moved.AGREE)
 
 
 def test_a_cached_behaviour_is_measured_again():

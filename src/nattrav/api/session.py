@@ -338,7 +338,7 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                     except PunchFailed as exc:
                         if rung is not None or not again_after(exc, deadline - trio.current_time(), o.src_port):
                             raise
-                        first = exc
+                        first, before = exc, (session, ep.report)
                         emit("again", {"left": round(deadline - trio.current_time(), 3),
                                        "odds": exc.plan.odds, "strategy": exc.plan.strategy.value})
                         # a fresh socket's samples: whatever moved the peer's or our mappings since
@@ -354,10 +354,11 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                             raise WrongPeer(f"the rendezvous server named another key for {peer_id} "
                                             "in the second round") from None
                         session = agree_as_initiator(kx, session, verified, identity)
+                        found = found_after(transport, first, before, (session, ep.report), emit)
                         try:
                             path = await _punch(transport, ep, session, o.ttl, emit, rung)
                         except PunchFailed as again:
-                            raise both_rounds(first, again) from None
+                            raise both_rounds(first, again, found) from None
                 except BaseException:
                     transport.close(ep)
                     raise
@@ -439,9 +440,22 @@ def again_after(exc: PunchFailed, left: float | None, src_port: int = 0) -> bool
     return src_port == 0 and (left is None or left >= AGAIN_LEFT)
 
 
-def both_rounds(first: PunchFailed, again: PunchFailed) -> PunchFailed:
-    """The failure of a connect that went a second round: both rounds' evidence, in order."""
-    return PunchFailed(f"{first}; then a second round with fresh samples: {again}", again.plan)
+def both_rounds(first: PunchFailed, again: PunchFailed, found: str | None) -> PunchFailed:
+    """The failure of a connect that went a second round: both rounds' evidence, in order, and
+    what the fresh samples said about the first (`found`)."""
+    said = f" ({found})" if found else ""
+    return PunchFailed(f"{first}; then a second round with fresh samples{said}: {again}", again.plan)
+
+
+def found_after(transport: Any, exc: PunchFailed, first: tuple[Session, Any], second: tuple[Session, Any],
+                emit: EventHook) -> str | None:
+    """What broke the first round, read from the second's samples (api/udp.py what_broke), said."""
+    reader = getattr(transport, "what_broke", None)
+    if reader is None:
+        return None
+    found = reader(exc.plan, first, second)
+    emit("again-found", {"found": found})
+    return found
 
 
 def _trusted_behavior(ep: Any) -> NatBehavior | None:
@@ -654,6 +668,7 @@ class Listener:
         clock = Timeline(self._emit)  # this session's phases, timed from the wait for its offer
         emit = clock.emit
         first: PunchFailed | None = None
+        before: tuple[Session, Any] | None = None
         while True:
             got = None
             # after a failed punch: the initiator's second round (again_after), or the failure
@@ -673,14 +688,16 @@ class Listener:
                 expected = initiator if self.secure else None
                 if getattr(self._transport, "relays", False):
                     rung = await relay.peer_rung(session, self._client.relay, emit)
+                found = None if first is None or before is None else found_after(
+                    self._transport, first, before, (session, ep.report), emit)
                 path = await _punch(self._transport, ep, session, self._ttl, emit, rung)
             except PunchFailed as exc:
                 self._transport.close(ep)
                 if first is not None:
-                    raise both_rounds(first, exc) from None
+                    raise both_rounds(first, exc, found) from None
                 if rung is not None or not again_after(exc, None):
                     raise
-                first = exc
+                first, before = exc, (session, ep.report)
                 emit("again", {"wait": AGAIN_WAIT, "odds": exc.plan.odds, "strategy": exc.plan.strategy.value})
                 continue
             except BaseException:

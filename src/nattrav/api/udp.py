@@ -21,6 +21,7 @@ from ..io import presample
 from ..io.fresh_port import fresh_trio_udp
 from ..io.stun_client import by_reply_id, on_trio_clock, run_transactions
 from ..io.stun_discover import local_address, second_address
+from ..proto import moved
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
@@ -413,6 +414,16 @@ def read_report(session: Session) -> tuple[NatReport, str]:
     return report, ip
 
 
+def what_broke(p: Plan, first: tuple[Session, NatReport], second: tuple[Session, NatReport]) -> str:
+    """What the second round's samples say broke the first plan `p` (proto/moved.py): each round's
+    session (the peer's report) and our report."""
+    try:
+        before, after = read_report(first[0])[0], read_report(second[0])[0]
+    except ConnectError:  # (the second session's report is planned on next; it raises there)
+        return moved.AGREE
+    return moved.what_broke(p, (before, after), (first[1], second[1]))
+
+
 async def keep_fresh(ep: Endpoint, on_event: EventHook | None = None) -> None:
     """While a listener waits: every STANDBY_EVERY seconds, one binding from the punch socket to the
     server it sampled first (an old flow: an EIM NAT answers with the same mapping while it lives,
@@ -723,6 +734,7 @@ class UdpTransport:
         await keep_fresh(ep, emit)
 
     relays = True  # the ladder may end at the relay (api/relay.py)
+    what_broke = staticmethod(what_broke)  # after a second round's session (api/session.py)
 
     async def punch(self, ep: Endpoint, session: Session, ttl: int | None, emit: EventHook,
                     relay: RelayRung | None = None) -> Any:

@@ -37,6 +37,7 @@ _LINES = {
     "punch": "punch: firing in {start_in:.2f} s (give up after {timeout:.1f} s)",
     "rung": "punch: next rung, {strategy} — {reason} (after: {after})",
     "ttl": "punch: {strategy}: opening TTL now {ttl} ({why})",
+    "again-found": "punch: what the fresh samples say of the first round: {found}",
     "secure": "secure: {protocol} with {peer_id}, its key verified",
     "identity": "identity: {peer_id} (key {path}{created})",
     "delivered": "closed: {sent} bytes sent and acknowledged, {received} received",

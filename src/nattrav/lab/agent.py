@@ -141,7 +141,7 @@ def marking() -> tuple[dict[str, Any], Any]:
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"again", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+TIMED = {"again", "again-found", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
          "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
@@ -151,9 +151,10 @@ def _brief(phase: str, d: dict[str, Any]) -> Any:
     if phase == "plan":
         targets = d.get("peer_targets") or []
         return {"targets": len(targets), "first": targets[:3], "last": targets[-1:]}
-    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed"):
+    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found"):
         return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
-                                                    "ttl", "strategy", "targets", "peer", "udp", "opens")}
+                                                    "ttl", "strategy", "targets", "peer", "udp", "opens", "odds",
+                                                    "found")}
     if phase == "pool-survey":  # which flows showed the pool first (the punch socket's, discovery's)
         return {k: d.get(k) for k in ("addresses", "flows", "discovery")}
     return None
