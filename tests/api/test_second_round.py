@@ -140,3 +140,26 @@ def test_a_cached_behaviour_is_measured_again():
     assert api_session._trusted_behavior(ep) is None
     fresh = SimpleNamespace(cached=None, behavior=object())
     assert api_session._trusted_behavior(fresh) is fresh.behavior
+
+
+def test_the_lab_agent_times_a_second_round_from_the_first_start_and_states_the_first_odds():
+    """A trial that went a second round counts its time from the first round's agreed start and is
+    judged by the odds its first plan stated (lab/agent.py, the matrix's rows)."""
+    from nattrav.lab.agent import marking, note_plan
+
+    async def main():
+        marks, on_event = marking()
+        on_event("plan", {"odds": 0.9999, "strategy": "predicted"})
+        on_event("punch", {"start_in": 0.0, "timeout": 3.0})
+        first = marks["start"]
+        await trio.sleep(0.05)
+        on_event("again", {"left": 11.0, "odds": 0.9999, "strategy": "predicted"})
+        on_event("plan", {"odds": 0.95, "strategy": "predicted"})
+        on_event("punch", {"start_in": 0.0, "timeout": 3.0})
+        return marks, first
+
+    marks, first = trio.run(main)
+    assert marks["start"] == first
+    row: dict = {}
+    note_plan(row, marks)
+    assert row["odds"] == 0.9999 and row["again"] == 1

@@ -126,7 +126,8 @@ def marking() -> tuple[dict[str, Any], Any]:
         if len(marks["events"]) < MAX_EVENTS and phase in TIMED:
             marks["events"].append([phase, round((now - t_first[0]) * 1e3, 1), _brief(phase, d)])
         if phase == "punch":
-            marks["start"] = trio.current_time() + d["start_in"]
+            # from the first round's agreed start: a second round's time is the connect's too
+            marks.setdefault("start", trio.current_time() + d["start_in"])
         elif phase == "relay":  # straight to the relay: the time counts from there
             marks.setdefault("start", trio.current_time())
         elif phase == "plan":
