@@ -130,7 +130,10 @@ def markdown(table: list[dict], meta: dict) -> str:
     agains = [t for t in table if t.get("again")]
     out += ["", "## Trials whose first punch failed at high odds and that went a second round", ""]
     out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
-            f"{t['again']} of {t['trials']}, {t['again_connected']} of them connected" for t in agains] or ["- none"]
+            f"{t['again']} of {t['trials']}, {t['again_connected']} of them connected"
+            + "".join(f"\n  - trial {i} ({'connected' if ok else 'failed'}): A: {a or '—'}; B: {b or '—'}"
+                      for i, ok, a, b in t.get("again_found", []))
+            for t in agains] or ["- none"]
     out += ["", "## Feasible cases that did not always connect", ""]
     out += [f"- {'TCP' if t.get('tcp') else 'UDP'} {t['left']} → {t['right']} ({t['shape']}, {t.get('server')}): "
             f"{t['connected']}/{t['trials']}; {_gist(t['failures'][0]) if t['failures'] else ''}" for t in failing] or ["- none"]

@@ -60,6 +60,16 @@ def test_summary_sets_stated_odds_against_the_measured_rate():
     assert bad["odds_agree"] is False and bad["failures"] == ["no path"]
 
 
+def test_a_case_counts_its_second_rounds_and_keeps_what_they_found():
+    found = ["mapping", 1.0, None], ["again-found", 2.0, {"found": "the peer's NAT started its ports again lower"}]
+    again = replace(_row(True, 0.9999, 3.4), trial=5,
+                    extra={"again": 1, "diag_a": {"events": list(found)}, "diag_b": {"events": []}})
+    s = summarise([_row(True, 0.9999, 0.01)] * 9 + [again])
+    assert s["again"] == 1 and s["again_connected"] == 1
+    assert s["again_found"] == [[5, True, "the peer's NAT started its ports again lower", None]]
+    assert summarise([_row(True, 0.9999, 0.01)] * 3)["again"] == 0
+
+
 def test_the_stated_odds_of_a_case_are_the_mean_of_its_trials():
     # two plans at 99.9 % among six at 0.2 %: 2 connections expected in 8, which 2/8 agrees with
     rows = [_row(True, 0.999)] * 2 + [_row(False, 0.002)] * 6

@@ -371,6 +371,8 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         # trials whose first punch failed at high odds and that went a second round (api/session.py)
         "again": sum(1 for r in rows if r.extra.get("again")),
         "again_connected": sum(1 for r in ok if r.extra.get("again")),
+        # what each such trial's fresh samples said broke its first round (proto/moved.py), by side
+        "again_found": [[r.trial, r.ok, *_found(r)] for r in rows if r.extra.get("again")][:20],
         "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
         "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
         # each trial's outcome beside the odds its plan stated: a case's mean hides a run whose later
@@ -379,6 +381,15 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "runs": [[int(r.ok), None if r.odds is None else round(r.odds, 6)] + ([1] if r.odds_floor else [])
                  for r in rows],
     }
+
+
+def _found(r: TrialResult) -> list[str | None]:
+    """The again-found event's words on each side of trial `r` (None where that side said none)."""
+    out = []
+    for side in ("a", "b"):
+        events = (r.extra.get(f"diag_{side}") or {}).get("events") or []
+        out.append(next(((e[2] or {}).get("found") for e in events if e[0] == "again-found"), None))
+    return out
 
 
 # the bands of stated odds calibration() reports: the goal's 99.9 % on its own
