@@ -38,6 +38,7 @@ from ..cache_doc import FILE_NAME, MAX_AGE, MAX_FILE, VERSION, default_path, rea
 from ..io.trace import MAX_TTL
 from ..proto.hops import HopReading, filled, read_trace
 from ..proto.nat_behavior import NatBehavior
+from ..proto.port_block import MIN_BLOCK
 from ..proto.planner.budget import FLOW_TABLE_CAP
 
 MAX_ENTRIES = 32
@@ -79,6 +80,10 @@ class Entry:
     # the hop trace towards the server measured on this network (trace_of()'s form), if kept: a warm
     # connect then needs no trace of its own
     trace: dict[str, Any] | None = None
+    # the port block the NAT's counter was seen to go round (proto/port_block.py): lowest and highest
+    # port, wraps seen. Kept so that each new process (every nattrav-fast run) need not see a wrap
+    # of its own before its report names the block.
+    block: tuple[int, int, int] | None = None
 
     def hops(self) -> HopReading | None:
         """The kept trace read again (proto/hops.read_trace), or None."""
@@ -155,7 +160,8 @@ class BehaviorCache:
             behavior = replace(behavior, pool_ips=sorted(set(known.behavior.pool_ips) | behavior.mapped_ips()))
         # and the hop trace, which discovery does not take either (the endpoint adds it: set_hops)
         entries[key.text()] = _entry_to(behavior, time.time() if now is None else now,
-                                        known.trace if known is not None else None)
+                                        known.trace if known is not None else None,
+                                        known.block if known is not None else None)
         return self._write(entries, flows, relay)
 
     def set_lifetime(self, key: Key, lifetime: float) -> bool:
@@ -169,7 +175,7 @@ class BehaviorCache:
         if entry is None:
             return False
         behavior = replace(entry.behavior, lifetime=float(lifetime))
-        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace)
+        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace, entry.block)
         return self._write(entries, flows, relay)
 
     def set_hops(self, key: Key, reading: HopReading) -> bool:
@@ -189,7 +195,7 @@ class BehaviorCache:
         trace = trace_of(reading)
         if entry.trace == trace:
             return False
-        entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace)
+        entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace, entry.block)
         return self._write(entries, flows, relay)
 
     def add_pool(self, key: Key, ips: set[str]) -> bool:
@@ -207,7 +213,20 @@ class BehaviorCache:
         if len(pool) < 2 or pool == old or len(old) >= MAX_POOL_IPS:  # full: two already call for a survey
             return False
         behavior = replace(entry.behavior, pool_ips=sorted(pool))
-        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace)
+        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace, entry.block)
+        return self._write(entries, flows, relay)
+
+    def set_block(self, key: Key, block: tuple[int, int, int]) -> bool:
+        """Keep the port block (lowest, highest port, wraps seen) with `key`'s entry, which keeps its
+        age; True when written (only when it changed)."""
+        if not _block_ok(list(block)):
+            return False
+        entries, flows, relay = self._load()
+        raw = entries.get(key.text())
+        entry = _entry_from(raw) if raw is not None else None
+        if entry is None or entry.block == tuple(block):
+            return False
+        entries[key.text()] = _entry_to(entry.behavior, entry.saved, entry.trace, tuple(block))
         return self._write(entries, flows, relay)
 
     def forget(self, key: Key) -> bool:
@@ -337,11 +356,14 @@ def _saved(raw: Any) -> float:
     return float(saved) if isinstance(saved, (int, float)) and saved == saved else 0.0
 
 
-def _entry_to(behavior: NatBehavior, now: float, trace: dict[str, Any] | None = None) -> dict[str, Any]:
+def _entry_to(behavior: NatBehavior, now: float, trace: dict[str, Any] | None = None,
+              block: tuple[int, int, int] | None = None) -> dict[str, Any]:
     d = behavior.to_dict()
     out: dict[str, Any] = {"saved": now, "behavior": {k: d[k] for k in _KEPT}}
     if trace is not None:
         out["trace"] = trace
+    if block is not None:
+        out["port_block"] = list(block)  # beside the behaviour: an older reader ignores it
     pool = sorted(behavior.mapped_ips())
     if len(pool) > 1:
         # the raw samples are not kept, but what they said about an address pool is: a warm connect
@@ -389,6 +411,9 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     pool = raw.get("pool", [])
     if not _pool_ok(pool):
         return None
+    block = raw.get("port_block")
+    if block is not None and not _block_ok(block):
+        return None
     if set(b) - set(_KEPT):
         return None
     try:
@@ -414,7 +439,15 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     if behavior.lifetime is not None and not _lifetime_ok(behavior.lifetime):
         return None
     behavior.pool_ips = list(pool)
-    return Entry(behavior, float(saved), trace)
+    return Entry(behavior, float(saved), trace, None if block is None else (block[0], block[1], block[2]))
+
+
+def _block_ok(raw: Any) -> bool:
+    """[lowest, highest, wraps]: ports in 1..65535 at least MIN_BLOCK apart, wraps a count."""
+    if not (isinstance(raw, list) and len(raw) == 3 and all(type(v) is int for v in raw)):
+        return False
+    lo, hi, wraps = raw
+    return 1 <= lo and lo + MIN_BLOCK - 1 <= hi <= 65535 and 0 <= wraps <= 10**9
 
 
 def _pool_ok(raw: Any) -> bool:

@@ -196,6 +196,7 @@ async def open_endpoint(
                 hops = await tracing.result()
             if cached is not None:
                 cached.cache.set_hops(cached.key, hops)  # the next warm connect needs no trace
+                _seed_block(cached)
         t0, got = sampled
         seen = _Seen()
         seen.add(got, emit)
@@ -216,6 +217,7 @@ async def open_endpoint(
             # the pool this connect's flows showed stays with the network's entry: a warm connect
             # runs no discovery, and its punch socket's 3 flows alone miss a pool of 4 1 time in 16
             cached.cache.add_pool(cached.key, seen.ips)
+        _keep_block(cached)
     except BaseException:
         sock.close()
         raise
@@ -226,6 +228,19 @@ async def open_endpoint(
                   seen.tickets, seen.udp, seen.ips, seen.draws)
     ep.publish_flows(emit)
     return ep
+
+
+def _seed_block(cached: CacheUse) -> None:
+    """The network's port block as the cache kept it, for this process's reports to name at once."""
+    entry = cached.cache.lookup(cached.key)
+    if entry is not None and entry.block is not None:
+        port_blocks.seed(cached.key.public_ip, *entry.block)
+
+
+def _keep_block(cached: CacheUse | None) -> None:
+    """The block this process has seen the network's counter go round, kept with its cache entry."""
+    if cached is not None and (block := port_blocks.kept(cached.key.public_ip)) is not None:
+        cached.cache.set_block(cached.key, block)
 
 
 async def _punch_socket(src_ip: str | None, src_port: int) -> Any:
@@ -344,6 +359,7 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
         ep.seen_draws += len(got.samples)
         ep.report = _report(ep.sock, ep.behavior, got.samples, got.public, on_event or (lambda phase, detail: None),
                             ep.report, pool=len(ep.seen_ips), draws=ep.seen_draws)
+        _keep_block(ep.cached)
         ep.sampled_at = trio.current_time()
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
