@@ -163,3 +163,46 @@ def test_the_lab_agent_times_a_second_round_from_the_first_start_and_states_the_
     row: dict = {}
     note_plan(row, marks)
     assert row["odds"] == 0.9999 and row["again"] == 1
+
+
+async def test_a_tcp_connect_goes_a_second_round_too(servers, monkeypatch):
+    """TCP: once the whole ladder failed, the same second round (the ladder's own time left)."""
+    from nattrav.api import connect_tcp, listen_tcp, tcp as api_tcp
+    from nattrav.errors import TcpPunchFailed
+
+    real, calls = api_tcp.tcp_punch, Counter()
+
+    async def tcp_punch(listener, p, *a, **kw):
+        calls[p.role] += 1
+        if calls[p.role] == 1:
+            listener.close()
+            raise TcpPunchFailed(f"{p.role}: lost by the test")
+        return await real(listener, p, *a, **kw)
+
+    monkeypatch.setattr(api_tcp, "tcp_punch", tcp_punch)
+    ev_a: list[tuple[str, dict]] = []
+    ev_b: list[tuple[str, dict]] = []
+    with trio.fail_after(60):
+        async with listen_tcp(servers["server"], stun=servers["stun"], cache=False, secure=False,
+                              punch_timeout=3.0, on_event=lambda ph, d: ev_b.append((ph, d))) as lst:
+            async with trio.open_nursery() as nursery:
+
+                async def listener_side():
+                    async with lst.accept() as stream:
+                        assert await stream.receive_some(2) == b"hi"
+
+                nursery.start_soon(listener_side)
+                async with connect_tcp(servers["server"], lst.peer_id, stun=servers["stun"], cache=False,
+                                       secure=False, timeout=20.0, punch_timeout=3.0,
+                                       on_event=lambda ph, d: ev_a.append((ph, d))) as stream:
+                    await stream.send_all(b"hi")
+    assert _names(ev_a).count("again") == 1 and _names(ev_b).count("again") == 1
+    assert sum(calls.values()) == 4
+    # no reading of what moved for TCP (its reports are not the UDP samples proto/moved.py reads)
+    assert "again-found" not in _names(ev_a)
+
+
+@pytest.mark.parametrize("left, needs, want", [(12.0, 10.0, True), (10.5, 10.0, False), (4.0, 3.0, True),
+                                                (3.9, 0.0, False)])
+def test_the_time_a_second_round_needs_is_the_punchs_own(left, needs, want):
+    assert api_session.again_after(_failure(), left, 0, needs) is want

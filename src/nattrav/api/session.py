@@ -336,7 +336,8 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                     try:
                         path = await _punch(transport, ep, session, o.ttl, emit, rung)
                     except PunchFailed as exc:
-                        if rung is not None or not again_after(exc, deadline - trio.current_time(), o.src_port):
+                        if rung is not None or not again_after(exc, deadline - trio.current_time(), o.src_port,
+                                                               _punch_time(transport, exc)):
                             raise
                         first, before = exc, (session, ep.report)
                         emit("again", {"left": round(deadline - trio.current_time(), 3),
@@ -429,15 +430,21 @@ AGAIN_ODDS, AGAIN_LEFT = 0.99, 4.0
 AGAIN_WAIT = 10.0
 
 
-def again_after(exc: PunchFailed, left: float | None, src_port: int = 0) -> bool:
+def again_after(exc: PunchFailed, left: float | None, src_port: int = 0, needs: float = 0.0) -> bool:
     """Is a failed punch worth a second round with fresh samples? Only a plan that stated high
     odds (a low-odds plan failed as it said it might, and its flows are spent), with time `left`
-    (None: a listener, which only waits for the offer), from an ephemeral port (a fixed port would
-    meet its old mappings, the very samples that may have been wrong)."""
+    for another punch of `needs` seconds and its sampling (None: a listener, which only waits for
+    the offer), from an ephemeral port (a fixed port would meet its old mappings, the very samples
+    that may have been wrong)."""
     p = exc.plan
     if p is None or not getattr(p, "feasible", False) or getattr(p, "odds", 0.0) < AGAIN_ODDS:
         return False
-    return src_port == 0 and (left is None or left >= AGAIN_LEFT)
+    return src_port == 0 and (left is None or left >= max(AGAIN_LEFT, needs + 1.0))
+
+
+def _punch_time(transport: Any, exc: PunchFailed) -> float:
+    """Seconds a second punch may take: TCP's whole ladder, else the failed UDP plan's own time."""
+    return float(getattr(transport, "punch_timeout", None) or getattr(exc.plan, "timeout", 0.0) or 0.0)
 
 
 def both_rounds(first: PunchFailed, again: PunchFailed, found: str | None) -> PunchFailed:

@@ -164,7 +164,8 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
     if relay is not None:
         ep.close()  # what the rungs left open (the LAN listener)
         return relay.stream(session, peer_ip, why="punch-failed", reason=why, emit=emit)
-    raise TcpPunchFailed(why)
+    # with the first rung's plan: its odds decide whether the connect goes a second round
+    raise TcpPunchFailed(why, rungs[0].plan)
 
 
 class TcpTransport:
