@@ -206,3 +206,26 @@ async def test_a_tcp_connect_goes_a_second_round_too(servers, monkeypatch):
                                                 (3.9, 0.0, False)])
 def test_the_time_a_second_round_needs_is_the_punchs_own(left, needs, want):
     assert api_session.again_after(_failure(), left, 0, needs) is want
+
+
+async def test_a_second_round_out_of_time_answers_with_the_first_rounds_evidence(servers, monkeypatch):
+    """The second round's sampling hangs past the connect's deadline: the connect raises the first
+    round's failure (not a bare timeout), the listener its own after AGAIN_WAIT."""
+    monkeypatch.setattr(api_session, "AGAIN_WAIT", 1.0)
+    _failing_first(monkeypatch)
+    real_open, opened = udp.UdpTransport.open, []
+
+    async def open_(self, *a, **kw):
+        opened.append(a)
+        if len(opened) > 2:  # the listener's and the initiator's first endpoints open as always
+            await trio.sleep(100)
+        return await real_open(self, *a, **kw)
+
+    monkeypatch.setattr(udp.UdpTransport, "open", open_)
+    t0 = trio.current_time()
+    ev_a, _, raised = await _pair(servers, timeout=6.0)
+    assert "again" in _names(ev_a)
+    assert str(raised["initiator"]).startswith("round 1 lost by the test; then a second round")
+    assert "ran out of time" in str(raised["initiator"])
+    assert trio.current_time() - t0 < 15
+    assert str(raised["listener"]) == "round 1 lost by the test"

@@ -342,24 +342,29 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                         first, before = exc, (session, ep.report)
                         emit("again", {"left": round(deadline - trio.current_time(), 3),
                                        "odds": exc.plan.odds, "strategy": exc.plan.strategy.value})
-                        # a fresh socket's samples: whatever moved the peer's or our mappings since
-                        # the first ones (a counter's wrap, another host's flows) shows in them
-                        fresh = await transport.open(stun_ep, o.src_ip, 0, emit, _trusted_behavior(ep), cache,
-                                                     _first(server_ep))
-                        transport.close(ep)
-                        ep, kx = fresh, KeyAgreement()
-                        emit("rendezvous-connect", {"peer": peer_id, "again": True})
-                        session = await client.connect(peer_id, timeout=max(1.0, deadline - trio.current_time()),
-                                                       info=our_info(), observed=_tickets(ep), resample=resample)
-                        if expected_peer(peer_id, session) != verified:
-                            raise WrongPeer(f"the rendezvous server named another key for {peer_id} "
-                                            "in the second round") from None
-                        session = agree_as_initiator(kx, session, verified, identity)
-                        found = found_after(transport, first, before, (session, ep.report), emit)
-                        try:
-                            path = await _punch(transport, ep, session, o.ttl, emit, rung)
-                        except PunchFailed as again:
-                            raise both_rounds(first, again, found) from None
+                        # out of time, the first round's evidence is the answer, not a bare timeout
+                        with trio.move_on_at(deadline - AGAIN_SPARE) as in_time:
+                            # a fresh socket's samples: whatever moved the peer's or our mappings
+                            # since the first ones (a counter's wrap, another host's flows) shows
+                            fresh = await transport.open(stun_ep, o.src_ip, 0, emit, _trusted_behavior(ep), cache,
+                                                         _first(server_ep))
+                            transport.close(ep)
+                            ep, kx = fresh, KeyAgreement()
+                            emit("rendezvous-connect", {"peer": peer_id, "again": True})
+                            session = await client.connect(peer_id, timeout=max(1.0, deadline - trio.current_time()),
+                                                           info=our_info(), observed=_tickets(ep), resample=resample)
+                            if expected_peer(peer_id, session) != verified:
+                                raise WrongPeer(f"the rendezvous server named another key for {peer_id} "
+                                                "in the second round") from None
+                            session = agree_as_initiator(kx, session, verified, identity)
+                            found = found_after(transport, first, before, (session, ep.report), emit)
+                            try:
+                                path = await _punch(transport, ep, session, o.ttl, emit, rung)
+                            except PunchFailed as again:
+                                raise both_rounds(first, again, found) from None
+                        if in_time.cancelled_caught:
+                            raise PunchFailed(f"{first}; then a second round with fresh samples ran out of time",
+                                              first.plan) from None
                 except BaseException:
                     transport.close(ep)
                     raise
@@ -428,6 +433,7 @@ def _preload() -> None:
 AGAIN_ODDS, AGAIN_LEFT = 0.99, 4.0
 # how long a listener whose punch failed so waits for that second offer before it gives up
 AGAIN_WAIT = 10.0
+AGAIN_SPARE = 0.05  # seconds before the connect's deadline when a second round gives up for the first's failure
 
 
 def again_after(exc: PunchFailed, left: float | None, src_port: int = 0, needs: float = 0.0) -> bool:
@@ -676,6 +682,7 @@ class Listener:
         emit = clock.emit
         first: PunchFailed | None = None
         before: tuple[Session, Any] | None = None
+        first_from: PeerId | None = None
         while True:
             got = None
             # after a failed punch: the initiator's second round (again_after), or the failure
@@ -695,16 +702,17 @@ class Listener:
                 expected = initiator if self.secure else None
                 if getattr(self._transport, "relays", False):
                     rung = await relay.peer_rung(session, self._client.relay, emit)
-                found = None if first is None or before is None else found_after(
+                # (an offer from someone else meanwhile is a session of its own: nothing to compare)
+                found = None if first is None or before is None or initiator != first_from else found_after(
                     self._transport, first, before, (session, ep.report), emit)
                 path = await _punch(self._transport, ep, session, self._ttl, emit, rung)
             except PunchFailed as exc:
                 self._transport.close(ep)
-                if first is not None:
-                    raise both_rounds(first, exc, found) from None
+                if first is not None:  # (a second offer from someone else failed on its own)
+                    raise (both_rounds(first, exc, found) if initiator == first_from else exc) from None
                 if rung is not None or not again_after(exc, None):
                     raise
-                first, before = exc, (session, ep.report)
+                first, before, first_from = exc, (session, ep.report), initiator
                 emit("again", {"wait": AGAIN_WAIT, "odds": exc.plan.odds, "strategy": exc.plan.strategy.value})
                 continue
             except BaseException:
