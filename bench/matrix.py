@@ -250,18 +250,32 @@ def main(argv: list[str] | None = None) -> int:
                   f"{right} @{shape} ({layout}): {row['connected']}/{row['trials']} {row['strategies']} "
                   f"median {row['median_s']}" + ("" if row["trials"] else f" -- {row['failures'][0]}"),
                   file=sys.stderr, flush=True)
-    order = {run: i for i, run in enumerate(runs)}
-    table.sort(key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"], t["server"])])
-    meta = {"trials": args.trials, "background": args.background, "tcp": args.tcp, "server": args.server,
-            "relay": args.relay, "trial_gap": args.trial_gap,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0),
-            "shapes": {name: _shape_words(info) for name, info in shape_info.items()}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cases": table}, indent=1))
+            if len(table) < len(runs):
+                # the cases done so far, kept as they finish: a long run cut short keeps them
+                _write_json(out, table, runs, _meta(args, t0, shape_info, partial=True))
+    meta = _meta(args, t0, shape_info)
+    table = _write_json(out, table, runs, meta)
     md = markdown(table, meta)
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0
+
+
+def _meta(args: argparse.Namespace, t0: float, shape_info: dict, partial: bool = False) -> dict:
+    return {"trials": args.trials, "background": args.background, "tcp": args.tcp, "server": args.server,
+            "relay": args.relay, "trial_gap": args.trial_gap,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - t0),
+            "shapes": {name: _shape_words(info) for name, info in shape_info.items()},
+            **({"partial": True} if partial else {})}
+
+
+def _write_json(out: pathlib.Path, table: list[dict], runs: list, meta: dict) -> list[dict]:
+    """The cases in the order they were asked for, written to OUT.json; returns them so sorted."""
+    order = {run: i for i, run in enumerate(runs)}
+    table = sorted(table, key=lambda t: order[(t["left"], t["right"], t["tcp"], t["shape"], t["server"])])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cases": table}, indent=1))
+    return table
 
 
 def _main_cold(args: argparse.Namespace, cases: list, shapes: list[str], shape_info: dict,
