@@ -48,6 +48,24 @@ def test_predict_wraps_inside_port_range():
     assert 1 <= m.predict(1) <= 65535
 
 
+def test_predict_starts_again_at_a_learned_blocks_bottom():
+    """A side that saw its TCP counter wrap names the block (api/tcp._with_block): past its top the
+    NAT starts again at the bottom, so the peer's window does too (the lab's Δ = 2 block is
+    20000..28190; two trials in 4,000 aimed past it before)."""
+    top = report([28184, 28186, 28188], port_range=(20000, 28191))
+    m = classify(top)
+    assert [m.predict(k) for k in (1, 2, 3)] == [28190, 20000, 20002]
+    # the same samples without a block: on past the top, as a NAT counting through 1024-65535 does
+    assert [classify(report([28184, 28186, 28188])).predict(k) for k in (1, 2)] == [28190, 28192]
+    # a block that does not hold the last port is no block of this counter's: ignored
+    assert classify(report([28184, 28186, 28188], port_range=(20000, 28000))).predict(2) == 28192
+    # the peer's plan aims at the wrapped ports
+    first = plan(SEQ7, top, "first", window=3, target=None)
+    assert [t[1] for t in first.targets] == [28190, 20000, 20002, 20004, 20006]
+    second = plan(top, SEQ7, "second", window=3, target=None)
+    assert second.params["own_predicted"][:2] == [28190, 20000]
+
+
 def test_simultaneous_plans_mirror_each_other():
     a = plan(SEQ, SEQ7, "first", window=1, target=None)
     b = plan(SEQ7, SEQ, "second", window=1, target=None)

@@ -84,6 +84,11 @@ class Entry:
     # port, wraps seen. Kept so that each new process (every nattrav-fast run) need not see a wrap
     # of its own before its report names the block.
     block: tuple[int, int, int] | None = None
+    tcp_block: tuple[int, int, int] | None = None  # its TCP counter's (a NAT counts each protocol apart)
+
+    def blocks(self) -> dict[str, tuple[int, int, int]]:
+        """The kept blocks by protocol (api/port_blocks.py's words)."""
+        return {proto: b for proto, b in (("udp", self.block), ("tcp", self.tcp_block)) if b is not None}
 
     def hops(self) -> HopReading | None:
         """The kept trace read again (proto/hops.read_trace), or None."""
@@ -159,9 +164,9 @@ class BehaviorCache:
             # left from one of its addresses
             behavior = replace(behavior, pool_ips=sorted(set(known.behavior.pool_ips) | behavior.mapped_ips()))
         # and the hop trace, which discovery does not take either (the endpoint adds it: set_hops)
-        entries[key.text()] = _entry_to(behavior, time.time() if now is None else now,
-                                        known.trace if known is not None else None,
-                                        known.block if known is not None else None)
+        saved = time.time() if now is None else now
+        entries[key.text()] = _entry_to(Entry(behavior, saved) if known is None
+                                        else replace(known, behavior=behavior, saved=saved))
         return self._write(entries, flows, relay)
 
     def set_lifetime(self, key: Key, lifetime: float) -> bool:
@@ -175,7 +180,7 @@ class BehaviorCache:
         if entry is None:
             return False
         behavior = replace(entry.behavior, lifetime=float(lifetime))
-        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace, entry.block)
+        entries[key.text()] = _entry_to(replace(entry, behavior=behavior))
         return self._write(entries, flows, relay)
 
     def set_hops(self, key: Key, reading: HopReading) -> bool:
@@ -195,7 +200,7 @@ class BehaviorCache:
         trace = trace_of(reading)
         if entry.trace == trace:
             return False
-        entries[key.text()] = _entry_to(entry.behavior, entry.saved, trace, entry.block)
+        entries[key.text()] = _entry_to(replace(entry, trace=trace))
         return self._write(entries, flows, relay)
 
     def add_pool(self, key: Key, ips: set[str]) -> bool:
@@ -213,20 +218,20 @@ class BehaviorCache:
         if len(pool) < 2 or pool == old or len(old) >= MAX_POOL_IPS:  # full: two already call for a survey
             return False
         behavior = replace(entry.behavior, pool_ips=sorted(pool))
-        entries[key.text()] = _entry_to(behavior, entry.saved, entry.trace, entry.block)
+        entries[key.text()] = _entry_to(replace(entry, behavior=behavior))
         return self._write(entries, flows, relay)
 
-    def set_block(self, key: Key, block: tuple[int, int, int]) -> bool:
-        """Keep the port block (lowest, highest port, wraps seen) with `key`'s entry, which keeps its
-        age; True when written (only when it changed)."""
-        if not _block_ok(list(block)):
+    def set_block(self, key: Key, block: tuple[int, int, int], proto: str = "udp") -> bool:
+        """Keep the port block (lowest, highest port, wraps seen) of `proto`'s counter ("udp" or
+        "tcp") with `key`'s entry, which keeps its age; True when written (only when it changed)."""
+        if not _block_ok(list(block)) or proto not in _BLOCK_FIELDS:
             return False
         entries, flows, relay = self._load()
         raw = entries.get(key.text())
         entry = _entry_from(raw) if raw is not None else None
-        if entry is None or entry.block == tuple(block):
+        if entry is None or entry.blocks().get(proto) == tuple(block):
             return False
-        entries[key.text()] = _entry_to(entry.behavior, entry.saved, entry.trace, tuple(block))
+        entries[key.text()] = _entry_to(replace(entry, **{_BLOCK_FIELDS[proto]: tuple(block)}))
         return self._write(entries, flows, relay)
 
     def forget(self, key: Key) -> bool:
@@ -356,14 +361,14 @@ def _saved(raw: Any) -> float:
     return float(saved) if isinstance(saved, (int, float)) and saved == saved else 0.0
 
 
-def _entry_to(behavior: NatBehavior, now: float, trace: dict[str, Any] | None = None,
-              block: tuple[int, int, int] | None = None) -> dict[str, Any]:
+def _entry_to(entry: Entry) -> dict[str, Any]:
+    behavior = entry.behavior
     d = behavior.to_dict()
-    out: dict[str, Any] = {"saved": now, "behavior": {k: d[k] for k in _KEPT}}
-    if trace is not None:
-        out["trace"] = trace
-    if block is not None:
-        out["port_block"] = list(block)  # beside the behaviour: an older reader ignores it
+    out: dict[str, Any] = {"saved": entry.saved, "behavior": {k: d[k] for k in _KEPT}}
+    if entry.trace is not None:
+        out["trace"] = entry.trace
+    for proto, block in entry.blocks().items():
+        out[_BLOCK_KEYS[proto]] = list(block)  # beside the behaviour: an older reader ignores it
     pool = sorted(behavior.mapped_ips())
     if len(pool) > 1:
         # the raw samples are not kept, but what they said about an address pool is: a warm connect
@@ -411,8 +416,8 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     pool = raw.get("pool", [])
     if not _pool_ok(pool):
         return None
-    block = raw.get("port_block")
-    if block is not None and not _block_ok(block):
+    blocks = {proto: raw.get(k) for proto, k in _BLOCK_KEYS.items()}
+    if any(b is not None and not _block_ok(b) for b in blocks.values()):
         return None
     if set(b) - set(_KEPT):
         return None
@@ -439,7 +444,13 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     if behavior.lifetime is not None and not _lifetime_ok(behavior.lifetime):
         return None
     behavior.pool_ips = list(pool)
-    return Entry(behavior, float(saved), trace, None if block is None else (block[0], block[1], block[2]))
+    block, tcp_block = (None if b is None else (b[0], b[1], b[2]) for b in (blocks["udp"], blocks["tcp"]))
+    return Entry(behavior, float(saved), trace, block, tcp_block)
+
+
+# where each protocol's port block lives: in Entry, and in the file
+_BLOCK_FIELDS = {"udp": "block", "tcp": "tcp_block"}
+_BLOCK_KEYS = {"udp": "port_block", "tcp": "tcp_port_block"}
 
 
 def _block_ok(raw: Any) -> bool:

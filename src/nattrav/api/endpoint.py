@@ -9,7 +9,7 @@ import math
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -60,6 +60,9 @@ class CacheUse:
     cache: BehaviorCache
     key: Key
     age: float | None = None
+    # the port blocks the entry kept, by protocol (Entry.blocks), read with it: a new process's
+    # reports name them at once (api/port_blocks.seed)
+    blocks: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def stale(self) -> bool:
@@ -86,14 +89,15 @@ async def resolve_behavior(stun: tuple[str, int], src_ip: str | None = None, on_
     def known(local: tuple[str, int], mapped: tuple[str, int]) -> NatBehavior | None:
         assert cache is not None
         key = Key.of(local, mapped, stun)
-        entry = None if remeasure else cache.lookup(key)
-        if entry is None:
-            found.append(CacheUse(cache, key))
+        entry = cache.lookup(key)
+        if entry is None or remeasure:
+            # measured again, the network's port blocks still hold (save() keeps them too)
+            found.append(CacheUse(cache, key, blocks=entry.blocks() if entry is not None else {}))
             emit("discovery", {"stun": list(stun)})
             return None
         behavior = entry.behavior
         behavior.local, behavior.public_ip = (str(local[0]), int(local[1])), str(mapped[0])
-        found.append(CacheUse(cache, key, entry.age()))
+        found.append(CacheUse(cache, key, entry.age(), entry.blocks()))
         emit_cached(emit, entry, behavior)
         return behavior
 

@@ -3,44 +3,74 @@ by the public address the mappings showed: each sampling folds its ports in, and
 the block once the counter was seen to wrap. An application that connects again and again (a
 listener's many peers, the lab's agents) learns it in memory; the behaviour cache keeps it per
 network (api/udp.py), so that a new process (each `nattrav-fast` run) starts from what an earlier
-one saw, instead of meeting a wrap its report could not name (a failed first round and a second one)."""
+one saw, instead of meeting a wrap its report could not name (a failed first round and a second one).
+A NAT counts its TCP ports apart from its UDP ones (Linux keeps one counter per protocol), so each
+protocol's blocks are learned and kept apart: `proto` "udp" or "tcp"."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..proto.port_block import PortBlock
 
-MAX_NATS = 64  # public addresses remembered (an address pool's each; the least recently seen go)
+if TYPE_CHECKING:
+    from .endpoint import CacheUse
 
-_blocks: dict[str, PortBlock] = {}
+MAX_NATS = 64  # (protocol, public address) pairs remembered (an address pool's each; the least recently seen go)
+
+PROTOCOLS = ("udp", "tcp")
+
+_blocks: dict[tuple[str, str], PortBlock] = {}
 
 
-def observe(public_ip: str, ports: Sequence[int]) -> PortBlock:
+def observe(public_ip: str, ports: Sequence[int], proto: str = "udp") -> PortBlock:
     """Fold `ports` (mapped on `public_ip`, in the order the NAT handed them out) into its block."""
-    block = _blocks.get(public_ip, PortBlock()).seen(ports)
-    _put(public_ip, block)
+    key = _key(public_ip, proto)
+    block = _blocks.get(key, PortBlock()).seen(ports)
+    _put(key, block)
     return block
 
 
-def seed(public_ip: str, lo: int, hi: int, wraps: int) -> None:
+def seed(public_ip: str, lo: int, hi: int, wraps: int, proto: str = "udp") -> None:
     """Start `public_ip`'s block from a kept one (the cache's), unless this process saw its own."""
-    if public_ip not in _blocks:
-        _put(public_ip, PortBlock(lo=lo, hi=hi, wraps=wraps))
+    key = _key(public_ip, proto)
+    if key not in _blocks:
+        _put(key, PortBlock(lo=lo, hi=hi, wraps=wraps))
 
 
-def kept(public_ip: str) -> tuple[int, int, int] | None:
+def kept(public_ip: str, proto: str = "udp") -> tuple[int, int, int] | None:
     """What the cache keeps of `public_ip`'s block (lowest, highest, wraps), once it wrapped."""
-    b = _blocks.get(public_ip)
+    b = _blocks.get(_key(public_ip, proto))
     if b is None or b.wraps < 1 or b.lo is None or b.hi is None:
         return None
     return b.lo, b.hi, b.wraps
 
 
-def _put(public_ip: str, block: PortBlock) -> None:
-    """`block` is `public_ip`'s now, its most recently seen."""
-    _blocks.pop(public_ip, None)
-    _blocks[public_ip] = block
+def seed_from(cached: CacheUse, proto: str = "udp") -> None:
+    """The network's `proto` block as its cache entry kept it, for this process's reports to name
+    at once."""
+    if (block := cached.blocks.get(proto)) is not None:
+        seed(cached.key.public_ip, *block, proto=proto)
+
+
+def keep_in(cached: CacheUse | None, proto: str = "udp") -> None:
+    """The block this process has seen the network's `proto` counter go round, kept with its cache
+    entry."""
+    if cached is not None and (block := kept(cached.key.public_ip, proto)) is not None:
+        cached.cache.set_block(cached.key, block, proto)
+
+
+def _key(public_ip: str, proto: str) -> tuple[str, str]:
+    if proto not in PROTOCOLS:
+        raise ValueError(f"no port blocks for protocol {proto!r}")
+    return proto, public_ip
+
+
+def _put(key: tuple[str, str], block: PortBlock) -> None:
+    """`block` is `key`'s now, its most recently seen."""
+    _blocks.pop(key, None)
+    _blocks[key] = block
     while len(_blocks) > MAX_NATS:
         del _blocks[next(iter(_blocks))]
 
@@ -50,4 +80,4 @@ def forget_all() -> None:
     _blocks.clear()
 
 
-__all__ = ["MAX_NATS", "forget_all", "kept", "observe", "seed"]
+__all__ = ["MAX_NATS", "PROTOCOLS", "forget_all", "keep_in", "kept", "observe", "seed", "seed_from"]

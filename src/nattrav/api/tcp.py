@@ -16,10 +16,11 @@ from ..io.tcp_punch import open_listener, tcp_punch
 from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.tcp import agreed_window, first_rung_slot
 from ..proto.planner.tcp import ladder as tcp_ladder
-from ..proto.planner.tcp_mapping import history
+from ..proto.planner.tcp_mapping import classify, history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from . import port_blocks
 from .relay import RelayRung
 from .behavior_cache import BehaviorCache
 from .endpoint import (CacheUse, EventHook, discover_with_hops, emit_address, nat_report, own_ip, peer_udp_ips,
@@ -72,7 +73,21 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: Event
     ports = [x["port"] for x in samples]
     emit("tcp-mapping", {"ports": ports, "local": list(local),
                          "steps": [b - a for a, b in zip(ports, ports[1:])]})
-    return nat_report(behavior, tcp=tcp), started
+    return nat_report(behavior, tcp=_with_block(tcp, emit)), started
+
+
+def _with_block(tcp: TcpReport, emit: EventHook) -> TcpReport:
+    """`tcp` naming the block its NAT's TCP counter goes round, once this process saw the counter
+    wrap (api/port_blocks.py; a NAT counts TCP apart from UDP): the peer's window then starts again
+    at the block's bottom where the NAT does, instead of aiming past its top."""
+    m = classify(tcp)
+    if not m.sequential or m.per_address:
+        return tcp
+    block = port_blocks.observe(m.public_ip, [s.port for s in tcp.samples], proto="tcp").port_range(m.delta)
+    if block is None:
+        return tcp
+    emit("tcp-port-block", {"range": list(block)})
+    return replace(tcp, port_range=block)
 
 
 async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None, src_port: int = 0,
@@ -84,6 +99,8 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
     emit = on_event or (lambda phase, detail: None)
     stun = (resolve(stun[0]), stun[1])
     behavior, cached, hops = await discover_with_hops(stun, src_ip, emit, behavior, cache)
+    if cached is not None:
+        port_blocks.seed_from(cached, "tcp")
     if behavior.server is None:
         raise ConnectError("the STUN discovery named no server address for the TCP probes")
     try:
@@ -98,6 +115,7 @@ async def open_tcp_endpoint(stun: tuple[str, int], *, src_ip: str | None = None,
             raise ConnectError(f"cannot listen on TCP {src_ip or '0.0.0.0'} (LAN): {exc.strerror}") from None
         ep.report, ep.measured_at = await _tcp_report(listener.getsockname()[:2], behavior, emit,
                                                       ep.lan_listener.getsockname()[:2])
+        port_blocks.keep_in(cached, "tcp")
     except BaseException:
         ep.close()
         raise
@@ -199,6 +217,7 @@ class TcpTransport:
         seen = history(old, new.tcp, ep.measured_at + (new.tcp.samples[0].t or 0.0)
                        - old_at - (old.samples[-1].t or 0.0))
         ep.report = self._windowed(new, history=seen)
+        port_blocks.keep_in(ep.cached, "tcp")
 
     relays = True  # the ladder may end at the relay (api/relay.py): a TCP allocation, RFC 6062
 

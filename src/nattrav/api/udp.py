@@ -196,7 +196,7 @@ async def open_endpoint(
                 hops = await tracing.result()
             if cached is not None:
                 cached.cache.set_hops(cached.key, hops)  # the next warm connect needs no trace
-                _seed_block(cached)
+                port_blocks.seed_from(cached)
         t0, got = sampled
         seen = _Seen()
         seen.add(got, emit)
@@ -217,7 +217,7 @@ async def open_endpoint(
             # the pool this connect's flows showed stays with the network's entry: a warm connect
             # runs no discovery, and its punch socket's 3 flows alone miss a pool of 4 1 time in 16
             cached.cache.add_pool(cached.key, seen.ips)
-        _keep_block(cached)
+        port_blocks.keep_in(cached)
     except BaseException:
         sock.close()
         raise
@@ -228,19 +228,6 @@ async def open_endpoint(
                   seen.tickets, seen.udp, seen.ips, seen.draws)
     ep.publish_flows(emit)
     return ep
-
-
-def _seed_block(cached: CacheUse) -> None:
-    """The network's port block as the cache kept it, for this process's reports to name at once."""
-    entry = cached.cache.lookup(cached.key)
-    if entry is not None and entry.block is not None:
-        port_blocks.seed(cached.key.public_ip, *entry.block)
-
-
-def _keep_block(cached: CacheUse | None) -> None:
-    """The block this process has seen the network's counter go round, kept with its cache entry."""
-    if cached is not None and (block := port_blocks.kept(cached.key.public_ip)) is not None:
-        cached.cache.set_block(cached.key, block)
 
 
 async def _punch_socket(src_ip: str | None, src_port: int) -> Any:
@@ -298,7 +285,7 @@ async def _cached_samples(sock: Any, stun: tuple[str, int], cache: BehaviorCache
     behavior = found.behavior
     behavior.local, behavior.public_ip = (str(local[0]), int(local[1])), public_ip
     emit_cached(emit, found, behavior, via="samples")
-    return (behavior, CacheUse(cache, key, found.age()), (t0, got)), False
+    return (behavior, CacheUse(cache, key, found.age(), found.blocks()), (t0, got)), False
 
 
 def _targets(stun: tuple[str, int], other: tuple[str, int] | None) -> list[tuple[str, int]]:
@@ -359,7 +346,7 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
         ep.seen_draws += len(got.samples)
         ep.report = _report(ep.sock, ep.behavior, got.samples, got.public, on_event or (lambda phase, detail: None),
                             ep.report, pool=len(ep.seen_ips), draws=ep.seen_draws)
-        _keep_block(ep.cached)
+        port_blocks.keep_in(ep.cached)
         ep.sampled_at = trio.current_time()
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)

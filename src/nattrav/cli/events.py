@@ -24,6 +24,8 @@ _LINES = {
                 "(ports the two servers saw from it: {ports}, Δ={delta})"),
     "port-block": ("mapping: our NAT counts its ports through {range[0]}-{range[1]} and starts again at the "
                    "bottom (seen on our earlier mappings): the peer aims there"),
+    "tcp-port-block": ("TCP mapping: our NAT counts its TCP ports through {range[0]}-{range[1]} and starts again "
+                       "at the bottom (seen on our earlier TCP mappings): the peer aims there"),
     "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",
     "flow-wait": ("flows: waiting {seconds:.1f} s for our NAT(s) to let go of {held} entries of our last bursts, "
                   "so that the budget holds a burst like the last one (--flow-wait 0 does not wait)"),

@@ -27,7 +27,8 @@ class TcpMapping:
     delta: int = 0
     ports: tuple[int, ...] = ()
     filtering: Filtering | None = None
-    port_range: tuple[int, int] = PORT_RANGE  # where a random NAT draws its ports from
+    # where a random NAT draws its ports from; a sequential one's block, once its side saw it wrap
+    port_range: tuple[int, int] = PORT_RANGE
     # the rate evidence: foreign flows seen between our own, over `exposure` seconds (0: no times)
     extra: int = 0
     exposure: float = 0.0
@@ -76,6 +77,11 @@ class TcpMapping:
     def predict(self, k: int) -> int:
         """The public port this NAT gives the side's k-th new flow after its last sample (k >= 1)."""
         if self.sequential:
+            lo, hi = self.port_range
+            if (lo, hi) != PORT_RANGE and lo <= self.last_port <= hi:
+                # the block the side's counter was seen to go round (api/port_blocks.py): past its
+                # top the NAT starts again at its bottom, not at the next port up
+                return lo + (self.last_port - lo + self.delta * k) % (hi - lo + 1)
             return (self.last_port + self.delta * k - 1) % 65535 + 1
         return self.last_port
 
