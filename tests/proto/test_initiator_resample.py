@@ -8,7 +8,7 @@ import pytest
 from nattrav.api.endpoint import node_info
 from nattrav.proto.planner.horizon import AGE, HELD, measured_ages
 from nattrav.proto.rendezvous.beacon import make_beacon, offer_beacon
-from nattrav.proto.rendezvous.held import RESAMPLE_AFTER, TAKES_RESAMPLE, HoldBook, fresh_wanted
+from nattrav.proto.rendezvous.held import RESAMPLE_AFTER, RESAMPLE_RTTS, TAKES_RESAMPLE, HoldBook, fresh_wanted
 from tests.proto.test_rendezvous_state import Harness
 from tests.reports import udp
 
@@ -16,12 +16,18 @@ FIRST = {"rtt": 0.1, AGE: 0.3, "takes_beacon": True, TAKES_RESAMPLE: True}
 SECOND = {"rtt": 0.12, AGE: 0.05}
 
 
-def test_fresh_wanted_past_the_floor_and_twice_both_round_trips():
-    assert not fresh_wanted(0.3, FIRST, SECOND)  # a quick accept pays nothing
-    assert not fresh_wanted(RESAMPLE_AFTER, FIRST, SECOND)
-    assert fresh_wanted(RESAMPLE_AFTER + 0.01, FIRST, SECOND)
-    slow = {**FIRST, "rtt": 0.4}  # 2 x (0.4 + 0.12) = 1.04 s: the fresh sample would cost more than it saves
-    assert not fresh_wanted(1.0, slow, SECOND) and fresh_wanted(1.1, slow, SECOND)
+def test_fresh_wanted_past_the_floor_and_five_of_both_round_trips():
+    # wan50's round trips (0.1 + 0.12 s): 1.1 s, what a quick accept's 0.6-0.75 s hold stays below
+    assert not fresh_wanted(0.75, FIRST, SECOND)  # a quick accept pays nothing
+    assert not fresh_wanted(RESAMPLE_RTTS * 0.22, FIRST, SECOND)
+    assert fresh_wanted(RESAMPLE_RTTS * 0.22 + 0.01, FIRST, SECOND)
+    slow = {**FIRST, "rtt": 0.4}  # 5 x (0.4 + 0.12) = 2.6 s: the fresh sample would cost more than it saves
+    assert not fresh_wanted(2.5, slow, SECOND) and fresh_wanted(2.7, slow, SECOND)
+    # short round trips: the sample costs milliseconds, and a hold past the floor is all age (a
+    # listener pacing its budget held back-to-back connects ~0.9 s at zero delay)
+    near, near_too = {**FIRST, "rtt": 0.002}, {**SECOND, "rtt": 0.003}
+    assert not fresh_wanted(RESAMPLE_AFTER, near, near_too)
+    assert fresh_wanted(RESAMPLE_AFTER + 0.01, near, near_too) and fresh_wanted(0.9, near, near_too)
 
 
 @pytest.mark.parametrize("first, second, held", [

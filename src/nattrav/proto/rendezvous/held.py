@@ -31,21 +31,27 @@ MAX_HELD_OFFERS = 4096  # offers a front remembers the arrival of (per peer and 
 # node info: this peer takes a "resample" in answer to its connect, and, as a listener, in answer to
 # its accept even without a beacon (an older client never says it, and never gets one)
 TAKES_RESAMPLE = "takes_resample"
-# Ask the initiator only past this hold (seconds), and past twice both round trips: what the fresh
-# sample costs (the initiator's round trip to us and one to its STUN server, then the listener's
-# re-sample, which its beacon would have saved: +0.3 s to the connect over wan50) must be less than
-# the age it removes. A quick accept stays below it and pays nothing: over wan50 (lab, 50 ms each
-# way per access link) the offer's trip, the listener's sampling and its accept hold a connect
-# 0.6-0.75 s, and a 0.5 s floor asked the initiator on 34 of 40 such connects
-# (bench/results/initiator-resample.md, where that trade is measured too).
-RESAMPLE_AFTER = 1.0
+# Ask the initiator only past what the fresh sample costs: the initiator's round trip to us and one
+# to its STUN server, then the listener's re-sample, which its beacon would have saved (+0.3 s to
+# the connect over wan50). Over wan50 (lab, 50 ms each way per access link: each peer's round trip
+# to us ~0.1 s) a 0 s accept already holds a connect 0.6-0.75 s (the offer's trip, the listener's
+# sampling, its accept), and a 0.5 s floor asked the initiator on 34 of 40 such connects for windows
+# 3x smaller (bench/results/initiator-resample.md): so RESAMPLE_RTTS round trips of both peers, 1 s
+# there. Where the round trips are short the sample costs milliseconds, and a hold of a second is
+# all age: a listener pacing its flow budget (api/flow_wait.py) held back-to-back connects ~0.9 s at
+# zero delay, below a 1 s floor, and the windows aimed at an initiator behind an address pool of 4
+# (each port once per address) took 400 flows, the listener's whole budget, leaving the next 20
+# connects at 78 % (bench/results/reliability.md, session 13). Past RESAMPLE_AFTER, then.
+RESAMPLE_AFTER = 0.25
+RESAMPLE_RTTS = 5.0
 
 
 def fresh_wanted(held: float | None, initiator_info: Any, listener_info: Any,
                  floor: float = RESAMPLE_AFTER) -> bool:
     """Whether a connect held `held` seconds so far is worth the initiator's fresh samples: it says it
     takes them, both peers publish their samples' age (so HELD reaches both plans), and the hold
-    exceeds `floor` and twice both published round trips (a missing one counts as 0: the floor)."""
+    exceeds `floor` and RESAMPLE_RTTS times both published round trips (a missing one counts as 0:
+    the floor)."""
     if held is None or not isinstance(initiator_info, dict) or not isinstance(listener_info, dict):
         return False
     if initiator_info.get(TAKES_RESAMPLE) is not True:
@@ -53,7 +59,7 @@ def fresh_wanted(held: float | None, initiator_info: Any, listener_info: Any,
     if AGE not in initiator_info or AGE not in listener_info:
         return False
     rtts = [published_seconds(i.get("rtt"), MAX_RTT) or 0.0 for i in (initiator_info, listener_info)]
-    return held > max(floor, 2.0 * sum(rtts))
+    return held > max(floor, RESAMPLE_RTTS * sum(rtts))
 
 
 class HoldBook:
@@ -99,4 +105,4 @@ class HoldBook:
             self._arrived.popitem(last=False)
 
 
-__all__ = ["MAX_HELD_OFFERS", "RESAMPLE_AFTER", "TAKES_RESAMPLE", "HoldBook", "fresh_wanted"]
+__all__ = ["MAX_HELD_OFFERS", "RESAMPLE_AFTER", "RESAMPLE_RTTS", "TAKES_RESAMPLE", "HoldBook", "fresh_wanted"]
