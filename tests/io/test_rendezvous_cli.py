@@ -35,6 +35,8 @@ def run_cli(*args, timeout=20):
         (["--retain", "nan"], "--retain must be a finite number > 0"),
         (["--start-margin", "1e400"], "--start-margin must be a finite number > 0"),
         (["--stats-interval", "nan"], "--stats-interval must be a finite number >= 0"),
+        (["--resample-after", "-1"], "--resample-after must be a finite number >= 0 (0: never)"),
+        (["--resample-after", "inf"], "--resample-after must be a finite number >= 0 (0: never)"),
         (["--keepalive-timeout", "soon"], "invalid float value"),
         (["--max-connections", "0"], "--max-connections: must be an integer >= 1"),
         (["--max-per-source", "-3"], "--max-per-source: must be an integer >= 1"),

@@ -39,6 +39,7 @@ from ..io.name_store import load_bindings
 from ..io.rendezvous_tls import server_context
 from ..io.rendezvous_server import serve_rendezvous
 from ..proto.rendezvous import RendezvousServer
+from ..proto.rendezvous.held import RESAMPLE_AFTER
 from ..proto.rendezvous.names import NameBindings
 from ..proto.rendezvous.wire import MAX_STUN
 from ..proto.stun_control import MIN_SECRET
@@ -314,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="both peers start punching this long after the accept when either did not tell its "
                         "round trip to the server (older clients; default 0.5); otherwise the larger round "
                         "trip, within 0.02..2 s")
+    p.add_argument("--resample-after", type=float, default=RESAMPLE_AFTER, metavar="S",
+                   help="a connect held longer than this at the accept (and than 5 round trips of both "
+                        "peers) asks the initiator for fresh samples first: its predicted ports moved "
+                        f"meanwhile (default {RESAMPLE_AFTER:g}; 0: never)")
     p.add_argument("--no-observe", action="store_true",
                    help="do not answer on UDP at the --listen port (the observation of peers' punch sockets; "
                         "without it a peer behind a NAT with an address pool may be unreachable)")
@@ -419,6 +424,7 @@ async def _serve(args: argparse.Namespace, listen: tuple[str, int], config: Stun
     state = RendezvousServer(keepalive_timeout=args.keepalive_timeout, keepalive=args.keepalive_timeout / 3,
                              retain=args.retain, offer_timeout=args.offer_timeout,
                              start_margin=args.start_margin, max_conns_per_source=args.max_per_source,
+                             resample_after=args.resample_after or None,
                              max_peers=args.max_peers, stun=_stun_for_peers(args, config), relay=relay,
                              names=names, **shared)
     async with trio.open_nursery() as nursery:
@@ -537,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("keepalive_timeout", "retain", "offer_timeout", "start_margin"):
             if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0")
+        if not (math.isfinite(args.resample_after) and args.resample_after >= 0):
+            raise UsageError("--resample-after must be a finite number >= 0 (0: never)")
         if args.stun_servers is not None:
             parse_stun_servers(args.stun_servers)
         registry_url(args.registry)
