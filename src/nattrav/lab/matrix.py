@@ -142,6 +142,12 @@ def start_relay(lab: Any, files: list[str]) -> tuple[Any, list[str]]:
     return turn, ["--turn", f"{lab.S1}:{TURN_PORT}", "--turn-secret-file", secret_file]
 
 
+# seconds a lab's servers may take to answer: a Python start is ~1 s of CPU, and a dozen labs coming
+# up beside running ones (several matrix runs on two cores) took more than 20 s, and six labs of 8
+# ran no trial (session 13)
+SERVER_START = 60.0
+
+
 def start_servers(lab: Any, layout: str = "two-address", relay: list[str] | None = None,
                   procs: list[subprocess.Popen] | None = None) -> list[str]:
     """Start nattrav-server in the lab in `layout` (SERVER_LAYOUTS), rendezvous on S1:SERVER_PORT in
@@ -172,7 +178,7 @@ def start_servers(lab: Any, layout: str = "two-address", relay: list[str] | None
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     else:
         raise ValueError(f"server layout must be one of {SERVER_LAYOUTS}, got {layout!r}")
-    wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + 20)
+    wait_tcp(lab, lab.S1, SERVER_PORT, time.monotonic() + SERVER_START)
     return files
 
 
