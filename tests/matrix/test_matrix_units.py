@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from nattrav.lab.matrix import SAME_NAT, TrialResult, _kind, calibration, expectation, summarise, tcp_expectation, wilson
+from nattrav.lab.matrix import (MISSED_KEPT, SAME_NAT, TrialResult, _kind, calibration, expectation, summarise,
+                                tcp_expectation, wilson)
 
 
 def test_wilson_interval_known_values():
@@ -68,6 +69,18 @@ def test_a_case_counts_its_second_rounds_and_keeps_what_they_found():
     assert s["again"] == 1 and s["again_connected"] == 1
     assert s["again_found"] == [[5, True, "the peer's NAT started its ports again lower", None]]
     assert summarise([_row(True, 0.9999, 0.01)] * 3)["again"] == 0
+
+
+def test_a_case_keeps_its_missed_trials_evidence():
+    diag = {"events": [["plan", 1.0, {"targets": 12}]], "params": {"flow_budget": 1}}
+    miss = replace(_row(False, 0.78), trial=7, extra={"again": 0, "reason_a": "no path", "reason_b": None,
+                                                      "diag_a": diag, "diag_b": None})
+    s = summarise([_row(True, 0.9999, 0.01)] * 5 + [miss])
+    assert s["missed"] == [{"trial": 7, "odds": 0.78, "strategy": "predicted", "again": 0, "reason_a": "no path",
+                            "reason_b": None, "diag_a": diag, "diag_b": None}]
+    assert summarise([_row(True, 0.9999, 0.01)] * 3)["missed"] == []
+    many = summarise([replace(miss, trial=i) for i in range(MISSED_KEPT + 5)])
+    assert [m["trial"] for m in many["missed"]] == list(range(MISSED_KEPT))  # bounded: the first ones
 
 
 def test_the_stated_odds_of_a_case_are_the_mean_of_its_trials():

@@ -381,12 +381,24 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "again_found": [[r.trial, r.ok, *_found(r)] for r in rows if r.extra.get("again")][:20],
         "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
         "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
+        # each missed trial's evidence (both sides' events and plan parameters), so that a miss in a
+        # run of thousands can be read afterwards: the reasons alone often name no cause
+        "missed": [_missed(r) for r in rows if not r.ok][:MISSED_KEPT],
         # each trial's outcome beside the odds its plan stated: a case's mean hides a run whose later
         # trials planned with a spent flow budget (calibration() bins them by the odds stated)
         # (a third element 1: the odds were a floor, the LAN attempts' chance not counted)
         "runs": [[int(r.ok), None if r.odds is None else round(r.odds, 6)] + ([1] if r.odds_floor else [])
                  for r in rows],
     }
+
+
+MISSED_KEPT = 20  # missed trials whose evidence a case keeps (a few KB each)
+
+
+def _missed(r: TrialResult) -> dict[str, Any]:
+    """What a missed trial left: its plan's odds and strategy, each side's reason and diagnosis."""
+    return {"trial": r.trial, "odds": r.odds, "strategy": r.strategy, "again": r.extra.get("again"),
+            **{k: r.extra.get(k) for k in ("reason_a", "reason_b", "diag_a", "diag_b")}}
 
 
 def _found(r: TrialResult) -> list[str | None]:
