@@ -2,6 +2,7 @@
 as effective() folds them, the layers talk over 100.64.0.0/10, and hosts on a switched LAN reach each
 other directly while routed ones go through their NAT."""
 
+import dataclasses
 import ipaddress
 import json
 import subprocess
@@ -108,3 +109,25 @@ def test_switched_lan_with_hairpinning():
         m = measure(lab, "a", checks=("hairpin", "mapping"))
     assert m.hairpin is True and m.hairpin_source[0] == "203.0.113.10", m
     assert m.mapping == "EIM", m
+
+
+def test_every_link_has_permanent_neighbour_entries():
+    """The lab writes the neighbours of every link (lab/build.py static_neighbours): the kernel's
+    one neighbour table for all namespaces then holds no learned entries of ours to overflow when
+    tens of labs run at once. Through a wire (wan50's delay lines) and a switched LAN's bridge too."""
+    from nattrav.lab.build import static_neighbours
+    from nattrav.lab.shape import SHAPES
+
+    shape = dataclasses.replace(SHAPES["wan50"], lan="switched", name="wan50-switched")
+    with running_lab("port-restricted", "symmetric-seq", hosts_per_nat=2, shape=shape) as lab:
+        want = static_neighbours(lab.topology)
+        nodes = {"a", "a2", "nat_a", "router", "server"}
+        assert {n for n, *_ in want} >= nodes
+        for node in sorted(nodes):
+            got = lab.run(node, ["ip", "-j", "neigh", "show"])
+            assert got.returncode == 0, got.stderr
+            seen = {(e["dev"], e["dst"]) for e in json.loads(got.stdout or "[]") if "PERMANENT" in e.get("state", [])}
+            mine = {(ifname, address) for n, ifname, address, _ in want if n == node}
+            assert mine and mine <= seen, (node, mine - seen)
+        # the two hosts on the switched LAN know each other (one bridge, one segment)
+        assert any(n == "a" and address == lab.ip("a2") for n, _, address, _ in want)

@@ -86,6 +86,9 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
         for node, ifname in ends:
             iprs[node].link("set", index=idx(node, ifname), state="up")
         wait_carrier(iprs, timeout=2.0)
+        for node, ifname, address, (peer, peer_if) in static_neighbours(topo):
+            mac = iprs[peer].get_links(idx(peer, peer_if))[0].get_attr("IFLA_ADDRESS")
+            iprs[node].neigh("replace", dst=address, lladdr=mac, ifindex=idx(node, ifname), state=NUD_PERMANENT)
         for r in topo.routes:
             ipr = iprs[r.node]
             dst = "0.0.0.0/0" if r.dst == "default" else r.dst
@@ -110,6 +113,47 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
             netns.enter(home)
         finally:
             os.close(home)
+
+
+def static_neighbours(topo: Topology) -> list[tuple[str, str, str, tuple[str, str]]]:
+    """(node, interface, address, (the peer node, interface holding it)) for every address another
+    node's interface holds on the same link (a veth pair, through a wire, or a bridge's ports), for
+    permanent neighbour entries.
+
+    Why: the kernel's neighbour table is one for all namespaces, and its limit (gc_thresh3, 1,024
+    by default, settable only from the root namespace) counts every namespace's learned entries.
+    Some 30 labs at once (~600 namespaces) filled it ("neighbor table overflow"), and the labs that
+    came up next could not reach their own server. Permanent entries are not counted (Linux >=
+    4.19), and a link that needs no ARP is one timer fewer on the path; an address left out here is
+    still resolved the usual way."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def find(x: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    def join(x: tuple[str, str], y: tuple[str, str]) -> None:
+        parent[find(x)] = find(y)
+
+    for link in topo.links:
+        # a wire forwards frames between its two ends: one segment from a to b
+        join((link.a, link.a_if), (link.b, link.b_if))
+    for br in topo.bridges:
+        for port in br.ports:
+            join((br.node, port), (br.node, br.name))
+    holders: dict[tuple[str, str], list[str]] = {}
+    for a in topo.addrs:
+        holders.setdefault((a.node, a.ifname), []).append(a.address)
+    out = []
+    for end in holders:
+        for other, addresses in holders.items():
+            if other[0] != end[0] and find(other) == find(end):
+                out += [(end[0], end[1], address, other) for address in addresses]
+    return out
+
+
+NUD_PERMANENT = 0x80  # a neighbour entry the kernel neither ages nor counts against gc_thresh3
 
 
 def _veth(iprs: dict, fds: dict, a: str, a_if: str, b: str, b_if: str, index: int) -> None:
