@@ -48,3 +48,32 @@ async def test_an_initiator_too_slow_to_sample_still_gets_its_session(servers, m
     mine, theirs, state = await _late(servers, monkeypatch, delay=0.6, resample_after=0.3, initiator_wait=0.2)
     assert ("resample", {"initiator": True}) in theirs and "connected" in [ph for ph, _ in theirs]
     assert state.stats["initiator_timeouts"] == 1
+
+
+async def test_samples_aged_before_the_connect_leaves_are_taken_again_first(servers, monkeypatch):
+    """The endpoint is made while the rendezvous connection comes up; when the rest (here the relay
+    allocation) takes long, the initiator samples again before its connect leaves
+    (held.stale_at_connect), so the peer's windows are not sized for the wait."""
+    from nattrav.api import session as api_session
+
+    real = api_session.relay.allocate
+
+    async def slow(*args, **kw):
+        await trio.sleep(0.8)
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(api_session.relay, "allocate", slow)
+    _, theirs, _ = await _late(servers, monkeypatch, delay=0.0, resample_after=None)
+    names = [ph for ph, _ in theirs]
+    stale = [d for ph, d in theirs if ph == "resample"]
+    assert stale and stale[0]["initiator"] is True and stale[0]["age"] > 0.5, theirs
+    assert names.index("resample") < names.index("rendezvous-connect") < names.index("connected")
+
+
+def test_stale_at_connect_by_the_servers_rule():
+    from nattrav.proto.rendezvous.held import RESAMPLE_AFTER, RESAMPLE_RTTS, stale_at_connect
+
+    assert not stale_at_connect(None, 0.1) and not stale_at_connect(float("nan"), 0.1)
+    assert not stale_at_connect(RESAMPLE_AFTER, None) and stale_at_connect(RESAMPLE_AFTER + 0.01, None)
+    assert not stale_at_connect(RESAMPLE_RTTS * 0.2, 0.2) and stale_at_connect(RESAMPLE_RTTS * 0.2 + 0.01, 0.2)
+    assert stale_at_connect(RESAMPLE_AFTER + 0.01, float("inf"))  # a nonsense round trip counts 0

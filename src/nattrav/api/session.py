@@ -21,6 +21,7 @@ from ..io.session import Session
 from ..proto.handshake_kx import Half, KeyAgreement
 from ..proto.nat_behavior import NatBehavior
 from ..proto.rendezvous.beacon import BEACON_AT
+from ..proto.rendezvous.held import stale_at_connect
 from . import relay
 from .background import running
 from .behavior_cache import BehaviorCache
@@ -325,6 +326,11 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                             # the ladder's last rung: an allocation offered beside our report
                             rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
                                                         tcp=not isinstance(transport, UdpTransport))
+                        if stale_at_connect(published_age(ep), client.rtt):
+                            # the rendezvous connection (or the relay's allocation) took long: our
+                            # samples aged meanwhile, and the peer's windows would be sized for that
+                            emit("resample", {"initiator": True, "age": round(published_age(ep) or 0.0, 3)})
+                            await transport.refresh(ep, emit)
                         emit("rendezvous-connect", {"peer": peer_id})
                         session = await client.connect(peer_id, timeout=timeout, info=our_info(), observed=_tickets(ep),
                                                        resample=resample)

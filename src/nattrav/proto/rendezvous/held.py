@@ -20,6 +20,7 @@ their offer's expiry, or as the oldest beyond `max_entries`."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -61,6 +62,17 @@ def fresh_wanted(held: float | None, initiator_info: Any, listener_info: Any,
         return False
     rtts = [published_seconds(i.get("rtt"), MAX_RTT) or 0.0 for i in (initiator_info, listener_info)]
     return held > max(floor, RESAMPLE_RTTS * sum(rtts))
+
+
+def stale_at_connect(age: float | None, rtt: float | None) -> bool:
+    """Whether an initiator's samples, `age` seconds old as its connect would leave, are worth
+    taking again first: by the rule the server holds a connect to, with the one round trip a
+    re-sample costs. The endpoint is made while the rendezvous connection comes up; a connection
+    that took seconds (a loaded host, a slow handshake) left samples seconds old, and the windows
+    aimed at them states odds of a few percent (bench/results/reliability.md, session 13)."""
+    if age is None or not math.isfinite(age):
+        return False
+    return age > max(RESAMPLE_AFTER, RESAMPLE_RTTS * (rtt if rtt is not None and math.isfinite(rtt) else 0.0))
 
 
 class HoldBook:
@@ -106,4 +118,4 @@ class HoldBook:
             self._arrived.popitem(last=False)
 
 
-__all__ = ["MAX_HELD_OFFERS", "RESAMPLE_AFTER", "RESAMPLE_RTTS", "TAKES_RESAMPLE", "HoldBook", "fresh_wanted"]
+__all__ = ["MAX_HELD_OFFERS", "RESAMPLE_AFTER", "RESAMPLE_RTTS", "TAKES_RESAMPLE", "HoldBook", "fresh_wanted", "stale_at_connect"]
