@@ -96,10 +96,6 @@ def test_past_the_cap_for_the_largest_it_waits_for_room_for_a_typical_one():
     assert wait == pytest.approx(1.4)  # the first small one's entries go
     # a lone big burst has no typical one to wait for: its expiry is past the cap, so no wait
     assert pace(CGN_FLOW_BUDGET, [(now + 29.5, 470)], now) == 0.0
-    # nor when room for the typical one comes only after longer than the bucket refills one (28
-    # of 512 per 30 s: 1.6 s): a listener waiting 8.7 s outlasted its initiator's connect
-    late = [(now + 8.7 + 0.1 * k, 28) for k in range(21)] + [(now + 29.5, 424)]
-    assert pace(DEFAULT_FLOW_BUDGET, late, now, cap=10.0) == 0.0
 
 
 def test_the_ledger_paces_with_the_budget_its_last_burst_fired_under():
@@ -124,7 +120,6 @@ def test_after_the_paced_wait_a_burst_like_the_largest_fits_or_none_was_waited(b
         free = budget - sum(f for u, f in live if u > now + wait + 1e-6)
         # the table holds the largest then, or (when that took longer than the cap) the median one
         assert free >= need or free >= min(need, statistics.median_low(f for _, f in live))
-        assert free >= need or wait <= FLOW_LINGER * need / max(1, budget // 2) + 1e-9
     if wait > 1e-3 and not any(now < u < now + wait for u, _ in live):
         # and not a moment sooner (while the same bursts are held: one that goes changes the need)
         assert pace(budget, bursts, now + wait - 1e-4) > 0

@@ -116,7 +116,7 @@ def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: floa
     likely meets a peer like the last one's. Two rules: the table (our entries held at once stay
     within the budget) and the rate (a bucket of half the budget, refilled at half of it per
     FLOW_LINGER, holds the burst). When the table holds the largest only after `cap`: the wait
-    for room for the median one, if that is within `cap` and the bucket's refill of it. 0 when the rules hold now, and when only
+    for room for the median one, if that is within `cap`. 0 when the rules hold now, and when only
     a wait longer than `cap` would make the table fit (then the plan states its odds at what is
     left)."""
     live = [(float(u), int(f)) for u, f in bursts if u > now and f > 0]
@@ -126,14 +126,13 @@ def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: floa
     table = _first_fit(live, budget, need, now) - now
     if table > cap:
         # the largest fits only past the cap (a birthday's, or a window a long-held peer asked for,
-        # that took all that was left): wait for room for a burst like the typical recent one, as
-        # long as the bucket takes to refill one. Going at once went at the few flows the others'
-        # expiries had freed, one connect after another until the big one's entries went: streaks
-        # of ~20 plans at 75 % behind an address pool (bench/results/reliability.md, session 13).
-        # No longer: a listener that waited 8.7 s for it outlasted its initiator's 15 s connect.
+        # that took all that was left): wait, within the cap, for room for a burst like the typical
+        # recent one. Going at once went at the few flows the others' expiries had freed, one
+        # connect after another until the big one's entries went: streaks of ~20 plans at 75 %
+        # behind an address pool (bench/results/reliability.md, session 13)
         typical = min(need, statistics.median_low(f for _, f in live))
         table = _first_fit(live, budget, typical, now) - now
-        return table if table <= min(cap, FLOW_LINGER * typical / max(1, budget // 2)) else 0.0
+        return table if table <= cap else 0.0
     rate = _bucket_wait(live, max(budget // 2, need), need, now)
     wait = max(table, rate)
     return wait if wait <= cap else table
