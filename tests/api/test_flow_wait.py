@@ -146,3 +146,25 @@ def test_the_lab_agent_keeps_a_trials_wait_in_its_row():
 
     marks = trio.run(main)
     assert marks["flow_wait"] == 1.75 and [e[0] for e in marks["events"]] == ["flow-wait", "flow-wait"]
+
+
+def test_a_listeners_waits_for_one_endpoint_share_one_cap(monkeypatch):
+    """The accept's pace takes what the endpoint's own wait (when it was opened) left of the cap: a
+    listener that waited 9 s then and 5 s more at the accept outlasted its initiator's 15 s connect."""
+    from types import SimpleNamespace
+
+    from nattrav.api import udp as api_udp
+
+    caps = []
+
+    async def fake_wait(ledger, emit, local_ip=None, *, cap, **kw):
+        caps.append(cap)
+        return cap  # as if the whole cap was slept
+
+    monkeypatch.setattr(api_udp, "wait_for_flows", fake_wait)
+    transport = api_udp.UdpTransport(flow_wait=10.0)
+    ep = SimpleNamespace(waited=9.0, local_ip=LOCAL, cached=None, behavior=NatBehavior(), budget=CGN_FLOW_BUDGET)
+    trio.run(transport.pace, ep, lambda *a: None)
+    assert caps == [pytest.approx(1.0)] and ep.waited == pytest.approx(10.0)
+    trio.run(transport.pace, ep, lambda *a: None)  # the cap is spent: no second wait
+    assert len(caps) == 1

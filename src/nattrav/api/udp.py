@@ -87,6 +87,7 @@ class Endpoint:
     seen_udp: list = field(default_factory=list)
     seen_ips: set = field(default_factory=set)  # every public IP this socket's flows showed (report.pool)
     seen_draws: int = 0  # the fresh flows those IPs were read from (report.pool_draws)
+    waited: float = 0.0  # seconds the endpoint waited for our bursts' entries before it sampled
 
     def take_tickets(self) -> list:
         """The observations to hand to the server with our next info (each once)."""
@@ -138,8 +139,9 @@ async def open_endpoint(
     stun = (resolve(stun[0]), stun[1])
     if observe is not None:
         observe = (resolve(observe[0]), observe[1])
-    if flow_wait > 0 and await wait_for_flows(LEDGER, emit, src_ip=src_ip, stun=stun, cache=cache,
-                                              budget=max_flows, cap=flow_wait):
+    waited = 0.0
+    if flow_wait > 0 and (waited := await wait_for_flows(LEDGER, emit, src_ip=src_ip, stun=stun, cache=cache,
+                                                         budget=max_flows, cap=flow_wait)):
         presample.discard()  # nattrav-fast's early samples are as old as the wait now
     early = presample.take(src_ip, src_port, stun, observe)  # nattrav-fast's requests sent before its imports
     sock = trio.socket.from_stdlib_socket(early.sock) if early is not None else await _punch_socket(src_ip, src_port)
@@ -225,7 +227,7 @@ async def open_endpoint(
         max_flows = default_flow_budget(hops, (ip for ip, _ in report.host))
     local_ip = behavior.local[0] if behavior.local else sock.getsockname()[0]
     ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip),
-                  seen.tickets, seen.udp, seen.ips, seen.draws)
+                  seen.tickets, seen.udp, seen.ips, seen.draws, waited)
     ep.publish_flows(emit)
     return ep
 
@@ -720,10 +722,13 @@ class UdpTransport:
                                    cache=cache, max_flows=self.max_flows, observe=observe, flow_wait=self.flow_wait)
 
     async def pace(self, ep: Endpoint, emit: EventHook) -> None:
-        """Before a listener's accept samples again: its earlier sessions' bursts (api/flow_wait.py)."""
-        if self.flow_wait > 0:
-            await wait_for_flows(LEDGER, emit, ep.local_ip, cache=ep.cached.cache if ep.cached else None,
-                                 stun=ep.behavior.server, budget=ep.budget, cap=self.flow_wait)
+        """Before a listener's accept samples again: its earlier sessions' bursts (api/flow_wait.py).
+        One cap for the endpoint's waits: a listener that waited 9 s when it opened the endpoint and
+        5 s more at the accept outlasted its initiator's 15 s connect."""
+        cap = self.flow_wait - ep.waited
+        if cap > 0:
+            ep.waited += await wait_for_flows(LEDGER, emit, ep.local_ip, cache=ep.cached.cache if ep.cached else None,
+                                              stun=ep.behavior.server, budget=ep.budget, cap=cap)
 
     async def refresh(self, ep: Endpoint, emit: EventHook) -> None:
         await refresh_mappings(ep, emit)
