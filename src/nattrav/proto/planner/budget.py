@@ -115,27 +115,30 @@ def pace(budget: int, bursts: Iterable[tuple[float, int]], now: float, cap: floa
     our `bursts` (until, flows) still held at `now` fits in `budget` again: the next session most
     likely meets a peer like the last one's. Two rules: the table (our entries held at once stay
     within the budget) and the rate (a bucket of half the budget, refilled at half of it per
-    FLOW_LINGER, holds the burst). When the table holds the largest only after `cap`: the wait
-    for room for the median one, if that is within `cap`. 0 when the rules hold now, and when only
-    a wait longer than `cap` would make the table fit (then the plan states its odds at what is
-    left)."""
+    FLOW_LINGER, holds the burst). When either holds the largest only after `cap`: the same for
+    the median one. Past `cap` for both: the table's wait for the largest (or the median) if
+    within `cap`, else 0 (then the plan states its odds at what is left)."""
     live = [(float(u), int(f)) for u, f in bursts if u > now and f > 0]
     if not live:
         return 0.0
-    need = min(budget, max(f for _, f in live))
-    table = _first_fit(live, budget, need, now) - now
-    if table > cap:
-        # the largest fits only past the cap (a birthday's, or a window a long-held peer asked for,
-        # that took all that was left): wait, within the cap, for room for a burst like the typical
-        # recent one. Going at once went at the few flows the others' expiries had freed, one
-        # connect after another until the big one's entries went: streaks of ~20 plans at 75 %
-        # behind an address pool (bench/results/reliability.md, session 13)
-        typical = min(need, statistics.median_low(f for _, f in live))
-        table = _first_fit(live, budget, typical, now) - now
-        return table if table <= cap else 0.0
-    rate = _bucket_wait(live, max(budget // 2, need), need, now)
-    wait = max(table, rate)
-    return wait if wait <= cap else table
+    largest = min(budget, max(f for _, f in live))
+    # when the table or the bucket holds the largest only past the cap (a birthday's, a new process's
+    # first wide window, or one a long-held peer asked for, that took all that was left), pace by
+    # the median one instead. Going at once, a run of quick connects filled the table within seconds
+    # and planned at its leftover, connect after connect, until the big one's entries went:
+    # streaks of ~20 plans at 5-78 % behind an address pool and a CGN (bench/results/reliability.md,
+    # session 13)
+    typical = min(largest, statistics.median_low(f for _, f in live))
+    fallback = 0.0
+    for need in dict.fromkeys((largest, typical)):
+        table = _first_fit(live, budget, need, now) - now
+        if table > cap:
+            continue
+        wait = max(table, _bucket_wait(live, max(budget // 2, need), need, now))
+        if wait <= cap:
+            return wait
+        fallback = fallback or table
+    return fallback
 
 
 def _bucket_wait(live: list[tuple[float, int]], size: int, need: int, now: float) -> float:
