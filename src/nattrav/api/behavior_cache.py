@@ -88,7 +88,7 @@ class Entry:
 
     def blocks(self) -> dict[str, tuple[int, int, int]]:
         """The kept blocks by protocol (api/port_blocks.py's words)."""
-        return {proto: b for proto, b in (("udp", self.block), ("tcp", self.tcp_block)) if b is not None}
+        return {proto: b for proto, name in _BLOCK_FIELDS.items() if (b := getattr(self, name)) is not None}
 
     def hops(self) -> HopReading | None:
         """The kept trace read again (proto/hops.read_trace), or None."""
@@ -444,8 +444,8 @@ def _entry_from(raw: dict[str, Any]) -> Entry | None:
     if behavior.lifetime is not None and not _lifetime_ok(behavior.lifetime):
         return None
     behavior.pool_ips = list(pool)
-    block, tcp_block = (None if b is None else (b[0], b[1], b[2]) for b in (blocks["udp"], blocks["tcp"]))
-    return Entry(behavior, float(saved), trace, block, tcp_block)
+    return Entry(behavior, float(saved), trace,
+                 **{_BLOCK_FIELDS[proto]: (b[0], b[1], b[2]) for proto, b in blocks.items() if b is not None})
 
 
 # where each protocol's port block lives: in Entry, and in the file
