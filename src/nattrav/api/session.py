@@ -326,10 +326,10 @@ async def _connect(transport: Any, server: Server, peer_id: str, timeout: float,
                             # the ladder's last rung: an allocation offered beside our report
                             rung = await relay.allocate(client.relay, client.relay_problem, o.src_ip, emit,
                                                         tcp=not isinstance(transport, UdpTransport))
-                        if stale_at_connect(published_age(ep), client.rtt):
+                        if stale_at_connect(age := published_age(ep), client.rtt):
                             # the rendezvous connection (or the relay's allocation) took long: our
                             # samples aged meanwhile, and the peer's windows would be sized for that
-                            emit("resample", {"initiator": True, "age": round(published_age(ep) or 0.0, 3)})
+                            emit("resample", {"initiator": True, "age": round(age or 0.0, 3)})
                             await transport.refresh(ep, emit)
                         emit("rendezvous-connect", {"peer": peer_id})
                         session = await client.connect(peer_id, timeout=timeout, info=our_info(), observed=_tickets(ep),

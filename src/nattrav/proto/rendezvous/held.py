@@ -61,7 +61,7 @@ def fresh_wanted(held: float | None, initiator_info: Any, listener_info: Any,
     if AGE not in initiator_info or AGE not in listener_info:
         return False
     rtts = [published_seconds(i.get("rtt"), MAX_RTT) or 0.0 for i in (initiator_info, listener_info)]
-    return held > max(floor, RESAMPLE_RTTS * sum(rtts))
+    return _past_its_cost(held, rtts, floor)
 
 
 def stale_at_connect(age: float | None, rtt: float | None) -> bool:
@@ -72,7 +72,13 @@ def stale_at_connect(age: float | None, rtt: float | None) -> bool:
     aimed at them states odds of a few percent (bench/results/reliability.md, session 13)."""
     if age is None or not math.isfinite(age):
         return False
-    return age > max(RESAMPLE_AFTER, RESAMPLE_RTTS * (rtt if rtt is not None and math.isfinite(rtt) else 0.0))
+    return _past_its_cost(age, [rtt if rtt is not None and math.isfinite(rtt) else 0.0])
+
+
+def _past_its_cost(age: float, round_trips: list[float], floor: float = RESAMPLE_AFTER) -> bool:
+    """The one rule of both: samples `age` seconds old are worth taking again past `floor` and
+    RESAMPLE_RTTS times the `round_trips` the fresh ones cost."""
+    return age > max(floor, RESAMPLE_RTTS * sum(round_trips))
 
 
 class HoldBook:
