@@ -83,6 +83,18 @@ def test_a_case_keeps_its_missed_trials_evidence():
     assert [m["trial"] for m in many["missed"]] == list(range(MISSED_KEPT))  # bounded: the first ones
 
 
+def test_a_case_keeps_each_trials_burst_beside_its_outcome():
+    # the big burst before a streak of low odds is a connected trial: its size must be kept too
+    wide = replace(_row(True, 0.9999, 0.01), trial=0, extra={"diag_a": {"events": [], "params": {
+        "local_packets": 424, "remote_packets": 3, "flow_budget": 512, "remote_flow_budget": 400}}})
+    spent = replace(_row(False, 0.05), trial=1, extra={"diag_a": {"events": [], "params": {
+        "local_packets": 1, "remote_packets": 1, "flow_budget": 88, "remote_flow_budget": 1}}})
+    bare = replace(_row(True, 0.9999, 0.01), trial=2, extra={})
+    s = summarise([wide, spent, bare])
+    assert s["bursts"] == [[424, 3, 512, 400], [1, 1, 88, 1], None]
+    assert len(s["bursts"]) == len(s["runs"])
+
+
 def test_the_stated_odds_of_a_case_are_the_mean_of_its_trials():
     # two plans at 99.9 % among six at 0.2 %: 2 connections expected in 8, which 2/8 agrees with
     rows = [_row(True, 0.999)] * 2 + [_row(False, 0.002)] * 6

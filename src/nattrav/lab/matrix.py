@@ -389,7 +389,23 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         # (a third element 1: the odds were a floor, the LAN attempts' chance not counted)
         "runs": [[int(r.ok), None if r.odds is None else round(r.odds, 6)] + ([1] if r.odds_floor else [])
                  for r in rows],
+        # beside "runs": each trial's burst and the budgets it was planned to, as the initiator's
+        # plan stated them. A streak of low odds is caused by a connected trial before it (one wide
+        # burst that spent a budget), which "missed" does not keep.
+        "bursts": [_burst(r) for r in rows],
     }
+
+
+BURST_KEYS = ("local_packets", "remote_packets", "flow_budget", "remote_flow_budget")
+
+
+def _burst(r: TrialResult) -> list[int | None] | None:
+    """[local packets, remote packets, own flow budget, peer's flow budget] of trial `r`'s plan, as
+    the initiator's diagnosis gave them; None when it planned nothing."""
+    params = (r.extra.get("diag_a") or {}).get("params") or {}
+    if not any(params.get(k) is not None for k in BURST_KEYS):
+        return None
+    return [params.get(k) for k in BURST_KEYS]
 
 
 MISSED_KEPT = 20  # missed trials whose evidence a case keeps (a few KB each)
