@@ -86,8 +86,11 @@ def build(topo: Topology, ns_of: Callable[[str], str]) -> None:
         for node, ifname in ends:
             iprs[node].link("set", index=idx(node, ifname), state="up")
         wait_carrier(iprs, timeout=2.0)
+        macs: dict[tuple[str, str], str] = {}  # one netlink question per interface, not per address it holds
         for node, ifname, address, (peer, peer_if) in static_neighbours(topo):
-            mac = iprs[peer].get_links(idx(peer, peer_if))[0].get_attr("IFLA_ADDRESS")
+            if (peer, peer_if) not in macs:
+                macs[peer, peer_if] = iprs[peer].get_links(idx(peer, peer_if))[0].get_attr("IFLA_ADDRESS")
+            mac = macs[peer, peer_if]
             iprs[node].neigh("replace", dst=address, lladdr=mac, ifindex=idx(node, ifname), state=NUD_PERMANENT)
         for r in topo.routes:
             ipr = iprs[r.node]
