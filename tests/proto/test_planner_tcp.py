@@ -38,6 +38,11 @@ def test_classify_kinds():
     # other hosts' flows between the probes: unequal small steps, the smallest is the NAT's
     noisy = classify(report([20010, 20012, 20013]))
     assert (noisy.sequential, noisy.delta) == (True, 1)
+    # no step clean: a foreign flow in each gap of a Δ = 2 NAT (+4, +6). The smallest step (4)
+    # would put every predicted port on the wrong grid; the gcd is the NAT's
+    both = classify(report([20010, 20014, 20020]))
+    assert (both.sequential, both.delta, both.extra) == (True, 2, 3)
+    assert [both.predict(k) for k in (1, 2)] == [20022, 20024]
     # a pool of public addresses cannot be aimed at
     pool = report([1000, 1000], public=["203.0.113.10", "203.0.113.99"])
     assert classify(pool).random

@@ -4,6 +4,7 @@ shift pmf a sequential one's window is sized on, and the rate evidence two measu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from .. import predict as _predict
@@ -133,8 +134,10 @@ def classify(report: TcpReport) -> TcpMapping:
     sequential = steps and ((adm is None and all(d == steps[0] for d in steps))
                             or all(0 < d <= NOISY_STEP_MAX for d in steps))
     if sequential:
-        # unequal steps: other flows took ports between our probes, and the smallest step is the NAT's
-        delta = steps[0] if len(set(steps)) == 1 else min(steps)
+        # unequal steps: other flows took ports between our probes. Every step is a multiple of the
+        # NAT's Δ, so Δ is their gcd (the smallest step is not: +4, +6 is Δ = 2 with a foreign flow
+        # in each gap).
+        delta = steps[0] if len(set(steps)) == 1 else math.gcd(*steps)
         extra += sum(abs(d) // abs(delta) - 1 for d in steps)
         if None not in times:
             exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
