@@ -229,3 +229,24 @@ async def test_a_second_round_out_of_time_answers_with_the_first_rounds_evidence
     assert "ran out of time" in str(raised["initiator"])
     assert trio.current_time() - t0 < 15
     assert str(raised["listener"]) == "round 1 lost by the test"
+
+
+async def test_a_listeners_second_round_waits_for_no_flows(servers, monkeypatch):
+    """The listener's second endpoint opens and accepts at once: a wait for its first round's burst
+    there ran inside the initiator's connect timeout (behind a CGN over wan50 it waited its whole
+    10 s cap, and the initiator's 15 s ran out)."""
+    _failing_first(monkeypatch)
+    caps: list[float] = []
+
+    async def wait_for_flows(ledger, emit, *a, cap, **kw):
+        caps.append(cap)
+        emit("test-flow-wait", {"cap": cap})
+        return 0.0
+
+    monkeypatch.setattr(udp, "wait_for_flows", wait_for_flows)
+    _, ev_b, raised = await _pair(servers)
+    assert not raised
+    names = _names(ev_b)
+    assert "test-flow-wait" in names[:names.index("again")]  # the first round's endpoint may wait
+    assert "test-flow-wait" not in names[names.index("again"):]  # the second round's does not
+    assert caps and all(c > 0 for c in caps)

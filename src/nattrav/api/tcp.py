@@ -194,7 +194,8 @@ class TcpTransport:
         self.punch_timeout = punch_timeout
         self.window = window  # how many predicted ports to cover (proto/planner/tcp.py)
 
-    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None, observe=None) -> TcpEndpoint:
+    async def open(self, stun, src_ip, src_port, emit, behavior, cache=None, observe=None, *,
+                   waits: bool = True) -> TcpEndpoint:  # (TCP bursts wait for no flows)
         # `observe` (the UDP punch socket's observation port) has no TCP twin: a TCP peer is aimed
         # at its connection's address, or at a UDP-observed one its TCP report names
         ep = await open_tcp_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
