@@ -621,16 +621,18 @@ class Listener:
         async with running(standby, self.endpoint, emit):
             return await self._client.next_offer()
 
-    async def _accepted(self, ep: Any, offer: rv.Offer, kx_info: dict, emit: EventHook) -> Session:
+    async def _accepted(self, ep: Any, offer: rv.Offer, kx_info: dict, emit: EventHook,
+                        waits: bool = True) -> Session:
         """Fresh mappings and the accept: with a sample beacon when the server and the initiator
         take one (proto/rendezvous/beacon.py: the accept leaves at once, the session starts on the
-        beacon, or on STUN samples if the server asks for them), else a refresh first."""
+        beacon, or on STUN samples if the server asks for them), else a refresh first. `waits`: as
+        the endpoint's open (a second round waits for no flows)."""
         async def refreshed() -> dict:
             await self._transport.refresh(ep, emit)
             return {**node_info(ep.report, self._client.rtt, published_age(ep)), **kx_info}
 
         pace = getattr(self._transport, "pace", None)
-        if pace is not None:
+        if pace is not None and waits:
             await pace(ep, emit)  # our previous sessions' bursts (the initiator's server hold covers it)
         wanted = getattr(self._transport, "beacon_wanted", None)
         beacon = wanted(ep, offer.peer_info) if wanted is not None else None
@@ -701,10 +703,11 @@ class Listener:
             # A second round's endpoint waits for no flows: the initiator's one connect timeout runs
             # meanwhile (a listener behind a CGN waited its whole 10 s cap there, after a first
             # round's burst, and its initiator's 15 s ran out: one miss in 4,000 over wan50).
-            ep = self.endpoint if self.endpoint is not None else await self._open(waits=first is None)
+            waits = first is None
+            ep = self.endpoint if self.endpoint is not None else await self._open(waits)
             self.endpoint = None  # this socket now belongs to the session; the next peer gets a new one
             try:
-                session = await self._accepted(ep, offer, answer.to_info(), emit)
+                session = await self._accepted(ep, offer, answer.to_info(), emit, waits)
                 if expected_peer(None, session) != initiator:
                     raise WrongPeer(f"the rendezvous server offered {initiator} but made a session with another key")
                 session = agree_as_responder(kx, session, offer.offer_id)

@@ -721,12 +721,9 @@ class UdpTransport:
                    waits: bool = True) -> Endpoint:
         """`waits=False`: no wait for our earlier bursts' entries (a listener's second round, inside
         its initiator's connect: it plans at what is left, and says so in its odds)."""
-        ep = await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
-                                 cache=cache, max_flows=self.max_flows, observe=observe,
-                                 flow_wait=self.flow_wait if waits else 0.0)
-        if not waits:
-            ep.waited = self.flow_wait  # and none at its accept (pace): the one cap is spent
-        return ep
+        return await open_endpoint(stun, src_ip=src_ip, src_port=src_port, on_event=emit, behavior=behavior,
+                                   cache=cache, max_flows=self.max_flows, observe=observe,
+                                   flow_wait=self.flow_wait if waits else 0.0)
 
     async def pace(self, ep: Endpoint, emit: EventHook) -> None:
         """Before a listener's accept samples again: its earlier sessions' bursts (api/flow_wait.py).
