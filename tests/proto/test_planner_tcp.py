@@ -35,7 +35,7 @@ def test_classify_kinds():
     assert (seq.sequential, seq.delta, seq.last_port) == (True, 7, 20105)
     assert [seq.predict(k) for k in (1, 2)] == [20112, 20119]
     assert classify(RANDOM).random
-    # other hosts' flows between the probes: unequal small steps, the smallest is the NAT's
+    # other hosts' flows between the probes: unequal small steps, whose gcd is the NAT's step
     noisy = classify(report([20010, 20012, 20013]))
     assert (noisy.sequential, noisy.delta) == (True, 1)
     # no step clean: a foreign flow in each gap of a Δ = 2 NAT (+4, +6). The smallest step (4)
