@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from dataclasses import replace
 
-from nattrav.errors import BadReport
+from nattrav.errors import BadReport, PlanError
 from nattrav.proto.planner.tcp import ladder, plan
 from nattrav.proto.planner.tcp_mapping import classify
-from nattrav.proto.report import History, TcpReport
+from nattrav.proto.report import History, NatReport, TcpReport
 from nattrav.proto.vocab import Filtering, TcpStrategy
 from tests.reports import tcp as report
 
@@ -605,3 +605,47 @@ def test_the_first_rungs_slot_follows_the_published_round_trips():
     la, lb = _both(RCONE, SEQ, first_rung=flat)
     assert [(r.start, r.budget) for r in la] == [(r.start, r.budget) for r in lb]
     assert la[0].budget == flat and la[1].start == pytest.approx(flat + 0.3)
+
+
+def _whole(tcp: TcpReport, delta: int | None, doubt: float | None) -> NatReport:
+    """A side's whole report: its TCP part, with discovery's UDP Δ and the doubt it left."""
+    return NatReport(delta=delta, delta_doubt=doubt, tcp=tcp)
+
+
+@pytest.mark.parametrize("role", ["first", "second"])
+def test_discoverys_doubt_about_a_matching_delta_weighs_into_the_odds(role):
+    """Three SYNs microseconds apart cannot tell a quiet Δ from a busy divisor of it; discovery's
+    gaps can, and a NAT steps alike for both protocols. A window on the wrong grid counts as a miss."""
+    bare = plan(SEQ, SEQ7, role)
+    whole = plan(_whole(SEQ, 1, None), _whole(SEQ7, 7, 0.01), role)
+    assert whole.targets == bare.targets and whole.params == bare.params
+    assert whole.odds == pytest.approx(bare.odds * 0.99, rel=1e-12)
+    assert "+7 99.00000% sure" in whole.reason and "doubt not weighed" not in whole.reason
+    # both sides' doubts multiply, in either role
+    both = plan(_whole(SEQ7, 7, 0.02), _whole(SEQ7, 7, 0.01), role)
+    assert both.odds == pytest.approx(plan(SEQ7, SEQ7, role).odds * 0.98 * 0.99, rel=1e-12)
+
+
+def test_a_doubt_about_another_delta_is_not_this_ones():
+    """Discovery's Δ differs from the TCP one (another counter): its doubt says nothing here, and the
+    plan says the doubt is not weighed instead of stating odds as if it were."""
+    bare = plan(SEQ, SEQ7, "first")
+    other = plan(_whole(SEQ, 1, None), _whole(SEQ7, 2, 0.5), "first")
+    assert other.odds == bare.odds and "Δ +7's doubt not weighed" in other.reason
+    assert "doubt not weighed" in bare.reason  # bare TCP reports: no evidence either
+
+
+def test_an_address_opener_weighs_its_own_delta_only():
+    """Address-open: the peer connects to the opener's window; the other side's ports never matter."""
+    bare = plan(RANDOM, ADM_ADF, "first")
+    m = classify(ADM_ADF)
+    whole = plan(_whole(RANDOM, None, None), _whole(ADM_ADF, m.delta, 0.001), "first")
+    assert whole.strategy is TcpStrategy.ADDRESS_OPEN and whole.targets == bare.targets
+    assert whole.odds == pytest.approx(bare.odds * 0.999, rel=1e-12)
+
+
+def test_a_whole_report_without_a_tcp_part_is_refused():
+    with pytest.raises(PlanError):
+        plan(NatReport(delta=1), SEQ, "first")
+    with pytest.raises(PlanError):
+        ladder(SEQ, NatReport(delta=1), "first")

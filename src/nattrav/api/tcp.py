@@ -136,7 +136,8 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
     mine, peer = ep.report.tcp, peer_report.tcp
     assert mine is not None
     ours, theirs = session.own_info.get("rtt"), (session.peer_info or {}).get("rtt")
-    rungs = tcp_ladder(mine, peer, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip,
+    # the whole reports: discovery's doubt about each side's Δ weighs into the odds
+    rungs = tcp_ladder(ep.report, peer_report, session.role, window=agreed_window(mine, peer), peer_ip=peer_ip,
                        timeout=timeout, own_ip=own_ip(session), peer_udp=peer_udp_ips(session),
                        first_rung=first_rung_slot(ours, theirs))
     local = ep.listener.getsockname()[:2]

@@ -40,7 +40,9 @@ W is sized like the UDP planner's window (proto/predict.py, Klinec & Matyáš): 
 shift has a negative-binomial pmf fitted on its own TCP samples (foreign flows seen between them, over
 the seconds they span, under a Gamma prior on the rate), for the horizon from its last sample to the
 punch. Both schemes above cover the TOTAL shift 0..W-1 (a cone side's shift is 0), so W is the
-WINDOW_TARGET quantile of the convolution of the two pmfs, and the plan's odds are P(total <= W-1).
+WINDOW_TARGET quantile of the convolution of the two pmfs, and the plan's odds are P(total <= W-1),
+times how sure each sequential side's Δ is (tcp_mapping.classify: discovery's doubt, when a side's
+whole NatReport is planned on; a window on a wrong grid is counted as a miss).
 The sizing reads only the two reports, in (first, second) order, so both sides derive the same W.
 """
 
@@ -52,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from ...errors import PlanError
-from ..report import MAX_WINDOW, PORT_RANGE, TcpReport
+from ..report import MAX_WINDOW, PORT_RANGE, NatReport, TcpReport
 from ..vocab import Mapping, TcpStrategy
 from .horizon import published_rtt
 from .lan import lan_targets
@@ -171,8 +173,8 @@ def size_window(first: TcpMapping, second: TcpMapping, floor: int = DEFAULT_WIND
     return window, cdf[min(window, len(cdf)) - 1]
 
 
-def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
-         target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
+def plan(mine_report: TcpReport | NatReport, peer_report: TcpReport | NatReport, role: str, *,
+         window: int = DEFAULT_WINDOW, target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
          own_ip: str | None = None, peer_udp: Sequence[str] = ()) -> TcpPlan:
     """The TCP plan for this side. The peer computes the mirror image from the same two reports, so
     both agree on who connects and on the ports without talking again. `window` is the smallest W
@@ -181,16 +183,27 @@ def plan(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: i
     address the peer's report names (see planner/udp.py's plan()), unless the server saw the peer's
     punch socket (UDP, `peer_udp`) on that address too. `own_ip`: where the server saw
     us; inside the same network (proto/planner/lan.py) the plan's `lan` names the peer's LAN
-    listeners, whatever the strategy (even an infeasible one)."""
+    listeners, whatever the strategy (even an infeasible one). A side's whole NatReport (its `tcp`
+    part planned on) also weighs the doubt discovery left about its Δ (classify()); a bare TcpReport
+    leaves it unweighed, and the plan's reason says so."""
     if role not in ("first", "second"):
         raise PlanError(f"role must be 'first' or 'second', got {role!r}")
     if not 1 <= window <= MAX_WINDOW:
         raise PlanError(f"window must be 1..{MAX_WINDOW}")
     if target is not None and not 0 < target < 1:
         raise PlanError(f"target must be in (0, 1), got {target!r}")
-    lan = lan_targets(own_ip, mine_report.host, peer_ip, peer_report.host)
-    return replace(_planned(classify(mine_report), classify(peer_report), role, window, target,
-                            _aimable(peer_ip, peer_udp)), lan=lan)
+    (mine_tcp, mine), (peer_tcp, peer) = _classified(mine_report), _classified(peer_report)
+    lan = lan_targets(own_ip, mine_tcp.host, peer_ip, peer_tcp.host)
+    return replace(_planned(mine, peer, role, window, target, _aimable(peer_ip, peer_udp)), lan=lan)
+
+
+def _classified(report: TcpReport | NatReport) -> tuple[TcpReport, TcpMapping]:
+    """A side's TCP report and what it says, with discovery's Δ evidence when the whole report came."""
+    if isinstance(report, TcpReport):
+        return report, classify(report)
+    if report.tcp is None:
+        raise PlanError("the report has no TCP part")
+    return report.tcp, classify(report.tcp, report)
 
 
 def _aimable(peer_ip: str | None, peer_udp: Sequence[str]) -> tuple[str, ...]:
@@ -216,7 +229,8 @@ class Rung:
     budget: float
 
 
-def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window: int = DEFAULT_WINDOW,
+def ladder(mine_report: TcpReport | NatReport, peer_report: TcpReport | NatReport, role: str, *,
+           window: int = DEFAULT_WINDOW,
            target: float | None = WINDOW_TARGET, peer_ip: str | None = None,
            timeout: float = 10.0, own_ip: str | None = None, peer_udp: Sequence[str] = (),
            first_rung: float = FIRST_RUNG) -> list[Rung]:
@@ -232,10 +246,10 @@ def ladder(mine_report: TcpReport, peer_report: TcpReport, role: str, *, window:
     rung's slot (first_rung_slot(): from the published round trips), at most a third of the time."""
     if not 0 < timeout <= 3600:
         raise PlanError(f"timeout must be in (0, 3600], got {timeout!r}")
-    mine, peer = classify(mine_report), classify(peer_report)
+    (mine_tcp, mine), (peer_tcp, peer) = _classified(mine_report), _classified(peer_report)
     aim = _aimable(peer_ip, peer_udp)
     first = replace(_planned(mine, peer, role, window, target, aim),
-                    lan=lan_targets(own_ip, mine_report.host, peer_ip, peer_report.host))
+                    lan=lan_targets(own_ip, mine_tcp.host, peer_ip, peer_tcp.host))
     strict_mine, strict_peer = replace(mine, filtering=None), replace(peer, filtering=None)
     if not first.feasible or (strict_mine, strict_peer) == (mine, peer):
         return [Rung(first, 0.0, timeout)]
@@ -277,6 +291,7 @@ def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, targe
     if mine.random or peer.random:
         return _random_plan(mine, peer, role, pair)
     window, odds = size_window(first, second, window, target)
+    odds *= first.delta_sure * second.delta_sure  # a window on the wrong grid: counted as a miss
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
     other = "second" if role == "first" else "first"
     own = _targets(peer, mine, other, window)  # what the peer aims at: our candidate ports
@@ -307,6 +322,7 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
     or birthday, hence tried first."""
     opener, other = (mine, peer) if opening else (peer, mine)
     window, odds = size_window(opener, as_cone(other), window, target)
+    odds *= opener.delta_sure
     ports = ([opener.last_port] if opener.cone
              else [opener.predict(j) for j in range(1, window + 1)])
     words = ("its one port" if opener.cone else _window_words(opener, as_cone(other), window, odds))
@@ -330,8 +346,12 @@ def _window_words(first: TcpMapping, second: TcpMapping, window: int, odds: floa
     seen = " and ".join(f"{m.extra} foreign flow(s) in {m.exposure:.3g} s, {m.horizon:.3g} s to the punch"
                         for m in seq)
     capped = f" (capped at {MAX_WINDOW})" if window == MAX_WINDOW and odds < WINDOW_TARGET else ""
-    return (f"window {window}{capped} covers {whose} of 0..{window - 1} foreign flows ({seen}): "
-            f"odds {odds:.5%}")
+    # a step of 1 has no smaller grid it could be on
+    grid = "".join(f"; Δ {m.delta:+d} {m.delta_sure:.5%} sure (discovery's gaps)" if m.delta_doubt is not None
+                   else f"; Δ {m.delta:+d}'s doubt not weighed (no discovery evidence for it)"
+                   for m in seq if abs(m.delta) > 1)
+    return (f"window {window}{capped} covers {whose} of 0..{window - 1} foreign flows ({seen})"
+            f"{grid}: odds {odds:.5%}")
 
 
 def birthday_size(span: int, sockets: int = BIRTHDAY_SOCKETS, target: float = BIRTHDAY_TARGET,

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .. import predict as _predict
-from ..report import MAX_AGE, MAX_WINDOW, PORT_RANGE, History, TcpReport
+from ..report import MAX_AGE, MAX_WINDOW, PORT_RANGE, History, NatReport, TcpReport
 from ..vocab import Allocation, Filtering, Mapping
 from .side import DEFAULT_HORIZON
 
@@ -34,6 +34,10 @@ class TcpMapping:
     extra: int = 0
     exposure: float = 0.0
     horizon: float = DEFAULT_HORIZON  # seconds from the last sample to the punch
+    # P(Δ is a multiple of the NAT's true step, and every guess on the wrong grid): discovery's, read
+    # from the UDP gaps of its fresh sockets, when it found this same Δ. None: not weighed (three
+    # SYNs microseconds apart cannot tell a quiet Δ = 4 from a busy Δ = 2; docs/tcp.md)
+    delta_doubt: float | None = None
 
     @property
     def reachable(self) -> bool:
@@ -72,6 +76,11 @@ class TcpMapping:
         return _predict.noise_pmf(model, self.horizon, limit=MAX_WINDOW)
 
     @property
+    def delta_sure(self) -> float:
+        """P(the window is on the NAT's grid): 1 for a port that does not step."""
+        return 1.0 - (self.delta_doubt or 0.0) if self.sequential else 1.0
+
+    @property
     def span(self) -> int:
         return self.port_range[1] - self.port_range[0] + 1
 
@@ -107,8 +116,10 @@ def as_cone(m: TcpMapping) -> TcpMapping:
     return replace(m, mapping=Mapping.EIM, allocation=None)
 
 
-def classify(report: TcpReport) -> TcpMapping:
-    """What one side's TCP report says about its NAT (the schema checked the report: proto/report.py)."""
+def classify(report: TcpReport, udp: NatReport | None = None) -> TcpMapping:
+    """What one side's TCP report says about its NAT (the schema checked the report: proto/report.py).
+    `udp`: the side's whole report, whose discovery weighed its Δ over more gaps than three SYNs
+    give; its doubt is this Δ's when both counters step alike (one NAT, one step)."""
     lo, hi = report.port_range
     filtering = report.filtering
     ports = [s.port for s in report.samples]
@@ -141,9 +152,10 @@ def classify(report: TcpReport) -> TcpMapping:
         extra += sum(abs(d) // abs(delta) - 1 for d in steps)
         if None not in times:
             exposure += max(0.0, times[-1] - times[0])  # type: ignore[operator]
+        doubt = udp.delta_doubt if udp is not None and udp.delta == delta else None
         return TcpMapping(Mapping.APDM if adm is None else Mapping.ADM, Allocation.SEQUENTIAL, public_ip,
                           allocated[-1], delta, tuple(ports), filtering, (lo, hi), extra, exposure,
-                          DEFAULT_HORIZON if report.horizon is None else report.horizon)
+                          DEFAULT_HORIZON if report.horizon is None else report.horizon, doubt)
     return TcpMapping(Mapping.APDM, Allocation.RANDOM, public_ip, ports[-1], 0, tuple(ports), filtering, (lo, hi))
 
 
