@@ -295,14 +295,23 @@ async def _binding_on(s: socket.socket, local: tuple[str, int], server: Address,
         close_with_rst(s)
 
 
-async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float = 3.0) -> TcpBinding:
+# How long a probe waits for its answer: the kernel's resends do the retrying. Linux sends a lost SYN
+# again after 1, 2, 3, 4 s (tcp_syn_linear_timeouts, 6.5+) or 1, 3, 7 s (older), and a request lost
+# after a resent SYN waits a whole 1 s RTO (no round trip was measured on a retried handshake). A
+# 3 s wait let two or three losses sink a probe: over the lab's wan50 (1 % loss a link, six to nine
+# probes a TCP trial) 14 same-NAT trials in 12,000 failed so, with "no TCP STUN answer". 8 s
+# outlasts three lost SYNs on either kernel, and costs nothing when the first answers.
+PROBE_TIMEOUT = 8.0
+
+
+async def tcp_binding(local: tuple[str, int], server: Address, *, timeout: float = PROBE_TIMEOUT) -> TcpBinding:
     """Our public (ip, port) as `server` sees a TCP connection from `local` (port shared). The
     connection is closed with an RST (SO_LINGER 0): no TIME_WAIT pins the 4-tuple, so the same
     server can be asked again from the same port."""
     return await _binding_on(_connecting(local, server), local, server, timeout)
 
 
-async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeout: float = 3.0,
+async def tcp_mappings(local: tuple[str, int], servers: list[Address], *, timeout: float = PROBE_TIMEOUT,
                        clock=None) -> list[dict]:
     """One TCP Binding per server, all from the same local port: [{"dest", "port", "ip", "local_ip",
     "t"}], in the order of `servers`, "t" the seconds from the first SYN to this one's.
