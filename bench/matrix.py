@@ -47,6 +47,7 @@ import time
 
 from nattrav.lab.matrix import (MATRIX_PRESETS, SAME_NAT, SERVER_LAYOUTS, calibration, expectation, run_pair, summarise,
                                 tcp_expectation)
+from nattrav.lab.registry import install_hooks
 
 # The new axes, each case (left, right, tcp): layers (a home NAT behind a CGN, one pair per UDP
 # strategy; three layers; a CGN of another kind), address pools, flow caps, same-NAT peers and a
@@ -156,6 +157,7 @@ def markdown(table: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_hooks()  # the labs come up in worker threads: SIGTERM's cleanup is set from this one
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--background", type=float, default=5.0, help="ports/s consumed by a helper host behind each NAT")

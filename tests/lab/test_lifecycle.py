@@ -132,6 +132,22 @@ _CHILD = textwrap.dedent(
 )
 
 
+# bench/matrix.py's way: labs come up in worker threads, where no signal handler can be set; the
+# main thread installs the cleanup hooks first
+_THREADED_CHILD = textwrap.dedent(
+    """
+    import concurrent.futures, time
+    from nattrav.lab import Lab
+    from nattrav.lab.registry import install_hooks
+    install_hooks()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        lab = pool.submit(lambda: Lab("symmetric-seq", "port-restricted").up()).result()
+        print(lab.id, flush=True)
+        pool.submit(time.sleep, 300).result()
+    """
+)
+
+
 def _default_signals() -> None:
     # A shell that starts a job in the background (`cmd &`, as CI runners and nohup do) gives it
     # SIGINT ignored, and children inherit that: Ctrl-C would never reach the lab. Start the child as
@@ -140,8 +156,8 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _spawn_lab_child():
-    p = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True,
+def _spawn_lab_child(code: str = _CHILD):
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          preexec_fn=_default_signals)
     lab_id = p.stdout.readline().strip()
     assert lab_id and ours(lab_id), "child did not bring its lab up"
@@ -149,8 +165,9 @@ def _spawn_lab_child():
 
 
 @lab_test
-def test_sigterm_cleans_up(need_lab):
-    p, lab_id = _spawn_lab_child()
+@pytest.mark.parametrize("code", [_CHILD, _THREADED_CHILD], ids=["main-thread", "worker-thread"])
+def test_sigterm_cleans_up(need_lab, code):
+    p, lab_id = _spawn_lab_child(code)
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=10)
     assert ours(lab_id) == []

@@ -27,7 +27,8 @@ PREFIX = "nt-"
 
 _live: weakref.WeakSet = weakref.WeakSet()
 _hooks_lock = threading.Lock()
-_hooks_installed = False
+_atexit_installed = False
+_signal_installed = False
 
 
 def _start_time(pid: int) -> float | None:
@@ -179,21 +180,29 @@ def sweep(*, include_persistent: bool = False) -> list[str]:
 
 
 def register(lab: Lab) -> None:
-    global _hooks_installed
     _live.add(lab)
+    install_hooks()
+
+
+def install_hooks() -> None:
+    """Take the live labs down at exit and on SIGTERM. register() does it for every lab; a program
+    that brings labs up in worker threads calls it from its main thread first, since only that
+    thread may set a signal handler (bench/matrix.py: a SIGTERM left 8 labs' namespaces behind)."""
+    global _atexit_installed, _signal_installed
     with _hooks_lock:
-        if _hooks_installed:
+        if not _atexit_installed:
+            _atexit_installed = True
+            atexit.register(_down_all)
+        if _signal_installed or threading.current_thread() is not threading.main_thread():
             return
-        _hooks_installed = True
-        atexit.register(_down_all)
+        _signal_installed = True
         # SIGTERM ends Python without unwinding; turn it into a cleanup first. Only when nobody else
-        # handles it and only from the main thread (signal handlers cannot be set elsewhere).
-        if threading.current_thread() is threading.main_thread():
-            try:
-                if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                    signal.signal(signal.SIGTERM, _on_sigterm)
-            except ValueError:
-                pass
+        # handles it.
+        try:
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:
+            pass
 
 
 def unregister(lab: Lab) -> None:
