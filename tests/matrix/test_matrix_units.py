@@ -174,3 +174,29 @@ def test_the_markdown_keeps_the_digits_of_a_wilson_bound():
     text = markdown([case], {"trials": 4000, "background": 5.0, "date": "now", "seconds": 1, "shapes": {"flat": "x"}})
     row = next(line for line in text.splitlines() if line.startswith("| UDP | a → b |"))
     assert "| 99.904–100% |" in row and "100–100%" not in text
+
+
+def test_wait_tcp_takes_a_slow_probe_for_no_answer_yet():
+    """Under load a probe's Python may outlast its timeout: the wait goes on until its deadline."""
+    import subprocess
+    import time
+
+    from nattrav.lab.errors import LabError
+    from nattrav.lab.matrix import wait_tcp
+
+    class SlowLab:
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), 0
+
+        def run(self, node, argv, timeout):
+            self.calls += 1
+            answer = self.answers.pop(0)
+            if answer is None:
+                raise subprocess.TimeoutExpired(argv, timeout)
+            return subprocess.CompletedProcess(argv, answer)
+
+    lab = SlowLab([None, None, 0])
+    wait_tcp(lab, "198.51.100.1", 7000, time.monotonic() + 30)
+    assert lab.calls == 3
+    with pytest.raises(LabError):
+        wait_tcp(SlowLab([1] * 1000), "198.51.100.1", 7000, time.monotonic() + 0.3)

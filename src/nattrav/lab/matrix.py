@@ -312,9 +312,15 @@ def _prediction(row: dict[str, Any]) -> dict[str, Any] | None:
 
 def wait_tcp(lab: Any, ip: str, port: int, deadline: float) -> None:
     probe = f"import socket\nsocket.create_connection(('{ip}', {port}), timeout=1.0).close()\n"
-    while time.monotonic() < deadline:
-        if lab.run("a", [sys.executable, "-c", probe], timeout=5).returncode == 0:
-            return
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            # a Python started in the lab may take seconds under load (two dozen labs on two
+            # cores): a slow probe is no answer yet, not the end of the wait (3 of 20 labs once
+            # ran no trial so)
+            if lab.run("a", [sys.executable, "-c", probe], timeout=max(left, 1.0)).returncode == 0:
+                return
+        except subprocess.TimeoutExpired:
+            continue
         time.sleep(0.1)
     from .errors import LabError
 
