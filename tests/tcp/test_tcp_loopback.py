@@ -270,3 +270,48 @@ async def test_stun_stream_reader_splits_back_to_back_messages():
     assert await read_message(stream, buf) == a
     assert await read_message(stream, buf) == b
     assert await read_message(stream, buf) is None
+
+
+async def test_a_probe_set_the_server_reset_is_probed_once_more():
+    """A server at its connections for our public address resets the newest (two peers behind one
+    NAT probing at once): the set is probed again after a pause, and the samples count from then."""
+    from nattrav.api.tcp import RESET_PAUSE, probe_tcp_mappings
+    from nattrav.errors import StunTcpError
+    from nattrav.io.stun_tcp import close_with_rst
+
+    port, alt = free_port_pair()
+    cfg = StunServerConfig(ip="127.0.0.1", port=port, alt_port=alt)
+    srv = StunTcpServer(cfg)
+    resets = {"left": 1}
+
+    async def handle(stream: trio.SocketStream) -> None:
+        if resets["left"]:
+            resets["left"] -= 1
+            close_with_rst(stream.socket)
+            return
+        src, at = stream.socket.getpeername()[:2], stream.socket.getsockname()[:2]
+        data = await read_message(stream, bytearray())
+        await stream.send_all(srv.answer(data, src, at))
+        await trio.sleep_forever()  # the client closes
+
+    events = []
+    async with trio.open_nursery() as nursery:
+        for p in (port, alt):
+            nursery.start_soon(trio.serve_listeners, handle, await trio.open_tcp_listeners(p, host="127.0.0.1"))
+        holder = open_listener(("127.0.0.1", 0))
+        try:
+            with trio.fail_after(10):
+                before = trio.current_time()
+                samples, started = await probe_tcp_mappings(
+                    holder.getsockname()[:2], [("127.0.0.1", port), ("127.0.0.1", alt)],
+                    lambda phase, detail: events.append((phase, detail)))
+                assert started - before >= RESET_PAUSE
+                assert [s["port"] for s in samples] == [holder.getsockname()[1]] * 2
+                assert [phase for phase, _ in events] == ["tcp-mapping-retry"]
+                # twice reset: the error stands (a server that keeps resetting is not asked forever)
+                resets["left"] = 2
+                with pytest.raises(StunTcpError):
+                    await probe_tcp_mappings(holder.getsockname()[:2], [("127.0.0.1", port)], lambda *a: None)
+        finally:
+            holder.close()
+        nursery.cancel_scope.cancel()
