@@ -76,10 +76,10 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: Event
     return nat_report(behavior, tcp=_with_block(tcp, emit)), started
 
 
-# A probe the server reset: a server at its connections per public address (peers behind one NAT
-# probing at once, with a lost RST's connection still open there) closes the newest at once. Once
-# more, after a pause that lets such connections go (TCP trials of two peers behind one NAT over
-# wan50: 1 in 4,000 failed so).
+# A probe the server reset: once more, after a pause that lets lingering connections go. A reset
+# failed 1 TCP trial in 4,000 of two peers behind one NAT over wan50, most likely the server's cap
+# of connections per public address (peers behind one NAT probing at once, a connection whose RST
+# was lost still open there), past which it closes a connection at once.
 RESET_PAUSE = 0.5
 
 
