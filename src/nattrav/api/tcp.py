@@ -76,10 +76,10 @@ async def _tcp_report(local: tuple[str, int], behavior: NatBehavior, emit: Event
     return nat_report(behavior, tcp=_with_block(tcp, emit)), started
 
 
-# A probe the server reset: once more, after a pause that lets lingering connections go. A reset
-# failed 1 TCP trial in 4,000 of two peers behind one NAT over wan50, most likely the server's cap
-# of connections per public address (peers behind one NAT probing at once, a connection whose RST
-# was lost still open there), past which it closes a connection at once.
+# A probe the server reset: once more, after a pause that lets lingering connections go. Over wan50
+# a reset failed 2 TCP trials in 7,000 (a same-NAT pair's enrolment, and none → restricted-cone's
+# re-measure a second after the enrolment's probes from the same port). The cause is not read: a
+# connection of earlier probes whose RST was lost, or the server's cap per public address.
 RESET_PAUSE = 0.5
 
 

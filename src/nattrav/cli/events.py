@@ -27,8 +27,7 @@ _LINES = {
     "tcp-port-block": ("TCP mapping: our NAT counts its TCP ports through {range[0]}-{range[1]} and starts again "
                        "at the bottom (seen on our earlier TCP mappings): the peer aims there"),
     "tcp-mapping": "TCP mapping: local port {local[1]} seen by the servers as ports {ports} (steps {steps})",
-    "tcp-mapping-retry": ("TCP mapping: the server reset a probe ({error}); probing again in {pause:g} s (a server "
-                          "at its connections for our public address does so)"),
+    "tcp-mapping-retry": "TCP mapping: the server reset a probe ({error}); probing again in {pause:g} s",
     "flow-wait": ("flows: waiting {seconds:.1f} s for our NAT(s) to let go of {held} entries of our last bursts, "
                   "so that the budget holds a burst like the last one (--flow-wait 0 does not wait)"),
     "rendezvous": "rendezvous: connected to {server[0]}:{server[1]}",
