@@ -290,14 +290,14 @@ def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, targe
         return _address_open_plan(mine, peer, role, opener is mine, window, target, pair)
     if mine.random or peer.random:
         return _random_plan(mine, peer, role, pair)
-    window, odds = size_window(first, second, window, target)
-    odds *= first.delta_sure * second.delta_sure  # a window on the wrong grid: counted as a miss
+    window, covered = size_window(first, second, window, target)
+    odds = covered * first.delta_confidence * second.delta_confidence  # a wrong grid counts as a miss
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
     other = "second" if role == "first" else "first"
     own = _targets(peer, mine, other, window)  # what the peer aims at: our candidate ports
     return TcpPlan(TcpStrategy.SIMULTANEOUS, True,
                    f"both TCP mappings are predictable: low-TTL SYN from the first side, then simultaneous "
-                   f"open; {_window_words(first, second, window, odds)} ({pair})", role, targets,
+                   f"open; {_window_words(first, second, window, covered, odds)} ({pair})", role, targets,
                    role == "first", mine, peer,
                    {"window": window, "own_predicted": own, "target": target,
                     "horizon": [first.horizon, second.horizon]}, odds=odds)
@@ -321,11 +321,11 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
     The peer's own ports never matter, so it may even allocate at random: cheaper than any window
     or birthday, hence tried first."""
     opener, other = (mine, peer) if opening else (peer, mine)
-    window, odds = size_window(opener, as_cone(other), window, target)
-    odds *= opener.delta_sure
+    window, covered = size_window(opener, as_cone(other), window, target)
+    odds = covered * opener.delta_confidence
     ports = ([opener.last_port] if opener.cone
              else [opener.predict(j) for j in range(1, window + 1)])
-    words = ("its one port" if opener.cone else _window_words(opener, as_cone(other), window, odds))
+    words = ("its one port" if opener.cone else _window_words(opener, as_cone(other), window, covered, odds))
     who = "this side" if opening else "the peer"
     reason = (f"{who} filters by address only (ADF): one low-TTL SYN to the other's address opens it to "
               f"every port of that address, then the other side connect()s to {words} and is accepted "
@@ -338,16 +338,17 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
                    False, mine, peer, params, odds=odds)
 
 
-def _window_words(first: TcpMapping, second: TcpMapping, window: int, odds: float) -> str:
+def _window_words(first: TcpMapping, second: TcpMapping, window: int, covered: float, odds: float) -> str:
+    """`covered`: what the window holds of the shift; `odds`: that, weighed by how sure each Δ is."""
     seq = [m for m in (first, second) if m.sequential]
     if not seq:
         return "both ports are fixed, no window needed: odds 100%"
     whose = "the total shift of both sequential NATs" if len(seq) == 2 else "the sequential NAT's shift"
     seen = " and ".join(f"{m.extra} foreign flow(s) in {m.exposure:.3g} s, {m.horizon:.3g} s to the punch"
                         for m in seq)
-    capped = f" (capped at {MAX_WINDOW})" if window == MAX_WINDOW and odds < WINDOW_TARGET else ""
+    capped = f" (capped at {MAX_WINDOW})" if window == MAX_WINDOW and covered < WINDOW_TARGET else ""
     # a step of 1 has no smaller grid it could be on
-    grid = "".join(f"; Δ {m.delta:+d} {m.delta_sure:.5%} sure (discovery's gaps)" if m.delta_doubt is not None
+    grid = "".join(f"; Δ {m.delta:+d} {m.delta_confidence:.5%} sure (discovery's gaps)" if m.delta_doubt is not None
                    else f"; Δ {m.delta:+d}'s doubt not weighed (no discovery evidence for it)"
                    for m in seq if abs(m.delta) > 1)
     return (f"window {window}{capped} covers {whose} of 0..{window - 1} foreign flows ({seen})"

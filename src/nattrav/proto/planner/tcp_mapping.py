@@ -76,8 +76,9 @@ class TcpMapping:
         return _predict.noise_pmf(model, self.horizon, limit=MAX_WINDOW)
 
     @property
-    def delta_sure(self) -> float:
-        """P(the window is on the NAT's grid): 1 for a port that does not step."""
+    def delta_confidence(self) -> float:
+        """P(the window is on the NAT's grid), as planner/side.py's Side says it for UDP: 1 for a
+        port that does not step."""
         return 1.0 - (self.delta_doubt or 0.0) if self.sequential else 1.0
 
     @property
