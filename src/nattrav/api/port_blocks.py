@@ -36,15 +36,17 @@ def seed(public_ip: str, lo: int, hi: int, wraps: int, proto: str = "udp") -> No
     """Start `public_ip`'s block from a kept one (the cache's), unless this process saw its own."""
     key = _key(public_ip, proto)
     if key not in _blocks:
-        _put(key, PortBlock(lo=lo, hi=hi, wraps=wraps))
+        _put(key, PortBlock(lo=lo, hi=hi, wraps=wraps, wrap_top=hi))
 
 
 def kept(public_ip: str, proto: str = "udp") -> tuple[int, int, int] | None:
-    """What the cache keeps of `public_ip`'s block (lowest, highest, wraps), once it wrapped."""
+    """What the cache keeps of `public_ip`'s block (lowest, highest, wraps), once it wrapped: the
+    highest as of the last wrap, so that a counter going on past it is still measured from there by
+    the next process (PortBlock.past_top)."""
     b = _blocks.get(_key(public_ip, proto))
     if b is None or b.wraps < 1 or b.lo is None or b.hi is None:
         return None
-    return b.lo, b.hi, b.wraps
+    return b.lo, b.hi if b.wrap_top is None else b.wrap_top, b.wraps
 
 
 def seed_from(cached: CacheUse, proto: str = "udp") -> None:

@@ -13,10 +13,14 @@ is a stale or stray sample, proto/predict.without_stray; two stale samples in a 
 step that far would pass for a wrap, which io/fresh_port.py makes rare for our own flows). Once it
 wrapped (MIN_WRAPS), the block's ports are taken as [lowest, highest + Δ - 1] (so that a step of Δ
 past the highest lands on the lowest), and the report says so (NatReport.port_range): the peer's
-windows wrap where the NAT does. The highest port seen may still be below the block's top: while
-our samples go past it, nothing is published (the counter is at a new top), and a window across it
-also holds the wrapped ports' twins past it (Prediction.mixture_window). Before the first wrap is
-seen, samples taken across it are read from the bottom by proto/predict.since_wrap.
+windows wrap where the NAT does. The highest port seen may still be below the block's top, so a
+window across it also holds the wrapped ports' twins past it (Prediction.mixture_window, and the TCP
+planner's targets). The block is published while the counter goes a little past the top it wrapped
+at (TOP_SLACK): a few samples a cycle rarely meet the block's very top, and a counter at a new top
+is just where the wrap comes next (TCP over wan50: all 8 misses of a Δ = 2 pair in 4,000 came there,
+while nothing was published). A counter far past it says the wrap was not one: nothing is published.
+Before the first wrap is seen, samples taken across it are read from the bottom by
+proto/predict.since_wrap.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 # wraps seen before the block is used: one, since a wrong block undoes itself (two stale samples in
-# a row read as a wrap publish a range whose top the counter then passes, and a counter past the
-# highest port seen publishes nothing: PortBlock.beyond)
+# a row read as a wrap publish a range whose top the counter then passes, and a counter far past the
+# highest port seen publishes nothing: TOP_SLACK)
 MIN_WRAPS = 1
 MIN_BLOCK = 16  # ports; a smaller spread is not told from a counter that has barely moved
+# How far (a fraction of the block) the counter may go past the top it last wrapped at and the
+# block still be published: a block's top is met by some cycle's samples within a few of
+# the ports one connect takes (tens), while a wrong block's counter goes on past it by hundreds.
+TOP_SLACK = 1 / 16
 
 
 @dataclass(frozen=True)
@@ -38,15 +46,23 @@ class PortBlock:
     last: int | None = None  # the counter's last port, in the order samples were taken
     wraps: int = 0
     dropped: int | None = None  # a step back not yet confirmed as a wrap: the port it went back to
-    beyond: bool = False  # the last samples folded in went above every port seen before them
+    wrap_top: int | None = None  # the highest port seen when the counter last wrapped (a kept block's hi)
+
+    @property
+    def past_top(self) -> int:
+        """How far the counter went above the top it wrapped at: the block goes on at least that far."""
+        return 0 if self.wrap_top is None or self.hi is None else max(0, self.hi - self.wrap_top)
+
+    @property
+    def beyond(self) -> bool:
+        return self.past_top > 0
 
     def seen(self, ports: Iterable[int]) -> PortBlock:
         """The block after samples `ports`, in the order the NAT handed them out."""
-        b = replace(self, beyond=False)
+        b = self
         for port in ports:
             b = b._one(port)
-        # the counter went past the highest port seen before: the block's top is not known yet
-        return replace(b, beyond=self.hi is not None and b.hi is not None and b.hi > self.hi)
+        return b
 
     def _one(self, port: int) -> PortBlock:
         lo = port if self.lo is None else min(self.lo, port)
@@ -56,7 +72,8 @@ class PortBlock:
             # a wrap when the counter goes on from where it went back; else the step back was a
             # stale sample and the counter is where this one says
             wrapped = 0 <= port - self.dropped < half
-            return replace(self, lo=lo, hi=hi, last=port, wraps=self.wraps + wrapped, dropped=None)
+            return replace(self, lo=lo, hi=hi, last=port, wraps=self.wraps + wrapped, dropped=None,
+                           wrap_top=hi if wrapped else self.wrap_top)
         quarter = half / 2
         if (self.last is not None and self.last - port > half and hi - lo + 1 >= MIN_BLOCK
                 and port - lo < quarter and hi - self.last < quarter):
@@ -67,13 +84,14 @@ class PortBlock:
 
     def port_range(self, delta: int | None) -> tuple[int, int] | None:
         """[lowest, highest + Δ - 1] once the counter wrapped MIN_WRAPS times; None before, and while
-        the last samples went past the highest port seen before them (the counter is at a new top:
-        the block goes on at least that far, and maybe further)."""
-        if self.wraps < MIN_WRAPS or self.lo is None or self.hi is None or not delta or delta < 1 or self.beyond:
+        the counter went further past the top it last wrapped at than TOP_SLACK of the block (no wrap
+        there: the block was read from stale samples)."""
+        if self.wraps < MIN_WRAPS or self.lo is None or self.hi is None or not delta or delta < 1:
             return None
-        if self.hi - self.lo + 1 < MIN_BLOCK:
+        span = self.hi - self.lo + 1
+        if span < MIN_BLOCK or self.past_top > span * TOP_SLACK:
             return None
         return (self.lo, min(65535, self.hi + delta - 1))
 
 
-__all__ = ["MIN_BLOCK", "MIN_WRAPS", "PortBlock"]
+__all__ = ["MIN_BLOCK", "MIN_WRAPS", "TOP_SLACK", "PortBlock"]

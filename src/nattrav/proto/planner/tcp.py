@@ -51,6 +51,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
 from typing import Any, Sequence
 
 from ...errors import PlanError
@@ -143,11 +144,23 @@ def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list
         # the second side's j-th connect leaves from its index j + s (per flow, APDM) only when it
         # fires W of them (we are sequential too); an ADM second side uses one index, 1 + s
         per_flow = mine.sequential and not peer.per_address
-        return [peer.predict(k) for k in range(1, (2 * window - 1 if per_flow else window) + 1)]
+        return _aimed(peer, range(1, (2 * window - 1 if per_flow else window) + 1))
     # our flows to the first side: its matching flow has index (our index) + its shift when it is
     # APDM, so the sum is bet on (stride 2); an ADM first side has ONE port, 1 + its shift (stride 1)
     both = mine.sequential and not mine.per_address and not peer.per_address
-    return [peer.predict(2 * j - 1 if both else j) for j in range(1, window + 1)]
+    return _aimed(peer, [2 * j - 1 if both else j for j in range(1, window + 1)])
+
+
+def _aimed(m: TcpMapping, ks: Iterable[int]) -> list[int]:
+    """m's ports for its k-th new flows, each k of `ks` in order; then, where a window wraps at the
+    top of m's block, the wrapped ports' twins past that top (the top its side saw may be below the
+    NAT's: proto/port_block.py). They come last, so the window's own connects keep their indices,
+    and the odds stay the block's."""
+    ks = list(ks)
+    ports = [m.predict(k) for k in ks]
+    aimed = set(ports)
+    twins = (m.twin(k) for k in ks)
+    return ports + list(dict.fromkeys(t for t in twins if t is not None and t not in aimed))
 
 
 def shift_cdf(first: TcpMapping, second: TcpMapping) -> list[float]:
@@ -323,8 +336,7 @@ def _address_open_plan(mine: TcpMapping, peer: TcpMapping, role: str, opening: b
     opener, other = (mine, peer) if opening else (peer, mine)
     window, covered = size_window(opener, as_cone(other), window, target)
     odds = covered * opener.delta_confidence
-    ports = ([opener.last_port] if opener.cone
-             else [opener.predict(j) for j in range(1, window + 1)])
+    ports = [opener.last_port] if opener.cone else _aimed(opener, range(1, window + 1))
     words = ("its one port" if opener.cone else _window_words(opener, as_cone(other), window, covered, odds))
     who = "this side" if opening else "the peer"
     reason = (f"{who} filters by address only (ADF): one low-TTL SYN to the other's address opens it to "

@@ -96,6 +96,15 @@ class TcpMapping:
             return (self.last_port + self.delta * k - 1) % 65535 + 1
         return self.last_port
 
+    def twin(self, k: int) -> int | None:
+        """Where the k-th new flow goes if the block's top is higher than its side has seen: straight
+        on past it (proto/port_block.py), when predict() wraps it to the bottom; else None."""
+        lo, hi = self.port_range
+        if not self.sequential or (lo, hi) == PORT_RANGE or not lo <= self.last_port <= hi:
+            return None
+        straight = self.last_port + self.delta * k
+        return straight if hi < straight <= 65535 else None
+
     def describe(self) -> str:
         ports = ",".join(map(str, self.ports))
         if self.mapping is Mapping.NONE:
