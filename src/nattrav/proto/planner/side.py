@@ -9,7 +9,7 @@ from ...errors import BadReport
 from .. import predict as _predict
 from . import pool as _pool
 from ..predict import Kind, Prediction
-from ..report import PORT_RANGE, NatReport
+from ..report import NatReport
 from .budget import DEFAULT_FLOW_BUDGET
 from ..vocab import Filtering, Mapping
 
@@ -92,15 +92,6 @@ class Side:
         if self.fixed:
             return self.port
         return self.prediction.model.advance(self.port, k + 1)
-
-    def twin(self, k: int) -> int | None:
-        """Where the k-th new mapping goes if the block's top is higher than this side has seen:
-        straight on past it (proto/port_block.py), when next_port() wraps it to the bottom; else None."""
-        lo, hi = self.port_range
-        if not self.sequential or (lo, hi) == PORT_RANGE or not lo <= self.port <= hi:
-            return None
-        straight = self.port + (k + 1) * self.prediction.model.delta
-        return straight if hi < straight <= 65535 else None
 
     def describe(self) -> str:
         if self.mapping is Mapping.NONE:

@@ -144,23 +144,25 @@ def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list
         # the second side's j-th connect leaves from its index j + s (per flow, APDM) only when it
         # fires W of them (we are sequential too); an ADM second side uses one index, 1 + s
         per_flow = mine.sequential and not peer.per_address
-        return _aimed(peer, range(1, (2 * window - 1 if per_flow else window) + 1))
+        return _aimed(peer, range(1, (2 * window - 1 if per_flow else window) + 1), twins=not mine.sequential)
     # our flows to the first side: its matching flow has index (our index) + its shift when it is
     # APDM, so the sum is bet on (stride 2); an ADM first side has ONE port, 1 + its shift (stride 1)
     both = mine.sequential and not mine.per_address and not peer.per_address
-    return _aimed(peer, [2 * j - 1 if both else j for j in range(1, window + 1)])
+    return _aimed(peer, [2 * j - 1 if both else j for j in range(1, window + 1)], twins=not mine.sequential)
 
 
-def _aimed(m: TcpMapping, ks: Iterable[int]) -> list[int]:
+def _aimed(m: TcpMapping, ks: Iterable[int], twins: bool = True) -> list[int]:
     """m's ports for its k-th new flows, each k of `ks` in order; then, where a window wraps at the
     top of m's block, the wrapped ports' twins past that top (the top its side saw may be below the
     NAT's: proto/port_block.py). They come last, so the window's own connects keep their indices,
-    and the odds stay the block's."""
+    and the odds stay the block's. Only from a side whose own port is fixed (`twins`): where both
+    count, a connect meets the peer's only at the index the window pairs it with, and a twin,
+    fired after the window, is at another index."""
     ks = list(ks)
     ports = [m.predict(k) for k in ks]
     aimed = set(ports)
-    twins = (m.twin(k) for k in ks)
-    return ports + list(dict.fromkeys(t for t in twins if t is not None and t not in aimed))
+    extra = (m.twin(k) for k in ks) if twins else ()
+    return ports + list(dict.fromkeys(t for t in extra if t is not None and t not in aimed))
 
 
 def shift_cdf(first: TcpMapping, second: TcpMapping) -> list[float]:

@@ -554,10 +554,9 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
             n_open, n_other, odds = size_predicted(opener, other, _above_doubt(target, sure), cap_open, cap_other)
             odds *= sure
             m = stride(opener, other)
-            open_targets = _with_twins(opener_targets(opener, other, n_open), other, range(n_open), cap_open)
+            open_targets = tuple(_predict.ranked_ports(opener_targets(opener, other, n_open)))
             other_targets = ((opener.port,) if opener.fixed
-                             else _with_twins([opener.next_port(m * j) for j in range(n_other)], opener,
-                                              [m * j for j in range(n_other)], cap_other))
+                             else tuple(_predict.ranked_ports(opener.next_port(m * j) for j in range(n_other))))
         a = Attempt(Strategy.PREDICTED,
                     Part(other.ip, open_targets, opens=True, interval=0.25, also=at_other[1:]),
                     replace(_talker(opener.ip, other_targets, interval=0.25, big_delay=0.05), also=at_opener[1:]),
@@ -569,19 +568,6 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
                         _maybe_swap(a, swap)))
     choices.sort(key=lambda c: c[0])
     return choices[0][1]
-
-
-def _with_twins(ports: Sequence[int], side: Side, ks: Sequence[int], cap: int) -> tuple[int, ...]:
-    """`ports` (the window on `side`'s k-th new mappings, each k of `ks`), then, where it wraps at the
-    top of side's block, the wrapped ports' twins past that top while `cap` allows: the top its side
-    saw may be below the NAT's (proto/port_block.py; a 99.9999 % plan of session 15 aimed at a
-    block's bottom while the counter went on 10 ports further). After the window, so its flows keep
-    their indices; not in the odds, which are the block's."""
-    window = _predict.ranked_ports(ports)
-    aimed = set(window)
-    twins = (side.twin(k) for k in ks if not side.fixed)
-    extra = [t for t in dict.fromkeys(twins) if t is not None and t not in aimed]
-    return tuple(window + extra[:max(0, cap - len(window))])
 
 
 def _above_doubt(target: float, sure: float) -> float:
