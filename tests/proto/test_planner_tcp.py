@@ -73,6 +73,12 @@ def test_predict_starts_again_at_a_learned_blocks_bottom():
     cone = plan(CONE, top, "first", window=3, target=None)
     assert [t[1] for t in cone.targets] == [28190, 20000, 20002, 28192, 28194]
     assert [m.twin(k) for k in (1, 2)] == [None, 28192]
+    # a counter at its block's very top may wrap there or go on: a cone aims both ways, sequential
+    # windows (paired by index) go on
+    at_top = report([28186, 28188, 28190], port_range=(20000, 28191))
+    assert classify(at_top).at_block_top and not m.at_block_top
+    assert [t[1] for t in plan(CONE, at_top, "first", window=2, target=None).targets] == [20000, 20002, 28192, 28194]
+    assert [t[1] for t in plan(SEQ7, at_top, "first", window=2, target=None).targets] == [28192, 28194, 28196]
     second = plan(top, SEQ7, "second", window=3, target=None)
     assert second.params["own_predicted"][:2] == [28190, 20000]
 

@@ -142,6 +142,29 @@ def test_sequential_pair_uses_giant_step_two():
     assert list(other.targets[:4]) == [20002, 20004, 20006, 20008]  # giant steps of 2Δ
 
 
+def test_at_the_top_of_a_published_block_sequential_pairs_go_on_and_a_cone_aims_both_ways():
+    # the peer published the block (20027, 24047) and its counter is at that top: the NAT may wrap
+    # there or go on (a lab CGN went on to 24095)
+    a = udp("APDM", "APDF", [22362, 22363], ip="203.0.113.10", allocation="sequential", delta=1,
+            times=[0.0, 0.01])
+    b = udp("APDM", "APDF", [24046, 24047], ip="203.0.113.20", allocation="sequential", delta=1,
+            times=[0.0, 0.01], port_range=(20027, 24047))
+
+    def at_b(p):
+        return [t for x in (p.primary.local, p.primary.remote) if x.peer_ip == "203.0.113.20" for t in x.targets]
+
+    # both count: the windows pair flows by index, so they go on past the top (no twin can be aimed)
+    for role, mine, peer in (("first", a, b), ("second", b, a)):
+        targets = at_b(plan(mine, peer, role))
+        assert targets[0] == 24048 and all(t > 24047 for t in targets)
+    # below the top, the block holds: the window wraps at it
+    below = replace(b, samples=b.samples[:1], public=("203.0.113.20", 24046))
+    assert min(at_b(plan(a, below, "first"))) < 20100
+    # a cone's one flow meets the peer's window wherever it is: the wrapped ports, then their twins
+    cone = at_b(plan(CLASSES["port-restricted"], b, "first"))
+    assert cone[0] == 20027 and 24048 in cone and cone.index(24048) > cone.index(20027)
+
+
 @pytest.mark.parametrize("op,ot", list(itertools.product(
     ["symmetric-seq", "symmetric-seq-2", "adm", "port-restricted", "restricted-cone"],
     ["symmetric-seq", "symmetric-seq-7", "adm", "port-restricted"])))

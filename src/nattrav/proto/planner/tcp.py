@@ -305,6 +305,11 @@ def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, targe
         return _address_open_plan(mine, peer, role, opener is mine, window, target, pair)
     if mine.random or peer.random:
         return _random_plan(mine, peer, role, pair)
+    if mine.sequential and peer.sequential:
+        # both count: the windows go on past a block's top where a side's counter is at it, as
+        # the UDP planner's do (planner/udp.py, _on_past_top)
+        mine, peer = _on_past_top(mine), _on_past_top(peer)
+        first, second = (mine, peer) if role == "first" else (peer, mine)
     window, covered = size_window(first, second, window, target)
     odds = covered * first.delta_confidence * second.delta_confidence  # a wrong grid counts as a miss
     targets = tuple((peer.public_ip, port) for port in _targets(mine, peer, role, window))
@@ -316,6 +321,10 @@ def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, targe
                    role == "first", mine, peer,
                    {"window": window, "own_predicted": own, "target": target,
                     "horizon": [first.horizon, second.horizon]}, odds=odds)
+
+
+def _on_past_top(m: TcpMapping) -> TcpMapping:
+    return replace(m, port_range=PORT_RANGE) if m.at_block_top else m
 
 
 def _address_opener(first: TcpMapping, second: TcpMapping) -> TcpMapping | None:

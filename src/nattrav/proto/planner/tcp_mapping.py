@@ -96,6 +96,14 @@ class TcpMapping:
             return (self.last_port + self.delta * k - 1) % 65535 + 1
         return self.last_port
 
+    @property
+    def at_block_top(self) -> bool:
+        """Sequential, and its last port is the top of the block its side published: the block goes
+        on at least that far, and may go further (planner/side.py's at_block_top, for TCP)."""
+        lo, hi = self.port_range
+        return (self.sequential and (lo, hi) != PORT_RANGE and self.delta > 0
+                and hi - self.delta + 1 <= self.last_port <= hi)
+
     def twin(self, k: int) -> int | None:
         """Where the k-th new flow goes if the block's top is higher than its side has seen: straight
         on past it (proto/port_block.py), when predict() wraps it to the bottom; else None."""

@@ -37,7 +37,7 @@ from .odds import (
 )
 from . import pool as _pool
 from .lan import LAN_HEAD_START, LAN_INTERVAL, LAN_ROUNDS, lan_targets
-from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, side_from_report
+from .side import DEFAULT_HORIZON, DEFAULT_TARGET, Side, at_block_top, side_from_report
 from .schedule import RAMP_MAX_PACKETS, gap_after, ramp
 from .strategies import STRATEGIES, explain
 
@@ -217,10 +217,19 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     # budget: no prediction needs to look further than that
     h_first, h_second = horizons if horizons is not None else (horizon, horizon)
     h_local, h_remote = (h_first, h_second) if role == "first" else (h_second, h_first)
-    local = replace(side_from_report(local_report, horizon=h_local, target=target,
-                                     max_window=min(max_window, theirs)), budget=ours)
-    remote = replace(side_from_report(remote_report, horizon=h_remote, target=target,
-                                      max_window=min(max_window, ours)), budget=theirs)
+    def side(report: NatReport, h: float, cap: int, budget: int) -> Side:
+        return replace(side_from_report(report, horizon=h, target=target, max_window=min(max_window, cap)),
+                       budget=budget)
+
+    local, remote = side(local_report, h_local, theirs, ours), side(remote_report, h_remote, ours, theirs)
+    if local.sequential and remote.sequential:
+        # Where both count, the windows pair flows by index and no twin past a block's top can be
+        # aimed (_with_twins is for a fixed side's window). A side whose counter is at the top of
+        # its published block may wrap there or go on: the windows go on, as they did before such
+        # a block was published (a plan that wrapped a CGN's counter at 24047 missed; it went on to
+        # 24095, bench/results/reliability.md session 16)
+        local_report, remote_report = _on_past_top(local_report), _on_past_top(remote_report)
+        local, remote = side(local_report, h_local, theirs, ours), side(remote_report, h_remote, ours, theirs)
     reported = None
     aimable = () if peer_ip is None else (peer_ip, *peer_udp)
     if aimable and remote.ip not in aimable:
@@ -568,6 +577,11 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
                         _maybe_swap(a, swap)))
     choices.sort(key=lambda c: c[0])
     return choices[0][1]
+
+
+def _on_past_top(report: NatReport) -> NatReport:
+    """`report` without its block when its counter is at the block's top (at_block_top)."""
+    return replace(report, port_range=PORT_RANGE) if at_block_top(report) else report
 
 
 def _above_doubt(target: float, sure: float) -> float:
