@@ -224,12 +224,12 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
     local, remote = side(local_report, h_local, theirs, ours), side(remote_report, h_remote, ours, theirs)
     if local.sequential and remote.sequential:
         # Where both count, the windows pair flows by index and no twin past a block's top can be
-        # aimed (_with_twins is for a fixed side's window). A side whose counter is at the top of
-        # its published block may wrap there or go on: the windows go on, as they did before such
-        # a block was published (a plan that wrapped a CGN's counter at 24047 missed; it went on to
-        # 24095, bench/results/reliability.md session 16)
-        local_report, remote_report = _on_past_top(local_report), _on_past_top(remote_report)
-        local, remote = side(local_report, h_local, theirs, ours), side(remote_report, h_remote, ours, theirs)
+        # aimed (a fixed side's window holds them: Prediction.mixture_window). A side whose counter
+        # is at the top of its published block may wrap there or go on: the windows go on, as they
+        # did before such a block was published (a plan that wrapped a CGN's counter at 24047
+        # missed; it went on to 24095, bench/results/reliability.md session 16)
+        local = side(_on_past_top(local_report), h_local, theirs, ours)
+        remote = side(_on_past_top(remote_report), h_remote, ours, theirs)
     reported = None
     aimable = () if peer_ip is None else (peer_ip, *peer_udp)
     if aimable and remote.ip not in aimable:
