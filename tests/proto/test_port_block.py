@@ -35,7 +35,7 @@ def test_a_block_is_published_once_it_wrapped():
     block = PortBlock().seen(take(counter(20000, 256, 1, start=100), 3, 50))  # 150 ports: no wrap yet
     assert block.wraps == 0 and block.port_range(1) is None
     block = block.seen(take(counter(20000, 256, 1, start=250), 3, 50))
-    assert block.wraps == MIN_WRAPS and not block.beyond
+    assert block.wraps == MIN_WRAPS and block.past_top == 0
     lo, hi = block.port_range(1)
     assert 20000 <= lo <= 20002 and 20253 <= hi <= 20255  # within one step of every 3rd port
 
@@ -45,7 +45,7 @@ def test_a_counter_a_little_past_the_top_it_wrapped_at_still_publishes_the_block
     block = PortBlock().seen([*range(26000, 28191, 7), *range(24098, 26000, 7)])
     assert block.wraps == 1 and block.wrap_top == 28184 and block.port_range(1) == (24098, 28184)
     block = block.seen(range(26005, 28191, 7))  # round again, to a sample past that top
-    assert block.beyond and block.past_top == 5
+    assert block.past_top == 5
     assert block.port_range(1) == (24098, 28189)  # the wrap is near: name it (twins cover a higher top)
 
 
@@ -54,7 +54,7 @@ def test_nothing_is_published_while_the_counter_is_far_past_the_top_it_wrapped_a
     assert wrong.port_range(1) == (20000, 20210)
     assert wrong.seen([20215, 20216]).port_range(1) == (20000, 20216)  # a few ports on: maybe its top
     later = wrong.seen(range(20215, 20300, 5))  # no: the counter goes on past it
-    assert later.beyond and later.port_range(1) is None
+    assert later.past_top > 0 and later.port_range(1) is None
     assert later.seen([20305]).port_range(1) is None  # measured from the top it wrapped at, not the last
     assert later.seen([20100, 20101]).port_range(1) is None  # a step back is no wrap yet
     again = later.seen([20001, 20002])  # a real wrap: from the top quarter to the bottom one

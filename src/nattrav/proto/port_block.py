@@ -19,17 +19,18 @@ window across it, from a side whose own port is fixed, also holds the wrapped po
 little past the top it wrapped at (TOP_SLACK): a few samples a cycle rarely meet the block's very
 top, and a counter at a new top is just where the wrap comes next (TCP over wan50: all 8 misses of
 a Δ = 2 pair in 4,000 came there, while nothing was published). A counter far past it says the wrap
-was not one: nothing is published. (Where both sides count, neither choice is safe at a new top:
-the windows pair flows by index, and no twin can be aimed; a simulated counter mispredicts ~0.3 % of
-its next ports at the edges either way.)
-Before the first wrap is seen, samples taken across it are read from the bottom by
-proto/predict.since_wrap.
+was not one: nothing is published. Where both sides count, no twin can be aimed (the windows pair
+flows by index): a side whose last sample is its published top (at_top) gets windows that go on
+past it instead, as before such a block was published. Before the first wrap is seen, samples taken
+across it are read from the bottom by proto/predict.since_wrap.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+
+from .report import PORT_RANGE
 
 # wraps seen before the block is used: one, since a wrong block undoes itself (two stale samples in
 # a row read as a wrap publish a range whose top the counter then passes, and a counter far past the
@@ -55,10 +56,6 @@ class PortBlock:
     def past_top(self) -> int:
         """How far the counter went above the top it wrapped at: the block goes on at least that far."""
         return 0 if self.wrap_top is None or self.hi is None else max(0, self.hi - self.wrap_top)
-
-    @property
-    def beyond(self) -> bool:
-        return self.past_top > 0
 
     def seen(self, ports: Iterable[int]) -> PortBlock:
         """The block after samples `ports`, in the order the NAT handed them out."""
@@ -97,4 +94,12 @@ class PortBlock:
         return (self.lo, min(65535, self.hi + delta - 1))
 
 
-__all__ = ["MIN_BLOCK", "MIN_WRAPS", "TOP_SLACK", "PortBlock"]
+def at_top(port_range: tuple[int, int], last: int, delta: int | None) -> bool:
+    """A counter stepping by `delta` whose `last` port is the top of the published block
+    `port_range` (its highest port seen + Δ - 1): the block goes on at least that far, and may go
+    further (published a little past the top it wrapped at)."""
+    lo, hi = port_range
+    return (lo, hi) != PORT_RANGE and bool(delta) and delta > 0 and hi - delta + 1 <= last <= hi
+
+
+__all__ = ["MIN_BLOCK", "MIN_WRAPS", "TOP_SLACK", "PortBlock", "at_top"]

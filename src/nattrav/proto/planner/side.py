@@ -9,7 +9,8 @@ from ...errors import BadReport
 from .. import predict as _predict
 from . import pool as _pool
 from ..predict import Kind, Prediction
-from ..report import PORT_RANGE, NatReport
+from ..port_block import at_top
+from ..report import NatReport
 from .budget import DEFAULT_FLOW_BUDGET
 from ..vocab import Filtering, Mapping
 
@@ -112,13 +113,8 @@ class Side:
 
 
 def at_block_top(report: NatReport) -> bool:
-    """The side's counter is at the top of the block it published: its last sample is the highest
-    port it has seen there, so the block goes on at least that far, and may go further
-    (proto/port_block.py publishes it a little past the top it wrapped at)."""
-    lo, hi = report.port_range
-    if (lo, hi) == PORT_RANGE or not report.samples or not report.delta or report.delta < 1:
-        return False
-    return hi - report.delta + 1 <= report.samples[-1].port <= hi
+    """The side's last sample is the top of the block it published (port_block.at_top)."""
+    return bool(report.samples) and at_top(report.port_range, report.samples[-1].port, report.delta)
 
 
 def side_from_report(report: NatReport, *, horizon: float = DEFAULT_HORIZON,

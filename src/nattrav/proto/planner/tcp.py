@@ -307,7 +307,7 @@ def _plan_pair(mine: TcpMapping, peer: TcpMapping, role: str, window: int, targe
         return _random_plan(mine, peer, role, pair)
     if mine.sequential and peer.sequential:
         # both count: the windows go on past a block's top where a side's counter is at it, as
-        # the UDP planner's do (planner/udp.py, _on_past_top)
+        # the UDP planner's do (planner/udp.py's plan)
         mine, peer = _on_past_top(mine), _on_past_top(peer)
         first, second = (mine, peer) if role == "first" else (peer, mine)
     window, covered = size_window(first, second, window, target)

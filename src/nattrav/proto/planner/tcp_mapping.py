@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .. import predict as _predict
+from ..port_block import at_top
 from ..report import MAX_AGE, MAX_WINDOW, PORT_RANGE, History, NatReport, TcpReport
 from ..vocab import Allocation, Filtering, Mapping
 from .side import DEFAULT_HORIZON
@@ -98,11 +99,8 @@ class TcpMapping:
 
     @property
     def at_block_top(self) -> bool:
-        """Sequential, and its last port is the top of the block its side published: the block goes
-        on at least that far, and may go further (planner/side.py's at_block_top, for TCP)."""
-        lo, hi = self.port_range
-        return (self.sequential and (lo, hi) != PORT_RANGE and self.delta > 0
-                and hi - self.delta + 1 <= self.last_port <= hi)
+        """Sequential, and its last port is the top of the block its side published (port_block.at_top)."""
+        return self.sequential and at_top(self.port_range, self.last_port, self.delta)
 
     def twin(self, k: int) -> int | None:
         """Where the k-th new flow goes if the block's top is higher than its side has seen: straight

@@ -228,8 +228,10 @@ def plan(local_report: NatReport, remote_report: NatReport, role: str, *, target
         # is at the top of its published block may wrap there or go on: the windows go on, as they
         # did before such a block was published (a plan that wrapped a CGN's counter at 24047
         # missed; it went on to 24095, bench/results/reliability.md session 16)
-        local = side(_on_past_top(local_report), h_local, theirs, ours)
-        remote = side(_on_past_top(remote_report), h_remote, ours, theirs)
+        if at_block_top(local_report):
+            local = side(replace(local_report, port_range=PORT_RANGE), h_local, theirs, ours)
+        if at_block_top(remote_report):
+            remote = side(replace(remote_report, port_range=PORT_RANGE), h_remote, ours, theirs)
     reported = None
     aimable = () if peer_ip is None else (peer_ip, *peer_udp)
     if aimable and remote.ip not in aimable:
@@ -577,11 +579,6 @@ def _predicted(first: Side, second: Side, target: float, max_window: int) -> Att
                         _maybe_swap(a, swap)))
     choices.sort(key=lambda c: c[0])
     return choices[0][1]
-
-
-def _on_past_top(report: NatReport) -> NatReport:
-    """`report` without its block when its counter is at the block's top (at_block_top)."""
-    return replace(report, port_range=PORT_RANGE) if at_block_top(report) else report
 
 
 def _above_doubt(target: float, sure: float) -> float:
