@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nattrav.api import port_blocks
-from nattrav.proto.port_block import MIN_WRAPS, PortBlock
+from nattrav.proto.port_block import MIN_WRAPS, TOP_EXTRA, TOP_REACH, PortBlock, to_top
 from nattrav.proto.predict import Kind, predict
-from nattrav.proto.report import NatReport, Sample
+from nattrav.proto.report import PORT_RANGE, NatReport, Sample
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
 
 
@@ -177,3 +177,30 @@ def test_a_window_across_a_learned_top_also_holds_the_ports_past_it():
     assert learned.mixture_window(0.999, len(ports) - 1)[0] == ports[:-1]  # the cap holds
     plain = predict(NatReport(**base), elapsed=0.05)  # no block: nothing to twin
     assert all(p > 20254 for p in plain.mixture_window(0.999, 64)[0])
+
+
+# --- a counter about to reach its published top is taken through it (api/block_edge.py) -------------
+
+def test_a_counter_near_its_published_top_is_taken_past_it_and_a_little_further():
+    block = (20000, 24095)
+    assert to_top(block, 24095, 1) == 1 + TOP_EXTRA  # at the top: the next flow wraps
+    assert to_top(block, 24050, 1) == 46 + TOP_EXTRA
+    assert to_top(block, 24086, 3) == 4 + TOP_EXTRA  # 24089, 24092, 24095, then past it
+
+
+def test_a_counter_out_of_reach_or_a_range_that_is_no_block_takes_nothing():
+    block = (20000, 24095)
+    assert to_top(block, 24095 - TOP_REACH, 1) == 0  # TOP_REACH + 1 flows away
+    assert to_top(block, 24095 - TOP_REACH + 1, 1) == TOP_REACH + TOP_EXTRA
+    assert to_top(block, 21000, 1) == 0
+    assert to_top(PORT_RANGE, 65530, 1) == 0  # nothing published
+    assert to_top(block, 24100, 1) == 0  # not in the block (a stray)
+    assert to_top(block, 24090, None) == 0 and to_top(block, 24090, 0) == 0
+
+
+def test_a_small_blocks_reach_is_a_sixteenth_of_its_cycle():
+    block = (30000, 30511)  # 512 ports: 32 flows at Δ = 1, 16 at Δ = 2
+    assert to_top(block, 30511 - 31, 1) == 32 + TOP_EXTRA
+    assert to_top(block, 30511 - 32, 1) == 0
+    assert to_top(block, 30511 - 31, 2) == 16 + TOP_EXTRA
+    assert to_top(block, 30511 - 33, 2) == 0

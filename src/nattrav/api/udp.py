@@ -36,6 +36,7 @@ from ..proto.stun_client import Transaction
 from ..proto.vocab import Allocation, Mapping, Role, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
+from .block_edge import cross_top
 from .pool_survey import Survey, needs_survey, survey_pool
 from .relay import RelayRung
 from . import port_blocks
@@ -228,6 +229,7 @@ async def open_endpoint(
     local_ip = behavior.local[0] if behavior.local else sock.getsockname()[0]
     ep = Endpoint(sock, behavior, report, t0, trio.current_time(), cached, hops, max_flows, str(local_ip),
                   seen.tickets, seen.udp, seen.ips, seen.draws, waited)
+    await cross_block_top(ep, emit)
     ep.publish_flows(emit)
     return ep
 
@@ -350,8 +352,34 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
                             ep.report, pool=len(ep.seen_ips), draws=ep.seen_draws)
         port_blocks.keep_in(ep.cached)
         ep.sampled_at = trio.current_time()
+        await cross_block_top(ep, on_event)
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
+
+
+async def cross_block_top(ep: Endpoint, on_event: EventHook | None = None) -> None:
+    """A sequential counter within reach of its published block's top is taken through it now, and
+    the report says where it stands (api/block_edge.py says why). Not for a pool's addresses: each
+    counts on its own, and the punch socket's samples may come from another one."""
+    r, b = ep.report, ep.behavior
+    if (b.allocation is not Allocation.SEQUENTIAL or b.server is None or r.public is None or not r.samples
+            or len(ep.seen_ips) > 1):
+        return
+    src_ip = None if ep.local_ip in ("", "0.0.0.0") else ep.local_ip
+    got = await cross_top(b.server, src_ip, r.public[0], r.port_range, r.samples[-1].port, b.delta)
+    if not got.flows:
+        return
+    # its flows hold NAT entries as a burst's do
+    LEDGER.record(ep.local_ip, got.flows, time.monotonic() + FLOW_LINGER, ep.budget)
+    if ep.cached is not None:
+        ep.cached.cache.record_flows(ep.local_ip, got.flows, time.time() + FLOW_LINGER)
+    emit = on_event or (lambda phase, detail: None)
+    emit("block-top", {"flows": got.flows, "wrapped": got.wrapped,
+                       "ports": [got.ports[0], got.ports[-1]] if got.ports else []})
+    if got.ports:
+        counter = Sample(got.ports[-1], round(max(0.0, got.started - ep.t0), 6), got.before_last)
+        ep.report = _report(ep.sock, b, [], tuple(r.public), emit, r, pool=1, draws=ep.seen_draws, counter=counter)
+        port_blocks.keep_in(ep.cached)
 
 
 # --- the sample beacon (proto/rendezvous/beacon.py) ------------------------------------------------
@@ -564,8 +592,9 @@ def _report(sock: Any, behavior: NatBehavior, new: list[Sample], public: tuple[s
     last sample (not the punch socket's own: the mapping event leaves it out)."""
     series = (previous.samples if previous else ()) + tuple(new) + ((counter,) if counter else ())
     ports = [s.port for s in new]
-    emit("mapping", {"ports": ports, "public": list(public),
-                     "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
+    if ports:  # (a counter sample alone says its own event)
+        emit("mapping", {"ports": ports, "public": list(public),
+                         "delta": ports[-1] - ports[-2] if len(ports) > 1 else None})
     # where the NAT's counter starts again, once this process saw it do so (proto/port_block.py)
     block = port_blocks.observe(public[0], ports).port_range(behavior.delta)
     if block is not None and behavior.allocation is Allocation.SEQUENTIAL:

@@ -21,8 +21,10 @@ top, and a counter at a new top is just where the wrap comes next (TCP over wan5
 a Δ = 2 pair in 4,000 came there, while nothing was published). A counter far past it says the wrap
 was not one: nothing is published. Where both sides count, no twin can be aimed (the windows pair
 flows by index): a side whose last sample is its published top (at_top) gets windows that go on
-past it instead, as before such a block was published. Before the first wrap is seen, samples taken
-across it are read from the bottom by proto/predict.since_wrap.
+past it instead, as before such a block was published; and a counter within reach of its
+published top (to_top) is taken through it before the report leaves (api/block_edge.py), so that
+its windows start after the wrap. Before the first wrap is seen, samples taken across it are read
+from the bottom by proto/predict.since_wrap.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ MIN_BLOCK = 16  # ports; a smaller spread is not told from a counter that has ba
 # block still be published: a block's top is met by some cycle's samples within a few of
 # the ports one connect takes (tens), while a wrong block's counter goes on past it by hundreds.
 TOP_SLACK = 1 / 16
+# A counter this few flows below its published top is taken through it before its report leaves
+# (api/block_edge.py): a connect's windows reach tens of flows ahead, and where both sides count,
+# a window that crosses a top published below the NAT's wraps early (no twin can cover it). The
+# crossing costs those flows and a round trip, once a cycle of the block.
+TOP_REACH = 64
+# flows past the published top each crossing batch goes on for: the NAT's top may be higher, and
+# the port after the wrap must be followed by one more to read as a wrap (PortBlock._one)
+TOP_EXTRA = 8
+MAX_CROSSING = 160  # flows one crossing may spend in all (a CGN subscriber may hold 512)
 
 
 @dataclass(frozen=True)
@@ -102,4 +113,17 @@ def at_top(port_range: tuple[int, int], last: int, delta: int | None) -> bool:
     return (lo, hi) != PORT_RANGE and bool(delta) and delta > 0 and hi - delta + 1 <= last <= hi
 
 
-__all__ = ["MIN_BLOCK", "MIN_WRAPS", "TOP_SLACK", "PortBlock", "at_top"]
+def to_top(port_range: tuple[int, int], last: int, delta: int | None, reach: int = TOP_REACH) -> int:
+    """Flows from a counter at `last`, stepping by `delta`, to the first that steps past the top of
+    the published block `port_range`, plus TOP_EXTRA; 0 when that is more than `reach` flows away
+    (or a sixteenth of the block's cycle, for a small block), or nothing is published, or `last` is
+    not in the block."""
+    lo, hi = port_range
+    if (lo, hi) == PORT_RANGE or not delta or delta < 1 or not lo <= last <= hi:
+        return 0
+    steps = (hi - last) // delta + 1
+    return steps + TOP_EXTRA if steps <= min(reach, max(1, (hi - lo + 1) // (16 * delta))) else 0
+
+
+__all__ = ["MAX_CROSSING", "MIN_BLOCK", "MIN_WRAPS", "TOP_EXTRA", "TOP_REACH", "TOP_SLACK", "PortBlock", "at_top",
+           "to_top"]

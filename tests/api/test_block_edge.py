@@ -1,0 +1,124 @@
+"""A sequential counter about to reach the top of its published block is taken through it before
+the report leaves (api/block_edge.py), on a simulated NAT whose block goes higher than the one our
+samples published: the crossing finds the NAT's own top and bottom, the report's last sample is
+the counter after the wrap, and the flows it spent are in the ledger. Virtual time only."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from nattrav.api import block_edge, port_blocks, udp
+from nattrav.proto.nat_behavior import NatBehavior
+from nattrav.proto.port_block import MAX_CROSSING, TOP_EXTRA
+from nattrav.proto.report import NatReport, Sample
+from nattrav.proto.vocab import Allocation, Filtering, Mapping
+from tests.io.test_discover_timing import PUBLIC, S1, S2, FakeNet, FakeSocket, Nat
+
+LO, HI = 20000, 24095  # the NAT's block
+
+
+class BlockNat(Nat):
+    """A symmetric NAT counting by `delta` through [LO, HI] and starting again at LO."""
+
+    def __init__(self, start: int, delta: int = 1, lo: int = LO, hi: int = HI) -> None:
+        super().__init__(Mapping.APDM, Filtering.APDF, delta)
+        self.next_port, self.lo, self.hi = start, lo, hi
+
+    def outbound(self, local_port: int, dest: tuple[str, int]) -> int:
+        port = super().outbound(local_port, dest)
+        if self.next_port > self.hi:
+            self.next_port = self.lo + (self.next_port - self.hi - 1)
+        return port
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process():
+    port_blocks.forget_all()
+    udp.LEDGER.bursts.clear()
+    yield
+    port_blocks.forget_all()
+    udp.LEDGER.bursts.clear()
+
+
+@pytest.fixture
+def mock_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def _crossing(nat: Nat, published: tuple[int, int], last: int, delta: int = 1) -> block_edge.Crossing:
+    net = FakeNet(nat, 0.05)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        return await block_edge.cross_top(S1, None, PUBLIC, published, last, delta)
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+
+
+async def test_a_top_published_below_the_nats_is_crossed_where_the_nat_wraps(mock_clock):
+    # our samples met 24,063 at most: that is the published top; the NAT's is 24,095
+    port_blocks.seed(PUBLIC, 20010, 24063, 1)
+    got = await _crossing(BlockNat(24051), (20010, 24063), 24050)
+    assert got.wrapped
+    i = got.ports.index(HI)
+    assert got.ports[:i + 1] == list(range(24051, HI + 1)) and got.ports[i + 1] == LO
+    # each flow took the next port: the last one answered is the counter, the others were ours
+    assert got.flows == len(got.ports) and got.before_last == got.flows - 1
+    assert got.flows <= MAX_CROSSING
+    block = port_blocks.observe(PUBLIC, [])
+    assert block.port_range(1) == (LO, HI)  # the NAT's own block, bottom and top
+
+
+async def test_a_counter_out_of_reach_of_its_top_costs_nothing(mock_clock):
+    port_blocks.seed(PUBLIC, 20000, 24095, 1)
+    nat = BlockNat(22001)
+    got = await _crossing(nat, (20000, 24095), 22000)
+    assert got.flows == 0 and got.ports == [] and nat.next_port == 22001
+
+
+async def test_a_counter_that_goes_on_far_past_the_top_was_no_block_and_the_crossing_stops(mock_clock):
+    # two stale samples read as a wrap published a block the counter is not bound by
+    port_blocks.seed(PUBLIC, 20010, 20300, 1)
+    got = await _crossing(BlockNat(20291, hi=40000), (20010, 20300), 20290)
+    assert not got.wrapped and got.flows < MAX_CROSSING
+    assert port_blocks.observe(PUBLIC, []).port_range(1) is None  # nothing published now
+
+
+async def test_the_report_names_the_counter_after_the_wrap_and_the_ledger_holds_the_flows(mock_clock):
+    nat = BlockNat(24051, delta=1)
+    net = FakeNet(nat, 0.05)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        port_blocks.seed(PUBLIC, 20010, 24063, 1)
+        behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                               delta=1, nat=True, server=S1, other_address=S2)
+        report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                           delta=1, public=(PUBLIC, 24050), samples=(Sample(24049, 0.0), Sample(24050, 0.01)),
+                           port_range=(20010, 24063))
+        sock = FakeSocket(net, trio.socket.AF_INET)
+        await sock.bind(("10.0.0.2", 0))
+        ep = udp.Endpoint(sock, behavior, report, trio.current_time(), trio.current_time(), local_ip="10.0.0.2")
+        events: list = []
+        await udp.cross_block_top(ep, lambda phase, detail: events.append((phase, detail)))
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    last = ep.report.samples[-1]
+    assert ep.report.samples[:2] == report.samples
+    assert LO <= last.port < LO + 2 * TOP_EXTRA * 4 and last.port == nat.next_port - 1
+    assert ep.report.port_range == (LO, HI)
+    top = [d for p, d in events if p == "block-top"]
+    assert len(top) == 1 and top[0]["wrapped"] and top[0]["flows"] == last.own + 1
+    assert udp.LEDGER.held("10.0.0.2", time.monotonic()) == top[0]["flows"]
+
+
+async def test_a_counter_not_counting_is_left_alone(mock_clock):
+    behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.RANDOM,
+                           nat=True, server=S1, other_address=S2)
+    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.RANDOM,
+                       public=(PUBLIC, 24050), samples=(Sample(24050, 0.0),))
+    ep = udp.Endpoint(None, behavior, report, local_ip="10.0.0.2")
+    await udp.cross_block_top(ep)
+    assert ep.report is report
