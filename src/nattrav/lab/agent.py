@@ -85,6 +85,7 @@ async def run_agent(args: argparse.Namespace) -> None:
         row.setdefault("plan_reason", plan.get("reason"))
         row["diag"] = diagnosis(marks)
         row["flow_wait"] = marks.get("flow_wait", 0.0)
+        row["crossings"] = marks.get("crossings", 0)
         _emit(row)
         await trio.sleep(0.2)  # lets the peer read its close before the next trial
         if i + 1 < args.trials:
@@ -135,6 +136,8 @@ def marking() -> tuple[dict[str, Any], Any]:
             marks.setdefault("first_plan", d)  # the connect's stated odds (a second round plans again)
         elif phase == "again":
             marks["again"] = marks.get("again", 0) + 1
+        elif phase == "block-top":  # a counter taken through its block's top (api/block_edge.py)
+            marks["crossings"] = marks.get("crossings", 0) + 1
         elif phase == "flow-wait":  # seconds spent waiting for our own bursts' entries (api/flow_wait.py)
             marks["flow_wait"] = round(marks.get("flow_wait", 0.0) + float(d.get("seconds", 0.0)), 3)
 
@@ -142,7 +145,7 @@ def marking() -> tuple[dict[str, Any], Any]:
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"again", "again-found", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+TIMED = {"again", "again-found", "block-top", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
          "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
@@ -152,10 +155,10 @@ def _brief(phase: str, d: dict[str, Any]) -> Any:
     if phase == "plan":
         targets = d.get("peer_targets") or []
         return {"targets": len(targets), "first": targets[:3], "last": targets[-1:]}
-    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found"):
+    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top"):
         return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
                                                     "ttl", "strategy", "targets", "peer", "udp", "opens", "odds",
-                                                    "found")}
+                                                    "found", "flows", "wrapped")}
     if phase == "pool-survey":  # which flows showed the pool first (the punch socket's, discovery's)
         return {k: d.get(k) for k in ("addresses", "flows", "discovery")}
     return None

@@ -299,7 +299,8 @@ def _join(left: str, right: str, trials: int, rows: dict[str, list], errors: dic
                    "plan_reason_a": a.get("plan_reason"), "plan_reason_b": b.get("plan_reason"),
                    "diag_a": a.get("diag"), "diag_b": b.get("diag"), "reason_a": a.get("reason"),
                    "reason_b": b.get("reason"), "flow_wait_a": a.get("flow_wait"), "flow_wait_b": b.get("flow_wait"),
-                   "again": max(a.get("again") or 0, b.get("again") or 0)},
+                   "again": max(a.get("again") or 0, b.get("again") or 0),
+                   "crossings": (a.get("crossings") or 0) + (b.get("crossings") or 0)},
         ))
     return out
 
@@ -385,6 +386,9 @@ def summarise(rows: list[TrialResult], *, tcp: bool = False) -> dict:
         "again_connected": sum(1 for r in ok if r.extra.get("again")),
         # what each such trial's fresh samples said broke its first round (proto/moved.py), by side
         "again_found": [[r.trial, r.ok, *_found(r)] for r in rows if r.extra.get("again")][:20],
+        # connects that took a counter through its block's top first (api/block_edge.py), and the trials
+        "crossings": sum(r.extra.get("crossings") or 0 for r in rows),
+        "crossing_trials": [r.trial for r in rows if r.extra.get("crossings")][:200],
         "median_rank": statistics.median([p["rank"] for p in hits]) if hits else None,
         "failures": sorted({(r.reason or "")[:4000] for r in rows if not r.ok})[:3],  # whole: the rungs come last
         # each missed trial's evidence (both sides' events and plan parameters), so that a miss in a
