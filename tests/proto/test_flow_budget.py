@@ -124,23 +124,49 @@ def test_when_the_table_has_room_but_the_bucket_does_not_it_waits_the_whole_cap(
     assert pace(DEFAULT_FLOW_BUDGET, two, now, cap=20.0) < 20.0  # within a longer cap: the bucket's own wait
 
 
+def test_when_no_room_comes_within_the_cap_it_waits_for_what_the_cap_frees():
+    now = 100.0
+    # a listener's table after windows of 50, 50, 300, 310 and 310 flows: 4 flows free, room for the
+    # median window (300) only 21 s on, past a 10 s cap. Going at once planned at 4 flows (the old
+    # rule); the two small windows' entries go within the cap: it waits for them, 104 flows
+    bursts = [(now + 6.0, 50), (now + 9.0, 50), (now + 21.0, 300), (now + 22.0, 310), (now + 24.0, 310)]
+    assert DEFAULT_FLOW_BUDGET - sum(f for _, f in bursts) == 4
+    assert pace(DEFAULT_FLOW_BUDGET, bursts, now, cap=10.0) == pytest.approx(9.0)
+    assert pace(DEFAULT_FLOW_BUDGET, bursts, now, cap=7.0) == pytest.approx(6.0)
+    # nothing goes within the cap: no wait
+    assert pace(DEFAULT_FLOW_BUDGET, bursts, now, cap=5.0) == 0.0
+
+
 def test_a_run_of_quick_connects_keeps_a_quarter_of_its_flows():
     # a listener whose peers' windows are 44-250 flows, one connect a second, its accepts capped at
     # 10 s: the run of session 15's arbitrary pool, which spent 1,024 flows in 18 s and then planned
     # at 1 flow. Paced, hardly a connect finds less than a quarter of what it wants (going at once
-    # when the bucket's wait passed the cap: 20 of these 1,500; waiting the cap: 5)
+    # when the bucket's wait passed the cap: 20 of these 1,500; waiting the cap: 5; and waiting for
+    # what the cap frees where no room comes within it: 0)
+    assert _short_connects(44, 250, 1.0) == 0
+
+
+def test_a_run_of_wider_windows_keeps_a_quarter_of_its_flows_too():
+    # session 16's arbitrary pool: windows of 44-448 flows ~3 s apart. Going at once where no room
+    # came within the cap left 76 of these 1,500 with under a quarter of their flows; 13 now
+    assert _short_connects(44, 448, 3.0) <= 15
+
+
+def _short_connects(fewest: int, most: int, gap: float) -> int:
+    """Of 5 runs of 300 connects `gap` s apart, each wanting fewest..most flows of a 1,024 budget and
+    pacing at a 10 s cap, those that found under a quarter of what they wanted."""
     import random
     short = 0
     for seed in range(5):
         rng, t, bursts = random.Random(seed), 0.0, []
         for _ in range(300):
             t += pace(DEFAULT_FLOW_BUDGET, bursts, t, cap=10.0)
-            want = rng.randint(44, 250)
+            want = rng.randint(fewest, most)
             got = min(want, max(1, DEFAULT_FLOW_BUDGET - sum(f for u, f in bursts if u > t)))
             short += got < want / 4
             bursts.append((t + 0.5 + FLOW_LINGER, got))
-            t += 1.0
-    assert short <= 6
+            t += gap
+    return short
 
 
 def test_the_ledger_paces_with_the_budget_its_last_burst_fired_under():
@@ -163,8 +189,11 @@ def test_after_the_paced_wait_a_burst_like_the_largest_fits_or_none_was_waited(b
     if wait > 0:
         need = min(budget, max(f for _, f in live))
         free = budget - sum(f for u, f in live if u > now + wait + 1e-6)
-        # the table holds the largest then, or (when that took longer than the cap) the median one
-        assert free >= need or free >= min(need, statistics.median_low(f for _, f in live))
+        # the table holds the largest then, or (when that took longer than the cap) the median one,
+        # or, when neither comes within the cap, the wait ends as the last entries that go within it go
+        going = [u for u, _ in live if u <= now + PACE_CAP]
+        assert (free >= need or free >= min(need, statistics.median_low(f for _, f in live))
+                or (going and wait == pytest.approx(max(going) - now)))
     if wait > 1e-3 and not any(now < u < now + wait for u, _ in live):
         # and not a moment sooner (while the same bursts are held: one that goes changes the need)
         assert pace(budget, bursts, now + wait - 1e-4) > 0
