@@ -54,6 +54,8 @@ async def cross_top(stun: tuple[str, int], src_ip: str | None, public_ip: str, p
     published block `port_range` when it is within reach of it; else do nothing."""
     out = Crossing(started=trio.current_time())
     n = to_top(port_range, last, delta)
+    if not n:
+        return out
     wraps = port_blocks.observe(public_ip, []).wraps
     while n and out.flows + n <= MAX_CROSSING:
         out.started = trio.current_time()
