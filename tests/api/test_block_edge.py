@@ -114,11 +114,20 @@ async def test_the_report_names_the_counter_after_the_wrap_and_the_ledger_holds_
     assert udp.LEDGER.held("10.0.0.2", time.monotonic()) == top[0]["flows"]
 
 
-async def test_a_counter_not_counting_is_left_alone(mock_clock):
-    behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.RANDOM,
+@pytest.mark.parametrize("mapping, allocation", [(Mapping.APDM, Allocation.RANDOM),
+                                                  (Mapping.EIM, Allocation.SEQUENTIAL)])
+async def test_a_counter_not_counting_or_a_mapping_kept_for_every_destination_is_left_alone(
+        mock_clock, mapping, allocation):
+    port_blocks.seed(PUBLIC, 20010, 24063, 1)
+    behavior = NatBehavior(mapping=mapping, filtering=Filtering.APDF, allocation=allocation, delta=1,
                            nat=True, server=S1, other_address=S2)
-    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.RANDOM,
-                       public=(PUBLIC, 24050), samples=(Sample(24050, 0.0),))
+    report = NatReport(mapping=mapping, filtering=Filtering.APDF, allocation=allocation, delta=1,
+                       public=(PUBLIC, 24050), samples=(Sample(24050, 0.0),), port_range=(20010, 24063))
     ep = udp.Endpoint(None, behavior, report, local_ip="10.0.0.2")
-    await udp.cross_block_top(ep)
-    assert ep.report is report
+    net = FakeNet(BlockNat(24051), 0.05)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        await udp.cross_block_top(ep)
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    assert ep.report is report and net.sent == []

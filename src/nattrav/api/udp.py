@@ -360,10 +360,11 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
 async def cross_block_top(ep: Endpoint, on_event: EventHook | None = None) -> None:
     """A sequential counter within reach of its published block's top is taken through it now, and
     the report says where it stands (api/block_edge.py says why). Not for a pool's addresses: each
-    counts on its own, and the punch socket's samples may come from another one."""
+    counts on its own, and the punch socket's samples may come from another one. Nor for a mapping
+    kept for every destination (EIM): the peer aims at the one it has, whatever the counter does."""
     r, b = ep.report, ep.behavior
-    if (b.allocation is not Allocation.SEQUENTIAL or b.server is None or r.public is None or not r.samples
-            or len(ep.seen_ips) > 1):
+    if (b.allocation is not Allocation.SEQUENTIAL or b.mapping is None or not b.mapping.symmetric
+            or b.server is None or r.public is None or not r.samples or len(ep.seen_ips) > 1):
         return
     src_ip = None if ep.local_ip in ("", "0.0.0.0") else ep.local_ip
     got = await cross_top(b.server, src_ip, r.public[0], r.port_range, r.samples[-1].port, b.delta)
