@@ -21,12 +21,10 @@ and puts the flows in its ledger: they hold NAT entries like a burst's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
-from ..io.fresh_port import fresh_trio_udp
-from ..io.stun_client import run_transactions
+from ..io.stun_client import from_fresh_sockets
 from ..proto.port_block import MAX_CROSSING, to_top
 from ..proto.stun import binding_request
 from ..proto.stun_client import Transaction
@@ -80,17 +78,11 @@ async def cross_top(stun: tuple[str, int], src_ip: str | None, public_ip: str, p
 async def _new_flows(stun: tuple[str, int], src_ip: str | None, public_ip: str, n: int) -> list[int | None] | None:
     """The mapped port of each of `n` fresh sockets' flows to `stun`, in the order they left (None:
     no answer, or an answer from another public address); None when the sockets could not open."""
-    socks: list[Any] = []
     try:
-        for _ in range(n):
-            socks.append(await fresh_trio_udp(src_ip))
-        results = await run_transactions([(s, Transaction(binding_request(), stun, rto=RTO, rc=RC, rm=RM))
-                                          for s in socks])
+        _, results = await from_fresh_sockets(n, src_ip, lambda: Transaction(binding_request(), stun, rto=RTO, rc=RC,
+                                                                               rm=RM))
     except OSError:
         return None
-    finally:
-        for s in socks:
-            s.close()
     return [r.mapped[1] if r is not None and r.ok and str(r.mapped[0]) == public_ip else None for r in results]
 
 

@@ -24,12 +24,10 @@ SOCKETS = 32 leaves 4e-4 for a pool of 4, 3e-2 for one of 6, 0.11 for 8 (observe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
-from ..io.fresh_port import fresh_trio_udp
-from ..io.stun_client import run_transactions
+from ..io.stun_client import from_fresh_sockets
 from ..proto.rendezvous.observe import MAX_OBSERVED, new_addresses, observe_request, ticket_of
 from ..proto.stun_client import Transaction
 from ..proto.vocab import Mapping
@@ -66,19 +64,11 @@ async def survey_pool(observe: tuple[str, int], src_ip: str | None, known_ips: l
     and every endpoint seen: each fresh socket's flow is a new mapping, which on a sequential NAT
     takes the next port (report.counter_sample folds them). Sockets that cannot be opened, or
     requests not answered, just count for nothing."""
-    socks: list[Any] = []
-    started = trio.current_time()
     try:
-        for _ in range(sockets):
-            socks.append(await fresh_trio_udp(src_ip))
-        jobs = [(s, Transaction(observe_request(), observe, rto=RTO, rc=RC, rm=RM)) for s in socks]
-        started = trio.current_time()
-        results = await run_transactions(jobs)
+        started, results = await from_fresh_sockets(
+            sockets, src_ip, lambda: Transaction(observe_request(), observe, rto=RTO, rc=RC, rm=RM))
     except OSError:
-        return Survey(started=started)
-    finally:
-        for s in socks:
-            s.close()
+        return Survey(started=trio.current_time())
     found = [ticket_of(r.message, r.mapped) if r is not None and r.ok else None for r in results]
     return Survey(new_addresses(found, known_ips, MAX_OBSERVED - 1), [f[0] for f in found if f is not None],
                   started)

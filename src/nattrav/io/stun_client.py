@@ -86,6 +86,25 @@ async def run_transactions(jobs: Sequence[tuple[trio.socket.SocketType, Transact
     return [tx.result if tx.state is State.DONE else None for _, tx in jobs]
 
 
+async def from_fresh_sockets(n: int, src_ip: str | None, make: Callable[[], Transaction]
+                             ) -> tuple[float, list[BindingResult | None]]:
+    """`n` transactions (each `make()`), each from a socket of its own on a port this process has
+    not used lately (io/fresh_port.py), so each is a new flow and, on a NAT with a mapping per
+    destination, a new mapping: (when their first requests left, in trio time; run_transactions'
+    results, in order). The sockets are closed after. Raises OSError when they cannot be opened."""
+    from .fresh_port import fresh_trio_udp
+
+    socks: list[trio.socket.SocketType] = []
+    try:
+        for _ in range(n):
+            socks.append(await fresh_trio_udp(src_ip))
+        started = trio.current_time()
+        return started, await run_transactions([(s, make()) for s in socks])
+    finally:
+        for s in socks:
+            s.close()
+
+
 def by_reply_id(txs: Iterable[Transaction]) -> dict[bytes, Transaction]:
     """Transactions by the bytes 8..20 of their replies (the ID, a classic one's last 12 bytes too)."""
     return {tx.request.transaction_id[-12:]: tx for tx in txs}
