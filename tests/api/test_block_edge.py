@@ -49,11 +49,12 @@ def mock_clock():
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-async def _crossing(nat: Nat, published: tuple[int, int], last: int, delta: int = 1) -> block_edge.Crossing:
+async def _crossing(nat: Nat, published: tuple[int, int], last: int, delta: int = 1,
+                    most: int = MAX_CROSSING) -> block_edge.Crossing:
     net = FakeNet(nat, 0.05)
     previous = trio.socket.set_custom_socket_factory(net)
     try:
-        return await block_edge.cross_top(S1, None, PUBLIC, published, last, delta)
+        return await block_edge.cross_top(S1, None, PUBLIC, published, last, delta, most)
     finally:
         trio.socket.set_custom_socket_factory(previous)
 
@@ -77,6 +78,17 @@ async def test_a_counter_out_of_reach_of_its_top_costs_nothing(mock_clock):
     nat = BlockNat(22001)
     got = await _crossing(nat, (20000, 24095), 22000)
     assert got.flows == 0 and got.ports == [] and nat.next_port == 22001
+
+
+async def test_a_crossing_keeps_within_the_flows_it_may_spend(mock_clock):
+    port_blocks.seed(PUBLIC, 20010, 24063, 1)
+    nat = BlockNat(24051)
+    # 13 flows to the published top and TOP_EXTRA past it do not fit in 12: nothing is spent
+    got = await _crossing(nat, (20010, 24063), 24050, most=12)
+    assert got.flows == 0 and nat.next_port == 24051
+    # 21 fit in 30, and 9 more: the crossing stops there, short of the NAT's top (24,095)
+    got = await _crossing(nat, (20010, 24063), 24050, most=30)
+    assert got.flows == 30 and not got.wrapped and got.ports == list(range(24051, 24081))
 
 
 async def test_a_counter_that_goes_on_far_past_the_top_was_no_block_and_the_crossing_stops(mock_clock):

@@ -47,15 +47,17 @@ class Crossing:
 
 
 async def cross_top(stun: tuple[str, int], src_ip: str | None, public_ip: str, port_range: tuple[int, int],
-                    last: int, delta: int | None) -> Crossing:
+                    last: int, delta: int | None, most: int = MAX_CROSSING) -> Crossing:
     """Take the counter (at `last`, stepping by `delta`, on `public_ip`) through the top of its
-    published block `port_range` when it is within reach of it; else do nothing."""
+    published block `port_range` when it is within reach of it, in `most` flows at most (else do
+    nothing: where our flow budget is nearly spent, the punch needs what is left more)."""
     out = Crossing(started=trio.current_time())
+    most = min(most, MAX_CROSSING)
     n = to_top(port_range, last, delta)
-    if not n:
+    if not n or n > most:
         return out
     wraps = port_blocks.observe(public_ip, []).wraps
-    while n and out.flows + n <= MAX_CROSSING:
+    while n and out.flows + n <= most:
         out.started = trio.current_time()
         got = await _new_flows(stun, src_ip, public_ip, n)
         if got is None:
@@ -71,7 +73,7 @@ async def cross_top(stun: tuple[str, int], src_ip: str | None, public_ip: str, p
             break
         if not answered or block.port_range(delta) is None:
             break  # nothing came back, or the counter went on far past the top: no block there
-        n = min(2 * n, MAX_CROSSING - out.flows)
+        n = min(2 * n, most - out.flows)
     return out
 
 

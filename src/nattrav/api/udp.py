@@ -367,7 +367,9 @@ async def cross_block_top(ep: Endpoint, on_event: EventHook | None = None) -> No
             or b.server is None or r.public is None or not r.samples or len(ep.seen_ips) > 1):
         return
     src_ip = None if ep.local_ip in ("", "0.0.0.0") else ep.local_ip
-    got = await cross_top(b.server, src_ip, r.public[0], r.port_range, r.samples[-1].port, b.delta)
+    # half of what our bursts left of the budget at most: the punch's own window comes next
+    most = budget_left(ep.budget, ep.flows_held()) // 2
+    got = await cross_top(b.server, src_ip, r.public[0], r.port_range, r.samples[-1].port, b.delta, most)
     if not got.flows:
         return
     # its flows hold NAT entries as a burst's do
