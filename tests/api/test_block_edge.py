@@ -13,7 +13,8 @@ import trio.testing
 
 from nattrav.api import block_edge, port_blocks, udp
 from nattrav.proto.nat_behavior import NatBehavior
-from nattrav.proto.port_block import MAX_CROSSING, TOP_EXTRA
+from nattrav.proto.port_block import MAX_CROSSING, TOP_EXTRA, TOP_REACH
+from nattrav.proto.rendezvous.beacon import SECRET_BYTES, TAKES_BEACON
 from nattrav.proto.report import NatReport, Sample
 from nattrav.proto.vocab import Allocation, Filtering, Mapping
 from tests.io.test_discover_timing import PUBLIC, S1, S2, FakeNet, FakeSocket, Nat
@@ -143,3 +144,19 @@ async def test_a_counter_not_counting_or_a_mapping_kept_for_every_destination_is
     finally:
         trio.socket.set_custom_socket_factory(previous)
     assert ep.report is report and net.sent == []
+
+
+def test_an_accept_whose_counter_may_have_come_near_its_top_refreshes_instead_of_a_beacon():
+    # the refresh's samples say where the counter is now, and cross_block_top takes it through
+    behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                           delta=1, nat=True, server=S1, other_address=S2)
+    offer = {TAKES_BEACON: True, "beacon_key": b"k" * SECRET_BYTES, "beacon_port": 7411}
+
+    def at(last: int) -> udp.Endpoint:
+        report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                           delta=1, public=(PUBLIC, last), samples=(Sample(last, 0.0),), port_range=(20010, 24063))
+        return udp.Endpoint(None, behavior, report, local_ip="10.0.0.2")
+
+    assert udp.beacon_wanted(at(22000), offer) == (b"k" * SECRET_BYTES, 7411)
+    assert udp.beacon_wanted(at(24063 - TOP_REACH - 10), offer) is None  # beyond the crossing's own reach
+    assert udp.beacon_wanted(at(24063 - 2 * TOP_REACH - 10), offer) is not None

@@ -28,6 +28,7 @@ from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE
 from ..proto.planner.horizon import HELD, measured_ages, sample_ages
 from ..proto.planner.side import DEFAULT_HORIZON
 from ..proto.planner.udp import Plan, plan
+from ..proto.port_block import TOP_REACH, to_top
 from ..proto.rendezvous.beacon import fold_sample, make_beacon, offer_beacon, session_beacon
 from ..proto.rendezvous.observe import observe_request, ticket_of
 from ..proto.report import MAX_POOL, MAX_POOL_DRAWS, PORT_RANGE, NatReport, Sample, counter_sample
@@ -363,8 +364,7 @@ async def cross_block_top(ep: Endpoint, on_event: EventHook | None = None) -> No
     counts on its own, and the punch socket's samples may come from another one. Nor for a mapping
     kept for every destination (EIM): the peer aims at the one it has, whatever the counter does."""
     r, b = ep.report, ep.behavior
-    if (b.allocation is not Allocation.SEQUENTIAL or b.mapping is None or not b.mapping.symmetric
-            or b.server is None or r.public is None or not r.samples or len(ep.seen_ips) > 1):
+    if not _counting(b) or b.server is None or r.public is None or not r.samples or len(ep.seen_ips) > 1:
         return
     src_ip = None if ep.local_ip in ("", "0.0.0.0") else ep.local_ip
     # half of what our bursts left of the budget at most: the punch's own window comes next
@@ -393,10 +393,25 @@ BEACON_COPIES, BEACON_GAP = 3, 0.02
 def beacon_wanted(ep: Endpoint, offer_info: Any) -> tuple[bytes, int] | None:
     """(secret, port) when the accept of this offer may go with a beacon instead of a refresh: the
     refresh would sample (an APDM mapping, or an EIM one gone stale), the server asked for a beacon
-    and the initiator folds it into our report."""
-    if _refresh_targets(ep) is None:
+    and the initiator folds it into our report. Not while our counter may have come within reach
+    of its block's top since the endpoint's samples (a listener's wait for its offer, and for its
+    flows, lets other hosts' flows move it): the refresh's samples tell, and take it through."""
+    if _refresh_targets(ep) is None or _may_near_top(ep):
         return None
     return offer_beacon(offer_info)
+
+
+def _may_near_top(ep: Endpoint) -> bool:
+    """Our counter was within twice the crossing's reach of its published top at the last sample."""
+    r = ep.report
+    return _counting(ep.behavior) and bool(r.samples) and \
+        to_top(r.port_range, r.samples[-1].port, ep.behavior.delta, 2 * TOP_REACH) > 0
+
+
+def _counting(b: NatBehavior) -> bool:
+    """A sequential counter that gives each destination a mapping of its own: the one a peer's
+    window aims along (an EIM side's peer aims at the mapping it has)."""
+    return b.allocation is Allocation.SEQUENTIAL and b.mapping is not None and b.mapping.symmetric
 
 
 async def send_beacon(ep: Endpoint, dest: tuple[str, int], secret: bytes, offer_id: str,
