@@ -13,6 +13,7 @@ import trio.testing
 
 from nattrav.api import block_edge, port_blocks, udp
 from nattrav.proto.nat_behavior import NatBehavior
+from nattrav.proto.planner.side import side_from_report
 from nattrav.proto.port_block import MAX_CROSSING, TOP_EXTRA, TOP_REACH
 from nattrav.proto.rendezvous.beacon import SECRET_BYTES, TAKES_BEACON
 from nattrav.proto.report import NatReport, Sample
@@ -162,3 +163,68 @@ def test_an_accept_whose_counter_may_have_come_near_its_top_refreshes_instead_of
     assert udp.beacon_wanted(at(22000), offer) == (b"k" * SECRET_BYTES, 7411)
     assert udp.beacon_wanted(at(24063 - TOP_REACH - 10), offer) is None  # beyond the crossing's own reach
     assert udp.beacon_wanted(at(24063 - 2 * TOP_REACH - 10), offer) is not None
+
+
+async def test_a_second_refresh_samples_the_counter_with_fresh_flows_not_the_old_ones_again(mock_clock):
+    # A listener that refreshed at its accept and is asked for samples again: the first refresh
+    # used the two server addresses its socket had not sent to; sending there again answers with
+    # the same mappings, which read as a step back round the block (random ports, a 0.2 % plan)
+    nat = BlockNat(22000)
+    net = FakeNet(nat, 0.05)
+    previous = trio.socket.set_custom_socket_factory(net)
+    events: list = []
+    try:
+        behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                               delta=1, nat=True, server=S1, other_address=S2)
+        sock = FakeSocket(net, trio.socket.AF_INET)
+        await sock.bind(("10.0.0.2", 0))
+        first = [await _bind_port(sock, S1), await _bind_port(sock, S2)]
+        report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                           delta=1, public=(PUBLIC, first[-1]),
+                           samples=(Sample(first[0], 0.0), Sample(first[1], 0.01)), port_range=(LO, HI))
+        ep = udp.Endpoint(sock, behavior, report, trio.current_time(), trio.current_time(), local_ip="10.0.0.2")
+        hook = lambda phase, detail: events.append((phase, detail))  # noqa: E731
+        await udp.refresh_mappings(ep, hook)
+        assert [s.port for s in ep.report.samples] == [22000, 22001, 22002, 22003]
+        nat.next_port += 5  # other hosts' flows meanwhile
+        await udp.refresh_mappings(ep, hook)
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    last = ep.report.samples[-1]
+    # two fresh flows took 22009 and 22010: the last is the counter, one of ours before it
+    assert (last.port, last.own) == (22010, 1) and nat.next_port == 22011
+    assert [s.port for s in ep.report.samples[:-1]] == [22000, 22001, 22002, 22003]
+    assert [d["ports"] for p, d in events if p == "counter"] == [[22009, 22010]]
+    assert [d["ports"] for p, d in events if p == "mapping"] == [[22002, 22003]]
+    side = side_from_report(ep.report)
+    assert side.sequential and side.next_port(0) == 22011
+    assert udp.LEDGER.held("10.0.0.2", time.monotonic()) == udp.COUNTER_FLOWS
+
+
+async def test_a_second_refresh_of_a_nat_that_does_not_count_sends_nothing(mock_clock):
+    nat = Nat(Mapping.APDM, Filtering.APDF, 1)
+    net = FakeNet(nat, 0.05)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.RANDOM,
+                               nat=True, server=S1, other_address=S2)
+        report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.RANDOM,
+                           public=(PUBLIC, 40000), samples=(Sample(40000, 0.0), Sample(31234, 0.01)))
+        sock = FakeSocket(net, trio.socket.AF_INET)
+        await sock.bind(("10.0.0.2", 0))
+        ep = udp.Endpoint(sock, behavior, report, trio.current_time(), trio.current_time(), local_ip="10.0.0.2")
+        await udp.refresh_mappings(ep)
+        sent, samples = len(net.sent), ep.report.samples
+        await udp.refresh_mappings(ep)
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    assert sent == 2 and len(net.sent) == sent and ep.report.samples == samples
+
+
+async def _bind_port(sock, server) -> int:
+    """One Binding from `sock` to `server`: the port the NAT mapped."""
+    from nattrav.io.stun_client import run_transaction
+    from nattrav.proto.stun import binding_request
+    from nattrav.proto.stun_client import Transaction
+
+    return (await run_transaction(sock, Transaction(binding_request(), server))).mapped[1]

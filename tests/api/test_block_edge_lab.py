@@ -30,7 +30,7 @@ STEP = TOP_REACH - 12
 WALK = r"""
 import json, sys, trio
 from nattrav.api import port_blocks, udp
-from nattrav.api.block_edge import _new_flows
+from nattrav.api.block_edge import new_flows
 stun, step = (sys.argv[1], 3478), int(sys.argv[2])
 async def main():
     out = []
@@ -41,7 +41,7 @@ async def main():
     ep.sock.close()
     for _ in range(400):  # ~2.5 cycles of the lab's 4,096 ports at most
         # our other flows (a burst's would be): they move the counter, no sample of ours sees them
-        await _new_flows(stun, None, public, step)
+        await new_flows(stun, None, public, step)
         out.append({"events": []})
         ep = await udp.open_endpoint(stun, behavior=behavior, on_event=emit)
         ep.sock.close()

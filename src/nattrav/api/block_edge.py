@@ -61,7 +61,7 @@ async def cross_top(stun: tuple[str, int], src_ip: str | None, public_ip: str, p
     batches = 0
     while n and out.flows + n <= most:
         out.started = trio.current_time()
-        got = await _new_flows(stun, src_ip, public_ip, n)
+        got = await new_flows(stun, src_ip, public_ip, n)
         if got is None:
             break
         block = port_blocks.observe(public_ip, [p for p in got if p is not None])
@@ -83,7 +83,7 @@ async def cross_top(stun: tuple[str, int], src_ip: str | None, public_ip: str, p
     return out
 
 
-async def _new_flows(stun: tuple[str, int], src_ip: str | None, public_ip: str, n: int) -> list[int | None] | None:
+async def new_flows(stun: tuple[str, int], src_ip: str | None, public_ip: str, n: int) -> list[int | None] | None:
     """The mapped port of each of `n` fresh sockets' flows to `stun`, in the order they left (None:
     no answer, or an answer from another public address); None when the sockets could not open."""
     try:
@@ -94,4 +94,4 @@ async def _new_flows(stun: tuple[str, int], src_ip: str | None, public_ip: str, 
     return [r.mapped[1] if r is not None and r.ok and str(r.mapped[0]) == public_ip else None for r in results]
 
 
-__all__ = ["Crossing", "cross_top"]
+__all__ = ["Crossing", "cross_top", "new_flows"]

@@ -37,7 +37,7 @@ from ..proto.stun_client import Transaction
 from ..proto.vocab import Allocation, Mapping, Role, Strategy
 from ..workers import open_coordinator
 from ..proto.hops import DEFAULT_HOPS, HopReading
-from .block_edge import cross_top
+from .block_edge import cross_top, new_flows
 from .pool_survey import Survey, needs_survey, survey_pool
 from .relay import RelayRung
 from . import port_blocks
@@ -90,6 +90,7 @@ class Endpoint:
     seen_ips: set = field(default_factory=set)  # every public IP this socket's flows showed (report.pool)
     seen_draws: int = 0  # the fresh flows those IPs were read from (report.pool_draws)
     waited: float = 0.0  # seconds the endpoint waited for our bursts' entries before it sampled
+    refreshed: bool = False  # a refresh used the server addresses the socket had not sent to: old flows now
 
     def take_tickets(self) -> list:
         """The observations to hand to the server with our next info (each once)."""
@@ -345,7 +346,13 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
     mapping and show nothing new, so the refresh asks the two server addresses this socket has not
     used yet (S2 on S1's port, S1 on S2's port), which are new flows for an APDM NAT."""
     targets = _refresh_targets(ep)
-    if targets is not None:
+    if targets is not None and ep.refreshed and ep.behavior.mapping is not Mapping.EIM:
+        # Those flows answer with the mappings they have: the same ports again, which the series
+        # reads as a step back round the whole range, i.e. random ports (a listener that refreshed
+        # at its accept and was asked for samples again: every miss of s17f over wan50).
+        await _sample_counter(ep, on_event)
+    elif targets is not None:
+        ep.refreshed = True
         got = await _sample(ep.sock, targets, ep.t0)
         ep.seen_ips |= got.ips
         ep.seen_draws += len(got.samples)
@@ -356,6 +363,47 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
         await cross_block_top(ep, on_event)
     # the budget too: bursts since the report was made (a listener's earlier sessions) hold flows
     return ep.publish_flows(on_event)
+
+
+# fresh flows a second refresh samples the counter with (the last that answers is the sample)
+COUNTER_FLOWS = 2
+
+
+async def _sample_counter(ep: Endpoint, on_event: EventHook | None = None) -> None:
+    """A refresh after one that used every server address: fresh sockets' flows show where a
+    sequential counter stands now, folded in as a counter sample (report.counter_sample: the punch
+    socket's next mapping takes the port after it). Nothing for a NAT that does not count (its
+    random ports say nothing of the next one), or a pool's (each address counts on its own): their
+    report keeps the samples it has, as old as they are."""
+    r, b = ep.report, ep.behavior
+    if not _counting(b) or b.server is None or r.public is None or not r.samples or len(ep.seen_ips) > 1:
+        return
+    if budget_left(ep.budget, ep.flows_held()) < 2 * COUNTER_FLOWS:
+        return  # the punch needs what is left more than fresher samples
+    src_ip = None if ep.local_ip in ("", "0.0.0.0") else ep.local_ip
+    t = round(max(0.0, trio.current_time() - ep.t0), 6)
+    got = await new_flows(b.server, src_ip, r.public[0], COUNTER_FLOWS)
+    if got is None:
+        return
+    _hold(ep, COUNTER_FLOWS)
+    ports = [p for p in got if p is not None]
+    emit = on_event or (lambda phase, detail: None)
+    emit("counter", {"flows": COUNTER_FLOWS, "ports": ports})
+    port_blocks.observe(r.public[0], ports)
+    counter = counter_sample(r.samples[-1], ports, b.delta, r.port_range, t)
+    if counter is None:
+        return
+    ep.report = _report(ep.sock, b, [], tuple(r.public), emit, r, pool=1, draws=ep.seen_draws, counter=counter)
+    port_blocks.keep_in(ep.cached)
+    ep.sampled_at = trio.current_time()
+    await cross_block_top(ep, on_event)
+
+
+def _hold(ep: Endpoint, flows: int) -> None:
+    """Our other sockets' fresh flows hold NAT entries as a burst's do: in the ledger (and the cache's)."""
+    LEDGER.record(ep.local_ip, flows, time.monotonic() + FLOW_LINGER, ep.budget)
+    if ep.cached is not None:
+        ep.cached.cache.record_flows(ep.local_ip, flows, time.time() + FLOW_LINGER)
 
 
 async def cross_block_top(ep: Endpoint, on_event: EventHook | None = None) -> None:
@@ -372,10 +420,7 @@ async def cross_block_top(ep: Endpoint, on_event: EventHook | None = None) -> No
     got = await cross_top(b.server, src_ip, r.public[0], r.port_range, r.samples[-1].port, b.delta, most)
     if not got.flows:
         return
-    # its flows hold NAT entries as a burst's do
-    LEDGER.record(ep.local_ip, got.flows, time.monotonic() + FLOW_LINGER, ep.budget)
-    if ep.cached is not None:
-        ep.cached.cache.record_flows(ep.local_ip, got.flows, time.time() + FLOW_LINGER)
+    _hold(ep, got.flows)
     emit = on_event or (lambda phase, detail: None)
     emit("block-top", {"flows": got.flows, "wrapped": got.wrapped,
                        "ports": [got.ports[0], got.ports[-1]] if got.ports else []})

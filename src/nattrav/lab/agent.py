@@ -145,7 +145,7 @@ def marking() -> tuple[dict[str, Any], Any]:
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"again", "again-found", "block-top", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
+TIMED = {"again", "again-found", "block-top", "counter", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
          "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
@@ -155,7 +155,7 @@ def _brief(phase: str, d: dict[str, Any]) -> Any:
     if phase == "plan":
         targets = d.get("peer_targets") or []
         return {"targets": len(targets), "first": targets[:3], "last": targets[-1:]}
-    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top"):
+    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top", "counter"):
         return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
                                                     "ttl", "strategy", "targets", "peer", "udp", "opens", "odds",
                                                     "found", "flows", "wrapped")}
