@@ -54,10 +54,12 @@ BEACON_HOLD = 0.06
 # session waits this long for them before it ends (a listener that never sends them is broken)
 SAMPLES_WAIT = 5.0
 # a connect held past RESAMPLE_AFTER (held.py) asks the initiator for fresh samples at the accept: one
-# round trip to it and one of its own to its STUN server. Past this wait the session goes on with
-# the samples it connected with (and the whole hold in HELD, as before): a slow or silent initiator
-# costs the session this much, never the session itself
-INITIATOR_WAIT = 1.0
+# round trip to it and one of its own to its STUN server, and, for a counter near its block's top,
+# the crossing's batches (api/block_edge.py: up to ~5 more round trips; over wan50 one took 1.06 s,
+# past the 1 s this was, and the session started on the old samples: a miss in 16,000). Past this
+# wait the session goes on with the samples it connected with (and the whole hold in HELD, as
+# before): a slow or silent initiator costs the session this much, never the session itself
+INITIATOR_WAIT = 2.0
 
 
 @dataclass(slots=True)
