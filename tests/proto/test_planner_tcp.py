@@ -589,6 +589,23 @@ def test_a_sequential_opener_is_moved_past_the_ports_its_first_rung_took():
     assert la[1].plan.mine.horizon > opener.horizon  # the later start is in the horizon
 
 
+def test_a_ladder_states_its_strict_rungs_odds_as_a_floor():
+    """The first rung leans on the UDP filtering word, which a UDP-only cone's TCP never keeps: the
+    ladder promises what its strict rung alone gives, as a floor, not the first rung's 100%."""
+    from nattrav.proto.planner.tcp import stated
+
+    for la in _both(RCONE, SEQ):
+        assert la[0].plan.odds == 1.0 and not la[0].plan.floor
+        said = stated(la)
+        assert said.odds == la[1].plan.odds < 1.0 and said.floor
+        assert said.to_dict()["odds_floor"] is True and said.to_dict()["odds"] == la[1].plan.odds
+        # the rest is the first rung's: what the connect does first
+        assert (said.strategy, said.targets, said.reason) == (la[0].plan.strategy, la[0].plan.targets, la[0].plan.reason)
+    # one rung: its own odds, an estimate
+    (only,) = ladder(CONE, SEQ, "first", timeout=7.0)
+    assert stated([only]) == only.plan and only.plan.to_dict()["odds_floor"] is False
+
+
 @pytest.mark.parametrize("a,b", [(CONE, SEQ), (SEQ, SEQ7), (CONE, RANDOM), (NO_NAT, RANDOM), (RANDOM, RANDOM)])
 def test_no_ladder_when_the_filtering_word_changes_nothing(a, b):
     (rung,) = ladder(a, b, "first", timeout=7.0)

@@ -15,7 +15,7 @@ from ..io.session import Session
 from ..io.stun_tcp import tcp_mappings
 from ..io.tcp_punch import open_listener, tcp_punch
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.tcp import agreed_window, first_rung_slot
+from ..proto.planner.tcp import agreed_window, first_rung_slot, stated
 from ..proto.planner.tcp import ladder as tcp_ladder
 from ..proto.planner.tcp_mapping import classify, history
 from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
@@ -172,11 +172,12 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
                       "rungs": [r.plan.strategy.value for r in rungs]})
         ep.close()
         return relay.stream(session, peer_ip, why="infeasible", reason=rungs[0].plan.reason, emit=emit)
+    said = stated(rungs)  # the odds of the whole ladder
     for i, rung in enumerate(rungs):
         p = rung.plan
         if i == 0:
             emit_address(emit, p.params, peer_ip)
-            emit("plan", {**p.to_dict(), "params": p.params,
+            emit("plan", {**said.to_dict(), "params": p.params,
                           # the peer ports we bet on (an address-open opener aims at an address, not a port)
                           "peer_targets": [] if p.accept else [t[1] for t in p.targets],
                           "rungs": [r.plan.strategy.value for r in rungs]})
@@ -205,8 +206,8 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
     if relay is not None:
         ep.close()  # what the rungs left open (the LAN listener)
         return relay.stream(session, peer_ip, why="punch-failed", reason=why, emit=emit)
-    # with the first rung's plan: its odds decide whether the connect goes a second round
-    raise TcpPunchFailed(why, rungs[0].plan)
+    # with the ladder's odds: they decide whether the connect goes a second round
+    raise TcpPunchFailed(why, said)
 
 
 class TcpTransport:

@@ -111,6 +111,7 @@ class TcpPlan:
     # the peer's LAN listeners to connect() to, racing the strategy (proto/planner/lan.py); when set,
     # this side accepts on its own LAN listener too
     lan: tuple[tuple[str, int], ...] = ()
+    floor: bool = False  # `odds` is a lower bound (a ladder's: see stated())
 
     @property
     def accept(self) -> bool:
@@ -122,7 +123,7 @@ class TcpPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
                 "role": self.role, "targets": [list(t) for t in self.targets], "low_ttl": self.low_ttl,
-                "accept": self.accept, "odds": self.odds, "odds_floor": bool(self.lan), "sockets": self.sockets,
+                "accept": self.accept, "odds": self.odds, "odds_floor": self.floor or bool(self.lan), "sockets": self.sockets,
                 "random_probes": self.random_probes, "lan": [list(t) for t in self.lan],
                 "mine": self.mine.describe() if self.mine else None,
                 "peer": self.peer.describe() if self.peer else None}
@@ -278,6 +279,18 @@ def ladder(mine_report: TcpReport | NatReport, peer_report: TcpReport | NatRepor
     strict = _planned(_moved_on(strict_mine, strict_peer, len(first.targets), later),
                       _moved_on(strict_peer, strict_mine, peer_flows, later), role, window, target, aim)
     return [Rung(first, 0.0, slot), Rung(strict, later, timeout - later)]
+
+
+def stated(rungs: Sequence[Rung]) -> TcpPlan:
+    """The plan a ladder states: its first rung's, with the odds of the whole ladder. A second rung
+    follows a first that leans on the UDP filtering word, which may or may not hold for TCP (the
+    lab's UDP-only cones: it never does); so the ladder connects at least as often as its strict
+    rung alone, and more where the word holds: the strict rung's odds, as a floor. Stating the first
+    rung's (100% for an address to open) promised what a UDP-only cone never keeps."""
+    first = rungs[0].plan
+    if len(rungs) == 1:
+        return first
+    return replace(first, odds=rungs[-1].plan.odds, floor=True)
 
 
 def _moved_on(m: TcpMapping, other: TcpMapping, flows: int, seconds: float) -> TcpMapping:
