@@ -53,7 +53,9 @@ def test_tcp_pair(left, right):
         assert len(ok) == TRIALS, f"{left}->{right} is feasible for TCP but: {summary}"
         assert all(r.strategy in ("tcp-direct", "tcp-address-open", "tcp-simultaneous", "tcp-birthday")
                    for r in ok), summary
-        assert all(r.odds is not None and r.odds >= 0.99999 for r in ok), summary
+        # a ladder states its strict rung's odds, a floor (its first rung leans on the UDP filtering
+        # word: planner/tcp.py stated()), at the 99.9 % the pairs are held to; one rung, its estimate
+        assert all(r.odds is not None and r.odds >= (0.999 if r.odds_floor else 0.99999) for r in ok), summary
         assert all(r.seconds is not None for r in ok), summary  # times: bench/matrix.py --tcp
         # the predicted simultaneous open hit the port the peer's NAT really used
         for r in ok:
