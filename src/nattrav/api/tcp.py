@@ -15,10 +15,10 @@ from ..io.session import Session
 from ..io.stun_tcp import tcp_mappings
 from ..io.tcp_punch import open_listener, tcp_punch
 from ..proto.nat_behavior import NatBehavior
-from ..proto.planner.tcp import agreed_window, first_rung_slot, stated
+from ..proto.planner.tcp import TcpPlan, agreed_window, first_rung_slot, stated
 from ..proto.planner.tcp import ladder as tcp_ladder
 from ..proto.planner.tcp_mapping import classify, history
-from ..proto.report import MAX_WINDOW, NatReport, TcpReport, TcpSample
+from ..proto.report import MAX_WINDOW, PORT_RANGE, NatReport, TcpReport, TcpSample
 from ..proto.vocab import Filtering
 from ..proto.hops import DEFAULT_HOPS, HopReading
 from . import port_blocks
@@ -177,14 +177,12 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
         p = rung.plan
         if i == 0:
             emit_address(emit, p.params, peer_ip)
-            emit("plan", {**said.to_dict(), "params": p.params,
-                          # the peer ports we bet on (an address-open opener aims at an address, not a port)
-                          "peer_targets": [] if p.accept else [t[1] for t in p.targets],
+            emit("plan", {**said.to_dict(), "params": p.params, **_aims(p),
                           "rungs": [r.plan.strategy.value for r in rungs]})
             emit("punch", {"start_in": round(session.start_in(), 3), "timeout": timeout})
             listener = ep.listener
         else:
-            emit("rung", {"strategy": p.strategy.value, "reason": p.reason, "after": failures[-1]})
+            emit("rung", {"strategy": p.strategy.value, "reason": p.reason, "after": failures[-1], **_aims(p)})
             try:  # the same shared port: its mapping (or its place in a sequential NAT) is the plan's
                 listener = open_listener(local)
             except OSError as exc:
@@ -208,6 +206,14 @@ async def _tcp_punch(ep: TcpEndpoint, session: Session, ttl: int | None, timeout
         return relay.stream(session, peer_ip, why="punch-failed", reason=why, emit=emit)
     # with the ladder's odds: they decide whether the connect goes a second round
     raise TcpPunchFailed(why, said)
+
+
+def _aims(p: TcpPlan) -> dict[str, Any]:
+    """What a rung bets on: the peer ports (an address-open opener aims at an address, not a port),
+    and the blocks each side's counter was seen to go round (where a window wraps)."""
+    blocks = {who: list(m.port_range) for who, m in (("mine", p.mine), ("peer", p.peer))
+              if m is not None and m.port_range != PORT_RANGE}
+    return {"peer_targets": [] if p.accept else [t[1] for t in p.targets], "blocks": blocks}
 
 
 class TcpTransport:

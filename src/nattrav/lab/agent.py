@@ -146,17 +146,19 @@ def marking() -> tuple[dict[str, Any], Any]:
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
 TIMED = {"again", "again-found", "block-top", "counter", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
-         "beacon", "resample", "plan", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
+         "beacon", "resample", "plan", "rung", "tcp-mapping", "tcp-port-block", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
 
 def _brief(phase: str, d: dict[str, Any]) -> Any:
     """The part of an event's details a diagnosis needs (a plan's targets would swamp the row)."""
-    if phase == "plan":
+    if phase in ("plan", "rung"):  # a TCP ladder's later rung aims anew
         targets = d.get("peer_targets") or []
-        return {"targets": len(targets), "first": targets[:3], "last": targets[-1:]}
-    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top", "counter"):
-        return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
+        return {"targets": len(targets), "first": targets[:3], "last": targets[-1:],
+                **({"blocks": d["blocks"]} if d.get("blocks") else {})}
+    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top", "counter",
+                 "tcp-mapping", "tcp-port-block"):
+        return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout", "range",
                                                     "ttl", "strategy", "targets", "peer", "udp", "opens", "odds",
                                                     "found", "flows", "wrapped")}
     if phase == "pool-survey":  # which flows showed the pool first (the punch socket's, discovery's)
