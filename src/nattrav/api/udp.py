@@ -26,7 +26,7 @@ from ..proto.nat_behavior import NatBehavior
 from ..proto.planner.budget import (DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP, FlowLedger, budget_left,
                                     default_flow_budget)
 from ..proto.planner.horizon import HELD, measured_ages, sample_ages
-from ..proto.planner.side import DEFAULT_HORIZON
+from ..proto.planner.side import DEFAULT_HORIZON, Side
 from ..proto.planner.udp import Plan, plan
 from ..proto.port_block import TOP_REACH, to_top
 from ..proto.rendezvous.beacon import fold_sample, make_beacon, offer_beacon, session_beacon
@@ -748,7 +748,17 @@ def _emit_plan(emit: EventHook, p: Plan, session: Session, peer_ip: str) -> None
     # runs its bounded best effort (unless a relay takes it), whose odds are small but not zero
     emit("plan", {"strategy": p.strategy.value, "feasible": p.feasible, "odds": p.odds,
                   "odds_floor": p.odds_floor, "reason": p.reason, "role": session.role, "params": p.params,
-                  "peer_targets": list(p.attempts[0].local.targets[:4096])})
+                  "peer_targets": list(p.attempts[0].local.targets[:4096]),
+                  "sides": {"local": _seen(p.local), "remote": _seen(p.remote)}})
+
+
+def _seen(x: Side) -> dict[str, Any]:
+    """Where a side's window starts, how wide it is, and the block its counter goes round (when one
+    was published): what a diagnosis of a missed window needs."""
+    pr = x.prediction
+    block = pr.model.port_range
+    return {"port": x.port, "next": pr.next_port, "window": len(pr.ports), "rate": round(pr.model.rate, 3),
+            **({"block": list(block)} if block != PORT_RANGE else {})}
 
 
 async def _punch_plan(ep: Endpoint, p: Plan, session: Session, ttl: int | None, emit: EventHook,

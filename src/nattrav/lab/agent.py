@@ -155,7 +155,7 @@ def _brief(phase: str, d: dict[str, Any]) -> Any:
     if phase in ("plan", "rung"):  # a TCP ladder's later rung aims anew
         targets = d.get("peer_targets") or []
         return {"targets": len(targets), "first": targets[:3], "last": targets[-1:],
-                **({"blocks": d["blocks"]} if d.get("blocks") else {})}
+                **{k: d[k] for k in ("blocks", "sides") if d.get(k)}}
     if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top", "counter",
                  "tcp-mapping", "tcp-port-block"):
         return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout", "range",
