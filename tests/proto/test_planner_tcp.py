@@ -71,16 +71,36 @@ def test_predict_starts_again_at_a_learned_blocks_bottom():
     # block's very top: proto/port_block.py), after the window. A sequential side's connect meets
     # the peer's only at the index the window pairs it with: no twins from SEQ7
     cone = plan(CONE, top, "first", window=3, target=None)
-    assert [t[1] for t in cone.targets] == [28190, 20000, 20002, 28192, 28194]
+    assert [t[1] for t in cone.targets] == [28190, 20000, 20002, 28192, 28194, 19998, 19996]
     assert [m.twin(k) for k in (1, 2)] == [None, 28192]
+    assert m.under((1, 2, 3)) == [19998, 19996]  # one under the bottom a wrapped flow (k = 2, 3)
     # a counter at its block's very top may wrap there or go on: a cone aims both ways, sequential
     # windows (paired by index) go on
     at_top = report([28186, 28188, 28190], port_range=(20000, 28191))
     assert classify(at_top).at_block_top and not m.at_block_top
-    assert [t[1] for t in plan(CONE, at_top, "first", window=2, target=None).targets] == [20000, 20002, 28192, 28194]
+    assert [t[1] for t in plan(CONE, at_top, "first", window=2, target=None).targets] == [20000, 20002, 28192, 28194,
+                                                                                         19998, 19996]
     assert [t[1] for t in plan(SEQ7, at_top, "first", window=2, target=None).targets] == [28192, 28194, 28196]
     second = plan(top, SEQ7, "second", window=3, target=None)
     assert second.params["own_predicted"][:2] == [28190, 20000]
+
+
+def test_a_cones_window_holds_a_block_whose_bottom_is_lower_than_seen():
+    """Samples a few a cycle: the lowest port seen is 20010 where the NAT's block starts at 20000, and
+    its highest 28188 where it ends at 28190. Whatever shift of 0..W-1 the peer's flow takes past a
+    counter at 28188, one of the cone's SYNs names its port (flows 2..6 missed it before: no window
+    port and no twin lies in 20000..20008)."""
+    seen = report([28184, 28186, 28188], port_range=(20010, 28189))
+    window = 16
+    aimed = {t[1] for t in plan(CONE, seen, "first", window=window, target=None).targets}
+
+    def nat(k: int) -> int:  # the lab's Δ = 2 counter, 20000..28190
+        port = 28188 + 2 * k
+        return port if port <= 28190 else 20000 + (port - 28192)
+
+    assert [k for k in range(1, window + 1) if nat(k) not in aimed] == []
+    # a sequential first side pairs its SYNs with the peer's flows by index: no twins either way
+    assert all(p >= 20010 for _, p in plan(SEQ7, seen, "first", window=window, target=None).targets)
 
 
 def test_simultaneous_plans_mirror_each_other():

@@ -166,14 +166,16 @@ def test_a_report_says_the_block_once_the_process_saw_it():
 
 def test_a_window_across_a_learned_top_also_holds_the_ports_past_it():
     # the block's top may be one the counter has not shown yet: the wrapped ports' twins past it go
-    # in too (while the cap allows), the odds being the block's
+    # in too (while the cap allows), the odds being the block's; so do the ports under its bottom
     base = dict(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL, delta=1,
                 public=("203.0.113.20", 20254), samples=(Sample(20253, 0.0), Sample(20254, 0.001)))
     learned = predict(NatReport(**base, port_range=(20000, 20255)), elapsed=0.05)
     ports, odds = learned.mixture_window(0.999, 64)
     assert ports[0] == 20255 and 20000 in ports and odds >= 0.999
-    wrapped = [p for p in ports if p < 20253]
+    wrapped = [p for p in ports if 20000 <= p < 20253]
     assert [20255 + 1 + (p - 20000) for p in wrapped] == [p for p in ports if p > 20255]
+    # and the block's bottom may be lower than seen: the ports under it, one a wrapped port
+    assert [p for p in ports if p < 20000] == [19999 - g for g in range(len(wrapped))]
     assert learned.mixture_window(0.999, len(ports) - 1)[0] == ports[:-1]  # the cap holds
     plain = predict(NatReport(**base), elapsed=0.05)  # no block: nothing to twin
     assert all(p > 20254 for p in plain.mixture_window(0.999, 64)[0])

@@ -15,7 +15,9 @@ wrapped (MIN_WRAPS), the block's ports are taken as [lowest, highest + Δ - 1] (
 past the highest lands on the lowest), and the report says so (NatReport.port_range): the peer's
 windows wrap where the NAT does. The highest port seen may still be below the block's top, so a
 window across it, from a side whose own port is fixed, also holds the wrapped ports' twins past it
-(Prediction.mixture_window, TcpMapping.twin). The block is published while the counter goes a
+(Prediction.mixture_window, TcpMapping.twin); likewise its lowest port seen may be above the
+NAT's bottom, so such a window also holds the ports just under it, one a wrapped port
+(TcpMapping.under; a TCP counter has no crossing to read its bottom). The block is published while the counter goes a
 little past the top it wrapped at (TOP_SLACK): a few samples a cycle rarely meet the block's very
 top, and a counter at a new top is just where the wrap comes next (TCP over wan50: all 8 misses of
 a Δ = 2 pair in 4,000 came there, while nothing was published). A counter far past it says the wrap

@@ -318,7 +318,10 @@ class Prediction:
             # top: a wrapped port's twin past it, where the counter goes if the top is higher, while
             # the cap allows (not counted in the odds, which are the block's)
             twins = [model.last + steps[i] for i, _ in ranked if model.last + steps[i] > hi]
-            ports += [t for t in twins if t <= 65535 and t not in ports][:max(0, cap - len(ports))]
+            # and its bottom may be lower than the peer's samples met (a few a cycle): the ports just
+            # under it, one a wrapped port (TcpMapping.under says the same for TCP)
+            under = [lo - model.delta * g for g in range(1, len(twins) + 1)] if model.delta > 0 else []
+            ports += [t for t in (*twins, *under) if 1 <= t <= 65535 and t not in ports][:max(0, cap - len(ports))]
         return tuple(ports), min(1.0, sum(p for _, p in ranked))
 
 

@@ -155,14 +155,15 @@ def _targets(mine: TcpMapping, peer: TcpMapping, role: str, window: int) -> list
 def _aimed(m: TcpMapping, ks: Iterable[int], twins: bool = True) -> list[int]:
     """m's ports for its k-th new flows, each k of `ks` in order; then, where a window wraps at the
     top of m's block, the wrapped ports' twins past that top (the top its side saw may be below the
-    NAT's: proto/port_block.py). They come last, so the window's own connects keep their indices,
+    NAT's: proto/port_block.py) and the ports under its bottom (which may be lower than its side
+    saw: TcpMapping.under). They come last, so the window's own connects keep their indices,
     and the odds stay the block's. Only from a side whose own port is fixed (`twins`): where both
     count, a connect meets the peer's only at the index the window pairs it with, and a twin,
     fired after the window, is at another index."""
     ks = list(ks)
     ports = [m.predict(k) for k in ks]
     aimed = set(ports)
-    extra = (m.twin(k) for k in ks) if twins else ()
+    extra = [*(m.twin(k) for k in ks), *m.under(ks)] if twins else ()
     return ports + list(dict.fromkeys(t for t in extra if t is not None and t not in aimed))
 
 

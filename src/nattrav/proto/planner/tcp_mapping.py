@@ -5,6 +5,7 @@ shift pmf a sequential one's window is sized on, and the rate evidence two measu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from .. import predict as _predict
@@ -110,6 +111,18 @@ class TcpMapping:
             return None
         straight = self.last_port + self.delta * k
         return straight if hi < straight <= 65535 else None
+
+    def under(self, ks: Iterable[int]) -> list[int]:
+        """Where the flows among the k-th ones `ks` that wrap to the block's bottom go if that bottom
+        is lower than its side has seen: its lowest port seen bounds the NAT's bottom from above,
+        as its highest bounds the top from below (twin()), and samples a few a cycle rarely meet it
+        (a Δ = 2 block seen from 20010 where the NAT's starts at 20000 leaves the flows 2..6 past
+        the top outside every window). The ports just under it, one a wrapped flow, nearest first."""
+        lo, hi = self.port_range
+        if not self.sequential or self.delta < 1 or (lo, hi) == PORT_RANGE or not lo <= self.last_port <= hi:
+            return []
+        wrapped = sum(1 for k in ks if self.last_port + self.delta * k > hi)
+        return [lo - self.delta * g for g in range(1, wrapped + 1) if lo - self.delta * g >= 1]
 
     def describe(self) -> str:
         ports = ",".join(map(str, self.ports))
