@@ -15,6 +15,7 @@ import trio
 from nattrav.api import connect, listen, session as api_session, udp
 from nattrav.errors import PunchFailed
 from nattrav.proto import moved
+from nattrav.proto.vocab import Strategy, TcpStrategy
 
 
 def _failing_first(monkeypatch, rounds: int = 1) -> Counter:
@@ -115,6 +116,11 @@ def _failure(**plan) -> PunchFailed:
     (_failure(), 10.0, 0, True),
     (_failure(), None, 0, True),  # a listener: it only waits
     (_failure(odds=0.76), 10.0, 0, False),  # failed as it said it might; its flows are spent
+    (_failure(odds=0.76, strategy=Strategy.BIRTHDAY), 10.0, 0, False),  # thousands of flows
+    (_failure(odds=0.76, strategy=Strategy.PREDICTED), 10.0, 0, True),  # a window: tens of flows
+    (_failure(odds=0.76, strategy=Strategy.PREDICTED), None, 0, True),  # its listener waits alike
+    (_failure(odds=0.3, strategy=Strategy.PREDICTED), 10.0, 0, False),  # a spent budget, mostly
+    (_failure(odds=0.76, strategy=TcpStrategy.SIMULTANEOUS), 10.0, 0, False),  # TCP: high odds only
     (_failure(feasible=False), 10.0, 0, False),
     (_failure(), 1.0, 0, False),  # no time for another punch
     (_failure(), 10.0, 40000, False),  # a fixed port would sample its old mappings again

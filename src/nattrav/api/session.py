@@ -32,6 +32,7 @@ from .secure import agree_as_initiator, agree_as_responder, expected_peer, prelo
 from ..proto.planner.budget import FLOW_LINGER, PACE_CAP
 from ..proto.planner.odds import FLOW_TABLE_CAP
 from ..proto.planner.side import DEFAULT_TARGET
+from ..proto.vocab import Strategy
 from .timeline import Timeline
 from .udp import UdpTransport
 
@@ -437,6 +438,12 @@ def _preload() -> None:
 # moved, a packet the path lost): the initiator samples again on a fresh socket and asks the server
 # for a second session, while this much of its timeout is left (a punch's own window is ~3 s)
 AGAIN_ODDS, AGAIN_LEFT = 0.99, 4.0
+# a window of tens of flows (not a birthday's or a random-sequential burst's thousands) is worth a
+# second round at lower odds too: fresh samples give it another chance at that price. Below even
+# odds a plan mostly met a spent flow budget (a CGN side's), which a second round would meet again
+# (the arbitrary pool over wan50: plans stated at 75-99 % failed and raised with most of their time left).
+AGAIN_CHEAP_ODDS = 0.5
+CHEAP = frozenset({Strategy.DIRECT, Strategy.SIMULTANEOUS, Strategy.ADDRESS_OPEN, Strategy.PREDICTED})
 # how long a listener whose punch failed so waits for that second offer before it gives up
 AGAIN_WAIT = 10.0
 AGAIN_SPARE = 0.05  # seconds before the connect's deadline when a second round gives up for the first's failure
@@ -444,12 +451,16 @@ AGAIN_SPARE = 0.05  # seconds before the connect's deadline when a second round 
 
 def again_after(exc: PunchFailed, left: float | None, src_port: int = 0, needs: float = 0.0) -> bool:
     """Is a failed punch worth a second round with fresh samples? Only a plan that stated high
-    odds (a low-odds plan failed as it said it might, and its flows are spent), with time `left`
-    for another punch of `needs` seconds and its sampling (None: a listener, which only waits for
-    the offer), from an ephemeral port (a fixed port would meet its old mappings, the very samples
-    that may have been wrong)."""
+    odds (a low-odds plan failed as it said it might, and its flows are spent), or a cheap one
+    (CHEAP: a window's tens of flows) at even odds or better, with time `left` for another punch of
+    `needs` seconds and its sampling (None: a listener, which only waits for the offer; both sides
+    judge the same plan alike), from an ephemeral port (a fixed port would meet its old mappings,
+    the very samples that may have been wrong)."""
     p = exc.plan
-    if p is None or not getattr(p, "feasible", False) or getattr(p, "odds", 0.0) < AGAIN_ODDS:
+    if p is None or not getattr(p, "feasible", False):
+        return False
+    odds = getattr(p, "odds", 0.0)
+    if odds < AGAIN_ODDS and not (odds >= AGAIN_CHEAP_ODDS and getattr(p, "strategy", None) in CHEAP):
         return False
     return src_port == 0 and (left is None or left >= max(AGAIN_LEFT, needs + 1.0))
 
