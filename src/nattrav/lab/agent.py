@@ -145,8 +145,9 @@ def marking() -> tuple[dict[str, Any], Any]:
 
 
 # the phases a trial's timeline keeps (what moves a sequential NAT's counter, and the punch's steps)
-TIMED = {"again", "again-found", "block-top", "counter", "flow-wait", "hops", "mapping", "observed", "pool-survey", "rendezvous", "rendezvous-connect", "enrolled", "offer",
-         "beacon", "resample", "plan", "rung", "tcp-mapping", "tcp-port-block", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
+TIMED = {"again", "again-found", "block-top", "counter", "flow-wait", "hops", "mapping", "observed", "pool-survey",
+         "rendezvous", "rendezvous-connect", "enrolled", "offer", "beacon", "resample", "plan", "rung", "tcp-mapping",
+         "tcp-port-block", "punch", "attempt", "ttl", "burst", "hello", "established", "connected"}
 MAX_EVENTS = 64
 
 
@@ -156,9 +157,10 @@ def _brief(phase: str, d: dict[str, Any]) -> Any:
         targets = d.get("peer_targets") or []
         return {"targets": len(targets), "first": targets[:3], "last": targets[-1:],
                 **{k: d[k] for k in ("blocks", "sides") if d.get(k)}}
-    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top", "counter",
-                 "tcp-mapping", "tcp-port-block"):
-        return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout", "range",
+    if phase in ("mapping", "punch", "ttl", "attempt", "hello", "observed", "again", "again-found", "block-top",
+                 "counter", "tcp-mapping", "tcp-port-block"):
+        return {k: v for k, v in d.items() if k in ("ports", "public", "beacon", "survey", "start_in", "timeout",
+                                                    "range",
                                                     "ttl", "strategy", "targets", "peer", "udp", "opens", "odds",
                                                     "found", "flows", "wrapped")}
     if phase == "pool-survey":  # which flows showed the pool first (the punch socket's, discovery's)

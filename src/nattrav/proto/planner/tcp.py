@@ -123,7 +123,8 @@ class TcpPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.value, "feasible": self.feasible, "reason": self.reason,
                 "role": self.role, "targets": [list(t) for t in self.targets], "low_ttl": self.low_ttl,
-                "accept": self.accept, "odds": self.odds, "odds_floor": self.floor or bool(self.lan), "sockets": self.sockets,
+                "accept": self.accept, "odds": self.odds, "odds_floor": self.floor or bool(self.lan),
+                "sockets": self.sockets,
                 "random_probes": self.random_probes, "lan": [list(t) for t in self.lan],
                 "mine": self.mine.describe() if self.mine else None,
                 "peer": self.peer.describe() if self.peer else None}
