@@ -127,5 +127,14 @@ def to_top(port_range: tuple[int, int], last: int, delta: int | None, reach: int
     return steps + TOP_EXTRA if steps <= min(reach, max(1, (hi - lo + 1) // (16 * delta))) else 0
 
 
+def under_bottom(lo: int, delta: int, wrapped: int) -> list[int]:
+    """The ports just under a published block's lowest port seen `lo`, one for each of `wrapped`
+    flows of a window that wrap to it, nearest first, on the grid of `delta` (> 0; else none): the
+    NAT's bottom may be lower than its side's samples met, as its top may be higher (the twins)."""
+    if delta < 1:
+        return []
+    return [lo - delta * g for g in range(1, wrapped + 1) if lo - delta * g >= 1]
+
+
 __all__ = ["MAX_CROSSING", "MIN_BLOCK", "MIN_WRAPS", "TOP_EXTRA", "TOP_REACH", "TOP_SLACK", "PortBlock", "at_top",
-           "to_top"]
+           "to_top", "under_bottom"]

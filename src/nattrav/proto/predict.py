@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from .port_block import under_bottom
 from .report import MAX_SAMPLES, PORT_RANGE, NatReport, Sample
 from .vocab import Allocation
 
@@ -320,7 +321,7 @@ class Prediction:
             twins = [model.last + steps[i] for i, _ in ranked if model.last + steps[i] > hi]
             # and its bottom may be lower than the peer's samples met (a few a cycle): the ports just
             # under it, one a wrapped port (TcpMapping.under says the same for TCP)
-            under = [lo - model.delta * g for g in range(1, len(twins) + 1)] if model.delta > 0 else []
+            under = under_bottom(lo, model.delta, len(twins))
             ports += [t for t in (*twins, *under) if 1 <= t <= 65535 and t not in ports][:max(0, cap - len(ports))]
         return tuple(ports), min(1.0, sum(p for _, p in ranked))
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from .. import predict as _predict
-from ..port_block import at_top
+from ..port_block import at_top, under_bottom
 from ..report import MAX_AGE, MAX_WINDOW, PORT_RANGE, History, NatReport, TcpReport
 from ..vocab import Allocation, Filtering, Mapping
 from .side import DEFAULT_HORIZON
@@ -119,10 +119,9 @@ class TcpMapping:
         (a Δ = 2 block seen from 20010 where the NAT's starts at 20000 leaves the flows 2..6 past
         the top outside every window). The ports just under it, one a wrapped flow, nearest first."""
         lo, hi = self.port_range
-        if not self.sequential or self.delta < 1 or (lo, hi) == PORT_RANGE or not lo <= self.last_port <= hi:
+        if not self.sequential or (lo, hi) == PORT_RANGE or not lo <= self.last_port <= hi:
             return []
-        wrapped = sum(1 for k in ks if self.last_port + self.delta * k > hi)
-        return [lo - self.delta * g for g in range(1, wrapped + 1) if lo - self.delta * g >= 1]
+        return under_bottom(lo, self.delta, sum(1 for k in ks if self.last_port + self.delta * k > hi))
 
     def describe(self) -> str:
         ports = ",".join(map(str, self.ports))
