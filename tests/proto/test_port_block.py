@@ -181,6 +181,30 @@ def test_a_window_across_a_learned_top_also_holds_the_ports_past_it():
     assert all(p > 20254 for p in plain.mixture_window(0.999, 64)[0])
 
 
+def test_a_window_cut_by_its_cap_keeps_the_edges_of_the_likeliest_flows_before_its_tail():
+    # the counter at its published top: every flow wraps, each with a twin past the top and a port
+    # under the bottom; a cap that cannot take all three keeps the likeliest flows' edges and drops
+    # the window's least likely ports (an arbitrary pool's peer lost connects at a bottom 10-33
+    # ports under the one published, when every twin went first and the cap cut the rest)
+    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                       delta=1, public=("203.0.113.20", 24095), port_range=(20033, 24095),
+                       samples=(Sample(24067, 0.0), Sample(24068, 0.001), Sample(24095, 0.228, own=26)))
+    pred = predict(report, elapsed=1.6)
+    full, odds = pred.mixture_window(0.9999, 4096)
+    window = [p for p in full if 20033 <= p <= 24095]
+    assert odds >= 0.9999 and len(full) == 3 * len(window)
+    cut, cut_odds = pred.mixture_window(0.9999, 70)
+    assert len(cut) == 70 and set(cut) <= set(full)
+    # the likeliest flow lands on the bottom published, or past the top, or under the bottom
+    assert {20033, 24096, 20032} <= set(cut[:3])
+    under = sorted((p for p in cut if p < 20033), reverse=True)
+    assert under == list(range(20032, 20032 - len(under), -1)) and len(under) >= 20
+    # what went is the window's tail; the odds say what of the window stayed
+    dropped = [p for p in window if p not in cut]
+    assert dropped and dropped == window[len(window) - len(dropped):]
+    assert cut_odds < odds and cut_odds >= 0.99
+
+
 # --- a counter about to reach its published top is taken through it (api/block_edge.py) -------------
 
 def test_a_counter_near_its_published_top_is_taken_past_it_and_a_little_further():
