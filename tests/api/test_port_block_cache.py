@@ -137,3 +137,37 @@ def test_a_tcp_report_names_its_counters_block_once_this_process_saw_it_wrap():
     # a cone's or a random NAT's report is left alone (no counter to learn)
     assert sampled([40000, 40000, 40000]).port_range == tcp_report([1]).port_range
     assert sampled([8586, 64041, 35105]).port_range == tcp_report([1]).port_range
+
+
+def test_a_pools_addresses_share_one_block_and_its_entries_seed_it(cache):
+    """One NAT's pool counts its ports once, whichever address a flow left from (the planner aims
+    the same ports at every address): each address alone saw a thin sample of the counter."""
+    a, b, c = "203.0.113.10", "203.0.113.11", "203.0.113.12"
+    port_blocks.observe(a, [20040, 22000, 24095, 20050, 20060])  # wrapped, its lowest 20040
+    port_blocks.observe(b, [20003, 20004])  # nearer the NAT's bottom, never saw a wrap
+    assert port_blocks.observe(b, []).port_range(1) is None
+    port_blocks.join([a, b, c])
+    for ip in (a, b, c):
+        assert port_blocks.observe(ip, []).port_range(1) == (20003, 24095)
+    port_blocks.observe(c, [20001])  # a port any address shows moves the shared block
+    assert port_blocks.kept(a) == (20001, 24095, 1)
+    # kept per entry, each a pool address's: a new process seeds the pool's block from all of them
+    key_b = type(KEY).of(KEY.local_ip, b, KEY.stun)
+    assert cache.save(KEY, behavior()) and cache.save(key_b, behavior(public_ip=b))
+    assert cache.set_block(KEY, (20030, 24095, 2)) and cache.set_block(key_b, (20002, 24090, 1))
+    port_blocks.forget_all()
+    entry = cache.lookup(KEY)
+    port_blocks.seed_from(CacheUse(cache, KEY, entry.age(), entry.blocks()), pool=[a, b, c])
+    assert port_blocks.kept(a) == port_blocks.kept(b) == port_blocks.kept(c) == (20002, 24095, 2)
+    # an address seen alone keeps its own
+    assert port_blocks.observe("203.0.113.99", [1500]).lo == 1500
+
+
+def test_joining_pools_that_met_folds_them_into_one():
+    port_blocks.join(["203.0.113.10", "203.0.113.11"])
+    port_blocks.observe("203.0.113.10", [20010, 24000, 20005, 20006])
+    port_blocks.join(["203.0.113.12", "203.0.113.13"])
+    port_blocks.observe("203.0.113.13", [20001])
+    port_blocks.join(["203.0.113.11", "203.0.113.12"])
+    assert {port_blocks.observe(ip, []).lo for ip in ("203.0.113.10", "203.0.113.11", "203.0.113.12",
+                                                      "203.0.113.13")} == {20001}

@@ -201,7 +201,7 @@ async def open_endpoint(
                 hops = await tracing.result()
             if cached is not None:
                 cached.cache.set_hops(cached.key, hops)  # the next warm connect needs no trace
-                port_blocks.seed_from(cached)
+                port_blocks.seed_from(cached, pool=behavior.pool_ips)
         t0, got = sampled
         seen = _Seen()
         seen.add(got, emit)
@@ -216,6 +216,8 @@ async def open_endpoint(
                 if after is not None:
                     emit("mapping", {"ports": [after.port], "survey": True, "own": after.own})
                     counter = after
+        # one counter's ports, whichever address of a pool they left from (port_blocks.join)
+        port_blocks.join(seen.ips | behavior.mapped_ips())
         report = _report(sock, behavior, got.samples, got.public, emit, pool=len(seen.ips), draws=seen.draws,
                          counter=counter)
         if cached is not None and len(seen.ips) > 1:
