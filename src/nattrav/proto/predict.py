@@ -339,6 +339,35 @@ class Prediction:
         return tuple(c[0] for c in chosen), min(1.0, sum(c[1] for c in chosen if c[2]))
 
 
+    def spread_steps(self, sockets: int, targets: int) -> tuple[int, ...]:
+        """Where a peer aims `targets` ports when our next flows come from `sockets` fresh sockets at
+        once (a spread): steps k (the port last + k·Δ) n, 2n, .., each the last of a run of n our
+        flows take when none of the others' took a port before ours, so that together they catch
+        the first of ours after up to targets·n - 1 of the others'."""
+        n = max(1, sockets)
+        return tuple(n * i for i in range(1, max(1, targets) + 1))
+
+    def spread_odds(self, sockets: int, steps: Sequence[int]) -> float:
+        """P(one of the ports at `steps` (last + k·Δ) goes to one of `sockets` flows we open at once
+        next), every step hypothesis weighed as in mixture_window: the flows take the ports from
+        last + d·(1 + N) on, N the others' before ours (the noise pmf of that grid), so a step k
+        (k·Δ/d on a grid of d) is ours when N lies in [k·Δ/d - n, k·Δ/d - 1]."""
+        model = self.model
+        if self.kind is not Kind.SEQUENTIAL or model.last is None or not model.delta:
+            return 0.0
+        n = max(1, sockets)
+        total = 0.0
+        for delta, weight, noise in ((model.delta, self.delta_confidence, self.noise),
+                                     *((g.delta, g.weight, g.noise) for g in self.grids)):
+            ratio = model.delta // delta if delta else 0
+            hit = set()
+            for k in steps:
+                at = k * ratio
+                hit.update(range(max(0, at - n), max(0, at)))
+            total += weight * sum(noise[i] for i in hit if i < len(noise))
+        return min(1.0, total)
+
+
 def poisson_pmf(mu: float, n: int) -> float:
     if n < 0:
         return 0.0

@@ -33,6 +33,10 @@ class Side:
     # server saw this side on, aimed at beside `ip`, and the evidence (distinct addresses, draws)
     aim: tuple[str, ...] = ()
     pool: tuple[int, int] = (1, 1)
+    # the same prediction as far as this side's own budget reaches, where that is further than the
+    # peer's (which bounds `prediction`'s windows): what a spread of its own sockets covers
+    # (planner/udp._spread); None when no further
+    wide: Prediction | None = None
 
     @property
     def kind(self) -> Kind:
