@@ -58,3 +58,12 @@ def test_a_spreads_steps_cover_the_others_flows_before_ours_up_to_targets_times_
         # the flows take last + 1 + N .. last + N + n: step k is ours when k - n <= N <= k - 1
         assert pred.spread_odds(n, steps) == pytest.approx(sum(pred.noise[:n * m]))
     assert pred.spread_odds(10, (10,)) > pred.spread_odds(5, (10,)) > pred.spread_odds(1, (10,))
+
+
+def test_a_huge_spread_costs_no_more_than_the_noise_pmf_it_reads():
+    # a hostile report may publish any budget: the odds are prefix sums over the pmf, never a set
+    # of every covered step (4,096 targets x 1,024 sockets was a 73 MB input for the fuzzer)
+    pred = predict(SEQ, elapsed=1.1, max_window=4096)
+    assert pred.spread_odds(1024, pred.spread_steps(1024, 4096)) == pytest.approx(sum(pred.noise))
+    a = plan(SEQ, cone(1), "first", horizons=(1.1, 1.3), peer_ip="198.51.100.20", max_sockets=65536)
+    assert len(a.attempts[0].remote.targets) <= 1

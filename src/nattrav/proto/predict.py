@@ -13,6 +13,7 @@ says how much time will pass before the mapping is created (`elapsed`).
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -360,11 +361,14 @@ class Prediction:
         for delta, weight, noise in ((model.delta, self.delta_confidence, self.noise),
                                      *((g.delta, g.weight, g.noise) for g in self.grids)):
             ratio = model.delta // delta if delta else 0
-            hit = set()
-            for k in steps:
-                at = k * ratio
-                hit.update(range(max(0, at - n), max(0, at)))
-            total += weight * sum(noise[i] for i in hit if i < len(noise))
+            cum = list(itertools.accumulate(noise, initial=0.0))
+            covered, reached = 0.0, 0  # the intervals, merged as they come (steps ascend)
+            for k in sorted(steps):
+                a, b = max(reached, k * ratio - n, 0), min(k * ratio, len(noise))
+                if a < b:
+                    covered += cum[b] - cum[a]
+                    reached = b
+            total += weight * covered
         return min(1.0, total)
 
 

@@ -607,8 +607,12 @@ def _spread(seq: Side, fixed: Side, target: float, reach: float, cap: int, max_s
         return None
     goal = _above_doubt(target, reach)
 
+    def targets(n: int) -> int:
+        # steps past the noise pmf's end (its 1e-6 tail) catch nothing more
+        return max(1, min(cap, -(-len(pred.noise) // n)))
+
     def odds(n: int) -> float:
-        return pred.spread_odds(n, pred.spread_steps(n, cap))
+        return pred.spread_odds(n, pred.spread_steps(n, targets(n)))
 
     lo, hi = 2, most
     if odds(hi) >= goal:
@@ -619,12 +623,11 @@ def _spread(seq: Side, fixed: Side, target: float, reach: float, cap: int, max_s
             else:
                 lo = mid + 1
     n = hi
-    steps = pred.spread_steps(n, cap)
-    targets = tuple(dict.fromkeys(seq.next_port(k - 1) for k in steps))
+    ports = tuple(dict.fromkeys(seq.next_port(k - 1) for k in pred.spread_steps(n, targets(n))))
     at_fixed, at_seq = fixed.addresses(seq), seq.addresses(fixed)
     return Attempt(Strategy.PREDICTED,
                    Part(fixed.ip, (fixed.port,), sockets=n, opens=True, interval=0.25, also=at_fixed[1:]),
-                   replace(_talker(seq.ip, targets, interval=0.25, big_delay=0.05), also=at_seq[1:]),
+                   replace(_talker(seq.ip, ports, interval=0.25, big_delay=0.05), also=at_seq[1:]),
                    odds=odds(n) * reach, timeout=3.0)
 
 
