@@ -339,7 +339,6 @@ class Prediction:
         chosen = [weighed[j] for j in sorted(range(len(weighed)), key=lambda j: (-weighed[j][1], j))[:max(1, cap)]]
         return tuple(c[0] for c in chosen), min(1.0, sum(c[1] for c in chosen if c[2]))
 
-
     def spread_steps(self, sockets: int, targets: int) -> tuple[int, ...]:
         """Where a peer aims `targets` ports when our next flows come from `sockets` fresh sockets at
         once (a spread): steps k (the port last + k·Δ) n, 2n, .., each the last of a run of n our
