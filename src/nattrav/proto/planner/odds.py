@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 from .budget import FLOW_TABLE_CAP  # noqa: F401  (every probe is a flow; re-exported)
 from .side import Side
@@ -27,18 +28,24 @@ def birthday_miss(span: int, holes: int, probes: int) -> float:
     return math.exp(log)
 
 
-def probes_for(span: int, holes: int, target: float, cap: int) -> int:
-    """The fewest distinct probes that hit one of `holes` ports with probability >= target (<= cap)."""
-    lo, hi = 1, max(1, min(cap, span - holes + 1))
-    if 1 - birthday_miss(span, holes, hi) < target:
-        return hi
+def fewest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """The smallest n in [lo, hi] with ok(n), for an `ok` false up to some n and true from there;
+    hi when none below hi is (ok(hi) itself is not asked)."""
     while lo < hi:
         mid = (lo + hi) // 2
-        if 1 - birthday_miss(span, holes, mid) >= target:
+        if ok(mid):
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def probes_for(span: int, holes: int, target: float, cap: int) -> int:
+    """The fewest distinct probes that hit one of `holes` ports with probability >= target (<= cap)."""
+    hi = max(1, min(cap, span - holes + 1))
+    if 1 - birthday_miss(span, holes, hi) < target:
+        return hi
+    return fewest(1, hi, lambda probes: 1 - birthday_miss(span, holes, probes) >= target)
 
 
 def noise_pmf(side: Side) -> list[float]:

@@ -28,6 +28,7 @@ from ..vocab import Filtering, Mapping, Role, Strategy
 from .budget import DEFAULT_FLOW_BUDGET, FLOW_LINGER, FLOW_TABLE_CAP
 from .odds import (
     birthday_miss,
+    fewest,
     noise_pmf,
     opener_targets,
     probes_for,
@@ -614,15 +615,7 @@ def _spread(seq: Side, fixed: Side, target: float, reach: float, cap: int, max_s
     def odds(n: int) -> float:
         return pred.spread_odds(n, pred.spread_steps(n, targets(n)))
 
-    lo, hi = 2, most
-    if odds(hi) >= goal:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if odds(mid) >= goal:
-                hi = mid
-            else:
-                lo = mid + 1
-    n = hi
+    n = fewest(2, most, lambda k: odds(k) >= goal) if odds(most) >= goal else most
     ports = tuple(dict.fromkeys(seq.next_port(k - 1) for k in pred.spread_steps(n, targets(n))))
     at_fixed, at_seq = fixed.addresses(seq), seq.addresses(fixed)
     return Attempt(Strategy.PREDICTED,
@@ -677,15 +670,10 @@ def _birthday(rnd: Side, eim: Side, target: float, sockets: int, max_sockets: in
         def share(s: int) -> int:
             return -(-s * eim.budget // min(rnd.budget, cap))
 
-        lo, hi = sockets, cap
-        if hits(hi, probes_at(hi, share(hi))):
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if hits(mid, probes_at(mid, share(mid))):
-                    hi = mid
-                else:
-                    lo = mid + 1
-        sockets = hi
+        def enough(s: int) -> bool:
+            return hits(s, probes_at(s, share(s)))
+
+        sockets = fewest(sockets, cap, enough) if enough(cap) else cap
     probes = probes_at(sockets)
     odds = 1 - birthday_miss(span, sockets, probes)
     return Attempt(Strategy.BIRTHDAY,
@@ -712,14 +700,8 @@ def _random_sequential(rnd: Side, seq: Side, target: float, max_sockets: int) ->
             continue
         if seq.consumes:
             # the shortest window (= guesses) that reaches the target, else the longest allowed
-            lo, hi = 1, window
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if random_sequential_odds(rnd, seq, s, mid, min(mid, guesses)) >= goal:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            window, probes = lo, min(lo, guesses)
+            window = fewest(1, window, lambda w: random_sequential_odds(rnd, seq, s, w, min(w, guesses)) >= goal)
+            probes = min(window, guesses)
         else:
             window = min(window, need_window)
             probes = probes_for(rnd.span, s, goal, max(1, min(guesses, rnd.span - s)))
