@@ -50,17 +50,16 @@ def explain(strategy: Strategy, local: Side, remote: Side, a: Attempt) -> str:
                 "address-dependent filtering opens its filter to the peer's address with one low-TTL "
                 "packet, then the peer's packet gets in whatever port its NAT picks")
     if strategy is Strategy.PREDICTED:
-        opener = a.local if a.local.opens else a.remote
+        opener, talker = (a.local, a.remote) if a.local.opens else (a.remote, a.local)
         if opener.sockets > 1:
             return (f"local: {L}; remote: {R}: ports are predictable, so the counting side opens its next "
                     f"{opener.sockets} mappings at once from as many sockets with low-TTL packets, and "
-                    f"the other answers with a normal TTL to "
-                    f"{len(a.remote.targets if a.local.opens else a.local.targets)} of their ports "
+                    f"the other answers with a normal TTL to {len(talker.targets)} of their ports "
                     f"(the other side's flow budget holds no wider window); odds {a.odds:.4%}")
         return (f"local: {L}; remote: {R}: ports are predictable, so one side sends low-TTL packets "
-                f"to {len(a.local.targets if a.local.opens else a.remote.targets)} predicted port(s) "
+                f"to {len(opener.targets)} predicted port(s) "
                 f"and the other answers with a normal TTL to "
-                f"{len(a.remote.targets if a.local.opens else a.local.targets)} port(s); "
+                f"{len(talker.targets)} port(s); "
                 f"odds {a.odds:.4%}")
     if strategy is Strategy.BIRTHDAY:
         s = max(a.local.sockets, a.remote.sockets)

@@ -594,13 +594,13 @@ def _predicted(first: Side, second: Side, target: float, max_window: int, max_so
 
 def _spread(seq: Side, fixed: Side, target: float, reach: float, cap: int, max_sockets: int) -> Attempt | None:
     """The sequential side's next flows from n sockets at once, to the fixed side's one port, and
-    the fixed side's talk to `cap` ports among them (Prediction.spread_steps): the window's width
+    the fixed side's talk to at most `cap` ports among them (Prediction.spread_steps): the window's width
     moves from the fixed side's flows to the sequential side's. Why: a fixed side whose budget its
     last bursts spent (a listener answering peer after peer, each window aimed at every address of
     an arbitrary pool: 4 flows a port) can afford a window of one or a few ports, stated at 3-55 %
     and lost (bench/results/reliability.md, session 20), while the sequential side's budget is
-    mostly free: n sockets of its own and `cap` ports of the fixed side's catch the first of its
-    flows after up to cap·n - 1 of the others'. None when the sequential side's budget or the
+    mostly free: n sockets of its own and m <= `cap` ports of the fixed side's catch the first of its
+    flows after up to m·n - 1 of the others'. None when the sequential side's budget or the
     socket cap allows no spread (one socket is the window plan)."""
     pred = seq.wide or seq.prediction
     most = min(seq.budget, max_sockets)
