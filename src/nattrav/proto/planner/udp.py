@@ -434,12 +434,11 @@ def _attempts(first: Side, second: Side, **kw: Any) -> list[Attempt]:
             if other.fixed:
                 # a birthday aims past the target as a window does (WINDOW_MARGIN): a third more
                 # probes for a tenth of the misses, where both budgets hold them; where they do not,
-                # the fewest flows that reach the target (not a CGN subscriber's whole table for
-                # a few hundredths of a point)
+                # both budgets whole. A budget is already the share of its NAT's table a side may
+                # spend (a quarter of a CGN subscriber's common 2048); behind a CGN the last tenth
+                # of it (1024 x 512 against 939 x 470) cuts the misses from 0.10 % to 0.03 %.
                 aimed = _birthday(rnd, other, 1.0 - (1.0 - kw["target"]) / WINDOW_MARGIN,
                                   kw["birthday_sockets"], kw["max_sockets"])
-                if aimed.odds < 1.0 - (1.0 - kw["target"]) / WINDOW_MARGIN:
-                    aimed = _birthday(rnd, other, kw["target"], kw["birthday_sockets"], kw["max_sockets"])
                 out.append(_maybe_swap(aimed, swap))
             else:
                 out.append(_maybe_swap(_random_sequential(rnd, other, kw["target"], kw["max_sockets"]), swap))
