@@ -52,3 +52,31 @@ def test_a_miss_keeps_a_case_under_the_bar_and_bad_input_is_one_line(tmp_path, c
     assert proven.main([str(tmp_path / "nope.json"), "--universe", run]) == 2
     err = capsys.readouterr().err
     assert "--bar must be between 0 and 1" in err and "no such file" in err
+
+
+def _birthday(left, right, trials, connected, odds):
+    return {**_case(left, right, trials, connected), "strategies": ["birthday"], "odds_median": odds}
+
+
+def test_cases_a_birthday_connects_are_checked_against_their_stated_odds_at_a_fresh_budget(tmp_path, capsys):
+    proven = _proven()
+    broad = _write(tmp_path, "broad.json", [_case(x, "r", 6, 6) for x in "abcd"])
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text(json.dumps({"meta": {"date": "d", "trial_gap": 31.0}, "cases": [
+        _birthday("a", "r", 180, 180, 0.99973),   # agrees, past the bar
+        _birthday("b", "r", 180, 177, 0.98336),   # agrees, capped under the bar by the budgets
+        _birthday("c", "r", 180, 160, 0.99973),   # 20 misses at 99.97 % stated: the odds are wrong
+    ]}))
+    # back to back, each trial meets what its predecessors left: not a check of the plans' odds
+    spent = tmp_path / "spent.json"
+    spent.write_text(json.dumps({"meta": {"date": "d", "trial_gap": 0.0},
+                                 "cases": [_birthday("d", "r", 180, 180, 0.99973)]}))
+    assert proven.main([broad, str(fresh), str(spent), "--universe", broad]) == 0
+    out = capsys.readouterr().out
+    assert "| UDP a → r @flat | 180/180 | 97.91–100% | 99.973% | 0.05 | fresh.json (d) |" in out
+    assert "| UDP b → r @flat | 177/180 | " in out
+    assert "2 of the others connect by chance" in out and "1 state >= 99.9 %" in out and "1 less" in out
+    assert "Misses expected 3.04, seen 3." in out
+    # the wrong odds and the back-to-back run stay to do
+    assert "Not yet (2):" in out and "- UDP c → r @flat: best run 160/180" in out
+    assert "- UDP d → r @flat: best run 180/180" in out
