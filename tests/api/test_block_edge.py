@@ -228,3 +228,33 @@ async def _bind_port(sock, server) -> int:
     from nattrav.proto.stun_client import Transaction
 
     return (await run_transaction(sock, Transaction(binding_request(), server))).mapped[1]
+
+
+async def test_an_address_of_the_pool_first_seen_at_a_refresh_joins_the_pool_block(mock_clock, monkeypatch):
+    # the opening's flows left from PUBLIC only; a refresh's flow leaves from the pool's other
+    # address, whose block the cache kept narrower: from then on the two are one counter's block
+    other = "198.51.100.99"
+    port_blocks.seed(PUBLIC, LO, HI, 1)
+    port_blocks.seed(other, LO + 40, HI - 300, 1)
+
+    async def sample(sock, targets, t0, *args, **kwargs):
+        return udp._Sampled([Sample(22000, 0.0), Sample(22001, 0.01)], (other, 22001), {PUBLIC, other})
+
+    monkeypatch.setattr(udp, "_sample", sample)
+    behavior = NatBehavior(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                           delta=1, nat=True, server=S1, other_address=S2)
+    report = NatReport(mapping=Mapping.APDM, filtering=Filtering.APDF, allocation=Allocation.SEQUENTIAL,
+                       delta=1, public=(PUBLIC, 21999), samples=(Sample(21998, 0.0), Sample(21999, 0.01)),
+                       port_range=(LO, HI))
+    net = FakeNet(BlockNat(22000), 0.05)
+    previous = trio.socket.set_custom_socket_factory(net)
+    try:
+        sock = FakeSocket(net, trio.socket.AF_INET)
+        await sock.bind(("10.0.0.2", 0))
+        ep = udp.Endpoint(sock, behavior, report, trio.current_time(), trio.current_time(), local_ip="10.0.0.2",
+                          seen_ips={PUBLIC})
+        await udp.refresh_mappings(ep)
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    assert ep.seen_ips == {PUBLIC, other}
+    assert port_blocks.kept(other) == port_blocks.kept(PUBLIC) == (LO, HI, 1)

@@ -358,6 +358,8 @@ async def refresh_mappings(ep: Endpoint, on_event: EventHook | None = None) -> N
         got = await _sample(ep.sock, targets, ep.t0)
         ep.seen_ips |= got.ips
         ep.seen_draws += len(got.samples)
+        # an address of the pool first seen now is the same counter's (as at the opening)
+        port_blocks.join(ep.seen_ips | ep.behavior.mapped_ips())
         ep.report = _report(ep.sock, ep.behavior, got.samples, got.public, on_event or (lambda phase, detail: None),
                             ep.report, pool=len(ep.seen_ips), draws=ep.seen_draws)
         port_blocks.keep_in(ep.cached)
