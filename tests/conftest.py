@@ -44,21 +44,27 @@ def free_port_pair() -> tuple[int, int]:
             s.close()
 
 
-@pytest.fixture
-def servers():
-    """nattrav-server (rendezvous + STUN over UDP and TCP) on 127.0.0.1 and 127.0.0.2. Yields the
-    addresses as tuples ("server", "stun") and as command-line words ("server_arg", "stun_arg")."""
+def start_server(*extra: str) -> tuple[subprocess.Popen, str, int]:
+    """nattrav-server (rendezvous + STUN over UDP and TCP) on 127.0.0.1 and 127.0.0.2, with `extra`
+    flags: (process, its first line, the STUN port). free_port_pair checks 127.0.0.1 only, and
+    another test may take a port before the server binds it: then another pair is tried."""
     for _ in range(5):
         port, alt = free_port_pair()
         p = subprocess.Popen([*SERVER_CLI, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
-                              "--stun-ports", f"{port},{alt}"],
+                              "--stun-ports", f"{port},{alt}", *extra],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first, second = p.stdout.readline(), p.stdout.readline()
         if second.startswith("stun"):
-            break
-        p.wait(10)  # a port was taken between the check and the bind: try another pair
-    else:
-        pytest.fail("could not start nattrav-server on loopback")
+            return p, first, port
+        p.wait(10)
+    pytest.fail("could not start nattrav-server on loopback")
+
+
+@pytest.fixture
+def servers():
+    """start_server's addresses as tuples ("server", "stun") and as command-line words ("server_arg",
+    "stun_arg")."""
+    p, first, port = start_server()
     rv_port = int(first.split()[-1].rsplit(":", 1)[1])
     try:
         yield {"server": ("127.0.0.1", rv_port), "stun": ("127.0.0.1", port),

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from nattrav.cli import exits
-from tests.conftest import SERVER_CLI, free_port_pair
+from tests.conftest import start_server
 from tests.secure_lab import self_signed
 from tests.test_fast_cli import fresh_identity_env, pipe_pair
 
@@ -21,13 +21,8 @@ FAST = [sys.executable, "-m", "nattrav.cli.fast"]
 @pytest.fixture
 def tls_server(tmp_path):
     cert, key = self_signed(tmp_path, "rv")
-    port, alt = free_port_pair()
-    p = subprocess.Popen([*SERVER_CLI, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1,127.0.0.2",
-                          "--stun-ports", f"{port},{alt}", "--tls-cert", cert, "--tls-key", key],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = p.stdout.readline()
-    assert "tls=yes" in first, first + p.stderr.read()
-    p.stdout.readline()
+    p, first, port = start_server("--tls-cert", cert, "--tls-key", key)
+    assert "tls=yes" in first, first
     rv_port = int(first.split()[-1].rsplit(":", 1)[1])
     try:
         yield {"server_arg": f"127.0.0.1:{rv_port}", "stun_arg": f"127.0.0.1:{port}", "cert": cert}
