@@ -24,7 +24,7 @@ import argparse
 import glob
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from nattrav.lab.matrix import wilson
@@ -52,54 +52,45 @@ def load(path: str) -> tuple[dict, list[dict]] | None:
     return data.get("meta", {}), [c for c in data["cases"] if isinstance(c, dict) and "left" in c]
 
 
-def runs(paths: Iterable[str]) -> list[dict]:
-    """One row per case and run: trials and connections summed over the run's labs of that case."""
+def runs(paths: Iterable[str], keep: Callable[[dict, dict], bool] = lambda meta, case: True) -> list[dict]:
+    """One row per case and run, over the lab rows `keep(meta, case)` takes: trials and connections
+    summed over the run's labs of that case, the lowest odds its labs' plans stated (median per lab)
+    and the misses those odds expect (1.0 and 0.0 where a lab row states none)."""
     out = []
     for path in paths:
         loaded = load(path)
         if loaded is None:
             continue
         meta, cases = loaded
-        summed: dict[Key, list[int]] = {}
-        for c in cases:
-            n = summed.setdefault(key(c), [0, 0, 0])
-            n[0] += int(c.get("trials", 0))
-            n[1] += int(c.get("connected", 0))
-            n[2] += 1
-        for k, (trials, connected, labs) in summed.items():
-            lo, hi = wilson(connected, trials)
-            out.append({"key": k, "trials": trials, "connected": connected, "labs": labs,
-                        "wilson": (lo, hi), "file": Path(path).name, "date": meta.get("date", "?")})
-    return out
-
-
-def chance_runs(paths: Iterable[str]) -> list[dict]:
-    """One row per birthday case of each run whose trials each met a fresh flow budget: trials and
-    connections summed over the run's labs, the lowest odds its labs' plans stated (median per lab),
-    and the misses those odds expect."""
-    out = []
-    for path in paths:
-        loaded = load(path)
-        if loaded is None or float(loaded[0].get("trial_gap") or 0) < FLOW_LINGER:
-            continue
-        meta, cases = loaded
         summed: dict[Key, dict] = {}
         for c in cases:
-            odds = c.get("odds_median")
-            if c.get("strategies") != ["birthday"] or not isinstance(odds, (int, float)):
+            if not keep(meta, c):
                 continue
             n = summed.setdefault(key(c), {"trials": 0, "connected": 0, "labs": 0, "odds": 1.0, "expected": 0.0})
             trials = int(c.get("trials", 0))
             n["trials"] += trials
             n["connected"] += int(c.get("connected", 0))
             n["labs"] += 1
-            n["odds"] = min(n["odds"], float(odds))
-            n["expected"] += trials * (1 - float(odds))
+            if isinstance(odds := c.get("odds_median"), (int, float)):
+                n["odds"] = min(n["odds"], float(odds))
+                n["expected"] += trials * (1 - float(odds))
         for k, n in summed.items():
-            lo, hi = wilson(n["connected"], n["trials"])
-            out.append({"key": k, **n, "wilson": (lo, hi), "agree": lo <= n["odds"] <= hi,
+            out.append({"key": k, **n, "wilson": wilson(n["connected"], n["trials"]),
                         "file": Path(path).name, "date": meta.get("date", "?")})
     return out
+
+
+def _fresh_birthday(meta: dict, case: dict) -> bool:
+    """A lab row every trial of which was a birthday that met a fresh flow budget (the run's trials
+    FLOW_LINGER apart), with the odds its plans stated."""
+    return (float(meta.get("trial_gap") or 0) >= FLOW_LINGER and case.get("strategies") == ["birthday"]
+            and isinstance(case.get("odds_median"), (int, float)))
+
+
+def chance_runs(paths: Iterable[str]) -> list[dict]:
+    """runs() of the cases a birthday connected at a fresh budget, each saying whether its stated
+    odds lie inside its Wilson interval."""
+    return [{**r, "agree": r["wilson"][0] <= r["odds"] <= r["wilson"][1]} for r in runs(paths, _fresh_birthday)]
 
 
 def universe(paths: Iterable[str]) -> set[Key]:
@@ -154,7 +145,8 @@ def report(rows: list[dict], cases: set[Key], bar: float, chance: Iterable[dict]
                   f" {len(checked) - len(reach)} less (the budgets cap them; --max-flows lifts them)."
                   f" Misses expected {sum(r['expected'] for r in checked):.2f},"
                   f" seen {sum(r['trials'] - r['connected'] for r in checked)}."]
-        todo = [k for k in todo if k not in {r["key"] for r in checked}]
+        done = {r["key"] for r in checked}
+        todo = [k for k in todo if k not in done]
     lines += ["", f"Not yet ({len(todo)}):", ""]
     for k in todo:
         r = best.get(k)
