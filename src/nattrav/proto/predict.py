@@ -356,13 +356,14 @@ class Prediction:
         if self.kind is not Kind.SEQUENTIAL or model.last is None or not model.delta:
             return 0.0
         n = max(1, sockets)
+        ordered = sorted(steps)  # the intervals merge as they come
         total = 0.0
         for delta, weight, noise in ((model.delta, self.delta_confidence, self.noise),
                                      *((g.delta, g.weight, g.noise) for g in self.grids)):
             ratio = model.delta // delta if delta else 0
             cum = list(itertools.accumulate(noise, initial=0.0))
-            covered, reached = 0.0, 0  # the intervals, merged as they come (steps ascend)
-            for k in sorted(steps):
+            covered, reached = 0.0, 0
+            for k in ordered:
                 a, b = max(reached, k * ratio - n, 0), min(k * ratio, len(noise))
                 if a < b:
                     covered += cum[b] - cum[a]
